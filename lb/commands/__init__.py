@@ -1,0 +1,1 @@
+"""Sub-commands of ``tunnel-lb``; see :mod:`lb.cli`."""

@@ -1,0 +1,424 @@
+"""The configuration model: frozen dataclasses with Cloudflare's API field names.
+
+Cloudflare's three objects (monitors, pools with their origins, load balancers) keep exactly
+the names, defaults and ranges of the Cloudflare API (see ``docs/config.md``), so objects
+exported from Cloudflare load as they are.  What Cloudflare's objects cannot describe lives in
+sections of our own (``tunnels``, ``datacenters``, ``connect_to``, ``engine``), never mixed
+into theirs.
+
+Field metadata drives the generic loader in :mod:`lb.config.loader`:
+
+* ``range``: inclusive ``(low, high)`` bounds for numbers;
+* ``choices``: the allowed values of a string;
+* ``doc``: one line shown by ``tunnel-lb check --explain-fields`` and in ``docs/config.md``.
+
+Each class lists the read-only API fields it accepts and ignores in ``READ_ONLY``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+__all__ = [
+    "AdaptiveRouting",
+    "Config",
+    "Datacenter",
+    "Engine",
+    "Limits",
+    "Listener",
+    "LoadBalancer",
+    "LoadShedding",
+    "LocalPreference",
+    "Monitor",
+    "Origin",
+    "OriginSteering",
+    "Pool",
+    "RandomSteering",
+    "SessionAffinityAttributes",
+    "Tunnel",
+    "TunnelReplica",
+]
+
+_FROZEN = {"frozen": True, "slots": True, "kw_only": True}
+
+
+def _f(default: Any = dataclasses.MISSING, **meta: Any) -> Any:
+    """A dataclass field with loader metadata; mutable defaults become factories."""
+    if isinstance(default, dict | list):
+        value = default
+        return field(default_factory=lambda: type(value)(value), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# --------------------------------------------------------------------------- monitors
+
+
+@dataclass(**_FROZEN)
+class Monitor:
+    """A Cloudflare monitor: a probe template attached to pools (cloudflare-lb.md §1)."""
+
+    READ_ONLY: ClassVar[frozenset[str]] = frozenset({"created_on", "modified_on"})
+
+    id: str = _f(doc="identifier that pools reference in `monitor`")
+    type: str = _f("http", choices=("http", "https", "tcp"), doc="probe protocol")
+    method: str = _f("", doc="HTTP method (GET) or connection_established for tcp")
+    path: str = _f("/", doc="request path (http/https)")
+    port: int = _f(0, range=(0, 65535), doc="0 = 80 for http, 443 for https (R7)")
+    header: Mapping[str, tuple[str, ...]] = _f({}, doc="extra request headers, Host included")
+    expected_codes: str = _f("200", doc='"200" or a class like "2xx" (R2)')
+    expected_body: str = _f("", doc="case-insensitive substring of the first 10 KB (R1)")
+    follow_redirects: bool = _f(False, doc="judge the final response after redirects (R3)")
+    allow_insecure: bool = _f(False, doc="skip certificate validation (R4)")
+    interval: float = _f(60, range=(1, 3600), doc="seconds between checks (R9)")
+    timeout: float = _f(5, range=(0.001, 60), doc="seconds one attempt may take")
+    retries: int = _f(2, range=(0, 5), doc="immediate re-attempts after a timeout (R8)")
+    consecutive_up: int = _f(0, range=(0, 1000), doc="passes in a row to turn healthy (R12)")
+    consecutive_down: int = _f(0, range=(0, 1000), doc="failures in a row to turn unhealthy")
+    description: str = _f("", doc="free text")
+    probe_zone: str = _f("", doc="accepted for compatibility; has no effect locally")
+
+    @property
+    def effective_method(self) -> str:
+        """GET for http(s), connection_established for tcp, unless set."""
+        if self.method:
+            return self.method
+        return "connection_established" if self.type == "tcp" else "GET"
+
+    @property
+    def effective_port(self) -> int:
+        """R7: the monitor port when non-zero, else the protocol default."""
+        if self.port:
+            return self.port
+        return 443 if self.type == "https" else 80
+
+    @property
+    def host_header(self) -> str | None:
+        """The monitor's own Host header, if any (R5, second in precedence)."""
+        for name, values in self.header.items():
+            if name.lower() == "host" and values:
+                return values[0]
+        return None
+
+
+# --------------------------------------------------------------------------- pools
+
+
+@dataclass(**_FROZEN)
+class Origin:
+    """An endpoint of a pool; the API still calls it an origin (cloudflare-lb.md §2.2)."""
+
+    READ_ONLY: ClassVar[frozenset[str]] = frozenset({"disabled_at", "healthy", "failure_reason"})
+
+    name: str = _f(doc="label, unique in the pool")
+    address: str = _f(doc="IP, hostname or <uuid>.cfargotunnel.com")
+    enabled: bool = _f(True, doc="disabled endpoints are neither probed nor selected (R10)")
+    weight: float = _f(1.0, range=(0.0, 1.0), doc="relative share inside the pool (R19)")
+    header: Mapping[str, tuple[str, ...]] = _f({}, doc="only Host: sent on probes and traffic")
+    port: int = _f(0, range=(0, 65535), doc="upstream port; 0 = protocol default")
+    virtual_network_id: str = _f("", doc="accepted for compatibility")
+    flatten_cname: bool = _f(True, doc="accepted for compatibility (DNS-only)")
+
+    @property
+    def host_header(self) -> str | None:
+        """The endpoint's Host override (R5, R47), if any."""
+        for name, values in self.header.items():
+            if name.lower() == "host" and values:
+                return values[0]
+        return None
+
+    @property
+    def tunnel_id(self) -> str | None:
+        """The tunnel UUID when the address is ``<uuid>.cfargotunnel.com`` (R46)."""
+        from lb.config.tunnels import tunnel_uuid  # noqa: PLC0415 - avoid a cycle
+
+        return tunnel_uuid(self.address)
+
+
+@dataclass(**_FROZEN)
+class OriginSteering:
+    """How a pool picks one of its endpoints (cloudflare-lb.md §2.4)."""
+
+    policy: str = _f(
+        "random",
+        choices=("random", "hash", "least_outstanding_requests", "least_connections"),
+        doc="endpoint steering policy",
+    )
+
+
+@dataclass(**_FROZEN)
+class LoadShedding:
+    """Share of a pool's traffic diverted to other pools (R24)."""
+
+    default_percent: float = _f(0.0, range=(0.0, 100.0), doc="share of non-session requests")
+    default_policy: str = _f("random", choices=("random", "hash"), doc="per request or per IP")
+    session_percent: float = _f(0.0, range=(0.0, 100.0), doc="share of affinity sessions")
+    session_policy: str = _f("hash", choices=("hash",), doc="sessions are shed by IP hash")
+
+
+@dataclass(**_FROZEN)
+class Pool:
+    """A Cloudflare pool (cloudflare-lb.md §2.1)."""
+
+    READ_ONLY: ClassVar[frozenset[str]] = frozenset(
+        {"created_on", "modified_on", "disabled_at", "healthy", "notification_email"}
+    )
+
+    id: str = _f("", doc="identifier; defaults to the name")
+    name: str = _f(doc="[A-Za-z0-9_-]+, unique (R23)")
+    description: str = _f("", doc="free text")
+    enabled: bool = _f(True, doc="a disabled pool gets no traffic and no probes (R10)")
+    minimum_origins: int = _f(1, range=(0, 1000), doc="healthy endpoints needed (R17)")
+    monitor: str | None = _f(None, doc="monitor id; none = health not considered (R13)")
+    monitor_group: str | None = _f(None, doc="not supported: rejected when set")
+    check_regions: tuple[str, ...] | None = _f(None, doc="accepted; vantage points are local")
+    health_sources: tuple[str, ...] | None = _f(None, doc="accepted for compatibility")
+    origins: tuple[Origin, ...] = _f(doc="the endpoints")
+    origin_steering: OriginSteering = _f(OriginSteering(), doc="endpoint steering")
+    load_shedding: LoadShedding | None = _f(None, doc="R24")
+    latitude: float | None = _f(None, range=(-90.0, 90.0), doc="for proximity steering")
+    longitude: float | None = _f(None, range=(-180.0, 180.0), doc="for proximity steering")
+    notification_filter: Mapping[str, Any] | None = _f(None, doc="accepted; no effect")
+    networks: tuple[str, ...] | None = _f(None, doc="accepted for compatibility")
+
+
+# --------------------------------------------------------------------------- load balancers
+
+
+@dataclass(**_FROZEN)
+class RandomSteering:
+    """Pool weights for random, least_outstanding_requests and least_connections."""
+
+    pool_weights: Mapping[str, float] = _f({}, doc="pool id or name -> weight 0..1")
+    default_weight: float = _f(1.0, range=(0.0, 1.0), doc="weight of unlisted pools")
+
+
+@dataclass(**_FROZEN)
+class AdaptiveRouting:
+    """Zero-downtime failover across pools (R43)."""
+
+    failover_across_pools: bool = _f(False, doc="retry into the next pool")
+
+
+@dataclass(**_FROZEN)
+class SessionAffinityAttributes:
+    """Cookie and header affinity options (cloudflare-lb.md §4)."""
+
+    samesite: str = _f("Auto", choices=("Auto", "Lax", "None", "Strict"), doc="cookie SameSite")
+    secure: str = _f("Auto", choices=("Auto", "Always", "Never"), doc="cookie Secure flag")
+    drain_duration: float = _f(0, range=(0, 86400), doc="seconds sessions follow a disabled one")
+    zero_downtime_failover: str = _f(
+        "none", choices=("none", "temporary", "sticky"), doc="pinned sessions on errors (R45)"
+    )
+    headers: tuple[str, ...] = _f((), doc='header names; "cookie" or "cookie:a,b" for cookies')
+    require_all_headers: bool = _f(False, doc="header mode: all headers must be present")
+
+
+@dataclass(**_FROZEN)
+class LoadBalancer:
+    """A Cloudflare load balancer; ``name`` is the hostname it answers for."""
+
+    READ_ONLY: ClassVar[frozenset[str]] = frozenset(
+        {"created_on", "modified_on", "zone_name", "zone_id", "networks"}
+    )
+
+    id: str = _f("", doc="identifier; defaults to the name")
+    name: str = _f(doc="the hostname requests carry in Host")
+    description: str = _f("", doc="free text")
+    enabled: bool = _f(True, doc="a disabled load balancer answers 404")
+    proxied: bool = _f(True, doc="L7 proxy (tunnel endpoints need it, R50)")
+    ttl: int = _f(30, range=(0, 86400), doc="DNS-only answer TTL; unused by the proxy")
+    default_pools: tuple[str, ...] = _f(doc="failover order of pool ids or names")
+    fallback_pool: str = _f(doc="pool of last resort, health ignored (R30)")
+    steering_policy: str = _f(
+        "",
+        choices=(
+            "",
+            "off",
+            "geo",
+            "random",
+            "dynamic_latency",
+            "proximity",
+            "least_outstanding_requests",
+            "least_connections",
+        ),
+        doc="pool steering (R25-R29)",
+    )
+    random_steering: RandomSteering = _f(RandomSteering(), doc="pool weights")
+    region_pools: Mapping[str, tuple[str, ...]] = _f({}, doc="region code -> pools (geo)")
+    country_pools: Mapping[str, tuple[str, ...]] = _f({}, doc="country code -> pools (geo)")
+    pop_pools: Mapping[str, tuple[str, ...]] = _f({}, doc="data center code -> pools (geo)")
+    location_strategy: Mapping[str, str] | None = _f(None, doc="DNS-only; accepted, no effect")
+    adaptive_routing: AdaptiveRouting = _f(AdaptiveRouting(), doc="R43")
+    session_affinity: str = _f(
+        "", choices=("", "none", "cookie", "ip_cookie", "header"), doc="affinity mode (R34)"
+    )
+    session_affinity_ttl: float | None = _f(None, doc="seconds; default 82800 cookie, 1800 header")
+    session_affinity_attributes: SessionAffinityAttributes = _f(
+        SessionAffinityAttributes(), doc="affinity options"
+    )
+    rules: tuple[Mapping[str, Any], ...] = _f((), doc="custom rules: not supported yet")
+    pool_sets: tuple[Mapping[str, Any], ...] | None = _f(None, doc="pool sets: not supported yet")
+
+    @property
+    def effective_policy(self) -> str:
+        """R25: ``""`` is geo when any geo mapping is set, else off."""
+        if self.steering_policy:
+            return self.steering_policy
+        if self.region_pools or self.country_pools or self.pop_pools:
+            return "geo"
+        return "off"
+
+    @property
+    def affinity(self) -> str:
+        """The affinity mode with ``""`` folded into ``none`` (R34)."""
+        return self.session_affinity or "none"
+
+    @property
+    def effective_affinity_ttl(self) -> float:
+        """The configured TTL or the mode's default (82800 s cookie, 1800 s header)."""
+        if self.session_affinity_ttl is not None:
+            return self.session_affinity_ttl
+        return 1800.0 if self.affinity == "header" else 82800.0
+
+
+# --------------------------------------------------------------------------- our sections
+
+
+@dataclass(**_FROZEN)
+class TunnelReplica:
+    """One cloudflared replica of a tunnel and the data centers it holds connections in."""
+
+    name: str = _f(doc="replica (host) name")
+    datacenters: tuple[str, ...] = _f(doc="data center codes it is connected to")
+
+
+@dataclass(**_FROZEN)
+class Tunnel:
+    """A tunnel UUID and its replicas (cloudflare-lb.md §6)."""
+
+    id: str = _f(doc="tunnel UUID (lowercase, dashed)")
+    name: str = _f("", doc="label")
+    replicas: tuple[TunnelReplica, ...] = _f((), doc="replicas with their data centers")
+
+    @property
+    def datacenters(self) -> frozenset[str]:
+        """Every data center that some replica of this tunnel is connected to."""
+        return frozenset(dc for r in self.replicas for dc in r.datacenters)
+
+
+@dataclass(**_FROZEN)
+class Datacenter:
+    """A Cloudflare data center (PoP): where requests enter and replicas connect."""
+
+    code: str = _f(doc="IATA-like code, e.g. FRA")
+    region: str = _f(doc="Cloudflare region, e.g. WEU")
+    country: str = _f("", doc="ISO country code")
+    latitude: float | None = _f(None, range=(-90.0, 90.0), doc="degrees")
+    longitude: float | None = _f(None, range=(-180.0, 180.0), doc="degrees")
+
+
+@dataclass(**_FROZEN)
+class LocalPreference:
+    """Prefer endpoints whose tunnel holds a connection in the request's data center."""
+
+    enabled: bool = _f(False, doc="turn local-data-center preference on")
+    spill: float = _f(
+        0.0, range=(0.0, 1.0), doc="share of requests that ignore locality and follow weights"
+    )
+
+
+@dataclass(**_FROZEN)
+class Listener:
+    """A downstream listener of the proxy."""
+
+    address: str = _f("127.0.0.1", doc="bind address")
+    port: int = _f(8080, range=(0, 65535), doc="bind port; 0 = any free port")
+    certificate: str = _f("", doc="PEM certificate chain for HTTPS; empty = plain HTTP")
+    key: str = _f("", doc="PEM private key for HTTPS")
+
+
+@dataclass(**_FROZEN)
+class Limits:
+    """Request limits of the proxy."""
+
+    max_header_bytes: int = _f(65536, range=(1024, 1 << 24), doc="431 past this")
+    max_body_bytes: int = _f(100 << 20, range=(0, 1 << 40), doc="413 past this")
+    idle_timeout: float = _f(60.0, range=(0.1, 86400), doc="seconds a client may stay idle")
+    request_timeout: float = _f(100.0, range=(0.1, 86400), doc="seconds for one request")
+    connect_timeout: float = _f(5.0, range=(0.01, 300), doc="seconds to reach an endpoint")
+
+
+@dataclass(**_FROZEN)
+class Engine:
+    """Settings of this engine that Cloudflare's objects do not describe."""
+
+    vantage_points: tuple[str, ...] = _f(("local",), doc="where probes run (R14 majority)")
+    datacenter: str = _f("", doc="data center this process stands in for")
+    listen: tuple[Listener, ...] = _f((Listener(),), doc="proxy listeners")
+    admin: str = _f("127.0.0.1:9100", doc="admin listener host:port")
+    affinity_secret: str = _f("", doc="HMAC key for __cflb; empty = random per process")
+    trusted_proxies: tuple[str, ...] = _f((), doc="CIDRs whose client headers are believed")
+    client_ip_header: str = _f("CF-Connecting-IP", doc="client IP header from trusted peers")
+    datacenter_header: str = _f("CF-Ray", doc="entry data center: colo suffix of CF-Ray")
+    local_preference: LocalPreference = _f(LocalPreference(), doc="local-data-center preference")
+    zero_downtime_failover_codes: tuple[int, ...] = _f(
+        (521, 522, 523), doc="attempt outcomes that trigger the single retry (R42)"
+    )
+    error_style: str = _f("cloudflare", choices=("cloudflare", "plain"), doc="5xx codes")
+    probe_user_agent: str = _f(
+        "tunnel-lb", choices=("tunnel-lb", "cloudflare"), doc="probe User-Agent (R6)"
+    )
+    minimum_interval: float = _f(10, range=(1, 3600), doc="plan minimum for monitor interval")
+    dynamic_latency_alpha: float = _f(0.3, range=(0.01, 1.0), doc="EWMA weight of a new RTT")
+    workers: int = _f(1, range=(1, 64), doc="proxy processes sharing the port")
+    drain_timeout: float = _f(30.0, range=(0, 3600), doc="seconds SIGTERM waits for requests")
+    access_log: bool = _f(False, doc="one log line per request")
+    limits: Limits = _f(Limits(), doc="request limits")
+
+
+@dataclass(**_FROZEN)
+class Config:
+    """A whole configuration, validated and with every reference resolved to a pool name."""
+
+    monitors: tuple[Monitor, ...] = ()
+    pools: tuple[Pool, ...] = ()
+    load_balancers: tuple[LoadBalancer, ...] = ()
+    tunnels: tuple[Tunnel, ...] = ()
+    datacenters: Mapping[str, Datacenter] = field(default_factory=dict)
+    connect_to: Mapping[str, str] = field(default_factory=dict)
+    engine: Engine = Engine()
+    source: tuple[str, ...] = ()
+    """Files the configuration was read from."""
+
+    def pool(self, name: str) -> Pool:
+        """The pool called ``name`` (references are resolved to names by the loader)."""
+        for p in self.pools:
+            if p.name == name:
+                return p
+        raise KeyError(name)
+
+    def monitor(self, monitor_id: str) -> Monitor:
+        """The monitor with id ``monitor_id``."""
+        for m in self.monitors:
+            if m.id == monitor_id:
+                return m
+        raise KeyError(monitor_id)
+
+    def load_balancer(self, host: str) -> LoadBalancer | None:
+        """The load balancer whose name is ``host`` (case-insensitive, port stripped)."""
+        host = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+        host = host.lower().rstrip(".")
+        for lb in self.load_balancers:
+            if lb.name.lower() == host:
+                return lb
+        return None
+
+    def tunnel(self, uuid: str) -> Tunnel | None:
+        """The ``tunnels`` entry for ``uuid``, if described."""
+        for t in self.tunnels:
+            if t.id == uuid:
+                return t
+        return None

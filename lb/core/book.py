@@ -1,0 +1,285 @@
+"""The health book: the single writer of endpoint health, which publishes snapshots.
+
+Theory of operation
+===================
+
+The book holds one :class:`~lb.core.health.Check` per (pool, endpoint, vantage point) of every
+monitored, enabled endpoint of every enabled pool (R10: the others are never probed).
+
+* :meth:`HealthBook.apply` takes a :class:`ProbeResult`, updates that check, re-aggregates the
+  endpoint over its vantage points (R14) and returns the transitions as events (R15).  The
+  snapshot is marked stale only when an aggregate changed, so probes that confirm the current
+  state cost no rebuild.
+* :meth:`HealthBook.reconfigure` swaps the configuration: an endpoint whose identity (pool,
+  name, address, port, Host, monitor) did not change keeps its checks; others start unknown.
+  Endpoints the new configuration disables are stamped with ``now`` for drain (R40).
+* :meth:`HealthBook.snapshot` returns the current immutable :class:`Snapshot`, rebuilding it
+  when stale.
+
+Passive signals (request outcomes, zero-downtime-failover retries) never change health here
+(R44); they feed the live counters that steering reads instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from lb.config.model import Config, Monitor, Origin, Pool
+from lb.core.health import Check, Health, HealthEvent, ProbeResult, majority
+from lb.core.snapshot import EndpointView, PoolState, PoolView, Snapshot
+
+__all__ = ["HealthBook", "ProbeTarget", "identity"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProbeTarget:
+    """One monitored endpoint of one pool, as the monitor driver needs it."""
+
+    pool: str
+    endpoint: str
+    origin: Origin
+    monitor: Monitor
+    pool_id: str
+
+
+def identity(pool: Pool, origin: Origin, monitor: Monitor | None) -> tuple[object, ...]:
+    """What must stay the same for an endpoint to keep its health across a reload."""
+    return (pool.name, origin.name, origin.address, origin.port, origin.host_header, monitor)
+
+
+class _Endpoint:
+    """Mutable health of one endpoint of one pool."""
+
+    __slots__ = ("checks", "health", "identity", "last")
+
+    def __init__(self, ident: tuple[object, ...], monitor: Monitor, vantages: Iterable[str]):
+        self.identity = ident
+        self.checks = {
+            v: Check(consecutive_up=monitor.consecutive_up, consecutive_down=monitor.consecutive_down)
+            for v in vantages
+        }
+        self.health = Health.UNKNOWN
+        self.last: dict[str, ProbeResult] = {}
+
+
+class HealthBook:
+    """Owns endpoint health for one configuration at a time; see the module docstring."""
+
+    def __init__(self, config: Config, *, now: float = 0.0) -> None:
+        self._config = config
+        self._endpoints: dict[tuple[str, str], _Endpoint] = {}
+        self._disabled_at: dict[tuple[str, str], float] = {}
+        self._rtt: dict[tuple[str, str], float] = {}
+        self._version = 0
+        self._snapshot: Snapshot | None = None
+        self._build(config, previous={}, now=now)
+
+    # ------------------------------------------------------------------ inputs
+
+    def apply(self, result: ProbeResult) -> list[HealthEvent]:
+        """Count one probe result; return the transitions it caused (R12, R14, R15)."""
+        ep = self._endpoints.get((result.pool, result.endpoint))
+        if ep is None:
+            return []  # a result for an endpoint a reload removed: stale, ignored
+        check = ep.checks.get(result.vantage)
+        if check is None:
+            return []
+        ep.last[result.vantage] = result
+        if result.ok and result.rtt is not None:
+            self._observe_rtt(result.pool, result.vantage, result.rtt)
+        before = check.state
+        check.observe(result.ok)
+        if check.state is before:
+            return []
+        events = [self._event(result, result.vantage, before, check.state)]
+        aggregate = majority([c.state for c in ep.checks.values()])
+        if aggregate is not ep.health:
+            events.append(self._event(result, "*", ep.health, aggregate))
+            ep.health = aggregate
+            self._snapshot = None
+        return events
+
+    def reconfigure(self, config: Config, *, now: float) -> list[HealthEvent]:
+        """Swap in a new configuration, keeping the health of unchanged endpoints."""
+        previous = self._endpoints
+        self._endpoints = {}
+        old_enabled = {
+            (p.name, o.name)
+            for p in self._config.pools
+            for o in p.origins
+            if p.enabled and o.enabled
+        }
+        self._config = config
+        self._build(config, previous=previous, now=now, old_enabled=old_enabled)
+        self._snapshot = None
+        return []
+
+    # ------------------------------------------------------------------ outputs
+
+    @property
+    def config(self) -> Config:
+        """The configuration in force."""
+        return self._config
+
+    def targets(self) -> list[ProbeTarget]:
+        """Every (pool, endpoint) that must be probed, in configuration order (R10)."""
+        out = []
+        for pool in self._config.pools:
+            if not pool.enabled or pool.monitor is None:
+                continue
+            monitor = self._config.monitor(pool.monitor)
+            out.extend(
+                ProbeTarget(
+                    pool=pool.name,
+                    endpoint=o.name,
+                    origin=o,
+                    monitor=monitor,
+                    pool_id=pool.id or pool.name,
+                )
+                for o in pool.origins
+                if o.enabled
+            )
+        return out
+
+    def last_results(self, pool: str, endpoint: str) -> dict[str, ProbeResult]:
+        """The latest probe result per vantage point of one endpoint."""
+        ep = self._endpoints.get((pool, endpoint))
+        return dict(ep.last) if ep else {}
+
+    def snapshot(self) -> Snapshot:
+        """The current immutable view; rebuilt only after a change."""
+        if self._snapshot is None:
+            self._version += 1
+            self._snapshot = self._make_snapshot()
+        return self._snapshot
+
+    # ------------------------------------------------------------------ internals
+
+    def _build(
+        self,
+        config: Config,
+        *,
+        previous: dict[tuple[str, str], _Endpoint],
+        now: float,
+        old_enabled: set[tuple[str, str]] | None = None,
+    ) -> None:
+        vantages = config.engine.vantage_points
+        for pool in config.pools:
+            monitor = config.monitor(pool.monitor) if pool.monitor else None
+            for origin in pool.origins:
+                key = (pool.name, origin.name)
+                enabled = pool.enabled and origin.enabled
+                if not enabled:
+                    if old_enabled is not None and key in old_enabled:
+                        self._disabled_at[key] = now
+                    continue
+                self._disabled_at.pop(key, None)
+                if monitor is None:
+                    continue
+                ident = identity(pool, origin, monitor)
+                old = previous.get(key)
+                if old is not None and old.identity == ident and set(old.checks) == set(vantages):
+                    self._endpoints[key] = old
+                else:
+                    self._endpoints[key] = _Endpoint(ident, monitor, vantages)
+
+    def _observe_rtt(self, pool: str, vantage: str, rtt: float) -> None:
+        alpha = self._config.engine.dynamic_latency_alpha
+        key = (pool, vantage)
+        old = self._rtt.get(key)
+        new = rtt if old is None else old + alpha * (rtt - old)
+        self._rtt[key] = new
+        # dynamic_latency reads RTT from the snapshot; rebuild only on a 10% move so that
+        # steady probes do not rebuild it every time.
+        if old is None or abs(new - old) > 0.1 * old:
+            self._snapshot = None
+
+    def _event(self, r: ProbeResult, vantage: str, before: Health, after: Health) -> HealthEvent:
+        return HealthEvent(
+            at=r.at,
+            pool=r.pool,
+            endpoint=r.endpoint,
+            vantage=vantage,
+            before=before,
+            after=after,
+            reason=r.reason if not r.ok else "",
+            status=r.status,
+            rtt=r.rtt,
+        )
+
+    def _make_snapshot(self) -> Snapshot:
+        config = self._config
+        tunnels = {t.id: t.datacenters for t in config.tunnels}
+        pools: dict[str, PoolView] = {}
+        for pool in config.pools:
+            monitored = pool.monitor is not None
+            views = []
+            for i, o in enumerate(pool.origins):
+                key = (pool.name, o.name)
+                enabled = pool.enabled and o.enabled
+                ep = self._endpoints.get(key)
+                if not enabled:
+                    health = Health.UNKNOWN
+                elif not monitored:
+                    health = Health.HEALTHY
+                else:
+                    health = ep.health if ep else Health.UNKNOWN
+                tid = o.tunnel_id
+                views.append(
+                    EndpointView(
+                        pool=pool.name,
+                        name=o.name,
+                        index=i,
+                        address=o.address,
+                        port=o.port,
+                        host=o.host_header,
+                        tunnel_id=tid,
+                        weight=o.weight,
+                        enabled=enabled,
+                        health=health,
+                        vantage_health={v: c.state for v, c in ep.checks.items()} if ep else {},
+                        disabled_at=self._disabled_at.get(key),
+                        datacenters=tunnels.get(tid, frozenset()) if tid else frozenset(),
+                    )
+                )
+            endpoints = tuple(views)
+            selectable = tuple(e for e in endpoints if e.selectable)
+            healthy = sum(1 for e in endpoints if e.enabled and e.health is Health.HEALTHY)
+            eligible = pool.enabled and healthy >= pool.minimum_origins
+            pools[pool.name] = PoolView(
+                name=pool.name,
+                config=pool,
+                monitored=monitored,
+                state=_pool_state(pool, endpoints, monitored=monitored, eligible=eligible),
+                eligible=eligible,
+                healthy_count=healthy,
+                endpoints=endpoints,
+                selectable=selectable,
+                cumulative=PoolView.tables(selectable),
+                rtt={v: rtt for (p, v), rtt in self._rtt.items() if p == pool.name},
+            )
+        return Snapshot(
+            version=self._version,
+            config=config,
+            pools=pools,
+            load_balancers={lb.name.lower(): lb for lb in config.load_balancers if lb.enabled},
+        )
+
+
+def _pool_state(
+    pool: Pool, endpoints: tuple[EndpointView, ...], *, monitored: bool, eligible: bool
+) -> str:
+    """R13, R17 and §2.3: the displayed health of a pool."""
+    if not pool.enabled:
+        return PoolState.DISABLED
+    if not monitored:
+        return PoolState.UNKNOWN
+    enabled = [e for e in endpoints if e.enabled]
+    if enabled and all(e.health is Health.UNKNOWN for e in enabled):
+        return PoolState.UNKNOWN
+    if not eligible:
+        return PoolState.CRITICAL
+    if all(e.health is Health.HEALTHY for e in enabled):
+        return PoolState.HEALTHY
+    return PoolState.DEGRADED

@@ -1,0 +1,1 @@
+"""Health monitors: probe drivers and pure judging of probe outcomes."""

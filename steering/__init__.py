@@ -1,0 +1,1 @@
+"""Pure steering: pick a pool, then an endpoint, for one request."""
