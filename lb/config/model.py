@@ -22,6 +22,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from lb.config.tunnels import tunnel_uuid
+
 __all__ = [
     "AdaptiveRouting",
     "Config",
@@ -132,8 +134,6 @@ class Origin:
     @property
     def tunnel_id(self) -> str | None:
         """The tunnel UUID when the address is ``<uuid>.cfargotunnel.com`` (R46)."""
-        from lb.config.tunnels import tunnel_uuid  # noqa: PLC0415 - avoid a cycle
-
         return tunnel_uuid(self.address)
 
 

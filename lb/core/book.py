@@ -56,7 +56,9 @@ class _Endpoint:
     def __init__(self, ident: tuple[object, ...], monitor: Monitor, vantages: Iterable[str]):
         self.identity = ident
         self.checks = {
-            v: Check(consecutive_up=monitor.consecutive_up, consecutive_down=monitor.consecutive_down)
+            v: Check(
+                consecutive_up=monitor.consecutive_up, consecutive_down=monitor.consecutive_down
+            )
             for v in vantages
         }
         self.health = Health.UNKNOWN
@@ -124,7 +126,7 @@ class HealthBook:
 
     def targets(self) -> list[ProbeTarget]:
         """Every (pool, endpoint) that must be probed, in configuration order (R10)."""
-        out = []
+        out: list[ProbeTarget] = []
         for pool in self._config.pools:
             if not pool.enabled or pool.monitor is None:
                 continue

@@ -1,0 +1,142 @@
+"""Session affinity state: the signed ``__cflb`` cookie and the header-session table.
+
+The cookie (R35) is stateless: it carries the load balancer, the endpoint and the absolute
+expiry, signed with HMAC-SHA256 under a configured secret, so any replica with the same secret
+honours it and a forged, altered or expired value is ignored (and reported as ``invalid`` or
+``expired``).  Format, all URL-safe::
+
+    v1.<b64url(lb \\x1f pool \\x1f endpoint)>.<expiry: Unix seconds>.<b64url(mac[:16])>
+
+Header sessions (R39) cannot be stateless, since the client never sees a token: they live
+in :class:`HeaderSessions`, keyed by (load balancer, header values), with a sliding idle TTL.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+__all__ = ["COOKIE_NAME", "CookieValue", "HeaderSessions", "session_key", "sign", "verify"]
+
+COOKIE_NAME = "__cflb"
+_SEP = "\x1f"
+
+
+@dataclass(frozen=True, slots=True)
+class CookieValue:
+    """What a valid ``__cflb`` says."""
+
+    load_balancer: str
+    pool: str
+    endpoint: str
+    expires: float
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _mac(secret: bytes, body: str) -> str:
+    return _b64(hmac.new(secret, body.encode(), hashlib.sha256).digest()[:16])
+
+
+def sign(secret: bytes, load_balancer: str, pool: str, endpoint: str, expires: float) -> str:
+    """A ``__cflb`` value pinning ``load_balancer`` to ``pool/endpoint`` until ``expires``."""
+    ident = _b64(_SEP.join((load_balancer, pool, endpoint)).encode())
+    body = f"v1.{ident}.{int(expires)}"
+    return f"{body}.{_mac(secret, body)}"
+
+
+def verify(secret: bytes, value: str) -> CookieValue | None:
+    """The content of a genuine ``__cflb`` value, or None for anything forged or malformed.
+
+    Expiry is not judged here: the caller compares ``expires`` with its own wall clock so that
+    it can tell ``expired`` from ``invalid``.
+    """
+    parts = value.split(".")
+    if len(parts) != 4 or parts[0] != "v1" or len(value) > 4096:
+        return None
+    body = value.rsplit(".", 1)[0]
+    if not hmac.compare_digest(_mac(secret, body), parts[3]):
+        return None
+    try:
+        fields = _unb64(parts[1]).decode().split(_SEP)
+        expires = int(parts[2])
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if len(fields) != 3:
+        return None
+    return CookieValue(fields[0], fields[1], fields[2], float(expires))
+
+
+def session_key(
+    names: tuple[str, ...],
+    headers: Mapping[str, str],
+    cookies: Mapping[str, str],
+    *,
+    require_all: bool,
+) -> tuple[str, ...] | None:
+    """R39: the header-affinity key, or None when no session may be created.
+
+    ``names`` are the configured ``headers``: a header name, ``cookie`` (every cookie) or
+    ``cookie:a,b`` (the named cookies).  Missing values are empty strings in the key.
+    """
+    values: list[str] = []
+    present = 0
+    for name in names:
+        lowered = name.lower()
+        if lowered == "cookie":
+            value = ";".join(f"{k}={v}" for k, v in sorted(cookies.items()) if k != COOKIE_NAME)
+        elif lowered.startswith("cookie:"):
+            wanted = [c.strip() for c in name[7:].split(",") if c.strip()]
+            found = [f"{c}={cookies[c]}" for c in wanted if c in cookies]
+            value = ";".join(found) if len(found) == len(wanted) or not require_all else ""
+        else:
+            value = headers.get(lowered, "")
+        if value:
+            present += 1
+        values.append(value)
+    if present == 0 or (require_all and present < len(names)):
+        return None
+    return tuple(values)
+
+
+class HeaderSessions:
+    """Header-affinity sessions (R39): key -> endpoint, expiring after an idle TTL.
+
+    The table is bounded: past ``max_sessions`` the oldest-touched half is dropped, which
+    only costs those clients a fresh steering decision.
+    """
+
+    def __init__(self, max_sessions: int = 1_000_000) -> None:
+        self._sessions: dict[tuple[str, tuple[str, ...]], tuple[str, float]] = {}
+        self._max = max_sessions
+
+    def get(self, lb: str, key: tuple[str, ...], now: float, ttl: float) -> str | None:
+        """The endpoint key of a live session, refreshing its idle timer; None if none."""
+        entry = self._sessions.get((lb, key))
+        if entry is None:
+            return None
+        endpoint, last = entry
+        if now - last > ttl:
+            del self._sessions[(lb, key)]
+            return None
+        self._sessions[(lb, key)] = (endpoint, now)
+        return endpoint
+
+    def put(self, lb: str, key: tuple[str, ...], endpoint: str, now: float) -> None:
+        """Pin a session to ``endpoint`` (a ``pool/endpoint`` key)."""
+        if len(self._sessions) >= self._max:
+            keep = sorted(self._sessions.items(), key=lambda kv: kv[1][1])[self._max // 2 :]
+            self._sessions = dict(keep)
+        self._sessions[(lb, key)] = (endpoint, now)
+
+    def __len__(self) -> int:
+        return len(self._sessions)

@@ -1,0 +1,70 @@
+"""Weighted picks: the few arithmetic primitives every policy is built from.
+
+``bisect`` over precomputed cumulative weights is the fastest pure-Python weighted pick
+measured on these machines (~150 ns; ``random.choices(weights=...)`` rebuilds the table every
+call and is 8x slower), so tables are built once per snapshot and reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from bisect import bisect
+from collections.abc import Sequence
+from random import Random
+from typing import TypeVar
+
+__all__ = ["ip_bucket", "rendezvous", "weighted", "weighted_dynamic"]
+
+T = TypeVar("T")
+
+
+def weighted(items: Sequence[T], cumulative: Sequence[float], rng: Random) -> T:
+    """R19: ``items[i]`` with probability ``w_i / sum(w)``; ``cumulative`` are running sums."""
+    i = bisect(cumulative, rng.random() * cumulative[-1])
+    # random() < 1 so i < len, except through float rounding at the very top of the range.
+    return items[i if i < len(items) else -1]
+
+
+def weighted_dynamic(items: Sequence[T], weights: Sequence[float], rng: Random) -> T | None:
+    """A weighted pick over weights computed per request (R21's ``w / (n + 1)``)."""
+    total = 0.0
+    for w in weights:
+        total += w
+    if total <= 0:
+        return None
+    x = rng.random() * total
+    for item, w in zip(items, weights, strict=True):
+        x -= w
+        if x < 0:
+            return item
+    return items[-1]
+
+
+def _unit(key: bytes) -> float:
+    """A stable hash of ``key`` mapped into (0, 1): the same on every run and replica."""
+    digest = hashlib.blake2b(key, digest_size=8).digest()
+    return (int.from_bytes(digest, "big") + 1) / 18446744073709551617.0  # 2**64 + 1
+
+
+def rendezvous(key: str, items: Sequence[T], names: Sequence[str], weights: Sequence[float]) -> T:
+    """Weighted rendezvous (highest-random-weight) hashing of ``key`` over ``items`` (R20).
+
+    Each item scores ``-w / ln(u)`` with ``u`` a stable hash of (key, item name); the best score
+    wins.  The same key and the same set always give the same item, the share of keys follows
+    the weights, and removing one item moves only the keys that item held: every other key's
+    winner is unchanged because its score did not change.
+    """
+    best: T = items[0]
+    best_score = -1.0
+    raw = key.encode()
+    for item, name, w in zip(items, names, weights, strict=True):
+        score = -w / math.log(_unit(raw + b"\x00" + name.encode()))
+        if score > best_score:
+            best, best_score = item, score
+    return best
+
+
+def ip_bucket(key: str, salt: str = "") -> float:
+    """A stable position of ``key`` in [0, 100), for hash-based load shedding (R24)."""
+    return _unit(f"{salt}\x00{key}".encode()) * 100.0

@@ -1,0 +1,634 @@
+"""The steering pipeline: one load balancer, one request, one pool, one endpoint.
+
+Theory of operation
+===================
+
+A :class:`Router` is compiled from one :class:`~lb.core.snapshot.Snapshot` and replaced when
+the snapshot changes.  Everything that depends only on the snapshot (the candidate pool list
+of each load balancer per data center, which of them are eligible, their weights and
+cumulative tables, local-preference subsets) is computed on first use and cached, so that a
+request costs a few dictionary lookups, one ``bisect`` and the policy's own arithmetic.
+
+The pipeline for one request (cloudflare-lb.md §3.3), each step recorded in the trace:
+
+1. The Host selects the load balancer; unknown hosts answer 404.
+2. Session affinity (R35-R40) may short-circuit steps 3-5 for an existing session whose
+   endpoint is usable (enabled, healthy, in an eligible pool; or draining, R40).
+3. Candidate pools: ``pop_pools`` -> ``country_pools`` -> ``region_pools`` ->
+   ``default_pools`` for geo (R27), ``default_pools`` otherwise.  Pools that are not eligible
+   (R17), have nothing selectable (R18) or shed this request (R24) are excluded.
+4. The pool policy picks one (R26-R29, R19, R21).
+5. None left: the fallback pool with its health ignored (R30); a disabled fallback pool gives
+   530 / error 1016.
+6. The pool's endpoint policy picks one endpoint (R19-R21), among local endpoints first when
+   local-data-center preference is on (see docs/steering.md).
+7. A zero-downtime failover retry (R42-R45) is a second, separate call: :meth:`Router.retry`.
+
+Nothing here awaits, reads a clock or draws randomness except from the ``rng`` passed in.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from random import Random
+
+from lb.config.model import Datacenter, LoadBalancer
+from lb.core.health import Health
+from lb.core.snapshot import EndpointView, PoolView, Snapshot
+from steering.affinity import HeaderSessions, session_key, sign, verify
+from steering.geo import distance_km
+from steering.pick import ip_bucket, rendezvous, weighted, weighted_dynamic
+from steering.types import Affinity, Decision, Live, Request
+
+__all__ = ["Router"]
+
+_NO_LIVE = Live()
+
+
+@dataclass(frozen=True, slots=True)
+class _Endpoints:
+    """A set of endpoints with its pick tables."""
+
+    items: tuple[EndpointView, ...]
+    names: tuple[str, ...]
+    weights: tuple[float, ...]
+    cumulative: tuple[float, ...]
+    note: str
+    """How the set was chosen, for the trace (empty for the plain selectable set)."""
+
+    @classmethod
+    def of(cls, items: Sequence[EndpointView], note: str = "") -> _Endpoints:
+        weights = tuple(e.weight for e in items)
+        total, cumulative = 0.0, []
+        for w in weights:
+            total += w
+            cumulative.append(total)
+        return cls(tuple(items), tuple(e.name for e in items), weights, tuple(cumulative), note)
+
+
+@dataclass(frozen=True, slots=True)
+class _Route:
+    """The pools a request from one data center may use, per load balancer."""
+
+    label: str
+    """Which list was used: ``pop_pools[FRA]``, ``region_pools[WEU]``, ``default_pools``..."""
+    candidates: tuple[PoolView, ...]
+    eligible: tuple[PoolView, ...]
+    """Eligible candidates in the policy's order (proximity and latency sort them)."""
+    cumulative: tuple[float, ...]
+    """Cumulative pool weights of ``eligible`` for ``random``."""
+    weights: tuple[float, ...]
+    sheds: bool
+    """Whether any eligible pool sheds load, so that the per-request check is needed."""
+
+
+class _Plan:
+    """One load balancer compiled against one snapshot."""
+
+    __slots__ = ("fallback", "lb", "policy", "pool_names", "routes")
+
+    def __init__(self, lb: LoadBalancer, snapshot: Snapshot) -> None:
+        self.lb = lb
+        self.policy = lb.effective_policy
+        self.fallback = snapshot.pools.get(lb.fallback_pool)
+        self.routes: dict[str, _Route] = {}
+        names = set(lb.default_pools) | {lb.fallback_pool}
+        for mapping in (lb.region_pools, lb.country_pools, lb.pop_pools):
+            for pools in mapping.values():
+                names.update(pools)
+        self.pool_names = frozenset(names)
+
+
+class Router:
+    """Steering decisions against one snapshot; build a new one when the snapshot changes.
+
+    Args:
+        snapshot: the health and configuration to steer by.
+        secret: the HMAC key of ``__cflb`` cookies.
+        sessions: the header-affinity table, which outlives routers (it is state, not a view).
+    """
+
+    def __init__(
+        self, snapshot: Snapshot, *, secret: bytes, sessions: HeaderSessions | None = None
+    ) -> None:
+        self.snapshot = snapshot
+        self._secret = secret
+        self._sessions = sessions if sessions is not None else HeaderSessions()
+        self._datacenters = snapshot.config.datacenters
+        self._plans: dict[str, _Plan | None] = {}
+        self._endpoint_sets: dict[tuple[str, str], _Endpoints] = {}
+        engine = snapshot.config.engine
+        self._local = engine.local_preference
+        self._zdf_codes = frozenset(engine.zero_downtime_failover_codes)
+
+    # ------------------------------------------------------------------ the pipeline
+
+    def decide(
+        self, req: Request, rng: Random, live: Live | None = None, *, trace: bool = False
+    ) -> Decision:
+        """Steer one request; see the module docstring for the steps."""
+        tr: list[str] | None = [] if trace else None
+        plan = self._plan(req.host)
+        if plan is None:
+            if tr is not None:
+                tr.append(f"host {req.host!r}: no load balancer answers for it")
+            return Decision(
+                load_balancer=None,
+                pool=None,
+                endpoint=None,
+                reason="unknown_host",
+                status=404,
+                trace=tr,
+            )
+        lb = plan.lb
+        if tr is not None:
+            tr.append(f"load balancer {lb.name}: steering_policy={plan.policy or 'off'}")
+        live = live or _NO_LIVE
+        mode = lb.affinity
+        if mode == "none":
+            return self._steer(plan, req, rng, live, tr)
+        if mode == "header":
+            return self._header_affinity(plan, req, rng, live, tr)
+        return self._cookie_affinity(plan, req, rng, live, tr)
+
+    def retry(
+        self,
+        first: Decision,
+        req: Request,
+        rng: Random,
+        live: Live | None = None,
+        *,
+        status: int,
+    ) -> Decision | None:
+        """R42-R45: the single zero-downtime retry after ``first`` failed with ``status``.
+
+        Returns None when no retry is due: ``status`` is not a failover code, a pinned session
+        with ``zero_downtime_failover: none``, or no healthy alternate exists.
+        """
+        lb, pool, endpoint = first.load_balancer, first.pool, first.endpoint
+        if lb is None or pool is None or endpoint is None or status not in self._zdf_codes:
+            return None
+        tr = list(first.trace) if first.trace is not None else None
+        zdf = lb.session_affinity_attributes.zero_downtime_failover
+        if first.affinity == Affinity.HIT and zdf == "none":
+            if tr is not None:
+                tr.append(f"retry: pinned session and zero_downtime_failover=none: {status}")
+            return None
+        live = live or _NO_LIVE
+        tried = (*first.tried, endpoint.key)
+        chosen = self._pick_endpoint(pool, req, rng, live, tr, exclude=tried)
+        if chosen is None and lb.adaptive_routing.failover_across_pools:
+            plan = self._plan(req.host)
+            route = self._route(plan, req) if plan else None
+            pools = route.eligible if route else ()
+            after = [p for p in pools if p.name != pool.name]
+            for nxt in after:
+                chosen = self._pick_endpoint(nxt, req, rng, live, tr, exclude=tried)
+                if chosen is not None:
+                    pool = nxt
+                    if tr is not None:
+                        tr.append(f"retry: failover_across_pools to pool {nxt.name}")
+                    break
+        if chosen is None:
+            if tr is not None:
+                tr.append(f"retry: no healthy alternate after {status}")
+            return None
+        set_cookie = first.set_cookie
+        if lb.affinity in ("cookie", "ip_cookie"):
+            if first.affinity != Affinity.HIT or zdf == "sticky":
+                set_cookie = self._cookie(lb, chosen, req)
+        elif lb.affinity == "header" and first.affinity != Affinity.HIT:
+            self._remember_header_session(lb, req, chosen)
+        if tr is not None:
+            tr.append(f"retry: {status} from {endpoint.key}; once to {chosen.key} (R42)")
+        return Decision(
+            load_balancer=lb,
+            pool=pool,
+            endpoint=chosen,
+            reason="retry",
+            policy=first.policy,
+            affinity=first.affinity,
+            set_cookie=set_cookie,
+            trace=tr,
+            pinned=first.pinned,
+            tried=tried,
+        )
+
+    # ------------------------------------------------------------------ affinity
+
+    def _cookie_affinity(
+        self, plan: _Plan, req: Request, rng: Random, live: Live, tr: list[str] | None
+    ) -> Decision:
+        lb = plan.lb
+        outcome = Affinity.NEW
+        if req.cookie:
+            value = verify(self._secret, req.cookie)
+            if value is None or value.load_balancer != lb.name:
+                outcome = Affinity.INVALID
+            elif value.expires <= req.wall:
+                outcome = Affinity.EXPIRED
+            else:
+                pinned = self._usable_pinned(plan, value.pool, value.endpoint, req, tr)
+                if pinned is not None:
+                    return self._hit(plan, pinned, req, tr)
+                outcome = Affinity.REMAPPED
+            if tr is not None:
+                tr.append(f"affinity: __cflb {outcome}")
+        elif lb.affinity == "ip_cookie" and req.client_ip:
+            # R38: cookieless clients of one IP get the same first endpoint.
+            rng = Random(req.client_ip)
+            if tr is not None:
+                tr.append("affinity: ip_cookie, first choice seeded by the client IP")
+        decision = self._steer(plan, req, rng, live, tr)
+        decision.affinity = outcome
+        if decision.endpoint is not None:
+            decision.set_cookie = self._cookie(lb, decision.endpoint, req)
+        return decision
+
+    def _header_affinity(
+        self, plan: _Plan, req: Request, rng: Random, live: Live, tr: list[str] | None
+    ) -> Decision:
+        lb = plan.lb
+        attrs = lb.session_affinity_attributes
+        key = session_key(
+            attrs.headers, req.headers, req.cookies, require_all=attrs.require_all_headers
+        )
+        if key is None:
+            if tr is not None:
+                tr.append("affinity: header, configured headers absent: no session (R39)")
+            return self._steer(plan, req, rng, live, tr)
+        outcome = Affinity.NEW
+        pinned_key = self._sessions.get(lb.name, key, req.now, lb.effective_affinity_ttl)
+        if pinned_key is not None:
+            pool_name, _, name = pinned_key.partition("/")
+            pinned = self._usable_pinned(plan, pool_name, name, req, tr)
+            if pinned is not None:
+                return self._hit(plan, pinned, req, tr)
+            outcome = Affinity.REMAPPED
+        decision = self._steer(plan, req, rng, live, tr)
+        decision.affinity = outcome
+        if decision.endpoint is not None:
+            self._sessions.put(lb.name, key, decision.endpoint.key, req.now)
+        return decision
+
+    def _remember_header_session(self, lb: LoadBalancer, req: Request, ep: EndpointView) -> None:
+        attrs = lb.session_affinity_attributes
+        key = session_key(
+            attrs.headers, req.headers, req.cookies, require_all=attrs.require_all_headers
+        )
+        if key is not None:
+            self._sessions.put(lb.name, key, ep.key, req.now)
+
+    def _usable_pinned(
+        self, plan: _Plan, pool_name: str, name: str, req: Request, tr: list[str] | None
+    ) -> EndpointView | None:
+        """The pinned endpoint if a session may still use it (R36, R37, R40, R24)."""
+        pool = self.snapshot.pools.get(pool_name) if pool_name in plan.pool_names else None
+        ep = pool.endpoint(name) if pool else None
+        if pool is None or ep is None:
+            return None
+        if not ep.enabled:
+            drain = plan.lb.session_affinity_attributes.drain_duration
+            if drain > 0 and ep.disabled_at is not None and req.now - ep.disabled_at < drain:
+                if tr is not None:
+                    tr.append(f"affinity: {ep.key} disabled, draining for {drain:g}s (R40)")
+                return ep
+            return None
+        if ep.health is not Health.HEALTHY or not (pool.eligible or pool is plan.fallback):
+            return None
+        shed = pool.config.load_shedding
+        if (
+            shed is not None
+            and shed.session_percent > 0
+            and ip_bucket(req.client_ip, pool.name) < shed.session_percent
+        ):
+            if tr is not None:
+                tr.append(f"affinity: session shed from pool {pool.name} (R24)")
+            return None
+        return ep
+
+    def _hit(self, plan: _Plan, ep: EndpointView, req: Request, tr: list[str] | None) -> Decision:
+        pool = self.snapshot.pools[ep.pool]
+        if tr is not None:
+            tr.append(f"affinity: session pinned to {ep.key}; weights and policy skipped (R36)")
+        return Decision(
+            load_balancer=plan.lb,
+            pool=pool,
+            endpoint=ep,
+            reason="affinity",
+            policy=plan.policy,
+            affinity=Affinity.HIT,
+            trace=tr,
+            pinned=ep.key,
+        )
+
+    def _cookie(self, lb: LoadBalancer, ep: EndpointView, req: Request) -> str:
+        return sign(self._secret, lb.name, ep.pool, ep.name, req.wall + lb.effective_affinity_ttl)
+
+    # ------------------------------------------------------------------ pools
+
+    def _steer(
+        self, plan: _Plan, req: Request, rng: Random, live: Live, tr: list[str] | None
+    ) -> Decision:
+        route = self._route(plan, req)
+        if tr is not None:
+            self._trace_route(route, tr)
+        pools = route.eligible
+        if route.sheds:
+            pools = self._unshed(pools, req, rng, tr)
+        pool = self._pick_pool(plan, route, pools, live, rng) if pools else None
+        reason = "policy"
+        if pool is None:
+            return self._fallback(plan, req, rng, live, tr)
+        if tr is not None:
+            tr.append(f"pool {pool.name} chosen by {plan.policy}")
+        ep = self._pick_endpoint(pool, req, rng, live, tr)
+        if ep is None:  # pragma: no cover - eligible pools always have a selectable endpoint
+            return self._fallback(plan, req, rng, live, tr)
+        return Decision(
+            load_balancer=plan.lb,
+            pool=pool,
+            endpoint=ep,
+            reason=reason,
+            policy=f"{plan.policy}/{pool.config.origin_steering.policy}",
+            trace=tr,
+        )
+
+    def _pick_pool(
+        self,
+        plan: _Plan,
+        route: _Route,
+        pools: tuple[PoolView, ...],
+        live: Live,
+        rng: Random,
+    ) -> PoolView | None:
+        policy = plan.policy
+        if policy == "random":
+            if pools is route.eligible:
+                return weighted(pools, route.cumulative, rng) if route.cumulative[-1] > 0 else None
+            ws = [_pool_weight(plan.lb, p) for p in pools]
+            return weighted_dynamic(pools, ws, rng)
+        if policy == "least_outstanding_requests":
+            counts = live.pool_in_flight
+            ws = [_pool_weight(plan.lb, p) / (counts.get(p.name, 0) + 1) for p in pools]
+            return weighted_dynamic(pools, ws, rng)
+        if policy == "least_connections":
+            counts = live.pool_connections
+            ws = [_pool_weight(plan.lb, p) / (counts.get(p.name, 0) + 1) for p in pools]
+            return weighted_dynamic(pools, ws, rng)
+        # off, geo, proximity, dynamic_latency: the route is already in the policy's order.
+        return pools[0]
+
+    def _unshed(
+        self, pools: tuple[PoolView, ...], req: Request, rng: Random, tr: list[str] | None
+    ) -> tuple[PoolView, ...]:
+        """R24: drop the pools that shed this (non-session) request."""
+        kept = []
+        for p in pools:
+            shed = p.config.load_shedding
+            if shed is not None and shed.default_percent > 0:
+                if shed.default_policy == "hash":
+                    x = ip_bucket(req.client_ip, p.name)
+                else:
+                    x = rng.random() * 100.0
+                if x < shed.default_percent:
+                    if tr is not None:
+                        tr.append(f"pool {p.name}: request shed ({shed.default_percent:g}%, R24)")
+                    continue
+            kept.append(p)
+        return tuple(kept)
+
+    def _fallback(
+        self, plan: _Plan, req: Request, rng: Random, live: Live, tr: list[str] | None
+    ) -> Decision:
+        """R30: the fallback pool with its health ignored, or 530 / 1016."""
+        pool = plan.fallback
+        if pool is None or not pool.config.enabled:
+            if tr is not None:
+                tr.append("no eligible pool and the fallback pool is disabled: 530 / 1016 (R30)")
+            return Decision(
+                load_balancer=plan.lb,
+                pool=None,
+                endpoint=None,
+                reason="no_pool",
+                policy=plan.policy,
+                status=530,
+                trace=tr,
+            )
+        if tr is not None:
+            tr.append(f"no eligible pool: fallback pool {pool.name}, health ignored (R30)")
+        ep = self._pick_endpoint(pool, req, rng, live, tr, fallback=True)
+        if ep is None:
+            if tr is not None:
+                tr.append(f"fallback pool {pool.name} has no enabled endpoint: 530 / 1016")
+            return Decision(
+                load_balancer=plan.lb,
+                pool=pool,
+                endpoint=None,
+                reason="no_pool",
+                policy=plan.policy,
+                status=530,
+                trace=tr,
+            )
+        return Decision(
+            load_balancer=plan.lb,
+            pool=pool,
+            endpoint=ep,
+            reason="fallback",
+            policy=f"fallback/{pool.config.origin_steering.policy}",
+            trace=tr,
+        )
+
+    # ------------------------------------------------------------------ endpoints
+
+    def _pick_endpoint(
+        self,
+        pool: PoolView,
+        req: Request,
+        rng: Random,
+        live: Live,
+        tr: list[str] | None,
+        *,
+        exclude: tuple[str, ...] = (),
+        fallback: bool = False,
+    ) -> EndpointView | None:
+        eps = self._endpoints(pool, req, rng, fallback=fallback)
+        if exclude:
+            kept = [e for e in eps.items if e.key not in exclude]
+            if not kept:
+                return None
+            eps = _Endpoints.of(kept, eps.note)
+        if not eps.items:
+            return None
+        if tr is not None and eps.note:
+            tr.append(eps.note)
+        policy = pool.config.origin_steering.policy
+        if policy == "random":
+            ep = weighted(eps.items, eps.cumulative, rng) if eps.cumulative[-1] > 0 else None
+        elif policy == "hash":
+            ep = rendezvous(req.client_ip, eps.items, eps.names, eps.weights)
+        else:
+            counts = live.in_flight if policy == "least_outstanding_requests" else live.connections
+            ws = [e.weight / (counts.get(e.key, 0) + 1) for e in eps.items]
+            ep = weighted_dynamic(eps.items, ws, rng)
+        if ep is None:
+            ep = eps.items[0]  # every weight is zero: only the fallback pool gets here
+        if tr is not None:
+            tr.append(f"endpoint {ep.key} chosen by {policy} among {len(eps.items)}")
+        return ep
+
+    def _endpoints(
+        self, pool: PoolView, req: Request, rng: Random, *, fallback: bool
+    ) -> _Endpoints:
+        """The endpoints to pick from: selectable ones, local-first when configured."""
+        local = self._local
+        dc = req.datacenter if local.enabled else ""
+        if dc and local.spill > 0 and rng.random() < local.spill:
+            dc = ""
+        cache_key = (pool.name, f"{dc}|{int(fallback)}")
+        found = self._endpoint_sets.get(cache_key)
+        if found is None:
+            found = self._compute_endpoints(pool, dc, fallback=fallback)
+            self._endpoint_sets[cache_key] = found
+        return found
+
+    def _compute_endpoints(self, pool: PoolView, dc: str, *, fallback: bool) -> _Endpoints:
+        items: Sequence[EndpointView] = pool.selectable
+        note = ""
+        if fallback and not items:
+            # Open question 12: inside the fallback pool healthy endpoints are used when some
+            # exist; otherwise every enabled endpoint, health ignored (R30).
+            items = [e for e in pool.endpoints if e.enabled and e.weight > 0] or [
+                e for e in pool.endpoints if e.enabled
+            ]
+            note = f"fallback pool {pool.name}: no healthy endpoint, health ignored"
+        if dc and items:
+            local = [e for e in items if dc in e.datacenters]
+            if local:
+                return _Endpoints.of(local, f"local preference: {len(local)} endpoint(s) in {dc}")
+            nearest = self._nearest(items, dc)
+            if nearest:
+                return _Endpoints.of(nearest, f"local preference: none in {dc}; nearest used")
+        return _Endpoints.of(items, note)
+
+    def _nearest(self, items: Sequence[EndpointView], dc: str) -> list[EndpointView]:
+        """The endpoints whose closest replica data center is nearest to ``dc``."""
+        here = self._datacenters.get(dc)
+        if here is None or here.latitude is None or here.longitude is None:
+            return []
+        scored: list[tuple[float, EndpointView]] = []
+        for e in items:
+            best = math.inf
+            for code in e.datacenters:
+                d = _distance(here, self._datacenters.get(code))
+                best = min(best, d)
+            if best < math.inf:
+                scored.append((best, e))
+        if not scored:
+            return []
+        least = min(d for d, _ in scored)
+        return [e for d, e in scored if d <= least + 1.0]
+
+    # ------------------------------------------------------------------ compiled plans
+
+    def _plan(self, host: str) -> _Plan | None:
+        try:
+            return self._plans[host]
+        except KeyError:
+            pass
+        lb = self.snapshot.load_balancer(host)
+        plan = _Plan(lb, self.snapshot) if lb is not None else None
+        if plan is not None or len(self._plans) < 10_000:
+            self._plans[host] = plan
+        return plan
+
+    def _route(self, plan: _Plan, req: Request) -> _Route:
+        policy = plan.policy
+        key = req.datacenter if policy in ("geo", "proximity", "dynamic_latency") else ""
+        route = plan.routes.get(key)
+        if route is None:
+            route = self._compute_route(plan, key)
+            plan.routes[key] = route
+        return route
+
+    def _compute_route(self, plan: _Plan, dc_code: str) -> _Route:
+        lb, pools = plan.lb, self.snapshot.pools
+        label, names = "default_pools", lb.default_pools
+        dc = self._datacenters.get(dc_code) if dc_code else None
+        if plan.policy == "geo" and dc_code:
+            for label_, mapping, k in (
+                ("pop_pools", lb.pop_pools, dc_code),
+                ("country_pools", lb.country_pools, dc.country if dc else ""),
+                ("region_pools", lb.region_pools, dc.region if dc else ""),
+            ):
+                if k and k in mapping:
+                    label, names = f"{label_}[{k}]", mapping[k]
+                    break
+        candidates = tuple(pools[n] for n in names if n in pools)
+        eligible = tuple(p for p in candidates if p.eligible and p.selectable)
+        if plan.policy == "proximity" and dc is not None:
+            eligible = tuple(sorted(eligible, key=lambda p: _pool_distance(dc, p)))
+        elif plan.policy == "dynamic_latency":
+            eligible = tuple(sorted(eligible, key=lambda p: _pool_rtt(p, dc_code, dc)))
+        weights = tuple(_pool_weight(lb, p) for p in eligible)
+        cumulative, total = [], 0.0
+        for w in weights:
+            total += w
+            cumulative.append(total)
+        sheds = any(
+            p.config.load_shedding is not None and p.config.load_shedding.default_percent > 0
+            for p in eligible
+        )
+        return _Route(label, candidates, eligible, tuple(cumulative), weights, sheds)
+
+    def _trace_route(self, route: _Route, tr: list[str]) -> None:
+        tr.append(f"candidates from {route.label}: {[p.name for p in route.candidates]}")
+        tr.extend(
+            f"pool {p.name} excluded: {_why_not(p)}"
+            for p in route.candidates
+            if p not in route.eligible
+        )
+
+
+def _why_not(p: PoolView) -> str:
+    if not p.config.enabled:
+        return "disabled (R10)"
+    if not p.eligible:
+        return (
+            f"{p.state}: {p.healthy_count} healthy < minimum_origins "
+            f"{p.config.minimum_origins} (R17)"
+        )
+    return "no enabled healthy endpoint with weight > 0 (R18)"
+
+
+def _pool_weight(lb: LoadBalancer, p: PoolView) -> float:
+    rs = lb.random_steering
+    return rs.pool_weights.get(p.name, rs.default_weight)
+
+
+def _distance(a: Datacenter, b: Datacenter | None) -> float:
+    if b is None or None in (a.latitude, a.longitude, b.latitude, b.longitude):
+        return math.inf
+    assert a.latitude is not None and a.longitude is not None
+    assert b.latitude is not None and b.longitude is not None
+    return distance_km(a.latitude, a.longitude, b.latitude, b.longitude)
+
+
+def _pool_distance(dc: Datacenter, p: PoolView) -> float:
+    """R29; pools without coordinates sort last (open question 13)."""
+    lat, lon = p.config.latitude, p.config.longitude
+    if lat is None or lon is None or dc.latitude is None or dc.longitude is None:
+        return math.inf
+    return distance_km(dc.latitude, dc.longitude, lat, lon)
+
+
+def _pool_rtt(p: PoolView, dc_code: str, dc: Datacenter | None) -> float:
+    """R28: the EWMA RTT seen from the request's region (or data center), else the mean."""
+    for key in (dc_code, dc.region if dc else ""):
+        if key and key in p.rtt:
+            return p.rtt[key]
+    if p.rtt:
+        return sum(p.rtt.values()) / len(p.rtt)
+    return math.inf  # no data: after pools with data, in failover order (sorted is stable)
