@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from lb import __version__
 from lb.config.errors import ConfigError
 
-COMMANDS = ("check", "explain")
+COMMANDS = ("check", "explain", "probe", "run", "connector")
 """Modules of :mod:`lb.commands`, in the order ``--help`` lists them."""
 
 

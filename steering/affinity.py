@@ -60,8 +60,10 @@ def verify(secret: bytes, value: str) -> CookieValue | None:
     Expiry is not judged here: the caller compares ``expires`` with its own wall clock so that
     it can tell ``expired`` from ``invalid``.
     """
+    if len(value) > 4096 or not value.isascii():
+        return None  # hmac.compare_digest raises TypeError on non-ASCII str
     parts = value.split(".")
-    if len(parts) != 4 or parts[0] != "v1" or len(value) > 4096:
+    if len(parts) != 4 or parts[0] != "v1":
         return None
     body = value.rsplit(".", 1)[0]
     if not hmac.compare_digest(_mac(secret, body), parts[3]):

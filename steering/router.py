@@ -45,6 +45,8 @@ from steering.types import Affinity, Decision, Live, Request
 __all__ = ["Router"]
 
 _NO_LIVE = Live()
+_CACHE_LIMIT = 4096
+"""Most cached routes / endpoint sets per router: data center codes come from requests."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,11 +89,13 @@ class _Route:
 class _Plan:
     """One load balancer compiled against one snapshot."""
 
-    __slots__ = ("fallback", "lb", "policy", "pool_names", "routes")
+    __slots__ = ("affinity", "fallback", "lb", "policy", "pool_names", "routes")
 
     def __init__(self, lb: LoadBalancer, snapshot: Snapshot) -> None:
         self.lb = lb
         self.policy = lb.effective_policy
+        # R34: affinity is never applied on DNS-only load balancers.
+        self.affinity = lb.affinity if lb.proxied else "none"
         self.fallback = snapshot.pools.get(lb.fallback_pool)
         self.routes: dict[str, _Route] = {}
         names = set(lb.default_pools) | {lb.fallback_pool}
@@ -146,7 +150,7 @@ class Router:
         if tr is not None:
             tr.append(f"load balancer {lb.name}: steering_policy={plan.policy or 'off'}")
         live = live or _NO_LIVE
-        mode = lb.affinity
+        mode = plan.affinity
         if mode == "none":
             return self._steer(plan, req, rng, live, tr)
         if mode == "header":
@@ -170,6 +174,8 @@ class Router:
         lb, pool, endpoint = first.load_balancer, first.pool, first.endpoint
         if lb is None or pool is None or endpoint is None or status not in self._zdf_codes:
             return None
+        if first.reason == "retry":
+            return None  # R42: exactly one retry per request
         tr = list(first.trace) if first.trace is not None else None
         zdf = lb.session_affinity_attributes.zero_downtime_failover
         if first.affinity == Affinity.HIT and zdf == "none":
@@ -196,10 +202,11 @@ class Router:
                 tr.append(f"retry: no healthy alternate after {status}")
             return None
         set_cookie = first.set_cookie
-        if lb.affinity in ("cookie", "ip_cookie"):
+        mode = lb.affinity if lb.proxied else "none"  # R34
+        if mode in ("cookie", "ip_cookie"):
             if first.affinity != Affinity.HIT or zdf == "sticky":
                 set_cookie = self._cookie(lb, chosen, req)
-        elif lb.affinity == "header" and first.affinity != Affinity.HIT:
+        elif mode == "header" and first.affinity != Affinity.HIT:
             self._remember_header_session(lb, req, chosen)
         if tr is not None:
             tr.append(f"retry: {status} from {endpoint.key}; once to {chosen.key} (R42)")
@@ -223,6 +230,7 @@ class Router:
     ) -> Decision:
         lb = plan.lb
         outcome = Affinity.NEW
+        avoid = ""
         if req.cookie:
             value = verify(self._secret, req.cookie)
             if value is None or value.load_balancer != lb.name:
@@ -232,7 +240,9 @@ class Router:
             else:
                 pinned = self._usable_pinned(plan, value.pool, value.endpoint, req, tr)
                 if pinned is not None:
-                    return self._hit(plan, pinned, req, tr)
+                    if not self._session_shed(pinned, req, tr):
+                        return self._hit(plan, pinned, req, tr)
+                    avoid = pinned.pool
                 outcome = Affinity.REMAPPED
             if tr is not None:
                 tr.append(f"affinity: __cflb {outcome}")
@@ -241,7 +251,7 @@ class Router:
             rng = Random(req.client_ip)
             if tr is not None:
                 tr.append("affinity: ip_cookie, first choice seeded by the client IP")
-        decision = self._steer(plan, req, rng, live, tr)
+        decision = self._steer(plan, req, rng, live, tr, avoid=avoid)
         decision.affinity = outcome
         if decision.endpoint is not None:
             decision.set_cookie = self._cookie(lb, decision.endpoint, req)
@@ -260,14 +270,17 @@ class Router:
                 tr.append("affinity: header, configured headers absent: no session (R39)")
             return self._steer(plan, req, rng, live, tr)
         outcome = Affinity.NEW
+        avoid = ""
         pinned_key = self._sessions.get(lb.name, key, req.now, lb.effective_affinity_ttl)
         if pinned_key is not None:
             pool_name, _, name = pinned_key.partition("/")
             pinned = self._usable_pinned(plan, pool_name, name, req, tr)
             if pinned is not None:
-                return self._hit(plan, pinned, req, tr)
+                if not self._session_shed(pinned, req, tr):
+                    return self._hit(plan, pinned, req, tr)
+                avoid = pinned.pool
             outcome = Affinity.REMAPPED
-        decision = self._steer(plan, req, rng, live, tr)
+        decision = self._steer(plan, req, rng, live, tr, avoid=avoid)
         decision.affinity = outcome
         if decision.endpoint is not None:
             self._sessions.put(lb.name, key, decision.endpoint.key, req.now)
@@ -298,16 +311,20 @@ class Router:
             return None
         if ep.health is not Health.HEALTHY or not (pool.eligible or pool is plan.fallback):
             return None
-        shed = pool.config.load_shedding
+        return ep
+
+    def _session_shed(self, ep: EndpointView, req: Request, tr: list[str] | None) -> bool:
+        """R24: whether ``session_percent`` moves this session out of the endpoint's pool."""
+        shed = self.snapshot.pools[ep.pool].config.load_shedding
         if (
             shed is not None
             and shed.session_percent > 0
-            and ip_bucket(req.client_ip, pool.name) < shed.session_percent
+            and ip_bucket(req.client_ip, ep.pool) < shed.session_percent
         ):
             if tr is not None:
-                tr.append(f"affinity: session shed from pool {pool.name} (R24)")
-            return None
-        return ep
+                tr.append(f"affinity: session shed from pool {ep.pool} (R24)")
+            return True
+        return False
 
     def _hit(self, plan: _Plan, ep: EndpointView, req: Request, tr: list[str] | None) -> Decision:
         pool = self.snapshot.pools[ep.pool]
@@ -330,7 +347,14 @@ class Router:
     # ------------------------------------------------------------------ pools
 
     def _steer(
-        self, plan: _Plan, req: Request, rng: Random, live: Live, tr: list[str] | None
+        self,
+        plan: _Plan,
+        req: Request,
+        rng: Random,
+        live: Live,
+        tr: list[str] | None,
+        *,
+        avoid: str = "",
     ) -> Decision:
         route = self._route(plan, req)
         if tr is not None:
@@ -338,6 +362,8 @@ class Router:
         pools = route.eligible
         if route.sheds:
             pools = self._unshed(pools, req, rng, tr)
+        if avoid:  # a session shed from this pool (R24) is steered as if it were unavailable
+            pools = tuple(p for p in pools if p.name != avoid)
         pool = self._pick_pool(plan, route, pools, live, rng) if pools else None
         reason = "policy"
         if pool is None:
@@ -457,6 +483,11 @@ class Router:
         eps = self._endpoints(pool, req, rng, fallback=fallback)
         if exclude:
             kept = [e for e in eps.items if e.key not in exclude]
+            if not kept and eps.note:
+                # Local preference narrowed the set; a retry may use any other endpoint of
+                # the pool (R42), so widen to the whole set.
+                wide = self._endpoint_set(pool, "", fallback=fallback)
+                kept = [e for e in wide.items if e.key not in exclude]
             if not kept:
                 return None
             eps = _Endpoints.of(kept, eps.note)
@@ -487,11 +518,15 @@ class Router:
         dc = req.datacenter if local.enabled else ""
         if dc and local.spill > 0 and rng.random() < local.spill:
             dc = ""
+        return self._endpoint_set(pool, dc, fallback=fallback)
+
+    def _endpoint_set(self, pool: PoolView, dc: str, *, fallback: bool) -> _Endpoints:
         cache_key = (pool.name, f"{dc}|{int(fallback)}")
         found = self._endpoint_sets.get(cache_key)
         if found is None:
             found = self._compute_endpoints(pool, dc, fallback=fallback)
-            self._endpoint_sets[cache_key] = found
+            if len(self._endpoint_sets) < _CACHE_LIMIT:  # dc comes from a request header
+                self._endpoint_sets[cache_key] = found
         return found
 
     def _compute_endpoints(self, pool: PoolView, dc: str, *, fallback: bool) -> _Endpoints:
@@ -550,7 +585,8 @@ class Router:
         route = plan.routes.get(key)
         if route is None:
             route = self._compute_route(plan, key)
-            plan.routes[key] = route
+            if len(plan.routes) < _CACHE_LIMIT:  # key comes from a request header
+                plan.routes[key] = route
         return route
 
     def _compute_route(self, plan: _Plan, dc_code: str) -> _Route:

@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 from lb.config.tunnels import tunnel_uuid
 
 __all__ = [
+    "REGIONS",
     "AdaptiveRouting",
     "Config",
     "Datacenter",
@@ -45,6 +46,11 @@ __all__ = [
 ]
 
 _FROZEN = {"frozen": True, "slots": True, "kw_only": True}
+
+REGIONS = (
+    "WNAM", "ENAM", "WEU", "EEU", "NSAM", "SSAM", "OC", "ME", "NAF", "SAF", "SAS", "SEAS", "NEAS",
+)  # fmt: skip
+"""Cloudflare's 13 load-balancing regions (Regions API): keys of ``region_pools``."""
 
 
 def _f(default: Any = dataclasses.MISSING, **meta: Any) -> Any:
@@ -173,7 +179,9 @@ class Pool:
     minimum_origins: int = _f(1, range=(0, 1000), doc="healthy endpoints needed (R17)")
     monitor: str | None = _f(None, doc="monitor id; none = health not considered (R13)")
     monitor_group: str | None = _f(None, doc="not supported: rejected when set")
-    check_regions: tuple[str, ...] | None = _f(None, doc="accepted; vantage points are local")
+    check_regions: tuple[str, ...] | None = _f(
+        None, choices=(*REGIONS, "ALL_REGIONS"), doc="accepted; vantage points are local"
+    )
     health_sources: tuple[str, ...] | None = _f(None, doc="accepted for compatibility")
     origins: tuple[Origin, ...] = _f(doc="the endpoints")
     origin_steering: OriginSteering = _f(OriginSteering(), doc="endpoint steering")
@@ -191,7 +199,9 @@ class Pool:
 class RandomSteering:
     """Pool weights for random, least_outstanding_requests and least_connections."""
 
-    pool_weights: Mapping[str, float] = _f({}, doc="pool id or name -> weight 0..1")
+    pool_weights: Mapping[str, float] = _f(
+        {}, range=(0.0, 1.0), doc="pool id or name -> weight 0..1"
+    )
     default_weight: float = _f(1.0, range=(0.0, 1.0), doc="weight of unlisted pools")
 
 
@@ -314,7 +324,7 @@ class Datacenter:
     """A Cloudflare data center (PoP): where requests enter and replicas connect."""
 
     code: str = _f(doc="IATA-like code, e.g. FRA")
-    region: str = _f(doc="Cloudflare region, e.g. WEU")
+    region: str = _f(choices=REGIONS, doc="Cloudflare region, e.g. WEU")
     country: str = _f("", doc="ISO country code")
     latitude: float | None = _f(None, range=(-90.0, 90.0), doc="degrees")
     longitude: float | None = _f(None, range=(-180.0, 180.0), doc="degrees")
@@ -365,7 +375,9 @@ class Engine:
     datacenter_header: str = _f("CF-Ray", doc="entry data center: colo suffix of CF-Ray")
     local_preference: LocalPreference = _f(LocalPreference(), doc="local-data-center preference")
     zero_downtime_failover_codes: tuple[int, ...] = _f(
-        (521, 522, 523), doc="attempt outcomes that trigger the single retry (R42)"
+        (521, 522, 523),
+        range=(500, 599),
+        doc="attempt outcomes that trigger the single retry (R42)",
     )
     error_style: str = _f("cloudflare", choices=("cloudflare", "plain"), doc="5xx codes")
     probe_user_agent: str = _f(
@@ -376,6 +388,9 @@ class Engine:
     workers: int = _f(1, range=(1, 64), doc="proxy processes sharing the port")
     drain_timeout: float = _f(30.0, range=(0, 3600), doc="seconds SIGTERM waits for requests")
     access_log: bool = _f(False, doc="one log line per request")
+    upstream_ca: str = _f(
+        "", doc="PEM CA bundle trusted for endpoints (probes and traffic); empty = system store"
+    )
     limits: Limits = _f(Limits(), doc="request limits")
 
 

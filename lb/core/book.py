@@ -8,7 +8,7 @@ monitored, enabled endpoint of every enabled pool (R10: the others are never pro
 
 * :meth:`HealthBook.apply` takes a :class:`ProbeResult`, updates that check, re-aggregates the
   endpoint over its vantage points (R14) and returns the transitions as events (R15).  The
-  snapshot is marked stale only when an aggregate changed, so probes that confirm the current
+  snapshot is marked stale only when a state changed, so probes that confirm the current
   state cost no rebuild.
 * :meth:`HealthBook.reconfigure` swaps the configuration: an endpoint whose identity (pool,
   name, address, port, Host, monitor) did not change keeps its checks; others start unknown.
@@ -95,11 +95,13 @@ class HealthBook:
         if check.state is before:
             return []
         events = [self._event(result, result.vantage, before, check.state)]
+        # Any transition (not only the aggregate's) makes the snapshot stale: it also shows
+        # the per-vantage states (EndpointView.vantage_health).  Transitions are rare.
+        self._snapshot = None
         aggregate = majority([c.state for c in ep.checks.values()])
         if aggregate is not ep.health:
             events.append(self._event(result, "*", ep.health, aggregate))
             ep.health = aggregate
-            self._snapshot = None
         return events
 
     def reconfigure(self, config: Config, *, now: float) -> list[HealthEvent]:

@@ -1,0 +1,220 @@
+"""Steering decisions per second, next to a bare ``bisect`` weighted pick.
+
+Run: ``.venv/bin/python bench/steering.py [--repeat 7] [--n 200000] [--profile CASE]``
+
+Every case calls :meth:`steering.Router.decide` with tracing off, on a router compiled once
+(as the proxy does between health changes).  The bare loop is the floor: one weighted pick
+over 10 endpoints, ``eps[bisect(cum, random() * total)]``, with nothing else.  Each case is
+timed ``--repeat`` times over ``--n`` decisions; the median is reported as ns/decision and as
+a ratio to the bare loop measured in the same run.  See docs/bench.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import dataclasses
+import os
+import pstats
+import statistics
+import sys
+import time
+import uuid
+from bisect import bisect
+from collections.abc import Callable
+from random import Random
+
+# This file is bench/steering.py: running it puts bench/ first on sys.path, where this very
+# module would shadow the ``steering`` package.  Put the repository root there instead.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
+sys.path.insert(0, os.path.dirname(_HERE))
+
+from lb.config.model import (  # noqa: E402
+    Config,
+    Datacenter,
+    Engine,
+    LoadBalancer,
+    Monitor,
+    Origin,
+    OriginSteering,
+    Pool,
+    Tunnel,
+    TunnelReplica,
+)
+from lb.core.book import HealthBook  # noqa: E402
+from lb.core.health import ProbeResult  # noqa: E402
+from steering import Live, Request, Router  # noqa: E402
+from steering.affinity import sign  # noqa: E402
+
+HOST = "app.example.com"
+SECRET = b"bench"
+WALL = 1_700_000_000.0
+
+
+def _address(label: str) -> str:
+    return f"{uuid.uuid5(uuid.NAMESPACE_DNS, label)}.cfargotunnel.com"
+
+
+def _pool(name: str, n: int, policy: str = "random") -> Pool:
+    origins = tuple(
+        Origin(name=f"{name}-{i}", address=_address(f"{name}-{i}"), weight=(i + 1) / n)
+        for i in range(n)
+    )
+    return Pool(
+        name=name, origins=origins, monitor="m", origin_steering=OriginSteering(policy=policy)
+    )
+
+
+def _router(config: Config, down: set[str] = frozenset()) -> Router:  # type: ignore[assignment]
+    """Every monitored endpoint healthy except ``pool/endpoint`` keys in ``down``."""
+    book = HealthBook(config)
+    for t in book.targets():
+        ok = f"{t.pool}/{t.endpoint}" not in down
+        for v in config.engine.vantage_points:
+            book.apply(ProbeResult(pool=t.pool, endpoint=t.endpoint, vantage=v, at=0.0, ok=ok))
+    return Router(book.snapshot(), secret=SECRET)
+
+
+def _config(pools: list[Pool], lb: LoadBalancer, **kw: object) -> Config:
+    return Config(
+        monitors=(Monitor(id="m", type="https"),),
+        pools=tuple(pools),
+        load_balancers=(lb,),
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+Case = Callable[[int], None]
+
+
+def bare(n: int) -> None:
+    """The floor: a weighted pick over 10 endpoints with a precomputed cumulative table."""
+    eps = [f"e{i}" for i in range(10)]
+    cum, total = [], 0.0
+    for i in range(10):
+        total += (i + 1) / 10
+        cum.append(total)
+    rnd = Random(1).random
+    for _ in range(n):
+        eps[bisect(cum, rnd() * total)]
+
+
+def _loop(router: Router, req: Request, live: Live | None = None) -> Case:
+    def run(n: int) -> None:
+        decide, rng = router.decide, Random(1)
+        for _ in range(n):
+            decide(req, rng, live)
+
+    return run
+
+
+def case_random() -> Case:
+    """(a) a weighted random endpoint in a pool of 10."""
+    lb = LoadBalancer(name=HOST, default_pools=("a",), fallback_pool="a")
+    return _loop(_router(_config([_pool("a", 10)], lb)), Request(host=HOST))
+
+
+def case_failover() -> Case:
+    """(b) failover across 3 pools, the first two critical."""
+    lb = LoadBalancer(name=HOST, default_pools=("a", "b", "c"), fallback_pool="c")
+    pools = [_pool("a", 3), _pool("b", 3), _pool("c", 3)]
+    down = {f"{p}/{p}-{i}" for p in "ab" for i in range(3)}
+    return _loop(_router(_config(pools, lb), down), Request(host=HOST))
+
+
+def case_cookie_hit() -> Case:
+    """(c) a valid ``__cflb`` whose endpoint is healthy."""
+    lb = LoadBalancer(name=HOST, default_pools=("a",), fallback_pool="a", session_affinity="cookie")
+    cookie = sign(SECRET, HOST, "a", "a-3", WALL + 3600)
+    req = Request(host=HOST, cookie=cookie, wall=WALL)
+    router = _router(_config([_pool("a", 10)], lb))
+    assert router.decide(req, Random(1)).reason == "affinity"
+    return _loop(router, req)
+
+
+def case_geo_lor() -> Case:
+    """(d) geo pools by region + request data center, least_outstanding_requests endpoints."""
+    lb = LoadBalancer(
+        name=HOST,
+        default_pools=("us",),
+        fallback_pool="us",
+        steering_policy="geo",
+        region_pools={"WEU": ("eu1", "eu2"), "ENAM": ("us",)},
+        country_pools={"US": ("us",)},
+    )
+    pools = [_pool(n, 5, "least_outstanding_requests") for n in ("eu1", "eu2", "us")]
+    dcs = {"FRA": Datacenter(code="FRA", region="WEU", country="DE")}
+    cfg = _config(pools, lb, datacenters=dcs)
+    live = Live(in_flight={f"eu1/eu1-{i}": i for i in range(5)})
+    return _loop(_router(cfg, {"eu1/eu1-0"}), Request(host=HOST, datacenter="FRA"), live)
+
+
+def case_local() -> Case:
+    """(e, extra) (a) with local-data-center preference: 10 tunnels, 3 connected in FRA."""
+    lb = LoadBalancer(name=HOST, default_pools=("a",), fallback_pool="a")
+    pool = _pool("a", 10)
+    tunnels = tuple(
+        Tunnel(
+            id=o.address.split(".")[0],
+            replicas=(TunnelReplica(name="r", datacenters=("FRA",) if i < 3 else ("IAD",)),),
+        )
+        for i, o in enumerate(pool.origins)
+    )
+    engine = dataclasses.replace(
+        Engine(), local_preference=dataclasses.replace(Engine().local_preference, enabled=True)
+    )
+    cfg = _config([pool], lb, tunnels=tunnels, engine=engine)
+    return _loop(_router(cfg), Request(host=HOST, datacenter="FRA"))
+
+
+CASES: dict[str, Callable[[], Case]] = {
+    "random endpoint, pool of 10": case_random,
+    "failover, 3 pools, 2 critical": case_failover,
+    "cookie affinity hit": case_cookie_hit,
+    "geo + LOR, full pipeline": case_geo_lor,
+    "random + local preference": case_local,
+}
+
+
+def measure(run: Case, n: int, repeat: int) -> float:
+    """Median ns per call of ``run`` over ``repeat`` timings of ``n`` calls."""
+    run(n // 10)  # warm caches (routes, endpoint sets, compiled plans)
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        run(n)
+        times.append((time.perf_counter() - t0) / n * 1e9)
+    return statistics.median(times)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=200_000, help="decisions per timing")
+    parser.add_argument("--repeat", type=int, default=7, help="timings per case (median)")
+    parser.add_argument("--profile", metavar="CASE", help="cProfile one case (name prefix)")
+    args = parser.parse_args(argv)
+
+    if args.profile:
+        name = next(k for k in CASES if k.startswith(args.profile))
+        run = CASES[name]()
+        profiler = cProfile.Profile()
+        profiler.runcall(run, args.n)
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(15)
+        return 0
+
+    base = measure(bare, args.n, args.repeat)
+    print(f"python {sys.version.split()[0]}, n={args.n}, median of {args.repeat}")
+    print(f"{'case':34} {'ns/decision':>12} {'decisions/s':>12} {'x bare':>7}")
+    print(f"{'bare bisect pick (10 endpoints)':34} {base:12.0f} {1e9 / base:12,.0f} {1.0:7.2f}")
+    worst = 0.0
+    for name, make in CASES.items():
+        ns = measure(make(), args.n, args.repeat)
+        worst = max(worst, ns / base)
+        print(f"{name:34} {ns:12.0f} {1e9 / ns:12,.0f} {ns / base:7.2f}")
+    print(f"worst ratio {worst:.2f} (goal: every case within 5x of the bare loop)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

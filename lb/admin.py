@@ -1,0 +1,556 @@
+"""The admin listener: metrics, status, explain, health and reload over a small HTTP/1.1 server.
+
+Theory of operation
+===================
+
+A separate listener (``engine.admin``, 127.0.0.1:9100 by default) so that operators and
+Prometheus never share a socket, limits or access log with client traffic.  It is trio + h11,
+like the proxy, and deliberately small:
+
+* one task per connection, keep-alive, one request at a time (no pipelining is needed by
+  Prometheus, curl or httpx);
+* request bodies are read and dropped (``POST /reload`` takes none), with a size cap;
+* every handler is synchronous except reload, and reads the engine on the trio thread, so a
+  reply is always one consistent snapshot;
+* nothing a client sends can take the server down: malformed HTTP gets 400, an unknown path
+  404, a wrong method 405 with ``Allow``, a failing handler 500, and the connection task
+  always closes its socket.
+
+Endpoints (see ``docs/metrics.md`` for examples):
+
+====================  ====================================================================
+``GET /metrics``      Prometheus text exposition of :class:`lb.metrics.Metrics`
+``GET /status``       JSON: every load balancer, pool and endpoint with health, the last
+                      probe result per vantage point, live counters and request counts
+``GET /explain``      JSON: the steering decision with its trace for ``?host=`` (and
+                      ``client_ip``, ``datacenter``, ``cookie``, ``header=Name:value``,
+                      ``seed``); it never changes live counters or affinity sessions
+``GET /healthz``      200 ``ok`` while the process serves
+``GET /readyz``       200 once the engine is ready (every endpoint probed), else 503
+``POST /reload``      calls the reload callable: 200 ``{"ok": true}``, 400 with the errors
+                      of a rejected configuration, 500 if reloading itself failed
+====================  ====================================================================
+
+``HEAD`` is accepted wherever ``GET`` is.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import h11
+import trio
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from lb.core.book import HealthBook
+from lb.core.health import ProbeResult
+from lb.core.snapshot import PoolView
+from lb.engine import Engine
+from lb.metrics import Metrics, load_balancer_state
+from steering import HeaderSessions, Request, Router
+
+__all__ = ["ReloadResult", "parse_address", "serve_admin", "status_json"]
+
+log = logging.getLogger("lb.admin")
+
+MAX_HEADER_BYTES = 16 * 1024
+"""Largest request head accepted (h11 ``max_incomplete_event_size``)."""
+MAX_BODY_BYTES = 64 * 1024
+"""Largest request body read and discarded; past it the answer is 413 and the socket closes."""
+IDLE_TIMEOUT = 30.0
+"""Seconds a connection may sit between requests (or dribble one request) before closing."""
+LINGER_TIME = 1.0
+"""Seconds a closing connection keeps reading, so an error reply is not lost to a reset."""
+_READ_SIZE = 16 * 1024
+
+
+# --------------------------------------------------------------------------- public types
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReloadResult:
+    """What the reload callable reports back to ``POST /reload``.
+
+    Attributes:
+        ok: the new configuration was loaded and is in force.
+        errors: why not, one message per problem (file, path and line where known).
+        generation: the engine generation after the reload, when it is known.
+        detail: extra JSON-able facts for the reply (changed pools, files read...).
+    """
+
+    ok: bool
+    errors: tuple[str, ...] = ()
+    generation: int | None = None
+    detail: Mapping[str, object] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, object]:
+        """The JSON body of the ``POST /reload`` reply."""
+        body: dict[str, object] = {"ok": self.ok, "errors": list(self.errors)}
+        if self.generation is not None:
+            body["generation"] = self.generation
+        body.update(self.detail)
+        return body
+
+
+ReloadFn = Callable[[], Awaitable[ReloadResult]]
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """Split an ``engine.admin`` value into host and port.
+
+    Accepts ``host:port``, ``[v6]:port`` and a bare ``:port`` (which means 127.0.0.1, not
+    every interface: the admin listener is private unless an address says otherwise).
+
+    Raises:
+        ValueError: when the port is missing or not in 0-65535.
+    """
+    host, sep, port_text = text.strip().rpartition(":")
+    if not sep or not port_text.isdigit() or int(port_text) > 65535:
+        raise ValueError(f"admin address {text!r}: expected host:port, e.g. 127.0.0.1:9100")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host or "127.0.0.1", int(port_text)
+
+
+# --------------------------------------------------------------------------- the server
+
+
+async def serve_admin(
+    engine: Engine,
+    metrics: Metrics,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    reload: ReloadFn | None = None,
+    task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve the admin endpoints until cancelled.
+
+    Args:
+        engine: the engine to report on.
+        metrics: the metrics object whose registry ``/metrics`` exposes.
+        host: bind address; defaults to the host of ``engine.config.engine.admin``.
+        port: bind port, 0 for any free one; defaults to the port of ``engine.admin``.
+        reload: called by ``POST /reload``; None answers 501 there.  Calls are serialised.
+        task_status: ``started((host, port))`` with the bound address once listening.
+    """
+    if host is None or port is None:
+        cfg_host, cfg_port = parse_address(engine.config.engine.admin)
+        host = cfg_host if host is None else host
+        port = cfg_port if port is None else port
+    listeners = await trio.open_tcp_listeners(port, host=host)
+    sockname = listeners[0].socket.getsockname()
+    bound = (str(sockname[0]), int(sockname[1]))
+    app = _Admin(engine, metrics, reload)
+    log.info("admin listening on %s:%d", *bound)
+    task_status.started(bound)
+    await trio.serve_listeners(app.connection, listeners)
+
+
+@dataclass(slots=True)
+class _Reply:
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+def _json(status: int, obj: object) -> _Reply:
+    return _Reply(status, (json.dumps(obj, indent=2, default=_jsonable) + "\n").encode())
+
+
+def _error(status: int, message: str, **extra: object) -> _Reply:
+    return _json(status, {"error": message, **extra})
+
+
+def _jsonable(obj: object) -> object:
+    if isinstance(obj, frozenset | set | tuple):
+        return sorted(obj, key=str)
+    return str(obj)
+
+
+class _Admin:
+    """Routes and connection handling; one instance per :func:`serve_admin` call."""
+
+    def __init__(self, engine: Engine, metrics: Metrics, reload: ReloadFn | None) -> None:
+        self.engine = engine
+        self.metrics = metrics
+        self.reload_fn = reload
+        self.reload_lock = trio.Lock()
+        self.routes: dict[str, tuple[tuple[str, ...], Callable[[_Query], Awaitable[_Reply]]]] = {
+            "/metrics": (("GET", "HEAD"), self.get_metrics),
+            "/status": (("GET", "HEAD"), self.get_status),
+            "/explain": (("GET", "HEAD"), self.get_explain),
+            "/healthz": (("GET", "HEAD"), self.get_healthz),
+            "/readyz": (("GET", "HEAD"), self.get_readyz),
+            "/reload": (("POST",), self.post_reload),
+        }
+
+    # ------------------------------------------------------------------ HTTP
+
+    async def connection(self, stream: trio.SocketStream) -> None:
+        """Serve one client connection until it closes, errs or idles out."""
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
+        try:
+            while await self._one_request(conn, stream):
+                conn.start_next_cycle()
+            await _linger(stream)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return  # the client went away
+        except Exception:  # never let one connection take the listener down
+            log.exception("admin connection failed")
+        finally:
+            with trio.move_on_after(1) as scope:
+                scope.shield = True
+                await stream.aclose()
+
+    async def _one_request(self, conn: h11.Connection, stream: trio.SocketStream) -> bool:
+        """Read one request, answer it; False when the connection must close."""
+        event: object = None
+        body_ok = False
+        try:
+            with trio.move_on_after(IDLE_TIMEOUT) as idle:
+                event = await _next_event(conn, stream)
+                if isinstance(event, h11.Request):
+                    body_ok = await self._drain_body(conn, stream)
+        except h11.RemoteProtocolError as exc:
+            if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+                status = exc.error_status_hint
+                await self._send(conn, stream, "GET", _error(status, f"bad request: {exc}"))
+            return False
+        if not isinstance(event, h11.Request):
+            return False  # idle timeout, ConnectionClosed, or EOF before a request
+        method = event.method.decode("ascii", "replace").upper()
+        if idle.cancelled_caught:  # the body dribbled in slower than the idle timeout
+            await self._send(conn, stream, method, _error(408, "request body timed out"))
+            return False
+        if not body_ok:
+            await self._send(conn, stream, method, _error(413, "request body too large"))
+            return False
+        reply = await self._dispatch(method, event.target)
+        await self._send(conn, stream, method, reply)
+        return conn.our_state is h11.DONE and conn.their_state is h11.DONE
+
+    async def _drain_body(self, conn: h11.Connection, stream: trio.SocketStream) -> bool:
+        """Read the request body up to :data:`MAX_BODY_BYTES`; False when it was larger."""
+        size = 0
+        while True:
+            event = await _next_event(conn, stream)
+            if isinstance(event, h11.Data):
+                size += len(event.data)
+                if size > MAX_BODY_BYTES:
+                    return False
+            elif isinstance(event, h11.EndOfMessage):
+                return True
+            else:  # ConnectionClosed mid-body
+                raise trio.BrokenResourceError("client closed during the request body")
+
+    async def _send(
+        self, conn: h11.Connection, stream: trio.SocketStream, method: str, reply: _Reply
+    ) -> None:
+        headers = [
+            ("Content-Type", reply.content_type),
+            ("Content-Length", str(len(reply.body))),
+            ("Cache-Control", "no-store"),
+            *reply.headers,
+        ]
+        if conn.their_state is not h11.DONE:
+            headers.append(("Connection", "close"))
+        out = conn.send(h11.Response(status_code=reply.status, headers=headers))
+        if method != "HEAD" and reply.body:
+            out = (out or b"") + (conn.send(h11.Data(data=reply.body)) or b"")
+        out = (out or b"") + (conn.send(h11.EndOfMessage()) or b"")
+        await stream.send_all(out)
+
+    async def _dispatch(self, method: str, target: bytes) -> _Reply:
+        try:
+            parts = urlsplit(target.decode("ascii"))
+            query = parse_qs(parts.query, keep_blank_values=True, strict_parsing=False)
+        except (UnicodeDecodeError, ValueError):
+            return _error(400, "malformed request target")
+        route = self.routes.get(parts.path.rstrip("/") or "/")
+        if route is None:
+            return _error(404, f"no such endpoint: {parts.path}", endpoints=sorted(self.routes))
+        methods, handler = route
+        if method not in methods:
+            reply = _error(405, f"{method} not allowed; use {', '.join(methods)}")
+            reply.headers = (("Allow", ", ".join(methods)),)
+            return reply
+        try:
+            return await handler(query)
+        except Exception as exc:
+            log.exception("admin handler for %s failed", parts.path)
+            return _error(500, f"internal error: {type(exc).__name__}: {exc}")
+
+    # ------------------------------------------------------------------ handlers
+
+    async def get_metrics(self, query: _Query) -> _Reply:
+        del query
+        return _Reply(200, generate_latest(self.metrics.registry), CONTENT_TYPE_LATEST)
+
+    async def get_status(self, query: _Query) -> _Reply:
+        del query
+        return _json(200, status_json(self.engine, self.metrics, now=trio.current_time()))
+
+    async def get_healthz(self, query: _Query) -> _Reply:
+        del query
+        return _Reply(200, b"ok\n", "text/plain; charset=utf-8")
+
+    async def get_readyz(self, query: _Query) -> _Reply:
+        del query
+        if self.engine.ready:
+            return _Reply(200, b"ready\n", "text/plain; charset=utf-8")
+        return _Reply(503, b"not ready: endpoints still waiting for a first probe\n", "text/plain")
+
+    async def get_explain(self, query: _Query) -> _Reply:
+        host = _one(query, "host")
+        if not host:
+            return _error(400, "missing query parameter: host")
+        headers: dict[str, str] = {}
+        for item in query.get("header", []):
+            name, sep, value = item.partition(":")
+            if not sep or not name.strip():
+                return _error(400, f"header={item!r}: expected Name:value")
+            headers[name.strip().lower()] = value.strip()
+        seed_text = _one(query, "seed") or "0"
+        if not seed_text.lstrip("-").isdigit():
+            return _error(400, f"seed={seed_text!r}: expected an integer")
+        engine = self.engine
+        request = Request(
+            host=host,
+            client_ip=_one(query, "client_ip"),
+            datacenter=_one(query, "datacenter").upper(),
+            cookie=_one(query, "cookie") or None,
+            headers=headers,
+            cookies=_cookies(headers.get("cookie", "")),
+            now=trio.current_time(),
+            wall=time.time(),
+        )
+        # A router of our own over the current snapshot, with a read-only view of the header
+        # sessions: explaining must not pin, refresh or expire anyone's session, and the live
+        # counters are only read (decide() never writes them).
+        router = Router(
+            engine.book.snapshot(),
+            secret=engine.secret,
+            sessions=_PeekSessions(engine.sessions),
+        )
+        decision = router.decide(request, random.Random(int(seed_text)), engine.live, trace=True)
+        if decision.status == 404 and decision.load_balancer is None:
+            known = sorted(lb.name for lb in engine.config.load_balancers if lb.enabled)
+            return _error(404, f"no load balancer answers for host {host!r}", known=known)
+        return _json(200, decision.as_json())
+
+    async def post_reload(self, query: _Query) -> _Reply:
+        del query
+        if self.reload_fn is None:
+            return _json(501, {"ok": False, "errors": ["reload is not available here"]})
+        async with self.reload_lock:
+            try:
+                result = await self.reload_fn()
+            except Exception as exc:
+                log.exception("reload failed")
+                return _json(500, {"ok": False, "errors": [f"{type(exc).__name__}: {exc}"]})
+        return _json(200 if result.ok else 400, result.as_json())
+
+
+_Query = dict[str, list[str]]
+
+
+async def _next_event(conn: h11.Connection, stream: trio.SocketStream) -> Any:
+    """The next h11 event, reading from ``stream`` as needed."""
+    while True:
+        event = conn.next_event()
+        if event is not h11.NEED_DATA:
+            return event
+        data = await stream.receive_some(_READ_SIZE)
+        conn.receive_data(data)  # b"" marks EOF
+
+
+async def _linger(stream: trio.SocketStream) -> None:
+    """Close our side first and read what the client still sends, briefly.
+
+    Closing a socket with unread input makes the kernel send RST, which can destroy the
+    error reply (400, 413, 431) before the client reads it.  Half-closing and draining for up
+    to :data:`LINGER_TIME` (and :data:`MAX_BODY_BYTES`) lets the reply arrive.
+    """
+    with trio.move_on_after(LINGER_TIME):
+        try:
+            await stream.send_eof()
+            drained = 0
+            while drained <= MAX_BODY_BYTES and (chunk := await stream.receive_some(_READ_SIZE)):
+                drained += len(chunk)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+
+def _one(query: _Query, name: str) -> str:
+    values = query.get(name)
+    return values[-1].strip() if values else ""
+
+
+def _cookies(header: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for part in header.split(";"):
+        name, sep, value = part.strip().partition("=")
+        if sep and name:
+            out[name] = value
+    return out
+
+
+class _PeekSessions(HeaderSessions):
+    """A read-only view of the engine's header sessions for ``/explain``.
+
+    ``get`` answers as the real table would (honouring the TTL) without refreshing or
+    expiring the entry; ``put`` forgets.  It reads the table's private dictionary because
+    ``HeaderSessions`` offers no side-effect-free lookup.
+    """
+
+    def __init__(self, inner: HeaderSessions) -> None:
+        super().__init__()
+        self._inner = inner
+
+    def get(self, lb: str, key: tuple[str, ...], now: float, ttl: float) -> str | None:
+        entry = self._inner._sessions.get((lb, key))
+        if entry is None or now - entry[1] > ttl:
+            return None
+        return entry[0]
+
+    def put(self, lb: str, key: tuple[str, ...], endpoint: str, now: float) -> None:
+        del lb, key, endpoint, now
+
+    def __len__(self) -> int:
+        return len(self._inner)
+
+
+# --------------------------------------------------------------------------- /status
+
+
+def status_json(engine: Engine, metrics: Metrics | None = None, *, now: float) -> dict[str, Any]:
+    """The ``/status`` document: health of every load balancer, pool and endpoint.
+
+    Args:
+        engine: the engine to describe.
+        metrics: when given, request counts per endpoint and load balancer are included.
+        now: the engine clock, to turn probe stamps into ages.
+
+    Returns:
+        A JSON-able dictionary (see ``docs/metrics.md`` for an example).
+    """
+    snapshot = engine.book.snapshot()
+    config = snapshot.config
+    counts = metrics.request_counts() if metrics is not None else {}
+    by_endpoint: dict[tuple[str, str], int] = {}
+    by_lb: dict[str, dict[str, int]] = {}
+    for (lb_name, pool, endpoint, status), value in counts.items():
+        if pool:
+            key = (pool, endpoint)
+            by_endpoint[key] = by_endpoint.get(key, 0) + int(value)
+        statuses = by_lb.setdefault(lb_name, {})
+        statuses[status] = statuses.get(status, 0) + int(value)
+    load_balancers = []
+    for lb in config.load_balancers:
+        statuses = by_lb.get(lb.name, {})
+        load_balancers.append(
+            {
+                "name": lb.name,
+                "enabled": lb.enabled,
+                "state": load_balancer_state(lb, snapshot),
+                "policy": lb.effective_policy,
+                "default_pools": list(lb.default_pools),
+                "fallback_pool": lb.fallback_pool,
+                "session_affinity": lb.affinity,
+                "requests": sum(statuses.values()),
+                "responses": dict(sorted(statuses.items())),
+            }
+        )
+    pools = [_pool_json(engine.book, engine, p, now, by_endpoint) for p in snapshot.pools.values()]
+    return {
+        "ready": engine.ready,
+        "generation": engine.generation,
+        "snapshot_version": snapshot.version,
+        "now": now,
+        "vantage_points": list(config.engine.vantage_points),
+        "sources": list(config.source),
+        "load_balancers": load_balancers,
+        "pools": pools,
+        "traffic": {
+            "in_flight": sum(engine.live.in_flight.values()),
+            "connections": sum(engine.live.connections.values()),
+            "requests": int(sum(counts.values())),
+            "header_sessions": len(engine.sessions),
+        },
+    }
+
+
+def _pool_json(
+    book: HealthBook,
+    engine: Engine,
+    pool: PoolView,
+    now: float,
+    requests: Mapping[tuple[str, str], int],
+) -> dict[str, Any]:
+    live = engine.live
+    endpoints = []
+    for ep in pool.endpoints:
+        last = book.last_results(pool.name, ep.name)
+        vantages = {
+            v: {"health": h.value, "last_probe": _probe_json(last.get(v), now)}
+            for v, h in sorted(ep.vantage_health.items())
+        }
+        endpoints.append(
+            {
+                "name": ep.name,
+                "address": ep.address,
+                "port": ep.port,
+                "host": ep.host,
+                "tunnel_id": ep.tunnel_id,
+                "weight": ep.weight,
+                "enabled": ep.enabled,
+                "health": ep.health.value if ep.enabled else "disabled",
+                "selectable": ep.selectable,
+                "vantages": vantages,
+                "datacenters": sorted(ep.datacenters),
+                "in_flight": live.in_flight.get(ep.key, 0),
+                "connections": live.connections.get(ep.key, 0),
+                "requests": requests.get((pool.name, ep.name), 0),
+            }
+        )
+    return {
+        "name": pool.name,
+        "enabled": pool.config.enabled,
+        "monitor": pool.config.monitor,
+        "state": pool.state,
+        "eligible": pool.eligible,
+        "healthy_count": pool.healthy_count,
+        "minimum_origins": pool.config.minimum_origins,
+        "endpoint_steering": pool.config.origin_steering.policy,
+        "probe_rtt": {v: _finite(r) for v, r in sorted(pool.rtt.items())},
+        "in_flight": live.pool_in_flight.get(pool.name, 0),
+        "connections": live.pool_connections.get(pool.name, 0),
+        "endpoints": endpoints,
+    }
+
+
+def _probe_json(result: ProbeResult | None, now: float) -> dict[str, Any] | None:
+    if result is None:
+        return None
+    return {
+        "ok": result.ok,
+        "reason": result.reason,
+        "status": result.status,
+        "rtt": _finite(result.rtt) if result.rtt is not None else None,
+        "at": result.at,
+        "age": round(max(0.0, now - result.at), 3),
+    }
+
+
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None

@@ -1,0 +1,182 @@
+"""``tunnel-lb check``: validate configuration files and say what they describe.
+
+Exit status 0 when the configuration is usable (warnings are printed but do not fail it), 2
+when it is not.  The summary is meant to be read before deploying: which load balancer uses
+which pools in which order, how many endpoints each pool has and what monitors them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from lb.config.errors import ConfigError, Problem
+from lb.config.loader import load_config
+from lb.config.model import Config, LoadBalancer, Monitor, Pool, Tunnel
+
+NAME = "check"
+HELP = "Validate configuration files and summarise them (exit 2 on errors)."
+
+EXIT_OK = 0
+EXIT_INVALID = 2
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the command's options."""
+    parser.add_argument("files", nargs="+", metavar="FILE", help="configuration files (merged)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load ``args.files``; print the summary or the problems; return the exit status."""
+    try:
+        result = load_config(args.files)
+    except ConfigError as exc:
+        errors, warnings, summary = exc.problems, exc.warnings, None
+    else:
+        errors, warnings, summary = [], result.warnings, summarize(result.config)
+    if args.json:
+        _print_json(errors, warnings, summary)
+    else:
+        _print_text(errors, warnings, summary)
+    return EXIT_INVALID if errors else EXIT_OK
+
+
+def summarize(config: Config) -> dict[str, Any]:
+    """The JSON-ready summary of a valid configuration."""
+    return {
+        "files": list(config.source),
+        "load_balancers": [_lb_summary(lb) for lb in config.load_balancers],
+        "pools": [_pool_summary(pool) for pool in config.pools],
+        "monitors": [_monitor_summary(m) for m in config.monitors],
+        "tunnels": [_tunnel_summary(t) for t in config.tunnels],
+    }
+
+
+def _lb_summary(lb: LoadBalancer) -> dict[str, Any]:
+    return {
+        "name": lb.name,
+        "enabled": lb.enabled,
+        "proxied": lb.proxied,
+        "policy": lb.effective_policy,
+        "default_pools": list(lb.default_pools),
+        "fallback_pool": lb.fallback_pool,
+        "affinity": lb.affinity,
+    }
+
+
+def _pool_summary(pool: Pool) -> dict[str, Any]:
+    return {
+        "name": pool.name,
+        "id": pool.id,
+        "enabled": pool.enabled,
+        "endpoints": len(pool.origins),
+        "tunnel_endpoints": sum(1 for o in pool.origins if o.tunnel_id),
+        "enabled_endpoints": sum(1 for o in pool.origins if o.enabled),
+        "minimum_origins": pool.minimum_origins,
+        "monitor": pool.monitor,
+        "steering": pool.origin_steering.policy,
+    }
+
+
+def _monitor_summary(monitor: Monitor) -> dict[str, Any]:
+    return {
+        "id": monitor.id,
+        "type": monitor.type,
+        "method": monitor.effective_method,
+        "path": monitor.path,
+        "port": monitor.effective_port,
+        "interval": monitor.interval,
+        "timeout": monitor.timeout,
+        "expected_codes": monitor.expected_codes,
+        "host": monitor.host_header,
+    }
+
+
+def _tunnel_summary(tunnel: Tunnel) -> dict[str, Any]:
+    return {
+        "id": tunnel.id,
+        "name": tunnel.name,
+        "replicas": len(tunnel.replicas),
+        "datacenters": sorted(tunnel.datacenters),
+    }
+
+
+# --------------------------------------------------------------------------- output
+
+
+def _print_json(
+    errors: list[Problem], warnings: list[Problem], summary: dict[str, Any] | None
+) -> None:
+    document = {
+        "ok": not errors,
+        "errors": [p.as_json() for p in errors],
+        "warnings": [p.as_json() for p in warnings],
+        "summary": summary,
+    }
+    print(json.dumps(document, indent=2))
+
+
+def _print_text(
+    errors: list[Problem], warnings: list[Problem], summary: dict[str, Any] | None
+) -> None:
+    """Problems go to stderr (one ``file:line: path: message`` each), the summary to stdout."""
+    for problem in errors:
+        print(problem, file=sys.stderr)
+    for problem in warnings:
+        print(f"warning: {problem}", file=sys.stderr)
+    if summary is None:
+        print(
+            _count(len(errors), "error") + ", " + _count(len(warnings), "warning"), file=sys.stderr
+        )
+        return
+    print(f"OK: {', '.join(summary['files'])} ({_count(len(warnings), 'warning')})")
+    for title, rows in (
+        ("load balancers", [_lb_line(s) for s in summary["load_balancers"]]),
+        ("pools", [_pool_line(s) for s in summary["pools"]]),
+        ("monitors", [_monitor_line(s) for s in summary["monitors"]]),
+        ("tunnels", [_tunnel_line(s) for s in summary["tunnels"]]),
+    ):
+        print(f"{title} ({len(rows)}):")
+        for row in rows:
+            print(f"  {row}")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def _lb_line(s: dict[str, Any]) -> str:
+    flags = [] if s["enabled"] else ["disabled"]
+    flags.append("proxied" if s["proxied"] else "DNS-only")
+    if s["affinity"] != "none":
+        flags.append(f"affinity {s['affinity']}")
+    pools = " > ".join(s["default_pools"])
+    fallback = s["fallback_pool"]
+    return f"{s['name']}: {s['policy']} over {pools}, fallback {fallback} ({', '.join(flags)})"
+
+
+def _pool_line(s: dict[str, Any]) -> str:
+    endpoints = _count(s["endpoints"], "endpoint")
+    if s["tunnel_endpoints"]:
+        endpoints += f" ({s['tunnel_endpoints']} tunnel{'s' if s['tunnel_endpoints'] > 1 else ''})"
+    monitor = f"monitor {s['monitor']}" if s["monitor"] else "no monitor"
+    disabled = ", disabled" if not s["enabled"] else ""
+    return f"{s['name']}: {endpoints}, {s['steering']} steering, {monitor}{disabled}"
+
+
+def _monitor_line(s: dict[str, Any]) -> str:
+    target = f"{s['method']} {s['path']}" if s["type"] != "tcp" else "connect"
+    host = f" Host {s['host']}" if s["host"] else ""
+    return (
+        f"{s['id']}: {s['type']} {target} port {s['port']}{host} every {s['interval']:g}s, "
+        f"expects {s['expected_codes']}"
+    )
+
+
+def _tunnel_line(s: dict[str, Any]) -> str:
+    where = f" in {', '.join(s['datacenters'])}" if s["datacenters"] else ""
+    name = f" ({s['name']})" if s["name"] else ""
+    return f"{s['id']}{name}: {_count(s['replicas'], 'replica')}{where}"

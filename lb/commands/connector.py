@@ -1,0 +1,67 @@
+"""``tunnel-lb connector FILE``: run a local stand-in for a cloudflared tunnel replica."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from dataclasses import replace
+from functools import partial
+
+import trio
+
+from lb.connector import ConnectorConfig, ConnectorStats, load_connector_config, serve_connector
+
+NAME = "connector"
+HELP = "Serve cloudflared-style ingress rules locally (a tunnel endpoint for tests and demos)."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """FILE plus overrides that make one file usable for several replicas."""
+    parser.add_argument("file", metavar="FILE", help="connector YAML file (docs/connector.md)")
+    parser.add_argument("--listen", help="override `listen` (HTTPS), e.g. 127.0.0.1:18443")
+    parser.add_argument("--listen-http", help="override `listen_http` (plain HTTP)")
+    parser.add_argument("--replica", help="override `replica`, the name hello_world reports")
+    parser.add_argument("--check", action="store_true", help="validate FILE and exit")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no per-request log lines")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load, validate and serve until interrupted; ConfigError reaches the CLI (exit 2)."""
+    config = load_connector_config(args.file)
+    overrides = {
+        name: value
+        for name, value in (
+            ("listen", args.listen),
+            ("listen_http", args.listen_http),
+            ("replica", args.replica),
+        )
+        if value is not None
+    }
+    if overrides:
+        try:
+            config = replace(config, **overrides)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    if args.check:
+        print(f"{args.file}: ok ({len(config.ingress)} ingress rules)")
+        return 0
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s",
+    )
+    try:
+        trio.run(_main, config)
+    except (OSError, RuntimeError) as exc:  # port in use, unreadable certificate, ...
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _main(config: ConnectorConfig) -> None:
+    stats = ConnectorStats()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(partial(serve_connector, config, stats=stats))
+        for url in stats.listening:
+            print(f"tunnel {config.tunnel} replica {config.replica}: {url}", flush=True)

@@ -1,0 +1,105 @@
+"""``tunnel-lb explain``: where would this request go, and why?
+
+Every monitored endpoint is taken as healthy except those named with ``--down``, so the
+answer shows the steering of a configuration, not the state of a network.  The decision comes
+from the same :class:`~steering.Router` the proxy and the simulator use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+
+from lb.config.loader import load_config
+from lb.core.health import ProbeResult
+from lb.engine import Engine
+from steering import Request
+
+NAME = "explain"
+HELP = "Show which pool and endpoint a request would get, with the full trace."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the command's options."""
+    parser.add_argument("files", nargs="+", metavar="FILE", help="configuration files")
+    parser.add_argument("--host", required=True, help="the request's Host (load balancer name)")
+    parser.add_argument("--client-ip", default="", help="client IP (hash, ip_cookie, shedding)")
+    parser.add_argument("--datacenter", default="", help="entry data center code, e.g. FRA")
+    parser.add_argument("--cookie", default=None, help="the __cflb value the client sends")
+    parser.add_argument(
+        "--header", action="append", default=[], metavar="K=V", help="a request header"
+    )
+    parser.add_argument(
+        "--down",
+        action="append",
+        default=[],
+        metavar="POOL/ENDPOINT",
+        help="mark an endpoint unhealthy (repeatable)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random picks")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load, mark health, decide once and print the decision with its trace."""
+    config = load_config(args.files).config
+    engine = Engine(config, secret=b"explain")
+    down = set(args.down)
+    known = {f"{t.pool}/{t.endpoint}" for t in engine.targets()}
+    for name in sorted(down - known):
+        print(f"error: --down {name}: no monitored endpoint of that name", file=sys.stderr)
+        return 2
+    for target in engine.targets():
+        ok = f"{target.pool}/{target.endpoint}" not in down
+        runs = max(1, target.monitor.consecutive_up if ok else target.monitor.consecutive_down)
+        for vantage in config.engine.vantage_points:
+            for _ in range(runs):
+                engine.apply(
+                    ProbeResult(
+                        pool=target.pool,
+                        endpoint=target.endpoint,
+                        vantage=vantage,
+                        at=0.0,
+                        ok=ok,
+                        reason="" if ok else "marked down with --down",
+                    )
+                )
+    headers: dict[str, str] = {}
+    for item in args.header:
+        key, sep, value = item.partition("=")
+        if not sep:
+            print(f"error: --header {item!r}: expected K=V", file=sys.stderr)
+            return 2
+        headers[key.strip().lower()] = value.strip()
+    request = Request(
+        host=args.host,
+        client_ip=args.client_ip,
+        datacenter=args.datacenter,
+        cookie=args.cookie,
+        headers=headers,
+    )
+    decision = engine.router.decide(request, random.Random(args.seed), trace=True)
+    if decision.status == 404:
+        names = ", ".join(lb.name for lb in config.load_balancers) or "none"
+        print(
+            f"error: no load balancer answers for host {args.host!r} (known: {names})",
+            file=sys.stderr,
+        )
+        return 2
+    if args.json:
+        print(json.dumps(decision.as_json(), indent=2))
+        return 0
+    if decision.endpoint is not None:
+        tunnel = f" (tunnel {decision.tunnel_id})" if decision.tunnel_id else ""
+        print(
+            f"{args.host} -> pool {decision.pool.name if decision.pool else '-'}, "
+            f"endpoint {decision.endpoint.name}{tunnel}"
+        )
+    else:
+        print(f"{args.host} -> HTTP {decision.status} (error 1016: no pool can serve)")
+    print(f"reason: {decision.reason}; policy: {decision.policy}; affinity: {decision.affinity}")
+    for step in decision.trace or ():
+        print(f"  - {step}")
+    return 0

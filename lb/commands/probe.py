@@ -1,0 +1,151 @@
+"""``tunnel-lb probe``: check every selected endpoint once, now (Cloudflare's monitor preview).
+
+Each enabled endpoint of each enabled, monitored pool (R10) gets one check with its pool's
+monitor, exactly as the scheduler would run it (same Host, SNI, port, ``connect_to``, timeout
+and retries), from the first configured vantage point.  Endpoints that share a probe identity
+are probed once, as in the scheduler.
+
+Exit status: 0 when every probed endpoint passed, 1 when one failed or nothing was probed
+(a health check that checks nothing should not look green in CI), 2 for a configuration error
+or an unknown ``--pool`` / ``--endpoint``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from lb.config.loader import load_config
+from lb.config.model import Config
+from lb.core.book import HealthBook, ProbeTarget
+from monitors import NetworkTransport, ProbeTransport, Verdict, plan, probe_once
+
+NAME = "probe"
+HELP = "Run one health check now for each monitored endpoint and print the results."
+
+_CONCURRENCY = 64
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the command's options."""
+    parser.add_argument("files", nargs="+", metavar="FILE", help="configuration files")
+    parser.add_argument("--pool", action="append", default=[], help="only this pool (repeatable)")
+    parser.add_argument(
+        "--endpoint", action="append", default=[], help="only this endpoint (repeatable)"
+    )
+    parser.add_argument("--json", action="store_true", help="print a JSON list")
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One (pool, endpoint) and the verdict of its check."""
+
+    pool: str
+    endpoint: str
+    verdict: Verdict
+    host: str
+    sni: str | None
+
+    def as_json(self) -> dict[str, Any]:
+        """The documented JSON shape."""
+        v = self.verdict
+        return {
+            "pool": self.pool,
+            "endpoint": self.endpoint,
+            "healthy": v.ok,
+            "reason": v.reason.value if v.reason else "",
+            "status": v.status,
+            "rtt_ms": None if v.rtt is None else round(v.rtt * 1000, 1),
+            "host": self.host,
+            "sni": self.sni,
+        }
+
+
+def select(targets: list[ProbeTarget], pools: list[str], endpoints: list[str]) -> list[ProbeTarget]:
+    """The targets named by ``--pool`` / ``--endpoint`` (all when none is given)."""
+    return [
+        t
+        for t in targets
+        if (not pools or t.pool in pools) and (not endpoints or t.endpoint in endpoints)
+    ]
+
+
+async def probe_targets(
+    config: Config, targets: list[ProbeTarget], transport: ProbeTransport
+) -> list[Row]:
+    """Check each target once, concurrently; rows in target order."""
+    vantage = config.engine.vantage_points[0] if config.engine.vantage_points else "local"
+    jobs = plan(
+        targets,
+        vantage_points=(vantage,),
+        connect_to=config.connect_to,
+        user_agent_mode=config.engine.probe_user_agent,
+    )
+    verdicts: dict[tuple[str, str], Row] = {}
+    limiter = trio.CapacityLimiter(_CONCURRENCY)
+
+    async def one(i: int) -> None:
+        job = jobs[i]
+        async with limiter:
+            verdict = await probe_once(job.probe, transport, job.vantage)
+        for pool, endpoint in job.fanout:
+            verdicts[pool, endpoint] = Row(pool, endpoint, verdict, job.probe.host, job.probe.sni)
+
+    async with trio.open_nursery() as nursery:
+        for i in range(len(jobs)):
+            nursery.start_soon(one, i)
+    return [verdicts[t.pool, t.endpoint] for t in targets]
+
+
+def render_table(rows: list[Row]) -> str:
+    """A fixed-width table for people."""
+    head = ("POOL", "ENDPOINT", "RESULT", "STATUS", "RTT", "HOST", "SNI", "REASON")
+    lines = [head]
+    for r in rows:
+        j = r.as_json()
+        lines.append(
+            (
+                r.pool,
+                r.endpoint,
+                "healthy" if j["healthy"] else "UNHEALTHY",
+                "-" if j["status"] is None else str(j["status"]),
+                "-" if j["rtt_ms"] is None else f"{j['rtt_ms']:.1f}ms",
+                r.host,
+                r.sni or "-",
+                j["reason"] or "-",
+            )
+        )
+    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
+        for line in lines
+    )
+
+
+def run(args: argparse.Namespace, transport: ProbeTransport | None = None) -> int:
+    """Load, probe, print; see the module docstring for the exit status."""
+    config = load_config(args.files).config
+    targets = HealthBook(config).targets()
+    known_pools = {t.pool for t in targets}
+    known_endpoints = {t.endpoint for t in targets}
+    unknown = [f"--pool {p}" for p in args.pool if p not in known_pools] + [
+        f"--endpoint {e}" for e in args.endpoint if e not in known_endpoints
+    ]
+    for name in unknown:
+        print(f"error: {name}: no monitored, enabled endpoint there", file=sys.stderr)
+    if unknown:
+        return 2
+    chosen = select(targets, args.pool, args.endpoint)
+    rows = trio.run(probe_targets, config, chosen, transport or NetworkTransport())
+    if args.json:
+        print(json.dumps([r.as_json() for r in rows], indent=2))
+    elif rows:
+        print(render_table(rows))
+    else:
+        print("nothing to probe: no enabled endpoint of an enabled pool has a monitor")
+    return 0 if rows and all(r.verdict.ok for r in rows) else 1

@@ -1,0 +1,30 @@
+"""``tunnel-lb run``: the load balancer process (proxy, monitors, admin)."""
+
+from __future__ import annotations
+
+import argparse
+
+import trio
+
+from lb import logs
+from lb.config.loader import load_config
+from lb.service import serve_lb
+
+NAME = "run"
+HELP = "Run the load balancer: reverse proxy, health monitors and admin API."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the command's options."""
+    parser.add_argument("files", nargs="+", metavar="FILE", help="configuration files")
+    parser.add_argument("--seed", type=int, default=None, help="seed for probe spreading/picks")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Validate first (errors exit 2 before anything listens), then serve until stopped."""
+    logs.configure()
+    result = load_config(args.files)
+    for warning in result.warnings:
+        logs.event("config_warning", message=str(warning))
+    trio.run(lambda: serve_lb(args.files, config=result.config, seed=args.seed))
+    return 0

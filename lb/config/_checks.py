@@ -1,0 +1,465 @@
+"""Rules that span fields and objects, and the resolution of pool references to names.
+
+The generic parser has already checked every field on its own (type, range, choices); what is
+left needs context: other fields of the same object, other objects, or the data center table.
+Each function below checks one kind of object and reports to a :class:`Report`; rule numbers
+refer to ``cloudflare-lb.md`` §9 and are listed in ``docs/config.md``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable, Iterable, Mapping
+
+from lb.config._items import Item, Parsed, Seen
+from lb.config._net import cidr_problem, host_port_problem
+from lb.config._report import Report, did_you_mean, fmt_number
+from lb.config._source import Segment, Where
+from lb.config.model import (
+    REGIONS,
+    Config,
+    Datacenter,
+    LoadBalancer,
+    Monitor,
+    Origin,
+    Pool,
+)
+from lb.config.tunnels import TUNNEL_SUFFIX, looks_like_tunnel, tunnel_uuid
+
+__all__ = ["build_config"]
+
+_POOL_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+_EXPECTED_CODES = re.compile(r"^[1-5]([0-9]{2}|xx)$")
+_COUNTRY = re.compile(r"^[A-Z]{2}$")
+_DATACENTER_CODE = re.compile(r"^[A-Z0-9]+$")
+_AFFINITY_TTL = {"cookie": (1800, 604800), "ip_cookie": (1800, 604800), "header": (30, 3600)}
+_EXAMPLE_UUID = "6ff42ae2-765d-4adf-8112-31c55c1551ef"
+
+At = Callable[..., Where]
+
+
+def build_config(parsed: Parsed, report: Report) -> Config:
+    """Check everything and return the configuration with pool references resolved to names.
+
+    The result is only meaningful when ``report`` has no errors afterwards.
+    """
+    _check_datacenters(parsed, report)
+    _check_engine(parsed, report)
+    _check_tunnels(parsed, report)
+    connect_to = _check_connect_to(parsed, report)
+    monitors = _check_monitors(parsed, report)
+    pools = _check_pools(parsed, monitors, report)
+    load_balancers = [
+        _check_load_balancer(item, parsed, pools, report) for item in parsed.load_balancers
+    ]
+    _check_unique_load_balancers(parsed.load_balancers, report)
+    return Config(
+        monitors=tuple(monitors.values()),
+        pools=tuple(pools.pools),
+        load_balancers=tuple(load_balancers),
+        tunnels=tuple(item.value for item in parsed.tunnels),
+        datacenters={code: item.value for code, item in parsed.datacenters.items()},
+        connect_to=connect_to,
+        engine=parsed.engine.value,
+        source=parsed.files,
+    )
+
+
+# --------------------------------------------------------------------------- shared helpers
+
+
+def _check_coordinates(item: Item[Pool] | Item[Datacenter], report: Report) -> None:
+    """R23: latitude and longitude are set together or not at all."""
+    if (item.value.latitude is None) != (item.value.longitude is None):
+        field = "latitude" if item.value.longitude is None else "longitude"
+        report.error(item.at(field), "latitude and longitude must be set together")
+
+
+def _check_datacenter_code(code: str, where: Where, parsed: Parsed, report: Report) -> None:
+    if code not in parsed.datacenters:
+        hint = did_you_mean(code, parsed.datacenters)
+        report.error(where, f'unknown data center "{code}"{hint}; add it under `datacenters`')
+
+
+# --------------------------------------------------------------------------- our sections
+
+
+def _check_datacenters(parsed: Parsed, report: Report) -> None:
+    for code, item in parsed.datacenters.items():
+        if not _DATACENTER_CODE.match(code):
+            report.error(item.at(), "data center codes are upper-case letters and digits")
+        country = item.value.country
+        if country and not _COUNTRY.match(country):
+            report.error(item.at("country"), f'must be a two-letter country code, got "{country}"')
+        _check_coordinates(item, report)
+
+
+def _check_engine(parsed: Parsed, report: Report) -> None:
+    item, engine = parsed.engine, parsed.engine.value
+    if engine.datacenter:
+        _check_datacenter_code(engine.datacenter, item.at("datacenter"), parsed, report)
+    if not engine.vantage_points:
+        report.error(item.at("vantage_points"), "needs at least one vantage point")
+    seen = Seen(report)
+    for i, name in enumerate(engine.vantage_points):
+        if not name:
+            report.error(item.at("vantage_points", i), "must not be empty")
+        seen.add(name, item.at("vantage_points", i), "vantage point")
+    for i, cidr in enumerate(engine.trusted_proxies):
+        if problem := cidr_problem(cidr):
+            report.error(item.at("trusted_proxies", i), problem)
+    if problem := host_port_problem(engine.admin, allow_port_zero=True):
+        report.error(item.at("admin"), problem)
+    for i, listener in enumerate(engine.listen):
+        if bool(listener.certificate) != bool(listener.key):
+            report.error(item.at("listen", i), "certificate and key must be set together")
+
+
+def _check_tunnels(parsed: Parsed, report: Report) -> None:
+    for item in parsed.tunnels:
+        tunnel = item.value
+        if tunnel_uuid(tunnel.id + TUNNEL_SUFFIX) != tunnel.id:
+            message = f'tunnel ids are lowercase UUIDs such as "{_EXAMPLE_UUID}", got "{tunnel.id}"'
+            report.error(item.at(), message)
+        names = Seen(report)
+        for i, replica in enumerate(tunnel.replicas):
+            names.add(replica.name, item.at("replicas", i, "name"), "replica name")
+            for j, code in enumerate(replica.datacenters):
+                where = item.at("replicas", i, "datacenters", j)
+                _check_datacenter_code(code, where, parsed, report)
+
+
+def _check_connect_to(parsed: Parsed, report: Report) -> dict[str, str]:
+    """``host:port`` on both sides; keys are lower-cased because host names are."""
+    out: dict[str, str] = {}
+    seen = Seen(report)
+    for item in parsed.connect_to:
+        key = str(item.path[-1])
+        if problem := host_port_problem(key):
+            report.error(item.at(), f"key: {problem}")
+        if problem := host_port_problem(item.value):
+            report.error(item.at(), problem)
+        if seen.add(key.lower(), item.at(), "connect_to entry", shown=key):
+            out[key.lower()] = item.value
+    return out
+
+
+# --------------------------------------------------------------------------- monitors
+
+
+def _check_monitors(parsed: Parsed, report: Report) -> dict[str, Monitor]:
+    """Monitors by id, with ``expected_codes`` normalised to lower case (``2XX`` -> ``2xx``)."""
+    minimum = parsed.engine.value.minimum_interval
+    seen = Seen(report)
+    out: dict[str, Monitor] = {}
+    for item in parsed.monitors:
+        monitor = item.value
+        codes = monitor.expected_codes.lower()
+        if not _EXPECTED_CODES.match(codes):
+            message = f'must be a status code like "200" or a class like "2xx", got "{codes}"'
+            report.error(item.at("expected_codes"), message)
+        _check_interval(item, minimum, report)
+        if monitor.type == "tcp" and not monitor.port:
+            report.error(item.at("port"), "a tcp monitor needs a port")
+        for name in monitor.header:
+            if name.lower() == "user-agent":
+                message = "the probe User-Agent cannot be overridden; this header is ignored"
+                report.warn(item.at("header", name), message)
+        if seen.add(monitor.id, item.at("id"), "monitor id"):
+            out[monitor.id] = dataclasses.replace(monitor, expected_codes=codes)
+    return out
+
+
+def _check_interval(item: Item[Monitor], minimum: float, report: Report) -> None:
+    """The plan minimum is an error; R9's ``interval <= (retries + 1) * timeout`` a warning."""
+    monitor = item.value
+    if monitor.interval < minimum:
+        message = f"must be at least engine.minimum_interval ({fmt_number(minimum)})"
+        report.error(item.at("interval"), f"{message}, got {fmt_number(monitor.interval)}")
+        return
+    budget = (monitor.retries + 1) * monitor.timeout
+    if monitor.interval <= budget:
+        message = (
+            f"interval {fmt_number(monitor.interval)} is not longer than "
+            f"(retries + 1) * timeout = {fmt_number(budget)}; "
+            "a check may still be retrying when the next one starts"
+        )
+        report.warn(item.at("interval"), message)
+
+
+# --------------------------------------------------------------------------- pools
+
+
+class _PoolIndex:
+    """Pools by id and by name, so references in either form resolve to the name."""
+
+    def __init__(self, report: Report) -> None:
+        self.pools: list[Pool] = []
+        self._report = report
+        self._seen = Seen(report)
+        self._by_ref: dict[str, Pool] = {}
+
+    def add(self, pool: Pool, item: Item[Pool]) -> None:
+        self.pools.append(pool)
+        for field, key in (("name", pool.name), ("id", pool.id)):
+            if self._by_ref.get(key) is pool:
+                continue  # the id defaulted to the name
+            if self._seen.add(key, item.at(field), f"pool {field}"):
+                self._by_ref[key] = pool
+
+    def get(self, ref: str) -> Pool | None:
+        return self._by_ref.get(ref)
+
+    def resolve(self, ref: str, where: Where) -> str:
+        """The name of the pool whose id or name is ``ref``; unknown refs are reported."""
+        pool = self._by_ref.get(ref)
+        if pool is None:
+            hint = did_you_mean(ref, self._by_ref)
+            self._report.error(where, f'unknown pool "{ref}"{hint}')
+            return ref
+        return pool.name
+
+
+def _check_pools(parsed: Parsed, monitors: Mapping[str, Monitor], report: Report) -> _PoolIndex:
+    index = _PoolIndex(report)
+    for item in parsed.pools:
+        pool = item.value
+        pool = dataclasses.replace(pool, id=pool.id or pool.name)
+        index.add(pool, item)
+        _check_pool_fields(item, report)
+        monitor = _pool_monitor(item, monitors, report)
+        _check_origins(item, monitor, report)
+    return index
+
+
+def _check_pool_fields(item: Item[Pool], report: Report) -> None:
+    pool = item.value
+    if not _POOL_NAME.match(pool.name):
+        message = f'pool names may only contain A-Z, a-z, 0-9, "_" and "-", got "{pool.name}"'
+        report.error(item.at("name"), message)
+    _check_coordinates(item, report)
+    if not pool.origins:
+        report.error(item.at("origins"), "a pool needs at least one endpoint")
+    elif pool.minimum_origins > len(pool.origins):
+        message = (
+            f"{pool.minimum_origins} healthy endpoints needed but the pool has "
+            f"{len(pool.origins)}: it can never be healthy"
+        )
+        report.warn(item.at("minimum_origins"), message)
+    if pool.monitor_group is not None:
+        report.error(item.at("monitor_group"), "monitor groups are not supported")
+
+
+def _pool_monitor(
+    item: Item[Pool], monitors: Mapping[str, Monitor], report: Report
+) -> Monitor | None:
+    """The pool's monitor; R49: a tcp monitor cannot check tunnel endpoints."""
+    pool = item.value
+    if pool.monitor is None:
+        return None
+    monitor = monitors.get(pool.monitor)
+    if monitor is None:
+        hint = did_you_mean(pool.monitor, monitors)
+        report.error(item.at("monitor"), f'unknown monitor "{pool.monitor}"{hint}')
+        return None
+    if monitor.type == "tcp" and any(o.tunnel_id for o in pool.origins):
+        message = (
+            "a tcp monitor cannot check tunnel endpoints; use an https monitor with a Host header"
+        )
+        report.error(item.at("monitor"), message)
+    return monitor
+
+
+def _check_origins(item: Item[Pool], monitor: Monitor | None, report: Report) -> None:
+    names, addresses = Seen(report), Seen(report)
+    for i, origin in enumerate(item.value.origins):
+
+        def at(*sub: Segment, i: int = i) -> Where:
+            return item.at("origins", i, *sub)
+
+        names.add(origin.name, at("name"), "endpoint name")
+        _check_address(origin, at, addresses, report)
+        _check_origin_header(origin, at, report)
+        probed_over_http = monitor is not None and monitor.type in ("http", "https")
+        if origin.tunnel_id and probed_over_http and not _probe_host(origin, monitor):
+            message = (
+                "probes to this tunnel carry no Host header, so cloudflared answers from its "
+                "catch-all rule; set header.Host here or on the monitor"
+            )
+            report.warn(at("address"), message)
+
+
+def _probe_host(origin: Origin, monitor: Monitor | None) -> str | None:
+    """R5 without the address fallback: the Host a probe would carry explicitly."""
+    return origin.host_header or (monitor.host_header if monitor else None)
+
+
+def _check_address(origin: Origin, at: At, addresses: Seen, report: Report) -> None:
+    """R46 (tunnel address form) and R22 (one address or tunnel once per pool)."""
+    address = origin.address
+    if not address:
+        report.error(at("address"), "must not be empty")
+        return
+    if looks_like_tunnel(address) and origin.tunnel_id is None:
+        message = f'tunnel addresses are "<lowercase uuid>.cfargotunnel.com", got "{address}"'
+        report.error(at("address"), message)
+    what = "tunnel" if looks_like_tunnel(address) else "address"
+    note = "; a pool may use an address only once, whatever the port"
+    addresses.add(address.lower().rstrip("."), at("address"), what, shown=address, note=note)
+
+
+def _check_origin_header(origin: Origin, at: At, report: Report) -> None:
+    """Cloudflare lets an endpoint set only its Host header, with a single value."""
+    for name, values in origin.header.items():
+        if name.lower() != "host":
+            report.error(at("header", name), 'only "Host" can be set on an endpoint')
+        elif len(values) != 1:
+            report.error(at("header", name), f"Host takes exactly one value, got {len(values)}")
+
+
+# --------------------------------------------------------------------------- load balancers
+
+
+def _check_unique_load_balancers(items: list[Item[LoadBalancer]], report: Report) -> None:
+    """Names are host names, so they are compared case-insensitively."""
+    names, ids = Seen(report), Seen(report)
+    for item in items:
+        lb = item.value
+        names.add(lb.name.lower().rstrip("."), item.at("name"), "load balancer name", lb.name)
+        if lb.id:
+            ids.add(lb.id, item.at("id"), "load balancer id")
+
+
+def _check_load_balancer(
+    item: Item[LoadBalancer], parsed: Parsed, pools: _PoolIndex, report: Report
+) -> LoadBalancer:
+    resolved = _resolve_references(item, pools, report)
+    used = _used_pools(resolved)
+    _check_geo_keys(item, parsed, report)
+    _check_affinity(item, report)
+    _check_unsupported(item, report)
+    _check_policy(item, [pools.get(name) for name in used], report)
+    if not item.value.proxied:
+        _check_dns_only(item, [pools.get(name) for name in used], report)
+    return resolved
+
+
+def _resolve_references(
+    item: Item[LoadBalancer], pools: _PoolIndex, report: Report
+) -> LoadBalancer:
+    """Every pool id or name the load balancer mentions, replaced by the pool's name."""
+    lb = item.value
+
+    def names(refs: Iterable[str], *sub: Segment) -> tuple[str, ...]:
+        out: list[str] = []
+        seen = Seen(report)
+        for i, ref in enumerate(refs):
+            name = pools.resolve(ref, item.at(*sub, i))
+            if seen.add(name, item.at(*sub, i), "pool in this list", shown=ref):
+                out.append(name)
+        return tuple(out)
+
+    def mapping(field: str, value: Mapping[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+        return {key: names(refs, field, key) for key, refs in value.items()}
+
+    if not lb.default_pools:
+        report.error(item.at("default_pools"), "must list at least one pool")
+    weights: dict[str, float] = {}
+    seen = Seen(report)
+    for ref, weight in lb.random_steering.pool_weights.items():
+        where = item.at("random_steering", "pool_weights", ref)
+        name = pools.resolve(ref, where)
+        if seen.add(name, where, "pool weight", shown=ref):
+            weights[name] = weight
+    return dataclasses.replace(
+        lb,
+        id=lb.id or lb.name,
+        default_pools=names(lb.default_pools, "default_pools"),
+        fallback_pool=pools.resolve(lb.fallback_pool, item.at("fallback_pool")),
+        region_pools=mapping("region_pools", lb.region_pools),
+        country_pools=mapping("country_pools", lb.country_pools),
+        pop_pools=mapping("pop_pools", lb.pop_pools),
+        random_steering=dataclasses.replace(lb.random_steering, pool_weights=weights),
+    )
+
+
+def _used_pools(lb: LoadBalancer) -> list[str]:
+    """Every pool name a load balancer may send traffic to, each once, in a stable order."""
+    lists = [lb.default_pools, (lb.fallback_pool,), tuple(lb.random_steering.pool_weights)]
+    for mapping in (lb.region_pools, lb.country_pools, lb.pop_pools):
+        lists.extend(mapping.values())
+    return list(dict.fromkeys(name for names in lists for name in names))
+
+
+def _check_geo_keys(item: Item[LoadBalancer], parsed: Parsed, report: Report) -> None:
+    lb = item.value
+    for region in lb.region_pools:
+        if region not in REGIONS:
+            hint = did_you_mean(region, REGIONS)
+            report.error(item.at("region_pools", region), f'unknown region "{region}"{hint}')
+    for country in lb.country_pools:
+        if not _COUNTRY.match(country):
+            message = f'must be a two-letter upper-case country code such as "US", got "{country}"'
+            report.error(item.at("country_pools", country), message)
+    for code in lb.pop_pools:
+        _check_datacenter_code(code, item.at("pop_pools", code), parsed, report)
+
+
+def _check_affinity(item: Item[LoadBalancer], report: Report) -> None:
+    """R41: TTL ranges per mode, SameSite=None needs Secure, header mode needs headers."""
+    lb = item.value
+    attributes = lb.session_affinity_attributes
+    bounds = _AFFINITY_TTL.get(lb.affinity)
+    ttl = lb.session_affinity_ttl
+    if bounds is not None and ttl is not None and not bounds[0] <= ttl <= bounds[1]:
+        message = f"must be between {bounds[0]} and {bounds[1]} for {lb.affinity} affinity"
+        report.error(item.at("session_affinity_ttl"), f"{message}, got {fmt_number(ttl)}")
+    if attributes.samesite == "None" and attributes.secure == "Never":
+        message = 'samesite "None" needs secure "Auto" or "Always", not "Never"'
+        report.error(item.at("session_affinity_attributes", "samesite"), message)
+    if lb.affinity == "header":
+        if not attributes.headers:
+            where = item.at("session_affinity_attributes", "headers")
+            report.error(where, "header affinity needs at least one header name")
+        if attributes.zero_downtime_failover == "sticky":
+            where = item.at("session_affinity_attributes", "zero_downtime_failover")
+            report.error(where, '"sticky" is not supported with header affinity')
+
+
+def _check_unsupported(item: Item[LoadBalancer], report: Report) -> None:
+    if item.value.rules:
+        report.error(item.at("rules"), "custom rules are not supported yet")
+    if item.value.pool_sets:
+        report.error(item.at("pool_sets"), "pool sets are not supported yet")
+
+
+def _check_policy(item: Item[LoadBalancer], used: list[Pool | None], report: Report) -> None:
+    """Warnings for a steering policy that lacks the data it steers by."""
+    lb = item.value
+    has_geo = bool(lb.region_pools or lb.country_pools or lb.pop_pools)
+    where = item.at("steering_policy")
+    if lb.steering_policy == "geo" and not has_geo:
+        message = (
+            "geo steering without region_pools, country_pools or pop_pools: default_pools only"
+        )
+        report.warn(where, message)
+    elif has_geo and lb.effective_policy != "geo":
+        message = f"geo mappings (region_pools, ...) are unused by {lb.effective_policy} steering"
+        report.warn(where, message)
+    if lb.effective_policy == "proximity":
+        missing = [p.name for p in used if p is not None and p.latitude is None]
+        if missing:
+            message = f"proximity steering needs pool coordinates; missing on {', '.join(missing)}"
+            report.warn(where, message)
+
+
+def _check_dns_only(item: Item[LoadBalancer], used: list[Pool | None], report: Report) -> None:
+    """R50: tunnel endpoints are reachable only through a proxied load balancer."""
+    for pool in used:
+        if pool is not None and any(o.tunnel_id for o in pool.origins):
+            message = f'pool "{pool.name}" has tunnel endpoints, which need proxied: true'
+            report.error(item.at("proxied"), message)
+    if item.value.affinity != "none":
+        message = "session affinity is not applied by a DNS-only (proxied: false) load balancer"
+        report.warn(item.at("session_affinity"), message)

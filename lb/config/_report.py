@@ -1,0 +1,56 @@
+"""Collecting problems: the loader reports everything it finds, then fails once."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+from lb.config._source import Where
+from lb.config.errors import Problem
+
+__all__ = ["Report", "did_you_mean", "fmt_number", "quote"]
+
+
+class Report:
+    """Errors and warnings found so far, in the order they were found."""
+
+    def __init__(self) -> None:
+        self.errors: list[Problem] = []
+        self.warnings: list[Problem] = []
+
+    def error(self, where: Where, message: str) -> None:
+        """Record a problem that makes the configuration unusable."""
+        self.errors.append(where.problem(message))
+
+    def warn(self, where: Where, message: str) -> None:
+        """Record a problem that is legal but probably not what the user meant."""
+        self.warnings.append(where.problem(message))
+
+
+def did_you_mean(word: str, candidates: Iterable[str]) -> str:
+    """``' (did you mean "weight"?)'`` for the closest candidate, or ``''``."""
+    pool = list(candidates)
+    by_case = {c.lower(): c for c in pool}
+    match = by_case.get(word.lower())
+    if match is None:
+        close = difflib.get_close_matches(word, pool, n=1, cutoff=0.6)
+        match = close[0] if close else None
+    return f' (did you mean "{match}"?)' if match is not None else ""
+
+
+def quote(value: object) -> str:
+    """A value as it would be written in the file: strings quoted, numbers plain."""
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return fmt_number(value)
+    return "null" if value is None else str(value)
+
+
+def fmt_number(value: object) -> str:
+    """``1.0`` -> ``1``, ``1.5`` -> ``1.5``, ``1e12`` -> ``1000000000000``: no float noise."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)

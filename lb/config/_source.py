@@ -1,0 +1,274 @@
+"""Reading configuration text into trees of :class:`Node` that remember file and line.
+
+Every problem the loader reports names a file, a line and a dotted path, so parsing cannot
+throw the positions away the way ``yaml.safe_load`` or ``json.loads`` do.  YAML is composed
+into PyYAML's node graph (which has marks) and converted here.  JSON is decoded by
+:mod:`json` for its values (PyYAML reads YAML 1.1, where ``1e5`` is a string) and composed by
+PyYAML only for the line numbers, walking both trees side by side.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from lb.config.errors import Problem
+
+__all__ = ["Node", "Segment", "Where", "read_file", "read_text", "render_path"]
+
+Segment = str | int
+"""One step of a path into a document: a mapping key or a list index."""
+
+_SIMPLE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+def render_path(path: tuple[Segment, ...]) -> str:
+    """``("pools", 1, "origins", 0, "weight")`` -> ``pools[1].origins[0].weight``.
+
+    Keys that are not simple words (host names, ``host:port``) are quoted in brackets so the
+    dots inside them cannot be mistaken for nesting.
+    """
+    out: list[str] = []
+    for segment in path:
+        if isinstance(segment, int):
+            out.append(f"[{segment}]")
+        elif _SIMPLE_KEY.match(segment):
+            out.append(f".{segment}" if out else segment)
+        else:
+            out.append(f"[{json.dumps(segment)}]")
+    return "".join(out)
+
+
+@dataclass(frozen=True, slots=True)
+class Where:
+    """A place in the configuration that a problem can point at."""
+
+    file: str
+    line: int | None
+    path: tuple[Segment, ...]
+
+    def problem(self, message: str) -> Problem:
+        """A :class:`Problem` at this place."""
+        return Problem(file=self.file, line=self.line, path=render_path(self.path), message=message)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Node:
+    """A parsed value with its position.
+
+    ``value`` is a scalar, a ``list[Node]`` or a ``dict[str, Node]``.  ``text`` keeps the
+    source text of an unquoted YAML scalar, so that ``expected_codes: 200`` or ``country: NO``
+    can still be read as the strings the user typed.
+    """
+
+    value: object
+    file: str
+    line: int
+    text: str | None = None
+    key_lines: Mapping[str, int] = field(default_factory=dict)
+
+    def at(self, path: tuple[Segment, ...]) -> Where:
+        """This node's position, labelled with ``path``."""
+        return Where(self.file, self.line or None, path)
+
+    def key_at(self, key: str, path: tuple[Segment, ...]) -> Where:
+        """The position of ``key`` in this mapping (its own line), labelled with ``path``.
+
+        The file is the entry's own: a mapping merged from several files mixes them.
+        """
+        child = self.value.get(key) if isinstance(self.value, dict) else None
+        file = child.file if isinstance(child, Node) else self.file
+        return Where(file, self.key_lines.get(key, self.line) or None, path)
+
+    def plain(self) -> object:
+        """The value as plain Python data, positions dropped (for free-form fields)."""
+        if isinstance(self.value, dict):
+            return {k: v.plain() for k, v in self.value.items()}
+        if isinstance(self.value, list):
+            return [v.plain() for v in self.value]
+        return self.value
+
+
+def read_file(path: str | os.PathLike[str]) -> tuple[Node | None, list[Problem]]:
+    """Read and parse one file; a missing or unreadable file is a problem, not an exception."""
+    name = os.fspath(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None, [Problem(file=name, line=None, path="", message="no such file")]
+    except UnicodeDecodeError as exc:
+        message = f"not UTF-8 text (byte {exc.start})"
+        return None, [Problem(file=name, line=None, path="", message=message)]
+    except OSError as exc:
+        message = f"cannot read: {exc.strerror or exc}"
+        return None, [Problem(file=name, line=None, path="", message=message)]
+    return read_text(text, name)
+
+
+def read_text(text: str, filename: str) -> tuple[Node | None, list[Problem]]:
+    """Parse ``text``; JSON when ``filename`` ends in ``.json``, YAML otherwise.
+
+    Returns ``(None, [])`` for an empty document and ``(None, problems)`` for a syntax error.
+    """
+    if filename.lower().endswith(".json"):
+        return _read_json(text, filename)
+    return _read_yaml(text, filename)
+
+
+# --------------------------------------------------------------------------- YAML
+
+
+def _read_yaml(text: str, filename: str) -> tuple[Node | None, list[Problem]]:
+    loader = yaml.SafeLoader(text)
+    problems: list[Problem] = []
+    try:
+        root = loader.get_single_node()
+        node = None if root is None else _YamlConverter(loader, filename, problems).convert(root)
+    except yaml.MarkedYAMLError as exc:
+        return None, [_syntax_problem(filename, exc)]
+    except yaml.YAMLError as exc:
+        return None, [Problem(file=filename, line=None, path="", message=f"YAML error: {exc}")]
+    finally:
+        loader.dispose()
+    return (None if problems else node), problems
+
+
+def _syntax_problem(filename: str, exc: yaml.MarkedYAMLError) -> Problem:
+    mark = exc.problem_mark or exc.context_mark
+    line = mark.line + 1 if mark is not None else None
+    what = exc.problem or exc.context or "invalid YAML"
+    return Problem(file=filename, line=line, path="", message=f"YAML syntax error: {what}")
+
+
+class _YamlConverter:
+    """Turns PyYAML's composed node graph into :class:`Node` trees.
+
+    Scalars are constructed by PyYAML's own safe constructor, so typing follows YAML 1.1 as
+    users expect from PyYAML.  Mapping keys are always taken as their source text.
+    """
+
+    def __init__(self, loader: yaml.SafeLoader, filename: str, problems: list[Problem]) -> None:
+        self._loader = loader
+        self._file = filename
+        self._problems = problems
+        self._active: set[int] = set()
+
+    def convert(self, node: yaml.Node) -> Node:
+        line = node.start_mark.line + 1
+        if id(node) in self._active:
+            self._error(line, "an alias refers to itself")
+            return Node(None, self._file, line)
+        self._active.add(id(node))
+        try:
+            if isinstance(node, yaml.MappingNode):
+                return self._mapping(node, line)
+            if isinstance(node, yaml.SequenceNode):
+                return Node([self.convert(item) for item in node.value], self._file, line)
+            return self._scalar(node, line)
+        finally:
+            self._active.discard(id(node))
+
+    def _scalar(self, node: yaml.Node, line: int) -> Node:
+        value = self._loader.construct_object(node, deep=True)
+        plain = isinstance(node, yaml.ScalarNode) and node.style is None and value is not None
+        return Node(value, self._file, line, text=str(node.value) if plain else None)
+
+    def _mapping(self, node: yaml.MappingNode, line: int) -> Node:
+        explicit = [(k, v) for k, v in node.value if k.tag != _MERGE_TAG]
+        self._loader.flatten_mapping(node)
+        merged = node.value[: len(node.value) - len(explicit)]
+        items: dict[str, Node] = {}
+        key_lines: dict[str, int] = {}
+        for key_node, value_node in merged:
+            key = self._key(key_node)
+            if key is not None:
+                items[key] = self.convert(value_node)
+                key_lines[key] = key_node.start_mark.line + 1
+        seen: set[str] = set()
+        for key_node, value_node in explicit:
+            key = self._key(key_node)
+            if key is None:
+                continue
+            key_line = key_node.start_mark.line + 1
+            if key in seen:
+                self._error(key_line, f'duplicate key "{key}" (first at line {key_lines[key]})')
+                continue
+            seen.add(key)
+            items[key] = self.convert(value_node)
+            key_lines[key] = key_line
+        return Node(items, self._file, line, key_lines=key_lines)
+
+    def _key(self, node: yaml.Node) -> str | None:
+        if isinstance(node, yaml.ScalarNode):
+            return str(node.value)
+        self._error(node.start_mark.line + 1, "mapping keys must be plain strings")
+        return None
+
+    def _error(self, line: int, message: str) -> None:
+        self._problems.append(Problem(file=self._file, line=line, path="", message=message))
+
+
+# --------------------------------------------------------------------------- JSON
+
+
+def _read_json(text: str, filename: str) -> tuple[Node | None, list[Problem]]:
+    try:
+        data = json.loads(text) if text.strip() else None
+    except json.JSONDecodeError as exc:
+        problem = Problem(file=filename, line=exc.lineno, path="", message=f"JSON error: {exc.msg}")
+        return None, [problem]
+    if data is None:
+        return None, []
+    return _JsonConverter(filename).convert(data, _compose_for_lines(text), 1), []
+
+
+def _compose_for_lines(text: str) -> yaml.Node | None:
+    """PyYAML's view of a JSON text, used only for line numbers.
+
+    A literal tab in valid JSON can only be whitespace, so replacing tabs keeps every
+    position and avoids PyYAML's refusal of tab indentation.  If PyYAML still cannot read it,
+    positions fall back to line 1 rather than failing a valid file.
+    """
+    try:
+        return yaml.compose(text.replace("\t", " "), Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class _JsonConverter:
+    """Pairs decoded JSON values with PyYAML nodes of the same shape to find their lines."""
+
+    file: str
+
+    def convert(self, value: object, node: yaml.Node | None, line: int) -> Node:
+        """``value`` as a :class:`Node`; ``line`` is used when ``node`` is unknown."""
+        if node is not None:
+            line = node.start_mark.line + 1
+        if isinstance(value, dict):
+            return self._mapping(value, node, line)
+        if isinstance(value, list):
+            children = list(node.value) if isinstance(node, yaml.SequenceNode) else []
+            children += [None] * (len(value) - len(children))
+            items = [self.convert(v, n, line) for v, n in zip(value, children, strict=False)]
+            return Node(items, self.file, line)
+        return Node(value, self.file, line)
+
+    def _mapping(self, value: dict[str, object], node: yaml.Node | None, line: int) -> Node:
+        keyed: dict[str, tuple[yaml.Node, yaml.Node]] = {}
+        if isinstance(node, yaml.MappingNode):
+            keyed = {str(k.value): (k, v) for k, v in node.value}
+        items: dict[str, Node] = {}
+        key_lines: dict[str, int] = {}
+        for key, child in value.items():
+            key_node, value_node = keyed.get(key, (None, None))
+            key_lines[key] = key_node.start_mark.line + 1 if key_node is not None else line
+            items[key] = self.convert(child, value_node, key_lines[key])
+        return Node(items, self.file, line, key_lines=key_lines)

@@ -1,0 +1,264 @@
+"""The connector's HTTPS (and optional plain HTTP) server: trio + h11.
+
+Each accepted connection gets one task that reads requests with h11, routes each through
+the ingress rules (R48) and answers locally (``http_status``, ``hello_world``) or via
+:class:`~lb.connector.proxy.OriginClient`.  Nothing a client sends may crash the server:
+malformed requests get 400 (or h11's more precise hint, e.g. 431) and the connection is
+closed; stalled or broken connections are dropped quietly after ``idle_timeout``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from urllib.parse import urlsplit
+
+import h11
+import trio
+
+from lb.connector.config import ConnectorConfig, parse_address
+from lb.connector.h11io import H11Stream, reason
+from lb.connector.ingress import HelloWorld, HttpStatus, match_rule
+from lb.connector.proxy import AbortConnectionError, OriginClient
+from lb.connector.stats import ConnectorStats, RequestRecord
+from lb.connector.tls import current_sni, install_sni_capture, server_context
+
+__all__ = ["serve_connector"]
+
+log = logging.getLogger("lb.connector")
+
+MAX_DRAIN = 1 << 20
+"""Request-body bytes a local answer reads and discards to keep the connection alive."""
+CLOSE_TIMEOUT = 1.0
+_GONE = (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError, OSError)
+"""Errors meaning the client connection is unusable: it is dropped without an answer."""
+
+
+@dataclass(slots=True)
+class _Client:
+    """The client side of one connection (the proxy's ``Downstream``)."""
+
+    http: H11Stream
+    peer: str
+    tls: bool
+    sni: str | None
+    answered: Callable[[int], None]
+    """Records the current request; called right before its response's last byte."""
+    method: bytes = b""
+
+    async def respond(self, status: int, body: bytes, content_type: bytes | None) -> None:
+        """Answer locally; a request body is drained first so keep-alive survives."""
+        headers = [(b"content-length", str(len(body)).encode("ascii"))]
+        if content_type:
+            headers.append((b"content-type", content_type))
+        if not await self._drain():
+            headers.append((b"connection", b"close"))
+        await self.http.send(
+            h11.Response(status_code=status, headers=headers, reason=reason(status))
+        )
+        if body and self.method != b"HEAD":
+            await self.http.send(h11.Data(data=body))
+        self.answered(status)
+        await self.http.send(h11.EndOfMessage())
+
+    async def _drain(self) -> bool:
+        """Discard the request body up to MAX_DRAIN; False when more was left unread."""
+        seen = 0
+        while self.http.conn.their_state is h11.SEND_BODY:
+            event = await self.http.next_event()
+            if isinstance(event, h11.Data):
+                seen += len(event.data)
+                if seen > MAX_DRAIN:
+                    return False
+        return True
+
+
+def _header(request: h11.Request, name: bytes) -> str:
+    for key, value in request.headers:
+        if key == name:
+            return value.decode("latin-1")
+    return ""
+
+
+def _path(target: str) -> str:
+    """The path the rules' regexes search: query dropped, absolute-form reduced to its path."""
+    if not target.startswith("/") and "://" in target:
+        return urlsplit(target).path or "/"
+    return target.partition("?")[0]
+
+
+class _Server:
+    def __init__(self, config: ConnectorConfig, stats: ConnectorStats) -> None:
+        self.config = config
+        self.stats = stats
+        self.rules = config.ingress
+        self.origin = OriginClient(
+            connect_timeout=config.connect_timeout,
+            ssl_context=config.origin_ssl_context,
+            no_tls_verify=config.no_tls_verify,
+            ca_pool=config.ca_pool,
+        )
+        names = [r.hostname for r in config.ingress if r.hostname not in (None, "", "*")]
+        listen_host = parse_address(config.listen)[0]
+        wildcard_bind = listen_host in ("0.0.0.0", "::")
+        extra = [] if wildcard_bind else [listen_host]
+        self.ssl_context = config.ssl_context or server_context(
+            config.certificate,
+            config.key,
+            [*(n for n in names if n), "localhost", "127.0.0.1", "::1", *extra],
+        )
+        install_sni_capture(self.ssl_context)
+
+    async def run(self, task_status: trio.TaskStatus[list[tuple[str, int]]]) -> None:
+        specs = [(self.config.listen, True)]
+        if self.config.listen_http:
+            specs.append((self.config.listen_http, False))
+        listeners: list[tuple[trio.SocketListener, bool]] = []
+        try:
+            for address, tls in specs:
+                host, port = parse_address(address)
+                listeners += [(lsn, tls) for lsn in await trio.open_tcp_listeners(port, host=host)]
+            bound = [
+                (str(lsn.socket.getsockname()[0]), int(lsn.socket.getsockname()[1]))
+                for lsn, _ in listeners
+            ]
+            for (host, port), (_, tls) in zip(bound, listeners, strict=True):
+                shown = f"[{host}]" if ":" in host else host
+                self.stats.listening.append(f"{'https' if tls else 'http'}://{shown}:{port}")
+            async with trio.open_nursery() as nursery:
+                for listener, tls in listeners:
+                    handler = partial(self._connection, tls=tls)
+                    nursery.start_soon(trio.serve_listeners, handler, [listener])
+                log.info("tunnel %s listening on %s", self.config.tunnel, self.stats.listening)
+                task_status.started(bound)
+        finally:
+            for listener, _ in listeners:
+                await trio.aclose_forcefully(listener)
+            await self.origin.aclose()
+
+    async def _connection(self, stream: trio.SocketStream, *, tls: bool) -> None:
+        """One client connection, from TLS handshake to close; never raises."""
+        self.stats.connections += 1
+        peer = str(stream.socket.getpeername()[0])
+        slot: list[str | None] = []
+        current_sni.set(slot)  # this task's context; the SNI callback fills it
+        client_stream: trio.abc.Stream = stream
+        clean = False
+        try:
+            if tls:
+                client_stream = trio.SSLStream(
+                    stream, self.ssl_context, server_side=True, https_compatible=True
+                )
+                with trio.fail_after(self.config.idle_timeout):
+                    await client_stream.do_handshake()
+                self.stats.sni.append(slot[0] if slot else None)
+            http = H11Stream(client_stream, h11.SERVER, read_timeout=self.config.idle_timeout)
+            sni = slot[0] if slot else None
+            await self._serve(_Client(http, peer, tls, sni, answered=lambda status: None))
+            clean = True
+        except _GONE:
+            pass
+        except Exception:  # a bug must cost one connection, not the server
+            log.exception("connector: unexpected error on a connection from %s", peer)
+        finally:
+            if clean:
+                with trio.move_on_after(CLOSE_TIMEOUT):
+                    await client_stream.aclose()
+            await trio.aclose_forcefully(client_stream)
+
+    async def _serve(self, client: _Client) -> None:
+        """Answer requests on one connection until either side wants it closed."""
+        while True:
+            try:
+                event = await client.http.next_event()
+                if not isinstance(event, h11.Request):
+                    return  # ConnectionClosed: the client is done
+                await self._handle(client, event)
+            except h11.RemoteProtocolError as exc:
+                await self._reject(client, exc)
+                return
+            except AbortConnectionError:
+                return
+            if not client.http.reusable:
+                return
+            client.http.conn.start_next_cycle()
+
+    async def _reject(self, client: _Client, exc: h11.RemoteProtocolError) -> None:
+        """Answer a malformed request with h11's status hint (400, 431...) and close."""
+        log.info("bad request from %s: %s", client.peer, exc)
+        if client.http.conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            return  # the response already started: all we can do is close
+        status = exc.error_status_hint
+        body = f"{status} {reason(status).decode()}: {exc}\n".encode()
+        headers = [
+            (b"content-type", b"text/plain; charset=utf-8"),
+            (b"content-length", str(len(body)).encode("ascii")),
+            (b"connection", b"close"),
+        ]
+        await client.http.send(
+            h11.Response(status_code=status, headers=headers, reason=reason(status))
+        )
+        await client.http.send(h11.Data(data=body))
+        self._record_rejected(client.peer, client.tls, client.sni, status)
+        await client.http.send(h11.EndOfMessage())
+
+    async def _handle(self, client: _Client, request: h11.Request) -> None:
+        client.method = request.method
+        host = _header(request, b"host")
+        target = request.target.decode("latin-1")
+        path = _path(target)
+        index = match_rule(self.rules, host, path)
+        client.answered = partial(self._record, client, host, target, index)
+        service = self.rules[index].parsed_service
+        if isinstance(service, HttpStatus):
+            await client.respond(service.code, b"", None)
+        elif isinstance(service, HelloWorld):
+            hello = self._hello(client, request, host, path, index)
+            await client.respond(200, hello, b"application/json")
+        else:
+            await self.origin.forward(client, request, service)
+
+    def _hello(
+        self, client: _Client, request: h11.Request, host: str, path: str, index: int
+    ) -> bytes:
+        """The ``hello_world`` body: enough to tell which tunnel replica served a request."""
+        body = {
+            "tunnel": self.config.tunnel,
+            "replica": self.config.replica,
+            "datacenter": self.config.datacenter,
+            "host": host,
+            "path": path,
+            "method": request.method.decode("latin-1"),
+            "sni": client.sni,
+            "rule": index,
+        }
+        return json.dumps(body).encode() + b"\n"
+
+    def _record_rejected(self, peer: str, tls: bool, sni: str | None, status: int) -> None:
+        """A request refused before routing (malformed): rule -1, no method or host."""
+        log.info("%s rejected -> %d", peer, status)
+        self.stats.record(RequestRecord("", "", "", -1, status, sni, tls))
+
+    def _record(self, client: _Client, host: str, target: str, rule: int, status: int) -> None:
+        method = client.method.decode("latin-1")
+        log.info("%s %s %s%s -> rule %d, %d", client.peer, method, host, target, rule, status)
+        self.stats.record(RequestRecord(method, host, target, rule, status, client.sni, client.tls))
+
+
+async def serve_connector(
+    config: ConnectorConfig,
+    *,
+    stats: ConnectorStats | None = None,
+    task_status: trio.TaskStatus[list[tuple[str, int]]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run a connector until cancelled.
+
+    ``task_status.started`` receives the bound ``(host, port)`` addresses: the HTTPS
+    listeners first, then the plain-HTTP ones (one each for an IP address; a name like
+    ``localhost`` may bind IPv4 and IPv6 separately).  Use ``nursery.start`` to learn the
+    ports chosen for port 0.  Pass ``stats`` to observe requests, statuses and SNI.
+    """
+    await _Server(config, stats if stats is not None else ConnectorStats()).run(task_status)

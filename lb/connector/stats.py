@@ -1,0 +1,54 @@
+"""What a running connector has seen, for tests and demos to assert on.
+
+A test that points the load balancer at a connector wants to know *that* requests
+arrived, which rule served them and which SNI the client sent (the LB must send the
+tunnel's public hostname, cloudflare-lb.md §2.7).  The server only appends to these
+structures; readers look at them between requests.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+__all__ = ["ConnectorStats", "RequestRecord"]
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRecord:
+    """One answered request."""
+
+    method: str
+    host: str
+    target: str
+    rule: int
+    """Index of the ingress rule that served it (-1: rejected before routing, e.g. 400)."""
+    status: int
+    sni: str | None
+    tls: bool
+
+
+@dataclass(slots=True)
+class ConnectorStats:
+    """Counters and a bounded log of recent requests; pass one to ``serve_connector``."""
+
+    keep: int = 1000
+    """How many recent :class:`RequestRecord` entries ``recent`` retains."""
+    listening: list[str] = field(default_factory=list)
+    """URLs of the bound listeners, e.g. ``https://127.0.0.1:18443`` (filled at start)."""
+    connections: int = 0
+    requests: int = 0
+    by_rule: Counter[int] = field(default_factory=Counter)
+    by_status: Counter[int] = field(default_factory=Counter)
+    sni: list[str | None] = field(default_factory=list)
+    """The server name each TLS client sent, one entry per completed handshake."""
+    recent: list[RequestRecord] = field(default_factory=list)
+
+    def record(self, entry: RequestRecord) -> None:
+        """Count one answered request and keep it in ``recent``."""
+        self.requests += 1
+        self.by_rule[entry.rule] += 1
+        self.by_status[entry.status] += 1
+        self.recent.append(entry)
+        if len(self.recent) > self.keep:
+            del self.recent[: len(self.recent) - self.keep]

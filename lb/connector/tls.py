@@ -1,0 +1,112 @@
+"""TLS for the connector's listener: the server context and SNI capture.
+
+Without a certificate in the configuration we make a throw-away self-signed one with the
+``cryptography`` package.  It is not a declared runtime dependency of tunnel-lb, but it is
+installed alongside ``trustme`` in the test environment; when it is missing the user gets
+a clear message asking for ``certificate``/``key`` instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import datetime
+import ipaddress
+import ssl
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+__all__ = ["current_sni", "install_sni_capture", "self_signed_context", "server_context"]
+
+current_sni: contextvars.ContextVar[list[str | None]] = contextvars.ContextVar("current_sni")
+"""Set by the connection task before its handshake; the SNI callback stores the name in it.
+
+The callback runs synchronously inside ``do_handshake`` in that same task, so a context
+variable ties the name to the right connection even when several connectors share one
+``SSLContext`` (as tests using a single trustme CA do).
+"""
+
+
+def _capture(ssl_obj: Any, server_name: str | None, ctx: ssl.SSLContext) -> None:
+    slot = current_sni.get(None)
+    if slot is not None:
+        slot.append(server_name)
+
+
+def install_sni_capture(ctx: ssl.SSLContext) -> None:
+    """Record client SNI via ``ctx.sni_callback``, chaining any callback already set."""
+    previous: Any = ctx.sni_callback  # typeshed says the name is str; it may be None
+    if previous is None or getattr(previous, "_lb_connector", False):
+        callback: Any = _capture
+    else:
+
+        def callback(ssl_obj: Any, server_name: str | None, c: ssl.SSLContext) -> Any:
+            _capture(ssl_obj, server_name, c)
+            return previous(ssl_obj, server_name, c)
+
+    callback._lb_connector = True
+    ctx.sni_callback = callback
+
+
+def server_context(
+    certificate: str | None, key: str | None, names: Iterable[str]
+) -> ssl.SSLContext:
+    """The listener's context: from files when given, else self-signed for ``names``."""
+    if certificate:
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(certificate, key)
+        return ctx
+    return self_signed_context(names)
+
+
+def self_signed_context(names: Iterable[str]) -> ssl.SSLContext:
+    """A server context with a fresh self-signed certificate covering ``names``.
+
+    ``names`` may hold DNS names (wildcards too) and IP addresses.  Raises RuntimeError
+    naming the fix when ``cryptography`` is not installed.
+    """
+    try:
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+    except ImportError:  # pragma: no cover - depends on the environment
+        raise RuntimeError(
+            "no certificate configured and the `cryptography` package is not installed: "
+            "set `certificate` and `key` in the connector file, or pip install cryptography"
+        ) from None
+    sans: list[x509.GeneralName] = []
+    for name in dict.fromkeys(names):
+        try:
+            sans.append(x509.IPAddress(ipaddress.ip_address(name)))
+        except ValueError:
+            sans.append(x509.DNSName(name))
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "tunnel-lb connector")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=7))
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    # load_cert_chain only reads files; the directory is removed as soon as it is loaded.
+    with tempfile.TemporaryDirectory(prefix="lb-connector-") as tmp:
+        pem = Path(tmp) / "cert.pem"
+        pem.write_bytes(
+            cert.public_bytes(serialization.Encoding.PEM)
+            + key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+        ctx.load_cert_chain(pem)
+    return ctx

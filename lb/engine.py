@@ -1,0 +1,105 @@
+"""The engine: the one writer of health state, shared by the LB process and the simulator.
+
+It holds the :class:`~lb.core.book.HealthBook`, the live request counters, the header-affinity
+sessions and the affinity secret, and hands out a :class:`~steering.Router` for the current
+snapshot.  It is synchronous: the monitor driver calls :meth:`Engine.apply` for every probe
+result, the proxy (or the simulator's traffic generator) calls :attr:`Engine.router` for every
+request, and no ``await`` ever separates a mutation from the read that follows it.
+
+Observers (metrics, logs, the simulator's recorder) subscribe to health events, probe results
+and configuration changes; they are called synchronously, in subscription order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from lb.config.model import Config
+from lb.core.book import HealthBook, ProbeTarget
+from lb.core.health import HealthEvent, ProbeResult
+from steering import HeaderSessions, Live, Router
+
+__all__ = ["Engine", "Observers"]
+
+
+@dataclass(slots=True)
+class Observers:
+    """Callbacks the engine calls synchronously; each list is called in order."""
+
+    health: list[Callable[[HealthEvent], None]] = field(default_factory=list)
+    probes: list[Callable[[ProbeResult], None]] = field(default_factory=list)
+    config: list[Callable[[Config], None]] = field(default_factory=list)
+
+
+class Engine:
+    """Health, counters and steering for one configuration at a time.
+
+    Args:
+        config: the validated configuration.
+        now: the engine clock at start (trio's clock, real or virtual).
+        secret: the ``__cflb`` HMAC key; defaults to ``engine.affinity_secret`` from the
+            configuration, else to random bytes (then cookies survive only in this process).
+    """
+
+    def __init__(self, config: Config, *, now: float = 0.0, secret: bytes | None = None) -> None:
+        self.book = HealthBook(config, now=now)
+        self.live = Live()
+        self.sessions = HeaderSessions()
+        self.observers = Observers()
+        self.secret = secret if secret is not None else _secret(config)
+        self.generation = 0
+        """Bumped on every configuration swap; the monitor driver restarts on a change."""
+        self._router: Router | None = None
+        self._seen: set[tuple[str, str, str]] = set()
+
+    @property
+    def config(self) -> Config:
+        """The configuration in force."""
+        return self.book.config
+
+    @property
+    def router(self) -> Router:
+        """A router for the current snapshot; rebuilt only when the snapshot changed."""
+        snapshot = self.book.snapshot()
+        router = self._router
+        if router is None or router.snapshot is not snapshot:
+            router = self._router = Router(snapshot, secret=self.secret, sessions=self.sessions)
+        return router
+
+    def targets(self) -> list[ProbeTarget]:
+        """What the monitors must probe under the current configuration."""
+        return self.book.targets()
+
+    @property
+    def ready(self) -> bool:
+        """True once every monitored endpoint has a result from every vantage point."""
+        vantages = self.config.engine.vantage_points
+        return all((t.pool, t.endpoint, v) in self._seen for t in self.targets() for v in vantages)
+
+    def apply(self, result: ProbeResult) -> list[HealthEvent]:
+        """Count one probe result and tell the observers; returns the transitions."""
+        self._seen.add((result.pool, result.endpoint, result.vantage))
+        events = self.book.apply(result)
+        for probe_observer in self.observers.probes:
+            probe_observer(result)
+        for event in events:
+            for health_observer in self.observers.health:
+                health_observer(event)
+        return events
+
+    def reconfigure(self, config: Config, *, now: float) -> None:
+        """Swap the configuration, keeping health of unchanged endpoints and the secret."""
+        self.book.reconfigure(config, now=now)
+        self.generation += 1
+        for observer in self.observers.config:
+            observer(config)
+
+
+def _secret(config: Config) -> bytes:
+    configured = config.engine.affinity_secret
+    if configured:
+        return hashlib.sha256(configured.encode()).digest()
+    return os.urandom(32)

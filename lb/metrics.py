@@ -1,0 +1,625 @@
+"""Prometheus metrics of one engine: counters fed by callbacks, gauges read at scrape time.
+
+Theory of operation
+===================
+
+The core knows nothing about Prometheus (DESIGN.md §2).  Everything here hangs off the
+engine's observer lists and off methods the proxy hooks call, and is exposed through one
+:class:`Metrics` object that owns its own ``CollectorRegistry``; the global ``REGISTRY`` is
+never touched, so tests and simulations stay isolated.
+
+Two kinds of series:
+
+* **Event counters and histograms** (requests, retries, decisions, probes, transitions,
+  reloads) are incremented by callbacks.  They are kept in plain dictionaries keyed by the
+  label tuple and turned into metric families only when scraped.  A request therefore costs a
+  few dictionary operations: no ``.labels()`` call (slow: it validates and joins the labels
+  on every call), no lock (everything runs on the trio thread, scrapes included), and no
+  ``*_created`` series, which prometheus_client would add to every counter in the text format.
+* **State gauges** (endpoint and pool health, load-balancer state, in-flight requests and
+  connections, readiness) are read from the engine's current snapshot and live counters at
+  scrape time, the custom-collector pattern of
+  https://prometheus.github.io/client_python/collector/custom/.  They are never stale and
+  cost nothing between scrapes; endpoints that a reload removed simply disappear.
+
+Every metric is declared once, in :data:`METRICS`, with its type, labels and help; the
+exposition, ``describe()`` and ``docs/metrics.md`` (checked by a test) all follow that table.
+
+Invariant: all methods run on the thread that owns the engine.  ``generate_latest`` on
+:attr:`Metrics.registry` must run there too (the admin server calls it from its trio task).
+"""
+
+from __future__ import annotations
+
+import bisect
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+
+from lb.config.model import Config, LoadBalancer
+from lb.core.health import Health, HealthEvent, ProbeResult
+from lb.core.snapshot import PoolState, Snapshot
+from steering import Affinity, Decision
+
+if TYPE_CHECKING:
+    from lb.engine import Engine
+
+__all__ = [
+    "DURATION_BUCKETS",
+    "METRICS",
+    "LoadBalancerState",
+    "MetricSpec",
+    "Metrics",
+    "load_balancer_state",
+]
+
+
+# --------------------------------------------------------------------------- the table
+
+
+@dataclass(frozen=True, slots=True)
+class MetricSpec:
+    """One metric: its exposition name, Prometheus type, label names and help text."""
+
+    name: str
+    """Full sample name for counters (with ``_total``); the family name otherwise."""
+    kind: str
+    """``counter``, ``gauge`` or ``histogram``."""
+    labels: tuple[str, ...]
+    help: str
+
+
+DURATION_BUCKETS: tuple[float, ...] = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+)
+"""Upper bounds (seconds) of the request and probe duration histograms, ``+Inf`` implied.
+
+From 1 ms (a loopback tunnel) to 60 s (the longest monitor timeout, R8); Prometheus' default
+buckets stop at 10 s, which would put every slow-but-passing probe into ``+Inf``.
+"""
+
+_LB = "load_balancer"
+_EP = ("pool", "endpoint")
+
+METRICS: tuple[MetricSpec, ...] = (
+    # ---- traffic (proxy hooks)
+    MetricSpec(
+        "lb_requests_total",
+        "counter",
+        (_LB, *_EP, "status"),
+        "Requests answered, by load balancer, pool, endpoint and HTTP status "
+        "(pool and endpoint are empty when no endpoint was chosen).",
+    ),
+    MetricSpec(
+        "lb_request_duration_seconds",
+        "histogram",
+        (_LB,),
+        "Time from the request head to the end of the response, in seconds.",
+    ),
+    MetricSpec(
+        "lb_retries_total",
+        "counter",
+        (_LB, "reason"),
+        "Zero-downtime failover retries (R42), by the status or error that caused them.",
+    ),
+    MetricSpec(
+        "lb_fallback_requests_total",
+        "counter",
+        (_LB,),
+        "Requests steered to the fallback pool because no candidate pool was eligible (R30).",
+    ),
+    MetricSpec(
+        "lb_steering_decisions_total",
+        "counter",
+        (_LB, "policy", "reason"),
+        "Steering decisions, by pool/endpoint policy and why the pool was chosen "
+        "(policy, affinity, fallback, retry, no_pool, unknown_host).",
+    ),
+    MetricSpec(
+        "lb_affinity_total",
+        "counter",
+        (_LB, "outcome"),
+        "Session-affinity outcomes of first decisions: new, hit, remapped, expired, invalid.",
+    ),
+    # ---- monitors (engine observers)
+    MetricSpec(
+        "lb_probes_total",
+        "counter",
+        (*_EP, "vantage", "result", "reason"),
+        "Health checks completed, by result (success, failure) and Cloudflare failure reason.",
+    ),
+    MetricSpec(
+        "lb_probe_duration_seconds",
+        "histogram",
+        _EP,
+        "Health-check round trip from request to response head, for checks that got one.",
+    ),
+    MetricSpec(
+        "lb_health_transitions_total",
+        "counter",
+        (*_EP, "vantage", "to"),
+        'Endpoint health changes per vantage point; vantage="*" is the aggregate (R14, R15).',
+    ),
+    # ---- configuration
+    MetricSpec(
+        "lb_config_reloads_total",
+        "counter",
+        ("result",),
+        "Configuration reload attempts, by result (success, failure).",
+    ),
+    MetricSpec(
+        "lb_config_last_reload_success_timestamp_seconds",
+        "gauge",
+        (),
+        "Unix time the configuration in force was applied.",
+    ),
+    MetricSpec(
+        "lb_config_generation",
+        "gauge",
+        (),
+        "Number of configuration swaps since the engine started.",
+    ),
+    # ---- state, read from the engine at scrape time
+    MetricSpec(
+        "lb_ready",
+        "gauge",
+        (),
+        "1 once every monitored endpoint has a result from every vantage point, else 0.",
+    ),
+    MetricSpec(
+        "lb_endpoint_health",
+        "gauge",
+        (*_EP, "vantage", "state"),
+        "1 for the endpoint's current health state, 0 for the others; "
+        'vantage="*" is the aggregate that steering uses.',
+    ),
+    MetricSpec(
+        "lb_endpoint_in_flight_requests",
+        "gauge",
+        _EP,
+        "Requests sent to the endpoint and not finished.",
+    ),
+    MetricSpec(
+        "lb_endpoint_connections",
+        "gauge",
+        _EP,
+        "Open upstream connections to the endpoint.",
+    ),
+    MetricSpec(
+        "lb_pool_health",
+        "gauge",
+        ("pool", "state"),
+        "1 for the pool's current state (healthy, degraded, critical, unknown, disabled), "
+        "0 for the others (R17).",
+    ),
+    MetricSpec(
+        "lb_pool_eligible",
+        "gauge",
+        ("pool",),
+        "1 when the pool may receive traffic: enabled with minimum_origins healthy (R17).",
+    ),
+    MetricSpec(
+        "lb_pool_healthy_endpoints",
+        "gauge",
+        ("pool",),
+        "Enabled endpoints of the pool that are healthy.",
+    ),
+    MetricSpec(
+        "lb_pool_minimum_endpoints",
+        "gauge",
+        ("pool",),
+        "The pool's minimum_origins: healthy endpoints it needs to be eligible.",
+    ),
+    MetricSpec(
+        "lb_pool_probe_rtt_seconds",
+        "gauge",
+        ("pool", "vantage"),
+        "Moving average of the pool's probe round trips, which dynamic_latency steers by.",
+    ),
+    MetricSpec(
+        "lb_load_balancer_state",
+        "gauge",
+        (_LB, "state"),
+        "1 for the load balancer's current state (healthy, degraded, fallback, down, "
+        "disabled), 0 for the others.",
+    ),
+    MetricSpec(
+        "lb_affinity_header_sessions",
+        "gauge",
+        (),
+        "Header-affinity sessions held in memory (R39).",
+    ),
+)
+"""Every metric this module exposes; ``docs/metrics.md`` lists the same table."""
+
+_SPECS = {m.name: m for m in METRICS}
+
+ENDPOINT_STATES = (Health.HEALTHY.value, Health.UNHEALTHY.value, Health.UNKNOWN.value, "disabled")
+VANTAGE_STATES = (Health.HEALTHY.value, Health.UNHEALTHY.value, Health.UNKNOWN.value)
+POOL_STATES = (
+    PoolState.HEALTHY,
+    PoolState.DEGRADED,
+    PoolState.CRITICAL,
+    PoolState.UNKNOWN,
+    PoolState.DISABLED,
+)
+
+
+class LoadBalancerState:
+    """What a load balancer can serve right now, as plain strings for JSON and metrics.
+
+    ``healthy``: every default pool is eligible; ``degraded``: some are; ``fallback``: none
+    is, and the enabled fallback pool answers (R30); ``down``: none is and the fallback pool
+    is disabled or missing (530 / 1016); ``disabled``: the load balancer itself is off (404).
+    Geo steering picks among other pool lists per data center; this state looks at
+    ``default_pools`` only, the list every data center falls back to.
+    """
+
+    HEALTHY = "healthy"
+    DEGRADED = "degraded"
+    FALLBACK = "fallback"
+    DOWN = "down"
+    DISABLED = "disabled"
+    ALL = (HEALTHY, DEGRADED, FALLBACK, DOWN, DISABLED)
+
+
+def load_balancer_state(lb: LoadBalancer, snapshot: Snapshot) -> str:
+    """The :class:`LoadBalancerState` of ``lb`` in ``snapshot``."""
+    if not lb.enabled:
+        return LoadBalancerState.DISABLED
+    pools = [snapshot.pools.get(name) for name in lb.default_pools]
+    eligible = sum(1 for p in pools if p is not None and p.eligible)
+    if pools and eligible == len(pools):
+        return LoadBalancerState.HEALTHY
+    if eligible:
+        return LoadBalancerState.DEGRADED
+    fallback = snapshot.pools.get(lb.fallback_pool)
+    if fallback is not None and fallback.config.enabled:
+        return LoadBalancerState.FALLBACK
+    return LoadBalancerState.DOWN
+
+
+# --------------------------------------------------------------------------- storage
+
+
+class _Counter:
+    """Counter values by label tuple; a family is built only when scraped."""
+
+    __slots__ = ("spec", "values")
+
+    def __init__(self, name: str) -> None:
+        self.spec = _SPECS[name]
+        self.values: dict[tuple[str, ...], float] = {}
+
+    def inc(self, key: tuple[str, ...], amount: float = 1.0) -> None:
+        values = self.values
+        values[key] = values.get(key, 0.0) + amount
+
+    def family(self) -> CounterMetricFamily:
+        # CounterMetricFamily strips "_total" from the family name and adds it to samples.
+        fam = CounterMetricFamily(self.spec.name, self.spec.help, labels=self.spec.labels)
+        for key, value in sorted(self.values.items()):
+            fam.add_metric(key, value)
+        return fam
+
+
+class _Histogram:
+    """Histogram buckets by label tuple.
+
+    Each label tuple maps to a list of per-bucket counts (not cumulative, so an observation
+    touches one slot), the ``+Inf`` bucket, then the running sum.  ``bisect_left`` finds the
+    first bound ``>= value``, which is Prometheus' ``le`` (less than or equal) rule.
+    """
+
+    __slots__ = ("bounds", "data", "spec")
+
+    def __init__(self, name: str, bounds: Sequence[float]) -> None:
+        self.spec = _SPECS[name]
+        self.bounds = tuple(bounds)
+        self.data: dict[tuple[str, ...], list[float]] = {}
+
+    def observe(self, key: tuple[str, ...], value: float) -> None:
+        slots = self.data.get(key)
+        if slots is None:
+            slots = self.data[key] = [0.0] * (len(self.bounds) + 2)
+        slots[bisect.bisect_left(self.bounds, value)] += 1
+        slots[-1] += value
+
+    def family(self) -> HistogramMetricFamily:
+        fam = HistogramMetricFamily(self.spec.name, self.spec.help, labels=self.spec.labels)
+        edges = [*(_float_text(b) for b in self.bounds), "+Inf"]
+        for key, slots in sorted(self.data.items()):
+            running = 0.0
+            buckets = []
+            for edge, count in zip(edges, slots, strict=False):
+                running += count
+                buckets.append((edge, running))
+            fam.add_metric(list(key), buckets, sum_value=slots[-1])
+        return fam
+
+
+def _float_text(value: float) -> str:
+    """Bucket bounds as prometheus_client writes them (``0.005``, ``1.0``, ``60.0``)."""
+    return repr(float(value))
+
+
+def _gauge(name: str) -> GaugeMetricFamily:
+    spec = _SPECS[name]
+    return GaugeMetricFamily(spec.name, spec.help, labels=spec.labels)
+
+
+# --------------------------------------------------------------------------- the object
+
+
+class Metrics:
+    """The metrics of one engine, in a registry of their own.
+
+    Create it, :meth:`attach` it to the engine (health, probe and config observers), and wire
+    the proxy's hooks to :meth:`request_done`, :meth:`retry` and :meth:`decision`; the reload
+    path calls :meth:`reload`.  Scrape with
+    ``prometheus_client.generate_latest(metrics.registry)``.
+
+    Args:
+        registry: the registry to register in; a new private one by default.
+        wall: Unix-time clock for the reload timestamp (injected for tests).
+    """
+
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        *,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self._wall = wall
+        self._engine: Engine | None = None
+        self._config_at: float | None = None
+        self.requests = _Counter("lb_requests_total")
+        self.request_duration = _Histogram("lb_request_duration_seconds", DURATION_BUCKETS)
+        self.retries = _Counter("lb_retries_total")
+        self.fallback = _Counter("lb_fallback_requests_total")
+        self.decisions = _Counter("lb_steering_decisions_total")
+        self.affinity = _Counter("lb_affinity_total")
+        self.probes = _Counter("lb_probes_total")
+        self.probe_duration = _Histogram("lb_probe_duration_seconds", DURATION_BUCKETS)
+        self.transitions = _Counter("lb_health_transitions_total")
+        self.reloads = _Counter("lb_config_reloads_total")
+        # Status codes as label strings, so a request does not format an int every time.
+        self._status_text = {code: str(code) for code in range(100, 600)}
+        self.registry.register(self)
+
+    # ------------------------------------------------------------------ wiring
+
+    @property
+    def engine(self) -> Engine | None:
+        """The attached engine, if any."""
+        return self._engine
+
+    def attach(self, engine: Engine) -> None:
+        """Subscribe to ``engine``'s observers and read its state at scrape time.
+
+        Attaching to a second engine detaches from the first.
+
+        Args:
+            engine: the engine whose health, probes and configuration swaps are counted.
+        """
+        if self._engine is not None:
+            self.detach()
+        self._engine = engine
+        engine.observers.health.append(self.health_event)
+        engine.observers.probes.append(self.probe_result)
+        engine.observers.config.append(self.config_applied)
+        self._config_at = self._wall()
+
+    def detach(self) -> None:
+        """Unsubscribe from the attached engine; counters keep their values."""
+        engine = self._engine
+        if engine is None:
+            return
+        engine.observers.health.remove(self.health_event)
+        engine.observers.probes.remove(self.probe_result)
+        engine.observers.config.remove(self.config_applied)
+        self._engine = None
+
+    # ------------------------------------------------------------------ engine observers
+
+    def probe_result(self, result: ProbeResult) -> None:
+        """Observer of ``engine.observers.probes``: count one check and its round trip."""
+        self.probes.inc(
+            (
+                result.pool,
+                result.endpoint,
+                result.vantage,
+                "success" if result.ok else "failure",
+                result.reason,
+            )
+        )
+        if result.rtt is not None:
+            self.probe_duration.observe((result.pool, result.endpoint), result.rtt)
+
+    def health_event(self, event: HealthEvent) -> None:
+        """Observer of ``engine.observers.health``: count one transition."""
+        self.transitions.inc((event.pool, event.endpoint, event.vantage, event.after.value))
+
+    def config_applied(self, config: Config) -> None:
+        """Observer of ``engine.observers.config``: remember when the swap happened."""
+        del config
+        self._config_at = self._wall()
+
+    # ------------------------------------------------------------------ proxy hooks
+
+    def request_done(
+        self,
+        load_balancer: str,
+        pool: str | None,
+        endpoint: str | None,
+        status: int,
+        duration: float,
+    ) -> None:
+        """Count one answered request (one per client request, retries included once).
+
+        Args:
+            load_balancer: the load balancer's name ("" for a request no LB answers).
+            pool: the pool that served it, None when none was chosen.
+            endpoint: the endpoint's name in that pool, None when none was chosen.
+            status: the HTTP status sent to the client.
+            duration: seconds from the request head to the end of the response.
+        """
+        text = self._status_text.get(status)
+        if text is None:
+            text = str(status)
+        self.requests.inc((load_balancer, pool or "", endpoint or "", text))
+        self.request_duration.observe((load_balancer,), duration)
+
+    def retry(self, load_balancer: str, reason: str) -> None:
+        """Count one zero-downtime failover retry (R42).
+
+        Args:
+            load_balancer: the load balancer's name.
+            reason: what failed the first attempt, e.g. ``"522"`` or ``"connect_error"``.
+        """
+        self.retries.inc((load_balancer, reason))
+
+    def decision(self, decision: Decision) -> None:
+        """Count one steering decision, its affinity outcome and fallback use.
+
+        Call it for every decision the proxy acts on.  For the retry decision
+        (``reason == "retry"``) only the decision is counted: its affinity outcome and pool
+        were already counted with the first decision.
+
+        Args:
+            decision: what :meth:`steering.Router.decide` (or ``retry``) returned.
+        """
+        lb = decision.load_balancer
+        name = lb.name if lb is not None else ""
+        reason = decision.reason
+        self.decisions.inc((name, decision.policy, reason))
+        if reason == "retry":
+            return
+        if reason == "fallback":
+            self.fallback.inc((name,))
+        if decision.affinity != Affinity.NONE:
+            self.affinity.inc((name, decision.affinity))
+
+    def reload(self, ok: bool) -> None:
+        """Count one configuration reload attempt.
+
+        Args:
+            ok: whether the new configuration was applied.
+        """
+        self.reloads.inc(("success" if ok else "failure",))
+
+    # ------------------------------------------------------------------ reading back
+
+    def request_counts(self) -> dict[tuple[str, str, str, str], float]:
+        """Requests so far by (load balancer, pool, endpoint, status), for ``/status``."""
+        return {(k[0], k[1], k[2], k[3]): v for k, v in self.requests.values.items()}
+
+    # ------------------------------------------------------------------ Collector protocol
+
+    def describe(self) -> Iterable[Metric]:
+        """Every family, without samples, so the registry can check names once."""
+        for spec in METRICS:
+            if spec.kind == "counter":
+                yield CounterMetricFamily(spec.name, spec.help, labels=spec.labels)
+            elif spec.kind == "histogram":
+                yield HistogramMetricFamily(spec.name, spec.help, labels=spec.labels)
+            else:
+                yield GaugeMetricFamily(spec.name, spec.help, labels=spec.labels)
+
+    def collect(self) -> Iterable[Metric]:
+        """Every family with its current samples (called by the registry on a scrape)."""
+        yield self.requests.family()
+        yield self.request_duration.family()
+        yield self.retries.family()
+        yield self.fallback.family()
+        yield self.decisions.family()
+        yield self.affinity.family()
+        yield self.probes.family()
+        yield self.probe_duration.family()
+        yield self.transitions.family()
+        yield self.reloads.family()
+        stamp = _gauge("lb_config_last_reload_success_timestamp_seconds")
+        if self._config_at is not None:
+            stamp.add_metric([], self._config_at)
+        yield stamp
+        yield from self._engine_families()
+
+    def _engine_families(self) -> Iterator[Metric]:
+        engine = self._engine
+        names = (
+            "lb_config_generation",
+            "lb_ready",
+            "lb_endpoint_health",
+            "lb_endpoint_in_flight_requests",
+            "lb_endpoint_connections",
+            "lb_pool_health",
+            "lb_pool_eligible",
+            "lb_pool_healthy_endpoints",
+            "lb_pool_minimum_endpoints",
+            "lb_pool_probe_rtt_seconds",
+            "lb_load_balancer_state",
+            "lb_affinity_header_sessions",
+        )
+        fam = {name: _gauge(name) for name in names}
+        if engine is not None:
+            _fill_engine(engine, fam)
+        yield from fam.values()
+
+
+def _fill_engine(engine: Engine, fam: dict[str, GaugeMetricFamily]) -> None:
+    """Add the scrape-time samples of ``engine`` to the gauge families in ``fam``."""
+    snapshot = engine.book.snapshot()
+    live = engine.live
+    fam["lb_config_generation"].add_metric([], engine.generation)
+    fam["lb_ready"].add_metric([], 1.0 if engine.ready else 0.0)
+    fam["lb_affinity_header_sessions"].add_metric([], len(engine.sessions))
+    health = fam["lb_endpoint_health"]
+    in_flight = fam["lb_endpoint_in_flight_requests"]
+    connections = fam["lb_endpoint_connections"]
+    for pool in snapshot.pools.values():
+        p = pool.name
+        for ep in pool.endpoints:
+            state = ep.health.value if ep.enabled else "disabled"
+            for s in ENDPOINT_STATES:
+                health.add_metric([p, ep.name, "*", s], 1.0 if s == state else 0.0)
+            for vantage, vh in sorted(ep.vantage_health.items()):
+                for s in VANTAGE_STATES:
+                    health.add_metric([p, ep.name, vantage, s], 1.0 if s == vh.value else 0.0)
+            key = ep.key
+            in_flight.add_metric([p, ep.name], live.in_flight.get(key, 0))
+            connections.add_metric([p, ep.name], live.connections.get(key, 0))
+        for s in POOL_STATES:
+            fam["lb_pool_health"].add_metric([p, s], 1.0 if s == pool.state else 0.0)
+        fam["lb_pool_eligible"].add_metric([p], 1.0 if pool.eligible else 0.0)
+        fam["lb_pool_healthy_endpoints"].add_metric([p], pool.healthy_count)
+        fam["lb_pool_minimum_endpoints"].add_metric([p], pool.config.minimum_origins)
+        for vantage, rtt in sorted(pool.rtt.items()):
+            fam["lb_pool_probe_rtt_seconds"].add_metric([p, vantage], rtt)
+    for lb in snapshot.config.load_balancers:
+        state = load_balancer_state(lb, snapshot)
+        for s in LoadBalancerState.ALL:
+            fam["lb_load_balancer_state"].add_metric([lb.name, s], 1.0 if s == state else 0.0)

@@ -1,0 +1,107 @@
+"""Error statuses of the proxy and the bodies it answers them with.
+
+Two styles (``engine.error_style``):
+
+* ``cloudflare``: the codes Cloudflare's edge uses, so that dashboards and runbooks written
+  for Cloudflare read the same here: 521 refused, 522 connect timeout, 523 unreachable or DNS
+  failure, 524 no response in time, 525 TLS handshake failure, 526 invalid certificate, and
+  530 with ``error code: 1016`` when no pool can serve (R30).  The body is Cloudflare's
+  plain-text form, ``error code: NNN``.
+* ``plain``: what a generic reverse proxy answers, for clients that do not know the 52x
+  codes: 502 for refused, unreachable and TLS failures, 504 for timeouts, 503 for "no pool".
+
+The zero-downtime-failover decision (R42) is always made on the Cloudflare code; the style only
+changes what the client finally sees.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+__all__ = [
+    "CONNECT_REFUSED",
+    "CONNECT_TIMEOUT",
+    "NO_POOL",
+    "RESPONSE_TIMEOUT",
+    "TLS_BAD_CERT",
+    "TLS_HANDSHAKE",
+    "UNREACHABLE",
+    "UpstreamError",
+    "error_body",
+    "public_status",
+    "reason_phrase",
+]
+
+CONNECT_REFUSED = 521
+CONNECT_TIMEOUT = 522
+UNREACHABLE = 523
+RESPONSE_TIMEOUT = 524
+TLS_HANDSHAKE = 525
+TLS_BAD_CERT = 526
+NO_POOL = 530
+BAD_GATEWAY = 502
+"""The upstream broke the exchange after the connection stood (reset, garbage, early EOF)."""
+
+_PLAIN = {
+    CONNECT_REFUSED: 502,
+    CONNECT_TIMEOUT: 504,
+    UNREACHABLE: 502,
+    RESPONSE_TIMEOUT: 504,
+    TLS_HANDSHAKE: 502,
+    TLS_BAD_CERT: 502,
+    NO_POOL: 503,
+}
+
+_CLOUDFLARE_REASONS = {
+    520: b"Web Server Returned an Unknown Error",
+    CONNECT_REFUSED: b"Web Server Is Down",
+    CONNECT_TIMEOUT: b"Connection Timed Out",
+    UNREACHABLE: b"Origin Is Unreachable",
+    RESPONSE_TIMEOUT: b"A Timeout Occurred",
+    TLS_HANDSHAKE: b"SSL Handshake Failed",
+    TLS_BAD_CERT: b"Invalid SSL Certificate",
+    NO_POOL: b"Origin DNS Error",
+}
+
+_REASONS: dict[int, bytes] = {s.value: s.phrase.encode() for s in HTTPStatus}
+_REASONS.update(_CLOUDFLARE_REASONS)
+
+
+class UpstreamError(Exception):
+    """One attempt to an endpoint failed before a usable response head arrived.
+
+    ``status`` is the Cloudflare code (52x, or 502 for a broken exchange); ``reason`` is a
+    short machine-readable word for logs and metrics (``refused``, ``timeout``...);
+    ``before_response`` is True when no response byte had arrived, which is what makes the
+    stale-pooled-connection retry safe.
+    """
+
+    def __init__(self, status: int, reason: str, *, before_response: bool = True) -> None:
+        super().__init__(f"{status} {reason}")
+        self.status = status
+        self.reason = reason
+        self.before_response = before_response
+
+
+def reason_phrase(status: int) -> bytes:
+    """The reason phrase for ``status``; h11 would otherwise send an empty one."""
+    return _REASONS.get(status, b"")
+
+
+def public_status(status: int, style: str) -> int:
+    """What the client sees for an internal outcome ``status`` under ``error_style``."""
+    if style == "plain":
+        return _PLAIN.get(status, status)
+    return status
+
+
+def error_body(status: int, style: str) -> bytes:
+    """The plain-text body of a proxy-generated error.
+
+    Cloudflare style: ``error code: NNN`` (1016 for 530, as Cloudflare's edge does); plain
+    style: the status line text.
+    """
+    if style == "plain":
+        return b"%d %s\n" % (status, reason_phrase(status))
+    code = 1016 if status == NO_POOL else status
+    return b"error code: %d\n" % code

@@ -1,0 +1,111 @@
+"""What the proxy tells the rest of the process: one record per request, one call per retry.
+
+The proxy imports no metrics or logging library for its data; whoever runs it (``tunnel-lb
+run``) plugs plain synchronous callables in here and turns the records into Prometheus
+series, access-log lines and passive health signals.  Callbacks run on the request's task,
+so they must be quick and must not block; an exception in one is logged and swallowed, never
+allowed to break a client connection.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+__all__ = ["Attempt", "ProxyHooks", "RequestRecord"]
+
+log = logging.getLogger("lb.proxy")
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One try of a request against one endpoint."""
+
+    pool: str
+    endpoint: str
+    """The endpoint key, ``pool/endpoint``."""
+    status: int
+    """The upstream's status, or the 52x/502 code of the failure."""
+    error: str = ""
+    """Empty on a response; else ``refused``, ``connect_timeout``, ``dns``, ``unreachable``,
+    ``tls_handshake``, ``tls_certificate``, ``response_timeout``, ``upstream_closed``,
+    ``upstream_protocol``."""
+    reused: bool = False
+    """Whether the attempt ran on a pooled keep-alive connection."""
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    """The outcome of one client request, reported when it is over (success or not)."""
+
+    method: str
+    host: str
+    target: str
+    client_ip: str
+    datacenter: str
+    request_id: str
+    load_balancer: str | None = None
+    pool: str | None = None
+    endpoint: str | None = None
+    """The key of the endpoint of the last attempt (the one that answered, if any)."""
+    tunnel_id: str | None = None
+    decision: str = ""
+    """The steering reason: ``policy``, ``affinity``, ``fallback``, ``retry``, ``unknown_host``,
+    ``no_pool``; empty when the request never reached steering (400, 431...)."""
+    affinity: str = "none"
+    status: int = 0
+    """What the client was sent; 0 when the connection broke before a response head."""
+    upstream_status: int | None = None
+    error: str = ""
+    """Empty when the exchange completed; else what went wrong (an :class:`Attempt` error,
+    ``client_disconnected``, ``upstream_aborted``, ``body_too_large``, ``bad_request``...)."""
+    retried: str | None = None
+    """``zero_downtime_failover`` or ``stale_connection`` when a second attempt was made."""
+    bytes_in: int = 0
+    """Request body bytes received from the client."""
+    bytes_out: int = 0
+    """Response body bytes sent to the client."""
+    duration: float = 0.0
+    """Seconds from the request head to the end of the response (trio clock)."""
+    attempts: list[Attempt] = field(default_factory=list)
+    websocket: bool = False
+
+
+@dataclass(slots=True)
+class ProxyHooks:
+    """Synchronous callbacks; every one is optional.
+
+    * ``on_request_done(record)``: once per request head received (also for 400/404/431...).
+    * ``on_retry(reason, failed_attempt)``: before a second attempt; ``reason`` is
+      ``zero_downtime_failover`` (R42) or ``stale_connection`` (pool lesson).
+    * ``on_connection(delta)``: +1 when a client connection is accepted, -1 when it closes.
+    """
+
+    on_request_done: Callable[[RequestRecord], None] | None = None
+    on_retry: Callable[[str, Attempt], None] | None = None
+    on_connection: Callable[[int], None] | None = None
+
+    def request_done(self, record: RequestRecord) -> None:
+        """Call ``on_request_done``, logging (not raising) its errors."""
+        if self.on_request_done is not None:
+            try:
+                self.on_request_done(record)
+            except Exception:
+                log.exception("on_request_done hook failed")
+
+    def retry(self, reason: str, attempt: Attempt) -> None:
+        """Call ``on_retry``, logging (not raising) its errors."""
+        if self.on_retry is not None:
+            try:
+                self.on_retry(reason, attempt)
+            except Exception:
+                log.exception("on_retry hook failed")
+
+    def connection(self, delta: int) -> None:
+        """Call ``on_connection``, logging (not raising) its errors."""
+        if self.on_connection is not None:
+            try:
+                self.on_connection(delta)
+            except Exception:
+                log.exception("on_connection hook failed")

@@ -1,0 +1,987 @@
+"""The downstream side: accept clients, read HTTP/1.1 requests with h11, steer, forward.
+
+Theory of operation
+===================
+
+One trio task per client connection runs a keep-alive loop: read a request head, steer it
+(:meth:`steering.Router.decide`), forward it over a pooled upstream connection
+(:mod:`lb.proxy.upstream`), relay the response, repeat.  Bodies are streamed both ways in the
+chunks they arrive in; nothing is buffered whole.  The request body is sent before the
+response is read (a response that arrives early is read afterwards; an upstream that closes
+before reading the whole body gives 502).
+
+Per request the hot path is: one ``scan_request`` pass over the headers, one steering
+decision, one header rewrite, one write upstream (head and small body together), one write
+downstream (head and small body together), and three deadline updates.  Metrics and logs
+happen in the caller's :class:`~lb.proxy.hooks.ProxyHooks`, fed one record per request.
+
+Timeouts (``engine.limits``), all as inactivity deadlines on one watchdog cancel scope per
+request, so they cost a deadline update rather than a new scope per I/O call:
+
+* waiting for a request head, reading a request body and writing to the client:
+  ``idle_timeout`` (idle connections close, a stalled body gets 408);
+* TCP connect plus TLS handshake: ``connect_timeout`` (522);
+* waiting for the response head, reading the response body and writing upstream:
+  ``request_timeout`` (524 before the response head; the connection is cut after it).
+
+Failures and retries (cloudflare-lb.md §5, docs/proxy.md):
+
+* a connect failure is classified 521/522/523/525/526 and handed to
+  :meth:`steering.Router.retry`; when it answers with a decision, one more attempt goes there
+  (R42, R43).  Nothing of the request has been sent at that point, so this is safe for any
+  method;
+* a *reused* pooled connection that closes before any response byte is retried once on a
+  fresh connection to the same endpoint when the request may be replayed: no body byte has
+  been taken from the client yet, and the method is idempotent (or carries an Idempotency-Key)
+  or nothing was written (Go's net/http rule);
+* anything else is answered as it is, with the status mapped by ``error_style``.
+
+Shutdown: :meth:`ProxyServer.shutdown` stops accepting, closes connections that wait for a
+next request, lets in-flight requests finish (their responses carry ``Connection: close``),
+and cancels what is left after ``engine.drain_timeout``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import itertools
+import logging
+import math
+import random
+import secrets
+import ssl
+import time
+from collections.abc import Sequence
+from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
+from typing import Any, cast
+
+import h11
+import trio
+
+from lb.config.model import Engine as EngineSettings
+from lb.core.snapshot import EndpointView
+from lb.engine import Engine
+from lb.proxy import errors
+from lb.proxy.errors import UpstreamError, error_body, public_status, reason_phrase
+from lb.proxy.headers import (
+    RequestFacts,
+    affinity_cookie,
+    client_address,
+    colo_from_ray,
+    cookie_value,
+    parse_cookies,
+    replayable,
+    response_headers,
+    scan_request,
+    upstream_headers,
+)
+from lb.proxy.hooks import Attempt, ProxyHooks, RequestRecord
+from lb.proxy.listeners import AnyListener, bound_address, is_https, open_listeners
+from lb.proxy.upstream import UpstreamConnection, UpstreamPool, target_for
+from steering.affinity import COOKIE_NAME
+from steering.types import Decision, Request
+
+__all__ = ["ProxyServer", "serve_proxy"]
+
+log = logging.getLogger("lb.proxy")
+
+RECEIVE_SIZE = 65536
+LINGER_SECONDS = 2.0
+"""How long a connection closed with an unread request body is drained first, so that the
+client reads our 4xx instead of a TCP reset."""
+SWEEP_INTERVAL = 5.0
+_CONTENT_TYPE = (b"content-type", b"text/plain; charset=utf-8")
+_EOM = h11.EndOfMessage()
+_ACCEPT_RETRY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+_STALE_REASONS = frozenset({"upstream_closed"})
+
+
+class _ClientError(Exception):
+    """The client side of an exchange failed; ``status`` 0 means no answer is possible."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+class _Flow:
+    """Mutable state of one request, shared between the exchange and its timeout handler."""
+
+    __slots__ = (
+        "body_consumed",
+        "endpoint",
+        "phase",
+        "record",
+        "req_done",
+        "responded",
+        "sent_any",
+        "trusted",
+        "up",
+        "watchdog",
+    )
+
+    def __init__(self, record: RequestRecord, watchdog: trio.CancelScope) -> None:
+        self.record = record
+        self.watchdog = watchdog
+        self.phase = ""
+        """What the watchdog deadline currently guards: ``client`` or ``upstream``."""
+        self.up: UpstreamConnection | None = None
+        self.endpoint: EndpointView | None = None
+        """Set while ``live.started`` is unmatched by ``live.finished``."""
+        self.body_consumed = False
+        self.req_done = False
+        self.sent_any = False
+        self.responded = False
+        self.trusted = False
+
+    def arm(self, phase: str, seconds: float) -> None:
+        """Push the inactivity deadline ``seconds`` ahead for an operation on ``phase``."""
+        self.phase = phase
+        self.watchdog.deadline = trio.current_time() + seconds
+
+
+class ProxyServer:
+    """The proxy data path for one :class:`~lb.engine.Engine`.
+
+    Args:
+        engine: health, steering and live counters; its configuration is re-read per request,
+            so a reload (``engine.reconfigure``) applies to the next request.
+        hooks: callbacks for records, retries and connection counts.
+        rng: randomness for steering (seed it for repeatable tests).
+        upstream_ssl: verifies upstream certificates; default
+            ``ssl.create_default_context()`` (system CA bundle).
+        upstream_idle_timeout: pooled connections idle longer than this are dropped (30 s).
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        hooks: ProxyHooks | None = None,
+        rng: random.Random | None = None,
+        upstream_ssl: ssl.SSLContext | None = None,
+        upstream_idle_timeout: float = 30.0,
+    ) -> None:
+        self.engine = engine
+        self.hooks = hooks if hooks is not None else ProxyHooks()
+        self.rng = rng if rng is not None else random.Random()
+        if upstream_ssl is None:
+            upstream_ssl = ssl.create_default_context()
+            upstream_ssl.set_alpn_protocols(["http/1.1"])
+        limits = engine.config.engine.limits
+        self.pool = UpstreamPool(
+            engine.live,
+            upstream_ssl,
+            connect_timeout=limits.connect_timeout,
+            idle_timeout=upstream_idle_timeout,
+        )
+        self.addresses: list[tuple[str, int]] = []
+        self.draining = False
+        self._stop = trio.Event()
+        self._idle_waits: set[trio.CancelScope] = set()
+        self._rid_prefix = secrets.token_hex(6)
+        self._rid_counter = itertools.count(1)
+        self._trust_key: object = None
+        self._trusted_nets: tuple[IPv4Network | IPv6Network, ...] = ()
+        self._trusted_cache: dict[str, bool] = {}
+        self._names_key: object = None
+        self._names: tuple[bytes, bytes] = (b"", b"")
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def shutdown(self) -> None:
+        """Stop accepting and drain (see the module docstring).  Safe to call twice."""
+        self.draining = True
+        self._stop.set()
+        for scope in list(self._idle_waits):
+            scope.cancel()
+
+    async def serve(
+        self,
+        listeners: Sequence[AnyListener] | None = None,
+        *,
+        task_status: trio.TaskStatus[list[tuple[str, int]]] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Accept and serve until :meth:`shutdown`; then drain and return."""
+        settings = self.engine.config.engine
+        if listeners is None:
+            listeners = await open_listeners(settings.listen, reuse_port=settings.workers > 1)
+        self.addresses = [bound_address(listener) for listener in listeners]
+        try:
+            async with trio.open_nursery() as clients:
+                async with trio.open_nursery() as acceptors:
+                    for listener in listeners:
+                        acceptors.start_soon(self._accept_loop, listener, clients)
+                    acceptors.start_soon(self._sweep_loop)
+                    task_status.started(list(self.addresses))
+                    await self._stop.wait()
+                    acceptors.cancel_scope.cancel()
+                for listener in listeners:
+                    await trio.aclose_forcefully(listener)
+                for scope in list(self._idle_waits):
+                    scope.cancel()
+                drain = self.engine.config.engine.drain_timeout
+                clients.cancel_scope.deadline = trio.current_time() + drain
+        finally:
+            self.draining = True
+            for listener in listeners:
+                await trio.aclose_forcefully(listener)
+            self.pool.close_all()
+
+    async def _accept_loop(self, listener: AnyListener, clients: trio.Nursery) -> None:
+        https = is_https(listener)
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno in _ACCEPT_RETRY_ERRNOS:
+                    log.warning("accept failed (%s); pausing 0.1 s", exc)
+                    await trio.sleep(0.1)
+                    continue
+                raise
+            clients.start_soon(self._serve_client, stream, https)
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            await trio.sleep(SWEEP_INTERVAL)
+            self.pool.sweep()
+
+    # ------------------------------------------------------------------ one client
+
+    async def _serve_client(self, stream: trio.abc.Stream, https: bool) -> None:
+        """The keep-alive loop of one client connection; never raises."""
+        self.hooks.connection(1)
+        linger = False
+        try:
+            peer = _peer_ip(stream)
+            limits = self.engine.config.engine.limits
+            conn = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_header_bytes)
+            while not self.draining or conn.their_state is not h11.IDLE:
+                event = await self._read_head(stream, conn, peer, https)
+                if event is None:
+                    linger = conn.their_state is not h11.DONE and conn.their_state is not h11.IDLE
+                    break
+                keep = await self._exchange(stream, conn, event, peer, https)
+                if not keep or conn.our_state is not h11.DONE:
+                    linger = conn.their_state is h11.SEND_BODY
+                    break
+                if conn.their_state is not h11.DONE:
+                    linger = True
+                    break
+                conn.start_next_cycle()
+        except Exception as exc:  # hostile input must never become a traceback
+            log.debug("client connection ended with %r", exc)
+        finally:
+            await _close_client(stream, linger=linger)
+            self.hooks.connection(-1)
+
+    async def _read_head(
+        self, stream: trio.abc.Stream, conn: h11.Connection, peer: str, https: bool
+    ) -> h11.Request | None:
+        """The next request head, or None when the connection should close."""
+        limits = self.engine.config.engine.limits
+        first = True
+        while True:
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                await self._reject(stream, conn, exc, peer)
+                return None
+            if event is h11.NEED_DATA:
+                if self.draining and first and conn.their_state is h11.IDLE:
+                    return None
+                scope = trio.CancelScope(deadline=trio.current_time() + limits.idle_timeout)
+                if first:
+                    self._idle_waits.add(scope)
+                try:
+                    with scope:
+                        data = await stream.receive_some(RECEIVE_SIZE)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    return None
+                finally:
+                    self._idle_waits.discard(scope)
+                if scope.cancelled_caught:
+                    return None
+                first = False
+                conn.receive_data(cast(bytes, data))
+                if not data and conn.their_state is not h11.IDLE:
+                    return None  # EOF inside a head: nobody left to answer
+                continue
+            if type(event) is h11.Request:
+                return event
+            return None  # ConnectionClosed or PAUSED
+
+    async def _reject(
+        self, stream: trio.abc.Stream, conn: h11.Connection, exc: h11.RemoteProtocolError, peer: str
+    ) -> None:
+        """Answer a request h11 could not parse (400, 431 for a too-large head...)."""
+        status = exc.error_status_hint
+        record = RequestRecord(
+            method="", host="", target="", client_ip=peer, datacenter="", request_id=""
+        )
+        record.error = "headers_too_large" if status == 431 else "bad_request"
+        if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+            body = b"%d %s\n" % (status, reason_phrase(status))
+            try:
+                data = _simple_response(conn, status, body, close=True)
+                with trio.move_on_after(self.engine.config.engine.limits.idle_timeout):
+                    await stream.send_all(data)
+                record.status = status
+            except (h11.LocalProtocolError, trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+        self.hooks.request_done(record)
+
+    # ------------------------------------------------------------------ one request
+
+    async def _exchange(
+        self,
+        stream: trio.abc.Stream,
+        conn: h11.Connection,
+        event: h11.Request,
+        peer: str,
+        https: bool,
+    ) -> bool:
+        """Serve one request; True when the connection may carry another one."""
+        t0 = trio.current_time()
+        engine = self.engine
+        settings = engine.config.engine
+        ip_name, dc_name = self._header_names(settings)
+        facts = scan_request(event.headers, ip_name, dc_name)
+        trusted = self._is_trusted(peer, settings)
+        if trusted:
+            client_ip = client_address(facts.client_ip, peer)
+            datacenter = colo_from_ray(facts.ray) or settings.datacenter
+        else:
+            client_ip, datacenter = peer, settings.datacenter
+        rid = facts.request_id or f"{self._rid_prefix}{next(self._rid_counter):x}".encode()
+        host = facts.host.decode("latin-1")
+        record = RequestRecord(
+            method=event.method.decode("latin-1"),
+            host=host,
+            target=event.target.decode("latin-1"),
+            client_ip=client_ip,
+            datacenter=datacenter,
+            request_id=rid.decode("latin-1"),
+        )
+        keep = False
+        with trio.CancelScope() as watchdog:
+            flow = _Flow(record, watchdog)
+            flow.trusted = trusted
+            if not facts.has_body:
+                # h11 reports the end of a bodiless request as a separate event: take it now,
+                # so that every later step sees the request as complete.
+                flow.req_done = type(conn.next_event()) is h11.EndOfMessage
+            try:
+                keep = await self._steer_and_forward(
+                    stream, conn, event, facts, flow, peer, https, client_ip, datacenter, rid
+                )
+            except _ClientError as abort:
+                keep = await self._client_abort(stream, conn, flow, abort)
+        if watchdog.cancelled_caught:
+            keep = await self._timed_out(stream, conn, flow)
+        if flow.endpoint is not None:
+            engine.live.finished(flow.endpoint)
+            flow.endpoint = None
+        if flow.up is not None:
+            self.pool.discard(flow.up)
+            flow.up = None
+        record.duration = trio.current_time() - t0
+        self.hooks.request_done(record)
+        return keep
+
+    async def _steer_and_forward(
+        self,
+        stream: trio.abc.Stream,
+        conn: h11.Connection,
+        event: h11.Request,
+        facts: RequestFacts,
+        flow: _Flow,
+        peer: str,
+        https: bool,
+        client_ip: str,
+        datacenter: str,
+        rid: bytes,
+    ) -> bool:
+        engine = self.engine
+        settings = engine.config.engine
+        record = flow.record
+        style = settings.error_style
+        if (
+            facts.content_length is not None
+            and facts.content_length > settings.limits.max_body_bytes
+        ):
+            record.error = "body_too_large"
+            return await self._reply(stream, conn, flow, 413, error_body(413, "plain"))
+        router = engine.router
+        host = record.host
+        lb = router.snapshot.load_balancer(host)
+        headers: dict[str, str] = {}
+        cookies: dict[str, str] = {}
+        if lb is not None and lb.affinity == "header":
+            headers = {
+                n.decode("latin-1"): v.decode("latin-1") for n, v in event.headers if n != b"cookie"
+            }
+            cookies = parse_cookies(facts.cookie)
+        req = Request(
+            host=host,
+            client_ip=client_ip,
+            datacenter=datacenter,
+            cookie=cookie_value(facts.cookie, COOKIE_NAME) if facts.cookie else None,
+            headers=headers,
+            cookies=cookies,
+            now=trio.current_time(),
+            wall=time.time(),
+        )
+        live = engine.live
+        decision = router.decide(req, self.rng, live)
+        record.load_balancer = decision.load_balancer.name if decision.load_balancer else None
+        record.decision = decision.reason
+        record.affinity = decision.affinity
+        if decision.endpoint is None:
+            status = decision.status or errors.NO_POOL
+            if status == 404:
+                record.error = "unknown_host"
+                body = b"404 Not Found: no load balancer answers for this host\n"
+                return await self._reply(stream, conn, flow, 404, body)
+            record.error = "no_pool"
+            return await self._reply(
+                stream, conn, flow, public_status(status, style), error_body(status, style)
+            )
+
+        zdf_done = stale_done = fresh = False
+        connect_to = engine.config.connect_to
+        while True:
+            endpoint = decision.endpoint
+            assert endpoint is not None
+            target = target_for(endpoint, host, connect_to)
+            up = None if fresh else self.pool.checkout(target)
+            attempt = Attempt(
+                pool=endpoint.pool, endpoint=endpoint.key, status=0, reused=up is not None
+            )
+            record.attempts.append(attempt)
+            record.pool, record.endpoint = endpoint.pool, endpoint.key
+            record.tunnel_id = endpoint.tunnel_id
+            live.started(endpoint)
+            flow.endpoint = endpoint
+            connecting = up is None
+            try:
+                if up is None:
+                    flow.phase = "connect"
+                    flow.watchdog.deadline = math.inf
+                    up = await self.pool.connect(target)
+                    connecting = False
+                flow.up = up
+                response = await self._forward(
+                    stream, conn, event, facts, flow, up, target.host, peer, https, client_ip, rid
+                )
+            except UpstreamError as err:
+                attempt.status, attempt.error = err.status, err.reason
+                live.finished(endpoint)
+                flow.endpoint = None
+                if flow.up is not None:
+                    self.pool.discard(flow.up)
+                    flow.up = None
+                if connecting and not zdf_done:
+                    retry = router.retry(decision, req, self.rng, live, status=err.status)
+                    if retry is not None:
+                        zdf_done = True
+                        record.retried = "zero_downtime_failover"
+                        self.hooks.retry("zero_downtime_failover", attempt)
+                        decision = retry
+                        record.decision = retry.reason
+                        continue
+                if (
+                    attempt.reused
+                    and not stale_done
+                    and err.reason in _STALE_REASONS
+                    and err.before_response
+                    and not flow.body_consumed
+                    and (replayable(event.method, facts) or not flow.sent_any)
+                ):
+                    stale_done = fresh = True
+                    record.retried = "stale_connection"
+                    self.hooks.retry("stale_connection", attempt)
+                    continue
+                record.error = err.reason
+                status = public_status(err.status, style)
+                return await self._reply(stream, conn, flow, status, error_body(err.status, style))
+            attempt.status = response.status_code
+            record.upstream_status = response.status_code
+            return await self._relay(stream, conn, facts, flow, up, response, decision, https)
+
+    # ------------------------------------------------------------------ upstream exchange
+
+    async def _forward(
+        self,
+        stream: trio.abc.Stream,
+        conn: h11.Connection,
+        event: h11.Request,
+        facts: RequestFacts,
+        flow: _Flow,
+        up: UpstreamConnection,
+        host: str,
+        peer: str,
+        https: bool,
+        client_ip: str,
+        rid: bytes,
+    ) -> h11.Response | h11.InformationalResponse:
+        """Send the request (head and streamed body); return the response head."""
+        limits = self.engine.config.engine.limits
+        ip_name = self._names[0]
+        out_headers = upstream_headers(
+            event.headers,
+            facts,
+            host=host.encode("latin-1"),
+            peer_ip=peer.encode("latin-1"),
+            client_ip=client_ip.encode("latin-1"),
+            client_ip_name=ip_name,
+            proto=b"https" if https else b"http",
+            trusted=flow.trusted,
+            request_id=rid,
+        )
+        uh = up.h11
+        ustream = up.stream
+        try:
+            pending = [
+                _sent(
+                    uh.send(
+                        h11.Request(method=event.method, target=event.target, headers=out_headers)
+                    )
+                )
+            ]
+        except h11.LocalProtocolError as exc:
+            raise _ClientError(400, "bad_request") from exc
+        if flow.req_done:
+            pending.append(_sent(uh.send(_EOM)))
+        max_body = limits.max_body_bytes
+        record = flow.record
+        while not flow.req_done:
+            try:
+                ev = conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                raise _ClientError(400, "bad_request") from exc
+            kind = type(ev)
+            if kind is h11.Data:
+                assert isinstance(ev, h11.Data)
+                flow.body_consumed = True
+                record.bytes_in += len(ev.data)
+                if record.bytes_in > max_body:
+                    raise _ClientError(413, "body_too_large")
+                pending.append(_sent(uh.send(ev)))
+            elif kind is h11.EndOfMessage:
+                flow.req_done = True
+                pending.append(_sent(uh.send(_EOM)))
+            elif ev is h11.NEED_DATA:
+                if pending:
+                    await self._send_up(ustream, pending, flow, limits.request_timeout)
+                    pending = []
+                if conn.they_are_waiting_for_100_continue:
+                    flow.arm("client", limits.idle_timeout)
+                    try:
+                        await stream.send_all(
+                            _sent(
+                                conn.send(
+                                    h11.InformationalResponse(
+                                        status_code=100, headers=[], reason=b"Continue"
+                                    )
+                                )
+                            )
+                        )
+                    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                        raise _ClientError(0, "client_disconnected") from exc
+                flow.arm("client", limits.idle_timeout)
+                try:
+                    data = await stream.receive_some(RECEIVE_SIZE)
+                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                    raise _ClientError(0, "client_disconnected") from exc
+                if not data:
+                    raise _ClientError(0, "client_disconnected")
+                conn.receive_data(cast(bytes, data))
+            else:  # pragma: no cover - h11 gives nothing else while the body is open
+                raise _ClientError(400, "bad_request")
+        if pending:
+            await self._send_up(ustream, pending, flow, limits.request_timeout)
+        # The response head.
+        got = False
+        while True:
+            try:
+                ev = uh.next_event()
+            except h11.RemoteProtocolError as exc:
+                raise UpstreamError(errors.BAD_GATEWAY, "upstream_protocol") from exc
+            if ev is h11.NEED_DATA:
+                flow.arm("upstream", limits.request_timeout)
+                try:
+                    data = await ustream.receive_some(RECEIVE_SIZE)
+                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                    raise UpstreamError(
+                        errors.BAD_GATEWAY, "upstream_closed", before_response=not got
+                    ) from exc
+                if not data:
+                    raise UpstreamError(
+                        errors.BAD_GATEWAY, "upstream_closed", before_response=not got
+                    )
+                got = True
+                uh.receive_data(cast(bytes, data))
+                continue
+            if type(ev) is h11.Response:
+                assert isinstance(ev, h11.Response)
+                return ev
+            if type(ev) is h11.InformationalResponse:
+                assert isinstance(ev, h11.InformationalResponse)
+                if ev.status_code == 101 and facts.websocket:
+                    return ev
+                if ev.status_code == 101:
+                    raise UpstreamError(errors.BAD_GATEWAY, "upstream_protocol")
+                continue  # 100 Continue, 103 Early Hints: not relayed
+            raise UpstreamError(errors.BAD_GATEWAY, "upstream_protocol")
+
+    async def _send_up(
+        self, ustream: trio.abc.Stream, pending: list[bytes], flow: _Flow, seconds: float
+    ) -> None:
+        flow.arm("upstream", seconds)
+        try:
+            await ustream.send_all(pending[0] if len(pending) == 1 else b"".join(pending))
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise UpstreamError(errors.BAD_GATEWAY, "upstream_closed") from exc
+        flow.sent_any = True
+
+    async def _relay(
+        self,
+        stream: trio.abc.Stream,
+        conn: h11.Connection,
+        facts: RequestFacts,
+        flow: _Flow,
+        up: UpstreamConnection,
+        response: h11.Response | h11.InformationalResponse,
+        decision: Decision,
+        https: bool,
+    ) -> bool:
+        """Send the response downstream, streaming its body; True to keep the connection."""
+        limits = self.engine.config.engine.limits
+        record = flow.record
+        set_cookie = None
+        if decision.set_cookie is not None and decision.load_balancer is not None:
+            lb = decision.load_balancer
+            attrs = lb.session_affinity_attributes
+            set_cookie = affinity_cookie(
+                decision.set_cookie,
+                lb.effective_affinity_ttl,
+                samesite=attrs.samesite,
+                secure=attrs.secure,
+                https=https,
+            )
+        status = response.status_code
+        reason = response.reason or reason_phrase(status)
+        if type(response) is h11.InformationalResponse:
+            return await self._splice(stream, conn, flow, up, response, set_cookie)
+        headers = response_headers(response.headers, set_cookie=set_cookie, close=self.draining)
+        try:
+            pending = [
+                _sent(conn.send(h11.Response(status_code=status, headers=headers, reason=reason)))
+            ]
+        except h11.LocalProtocolError as exc:
+            raise UpstreamError(errors.BAD_GATEWAY, "upstream_protocol") from exc
+        flow.responded = True
+        record.status = status
+        uh = up.h11
+        ustream = up.stream
+        while True:
+            try:
+                ev = uh.next_event()
+            except h11.RemoteProtocolError:
+                record.error = "upstream_aborted"
+                await self._flush_down(stream, pending, flow, limits.idle_timeout)
+                return False
+            kind = type(ev)
+            if kind is h11.Data:
+                assert isinstance(ev, h11.Data)
+                record.bytes_out += len(ev.data)
+                pending.append(_sent(conn.send(ev)))
+            elif kind is h11.EndOfMessage:
+                pending.append(_sent(conn.send(_EOM)))
+                break
+            elif ev is h11.NEED_DATA:
+                if pending:
+                    await self._flush_down(stream, pending, flow, limits.idle_timeout)
+                    pending = []
+                flow.arm("upstream", limits.request_timeout)
+                try:
+                    data = await ustream.receive_some(RECEIVE_SIZE)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    record.error = "upstream_aborted"
+                    return False
+                uh.receive_data(cast(bytes, data))
+            else:
+                record.error = "upstream_aborted"
+                break
+        await self._flush_down(stream, pending, flow, limits.idle_timeout)
+        self.engine.live.finished(up.endpoint)
+        flow.endpoint = None
+        flow.up = None
+        self.pool.release(up)
+        return not record.error
+
+    async def _flush_down(
+        self, stream: trio.abc.Stream, pending: list[bytes], flow: _Flow, seconds: float
+    ) -> None:
+        flow.arm("client", seconds)
+        try:
+            await stream.send_all(pending[0] if len(pending) == 1 else b"".join(pending))
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise _ClientError(0, "client_disconnected") from exc
+
+    async def _splice(
+        self,
+        stream: trio.abc.Stream,
+        conn: h11.Connection,
+        flow: _Flow,
+        up: UpstreamConnection,
+        response: h11.InformationalResponse,
+        set_cookie: bytes | None,
+    ) -> bool:
+        """After a 101 from upstream: relay it, then copy bytes both ways until one side ends."""
+        record = flow.record
+        record.websocket = True
+        headers = response_headers(response.headers, set_cookie=set_cookie, upgrade=True)
+        head = _sent(
+            conn.send(
+                h11.InformationalResponse(
+                    status_code=101, headers=headers, reason=b"Switching Protocols"
+                )
+            )
+        )
+        record.status = 101
+        flow.responded = True
+        from_client, _ = conn.trailing_data
+        from_upstream, _ = up.h11.trailing_data
+        flow.watchdog.deadline = math.inf
+        try:
+            await stream.send_all(head + from_upstream)
+            if from_client:
+                await up.stream.send_all(from_client)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            record.error = "client_disconnected"
+            return False
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_pipe, stream, up.stream, nursery.cancel_scope)
+            nursery.start_soon(_pipe, up.stream, stream, nursery.cancel_scope)
+        return False  # the upstream connection is discarded by the caller
+
+    # ------------------------------------------------------------------ answers
+
+    async def _reply(
+        self, stream: trio.abc.Stream, conn: h11.Connection, flow: _Flow, status: int, body: bytes
+    ) -> bool:
+        """A proxy-generated answer; closes the connection when the request body is unread."""
+        # An unread request body cannot be skipped by h11: the connection must close then.
+        close = self.draining or conn.their_state is not h11.DONE
+        extra: list[tuple[bytes, bytes]] = []
+        if status == errors.NO_POOL:
+            extra.append((b"retry-after", b"120"))
+        data = _simple_response(conn, status, body, close=close, extra=extra)
+        flow.responded = True
+        flow.record.status = status
+        await self._flush_down(stream, [data], flow, self.engine.config.engine.limits.idle_timeout)
+        return not close
+
+    async def _client_abort(
+        self, stream: trio.abc.Stream, conn: h11.Connection, flow: _Flow, abort: _ClientError
+    ) -> bool:
+        record = flow.record
+        record.error = abort.reason
+        if flow.up is not None:
+            self.pool.discard(flow.up)
+            flow.up = None
+        if abort.status and not flow.responded and conn.our_state is h11.SEND_RESPONSE:
+            data = _simple_response(
+                conn,
+                abort.status,
+                b"%d %s\n" % (abort.status, reason_phrase(abort.status)),
+                close=True,
+            )
+            record.status = abort.status
+            with trio.move_on_after(self.engine.config.engine.limits.idle_timeout):
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    await stream.send_all(data)
+        return False
+
+    async def _timed_out(self, stream: trio.abc.Stream, conn: h11.Connection, flow: _Flow) -> bool:
+        """The watchdog fired: 524 (or 408) when no response was started, else cut."""
+        record = flow.record
+        if flow.up is not None:
+            self.pool.discard(flow.up)
+            flow.up = None
+        if flow.phase == "upstream":
+            status = errors.RESPONSE_TIMEOUT
+            record.error = "response_timeout"
+            if record.attempts and not flow.responded:
+                record.attempts[-1].status = status
+                record.attempts[-1].error = "response_timeout"
+        else:
+            status = 408
+            record.error = "client_timeout"
+        if flow.responded or conn.our_state is not h11.SEND_RESPONSE:
+            return False
+        style = self.engine.config.engine.error_style
+        shown = public_status(status, style)
+        body = error_body(status, style) if status != 408 else b"408 Request Timeout\n"
+        data = _simple_response(conn, shown, body, close=True)
+        record.status = shown
+        with trio.move_on_after(self.engine.config.engine.limits.idle_timeout):
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                await stream.send_all(data)
+        return False
+
+    # ------------------------------------------------------------------ cached settings
+
+    def _header_names(self, settings: EngineSettings) -> tuple[bytes, bytes]:
+        if self._names_key is not settings:
+            self._names_key = settings
+            self._names = (
+                settings.client_ip_header.lower().encode("latin-1"),
+                settings.datacenter_header.lower().encode("latin-1"),
+            )
+        return self._names
+
+    def _is_trusted(self, peer: str, settings: EngineSettings) -> bool:
+        """Whether ``peer`` is in ``engine.trusted_proxies`` (cached per peer and config)."""
+        if self._trust_key is not settings.trusted_proxies:
+            self._trust_key = settings.trusted_proxies
+            self._trusted_nets = tuple(
+                ip_network(c, strict=False) for c in settings.trusted_proxies
+            )
+            self._trusted_cache = {}
+        if not self._trusted_nets:
+            return False
+        found = self._trusted_cache.get(peer)
+        if found is None:
+            try:
+                addr = ip_address(peer)
+                found = any(addr in net for net in self._trusted_nets)
+            except ValueError:
+                found = False
+            if len(self._trusted_cache) > 4096:
+                self._trusted_cache.clear()
+            self._trusted_cache[peer] = found
+        return found
+
+
+async def serve_proxy(
+    engine: Engine,
+    listeners: Sequence[AnyListener] | None = None,
+    *,
+    hooks: ProxyHooks | None = None,
+    rng: random.Random | None = None,
+    upstream_ssl: ssl.SSLContext | None = None,
+    shutdown: trio.Event | None = None,
+    task_status: trio.TaskStatus[list[tuple[str, int]]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the proxy until ``shutdown`` is set (or the task is cancelled).
+
+    With ``listeners`` None, listeners are opened from ``engine.config.engine.listen`` (port
+    0 allowed).  ``task_status.started`` receives the bound ``(host, port)`` pairs.  Setting
+    ``shutdown`` stops accepting and drains in-flight requests for up to
+    ``engine.drain_timeout`` seconds; then this returns.  For more control (shutdown from a
+    signal handler, pool statistics), use :class:`ProxyServer` directly.
+    """
+    server = ProxyServer(engine, hooks=hooks, rng=rng, upstream_ssl=upstream_ssl)
+    async with trio.open_nursery() as nursery:
+        if shutdown is not None:
+
+            async def watch(event: trio.Event) -> None:
+                await event.wait()
+                server.shutdown()
+
+            nursery.start_soon(watch, shutdown)
+        await server.serve(listeners, task_status=task_status)
+        nursery.cancel_scope.cancel()
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _sent(data: bytes | None) -> bytes:
+    """h11's ``send`` returns None only for ConnectionClosed, which we never send."""
+    assert data is not None
+    return data
+
+
+def _simple_response(
+    conn: h11.Connection,
+    status: int,
+    body: bytes,
+    *,
+    close: bool,
+    extra: Sequence[tuple[bytes, bytes]] = (),
+) -> bytes:
+    headers: list[tuple[bytes, bytes]] = [
+        _CONTENT_TYPE,
+        (b"content-length", b"%d" % len(body)),
+        *extra,
+    ]
+    if close:
+        headers.append((b"connection", b"close"))
+    parts = [
+        _sent(
+            conn.send(
+                h11.Response(status_code=status, headers=headers, reason=reason_phrase(status))
+            )
+        ),
+        _sent(conn.send(h11.Data(data=body))),
+        _sent(conn.send(_EOM)),
+    ]
+    return b"".join(parts)
+
+
+def _peer_ip(stream: trio.abc.Stream) -> str:
+    inner: Any = stream
+    while isinstance(inner, trio.SSLStream):
+        inner = inner.transport_stream
+    if isinstance(inner, trio.SocketStream):
+        try:
+            name = inner.socket.getpeername()
+        except OSError:
+            return ""
+        if isinstance(name, tuple):
+            return str(name[0])
+    return ""
+
+
+async def _pipe(src: trio.abc.Stream, dst: trio.abc.Stream, scope: trio.CancelScope) -> None:
+    """Copy bytes from ``src`` to ``dst`` until EOF or an error, then end the splice."""
+    try:
+        while True:
+            data = await src.receive_some(RECEIVE_SIZE)
+            if not data:
+                break
+            await dst.send_all(data)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+    finally:
+        scope.cancel()
+
+
+async def _close_client(stream: trio.abc.Stream, *, linger: bool) -> None:
+    """Close a client connection; with ``linger``, half-close and drain unread input first.
+
+    Closing a socket with unread input makes the kernel send a reset, which can destroy the
+    4xx we just wrote before the client reads it.
+    """
+    if linger and isinstance(stream, trio.SocketStream):
+        with trio.move_on_after(LINGER_SECONDS):
+            try:
+                await stream.send_eof()
+                total = 0
+                while total < (4 << 20):
+                    data = await stream.receive_some(RECEIVE_SIZE)
+                    if not data:
+                        break
+                    total += len(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                pass
+    with trio.move_on_after(1.0):
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            await stream.aclose()
+    await trio.aclose_forcefully(stream)

@@ -1,0 +1,235 @@
+"""The LB process: engine, monitors, proxy and admin in one trio nursery.
+
+This is the composition root of ``tunnel-lb run``: the only place that knows every part.
+Each part is the same code the tests and the simulator run; here they get the real clock,
+the real network and the real signals:
+
+* ``SIGHUP`` (and ``POST /reload``) re-read the configuration files.  An invalid
+  configuration is logged and counted and the old one keeps serving; a valid one keeps the
+  health of unchanged endpoints and the affinity secret, and in-flight requests finish.
+  Listener addresses are not rebound on reload (a restart is needed for that; it is logged).
+* ``SIGTERM`` / ``SIGINT`` stop accepting and drain in-flight requests for up to
+  ``engine.drain_timeout`` seconds.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import random
+import signal
+import ssl
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+from lb import logs
+from lb.admin import ReloadResult, serve_admin
+from lb.config.errors import ConfigError
+from lb.config.loader import load_config
+from lb.config.model import Config
+from lb.core.health import HealthEvent
+from lb.engine import Engine
+from lb.metrics import Metrics
+from lb.proxy.hooks import Attempt, ProxyHooks, RequestRecord
+from lb.proxy.server import serve_proxy
+from monitors.network import NetworkTransport
+from monitors.scheduler import Scheduler
+from monitors.spec import jobs_for_config
+
+__all__ = ["Running", "serve_lb", "upstream_context"]
+
+
+@dataclass(slots=True)
+class Running:
+    """What a started LB reports: where it listens, and handles for tests and the demo."""
+
+    proxy: list[tuple[str, int]]
+    admin: tuple[str, int]
+    engine: Engine
+    metrics: Metrics
+    shutdown: trio.Event
+    reload: ReloadFn
+
+
+class ReloadFn:
+    """Re-read the configuration files; serialised so two reloads never interleave."""
+
+    def __init__(
+        self, paths: Sequence[str], engine: Engine, scheduler: Scheduler, metrics: Metrics
+    ):
+        self._paths = list(paths)
+        self._engine = engine
+        self._scheduler = scheduler
+        self._metrics = metrics
+        self._lock = trio.Lock()
+
+    async def __call__(self) -> ReloadResult:
+        async with self._lock:
+            try:
+                config = await trio.to_thread.run_sync(_load, self._paths)
+            except ConfigError as exc:
+                self._metrics.reload(False)
+                errors = tuple(str(p) for p in exc.problems)
+                logs.event("config_reload_failed", logging.ERROR, errors=list(errors))
+                return ReloadResult(ok=False, errors=errors, generation=self._engine.generation)
+            old = self._engine.config
+            self._engine.reconfigure(config, now=trio.current_time())
+            self._scheduler.update(jobs_for_config(config, self._engine.targets()))
+            self._metrics.reload(True)
+            if old.engine.listen != config.engine.listen or old.engine.admin != config.engine.admin:
+                logs.event(
+                    "config_listeners_unchanged",
+                    logging.WARNING,
+                    detail="listen/admin changes take effect after a restart",
+                )
+            logs.event("config_reloaded", generation=self._engine.generation, files=self._paths)
+            return ReloadResult(ok=True, generation=self._engine.generation)
+
+
+def _load(paths: Sequence[str]) -> Config:
+    return load_config(paths).config
+
+
+def upstream_context(config: Config, paths: Sequence[str] = ()) -> ssl.SSLContext:
+    """The TLS context that verifies endpoints: ``engine.upstream_ca`` or the system store.
+
+    A relative ``upstream_ca`` is relative to the first configuration file.
+    """
+    ctx = ssl.create_default_context()
+    ca = config.engine.upstream_ca
+    if ca:
+        path = Path(ca)
+        if not path.is_absolute() and paths:
+            path = Path(paths[0]).parent / path
+        ctx.load_verify_locations(cafile=str(path))
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
+
+
+def _log_transition(event: HealthEvent) -> None:
+    logs.event(
+        "health_transition",
+        pool=event.pool,
+        endpoint=event.endpoint,
+        vantage=event.vantage,
+        before=event.before.value,
+        after=event.after.value,
+        reason=event.reason,
+        status=event.status,
+        at=round(event.at, 3),
+    )
+
+
+def _hooks(engine: Engine, metrics: Metrics) -> ProxyHooks:
+    access_log = logging.getLogger("tunnel_lb.access")
+
+    def done(record: RequestRecord) -> None:
+        endpoint = record.endpoint.partition("/")[2] if record.endpoint else None
+        metrics.request_done(
+            record.load_balancer or "", record.pool, endpoint, record.status, record.duration
+        )
+        if engine.config.engine.access_log:
+            access_log.info(
+                "request",
+                extra={
+                    "fields": {
+                        "method": record.method,
+                        "host": record.host,
+                        "target": record.target,
+                        "client_ip": record.client_ip,
+                        "status": record.status,
+                        "endpoint": record.endpoint,
+                        "decision": record.decision,
+                        "retried": record.retried,
+                        "duration": round(record.duration, 6),
+                        "request_id": record.request_id,
+                    }
+                },
+            )
+
+    def retry(reason: str, attempt: Attempt) -> None:
+        metrics.retry(attempt.pool, reason)
+
+    return ProxyHooks(on_request_done=done, on_retry=retry)
+
+
+async def serve_lb(
+    paths: Sequence[str],
+    *,
+    config: Config | None = None,
+    upstream_ssl: ssl.SSLContext | None = None,
+    seed: int | None = None,
+    handle_signals: bool = True,
+    task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the load balancer until shut down.
+
+    Args:
+        paths: configuration files (re-read on reload).
+        config: the already-loaded configuration of ``paths`` (loaded here when None).
+        upstream_ssl: TLS context for probes and traffic; from ``engine.upstream_ca`` if None.
+        seed: seed of probe spreading and steering picks (random when None).
+        handle_signals: install SIGHUP / SIGTERM / SIGINT handling (off in tests).
+        task_status: ``started(Running)`` once the proxy and admin listen.
+    """
+    if config is None:
+        config = load_config(paths).config
+    tls = upstream_ssl or upstream_context(config, paths)
+    rng = random.Random(seed)
+    engine = Engine(config, now=trio.current_time())
+    metrics = Metrics()
+    metrics.attach(engine)
+    engine.observers.health.append(_log_transition)
+    scheduler = Scheduler(
+        NetworkTransport(ssl_context=tls), engine.apply, rng=random.Random(rng.random())
+    )
+    scheduler.update(jobs_for_config(config, engine.targets()))
+    reload = ReloadFn(paths, engine, scheduler, metrics)
+    shutdown = trio.Event()
+    logs.event("starting", files=list(paths), wall=round(time.time(), 3))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(scheduler.run)
+        admin = await nursery.start(functools.partial(serve_admin, engine, metrics, reload=reload))
+        proxy = await nursery.start(
+            _proxy_then_stop,
+            nursery.cancel_scope,
+            functools.partial(
+                serve_proxy,
+                engine,
+                hooks=_hooks(engine, metrics),
+                rng=random.Random(rng.random()),
+                upstream_ssl=tls,
+                shutdown=shutdown,
+            ),
+        )
+        if handle_signals:
+            nursery.start_soon(_signals, reload, shutdown)
+        logs.event("ready", proxy=proxy, admin=admin)
+        task_status.started(Running(proxy, admin, engine, metrics, shutdown, reload))
+
+
+async def _proxy_then_stop(
+    scope: trio.CancelScope,
+    serve: Callable[..., Awaitable[None]],
+    *,
+    task_status: trio.TaskStatus[list[tuple[str, int]]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the proxy; once it has drained and returned, stop everything else too."""
+    await serve(task_status=task_status)
+    logs.event("stopped")
+    scope.cancel()
+
+
+async def _signals(reload: ReloadFn, shutdown: trio.Event) -> None:
+    """SIGHUP reloads; SIGTERM and SIGINT start a graceful shutdown."""
+    with trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            if signum == signal.SIGHUP:
+                await reload()
+            else:
+                logs.event("draining", signal=signal.Signals(signum).name)
+                shutdown.set()

@@ -1,0 +1,336 @@
+"""The simulated network: how every endpoint answers, per vantage point, in virtual time.
+
+Why a pure function of time
+===========================
+
+trio runs tasks that wake at the same instant in a randomised order.  If timeline events
+mutated shared state from a task, a probe and an event due at the same instant could see each
+other in either order and one seed would give two reports.  So the network holds no mutable
+state: :class:`Network` compiles the scenario's timeline into per-(address, replica, layer)
+step functions once, and every question ("what does this probe get at t?", "what does a user
+entering at FRA get at t?") is answered from ``t`` alone.  An event at ``t`` applies to
+everything that asks at ``t`` or later.
+
+The layers of a tunnel endpoint (``docs/simulate.md`` has the table of statuses):
+
+* the **edge** layer is cloudflared and the path to it.  A replica that refuses, is
+  blackholed, unreachable or down holds no usable connection; the Cloudflare edge sends a
+  request to a usable replica connected in the request's data center, else to the nearest
+  one (local connection preference, cloudflare-lb.md §6).  With none left, the user gets
+  521 / 522 / 523 / 530 and a probe a refused connection, a timeout, no route, or 530.
+* cloudflared routes by Host and path with the tunnel's ingress rules (R48, the matcher of
+  :mod:`lb.connector.ingress`): ``http_status:NNN`` answers without the application, so a
+  health route stays green while the application is down;
+* the **origin** layer is the application: when it fails users get 502 (524 when it hangs).
+
+:class:`SimTransport` plugs this into the monitor scheduler's transport seam
+(:class:`monitors.transport.ProbeTransport`); the scheduler, timeouts, retries and judging are
+the real ones.
+"""
+
+from __future__ import annotations
+
+import errno
+import math
+from bisect import bisect_right
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import trio
+
+from lb.config.model import Config, Datacenter
+from lb.connector.ingress import HelloWorld, HttpStatus, IngressRule, match_rule
+from lb.sim.scenario import EDGE, ORIGIN, NetEvent, Replica, Scenario
+from lb.sim.spec import FAULTS
+from monitors.spec import Probe
+from monitors.transport import Exchange
+from steering.geo import distance_km
+
+__all__ = ["Answer", "Network", "SimSession", "SimTransport"]
+
+EDGE_STATUS = {"refuse": 521, "blackhole": 522, "unreachable": 523, "down": 530}
+"""What a user gets when no replica of a tunnel (or a plain endpoint) can be reached."""
+ORIGIN_STATUS = {"refuse": 502, "blackhole": 524, "unreachable": 502, "down": 502}
+"""What a user gets when cloudflared is up but the application behind it fails."""
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What one attempt through one replica gets."""
+
+    replica: str | None
+    """``tunnel/replica`` label, None for a plain endpoint."""
+    status: int
+    latency: float
+    failure: str = ""
+    """For probes: ``refuse``, ``blackhole``, ``unreachable`` or ``hang``; empty otherwise."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Cond:
+    """One condition in force on a track."""
+
+    kind: str
+    """A fault, ``status``, ``flap`` or ``latency``."""
+    scope: frozenset[str]
+    since: float
+    status: int = 0
+    latency: float = 0.0
+    period: float = 0.0
+    down_for: float = 0.0
+    how: str = ""
+
+    def fault(self, t: float) -> tuple[str, int]:
+        """The fault this condition imposes at ``t`` (``""`` when a flap is in its up part)."""
+        if self.kind != "flap":
+            return self.kind, self.status
+        if (t - self.since) % self.period < self.down_for:
+            return self.how, self.status
+        return "", 0
+
+
+class _Track:
+    """The conditions of one (address, replica, layer) as a step function of time."""
+
+    __slots__ = ("states", "times")
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self.states: list[tuple[_Cond, ...]] = []
+
+    def current(self) -> list[_Cond]:
+        return list(self.states[-1]) if self.states else []
+
+    def push(self, at: float, conds: list[_Cond]) -> None:
+        if self.times and self.times[-1] == at:
+            self.states[-1] = tuple(conds)
+        else:
+            self.times.append(at)
+            self.states.append(tuple(conds))
+
+    def at(self, t: float) -> tuple[_Cond, ...]:
+        i = bisect_right(self.times, t) - 1
+        return self.states[i] if i >= 0 else ()
+
+
+def _apply(conds: list[_Cond], e: NetEvent) -> list[_Cond]:
+    """The conditions after event ``e``: recover clears, others replace their kind's slot."""
+    if e.action == "recover":
+        return [c for c in conds if e.scope and c.scope != e.scope]
+    latency = e.action == "latency"
+    kept = [c for c in conds if c.scope != e.scope or (c.kind == "latency") != latency]
+    kept.append(
+        _Cond(
+            kind=e.action,
+            scope=e.scope,
+            since=e.at,
+            status=e.status,
+            latency=e.latency,
+            period=e.period,
+            down_for=e.down_for,
+            how=e.how,
+        )
+    )
+    return kept
+
+
+class Network:
+    """Answers for users and probes; see the module docstring."""
+
+    def __init__(self, scenario: Scenario, config: Config | None = None) -> None:
+        config = config or scenario.config
+        self._replicas: Mapping[str, tuple[Replica, ...]] = scenario.replicas
+        self._ingress = scenario.ingress
+        self._dcs: Mapping[str, Datacenter] = config.datacenters
+        self.rtt = scenario.rtt
+        self.body = scenario.body
+        self._connect_timeout = config.engine.limits.connect_timeout
+        self._request_timeout = config.engine.limits.request_timeout
+        self._tracks: dict[tuple[str, str, str], _Track] = {}
+        bounds: set[float] = set()
+        for e in scenario.events:
+            bounds.add(e.at)
+            for name in e.replicas:
+                track = self._tracks.setdefault((e.address, name, e.layer), _Track())
+                track.push(e.at, _apply(track.current(), e))
+            if e.action == "flap":
+                bounds.update(_toggles(e, scenario.duration))
+        self._bounds = sorted(bounds)
+        self.probes_sent = 0
+        """Probe attempts that reached the network (what endpoints see on the wire)."""
+
+    # ------------------------------------------------------------------ state
+
+    def next_change(self, t: float) -> float:
+        """The first time after ``t`` at which some answer may change (inf if none)."""
+        i = bisect_right(self._bounds, t)
+        return self._bounds[i] if i < len(self._bounds) else math.inf
+
+    def _state(self, address: str, replica: str, layer: str, place: frozenset[str], t: float) -> tuple[str, int, float]:
+        """``(fault, status, added latency)`` of one replica's layer as seen from ``place``."""
+        track = self._tracks.get((address, replica, layer))
+        if track is None:
+            return "", 0, 0.0
+        fault, status, latency = "", 0, 0.0
+        for c in track.at(t):
+            if c.scope and not (c.scope & place):
+                continue
+            if c.kind == "latency":
+                latency += c.latency
+            else:
+                fault, status = c.fault(t)
+        return fault, status, latency
+
+    # ------------------------------------------------------------------ answers
+
+    def answers(
+        self, address: str, place: Iterable[str], dc: str, host: str, path: str, t: float
+    ) -> tuple[Answer, ...]:
+        """The possible answers of one attempt: one per replica the edge may pick.
+
+        ``place`` holds the names ``seen_from`` scopes are matched against (the data center,
+        or the vantage point); ``dc`` is the entry data center for locality ("" if none).
+        """
+        where = frozenset(place)
+        replicas = self._replicas.get(address, ())
+        usable: list[tuple[Replica, str, int, float]] = []
+        dead: Answer | None = None
+        for r in replicas:
+            fault, status, latency = self._state(address, r.name, EDGE, where, t)
+            if fault in FAULTS:
+                if dead is None:
+                    wait = self._connect_timeout if fault == "blackhole" else 0.0
+                    dead = Answer(r.label, EDGE_STATUS[fault], self.rtt + latency + wait, fault)
+                continue
+            usable.append((r, fault, status, latency))
+        if not usable:
+            return (dead or Answer(None, 530, self.rtt, "down"),)
+        chosen = self._local(usable, dc)
+        return tuple(self._through(address, r, f, s, lat, where, host, path, t) for r, f, s, lat in chosen)
+
+    def _local(
+        self, usable: list[tuple[Replica, str, int, float]], dc: str
+    ) -> list[tuple[Replica, str, int, float]]:
+        """Replicas connected in ``dc``, else the nearest ones, else all (cloudflared §6)."""
+        if not dc or len(usable) == 1:
+            return usable
+        local = [u for u in usable if dc in u[0].datacenters]
+        if local:
+            return local
+        here = self._dcs.get(dc)
+        if here is None or here.latitude is None or here.longitude is None:
+            return usable
+        scored = []
+        for u in usable:
+            best = math.inf
+            for code in u[0].datacenters:
+                there = self._dcs.get(code)
+                if there is not None and there.latitude is not None and there.longitude is not None:
+                    best = min(best, distance_km(here.latitude, here.longitude, there.latitude, there.longitude))
+            scored.append((best, u))
+        least = min(d for d, _ in scored)
+        if least == math.inf:
+            return usable
+        return [u for d, u in scored if d <= least + 1.0]
+
+    def _through(
+        self,
+        address: str,
+        r: Replica,
+        fault: str,
+        status: int,
+        latency: float,
+        where: frozenset[str],
+        host: str,
+        path: str,
+        t: float,
+    ) -> Answer:
+        """One usable replica: its own status, else its ingress rule, else the origin."""
+        base = self.rtt + latency
+        if fault == "status":
+            return Answer(r.label, status, base)
+        rules = self._ingress.get(address)
+        if rules is not None:
+            service = rules[match_rule(rules, host, path)].parsed_service
+            if isinstance(service, HttpStatus):
+                return Answer(r.label, service.code, base)
+            if isinstance(service, HelloWorld):
+                return Answer(r.label, 200, base)
+        o_fault, o_status, o_latency = self._state(address, r.name, ORIGIN, where, t)
+        base += o_latency
+        if o_fault == "status":
+            return Answer(r.label, o_status, base)
+        if o_fault == "blackhole":
+            return Answer(r.label, 524, base + self._request_timeout, "hang")
+        if o_fault:
+            return Answer(r.label, ORIGIN_STATUS[o_fault], base)
+        return Answer(r.label, 200, base)
+
+    def probe(self, probe: Probe, vantage: str, t: float, turn: int) -> Answer:
+        """What one probe attempt from ``vantage`` gets; ``turn`` spreads it over replicas."""
+        dc = vantage if vantage in self._dcs else ""
+        options = self.answers(probe.address.lower().rstrip("."), (vantage,), dc, probe.host, probe.path, t)
+        return options[turn % len(options)]
+
+
+def _toggles(e: NetEvent, duration: float) -> list[float]:
+    """The instants a flap switches between failing and working, up to ``duration``."""
+    out: list[float] = []
+    start = e.at
+    while start <= duration and e.period > 0:
+        out.extend((start, start + e.down_for))
+        start += e.period
+    return out
+
+
+# --------------------------------------------------------------------------- the transport
+
+
+class SimSession:
+    """One probe identity from one vantage point, answered by the :class:`Network`."""
+
+    def __init__(self, network: Network, probe: Probe, vantage: str, start: float) -> None:
+        self.phase = "connect"
+        self._network = network
+        self._probe = probe
+        self._vantage = vantage
+        self._start = start
+        self._turn = 0
+
+    async def attempt(self) -> Exchange:
+        """One attempt: refuse, hang, or answer after the simulated latency."""
+        self.phase = "connect"
+        network = self._network
+        network.probes_sent += 1
+        now = trio.current_time() - self._start
+        answer = network.probe(self._probe, self._vantage, now, self._turn)
+        self._turn += 1
+        if answer.failure == "refuse":
+            await trio.sleep(network.rtt)
+            raise ConnectionRefusedError(errno.ECONNREFUSED, "connection refused (simulated)")
+        if answer.failure == "unreachable":
+            raise OSError(errno.EHOSTUNREACH, "no route to host (simulated)")
+        if answer.failure == "blackhole":
+            await trio.sleep_forever()
+        self.phase = "http"
+        if answer.failure == "hang":
+            await trio.sleep_forever()
+        await trio.sleep(answer.latency)
+        body = network.body if self._probe.scheme != "tcp" else b""
+        status = None if self._probe.scheme == "tcp" else answer.status
+        return Exchange(status=status, body=body, rtt=answer.latency)
+
+    async def aclose(self) -> None:
+        """Nothing to release: the network is in memory."""
+
+
+class SimTransport:
+    """The in-memory :class:`monitors.transport.ProbeTransport` of the simulator."""
+
+    def __init__(self, network: Network, start: float) -> None:
+        self._network = network
+        self._start = start
+
+    def open_session(self, probe: Probe, vantage: str) -> SimSession:
+        """A session whose attempts ask the network at the current virtual time."""
+        return SimSession(self._network, probe, vantage, self._start)

@@ -1,0 +1,739 @@
+"""Scenario files: parsing, validation and name resolution.
+
+A scenario names an LB configuration, the users (per data center), a timeline of things going
+wrong and the expectations the run must meet (``docs/simulate.md``).  Parsing reuses the
+configuration loader's machinery (:mod:`lb.config._source` for nodes that remember their
+lines, :class:`lb.config._parse.Parser` for typed fields), so a scenario error reads exactly
+like a configuration error: file, line, dotted path, message, every problem at once.
+
+Names in the timeline are resolved here, once, to what the simulator keys its state by:
+
+* ``tunnel: NAME`` (name or UUID), ``replica: TUNNEL/REPLICA``, ``origin: TUNNEL[/REPLICA]``
+  and ``endpoint: POOL/ENDPOINT`` become a :class:`NetEvent` on an *address* (the endpoint
+  address, lowercased) and optionally one replica, at the ``edge`` layer (cloudflared and
+  the path to it) or the ``origin`` layer (the application behind cloudflared);
+* ``disable`` / ``enable`` / ``weight`` become :class:`ConfigEvent` s that the run turns into
+  a new :class:`~lb.config.model.Config` (``dataclasses.replace``) and
+  :meth:`lb.engine.Engine.reconfigure`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lb.config import loader as config_loader
+from lb.config._parse import INVALID, Parser
+from lb.config._report import Report, did_you_mean
+from lb.config._source import Node, Segment, Where, read_file
+from lb.config.errors import ConfigError, Problem
+from lb.config.model import Config, Tunnel
+from lb.config.tunnels import TUNNEL_SUFFIX
+from lb.connector.ingress import IngressRule, RuleError, validate_rules
+from lb.sim.spec import (
+    CONFIG_ACTIONS,
+    BoundSpec,
+    EventSpec,
+    ExpectSpec,
+    ScenarioSpec,
+    TrafficSpec,
+)
+
+__all__ = [
+    "EDGE",
+    "ORIGIN",
+    "ConfigEvent",
+    "Expectation",
+    "NetEvent",
+    "Replica",
+    "Scenario",
+    "Traffic",
+    "config_with",
+    "load_scenario",
+    "parse_scenario",
+]
+
+EDGE = "edge"
+"""Layer of cloudflared (or a plain endpoint) and the path to it."""
+ORIGIN = "origin"
+"""Layer of the application behind cloudflared."""
+ORIGIN_SERVICE = "origin"
+"""The ingress service word that means "the application behind this replica"."""
+
+Path_ = tuple[Segment, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Replica:
+    """One cloudflared replica (or the single host of a plain endpoint)."""
+
+    name: str
+    datacenters: tuple[str, ...]
+    label: str | None
+    """``tunnel/replica`` for traffic reports; None for plain (non-tunnel) endpoints."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Traffic:
+    """The users of one data center."""
+
+    datacenter: str
+    steps: tuple[tuple[float, float], ...]
+    """``(from, requests per second)``, sorted, the first from 0."""
+    clients: int
+    cookies: float
+    headers: float
+    host: str
+    path: str
+
+    def rate(self, t: float) -> float:
+        """Requests per second at ``t``."""
+        current = 0.0
+        for at, rate in self.steps:
+            if at > t:
+                break
+            current = rate
+        return current
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NetEvent:
+    """A change of how one address (optionally one replica) behaves, from ``at`` on."""
+
+    at: float
+    index: int
+    """Position in the file: the canonical order of same-instant events."""
+    address: str
+    replicas: tuple[str, ...]
+    layer: str
+    action: str
+    status: int = 0
+    latency: float = 0.0
+    period: float = 0.0
+    down_for: float = 0.0
+    how: str = ""
+    scope: frozenset[str] = frozenset()
+    label: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConfigEvent:
+    """A configuration change at ``at``: disable, enable or re-weight."""
+
+    at: float
+    index: int
+    action: str
+    pool: str
+    endpoint: str | None
+    weight: float | None = None
+    label: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Expectation:
+    """One ``expect:`` entry, resolved."""
+
+    name: str
+    kind: str
+    pool: str = ""
+    endpoint: str = ""
+    replica: str = ""
+    datacenter: str = ""
+    between: tuple[float, float] | None = None
+    at_least: float | None = None
+    at_most: float | None = None
+    within: float | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Scenario:
+    """A validated scenario, every name resolved."""
+
+    name: str
+    file: str
+    config: Config
+    duration: float
+    seed: int
+    report_interval: float
+    tick: float
+    rtt: float
+    body: bytes
+    traffic: tuple[Traffic, ...]
+    events: tuple[NetEvent, ...]
+    changes: tuple[ConfigEvent, ...]
+    replicas: Mapping[str, tuple[Replica, ...]]
+    """Endpoint address -> its replicas (one unnamed host for a plain endpoint)."""
+    ingress: Mapping[str, tuple[IngressRule, ...]] = field(default_factory=dict)
+    """Tunnel endpoint address -> cloudflared ingress rules (absent: all to the origin)."""
+    expectations: tuple[Expectation, ...] = ()
+    warnings: tuple[Problem, ...] = ()
+
+
+def load_scenario(path: str | os.PathLike[str], *, seed: int | None = None) -> Scenario:
+    """Read and validate a scenario file; raise :class:`ConfigError` with every problem."""
+    node, problems = read_file(path)
+    if problems:
+        raise ConfigError(problems)
+    if node is None:
+        raise ConfigError([Problem(file=os.fspath(path), line=None, path="", message="empty")])
+    return parse_scenario(node, os.fspath(path), seed=seed)
+
+
+def parse_scenario(node: Node, filename: str, *, seed: int | None = None) -> Scenario:
+    """Validate a parsed scenario document (see :func:`load_scenario`)."""
+    report = Report()
+    spec = Parser(report).dataclass(ScenarioSpec, node, ())
+    if spec is INVALID:
+        raise ConfigError(report.errors)
+    assert isinstance(spec, ScenarioSpec)
+    config, warnings = _config(spec, node, filename, report)
+    if config is None:
+        raise ConfigError(report.errors, warnings)
+    return _Resolver(spec, node, filename, config, report, seed, warnings).build()
+
+
+def _where(root: Node, path: Path_) -> Where:
+    """The place of ``path`` in ``root``: the line of its deepest written part."""
+    node, line = root, root.line
+    for segment in path:
+        child: Node | None = None
+        if isinstance(node.value, dict) and isinstance(segment, str):
+            child = node.value.get(segment)
+            if child is not None:
+                line = node.key_lines.get(segment, child.line)
+        elif isinstance(node.value, list) and isinstance(segment, int):
+            if segment < len(node.value):
+                child = node.value[segment]
+                line = child.line
+        if child is None:
+            break
+        node = child
+    return Where(root.file, line, path)
+
+
+def _config(
+    spec: ScenarioSpec, root: Node, filename: str, report: Report
+) -> tuple[Config | None, list[Problem]]:
+    """The LB configuration: a path relative to the scenario file, or an inline mapping."""
+    where = _where(root, ("config",))
+    raw = spec.config
+    try:
+        if isinstance(raw, str):
+            target = Path(filename).parent / raw
+            result = config_loader.load_config([target])
+        elif isinstance(raw, dict):
+            child = root.value["config"] if isinstance(root.value, dict) else root
+            assert isinstance(child, Node)
+            result = config_loader._load([(filename, child)], Report())
+        else:
+            report.error(where, "expected a path to a configuration or an inline mapping")
+            return None, []
+    except ConfigError as exc:
+        inline = not isinstance(raw, str)
+        report.errors.extend(_prefixed(p) if inline else p for p in exc.problems)
+        return None, list(exc.warnings)
+    return result.config, result.warnings
+
+
+def _prefixed(p: Problem) -> Problem:
+    """A problem of an inline configuration, its path put under ``config``."""
+    path = p.path if p.path.startswith("[") or not p.path else f".{p.path}"
+    return Problem(file=p.file, line=p.line, path=f"config{path}", message=p.message)
+
+
+class _Resolver:
+    """Cross-field checks and name resolution (see the module docstring)."""
+
+    def __init__(
+        self,
+        spec: ScenarioSpec,
+        root: Node,
+        filename: str,
+        config: Config,
+        report: Report,
+        seed: int | None,
+        warnings: list[Problem],
+    ) -> None:
+        self.spec, self.root, self.file, self.config = spec, root, filename, config
+        self.report, self.seed, self.warnings = report, seed, warnings
+        self.tunnels: dict[str, Tunnel] = {}
+        for t in config.tunnels:
+            self.tunnels[t.id] = t
+            if t.name:
+                self.tunnels.setdefault(t.name, t)
+        self.endpoints = {f"{p.name}/{o.name}": o for p in config.pools for o in p.origins}
+        self.pools = {p.name for p in config.pools}
+        self.replicas = self._replicas()
+        self.scope_names = set(config.datacenters) | set(config.engine.vantage_points)
+
+    def error(self, path: Path_, message: str) -> None:
+        self.report.error(_where(self.root, path), message)
+
+    # ------------------------------------------------------------------ whole file
+
+    def build(self) -> Scenario:
+        spec = self.spec
+        tick = spec.tick
+        if spec.report_interval < tick:
+            self.error(("report_interval",), f"must be at least the tick ({tick:g} s)")
+        if spec.duration < tick:
+            self.error(("duration",), f"must be at least the tick ({tick:g} s)")
+        traffic = tuple(self._traffic(dc, t) for dc, t in sorted(spec.traffic.items()))
+        if not traffic:
+            self.error(("traffic",), "no traffic: name at least one data center")
+        if not self.config.load_balancers:
+            self.error(("config",), "the configuration has no load balancer")
+        events: list[NetEvent] = []
+        changes: list[ConfigEvent] = []
+        for i, e in enumerate(spec.timeline):
+            self._event(i, e, events, changes)
+        ingress = self._ingress()
+        expectations = tuple(self._expectation(i, x) for i, x in enumerate(spec.expect))
+        if self.report.errors:
+            raise ConfigError(self.report.errors, self.warnings)
+        return Scenario(
+            name=spec.name or Path(self.file).stem,
+            file=self.file,
+            config=self.config,
+            duration=spec.duration,
+            seed=spec.seed if self.seed is None else self.seed,
+            report_interval=spec.report_interval,
+            tick=tick,
+            rtt=spec.network.rtt,
+            body=spec.network.body.encode(),
+            traffic=traffic,
+            events=tuple(sorted(events, key=lambda e: (e.at, e.index))),
+            changes=tuple(sorted(changes, key=lambda c: (c.at, c.index))),
+            replicas=self.replicas,
+            ingress=ingress,
+            expectations=expectations,
+            warnings=tuple(self.warnings),
+        )
+
+    def _replicas(self) -> dict[str, tuple[Replica, ...]]:
+        """Every endpoint address with its replicas (config ``tunnels``) or one plain host."""
+        out: dict[str, tuple[Replica, ...]] = {}
+        for o in self.endpoints.values():
+            address = o.address.lower().rstrip(".")
+            tid = o.tunnel_id
+            t = self.tunnels.get(tid) if tid else None
+            if t is not None and t.replicas:
+                label = t.name or t.id
+                out[address] = tuple(
+                    Replica(r.name, tuple(r.datacenters), f"{label}/{r.name}") for r in t.replicas
+                )
+            elif tid:
+                out[address] = (Replica("", (), f"{tid}/-"),)
+            else:
+                out[address] = (Replica("", (), None),)
+        return out
+
+    # ------------------------------------------------------------------ traffic
+
+    def _traffic(self, dc: str, t: TrafficSpec) -> Traffic:
+        path: Path_ = ("traffic", dc)
+        if dc not in self.config.datacenters:
+            hint = did_you_mean(dc, self.config.datacenters)
+            self.error(path, f"unknown data center {dc!r}{hint}")
+        host = t.host or (self.config.load_balancers[0].name if self.config.load_balancers else "")
+        if t.host and self.config.load_balancer(t.host) is None:
+            names = [lb.name for lb in self.config.load_balancers]
+            self.error((*path, "host"), f"no load balancer {t.host!r}{did_you_mean(t.host, names)}")
+        return Traffic(
+            datacenter=dc,
+            steps=self._steps(t.rate, (*path, "rate")),
+            clients=t.clients,
+            cookies=t.cookies,
+            headers=t.headers,
+            host=host,
+            path=t.path or "/",
+        )
+
+    def _steps(self, raw: Any, path: Path_) -> tuple[tuple[float, float], ...]:
+        if isinstance(raw, bool) or raw is None:
+            self.error(path, "expected a number or a list of {at, rate} steps")
+            return ((0.0, 0.0),)
+        if isinstance(raw, int | float):
+            if not 0 <= raw <= 1e8:
+                self.error(path, f"must be between 0 and 100000000, got {raw:g}")
+            return ((0.0, float(raw)),)
+        if not isinstance(raw, list) or not raw:
+            self.error(path, "expected a number or a non-empty list of {at, rate} steps")
+            return ((0.0, 0.0),)
+        steps: list[tuple[float, float]] = []
+        for i, item in enumerate(raw):
+            at, rate = (item.get("at"), item.get("rate")) if isinstance(item, dict) else (0, 0)
+            ok = isinstance(item, dict) and set(item) <= {"at", "rate"}
+            ok = ok and all(isinstance(v, int | float) and not isinstance(v, bool) for v in (at, rate))
+            if not ok:
+                self.error((*path, i), "expected {at: seconds, rate: requests per second}")
+                continue
+            assert isinstance(at, int | float) and isinstance(rate, int | float)
+            if steps and at <= steps[-1][0]:
+                self.error((*path, i, "at"), "steps must be in increasing time order")
+            if not 0 <= at <= self.spec.duration or rate < 0:
+                self.error((*path, i), "at must be within the duration and rate >= 0")
+            steps.append((float(at), float(rate)))
+        if steps and steps[0][0] > 0:
+            steps.insert(0, (0.0, 0.0))
+        return tuple(steps) or ((0.0, 0.0),)
+
+    # ------------------------------------------------------------------ timeline
+
+    def _event(
+        self, i: int, e: EventSpec, events: list[NetEvent], changes: list[ConfigEvent]
+    ) -> None:
+        path: Path_ = ("timeline", i)
+        targets = [
+            (k, v)
+            for k, v in (
+                ("tunnel", e.tunnel),
+                ("replica", e.replica),
+                ("origin", e.origin),
+                ("endpoint", e.endpoint),
+                ("pool", e.pool),
+            )
+            if v
+        ]
+        if len(targets) != 1:
+            self.error(path, "name exactly one of tunnel, replica, origin, endpoint or pool")
+            return
+        kind, name = targets[0]
+        for t, key in ((e.at, "at"), (e.until, "until")):
+            if t is not None and t > self.spec.duration:
+                self.error((*path, key), f"{t:g} is after the end ({self.spec.duration:g} s)")
+        if e.until is not None and e.until <= e.at:
+            self.error((*path, "until"), "must be after at")
+        label = f"{e.do} {kind} {name}"
+        if e.do in CONFIG_ACTIONS:
+            self._config_event(i, e, kind, name, label, changes)
+        else:
+            self._net_event(i, e, kind, name, label, events)
+
+    def _config_event(
+        self, i: int, e: EventSpec, kind: str, name: str, label: str, out: list[ConfigEvent]
+    ) -> None:
+        path: Path_ = ("timeline", i)
+        if e.seen_from:
+            self.error((*path, "seen_from"), "a configuration change is seen everywhere")
+        if kind == "pool":
+            if name not in self.pools:
+                self.error((*path, "pool"), f"unknown pool {name!r}{did_you_mean(name, self.pools)}")
+                return
+            if e.do == "weight":
+                self.error((*path, "do"), "weight applies to an endpoint, not a pool")
+                return
+            pool, endpoint = name, None
+        elif kind == "endpoint":
+            if name not in self.endpoints:
+                self.error((*path, "endpoint"), self._unknown_endpoint(name))
+                return
+            pool, _, endpoint = name.partition("/")
+        else:
+            self.error((*path, "do"), f"{e.do} applies to an endpoint or a pool, not a {kind}")
+            return
+        if e.do == "weight" and e.weight is None:
+            self.error((*path, "weight"), "do: weight needs weight: 0..1")
+            return
+        out.append(
+            ConfigEvent(
+                at=e.at,
+                index=2 * i,
+                action=e.do,
+                pool=pool,
+                endpoint=endpoint,
+                weight=e.weight,
+                label=label,
+            )
+        )
+        if e.until is not None:
+            undo = "enable" if e.do == "disable" else "disable" if e.do == "enable" else "weight"
+            old = self.endpoints[name].weight if endpoint is not None else None
+            out.append(
+                ConfigEvent(
+                    at=e.until,
+                    index=2 * i + 1,
+                    action=undo,
+                    pool=pool,
+                    endpoint=endpoint,
+                    weight=old,
+                    label=f"{undo} {kind} {name} (until)",
+                )
+            )
+
+    def _net_event(
+        self, i: int, e: EventSpec, kind: str, name: str, label: str, out: list[NetEvent]
+    ) -> None:
+        path: Path_ = ("timeline", i)
+        resolved = self._target(kind, name, (*path, kind))
+        if resolved is None:
+            return
+        address, replicas, layer = resolved
+        for s in e.seen_from:
+            if s not in self.scope_names:
+                hint = did_you_mean(s, self.scope_names)
+                self.error(
+                    (*path, "seen_from"),
+                    f"{s!r} is neither a data center nor a vantage point{hint}",
+                )
+        action = "unreachable" if e.do == "partition" else e.do
+        if e.do == "partition" and not e.seen_from:
+            self.error((*path, "seen_from"), "a partition needs seen_from: the places cut off")
+        needs_status = action == "status" or (action == "flap" and e.how == "status")
+        if needs_status and e.status is None:
+            self.error((*path, "status"), "needs status: NNN")
+        if action == "latency" and e.latency <= 0:
+            self.error((*path, "latency"), "do: latency needs latency: seconds > 0")
+        down_for = 0.0
+        if action == "flap":
+            if e.period <= 0:
+                self.error((*path, "period"), "do: flap needs period: seconds > 0")
+            down_for = e.down_for if e.down_for is not None else e.period / 2
+            if e.period > 0 and not 0 < down_for < e.period:
+                self.error((*path, "down_for"), "must be between 0 and the period (exclusive)")
+        common: dict[str, Any] = {
+            "address": address,
+            "replicas": replicas,
+            "layer": layer,
+            "scope": frozenset(e.seen_from),
+        }
+        out.append(
+            NetEvent(
+                at=e.at,
+                index=2 * i,
+                action=action,
+                status=e.status or 0,
+                latency=e.latency,
+                period=e.period,
+                down_for=down_for,
+                how=e.how,
+                label=label,
+                **common,
+            )
+        )
+        if e.until is not None and action != "recover":
+            out.append(
+                NetEvent(
+                    at=e.until,
+                    index=2 * i + 1,
+                    action="recover",
+                    label=f"recover {kind} {name} (until)",
+                    **common,
+                )
+            )
+
+    def _target(
+        self, kind: str, name: str, path: Path_
+    ) -> tuple[str, tuple[str, ...], str] | None:
+        """``(address, replica names, layer)`` of a timeline target, or None (reported)."""
+        if kind == "pool":
+            self.error(path, "a pool can only be disabled or enabled; name its endpoints")
+            return None
+        if kind == "endpoint":
+            o = self.endpoints.get(name)
+            if o is None:
+                self.error(path, self._unknown_endpoint(name))
+                return None
+            address = o.address.lower().rstrip(".")
+            return address, tuple(r.name for r in self.replicas[address]), EDGE
+        tunnel_name, _, replica = name.partition("/")
+        address = self._tunnel_address(tunnel_name)
+        if address is None:
+            known = sorted(self.tunnels)
+            self.error(path, f"unknown tunnel {tunnel_name!r}{did_you_mean(tunnel_name, known)}")
+            return None
+        names = tuple(r.name for r in self.replicas[address])
+        if kind == "replica" and not replica:
+            self.error(path, "expected TUNNEL/REPLICA")
+            return None
+        if replica:
+            if replica not in names:
+                hint = did_you_mean(replica, names)
+                self.error(path, f"tunnel {tunnel_name!r} has no replica {replica!r}{hint}")
+                return None
+            names = (replica,)
+        return address, names, ORIGIN if kind == "origin" else EDGE
+
+    def _tunnel_address(self, name: str) -> str | None:
+        """The endpoint address of a tunnel named by name or UUID, if an endpoint uses it."""
+        t = self.tunnels.get(name)
+        uuid = t.id if t is not None else name.lower()
+        address = f"{uuid}{TUNNEL_SUFFIX}"
+        return address if address in self.replicas else None
+
+    def _unknown_endpoint(self, name: str) -> str:
+        return f"unknown endpoint {name!r} (POOL/ENDPOINT){did_you_mean(name, self.endpoints)}"
+
+    # ------------------------------------------------------------------ ingress
+
+    def _ingress(self) -> dict[str, tuple[IngressRule, ...]]:
+        out: dict[str, tuple[IngressRule, ...]] = {}
+        for name, specs in self.spec.network.ingress.items():
+            path: Path_ = ("network", "ingress", name)
+            address = self._tunnel_address(name)
+            if address is None:
+                self.error(path, f"no endpoint uses tunnel {name!r}")
+                continue
+            rules: list[IngressRule] = []
+            for i, s in enumerate(specs):
+                service = "http://origin" if s.service == ORIGIN_SERVICE else s.service
+                try:
+                    rules.append(IngressRule(service, s.hostname or None, s.path or None))
+                except RuleError as exc:
+                    self.error((*path, i, exc.field), str(exc))
+            if len(rules) == len(specs):
+                for index, message in validate_rules(rules):
+                    self.error(path if index is None else (*path, index), message)
+                out[address] = tuple(rules)
+        return out
+
+    # ------------------------------------------------------------------ expectations
+
+    def _expectation(self, i: int, x: ExpectSpec) -> Expectation:
+        path: Path_ = ("expect", i)
+        kinds = [
+            (k, v)
+            for k, v in (
+                ("share", x.share),
+                ("requests", x.requests),
+                ("errors", x.errors),
+                ("drained", x.drained),
+                ("detected", x.detected),
+                ("transitions", x.transitions),
+                ("sessions_broken", x.sessions_broken),
+                ("probes", x.probes),
+            )
+            if v is not None
+        ]
+        if len(kinds) != 1:
+            self.error(path, "name exactly one kind: share, requests, errors, drained, "
+                       "detected, transitions, sessions_broken or probes")
+            return Expectation(name=x.name, kind="invalid")
+        kind, b = kinds[0]
+        assert b is not None
+        self._check_bound(kind, b, (*path, kind))
+        between = (b.between[0], b.between[1]) if len(b.between) == 2 else None
+        out = Expectation(
+            name="",
+            kind=kind,
+            pool=b.pool,
+            endpoint=b.endpoint,
+            replica=b.replica,
+            datacenter=b.datacenter,
+            between=between,
+            at_least=b.at_least,
+            at_most=b.at_most,
+            within=b.within,
+        )
+        return _named(out, x.name)
+
+    def _check_bound(self, kind: str, b: BoundSpec, path: Path_) -> None:
+        subjects = [k for k, v in (("pool", b.pool), ("endpoint", b.endpoint),
+                                   ("replica", b.replica)) if v]
+        allowed = {
+            "share": {"pool", "endpoint", "replica"},
+            "requests": {"pool", "endpoint", "replica"},
+            "errors": {"pool", "endpoint"},
+            "transitions": {"pool", "endpoint"},
+            "drained": {"endpoint"},
+            "detected": {"endpoint"},
+        }.get(kind, set())
+        for s in subjects:
+            if s not in allowed:
+                self.error((*path, s), f"{kind} does not take {s}")
+        if len(subjects) > 1:
+            self.error(path, "name at most one of pool, endpoint, replica")
+        if kind in ("share", "drained", "detected") and not subjects:
+            self.error(path, f"{kind} needs " + " or ".join(sorted(allowed)))
+        if b.pool and b.pool not in self.pools:
+            self.error((*path, "pool"), f"unknown pool {b.pool!r}{did_you_mean(b.pool, self.pools)}")
+        if b.endpoint and b.endpoint not in self.endpoints:
+            self.error((*path, "endpoint"), self._unknown_endpoint(b.endpoint))
+        labels = {r.label for rs in self.replicas.values() for r in rs if r.label}
+        if b.replica and b.replica not in labels:
+            self.error((*path, "replica"), f"unknown replica {b.replica!r}"
+                       f"{did_you_mean(b.replica, labels)}")
+        if b.datacenter and b.datacenter not in self.spec.traffic:
+            self.error((*path, "datacenter"), f"no traffic enters at {b.datacenter!r}")
+        if b.datacenter and kind not in ("share", "requests", "errors"):
+            self.error((*path, "datacenter"), f"{kind} does not take datacenter")
+        if b.between:
+            ok = len(b.between) == 2 and 0 <= b.between[0] < b.between[1] <= self.spec.duration
+            if not ok:
+                self.error((*path, "between"), "expected [start, end] with "
+                           f"0 <= start < end <= duration ({self.spec.duration:g})")
+            if kind not in ("share", "requests", "errors"):
+                self.error((*path, "between"), f"{kind} does not take between")
+        if kind in ("drained", "detected"):
+            if b.within is None:
+                self.error(path, f"{kind} needs within: seconds")
+            if b.at_least is not None or b.at_most is not None:
+                self.error(path, f"{kind} takes within, not at_least / at_most")
+        else:
+            if b.within is not None:
+                self.error((*path, "within"), f"{kind} takes at_least / at_most, not within")
+            if b.at_least is None and b.at_most is None:
+                self.error(path, "needs at_least and/or at_most")
+            if kind == "share":
+                for key, v in (("at_least", b.at_least), ("at_most", b.at_most)):
+                    if v is not None and not 0 <= v <= 1:
+                        self.error((*path, key), "a share is between 0 and 1")
+
+
+def _named(x: Expectation, name: str) -> Expectation:
+    """The expectation with its given name, or one generated from its parameters."""
+    if not name:
+        subject = x.pool and f"pool {x.pool}" or x.endpoint and f"endpoint {x.endpoint}"
+        subject = subject or (x.replica and f"replica {x.replica}") or ""
+        parts = [x.kind.replace("_", " "), subject]
+        if x.datacenter:
+            parts.append(f"from {x.datacenter}")
+        if x.between:
+            parts.append(f"in [{x.between[0]:g}, {x.between[1]:g}]")
+        if x.within is not None:
+            parts.append(f"within {x.within:g}s")
+        if x.at_least is not None:
+            parts.append(f">= {x.at_least:g}")
+        if x.at_most is not None:
+            parts.append(f"<= {x.at_most:g}")
+        name = " ".join(p for p in parts if p)
+    return Expectation(
+        name=name,
+        kind=x.kind,
+        pool=x.pool,
+        endpoint=x.endpoint,
+        replica=x.replica,
+        datacenter=x.datacenter,
+        between=x.between,
+        at_least=x.at_least,
+        at_most=x.at_most,
+        within=x.within,
+    )
+
+
+def config_with(config: Config, change: ConfigEvent) -> Config:
+    """``config`` with one change applied, via ``dataclasses.replace`` (never mutated)."""
+    pools = []
+    for p in config.pools:
+        if p.name != change.pool:
+            pools.append(p)
+            continue
+        if change.endpoint is None:
+            pools.append(dataclasses.replace(p, enabled=change.action == "enable"))
+            continue
+        origins = []
+        for o in p.origins:
+            if o.name == change.endpoint:
+                if change.action == "weight":
+                    assert change.weight is not None
+                    o = dataclasses.replace(o, weight=change.weight)
+                else:
+                    o = dataclasses.replace(o, enabled=change.action == "enable")
+            origins.append(o)
+        pools.append(dataclasses.replace(p, origins=tuple(origins)))
+    return dataclasses.replace(config, pools=tuple(pools))
+

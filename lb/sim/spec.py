@@ -1,0 +1,152 @@
+"""The raw shape of a scenario file, as dataclasses the configuration parser can read.
+
+Why dataclasses with metadata: :class:`lb.config._parse.Parser` already turns YAML nodes into
+dataclasses with type, range and choice checks, unknown-key errors with a did-you-mean, and
+file/line/dotted-path positions.  Describing the scenario file the same way reuses all of it
+instead of writing a second YAML validator.  Cross-field checks (names, times) live in
+:mod:`lb.sim.scenario`, which turns these raw objects into a resolved :class:`Scenario`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "ACTIONS",
+    "CONFIG_ACTIONS",
+    "FAULTS",
+    "BoundSpec",
+    "EventSpec",
+    "ExpectSpec",
+    "IngressSpec",
+    "NetworkSpec",
+    "RateStep",
+    "ScenarioSpec",
+    "TrafficSpec",
+]
+
+FAULTS = ("refuse", "blackhole", "unreachable", "down")
+"""Connectivity failures; each maps to a user-visible status and a probe failure (docs)."""
+NETWORK_ACTIONS = (*FAULTS, "partition", "status", "latency", "flap", "recover")
+CONFIG_ACTIONS = ("disable", "enable", "weight")
+ACTIONS = (*NETWORK_ACTIONS, *CONFIG_ACTIONS)
+
+_FROZEN: dict[str, Any] = {"frozen": True, "slots": True, "kw_only": True}
+
+
+def _f(default: Any = dataclasses.MISSING, **meta: Any) -> Any:
+    """A field with parser metadata (``range``, ``choices``, ``doc``)."""
+    if isinstance(default, dict | list):
+        value = default
+        return dataclasses.field(default_factory=lambda: type(value)(value), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+@dataclass(**_FROZEN)
+class RateStep:
+    """From ``at`` on, ``rate`` requests per second (a piecewise-constant rate)."""
+
+    at: float = _f(range=(0.0, 1e9), doc="seconds since the start")
+    rate: float = _f(range=(0.0, 1e8), doc="requests per second")
+
+
+@dataclass(**_FROZEN)
+class TrafficSpec:
+    """The users entering at one data center."""
+
+    rate: Any = _f(doc="requests per second: a number or a list of {at, rate} steps")
+    clients: int = _f(1000, range=(1, 1_000_000), doc="distinct clients (IPs)")
+    cookies: float = _f(0.0, range=(0.0, 1.0), doc="share of clients that keep __cflb")
+    headers: float = _f(0.0, range=(0.0, 1.0), doc="share of clients sending affinity headers")
+    host: str = _f("", doc="load balancer hostname; default: the first load balancer")
+    path: str = _f("/", doc="request path (matched by the tunnel's ingress rules)")
+
+
+@dataclass(**_FROZEN)
+class IngressSpec:
+    """One cloudflared ingress rule of a simulated tunnel (R48)."""
+
+    hostname: str = _f("", doc="Host to match; empty = any")
+    path: str = _f("", doc="path regex; empty = any")
+    service: str = _f(doc="origin (the app), http://..., http_status:NNN or hello_world")
+
+
+@dataclass(**_FROZEN)
+class NetworkSpec:
+    """How the simulated network answers when nothing is wrong."""
+
+    rtt: float = _f(0.02, range=(0.0, 60.0), doc="seconds of a healthy round trip")
+    body: str = _f("ok", doc="body of every origin response (for expected_body)")
+    ingress: Mapping[str, tuple[IngressSpec, ...]] = _f(
+        {}, doc="tunnel name or UUID -> cloudflared ingress rules; default: all to the origin"
+    )
+
+
+@dataclass(**_FROZEN)
+class EventSpec:
+    """One timeline entry: a network change or a configuration change at a time."""
+
+    at: float = _f(range=(0.0, 1e9), doc="seconds since the start")
+    tunnel: str = _f("", doc="tunnel name or UUID (every replica)")
+    replica: str = _f("", doc="TUNNEL/REPLICA")
+    origin: str = _f("", doc="the app behind a tunnel: TUNNEL or TUNNEL/REPLICA")
+    endpoint: str = _f("", doc="POOL/ENDPOINT")
+    pool: str = _f("", doc="pool name (disable / enable)")
+    do: str = _f(choices=ACTIONS, doc="what happens")
+    status: int | None = _f(None, range=(100, 599), doc="for do: status")
+    latency: float = _f(0.0, range=(0.0, 3600.0), doc="seconds added, for do: latency")
+    period: float = _f(0.0, range=(0.0, 1e9), doc="seconds, for do: flap")
+    down_for: float | None = _f(None, range=(0.0, 1e9), doc="failing part of a flap period")
+    how: str = _f("refuse", choices=(*FAULTS, "status"), doc="the failure of a flap")
+    seen_from: tuple[str, ...] = _f((), doc="vantage points / data centers; empty = all")
+    until: float | None = _f(None, range=(0.0, 1e9), doc="recover at this time")
+    weight: float | None = _f(None, range=(0.0, 1.0), doc="for do: weight")
+
+
+@dataclass(**_FROZEN)
+class BoundSpec:
+    """The parameters of one expectation; which ones apply depends on its kind."""
+
+    pool: str = _f("", doc="pool name")
+    endpoint: str = _f("", doc="POOL/ENDPOINT")
+    replica: str = _f("", doc="TUNNEL/REPLICA")
+    datacenter: str = _f("", doc="only requests entering here")
+    between: tuple[float, ...] = _f((), doc="[start, end] seconds")
+    at_least: float | None = _f(None, doc="lower bound")
+    at_most: float | None = _f(None, doc="upper bound")
+    within: float | None = _f(None, range=(0.0, 1e9), doc="seconds (drained, detected)")
+
+
+@dataclass(**_FROZEN)
+class ExpectSpec:
+    """One ``expect:`` entry: an optional name and exactly one kind."""
+
+    name: str = _f("", doc="label in the report")
+    share: BoundSpec | None = _f(None, doc="share of requests of a pool/endpoint/replica")
+    requests: BoundSpec | None = _f(None, doc="number of requests")
+    errors: BoundSpec | None = _f(None, doc="number of error responses")
+    drained: BoundSpec | None = _f(None, doc="an endpoint gets no traffic within t of failing")
+    detected: BoundSpec | None = _f(None, doc="an endpoint is marked unhealthy within t")
+    transitions: BoundSpec | None = _f(None, doc="aggregate health transitions")
+    sessions_broken: BoundSpec | None = _f(None, doc="affinity sessions moved")
+    probes: BoundSpec | None = _f(None, doc="probe attempts sent")
+
+
+@dataclass(**_FROZEN)
+class ScenarioSpec:
+    """The whole file."""
+
+    name: str = _f("", doc="label; default: the file name")
+    description: str = _f("", doc="free text")
+    config: Any = _f(doc="path to an LB configuration (relative to this file) or one inline")
+    duration: float = _f(range=(0.001, 1e7), doc="seconds of virtual time")
+    seed: int = _f(0, doc="seed of every random stream")
+    report_interval: float = _f(10.0, range=(0.001, 1e7), doc="seconds per report window")
+    tick: float = _f(0.1, range=(0.001, 60.0), doc="seconds per traffic batch")
+    traffic: Mapping[str, TrafficSpec] = _f({}, doc="data center code -> users")
+    network: NetworkSpec = _f(NetworkSpec(), doc="healthy behaviour")
+    timeline: tuple[EventSpec, ...] = _f((), doc="events")
+    expect: tuple[ExpectSpec, ...] = _f((), doc="expectations")

@@ -1,0 +1,44 @@
+"""Small configuration builders for the health-core tests (no loader involved)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lb.config.model import Config, Engine, LoadBalancer, Monitor, Origin, Pool
+from lb.core.health import ProbeResult
+
+__all__ = ["make_config", "make_pool", "result"]
+
+
+def make_pool(name: str, n: int = 2, *, monitor: str | None = "m", **kw: Any) -> Pool:
+    """A pool of ``n`` endpoints ``<name>-0`` .. named after the pool."""
+    origins = kw.pop("origins", None) or tuple(
+        Origin(name=f"{name}-{i}", address=f"10.0.{len(name)}.{i + 1}") for i in range(n)
+    )
+    return Pool(name=name, origins=origins, monitor=monitor, **kw)
+
+
+def make_config(
+    *pools: Pool, up: int = 0, down: int = 0, vantage_points: tuple[str, ...] = ("local",)
+) -> Config:
+    """A configuration with monitor ``m`` and one load balancer over ``pools``."""
+    names = tuple(p.name for p in pools)
+    return Config(
+        monitors=(Monitor(id="m", consecutive_up=up, consecutive_down=down),),
+        pools=pools,
+        load_balancers=(
+            LoadBalancer(name="app.example.com", default_pools=names, fallback_pool=names[-1]),
+        ),
+        engine=Engine(vantage_points=vantage_points),
+    )
+
+
+def result(
+    pool: str, endpoint: str, ok: bool, *, vantage: str = "local", at: float = 0.0, **kw: Any
+) -> ProbeResult:
+    """One probe result; failures carry a reason and no status unless given."""
+    if not ok:
+        kw.setdefault("reason", "tcp_connection_failed")
+    else:
+        kw.setdefault("status", 200)
+    return ProbeResult(pool=pool, endpoint=endpoint, vantage=vantage, at=at, ok=ok, **kw)
