@@ -50,12 +50,11 @@ import h11
 import trio
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from lb.core.book import HealthBook
 from lb.core.health import ProbeResult
 from lb.core.snapshot import PoolView
 from lb.engine import Engine
 from lb.metrics import Metrics, load_balancer_state
-from steering import HeaderSessions, Request, Router
+from steering import Request, Router
 
 __all__ = ["ReloadResult", "parse_address", "serve_admin", "status_json"]
 
@@ -70,6 +69,7 @@ IDLE_TIMEOUT = 30.0
 LINGER_TIME = 1.0
 """Seconds a closing connection keeps reading, so an error reply is not lost to a reset."""
 _READ_SIZE = 16 * 1024
+_TEXT = "text/plain; charset=utf-8"
 
 
 # --------------------------------------------------------------------------- public types
@@ -302,13 +302,13 @@ class _Admin:
 
     async def get_healthz(self, query: _Query) -> _Reply:
         del query
-        return _Reply(200, b"ok\n", "text/plain; charset=utf-8")
+        return _Reply(200, b"ok\n", _TEXT)
 
     async def get_readyz(self, query: _Query) -> _Reply:
         del query
         if self.engine.ready:
-            return _Reply(200, b"ready\n", "text/plain; charset=utf-8")
-        return _Reply(503, b"not ready: endpoints still waiting for a first probe\n", "text/plain")
+            return _Reply(200, b"ready\n", _TEXT)
+        return _Reply(503, b"not ready: endpoints still waiting for a first probe\n", _TEXT)
 
     async def get_explain(self, query: _Query) -> _Reply:
         host = _one(query, "host")
@@ -340,7 +340,7 @@ class _Admin:
         router = Router(
             engine.book.snapshot(),
             secret=engine.secret,
-            sessions=_PeekSessions(engine.sessions),
+            sessions=engine.sessions.read_only(),
         )
         decision = router.decide(request, random.Random(int(seed_text)), engine.live, trace=True)
         if decision.status == 404 and decision.load_balancer is None:
@@ -405,31 +405,6 @@ def _cookies(header: str) -> dict[str, str]:
     return out
 
 
-class _PeekSessions(HeaderSessions):
-    """A read-only view of the engine's header sessions for ``/explain``.
-
-    ``get`` answers as the real table would (honouring the TTL) without refreshing or
-    expiring the entry; ``put`` forgets.  It reads the table's private dictionary because
-    ``HeaderSessions`` offers no side-effect-free lookup.
-    """
-
-    def __init__(self, inner: HeaderSessions) -> None:
-        super().__init__()
-        self._inner = inner
-
-    def get(self, lb: str, key: tuple[str, ...], now: float, ttl: float) -> str | None:
-        entry = self._inner._sessions.get((lb, key))
-        if entry is None or now - entry[1] > ttl:
-            return None
-        return entry[0]
-
-    def put(self, lb: str, key: tuple[str, ...], endpoint: str, now: float) -> None:
-        del lb, key, endpoint, now
-
-    def __len__(self) -> int:
-        return len(self._inner)
-
-
 # --------------------------------------------------------------------------- /status
 
 
@@ -471,7 +446,7 @@ def status_json(engine: Engine, metrics: Metrics | None = None, *, now: float) -
                 "responses": dict(sorted(statuses.items())),
             }
         )
-    pools = [_pool_json(engine.book, engine, p, now, by_endpoint) for p in snapshot.pools.values()]
+    pools = [_pool_json(engine, p, now, by_endpoint) for p in snapshot.pools.values()]
     return {
         "ready": engine.ready,
         "generation": engine.generation,
@@ -491,13 +466,9 @@ def status_json(engine: Engine, metrics: Metrics | None = None, *, now: float) -
 
 
 def _pool_json(
-    book: HealthBook,
-    engine: Engine,
-    pool: PoolView,
-    now: float,
-    requests: Mapping[tuple[str, str], int],
+    engine: Engine, pool: PoolView, now: float, requests: Mapping[tuple[str, str], int]
 ) -> dict[str, Any]:
-    live = engine.live
+    book, live = engine.book, engine.live
     endpoints = []
     for ep in pool.endpoints:
         last = book.last_results(pool.name, ep.name)

@@ -43,6 +43,7 @@ def configure(level: int = logging.INFO) -> None:
     handler.setFormatter(JsonFormatter())
     root.addHandler(handler)
     root.setLevel(level)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise here
     logging.Formatter.converter = time.gmtime
 
 

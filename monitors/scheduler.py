@@ -14,6 +14,11 @@ Theory of operation
   stretched by a random jitter (default +-5 %) so that jobs started together drift apart.  The
   schedule is anchored to planned start times (a slow check does not shift the next one); a
   check that overruns its interval is followed by the next one at once, never by a backlog.
+* **Start-up ramp**: a job's first check usually opens a TLS connection, which costs about
+  five times a keep-alive check (``docs/monitors.md``).  ``first_round_rate`` (checks per
+  second) stretches the first round of the jobs added by one :meth:`Scheduler.update` over
+  ``max(interval, new_jobs / first_round_rate)``, so 10,000 endpoints at a 10 s interval do
+  not demand 1,000 handshakes per second at start-up.  Default: no ramp.
 * **Randomness** comes from the injected ``rng``: each job draws its own
   ``random.Random`` from it when created, in job order, so one seed gives the same schedule
   however trio interleaves tasks (the simulator relies on it).
@@ -23,6 +28,8 @@ Theory of operation
   :meth:`Scheduler.run` runs.  A job whose probe and vantage are unchanged keeps its task, its
   schedule and its keep-alive connection (only its fan-out is replaced); removed jobs are
   cancelled (their connection closed); new jobs start with a fresh random offset.
+* **Lateness**: ``on_late(seconds)``, when given, is called with how late each check started
+  against its plan: the measure of an overloaded event loop (``bench/probes.py``, metrics).
 * **Isolation**: each attempt runs under ``trio.move_on_after(timeout)`` in
   :func:`monitors.transport.run_check`, so a misbehaving endpoint costs only its own task.
 
@@ -52,12 +59,13 @@ ResultCallback = Callable[[ProbeResult], object]
 
 
 class _Worker:
-    __slots__ = ("fanout", "job", "rng", "scope")
+    __slots__ = ("fanout", "first_window", "job", "rng", "scope")
 
-    def __init__(self, job: Job, rng: random.Random) -> None:
+    def __init__(self, job: Job, rng: random.Random, first_window: float) -> None:
         self.job = job
         self.fanout = job.fanout
         self.rng = rng
+        self.first_window = first_window
         self.scope = trio.CancelScope()
 
 
@@ -71,8 +79,12 @@ class Scheduler:
         *,
         rng: random.Random,
         jitter: float = 0.05,
+        on_late: Callable[[float], object] | None = None,
+        first_round_rate: float | None = None,
     ) -> None:
         self._transport = transport
+        self._on_late = on_late
+        self._first_rate = first_round_rate
         self._on_result = on_result
         self._rng = rng
         self._jitter = jitter
@@ -86,12 +98,16 @@ class Scheduler:
 
     def update(self, jobs: Iterable[Job]) -> None:
         """Replace the job list; unchanged jobs keep their task, schedule and connection."""
+        jobs = list(jobs)
+        fresh = sum(1 for j in jobs if (j.probe, j.vantage) not in self._workers)
+        floor = fresh / self._first_rate if self._first_rate else 0.0
         new: dict[tuple[Probe, str], _Worker] = {}
         for job in jobs:
             key = (job.probe, job.vantage)
             worker = self._workers.get(key)
             if worker is None:
-                worker = _Worker(job, random.Random(self._rng.getrandbits(64)))
+                rng = random.Random(self._rng.getrandbits(64))
+                worker = _Worker(job, rng, max(job.probe.interval, floor))
                 if self._nursery is not None:
                     self._nursery.start_soon(self._work, worker)
             worker.fanout = job.fanout
@@ -118,9 +134,11 @@ class Scheduler:
         with w.scope:
             session = self._transport.open_session(probe, vantage)
             try:
-                at = trio.current_time() + w.rng.random() * probe.interval
+                at = trio.current_time() + w.rng.random() * w.first_window
                 while True:
                     await trio.sleep_until(at)
+                    if self._on_late is not None:
+                        self._on_late(trio.current_time() - at)
                     verdict = await run_check(session, probe)
                     now = trio.current_time()
                     reason = verdict.reason.value if verdict.reason else ""

@@ -140,5 +140,33 @@ class HeaderSessions:
             self._sessions = dict(keep)
         self._sessions[(lb, key)] = (endpoint, now)
 
+    def peek(self, lb: str, key: tuple[str, ...], now: float, ttl: float) -> str | None:
+        """Like :meth:`get`, without refreshing or expiring anything."""
+        entry = self._sessions.get((lb, key))
+        if entry is None or now - entry[1] > ttl:
+            return None
+        return entry[0]
+
+    def read_only(self) -> HeaderSessions:
+        """A view for what-if decisions (``/explain``): reads this table, never writes it."""
+        return _ReadOnlySessions(self)
+
     def __len__(self) -> int:
         return len(self._sessions)
+
+
+class _ReadOnlySessions(HeaderSessions):
+    """See :meth:`HeaderSessions.read_only`."""
+
+    def __init__(self, inner: HeaderSessions) -> None:
+        super().__init__()
+        self._inner = inner
+
+    def get(self, lb: str, key: tuple[str, ...], now: float, ttl: float) -> str | None:
+        return self._inner.peek(lb, key, now, ttl)
+
+    def put(self, lb: str, key: tuple[str, ...], endpoint: str, now: float) -> None:
+        del lb, key, endpoint, now
+
+    def __len__(self) -> int:
+        return len(self._inner)

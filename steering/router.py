@@ -29,24 +29,30 @@ Nothing here awaits, reads a clock or draws randomness except from the ``rng`` p
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from bisect import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from random import Random
+from typing import cast
 
 from lb.config.model import Datacenter, LoadBalancer
 from lb.core.health import Health
 from lb.core.snapshot import EndpointView, PoolView, Snapshot
-from steering.affinity import HeaderSessions, session_key, sign, verify
+from steering.affinity import CookieValue, HeaderSessions, session_key, sign, verify
 from steering.geo import distance_km
-from steering.pick import ip_bucket, rendezvous, weighted, weighted_dynamic
+from steering.pick import ip_bucket, rendezvous, weighted, weighted_by_load, weighted_dynamic
 from steering.types import Affinity, Decision, Live, Request
 
 __all__ = ["Router"]
 
 _NO_LIVE = Live()
 _CACHE_LIMIT = 4096
-"""Most cached routes / endpoint sets per router: data center codes come from requests."""
+"""Most cached routes / endpoint sets / cookies per router: these keys come from requests."""
+_UNSET: object = object()
+_ORDERED = frozenset({"off", "geo", "proximity", "dynamic_latency"})
+"""Pool policies whose route is already in preference order: the first eligible pool wins."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +65,10 @@ class _Endpoints:
     cumulative: tuple[float, ...]
     note: str
     """How the set was chosen, for the trace (empty for the plain selectable set)."""
+    keys: tuple[str, ...]
+    """``pool/endpoint`` of each item (``EndpointView.key`` formats it on every call)."""
+    total: float
+    """Sum of the weights (``cumulative[-1]``, or 0 for an empty set)."""
 
     @classmethod
     def of(cls, items: Sequence[EndpointView], note: str = "") -> _Endpoints:
@@ -67,7 +77,15 @@ class _Endpoints:
         for w in weights:
             total += w
             cumulative.append(total)
-        return cls(tuple(items), tuple(e.name for e in items), weights, tuple(cumulative), note)
+        return cls(
+            tuple(items),
+            tuple(e.name for e in items),
+            weights,
+            tuple(cumulative),
+            note,
+            tuple(e.key for e in items),
+            total,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,11 +107,30 @@ class _Route:
 class _Plan:
     """One load balancer compiled against one snapshot."""
 
-    __slots__ = ("affinity", "fallback", "lb", "policy", "pool_names", "routes")
+    __slots__ = (
+        "affinity",
+        "by_datacenter",
+        "fallback",
+        "fast",
+        "fast_by_datacenter",
+        "labels",
+        "lb",
+        "policy",
+        "pool_names",
+        "routes",
+    )
 
-    def __init__(self, lb: LoadBalancer, snapshot: Snapshot) -> None:
+    def __init__(self, lb: LoadBalancer, snapshot: Snapshot, *, local: bool) -> None:
         self.lb = lb
         self.policy = lb.effective_policy
+        self.by_datacenter = self.policy in ("geo", "proximity", "dynamic_latency")
+        """Whether the candidate pools depend on the request's data center."""
+        self.fast_by_datacenter = self.by_datacenter or local
+        """Whether :attr:`fast` is keyed by data center (it is with local preference too)."""
+        self.fast: dict[str, _Fast | None] = {}
+        """Data center (or "") -> the precomputed untraced decision, None where there is none."""
+        self.labels: dict[str, str] = {}
+        """Pool name -> ``Decision.policy`` (``<pool policy>/<endpoint policy>``)."""
         # R34: affinity is never applied on DNS-only load balancers.
         self.affinity = lb.affinity if lb.proxied else "none"
         self.fallback = snapshot.pools.get(lb.fallback_pool)
@@ -103,6 +140,73 @@ class _Plan:
             for pools in mapping.values():
                 names.update(pools)
         self.pool_names = frozenset(names)
+
+    def label(self, pool: PoolView) -> str:
+        """``Decision.policy`` for a decision in ``pool``."""
+        label = self.labels.get(pool.name)
+        if label is None:
+            label = self.labels[pool.name] = f"{self.policy}/{pool.config.origin_steering.policy}"
+        return label
+
+
+_Fast = tuple[PoolView, "_Endpoints", "_Endpoints", float, str, str]
+"""An untraced decision known up to the endpoint pick: (pool, endpoints, endpoints when the
+request spills, spill share, ``Decision.policy``, endpoint policy).  It exists when the pool
+does not depend on the request: an ordered pool policy (off, geo, proximity, dynamic_latency)
+with no load shedding among the eligible pools."""
+
+_Pin = tuple[_Plan, float, PoolView, EndpointView, str]
+"""A ``__cflb`` value known to hit: (plan, expiry, pool, endpoint, endpoint key).  Only for
+enabled endpoints of pools that shed no sessions, so that nothing but expiry depends on the
+request."""
+
+_DECISION_FIELDS = (
+    "load_balancer",
+    "pool",
+    "endpoint",
+    "reason",
+    "policy",
+    "affinity",
+    "set_cookie",
+    "status",
+    "trace",
+    "pinned",
+    "tried",
+)
+if tuple(f.name for f in dataclasses.fields(Decision)) != _DECISION_FIELDS:  # pragma: no cover
+    raise ImportError("steering.router._decision is out of date with steering.types.Decision")
+
+
+def _decision(
+    lb: LoadBalancer | None,
+    pool: PoolView | None,
+    endpoint: EndpointView | None,
+    reason: str,
+    policy: str,
+    trace: list[str] | None,
+    status: int = 0,
+    affinity: str = Affinity.NONE,
+    pinned: str | None = None,
+) -> Decision:
+    """``Decision(...)`` without keyword-argument passing, which costs ~300 ns per decision
+    on CPython 3.11 (a quarter of a whole decision); fields not named here get their defaults.
+    """
+    d = _new_decision(Decision)
+    d.load_balancer = lb
+    d.pool = pool
+    d.endpoint = endpoint
+    d.reason = reason
+    d.policy = policy
+    d.affinity = affinity
+    d.set_cookie = None
+    d.status = status
+    d.trace = trace
+    d.pinned = pinned
+    d.tried = ()
+    return d
+
+
+_new_decision = Decision.__new__
 
 
 class Router:
@@ -122,7 +226,13 @@ class Router:
         self._sessions = sessions if sessions is not None else HeaderSessions()
         self._datacenters = snapshot.config.datacenters
         self._plans: dict[str, _Plan | None] = {}
-        self._endpoint_sets: dict[tuple[str, str], _Endpoints] = {}
+        self._endpoint_sets: dict[tuple[str, str, bool], _Endpoints] = {}
+        self._by_name: dict[tuple[str, str], EndpointView] = {
+            (e.pool, e.name): e for p in snapshot.pools.values() for e in p.endpoints
+        }
+        self._cookies: dict[str, CookieValue | None] = {}
+        """Verified ``__cflb`` values: a signed value always verifies the same way."""
+        self._pins: dict[str, _Pin] = {}
         engine = snapshot.config.engine
         self._local = engine.local_preference
         self._zdf_codes = frozenset(engine.zero_downtime_failover_codes)
@@ -133,19 +243,28 @@ class Router:
         self, req: Request, rng: Random, live: Live | None = None, *, trace: bool = False
     ) -> Decision:
         """Steer one request; see the module docstring for the steps."""
+        plan = self._plans.get(req.host) or self._plan(req.host)
+        if plan is not None and not trace and plan.affinity == "none":
+            # The fast path: an untraced decision whose pool is known (see _compile_fast).
+            fast = plan.fast.get(req.datacenter if plan.fast_by_datacenter else "")
+            if fast is not None:
+                pool, eps, wide, spill, label, policy = fast
+                if spill and rng.random() < spill:
+                    eps = wide
+                ep: EndpointView | None
+                if policy == "random":
+                    items = eps.items
+                    i = bisect(eps.cumulative, rng.random() * eps.total)
+                    ep = items[i] if i < len(items) else items[-1]
+                else:
+                    ep = self._choose(eps, policy, req, rng, live or _NO_LIVE)
+                if ep is not None:
+                    return _decision(plan.lb, pool, ep, "policy", label, None)
         tr: list[str] | None = [] if trace else None
-        plan = self._plan(req.host)
         if plan is None:
             if tr is not None:
                 tr.append(f"host {req.host!r}: no load balancer answers for it")
-            return Decision(
-                load_balancer=None,
-                pool=None,
-                endpoint=None,
-                reason="unknown_host",
-                status=404,
-                trace=tr,
-            )
+            return _decision(None, None, None, "unknown_host", "", tr, 404)
         lb = plan.lb
         if tr is not None:
             tr.append(f"load balancer {lb.name}: steering_policy={plan.policy or 'off'}")
@@ -231,8 +350,13 @@ class Router:
         lb = plan.lb
         outcome = Affinity.NEW
         avoid = ""
-        if req.cookie:
-            value = verify(self._secret, req.cookie)
+        cookie = req.cookie
+        if cookie:
+            pin = self._pins.get(cookie) if tr is None else None
+            if pin is not None and pin[0] is plan and pin[1] > req.wall:
+                _, _, pool, ep, key = pin
+                return _decision(lb, pool, ep, "affinity", plan.policy, None, 0, Affinity.HIT, key)
+            value = self._verify(cookie)
             if value is None or value.load_balancer != lb.name:
                 outcome = Affinity.INVALID
             elif value.expires <= req.wall:
@@ -241,6 +365,7 @@ class Router:
                 pinned = self._usable_pinned(plan, value.pool, value.endpoint, req, tr)
                 if pinned is not None:
                     if not self._session_shed(pinned, req, tr):
+                        self._remember_pin(cookie, plan, value.expires, pinned)
                         return self._hit(plan, pinned, req, tr)
                     avoid = pinned.pool
                 outcome = Affinity.REMAPPED
@@ -256,6 +381,27 @@ class Router:
         if decision.endpoint is not None:
             decision.set_cookie = self._cookie(lb, decision.endpoint, req)
         return decision
+
+    def _remember_pin(self, cookie: str, plan: _Plan, expires: float, ep: EndpointView) -> None:
+        pool = self.snapshot.pools[ep.pool]
+        shed = pool.config.load_shedding
+        if not ep.enabled or (shed is not None and shed.session_percent > 0):
+            return  # draining (R40) or session shedding (R24) depend on the request
+        if len(self._pins) >= _CACHE_LIMIT:
+            self._pins.clear()
+        self._pins[cookie] = (plan, expires, pool, ep, ep.key)
+
+    def _verify(self, cookie: str) -> CookieValue | None:
+        cache = self._cookies
+        try:
+            return cache[cookie]
+        except KeyError:
+            pass
+        value = verify(self._secret, cookie)
+        if len(cache) >= _CACHE_LIMIT:
+            cache.clear()
+        cache[cookie] = value
+        return value
 
     def _header_affinity(
         self, plan: _Plan, req: Request, rng: Random, live: Live, tr: list[str] | None
@@ -298,10 +444,12 @@ class Router:
         self, plan: _Plan, pool_name: str, name: str, req: Request, tr: list[str] | None
     ) -> EndpointView | None:
         """The pinned endpoint if a session may still use it (R36, R37, R40, R24)."""
-        pool = self.snapshot.pools.get(pool_name) if pool_name in plan.pool_names else None
-        ep = pool.endpoint(name) if pool else None
-        if pool is None or ep is None:
+        if pool_name not in plan.pool_names:
             return None
+        ep = self._by_name.get((pool_name, name))
+        if ep is None:
+            return None
+        pool = self.snapshot.pools[pool_name]
         if not ep.enabled:
             drain = plan.lb.session_affinity_attributes.drain_duration
             if drain > 0 and ep.disabled_at is not None and req.now - ep.disabled_at < drain:
@@ -330,15 +478,8 @@ class Router:
         pool = self.snapshot.pools[ep.pool]
         if tr is not None:
             tr.append(f"affinity: session pinned to {ep.key}; weights and policy skipped (R36)")
-        return Decision(
-            load_balancer=plan.lb,
-            pool=pool,
-            endpoint=ep,
-            reason="affinity",
-            policy=plan.policy,
-            affinity=Affinity.HIT,
-            trace=tr,
-            pinned=ep.key,
+        return _decision(
+            plan.lb, pool, ep, "affinity", plan.policy, tr, 0, Affinity.HIT, f"{ep.pool}/{ep.name}"
         )
 
     def _cookie(self, lb: LoadBalancer, ep: EndpointView, req: Request) -> str:
@@ -356,7 +497,28 @@ class Router:
         *,
         avoid: str = "",
     ) -> Decision:
-        route = self._route(plan, req)
+        key = req.datacenter if plan.fast_by_datacenter else ""
+        fast = plan.fast.get(key, _UNSET)
+        if fast is None or tr is not None or avoid:
+            pass  # the general path below
+        elif fast is not _UNSET:
+            f_pool, f_eps, f_wide, spill, label, f_policy = cast(_Fast, fast)
+            if spill and rng.random() < spill:
+                f_eps = f_wide
+            f_ep: EndpointView | None
+            if f_policy == "random":
+                items = f_eps.items
+                i = bisect(f_eps.cumulative, rng.random() * f_eps.total)
+                f_ep = items[i] if i < len(items) else items[-1]
+            else:
+                f_ep = self._choose(f_eps, f_policy, req, rng, live)
+            if f_ep is not None:
+                return _decision(plan.lb, f_pool, f_ep, "policy", label, None)
+        route = plan.routes.get(req.datacenter if plan.by_datacenter else "")
+        if route is None:
+            route = self._route(plan, req)
+        if fast is _UNSET and len(plan.fast) < _CACHE_LIMIT:
+            plan.fast[key] = self._compile_fast(plan, route, key)
         if tr is not None:
             self._trace_route(route, tr)
         pools = route.eligible
@@ -364,8 +526,11 @@ class Router:
             pools = self._unshed(pools, req, rng, tr)
         if avoid:  # a session shed from this pool (R24) is steered as if it were unavailable
             pools = tuple(p for p in pools if p.name != avoid)
-        pool = self._pick_pool(plan, route, pools, live, rng) if pools else None
-        reason = "policy"
+        if not pools:
+            return self._fallback(plan, req, rng, live, tr)
+        pool = (
+            pools[0] if plan.policy in _ORDERED else self._pick_pool(plan, route, pools, live, rng)
+        )
         if pool is None:
             return self._fallback(plan, req, rng, live, tr)
         if tr is not None:
@@ -373,14 +538,19 @@ class Router:
         ep = self._pick_endpoint(pool, req, rng, live, tr)
         if ep is None:  # pragma: no cover - eligible pools always have a selectable endpoint
             return self._fallback(plan, req, rng, live, tr)
-        return Decision(
-            load_balancer=plan.lb,
-            pool=pool,
-            endpoint=ep,
-            reason=reason,
-            policy=f"{plan.policy}/{pool.config.origin_steering.policy}",
-            trace=tr,
-        )
+        return _decision(plan.lb, pool, ep, "policy", plan.label(pool), tr)
+
+    def _compile_fast(self, plan: _Plan, route: _Route, dc: str) -> _Fast | None:
+        if plan.policy not in _ORDERED or route.sheds or not route.eligible:
+            return None
+        pool = route.eligible[0]
+        wide = self._endpoint_set(pool, "", fallback=False)
+        local = self._local
+        if local.enabled and dc:
+            eps, spill = self._endpoint_set(pool, dc, fallback=False), local.spill
+        else:
+            eps, spill = wide, 0.0
+        return (pool, eps, wide, spill, plan.label(pool), pool.config.origin_steering.policy)
 
     def _pick_pool(
         self,
@@ -434,38 +604,16 @@ class Router:
         if pool is None or not pool.config.enabled:
             if tr is not None:
                 tr.append("no eligible pool and the fallback pool is disabled: 530 / 1016 (R30)")
-            return Decision(
-                load_balancer=plan.lb,
-                pool=None,
-                endpoint=None,
-                reason="no_pool",
-                policy=plan.policy,
-                status=530,
-                trace=tr,
-            )
+            return _decision(plan.lb, None, None, "no_pool", plan.policy, tr, 530)
         if tr is not None:
             tr.append(f"no eligible pool: fallback pool {pool.name}, health ignored (R30)")
         ep = self._pick_endpoint(pool, req, rng, live, tr, fallback=True)
         if ep is None:
             if tr is not None:
                 tr.append(f"fallback pool {pool.name} has no enabled endpoint: 530 / 1016")
-            return Decision(
-                load_balancer=plan.lb,
-                pool=pool,
-                endpoint=None,
-                reason="no_pool",
-                policy=plan.policy,
-                status=530,
-                trace=tr,
-            )
-        return Decision(
-            load_balancer=plan.lb,
-            pool=pool,
-            endpoint=ep,
-            reason="fallback",
-            policy=f"fallback/{pool.config.origin_steering.policy}",
-            trace=tr,
-        )
+            return _decision(plan.lb, pool, None, "no_pool", plan.policy, tr, 530)
+        policy = f"fallback/{pool.config.origin_steering.policy}"
+        return _decision(plan.lb, pool, ep, "fallback", policy, tr)
 
     # ------------------------------------------------------------------ endpoints
 
@@ -480,7 +628,12 @@ class Router:
         exclude: tuple[str, ...] = (),
         fallback: bool = False,
     ) -> EndpointView | None:
-        eps = self._endpoints(pool, req, rng, fallback=fallback)
+        if self._local.enabled or fallback:
+            eps = self._endpoints(pool, req, rng, fallback=fallback)
+        else:
+            eps = self._endpoint_sets.get((pool.name, "", False)) or self._endpoint_set(
+                pool, "", fallback=False
+            )
         if exclude:
             kept = [e for e in eps.items if e.key not in exclude]
             if not kept and eps.note:
@@ -491,24 +644,37 @@ class Router:
             if not kept:
                 return None
             eps = _Endpoints.of(kept, eps.note)
-        if not eps.items:
+        items = eps.items
+        if not items:
             return None
         if tr is not None and eps.note:
             tr.append(eps.note)
         policy = pool.config.origin_steering.policy
-        if policy == "random":
-            ep = weighted(eps.items, eps.cumulative, rng) if eps.cumulative[-1] > 0 else None
-        elif policy == "hash":
-            ep = rendezvous(req.client_ip, eps.items, eps.names, eps.weights)
-        else:
-            counts = live.in_flight if policy == "least_outstanding_requests" else live.connections
-            ws = [e.weight / (counts.get(e.key, 0) + 1) for e in eps.items]
-            ep = weighted_dynamic(eps.items, ws, rng)
+        ep = self._choose(eps, policy, req, rng, live)
         if ep is None:
             ep = eps.items[0]  # every weight is zero: only the fallback pool gets here
         if tr is not None:
             tr.append(f"endpoint {ep.key} chosen by {policy} among {len(eps.items)}")
         return ep
+
+    @staticmethod
+    def _choose(
+        eps: _Endpoints, policy: str, req: Request, rng: Random, live: Live
+    ) -> EndpointView | None:
+        """The endpoint policy's pick in a non-empty set; None when every weight is 0."""
+        items = eps.items
+        if policy == "random":  # R19
+            if eps.total <= 0:
+                return None
+            i = bisect(eps.cumulative, rng.random() * eps.total)
+            return items[i] if i < len(items) else items[-1]
+        if policy == "hash":  # R20
+            return rendezvous(req.client_ip, items, eps.names, eps.weights)
+        # R21: least_outstanding_requests / least_connections
+        counts = live.in_flight if policy == "least_outstanding_requests" else live.connections
+        if not counts:  # nothing in flight anywhere: plain weighted random
+            return Router._choose(eps, "random", req, rng, live)
+        return weighted_by_load(items, eps.weights, eps.keys, counts, rng)
 
     def _endpoints(
         self, pool: PoolView, req: Request, rng: Random, *, fallback: bool
@@ -521,7 +687,7 @@ class Router:
         return self._endpoint_set(pool, dc, fallback=fallback)
 
     def _endpoint_set(self, pool: PoolView, dc: str, *, fallback: bool) -> _Endpoints:
-        cache_key = (pool.name, f"{dc}|{int(fallback)}")
+        cache_key = (pool.name, dc, fallback)
         found = self._endpoint_sets.get(cache_key)
         if found is None:
             found = self._compute_endpoints(pool, dc, fallback=fallback)
@@ -574,7 +740,7 @@ class Router:
         except KeyError:
             pass
         lb = self.snapshot.load_balancer(host)
-        plan = _Plan(lb, self.snapshot) if lb is not None else None
+        plan = _Plan(lb, self.snapshot, local=self._local.enabled) if lb is not None else None
         if plan is not None or len(self._plans) < 10_000:
             self._plans[host] = plan
         return plan

@@ -12,6 +12,7 @@ import json
 import sys
 from typing import Any
 
+from lb.config._reference import markdown_reference
 from lb.config.errors import ConfigError, Problem
 from lb.config.loader import load_config
 from lb.config.model import Config, LoadBalancer, Monitor, Pool, Tunnel
@@ -25,12 +26,23 @@ EXIT_INVALID = 2
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the command's options."""
-    parser.add_argument("files", nargs="+", metavar="FILE", help="configuration files (merged)")
+    parser.add_argument("files", nargs="*", metavar="FILE", help="configuration files (merged)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead")
+    parser.add_argument(
+        "--explain-fields",
+        action="store_true",
+        help="print every configuration field with its type, default and allowed values",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     """Load ``args.files``; print the summary or the problems; return the exit status."""
+    if args.explain_fields:
+        print(markdown_reference(), end="")
+        return EXIT_OK
+    if not args.files:
+        print("tunnel-lb check: give at least one FILE", file=sys.stderr)
+        return EXIT_INVALID
     try:
         result = load_config(args.files)
     except ConfigError as exc:

@@ -194,17 +194,17 @@ def _check_interval(item: Item[Monitor], minimum: float, report: Report) -> None
 class _PoolIndex:
     """Pools by id and by name, so references in either form resolve to the name."""
 
-    def __init__(self, report: Report) -> None:
+    def __init__(self, report: Report, broken: set[str]) -> None:
         self.pools: list[Pool] = []
         self._report = report
+        self._broken = broken
         self._seen = Seen(report)
         self._by_ref: dict[str, Pool] = {}
 
     def add(self, pool: Pool, item: Item[Pool]) -> None:
         self.pools.append(pool)
-        for field, key in (("name", pool.name), ("id", pool.id)):
-            if self._by_ref.get(key) is pool:
-                continue  # the id defaulted to the name
+        keys = {pool.name: "name"} if pool.id == pool.name else {pool.name: "name", pool.id: "id"}
+        for key, field in keys.items():
             if self._seen.add(key, item.at(field), f"pool {field}"):
                 self._by_ref[key] = pool
 
@@ -214,6 +214,8 @@ class _PoolIndex:
     def resolve(self, ref: str, where: Where) -> str:
         """The name of the pool whose id or name is ``ref``; unknown refs are reported."""
         pool = self._by_ref.get(ref)
+        if pool is None and ref in self._broken:
+            return ref  # the pool itself failed to parse and was reported
         if pool is None:
             hint = did_you_mean(ref, self._by_ref)
             self._report.error(where, f'unknown pool "{ref}"{hint}')
@@ -222,13 +224,13 @@ class _PoolIndex:
 
 
 def _check_pools(parsed: Parsed, monitors: Mapping[str, Monitor], report: Report) -> _PoolIndex:
-    index = _PoolIndex(report)
+    index = _PoolIndex(report, parsed.broken)
     for item in parsed.pools:
         pool = item.value
         pool = dataclasses.replace(pool, id=pool.id or pool.name)
         index.add(pool, item)
         _check_pool_fields(item, report)
-        monitor = _pool_monitor(item, monitors, report)
+        monitor = _pool_monitor(item, monitors, parsed.broken, report)
         _check_origins(item, monitor, report)
     return index
 
@@ -252,7 +254,7 @@ def _check_pool_fields(item: Item[Pool], report: Report) -> None:
 
 
 def _pool_monitor(
-    item: Item[Pool], monitors: Mapping[str, Monitor], report: Report
+    item: Item[Pool], monitors: Mapping[str, Monitor], broken: set[str], report: Report
 ) -> Monitor | None:
     """The pool's monitor; R49: a tcp monitor cannot check tunnel endpoints."""
     pool = item.value
@@ -260,8 +262,9 @@ def _pool_monitor(
         return None
     monitor = monitors.get(pool.monitor)
     if monitor is None:
-        hint = did_you_mean(pool.monitor, monitors)
-        report.error(item.at("monitor"), f'unknown monitor "{pool.monitor}"{hint}')
+        if pool.monitor not in broken:  # else the monitor itself failed and was reported
+            hint = did_you_mean(pool.monitor, monitors)
+            report.error(item.at("monitor"), f'unknown monitor "{pool.monitor}"{hint}')
         return None
     if monitor.type == "tcp" and any(o.tunnel_id for o in pool.origins):
         message = (

@@ -60,6 +60,8 @@ class Parsed:
     datacenters: dict[str, Item[Datacenter]] = field(default_factory=dict)
     connect_to: list[Item[str]] = field(default_factory=list)
     """One item per entry; the item's value is the target, the key is its path's last step."""
+    broken: set[str] = field(default_factory=set)
+    """Ids and names of objects that failed to parse: references to them are not reported."""
 
 
 class Seen:

@@ -126,14 +126,20 @@ def read_text(text: str, filename: str) -> tuple[Node | None, list[Problem]]:
 
 
 def _read_yaml(text: str, filename: str) -> tuple[Node | None, list[Problem]]:
-    loader = yaml.SafeLoader(text)
     problems: list[Problem] = []
+    try:
+        loader = yaml.SafeLoader(text)
+    except yaml.reader.ReaderError as exc:  # raised while scanning for bad characters
+        line = text.count("\n", 0, exc.position) + 1
+        char = f" (U+{exc.character:04X})" if isinstance(exc.character, int) else ""
+        message = f"not YAML text: {exc.reason}{char}"
+        return None, [Problem(file=filename, line=line, path="", message=message)]
     try:
         root = loader.get_single_node()
         node = None if root is None else _YamlConverter(loader, filename, problems).convert(root)
     except yaml.MarkedYAMLError as exc:
         return None, [_syntax_problem(filename, exc)]
-    except yaml.YAMLError as exc:
+    except yaml.YAMLError as exc:  # pragma: no cover - PyYAML marks the errors it raises here
         return None, [Problem(file=filename, line=None, path="", message=f"YAML error: {exc}")]
     finally:
         loader.dispose()

@@ -190,12 +190,14 @@ def _parse(sections: _Sections, files: tuple[str, ...], report: Report) -> Parse
     merged = {name: _merge(name, nodes, report) for name, nodes in sections.mappings.items()}
     engine_node = merged["engine"] or Node({}, files[0] if files else "<none>", 0)
     engine = parser.dataclass(Engine, engine_node, ("engine",))
+    broken: set[str] = set()
     parsed = Parsed(
         files=files,
         engine=Item(Engine() if engine is INVALID else engine, engine_node, ("engine",)),
-        monitors=_parse_list(parser, Monitor, sections.items["monitors"]),
-        pools=_parse_list(parser, Pool, sections.items["pools"]),
-        load_balancers=_parse_list(parser, LoadBalancer, sections.items["load_balancers"]),
+        monitors=_parse_list(parser, Monitor, sections.items["monitors"], broken),
+        pools=_parse_list(parser, Pool, sections.items["pools"], broken),
+        load_balancers=_parse_list(parser, LoadBalancer, sections.items["load_balancers"], broken),
+        broken=broken,
         tunnels=_parse_keyed(parser, Tunnel, "id", merged["tunnels"], "tunnels"),
         datacenters=dict(_builtin_datacenters()),
     )
@@ -224,9 +226,20 @@ def _merge(section: str, nodes: list[Node], report: Report) -> Node | None:
     return Node(items, nodes[0].file, nodes[0].line, key_lines=key_lines)
 
 
-def _parse_list(parser: Parser, cls: type[T], entries: list[tuple[Node, Path]]) -> list[Item[T]]:
-    parsed = ((parser.dataclass(cls, node, path), node, path) for node, path in entries)
-    return [Item(value, node, path) for value, node, path in parsed if value is not INVALID]
+def _parse_list(
+    parser: Parser, cls: type[T], entries: list[tuple[Node, Path]], broken: set[str]
+) -> list[Item[T]]:
+    """Parse a list section; the ids and names of objects that failed go to ``broken``, so
+    references to them are not reported a second time as unknown."""
+    out: list[Item[T]] = []
+    for node, path in entries:
+        value = parser.dataclass(cls, node, path)
+        if value is not INVALID:
+            out.append(Item(value, node, path))
+        elif isinstance(node.value, dict):
+            names = (node.value.get(key) for key in ("id", "name"))
+            broken.update(n.value for n in names if n is not None and isinstance(n.value, str))
+    return out
 
 
 def _entries(node: Node | None, section: str) -> Iterator[tuple[str, Node, Path]]:

@@ -135,9 +135,12 @@ class _Server:
                 log.info("tunnel %s listening on %s", self.config.tunnel, self.stats.listening)
                 task_status.started(bound)
         finally:
-            for listener, _ in listeners:
-                await trio.aclose_forcefully(listener)
-            await self.origin.aclose()
+            # Shielded: we are usually being cancelled, and under cancellation trio lets
+            # only the first await of a cleanup run. Every close here is immediate.
+            with trio.CancelScope(shield=True):
+                for listener, _ in listeners:
+                    await trio.aclose_forcefully(listener)
+                await self.origin.aclose()
 
     async def _connection(self, stream: trio.SocketStream, *, tls: bool) -> None:
         """One client connection, from TLS handshake to close; never raises."""

@@ -261,7 +261,7 @@ class ProxyServer:
             while not self.draining or conn.their_state is not h11.IDLE:
                 event = await self._read_head(stream, conn, peer, https)
                 if event is None:
-                    linger = conn.their_state is not h11.DONE and conn.their_state is not h11.IDLE
+                    linger = conn.their_state is h11.ERROR
                     break
                 keep = await self._exchange(stream, conn, event, peer, https)
                 if not keep or conn.our_state is not h11.DONE:
@@ -969,9 +969,9 @@ async def _close_client(stream: trio.abc.Stream, *, linger: bool) -> None:
     Closing a socket with unread input makes the kernel send a reset, which can destroy the
     4xx we just wrote before the client reads it.
     """
-    if linger and isinstance(stream, trio.SocketStream):
-        with trio.move_on_after(LINGER_SECONDS):
-            try:
+    try:
+        if linger and isinstance(stream, trio.SocketStream):
+            with trio.move_on_after(LINGER_SECONDS):
                 await stream.send_eof()
                 total = 0
                 while total < (4 << 20):
@@ -979,9 +979,9 @@ async def _close_client(stream: trio.abc.Stream, *, linger: bool) -> None:
                     if not data:
                         break
                     total += len(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                pass
-    with trio.move_on_after(1.0):
-        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        with trio.move_on_after(1.0):
             await stream.aclose()
-    await trio.aclose_forcefully(stream)
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        pass
+    finally:
+        await trio.aclose_forcefully(stream)

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import trio
 
 from lb.config.model import Config, Datacenter
-from lb.connector.ingress import HelloWorld, HttpStatus, IngressRule, match_rule
+from lb.connector.ingress import HelloWorld, HttpStatus, match_rule
 from lb.sim.scenario import EDGE, ORIGIN, NetEvent, Replica, Scenario
 from lb.sim.spec import FAULTS
 from monitors.spec import Probe
@@ -166,7 +166,9 @@ class Network:
         i = bisect_right(self._bounds, t)
         return self._bounds[i] if i < len(self._bounds) else math.inf
 
-    def _state(self, address: str, replica: str, layer: str, place: frozenset[str], t: float) -> tuple[str, int, float]:
+    def _state(
+        self, address: str, replica: str, layer: str, place: frozenset[str], t: float
+    ) -> tuple[str, int, float]:
         """``(fault, status, added latency)`` of one replica's layer as seen from ``place``."""
         track = self._tracks.get((address, replica, layer))
         if track is None:
@@ -206,7 +208,9 @@ class Network:
         if not usable:
             return (dead or Answer(None, 530, self.rtt, "down"),)
         chosen = self._local(usable, dc)
-        return tuple(self._through(address, r, f, s, lat, where, host, path, t) for r, f, s, lat in chosen)
+        return tuple(
+            self._through(address, r, f, s, lat, where, host, path, t) for r, f, s, lat in chosen
+        )
 
     def _local(
         self, usable: list[tuple[Replica, str, int, float]], dc: str
@@ -225,8 +229,10 @@ class Network:
             best = math.inf
             for code in u[0].datacenters:
                 there = self._dcs.get(code)
-                if there is not None and there.latitude is not None and there.longitude is not None:
-                    best = min(best, distance_km(here.latitude, here.longitude, there.latitude, there.longitude))
+                if there is None or there.latitude is None or there.longitude is None:
+                    continue
+                d = distance_km(here.latitude, here.longitude, there.latitude, there.longitude)
+                best = min(best, d)
             scored.append((best, u))
         least = min(d for d, _ in scored)
         if least == math.inf:
@@ -269,7 +275,8 @@ class Network:
     def probe(self, probe: Probe, vantage: str, t: float, turn: int) -> Answer:
         """What one probe attempt from ``vantage`` gets; ``turn`` spreads it over replicas."""
         dc = vantage if vantage in self._dcs else ""
-        options = self.answers(probe.address.lower().rstrip("."), (vantage,), dc, probe.host, probe.path, t)
+        address = probe.address.lower().rstrip(".")
+        options = self.answers(address, (vantage,), dc, probe.host, probe.path, t)
         return options[turn % len(options)]
 
 

@@ -205,10 +205,11 @@ def _where(root: Node, path: Path_) -> Where:
             child = node.value.get(segment)
             if child is not None:
                 line = node.key_lines.get(segment, child.line)
-        elif isinstance(node.value, list) and isinstance(segment, int):
-            if segment < len(node.value):
-                child = node.value[segment]
-                line = child.line
+        elif (
+            isinstance(node.value, list) and isinstance(segment, int) and segment < len(node.value)
+        ):
+            child = node.value[segment]
+            line = child.line
         if child is None:
             break
         node = child
@@ -368,7 +369,10 @@ class _Resolver:
         for i, item in enumerate(raw):
             at, rate = (item.get("at"), item.get("rate")) if isinstance(item, dict) else (0, 0)
             ok = isinstance(item, dict) and set(item) <= {"at", "rate"}
-            ok = ok and all(isinstance(v, int | float) and not isinstance(v, bool) for v in (at, rate))
+            numbers = all(
+                isinstance(v, int | float) and not isinstance(v, bool) for v in (at, rate)
+            )
+            ok = ok and numbers
             if not ok:
                 self.error((*path, i), "expected {at: seconds, rate: requests per second}")
                 continue
@@ -422,7 +426,8 @@ class _Resolver:
             self.error((*path, "seen_from"), "a configuration change is seen everywhere")
         if kind == "pool":
             if name not in self.pools:
-                self.error((*path, "pool"), f"unknown pool {name!r}{did_you_mean(name, self.pools)}")
+                hint = did_you_mean(name, self.pools)
+                self.error((*path, "pool"), f"unknown pool {name!r}{hint}")
                 return
             if e.do == "weight":
                 self.error((*path, "do"), "weight applies to an endpoint, not a pool")
@@ -526,9 +531,7 @@ class _Resolver:
                 )
             )
 
-    def _target(
-        self, kind: str, name: str, path: Path_
-    ) -> tuple[str, tuple[str, ...], str] | None:
+    def _target(self, kind: str, name: str, path: Path_) -> tuple[str, tuple[str, ...], str] | None:
         """``(address, replica names, layer)`` of a timeline target, or None (reported)."""
         if kind == "pool":
             self.error(path, "a pool can only be disabled or enabled; name its endpoints")
@@ -541,11 +544,12 @@ class _Resolver:
             address = o.address.lower().rstrip(".")
             return address, tuple(r.name for r in self.replicas[address]), EDGE
         tunnel_name, _, replica = name.partition("/")
-        address = self._tunnel_address(tunnel_name)
-        if address is None:
+        tunnel_address = self._tunnel_address(tunnel_name)
+        if tunnel_address is None:
             known = sorted(self.tunnels)
             self.error(path, f"unknown tunnel {tunnel_name!r}{did_you_mean(tunnel_name, known)}")
             return None
+        address = tunnel_address
         names = tuple(r.name for r in self.replicas[address])
         if kind == "replica" and not replica:
             self.error(path, "expected TUNNEL/REPLICA")
@@ -610,8 +614,11 @@ class _Resolver:
             if v is not None
         ]
         if len(kinds) != 1:
-            self.error(path, "name exactly one kind: share, requests, errors, drained, "
-                       "detected, transitions, sessions_broken or probes")
+            self.error(
+                path,
+                "name exactly one kind: share, requests, errors, drained, "
+                "detected, transitions, sessions_broken or probes",
+            )
             return Expectation(name=x.name, kind="invalid")
         kind, b = kinds[0]
         assert b is not None
@@ -632,8 +639,9 @@ class _Resolver:
         return _named(out, x.name)
 
     def _check_bound(self, kind: str, b: BoundSpec, path: Path_) -> None:
-        subjects = [k for k, v in (("pool", b.pool), ("endpoint", b.endpoint),
-                                   ("replica", b.replica)) if v]
+        subjects = [
+            k for k, v in (("pool", b.pool), ("endpoint", b.endpoint), ("replica", b.replica)) if v
+        ]
         allowed = {
             "share": {"pool", "endpoint", "replica"},
             "requests": {"pool", "endpoint", "replica"},
@@ -650,13 +658,16 @@ class _Resolver:
         if kind in ("share", "drained", "detected") and not subjects:
             self.error(path, f"{kind} needs " + " or ".join(sorted(allowed)))
         if b.pool and b.pool not in self.pools:
-            self.error((*path, "pool"), f"unknown pool {b.pool!r}{did_you_mean(b.pool, self.pools)}")
+            hint = did_you_mean(b.pool, self.pools)
+            self.error((*path, "pool"), f"unknown pool {b.pool!r}{hint}")
         if b.endpoint and b.endpoint not in self.endpoints:
             self.error((*path, "endpoint"), self._unknown_endpoint(b.endpoint))
         labels = {r.label for rs in self.replicas.values() for r in rs if r.label}
         if b.replica and b.replica not in labels:
-            self.error((*path, "replica"), f"unknown replica {b.replica!r}"
-                       f"{did_you_mean(b.replica, labels)}")
+            self.error(
+                (*path, "replica"),
+                f"unknown replica {b.replica!r}{did_you_mean(b.replica, labels)}",
+            )
         if b.datacenter and b.datacenter not in self.spec.traffic:
             self.error((*path, "datacenter"), f"no traffic enters at {b.datacenter!r}")
         if b.datacenter and kind not in ("share", "requests", "errors"):
@@ -664,8 +675,11 @@ class _Resolver:
         if b.between:
             ok = len(b.between) == 2 and 0 <= b.between[0] < b.between[1] <= self.spec.duration
             if not ok:
-                self.error((*path, "between"), "expected [start, end] with "
-                           f"0 <= start < end <= duration ({self.spec.duration:g})")
+                self.error(
+                    (*path, "between"),
+                    "expected [start, end] with "
+                    f"0 <= start < end <= duration ({self.spec.duration:g})",
+                )
             if kind not in ("share", "requests", "errors"):
                 self.error((*path, "between"), f"{kind} does not take between")
         if kind in ("drained", "detected"):
@@ -687,8 +701,10 @@ class _Resolver:
 def _named(x: Expectation, name: str) -> Expectation:
     """The expectation with its given name, or one generated from its parameters."""
     if not name:
-        subject = x.pool and f"pool {x.pool}" or x.endpoint and f"endpoint {x.endpoint}"
-        subject = subject or (x.replica and f"replica {x.replica}") or ""
+        subject = ""
+        for kind, value in (("pool", x.pool), ("endpoint", x.endpoint), ("replica", x.replica)):
+            if value:
+                subject = f"{kind} {value}"
         parts = [x.kind.replace("_", " "), subject]
         if x.datacenter:
             parts.append(f"from {x.datacenter}")
@@ -736,4 +752,3 @@ def config_with(config: Config, change: ConfigEvent) -> Config:
             origins.append(o)
         pools.append(dataclasses.replace(p, origins=tuple(origins)))
     return dataclasses.replace(config, pools=tuple(pools))
-

@@ -56,6 +56,8 @@ async def _serve(stream: trio.abc.Stream, origin: Origin) -> None:
                 chunks = [b"x" * 1000] * (size // 1000)
             else:
                 chunks = [json.dumps(seen).encode()]
+            if request.method == b"HEAD":
+                chunks = []
             # No Content-Length: the response is chunked, the relay must stream it.
             data = conn.send(
                 h11.Response(status_code=201, headers=[(b"x-origin", b"yes")], reason=b"Created")

@@ -164,3 +164,18 @@ def test_parse_address(text: str, expected: tuple[str, int]) -> None:
 def test_parse_address_errors(text: str) -> None:
     with pytest.raises(ValueError, match="host:port"):
         parse_address(text)
+
+
+def test_command_check_and_overrides(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+
+    from lb.commands import connector
+
+    parser = argparse.ArgumentParser()
+    connector.add_arguments(parser)
+    path = str(write(tmp_path, GOOD))
+    assert connector.run(parser.parse_args([path, "--check", "--replica", "host-b"])) == 0
+    assert "ok (3 ingress rules)" in capsys.readouterr().out
+    assert connector.run(parser.parse_args([path, "--check", "--listen", "nope"])) == 2
+    assert "listen" in capsys.readouterr().err
+    assert connector.NAME == "connector"

@@ -168,8 +168,10 @@ async def test_forwards_to_the_origin_with_keep_alive(
         assert seen["headers"]["host"] == "app.example.com"  # the Host is kept
         assert seen["headers"]["x-forwarded-proto"] == "https"
         assert seen["headers"]["x-forwarded-for"] == "127.0.0.1"
+    head = await client.head(f"{url}/api/h", headers={"Host": "app.example.com"})
+    assert (head.status_code, head.content) == (201, b"")
     assert origin.connections == 1  # bodiless requests reuse the origin connection
-    assert stats.by_rule[0] == 3
+    assert stats.by_rule[0] == 4
 
 
 async def test_streams_a_chunked_post_and_a_large_response(

@@ -224,3 +224,19 @@ async def test_an_exception_in_a_transport_is_a_failure_not_a_crash(
     s.update(jobs(2, interval=10))
     await run_for(30, s)
     assert results and all(r.reason == Reason.CONNECTION_RESET.value for r in results)
+
+
+async def test_first_round_rate_stretches_the_first_round(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    fake = FakeTransport()
+    s = Scheduler(fake, lambda r: None, rng=random.Random(9), first_round_rate=50)
+    s.update(jobs(1000, interval=10))  # 1000 jobs at <= 50 first checks/s: a 20 s first round
+    start = trio.current_time()
+    await run_for(20, s)
+    firsts: dict[str, float] = {}
+    for t, p, _ in fake.calls:
+        firsts.setdefault(p.address, t - start)
+    assert len(firsts) == 1000
+    assert max(firsts.values()) > 19
+    assert sum(1 for t in firsts.values() if t < 10) < 600

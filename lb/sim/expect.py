@@ -1,0 +1,229 @@
+"""After the run: failovers (fail, detect, drain) and the verdict on each expectation.
+
+A failover is measured against ground truth the simulator knows and a real LB does not: the
+timeline says when an endpoint started failing; the recorded health events say when the
+engine noticed (the first aggregate transition to unhealthy); the traffic tallies say when
+steering stopped sending it requests (drained: the end of the last tick with a first attempt
+to it before it recovered).  A failure that never stops traffic (a partition seen from one
+data center while others still use the endpoint) has ``drained_at`` null.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from lb.sim.record import Recorder
+from lb.sim.scenario import Expectation, NetEvent, Scenario
+from lb.sim.spec import FAULTS
+
+__all__ = ["Failover", "Verdict", "evaluate", "failovers"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Failover:
+    """One endpoint failing (by a timeline event) and what the engine and steering did."""
+
+    pool: str
+    endpoint: str
+    cause: str
+    failed_at: float
+    detected_at: float | None
+    drained_at: float | None
+    recovered_at: float | None
+
+    def as_json(self) -> dict[str, object]:
+        """The JSON form (``docs/simulate.md``)."""
+        return {
+            "pool": self.pool,
+            "endpoint": self.endpoint,
+            "cause": self.cause,
+            "failed_at": _r(self.failed_at),
+            "detected_at": _r(self.detected_at),
+            "drained_at": _r(self.drained_at),
+            "recovered_at": _r(self.recovered_at),
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Verdict:
+    """An expectation with its measured value and whether it held."""
+
+    name: str
+    ok: bool
+    measured: float | None
+    detail: str
+
+    def as_json(self) -> dict[str, object]:
+        """The JSON form (``docs/simulate.md``)."""
+        measured = None if self.measured is None else _r(self.measured)
+        return {"name": self.name, "ok": self.ok, "measured": measured, "detail": self.detail}
+
+
+def _r(x: float | None) -> float | None:
+    return None if x is None else round(x, 6)
+
+
+def _fails(e: NetEvent) -> bool:
+    if e.action in FAULTS or e.action == "flap":
+        return True
+    return e.action == "status" and e.status >= 500
+
+
+def failovers(scenario: Scenario, rec: Recorder) -> list[Failover]:
+    """Every endpoint failure the timeline causes, measured (see the module docstring)."""
+    by_address: dict[str, list[tuple[str, str]]] = {}
+    for p in scenario.config.pools:
+        for o in p.origins:
+            by_address.setdefault(o.address.lower().rstrip("."), []).append((p.name, o.name))
+    out: list[Failover] = []
+    for e in scenario.events:
+        every = {r.name for r in scenario.replicas.get(e.address, ())}
+        if not _fails(e) or set(e.replicas) != every:
+            continue
+        back = _recovery(scenario.events, e)
+        for pool, name in by_address.get(e.address, []):
+            out.append(_measure(scenario, rec, pool, name, e.label, e.at, back, monitored=True))
+    for c in scenario.changes:
+        if c.action != "disable":
+            continue
+        back = next(
+            (
+                x.at
+                for x in scenario.changes
+                if x.at > c.at
+                and x.action == "enable"
+                and x.pool == c.pool
+                and x.endpoint == c.endpoint
+            ),
+            None,
+        )
+        origins = scenario.config.pool(c.pool).origins
+        names = [c.endpoint] if c.endpoint else [o.name for o in origins]
+        for name in names:
+            assert name is not None
+            out.append(_measure(scenario, rec, c.pool, name, c.label, c.at, back, monitored=False))
+    return sorted(out, key=lambda f: (f.failed_at, f.pool, f.endpoint, f.cause))
+
+
+def _recovery(events: tuple[NetEvent, ...], e: NetEvent) -> float | None:
+    for x in events:
+        if (
+            x.at > e.at
+            and x.action == "recover"
+            and x.address == e.address
+            and x.layer == e.layer
+            and set(e.replicas) <= set(x.replicas)
+            and (not x.scope or x.scope == e.scope)
+        ):
+            return x.at
+    return None
+
+
+def _measure(
+    scenario: Scenario,
+    rec: Recorder,
+    pool: str,
+    name: str,
+    cause: str,
+    failed: float,
+    back: float | None,
+    *,
+    monitored: bool,
+) -> Failover:
+    tick = scenario.tick
+    until = back if back is not None else scenario.duration
+    detected = rec.went_unhealthy(pool, name, failed) if monitored else failed
+    if detected is not None and detected >= until:
+        detected = None
+    k_fail, k_until = int(failed / tick + 1e-9), math.ceil(until / tick - 1e-9)
+    last = k_fail
+    drained: float | None
+    for start, end in rec.active_ticks(f"{pool}/{name}"):
+        if end > k_fail and start < k_until:
+            last = max(last, end)
+    end_of_run = math.ceil(scenario.duration / tick - 1e-9)
+    if last >= k_until and (back is not None or last >= end_of_run):
+        drained = None
+    else:
+        drained = max(failed, last * tick)
+    return Failover(
+        pool=pool,
+        endpoint=name,
+        cause=cause,
+        failed_at=failed,
+        detected_at=detected,
+        drained_at=drained,
+        recovered_at=back,
+    )
+
+
+def evaluate(
+    scenario: Scenario, rec: Recorder, found: list[Failover], probes: int
+) -> list[Verdict]:
+    """The verdict on every expectation, in file order."""
+    return [
+        _verdict(x, i, scenario, rec, found, probes) for i, x in enumerate(scenario.expectations)
+    ]
+
+
+def _bounds(x: Expectation, value: float, unit: str = "") -> Verdict:
+    ok = (x.at_least is None or value >= x.at_least - 1e-12) and (
+        x.at_most is None or value <= x.at_most + 1e-12
+    )
+    bounds = []
+    if x.at_least is not None:
+        bounds.append(f">= {x.at_least:g}")
+    if x.at_most is not None:
+        bounds.append(f"<= {x.at_most:g}")
+    shown = f"{value:.4f}" if x.kind == "share" else f"{value:g}"
+    detail = f"measured {shown}{unit}, bound {' and '.join(bounds)}"
+    return Verdict(name=x.name, ok=ok, measured=value, detail=detail)
+
+
+def _verdict(
+    x: Expectation, i: int, scenario: Scenario, rec: Recorder, found: list[Failover], probes: int
+) -> Verdict:
+    if x.kind == "share":
+        tally = rec.tallies[i]
+        if tally.den == 0:
+            return Verdict(name=x.name, ok=False, measured=None, detail="no requests in range")
+        return _bounds(x, tally.num / tally.den)
+    if x.kind in ("requests", "errors"):
+        return _bounds(x, float(rec.tallies[i].num))
+    if x.kind == "sessions_broken":
+        return _bounds(x, float(rec.affinity.get("broken", 0)))
+    if x.kind == "probes":
+        return _bounds(x, float(probes))
+    if x.kind == "transitions":
+        count = sum(
+            1
+            for tr in rec.transitions
+            if tr.vantage == "*"
+            and (not x.pool or tr.pool == x.pool)
+            and (not x.endpoint or f"{tr.pool}/{tr.endpoint}" == x.endpoint)
+        )
+        return _bounds(x, float(count))
+    return _delay(x, found)
+
+
+def _delay(x: Expectation, found: list[Failover]) -> Verdict:
+    """``drained`` / ``detected``: every failure of the endpoint handled within the bound."""
+    assert x.within is not None
+    mine = [f for f in found if f"{f.pool}/{f.endpoint}" == x.endpoint]
+    if not mine:
+        return Verdict(
+            name=x.name, ok=False, measured=None, detail="the timeline never fails this endpoint"
+        )
+    worst = 0.0
+    for f in mine:
+        at = f.drained_at if x.kind == "drained" else f.detected_at
+        if at is None:
+            what = "never drained" if x.kind == "drained" else "never detected"
+            detail = f"{what} after failing at {f.failed_at:g}s ({f.cause}); bound {x.within:g}s"
+            return Verdict(name=x.name, ok=False, measured=None, detail=detail)
+        worst = max(worst, at - f.failed_at)
+    ok = worst <= x.within + 1e-9
+    return Verdict(
+        name=x.name, ok=ok, measured=worst, detail=f"measured {worst:g}s, bound {x.within:g}s"
+    )

@@ -1,0 +1,383 @@
+"""Simulated users: per data center, a batch of requests per tick, decided synchronously.
+
+Why batches
+===========
+
+A request is a steering decision (``engine.router.decide``, the proxy's own call), one
+lookup of what the chosen endpoint answers, and a few counter increments.  Running each as a
+trio task would cost a context switch per request; deciding a tick's worth in a tight loop
+costs only the decision, which is how a run reaches hundreds of thousands of requests per
+second of wall time.  Within a tick nothing changes: health is applied between ticks, and the
+network's answers are cached until :meth:`lb.sim.network.Network.next_change`.
+
+What a request does (the proxy's sequence):
+
+1. the client (one of ``clients`` per data center, chosen uniformly) sends its ``__cflb``
+   cookie if it is one of the cookie-keeping share, or its affinity headers;
+2. ``router.decide`` picks pool and endpoint; the network answers through the replica the
+   edge picks (local connection preference);
+3. on 521/522/523 (the engine's zero-downtime-failover codes) ``router.retry`` gives the one
+   retry (R42-R45), whose answer is final;
+4. a new ``__cflb`` is kept by cookie-keeping clients;
+5. ``engine.live`` in-flight (and connection) counts follow each attempt when some policy
+   reads them (least_outstanding_requests / least_connections), with the answer's latency.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field
+from random import Random
+
+from lb.config.model import Config
+from lb.core.snapshot import EndpointView
+from lb.sim.network import Answer, Network
+from lb.sim.scenario import Traffic
+from steering import Affinity, Decision, Live, Request, Router
+
+__all__ = ["WALL_EPOCH", "Counts", "DatacenterTraffic", "needs_live"]
+
+WALL_EPOCH = 1_700_000_000.0
+"""Unix time of virtual time 0, for ``__cflb`` expiry (fixed, so runs repeat exactly)."""
+
+_LIVE_POLICIES = frozenset({"least_outstanding_requests", "least_connections"})
+
+
+def needs_live(config: Config) -> bool:
+    """Whether any pool or load balancer reads the live counters."""
+    return any(p.origin_steering.policy in _LIVE_POLICIES for p in config.pools) or any(
+        lb.effective_policy in _LIVE_POLICIES for lb in config.load_balancers
+    )
+
+
+@dataclass(slots=True)
+class Counts:
+    """What one data center's requests did during one tick (folded by the recorder)."""
+
+    requests: int = 0
+    first: dict[str, int] = field(default_factory=dict)
+    """First attempts per endpoint key (the steering decisions)."""
+    moved_from: dict[str, int] = field(default_factory=dict)
+    moved_to: dict[str, int] = field(default_factory=dict)
+    """Zero-downtime retries: from the failed endpoint, to the one that served."""
+    errors: dict[str, int] = field(default_factory=dict)
+    """Final answers >= 500 per serving endpoint key ("" when no endpoint was chosen)."""
+    replicas: dict[str, int] = field(default_factory=dict)
+    statuses: dict[int, int] = field(default_factory=dict)
+    """Final statuses other than 200."""
+    unrouted: int = 0
+    retries: int = 0
+    affinity: dict[str, int] = field(default_factory=dict)
+
+
+class _Outcome:
+    """The cached answers of one endpoint for one data center, and this tick's tallies.
+
+    Counting on the cached object (an attribute increment) instead of in dictionaries keeps
+    the per-request cost down; :meth:`DatacenterTraffic.harvest` collects the counts at the
+    end of every tick, before any cache invalidation.
+    """
+
+    __slots__ = ("answers", "counts", "key", "n", "single", "width")
+
+    def __init__(self, key: str, answers: tuple[Answer, ...]) -> None:
+        self.key = key
+        self.answers = answers
+        self.width = len(answers)
+        self.single: Answer | None = answers[0] if len(answers) == 1 else None
+        self.n = 0
+        """First attempts this tick (single-answer outcomes)."""
+        self.counts = [0] * len(answers)
+        """First attempts this tick per answer (multi-replica outcomes)."""
+
+
+class _Heap:
+    """Attempts in flight, finishing at their answer's latency (for ``engine.live``)."""
+
+    __slots__ = ("connections", "items", "seq")
+
+    def __init__(self, connections: bool) -> None:
+        self.items: list[tuple[float, int, EndpointView]] = []
+        self.seq = 0
+        self.connections = connections
+
+    def start(self, live: Live, ep: EndpointView, now: float, latency: float) -> None:
+        live.started(ep)
+        if self.connections:
+            live.connection_opened(ep)
+        self.seq += 1
+        heapq.heappush(self.items, (now + latency, self.seq, ep))
+
+    def settle(self, live: Live, now: float) -> None:
+        items = self.items
+        while items and items[0][0] <= now:
+            ep = heapq.heappop(items)[2]
+            live.finished(ep)
+            if self.connections:
+                live.connection_closed(ep)
+
+
+class DatacenterTraffic:
+    """The clients of one data center and their random streams (one per purpose)."""
+
+    def __init__(
+        self, traffic: Traffic, index: int, seed: int, config: Config, network: Network
+    ) -> None:
+        self.traffic = traffic
+        self.dc = traffic.datacenter
+        self._network = network
+        name = f"{seed}:traffic:{traffic.datacenter}"
+        self._clients_rng = Random(f"{name}:clients")
+        self.steer_rng = Random(f"{name}:steering")
+        self._replica_rng = Random(f"{name}:replicas")
+        self._index = index
+        self._requests: list[Request | None] = [None] * traffic.clients
+        self._keepers = round(traffic.cookies * traffic.clients)
+        self._header_clients = round(traffic.headers * traffic.clients)
+        lb = config.load_balancer(traffic.host)
+        self._affinity = lb.affinity if lb is not None else "none"
+        self._headers = lb.session_affinity_attributes.headers if lb is not None else ()
+        self._zdf = lb.session_affinity_attributes.zero_downtime_failover if lb else "none"
+        self._codes = frozenset(config.engine.zero_downtime_failover_codes)
+        self._cache: dict[int, _Outcome] = {}
+        self._carry = 0.0
+        self._heap: _Heap | None = None
+        if needs_live(config):
+            self._heap = _Heap(
+                any(p.origin_steering.policy == "least_connections" for p in config.pools)
+                or any(b.effective_policy == "least_connections" for b in config.load_balancers)
+            )
+
+    def invalidate(self) -> None:
+        """Forget cached answers (the network or the snapshot changed)."""
+        self._cache.clear()
+
+    def batch(self, t: float, tick: float) -> int:
+        """How many requests start in the tick at ``t`` (fractions carried over)."""
+        self._carry += self.traffic.rate(t) * tick
+        n = int(self._carry)
+        self._carry -= n
+        return n
+
+    # ------------------------------------------------------------------ clients
+
+    def _client(self, c: int) -> Request:
+        ip = f"{10 + (c >> 16)}.{self._index % 256}.{(c >> 8) & 255}.{c & 255}"
+        headers: dict[str, str] = {}
+        cookies: dict[str, str] = {}
+        if c < self._header_clients:
+            value = f"{self.dc}-{c}"
+            for name in self._headers:
+                lowered = name.lower()
+                if lowered == "cookie":
+                    cookies["session"] = value
+                elif lowered.startswith("cookie:"):
+                    cookies.update((k.strip(), value) for k in name[7:].split(",") if k.strip())
+                else:
+                    headers[lowered] = value
+        req = Request(
+            host=self.traffic.host,
+            client_ip=ip,
+            datacenter=self.dc,
+            headers=headers,
+            cookies=cookies,
+        )
+        self._requests[c] = req
+        return req
+
+    # ------------------------------------------------------------------ one tick
+
+    def _outcome(self, ep: EndpointView, t: float) -> _Outcome:
+        host = ep.host or self.traffic.host
+        answers = self._network.answers(
+            ep.address.lower().rstrip("."), (self.dc,), self.dc, host, self.traffic.path, t
+        )
+        out = _Outcome(ep.key, answers)
+        self._cache[id(ep)] = out
+        return out
+
+    def run(
+        self, t: float, n: int, tick: float, now: float, router: Router, live: Live, c: Counts
+    ) -> None:
+        """Decide ``n`` requests starting at virtual time ``t`` (engine clock ``now``)."""
+        c.requests += n
+        if self._affinity != "none" or self._heap is not None:
+            self._run_slow(t, n, tick, now, router, live, c)
+            return
+        pick = self._clients_rng.random
+        rpick = self._replica_rng.random
+        srng = self.steer_rng
+        decide = router.decide
+        requests = self._requests
+        nclients = self.traffic.clients
+        cache = self._cache
+        for _ in range(n):
+            ci = int(pick() * nclients)
+            req = requests[ci] or self._client(ci)
+            d = decide(req, srng, live)
+            ep = d.endpoint
+            if ep is None:
+                self._unrouted(d, c)
+                continue
+            o = cache.get(id(ep)) or self._outcome(ep, t)
+            a = o.single
+            if a is None:
+                j = int(rpick() * o.width)
+                o.counts[j] += 1
+                a = o.answers[j]
+            else:
+                o.n += 1
+            if a.status != 200:
+                self._failed(req, d, o.key, a, router, live, c, t)
+
+    def _run_slow(
+        self, t: float, n: int, tick: float, now: float, router: Router, live: Live, c: Counts
+    ) -> None:
+        """:meth:`run` with affinity (cookies, clocks) and in-flight bookkeeping."""
+        pick = self._clients_rng.random
+        rpick = self._replica_rng.random
+        srng = self.steer_rng
+        decide = router.decide
+        requests = self._requests
+        nclients = self.traffic.clients
+        cache = self._cache
+        wall = WALL_EPOCH + t
+        heap = self._heap
+        step = tick / n if n else 0.0
+        for i in range(n):
+            ci = int(pick() * nclients)
+            req = requests[ci] or self._client(ci)
+            req.now = now
+            req.wall = wall
+            at = now + i * step
+            if heap is not None:
+                heap.settle(live, at)
+            d = decide(req, srng, live)
+            ep = d.endpoint
+            if ep is None:
+                self._unrouted(d, c)
+                continue
+            o = cache.get(id(ep)) or self._outcome(ep, t)
+            a = o.single
+            if a is None:
+                j = int(rpick() * o.width)
+                o.counts[j] += 1
+                a = o.answers[j]
+            else:
+                o.n += 1
+            self._bookkeep(ci, req, d, ep, a, at, router, live, c, t)
+
+    def _unrouted(self, d: Decision, c: Counts) -> None:
+        c.unrouted += 1
+        c.errors[""] = c.errors.get("", 0) + 1
+        c.statuses[d.status] = c.statuses.get(d.status, 0) + 1
+
+    def harvest(self, c: Counts) -> None:
+        """Move this tick's per-endpoint and per-replica counts from the cache into ``c``."""
+        first, replicas = c.first, c.replicas
+        for o in self._cache.values():
+            if o.single is not None:
+                n = o.n
+                if n:
+                    first[o.key] = first.get(o.key, 0) + n
+                    label = o.single.replica
+                    if label is not None:
+                        replicas[label] = replicas.get(label, 0) + n
+                    o.n = 0
+                continue
+            total = 0
+            for j, n in enumerate(o.counts):
+                if n:
+                    total += n
+                    label = o.answers[j].replica
+                    if label is not None:
+                        replicas[label] = replicas.get(label, 0) + n
+                    o.counts[j] = 0
+            if total:
+                first[o.key] = first.get(o.key, 0) + total
+
+    # ------------------------------------------------------------------ the rare paths
+
+    def _failed(
+        self,
+        req: Request,
+        d: Decision,
+        key: str,
+        a: Answer,
+        router: Router,
+        live: Live,
+        c: Counts,
+        t: float,
+    ) -> tuple[Decision | None, Answer]:
+        """A non-200 answer: the zero-downtime retry if due, then the final tally."""
+        retry = None
+        if a.status in self._codes:
+            retry = router.retry(d, req, self.steer_rng, live, status=a.status)
+        final_key = key
+        if retry is not None and retry.endpoint is not None:
+            ep2 = retry.endpoint
+            o2 = self._cache.get(id(ep2)) or self._outcome(ep2, t)
+            a = o2.single or o2.answers[int(self._replica_rng.random() * o2.width)]
+            final_key = o2.key
+            c.retries += 1
+            c.moved_from[key] = c.moved_from.get(key, 0) + 1
+            c.moved_to[final_key] = c.moved_to.get(final_key, 0) + 1
+            if a.replica is not None:
+                c.replicas[a.replica] = c.replicas.get(a.replica, 0) + 1
+        if a.status != 200:
+            c.statuses[a.status] = c.statuses.get(a.status, 0) + 1
+            if a.status >= 500:
+                c.errors[final_key] = c.errors.get(final_key, 0) + 1
+        return retry, a
+
+    def _bookkeep(
+        self,
+        ci: int,
+        req: Request,
+        d: Decision,
+        ep: EndpointView,
+        a: Answer,
+        now: float,
+        router: Router,
+        live: Live,
+        c: Counts,
+        t: float,
+    ) -> None:
+        """Affinity and in-flight accounting, for runs that need them."""
+        first_status = a.status
+        retry: Decision | None = None
+        heap = self._heap
+        if a.status != 200:
+            retry, a = self._failed(req, d, ep.key, a, router, live, c, t)
+            # A failed first attempt that was retried took no time worth counting in flight.
+            if retry is not None and retry.endpoint is not None:
+                ep = retry.endpoint
+        if heap is not None:
+            heap.start(live, ep, now, a.latency)
+        if self._affinity == "none":
+            return
+        aff = c.affinity
+        keeps = ci < self._keepers if self._affinity != "header" else ci < self._header_clients
+        outcome = d.affinity
+        if outcome == Affinity.NEW and keeps:
+            aff["sessions"] = aff.get("sessions", 0) + 1
+        elif outcome == Affinity.HIT:
+            aff["hits"] = aff.get("hits", 0) + 1
+        elif outcome == Affinity.REMAPPED:
+            aff["remapped"] = aff.get("remapped", 0) + 1
+            aff["broken"] = aff.get("broken", 0) + 1
+        elif outcome == Affinity.EXPIRED:
+            aff["expired"] = aff.get("expired", 0) + 1
+        cookie = d.set_cookie
+        if outcome == Affinity.HIT and first_status in self._codes:
+            if retry is None:
+                aff["pinned_errors"] = aff.get("pinned_errors", 0) + 1
+            elif self._zdf == "sticky":
+                aff["rewritten"] = aff.get("rewritten", 0) + 1
+                aff["broken"] = aff.get("broken", 0) + 1
+            else:
+                aff["served_elsewhere"] = aff.get("served_elsewhere", 0) + 1
+        if retry is not None and retry.set_cookie is not None:
+            cookie = retry.set_cookie
+        if cookie is not None and ci < self._keepers:
+            req.cookie = cookie

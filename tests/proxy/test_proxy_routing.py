@@ -1,0 +1,248 @@
+"""Steering through the real proxy: weights, failover, affinity, zero-downtime retry, 404/530."""
+
+from __future__ import annotations
+
+import trio
+from proxy_support import LB_HOST, Certs, Client, get, start_stack
+
+from lb.core.health import ProbeResult
+from lb.proxy.upstream import target_for
+from steering.affinity import COOKIE_NAME
+
+
+async def test_plain_request_goes_through(nursery: trio.Nursery, certs: Certs) -> None:
+    stack = await start_stack(nursery, certs, 1)
+    resp = await get(stack.port)
+    assert resp.status == 200
+    assert resp.body == b"b0"
+    assert resp.reason == b"OK"
+    (record,) = stack.records
+    assert record.status == 200
+    assert record.endpoint == "p1/e0"
+    assert record.load_balancer == LB_HOST
+    assert record.error == ""
+    assert stack.engine.live.in_flight["p1/e0"] == 0
+
+
+async def test_keep_alive_reuses_upstream_connections(
+    nursery: trio.Nursery, certs: Certs
+) -> None:
+    stack = await start_stack(nursery, certs, 1)
+    async with await Client.connect(stack.port) as client:
+        for _ in range(20):
+            assert (await client.request()).status == 200
+    assert stack.server.pool.opened == 1
+    assert stack.backends[0].connections == 1
+    assert stack.engine.live.connections["p1/e0"] == 1
+
+
+async def test_distribution_follows_weights(nursery: trio.Nursery, certs: Certs) -> None:
+    stack = await start_stack(nursery, certs, 2, weights=[0.25, 0.75], seed=7)
+    counts = {"b0": 0, "b1": 0}
+    async with await Client.connect(stack.port) as client:
+        for _ in range(400):
+            resp = await client.request()
+            counts[resp.body.decode()] += 1
+    share = counts["b1"] / 400
+    assert 0.68 <= share <= 0.82, counts
+
+
+async def test_unhealthy_endpoint_gets_no_traffic(nursery: trio.Nursery, certs: Certs) -> None:
+    stack = await start_stack(nursery, certs, 2)
+    engine = stack.engine
+    # Pools without a monitor are always eligible (R13): disable e0 by a reload instead.
+    cfg = engine.config
+    pool = cfg.pools[0]
+    origins = (
+        pool.origins[0].__class__(**{**_fields(pool.origins[0]), "enabled": False}),
+        pool.origins[1],
+    )
+    new_pool = pool.__class__(**{**_fields(pool), "origins": origins})
+    engine.reconfigure(
+        cfg.__class__(**{**_fields(cfg), "pools": (new_pool, cfg.pools[1])}),
+        now=trio.current_time(),
+    )
+    async with await Client.connect(stack.port) as client:
+        bodies = {(await client.request()).body for _ in range(30)}
+    assert bodies == {b"b1"}
+
+
+async def test_refused_endpoint_is_retried_elsewhere(nursery: trio.Nursery, certs: Certs) -> None:
+    stack = await start_stack(nursery, certs, 2)
+    stack.backends[0].stop()
+    await trio.sleep(0.05)
+    async with await Client.connect(stack.port) as client:
+        for _ in range(20):
+            resp = await client.request()
+            assert resp.status == 200
+            assert resp.body == b"b1"
+    retried = [r for r in stack.records if r.retried]
+    assert retried, "some requests must have been steered to the stopped endpoint first"
+    for record in retried:
+        assert record.retried == "zero_downtime_failover"
+        assert [a.status for a in record.attempts] == [521, 200]
+        assert record.attempts[0].error == "refused"
+    assert all(reason == "zero_downtime_failover" for reason, _ in stack.retries)
+    assert stack.engine.live.in_flight.get("p1/e0", 0) == 0
+
+
+async def test_monitor_marks_endpoint_down(nursery: trio.Nursery, certs: Certs) -> None:
+    from dataclasses import replace
+
+    from lb.config.model import Monitor
+
+    stack = await start_stack(nursery, certs, 2)
+    engine = stack.engine
+    cfg = engine.config
+    monitored = replace(cfg.pools[0], monitor="m")
+    engine.reconfigure(
+        replace(cfg, monitors=(Monitor(id="m", type="https"),), pools=(monitored, cfg.pools[1])),
+        now=trio.current_time(),
+    )
+    now = trio.current_time()
+    engine.apply(ProbeResult(pool="p1", endpoint="e0", vantage="local", at=now, ok=True))
+    engine.apply(ProbeResult(pool="p1", endpoint="e1", vantage="local", at=now, ok=False))
+    bodies = {(await get(stack.port)).body for _ in range(10)}
+    assert bodies == {b"b0"}
+    engine.apply(ProbeResult(pool="p1", endpoint="e1", vantage="local", at=now, ok=True))
+    engine.apply(ProbeResult(pool="p1", endpoint="e0", vantage="local", at=now, ok=False))
+    bodies = {(await get(stack.port)).body for _ in range(10)}
+    assert bodies == {b"b1"}
+
+
+async def test_all_refused_answers_521_or_502(nursery: trio.Nursery, certs: Certs) -> None:
+    stack = await start_stack(nursery, certs, 2)
+    for b in stack.backends:
+        b.stop()
+    await trio.sleep(0.05)
+    resp = await get(stack.port)
+    assert resp.status == 521
+    assert b"error code: 521" in resp.body
+    assert len(stack.records[-1].attempts) == 2
+
+    plain = await start_stack(nursery, certs, 1, error_style="plain")
+    plain.backends[0].stop()
+    await trio.sleep(0.05)
+    resp = await get(plain.port)
+    assert resp.status == 502
+
+
+async def test_affinity_cookie_pins_the_endpoint(nursery: trio.Nursery, certs: Certs) -> None:
+    stack = await start_stack(nursery, certs, 2, affinity="cookie", seed=3)
+    first = await get(stack.port)
+    cookie = first.header("set-cookie")
+    assert cookie is not None
+    assert cookie.startswith(f"{COOKIE_NAME}=")
+    assert "HttpOnly" in cookie
+    assert "Max-Age=82800" in cookie
+    assert "SameSite=Lax" in cookie
+    assert "Secure" not in cookie  # plain-HTTP listener, secure=Auto
+    value = cookie.split(";", 1)[0]
+    for _ in range(20):
+        again = await get(stack.port, headers=[("cookie", f"a=b; {value}")])
+        assert again.body == first.body
+        assert again.header("set-cookie") is None
+    assert stack.records[-1].affinity == "hit"
+
+
+async def test_pinned_endpoint_down_remaps_with_new_cookie(
+    nursery: trio.Nursery, certs: Certs
+) -> None:
+    stack = await start_stack(nursery, certs, 2, affinity="cookie", zdf="sticky", seed=3)
+    first = await get(stack.port)
+    value = (first.header("set-cookie") or "").split(";", 1)[0]
+    pinned = int(first.body.decode()[1:])
+    stack.backends[pinned].stop()
+    await trio.sleep(0.05)
+    again = await get(stack.port, headers=[("cookie", value)])
+    assert again.status == 200
+    assert again.body == f"b{1 - pinned}".encode()
+    new_cookie = again.header("set-cookie")
+    assert new_cookie is not None and new_cookie.split(";", 1)[0] != value
+
+
+async def test_unknown_host_is_404(nursery: trio.Nursery, certs: Certs) -> None:
+    stack = await start_stack(nursery, certs, 1)
+    async with await Client.connect(stack.port) as client:
+        resp = await client.request(host="nope.example")
+        assert resp.status == 404
+        assert b"no load balancer" in resp.body
+        # The connection stays usable.
+        assert (await client.request()).status == 200
+    assert stack.records[0].error == "unknown_host"
+
+
+async def test_no_pool_is_530_1016(nursery: trio.Nursery, certs: Certs) -> None:
+    stack = await start_stack(nursery, certs, 1, pool_enabled=False, fallback_enabled=False)
+    resp = await get(stack.port)
+    assert resp.status == 530
+    assert b"error code: 1016" in resp.body
+    assert resp.header("retry-after") == "120"
+    plain = await start_stack(
+        nursery, certs, 1, pool_enabled=False, fallback_enabled=False, error_style="plain"
+    )
+    assert (await get(plain.port)).status == 503
+
+
+async def test_connect_timeout_is_522(nursery: trio.Nursery, certs: Certs) -> None:
+    from lb.config.model import Limits
+
+    # A listener that never accepts: a full backlog makes connects hang, but simpler and
+    # deterministic is a non-routable address with a tiny connect timeout.
+    stack = await start_stack(
+        nursery,
+        certs,
+        1,
+        limits=Limits(connect_timeout=0.05),
+        extra_connect={"00000000-0000-4000-8000-000000000000.cfargotunnel.com:443": "10.255.255.1:9"},
+    )
+    resp = await get(stack.port)
+    assert resp.status in (522, 523)  # 523 when the sandbox has no route at all
+    assert stack.records[-1].attempts[0].error in ("connect_timeout", "unreachable")
+
+
+async def test_bad_certificate_is_526(nursery: trio.Nursery, certs: Certs) -> None:
+    stack = await start_stack(nursery, certs, 1, host_header="other.invalid")
+    resp = await get(stack.port)
+    assert resp.status == 526
+    assert stack.records[-1].attempts[0].error == "tls_certificate"
+
+
+async def test_target_rules() -> None:
+    stack_ep = _endpoint(address="00000000-0000-4000-8000-000000000001.cfargotunnel.com", port=0)
+    t = target_for(stack_ep, "client.example", {})
+    assert (t.dial_port, t.tls, t.host) == (443, True, "client.example")
+    plain = _endpoint(address="10.0.0.1", port=80, host="h.example")
+    t = target_for(plain, "client.example", {"10.0.0.1:80": "127.0.0.1:8080"})
+    assert (t.dial_host, t.dial_port, t.tls, t.host) == ("127.0.0.1", 8080, False, "h.example")
+    other = _endpoint(address="10.0.0.1", port=8443)
+    assert target_for(other, "c", {}).tls is True
+    assert target_for(_endpoint(address="10.0.0.1", port=0), "c", {}).dial_port == 443
+
+
+def _endpoint(*, address: str, port: int, host: str | None = None):  # type: ignore[no-untyped-def]
+    from lb.config.tunnels import tunnel_uuid
+    from lb.core.health import Health
+    from lb.core.snapshot import EndpointView
+
+    return EndpointView(
+        pool="p",
+        name="e",
+        index=0,
+        address=address,
+        port=port,
+        host=host,
+        tunnel_id=tunnel_uuid(address),
+        weight=1.0,
+        enabled=True,
+        health=Health.HEALTHY,
+        vantage_health={},
+        disabled_at=None,
+        datacenters=frozenset(),
+    )
+
+
+def _fields(obj: object) -> dict[str, object]:
+    import dataclasses
+
+    return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}  # type: ignore[arg-type]

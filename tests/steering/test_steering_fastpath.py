@@ -1,0 +1,91 @@
+"""The untraced fast paths of the router decide exactly what the traced pipeline decides."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from builders import HOST, SECRET, config, endpoint, load_balancer, pool, request, router, tunnel
+
+from lb.config.model import LoadShedding, LocalPreference
+from steering import Affinity, Decision, Live
+from steering.affinity import sign
+from steering.router import _decision
+
+
+def configs():
+    eps = [endpoint(n, weight=w) for n, w in (("fra", 0.3), ("iad", 1.0), ("sin", 0.6))]
+    tunnels = [tunnel("fra", "FRA"), tunnel("iad", "IAD"), tunnel("sin", "SIN")]
+    for policy in ("random", "hash", "least_outstanding_requests", "least_connections"):
+        yield (
+            f"off/{policy}",
+            config([pool("a", eps, policy=policy), pool("b", 2)], load_balancer(["a", "b"])),
+        )
+        yield (
+            f"local/{policy}",
+            config(
+                [pool("a", eps, policy=policy)],
+                load_balancer(["a"]),
+                tunnels=tunnels,
+                local_preference=LocalPreference(enabled=True, spill=0.3),
+            ),
+        )
+    yield (
+        "geo",
+        config(
+            [pool("eu", 3), pool("us", 3), pool("def", 1)],
+            load_balancer(["def"], region_pools={"WEU": ("eu", "us"), "ENAM": ("us",)}),
+        ),
+    )
+    yield (
+        "random-pools",
+        config([pool("a", 2), pool("b", 3)], load_balancer(["a", "b"], steering_policy="random")),
+    )
+    yield (
+        "shed",
+        config(
+            [pool("a", 2, load_shedding=LoadShedding(default_percent=50)), pool("b", 2)],
+            load_balancer(["a", "b"]),
+        ),
+    )
+
+
+@pytest.mark.parametrize(("name", "cfg"), list(configs()))
+def test_fast_path_decides_like_the_traced_pipeline(name: str, cfg) -> None:
+    r = router(cfg, down={"a/sin"} if name.startswith("off") else ())
+    live = Live(
+        in_flight={"a/fra": 0, "a/iad": 5, "a/sin": 1}, connections={"a/fra": 2, "a/iad": 0}
+    )
+    for dc in ("", "FRA", "IAD", "LHR", "SIN"):
+        for seed in range(60):
+            q = request(datacenter=dc, client_ip=f"198.51.100.{seed}")
+            fast = r.decide(q, random.Random(seed), live)
+            slow = r.decide(q, random.Random(seed), live, trace=True)
+            assert (fast.pool, fast.endpoint, fast.reason, fast.policy) == (
+                slow.pool,
+                slow.endpoint,
+                slow.reason,
+                slow.policy,
+            ), (name, dc, seed)
+
+
+def test_cached_cookie_hit_equals_the_first_hit_and_still_expires() -> None:
+    r = router(config([pool("a", 3)], load_balancer(["a"], session_affinity="cookie")))
+    cookie = sign(SECRET, HOST, "a", "a-1", 1000)
+    first = r.decide(request(cookie=cookie, wall=10), random.Random(1))
+    again = r.decide(request(cookie=cookie, wall=20), random.Random(2))
+    assert first.affinity == again.affinity == Affinity.HIT
+    assert (first.endpoint, first.pinned) == (again.endpoint, again.pinned)
+    assert r.decide(request(cookie=cookie, wall=1000), random.Random(3)).affinity == "expired"
+    other = load_balancer(["a"], name="other.example.com", session_affinity="cookie")
+    r = router(config([pool("a", 3)], [load_balancer(["a"], session_affinity="cookie"), other]))
+    assert r.decide(request(cookie=cookie, wall=10), random.Random(1)).affinity == Affinity.HIT
+    d = r.decide(request(host="other.example.com", cookie=cookie, wall=10), random.Random(1))
+    assert d.affinity == Affinity.INVALID
+
+
+def test_fast_decision_constructor_matches_the_dataclass() -> None:
+    built = _decision(None, None, None, "unknown_host", "", None, 404)
+    assert built == Decision(
+        load_balancer=None, pool=None, endpoint=None, reason="unknown_host", status=404
+    )
