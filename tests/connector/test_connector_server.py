@@ -293,3 +293,44 @@ async def test_https_origin_and_self_signed_listener(
         response = await c.get(f"https://{host}:{cport}/s", headers={"Host": "x.org"})
     assert response.status_code == 201
     assert response.json()["headers"]["x-forwarded-proto"] == "https"
+
+
+async def raw_origin(nursery: trio.Nursery, answer: bytes) -> int:
+    """An origin that reads once, writes ``answer`` and hangs up; returns its port."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+
+    async def handler(stream: trio.SocketStream) -> None:
+        try:
+            await stream.receive_some(65536)
+            await stream.send_all(answer)
+        finally:
+            await stream.aclose()
+
+    nursery.start_soon(trio.serve_listeners, handler, listeners)
+    return int(listeners[0].socket.getsockname()[1])
+
+
+async def test_origin_answering_early_or_breaking_mid_body(
+    start_connector: Start, client: httpx.AsyncClient, nursery: trio.Nursery
+) -> None:
+    early = await raw_origin(
+        nursery, b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    broken = await raw_origin(nursery, b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nabc")
+    url, _ = await start_connector(
+        [
+            IngressRule(f"http://127.0.0.1:{early}", "early.example.com"),
+            IngressRule(f"http://127.0.0.1:{broken}", "broken.example.com"),
+            *LOCAL_RULES,
+        ]
+    )
+    try:
+        response = await client.post(
+            url, content=b"x" * 3_000_000, headers={"Host": "early.example.com"}
+        )
+        assert response.status_code == 413
+    except httpx.TransportError:
+        pass  # the connection closed while httpx was still uploading: also fine
+    with pytest.raises(httpx.TransportError):  # the body cannot be completed: connection cut
+        await client.get(url, headers={"Host": "broken.example.com"})
+    assert (await client.get(url, headers={"Host": "x.example.com"})).status_code == 200
