@@ -57,7 +57,7 @@ def rss_bytes() -> int:
 
 
 def raise_fd_limit() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
@@ -84,7 +84,7 @@ async def serve(cert: str, key: str, port_file: str) -> None:
         tcp.socket.close()
 
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1", backlog=4096)
-    Path(port_file).write_text(str(listeners[0].socket.getsockname()[1]))
+    await trio.Path(port_file).write_text(str(listeners[0].socket.getsockname()[1]))
     await trio.serve_listeners(handle, listeners)
 
 
@@ -117,8 +117,15 @@ def host(i: int) -> str:
     return f"e{i}.bench.test"
 
 
-async def run_monitors(ctx: ssl.SSLContext, port: int, n: int, interval: float, ramp: float,
-                       stats: Stats, nursery: trio.Nursery) -> None:  # fmt: skip
+async def run_monitors(
+    ctx: ssl.SSLContext,
+    port: int,
+    n: int,
+    interval: float,
+    ramp: float,
+    stats: Stats,
+    nursery: trio.Nursery,
+) -> None:
     from lb.config.model import Monitor, Origin
     from lb.core.book import ProbeTarget
     from monitors import NetworkTransport, Scheduler, plan
@@ -131,7 +138,7 @@ async def run_monitors(ctx: ssl.SSLContext, port: int, n: int, interval: float, 
             origin=Origin(name=f"e{i}", address=host(i)),
             monitor=m,
             pool_id="bench",
-        )  # fmt: skip
+        )
         for i in range(n)
     ]
     jobs = plan(targets, connect_to={f"{host(i)}:443": f"127.0.0.1:{port}" for i in range(n)})
@@ -146,8 +153,15 @@ async def run_monitors(ctx: ssl.SSLContext, port: int, n: int, interval: float, 
     await nursery.start(scheduler.run)
 
 
-async def run_bare(ctx: ssl.SSLContext, port: int, n: int, interval: float, ramp: float,
-                   stats: Stats, nursery: trio.Nursery) -> None:  # fmt: skip
+async def run_bare(
+    ctx: ssl.SSLContext,
+    port: int,
+    n: int,
+    interval: float,
+    ramp: float,
+    stats: Stats,
+    nursery: trio.Nursery,
+) -> None:
     import h11
 
     rng = random.Random(1)
@@ -162,8 +176,11 @@ async def run_bare(ctx: ssl.SSLContext, port: int, n: int, interval: float, ramp
             while True:
                 await trio.sleep_until(at)
                 stats.late(trio.current_time() - at)
-                data = conn.send(h11.Request(method="GET", target="/", headers=[
-                    ("Host", name), ("User-Agent", "bare")]))  # fmt: skip
+                data = conn.send(
+                    h11.Request(
+                        method="GET", target="/", headers=[("Host", name), ("User-Agent", "bare")]
+                    )
+                )
                 await stream.send_all((data or b"") + (conn.send(h11.EndOfMessage()) or b""))
                 status = 0
                 while True:
@@ -185,8 +202,15 @@ async def run_bare(ctx: ssl.SSLContext, port: int, n: int, interval: float, ramp
         nursery.start_soon(endpoint, i, now + rng.random() * window)
 
 
-async def run_httpx(ctx: ssl.SSLContext, port: int, n: int, interval: float, ramp: float,
-                   stats: Stats, nursery: trio.Nursery) -> None:  # fmt: skip
+async def run_httpx(
+    ctx: ssl.SSLContext,
+    port: int,
+    n: int,
+    interval: float,
+    ramp: float,
+    stats: Stats,
+    nursery: trio.Nursery,
+) -> None:
     import httpx
 
     rng = random.Random(1)
@@ -198,8 +222,11 @@ async def run_httpx(ctx: ssl.SSLContext, port: int, n: int, interval: float, ram
             while True:
                 await trio.sleep_until(at)
                 stats.late(trio.current_time() - at)
-                r = await client.get(f"https://127.0.0.1:{port}/", headers={"Host": name},
-                                     extensions={"sni_hostname": name})  # fmt: skip
+                r = await client.get(
+                    f"https://127.0.0.1:{port}/",
+                    headers={"Host": name},
+                    extensions={"sni_hostname": name},
+                )
                 stats.done(r.status_code == 200)
                 at += interval
 
@@ -258,11 +285,36 @@ async def client(args: argparse.Namespace) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- parent
 
 
-def spawn_client(variant: str, port: int, ca: str, n: int, interval: float, warmup: float,
-                 measure: float, ramp: float) -> dict[str, Any]:  # fmt: skip
-    cmd = [sys.executable, str(HERE), "--client", variant, "--port", str(port), "--ca", ca,
-           "--n", str(n), "--interval", str(interval), "--warmup", str(warmup),
-           "--measure", str(measure), "--ramp", str(ramp)]  # fmt: skip
+def spawn_client(
+    variant: str,
+    port: int,
+    ca: str,
+    n: int,
+    interval: float,
+    warmup: float,
+    measure: float,
+    ramp: float,
+) -> dict[str, Any]:
+    cmd = [
+        sys.executable,
+        str(HERE),
+        "--client",
+        variant,
+        "--port",
+        str(port),
+        "--ca",
+        ca,
+        "--n",
+        str(n),
+        "--interval",
+        str(interval),
+        "--warmup",
+        str(warmup),
+        "--measure",
+        str(measure),
+        "--ramp",
+        str(ramp),
+    ]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=300)
     result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     return result
@@ -303,13 +355,28 @@ def main() -> None:
     ramp = 500.0  # first checks per second: a new TLS connection costs ~1 CPU-ms
     first = max(interval, n_scale / ramp)
     phases = {
-        "throughput": dict(n=200, interval=0.05, warmup=1.0, measure=2.0 if quick else 4.0,
-                           ramp=0.0),
-        "scale": dict(n=n_scale, interval=interval, warmup=first + 1, measure=interval,
-                      ramp=ramp),
-        "httpx-scale": dict(n=n_scale // 5, interval=interval, warmup=interval + 1,
-                            measure=interval, ramp=ramp),
-    }  # fmt: skip
+        "throughput": {
+            "n": 200,
+            "interval": 0.05,
+            "warmup": 1.0,
+            "measure": 2.0 if quick else 4.0,
+            "ramp": 0.0,
+        },
+        "scale": {
+            "n": n_scale,
+            "interval": interval,
+            "warmup": first + 1,
+            "measure": interval,
+            "ramp": ramp,
+        },
+        "httpx-scale": {
+            "n": n_scale // 5,
+            "interval": interval,
+            "warmup": interval + 1,
+            "measure": interval,
+            "ramp": ramp,
+        },
+    }
     variants = args.variants.split(",")
     runs = [("throughput", v) for v in variants]
     runs += [("scale", v) for v in variants if v != "httpx"]
@@ -326,43 +393,64 @@ def main() -> None:
             # A fresh server (and port) per run: 10,000 client sockets in TIME_WAIT from the
             # previous run would otherwise exhaust the ephemeral ports towards one address.
             port_file = Path(tmp, f"port{i}")
-            server = subprocess.Popen([sys.executable, str(HERE), "--serve", paths["cert.pem"],
-                                       paths["key.pem"], str(port_file)])  # fmt: skip
+            server = subprocess.Popen(
+                [
+                    sys.executable,
+                    str(HERE),
+                    "--serve",
+                    paths["cert.pem"],
+                    paths["key.pem"],
+                    str(port_file),
+                ]
+            )
             try:
                 for _ in range(200):
                     if port_file.exists() and port_file.read_text():
                         break
-                    time.sleep(0.05)
+                    time.sleep(0.05)  # noqa: TID251 - the parent is plain synchronous code
                 started = time.monotonic()
-                r = spawn_client(v, int(port_file.read_text()), paths["ca.pem"], **phases[phase])  # type: ignore[arg-type]
+                port = int(port_file.read_text())
+                r = spawn_client(v, port, paths["ca.pem"], **phases[phase])
                 results.setdefault(phase, {})[v] = r
-                print(f"  {phase:<11} {v:<8} {time.monotonic() - started:4.1f}s: {r['probes']}"
-                      f" probes, {r['failures']} failed {r['reasons'] or ''}", file=sys.stderr)  # fmt: skip
+                print(
+                    f"  {phase:<11} {v:<8} {time.monotonic() - started:4.1f}s: {r['probes']}"
+                    f" probes, {r['failures']} failed {r['reasons'] or ''}",
+                    file=sys.stderr,
+                )
             finally:
                 server.terminate()
                 server.wait()
     report(results, phases, variants)
 
 
-def report(results: dict[str, dict[str, dict[str, Any]]], phases: dict[str, dict[str, float]],
-           variants: list[str]) -> None:  # fmt: skip
+def report(
+    results: dict[str, dict[str, dict[str, Any]]],
+    phases: dict[str, dict[str, float]],
+    variants: list[str],
+) -> None:
     t, s, h = phases["throughput"], phases["scale"], phases["httpx-scale"]
-    print(f"\nthroughput: {t['n']:.0f} endpoints, offered {t['n'] / t['interval']:,.0f} probes/s "
-          f"(HTTPS keep-alive, cert verified); scale: {s['n']:,.0f} endpoints every "
-          f"{s['interval']:.0f} s = {s['n'] / s['interval']:,.0f} probes/s, all connections open"
-          f" (httpx: {h['n']:,.0f} endpoints, {h['n'] / h['interval']:,.0f} probes/s)")  # fmt: skip
-    head = (f"{'variant':<9}| {'probes/CPU-s':>12} {'CPU ms':>7} {'probes/s':>9} |"
-            f" {'CPU ms':>7} {'probes/s':>9} {'late p50':>9} {'late p99':>9} {'max':>8}"
-            f" {'KB/endpoint':>11}")  # fmt: skip
+    print(
+        f"\nthroughput: {t['n']:.0f} endpoints, offered {t['n'] / t['interval']:,.0f} probes/s "
+        f"(HTTPS keep-alive, cert verified); scale: {s['n']:,.0f} endpoints every "
+        f"{s['interval']:.0f} s = {s['n'] / s['interval']:,.0f} probes/s, all connections open"
+        f" (httpx: {h['n']:,.0f} endpoints, {h['n'] / h['interval']:,.0f} probes/s)"
+    )
+    head = (
+        f"{'variant':<9}| {'probes/CPU-s':>12} {'CPU ms':>7} {'probes/s':>9} |"
+        f" {'CPU ms':>7} {'probes/s':>9} {'late p50':>9} {'late p99':>9} {'max':>8}"
+        f" {'KB/endpoint':>11}"
+    )
     print(f"{'':<9}| {'--- throughput ---':^30} | {'--- scale ---':^58}")
     print(head)
     for v in variants:
         a = results["throughput"][v]
         b = results["scale"].get(v) or results["httpx-scale"][v]
-        print(f"{v:<9}| {a['probes_per_cpu_s']:>12,.0f} {a['cpu_ms_per_probe']:>7.3f} "
-              f"{a['rate']:>9,.0f} | {b['cpu_ms_per_probe']:>7.3f} {b['rate']:>9,.0f} "
-              f"{b['late_p50_ms']:>7.1f}ms {b['late_p99_ms']:>7.1f}ms {b['late_max_ms']:>6.0f}ms"
-              f" {b['rss_kb_per_endpoint']:>11.1f}")  # fmt: skip
+        print(
+            f"{v:<9}| {a['probes_per_cpu_s']:>12,.0f} {a['cpu_ms_per_probe']:>7.3f} "
+            f"{a['rate']:>9,.0f} | {b['cpu_ms_per_probe']:>7.3f} {b['rate']:>9,.0f} "
+            f"{b['late_p50_ms']:>7.1f}ms {b['late_p99_ms']:>7.1f}ms {b['late_max_ms']:>6.0f}ms"
+            f" {b['rss_kb_per_endpoint']:>11.1f}"
+        )
     if "bare" in variants:
         print("\nratio to bare (CPU per probe; memory per endpoint):")
         for v in variants:
@@ -370,9 +458,12 @@ def report(results: dict[str, dict[str, dict[str, Any]]], phases: dict[str, dict
                 continue
             a = results["throughput"]
             b = {**results["scale"], **results.get("httpx-scale", {})}
-            print(f"  {v:<9} CPU x{a[v]['cpu_ms_per_probe'] / a['bare']['cpu_ms_per_probe']:.2f}"
-                  f" (throughput), x{b[v]['cpu_ms_per_probe'] / b['bare']['cpu_ms_per_probe']:.2f}"
-                  f" (scale); memory x{b[v]['rss_kb_per_endpoint'] / max(0.1, b['bare']['rss_kb_per_endpoint']):.2f}")  # fmt: skip
+            cpu_t = a[v]["cpu_ms_per_probe"] / a["bare"]["cpu_ms_per_probe"]
+            cpu_s = b[v]["cpu_ms_per_probe"] / b["bare"]["cpu_ms_per_probe"]
+            mem = b[v]["rss_kb_per_endpoint"] / max(0.1, b["bare"]["rss_kb_per_endpoint"])
+            print(
+                f"  {v:<9} CPU x{cpu_t:.2f} (throughput), x{cpu_s:.2f} (scale); memory x{mem:.2f}"
+            )
     print("\n" + json.dumps(results))
 
 

@@ -51,17 +51,21 @@ def run(args: argparse.Namespace) -> int:
         level=logging.WARNING if args.quiet else logging.INFO,
         format="%(asctime)s %(levelname)s %(message)s",
     )
-    try:
-        trio.run(_main, config)
-    except (OSError, RuntimeError) as exc:  # port in use, unreadable certificate, ...
-        print(f"error: {exc}", file=sys.stderr)
+    error = trio.run(_main, config)
+    if error:
+        print(f"error: {error}", file=sys.stderr)
         return 1
     return 0
 
 
-async def _main(config: ConnectorConfig) -> None:
+async def _main(config: ConnectorConfig) -> str | None:
+    """Serve until cancelled; returns why the connector could not start, if it could not."""
     stats = ConnectorStats()
     async with trio.open_nursery() as nursery:
-        await nursery.start(partial(serve_connector, config, stats=stats))
+        try:
+            await nursery.start(partial(serve_connector, config, stats=stats))
+        except (OSError, RuntimeError) as exc:  # port in use, unreadable certificate, ...
+            return str(exc)
         for url in stats.listening:
             print(f"tunnel {config.tunnel} replica {config.replica}: {url}", flush=True)
+    return None

@@ -59,7 +59,9 @@ class H11Stream:
             if event is not h11.NEED_DATA:
                 return event  # type: ignore[return-value]  # h11 types events loosely
             if self.conn.our_role is h11.SERVER and self.conn.they_are_waiting_for_100_continue:
-                await self.send(h11.InformationalResponse(status_code=100, headers=[]))
+                await self.send(
+                    h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue")
+                )
             if self.read_timeout is None:
                 data = await self.stream.receive_some(READ_SIZE)
             else:

@@ -91,6 +91,8 @@ def _path(target: str) -> str:
 
 
 class _Server:
+    """One running connector: its TLS context, origin client, listeners and stats."""
+
     def __init__(self, config: ConnectorConfig, stats: ConnectorStats) -> None:
         self.config = config
         self.stats = stats
@@ -145,19 +147,20 @@ class _Server:
     async def _connection(self, stream: trio.SocketStream, *, tls: bool) -> None:
         """One client connection, from TLS handshake to close; never raises."""
         self.stats.connections += 1
-        peer = str(stream.socket.getpeername()[0])
         slot: list[str | None] = []
         current_sni.set(slot)  # this task's context; the SNI callback fills it
         client_stream: trio.abc.Stream = stream
         clean = False
+        peer = "?"
         try:
+            peer = str(stream.socket.getpeername()[0])  # OSError if the client already left
             if tls:
-                client_stream = trio.SSLStream(
-                    stream, self.ssl_context, server_side=True, https_compatible=True
-                )
+                # Not https_compatible: our closes send close_notify, so even strict
+                # clients reading to EOF see a clean end.
+                client_stream = trio.SSLStream(stream, self.ssl_context, server_side=True)
                 with trio.fail_after(self.config.idle_timeout):
                     await client_stream.do_handshake()
-                self.stats.sni.append(slot[0] if slot else None)
+                self.stats.record_sni(slot[0] if slot else None)
             http = H11Stream(client_stream, h11.SERVER, read_timeout=self.config.idle_timeout)
             sni = slot[0] if slot else None
             await self._serve(_Client(http, peer, tls, sni, answered=lambda status: None))

@@ -41,7 +41,7 @@ class ConnectorStats:
     by_rule: Counter[int] = field(default_factory=Counter)
     by_status: Counter[int] = field(default_factory=Counter)
     sni: list[str | None] = field(default_factory=list)
-    """The server name each TLS client sent, one entry per completed handshake."""
+    """The server name each TLS client sent, one entry per handshake (the last ``keep``)."""
     recent: list[RequestRecord] = field(default_factory=list)
 
     def record(self, entry: RequestRecord) -> None:
@@ -52,3 +52,9 @@ class ConnectorStats:
         self.recent.append(entry)
         if len(self.recent) > self.keep:
             del self.recent[: len(self.recent) - self.keep]
+
+    def record_sni(self, server_name: str | None) -> None:
+        """Note the server name of one completed TLS handshake."""
+        self.sni.append(server_name)
+        if len(self.sni) > self.keep:
+            del self.sni[: len(self.sni) - self.keep]

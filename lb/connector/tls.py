@@ -37,7 +37,9 @@ def _capture(ssl_obj: Any, server_name: str | None, ctx: ssl.SSLContext) -> None
 def install_sni_capture(ctx: ssl.SSLContext) -> None:
     """Record client SNI via ``ctx.sni_callback``, chaining any callback already set."""
     previous: Any = ctx.sni_callback  # typeshed says the name is str; it may be None
-    if previous is None or getattr(previous, "_lb_connector", False):
+    if getattr(previous, "_lb_connector", False):
+        return  # already installed (a context shared by several connectors)
+    if previous is None:
         callback: Any = _capture
     else:
 

@@ -74,6 +74,8 @@ class RequestFacts:
     """Value of the configured data-center header."""
     forwarded_proto: bytes | None = None
     idempotency_key: bool = False
+    head_bytes: int = 0
+    """Bytes of the header lines (name, value, separators), for the 431 limit."""
 
     @property
     def has_body(self) -> bool:
@@ -87,7 +89,9 @@ def scan_request(
     """Collect the facts the proxy needs from the request headers in one pass."""
     f = RequestFacts()
     upgrade = b""
+    size = 0
     for name, value in headers:
+        size += len(name) + len(value) + 4
         if name == b"host":
             f.host = value
         elif name == b"connection":
@@ -112,6 +116,7 @@ def scan_request(
             f.client_ip = value
         elif name == datacenter_name:
             f.ray = value
+    f.head_bytes = size
     if upgrade and b"upgrade" in f.connection and upgrade.lower().startswith(b"websocket"):
         f.websocket = True
     return f

@@ -219,16 +219,17 @@ class ProxyServer:
                     await self._stop.wait()
                     acceptors.cancel_scope.cancel()
                 for listener in listeners:
-                    await trio.aclose_forcefully(listener)
+                    _close_listener(listener)
                 for scope in list(self._idle_waits):
                     scope.cancel()
                 drain = self.engine.config.engine.drain_timeout
                 clients.cancel_scope.deadline = trio.current_time() + drain
         finally:
+            # Synchronous on purpose: under cancellation every await would raise at once.
             self.draining = True
-            for listener in listeners:
-                await trio.aclose_forcefully(listener)
             self.pool.close_all()
+            for listener in listeners:
+                _close_listener(listener)
 
     async def _accept_loop(self, listener: AnyListener, clients: trio.Nursery) -> None:
         https = is_https(listener)
@@ -366,29 +367,34 @@ class ProxyServer:
             request_id=rid.decode("latin-1"),
         )
         keep = False
-        with trio.CancelScope() as watchdog:
-            flow = _Flow(record, watchdog)
-            flow.trusted = trusted
-            if not facts.has_body:
-                # h11 reports the end of a bodiless request as a separate event: take it now,
-                # so that every later step sees the request as complete.
-                flow.req_done = type(conn.next_event()) is h11.EndOfMessage
-            try:
-                keep = await self._steer_and_forward(
-                    stream, conn, event, facts, flow, peer, https, client_ip, datacenter, rid
-                )
-            except _ClientError as abort:
-                keep = await self._client_abort(stream, conn, flow, abort)
-        if watchdog.cancelled_caught:
-            keep = await self._timed_out(stream, conn, flow)
-        if flow.endpoint is not None:
-            engine.live.finished(flow.endpoint)
-            flow.endpoint = None
-        if flow.up is not None:
-            self.pool.discard(flow.up)
-            flow.up = None
-        record.duration = trio.current_time() - t0
-        self.hooks.request_done(record)
+        watchdog = trio.CancelScope()
+        flow = _Flow(record, watchdog)
+        flow.trusted = trusted
+        try:
+            with watchdog:
+                if not facts.has_body:
+                    # h11 reports the end of a bodiless request as a separate event: take it
+                    # now, so that every later step sees the request as complete.
+                    flow.req_done = type(conn.next_event()) is h11.EndOfMessage
+                try:
+                    keep = await self._steer_and_forward(
+                        stream, conn, event, facts, flow, peer, https, client_ip, datacenter, rid
+                    )
+                except _ClientError as abort:
+                    keep = await self._client_abort(stream, conn, flow, abort)
+            if watchdog.cancelled_caught:
+                keep = await self._timed_out(stream, conn, flow)
+        finally:
+            # Also on cancellation (shutdown past the drain deadline): counters and
+            # connections must not leak.
+            if flow.endpoint is not None:
+                engine.live.finished(flow.endpoint)
+                flow.endpoint = None
+            if flow.up is not None:
+                self.pool.discard(flow.up)
+                flow.up = None
+            record.duration = trio.current_time() - t0
+            self.hooks.request_done(record)
         return keep
 
     async def _steer_and_forward(
@@ -408,6 +414,11 @@ class ProxyServer:
         settings = engine.config.engine
         record = flow.record
         style = settings.error_style
+        if facts.head_bytes + len(event.target) > settings.limits.max_header_bytes:
+            # h11 enforces its limit only on a head still incomplete in its buffer.
+            record.error = "headers_too_large"
+            body = error_body(431, "plain")
+            return await self._reply(stream, conn, flow, 431, body, close=True)
         if (
             facts.content_length is not None
             and facts.content_length > settings.limits.max_body_bytes
@@ -772,11 +783,18 @@ class ProxyServer:
     # ------------------------------------------------------------------ answers
 
     async def _reply(
-        self, stream: trio.abc.Stream, conn: h11.Connection, flow: _Flow, status: int, body: bytes
+        self,
+        stream: trio.abc.Stream,
+        conn: h11.Connection,
+        flow: _Flow,
+        status: int,
+        body: bytes,
+        *,
+        close: bool = False,
     ) -> bool:
         """A proxy-generated answer; closes the connection when the request body is unread."""
         # An unread request body cannot be skipped by h11: the connection must close then.
-        close = self.draining or conn.their_state is not h11.DONE
+        close = close or self.draining or conn.their_state is not h11.DONE
         extra: list[tuple[bytes, bytes]] = []
         if status == errors.NO_POOL:
             extra.append((b"retry-after", b"120"))
@@ -947,6 +965,12 @@ def _peer_ip(stream: trio.abc.Stream) -> str:
         if isinstance(name, tuple):
             return str(name[0])
     return ""
+
+
+def _close_listener(listener: AnyListener) -> None:
+    inner = listener.transport_listener if isinstance(listener, trio.SSLListener) else listener
+    if isinstance(inner, trio.SocketListener):
+        inner.socket.close()
 
 
 async def _pipe(src: trio.abc.Stream, dst: trio.abc.Stream, scope: trio.CancelScope) -> None:

@@ -73,7 +73,9 @@ class Recorder:
         self.activity: dict[str, list[list[int]]] = {}
         """Endpoint key -> [first tick, last tick + 1] runs of ticks with first attempts."""
         self.tallies = [_Tally() for _ in scenario.expectations]
-        self._tallied = any(x.kind in ("share", "requests", "errors") for x in scenario.expectations)
+        tallied = [x for x in scenario.expectations if x.kind in ("share", "requests", "errors")]
+        self._tallied = bool(tallied)
+        self._ranges = sorted({x.between for x in tallied if x.between is not None})
         self.changes: list[tuple[float, str]] = []
 
     # ------------------------------------------------------------------ engine observers
@@ -98,8 +100,27 @@ class Recorder:
 
     # ------------------------------------------------------------------ ticks
 
-    def fold(self, k: int, t: float, per_dc: Iterable[tuple[str, Counts]]) -> None:
-        """Add one tick's tallies (data centers in sorted order)."""
+    def span(self, t: float) -> tuple[int, tuple[bool, ...]]:
+        """What tallies of a tick at ``t`` are added to: its window and expectation ranges.
+
+        Counts are only harvested when this changes (or caches are dropped), so a harvested
+        span never straddles a window or an expectation's ``between``.
+        """
+        w = int(t / self.scenario.report_interval + 1e-9)
+        return w, tuple(a <= t < b for a, b in self._ranges)
+
+    def mark(self, key: str, k: int) -> None:
+        """Tick ``k`` had a first attempt to endpoint ``key``."""
+        runs = self.activity.get(key)
+        if runs is None:
+            self.activity[key] = [[k, k + 1]]
+        elif runs[-1][1] >= k:
+            runs[-1][1] = k + 1
+        else:
+            runs.append([k, k + 1])
+
+    def fold(self, t: float, per_dc: Iterable[tuple[str, Counts]]) -> None:
+        """Add the tallies of a span of ticks starting at ``t`` (data centers sorted)."""
         interval = self.scenario.report_interval
         w_index = int(t / interval + 1e-9)
         while len(self.windows) <= w_index:
@@ -130,7 +151,6 @@ class Recorder:
             if c.affinity:
                 _add(self.affinity, c.affinity)
             self.unrouted += c.unrouted
-            self._activity(k, c.first)
             if self._tallied:
                 self._expect(t, dc, c, served)
 
@@ -145,16 +165,6 @@ class Recorder:
             _add(out.by_replica, w.by_replica)
             _add(out.by_datacenter, w.by_datacenter)
         return out
-
-    def _activity(self, k: int, first: dict[str, int]) -> None:
-        for key, n in first.items():
-            if not n:
-                continue
-            runs = self.activity.setdefault(key, [])
-            if runs and runs[-1][1] >= k:
-                runs[-1][1] = k + 1
-            else:
-                runs.append([k, k + 1])
 
     def _expect(self, t: float, dc: str, c: Counts, served: dict[str, int]) -> None:
         for i, x in enumerate(self.scenario.expectations):

@@ -76,12 +76,25 @@ async def _simulate(sc: Scenario, progress: Progress | None) -> Report:
         SimTransport(network, start), on_result, rng=random.Random(f"{sc.seed}:monitors")
     )
     scheduler.update(jobs_for_config(config, engine.targets()))
-    users = [DatacenterTraffic(t, i, sc.seed, config, network) for i, t in enumerate(sc.traffic)]
+    users = [
+        DatacenterTraffic(t, i, sc.seed, config, network, rec.mark)
+        for i, t in enumerate(sc.traffic)
+    ]
+    counts = [Counts() for _ in users]
+
+    def flush(at: float) -> None:
+        for u, c in zip(users, counts, strict=True):
+            u.harvest(c)
+        rec.fold(at, [(u.dc, c) for u, c in zip(users, counts, strict=True)])
+        counts[:] = [Counts() for _ in users]
+
     changes = list(sc.changes)
     tick = sc.tick
     ticks = max(1, math.ceil(sc.duration / tick - 1e-9))
     router: Router | None = None
     fresh_until = -math.inf
+    span: object = None
+    span_start = 0.0
     async with trio.open_nursery() as nursery:
         await nursery.start(scheduler.run)
         for k in range(ticks):
@@ -94,20 +107,23 @@ async def _simulate(sc: Scenario, progress: Progress | None) -> Report:
                 engine.reconfigure(config, now=start + t)
                 scheduler.update(jobs_for_config(config, engine.targets()))
             current = engine.router
-            if current is not router or t >= fresh_until:
+            stale = current is not router or t >= fresh_until
+            here = rec.span(t)
+            if here != span or stale:
+                if span is not None:
+                    flush(span_start)
+                span, span_start = here, t
+            if stale:
                 router, fresh_until = current, network.next_change(t)
                 for u in users:
                     u.invalidate()
+            assert router is not None
             length = min(tick, sc.duration - t)
-            tallies = []
-            for u in users:
-                counts = Counts()
-                u.run(t, u.batch(t, length), length, start + t, router, engine.live, counts)
-                u.harvest(counts)
-                tallies.append((u.dc, counts))
-            rec.fold(k, t, tallies)
+            for u, c in zip(users, counts, strict=True):
+                u.run(t, k, u.batch(t, length), length, start + t, router, engine.live, c)
             if progress is not None and k % 256 == 0:
                 progress(k / ticks)
+        flush(span_start)
         nursery.cancel_scope.cancel()
     if progress is not None:
         progress(1.0)

@@ -26,6 +26,7 @@ What a request does (the proxy's sequence):
 from __future__ import annotations
 
 import heapq
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from random import Random
 
@@ -78,7 +79,7 @@ class _Outcome:
     end of every tick, before any cache invalidation.
     """
 
-    __slots__ = ("answers", "counts", "key", "n", "single", "width")
+    __slots__ = ("answers", "counts", "key", "n", "single", "tick", "width")
 
     def __init__(self, key: str, answers: tuple[Answer, ...]) -> None:
         self.key = key
@@ -89,6 +90,8 @@ class _Outcome:
         """First attempts this tick (single-answer outcomes)."""
         self.counts = [0] * len(answers)
         """First attempts this tick per answer (multi-replica outcomes)."""
+        self.tick = -1
+        """The last tick with a first attempt, to report activity once per tick."""
 
 
 class _Heap:
@@ -121,11 +124,18 @@ class DatacenterTraffic:
     """The clients of one data center and their random streams (one per purpose)."""
 
     def __init__(
-        self, traffic: Traffic, index: int, seed: int, config: Config, network: Network
+        self,
+        traffic: Traffic,
+        index: int,
+        seed: int,
+        config: Config,
+        network: Network,
+        mark: Callable[[str, int], None],
     ) -> None:
         self.traffic = traffic
         self.dc = traffic.datacenter
         self._network = network
+        self._mark = mark
         name = f"{seed}:traffic:{traffic.datacenter}"
         self._clients_rng = Random(f"{name}:clients")
         self.steer_rng = Random(f"{name}:steering")
@@ -197,13 +207,22 @@ class DatacenterTraffic:
         return out
 
     def run(
-        self, t: float, n: int, tick: float, now: float, router: Router, live: Live, c: Counts
+        self,
+        t: float,
+        k: int,
+        n: int,
+        tick: float,
+        now: float,
+        router: Router,
+        live: Live,
+        c: Counts,
     ) -> None:
-        """Decide ``n`` requests starting at virtual time ``t`` (engine clock ``now``)."""
+        """Decide ``n`` requests of tick ``k``, starting at virtual time ``t`` (engine ``now``)."""
         c.requests += n
         if self._affinity != "none" or self._heap is not None:
-            self._run_slow(t, n, tick, now, router, live, c)
+            self._run_slow(t, k, n, tick, now, router, live, c)
             return
+        mark = self._mark
         pick = self._clients_rng.random
         rpick = self._replica_rng.random
         srng = self.steer_rng
@@ -220,6 +239,9 @@ class DatacenterTraffic:
                 self._unrouted(d, c)
                 continue
             o = cache.get(id(ep)) or self._outcome(ep, t)
+            if o.tick != k:
+                o.tick = k
+                mark(o.key, k)
             a = o.single
             if a is None:
                 j = int(rpick() * o.width)
@@ -231,9 +253,18 @@ class DatacenterTraffic:
                 self._failed(req, d, o.key, a, router, live, c, t)
 
     def _run_slow(
-        self, t: float, n: int, tick: float, now: float, router: Router, live: Live, c: Counts
+        self,
+        t: float,
+        k: int,
+        n: int,
+        tick: float,
+        now: float,
+        router: Router,
+        live: Live,
+        c: Counts,
     ) -> None:
         """:meth:`run` with affinity (cookies, clocks) and in-flight bookkeeping."""
+        mark = self._mark
         pick = self._clients_rng.random
         rpick = self._replica_rng.random
         srng = self.steer_rng
@@ -258,6 +289,9 @@ class DatacenterTraffic:
                 self._unrouted(d, c)
                 continue
             o = cache.get(id(ep)) or self._outcome(ep, t)
+            if o.tick != k:
+                o.tick = k
+                mark(o.key, k)
             a = o.single
             if a is None:
                 j = int(rpick() * o.width)
@@ -273,7 +307,10 @@ class DatacenterTraffic:
         c.statuses[d.status] = c.statuses.get(d.status, 0) + 1
 
     def harvest(self, c: Counts) -> None:
-        """Move this tick's per-endpoint and per-replica counts from the cache into ``c``."""
+        """Move the per-endpoint and per-replica counts from the cache into ``c``.
+
+        Called before the cache is invalidated and at report boundaries, not every tick.
+        """
         first, replicas = c.first, c.replicas
         for o in self._cache.values():
             if o.single is not None:

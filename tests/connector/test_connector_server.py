@@ -311,7 +311,10 @@ async def raw_origin(nursery: trio.Nursery, answer: bytes) -> int:
 
 
 async def test_origin_answering_early_or_breaking_mid_body(
-    start_connector: Start, client: httpx.AsyncClient, nursery: trio.Nursery
+    start_connector: Start,
+    client: httpx.AsyncClient,
+    client_ctx: ssl.SSLContext,
+    nursery: trio.Nursery,
 ) -> None:
     early = await raw_origin(
         nursery, b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
@@ -324,13 +327,62 @@ async def test_origin_answering_early_or_breaking_mid_body(
             *LOCAL_RULES,
         ]
     )
-    try:
-        response = await client.post(
-            url, content=b"x" * 3_000_000, headers={"Host": "early.example.com"}
-        )
-        assert response.status_code == 413
-    except httpx.TransportError:
-        pass  # the connection closed while httpx was still uploading: also fine
+    # Headers promise 3 MB but only 10 bytes come: the origin's early 413 is relayed, then
+    # the connection is closed because the client never finished its request.
+    answer = await raw_exchange(
+        url,
+        b"POST / HTTP/1.1\r\nHost: early.example.com\r\nContent-Length: 3000000\r\n\r\n0123456789",
+        client_ctx,
+    )
+    assert answer.startswith(b"HTTP/1.1 413 Payload Too Large\r\n")
     with pytest.raises(httpx.TransportError):  # the body cannot be completed: connection cut
         await client.get(url, headers={"Host": "broken.example.com"})
     assert (await client.get(url, headers={"Host": "x.example.com"})).status_code == 200
+
+
+async def test_expect_100_continue(
+    start_connector: Start, client_ctx: ssl.SSLContext, origin: Origin
+) -> None:
+    url, _ = await start_connector(origin_rules(origin.port))
+    host, port = url.removeprefix("https://").rsplit(":", 1)
+    tcp = await trio.open_tcp_stream(host, int(port))
+    stream = trio.SSLStream(tcp, client_ctx, server_hostname="app.example.com")
+    try:
+        with trio.fail_after(3):
+            await stream.send_all(
+                b"POST /api/e HTTP/1.1\r\nHost: app.example.com\r\nContent-Length: 5\r\n"
+                b"Expect: 100-continue\r\nConnection: close\r\n\r\n"
+            )
+            first = await stream.receive_some(1000)
+            assert first.startswith(b"HTTP/1.1 100 Continue\r\n"), first
+            await stream.send_all(b"hello")
+            answer = b""
+            while chunk := await stream.receive_some(65536):
+                answer += chunk
+    finally:
+        await trio.aclose_forcefully(stream)
+    assert answer.startswith(b"HTTP/1.1 201 Created\r\n")
+    assert origin.requests[0]["body"] == "hello"
+    assert "expect" not in origin.requests[0]["headers"]  # handled here, not forwarded
+
+
+async def test_command_reports_a_port_in_use(server_ctx: ssl.SSLContext) -> None:
+    from lb.commands.connector import _main
+    from lb.connector import ConnectorConfig
+
+    sock = trio.socket.socket()
+    try:
+        await sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        config = ConnectorConfig(
+            tunnel=TUNNEL,
+            ingress=[IngressRule("hello_world")],
+            listen=f"127.0.0.1:{port}",
+            ssl_context=server_ctx,
+        )
+        error = await _main(config)
+    finally:
+        sock.close()
+    assert error is not None
+    assert "in use" in error.lower()

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
 import trio
-from proxy_support import LB_HOST, Certs, Client, get, start_stack
+from proxy_support import LB_HOST, Certs, Client, get, start_stack, tunnel_address
 
 from lb.core.health import ProbeResult
 from lb.proxy.upstream import target_for
@@ -24,9 +25,7 @@ async def test_plain_request_goes_through(nursery: trio.Nursery, certs: Certs) -
     assert stack.engine.live.in_flight["p1/e0"] == 0
 
 
-async def test_keep_alive_reuses_upstream_connections(
-    nursery: trio.Nursery, certs: Certs
-) -> None:
+async def test_keep_alive_reuses_upstream_connections(nursery: trio.Nursery, certs: Certs) -> None:
     stack = await start_stack(nursery, certs, 1)
     async with await Client.connect(stack.port) as client:
         for _ in range(20):
@@ -185,20 +184,39 @@ async def test_no_pool_is_530_1016(nursery: trio.Nursery, certs: Certs) -> None:
 
 
 async def test_connect_timeout_is_522(nursery: trio.Nursery, certs: Certs) -> None:
+    import socket
+
     from lb.config.model import Limits
 
-    # A listener that never accepts: a full backlog makes connects hang, but simpler and
-    # deterministic is a non-routable address with a tiny connect timeout.
-    stack = await start_stack(
-        nursery,
-        certs,
-        1,
-        limits=Limits(connect_timeout=0.05),
-        extra_connect={"00000000-0000-4000-8000-000000000000.cfargotunnel.com:443": "10.255.255.1:9"},
-    )
-    resp = await get(stack.port)
-    assert resp.status in (522, 523)  # 523 when the sandbox has no route at all
-    assert stack.records[-1].attempts[0].error in ("connect_timeout", "unreachable")
+    # A listener that never accepts, its backlog filled: further SYNs are dropped, so a
+    # connect hangs until the proxy's connect timeout.
+    blackhole = socket.socket()
+    blackhole.bind(("127.0.0.1", 0))
+    blackhole.listen(0)
+    port = blackhole.getsockname()[1]
+    fillers = []
+    try:
+        for _ in range(4):
+            s = socket.socket()
+            s.setblocking(False)
+            s.connect_ex(("127.0.0.1", port))
+            fillers.append(s)
+        await trio.sleep(0.05)
+        stack = await start_stack(
+            nursery,
+            certs,
+            1,
+            limits=Limits(connect_timeout=0.2),
+            extra_connect={f"{tunnel_address(0)}:443": f"127.0.0.1:{port}"},
+        )
+        with trio.fail_after(5):
+            resp = await get(stack.port)
+        assert resp.status == 522
+        assert stack.records[-1].attempts[0].error == "connect_timeout"
+    finally:
+        for s in fillers:
+            s.close()
+        blackhole.close()
 
 
 async def test_bad_certificate_is_526(nursery: trio.Nursery, certs: Certs) -> None:
@@ -246,3 +264,47 @@ def _fields(obj: object) -> dict[str, object]:
     import dataclasses
 
     return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}  # type: ignore[arg-type]
+
+
+async def test_serve_proxy_opens_https_listeners_and_shuts_down(
+    nursery: trio.Nursery, certs: Certs, tmp_path: pytest.TempPathFactory
+) -> None:
+    import ssl
+    from dataclasses import replace
+
+    from proxy_support import make_config, serve_backend
+
+    from lb.config.model import Listener
+    from lb.engine import Engine
+    from lb.proxy import serve_proxy
+
+    backend = await nursery.start(serve_backend, "b0", certs.backend)
+    cert = tmp_path / "cert.pem"  # type: ignore[operator]
+    key = tmp_path / "key.pem"  # type: ignore[operator]
+    certs.server_cert.private_key_pem.write_to_path(str(key))
+    certs.server_cert.cert_chain_pems[0].write_to_path(str(cert))
+    cfg = make_config([backend.port], affinity="cookie")
+    listen = (Listener(address="127.0.0.1", port=0, certificate=str(cert), key=str(key)),)
+    cfg = replace(cfg, engine=replace(cfg.engine, listen=listen))
+    engine = Engine(cfg, now=trio.current_time())
+    stop = trio.Event()
+    done = trio.Event()
+
+    async def run(task_status: trio.TaskStatus[list[tuple[str, int]]]) -> None:
+        await serve_proxy(engine, upstream_ssl=certs.client, shutdown=stop, task_status=task_status)
+        done.set()
+
+    ((host, port),) = await nursery.start(run)
+    assert host == "127.0.0.1" and port > 0
+    raw = await trio.open_tcp_stream(host, port)
+    ctx = ssl.create_default_context()
+    certs.ca.configure_trust(ctx)
+    tls = trio.SSLStream(raw, ctx, server_hostname=LB_HOST, https_compatible=True)
+    async with Client(tls) as client:
+        resp = await client.request()
+    assert resp.status == 200
+    cookie = resp.header("set-cookie") or ""
+    assert "Secure" in cookie and "SameSite=None" in cookie
+    stop.set()
+    with trio.fail_after(3):
+        await done.wait()

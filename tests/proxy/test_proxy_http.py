@@ -1,0 +1,385 @@
+"""HTTP behaviour of the proxy on real loopback sockets: framing, limits, headers, upgrades."""
+
+from __future__ import annotations
+
+import json
+import tracemalloc
+
+import h11
+import trio
+from proxy_support import LB_HOST, Certs, Client, get, raw_exchange, start_stack
+
+from lb.config.model import Limits
+
+# ---------------------------------------------------------------------- framing
+
+
+async def test_chunked_both_ways(nursery: trio.Nursery, certs: Certs) -> None:
+    stack = await start_stack(nursery, certs, 1)
+    async with await Client.connect(stack.port) as client:
+        await client.send_head(
+            "POST", "/echo", [("host", LB_HOST), ("transfer-encoding", "chunked")]
+        )
+        for i in range(5):
+            await client.send_body(b"part%d;" % i)
+        await client.end_body()
+        resp = await client.read_response()
+        assert resp.status == 200
+        assert resp.body == b"part0;part1;part2;part3;part4;"
+        assert resp.header("transfer-encoding") == "chunked"
+        seen = stack.backends[0].seen[-1]
+        assert seen.headers.get("transfer-encoding") == "chunked"
+        # Keep-alive survives a chunked exchange.
+        assert (await client.request()).status == 200
+    assert stack.records[0].bytes_in == 30
+    assert stack.records[0].bytes_out == 30
+
+
+async def test_expect_100_continue(nursery: trio.Nursery, certs: Certs) -> None:
+    stack = await start_stack(nursery, certs, 1)
+    async with await Client.connect(stack.port) as client:
+        await client.send_head(
+            "POST",
+            "/sink",
+            [("host", LB_HOST), ("content-length", "5"), ("expect", "100-continue")],
+        )
+        with trio.fail_after(2):
+            event = await client.next_event()
+        assert isinstance(event, h11.InformationalResponse)
+        assert event.status_code == 100
+        await client.send_body(b"hello")
+        await client.end_body()
+        resp = await client.read_response()
+        assert resp.status == 200
+        assert resp.body == b"5"
+    assert "expect" not in stack.backends[0].seen[-1].headers
+
+
+async def test_expect_100_continue_rejected_without_body(
+    nursery: trio.Nursery, certs: Certs
+) -> None:
+    stack = await start_stack(nursery, certs, 1, limits=Limits(max_body_bytes=10))
+    async with await Client.connect(stack.port) as client:
+        await client.send_head(
+            "POST",
+            "/sink",
+            [("host", LB_HOST), ("content-length", "100"), ("expect", "100-continue")],
+        )
+        with trio.fail_after(2):
+            resp = await client.read_response()
+        assert resp.status == 413
+    assert stack.backends[0].seen == []
+
+
+async def test_head_204_304(nursery: trio.Nursery, certs: Certs) -> None:
+    stack = await start_stack(nursery, certs, 1)
+    async with await Client.connect(stack.port) as client:
+        head = await client.request("HEAD", "/status/200")
+        assert head.status == 200
+        assert head.body == b""
+        assert head.header("content-length") == "5"
+        no_content = await client.request("GET", "/status/204")
+        assert no_content.status == 204
+        assert no_content.reason == b"No Content"
+        not_modified = await client.request("GET", "/status/304")
+        assert not_modified.status == 304
+        assert (await client.request("GET", "/status/200")).body == b"hello"
+
+
+# ---------------------------------------------------------------------- hostile input
+
+
+async def test_malformed_request_is_400_and_closes(nursery: trio.Nursery, certs: Certs) -> None:
+    stack = await start_stack(nursery, certs, 1)
+    for garbage in (
+        b"NOT HTTP AT ALL\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nBad Header\r\n\r\n",
+        b"GET / HTTP/1.1\r\n\r\n",  # no Host
+        b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: x\r\n\r\n",
+        b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03" + b"\x00" * 64,  # TLS to plain port
+    ):
+        answer = await raw_exchange(stack.port, garbage)
+        assert answer.startswith(b"HTTP/1.1 400 "), (garbage, answer)
+        assert b"connection: close" in answer.lower()
+    assert all(r.error == "bad_request" for r in stack.records)
+    # The proxy is still fine.
+    assert (await get(stack.port)).status == 200
+
+
+async def test_oversize_headers_431(nursery: trio.Nursery, certs: Certs) -> None:
+    stack = await start_stack(nursery, certs, 1, limits=Limits(max_header_bytes=2048))
+    big = b"GET / HTTP/1.1\r\nHost: app.example\r\nX-Big: " + b"a" * 5000 + b"\r\n\r\n"
+    answer = await raw_exchange(stack.port, big)
+    assert answer.startswith(b"HTTP/1.1 431 ")
+    assert stack.records[-1].error == "headers_too_large"
+
+
+async def test_oversize_body_413(nursery: trio.Nursery, certs: Certs) -> None:
+    stack = await start_stack(nursery, certs, 1, limits=Limits(max_body_bytes=1000))
+    async with await Client.connect(stack.port) as client:
+        resp = await client.request("POST", "/sink", body=b"x" * 2000)
+        assert resp.status == 413
+    # Streaming past the limit (no Content-Length) is cut as well.
+    async with await Client.connect(stack.port) as client:
+        await client.send_head(
+            "POST", "/sink", [("host", LB_HOST), ("transfer-encoding", "chunked")]
+        )
+        await client.send_body(b"y" * 600)
+        await client.send_body(b"y" * 600)
+        await client.end_body()
+        resp = await client.read_response()
+        assert resp.status == 413
+    assert [r.error for r in stack.records] == ["body_too_large", "body_too_large"]
+    assert stack.engine.live.in_flight["p1/e0"] == 0
+
+
+async def test_idle_client_is_closed(nursery: trio.Nursery, certs: Certs) -> None:
+    stack = await start_stack(nursery, certs, 1, limits=Limits(idle_timeout=0.2))
+    stream = await trio.open_tcp_stream("127.0.0.1", stack.port)
+    try:
+        with trio.fail_after(3):
+            assert await stream.receive_some(100) == b""
+    finally:
+        await stream.aclose()
+
+
+async def test_response_timeout_is_524(nursery: trio.Nursery, certs: Certs) -> None:
+    stack = await start_stack(nursery, certs, 1, limits=Limits(request_timeout=0.2))
+    resp = await get(stack.port, "/slow?s=2")
+    assert resp.status == 524
+    assert stack.records[-1].error == "response_timeout"
+
+
+# ---------------------------------------------------------------------- headers
+
+
+async def test_forwarded_headers_and_hop_by_hop(nursery: trio.Nursery, certs: Certs) -> None:
+    stack = await start_stack(nursery, certs, 1)
+    resp = await get(
+        stack.port,
+        "/headers",
+        headers=[
+            ("connection", "keep-alive, x-secret"),
+            ("x-secret", "drop me"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-authorization", "Basic Zm9v"),
+            ("te", "trailers"),
+            ("upgrade", "h2c"),
+            ("x-forwarded-for", "203.0.113.9"),
+            ("cf-connecting-ip", "198.51.100.1"),
+            ("x-custom", "kept"),
+        ],
+    )
+    assert resp.status == 200
+    seen = json.loads(resp.body)["headers"]
+    for gone in ("connection", "x-secret", "keep-alive", "proxy-authorization", "te", "upgrade"):
+        assert gone not in seen, gone
+    assert seen["host"] == "backend.local"  # endpoint header.Host (R47)
+    assert seen["x-forwarded-host"] == LB_HOST
+    assert seen["x-forwarded-for"] == "203.0.113.9, 127.0.0.1"
+    assert seen["x-forwarded-proto"] == "http"
+    assert seen["cf-connecting-ip"] == "127.0.0.1"  # untrusted peer: not believed
+    assert seen["x-custom"] == "kept"
+    assert seen["x-request-id"]
+    # Response side: the backend's Keep-Alive header is hop-by-hop.
+    assert resp.header("keep-alive") is None
+    assert resp.header("x-backend") == "b0"
+
+
+async def test_client_host_used_without_endpoint_host(nursery: trio.Nursery, certs: Certs) -> None:
+    stack = await start_stack(nursery, certs, 1, host_header=None)
+    resp = await get(stack.port, "/headers")
+    assert json.loads(resp.body)["headers"]["host"] == LB_HOST
+
+
+async def test_request_id_kept(nursery: trio.Nursery, certs: Certs) -> None:
+    stack = await start_stack(nursery, certs, 1)
+    resp = await get(stack.port, "/headers", headers=[("x-request-id", "abc-123")])
+    assert json.loads(resp.body)["headers"]["x-request-id"] == "abc-123"
+    assert stack.records[-1].request_id == "abc-123"
+
+
+async def test_trusted_proxy_headers(nursery: trio.Nursery, certs: Certs) -> None:
+    ray = [("cf-connecting-ip", "198.51.100.7"), ("cf-ray", "8c2f1a2b3c4d5e6f-FRA")]
+    trusted = await start_stack(nursery, certs, 1, trusted=("127.0.0.0/8",), datacenter="AMS")
+    resp = await get(trusted.port, "/headers", headers=ray)
+    seen = json.loads(resp.body)["headers"]
+    assert seen["cf-connecting-ip"] == "198.51.100.7"
+    assert trusted.records[-1].client_ip == "198.51.100.7"
+    assert trusted.records[-1].datacenter == "FRA"
+
+    untrusted = await start_stack(nursery, certs, 1, trusted=("10.0.0.0/8",), datacenter="AMS")
+    await get(untrusted.port, "/headers", headers=ray)
+    assert untrusted.records[-1].client_ip == "127.0.0.1"
+    assert untrusted.records[-1].datacenter == "AMS"
+
+
+# ---------------------------------------------------------------------- retries
+
+
+async def test_post_with_body_is_not_retried(nursery: trio.Nursery, certs: Certs) -> None:
+    stack = await start_stack(nursery, certs, 2, weights=[1.0, 0.0])
+    resp = await get(stack.port, "/drop")  # GET without body: fresh connection, not stale
+    assert resp.status == 502
+    async with await Client.connect(stack.port) as client:
+        resp = await client.request("POST", "/drop", body=b"payload")
+        assert resp.status == 502
+    assert all(len(r.attempts) == 1 for r in stack.records)
+    assert stack.retries == []
+    assert stack.backends[1].seen == []
+
+
+async def test_stale_pooled_connection_retried_fresh(nursery: trio.Nursery, certs: Certs) -> None:
+    stack = await start_stack(nursery, certs, 1)
+    async with await Client.connect(stack.port) as client:
+        # /stale answers and then closes its side, as an idle timeout would.
+        assert (await client.request("GET", "/stale")).status == 200
+        await trio.sleep(0.05)
+        resp = await client.request("GET", "/")
+        assert resp.status == 200
+        assert stack.records[-1].retried == "stale_connection"
+        assert [a.reused for a in stack.records[-1].attempts] == [True, False]
+        # A POST whose body went out on a stale connection is not replayed.
+        assert (await client.request("GET", "/stale")).status == 200
+        await trio.sleep(0.05)
+        resp = await client.request("POST", "/sink", body=b"abc")
+        assert resp.status == 502
+        assert stack.records[-1].retried is None
+
+
+# ---------------------------------------------------------------------- streaming
+
+
+async def test_websocket_passthrough(nursery: trio.Nursery, certs: Certs) -> None:
+    stack = await start_stack(nursery, certs, 1)
+    async with await Client.connect(stack.port) as client:
+        await client.send_head(
+            "GET",
+            "/ws",
+            [
+                ("host", LB_HOST),
+                ("connection", "Upgrade"),
+                ("upgrade", "websocket"),
+                ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+                ("sec-websocket-version", "13"),
+            ],
+        )
+        await client.end_body()
+        event = await client.next_event()
+        assert isinstance(event, h11.InformationalResponse)
+        assert event.status_code == 101
+        assert dict(event.headers)[b"upgrade"] == b"websocket"
+        stream = client.stream
+        leftover, _ = client.conn.trailing_data
+        assert leftover == b""
+        with trio.fail_after(2):
+            for msg in (b"hello", b"world" * 1000):
+                await stream.send_all(msg)
+                want = b"echo:" + msg
+                got = b""
+                while len(got) < len(want):
+                    got += await stream.receive_some(65536)
+                assert got.replace(b"echo:", b"") == msg
+    with trio.fail_after(2):
+        while not stack.records:
+            await trio.sleep(0.01)
+    assert stack.records[-1].websocket
+    assert stack.records[-1].status == 101
+    assert stack.backends[0].seen[-1].headers["upgrade"] == "websocket"
+
+
+async def test_client_disconnect_mid_download_releases_upstream(
+    nursery: trio.Nursery, certs: Certs
+) -> None:
+    stack = await start_stack(nursery, certs, 1)
+    client = await Client.connect(stack.port)
+    await client.send_head("GET", "/stream?n=50000000", [("host", LB_HOST)])
+    await client.end_body()
+    await client.stream.receive_some(65536)
+    await client.aclose()
+    with trio.fail_after(5):
+        while not stack.records:
+            await trio.sleep(0.01)
+    record = stack.records[-1]
+    assert record.error == "client_disconnected"
+    assert record.status == 200
+    live = stack.engine.live
+    assert live.in_flight["p1/e0"] == 0
+    assert live.connections["p1/e0"] == 0  # closed, not pooled
+    assert stack.server.pool.idle_count() == 0
+
+
+async def test_client_disconnect_mid_upload(nursery: trio.Nursery, certs: Certs) -> None:
+    stack = await start_stack(nursery, certs, 1)
+    client = await Client.connect(stack.port)
+    await client.send_head("POST", "/sink", [("host", LB_HOST), ("content-length", "100000")])
+    await client.send_body(b"z" * 1000)
+    await trio.sleep(0.1)
+    await client.aclose()
+    with trio.fail_after(5):
+        while not stack.records:
+            await trio.sleep(0.01)
+    assert stack.records[-1].error == "client_disconnected"
+    assert stack.engine.live.connections["p1/e0"] == 0
+
+
+async def test_large_bodies_stream_with_flat_memory(nursery: trio.Nursery, certs: Certs) -> None:
+    size = 50 * 1024 * 1024
+    stack = await start_stack(nursery, certs, 1)
+    tracemalloc.start()
+    try:
+        async with await Client.connect(stack.port) as client:
+            await client.send_head(
+                "POST", "/sink", [("host", LB_HOST), ("content-length", str(size))]
+            )
+            chunk = b"u" * 65536
+            for _ in range(size // len(chunk)):
+                await client.send_body(chunk)
+            await client.end_body()
+            up = await client.read_response()
+            assert up.status == 200
+            assert up.body == str(size).encode()
+            await client.send_head("GET", f"/stream?n={size}", [("host", LB_HOST)])
+            await client.end_body()
+            down = await client.read_response(count_only=True)
+            assert down.body == str(size).encode()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # Client, proxy and backend all run in this process; every one streams.
+    assert peak < 8 * 1024 * 1024, peak
+    assert stack.records[0].bytes_in == size
+    assert stack.records[1].bytes_out == size
+
+
+# ---------------------------------------------------------------------- shutdown
+
+
+async def test_graceful_shutdown_drains_in_flight(nursery: trio.Nursery, certs: Certs) -> None:
+    stack = await start_stack(nursery, certs, 1)
+    idle = await Client.connect(stack.port)
+    assert (await idle.request()).status == 200
+    results: list[int] = []
+
+    async def slow() -> None:
+        async with await Client.connect(stack.port) as client:
+            resp = await client.request("GET", "/slow?s=0.5")
+            results.append(resp.status)
+            assert resp.header("connection") == "close"
+
+    async with trio.open_nursery() as inner:
+        inner.start_soon(slow)
+        await trio.sleep(0.2)
+        stack.server.shutdown()
+        await trio.sleep(0.05)
+        # The idle keep-alive connection is closed; new connections are refused.
+        with trio.fail_after(2):
+            assert await idle.stream.receive_some(100) == b""
+        await idle.aclose()
+        try:
+            await trio.open_tcp_stream("127.0.0.1", stack.port)
+        except OSError:
+            pass
+        else:  # pragma: no cover
+            raise AssertionError("listener still accepting")
+    assert results == [200]
