@@ -86,6 +86,19 @@ def scenario_text(
     return "\n".join(lines) + "\n"
 
 
+def _params(
+    pools: int, per_pool: int, rate: float, duration: float, every: float, affinity: str
+) -> dict[str, object]:
+    return {
+        "pools": pools,
+        "per_pool": per_pool,
+        "rate": rate,
+        "duration": duration,
+        "every": every,
+        "affinity": affinity,
+    }
+
+
 def measure(label: str, text: str, repeat: int) -> tuple[float, int, float]:
     node, problems = read_text(text, f"<{label}>.yaml")
     assert node is not None and not problems, problems
@@ -109,15 +122,15 @@ def main() -> int:
     runs = [
         (
             "throughput",
-            dict(pools=4, per_pool=5, rate=200_000, duration=20 * scale, every=10, affinity="none"),
+            _params(4, 5, 200_000, 20 * scale, 10, "none"),
         ),
         (
             "throughput-cookie",
-            dict(pools=4, per_pool=5, rate=200_000, duration=5 * scale, every=10, affinity="cookie"),
+            _params(4, 5, 200_000, 5 * scale, 10, "cookie"),
         ),
         (
             "hour",
-            dict(pools=10, per_pool=5, rate=1000, duration=3600 * scale, every=600, affinity="none"),
+            _params(10, 5, 1000, 3600 * scale, 600 * scale, "none"),
         ),
     ]
     print(f"python {sys.version.split()[0]}")

@@ -12,7 +12,7 @@ import sys
 import time
 from typing import TextIO
 
-from lb.sim.plot import PlotUnavailable, write_plot
+from lb.sim.plot import PlotUnavailableError, write_plot
 from lb.sim.run import Progress, run_scenario
 from lb.sim.scenario import load_scenario
 
@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     if args.plot:
         try:
             write_plot(report.data, args.plot)
-        except PlotUnavailable as exc:
+        except PlotUnavailableError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
     if not args.quiet:

@@ -22,6 +22,7 @@ Rules (docs/proxy.md, "Headers"):
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -34,6 +35,8 @@ __all__ = [
     "cookie_value",
     "parse_cookies",
     "response_headers",
+    "safe_header_name",
+    "safe_header_value",
     "scan_request",
     "upstream_headers",
 ]
@@ -51,6 +54,29 @@ HOP_BY_HOP = frozenset(
         b"upgrade",
     }
 )
+_TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
+_HOST = re.compile(r"[-A-Za-z0-9._~:\[\]%]+")
+_checked: dict[object, bool] = {}
+
+
+def safe_header_name(name: bytes) -> bool:
+    """Whether ``name`` is an HTTP token (cached: names come from the configuration)."""
+    ok = _checked.get(name)
+    if ok is None:
+        ok = _checked[name] = _TOKEN.fullmatch(name) is not None
+    return ok
+
+
+def safe_header_value(host: str) -> bool:
+    """Whether a Host value is plain host[:port] text (cached per value)."""
+    ok = _checked.get(host)
+    if ok is None:
+        if len(_checked) > 10_000:
+            _checked.clear()
+        ok = _checked[host] = _HOST.fullmatch(host) is not None
+    return ok
+
+
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
 

@@ -73,6 +73,8 @@ from lb.proxy.headers import (
     parse_cookies,
     replayable,
     response_headers,
+    safe_header_name,
+    safe_header_value,
     scan_request,
     upstream_headers,
 )
@@ -117,13 +119,15 @@ class _Flow:
         "req_done",
         "responded",
         "sent_any",
+        "started",
         "trusted",
         "up",
         "watchdog",
     )
 
-    def __init__(self, record: RequestRecord, watchdog: trio.CancelScope) -> None:
+    def __init__(self, record: RequestRecord, watchdog: trio.CancelScope, started: float) -> None:
         self.record = record
+        self.started = started
         self.watchdog = watchdog
         self.phase = ""
         """What the watchdog deadline currently guards: ``client`` or ``upstream``."""
@@ -140,6 +144,19 @@ class _Flow:
         """Push the inactivity deadline ``seconds`` ahead for an operation on ``phase``."""
         self.phase = phase
         self.watchdog.deadline = trio.current_time() + seconds
+
+
+class _Client:
+    """One client connection: its watchdog (the only cancel scope per connection) and the
+    request in progress, which the connection loop reports when it is over."""
+
+    __slots__ = ("flow", "idle", "watchdog")
+
+    def __init__(self) -> None:
+        self.watchdog = trio.CancelScope()
+        self.flow: _Flow | None = None
+        self.idle = False
+        """True while waiting for the first byte of a next request (shutdown closes these)."""
 
 
 class ProxyServer:
@@ -180,7 +197,7 @@ class ProxyServer:
         self.addresses: list[tuple[str, int]] = []
         self.draining = False
         self._stop = trio.Event()
-        self._idle_waits: set[trio.CancelScope] = set()
+        self._clients: set[_Client] = set()
         self._rid_prefix = secrets.token_hex(6)
         self._rid_counter = itertools.count(1)
         self._trust_key: object = None
@@ -189,14 +206,23 @@ class ProxyServer:
         self._names_key: object = None
         self._names: tuple[bytes, bytes] = (b"", b"")
 
+    @property
+    def active_requests(self) -> int:
+        """Requests read and not yet settled (drain progress; tests wait for 0)."""
+        return sum(1 for c in self._clients if c.flow is not None)
+
     # ------------------------------------------------------------------ lifecycle
 
     def shutdown(self) -> None:
         """Stop accepting and drain (see the module docstring).  Safe to call twice."""
         self.draining = True
         self._stop.set()
-        for scope in list(self._idle_waits):
-            scope.cancel()
+        self._close_idle_clients()
+
+    def _close_idle_clients(self) -> None:
+        for client in list(self._clients):
+            if client.idle:
+                client.watchdog.cancel()
 
     async def serve(
         self,
@@ -220,8 +246,7 @@ class ProxyServer:
                     acceptors.cancel_scope.cancel()
                 for listener in listeners:
                     _close_listener(listener)
-                for scope in list(self._idle_waits):
-                    scope.cancel()
+                self._close_idle_clients()
                 drain = self.engine.config.engine.drain_timeout
                 clients.cancel_scope.deadline = trio.current_time() + drain
         finally:
@@ -252,37 +277,71 @@ class ProxyServer:
     # ------------------------------------------------------------------ one client
 
     async def _serve_client(self, stream: trio.abc.Stream, https: bool) -> None:
-        """The keep-alive loop of one client connection; never raises."""
+        """The keep-alive loop of one client connection; never raises.
+
+        Every timeout of the connection is one deadline on ``client.watchdog``: pushed ahead
+        before each wait (see the module docstring), handled here when it fires.
+        """
         self.hooks.connection(1)
+        client = _Client()
+        self._clients.add(client)
         linger = False
+        conn: h11.Connection | None = None
         try:
             peer = _peer_ip(stream)
             limits = self.engine.config.engine.limits
             conn = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_header_bytes)
-            while not self.draining or conn.their_state is not h11.IDLE:
-                event = await self._read_head(stream, conn, peer, https)
-                if event is None:
-                    linger = conn.their_state is h11.ERROR
-                    break
-                keep = await self._exchange(stream, conn, event, peer, https)
-                if not keep or conn.our_state is not h11.DONE:
-                    linger = conn.their_state is h11.SEND_BODY
-                    break
-                if conn.their_state is not h11.DONE:
-                    linger = True
-                    break
-                conn.start_next_cycle()
+            watchdog = client.watchdog
+            with watchdog:
+                while not self.draining or conn.their_state is not h11.IDLE:
+                    watchdog.deadline = trio.current_time() + limits.idle_timeout
+                    event = await self._read_head(stream, conn, peer, client)
+                    if event is None:
+                        linger = conn.their_state is h11.ERROR
+                        break
+                    keep = await self._exchange(stream, conn, event, peer, https, client)
+                    self._finish(client)
+                    if not keep or conn.our_state is not h11.DONE:
+                        linger = conn.their_state is h11.SEND_BODY
+                        break
+                    if conn.their_state is not h11.DONE:
+                        linger = True
+                        break
+                    conn.start_next_cycle()
+            if watchdog.cancelled_caught and client.flow is not None:
+                await self._timed_out(stream, conn, client.flow)
         except Exception as exc:  # hostile input must never become a traceback
             log.debug("client connection ended with %r", exc)
         finally:
+            self._finish(client)
+            self._clients.discard(client)
             await _close_client(stream, linger=linger)
             self.hooks.connection(-1)
 
+    def _finish(self, client: _Client) -> None:
+        """Settle the request in progress: counters, upstream connection, report.
+
+        Synchronous, so that it also runs under cancellation (shutdown past the drain
+        deadline) and nothing leaks.
+        """
+        flow = client.flow
+        if flow is None:
+            return
+        client.flow = None
+        if flow.endpoint is not None:
+            self.engine.live.finished(flow.endpoint)
+            flow.endpoint = None
+        if flow.up is not None:
+            self.pool.discard(flow.up)
+            flow.up = None
+        record = flow.record
+        record.duration = trio.current_time() - flow.started
+        self.hooks.request_done(record)
+
     async def _read_head(
-        self, stream: trio.abc.Stream, conn: h11.Connection, peer: str, https: bool
+        self, stream: trio.abc.Stream, conn: h11.Connection, peer: str, client: _Client
     ) -> h11.Request | None:
         """The next request head, or None when the connection should close."""
-        limits = self.engine.config.engine.limits
         first = True
         while True:
             try:
@@ -291,20 +350,16 @@ class ProxyServer:
                 await self._reject(stream, conn, exc, peer)
                 return None
             if event is h11.NEED_DATA:
-                if self.draining and first and conn.their_state is h11.IDLE:
-                    return None
-                scope = trio.CancelScope(deadline=trio.current_time() + limits.idle_timeout)
                 if first:
-                    self._idle_waits.add(scope)
+                    if self.draining and conn.their_state is h11.IDLE:
+                        return None
+                    client.idle = True
                 try:
-                    with scope:
-                        data = await stream.receive_some(RECEIVE_SIZE)
+                    data = await stream.receive_some(RECEIVE_SIZE)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     return None
                 finally:
-                    self._idle_waits.discard(scope)
-                if scope.cancelled_caught:
-                    return None
+                    client.idle = False
                 first = False
                 conn.receive_data(cast(bytes, data))
                 if not data and conn.their_state is not h11.IDLE:
@@ -343,8 +398,12 @@ class ProxyServer:
         event: h11.Request,
         peer: str,
         https: bool,
+        client: _Client,
     ) -> bool:
-        """Serve one request; True when the connection may carry another one."""
+        """Serve one request; True when the connection may carry another one.
+
+        The request's state goes to ``client.flow``; the caller settles and reports it.
+        """
         t0 = trio.current_time()
         engine = self.engine
         settings = engine.config.engine
@@ -366,35 +425,19 @@ class ProxyServer:
             datacenter=datacenter,
             request_id=rid.decode("latin-1"),
         )
-        keep = False
-        watchdog = trio.CancelScope()
-        flow = _Flow(record, watchdog)
+        flow = _Flow(record, client.watchdog, t0)
+        client.flow = flow
         flow.trusted = trusted
+        if not facts.has_body:
+            # h11 reports the end of a bodiless request as a separate event: take it now, so
+            # that every later step sees the request as complete.
+            flow.req_done = type(conn.next_event()) is h11.EndOfMessage
         try:
-            with watchdog:
-                if not facts.has_body:
-                    # h11 reports the end of a bodiless request as a separate event: take it
-                    # now, so that every later step sees the request as complete.
-                    flow.req_done = type(conn.next_event()) is h11.EndOfMessage
-                try:
-                    keep = await self._steer_and_forward(
-                        stream, conn, event, facts, flow, peer, https, client_ip, datacenter, rid
-                    )
-                except _ClientError as abort:
-                    keep = await self._client_abort(stream, conn, flow, abort)
-            if watchdog.cancelled_caught:
-                keep = await self._timed_out(stream, conn, flow)
-        finally:
-            # Also on cancellation (shutdown past the drain deadline): counters and
-            # connections must not leak.
-            if flow.endpoint is not None:
-                engine.live.finished(flow.endpoint)
-                flow.endpoint = None
-            if flow.up is not None:
-                self.pool.discard(flow.up)
-                flow.up = None
-            record.duration = trio.current_time() - t0
-            self.hooks.request_done(record)
+            keep = await self._steer_and_forward(
+                stream, conn, event, facts, flow, peer, https, client_ip, datacenter, rid
+            )
+        except _ClientError as abort:
+            keep = await self._client_abort(stream, conn, flow, abort)
         return keep
 
     async def _steer_and_forward(
@@ -541,6 +584,13 @@ class ProxyServer:
         """Send the request (head and streamed body); return the response head."""
         limits = self.engine.config.engine.limits
         ip_name = self._names[0]
+        # h11 would run its header regexes over every header again on send (a measurable share
+        # of the request cost); the events are built with ``_parsed=True`` instead, which is
+        # safe because every value is either from h11's own parser (client and upstream
+        # heads), generated here (IPs, ids, cookies), or from the configuration and checked
+        # once here: the endpoint Host and the client-IP header name.
+        if not safe_header_value(host) or not safe_header_name(ip_name):
+            raise UpstreamError(errors.BAD_GATEWAY, "bad_config")
         out_headers = upstream_headers(
             event.headers,
             facts,
@@ -558,7 +608,12 @@ class ProxyServer:
             pending = [
                 _sent(
                     uh.send(
-                        h11.Request(method=event.method, target=event.target, headers=out_headers)
+                        h11.Request(
+                            method=event.method,
+                            target=event.target,
+                            headers=out_headers,
+                            _parsed=True,  # every name and value is pre-validated: see below
+                        )
                     )
                 )
             ]
@@ -622,7 +677,7 @@ class ProxyServer:
             except h11.RemoteProtocolError as exc:
                 raise UpstreamError(errors.BAD_GATEWAY, "upstream_protocol") from exc
             if ev is h11.NEED_DATA:
-                flow.arm("upstream", limits.request_timeout)
+                # The deadline armed by _send_up covers the wait for the whole head.
                 try:
                     data = await ustream.receive_some(RECEIVE_SIZE)
                 except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
@@ -690,7 +745,16 @@ class ProxyServer:
         headers = response_headers(response.headers, set_cookie=set_cookie, close=self.draining)
         try:
             pending = [
-                _sent(conn.send(h11.Response(status_code=status, headers=headers, reason=reason)))
+                _sent(
+                    conn.send(
+                        h11.Response(
+                            status_code=status,
+                            headers=headers,
+                            reason=reason,
+                            _parsed=True,  # upstream's parsed headers plus our own
+                        )
+                    )
+                )
             ]
         except h11.LocalProtocolError as exc:
             raise UpstreamError(errors.BAD_GATEWAY, "upstream_protocol") from exc
@@ -727,17 +791,21 @@ class ProxyServer:
             else:
                 record.error = "upstream_aborted"
                 break
-        await self._flush_down(stream, pending, flow, limits.idle_timeout)
+        # The upstream exchange is over: free the connection before the last write, which
+        # runs under the deadline already armed (no extra deadline update on the hot path).
         self.engine.live.finished(up.endpoint)
         flow.endpoint = None
         flow.up = None
         self.pool.release(up)
+        await self._flush_down(stream, pending, flow, 0.0)
         return not record.error
 
     async def _flush_down(
         self, stream: trio.abc.Stream, pending: list[bytes], flow: _Flow, seconds: float
     ) -> None:
-        flow.arm("client", seconds)
+        """Write to the client; ``seconds`` > 0 pushes the deadline, 0 keeps the current one."""
+        if seconds:
+            flow.arm("client", seconds)
         try:
             await stream.send_all(pending[0] if len(pending) == 1 else b"".join(pending))
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:

@@ -9,10 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PlotUnavailable", "write_plot"]
+__all__ = ["PlotUnavailableError", "write_plot"]
 
 
-class PlotUnavailable(RuntimeError):
+class PlotUnavailableError(RuntimeError):
     """matplotlib is not installed."""
 
 
@@ -24,22 +24,29 @@ def write_plot(data: dict[str, Any], path: str | Path) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise PlotUnavailable(
+        raise PlotUnavailableError(
             "--plot needs matplotlib: pip install 'tunnel-lb[plot]'"
         ) from exc
     windows = data["windows"]
     keys = sorted({k for w in windows for k in w["by_endpoint"]})
-    mids = [(w["start"] + w["end"]) / 2 for w in windows]
+    # Windows are intervals: step plots over their edges, the last value held to the end.
+    edges = [w["start"] for w in windows] + [windows[-1]["end"] if windows else 0.0]
+
+    def held(values: list[float]) -> list[float]:
+        return [*values, values[-1]] if values else [0.0]
+
     shares = [
-        [w["by_endpoint"].get(k, 0) / w["requests"] if w["requests"] else 0.0 for w in windows]
+        held(
+            [w["by_endpoint"].get(k, 0) / w["requests"] if w["requests"] else 0.0 for w in windows]
+        )
         for k in keys
     ]
-    errors = [w["errors"] / w["requests"] if w["requests"] else 0.0 for w in windows]
+    errors = held([w["errors"] / w["requests"] if w["requests"] else 0.0 for w in windows])
     fig, ax = plt.subplots(figsize=(11, 5.5), dpi=100)
     try:
         if keys:
-            ax.stackplot(mids, shares, labels=keys, alpha=0.85, step=None)
-        ax.plot(mids, errors, color="black", linestyle=":", linewidth=1.5, label="error share")
+            ax.stackplot(edges, shares, labels=keys, alpha=0.85, step="post")
+        ax.step(edges, errors, where="post", color="black", linestyle=":", label="error share")
         colors = {"unhealthy": "tab:red", "healthy": "tab:green", "unknown": "tab:gray"}
         for tr in data["transitions"]:
             if tr["vantage"] != "*":

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,6 +98,16 @@ class Traffic:
                 break
             current = rate
         return current
+
+    def total(self, t: float) -> float:
+        """Requests due from 0 to ``t``: the integral of the rate (no float drift per tick)."""
+        out = 0.0
+        for i, (at, rate) in enumerate(self.steps):
+            if at >= t:
+                break
+            end = self.steps[i + 1][0] if i + 1 < len(self.steps) else t
+            out += rate * (min(end, t) - at)
+        return out
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -426,8 +436,7 @@ class _Resolver:
             self.error((*path, "seen_from"), "a configuration change is seen everywhere")
         if kind == "pool":
             if name not in self.pools:
-                hint = did_you_mean(name, self.pools)
-                self.error((*path, "pool"), f"unknown pool {name!r}{hint}")
+                self.error((*path, "pool"), _unknown("pool", name, self.pools))
                 return
             if e.do == "weight":
                 self.error((*path, "do"), "weight applies to an endpoint, not a pool")
@@ -480,7 +489,7 @@ class _Resolver:
         address, replicas, layer = resolved
         for s in e.seen_from:
             if s not in self.scope_names:
-                hint = did_you_mean(s, self.scope_names)
+                hint = did_you_mean(s, sorted(self.scope_names))
                 self.error(
                     (*path, "seen_from"),
                     f"{s!r} is neither a data center nor a vantage point{hint}",
@@ -546,8 +555,8 @@ class _Resolver:
         tunnel_name, _, replica = name.partition("/")
         tunnel_address = self._tunnel_address(tunnel_name)
         if tunnel_address is None:
-            known = sorted(self.tunnels)
-            self.error(path, f"unknown tunnel {tunnel_name!r}{did_you_mean(tunnel_name, known)}")
+            known = {t.name or t.id for t in self.config.tunnels}
+            self.error(path, _unknown("tunnel", tunnel_name, known))
             return None
         address = tunnel_address
         names = tuple(r.name for r in self.replicas[address])
@@ -556,8 +565,7 @@ class _Resolver:
             return None
         if replica:
             if replica not in names:
-                hint = did_you_mean(replica, names)
-                self.error(path, f"tunnel {tunnel_name!r} has no replica {replica!r}{hint}")
+                self.error(path, _unknown(f"replica of tunnel {tunnel_name!r}:", replica, names))
                 return None
             names = (replica,)
         return address, names, ORIGIN if kind == "origin" else EDGE
@@ -570,7 +578,7 @@ class _Resolver:
         return address if address in self.replicas else None
 
     def _unknown_endpoint(self, name: str) -> str:
-        return f"unknown endpoint {name!r} (POOL/ENDPOINT){did_you_mean(name, self.endpoints)}"
+        return _unknown("endpoint", name, self.endpoints)
 
     # ------------------------------------------------------------------ ingress
 
@@ -658,16 +666,12 @@ class _Resolver:
         if kind in ("share", "drained", "detected") and not subjects:
             self.error(path, f"{kind} needs " + " or ".join(sorted(allowed)))
         if b.pool and b.pool not in self.pools:
-            hint = did_you_mean(b.pool, self.pools)
-            self.error((*path, "pool"), f"unknown pool {b.pool!r}{hint}")
+            self.error((*path, "pool"), _unknown("pool", b.pool, self.pools))
         if b.endpoint and b.endpoint not in self.endpoints:
             self.error((*path, "endpoint"), self._unknown_endpoint(b.endpoint))
         labels = {r.label for rs in self.replicas.values() for r in rs if r.label}
         if b.replica and b.replica not in labels:
-            self.error(
-                (*path, "replica"),
-                f"unknown replica {b.replica!r}{did_you_mean(b.replica, labels)}",
-            )
+            self.error((*path, "replica"), _unknown("replica", b.replica, labels))
         if b.datacenter and b.datacenter not in self.spec.traffic:
             self.error((*path, "datacenter"), f"no traffic enters at {b.datacenter!r}")
         if b.datacenter and kind not in ("share", "requests", "errors"):
@@ -696,6 +700,16 @@ class _Resolver:
                 for key, v in (("at_least", b.at_least), ("at_most", b.at_most)):
                     if v is not None and not 0 <= v <= 1:
                         self.error((*path, key), "a share is between 0 and 1")
+
+
+def _unknown(what: str, name: str, known: Iterable[str]) -> str:
+    """``unknown tunnel 'x' (did you mean "y"?)``, else the names that exist (if few)."""
+    names = sorted(set(known))
+    hint = did_you_mean(name, names)
+    if not hint and names:
+        shown = ", ".join(names[:10]) + (", ..." if len(names) > 10 else "")
+        hint = f" (known: {shown})"
+    return f"unknown {what} {name!r}{hint}"
 
 
 def _named(x: Expectation, name: str) -> Expectation:

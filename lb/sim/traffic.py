@@ -26,6 +26,7 @@ What a request does (the proxy's sequence):
 from __future__ import annotations
 
 import heapq
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from random import Random
@@ -150,7 +151,7 @@ class DatacenterTraffic:
         self._zdf = lb.session_affinity_attributes.zero_downtime_failover if lb else "none"
         self._codes = frozenset(config.engine.zero_downtime_failover_codes)
         self._cache: dict[int, _Outcome] = {}
-        self._carry = 0.0
+        self._sent = 0
         self._heap: _Heap | None = None
         if needs_live(config):
             self._heap = _Heap(
@@ -163,10 +164,11 @@ class DatacenterTraffic:
         self._cache.clear()
 
     def batch(self, t: float, tick: float) -> int:
-        """How many requests start in the tick at ``t`` (fractions carried over)."""
-        self._carry += self.traffic.rate(t) * tick
-        n = int(self._carry)
-        self._carry -= n
+        """How many requests start in the tick ``[t, t + tick)``: the whole requests due by
+        its end minus those due by its start, so fractions carry over without drift."""
+        due = math.floor(self.traffic.total(t + tick) + 1e-6)
+        n = due - self._sent
+        self._sent = due
         return n
 
     # ------------------------------------------------------------------ clients

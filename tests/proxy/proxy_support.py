@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import random
 import ssl
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -265,6 +265,13 @@ async def _backend_request(
     return path != "/stale"
 
 
+async def eventually(predicate: Callable[[], object], seconds: float = 5.0) -> None:
+    """Wait until ``predicate()`` is true (state owned by another task; no event to wait on)."""
+    with trio.fail_after(seconds):
+        while not predicate():  # noqa: ASYNC110
+            await trio.sleep(0.005)
+
+
 # ---------------------------------------------------------------------- client
 
 
@@ -375,12 +382,12 @@ async def get(port: int, target: str = "/", **kw: Any) -> Response:
         return await client.request("GET", target, **kw)
 
 
-async def raw_exchange(port: int, data: bytes, *, timeout: float = 5.0) -> bytes:
+async def raw_exchange(port: int, data: bytes, *, seconds: float = 5.0) -> bytes:
     """Send raw bytes; return everything the proxy sends back until it closes."""
     stream = await trio.open_tcp_stream("127.0.0.1", port)
     out = bytearray()
     try:
-        with trio.move_on_after(timeout):
+        with trio.move_on_after(seconds):
             await stream.send_all(data)
             while True:
                 try:
@@ -460,6 +467,15 @@ class Stack:
     port: int
     records: list[RequestRecord]
     retries: list[tuple[str, Attempt]]
+
+    async def settled(self) -> list[RequestRecord]:
+        """The records, once every request the proxy has read is reported.
+
+        A record is reported just after the response's last write, so a client can see the
+        response a moment before the record exists.
+        """
+        await eventually(lambda: not self.server.active_requests)
+        return self.records
 
 
 async def start_stack(

@@ -7,7 +7,7 @@ import tracemalloc
 
 import h11
 import trio
-from proxy_support import LB_HOST, Certs, Client, get, raw_exchange, start_stack
+from proxy_support import LB_HOST, Certs, Client, eventually, get, raw_exchange, start_stack
 
 from lb.config.model import Limits
 
@@ -31,8 +31,8 @@ async def test_chunked_both_ways(nursery: trio.Nursery, certs: Certs) -> None:
         assert seen.headers.get("transfer-encoding") == "chunked"
         # Keep-alive survives a chunked exchange.
         assert (await client.request()).status == 200
-    assert stack.records[0].bytes_in == 30
-    assert stack.records[0].bytes_out == 30
+    assert (await stack.settled())[0].bytes_in == 30
+    assert (await stack.settled())[0].bytes_out == 30
 
 
 async def test_expect_100_continue(nursery: trio.Nursery, certs: Certs) -> None:
@@ -101,7 +101,7 @@ async def test_malformed_request_is_400_and_closes(nursery: trio.Nursery, certs:
         answer = await raw_exchange(stack.port, garbage)
         assert answer.startswith(b"HTTP/1.1 400 "), (garbage, answer)
         assert b"connection: close" in answer.lower()
-    assert all(r.error == "bad_request" for r in stack.records)
+    assert all(r.error == "bad_request" for r in (await stack.settled()))
     # The proxy is still fine.
     assert (await get(stack.port)).status == 200
 
@@ -111,7 +111,7 @@ async def test_oversize_headers_431(nursery: trio.Nursery, certs: Certs) -> None
     big = b"GET / HTTP/1.1\r\nHost: app.example\r\nX-Big: " + b"a" * 5000 + b"\r\n\r\n"
     answer = await raw_exchange(stack.port, big)
     assert answer.startswith(b"HTTP/1.1 431 ")
-    assert stack.records[-1].error == "headers_too_large"
+    assert (await stack.settled())[-1].error == "headers_too_large"
 
 
 async def test_oversize_body_413(nursery: trio.Nursery, certs: Certs) -> None:
@@ -129,7 +129,7 @@ async def test_oversize_body_413(nursery: trio.Nursery, certs: Certs) -> None:
         await client.end_body()
         resp = await client.read_response()
         assert resp.status == 413
-    assert [r.error for r in stack.records] == ["body_too_large", "body_too_large"]
+    assert [r.error for r in (await stack.settled())] == ["body_too_large", "body_too_large"]
     assert stack.engine.live.in_flight["p1/e0"] == 0
 
 
@@ -147,7 +147,7 @@ async def test_response_timeout_is_524(nursery: trio.Nursery, certs: Certs) -> N
     stack = await start_stack(nursery, certs, 1, limits=Limits(request_timeout=0.2))
     resp = await get(stack.port, "/slow?s=2")
     assert resp.status == 524
-    assert stack.records[-1].error == "response_timeout"
+    assert (await stack.settled())[-1].error == "response_timeout"
 
 
 # ---------------------------------------------------------------------- headers
@@ -196,7 +196,7 @@ async def test_request_id_kept(nursery: trio.Nursery, certs: Certs) -> None:
     stack = await start_stack(nursery, certs, 1)
     resp = await get(stack.port, "/headers", headers=[("x-request-id", "abc-123")])
     assert json.loads(resp.body)["headers"]["x-request-id"] == "abc-123"
-    assert stack.records[-1].request_id == "abc-123"
+    assert (await stack.settled())[-1].request_id == "abc-123"
 
 
 async def test_trusted_proxy_headers(nursery: trio.Nursery, certs: Certs) -> None:
@@ -205,13 +205,13 @@ async def test_trusted_proxy_headers(nursery: trio.Nursery, certs: Certs) -> Non
     resp = await get(trusted.port, "/headers", headers=ray)
     seen = json.loads(resp.body)["headers"]
     assert seen["cf-connecting-ip"] == "198.51.100.7"
-    assert trusted.records[-1].client_ip == "198.51.100.7"
-    assert trusted.records[-1].datacenter == "FRA"
+    assert (await trusted.settled())[-1].client_ip == "198.51.100.7"
+    assert (await trusted.settled())[-1].datacenter == "FRA"
 
     untrusted = await start_stack(nursery, certs, 1, trusted=("10.0.0.0/8",), datacenter="AMS")
     await get(untrusted.port, "/headers", headers=ray)
-    assert untrusted.records[-1].client_ip == "127.0.0.1"
-    assert untrusted.records[-1].datacenter == "AMS"
+    assert (await untrusted.settled())[-1].client_ip == "127.0.0.1"
+    assert (await untrusted.settled())[-1].datacenter == "AMS"
 
 
 # ---------------------------------------------------------------------- retries
@@ -224,7 +224,7 @@ async def test_post_with_body_is_not_retried(nursery: trio.Nursery, certs: Certs
     async with await Client.connect(stack.port) as client:
         resp = await client.request("POST", "/drop", body=b"payload")
         assert resp.status == 502
-    assert all(len(r.attempts) == 1 for r in stack.records)
+    assert all(len(r.attempts) == 1 for r in (await stack.settled()))
     assert stack.retries == []
     assert stack.backends[1].seen == []
 
@@ -237,14 +237,14 @@ async def test_stale_pooled_connection_retried_fresh(nursery: trio.Nursery, cert
         await trio.sleep(0.05)
         resp = await client.request("GET", "/")
         assert resp.status == 200
-        assert stack.records[-1].retried == "stale_connection"
-        assert [a.reused for a in stack.records[-1].attempts] == [True, False]
+        assert (await stack.settled())[-1].retried == "stale_connection"
+        assert [a.reused for a in (await stack.settled())[-1].attempts] == [True, False]
         # A POST whose body went out on a stale connection is not replayed.
         assert (await client.request("GET", "/stale")).status == 200
         await trio.sleep(0.05)
         resp = await client.request("POST", "/sink", body=b"abc")
         assert resp.status == 502
-        assert stack.records[-1].retried is None
+        assert (await stack.settled())[-1].retried is None
 
 
 # ---------------------------------------------------------------------- streaming
@@ -280,11 +280,9 @@ async def test_websocket_passthrough(nursery: trio.Nursery, certs: Certs) -> Non
                 while len(got) < len(want):
                     got += await stream.receive_some(65536)
                 assert got.replace(b"echo:", b"") == msg
-    with trio.fail_after(2):
-        while not stack.records:
-            await trio.sleep(0.01)
-    assert stack.records[-1].websocket
-    assert stack.records[-1].status == 101
+    await eventually(lambda: stack.records, 2)
+    assert (await stack.settled())[-1].websocket
+    assert (await stack.settled())[-1].status == 101
     assert stack.backends[0].seen[-1].headers["upgrade"] == "websocket"
 
 
@@ -297,10 +295,8 @@ async def test_client_disconnect_mid_download_releases_upstream(
     await client.end_body()
     await client.stream.receive_some(65536)
     await client.aclose()
-    with trio.fail_after(5):
-        while not stack.records:
-            await trio.sleep(0.01)
-    record = stack.records[-1]
+    await eventually(lambda: stack.records, 5)
+    record = (await stack.settled())[-1]
     assert record.error == "client_disconnected"
     assert record.status == 200
     live = stack.engine.live
@@ -316,10 +312,8 @@ async def test_client_disconnect_mid_upload(nursery: trio.Nursery, certs: Certs)
     await client.send_body(b"z" * 1000)
     await trio.sleep(0.1)
     await client.aclose()
-    with trio.fail_after(5):
-        while not stack.records:
-            await trio.sleep(0.01)
-    assert stack.records[-1].error == "client_disconnected"
+    await eventually(lambda: stack.records, 5)
+    assert (await stack.settled())[-1].error == "client_disconnected"
     assert stack.engine.live.connections["p1/e0"] == 0
 
 
@@ -348,8 +342,8 @@ async def test_large_bodies_stream_with_flat_memory(nursery: trio.Nursery, certs
         tracemalloc.stop()
     # Client, proxy and backend all run in this process; every one streams.
     assert peak < 8 * 1024 * 1024, peak
-    assert stack.records[0].bytes_in == size
-    assert stack.records[1].bytes_out == size
+    assert (await stack.settled())[0].bytes_in == size
+    assert (await stack.settled())[1].bytes_out == size
 
 
 # ---------------------------------------------------------------------- shutdown

@@ -17,7 +17,7 @@ async def test_plain_request_goes_through(nursery: trio.Nursery, certs: Certs) -
     assert resp.status == 200
     assert resp.body == b"b0"
     assert resp.reason == b"OK"
-    (record,) = stack.records
+    (record,) = await stack.settled()
     assert record.status == 200
     assert record.endpoint == "p1/e0"
     assert record.load_balancer == LB_HOST
@@ -75,7 +75,7 @@ async def test_refused_endpoint_is_retried_elsewhere(nursery: trio.Nursery, cert
             resp = await client.request()
             assert resp.status == 200
             assert resp.body == b"b1"
-    retried = [r for r in stack.records if r.retried]
+    retried = [r for r in (await stack.settled()) if r.retried]
     assert retried, "some requests must have been steered to the stopped endpoint first"
     for record in retried:
         assert record.retried == "zero_downtime_failover"
@@ -117,7 +117,7 @@ async def test_all_refused_answers_521_or_502(nursery: trio.Nursery, certs: Cert
     resp = await get(stack.port)
     assert resp.status == 521
     assert b"error code: 521" in resp.body
-    assert len(stack.records[-1].attempts) == 2
+    assert len((await stack.settled())[-1].attempts) == 2
 
     plain = await start_stack(nursery, certs, 1, error_style="plain")
     plain.backends[0].stop()
@@ -141,7 +141,7 @@ async def test_affinity_cookie_pins_the_endpoint(nursery: trio.Nursery, certs: C
         again = await get(stack.port, headers=[("cookie", f"a=b; {value}")])
         assert again.body == first.body
         assert again.header("set-cookie") is None
-    assert stack.records[-1].affinity == "hit"
+    assert (await stack.settled())[-1].affinity == "hit"
 
 
 async def test_pinned_endpoint_down_remaps_with_new_cookie(
@@ -168,7 +168,7 @@ async def test_unknown_host_is_404(nursery: trio.Nursery, certs: Certs) -> None:
         assert b"no load balancer" in resp.body
         # The connection stays usable.
         assert (await client.request()).status == 200
-    assert stack.records[0].error == "unknown_host"
+    assert (await stack.settled())[0].error == "unknown_host"
 
 
 async def test_no_pool_is_530_1016(nursery: trio.Nursery, certs: Certs) -> None:
@@ -212,7 +212,7 @@ async def test_connect_timeout_is_522(nursery: trio.Nursery, certs: Certs) -> No
         with trio.fail_after(5):
             resp = await get(stack.port)
         assert resp.status == 522
-        assert stack.records[-1].attempts[0].error == "connect_timeout"
+        assert (await stack.settled())[-1].attempts[0].error == "connect_timeout"
     finally:
         for s in fillers:
             s.close()
@@ -223,7 +223,7 @@ async def test_bad_certificate_is_526(nursery: trio.Nursery, certs: Certs) -> No
     stack = await start_stack(nursery, certs, 1, host_header="other.invalid")
     resp = await get(stack.port)
     assert resp.status == 526
-    assert stack.records[-1].attempts[0].error == "tls_certificate"
+    assert (await stack.settled())[-1].attempts[0].error == "tls_certificate"
 
 
 async def test_target_rules() -> None:

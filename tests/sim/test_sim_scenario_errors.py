@@ -1,0 +1,158 @@
+"""Scenario mistakes are reported like configuration mistakes: file, line, dotted path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sim_builders import write
+
+from lb.config.errors import ConfigError, Problem
+from lb.sim import load_scenario
+
+HEAD = """\
+config: lb.yaml
+duration: 60
+traffic:
+  FRA: {rate: 10}
+"""
+
+
+def problems(path: Path) -> list[Problem]:
+    with pytest.raises(ConfigError) as info:
+        load_scenario(path)
+    return info.value.problems
+
+
+def only(path: Path) -> Problem:
+    found = problems(path)
+    assert len(found) == 1, [str(p) for p in found]
+    return found[0]
+
+
+def test_unknown_tunnel_names_file_line_and_path(tmp_path: Path) -> None:
+    path = write(tmp_path, HEAD + "timeline:\n  - {at: 10, tunnel: tx, do: refuse}\n")
+    p = only(path)
+    assert (p.file, p.line, p.path) == (str(path), 6, "timeline[0].tunnel")
+    assert p.message == "unknown tunnel 'tx' (known: ta, tb)"
+
+
+def test_unknown_replica_and_endpoint(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        HEAD
+        + "timeline:\n"
+        + "  - {at: 10, replica: ta/r9, do: refuse}\n"
+        + "  - {at: 10, endpoint: main/zz, do: disable}\n",
+    )
+    found = problems(path)
+    assert [(p.line, p.path) for p in found] == [
+        (6, "timeline[0].replica"),
+        (7, "timeline[1].endpoint"),
+    ]
+    assert found[0].message == "unknown replica of tunnel 'ta': 'r9' (known: r1, r2)"
+    assert "unknown endpoint 'main/zz'" in found[1].message
+
+
+def test_time_after_the_end(tmp_path: Path) -> None:
+    path = write(tmp_path, HEAD + "timeline:\n  - {at: 61, tunnel: ta, do: refuse}\n")
+    p = only(path)
+    assert (p.line, p.path) == (6, "timeline[0].at")
+    assert "after the end (60 s)" in p.message
+
+
+def test_until_before_at(tmp_path: Path) -> None:
+    path = write(tmp_path, HEAD + "timeline:\n  - {at: 30, tunnel: ta, do: refuse, until: 20}\n")
+    assert only(path).path == "timeline[0].until"
+
+
+def test_bad_value_and_typo_are_reported_by_the_shared_parser(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        HEAD.replace("{rate: 10}", "{rate: 10, cookeis: 0.5}")
+        + "timeline:\n  - {at: 10, tunnel: ta, do: explode}\n",
+    )
+    found = {p.path: p for p in problems(path)}
+    assert 'did you mean "cookies"' in found["traffic.FRA.cookeis"].message
+    assert found["traffic.FRA.cookeis"].line == 4
+    assert "must be one of" in found["timeline[0].do"].message
+
+
+def test_unknown_data_center_and_negative_rate(tmp_path: Path) -> None:
+    path = write(tmp_path, HEAD.replace("FRA: {rate: 10}", "FRX: {rate: -1}"))
+    found = {p.path: p.message for p in problems(path)}
+    assert "unknown data center 'FRX'" in found["traffic.FRX"]
+    assert "between 0 and" in found["traffic.FRX.rate"]
+
+
+def test_partition_needs_seen_from_and_known_places(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        HEAD
+        + "timeline:\n"
+        + "  - {at: 10, tunnel: ta, do: partition}\n"
+        + "  - {at: 10, tunnel: ta, do: refuse, seen_from: [NOWHERE]}\n",
+    )
+    found = {p.path: p.message for p in problems(path)}
+    assert "needs seen_from" in found["timeline[0].seen_from"]
+    assert "neither a data center nor a vantage point" in found["timeline[1].seen_from"]
+
+
+def test_expectation_problems(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        HEAD
+        + "expect:\n"
+        + "  - share: {pool: nope, at_least: 0.5}\n"
+        + "  - drained: {endpoint: main/a}\n"
+        + "  - errors: {between: [10, 5], at_most: 1}\n"
+        + "  - {share: {pool: main, at_least: 2}}\n",
+    )
+    found = {p.path: p for p in problems(path)}
+    assert "unknown pool 'nope'" in found["expect[0].share.pool"].message
+    assert "needs within" in found["expect[1].drained"].message
+    assert found["expect[2].errors.between"].line == 8
+    assert "between 0 and 1" in found["expect[3].share.at_least"].message
+
+
+def test_every_problem_at_once(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        HEAD
+        + "timeline:\n"
+        + "  - {at: 10, tunnel: tx, do: refuse}\n"
+        + "  - {at: 99, tunnel: ta, do: refuse}\n"
+        + "expect:\n  - probes: {}\n",
+    )
+    assert len(problems(path)) == 3
+
+
+def test_problem_in_the_referenced_config_points_into_it(tmp_path: Path) -> None:
+    path = write(tmp_path, HEAD, config="pools:\n  - name: p\n    origins: []\n    monitor: zz\n")
+    found = problems(path)
+    assert found and all(p.file == str(tmp_path / "lb.yaml") for p in found)
+
+
+def test_problem_in_an_inline_config_is_under_config(tmp_path: Path) -> None:
+    body = """\
+    duration: 60
+    traffic:
+      FRA: {rate: 10}
+    config:
+      monitors:
+        - {id: m, interval: 3}
+      pools:
+        - {name: p, monitor: m, origins: [{name: a, address: 192.0.2.1}]}
+      load_balancers:
+        - {name: app.example.com, default_pools: [p], fallback_pool: p}
+    """
+    path = write(tmp_path, body)
+    p = only(path)
+    assert (p.file, p.line, p.path) == (str(path), 6, "config.monitors[0].interval")
+
+
+def test_missing_file_and_yaml_syntax(tmp_path: Path) -> None:
+    assert "no such file" in only(tmp_path / "missing.yaml").message
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("duration: [1,\n")
+    assert "YAML syntax error" in only(bad).message
