@@ -185,7 +185,10 @@ async def serve_lb(
     metrics.attach(engine)
     engine.observers.health.append(_log_transition)
     scheduler = Scheduler(
-        NetworkTransport(ssl_context=tls), engine.apply, rng=random.Random(rng.random())
+        NetworkTransport(ssl_context=tls),
+        engine.apply,
+        rng=random.Random(rng.random()),
+        first_round_rate=500,  # ramp TLS handshakes when thousands of endpoints start
     )
     scheduler.update(jobs_for_config(config, engine.targets()))
     reload = ReloadFn(paths, engine, scheduler, metrics)
