@@ -506,6 +506,7 @@ class ProxyServer:
 
         zdf_done = stale_done = fresh = False
         connect_to = engine.config.connect_to
+        self.pool.connect_timeout = settings.limits.connect_timeout  # follows reloads
         while True:
             endpoint = decision.endpoint
             assert endpoint is not None

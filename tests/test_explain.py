@@ -1,0 +1,64 @@
+"""``tunnel-lb explain``: the decision and its trace, from the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lb.cli import main
+
+GEO = str(Path(__file__).resolve().parent.parent / "configs" / "geo.yaml")
+
+
+def explain(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = main(["explain", GEO, *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_explain_json_names_pool_endpoint_tunnel_and_trace(capsys: pytest.CaptureFixture[str]):
+    code, out, _ = explain(capsys, "--host", "geo.localhost", "--datacenter", "SIN", "--json")
+    assert code == 0
+    doc = json.loads(out)
+    assert doc["load_balancer"] == "geo.localhost"
+    assert (doc["pool"], doc["endpoint"]) == ("apac", "sin")
+    assert doc["tunnel_id"] == "3c4d5e6f-7a8b-4c9d-8e1f-2a3b4c5d6e7f"
+    assert doc["reason"] == "policy"
+    assert "candidates from region_pools[SEAS]: ['apac', 'us']" in doc["trace"]
+
+
+def test_explain_down_moves_to_next_pool_and_says_why(capsys: pytest.CaptureFixture[str]):
+    code, out, _ = explain(
+        capsys, "--host", "geo.localhost", "--datacenter", "SIN", "--down", "apac/sin"
+    )
+    assert code == 0
+    assert out.startswith("geo.localhost -> pool us, endpoint iad")
+    assert "pool apac excluded: critical: 0 healthy < minimum_origins 1 (R17)" in out
+
+
+def test_r27_explain_whole_region_down_uses_fallback_not_default_pools(
+    capsys: pytest.CaptureFixture[str],
+):
+    code, out, _ = explain(
+        capsys,
+        "--host", "geo.localhost", "--datacenter", "AMS", "--json",
+        "--down", "eu/ams", "--down", "eu/lhr", "--down", "us/iad",
+    )  # fmt: skip
+    assert code == 0
+    doc = json.loads(out)
+    assert (doc["pool"], doc["reason"]) == ("last-resort", "fallback")
+
+
+def test_explain_unknown_host_is_a_clear_error(capsys: pytest.CaptureFixture[str]):
+    code, out, err = explain(capsys, "--host", "nope.example.com")
+    assert code == 2
+    assert out == ""
+    assert "no load balancer answers for host 'nope.example.com' (known: geo.localhost)" in err
+
+
+def test_explain_unknown_down_endpoint_is_a_clear_error(capsys: pytest.CaptureFixture[str]):
+    code, _, err = explain(capsys, "--host", "geo.localhost", "--down", "eu/nope")
+    assert code == 2
+    assert "--down eu/nope: no monitored endpoint of that name" in err
