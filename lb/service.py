@@ -34,7 +34,7 @@ from lb.config.model import Config
 from lb.core.health import HealthEvent
 from lb.engine import Engine
 from lb.metrics import Metrics
-from lb.proxy.hooks import Attempt, ProxyHooks, RequestRecord
+from lb.proxy.hooks import ProxyHooks, RequestRecord
 from lb.proxy.server import serve_proxy
 from monitors.network import NetworkTransport
 from monitors.scheduler import Scheduler
@@ -129,9 +129,10 @@ def _hooks(engine: Engine, metrics: Metrics) -> ProxyHooks:
 
     def done(record: RequestRecord) -> None:
         endpoint = record.endpoint.partition("/")[2] if record.endpoint else None
-        metrics.request_done(
-            record.load_balancer or "", record.pool, endpoint, record.status, record.duration
-        )
+        lb = record.load_balancer or ""
+        metrics.request_done(lb, record.pool, endpoint, record.status, record.duration)
+        if record.retried:
+            metrics.retry(lb, record.retried)
         if engine.config.engine.access_log:
             access_log.info(
                 "request",
@@ -151,10 +152,7 @@ def _hooks(engine: Engine, metrics: Metrics) -> ProxyHooks:
                 },
             )
 
-    def retry(reason: str, attempt: Attempt) -> None:
-        metrics.retry(attempt.pool, reason)
-
-    return ProxyHooks(on_request_done=done, on_retry=retry)
+    return ProxyHooks(on_request_done=done, on_decision=metrics.decision)
 
 
 async def serve_lb(

@@ -13,6 +13,8 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from steering import Decision
+
 __all__ = ["Attempt", "ProxyHooks", "RequestRecord"]
 
 log = logging.getLogger("lb.proxy")
@@ -80,11 +82,14 @@ class ProxyHooks:
     * ``on_retry(reason, failed_attempt)``: before a second attempt; ``reason`` is
       ``zero_downtime_failover`` (R42) or ``stale_connection`` (pool lesson).
     * ``on_connection(delta)``: +1 when a client connection is accepted, -1 when it closes.
+    * ``on_decision(decision)``: every steering decision the proxy acts on, the
+      zero-downtime retry's included (metrics count them by policy and affinity outcome).
     """
 
     on_request_done: Callable[[RequestRecord], None] | None = None
     on_retry: Callable[[str, Attempt], None] | None = None
     on_connection: Callable[[int], None] | None = None
+    on_decision: Callable[[Decision], None] | None = None
 
     def request_done(self, record: RequestRecord) -> None:
         """Call ``on_request_done``, logging (not raising) its errors."""
@@ -101,6 +106,14 @@ class ProxyHooks:
                 self.on_retry(reason, attempt)
             except Exception:
                 log.exception("on_retry hook failed")
+
+    def decision(self, decision: Decision) -> None:
+        """Call ``on_decision``, logging (not raising) its errors."""
+        if self.on_decision is not None:
+            try:
+                self.on_decision(decision)
+            except Exception:
+                log.exception("on_decision hook failed")
 
     def connection(self, delta: int) -> None:
         """Call ``on_connection``, logging (not raising) its errors."""

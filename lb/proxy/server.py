@@ -490,6 +490,7 @@ class ProxyServer:
         )
         live = engine.live
         decision = router.decide(req, self.rng, live)
+        self.hooks.decision(decision)
         record.load_balancer = decision.load_balancer.name if decision.load_balancer else None
         record.decision = decision.reason
         record.affinity = decision.affinity
@@ -545,6 +546,7 @@ class ProxyServer:
                         record.retried = "zero_downtime_failover"
                         self.hooks.retry("zero_downtime_failover", attempt)
                         decision = retry
+                        self.hooks.decision(retry)
                         record.decision = retry.reason
                         continue
                 if (

@@ -232,6 +232,11 @@ class UpstreamPool:
                     cause = exc.__cause__
                     if isinstance(cause, ssl.SSLCertVerificationError):
                         raise UpstreamError(TLS_BAD_CERT, "tls_certificate") from exc
+                    if isinstance(cause, ConnectionError | ssl.SSLEOFError):
+                        # Reset or closed before the handshake could start: a tunnel whose
+                        # process is dying accepted in the kernel, then went away. That is
+                        # "down" (521, and a zero-downtime retry), not a TLS problem (525).
+                        raise UpstreamError(CONNECT_REFUSED, "refused") from exc
                     raise UpstreamError(TLS_HANDSHAKE, "tls_handshake") from exc
                 stream = tls
         if scope.cancelled_caught or stream is None:

@@ -1,0 +1,217 @@
+"""End to end: `tunnel-lb run` as its own process over two `tunnel-lb connector` processes.
+
+Real sockets on 127.0.0.1 only, certificates from trustme, a real Prometheus scraping the
+admin port.  One test walks the operator's story: traffic flows to the first pool, a tunnel
+dies and requests still succeed (zero-downtime failover) while the monitor marks it down, a
+broken reload is refused and the old config keeps serving, a good reload takes effect and
+keeps health, Prometheus sees the request counter, and SIGTERM drains and exits cleanly.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+import trustme
+from prometheus_support import free_port, running_prometheus, tool
+
+pytestmark = [pytest.mark.e2e, pytest.mark.integration]
+
+EU = "6ff42ae2-765d-4adf-8112-31c55c1551ef"
+US = "0f3e2d1c-4b5a-4c6d-8e7f-9a0b1c2d3e4f"
+APP = "app.example.com"
+LB = "app.localhost"
+
+
+def lb_config(ports: dict[str, int], listen: int, admin: int, ca: Path, order: list[str]) -> str:
+    return json.dumps(
+        {
+            "monitors": [
+                {
+                    "id": "app",
+                    "type": "https",
+                    "path": "/healthz",
+                    "interval": 1,
+                    "timeout": 0.5,
+                    "retries": 0,
+                    "header": {"Host": [APP]},
+                }
+            ],
+            "pools": [
+                {
+                    "name": name,
+                    "monitor": "app",
+                    "origins": [
+                        {
+                            "name": f"tunnel-{name}",
+                            "address": f"{uuid}.cfargotunnel.com",
+                            "header": {"Host": [APP]},
+                        }
+                    ],
+                }
+                for name, uuid in (("eu", EU), ("us", US))
+            ],
+            "load_balancers": [
+                {
+                    "name": LB,
+                    "default_pools": order,
+                    "fallback_pool": "us",
+                    # One tunnel per pool: without this the retry has no alternate (R43).
+                    "adaptive_routing": {"failover_across_pools": True},
+                }
+            ],
+            "connect_to": {
+                f"{uuid}.cfargotunnel.com:443": f"127.0.0.1:{ports[uuid]}" for uuid in (EU, US)
+            },
+            "engine": {
+                "minimum_interval": 1,
+                "listen": [{"address": "127.0.0.1", "port": listen}],
+                "admin": f"127.0.0.1:{admin}",
+                "upstream_ca": str(ca),
+                "drain_timeout": 2,
+            },
+        },
+        indent=1,
+    )
+
+
+def connector_config(uuid: str, dc: str, port: int, cert: Path) -> str:
+    return json.dumps(
+        {
+            "tunnel": uuid,
+            "replica": f"{dc.lower()}-1",
+            "datacenter": dc,
+            "listen": f"127.0.0.1:{port}",
+            "certificate": str(cert),
+            "key": str(cert),
+            "ingress": [
+                {"hostname": APP, "path": "^/healthz$", "service": "http_status:200"},
+                {"hostname": APP, "service": "hello_world"},
+                {"service": "http_status:404"},
+            ],
+        }
+    )
+
+
+@asynccontextmanager
+async def processes() -> AsyncIterator[trio.Nursery]:
+    async with trio.open_nursery() as nursery:
+        try:
+            yield nursery
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+async def start(nursery: trio.Nursery, *args: str, log: Path) -> trio.Process:
+    with log.open("ab") as out:
+        cmd = [sys.executable, "-m", "lb", *args]
+        run = partial(trio.run_process, cmd, check=False, stdout=out, stderr=out)
+        process: trio.Process = await nursery.start(run)
+        return process
+
+
+async def wait_until(client: httpx.AsyncClient, url: str, ok: Any, *, seconds: float = 20) -> Any:
+    """Poll ``url`` until ``ok(response)`` is truthy (bounded); return that value."""
+    with trio.move_on_after(seconds):
+        while True:
+            try:
+                response = await client.get(url)
+                result = ok(response)
+                if result:
+                    return result
+            except httpx.TransportError:
+                pass
+            await trio.sleep(0.1)
+    pytest.fail(f"{url} did not reach the expected state within {seconds}s")
+
+
+async def served_by(client: httpx.AsyncClient, base: str, n: int) -> Counter[str]:
+    seen: Counter[str] = Counter()
+    for _ in range(n):
+        r = await client.get(f"{base}/", headers={"Host": LB})
+        seen[f"{r.status_code} {r.json()['tunnel'] if r.status_code == 200 else ''}".strip()] += 1
+    return seen
+
+
+async def test_lb_process_story(tmp_path: Path) -> None:
+    prometheus = tool("prometheus")
+    ca = trustme.CA()
+    cert = tmp_path / "tunnel.pem"
+    ca.issue_cert(APP).private_key_and_cert_chain_pem.write_to_path(str(cert))
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    ports = {EU: free_port(), US: free_port()}
+    listen, admin = free_port(), free_port()
+    config = tmp_path / "lb.json"
+    config.write_text(lb_config(ports, listen, admin, ca_file, ["eu", "us"]))
+    log = tmp_path / "processes.log"
+    base, admin_base = f"http://127.0.0.1:{listen}", f"http://127.0.0.1:{admin}"
+
+    async with processes() as nursery, httpx.AsyncClient(timeout=5) as client:
+        tunnels = {}
+        for uuid, dc in ((EU, "FRA"), (US, "IAD")):
+            path = tmp_path / f"{dc}.json"
+            path.write_text(connector_config(uuid, dc, ports[uuid], cert))
+            tunnels[uuid] = await start(nursery, "connector", "--quiet", str(path), log=log)
+        lb = await start(nursery, "run", str(config), log=log)
+        await wait_until(client, f"{admin_base}/readyz", lambda r: r.status_code == 200)
+
+        # Failover order: every request goes to the eu tunnel.
+        assert await served_by(client, base, 20) == Counter({f"200 {EU}": 20})
+
+        # The eu tunnel dies: requests still succeed through the zero-downtime retry (R42)
+        # across pools at once, and within a few monitor intervals the pool is critical and skipped.
+        tunnels[EU].kill()
+        assert await served_by(client, base, 10) == Counter({f"200 {US}": 10})
+
+        def eu_down(r: httpx.Response) -> bool:
+            pools = {p["name"]: p for p in r.json()["pools"]}
+            return bool(pools["eu"]["state"] == "critical")
+
+        await wait_until(client, f"{admin_base}/status", eu_down)
+
+        # A broken reload is refused and the old configuration keeps serving.
+        good = config.read_text()
+        config.write_text(good.replace('"interval": 1', '"interval": "soon"'))
+        r = await client.post(f"{admin_base}/reload")
+        assert r.status_code == 400
+        assert any("monitors[0].interval" in e for e in r.json()["errors"])
+        assert await served_by(client, base, 5) == Counter({f"200 {US}": 5})
+
+        # SIGHUP with a good one: us first now. Health is kept (eu stays critical, us stays
+        # healthy, no return to unknown).
+        config.write_text(lb_config(ports, listen, admin, ca_file, ["us", "eu"]))
+        lb.send_signal(signal.SIGHUP)
+
+        def reloaded(r: httpx.Response) -> bool:
+            return b'lb_config_reloads_total{result="success"} 1.0' in r.content
+
+        await wait_until(client, f"{admin_base}/metrics", reloaded)
+        status = (await client.get(f"{admin_base}/status")).json()
+        states = {p["name"]: p["state"] for p in status["pools"]}
+        assert states == {"eu": "critical", "us": "healthy"}
+
+        # A real Prometheus scrapes the admin port and sees the request counter.
+        async with running_prometheus(prometheus, f"127.0.0.1:{admin}", tmp_path) as prom:
+            series = await prom.query_until(
+                f'sum by (pool) (lb_requests_total{{load_balancer="{LB}",status="200"}})'
+            )
+            by_pool = {s["metric"]["pool"]: float(s["value"][1]) for s in series}
+            assert by_pool == {"eu": 20.0, "us": 15.0}
+
+        # SIGTERM: stop accepting, drain, exit 0.
+        lb.send_signal(signal.SIGTERM)
+        with trio.fail_after(10):
+            code = await lb.wait()
+        assert code == 0, log.read_text()[-3000:]
+        tunnels[US].send_signal(signal.SIGTERM)
