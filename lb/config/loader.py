@@ -29,7 +29,7 @@ from lb.config._source import Node, Segment, Where, read_file, read_text
 from lb.config.errors import ConfigError, Problem
 from lb.config.model import Config, Datacenter, Engine, LoadBalancer, Monitor, Pool, Tunnel
 
-__all__ = ["BUILTIN_DATACENTERS", "LoadResult", "load_config", "load_config_text"]
+__all__ = ["BUILTIN_DATACENTERS", "LoadResult", "load_config", "load_config_node", "load_config_text"]
 
 T = TypeVar("T")
 Path = tuple[Segment, ...]
@@ -73,6 +73,12 @@ def load_config_text(text: str, filename: str = "config.yaml") -> LoadResult:
     node, problems = read_text(text, filename)
     report.errors.extend(problems)
     return _load([(filename, None if problems else node)], report)
+
+
+def load_config_node(node: Node, filename: str) -> LoadResult:
+    """Like :func:`load_config` for a document already read (a configuration embedded in
+    another file, such as a simulation scenario); lines keep pointing into ``filename``."""
+    return _load([(filename, node)], Report())
 
 
 def _load(documents: list[tuple[str, Node | None]], report: Report) -> LoadResult:

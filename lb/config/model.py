@@ -61,6 +61,14 @@ def _f(default: Any = dataclasses.MISSING, **meta: Any) -> Any:
     return field(default=default, metadata=meta)
 
 
+def _host(header: Mapping[str, tuple[str, ...]]) -> str | None:
+    """The first ``Host`` value of a Cloudflare ``header`` map (names are case-insensitive)."""
+    for name, values in header.items():
+        if name.lower() == "host" and values:
+            return values[0]
+    return None
+
+
 # --------------------------------------------------------------------------- monitors
 
 
@@ -105,10 +113,7 @@ class Monitor:
     @property
     def host_header(self) -> str | None:
         """The monitor's own Host header, if any (R5, second in precedence)."""
-        for name, values in self.header.items():
-            if name.lower() == "host" and values:
-                return values[0]
-        return None
+        return _host(self.header)
 
 
 # --------------------------------------------------------------------------- pools
@@ -132,10 +137,7 @@ class Origin:
     @property
     def host_header(self) -> str | None:
         """The endpoint's Host override (R5, R47), if any."""
-        for name, values in self.header.items():
-            if name.lower() == "host" and values:
-                return values[0]
-        return None
+        return _host(self.header)
 
     @property
     def tunnel_id(self) -> str | None:

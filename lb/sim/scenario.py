@@ -239,7 +239,7 @@ def _config(
         elif isinstance(raw, dict):
             child = root.value["config"] if isinstance(root.value, dict) else root
             assert isinstance(child, Node)
-            result = config_loader._load([(filename, child)], Report())
+            result = config_loader.load_config_node(child, filename)
         else:
             report.error(where, "expected a path to a configuration or an inline mapping")
             return None, []
