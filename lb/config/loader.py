@@ -29,7 +29,13 @@ from lb.config._source import Node, Segment, Where, read_file, read_text
 from lb.config.errors import ConfigError, Problem
 from lb.config.model import Config, Datacenter, Engine, LoadBalancer, Monitor, Pool, Tunnel
 
-__all__ = ["BUILTIN_DATACENTERS", "LoadResult", "load_config", "load_config_node", "load_config_text"]
+__all__ = [
+    "BUILTIN_DATACENTERS",
+    "LoadResult",
+    "load_config",
+    "load_config_node",
+    "load_config_text",
+]
 
 T = TypeVar("T")
 Path = tuple[Segment, ...]
