@@ -123,7 +123,7 @@ METRICS: tuple[MetricSpec, ...] = (
         "lb_retries_total",
         "counter",
         (_LB, "reason"),
-        "Zero-downtime failover retries (R42), by the status or error that caused them.",
+        "Second attempts: zero-downtime failover (R42) by failed status, or stale_connection.",
     ),
     MetricSpec(
         "lb_fallback_requests_total",
@@ -499,7 +499,8 @@ class Metrics:
 
         Args:
             load_balancer: the load balancer's name.
-            reason: what failed the first attempt, e.g. ``"522"`` or ``"connect_error"``.
+            reason: the status that failed the first attempt (``"522"``), or
+                ``"stale_connection"``.
         """
         self.retries.inc((load_balancer, reason))
 

@@ -131,8 +131,10 @@ def _hooks(engine: Engine, metrics: Metrics) -> ProxyHooks:
         endpoint = record.endpoint.partition("/")[2] if record.endpoint else None
         lb = record.load_balancer or ""
         metrics.request_done(lb, record.pool, endpoint, record.status, record.duration)
-        if record.retried:
-            metrics.retry(lb, record.retried)
+        if record.retried == "zero_downtime_failover" and record.attempts:
+            metrics.retry(lb, str(record.attempts[0].status))  # 521, 522, 523...
+        elif record.retried:
+            metrics.retry(lb, record.retried)  # stale_connection: a dead pooled connection
         if engine.config.engine.access_log:
             access_log.info(
                 "request",

@@ -27,6 +27,7 @@ from lb.config.tunnels import tunnel_uuid
 __all__ = [
     "REGIONS",
     "AdaptiveRouting",
+    "CertificatePair",
     "Config",
     "Datacenter",
     "Engine",
@@ -343,6 +344,17 @@ class LocalPreference:
 
 
 @dataclass(**_FROZEN)
+class CertificatePair:
+    """An extra certificate of an HTTPS listener, chosen by the client's SNI name."""
+
+    certificate: str = _f(doc="PEM certificate chain")
+    key: str = _f(doc="PEM private key")
+    hostnames: tuple[str, ...] = _f(
+        (), doc="SNI names it serves (*.example.com = one label); empty = its DNS SANs"
+    )
+
+
+@dataclass(**_FROZEN)
 class Listener:
     """A downstream listener of the proxy."""
 
@@ -350,6 +362,9 @@ class Listener:
     port: int = _f(8080, range=(0, 65535), doc="bind port; 0 = any free port")
     certificate: str = _f("", doc="PEM certificate chain for HTTPS; empty = plain HTTP")
     key: str = _f("", doc="PEM private key for HTTPS")
+    certificates: tuple[CertificatePair, ...] = _f(
+        (), doc="more certificates, picked by SNI; no match = certificate/key"
+    )
 
 
 @dataclass(**_FROZEN)

@@ -179,6 +179,9 @@ async def test_lb_process_story(tmp_path: Path) -> None:
             return bool(pools["eu"]["state"] == "critical")
 
         await wait_until(client, f"{admin_base}/status", eu_down)
+        text = (await client.get(f"{admin_base}/metrics")).text
+        retried = [line for line in text.splitlines() if line.startswith("lb_retries_total{")]
+        assert any(f'load_balancer="{LB}"' in r and 'reason="521"' in r for r in retried), text
 
         # A broken reload is refused and the old configuration keeps serving.
         good = config.read_text()
