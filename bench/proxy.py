@@ -14,7 +14,9 @@ the two ports.  Rows:
 * ``bare``: bench/_bare_forwarder.py, the yardstick (ratios are against it);
 * ``tunnel-lb``: lb.proxy with one load balancer, one pool, two tunnel endpoints mapped to the
   backend by ``connect_to``, a counting ``on_request_done`` hook;
-* ``tunnel-lb x2``: two such processes on one port with SO_REUSEPORT (``engine.workers: 2``);
+* ``tunnel-lb run``, ``tunnel-lb run x2``: the whole ``tunnel-lb run`` process (metrics,
+  admin, health from an unmonitored pool) with ``engine.workers: 1`` and ``2``; with 2 it
+  starts its own second proxy process on the port with SO_REUSEPORT (docs/workers.md);
 * ``nginx``, ``haproxy``: Debian packages as reverse proxies, one worker/thread.
 
 wrk, nginx and haproxy are installed with apt-get when missing; a row whose program cannot be
@@ -45,7 +47,14 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 PY = sys.executable
 BACKEND_PORTS = (18443, 18444)
-PORTS = {"bare": 18100, "tunnel-lb": 18101, "tunnel-lb x2": 18102, "nginx": 18103, "haproxy": 18104}
+PORTS = {
+    "bare": 18100,
+    "tunnel-lb": 18101,
+    "tunnel-lb run": 18105,
+    "tunnel-lb run x2": 18102,
+    "nginx": 18103,
+    "haproxy": 18104,
+}
 HOST = "backend.local"
 BODY = b"x" * 99 + b"\n"  # 100 bytes
 
@@ -363,6 +372,41 @@ def serve_lb(port: int, ca: str, reuse_port: bool) -> None:
     trio.run(main)
 
 
+def run_config(tmp: Path, port: int, workers: int) -> Path:
+    """A ``tunnel-lb run`` configuration equivalent to :func:`serve_lb`'s, as a file."""
+    tunnels = [f"00000000-0000-4000-8000-{i:012d}.cfargotunnel.com" for i in range(2)]
+    conf = tmp / f"run-{workers}.json"
+    conf.write_text(
+        json.dumps(
+            {
+                "pools": [
+                    {
+                        "name": "p1",
+                        "origins": [
+                            {"name": f"e{i}", "address": t, "header": {"Host": [HOST]}}
+                            for i, t in enumerate(tunnels)
+                        ],
+                    }
+                ],
+                "load_balancers": [
+                    {"name": "127.0.0.1", "default_pools": ["p1"], "fallback_pool": "p1"}
+                ],
+                "connect_to": {
+                    f"{t}:443": f"127.0.0.1:{p}"
+                    for t, p in zip(tunnels, BACKEND_PORTS, strict=True)
+                },
+                "engine": {
+                    "listen": [{"address": "127.0.0.1", "port": port}],
+                    "admin": f"127.0.0.1:{port + 100}",
+                    "upstream_ca": str(tmp / "ca.pem"),
+                    "workers": workers,
+                },
+            }
+        )
+    )
+    return conf
+
+
 # ---------------------------------------------------------------------- the benchmark
 
 
@@ -428,19 +472,12 @@ def main() -> int:
             ),
             ("tunnel-lb", [[PY, __file__, "--serve-lb", str(PORTS["tunnel-lb"]), "--ca", ca]]),
             (
-                "tunnel-lb x2",
-                [
-                    [
-                        PY,
-                        __file__,
-                        "--serve-lb",
-                        str(PORTS["tunnel-lb x2"]),
-                        "--ca",
-                        ca,
-                        "--reuse-port",
-                    ]
-                ]
-                * 2,
+                "tunnel-lb run",
+                [[PY, "-m", "lb", "run", str(run_config(tmp, PORTS["tunnel-lb run"], 1))]],
+            ),
+            (
+                "tunnel-lb run x2",
+                [[PY, "-m", "lb", "run", str(run_config(tmp, PORTS["tunnel-lb run x2"], 2))]],
             ),
         ]
         if have_nginx:
@@ -505,8 +542,8 @@ def main() -> int:
             row.rps, row.p50_ms, row.p99_ms = mid["rps"], mid["p50"], mid["p99"]
             row.errors = int(sum(r["errors"] for r in row.runs))
             row.cpu_us_per_req = sorted(r["cpu_us"] for r in row.runs)[len(runs) // 2]
-            if name == "tunnel-lb x2":
-                row.note = "2 processes, SO_REUSEPORT"
+            if name == "tunnel-lb run x2":
+                row.note = "engine.workers: 2 (SO_REUSEPORT)"
             rows.append(row)
         for procs in running.values():
             for p in procs:

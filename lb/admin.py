@@ -54,6 +54,7 @@ from lb.core.health import ProbeResult
 from lb.core.snapshot import PoolView
 from lb.engine import Engine
 from lb.metrics import Metrics, load_balancer_state
+from lb.proxy.headers import parse_cookies
 from steering import Request, Router
 
 __all__ = ["ReloadResult", "parse_address", "serve_admin", "status_json"]
@@ -321,8 +322,12 @@ class _Admin:
                 return _error(400, f"header={item!r}: expected Name:value")
             headers[name.strip().lower()] = value.strip()
         seed_text = _one(query, "seed") or "0"
-        if not seed_text.lstrip("-").isdigit():
-            return _error(400, f"seed={seed_text!r}: expected an integer")
+        try:
+            seed = int(seed_text) if len(seed_text) <= 20 else None
+        except ValueError:
+            seed = None
+        if seed is None:
+            return _error(400, f"seed={seed_text[:40]!r}: expected an integer")
         engine = self.engine
         request = Request(
             host=host,
@@ -330,7 +335,7 @@ class _Admin:
             datacenter=_one(query, "datacenter").upper(),
             cookie=_one(query, "cookie") or None,
             headers=headers,
-            cookies=_cookies(headers.get("cookie", "")),
+            cookies=parse_cookies(headers.get("cookie", "").encode("latin-1")),
             now=trio.current_time(),
             wall=time.time(),
         )
@@ -342,7 +347,7 @@ class _Admin:
             secret=engine.secret,
             sessions=engine.sessions.read_only(),
         )
-        decision = router.decide(request, random.Random(int(seed_text)), engine.live, trace=True)
+        decision = router.decide(request, random.Random(seed), engine.live, trace=True)
         if decision.status == 404 and decision.load_balancer is None:
             known = sorted(lb.name for lb in engine.config.load_balancers if lb.enabled)
             return _error(404, f"no load balancer answers for host {host!r}", known=known)
@@ -394,15 +399,6 @@ async def _linger(stream: trio.SocketStream) -> None:
 def _one(query: _Query, name: str) -> str:
     values = query.get(name)
     return values[-1].strip() if values else ""
-
-
-def _cookies(header: str) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for part in header.split(";"):
-        name, sep, value = part.strip().partition("=")
-        if sep and name:
-            out[name] = value
-    return out
 
 
 # --------------------------------------------------------------------------- /status

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from lb.config.model import Config
 from lb.core.book import HealthBook, ProbeTarget
-from lb.core.health import HealthEvent, ProbeResult
+from lb.core.health import Health, HealthEvent, ProbeResult
 from steering import HeaderSessions, Live, Router
 
 __all__ = ["Engine", "Observers"]
@@ -90,12 +90,22 @@ class Engine:
                 health_observer(event)
         return events
 
-    def reconfigure(self, config: Config, *, now: float) -> None:
-        """Swap the configuration, keeping health of unchanged endpoints and the secret."""
-        self.book.reconfigure(config, now=now)
+    def reconfigure(self, config: Config, *, now: float) -> list[HealthEvent]:
+        """Swap the configuration, keeping health of unchanged endpoints and the secret.
+
+        Returns (and tells the health observers) the transitions the swap caused, e.g. an
+        endpoint whose probe changed starting over as unknown.
+        """
+        events = self.book.reconfigure(config, now=now)
         self.generation += 1
+        reset = {(e.pool, e.endpoint) for e in events if e.after is Health.UNKNOWN}
+        self._seen = {s for s in self._seen if (s[0], s[1]) not in reset}
         for observer in self.observers.config:
             observer(config)
+        for event in events:
+            for health_observer in self.observers.health:
+                health_observer(event)
+        return events
 
 
 def _secret(config: Config) -> bytes:

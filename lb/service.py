@@ -10,6 +10,10 @@ the real network and the real signals:
   Listener addresses are not rebound on reload (a restart is needed for that; it is logged).
 * ``SIGTERM`` / ``SIGINT`` stop accepting and drain in-flight requests for up to
   ``engine.drain_timeout`` seconds.
+* ``engine.workers: N`` (N > 1) adds N-1 proxy worker processes on the same listen
+  addresses (SO_REUSEPORT) that share this process's health view: :mod:`lb.workers` and
+  ``docs/workers.md``.  This process stays the only prober, the admin and the reloader;
+  :func:`serve_worker` is the composition root of one worker.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import logging
 import random
 import signal
 import ssl
+import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -35,12 +40,14 @@ from lb.core.health import HealthEvent
 from lb.engine import Engine
 from lb.metrics import Metrics
 from lb.proxy.hooks import ProxyHooks, RequestRecord
+from lb.proxy.listeners import open_listeners
 from lb.proxy.server import serve_proxy
+from lb.workers import ChildContext, Workers, run_child
 from monitors.network import NetworkTransport
 from monitors.scheduler import Scheduler
 from monitors.spec import jobs_for_config
 
-__all__ = ["Running", "serve_lb", "upstream_context"]
+__all__ = ["Running", "serve_lb", "serve_worker", "upstream_context"]
 
 
 @dataclass(slots=True)
@@ -53,6 +60,8 @@ class Running:
     metrics: Metrics
     shutdown: trio.Event
     reload: ReloadFn
+    workers: Workers | None = None
+    """The child proxy workers when ``engine.workers > 1``."""
 
 
 class ReloadFn:
@@ -124,8 +133,11 @@ def _log_transition(event: HealthEvent) -> None:
     )
 
 
-def _hooks(engine: Engine, metrics: Metrics) -> ProxyHooks:
+def _hooks(engine: Engine, metrics: Metrics, worker: int | None = None) -> ProxyHooks:
+    """Metrics and access log per request; ``worker`` (0 = the parent) is logged with
+    ``engine.workers > 1`` so that an operator can tell the processes apart."""
     access_log = logging.getLogger("tunnel_lb.access")
+    extra = {} if worker is None else {"worker": worker}
 
     def done(record: RequestRecord) -> None:
         endpoint = record.endpoint.partition("/")[2] if record.endpoint else None
@@ -150,6 +162,7 @@ def _hooks(engine: Engine, metrics: Metrics) -> ProxyHooks:
                         "retried": record.retried,
                         "duration": round(record.duration, 6),
                         "request_id": record.request_id,
+                        **extra,
                     }
                 },
             )
@@ -193,6 +206,15 @@ async def serve_lb(
     scheduler.update(jobs_for_config(config, engine.targets()))
     reload = ReloadFn(paths, engine, scheduler, metrics)
     shutdown = trio.Event()
+    workers = None
+    if config.engine.workers > 1:
+        workers = Workers(
+            engine,
+            metrics,
+            count=config.engine.workers - 1,
+            command=[sys.executable, "-m", "lb", "run", "--worker", *paths],
+            seeds=lambda: rng.getrandbits(63),
+        )
     logs.event("starting", files=list(paths), wall=round(time.time(), 3))
     async with trio.open_nursery() as nursery:
         await nursery.start(scheduler.run)
@@ -203,26 +225,33 @@ async def serve_lb(
             functools.partial(
                 serve_proxy,
                 engine,
-                hooks=_hooks(engine, metrics),
+                hooks=_hooks(engine, metrics, None if workers is None else 0),
                 rng=random.Random(rng.random()),
                 upstream_ssl=tls,
                 shutdown=shutdown,
             ),
+            None if workers is None else workers.stopped,
         )
+        if workers is not None:
+            await nursery.start(workers.run, proxy, shutdown)
         if handle_signals:
             nursery.start_soon(_signals, reload, shutdown)
-        logs.event("ready", proxy=proxy, admin=admin)
-        task_status.started(Running(proxy, admin, engine, metrics, shutdown, reload))
+        logs.event("ready", proxy=proxy, admin=admin, workers=config.engine.workers)
+        task_status.started(Running(proxy, admin, engine, metrics, shutdown, reload, workers))
 
 
 async def _proxy_then_stop(
     scope: trio.CancelScope,
     serve: Callable[..., Awaitable[None]],
+    then: Callable[[], Awaitable[None]] | None = None,
     *,
     task_status: trio.TaskStatus[list[tuple[str, int]]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run the proxy; once it has drained and returned, stop everything else too."""
+    """Run the proxy; once it has drained (and ``then``: the workers have exited), stop
+    everything else too."""
     await serve(task_status=task_status)
+    if then is not None:
+        await then()
     logs.event("stopped")
     scope.cancel()
 
@@ -236,3 +265,39 @@ async def _signals(reload: ReloadFn, shutdown: trio.Event) -> None:
             else:
                 logs.event("draining", signal=signal.Signals(signum).name)
                 shutdown.set()
+
+
+def serve_worker(paths: Sequence[str]) -> None:
+    """Run one child proxy worker (``tunnel-lb run --worker FILE...``) until told to stop.
+
+    Its configuration, affinity secret, listen addresses and health all come from the
+    parent over stdin (:func:`lb.workers.run_child`); ``paths`` only anchor a relative
+    ``engine.upstream_ca``.  It has no scheduler, no admin listener and no reload of its
+    own: one process probes, every process serves.
+    """
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # reloads come from the parent
+    metrics = Metrics()  # traffic counters only, reported to the parent
+
+    async def serve(
+        ctx: ChildContext,
+        shutdown: trio.Event,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        engine = ctx.engine
+        listeners = await open_listeners(ctx.listen, reuse_port=True)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(
+                functools.partial(
+                    serve_proxy,
+                    engine,
+                    listeners,
+                    hooks=_hooks(engine, metrics, ctx.worker),
+                    rng=random.Random(ctx.seed),
+                    upstream_ssl=upstream_context(engine.config, paths),
+                    shutdown=shutdown,
+                )
+            )
+            task_status.started()
+
+    trio.run(run_child, serve, metrics)

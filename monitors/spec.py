@@ -10,9 +10,10 @@ judged, resolved from the configuration once, so the drivers never look at the c
 * **Port (R7, open question 17)**: monitor ``port`` when non-zero, else the endpoint ``port``
   when non-zero, else 443 for https and 80 for http.  The endpoint port is where traffic goes,
   so a monitor that does not name a port probes that.  Cloudflare's docs leave this open.
-* **Dial address**: ``connect_to["address:port"]`` (or ``connect_to["address"]``, keeping the
-  port) when present, else ``address:port``.  Only the socket address changes: Host and SNI
-  stay what R4/R5 say, like ``curl --connect-to``.
+* **Dial address**: ``connect_to["address:port"]`` when present, else ``address:port``, the
+  address normalised as the proxy does it (:func:`lb.config.hosts.dial_address`: lowercase,
+  no trailing dot).  Only the socket address changes: Host and SNI stay what R4/R5 say, like
+  ``curl --connect-to``.
 * **Headers**: the monitor's headers except ``Host`` (placed by R5) and ``User-Agent``
   (R6: never overridable).  The User-Agent is ours (``tunnel-lb/<version> (health-check;
   pool: <pools>)``) or, with ``engine.probe_user_agent: cloudflare``, Cloudflare's.
@@ -31,6 +32,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from lb import __version__
+from lb.config.hosts import dial_address
 from lb.config.model import Config
 from lb.core.book import ProbeTarget
 
@@ -104,23 +106,13 @@ def _strip_port(host: str) -> str:
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
-def _dial(address: str, port: int, connect_to: Mapping[str, str]) -> tuple[str, int]:
-    target = connect_to.get(f"{address.lower()}:{port}") or connect_to.get(address.lower())
-    if not target:
-        return address, port
-    host, sep, p = target.rpartition(":")
-    if sep and p.isdigit():
-        return host.strip("[]"), int(p)
-    return target.strip("[]"), port
-
-
 def probe_for(target: ProbeTarget, *, connect_to: Mapping[str, str] | None = None) -> Probe:
     """The probe of one target, User-Agent left empty (set by :func:`plan`)."""
     m, o = target.monitor, target.origin
     port = m.port or o.port or (443 if m.type == "https" else 80)
     host = o.host_header or m.host_header or o.address
     server_name = _strip_port(host)
-    dial_host, dial_port = _dial(o.address, port, connect_to or {})
+    dial_host, dial_port = dial_address(o.address, port, connect_to or {})
     headers = tuple(
         (name, value)
         for name, values in m.header.items()

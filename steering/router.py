@@ -33,31 +33,41 @@ import dataclasses
 import math
 from bisect import bisect
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from random import Random
-from typing import cast
 
 from lb.config.model import Datacenter, LoadBalancer
 from lb.core.health import Health
 from lb.core.snapshot import EndpointView, PoolView, Snapshot
 from steering.affinity import CookieValue, HeaderSessions, session_key, sign, verify
 from steering.geo import distance_km
-from steering.pick import ip_bucket, rendezvous, weighted, weighted_by_load, weighted_dynamic
-from steering.types import Affinity, Decision, Live, Request
+from steering.pick import ip_bucket, load_table, rendezvous, weighted, weighted_dynamic
+from steering.types import Affinity, Counts, Decision, Live, Request
 
 __all__ = ["Router"]
 
 _NO_LIVE = Live()
 _CACHE_LIMIT = 4096
 """Most cached routes / endpoint sets / cookies per router: these keys come from requests."""
-_UNSET: object = object()
 _ORDERED = frozenset({"off", "geo", "proximity", "dynamic_latency"})
 """Pool policies whose route is already in preference order: the first eligible pool wins."""
 
 
+class _LoadMemo:
+    """R21's last cumulative table of one endpoint set, and the counts it was computed from."""
+
+    __slots__ = ("counts", "cumulative", "total", "version")
+
+    def __init__(self) -> None:
+        self.counts: Counts | None = None
+        self.version = -1
+        self.cumulative: list[float] = []
+        self.total = 0.0
+
+
 @dataclass(frozen=True, slots=True)
 class _Endpoints:
-    """A set of endpoints with its pick tables."""
+    """A set of endpoints of one pool with its pick tables."""
 
     items: tuple[EndpointView, ...]
     names: tuple[str, ...]
@@ -65,13 +75,21 @@ class _Endpoints:
     cumulative: tuple[float, ...]
     note: str
     """How the set was chosen, for the trace (empty for the plain selectable set)."""
-    keys: tuple[str, ...]
-    """``pool/endpoint`` of each item (``EndpointView.key`` formats it on every call)."""
     total: float
     """Sum of the weights (``cumulative[-1]``, or 0 for an empty set)."""
+    pool: str
+    layout: tuple[str, ...]
+    """Names of all the pool's endpoints in ``origins`` order (one tuple per pool and router),
+    the layout :meth:`Live.counts` indexes its counts by."""
+    indexes: tuple[int, ...]
+    """``EndpointView.index`` of each item: its position in ``layout``."""
+    memo: _LoadMemo = field(default_factory=_LoadMemo, compare=False, repr=False)
+    """R21's table for the last counts seen (see :meth:`Router._choose`)."""
 
     @classmethod
-    def of(cls, items: Sequence[EndpointView], note: str = "") -> _Endpoints:
+    def of(
+        cls, pool: str, layout: tuple[str, ...], items: Sequence[EndpointView], note: str = ""
+    ) -> _Endpoints:
         weights = tuple(e.weight for e in items)
         total, cumulative = 0.0, []
         for w in weights:
@@ -83,8 +101,10 @@ class _Endpoints:
             weights,
             tuple(cumulative),
             note,
-            tuple(e.key for e in items),
             total,
+            pool,
+            layout,
+            tuple(e.index for e in items),
         )
 
 
@@ -233,6 +253,8 @@ class Router:
         self._cookies: dict[str, CookieValue | None] = {}
         """Verified ``__cflb`` values: a signed value always verifies the same way."""
         self._pins: dict[str, _Pin] = {}
+        self._layouts: dict[tuple[str, ...], tuple[str, ...]] = {}
+        """Pool layouts (see :attr:`_Endpoints.layout`), one tuple object per distinct layout."""
         engine = snapshot.config.engine
         self._local = engine.local_preference
         self._zdf_codes = frozenset(engine.zero_downtime_failover_codes)
@@ -244,15 +266,16 @@ class Router:
     ) -> Decision:
         """Steer one request; see the module docstring for the steps."""
         plan = self._plans.get(req.host) or self._plan(req.host)
-        if plan is not None and not trace and plan.affinity == "none":
-            # The fast path: an untraced decision whose pool is known (see _compile_fast).
+        if plan is not None and not trace:
+            # The fast path: an untraced decision without affinity whose pool does not depend
+            # on the request (see _Fast); the same arithmetic as the general path below.
             fast = plan.fast.get(req.datacenter if plan.fast_by_datacenter else "")
             if fast is not None:
                 pool, eps, wide, spill, label, policy = fast
                 if spill and rng.random() < spill:
                     eps = wide
                 ep: EndpointView | None
-                if policy == "random":
+                if policy == "random":  # _choose's R19, inline: the most common case
                     items = eps.items
                     i = bisect(eps.cumulative, rng.random() * eps.total)
                     ep = items[i] if i < len(items) else items[-1]
@@ -497,28 +520,12 @@ class Router:
         *,
         avoid: str = "",
     ) -> Decision:
-        key = req.datacenter if plan.fast_by_datacenter else ""
-        fast = plan.fast.get(key, _UNSET)
-        if fast is None or tr is not None or avoid:
-            pass  # the general path below
-        elif fast is not _UNSET:
-            f_pool, f_eps, f_wide, spill, label, f_policy = cast(_Fast, fast)
-            if spill and rng.random() < spill:
-                f_eps = f_wide
-            f_ep: EndpointView | None
-            if f_policy == "random":
-                items = f_eps.items
-                i = bisect(f_eps.cumulative, rng.random() * f_eps.total)
-                f_ep = items[i] if i < len(items) else items[-1]
-            else:
-                f_ep = self._choose(f_eps, f_policy, req, rng, live)
-            if f_ep is not None:
-                return _decision(plan.lb, f_pool, f_ep, "policy", label, None)
         route = plan.routes.get(req.datacenter if plan.by_datacenter else "")
         if route is None:
             route = self._route(plan, req)
-        if fast is _UNSET and len(plan.fast) < _CACHE_LIMIT:
-            plan.fast[key] = self._compile_fast(plan, route, key)
+        dc_key = req.datacenter if plan.fast_by_datacenter else ""
+        if tr is None and plan.affinity == "none" and dc_key not in plan.fast:
+            self._compile_fast(plan, route, dc_key)  # for the next decide() from here
         if tr is not None:
             self._trace_route(route, tr)
         pools = route.eligible
@@ -540,17 +547,21 @@ class Router:
             return self._fallback(plan, req, rng, live, tr)
         return _decision(plan.lb, pool, ep, "policy", plan.label(pool), tr)
 
-    def _compile_fast(self, plan: _Plan, route: _Route, dc: str) -> _Fast | None:
-        if plan.policy not in _ORDERED or route.sheds or not route.eligible:
-            return None
-        pool = route.eligible[0]
-        wide = self._endpoint_set(pool, "", fallback=False)
-        local = self._local
-        if local.enabled and dc:
-            eps, spill = self._endpoint_set(pool, dc, fallback=False), local.spill
-        else:
-            eps, spill = wide, 0.0
-        return (pool, eps, wide, spill, plan.label(pool), pool.config.origin_steering.policy)
+    def _compile_fast(self, plan: _Plan, route: _Route, dc: str) -> None:
+        """Cache the fast-path entry of ``plan`` for data center ``dc`` (see :data:`_Fast`)."""
+        fast: _Fast | None = None
+        if plan.policy in _ORDERED and not route.sheds and route.eligible:
+            pool = route.eligible[0]
+            wide = self._endpoint_set(pool, "", fallback=False)
+            local = self._local
+            if local.enabled and dc:
+                eps, spill = self._endpoint_set(pool, dc, fallback=False), local.spill
+            else:
+                eps, spill = wide, 0.0
+            label, policy = plan.label(pool), pool.config.origin_steering.policy
+            fast = (pool, eps, wide, spill, label, policy)
+        if len(plan.fast) < _CACHE_LIMIT:  # dc comes from a request header
+            plan.fast[dc] = fast
 
     def _pick_pool(
         self,
@@ -643,7 +654,7 @@ class Router:
                 kept = [e for e in wide.items if e.key not in exclude]
             if not kept:
                 return None
-            eps = _Endpoints.of(kept, eps.note)
+            eps = _Endpoints.of(eps.pool, eps.layout, kept, eps.note)
         items = eps.items
         if not items:
             return None
@@ -670,11 +681,23 @@ class Router:
             return items[i] if i < len(items) else items[-1]
         if policy == "hash":  # R20
             return rendezvous(req.client_ip, items, eps.names, eps.weights)
-        # R21: least_outstanding_requests / least_connections
-        counts = live.in_flight if policy == "least_outstanding_requests" else live.connections
-        if not counts:  # nothing in flight anywhere: plain weighted random
-            return Router._choose(eps, "random", req, rng, live)
-        return weighted_by_load(items, eps.weights, eps.keys, counts, rng)
+        # R21: least_outstanding_requests / least_connections.  The counts come from Live's
+        # per-pool mirror (read directly while it has this router's layout); the table of
+        # ``w / (n + 1)`` sums is kept in eps.memo until the counts move.
+        connections = policy == "least_connections"
+        mirror = (live.connection_mirrors if connections else live.in_flight_mirrors).get(eps.pool)
+        if mirror is None or mirror.names is not eps.layout:
+            if not (live.connections if connections else live.in_flight):
+                return Router._choose(eps, "random", req, rng, live)  # nothing counted yet
+            mirror = live.counts(eps.pool, eps.layout, connections=connections)
+        memo = eps.memo
+        if memo.counts is not mirror or memo.version != mirror.version:
+            memo.cumulative, memo.total = load_table(eps.weights, eps.indexes, mirror.by_index)
+            memo.counts, memo.version = mirror, mirror.version
+        if memo.total <= 0:
+            return None
+        i = bisect(memo.cumulative, rng.random() * memo.total)
+        return items[i] if i < len(items) else items[-1]
 
     def _endpoints(
         self, pool: PoolView, req: Request, rng: Random, *, fallback: bool
@@ -696,6 +719,8 @@ class Router:
         return found
 
     def _compute_endpoints(self, pool: PoolView, dc: str, *, fallback: bool) -> _Endpoints:
+        layout = tuple(e.name for e in pool.endpoints)
+        layout = self._layouts.setdefault(layout, layout)
         items: Sequence[EndpointView] = pool.selectable
         note = ""
         if fallback and not items:
@@ -708,11 +733,13 @@ class Router:
         if dc and items:
             local = [e for e in items if dc in e.datacenters]
             if local:
-                return _Endpoints.of(local, f"local preference: {len(local)} endpoint(s) in {dc}")
+                note = f"local preference: {len(local)} endpoint(s) in {dc}"
+                return _Endpoints.of(pool.name, layout, local, note)
             nearest = self._nearest(items, dc)
             if nearest:
-                return _Endpoints.of(nearest, f"local preference: none in {dc}; nearest used")
-        return _Endpoints.of(items, note)
+                note = f"local preference: none in {dc}; nearest used"
+                return _Endpoints.of(pool.name, layout, nearest, note)
+        return _Endpoints.of(pool.name, layout, items, note)
 
     def _nearest(self, items: Sequence[EndpointView], dc: str) -> list[EndpointView]:
         """The endpoints whose closest replica data center is nearest to ``dc``."""

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from lb.config.model import LoadBalancer
 from lb.core.snapshot import EndpointView, PoolView
 
-__all__ = ["Affinity", "Decision", "Live", "Request"]
+__all__ = ["Affinity", "Counts", "Decision", "Live", "Request"]
 
 
 @dataclass(slots=True, kw_only=True)
@@ -45,42 +45,109 @@ class Affinity:
     INVALID = "invalid"
 
 
+class Counts:
+    """One pool's live counts of one kind, by endpoint position: what R21 reads per request.
+
+    ``by_index[i]`` is the count of the endpoint called ``names[i]`` (``EndpointView.index`` is
+    its position in the pool's ``origins``), so a reader walks two lists instead of formatting
+    and hashing a ``pool/endpoint`` key per endpoint.  ``version`` moves on every change: a
+    reader may keep what it derived from the counts (the router keeps R21's cumulative table)
+    for as long as the version and the :class:`Counts` object are the same.
+    """
+
+    __slots__ = ("by_index", "names", "version")
+
+    def __init__(self, names: tuple[str, ...], by_index: list[int]) -> None:
+        self.names = names
+        """The layout: endpoint names in ``origins`` order; ``()`` once it is out of date."""
+        self.by_index = by_index
+        self.version = 0
+
+    def add(self, endpoint: EndpointView, delta: int) -> None:
+        """Move the count of ``endpoint`` by ``delta``."""
+        i, names = endpoint.index, self.names
+        if i < len(names) and names[i] == endpoint.name:
+            self.by_index[i] += delta
+        else:
+            # ``endpoint`` comes from a snapshot with another layout (a reload reordered the
+            # pool while it was in use): give up the mirror; the next reader rebuilds it.
+            self.names = ()
+        self.version += 1
+
+
 @dataclass(slots=True)
 class Live:
     """Live request and connection counts, written by the proxy or simulator, read by steering.
 
-    Keys are endpoint keys (``pool/endpoint``) and pool names.  These feed
-    ``least_outstanding_requests`` and ``least_connections`` (R21) at endpoint and pool level.
+    These feed ``least_outstanding_requests`` and ``least_connections`` (R21) at endpoint and
+    pool level.  The dictionaries are the record, keyed by endpoint key (``pool/endpoint``) and
+    pool name; admin, metrics and tests read them, and they may be given to the constructor.
+    After that, write only through :meth:`started`, :meth:`finished`,
+    :meth:`connection_opened` and :meth:`connection_closed`: they also keep the per-pool
+    :class:`Counts` mirrors that steering reads (:meth:`counts`) in step.
     """
 
     in_flight: dict[str, int] = field(default_factory=dict)
     connections: dict[str, int] = field(default_factory=dict)
     pool_in_flight: dict[str, int] = field(default_factory=dict)
     pool_connections: dict[str, int] = field(default_factory=dict)
+    in_flight_mirrors: dict[str, Counts] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+    connection_mirrors: dict[str, Counts] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def started(self, endpoint: EndpointView) -> None:
         """A request to ``endpoint`` went out."""
-        key = endpoint.key
-        self.in_flight[key] = self.in_flight.get(key, 0) + 1
-        self.pool_in_flight[endpoint.pool] = self.pool_in_flight.get(endpoint.pool, 0) + 1
+        _move(endpoint, 1, self.in_flight, self.pool_in_flight, self.in_flight_mirrors)
 
     def finished(self, endpoint: EndpointView) -> None:
         """A request to ``endpoint`` completed, successfully or not."""
-        key = endpoint.key
-        self.in_flight[key] = self.in_flight.get(key, 0) - 1
-        self.pool_in_flight[endpoint.pool] = self.pool_in_flight.get(endpoint.pool, 0) - 1
+        _move(endpoint, -1, self.in_flight, self.pool_in_flight, self.in_flight_mirrors)
 
     def connection_opened(self, endpoint: EndpointView) -> None:
         """An upstream connection to ``endpoint`` opened."""
-        key = endpoint.key
-        self.connections[key] = self.connections.get(key, 0) + 1
-        self.pool_connections[endpoint.pool] = self.pool_connections.get(endpoint.pool, 0) + 1
+        _move(endpoint, 1, self.connections, self.pool_connections, self.connection_mirrors)
 
     def connection_closed(self, endpoint: EndpointView) -> None:
         """An upstream connection to ``endpoint`` closed."""
-        key = endpoint.key
-        self.connections[key] = self.connections.get(key, 0) - 1
-        self.pool_connections[endpoint.pool] = self.pool_connections.get(endpoint.pool, 0) - 1
+        _move(endpoint, -1, self.connections, self.pool_connections, self.connection_mirrors)
+
+    def counts(self, pool: str, names: tuple[str, ...], *, connections: bool) -> Counts:
+        """The in-flight (or, with ``connections``, connection) counts of ``pool`` by position.
+
+        ``names`` is the pool's layout in the reader's snapshot (endpoint names in ``origins``
+        order).  The mirror is built from the dictionaries on first use and whenever the layout
+        differs, then kept in step by the writers; passing the same tuple object every time
+        makes the layout check an identity test.
+        """
+        mirrors = self.connection_mirrors if connections else self.in_flight_mirrors
+        mirror = mirrors.get(pool)
+        if mirror is not None and mirror.names is names:
+            return mirror
+        if mirror is None or mirror.names != names:
+            record = self.connections if connections else self.in_flight
+            mirror = Counts(names, [record.get(f"{pool}/{name}", 0) for name in names])
+            mirrors[pool] = mirror
+        else:
+            mirror.names = names  # the same layout from another snapshot
+        return mirror
+
+
+def _move(
+    endpoint: EndpointView,
+    delta: int,
+    record: dict[str, int],
+    pool_record: dict[str, int],
+    mirrors: dict[str, Counts],
+) -> None:
+    key, pool = endpoint.key, endpoint.pool
+    record[key] = record.get(key, 0) + delta
+    pool_record[pool] = pool_record.get(pool, 0) + delta
+    mirror = mirrors.get(pool)
+    if mirror is not None:
+        mirror.add(endpoint, delta)
 
 
 @dataclass(slots=True, kw_only=True)

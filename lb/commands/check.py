@@ -12,7 +12,7 @@ import json
 import sys
 from typing import Any
 
-from lb.config._reference import markdown_reference
+from lb.config import markdown_reference
 from lb.config.errors import ConfigError, Problem
 from lb.config.loader import load_config
 from lb.config.model import Config, LoadBalancer, Monitor, Pool, Tunnel

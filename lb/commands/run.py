@@ -8,7 +8,7 @@ import trio
 
 from lb import logs
 from lb.config.loader import load_config
-from lb.service import serve_lb
+from lb.service import serve_lb, serve_worker
 
 NAME = "run"
 HELP = "Run the load balancer: reverse proxy, health monitors and admin API."
@@ -18,11 +18,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the command's options."""
     parser.add_argument("files", nargs="+", metavar="FILE", help="configuration files")
     parser.add_argument("--seed", type=int, default=None, help="seed for probe spreading/picks")
+    # Internal: one proxy worker process started by `run` itself for engine.workers > 1.
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
 
 
 def run(args: argparse.Namespace) -> int:
     """Validate first (errors exit 2 before anything listens), then serve until stopped."""
     logs.configure()
+    if args.worker:
+        serve_worker(args.files)
+        return 0
     result = load_config(args.files)
     for warning in result.warnings:
         logs.event("config_warning", message=str(warning))

@@ -14,6 +14,7 @@ from typing import Any
 
 from lb.config.model import (
     AdaptiveRouting,
+    CertificatePair,
     Datacenter,
     Engine,
     Limits,
@@ -48,6 +49,7 @@ REFERENCE: tuple[tuple[str, type, str | None], ...] = (
     ("datacenters.<code>", Datacenter, "code"),
     ("engine", Engine, None),
     ("engine.listen[]", Listener, None),
+    ("engine.listen[].certificates[]", CertificatePair, None),
     ("engine.limits", Limits, None),
     ("engine.local_preference", LocalPreference, None),
 )

@@ -22,7 +22,7 @@ Passive signals (request outcomes, zero-downtime-failover retries) never change 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from lb.config.model import Config, Monitor, Origin, Pool
@@ -44,8 +44,26 @@ class ProbeTarget:
 
 
 def identity(pool: Pool, origin: Origin, monitor: Monitor | None) -> tuple[object, ...]:
-    """What must stay the same for an endpoint to keep its health across a reload."""
-    return (pool.name, origin.name, origin.address, origin.port, origin.host_header, monitor)
+    """What must stay the same for an endpoint to keep its health across a reload.
+
+    Only what changes the probe's answer counts: where it goes and what passes.  A new
+    ``interval``, ``timeout``, ``retries``, ``description`` or hysteresis threshold keeps the
+    health (an outage on every such edit would be worse than the edit).
+    """
+    probe = None
+    if monitor is not None:
+        probe = (
+            monitor.type,
+            monitor.effective_method,
+            monitor.path,
+            monitor.port,
+            tuple(sorted(monitor.header.items())),
+            monitor.expected_codes,
+            monitor.expected_body,
+            monitor.follow_redirects,
+            monitor.allow_insecure,
+        )
+    return (pool.name, origin.name, origin.address.lower(), origin.port, origin.host_header, probe)
 
 
 class _Endpoint:
@@ -64,6 +82,25 @@ class _Endpoint:
         self.health = Health.UNKNOWN
         self.last: dict[str, ProbeResult] = {}
 
+    def retune(self, monitor: Monitor, vantages: Iterable[str]) -> None:
+        """Keep the states of surviving vantage points; new thresholds, new points unknown."""
+        checks = {}
+        for v in vantages:
+            check = self.checks.get(v)
+            if check is None:
+                check = Check(
+                    consecutive_up=monitor.consecutive_up,
+                    consecutive_down=monitor.consecutive_down,
+                )
+            else:
+                check.retune(
+                    consecutive_up=monitor.consecutive_up,
+                    consecutive_down=monitor.consecutive_down,
+                )
+            checks[v] = check
+        self.checks = checks
+        self.last = {v: r for v, r in self.last.items() if v in checks}
+
 
 class HealthBook:
     """Owns endpoint health for one configuration at a time; see the module docstring."""
@@ -73,6 +110,8 @@ class HealthBook:
         self._endpoints: dict[tuple[str, str], _Endpoint] = {}
         self._disabled_at: dict[tuple[str, str], float] = {}
         self._rtt: dict[tuple[str, str], float] = {}
+        self._rtt_shown: dict[tuple[str, str], float] = {}
+        """The averages the current snapshot shows."""
         self._version = 0
         self._snapshot: Snapshot | None = None
         self._build(config, previous={}, now=now)
@@ -114,10 +153,52 @@ class HealthBook:
             for o in p.origins
             if p.enabled and o.enabled
         }
+        before = {key: ep.health for key, ep in previous.items()}
         self._config = config
         self._build(config, previous=previous, now=now, old_enabled=old_enabled)
         self._snapshot = None
-        return []
+        # R15: a reload that resets or re-aggregates an endpoint reports it like a probe would.
+        events = []
+        for key, ep in self._endpoints.items():
+            aggregate = majority([c.state for c in ep.checks.values()])
+            old = before.get(key, Health.UNKNOWN)
+            ep.health = aggregate
+            if aggregate is not old:
+                events.append(
+                    HealthEvent(
+                        at=now,
+                        pool=key[0],
+                        endpoint=key[1],
+                        vantage="*",
+                        before=old,
+                        after=aggregate,
+                        reason="reconfigured",
+                    )
+                )
+        return events
+
+    def restore(
+        self,
+        states: Mapping[tuple[str, str, str], Health],
+        rtt: Mapping[tuple[str, str], float] | None = None,
+    ) -> None:
+        """Set vantage states (and pool RTT averages) copied from another book's snapshot.
+
+        For a fresh book in a new proxy worker process (``lb.workers``): it must steer like
+        the book of the process that probes, without waiting for ``consecutive_up`` results.
+        Keys are ``(pool, endpoint, vantage)``; unknown keys are ignored.  The run counters
+        of a restored check start at zero: the caller replays the pending run of results
+        after this (see docs/workers.md).  No events are returned: nothing was observed.
+        """
+        for (pool, endpoint, vantage), health in states.items():
+            ep = self._endpoints.get((pool, endpoint))
+            check = ep.checks.get(vantage) if ep is not None else None
+            if ep is None or check is None:
+                continue
+            check.state = health
+            ep.health = majority([c.state for c in ep.checks.values()])
+        self._rtt.update(rtt or {})
+        self._snapshot = None
 
     # ------------------------------------------------------------------ outputs
 
@@ -155,6 +236,7 @@ class HealthBook:
         """The current immutable view; rebuilt only after a change."""
         if self._snapshot is None:
             self._version += 1
+            self._rtt_shown = dict(self._rtt)
             self._snapshot = self._make_snapshot()
         return self._snapshot
 
@@ -183,7 +265,8 @@ class HealthBook:
                     continue
                 ident = identity(pool, origin, monitor)
                 old = previous.get(key)
-                if old is not None and old.identity == ident and set(old.checks) == set(vantages):
+                if old is not None and old.identity == ident:
+                    old.retune(monitor, vantages)
                     self._endpoints[key] = old
                 else:
                     self._endpoints[key] = _Endpoint(ident, monitor, vantages)
@@ -194,9 +277,11 @@ class HealthBook:
         old = self._rtt.get(key)
         new = rtt if old is None else old + alpha * (rtt - old)
         self._rtt[key] = new
-        # dynamic_latency reads RTT from the snapshot; rebuild only on a 10% move so that
-        # steady probes do not rebuild it every time.
-        if old is None or abs(new - old) > 0.1 * old:
+        # dynamic_latency reads RTT from the snapshot; rebuild only when the average moved 10%
+        # away from the value the snapshot shows, so that steady probes cost no rebuild and a
+        # slow drift still gets published.
+        shown = self._rtt_shown.get(key)
+        if shown is None or abs(new - shown) > 0.1 * shown:
             self._snapshot = None
 
     def _event(self, r: ProbeResult, vantage: str, before: Health, after: Health) -> HealthEvent:
@@ -250,7 +335,8 @@ class HealthBook:
             endpoints = tuple(views)
             selectable = tuple(e for e in endpoints if e.selectable)
             healthy = sum(1 for e in endpoints if e.enabled and e.health is Health.HEALTHY)
-            eligible = pool.enabled and healthy >= pool.minimum_origins
+            # R13: without a monitor health is not considered, so minimum_origins is not either.
+            eligible = pool.enabled and (not monitored or healthy >= pool.minimum_origins)
             pools[pool.name] = PoolView(
                 name=pool.name,
                 config=pool,

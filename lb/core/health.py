@@ -17,9 +17,10 @@ Rule 3 (R12, from unknown)
     passes or ``max(1, consecutive_down)`` failures.
 Rule 4 (R14, majority)
     The endpoint's aggregate health over ``n`` vantage points is ``HEALTHY`` when strictly more
-    than half are healthy, ``UNHEALTHY`` when at least half are unhealthy (a tie is not a
-    majority for healthy), and ``UNKNOWN`` otherwise.  With one vantage point it is simply that
-    vantage point's state.
+    than half of all ``n`` are healthy.  It stays ``UNKNOWN`` until more than half have
+    reached a state (so that one early answer does not decide at start-up), and is
+    ``UNHEALTHY`` otherwise: a tie is not a majority for healthy.  With one vantage point it is
+    simply that vantage point's state.
 Rule 5 (R15)
     Every change of a vantage point's state and every change of the aggregate produce exactly
     one :class:`HealthEvent`; a result that changes nothing produces none.
@@ -110,6 +111,11 @@ class Check:
         self._fails = 0
         self.state = Health.UNKNOWN
 
+    def retune(self, *, consecutive_up: int, consecutive_down: int) -> None:
+        """New thresholds from a reload; the state and the current runs are kept."""
+        self._up_needed = max(1, consecutive_up)
+        self._down_needed = max(1, consecutive_down)
+
     def observe(self, ok: bool) -> Change:
         """Count one check result and return what it did to the state."""
         if ok:
@@ -145,7 +151,7 @@ def majority(states: list[Health]) -> Health:
     healthy = sum(1 for s in states if s is Health.HEALTHY)
     if 2 * healthy > n:
         return Health.HEALTHY
-    unhealthy = sum(1 for s in states if s is Health.UNHEALTHY)
-    if 2 * unhealthy >= n and unhealthy:
-        return Health.UNHEALTHY
-    return Health.UNKNOWN
+    decided = n - sum(1 for s in states if s is Health.UNKNOWN)
+    if 2 * decided <= n:
+        return Health.UNKNOWN
+    return Health.UNHEALTHY

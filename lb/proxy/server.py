@@ -52,14 +52,16 @@ import random
 import secrets
 import ssl
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
 from typing import Any, cast
 
 import h11
 import trio
 
+from lb.config.hosts import normalise_host
 from lb.config.model import Engine as EngineSettings
+from lb.config.model import Limits
 from lb.core.snapshot import EndpointView
 from lb.engine import Engine
 from lb.proxy import errors
@@ -310,8 +312,10 @@ class ProxyServer:
                     conn.start_next_cycle()
             if watchdog.cancelled_caught and client.flow is not None:
                 await self._timed_out(stream, conn, client.flow)
-        except Exception as exc:  # hostile input must never become a traceback
-            log.debug("client connection ended with %r", exc)
+        except Exception as exc:  # hostile input must never become a traceback to the client
+            # Reaching this means a failure no handler above answered (the client saw a closed
+            # connection, not a status): a bug or a degraded mode, so it is logged loudly.
+            log.warning("client connection ended with %r", exc, exc_info=True)
         finally:
             self._finish(client)
             self._clients.discard(client)
@@ -470,21 +474,22 @@ class ProxyServer:
             return await self._reply(stream, conn, flow, 413, error_body(413, "plain"))
         router = engine.router
         host = record.host
-        lb = router.snapshot.load_balancer(host)
-        headers: dict[str, str] = {}
-        cookies: dict[str, str] = {}
-        if lb is not None and lb.affinity == "header":
-            headers = {
-                n.decode("latin-1"): v.decode("latin-1") for n, v in event.headers if n != b"cookie"
-            }
-            cookies = parse_cookies(facts.cookie)
+        name = normalise_host(host) if host else ""
+        if name is None:
+            # Before steering: such a Host could still match a load balancer (the lookup is
+            # lenient), then fail as the upstream TLS server name (``a.example..``).
+            record.error = "bad_host"
+            body = b"400 Bad Request: invalid Host header\n"
+            return await self._reply(stream, conn, flow, 400, body, close=True)
+        # Header affinity needs every request header and cookie; the router reads them only
+        # for a load balancer with ``session_affinity: header``, so they are built on demand.
         req = Request(
-            host=host,
+            host=name,
             client_ip=client_ip,
             datacenter=datacenter,
             cookie=cookie_value(facts.cookie, COOKIE_NAME) if facts.cookie else None,
-            headers=headers,
-            cookies=cookies,
+            headers=_LazyHeaders(event.headers),
+            cookies=_LazyCookies(facts.cookie),
             now=trio.current_time(),
             wall=time.time(),
         )
@@ -566,7 +571,16 @@ class ProxyServer:
                 return await self._reply(stream, conn, flow, status, error_body(err.status, style))
             attempt.status = response.status_code
             record.upstream_status = response.status_code
-            return await self._relay(stream, conn, facts, flow, up, response, decision, https)
+            try:
+                return await self._relay(stream, conn, facts, flow, up, response, decision, https)
+            except UpstreamError as err:
+                # h11 refused the upstream head (or the 101): nothing reached the client yet
+                # unless ``responded``; answer 502 on a connection that closes afterwards.
+                attempt.error = err.reason
+                record.error = err.reason
+                if flow.responded:
+                    return False
+                return await self._bad_gateway(stream, event, flow)
 
     # ------------------------------------------------------------------ upstream exchange
 
@@ -744,7 +758,7 @@ class ProxyServer:
         status = response.status_code
         reason = response.reason or reason_phrase(status)
         if type(response) is h11.InformationalResponse:
-            return await self._splice(stream, conn, flow, up, response, set_cookie)
+            return await self._splice(stream, conn, flow, up, response, set_cookie, limits)
         headers = response_headers(response.headers, set_cookie=set_cookie, close=self.draining)
         try:
             pending = [
@@ -822,23 +836,32 @@ class ProxyServer:
         up: UpstreamConnection,
         response: h11.InformationalResponse,
         set_cookie: bytes | None,
+        limits: Limits,
     ) -> bool:
-        """After a 101 from upstream: relay it, then copy bytes both ways until one side ends."""
+        """After a 101 from upstream: relay it, then copy bytes both ways until one side ends.
+
+        The watchdog guards the tunnel as an inactivity timeout: ``idle_timeout`` after the
+        last chunk in either direction, the connection is cut (phase ``websocket``).
+        """
         record = flow.record
         record.websocket = True
         headers = response_headers(response.headers, set_cookie=set_cookie, upgrade=True)
-        head = _sent(
-            conn.send(
-                h11.InformationalResponse(
-                    status_code=101, headers=headers, reason=b"Switching Protocols"
+        try:
+            head = _sent(
+                conn.send(
+                    h11.InformationalResponse(
+                        status_code=101, headers=headers, reason=b"Switching Protocols"
+                    )
                 )
             )
-        )
+        except h11.LocalProtocolError as exc:
+            raise UpstreamError(errors.BAD_GATEWAY, "upstream_protocol") from exc
         record.status = 101
         flow.responded = True
         from_client, _ = conn.trailing_data
         from_upstream, _ = up.h11.trailing_data
-        flow.watchdog.deadline = math.inf
+        idle = limits.idle_timeout
+        flow.arm("websocket", idle)
         try:
             await stream.send_all(head + from_upstream)
             if from_client:
@@ -847,8 +870,8 @@ class ProxyServer:
             record.error = "client_disconnected"
             return False
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_pipe, stream, up.stream, nursery.cancel_scope)
-            nursery.start_soon(_pipe, up.stream, stream, nursery.cancel_scope)
+            nursery.start_soon(_pipe, stream, up.stream, nursery.cancel_scope, flow.watchdog, idle)
+            nursery.start_soon(_pipe, up.stream, stream, nursery.cancel_scope, flow.watchdog, idle)
         return False  # the upstream connection is discarded by the caller
 
     # ------------------------------------------------------------------ answers
@@ -874,6 +897,26 @@ class ProxyServer:
         flow.record.status = status
         await self._flush_down(stream, [data], flow, self.engine.config.engine.limits.idle_timeout)
         return not close
+
+    async def _bad_gateway(self, stream: trio.abc.Stream, event: h11.Request, flow: _Flow) -> bool:
+        """A 502 after h11 refused to send the upstream response head; closes the connection.
+
+        h11's server connection is in its ERROR state then and cannot frame an answer, so the
+        response is written by hand.
+        """
+        status = errors.BAD_GATEWAY
+        body = error_body(status, self.engine.config.engine.error_style)
+        head = b"HTTP/1.1 %d %s\r\n%s: %s\r\ncontent-length: %d\r\nconnection: close\r\n\r\n" % (
+            status,
+            reason_phrase(status),
+            *_CONTENT_TYPE,
+            len(body),
+        )
+        flow.responded = True
+        flow.record.status = status
+        data = head if event.method == b"HEAD" else head + body
+        await self._flush_down(stream, [data], flow, self.engine.config.engine.limits.idle_timeout)
+        return False
 
     async def _client_abort(
         self, stream: trio.abc.Stream, conn: h11.Connection, flow: _Flow, abort: _ClientError
@@ -902,6 +945,9 @@ class ProxyServer:
         if flow.up is not None:
             self.pool.discard(flow.up)
             flow.up = None
+        if flow.phase == "websocket":
+            record.error = "websocket_idle"
+            return False
         if flow.phase == "upstream":
             status = errors.RESPONSE_TIMEOUT
             record.error = "response_timeout"
@@ -991,6 +1037,64 @@ async def serve_proxy(
 # ---------------------------------------------------------------------- helpers
 
 
+class _LazyHeaders(Mapping[str, str]):
+    """The request headers by name, for header affinity, built on first use.
+
+    Only a load balancer with ``session_affinity: header`` reads them (the router looks them
+    up then), so the dict costs nothing on every other request.  Names are h11's, already
+    lowercase; Cookie is left out (header affinity reads cookies from :class:`_LazyCookies`);
+    of a repeated header the last value counts.
+    """
+
+    __slots__ = ("_built", "_raw")
+
+    def __init__(self, raw: Sequence[tuple[bytes, bytes]]) -> None:
+        self._raw = raw
+        self._built: dict[str, str] | None = None
+
+    def _dict(self) -> dict[str, str]:
+        built = self._built
+        if built is None:
+            built = self._built = {
+                n.decode("latin-1"): v.decode("latin-1") for n, v in self._raw if n != b"cookie"
+            }
+        return built
+
+    def __getitem__(self, key: str) -> str:
+        return self._dict()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._dict())
+
+    def __len__(self) -> int:
+        return len(self._dict())
+
+
+class _LazyCookies(Mapping[str, str]):
+    """Every cookie of the request, for header affinity, parsed on first use."""
+
+    __slots__ = ("_built", "_raw")
+
+    def __init__(self, raw: bytes | None) -> None:
+        self._raw = raw
+        self._built: dict[str, str] | None = None
+
+    def _dict(self) -> dict[str, str]:
+        built = self._built
+        if built is None:
+            built = self._built = parse_cookies(self._raw)
+        return built
+
+    def __getitem__(self, key: str) -> str:
+        return self._dict()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._dict())
+
+    def __len__(self) -> int:
+        return len(self._dict())
+
+
 def _sent(data: bytes | None) -> bytes:
     """h11's ``send`` returns None only for ConnectionClosed, which we never send."""
     assert data is not None
@@ -1044,14 +1148,26 @@ def _close_listener(listener: AnyListener) -> None:
         inner.socket.close()
 
 
-async def _pipe(src: trio.abc.Stream, dst: trio.abc.Stream, scope: trio.CancelScope) -> None:
-    """Copy bytes from ``src`` to ``dst`` until EOF or an error, then end the splice."""
+async def _pipe(
+    src: trio.abc.Stream,
+    dst: trio.abc.Stream,
+    scope: trio.CancelScope,
+    watchdog: trio.CancelScope,
+    idle: float,
+) -> None:
+    """Copy bytes from ``src`` to ``dst`` until EOF or an error, then end the splice.
+
+    Every chunk pushes the ``watchdog`` deadline ``idle`` seconds ahead, so traffic in either
+    direction keeps the tunnel open and silence both ways ends it.
+    """
     try:
         while True:
             data = await src.receive_some(RECEIVE_SIZE)
             if not data:
                 break
+            watchdog.deadline = trio.current_time() + idle
             await dst.send_all(data)
+            watchdog.deadline = trio.current_time() + idle
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         pass
     finally:

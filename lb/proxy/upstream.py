@@ -9,8 +9,11 @@ Where to dial (docs/proxy.md, "Upstream"):
 * a tunnel endpoint (``<uuid>.cfargotunnel.com``) is HTTPS on ``port`` or 443;
 * any other endpoint is plain HTTP when its port is 80, else HTTPS on ``port`` or 443;
 * ``connect_to`` maps the ``address:port`` to the ``host:port`` actually dialled (the local
-  stand-in for a tunnel), while Host and SNI stay what they would be without it;
-* Host (and so SNI) is the endpoint's ``header.Host`` when set, else the client's Host (R47).
+  stand-in for a tunnel), while Host and SNI stay what they would be without it; the lookup is
+  :func:`lb.config.hosts.dial_address`, the one the monitors use too;
+* Host is the endpoint's ``header.Host`` when set, else the client's Host (R47); SNI is that
+  Host normalised (port and trailing dot removed).  A Host that cannot be a TLS server name
+  fails the attempt with 525, the socket closed.
 
 The pool lesson (perf-anchors.md §2): an idle upstream connection may have been closed by the
 server meanwhile, and we do not poll idle sockets to find out (that is what makes httpcore
@@ -30,6 +33,7 @@ from dataclasses import dataclass
 import h11
 import trio
 
+from lb.config.hosts import dial_address, normalise_host
 from lb.core.snapshot import EndpointView
 from lb.proxy.errors import (
     CONNECT_REFUSED,
@@ -74,22 +78,8 @@ def target_for(endpoint: EndpointView, client_host: str, connect_to: Mapping[str
         tls = port != 80
         port = port or 443
     host = endpoint.host or client_host
-    dial_host, dial_port = endpoint.address, port
-    mapped = connect_to.get(f"{endpoint.address}:{port}") if connect_to else None
-    if mapped:
-        dial_host, dial_port = split_host_port(mapped, port)
+    dial_host, dial_port = dial_address(endpoint.address, port, connect_to)
     return Target(endpoint, dial_host, dial_port, tls, host)
-
-
-def split_host_port(value: str, default_port: int) -> tuple[str, int]:
-    """``host:port``, ``[v6]:port`` or a bare host, as a pair."""
-    if value.startswith("["):
-        host, _, rest = value[1:].partition("]")
-        return host, int(rest[1:]) if rest.startswith(":") else default_port
-    if value.count(":") == 1:
-        host, _, port = value.partition(":")
-        return host, int(port)
-    return value, default_port
 
 
 class UpstreamConnection:
@@ -222,9 +212,7 @@ class UpstreamPool:
             sock = await _connect(target.dial_host, target.dial_port)
             stream = trio.SocketStream(sock)
             if target.tls:
-                tls = trio.SSLStream(
-                    stream, self.ssl_context, server_hostname=target.host, https_compatible=True
-                )
+                tls = _tls_stream(stream, self.ssl_context, target.host)
                 try:
                     await tls.do_handshake()
                 except trio.BrokenResourceError as exc:
@@ -244,6 +232,25 @@ class UpstreamPool:
                 _close_stream(stream)
             raise UpstreamError(CONNECT_TIMEOUT, "connect_timeout")
         return stream
+
+
+def _tls_stream(
+    stream: trio.SocketStream, context: ssl.SSLContext, host: str
+) -> trio.SSLStream[trio.SocketStream]:
+    """The TLS stream over ``stream`` for Host ``host``; any failure closes the socket.
+
+    The Host may be the client's: ``ssl`` rejects names such as ``a..example`` (UnicodeError)
+    or with a NUL (ValueError) right here, before any handshake, and that must become a 525
+    rather than a leaked socket and a dropped client connection.
+    """
+    server_name = normalise_host(host)
+    try:
+        if server_name is None:
+            raise ValueError(f"not a TLS server name: {host!r}")
+        return trio.SSLStream(stream, context, server_hostname=server_name, https_compatible=True)
+    except Exception as exc:
+        _close_stream(stream)
+        raise UpstreamError(TLS_HANDSHAKE, "tls_server_name") from exc
 
 
 async def _connect(host: str, port: int) -> trio.socket.SocketType:

@@ -44,12 +44,14 @@ from lb.sim.scenario import EDGE, ORIGIN, NetEvent, Replica, Scenario
 from lb.sim.spec import FAULTS
 from monitors.spec import Probe
 from monitors.transport import Exchange
-from steering.geo import distance_km
+from steering.geo import nearest
 
 __all__ = ["Answer", "Network", "SimSession", "SimTransport"]
 
 EDGE_STATUS = {"refuse": 521, "blackhole": 522, "unreachable": 523, "down": 530}
 """What a user gets when no replica of a tunnel (or a plain endpoint) can be reached."""
+CONNECT_FAULTS = frozenset({"refuse", "blackhole", "unreachable"})
+"""Edge faults that fail the proxy's connection itself (the proxy's 521 / 522 / 523)."""
 ORIGIN_STATUS = {"refuse": 502, "blackhole": 524, "unreachable": 502, "down": 502}
 """What a user gets when cloudflared is up but the application behind it fails."""
 
@@ -64,6 +66,10 @@ class Answer:
     latency: float
     failure: str = ""
     """For probes: ``refuse``, ``blackhole``, ``unreachable`` or ``hang``; empty otherwise."""
+    connect_failed: bool = False
+    """The connection to the endpoint failed (edge ``refuse``, ``blackhole``, ``unreachable``):
+    the only answers the proxy retries (R42).  Every other answer is an HTTP response, final
+    whatever its status; ``down`` is one too (the edge's 530, error 1033)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,7 +208,13 @@ class Network:
             if fault in FAULTS:
                 if dead is None:
                     wait = self._connect_timeout if fault == "blackhole" else 0.0
-                    dead = Answer(r.label, EDGE_STATUS[fault], self.rtt + latency + wait, fault)
+                    dead = Answer(
+                        r.label,
+                        EDGE_STATUS[fault],
+                        self.rtt + latency + wait,
+                        fault,
+                        connect_failed=fault in CONNECT_FAULTS,
+                    )
                 continue
             usable.append((r, fault, status, latency))
         if not usable:
@@ -221,23 +233,8 @@ class Network:
         local = [u for u in usable if dc in u[0].datacenters]
         if local:
             return local
-        here = self._dcs.get(dc)
-        if here is None or here.latitude is None or here.longitude is None:
-            return usable
-        scored = []
-        for u in usable:
-            best = math.inf
-            for code in u[0].datacenters:
-                there = self._dcs.get(code)
-                if there is None or there.latitude is None or there.longitude is None:
-                    continue
-                d = distance_km(here.latitude, here.longitude, there.latitude, there.longitude)
-                best = min(best, d)
-            scored.append((best, u))
-        least = min(d for d, _ in scored)
-        if least == math.inf:
-            return usable
-        return [u for d, u in scored if d <= least + 1.0]
+        near = nearest(usable, self._dcs.get(dc), _replica_datacenters, self._dcs)
+        return near or usable
 
     def _through(
         self,
@@ -278,6 +275,10 @@ class Network:
         address = probe.address.lower().rstrip(".")
         options = self.answers(address, (vantage,), dc, probe.host, probe.path, t)
         return options[turn % len(options)]
+
+
+def _replica_datacenters(u: tuple[Replica, str, int, float]) -> tuple[str, ...]:
+    return u[0].datacenters
 
 
 def _toggles(e: NetEvent, duration: float) -> list[float]:

@@ -16,8 +16,10 @@ What a request does (the proxy's sequence):
    cookie if it is one of the cookie-keeping share, or its affinity headers;
 2. ``router.decide`` picks pool and endpoint; the network answers through the replica the
    edge picks (local connection preference);
-3. on 521/522/523 (the engine's zero-downtime-failover codes) ``router.retry`` gives the one
-   retry (R42-R45), whose answer is final;
+3. when the connection to the endpoint failed (the edge layer refuses, is blackholed or
+   unreachable: 521/522/523, the engine's zero-downtime-failover codes by default)
+   ``router.retry`` gives the one retry (R42-R45), whose answer is final; an HTTP answer is
+   never retried, whatever its status (the proxy's rule);
 4. a new ``__cflb`` is kept by cookie-keeping clients;
 5. ``engine.live`` in-flight (and connection) counts follow each attempt when some policy
    reads them (least_outstanding_requests / least_connections), with the answer's latency.
@@ -219,53 +221,15 @@ class DatacenterTraffic:
         live: Live,
         c: Counts,
     ) -> None:
-        """Decide ``n`` requests of tick ``k``, starting at virtual time ``t`` (engine ``now``)."""
-        c.requests += n
-        if self._affinity != "none" or self._heap is not None:
-            self._run_slow(t, k, n, tick, now, router, live, c)
-            return
-        mark = self._mark
-        pick = self._clients_rng.random
-        rpick = self._replica_rng.random
-        srng = self.steer_rng
-        decide = router.decide
-        requests = self._requests
-        nclients = self.traffic.clients
-        cache = self._cache
-        for _ in range(n):
-            ci = int(pick() * nclients)
-            req = requests[ci] or self._client(ci)
-            d = decide(req, srng, live)
-            ep = d.endpoint
-            if ep is None:
-                self._unrouted(d, c)
-                continue
-            o = cache.get(id(ep)) or self._outcome(ep, t)
-            if o.tick != k:
-                o.tick = k
-                mark(o.key, k)
-            a = o.single
-            if a is None:
-                j = int(rpick() * o.width)
-                o.counts[j] += 1
-                a = o.answers[j]
-            else:
-                o.n += 1
-            if a.status != 200:
-                self._failed(req, d, o.key, a, router, live, c, t)
+        """Decide ``n`` requests of tick ``k``, starting at virtual time ``t`` (engine ``now``).
 
-    def _run_slow(
-        self,
-        t: float,
-        k: int,
-        n: int,
-        tick: float,
-        now: float,
-        router: Router,
-        live: Live,
-        c: Counts,
-    ) -> None:
-        """:meth:`run` with affinity (cookies, clocks) and in-flight bookkeeping."""
+        One loop for every run.  Without affinity and in-flight counts (``slow`` false) a
+        request needs no clock and a 200 answer no bookkeeping, and the loop skips both: that
+        is the throughput path, so the rest stays inline here rather than in a per-request call.
+        """
+        c.requests += n
+        heap = self._heap
+        slow = self._affinity != "none" or heap is not None
         mark = self._mark
         pick = self._clients_rng.random
         rpick = self._replica_rng.random
@@ -275,16 +239,17 @@ class DatacenterTraffic:
         nclients = self.traffic.clients
         cache = self._cache
         wall = WALL_EPOCH + t
-        heap = self._heap
         step = tick / n if n else 0.0
+        at = now
         for i in range(n):
             ci = int(pick() * nclients)
             req = requests[ci] or self._client(ci)
-            req.now = now
-            req.wall = wall
-            at = now + i * step
-            if heap is not None:
-                heap.settle(live, at)
+            if slow:
+                req.now = now
+                req.wall = wall
+                at = now + i * step
+                if heap is not None:
+                    heap.settle(live, at)
             d = decide(req, srng, live)
             ep = d.endpoint
             if ep is None:
@@ -301,7 +266,10 @@ class DatacenterTraffic:
                 a = o.answers[j]
             else:
                 o.n += 1
-            self._bookkeep(ci, req, d, ep, a, at, router, live, c, t)
+            if slow:
+                self._bookkeep(ci, req, d, ep, a, at, router, live, c, t)
+            elif a.status != 200:
+                self._failed(req, d, o.key, a, router, live, c, t)
 
     def _unrouted(self, d: Decision, c: Counts) -> None:
         c.unrouted += 1
@@ -348,9 +316,14 @@ class DatacenterTraffic:
         c: Counts,
         t: float,
     ) -> tuple[Decision | None, Answer]:
-        """A non-200 answer: the zero-downtime retry if due, then the final tally."""
+        """A non-200 answer: the zero-downtime retry if due, then the final tally.
+
+        As in the proxy, only a failed connection to the endpoint is retried (R42); an HTTP
+        answer is final whatever its status, 521-523 included (``http_status:522``, an
+        origin's 522).  ``router.retry`` checks the status against the failover codes.
+        """
         retry = None
-        if a.status in self._codes:
+        if a.connect_failed:
             retry = router.retry(d, req, self.steer_rng, live, status=a.status)
         final_key = key
         if retry is not None and retry.endpoint is not None:
@@ -383,7 +356,7 @@ class DatacenterTraffic:
         t: float,
     ) -> None:
         """Affinity and in-flight accounting, for runs that need them."""
-        first_status = a.status
+        failover = a.connect_failed and a.status in self._codes
         retry: Decision | None = None
         heap = self._heap
         if a.status != 200:
@@ -408,7 +381,7 @@ class DatacenterTraffic:
         elif outcome == Affinity.EXPIRED:
             aff["expired"] = aff.get("expired", 0) + 1
         cookie = d.set_cookie
-        if outcome == Affinity.HIT and first_status in self._codes:
+        if outcome == Affinity.HIT and failover:
             if retry is None:
                 aff["pinned_errors"] = aff.get("pinned_errors", 0) + 1
             elif self._zdf == "sticky":

@@ -204,8 +204,9 @@ async def test_explain_errors(start_admin: StartAdmin) -> None:
     assert "nope.example.com" in r.json()["error"]
     r = await client.get("/explain", params={"host": HOST, "header": "no-colon"})
     assert r.status_code == 400
-    r = await client.get("/explain", params={"host": HOST, "seed": "x"})
-    assert r.status_code == 400
+    for bad_seed in ("x", "\u00b2", "9" * 5000):  # "²" passes str.isdigit(), int() rejects it
+        r = await client.get("/explain", params={"host": HOST, "seed": bad_seed})
+        assert r.status_code == 400
     r = await client.get("/explain", params={"host": HOST, "seed": "7"})
     assert r.status_code == 200
     assert r.json()["reason"] == "fallback"  # nothing probed: no eligible pool (R30)

@@ -15,6 +15,7 @@ GROUPS = [
     ("geo.yaml",),
     ("affinity.yaml",),
     ("weighted.yaml",),
+    ("https.yaml",),
     # Cloudflare API exports: pools refer to the monitor by id, the load balancer to pools.
     ("cloudflare-monitors.json", "cloudflare-api.json", "cloudflare-lb.json"),
 ]

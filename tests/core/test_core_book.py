@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
 from core_builders import make_config, make_pool, result
 
 from lb.config.model import Origin
@@ -156,3 +157,100 @@ def test_reconfigure_keeps_health_of_unchanged_endpoints_and_stamps_disable_time
     view = hb.snapshot().pools["a"]
     assert view.endpoints[0].health is H
     assert view.endpoints[1].disabled_at == 42.0
+
+
+# --------------------------------------------------------------------------- restore
+
+
+def test_restore_copies_vantage_states_and_rtt_into_a_fresh_book() -> None:
+    cfg = make_config(make_pool("a", 2), up=3, down=3, vantage_points=("x", "y", "z"))
+    hb = HealthBook(cfg)
+    hb.restore(
+        {
+            ("a", "a-0", "x"): H,
+            ("a", "a-0", "y"): H,
+            ("a", "a-0", "z"): U,
+            ("a", "a-1", "x"): U,
+            ("a", "gone", "x"): H,  # unknown keys are ignored
+        },
+        rtt={("a", "x"): 0.25},
+    )
+    snap = hb.snapshot()
+    ep0, ep1 = snap.pools["a"].endpoints
+    assert ep0.health is H  # majority of the restored vantage states (R14)
+    assert ep0.vantage_health == {"x": H, "y": H, "z": U}
+    assert ep1.health is K  # one of three unhealthy is no majority
+    assert snap.pools["a"].rtt == {"x": 0.25}
+    # counters start at zero: three failures in a row are needed to leave healthy
+    assert hb.apply(result("a", "a-0", False, vantage="x")) == []
+    assert hb.apply(result("a", "a-0", False, vantage="x")) == []
+    assert [e.after for e in hb.apply(result("a", "a-0", False, vantage="x"))] == [U, U]
+
+
+# --------------------------------------------------------------------------- reloads
+
+
+def test_reload_changing_interval_or_thresholds_keeps_health() -> None:
+    config = make_config(make_pool("a", 1))
+    hb = HealthBook(config)
+    hb.apply(result("a", "a-0", True))
+    slower = dataclasses.replace(
+        config,
+        monitors=(dataclasses.replace(config.monitors[0], interval=30, consecutive_down=3),),
+    )
+    assert hb.reconfigure(slower, now=5.0) == []
+    assert hb.snapshot().pools["a"].eligible
+    # The new threshold applies to the kept check: two failures are not enough any more.
+    hb.apply(result("a", "a-0", False))
+    hb.apply(result("a", "a-0", False))
+    assert hb.snapshot().pools["a"].endpoints[0].health is Health.HEALTHY
+
+
+def test_r15_reload_that_changes_what_is_probed_reports_the_reset() -> None:
+    config = make_config(make_pool("a", 1))
+    hb = HealthBook(config)
+    hb.apply(result("a", "a-0", True))
+    moved = dataclasses.replace(
+        config, monitors=(dataclasses.replace(config.monitors[0], path="/other"),)
+    )
+    (event,) = hb.reconfigure(moved, now=7.0)
+    assert (event.pool, event.endpoint, event.vantage) == ("a", "a-0", "*")
+    assert (event.before, event.after, event.reason, event.at) == (
+        Health.HEALTHY,
+        Health.UNKNOWN,
+        "reconfigured",
+        7.0,
+    )
+
+
+def test_r14_reload_adding_a_vantage_point_keeps_the_others() -> None:
+    config = make_config(make_pool("a", 1), vantage_points=("v1", "v2", "v3"))
+    hb = HealthBook(config)
+    for v in ("v1", "v2", "v3"):
+        hb.apply(result("a", "a-0", True, vantage=v))
+    more = dataclasses.replace(
+        config, engine=dataclasses.replace(config.engine, vantage_points=("v1", "v2", "v3", "v4"))
+    )
+    assert hb.reconfigure(more, now=1.0) == []  # 3 of 4 healthy is still a majority
+    vantage = hb.snapshot().pools["a"].endpoints[0].vantage_health
+    assert vantage == {"v1": Health.HEALTHY, "v2": Health.HEALTHY, "v3": Health.HEALTHY,
+                       "v4": Health.UNKNOWN}  # fmt: skip
+
+
+def test_r13_unmonitored_pool_ignores_minimum_origins() -> None:
+    pool = make_pool("a", 2, monitor=None, minimum_origins=2)
+    pool = dataclasses.replace(
+        pool, origins=(pool.origins[0], dataclasses.replace(pool.origins[1], enabled=False))
+    )
+    view = HealthBook(make_config(pool)).snapshot().pools["a"]
+    assert view.state == "unknown"
+    assert view.eligible
+
+
+def test_r28_slow_rtt_drift_is_published() -> None:
+    hb = HealthBook(make_config(make_pool("a", 1)))
+    hb.apply(result("a", "a-0", True, rtt=0.100))
+    assert hb.snapshot().pools["a"].rtt == {"local": 0.100}
+    for _ in range(50):  # each step moves the average < 10 %, together far more
+        hb.apply(result("a", "a-0", True, rtt=0.130))
+    assert hb.snapshot().pools["a"].rtt["local"] == pytest.approx(0.130, abs=0.002)

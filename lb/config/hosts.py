@@ -1,0 +1,121 @@
+"""Host names and ``host:port`` values, read the same way everywhere (pure, no I/O).
+
+One reading for the proxy and the monitors: before this module the proxy looked ``connect_to``
+up by the endpoint address as written while the monitors lowercased it, so an address such as
+``Origin.Example.com`` was probed on its ``connect_to`` stand-in and proxied to the real host.
+
+* :func:`split_host_port`: ``host:port``, ``[v6]:port``, ``[v6]``, a bare IPv6 address or a
+  bare host, as ``(host, port)``; brackets removed.
+* :func:`normalise_host`: the canonical name of a Host value for lookups (lowercase, port and
+  one trailing dot removed), or None when it is not a valid host name or IP address.
+* :func:`dial_address`: where ``address:port`` is actually dialled, given ``connect_to``.
+  The loader stores ``connect_to`` keys as ``host:port`` in lower case
+  (:mod:`lb.config._checks`); the address is normalised the same way before the lookup.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+
+__all__ = ["dial_address", "normalise_host", "split_host_port"]
+
+_LABEL = re.compile(r"[a-z0-9_-]{1,63}")
+"""One DNS label, as leniently as the loader reads host names (lb/config/_net.py)."""
+_MAX_NAME = 253
+_CACHE_LIMIT = 4096
+_normalised: dict[str, str | None] = {}
+
+
+def split_host_port(value: str, default_port: int) -> tuple[str, int]:
+    """``value`` as ``(host, port)``; ``default_port`` when it names no port.
+
+    ``"a.example:8443"`` -> ``("a.example", 8443)``, ``"[::1]:443"`` -> ``("::1", 443)``,
+    ``"[::1]"`` and ``"::1"`` -> ``("::1", default_port)``, ``"a.example"`` and
+    ``"a.example:"`` -> ``("a.example", default_port)``.  Raises ValueError for a port that
+    is not a number in 0..65535 or an unclosed bracket.  The host is returned as written
+    (see :func:`normalise_host` for the canonical form).
+    """
+    if value.startswith("["):
+        host, bracket, rest = value[1:].partition("]")
+        if not bracket:
+            raise ValueError(f'unclosed "[" in "{value}"')
+        if not rest:
+            return host, default_port
+        if not rest.startswith(":"):
+            raise ValueError(f'unexpected text after "]" in "{value}"')
+        return host, _port(rest[1:], default_port, value)
+    if value.count(":") == 1:
+        host, _, port_text = value.partition(":")
+        return host, _port(port_text, default_port, value)
+    return value, default_port  # a bare host, or a bare IPv6 address
+
+
+def _port(text: str, default_port: int, value: str) -> int:
+    if not text:
+        return default_port  # "host:" (RFC 3986 allows an empty port)
+    if not text.isdigit() or len(text) > 5 or int(text) > 65535:
+        raise ValueError(f'port must be a number between 0 and 65535 in "{value}"')
+    return int(text)
+
+
+def normalise_host(host: str) -> str | None:
+    """The lookup form of a Host value or address, or None when it is not one.
+
+    Lowercase; the port, IPv6 brackets and one trailing dot (the DNS root) removed; IP
+    addresses in their canonical text form.  None for an empty name, an empty label
+    (``a..example``, ``example..``), a label over 63 characters or with characters other than
+    letters, digits, ``-`` and ``_``, a name over 253 characters, or a bad port.  Cached.
+    """
+    try:
+        return _normalised[host]
+    except KeyError:
+        pass
+    result = _normalise(host)
+    if len(_normalised) >= _CACHE_LIMIT:  # values come from request headers
+        _normalised.clear()
+    _normalised[host] = result
+    return result
+
+
+def _normalise(value: str) -> str | None:
+    try:
+        host, _ = split_host_port(value, 0)
+    except ValueError:
+        return None
+    if ":" in host or value.startswith("["):
+        try:
+            return str(ipaddress.IPv6Address(host))
+        except ValueError:
+            return None
+    name = host.lower()
+    if name.endswith("."):
+        name = name[:-1]
+    if not name or len(name) > _MAX_NAME or not name.isascii():
+        return None
+    if not all(_LABEL.fullmatch(label) for label in name.split(".")):
+        return None
+    try:
+        return str(ipaddress.IPv4Address(name))
+    except ValueError:
+        return name
+
+
+def dial_address(address: str, port: int, connect_to: Mapping[str, str]) -> tuple[str, int]:
+    """Where ``address:port`` is dialled: its ``connect_to`` stand-in, else itself.
+
+    The key looked up is ``host:port`` with the host normalised (:func:`normalise_host`;
+    IPv6 in brackets), which is how the loader stores the keys.  Only the socket address
+    changes; Host and SNI stay what they would be without ``connect_to``.
+    """
+    if not connect_to:
+        return address, port
+    host = normalise_host(address)
+    if host is None:
+        return address, port
+    key = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    mapped = connect_to.get(key)
+    if not mapped:
+        return address, port
+    return split_host_port(mapped, port)

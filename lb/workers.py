@@ -1,0 +1,573 @@
+"""Proxy worker processes for ``engine.workers > 1``: one prober, one health view, N acceptors.
+
+Theory of operation
+===================
+
+CPython runs one request at a time per process, so a second core needs a second process.
+``tunnel-lb run`` (the *parent*) keeps everything that must exist once: the monitor
+scheduler (the only prober), the admin listener, reloads and ``/metrics``; it also serves
+traffic as worker 0.  :class:`Workers` starts workers ``1 .. N-1`` as child processes
+(``tunnel-lb run --worker FILE...``).  Each child opens the same listen addresses with
+SO_REUSEPORT, so the kernel spreads new connections across the processes, and runs only
+the proxy over an :class:`~lb.engine.Engine` of its own.
+
+The children hold the same health as the parent without probing because the engine is
+deterministic: the same configuration swaps and probe results, in the same order, give the
+same health.  The parent forwards over each child's stdin, as JSON lines:
+
+``{"hello": ...}``
+    first: the configuration the parent applied (pickled: the exact object, not the files
+    as they are on disk now), the affinity secret (cookies issued by one worker are valid
+    at all), the bound listen addresses (port 0 resolved) and a seed.
+``{"restore": ...}``
+    second: the parent's current vantage states and RTT averages for
+    :meth:`~lb.core.book.HealthBook.restore`, and the *pending run* of each check to
+    replay (see :class:`_Runs`).  A child started at any time converges at once.
+``{"probe": ...}``
+    every :class:`~lb.core.health.ProbeResult` the parent's engine applies (an observer of
+    ``engine.observers.probes``), encoded once for all children.
+``{"config": ...}``
+    every configuration the parent's engine swaps in (``engine.observers.config``): reloads
+    reach the workers in order with the probe results around them.
+``{"shutdown": true}``
+    drain and exit.  End of file on stdin (the parent died) does the same.
+
+Children report on stdout: ``{"ready": ...}`` once listening, then ``{"metrics": ...}``
+about once a second with the traffic counters gathered since the previous report, which
+the parent adds to its own :class:`~lb.metrics.Metrics`.  No message is sent per request.
+
+A child that exits while the parent is not stopping is logged and started again after a
+bounded backoff; a child whose input queue overflows (it stopped reading) is killed and
+started again.  See ``docs/workers.md`` for what is per worker.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import pickle
+import signal
+import subprocess
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import trio
+
+from lb import logs
+from lb.config.model import Config, Listener
+from lb.core.health import Health, ProbeResult
+from lb.engine import Engine
+from lb.metrics import Metrics
+
+__all__ = [
+    "ChildContext",
+    "Workers",
+    "drain_traffic",
+    "merge_traffic",
+    "run_child",
+]
+
+QUEUE_LIMIT = 65536
+"""Messages queued for one child; past it the child is deemed stuck and restarted."""
+READY_TIMEOUT = 15.0
+"""Seconds :meth:`Workers.run` waits for the children's ``ready`` before reporting started."""
+FLUSH_INTERVAL = 1.0
+"""Seconds between a child's traffic-counter reports."""
+BACKOFF_FIRST, BACKOFF_MAX = 0.5, 30.0
+"""Restart delay of a dead child: doubles per quick death, reset after STABLE seconds."""
+STABLE = 60.0
+STOP_GRACE = 5.0
+"""Seconds past ``engine.drain_timeout`` a stopping child gets before it is killed."""
+MAX_RUN = 1000
+"""Longest pending run kept per check (``consecutive_up/down`` are at most 1000)."""
+
+_COUNTERS = ("requests", "retries", "fallback", "decisions", "affinity")
+_HISTOGRAMS = ("request_duration",)
+
+
+# --------------------------------------------------------------------------- encoding
+
+
+def _line(obj: object) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
+
+
+def _pickled(config: Config) -> str:
+    # Pickle between a parent and the child it started, same code and same user: the
+    # child gets exactly the Config the parent applied.  Never used on anything else.
+    return base64.b64encode(pickle.dumps(config, protocol=pickle.HIGHEST_PROTOCOL)).decode()
+
+
+def _unpickled(text: str) -> Config:
+    config = pickle.loads(base64.b64decode(text))
+    if not isinstance(config, Config):
+        raise TypeError(f"expected a Config, got {type(config).__name__}")
+    return config
+
+
+def _probe_json(result: ProbeResult) -> dict[str, Any]:
+    # ``at`` travels as CLOCK_MONOTONIC, which both processes share; trio's clocks do not
+    # (each has a random offset).
+    return {
+        "pool": result.pool,
+        "endpoint": result.endpoint,
+        "vantage": result.vantage,
+        "at": result.at - trio.current_time() + time.monotonic(),
+        "ok": result.ok,
+        "reason": result.reason,
+        "status": result.status,
+        "rtt": result.rtt,
+    }
+
+
+def _probe_from(obj: Mapping[str, Any]) -> ProbeResult:
+    return ProbeResult(
+        pool=str(obj["pool"]),
+        endpoint=str(obj["endpoint"]),
+        vantage=str(obj["vantage"]),
+        at=float(obj["at"]) - time.monotonic() + trio.current_time(),
+        ok=bool(obj["ok"]),
+        reason=str(obj["reason"]),
+        status=None if obj["status"] is None else int(obj["status"]),
+        rtt=None if obj["rtt"] is None else float(obj["rtt"]),
+    )
+
+
+def drain_traffic(metrics: Metrics) -> dict[str, list[list[Any]]]:
+    """Take the traffic counters gathered so far out of ``metrics`` (child side).
+
+    The child's :class:`Metrics` is never scraped, so its values are moved out (and reset)
+    rather than diffed: a report costs O(label sets), not O(requests).
+    """
+    out: dict[str, list[list[Any]]] = {}
+    for name in _COUNTERS:
+        counter = getattr(metrics, name)
+        if counter.values:
+            values, counter.values = counter.values, {}
+            out[name] = [[list(key), value] for key, value in values.items()]
+    for name in _HISTOGRAMS:
+        histogram = getattr(metrics, name)
+        if histogram.data:
+            data, histogram.data = histogram.data, {}
+            out[name] = [[list(key), slots] for key, slots in data.items()]
+    return out
+
+
+def merge_traffic(metrics: Metrics, report: Mapping[str, Any]) -> None:
+    """Add a child's :func:`drain_traffic` report to the parent's ``metrics``."""
+    for name in _COUNTERS:
+        counter = getattr(metrics, name)
+        for key, value in report.get(name, ()):
+            counter.inc(tuple(str(k) for k in key), float(value))
+    for name in _HISTOGRAMS:
+        histogram = getattr(metrics, name)
+        width = len(histogram.bounds) + 2
+        for key, slots in report.get(name, ()):
+            if len(slots) != width:
+                continue  # another build's buckets: not comparable, dropped
+            mine = histogram.data.setdefault(tuple(str(k) for k in key), [0.0] * width)
+            for i, value in enumerate(slots):
+                mine[i] += float(value)
+
+
+# --------------------------------------------------------------------------- parent side
+
+
+class _Runs:
+    """The pending run of each check: the last result and how many in a row had its ``ok``.
+
+    A :class:`~lb.core.health.Check` is fully described by its state and the run of
+    results since its last transition that disagree with it (a run that agrees changes
+    nothing; one that disagrees is shorter than the threshold, else it would have turned
+    the state).  That run is the trailing run of the result stream when its polarity
+    differs from the state, or any trailing run while the state is unknown.  So a new
+    child gets the states via ``restore`` plus this run replayed, without this module
+    knowing any threshold: it only counts equal results in a row.
+    """
+
+    def __init__(self) -> None:
+        self.last: dict[tuple[str, str, str], tuple[ProbeResult, int]] = {}
+
+    def observe(self, result: ProbeResult) -> None:
+        key = (result.pool, result.endpoint, result.vantage)
+        prev = self.last.get(key)
+        count = min(prev[1] + 1, MAX_RUN) if prev and prev[0].ok == result.ok else 1
+        self.last[key] = (result, count)
+
+    def forget_unknown(self, engine: Engine) -> None:
+        """After a reload: checks a reload recreated are unknown with no run yet.
+
+        Unknown checks that were kept lose their pending run here, so a child started
+        later may need that many more results than the parent: late, never early.
+        """
+        for pool in engine.book.snapshot().pools.values():
+            for ep in pool.endpoints:
+                for vantage, health in ep.vantage_health.items():
+                    if health is Health.UNKNOWN:
+                        self.last.pop((pool.name, ep.name, vantage), None)
+        live = {(t.pool, t.endpoint) for t in engine.targets()}
+        for key in [k for k in self.last if (k[0], k[1]) not in live]:
+            del self.last[key]
+
+    def restore_message(self, engine: Engine) -> dict[str, Any]:
+        snapshot = engine.book.snapshot()
+        states: list[list[str]] = []
+        replay: list[list[Any]] = []
+        rtt: list[list[Any]] = []
+        for pool in snapshot.pools.values():
+            rtt.extend([pool.name, vantage, value] for vantage, value in pool.rtt.items())
+            for ep in pool.endpoints:
+                for vantage, health in ep.vantage_health.items():
+                    states.append([pool.name, ep.name, vantage, health.value])
+                    run = self.last.get((pool.name, ep.name, vantage))
+                    if run is None:
+                        continue
+                    result, count = run
+                    agrees = health is not Health.UNKNOWN and (
+                        (health is Health.HEALTHY) == result.ok
+                    )
+                    if not agrees:
+                        # rtt=None: the averages travel in "rtt", do not count them twice
+                        replay.append([_probe_json(replace(result, rtt=None)), count])
+        return {"restore": {"states": states, "rtt": rtt, "replay": replay}}
+
+
+@dataclass(slots=True)
+class _Slot:
+    """One child worker's place: its queue while it runs, its process and backoff."""
+
+    index: int
+    queue: trio.MemorySendChannel[bytes] | None = None
+    process: trio.Process | None = None
+    ready: trio.Event | None = None
+    backoff: float = BACKOFF_FIRST
+
+
+class Workers:
+    """Starts, feeds, restarts and stops the child proxy workers of one parent.
+
+    Args:
+        engine: the parent's engine (the one the scheduler feeds).
+        metrics: the parent's metrics; children's traffic counters are added to it.
+        count: child processes to run (``engine.workers - 1``).
+        command: argv that starts one child (``tunnel-lb run --worker FILE...``).
+        seeds: gives each started child a steering seed.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        metrics: Metrics,
+        *,
+        count: int,
+        command: Sequence[str],
+        seeds: Callable[[], int],
+    ) -> None:
+        self.engine = engine
+        self.metrics = metrics
+        self.command = list(command)
+        self.seeds = seeds
+        self.slots = [_Slot(i) for i in range(1, count + 1)]
+        self.addresses: list[tuple[str, int]] = []
+        self.stopping = trio.Event()
+        """Set once the parent drains: children are told to stop and not restarted."""
+        self._runs = _Runs()
+        self._done = trio.Event()
+        engine.observers.probes.append(self._on_probe)
+        engine.observers.config.append(self._on_config)
+
+    # ------------------------------------------------------------------ engine observers
+
+    def _on_probe(self, result: ProbeResult) -> None:
+        self._runs.observe(result)
+        self._broadcast(_line({"probe": _probe_json(result)}))
+
+    def _on_config(self, config: Config) -> None:
+        self._runs.forget_unknown(self.engine)
+        self._broadcast(_line({"config": _pickled(config)}))
+
+    def _broadcast(self, line: bytes) -> None:
+        for slot in self.slots:
+            self._send(slot, line)
+
+    def _send(self, slot: _Slot, line: bytes) -> None:
+        if slot.queue is None:
+            return
+        try:
+            slot.queue.send_nowait(line)
+        except trio.WouldBlock:
+            logs.event("worker_stuck", logging.ERROR, worker=slot.index, queued=QUEUE_LIMIT)
+            slot.queue = None  # it gets a fresh restore when it starts again
+            if slot.process is not None:
+                slot.process.kill()
+        except trio.ClosedResourceError:
+            slot.queue = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def run(
+        self,
+        addresses: Sequence[tuple[str, int]],
+        shutdown: trio.Event,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Keep the children running until ``shutdown``; ``started`` once they are ready.
+
+        Args:
+            addresses: the parent's bound listen addresses, which the children share.
+            shutdown: set when the parent drains; the children are told to drain too.
+        """
+        self.addresses = list(addresses)
+        try:
+            async with trio.open_nursery() as nursery:
+                for slot in self.slots:
+                    slot.ready = trio.Event()
+                    nursery.start_soon(self._keep, slot)
+                with trio.move_on_after(READY_TIMEOUT):
+                    for slot in self.slots:
+                        assert slot.ready is not None
+                        await slot.ready.wait()
+                task_status.started()
+                await shutdown.wait()
+                self.stopping.set()
+                self._broadcast(_line({"shutdown": True}))
+                for slot in self.slots:
+                    if slot.queue is not None:
+                        slot.queue.close()
+                nursery.cancel_scope.deadline = (
+                    trio.current_time() + self.engine.config.engine.drain_timeout + STOP_GRACE
+                )
+        finally:
+            for slot in self.slots:
+                if slot.process is not None and slot.process.returncode is None:
+                    logs.event("worker_killed", logging.WARNING, worker=slot.index)
+                    slot.process.kill()
+            self._done.set()
+
+    async def stopped(self) -> None:
+        """Wait until every child has exited (after ``shutdown`` was set)."""
+        await self._done.wait()
+
+    async def _keep(self, slot: _Slot) -> None:
+        """Run one child; start it again after a bounded backoff when it dies."""
+        while not self.stopping.is_set():
+            started = trio.current_time()
+            code = await self._run_one(slot)
+            if self.stopping.is_set():
+                if code != 0:
+                    logs.event("worker_exited", logging.WARNING, worker=slot.index, code=code)
+                return
+            logs.event(
+                "worker_died", logging.ERROR, worker=slot.index, code=code, restart=slot.backoff
+            )
+            if trio.current_time() - started > STABLE:
+                slot.backoff = BACKOFF_FIRST
+            await trio.sleep(slot.backoff)
+            slot.backoff = min(slot.backoff * 2, BACKOFF_MAX)
+
+    async def _run_one(self, slot: _Slot) -> int | None:
+        send, receive = trio.open_memory_channel[bytes](QUEUE_LIMIT)
+        # Queue the hello and the restore before any later probe result: no await between
+        # reading the engine and registering the queue, so nothing is missed or doubled.
+        hello = {
+            "config": _pickled(self.engine.config),
+            "secret": self.engine.secret.hex(),
+            "listen": [list(a) for a in self.addresses],
+            "worker": slot.index,
+            "seed": self.seeds(),
+        }
+        send.send_nowait(_line({"hello": hello}))
+        send.send_nowait(_line(self._runs.restore_message(self.engine)))
+        slot.queue = send
+        try:
+            process = await trio.lowlevel.open_process(
+                self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE
+            )
+        except OSError as exc:
+            slot.queue = None
+            logs.event("worker_spawn_failed", logging.ERROR, worker=slot.index, error=str(exc))
+            return None
+        slot.process = process
+        logs.event("worker_started", worker=slot.index, pid=process.pid)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._write, process, receive)
+                nursery.start_soon(self._read, slot, process)
+                code = await process.wait()
+                nursery.cancel_scope.deadline = trio.current_time() + 1.0  # finish reading
+        finally:
+            slot.queue = None
+            send.close()
+            if process.returncode is None:
+                process.kill()
+        return code
+
+    async def _write(
+        self, process: trio.Process, receive: trio.MemoryReceiveChannel[bytes]
+    ) -> None:
+        """Copy queued messages to the child's stdin, batching what is already queued."""
+        assert process.stdin is not None
+        stdin = process.stdin
+        try:
+            async for first in receive:
+                batch = [first]
+                while len(batch) < 256:
+                    try:
+                        batch.append(receive.receive_nowait())
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                await stdin.send_all(b"".join(batch))
+            await stdin.aclose()  # the queue was closed: shutdown was the last message
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the child exited; _keep restarts it
+
+    async def _read(self, slot: _Slot, process: trio.Process) -> None:
+        """Handle the child's reports until its stdout closes."""
+        assert process.stdout is not None
+        async for message in _lines(process.stdout):
+            if "metrics" in message:
+                merge_traffic(self.metrics, message["metrics"])
+            elif "ready" in message:
+                logs.event("worker_ready", worker=slot.index, **message["ready"])
+                if slot.ready is not None:
+                    slot.ready.set()
+
+
+async def _lines(stream: trio.abc.ReceiveStream) -> Any:
+    """JSON objects, one per line, until end of stream; bad lines are logged and skipped."""
+    buffer = b""
+    while True:
+        try:
+            chunk = await stream.receive_some(65536)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return
+        if not chunk:
+            return
+        buffer += chunk
+        *lines, buffer = buffer.split(b"\n")
+        for raw in lines:
+            try:
+                message = json.loads(raw)
+            except ValueError:
+                logs.event("worker_bad_message", logging.ERROR, line=raw[:200].decode("latin-1"))
+                continue
+            if isinstance(message, dict):
+                yield message
+
+
+# --------------------------------------------------------------------------- child side
+
+
+@dataclass(slots=True)
+class ChildContext:
+    """What a child needs to start serving, from the parent's ``hello``."""
+
+    engine: Engine
+    listen: list[Listener]
+    worker: int
+    seed: int
+
+
+async def run_child(
+    serve: Callable[..., Awaitable[None]],
+    metrics: Metrics,
+) -> None:
+    """The child's control loop around ``serve`` (the proxy), on stdin/stdout pipes.
+
+    ``serve(ctx, shutdown, task_status=...)`` must listen, call ``task_status.started()``
+    and return once ``shutdown`` is set and it has drained.  ``metrics`` collects its
+    traffic counters, reported to the parent every :data:`FLUSH_INTERVAL`.
+
+    The pipes are taken off fds 0 and 1 first, and fd 1 is pointed at stderr, so that a
+    stray ``print`` can never corrupt the protocol.
+    """
+    control_in = trio.lowlevel.FdStream(os.dup(0))
+    control_out = trio.lowlevel.FdStream(os.dup(1))
+    os.dup2(2, 1)
+    shutdown = trio.Event()
+    messages = _lines(control_in)
+    hello = (await anext(messages)).get("hello")
+    if not isinstance(hello, dict):
+        raise RuntimeError("the first message from the parent must be hello")
+    config = _unpickled(hello["config"])
+    engine = Engine(config, now=trio.current_time(), secret=bytes.fromhex(hello["secret"]))
+    listen = [
+        replace(spec, address=host, port=int(port))
+        for spec, (host, port) in zip(config.engine.listen, hello["listen"], strict=True)
+    ]
+    ctx = ChildContext(engine, listen, int(hello["worker"]), int(hello["seed"]))
+    send_lock = trio.Lock()
+
+    async def report(obj: object) -> None:
+        # Shielded: a line cut in half by a cancellation would corrupt the next one.
+        with trio.CancelScope(shield=True):
+            async with send_lock:
+                try:
+                    await control_out.send_all(_line(obj))
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    shutdown.set()  # the parent is gone
+
+    async def control() -> None:
+        async for message in messages:
+            if "probe" in message:
+                engine.apply(_probe_from(message["probe"]))
+            elif "config" in message:
+                engine.reconfigure(_unpickled(message["config"]), now=trio.current_time())
+            elif "restore" in message:
+                _restore(engine, message["restore"])
+            elif "shutdown" in message:
+                break
+        if not shutdown.is_set():
+            logs.event("worker_draining", worker=ctx.worker)
+        shutdown.set()  # shutdown message, or end of file: the parent is gone
+
+    async def flush() -> None:
+        while True:
+            await trio.sleep(FLUSH_INTERVAL)
+            traffic = drain_traffic(metrics)
+            if traffic:
+                await report({"metrics": traffic})
+
+    async def signals() -> None:
+        # SIGHUP is ignored (the parent forwards reloads); SIGTERM/SIGINT drain, which
+        # also covers a Ctrl-C sent to the whole process group.
+        with trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as sigs:
+            async for signum in sigs:
+                if signum != signal.SIGHUP:
+                    shutdown.set()
+
+    served = trio.Event()
+
+    async def serving(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            await serve(ctx, shutdown, task_status=task_status)
+        finally:
+            served.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(signals)
+        nursery.start_soon(control)
+        await nursery.start(serving)
+        await report({"ready": {"pid": os.getpid(), "listen": hello["listen"]}})
+        nursery.start_soon(flush)
+        await served.wait()  # shutdown was set and the proxy has drained
+        nursery.cancel_scope.cancel()
+    traffic = drain_traffic(metrics)
+    if traffic:
+        await report({"metrics": traffic})
+    await control_out.aclose()
+
+
+def _restore(engine: Engine, message: Mapping[str, Any]) -> None:
+    states = {(p, e, v): Health(h) for p, e, v, h in message["states"]}
+    rtt = {(p, v): float(value) for p, v, value in message["rtt"]}
+    engine.book.restore(states, rtt)
+    for obj, count in message["replay"]:
+        result = _probe_from(obj)
+        for _ in range(int(count)):
+            engine.apply(result)

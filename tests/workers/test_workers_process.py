@@ -1,0 +1,306 @@
+"""`tunnel-lb run` with ``engine.workers: 2``: two processes serve, one probes.
+
+The LB runs as its own process (parent + one child worker); the two tunnel stand-ins run
+in the test's trio loop so that the test can count the health checks each one receives and
+kill one.  127.0.0.1 only; every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from collections import Counter
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+import trustme
+from prometheus_support import free_port
+
+from lb.connector.config import ConnectorConfig
+from lb.connector.ingress import IngressRule
+from lb.connector.server import serve_connector
+from lb.connector.stats import ConnectorStats
+
+pytestmark = [pytest.mark.integration]
+
+EU = "6ff42ae2-765d-4adf-8112-31c55c1551ef"
+US = "0f3e2d1c-4b5a-4c6d-8e7f-9a0b1c2d3e4f"
+APP = "app.example.com"
+LB = "app.localhost"
+OTHER = "other.localhost"
+
+
+def lb_config(
+    ports: dict[str, int], listen: int, admin: int, ca: Path, names: tuple[str, ...]
+) -> str:
+    return json.dumps(
+        {
+            "monitors": [
+                {
+                    "id": "app",
+                    "type": "https",
+                    "path": "/healthz",
+                    "interval": 1,
+                    "timeout": 0.5,
+                    "retries": 0,
+                    "header": {"Host": [APP]},
+                }
+            ],
+            "pools": [
+                {
+                    "name": name,
+                    "monitor": "app",
+                    "origins": [
+                        {
+                            "name": f"tunnel-{name}",
+                            "address": f"{uuid}.cfargotunnel.com",
+                            "header": {"Host": [APP]},
+                        }
+                    ],
+                }
+                for name, uuid in (("eu", EU), ("us", US))
+            ],
+            "load_balancers": [
+                {
+                    "name": name,
+                    "default_pools": ["eu", "us"],
+                    "fallback_pool": "us",
+                    "adaptive_routing": {"failover_across_pools": True},
+                }
+                for name in names
+            ],
+            "connect_to": {
+                f"{uuid}.cfargotunnel.com:443": f"127.0.0.1:{ports[uuid]}" for uuid in (EU, US)
+            },
+            "engine": {
+                "minimum_interval": 1,
+                "workers": 2,
+                "access_log": True,
+                "listen": [{"address": "127.0.0.1", "port": listen}],
+                "admin": f"127.0.0.1:{admin}",
+                "upstream_ca": str(ca),
+                "drain_timeout": 2,
+            },
+        },
+        indent=1,
+    )
+
+
+def write(path: Path, text: str) -> None:
+    path.write_text(text)
+
+
+def tail(path: Path) -> str:
+    return path.read_text(errors="replace")[-3000:]
+
+
+def log_events(log: Path, name: str) -> list[dict[str, Any]]:
+    out = []
+    for line in log.read_text(errors="replace").splitlines():
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(obj, dict) and obj.get("event") == name:
+            out.append(obj)
+    return out
+
+
+async def wait_for(check: Any, what: str, seconds: float = 20) -> Any:
+    with trio.move_on_after(seconds):
+        while True:
+            try:
+                value = await check()
+                if value:
+                    return value
+            except httpx.TransportError:
+                pass
+            await trio.sleep(0.1)
+    pytest.fail(f"{what}: not within {seconds}s")
+
+
+async def fresh_requests(base: str, host: str, n: int) -> Counter[str]:
+    """``n`` requests, each on a new connection so the kernel spreads them over workers."""
+    seen: Counter[str] = Counter()
+    for _ in range(n):
+        async with httpx.AsyncClient(timeout=5) as client:
+            r = await client.get(f"{base}/", headers={"Host": host})
+        seen[f"{r.status_code} {r.json()['tunnel'] if r.status_code == 200 else ''}".strip()] += 1
+    return seen
+
+
+def metric(text: str, name: str, *labels: str) -> float:
+    """Sum of the samples of ``name`` whose line holds every one of ``labels``."""
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name + "{") and all(label in line for label in labels)
+    )
+
+
+async def test_two_workers_share_one_prober(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    cert = tmp_path / "tunnel.pem"
+    ca.issue_cert(APP).private_key_and_cert_chain_pem.write_to_path(str(cert))
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    rules = (
+        IngressRule("http_status:200", APP, "^/healthz$"),
+        IngressRule("hello_world", APP),
+        IngressRule("http_status:404"),
+    )
+    stats = {EU: ConnectorStats(), US: ConnectorStats()}
+    listen, admin = free_port(), free_port()
+    base, admin_base = f"http://127.0.0.1:{listen}", f"http://127.0.0.1:{admin}"
+    config = tmp_path / "lb.json"
+    log = tmp_path / "lb.log"
+
+    async with trio.open_nursery() as nursery:
+        scopes: dict[str, trio.CancelScope] = {}
+        ports: dict[str, int] = {}
+        for uuid in (EU, US):
+            scope = trio.CancelScope()
+            scopes[uuid] = scope
+            cc = ConnectorConfig(tunnel=uuid, ingress=rules, certificate=str(cert), key=str(cert))
+
+            async def one(
+                cc: ConnectorConfig,
+                st: ConnectorStats,
+                scope: trio.CancelScope,
+                *,
+                task_status: trio.TaskStatus[list[tuple[str, int]]] = trio.TASK_STATUS_IGNORED,
+            ) -> None:
+                with scope:
+                    await serve_connector(cc, stats=st, task_status=task_status)
+
+            addresses = await nursery.start(one, cc, stats[uuid], scope)
+            ports[uuid] = addresses[0][1]
+        config.write_text(lb_config(ports, listen, admin, ca_file, (LB,)))
+        with log.open("ab") as out:
+            cmd = [sys.executable, "-m", "lb", "run", str(config)]
+            run = partial(trio.run_process, cmd, check=False, stdout=out, stderr=out)
+            lb: trio.Process = await nursery.start(run)
+        try:
+            async with httpx.AsyncClient(timeout=5) as client:
+                await story(
+                    client, lb, log, config, stats, scopes, ports, ca_file, base, admin_base
+                )
+        finally:
+            if lb.returncode is None:
+                lb.kill()
+            nursery.cancel_scope.cancel()
+
+
+async def story(
+    client: httpx.AsyncClient,
+    lb: trio.Process,
+    log: Path,
+    config: Path,
+    stats: dict[str, ConnectorStats],
+    scopes: dict[str, trio.CancelScope],
+    ports: dict[str, int],
+    ca_file: Path,
+    base: str,
+    admin_base: str,
+) -> None:
+    async def ready() -> bool:
+        r = await client.get(f"{admin_base}/readyz")
+        return r.status_code == 200 and bool(log_events(log, "worker_ready"))
+
+    await wait_for(ready, "parent ready and worker 1 listening")
+    (started,) = log_events(log, "worker_started")
+    child = int(started["pid"])
+
+    # Both processes serve: new connections are spread by SO_REUSEPORT.
+    assert await fresh_requests(base, LB, 40) == Counter({f"200 {EU}": 40})
+    served = Counter(e["worker"] for e in log_events(log, "request"))
+    assert set(served) == {0, 1}, served
+
+    # ...and the parent's /metrics counts the child's requests too (reported every ~1 s).
+    async def counted() -> bool:
+        text = (await client.get(f"{admin_base}/metrics")).text
+        return metric(text, "lb_requests_total", f'load_balancer="{LB}"', 'pool="eu"') == 40
+
+    await wait_for(counted, "40 requests in the parent's lb_requests_total", 5)
+
+    # One probe stream: the eu tunnel sees ~1 health check per interval (1 s), not 2.
+    def healthz(uuid: str) -> int:
+        return sum(1 for r in stats[uuid].recent if r.target == "/healthz")
+
+    before = healthz(EU)
+    await trio.sleep(4)
+    probes = healthz(EU) - before
+    assert 3 <= probes <= 5, probes
+
+    # A tunnel dies: every worker marks it down (no more first attempts at it, so no
+    # more zero-downtime retries once the parent saw it critical).
+    scopes[EU].cancel()
+
+    async def eu_critical() -> bool:
+        pools = {p["name"]: p for p in (await client.get(f"{admin_base}/status")).json()["pools"]}
+        return bool(pools["eu"]["state"] == "critical")
+
+    await wait_for(eu_critical, "eu critical")
+    await trio.sleep(1.5)  # a report interval: retries before detection are in
+    retries = metric((await client.get(f"{admin_base}/metrics")).text, "lb_retries_total")
+    mark = len(log_events(log, "request"))
+    assert await fresh_requests(base, LB, 30) == Counter({f"200 {US}": 30})
+    after = log_events(log, "request")[mark:]
+    assert {e["worker"] for e in after} == {0, 1}
+    assert all(e["retried"] is None or e["retried"] == "" for e in after), after
+    await trio.sleep(1.5)
+    assert metric((await client.get(f"{admin_base}/metrics")).text, "lb_retries_total") == retries
+
+    # A reload reaches the worker: a new load balancer host is served by both processes.
+    write(
+        config,
+        lb_config(
+            ports,
+            int(base.rsplit(":", 1)[1]),
+            int(admin_base.rsplit(":", 1)[1]),
+            ca_file,
+            (LB, OTHER),
+        ),
+    )
+    lb.send_signal(signal.SIGHUP)
+
+    async def reloaded() -> bool:
+        return (
+            b'lb_config_reloads_total{result="success"} 1.0'
+            in (await client.get(f"{admin_base}/metrics")).content
+        )
+
+    await wait_for(reloaded, "reload applied")
+    await trio.sleep(0.3)  # the config message travels down the pipe
+    mark = len(log_events(log, "request"))
+    assert await fresh_requests(base, OTHER, 30) == Counter({f"200 {US}": 30})
+    assert {e["worker"] for e in log_events(log, "request")[mark:]} == {0, 1}
+
+    # A worker that dies is started again and gets the current health (eu stays down).
+    os.kill(child, signal.SIGKILL)
+
+    async def restarted() -> bool:
+        return len(log_events(log, "worker_ready")) >= 2
+
+    await wait_for(restarted, "worker 1 restarted", 10)
+    assert log_events(log, "worker_died")
+    mark = len(log_events(log, "request"))
+    assert await fresh_requests(base, OTHER, 30) == Counter({f"200 {US}": 30})
+    after = log_events(log, "request")[mark:]
+    assert {e["worker"] for e in after} == {0, 1}
+    assert all(not e["retried"] for e in after), after
+
+    # SIGTERM: both processes drain and exit; the parent exits 0.
+    new_child = int(log_events(log, "worker_started")[-1]["pid"])
+    lb.send_signal(signal.SIGTERM)
+    with trio.fail_after(10):
+        code = await lb.wait()
+    assert code == 0, tail(log)
+    with pytest.raises(ProcessLookupError):
+        os.kill(new_child, 0)
