@@ -99,7 +99,7 @@ def _monitor_summary(monitor: Monitor) -> dict[str, Any]:
         "type": monitor.type,
         "method": monitor.effective_method,
         "path": monitor.path,
-        "port": monitor.effective_port,
+        "port": monitor.port or None,  # None: the endpoint's port, else 443/80 (R7)
         "interval": monitor.interval,
         "timeout": monitor.timeout,
         "expected_codes": monitor.expected_codes,
@@ -183,7 +183,8 @@ def _monitor_line(s: dict[str, Any]) -> str:
     target = f"{s['method']} {s['path']}" if s["type"] != "tcp" else "connect"
     host = f" Host {s['host']}" if s["host"] else ""
     return (
-        f"{s['id']}: {s['type']} {target} port {s['port']}{host} every {s['interval']:g}s, "
+        f"{s['id']}: {s['type']} {target} port {s['port'] or 'of the endpoint'}{host} "
+        f"every {s['interval']:g}s, "
         f"expects {s['expected_codes']}"
     )
 

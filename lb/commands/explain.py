@@ -13,7 +13,6 @@ import random
 import sys
 
 from lb.config.loader import load_config
-from lb.core.health import ProbeResult
 from lb.engine import Engine
 from steering import Request
 
@@ -52,20 +51,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: --down {name}: no monitored endpoint of that name", file=sys.stderr)
         return 2
     for target in engine.targets():
-        ok = f"{target.pool}/{target.endpoint}" not in down
-        runs = max(1, target.monitor.consecutive_up if ok else target.monitor.consecutive_down)
-        for vantage in config.engine.vantage_points:
-            for _ in range(runs):
-                engine.apply(
-                    ProbeResult(
-                        pool=target.pool,
-                        endpoint=target.endpoint,
-                        vantage=vantage,
-                        at=0.0,
-                        ok=ok,
-                        reason="" if ok else "marked down with --down",
-                    )
-                )
+        name = f"{target.pool}/{target.endpoint}"
+        engine.book.settle(
+            target.pool, target.endpoint, ok=name not in down, at=0.0, reason="--down"
+        )
     headers: dict[str, str] = {}
     for item in args.header:
         key, sep, value = item.partition("=")

@@ -105,13 +105,6 @@ class Monitor:
         return "connection_established" if self.type == "tcp" else "GET"
 
     @property
-    def effective_port(self) -> int:
-        """R7: the monitor port when non-zero, else the protocol default."""
-        if self.port:
-            return self.port
-        return 443 if self.type == "https" else 80
-
-    @property
     def host_header(self) -> str | None:
         """The monitor's own Host header, if any (R5, second in precedence)."""
         return _host(self.header)

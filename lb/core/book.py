@@ -143,6 +143,22 @@ class HealthBook:
             ep.health = aggregate
         return events
 
+    def settle(self, pool: str, endpoint: str, *, ok: bool, at: float, reason: str = "") -> None:
+        """Feed results until every vantage point of the endpoint passes (or fails).
+
+        For what-if tools (``tunnel-lb explain``, tests): the endpoint reaches the state
+        through the same R12 counters a real monitor drives, whatever its thresholds.
+        """
+        ep = self._endpoints.get((pool, endpoint))
+        target = Health.HEALTHY if ok else Health.UNHEALTHY
+        for vantage, check in ep.checks.items() if ep else ():
+            while check.state is not target:
+                self.apply(
+                    ProbeResult(
+                        pool=pool, endpoint=endpoint, vantage=vantage, at=at, ok=ok, reason=reason
+                    )
+                )
+
     def reconfigure(self, config: Config, *, now: float) -> list[HealthEvent]:
         """Swap in a new configuration, keeping the health of unchanged endpoints."""
         previous = self._endpoints

