@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from lb.config._source import read_text  # noqa: E402
+from lb.config import read_text  # noqa: E402
 from lb.sim import parse_scenario, run_scenario  # noqa: E402
 
 DCS = ("FRA", "IAD", "SIN", "LHR")

@@ -681,17 +681,17 @@ class Router:
             return items[i] if i < len(items) else items[-1]
         if policy == "hash":  # R20
             return rendezvous(req.client_ip, items, eps.names, eps.weights)
-        # R21: least_outstanding_requests / least_connections.  The counts come from Live's
-        # per-pool mirror (read directly while it has this router's layout); the table of
-        # ``w / (n + 1)`` sums is kept in eps.memo until the counts move.
+        # R21: least_outstanding_requests / least_connections, from Live's per-pool mirror of
+        # the counts.  eps.memo keeps the table of ``w / (n + 1)`` sums until the mirror moves:
+        # the same mirror at the same version has the layout the memo was built for (another
+        # layout gets a new mirror, see Live.counts).
         connections = policy == "least_connections"
         mirror = (live.connection_mirrors if connections else live.in_flight_mirrors).get(eps.pool)
-        if mirror is None or mirror.names is not eps.layout:
+        memo = eps.memo
+        if mirror is None or mirror is not memo.counts or mirror.version != memo.version:
             if not (live.connections if connections else live.in_flight):
                 return Router._choose(eps, "random", req, rng, live)  # nothing counted yet
             mirror = live.counts(eps.pool, eps.layout, connections=connections)
-        memo = eps.memo
-        if memo.counts is not mirror or memo.version != mirror.version:
             memo.cumulative, memo.total = load_table(eps.weights, eps.indexes, mirror.by_index)
             memo.counts, memo.version = mirror, mirror.version
         if memo.total <= 0:

@@ -8,6 +8,7 @@ import trio
 
 from lb import logs
 from lb.config.loader import load_config
+from lb.proxy.listeners import listener_contexts
 from lb.service import serve_lb, serve_worker
 
 NAME = "run"
@@ -31,5 +32,7 @@ def run(args: argparse.Namespace) -> int:
     result = load_config(args.files)
     for warning in result.warnings:
         logs.event("config_warning", message=str(warning))
+    # Certificates are read before anything listens: a bad path is a ConfigError (exit 2).
+    listener_contexts(result.config.engine.listen, source=args.files[0])
     trio.run(lambda: serve_lb(args.files, config=result.config, seed=args.seed))
     return 0

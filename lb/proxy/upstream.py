@@ -249,7 +249,7 @@ def _tls_stream(
             raise ValueError(f"not a TLS server name: {host!r}")
         return trio.SSLStream(stream, context, server_hostname=server_name, https_compatible=True)
     except Exception as exc:
-        _close_stream(stream)
+        stream.socket.close()
         raise UpstreamError(TLS_HANDSHAKE, "tls_server_name") from exc
 
 

@@ -2,9 +2,10 @@
 
 A scenario names an LB configuration, the users (per data center), a timeline of things going
 wrong and the expectations the run must meet (``docs/simulate.md``).  Parsing reuses the
-configuration loader's machinery (:mod:`lb.config._source` for nodes that remember their
-lines, :class:`lb.config._parse.Parser` for typed fields), so a scenario error reads exactly
-like a configuration error: file, line, dotted path, message, every problem at once.
+configuration loader's machinery, public in :mod:`lb.config` (:func:`lb.config.read_file`
+for nodes that remember their lines, :class:`lb.config.Parser` for typed fields), so a
+scenario error reads exactly like a configuration error: file, line, dotted path, message,
+every problem at once.
 
 Names in the timeline are resolved here, once, to what the simulator keys its state by:
 
@@ -26,11 +27,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lb.config import (
+    INVALID,
+    ConfigError,
+    Node,
+    Parser,
+    Problem,
+    Report,
+    Segment,
+    Where,
+    did_you_mean,
+    read_file,
+)
 from lb.config import loader as config_loader
-from lb.config._parse import INVALID, Parser
-from lb.config._report import Report, did_you_mean
-from lb.config._source import Node, Segment, Where, read_file
-from lb.config.errors import ConfigError, Problem
 from lb.config.model import Config, Tunnel
 from lb.config.tunnels import TUNNEL_SUFFIX
 from lb.connector.ingress import IngressRule, RuleError, validate_rules

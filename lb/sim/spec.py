@@ -1,6 +1,6 @@
 """The raw shape of a scenario file, as dataclasses the configuration parser can read.
 
-Why dataclasses with metadata: :class:`lb.config._parse.Parser` already turns YAML nodes into
+Why dataclasses with metadata: :class:`lb.config.Parser` already turns YAML nodes into
 dataclasses with type, range and choice checks, unknown-key errors with a did-you-mean, and
 file/line/dotted-path positions.  Describing the scenario file the same way reuses all of it
 instead of writing a second YAML validator.  Cross-field checks (names, times) live in

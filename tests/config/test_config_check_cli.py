@@ -31,7 +31,8 @@ def test_valid_config_prints_summary_and_exits_0(capsys: pytest.CaptureFixture[s
         "  eu: 1 endpoint (1 tunnel), random steering, monitor app-https",
         "  us: 1 endpoint (1 tunnel), random steering, monitor app-https",
         "monitors (1):",
-        "  app-https: https GET /healthz port of the endpoint Host app.example.com every 10s, expects 200",
+        "  app-https: https GET /healthz port of the endpoint Host app.example.com"
+        " every 10s, expects 200",
         "tunnels (2):",
         "  6ff42ae2-765d-4adf-8112-31c55c1551ef (app-eu): 2 replicas in AMS, CDG, FRA",
         "  0f3e2d1c-4b5a-4c6d-8e7f-9a0b1c2d3e4f (app-us): 2 replicas in EWR, IAD, ORD",
