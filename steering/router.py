@@ -689,9 +689,10 @@ class Router:
         mirror = (live.connection_mirrors if connections else live.in_flight_mirrors).get(eps.pool)
         memo = eps.memo
         if mirror is None or mirror is not memo.counts or mirror.version != memo.version:
-            if not (live.connections if connections else live.in_flight):
-                return Router._choose(eps, "random", req, rng, live)  # nothing counted yet
-            mirror = live.counts(eps.pool, eps.layout, connections=connections)
+            if mirror is None or mirror.names is not eps.layout:
+                if not (live.connections if connections else live.in_flight):
+                    return Router._choose(eps, "random", req, rng, live)  # nothing counted yet
+                mirror = live.counts(eps.pool, eps.layout, connections=connections)
             memo.cumulative, memo.total = load_table(eps.weights, eps.indexes, mirror.by_index)
             memo.counts, memo.version = mirror, mirror.version
         if memo.total <= 0:

@@ -16,6 +16,7 @@ from lb.config._items import Item, Parsed, Seen
 from lb.config._net import cidr_problem, host_port_problem
 from lb.config._report import Report, did_you_mean, fmt_number
 from lb.config._source import Segment, Where
+from lb.config.hosts import connect_key, split_host_port
 from lb.config.model import (
     REGIONS,
     Config,
@@ -131,7 +132,7 @@ def _check_tunnels(parsed: Parsed, report: Report) -> None:
 
 
 def _check_connect_to(parsed: Parsed, report: Report) -> dict[str, str]:
-    """``host:port`` on both sides; keys are lower-cased because host names are."""
+    """``host:port`` on both sides; keys are stored as :func:`lb.config.hosts.connect_key`."""
     out: dict[str, str] = {}
     seen = Seen(report)
     for item in parsed.connect_to:
@@ -140,8 +141,12 @@ def _check_connect_to(parsed: Parsed, report: Report) -> dict[str, str]:
             report.error(item.at(), f"key: {problem}")
         if problem := host_port_problem(item.value):
             report.error(item.at(), problem)
-        if seen.add(key.lower(), item.at(), "connect_to entry", shown=key):
-            out[key.lower()] = item.value
+        try:
+            normal = connect_key(*split_host_port(key, 0)) or key.lower()
+        except ValueError:
+            normal = key.lower()  # reported above
+        if seen.add(normal, item.at(), "connect_to entry", shown=key):
+            out[normal] = item.value
     return out
 
 

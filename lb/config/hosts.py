@@ -19,7 +19,7 @@ import ipaddress
 import re
 from collections.abc import Mapping
 
-__all__ = ["dial_address", "normalise_host", "split_host_port"]
+__all__ = ["connect_key", "dial_address", "normalise_host", "split_host_port"]
 
 _LABEL = re.compile(r"[a-z0-9_-]{1,63}")
 """One DNS label, as leniently as the loader reads host names (lb/config/_net.py)."""
@@ -102,6 +102,14 @@ def _normalise(value: str) -> str | None:
         return name
 
 
+def connect_key(address: str, port: int) -> str | None:
+    """The ``connect_to`` key of ``address:port``: normalised host (IPv6 in brackets)."""
+    host = normalise_host(address)
+    if host is None:
+        return None
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def dial_address(address: str, port: int, connect_to: Mapping[str, str]) -> tuple[str, int]:
     """Where ``address:port`` is dialled: its ``connect_to`` stand-in, else itself.
 
@@ -111,11 +119,8 @@ def dial_address(address: str, port: int, connect_to: Mapping[str, str]) -> tupl
     """
     if not connect_to:
         return address, port
-    host = normalise_host(address)
-    if host is None:
-        return address, port
-    key = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    mapped = connect_to.get(key)
+    key = connect_key(address, port)
+    mapped = connect_to.get(key) if key else None
     if not mapped:
         return address, port
     return split_host_port(mapped, port)

@@ -23,6 +23,12 @@ request, so they cost a deadline update rather than a new scope per I/O call:
 * TCP connect plus TLS handshake: ``connect_timeout`` (522);
 * waiting for the response head, reading the response body and writing upstream:
   ``request_timeout`` (524 before the response head; the connection is cut after it).
+* a WebSocket (after a 101): ``idle_timeout`` of silence in both directions, the deadline
+  pushed ahead on every chunk either way; then both connections are cut.
+
+The Host header is normalised before steering (:func:`lb.config.hosts.normalise_host`:
+lowercase, no port, no trailing dot); a Host that is not a host name or IP address gets 400,
+since it could otherwise become the upstream TLS server name.
 
 Failures and retries (cloudflare-lb.md §5, docs/proxy.md):
 
@@ -35,6 +41,8 @@ Failures and retries (cloudflare-lb.md §5, docs/proxy.md):
   been taken from the client yet, and the method is idempotent (or carries an Idempotency-Key)
   or nothing was written (Go's net/http rule);
 * anything else is answered as it is, with the status mapped by ``error_style``.
+* an upstream response head h11 refuses to relay gets 502 (the connection closes); a failure
+  no handler answers is logged at warning level, as it leaves the client without a status.
 
 Shutdown: :meth:`ProxyServer.shutdown` stops accepting, closes connections that wait for a
 next request, lets in-flight requests finish (their responses carry ``Connection: close``),

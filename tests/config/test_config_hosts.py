@@ -137,3 +137,16 @@ def test_proxy_and_monitors_dial_the_same_address() -> None:
     assert (probe.dial_host, probe.dial_port) == ("127.0.0.1", 8443)
     assert (target.dial_host, target.dial_port) == (probe.dial_host, probe.dial_port)
     assert (target.host, probe.host) == ("app.example", "app.example")  # Host/SNI unchanged
+
+
+def test_loader_stores_connect_to_keys_the_way_dialling_looks_them_up() -> None:
+    from lb.config.loader import load_config_text
+
+    text = (
+        "connect_to:\n"
+        "  'Origin.Example.com.:443': 127.0.0.1:8443\n"
+        "  '[0:0:0:0:0:0:0:1]:443': 127.0.0.1:9443\n"
+    )
+    connect_to = load_config_text(text).config.connect_to
+    assert dial_address("origin.example.com", 443, connect_to) == ("127.0.0.1", 8443)
+    assert dial_address("::1", 443, connect_to) == ("127.0.0.1", 9443)
