@@ -24,6 +24,22 @@ The pipeline for one request (cloudflare-lb.md §3.3), each step recorded in the
    local-data-center preference is on (see docs/steering.md).
 7. A zero-downtime failover retry (R42-R45) is a second, separate call: :meth:`Router.retry`.
 
+The fast path.  When the pool does not depend on the request (an ordered pool policy, ``off``,
+``geo``, ``proximity`` or ``dynamic_latency``, with no load shedding among the eligible pools)
+and the load balancer has no session affinity, the general path (:meth:`Router._steer`)
+records per data center the pool, its endpoint sets and the ``Decision.policy`` label
+(:data:`_Fast`), and later untraced calls of :meth:`Router.decide` go straight from the
+plan to the endpoint pick.  That is the only fast path, and its pick is the general path's
+(:meth:`Router._choose`, with R19 inlined), so an untraced decision equals the traced one for
+the same ``rng`` state (tests/steering/test_steering_fastpath.py).
+
+Live counts (R21).  ``least_outstanding_requests`` and ``least_connections`` read the pool's
+:class:`~steering.types.Counts` in :class:`~steering.types.Live` by endpoint position (aligned
+once to this router's layout of the pool: no per-endpoint key formatting or dictionary
+lookup), and each endpoint set keeps its table of ``w / (n + 1)`` running sums until the
+counts' ``version`` moves: steady counts cost one ``bisect`` as R19 does, moved ones one pass
+over the set.  Both give exactly ``P(i) = (w_i / (n_i + 1)) / sum_j (w_j / (n_j + 1))``.
+
 Nothing here awaits, reads a clock or draws randomness except from the ``rng`` passed in.
 """
 
@@ -148,7 +164,8 @@ class _Plan:
         self.fast_by_datacenter = self.by_datacenter or local
         """Whether :attr:`fast` is keyed by data center (it is with local preference too)."""
         self.fast: dict[str, _Fast | None] = {}
-        """Data center (or "") -> the precomputed untraced decision, None where there is none."""
+        """Data center (or "") -> the precomputed untraced decision, None where there is none.
+        Filled by :meth:`Router._steer`, and only for load balancers without session affinity."""
         self.labels: dict[str, str] = {}
         """Pool name -> ``Decision.policy`` (``<pool policy>/<endpoint policy>``)."""
         # R34: affinity is never applied on DNS-only load balancers.
@@ -267,8 +284,8 @@ class Router:
         """Steer one request; see the module docstring for the steps."""
         plan = self._plans.get(req.host) or self._plan(req.host)
         if plan is not None and not trace:
-            # The fast path: an untraced decision without affinity whose pool does not depend
-            # on the request (see _Fast); the same arithmetic as the general path below.
+            # The fast path (module docstring): no affinity, and the pool does not depend on
+            # the request, so only the endpoint pick is left, done as in the general path.
             fast = plan.fast.get(req.datacenter if plan.fast_by_datacenter else "")
             if fast is not None:
                 pool, eps, wide, spill, label, policy = fast
@@ -681,20 +698,22 @@ class Router:
             return items[i] if i < len(items) else items[-1]
         if policy == "hash":  # R20
             return rendezvous(req.client_ip, items, eps.names, eps.weights)
-        # R21: least_outstanding_requests / least_connections, from Live's per-pool mirror of
-        # the counts.  eps.memo keeps the table of ``w / (n + 1)`` sums until the mirror moves:
-        # the same mirror at the same version has the layout the memo was built for (another
-        # layout gets a new mirror, see Live.counts).
-        connections = policy == "least_connections"
-        mirror = (live.connection_mirrors if connections else live.in_flight_mirrors).get(eps.pool)
+        # R21: least_outstanding_requests / least_connections, from the pool's Counts (by
+        # position once aligned to this router's layout).  eps.memo keeps the table of
+        # ``w / (n + 1)`` sums until the counts move: the same Counts at the same version has
+        # the slots the memo was built from (aligning to another layout moves the version).
+        by_pool = (
+            live.connections_by_pool if policy == "least_connections" else live.in_flight_by_pool
+        )
+        counts = by_pool.get(eps.pool)
+        if counts is None:  # nothing counted in this pool yet: w / (0 + 1) is R19 exactly
+            return Router._choose(eps, "random", req, rng, live)
         memo = eps.memo
-        if mirror is None or mirror is not memo.counts or mirror.version != memo.version:
-            if mirror is None or mirror.names is not eps.layout:
-                if not (live.connections if connections else live.in_flight):
-                    return Router._choose(eps, "random", req, rng, live)  # nothing counted yet
-                mirror = live.counts(eps.pool, eps.layout, connections=connections)
-            memo.cumulative, memo.total = load_table(eps.weights, eps.indexes, mirror.by_index)
-            memo.counts, memo.version = mirror, mirror.version
+        if counts is not memo.counts or counts.version != memo.version:
+            if counts.layout is not eps.layout:
+                counts.align(eps.layout)
+            memo.cumulative, memo.total = load_table(eps.weights, eps.indexes, counts.counts)
+            memo.counts, memo.version = counts, counts.version
         if memo.total <= 0:
             return None
         i = bisect(memo.cumulative, rng.random() * memo.total)

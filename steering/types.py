@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 from lb.config.model import LoadBalancer
@@ -46,116 +46,192 @@ class Affinity:
 
 
 class Counts:
-    """One pool's live counts of one kind, by endpoint position: what R21 reads per request.
+    """One pool's live counts of one kind (requests in flight, or open connections), by slot.
 
-    ``by_index[i]`` is the count of the endpoint called ``names[i]`` (``EndpointView.index`` is
-    its position in the pool's ``origins``), so a reader walks two lists instead of formatting
-    and hashing a ``pool/endpoint`` key per endpoint.  ``version`` moves on every change: a
-    reader may keep what it derived from the counts (the router keeps R21's cumulative table)
-    for as long as the version and the :class:`Counts` object are the same.
+    Slot ``i`` counts the endpoint called ``names[i]``.  A writer finds its slot through
+    ``EndpointView.index`` (the endpoint's position in the pool's ``origins``): a list index and
+    a name comparison, without formatting or hashing a ``pool/endpoint`` key.  An endpoint at
+    another position (from a snapshot taken before a reload reordered the pool, or given by
+    name to :class:`Live`) is found by name.  A reader calls :meth:`align` with its snapshot's
+    layout, after which ``counts[i]`` is the count of the endpoint at position ``i``.
+
+    ``version`` moves whenever a count or a slot does: a reader may keep what it derived from
+    the counts (the router keeps R21's cumulative table) while the version stays the same.
     """
 
-    __slots__ = ("by_index", "names", "version")
+    __slots__ = ("counts", "layout", "names", "seen", "slots", "version")
 
-    def __init__(self, names: tuple[str, ...], by_index: list[int]) -> None:
-        self.names = names
-        """The layout: endpoint names in ``origins`` order; ``()`` once it is out of date."""
-        self.by_index = by_index
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self.counts: list[int] = []
+        self.seen: list[bool] = []
+        """Whether the slot was ever written (only those show in :class:`Live`'s mappings)."""
+        self.slots: dict[str, int] = {}
+        """Endpoint name -> slot."""
+        self.layout: tuple[str, ...] | None = None
+        """The layout the slots were last aligned to (the first ``len(layout)`` names)."""
         self.version = 0
 
     def add(self, endpoint: EndpointView, delta: int) -> None:
         """Move the count of ``endpoint`` by ``delta``."""
         i, names = endpoint.index, self.names
-        if i < len(names) and names[i] == endpoint.name:
-            self.by_index[i] += delta
-        else:
-            # ``endpoint`` comes from a snapshot with another layout (a reload reordered the
-            # pool while it was in use): give up the mirror; the next reader rebuilds it.
-            self.names = ()
+        if i >= len(names) or names[i] != endpoint.name:
+            i = self.slot(endpoint.name)
+        self.counts[i] += delta
+        self.seen[i] = True
         self.version += 1
 
+    def slot(self, name: str) -> int:
+        """The slot of endpoint ``name``, added after the others if it has none."""
+        i = self.slots.get(name)
+        if i is None:
+            i = self.slots[name] = len(self.names)
+            self.names.append(name)
+            self.counts.append(0)
+            self.seen.append(False)
+        return i
 
-@dataclass(slots=True)
+    def align(self, layout: tuple[str, ...]) -> None:
+        """Order the slots as ``layout`` (endpoint names in ``origins`` order) lists them.
+
+        Endpoints missing from ``layout`` keep their counts in slots after it.  Cheap when the
+        slots already are in that order; a reader passes the same tuple object every time, so
+        that ``counts.layout is layout`` tells it nothing needs doing.
+        """
+        if self.names[: len(layout)] != list(layout):
+            before = {n: (c, s) for n, c, s in zip(self.names, self.counts, self.seen, strict=True)}
+            inside = set(layout)
+            self.names = [*layout, *(n for n in self.names if n not in inside)]
+            self.counts = [before.get(n, (0, False))[0] for n in self.names]
+            self.seen = [before.get(n, (0, False))[1] for n in self.names]
+            self.slots = {n: i for i, n in enumerate(self.names)}
+            self.version += 1
+        self.layout = layout
+
+
+class _CountsView(Mapping[str, int]):
+    """Per-pool :class:`Counts` seen as one read-only ``pool/endpoint`` -> count mapping."""
+
+    __slots__ = ("_pools",)
+
+    def __init__(self, pools: dict[str, Counts]) -> None:
+        self._pools = pools
+
+    def __getitem__(self, key: str) -> int:
+        pool, _, name = key.partition("/")
+        counts = self._pools.get(pool)
+        i = counts.slots.get(name) if counts is not None else None
+        if counts is None or i is None or not counts.seen[i]:
+            raise KeyError(key)
+        return counts.counts[i]
+
+    def __iter__(self) -> Iterator[str]:
+        for pool, counts in self._pools.items():
+            for name, seen in zip(counts.names, counts.seen, strict=True):
+                if seen:
+                    yield f"{pool}/{name}"
+
+    def __len__(self) -> int:
+        return sum(sum(c.seen) for c in self._pools.values())
+
+    def __repr__(self) -> str:
+        return repr(dict(self))
+
+
 class Live:
     """Live request and connection counts, written by the proxy or simulator, read by steering.
 
     These feed ``least_outstanding_requests`` and ``least_connections`` (R21) at endpoint and
-    pool level.  The dictionaries are the record, keyed by endpoint key (``pool/endpoint``) and
-    pool name; admin, metrics and tests read them, and they may be given to the constructor.
-    After that, write only through :meth:`started`, :meth:`finished`,
-    :meth:`connection_opened` and :meth:`connection_closed`: they also keep the per-pool
-    :class:`Counts` mirrors that steering reads (:meth:`counts`) in step.
+    pool level.  Per endpoint they are kept per pool in :class:`Counts` (``in_flight_by_pool``,
+    ``connections_by_pool``), which steering reads by position; ``in_flight`` and
+    ``connections`` show them as read-only ``pool/endpoint`` -> count mappings (an endpoint
+    appears once it was counted) for admin, metrics and tests.  ``pool_in_flight`` and
+    ``pool_connections`` are plain dictionaries by pool name.
+
+    The constructor takes initial counts in the mapping form; afterwards the counts move only
+    through :meth:`started`, :meth:`finished`, :meth:`connection_opened` and
+    :meth:`connection_closed`.
     """
 
-    in_flight: dict[str, int] = field(default_factory=dict)
-    connections: dict[str, int] = field(default_factory=dict)
-    pool_in_flight: dict[str, int] = field(default_factory=dict)
-    pool_connections: dict[str, int] = field(default_factory=dict)
-    in_flight_mirrors: dict[str, Counts] = field(
-        default_factory=dict, init=False, repr=False, compare=False
-    )
-    connection_mirrors: dict[str, Counts] = field(
-        default_factory=dict, init=False, repr=False, compare=False
+    __slots__ = (
+        "connections_by_pool",
+        "in_flight_by_pool",
+        "pool_connections",
+        "pool_in_flight",
     )
 
-    # The four writers are spelled out rather than sharing a helper: they run twice per
-    # request (and per connection), and a call is a large share of their cost.
+    def __init__(
+        self,
+        in_flight: Mapping[str, int] | None = None,
+        connections: Mapping[str, int] | None = None,
+        pool_in_flight: dict[str, int] | None = None,
+        pool_connections: dict[str, int] | None = None,
+    ) -> None:
+        self.in_flight_by_pool: dict[str, Counts] = _by_pool(in_flight or {})
+        self.connections_by_pool: dict[str, Counts] = _by_pool(connections or {})
+        self.pool_in_flight: dict[str, int] = pool_in_flight if pool_in_flight is not None else {}
+        self.pool_connections: dict[str, int] = (
+            pool_connections if pool_connections is not None else {}
+        )
+
+    @property
+    def in_flight(self) -> Mapping[str, int]:
+        """Requests in flight per endpoint key (``pool/endpoint``)."""
+        return _CountsView(self.in_flight_by_pool)
+
+    @property
+    def connections(self) -> Mapping[str, int]:
+        """Open upstream connections per endpoint key (``pool/endpoint``)."""
+        return _CountsView(self.connections_by_pool)
+
+    def __repr__(self) -> str:
+        return (
+            f"Live(in_flight={self.in_flight!r}, connections={self.connections!r}, "
+            f"pool_in_flight={self.pool_in_flight!r}, "
+            f"pool_connections={self.pool_connections!r})"
+        )
 
     def started(self, endpoint: EndpointView) -> None:
         """A request to ``endpoint`` went out."""
-        key, pool = endpoint.key, endpoint.pool
-        self.in_flight[key] = self.in_flight.get(key, 0) + 1
-        self.pool_in_flight[pool] = self.pool_in_flight.get(pool, 0) + 1
-        mirror = self.in_flight_mirrors.get(pool)
-        if mirror is not None:
-            mirror.add(endpoint, 1)
+        _add(endpoint, 1, self.pool_in_flight, self.in_flight_by_pool)
 
     def finished(self, endpoint: EndpointView) -> None:
         """A request to ``endpoint`` completed, successfully or not."""
-        key, pool = endpoint.key, endpoint.pool
-        self.in_flight[key] = self.in_flight.get(key, 0) - 1
-        self.pool_in_flight[pool] = self.pool_in_flight.get(pool, 0) - 1
-        mirror = self.in_flight_mirrors.get(pool)
-        if mirror is not None:
-            mirror.add(endpoint, -1)
+        _add(endpoint, -1, self.pool_in_flight, self.in_flight_by_pool)
 
     def connection_opened(self, endpoint: EndpointView) -> None:
         """An upstream connection to ``endpoint`` opened."""
-        key, pool = endpoint.key, endpoint.pool
-        self.connections[key] = self.connections.get(key, 0) + 1
-        self.pool_connections[pool] = self.pool_connections.get(pool, 0) + 1
-        mirror = self.connection_mirrors.get(pool)
-        if mirror is not None:
-            mirror.add(endpoint, 1)
+        _add(endpoint, 1, self.pool_connections, self.connections_by_pool)
 
     def connection_closed(self, endpoint: EndpointView) -> None:
         """An upstream connection to ``endpoint`` closed."""
-        key, pool = endpoint.key, endpoint.pool
-        self.connections[key] = self.connections.get(key, 0) - 1
-        self.pool_connections[pool] = self.pool_connections.get(pool, 0) - 1
-        mirror = self.connection_mirrors.get(pool)
-        if mirror is not None:
-            mirror.add(endpoint, -1)
+        _add(endpoint, -1, self.pool_connections, self.connections_by_pool)
 
-    def counts(self, pool: str, names: tuple[str, ...], *, connections: bool) -> Counts:
-        """The in-flight (or, with ``connections``, connection) counts of ``pool`` by position.
 
-        ``names`` is the pool's layout in the reader's snapshot (endpoint names in ``origins``
-        order).  The mirror is built from the dictionaries on first use and whenever the layout
-        differs, then kept in step by the writers; passing the same tuple object every time
-        makes the layout check an identity test.
-        """
-        mirrors = self.connection_mirrors if connections else self.in_flight_mirrors
-        mirror = mirrors.get(pool)
-        if mirror is not None and mirror.names is names:
-            return mirror
-        if mirror is None or mirror.names != names:
-            record = self.connections if connections else self.in_flight
-            mirror = Counts(names, [record.get(f"{pool}/{name}", 0) for name in names])
-            mirrors[pool] = mirror
-        else:
-            mirror.names = names  # the same layout from another snapshot
-        return mirror
+def _add(
+    endpoint: EndpointView, delta: int, totals: dict[str, int], by_pool: dict[str, Counts]
+) -> None:
+    """Move the count of ``endpoint`` and its pool's total by ``delta``."""
+    pool = endpoint.pool
+    totals[pool] = totals.get(pool, 0) + delta
+    counts = by_pool.get(pool)
+    if counts is None:
+        counts = by_pool[pool] = Counts()
+    counts.add(endpoint, delta)
+
+
+def _by_pool(initial: Mapping[str, int]) -> dict[str, Counts]:
+    """Per-pool :class:`Counts` from ``pool/endpoint`` -> count."""
+    pools: dict[str, Counts] = {}
+    for key, n in initial.items():
+        pool, _, name = key.partition("/")
+        counts = pools.get(pool)
+        if counts is None:
+            counts = pools[pool] = Counts()
+        i = counts.slot(name)
+        counts.counts[i] = n
+        counts.seen[i] = True
+    return pools
 
 
 @dataclass(slots=True, kw_only=True)

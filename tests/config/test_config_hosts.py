@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from lb.config.hosts import dial_address, normalise_host, split_host_port
+from lb.config.loader import load_config_text
 from lb.config.model import Monitor, Origin
 from lb.core.book import ProbeTarget
 from lb.core.health import Health
@@ -140,8 +141,6 @@ def test_proxy_and_monitors_dial_the_same_address() -> None:
 
 
 def test_loader_stores_connect_to_keys_the_way_dialling_looks_them_up() -> None:
-    from lb.config.loader import load_config_text
-
     text = (
         "connect_to:\n"
         "  'Origin.Example.com.:443': 127.0.0.1:8443\n"
