@@ -96,7 +96,7 @@ class _Endpoints:
     pool: str
     layout: tuple[str, ...]
     """Names of all the pool's endpoints in ``origins`` order (one tuple per pool and router),
-    the layout :meth:`Live.counts` indexes its counts by."""
+    the order :meth:`steering.types.Counts.align` puts the pool's live counts in."""
     indexes: tuple[int, ...]
     """``EndpointView.index`` of each item: its position in ``layout``."""
     memo: _LoadMemo = field(default_factory=_LoadMemo, compare=False, repr=False)
