@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -113,36 +114,45 @@ def session_key(
 class HeaderSessions:
     """Header-affinity sessions (R39): key -> endpoint, expiring after an idle TTL.
 
-    The table is bounded: past ``max_sessions`` the oldest-touched half is dropped, which
-    only costs those clients a fresh steering decision.
+    Keys come from client headers, so the table stores a 16-byte digest of each, never the
+    values, and is bounded: past ``max_sessions`` the least recently used session is dropped
+    (one per insertion, O(1)), which only costs that client a fresh steering decision.
     """
 
     def __init__(self, max_sessions: int = 1_000_000) -> None:
-        self._sessions: dict[tuple[str, tuple[str, ...]], tuple[str, float]] = {}
+        self._sessions: OrderedDict[bytes, tuple[str, float]] = OrderedDict()
         self._max = max_sessions
+
+    @staticmethod
+    def _digest(lb: str, key: tuple[str, ...]) -> bytes:
+        raw = "\x1f".join((lb, *key)).encode("utf-8", "surrogateescape")
+        return hashlib.blake2b(raw, digest_size=16).digest()
 
     def get(self, lb: str, key: tuple[str, ...], now: float, ttl: float) -> str | None:
         """The endpoint key of a live session, refreshing its idle timer; None if none."""
-        entry = self._sessions.get((lb, key))
+        digest = self._digest(lb, key)
+        entry = self._sessions.get(digest)
         if entry is None:
             return None
         endpoint, last = entry
         if now - last > ttl:
-            del self._sessions[(lb, key)]
+            del self._sessions[digest]
             return None
-        self._sessions[(lb, key)] = (endpoint, now)
+        self._sessions[digest] = (endpoint, now)
+        self._sessions.move_to_end(digest)
         return endpoint
 
     def put(self, lb: str, key: tuple[str, ...], endpoint: str, now: float) -> None:
         """Pin a session to ``endpoint`` (a ``pool/endpoint`` key)."""
-        if len(self._sessions) >= self._max:
-            keep = sorted(self._sessions.items(), key=lambda kv: kv[1][1])[self._max // 2 :]
-            self._sessions = dict(keep)
-        self._sessions[(lb, key)] = (endpoint, now)
+        digest = self._digest(lb, key)
+        self._sessions[digest] = (endpoint, now)
+        self._sessions.move_to_end(digest)
+        while len(self._sessions) > self._max:
+            self._sessions.popitem(last=False)
 
     def peek(self, lb: str, key: tuple[str, ...], now: float, ttl: float) -> str | None:
         """Like :meth:`get`, without refreshing or expiring anything."""
-        entry = self._sessions.get((lb, key))
+        entry = self._sessions.get(self._digest(lb, key))
         if entry is None or now - entry[1] > ttl:
             return None
         return entry[0]

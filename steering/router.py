@@ -55,8 +55,8 @@ from random import Random
 from lb.config.model import Datacenter, LoadBalancer
 from lb.core.health import Health
 from lb.core.snapshot import EndpointView, PoolView, Snapshot
+from steering import geo
 from steering.affinity import CookieValue, HeaderSessions, session_key, sign, verify
-from steering.geo import distance_km
 from steering.pick import ip_bucket, load_table, rendezvous, weighted, weighted_dynamic
 from steering.types import Affinity, Counts, Decision, Live, Request
 
@@ -348,7 +348,13 @@ class Router:
             plan = self._plan(req.host)
             route = self._route(plan, req) if plan else None
             pools = route.eligible if route else ()
-            after = [p for p in pools if p.name != pool.name]
+            # R43: the next pools in steering order after the failed one (all others when
+            # the failed pool was not on the list, e.g. a pinned session's pool).
+            names = [p.name for p in pools]
+            if pool.name in names:
+                after = list(pools[names.index(pool.name) + 1 :])
+            else:
+                after = list(pools)
             for nxt in after:
                 chosen = self._pick_endpoint(nxt, req, rng, live, tr, exclude=tried)
                 if chosen is not None:
@@ -363,8 +369,13 @@ class Router:
         set_cookie = first.set_cookie
         mode = lb.affinity if lb.proxied else "none"  # R34
         if mode in ("cookie", "ip_cookie"):
-            if first.affinity != Affinity.HIT or zdf == "sticky":
+            if first.affinity != Affinity.HIT:
                 set_cookie = self._cookie(lb, chosen, req)
+            elif zdf == "sticky":
+                # R45 sticky rewrites the endpoint; R35: the lifetime is never extended.
+                value = self._verify(req.cookie) if req.cookie else None
+                expires = value.expires if value else None
+                set_cookie = self._cookie(lb, chosen, req, expires=expires)
         elif mode == "header" and first.affinity != Affinity.HIT:
             self._remember_header_session(lb, req, chosen)
         if tr is not None:
@@ -522,8 +533,12 @@ class Router:
             plan.lb, pool, ep, "affinity", plan.policy, tr, 0, Affinity.HIT, f"{ep.pool}/{ep.name}"
         )
 
-    def _cookie(self, lb: LoadBalancer, ep: EndpointView, req: Request) -> str:
-        return sign(self._secret, lb.name, ep.pool, ep.name, req.wall + lb.effective_affinity_ttl)
+    def _cookie(
+        self, lb: LoadBalancer, ep: EndpointView, req: Request, *, expires: float | None = None
+    ) -> str:
+        if expires is None:
+            expires = req.wall + lb.effective_affinity_ttl
+        return sign(self._secret, lb.name, ep.pool, ep.name, expires)
 
     # ------------------------------------------------------------------ pools
 
@@ -755,29 +770,13 @@ class Router:
             if local:
                 note = f"local preference: {len(local)} endpoint(s) in {dc}"
                 return _Endpoints.of(pool.name, layout, local, note)
-            nearest = self._nearest(items, dc)
+            nearest = geo.nearest(
+                items, self._datacenters.get(dc), lambda e: e.datacenters, self._datacenters
+            )
             if nearest:
                 note = f"local preference: none in {dc}; nearest used"
                 return _Endpoints.of(pool.name, layout, nearest, note)
         return _Endpoints.of(pool.name, layout, items, note)
-
-    def _nearest(self, items: Sequence[EndpointView], dc: str) -> list[EndpointView]:
-        """The endpoints whose closest replica data center is nearest to ``dc``."""
-        here = self._datacenters.get(dc)
-        if here is None or here.latitude is None or here.longitude is None:
-            return []
-        scored: list[tuple[float, EndpointView]] = []
-        for e in items:
-            best = math.inf
-            for code in e.datacenters:
-                d = _distance(here, self._datacenters.get(code))
-                best = min(best, d)
-            if best < math.inf:
-                scored.append((best, e))
-        if not scored:
-            return []
-        least = min(d for d, _ in scored)
-        return [e for d, e in scored if d <= least + 1.0]
 
     # ------------------------------------------------------------------ compiled plans
 
@@ -857,20 +856,12 @@ def _pool_weight(lb: LoadBalancer, p: PoolView) -> float:
     return rs.pool_weights.get(p.name, rs.default_weight)
 
 
-def _distance(a: Datacenter, b: Datacenter | None) -> float:
-    if b is None or None in (a.latitude, a.longitude, b.latitude, b.longitude):
-        return math.inf
-    assert a.latitude is not None and a.longitude is not None
-    assert b.latitude is not None and b.longitude is not None
-    return distance_km(a.latitude, a.longitude, b.latitude, b.longitude)
-
-
 def _pool_distance(dc: Datacenter, p: PoolView) -> float:
     """R29; pools without coordinates sort last (open question 13)."""
     lat, lon = p.config.latitude, p.config.longitude
     if lat is None or lon is None or dc.latitude is None or dc.longitude is None:
         return math.inf
-    return distance_km(dc.latitude, dc.longitude, lat, lon)
+    return geo.distance_km(dc.latitude, dc.longitude, lat, lon)
 
 
 def _pool_rtt(p: PoolView, dc_code: str, dc: Datacenter | None) -> float:

@@ -342,3 +342,15 @@ def test_cookie_verify_never_raises_and_accepts_only_genuine_values(value: str) 
     assert verify(SECRET, value) is None
     genuine = sign(SECRET, HOST, "p", value or "x", 5)
     assert verify(SECRET, genuine) is not None or "\x1f" in value
+
+
+def test_r39_header_sessions_are_bounded_least_recently_used_first() -> None:
+    sessions = HeaderSessions(max_sessions=3)
+    for i in range(3):
+        sessions.put("lb", (f"k{i}",), f"a/a-{i}", now=float(i))
+    assert sessions.get("lb", ("k0",), now=3.0, ttl=60) == "a/a-0"  # k0 is now the newest
+    sessions.put("lb", ("k3",), "a/a-3", now=4.0)  # evicts k1, the least recently used
+    assert len(sessions) == 3
+    assert sessions.peek("lb", ("k1",), now=4.0, ttl=60) is None
+    assert sessions.peek("lb", ("k0",), now=4.0, ttl=60) == "a/a-0"
+    assert sessions.peek("lb", ("k2",), now=4.0, ttl=60) == "a/a-2"

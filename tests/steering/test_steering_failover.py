@@ -182,6 +182,22 @@ def test_r45_sticky_rewrites_the_cookie_to_the_retry_endpoint() -> None:
     assert again is not None and again.endpoint.name != "a-1"
     value = verify(SECRET, again.set_cookie)
     assert (value.pool, value.endpoint) == ("a", again.endpoint.name)
+    assert value.expires == WALL + 3600  # R35: rewritten, never extended
+
+
+def test_r43_cross_pool_retry_never_goes_to_a_pool_ranked_before_the_failed_one() -> None:
+    lb = load_balancer(
+        ["a", "b", "c"],
+        session_affinity="cookie",
+        session_affinity_attributes=SessionAffinityAttributes(zero_downtime_failover="sticky"),
+        adaptive_routing=AdaptiveRouting(failover_across_pools=True),
+    )
+    r = router(config([pool("a", 1), pool("b", 1), pool("c", 1)], lb))
+    pinned = request(cookie=sign(SECRET, HOST, "b", "b-0", WALL + 3600), wall=WALL)
+    first = r.decide(pinned, random.Random(1))
+    assert (first.pool.name, first.affinity) == ("b", Affinity.HIT)
+    again = r.retry(first, pinned, random.Random(2), status=521)
+    assert again is not None and again.pool.name == "c"  # the next pool, not a
 
 
 def test_r45_new_session_cookie_follows_the_retry_endpoint() -> None:
