@@ -1,3 +1,5 @@
+"""``python -m lb``: the same as the ``tunnel-lb`` command."""
+
 import sys
 
 from lb.cli import main

@@ -294,24 +294,29 @@ class _Admin:
     # ------------------------------------------------------------------ handlers
 
     async def get_metrics(self, query: _Query) -> _Reply:
+        """The Prometheus exposition of the metrics registry."""
         del query
         return _Reply(200, generate_latest(self.metrics.registry), CONTENT_TYPE_LATEST)
 
     async def get_status(self, query: _Query) -> _Reply:
+        """Health of every load balancer, pool and endpoint, as JSON."""
         del query
         return _json(200, status_json(self.engine, self.metrics, now=trio.current_time()))
 
     async def get_healthz(self, query: _Query) -> _Reply:
+        """The process is up."""
         del query
         return _Reply(200, b"ok\n", _TEXT)
 
     async def get_readyz(self, query: _Query) -> _Reply:
+        """200 once every monitored endpoint has been probed, else 503."""
         del query
         if self.engine.ready:
             return _Reply(200, b"ready\n", _TEXT)
         return _Reply(503, b"not ready: endpoints still waiting for a first probe\n", _TEXT)
 
     async def get_explain(self, query: _Query) -> _Reply:
+        """A what-if steering decision with its trace; changes no state."""
         host = _one(query, "host")
         if not host:
             return _error(400, "missing query parameter: host")
@@ -354,6 +359,7 @@ class _Admin:
         return _json(200, decision.as_json())
 
     async def post_reload(self, query: _Query) -> _Reply:
+        """Re-read the configuration through the reload callable."""
         del query
         if self.reload_fn is None:
             return _json(501, {"ok": False, "errors": ["reload is not available here"]})

@@ -315,10 +315,12 @@ class _Counter:
         self.values: dict[tuple[str, ...], float] = {}
 
     def inc(self, key: tuple[str, ...], amount: float = 1.0) -> None:
+        """Add ``amount`` to the series with labels ``key``."""
         values = self.values
         values[key] = values.get(key, 0.0) + amount
 
     def family(self) -> CounterMetricFamily:
+        """The series as a metric family, at scrape time."""
         # CounterMetricFamily strips "_total" from the family name and adds it to samples.
         fam = CounterMetricFamily(self.spec.name, self.spec.help, labels=self.spec.labels)
         for key, value in sorted(self.values.items()):
@@ -342,6 +344,7 @@ class _Histogram:
         self.data: dict[tuple[str, ...], list[float]] = {}
 
     def observe(self, key: tuple[str, ...], value: float) -> None:
+        """Count one observation of ``value`` for labels ``key``."""
         slots = self.data.get(key)
         if slots is None:
             slots = self.data[key] = [0.0] * (len(self.bounds) + 2)
@@ -349,6 +352,7 @@ class _Histogram:
         slots[-1] += value
 
     def family(self) -> HistogramMetricFamily:
+        """The buckets as a cumulative metric family, at scrape time."""
         fam = HistogramMetricFamily(self.spec.name, self.spec.help, labels=self.spec.labels)
         edges = [*(_float_text(b) for b in self.bounds), "+Inf"]
         for key, slots in sorted(self.data.items()):
