@@ -14,7 +14,9 @@ like the proxy, and deliberately small:
   reply is always one consistent snapshot;
 * nothing a client sends can take the server down: malformed HTTP gets 400, an unknown path
   404, a wrong method 405 with ``Allow``, a failing handler 500, and the connection task
-  always closes its socket.
+  always closes its socket;
+* nor a client that stops reading: each reply must be written within
+  :data:`SEND_TIMEOUT`, else the connection is closed.
 
 Endpoints (see ``docs/metrics.md`` for examples):
 
@@ -67,6 +69,8 @@ MAX_BODY_BYTES = 64 * 1024
 """Largest request body read and discarded; past it the answer is 413 and the socket closes."""
 IDLE_TIMEOUT = 30.0
 """Seconds a connection may sit between requests (or dribble one request) before closing."""
+SEND_TIMEOUT = 10.0
+"""Seconds one reply may take to be written; a client that does not read is dropped."""
 LINGER_TIME = 1.0
 """Seconds a closing connection keeps reading, so an error reply is not lost to a reset."""
 _READ_SIZE = 16 * 1024
@@ -206,6 +210,9 @@ class _Admin:
             await _linger(stream)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return  # the client went away
+        except _SendTimeoutError:
+            log.warning("admin client did not read its reply within %.0f s", SEND_TIMEOUT)
+            return  # closed below: a stuck reply must not hold the connection task forever
         except Exception:  # never let one connection take the listener down
             log.exception("admin connection failed")
         finally:
@@ -269,7 +276,10 @@ class _Admin:
         if method != "HEAD" and reply.body:
             out = (out or b"") + (conn.send(h11.Data(data=reply.body)) or b"")
         out = (out or b"") + (conn.send(h11.EndOfMessage()) or b"")
-        await stream.send_all(out)
+        with trio.move_on_after(SEND_TIMEOUT) as scope:
+            await stream.send_all(out)
+        if scope.cancelled_caught:
+            raise _SendTimeoutError
 
     async def _dispatch(self, method: str, target: bytes) -> _Reply:
         try:
@@ -373,6 +383,10 @@ class _Admin:
 
 
 _Query = dict[str, list[str]]
+
+
+class _SendTimeoutError(Exception):
+    """A reply was not taken by the client within :data:`SEND_TIMEOUT`."""
 
 
 async def _next_event(conn: h11.Connection, stream: trio.SocketStream) -> Any:

@@ -21,9 +21,11 @@ from __future__ import annotations
 import collections
 import functools
 import json
+import os
 import ssl
 import sys
 import tempfile
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,7 +118,7 @@ def _banner(running: Running, tunnels: list[_Tunnel], pids: dict[str, int]) -> s
     lines += [
         f"  watch failover: kill {pids[first.uuid]}   # stops {first.name}; within about"
         " interval x consecutive_down + timeout traffic moves to the next pool",
-        "  stop: Ctrl-C",
+        f"  stop: Ctrl-C (or kill {os.getpid()})",
         "",
     ]
     return "\n".join(lines)
@@ -173,14 +175,19 @@ async def run_demo(config_path: Path, *, duration: float | None = None) -> int:
                 )
                 pids[t.uuid] = process.pid
             await _wait_listening([t.listen for t in tunnels])
+            # Once the load balancer has stopped (SIGTERM/SIGINT drained it, or --duration
+            # ran out), cancel the nursery: that terminates the stand-in processes, which
+            # would otherwise keep the demo running forever.
             running: Running = await nursery.start(
+                _serve_then_cancel,
+                nursery.cancel_scope,
                 functools.partial(
                     serve_lb,
                     [str(config_path)],
                     config=config,
                     upstream_ssl=upstream,
                     handle_signals=duration is None,
-                )
+                ),
             )
             print(_banner(running, tunnels, pids), flush=True)
             if duration is not None:
@@ -193,6 +200,19 @@ async def run_demo(config_path: Path, *, duration: float | None = None) -> int:
                 await trio.sleep(0.5)
                 nursery.cancel_scope.cancel()
     return 0
+
+
+async def _serve_then_cancel(
+    scope: trio.CancelScope,
+    serve: Callable[..., Awaitable[None]],
+    *,
+    task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run ``serve`` (the load balancer); when it returns, cancel ``scope`` (the demo)."""
+    try:
+        await serve(task_status=task_status)
+    finally:
+        scope.cancel()
 
 
 async def _wait_ready(running: Running) -> None:

@@ -7,7 +7,11 @@ the real network and the real signals:
 * ``SIGHUP`` (and ``POST /reload``) re-read the configuration files.  An invalid
   configuration is logged and counted and the old one keeps serving; a valid one keeps the
   health of unchanged endpoints and the affinity secret, and in-flight requests finish.
-  Listener addresses are not rebound on reload (a restart is needed for that; it is logged).
+  Any other error while loading or applying (a ``RecursionError`` from a pathological
+  YAML, an exception from ``reconfigure``) is a failed reload too, never a crash.
+  Listener addresses are not rebound on reload, and ``engine.workers`` and
+  ``engine.upstream_ca`` are fixed at start (a restart is needed for those; it is logged).
+  A SIGHUP reload runs in the background: a SIGTERM during it drains at once.
 * ``SIGTERM`` / ``SIGINT`` stop accepting and drain in-flight requests for up to
   ``engine.drain_timeout`` seconds.
 * ``engine.workers: N`` (N > 1) adds N-1 proxy worker processes on the same listen
@@ -81,13 +85,25 @@ class ReloadFn:
             try:
                 config = await trio.to_thread.run_sync(_load, self._paths)
             except ConfigError as exc:
-                self._metrics.reload(False)
                 errors = tuple(str(p) for p in exc.problems)
-                logs.event("config_reload_failed", logging.ERROR, errors=list(errors))
-                return ReloadResult(ok=False, errors=errors, generation=self._engine.generation)
+                return self._failed(errors)
+            except Exception as exc:  # e.g. RecursionError from a pathological YAML
+                return self._failed((f"{type(exc).__name__}: {exc}",), exc)
             old = self._engine.config
-            self._engine.reconfigure(config, now=trio.current_time())
-            self._scheduler.update(jobs_for_config(config, self._engine.targets()))
+            try:
+                self._engine.reconfigure(config, now=trio.current_time())
+                self._scheduler.update(jobs_for_config(config, self._engine.targets()))
+            except Exception as exc:
+                if self._engine.config is not old:
+                    # Swapped in before the failure (an observer or the monitors): traffic
+                    # uses the new configuration, so say so rather than claim the old one.
+                    logs.event(
+                        "config_reload_partial",
+                        logging.ERROR,
+                        generation=self._engine.generation,
+                        detail="the new configuration is in use; fix and reload again",
+                    )
+                return self._failed((f"{type(exc).__name__}: {exc}",), exc)
             self._metrics.reload(True)
             if old.engine.listen != config.engine.listen or old.engine.admin != config.engine.admin:
                 logs.event(
@@ -95,8 +111,37 @@ class ReloadFn:
                     logging.WARNING,
                     detail="listen/admin changes take effect after a restart",
                 )
+            fixed = [
+                f"engine.{name}"
+                for name in _RESTART_ONLY
+                if getattr(old.engine, name) != getattr(config.engine, name)
+            ]
+            if fixed:
+                logs.event(
+                    "config_restart_required",
+                    logging.WARNING,
+                    needs_restart=fixed,
+                    detail="these changes take effect after a restart",
+                )
             logs.event("config_reloaded", generation=self._engine.generation, files=self._paths)
             return ReloadResult(ok=True, generation=self._engine.generation)
+
+    def _failed(self, errors: tuple[str, ...], exc: BaseException | None = None) -> ReloadResult:
+        """Count and log a failed reload (the old configuration keeps serving, unless
+        ``config_reload_partial`` was logged)."""
+        self._metrics.reload(False)
+        logs.event(
+            "config_reload_failed",
+            logging.ERROR,
+            errors=list(errors),
+            **({} if exc is None else {"error_type": type(exc).__name__}),
+        )
+        return ReloadResult(ok=False, errors=errors, generation=self._engine.generation)
+
+
+_RESTART_ONLY = ("upstream_ca", "workers")
+"""``engine`` fields a reload cannot apply: the TLS context and the worker processes are
+made once at start."""
 
 
 def _load(paths: Sequence[str]) -> Config:
@@ -143,8 +188,8 @@ def _hooks(engine: Engine, metrics: Metrics, worker: int | None = None) -> Proxy
         endpoint = record.endpoint.partition("/")[2] if record.endpoint else None
         lb = record.load_balancer or ""
         metrics.request_done(lb, record.pool, endpoint, record.status, record.duration)
-        if record.retried == "zero_downtime_failover" and record.attempts:
-            metrics.retry(lb, str(record.attempts[0].status))  # 521, 522, 523...
+        if record.retried == "zero_downtime_failover":
+            metrics.retry(lb, str(record.retry_status))  # the 521, 522, 523... that set it off
         elif record.retried:
             metrics.retry(lb, record.retried)  # stale_connection: a dead pooled connection
         if engine.config.engine.access_log:
@@ -256,15 +301,25 @@ async def _proxy_then_stop(
     scope.cancel()
 
 
-async def _signals(reload: ReloadFn, shutdown: trio.Event) -> None:
+async def _signals(reload: Callable[[], Awaitable[object]], shutdown: trio.Event) -> None:
     """SIGHUP reloads; SIGTERM and SIGINT start a graceful shutdown."""
     with trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as signals:
-        async for signum in signals:
-            if signum == signal.SIGHUP:
-                await reload()
-            else:
-                logs.event("draining", signal=signal.Signals(signum).name)
-                shutdown.set()
+        async with trio.open_nursery() as nursery:
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    # In the background: a SIGTERM during a slow reload drains at once.
+                    nursery.start_soon(_reload_logged, reload)
+                else:
+                    logs.event("draining", signal=signal.Signals(signum).name)
+                    shutdown.set()
+
+
+async def _reload_logged(reload: Callable[[], Awaitable[object]]) -> None:
+    """A SIGHUP reload: whatever it raises is logged, never fails the service."""
+    try:
+        await reload()
+    except Exception as exc:
+        logs.event("config_reload_failed", logging.ERROR, error=f"{type(exc).__name__}: {exc}")
 
 
 def serve_worker(paths: Sequence[str]) -> None:

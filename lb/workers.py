@@ -18,7 +18,8 @@ same health.  The parent forwards over each child's stdin, as JSON lines:
 ``{"hello": ...}``
     first: the configuration the parent applied (pickled: the exact object, not the files
     as they are on disk now), the affinity secret (cookies issued by one worker are valid
-    at all), the bound listen addresses (port 0 resolved) and a seed.
+    at all), the listeners the parent bound at its start (pickled, port 0 resolved: never
+    those of a reloaded configuration, which are not rebound) and a seed.
 ``{"restore": ...}``
     second: the parent's current vantage states and RTT averages for
     :meth:`~lb.core.book.HealthBook.restore`, and the *pending run* of each check to
@@ -34,11 +35,14 @@ same health.  The parent forwards over each child's stdin, as JSON lines:
 
 Children report on stdout: ``{"ready": ...}`` once listening, then ``{"metrics": ...}``
 about once a second with the traffic counters gathered since the previous report, which
-the parent adds to its own :class:`~lb.metrics.Metrics`.  No message is sent per request.
+the parent adds to its own :class:`~lb.metrics.Metrics`, or ``{"heartbeat": true}`` when
+there was no traffic.  No message is sent per request.
 
 A child that exits while the parent is not stopping is logged and started again after a
-bounded backoff; a child whose input queue overflows (it stopped reading) is killed and
-started again.  See ``docs/workers.md`` for what is per worker.
+bounded backoff; a child whose input queue overflows (it stopped reading) or that sends
+nothing for :data:`SILENT_TIMEOUT` seconds (stopped with SIGSTOP, hung) is killed and
+started again: its listening socket would otherwise keep receiving connections from the
+kernel that nobody accepts.  See ``docs/workers.md`` for what is per worker.
 """
 
 from __future__ import annotations
@@ -76,7 +80,9 @@ QUEUE_LIMIT = 65536
 READY_TIMEOUT = 15.0
 """Seconds :meth:`Workers.run` waits for the children's ``ready`` before reporting started."""
 FLUSH_INTERVAL = 1.0
-"""Seconds between a child's traffic-counter reports."""
+"""Seconds between a child's reports: traffic counters, or a heartbeat without traffic."""
+SILENT_TIMEOUT = 10.0
+"""A running child silent on stdout for longer (stopped, hung) is killed and restarted."""
 BACKOFF_FIRST, BACKOFF_MAX = 0.5, 30.0
 """Restart delay of a dead child: doubles per quick death, reset after STABLE seconds."""
 STABLE = 60.0
@@ -96,10 +102,10 @@ def _line(obj: object) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
 
 
-def _pickled(config: Config) -> str:
+def _pickled(obj: Config | Sequence[Listener]) -> str:
     # Pickle between a parent and the child it started, same code and same user: the
     # child gets exactly the Config the parent applied.  Never used on anything else.
-    return base64.b64encode(pickle.dumps(config, protocol=pickle.HIGHEST_PROTOCOL)).decode()
+    return base64.b64encode(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)).decode()
 
 
 def _unpickled(text: str) -> Config:
@@ -107,6 +113,15 @@ def _unpickled(text: str) -> Config:
     if not isinstance(config, Config):
         raise TypeError(f"expected a Config, got {type(config).__name__}")
     return config
+
+
+def _unpickled_listeners(text: str) -> list[Listener]:
+    listeners = pickle.loads(base64.b64decode(text))
+    if not isinstance(listeners, list | tuple) or not all(
+        isinstance(item, Listener) for item in listeners
+    ):
+        raise TypeError("expected a list of Listener")
+    return list(listeners)
 
 
 def _probe_json(result: ProbeResult) -> dict[str, Any]:
@@ -245,6 +260,8 @@ class _Slot:
     process: trio.Process | None = None
     ready: trio.Event | None = None
     backoff: float = BACKOFF_FIRST
+    last_seen: float | None = None
+    """trio time of the child's last report; None until its first (``ready``)."""
 
 
 class Workers:
@@ -256,6 +273,10 @@ class Workers:
         count: child processes to run (``engine.workers - 1``).
         command: argv that starts one child (``tunnel-lb run --worker FILE...``).
         seeds: gives each started child a steering seed.
+        listen: the listener specs the parent's sockets are bound with; the configuration
+            in force when this object is made by default.  Children always get these (with
+            the bound addresses), never a reloaded ``engine.listen``: listeners are only
+            rebound by a restart.
     """
 
     def __init__(
@@ -266,8 +287,13 @@ class Workers:
         count: int,
         command: Sequence[str],
         seeds: Callable[[], int],
+        listen: Sequence[Listener] | None = None,
     ) -> None:
         self.engine = engine
+        self.listen: list[Listener] = list(
+            engine.config.engine.listen if listen is None else listen
+        )
+        """The listener specs as bound at start; with :attr:`addresses` after ``run``."""
         self.metrics = metrics
         self.command = list(command)
         self.seeds = seeds
@@ -323,6 +349,10 @@ class Workers:
             shutdown: set when the parent drains; the children are told to drain too.
         """
         self.addresses = list(addresses)
+        self.listen = [
+            replace(spec, address=host, port=int(port))
+            for spec, (host, port) in zip(self.listen, self.addresses, strict=True)
+        ]
         try:
             async with trio.open_nursery() as nursery:
                 for slot in self.slots:
@@ -378,6 +408,7 @@ class Workers:
             "config": _pickled(self.engine.config),
             "secret": self.engine.secret.hex(),
             "listen": [list(a) for a in self.addresses],
+            "listeners": _pickled(self.listen),
             "worker": slot.index,
             "seed": self.seeds(),
         }
@@ -393,11 +424,13 @@ class Workers:
             logs.event("worker_spawn_failed", logging.ERROR, worker=slot.index, error=str(exc))
             return None
         slot.process = process
+        slot.last_seen = None
         logs.event("worker_started", worker=slot.index, pid=process.pid)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._write, process, receive)
                 nursery.start_soon(self._read, slot, process)
+                nursery.start_soon(self._watch, slot, process)
                 code = await process.wait()
                 nursery.cancel_scope.deadline = trio.current_time() + 1.0  # finish reading
         finally:
@@ -426,10 +459,40 @@ class Workers:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the child exited; _keep restarts it
 
+    async def _watch(self, slot: _Slot, process: trio.Process) -> None:
+        """Kill a child that stopped reporting (SIGSTOP, a hung loop): the kernel keeps
+        handing it connections that nobody accepts.  :meth:`_keep` starts it again.
+
+        A child reports at least every :data:`FLUSH_INTERVAL` once ready; before that it
+        gets :data:`READY_TIMEOUT` to start.  Not while stopping: draining is bounded by
+        the stop deadline of :meth:`run`.
+        """
+        started = trio.current_time()
+        while process.returncode is None:
+            await trio.sleep(min(1.0, SILENT_TIMEOUT / 4))
+            if self.stopping.is_set():
+                return
+            now = trio.current_time()
+            if slot.last_seen is None:
+                silent, limit = now - started, max(READY_TIMEOUT, SILENT_TIMEOUT)
+            else:
+                silent, limit = now - slot.last_seen, SILENT_TIMEOUT
+            if silent > limit:
+                logs.event(
+                    "worker_silent",
+                    logging.ERROR,
+                    worker=slot.index,
+                    pid=process.pid,
+                    silent=round(silent, 1),
+                )
+                process.kill()
+                return
+
     async def _read(self, slot: _Slot, process: trio.Process) -> None:
         """Handle the child's reports until its stdout closes."""
         assert process.stdout is not None
         async for message in _lines(process.stdout):
+            slot.last_seen = trio.current_time()
             if "metrics" in message:
                 merge_traffic(self.metrics, message["metrics"])
             elif "ready" in message:
@@ -496,10 +559,9 @@ async def run_child(
         raise RuntimeError("the first message from the parent must be hello")
     config = _unpickled(hello["config"])
     engine = Engine(config, now=trio.current_time(), secret=bytes.fromhex(hello["secret"]))
-    listen = [
-        replace(spec, address=host, port=int(port))
-        for spec, (host, port) in zip(config.engine.listen, hello["listen"], strict=True)
-    ]
+    # The parent's listeners as bound at its start (port 0 resolved): not the listeners of
+    # ``config``, which a reload may have changed without rebinding anything.
+    listen = _unpickled_listeners(hello["listeners"])
     ctx = ChildContext(engine, listen, int(hello["worker"]), int(hello["seed"]))
     send_lock = trio.Lock()
 
@@ -530,8 +592,8 @@ async def run_child(
         while True:
             await trio.sleep(FLUSH_INTERVAL)
             traffic = drain_traffic(metrics)
-            if traffic:
-                await report({"metrics": traffic})
+            # Something every interval, traffic or not: the parent kills a silent child.
+            await report({"metrics": traffic} if traffic else {"heartbeat": True})
 
     async def signals() -> None:
         # SIGHUP is ignored (the parent forwards reloads); SIGTERM/SIGINT drain, which

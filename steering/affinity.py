@@ -20,7 +20,15 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-__all__ = ["COOKIE_NAME", "CookieValue", "HeaderSessions", "session_key", "sign", "verify"]
+__all__ = [
+    "COOKIE_NAME",
+    "CookieValue",
+    "HeaderSessions",
+    "expires_of",
+    "session_key",
+    "sign",
+    "verify",
+]
 
 COOKIE_NAME = "__cflb"
 _SEP = "\x1f"
@@ -77,6 +85,18 @@ def verify(secret: bytes, value: str) -> CookieValue | None:
     if len(fields) != 3:
         return None
     return CookieValue(fields[0], fields[1], fields[2], float(expires))
+
+
+def expires_of(value: str) -> float | None:
+    """The expiry (Unix seconds) embedded in a ``__cflb`` value, or None if malformed.
+
+    Not a verification: for a value this process just signed or verified (the Max-Age of the
+    Set-Cookie that carries it).
+    """
+    parts = value.split(".")
+    if len(parts) != 4 or parts[0] != "v1" or not (parts[2].isascii() and parts[2].isdigit()):
+        return None
+    return float(parts[2])
 
 
 def session_key(

@@ -7,8 +7,10 @@ Rules (docs/proxy.md, "Headers"):
 
 * Hop-by-hop headers are removed both ways: Connection, Keep-Alive, Proxy-Connection,
   Proxy-* (Authorization, Authenticate...), TE, Trailer, Transfer-Encoding, Upgrade, and every
-  name listed in Connection.  A WebSocket upgrade keeps ``Upgrade: websocket`` and
-  ``Connection: upgrade``.  Framing is redone by h11 on each side.
+  name listed in Connection except the framing header Content-Length (``Connection:
+  content-length`` must not unframe a body h11 has already framed by it).  A WebSocket upgrade
+  keeps ``Upgrade: websocket`` and ``Connection: upgrade``.  Framing is redone by h11 on each
+  side.
 * ``Expect`` is not forwarded: the proxy answers ``100 Continue`` itself once the upstream
   connection stands, so the client does not upload into a failing attempt.
 * Host is the endpoint's ``header.Host`` when set, else the client's (R47);
@@ -54,6 +56,9 @@ HOP_BY_HOP = frozenset(
         b"upgrade",
     }
 )
+_FRAMING = frozenset({b"content-length", b"transfer-encoding"})
+"""Never dropped because Connection lists them: h11 frames the body by them (Transfer-Encoding
+is re-added from :class:`RequestFacts` on the request side and re-framed by h11)."""
 _TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
 _HOST = re.compile(r"[-A-Za-z0-9._~:\[\]%]+")
 _checked: dict[object, bool] = {}
@@ -172,7 +177,7 @@ def upstream_headers(
 
     ``request_id`` is the client's X-Request-Id when it sent one, else a generated one.
     """
-    drop = facts.connection
+    drop = tuple(t for t in facts.connection if t not in _FRAMING) if facts.connection else ()
     out: list[Header] = [(b"host", host)]
     xff: bytes | None = None
     for name, value in headers:
@@ -215,7 +220,9 @@ def response_headers(
     drop: tuple[bytes, ...] = ()
     for name, value in headers:
         if name == b"connection":
-            drop += tuple(t.strip().lower() for t in value.split(b","))
+            drop += tuple(
+                t for t in (t.strip().lower() for t in value.split(b",")) if t not in _FRAMING
+            )
     out: list[Header] = []
     for name, value in headers:
         if name in HOP_BY_HOP or name.startswith(b"proxy-") or (drop and name in drop):
@@ -261,11 +268,14 @@ def affinity_cookie(value: str, ttl: float, *, samesite: str, secure: str, https
 
     ``secure``: Always / Never, or Auto = Secure iff the downstream connection is HTTPS (our
     stand-in for Cloudflare's "Always Use HTTPS").  ``samesite``: Lax / Strict / None, or
-    Auto = None on a secure cookie and Lax otherwise (browsers drop ``SameSite=None``
-    without Secure).
+    Auto = None on a secure cookie and Lax otherwise.  ``SameSite=None`` always comes with
+    Secure, whatever ``secure`` says (browsers drop it without; configuration validation
+    rejects ``samesite: None`` with ``secure: Never``).
     """
     is_secure = secure == "Always" or (secure == "Auto" and https)
     site = samesite if samesite != "Auto" else ("None" if is_secure else "Lax")
+    if site == "None":
+        is_secure = True  # browsers reject SameSite=None without Secure (also on plain HTTP)
     parts = [f"__cflb={value}", "Path=/", "HttpOnly", f"Max-Age={int(ttl)}"]
     if is_secure:
         parts.append("Secure")

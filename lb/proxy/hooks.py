@@ -61,9 +61,15 @@ class RequestRecord:
     upstream_status: int | None = None
     error: str = ""
     """Empty when the exchange completed; else what went wrong (an :class:`Attempt` error,
-    ``client_disconnected``, ``upstream_aborted``, ``body_too_large``, ``bad_request``...)."""
+    ``client_disconnected``, ``upstream_aborted``, ``body_too_large``, ``bad_request``...,
+    ``shutdown`` when the drain deadline cut the request)."""
     retried: str | None = None
-    """``zero_downtime_failover`` or ``stale_connection`` when a second attempt was made."""
+    """``zero_downtime_failover`` or ``stale_connection`` when a second attempt was made (at
+    most one extra attempt is ever made)."""
+    retry_status: int | None = None
+    """The status of the failure that triggered the retry (the 52x of a failover, 502 of a
+    stale connection); None without a retry.  Label retry metrics with this, not with
+    ``attempts[0].status``."""
     bytes_in: int = 0
     """Request body bytes received from the client."""
     bytes_out: int = 0

@@ -39,14 +39,17 @@ Failures and retries (cloudflare-lb.md §5, docs/proxy.md):
 * a *reused* pooled connection that closes before any response byte is retried once on a
   fresh connection to the same endpoint when the request may be replayed: no body byte has
   been taken from the client yet, and the method is idempotent (or carries an Idempotency-Key)
-  or nothing was written (Go's net/http rule);
+  or nothing was written (Go's net/http rule).  It can only come first: a zero-downtime
+  failover is always the last retry, on a fresh connection (docs/proxy.md, "Failures");
+  ``record.retry_status`` is the status that triggered the last retry;
 * anything else is answered as it is, with the status mapped by ``error_style``.
 * an upstream response head h11 refuses to relay gets 502 (the connection closes); a failure
   no handler answers is logged at warning level, as it leaves the client without a status.
 
 Shutdown: :meth:`ProxyServer.shutdown` stops accepting, closes connections that wait for a
 next request, lets in-flight requests finish (their responses carry ``Connection: close``),
-and cancels what is left after ``engine.drain_timeout``.
+and cancels what is left after ``engine.drain_timeout`` (those records get error
+``shutdown``).
 """
 
 from __future__ import annotations
@@ -91,7 +94,7 @@ from lb.proxy.headers import (
 from lb.proxy.hooks import Attempt, ProxyHooks, RequestRecord
 from lb.proxy.listeners import AnyListener, bound_address, is_https, open_listeners
 from lb.proxy.upstream import UpstreamConnection, UpstreamPool, target_for
-from steering.affinity import COOKIE_NAME
+from steering.affinity import COOKIE_NAME, expires_of
 from steering.types import Decision, Request
 
 __all__ = ["ProxyServer", "serve_proxy"]
@@ -324,11 +327,20 @@ class ProxyServer:
             # Reaching this means a failure no handler above answered (the client saw a closed
             # connection, not a status): a bug or a degraded mode, so it is logged loudly.
             log.warning("client connection ended with %r", exc, exc_info=True)
+        except trio.Cancelled:
+            # Only the clients nursery cancels from outside: the drain deadline passed.
+            if client.flow is not None:
+                client.flow.record.error = "shutdown"
+            raise
         finally:
             self._finish(client)
             self._clients.discard(client)
-            await _close_client(stream, linger=linger)
-            self.hooks.connection(-1)
+            try:
+                await _close_client(stream, linger=linger)
+            finally:
+                # Under cancellation the await above raises at once (after closing the socket);
+                # the count must still go down.
+                self.hooks.connection(-1)
 
     def _finish(self, client: _Client) -> None:
         """Settle the request in progress: counters, upstream connection, report.
@@ -552,11 +564,16 @@ class ProxyServer:
                 if flow.up is not None:
                     self.pool.discard(flow.up)
                     flow.up = None
+                # Retries (docs/proxy.md, "Retries"): one zero-downtime failover per request,
+                # on a fresh connection, after which nothing is retried; a stale-connection
+                # retry only before it.  A stale retry whose fresh dial fails to connect may
+                # still fail over (the endpoint died under its pooled connection).
                 if connecting and not zdf_done:
                     retry = router.retry(decision, req, self.rng, live, status=err.status)
                     if retry is not None:
-                        zdf_done = True
+                        zdf_done = fresh = True
                         record.retried = "zero_downtime_failover"
+                        record.retry_status = err.status
                         self.hooks.retry("zero_downtime_failover", attempt)
                         decision = retry
                         self.hooks.decision(retry)
@@ -564,7 +581,7 @@ class ProxyServer:
                         continue
                 if (
                     attempt.reused
-                    and not stale_done
+                    and not (stale_done or zdf_done)
                     and err.reason in _STALE_REASONS
                     and err.before_response
                     and not flow.body_consumed
@@ -572,6 +589,7 @@ class ProxyServer:
                 ):
                     stale_done = fresh = True
                     record.retried = "stale_connection"
+                    record.retry_status = err.status
                     self.hooks.retry("stale_connection", attempt)
                     continue
                 record.error = err.reason
@@ -579,6 +597,7 @@ class ProxyServer:
                 return await self._reply(stream, conn, flow, status, error_body(err.status, style))
             attempt.status = response.status_code
             record.upstream_status = response.status_code
+            up.note_response(response.headers)
             try:
                 return await self._relay(stream, conn, facts, flow, up, response, decision, https)
             except UpstreamError as err:
@@ -645,7 +664,7 @@ class ProxyServer:
         except h11.LocalProtocolError as exc:
             raise _ClientError(400, "bad_request") from exc
         if flow.req_done:
-            pending.append(_sent(uh.send(_EOM)))
+            pending.append(_up_send(uh, _EOM))
         max_body = limits.max_body_bytes
         record = flow.record
         while not flow.req_done:
@@ -660,10 +679,10 @@ class ProxyServer:
                 record.bytes_in += len(ev.data)
                 if record.bytes_in > max_body:
                     raise _ClientError(413, "body_too_large")
-                pending.append(_sent(uh.send(ev)))
+                pending.append(_up_send(uh, ev))
             elif kind is h11.EndOfMessage:
                 flow.req_done = True
-                pending.append(_sent(uh.send(_EOM)))
+                pending.append(_up_send(uh, _EOM))
             elif ev is h11.NEED_DATA:
                 if pending:
                     await self._send_up(ustream, pending, flow, limits.request_timeout)
@@ -756,9 +775,15 @@ class ProxyServer:
         if decision.set_cookie is not None and decision.load_balancer is not None:
             lb = decision.load_balancer
             attrs = lb.session_affinity_attributes
+            value = decision.set_cookie
+            ttl = float(lb.effective_affinity_ttl)
+            expires = expires_of(value)
+            if expires is not None:
+                # A rewritten (sticky) cookie keeps its expiry: Max-Age must not extend it.
+                ttl = max(0.0, min(ttl, math.ceil(expires - time.time())))
             set_cookie = affinity_cookie(
-                decision.set_cookie,
-                lb.effective_affinity_ttl,
+                value,
+                ttl,
                 samesite=attrs.samesite,
                 secure=attrs.secure,
                 https=https,
@@ -1107,6 +1132,18 @@ def _sent(data: bytes | None) -> bytes:
     """h11's ``send`` returns None only for ConnectionClosed, which we never send."""
     assert data is not None
     return data
+
+
+def _up_send(uh: h11.Connection, event: h11.Data | h11.EndOfMessage) -> bytes:
+    """Frame a request body event for upstream; a body h11 refuses is the client's fault.
+
+    The request was framed by the client's own Content-Length or chunking, so a mismatch here
+    means a request head that says one thing and a body that does another: 400, not a crash.
+    """
+    try:
+        return _sent(uh.send(event))
+    except h11.LocalProtocolError as exc:
+        raise _ClientError(400, "bad_request") from exc
 
 
 def _simple_response(

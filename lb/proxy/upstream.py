@@ -16,18 +16,33 @@ Where to dial (docs/proxy.md, "Upstream"):
   fails the attempt with 525, the socket closed.
 
 The pool lesson (perf-anchors.md §2): an idle upstream connection may have been closed by the
-server meanwhile, and we do not poll idle sockets to find out (that is what makes httpcore
-slow).  Instead connections idle longer than ``idle_timeout`` (30 s, below the 60-75 s of
-common servers) are dropped on checkout and by a periodic sweep, and the caller retries once
-on a *fresh* connection when a reused one fails before any response byte.
+server meanwhile.  We do not poll idle sockets in the background (that is what makes httpcore
+slow); instead:
+
+* connections idle longer than ``idle_timeout`` (30 s, below the 60-75 s of common servers),
+  or than ``timeout - 1`` of the last response's ``Keep-Alive: timeout=N``, are dropped on
+  checkout and by a periodic sweep;
+* on checkout, one zero-timeout ``poll`` on the raw socket drops a connection that became
+  readable while idle: an idle HTTP/1.1 connection has nothing to say, so readable means EOF,
+  a reset, a TLS close_notify or unsolicited bytes (servers with a keep-alive shorter than
+  ours, such as Node's 5 s, close idle connections silently);
+* the caller still retries once on a *fresh* connection when a reused one fails before any
+  response byte (the race where the server closes just as we send).
+
+The pool key uses the normalised TLS server name (:func:`lb.config.hosts.normalise_host`),
+not the raw client Host, so ``APP.example:1000`` and ``app.example`` share connections (the
+Host header itself is per request).  ``max_idle_total`` caps idle connections over all keys;
+past it the connection idle the longest is closed.
 """
 
 from __future__ import annotations
 
 import errno
+import select
 import socket
 import ssl
-from collections.abc import Mapping
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import h11
@@ -60,12 +75,10 @@ class Target:
     dial_port: int
     tls: bool
     host: str
-    """Host header and SNI server name."""
-
-    @property
-    def key(self) -> tuple[str, str, int, bool, str]:
-        """The pool key: one stack of idle connections per endpoint and identity."""
-        return (self.endpoint.key, self.dial_host, self.dial_port, self.tls, self.host)
+    """Host header (as given) and, normalised, the SNI server name."""
+    key: tuple[str, str, int, bool, str]
+    """The pool key: one stack of idle connections per endpoint and identity (the normalised
+    server name, so Host variants in case, port or trailing dot share connections)."""
 
 
 def target_for(endpoint: EndpointView, client_host: str, connect_to: Mapping[str, str]) -> Target:
@@ -79,13 +92,24 @@ def target_for(endpoint: EndpointView, client_host: str, connect_to: Mapping[str
         port = port or 443
     host = endpoint.host or client_host
     dial_host, dial_port = dial_address(endpoint.address, port, connect_to)
-    return Target(endpoint, dial_host, dial_port, tls, host)
+    name = normalise_host(host)
+    key = (endpoint.key, dial_host, dial_port, tls, host if name is None else name)
+    return Target(endpoint, dial_host, dial_port, tls, host, key)
 
 
 class UpstreamConnection:
     """One upstream HTTP/1.1 connection with its h11 state machine."""
 
-    __slots__ = ("closed", "endpoint", "h11", "idle_since", "key", "reused", "stream")
+    __slots__ = (
+        "closed",
+        "endpoint",
+        "h11",
+        "idle_since",
+        "keep_alive",
+        "key",
+        "reused",
+        "stream",
+    )
 
     def __init__(self, stream: trio.abc.Stream, target: Target) -> None:
         self.stream = stream
@@ -93,8 +117,32 @@ class UpstreamConnection:
         self.key = target.key
         self.endpoint = target.endpoint
         self.idle_since = 0.0
+        self.keep_alive: float | None = None
+        """Seconds the server keeps this connection idle (its last ``Keep-Alive: timeout``)."""
         self.reused = False
         self.closed = False
+
+    def note_response(self, headers: Iterable[tuple[bytes, bytes]]) -> None:
+        """Remember the ``Keep-Alive: timeout=N`` of a response head (None without one)."""
+        self.keep_alive = keep_alive_timeout(headers)
+
+
+def keep_alive_timeout(headers: Iterable[tuple[bytes, bytes]]) -> float | None:
+    """The ``timeout`` parameter of a Keep-Alive response header, in seconds, or None."""
+    found: float | None = None
+    for name, value in headers:
+        if name != b"keep-alive":
+            continue
+        for part in value.split(b","):
+            key, sep, number = part.partition(b"=")
+            if sep and key.strip().lower() == b"timeout":
+                try:
+                    seconds = float(number.strip().strip(b'"'))
+                except ValueError:
+                    continue
+                if seconds >= 0 and seconds == seconds:  # not NaN
+                    found = seconds
+    return found
 
 
 class UpstreamPool:
@@ -104,8 +152,10 @@ class UpstreamPool:
         live: counters fed with every opened and closed connection (least_connections).
         ssl_context: verifies upstream certificates (the caller's CA bundle in tests).
         connect_timeout: seconds for TCP connect plus TLS handshake (522 past it).
-        idle_timeout: idle connections older than this are never reused.
+        idle_timeout: idle connections older than this are never reused (nor older than
+            ``N - 1`` seconds after a ``Keep-Alive: timeout=N`` response).
         max_idle: idle connections kept per key; extra ones are closed on release.
+        max_idle_total: idle connections kept over all keys; past it the oldest is closed.
     """
 
     def __init__(
@@ -116,13 +166,17 @@ class UpstreamPool:
         connect_timeout: float,
         idle_timeout: float = 30.0,
         max_idle: int = 128,
+        max_idle_total: int = 1024,
     ) -> None:
         self.live = live
         self.ssl_context = ssl_context
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
         self.max_idle = max_idle
+        self.max_idle_total = max_idle_total
         self._idle: dict[tuple[str, str, int, bool, str], list[UpstreamConnection]] = {}
+        self._order: OrderedDict[UpstreamConnection, None] = OrderedDict()
+        """Every idle connection, oldest release first (for the global cap)."""
         self.opened = 0
         """Connections opened so far (tests and the benchmark check reuse with it)."""
 
@@ -131,13 +185,15 @@ class UpstreamPool:
         stack = self._idle.get(target.key)
         if not stack:
             return None
-        limit = trio.current_time() - self.idle_timeout
+        now = trio.current_time()
         while stack:
             conn = stack.pop()
-            if conn.idle_since >= limit:
+            del self._order[conn]
+            if conn.idle_since >= now - self._limit(conn) and not _readable(conn):
                 conn.reused = True
                 return conn
             self._close_now(conn)
+        del self._idle[target.key]
         return None
 
     async def connect(self, target: Target) -> UpstreamConnection:
@@ -158,12 +214,18 @@ class UpstreamPool:
         except h11.LocalProtocolError:  # pragma: no cover - states were checked above
             self._close_now(conn)
             return
+        if h.trailing_data[0] or (conn.keep_alive is not None and self._limit(conn) <= 0):
+            self._close_now(conn)  # unsolicited bytes after the response, or no idle time left
+            return
         stack = self._idle.setdefault(conn.key, [])
         if len(stack) >= self.max_idle:
             self._close_now(conn)
             return
+        while len(self._order) >= self.max_idle_total:
+            self._evict_oldest()
         conn.idle_since = trio.current_time()
         stack.append(conn)
+        self._order[conn] = None
 
     def discard(self, conn: UpstreamConnection) -> None:
         """Close ``conn`` at once (broken, aborted or not reusable)."""
@@ -171,12 +233,13 @@ class UpstreamPool:
 
     def sweep(self) -> int:
         """Close idle connections older than ``idle_timeout``; returns how many."""
-        limit = trio.current_time() - self.idle_timeout
+        now = trio.current_time()
         closed = 0
         for key, stack in list(self._idle.items()):
-            keep = [c for c in stack if c.idle_since >= limit]
+            keep = [c for c in stack if c.idle_since >= now - self._limit(c)]
             for c in stack:
-                if c.idle_since < limit:
+                if c.idle_since < now - self._limit(c):
+                    del self._order[c]
                     self._close_now(c)
                     closed += 1
             if keep:
@@ -195,8 +258,23 @@ class UpstreamPool:
             for c in stack:
                 self._close_now(c)
         self._idle.clear()
+        self._order.clear()
 
     # ------------------------------------------------------------------ internals
+
+    def _limit(self, conn: UpstreamConnection) -> float:
+        """Seconds ``conn`` may stay idle: ``idle_timeout``, or less after Keep-Alive."""
+        if conn.keep_alive is None:
+            return self.idle_timeout
+        return min(self.idle_timeout, conn.keep_alive - 1.0)
+
+    def _evict_oldest(self) -> None:
+        conn, _ = self._order.popitem(last=False)
+        stack = self._idle[conn.key]
+        stack.remove(conn)
+        if not stack:
+            del self._idle[conn.key]
+        self._close_now(conn)
 
     def _close_now(self, conn: UpstreamConnection) -> None:
         """Close without awaiting: no TLS close_notify, which a dead peer would never read."""
@@ -215,7 +293,10 @@ class UpstreamPool:
                 tls = _tls_stream(stream, self.ssl_context, target.host)
                 try:
                     await tls.do_handshake()
-                except trio.BrokenResourceError as exc:
+                except BaseException as exc:
+                    if not isinstance(exc, trio.BrokenResourceError):
+                        _close_stream(stream)  # cancelled from outside: no socket left open
+                        raise
                     _close_stream(stream)
                     cause = exc.__cause__
                     if isinstance(cause, ssl.SSLCertVerificationError):
@@ -281,6 +362,36 @@ async def _connect(host: str, port: int) -> trio.socket.SocketType:
     if last is not None and last.errno in _TIMEOUT:
         raise UpstreamError(CONNECT_TIMEOUT, "connect_timeout") from last
     raise UpstreamError(UNREACHABLE, "unreachable") from last
+
+
+def _readable(conn: UpstreamConnection) -> bool:
+    """Whether the idle ``conn``'s socket has something to read: EOF, reset or stray bytes.
+
+    An idle HTTP/1.1 connection has nothing to say, so any of these means it is unusable.  One
+    zero-timeout ``poll`` on the raw socket (under TLS too: a close_notify or the FIN shows
+    there; an SSLStream keeps no decrypted bytes between exchanges once h11 saw the response
+    end).  A socket that cannot be polled counts as readable, i.e. unusable.
+    """
+    inner: object = conn.stream
+    while isinstance(inner, trio.SSLStream):
+        inner = inner.transport_stream
+    if not isinstance(inner, trio.SocketStream):
+        return False  # test doubles (memory streams): nothing to poll
+    try:
+        fd = inner.socket.fileno()
+        if fd < 0:
+            return True
+        if _HAS_POLL:  # poll, unlike select, has no FD_SETSIZE (1024) limit
+            poller = select.poll()
+            poller.register(fd, select.POLLIN)
+            return bool(poller.poll(0))
+        readable, _, _ = select.select([fd], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
+
+
+_HAS_POLL = hasattr(select, "poll")
 
 
 def _close_stream(stream: trio.abc.Stream) -> None:

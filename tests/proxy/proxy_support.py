@@ -12,7 +12,11 @@ chosen by the request path, so one fixture serves every test:
 * ``/slow?s=S``: answers after S seconds;
 * ``/ws``: a WebSocket-style upgrade, then echoes raw bytes;
 * ``/drop``: reads the body, then closes without answering;
-* ``/stale``: answers, then closes the connection silently (as an idle timeout would).
+* ``/stale``: answers, then closes the connection silently (as an idle timeout would);
+* ``/stale-race``: answers, then reads the next request head on the connection and closes
+  without answering (a server closing an idle connection just as a request arrives);
+* ``/keepalive?t=N``: 200 with ``Keep-Alive: timeout=N``;
+* ``/garbage``: answers, then writes unsolicited bytes on the idle connection.
 """
 
 from __future__ import annotations
@@ -254,7 +258,12 @@ async def _backend_request(
         body = json.dumps({"method": seen.method, "headers": headers}).encode()
     else:
         body = backend.name.encode()
-    hdrs = [*base, (b"content-length", b"%d" % len(body)), (b"keep-alive", b"timeout=5")]
+    keep_alive = query["t"][0].encode() if path == "/keepalive" else b"5"
+    hdrs = [
+        *base,
+        (b"content-length", b"%d" % len(body)),
+        (b"keep-alive", b"timeout=" + keep_alive),
+    ]
     await _send(
         conn,
         stream,
@@ -262,6 +271,13 @@ async def _backend_request(
         h11.Data(data=body),
         h11.EndOfMessage(),
     )
+    if path == "/garbage":
+        await trio.sleep(0.05)
+        await stream.send_all(b"HTTP/1.1 200 OK\r\n")
+    if path == "/stale-race":
+        conn.start_next_cycle()
+        await _next(conn, stream)  # the next request head arrives: close without answering
+        return False
     return path != "/stale"
 
 

@@ -16,6 +16,8 @@ from lb.proxy.headers import (
     scan_request,
     upstream_headers,
 )
+from lb.proxy.upstream import keep_alive_timeout
+from steering.affinity import expires_of, sign
 
 IP, DC = b"cf-connecting-ip", b"cf-ray"
 
@@ -146,6 +148,9 @@ def test_parse_cookies() -> None:
         ("Auto", "Auto", True, ["Secure", "SameSite=None"]),
         ("Strict", "Always", False, ["Secure", "SameSite=Strict"]),
         ("Lax", "Never", True, ["SameSite=Lax"]),
+        # SameSite=None is always Secure: browsers reject it otherwise, even on plain HTTP.
+        ("None", "Auto", False, ["Secure", "SameSite=None"]),
+        ("None", "Never", False, ["Secure", "SameSite=None"]),
     ],
 )
 def test_affinity_cookie(samesite: str, secure: str, https: bool, flags: list[str]) -> None:
@@ -210,3 +215,35 @@ def test_error_mapping(status: int, style: str, shown: int, body: bytes | None) 
     if body is not None:
         assert error_body(status, style) == body
     assert reason_phrase(status)
+
+
+def test_connection_never_strips_framing_headers() -> None:
+    # "Connection: content-length" must not unframe a body h11 framed by Content-Length.
+    out = _up(
+        [
+            (b"host", b"app.example"),
+            (b"connection", b"content-length, x-drop"),
+            (b"content-length", b"5"),
+            (b"x-drop", b"1"),
+        ]
+    )
+    assert out[b"content-length"] == b"5"
+    assert b"x-drop" not in out
+    down = response_headers(
+        [(b"connection", b"Content-Length, x-drop"), (b"content-length", b"2"), (b"x-drop", b"1")]
+    )
+    assert down == [(b"content-length", b"2")]
+
+
+def test_keep_alive_timeout_parsing() -> None:
+    assert keep_alive_timeout([(b"keep-alive", b"timeout=5, max=100")]) == 5.0
+    assert keep_alive_timeout([(b"keep-alive", b"max=100")]) is None
+    assert keep_alive_timeout([(b"keep-alive", b"timeout=x")]) is None
+    assert keep_alive_timeout([(b"content-length", b"1")]) is None
+
+
+def test_expires_of() -> None:
+    value = sign(b"k", "lb", "p", "e", 1_700_000_000.7)
+    assert expires_of(value) == 1_700_000_000.0
+    assert expires_of("v1.abc.x.mac") is None
+    assert expires_of("garbage") is None

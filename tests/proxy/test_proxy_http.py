@@ -7,7 +7,16 @@ import tracemalloc
 
 import h11
 import trio
-from proxy_support import LB_HOST, Certs, Client, eventually, get, raw_exchange, start_stack
+from proxy_support import (
+    LB_HOST,
+    Certs,
+    Client,
+    eventually,
+    get,
+    make_config,
+    raw_exchange,
+    start_stack,
+)
 
 from lb.config.model import Limits
 
@@ -232,19 +241,68 @@ async def test_post_with_body_is_not_retried(nursery: trio.Nursery, certs: Certs
 async def test_stale_pooled_connection_retried_fresh(nursery: trio.Nursery, certs: Certs) -> None:
     stack = await start_stack(nursery, certs, 1)
     async with await Client.connect(stack.port) as client:
-        # /stale answers and then closes its side, as an idle timeout would.
-        assert (await client.request("GET", "/stale")).status == 200
-        await trio.sleep(0.05)
+        # /stale-race answers, then closes the connection when the next request arrives: the
+        # race a checkout cannot see.
+        assert (await client.request("GET", "/stale-race")).status == 200
         resp = await client.request("GET", "/")
         assert resp.status == 200
-        assert (await stack.settled())[-1].retried == "stale_connection"
-        assert [a.reused for a in (await stack.settled())[-1].attempts] == [True, False]
+        record = (await stack.settled())[-1]
+        assert (record.retried, record.retry_status) == ("stale_connection", 502)
+        assert [a.reused for a in record.attempts] == [True, False]
         # A POST whose body went out on a stale connection is not replayed.
-        assert (await client.request("GET", "/stale")).status == 200
-        await trio.sleep(0.05)
+        assert (await client.request("GET", "/stale-race")).status == 200
         resp = await client.request("POST", "/sink", body=b"abc")
         assert resp.status == 502
-        assert (await stack.settled())[-1].retried is None
+        record = (await stack.settled())[-1]
+        assert (record.retried, record.retry_status) == (None, None)
+
+
+async def test_pooled_connection_closed_while_idle_is_not_reused(
+    nursery: trio.Nursery, certs: Certs
+) -> None:
+    # The upstream closes idle keep-alive connections sooner than our idle limit (Node's
+    # 5 s): checkout must see the EOF and dial fresh, so even a POST succeeds.
+    stack = await start_stack(nursery, certs, 1)
+    async with await Client.connect(stack.port) as client:
+        assert (await client.request("GET", "/stale")).status == 200
+        await eventually(lambda: stack.backends[0].connections == 1)
+        await trio.sleep(0.1)  # the FIN (and TLS close) reaches our idle socket
+        resp = await client.request("POST", "/sink", body=b"hello")
+        assert (resp.status, resp.body) == (200, b"5")
+    record = (await stack.settled())[-1]
+    assert [(a.status, a.reused) for a in record.attempts] == [(200, False)]
+    assert record.retried is None
+    assert stack.server.pool.opened == 2
+
+
+async def test_pool_drops_connection_with_unsolicited_bytes(
+    nursery: trio.Nursery, certs: Certs
+) -> None:
+    stack = await start_stack(nursery, certs, 1)
+    for _ in range(2):
+        resp = await get(stack.port, "/garbage")
+        assert resp.status == 200
+        await trio.sleep(0.2)  # the stray bytes reach our idle socket
+    assert stack.server.pool.opened == 2
+    assert all(not r.attempts[-1].reused for r in await stack.settled())
+
+
+async def test_keep_alive_timeout_header_shortens_idle_limit(
+    nursery: trio.Nursery, certs: Certs
+) -> None:
+    stack = await start_stack(nursery, certs, 1)
+    pool = stack.server.pool
+    assert (await get(stack.port, "/keepalive?t=1")).status == 200  # idle limit 0: not pooled
+    await stack.settled()
+    assert pool.idle_count() == 0
+    assert (await get(stack.port, "/keepalive?t=30")).status == 200  # min(30, 29) = 29 s
+    await stack.settled()
+    assert pool.idle_count() == 1
+    [conn] = [c for s in pool._idle.values() for c in s]
+    assert pool._limit(conn) == 29.0
+    conn.idle_since -= 29.5
+    assert pool.sweep() == 1
+    assert pool.idle_count() == 0
 
 
 # ---------------------------------------------------------------------- streaming
@@ -377,3 +435,122 @@ async def test_graceful_shutdown_drains_in_flight(nursery: trio.Nursery, certs: 
         else:  # pragma: no cover
             raise AssertionError("listener still accepting")
     assert results == [200]
+
+
+async def test_drain_deadline_reports_shutdown_and_closes_count(
+    nursery: trio.Nursery, certs: Certs
+) -> None:
+    stack = await start_stack(nursery, certs, 1, drain_timeout=0.3)
+    conns = [0]
+    stack.server.hooks.on_connection = lambda d: conns.__setitem__(0, conns[0] + d)
+    client = await Client.connect(stack.port)
+    await client.send_head("GET", "/slow?s=5", [("host", LB_HOST)])
+    await client.end_body()
+    await eventually(lambda: stack.server.active_requests == 1)
+    assert conns[0] == 1
+    stack.server.shutdown()
+    await eventually(lambda: stack.records, 3)
+    await eventually(lambda: conns[0] == 0, 2)
+    record = stack.records[-1]
+    assert (record.status, record.error) == (0, "shutdown")
+    await client.aclose()
+
+
+async def test_connection_content_length_keeps_body_framing(
+    nursery: trio.Nursery, certs: Certs
+) -> None:
+    stack = await start_stack(nursery, certs, 1)
+    out = await raw_exchange(
+        stack.port,
+        b"POST /sink HTTP/1.1\r\nHost: app.example\r\nConnection: content-length\r\n"
+        b"Content-Length: 5\r\n\r\nhello",
+        seconds=3,
+    )
+    assert out.startswith(b"HTTP/1.1 200 ")
+    assert out.endswith(b"\r\n\r\n5")
+    assert stack.backends[0].seen[-1].body_bytes == 5
+
+
+async def test_stale_retry_then_failover_reports_trigger_status(
+    nursery: trio.Nursery, certs: Certs
+) -> None:
+    # Endpoint e0 accepts one connection, stops listening, answers one request on it and
+    # closes the connection when the next request arrives: the pooled connection fails (a
+    # stale retry), the fresh dial is refused (521), and the zero-downtime failover to e1
+    # answers.  It is the last retry; its trigger (521) is on the record.
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+
+    async def one_connection() -> None:
+        raw = await listeners[0].accept()
+        listeners[0].socket.close()
+        stream = trio.SSLStream(raw, certs.backend, server_side=True, https_compatible=True)
+        conn = h11.Connection(h11.SERVER)
+        try:
+            answered = False
+            while True:
+                ev = conn.next_event()
+                if ev is h11.NEED_DATA:
+                    conn.receive_data(await stream.receive_some(65536))
+                elif isinstance(ev, h11.Request) and answered:
+                    return  # the next request head: close without answering
+                elif isinstance(ev, h11.EndOfMessage):
+                    hdrs = [(b"content-length", b"1")]
+                    await stream.send_all(
+                        (conn.send(h11.Response(status_code=200, headers=hdrs)) or b"")
+                        + (conn.send(h11.Data(data=b"A")) or b"")
+                        + (conn.send(h11.EndOfMessage()) or b"")
+                    )
+                    conn.start_next_cycle()
+                    answered = True
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    nursery.start_soon(one_connection)
+    stack = await start_stack(nursery, certs, 2, zdf="temporary")
+    cfg = make_config([port, stack.backends[1].port], zdf="temporary")
+    stack.engine.reconfigure(cfg, now=trio.current_time())
+    async with await Client.connect(stack.port) as client:
+        for _ in range(40):
+            resp = await client.request("GET", "/")
+            assert resp.status == 200
+            if len((await stack.settled())[-1].attempts) == 3:
+                break
+    record = (await stack.settled())[-1]
+    assert [(a.status, a.reused) for a in record.attempts] == [
+        (502, True),
+        (521, False),
+        (200, False),
+    ]
+    assert (record.retried, record.retry_status) == ("zero_downtime_failover", 521)
+    assert [r for r, _ in stack.retries][-2:] == ["stale_connection", "zero_downtime_failover"]
+    assert all(len(r.attempts) <= 3 for r in stack.records)
+
+
+async def test_handshake_cancelled_from_outside_closes_socket(certs: Certs) -> None:
+    from lb.engine import Engine as LbEngine
+    from lb.proxy.upstream import UpstreamPool, target_for
+
+    accepted: list[trio.SocketStream] = []
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    async with trio.open_nursery() as inner:
+
+        async def hold(stream: trio.SocketStream) -> None:
+            accepted.append(stream)
+            await trio.sleep_forever()
+
+        inner.start_soon(trio.serve_listeners, hold, listeners)
+        stack_cfg = make_config([port])
+        engine = LbEngine(stack_cfg, now=trio.current_time())
+        pool = UpstreamPool(engine.live, certs.client, connect_timeout=10)
+        ep = engine.book.snapshot().pools["p1"].endpoints[0]
+        target = target_for(ep, LB_HOST, stack_cfg.connect_to)
+        with trio.move_on_after(0.3):
+            await pool.connect(target)  # the server never answers the ClientHello
+        assert accepted
+        with trio.fail_after(2):
+            data = b"x"
+            while data:
+                data = await accepted[0].receive_some(65536)  # EOF: our side closed
+        inner.cancel_scope.cancel()

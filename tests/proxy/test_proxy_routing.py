@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import trio
 from proxy_support import LB_HOST, Certs, Client, get, start_stack, tunnel_address
 
 from lb.core.health import ProbeResult
 from lb.proxy.upstream import target_for
-from steering.affinity import COOKIE_NAME
+from steering.affinity import COOKIE_NAME, expires_of, sign
 
 
 async def test_plain_request_goes_through(nursery: trio.Nursery, certs: Certs) -> None:
@@ -308,3 +310,49 @@ async def test_serve_proxy_opens_https_listeners_and_shuts_down(
     stop.set()
     with trio.fail_after(3):
         await done.wait()
+
+
+async def test_sticky_rewrite_keeps_expiry_in_max_age(nursery: trio.Nursery, certs: Certs) -> None:
+    stack = await start_stack(nursery, certs, 2, affinity="cookie", zdf="sticky")
+    left = 2000
+    cookie = sign(stack.engine.secret, LB_HOST, "p1", "e0", int(time.time()) + left)
+    stack.backends[0].stop()
+    await trio.sleep(0.05)
+    resp = await get(stack.port, headers=[("cookie", f"{COOKIE_NAME}={cookie}")])
+    assert (resp.status, resp.body) == (200, b"b1")
+    set_cookie = resp.header("set-cookie") or ""
+    value = set_cookie.split(";", 1)[0].split("=", 1)[1]
+    assert value != cookie
+    max_age = int(set_cookie.split("Max-Age=")[1].split(";")[0])
+    expires = expires_of(value)
+    assert expires is not None and left - 2 <= expires - time.time() <= left
+    assert left - 2 <= max_age <= left  # not the full TTL
+
+
+async def test_host_variants_share_one_pooled_connection(
+    nursery: trio.Nursery, certs: Certs
+) -> None:
+    stack = await start_stack(nursery, certs, 1, host_header=None)
+    for i in range(10):
+        host = ("APP.example" if i % 2 else "app.EXAMPLE.") + f":{1000 + i}"
+        resp = await get(stack.port, headers=[("connection", "close")], host=host)
+        assert resp.status == 200
+        await stack.settled()
+    pool = stack.server.pool
+    assert (pool.opened, pool.idle_count(), len(pool._idle)) == (1, 1, 1)
+    # The Host header still goes upstream as the client sent it.
+    assert stack.backends[0].seen[-1].headers["host"] == "APP.example:1009"
+
+
+async def test_idle_pool_global_cap_evicts_oldest(nursery: trio.Nursery, certs: Certs) -> None:
+    stack = await start_stack(nursery, certs, 2, seed=5)
+    pool = stack.server.pool
+    pool.max_idle_total = 1
+    for _ in range(12):
+        assert (await get(stack.port)).status == 200
+        await stack.settled()
+        assert pool.idle_count() <= 1
+    assert all(b.seen for b in stack.backends)  # both endpoints (two pool keys) were used
+    assert pool.idle_count() == 1
+    live = stack.engine.live.connections
+    assert sum(live.values()) == 1  # evicted connections were closed and counted

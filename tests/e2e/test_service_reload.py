@@ -1,0 +1,180 @@
+"""Reload robustness of :mod:`lb.service`: a reload that blows up is a failed reload.
+
+In process, on 127.0.0.1 port 0; the tunnels are never reachable (nothing listens on the
+``connect_to`` ports), which is irrelevant to reloading.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+
+import lb.service
+from lb.engine import Engine
+from lb.service import Running, serve_lb
+
+EU = "6ff42ae2-765d-4adf-8112-31c55c1551ef"
+LB = "app.localhost"
+
+
+def config_text(*, interval: int = 10, **engine: Any) -> str:
+    return json.dumps(
+        {
+            "monitors": [{"id": "m", "type": "https", "path": "/h", "interval": interval}],
+            "pools": [
+                {
+                    "name": "eu",
+                    "monitor": "m",
+                    "origins": [{"name": "t", "address": f"{EU}.cfargotunnel.com"}],
+                }
+            ],
+            "load_balancers": [{"name": LB, "default_pools": ["eu"], "fallback_pool": "eu"}],
+            "connect_to": {f"{EU}.cfargotunnel.com:443": "127.0.0.1:9"},
+            "engine": {
+                "listen": [{"address": "127.0.0.1", "port": 0}],
+                "admin": "127.0.0.1:0",
+                "drain_timeout": 1,
+                **engine,
+            },
+        }
+    )
+
+
+def reload_failures(running: Running) -> float:
+    return running.metrics.reloads.values.get(("failure",), 0.0)
+
+
+async def start(nursery: trio.Nursery, path: Path) -> Running:
+    running: Running = await nursery.start(
+        lambda task_status: serve_lb(
+            [str(path)], seed=1, handle_signals=False, task_status=task_status
+        )
+    )
+    return running
+
+
+@pytest.mark.integration
+async def test_a_pathological_yaml_is_a_failed_reload_not_a_crash(
+    tmp_path: Path, nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "lb.yaml"
+    path.write_text(config_text())
+    running = await start(nursery, path)
+    generation = running.engine.generation
+    path.write_text("a: " + "[" * 50000 + "]" * 50000 + "\n")  # RecursionError in the parser
+    with caplog.at_level(logging.ERROR):
+        result = await running.reload()
+    assert not result.ok
+    assert "RecursionError" in result.errors[0]
+    assert running.engine.generation == generation
+    assert reload_failures(running) == 1
+    assert any(r.getMessage() == "config_reload_failed" for r in caplog.records)
+    # Over the admin endpoint: a 400 with the error, not a 500; the LB still serves.
+    host, port = running.admin
+    async with httpx.AsyncClient(base_url=f"http://{host}:{port}", timeout=10) as client:
+        response = await client.post("/reload")
+        assert response.status_code == 400
+        assert "RecursionError" in response.json()["errors"][0]
+        assert (await client.get("/healthz")).status_code == 200
+    path.write_text(config_text(interval=20))
+    assert (await running.reload()).ok
+    assert running.engine.generation == generation + 1
+    running.shutdown.set()
+
+
+@pytest.mark.integration
+async def test_an_exception_from_reconfigure_keeps_the_old_config(
+    tmp_path: Path, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "lb.yaml"
+    path.write_text(config_text())
+    running = await start(nursery, path)
+    old = running.engine.config
+
+    def boom(self: Engine, config: Any, *, now: float) -> None:
+        raise ValueError("cannot apply")
+
+    monkeypatch.setattr(Engine, "reconfigure", boom)
+    path.write_text(config_text(interval=20))
+    result = await running.reload()
+    assert not result.ok
+    assert result.errors == ("ValueError: cannot apply",)
+    assert running.engine.config is old
+    assert reload_failures(running) == 1
+    running.shutdown.set()
+
+
+@pytest.mark.integration
+async def test_reload_warns_about_fields_that_need_a_restart(
+    tmp_path: Path, nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "lb.yaml"
+    path.write_text(config_text())
+    running = await start(nursery, path)
+    ca = tmp_path / "ca.pem"
+    ca.write_text("unused: a reload never loads it\n")
+    path.write_text(config_text(workers=2, upstream_ca=str(ca)))
+    with caplog.at_level(logging.WARNING):
+        assert (await running.reload()).ok
+    warnings = [r for r in caplog.records if r.getMessage() == "config_restart_required"]
+    assert len(warnings) == 1
+    fields = warnings[0].__dict__["fields"]["needs_restart"]
+    assert fields == ["engine.upstream_ca", "engine.workers"]
+    assert running.workers is None  # unchanged until a restart
+    caplog.clear()
+    path.write_text(config_text(workers=2, upstream_ca=str(ca), interval=20))
+    with caplog.at_level(logging.WARNING):
+        assert (await running.reload()).ok  # compared with the config in force: no change
+    assert not [r for r in caplog.records if r.getMessage() == "config_restart_required"]
+    running.shutdown.set()
+
+
+async def test_sigterm_does_not_wait_behind_a_slow_reload() -> None:
+    release = trio.Event()
+    calls: list[str] = []
+
+    async def slow_reload() -> None:
+        calls.append("reload")
+        await release.wait()  # a reload that never finishes by itself
+
+    shutdown = trio.Event()
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lb.service._signals, slow_reload, shutdown)
+            await trio.sleep(0.1)  # the signal receiver is installed
+            os.kill(os.getpid(), signal.SIGHUP)
+            while not calls:  # noqa: ASYNC110 - polling a list, not an event
+                await trio.sleep(0.01)
+            os.kill(os.getpid(), signal.SIGTERM)
+            await shutdown.wait()
+            nursery.cancel_scope.cancel()
+
+
+async def test_sighup_reload_that_raises_does_not_kill_the_service() -> None:
+    """Belt and braces: even a reload callable that raises is logged, not fatal."""
+    calls: list[str] = []
+
+    async def bad_reload() -> None:
+        calls.append("reload")
+        raise RuntimeError("boom")
+
+    shutdown = trio.Event()
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lb.service._signals, bad_reload, shutdown)
+            await trio.sleep(0.1)
+            os.kill(os.getpid(), signal.SIGHUP)
+            while not calls:  # noqa: ASYNC110 - polling a list, not an event
+                await trio.sleep(0.01)
+            await trio.sleep(0.05)
+            os.kill(os.getpid(), signal.SIGTERM)
+            await shutdown.wait()
+            nursery.cancel_scope.cancel()

@@ -1,0 +1,135 @@
+"""Supervision of real child workers by an in-process :class:`lb.workers.Workers`.
+
+* a reload that changes ``engine.listen`` does not break later restarts: children get the
+  listeners the parent bound at start;
+* a stalled child (SIGSTOP) is noticed by its missing heartbeats, killed and restarted,
+  while an idle child that heartbeats is left alone.
+
+Everything on 127.0.0.1; the tunnels are never reachable (probes are irrelevant here).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+from prometheus_support import free_port
+
+import lb.workers
+from lb.config.loader import load_config
+from lb.engine import Engine
+from lb.metrics import Metrics
+from lb.workers import Workers
+
+pytestmark = [pytest.mark.integration]
+
+EU = "6ff42ae2-765d-4adf-8112-31c55c1551ef"
+LB = "app.localhost"
+
+
+def config_text(listen: list[int]) -> str:
+    return json.dumps(
+        {
+            "monitors": [{"id": "m", "type": "https", "path": "/h", "interval": 30}],
+            "pools": [
+                {
+                    "name": "eu",
+                    "monitor": "m",
+                    "origins": [{"name": "t", "address": f"{EU}.cfargotunnel.com"}],
+                }
+            ],
+            "load_balancers": [{"name": LB, "default_pools": ["eu"], "fallback_pool": "eu"}],
+            "connect_to": {f"{EU}.cfargotunnel.com:443": "127.0.0.1:9"},
+            "engine": {
+                "workers": 2,
+                "listen": [{"address": "127.0.0.1", "port": port} for port in listen],
+                "admin": "127.0.0.1:0",
+                "drain_timeout": 1,
+            },
+        }
+    )
+
+
+async def answers(port: int) -> bool:
+    """Some HTTP answer on ``port`` (only the child listens there)."""
+    try:
+        async with httpx.AsyncClient(timeout=3) as client:
+            response = await client.get(f"http://127.0.0.1:{port}/", headers={"Host": LB})
+    except httpx.HTTPError:
+        return False
+    return response.status_code > 0
+
+
+async def next_child(workers: Workers, old_pid: int | None, seconds: float) -> int:
+    """Wait until a child other than ``old_pid`` has reported; its pid."""
+    slot = workers.slots[0]
+    with trio.fail_after(seconds):
+        while True:
+            process = slot.process
+            if process is not None and process.pid != old_pid and slot.last_seen is not None:
+                return process.pid
+            await trio.sleep(0.05)
+
+
+def gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+async def test_restart_after_listen_reload_and_stalled_child(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(lb.workers, "SILENT_TIMEOUT", 2.5)
+    port = free_port()
+    path = tmp_path / "lb.json"
+    path.write_text(config_text([port]))
+    engine = Engine(load_config([str(path)]).config, now=trio.current_time())
+    workers = Workers(
+        engine,
+        Metrics(),
+        count=1,
+        command=[sys.executable, "-m", "lb", "run", "--worker", str(path)],
+        seeds=lambda: 7,
+    )
+    shutdown = trio.Event()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(workers.run, [("127.0.0.1", port)], shutdown)
+        first = await next_child(workers, None, 20)
+        assert await answers(port)
+
+        # An idle child heartbeats: it outlives SILENT_TIMEOUT without traffic.
+        await trio.sleep(4)
+        assert workers.slots[0].process is not None
+        assert workers.slots[0].process.pid == first
+
+        # A reload moves and adds listeners (not rebound until a restart); the child dies.
+        other = free_port()
+        path.write_text(config_text([free_port(), other]))
+        engine.reconfigure(load_config([str(path)]).config, now=trio.current_time())
+        os.kill(first, signal.SIGKILL)
+        second = await next_child(workers, first, 20)
+        assert await answers(port)  # the restarted child serves the bound address...
+        assert not await answers(other)  # ...and not the reloaded one
+        await trio.sleep(1.5)
+        assert workers.slots[0].process is not None
+        assert workers.slots[0].process.pid == second  # it did not crash at start
+
+        # A stalled child stops heartbeating: killed and started again.
+        os.kill(second, signal.SIGSTOP)
+        third = await next_child(workers, second, 20)
+        assert gone(second)
+        assert await answers(port)
+
+        shutdown.set()
+        with trio.fail_after(15):
+            await workers.stopped()
+        assert gone(third)
