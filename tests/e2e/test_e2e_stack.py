@@ -24,65 +24,9 @@ import pytest
 import trio
 import trustme
 from prometheus_support import free_port, running_prometheus, tool
+from stack_support import APP, EU, LB, US, two_tunnel_config
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
-
-EU = "6ff42ae2-765d-4adf-8112-31c55c1551ef"
-US = "0f3e2d1c-4b5a-4c6d-8e7f-9a0b1c2d3e4f"
-APP = "app.example.com"
-LB = "app.localhost"
-
-
-def lb_config(ports: dict[str, int], listen: int, admin: int, ca: Path, order: list[str]) -> str:
-    return json.dumps(
-        {
-            "monitors": [
-                {
-                    "id": "app",
-                    "type": "https",
-                    "path": "/healthz",
-                    "interval": 1,
-                    "timeout": 0.5,
-                    "retries": 0,
-                    "header": {"Host": [APP]},
-                }
-            ],
-            "pools": [
-                {
-                    "name": name,
-                    "monitor": "app",
-                    "origins": [
-                        {
-                            "name": f"tunnel-{name}",
-                            "address": f"{uuid}.cfargotunnel.com",
-                            "header": {"Host": [APP]},
-                        }
-                    ],
-                }
-                for name, uuid in (("eu", EU), ("us", US))
-            ],
-            "load_balancers": [
-                {
-                    "name": LB,
-                    "default_pools": order,
-                    "fallback_pool": "us",
-                    # One tunnel per pool: without this the retry has no alternate (R43).
-                    "adaptive_routing": {"failover_across_pools": True},
-                }
-            ],
-            "connect_to": {
-                f"{uuid}.cfargotunnel.com:443": f"127.0.0.1:{ports[uuid]}" for uuid in (EU, US)
-            },
-            "engine": {
-                "minimum_interval": 1,
-                "listen": [{"address": "127.0.0.1", "port": listen}],
-                "admin": f"127.0.0.1:{admin}",
-                "upstream_ca": str(ca),
-                "drain_timeout": 2,
-            },
-        },
-        indent=1,
-    )
 
 
 def connector_config(uuid: str, dc: str, port: int, cert: Path) -> str:
@@ -153,7 +97,7 @@ async def test_lb_process_story(tmp_path: Path) -> None:
     ports = {EU: free_port(), US: free_port()}
     listen, admin = free_port(), free_port()
     config = tmp_path / "lb.json"
-    config.write_text(lb_config(ports, listen, admin, ca_file, ["eu", "us"]))
+    config.write_text(two_tunnel_config(ports, listen, admin, ca_file))
     log = tmp_path / "processes.log"
     base, admin_base = f"http://127.0.0.1:{listen}", f"http://127.0.0.1:{admin}"
 
@@ -193,7 +137,7 @@ async def test_lb_process_story(tmp_path: Path) -> None:
 
         # SIGHUP with a good one: us first now. Health is kept (eu stays critical, us stays
         # healthy, no return to unknown).
-        config.write_text(lb_config(ports, listen, admin, ca_file, ["us", "eu"]))
+        config.write_text(two_tunnel_config(ports, listen, admin, ca_file, order=("us", "eu")))
         lb.send_signal(signal.SIGHUP)
 
         def reloaded(r: httpx.Response) -> bool:

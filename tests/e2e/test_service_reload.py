@@ -6,7 +6,6 @@ In process, on 127.0.0.1 port 0; the tunnels are never reachable (nothing listen
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -16,36 +15,11 @@ from typing import Any
 import httpx
 import pytest
 import trio
+from stack_support import one_pool_config
 
 import lb.service
 from lb.engine import Engine
 from lb.service import Running, serve_lb
-
-EU = "6ff42ae2-765d-4adf-8112-31c55c1551ef"
-LB = "app.localhost"
-
-
-def config_text(*, interval: int = 10, **engine: Any) -> str:
-    return json.dumps(
-        {
-            "monitors": [{"id": "m", "type": "https", "path": "/h", "interval": interval}],
-            "pools": [
-                {
-                    "name": "eu",
-                    "monitor": "m",
-                    "origins": [{"name": "t", "address": f"{EU}.cfargotunnel.com"}],
-                }
-            ],
-            "load_balancers": [{"name": LB, "default_pools": ["eu"], "fallback_pool": "eu"}],
-            "connect_to": {f"{EU}.cfargotunnel.com:443": "127.0.0.1:9"},
-            "engine": {
-                "listen": [{"address": "127.0.0.1", "port": 0}],
-                "admin": "127.0.0.1:0",
-                "drain_timeout": 1,
-                **engine,
-            },
-        }
-    )
 
 
 def reload_failures(running: Running) -> float:
@@ -66,7 +40,7 @@ async def test_a_pathological_yaml_is_a_failed_reload_not_a_crash(
     tmp_path: Path, nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
 ) -> None:
     path = tmp_path / "lb.yaml"
-    path.write_text(config_text())
+    path.write_text(one_pool_config())
     running = await start(nursery, path)
     generation = running.engine.generation
     path.write_text("a: " + "[" * 50000 + "]" * 50000 + "\n")  # RecursionError in the parser
@@ -84,7 +58,7 @@ async def test_a_pathological_yaml_is_a_failed_reload_not_a_crash(
         assert response.status_code == 400
         assert "RecursionError" in response.json()["errors"][0]
         assert (await client.get("/healthz")).status_code == 200
-    path.write_text(config_text(interval=20))
+    path.write_text(one_pool_config(interval=20))
     assert (await running.reload()).ok
     assert running.engine.generation == generation + 1
     running.shutdown.set()
@@ -95,7 +69,7 @@ async def test_an_exception_from_reconfigure_keeps_the_old_config(
     tmp_path: Path, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = tmp_path / "lb.yaml"
-    path.write_text(config_text())
+    path.write_text(one_pool_config())
     running = await start(nursery, path)
     old = running.engine.config
 
@@ -103,7 +77,7 @@ async def test_an_exception_from_reconfigure_keeps_the_old_config(
         raise ValueError("cannot apply")
 
     monkeypatch.setattr(Engine, "reconfigure", boom)
-    path.write_text(config_text(interval=20))
+    path.write_text(one_pool_config(interval=20))
     result = await running.reload()
     assert not result.ok
     assert result.errors == ("ValueError: cannot apply",)
@@ -117,11 +91,11 @@ async def test_reload_warns_about_fields_that_need_a_restart(
     tmp_path: Path, nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
 ) -> None:
     path = tmp_path / "lb.yaml"
-    path.write_text(config_text())
+    path.write_text(one_pool_config())
     running = await start(nursery, path)
     ca = tmp_path / "ca.pem"
     ca.write_text("unused: a reload never loads it\n")
-    path.write_text(config_text(workers=2, upstream_ca=str(ca)))
+    path.write_text(one_pool_config(workers=2, upstream_ca=str(ca)))
     with caplog.at_level(logging.WARNING):
         assert (await running.reload()).ok
     warnings = [r for r in caplog.records if r.getMessage() == "config_restart_required"]
@@ -130,7 +104,7 @@ async def test_reload_warns_about_fields_that_need_a_restart(
     assert fields == ["engine.upstream_ca", "engine.workers"]
     assert running.workers is None  # unchanged until a restart
     caplog.clear()
-    path.write_text(config_text(workers=2, upstream_ca=str(ca), interval=20))
+    path.write_text(one_pool_config(workers=2, upstream_ca=str(ca), interval=20))
     with caplog.at_level(logging.WARNING):
         assert (await running.reload()).ok  # compared with the config in force: no change
     assert not [r for r in caplog.records if r.getMessage() == "config_restart_required"]

@@ -21,6 +21,7 @@ import pytest
 import trio
 import trustme
 from prometheus_support import free_port
+from stack_support import APP, EU, LB, US, two_tunnel_config
 
 from lb.connector.config import ConnectorConfig
 from lb.connector.ingress import IngressRule
@@ -29,67 +30,13 @@ from lb.connector.stats import ConnectorStats
 
 pytestmark = [pytest.mark.integration]
 
-EU = "6ff42ae2-765d-4adf-8112-31c55c1551ef"
-US = "0f3e2d1c-4b5a-4c6d-8e7f-9a0b1c2d3e4f"
-APP = "app.example.com"
-LB = "app.localhost"
 OTHER = "other.localhost"
 
 
 def lb_config(
     ports: dict[str, int], listen: int, admin: int, ca: Path, names: tuple[str, ...]
 ) -> str:
-    return json.dumps(
-        {
-            "monitors": [
-                {
-                    "id": "app",
-                    "type": "https",
-                    "path": "/healthz",
-                    "interval": 1,
-                    "timeout": 0.5,
-                    "retries": 0,
-                    "header": {"Host": [APP]},
-                }
-            ],
-            "pools": [
-                {
-                    "name": name,
-                    "monitor": "app",
-                    "origins": [
-                        {
-                            "name": f"tunnel-{name}",
-                            "address": f"{uuid}.cfargotunnel.com",
-                            "header": {"Host": [APP]},
-                        }
-                    ],
-                }
-                for name, uuid in (("eu", EU), ("us", US))
-            ],
-            "load_balancers": [
-                {
-                    "name": name,
-                    "default_pools": ["eu", "us"],
-                    "fallback_pool": "us",
-                    "adaptive_routing": {"failover_across_pools": True},
-                }
-                for name in names
-            ],
-            "connect_to": {
-                f"{uuid}.cfargotunnel.com:443": f"127.0.0.1:{ports[uuid]}" for uuid in (EU, US)
-            },
-            "engine": {
-                "minimum_interval": 1,
-                "workers": 2,
-                "access_log": True,
-                "listen": [{"address": "127.0.0.1", "port": listen}],
-                "admin": f"127.0.0.1:{admin}",
-                "upstream_ca": str(ca),
-                "drain_timeout": 2,
-            },
-        },
-        indent=1,
-    )
+    return two_tunnel_config(ports, listen, admin, ca, names=names, workers=2, access_log=True)
 
 
 def write(path: Path, text: str) -> None:

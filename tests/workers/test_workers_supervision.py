@@ -10,7 +10,6 @@ Everything on 127.0.0.1; the tunnels are never reachable (probes are irrelevant 
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
@@ -20,6 +19,7 @@ import httpx
 import pytest
 import trio
 from prometheus_support import free_port
+from stack_support import LB, one_pool_config
 
 import lb.workers
 from lb.config.loader import load_config
@@ -28,32 +28,6 @@ from lb.metrics import Metrics
 from lb.workers import Workers
 
 pytestmark = [pytest.mark.integration]
-
-EU = "6ff42ae2-765d-4adf-8112-31c55c1551ef"
-LB = "app.localhost"
-
-
-def config_text(listen: list[int]) -> str:
-    return json.dumps(
-        {
-            "monitors": [{"id": "m", "type": "https", "path": "/h", "interval": 30}],
-            "pools": [
-                {
-                    "name": "eu",
-                    "monitor": "m",
-                    "origins": [{"name": "t", "address": f"{EU}.cfargotunnel.com"}],
-                }
-            ],
-            "load_balancers": [{"name": LB, "default_pools": ["eu"], "fallback_pool": "eu"}],
-            "connect_to": {f"{EU}.cfargotunnel.com:443": "127.0.0.1:9"},
-            "engine": {
-                "workers": 2,
-                "listen": [{"address": "127.0.0.1", "port": port} for port in listen],
-                "admin": "127.0.0.1:0",
-                "drain_timeout": 1,
-            },
-        }
-    )
 
 
 async def answers(port: int) -> bool:
@@ -91,7 +65,7 @@ async def test_restart_after_listen_reload_and_stalled_child(
     monkeypatch.setattr(lb.workers, "SILENT_TIMEOUT", 2.5)
     port = free_port()
     path = tmp_path / "lb.json"
-    path.write_text(config_text([port]))
+    path.write_text(one_pool_config(interval=30, listen=[port], workers=2))
     engine = Engine(load_config([str(path)]).config, now=trio.current_time())
     workers = Workers(
         engine,
@@ -113,7 +87,7 @@ async def test_restart_after_listen_reload_and_stalled_child(
 
         # A reload moves and adds listeners (not rebound until a restart); the child dies.
         other = free_port()
-        path.write_text(config_text([free_port(), other]))
+        path.write_text(one_pool_config(interval=30, listen=[free_port(), other], workers=2))
         engine.reconfigure(load_config([str(path)]).config, now=trio.current_time())
         os.kill(first, signal.SIGKILL)
         second = await next_child(workers, first, 20)
