@@ -1070,7 +1070,36 @@ async def serve_proxy(
 # ---------------------------------------------------------------------- helpers
 
 
-class _LazyHeaders(Mapping[str, str]):
+class _Lazy(Mapping[str, str]):
+    """A mapping built on first use: steering reads headers and cookies only for header
+    affinity, so most requests never pay for building them."""
+
+    __slots__ = ("_built", "_raw")
+
+    def __init__(self, raw: Any) -> None:
+        self._raw = raw
+        self._built: dict[str, str] | None = None
+
+    def _build(self) -> dict[str, str]:
+        raise NotImplementedError
+
+    def _dict(self) -> dict[str, str]:
+        built = self._built
+        if built is None:
+            built = self._built = self._build()
+        return built
+
+    def __getitem__(self, key: str) -> str:
+        return self._dict()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._dict())
+
+    def __len__(self) -> int:
+        return len(self._dict())
+
+
+class _LazyHeaders(_Lazy):
     """The request headers by name, for header affinity, built on first use.
 
     Only a load balancer with ``session_affinity: header`` reads them (the router looks them
@@ -1079,53 +1108,19 @@ class _LazyHeaders(Mapping[str, str]):
     of a repeated header the last value counts.
     """
 
-    __slots__ = ("_built", "_raw")
+    __slots__ = ()
 
-    def __init__(self, raw: Sequence[tuple[bytes, bytes]]) -> None:
-        self._raw = raw
-        self._built: dict[str, str] | None = None
-
-    def _dict(self) -> dict[str, str]:
-        built = self._built
-        if built is None:
-            built = self._built = {
-                n.decode("latin-1"): v.decode("latin-1") for n, v in self._raw if n != b"cookie"
-            }
-        return built
-
-    def __getitem__(self, key: str) -> str:
-        return self._dict()[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._dict())
-
-    def __len__(self) -> int:
-        return len(self._dict())
+    def _build(self) -> dict[str, str]:
+        return {n.decode("latin-1"): v.decode("latin-1") for n, v in self._raw if n != b"cookie"}
 
 
-class _LazyCookies(Mapping[str, str]):
+class _LazyCookies(_Lazy):
     """Every cookie of the request, for header affinity, parsed on first use."""
 
-    __slots__ = ("_built", "_raw")
+    __slots__ = ()
 
-    def __init__(self, raw: bytes | None) -> None:
-        self._raw = raw
-        self._built: dict[str, str] | None = None
-
-    def _dict(self) -> dict[str, str]:
-        built = self._built
-        if built is None:
-            built = self._built = parse_cookies(self._raw)
-        return built
-
-    def __getitem__(self, key: str) -> str:
-        return self._dict()[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._dict())
-
-    def __len__(self) -> int:
-        return len(self._dict())
+    def _build(self) -> dict[str, str]:
+        return parse_cookies(self._raw)
 
 
 def _sent(data: bytes | None) -> bytes:
