@@ -116,8 +116,9 @@ def _banner(running: Running, tunnels: list[_Tunnel], pids: dict[str, int]) -> s
     ]
     first = tunnels[0]
     lines += [
-        f"  watch failover: kill {pids[first.uuid]}   # stops {first.name}; within about"
-        " interval x consecutive_down + timeout traffic moves to the next pool",
+        f"  watch failover: kill {pids[first.uuid]}   # stops {first.name}",
+        "    requests keep answering 200 (zero-downtime retry into the next pool, R43), and",
+        "    within interval x consecutive_down + timeout /status shows the pool critical",
         f"  stop: Ctrl-C (or kill {os.getpid()})",
         "",
     ]
