@@ -515,3 +515,23 @@ async def start_stack(
         listeners = list(await trio.open_tcp_listeners(0, host="127.0.0.1"))
     addresses = await nursery.start(server.serve, listeners)
     return Stack(backends, engine, server, addresses[0][1], records, retries)
+
+
+async def open_websocket(client: Client) -> h11.InformationalResponse:
+    """Send a WebSocket upgrade for ``/ws`` through the proxy and expect the 101."""
+    await client.send_head(
+        "GET",
+        "/ws",
+        [
+            ("host", LB_HOST),
+            ("connection", "Upgrade"),
+            ("upgrade", "websocket"),
+            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ("sec-websocket-version", "13"),
+        ],
+    )
+    await client.end_body()
+    event = await client.next_event()
+    assert isinstance(event, h11.InformationalResponse)
+    assert event.status_code == 101
+    return event

@@ -9,10 +9,17 @@ import ssl
 from dataclasses import replace
 from typing import Any
 
-import h11
 import pytest
 import trio
-from proxy_support import LB_HOST, Certs, Client, get, raw_exchange, start_stack
+from proxy_support import (
+    LB_HOST,
+    Certs,
+    Client,
+    get,
+    open_websocket,
+    raw_exchange,
+    start_stack,
+)
 
 import lb.proxy.server as server_module
 import lb.proxy.upstream as upstream_module
@@ -148,25 +155,6 @@ async def test_unexpected_failure_is_logged_as_warning(
 # ---------------------------------------------------------------------- WebSocket idle
 
 
-async def _open_websocket(client: Client) -> trio.abc.Stream:
-    await client.send_head(
-        "GET",
-        "/ws",
-        [
-            ("host", LB_HOST),
-            ("connection", "Upgrade"),
-            ("upgrade", "websocket"),
-            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
-            ("sec-websocket-version", "13"),
-        ],
-    )
-    await client.end_body()
-    event = await client.next_event()
-    assert isinstance(event, h11.InformationalResponse)
-    assert event.status_code == 101
-    return client.stream
-
-
 async def _echo(stream: trio.abc.Stream, msg: bytes) -> None:
     await stream.send_all(msg)
     want = b"echo:" + msg
@@ -180,7 +168,8 @@ async def test_idle_websocket_is_closed(nursery: trio.Nursery, certs: Certs) -> 
     idle = 0.3
     stack = await start_stack(nursery, certs, 1, limits=Limits(idle_timeout=idle))
     async with await Client.connect(stack.port) as client:
-        stream = await _open_websocket(client)
+        await open_websocket(client)
+        stream = client.stream
         start = trio.current_time()
         with trio.fail_after(3):
             # Traffic keeps it open well past one idle_timeout...

@@ -14,6 +14,7 @@ from proxy_support import (
     eventually,
     get,
     make_config,
+    open_websocket,
     raw_exchange,
     start_stack,
 )
@@ -311,21 +312,7 @@ async def test_keep_alive_timeout_header_shortens_idle_limit(
 async def test_websocket_passthrough(nursery: trio.Nursery, certs: Certs) -> None:
     stack = await start_stack(nursery, certs, 1)
     async with await Client.connect(stack.port) as client:
-        await client.send_head(
-            "GET",
-            "/ws",
-            [
-                ("host", LB_HOST),
-                ("connection", "Upgrade"),
-                ("upgrade", "websocket"),
-                ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
-                ("sec-websocket-version", "13"),
-            ],
-        )
-        await client.end_body()
-        event = await client.next_event()
-        assert isinstance(event, h11.InformationalResponse)
-        assert event.status_code == 101
+        event = await open_websocket(client)
         assert dict(event.headers)[b"upgrade"] == b"websocket"
         stream = client.stream
         leftover, _ = client.conn.trailing_data
