@@ -422,8 +422,9 @@ class Router:
                 outcome = Affinity.REMAPPED
             if tr is not None:
                 tr.append(f"affinity: __cflb {outcome}")
-        elif lb.affinity == "ip_cookie" and req.client_ip:
-            # R38: cookieless clients of one IP get the same first endpoint.
+        if lb.affinity == "ip_cookie" and req.client_ip:
+            # R38: clients of one IP without a usable cookie (none, forged, expired, or its
+            # endpoint gone) get the same endpoint while the eligible set is unchanged.
             rng = Random(req.client_ip)
             if tr is not None:
                 tr.append("affinity: ip_cookie, first choice seeded by the client IP")

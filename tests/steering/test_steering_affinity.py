@@ -160,6 +160,18 @@ def test_r38_ip_cookie_same_ip_same_first_endpoint() -> None:
     )
 
 
+def test_r38_ip_cookie_forged_or_expired_cookie_is_steered_like_no_cookie() -> None:
+    r = router(config([pool("a", 10)], cookie_lb("ip_cookie", pools=("a",))))
+    ip = "203.0.113.7"
+    first = r.decide(request(client_ip=ip, wall=WALL), random.Random(1)).endpoint.name
+    expired = sign(SECRET, HOST, "a", "a-0", WALL - 1)
+    for cookie in ("v1.forged.0.x", expired):
+        for seed in range(5):
+            d = r.decide(request(client_ip=ip, cookie=cookie, wall=WALL), random.Random(seed))
+            assert d.affinity in (Affinity.INVALID, Affinity.EXPIRED)
+            assert d.endpoint.name == first
+
+
 def test_r38_ip_cookie_sets_a_cookie_too() -> None:
     r = router(config([pool("a", 3)], cookie_lb("ip_cookie", pools=("a",))))
     d = r.decide(request(client_ip="203.0.113.9", wall=WALL), random.Random(1))
