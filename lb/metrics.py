@@ -271,11 +271,10 @@ POOL_STATES = (
 class LoadBalancerState:
     """What a load balancer can serve right now, as plain strings for JSON and metrics.
 
-    ``healthy``: every default pool is eligible; ``degraded``: some are; ``fallback``: none
-    is, and the enabled fallback pool answers (R30); ``down``: none is and the fallback pool
-    is disabled or missing (530 / 1016); ``disabled``: the load balancer itself is off (404).
-    Geo steering picks among other pool lists per data center; this state looks at
-    ``default_pools`` only, the list every data center falls back to.
+    Over every pool the load balancer can steer to (``default_pools`` and the geo lists):
+    ``healthy``: all are eligible; ``degraded``: some are; ``fallback``: none is, and the
+    enabled fallback pool answers (R30); ``down``: none is and the fallback pool is disabled
+    or missing (530 / 1016); ``disabled``: the load balancer itself is off (404).
     """
 
     HEALTHY = "healthy"
@@ -290,7 +289,12 @@ def load_balancer_state(lb: LoadBalancer, snapshot: Snapshot) -> str:
     """The :class:`LoadBalancerState` of ``lb`` in ``snapshot``."""
     if not lb.enabled:
         return LoadBalancerState.DISABLED
-    pools = [snapshot.pools.get(name) for name in lb.default_pools]
+    # Every pool the load balancer can steer to: default_pools and the geo lists (§2.3).
+    names = dict.fromkeys(lb.default_pools)
+    for mapping in (lb.region_pools, lb.country_pools, lb.pop_pools):
+        for listed in mapping.values():
+            names.update(dict.fromkeys(listed))
+    pools = [snapshot.pools.get(name) for name in names]
     eligible = sum(1 for p in pools if p is not None and p.eligible)
     if pools and eligible == len(pools):
         return LoadBalancerState.HEALTHY

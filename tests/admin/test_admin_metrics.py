@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import re
 from pathlib import Path
@@ -13,7 +14,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from lb.core.health import ProbeResult
 from lb.engine import Engine
-from lb.metrics import DURATION_BUCKETS, METRICS, LoadBalancerState, Metrics
+from lb.metrics import DURATION_BUCKETS, METRICS, LoadBalancerState, Metrics, load_balancer_state
 from steering import Request
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
@@ -342,3 +343,14 @@ def test_stale_results_for_unknown_endpoints_are_still_counted_safely() -> None:
     s = scrape(metrics)
     labels = {"pool": "gone", "endpoint": "x", "vantage": "FRA", "result": "failure"}
     assert s[key("lb_probes_total", reason="", **labels)] == 1
+
+
+def test_load_balancer_state_counts_geo_pools_too() -> None:
+    eng = engine()
+    all_healthy(eng)
+    probe(eng, "us", "d", ok=False, reason="TCP connection failed")
+    snapshot = eng.book.snapshot()
+    lb = next(b for b in eng.config.load_balancers if b.name == HEADER_HOST)  # eu only
+    assert load_balancer_state(lb, snapshot) == LoadBalancerState.HEALTHY
+    geo = dataclasses.replace(lb, steering_policy="geo", region_pools={"ENAM": ("us",)})
+    assert load_balancer_state(geo, snapshot) == LoadBalancerState.DEGRADED
