@@ -40,7 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -153,6 +153,21 @@ async def run_monitors(
     await nursery.start(scheduler.run)
 
 
+def _spread(
+    nursery: trio.Nursery,
+    endpoint: Callable[[int, float], Awaitable[None]],
+    n: int,
+    interval: float,
+    ramp: float,
+) -> None:
+    """Start the baselines' endpoint loops at random offsets over the first round, as the
+    monitors' scheduler does (its ramp included), with a fixed seed."""
+    rng = random.Random(1)
+    now, window = trio.current_time(), max(interval, n / ramp if ramp else 0.0)
+    for i in range(n):
+        nursery.start_soon(endpoint, i, now + rng.random() * window)
+
+
 async def run_bare(
     ctx: ssl.SSLContext,
     port: int,
@@ -163,8 +178,6 @@ async def run_bare(
     nursery: trio.Nursery,
 ) -> None:
     import h11
-
-    rng = random.Random(1)
 
     async def endpoint(i: int, at: float) -> None:
         name = host(i)
@@ -197,9 +210,7 @@ async def run_bare(
         finally:
             tcp.socket.close()
 
-    now, window = trio.current_time(), max(interval, n / ramp if ramp else 0.0)
-    for i in range(n):
-        nursery.start_soon(endpoint, i, now + rng.random() * window)
+    _spread(nursery, endpoint, n, interval, ramp)
 
 
 async def run_httpx(
@@ -213,7 +224,6 @@ async def run_httpx(
 ) -> None:
     import httpx
 
-    rng = random.Random(1)
     limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
 
     async def endpoint(i: int, at: float) -> None:
@@ -230,9 +240,7 @@ async def run_httpx(
                 stats.done(r.status_code == 200)
                 at += interval
 
-    now, window = trio.current_time(), max(interval, n / ramp if ramp else 0.0)
-    for i in range(n):
-        nursery.start_soon(endpoint, i, now + rng.random() * window)
+    _spread(nursery, endpoint, n, interval, ramp)
 
 
 VARIANTS: dict[str, Callable[..., Any]] = {

@@ -72,27 +72,14 @@ class Answer:
     whatever its status; ``down`` is one too (the edge's 530, error 1033)."""
 
 
-@dataclass(frozen=True, slots=True)
-class _Cond:
-    """One condition in force on a track."""
-
-    kind: str
-    """A fault, ``status``, ``flap`` or ``latency``."""
-    scope: frozenset[str]
-    since: float
-    status: int = 0
-    latency: float = 0.0
-    period: float = 0.0
-    down_for: float = 0.0
-    how: str = ""
-
-    def fault(self, t: float) -> tuple[str, int]:
-        """The fault this condition imposes at ``t`` (``""`` when a flap is in its up part)."""
-        if self.kind != "flap":
-            return self.kind, self.status
-        if (t - self.since) % self.period < self.down_for:
-            return self.how, self.status
-        return "", 0
+def _fault(e: NetEvent, t: float) -> tuple[str, int]:
+    """The fault a condition (the event that set it) imposes at ``t``; ``""`` when a flap is
+    in its up part."""
+    if e.action != "flap":
+        return e.action, e.status
+    if (t - e.at) % e.period < e.down_for:
+        return e.how, e.status
+    return "", 0
 
 
 class _Track:
@@ -102,41 +89,30 @@ class _Track:
 
     def __init__(self) -> None:
         self.times: list[float] = []
-        self.states: list[tuple[_Cond, ...]] = []
+        self.states: list[tuple[NetEvent, ...]] = []
 
-    def current(self) -> list[_Cond]:
+    def current(self) -> list[NetEvent]:
         return list(self.states[-1]) if self.states else []
 
-    def push(self, at: float, conds: list[_Cond]) -> None:
+    def push(self, at: float, conds: list[NetEvent]) -> None:
         if self.times and self.times[-1] == at:
             self.states[-1] = tuple(conds)
         else:
             self.times.append(at)
             self.states.append(tuple(conds))
 
-    def at(self, t: float) -> tuple[_Cond, ...]:
+    def at(self, t: float) -> tuple[NetEvent, ...]:
         i = bisect_right(self.times, t) - 1
         return self.states[i] if i >= 0 else ()
 
 
-def _apply(conds: list[_Cond], e: NetEvent) -> list[_Cond]:
+def _apply(conds: list[NetEvent], e: NetEvent) -> list[NetEvent]:
     """The conditions after event ``e``: recover clears, others replace their kind's slot."""
     if e.action == "recover":
         return [c for c in conds if e.scope and c.scope != e.scope]
     latency = e.action == "latency"
-    kept = [c for c in conds if c.scope != e.scope or (c.kind == "latency") != latency]
-    kept.append(
-        _Cond(
-            kind=e.action,
-            scope=e.scope,
-            since=e.at,
-            status=e.status,
-            latency=e.latency,
-            period=e.period,
-            down_for=e.down_for,
-            how=e.how,
-        )
-    )
+    kept = [c for c in conds if c.scope != e.scope or (c.action == "latency") != latency]
+    kept.append(e)
     return kept
 
 
@@ -183,10 +159,10 @@ class Network:
         for c in track.at(t):
             if c.scope and not (c.scope & place):
                 continue
-            if c.kind == "latency":
+            if c.action == "latency":
                 latency += c.latency
             else:
-                fault, status = c.fault(t)
+                fault, status = _fault(c, t)
         return fault, status, latency
 
     # ------------------------------------------------------------------ answers
