@@ -27,11 +27,17 @@ The pipeline for one request (cloudflare-lb.md §3.3), each step recorded in the
 The fast path.  When the pool does not depend on the request (an ordered pool policy, ``off``,
 ``geo``, ``proximity`` or ``dynamic_latency``, with no load shedding among the eligible pools)
 and the load balancer has no session affinity, the general path (:meth:`Router._steer`)
-records per data center the pool, its endpoint sets and the ``Decision.policy`` label
-(:data:`_Fast`), and later untraced calls of :meth:`Router.decide` go straight from the
-plan to the endpoint pick.  That is the only fast path, and its pick is the general path's
-(:meth:`Router._choose`, with R19 inlined), so an untraced decision equals the traced one for
-the same ``rng`` state (tests/steering/test_steering_fastpath.py).
+records per data center the pool's endpoint sets and their decisions (:data:`_Fast`), and
+later untraced calls of :meth:`Router.decide` go straight from the plan to the endpoint pick.
+That is the only fast path, and its pick is the general path's (:meth:`Router._index`, with
+R19 and R21's call inlined), so an untraced decision equals the traced one for the same
+``rng`` state (tests/steering/test_steering_fastpath.py).
+
+Decisions are values.  :class:`~steering.types.Decision` is frozen and an untraced decision
+is built once per plan, endpoint and reason (:meth:`_Plan.decision`): the fast path and a
+cached ``__cflb`` hit end in returning one that already exists.  Only decisions that carry
+something of the request (a trace, a new ``__cflb`` value, an affinity outcome other than a
+hit, the retry's tried list) are built per request.
 
 Live counts (R21).  ``least_outstanding_requests`` and ``least_connections`` read the pool's
 :class:`~steering.types.Counts` in :class:`~steering.types.Live` by endpoint position (aligned
@@ -100,7 +106,33 @@ class _Endpoints:
     indexes: tuple[int, ...]
     """``EndpointView.index`` of each item: its position in ``layout``."""
     memo: _LoadMemo = field(default_factory=_LoadMemo, compare=False, repr=False)
-    """R21's table for the last counts seen (see :meth:`Router._choose`)."""
+    """R21's table for the last counts seen (see :meth:`load_index`)."""
+
+    def load_index(self, counts: Counts | None, rng: Random) -> int:
+        """R21's pick (``least_outstanding_requests`` / ``least_connections``): the position of
+        the chosen item, or -1 when every weight is 0.
+
+        ``counts`` is the pool's :class:`Counts` of the policy's kind (None: nothing counted
+        yet, so ``w / (0 + 1)`` is R19 exactly).  :attr:`memo` keeps the table of
+        ``w / (n + 1)`` sums until the counts move: the same Counts at the same version has the
+        slots the memo was built from (aligning to another layout moves the version).
+        """
+        cumulative: Sequence[float]
+        if counts is None:
+            cumulative, total = self.cumulative, self.total
+        else:
+            memo = self.memo
+            if counts is not memo.counts or counts.version != memo.version:
+                if counts.layout is not self.layout:
+                    counts.align(self.layout)
+                memo.cumulative, memo.total = load_table(self.weights, self.indexes, counts.counts)
+                memo.counts, memo.version = counts, counts.version
+            cumulative, total = memo.cumulative, memo.total
+        if total <= 0:
+            return -1
+        i = bisect(cumulative, rng.random() * total)
+        # random() < 1 so i < len, except through float rounding at the very top of the range.
+        return i if i < len(cumulative) else len(cumulative) - 1
 
     @classmethod
     def of(
@@ -151,6 +183,7 @@ class _Plan:
         "fast_by_datacenter",
         "labels",
         "lb",
+        "made",
         "policy",
         "pool_names",
         "routes",
@@ -168,6 +201,8 @@ class _Plan:
         Filled by :meth:`Router._steer`, and only for load balancers without session affinity."""
         self.labels: dict[str, str] = {}
         """Pool name -> ``Decision.policy`` (``<pool policy>/<endpoint policy>``)."""
+        self.made: dict[tuple[str, int, str], Decision] = {}
+        """(pool, endpoint index, reason) -> the untraced decision (see :meth:`decision`)."""
         # R34: affinity is never applied on DNS-only load balancers.
         self.affinity = lb.affinity if lb.proxied else "none"
         self.fallback = snapshot.pools.get(lb.fallback_pool)
@@ -185,65 +220,64 @@ class _Plan:
             label = self.labels[pool.name] = f"{self.policy}/{pool.config.origin_steering.policy}"
         return label
 
+    def decision(
+        self,
+        pool: PoolView,
+        ep: EndpointView,
+        reason: str,
+        policy: str,
+        tr: list[str] | None,
+        *,
+        affinity: str = Affinity.NONE,
+        pinned: str | None = None,
+    ) -> Decision:
+        """The decision to send a request to ``ep`` of ``pool``.
 
-_Fast = tuple[PoolView, "_Endpoints", "_Endpoints", float, str, str]
-"""An untraced decision known up to the endpoint pick: (pool, endpoints, endpoints when the
-request spills, spill share, ``Decision.policy``, endpoint policy).  It exists when the pool
-does not depend on the request: an ordered pool policy (off, geo, proximity, dynamic_latency)
-with no load shedding among the eligible pools."""
+        Decisions are frozen values, so an untraced one is built once per plan and returned
+        every time: the reason and the endpoint (with its pool) determine all other fields
+        (``policy`` follows from the reason and the pool, ``affinity`` and ``pinned`` are only
+        set for ``affinity`` hits).  Building a frozen dataclass costs about as much as the
+        rest of a decision; a dictionary lookup does not.
+        """
+        if tr is not None:
+            return Decision(
+                load_balancer=self.lb,
+                pool=pool,
+                endpoint=ep,
+                reason=reason,
+                policy=policy,
+                affinity=affinity,
+                trace=tr,
+                pinned=pinned,
+            )
+        key = (ep.pool, ep.index, reason)
+        made = self.made.get(key)
+        if made is None:
+            made = self.made[key] = Decision(
+                load_balancer=self.lb,
+                pool=pool,
+                endpoint=ep,
+                reason=reason,
+                policy=policy,
+                affinity=affinity,
+                pinned=pinned,
+            )
+        return made
 
-_Pin = tuple[_Plan, float, PoolView, EndpointView, str]
-"""A ``__cflb`` value known to hit: (plan, expiry, pool, endpoint, endpoint key).  Only for
-enabled endpoints of pools that shed no sessions, so that nothing but expiry depends on the
-request."""
 
-_DECISION_FIELDS = (
-    "load_balancer",
-    "pool",
-    "endpoint",
-    "reason",
-    "policy",
-    "affinity",
-    "set_cookie",
-    "status",
-    "trace",
-    "pinned",
-    "tried",
+_Fast = tuple["_Endpoints", tuple[Decision, ...], "_Endpoints", tuple[Decision, ...], float, str]
+"""An untraced decision known up to the endpoint pick: (endpoints, their decisions, endpoints
+when the request spills, their decisions, spill share, endpoint policy).  It exists when the
+pool does not depend on the request: an ordered pool policy (off, geo, proximity,
+dynamic_latency) with no load shedding among the eligible pools."""
+
+_Pin = tuple[_Plan, float, Decision]
+"""A ``__cflb`` value known to hit: (plan, expiry, decision).  Only for enabled endpoints of
+pools that shed no sessions, so that nothing but expiry depends on the request."""
+
+_UNKNOWN_HOST = Decision(
+    load_balancer=None, pool=None, endpoint=None, reason="unknown_host", status=404
 )
-if tuple(f.name for f in dataclasses.fields(Decision)) != _DECISION_FIELDS:  # pragma: no cover
-    raise ImportError("steering.router._decision is out of date with steering.types.Decision")
-
-
-def _decision(
-    lb: LoadBalancer | None,
-    pool: PoolView | None,
-    endpoint: EndpointView | None,
-    reason: str,
-    policy: str,
-    trace: list[str] | None,
-    status: int = 0,
-    affinity: str = Affinity.NONE,
-    pinned: str | None = None,
-) -> Decision:
-    """``Decision(...)`` without keyword-argument passing, which costs ~300 ns per decision
-    on CPython 3.11 (a quarter of a whole decision); fields not named here get their defaults.
-    """
-    d = _new_decision(Decision)
-    d.load_balancer = lb
-    d.pool = pool
-    d.endpoint = endpoint
-    d.reason = reason
-    d.policy = policy
-    d.affinity = affinity
-    d.set_cookie = None
-    d.status = status
-    d.trace = trace
-    d.pinned = pinned
-    d.tried = ()
-    return d
-
-
-_new_decision = Decision.__new__
 
 
 class Router:
@@ -288,23 +322,23 @@ class Router:
             # the request, so only the endpoint pick is left, done as in the general path.
             fast = plan.fast.get(req.datacenter if plan.fast_by_datacenter else "")
             if fast is not None:
-                pool, eps, wide, spill, label, policy = fast
+                eps, made, wide, wide_made, spill, policy = fast
                 if spill and rng.random() < spill:
-                    eps = wide
-                ep: EndpointView | None
-                if policy == "random":  # _choose's R19, inline: the most common case
-                    items = eps.items
+                    eps, made = wide, wide_made
+                if policy == "random":  # _index's R19, inline: the most common case
                     i = bisect(eps.cumulative, rng.random() * eps.total)
-                    ep = items[i] if i < len(items) else items[-1]
+                elif policy == "least_outstanding_requests":  # _index's R21, one call
+                    i = eps.load_index((live or _NO_LIVE).in_flight_by_pool.get(eps.pool), rng)
                 else:
-                    ep = self._choose(eps, policy, req, rng, live or _NO_LIVE)
-                if ep is not None:
-                    return _decision(plan.lb, pool, ep, "policy", label, None)
+                    i = self._index(eps, policy, req, rng, live or _NO_LIVE)
+                if i >= 0:
+                    return made[i] if i < len(made) else made[-1]
         tr: list[str] | None = [] if trace else None
         if plan is None:
-            if tr is not None:
-                tr.append(f"host {req.host!r}: no load balancer answers for it")
-            return _decision(None, None, None, "unknown_host", "", tr, 404)
+            if tr is None:
+                return _UNKNOWN_HOST
+            tr.append(f"host {req.host!r}: no load balancer answers for it")
+            return dataclasses.replace(_UNKNOWN_HOST, trace=tr)
         lb = plan.lb
         if tr is not None:
             tr.append(f"load balancer {lb.name}: steering_policy={plan.policy or 'off'}")
@@ -405,8 +439,7 @@ class Router:
         if cookie:
             pin = self._pins.get(cookie) if tr is None else None
             if pin is not None and pin[0] is plan and pin[1] > req.wall:
-                _, _, pool, ep, key = pin
-                return _decision(lb, pool, ep, "affinity", plan.policy, None, 0, Affinity.HIT, key)
+                return pin[2]
             value = self._verify(cookie)
             if value is None or value.load_balancer != lb.name:
                 outcome = Affinity.INVALID
@@ -417,7 +450,7 @@ class Router:
                 if pinned is not None:
                     if not self._session_shed(pinned, req, tr):
                         self._remember_pin(cookie, plan, value.expires, pinned)
-                        return self._hit(plan, pinned, req, tr)
+                        return self._hit(plan, pinned, tr)
                     avoid = pinned.pool
                 outcome = Affinity.REMAPPED
             if tr is not None:
@@ -429,19 +462,17 @@ class Router:
             if tr is not None:
                 tr.append("affinity: ip_cookie, first choice seeded by the client IP")
         decision = self._steer(plan, req, rng, live, tr, avoid=avoid)
-        decision.affinity = outcome
-        if decision.endpoint is not None:
-            decision.set_cookie = self._cookie(lb, decision.endpoint, req)
-        return decision
+        ep = decision.endpoint
+        set_cookie = self._cookie(lb, ep, req) if ep is not None else None
+        return dataclasses.replace(decision, affinity=outcome, set_cookie=set_cookie)
 
     def _remember_pin(self, cookie: str, plan: _Plan, expires: float, ep: EndpointView) -> None:
-        pool = self.snapshot.pools[ep.pool]
-        shed = pool.config.load_shedding
+        shed = self.snapshot.pools[ep.pool].config.load_shedding
         if not ep.enabled or (shed is not None and shed.session_percent > 0):
             return  # draining (R40) or session shedding (R24) depend on the request
         if len(self._pins) >= _CACHE_LIMIT:
             self._pins.clear()
-        self._pins[cookie] = (plan, expires, pool, ep, ep.key)
+        self._pins[cookie] = (plan, expires, self._hit(plan, ep, None))
 
     def _verify(self, cookie: str) -> CookieValue | None:
         cache = self._cookies
@@ -475,14 +506,13 @@ class Router:
             pinned = self._usable_pinned(plan, pool_name, name, req, tr)
             if pinned is not None:
                 if not self._session_shed(pinned, req, tr):
-                    return self._hit(plan, pinned, req, tr)
+                    return self._hit(plan, pinned, tr)
                 avoid = pinned.pool
             outcome = Affinity.REMAPPED
         decision = self._steer(plan, req, rng, live, tr, avoid=avoid)
-        decision.affinity = outcome
         if decision.endpoint is not None:
             self._sessions.put(lb.name, key, decision.endpoint.key, req.now)
-        return decision
+        return dataclasses.replace(decision, affinity=outcome)
 
     def _remember_header_session(self, lb: LoadBalancer, req: Request, ep: EndpointView) -> None:
         attrs = lb.session_affinity_attributes
@@ -526,12 +556,12 @@ class Router:
             return True
         return False
 
-    def _hit(self, plan: _Plan, ep: EndpointView, req: Request, tr: list[str] | None) -> Decision:
+    def _hit(self, plan: _Plan, ep: EndpointView, tr: list[str] | None) -> Decision:
         pool = self.snapshot.pools[ep.pool]
         if tr is not None:
             tr.append(f"affinity: session pinned to {ep.key}; weights and policy skipped (R36)")
-        return _decision(
-            plan.lb, pool, ep, "affinity", plan.policy, tr, 0, Affinity.HIT, f"{ep.pool}/{ep.name}"
+        return plan.decision(
+            pool, ep, "affinity", plan.policy, tr, affinity=Affinity.HIT, pinned=ep.key
         )
 
     def _cookie(
@@ -578,7 +608,7 @@ class Router:
         ep = self._pick_endpoint(pool, req, rng, live, tr)
         if ep is None:  # pragma: no cover - eligible pools always have a selectable endpoint
             return self._fallback(plan, req, rng, live, tr)
-        return _decision(plan.lb, pool, ep, "policy", plan.label(pool), tr)
+        return plan.decision(pool, ep, "policy", plan.label(pool), tr)
 
     def _compile_fast(self, plan: _Plan, route: _Route, dc: str) -> None:
         """Cache the fast-path entry of ``plan`` for data center ``dc`` (see :data:`_Fast`)."""
@@ -591,8 +621,10 @@ class Router:
                 eps, spill = self._endpoint_set(pool, dc, fallback=False), local.spill
             else:
                 eps, spill = wide, 0.0
-            label, policy = plan.label(pool), pool.config.origin_steering.policy
-            fast = (pool, eps, wide, spill, label, policy)
+            label = plan.label(pool)
+            made = tuple(plan.decision(pool, e, "policy", label, None) for e in eps.items)
+            wide_made = tuple(plan.decision(pool, e, "policy", label, None) for e in wide.items)
+            fast = (eps, made, wide, wide_made, spill, pool.config.origin_steering.policy)
         if len(plan.fast) < _CACHE_LIMIT:  # dc comes from a request header
             plan.fast[dc] = fast
 
@@ -648,16 +680,29 @@ class Router:
         if pool is None or not pool.config.enabled:
             if tr is not None:
                 tr.append("no eligible pool and the fallback pool is disabled: 530 / 1016 (R30)")
-            return _decision(plan.lb, None, None, "no_pool", plan.policy, tr, 530)
+            return self._no_pool(plan, None, tr)
         if tr is not None:
             tr.append(f"no eligible pool: fallback pool {pool.name}, health ignored (R30)")
         ep = self._pick_endpoint(pool, req, rng, live, tr, fallback=True)
         if ep is None:
             if tr is not None:
                 tr.append(f"fallback pool {pool.name} has no enabled endpoint: 530 / 1016")
-            return _decision(plan.lb, pool, None, "no_pool", plan.policy, tr, 530)
+            return self._no_pool(plan, pool, tr)
         policy = f"fallback/{pool.config.origin_steering.policy}"
-        return _decision(plan.lb, pool, ep, "fallback", policy, tr)
+        return plan.decision(pool, ep, "fallback", policy, tr)
+
+    @staticmethod
+    def _no_pool(plan: _Plan, pool: PoolView | None, tr: list[str] | None) -> Decision:
+        """530 / error 1016 (R30)."""
+        return Decision(
+            load_balancer=plan.lb,
+            pool=pool,
+            endpoint=None,
+            reason="no_pool",
+            policy=plan.policy,
+            status=530,
+            trace=tr,
+        )
 
     # ------------------------------------------------------------------ endpoints
 
@@ -694,46 +739,28 @@ class Router:
         if tr is not None and eps.note:
             tr.append(eps.note)
         policy = pool.config.origin_steering.policy
-        ep = self._choose(eps, policy, req, rng, live)
-        if ep is None:
-            ep = eps.items[0]  # every weight is zero: only the fallback pool gets here
+        # every weight is zero (-1): only the fallback pool gets here
+        ep = eps.items[max(self._index(eps, policy, req, rng, live), 0)]
         if tr is not None:
             tr.append(f"endpoint {ep.key} chosen by {policy} among {len(eps.items)}")
         return ep
 
     @staticmethod
-    def _choose(
-        eps: _Endpoints, policy: str, req: Request, rng: Random, live: Live
-    ) -> EndpointView | None:
-        """The endpoint policy's pick in a non-empty set; None when every weight is 0."""
-        items = eps.items
+    def _index(eps: _Endpoints, policy: str, req: Request, rng: Random, live: Live) -> int:
+        """The position of the endpoint policy's pick in a non-empty set; -1 when every weight
+        is 0."""
         if policy == "random":  # R19
             if eps.total <= 0:
-                return None
+                return -1
             i = bisect(eps.cumulative, rng.random() * eps.total)
-            return items[i] if i < len(items) else items[-1]
+            return i if i < len(eps.items) else len(eps.items) - 1
         if policy == "hash":  # R20
-            return rendezvous(req.client_ip, items, eps.names, eps.weights)
-        # R21: least_outstanding_requests / least_connections, from the pool's Counts (by
-        # position once aligned to this router's layout).  eps.memo keeps the table of
-        # ``w / (n + 1)`` sums until the counts move: the same Counts at the same version has
-        # the slots the memo was built from (aligning to another layout moves the version).
+            return rendezvous(req.client_ip, range(len(eps.items)), eps.names, eps.weights)
+        # R21, from the pool's Counts (by position once aligned to this router's layout).
         by_pool = (
             live.connections_by_pool if policy == "least_connections" else live.in_flight_by_pool
         )
-        counts = by_pool.get(eps.pool)
-        if counts is None:  # nothing counted in this pool yet: w / (0 + 1) is R19 exactly
-            return Router._choose(eps, "random", req, rng, live)
-        memo = eps.memo
-        if counts is not memo.counts or counts.version != memo.version:
-            if counts.layout is not eps.layout:
-                counts.align(eps.layout)
-            memo.cumulative, memo.total = load_table(eps.weights, eps.indexes, counts.counts)
-            memo.counts, memo.version = counts, counts.version
-        if memo.total <= 0:
-            return None
-        i = bisect(memo.cumulative, rng.random() * memo.total)
-        return items[i] if i < len(items) else items[-1]
+        return eps.load_index(by_pool.get(eps.pool), rng)
 
     def _endpoints(
         self, pool: PoolView, req: Request, rng: Random, *, fallback: bool

@@ -234,12 +234,15 @@ def _by_pool(initial: Mapping[str, int]) -> dict[str, Counts]:
     return pools
 
 
-@dataclass(slots=True, kw_only=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Decision:
     """Where one request goes, and why.
 
     ``status`` is 0 when an endpoint was chosen; otherwise the HTTP status to answer with
     (404 for an unknown host, 530 with error 1016 when no pool can serve, R30).
+
+    A decision is a value: the router returns the same object for the same untraced outcome
+    (see ``steering.router._Plan.decision``), so nothing may change one after it is made.
     """
 
     load_balancer: LoadBalancer | None

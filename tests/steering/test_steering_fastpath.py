@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import pytest
@@ -10,7 +11,6 @@ from builders import HOST, SECRET, config, endpoint, load_balancer, pool, reques
 from lb.config.model import LoadShedding, LocalPreference
 from steering import Affinity, Decision, Live
 from steering.affinity import sign
-from steering.router import _decision
 
 
 def configs():
@@ -84,8 +84,28 @@ def test_cached_cookie_hit_equals_the_first_hit_and_still_expires() -> None:
     assert d.affinity == Affinity.INVALID
 
 
-def test_fast_decision_constructor_matches_the_dataclass() -> None:
-    built = _decision(None, None, None, "unknown_host", "", None, 404)
-    assert built == Decision(
+def test_untraced_decisions_are_shared_frozen_values() -> None:
+    r = router(config([pool("a", 3)], load_balancer(["a"])))
+    seen = {}
+    for seed in range(30):
+        d = r.decide(request(), random.Random(seed))
+        assert seen.setdefault(d.endpoint.name, d) is d
+    assert len(seen) == 3
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        d.reason = "changed"  # type: ignore[misc]
+    unknown = r.decide(request(host="nowhere.example.com"), random.Random(1))
+    assert unknown == Decision(
         load_balancer=None, pool=None, endpoint=None, reason="unknown_host", status=404
     )
+
+
+def test_request_specific_decisions_leave_the_shared_ones_alone() -> None:
+    r = router(config([pool("a", 3)], load_balancer(["a"], session_affinity="cookie")))
+    new = r.decide(request(wall=10), random.Random(4))
+    assert new.affinity == Affinity.NEW and new.set_cookie is not None
+    hit = r.decide(request(cookie=new.set_cookie, wall=20), random.Random(5))
+    assert (hit.affinity, hit.set_cookie, hit.pinned) == (Affinity.HIT, None, new.endpoint.key)
+    assert hit.endpoint == new.endpoint
+    again = r.decide(request(wall=30), random.Random(4))
+    assert again.affinity == Affinity.NEW and again.set_cookie not in (None, new.set_cookie)
+    assert r.decide(request(cookie=new.set_cookie, wall=40), random.Random(6)) is hit
