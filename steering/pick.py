@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from random import Random
 from typing import TypeVar
 
-__all__ = ["ip_bucket", "load_table", "rendezvous", "weighted", "weighted_dynamic"]
+__all__ = ["ip_bucket", "load_terms", "rendezvous", "weighted", "weighted_dynamic"]
 
 T = TypeVar("T")
 
@@ -41,21 +41,17 @@ def weighted_dynamic(items: Sequence[T], weights: Sequence[float], rng: Random) 
     return items[-1]
 
 
-def load_table(
+def load_terms(
     weights: Sequence[float], indexes: Sequence[int], counts: Sequence[int]
-) -> tuple[list[float], float]:
-    """R21's cumulative table: running sums of ``w_i / (counts[indexes[i]] + 1)``, and the total.
+) -> list[float]:
+    """R21's weights ``w_i / (counts[indexes[i]] + 1)``.
 
-    ``bisect`` over it picks ``i`` with probability proportional to ``w_i / (n_i + 1)``: the same
-    draw and the same outcome as :func:`weighted_dynamic` over the transformed weights (the sums
-    are added in the same order), in about half the time (one pass, no second scan).
+    A ``bisect`` over their running sums (``itertools.accumulate``, which adds them in the
+    same order as :func:`weighted_dynamic`) picks ``i`` with probability proportional to
+    ``w_i / (n_i + 1)``: the same draw and the same outcome as :func:`weighted_dynamic` over
+    them, without its second scan.
     """
-    cumulative = []
-    total = 0.0
-    for w, i in zip(weights, indexes, strict=True):
-        total += w / (counts[i] + 1)
-        cumulative.append(total)
-    return cumulative, total
+    return [w / (counts[i] + 1) for w, i in zip(weights, indexes, strict=True)]
 
 
 def _unit(key: bytes) -> float:

@@ -56,6 +56,7 @@ import math
 from bisect import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import accumulate
 from random import Random
 
 from lb.config.model import Datacenter, LoadBalancer
@@ -63,7 +64,7 @@ from lb.core.health import Health
 from lb.core.snapshot import EndpointView, PoolView, Snapshot
 from steering import geo
 from steering.affinity import CookieValue, HeaderSessions, session_key, sign, verify
-from steering.pick import ip_bucket, load_table, rendezvous, weighted, weighted_dynamic
+from steering.pick import ip_bucket, load_terms, rendezvous, weighted, weighted_dynamic
 from steering.types import Affinity, Counts, Decision, Live, Request
 
 __all__ = ["Router"]
@@ -76,13 +77,15 @@ _ORDERED = frozenset({"off", "geo", "proximity", "dynamic_latency"})
 
 
 class _LoadMemo:
-    """R21's last cumulative table of one endpoint set, and the counts it was computed from."""
+    """R21's last table of one endpoint set, and the counts (and version) it is up to date with."""
 
-    __slots__ = ("counts", "cumulative", "total", "version")
+    __slots__ = ("counts", "cumulative", "terms", "total", "version")
 
     def __init__(self) -> None:
         self.counts: Counts | None = None
         self.version = -1
+        self.terms: list[float] = []
+        """``w / (n + 1)`` per item."""
         self.cumulative: list[float] = []
         self.total = 0.0
 
@@ -105,6 +108,8 @@ class _Endpoints:
     the order :meth:`steering.types.Counts.align` puts the pool's live counts in."""
     indexes: tuple[int, ...]
     """``EndpointView.index`` of each item: its position in ``layout``."""
+    positions: dict[int, int] = field(compare=False, repr=False)
+    """The inverse of ``indexes``: position in ``layout`` -> position in ``items``."""
     memo: _LoadMemo = field(default_factory=_LoadMemo, compare=False, repr=False)
     """R21's table for the last counts seen (see :meth:`load_index`)."""
 
@@ -113,9 +118,9 @@ class _Endpoints:
         the chosen item, or -1 when every weight is 0.
 
         ``counts`` is the pool's :class:`Counts` of the policy's kind (None: nothing counted
-        yet, so ``w / (0 + 1)`` is R19 exactly).  :attr:`memo` keeps the table of
-        ``w / (n + 1)`` sums until the counts move: the same Counts at the same version has the
-        slots the memo was built from (aligning to another layout moves the version).
+        yet, so ``w / (0 + 1)`` is R19 exactly).  :attr:`memo` keeps the table until the counts
+        move (the same Counts at the same version has the slots the memo was built from), then
+        brings it up to date (:meth:`_refresh`).
         """
         cumulative: Sequence[float]
         if counts is None:
@@ -124,15 +129,33 @@ class _Endpoints:
             memo = self.memo
             if counts is not memo.counts or counts.version != memo.version:
                 if counts.layout is not self.layout:
-                    counts.align(self.layout)
-                memo.cumulative, memo.total = load_table(self.weights, self.indexes, counts.counts)
-                memo.counts, memo.version = counts, counts.version
+                    counts.align(self.layout)  # moves the version and starts Counts.moved over
+                self._refresh(memo, counts)
             cumulative, total = memo.cumulative, memo.total
         if total <= 0:
             return -1
         i = bisect(cumulative, rng.random() * total)
         # random() < 1 so i < len, except through float rounding at the very top of the range.
         return i if i < len(cumulative) else len(cumulative) - 1
+
+    def _refresh(self, memo: _LoadMemo, counts: Counts) -> None:
+        """Bring R21's table up to date with ``counts``: recompute the terms of the slots written
+        since the memo's version (:attr:`Counts.moved`), or all of them when the memo is of
+        other counts or too far behind; then the running sums, in C.  Either way each term and
+        each sum is computed as a full pass would, so the pick is the same."""
+        n, moved = counts.counts, counts.moved
+        behind = counts.version - memo.version
+        if counts is memo.counts and behind <= len(moved):
+            terms, weights, positions = memo.terms, self.weights, self.positions
+            for j in range(-behind, 0):
+                p = positions.get(moved[j])
+                if p is not None:
+                    terms[p] = weights[p] / (n[moved[j]] + 1)
+        else:
+            memo.terms = terms = load_terms(self.weights, self.indexes, n)
+        memo.cumulative = cumulative = list(accumulate(terms))
+        memo.total = cumulative[-1] if cumulative else 0.0
+        memo.counts, memo.version = counts, counts.version
 
     @classmethod
     def of(
@@ -153,6 +176,7 @@ class _Endpoints:
             pool,
             layout,
             tuple(e.index for e in items),
+            {e.index: p for p, e in enumerate(items)},
         )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
@@ -45,6 +46,10 @@ class Affinity:
     INVALID = "invalid"
 
 
+MOVED_LIMIT = 64
+"""Most count writes :class:`Counts` remembers for readers that catch up (see ``moved``)."""
+
+
 class Counts:
     """One pool's live counts of one kind (requests in flight, or open connections), by slot.
 
@@ -56,10 +61,11 @@ class Counts:
     layout, after which ``counts[i]`` is the count of the endpoint at position ``i``.
 
     ``version`` moves whenever a count or a slot does: a reader may keep what it derived from
-    the counts (the router keeps R21's cumulative table) while the version stays the same.
+    the counts (the router keeps R21's cumulative table) while the version stays the same, and
+    bring it up to date from :attr:`moved` when it is not too far behind.
     """
 
-    __slots__ = ("counts", "layout", "names", "seen", "slots", "version")
+    __slots__ = ("counts", "layout", "moved", "names", "seen", "slots", "version")
 
     def __init__(self) -> None:
         self.names: list[str] = []
@@ -71,6 +77,10 @@ class Counts:
         self.layout: tuple[str, ...] | None = None
         """The layout the slots were last aligned to (the first ``len(layout)`` names)."""
         self.version = 0
+        self.moved: deque[int] = deque(maxlen=MOVED_LIMIT)
+        """The slots of the last count writes, oldest first: a reader at version ``v`` finds
+        what changed since in the last ``version - v`` entries, if there are that many (a
+        reader further behind, or from before an :meth:`align`, starts over)."""
 
     def add(self, endpoint: EndpointView, delta: int) -> None:
         """Move the count of ``endpoint`` by ``delta``."""
@@ -79,6 +89,7 @@ class Counts:
             i = self.slot(endpoint.name)
         self.counts[i] += delta
         self.seen[i] = True
+        self.moved.append(i)
         self.version += 1
 
     def slot(self, name: str) -> int:
@@ -106,6 +117,7 @@ class Counts:
             self.seen = [before.get(n, (0, False))[1] for n in self.names]
             self.slots = {n: i for i, n in enumerate(self.names)}
             self.version += 1
+            self.moved.clear()  # slots changed meaning: every reader starts over
         self.layout = layout
 
 

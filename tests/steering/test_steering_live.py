@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from lb.core.snapshot import EndpointView
 from steering import Live, Router
+from steering.types import MOVED_LIMIT
 
 WEIGHTS = {"e0": 0.3, "e1": 1.0, "e2": 0.6, "e3": 0.8}
 POLICIES = ("least_outstanding_requests", "least_connections")
@@ -170,3 +171,21 @@ def test_counts_match_a_plain_dictionary(
             assert_exact(routers[k % 8 == 0], live, POLICIES[0], range(k, k + 2))
     assert dict(live.in_flight) == expected
     assert live.pool_in_flight.get("a", 0) == sum(expected.values())
+
+
+def test_r21_table_catches_up_after_any_number_of_writes() -> None:
+    """Each router's table follows the writes it missed (Counts.moved), or starts over when
+    it missed more than Counts remembers; two routers read one Counts at different versions."""
+    one, two = lor_router(), lor_router()
+    live = Live()
+    rng = random.Random(7)
+    names = sorted(WEIGHTS)
+    for writes in (1, 2, 5, MOVED_LIMIT - 1, MOVED_LIMIT, MOVED_LIMIT + 1, 3 * MOVED_LIMIT):
+        for _ in range(writes):
+            counts = dict(live.in_flight)
+            name = rng.choice(names)
+            delta = -1 if counts.get(f"a/{name}", 0) > 0 and rng.random() < 0.4 else 1
+            move(live, POLICIES[0], view(one, name), delta)
+        assert_exact(one, live, POLICIES[0], range(writes, writes + 3))
+        if writes % 2:
+            assert_exact(two, live, POLICIES[0], range(writes, writes + 3))
