@@ -51,7 +51,6 @@ Nothing here awaits, reads a clock or draws randomness except from the ``rng`` p
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from bisect import bisect
 from collections.abc import Sequence
@@ -362,7 +361,7 @@ class Router:
             if tr is None:
                 return _UNKNOWN_HOST
             tr.append(f"host {req.host!r}: no load balancer answers for it")
-            return dataclasses.replace(_UNKNOWN_HOST, trace=tr)
+            return _UNKNOWN_HOST._replace(trace=tr)
         lb = plan.lb
         if tr is not None:
             tr.append(f"load balancer {lb.name}: steering_policy={plan.policy or 'off'}")
@@ -488,7 +487,7 @@ class Router:
         decision = self._steer(plan, req, rng, live, tr, avoid=avoid)
         ep = decision.endpoint
         set_cookie = self._cookie(lb, ep, req) if ep is not None else None
-        return dataclasses.replace(decision, affinity=outcome, set_cookie=set_cookie)
+        return decision.with_affinity(outcome, set_cookie)
 
     def _remember_pin(self, cookie: str, plan: _Plan, expires: float, ep: EndpointView) -> None:
         shed = self.snapshot.pools[ep.pool].config.load_shedding
@@ -536,7 +535,7 @@ class Router:
         decision = self._steer(plan, req, rng, live, tr, avoid=avoid)
         if decision.endpoint is not None:
             self._sessions.put(lb.name, key, decision.endpoint.key, req.now)
-        return dataclasses.replace(decision, affinity=outcome)
+        return decision.with_affinity(outcome)
 
     def _remember_header_session(self, lb: LoadBalancer, req: Request, ep: EndpointView) -> None:
         attrs = lb.session_affinity_attributes
