@@ -204,7 +204,6 @@ class _Plan:
         "fallback",
         "fast",
         "fast_by_datacenter",
-        "labels",
         "lb",
         "made",
         "policy",
@@ -220,10 +219,8 @@ class _Plan:
         self.fast_by_datacenter = self.by_datacenter or local
         """Whether :attr:`fast` is keyed by data center (it is with local preference too)."""
         self.fast: dict[str, _Fast | None] = {}
-        """Data center (or "") -> the precomputed untraced decision, None where there is none.
+        """Data center (or "") -> the fast-path entry (:data:`_Fast`), None where there is none.
         Filled by :meth:`Router._steer`, and only for load balancers without session affinity."""
-        self.labels: dict[str, str] = {}
-        """Pool name -> ``Decision.policy`` (``<pool policy>/<endpoint policy>``)."""
         self.made: dict[tuple[str, int, str], Decision] = {}
         """(pool, endpoint index, reason) -> the untraced decision (see :meth:`decision`)."""
         # R34: affinity is never applied on DNS-only load balancers.
@@ -236,55 +233,38 @@ class _Plan:
                 names.update(pools)
         self.pool_names = frozenset(names)
 
-    def label(self, pool: PoolView) -> str:
-        """``Decision.policy`` for a decision in ``pool``."""
-        label = self.labels.get(pool.name)
-        if label is None:
-            label = self.labels[pool.name] = f"{self.policy}/{pool.config.origin_steering.policy}"
-        return label
-
     def decision(
-        self,
-        pool: PoolView,
-        ep: EndpointView,
-        reason: str,
-        policy: str,
-        tr: list[str] | None,
-        *,
-        affinity: str = Affinity.NONE,
-        pinned: str | None = None,
+        self, pool: PoolView, ep: EndpointView, reason: str, tr: list[str] | None
     ) -> Decision:
-        """The decision to send a request to ``ep`` of ``pool``.
+        """The decision to send a request to ``ep`` of ``pool`` for ``reason`` (``policy``,
+        ``fallback`` or ``affinity``, a session hit), which determines every other field.
 
-        Decisions are frozen values, so an untraced one is built once per plan and returned
-        every time: the reason and the endpoint (with its pool) determine all other fields
-        (``policy`` follows from the reason and the pool, ``affinity`` and ``pinned`` are only
-        set for ``affinity`` hits).  Building a frozen dataclass costs about as much as the
-        rest of a decision; a dictionary lookup does not.
+        Decisions are values, so an untraced one is built once per plan and returned every
+        time: a dictionary lookup instead of building a tuple of 11 fields.
         """
-        if tr is not None:
-            return Decision(
-                load_balancer=self.lb,
-                pool=pool,
-                endpoint=ep,
-                reason=reason,
-                policy=policy,
-                affinity=affinity,
-                trace=tr,
-                pinned=pinned,
-            )
-        key = (ep.pool, ep.index, reason)
-        made = self.made.get(key)
-        if made is None:
-            made = self.made[key] = Decision(
-                load_balancer=self.lb,
-                pool=pool,
-                endpoint=ep,
-                reason=reason,
-                policy=policy,
-                affinity=affinity,
-                pinned=pinned,
-            )
+        key = (pool.name, ep.index, reason)
+        if tr is None:
+            made = self.made.get(key)
+            if made is not None:
+                return made
+        hit = reason == "affinity"
+        if hit:
+            policy = self.policy
+        else:  # "<pool policy>/<endpoint policy>", the pool policy "fallback" for R30
+            first = self.policy if reason == "policy" else "fallback"
+            policy = f"{first}/{pool.config.origin_steering.policy}"
+        made = Decision(
+            load_balancer=self.lb,
+            pool=pool,
+            endpoint=ep,
+            reason=reason,
+            policy=policy,
+            affinity=Affinity.HIT if hit else Affinity.NONE,
+            trace=tr,
+            pinned=ep.key if hit else None,
+        )
+        if tr is None:
+            self.made[key] = made
         return made
 
 
@@ -583,9 +563,7 @@ class Router:
         pool = self.snapshot.pools[ep.pool]
         if tr is not None:
             tr.append(f"affinity: session pinned to {ep.key}; weights and policy skipped (R36)")
-        return plan.decision(
-            pool, ep, "affinity", plan.policy, tr, affinity=Affinity.HIT, pinned=ep.key
-        )
+        return plan.decision(pool, ep, "affinity", tr)
 
     def _cookie(
         self, lb: LoadBalancer, ep: EndpointView, req: Request, *, expires: float | None = None
@@ -631,7 +609,7 @@ class Router:
         ep = self._pick_endpoint(pool, req, rng, live, tr)
         if ep is None:  # pragma: no cover - eligible pools always have a selectable endpoint
             return self._fallback(plan, req, rng, live, tr)
-        return plan.decision(pool, ep, "policy", plan.label(pool), tr)
+        return plan.decision(pool, ep, "policy", tr)
 
     def _compile_fast(self, plan: _Plan, route: _Route, dc: str) -> None:
         """Cache the fast-path entry of ``plan`` for data center ``dc`` (see :data:`_Fast`)."""
@@ -644,9 +622,8 @@ class Router:
                 eps, spill = self._endpoint_set(pool, dc, fallback=False), local.spill
             else:
                 eps, spill = wide, 0.0
-            label = plan.label(pool)
-            made = tuple(plan.decision(pool, e, "policy", label, None) for e in eps.items)
-            wide_made = tuple(plan.decision(pool, e, "policy", label, None) for e in wide.items)
+            made = tuple(plan.decision(pool, e, "policy", None) for e in eps.items)
+            wide_made = tuple(plan.decision(pool, e, "policy", None) for e in wide.items)
             fast = (eps, made, wide, wide_made, spill, pool.config.origin_steering.policy)
         if len(plan.fast) < _CACHE_LIMIT:  # dc comes from a request header
             plan.fast[dc] = fast
@@ -711,8 +688,7 @@ class Router:
             if tr is not None:
                 tr.append(f"fallback pool {pool.name} has no enabled endpoint: 530 / 1016")
             return self._no_pool(plan, pool, tr)
-        policy = f"fallback/{pool.config.origin_steering.policy}"
-        return plan.decision(pool, ep, "fallback", policy, tr)
+        return plan.decision(pool, ep, "fallback", tr)
 
     @staticmethod
     def _no_pool(plan: _Plan, pool: PoolView | None, tr: list[str] | None) -> Decision:
