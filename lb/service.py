@@ -31,7 +31,6 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import trio
 
@@ -148,18 +147,12 @@ def _load(paths: Sequence[str]) -> Config:
     return load_config(paths).config
 
 
-def upstream_context(config: Config, paths: Sequence[str] = ()) -> ssl.SSLContext:
-    """The TLS context that verifies endpoints: ``engine.upstream_ca`` or the system store.
-
-    A relative ``upstream_ca`` is relative to the first configuration file.
-    """
+def upstream_context(config: Config) -> ssl.SSLContext:
+    """The TLS context that verifies endpoints: ``engine.upstream_ca`` (which the loader made
+    relative to its configuration file) or the system store."""
     ctx = ssl.create_default_context()
-    ca = config.engine.upstream_ca
-    if ca:
-        path = Path(ca)
-        if not path.is_absolute() and paths:
-            path = Path(paths[0]).parent / path
-        ctx.load_verify_locations(cafile=str(path))
+    if config.engine.upstream_ca:
+        ctx.load_verify_locations(cafile=config.engine.upstream_ca)
     ctx.set_alpn_protocols(["http/1.1"])
     return ctx
 
@@ -236,7 +229,7 @@ async def serve_lb(
     """
     if config is None:
         config = load_config(paths).config
-    tls = upstream_ssl or upstream_context(config, paths)
+    tls = upstream_ssl or upstream_context(config)
     rng = random.Random(seed)
     engine = Engine(config, now=trio.current_time())
     metrics = Metrics()
@@ -322,13 +315,13 @@ async def _reload_logged(reload: Callable[[], Awaitable[object]]) -> None:
         logs.event("config_reload_failed", logging.ERROR, error=f"{type(exc).__name__}: {exc}")
 
 
-def serve_worker(paths: Sequence[str]) -> None:
+def serve_worker() -> None:
     """Run one child proxy worker (``tunnel-lb run --worker FILE...``) until told to stop.
 
     Its configuration, affinity secret, listen addresses and health all come from the
-    parent over stdin (:func:`lb.workers.run_child`); ``paths`` only anchor a relative
-    ``engine.upstream_ca``.  It has no scheduler, no admin listener and no reload of its
-    own: one process probes, every process serves.
+    parent over stdin (:func:`lb.workers.run_child`); the files on its command line only
+    say, in ``ps``, which configuration it serves.  It has no scheduler, no admin listener
+    and no reload of its own: one process probes, every process serves.
     """
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # reloads come from the parent
     metrics = Metrics()  # traffic counters only, reported to the parent
@@ -349,7 +342,7 @@ def serve_worker(paths: Sequence[str]) -> None:
                     listeners,
                     hooks=_hooks(engine, metrics, ctx.worker),
                     rng=random.Random(ctx.seed),
-                    upstream_ssl=upstream_context(engine.config, paths),
+                    upstream_ssl=upstream_context(engine.config),
                     shutdown=shutdown,
                 )
             )

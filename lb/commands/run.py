@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     """Validate first (errors exit 2 before anything listens), then serve until stopped."""
     logs.configure()
     if args.worker:
-        serve_worker(args.files)
+        serve_worker()
         return 0
     result = load_config(args.files)
     for warning in result.warnings:

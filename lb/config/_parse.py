@@ -7,6 +7,9 @@ type-checked and range-checked without touching this module:
 * a field without a default is required; ``null`` on any field means "not set";
 * metadata ``range`` / ``choices`` are checked on a scalar, or on each element of a list or
   each value of a mapping;
+* metadata ``path`` marks a file name: a relative one is taken relative to the directory of
+  the file it was written in (as nginx's ``include`` and our connector's configuration do), so
+  a configuration means the same thing from any working directory;
 * keys that are not fields are errors with a did-you-mean, except the class's ``READ_ONLY``
   API fields, which are accepted and dropped.
 
@@ -21,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -172,6 +176,8 @@ class Parser:
         if message:
             self.report.error(node.at(path), message)
             return INVALID
+        if meta.get("path") and value:
+            return os.path.join(os.path.dirname(node.file), value)  # value if it is absolute
         return value
 
     def _mismatch(self, expected: str, node: Node, path: Path) -> Any:

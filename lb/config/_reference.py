@@ -120,4 +120,6 @@ def _allowed(meta: typing.Mapping[str, Any]) -> str:
     if "range" in meta:
         low, high = meta["range"]
         return f"{low:g} to {high:g}"
+    if meta.get("path"):
+        return "a file; relative to the configuration file"
     return ""

@@ -340,8 +340,8 @@ class LocalPreference:
 class CertificatePair:
     """An extra certificate of an HTTPS listener, chosen by the client's SNI name."""
 
-    certificate: str = _f(doc="PEM certificate chain")
-    key: str = _f(doc="PEM private key")
+    certificate: str = _f(doc="PEM certificate chain", path=True)
+    key: str = _f(doc="PEM private key", path=True)
     hostnames: tuple[str, ...] = _f(
         (), doc="SNI names it serves (*.example.com = one label); empty = its DNS SANs"
     )
@@ -353,8 +353,8 @@ class Listener:
 
     address: str = _f("127.0.0.1", doc="bind address")
     port: int = _f(8080, range=(0, 65535), doc="bind port; 0 = any free port")
-    certificate: str = _f("", doc="PEM certificate chain for HTTPS; empty = plain HTTP")
-    key: str = _f("", doc="PEM private key for HTTPS")
+    certificate: str = _f("", doc="PEM certificate chain for HTTPS; empty = plain HTTP", path=True)
+    key: str = _f("", doc="PEM private key for HTTPS", path=True)
     certificates: tuple[CertificatePair, ...] = _f(
         (), doc="more certificates, picked by SNI; no match = certificate/key"
     )
@@ -399,7 +399,9 @@ class Engine:
     drain_timeout: float = _f(30.0, range=(0, 3600), doc="seconds SIGTERM waits for requests")
     access_log: bool = _f(False, doc="one log line per request")
     upstream_ca: str = _f(
-        "", doc="PEM CA bundle trusted for endpoints (probes and traffic); empty = system store"
+        "",
+        doc="PEM CA bundle trusted for endpoints (probes and traffic); empty = system store",
+        path=True,
     )
     limits: Limits = _f(Limits(), doc="request limits")
 

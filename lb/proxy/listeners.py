@@ -18,7 +18,8 @@ the listener's context (``certificate``/``key``, else the first of ``certificate
 
 Unreadable or unusable files are reported as a :class:`~lb.config.errors.ConfigError` naming
 the listener entry and the file, before any socket is bound (:func:`listener_contexts`).
-Relative paths are relative to the working directory.
+Paths come from the configuration loader, which makes relative ones relative to the file
+that names them.
 """
 
 from __future__ import annotations

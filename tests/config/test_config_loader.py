@@ -247,6 +247,27 @@ def test_engine_problems_point_at_the_file_that_set_the_key(tmp_path: Path) -> N
     ]
 
 
+def test_file_names_are_relative_to_the_file_that_names_them(tmp_path: Path) -> None:
+    (tmp_path / "etc").mkdir()
+    first = write(tmp_path / "etc", "lb.yaml", BASE + "engine: {upstream_ca: ca/bundle.pem}\n")
+    second = write(
+        tmp_path,
+        "listen.yaml",
+        "engine:\n  listen:\n    - port: 8443\n      certificate: certs/lb.pem\n"
+        "      key: /abs/lb.key\n      certificates: [{certificate: a.pem, key: a.key}]\n",
+    )
+    engine = load_config([first, second]).config.engine
+    assert engine.upstream_ca == str(tmp_path / "etc" / "ca" / "bundle.pem")
+    (listener,) = engine.listen
+    assert (listener.certificate, listener.key) == (str(tmp_path / "certs/lb.pem"), "/abs/lb.key")
+    pair = listener.certificates[0]
+    assert (pair.certificate, pair.key) == (str(tmp_path / "a.pem"), str(tmp_path / "a.key"))
+    # Empty means "not set", and text without a directory stays as written.
+    assert load_config([write(tmp_path, "c.yaml", BASE)]).config.engine.upstream_ca == ""
+    text = BASE + "engine: {upstream_ca: ca.pem}\n"
+    assert load_config_text(text, "lb.yaml").config.engine.upstream_ca == "ca.pem"
+
+
 def test_datacenters_extend_and_override_the_builtin_table() -> None:
     text = BASE + "datacenters:\n  FRA: {region: EEU}\n  LAB1: {region: WEU, country: DE}\n"
     datacenters = load(text).config.datacenters
