@@ -33,11 +33,11 @@ That is the only fast path, and its pick is the general path's (:meth:`Router._i
 R19 and R21's call inlined), so an untraced decision equals the traced one for the same
 ``rng`` state (tests/steering/test_steering_fastpath.py).
 
-Decisions are values.  :class:`~steering.types.Decision` is frozen and an untraced decision
-is built once per plan, endpoint and reason (:meth:`_Plan.decision`): the fast path and a
-cached ``__cflb`` hit end in returning one that already exists.  Only decisions that carry
-something of the request (a trace, a new ``__cflb`` value, an affinity outcome other than a
-hit, the retry's tried list) are built per request.
+Decisions are values.  :class:`~steering.types.Decision` is immutable (a named tuple), and
+an untraced decision is built once per plan, endpoint and reason (:meth:`_Plan.decision`):
+the fast path and a cached ``__cflb`` hit end in returning one that already exists.  Only
+decisions that carry something of the request (a trace, a new ``__cflb`` value, an affinity
+outcome other than a hit, the retry's tried list) are built per request.
 
 Live counts (R21).  ``least_outstanding_requests`` and ``least_connections`` read the pool's
 :class:`~steering.types.Counts` in :class:`~steering.types.Live` by endpoint position (aligned
