@@ -54,7 +54,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from lb.core.health import ProbeResult
 from lb.core.snapshot import PoolView
-from lb.engine import Engine
+from lb.engine import Engine, LiveTotals
 from lb.metrics import Metrics, load_balancer_state
 from lb.proxy.headers import parse_cookies
 from steering import Request, Router
@@ -462,7 +462,8 @@ def status_json(engine: Engine, metrics: Metrics | None = None, *, now: float) -
                 "responses": dict(sorted(statuses.items())),
             }
         )
-    pools = [_pool_json(engine, p, now, by_endpoint) for p in snapshot.pools.values()]
+    live = engine.live_totals()
+    pools = [_pool_json(engine, live, p, now, by_endpoint) for p in snapshot.pools.values()]
     return {
         "ready": engine.ready,
         "generation": engine.generation,
@@ -473,8 +474,8 @@ def status_json(engine: Engine, metrics: Metrics | None = None, *, now: float) -
         "load_balancers": load_balancers,
         "pools": pools,
         "traffic": {
-            "in_flight": sum(engine.live.in_flight.values()),
-            "connections": sum(engine.live.connections.values()),
+            "in_flight": sum(live.in_flight.values()),
+            "connections": sum(live.connections.values()),
             "requests": int(sum(counts.values())),
             "header_sessions": len(engine.sessions),
         },
@@ -482,9 +483,13 @@ def status_json(engine: Engine, metrics: Metrics | None = None, *, now: float) -
 
 
 def _pool_json(
-    engine: Engine, pool: PoolView, now: float, requests: Mapping[tuple[str, str], int]
+    engine: Engine,
+    live: LiveTotals,
+    pool: PoolView,
+    now: float,
+    requests: Mapping[tuple[str, str], int],
 ) -> dict[str, Any]:
-    book, live = engine.book, engine.live
+    book = engine.book
     endpoints = []
     for ep in pool.endpoints:
         last = book.last_results(pool.name, ep.name)

@@ -22,7 +22,41 @@ from lb.core.book import HealthBook, ProbeTarget
 from lb.core.health import Health, HealthEvent, ProbeResult
 from steering import HeaderSessions, Live, Router
 
-__all__ = ["Engine", "Observers"]
+__all__ = ["Engine", "LiveReport", "LiveTotals", "Observers", "live_report"]
+
+LiveReport = dict[str, dict[str, int]]
+"""Live counts of one process as plain data: ``{"in_flight": {"pool/endpoint": n},
+"connections": {...}}``, non-zero counts only (what a worker sends its parent)."""
+
+
+def live_report(live: Live) -> LiveReport:
+    """The non-zero counts of ``live`` as a :data:`LiveReport`."""
+    return {
+        "in_flight": {k: n for k, n in live.in_flight.items() if n},
+        "connections": {k: n for k, n in live.connections.items() if n},
+    }
+
+
+@dataclass(slots=True)
+class LiveTotals:
+    """Requests in flight and open upstream connections over every process of one load
+    balancer, per ``pool/endpoint`` key and per pool (for metrics and ``/status``)."""
+
+    in_flight: dict[str, int] = field(default_factory=dict)
+    connections: dict[str, int] = field(default_factory=dict)
+    pool_in_flight: dict[str, int] = field(default_factory=dict)
+    pool_connections: dict[str, int] = field(default_factory=dict)
+
+    def add(self, report: LiveReport) -> None:
+        """Add one process's counts."""
+        for kind, by_key, by_pool in (
+            ("in_flight", self.in_flight, self.pool_in_flight),
+            ("connections", self.connections, self.pool_connections),
+        ):
+            for key, n in report.get(kind, {}).items():
+                by_key[key] = by_key.get(key, 0) + n
+                pool = key.partition("/")[0]
+                by_pool[pool] = by_pool.get(pool, 0) + n
 
 
 @dataclass(slots=True)
@@ -52,6 +86,10 @@ class Engine:
         self.secret = secret if secret is not None else _secret(config)
         self.generation = 0
         """Bumped on every configuration swap; the monitor driver restarts on a change."""
+        self.reported: dict[int, LiveReport] = {}
+        """The latest live counts of each child worker (:mod:`lb.workers`), by worker index;
+        empty with one process.  Only for :meth:`live_totals`: steering reads this process's
+        own :attr:`live`."""
         self._router: Router | None = None
         self._seen: set[tuple[str, str, str]] = set()
 
@@ -68,6 +106,14 @@ class Engine:
         if router is None or router.snapshot is not snapshot:
             router = self._router = Router(snapshot, secret=self.secret, sessions=self.sessions)
         return router
+
+    def live_totals(self) -> LiveTotals:
+        """This process's live counts plus the latest each child worker reported."""
+        totals = LiveTotals()
+        totals.add(live_report(self.live))
+        for report in self.reported.values():
+            totals.add(report)
+        return totals
 
     def targets(self) -> list[ProbeTarget]:
         """What the monitors must probe under the current configuration."""

@@ -602,7 +602,7 @@ class Metrics:
 def _fill_engine(engine: Engine, fam: dict[str, GaugeMetricFamily]) -> None:
     """Add the scrape-time samples of ``engine`` to the gauge families in ``fam``."""
     snapshot = engine.book.snapshot()
-    live = engine.live
+    live = engine.live_totals()
     fam["lb_config_generation"].add_metric([], engine.generation)
     fam["lb_ready"].add_metric([], 1.0 if engine.ready else 0.0)
     fam["lb_affinity_header_sessions"].add_metric([], len(engine.sessions))

@@ -33,10 +33,12 @@ same health.  The parent forwards over each child's stdin, as JSON lines:
 ``{"shutdown": true}``
     drain and exit.  End of file on stdin (the parent died) does the same.
 
-Children report on stdout: ``{"ready": ...}`` once listening, then ``{"metrics": ...}``
-about once a second with the traffic counters gathered since the previous report, which
-the parent adds to its own :class:`~lb.metrics.Metrics`, or ``{"heartbeat": true}`` when
-there was no traffic.  No message is sent per request.
+Children report on stdout: ``{"ready": ...}`` once listening, then about once a second
+``{"metrics": ..., "live": ...}``: the traffic counters gathered since the previous report,
+which the parent adds to its own :class:`~lb.metrics.Metrics`, and the child's requests in
+flight and open upstream connections (:func:`lb.engine.live_report`), which the parent keeps
+in ``Engine.reported`` for its gauges and ``/status`` until the next report or the child's
+exit.  The report is also the heartbeat.  No message is sent per request.
 
 A child that exits while the parent is not stopping is logged and started again after a
 bounded backoff; a child whose input queue overflows (it stopped reading) or that sends
@@ -64,7 +66,7 @@ import trio
 from lb import logs
 from lb.config.model import Config, Listener
 from lb.core.health import Health, ProbeResult
-from lb.engine import Engine
+from lb.engine import Engine, LiveReport, live_report
 from lb.metrics import Metrics
 
 __all__ = [
@@ -150,6 +152,17 @@ def _probe_from(obj: Mapping[str, Any]) -> ProbeResult:
         status=None if obj["status"] is None else int(obj["status"]),
         rtt=None if obj["rtt"] is None else float(obj["rtt"]),
     )
+
+
+def _live_from(obj: Any) -> LiveReport:
+    """A child's :data:`~lb.engine.LiveReport`, checked (malformed parts are dropped)."""
+    out: LiveReport = {}
+    if isinstance(obj, dict):
+        for kind in ("in_flight", "connections"):
+            counts = obj.get(kind)
+            if isinstance(counts, dict):
+                out[kind] = {str(k): n for k, n in counts.items() if isinstance(n, int) and n > 0}
+    return out
 
 
 def drain_traffic(metrics: Metrics) -> dict[str, list[list[Any]]]:
@@ -435,6 +448,7 @@ class Workers:
                 nursery.cancel_scope.deadline = trio.current_time() + 1.0  # finish reading
         finally:
             slot.queue = None
+            self.engine.reported.pop(slot.index, None)  # its requests ended with it
             send.close()
             if process.returncode is None:
                 process.kill()
@@ -495,6 +509,7 @@ class Workers:
             slot.last_seen = trio.current_time()
             if "metrics" in message:
                 merge_traffic(self.metrics, message["metrics"])
+                self.engine.reported[slot.index] = _live_from(message.get("live"))
             elif "ready" in message:
                 logs.event("worker_ready", worker=slot.index, **message["ready"])
                 if slot.ready is not None:
@@ -591,9 +606,8 @@ async def run_child(
     async def flush() -> None:
         while True:
             await trio.sleep(FLUSH_INTERVAL)
-            traffic = drain_traffic(metrics)
             # Something every interval, traffic or not: the parent kills a silent child.
-            await report({"metrics": traffic} if traffic else {"heartbeat": True})
+            await report({"metrics": drain_traffic(metrics), "live": live_report(engine.live)})
 
     async def signals() -> None:
         # SIGHUP is ignored (the parent forwards reloads); SIGTERM/SIGINT drain, which

@@ -176,6 +176,16 @@ async def story(
 
     await wait_for(counted, "40 requests in the parent's lb_requests_total", 5)
 
+    # ...and its live gauges count the child's pooled upstream connection next to its own:
+    # requests one at a time leave each process one keep-alive connection to the tunnel.
+    async def both_connections() -> bool:
+        text = (await client.get(f"{admin_base}/metrics")).text
+        status = (await client.get(f"{admin_base}/status")).json()
+        in_status = status["traffic"]["connections"]
+        return metric(text, "lb_endpoint_connections", 'pool="eu"') == 2 == in_status
+
+    await wait_for(both_connections, "one upstream connection per process in the gauges", 5)
+
     # One probe stream: the eu tunnel sees ~1 health check per interval (1 s), not 2.
     def healthz(uuid: str) -> int:
         return sum(1 for r in stats[uuid].recent if r.target == "/healthz")

@@ -11,10 +11,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "core"))
 
 from core_builders import make_config, make_pool, result
+from prometheus_client import generate_latest
 
-from lb.engine import Engine
+from lb.admin import status_json
+from lb.core.snapshot import EndpointView
+from lb.engine import Engine, live_report
 from lb.metrics import Metrics
-from lb.workers import _restore, _Runs, drain_traffic, merge_traffic
+from lb.workers import _live_from, _restore, _Runs, drain_traffic, merge_traffic
 
 
 def view(engine: Engine) -> list[tuple[str, str, str, dict[str, str]]]:
@@ -70,3 +73,50 @@ def test_traffic_counters_move_from_child_to_parent() -> None:
     assert parent.retries.values == {("lb", "522"): 1.0}
     slots = parent.request_duration.data[("lb",)]
     assert sum(slots[:-1]) == 3 and abs(slots[-1] - 0.024) < 1e-9
+
+
+def test_children_live_counts_add_up_in_gauges_and_status() -> None:
+    config = make_config(make_pool("a", 2), make_pool("b", 1))
+    parent, child = Engine(config), Engine(config)
+    metrics = Metrics()
+    metrics.attach(parent)
+
+    def ep(engine: Engine, pool: str, name: str) -> EndpointView:
+        found = engine.book.snapshot().pools[pool].endpoint(name)
+        assert found is not None
+        return found
+
+    parent.live.started(ep(parent, "a", "a-0"))
+    parent.live.connection_opened(ep(parent, "a", "a-0"))
+    for _ in range(3):
+        child.live.started(ep(child, "a", "a-0"))
+    child.live.started(ep(child, "b", "b-0"))
+    child.live.finished(ep(child, "b", "b-0"))  # back to 0: not reported
+    child.live.connection_opened(ep(child, "a", "a-1"))
+    report = json.loads(json.dumps(live_report(child.live)))
+    assert report == {"in_flight": {"a/a-0": 3}, "connections": {"a/a-1": 1}}
+    parent.reported[1] = _live_from(report)
+
+    totals = parent.live_totals()
+    assert totals.in_flight == {"a/a-0": 4}
+    assert totals.connections == {"a/a-0": 1, "a/a-1": 1}
+    assert (totals.pool_in_flight, totals.pool_connections) == ({"a": 4}, {"a": 2})
+    text = generate_latest(metrics.registry).decode()
+    assert 'lb_endpoint_in_flight_requests{endpoint="a-0",pool="a"} 4.0' in text
+    assert 'lb_endpoint_connections{endpoint="a-1",pool="a"} 1.0' in text
+    status = status_json(parent, metrics, now=0.0)
+    assert status["traffic"]["in_flight"] == 4 and status["traffic"]["connections"] == 2
+    pool_a = next(p for p in status["pools"] if p["name"] == "a")
+    assert (pool_a["in_flight"], pool_a["connections"]) == (4, 2)
+    assert [e["in_flight"] for e in pool_a["endpoints"]] == [4, 0]
+    # Steering still reads this process's own counts only.
+    assert dict(parent.live.in_flight) == {"a/a-0": 1}
+    parent.reported.clear()
+    assert parent.live_totals().in_flight == {"a/a-0": 1}
+
+
+def test_a_malformed_live_report_is_dropped_not_raised() -> None:
+    assert _live_from(None) == {}
+    assert _live_from({"in_flight": [1], "connections": {"a/x": "2", "a/y": 2, "a/z": -1}}) == {
+        "connections": {"a/y": 2}
+    }
