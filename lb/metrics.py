@@ -200,13 +200,13 @@ METRICS: tuple[MetricSpec, ...] = (
         "lb_endpoint_in_flight_requests",
         "gauge",
         _EP,
-        "Requests sent to the endpoint and not finished.",
+        "Requests sent to the endpoint and not finished, over every worker process.",
     ),
     MetricSpec(
         "lb_endpoint_connections",
         "gauge",
         _EP,
-        "Open upstream connections to the endpoint.",
+        "Open upstream connections to the endpoint, over every worker process.",
     ),
     MetricSpec(
         "lb_pool_health",

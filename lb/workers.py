@@ -82,7 +82,7 @@ QUEUE_LIMIT = 65536
 READY_TIMEOUT = 15.0
 """Seconds :meth:`Workers.run` waits for the children's ``ready`` before reporting started."""
 FLUSH_INTERVAL = 1.0
-"""Seconds between a child's reports: traffic counters, or a heartbeat without traffic."""
+"""Seconds between a child's reports (traffic counters and live counts; also its heartbeat)."""
 SILENT_TIMEOUT = 10.0
 """A running child silent on stdout for longer (stopped, hung) is killed and restarted."""
 BACKOFF_FIRST, BACKOFF_MAX = 0.5, 30.0
