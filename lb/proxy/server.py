@@ -6,9 +6,12 @@ Theory of operation
 One trio task per client connection runs a keep-alive loop: read a request head, steer it
 (:meth:`steering.Router.decide`), forward it over a pooled upstream connection
 (:mod:`lb.proxy.upstream`), relay the response, repeat.  Bodies are streamed both ways in the
-chunks they arrive in; nothing is buffered whole.  The request body is sent before the
-response is read (a response that arrives early is read afterwards; an upstream that closes
-before reading the whole body gives 502).
+chunks they arrive in; nothing is buffered whole.  A request body that is still arriving
+when the head goes upstream is pumped by a task of its own (in the connection's nursery,
+under its watchdog) while the exchange waits for the response head, as Go's transport does:
+an upstream that answers before it has read the body (a 413, a 401) and then closes or stops
+reading is relayed, and the client connection closes afterwards with the rest of the body
+unread.  Requests whose body is complete on arrival (and bodiless ones) take no task.
 
 Per request the hot path is: one ``scan_request`` pass over the headers, one steering
 decision, one header rewrite, one write upstream (head and small body together), one write
@@ -121,6 +124,19 @@ class _ClientError(Exception):
         self.reason = reason
 
 
+class _BodyPump:
+    """The task that streams the rest of a request body upstream (:meth:`ProxyServer._forward`)."""
+
+    __slots__ = ("done", "error", "head_wait", "scope")
+
+    def __init__(self) -> None:
+        self.scope = trio.CancelScope()
+        self.done = trio.Event()
+        self.error: _ClientError | UpstreamError | None = None
+        self.head_wait: trio.CancelScope | None = None
+        """The exchange's wait for the response head, while it lasts."""
+
+
 class _Flow:
     """Mutable state of one request, shared between the exchange and its timeout handler."""
 
@@ -128,20 +144,31 @@ class _Flow:
         "body_consumed",
         "endpoint",
         "phase",
+        "pump",
         "record",
         "req_done",
         "responded",
         "sent_any",
         "started",
+        "tasks",
         "trusted",
         "up",
         "watchdog",
     )
 
-    def __init__(self, record: RequestRecord, watchdog: trio.CancelScope, started: float) -> None:
+    def __init__(
+        self,
+        record: RequestRecord,
+        watchdog: trio.CancelScope,
+        started: float,
+        tasks: trio.Nursery | None = None,
+    ) -> None:
         self.record = record
         self.started = started
         self.watchdog = watchdog
+        self.tasks = tasks
+        """Where a body pump runs: the connection's nursery, inside its watchdog."""
+        self.pump: _BodyPump | None = None
         self.phase = ""
         """What the watchdog deadline currently guards: ``client`` or ``upstream``."""
         self.up: UpstreamConnection | None = None
@@ -163,10 +190,12 @@ class _Client:
     """One client connection: its watchdog (the only cancel scope per connection) and the
     request in progress, which the connection loop reports when it is over."""
 
-    __slots__ = ("flow", "idle", "watchdog")
+    __slots__ = ("flow", "idle", "tasks", "watchdog")
 
     def __init__(self) -> None:
         self.watchdog = trio.CancelScope()
+        self.tasks: trio.Nursery | None = None
+        """The connection's nursery (inside the watchdog), for request body pumps."""
         self.flow: _Flow | None = None
         self.idle = False
         """True while waiting for the first byte of a next request (shutdown closes these)."""
@@ -306,29 +335,31 @@ class ProxyServer:
             conn = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_header_bytes)
             watchdog = client.watchdog
             with watchdog:
-                while not self.draining or conn.their_state is not h11.IDLE:
-                    watchdog.deadline = trio.current_time() + limits.idle_timeout
-                    event = await self._read_head(stream, conn, peer, client)
-                    if event is None:
-                        linger = conn.their_state is h11.ERROR
-                        break
-                    keep = await self._exchange(stream, conn, event, peer, https, client)
-                    self._finish(client)
-                    if not keep or conn.our_state is not h11.DONE:
-                        linger = conn.their_state is h11.SEND_BODY
-                        break
-                    if conn.their_state is not h11.DONE:
-                        linger = True
-                        break
-                    conn.start_next_cycle()
+                async with trio.open_nursery() as client.tasks:
+                    while not self.draining or conn.their_state is not h11.IDLE:
+                        watchdog.deadline = trio.current_time() + limits.idle_timeout
+                        event = await self._read_head(stream, conn, peer, client)
+                        if event is None:
+                            linger = conn.their_state is h11.ERROR
+                            break
+                        keep = await self._exchange(stream, conn, event, peer, https, client)
+                        self._finish(client)
+                        if not keep or conn.our_state is not h11.DONE:
+                            linger = conn.their_state is h11.SEND_BODY
+                            break
+                        if conn.their_state is not h11.DONE:
+                            linger = True
+                            break
+                        conn.start_next_cycle()
             if watchdog.cancelled_caught and client.flow is not None:
                 await self._timed_out(stream, conn, client.flow)
         except Exception as exc:  # hostile input must never become a traceback to the client
             # Reaching this means a failure no handler above answered (the client saw a closed
             # connection, not a status): a bug or a degraded mode, so it is logged loudly.
             log.warning("client connection ended with %r", exc, exc_info=True)
-        except trio.Cancelled:
-            # Only the clients nursery cancels from outside: the drain deadline passed.
+        except BaseException:
+            # A Cancelled (maybe in a group from the connection's nursery): only the
+            # clients nursery cancels from outside, so the drain deadline passed.
             if client.flow is not None:
                 client.flow.record.error = "shutdown"
             raise
@@ -449,7 +480,7 @@ class ProxyServer:
             datacenter=datacenter,
             request_id=rid.decode("latin-1"),
         )
-        flow = _Flow(record, client.watchdog, t0)
+        flow = _Flow(record, client.watchdog, t0, client.tasks)
         client.flow = flow
         flow.trusted = trusted
         if not facts.has_body:
@@ -462,6 +493,9 @@ class ProxyServer:
             )
         except _ClientError as abort:
             keep = await self._client_abort(stream, conn, flow, abort)
+        finally:
+            if flow.pump is not None:
+                await self._stop_pump(flow)
         return keep
 
     async def _steer_and_forward(
@@ -558,6 +592,7 @@ class ProxyServer:
                     stream, conn, event, facts, flow, up, target.host, peer, https, client_ip, rid
                 )
             except UpstreamError as err:
+                await self._stop_pump(flow)  # before the checks: it may have taken more body
                 attempt.status, attempt.error = err.status, err.reason
                 live.finished(endpoint)
                 flow.endpoint = None
@@ -625,7 +660,8 @@ class ProxyServer:
         client_ip: str,
         rid: bytes,
     ) -> h11.Response | h11.InformationalResponse:
-        """Send the request (head and streamed body); return the response head."""
+        """Send the request (head and streamed body); return the response head, which may
+        come while the body is still being sent (see below)."""
         limits = self.engine.config.engine.limits
         ip_name = self._names[0]
         # h11 would run its header regexes over every header again on send (a measurable share
@@ -665,9 +701,48 @@ class ProxyServer:
             raise _ClientError(400, "bad_request") from exc
         if flow.req_done:
             pending.append(_up_send(uh, _EOM))
-        max_body = limits.max_body_bytes
+        else:
+            self._take_body(conn, flow, uh, pending, limits.max_body_bytes)
+        await self._send_up(ustream, pending, flow, limits.request_timeout)
+        if flow.req_done:
+            return await self._response_head(uh, ustream, facts)
+        # The rest of the body is still on its way from the client.  It is pumped upstream by
+        # a task of its own while this one waits for the response head, as Go's transport
+        # does: an upstream may answer before it has read the body (a 413, a 401, a redirect)
+        # and then stop reading or close, and that answer is relayed rather than turned into
+        # a 524 or a 502.  The client is told to continue first (Expect: 100-continue), so
+        # that the pump never writes to the client while the response may be relayed.
+        if conn.they_are_waiting_for_100_continue:
+            flow.arm("client", limits.idle_timeout)
+            continue_ = h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue")
+            try:
+                await stream.send_all(_sent(conn.send(continue_)))
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise _ClientError(0, "client_disconnected") from exc
+        assert flow.tasks is not None
+        pump = _BodyPump()
+        flow.pump = pump
+        flow.tasks.start_soon(self._pump_body, stream, conn, flow, up, pump)
+        with trio.CancelScope() as pump.head_wait:
+            head = await self._response_head(uh, ustream, facts)
+            pump.head_wait = None
+            if not isinstance(pump.error, _ClientError):
+                return head
+        pump.head_wait = None
+        assert isinstance(pump.error, _ClientError)
+        raise pump.error  # the client's body failed first: answer that (400, 413...)
+
+    def _take_body(
+        self,
+        conn: h11.Connection,
+        flow: _Flow,
+        uh: h11.Connection,
+        pending: list[bytes],
+        max_body: int,
+    ) -> None:
+        """Move the request body events h11 already has into ``pending`` (upstream bytes)."""
         record = flow.record
-        while not flow.req_done:
+        while True:
             try:
                 ev = conn.next_event()
             except h11.RemoteProtocolError as exc:
@@ -683,37 +758,68 @@ class ProxyServer:
             elif kind is h11.EndOfMessage:
                 flow.req_done = True
                 pending.append(_up_send(uh, _EOM))
+                return
             elif ev is h11.NEED_DATA:
-                if pending:
-                    await self._send_up(ustream, pending, flow, limits.request_timeout)
-                    pending = []
-                if conn.they_are_waiting_for_100_continue:
-                    flow.arm("client", limits.idle_timeout)
-                    try:
-                        await stream.send_all(
-                            _sent(
-                                conn.send(
-                                    h11.InformationalResponse(
-                                        status_code=100, headers=[], reason=b"Continue"
-                                    )
-                                )
-                            )
-                        )
-                    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                        raise _ClientError(0, "client_disconnected") from exc
-                flow.arm("client", limits.idle_timeout)
-                try:
-                    data = await stream.receive_some(RECEIVE_SIZE)
-                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                    raise _ClientError(0, "client_disconnected") from exc
-                if not data:
-                    raise _ClientError(0, "client_disconnected")
-                conn.receive_data(cast(bytes, data))
+                return
             else:  # pragma: no cover - h11 gives nothing else while the body is open
                 raise _ClientError(400, "bad_request")
-        if pending:
-            await self._send_up(ustream, pending, flow, limits.request_timeout)
-        # The response head.
+
+    async def _pump_body(
+        self,
+        stream: trio.abc.Stream,
+        conn: h11.Connection,
+        flow: _Flow,
+        up: UpstreamConnection,
+        pump: _BodyPump,
+    ) -> None:
+        """Read the rest of the request body from the client and send it upstream (a task
+        beside the response; see :meth:`_forward`).  Never raises: a client failure is kept
+        in ``pump.error`` and, before the response started, interrupts the wait for its head
+        (the exchange answers it); an upstream failure is kept, and the wait for the head
+        tells whether the upstream answered anyway."""
+        limits = self.engine.config.engine.limits
+        try:
+            with pump.scope:
+                while not flow.req_done:
+                    flow.arm("client", limits.idle_timeout)
+                    try:
+                        data = await stream.receive_some(RECEIVE_SIZE)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                        raise _ClientError(0, "client_disconnected") from exc
+                    if not data:
+                        raise _ClientError(0, "client_disconnected")
+                    conn.receive_data(cast(bytes, data))
+                    pending: list[bytes] = []
+                    self._take_body(conn, flow, up.h11, pending, limits.max_body_bytes)
+                    if pending:
+                        await self._send_up(up.stream, pending, flow, limits.request_timeout)
+        except _ClientError as exc:
+            pump.error = exc
+            if pump.head_wait is not None:
+                pump.head_wait.cancel()
+        except UpstreamError as exc:
+            pump.error = exc
+        finally:
+            pump.done.set()
+
+    async def _stop_pump(self, flow: _Flow) -> None:
+        """End the body pump of ``flow``, if any, before the exchange is settled: the rest of
+        the body is not wanted once the response is over (the client connection closes, its
+        body unread, and the upstream connection with our request unfinished is not reused)."""
+        pump = flow.pump
+        if pump is None:
+            return
+        flow.pump = None
+        pump.scope.cancel()
+        with trio.CancelScope(shield=True):  # it ends at its next checkpoint
+            await pump.done.wait()
+        if isinstance(pump.error, _ClientError) and not flow.record.error:
+            flow.record.error = pump.error.reason
+
+    async def _response_head(
+        self, uh: h11.Connection, ustream: trio.abc.Stream, facts: RequestFacts
+    ) -> h11.Response | h11.InformationalResponse:
+        """Read the upstream response head (1xx other than a WebSocket 101 are skipped)."""
         got = False
         while True:
             try:
@@ -846,7 +952,14 @@ class ProxyServer:
         self.engine.live.finished(up.endpoint)
         flow.endpoint = None
         flow.up = None
-        self.pool.release(up)
+        pump = flow.pump
+        if pump is not None and not pump.done.is_set():
+            # The upstream answered before taking the whole body: the rest is not wanted,
+            # and the connection must not go back to the pool while the pump may write on it.
+            pump.scope.cancel()
+            self.pool.discard(up)
+        else:
+            self.pool.release(up)
         await self._flush_down(stream, pending, flow, 0.0)
         return not record.error
 

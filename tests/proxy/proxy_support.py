@@ -12,6 +12,8 @@ chosen by the request path, so one fixture serves every test:
 * ``/slow?s=S``: answers after S seconds;
 * ``/ws``: a WebSocket-style upgrade, then echoes raw bytes;
 * ``/drop``: reads the body, then closes without answering;
+* ``/early``: answers 413 before reading the body, then closes (a reset: the body is unread);
+* ``/early-hold``: answers 413 before reading the body, then neither reads nor closes;
 * ``/stale``: answers, then closes the connection silently (as an idle timeout would);
 * ``/stale-race``: answers, then reads the next request head on the connection and closes
   without answering (a server closing an idle connection just as a request arrives);
@@ -217,6 +219,14 @@ async def _backend_request(
     if path == "/drop":
         async for _ in body_chunks():
             pass
+        return False
+    if path in ("/early", "/early-hold"):
+        text = b"too large\n"
+        size = (b"content-length", b"%d" % len(text))
+        reply = h11.Response(status_code=413, headers=[*base, size])
+        await _send(conn, stream, reply, h11.Data(data=text), h11.EndOfMessage())
+        if path == "/early-hold":
+            await trio.sleep_forever()
         return False
     total = 0
     async for chunk in body_chunks():

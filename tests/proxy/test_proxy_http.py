@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tracemalloc
 
 import h11
+import pytest
 import trio
 from proxy_support import (
     LB_HOST,
@@ -360,6 +362,64 @@ async def test_client_disconnect_mid_upload(nursery: trio.Nursery, certs: Certs)
     await eventually(lambda: stack.records, 5)
     assert (await stack.settled())[-1].error == "client_disconnected"
     assert stack.engine.live.connections["p1/e0"] == 0
+
+
+async def test_a_body_limit_crossed_while_the_upstream_waits_is_413(
+    nursery: trio.Nursery, certs: Certs
+) -> None:
+    """The body pump (a task beside the wait for the response head) finds the limit: the
+    wait ends and the client gets the 413, as when the limit is found before the head."""
+    stack = await start_stack(nursery, certs, 1, limits=Limits(max_body_bytes=1000))
+    async with await Client.connect(stack.port) as client:
+        await client.send_head(
+            "POST", "/sink", [("host", LB_HOST), ("transfer-encoding", "chunked")]
+        )
+        await client.send_body(b"y" * 600)
+        await eventually(lambda: stack.backends[0].seen)  # the head went upstream alone
+        await client.send_body(b"y" * 600)
+        with trio.fail_after(5):
+            resp = await client.read_response()
+    assert resp.status == 413
+    record = (await stack.settled())[-1]
+    assert (record.status, record.error) == (413, "body_too_large")
+    assert stack.engine.live.in_flight["p1/e0"] == 0
+    assert stack.engine.live.connections.get("p1/e0", 0) == 0
+
+
+@pytest.mark.parametrize("path", ["/early", "/early-hold"])
+async def test_an_answer_before_the_body_is_read_is_relayed(
+    nursery: trio.Nursery, certs: Certs, path: str
+) -> None:
+    """An upstream that answers an upload early (here 413) and then closes, or stops reading,
+    is relayed: not a 502, not a 524 after request_timeout.  The client connection closes,
+    its body unread, and the upstream connection is not pooled."""
+    stack = await start_stack(nursery, certs, 1, limits=Limits(request_timeout=30))
+    size = 64 * 1024 * 1024
+    async with await Client.connect(stack.port) as client, trio.open_nursery() as uploads:
+        await client.send_head("POST", path, [("host", LB_HOST), ("content-length", str(size))])
+
+        async def upload() -> None:
+            chunk = b"v" * 65536
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                for _ in range(size // len(chunk)):
+                    await client.send_body(chunk)
+
+        uploads.start_soon(upload)
+        with trio.fail_after(5):
+            resp = await client.read_response()
+            # Then the proxy closes: the rest of the body is never read.
+            with contextlib.suppress(trio.BrokenResourceError):
+                while await client.stream.receive_some(65536):
+                    pass
+        uploads.cancel_scope.cancel()
+    assert (resp.status, resp.body) == (413, b"too large\n")
+    record = (await stack.settled())[-1]
+    assert (record.status, record.upstream_status) == (413, 413)
+    assert record.bytes_in < size
+    live = stack.engine.live
+    assert live.in_flight["p1/e0"] == 0
+    assert live.connections.get("p1/e0", 0) == 0
+    assert stack.server.pool.idle_count() == 0
 
 
 async def test_large_bodies_stream_with_flat_memory(nursery: trio.Nursery, certs: Certs) -> None:
