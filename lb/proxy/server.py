@@ -68,7 +68,7 @@ import ssl
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
-from typing import Any, cast
+from typing import Any, TypedDict, cast
 
 import h11
 import trio
@@ -113,6 +113,27 @@ _CONTENT_TYPE = (b"content-type", b"text/plain; charset=utf-8")
 _EOM = h11.EndOfMessage()
 _ACCEPT_RETRY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 _STALE_REASONS = frozenset({"upstream_closed"})
+
+
+class _Parsed(TypedDict, total=False):
+    _parsed: bool
+
+
+def _pre_validated() -> _Parsed:
+    """``{"_parsed": True}`` if this h11 takes it, else ``{}``.
+
+    ``_parsed`` is h11's private switch (0.14 to 0.16 at least) for events built from values
+    it already validated; it saves ~9 us per request.  An h11 without it gets the public
+    constructor, which validates again: slower, never broken.
+    """
+    try:
+        h11.Request(method=b"GET", target=b"/", headers=[(b"host", b"x")], _parsed=True)
+    except TypeError:  # pragma: no cover - an h11 without the switch
+        return {}
+    return {"_parsed": True}
+
+
+_PRE_VALIDATED = _pre_validated()
 
 
 class _ClientError(Exception):
@@ -665,10 +686,10 @@ class ProxyServer:
         limits = self.engine.config.engine.limits
         ip_name = self._names[0]
         # h11 would run its header regexes over every header again on send (a measurable share
-        # of the request cost); the events are built with ``_parsed=True`` instead, which is
-        # safe because every value is either from h11's own parser (client and upstream
-        # heads), generated here (IPs, ids, cookies), or from the configuration and checked
-        # once here: the endpoint Host and the client-IP header name.
+        # of the request cost); the events are built with ``_parsed=True`` instead (see
+        # _PRE_VALIDATED), which is safe because every value is either from h11's own parser
+        # (client and upstream heads), generated here (IPs, ids, cookies), or from the
+        # configuration and checked once here: the endpoint Host and the client-IP header name.
         if not safe_header_value(host) or not safe_header_name(ip_name):
             raise UpstreamError(errors.BAD_GATEWAY, "bad_config")
         out_headers = upstream_headers(
@@ -692,7 +713,7 @@ class ProxyServer:
                             method=event.method,
                             target=event.target,
                             headers=out_headers,
-                            _parsed=True,  # every name and value is pre-validated: see below
+                            **_PRE_VALIDATED,  # every name and value is checked: see above
                         )
                     )
                 )
@@ -907,7 +928,7 @@ class ProxyServer:
                             status_code=status,
                             headers=headers,
                             reason=reason,
-                            _parsed=True,  # upstream's parsed headers plus our own
+                            **_PRE_VALIDATED,  # upstream's parsed headers plus our own
                         )
                     )
                 )
