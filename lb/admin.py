@@ -353,6 +353,8 @@ class _Admin:
             cookies=parse_cookies(headers.get("cookie", "").encode("latin-1")),
             now=trio.current_time(),
             wall=time.time(),
+            method=(_one(query, "method") or "GET").upper(),
+            uri=_one(query, "path") or "/",
         )
         # A router of our own over the current snapshot, with a read-only view of the header
         # sessions: explaining must not pin, refresh or expire anyone's session, and the live

@@ -51,6 +51,7 @@ Nothing here awaits, reads a clock or draws randomness except from the ``rng`` p
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from bisect import bisect
 from collections.abc import Sequence
@@ -58,6 +59,7 @@ from dataclasses import dataclass, field
 from itertools import accumulate
 from random import Random
 
+from lb.config.expressions import Fields, compile_condition
 from lb.config.model import Datacenter, LoadBalancer
 from lb.core.health import Health
 from lb.core.snapshot import EndpointView, PoolView, Snapshot
@@ -209,10 +211,22 @@ class _Plan:
         "policy",
         "pool_names",
         "routes",
+        "ruled",
+        "rules",
     )
 
     def __init__(self, lb: LoadBalancer, snapshot: Snapshot, *, local: bool) -> None:
         self.lb = lb
+        self.rules = tuple(
+            (i, rule, compile_condition(rule.condition))
+            for i, rule in sorted(enumerate(lb.rules), key=lambda r: r[1].priority)
+            if not rule.disabled
+        )
+        """R32: enabled custom rules in evaluation order (priority, then list order), with
+        their list index and compiled condition."""
+        self.ruled: dict[tuple[int, ...], _Plan] = {}
+        """Indexes of the rules that matched -> the plan of the load balancer with their
+        overrides (see :meth:`Router._apply_rules`)."""
         self.policy = lb.effective_policy
         self.by_datacenter = self.policy in ("geo", "proximity", "dynamic_latency")
         """Whether the candidate pools depend on the request's data center."""
@@ -320,7 +334,12 @@ class Router:
     ) -> Decision:
         """Steer one request; see the module docstring for the steps."""
         plan = self._plans.get(req.host) or self._plan(req.host)
-        if plan is not None and not trace:
+        tr: list[str] | None = [] if trace else None
+        if plan is not None and plan.rules:
+            plan, fixed = self._apply_rules(plan, req, tr)
+            if fixed is not None:
+                return fixed
+        if plan is not None and tr is None:
             # The fast path (module docstring): no affinity, and the pool does not depend on
             # the request, so only the endpoint pick is left, done as in the general path.
             fast = plan.fast.get(req.datacenter if plan.fast_by_datacenter else "")
@@ -336,7 +355,6 @@ class Router:
                     i = self._index(eps, policy, req, rng, live or _NO_LIVE)
                 if i >= 0:
                     return made[i] if i < len(made) else made[-1]
-        tr: list[str] | None = [] if trace else None
         if plan is None:
             if tr is None:
                 return _UNKNOWN_HOST
@@ -383,6 +401,8 @@ class Router:
         chosen = self._pick_endpoint(pool, req, rng, live, tr, exclude=tried)
         if chosen is None and lb.adaptive_routing.failover_across_pools:
             plan = self._plan(req.host)
+            if plan is not None and plan.rules:
+                plan, _ = self._apply_rules(plan, req, None)
             route = self._route(plan, req) if plan else None
             pools = route.eligible if route else ()
             # R43: the next pools in steering order after the failed one (all others when
@@ -429,6 +449,70 @@ class Router:
             pinned=first.pinned,
             tried=tried,
         )
+
+    # ------------------------------------------------------------------ custom rules
+
+    def _apply_rules(
+        self, plan: _Plan, req: Request, tr: list[str] | None
+    ) -> tuple[_Plan, Decision | None]:
+        """R32: run the custom rules of ``plan`` for ``req``.
+
+        Returns the plan to steer with (the load balancer with the overrides of every rule
+        that matched, later rules winning per field; ``plan`` itself when none did) and, when
+        a matching rule has a ``fixed_response``, the decision that answers with it.
+        """
+        dc = self._datacenters.get(req.datacenter) if req.datacenter else None
+        fields = Fields(
+            host=req.host,
+            method=req.method,
+            uri=req.uri,
+            version=req.version,
+            headers=req.headers,
+            cookies=req.cookies,
+            client_ip=req.client_ip,
+            load_balancer=plan.lb.name,
+            region=dc.region if dc is not None else "",
+            timestamp=int(req.wall),
+        )
+        matched: list[int] = []
+        for index, rule, condition in plan.rules:
+            label = f"rule {index}" + (f" ({rule.name})" if rule.name else "")
+            if not condition.matches(fields):
+                if tr is not None:
+                    tr.append(f"{label}: condition false")
+                continue
+            fixed = rule.fixed_response
+            if fixed is not None:
+                if tr is not None:
+                    tr.append(f"{label}: matched; fixed response {fixed.status_code} (R32)")
+                return plan, Decision(
+                    load_balancer=plan.lb,
+                    pool=None,
+                    endpoint=None,
+                    reason="fixed_response",
+                    policy="rules",
+                    status=fixed.status_code,
+                    trace=tr,
+                    fixed=fixed,
+                )
+            matched.append(index)
+            if tr is not None:
+                changed = ", ".join(rule.overrides.changes()) or "nothing"
+                stop = "; terminates" if rule.terminates else ""
+                tr.append(f"{label}: matched; overrides {changed}{stop} (R32)")
+            if rule.terminates:
+                break
+        if not matched:
+            return plan, None
+        key = tuple(matched)
+        ruled = plan.ruled.get(key)
+        if ruled is None:
+            changes: dict[str, object] = {}
+            for index in matched:
+                changes.update(plan.lb.rules[index].overrides.changes())
+            lb = dataclasses.replace(plan.lb, rules=(), **changes)  # type: ignore[arg-type]
+            ruled = plan.ruled[key] = _Plan(lb, self.snapshot, local=self._local.enabled)
+        return ruled, None
 
     # ------------------------------------------------------------------ affinity
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections import deque
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from lb.config.model import LoadBalancer
+from lb.config.model import FixedResponse, LoadBalancer
 from lb.core.snapshot import EndpointView, PoolView
 
 __all__ = ["Affinity", "Counts", "Decision", "Live", "Request"]
@@ -34,6 +35,10 @@ class Request:
     """All request cookies, for header affinity on ``cookie`` / ``cookie:a,b``."""
     now: float = 0.0
     wall: float = 0.0
+    method: str = "GET"
+    uri: str = "/"
+    """The request target (path and query), for custom rules (R32)."""
+    version: str = "HTTP/1.1"
 
 
 class Affinity:
@@ -265,7 +270,8 @@ class Decision(NamedTuple):
     pool: PoolView | None
     endpoint: EndpointView | None
     reason: str
-    """``policy``, ``affinity``, ``fallback``, ``retry``, ``unknown_host`` or ``no_pool``."""
+    """``policy``, ``affinity``, ``fallback``, ``retry``, ``fixed_response``, ``unknown_host`` or
+    ``no_pool``."""
     policy: str = ""
     """The pool policy that chose the pool, and the endpoint policy, e.g. ``geo/random``."""
     affinity: str = Affinity.NONE
@@ -277,12 +283,27 @@ class Decision(NamedTuple):
     """The endpoint key an affinity session is pinned to, when one was honoured."""
     tried: tuple[str, ...] = ()
     """Endpoint keys of the attempts so far (for the zero-downtime retry)."""
+    fixed: FixedResponse | None = None
+    """A custom rule's direct answer (reason ``fixed_response``, R32)."""
 
     def with_affinity(self, affinity: str, set_cookie: str | None = None) -> Decision:
         """This decision for a session that is not a hit (``affinity`` says why), with the new
         ``__cflb`` it sets, if any.  ``_replace`` would do the same at three times the cost."""
-        lb, pool, ep, reason, policy, _, _, status, trace, pinned, tried = self
-        new = (lb, pool, ep, reason, policy, affinity, set_cookie, status, trace, pinned, tried)
+        lb, pool, ep, reason, policy, _, _, status, trace, pinned, tried, fixed = self
+        new = (
+            lb,
+            pool,
+            ep,
+            reason,
+            policy,
+            affinity,
+            set_cookie,
+            status,
+            trace,
+            pinned,
+            tried,
+            fixed,
+        )
         return _tuple_new(Decision, new)
 
     @property
@@ -302,6 +323,7 @@ class Decision(NamedTuple):
             "affinity": self.affinity,
             "set_cookie": self.set_cookie is not None,
             "status": self.status,
+            "fixed_response": None if self.fixed is None else dataclasses.asdict(self.fixed),
             "trace": list(self.trace or ()),
         }
 

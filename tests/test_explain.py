@@ -62,3 +62,24 @@ def test_explain_unknown_down_endpoint_is_a_clear_error(capsys: pytest.CaptureFi
     code, _, err = explain(capsys, "--host", "geo.localhost", "--down", "eu/nope")
     assert code == 2
     assert "--down eu/nope: no monitored endpoint of that name" in err
+
+
+RULES = str(Path(__file__).resolve().parent.parent / "configs" / "rules.yaml")
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--path", "/api/v1/users"], "rules.localhost -> pool api, endpoint api-1"),
+        (["--header", "x-canary=1"], "rules.localhost -> pool canary, endpoint canary-1"),
+        (["--path", "/maintenance"], "rules.localhost -> fixed response 503 (custom rule)"),
+        (["--path", "/"], "rules.localhost -> pool web"),
+    ],
+)
+def test_explain_applies_custom_rules(
+    capsys: pytest.CaptureFixture[str], args: list[str], expected: str
+) -> None:
+    code = main(["explain", RULES, "--host", "rules.localhost", *args])
+    out, _ = capsys.readouterr()
+    assert code == 0
+    assert out.startswith(expected), out

@@ -14,6 +14,7 @@ import sys
 
 from lb.config.loader import load_config
 from lb.engine import Engine
+from lb.proxy.headers import parse_cookies
 from steering import Request
 
 NAME = "explain"
@@ -27,6 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--client-ip", default="", help="client IP (hash, ip_cookie, shedding)")
     parser.add_argument("--datacenter", default="", help="entry data center code, e.g. FRA")
     parser.add_argument("--cookie", default=None, help="the __cflb value the client sends")
+    parser.add_argument("--method", default="GET", help="request method (custom rules)")
+    parser.add_argument("--path", default="/", help="request path and query (custom rules)")
     parser.add_argument(
         "--header", action="append", default=[], metavar="K=V", help="a request header"
     )
@@ -68,6 +71,9 @@ def run(args: argparse.Namespace) -> int:
         datacenter=args.datacenter,
         cookie=args.cookie,
         headers=headers,
+        cookies=parse_cookies(headers.get("cookie", "").encode("latin-1")),
+        method=args.method.upper(),
+        uri=args.path,
     )
     decision = engine.router.decide(request, random.Random(args.seed), trace=True)
     if decision.status == 404:
@@ -80,7 +86,9 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(decision.as_json(), indent=2))
         return 0
-    if decision.endpoint is not None:
+    if decision.fixed is not None:
+        print(f"{args.host} -> fixed response {decision.fixed.status_code} (custom rule)")
+    elif decision.endpoint is not None:
         tunnel = f" (tunnel {decision.tunnel_id})" if decision.tunnel_id else ""
         print(
             f"{args.host} -> pool {decision.pool.name if decision.pool else '-'}, "

@@ -16,6 +16,7 @@ from lb.config._items import Item, Parsed, Seen
 from lb.config._net import cidr_problem, host_port_problem
 from lb.config._report import Report, did_you_mean, fmt_number
 from lb.config._source import Segment, Where
+from lb.config.expressions import ExpressionError, compile_condition
 from lb.config.hosts import connect_key, split_host_port
 from lb.config.model import (
     REGIONS,
@@ -25,6 +26,8 @@ from lb.config.model import (
     Monitor,
     Origin,
     Pool,
+    RandomSteering,
+    RuleOverrides,
 )
 from lb.config.tunnels import TUNNEL_SUFFIX, looks_like_tunnel, tunnel_uuid
 
@@ -346,6 +349,7 @@ def _check_load_balancer(
     used = _used_pools(resolved)
     _check_geo_keys(item, parsed, report)
     _check_affinity(item, report)
+    _check_rules(item, report)
     _check_unsupported(item, report)
     _check_policy(item, [pools.get(name) for name in used], report)
     if not item.value.proxied:
@@ -371,15 +375,46 @@ def _resolve_references(
     def mapping(field: str, value: Mapping[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
         return {key: names(refs, field, key) for key, refs in value.items()}
 
+    def weights(steering: RandomSteering, *sub: Segment) -> RandomSteering:
+        out: dict[str, float] = {}
+        seen = Seen(report)
+        for ref, weight in steering.pool_weights.items():
+            where = item.at(*sub, "pool_weights", ref)
+            name = pools.resolve(ref, where)
+            if seen.add(name, where, "pool weight", shown=ref):
+                out[name] = weight
+        return dataclasses.replace(steering, pool_weights=out)
+
+    def overrides(o: RuleOverrides, *sub: Segment) -> RuleOverrides:
+        """A custom rule's overrides with their pool references resolved the same way."""
+        return dataclasses.replace(
+            o,
+            default_pools=None
+            if o.default_pools is None
+            else names(o.default_pools, *sub, "default_pools"),
+            fallback_pool=None
+            if o.fallback_pool is None
+            else pools.resolve(o.fallback_pool, item.at(*sub, "fallback_pool")),
+            region_pools=None
+            if o.region_pools is None
+            else {k: names(v, *sub, "region_pools", k) for k, v in o.region_pools.items()},
+            country_pools=None
+            if o.country_pools is None
+            else {k: names(v, *sub, "country_pools", k) for k, v in o.country_pools.items()},
+            pop_pools=None
+            if o.pop_pools is None
+            else {k: names(v, *sub, "pop_pools", k) for k, v in o.pop_pools.items()},
+            random_steering=None
+            if o.random_steering is None
+            else weights(o.random_steering, *sub, "random_steering"),
+        )
+
     if not lb.default_pools:
         report.error(item.at("default_pools"), "must list at least one pool")
-    weights: dict[str, float] = {}
-    seen = Seen(report)
-    for ref, weight in lb.random_steering.pool_weights.items():
-        where = item.at("random_steering", "pool_weights", ref)
-        name = pools.resolve(ref, where)
-        if seen.add(name, where, "pool weight", shown=ref):
-            weights[name] = weight
+    rules = tuple(
+        dataclasses.replace(rule, overrides=overrides(rule.overrides, "rules", i, "overrides"))
+        for i, rule in enumerate(lb.rules)
+    )
     return dataclasses.replace(
         lb,
         id=lb.id or lb.name,
@@ -388,15 +423,24 @@ def _resolve_references(
         region_pools=mapping("region_pools", lb.region_pools),
         country_pools=mapping("country_pools", lb.country_pools),
         pop_pools=mapping("pop_pools", lb.pop_pools),
-        random_steering=dataclasses.replace(lb.random_steering, pool_weights=weights),
+        random_steering=weights(lb.random_steering, "random_steering"),
+        rules=rules,
     )
 
 
 def _used_pools(lb: LoadBalancer) -> list[str]:
-    """Every pool name a load balancer may send traffic to, each once, in a stable order."""
+    """Every pool name a load balancer may send traffic to, its custom rules' overrides
+    included, each once, in a stable order."""
     lists = [lb.default_pools, (lb.fallback_pool,), tuple(lb.random_steering.pool_weights)]
     for mapping in (lb.region_pools, lb.country_pools, lb.pop_pools):
         lists.extend(mapping.values())
+    for rule in lb.rules:
+        o = rule.overrides
+        lists += [o.default_pools or (), (o.fallback_pool,) if o.fallback_pool else ()]
+        if o.random_steering is not None:
+            lists.append(tuple(o.random_steering.pool_weights))
+        for m in (o.region_pools, o.country_pools, o.pop_pools):
+            lists.extend((m or {}).values())
     return list(dict.fromkeys(name for names in lists for name in names))
 
 
@@ -435,9 +479,34 @@ def _check_affinity(item: Item[LoadBalancer], report: Report) -> None:
             report.error(where, '"sticky" is not supported with header affinity')
 
 
+_HEADER_UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _check_rules(item: Item[LoadBalancer], report: Report) -> None:
+    """R32: every condition compiles; fixed responses fit Cloudflare's limits."""
+    lb = item.value
+    for i, rule in enumerate(lb.rules):
+        try:
+            compile_condition(rule.condition)
+        except ExpressionError as exc:
+            report.error(item.at("rules", i, "condition"), f"{exc.message} (column {exc.column})")
+        fixed = rule.fixed_response
+        if fixed is not None:
+            for name, limit in (("content_type", 32), ("location", 2048), ("message_body", 1024)):
+                value = getattr(fixed, name)
+                where = item.at("rules", i, "fixed_response", name)
+                if len(value) > limit:
+                    report.error(where, f"must be at most {limit} characters")
+                elif name != "message_body" and _HEADER_UNSAFE.search(value):
+                    report.error(where, "must not contain control characters (a header value)")
+        if len(rule.name) > 200:
+            report.error(item.at("rules", i, "name"), "must be at most 200 characters")
+    if lb.rules and lb.effective_policy == "geo":
+        message = "custom rules do not work with geo steering on Cloudflare; tunnel-lb applies them"
+        report.warn(item.at("rules"), message)
+
+
 def _check_unsupported(item: Item[LoadBalancer], report: Report) -> None:
-    if item.value.rules:
-        report.error(item.at("rules"), "custom rules are not supported yet")
     if item.value.pool_sets:
         report.error(item.at("pool_sets"), "pool sets are not supported yet")
 

@@ -17,6 +17,7 @@ from lb.config.model import (
     CertificatePair,
     Datacenter,
     Engine,
+    FixedResponse,
     Limits,
     Listener,
     LoadBalancer,
@@ -27,6 +28,8 @@ from lb.config.model import (
     OriginSteering,
     Pool,
     RandomSteering,
+    Rule,
+    RuleOverrides,
     SessionAffinityAttributes,
     Tunnel,
     TunnelReplica,
@@ -44,6 +47,9 @@ REFERENCE: tuple[tuple[str, type, str | None], ...] = (
     ("load_balancers[].random_steering", RandomSteering, None),
     ("load_balancers[].adaptive_routing", AdaptiveRouting, None),
     ("load_balancers[].session_affinity_attributes", SessionAffinityAttributes, None),
+    ("load_balancers[].rules[]", Rule, None),
+    ("load_balancers[].rules[].overrides", RuleOverrides, None),
+    ("load_balancers[].rules[].fixed_response", FixedResponse, None),
     ("tunnels.<uuid>", Tunnel, "id"),
     ("tunnels.<uuid>.replicas[]", TunnelReplica, None),
     ("datacenters.<code>", Datacenter, "code"),
@@ -119,7 +125,7 @@ def _allowed(meta: typing.Mapping[str, Any]) -> str:
         return ", ".join(f"`{json.dumps(c)}`" for c in meta["choices"])
     if "range" in meta:
         low, high = meta["range"]
-        return f"{low:g} to {high:g}"
+        return " to ".join(str(b) if isinstance(b, int) else f"{b:g}" for b in (low, high))
     if meta.get("path"):
         return "a file; relative to the configuration file"
     return ""

@@ -222,6 +222,70 @@ class SessionAffinityAttributes:
     require_all_headers: bool = _f(False, doc="header mode: all headers must be present")
 
 
+_STEERING_POLICIES = (
+    "",
+    "off",
+    "geo",
+    "random",
+    "dynamic_latency",
+    "proximity",
+    "least_outstanding_requests",
+    "least_connections",
+)
+_AFFINITY_MODES = ("", "none", "cookie", "ip_cookie", "header")
+
+
+@dataclass(**_FROZEN)
+class FixedResponse:
+    """A custom rule's direct answer (R32): no pool is used."""
+
+    status_code: int = _f(200, range=(100, 599), doc="HTTP status")
+    content_type: str = _f("", doc="Content-Type (at most 32 characters)")
+    location: str = _f("", doc="Location (at most 2048 characters)")
+    message_body: str = _f("", doc="the body (at most 1024 characters)")
+
+
+@dataclass(**_FROZEN)
+class RuleOverrides:
+    """Load-balancer fields a matching custom rule replaces (R32); unset fields stay."""
+
+    default_pools: tuple[str, ...] | None = _f(None, doc="pool ids or names")
+    fallback_pool: str | None = _f(None, doc="pool id or name")
+    region_pools: Mapping[str, tuple[str, ...]] | None = _f(None, doc="as the load balancer's")
+    country_pools: Mapping[str, tuple[str, ...]] | None = _f(None, doc="as the load balancer's")
+    pop_pools: Mapping[str, tuple[str, ...]] | None = _f(None, doc="as the load balancer's")
+    steering_policy: str | None = _f(None, choices=_STEERING_POLICIES, doc="pool steering")
+    random_steering: RandomSteering | None = _f(None, doc="pool weights")
+    adaptive_routing: AdaptiveRouting | None = _f(None, doc="R43")
+    location_strategy: Mapping[str, str] | None = _f(None, doc="DNS-only; accepted, no effect")
+    session_affinity: str | None = _f(None, choices=_AFFINITY_MODES, doc="affinity mode")
+    session_affinity_ttl: float | None = _f(None, doc="seconds")
+    session_affinity_attributes: SessionAffinityAttributes | None = _f(None, doc="affinity options")
+    ttl: int | None = _f(None, range=(0, 86400), doc="DNS-only answer TTL")
+
+    def changes(self) -> dict[str, Any]:
+        """The fields this rule sets, by name."""
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if getattr(self, f.name) is not None
+        }
+
+
+@dataclass(**_FROZEN)
+class Rule:
+    """A custom rule (R32): when ``condition`` holds, ``overrides`` apply to the request, or
+    ``fixed_response`` answers it.  Conditions are Cloudflare's Rules language (docs/rules.md)."""
+
+    name: str = _f("", doc="label (at most 200 characters)")
+    condition: str = _f("", doc="Rules-language expression; empty = every request")
+    priority: int = _f(0, range=(0, 2**31 - 1), doc="lower runs first; ties in list order")
+    disabled: bool = _f(False, doc="skipped when true")
+    terminates: bool = _f(False, doc="stop evaluating rules after this one matches")
+    fixed_response: FixedResponse | None = _f(None, doc="answer directly (terminates)")
+    overrides: RuleOverrides = _f(RuleOverrides(), doc="load-balancer fields to replace")
+
+
 @dataclass(**_FROZEN)
 class LoadBalancer:
     """A Cloudflare load balancer; ``name`` is the hostname it answers for."""
@@ -238,34 +302,19 @@ class LoadBalancer:
     ttl: int = _f(30, range=(0, 86400), doc="DNS-only answer TTL; unused by the proxy")
     default_pools: tuple[str, ...] = _f(doc="failover order of pool ids or names")
     fallback_pool: str = _f(doc="pool of last resort, health ignored (R30)")
-    steering_policy: str = _f(
-        "",
-        choices=(
-            "",
-            "off",
-            "geo",
-            "random",
-            "dynamic_latency",
-            "proximity",
-            "least_outstanding_requests",
-            "least_connections",
-        ),
-        doc="pool steering (R25-R29)",
-    )
+    steering_policy: str = _f("", choices=_STEERING_POLICIES, doc="pool steering (R25-R29)")
     random_steering: RandomSteering = _f(RandomSteering(), doc="pool weights")
     region_pools: Mapping[str, tuple[str, ...]] = _f({}, doc="region code -> pools (geo)")
     country_pools: Mapping[str, tuple[str, ...]] = _f({}, doc="country code -> pools (geo)")
     pop_pools: Mapping[str, tuple[str, ...]] = _f({}, doc="data center code -> pools (geo)")
     location_strategy: Mapping[str, str] | None = _f(None, doc="DNS-only; accepted, no effect")
     adaptive_routing: AdaptiveRouting = _f(AdaptiveRouting(), doc="R43")
-    session_affinity: str = _f(
-        "", choices=("", "none", "cookie", "ip_cookie", "header"), doc="affinity mode (R34)"
-    )
+    session_affinity: str = _f("", choices=_AFFINITY_MODES, doc="affinity mode (R34)")
     session_affinity_ttl: float | None = _f(None, doc="seconds; default 82800 cookie, 1800 header")
     session_affinity_attributes: SessionAffinityAttributes = _f(
         SessionAffinityAttributes(), doc="affinity options"
     )
-    rules: tuple[Mapping[str, Any], ...] = _f((), doc="custom rules: not supported yet")
+    rules: tuple[Rule, ...] = _f((), doc="custom rules (R32)")
     pool_sets: tuple[Mapping[str, Any], ...] | None = _f(None, doc="pool sets: not supported yet")
 
     @property

@@ -75,7 +75,7 @@ import trio
 
 from lb.config.hosts import normalise_host
 from lb.config.model import Engine as EngineSettings
-from lb.config.model import Limits
+from lb.config.model import FixedResponse, Limits
 from lb.core.snapshot import EndpointView
 from lb.engine import Engine
 from lb.proxy import errors
@@ -113,6 +113,7 @@ _CONTENT_TYPE = (b"content-type", b"text/plain; charset=utf-8")
 _EOM = h11.EndOfMessage()
 _ACCEPT_RETRY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 _STALE_REASONS = frozenset({"upstream_closed"})
+_VERSIONS = {b"1.1": "HTTP/1.1", b"1.0": "HTTP/1.0"}
 
 
 class _Parsed(TypedDict, total=False):
@@ -567,6 +568,9 @@ class ProxyServer:
             cookies=_LazyCookies(facts.cookie),
             now=trio.current_time(),
             wall=time.time(),
+            method=record.method,
+            uri=record.target,
+            version=_VERSIONS.get(event.http_version, "HTTP/1.1"),
         )
         live = engine.live
         decision = router.decide(req, self.rng, live)
@@ -574,6 +578,8 @@ class ProxyServer:
         record.load_balancer = decision.load_balancer.name if decision.load_balancer else None
         record.decision = decision.reason
         record.affinity = decision.affinity
+        if decision.fixed is not None:
+            return await self._fixed_response(stream, conn, flow, decision.fixed)
         if decision.endpoint is None:
             status = decision.status or errors.NO_POOL
             if status == 404:
@@ -1059,9 +1065,31 @@ class ProxyServer:
         extra: list[tuple[bytes, bytes]] = []
         if status == errors.NO_POOL:
             extra.append((b"retry-after", b"120"))
-        data = _simple_response(conn, status, body, close=close, extra=extra)
+        head = flow.record.method == "HEAD"
+        data = _simple_response(conn, status, body, close=close, extra=extra, head=head)
         flow.responded = True
         flow.record.status = status
+        await self._flush_down(stream, [data], flow, self.engine.config.engine.limits.idle_timeout)
+        return not close
+
+    async def _fixed_response(
+        self, stream: trio.abc.Stream, conn: h11.Connection, flow: _Flow, fixed: FixedResponse
+    ) -> bool:
+        """A custom rule's direct answer (R32): its status, Content-Type, Location and body."""
+        close = self.draining or conn.their_state is not h11.DONE
+        extra = [(b"location", fixed.location.encode())] if fixed.location else []
+        content_type = (b"content-type", (fixed.content_type or "text/plain").encode())
+        data = _simple_response(
+            conn,
+            fixed.status_code,
+            fixed.message_body.encode(),
+            close=close,
+            extra=extra,
+            head=flow.record.method == "HEAD",
+            content_type=content_type,
+        )
+        flow.responded = True
+        flow.record.status = fixed.status_code
         await self._flush_down(stream, [data], flow, self.engine.config.engine.limits.idle_timeout)
         return not close
 
@@ -1099,6 +1127,7 @@ class ProxyServer:
                 abort.status,
                 b"%d %s\n" % (abort.status, reason_phrase(abort.status)),
                 close=True,
+                head=record.method == "HEAD",
             )
             record.status = abort.status
             with trio.move_on_after(self.engine.config.engine.limits.idle_timeout):
@@ -1129,7 +1158,7 @@ class ProxyServer:
         style = self.engine.config.engine.error_style
         shown = public_status(status, style)
         body = error_body(status, style) if status != 408 else b"408 Request Timeout\n"
-        data = _simple_response(conn, shown, body, close=True)
+        data = _simple_response(conn, shown, body, close=True, head=record.method == "HEAD")
         record.status = shown
         with trio.move_on_after(self.engine.config.engine.limits.idle_timeout):
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
@@ -1282,23 +1311,23 @@ def _simple_response(
     *,
     close: bool,
     extra: Sequence[tuple[bytes, bytes]] = (),
+    head: bool = False,
+    content_type: tuple[bytes, bytes] = _CONTENT_TYPE,
 ) -> bytes:
+    """A whole response of ours; ``head`` (the request was HEAD) leaves the body out, as h11
+    requires, keeping its Content-Length."""
     headers: list[tuple[bytes, bytes]] = [
-        _CONTENT_TYPE,
+        content_type,
         (b"content-length", b"%d" % len(body)),
         *extra,
     ]
     if close:
         headers.append((b"connection", b"close"))
-    parts = [
-        _sent(
-            conn.send(
-                h11.Response(status_code=status, headers=headers, reason=reason_phrase(status))
-            )
-        ),
-        _sent(conn.send(h11.Data(data=body))),
-        _sent(conn.send(_EOM)),
-    ]
+    response = h11.Response(status_code=status, headers=headers, reason=reason_phrase(status))
+    parts = [_sent(conn.send(response))]
+    if not head:
+        parts.append(_sent(conn.send(h11.Data(data=body))))
+    parts.append(_sent(conn.send(_EOM)))
     return b"".join(parts)
 
 

@@ -16,6 +16,7 @@ GROUPS = [
     ("affinity.yaml",),
     ("weighted.yaml",),
     ("https.yaml",),
+    ("rules.yaml",),
     # Cloudflare API exports: pools refer to the monitor by id, the load balancer to pools.
     ("cloudflare-monitors.json", "cloudflare-api.json", "cloudflare-lb.json"),
 ]

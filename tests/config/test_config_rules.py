@@ -419,9 +419,21 @@ def test_minimum_origins_above_endpoint_count_warns() -> None:
             id="unknown-pool-weight",
         ),
         pytest.param(
-            "rules: [{name: r1, condition: 'true'}]",
-            "lb.yaml:7: load_balancers[0].rules: custom rules are not supported yet",
-            id="rules",
+            """rules: [{name: r1, condition: 'http.request.path eq "/"'}]""",
+            'lb.yaml:7: load_balancers[0].rules[0].condition: unknown field "http.request.path" '
+            '(did you mean "http.request.uri.path"?) (column 1)',
+            id="r32-condition-does-not-compile",
+        ),
+        pytest.param(
+            "rules: [{overrides: {default_pools: [b], fallback_pool: zz}}]",
+            'lb.yaml:7: load_balancers[0].rules[0].overrides.fallback_pool: unknown pool "zz"',
+            id="r32-unknown-pool-in-overrides",
+        ),
+        pytest.param(
+            """rules: [{fixed_response: {status_code: 302, location: "/a\\nb"}}]""",
+            "lb.yaml:7: load_balancers[0].rules[0].fixed_response.location: must not contain "
+            "control characters (a header value)",
+            id="r32-fixed-response-header",
         ),
         pytest.param(
             "pool_sets: [{name: s1}]",
@@ -602,13 +614,13 @@ def test_all_problems_are_reported_at_once() -> None:
     text = edit(
         monitor("interval: 5, timeout: 1"),
         pool_a(f"{{name: o1, address: {TUNNEL}}}, {{name: o2, address: {TUNNEL}}}"),
-        lb("session_affinity: cookie, session_affinity_ttl: 1, rules: [{}]"),
+        lb("session_affinity: cookie, session_affinity_ttl: 1, rules: [{condition: x}]"),
         extra=f"tunnels: {{{T2.upper()}: {{}}}}\n",
     )
     assert [e.split(": ")[1] for e in errors(text)] == [
         "monitors[0].interval",
         "pools[0].origins[1].address",
         "load_balancers[0].session_affinity_ttl",
-        "load_balancers[0].rules",
+        "load_balancers[0].rules[0].condition",
         f"tunnels.{T2.upper()}",
     ]

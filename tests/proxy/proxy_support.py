@@ -42,6 +42,7 @@ from lb.config.model import (
     LoadBalancer,
     Origin,
     Pool,
+    Rule,
     SessionAffinityAttributes,
 )
 from lb.engine import Engine as LbEngine
@@ -446,6 +447,7 @@ def make_config(
     fallback_enabled: bool = True,
     drain_timeout: float = 5.0,
     extra_connect: dict[str, str] | None = None,
+    rules: tuple[Rule, ...] = (),
 ) -> Config:
     """One load balancer (``app.example``), one pool of tunnel endpoints, one fallback pool."""
     weights = weights or [1.0] * len(ports)
@@ -469,6 +471,7 @@ def make_config(
         fallback_pool="fb",
         session_affinity=affinity,
         session_affinity_attributes=SessionAffinityAttributes(zero_downtime_failover=zdf),
+        rules=rules,
     )
     engine = Engine(
         limits=limits or Limits(),

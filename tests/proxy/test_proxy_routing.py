@@ -8,6 +8,7 @@ import pytest
 import trio
 from proxy_support import LB_HOST, Certs, Client, get, start_stack, tunnel_address
 
+from lb.config.model import FixedResponse, Rule
 from lb.core.health import ProbeResult
 from lb.proxy.upstream import target_for
 from steering.affinity import COOKIE_NAME, expires_of, sign
@@ -356,3 +357,58 @@ async def test_idle_pool_global_cap_evicts_oldest(nursery: trio.Nursery, certs: 
     assert pool.idle_count() == 1
     live = stack.engine.live.connections
     assert sum(live.values()) == 1  # evicted connections were closed and counted
+
+
+async def test_r32_fixed_responses_and_rules_on_real_requests(
+    nursery: trio.Nursery, certs: Certs
+) -> None:
+    moved = FixedResponse(status_code=301, location="https://example.org/new")
+    down = FixedResponse(status_code=503, content_type="application/json", message_body='{"a":1}')
+    rules = (
+        Rule(name="moved", condition='http.request.uri.path eq "/old"', fixed_response=moved),
+        Rule(
+            condition='starts_with(http.request.uri.path, "/maint") and http.request.method '
+            'in {"GET" "HEAD"}',
+            fixed_response=down,
+        ),
+    )
+    stack = await start_stack(nursery, certs, 1, rules=rules)
+    async with await Client.connect(stack.port) as client:
+        old = await client.request("GET", "/old?x=1")
+        assert (old.status, old.header("location"), old.body) == (
+            301,
+            "https://example.org/new",
+            b"",
+        )
+        maint = await client.request("GET", "/maintenance")
+        assert (maint.status, maint.header("content-type"), maint.body) == (
+            503,
+            "application/json",
+            b'{"a":1}',
+        )
+        head = await client.request("HEAD", "/maintenance")
+        assert (head.status, head.header("content-length"), head.body) == (503, "7", b"")
+        # Requests no rule answers go to the pool, on the same connection.
+        assert (await client.request("POST", "/maintenance", body=b"x")).status == 200
+    records = await stack.settled()
+    assert [(r.status, r.decision, r.endpoint) for r in records] == [
+        (301, "fixed_response", None),
+        (503, "fixed_response", None),
+        (503, "fixed_response", None),
+        (200, "policy", "p1/e0"),
+    ]
+    assert [s.path for s in stack.backends[0].seen] == ["/maintenance"]
+
+
+async def test_head_requests_get_proxy_answers_without_a_body(
+    nursery: trio.Nursery, certs: Certs
+) -> None:
+    """A HEAD answered by the proxy itself (here 404 and 530) has a head only, as h11 needs;
+    the connection stays usable."""
+    stack = await start_stack(nursery, certs, 1, pool_enabled=False, fallback_enabled=False)
+    async with await Client.connect(stack.port) as client:
+        unknown = await client.request("HEAD", "/", host="nowhere.example")
+        assert (unknown.status, unknown.body) == (404, b"")
+        no_pool = await client.request("HEAD", "/")
+        assert (no_pool.status, no_pool.body) == (530, b"")
+        assert (await client.request("GET", "/", host="nowhere.example")).status == 404
