@@ -334,12 +334,7 @@ class Router:
     ) -> Decision:
         """Steer one request; see the module docstring for the steps."""
         plan = self._plans.get(req.host) or self._plan(req.host)
-        tr: list[str] | None = [] if trace else None
-        if plan is not None and plan.rules:
-            plan, fixed = self._apply_rules(plan, req, tr)
-            if fixed is not None:
-                return fixed
-        if plan is not None and tr is None:
+        if plan is not None and not trace and not plan.rules:
             # The fast path (module docstring): no affinity, and the pool does not depend on
             # the request, so only the endpoint pick is left, done as in the general path.
             fast = plan.fast.get(req.datacenter if plan.fast_by_datacenter else "")
@@ -355,11 +350,16 @@ class Router:
                     i = self._index(eps, policy, req, rng, live or _NO_LIVE)
                 if i >= 0:
                     return made[i] if i < len(made) else made[-1]
+        tr: list[str] | None = [] if trace else None
         if plan is None:
             if tr is None:
                 return _UNKNOWN_HOST
             tr.append(f"host {req.host!r}: no load balancer answers for it")
             return _UNKNOWN_HOST._replace(trace=tr)
+        if plan.rules:  # R32; the plan with the matched rules' overrides takes the general path
+            plan, fixed = self._apply_rules(plan, req, tr)
+            if fixed is not None:
+                return fixed
         lb = plan.lb
         if tr is not None:
             tr.append(f"load balancer {lb.name}: steering_policy={plan.policy or 'off'}")
