@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from functools import partial
 
@@ -22,6 +23,7 @@ from admin_builders import (
 from admin_builders import engine as make_engine
 
 from lb.admin import ReloadResult, parse_address, serve_admin
+from lb.config.model import FixedResponse, Rule
 from lb.engine import Engine
 from lb.metrics import Metrics
 from steering import Request
@@ -387,3 +389,31 @@ def test_parse_address(text: str, expected: tuple[str, int]) -> None:
 def test_parse_address_rejects(text: str) -> None:
     with pytest.raises(ValueError, match="expected host:port"):
         parse_address(text)
+
+
+async def test_explain_passes_method_and_path_to_custom_rules(
+    start_admin: StartAdmin, engine: Engine
+) -> None:
+    lb = engine.config.load_balancers[0]
+    rule = Rule(
+        condition='http.request.method eq "DELETE" and http.request.uri.path eq "/x"',
+        fixed_response=FixedResponse(status_code=405),
+    )
+    engine.reconfigure(
+        dataclasses.replace(
+            engine.config,
+            load_balancers=(
+                dataclasses.replace(lb, rules=(rule,)),
+                *engine.config.load_balancers[1:],
+            ),
+        ),
+        now=0.0,
+    )
+    client = await start_admin()
+    r = await client.get("/explain", params={"host": HOST, "method": "delete", "path": "/x"})
+    assert (r.json()["reason"], r.json()["fixed_response"]["status_code"]) == (
+        "fixed_response",
+        405,
+    )
+    r = await client.get("/explain", params={"host": HOST, "path": "/x"})
+    assert r.json()["reason"] != "fixed_response"
