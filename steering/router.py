@@ -11,7 +11,9 @@ request costs a few dictionary lookups, one ``bisect`` and the policy's own arit
 
 The pipeline for one request (cloudflare-lb.md §3.3), each step recorded in the trace:
 
-1. The Host selects the load balancer; unknown hosts answer 404.
+1. The Host selects the load balancer; unknown hosts answer 404.  Its custom rules (R32) run
+   first: a matching rule's overrides give the load balancer this request is steered by
+   (compiled once per set of matched rules), or its fixed response is the answer.
 2. Session affinity (R35-R40) may short-circuit steps 3-5 for an existing session whose
    endpoint is usable (enabled, healthy, in an eligible pool; or draining, R40).
 3. Candidate pools: ``pop_pools`` -> ``country_pools`` -> ``region_pools`` ->
@@ -476,7 +478,7 @@ class Router:
         )
         matched: list[int] = []
         for index, rule, condition in plan.rules:
-            label = f"rule {index}" + (f" ({rule.name})" if rule.name else "")
+            label = "" if tr is None else f"rule {index}" + (f" ({rule.name})" if rule.name else "")
             if not condition.matches(fields):
                 if tr is not None:
                     tr.append(f"{label}: condition false")
