@@ -328,13 +328,13 @@ class _Parser:
         if left.type in (ARRAY, MAP):
             hint = "[0]" if left.type == ARRAY else '["name"][0]'
             raise ExpressionError(
-                f"cannot compare {'an' if left.type == ARRAY else 'a'} {left.type}: "
+                f"cannot compare {_a(left.type)}: "
                 f"take one element ({hint}), or use any(...[*] ...)",
                 left.column,
             )
         allowed = _OPERATORS.get(left.type, ())
         if op not in allowed:
-            raise ExpressionError(f'"{op}" does not apply to a {left.type}', column)
+            raise ExpressionError(f'"{op}" does not apply to {_a(left.type)}', column)
         get = left.get
         if op == "in":
             test = self.set_of(left.type)
@@ -362,7 +362,7 @@ class _Parser:
                 return ipaddress.ip_address(token.text)
             except ValueError:
                 pass
-        raise ExpressionError(f'expected a {type_} value, got "{token.text}"', token.column)
+        raise ExpressionError(f'expected {_a(type_)} value, got "{token.text}"', token.column)
 
     def set_of(self, type_: str) -> Callable[[Any], bool]:
         """``{a b c}`` after ``in``: a membership test."""
@@ -436,7 +436,7 @@ class _Parser:
             star.source = outer
             return _Value(STR, lambda f: star.value, value.column)
         wanted = '["name"]' if value.type == MAP else "[0], [1]... or [*]"
-        raise ExpressionError(f"a {value.type} is indexed with {wanted}", bracket.column)
+        raise ExpressionError(f"{_a(value.type)} is indexed with {wanted}", bracket.column)
 
     def function(self, name: _Token) -> _Value:
         self.expect("(")
@@ -494,13 +494,18 @@ class _Parser:
         return _Value(BOOL, affix, name.column)
 
 
+def _a(type_: str) -> str:
+    """The type name with its article: "a string", "an IP address"."""
+    return f"an {type_}" if type_[0] in "aeiouI" else f"a {type_}"
+
+
 def _element(array: Sequence[str], n: int) -> str | None:
     return array[n] if n < len(array) else None
 
 
 def _want(arg: _Value, type_: str, fn: str) -> None:
     if arg.type != type_:
-        raise ExpressionError(f"{fn}(...) takes a {type_}, not a {arg.type}", arg.column)
+        raise ExpressionError(f"{fn}(...) takes {_a(type_)}, not {_a(arg.type)}", arg.column)
 
 
 def _combine(op: str, left: Node, right: Node) -> Node:
