@@ -62,7 +62,7 @@ from itertools import accumulate
 from random import Random
 
 from lb.config.expressions import Fields, compile_condition
-from lb.config.model import Datacenter, LoadBalancer
+from lb.config.model import Datacenter, FixedResponse, LoadBalancer, PoolSet, RandomSteering
 from lb.core.health import Health
 from lb.core.snapshot import EndpointView, PoolView, Snapshot
 from steering import geo
@@ -210,11 +210,14 @@ class _Plan:
         "fast_by_datacenter",
         "lb",
         "made",
+        "per_request",
         "policy",
         "pool_names",
+        "pool_sets",
         "routes",
         "ruled",
         "rules",
+        "set_plans",
     )
 
     def __init__(self, lb: LoadBalancer, snapshot: Snapshot, *, local: bool) -> None:
@@ -229,6 +232,15 @@ class _Plan:
         self.ruled: dict[tuple[int, ...], _Plan] = {}
         """Indexes of the rules that matched -> the plan of the load balancer with their
         overrides (see :meth:`Router._apply_rules`)."""
+        self.pool_sets = tuple(
+            (i, ps) for i, ps in enumerate(lb.pool_sets or ()) if not ps.disabled
+        )
+        """R31: enabled pool sets in list order, with their list index."""
+        self.set_plans: dict[int, _Plan] = {}
+        """Pool set index -> the plan of the load balancer that set makes (see
+        :meth:`Router._apply_pool_sets`)."""
+        self.per_request = bool(self.rules or self.pool_sets)
+        """Whether the load balancer a request is steered by depends on the request."""
         self.policy = lb.effective_policy
         self.by_datacenter = self.policy in ("geo", "proximity", "dynamic_latency")
         """Whether the candidate pools depend on the request's data center."""
@@ -336,7 +348,7 @@ class Router:
     ) -> Decision:
         """Steer one request; see the module docstring for the steps."""
         plan = self._plans.get(req.host) or self._plan(req.host)
-        if plan is not None and not trace and not plan.rules:
+        if plan is not None and not trace and not plan.per_request:
             # The fast path (module docstring): no affinity, and the pool does not depend on
             # the request, so only the endpoint pick is left, done as in the general path.
             fast = plan.fast.get(req.datacenter if plan.fast_by_datacenter else "")
@@ -358,8 +370,8 @@ class Router:
                 return _UNKNOWN_HOST
             tr.append(f"host {req.host!r}: no load balancer answers for it")
             return _UNKNOWN_HOST._replace(trace=tr)
-        if plan.rules:  # R32; the plan with the matched rules' overrides takes the general path
-            plan, fixed = self._apply_rules(plan, req, tr)
+        if plan.per_request:  # R31, R32: the plan they make takes the general path
+            plan, fixed = self._effective(plan, req, tr)
             if fixed is not None:
                 return fixed
         lb = plan.lb
@@ -403,8 +415,8 @@ class Router:
         chosen = self._pick_endpoint(pool, req, rng, live, tr, exclude=tried)
         if chosen is None and lb.adaptive_routing.failover_across_pools:
             plan = self._plan(req.host)
-            if plan is not None and plan.rules:
-                plan, _ = self._apply_rules(plan, req, None)
+            if plan is not None and plan.per_request:
+                plan, _ = self._effective(plan, req, None)
             route = self._route(plan, req) if plan else None
             pools = route.eligible if route else ()
             # R43: the next pools in steering order after the failed one (all others when
@@ -452,7 +464,68 @@ class Router:
             tried=tried,
         )
 
-    # ------------------------------------------------------------------ custom rules
+    # ------------------------------------------------------------------ pool sets, custom rules
+
+    def _effective(
+        self, plan: _Plan, req: Request, tr: list[str] | None
+    ) -> tuple[_Plan, Decision | None]:
+        """The plan ``req`` is steered by: the first matching pool set's (R31), then with the
+        overrides of the custom rules that match (R32); or the fixed response that answers."""
+        if plan.pool_sets:
+            plan, fixed = self._apply_pool_sets(plan, req, tr)
+            if fixed is not None:
+                return plan, fixed
+        if plan.rules:
+            return self._apply_rules(plan, req, tr)
+        return plan, None
+
+    def _apply_pool_sets(
+        self, plan: _Plan, req: Request, tr: list[str] | None
+    ) -> tuple[_Plan, Decision | None]:
+        """R31: the first enabled pool set whose match holds for the request's data center
+        supplies the pools, their steering, weights and fallback (geo mappings no longer
+        apply), or answers with its fixed response (and no custom rule runs)."""
+        dc = self._datacenters.get(req.datacenter) if req.datacenter else None
+        for index, ps in plan.pool_sets:
+            label = "" if tr is None else f"pool set {index}" + (f" ({ps.name})" if ps.name else "")
+            if not _pool_set_matches(ps, req.datacenter, dc):
+                if tr is not None:
+                    tr.append(f"{label}: no match for data center {req.datacenter or '-'}")
+                continue
+            fixed = ps.fixed_response
+            if fixed is not None:
+                if tr is not None:
+                    tr.append(f"{label}: matched; fixed response {fixed.status_code} (R31)")
+                return plan, _fixed_decision(plan, fixed, tr)
+            found = plan.set_plans.get(index)
+            if found is None:
+                lb, o = plan.lb, ps.overrides
+                steering = RandomSteering(
+                    pool_weights=o.pool_weights,
+                    default_weight=lb.random_steering.default_weight
+                    if o.pool_default_weight is None
+                    else o.pool_default_weight,
+                )
+                derived = dataclasses.replace(
+                    lb,
+                    default_pools=o.pools,
+                    steering_policy=o.steering_policy or "off",
+                    random_steering=steering,
+                    fallback_pool=o.fallback_pool or lb.fallback_pool,
+                    region_pools={},
+                    country_pools={},
+                    pop_pools={},
+                    pool_sets=None,
+                )
+                found = plan.set_plans[index] = _Plan(
+                    derived, self.snapshot, local=self._local.enabled
+                )
+            if tr is not None:
+                tr.append(f"{label}: matched; pools {list(ps.overrides.pools)} (R31)")
+            return found, None
+        if tr is not None:
+            tr.append("no pool set matched: the load balancer's own pools")
+        return plan, None
 
     def _apply_rules(
         self, plan: _Plan, req: Request, tr: list[str] | None
@@ -487,16 +560,7 @@ class Router:
             if fixed is not None:
                 if tr is not None:
                     tr.append(f"{label}: matched; fixed response {fixed.status_code} (R32)")
-                return plan, Decision(
-                    load_balancer=plan.lb,
-                    pool=None,
-                    endpoint=None,
-                    reason="fixed_response",
-                    policy="rules",
-                    status=fixed.status_code,
-                    trace=tr,
-                    fixed=fixed,
-                )
+                return plan, _fixed_decision(plan, fixed, tr)
             matched.append(index)
             if tr is not None:
                 changed = ", ".join(rule.overrides.changes()) or "nothing"
@@ -951,6 +1015,37 @@ class Router:
             for p in route.candidates
             if p not in route.eligible
         )
+
+
+def _fixed_decision(plan: _Plan, fixed: FixedResponse, tr: list[str] | None) -> Decision:
+    """The answer of a pool set's or a custom rule's ``fixed_response`` (R31, R32)."""
+    return Decision(
+        load_balancer=plan.lb,
+        pool=None,
+        endpoint=None,
+        reason="fixed_response",
+        policy="rules",
+        status=fixed.status_code,
+        trace=tr,
+        fixed=fixed,
+    )
+
+
+def _pool_set_matches(ps: PoolSet, code: str, dc: Datacenter | None) -> bool:
+    """R31: no match, or ``default``, matches every request; a topology matches when every
+    list it sets holds the request's data center, its country or its region (AND across the
+    lists, as Cloudflare's documentation says; open question 8)."""
+    match = ps.match
+    if match is None or match.default:
+        return True
+    t = match.topology
+    if t is None:
+        return False
+    if t.pops and code not in t.pops:
+        return False
+    if t.countries and (dc is None or dc.country not in t.countries):
+        return False
+    return not t.regions or (dc is not None and dc.region in t.regions)
 
 
 def _why_not(p: PoolView) -> str:

@@ -74,12 +74,13 @@ RULES = str(Path(__file__).resolve().parent.parent / "configs" / "rules.yaml")
         (["--header", "x-canary=1"], "rules.localhost -> pool canary, endpoint canary-1"),
         (["--path", "/maintenance"], "rules.localhost -> fixed response 503 (custom rule)"),
         (["--path", "/"], "rules.localhost -> pool web"),
+        (["--host", "sets.localhost", "--datacenter", "IAD"], "sets.localhost -> pool canary"),
     ],
 )
 def test_explain_applies_custom_rules(
     capsys: pytest.CaptureFixture[str], args: list[str], expected: str
 ) -> None:
-    code = main(["explain", RULES, "--host", "rules.localhost", *args])
+    code = main(["explain", RULES, "--host", "rules.localhost", *args])  # a later --host wins
     out, _ = capsys.readouterr()
     assert code == 0
     assert out.startswith(expected), out

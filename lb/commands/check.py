@@ -76,6 +76,8 @@ def _lb_summary(lb: LoadBalancer) -> dict[str, Any]:
         "default_pools": list(lb.default_pools),
         "fallback_pool": lb.fallback_pool,
         "affinity": lb.affinity,
+        "rules": len(lb.rules),
+        "pool_sets": len(lb.pool_sets or ()),
     }
 
 
@@ -165,6 +167,10 @@ def _lb_line(s: dict[str, Any]) -> str:
     flags.append("proxied" if s["proxied"] else "DNS-only")
     if s["affinity"] != "none":
         flags.append(f"affinity {s['affinity']}")
+    if s["pool_sets"]:
+        flags.append(_count(s["pool_sets"], "pool set"))
+    if s["rules"]:
+        flags.append(_count(s["rules"], "custom rule"))
     pools = " > ".join(s["default_pools"])
     fallback = s["fallback_pool"]
     return f"{s['name']}: {s['policy']} over {pools}, fallback {fallback} ({', '.join(flags)})"

@@ -26,6 +26,7 @@ from lb.config.model import (
     Monitor,
     Origin,
     Pool,
+    PoolSet,
     RandomSteering,
     RuleOverrides,
 )
@@ -350,7 +351,7 @@ def _check_load_balancer(
     _check_geo_keys(item, parsed, report)
     _check_affinity(item, report)
     _check_rules(item, report)
-    _check_unsupported(item, report)
+    _check_pool_sets(item, parsed, report)
     _check_policy(item, [pools.get(name) for name in used], report)
     if not item.value.proxied:
         _check_dns_only(item, [pools.get(name) for name in used], report)
@@ -415,6 +416,26 @@ def _resolve_references(
         dataclasses.replace(rule, overrides=overrides(rule.overrides, "rules", i, "overrides"))
         for i, rule in enumerate(lb.rules)
     )
+
+    def pool_set(i: int, ps: PoolSet) -> PoolSet:
+        o, sub = ps.overrides, ("pool_sets", i, "overrides")
+        weights: dict[str, float] = {}
+        seen = Seen(report)
+        for ref, weight in o.pool_weights.items():
+            where = item.at(*sub, "pool_weights", ref)
+            name = pools.resolve(ref, where)
+            if seen.add(name, where, "pool weight", shown=ref):
+                weights[name] = weight
+        resolved = dataclasses.replace(
+            o,
+            pools=names(o.pools, *sub, "pools"),
+            pool_weights=weights,
+            fallback_pool=None
+            if o.fallback_pool is None
+            else pools.resolve(o.fallback_pool, item.at(*sub, "fallback_pool")),
+        )
+        return dataclasses.replace(ps, overrides=resolved)
+
     return dataclasses.replace(
         lb,
         id=lb.id or lb.name,
@@ -425,6 +446,7 @@ def _resolve_references(
         pop_pools=mapping("pop_pools", lb.pop_pools),
         random_steering=weights(lb.random_steering, "random_steering"),
         rules=rules,
+        pool_sets=tuple(pool_set(i, ps) for i, ps in enumerate(lb.pool_sets or ())) or None,
     )
 
 
@@ -441,6 +463,9 @@ def _used_pools(lb: LoadBalancer) -> list[str]:
             lists.append(tuple(o.random_steering.pool_weights))
         for m in (o.region_pools, o.country_pools, o.pop_pools):
             lists.extend((m or {}).values())
+    for ps in lb.pool_sets or ():
+        p = ps.overrides
+        lists += [p.pools, (p.fallback_pool,) if p.fallback_pool else (), tuple(p.pool_weights)]
     return list(dict.fromkeys(name for names in lists for name in names))
 
 
@@ -506,9 +531,26 @@ def _check_rules(item: Item[LoadBalancer], report: Report) -> None:
         report.warn(item.at("rules"), message)
 
 
-def _check_unsupported(item: Item[LoadBalancer], report: Report) -> None:
-    if item.value.pool_sets:
-        report.error(item.at("pool_sets"), "pool sets are not supported yet")
+def _check_pool_sets(item: Item[LoadBalancer], parsed: Parsed, report: Report) -> None:
+    """R31: each pool set has an intent (pools or a fixed response) and known locations."""
+    for i, ps in enumerate(item.value.pool_sets or ()):
+        if not ps.overrides.pools and ps.fixed_response is None:
+            message = "a pool set needs overrides.pools or a fixed_response (POOL_SET_NO_INTENT)"
+            report.error(item.at("pool_sets", i), message)
+        topology = ps.match.topology if ps.match is not None else None
+        if topology is None:
+            continue
+        at = ("pool_sets", i, "match", "topology")
+        for j, region in enumerate(topology.regions):
+            if region not in REGIONS:
+                hint = did_you_mean(region, REGIONS)
+                report.error(item.at(*at, "regions", j), f'unknown region "{region}"{hint}')
+        for j, country in enumerate(topology.countries):
+            if not _COUNTRY.match(country):
+                message = f'must be a two-letter upper-case country code, got "{country}"'
+                report.error(item.at(*at, "countries", j), message)
+        for j, code in enumerate(topology.pops):
+            _check_datacenter_code(code, item.at(*at, "pops", j), parsed, report)
 
 
 def _check_policy(item: Item[LoadBalancer], used: list[Pool | None], report: Report) -> None:

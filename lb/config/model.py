@@ -287,6 +287,45 @@ class Rule:
 
 
 @dataclass(**_FROZEN)
+class Topology:
+    """Where a pool set applies (R31): each listed field must match (docs/semantics.md, 8)."""
+
+    pops: tuple[str, ...] = _f((), doc="data center codes")
+    countries: tuple[str, ...] = _f((), doc="country codes of the data center")
+    regions: tuple[str, ...] = _f((), doc="region codes of the data center")
+
+
+@dataclass(**_FROZEN)
+class PoolSetMatch:
+    """A pool set's match: ``default`` (every request) or a topology."""
+
+    default: bool = _f(False, doc="match every request")
+    topology: Topology | None = _f(None, doc="match by the request's data center")
+
+
+@dataclass(**_FROZEN)
+class PoolSetOverrides:
+    """What a matching pool set supplies instead of the load balancer's pools (R31)."""
+
+    pools: tuple[str, ...] = _f((), doc="pool ids or names, in failover order")
+    steering_policy: str = _f("", choices=_STEERING_POLICIES, doc='"" = failover order')
+    pool_weights: Mapping[str, float] = _f({}, range=(0.0, 1.0), doc="pool -> weight 0..1")
+    pool_default_weight: float | None = _f(None, range=(0.0, 1.0), doc="weight of the others")
+    fallback_pool: str | None = _f(None, doc="default: the load balancer's")
+
+
+@dataclass(**_FROZEN)
+class PoolSet:
+    """A location-matched set of pools (R31): the first matching set steers the request."""
+
+    name: str = _f("", doc="label")
+    disabled: bool = _f(False, doc="skipped when true")
+    match: PoolSetMatch | None = _f(None, doc="none = every request")
+    overrides: PoolSetOverrides = _f(PoolSetOverrides(), doc="the pools and how to steer")
+    fixed_response: FixedResponse | None = _f(None, doc="answer directly, no rules run")
+
+
+@dataclass(**_FROZEN)
 class LoadBalancer:
     """A Cloudflare load balancer; ``name`` is the hostname it answers for."""
 
@@ -315,7 +354,7 @@ class LoadBalancer:
         SessionAffinityAttributes(), doc="affinity options"
     )
     rules: tuple[Rule, ...] = _f((), doc="custom rules (R32)")
-    pool_sets: tuple[Mapping[str, Any], ...] | None = _f(None, doc="pool sets: not supported yet")
+    pool_sets: tuple[PoolSet, ...] | None = _f(None, doc="location-matched pool sets (R31)")
 
     @property
     def effective_policy(self) -> str:

@@ -85,6 +85,8 @@ def test_json_output_when_valid(capsys: pytest.CaptureFixture[str]) -> None:
             "default_pools": ["app-eu", "app-us"],
             "fallback_pool": "app-us",
             "affinity": "cookie",
+            "rules": 0,
+            "pool_sets": 0,
         }
     ]
     assert [(p["name"], p["endpoints"], p["tunnel_endpoints"]) for p in summary["pools"]] == [

@@ -437,8 +437,21 @@ def test_minimum_origins_above_endpoint_count_warns() -> None:
         ),
         pytest.param(
             "pool_sets: [{name: s1}]",
-            "lb.yaml:7: load_balancers[0].pool_sets: pool sets are not supported yet",
-            id="pool-sets",
+            "lb.yaml:7: load_balancers[0].pool_sets[0]: a pool set needs overrides.pools or a "
+            "fixed_response (POOL_SET_NO_INTENT)",
+            id="r31-no-intent",
+        ),
+        pytest.param(
+            "pool_sets: [{match: {topology: {regions: [EUW]}}, overrides: {pools: [b]}}]",
+            "lb.yaml:7: load_balancers[0].pool_sets[0].match.topology.regions[0]: unknown region "
+            '"EUW" (did you mean "WEU"?)',
+            id="r31-unknown-region",
+        ),
+        pytest.param(
+            "pool_sets: [{overrides: {pools: [b], pool_weights: {zz: 1}}}]",
+            "lb.yaml:7: load_balancers[0].pool_sets[0].overrides.pool_weights.zz: "
+            'unknown pool "zz"',
+            id="r31-unknown-pool",
         ),
     ],
 )
