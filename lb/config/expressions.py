@@ -260,7 +260,7 @@ Node = Callable[[Fields], Any]
 
 @dataclass(slots=True)
 class _Value:
-    """A compiled value: its type, its getter, and for ``x[*]`` the array it ranges over."""
+    """A compiled value: its type, its getter and where it starts (for messages)."""
 
     type: str
     get: Node
@@ -268,6 +268,9 @@ class _Value:
 
 
 class _Parser:
+    """Recursive descent over the tokens, one method per precedence level; each returns the
+    compiled closure (or :class:`_Value`) of what it read."""
+
     def __init__(self, text: str) -> None:
         self.tokens = _tokens(text)
         self.i = 0
@@ -288,6 +291,7 @@ class _Parser:
         return self.take()
 
     def _shown(self) -> str:
+        """The current token, for a message."""
         return "the end" if self.tok.kind == "end" else f'"{self.tok.text}"'
 
     def logical(self, level: int = 0) -> Node:

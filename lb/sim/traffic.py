@@ -272,9 +272,15 @@ class DatacenterTraffic:
                 self._failed(req, d, o.key, a, router, live, c, t)
 
     def _unrouted(self, d: Decision, c: Counts) -> None:
-        c.unrouted += 1
-        c.errors[""] = c.errors.get("", 0) + 1
-        c.statuses[d.status] = c.statuses.get(d.status, 0) + 1
+        """A request no endpoint serves: no pool could (530), no load balancer (404), or a
+        pool set's or custom rule's fixed response (R31, R32), which is an answer like any
+        other and an error only when its status is one."""
+        status = d.status
+        c.statuses[status] = c.statuses.get(status, 0) + 1
+        if d.fixed is None:
+            c.unrouted += 1
+        if d.fixed is None or status >= 500:
+            c.errors[""] = c.errors.get("", 0) + 1
 
     def harvest(self, c: Counts) -> None:
         """Move the per-endpoint and per-replica counts from the cache into ``c``.

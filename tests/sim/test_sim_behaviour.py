@@ -147,3 +147,28 @@ def test_header_affinity_sessions(tmp_path: Path) -> None:
 def test_tunnel_uuid_is_accepted_as_a_name(tmp_path: Path) -> None:
     body = BASE + f"timeline:\n  - {{at: 30, tunnel: {TUNNEL_A}, do: refuse}}\n"
     assert scenario(tmp_path, body).events[0].label == f"refuse tunnel {TUNNEL_A}"
+
+
+def test_fixed_responses_of_pool_sets_are_answers_not_unrouted(tmp_path: Path) -> None:
+    """R31 in the simulator: a pool set answering FRA with a 301 and IAD with a 503 counts
+    those statuses; only the 503 is an error, and neither is "no pool could serve"."""
+    config = CONFIG.replace(
+        "load_balancers:\n  - {name: app.example.com, default_pools: [main], fallback_pool: main}",
+        """load_balancers:
+  - name: app.example.com
+    default_pools: [main]
+    fallback_pool: main
+    pool_sets:
+      - {match: {topology: {pops: [FRA]}}, fixed_response: {status_code: 301, location: /x}}
+      - {match: {topology: {pops: [IAD]}}, fixed_response: {status_code: 503}}""",
+    )
+    body = BASE.replace(
+        "  FRA: {rate: 100, clients: 200}",
+        "  FRA: {rate: 100, clients: 200}\n  IAD: {rate: 50, clients: 100}",
+    )
+    data = run_scenario(scenario(tmp_path, body, config=config)).data
+    statuses = {int(k): v for k, v in data["statuses"].items()}
+    assert set(statuses) == {301, 503}
+    assert statuses[301] > 0 and statuses[503] > 0
+    assert data["errors"] == statuses[503]
+    assert data["unrouted"] == 0
