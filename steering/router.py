@@ -487,16 +487,13 @@ class Router:
         apply), or answers with its fixed response (and no custom rule runs)."""
         dc = self._datacenters.get(req.datacenter) if req.datacenter else None
         for index, ps in plan.pool_sets:
-            label = "" if tr is None else f"pool set {index}" + (f" ({ps.name})" if ps.name else "")
+            label = _label("pool set", index, ps.name, tr)
             if not _pool_set_matches(ps, req.datacenter, dc):
                 if tr is not None:
                     tr.append(f"{label}: no match for data center {req.datacenter or '-'}")
                 continue
-            fixed = ps.fixed_response
-            if fixed is not None:
-                if tr is not None:
-                    tr.append(f"{label}: matched; fixed response {fixed.status_code} (R31)")
-                return plan, _fixed_decision(plan, fixed, tr)
+            if ps.fixed_response is not None:
+                return plan, _fixed_decision(plan, ps.fixed_response, tr, label, "R31")
             found = plan.set_plans.get(index)
             if found is None:
                 lb, o = plan.lb, ps.overrides
@@ -551,16 +548,13 @@ class Router:
         )
         matched: list[int] = []
         for index, rule, condition in plan.rules:
-            label = "" if tr is None else f"rule {index}" + (f" ({rule.name})" if rule.name else "")
+            label = _label("rule", index, rule.name, tr)
             if not condition.matches(fields):
                 if tr is not None:
                     tr.append(f"{label}: condition false")
                 continue
-            fixed = rule.fixed_response
-            if fixed is not None:
-                if tr is not None:
-                    tr.append(f"{label}: matched; fixed response {fixed.status_code} (R32)")
-                return plan, _fixed_decision(plan, fixed, tr)
+            if rule.fixed_response is not None:
+                return plan, _fixed_decision(plan, rule.fixed_response, tr, label, "R32")
             matched.append(index)
             if tr is not None:
                 changed = ", ".join(rule.overrides.changes()) or "nothing"
@@ -1017,8 +1011,18 @@ class Router:
         )
 
 
-def _fixed_decision(plan: _Plan, fixed: FixedResponse, tr: list[str] | None) -> Decision:
-    """The answer of a pool set's or a custom rule's ``fixed_response`` (R31, R32)."""
+def _label(kind: str, index: int, name: str, tr: list[str] | None) -> str:
+    """How the trace names a pool set or a rule ("" when not tracing)."""
+    return "" if tr is None else f"{kind} {index}" + (f" ({name})" if name else "")
+
+
+def _fixed_decision(
+    plan: _Plan, fixed: FixedResponse, tr: list[str] | None, label: str, rule: str
+) -> Decision:
+    """The answer of a pool set's or a custom rule's ``fixed_response`` (``rule``: R31 or
+    R32); ``label`` names the set or rule in the trace."""
+    if tr is not None:
+        tr.append(f"{label}: matched; fixed response {fixed.status_code} ({rule})")
     return Decision(
         load_balancer=plan.lb,
         pool=None,
