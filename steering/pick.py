@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from random import Random
 from typing import TypeVar
 
-__all__ = ["ip_bucket", "load_terms", "rendezvous", "weighted", "weighted_dynamic"]
+__all__ = ["KeyedDraws", "ip_bucket", "load_terms", "rendezvous", "weighted", "weighted_dynamic"]
 
 T = TypeVar("T")
 
@@ -81,3 +81,31 @@ def rendezvous(key: str, items: Sequence[T], names: Sequence[str], weights: Sequ
 def ip_bucket(key: str, salt: str = "") -> float:
     """A stable position of ``key`` in [0, 100), for hash-based load shedding (R24)."""
     return _unit(f"{salt}\x00{key}".encode()) * 100.0
+
+
+_MASK = (1 << 64) - 1
+
+
+class KeyedDraws(Random):
+    """A stream of draws fixed by ``key``: R38's ip_cookie first choice, the same for every
+    request (and every replica) from one client IP.
+
+    ``Random(key)`` does the same, but seeding a Mersenne Twister costs ~5 us per request;
+    this is splitmix64 over a blake2b hash of the key (~0.4 us to make, ~0.3 us per draw).
+    Only :meth:`random` is provided, which is all the steering picks use.
+    """
+
+    def __init__(self, key: str) -> None:  # no Mersenne Twister seeding on purpose
+        digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
+        self._state = int.from_bytes(digest, "big")
+
+    def random(self) -> float:
+        """The next draw in [0, 1)."""
+        self._state = z = (self._state + 0x9E3779B97F4A7C15) & _MASK
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK
+        return ((z ^ (z >> 31)) >> 11) / 9007199254740992.0  # 2**53
+
+    def getrandbits(self, k: int, /) -> int:
+        """Not provided: steering draws with :meth:`random` only."""
+        raise NotImplementedError("KeyedDraws provides random() only")

@@ -67,7 +67,14 @@ from lb.core.health import Health
 from lb.core.snapshot import EndpointView, PoolView, Snapshot
 from steering import geo
 from steering.affinity import CookieValue, HeaderSessions, session_key, sign, verify
-from steering.pick import ip_bucket, load_terms, rendezvous, weighted, weighted_dynamic
+from steering.pick import (
+    KeyedDraws,
+    ip_bucket,
+    load_terms,
+    rendezvous,
+    weighted,
+    weighted_dynamic,
+)
 from steering.types import Affinity, Counts, Decision, Live, Request
 
 __all__ = ["Router"]
@@ -605,7 +612,7 @@ class Router:
         if lb.affinity == "ip_cookie" and req.client_ip:
             # R38: clients of one IP without a usable cookie (none, forged, expired, or its
             # endpoint gone) get the same endpoint while the eligible set is unchanged.
-            rng = Random(req.client_ip)
+            rng = KeyedDraws(req.client_ip)
             if tr is not None:
                 tr.append("affinity: ip_cookie, first choice seeded by the client IP")
         decision = self._steer(plan, req, rng, live, tr, avoid=avoid)

@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from lb.config.model import SessionAffinityAttributes
 from steering import Affinity, HeaderSessions, Router
 from steering.affinity import session_key, sign, verify
+from steering.pick import KeyedDraws
 
 WALL = 1_700_000_000.0
 
@@ -366,3 +367,21 @@ def test_r39_header_sessions_are_bounded_least_recently_used_first() -> None:
     assert sessions.peek("lb", ("k1",), now=4.0, ttl=60) is None
     assert sessions.peek("lb", ("k0",), now=4.0, ttl=60) == "a/a-0"
     assert sessions.peek("lb", ("k2",), now=4.0, ttl=60) == "a/a-2"
+
+
+def test_r38_keyed_draws_are_fixed_by_the_key_and_uniform() -> None:
+    def stream(key: str, n: int) -> list[float]:
+        draws = KeyedDraws(key)
+        return [draws.random() for _ in range(n)]
+
+    assert stream("203.0.113.7", 5) == stream("203.0.113.7", 5)
+    assert stream("203.0.113.7", 5) != stream("203.0.113.8", 5)
+    values = stream("198.51.100.1", 20_000)
+    assert all(0.0 <= v < 1.0 for v in values)
+    assert abs(sum(values) / len(values) - 0.5) < 0.01
+    deciles = [0] * 10
+    for v in values:
+        deciles[int(v * 10)] += 1
+    assert max(deciles) - min(deciles) < 300  # ~2,000 each
+    with pytest.raises(NotImplementedError):
+        KeyedDraws("x").getrandbits(8)
