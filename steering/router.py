@@ -578,6 +578,8 @@ class Router:
             for index in matched:
                 changes.update(plan.lb.rules[index].overrides.changes())
             lb = dataclasses.replace(plan.lb, rules=(), **changes)  # type: ignore[arg-type]
+            if len(plan.ruled) >= _CACHE_LIMIT:  # rules on request fields: 2**n possible sets
+                plan.ruled.clear()
             ruled = plan.ruled[key] = _Plan(lb, self.snapshot, local=self._local.enabled)
         return ruled, None
 

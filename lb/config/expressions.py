@@ -36,7 +36,10 @@ from urllib.parse import parse_qsl
 
 from lb.config._report import did_you_mean
 
-__all__ = ["Condition", "ExpressionError", "Fields", "compile_condition"]
+__all__ = ["MAX_LENGTH", "Condition", "ExpressionError", "Fields", "compile_condition"]
+
+MAX_LENGTH = 4096
+"""Longest condition accepted, in characters (Cloudflare's limit for rule expressions)."""
 
 
 class ExpressionError(ValueError):
@@ -170,6 +173,8 @@ def _tokens(text: str) -> list[_Token]:
             continue
         token = m.group()
         value: Any = token
+        if kind in ("int", "range") and len(token) > 40:
+            raise ExpressionError("number too long", i + 1)
         if kind == "int":
             value = int(token)
         elif kind == "range":
@@ -282,7 +287,8 @@ class _Parser:
 
     def take(self) -> _Token:
         token = self.tokens[self.i]
-        self.i += 1
+        if token.kind != "end":  # the end token stays: reading past it is an error, not a crash
+            self.i += 1
         return token
 
     def expect(self, text: str) -> _Token:
@@ -299,17 +305,23 @@ class _Parser:
         names = ("or", "xor", "and")
         if level == len(names):
             return self.unary()
-        left = self.logical(level + 1)
+        terms = [self.logical(level + 1)]
         while _LOGIC.get(self.tok.text) == names[level]:
             self.take()
-            right = self.logical(level + 1)
-            left = _combine(names[level], left, right)
-        return left
+            terms.append(self.logical(level + 1))
+        # One closure over the whole chain, not one per operator: a long chain must not
+        # nest closures as deep as it is long (evaluation would hit the recursion limit).
+        return terms[0] if len(terms) == 1 else _chain(names[level], terms)
 
     def unary(self) -> Node:
         if self.tok.text in ("not", "!"):
-            self.take()
+            negations = 0  # counted, not nested: "not not not x" is one closure deep
+            while self.tok.text in ("not", "!"):
+                self.take()
+                negations += 1
             inner = self.unary()
+            if negations % 2 == 0:
+                return lambda f: bool(inner(f))
             return lambda f: not inner(f)
         if self.tok.text == "(":
             self.take()
@@ -349,7 +361,7 @@ class _Parser:
         if op == "matches":
             try:
                 pattern = re.compile(literal)
-            except re.error as exc:
+            except (re.error, OverflowError, RecursionError) as exc:
                 raise ExpressionError(f"bad regular expression: {exc}", column) from None
             return lambda f: (v := get(f)) is not None and pattern.search(v) is not None
         compare = _ORDER[op]
@@ -512,12 +524,14 @@ def _want(arg: _Value, type_: str, fn: str) -> None:
         raise ExpressionError(f"{fn}(...) takes {_a(type_)}, not {_a(arg.type)}", arg.column)
 
 
-def _combine(op: str, left: Node, right: Node) -> Node:
+def _chain(op: str, terms: list[Node]) -> Node:
+    """``a and b and c`` (or ``or``, ``xor``) as one closure, left to right, short-circuiting
+    ``and``/``or`` as the language does."""
     if op == "and":
-        return lambda f: bool(left(f)) and bool(right(f))
+        return lambda f: all(t(f) for t in terms)
     if op == "or":
-        return lambda f: bool(left(f)) or bool(right(f))
-    return lambda f: bool(left(f)) != bool(right(f))
+        return lambda f: any(t(f) for t in terms)
+    return lambda f: sum(bool(t(f)) for t in terms) % 2 == 1
 
 
 # ----------------------------------------------------------------------------- API
@@ -538,8 +552,13 @@ def compile_condition(text: str) -> Condition:
     """Compile ``text`` (an empty condition is always true); raise :class:`ExpressionError`."""
     if not text.strip():
         return Condition(text, lambda f: True)
+    if len(text) > MAX_LENGTH:
+        raise ExpressionError(f"longer than {MAX_LENGTH} characters", MAX_LENGTH + 1)
     parser = _Parser(text)
-    test = parser.logical()
+    try:
+        test = parser.logical()
+    except RecursionError:
+        raise ExpressionError("nested too deeply", parser.tok.column) from None
     if parser.tok.kind != "end":
         raise ExpressionError(f"unexpected {parser._shown()}", parser.tok.column)
     return Condition(text, test)

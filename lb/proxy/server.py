@@ -154,7 +154,7 @@ class _BodyPump:
     def __init__(self) -> None:
         self.scope = trio.CancelScope()
         self.done = trio.Event()
-        self.error: _ClientError | UpstreamError | None = None
+        self.error: Exception | None = None
         self.head_wait: trio.CancelScope | None = None
         """The exchange's wait for the response head, while it lasts."""
 
@@ -826,6 +826,9 @@ class ProxyServer:
                 pump.head_wait.cancel()
         except UpstreamError as exc:
             pump.error = exc
+        except Exception as exc:  # a bug here must cost this request, not the connection
+            log.warning("request body pump failed with %r", exc, exc_info=True)
+            pump.error = exc
         finally:
             pump.done.set()
 
@@ -924,6 +927,11 @@ class ProxyServer:
         status = response.status_code
         reason = response.reason or reason_phrase(status)
         if type(response) is h11.InformationalResponse:
+            pump = flow.pump
+            if pump is not None and not pump.done.is_set():
+                # A 101 before the upgrade request's body is through: splicing would read the
+                # client and write upstream beside the pump.  Refused as a bad upstream answer.
+                raise UpstreamError(errors.BAD_GATEWAY, "upstream_protocol")
             return await self._splice(stream, conn, flow, up, response, set_cookie, limits)
         headers = response_headers(response.headers, set_cookie=set_cookie, close=self.draining)
         try:
@@ -980,9 +988,10 @@ class ProxyServer:
         flow.endpoint = None
         flow.up = None
         pump = flow.pump
-        if pump is not None and not pump.done.is_set():
-            # The upstream answered before taking the whole body: the rest is not wanted,
-            # and the connection must not go back to the pool while the pump may write on it.
+        if pump is not None and (not pump.done.is_set() or pump.error is not None):
+            # The upstream answered before taking the whole body (the rest is not wanted, and
+            # the connection must not go back to the pool while the pump may write on it), or
+            # the pump's last write failed after h11 had marked the request complete.
             pump.scope.cancel()
             self.pool.discard(up)
         else:
@@ -1263,18 +1272,24 @@ class _Lazy(Mapping[str, str]):
 
 
 class _LazyHeaders(_Lazy):
-    """The request headers by name, for header affinity, built on first use.
+    """The request headers by name, for header affinity and custom rules, built on first use.
 
-    Only a load balancer with ``session_affinity: header`` reads them (the router looks them
-    up then), so the dict costs nothing on every other request.  Names are h11's, already
-    lowercase; Cookie is left out (header affinity reads cookies from :class:`_LazyCookies`);
-    of a repeated header the last value counts.
+    Only a load balancer with ``session_affinity: header`` or custom rules reads them, so the
+    dict costs nothing on every other request.  Names are h11's, already lowercase; of a
+    repeated header the last value counts, except Cookie, whose values are joined with "; "
+    as one header would carry them (``http.cookie``).
     """
 
     __slots__ = ()
 
     def _build(self) -> dict[str, str]:
-        return {n.decode("latin-1"): v.decode("latin-1") for n, v in self._raw if n != b"cookie"}
+        out: dict[str, str] = {}
+        for n, v in self._raw:
+            name, value = n.decode("latin-1"), v.decode("latin-1")
+            if name == "cookie" and name in out:
+                value = f"{out[name]}; {value}"
+            out[name] = value
+        return out
 
 
 class _LazyCookies(_Lazy):

@@ -14,6 +14,7 @@ chosen by the request path, so one fixture serves every test:
 * ``/drop``: reads the body, then closes without answering;
 * ``/early``: answers 413 before reading the body, then closes (a reset: the body is unread);
 * ``/early-hold``: answers 413 before reading the body, then neither reads nor closes;
+* ``/ws-early``: answers 101 before reading the body of the upgrade request;
 * ``/stale``: answers, then closes the connection silently (as an idle timeout would);
 * ``/stale-race``: answers, then reads the next request head on the connection and closes
   without answering (a server closing an idle connection just as a request arrives);
@@ -184,6 +185,12 @@ async def _backend_request(
             else:
                 return
 
+    if path == "/ws-early":  # switches protocols before reading the request body
+        switch = h11.InformationalResponse(
+            status_code=101, headers=[(b"upgrade", b"websocket"), (b"connection", b"Upgrade")]
+        )
+        await _send(conn, stream, switch)
+        await trio.sleep_forever()
     if path == "/ws":
         if headers.get("upgrade", "").lower() != "websocket":
             await _send(

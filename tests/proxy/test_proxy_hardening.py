@@ -240,10 +240,11 @@ async def test_header_affinity_reads_headers_on_demand(nursery: trio.Nursery, ce
 
 def test_lazy_headers_mapping() -> None:
     raw = [(b"x-a", b"1"), (b"cookie", b"a=b"), (b"x-a", b"2"), (b"x-b", b"\xe9")]
+    raw.append((b"cookie", b"c=d"))
     headers = server_module._LazyHeaders(raw)
-    assert headers.get("x-a") == "2"
-    assert dict(headers) == {"x-a": "2", "x-b": "\xe9"}
-    assert len(headers) == 2 and "cookie" not in headers
+    assert headers.get("x-a") == "2"  # the last of a repeated header; Cookie values joined
+    assert dict(headers) == {"x-a": "2", "cookie": "a=b; c=d", "x-b": "\xe9"}
+    assert len(headers) == 3
     cookies = server_module._LazyCookies(b"a=b; c=d")
     assert dict(cookies) == {"a": "b", "c": "d"}
     assert len(server_module._LazyCookies(None)) == 0
@@ -273,3 +274,31 @@ async def test_the_proxy_works_without_the_parsed_switch(
     resp = await get(stack.port, "/headers")
     assert resp.status == 200
     assert json.loads(resp.body)["headers"]["host"] == "backend.local"
+
+
+async def test_a_switch_before_the_upgrade_body_is_through_is_502(
+    nursery: trio.Nursery, certs: Certs
+) -> None:
+    """An upgrade request with a body still arriving, answered 101 at once: splicing would
+    read the client beside the body pump, so the proxy answers 502 and closes."""
+    stack = await start_stack(nursery, certs, 1)
+    async with await Client.connect(stack.port) as client:
+        await client.send_head(
+            "GET",
+            "/ws-early",
+            [
+                ("host", LB_HOST),
+                ("connection", "Upgrade"),
+                ("upgrade", "websocket"),
+                ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+                ("sec-websocket-version", "13"),
+                ("content-length", "100"),
+            ],
+        )
+        await client.send_body(b"abc")
+        with trio.fail_after(5):
+            resp = await client.read_response()
+    assert resp.status == 502
+    record = (await stack.settled())[-1]
+    assert (record.status, record.error) == (502, "upstream_protocol")
+    assert stack.engine.live.connections.get("p1/e0", 0) == 0

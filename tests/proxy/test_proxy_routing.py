@@ -367,6 +367,10 @@ async def test_r32_fixed_responses_and_rules_on_real_requests(
     rules = (
         Rule(name="moved", condition='http.request.uri.path eq "/old"', fixed_response=moved),
         Rule(
+            condition='http.cookie contains "beta=1" and http.request.cookies["beta"][0] eq "1"',
+            fixed_response=FixedResponse(status_code=418),
+        ),
+        Rule(
             condition='starts_with(http.request.uri.path, "/maint") and http.request.method '
             'in {"GET" "HEAD"}',
             fixed_response=down,
@@ -388,6 +392,8 @@ async def test_r32_fixed_responses_and_rules_on_real_requests(
         )
         head = await client.request("HEAD", "/maintenance")
         assert (head.status, head.header("content-length"), head.body) == (503, "7", b"")
+        beta = await client.request("GET", "/", headers=[("cookie", "a=2; beta=1")])
+        assert beta.status == 418
         # Requests no rule answers go to the pool, on the same connection.
         assert (await client.request("POST", "/maintenance", body=b"x")).status == 200
     records = await stack.settled()
@@ -395,6 +401,7 @@ async def test_r32_fixed_responses_and_rules_on_real_requests(
         (301, "fixed_response", None),
         (503, "fixed_response", None),
         (503, "fixed_response", None),
+        (418, "fixed_response", None),
         (200, "policy", "p1/e0"),
     ]
     assert [s.path for s in stack.backends[0].seen] == ["/maintenance"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
-from builders import config, load_balancer, pool, request, router
+from builders import HOST, config, load_balancer, pool, request, router
 
 from lb.config.model import AdaptiveRouting, FixedResponse, Rule, RuleOverrides
 from steering import Affinity, Decision, Router
@@ -137,3 +137,14 @@ def test_r32_unknown_host_is_unaffected(fixed: bool) -> None:
     rule = Rule(fixed_response=FixedResponse(status_code=418)) if fixed else to("b")
     d = decide(ruled(rule), host="other.example.com")
     assert (d.reason, d.status) == ("unknown_host", 404)
+
+
+def test_r32_plans_per_matched_set_are_bounded() -> None:
+    """Rules on request fields can match in 2**n combinations: the cache stays bounded."""
+    rules = tuple(to("b", f'any(http.request.uri.args["k{i}"][*] == "1")') for i in range(13))
+    r = ruled(*rules)
+    for mask in range(1 << 13):
+        query = "&".join(f"k{i}=1" for i in range(13) if mask >> i & 1)
+        assert decide(r, uri=f"/?{query}").pool.name == ("b" if mask else "a")
+    plan = r._plans[HOST]
+    assert plan is not None and 0 < len(plan.ruled) <= 4096
