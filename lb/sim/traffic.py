@@ -195,6 +195,7 @@ class DatacenterTraffic:
             datacenter=self.dc,
             headers=headers,
             cookies=cookies,
+            uri=self.traffic.path,  # custom rules (R32) see the path, as the ingress rules do
         )
         self._requests[c] = req
         return req

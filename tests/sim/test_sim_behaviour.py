@@ -172,3 +172,32 @@ def test_fixed_responses_of_pool_sets_are_answers_not_unrouted(tmp_path: Path) -
     assert statuses[301] > 0 and statuses[503] > 0
     assert data["errors"] == statuses[503]
     assert data["unrouted"] == 0
+
+
+def test_custom_rules_see_the_traffic_path(tmp_path: Path) -> None:
+    """R32 in the simulator: a rule on the path sends FRA's /api traffic to another pool."""
+    config = CONFIG.replace(
+        "load_balancers:\n  - {name: app.example.com, default_pools: [main], fallback_pool: main}",
+        f"""  - name: api
+    monitor: app
+    origins:
+      - {{name: c, address: {TUNNEL_A}.cfargotunnel.com}}
+load_balancers:
+  - name: app.example.com
+    default_pools: [main]
+    fallback_pool: main
+    rules:
+      - condition: 'starts_with(http.request.uri.path, "/api/")'
+        overrides: {{default_pools: [api]}}""",
+    )
+    # Traffic after the first probe round: until then no pool is eligible (R30: fallback).
+    after = "rate: [{at: 0, rate: 0}, {at: 20, rate: %d}]"
+    body = BASE.replace(
+        "  FRA: {rate: 100, clients: 200}",
+        f"  FRA: {{{after % 100}, clients: 200, path: /api/v1}}\n"
+        f"  IAD: {{{after % 50}, clients: 100}}",
+    )
+    data = run_scenario(scenario(tmp_path, body, config=config)).data
+    by_dc = data["by_datacenter"]
+    assert by_dc["FRA"] > 0 and by_dc["IAD"] > 0
+    assert data["by_pool"] == {"api": by_dc["FRA"], "main": by_dc["IAD"]}
