@@ -376,15 +376,18 @@ def _resolve_references(
     def mapping(field: str, value: Mapping[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
         return {key: names(refs, field, key) for key, refs in value.items()}
 
-    def weights(steering: RandomSteering, *sub: Segment) -> RandomSteering:
+    def pool_weights(refs: Mapping[str, float], *sub: Segment) -> dict[str, float]:
         out: dict[str, float] = {}
         seen = Seen(report)
-        for ref, weight in steering.pool_weights.items():
+        for ref, weight in refs.items():
             where = item.at(*sub, "pool_weights", ref)
             name = pools.resolve(ref, where)
             if seen.add(name, where, "pool weight", shown=ref):
                 out[name] = weight
-        return dataclasses.replace(steering, pool_weights=out)
+        return out
+
+    def weights(steering: RandomSteering, *sub: Segment) -> RandomSteering:
+        return dataclasses.replace(steering, pool_weights=pool_weights(steering.pool_weights, *sub))
 
     def overrides(o: RuleOverrides, *sub: Segment) -> RuleOverrides:
         """A custom rule's overrides with their pool references resolved the same way."""
@@ -419,17 +422,10 @@ def _resolve_references(
 
     def pool_set(i: int, ps: PoolSet) -> PoolSet:
         o, sub = ps.overrides, ("pool_sets", i, "overrides")
-        weights: dict[str, float] = {}
-        seen = Seen(report)
-        for ref, weight in o.pool_weights.items():
-            where = item.at(*sub, "pool_weights", ref)
-            name = pools.resolve(ref, where)
-            if seen.add(name, where, "pool weight", shown=ref):
-                weights[name] = weight
         resolved = dataclasses.replace(
             o,
             pools=names(o.pools, *sub, "pools"),
-            pool_weights=weights,
+            pool_weights=pool_weights(o.pool_weights, *sub),
             fallback_pool=None
             if o.fallback_pool is None
             else pools.resolve(o.fallback_pool, item.at(*sub, "fallback_pool")),
@@ -471,16 +467,31 @@ def _used_pools(lb: LoadBalancer) -> list[str]:
 
 def _check_geo_keys(item: Item[LoadBalancer], parsed: Parsed, report: Report) -> None:
     lb = item.value
-    for region in lb.region_pools:
+    _check_locations(
+        [(r, item.at("region_pools", r)) for r in lb.region_pools],
+        [(c, item.at("country_pools", c)) for c in lb.country_pools],
+        [(p, item.at("pop_pools", p)) for p in lb.pop_pools],
+        parsed,
+        report,
+    )
+
+
+Located = list[tuple[str, Where]]
+
+
+def _check_locations(
+    regions: Located, countries: Located, pops: Located, parsed: Parsed, report: Report
+) -> None:
+    """Region, country and data center codes (geo mappings, pool-set topologies)."""
+    for region, where in regions:
         if region not in REGIONS:
-            hint = did_you_mean(region, REGIONS)
-            report.error(item.at("region_pools", region), f'unknown region "{region}"{hint}')
-    for country in lb.country_pools:
+            report.error(where, f'unknown region "{region}"{did_you_mean(region, REGIONS)}')
+    for country, where in countries:
         if not _COUNTRY.match(country):
             message = f'must be a two-letter upper-case country code such as "US", got "{country}"'
-            report.error(item.at("country_pools", country), message)
-    for code in lb.pop_pools:
-        _check_datacenter_code(code, item.at("pop_pools", code), parsed, report)
+            report.error(where, message)
+    for code, where in pops:
+        _check_datacenter_code(code, where, parsed, report)
 
 
 def _check_affinity(item: Item[LoadBalancer], report: Report) -> None:
@@ -541,16 +552,13 @@ def _check_pool_sets(item: Item[LoadBalancer], parsed: Parsed, report: Report) -
         if topology is None:
             continue
         at = ("pool_sets", i, "match", "topology")
-        for j, region in enumerate(topology.regions):
-            if region not in REGIONS:
-                hint = did_you_mean(region, REGIONS)
-                report.error(item.at(*at, "regions", j), f'unknown region "{region}"{hint}')
-        for j, country in enumerate(topology.countries):
-            if not _COUNTRY.match(country):
-                message = f'must be a two-letter upper-case country code, got "{country}"'
-                report.error(item.at(*at, "countries", j), message)
-        for j, code in enumerate(topology.pops):
-            _check_datacenter_code(code, item.at(*at, "pops", j), parsed, report)
+        _check_locations(
+            [(r, item.at(*at, "regions", j)) for j, r in enumerate(topology.regions)],
+            [(c, item.at(*at, "countries", j)) for j, c in enumerate(topology.countries)],
+            [(p, item.at(*at, "pops", j)) for j, p in enumerate(topology.pops)],
+            parsed,
+            report,
+        )
 
 
 def _check_policy(item: Item[LoadBalancer], used: list[Pool | None], report: Report) -> None:
