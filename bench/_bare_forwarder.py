@@ -1,6 +1,6 @@
 """The yardstick for bench/proxy.py: the barest useful trio + h11 forwarder.
 
-It does what perf-anchors.md §2 row (b) did and nothing more: HTTP/1.1 keep-alive downstream,
+It does what a bare forwarder needs and nothing more: HTTP/1.1 keep-alive downstream,
 round robin over upstreams, a LIFO keep-alive pool per upstream (idle > 30 s dropped, one
 retry on a fresh connection when a reused one fails before the response), hop-by-hop headers
 dropped, Host rewritten.  No steering, limits, timeouts, hooks or error pages: whatever

@@ -12,7 +12,7 @@ over keep-alive, the certificate verified.  Each client variant runs in its own 
 * ``bare``: the floor: one task per endpoint, trio ``SSLStream`` + h11, keep-alive, no
   timeouts, no judging, no error handling;
 * ``httpx``: one ``httpx.AsyncClient`` per endpoint with a pool of one keep-alive connection
-  (the best httpx layout in perf-anchors.md §3), sharing one SSL context.
+  (the best httpx layout we found, docs/monitors.md), sharing one SSL context.
 
 Two phases per variant:
 

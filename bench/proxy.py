@@ -504,7 +504,7 @@ def main() -> int:
         else:
             print("[skip] haproxy row")
         # Start every row's proxy, then measure round by round, interleaved, so that drift
-        # on a shared machine hits every row alike (perf-anchors.md: ~10 % run to run).
+        # on a shared machine hits every row alike (~10 % run to run, docs/bench.md).
         running: dict[str, list[subprocess.Popen[bytes]]] = {}
         for name, argvs in plan:
             if not wanted(name):

@@ -3,7 +3,7 @@
 Theory of operation
 ===================
 
-The core knows nothing about Prometheus (DESIGN.md §2).  Everything here hangs off the
+The core knows nothing about Prometheus (docs/design.md).  Everything here hangs off the
 engine's observer lists and off methods the proxy hooks call, and is exposed through one
 :class:`Metrics` object that owns its own ``CollectorRegistry``; the global ``REGISTRY`` is
 never touched, so tests and simulations stay isolated.

@@ -1,6 +1,6 @@
 """Failure reasons of a check, and the one place that maps exceptions onto them.
 
-The values are Cloudflare's failure-reason strings (cloudflare-lb.md §1.1), so that health
+The values are Cloudflare's failure-reason strings (docs/monitors.md), so that health
 events, ``/status`` and ``tunnel-lb probe`` read like Cloudflare's analytics.  ``DNS internal``
 is left out: it describes Cloudflare's own proxied addresses, which cannot occur here.
 

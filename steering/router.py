@@ -9,7 +9,7 @@ of each load balancer per data center, which of them are eligible, their weights
 cumulative tables, local-preference subsets) is computed on first use and cached, so that a
 request costs a few dictionary lookups, one ``bisect`` and the policy's own arithmetic.
 
-The pipeline for one request (cloudflare-lb.md §3.3), each step recorded in the trace:
+The pipeline for one request (docs/cloudflare-rules.md, R25-R45), each step recorded in the trace:
 
 1. The Host selects the load balancer; unknown hosts answer 404.  Its custom rules (R32) run
    first: a matching rule's overrides give the load balancer this request is steered by

@@ -1,4 +1,4 @@
-"""Dependencies point inward: the core and steering do no I/O (DESIGN.md §2).
+"""Dependencies point inward: the core and steering do no I/O (docs/design.md).
 
 Parses every module's imports with ``ast`` (ruff's banned-api is project-wide, so
 per-package boundaries are checked here).

@@ -3,7 +3,7 @@
 The generic parser has already checked every field on its own (type, range, choices); what is
 left needs context: other fields of the same object, other objects, or the data center table.
 Each function below checks one kind of object and reports to a :class:`Report`; rule numbers
-refer to ``cloudflare-lb.md`` §9 and are listed in ``docs/config.md``.
+refer to the rules indexed in ``docs/cloudflare-rules.md`` and are listed in ``docs/config.md``.
 """
 
 from __future__ import annotations

@@ -75,7 +75,7 @@ def _host(header: Mapping[str, tuple[str, ...]]) -> str | None:
 
 @dataclass(**_FROZEN)
 class Monitor:
-    """A Cloudflare monitor: a probe template attached to pools (cloudflare-lb.md §1)."""
+    """A Cloudflare monitor: a probe template attached to pools (docs/monitors.md)."""
 
     READ_ONLY: ClassVar[frozenset[str]] = frozenset({"created_on", "modified_on"})
 
@@ -115,7 +115,7 @@ class Monitor:
 
 @dataclass(**_FROZEN)
 class Origin:
-    """An endpoint of a pool; the API still calls it an origin (cloudflare-lb.md §2.2)."""
+    """An endpoint of a pool; the API still calls it an origin (docs/config.md)."""
 
     READ_ONLY: ClassVar[frozenset[str]] = frozenset({"disabled_at", "healthy", "failure_reason"})
 
@@ -141,7 +141,7 @@ class Origin:
 
 @dataclass(**_FROZEN)
 class OriginSteering:
-    """How a pool picks one of its endpoints (cloudflare-lb.md §2.4)."""
+    """How a pool picks one of its endpoints (R19-R21, docs/cloudflare-rules.md)."""
 
     policy: str = _f(
         "random",
@@ -162,7 +162,7 @@ class LoadShedding:
 
 @dataclass(**_FROZEN)
 class Pool:
-    """A Cloudflare pool (cloudflare-lb.md §2.1)."""
+    """A Cloudflare pool (docs/config.md)."""
 
     READ_ONLY: ClassVar[frozenset[str]] = frozenset(
         {"created_on", "modified_on", "disabled_at", "healthy", "notification_email"}
@@ -210,7 +210,7 @@ class AdaptiveRouting:
 
 @dataclass(**_FROZEN)
 class SessionAffinityAttributes:
-    """Cookie and header affinity options (cloudflare-lb.md §4)."""
+    """Cookie and header affinity options (R34-R41, docs/cloudflare-rules.md)."""
 
     samesite: str = _f("Auto", choices=("Auto", "Lax", "None", "Strict"), doc="cookie SameSite")
     secure: str = _f("Auto", choices=("Auto", "Always", "Never"), doc="cookie Secure flag")
@@ -391,7 +391,7 @@ class TunnelReplica:
 
 @dataclass(**_FROZEN)
 class Tunnel:
-    """A tunnel UUID and its replicas (cloudflare-lb.md §6)."""
+    """A tunnel UUID and its replicas (docs/connector.md)."""
 
     id: str = _f(doc="tunnel UUID (lowercase, dashed)")
     name: str = _f("", doc="label")

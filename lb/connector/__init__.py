@@ -2,7 +2,7 @@
 
 ``tunnel-lb connector FILE`` (or :func:`serve_connector` in code) listens for HTTPS the way
 a tunnel's public hostname is reached through Cloudflare, and routes each request by Host
-and path through cloudflared-style ingress rules (cloudflare-lb.md §2.7, §6, R48) to an
+and path through cloudflared-style ingress rules (R48, docs/connector.md) to an
 origin, a fixed status or a ``hello_world`` page naming the tunnel replica.  See
 ``docs/connector.md``.
 """

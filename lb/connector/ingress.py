@@ -2,7 +2,7 @@
 
 Everything here is pure (no I/O) so the routing behaviour that tests, the demo and the
 load balancer's tunnel endpoints rely on can be pinned down by table tests.  The matcher
-mirrors cloudflared's ``Ingress.FindMatchingRule`` and ``matchHost`` (cloudflare-lb.md §2.7,
+mirrors cloudflared's ``Ingress.FindMatchingRule`` and ``matchHost`` (docs/connector.md,
 R48): the port is stripped from the Host, ``*.d`` matches any name *under* ``d`` (at any
 depth) but never ``d`` itself, the first rule whose hostname and path regex both match
 wins, and when none matches the last (catch-all) rule answers.  Unlike cloudflared we

@@ -4,7 +4,7 @@ Bodies stream both ways without buffering: a task pumps the client's request bod
 origin while the caller's task relays the origin's response, so an origin that answers
 before reading the whole body (a 413, say) does not deadlock us.  When the origin cannot
 be reached we answer 502 "Unable to reach the origin service", as cloudflared does
-(cloudflare-lb.md §6), which is what the load balancer's monitors must learn to read.
+(docs/connector.md), which is what the load balancer's monitors must learn to read.
 
 Bodiless requests reuse idle origin connections (keep-alive); if a reused connection
 turns out to be dead before any response byte arrives, the request is retried once on a

@@ -2,7 +2,7 @@
 
 A test that points the load balancer at a connector wants to know *that* requests
 arrived, which rule served them and which SNI the client sent (the LB must send the
-tunnel's public hostname, cloudflare-lb.md §2.7).  The server only appends to these
+tunnel's public hostname, docs/connector.md).  The server only appends to these
 structures; readers look at them between requests.
 """
 

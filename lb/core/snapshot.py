@@ -18,7 +18,7 @@ __all__ = ["EndpointView", "PoolState", "PoolView", "Snapshot"]
 
 
 class PoolState:
-    """Pool health names (cloudflare-lb.md §2.3), plain strings for JSON and metrics."""
+    """Pool health names (R17, docs/cloudflare-rules.md), plain strings for JSON and metrics."""
 
     HEALTHY = "healthy"
     DEGRADED = "degraded"

@@ -264,7 +264,7 @@ def parse_cookies(cookie: bytes | None) -> dict[str, str]:
 
 
 def affinity_cookie(value: str, ttl: float, *, samesite: str, secure: str, https: bool) -> bytes:
-    """The ``Set-Cookie`` value for ``__cflb`` (R35; cloudflare-lb.md §4).
+    """The ``Set-Cookie`` value for ``__cflb`` (R35, docs/cloudflare-rules.md).
 
     ``secure``: Always / Never, or Auto = Secure iff the downstream connection is HTTPS (our
     stand-in for Cloudflare's "Always Use HTTPS").  ``samesite``: Lax / Strict / None, or

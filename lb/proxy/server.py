@@ -33,7 +33,7 @@ The Host header is normalised before steering (:func:`lb.config.hosts.normalise_
 lowercase, no port, no trailing dot); a Host that is not a host name or IP address gets 400,
 since it could otherwise become the upstream TLS server name.
 
-Failures and retries (cloudflare-lb.md §5, docs/proxy.md):
+Failures and retries (R42-R45 in docs/cloudflare-rules.md, docs/proxy.md):
 
 * a connect failure is classified 521/522/523/525/526 and handed to
   :meth:`steering.Router.retry`; when it answers with a decision, one more attempt goes there

@@ -1,7 +1,7 @@
 """Upstream connections: where an endpoint is dialled, and a small keep-alive pool.
 
 Why not httpx: with 50 requests in flight its connection pool costs about 7x the whole
-request path of a bare h11 forwarder (perf-anchors.md §2).  This pool is a LIFO stack of idle
+request path of a bare h11 forwarder (docs/bench.md).  This pool is a LIFO stack of idle
 h11 connections per key, nothing more: a checkout is a ``dict`` lookup and a ``list.pop``.
 
 Where to dial (docs/proxy.md, "Upstream"):
@@ -15,7 +15,7 @@ Where to dial (docs/proxy.md, "Upstream"):
   Host normalised (port and trailing dot removed).  A Host that cannot be a TLS server name
   fails the attempt with 525, the socket closed.
 
-The pool lesson (perf-anchors.md §2): an idle upstream connection may have been closed by the
+The pool lesson (docs/bench.md): an idle upstream connection may have been closed by the
 server meanwhile.  We do not poll idle sockets in the background (that is what makes httpcore
 slow); instead:
 

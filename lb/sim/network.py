@@ -16,7 +16,7 @@ The layers of a tunnel endpoint (``docs/simulate.md`` has the table of statuses)
 * the **edge** layer is cloudflared and the path to it.  A replica that refuses, is
   blackholed, unreachable or down holds no usable connection; the Cloudflare edge sends a
   request to a usable replica connected in the request's data center, else to the nearest
-  one (local connection preference, cloudflare-lb.md §6).  With none left, the user gets
+  one (local connection preference, docs/connector.md).  With none left, the user gets
   521 / 522 / 523 / 530 and a probe a refused connection, a timeout, no route, or 530.
 * cloudflared routes by Host and path with the tunnel's ingress rules (R48, the matcher of
   :mod:`lb.connector.ingress`): ``http_status:NNN`` answers without the application, so a

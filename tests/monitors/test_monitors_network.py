@@ -162,6 +162,7 @@ async def test_body_match_only_in_first_10_kb(
 async def test_redirect_judged_as_is_unless_followed(
     nursery: trio.Nursery, server_context: ServerContext, transport: NetworkTransport
 ) -> None:
+    """R3: a 3xx is judged as it is; with ``follow_redirects`` the final answer is."""
     r = HostRouter(ssl_context=server_context("app.test"))
     r.rules = [("app.test", respond(200, b"landed"))]
     moved = HostRouter(ssl_context=server_context("app.test"))
