@@ -2,15 +2,17 @@
 
 * :mod:`monitors.spec`: targets -> deduplicated probe :class:`~monitors.spec.Job` s (R4, R5, R7).
 * :mod:`monitors.judge`: pure judging of a response (R1-R3).
-* :mod:`monitors.reasons`: Cloudflare's failure reasons and the one exception mapping.
+* :mod:`monitors.reasons`: Cloudflare's failure reasons (pure).
+* :mod:`monitors.failures`: the one exception -> reason mapping.
 * :mod:`monitors.transport`: the transport seam (the simulator plugs in here), timeouts and
   retries (R8).
 * :mod:`monitors.network`: the real transport (trio + ``SSLStream`` + h11, keep-alive).
 * :mod:`monitors.scheduler`: spread, jittered, deduplicated, reloadable scheduling.
 """
 
+from monitors.failures import classify
 from monitors.network import NetworkTransport
-from monitors.reasons import Reason, classify
+from monitors.reasons import Reason
 from monitors.scheduler import Scheduler, run_monitors
 from monitors.spec import Job, Probe, jobs_for_config, plan, probe_for
 from monitors.transport import (

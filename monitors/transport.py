@@ -14,7 +14,7 @@ behind two small protocols, and everything else (timeouts, retries, judging) liv
   trio.sleep(...)`` s its latency.
 * :meth:`ProbeSession.attempt` performs ONE attempt and returns an :class:`Exchange` (the
   status and at most the first 10 KB of the body, or a failure reason), or raises; an exception
-  is mapped by :func:`monitors.reasons.classify`.  It must keep :attr:`ProbeSession.phase`
+  is mapped by :func:`monitors.failures.classify`.  It must keep :attr:`ProbeSession.phase`
   current (``"connect"`` until a connection exists, then ``"tls"``, then ``"http"``) and must
   never reuse a connection whose attempt was cancelled.  It does not time itself out:
 * :func:`run_check` wraps every attempt in ``trio.move_on_after(probe.timeout)`` (so a hanging,
@@ -33,8 +33,9 @@ from typing import Protocol
 
 import trio
 
+from monitors.failures import classify
 from monitors.judge import judge
-from monitors.reasons import TIMEOUTS, Reason, classify, timeout_reason
+from monitors.reasons import TIMEOUTS, Reason, timeout_reason
 from monitors.spec import Probe
 
 __all__ = ["Exchange", "ProbeSession", "ProbeTransport", "Verdict", "probe_once", "run_check"]
