@@ -10,9 +10,10 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from typing import TextIO
 
-from lb.sim.plot import PlotUnavailableError, write_plot
+from lb.sim.plot import PlotUnavailableError, require_matplotlib, write_plot
 from lb.sim.run import Progress, run_scenario
 from lb.sim.scenario import load_scenario
 
@@ -35,23 +36,44 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def progress_bar(stream: TextIO) -> Progress:
-    """A progress callback drawing on ``stream`` once the run has taken ``_SHOW_AFTER`` s."""
-    started = time.monotonic()
+def _eta(elapsed: float, fraction: float) -> str:
+    return f"eta {elapsed * (1 - fraction) / fraction:.0f}s" if fraction > 0 else "eta ?"
+
+
+def progress_bar(
+    stream: TextIO, *, terminal: bool, clock: Callable[[], float] = time.monotonic
+) -> Progress:
+    """A progress callback on ``stream`` once the run has taken ``_SHOW_AFTER`` s.
+
+    On a terminal, a bar redrawn in place; elsewhere (a CI log, a pipe), one line per 10 %,
+    so the log shows the run is alive without a carriage-return mess.  Both show an ETA.
+    """
+    started = clock()
     shown = False
+    last_tenth = 0
 
     def update(fraction: float) -> None:
-        nonlocal shown
-        if time.monotonic() - started < _SHOW_AFTER and not shown:
+        nonlocal shown, last_tenth
+        elapsed = clock() - started
+        if elapsed < _SHOW_AFTER and not shown:
+            return
+        if not terminal:
+            tenth = int(fraction * 10 + 1e-9)
+            if tenth > last_tenth and fraction < 1.0:
+                last_tenth = tenth
+                stream.write(f"simulating: {tenth * 10}% ({_eta(elapsed, fraction)})\n")
+                stream.flush()
+            shown = True
             return
         if fraction >= 1.0:
             if shown:
-                stream.write("\r" + " " * 60 + "\r")
+                stream.write("\r" + " " * 70 + "\r")
                 stream.flush()
             return
         shown = True
         filled = int(fraction * 30)
-        stream.write(f"\rsimulating [{'#' * filled}{'.' * (30 - filled)}] {fraction:4.0%}")
+        bar = f"[{'#' * filled}{'.' * (30 - filled)}]"
+        stream.write(f"\rsimulating {bar} {fraction:4.0%} {_eta(elapsed, fraction)}   ")
         stream.flush()
 
     return update
@@ -62,7 +84,13 @@ def run(args: argparse.Namespace) -> int:
     scenario = load_scenario(args.scenario, seed=args.seed)
     for warning in scenario.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    progress = progress_bar(sys.stderr) if sys.stderr.isatty() else None
+    if args.plot:
+        try:
+            require_matplotlib()  # before the run, not after it
+        except PlotUnavailableError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    progress = progress_bar(sys.stderr, terminal=sys.stderr.isatty())
     report = run_scenario(scenario, progress=progress)
     if args.json:
         report.write_json(args.json)

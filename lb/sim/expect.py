@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from lb.sim.record import Recorder
 from lb.sim.scenario import Expectation, NetEvent, Scenario
-from lb.sim.spec import FAULTS
+from lb.sim.spec import FAULTS, seconds
 
 __all__ = ["Failover", "Verdict", "evaluate", "failovers"]
 
@@ -220,10 +220,16 @@ def _delay(x: Expectation, found: list[Failover]) -> Verdict:
         at = f.drained_at if x.kind == "drained" else f.detected_at
         if at is None:
             what = "never drained" if x.kind == "drained" else "never detected"
-            detail = f"{what} after failing at {f.failed_at:g}s ({f.cause}); bound {x.within:g}s"
+            detail = (
+                f"{what} after failing at {seconds(f.failed_at)} ({f.cause}); "
+                f"bound {seconds(x.within)}"
+            )
             return Verdict(name=x.name, ok=False, measured=None, detail=detail)
         worst = max(worst, at - f.failed_at)
     ok = worst <= x.within + 1e-9
     return Verdict(
-        name=x.name, ok=ok, measured=worst, detail=f"measured {worst:g}s, bound {x.within:g}s"
+        name=x.name,
+        ok=ok,
+        measured=worst,
+        detail=f"measured {seconds(worst)}, bound {seconds(x.within)}",
     )

@@ -16,6 +16,8 @@ from typing import Any
 
 from lb.sim.expect import Failover, Verdict
 from lb.sim.record import Recorder, Window
+from lb.sim.scenario import Scenario
+from lb.sim.spec import seconds
 
 __all__ = ["Report", "build_report"]
 
@@ -43,6 +45,7 @@ def _window(w: Window) -> dict[str, object]:
         "errors": w.errors,
         "by_pool": _by_pool(w.by_endpoint),
         "by_endpoint": _sorted(w.by_endpoint),
+        "errors_by_endpoint": _sorted({k: v for k, v in w.errors_by_endpoint.items() if k}),
         "by_replica": _sorted(w.by_replica),
         "by_datacenter": _sorted(w.by_datacenter),
     }
@@ -106,7 +109,7 @@ class Report:
         """The human summary printed on stdout."""
         d = self.data
         lines = [
-            f"scenario {d['scenario']}: {d['duration']:g}s virtual, seed {d['seed']}, "
+            f"scenario {d['scenario']}: {seconds(d['duration'])} virtual, seed {d['seed']}, "
             f"{d['requests']} requests, {d['errors']} errors, "
             f"{d['retries']} zero-downtime retries, {d['probes']} probes",
             "",
@@ -137,7 +140,7 @@ class Report:
                     (
                         f"{f['pool']}/{f['endpoint']}",
                         f["cause"],
-                        f"{f['failed_at']:g}s",
+                        seconds(f["failed_at"]),
                         _delta(f["detected_at"], f["failed_at"]),
                         _delta(f["drained_at"], f["failed_at"]),
                     )
@@ -164,7 +167,47 @@ class Report:
 
 
 def _delta(at: float | None, base: float) -> str:
-    return "never" if at is None else f"+{at - base:g}s"
+    return "never" if at is None else f"+{seconds(at - base)}"
+
+
+def fault_windows(sc: Scenario) -> list[dict[str, Any]]:
+    """The timeline's faults as ``{start, end, label}`` spans, for the plot's shading.
+
+    A fault lasts from its ``at`` to the first later ``recover`` of the same target (its own
+    ``until`` or an explicit one), or to the end of the run; a ``disable`` lasts to the next
+    ``enable`` of the same endpoint or pool.
+    """
+    spans: list[dict[str, Any]] = []
+    for e in sc.events:
+        if e.action == "recover":
+            continue
+        same = (e.address, e.replicas, e.scope)
+        end = min(
+            (
+                r.at
+                for r in sc.events
+                if r.action == "recover"
+                and r.at > e.at
+                and (r.address, r.replicas, r.scope) == same
+            ),
+            default=sc.duration,
+        )
+        spans.append({"start": e.at, "end": end, "label": e.label})
+    for c in sc.changes:
+        if c.action != "disable":
+            continue
+        end = min(
+            (
+                r.at
+                for r in sc.changes
+                if r.action == "enable"
+                and r.at > c.at
+                and (r.pool, r.endpoint) == (c.pool, c.endpoint)
+            ),
+            default=sc.duration,
+        )
+        spans.append({"start": c.at, "end": end, "label": c.label})
+    return sorted(spans, key=lambda s: (s["start"], s["end"], s["label"]))
 
 
 def _table(rows: Sequence[tuple[str, ...]]) -> list[str]:
@@ -234,6 +277,7 @@ def build_report(
         "errors_by_endpoint": _sorted({k: v for k, v in totals.errors_by_endpoint.items() if k}),
         "windows": [_window(w) for w in rec.windows],
         "transitions": transitions,
+        "faults": fault_windows(sc),
         "failovers": [f.as_json() for f in failovers],
         "affinity": affinity,
         "probes": probes,

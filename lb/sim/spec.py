@@ -26,7 +26,14 @@ __all__ = [
     "RateStep",
     "ScenarioSpec",
     "TrafficSpec",
+    "seconds",
 ]
+
+
+def seconds(value: float) -> str:
+    """The one way reports show a time or a duration: tenths of a second (``17.9s``)."""
+    return f"{value:.1f}s"
+
 
 FAULTS = ("refuse", "blackhole", "unreachable", "down")
 """Connectivity failures; each maps to a user-visible status and a probe failure (docs)."""

@@ -29,19 +29,8 @@ expect:
 def test_success_prints_the_summary_and_writes_every_output(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    out_json, out_csv, out_png = tmp_path / "r.json", tmp_path / "csv", tmp_path / "r.png"
-    code = main(
-        [
-            "simulate",
-            str(REFERENCE),
-            "--json",
-            str(out_json),
-            "--csv",
-            str(out_csv),
-            "--plot",
-            str(out_png),
-        ]
-    )
+    out_json, out_csv = tmp_path / "r.json", tmp_path / "csv"
+    code = main(["simulate", str(REFERENCE), "--json", str(out_json), "--csv", str(out_csv)])
     assert code == 0
     stdout = capsys.readouterr().out
     assert "dc1/tunnel-dc1" in stdout and "failover" in stdout and "ok   " in stdout
@@ -84,7 +73,6 @@ def test_success_prints_the_summary_and_writes_every_output(
     assert len((out_csv / "transitions.csv").read_text().splitlines()) == 1 + len(
         data["transitions"]
     )
-    assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_failed_expectations_exit_1_with_measured_and_bound(
@@ -115,12 +103,53 @@ def test_seed_option_overrides_the_file(tmp_path: Path) -> None:
 
 def test_progress_bar_appears_only_after_a_while(monkeypatch: pytest.MonkeyPatch) -> None:
     stream = io.StringIO()
-    quiet = simulate.progress_bar(stream)
+    quiet = simulate.progress_bar(stream, terminal=True)
     quiet(0.5)
     assert stream.getvalue() == ""  # a short run draws nothing
     monkeypatch.setattr(simulate, "_SHOW_AFTER", 0.0)
-    bar = simulate.progress_bar(stream)
+    bar = simulate.progress_bar(stream, terminal=True)
     bar(0.5)
-    assert "[###############...............]  50%" in stream.getvalue()
+    assert "[###############...............]  50% eta" in stream.getvalue()
     bar(1.0)
     assert stream.getvalue().endswith("\r")
+
+
+def test_progress_off_a_terminal_is_a_line_per_tenth_with_an_eta() -> None:
+    stream = io.StringIO()
+    now = [0.0]
+    progress = simulate.progress_bar(stream, terminal=False, clock=lambda: now[0])
+    for step in range(1, 101):
+        now[0] = step * 0.1  # 10 s of wall time for the whole run
+        progress(step / 100)
+    lines = stream.getvalue().splitlines()
+    assert "\r" not in stream.getvalue()
+    # Shown from 2 s on (20 %), one line per tenth, none for the finished run.
+    assert [line.split("%")[0] for line in lines] == [
+        f"simulating: {p}" for p in range(20, 100, 10)
+    ]
+    assert lines[0] == "simulating: 20% (eta 8s)"
+
+
+def test_plot_without_matplotlib_fails_before_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def missing() -> None:
+        raise simulate.PlotUnavailableError(
+            "--plot needs matplotlib: pip install 'tunnel-lb[plot]'"
+        )
+
+    def never(*_: object, **__: object) -> None:
+        raise AssertionError("the simulation ran although the plot could not be drawn")
+
+    monkeypatch.setattr(simulate, "require_matplotlib", missing)
+    monkeypatch.setattr(simulate, "run_scenario", never)
+    assert main(["simulate", str(REFERENCE), "--plot", str(tmp_path / "r.png")]) == 2
+    assert "--plot needs matplotlib" in capsys.readouterr().err
+    assert not (tmp_path / "r.png").exists()
+
+
+def test_plot_is_a_png(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib", reason="matplotlib (the plot extra) is not installed")
+    out = tmp_path / "r.png"
+    assert main(["simulate", str(REFERENCE), "--quiet", "--plot", str(out)]) == 0
+    assert out.read_bytes().startswith(b"\x89PNG")
