@@ -1,4 +1,4 @@
-"""Proxy benchmark: tunnel-lb vs a bare trio+h11 forwarder, nginx and haproxy.
+"""Proxy benchmark: tunnel-lb vs bare trio+h11 and trio+httptools forwarders, nginx, haproxy.
 
 One command::
 
@@ -6,12 +6,14 @@ One command::
     .venv/bin/python bench/proxy.py --quick      # -d3s, for a smoke run
 
 Every row proxies ``wrk -t1 -c50 --latency`` to the same local HTTPS backend: nginx with one
-worker answering a fixed 100-byte 200 on 127.0.0.1:18443 and :18444, with a certificate for
+worker answering a fixed 100-byte 200 on two free loopback ports, with a certificate for
 ``backend.local`` issued by a throwaway trustme CA.  Every proxy sends Host and SNI
 ``backend.local``, verifies the certificate, keeps upstream connections alive and spreads over
 the two ports.  Rows:
 
 * ``bare``: bench/_bare_forwarder.py, the yardstick (ratios are against it);
+* ``bare httptools``: bench/_bare_httptools_forwarder.py, the same forwarder parsing with
+  httptools (llhttp) instead of h11: what a C parser alone buys;
 * ``tunnel-lb``: lb.proxy with one load balancer, one pool, two tunnel endpoints mapped to the
   backend by ``connect_to``, a counting ``on_request_done`` hook;
 * ``tunnel-lb run``, ``tunnel-lb run x2``: the whole ``tunnel-lb run`` process (metrics,
@@ -46,15 +48,44 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 PY = sys.executable
-BACKEND_PORTS = (18443, 18444)
-PORTS = {
-    "bare": 18100,
-    "tunnel-lb": 18101,
-    "tunnel-lb run": 18105,
-    "tunnel-lb run x2": 18102,
-    "nginx": 18103,
-    "haproxy": 18104,
-}
+ROWS = (
+    "bare",
+    "bare httptools",
+    "tunnel-lb",
+    "tunnel-lb run",
+    "tunnel-lb run x2",
+    "nginx",
+    "haproxy",
+)
+
+
+def _free_ports(n: int) -> list[int]:
+    """``n`` loopback ports the OS just handed out (held together, so all differ)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _ports() -> list[int]:
+    """Free ports for the backends and every row, chosen once by the driver and inherited by
+    the processes it starts (through the environment), so nothing collides with a fixed port
+    another program on this machine holds."""
+    known = os.environ.get("TUNNEL_LB_BENCH_PORTS")
+    if known:
+        return [int(p) for p in known.split(",")]
+    ports = _free_ports(2 + len(ROWS))
+    os.environ["TUNNEL_LB_BENCH_PORTS"] = ",".join(map(str, ports))
+    return ports
+
+
+_ALL_PORTS = _ports()
+BACKEND_PORTS = tuple(_ALL_PORTS[:2])
+PORTS = dict(zip(ROWS, _ALL_PORTS[2:], strict=True))
 HOST = "backend.local"
 BODY = b"x" * 99 + b"\n"  # 100 bytes
 
@@ -462,6 +493,22 @@ def main() -> int:
                         str(HERE / "_bare_forwarder.py"),
                         "--port",
                         str(PORTS["bare"]),
+                        *[a for p in BACKEND_PORTS for a in ("--upstream", f"127.0.0.1:{p}")],
+                        "--host",
+                        HOST,
+                        "--ca",
+                        ca,
+                    ]
+                ],
+            ),
+            (
+                "bare httptools",
+                [
+                    [
+                        PY,
+                        str(HERE / "_bare_httptools_forwarder.py"),
+                        "--port",
+                        str(PORTS["bare httptools"]),
                         *[a for p in BACKEND_PORTS for a in ("--upstream", f"127.0.0.1:{p}")],
                         "--host",
                         HOST,
