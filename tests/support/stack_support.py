@@ -2,16 +2,39 @@
 
 Two shapes: two tunnels in two pools (eu, us) reached through ``connect_to``, and one pool of
 one tunnel that is never probed successfully (for reload and supervision tests).
+:func:`running_stack` starts the first shape as real processes: a ``tunnel-lb connector`` per
+tunnel and ``tunnel-lb run`` in front.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import sys
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-__all__ = ["APP", "EU", "LB", "US", "one_pool_config", "two_tunnel_config"]
+import httpx
+import pytest
+import trio
+import trustme
+from prometheus_support import free_port
+
+__all__ = [
+    "APP",
+    "EU",
+    "LB",
+    "US",
+    "Stack",
+    "connector_config",
+    "one_pool_config",
+    "running_stack",
+    "two_tunnel_config",
+    "wait_until",
+]
 
 EU = "6ff42ae2-765d-4adf-8112-31c55c1551ef"
 US = "0f3e2d1c-4b5a-4c6d-8e7f-9a0b1c2d3e4f"
@@ -107,3 +130,87 @@ def one_pool_config(*, interval: int = 10, listen: Sequence[int] = (0,), **engin
             },
         }
     )
+
+
+def connector_config(uuid: str, dc: str, port: int, cert: Path) -> str:
+    """A ``tunnel-lb connector`` file: the tunnel ``uuid`` on ``port``, routing :data:`APP`."""
+    return json.dumps(
+        {
+            "tunnel": uuid,
+            "replica": f"{dc.lower()}-1",
+            "datacenter": dc,
+            "listen": f"127.0.0.1:{port}",
+            "certificate": str(cert),
+            "key": str(cert),
+            "ingress": [
+                {"hostname": APP, "path": "^/healthz$", "service": "http_status:200"},
+                {"hostname": APP, "service": "hello_world"},
+                {"service": "http_status:404"},
+            ],
+        }
+    )
+
+
+async def wait_until(client: httpx.AsyncClient, url: str, ok: Any, *, seconds: float = 20) -> Any:
+    """Poll ``url`` until ``ok(response)`` is truthy (bounded); return that value."""
+    with trio.move_on_after(seconds):
+        while True:
+            try:
+                response = await client.get(url)
+                result = ok(response)
+                if result:
+                    return result
+            except httpx.TransportError:
+                pass
+            await trio.sleep(0.1)
+    pytest.fail(f"{url} did not reach the expected state within {seconds}s")
+
+
+@dataclass
+class Stack:
+    """A running two-tunnel stack: where to send traffic, the admin, and the processes."""
+
+    base: str
+    admin: int
+    admin_base: str
+    tunnels: dict[str, trio.Process]
+    lb: trio.Process
+    config: Path
+    log: Path
+
+
+@asynccontextmanager
+async def running_stack(tmp_path: Path, **engine: Any) -> AsyncIterator[Stack]:
+    """Two connector processes (eu in FRA, us in IAD) and ``tunnel-lb run`` over them, ready
+    (``/readyz`` answered 200); every process is stopped on exit."""
+    ca = trustme.CA()
+    cert = tmp_path / "tunnel.pem"
+    ca.issue_cert(APP).private_key_and_cert_chain_pem.write_to_path(str(cert))
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    ports = {EU: free_port(), US: free_port()}
+    listen, admin = free_port(), free_port()
+    config = tmp_path / "lb.json"
+    config.write_text(two_tunnel_config(ports, listen, admin, ca_file, **engine))
+    log = tmp_path / "processes.log"
+
+    async def start(nursery: trio.Nursery, *args: str) -> trio.Process:
+        with log.open("ab") as out:
+            cmd = [sys.executable, "-m", "lb", *args]
+            run = partial(trio.run_process, cmd, check=False, stdout=out, stderr=out)
+            process: trio.Process = await nursery.start(run)
+            return process
+
+    async with trio.open_nursery() as nursery, httpx.AsyncClient(timeout=5) as client:
+        try:
+            tunnels = {}
+            for uuid, dc in ((EU, "FRA"), (US, "IAD")):
+                path = tmp_path / f"{dc}.json"
+                path.write_text(connector_config(uuid, dc, ports[uuid], cert))
+                tunnels[uuid] = await start(nursery, "connector", "--quiet", str(path))
+            lb = await start(nursery, "run", str(config))
+            admin_base = f"http://127.0.0.1:{admin}"
+            await wait_until(client, f"{admin_base}/readyz", lambda r: r.status_code == 200)
+            yield Stack(f"http://127.0.0.1:{listen}", admin, admin_base, tunnels, lb, config, log)
+        finally:
+            nursery.cancel_scope.cancel()
