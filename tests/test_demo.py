@@ -69,6 +69,7 @@ def test_demo_serves_through_a_tunnel_stand_in_on_free_ports_and_stops(tmp_path:
                         break
             text = "".join(out)
             assert "tunnel-lb demo is running." in text, text
+            assert not re.search(r"\bR\d{1,2}\b", text), "an internal rule number in the banner"
             # Failover order: pool eu (tunnel 6ff42ae2..., FRA) serves while healthy.
             assert (
                 "self-test, 10 requests: {'200 6ff42ae2-765d-4adf-8112-31c55c1551ef (FRA)': 10}"
