@@ -50,7 +50,11 @@ from lb.service import Overrides, Running, serve_lb
 
 __all__ = ["DEFAULT_CONFIG", "run_demo"]
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "quickstart.yaml"
+_CHECKOUT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "quickstart.yaml"
+_PACKAGED_CONFIG = Path(__file__).resolve().parent / "data" / "quickstart.yaml"
+DEFAULT_CONFIG = _CHECKOUT_CONFIG if _CHECKOUT_CONFIG.is_file() else _PACKAGED_CONFIG
+"""``configs/quickstart.yaml`` in a checkout; the copy shipped in the package after
+``pip install "tunnel-lb[demo]"`` (a test keeps the two identical)."""
 
 
 @dataclass(frozen=True, slots=True)
