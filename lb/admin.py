@@ -155,7 +155,7 @@ async def serve_admin(
     sockname = listeners[0].socket.getsockname()
     bound = (str(sockname[0]), int(sockname[1]))
     app = _Admin(engine, metrics, reload)
-    log.info("admin listening on %s:%d", *bound)
+    log.info("admin_listening", extra={"fields": {"addr": f"{bound[0]}:{bound[1]}"}})
     task_status.started(bound)
     await trio.serve_listeners(app.connection, listeners)
 
@@ -473,6 +473,7 @@ def status_json(engine: Engine, metrics: Metrics | None = None, *, now: float) -
         "now": now,
         "vantage_points": list(config.engine.vantage_points),
         "sources": list(config.source),
+        "listening": engine.listening,
         "load_balancers": load_balancers,
         "pools": pools,
         "traffic": {

@@ -12,11 +12,15 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from lb import __version__
+from lb import __version__, lifecycle
 from lb.config.errors import ConfigError
 
 COMMANDS = ("demo", "run", "check", "explain", "probe", "simulate", "connector")
 """Modules of :mod:`lb.commands`, in the order ``--help`` lists them."""
+
+DAEMONS = frozenset({"run", "demo", "connector"})
+"""Commands that run until signalled: SIGTERM/SIGINT stop them cleanly (exit 0), at any
+moment, through :mod:`lb.lifecycle`; the others keep Python's default Ctrl-C."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,6 +41,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script and of ``python -m lb``."""
     args = build_parser().parse_args(argv)
+    if args.command not in DAEMONS:
+        lifecycle.restore_default_signals()
+        return _run(args)
+    previous = lifecycle.defer_signals()
+    try:
+        return _run(args)
+    finally:
+        lifecycle.restore_signals(previous)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         code: int = args._run(args)
     except ConfigError as exc:

@@ -90,6 +90,9 @@ class Engine:
         """The latest live counts of each child worker (:mod:`lb.workers`), by worker index;
         empty with one process.  Only for :meth:`live_totals`: steering reads this process's
         own :attr:`live`."""
+        self.listening: dict[str, list[str]] = {}
+        """Where this process listens, ``{"proxy": ["127.0.0.1:8080"], "admin": [...]}``
+        as bound (port 0 resolved); set by :func:`lb.service.serve_lb` for ``/status``."""
         self._router: Router | None = None
         self._seen: set[tuple[str, str, str]] = set()
 

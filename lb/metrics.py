@@ -123,13 +123,13 @@ METRICS: tuple[MetricSpec, ...] = (
         "lb_retries_total",
         "counter",
         (_LB, "reason"),
-        "Second attempts: zero-downtime failover (R42) by failed status, or stale_connection.",
+        "Second attempts: zero-downtime failover by failed status, or stale_connection.",
     ),
     MetricSpec(
         "lb_fallback_requests_total",
         "counter",
         (_LB,),
-        "Requests steered to the fallback pool because no candidate pool was eligible (R30).",
+        "Requests steered to the fallback pool because no candidate pool was eligible.",
     ),
     MetricSpec(
         "lb_steering_decisions_total",
@@ -161,7 +161,7 @@ METRICS: tuple[MetricSpec, ...] = (
         "lb_health_transitions_total",
         "counter",
         (*_EP, "vantage", "to"),
-        'Endpoint health changes per vantage point; vantage="*" is the aggregate (R14, R15).',
+        'Endpoint health changes per vantage point; vantage="*" is the majority of them.',
     ),
     # ---- configuration
     MetricSpec(
@@ -213,13 +213,13 @@ METRICS: tuple[MetricSpec, ...] = (
         "gauge",
         ("pool", "state"),
         "1 for the pool's current state (healthy, degraded, critical, unknown, disabled), "
-        "0 for the others (R17).",
+        "0 for the others.",
     ),
     MetricSpec(
         "lb_pool_eligible",
         "gauge",
         ("pool",),
-        "1 when the pool may receive traffic: enabled with minimum_origins healthy (R17).",
+        "1 when the pool may receive traffic: enabled with minimum_origins healthy.",
     ),
     MetricSpec(
         "lb_pool_healthy_endpoints",
@@ -250,7 +250,7 @@ METRICS: tuple[MetricSpec, ...] = (
         "lb_affinity_header_sessions",
         "gauge",
         (),
-        "Header-affinity sessions held in memory (R39).",
+        "Header-affinity sessions held in memory.",
     ),
 )
 """Every metric this module exposes; ``docs/metrics.md`` lists the same table."""

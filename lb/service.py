@@ -13,7 +13,13 @@ the real network and the real signals:
   ``engine.upstream_ca`` are fixed at start (a restart is needed for those; it is logged).
   A SIGHUP reload runs in the background: a SIGTERM during it drains at once.
 * ``SIGTERM`` / ``SIGINT`` stop accepting and drain in-flight requests for up to
-  ``engine.drain_timeout`` seconds.
+  ``engine.drain_timeout`` seconds.  The signal receiver exists before anything listens
+  (:mod:`lb.lifecycle`): a signal during start-up stops the process cleanly too.
+* :class:`Overrides` (``tunnel-lb run --listen/--admin``, the demo's chosen ports) replace
+  parts of every configuration read, at start and on reload.  A listener that cannot be
+  bound is a :class:`~lb.lifecycle.ListenError` naming its address; the addresses actually
+  bound (port 0 picks a free one) are logged (``proxy_listening``, ``admin_listening``) and
+  shown on ``/status``.
 * ``engine.workers: N`` (N > 1) adds N-1 proxy worker processes on the same listen
   addresses (SO_REUSEPORT) that share this process's health view: :mod:`lb.workers` and
   ``docs/workers.md``.  This process stays the only prober, the admin and the reloader;
@@ -22,35 +28,67 @@ the real network and the real signals:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import random
 import signal
 import ssl
 import sys
-import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 
 import trio
 
 from lb import logs
-from lb.admin import ReloadResult, serve_admin
+from lb.admin import ReloadResult, parse_address, serve_admin
 from lb.config.errors import ConfigError
 from lb.config.loader import load_config
-from lb.config.model import Config
+from lb.config.model import Config, Listener
 from lb.core.health import HealthEvent
 from lb.engine import Engine
+from lb.lifecycle import STOP_SIGNALS, ListenError, host_port, receive_signals
 from lb.metrics import Metrics
 from lb.proxy.hooks import ProxyHooks, RequestRecord
-from lb.proxy.listeners import open_listeners
+from lb.proxy.listeners import AnyListener, is_https, open_listeners
 from lb.proxy.server import serve_proxy
 from lb.workers import ChildContext, Workers, run_child
 from monitors.network import NetworkTransport
 from monitors.scheduler import Scheduler
 from monitors.spec import jobs_for_config
 
-__all__ = ["Running", "serve_lb", "serve_worker", "upstream_context"]
+__all__ = ["Overrides", "Running", "serve_lb", "serve_worker", "upstream_context"]
+
+
+@dataclass(frozen=True, slots=True)
+class Overrides:
+    """Settings given on the command line (or chosen by the demo) that win over the files,
+    at start and on every reload."""
+
+    listen: tuple[Listener, ...] = ()
+    """Replaces ``engine.listen`` when not empty.  The i-th entry keeps the certificates of
+    the file's i-th listener, if any (``--listen`` moves a listener, it does not strip TLS)."""
+    admin: str | None = None
+    """Replaces ``engine.admin``."""
+    connect_to: Mapping[str, str] = field(default_factory=dict)
+    """Entries added to (or replacing those of) the file's ``connect_to``."""
+
+    def apply(self, config: Config) -> Config:
+        """``config`` with these overrides in place."""
+        engine = config.engine
+        if self.listen:
+            old = engine.listen
+            listen = tuple(
+                replace(old[i], address=new.address, port=new.port) if i < len(old) else new
+                for i, new in enumerate(self.listen)
+            )
+            engine = replace(engine, listen=listen)
+        if self.admin is not None:
+            engine = replace(engine, admin=self.admin)
+        changed = replace(config, engine=engine) if engine is not config.engine else config
+        if self.connect_to:
+            changed = replace(changed, connect_to={**changed.connect_to, **self.connect_to})
+        return changed
 
 
 @dataclass(slots=True)
@@ -71,9 +109,15 @@ class ReloadFn:
     """Re-read the configuration files; serialised so two reloads never interleave."""
 
     def __init__(
-        self, paths: Sequence[str], engine: Engine, scheduler: Scheduler, metrics: Metrics
+        self,
+        paths: Sequence[str],
+        engine: Engine,
+        scheduler: Scheduler,
+        metrics: Metrics,
+        overrides: Overrides | None = None,
     ):
         self._paths = list(paths)
+        self._overrides = overrides or Overrides()
         self._engine = engine
         self._scheduler = scheduler
         self._metrics = metrics
@@ -82,7 +126,7 @@ class ReloadFn:
     async def __call__(self) -> ReloadResult:
         async with self._lock:
             try:
-                config = await trio.to_thread.run_sync(_load, self._paths)
+                config = await trio.to_thread.run_sync(_load, self._paths, self._overrides)
             except ConfigError as exc:
                 errors = tuple(str(p) for p in exc.problems)
                 return self._failed(errors)
@@ -143,8 +187,8 @@ _RESTART_ONLY = ("upstream_ca", "workers")
 made once at start."""
 
 
-def _load(paths: Sequence[str]) -> Config:
-    return load_config(paths).config
+def _load(paths: Sequence[str], overrides: Overrides) -> Config:
+    return overrides.apply(load_config(paths).config)
 
 
 def upstream_context(config: Config) -> ssl.SSLContext:
@@ -215,20 +259,32 @@ async def serve_lb(
     upstream_ssl: ssl.SSLContext | None = None,
     seed: int | None = None,
     handle_signals: bool = True,
+    overrides: Overrides | None = None,
+    shutdown: trio.Event | None = None,
     task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the load balancer until shut down.
 
     Args:
         paths: configuration files (re-read on reload).
-        config: the already-loaded configuration of ``paths`` (loaded here when None).
+        config: the already-loaded configuration of ``paths``, overrides applied (loaded
+            here when None).
         upstream_ssl: TLS context for probes and traffic; from ``engine.upstream_ca`` if None.
         seed: seed of probe spreading and steering picks (random when None).
-        handle_signals: install SIGHUP / SIGTERM / SIGINT handling (off in tests).
+        handle_signals: install SIGHUP / SIGTERM / SIGINT handling (off in tests), before
+            anything listens.
+        overrides: applied to every configuration read (here when ``config`` is None, and
+            on every reload).
+        shutdown: set it to drain and stop (one is made when None); a caller that handles
+            the signals itself (the demo) passes its own.
         task_status: ``started(Running)`` once the proxy and admin listen.
+
+    Raises:
+        ListenError: (inside trio's exception groups) when a listener cannot be bound.
     """
+    overrides = overrides or Overrides()
     if config is None:
-        config = load_config(paths).config
+        config = overrides.apply(load_config(paths).config)
     tls = upstream_ssl or upstream_context(config)
     rng = random.Random(seed)
     engine = Engine(config, now=trio.current_time())
@@ -242,8 +298,9 @@ async def serve_lb(
         first_round_rate=500,  # ramp TLS handshakes when thousands of endpoints start
     )
     scheduler.update(jobs_for_config(config, engine.targets()))
-    reload = ReloadFn(paths, engine, scheduler, metrics)
-    shutdown = trio.Event()
+    reload = ReloadFn(paths, engine, scheduler, metrics, overrides)
+    if shutdown is None:
+        shutdown = trio.Event()
     workers = None
     if config.engine.workers > 1:
         workers = Workers(
@@ -253,29 +310,84 @@ async def serve_lb(
             command=[sys.executable, "-m", "lb", "run", "--worker", *paths],
             seeds=lambda: rng.getrandbits(63),
         )
-    logs.event("starting", files=list(paths), wall=round(time.time(), 3))
+    logs.event("starting", files=list(paths))
     async with trio.open_nursery() as nursery:
+        if handle_signals:
+            # Before anything listens: a signal from here on drains, whenever it comes.
+            await nursery.start(_signals, reload, shutdown)
         await nursery.start(scheduler.run)
-        admin = await nursery.start(functools.partial(serve_admin, engine, metrics, reload=reload))
+        admin = await _start_admin(nursery, engine, metrics, reload)
+        listeners = await _open_proxy_listeners(config.engine.listen, workers is not None)
+        workers_started = False
+
+        async def workers_stopped() -> None:
+            if workers is not None and workers_started:
+                await workers.stopped()
+
         proxy = await nursery.start(
             _proxy_then_stop,
             nursery.cancel_scope,
             functools.partial(
                 serve_proxy,
                 engine,
+                listeners,
                 hooks=_hooks(engine, metrics, None if workers is None else 0),
                 rng=random.Random(rng.random()),
                 upstream_ssl=tls,
                 shutdown=shutdown,
             ),
-            None if workers is None else workers.stopped,
+            workers_stopped,
         )
-        if workers is not None:
+        for listener, address in zip(listeners, proxy, strict=True):
+            logs.event("proxy_listening", addr=host_port(*address), tls=is_https(listener))
+        engine.listening = {
+            "proxy": [host_port(*address) for address in proxy],
+            "admin": [host_port(*admin)],
+        }
+        if workers is not None and not shutdown.is_set():
             await nursery.start(workers.run, proxy, shutdown)
-        if handle_signals:
-            nursery.start_soon(_signals, reload, shutdown)
-        logs.event("ready", proxy=proxy, admin=admin, workers=config.engine.workers)
+            workers_started = True
+        if not shutdown.is_set():
+            logs.event(
+                "ready",
+                proxy=engine.listening["proxy"],
+                admin=engine.listening["admin"][0],
+                workers=config.engine.workers,
+            )
         task_status.started(Running(proxy, admin, engine, metrics, shutdown, reload, workers))
+
+
+async def _start_admin(
+    nursery: trio.Nursery, engine: Engine, metrics: Metrics, reload: ReloadFn
+) -> tuple[str, int]:
+    """Start the admin listener; a bind failure is a :class:`ListenError` naming the address
+    (``nursery.start`` raises only what happened before the listener was up)."""
+    try:
+        bound: tuple[str, int] = await nursery.start(
+            functools.partial(serve_admin, engine, metrics, reload=reload)
+        )
+    except OSError as exc:
+        address = engine.config.engine.admin
+        with contextlib.suppress(ValueError):  # the loader validated it
+            address = host_port(*parse_address(address))
+        raise ListenError(address, exc) from exc
+    return bound
+
+
+async def _open_proxy_listeners(specs: Sequence[Listener], reuse_port: bool) -> list[AnyListener]:
+    """Bind every proxy listener, one at a time so that a failure names its address."""
+    out: list[AnyListener] = []
+    try:
+        for spec in specs:
+            try:
+                out += await open_listeners([spec], reuse_port=reuse_port)
+            except OSError as exc:
+                raise ListenError(host_port(spec.address, spec.port), exc) from exc
+    except BaseException:
+        for listener in out:
+            await listener.aclose()
+        raise
+    return out
 
 
 async def _proxy_then_stop(
@@ -294,17 +406,28 @@ async def _proxy_then_stop(
     scope.cancel()
 
 
-async def _signals(reload: Callable[[], Awaitable[object]], shutdown: trio.Event) -> None:
-    """SIGHUP reloads; SIGTERM and SIGINT start a graceful shutdown."""
-    with trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as signals:
-        async with trio.open_nursery() as nursery:
-            async for signum in signals:
-                if signum == signal.SIGHUP:
-                    # In the background: a SIGTERM during a slow reload drains at once.
-                    nursery.start_soon(_reload_logged, reload)
-                else:
+async def _signals(
+    reload: Callable[[], Awaitable[object]],
+    shutdown: trio.Event,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """SIGHUP reloads; SIGTERM and SIGINT start a graceful shutdown.  ``started`` once the
+    receiver exists (a signal recorded before that has been handled already)."""
+
+    async with trio.open_nursery() as nursery:
+
+        def on_signal(signum: int) -> None:
+            if signum in STOP_SIGNALS:
+                if not shutdown.is_set():
                     logs.event("draining", signal=signal.Signals(signum).name)
-                    shutdown.set()
+                shutdown.set()
+            elif not shutdown.is_set():
+                # In the background: a SIGTERM during a slow reload drains at once.
+                nursery.start_soon(_reload_logged, reload)
+
+        await nursery.start(receive_signals, on_signal)
+        task_status.started()
 
 
 async def _reload_logged(reload: Callable[[], Awaitable[object]]) -> None:

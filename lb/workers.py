@@ -54,7 +54,6 @@ import json
 import logging
 import os
 import pickle
-import signal
 import subprocess
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -67,6 +66,7 @@ from lb import logs
 from lb.config.model import Config, Listener
 from lb.core.health import Health, ProbeResult
 from lb.engine import Engine, LiveReport, live_report
+from lb.lifecycle import STOP_SIGNALS, receive_signals
 from lb.metrics import Metrics
 
 __all__ = [
@@ -609,13 +609,11 @@ async def run_child(
             # Something every interval, traffic or not: the parent kills a silent child.
             await report({"metrics": drain_traffic(metrics), "live": live_report(engine.live)})
 
-    async def signals() -> None:
+    def on_signal(signum: int) -> None:
         # SIGHUP is ignored (the parent forwards reloads); SIGTERM/SIGINT drain, which
         # also covers a Ctrl-C sent to the whole process group.
-        with trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as sigs:
-            async for signum in sigs:
-                if signum != signal.SIGHUP:
-                    shutdown.set()
+        if signum in STOP_SIGNALS:
+            shutdown.set()
 
     served = trio.Event()
 
@@ -626,7 +624,7 @@ async def run_child(
             served.set()
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(signals)
+        await nursery.start(receive_signals, on_signal)  # a signal recorded earlier too
         nursery.start_soon(control)
         await nursery.start(serving)
         await report({"ready": {"pid": os.getpid(), "listen": hello["listen"]}})

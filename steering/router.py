@@ -457,7 +457,8 @@ class Router:
         elif mode == "header" and first.affinity != Affinity.HIT:
             self._remember_header_session(lb, req, chosen)
         if tr is not None:
-            tr.append(f"retry: {status} from {endpoint.key}; once to {chosen.key} (R42)")
+            once = f"once to {chosen.key} (zero-downtime failover)"
+            tr.append(f"retry: {status} from {endpoint.key}; {once}")
         return Decision(
             load_balancer=lb,
             pool=pool,
@@ -500,7 +501,7 @@ class Router:
                     tr.append(f"{label}: no match for data center {req.datacenter or '-'}")
                 continue
             if ps.fixed_response is not None:
-                return plan, _fixed_decision(plan, ps.fixed_response, tr, label, "R31")
+                return plan, _fixed_decision(plan, ps.fixed_response, tr, label)
             found = plan.set_plans.get(index)
             if found is None:
                 lb, o = plan.lb, ps.overrides
@@ -525,7 +526,7 @@ class Router:
                     derived, self.snapshot, local=self._local.enabled
                 )
             if tr is not None:
-                tr.append(f"{label}: matched; pools {list(ps.overrides.pools)} (R31)")
+                tr.append(f"{label}: matched; pools {list(ps.overrides.pools)}")
             return found, None
         if tr is not None:
             tr.append("no pool set matched: the load balancer's own pools")
@@ -561,12 +562,12 @@ class Router:
                     tr.append(f"{label}: condition false")
                 continue
             if rule.fixed_response is not None:
-                return plan, _fixed_decision(plan, rule.fixed_response, tr, label, "R32")
+                return plan, _fixed_decision(plan, rule.fixed_response, tr, label)
             matched.append(index)
             if tr is not None:
                 changed = ", ".join(rule.overrides.changes()) or "nothing"
                 stop = "; terminates" if rule.terminates else ""
-                tr.append(f"{label}: matched; overrides {changed}{stop} (R32)")
+                tr.append(f"{label}: matched; overrides {changed}{stop}")
             if rule.terminates:
                 break
         if not matched:
@@ -652,7 +653,7 @@ class Router:
         )
         if key is None:
             if tr is not None:
-                tr.append("affinity: header, configured headers absent: no session (R39)")
+                tr.append("affinity: header, configured headers absent: no session")
             return self._steer(plan, req, rng, live, tr)
         outcome = Affinity.NEW
         avoid = ""
@@ -692,7 +693,7 @@ class Router:
             drain = plan.lb.session_affinity_attributes.drain_duration
             if drain > 0 and ep.disabled_at is not None and req.now - ep.disabled_at < drain:
                 if tr is not None:
-                    tr.append(f"affinity: {ep.key} disabled, draining for {drain:g}s (R40)")
+                    tr.append(f"affinity: {ep.key} disabled, draining for {drain:g}s")
                 return ep
             return None
         if ep.health is not Health.HEALTHY or not (pool.eligible or pool is plan.fallback):
@@ -708,14 +709,14 @@ class Router:
             and ip_bucket(req.client_ip, ep.pool) < shed.session_percent
         ):
             if tr is not None:
-                tr.append(f"affinity: session shed from pool {ep.pool} (R24)")
+                tr.append(f"affinity: session shed from pool {ep.pool}")
             return True
         return False
 
     def _hit(self, plan: _Plan, ep: EndpointView, tr: list[str] | None) -> Decision:
         pool = self.snapshot.pools[ep.pool]
         if tr is not None:
-            tr.append(f"affinity: session pinned to {ep.key}; weights and policy skipped (R36)")
+            tr.append(f"affinity: session pinned to {ep.key}; weights and policy skipped")
         return plan.decision(pool, ep, "affinity", tr)
 
     def _cookie(
@@ -820,7 +821,7 @@ class Router:
                     x = rng.random() * 100.0
                 if x < shed.default_percent:
                     if tr is not None:
-                        tr.append(f"pool {p.name}: request shed ({shed.default_percent:g}%, R24)")
+                        tr.append(f"pool {p.name}: request shed ({shed.default_percent:g}%)")
                     continue
             kept.append(p)
         return tuple(kept)
@@ -832,10 +833,10 @@ class Router:
         pool = plan.fallback
         if pool is None or not pool.config.enabled:
             if tr is not None:
-                tr.append("no eligible pool and the fallback pool is disabled: 530 / 1016 (R30)")
+                tr.append("no eligible pool and the fallback pool is disabled: 530 / 1016")
             return self._no_pool(plan, None, tr)
         if tr is not None:
-            tr.append(f"no eligible pool: fallback pool {pool.name}, health ignored (R30)")
+            tr.append(f"no eligible pool: fallback pool {pool.name}, health ignored")
         ep = self._pick_endpoint(pool, req, rng, live, tr, fallback=True)
         if ep is None:
             if tr is not None:
@@ -1026,12 +1027,12 @@ def _label(kind: str, index: int, name: str, tr: list[str] | None) -> str:
 
 
 def _fixed_decision(
-    plan: _Plan, fixed: FixedResponse, tr: list[str] | None, label: str, rule: str
+    plan: _Plan, fixed: FixedResponse, tr: list[str] | None, label: str
 ) -> Decision:
-    """The answer of a pool set's or a custom rule's ``fixed_response`` (``rule``: R31 or
-    R32); ``label`` names the set or rule in the trace."""
+    """The answer of a pool set's (R31) or a custom rule's (R32) ``fixed_response``;
+    ``label`` names the set or rule in the trace."""
     if tr is not None:
-        tr.append(f"{label}: matched; fixed response {fixed.status_code} ({rule})")
+        tr.append(f"{label}: matched; fixed response {fixed.status_code}")
     return Decision(
         load_balancer=plan.lb,
         pool=None,
@@ -1063,13 +1064,10 @@ def _pool_set_matches(ps: PoolSet, code: str, dc: Datacenter | None) -> bool:
 
 def _why_not(p: PoolView) -> str:
     if not p.config.enabled:
-        return "disabled (R10)"
+        return "disabled"
     if not p.eligible:
-        return (
-            f"{p.state}: {p.healthy_count} healthy < minimum_origins "
-            f"{p.config.minimum_origins} (R17)"
-        )
-    return "no enabled healthy endpoint with weight > 0 (R18)"
+        return f"{p.state}: {p.healthy_count} healthy < minimum_origins {p.config.minimum_origins}"
+    return "no enabled healthy endpoint with weight > 0"
 
 
 def _pool_weight(lb: LoadBalancer, p: PoolView) -> float:

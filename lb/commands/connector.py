@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import logging
+import contextlib
 import sys
 from dataclasses import replace
 from functools import partial
 
 import trio
 
+from lb import logs
 from lb.connector import ConnectorConfig, ConnectorStats, load_connector_config, serve_connector
+from lb.lifecycle import STOP_SIGNALS, receive_signals
 
 NAME = "connector"
 HELP = "Serve cloudflared-style ingress rules locally (a tunnel endpoint for tests and demos)."
@@ -24,6 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--replica", help="override `replica`, the name hello_world reports")
     parser.add_argument("--check", action="store_true", help="validate FILE and exit")
     parser.add_argument("-q", "--quiet", action="store_true", help="no per-request log lines")
+    logs.add_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,10 +50,7 @@ def run(args: argparse.Namespace) -> int:
     if args.check:
         print(f"{args.file}: ok ({len(config.ingress)} ingress rules)")
         return 0
-    logging.basicConfig(
-        level=logging.WARNING if args.quiet else logging.INFO,
-        format="%(asctime)s %(levelname)s %(message)s",
-    )
+    logs.configure_from(args, level="warning" if args.quiet else None)
     error = trio.run(_main, config)
     if error:
         print(f"error: {error}", file=sys.stderr)
@@ -59,13 +59,23 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _main(config: ConnectorConfig) -> str | None:
-    """Serve until cancelled; returns why the connector could not start, if it could not."""
+    """Serve until SIGTERM or SIGINT (at any moment, even while starting); returns why the
+    connector could not start, if it could not."""
     stats = ConnectorStats()
     async with trio.open_nursery() as nursery:
+
+        def on_signal(signum: int) -> None:
+            if signum in STOP_SIGNALS:
+                nursery.cancel_scope.cancel()
+
+        await nursery.start(receive_signals, on_signal)
         try:
             await nursery.start(partial(serve_connector, config, stats=stats))
         except (OSError, RuntimeError) as exc:  # port in use, unreadable certificate, ...
+            nursery.cancel_scope.cancel()
             return str(exc)
         for url in stats.listening:
-            print(f"tunnel {config.tunnel} replica {config.replica}: {url}", flush=True)
+            # Whoever started us may have stopped reading; the tunnel still serves.
+            with contextlib.suppress(BrokenPipeError):
+                print(f"tunnel {config.tunnel} replica {config.replica}: {url}", flush=True)
     return None

@@ -3,36 +3,95 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 import trio
 
 from lb import logs
+from lb.admin import parse_address
 from lb.config.loader import load_config
+from lb.config.model import Listener
+from lb.lifecycle import listen_error
 from lb.proxy.listeners import listener_contexts
-from lb.service import serve_lb, serve_worker
+from lb.service import Overrides, serve_lb, serve_worker
 
 NAME = "run"
 HELP = "Run the load balancer: reverse proxy, health monitors and admin API."
+
+
+def address(text: str) -> tuple[str, int]:
+    """An ``ADDR:PORT`` option value (``[v6]:port`` too; port 0 = any free port)."""
+    try:
+        return parse_address(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected ADDR:PORT, e.g. 127.0.0.1:8080 (port 0 = any free port)"
+        ) from None
+
+
+def add_address_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--listen`` (repeatable) and ``--admin``, shared with ``tunnel-lb demo``."""
+    parser.add_argument(
+        "--listen",
+        action="append",
+        default=[],
+        type=address,
+        metavar="ADDR:PORT",
+        help="proxy listener instead of engine.listen (repeatable; port 0 = any free port)",
+    )
+    parser.add_argument(
+        "--admin",
+        type=address,
+        default=None,
+        metavar="ADDR:PORT",
+        help="admin listener instead of engine.admin (port 0 = any free port)",
+    )
+
+
+def overrides_from(args: argparse.Namespace) -> Overrides:
+    """The :class:`Overrides` of ``--listen`` and ``--admin``."""
+    listen = tuple(Listener(address=host, port=port) for host, port in args.listen)
+    admin = None if args.admin is None else _join(*args.admin)
+    return Overrides(listen=listen, admin=admin)
+
+
+def _join(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the command's options."""
     parser.add_argument("files", nargs="+", metavar="FILE", help="configuration files")
     parser.add_argument("--seed", type=int, default=None, help="seed for probe spreading/picks")
+    add_address_arguments(parser)
+    logs.add_arguments(parser)
     # Internal: one proxy worker process started by `run` itself for engine.workers > 1.
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Validate first (errors exit 2 before anything listens), then serve until stopped."""
-    logs.configure()
+    """Validate first (errors exit 2 before anything listens), then serve until stopped.
+
+    SIGTERM or SIGINT at any moment drains and exits 0; a listener that cannot be bound is
+    one line naming its address, exit 2.
+    """
+    logs.configure_from(args)
     if args.worker:
         serve_worker()
         return 0
+    overrides = overrides_from(args)
     result = load_config(args.files)
     for warning in result.warnings:
         logs.event("config_warning", message=str(warning))
+    config = overrides.apply(result.config)
     # Certificates are read before anything listens: a bad path is a ConfigError (exit 2).
-    listener_contexts(result.config.engine.listen, source=args.files[0])
-    trio.run(lambda: serve_lb(args.files, config=result.config, seed=args.seed))
+    listener_contexts(config.engine.listen, source=args.files[0])
+    try:
+        trio.run(lambda: serve_lb(args.files, config=config, seed=args.seed, overrides=overrides))
+    except (OSError, BaseExceptionGroup) as exc:
+        error = listen_error(exc)
+        if error is None:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     return 0

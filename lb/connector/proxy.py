@@ -202,12 +202,17 @@ class OriginClient:
         try:
             up = await self._connect(service)
         except (*_UPSTREAM_ERRORS, trio.TooSlowError, ssl.SSLError) as exc:
-            log.warning("origin %s unreachable: %r", service, exc)
+            log.warning(
+                "origin_unreachable", extra={"fields": {"origin": service, "error": repr(exc)}}
+            )
             await down.respond(502, BAD_GATEWAY_BODY, b"text/plain; charset=utf-8")
             return 502
         ex = await self._attempt(down, upstream, up, service)
         if ex.origin_error is not None and not ex.sent_response and ex.client_error is None:
-            log.warning("origin %s failed: %r", service, ex.origin_error)
+            log.warning(
+                "origin_failed",
+                extra={"fields": {"origin": service, "error": repr(ex.origin_error)}},
+            )
             if down.http.conn.their_state is h11.SEND_BODY:
                 # Part of the body went to a dead origin; we cannot drain the rest reliably.
                 raise AbortConnectionError from ex.origin_error

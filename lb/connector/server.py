@@ -134,7 +134,10 @@ class _Server:
                 for listener, tls in listeners:
                     handler = partial(self._connection, tls=tls)
                     nursery.start_soon(trio.serve_listeners, handler, [listener])
-                log.info("tunnel %s listening on %s", self.config.tunnel, self.stats.listening)
+                log.info(
+                    "connector_listening",
+                    extra={"fields": {"tunnel": self.config.tunnel, "urls": self.stats.listening}},
+                )
                 task_status.started(bound)
         finally:
             # Shielded: we are usually being cancelled, and under cancellation trio lets
@@ -168,7 +171,7 @@ class _Server:
         except _GONE:
             pass
         except Exception:  # a bug must cost one connection, not the server
-            log.exception("connector: unexpected error on a connection from %s", peer)
+            log.exception("connector_connection_failed", extra={"fields": {"peer": peer}})
         finally:
             if clean:
                 with trio.move_on_after(CLOSE_TIMEOUT):
@@ -194,7 +197,7 @@ class _Server:
 
     async def _reject(self, client: _Client, exc: h11.RemoteProtocolError) -> None:
         """Answer a malformed request with h11's status hint (400, 431...) and close."""
-        log.info("bad request from %s: %s", client.peer, exc)
+        log.info("bad_request", extra={"fields": {"peer": client.peer, "error": str(exc)}})
         if client.http.conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return  # the response already started: all we can do is close
         status = exc.error_status_hint
@@ -245,12 +248,13 @@ class _Server:
 
     def _record_rejected(self, peer: str, tls: bool, sni: str | None, status: int) -> None:
         """A request refused before routing (malformed): rule -1, no method or host."""
-        log.info("%s rejected -> %d", peer, status)
+        log.info("request_rejected", extra={"fields": {"peer": peer, "status": status}})
         self.stats.record(RequestRecord("", "", "", -1, status, sni, tls))
 
     def _record(self, client: _Client, host: str, target: str, rule: int, status: int) -> None:
         method = client.method.decode("latin-1")
-        log.info("%s %s %s%s -> rule %d, %d", client.peer, method, host, target, rule, status)
+        fields = {"peer": client.peer, "method": method, "host": host, "target": target}
+        log.info("request", extra={"fields": {**fields, "rule": rule, "status": status}})
         self.stats.record(RequestRecord(method, host, target, rule, status, client.sni, client.tls))
 
 

@@ -122,8 +122,7 @@ async def test_sigterm_does_not_wait_behind_a_slow_reload() -> None:
     shutdown = trio.Event()
     with trio.fail_after(5):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(lb.service._signals, slow_reload, shutdown)
-            await trio.sleep(0.1)  # the signal receiver is installed
+            await nursery.start(lb.service._signals, slow_reload, shutdown)  # receiver is up
             os.kill(os.getpid(), signal.SIGHUP)
             while not calls:  # noqa: ASYNC110 - polling a list, not an event
                 await trio.sleep(0.01)
@@ -143,8 +142,7 @@ async def test_sighup_reload_that_raises_does_not_kill_the_service() -> None:
     shutdown = trio.Event()
     with trio.fail_after(5):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(lb.service._signals, bad_reload, shutdown)
-            await trio.sleep(0.1)
+            await nursery.start(lb.service._signals, bad_reload, shutdown)
             os.kill(os.getpid(), signal.SIGHUP)
             while not calls:  # noqa: ASYNC110 - polling a list, not an event
                 await trio.sleep(0.01)

@@ -43,7 +43,7 @@ def test_r42_retry_once_on_another_healthy_endpoint_of_the_same_pool(status: int
         assert again.pool.name == "a"  # same pool
         assert again.endpoint.name not in {first.endpoint.name, "a-2"}  # other and healthy
         assert (again.reason, again.tried) == ("retry", (first.endpoint.key,))
-        assert any("(R42)" in line for line in again.trace)
+        assert any("(zero-downtime failover)" in line for line in again.trace)  # R42
         # exactly once: the retry itself is never retried
         assert r.retry(again, request(), random.Random(0), status=status) is None
 

@@ -46,7 +46,7 @@ def test_r31_first_matching_set_wins_in_array_order() -> None:
     assert decide(r, "FRA").pool.name == "b"  # the region set comes first, though FRA is narrower
     assert decide(r, "IAD").pool.name == "c"  # the default set
     d = decide(r, "FRA", trace=True)
-    assert d.trace[0] == "pool set 0: matched; pools ['b'] (R31)"
+    assert d.trace[0] == "pool set 0: matched; pools ['b']"
 
 
 def test_r31_unmatched_requests_use_the_load_balancer_and_disabled_sets_are_skipped() -> None:

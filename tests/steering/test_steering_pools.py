@@ -45,7 +45,7 @@ def test_r10_disabled_endpoint_and_disabled_pool_never_selected() -> None:
     r = router(cfg)
     assert counts(r) == {"a/a-0": 2000}
     d = r.decide(request(), random.Random(1), trace=True)
-    assert "pool x excluded: disabled (R10)" in d.trace
+    assert "pool x excluded: disabled" in d.trace
 
 
 def test_r18_only_enabled_healthy_positive_weight_endpoints_are_selected() -> None:
@@ -101,7 +101,7 @@ def test_r24_shedding_everything_moves_all_requests_and_is_traced() -> None:
     r = router(config([a, pool("b", 1)], load_balancer(["a", "b"])))
     assert counts(r) == {"b/b-0": 2000}
     d = r.decide(request(), random.Random(1), trace=True)
-    assert "pool a: request shed (100%, R24)" in d.trace
+    assert "pool a: request shed (100%)" in d.trace
 
 
 def test_r24_every_pool_shed_lands_in_the_fallback_pool() -> None:
@@ -131,7 +131,7 @@ def test_r24_session_percent_sheds_pinned_sessions_by_ip_hash() -> None:
     d = r.decide(request(cookie=cookie, client_ip="192.0.2.1"), random.Random(1), trace=True)
     assert d.affinity == Affinity.REMAPPED
     assert d.pool.name == "b"
-    assert "affinity: session shed from pool a (R24)" in d.trace
+    assert "affinity: session shed from pool a" in d.trace
     # without session shedding the session stays
     r = router(
         config([pool("a", 1), pool("b", 1)], load_balancer(["a", "b"], session_affinity="cookie"))
@@ -261,7 +261,7 @@ def test_r30_fallback_pool_is_used_with_its_health_ignored() -> None:
     assert set(got) == {"fb/fb-0", "fb/fb-1"}
     d = r.decide(request(), random.Random(1), trace=True)
     assert (d.reason, d.policy, d.status) == ("fallback", "fallback/random", 0)
-    assert "no eligible pool: fallback pool fb, health ignored (R30)" in d.trace
+    assert "no eligible pool: fallback pool fb, health ignored" in d.trace
 
 
 def test_r30_q12_fallback_pool_prefers_its_healthy_endpoints() -> None:
@@ -314,9 +314,9 @@ def test_trace_names_every_excluded_pool_and_why() -> None:
     assert d.trace == [
         f"load balancer {HOST}: steering_policy=off",
         "candidates from default_pools: ['off', 'crit', 'empty', 'ok']",
-        "pool off excluded: disabled (R10)",
-        "pool crit excluded: critical: 1 healthy < minimum_origins 2 (R17)",
-        "pool empty excluded: no enabled healthy endpoint with weight > 0 (R18)",
+        "pool off excluded: disabled",
+        "pool crit excluded: critical: 1 healthy < minimum_origins 2",
+        "pool empty excluded: no enabled healthy endpoint with weight > 0",
         "pool ok chosen by off",
         "endpoint ok/ok-0 chosen by random among 1",
     ]

@@ -1,0 +1,174 @@
+"""Listen addresses: ``--listen``/``--admin`` override the file, port 0 picks a free port, the
+chosen ports are logged and on ``/status``, and a busy port is one line and exit 2."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+from stack_support import one_pool_config
+
+from lb.config.model import Listener
+from lb.lifecycle import ListenError, listen_error
+from lb.logs import JsonFormatter, TextFormatter
+from lb.service import Overrides, Running, serve_lb
+
+ROOT = Path(__file__).resolve().parent.parent
+TEXT_LINE = re.compile(
+    r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z mono=\d+\.\d{3} (debug|info|warning|error) [a-z_]+"
+)
+
+
+@pytest.fixture
+def busy() -> Iterator[int]:
+    """A port the kernel picked, with a listener on it for the whole test."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+def tunnel_lb(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "lb", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def errors(done: subprocess.CompletedProcess[str]) -> list[str]:
+    return [line for line in (done.stdout + done.stderr).splitlines() if "error" in line[:6]]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("command", ["run", "demo"])
+@pytest.mark.parametrize("which", ["--listen", "--admin"])
+def test_a_busy_port_is_one_line_and_exit_2(
+    tmp_path: Path, busy: int, command: str, which: str
+) -> None:
+    config = tmp_path / "lb.json"
+    config.write_text(one_pool_config())
+    free = "--admin" if which == "--listen" else "--listen"
+    args = [which, f"127.0.0.1:{busy}", free, "127.0.0.1:0", "--log-format", "text"]
+    done = tunnel_lb(command, *([str(config)] if command == "run" else []), *args)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert errors(done) == [f"error: cannot listen on 127.0.0.1:{busy}: address already in use"]
+    assert "Traceback" not in done.stdout + done.stderr
+    # Every other line on stderr is a log line in the text format.
+    for line in done.stderr.splitlines():
+        assert line.startswith("error: ") or TEXT_LINE.match(line), line
+
+
+@pytest.mark.integration
+def test_log_level_warning_hides_the_info_lines(tmp_path: Path, busy: int) -> None:
+    config = tmp_path / "lb.json"
+    config.write_text(one_pool_config())
+    done = tunnel_lb("run", str(config), "--admin", f"127.0.0.1:{busy}", "--log-level", "warning")
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        f"error: cannot listen on 127.0.0.1:{busy}: address already in use"
+    ]
+
+
+def test_the_error_names_the_address_inside_exception_groups() -> None:
+    error = ListenError("[::1]:80", PermissionError(13, "Permission denied"))
+    group = BaseExceptionGroup("outer", [ValueError("x"), ExceptionGroup("inner", [error])])
+    assert listen_error(group) is error
+    assert (
+        str(error)
+        == "cannot listen on [::1]:80: permission denied (ports below 1024 need privileges)"
+    )
+    assert listen_error(ValueError("x")) is None
+
+
+@pytest.mark.integration
+async def test_overrides_win_over_the_file_at_start_and_on_reload(
+    tmp_path: Path, nursery: trio.Nursery, busy: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The file says a busy port; ``--listen 127.0.0.1:0`` and ``--admin 127.0.0.1:0`` win,
+    the ports chosen are logged and on /status, and a reload keeps them."""
+    path = tmp_path / "lb.json"
+    path.write_text(one_pool_config(listen=(busy,)))
+    overrides = Overrides(listen=(Listener(address="127.0.0.1", port=0),), admin="127.0.0.1:0")
+    with caplog.at_level(logging.INFO):
+        running: Running = await nursery.start(
+            lambda task_status: serve_lb(
+                [str(path)],
+                seed=1,
+                handle_signals=False,
+                overrides=overrides,
+                task_status=task_status,
+            )
+        )
+    [(_, port)] = running.proxy
+    ahost, aport = running.admin
+    assert port not in (0, busy) and aport != 0
+    events = {r.getMessage(): getattr(r, "fields", {}) for r in caplog.records}
+    assert events["proxy_listening"] == {"addr": f"127.0.0.1:{port}", "tls": False}
+    assert events["admin_listening"] == {"addr": f"127.0.0.1:{aport}"}
+    async with httpx.AsyncClient(base_url=f"http://{ahost}:{aport}", timeout=10) as client:
+        status = (await client.get("/status")).json()
+        assert status["listening"] == {
+            "proxy": [f"127.0.0.1:{port}"],
+            "admin": [f"127.0.0.1:{aport}"],
+        }
+        path.write_text(one_pool_config(listen=(busy,), interval=20))
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            assert (await client.post("/reload")).status_code == 200
+    assert running.engine.config.engine.listen == (Listener(address="127.0.0.1", port=0),)
+    assert running.engine.config.engine.admin == "127.0.0.1:0"
+    assert not [r for r in caplog.records if r.getMessage() == "config_listeners_unchanged"]
+    running.shutdown.set()
+
+
+def test_an_https_listener_moved_by_listen_keeps_its_certificate() -> None:
+    from lb.config.model import Config, Engine
+
+    tls = Listener(address="0.0.0.0", port=443, certificate="lb.pem", key="lb.key")
+    config = Config(engine=Engine(listen=(tls,)))
+    moved = Overrides(
+        listen=(Listener(address="127.0.0.1", port=0), Listener(address="127.0.0.1", port=0))
+    ).apply(config)
+    assert moved.engine.listen == (
+        Listener(address="127.0.0.1", port=0, certificate="lb.pem", key="lb.key"),
+        Listener(address="127.0.0.1", port=0),
+    )
+
+
+def record(message: str, *args: object, **fields: object) -> logging.LogRecord:
+    rec = logging.LogRecord("lb.test", logging.INFO, __file__, 1, message, args or None, None)
+    rec.fields = fields
+    rec.mono = 12.5
+    return rec
+
+
+def test_json_lines_carry_wall_clock_and_monotonic_time() -> None:
+    line = json.loads(JsonFormatter().format(record("admin_listening", addr="127.0.0.1:1")))
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", line.pop("time"))
+    assert line == {
+        "mono": 12.5,
+        "level": "info",
+        "event": "admin_listening",
+        "addr": "127.0.0.1:1",
+    }
+
+
+def test_text_lines_are_key_value_and_sentences_become_log_events() -> None:
+    text = TextFormatter().format(record("ready", proxy=["127.0.0.1:1", "[::1]:2"], n=3, s="a b"))
+    assert TEXT_LINE.match(text)
+    assert text.endswith(' info ready proxy=127.0.0.1:1,[::1]:2 n=3 s="a b"')
+    free = TextFormatter().format(record("accept failed (%s); pausing", "EMFILE"))
+    assert free.endswith(' info log logger=lb.test message="accept failed (EMFILE); pausing"')
