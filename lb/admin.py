@@ -30,7 +30,8 @@ Endpoints (see ``docs/metrics.md`` for examples):
 ``GET /healthz``      200 ``ok`` while the process serves
 ``GET /readyz``       200 once the engine is ready (every endpoint probed), else 503
 ``POST /reload``      calls the reload callable: 200 ``{"ok": true}``, 400 with the errors
-                      of a rejected configuration, 500 if reloading itself failed
+                      of a rejected configuration, 500 if reloading itself failed;
+                      ``?force=1`` also applies a configuration without load balancers
 ====================  ====================================================================
 
 ``HEAD`` is accepted wherever ``GET`` is.
@@ -45,7 +46,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 import h11
@@ -105,7 +106,10 @@ class ReloadResult:
         return body
 
 
-ReloadFn = Callable[[], Awaitable[ReloadResult]]
+class ReloadFn(Protocol):
+    """Re-reads the configuration; ``force`` applies one without load balancers too."""
+
+    def __call__(self, *, force: bool = ...) -> Awaitable[ReloadResult]: ...
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -371,13 +375,14 @@ class _Admin:
         return _json(200, decision.as_json())
 
     async def post_reload(self, query: _Query) -> _Reply:
-        """Re-read the configuration through the reload callable."""
-        del query
+        """Re-read the configuration through the reload callable (``?force=1``: apply even
+        a configuration without load balancers)."""
+        force = _one(query, "force").lower() in ("1", "true", "yes")
         if self.reload_fn is None:
             return _json(501, {"ok": False, "errors": ["reload is not available here"]})
         async with self.reload_lock:
             try:
-                result = await self.reload_fn()
+                result = await (self.reload_fn(force=True) if force else self.reload_fn())
             except Exception as exc:
                 log.exception("reload failed")
                 return _json(500, {"ok": False, "errors": [f"{type(exc).__name__}: {exc}"]})

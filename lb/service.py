@@ -45,6 +45,7 @@ from lb.admin import ReloadResult, parse_address, serve_admin
 from lb.config.errors import ConfigError
 from lb.config.loader import load_config
 from lb.config.model import Config, Listener
+from lb.config.serving import RELOAD_FORCE_HINT, serving_problem
 from lb.core.health import HealthEvent
 from lb.engine import Engine
 from lb.lifecycle import STOP_SIGNALS, ListenError, host_port, receive_signals
@@ -123,15 +124,19 @@ class ReloadFn:
         self._metrics = metrics
         self._lock = trio.Lock()
 
-    async def __call__(self) -> ReloadResult:
+    async def __call__(self, *, force: bool = False) -> ReloadResult:
+        """Reload; without ``force``, a configuration without load balancers is refused."""
         async with self._lock:
             try:
                 config = await trio.to_thread.run_sync(_load, self._paths, self._overrides)
             except ConfigError as exc:
                 errors = tuple(str(p) for p in exc.problems)
                 return self._failed(errors)
-            except Exception as exc:  # e.g. RecursionError from a pathological YAML
+            except Exception as exc:  # a bug in the loader: still a failed reload
                 return self._failed((f"{type(exc).__name__}: {exc}",), exc)
+            empty = None if force else serving_problem(config, RELOAD_FORCE_HINT)
+            if empty is not None:
+                return self._failed((str(empty),))
             old = self._engine.config
             try:
                 self._engine.reconfigure(config, now=trio.current_time())

@@ -16,6 +16,7 @@ from lb.config import markdown_reference
 from lb.config.errors import ConfigError, Problem
 from lb.config.loader import load_config
 from lb.config.model import Config, LoadBalancer, Monitor, Pool, Tunnel
+from lb.config.serving import ALLOW_EMPTY_HINT, serving_problem
 
 NAME = "check"
 HELP = "Validate configuration files and summarise them (exit 2 on errors)."
@@ -33,6 +34,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="print every configuration field with its type, default and allowed values",
     )
+    parser.add_argument(
+        "--allow-empty",
+        action="store_true",
+        help="accept a configuration without any load balancer (it would answer 404)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -49,6 +55,9 @@ def run(args: argparse.Namespace) -> int:
         errors, warnings, summary = exc.problems, exc.warnings, None
     else:
         errors, warnings, summary = [], result.warnings, summarize(result.config)
+        empty = None if args.allow_empty else serving_problem(result.config, ALLOW_EMPTY_HINT)
+        if empty is not None:
+            errors, summary = [empty], None
     if args.json:
         _print_json(errors, warnings, summary)
     else:

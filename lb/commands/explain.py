@@ -8,11 +8,15 @@ from the same :class:`~steering.Router` the proxy and the simulator use.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import random
 import sys
 
+from lb.config import did_you_mean
+from lb.config.errors import ConfigError
 from lb.config.loader import load_config
+from lb.config.serving import serving_problem
 from lb.engine import Engine
 from lb.proxy.headers import parse_cookies
 from steering import Request
@@ -46,7 +50,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Load, mark health, decide once and print the decision with its trace."""
+    if args.client_ip:
+        try:
+            ipaddress.ip_address(args.client_ip)
+        except ValueError:
+            print(f"error: --client-ip {args.client_ip!r}: not an IP address", file=sys.stderr)
+            return 2
     config = load_config(args.files).config
+    empty = serving_problem(config)
+    if empty is not None:
+        raise ConfigError([empty])
+    datacenter = args.datacenter.strip().upper()
+    if datacenter and datacenter not in config.datacenters:
+        hint = did_you_mean(datacenter, sorted(config.datacenters))
+        print(
+            f"error: --datacenter {args.datacenter!r}: unknown data center{hint}; "
+            "a configuration adds codes under `datacenters`",
+            file=sys.stderr,
+        )
+        return 2
     engine = Engine(config, secret=b"explain")
     down = set(args.down)
     known = {f"{t.pool}/{t.endpoint}" for t in engine.targets()}
@@ -68,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     request = Request(
         host=args.host,
         client_ip=args.client_ip,
-        datacenter=args.datacenter,
+        datacenter=datacenter,
         cookie=args.cookie,
         headers=headers,
         cookies=parse_cookies(headers.get("cookie", "").encode("latin-1")),

@@ -20,8 +20,10 @@ from typing import Any
 
 import trio
 
+from lb.config.errors import ConfigError
 from lb.config.loader import load_config
 from lb.config.model import Config
+from lb.config.serving import serving_problem
 from lb.core.book import HealthBook, ProbeTarget
 from monitors import NetworkTransport, ProbeTransport, Verdict, plan, probe_once
 
@@ -130,6 +132,9 @@ def render_table(rows: list[Row]) -> str:
 def run(args: argparse.Namespace, transport: ProbeTransport | None = None) -> int:
     """Load, probe, print; see the module docstring for the exit status."""
     config = load_config(args.files).config
+    empty = serving_problem(config)
+    if empty is not None:
+        raise ConfigError([empty])
     targets = HealthBook(config).targets()
     known_pools = {t.pool for t in targets}
     known_endpoints = {t.endpoint for t in targets}

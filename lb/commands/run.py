@@ -9,8 +9,10 @@ import trio
 
 from lb import logs
 from lb.admin import parse_address
+from lb.config.errors import ConfigError
 from lb.config.loader import load_config
 from lb.config.model import Listener
+from lb.config.serving import ALLOW_EMPTY_HINT, serving_problem
 from lb.lifecycle import listen_error
 from lb.proxy.listeners import listener_contexts
 from lb.service import Overrides, serve_lb, serve_worker
@@ -65,6 +67,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=None, help="seed for probe spreading/picks")
     add_address_arguments(parser)
     logs.add_arguments(parser)
+    parser.add_argument(
+        "--allow-empty",
+        action="store_true",
+        help="start even without any load balancer (every request answered 404)",
+    )
     # Internal: one proxy worker process started by `run` itself for engine.workers > 1.
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
 
@@ -81,6 +88,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     overrides = overrides_from(args)
     result = load_config(args.files)
+    empty = None if args.allow_empty else serving_problem(result.config, ALLOW_EMPTY_HINT)
+    if empty is not None:
+        raise ConfigError([empty])
     for warning in result.warnings:
         logs.event("config_warning", message=str(warning))
     config = overrides.apply(result.config)

@@ -9,18 +9,35 @@ PyYAML only for the line numbers, walking both trees side by side.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import yaml
 
+from lb.config._limits import (
+    MAX_FILE_BYTES,
+    LimitedYamlLoader,
+    LimitError,
+    scan_json,
+    too_large,
+)
 from lb.config.errors import Problem
 
-__all__ = ["Node", "Segment", "Where", "read_file", "read_text", "render_path"]
+__all__ = [
+    "Node",
+    "Segment",
+    "Where",
+    "describe_os_error",
+    "read_bounded",
+    "read_file",
+    "read_text",
+    "render_path",
+]
 
 Segment = str | int
 """One step of a path into a document: a mapping key or a list index."""
@@ -100,23 +117,56 @@ def read_file(path: str | os.PathLike[str]) -> tuple[Node | None, list[Problem]]
     """Read and parse one file; a missing or unreadable file is a problem, not an exception."""
     name = os.fspath(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return None, [Problem(file=name, line=None, path="", message="no such file")]
+        text = read_bounded(path)
     except UnicodeDecodeError as exc:
         message = f"not UTF-8 text (byte {exc.start})"
         return None, [Problem(file=name, line=None, path="", message=message)]
+    except LimitError as exc:
+        return None, [Problem(file=name, line=None, path="", message=exc.message)]
     except OSError as exc:
-        message = f"cannot read: {exc.strerror or exc}"
-        return None, [Problem(file=name, line=None, path="", message=message)]
+        return None, [Problem(file=name, line=None, path="", message=describe_os_error(exc))]
     return read_text(text, name)
+
+
+def read_bounded(path: str | os.PathLike[str]) -> str:
+    """The UTF-8 text of ``path``, refusing more than :data:`MAX_FILE_BYTES`.
+
+    A FIFO or a pipe (``<(command)``) is read too, but opened without blocking: a FIFO
+    nobody writes to reads as empty instead of hanging the command.
+
+    Raises:
+        OSError: the file cannot be opened or read (see :func:`describe_os_error`).
+        UnicodeDecodeError: the content is not UTF-8.
+        LimitError: the file is larger than :data:`MAX_FILE_BYTES`.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    with os.fdopen(fd, "rb") as f:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), os.fspath(path))
+        os.set_blocking(fd, True)
+        data = f.read(MAX_FILE_BYTES + 1)
+    if len(data) > MAX_FILE_BYTES:
+        raise LimitError(too_large(), None)
+    return data.decode("utf-8")
+
+
+def describe_os_error(exc: OSError) -> str:
+    """``no such file``, ``is a directory``, ``cannot read: Permission denied``..."""
+    if isinstance(exc, FileNotFoundError):
+        return "no such file"
+    if isinstance(exc, IsADirectoryError):
+        return "is a directory, not a file"
+    return f"cannot read: {exc.strerror or exc}"
 
 
 def read_text(text: str, filename: str) -> tuple[Node | None, list[Problem]]:
     """Parse ``text``; JSON when ``filename`` ends in ``.json``, YAML otherwise.
 
-    Returns ``(None, [])`` for an empty document and ``(None, problems)`` for a syntax error.
+    Returns ``(None, [])`` for an empty document and ``(None, problems)`` for a syntax error
+    or a text beyond the limits of :mod:`lb.config._limits`.
     """
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_FILE_BYTES:
+        return None, [Problem(file=filename, line=None, path="", message=too_large())]
     if filename.lower().endswith(".json"):
         return _read_json(text, filename)
     return _read_yaml(text, filename)
@@ -128,7 +178,7 @@ def read_text(text: str, filename: str) -> tuple[Node | None, list[Problem]]:
 def _read_yaml(text: str, filename: str) -> tuple[Node | None, list[Problem]]:
     problems: list[Problem] = []
     try:
-        loader = yaml.SafeLoader(text)
+        loader = LimitedYamlLoader(text)
     except yaml.reader.ReaderError as exc:  # raised while scanning for bad characters
         line = text.count("\n", 0, exc.position) + 1
         char = f" (U+{exc.character:04X})" if isinstance(exc.character, int) else ""
@@ -137,6 +187,8 @@ def _read_yaml(text: str, filename: str) -> tuple[Node | None, list[Problem]]:
     try:
         root = loader.get_single_node()
         node = None if root is None else _YamlConverter(loader, filename, problems).convert(root)
+    except LimitError as exc:
+        return None, [Problem(file=filename, line=exc.line, path="", message=exc.message)]
     except yaml.MarkedYAMLError as exc:
         return None, [_syntax_problem(filename, exc)]
     except yaml.YAMLError as exc:  # pragma: no cover - PyYAML marks the errors it raises here
@@ -225,6 +277,10 @@ class _YamlConverter:
 
 
 def _read_json(text: str, filename: str) -> tuple[Node | None, list[Problem]]:
+    try:
+        scan_json(text)
+    except LimitError as exc:
+        return None, [Problem(file=filename, line=exc.line, path="", message=exc.message)]
     try:
         data = json.loads(text) if text.strip() else None
     except json.JSONDecodeError as exc:

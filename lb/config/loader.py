@@ -27,6 +27,7 @@ from lb.config._parse import INVALID, Parser, describe_node
 from lb.config._report import Report, did_you_mean
 from lb.config._source import Node, Segment, Where, read_file, read_text
 from lb.config.errors import ConfigError, Problem
+from lb.config.kinds import CONFIG, wrong_kind
 from lb.config.model import Config, Datacenter, Engine, LoadBalancer, Monitor, Pool, Tunnel
 
 __all__ = [
@@ -119,6 +120,10 @@ class _Sections:
 
     def add_document(self, node: Node) -> None:
         """A file's top level: our sections, an API envelope, one API object or a list."""
+        other = wrong_kind(node, CONFIG)
+        if other is not None:
+            self.report.error(node.at(()), other)
+            return
         value = node.value
         if isinstance(value, list):
             for i, child in enumerate(value):

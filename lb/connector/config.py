@@ -16,9 +16,9 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from lb.config import Node, read_file
 from lb.config.errors import ConfigError, Problem
+from lb.config.kinds import CONNECTOR, wrong_kind
 from lb.connector.ingress import IngressRule, RuleError, validate_rules
 
 __all__ = ["ConnectorConfig", "load_connector_config", "parse_address"]
@@ -123,13 +123,16 @@ _ORIGIN_REQUEST: dict[str, tuple[str, str]] = {
 _RULE_KEYS = ("hostname", "path", "service")
 
 
-def _lines(node: yaml.Node, path: str, out: dict[str, int]) -> None:
-    """Map every dotted path under ``node`` to its 1-based line, for error messages."""
-    out[path] = node.start_mark.line + 1
-    if isinstance(node, yaml.MappingNode):
-        for key, value in node.value:
-            _lines(value, f"{path}.{key.value}" if path else str(key.value), out)
-    elif isinstance(node, yaml.SequenceNode):
+def _lines(node: Node, path: str, out: dict[str, int]) -> None:
+    """Map every dotted path under ``node`` to its 1-based line (a key's own line for a
+    mapping entry), for error messages."""
+    out.setdefault(path, node.line)
+    if isinstance(node.value, dict):
+        for key, child in node.value.items():
+            sub = f"{path}.{key}" if path else key
+            out[sub] = node.key_lines.get(key, child.line)
+            _lines(child, sub, out)
+    elif isinstance(node.value, list):
         for index, item in enumerate(node.value):
             _lines(item, f"{path}[{index}]", out)
 
@@ -201,20 +204,12 @@ def _rules(items: object, problems: list[tuple[str, str]]) -> tuple[IngressRule,
 def load_connector_config(path: str | Path) -> ConnectorConfig:
     """Read and validate a connector file; raises :class:`ConfigError` with every problem."""
     file = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except OSError as exc:
-        raise ConfigError(
-            [Problem(file=file, line=None, path="", message=exc.strerror or str(exc))]
-        ) from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        raise ConfigError(
-            [Problem(file=file, line=line, path="", message=f"invalid YAML: {exc}")]
-        ) from None
+    node, read_problems = read_file(path)
+    if read_problems:
+        raise ConfigError(read_problems)
+    if node is not None and (other := wrong_kind(node, CONNECTOR)) is not None:
+        raise ConfigError([node.at(()).problem(other)])
+    data = None if node is None else node.plain()
     lines: dict[str, int] = {}
     if node is not None:
         _lines(node, "", lines)

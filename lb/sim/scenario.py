@@ -40,6 +40,7 @@ from lb.config import (
     read_file,
 )
 from lb.config import loader as config_loader
+from lb.config.kinds import SCENARIO, wrong_kind
 from lb.config.model import Config, Tunnel
 from lb.config.tunnels import TUNNEL_SUFFIX
 from lb.connector.ingress import IngressRule, RuleError, validate_rules
@@ -198,12 +199,16 @@ def load_scenario(path: str | os.PathLike[str], *, seed: int | None = None) -> S
     if problems:
         raise ConfigError(problems)
     if node is None:
-        raise ConfigError([Problem(file=os.fspath(path), line=None, path="", message="empty")])
+        empty = Problem(file=os.fspath(path), line=None, path="", message="the file is empty")
+        raise ConfigError([empty])
     return parse_scenario(node, os.fspath(path), seed=seed)
 
 
 def parse_scenario(node: Node, filename: str, *, seed: int | None = None) -> Scenario:
     """Validate a parsed scenario document (see :func:`load_scenario`)."""
+    other = wrong_kind(node, SCENARIO)
+    if other is not None:
+        raise ConfigError([node.at(()).problem(other)])
     report = Report()
     spec = Parser(report).dataclass(ScenarioSpec, node, ())
     if spec is INVALID:

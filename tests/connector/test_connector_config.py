@@ -123,7 +123,7 @@ def test_early_catch_all_and_empty_ingress(tmp_path: Path) -> None:
     [
         ("", "must be a mapping"),
         ("- a\n", "must be a mapping"),
-        ("tunnel: [unclosed\n", "invalid YAML"),
+        ("tunnel: [unclosed\n", "YAML syntax error"),
     ],
 )
 def test_not_a_connector_file(tmp_path: Path, text: str, message: str) -> None:

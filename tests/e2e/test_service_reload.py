@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 import trio
-from stack_support import one_pool_config
+from stack_support import LB, one_pool_config
 
 import lb.service
 from lb.engine import Engine
@@ -35,32 +35,93 @@ async def start(nursery: trio.Nursery, path: Path) -> Running:
     return running
 
 
+def billion_laughs(depth: int) -> str:
+    lines = ["a0: &a0 [" + ", ".join(['"lol"'] * 9) + "]"]
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, depth)]
+    return "\n".join(lines) + "\n"
+
+
+HOSTILE = {
+    "deep-yaml": ("lb.yaml", "a: " + "[" * 50000 + "]" * 50000 + "\n", "nested deeper than 64"),
+    "deep-json": ("lb.json", '{"a": ' + "[" * 50000 + "]" * 50000 + "}", "nested deeper than 64"),
+    "long-number": ("lb.json", '{"a": ' + "7" * 5000 + "}", "a number of 5000 characters"),
+    "alias-bomb-6": ("lb.yaml", billion_laughs(6), "aliases repeat more than"),
+    "huge": ("lb.yaml", "# padding\n" * 300_000, "the file is larger than 2 MiB"),
+}
+
+
 @pytest.mark.integration
-async def test_a_pathological_yaml_is_a_failed_reload_not_a_crash(
-    tmp_path: Path, nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize(("name", "text", "expected"), HOSTILE.values(), ids=HOSTILE)
+async def test_a_hostile_file_is_a_failed_reload_and_the_old_config_serves(
+    tmp_path: Path,
+    nursery: trio.Nursery,
+    caplog: pytest.LogCaptureFixture,
+    name: str,
+    text: str,
+    expected: str,
 ) -> None:
-    path = tmp_path / "lb.yaml"
+    path = tmp_path / name
     path.write_text(one_pool_config())
     running = await start(nursery, path)
-    generation = running.engine.generation
-    path.write_text("a: " + "[" * 50000 + "]" * 50000 + "\n")  # RecursionError in the parser
+    old, generation = running.engine.config, running.engine.generation
+    path.write_text(text)
     with caplog.at_level(logging.ERROR):
         result = await running.reload()
     assert not result.ok
-    assert "RecursionError" in result.errors[0]
-    assert running.engine.generation == generation
+    [error] = result.errors
+    assert error.startswith(f"{path}:") and expected in error
+    assert running.engine.config is old and running.engine.generation == generation
     assert reload_failures(running) == 1
     assert any(r.getMessage() == "config_reload_failed" for r in caplog.records)
-    # Over the admin endpoint: a 400 with the error, not a 500; the LB still serves.
+    # Over the admin endpoint: a 400 with the error, not a 500; the old LB still answers.
     host, port = running.admin
     async with httpx.AsyncClient(base_url=f"http://{host}:{port}", timeout=10) as client:
         response = await client.post("/reload")
         assert response.status_code == 400
-        assert "RecursionError" in response.json()["errors"][0]
-        assert (await client.get("/healthz")).status_code == 200
+        assert expected in response.json()["errors"][0]
+        explained = await client.get("/explain", params={"host": LB})
+        assert explained.status_code == 200
     path.write_text(one_pool_config(interval=20))
     assert (await running.reload()).ok
     assert running.engine.generation == generation + 1
+    running.shutdown.set()
+
+
+EMPTY = {
+    "empty": "",
+    "comments-only": "# the configuration moved to lb.d/\n",
+    "no-load-balancers": "monitors:\n  - {id: m, type: http}\n",
+}
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("text", EMPTY.values(), ids=EMPTY)
+async def test_a_reload_that_removes_every_load_balancer_needs_force(
+    tmp_path: Path, nursery: trio.Nursery, text: str
+) -> None:
+    path = tmp_path / "lb.yaml"
+    path.write_text(one_pool_config())
+    running = await start(nursery, path)
+    old, generation = running.engine.config, running.engine.generation
+    path.write_text(text)
+    result = await running.reload()  # what SIGHUP does
+    assert not result.ok
+    assert result.errors == (
+        f"{path}: load_balancers: no load balancer is configured: every request would be "
+        "answered 404 (the old configuration keeps serving; POST /reload?force=1 applies it "
+        "anyway)",
+    )
+    assert running.engine.config is old and running.engine.generation == generation
+    host, port = running.admin
+    async with httpx.AsyncClient(base_url=f"http://{host}:{port}", timeout=10) as client:
+        refused = await client.post("/reload")
+        assert refused.status_code == 400
+        assert "no load balancer is configured" in refused.json()["errors"][0]
+        assert (await client.get("/explain", params={"host": LB})).status_code == 200
+        forced = await client.post("/reload", params={"force": "1"})
+        assert forced.status_code == 200, forced.text
+        assert running.engine.config.load_balancers == ()
+        assert (await client.get("/explain", params={"host": LB})).status_code == 404
     running.shutdown.set()
 
 
