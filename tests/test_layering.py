@@ -29,6 +29,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "drivers",
         (
             "monitors",
+            "lb.lifecycle",
             "lb.logs",
             "lb.metrics",
             "lb.proxy",
