@@ -28,12 +28,17 @@ Endpoints (see ``docs/metrics.md`` for examples):
                       ``client_ip``, ``datacenter``, ``cookie``, ``header=Name:value``,
                       ``seed``); it never changes live counters or affinity sessions
 ``GET /healthz``      200 ``ok`` while the process serves
-``GET /readyz``       200 once the engine is ready (every endpoint probed), else 503
+``GET /readyz``       200 once the engine is ready (every endpoint probed), else 503; 503
+                      from the first moment of a drain, so a fronting balancer moves away
 ``POST /reload``      calls the reload callable: 200 ``{"ok": true}``, 400 with the errors
                       of a rejected configuration, 500 if reloading itself failed
 ====================  ====================================================================
 
-``HEAD`` is accepted wherever ``GET`` is.
+``HEAD`` is accepted wherever ``GET`` is.  Every request first passes
+:class:`lb.admin_guard.Guard`: ``Host`` and ``Origin`` must name this listener, ``/explain``
+and every call other than GET/HEAD need the bearer token when one is configured, and calls
+that change state need ``X-Tunnel-LB`` (or a non-form content type), so that a web page in
+a browser on this machine can neither read nor reload anything.
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ import h11
 import trio
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from lb.admin_guard import Guard, guard_for
 from lb.core.health import ProbeResult
 from lb.core.snapshot import PoolView
 from lb.engine import Engine, LiveTotals
@@ -135,6 +141,8 @@ async def serve_admin(
     host: str | None = None,
     port: int | None = None,
     reload: ReloadFn | None = None,
+    guard: Guard | None = None,
+    draining: trio.Event | None = None,
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the admin endpoints until cancelled.
@@ -145,16 +153,22 @@ async def serve_admin(
         host: bind address; defaults to the host of ``engine.config.engine.admin``.
         port: bind port, 0 for any free one; defaults to the port of ``engine.admin``.
         reload: called by ``POST /reload``; None answers 501 there.  Calls are serialised.
+        guard: who may call what; by default :func:`lb.admin_guard.guard_for` the
+            configuration and ``host`` (which raises ConfigError for a non-loopback ``host``
+            without a token, before anything listens).
+        draining: set when the process starts draining: ``/readyz`` answers 503 from then.
         task_status: ``started((host, port))`` with the bound address once listening.
     """
     if host is None or port is None:
         cfg_host, cfg_port = parse_address(engine.config.engine.admin)
         host = cfg_host if host is None else host
         port = cfg_port if port is None else port
+    if guard is None:
+        guard = guard_for(engine.config, host)
     listeners = await trio.open_tcp_listeners(port, host=host)
     sockname = listeners[0].socket.getsockname()
     bound = (str(sockname[0]), int(sockname[1]))
-    app = _Admin(engine, metrics, reload)
+    app = _Admin(engine, metrics, reload, guard, draining)
     log.info("admin listening on %s:%d", *bound)
     task_status.started(bound)
     await trio.serve_listeners(app.connection, listeners)
@@ -185,10 +199,19 @@ def _jsonable(obj: object) -> object:
 class _Admin:
     """Routes and connection handling; one instance per :func:`serve_admin` call."""
 
-    def __init__(self, engine: Engine, metrics: Metrics, reload: ReloadFn | None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        metrics: Metrics,
+        reload: ReloadFn | None,
+        guard: Guard,
+        draining: trio.Event | None,
+    ) -> None:
         self.engine = engine
         self.metrics = metrics
         self.reload_fn = reload
+        self.guard = guard
+        self.draining = draining
         self.reload_lock = trio.Lock()
         self.routes: dict[str, tuple[tuple[str, ...], Callable[[_Query], Awaitable[_Reply]]]] = {
             "/metrics": (("GET", "HEAD"), self.get_metrics),
@@ -243,9 +266,38 @@ class _Admin:
         if not body_ok:
             await self._send(conn, stream, method, _error(413, "request body too large"))
             return False
-        reply = await self._dispatch(method, event.target)
+        reply = await self._dispatch(method, event, stream)
         await self._send(conn, stream, method, reply)
         return conn.our_state is h11.DONE and conn.their_state is h11.DONE
+
+    def _refusal(
+        self, method: str, path: str, event: h11.Request, stream: trio.SocketStream, found: bool
+    ) -> _Reply | None:
+        """The guard's answer when this request is refused (see :mod:`lb.admin_guard`).
+
+        ``found``: the path and method name a handler.  Otherwise only ``Host`` and ``Origin``
+        are checked, so that a wrong method or path still gets its 405 or 404.
+        """
+        headers: dict[str, list[str]] = {}
+        for name, value in event.headers:
+            headers.setdefault(name.decode("ascii").lower(), []).append(value.decode("latin-1"))
+        try:
+            local = str(stream.socket.getsockname()[0])
+        except OSError:
+            local = ""
+        refusal = self.guard.refusal(
+            headers=headers,
+            local_address=local,
+            http10=event.http_version == b"1.0",
+            protected=found and path in _PROTECTED,
+            changes_state=found and method not in ("GET", "HEAD"),
+        )
+        if refusal is None:
+            return None
+        log.info("admin_refused status=%d method=%s path=%.100s", refusal.status, method, path)
+        reply = _error(refusal.status, refusal.message)
+        reply.headers = refusal.headers
+        return reply
 
     async def _drain_body(self, conn: h11.Connection, stream: trio.SocketStream) -> bool:
         """Read the request body up to :data:`MAX_BODY_BYTES`; False when it was larger."""
@@ -281,13 +333,17 @@ class _Admin:
         if scope.cancelled_caught:
             raise _SendTimeoutError
 
-    async def _dispatch(self, method: str, target: bytes) -> _Reply:
+    async def _dispatch(self, method: str, event: h11.Request, stream: trio.SocketStream) -> _Reply:
         try:
-            parts = urlsplit(target.decode("ascii"))
+            parts = urlsplit(event.target.decode("ascii"))
             query = parse_qs(parts.query, keep_blank_values=True, strict_parsing=False)
         except (UnicodeDecodeError, ValueError):
             return _error(400, "malformed request target")
-        route = self.routes.get(parts.path.rstrip("/") or "/")
+        path = parts.path.rstrip("/") or "/"
+        route = self.routes.get(path)
+        found = route is not None and method in route[0]
+        if refusal := self._refusal(method, path, event, stream, found):
+            return refusal
         if route is None:
             return _error(404, f"no such endpoint: {parts.path}", endpoints=sorted(self.routes))
         methods, handler = route
@@ -321,6 +377,8 @@ class _Admin:
     async def get_readyz(self, query: _Query) -> _Reply:
         """200 once every monitored endpoint has been probed, else 503."""
         del query
+        if self.draining is not None and self.draining.is_set():
+            return _Reply(503, b"not ready: draining\n", _TEXT)
         if self.engine.ready:
             return _Reply(200, b"ready\n", _TEXT)
         return _Reply(503, b"not ready: endpoints still waiting for a first probe\n", _TEXT)
@@ -385,6 +443,8 @@ class _Admin:
 
 
 _Query = dict[str, list[str]]
+_PROTECTED = frozenset({"/explain"})
+"""GET paths that show configuration: the token is required when one is set."""
 
 
 class _SendTimeoutError(Exception):

@@ -35,7 +35,8 @@ from dataclasses import dataclass
 import trio
 
 from lb import logs
-from lb.admin import ReloadResult, serve_admin
+from lb.admin import ReloadResult, parse_address, serve_admin
+from lb.admin_guard import guard_for
 from lb.config.errors import ConfigError
 from lb.config.loader import load_config
 from lb.config.model import Config
@@ -138,9 +139,9 @@ class ReloadFn:
         return ReloadResult(ok=False, errors=errors, generation=self._engine.generation)
 
 
-_RESTART_ONLY = ("upstream_ca", "workers")
-"""``engine`` fields a reload cannot apply: the TLS context and the worker processes are
-made once at start."""
+_RESTART_ONLY = ("upstream_ca", "workers", "admin_token_file", "admin_token_env", "admin_names")
+"""``engine`` fields a reload cannot apply: the TLS context, the worker processes and the
+admin listener's guard are made once at start."""
 
 
 def _load(paths: Sequence[str]) -> Config:
@@ -230,6 +231,9 @@ async def serve_lb(
     if config is None:
         config = load_config(paths).config
     tls = upstream_ssl or upstream_context(config)
+    # Before anything listens: an unreadable token, or an admin beyond loopback without one,
+    # is a one-line configuration error.
+    admin_guard = guard_for(config, parse_address(config.engine.admin)[0])
     rng = random.Random(seed)
     engine = Engine(config, now=trio.current_time())
     metrics = Metrics()
@@ -256,7 +260,11 @@ async def serve_lb(
     logs.event("starting", files=list(paths), wall=round(time.time(), 3))
     async with trio.open_nursery() as nursery:
         await nursery.start(scheduler.run)
-        admin = await nursery.start(functools.partial(serve_admin, engine, metrics, reload=reload))
+        admin = await nursery.start(
+            functools.partial(
+                serve_admin, engine, metrics, reload=reload, guard=admin_guard, draining=shutdown
+            )
+        )
         proxy = await nursery.start(
             _proxy_then_stop,
             nursery.cancel_scope,

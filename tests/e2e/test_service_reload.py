@@ -54,7 +54,7 @@ async def test_a_pathological_yaml_is_a_failed_reload_not_a_crash(
     # Over the admin endpoint: a 400 with the error, not a 500; the LB still serves.
     host, port = running.admin
     async with httpx.AsyncClient(base_url=f"http://{host}:{port}", timeout=10) as client:
-        response = await client.post("/reload")
+        response = await client.post("/reload", headers={"X-Tunnel-LB": "1"})
         assert response.status_code == 400
         assert "RecursionError" in response.json()["errors"][0]
         assert (await client.get("/healthz")).status_code == 200
