@@ -21,9 +21,11 @@ like the proxy, and deliberately small:
 Endpoints (see ``docs/metrics.md`` for examples):
 
 ====================  ====================================================================
+``GET /``             the live status page (:mod:`lb.status_page`), HTML that polls /status
 ``GET /metrics``      Prometheus text exposition of :class:`lb.metrics.Metrics`
 ``GET /status``       JSON: every load balancer, pool and endpoint with health, the last
-                      probe result per vantage point, live counters and request counts
+                      probe result per vantage point, live counters and request counts,
+                      and the recent activity (transitions, traffic over the last minute)
 ``GET /explain``      JSON: the steering decision with its trace for ``?host=`` (and
                       ``client_ip``, ``datacenter``, ``cookie``, ``header=Name:value``,
                       ``seed``); it never changes live counters or affinity sessions
@@ -58,11 +60,12 @@ import trio
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from lb.admin_guard import Guard, guard_for
-from lb.core.health import ProbeResult
+from lb.core.health import HealthEvent, ProbeResult
 from lb.core.snapshot import PoolView
 from lb.engine import Engine, LiveTotals
 from lb.metrics import Metrics, load_balancer_state
 from lb.proxy.headers import parse_cookies
+from lb.status_page import SAMPLE_INTERVAL, Activity, page
 from steering import Request, Router
 
 __all__ = ["ReloadResult", "parse_address", "serve_admin", "status_json"]
@@ -170,8 +173,18 @@ async def serve_admin(
     bound = (str(sockname[0]), int(sockname[1]))
     app = _Admin(engine, metrics, reload, guard, draining)
     log.info("admin listening on %s:%d", *bound)
-    task_status.started(bound)
-    await trio.serve_listeners(app.connection, listeners)
+
+    def on_health(event: HealthEvent) -> None:
+        app.activity.on_health(event, wall=time.time() - (trio.current_time() - event.at))
+
+    engine.observers.health.append(on_health)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(app.sample_traffic)
+            await nursery.start(trio.serve_listeners, app.connection, listeners)
+            task_status.started(bound)
+    finally:
+        engine.observers.health.remove(on_health)
 
 
 @dataclass(slots=True)
@@ -212,8 +225,10 @@ class _Admin:
         self.reload_fn = reload
         self.guard = guard
         self.draining = draining
+        self.activity = Activity()
         self.reload_lock = trio.Lock()
         self.routes: dict[str, tuple[tuple[str, ...], Callable[[_Query], Awaitable[_Reply]]]] = {
+            "/": (("GET", "HEAD"), self.get_page),
             "/metrics": (("GET", "HEAD"), self.get_metrics),
             "/status": (("GET", "HEAD"), self.get_status),
             "/explain": (("GET", "HEAD"), self.get_explain),
@@ -357,7 +372,19 @@ class _Admin:
             log.exception("admin handler for %s failed", parts.path)
             return _error(500, f"internal error: {type(exc).__name__}: {exc}")
 
+    async def sample_traffic(self) -> None:
+        """Sample the request counters for the status page's traffic share, forever."""
+        while True:
+            self.activity.sample(trio.current_time(), _endpoint_counts(self.metrics))
+            await trio.sleep(SAMPLE_INTERVAL)
+
     # ------------------------------------------------------------------ handlers
+
+    async def get_page(self, query: _Query) -> _Reply:
+        """The live status page: static HTML whose script polls ``/status``."""
+        del query
+        status_page = page()
+        return _Reply(200, status_page.body, "text/html; charset=utf-8", status_page.headers)
 
     async def get_metrics(self, query: _Query) -> _Reply:
         """The Prometheus exposition of the metrics registry."""
@@ -367,7 +394,8 @@ class _Admin:
     async def get_status(self, query: _Query) -> _Reply:
         """Health of every load balancer, pool and endpoint, as JSON."""
         del query
-        return _json(200, status_json(self.engine, self.metrics, now=trio.current_time()))
+        now = trio.current_time()
+        return _json(200, status_json(self.engine, self.metrics, now=now, activity=self.activity))
 
     async def get_healthz(self, query: _Query) -> _Reply:
         """The process is up."""
@@ -486,13 +514,21 @@ def _one(query: _Query, name: str) -> str:
 # --------------------------------------------------------------------------- /status
 
 
-def status_json(engine: Engine, metrics: Metrics | None = None, *, now: float) -> dict[str, Any]:
+def status_json(
+    engine: Engine,
+    metrics: Metrics | None = None,
+    *,
+    now: float,
+    activity: Activity | None = None,
+) -> dict[str, Any]:
     """The ``/status`` document: health of every load balancer, pool and endpoint.
 
     Args:
         engine: the engine to describe.
         metrics: when given, request counts per endpoint and load balancer are included.
         now: the engine clock, to turn probe stamps into ages.
+        activity: when given, an ``activity`` section: recent transitions, the last one of
+            each endpoint, and requests per endpoint over the last minute.
 
     Returns:
         A JSON-able dictionary (see ``docs/metrics.md`` for an example).
@@ -526,7 +562,7 @@ def status_json(engine: Engine, metrics: Metrics | None = None, *, now: float) -
         )
     live = engine.live_totals()
     pools = [_pool_json(engine, live, p, now, by_endpoint) for p in snapshot.pools.values()]
-    return {
+    document = {
         "ready": engine.ready,
         "generation": engine.generation,
         "snapshot_version": snapshot.version,
@@ -542,6 +578,18 @@ def status_json(engine: Engine, metrics: Metrics | None = None, *, now: float) -
             "header_sessions": len(engine.sessions),
         },
     }
+    if activity is not None:
+        document["activity"] = activity.as_json(now, time.time(), by_endpoint)
+    return document
+
+
+def _endpoint_counts(metrics: Metrics) -> dict[tuple[str, str], int]:
+    """Requests so far by (pool, endpoint), over every load balancer and status."""
+    counts: dict[tuple[str, str], int] = {}
+    for (_, pool, endpoint, _), value in metrics.request_counts().items():
+        if pool:
+            counts[(pool, endpoint)] = counts.get((pool, endpoint), 0) + int(value)
+    return counts
 
 
 def _pool_json(
