@@ -40,7 +40,10 @@ HOSTILE = 'tunnel-eu <img src=x onerror="document.title=1">'
 """The eu endpoint's name: markup that would run if the page used innerHTML."""
 
 
+@pytest.fixture
 def chromium() -> str:
+    """The browser's path; skips (with the reason) when it is not installed.  A sync fixture:
+    a skip raised inside a trio test loses its reason."""
     path = shutil.which("chromium") or shutil.which("chromium-browser")
     if path is None:
         pytest.skip("chromium is not installed: run scripts/install-chromium (Debian: chromium)")
@@ -151,8 +154,8 @@ class Rows(HTMLParser):
             self.rows[self._row][1][-1] += data
 
 
-async def test_status_page_shows_a_failover_in_chromium(tmp_path: Path) -> None:
-    browser = chromium()
+async def test_status_page_shows_a_failover_in_chromium(tmp_path: Path, chromium: str) -> None:
+    browser = chromium
     ca = trustme.CA()
     cert = tmp_path / "tunnel.pem"
     ca.issue_cert(APP).private_key_and_cert_chain_pem.write_to_path(str(cert))
