@@ -21,20 +21,27 @@ like the proxy, and deliberately small:
 Endpoints (see ``docs/metrics.md`` for examples):
 
 ====================  ====================================================================
+``GET /``             the live status page (:mod:`lb.status_page`), HTML that polls /status
 ``GET /metrics``      Prometheus text exposition of :class:`lb.metrics.Metrics`
 ``GET /status``       JSON: every load balancer, pool and endpoint with health, the last
-                      probe result per vantage point, live counters and request counts
+                      probe result per vantage point, live counters and request counts,
+                      and the recent activity (transitions, traffic over the last minute)
 ``GET /explain``      JSON: the steering decision with its trace for ``?host=`` (and
                       ``client_ip``, ``datacenter``, ``cookie``, ``header=Name:value``,
                       ``seed``); it never changes live counters or affinity sessions
 ``GET /healthz``      200 ``ok`` while the process serves
-``GET /readyz``       200 once the engine is ready (every endpoint probed), else 503
+``GET /readyz``       200 once the engine is ready (every endpoint probed), else 503; 503
+                      from the first moment of a drain, so a fronting balancer moves away
 ``POST /reload``      calls the reload callable: 200 ``{"ok": true}``, 400 with the errors
                       of a rejected configuration, 500 if reloading itself failed;
                       ``?force=1`` also applies a configuration without load balancers
 ====================  ====================================================================
 
-``HEAD`` is accepted wherever ``GET`` is.
+``HEAD`` is accepted wherever ``GET`` is.  Every request first passes
+:class:`lb.admin_guard.Guard`: ``Host`` and ``Origin`` must name this listener, ``/explain``
+and every call other than GET/HEAD need the bearer token when one is configured, and calls
+that change state need ``X-Tunnel-LB`` (or a non-form content type), so that a web page in
+a browser on this machine can neither read nor reload anything.
 """
 
 from __future__ import annotations
@@ -53,11 +60,13 @@ import h11
 import trio
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from lb.core.health import ProbeResult
+from lb.admin_guard import Guard, guard_for
+from lb.core.health import HealthEvent, ProbeResult
 from lb.core.snapshot import PoolView
 from lb.engine import Engine, LiveTotals
 from lb.metrics import Metrics, load_balancer_state
 from lb.proxy.headers import parse_cookies
+from lb.status_page import SAMPLE_INTERVAL, Activity, page
 from steering import Request, Router
 
 __all__ = ["ReloadResult", "parse_address", "serve_admin", "status_json"]
@@ -139,6 +148,8 @@ async def serve_admin(
     host: str | None = None,
     port: int | None = None,
     reload: ReloadFn | None = None,
+    guard: Guard | None = None,
+    draining: trio.Event | None = None,
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the admin endpoints until cancelled.
@@ -149,19 +160,35 @@ async def serve_admin(
         host: bind address; defaults to the host of ``engine.config.engine.admin``.
         port: bind port, 0 for any free one; defaults to the port of ``engine.admin``.
         reload: called by ``POST /reload``; None answers 501 there.  Calls are serialised.
+        guard: who may call what; by default :func:`lb.admin_guard.guard_for` the
+            configuration and ``host`` (which raises ConfigError for a non-loopback ``host``
+            without a token, before anything listens).
+        draining: set when the process starts draining: ``/readyz`` answers 503 from then.
         task_status: ``started((host, port))`` with the bound address once listening.
     """
     if host is None or port is None:
         cfg_host, cfg_port = parse_address(engine.config.engine.admin)
         host = cfg_host if host is None else host
         port = cfg_port if port is None else port
+    if guard is None:
+        guard = guard_for(engine.config, host)
     listeners = await trio.open_tcp_listeners(port, host=host)
     sockname = listeners[0].socket.getsockname()
     bound = (str(sockname[0]), int(sockname[1]))
-    app = _Admin(engine, metrics, reload)
+    app = _Admin(engine, metrics, reload, guard, draining)
     log.info("admin_listening", extra={"fields": {"addr": f"{bound[0]}:{bound[1]}"}})
-    task_status.started(bound)
-    await trio.serve_listeners(app.connection, listeners)
+
+    def on_health(event: HealthEvent) -> None:
+        app.activity.on_health(event, wall=time.time() - (trio.current_time() - event.at))
+
+    engine.observers.health.append(on_health)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(app.sample_traffic)
+            await nursery.start(trio.serve_listeners, app.connection, listeners)
+            task_status.started(bound)
+    finally:
+        engine.observers.health.remove(on_health)
 
 
 @dataclass(slots=True)
@@ -189,12 +216,23 @@ def _jsonable(obj: object) -> object:
 class _Admin:
     """Routes and connection handling; one instance per :func:`serve_admin` call."""
 
-    def __init__(self, engine: Engine, metrics: Metrics, reload: ReloadFn | None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        metrics: Metrics,
+        reload: ReloadFn | None,
+        guard: Guard,
+        draining: trio.Event | None,
+    ) -> None:
         self.engine = engine
         self.metrics = metrics
         self.reload_fn = reload
+        self.guard = guard
+        self.draining = draining
+        self.activity = Activity()
         self.reload_lock = trio.Lock()
         self.routes: dict[str, tuple[tuple[str, ...], Callable[[_Query], Awaitable[_Reply]]]] = {
+            "/": (("GET", "HEAD"), self.get_page),
             "/metrics": (("GET", "HEAD"), self.get_metrics),
             "/status": (("GET", "HEAD"), self.get_status),
             "/explain": (("GET", "HEAD"), self.get_explain),
@@ -247,9 +285,38 @@ class _Admin:
         if not body_ok:
             await self._send(conn, stream, method, _error(413, "request body too large"))
             return False
-        reply = await self._dispatch(method, event.target)
+        reply = await self._dispatch(method, event, stream)
         await self._send(conn, stream, method, reply)
         return conn.our_state is h11.DONE and conn.their_state is h11.DONE
+
+    def _refusal(
+        self, method: str, path: str, event: h11.Request, stream: trio.SocketStream, found: bool
+    ) -> _Reply | None:
+        """The guard's answer when this request is refused (see :mod:`lb.admin_guard`).
+
+        ``found``: the path and method name a handler.  Otherwise only ``Host`` and ``Origin``
+        are checked, so that a wrong method or path still gets its 405 or 404.
+        """
+        headers: dict[str, list[str]] = {}
+        for name, value in event.headers:
+            headers.setdefault(name.decode("ascii").lower(), []).append(value.decode("latin-1"))
+        try:
+            local = str(stream.socket.getsockname()[0])
+        except OSError:
+            local = ""
+        refusal = self.guard.refusal(
+            headers=headers,
+            local_address=local,
+            http10=event.http_version == b"1.0",
+            protected=found and path in _PROTECTED,
+            changes_state=found and method not in ("GET", "HEAD"),
+        )
+        if refusal is None:
+            return None
+        log.info("admin_refused status=%d method=%s path=%.100s", refusal.status, method, path)
+        reply = _error(refusal.status, refusal.message)
+        reply.headers = refusal.headers
+        return reply
 
     async def _drain_body(self, conn: h11.Connection, stream: trio.SocketStream) -> bool:
         """Read the request body up to :data:`MAX_BODY_BYTES`; False when it was larger."""
@@ -285,13 +352,17 @@ class _Admin:
         if scope.cancelled_caught:
             raise _SendTimeoutError
 
-    async def _dispatch(self, method: str, target: bytes) -> _Reply:
+    async def _dispatch(self, method: str, event: h11.Request, stream: trio.SocketStream) -> _Reply:
         try:
-            parts = urlsplit(target.decode("ascii"))
+            parts = urlsplit(event.target.decode("ascii"))
             query = parse_qs(parts.query, keep_blank_values=True, strict_parsing=False)
         except (UnicodeDecodeError, ValueError):
             return _error(400, "malformed request target")
-        route = self.routes.get(parts.path.rstrip("/") or "/")
+        path = parts.path.rstrip("/") or "/"
+        route = self.routes.get(path)
+        found = route is not None and method in route[0]
+        if refusal := self._refusal(method, path, event, stream, found):
+            return refusal
         if route is None:
             return _error(404, f"no such endpoint: {parts.path}", endpoints=sorted(self.routes))
         methods, handler = route
@@ -305,7 +376,19 @@ class _Admin:
             log.exception("admin handler for %s failed", parts.path)
             return _error(500, f"internal error: {type(exc).__name__}: {exc}")
 
+    async def sample_traffic(self) -> None:
+        """Sample the request counters for the status page's traffic share, forever."""
+        while True:
+            self.activity.sample(trio.current_time(), _endpoint_counts(self.metrics))
+            await trio.sleep(SAMPLE_INTERVAL)
+
     # ------------------------------------------------------------------ handlers
+
+    async def get_page(self, query: _Query) -> _Reply:
+        """The live status page: static HTML whose script polls ``/status``."""
+        del query
+        status_page = page()
+        return _Reply(200, status_page.body, "text/html; charset=utf-8", status_page.headers)
 
     async def get_metrics(self, query: _Query) -> _Reply:
         """The Prometheus exposition of the metrics registry."""
@@ -315,7 +398,8 @@ class _Admin:
     async def get_status(self, query: _Query) -> _Reply:
         """Health of every load balancer, pool and endpoint, as JSON."""
         del query
-        return _json(200, status_json(self.engine, self.metrics, now=trio.current_time()))
+        now = trio.current_time()
+        return _json(200, status_json(self.engine, self.metrics, now=now, activity=self.activity))
 
     async def get_healthz(self, query: _Query) -> _Reply:
         """The process is up."""
@@ -325,6 +409,8 @@ class _Admin:
     async def get_readyz(self, query: _Query) -> _Reply:
         """200 once every monitored endpoint has been probed, else 503."""
         del query
+        if self.draining is not None and self.draining.is_set():
+            return _Reply(503, b"not ready: draining\n", _TEXT)
         if self.engine.ready:
             return _Reply(200, b"ready\n", _TEXT)
         return _Reply(503, b"not ready: endpoints still waiting for a first probe\n", _TEXT)
@@ -390,6 +476,8 @@ class _Admin:
 
 
 _Query = dict[str, list[str]]
+_PROTECTED = frozenset({"/explain"})
+"""GET paths that show configuration: the token is required when one is set."""
 
 
 class _SendTimeoutError(Exception):
@@ -431,13 +519,21 @@ def _one(query: _Query, name: str) -> str:
 # --------------------------------------------------------------------------- /status
 
 
-def status_json(engine: Engine, metrics: Metrics | None = None, *, now: float) -> dict[str, Any]:
+def status_json(
+    engine: Engine,
+    metrics: Metrics | None = None,
+    *,
+    now: float,
+    activity: Activity | None = None,
+) -> dict[str, Any]:
     """The ``/status`` document: health of every load balancer, pool and endpoint.
 
     Args:
         engine: the engine to describe.
         metrics: when given, request counts per endpoint and load balancer are included.
         now: the engine clock, to turn probe stamps into ages.
+        activity: when given, an ``activity`` section: recent transitions, the last one of
+            each endpoint, and requests per endpoint over the last minute.
 
     Returns:
         A JSON-able dictionary (see ``docs/metrics.md`` for an example).
@@ -471,7 +567,7 @@ def status_json(engine: Engine, metrics: Metrics | None = None, *, now: float) -
         )
     live = engine.live_totals()
     pools = [_pool_json(engine, live, p, now, by_endpoint) for p in snapshot.pools.values()]
-    return {
+    document = {
         "ready": engine.ready,
         "generation": engine.generation,
         "snapshot_version": snapshot.version,
@@ -488,6 +584,18 @@ def status_json(engine: Engine, metrics: Metrics | None = None, *, now: float) -
             "header_sessions": len(engine.sessions),
         },
     }
+    if activity is not None:
+        document["activity"] = activity.as_json(now, time.time(), by_endpoint)
+    return document
+
+
+def _endpoint_counts(metrics: Metrics) -> dict[tuple[str, str], int]:
+    """Requests so far by (pool, endpoint), over every load balancer and status."""
+    counts: dict[tuple[str, str], int] = {}
+    for (_, pool, endpoint, _), value in metrics.request_counts().items():
+        if pool:
+            counts[(pool, endpoint)] = counts.get((pool, endpoint), 0) + int(value)
+    return counts
 
 
 def _pool_json(

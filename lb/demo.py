@@ -128,6 +128,7 @@ def _banner(
         "tunnel-lb demo is running.",
         f"  load balancer {lb} on http://{host}:{port}",
         f"    curl -s -H 'Host: {lb}' http://{host}:{port}/",
+        f"  page     open http://{ahost}:{aport}/ in a browser (live status)",
         f"  status   curl -s http://{ahost}:{aport}/status",
         f"  metrics  curl -s http://{ahost}:{aport}/metrics",
         f"  explain  curl -s 'http://{ahost}:{aport}/explain?host={lb}'",

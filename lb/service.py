@@ -42,6 +42,7 @@ import trio
 
 from lb import logs
 from lb.admin import ReloadResult, parse_address, serve_admin
+from lb.admin_guard import Guard, guard_for
 from lb.config.errors import ConfigError
 from lb.config.loader import load_config
 from lb.config.model import Config, Listener
@@ -187,9 +188,9 @@ class ReloadFn:
         return ReloadResult(ok=False, errors=errors, generation=self._engine.generation)
 
 
-_RESTART_ONLY = ("upstream_ca", "workers")
-"""``engine`` fields a reload cannot apply: the TLS context and the worker processes are
-made once at start."""
+_RESTART_ONLY = ("upstream_ca", "workers", "admin_token_file", "admin_token_env", "admin_names")
+"""``engine`` fields a reload cannot apply: the TLS context, the worker processes and the
+admin listener's guard are made once at start."""
 
 
 def _load(paths: Sequence[str], overrides: Overrides) -> Config:
@@ -291,6 +292,9 @@ async def serve_lb(
     if config is None:
         config = overrides.apply(load_config(paths).config)
     tls = upstream_ssl or upstream_context(config)
+    # Before anything listens: an unreadable token, or an admin beyond loopback without one,
+    # is a one-line configuration error.
+    admin_guard = guard_for(config, parse_address(config.engine.admin)[0])
     rng = random.Random(seed)
     engine = Engine(config, now=trio.current_time())
     metrics = Metrics()
@@ -321,7 +325,7 @@ async def serve_lb(
             # Before anything listens: a signal from here on drains, whenever it comes.
             await nursery.start(_signals, reload, shutdown)
         await nursery.start(scheduler.run)
-        admin = await _start_admin(nursery, engine, metrics, reload)
+        admin = await _start_admin(nursery, engine, metrics, reload, admin_guard, shutdown)
         listeners = await _open_proxy_listeners(config.engine.listen, workers is not None)
         workers_started = False
 
@@ -363,13 +367,20 @@ async def serve_lb(
 
 
 async def _start_admin(
-    nursery: trio.Nursery, engine: Engine, metrics: Metrics, reload: ReloadFn
+    nursery: trio.Nursery,
+    engine: Engine,
+    metrics: Metrics,
+    reload: ReloadFn,
+    guard: Guard,
+    draining: trio.Event,
 ) -> tuple[str, int]:
     """Start the admin listener; a bind failure is a :class:`ListenError` naming the address
     (``nursery.start`` raises only what happened before the listener was up)."""
     try:
         bound: tuple[str, int] = await nursery.start(
-            functools.partial(serve_admin, engine, metrics, reload=reload)
+            functools.partial(
+                serve_admin, engine, metrics, reload=reload, guard=guard, draining=draining
+            )
         )
     except OSError as exc:
         address = engine.config.engine.admin

@@ -34,6 +34,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "lb.metrics",
             "lb.proxy",
             "lb.admin",
+            "lb.admin_guard",
             "lb.connector",
             "lb.sim",
             "lb.workers",

@@ -17,11 +17,12 @@ from lb.config._net import cidr_problem, host_port_problem
 from lb.config._report import Report, did_you_mean, fmt_number
 from lb.config._source import Segment, Where
 from lb.config.expressions import ExpressionError, compile_condition
-from lb.config.hosts import connect_key, split_host_port
+from lb.config.hosts import connect_key, is_loopback, normalise_host, split_host_port
 from lb.config.model import (
     REGIONS,
     Config,
     Datacenter,
+    Engine,
     LoadBalancer,
     Monitor,
     Origin,
@@ -116,9 +117,39 @@ def _check_engine(parsed: Parsed, report: Report) -> None:
             report.error(item.at("trusted_proxies", i), problem)
     if problem := host_port_problem(engine.admin, allow_port_zero=True):
         report.error(item.at("admin"), problem)
+    else:
+        _check_admin_access(item, report)
     for i, listener in enumerate(engine.listen):
         if bool(listener.certificate) != bool(listener.key):
             report.error(item.at("listen", i), "certificate and key must be set together")
+
+
+def _check_admin_access(item: Item[Engine], report: Report) -> None:
+    """An admin API beyond loopback needs a token (``lb.admin_guard``), and is worth a warning
+    even with one: it can reload the configuration."""
+    engine = item.value
+    if engine.admin_token_file and engine.admin_token_env:
+        message = "set admin_token_file or admin_token_env, not both"
+        report.error(item.at("admin_token_env"), message)
+    for i, name in enumerate(engine.admin_names):
+        if normalise_host(name) is None:
+            report.error(item.at("admin_names", i), f'"{name}" is not a host name or IP address')
+    host = split_host_port(engine.admin, 0)[0]
+    if is_loopback(host):
+        return
+    where = "every interface" if host in ("0.0.0.0", "::") else host
+    if engine.admin_token_file or engine.admin_token_env:
+        message = (
+            f"the admin API listens on {where}, reachable from other machines; "
+            "only the token protects it"
+        )
+        report.warn(item.at("admin"), message)
+    else:
+        message = (
+            f"the admin API would listen on {where}, beyond this machine, without a token: "
+            "set admin_token_file or admin_token_env, or bind 127.0.0.1"
+        )
+        report.error(item.at("admin"), message)
 
 
 def _check_tunnels(parsed: Parsed, report: Report) -> None:

@@ -8,6 +8,7 @@ up by the endpoint address as written while the monitors lowercased it, so an ad
   bare host, as ``(host, port)``; brackets removed.
 * :func:`normalise_host`: the canonical name of a Host value for lookups (lowercase, port and
   one trailing dot removed), or None when it is not a valid host name or IP address.
+* :func:`is_loopback`: whether a bind address keeps a listener on this machine.
 * :func:`dial_address`: where ``address:port`` is actually dialled, given ``connect_to``.
   The loader stores ``connect_to`` keys as ``host:port`` in lower case
   (:mod:`lb.config._checks`); the address is normalised the same way before the lookup.
@@ -19,7 +20,7 @@ import ipaddress
 import re
 from collections.abc import Mapping
 
-__all__ = ["connect_key", "dial_address", "normalise_host", "split_host_port"]
+__all__ = ["connect_key", "dial_address", "is_loopback", "normalise_host", "split_host_port"]
 
 _LABEL = re.compile(r"[a-z0-9_-]{1,63}")
 """One DNS label, as leniently as the loader reads host names (lb/config/_net.py)."""
@@ -124,3 +125,15 @@ def dial_address(address: str, port: int, connect_to: Mapping[str, str]) -> tupl
     if not mapped:
         return address, port
     return split_host_port(mapped, port)
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback IP addresses, bracketed or not.  Any other name or
+    address is not: an empty host, ``0.0.0.0`` and ``::`` mean every interface."""
+    host = host.strip().strip("[]").lower().rstrip(".")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

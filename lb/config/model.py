@@ -467,6 +467,15 @@ class Engine:
     datacenter: str = _f("", doc="data center this process stands in for")
     listen: tuple[Listener, ...] = _f((Listener(),), doc="proxy listeners")
     admin: str = _f("127.0.0.1:9100", doc="admin listener host:port")
+    admin_token_file: str = _f(
+        "",
+        doc="file holding the admin API's bearer token; needed to bind beyond loopback",
+        path=True,
+    )
+    admin_token_env: str = _f("", doc="environment variable holding that token instead")
+    admin_names: tuple[str, ...] = _f(
+        (), doc="more Host names the admin API answers to (besides its addresses)"
+    )
     affinity_secret: str = _f("", doc="HMAC key for __cflb; empty = random per process")
     trusted_proxies: tuple[str, ...] = _f((), doc="CIDRs whose client headers are believed")
     client_ip_header: str = _f("CF-Connecting-IP", doc="client IP header from trusted peers")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
+from typing import Any
 
 import httpx
 import pytest
@@ -32,14 +33,17 @@ def metrics(engine: Engine) -> Metrics:
 async def start_admin(
     engine: Engine, metrics: Metrics, nursery: trio.Nursery
 ) -> AsyncIterator[StartAdmin]:
-    """Start ``serve_admin`` on a free loopback port; returns a client bound to it."""
+    """Start ``serve_admin`` on a free loopback port (``options`` go to it); returns a client
+    bound to it."""
     clients: list[httpx.AsyncClient] = []
 
     async def start(
-        reload: Callable[[], Awaitable[ReloadResult]] | None = None,
+        reload: Callable[[], Awaitable[ReloadResult]] | None = None, **options: Any
     ) -> httpx.AsyncClient:
         host, port = await nursery.start(
-            partial(serve_admin, engine, metrics, host="127.0.0.1", port=0, reload=reload)
+            partial(
+                serve_admin, engine, metrics, host="127.0.0.1", port=0, reload=reload, **options
+            )
         )
         client = httpx.AsyncClient(base_url=f"http://{host}:{port}", timeout=10)
         clients.append(client)

@@ -30,6 +30,9 @@ from steering import Request
 
 pytestmark = pytest.mark.integration
 
+ADMIN = {"X-Tunnel-LB": "1"}
+"""What a script sends with a state-changing call (see tests/admin/test_admin_guard.py)."""
+
 
 async def test_healthz_and_readyz(start_admin: StartAdmin, engine: Engine) -> None:
     client = await start_admin()
@@ -227,13 +230,13 @@ async def test_reload(start_admin: StartAdmin) -> None:
         raise RuntimeError("disk on fire")
 
     client = await start_admin(reload)
-    r = await client.post("/reload")
+    r = await client.post("/reload", headers=ADMIN)
     assert r.status_code == 200
     assert r.json() == {"ok": True, "errors": [], "generation": 1, "changed": ["eu"]}
-    r = await client.post("/reload", content=b"ignored body")
+    r = await client.post("/reload", content=b"ignored body", headers=ADMIN)
     assert r.status_code == 400
     assert r.json() == {"ok": False, "errors": ["lb.yaml:3: pools[0].name: required"]}
-    r = await client.post("/reload")
+    r = await client.post("/reload", headers=ADMIN)
     assert r.status_code == 500
     assert r.json() == {"ok": False, "errors": ["RuntimeError: disk on fire"]}
     r = await client.get("/reload")
@@ -244,7 +247,7 @@ async def test_reload(start_admin: StartAdmin) -> None:
 
 async def test_reload_unavailable(start_admin: StartAdmin) -> None:
     client = await start_admin()
-    r = await client.post("/reload")
+    r = await client.post("/reload", headers=ADMIN)
     assert r.status_code == 501
     assert r.json()["ok"] is False
 
@@ -264,7 +267,7 @@ async def test_reloads_are_serialised(start_admin: StartAdmin) -> None:
     client = await start_admin(reload)
     async with trio.open_nursery() as nursery:
         for _ in range(3):
-            nursery.start_soon(client.post, "/reload")
+            nursery.start_soon(partial(client.post, "/reload", headers=ADMIN))
     assert peak == 1
 
 
@@ -318,33 +321,39 @@ async def test_malformed_requests_get_400_and_the_server_survives(
     for garbage in (
         b"NOT HTTP AT ALL\r\n\r\n",
         b"GET /healthz HTTP/1.1\r\n\r\n",  # no Host: h11 rejects it
-        b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: zz\r\n\r\n",
-        b"GET /\xff\xfe HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: zz\r\n\r\n",
+        b"GET /\xff\xfe HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
     ):
         reply = await raw(address, garbage)
         assert reply.startswith(b"HTTP/1.1 400 "), (garbage, reply[:80])
-    reply = await raw(address, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    reply = await raw(
+        address, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
     assert reply.startswith(b"HTTP/1.1 200 ")
     assert reply.endswith(b"\r\n\r\nok\n")
 
 
 async def test_oversized_head_and_body(address: tuple[str, int]) -> None:
-    head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 40_000 + b"\r\n\r\n"
+    head = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 40_000 + b"\r\n\r\n"
     reply = await raw(address, head)
     assert reply.startswith(b"HTTP/1.1 431 ")
     body = b"b" * 100_000
-    req = b"POST /reload HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+    req = (
+        b"POST /reload HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+    )
     reply = await raw(address, req)
     assert reply.startswith(b"HTTP/1.1 413 ")
 
 
 async def test_client_closing_early_is_harmless(address: tuple[str, int]) -> None:
-    for data in (b"", b"GET /status HTTP/1.1\r\nHo", b"POST /reload HTTP/1.1\r\nHost: x\r\n"
+    for data in (b"", b"GET /status HTTP/1.1\r\nHo", b"POST /reload HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                  b"Content-Length: 10\r\n\r\nabc"):  # fmt: skip
         stream = await trio.open_tcp_stream(*address)
         await stream.send_all(data)
         await stream.aclose()
-    reply = await raw(address, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    reply = await raw(
+        address, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
     assert reply.startswith(b"HTTP/1.1 200 ")
 
 

@@ -30,7 +30,7 @@ async def test_a_client_that_never_reads_is_dropped(
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # fill up quickly
     await sock.connect((host, port))
     stream = trio.SocketStream(sock)
-    requests = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n" * 200
+    requests = b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" * 200
     closed = False
     with caplog.at_level(logging.WARNING, logger="lb.admin"), trio.fail_after(30):
         while not any("did not read" in r.getMessage() for r in caplog.records):
@@ -45,7 +45,9 @@ async def test_a_client_that_never_reads_is_dropped(
     # The listener is unaffected.
     probe = await trio.open_tcp_stream(host, port)
     async with probe:
-        await probe.send_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        await probe.send_all(
+            b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        )
         with trio.fail_after(5):
             reply = await probe.receive_some(65536)
     assert reply.startswith(b"HTTP/1.1 200 ")

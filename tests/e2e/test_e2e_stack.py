@@ -130,7 +130,7 @@ async def test_lb_process_story(tmp_path: Path) -> None:
         # A broken reload is refused and the old configuration keeps serving.
         good = config.read_text()
         config.write_text(good.replace('"interval": 1', '"interval": "soon"'))
-        r = await client.post(f"{admin_base}/reload")
+        r = await client.post(f"{admin_base}/reload", headers={"X-Tunnel-LB": "1"})
         assert r.status_code == 400
         assert any("monitors[0].interval" in e for e in r.json()["errors"])
         assert await served_by(client, base, 5) == Counter({f"200 {US}": 5})

@@ -76,7 +76,7 @@ async def test_a_hostile_file_is_a_failed_reload_and_the_old_config_serves(
     # Over the admin endpoint: a 400 with the error, not a 500; the old LB still answers.
     host, port = running.admin
     async with httpx.AsyncClient(base_url=f"http://{host}:{port}", timeout=10) as client:
-        response = await client.post("/reload")
+        response = await client.post("/reload", headers={"X-Tunnel-LB": "1"})
         assert response.status_code == 400
         assert expected in response.json()["errors"][0]
         explained = await client.get("/explain", params={"host": LB})
