@@ -127,7 +127,7 @@ async def test_overrides_win_over_the_file_at_start_and_on_reload(
         path.write_text(one_pool_config(listen=(busy,), interval=20))
         caplog.clear()
         with caplog.at_level(logging.WARNING):
-            assert (await client.post("/reload")).status_code == 200
+            assert (await client.post("/reload", headers={"X-Tunnel-LB": "1"})).status_code == 200
     assert running.engine.config.engine.listen == (Listener(address="127.0.0.1", port=0),)
     assert running.engine.config.engine.admin == "127.0.0.1:0"
     assert not [r for r in caplog.records if r.getMessage() == "config_listeners_unchanged"]

@@ -114,11 +114,11 @@ async def test_a_reload_that_removes_every_load_balancer_needs_force(
     assert running.engine.config is old and running.engine.generation == generation
     host, port = running.admin
     async with httpx.AsyncClient(base_url=f"http://{host}:{port}", timeout=10) as client:
-        refused = await client.post("/reload")
+        refused = await client.post("/reload", headers={"X-Tunnel-LB": "1"})
         assert refused.status_code == 400
         assert "no load balancer is configured" in refused.json()["errors"][0]
         assert (await client.get("/explain", params={"host": LB})).status_code == 200
-        forced = await client.post("/reload", params={"force": "1"})
+        forced = await client.post("/reload", params={"force": "1"}, headers={"X-Tunnel-LB": "1"})
         assert forced.status_code == 200, forced.text
         assert running.engine.config.load_balancers == ()
         assert (await client.get("/explain", params={"host": LB})).status_code == 404
