@@ -545,6 +545,7 @@ class Router:
             host=req.host,
             method=req.method,
             uri=req.uri,
+            raw_uri=req.raw_uri,
             version=req.version,
             headers=req.headers,
             cookies=req.cookies,

@@ -63,6 +63,7 @@ import itertools
 import logging
 import math
 import random
+import re
 import secrets
 import ssl
 import time
@@ -97,6 +98,7 @@ from lb.proxy.headers import (
 from lb.proxy.hooks import Attempt, ProxyHooks, RequestRecord
 from lb.proxy.listeners import AnyListener, bound_address, is_https, open_listeners
 from lb.proxy.upstream import UpstreamConnection, UpstreamPool, target_for
+from lb.proxy.urls import BadTargetError, normalize_uri, origin_form
 from steering.affinity import COOKIE_NAME, expires_of
 from steering.types import Decision, Request
 
@@ -114,6 +116,12 @@ _EOM = h11.EndOfMessage()
 _ACCEPT_RETRY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 _STALE_REASONS = frozenset({"upstream_closed"})
 _VERSIONS = {b"1.1": "HTTP/1.1", b"1.0": "HTTP/1.0"}
+_NOT_PROXIED = frozenset({b"CONNECT", b"TRACE"})
+"""Methods a reverse proxy does not forward: 501 and close (docs/proxy.md, "Refused")."""
+_HEAD_END = re.compile(rb"\n\r?\n")
+"""The blank line that ends a request head (h11 accepts bare LF line ends too)."""
+MAX_CHUNK_SIZE = (1 << 63) - 1
+"""A larger chunk size is malformed (it overflows a signed 64-bit length): 400."""
 
 
 class _Parsed(TypedDict, total=False):
@@ -146,6 +154,34 @@ class _ClientError(Exception):
         self.reason = reason
 
 
+_TOO_MANY_HEADERS = h11.RemoteProtocolError("too many header lines", error_status_hint=431)
+
+
+class _HeadLines:
+    """Counts the lines of a request head as its bytes arrive (see ``_read_head``)."""
+
+    __slots__ = ("done", "limit", "lines", "tail")
+
+    def __init__(self, max_headers: int) -> None:
+        self.limit = max_headers + 1  # the request line
+        self.lines = 0
+        self.tail = b""
+        self.done = False
+
+    def feed(self, data: bytes) -> bool:
+        """Count the head lines in ``data``; True once there are too many."""
+        if self.done or not data:
+            return False
+        buf = self.tail + data
+        m = _HEAD_END.search(buf)
+        stop = len(buf) if m is None else m.start() + 1
+        if stop > len(self.tail):
+            self.lines += buf.count(b"\n", len(self.tail), stop)
+        self.done = m is not None
+        self.tail = buf[-2:]
+        return self.lines > self.limit
+
+
 class _BodyPump:
     """The task that streams the rest of a request body upstream (:meth:`ProxyServer._forward`)."""
 
@@ -172,6 +208,7 @@ class _Flow:
         "responded",
         "sent_any",
         "started",
+        "target",
         "tasks",
         "trusted",
         "up",
@@ -201,6 +238,8 @@ class _Flow:
         self.sent_any = False
         self.responded = False
         self.trusted = False
+        self.target = b""
+        """The origin-form target sent upstream; empty when the request-target is refused."""
 
     def arm(self, phase: str, seconds: float) -> None:
         """Push the inactivity deadline ``seconds`` ahead for an operation on ``phase``."""
@@ -362,7 +401,12 @@ class ProxyServer:
                         watchdog.deadline = trio.current_time() + limits.idle_timeout
                         event = await self._read_head(stream, conn, peer, client)
                         if event is None:
-                            linger = conn.their_state is h11.ERROR
+                            # Unread input after an answer of ours (a 400, a 431): drain it
+                            # first, or the kernel's reset may destroy the answer.
+                            linger = conn.their_state is h11.ERROR or conn.our_state not in (
+                                h11.IDLE,
+                                h11.CLOSED,
+                            )
                             break
                         keep = await self._exchange(stream, conn, event, peer, https, client)
                         self._finish(client)
@@ -418,8 +462,17 @@ class ProxyServer:
     async def _read_head(
         self, stream: trio.abc.Stream, conn: h11.Connection, peer: str, client: _Client
     ) -> h11.Request | None:
-        """The next request head, or None when the connection should close."""
+        """The next request head, or None when the connection should close.
+
+        Header lines are counted as the bytes arrive, before h11 parses the head, so that a
+        head of thousands of tiny headers is refused (431) without the cost of parsing it.
+        """
         first = True
+        counter = _HeadLines(self.engine.config.engine.limits.max_headers)
+        pipelined = conn.trailing_data[0] if conn.their_state is h11.IDLE else b""
+        if pipelined and counter.feed(pipelined):
+            await self._reject(stream, conn, _TOO_MANY_HEADERS, peer)
+            return None
         while True:
             try:
                 event = conn.next_event()
@@ -438,6 +491,9 @@ class ProxyServer:
                 finally:
                     client.idle = False
                 first = False
+                if counter.feed(cast(bytes, data)):
+                    await self._reject(stream, conn, _TOO_MANY_HEADERS, peer)
+                    return None
                 conn.receive_data(cast(bytes, data))
                 if not data and conn.their_state is not h11.IDLE:
                     return None  # EOF inside a head: nobody left to answer
@@ -449,8 +505,15 @@ class ProxyServer:
     async def _reject(
         self, stream: trio.abc.Stream, conn: h11.Connection, exc: h11.RemoteProtocolError, peer: str
     ) -> None:
-        """Answer a request h11 could not parse (400, 431 for a too-large head...)."""
+        """Answer a request h11 could not parse (400, 431 for a too-large head...).
+
+        h11's only 501 for a request is a Transfer-Encoding other than ``chunked``; RFC 9112
+        §6.3 makes a request whose last coding is not chunked a 400, and the proxy answers
+        every such request 400 (docs/proxy.md, "Refused").
+        """
         status = exc.error_status_hint
+        if status == 501:
+            status = 400
         record = RequestRecord(
             method="", host="", target="", client_ip=peer, datacenter="", request_id=""
         )
@@ -493,11 +556,19 @@ class ProxyServer:
         else:
             client_ip, datacenter = peer, settings.datacenter
         rid = facts.request_id or f"{self._rid_prefix}{next(self._rid_counter):x}".encode()
+        try:
+            target, authority = origin_form(event.target)
+        except BadTargetError:
+            target, authority = b"", None
+        if authority is not None:
+            # RFC 9112 §3.2.2: the URL's authority replaces the Host header, for steering,
+            # the endpoint's Host (unless it sets one) and X-Forwarded-Host alike.
+            facts.host = authority
         host = facts.host.decode("latin-1")
         record = RequestRecord(
             method=event.method.decode("latin-1"),
             host=host,
-            target=event.target.decode("latin-1"),
+            target=(target or event.target).decode("latin-1"),
             client_ip=client_ip,
             datacenter=datacenter,
             request_id=rid.decode("latin-1"),
@@ -505,6 +576,7 @@ class ProxyServer:
         flow = _Flow(record, client.watchdog, t0, client.tasks)
         client.flow = flow
         flow.trusted = trusted
+        flow.target = target
         if not facts.has_body:
             # h11 reports the end of a bodiless request as a separate event: take it now, so
             # that every later step sees the request as complete.
@@ -537,11 +609,35 @@ class ProxyServer:
         settings = engine.config.engine
         record = flow.record
         style = settings.error_style
-        if facts.head_bytes + len(event.target) > settings.limits.max_header_bytes:
+        limits = settings.limits
+        if event.method in _NOT_PROXIED:
+            # CONNECT would turn the proxy into an open tunnel, TRACE would reflect headers
+            # added on the way (a 200 with an affinity cookie for CONNECT, before).
+            record.error = "method_not_supported"
+            return await self._reply(stream, conn, flow, 501, error_body(501, "plain"), close=True)
+        if facts.ambiguous_framing:
+            record.error = "ambiguous_framing"
+            body = b"400 Bad Request: both Content-Length and Transfer-Encoding\n"
+            return await self._reply(stream, conn, flow, 400, body, close=True)
+        if not flow.target:
+            record.error = "bad_target"
+            body = b"400 Bad Request: request-target is not a path or an http(s) URL\n"
+            return await self._reply(stream, conn, flow, 400, body, close=True)
+        if (
+            facts.head_bytes + len(event.target) > limits.max_header_bytes
+            or len(event.headers) > limits.max_headers
+        ):
             # h11 enforces its limit only on a head still incomplete in its buffer.
             record.error = "headers_too_large"
             body = error_body(431, "plain")
             return await self._reply(stream, conn, flow, 431, body, close=True)
+        if facts.chunked and not flow.req_done:
+            problem = _first_chunk_problem(conn, limits.max_body_bytes)
+            if problem is not None:
+                record.error = problem.reason
+                return await self._reply(
+                    stream, conn, flow, problem.status, error_body(problem.status, "plain")
+                )
         if (
             facts.content_length is not None
             and facts.content_length > settings.limits.max_body_bytes
@@ -569,7 +665,8 @@ class ProxyServer:
             now=trio.current_time(),
             wall=time.time(),
             method=record.method,
-            uri=record.target,
+            uri=normalize_uri(record.target),
+            raw_uri=record.target,
             version=_VERSIONS.get(event.http_version, "HTTP/1.1"),
         )
         live = engine.live
@@ -717,7 +814,7 @@ class ProxyServer:
                     uh.send(
                         h11.Request(
                             method=event.method,
-                            target=event.target,
+                            target=flow.target,
                             headers=out_headers,
                             **_PRE_VALIDATED,  # every name and value is checked: see above
                         )
@@ -779,14 +876,17 @@ class ProxyServer:
                 assert isinstance(ev, h11.Data)
                 flow.body_consumed = True
                 record.bytes_in += len(ev.data)
-                if record.bytes_in > max_body:
-                    raise _ClientError(413, "body_too_large")
+                if record.bytes_in + _chunk_left(conn) > max_body:
+                    raise _chunk_error(_chunk_left(conn), max_body)
                 pending.append(_up_send(uh, ev))
             elif kind is h11.EndOfMessage:
                 flow.req_done = True
                 pending.append(_up_send(uh, _EOM))
                 return
             elif ev is h11.NEED_DATA:
+                if record.bytes_in + _chunk_left(conn) > max_body:
+                    # A chunk announced larger than the body may be: no need to wait for it.
+                    raise _chunk_error(_chunk_left(conn), max_body)
                 return
             else:  # pragma: no cover - h11 gives nothing else while the body is open
                 raise _ClientError(400, "bad_request")
@@ -1317,6 +1417,46 @@ def _up_send(uh: h11.Connection, event: h11.Data | h11.EndOfMessage) -> bytes:
         return _sent(uh.send(event))
     except h11.LocalProtocolError as exc:
         raise _ClientError(400, "bad_request") from exc
+
+
+_CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,20})(?:;[^\r\n]*)?[ \t]*\r\n")
+
+
+def _chunk_left(conn: h11.Connection) -> int:
+    """Bytes still to come of the request body chunk h11 is reading (0 if none or unknown).
+
+    Read from h11's private chunk reader (0.14 to 0.16 at least), so that a chunk announced
+    larger than the body may be is refused at once instead of waited for; an h11 without it
+    gives 0, and the size limits then apply as the bytes arrive: slower, never broken.
+    """
+    reader = getattr(conn, "_reader", None)
+    left = getattr(reader, "_bytes_in_chunk", 0)
+    return left if type(left) is int else 0
+
+
+def _chunk_error(size: int, max_body: int) -> _ClientError:
+    if size > MAX_CHUNK_SIZE:
+        return _ClientError(400, "bad_chunk")
+    return _ClientError(413, "body_too_large")
+
+
+def _first_chunk_problem(conn: h11.Connection, max_body: int) -> _ClientError | None:
+    """A malformed or oversized first chunk header already received with the head, if any.
+
+    Checked before steering, so that such a request costs no upstream connection; later
+    chunks are checked as h11 reads them (:meth:`ProxyServer._take_body`).
+    """
+    buf = conn.trailing_data[0]
+    end = buf.find(b"\r\n")
+    if end < 0:
+        return None
+    m = _CHUNK_LINE.match(buf, 0, end + 2)
+    if m is None:
+        return _ClientError(400, "bad_chunk")
+    size = int(m.group(1), 16)
+    if size > max_body:
+        return _chunk_error(size, max_body)
+    return None
 
 
 def _simple_response(
