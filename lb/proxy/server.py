@@ -51,8 +51,9 @@ Failures and retries (cloudflare-lb.md §5, docs/proxy.md):
 
 Shutdown: :meth:`ProxyServer.shutdown` stops accepting, closes connections that wait for a
 next request, lets in-flight requests finish (their responses carry ``Connection: close``),
-and cancels what is left after ``engine.drain_timeout`` (those records get error
-``shutdown``).
+and after ``engine.drain_timeout`` ends what is left: a request whose response has not
+started gets a 503 with ``Connection: close``, anything else is cut (those records get
+error ``shutdown``); ``DRAIN_GRACE`` later every connection left is cancelled.
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ from lb.config.model import FixedResponse, Limits
 from lb.core.snapshot import EndpointView
 from lb.engine import Engine
 from lb.proxy import errors
+from lb.proxy.capacity import default_max_connections, raise_fd_limit
 from lb.proxy.errors import UpstreamError, error_body, public_status, reason_phrase
 from lb.proxy.headers import (
     RequestFacts,
@@ -111,6 +113,9 @@ LINGER_SECONDS = 2.0
 """How long a connection closed with an unread request body is drained first, so that the
 client reads our 4xx instead of a TCP reset."""
 SWEEP_INTERVAL = 5.0
+DRAIN_GRACE = 1.0
+"""Seconds after ``engine.drain_timeout`` for the 503s of requests still in flight to be
+written; then every connection left is cut."""
 _CONTENT_TYPE = (b"content-type", b"text/plain; charset=utf-8")
 _EOM = h11.EndOfMessage()
 _ACCEPT_RETRY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
@@ -249,17 +254,17 @@ class _Flow:
 
 class _Client:
     """One client connection: its watchdog (the only cancel scope per connection) and the
-    request in progress, which the connection loop reports when it is over."""
+    request in progress, which the connection loop reports when it is over.  While it waits
+    for the first byte of a request it is in ``ProxyServer._idle`` (shutdown and the
+    connection cap close those)."""
 
-    __slots__ = ("flow", "idle", "tasks", "watchdog")
+    __slots__ = ("flow", "tasks", "watchdog")
 
     def __init__(self) -> None:
         self.watchdog = trio.CancelScope()
         self.tasks: trio.Nursery | None = None
         """The connection's nursery (inside the watchdog), for request body pumps."""
         self.flow: _Flow | None = None
-        self.idle = False
-        """True while waiting for the first byte of a next request (shutdown closes these)."""
 
 
 class ProxyServer:
@@ -300,7 +305,19 @@ class ProxyServer:
         self.addresses: list[tuple[str, int]] = []
         self.draining = False
         self._stop = trio.Event()
+        self._drained = trio.Event()
+        """Set when the drain finds no client connection left."""
+        self._expired = False
+        """The drain deadline passed: what is still in flight is answered 503 and closed."""
         self._clients: set[_Client] = set()
+        self._idle: dict[_Client, None] = {}
+        """Clients waiting for the first byte of a request, longest-waiting first."""
+        self._default_cap = default_max_connections(0)
+        self.shed = 0
+        """Idle connections closed to make room for a new one (connection cap)."""
+        self.refused = 0
+        """New connections closed at once: the cap was reached and no connection was idle."""
+        self._cap_logged = -math.inf
         self._rid_prefix = secrets.token_hex(6)
         self._rid_counter = itertools.count(1)
         self._trust_key: object = None
@@ -308,6 +325,22 @@ class ProxyServer:
         self._trusted_cache: dict[str, bool] = {}
         self._names_key: object = None
         self._names: tuple[bytes, bytes] = (b"", b"")
+
+    @property
+    def connections(self) -> int:
+        """Client connections open (counted against ``limits.max_connections``)."""
+        return len(self._clients)
+
+    @property
+    def idle_connections(self) -> int:
+        """Client connections waiting for the first byte of a request."""
+        return len(self._idle)
+
+    @property
+    def max_connections(self) -> int:
+        """The connection cap in force: ``limits.max_connections``, else derived from the
+        file-descriptor limit (:func:`lb.proxy.capacity.default_max_connections`)."""
+        return self.engine.config.engine.limits.max_connections or self._default_cap
 
     @property
     def active_requests(self) -> int:
@@ -323,9 +356,8 @@ class ProxyServer:
         self._close_idle_clients()
 
     def _close_idle_clients(self) -> None:
-        for client in list(self._clients):
-            if client.idle:
-                client.watchdog.cancel()
+        for client in list(self._idle):
+            client.watchdog.cancel()
 
     async def serve(
         self,
@@ -335,6 +367,7 @@ class ProxyServer:
     ) -> None:
         """Accept and serve until :meth:`shutdown`; then drain and return."""
         settings = self.engine.config.engine
+        self._default_cap = default_max_connections(raise_fd_limit())
         if listeners is None:
             listeners = await open_listeners(settings.listen, reuse_port=settings.workers > 1)
         self.addresses = [bound_address(listener) for listener in listeners]
@@ -351,13 +384,28 @@ class ProxyServer:
                     _close_listener(listener)
                 self._close_idle_clients()
                 drain = self.engine.config.engine.drain_timeout
-                clients.cancel_scope.deadline = trio.current_time() + drain
+                clients.start_soon(self._drain_deadline, drain)
+                # The last resort, should a 503 not get out within the grace period.
+                clients.cancel_scope.deadline = trio.current_time() + drain + DRAIN_GRACE
         finally:
             # Synchronous on purpose: under cancellation every await would raise at once.
             self.draining = True
             self.pool.close_all()
             for listener in listeners:
                 _close_listener(listener)
+
+    async def _drain_deadline(self, seconds: float) -> None:
+        """At the drain deadline, end every request still in flight with a 503 (where no
+        response has started) and ``Connection: close``, rather than a bare close: a client
+        can tell "shutting down, try again" from a crash."""
+        if self._clients:
+            with trio.move_on_after(seconds):
+                await self._drained.wait()
+        if not self._clients:
+            return
+        self._expired = True
+        for client in list(self._clients):
+            client.watchdog.cancel()
 
     async def _accept_loop(self, listener: AnyListener, clients: trio.Nursery) -> None:
         https = is_https(listener)
@@ -370,7 +418,37 @@ class ProxyServer:
                     await trio.sleep(0.1)
                     continue
                 raise
-            clients.start_soon(self._serve_client, stream, https)
+            if len(self._clients) >= self.max_connections and not self._shed_idlest():
+                self.refused += 1
+                self._log_cap()
+                _close_now(stream)
+                continue
+            client = _Client()
+            self._clients.add(client)  # now, so that the next accept already counts it
+            clients.start_soon(self._serve_client, stream, https, client)
+
+    def _shed_idlest(self) -> bool:
+        """Close the client connection idle the longest to make room; False if none is."""
+        client = next(iter(self._idle), None)
+        if client is None:
+            return False
+        del self._idle[client]
+        self._clients.discard(client)
+        client.watchdog.cancel()
+        self.shed += 1
+        self._log_cap()
+        return True
+
+    def _log_cap(self) -> None:
+        now = trio.current_time()
+        if now - self._cap_logged >= SWEEP_INTERVAL:
+            self._cap_logged = now
+            log.warning(
+                "connection_cap_reached max_connections=%d shed=%d refused=%d",
+                self.max_connections,
+                self.shed,
+                self.refused,
+            )
 
     async def _sweep_loop(self) -> None:
         while True:
@@ -379,15 +457,13 @@ class ProxyServer:
 
     # ------------------------------------------------------------------ one client
 
-    async def _serve_client(self, stream: trio.abc.Stream, https: bool) -> None:
+    async def _serve_client(self, stream: trio.abc.Stream, https: bool, client: _Client) -> None:
         """The keep-alive loop of one client connection; never raises.
 
         Every timeout of the connection is one deadline on ``client.watchdog``: pushed ahead
         before each wait (see the module docstring), handled here when it fires.
         """
         self.hooks.connection(1)
-        client = _Client()
-        self._clients.add(client)
         linger = False
         conn: h11.Connection | None = None
         try:
@@ -432,6 +508,9 @@ class ProxyServer:
         finally:
             self._finish(client)
             self._clients.discard(client)
+            self._idle.pop(client, None)
+            if self.draining and not self._clients:
+                self._drained.set()
             try:
                 await _close_client(stream, linger=linger)
             finally:
@@ -483,13 +562,13 @@ class ProxyServer:
                 if first:
                     if self.draining and conn.their_state is h11.IDLE:
                         return None
-                    client.idle = True
+                    self._idle[client] = None
                 try:
                     data = await stream.receive_some(RECEIVE_SIZE)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     return None
                 finally:
-                    client.idle = False
+                    self._idle.pop(client, None)
                 first = False
                 if counter.feed(cast(bytes, data)):
                     await self._reject(stream, conn, _TOO_MANY_HEADERS, peer)
@@ -1245,11 +1324,28 @@ class ProxyServer:
         return False
 
     async def _timed_out(self, stream: trio.abc.Stream, conn: h11.Connection, flow: _Flow) -> bool:
-        """The watchdog fired: 524 (or 408) when no response was started, else cut."""
+        """The watchdog fired: 524 (or 408) when no response was started, else cut; at the
+        drain deadline, 503 (see :meth:`_drain_deadline`)."""
         record = flow.record
         if flow.up is not None:
             self.pool.discard(flow.up)
             flow.up = None
+        if self._expired:
+            record.error = "shutdown"
+            if record.attempts and not flow.responded:
+                record.attempts[-1].error = "shutdown"
+            if not flow.responded and conn.our_state is h11.SEND_RESPONSE:
+                data = _simple_response(
+                    conn,
+                    503,
+                    b"503 Service Unavailable: shutting down\n",
+                    close=True,
+                    head=record.method == "HEAD",
+                )
+                record.status = 503
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    await stream.send_all(data)
+            return False
         if flow.phase == "websocket":
             record.error = "websocket_idle"
             return False
@@ -1498,6 +1594,15 @@ def _peer_ip(stream: trio.abc.Stream) -> str:
         if isinstance(name, tuple):
             return str(name[0])
     return ""
+
+
+def _close_now(stream: trio.abc.Stream) -> None:
+    """Close a connection just accepted, without a TLS close_notify (no handshake was made)."""
+    inner: Any = stream
+    while isinstance(inner, trio.SSLStream):
+        inner = inner.transport_stream
+    if isinstance(inner, trio.SocketStream):
+        inner.socket.close()
 
 
 def _close_listener(listener: AnyListener) -> None:
