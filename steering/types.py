@@ -37,11 +37,7 @@ class Request:
     wall: float = 0.0
     method: str = "GET"
     uri: str = "/"
-    """The request target (path and query), for custom rules (R32), with its path normalized
-    as Cloudflare's URL normalization does (lb/proxy/urls.py)."""
-    raw_uri: str = ""
-    """The target as the client sent it (origin-form), for the ``raw.`` fields; empty means
-    the same as ``uri``."""
+    """The request target (path and query), for custom rules (R32)."""
     version: str = "HTTP/1.1"
 
 

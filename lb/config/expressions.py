@@ -58,7 +58,7 @@ class Fields:
     host: str = ""
     method: str = "GET"
     uri: str = "/"
-    """The request target: path and query, the path normalized (lb/proxy/urls.py)."""
+    """The request target: path and query, the path normalized (steering/urls.py)."""
     raw_uri: str = ""
     """The target as sent, for the ``raw.`` fields; empty means the same as ``uri``."""
     version: str = "HTTP/1.1"

@@ -100,7 +100,7 @@ from lb.proxy.headers import (
 from lb.proxy.hooks import Attempt, ProxyHooks, RequestRecord
 from lb.proxy.listeners import AnyListener, bound_address, is_https, open_listeners
 from lb.proxy.upstream import UpstreamConnection, UpstreamPool, target_for
-from lb.proxy.urls import BadTargetError, normalize_uri, origin_form
+from lb.proxy.urls import BadTargetError, origin_form
 from steering.affinity import COOKIE_NAME, expires_of
 from steering.types import Decision, Request
 
@@ -744,8 +744,7 @@ class ProxyServer:
             now=trio.current_time(),
             wall=time.time(),
             method=record.method,
-            uri=normalize_uri(record.target),
-            raw_uri=record.target,
+            uri=record.target,  # origin-form; the router normalizes it for rules
             version=_VERSIONS.get(event.http_version, "HTTP/1.1"),
         )
         live = engine.live
