@@ -76,6 +76,7 @@ from steering.pick import (
     weighted_dynamic,
 )
 from steering.types import Affinity, Counts, Decision, Live, Request
+from steering.urls import normalize_uri
 
 __all__ = ["Router"]
 
@@ -545,7 +546,8 @@ class Router:
         fields = Fields(
             host=req.host,
             method=req.method,
-            uri=req.uri,
+            uri=normalize_uri(req.uri),
+            raw_uri=req.uri,
             version=req.version,
             headers=req.headers,
             cookies=req.cookies,

@@ -58,7 +58,9 @@ class Fields:
     host: str = ""
     method: str = "GET"
     uri: str = "/"
-    """The request target: path and query."""
+    """The request target: path and query, the path normalized (steering/urls.py)."""
+    raw_uri: str = ""
+    """The target as sent, for the ``raw.`` fields; empty means the same as ``uri``."""
     version: str = "HTTP/1.1"
     headers: Mapping[str, str] = field(default_factory=dict)
     """Request headers with lower-case names."""
@@ -85,6 +87,10 @@ def _query(f: Fields) -> str:
     return f.uri.partition("?")[2]
 
 
+def _raw(f: Fields) -> str:
+    return f.raw_uri or f.uri
+
+
 def _args(f: Fields) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for key, value in parse_qsl(_query(f), keep_blank_values=True):
@@ -102,6 +108,9 @@ FIELDS: dict[str, tuple[str, Getter]] = {
     "http.request.uri": (STR, lambda f: f.uri),
     "http.request.uri.path": (STR, _path),
     "http.request.uri.query": (STR, _query),
+    "raw.http.request.uri": (STR, _raw),
+    "raw.http.request.uri.path": (STR, lambda f: _raw(f).partition("?")[0]),
+    "raw.http.request.uri.query": (STR, lambda f: _raw(f).partition("?")[2]),
     "http.request.uri.args": (MAP, _args),
     "http.request.uri.args.names": (ARRAY, lambda f: list(_args(f))),
     "http.request.uri.args.values": (ARRAY, lambda f: [v for vs in _args(f).values() for v in vs]),

@@ -453,10 +453,16 @@ class Limits:
     """Request limits of the proxy."""
 
     max_header_bytes: int = _f(65536, range=(1024, 1 << 24), doc="431 past this")
+    max_headers: int = _f(100, range=(1, 10000), doc="431 past this many header lines")
     max_body_bytes: int = _f(100 << 20, range=(0, 1 << 40), doc="413 past this")
     idle_timeout: float = _f(60.0, range=(0.1, 86400), doc="seconds a client may stay idle")
     request_timeout: float = _f(100.0, range=(0.1, 86400), doc="seconds for one request")
     connect_timeout: float = _f(5.0, range=(0.01, 300), doc="seconds to reach an endpoint")
+    max_connections: int = _f(
+        0,
+        range=(0, 1 << 24),
+        doc="client connections at once; 0 = derived from the file-descriptor limit",
+    )
 
 
 @dataclass(**_FROZEN)

@@ -5,6 +5,8 @@ Header names are the lowercase ``bytes`` h11 hands out; values are ``bytes``.
 
 Rules (docs/proxy.md, "Headers"):
 
+* Content-Length never goes upstream beside Transfer-Encoding (such a request is refused
+  with 400 before this point: :attr:`RequestFacts.ambiguous_framing`).
 * Hop-by-hop headers are removed both ways: Connection, Keep-Alive, Proxy-Connection,
   Proxy-* (Authorization, Authenticate...), TE, Trailer, Transfer-Encoding, Upgrade, and every
   name listed in Connection except the framing header Content-Length (``Connection:
@@ -113,6 +115,17 @@ class RequestFacts:
         """Whether a request body follows the head."""
         return self.chunked or bool(self.content_length)
 
+    @property
+    def ambiguous_framing(self) -> bool:
+        """Content-Length and Transfer-Encoding together: the request-smuggling shape.
+
+        RFC 9112 §6.1 lets a server frame by Transfer-Encoding, but a proxy that forwards
+        both lets an origin framing by Content-Length read the rest as a second request; the
+        proxy answers 400 and closes instead (h11 already refuses a Transfer-Encoding other
+        than ``chunked`` and conflicting Content-Length values).
+        """
+        return self.chunked and self.content_length is not None
+
 
 def scan_request(
     headers: Iterable[Header], client_ip_name: bytes, datacenter_name: bytes
@@ -183,6 +196,8 @@ def upstream_headers(
     for name, value in headers:
         if name in HOP_BY_HOP or name in drop or name.startswith(b"proxy-"):
             continue
+        if name == b"content-length" and facts.chunked:
+            continue  # never both framing headers (the request is refused before, anyway)
         if name == b"host" or name == b"expect" or name == client_ip_name:
             continue
         if name == b"x-forwarded-for":

@@ -51,8 +51,9 @@ Failures and retries (R42-R45 in docs/cloudflare-rules.md, docs/proxy.md):
 
 Shutdown: :meth:`ProxyServer.shutdown` stops accepting, closes connections that wait for a
 next request, lets in-flight requests finish (their responses carry ``Connection: close``),
-and cancels what is left after ``engine.drain_timeout`` (those records get error
-``shutdown``).
+and after ``engine.drain_timeout`` ends what is left: a request whose response has not
+started gets a 503 with ``Connection: close``, anything else is cut (those records get
+error ``shutdown``); ``DRAIN_GRACE`` later every connection left is cancelled.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ import itertools
 import logging
 import math
 import random
+import re
 import secrets
 import ssl
 import time
@@ -79,6 +81,7 @@ from lb.config.model import FixedResponse, Limits
 from lb.core.snapshot import EndpointView
 from lb.engine import Engine
 from lb.proxy import errors
+from lb.proxy.capacity import default_max_connections, raise_fd_limit
 from lb.proxy.errors import UpstreamError, error_body, public_status, reason_phrase
 from lb.proxy.headers import (
     RequestFacts,
@@ -97,6 +100,7 @@ from lb.proxy.headers import (
 from lb.proxy.hooks import Attempt, ProxyHooks, RequestRecord
 from lb.proxy.listeners import AnyListener, bound_address, is_https, open_listeners
 from lb.proxy.upstream import UpstreamConnection, UpstreamPool, target_for
+from lb.proxy.urls import BadTargetError, origin_form
 from steering.affinity import COOKIE_NAME, expires_of
 from steering.types import Decision, Request
 
@@ -109,11 +113,20 @@ LINGER_SECONDS = 2.0
 """How long a connection closed with an unread request body is drained first, so that the
 client reads our 4xx instead of a TCP reset."""
 SWEEP_INTERVAL = 5.0
+DRAIN_GRACE = 1.0
+"""Seconds after ``engine.drain_timeout`` for the 503s of requests still in flight to be
+written; then every connection left is cut."""
 _CONTENT_TYPE = (b"content-type", b"text/plain; charset=utf-8")
 _EOM = h11.EndOfMessage()
 _ACCEPT_RETRY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 _STALE_REASONS = frozenset({"upstream_closed"})
 _VERSIONS = {b"1.1": "HTTP/1.1", b"1.0": "HTTP/1.0"}
+_NOT_PROXIED = frozenset({b"CONNECT", b"TRACE"})
+"""Methods a reverse proxy does not forward: 501 and close (docs/proxy.md, "Refused")."""
+_HEAD_END = re.compile(rb"\n\r?\n")
+"""The blank line that ends a request head (h11 accepts bare LF line ends too)."""
+MAX_CHUNK_SIZE = (1 << 63) - 1
+"""A larger chunk size is malformed (it overflows a signed 64-bit length): 400."""
 
 
 class _Parsed(TypedDict, total=False):
@@ -146,6 +159,34 @@ class _ClientError(Exception):
         self.reason = reason
 
 
+_TOO_MANY_HEADERS = h11.RemoteProtocolError("too many header lines", error_status_hint=431)
+
+
+class _HeadLines:
+    """Counts the lines of a request head as its bytes arrive (see ``_read_head``)."""
+
+    __slots__ = ("done", "limit", "lines", "tail")
+
+    def __init__(self, max_headers: int) -> None:
+        self.limit = max_headers + 1  # the request line
+        self.lines = 0
+        self.tail = b""
+        self.done = False
+
+    def feed(self, data: bytes) -> bool:
+        """Count the head lines in ``data``; True once there are too many."""
+        if self.done or not data:
+            return False
+        buf = self.tail + data
+        m = _HEAD_END.search(buf)
+        stop = len(buf) if m is None else m.start() + 1
+        if stop > len(self.tail):
+            self.lines += buf.count(b"\n", len(self.tail), stop)
+        self.done = m is not None
+        self.tail = buf[-2:]
+        return self.lines > self.limit
+
+
 class _BodyPump:
     """The task that streams the rest of a request body upstream (:meth:`ProxyServer._forward`)."""
 
@@ -172,6 +213,7 @@ class _Flow:
         "responded",
         "sent_any",
         "started",
+        "target",
         "tasks",
         "trusted",
         "up",
@@ -201,6 +243,8 @@ class _Flow:
         self.sent_any = False
         self.responded = False
         self.trusted = False
+        self.target = b""
+        """The origin-form target sent upstream; empty when the request-target is refused."""
 
     def arm(self, phase: str, seconds: float) -> None:
         """Push the inactivity deadline ``seconds`` ahead for an operation on ``phase``."""
@@ -210,17 +254,17 @@ class _Flow:
 
 class _Client:
     """One client connection: its watchdog (the only cancel scope per connection) and the
-    request in progress, which the connection loop reports when it is over."""
+    request in progress, which the connection loop reports when it is over.  While it waits
+    for the first byte of a request it is in ``ProxyServer._idle`` (shutdown and the
+    connection cap close those)."""
 
-    __slots__ = ("flow", "idle", "tasks", "watchdog")
+    __slots__ = ("flow", "tasks", "watchdog")
 
     def __init__(self) -> None:
         self.watchdog = trio.CancelScope()
         self.tasks: trio.Nursery | None = None
         """The connection's nursery (inside the watchdog), for request body pumps."""
         self.flow: _Flow | None = None
-        self.idle = False
-        """True while waiting for the first byte of a next request (shutdown closes these)."""
 
 
 class ProxyServer:
@@ -261,7 +305,19 @@ class ProxyServer:
         self.addresses: list[tuple[str, int]] = []
         self.draining = False
         self._stop = trio.Event()
+        self._drained = trio.Event()
+        """Set when the drain finds no client connection left."""
+        self._expired = False
+        """The drain deadline passed: what is still in flight is answered 503 and closed."""
         self._clients: set[_Client] = set()
+        self._idle: dict[_Client, None] = {}
+        """Clients waiting for the first byte of a request, longest-waiting first."""
+        self._default_cap = default_max_connections(0)
+        self.shed = 0
+        """Idle connections closed to make room for a new one (connection cap)."""
+        self.refused = 0
+        """New connections closed at once: the cap was reached and no connection was idle."""
+        self._cap_logged = -math.inf
         self._rid_prefix = secrets.token_hex(6)
         self._rid_counter = itertools.count(1)
         self._trust_key: object = None
@@ -269,6 +325,22 @@ class ProxyServer:
         self._trusted_cache: dict[str, bool] = {}
         self._names_key: object = None
         self._names: tuple[bytes, bytes] = (b"", b"")
+
+    @property
+    def connections(self) -> int:
+        """Client connections open (counted against ``limits.max_connections``)."""
+        return len(self._clients)
+
+    @property
+    def idle_connections(self) -> int:
+        """Client connections waiting for the first byte of a request."""
+        return len(self._idle)
+
+    @property
+    def max_connections(self) -> int:
+        """The connection cap in force: ``limits.max_connections``, else derived from the
+        file-descriptor limit (:func:`lb.proxy.capacity.default_max_connections`)."""
+        return self.engine.config.engine.limits.max_connections or self._default_cap
 
     @property
     def active_requests(self) -> int:
@@ -284,9 +356,8 @@ class ProxyServer:
         self._close_idle_clients()
 
     def _close_idle_clients(self) -> None:
-        for client in list(self._clients):
-            if client.idle:
-                client.watchdog.cancel()
+        for client in list(self._idle):
+            client.watchdog.cancel()
 
     async def serve(
         self,
@@ -296,6 +367,7 @@ class ProxyServer:
     ) -> None:
         """Accept and serve until :meth:`shutdown`; then drain and return."""
         settings = self.engine.config.engine
+        self._default_cap = default_max_connections(raise_fd_limit())
         if listeners is None:
             listeners = await open_listeners(settings.listen, reuse_port=settings.workers > 1)
         self.addresses = [bound_address(listener) for listener in listeners]
@@ -312,13 +384,28 @@ class ProxyServer:
                     _close_listener(listener)
                 self._close_idle_clients()
                 drain = self.engine.config.engine.drain_timeout
-                clients.cancel_scope.deadline = trio.current_time() + drain
+                clients.start_soon(self._drain_deadline, drain)
+                # The last resort, should a 503 not get out within the grace period.
+                clients.cancel_scope.deadline = trio.current_time() + drain + DRAIN_GRACE
         finally:
             # Synchronous on purpose: under cancellation every await would raise at once.
             self.draining = True
             self.pool.close_all()
             for listener in listeners:
                 _close_listener(listener)
+
+    async def _drain_deadline(self, seconds: float) -> None:
+        """At the drain deadline, end every request still in flight with a 503 (where no
+        response has started) and ``Connection: close``, rather than a bare close: a client
+        can tell "shutting down, try again" from a crash."""
+        if self._clients:
+            with trio.move_on_after(seconds):
+                await self._drained.wait()
+        if not self._clients:
+            return
+        self._expired = True
+        for client in list(self._clients):
+            client.watchdog.cancel()
 
     async def _accept_loop(self, listener: AnyListener, clients: trio.Nursery) -> None:
         https = is_https(listener)
@@ -331,7 +418,37 @@ class ProxyServer:
                     await trio.sleep(0.1)
                     continue
                 raise
-            clients.start_soon(self._serve_client, stream, https)
+            if len(self._clients) >= self.max_connections and not self._shed_idlest():
+                self.refused += 1
+                self._log_cap()
+                _close_now(stream)
+                continue
+            client = _Client()
+            self._clients.add(client)  # now, so that the next accept already counts it
+            clients.start_soon(self._serve_client, stream, https, client)
+
+    def _shed_idlest(self) -> bool:
+        """Close the client connection idle the longest to make room; False if none is."""
+        client = next(iter(self._idle), None)
+        if client is None:
+            return False
+        del self._idle[client]
+        self._clients.discard(client)
+        client.watchdog.cancel()
+        self.shed += 1
+        self._log_cap()
+        return True
+
+    def _log_cap(self) -> None:
+        now = trio.current_time()
+        if now - self._cap_logged >= SWEEP_INTERVAL:
+            self._cap_logged = now
+            log.warning(
+                "connection_cap_reached max_connections=%d shed=%d refused=%d",
+                self.max_connections,
+                self.shed,
+                self.refused,
+            )
 
     async def _sweep_loop(self) -> None:
         while True:
@@ -340,15 +457,13 @@ class ProxyServer:
 
     # ------------------------------------------------------------------ one client
 
-    async def _serve_client(self, stream: trio.abc.Stream, https: bool) -> None:
+    async def _serve_client(self, stream: trio.abc.Stream, https: bool, client: _Client) -> None:
         """The keep-alive loop of one client connection; never raises.
 
         Every timeout of the connection is one deadline on ``client.watchdog``: pushed ahead
         before each wait (see the module docstring), handled here when it fires.
         """
         self.hooks.connection(1)
-        client = _Client()
-        self._clients.add(client)
         linger = False
         conn: h11.Connection | None = None
         try:
@@ -362,7 +477,12 @@ class ProxyServer:
                         watchdog.deadline = trio.current_time() + limits.idle_timeout
                         event = await self._read_head(stream, conn, peer, client)
                         if event is None:
-                            linger = conn.their_state is h11.ERROR
+                            # Unread input after an answer of ours (a 400, a 431): drain it
+                            # first, or the kernel's reset may destroy the answer.
+                            linger = conn.their_state is h11.ERROR or conn.our_state not in (
+                                h11.IDLE,
+                                h11.CLOSED,
+                            )
                             break
                         keep = await self._exchange(stream, conn, event, peer, https, client)
                         self._finish(client)
@@ -388,6 +508,9 @@ class ProxyServer:
         finally:
             self._finish(client)
             self._clients.discard(client)
+            self._idle.pop(client, None)
+            if self.draining and not self._clients:
+                self._drained.set()
             try:
                 await _close_client(stream, linger=linger)
             finally:
@@ -418,8 +541,17 @@ class ProxyServer:
     async def _read_head(
         self, stream: trio.abc.Stream, conn: h11.Connection, peer: str, client: _Client
     ) -> h11.Request | None:
-        """The next request head, or None when the connection should close."""
+        """The next request head, or None when the connection should close.
+
+        Header lines are counted as the bytes arrive, before h11 parses the head, so that a
+        head of thousands of tiny headers is refused (431) without the cost of parsing it.
+        """
         first = True
+        counter = _HeadLines(self.engine.config.engine.limits.max_headers)
+        pipelined = conn.trailing_data[0] if conn.their_state is h11.IDLE else b""
+        if pipelined and counter.feed(pipelined):
+            await self._reject(stream, conn, _TOO_MANY_HEADERS, peer)
+            return None
         while True:
             try:
                 event = conn.next_event()
@@ -430,14 +562,17 @@ class ProxyServer:
                 if first:
                     if self.draining and conn.their_state is h11.IDLE:
                         return None
-                    client.idle = True
+                    self._idle[client] = None
                 try:
                     data = await stream.receive_some(RECEIVE_SIZE)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     return None
                 finally:
-                    client.idle = False
+                    self._idle.pop(client, None)
                 first = False
+                if counter.feed(cast(bytes, data)):
+                    await self._reject(stream, conn, _TOO_MANY_HEADERS, peer)
+                    return None
                 conn.receive_data(cast(bytes, data))
                 if not data and conn.their_state is not h11.IDLE:
                     return None  # EOF inside a head: nobody left to answer
@@ -449,8 +584,15 @@ class ProxyServer:
     async def _reject(
         self, stream: trio.abc.Stream, conn: h11.Connection, exc: h11.RemoteProtocolError, peer: str
     ) -> None:
-        """Answer a request h11 could not parse (400, 431 for a too-large head...)."""
+        """Answer a request h11 could not parse (400, 431 for a too-large head...).
+
+        h11's only 501 for a request is a Transfer-Encoding other than ``chunked``; RFC 9112
+        §6.3 makes a request whose last coding is not chunked a 400, and the proxy answers
+        every such request 400 (docs/proxy.md, "Refused").
+        """
         status = exc.error_status_hint
+        if status == 501:
+            status = 400
         record = RequestRecord(
             method="", host="", target="", client_ip=peer, datacenter="", request_id=""
         )
@@ -493,11 +635,19 @@ class ProxyServer:
         else:
             client_ip, datacenter = peer, settings.datacenter
         rid = facts.request_id or f"{self._rid_prefix}{next(self._rid_counter):x}".encode()
+        try:
+            target, authority = origin_form(event.target)
+        except BadTargetError:
+            target, authority = b"", None
+        if authority is not None:
+            # RFC 9112 §3.2.2: the URL's authority replaces the Host header, for steering,
+            # the endpoint's Host (unless it sets one) and X-Forwarded-Host alike.
+            facts.host = authority
         host = facts.host.decode("latin-1")
         record = RequestRecord(
             method=event.method.decode("latin-1"),
             host=host,
-            target=event.target.decode("latin-1"),
+            target=(target or event.target).decode("latin-1"),
             client_ip=client_ip,
             datacenter=datacenter,
             request_id=rid.decode("latin-1"),
@@ -505,6 +655,7 @@ class ProxyServer:
         flow = _Flow(record, client.watchdog, t0, client.tasks)
         client.flow = flow
         flow.trusted = trusted
+        flow.target = target
         if not facts.has_body:
             # h11 reports the end of a bodiless request as a separate event: take it now, so
             # that every later step sees the request as complete.
@@ -537,11 +688,35 @@ class ProxyServer:
         settings = engine.config.engine
         record = flow.record
         style = settings.error_style
-        if facts.head_bytes + len(event.target) > settings.limits.max_header_bytes:
+        limits = settings.limits
+        if event.method in _NOT_PROXIED:
+            # CONNECT would turn the proxy into an open tunnel, TRACE would reflect headers
+            # added on the way (a 200 with an affinity cookie for CONNECT, before).
+            record.error = "method_not_supported"
+            return await self._reply(stream, conn, flow, 501, error_body(501, "plain"), close=True)
+        if facts.ambiguous_framing:
+            record.error = "ambiguous_framing"
+            body = b"400 Bad Request: both Content-Length and Transfer-Encoding\n"
+            return await self._reply(stream, conn, flow, 400, body, close=True)
+        if not flow.target:
+            record.error = "bad_target"
+            body = b"400 Bad Request: request-target is not a path or an http(s) URL\n"
+            return await self._reply(stream, conn, flow, 400, body, close=True)
+        if (
+            facts.head_bytes + len(event.target) > limits.max_header_bytes
+            or len(event.headers) > limits.max_headers
+        ):
             # h11 enforces its limit only on a head still incomplete in its buffer.
             record.error = "headers_too_large"
             body = error_body(431, "plain")
             return await self._reply(stream, conn, flow, 431, body, close=True)
+        if facts.chunked and not flow.req_done:
+            problem = _first_chunk_problem(conn, limits.max_body_bytes)
+            if problem is not None:
+                record.error = problem.reason
+                return await self._reply(
+                    stream, conn, flow, problem.status, error_body(problem.status, "plain")
+                )
         if (
             facts.content_length is not None
             and facts.content_length > settings.limits.max_body_bytes
@@ -569,7 +744,7 @@ class ProxyServer:
             now=trio.current_time(),
             wall=time.time(),
             method=record.method,
-            uri=record.target,
+            uri=record.target,  # origin-form; the router normalizes it for rules
             version=_VERSIONS.get(event.http_version, "HTTP/1.1"),
         )
         live = engine.live
@@ -717,7 +892,7 @@ class ProxyServer:
                     uh.send(
                         h11.Request(
                             method=event.method,
-                            target=event.target,
+                            target=flow.target,
                             headers=out_headers,
                             **_PRE_VALIDATED,  # every name and value is checked: see above
                         )
@@ -779,14 +954,17 @@ class ProxyServer:
                 assert isinstance(ev, h11.Data)
                 flow.body_consumed = True
                 record.bytes_in += len(ev.data)
-                if record.bytes_in > max_body:
-                    raise _ClientError(413, "body_too_large")
+                if record.bytes_in + _chunk_left(conn) > max_body:
+                    raise _chunk_error(_chunk_left(conn), max_body)
                 pending.append(_up_send(uh, ev))
             elif kind is h11.EndOfMessage:
                 flow.req_done = True
                 pending.append(_up_send(uh, _EOM))
                 return
             elif ev is h11.NEED_DATA:
+                if record.bytes_in + _chunk_left(conn) > max_body:
+                    # A chunk announced larger than the body may be: no need to wait for it.
+                    raise _chunk_error(_chunk_left(conn), max_body)
                 return
             else:  # pragma: no cover - h11 gives nothing else while the body is open
                 raise _ClientError(400, "bad_request")
@@ -1145,11 +1323,28 @@ class ProxyServer:
         return False
 
     async def _timed_out(self, stream: trio.abc.Stream, conn: h11.Connection, flow: _Flow) -> bool:
-        """The watchdog fired: 524 (or 408) when no response was started, else cut."""
+        """The watchdog fired: 524 (or 408) when no response was started, else cut; at the
+        drain deadline, 503 (see :meth:`_drain_deadline`)."""
         record = flow.record
         if flow.up is not None:
             self.pool.discard(flow.up)
             flow.up = None
+        if self._expired:
+            record.error = "shutdown"
+            if record.attempts and not flow.responded:
+                record.attempts[-1].error = "shutdown"
+            if not flow.responded and conn.our_state is h11.SEND_RESPONSE:
+                data = _simple_response(
+                    conn,
+                    503,
+                    b"503 Service Unavailable: shutting down\n",
+                    close=True,
+                    head=record.method == "HEAD",
+                )
+                record.status = 503
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    await stream.send_all(data)
+            return False
         if flow.phase == "websocket":
             record.error = "websocket_idle"
             return False
@@ -1319,6 +1514,46 @@ def _up_send(uh: h11.Connection, event: h11.Data | h11.EndOfMessage) -> bytes:
         raise _ClientError(400, "bad_request") from exc
 
 
+_CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,20})(?:;[^\r\n]*)?[ \t]*\r\n")
+
+
+def _chunk_left(conn: h11.Connection) -> int:
+    """Bytes still to come of the request body chunk h11 is reading (0 if none or unknown).
+
+    Read from h11's private chunk reader (0.14 to 0.16 at least), so that a chunk announced
+    larger than the body may be is refused at once instead of waited for; an h11 without it
+    gives 0, and the size limits then apply as the bytes arrive: slower, never broken.
+    """
+    reader = getattr(conn, "_reader", None)
+    left = getattr(reader, "_bytes_in_chunk", 0)
+    return left if type(left) is int else 0
+
+
+def _chunk_error(size: int, max_body: int) -> _ClientError:
+    if size > MAX_CHUNK_SIZE:
+        return _ClientError(400, "bad_chunk")
+    return _ClientError(413, "body_too_large")
+
+
+def _first_chunk_problem(conn: h11.Connection, max_body: int) -> _ClientError | None:
+    """A malformed or oversized first chunk header already received with the head, if any.
+
+    Checked before steering, so that such a request costs no upstream connection; later
+    chunks are checked as h11 reads them (:meth:`ProxyServer._take_body`).
+    """
+    buf = conn.trailing_data[0]
+    end = buf.find(b"\r\n")
+    if end < 0:
+        return None
+    m = _CHUNK_LINE.match(buf, 0, end + 2)
+    if m is None:
+        return _ClientError(400, "bad_chunk")
+    size = int(m.group(1), 16)
+    if size > max_body:
+        return _chunk_error(size, max_body)
+    return None
+
+
 def _simple_response(
     conn: h11.Connection,
     status: int,
@@ -1358,6 +1593,15 @@ def _peer_ip(stream: trio.abc.Stream) -> str:
         if isinstance(name, tuple):
             return str(name[0])
     return ""
+
+
+def _close_now(stream: trio.abc.Stream) -> None:
+    """Close a connection just accepted, without a TLS close_notify (no handshake was made)."""
+    inner: Any = stream
+    while isinstance(inner, trio.SSLStream):
+        inner = inner.transport_stream
+    if isinstance(inner, trio.SocketStream):
+        inner.socket.close()
 
 
 def _close_listener(listener: AnyListener) -> None:

@@ -86,6 +86,8 @@ class Seen:
     path: str
     headers: dict[str, str]
     body_bytes: int = 0
+    target: str = ""
+    """The request-target exactly as received."""
 
 
 @dataclass
@@ -171,7 +173,7 @@ async def _backend_request(
     url = urlsplit(req.target.decode())
     query = parse_qs(url.query)
     headers = {n.decode(): v.decode() for n, v in req.headers}
-    seen = Seen(req.method.decode(), url.path, headers)
+    seen = Seen(req.method.decode(), url.path, headers, target=req.target.decode())
     backend.seen.append(seen)
     base = [(b"x-backend", backend.name.encode())]
     path = url.path

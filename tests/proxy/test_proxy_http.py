@@ -496,10 +496,35 @@ async def test_drain_deadline_reports_shutdown_and_closes_count(
     await eventually(lambda: stack.server.active_requests == 1)
     assert conns[0] == 1
     stack.server.shutdown()
+    with trio.fail_after(5):
+        resp = await client.read_response()
+    # Not a bare close: a 503 the client can retry elsewhere, and the connection closes.
+    assert (resp.status, resp.header("connection")) == (503, "close")
+    with trio.fail_after(5):
+        assert await client.stream.receive_some(100) == b""
     await eventually(lambda: stack.records, 3)
     await eventually(lambda: conns[0] == 0, 2)
     record = stack.records[-1]
-    assert (record.status, record.error) == (0, "shutdown")
+    assert (record.status, record.error) == (503, "shutdown")
+    assert stack.engine.live.in_flight.get("p1/e0", 0) == 0
+    await client.aclose()
+
+
+async def test_drain_deadline_cuts_a_started_response(nursery: trio.Nursery, certs: Certs) -> None:
+    """A response already under way cannot become a 503: the connection is cut."""
+    stack = await start_stack(nursery, certs, 1, drain_timeout=0.3)
+    client = await Client.connect(stack.port)
+    await client.send_head("POST", "/echo", [("host", LB_HOST), ("transfer-encoding", "chunked")])
+    await client.send_body(b"first")
+    event = await client.next_event()
+    assert isinstance(event, h11.Response) and event.status_code == 200
+    stack.server.shutdown()
+    with trio.fail_after(5), pytest.raises((h11.RemoteProtocolError, trio.BrokenResourceError)):
+        while True:  # the echoed chunk, then a close in the middle of the chunked body
+            await client.next_event()
+    await eventually(lambda: stack.records, 3)
+    record = stack.records[-1]
+    assert (record.status, record.error) == (200, "shutdown")
     await client.aclose()
 
 

@@ -148,3 +148,25 @@ def test_r32_plans_per_matched_set_are_bounded() -> None:
         assert decide(r, uri=f"/?{query}").pool.name == ("b" if mask else "a")
     plan = r._plans[HOST]
     assert plan is not None and 0 < len(plan.ruled) <= 4096
+
+
+@pytest.mark.parametrize(
+    "uri", ["/admin/x", "//admin/x", "/%61dmin/x", "/a/../admin/x", "/%2e%2e/admin/x?q=1"]
+)
+def test_r32_rules_see_the_normalized_path(uri: str) -> None:
+    """Cloudflare's URL normalization runs before the rules (steering/urls.py): every
+    spelling of /admin matches, in the proxy, explain and the simulator alike."""
+    r = ruled(to("b", 'starts_with(http.request.uri.path, "/admin")'))
+    assert decide(r, uri=uri).pool.name == "b"
+
+
+def test_r32_raw_fields_see_the_target_as_sent() -> None:
+    r = ruled(
+        to("b", 'raw.http.request.uri.path eq "//admin/x" and http.request.uri eq "/admin/x"')
+    )
+    assert decide(r, uri="//admin/x").pool.name == "b"
+    assert decide(r, uri="/admin/x").pool.name == "a"
+    q = ruled(
+        to("b", 'raw.http.request.uri.query eq "a=%61" and http.request.uri.query eq "a=%61"')
+    )
+    assert decide(q, uri="/%78?a=%61").pool.name == "b"
