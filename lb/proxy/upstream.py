@@ -214,7 +214,7 @@ class UpstreamPool:
         except h11.LocalProtocolError:  # pragma: no cover - states were checked above
             self._close_now(conn)
             return
-        if h.trailing_data[0] or (conn.keep_alive is not None and self._limit(conn) <= 0):
+        if h.trailing_data[0] or self._limit(conn) <= 0:
             self._close_now(conn)  # unsolicited bytes after the response, or no idle time left
             return
         stack = self._idle.setdefault(conn.key, [])
