@@ -612,7 +612,10 @@ class ProxyServer:
         pool = self.pool
         pool.connect_timeout = settings.limits.connect_timeout  # follows reloads
         pool.idle_timeout = settings.upstream_idle_timeout
-        await self._buffer_body(stream, conn, flow, facts)
+        if flow.req_done:
+            flow.body_buffered = True  # bodiless: nothing to wait for (the common case)
+        else:
+            await self._buffer_body(stream, conn, flow, facts)
         while True:
             endpoint = decision.endpoint
             assert endpoint is not None
