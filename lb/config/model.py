@@ -506,6 +506,12 @@ class Engine:
         doc="PEM CA bundle trusted for endpoints (probes and traffic); empty = system store",
         path=True,
     )
+    upstream_idle_timeout: float = _f(
+        30.0,
+        range=(0.0, 3600),
+        doc="seconds a pooled endpoint connection may stay idle and still be reused "
+        "(less when the endpoint sends Keep-Alive: timeout=N); 0 = never reuse",
+    )
     limits: Limits = _f(Limits(), doc="request limits")
 
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from http import HTTPStatus
 
+from lb.core.attempts import Failure
+
 __all__ = [
     "CONNECT_REFUSED",
     "CONNECT_TIMEOUT",
@@ -28,6 +30,7 @@ __all__ = [
     "UNREACHABLE",
     "UpstreamError",
     "error_body",
+    "failure_of",
     "public_status",
     "reason_phrase",
 ]
@@ -81,6 +84,28 @@ class UpstreamError(Exception):
         self.status = status
         self.reason = reason
         self.before_response = before_response
+
+
+_FAILURES = {
+    "refused": Failure.CONNECT_REFUSED,
+    "connect_timeout": Failure.CONNECT_TIMEOUT,
+    "dns": Failure.UNREACHABLE,
+    "unreachable": Failure.UNREACHABLE,
+    "tls_handshake": Failure.TLS_HANDSHAKE,
+    "tls_server_name": Failure.TLS_HANDSHAKE,
+    "tls_certificate": Failure.TLS_CERTIFICATE,
+    "upstream_protocol": Failure.PROTOCOL,
+    "bad_config": Failure.BAD_CONFIG,
+}
+
+
+def failure_of(err: UpstreamError) -> Failure:
+    """The attempt policy's name (:mod:`lb.core.attempts`) for an upstream error."""
+    if err.reason == "upstream_closed":
+        if err.before_response:
+            return Failure.CLOSED_BEFORE_RESPONSE
+        return Failure.CLOSED_IN_RESPONSE
+    return _FAILURES[err.reason]
 
 
 def reason_phrase(status: int) -> bytes:

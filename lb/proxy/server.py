@@ -6,12 +6,14 @@ Theory of operation
 One trio task per client connection runs a keep-alive loop: read a request head, steer it
 (:meth:`steering.Router.decide`), forward it over a pooled upstream connection
 (:mod:`lb.proxy.upstream`), relay the response, repeat.  Bodies are streamed both ways in the
-chunks they arrive in; nothing is buffered whole.  A request body that is still arriving
-when the head goes upstream is pumped by a task of its own (in the connection's nursery,
-under its watchdog) while the exchange waits for the response head, as Go's transport does:
-an upstream that answers before it has read the body (a 413, a 401) and then closes or stops
-reading is relayed, and the client connection closes afterwards with the rest of the body
-unread.  Requests whose body is complete on arrival (and bodiless ones) take no task.
+chunks they arrive in; only a request body of at most ``REPLAY_BODY_BYTES`` is read whole
+before it goes upstream, so that it can be sent again on a fresh connection.  A request body
+that is still arriving when the head goes upstream is pumped by a task of its own (in the
+connection's nursery, under its watchdog) while the exchange waits for the response head, as
+Go's transport does: an upstream that answers before it has read the body (a 413, a 401) and
+then closes or stops reading is relayed, and the client connection closes afterwards with the
+rest of the body unread.  Requests whose body is complete on arrival (and bodiless ones) take
+no task.
 
 Per request the hot path is: one ``scan_request`` pass over the headers, one steering
 decision, one header rewrite, one write upstream (head and small body together), one write
@@ -33,17 +35,19 @@ The Host header is normalised before steering (:func:`lb.config.hosts.normalise_
 lowercase, no port, no trailing dot); a Host that is not a host name or IP address gets 400,
 since it could otherwise become the upstream TLS server name.
 
-Failures and retries (R42-R45 in docs/cloudflare-rules.md, docs/proxy.md):
+Failures and retries (docs/proxy.md, "Failures"): the attempt policy decides, the one the
+simulator follows too (:func:`lb.core.attempts.next_step`):
 
-* a connect failure is classified 521/522/523/525/526 and handed to
+* a connect failure is classified 521/522/523/525/526 and, for a failover code, handed to
   :meth:`steering.Router.retry`; when it answers with a decision, one more attempt goes there
   (R42, R43).  Nothing of the request has been sent at that point, so this is safe for any
   method;
-* a *reused* pooled connection that closes before any response byte is retried once on a
-  fresh connection to the same endpoint when the request may be replayed: no body byte has
-  been taken from the client yet, and the method is idempotent (or carries an Idempotency-Key)
-  or nothing was written (Go's net/http rule).  It can only come first: a zero-downtime
-  failover is always the last retry, on a fresh connection (docs/proxy.md, "Failures");
+* a *reused* pooled connection that breaks before any response byte is retried once on a
+  fresh connection to the same endpoint when the request can be sent again: its whole body
+  was buffered (small bodies are read whole first, ``REPLAY_BODY_BYTES``; bodiless requests
+  count), or no body byte was taken yet and the method is idempotent (or carries an
+  Idempotency-Key) or nothing was written (Go's net/http rule).  It can only come first: a
+  zero-downtime failover is always the last retry, on a fresh connection;
   ``record.retry_status`` is the status that triggered the last retry;
 * anything else is answered as it is, with the status mapped by ``error_style``.
 * an upstream response head h11 refuses to relay gets 502 (the connection closes); a failure
@@ -78,11 +82,12 @@ import trio
 from lb.config.hosts import normalise_host
 from lb.config.model import Engine as EngineSettings
 from lb.config.model import FixedResponse, Limits
+from lb.core.attempts import Action, Body, Retry, next_step
 from lb.core.snapshot import EndpointView
 from lb.engine import Engine
 from lb.proxy import errors
 from lb.proxy.capacity import default_max_connections, raise_fd_limit
-from lb.proxy.errors import UpstreamError, error_body, public_status, reason_phrase
+from lb.proxy.errors import UpstreamError, error_body, failure_of, public_status, reason_phrase
 from lb.proxy.headers import (
     RequestFacts,
     affinity_cookie,
@@ -109,6 +114,10 @@ __all__ = ["ProxyServer", "serve_proxy"]
 log = logging.getLogger("lb.proxy")
 
 RECEIVE_SIZE = 65536
+REPLAY_BODY_BYTES = 65536
+"""A request body with a Content-Length up to this is read whole before the first attempt, so
+that the request can be sent again if a reused connection breaks (``lb/core/attempts.py``);
+larger bodies, chunked ones still arriving and ``Expect: 100-continue`` ones are streamed."""
 LINGER_SECONDS = 2.0
 """How long a connection closed with an unread request body is drained first, so that the
 client reads our 4xx instead of a TCP reset."""
@@ -119,7 +128,6 @@ written; then every connection left is cut."""
 _CONTENT_TYPE = (b"content-type", b"text/plain; charset=utf-8")
 _EOM = h11.EndOfMessage()
 _ACCEPT_RETRY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
-_STALE_REASONS = frozenset({"upstream_closed"})
 _VERSIONS = {b"1.1": "HTTP/1.1", b"1.0": "HTTP/1.0"}
 _NOT_PROXIED = frozenset({b"CONNECT", b"TRACE"})
 """Methods a reverse proxy does not forward: 501 and close (docs/proxy.md, "Refused")."""
@@ -204,6 +212,8 @@ class _Flow:
     """Mutable state of one request, shared between the exchange and its timeout handler."""
 
     __slots__ = (
+        "body",
+        "body_buffered",
         "body_consumed",
         "endpoint",
         "phase",
@@ -238,6 +248,11 @@ class _Flow:
         self.up: UpstreamConnection | None = None
         self.endpoint: EndpointView | None = None
         """Set while ``live.started`` is unmatched by ``live.finished``."""
+        self.body: list[h11.Data] = []
+        """Body events taken from the client and not sent yet, or, when ``body_buffered``,
+        the whole body, kept to send it again."""
+        self.body_buffered = False
+        """The whole body was in hand before the first attempt (a bodiless request too)."""
         self.body_consumed = False
         self.req_done = False
         self.sent_any = False
@@ -277,7 +292,8 @@ class ProxyServer:
         rng: randomness for steering (seed it for repeatable tests).
         upstream_ssl: verifies upstream certificates; default
             ``ssl.create_default_context()`` (system CA bundle).
-        upstream_idle_timeout: pooled connections idle longer than this are dropped (30 s).
+
+    Pooled connections idle longer than ``engine.upstream_idle_timeout`` are not reused.
     """
 
     def __init__(
@@ -287,7 +303,6 @@ class ProxyServer:
         hooks: ProxyHooks | None = None,
         rng: random.Random | None = None,
         upstream_ssl: ssl.SSLContext | None = None,
-        upstream_idle_timeout: float = 30.0,
     ) -> None:
         self.engine = engine
         self.hooks = hooks if hooks is not None else ProxyHooks()
@@ -300,7 +315,7 @@ class ProxyServer:
             engine.live,
             upstream_ssl,
             connect_timeout=limits.connect_timeout,
-            idle_timeout=upstream_idle_timeout,
+            idle_timeout=engine.config.engine.upstream_idle_timeout,
         )
         self.addresses: list[tuple[str, int]] = []
         self.draining = False
@@ -766,14 +781,21 @@ class ProxyServer:
                 stream, conn, flow, public_status(status, style), error_body(status, style)
             )
 
-        zdf_done = stale_done = fresh = False
+        retries: list[Retry] = []
+        fresh = False
         connect_to = engine.config.connect_to
-        self.pool.connect_timeout = settings.limits.connect_timeout  # follows reloads
+        pool = self.pool
+        pool.connect_timeout = settings.limits.connect_timeout  # follows reloads
+        pool.idle_timeout = settings.upstream_idle_timeout
+        if flow.req_done:
+            flow.body_buffered = True  # bodiless: nothing to wait for (the common case)
+        else:
+            await self._buffer_body(stream, conn, flow, facts)
         while True:
             endpoint = decision.endpoint
             assert endpoint is not None
             target = target_for(endpoint, host, connect_to)
-            up = None if fresh else self.pool.checkout(target)
+            up = None if fresh else pool.checkout(target)
             attempt = Attempt(
                 pool=endpoint.pool, endpoint=endpoint.key, status=0, reused=up is not None
             )
@@ -782,13 +804,11 @@ class ProxyServer:
             record.tunnel_id = endpoint.tunnel_id
             live.started(endpoint)
             flow.endpoint = endpoint
-            connecting = up is None
             try:
                 if up is None:
                     flow.phase = "connect"
                     flow.watchdog.deadline = math.inf
-                    up = await self.pool.connect(target)
-                    connecting = False
+                    up = await pool.connect(target)
                 flow.up = up
                 response = await self._forward(
                     stream, conn, event, facts, flow, up, target.host, peer, https, client_ip, rid
@@ -799,39 +819,39 @@ class ProxyServer:
                 live.finished(endpoint)
                 flow.endpoint = None
                 if flow.up is not None:
-                    self.pool.discard(flow.up)
+                    pool.discard(flow.up)
                     flow.up = None
-                # Retries (docs/proxy.md, "Retries"): one zero-downtime failover per request,
-                # on a fresh connection, after which nothing is retried; a stale-connection
-                # retry only before it.  A stale retry whose fresh dial fails to connect may
-                # still fail over (the endpoint died under its pooled connection).
-                if connecting and not zdf_done:
-                    retry = router.retry(decision, req, self.rng, live, status=err.status)
+                # What follows is the attempt policy's to say (lb/core/attempts.py; the table
+                # is in docs/proxy.md, "Retries"), the simulator's too.
+                step = next_step(
+                    failure_of(err),
+                    reused=attempt.reused,
+                    body=_body_state(flow),
+                    sent=flow.sent_any,
+                    replayable=replayable(event.method, facts),
+                    retries=retries,
+                    failover_codes=settings.zero_downtime_failover_codes,
+                )
+                kind = step.retry
+                retry = None
+                if step.action is Action.FAILOVER:
+                    retry = router.retry(decision, req, self.rng, live, status=step.status)
+                    if retry is None:
+                        kind = None  # no healthy alternate: the failure is the answer
+                if kind is not None:
+                    retries.append(kind)
+                    fresh = True  # every retry goes out on a fresh connection
+                    record.retried = kind.value
+                    record.retry_status = step.status
+                    self.hooks.retry(kind.value, attempt)
                     if retry is not None:
-                        zdf_done = fresh = True
-                        record.retried = "zero_downtime_failover"
-                        record.retry_status = err.status
-                        self.hooks.retry("zero_downtime_failover", attempt)
                         decision = retry
                         self.hooks.decision(retry)
                         record.decision = retry.reason
-                        continue
-                if (
-                    attempt.reused
-                    and not (stale_done or zdf_done)
-                    and err.reason in _STALE_REASONS
-                    and err.before_response
-                    and not flow.body_consumed
-                    and (replayable(event.method, facts) or not flow.sent_any)
-                ):
-                    stale_done = fresh = True
-                    record.retried = "stale_connection"
-                    record.retry_status = err.status
-                    self.hooks.retry("stale_connection", attempt)
                     continue
                 record.error = err.reason
-                status = public_status(err.status, style)
-                return await self._reply(stream, conn, flow, status, error_body(err.status, style))
+                status = public_status(step.status, style)
+                return await self._reply(stream, conn, flow, status, error_body(step.status, style))
             attempt.status = response.status_code
             record.upstream_status = response.status_code
             up.note_response(response.headers)
@@ -901,10 +921,17 @@ class ProxyServer:
             ]
         except h11.LocalProtocolError as exc:
             raise _ClientError(400, "bad_request") from exc
+        body = flow.body
+        if body:
+            pending.extend([_up_send(uh, ev) for ev in body])
+            if not flow.body_buffered:
+                flow.body = []  # streamed from here on: these bytes are gone once sent
+        if not flow.req_done:
+            more: list[h11.Data] = []
+            self._take_body(conn, flow, more, limits.max_body_bytes)
+            pending.extend([_up_send(uh, ev) for ev in more])
         if flow.req_done:
             pending.append(_up_send(uh, _EOM))
-        else:
-            self._take_body(conn, flow, uh, pending, limits.max_body_bytes)
         await self._send_up(ustream, pending, flow, limits.request_timeout)
         if flow.req_done:
             return await self._response_head(uh, ustream, facts)
@@ -934,15 +961,48 @@ class ProxyServer:
         assert isinstance(pump.error, _ClientError)
         raise pump.error  # the client's body failed first: answer that (400, 413...)
 
+    async def _buffer_body(
+        self, stream: trio.abc.Stream, conn: h11.Connection, flow: _Flow, facts: RequestFacts
+    ) -> None:
+        """Take the request body before the first attempt when it is small, so that it can be
+        sent again (``REPLAY_BODY_BYTES``; HAProxy buffers a request for ``retry-on`` the
+        same way, and Go's transport retries only a body it can rewind).
+
+        Whatever part of any body h11 already holds is taken too (it goes out with the head).
+        An upgrade request or one that expects ``100 Continue`` is never waited for.
+        """
+        if not flow.req_done:
+            limits = self.engine.config.engine.limits
+            done = self._take_body(conn, flow, flow.body, limits.max_body_bytes)
+            length = facts.content_length
+            if (
+                not done
+                and length is not None
+                and length <= REPLAY_BODY_BYTES
+                and not facts.websocket
+                and not conn.they_are_waiting_for_100_continue
+            ):
+                while not done:
+                    flow.arm("client", limits.idle_timeout)
+                    try:
+                        data = await stream.receive_some(RECEIVE_SIZE)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                        raise _ClientError(0, "client_disconnected") from exc
+                    if not data:
+                        raise _ClientError(0, "client_disconnected")
+                    conn.receive_data(cast(bytes, data))
+                    done = self._take_body(conn, flow, flow.body, limits.max_body_bytes)
+        flow.body_buffered = flow.req_done
+
     def _take_body(
         self,
         conn: h11.Connection,
         flow: _Flow,
-        uh: h11.Connection,
-        pending: list[bytes],
+        out: list[h11.Data],
         max_body: int,
-    ) -> None:
-        """Move the request body events h11 already has into ``pending`` (upstream bytes)."""
+    ) -> bool:
+        """Move the request body events h11 already has to ``out``; at the end of the body,
+        set ``flow.req_done`` (the caller sends the EndOfMessage).  Returns ``req_done``."""
         record = flow.record
         while True:
             try:
@@ -956,16 +1016,15 @@ class ProxyServer:
                 record.bytes_in += len(ev.data)
                 if record.bytes_in + _chunk_left(conn) > max_body:
                     raise _chunk_error(_chunk_left(conn), max_body)
-                pending.append(_up_send(uh, ev))
+                out.append(ev)
             elif kind is h11.EndOfMessage:
                 flow.req_done = True
-                pending.append(_up_send(uh, _EOM))
-                return
+                return True
             elif ev is h11.NEED_DATA:
                 if record.bytes_in + _chunk_left(conn) > max_body:
                     # A chunk announced larger than the body may be: no need to wait for it.
                     raise _chunk_error(_chunk_left(conn), max_body)
-                return
+                return False
             else:  # pragma: no cover - h11 gives nothing else while the body is open
                 raise _ClientError(400, "bad_request")
 
@@ -994,8 +1053,11 @@ class ProxyServer:
                     if not data:
                         raise _ClientError(0, "client_disconnected")
                     conn.receive_data(cast(bytes, data))
-                    pending: list[bytes] = []
-                    self._take_body(conn, flow, up.h11, pending, limits.max_body_bytes)
+                    events: list[h11.Data] = []
+                    done = self._take_body(conn, flow, events, limits.max_body_bytes)
+                    pending = [_up_send(up.h11, ev) for ev in events]
+                    if done:
+                        pending.append(_up_send(up.h11, _EOM))
                     if pending:
                         await self._send_up(up.stream, pending, flow, limits.request_timeout)
         except _ClientError as exc:
@@ -1500,6 +1562,13 @@ def _sent(data: bytes | None) -> bytes:
     """h11's ``send`` returns None only for ConnectionClosed, which we never send."""
     assert data is not None
     return data
+
+
+def _body_state(flow: _Flow) -> Body:
+    """Where the request body of ``flow`` stands, for the attempt policy."""
+    if flow.body_buffered:
+        return Body.BUFFERED
+    return Body.STREAMED if flow.body_consumed else Body.UNTOUCHED
 
 
 def _up_send(uh: h11.Connection, event: h11.Data | h11.EndOfMessage) -> bytes:

@@ -19,15 +19,17 @@ The pool lesson (docs/bench.md): an idle upstream connection may have been close
 server meanwhile.  We do not poll idle sockets in the background (that is what makes httpcore
 slow); instead:
 
-* connections idle longer than ``idle_timeout`` (30 s, below the 60-75 s of common servers),
-  or than ``timeout - 1`` of the last response's ``Keep-Alive: timeout=N``, are dropped on
-  checkout and by a periodic sweep;
+* connections idle longer than ``idle_timeout`` (``engine.upstream_idle_timeout``, 30 s by
+  default, below the 60-75 s of common servers), or than ``timeout - 1`` of the last
+  response's ``Keep-Alive: timeout=N``, are dropped on checkout and by a periodic sweep (Go's
+  transport has ``IdleConnTimeout`` for the same reason);
 * on checkout, one zero-timeout ``poll`` on the raw socket drops a connection that became
   readable while idle: an idle HTTP/1.1 connection has nothing to say, so readable means EOF,
   a reset, a TLS close_notify or unsolicited bytes (servers with a keep-alive shorter than
   ours, such as Node's 5 s, close idle connections silently);
-* the caller still retries once on a *fresh* connection when a reused one fails before any
-  response byte (the race where the server closes just as we send).
+* what no check can see is a close that crosses our request on the wire: when a reused
+  connection fails before any response byte, the attempt policy (``lb/core/attempts.py``)
+  has the caller send the request again once on a *fresh* connection, a buffered POST too.
 
 The pool key uses the normalised TLS server name (:func:`lb.config.hosts.normalise_host`),
 not the raw client Host, so ``APP.example:1000`` and ``app.example`` share connections (the
@@ -214,7 +216,7 @@ class UpstreamPool:
         except h11.LocalProtocolError:  # pragma: no cover - states were checked above
             self._close_now(conn)
             return
-        if h.trailing_data[0] or (conn.keep_alive is not None and self._limit(conn) <= 0):
+        if h.trailing_data[0] or self._limit(conn) <= 0:
             self._close_now(conn)  # unsolicited bytes after the response, or no idle time left
             return
         stack = self._idle.setdefault(conn.key, [])

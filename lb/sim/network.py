@@ -126,6 +126,8 @@ class Network:
         self._dcs: Mapping[str, Datacenter] = config.datacenters
         self.rtt = scenario.rtt
         self.body = scenario.body
+        self.keep_alive = scenario.keep_alive
+        """Endpoint address -> how it closes idle keep-alive connections (users' model)."""
         self._connect_timeout = config.engine.limits.connect_timeout
         self._request_timeout = config.engine.limits.request_timeout
         self._tracks: dict[tuple[str, str, str], _Track] = {}

@@ -68,6 +68,7 @@ class Recorder:
         self.affinity: dict[str, int] = {}
         self.unrouted = 0
         self.retries = 0
+        self.stale_retries = 0
         self.transitions: list[Transition] = []
         self.checks = 0
         self.activity: dict[str, list[list[int]]] = {}
@@ -136,6 +137,7 @@ class Recorder:
                 _add(served, c.moved_from, -1)
                 _add(served, c.moved_to)
                 self.retries += c.retries
+            self.stale_retries += c.stale_retries
             w.requests += c.requests
             w.by_datacenter[dc] = w.by_datacenter.get(dc, 0) + c.requests
             _add(w.by_endpoint, served)

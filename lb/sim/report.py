@@ -111,7 +111,8 @@ class Report:
         lines = [
             f"scenario {d['scenario']}: {seconds(d['duration'])} virtual, seed {d['seed']}, "
             f"{d['requests']} requests, {d['errors']} errors, "
-            f"{d['retries']} zero-downtime retries, {d['probes']} probes",
+            f"{d['retries']} zero-downtime retries, {d['probes']} probes"
+            + (f", {d['stale_retries']} stale-connection retries" if d["stale_retries"] else ""),
             "",
         ]
         rows: list[tuple[str, ...]] = [("pool / endpoint", "requests", "share", "errors")]
@@ -268,6 +269,7 @@ def build_report(
         "errors": totals.errors,
         "unrouted": rec.unrouted,
         "retries": rec.retries,
+        "stale_retries": rec.stale_retries,
         "statuses": {str(k): rec.statuses[k] for k in sorted(rec.statuses)},
         "by_pool": _by_pool(totals.by_endpoint),
         "by_endpoint": _sorted(totals.by_endpoint),

@@ -21,6 +21,7 @@ Names in the timeline are resolved here, once, to what the simulator keys its st
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -58,6 +59,7 @@ __all__ = [
     "ORIGIN",
     "ConfigEvent",
     "Expectation",
+    "KeepAlive",
     "NetEvent",
     "Replica",
     "Scenario",
@@ -85,6 +87,17 @@ class Replica:
     datacenters: tuple[str, ...]
     label: str | None
     """``tunnel/replica`` for traffic reports; None for plain (non-tunnel) endpoints."""
+
+
+@dataclass(frozen=True, slots=True)
+class KeepAlive:
+    """An endpoint that closes keep-alive connections idle for ``idle`` seconds (``inf``:
+    never), and besides at random moments, ``random`` times per connection-second."""
+
+    idle: float
+    announce: bool
+    """It says so (``Keep-Alive: timeout=<idle>``), and the proxy keeps them ``idle - 1`` s."""
+    random: float = 0.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -189,6 +202,8 @@ class Scenario:
     """Endpoint address -> its replicas (one unnamed host for a plain endpoint)."""
     ingress: Mapping[str, tuple[IngressRule, ...]] = field(default_factory=dict)
     """Tunnel endpoint address -> cloudflared ingress rules (absent: all to the origin)."""
+    keep_alive: Mapping[str, KeepAlive] = field(default_factory=dict)
+    """Endpoint address -> how it closes idle keep-alive connections (absent: never)."""
     expectations: tuple[Expectation, ...] = ()
     warnings: tuple[Problem, ...] = ()
 
@@ -317,6 +332,7 @@ class _Resolver:
         for i, e in enumerate(spec.timeline):
             self._event(i, e, events, changes)
         ingress = self._ingress()
+        keep_alive = self._keep_alive()
         expectations = tuple(self._expectation(i, x) for i, x in enumerate(spec.expect))
         if self.report.errors:
             raise ConfigError(self.report.errors, self.warnings)
@@ -335,6 +351,7 @@ class _Resolver:
             changes=tuple(sorted(changes, key=lambda c: (c.at, c.index))),
             replicas=self.replicas,
             ingress=ingress,
+            keep_alive=keep_alive,
             expectations=expectations,
             warnings=tuple(self.warnings),
         )
@@ -615,6 +632,22 @@ class _Resolver:
                 for index, message in validate_rules(rules):
                     self.error(path if index is None else (*path, index), message)
                 out[address] = tuple(rules)
+        return out
+
+    def _keep_alive(self) -> dict[str, KeepAlive]:
+        out: dict[str, KeepAlive] = {}
+        for name, spec in self.spec.network.keep_alive.items():
+            path: Path_ = ("network", "keep_alive", name)
+            kind = "endpoint" if name in self.endpoints else "tunnel"
+            if kind == "tunnel" and "/" in name:
+                self.error(path, self._unknown_endpoint(name))
+                continue
+            target = self._target(kind, name, path)
+            if spec.idle is None and spec.announce:
+                self.error((*path, "announce"), "needs idle: the timeout it announces")
+            elif target is not None:
+                idle = math.inf if spec.idle is None else spec.idle
+                out[target[0]] = KeepAlive(idle, spec.announce, spec.random)
         return out
 
     # ------------------------------------------------------------------ expectations

@@ -22,6 +22,7 @@ __all__ = [
     "EventSpec",
     "ExpectSpec",
     "IngressSpec",
+    "KeepAliveSpec",
     "NetworkSpec",
     "RateStep",
     "ScenarioSpec",
@@ -82,6 +83,19 @@ class IngressSpec:
 
 
 @dataclass(**_FROZEN)
+class KeepAliveSpec:
+    """How a simulated endpoint closes idle keep-alive connections (Node.js: after 5 s)."""
+
+    idle: float | None = _f(
+        None, range=(0.001, 86400.0), doc="seconds after which it closes an idle connection"
+    )
+    announce: bool = _f(False, doc="it sends Keep-Alive: timeout=<idle> (the proxy learns it)")
+    random: float = _f(
+        0.0, range=(0.0, 1000.0), doc="closes per connection-second at random moments besides"
+    )
+
+
+@dataclass(**_FROZEN)
 class NetworkSpec:
     """How the simulated network answers when nothing is wrong."""
 
@@ -89,6 +103,9 @@ class NetworkSpec:
     body: str = _f("ok", doc="body of every origin response (for expected_body)")
     ingress: Mapping[str, tuple[IngressSpec, ...]] = _f(
         {}, doc="tunnel name or UUID -> cloudflared ingress rules; default: all to the origin"
+    )
+    keep_alive: Mapping[str, KeepAliveSpec] = _f(
+        {}, doc="tunnel name or UUID, or POOL/ENDPOINT -> its idle keep-alive closes"
     )
 
 

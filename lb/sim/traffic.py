@@ -16,13 +16,41 @@ What a request does (the proxy's sequence):
    cookie if it is one of the cookie-keeping share, or its affinity headers;
 2. ``router.decide`` picks pool and endpoint; the network answers through the replica the
    edge picks (local connection preference);
-3. when the connection to the endpoint failed (the edge layer refuses, is blackholed or
-   unreachable: 521/522/523, the engine's zero-downtime-failover codes by default)
-   ``router.retry`` gives the one retry (R42-R45), whose answer is final; an HTTP answer is
-   never retried, whatever its status (the proxy's rule);
+3. when the attempt failed, the proxy's attempt policy (:func:`lb.core.attempts.next_step`)
+   says what follows: a failed connection to the endpoint (the edge layer refuses, is
+   blackholed or unreachable: 521/522/523, the engine's zero-downtime-failover codes by
+   default) gets the one retry ``router.retry`` gives (R42-R45); a pooled connection the
+   endpoint closed just as the request went out (``network.keep_alive``, below) is retried on
+   a fresh connection.  An HTTP answer is never retried, whatever its status;
 4. a new ``__cflb`` is kept by cookie-keeping clients;
 5. ``engine.live`` in-flight (and connection) counts follow each attempt when some policy
    reads them (least_outstanding_requests / least_connections), with the answer's latency.
+
+Pooled connections (``network.keep_alive``)
+===========================================
+
+For an endpoint that closes idle keep-alive connections, each data center's users follow the
+pooled connection the proxy would reuse: the one released last (the pool is LIFO), released
+when the previous answer arrived.  A request ``gap`` seconds after that release (a negative
+gap: that connection is still busy and another pooled one is reused):
+
+* dials fresh when there is no such connection yet or ``gap`` reaches the proxy's bound
+  (``engine.upstream_idle_timeout``, or ``idle - 1`` when the endpoint announces
+  ``Keep-Alive: timeout=<idle>``); a fresh connection meets no race;
+* else reuses it, and meets the race when the endpoint's close and the request cross on the
+  wire: the close had not reached the proxy's check before reuse (it takes half a round
+  trip), and the request reached the endpoint after it closed (half a round trip too).  For
+  the idle close that is ``gap`` within half a round trip of ``idle``; for closes at random
+  moments (``random`` per connection-second) the chance that one falls in that round-trip
+  window, ``1 - exp(-random * rtt)``, drawn from a stream of its own;
+* a close that reached the proxy before the reuse is seen (EOF before reuse): a fresh dial,
+  no failure, nothing to count.
+
+A race fails the attempt before any response byte on a reused connection, and the attempt
+policy decides (a simulated request is a bodiless GET, so it is retried on a fresh connection:
+``stale_retries``).  Only the most recently released connection is followed for the idle
+close, so at high rates (gaps far below ``idle``) it never races, as in the proxy, where such
+connections rarely sit idle; random closes race at any rate.
 """
 
 from __future__ import annotations
@@ -34,9 +62,10 @@ from dataclasses import dataclass, field
 from random import Random
 
 from lb.config.model import Config
+from lb.core.attempts import Action, Body, Failure, Retry, next_step
 from lb.core.snapshot import EndpointView
 from lb.sim.network import Answer, Network
-from lb.sim.scenario import Traffic
+from lb.sim.scenario import KeepAlive, Traffic
 from steering import Affinity, Decision, Live, Request, Router
 
 __all__ = ["WALL_EPOCH", "Counts", "DatacenterTraffic", "needs_live"]
@@ -45,6 +74,12 @@ WALL_EPOCH = 1_700_000_000.0
 """Unix time of virtual time 0, for ``__cflb`` expiry (fixed, so runs repeat exactly)."""
 
 _LIVE_POLICIES = frozenset({"least_outstanding_requests", "least_connections"})
+_CONNECT_FAILURES = {
+    "refuse": Failure.CONNECT_REFUSED,
+    "blackhole": Failure.CONNECT_TIMEOUT,
+    "unreachable": Failure.UNREACHABLE,
+}
+"""The attempt policy's name for each edge fault that fails the connection itself."""
 
 
 def needs_live(config: Config) -> bool:
@@ -71,7 +106,16 @@ class Counts:
     """Final statuses other than 200."""
     unrouted: int = 0
     retries: int = 0
+    stale_retries: int = 0
+    """Retries on a fresh connection after a pooled one the endpoint had closed."""
     affinity: dict[str, int] = field(default_factory=dict)
+
+
+def _failure(a: Answer, stale: bool) -> Failure | None:
+    """The attempt policy's name for what went wrong with an attempt answered ``a``."""
+    if stale:
+        return Failure.CLOSED_BEFORE_RESPONSE
+    return _CONNECT_FAILURES.get(a.failure) if a.connect_failed else None
 
 
 class _Outcome:
@@ -152,6 +196,12 @@ class DatacenterTraffic:
         self._headers = lb.session_affinity_attributes.headers if lb is not None else ()
         self._zdf = lb.session_affinity_attributes.zero_downtime_failover if lb else "none"
         self._codes = frozenset(config.engine.zero_downtime_failover_codes)
+        self._keep_alive = network.keep_alive
+        self._idle_bound = config.engine.upstream_idle_timeout
+        self._half_rtt = network.rtt / 2
+        self._released: dict[str, float] = {}
+        self._closes_rng = Random(f"{name}:keep_alive")
+        """Endpoint address -> when its last pooled connection was released (keep_alive)."""
         self._cache: dict[int, _Outcome] = {}
         self._sent = 0
         self._heap: _Heap | None = None
@@ -230,7 +280,7 @@ class DatacenterTraffic:
         """
         c.requests += n
         heap = self._heap
-        slow = self._affinity != "none" or heap is not None
+        slow = self._affinity != "none" or heap is not None or bool(self._keep_alive)
         mark = self._mark
         pick = self._clients_rng.random
         rpick = self._replica_rng.random
@@ -322,32 +372,84 @@ class DatacenterTraffic:
         live: Live,
         c: Counts,
         t: float,
+        *,
+        stale: bool = False,
     ) -> tuple[Decision | None, Answer]:
-        """A non-200 answer: the zero-downtime retry if due, then the final tally.
+        """A failed attempt or a non-200 answer: what the attempt policy says follows, then
+        the final tally.
 
-        As in the proxy, only a failed connection to the endpoint is retried (R42); an HTTP
-        answer is final whatever its status, 521-523 included (``http_status:522``, an
-        origin's 522).  ``router.retry`` checks the status against the failover codes.
+        As in the proxy, only failures are retried: a failed connection to the endpoint (R42)
+        and a pooled connection the endpoint closed (``stale``); an HTTP answer is final
+        whatever its status, 521-523 included (``http_status:522``, an origin's 522).  A
+        simulated request is a bodiless GET: buffered and replayable.
         """
-        retry = None
-        if a.connect_failed:
-            retry = router.retry(d, req, self.steer_rng, live, status=a.status)
+        retries: list[Retry] = []
+        retry: Decision | None = None
         final_key = key
-        if retry is not None and retry.endpoint is not None:
-            ep2 = retry.endpoint
-            o2 = self._cache.get(id(ep2)) or self._outcome(ep2, t)
-            a = o2.single or o2.answers[int(self._replica_rng.random() * o2.width)]
-            final_key = o2.key
-            c.retries += 1
-            c.moved_from[key] = c.moved_from.get(key, 0) + 1
-            c.moved_to[final_key] = c.moved_to.get(final_key, 0) + 1
-            if a.replica is not None:
-                c.replicas[a.replica] = c.replicas.get(a.replica, 0) + 1
+        reused = stale
+        failure = _failure(a, stale)
+        while failure is not None:
+            step = next_step(
+                failure,
+                reused=reused,
+                body=Body.BUFFERED,
+                sent=reused,
+                replayable=True,
+                retries=retries,
+                failover_codes=self._codes,
+            )
+            kind = step.retry
+            if step.action is Action.FAILOVER:
+                retry = router.retry(d, req, self.steer_rng, live, status=step.status)
+                if retry is None or retry.endpoint is None:
+                    break
+                ep2 = retry.endpoint
+                o2 = self._cache.get(id(ep2)) or self._outcome(ep2, t)
+                a = o2.single or o2.answers[int(self._replica_rng.random() * o2.width)]
+                c.retries += 1
+                c.moved_from[final_key] = c.moved_from.get(final_key, 0) + 1
+                final_key = o2.key
+                c.moved_to[final_key] = c.moved_to.get(final_key, 0) + 1
+                if a.replica is not None:
+                    c.replicas[a.replica] = c.replicas.get(a.replica, 0) + 1
+            elif step.action is Action.FRESH:
+                c.stale_retries += 1  # the same endpoint, its answer on a fresh connection
+            else:
+                if a.status != step.status and not a.connect_failed:
+                    a = Answer(a.replica, step.status, a.latency)  # the broken exchange's 502
+                break
+            assert kind is not None
+            retries.append(kind)
+            reused = False
+            failure = _failure(a, False)
         if a.status != 200:
             c.statuses[a.status] = c.statuses.get(a.status, 0) + 1
             if a.status >= 500:
                 c.errors[final_key] = c.errors.get(final_key, 0) + 1
         return retry, a
+
+    def _stale(self, ep: EndpointView, now: float) -> bool:
+        """Whether a request at ``now`` meets the race on ``ep``'s pooled connection (see the
+        module docstring, "Pooled connections")."""
+        keep = self._keep_alive.get(ep.address.lower().rstrip("."))
+        last = self._released.get(ep.key)
+        if keep is None or last is None:
+            return False
+        gap = now - last
+        if gap >= self._bound(keep):
+            return False  # the pool dropped it: a fresh dial
+        half = self._half_rtt
+        if gap >= 0 and keep.idle - half <= gap < keep.idle + half:
+            return True
+        if keep.random:
+            return self._closes_rng.random() < -math.expm1(-keep.random * 2 * half)
+        return False
+
+    def _bound(self, keep: KeepAlive) -> float:
+        """How long the proxy reuses an idle connection to this endpoint (its pool's rule)."""
+        if keep.announce:
+            return min(self._idle_bound, keep.idle - 1.0)
+        return self._idle_bound
 
     def _bookkeep(
         self,
@@ -362,15 +464,18 @@ class DatacenterTraffic:
         c: Counts,
         t: float,
     ) -> None:
-        """Affinity and in-flight accounting, for runs that need them."""
+        """Affinity, in-flight and pooled-connection accounting, for runs that need them."""
         failover = a.connect_failed and a.status in self._codes
         retry: Decision | None = None
         heap = self._heap
-        if a.status != 200:
-            retry, a = self._failed(req, d, ep.key, a, router, live, c, t)
+        stale = bool(self._keep_alive) and self._stale(ep, now)
+        if a.status != 200 or stale:
+            retry, a = self._failed(req, d, ep.key, a, router, live, c, t, stale=stale)
             # A failed first attempt that was retried took no time worth counting in flight.
             if retry is not None and retry.endpoint is not None:
                 ep = retry.endpoint
+        if self._keep_alive and not a.connect_failed:
+            self._released[ep.key] = now + a.latency
         if heap is not None:
             heap.start(live, ep, now, a.latency)
         if self._affinity == "none":

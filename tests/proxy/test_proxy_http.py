@@ -252,9 +252,15 @@ async def test_stale_pooled_connection_retried_fresh(nursery: trio.Nursery, cert
         record = (await stack.settled())[-1]
         assert (record.retried, record.retry_status) == ("stale_connection", 502)
         assert [a.reused for a in record.attempts] == [True, False]
-        # A POST whose body went out on a stale connection is not replayed.
+        # A POST whose whole body was buffered is sent again too (lb/core/attempts.py).
         assert (await client.request("GET", "/stale-race")).status == 200
         resp = await client.request("POST", "/sink", body=b"abc")
+        assert (resp.status, resp.body) == (200, b"3")
+        record = (await stack.settled())[-1]
+        assert (record.retried, record.retry_status) == ("stale_connection", 502)
+        # One whose body was streamed (too large to buffer) is not: its bytes are gone.
+        assert (await client.request("GET", "/stale-race")).status == 200
+        resp = await client.request("POST", "/sink", body=b"x" * (1 << 20))
         assert resp.status == 502
         record = (await stack.settled())[-1]
         assert (record.retried, record.retry_status) == (None, None)

@@ -1,8 +1,10 @@
-"""The simulator runs the LB's own components: no copy of health or steering logic.
+"""The simulator runs the LB's own components: no copy of health, steering or retry logic.
 
-Two guards: the decisions and checks of a run are counted at the real components (every
+Three guards: the decisions and checks of a run are counted at the real components (every
 simulated request is one ``Router.decide`` call; every check is one ``run_check`` call of the
-real scheduler), and no simulator module defines or imports the core's internals.
+real scheduler; every retry is one the attempt policy ``lb.core.attempts.next_step`` asked
+for), no simulator module defines or imports the core's internals, and in the proxy and the
+simulator alike every function that asks the router for a retry consults the attempt policy.
 """
 
 from __future__ import annotations
@@ -13,9 +15,13 @@ from typing import Any
 
 import pytest
 
+import lb.core.attempts
+import lb.proxy.server
+import lb.sim.traffic
 import monitors.scheduler
 import monitors.transport
 import steering.router
+from lb.core.attempts import Action
 from lb.sim import load_scenario, run_scenario
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -52,8 +58,68 @@ def test_every_request_is_a_router_decision_and_every_check_the_real_one(
     assert 0 < data["checks"] <= counts["check"] <= data["probes"]
 
 
-FORBIDDEN_NAMES = {"Check", "majority", "HealthBook", "Router", "Scheduler", "run_check", "judge"}
-FORBIDDEN_IMPORTS = {"lb.core.health.Check", "lb.core.health.majority", "steering.pick"}
+def test_every_retry_is_one_the_attempt_policy_asked_for(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The proxy and the simulator hold the core's function itself, not a copy.
+    assert lb.sim.traffic.next_step is lb.core.attempts.next_step
+    assert lb.proxy.server.next_step is lb.core.attempts.next_step
+    actions: list[Action] = []
+    real = lb.core.attempts.next_step
+
+    def counting(*a: Any, **kw: Any) -> Any:
+        step = real(*a, **kw)
+        actions.append(step.action)
+        return step
+
+    monkeypatch.setattr(lb.sim.traffic, "next_step", counting)
+    for name in ("flapping.yaml", "keep-alive-closes.yaml"):
+        actions.clear()
+        data = run_scenario(load_scenario(ROOT / "configs/scenarios" / name)).data
+        assert actions.count(Action.FRESH) == data["stale_retries"]
+        assert actions.count(Action.FAILOVER) >= data["retries"]
+        assert data["retries"] + data["stale_retries"] > 0
+
+
+def _functions_calling(tree: ast.AST, attr: str) -> set[str]:
+    """Names of the functions in ``tree`` that call something named ``attr``."""
+    out: set[str] = set()
+    for fn in ast.walk(tree):
+        if isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
+            for n in ast.walk(fn):
+                if isinstance(n, ast.Call):
+                    f = n.func
+                    name = f.attr if isinstance(f, ast.Attribute) else getattr(f, "id", "")
+                    if name == attr:
+                        out.add(fn.name)
+    return out
+
+
+@pytest.mark.parametrize("path", ["lb/proxy/server.py", "lb/sim/traffic.py"])
+def test_the_router_is_asked_for_a_retry_only_where_the_policy_said_so(path: str) -> None:
+    tree = ast.parse((ROOT / path).read_text())
+    retrying = _functions_calling(tree, "retry") - {"retry"}  # hooks.retry is a notification
+    consulting = _functions_calling(tree, "next_step")
+    assert consulting, f"{path} does not consult lb.core.attempts.next_step"
+    assert retrying <= consulting, f"{path}: {sorted(retrying - consulting)} retry on their own"
+
+
+FORBIDDEN_NAMES = {
+    "Check",
+    "majority",
+    "HealthBook",
+    "Router",
+    "Scheduler",
+    "run_check",
+    "judge",
+    "next_step",
+}
+FORBIDDEN_IMPORTS = {
+    "lb.core.health.Check",
+    "lb.core.health.majority",
+    "steering.pick",
+    "lb.core.attempts.CONNECT_FAILURES",
+}
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "lb" / "sim").glob("*.py")), ids=lambda p: p.name)
