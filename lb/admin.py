@@ -61,6 +61,7 @@ import trio
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from lb.admin_guard import Guard, guard_for
+from lb.config.hosts import is_loopback
 from lb.core.health import HealthEvent, ProbeResult
 from lb.core.snapshot import PoolView
 from lb.engine import Engine, LiveTotals
@@ -170,7 +171,9 @@ async def serve_admin(
         cfg_host, cfg_port = parse_address(engine.config.engine.admin)
         host = cfg_host if host is None else host
         port = cfg_port if port is None else port
-    if guard is None:
+    if guard is None or (guard.token is None and not is_loopback(host)):
+        # Also over a given guard: whoever chose ``host`` (a command-line override, say), a
+        # listener beyond loopback never starts without a token (guard_for raises).
         guard = guard_for(engine.config, host)
     listeners = await trio.open_tcp_listeners(port, host=host)
     sockname = listeners[0].socket.getsockname()

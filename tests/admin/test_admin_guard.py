@@ -194,6 +194,11 @@ async def test_non_loopback_admin_needs_a_token(
     (problem,) = info.value.problems
     assert problem.path == "engine.admin"
     assert "without a token" in problem.message
+    # Also when a guard without a token is handed in (the bind address chosen elsewhere).
+    with pytest.raises(ConfigError, match="without a token"):
+        await nursery.start(
+            partial(serve_admin, engine, metrics, host="0.0.0.0", port=0, guard=Guard())
+        )
     # With a token it listens on every interface, and the token guards it.
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN + "\n")
