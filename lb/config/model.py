@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 from lb.config.tunnels import tunnel_uuid
 
 __all__ = [
+    "POOL_SET_POLICIES",
     "REGIONS",
     "AdaptiveRouting",
     "CertificatePair",
@@ -233,6 +234,15 @@ _STEERING_POLICIES = (
     "least_connections",
 )
 _AFFINITY_MODES = ("", "none", "cookie", "ip_cookie", "header")
+POOL_SET_POLICIES = (
+    "off",
+    "random",
+    "dynamic_latency",
+    "proximity",
+    "least_outstanding_requests",
+    "least_connections",
+)
+"""The steering policies the pool-sets documentation lists as supported inside a pool set."""
 
 
 @dataclass(**_FROZEN)
@@ -250,6 +260,15 @@ class RuleOverrides:
     """Load-balancer fields a matching custom rule replaces (R32); unset fields stay."""
 
     default_pools: tuple[str, ...] | None = _f(None, doc="pool ids or names")
+    pools: tuple[str, ...] | None = _f(
+        None, doc="exactly these pools, in order, whatever the geo mappings say"
+    )
+    pool_weights: Mapping[str, float] | None = _f(
+        None, range=(0.0, 1.0), doc="replaces random_steering.pool_weights"
+    )
+    pool_default_weight: float | None = _f(
+        None, range=(0.0, 1.0), doc="replaces random_steering.default_weight"
+    )
     fallback_pool: str | None = _f(None, doc="pool id or name")
     region_pools: Mapping[str, tuple[str, ...]] | None = _f(None, doc="as the load balancer's")
     country_pools: Mapping[str, tuple[str, ...]] | None = _f(None, doc="as the load balancer's")
@@ -308,9 +327,15 @@ class PoolSetOverrides:
     """What a matching pool set supplies instead of the load balancer's pools (R31)."""
 
     pools: tuple[str, ...] = _f((), doc="pool ids or names, in failover order")
-    steering_policy: str = _f("", choices=_STEERING_POLICIES, doc='"" = failover order')
-    pool_weights: Mapping[str, float] = _f({}, range=(0.0, 1.0), doc="pool -> weight 0..1")
-    pool_default_weight: float | None = _f(None, range=(0.0, 1.0), doc="weight of the others")
+    steering_policy: str | None = _f(
+        None, choices=POOL_SET_POLICIES, doc="unset = off (failover order)"
+    )
+    pool_weights: Mapping[str, float] = _f(
+        {}, range=(0.0, 1.0), doc="pool -> weight 0..1; not the load balancer's"
+    )
+    pool_default_weight: float | None = _f(
+        None, range=(0.0, 1.0), doc="weight of the others; unset = 1"
+    )
     fallback_pool: str | None = _f(None, doc="default: the load balancer's")
 
 

@@ -1,0 +1,205 @@
+"""Issue 15, Cloudflare conformance: what the configuration checks accept and refuse.
+
+Each test is named by the item of the issue it covers; docs/semantics.md records the
+decisions and the Cloudflare sources they follow.
+"""
+
+from __future__ import annotations
+
+import pytest
+from config_helpers import BASE, errors, load
+
+LB = "  - {name: app.example.com, default_pools: [a, b], fallback_pool: b}\n"
+
+
+def with_lb(extra: str) -> str:
+    """BASE with the load balancer's flow mapping extended by ``extra`` (YAML, no braces)."""
+    return BASE.replace(
+        LB, f"  - {{name: app.example.com, default_pools: [a, b], fallback_pool: b, {extra}}}\n"
+    )
+
+
+def pool_sets(*sets: str) -> str:
+    return with_lb(f"pool_sets: [{', '.join(sets)}]")
+
+
+# ----------------------------------------------------------------------- item 2: pool sets
+
+
+@pytest.mark.parametrize(
+    ("pool_set", "message"),
+    [
+        ("{match: {topology: {}}, overrides: {pools: [a]}}", "POOL_SET_EMPTY_TOPOLOGY"),
+        (
+            "{match: {default: true, topology: {pops: [FRA]}}, overrides: {pools: [a]}}",
+            "POOL_SET_DEFAULT_WITH_MATCH",
+        ),
+        ("{match: {}, overrides: {pools: [a]}}", "POOL_SET_EMPTY_MATCH"),
+        ("{match: {default: true}}", "POOL_SET_NO_INTENT"),
+        (
+            "{overrides: {pools: [a]}, fixed_response: {status_code: 403}}",
+            "overrides.pools and fixed_response are mutually exclusive",
+        ),
+        (
+            "{match: {topology: {pops: [FRA, FRA]}}, overrides: {pools: [a]}}",
+            'duplicate entry of pops "FRA"',
+        ),
+        (
+            "{match: {topology: {countries: [DE, DE]}}, overrides: {pools: [a]}}",
+            'duplicate entry of countries "DE"',
+        ),
+        (f"{{name: {'n' * 201}, overrides: {{pools: [a]}}}}", "must be at most 200 characters"),
+    ],
+)
+def test_item_02_invalid_pool_sets_are_errors_with_cloudflares_code(
+    pool_set: str, message: str
+) -> None:
+    problems = errors(pool_sets(pool_set))
+    assert len(problems) == 1 and message in problems[0], problems
+
+
+def test_item_02_pool_set_limits() -> None:
+    many = ", ".join(["{overrides: {pools: [a]}}"] * 1001)
+    assert any("POOL_SETS_TOO_LARGE" in p for p in errors(pool_sets(many)))
+    regions = ", ".join(["WEU"] * 1001)
+    big = f"{{match: {{topology: {{regions: [{regions}]}}}}, overrides: {{pools: [a]}}}}"
+    assert any("POOL_SET_TOPOLOGY_TOO_LARGE" in p for p in errors(pool_sets(big)))
+
+
+def test_item_02_valid_pool_sets_still_load() -> None:
+    load(
+        pool_sets(
+            "{match: {topology: {regions: [WEU], countries: [DE]}}, overrides: {pools: [a]}}",
+            "{match: {default: true}, overrides: {pools: [b]}}",
+            "{overrides: {pools: [b]}}",
+        )
+    )
+
+
+# ----------------------------------------------------------------------- item 6: set policies
+
+
+@pytest.mark.parametrize("policy", ["geo", '""'])
+def test_item_06_pool_sets_reject_policies_cloudflare_does_not_list(policy: str) -> None:
+    (problem,) = errors(pool_sets(f"{{overrides: {{pools: [a], steering_policy: {policy}}}}}"))
+    assert "pool_sets[0].overrides.steering_policy" in problem
+    assert '"off", "random", "dynamic_latency", "proximity"' in problem
+
+
+@pytest.mark.parametrize(
+    "policy",
+    ["off", "random", "dynamic_latency", "proximity", "least_outstanding_requests",
+     "least_connections"],
+)  # fmt: skip
+def test_item_06_pool_sets_accept_the_listed_policies(policy: str) -> None:
+    load(pool_sets(f"{{overrides: {{pools: [a], steering_policy: {policy}}}}}"))
+
+
+# ----------------------------------------------------------------------- item 7: rule pools
+
+
+def test_item_07_rule_overrides_accept_pools_and_pool_weights() -> None:
+    result = load(
+        with_lb(
+            'rules: [{condition: "http.host eq \\"x\\"", overrides: {pools: [b], '
+            "pool_weights: {a: 0.2}, pool_default_weight: 0.5, steering_policy: random}}]"
+        )
+    )
+    o = result.config.load_balancers[0].rules[0].overrides
+    assert (o.pools, dict(o.pool_weights or {}), o.pool_default_weight) == (("b",), {"a": 0.2}, 0.5)
+
+
+def test_item_07_rule_override_pool_references_are_checked() -> None:
+    (problem,) = errors(with_lb("rules: [{overrides: {pools: [zz]}}]"))
+    assert 'rules[0].overrides.pools[0]: unknown pool "zz"' in problem
+    (problem,) = errors(with_lb("rules: [{overrides: {pool_weights: {zz: 1}}}]"))
+    assert 'unknown pool "zz"' in problem
+
+
+def test_item_07_rule_override_exclusions_follow_the_schema() -> None:
+    (problem,) = errors(
+        with_lb("rules: [{overrides: {pools: [a]}, fixed_response: {status_code: 403}}]")
+    )
+    assert "overrides.pools and fixed_response are mutually exclusive" in problem
+    (problem,) = errors(
+        with_lb(
+            "rules: [{overrides: {pool_weights: {a: 1}, random_steering: {default_weight: 1}}}]"
+        )
+    )
+    assert "pool_weights and random_steering are mutually exclusive" in problem
+
+
+# ----------------------------------------------------------------------- item 5: merged affinity
+
+
+@pytest.mark.parametrize(
+    ("overrides", "where", "message"),
+    [
+        (
+            "{session_affinity: header, session_affinity_ttl: 5, "
+            "session_affinity_attributes: {headers: [x-user]}}",
+            "rules[0].overrides.session_affinity_ttl",
+            "must be between 30 and 3600 for header affinity, got 5",
+        ),
+        (
+            "{session_affinity: header, session_affinity_attributes: "
+            "{headers: [x-user], zero_downtime_failover: sticky}}",
+            "rules[0].overrides.session_affinity_attributes.zero_downtime_failover",
+            '"sticky" is not supported with header affinity',
+        ),
+        (
+            "{session_affinity: cookie, session_affinity_attributes: "
+            "{samesite: None, secure: Never}}",
+            "rules[0].overrides.session_affinity_attributes.samesite",
+            'samesite "None" needs secure',
+        ),
+        (
+            "{session_affinity: header}",
+            "rules[0].overrides.session_affinity",
+            "header affinity needs at least one header name",
+        ),
+    ],
+)
+def test_item_05_rule_overrides_are_checked_as_merged_into_the_load_balancer(
+    overrides: str, where: str, message: str
+) -> None:
+    (problem,) = errors(with_lb(f"rules: [{{overrides: {overrides}}}]"))
+    assert where in problem and message in problem, problem
+    assert "with this rule's overrides" in problem
+
+
+def test_item_05_a_rule_is_checked_with_the_load_balancers_own_settings() -> None:
+    # The load balancer has header affinity with a TTL of 60; a rule that sets only the TTL
+    # to 10 makes an invalid load balancer.
+    lb = (
+        "session_affinity: header, session_affinity_attributes: {headers: [x-user]}, "
+        "rules: [{overrides: {session_affinity_ttl: 10}}]"
+    )
+    (problem,) = errors(with_lb(lb))
+    assert "rules[0].overrides.session_affinity_ttl" in problem
+
+
+# ----------------------------------------------------------------------- zero-downtime codes
+
+
+def test_zero_downtime_failover_codes_reject_codes_that_can_never_fire() -> None:
+    (problem,) = errors(BASE + "engine: {zero_downtime_failover_codes: [521, 503]}\n")
+    assert "engine.zero_downtime_failover_codes[1]: 503 can never trigger a retry" in problem
+    load(BASE + "engine: {zero_downtime_failover_codes: [521, 522, 523, 525, 526]}\n")
+
+
+# ----------------------------------------------------------------------- regular expressions
+
+
+@pytest.mark.parametrize(
+    ("pattern", "reason"),
+    [
+        ("(a)\\\\\\\\1", "invalid escape sequence"),  # a backreference
+        ("(?=a)", "invalid perl operator"),  # lookahead
+        ("a{1001}", "invalid repetition size"),
+    ],
+)
+def test_regex_patterns_re2_cannot_compile_are_load_errors(pattern: str, reason: str) -> None:
+    condition = f'http.request.uri.path matches \\"{pattern}\\"'
+    (problem,) = errors(with_lb(f'rules: [{{condition: "{condition}"}}]'))
+    assert "bad regular expression" in problem and reason in problem, problem
