@@ -671,7 +671,10 @@ def _check_dns_only(item: Item[LoadBalancer], used: list[Pool | None], report: R
     """R50: tunnel endpoints are reachable only through a proxied load balancer."""
     for pool in used:
         if pool is not None and any(o.tunnel_id for o in pool.origins):
-            message = f'pool "{pool.name}" has tunnel endpoints, which need proxied: true'
+            message = (
+                f'pool "{pool.name}" has tunnel endpoints, which only a proxied load balancer '
+                "can reach; set proxied: true (Cloudflare's default is false, DNS-only)"
+            )
             report.error(item.at("proxied"), message)
     if item.value.affinity != "none":
         message = "session affinity is not applied by a DNS-only (proxied: false) load balancer"

@@ -362,7 +362,7 @@ class LoadBalancer:
     name: str = _f(doc="the hostname requests carry in Host")
     description: str = _f("", doc="free text")
     enabled: bool = _f(True, doc="a disabled load balancer answers 404")
-    proxied: bool = _f(True, doc="L7 proxy (tunnel endpoints need it, R50)")
+    proxied: bool = _f(False, doc="L7 proxy; false = DNS-only (tunnel endpoints need true, R50)")
     ttl: int = _f(30, range=(0, 86400), doc="DNS-only answer TTL; unused by the proxy")
     default_pools: tuple[str, ...] = _f(doc="failover order of pool ids or names")
     fallback_pool: str = _f(doc="pool of last resort, health ignored (R30)")

@@ -9,14 +9,12 @@ from __future__ import annotations
 import pytest
 from config_helpers import BASE, errors, load
 
-LB = "  - {name: app.example.com, default_pools: [a, b], fallback_pool: b}\n"
+LB = "  - {name: app.example.com, proxied: true, default_pools: [a, b], fallback_pool: b}\n"
 
 
 def with_lb(extra: str) -> str:
     """BASE with the load balancer's flow mapping extended by ``extra`` (YAML, no braces)."""
-    return BASE.replace(
-        LB, f"  - {{name: app.example.com, default_pools: [a, b], fallback_pool: b, {extra}}}\n"
-    )
+    return BASE.replace(LB, LB[:-2] + f", {extra}}}\n")
 
 
 def pool_sets(*sets: str) -> str:
@@ -203,3 +201,14 @@ def test_regex_patterns_re2_cannot_compile_are_load_errors(pattern: str, reason:
     condition = f'http.request.uri.path matches \\"{pattern}\\"'
     (problem,) = errors(with_lb(f'rules: [{{condition: "{condition}"}}]'))
     assert "bad regular expression" in problem and reason in problem, problem
+
+
+# ----------------------------------------------------------------------- item 8: proxied
+
+
+def test_item_08_proxied_defaults_to_false_as_in_cloudflares_api() -> None:
+    plain = BASE.replace("proxied: true, ", "")
+    assert load(plain).config.load_balancers[0].proxied is False
+    tunnel = "6ff42ae2-765d-4adf-8112-31c55c1551ef.cfargotunnel.com"
+    (problem,) = errors(plain.replace("address: 10.0.0.1", f"address: {tunnel}"))
+    assert "set proxied: true (Cloudflare's default is false, DNS-only)" in problem

@@ -62,6 +62,7 @@ def two_tunnel_config(
             "load_balancers": [
                 {
                     "name": name,
+                    "proxied": True,
                     "default_pools": list(order),
                     "fallback_pool": "us",
                     # One tunnel per pool: without this the retry has no alternate (R43).
@@ -97,7 +98,9 @@ def one_pool_config(*, interval: int = 10, listen: Sequence[int] = (0,), **engin
                     "origins": [{"name": "t", "address": f"{EU}.cfargotunnel.com"}],
                 }
             ],
-            "load_balancers": [{"name": LB, "default_pools": ["eu"], "fallback_pool": "eu"}],
+            "load_balancers": [
+                {"name": LB, "proxied": True, "default_pools": ["eu"], "fallback_pool": "eu"}
+            ],
             "connect_to": {f"{EU}.cfargotunnel.com:443": "127.0.0.1:9"},
             "engine": {
                 "listen": [{"address": "127.0.0.1", "port": port} for port in listen],
