@@ -157,6 +157,7 @@ def case_cookie_hit() -> Case:
 
 def _geo_lor(size: int = 5) -> tuple[Router, Request, Live]:
     lb = LoadBalancer(
+        proxied=True,
         name=HOST,
         default_pools=("us",),
         fallback_pool="us",

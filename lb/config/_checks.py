@@ -35,7 +35,7 @@ from lb.config.tunnels import TUNNEL_SUFFIX, looks_like_tunnel, tunnel_uuid
 __all__ = ["build_config"]
 
 _POOL_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
-_EXPECTED_CODES = re.compile(r"^[1-5]([0-9]{2}|xx)$")
+_EXPECTED_CODES = re.compile(r"^[1-5]([0-9]{2}|xx)( *, *[1-5]([0-9]{2}|xx))*$")
 _COUNTRY = re.compile(r"^[A-Z]{2}$")
 _DATACENTER_CODE = re.compile(r"^[A-Z0-9]+$")
 _AFFINITY_TTL = {"cookie": (1800, 604800), "ip_cookie": (1800, 604800), "header": (30, 3600)}
@@ -76,6 +76,13 @@ def build_config(parsed: Parsed, report: Report) -> Config:
 
 
 # --------------------------------------------------------------------------- shared helpers
+
+
+def _check_step(value: float, step: float, where: Where, report: Report) -> None:
+    """The API schema's ``multipleOf``: 0.01 for an endpoint weight, 0.1 for default weights."""
+    if abs(round(value / step) * step - value) > 1e-9:
+        message = f"must be a multiple of {step:g} (Cloudflare's API), got {fmt_number(value)}"
+        report.error(where, message)
 
 
 def _check_coordinates(item: Item[Pool] | Item[Datacenter], report: Report) -> None:
@@ -178,8 +185,19 @@ def _check_monitors(parsed: Parsed, report: Report) -> dict[str, Monitor]:
         monitor = item.value
         codes = monitor.expected_codes.lower()
         if not _EXPECTED_CODES.match(codes):
-            message = f'must be a status code like "200" or a class like "2xx", got "{codes}"'
+            message = (
+                'must be a status code like "200", a class like "2xx", or a comma-separated '
+                f'list of them like "200,302", got "{codes}"'
+            )
             report.error(item.at("expected_codes"), message)
+        for name in ("interval", "timeout"):
+            value = getattr(monitor, name)
+            if value != int(value):
+                message = (
+                    f"must be a whole number of seconds (an integer in Cloudflare's API), "
+                    f"got {fmt_number(value)}"
+                )
+                report.error(item.at(name), message)
         _check_interval(item, minimum, report)
         if monitor.type == "tcp" and not monitor.port:
             report.error(item.at("port"), "a tcp monitor needs a port")
@@ -270,6 +288,13 @@ def _check_pool_fields(item: Item[Pool], report: Report) -> None:
             f"{len(pool.origins)}: it can never be healthy"
         )
         report.warn(item.at("minimum_origins"), message)
+    sources = pool.health_sources
+    if sources is not None and sorted(sources) != ["global", "regional"]:
+        message = (
+            'must be unset or ["regional", "global"] (regional health with the global '
+            "decision as its fallback; Cloudflare accepts nothing else)"
+        )
+        report.error(item.at("health_sources"), message)
     if pool.monitor_group is not None:
         report.error(item.at("monitor_group"), "monitor groups are not supported")
 
@@ -303,6 +328,7 @@ def _check_origins(item: Item[Pool], monitor: Monitor | None, report: Report) ->
             return item.at("origins", i, *sub)
 
         names.add(origin.name, at("name"), "endpoint name")
+        _check_step(origin.weight, 0.01, at("weight"), report)
         _check_address(origin, at, addresses, report)
         _check_origin_header(origin, at, report)
         probed_over_http = monitor is not None and monitor.type in ("http", "https")
@@ -361,6 +387,7 @@ def _check_load_balancer(
     resolved = _resolve_references(item, pools, report)
     used = _used_pools(resolved)
     _check_geo_keys(item, parsed, report)
+    _check_weight_steps(item, report)
     _check_affinity(item, report)
     _check_rules(item, report)
     _check_pool_sets(item, parsed, report)
@@ -480,6 +507,28 @@ def _used_pools(lb: LoadBalancer) -> list[str]:
     return list(dict.fromkeys(name for names in lists for name in names))
 
 
+def _check_weight_steps(item: Item[LoadBalancer], report: Report) -> None:
+    """Default pool weights are multiples of 0.1 (the API schema's ``multipleOf`` on
+    ``random_steering.default_weight`` and ``pool_default_weight``; the ``pool_weights`` maps
+    have no such constraint)."""
+    lb = item.value
+    places: list[tuple[tuple[Segment, ...], float | None]] = [
+        (("random_steering", "default_weight"), lb.random_steering.default_weight)
+    ]
+    for i, rule in enumerate(lb.rules):
+        o, at = rule.overrides, ("rules", i, "overrides")
+        places.append(((*at, "pool_default_weight"), o.pool_default_weight))
+        if o.random_steering is not None:
+            default = o.random_steering.default_weight
+            places.append(((*at, "random_steering", "default_weight"), default))
+    for i, ps in enumerate(lb.pool_sets or ()):
+        where = ("pool_sets", i, "overrides", "pool_default_weight")
+        places.append((where, ps.overrides.pool_default_weight))
+    for path, weight in places:
+        if weight is not None:
+            _check_step(weight, 0.1, item.at(*path), report)
+
+
 def _check_geo_keys(item: Item[LoadBalancer], parsed: Parsed, report: Report) -> None:
     lb = item.value
     _check_locations(
@@ -564,9 +613,14 @@ def _check_rules(item: Item[LoadBalancer], report: Report) -> None:
     lb = item.value
     for i, rule in enumerate(lb.rules):
         try:
-            compile_condition(rule.condition)
+            condition = compile_condition(rule.condition)
         except ExpressionError as exc:
             report.error(item.at("rules", i, "condition"), f"{exc.message} (column {exc.column})")
+        else:
+            if condition.extensions:
+                used = ", ".join(condition.extensions)
+                message = f"{used}: tunnel-lb extension, not accepted by Cloudflare"
+                report.warn(item.at("rules", i, "condition"), message)
         fixed = rule.fixed_response
         if fixed is not None:
             for name, limit in (("content_type", 32), ("location", 2048), ("message_body", 1024)):

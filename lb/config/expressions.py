@@ -39,7 +39,14 @@ import re2  # type: ignore[import-untyped]
 
 from lb.config._report import did_you_mean
 
-__all__ = ["MAX_LENGTH", "Condition", "ExpressionError", "Fields", "compile_condition"]
+__all__ = [
+    "EXTENSIONS",
+    "MAX_LENGTH",
+    "Condition",
+    "ExpressionError",
+    "Fields",
+    "compile_condition",
+]
 
 MAX_LENGTH = 4096
 """Longest condition accepted, in characters (Cloudflare's limit for rule expressions)."""
@@ -122,6 +129,25 @@ FIELDS: dict[str, tuple[str, Getter]] = {
     "cf.load_balancer.name": (STR, lambda f: f.load_balancer),
     "cf.load_balancer.region": (STR, lambda f: f.region),
 }
+
+
+EXTENSIONS = frozenset(
+    {
+        "http.user_agent",
+        "http.x_forwarded_for",
+        "http.request.cookies",
+        "http.request.headers.names",
+        "http.request.headers.values",
+        "lower",
+        "upper",
+        "len",
+        "starts_with",
+        "ends_with",
+    }
+)
+"""Fields and functions this compiler offers that Cloudflare's load-balancing-rules reference
+("Supported fields and operators") does not list: a condition using them works here, and the
+configuration check warns that Cloudflare's API would refuse it."""
 
 
 def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -283,6 +309,8 @@ class _Parser:
         self.tokens = _tokens(text)
         self.i = 0
         self.star: _Star | None = None
+        self.extensions: dict[str, None] = {}
+        """:data:`EXTENSIONS` the condition uses, in order of first use."""
 
     @property
     def tok(self) -> _Token:
@@ -421,6 +449,8 @@ class _Parser:
         if self.tok.text == "(":
             return self.function(token)
         found = FIELDS.get(token.text)
+        if token.text in EXTENSIONS:
+            self.extensions[token.text] = None
         if found is None:
             hint = did_you_mean(token.text, [*FIELDS, *_FUNCTIONS])
             raise ExpressionError(f'unknown field "{token.text}"{hint}', token.column)
@@ -480,6 +510,8 @@ class _Parser:
         if fn not in _FUNCTIONS:
             hint = did_you_mean(fn, _FUNCTIONS)
             raise ExpressionError(f'unknown function "{fn}"{hint}', name.column)
+        if fn in EXTENSIONS:
+            self.extensions[fn] = None
         arg = self.value()
         if fn in ("lower", "upper"):
             self.expect(")")
@@ -564,6 +596,8 @@ class Condition:
 
     text: str
     _test: Node = field(repr=False, compare=False)
+    extensions: tuple[str, ...] = ()
+    """The tunnel-lb extensions (:data:`EXTENSIONS`) it uses."""
 
     def matches(self, fields: Fields) -> bool:
         return bool(self._test(fields))
@@ -582,4 +616,4 @@ def compile_condition(text: str) -> Condition:
         raise ExpressionError("nested too deeply", parser.tok.column) from None
     if parser.tok.kind != "end":
         raise ExpressionError(f"unexpected {parser._shown()}", parser.tok.column)
-    return Condition(text, test)
+    return Condition(text, test, tuple(parser.extensions))

@@ -86,12 +86,12 @@ class Monitor:
     path: str = _f("/", doc="request path (http/https)")
     port: int = _f(0, range=(0, 65535), doc="0 = 80 for http, 443 for https (R7)")
     header: Mapping[str, tuple[str, ...]] = _f({}, doc="extra request headers, Host included")
-    expected_codes: str = _f("200", doc='"200" or a class like "2xx" (R2)')
+    expected_codes: str = _f("200", doc='"200", a class like "2xx", or a list "200,302" (R2)')
     expected_body: str = _f("", doc="case-insensitive substring of the first 10 KB (R1)")
     follow_redirects: bool = _f(False, doc="judge the final response after redirects (R3)")
     allow_insecure: bool = _f(False, doc="skip certificate validation (R4)")
-    interval: float = _f(60, range=(1, 3600), doc="seconds between checks (R9)")
-    timeout: float = _f(5, range=(0.001, 60), doc="seconds one attempt may take")
+    interval: float = _f(60, range=(1, 3600), doc="whole seconds between checks (R9)")
+    timeout: float = _f(5, range=(1, 10), doc="whole seconds one attempt may take")
     retries: int = _f(2, range=(0, 5), doc="immediate re-attempts after a timeout (R8)")
     consecutive_up: int = _f(0, range=(0, 1000), doc="passes in a row to turn healthy (R12)")
     consecutive_down: int = _f(0, range=(0, 1000), doc="failures in a row to turn unhealthy")
@@ -179,7 +179,9 @@ class Pool:
     check_regions: tuple[str, ...] | None = _f(
         None, choices=(*REGIONS, "ALL_REGIONS"), doc="accepted; vantage points are local"
     )
-    health_sources: tuple[str, ...] | None = _f(None, doc="accepted for compatibility")
+    health_sources: tuple[str, ...] | None = _f(
+        None, choices=("regional", "global"), doc='unset or ["regional", "global"]; no effect'
+    )
     origins: tuple[Origin, ...] = _f(doc="the endpoints")
     origin_steering: OriginSteering = _f(OriginSteering(), doc="endpoint steering")
     load_shedding: LoadShedding | None = _f(None, doc="R24")

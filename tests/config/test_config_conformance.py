@@ -7,7 +7,7 @@ decisions and the Cloudflare sources they follow.
 from __future__ import annotations
 
 import pytest
-from config_helpers import BASE, errors, load
+from config_helpers import BASE, errors, load, warnings
 
 LB = "  - {name: app.example.com, proxied: true, default_pools: [a, b], fallback_pool: b}\n"
 
@@ -212,3 +212,106 @@ def test_item_08_proxied_defaults_to_false_as_in_cloudflares_api() -> None:
     tunnel = "6ff42ae2-765d-4adf-8112-31c55c1551ef.cfargotunnel.com"
     (problem,) = errors(plain.replace("address: 10.0.0.1", f"address: {tunnel}"))
     assert "set proxied: true (Cloudflare's default is false, DNS-only)" in problem
+
+
+# ----------------------------------------------------------------------- item 9: whole seconds
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ("timeout: 0.5", "monitors[0].timeout: must be between 1 and 10, got 0.5"),
+        ("timeout: 11", "monitors[0].timeout: must be between 1 and 10, got 11"),
+        ("timeout: 2.5", "monitors[0].timeout: must be a whole number of seconds"),
+        ("interval: 60.5", "monitors[0].interval: must be a whole number of seconds"),
+    ],
+)
+def test_item_09_interval_and_timeout_are_whole_seconds(fields: str, message: str) -> None:
+    text = BASE.replace("interval: 60,", f"interval: 60, {fields},").replace(
+        "interval: 60, interval: 60.5", "interval: 60.5"
+    )
+    (problem,) = errors(text)
+    assert message in problem, problem
+
+
+def test_item_09_integral_numbers_are_accepted() -> None:
+    monitor = load(BASE.replace("interval: 60,", "interval: 60.0, timeout: 10.0,")).config
+    assert (monitor.monitors[0].interval, monitor.monitors[0].timeout) == (60, 10)
+
+
+# ----------------------------------------------------------------------- item 10: code lists
+
+
+def test_item_10_expected_codes_accept_a_list() -> None:
+    config = load(BASE.replace("type: https,", "type: https, expected_codes: '200, 3XX',")).config
+    assert config.monitors[0].expected_codes == "200, 3xx"
+    (problem,) = errors(BASE.replace("type: https,", "type: https, expected_codes: '200,',"))
+    assert 'comma-separated list of them like "200,302", got "200,"' in problem
+
+
+# ----------------------------------------------------------------------- item 11: extensions
+
+
+@pytest.mark.parametrize(
+    ("condition", "used"),
+    [
+        ('starts_with(http.request.uri.path, \\"/a\\")', "starts_with"),
+        ('lower(http.user_agent) contains \\"bot\\"', "lower, http.user_agent"),
+        ('http.request.cookies[\\"a\\"][0] eq \\"1\\"', "http.request.cookies"),
+        ('any(http.request.headers.names[*] eq \\"x\\")', "http.request.headers.names"),
+        ("len(http.x_forwarded_for) gt 0", "len, http.x_forwarded_for"),
+    ],
+)
+def test_item_11_extensions_in_rule_conditions_warn(condition: str, used: str) -> None:
+    (warning,) = warnings(with_lb(f'rules: [{{condition: "{condition}"}}]'))
+    assert f"rules[0].condition: {used}: tunnel-lb extension, not accepted by Cloudflare" in (
+        warning
+    )
+
+
+def test_item_11_cloudflare_fields_do_not_warn() -> None:
+    condition = (
+        'http.request.uri.path matches \\"^/api\\" and http.request.headers[\\"x\\"][0] eq \\"1\\"'
+    )
+    assert warnings(with_lb(f'rules: [{{condition: "{condition}"}}]')) == []
+
+
+# ----------------------------------------------------------------------- item 12
+
+
+def test_item_12_health_sources_are_unset_or_regional_and_global() -> None:
+    load(BASE.replace("{name: a,", "{name: a, health_sources: [regional, global],"))
+    (problem,) = errors(BASE.replace("{name: a,", "{name: a, health_sources: [regional],"))
+    assert 'pools[0].health_sources: must be unset or ["regional", "global"]' in problem
+    (problem,) = errors(BASE.replace("{name: a,", "{name: a, health_sources: [local],"))
+    assert "pools[0].health_sources[0]: must be one of" in problem
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        (
+            BASE.replace("address: 10.0.0.1}", "address: 10.0.0.1, weight: 0.125}"),
+            "pools[0].origins[0].weight: must be a multiple of 0.01",
+        ),
+        (
+            with_lb("random_steering: {default_weight: 0.25}"),
+            "random_steering.default_weight: must be a multiple of 0.1",
+        ),
+        (
+            pool_sets("{overrides: {pools: [a], pool_default_weight: 0.55}}"),
+            "pool_sets[0].overrides.pool_default_weight: must be a multiple of 0.1",
+        ),
+        (
+            with_lb("rules: [{overrides: {pool_default_weight: 0.05}}]"),
+            "rules[0].overrides.pool_default_weight: must be a multiple of 0.1",
+        ),
+    ],
+)
+def test_item_12_weights_follow_the_schemas_multiple_of(text: str, where: str) -> None:
+    (problem,) = errors(text)
+    assert where in problem, problem
+
+
+def test_item_12_pool_weight_maps_have_no_step() -> None:
+    load(with_lb("random_steering: {pool_weights: {a: 0.75, b: 0.25}, default_weight: 0.3}"))

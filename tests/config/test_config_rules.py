@@ -274,14 +274,14 @@ def test_r9_no_warning_when_interval_is_longer() -> None:
         ),
         pytest.param(
             "expected_codes: '600'",
-            'lb.yaml:2: monitors[0].expected_codes: must be a status code like "200" or a class '
-            'like "2xx", got "600"',
+            'lb.yaml:2: monitors[0].expected_codes: must be a status code like "200", a class '
+            'like "2xx", or a comma-separated list of them like "200,302", got "600"',
             id="code-out-of-range",
         ),
         pytest.param(
             "expected_codes: 2x",
-            'lb.yaml:2: monitors[0].expected_codes: must be a status code like "200" or a class '
-            'like "2xx", got "2x"',
+            'lb.yaml:2: monitors[0].expected_codes: must be a status code like "200", a class '
+            'like "2xx", or a comma-separated list of them like "200,302", got "2x"',
             id="code-too-short",
         ),
         pytest.param(

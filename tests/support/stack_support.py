@@ -40,7 +40,7 @@ def two_tunnel_config(
                     "type": "https",
                     "path": "/healthz",
                     "interval": 1,
-                    "timeout": 0.5,
+                    "timeout": 1,
                     "retries": 0,
                     "header": {"Host": [APP]},
                 }
