@@ -555,7 +555,13 @@ def _check_locations(
             message = f'must be a two-letter upper-case country code such as "US", got "{country}"'
             report.error(where, message)
     for code, where in pops:
-        _check_datacenter_code(code, where, parsed, report)
+        if code not in parsed.datacenters:  # an export may name any of Cloudflare's colos
+            hint = did_you_mean(code, parsed.datacenters)
+            message = (
+                f'data center "{code}" is not in the data center table{hint}, so this never '
+                "matches; add it under `datacenters` if requests can enter there"
+            )
+            report.warn(where, message)
 
 
 _AFFINITY_FIELDS = ("session_affinity", "session_affinity_ttl", "session_affinity_attributes")

@@ -315,3 +315,25 @@ def test_item_12_weights_follow_the_schemas_multiple_of(text: str, where: str) -
 
 def test_item_12_pool_weight_maps_have_no_step() -> None:
     load(with_lb("random_steering: {pool_weights: {a: 0.75, b: 0.25}, default_weight: 0.3}"))
+
+
+# ----------------------------------------------------------------------- item 4: colos
+
+
+def test_item_04_unknown_pops_warn_instead_of_failing() -> None:
+    text = with_lb("pop_pools: {FRX: [a]}")
+    (warning,) = warnings(text)
+    assert 'load_balancers[0].pop_pools.FRX: data center "FRX" is not in the data center ' in (
+        warning
+    )
+    assert "never matches" in warning
+    (warning,) = warnings(pool_sets("{match: {topology: {pops: [ZZZ]}}, overrides: {pools: [a]}}"))
+    assert "pool_sets[0].match.topology.pops[0]" in warning
+
+
+def test_item_04_the_table_knows_more_colos() -> None:
+    config = load(with_lb("pop_pools: {BNE: [a], CMH: [b]}")).config
+    assert config.datacenters["BNE"].region == "OC"
+    assert config.datacenters["CMH"].country == "US"
+    assert len(config.datacenters) >= 200
+    assert all(dc.latitude is not None for dc in config.datacenters.values())
