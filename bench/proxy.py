@@ -367,7 +367,9 @@ def serve_lb(port: int, ca: str, reuse_port: bool) -> None:
     )
     config = Config(
         pools=(Pool(name="p1", origins=origins),),
-        load_balancers=(LoadBalancer(name="127.0.0.1", default_pools=("p1",), fallback_pool="p1"),),
+        load_balancers=(
+            LoadBalancer(proxied=True, name="127.0.0.1", default_pools=("p1",), fallback_pool="p1"),
+        ),
         connect_to={f"{tunnel(i)}:443": f"127.0.0.1:{p}" for i, p in enumerate(BACKEND_PORTS)},
         engine=Engine(
             listen=(Listener(address="127.0.0.1", port=port),),

@@ -131,13 +131,13 @@ def _loop(router: Router, req: Request, live: Live | None = None) -> Case:
 
 def case_random() -> Case:
     """(a) a weighted random endpoint in a pool of 10."""
-    lb = LoadBalancer(name=HOST, default_pools=("a",), fallback_pool="a")
+    lb = LoadBalancer(proxied=True, name=HOST, default_pools=("a",), fallback_pool="a")
     return _loop(_router(_config([_pool("a", 10)], lb)), Request(host=HOST))
 
 
 def case_failover() -> Case:
     """(b) failover across 3 pools, the first two critical."""
-    lb = LoadBalancer(name=HOST, default_pools=("a", "b", "c"), fallback_pool="c")
+    lb = LoadBalancer(proxied=True, name=HOST, default_pools=("a", "b", "c"), fallback_pool="c")
     pools = [_pool("a", 3), _pool("b", 3), _pool("c", 3)]
     down = {f"{p}/{p}-{i}" for p in "ab" for i in range(3)}
     return _loop(_router(_config(pools, lb), down), Request(host=HOST))
@@ -145,7 +145,9 @@ def case_failover() -> Case:
 
 def case_cookie_hit() -> Case:
     """(c) a valid ``__cflb`` whose endpoint is healthy."""
-    lb = LoadBalancer(name=HOST, default_pools=("a",), fallback_pool="a", session_affinity="cookie")
+    lb = LoadBalancer(
+        proxied=True, name=HOST, default_pools=("a",), fallback_pool="a", session_affinity="cookie"
+    )
     cookie = sign(SECRET, HOST, "a", "a-3", WALL + 3600)
     req = Request(host=HOST, cookie=cookie, wall=WALL)
     router = _router(_config([_pool("a", 10)], lb))
@@ -155,6 +157,7 @@ def case_cookie_hit() -> Case:
 
 def _geo_lor(size: int = 5) -> tuple[Router, Request, Live]:
     lb = LoadBalancer(
+        proxied=True,
         name=HOST,
         default_pools=("us",),
         fallback_pool="us",
@@ -200,7 +203,7 @@ def case_geo_lor_moving(size: int = 5) -> Case:
 
 def case_local() -> Case:
     """(e, extra) (a) with local-data-center preference: 10 tunnels, 3 connected in FRA."""
-    lb = LoadBalancer(name=HOST, default_pools=("a",), fallback_pool="a")
+    lb = LoadBalancer(proxied=True, name=HOST, default_pools=("a",), fallback_pool="a")
     pool = _pool("a", 10)
     tunnels = tuple(
         Tunnel(

@@ -2,7 +2,8 @@
 
 Kept free of I/O so that the real prober, the simulator and the tests share the exact rules:
 
-* R2: ``expected_codes`` is one code (``"200"``) or a class (``"2xx"``, case-insensitive);
+* R2: ``expected_codes`` is one code (``"200"``) or a class (``"2xx"``, case-insensitive),
+  or a comma-separated list of them (``"200,302"``, which Cloudflare's dashboard accepts);
   anything else is a monitor configuration error rather than a silent mismatch.
 * R1: ``expected_body``, when non-empty, must occur case-insensitively in the first
   :data:`BODY_WINDOW` bytes; later bytes never count, even if the prober happened to read them.
@@ -20,7 +21,11 @@ BODY_WINDOW = 10 * 1024
 
 
 def valid_codes(expected: str) -> bool:
-    """True for ``"NNN"`` (100..599) and ``"Nxx"`` (N in 1..5)."""
+    """True for ``"NNN"`` (100..599), ``"Nxx"`` (N in 1..5) and comma-separated lists."""
+    return all(_valid_code(part) for part in expected.split(","))
+
+
+def _valid_code(expected: str) -> bool:
     e = expected.strip().lower()
     if len(e) != 3:
         return False
@@ -30,7 +35,12 @@ def valid_codes(expected: str) -> bool:
 
 
 def codes_match(expected: str, status: int) -> bool:
-    """R2: ``status`` matches ``"NNN"`` exactly, or ``"Nxx"`` by its first digit."""
+    """R2: ``status`` matches ``"NNN"`` exactly, or ``"Nxx"`` by its first digit; a list
+    matches when one of its entries does."""
+    return any(_code_matches(part, status) for part in expected.split(","))
+
+
+def _code_matches(expected: str, status: int) -> bool:
     e = expected.strip().lower()
     if e.endswith("xx"):
         return len(e) == 3 and str(status)[:1] == e[0] and 100 <= status <= 599

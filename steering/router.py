@@ -60,9 +60,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate
 from random import Random
+from typing import Any
 
 from lb.config.expressions import Fields, compile_condition
-from lb.config.model import Datacenter, FixedResponse, LoadBalancer, PoolSet, RandomSteering
+from lb.config.model import (
+    Datacenter,
+    FixedResponse,
+    LoadBalancer,
+    PoolSet,
+    RandomSteering,
+    RuleOverrides,
+)
 from lb.core.health import Health
 from lb.core.snapshot import EndpointView, PoolView, Snapshot
 from steering import geo
@@ -506,12 +514,13 @@ class Router:
             found = plan.set_plans.get(index)
             if found is None:
                 lb, o = plan.lb, ps.overrides
-                steering = RandomSteering(
-                    pool_weights=o.pool_weights,
-                    default_weight=lb.random_steering.default_weight
-                    if o.pool_default_weight is None
-                    else o.pool_default_weight,
-                )
+                # The set's weights are its own, never the load balancer's random_steering
+                # (pool-sets docs); an unset default weight is the API's default, 1.
+                steering = RandomSteering(pool_weights=o.pool_weights)
+                if o.pool_default_weight is not None:
+                    steering = RandomSteering(
+                        pool_weights=o.pool_weights, default_weight=o.pool_default_weight
+                    )
                 derived = dataclasses.replace(
                     lb,
                     default_pools=o.pools,
@@ -577,10 +586,7 @@ class Router:
         key = tuple(matched)
         ruled = plan.ruled.get(key)
         if ruled is None:
-            changes: dict[str, object] = {}
-            for index in matched:
-                changes.update(plan.lb.rules[index].overrides.changes())
-            lb = dataclasses.replace(plan.lb, rules=(), **changes)  # type: ignore[arg-type]
+            lb = _overridden(plan.lb, [plan.lb.rules[i].overrides for i in matched])
             if len(plan.ruled) >= _CACHE_LIMIT:  # rules on request fields: 2**n possible sets
                 plan.ruled.clear()
             ruled = plan.ruled[key] = _Plan(lb, self.snapshot, local=self._local.enabled)
@@ -1021,6 +1027,30 @@ class Router:
             for p in route.candidates
             if p not in route.eligible
         )
+
+
+def _overridden(lb: LoadBalancer, overrides: Sequence[RuleOverrides]) -> LoadBalancer:
+    """R32: ``lb`` with custom rules' overrides applied in turn, field by field (a later rule
+    wins), without its rules.  ``pool_weights`` and ``pool_default_weight`` replace the two
+    halves of ``random_steering``; ``pools`` (the last rule's that sets it) replaces the
+    resolved candidate pools whatever the policy, so the geo mappings no longer apply."""
+    changes: dict[str, Any] = {}
+    pools: tuple[str, ...] | None = None
+    for o in overrides:
+        fields = o.changes()
+        pools = fields.pop("pools", pools)
+        weights = fields.pop("pool_weights", None)
+        default = fields.pop("pool_default_weight", None)
+        changes.update(fields)
+        if weights is not None or default is not None:
+            rs = changes.get("random_steering", lb.random_steering)
+            changes["random_steering"] = RandomSteering(
+                pool_weights=rs.pool_weights if weights is None else weights,
+                default_weight=rs.default_weight if default is None else default,
+            )
+    if pools is not None:
+        changes.update(default_pools=pools, region_pools={}, country_pools={}, pop_pools={})
+    return dataclasses.replace(lb, rules=(), **changes)
 
 
 def _label(kind: str, index: int, name: str, tr: list[str] | None) -> str:

@@ -36,11 +36,15 @@ from lb.config.tunnels import TUNNEL_SUFFIX, looks_like_tunnel, tunnel_uuid
 __all__ = ["build_config"]
 
 _POOL_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
-_EXPECTED_CODES = re.compile(r"^[1-5]([0-9]{2}|xx)$")
+_EXPECTED_CODES = re.compile(r"^[1-5]([0-9]{2}|xx)( *, *[1-5]([0-9]{2}|xx))*$")
 _COUNTRY = re.compile(r"^[A-Z]{2}$")
 _DATACENTER_CODE = re.compile(r"^[A-Z0-9]+$")
 _AFFINITY_TTL = {"cookie": (1800, 604800), "ip_cookie": (1800, 604800), "header": (30, 3600)}
 _EXAMPLE_UUID = "6ff42ae2-765d-4adf-8112-31c55c1551ef"
+CONNECT_FAILURE_CODES = frozenset({521, 522, 523, 525, 526})
+"""What a failed connection to an endpoint ends in (refused, timed out, unreachable, TLS
+handshake failed, invalid certificate): the only statuses a zero-downtime retry can follow,
+since the proxy retries before any byte of the request was sent (docs/proxy.md)."""
 
 At = Callable[..., Where]
 
@@ -73,6 +77,13 @@ def build_config(parsed: Parsed, report: Report) -> Config:
 
 
 # --------------------------------------------------------------------------- shared helpers
+
+
+def _check_step(value: float, step: float, where: Where, report: Report) -> None:
+    """The API schema's ``multipleOf``: 0.01 for an endpoint weight, 0.1 for default weights."""
+    if abs(round(value / step) * step - value) > 1e-9:
+        message = f"must be a multiple of {step:g} (Cloudflare's API), got {fmt_number(value)}"
+        report.error(where, message)
 
 
 def _check_coordinates(item: Item[Pool] | Item[Datacenter], report: Report) -> None:
@@ -122,6 +133,14 @@ def _check_engine(parsed: Parsed, report: Report) -> None:
     for i, listener in enumerate(engine.listen):
         if bool(listener.certificate) != bool(listener.key):
             report.error(item.at("listen", i), "certificate and key must be set together")
+    for i, code in enumerate(engine.zero_downtime_failover_codes):
+        if code not in CONNECT_FAILURE_CODES:
+            known = ", ".join(map(str, sorted(CONNECT_FAILURE_CODES)))
+            message = (
+                f"{code} can never trigger a retry: only a failed connection to the endpoint "
+                f"does, and it ends in one of {known}"
+            )
+            report.error(item.at("zero_downtime_failover_codes", i), message)
 
 
 def _check_admin_access(item: Item[Engine], report: Report) -> None:
@@ -197,8 +216,19 @@ def _check_monitors(parsed: Parsed, report: Report) -> dict[str, Monitor]:
         monitor = item.value
         codes = monitor.expected_codes.lower()
         if not _EXPECTED_CODES.match(codes):
-            message = f'must be a status code like "200" or a class like "2xx", got "{codes}"'
+            message = (
+                'must be a status code like "200", a class like "2xx", or a comma-separated '
+                f'list of them like "200,302", got "{codes}"'
+            )
             report.error(item.at("expected_codes"), message)
+        for name in ("interval", "timeout"):
+            value = getattr(monitor, name)
+            if value != int(value):
+                message = (
+                    f"must be a whole number of seconds (an integer in Cloudflare's API), "
+                    f"got {fmt_number(value)}"
+                )
+                report.error(item.at(name), message)
         _check_interval(item, minimum, report)
         if monitor.type == "tcp" and not monitor.port:
             report.error(item.at("port"), "a tcp monitor needs a port")
@@ -289,6 +319,13 @@ def _check_pool_fields(item: Item[Pool], report: Report) -> None:
             f"{len(pool.origins)}: it can never be healthy"
         )
         report.warn(item.at("minimum_origins"), message)
+    sources = pool.health_sources
+    if sources is not None and sorted(sources) != ["global", "regional"]:
+        message = (
+            'must be unset or ["regional", "global"] (regional health with the global '
+            "decision as its fallback; Cloudflare accepts nothing else)"
+        )
+        report.error(item.at("health_sources"), message)
     if pool.monitor_group is not None:
         report.error(item.at("monitor_group"), "monitor groups are not supported")
 
@@ -322,6 +359,7 @@ def _check_origins(item: Item[Pool], monitor: Monitor | None, report: Report) ->
             return item.at("origins", i, *sub)
 
         names.add(origin.name, at("name"), "endpoint name")
+        _check_step(origin.weight, 0.01, at("weight"), report)
         _check_address(origin, at, addresses, report)
         _check_origin_header(origin, at, report)
         probed_over_http = monitor is not None and monitor.type in ("http", "https")
@@ -380,6 +418,7 @@ def _check_load_balancer(
     resolved = _resolve_references(item, pools, report)
     used = _used_pools(resolved)
     _check_geo_keys(item, parsed, report)
+    _check_weight_steps(item, report)
     _check_affinity(item, report)
     _check_rules(item, report)
     _check_pool_sets(item, parsed, report)
@@ -427,6 +466,8 @@ def _resolve_references(
             default_pools=None
             if o.default_pools is None
             else names(o.default_pools, *sub, "default_pools"),
+            pools=None if o.pools is None else names(o.pools, *sub, "pools"),
+            pool_weights=None if o.pool_weights is None else pool_weights(o.pool_weights, *sub),
             fallback_pool=None
             if o.fallback_pool is None
             else pools.resolve(o.fallback_pool, item.at(*sub, "fallback_pool")),
@@ -486,6 +527,7 @@ def _used_pools(lb: LoadBalancer) -> list[str]:
     for rule in lb.rules:
         o = rule.overrides
         lists += [o.default_pools or (), (o.fallback_pool,) if o.fallback_pool else ()]
+        lists += [o.pools or (), tuple(o.pool_weights or ())]
         if o.random_steering is not None:
             lists.append(tuple(o.random_steering.pool_weights))
         for m in (o.region_pools, o.country_pools, o.pop_pools):
@@ -494,6 +536,28 @@ def _used_pools(lb: LoadBalancer) -> list[str]:
         p = ps.overrides
         lists += [p.pools, (p.fallback_pool,) if p.fallback_pool else (), tuple(p.pool_weights)]
     return list(dict.fromkeys(name for names in lists for name in names))
+
+
+def _check_weight_steps(item: Item[LoadBalancer], report: Report) -> None:
+    """Default pool weights are multiples of 0.1 (the API schema's ``multipleOf`` on
+    ``random_steering.default_weight`` and ``pool_default_weight``; the ``pool_weights`` maps
+    have no such constraint)."""
+    lb = item.value
+    places: list[tuple[tuple[Segment, ...], float | None]] = [
+        (("random_steering", "default_weight"), lb.random_steering.default_weight)
+    ]
+    for i, rule in enumerate(lb.rules):
+        o, at = rule.overrides, ("rules", i, "overrides")
+        places.append(((*at, "pool_default_weight"), o.pool_default_weight))
+        if o.random_steering is not None:
+            default = o.random_steering.default_weight
+            places.append(((*at, "random_steering", "default_weight"), default))
+    for i, ps in enumerate(lb.pool_sets or ()):
+        where = ("pool_sets", i, "overrides", "pool_default_weight")
+        places.append((where, ps.overrides.pool_default_weight))
+    for path, weight in places:
+        if weight is not None:
+            _check_step(weight, 0.1, item.at(*path), report)
 
 
 def _check_geo_keys(item: Item[LoadBalancer], parsed: Parsed, report: Report) -> None:
@@ -522,28 +586,60 @@ def _check_locations(
             message = f'must be a two-letter upper-case country code such as "US", got "{country}"'
             report.error(where, message)
     for code, where in pops:
-        _check_datacenter_code(code, where, parsed, report)
+        if code not in parsed.datacenters:  # an export may name any of Cloudflare's colos
+            hint = did_you_mean(code, parsed.datacenters)
+            message = (
+                f'data center "{code}" is not in the data center table{hint}, so this never '
+                "matches; add it under `datacenters` if requests can enter there"
+            )
+            report.warn(where, message)
+
+
+_AFFINITY_FIELDS = ("session_affinity", "session_affinity_ttl", "session_affinity_attributes")
+
+Problem = tuple[tuple[Segment, ...], str]
 
 
 def _check_affinity(item: Item[LoadBalancer], report: Report) -> None:
-    """R41: TTL ranges per mode, SameSite=None needs Secure, header mode needs headers."""
+    """R41 on the load balancer, then on the load balancer as each custom rule that touches
+    affinity leaves it: a rule's overrides must not make an invalid combination either."""
     lb = item.value
+    own = _affinity_problems(lb)
+    for path, message in own:
+        report.error(item.at(*path), message)
+    for i, rule in enumerate(lb.rules):
+        changes = {k: v for k, v in rule.overrides.changes().items() if k in _AFFINITY_FIELDS}
+        if not changes:
+            continue
+        for path, message in _affinity_problems(dataclasses.replace(lb, **changes)):
+            if (path, message) in own:
+                continue  # the load balancer's own problem, reported above
+            field = path[0] if path[0] in changes else next(iter(changes))
+            rest = path[1:] if path[0] in changes else ()
+            where = item.at("rules", i, "overrides", field, *rest)
+            report.error(where, f"{message} (the load balancer with this rule's overrides)")
+
+
+def _affinity_problems(lb: LoadBalancer) -> list[Problem]:
+    """R41: TTL ranges per mode, SameSite=None needs Secure, header mode needs headers."""
+    out: list[Problem] = []
     attributes = lb.session_affinity_attributes
     bounds = _AFFINITY_TTL.get(lb.affinity)
     ttl = lb.session_affinity_ttl
     if bounds is not None and ttl is not None and not bounds[0] <= ttl <= bounds[1]:
         message = f"must be between {bounds[0]} and {bounds[1]} for {lb.affinity} affinity"
-        report.error(item.at("session_affinity_ttl"), f"{message}, got {fmt_number(ttl)}")
+        out.append((("session_affinity_ttl",), f"{message}, got {fmt_number(ttl)}"))
     if attributes.samesite == "None" and attributes.secure == "Never":
         message = 'samesite "None" needs secure "Auto" or "Always", not "Never"'
-        report.error(item.at("session_affinity_attributes", "samesite"), message)
+        out.append((("session_affinity_attributes", "samesite"), message))
     if lb.affinity == "header":
         if not attributes.headers:
-            where = item.at("session_affinity_attributes", "headers")
-            report.error(where, "header affinity needs at least one header name")
+            message = "header affinity needs at least one header name"
+            out.append((("session_affinity_attributes", "headers"), message))
         if attributes.zero_downtime_failover == "sticky":
-            where = item.at("session_affinity_attributes", "zero_downtime_failover")
-            report.error(where, '"sticky" is not supported with header affinity')
+            message = '"sticky" is not supported with header affinity'
+            out.append((("session_affinity_attributes", "zero_downtime_failover"), message))
+    return out
 
 
 _HEADER_UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
@@ -554,9 +650,14 @@ def _check_rules(item: Item[LoadBalancer], report: Report) -> None:
     lb = item.value
     for i, rule in enumerate(lb.rules):
         try:
-            compile_condition(rule.condition)
+            condition = compile_condition(rule.condition)
         except ExpressionError as exc:
             report.error(item.at("rules", i, "condition"), f"{exc.message} (column {exc.column})")
+        else:
+            if condition.extensions:
+                used = ", ".join(condition.extensions)
+                message = f"{used}: tunnel-lb extension, not accepted by Cloudflare"
+                report.warn(item.at("rules", i, "condition"), message)
         fixed = rule.fixed_response
         if fixed is not None:
             for name, limit in (("content_type", 32), ("location", 2048), ("message_body", 1024)):
@@ -568,28 +669,73 @@ def _check_rules(item: Item[LoadBalancer], report: Report) -> None:
                     report.error(where, "must not contain control characters (a header value)")
         if len(rule.name) > 200:
             report.error(item.at("rules", i, "name"), "must be at most 200 characters")
+        o = rule.overrides
+        if o.pools is not None and fixed is not None:
+            message = "overrides.pools and fixed_response are mutually exclusive"
+            report.error(item.at("rules", i, "fixed_response"), message)
+        if o.random_steering is not None:
+            for name in ("pool_weights", "pool_default_weight"):
+                if getattr(o, name) is not None:
+                    message = f"{name} and random_steering are mutually exclusive"
+                    report.error(item.at("rules", i, "overrides", name), message)
     if lb.rules and lb.effective_policy == "geo":
         message = "custom rules do not work with geo steering on Cloudflare; tunnel-lb applies them"
         report.warn(item.at("rules"), message)
 
 
+_POOL_SETS_LIMIT = 1000
+"""Pool sets per load balancer, and entries per topology list (pool-sets docs, Limits)."""
+
+
 def _check_pool_sets(item: Item[LoadBalancer], parsed: Parsed, report: Report) -> None:
-    """R31: each pool set has an intent (pools or a fixed response) and known locations."""
-    for i, ps in enumerate(item.value.pool_sets or ()):
+    """R31: the pool-sets page's validation errors, each with Cloudflare's identifier, so
+    that an export Cloudflare would refuse is refused here too, and known locations."""
+    sets = item.value.pool_sets or ()
+    if len(sets) > _POOL_SETS_LIMIT:
+        message = f"at most {_POOL_SETS_LIMIT} pool sets, got {len(sets)} (POOL_SETS_TOO_LARGE)"
+        report.error(item.at("pool_sets"), message)
+    for i, ps in enumerate(sets):
         if not ps.overrides.pools and ps.fixed_response is None:
             message = "a pool set needs overrides.pools or a fixed_response (POOL_SET_NO_INTENT)"
             report.error(item.at("pool_sets", i), message)
-        topology = ps.match.topology if ps.match is not None else None
+        if ps.overrides.pools and ps.fixed_response is not None:
+            message = "overrides.pools and fixed_response are mutually exclusive"
+            report.error(item.at("pool_sets", i, "fixed_response"), message)
+        if len(ps.name) > 200:
+            report.error(item.at("pool_sets", i, "name"), "must be at most 200 characters")
+        if ps.match is None:
+            continue
+        at = ("pool_sets", i, "match")
+        topology = ps.match.topology
+        if ps.match.default and topology is not None:
+            message = "default and topology cannot be combined (POOL_SET_DEFAULT_WITH_MATCH)"
+            report.error(item.at(*at, "default"), message)
+        if not ps.match.default and topology is None:
+            message = (
+                'sets neither "default: true" nor a topology, so it would never match; '
+                "omit match to match every request (POOL_SET_EMPTY_MATCH)"
+            )
+            report.error(item.at(*at), message)
         if topology is None:
             continue
-        at = ("pool_sets", i, "match", "topology")
-        _check_locations(
-            [(r, item.at(*at, "regions", j)) for j, r in enumerate(topology.regions)],
-            [(c, item.at(*at, "countries", j)) for j, c in enumerate(topology.countries)],
-            [(p, item.at(*at, "pops", j)) for j, p in enumerate(topology.pops)],
-            parsed,
-            report,
-        )
+        lists = {"pops": topology.pops, "countries": topology.countries}
+        lists["regions"] = topology.regions
+        if not any(lists.values()):
+            message = "a topology needs pops, countries or regions (POOL_SET_EMPTY_TOPOLOGY)"
+            report.error(item.at(*at, "topology"), message)
+        for name, values in lists.items():
+            where = item.at(*at, "topology", name)
+            if len(values) > _POOL_SETS_LIMIT:
+                message = f"at most {_POOL_SETS_LIMIT} entries (POOL_SET_TOPOLOGY_TOO_LARGE)"
+                report.error(where, message)
+            seen = Seen(report)
+            for j, value in enumerate(values):
+                seen.add(value, item.at(*at, "topology", name, j), f"entry of {name}")
+        located = {
+            name: [(v, item.at(*at, "topology", name, j)) for j, v in enumerate(values)]
+            for name, values in lists.items()
+        }
+        _check_locations(located["regions"], located["countries"], located["pops"], parsed, report)
 
 
 def _check_policy(item: Item[LoadBalancer], used: list[Pool | None], report: Report) -> None:
@@ -616,7 +762,10 @@ def _check_dns_only(item: Item[LoadBalancer], used: list[Pool | None], report: R
     """R50: tunnel endpoints are reachable only through a proxied load balancer."""
     for pool in used:
         if pool is not None and any(o.tunnel_id for o in pool.origins):
-            message = f'pool "{pool.name}" has tunnel endpoints, which need proxied: true'
+            message = (
+                f'pool "{pool.name}" has tunnel endpoints, which only a proxied load balancer '
+                "can reach; set proxied: true (Cloudflare's default is false, DNS-only)"
+            )
             report.error(item.at("proxied"), message)
     if item.value.affinity != "none":
         message = "session affinity is not applied by a DNS-only (proxied: false) load balancer"

@@ -14,8 +14,9 @@ The subset (docs/rules.md has the table):
   ``http.x_forwarded_for``, ``http.request.timestamp.sec``, ``ip.src``,
   ``cf.load_balancer.name``, ``cf.load_balancer.region``;
 * comparisons ``eq ne lt le gt ge`` (and ``== != < <= > >=``), ``contains``, ``matches``
-  (``~``; Python's ``re``, close to the Rust syntax Cloudflare uses), ``in {...}`` (strings,
-  integers and ``a..b`` ranges, IP addresses and CIDR blocks);
+  (``~``), ``in {...}`` (strings, integers and ``a..b`` ranges, IP addresses and CIDR blocks);
+  ``matches`` runs RE2 (:func:`_regex`), a linear-time engine like the one Cloudflare's rules
+  use, so a crafted request cannot make a pattern backtrack on the event loop;
 * ``not and xor or`` (and ``! && ^^ ||``), binding in that order, and parentheses;
 * maps and arrays: ``http.request.headers["accept"][0]``, and ``any(...[*] ...)`` /
   ``all(...[*] ...)`` over every element;
@@ -34,9 +35,18 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
 
+import re2  # type: ignore[import-untyped]
+
 from lb.config._report import did_you_mean
 
-__all__ = ["MAX_LENGTH", "Condition", "ExpressionError", "Fields", "compile_condition"]
+__all__ = [
+    "EXTENSIONS",
+    "MAX_LENGTH",
+    "Condition",
+    "ExpressionError",
+    "Fields",
+    "compile_condition",
+]
 
 MAX_LENGTH = 4096
 """Longest condition accepted, in characters (Cloudflare's limit for rule expressions)."""
@@ -128,6 +138,25 @@ FIELDS: dict[str, tuple[str, Getter]] = {
     "cf.load_balancer.name": (STR, lambda f: f.load_balancer),
     "cf.load_balancer.region": (STR, lambda f: f.region),
 }
+
+
+EXTENSIONS = frozenset(
+    {
+        "http.user_agent",
+        "http.x_forwarded_for",
+        "http.request.cookies",
+        "http.request.headers.names",
+        "http.request.headers.values",
+        "lower",
+        "upper",
+        "len",
+        "starts_with",
+        "ends_with",
+    }
+)
+"""Fields and functions this compiler offers that Cloudflare's load-balancing-rules reference
+("Supported fields and operators") does not list: a condition using them works here, and the
+configuration check warns that Cloudflare's API would refuse it."""
 
 
 def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -289,6 +318,8 @@ class _Parser:
         self.tokens = _tokens(text)
         self.i = 0
         self.star: _Star | None = None
+        self.extensions: dict[str, None] = {}
+        """:data:`EXTENSIONS` the condition uses, in order of first use."""
 
     @property
     def tok(self) -> _Token:
@@ -368,11 +399,8 @@ class _Parser:
         if op == "contains":
             return lambda f: (v := get(f)) is not None and literal in v
         if op == "matches":
-            try:
-                pattern = re.compile(literal)
-            except (re.error, OverflowError, RecursionError) as exc:
-                raise ExpressionError(f"bad regular expression: {exc}", column) from None
-            return lambda f: (v := get(f)) is not None and pattern.search(v) is not None
+            search = _regex(literal, column)
+            return lambda f: (v := get(f)) is not None and search(v) is not None
         compare = _ORDER[op]
         return lambda f: (v := get(f)) is not None and compare(v, literal)
 
@@ -430,6 +458,8 @@ class _Parser:
         if self.tok.text == "(":
             return self.function(token)
         found = FIELDS.get(token.text)
+        if token.text in EXTENSIONS:
+            self.extensions[token.text] = None
         if found is None:
             hint = did_you_mean(token.text, [*FIELDS, *_FUNCTIONS])
             raise ExpressionError(f'unknown field "{token.text}"{hint}', token.column)
@@ -489,6 +519,8 @@ class _Parser:
         if fn not in _FUNCTIONS:
             hint = did_you_mean(fn, _FUNCTIONS)
             raise ExpressionError(f'unknown function "{fn}"{hint}', name.column)
+        if fn in EXTENSIONS:
+            self.extensions[fn] = None
         arg = self.value()
         if fn in ("lower", "upper"):
             self.expect(")")
@@ -517,6 +549,27 @@ class _Parser:
             return bool(v.startswith(literal) if at_start else v.endswith(literal))
 
         return _Value(BOOL, affix, name.column)
+
+
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False  # a bad pattern is reported as an ExpressionError, not logged
+_RE2_OPTIONS.never_capture = True  # only "does it match" is asked
+_RE2_OPTIONS.max_mem = 8 << 20  # per pattern; RE2 refuses a pattern whose program needs more
+
+
+def _regex(pattern: str, column: int) -> Callable[[str], object]:
+    """The ``search`` of ``pattern`` compiled by RE2: time linear in the input, whatever the
+    pattern.  What RE2 cannot compile (backreferences, lookaround, too large a program) is a
+    configuration error here, at load time, never at request time."""
+    try:
+        compiled = re2.compile(pattern, _RE2_OPTIONS)
+    except re2.error as exc:
+        reason = exc.args[0] if exc.args else "invalid"
+        if isinstance(reason, bytes):
+            reason = reason.decode("utf-8", "replace")
+        raise ExpressionError(f"bad regular expression: {reason}", column) from None
+    search: Callable[[str], object] = compiled.search
+    return search
 
 
 def _a(type_: str) -> str:
@@ -552,6 +605,8 @@ class Condition:
 
     text: str
     _test: Node = field(repr=False, compare=False)
+    extensions: tuple[str, ...] = ()
+    """The tunnel-lb extensions (:data:`EXTENSIONS`) it uses."""
 
     def matches(self, fields: Fields) -> bool:
         return bool(self._test(fields))
@@ -570,4 +625,4 @@ def compile_condition(text: str) -> Condition:
         raise ExpressionError("nested too deeply", parser.tok.column) from None
     if parser.tok.kind != "end":
         raise ExpressionError(f"unexpected {parser._shown()}", parser.tok.column)
-    return Condition(text, test)
+    return Condition(text, test, tuple(parser.extensions))

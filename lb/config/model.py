@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 from lb.config.tunnels import tunnel_uuid
 
 __all__ = [
+    "POOL_SET_POLICIES",
     "REGIONS",
     "AdaptiveRouting",
     "CertificatePair",
@@ -85,12 +86,12 @@ class Monitor:
     path: str = _f("/", doc="request path (http/https)")
     port: int = _f(0, range=(0, 65535), doc="0 = 80 for http, 443 for https (R7)")
     header: Mapping[str, tuple[str, ...]] = _f({}, doc="extra request headers, Host included")
-    expected_codes: str = _f("200", doc='"200" or a class like "2xx" (R2)')
+    expected_codes: str = _f("200", doc='"200", a class like "2xx", or a list "200,302" (R2)')
     expected_body: str = _f("", doc="case-insensitive substring of the first 10 KB (R1)")
     follow_redirects: bool = _f(False, doc="judge the final response after redirects (R3)")
     allow_insecure: bool = _f(False, doc="skip certificate validation (R4)")
-    interval: float = _f(60, range=(1, 3600), doc="seconds between checks (R9)")
-    timeout: float = _f(5, range=(0.001, 60), doc="seconds one attempt may take")
+    interval: float = _f(60, range=(1, 3600), doc="whole seconds between checks (R9)")
+    timeout: float = _f(5, range=(1, 10), doc="whole seconds one attempt may take")
     retries: int = _f(2, range=(0, 5), doc="immediate re-attempts after a timeout (R8)")
     consecutive_up: int = _f(0, range=(0, 1000), doc="passes in a row to turn healthy (R12)")
     consecutive_down: int = _f(0, range=(0, 1000), doc="failures in a row to turn unhealthy")
@@ -178,7 +179,9 @@ class Pool:
     check_regions: tuple[str, ...] | None = _f(
         None, choices=(*REGIONS, "ALL_REGIONS"), doc="accepted; vantage points are local"
     )
-    health_sources: tuple[str, ...] | None = _f(None, doc="accepted for compatibility")
+    health_sources: tuple[str, ...] | None = _f(
+        None, choices=("regional", "global"), doc='unset or ["regional", "global"]; no effect'
+    )
     origins: tuple[Origin, ...] = _f(doc="the endpoints")
     origin_steering: OriginSteering = _f(OriginSteering(), doc="endpoint steering")
     load_shedding: LoadShedding | None = _f(None, doc="R24")
@@ -233,6 +236,15 @@ _STEERING_POLICIES = (
     "least_connections",
 )
 _AFFINITY_MODES = ("", "none", "cookie", "ip_cookie", "header")
+POOL_SET_POLICIES = (
+    "off",
+    "random",
+    "dynamic_latency",
+    "proximity",
+    "least_outstanding_requests",
+    "least_connections",
+)
+"""The steering policies the pool-sets documentation lists as supported inside a pool set."""
 
 
 @dataclass(**_FROZEN)
@@ -250,6 +262,15 @@ class RuleOverrides:
     """Load-balancer fields a matching custom rule replaces (R32); unset fields stay."""
 
     default_pools: tuple[str, ...] | None = _f(None, doc="pool ids or names")
+    pools: tuple[str, ...] | None = _f(
+        None, doc="exactly these pools, in order, whatever the geo mappings say"
+    )
+    pool_weights: Mapping[str, float] | None = _f(
+        None, range=(0.0, 1.0), doc="replaces random_steering.pool_weights"
+    )
+    pool_default_weight: float | None = _f(
+        None, range=(0.0, 1.0), doc="replaces random_steering.default_weight"
+    )
     fallback_pool: str | None = _f(None, doc="pool id or name")
     region_pools: Mapping[str, tuple[str, ...]] | None = _f(None, doc="as the load balancer's")
     country_pools: Mapping[str, tuple[str, ...]] | None = _f(None, doc="as the load balancer's")
@@ -308,9 +329,15 @@ class PoolSetOverrides:
     """What a matching pool set supplies instead of the load balancer's pools (R31)."""
 
     pools: tuple[str, ...] = _f((), doc="pool ids or names, in failover order")
-    steering_policy: str = _f("", choices=_STEERING_POLICIES, doc='"" = failover order')
-    pool_weights: Mapping[str, float] = _f({}, range=(0.0, 1.0), doc="pool -> weight 0..1")
-    pool_default_weight: float | None = _f(None, range=(0.0, 1.0), doc="weight of the others")
+    steering_policy: str | None = _f(
+        None, choices=POOL_SET_POLICIES, doc="unset = off (failover order)"
+    )
+    pool_weights: Mapping[str, float] = _f(
+        {}, range=(0.0, 1.0), doc="pool -> weight 0..1; not the load balancer's"
+    )
+    pool_default_weight: float | None = _f(
+        None, range=(0.0, 1.0), doc="weight of the others; unset = 1"
+    )
     fallback_pool: str | None = _f(None, doc="default: the load balancer's")
 
 
@@ -337,7 +364,7 @@ class LoadBalancer:
     name: str = _f(doc="the hostname requests carry in Host")
     description: str = _f("", doc="free text")
     enabled: bool = _f(True, doc="a disabled load balancer answers 404")
-    proxied: bool = _f(True, doc="L7 proxy (tunnel endpoints need it, R50)")
+    proxied: bool = _f(False, doc="L7 proxy; false = DNS-only (tunnel endpoints need true, R50)")
     ttl: int = _f(30, range=(0, 86400), doc="DNS-only answer TTL; unused by the proxy")
     default_pools: tuple[str, ...] = _f(doc="failover order of pool ids or names")
     fallback_pool: str = _f(doc="pool of last resort, health ignored (R30)")

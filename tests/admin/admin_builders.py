@@ -66,6 +66,7 @@ def config(*, admin: str = "127.0.0.1:0", vantages: Iterable[str] = VANTAGES) ->
     fb = Pool(name="fb", origins=(Origin(name="z", address="10.0.9.9"),))
     lbs = (
         LoadBalancer(
+            proxied=True,
             name=HOST,
             default_pools=("eu", "us"),
             fallback_pool="fb",
@@ -73,6 +74,7 @@ def config(*, admin: str = "127.0.0.1:0", vantages: Iterable[str] = VANTAGES) ->
             session_affinity="cookie",
         ),
         LoadBalancer(
+            proxied=True,
             name=HEADER_HOST,
             default_pools=("eu",),
             fallback_pool="fb",

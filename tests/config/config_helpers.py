@@ -18,7 +18,7 @@ pools:
   - {name: a, monitor: m, origins: [{name: o1, address: 10.0.0.1}]}
   - {name: b, monitor: m, origins: [{name: o1, address: 10.0.0.2}]}
 load_balancers:
-  - {name: app.example.com, default_pools: [a, b], fallback_pool: b}
+  - {name: app.example.com, proxied: true, default_pools: [a, b], fallback_pool: b}
 """
 """A valid configuration; one object per line, so problems have predictable lines (2-7)."""
 

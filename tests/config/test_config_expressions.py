@@ -89,7 +89,7 @@ def test_r32_conditions_mean_what_cloudflare_says(condition: str, expected: bool
         ("http.host", "expected a comparison after this string, got the end", 10),
         (
             'http.host matches "("',
-            "bad regular expression: missing ), unterminated subpattern at position 0",
+            "bad regular expression: missing ): (",
             11,
         ),
         ('http.host eq "x" and', "expected a field or a function, got the end", 21),
@@ -109,8 +109,8 @@ def test_r32_conditions_mean_what_cloudflare_says(condition: str, expected: bool
         ("http.host[", 'expected "]", got the end', 11),
         ("http.request.timestamp.sec eq " + "9" * 50, "number too long", 31),
         (
-            'http.host matches "a{99999999999}"',
-            "bad regular expression: the repetition number is too large",
+            'http.host matches "a{1001}"',
+            "bad regular expression: invalid repetition size: {1001}",
             11,
         ),
         ("(" * 400 + 'http.host eq "x"' + ")" * 400, "nested too deeply", None),

@@ -31,6 +31,7 @@ LB = {
     "id": "699d98642c564d2e855e9661899b7252",
     "name": "app.example.com",
     "zone_name": "example.com",
+    "proxied": True,
     "default_pools": [POOL["id"]],
     "fallback_pool": POOL["id"],
 }

@@ -25,7 +25,12 @@ def pool_a(origins: str, extra: str = "") -> tuple[int, str]:
 
 def lb(extra: str) -> tuple[int, str]:
     """Line 7 (the load balancer) with extra fields."""
-    return 7, f"  - {{name: app.example.com, default_pools: [a, b], fallback_pool: b, {extra}}}"
+    return (
+        7,
+        "  - {name: app.example.com, "
+        + ("" if "proxied" in extra else "proxied: true, ")
+        + f"default_pools: [a, b], fallback_pool: b, {extra}}}",
+    )
 
 
 def monitor(fields: str) -> tuple[int, str]:
@@ -225,8 +230,9 @@ def test_r49_tcp_monitor_on_plain_pool_is_fine() -> None:
 def test_r50_tunnel_endpoint_on_dns_only_lb_rejected() -> None:
     text = edit(pool_a(f"{{name: o1, address: {TUNNEL}}}"), lb("proxied: false"))
     assert errors(text) == [
-        'lb.yaml:7: load_balancers[0].proxied: pool "a" has tunnel endpoints, '
-        "which need proxied: true"
+        'lb.yaml:7: load_balancers[0].proxied: pool "a" has tunnel endpoints, which only a '
+        "proxied load balancer can reach; set proxied: true (Cloudflare's default is false, "
+        "DNS-only)"
     ]
 
 
@@ -237,8 +243,9 @@ def test_r50_checks_pools_reached_only_through_geo_mappings() -> None:
         extra="      region_pools: {WEU: [b]}}\n",
     )
     assert errors(text) == [
-        'lb.yaml:7: load_balancers[0].proxied: pool "b" has tunnel endpoints, '
-        "which need proxied: true"
+        'lb.yaml:7: load_balancers[0].proxied: pool "b" has tunnel endpoints, which only a '
+        "proxied load balancer can reach; set proxied: true (Cloudflare's default is false, "
+        "DNS-only)"
     ]
 
 
@@ -267,14 +274,14 @@ def test_r9_no_warning_when_interval_is_longer() -> None:
         ),
         pytest.param(
             "expected_codes: '600'",
-            'lb.yaml:2: monitors[0].expected_codes: must be a status code like "200" or a class '
-            'like "2xx", got "600"',
+            'lb.yaml:2: monitors[0].expected_codes: must be a status code like "200", a class '
+            'like "2xx", or a comma-separated list of them like "200,302", got "600"',
             id="code-out-of-range",
         ),
         pytest.param(
             "expected_codes: 2x",
-            'lb.yaml:2: monitors[0].expected_codes: must be a status code like "200" or a class '
-            'like "2xx", got "2x"',
+            'lb.yaml:2: monitors[0].expected_codes: must be a status code like "200", a class '
+            'like "2xx", or a comma-separated list of them like "200,302", got "2x"',
             id="code-too-short",
         ),
         pytest.param(
@@ -368,7 +375,7 @@ def test_pool_rules(line: tuple[int, str], expected: str) -> None:
 def test_duplicate_pool_names_rejected() -> None:
     text = edit(
         (5, "  - {name: a, origins: [{name: o1, address: 10.0.0.2}]}"),
-        (7, "  - {name: app.example.com, default_pools: [a], fallback_pool: a}"),
+        (7, "  - {name: app.example.com, proxied: true, default_pools: [a], fallback_pool: a}"),
     )
     assert errors(text) == [
         'lb.yaml:5: pools[1].name: duplicate pool name "a" (first at lb.yaml:4)'
@@ -405,12 +412,6 @@ def test_minimum_origins_above_endpoint_count_warns() -> None:
             "lb.yaml:7: load_balancers[0].country_pools.de: must be a two-letter upper-case "
             'country code such as "US", got "de"',
             id="lower-case-country",
-        ),
-        pytest.param(
-            "pop_pools: {FRX: [a]}",
-            'lb.yaml:7: load_balancers[0].pop_pools.FRX: unknown data center "FRX" '
-            '(did you mean "FRA"?); add it under `datacenters`',
-            id="unknown-pop",
         ),
         pytest.param(
             "random_steering: {pool_weights: {aa: 0.5}}",
@@ -460,7 +461,7 @@ def test_load_balancer_rules(fields: str, expected: str) -> None:
 
 
 def test_unknown_default_and_fallback_pools_rejected() -> None:
-    line = "  - {name: app.example.com, default_pools: [a, x, a], fallback_pool: bb}"
+    line = "  - {name: app.example.com, proxied: true, default_pools: [a, x, a], fallback_pool: bb}"
     assert errors(edit((7, line))) == [
         'lb.yaml:7: load_balancers[0].default_pools[1]: unknown pool "x"',
         'lb.yaml:7: load_balancers[0].default_pools[2]: duplicate pool in this list "a" '
@@ -470,14 +471,16 @@ def test_unknown_default_and_fallback_pools_rejected() -> None:
 
 
 def test_empty_default_pools_rejected() -> None:
-    line = "  - {name: app.example.com, default_pools: [], fallback_pool: b}"
+    line = "  - {name: app.example.com, proxied: true, default_pools: [], fallback_pool: b}"
     assert errors(edit((7, line))) == [
         "lb.yaml:7: load_balancers[0].default_pools: must list at least one pool"
     ]
 
 
 def test_load_balancer_names_are_case_insensitive() -> None:
-    text = BASE + "  - {name: APP.example.com, default_pools: [a], fallback_pool: a}\n"
+    text = (
+        BASE + "  - {name: APP.example.com, proxied: true, default_pools: [a], fallback_pool: a}\n"
+    )
     assert errors(text) == [
         'lb.yaml:8: load_balancers[1].name: duplicate load balancer name "APP.example.com" '
         "(first at lb.yaml:7)"
@@ -525,8 +528,8 @@ def test_affinity_on_dns_only_lb_warns() -> None:
 
 SECTION_ERRORS = [
     pytest.param(
-        "engine: {datacenter: FRX}",
-        'lb.yaml:8: engine.datacenter: unknown data center "FRX" (did you mean "FRA"?); '
+        "engine: {datacenter: FRAX}",
+        'lb.yaml:8: engine.datacenter: unknown data center "FRAX" (did you mean "FRA"?); '
         "add it under `datacenters`",
         id="engine-datacenter",
     ),

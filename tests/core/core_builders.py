@@ -27,7 +27,9 @@ def make_config(
         monitors=(Monitor(id="m", consecutive_up=up, consecutive_down=down),),
         pools=pools,
         load_balancers=(
-            LoadBalancer(name="app.example.com", default_pools=names, fallback_pool=names[-1]),
+            LoadBalancer(
+                proxied=True, name="app.example.com", default_pools=names, fallback_pool=names[-1]
+            ),
         ),
         engine=Engine(vantage_points=vantage_points),
     )

@@ -22,6 +22,9 @@ from monitors.reasons import Reason
         ("5xx", 404, False),
         (" 404 ", 404, True),
         ("404", 40, False),
+        ("200,302", 302, True),
+        ("200,302", 301, False),
+        ("204, 3xx", 307, True),
     ],
 )
 def test_codes(expected: str, status: int, match: bool) -> None:
@@ -39,7 +42,10 @@ def test_codes(expected: str, status: int, match: bool) -> None:
         ("0xx", False),
         ("20", False),
         ("abc", False),
-        ("200,201", False),
+        ("200,201", True),
+        ("200, 3xx", True),
+        ("200,", False),
+        ("200,6xx", False),
         ("099", False),
     ],
 )

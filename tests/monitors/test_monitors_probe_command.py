@@ -36,7 +36,7 @@ pools:
     origins:
       - {{name: iad, address: fra.test}}
 load_balancers:
-  - {{name: app.localhost, default_pools: [eu, us], fallback_pool: us}}
+  - {{name: app.localhost, proxied: true, default_pools: [eu, us], fallback_pool: us}}
 connect_to:
   fra.test:{port}: 127.0.0.1:{dial}
   ams.test:{port}: 127.0.0.1:{dial}

@@ -475,6 +475,7 @@ def make_config(
         enabled=fallback_enabled,
     )
     lb = LoadBalancer(
+        proxied=True,
         name=LB_HOST,
         default_pools=("p1",),
         fallback_pool="fb",

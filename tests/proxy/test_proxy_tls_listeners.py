@@ -312,7 +312,7 @@ def test_certificates_load_from_the_configuration() -> None:
     text = textwrap.dedent(
         """\
         pools: [{name: p, origins: [{name: o, address: 10.0.0.1}]}]
-        load_balancers: [{name: a.example, default_pools: [p], fallback_pool: p}]
+        load_balancers: [{name: a.example, proxied: true, default_pools: [p], fallback_pool: p}]
         engine:
           listen:
             - address: 0.0.0.0

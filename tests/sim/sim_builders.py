@@ -21,7 +21,7 @@ pools:
       - {{name: a, address: {TUNNEL_A}.cfargotunnel.com}}
       - {{name: b, address: {TUNNEL_B}.cfargotunnel.com}}
 load_balancers:
-  - {{name: app.example.com, default_pools: [main], fallback_pool: main}}
+  - {{name: app.example.com, proxied: true, default_pools: [main], fallback_pool: main}}
 tunnels:
   {TUNNEL_A}:
     name: ta

@@ -153,9 +153,11 @@ def test_fixed_responses_of_pool_sets_are_answers_not_unrouted(tmp_path: Path) -
     """R31 in the simulator: a pool set answering FRA with a 301 and IAD with a 503 counts
     those statuses; only the 503 is an error, and neither is "no pool could serve"."""
     config = CONFIG.replace(
-        "load_balancers:\n  - {name: app.example.com, default_pools: [main], fallback_pool: main}",
+        "load_balancers:\n"
+        "  - {name: app.example.com, proxied: true, default_pools: [main], fallback_pool: main}",
         """load_balancers:
   - name: app.example.com
+    proxied: true
     default_pools: [main]
     fallback_pool: main
     pool_sets:
@@ -177,13 +179,15 @@ def test_fixed_responses_of_pool_sets_are_answers_not_unrouted(tmp_path: Path) -
 def test_custom_rules_see_the_traffic_path(tmp_path: Path) -> None:
     """R32 in the simulator: a rule on the path sends FRA's /api traffic to another pool."""
     config = CONFIG.replace(
-        "load_balancers:\n  - {name: app.example.com, default_pools: [main], fallback_pool: main}",
+        "load_balancers:\n"
+        "  - {name: app.example.com, proxied: true, default_pools: [main], fallback_pool: main}",
         f"""  - name: api
     monitor: app
     origins:
       - {{name: c, address: {TUNNEL_A}.cfargotunnel.com}}
 load_balancers:
   - name: app.example.com
+    proxied: true
     default_pools: [main]
     fallback_pool: main
     rules:

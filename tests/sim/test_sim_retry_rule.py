@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from sim_builders import CONFIG, TUNNEL_B, scenario
 
+from lb.config import ConfigError
 from lb.sim import run_scenario
 from lb.sim.network import Network
 
@@ -73,12 +74,14 @@ def test_an_ingress_http_status_522_is_not_retried(tmp_path: Path) -> None:
     assert data["failovers"] == []  # the health route stays green
 
 
-def test_a_down_tunnel_is_an_http_answer_even_when_530_is_a_failover_code(
+def test_a_down_tunnel_is_an_http_answer_so_530_cannot_be_a_failover_code(
     tmp_path: Path,
 ) -> None:
     config = HEALTH_ROUTE + "engine: {zero_downtime_failover_codes: [521, 522, 523, 530]}\n"
     body = BASE + "timeline:\n  - {at: 20, tunnel: tb, do: down}\n"
-    data = run_scenario(scenario(tmp_path, body, config=config)).data
+    with pytest.raises(ConfigError, match="530 can never trigger a retry"):
+        run_scenario(scenario(tmp_path, body, config=config))
+    data = run_scenario(scenario(tmp_path, body, config=HEALTH_ROUTE)).data
     assert data["retries"] == 0 and data["statuses"]["530"] > 0
 
 

@@ -144,7 +144,7 @@ def test_problem_in_an_inline_config_is_under_config(tmp_path: Path) -> None:
       pools:
         - {name: p, monitor: m, origins: [{name: a, address: 192.0.2.1}]}
       load_balancers:
-        - {name: app.example.com, default_pools: [p], fallback_pool: p}
+        - {name: app.example.com, proxied: true, default_pools: [p], fallback_pool: p}
     """
     path = write(tmp_path, body)
     p = only(path)

@@ -111,6 +111,7 @@ def load_balancer(
 ) -> LoadBalancer:
     """A load balancer for :data:`HOST`; the fallback defaults to the last default pool."""
     kw.setdefault("name", HOST)
+    kw.setdefault("proxied", True)  # tunnel endpoints need it (Cloudflare's default is false)
     return LoadBalancer(
         default_pools=tuple(default_pools),
         fallback_pool=fallback_pool if fallback_pool is not None else default_pools[-1],

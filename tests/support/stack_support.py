@@ -63,7 +63,7 @@ def two_tunnel_config(
                     "type": "https",
                     "path": "/healthz",
                     "interval": 1,
-                    "timeout": 0.5,
+                    "timeout": 1,
                     "retries": 0,
                     "header": {"Host": [APP]},
                 }
@@ -85,6 +85,7 @@ def two_tunnel_config(
             "load_balancers": [
                 {
                     "name": name,
+                    "proxied": True,
                     "default_pools": list(order),
                     "fallback_pool": "us",
                     # One tunnel per pool: without this the retry has no alternate (R43).
@@ -120,7 +121,9 @@ def one_pool_config(*, interval: int = 10, listen: Sequence[int] = (0,), **engin
                     "origins": [{"name": "t", "address": f"{EU}.cfargotunnel.com"}],
                 }
             ],
-            "load_balancers": [{"name": LB, "default_pools": ["eu"], "fallback_pool": "eu"}],
+            "load_balancers": [
+                {"name": LB, "proxied": True, "default_pools": ["eu"], "fallback_pool": "eu"}
+            ],
             "connect_to": {f"{EU}.cfargotunnel.com:443": "127.0.0.1:9"},
             "engine": {
                 "listen": [{"address": "127.0.0.1", "port": port} for port in listen],
