@@ -190,14 +190,14 @@ class _Client:
             self.stats.refused += 1
             self.stats.last_error = str(exc)
             log.warning("access %s: %s", self.config.hostname, exc)
-            await trio.aclose_forcefully(local)
+            await _refuse(local)
             return
         self.stats.sessions += 1
         self.stats.open += 1
+        carried = Carried()
         try:
-            carried = await carry(ws, wire, local)
+            await carry(ws, wire, local, carried=carried)
         finally:
-            self.stats.open -= 1
             with (
                 trio.CancelScope(shield=True),
                 trio.move_on_after(1.0),
@@ -205,7 +205,8 @@ class _Client:
             ):
                 await wire.aclose()
             await trio.aclose_forcefully(wire)
-        self.stats.ended = [*self.stats.ended[-99:], carried]
+            self.stats.ended = [*self.stats.ended[-99:], carried]
+            self.stats.open -= 1
         log.info(
             "access %s: session ended (%s), %d bytes sent, %d received",
             self.config.hostname,
@@ -213,6 +214,21 @@ class _Client:
             carried.to_ws,
             carried.to_tcp,
         )
+
+
+async def _refuse(local: trio.SocketStream) -> None:
+    """Close a connection we could not carry with a FIN, not a reset: what the client sent
+    is read and dropped first (closing over unread input makes the kernel send a reset)."""
+    try:
+        with trio.move_on_after(1.0):
+            await local.send_eof()
+            total = 0
+            while total < (1 << 20) and (data := await local.receive_some(READ_SIZE)):
+                total += len(data)
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        pass
+    finally:
+        await trio.aclose_forcefully(local)
 
 
 async def serve_access(

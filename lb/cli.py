@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from lb import __version__
 from lb.config.errors import ConfigError
 
-COMMANDS = ("demo", "run", "check", "explain", "probe", "simulate", "connector")
+COMMANDS = ("demo", "run", "check", "explain", "probe", "simulate", "connector", "access")
 """Modules of :mod:`lb.commands`, in the order ``--help`` lists them."""
 
 

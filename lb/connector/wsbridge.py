@@ -6,16 +6,23 @@ accepted.  Framing is wsproto's (sans-I/O, from the h11 family); every chunk rea
 side becomes one binary message, and every message received is written to the TCP side as it
 is, which is what cloudflared's carrier does.
 
-A WebSocket has no half-close, so the end of a stream is mapped onto the close handshake:
+Half-close.  A WebSocket has no half-close of its own, so each direction's end is mapped
+onto the close handshake (RFC 6455 §5.5.1 lets the side that receives a Close finish what
+it is sending before it answers):
 
-* the TCP side ends (EOF) -> we send Close 1000, keep writing to the TCP side whatever the
-  peer had already sent, and stop when its Close answer arrives (or ``close_wait`` passes);
-* the peer sends Close -> we answer it, then half-close the TCP side (FIN, so the program
-  there reads a clean end of stream) and stop reading it: nothing may follow a Close;
-* either connection breaks -> the other is closed at once.
+* our TCP side reaches EOF -> we send Close 1000 and send nothing more, but keep writing the
+  peer's messages to the TCP side until the peer's Close arrives;
+* the peer's Close arrives first -> we half-close the TCP side (``send_eof``: the program
+  there reads a clean end of its input), keep carrying what it still sends, and answer the
+  Close when it reaches EOF in turn;
+* either connection breaks -> everything is closed at once (``broken``).
 
-So nothing in flight is lost and each TCP peer sees an orderly FIN, but a program that
-half-closes and then waits for more answers (``nc -N``) ends its session, as with cloudflared.
+So ``printf 'question' | nc -N`` gets its whole answer, and nothing in flight is lost.  A
+peer that answers a Close at once (cloudflared does) simply ends both directions then.
+
+wsproto's connection refuses data frames once a Close was received, so outbound data frames
+come from a :class:`~wsproto.frame_protocol.FrameProtocol` of our own (the same framer it
+uses); the handshake, inbound frames and control frames stay with the ``WSConnection``.
 """
 
 from __future__ import annotations
@@ -28,10 +35,10 @@ from typing import Literal
 import trio
 from wsproto import WSConnection
 from wsproto.connection import ConnectionState
-from wsproto.events import BytesMessage, CloseConnection, Event, Message, Ping, TextMessage
-from wsproto.frame_protocol import CloseReason
+from wsproto.events import CloseConnection, Event, Message, Ping, Pong, TextMessage
+from wsproto.frame_protocol import CloseReason, FrameProtocol
 
-__all__ = ["CLOSE_WAIT", "PING_INTERVAL", "Carried", "carry"]
+__all__ = ["PING_INTERVAL", "Carried", "carry"]
 
 log = logging.getLogger("lb.connector")
 
@@ -39,13 +46,11 @@ READ_SIZE = 64 * 1024
 PING_INTERVAL = 54.0
 """cloudflared's ping period: traffic that keeps an idle session through proxies (the load
 balancer cuts a WebSocket after ``idle_timeout`` of silence both ways)."""
-CLOSE_WAIT = 10.0
-"""Seconds we wait for the peer's Close answer after sending ours."""
 
 _BROKEN = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 
 Ending = Literal["tcp_closed", "ws_closed", "broken"]
-"""``tcp_closed``: the TCP side ended first; ``ws_closed``: the peer sent Close first;
+"""``tcp_closed``: our TCP side ended first; ``ws_closed``: the peer sent Close first;
 ``broken``: a connection broke (reset, or closed without a close handshake)."""
 
 
@@ -63,7 +68,7 @@ class Carried:
 
 
 class _StopError(Exception):
-    """The WebSocket can take no more data frames (a Close was sent or received)."""
+    """The WebSocket can take no more frames of this kind (we sent our Close)."""
 
 
 class _Carrier:
@@ -71,26 +76,41 @@ class _Carrier:
         self.ws = ws
         self.wire = wire
         self.tcp = tcp
+        self.framer = FrameProtocol(client=ws.client, extensions=[])
         self.lock = trio.Lock()  # both tasks write frames to ``wire``
         self.carried = Carried()
-        self.reader = trio.CancelScope()
+        self.closed_sent = False
 
-    async def send(self, event: Event) -> None:
-        """Frame ``event`` and write it; :class:`_StopError` when the state forbids it.
+    async def _write(self, frame: bytes) -> None:
+        await self.wire.send_all(frame)
 
-        The lock is held from framing to the end of the write, so frames reach the wire in
-        the order wsproto produced them.
-        """
+    async def send_data(self, payload: bytes) -> None:
+        """One binary message; allowed until we sent our Close (even after the peer's)."""
+        async with self.lock:
+            if self.closed_sent:
+                raise _StopError
+            await self._write(bytes(self.framer.send_data(payload, fin=True)))
+
+    async def send_control(self, event: Ping | Pong | CloseConnection) -> None:
+        """A Ping or Pong (while open) or our Close (once); :class:`_StopError` if not allowed."""
         async with self.lock:
             state = self.ws.state
-            if state is not ConnectionState.OPEN and not (
-                isinstance(event, CloseConnection) and state is ConnectionState.REMOTE_CLOSING
-            ):
+            if isinstance(event, Ping | Pong):
+                allowed = state is ConnectionState.OPEN
+            else:
+                allowed = not self.closed_sent and state in (
+                    ConnectionState.OPEN,
+                    ConnectionState.REMOTE_CLOSING,
+                )
+            if not allowed:
                 raise _StopError
-            await self.wire.send_all(self.ws.send(event))
+            data = self.ws.send(event)
+            if isinstance(event, CloseConnection):
+                self.closed_sent = True
+            await self._write(data)
 
-    async def tcp_to_ws(self, done: trio.CancelScope) -> None:
-        """Copy TCP reads into binary messages; at EOF start the close handshake."""
+    async def tcp_to_ws(self, everything: trio.CancelScope) -> None:
+        """Copy TCP reads into binary messages; at EOF send our Close."""
         code = CloseReason.NORMAL_CLOSURE
         try:
             while True:
@@ -101,73 +121,80 @@ class _Carrier:
                     break
                 if not data:
                     break
-                await self.send(BytesMessage(data=bytes(data)))
+                await self.send_data(bytes(data))
                 self.carried.to_ws += len(data)
-            await self.send(CloseConnection(code=code))
+            if self.carried.ending is None:
+                self.carried.ending = (
+                    "tcp_closed" if code == CloseReason.NORMAL_CLOSURE else "broken"
+                )
+            await self.send_control(CloseConnection(code=code))
         except _StopError:
-            return  # the peer closed first: the reader is finishing
+            pass
         except _BROKEN:
             self.carried.ending = "broken"
-            done.cancel()
+            everything.cancel()
             return
-        self.carried.ending = self.carried.ending or (
-            "tcp_closed" if code == CloseReason.NORMAL_CLOSURE else "broken"
-        )
-        # What the peer sent before it saw our Close still goes to the TCP side.
-        self.reader.deadline = trio.current_time() + CLOSE_WAIT
+        if code != CloseReason.NORMAL_CLOSURE:
+            everything.cancel()
 
-    async def ws_to_tcp(self) -> None:
-        """Write received messages to the TCP side; answer pings and the peer's Close."""
-        with self.reader:
-            while True:
-                try:
-                    data = await self.wire.receive_some(READ_SIZE)
-                except _BROKEN:
-                    data = b""
-                if not data:
-                    self.carried.ending = self.carried.ending or "broken"
+    async def ws_to_tcp(self, everything: trio.CancelScope) -> None:
+        """Write received messages to the TCP side until the peer's Close (or a break)."""
+        while True:
+            try:
+                data = await self.wire.receive_some(READ_SIZE)
+            except _BROKEN:
+                data = b""
+            if not data:
+                self.carried.ending = "broken"
+                everything.cancel()
+                return
+            self.ws.receive_data(bytes(data))
+            for event in self.ws.events():
+                if not await self._handle(event, everything):
                     return
-                self.ws.receive_data(bytes(data))
-                for event in self.ws.events():
-                    if not await self._handle(event):
-                        return
 
-    async def _handle(self, event: Event) -> bool:
-        """One event from the peer; False when the stream is over."""
+    async def _handle(self, event: Event, everything: trio.CancelScope) -> bool:
+        """One event from the peer; False when nothing more will be read."""
         if isinstance(event, Message):
             payload = event.data.encode() if isinstance(event, TextMessage) else event.data
             try:
                 await self.tcp.send_all(payload)
             except _BROKEN:
                 self.carried.ending = "broken"
+                with contextlib.suppress(_StopError, *_BROKEN):
+                    await self.send_control(CloseConnection(code=CloseReason.INTERNAL_ERROR))
+                everything.cancel()
                 return False
             self.carried.to_tcp += len(payload)
         elif isinstance(event, Ping):
             with contextlib.suppress(_StopError):
-                await self.send(event.response())
+                await self.send_control(event.response())
         elif isinstance(event, CloseConnection):
             self.carried.close_code = event.code
             state = self.ws.state
             if state is ConnectionState.REMOTE_CLOSING:
+                # The peer is done sending: pass the end on; the writer answers at our EOF.
                 self.carried.ending = self.carried.ending or "ws_closed"
-                reply: Event = event.response()
-            elif state is ConnectionState.OPEN:  # wsproto refused the peer's frames
+                if isinstance(self.tcp, trio.abc.HalfCloseableStream):
+                    with contextlib.suppress(*_BROKEN):
+                        await self.tcp.send_eof()
+                else:
+                    everything.cancel()
+                return False
+            if state is ConnectionState.OPEN:  # wsproto refused the peer's frames
                 self.carried.ending = "broken"
-                reply = CloseConnection(code=event.code, reason=event.reason)
-            else:
-                return False  # the answer to our own Close
-            try:
-                await self.send(reply)
-            except (_StopError, *_BROKEN):
-                pass
-            return False
+                with contextlib.suppress(_StopError, *_BROKEN):
+                    await self.send_control(CloseConnection(code=event.code, reason=event.reason))
+                everything.cancel()
+            return False  # else the answer to our own Close: both directions are done
         return True
 
     async def pinger(self, interval: float) -> None:
+        """Ping while both directions are open (a half-closed session may go quiet)."""
         while True:
             await trio.sleep(interval)
             try:
-                await self.send(Ping())
+                await self.send_control(Ping())
             except (_StopError, *_BROKEN):
                 return
 
@@ -180,32 +207,42 @@ async def carry(
     ping_interval: float | None = None,
     carried: Carried | None = None,
 ) -> Carried:
-    """Carry ``tcp`` over the open WebSocket ``ws`` (whose bytes travel on ``wire``).
+    """Carry ``tcp`` over the open WebSocket ``ws`` (whose frames travel on ``wire``).
 
-    Returns when the stream is over (see the module docstring); the caller closes ``wire``.
-    ``tcp`` is half-closed (FIN) when the peer ended first, and closed in every case.
-    ``ping_interval`` sends a Ping that often (the connector's side, as cloudflared does).
+    Returns when both directions are over (see the module docstring); ``tcp`` is closed, the
+    caller closes ``wire``.  ``ping_interval`` sends a Ping that often while the stream is
+    open both ways (the connector's side does, as cloudflared).
     """
     carrier = _Carrier(ws, wire, tcp)
     if carried is not None:
         carrier.carried = carried
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(carrier.tcp_to_ws, nursery.cancel_scope)
+            everything = nursery.cancel_scope
+            nursery.start_soon(carrier.tcp_to_ws, everything)
             if ping_interval:
-                nursery.start_soon(carrier.pinger, ping_interval)
-            await carrier.ws_to_tcp()
-            nursery.cancel_scope.cancel()
-        if carrier.carried.ending == "ws_closed" and isinstance(tcp, trio.abc.HalfCloseableStream):
-            try:
-                with trio.move_on_after(CLOSE_WAIT):
-                    await tcp.send_eof()
-            except _BROKEN:
-                pass
+                pinger = trio.CancelScope()
+
+                async def ping() -> None:
+                    with pinger:
+                        await carrier.pinger(ping_interval)
+
+                nursery.start_soon(ping)
+                await carrier.ws_to_tcp(everything)
+                pinger.cancel()
+            else:
+                await carrier.ws_to_tcp(everything)
     finally:
-        with trio.CancelScope(shield=True), trio.move_on_after(1.0), contextlib.suppress(*_BROKEN):
-            await tcp.aclose()
-        await trio.aclose_forcefully(tcp)
+        if carrier.carried.ending == "broken":
+            await trio.aclose_forcefully(tcp)
+        else:
+            with (
+                trio.CancelScope(shield=True),
+                trio.move_on_after(1.0),
+                contextlib.suppress(*_BROKEN),
+            ):
+                await tcp.aclose()
+            await trio.aclose_forcefully(tcp)
     if carrier.carried.ending is None:
         carrier.carried.ending = "broken"
     return carrier.carried
