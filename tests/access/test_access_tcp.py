@@ -7,7 +7,11 @@ certificates, the LB as ``tunnel-lb run`` builds it (``serve_lb``).
 from __future__ import annotations
 
 import hashlib
+import os
 import random
+import shutil
+import subprocess
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -29,6 +33,7 @@ from access_support import (
     start_lb,
     start_tunnel,
 )
+from prometheus_support import free_port
 
 from lb.connector import IngressRule
 from lb.service import Running
@@ -154,3 +159,81 @@ async def test_bastion_connects_only_to_allowed_destinations(
     assert "400" in stats.last_error
     assert echo.connections == 1
     assert tunnel.stats.by_status[403] == 1 and tunnel.stats.by_status[400] == 1
+
+
+# ---------------------------------------------------------------------- a real ssh and sshd
+
+SSHD = "/usr/sbin/sshd"
+
+
+def _ssh_tools() -> tuple[str, str, str]:
+    """(ssh, ssh-keygen, sshd), or a skip that says why this sandbox cannot run them."""
+    ssh, keygen = shutil.which("ssh"), shutil.which("ssh-keygen")
+    sshd = shutil.which("sshd") or (SSHD if os.access(SSHD, os.X_OK) else None)
+    if not (ssh and keygen and sshd):
+        pytest.skip("OpenSSH is not installed: run scripts/install-openssh (Debian packages)")
+    if os.geteuid() != 0:
+        pytest.skip("a throwaway sshd needs root here (privilege separation, /run/sshd)")
+    return ssh, keygen, sshd
+
+
+def _sshd_files(tmp: Path, port: int) -> None:
+    """sshd's configuration and authorized key."""
+    (tmp / "authorized_keys").write_bytes((tmp / "client.pub").read_bytes())
+    (tmp / "sshd_config").write_text(
+        f"ListenAddress 127.0.0.1:{port}\nHostKey {tmp / 'host'}\nPidFile none\n"
+        f"AuthorizedKeysFile {tmp / 'authorized_keys'}\nStrictModes no\nUsePAM no\n"
+        "PasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+        "PermitRootLogin prohibit-password\n"
+    )
+    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation dir
+
+
+async def _sshd(tmp: Path, keygen: str, sshd: str, nursery: trio.Nursery) -> tuple[int, Path]:
+    """A throwaway sshd on loopback: its own host key, one authorized client key."""
+    for name in ("host", "client"):
+        await trio.run_process([keygen, "-q", "-t", "ed25519", "-N", "", "-f", str(tmp / name)])
+    port = free_port()
+    _sshd_files(tmp, port)
+    cmd = [sshd, "-D", "-f", str(tmp / "sshd_config"), "-E", str(tmp / "sshd.log")]
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    await nursery.start(partial(trio.run_process, cmd, check=False, **quiet))
+    with trio.fail_after(10):
+        while True:
+            try:
+                await (await trio.open_tcp_stream("127.0.0.1", port)).aclose()
+                break
+            except OSError:
+                await trio.sleep(0.05)
+    return port, tmp / "client"
+
+
+async def test_a_real_ssh_session_through_the_lb(nursery: trio.Nursery, tmp_path: Path) -> None:
+    ssh, keygen, sshd = _ssh_tools()
+    sshd_port, key = await _sshd(tmp_path, keygen, sshd, nursery)
+    server_ctx, _, ca = certificates(tmp_path)
+    rules = [
+        IngressRule("http_status:200", APP, "^/healthz$"),
+        IngressRule(f"ssh://127.0.0.1:{sshd_port}", APP),
+        IngressRule("http_status:404"),
+    ]
+    tunnels = [await start_tunnel(nursery, u, server_ctx, rules) for u in (EU, US)]
+    config = tmp_path / "lb.json"
+    config.write_text(lb_config(tunnels, ca))
+    lb = await start_lb(nursery, config)
+    port, stats = await start_access(nursery, LB, f"http://127.0.0.1:{lb.proxy[0][1]}")
+    data = random.Random(22).randbytes(1 << 20)
+    options = ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"]
+    options += ["-o", "BatchMode=yes", "-o", "LogLevel=ERROR", "-i", str(key), "-p", str(port)]
+    with trio.fail_after(60):
+        done = await trio.run_process(
+            [ssh, *options, "root@127.0.0.1", "sha256sum"],
+            stdin=data,
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+    assert done.stdout.split()[0].decode() == hashlib.sha256(data).hexdigest()
+    assert stats.sessions == 1
+    assert sum(t.stats.sessions for t in tunnels) == 1
