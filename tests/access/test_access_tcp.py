@@ -11,6 +11,7 @@ import os
 import random
 import shutil
 import subprocess
+import sys
 from functools import partial
 from pathlib import Path
 
@@ -237,3 +238,45 @@ async def test_a_real_ssh_session_through_the_lb(nursery: trio.Nursery, tmp_path
     assert done.stdout.split()[0].decode() == hashlib.sha256(data).hexdigest()
     assert stats.sessions == 1
     assert sum(t.stats.sessions for t in tunnels) == 1
+
+
+# ---------------------------------------------------------------------- the command
+
+
+async def test_the_access_command_carries_a_session(stack: Stack) -> None:
+    cmd = [sys.executable, "-m", "lb", "access", "tcp", "--hostname", LB]
+    cmd += ["--url", "127.0.0.1:0", "--via", stack.via, "--quiet"]
+    process = await trio.lowlevel.open_process(cmd, stdout=subprocess.PIPE)
+    try:
+        assert process.stdout is not None
+        line = b""
+        with trio.fail_after(30):
+            while not line.endswith(b"\n"):
+                chunk = await process.stdout.receive_some(1)
+                assert chunk, "the command exited before listening"
+                line += chunk
+        # "access app.localhost: listening on 127.0.0.1:PORT, via http://..."
+        assert line.startswith(f"access {LB}: listening on 127.0.0.1:".encode()), line
+        port = int(line.split(b"127.0.0.1:")[1].split(b",")[0])
+        assert await roundtrip(port, b"through the command") == b"through the command"
+    finally:
+        process.kill()
+        await process.wait()
+        if process.stdout is not None:
+            await process.stdout.aclose()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--url", "nowhere"], "'nowhere' is not host:port"),
+        (["--url", "127.0.0.1:0", "--via", "ftp://x"], "the scheme must be http or https"),
+        (["--url", "127.0.0.1:0", "--destination", "db"], "'db' is not host:port"),
+    ],
+)
+async def test_bad_options_are_one_line_errors(args: list[str], message: str) -> None:
+    cmd = [sys.executable, "-m", "lb", "access", "tcp", "--hostname", "h.example.com", *args]
+    done = await trio.run_process(cmd, capture_stdout=True, capture_stderr=True, check=False)
+    assert done.returncode == 2
+    err = done.stderr.decode()
+    assert err.count("\n") == 1 and message in err and "Traceback" not in err
