@@ -574,7 +574,7 @@ class Metrics:
             bytes_in: bytes carried from the client to the tunnel after the 101.
             bytes_out: bytes carried from the tunnel to the client after the 101.
         """
-        self.websockets_open[load_balancer] = self.websockets_open.get(load_balancer, 1) - 1
+        self.websockets_open[load_balancer] = self.websockets_open.get(load_balancer, 0) - 1
         self.websocket_bytes.inc((load_balancer, "in"), bytes_in)
         self.websocket_bytes.inc((load_balancer, "out"), bytes_out)
 
