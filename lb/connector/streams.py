@@ -73,11 +73,17 @@ def _allowed(destination: str, allow: tuple[str, ...]) -> tuple[str, int] | None
 
 
 async def _until_paused(http: H11Stream) -> bool:
-    """Read the rest of the request; True when h11 paused for a protocol switch."""
+    """Read the rest of the request; True when h11 paused for a protocol switch.
+
+    An upgrade request has no body; one that has is refused at its first bytes (the answer
+    drains a bounded amount of the rest, like any local answer).
+    """
     while True:
         event = await http.next_event()
         if event is h11.PAUSED:
             return True
+        if isinstance(event, h11.Data):
+            return False
         if isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
             # h11 exports the state without listing it in __all__.
             return http.conn.their_state is h11.MIGHT_SWITCH_PROTOCOL  # type: ignore[attr-defined]

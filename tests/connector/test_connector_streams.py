@@ -145,6 +145,22 @@ async def test_plain_requests_to_a_tcp_service_get_400(
     assert stats.sessions == 0
 
 
+async def test_an_upgrade_with_a_body_is_refused(
+    start_connector: Start, client: httpx.AsyncClient
+) -> None:
+    url, stats = await start_connector(tcp_rules(9))
+    headers = {
+        "Host": "app.example.com",
+        "Upgrade": "websocket",
+        "Connection": "Upgrade",
+        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+        "Sec-WebSocket-Version": "13",
+    }
+    response = await client.request("GET", f"{url}/", headers=headers, content=b"x" * 100_000)
+    assert response.status_code == 400
+    assert stats.sessions == 0
+
+
 async def test_an_unreachable_service_gets_502_before_the_upgrade(
     start_connector: Start, connect: Connect
 ) -> None:
