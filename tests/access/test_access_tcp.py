@@ -119,6 +119,9 @@ async def test_killing_the_carrying_tunnel_ends_the_session_and_the_next_goes_el
     assert await session.receive_some(100) == b"ping"
     [carrier] = stack.carrying()
     other = next(t for t in stack.tunnels if t is not carrier)
+    metrics = stack.lb.metrics
+    assert metrics.websockets_open == {LB: 1}  # the open-tunnels gauge, during the session
+    assert metrics.upgrades.values == {(LB, "ssh", f"tunnel-{carrier.uuid[:2]}"): 1.0}
     carrier.kill()
     # The session ends cleanly: the local client reads EOF (no hang, no reset).
     with trio.fail_after(10):
@@ -131,6 +134,7 @@ async def test_killing_the_carrying_tunnel_ends_the_session_and_the_next_goes_el
     assert await roundtrip(port, b"after failover") == b"after failover"
     assert other.stats.sessions == 1
     await eventually(lambda: stack.echo.open == 0)
+    await eventually(lambda: metrics.websockets_open == {LB: 0})
 
 
 async def test_bastion_connects_only_to_allowed_destinations(
