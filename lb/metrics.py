@@ -144,6 +144,25 @@ METRICS: tuple[MetricSpec, ...] = (
         (_LB, "outcome"),
         "Session-affinity outcomes of first decisions: new, hit, remapped, expired, invalid.",
     ),
+    MetricSpec(
+        "lb_websocket_upgrades_total",
+        "counter",
+        (_LB, *_EP),
+        "WebSocket upgrades relayed (101), by the endpoint that accepted them: each is one "
+        "session of a TCP service (tunnel-lb access tcp, cloudflared access).",
+    ),
+    MetricSpec(
+        "lb_websockets_open",
+        "gauge",
+        (_LB,),
+        "WebSockets being carried right now.",
+    ),
+    MetricSpec(
+        "lb_websocket_bytes_total",
+        "counter",
+        (_LB, "direction"),
+        "Bytes carried by finished WebSockets after the 101: in (client to tunnel), out.",
+    ),
     # ---- monitors (engine observers)
     MetricSpec(
         "lb_probes_total",
@@ -415,6 +434,9 @@ class Metrics:
         self.probe_duration = _Histogram("lb_probe_duration_seconds", DURATION_BUCKETS)
         self.transitions = _Counter("lb_health_transitions_total")
         self.reloads = _Counter("lb_config_reloads_total")
+        self.upgrades = _Counter("lb_websocket_upgrades_total")
+        self.websocket_bytes = _Counter("lb_websocket_bytes_total")
+        self.websockets_open: dict[str, int] = {}
         # Status codes as label strings, so a request does not format an int every time.
         self._status_text = {code: str(code) for code in range(100, 600)}
         self.registry.register(self)
@@ -533,6 +555,29 @@ class Metrics:
         if decision.affinity != Affinity.NONE:
             self.affinity.inc((name, decision.affinity))
 
+    def websocket_opened(self, load_balancer: str, pool: str | None, endpoint: str | None) -> None:
+        """Count one relayed 101; the WebSocket is open until :meth:`websocket_closed`.
+
+        Args:
+            load_balancer: the load balancer's name.
+            pool: the pool of the endpoint that accepted the upgrade.
+            endpoint: that endpoint's name in the pool.
+        """
+        self.upgrades.inc((load_balancer, pool or "", endpoint or ""))
+        self.websockets_open[load_balancer] = self.websockets_open.get(load_balancer, 0) + 1
+
+    def websocket_closed(self, load_balancer: str, bytes_in: int, bytes_out: int) -> None:
+        """One WebSocket counted by :meth:`websocket_opened` ended, having carried these bytes.
+
+        Args:
+            load_balancer: the load balancer's name.
+            bytes_in: bytes carried from the client to the tunnel after the 101.
+            bytes_out: bytes carried from the tunnel to the client after the 101.
+        """
+        self.websockets_open[load_balancer] = self.websockets_open.get(load_balancer, 0) - 1
+        self.websocket_bytes.inc((load_balancer, "in"), bytes_in)
+        self.websocket_bytes.inc((load_balancer, "out"), bytes_out)
+
     def reload(self, ok: bool) -> None:
         """Count one configuration reload attempt.
 
@@ -571,6 +616,12 @@ class Metrics:
         yield self.probe_duration.family()
         yield self.transitions.family()
         yield self.reloads.family()
+        yield self.upgrades.family()
+        yield self.websocket_bytes.family()
+        open_ = _gauge("lb_websockets_open")
+        for name, count in sorted(self.websockets_open.items()):
+            open_.add_metric([name], count)
+        yield open_
         stamp = _gauge("lb_config_last_reload_success_timestamp_seconds")
         if self._config_at is not None:
             stamp.add_metric([], self._config_at)

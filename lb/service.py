@@ -231,6 +231,8 @@ def _hooks(engine: Engine, metrics: Metrics, worker: int | None = None) -> Proxy
         endpoint = record.endpoint.partition("/")[2] if record.endpoint else None
         lb = record.load_balancer or ""
         metrics.request_done(lb, record.pool, endpoint, record.status, record.duration)
+        if record.websocket and record.status == 101:  # paired with upgraded() below
+            metrics.websocket_closed(lb, record.bytes_in, record.bytes_out)
         if record.retried == "zero_downtime_failover":
             metrics.retry(lb, str(record.retry_status))  # the 521, 522, 523... that set it off
         elif record.retried:
@@ -255,7 +257,11 @@ def _hooks(engine: Engine, metrics: Metrics, worker: int | None = None) -> Proxy
                 },
             )
 
-    return ProxyHooks(on_request_done=done, on_decision=metrics.decision)
+    def upgraded(record: RequestRecord) -> None:
+        endpoint = record.endpoint.partition("/")[2] if record.endpoint else None
+        metrics.websocket_opened(record.load_balancer or "", record.pool, endpoint)
+
+    return ProxyHooks(on_request_done=done, on_decision=metrics.decision, on_upgrade=upgraded)
 
 
 async def serve_lb(

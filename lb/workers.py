@@ -93,7 +93,15 @@ STOP_GRACE = 5.0
 MAX_RUN = 1000
 """Longest pending run kept per check (``consecutive_up/down`` are at most 1000)."""
 
-_COUNTERS = ("requests", "retries", "fallback", "decisions", "affinity")
+_COUNTERS = (
+    "requests",
+    "retries",
+    "fallback",
+    "decisions",
+    "affinity",
+    "upgrades",
+    "websocket_bytes",
+)
 _HISTOGRAMS = ("request_duration",)
 
 
@@ -182,11 +190,18 @@ def drain_traffic(metrics: Metrics) -> dict[str, list[list[Any]]]:
         if histogram.data:
             data, histogram.data = histogram.data, {}
             out[name] = [[list(key), slots] for key, slots in data.items()]
+    if metrics.websockets_open:  # net opens minus closes since the last report
+        opened, metrics.websockets_open = metrics.websockets_open, {}
+        out["websockets_open"] = [[[lb], n] for lb, n in opened.items() if n]
     return out
 
 
 def merge_traffic(metrics: Metrics, report: Mapping[str, Any]) -> None:
     """Add a child's :func:`drain_traffic` report to the parent's ``metrics``."""
+    for key, delta in report.get("websockets_open", ()):
+        name = str(key[0]) if isinstance(key, list) and key else ""
+        if isinstance(delta, int):
+            metrics.websockets_open[name] = metrics.websockets_open.get(name, 0) + delta
     for name in _COUNTERS:
         counter = getattr(metrics, name)
         for key, value in report.get(name, ()):

@@ -3,8 +3,9 @@
 ``tunnel-lb connector FILE`` (or :func:`serve_connector` in code) listens for HTTPS the way
 a tunnel's public hostname is reached through Cloudflare, and routes each request by Host
 and path through cloudflared-style ingress rules (R48, docs/connector.md) to an
-origin, a fixed status or a ``hello_world`` page naming the tunnel replica.  See
-``docs/connector.md``.
+origin, a fixed status or a ``hello_world`` page naming the tunnel replica, or carries a
+WebSocket to a private TCP service (``tcp://``, ``ssh://``, ``bastion``...) whose client is
+``tunnel-lb access tcp`` (:mod:`lb.access`).  See ``docs/connector.md``.
 """
 
 from lb.connector.config import ConnectorConfig, load_connector_config

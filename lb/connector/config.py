@@ -19,7 +19,7 @@ from typing import Any
 from lb.config import Node, read_file
 from lb.config.errors import ConfigError, Problem
 from lb.config.kinds import CONNECTOR, wrong_kind
-from lb.connector.ingress import IngressRule, RuleError, validate_rules
+from lb.connector.ingress import Bastion, IngressRule, RuleError, validate_rules
 
 __all__ = ["ConnectorConfig", "load_connector_config", "parse_address"]
 
@@ -58,6 +58,21 @@ def _field_problems(values: Mapping[str, Any]) -> list[tuple[str, str]]:
         ("ingress" if index is None else f"ingress[{index}]", message)
         for index, message in validate_rules(values["ingress"])
     )
+    for index, entry in enumerate(values["bastion_allow"]):
+        try:
+            parse_address(entry)
+        except ValueError as exc:
+            problems.append((f"bastion_allow[{index}]", str(exc)))
+    if not values["bastion_allow"]:
+        problems.extend(
+            (
+                f"ingress[{index}].service",
+                "a bastion rule needs `bastion_allow`: the host:port destinations clients may "
+                "name in Cf-Access-Jump-Destination",
+            )
+            for index, rule in enumerate(values["ingress"])
+            if isinstance(rule.parsed_service, Bastion)
+        )
     return problems
 
 
@@ -89,6 +104,9 @@ class ConnectorConfig:
     connect_timeout: float = 10.0
     """Seconds to connect (and TLS-handshake) to an origin before answering 502."""
     idle_timeout: float = 60.0
+    bastion_allow: tuple[str, ...] = ()
+    """``host:port`` destinations a ``bastion`` rule may connect to; any other is refused (403).
+    cloudflared leaves this to Access policies, which the stand-in does not have."""
     """Seconds a client connection may sit idle (or dribble a request head) before closing."""
     ssl_context: ssl.SSLContext | None = field(default=None, compare=False)
     """Use this server context instead of ``certificate``/``key`` (tests)."""
@@ -97,6 +115,7 @@ class ConnectorConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ingress", tuple(self.ingress))
+        object.__setattr__(self, "bastion_allow", tuple(self.bastion_allow))
         object.__setattr__(self, "tunnel", self.tunnel.lower())
         problems = _field_problems({f.name: getattr(self, f.name) for f in fields(self)})
         if problems:
@@ -114,6 +133,7 @@ _SCALARS: dict[str, tuple[str, str]] = {
     "certificate": ("string", "certificate"),
     "key": ("string", "key"),
     "idle_timeout": ("number", "idle_timeout"),
+    "bastion_allow": ("list of host:port strings", "bastion_allow"),
 }
 _ORIGIN_REQUEST: dict[str, tuple[str, str]] = {
     "noTLSVerify": ("boolean", "no_tls_verify"),
@@ -165,6 +185,8 @@ def _is_kind(value: object, kind: str) -> bool:
         return isinstance(value, str)
     if kind == "boolean":
         return isinstance(value, bool)
+    if kind.startswith("list"):
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 

@@ -17,12 +17,14 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 __all__ = [
+    "Bastion",
     "HelloWorld",
     "HttpStatus",
     "IngressRule",
     "OriginService",
     "RuleError",
     "Service",
+    "TcpService",
     "UnixService",
     "match_rule",
     "parse_service",
@@ -42,9 +44,27 @@ class OriginService:
 
 @dataclass(frozen=True, slots=True)
 class UnixService:
-    """``unix:/path/to.sock``: forward the request as plain HTTP over a unix socket."""
+    """``unix:/path/to.sock`` (plain HTTP) or ``unix+tls:/path/to.sock`` (HTTPS) over a unix
+    socket."""
 
     path: str
+    tls: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TcpService:
+    """``tcp://``, ``ssh://``, ``rdp://``, ``smb://host:port``: a private TCP service reached by
+    a WebSocket upgrade whose binary messages carry the byte stream (``cloudflared access``)."""
+
+    scheme: str
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class Bastion:
+    """``bastion``: like :class:`TcpService`, but the client names the destination in the
+    ``Cf-Access-Jump-Destination`` header; the connector's ``bastion_allow`` list bounds it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +79,10 @@ class HelloWorld:
     """``hello_world``: answer 200 with JSON naming the tunnel and replica that served."""
 
 
-Service = OriginService | UnixService | HttpStatus | HelloWorld
+Service = OriginService | UnixService | HttpStatus | HelloWorld | TcpService | Bastion
+
+TCP_DEFAULT_PORTS = {"ssh": 22, "rdp": 3389, "smb": 445}
+"""cloudflared's default ports; ``tcp://`` has none worth guessing, so it needs one."""
 
 
 class RuleError(ValueError):
@@ -81,20 +104,25 @@ def parse_service(text: str) -> Service:
     """
     if text == "hello_world":
         return HelloWorld()
+    if text == "bastion":
+        return Bastion()
     if text.startswith("http_status:"):
         code = text.removeprefix("http_status:")
         if not (code.isascii() and code.isdigit() and 200 <= int(code) <= 599):
             raise ValueError(f"http_status needs a final status code from 200 to 599, not {code!r}")
         return HttpStatus(int(code))
-    if text.startswith("unix:"):
-        path = text.removeprefix("unix:")
+    if text.startswith(("unix:", "unix+tls:")):
+        tls, _, path = text.partition(":")
         if not path.startswith("/"):
             raise ValueError(f"unix service needs an absolute socket path, not {path!r}")
-        return UnixService(path)
-    if not text.startswith(("http://", "https://")):
+        return UnixService(path, tls=tls == "unix+tls")
+    if not text.startswith(
+        ("http://", "https://", "tcp://", *(f"{s}://" for s in TCP_DEFAULT_PORTS))
+    ):
         raise ValueError(
             f"unknown service {text!r}: expected http://host:port, https://host:port, "
-            "unix:/path, http_status:NNN or hello_world"
+            "unix:/path, unix+tls:/path, tcp://host:port, ssh://, rdp://, smb://, bastion, "
+            "http_status:NNN or hello_world"
         )
     url = urlsplit(text)
     try:
@@ -105,6 +133,11 @@ def parse_service(text: str) -> Service:
         raise ValueError(f"service {text!r} has no host")
     if url.path not in ("", "/") or url.query or url.fragment or url.username:
         raise ValueError(f"service {text!r} must be scheme://host:port without a path")
+    if url.scheme not in ("http", "https"):
+        port = port if port is not None else TCP_DEFAULT_PORTS.get(url.scheme)
+        if port is None:
+            raise ValueError(f"service {text!r} needs a port (tcp://host:port)")
+        return TcpService(url.scheme, url.hostname, port)
     default = 443 if url.scheme == "https" else 80
     return OriginService(url.scheme, url.hostname, port if port is not None else default)
 

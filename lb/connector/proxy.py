@@ -17,13 +17,13 @@ import logging
 import ssl
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import h11
 import trio
 
 from lb.connector.h11io import H11Stream, reason
-from lb.connector.ingress import OriginService, UnixService
+from lb.connector.ingress import OriginService, UnixService, request_host
 
 __all__ = ["BAD_GATEWAY_BODY", "AbortConnectionError", "Downstream", "OriginClient"]
 
@@ -98,6 +98,14 @@ def _strip_hop_by_hop(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[byte
     return [(n, v) for n, v in pairs if n.lower() not in HOP_BY_HOP and n.lower() not in named]
 
 
+def _host_name(request: h11.Request) -> str:
+    """The request's Host without its port (the TLS name of a ``unix+tls:`` origin)."""
+    for name, value in request.headers:
+        if name == b"host":
+            return request_host(value.decode("latin-1"))
+    return ""
+
+
 def _has_body(request: h11.Request) -> bool:
     """Whether a request carries a body: chunked, or a Content-Length above zero."""
     for name, value in request.headers:
@@ -135,24 +143,31 @@ class OriginClient:
             self._ssl_context = ctx
         return self._ssl_context
 
-    async def _connect(self, service: OriginService | UnixService) -> H11Stream:
+    async def _connect(
+        self, service: OriginService | UnixService, server_name: str = "localhost"
+    ) -> H11Stream:
+        """A fresh origin connection; ``server_name`` is the TLS name of a ``unix+tls:``
+        origin (the request's Host, as Go's transport would use)."""
         stream: trio.abc.Stream
         with trio.fail_after(self.connect_timeout):
             if isinstance(service, UnixService):
                 stream = await trio.open_unix_socket(service.path)
+                if service.tls:
+                    stream = await self._tls(stream, server_name)
             else:
                 stream = await trio.open_tcp_stream(service.host, service.port)
                 if service.scheme == "https":
-                    tls = trio.SSLStream(
-                        stream, self._client_context(), server_hostname=service.host
-                    )
-                    try:
-                        await tls.do_handshake()
-                    except BaseException:
-                        await trio.aclose_forcefully(tls)
-                        raise
-                    stream = tls
+                    stream = await self._tls(stream, service.host)
         return H11Stream(stream, h11.CLIENT)
+
+    async def _tls(self, stream: trio.abc.Stream, server_name: str) -> trio.SSLStream[Any]:
+        tls = trio.SSLStream(stream, self._client_context(), server_hostname=server_name)
+        try:
+            await tls.do_handshake()
+        except BaseException:
+            await trio.aclose_forcefully(tls)
+            raise
+        return tls
 
     def _checkout(self, service: OriginService | UnixService) -> H11Stream | None:
         idle = self._idle.get(service)
@@ -200,7 +215,7 @@ class OriginClient:
             if ex.origin_error is None or ex.sent_response or ex.client_error is not None:
                 return self._outcome(ex)
         try:
-            up = await self._connect(service)
+            up = await self._connect(service, _host_name(request) or "localhost")
         except (*_UPSTREAM_ERRORS, trio.TooSlowError, ssl.SSLError) as exc:
             log.warning(
                 "origin_unreachable", extra={"fields": {"origin": service, "error": repr(exc)}}

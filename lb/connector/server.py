@@ -21,9 +21,10 @@ import trio
 
 from lb.connector.config import ConnectorConfig, parse_address
 from lb.connector.h11io import H11Stream, reason
-from lb.connector.ingress import HelloWorld, HttpStatus, match_rule
+from lb.connector.ingress import Bastion, HelloWorld, HttpStatus, TcpService, match_rule
 from lb.connector.proxy import AbortConnectionError, OriginClient
 from lb.connector.stats import ConnectorStats, RequestRecord
+from lb.connector.streams import serve_stream
 from lb.connector.tls import current_sni, install_sni_capture, server_context
 
 __all__ = ["serve_connector"]
@@ -227,6 +228,15 @@ class _Server:
         elif isinstance(service, HelloWorld):
             hello = self._hello(client, request, host, path, index)
             await client.respond(200, hello, b"application/json")
+        elif isinstance(service, TcpService | Bastion):
+            await serve_stream(
+                client,
+                request,
+                service,
+                allow=self.config.bastion_allow,
+                connect_timeout=self.config.connect_timeout,
+                stats=self.stats,
+            )
         else:
             await self.origin.forward(client, request, service)
 

@@ -43,6 +43,10 @@ class ConnectorStats:
     sni: list[str | None] = field(default_factory=list)
     """The server name each TLS client sent, one entry per handshake (the last ``keep``)."""
     recent: list[RequestRecord] = field(default_factory=list)
+    sessions: int = 0
+    """TCP-service streams accepted (WebSocket upgrades answered 101)."""
+    sessions_open: int = 0
+    """TCP-service streams being carried right now."""
 
     def record(self, entry: RequestRecord) -> None:
         """Count one answered request and keep it in ``recent``."""

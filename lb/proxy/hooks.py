@@ -71,9 +71,9 @@ class RequestRecord:
     stale connection); None without a retry.  Label retry metrics with this, not with
     ``attempts[0].status``."""
     bytes_in: int = 0
-    """Request body bytes received from the client."""
+    """Request body bytes received from the client (after a 101: bytes carried upstream)."""
     bytes_out: int = 0
-    """Response body bytes sent to the client."""
+    """Response body bytes sent to the client (after a 101: bytes carried to the client)."""
     duration: float = 0.0
     """Seconds from the request head to the end of the response (trio clock)."""
     attempts: list[Attempt] = field(default_factory=list)
@@ -90,12 +90,16 @@ class ProxyHooks:
     * ``on_connection(delta)``: +1 when a client connection is accepted, -1 when it closes.
     * ``on_decision(decision)``: every steering decision the proxy acts on, the
       zero-downtime retry's included (metrics count them by policy and affinity outcome).
+    * ``on_upgrade(record)``: a 101 is being relayed and the WebSocket (or other upgraded
+      stream) starts; its ``on_request_done`` comes when it ends, with ``websocket`` set and
+      ``status`` 101, so the two pair up for an open-tunnels gauge.
     """
 
     on_request_done: Callable[[RequestRecord], None] | None = None
     on_retry: Callable[[str, Attempt], None] | None = None
     on_connection: Callable[[int], None] | None = None
     on_decision: Callable[[Decision], None] | None = None
+    on_upgrade: Callable[[RequestRecord], None] | None = None
 
     def request_done(self, record: RequestRecord) -> None:
         """Call ``on_request_done``, logging (not raising) its errors."""
@@ -120,6 +124,14 @@ class ProxyHooks:
                 self.on_decision(decision)
             except Exception:
                 log.exception("on_decision hook failed")
+
+    def upgrade(self, record: RequestRecord) -> None:
+        """Call ``on_upgrade``, logging (not raising) its errors."""
+        if self.on_upgrade is not None:
+            try:
+                self.on_upgrade(record)
+            except Exception:
+                log.exception("on_upgrade hook failed")
 
     def connection(self, delta: int) -> None:
         """Call ``on_connection``, logging (not raising) its errors."""

@@ -1280,20 +1280,24 @@ class ProxyServer:
             raise UpstreamError(errors.BAD_GATEWAY, "upstream_protocol") from exc
         record.status = 101
         flow.responded = True
+        self.hooks.upgrade(record)
         from_client, _ = conn.trailing_data
         from_upstream, _ = up.h11.trailing_data
         idle = limits.idle_timeout
         flow.arm("websocket", idle)
         try:
             await stream.send_all(head + from_upstream)
+            record.bytes_out += len(from_upstream)
             if from_client:
                 await up.stream.send_all(from_client)
+                record.bytes_in += len(from_client)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             record.error = "client_disconnected"
             return False
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_pipe, stream, up.stream, nursery.cancel_scope, flow.watchdog, idle)
-            nursery.start_soon(_pipe, up.stream, stream, nursery.cancel_scope, flow.watchdog, idle)
+            scope, watchdog = nursery.cancel_scope, flow.watchdog
+            nursery.start_soon(_pipe, stream, up.stream, scope, watchdog, idle, record, True)
+            nursery.start_soon(_pipe, up.stream, stream, scope, watchdog, idle, record, False)
         return False  # the upstream connection is discarded by the caller
 
     # ------------------------------------------------------------------ answers
@@ -1685,11 +1689,14 @@ async def _pipe(
     scope: trio.CancelScope,
     watchdog: trio.CancelScope,
     idle: float,
+    record: RequestRecord,
+    inbound: bool,
 ) -> None:
     """Copy bytes from ``src`` to ``dst`` until EOF or an error, then end the splice.
 
     Every chunk pushes the ``watchdog`` deadline ``idle`` seconds ahead, so traffic in either
-    direction keeps the tunnel open and silence both ways ends it.
+    direction keeps the tunnel open and silence both ways ends it.  Bytes are counted in
+    ``record.bytes_in`` (client to upstream, ``inbound``) or ``record.bytes_out``.
     """
     try:
         while True:
@@ -1699,6 +1706,10 @@ async def _pipe(
             watchdog.deadline = trio.current_time() + idle
             await dst.send_all(data)
             watchdog.deadline = trio.current_time() + idle
+            if inbound:
+                record.bytes_in += len(data)
+            else:
+                record.bytes_out += len(data)
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         pass
     finally:

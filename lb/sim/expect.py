@@ -193,6 +193,14 @@ def _verdict(
         return _bounds(x, float(rec.tallies[i].num))
     if x.kind == "sessions_broken":
         return _bounds(x, float(rec.affinity.get("broken", 0)))
+    if x.kind == "sessions_dropped":
+        dropped = rec.long_sessions.dropped
+        n = sum(
+            v
+            for k, v in dropped.items()
+            if (not x.pool or k.split("/", 1)[0] == x.pool) and (not x.endpoint or k == x.endpoint)
+        )
+        return _bounds(x, float(n))
     if x.kind == "probes":
         return _bounds(x, float(probes))
     if x.kind == "transitions":

@@ -247,6 +247,21 @@ class Network:
             return Answer(r.label, ORIGIN_STATUS[o_fault], base)
         return Answer(r.label, 200, base)
 
+    def replica_answer(
+        self, address: str, replica: str | None, dc: str, host: str, path: str, t: float
+    ) -> Answer | None:
+        """What a connection already open through ``replica`` (its label) gets at ``t``; None
+        when that replica's edge connection is gone.  Locality does not apply: the
+        connection exists already (a long-lived session, :mod:`lb.sim.sessions`)."""
+        where = frozenset((dc,))
+        for r in self._replicas.get(address, ()):
+            if r.label == replica:
+                fault, status, latency = self._state(address, r.name, EDGE, where, t)
+                if fault in FAULTS:
+                    return None
+                return self._through(address, r, fault, status, latency, where, host, path, t)
+        return None
+
     def probe(self, probe: Probe, vantage: str, t: float, turn: int) -> Answer:
         """What one probe attempt from ``vantage`` gets; ``turn`` spreads it over replicas."""
         dc = vantage if vantage in self._dcs else ""

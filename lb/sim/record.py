@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from lb.core.health import Health, HealthEvent, ProbeResult
 from lb.sim.scenario import Expectation, Scenario
+from lb.sim.sessions import SessionTotals
 from lb.sim.traffic import Counts
 
 __all__ = ["Recorder", "Transition", "Window"]
@@ -78,8 +79,13 @@ class Recorder:
         self._tallied = bool(tallied)
         self._ranges = sorted({x.between for x in tallied if x.between is not None})
         self.changes: list[tuple[float, str]] = []
+        self.long_sessions = SessionTotals()
 
     # ------------------------------------------------------------------ engine observers
+
+    def sessions(self, totals: SessionTotals) -> None:
+        """The long-lived sessions of the run (:mod:`lb.sim.sessions`), summed at its end."""
+        self.long_sessions.add(totals)
 
     def health(self, e: HealthEvent) -> None:
         """Engine health observer: keep every transition (R15)."""

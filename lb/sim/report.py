@@ -156,6 +156,16 @@ class Report:
                 f"({aff['remapped']} remapped, {aff['rewritten']} rewritten by retry), "
                 f"{aff['served_elsewhere']} served elsewhere, {aff['pinned_errors']} pinned errors"
             )
+        long = d["long_sessions"]
+        if long:
+            by = ", ".join(f"{k} {n}" for k, n in long["dropped_by_endpoint"].items())
+            lines.append("")
+            lines.append(
+                f"long sessions: {long['opened']} opened, {long['dropped']} dropped by failures"
+                f"{f' ({by})' if by else ''}, {long['completed']} completed, "
+                f"{long['open_at_end']} open at the end, {long['refused']} refused, "
+                f"{long['retried']} opened after a zero-downtime retry"
+            )
         health = sum(1 for t in d["transitions"] if t["vantage"] == "*")
         lines.append("")
         lines.append(f"health transitions: {health} (aggregate), {len(d['transitions'])} in all")
@@ -282,6 +292,9 @@ def build_report(
         "faults": fault_windows(sc),
         "failovers": [f.as_json() for f in failovers],
         "affinity": affinity,
+        "long_sessions": rec.long_sessions.as_json()
+        if rec.long_sessions.opened or rec.long_sessions.refused
+        else None,
         "probes": probes,
         "checks": rec.checks,
         "expectations": [v.as_json() for v in verdicts],

@@ -40,6 +40,7 @@ from lb.sim.network import Network, SimTransport
 from lb.sim.record import Recorder
 from lb.sim.report import Report, build_report
 from lb.sim.scenario import Scenario, config_with
+from lb.sim.sessions import DatacenterSessions
 from lb.sim.traffic import Counts, DatacenterTraffic
 from monitors.scheduler import Scheduler
 from monitors.spec import jobs_for_config
@@ -81,6 +82,11 @@ async def _simulate(sc: Scenario, progress: Progress | None) -> Report:
         for i, t in enumerate(sc.traffic)
     ]
     counts = [Counts() for _ in users]
+    sessions = [
+        DatacenterSessions(t, i, sc.seed, network)
+        for i, t in enumerate(sc.traffic)
+        if t.sessions_rate > 0
+    ]
 
     def flush(at: float) -> None:
         for u, c in zip(users, counts, strict=True):
@@ -121,9 +127,13 @@ async def _simulate(sc: Scenario, progress: Progress | None) -> Report:
             length = min(tick, sc.duration - t)
             for u, c in zip(users, counts, strict=True):
                 u.run(t, k, u.batch(t, length), length, start + t, router, engine.live, c)
+            for s in sessions:
+                s.tick(t, length, start + t, router, engine.live)
             if progress is not None and k % 256 == 0:
                 progress(k / ticks)
         flush(span_start)
+        for s in sessions:
+            rec.sessions(s.finish())
         nursery.cancel_scope.cancel()
     if progress is not None:
         progress(1.0)

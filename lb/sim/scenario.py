@@ -112,6 +112,10 @@ class Traffic:
     headers: float
     host: str
     path: str
+    sessions_rate: float = 0.0
+    """Long-lived sessions opened per second (:mod:`lb.sim.sessions`)."""
+    session_duration: float = 0.0
+    """Seconds each session lasts unless its endpoint fails first."""
 
     def rate(self, t: float) -> float:
         """Requests per second at ``t``."""
@@ -393,6 +397,8 @@ class _Resolver:
             headers=t.headers,
             host=host,
             path=t.path or "/",
+            sessions_rate=t.sessions.rate if t.sessions else 0.0,
+            session_duration=t.sessions.duration if t.sessions else 0.0,
         )
 
     def _steps(self, raw: Any, path: Path_) -> tuple[tuple[float, float], ...]:
@@ -664,6 +670,7 @@ class _Resolver:
                 ("detected", x.detected),
                 ("transitions", x.transitions),
                 ("sessions_broken", x.sessions_broken),
+                ("sessions_dropped", x.sessions_dropped),
                 ("probes", x.probes),
             )
             if v is not None
@@ -672,7 +679,7 @@ class _Resolver:
             self.error(
                 path,
                 "name exactly one kind: share, requests, errors, drained, "
-                "detected, transitions, sessions_broken or probes",
+                "detected, transitions, sessions_broken, sessions_dropped or probes",
             )
             return Expectation(name=x.name, kind="invalid")
         kind, b = kinds[0]
@@ -704,6 +711,7 @@ class _Resolver:
             "transitions": {"pool", "endpoint"},
             "drained": {"endpoint"},
             "detected": {"endpoint"},
+            "sessions_dropped": {"pool", "endpoint"},
         }.get(kind, set())
         for s in subjects:
             if s not in allowed:

@@ -26,6 +26,7 @@ __all__ = [
     "NetworkSpec",
     "RateStep",
     "ScenarioSpec",
+    "SessionsSpec",
     "TrafficSpec",
     "seconds",
 ]
@@ -62,6 +63,14 @@ class RateStep:
 
 
 @dataclass(**_FROZEN)
+class SessionsSpec:
+    """Long-lived connections (SSH over a tunnel): they stay on their endpoint until it fails."""
+
+    rate: float = _f(range=(0.0, 1e6), doc="sessions opened per second")
+    duration: float = _f(range=(0.001, 1e9), doc="seconds each session lasts")
+
+
+@dataclass(**_FROZEN)
 class TrafficSpec:
     """The users entering at one data center."""
 
@@ -71,6 +80,7 @@ class TrafficSpec:
     headers: float = _f(0.0, range=(0.0, 1.0), doc="share of clients sending affinity headers")
     host: str = _f("", doc="load balancer hostname; default: the first load balancer")
     path: str = _f("/", doc="request path (matched by the tunnel's ingress rules)")
+    sessions: SessionsSpec | None = _f(None, doc="long-lived sessions besides the requests")
 
 
 @dataclass(**_FROZEN)
@@ -156,6 +166,7 @@ class ExpectSpec:
     detected: BoundSpec | None = _f(None, doc="an endpoint is marked unhealthy within t")
     transitions: BoundSpec | None = _f(None, doc="aggregate health transitions")
     sessions_broken: BoundSpec | None = _f(None, doc="affinity sessions moved")
+    sessions_dropped: BoundSpec | None = _f(None, doc="long-lived sessions cut by failures")
     probes: BoundSpec | None = _f(None, doc="probe attempts sent")
 
 

@@ -75,6 +75,21 @@ def test_traffic_counters_move_from_child_to_parent() -> None:
     assert sum(slots[:-1]) == 3 and abs(slots[-1] - 0.024) < 1e-9
 
 
+def test_children_websocket_counts_reach_the_parent() -> None:
+    parent, child = Metrics(), Metrics()
+    child.websocket_opened("lb", "p", "e")
+    child.websocket_opened("lb", "p", "e")
+    child.websocket_closed("lb", 100, 2000)
+    parent.websocket_opened("lb", "p", "f")
+    merge_traffic(parent, json.loads(json.dumps(drain_traffic(child))))
+    assert parent.websockets_open == {"lb": 2}  # its own, and the child's still open
+    assert parent.upgrades.values == {("lb", "p", "e"): 2.0, ("lb", "p", "f"): 1.0}
+    assert parent.websocket_bytes.values == {("lb", "in"): 100.0, ("lb", "out"): 2000.0}
+    child.websocket_closed("lb", 0, 0)
+    merge_traffic(parent, json.loads(json.dumps(drain_traffic(child))))
+    assert parent.websockets_open == {"lb": 1}
+
+
 def test_children_live_counts_add_up_in_gauges_and_status() -> None:
     config = make_config(make_pool("a", 2), make_pool("b", 1))
     parent, child = Engine(config), Engine(config)
