@@ -37,6 +37,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "lb.admin_guard",
             "lb.status_page",
             "lb.connector",
+            "lb.access",
             "lb.sim",
             "lb.workers",
         ),
@@ -125,6 +126,8 @@ def imported_roots(path: Path) -> set[str]:
 @pytest.mark.parametrize("module", sorted(MODULES))
 def test_imports_point_down(module: str) -> None:
     mine = layer_of(module)
+    if mine < 0:
+        pytest.skip(f"{module} is in no layer (test_every_module_has_a_layer fails for it)")
     upward = {m for m in project_imports(module) if layer_of(m) > mine}
     assert not upward, f"{module} ({LAYERS[mine][0]}) imports higher layers: " + ", ".join(
         f"{m} ({LAYERS[layer_of(m)][0]})" for m in sorted(upward)
