@@ -481,6 +481,7 @@ def status_json(engine: Engine, metrics: Metrics | None = None, *, now: float) -
             "requests": int(sum(counts.values())),
             "header_sessions": len(engine.sessions),
         },
+        **{name: section() for name, section in engine.status_sections.items()},
     }
 
 
