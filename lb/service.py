@@ -36,6 +36,7 @@ import trio
 
 from lb import logs
 from lb.admin import ReloadResult, serve_admin
+from lb.cluster.service import make_scheduler, serve_cluster
 from lb.config.errors import ConfigError
 from lb.config.loader import load_config
 from lb.config.model import Config
@@ -138,7 +139,7 @@ class ReloadFn:
         return ReloadResult(ok=False, errors=errors, generation=self._engine.generation)
 
 
-_RESTART_ONLY = ("upstream_ca", "workers")
+_RESTART_ONLY = ("upstream_ca", "workers", "cluster")
 """``engine`` fields a reload cannot apply: the TLS context and the worker processes are
 made once at start."""
 
@@ -235,7 +236,8 @@ async def serve_lb(
     metrics = Metrics()
     metrics.attach(engine)
     engine.observers.health.append(_log_transition)
-    scheduler = Scheduler(
+    scheduler = make_scheduler(  # sharded among the replicas of a cluster (lb.cluster)
+        config,
         NetworkTransport(ssl_context=tls),
         engine.apply,
         rng=random.Random(rng.random()),
@@ -255,6 +257,7 @@ async def serve_lb(
         )
     logs.event("starting", files=list(paths), wall=round(time.time(), 3))
     async with trio.open_nursery() as nursery:
+        await nursery.start(serve_cluster, engine, scheduler, metrics)  # warm start first
         await nursery.start(scheduler.run)
         admin = await nursery.start(functools.partial(serve_admin, engine, metrics, reload=reload))
         proxy = await nursery.start(
