@@ -32,7 +32,9 @@ def modules(*parts: str) -> list[Path]:
 
 
 CLUSTER_PURE = [
-    p for p in modules("lb", "cluster") if p.stem in {"votes", "members", "tally", "fingerprint"}
+    p
+    for p in modules("lb", "cluster")
+    if p.stem in {"votes", "members", "tally", "fingerprint", "memory"}
 ]
 
 

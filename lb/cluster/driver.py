@@ -52,7 +52,7 @@ from lb import logs
 from lb.cluster.fingerprint import config_hash, secret_fingerprint
 from lb.cluster.members import live_members, owned, probe_key
 from lb.cluster.shard import ShardedScheduler
-from lb.cluster.tally import Tally
+from lb.cluster.tally import Tally, verdict
 from lb.cluster.votes import (
     Heartbeat,
     Rejected,
@@ -66,7 +66,7 @@ from lb.cluster.votes import (
     vote_ttl,
 )
 from lb.config.model import Cluster, Config
-from lb.core.health import Health, ProbeResult
+from lb.core.health import ProbeResult
 from lb.engine import SECRET_ENV, Engine
 from monitors.spec import Job
 
@@ -156,19 +156,15 @@ class ClusterNode:
 
     def on_probe(self, result: ProbeResult) -> None:
         """A local probe result was applied: queue this vantage point's verdict."""
-        state = self.engine.book.state(result.pool, result.endpoint, result.vantage)
-        if state is Health.UNKNOWN:
-            return
-        vote = Vote(
-            pool=result.pool,
-            endpoint=result.endpoint,
-            vantage=result.vantage,
+        vote = verdict(
+            result,
+            self.engine.book.state(result.pool, result.endpoint, result.vantage),
             member=self.me,
-            state=state,
-            at=self.wall(),
+            now=self.wall(),
             ttl=self._ttl.get(result.pool, 60.0),
-            reason=result.reason,
         )
+        if vote is None:
+            return
         self.mine[vote.key] = vote
         self.stats.results += 1
         if not self.connected:

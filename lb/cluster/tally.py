@@ -24,9 +24,28 @@ from __future__ import annotations
 from typing import Protocol
 
 from lb.cluster.votes import Vote
-from lb.core.health import Health, HealthEvent
+from lb.core.health import Health, HealthEvent, ProbeResult
 
-__all__ = ["Sink", "Tally"]
+__all__ = ["Sink", "Tally", "verdict"]
+
+
+def verdict(
+    result: ProbeResult, state: Health, *, member: str, now: float, ttl: float
+) -> Vote | None:
+    """The vote a local probe result gives: the vantage point's state after it was applied
+    (``state``), or None while that state is still ``UNKNOWN`` (no vote yet)."""
+    if state is Health.UNKNOWN:
+        return None
+    return Vote(
+        pool=result.pool,
+        endpoint=result.endpoint,
+        vantage=result.vantage,
+        member=member,
+        state=state,
+        at=now,
+        ttl=ttl,
+        reason=result.reason,
+    )
 
 
 class Sink(Protocol):
