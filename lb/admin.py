@@ -586,6 +586,7 @@ def status_json(
             "requests": int(sum(counts.values())),
             "header_sessions": len(engine.sessions),
         },
+        **{name: section() for name, section in engine.status_sections.items()},
     }
     if activity is not None:
         document["activity"] = activity.as_json(now, time.time(), by_endpoint)

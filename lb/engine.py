@@ -95,6 +95,8 @@ class Engine:
         as bound (port 0 resolved); set by :func:`lb.service.serve_lb` for ``/status``."""
         self._router: Router | None = None
         self._seen: set[tuple[str, str, str]] = set()
+        self.status_sections: dict[str, Callable[[], object]] = {}
+        """Extra top-level sections of ``/status`` by name (``cluster``: :mod:`lb.cluster`)."""
 
     @property
     def config(self) -> Config:
@@ -139,6 +141,29 @@ class Engine:
                 health_observer(event)
         return events
 
+    def assign(
+        self, pool: str, endpoint: str, vantage: str, state: Health, *, at: float, reason: str = ""
+    ) -> list[HealthEvent]:
+        """Take the verdict of a vantage point probing elsewhere (:meth:`HealthBook.assign`)
+        and tell the health observers.  A verdict for a configured vantage point (a peer of
+        the same vantage, or this replica's previous life) counts towards :attr:`ready`."""
+        if vantage in self.config.engine.vantage_points:
+            self._seen.add((pool, endpoint, vantage))
+        events = self.book.assign(pool, endpoint, vantage, state, at=at, reason=reason)
+        self._tell(events)
+        return events
+
+    def withdraw(self, pool: str, endpoint: str, vantage: str, *, at: float) -> list[HealthEvent]:
+        """Drop a remote vantage point from an endpoint (:meth:`HealthBook.withdraw`)."""
+        events = self.book.withdraw(pool, endpoint, vantage, at=at)
+        self._tell(events)
+        return events
+
+    def _tell(self, events: list[HealthEvent]) -> None:
+        for event in events:
+            for health_observer in self.observers.health:
+                health_observer(event)
+
     def reconfigure(self, config: Config, *, now: float) -> list[HealthEvent]:
         """Swap the configuration, keeping health of unchanged endpoints and the secret.
 
@@ -157,8 +182,21 @@ class Engine:
         return events
 
 
+SECRET_ENV = "TUNNEL_LB_AFFINITY_SECRET"
+"""The environment variable read for the ``__cflb`` key when the configuration names none."""
+
+
 def _secret(config: Config) -> bytes:
+    """The ``__cflb`` HMAC key: ``engine.affinity_secret``, else the contents of
+    ``engine.affinity_secret_file`` (surrounding whitespace stripped), else
+    ``$TUNNEL_LB_AFFINITY_SECRET``, else random bytes.  Replicas that share one of the first
+    three honour each other's cookies.  The key is never logged."""
     configured = config.engine.affinity_secret
+    if not configured and config.engine.affinity_secret_file:
+        with open(config.engine.affinity_secret_file, encoding="utf-8") as f:
+            configured = f.read().strip()
+    if not configured:
+        configured = os.environ.get(SECRET_ENV, "")
     if configured:
         return hashlib.sha256(configured.encode()).digest()
     return os.urandom(32)

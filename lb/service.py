@@ -43,6 +43,7 @@ import trio
 from lb import logs
 from lb.admin import ReloadResult, parse_address, serve_admin
 from lb.admin_guard import Guard, guard_for
+from lb.cluster.service import make_scheduler, serve_cluster
 from lb.config.errors import ConfigError
 from lb.config.loader import load_config
 from lb.config.model import Config, Listener
@@ -188,9 +189,16 @@ class ReloadFn:
         return ReloadResult(ok=False, errors=errors, generation=self._engine.generation)
 
 
-_RESTART_ONLY = ("upstream_ca", "workers", "admin_token_file", "admin_token_env", "admin_names")
-"""``engine`` fields a reload cannot apply: the TLS context, the worker processes and the
-admin listener's guard are made once at start."""
+_RESTART_ONLY = (
+    "upstream_ca",
+    "workers",
+    "cluster",
+    "admin_token_file",
+    "admin_token_env",
+    "admin_names",
+)
+"""``engine`` fields a reload cannot apply: the TLS context, the worker processes, the cluster
+connection and the admin listener's guard are made once at start."""
 
 
 def _load(paths: Sequence[str], overrides: Overrides) -> Config:
@@ -306,7 +314,8 @@ async def serve_lb(
     metrics = Metrics()
     metrics.attach(engine)
     engine.observers.health.append(_log_transition)
-    scheduler = Scheduler(
+    scheduler = make_scheduler(  # sharded among the replicas of a cluster (lb.cluster)
+        config,
         NetworkTransport(ssl_context=tls),
         engine.apply,
         rng=random.Random(rng.random()),
@@ -330,6 +339,7 @@ async def serve_lb(
         if handle_signals:
             # Before anything listens: a signal from here on drains, whenever it comes.
             await nursery.start(_signals, reload, shutdown)
+        await nursery.start(serve_cluster, engine, scheduler, metrics)  # warm start first
         await nursery.start(scheduler.run)
         admin = await _start_admin(nursery, engine, metrics, reload, admin_guard, shutdown)
         listeners = await _open_proxy_listeners(config.engine.listen, workers is not None)

@@ -23,7 +23,20 @@ IO_MODULES = {"trio", "httpx", "httpcore", "h11", "yaml", "prometheus_client", "
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("config", ("lb.__init__", "lb.config")),
     ("core", ("lb.core",)),
-    ("policies", ("steering", "monitors.reasons", "monitors.judge", "monitors.spec")),
+    (
+        "policies",
+        (
+            "steering",
+            "monitors.reasons",
+            "monitors.judge",
+            "monitors.spec",
+            "lb.cluster.votes",
+            "lb.cluster.members",
+            "lb.cluster.tally",
+            "lb.cluster.fingerprint",
+            "lb.cluster.memory",
+        ),
+    ),
     ("engine", ("lb.engine",)),
     (
         "drivers",
@@ -38,6 +51,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "lb.status_page",
             "lb.connector",
             "lb.access",
+            "lb.cluster",
             "lb.sim",
             "lb.workers",
         ),

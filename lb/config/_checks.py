@@ -12,6 +12,7 @@ import dataclasses
 import re
 from collections.abc import Callable, Iterable, Mapping
 
+from lb.config._cluster import resolve_engine
 from lb.config._items import Item, Parsed, Seen
 from lb.config._net import cidr_problem, host_port_problem
 from lb.config._report import Report, did_you_mean, fmt_number
@@ -71,7 +72,7 @@ def build_config(parsed: Parsed, report: Report) -> Config:
         tunnels=tuple(item.value for item in parsed.tunnels),
         datacenters={code: item.value for code, item in parsed.datacenters.items()},
         connect_to=connect_to,
-        engine=parsed.engine.value,
+        engine=resolve_engine(parsed.engine, report),
         source=parsed.files,
     )
 

@@ -15,6 +15,7 @@ from typing import Any
 from lb.config.model import (
     AdaptiveRouting,
     CertificatePair,
+    Cluster,
     Datacenter,
     Engine,
     FixedResponse,
@@ -66,6 +67,7 @@ REFERENCE: tuple[tuple[str, type, str | None], ...] = (
     ("engine.listen[].certificates[]", CertificatePair, None),
     ("engine.limits", Limits, None),
     ("engine.local_preference", LocalPreference, None),
+    ("engine.cluster", Cluster, None),
 )
 """(where in the file, dataclass, field filled from the mapping key) for every table."""
 

@@ -29,6 +29,7 @@ __all__ = [
     "REGIONS",
     "AdaptiveRouting",
     "CertificatePair",
+    "Cluster",
     "Config",
     "Datacenter",
     "Engine",
@@ -493,6 +494,28 @@ class Limits:
 
 
 @dataclass(**_FROZEN)
+class Cluster:
+    """Replicas sharing health through Redis (docs/cluster.md)."""
+
+    redis: str = _f(doc="redis://, rediss:// or unix:// URL of the shared store")
+    vantage: str = _f("", doc="this replica's vantage point; empty = engine.datacenter")
+    key_prefix: str = _f("tunnel-lb:", doc="prefix of every key and channel")
+    vote_factor: float = _f(
+        3.0, range=(1.5, 100), doc="a vote expires after factor x interval + check time"
+    )
+    vote_ttl: float = _f(0, range=(0, 86400), doc="fixed vote lifetime in seconds; 0 = derived")
+    heartbeat: float = _f(2.0, range=(0.05, 300), doc="seconds between membership heartbeats")
+    heartbeat_ttl: float = _f(0, range=(0, 3600), doc="member expiry; 0 = 3 x heartbeat")
+    timeout: float = _f(1.0, range=(0.01, 60), doc="a store call slower than this is a failure")
+    batch: float = _f(0.01, range=(0, 5), doc="seconds votes wait to be sent together")
+
+    @property
+    def member_ttl(self) -> float:
+        """Seconds a heartbeat keeps a member alive."""
+        return self.heartbeat_ttl or 3 * self.heartbeat
+
+
+@dataclass(**_FROZEN)
 class Engine:
     """Settings of this engine that Cloudflare's objects do not describe."""
 
@@ -509,7 +532,11 @@ class Engine:
     admin_names: tuple[str, ...] = _f(
         (), doc="more Host names the admin API answers to (besides its addresses)"
     )
-    affinity_secret: str = _f("", doc="HMAC key for __cflb; empty = random per process")
+    affinity_secret: str = _f(
+        "",
+        doc="HMAC key for __cflb; empty = affinity_secret_file, $TUNNEL_LB_AFFINITY_SECRET, random",
+    )
+    affinity_secret_file: str = _f("", doc="file holding the __cflb HMAC key", path=True)
     trusted_proxies: tuple[str, ...] = _f((), doc="CIDRs whose client headers are believed")
     client_ip_header: str = _f("CF-Connecting-IP", doc="client IP header from trusted peers")
     datacenter_header: str = _f("CF-Ray", doc="entry data center: colo suffix of CF-Ray")
@@ -540,6 +567,7 @@ class Engine:
         "(less when the endpoint sends Keep-Alive: timeout=N); 0 = never reuse",
     )
     limits: Limits = _f(Limits(), doc="request limits")
+    cluster: Cluster | None = _f(None, doc="share health with other replicas (docs/cluster.md)")
 
 
 @dataclass(**_FROZEN)

@@ -16,6 +16,13 @@ monitored, enabled endpoint of every enabled pool (R10: the others are never pro
 * :meth:`HealthBook.snapshot` returns the current immutable :class:`Snapshot`, rebuilding it
   when stale.
 
+* :meth:`HealthBook.assign` and :meth:`HealthBook.withdraw` take the verdict of a vantage point
+  that probes elsewhere (another replica of a cluster, :mod:`lb.cluster`): its state is set as
+  it is and the endpoint is re-aggregated by the same majority (R14) as local vantage points.
+  A vantage point that is not configured here joins an endpoint with its first verdict and
+  leaves it when withdrawn (its votes went stale), so the majority counts only vantage points
+  that have a say.
+
 Passive signals (request outcomes, zero-downtime-failover retries) never change health here
 (R44); they feed the live counters that steering reads instead.
 """
@@ -69,10 +76,12 @@ def identity(pool: Pool, origin: Origin, monitor: Monitor | None) -> tuple[objec
 class _Endpoint:
     """Mutable health of one endpoint of one pool."""
 
-    __slots__ = ("checks", "health", "identity", "last")
+    __slots__ = ("checks", "health", "identity", "last", "remote")
 
     def __init__(self, ident: tuple[object, ...], monitor: Monitor, vantages: Iterable[str]):
         self.identity = ident
+        self.remote: set[str] = set()
+        """Vantage points fed by :meth:`HealthBook.assign` that are not configured here."""
         self.checks = {
             v: Check(
                 consecutive_up=monitor.consecutive_up, consecutive_down=monitor.consecutive_down
@@ -83,7 +92,11 @@ class _Endpoint:
         self.last: dict[str, ProbeResult] = {}
 
     def retune(self, monitor: Monitor, vantages: Iterable[str]) -> None:
-        """Keep the states of surviving vantage points; new thresholds, new points unknown."""
+        """Keep the states of surviving vantage points; new thresholds, new points unknown.
+
+        Remote vantage points (fed by :meth:`HealthBook.assign`) stay: their verdicts do not
+        depend on this process's configuration.  One that is now configured here becomes local.
+        """
         checks = {}
         for v in vantages:
             check = self.checks.get(v)
@@ -98,6 +111,9 @@ class _Endpoint:
                     consecutive_down=monitor.consecutive_down,
                 )
             checks[v] = check
+        self.remote = {v for v in self.remote if v not in checks}
+        for v in sorted(self.remote):
+            checks[v] = self.checks[v]
         self.checks = checks
         self.last = {v: r for v, r in self.last.items() if v in checks}
 
@@ -158,6 +174,65 @@ class HealthBook:
                         pool=pool, endpoint=endpoint, vantage=vantage, at=at, ok=ok, reason=reason
                     )
                 )
+
+    def assign(
+        self, pool: str, endpoint: str, vantage: str, state: Health, *, at: float, reason: str = ""
+    ) -> list[HealthEvent]:
+        """Set the state of one vantage point of an endpoint as another prober decided it.
+
+        The verdict of a vantage point probing elsewhere (``lb.cluster``): no counting here,
+        the sender's R12 counters already ran.  A vantage point not configured here joins the
+        endpoint.  Returns the transitions (R15), the aggregate by the same :func:`majority`.
+        """
+        ep = self._endpoints.get((pool, endpoint))
+        if ep is None:
+            return []
+        check = ep.checks.get(vantage)
+        joined = check is None
+        if check is None:
+            monitor = self._monitor_of(pool)
+            if monitor is None:
+                return []
+            check = Check(
+                consecutive_up=monitor.consecutive_up, consecutive_down=monitor.consecutive_down
+            )
+            ep.checks[vantage] = check
+            ep.remote.add(vantage)
+        before = check.state
+        check.state = state
+        probe = ProbeResult(
+            pool=pool,
+            endpoint=endpoint,
+            vantage=vantage,
+            at=at,
+            ok=state is Health.HEALTHY,
+            reason=reason,
+        )
+        events = [] if before is state else [self._event(probe, vantage, before, state)]
+        return events + self._reaggregate(ep, probe, changed=bool(events) or joined)
+
+    def withdraw(self, pool: str, endpoint: str, vantage: str, *, at: float) -> list[HealthEvent]:
+        """Remove a remote vantage point from an endpoint's majority (its votes went stale).
+
+        Configured vantage points never leave; for them this does nothing.
+        """
+        ep = self._endpoints.get((pool, endpoint))
+        if ep is None or vantage not in ep.remote:
+            return []
+        ep.remote.discard(vantage)
+        check = ep.checks.pop(vantage)
+        ep.last.pop(vantage, None)
+        probe = ProbeResult(
+            pool=pool, endpoint=endpoint, vantage=vantage, at=at, ok=False, reason="vote_expired"
+        )
+        events = []
+        if check.state is not Health.UNKNOWN:
+            events.append(self._event(probe, vantage, check.state, Health.UNKNOWN))
+        return events + self._reaggregate(ep, probe, changed=True)
+
+    def remote_vantages(self) -> set[tuple[str, str, str]]:
+        """Every ``(pool, endpoint, vantage)`` fed by :meth:`assign` and not configured here."""
+        return {(p, e, v) for (p, e), ep in self._endpoints.items() for v in ep.remote}
 
     def reconfigure(self, config: Config, *, now: float) -> list[HealthEvent]:
         """Swap in a new configuration, keeping the health of unchanged endpoints."""
@@ -248,6 +323,12 @@ class HealthBook:
         ep = self._endpoints.get((pool, endpoint))
         return dict(ep.last) if ep else {}
 
+    def state(self, pool: str, endpoint: str, vantage: str) -> Health:
+        """The state of one vantage point of one endpoint (``UNKNOWN`` when not tracked)."""
+        ep = self._endpoints.get((pool, endpoint))
+        check = ep.checks.get(vantage) if ep is not None else None
+        return check.state if check is not None else Health.UNKNOWN
+
     def snapshot(self) -> Snapshot:
         """The current immutable view; rebuilt only after a change."""
         if self._snapshot is None:
@@ -286,6 +367,26 @@ class HealthBook:
                     self._endpoints[key] = old
                 else:
                     self._endpoints[key] = _Endpoint(ident, monitor, vantages)
+
+    def _monitor_of(self, pool: str) -> Monitor | None:
+        for p in self._config.pools:
+            if p.name == pool:
+                return self._config.monitor(p.monitor) if p.monitor else None
+        return None
+
+    def _reaggregate(
+        self, ep: _Endpoint, probe: ProbeResult, *, changed: bool
+    ) -> list[HealthEvent]:
+        """After a vantage point's state or membership changed: new snapshot, new aggregate."""
+        if not changed:
+            return []
+        self._snapshot = None
+        aggregate = majority([c.state for c in ep.checks.values()])
+        if aggregate is ep.health:
+            return []
+        event = self._event(probe, "*", ep.health, aggregate)
+        ep.health = aggregate
+        return [event]
 
     def _observe_rtt(self, pool: str, vantage: str, rtt: float) -> None:
         alpha = self._config.engine.dynamic_latency_alpha

@@ -35,6 +35,7 @@ import trio.testing
 from lb.config.model import Config
 from lb.core.health import ProbeResult
 from lb.engine import Engine
+from lb.sim.cluster import SimCluster
 from lb.sim.expect import evaluate, failovers
 from lb.sim.network import Network, SimTransport
 from lb.sim.record import Recorder
@@ -76,7 +77,13 @@ async def _simulate(sc: Scenario, progress: Progress | None) -> Report:
     scheduler = Scheduler(
         SimTransport(network, start), on_result, rng=random.Random(f"{sc.seed}:monitors")
     )
-    scheduler.update(jobs_for_config(config, engine.targets()))
+    cluster = None
+    if sc.members:  # several replicas: lb.sim.cluster replaces the single engine's monitors
+        cluster = SimCluster(sc, network, start, secret, rec.health, rec.probe)
+        engine.observers.health.remove(rec.health)
+        engine.observers.probes.remove(rec.probe)
+    else:
+        scheduler.update(jobs_for_config(config, engine.targets()))
     users = [
         DatacenterTraffic(t, i, sc.seed, config, network, rec.mark)
         for i, t in enumerate(sc.traffic)
@@ -98,22 +105,37 @@ async def _simulate(sc: Scenario, progress: Progress | None) -> Report:
     tick = sc.tick
     ticks = max(1, math.ceil(sc.duration / tick - 1e-9))
     router: Router | None = None
+    routers: list[Router] = []
     fresh_until = -math.inf
     span: object = None
     span_start = 0.0
     async with trio.open_nursery() as nursery:
-        await nursery.start(scheduler.run)
+        await nursery.start(scheduler.run if cluster is None else cluster.run)
         for k in range(ticks):
             t = k * tick
             await trio.sleep_until(start + t)
-            if inbox:
+            if cluster is not None:
+                cluster.tick(start + t)
+            elif inbox:
                 _apply_due(engine, inbox, start + t)
             while changes and changes[0].at <= t + 1e-9:
                 config = config_with(config, changes.pop(0))
+                if cluster is not None:
+                    cluster.reconfigure(config, now=start + t)
+                    continue
                 engine.reconfigure(config, now=start + t)
                 scheduler.update(jobs_for_config(config, engine.targets()))
-            current = engine.router
-            stale = current is not router or t >= fresh_until
+            engines = [engine] * len(users)
+            if cluster is not None:
+                engines = [cluster.serving(u.dc) for u in users]
+            current = engine.router if cluster is None else engines[0].router
+            now_routers = [e.router for e in engines]
+            stale = (
+                current is not router
+                or t >= fresh_until
+                or any(a is not b for a, b in zip(now_routers, routers, strict=False))
+                or len(now_routers) != len(routers)
+            )
             here = rec.span(t)
             if here != span or stale:
                 if span is not None:
@@ -121,14 +143,16 @@ async def _simulate(sc: Scenario, progress: Progress | None) -> Report:
                 span, span_start = here, t
             if stale:
                 router, fresh_until = current, network.next_change(t)
+                routers = now_routers
                 for u in users:
                     u.invalidate()
             assert router is not None
             length = min(tick, sc.duration - t)
-            for u, c in zip(users, counts, strict=True):
-                u.run(t, k, u.batch(t, length), length, start + t, router, engine.live, c)
+            for u, c, r, e in zip(users, counts, routers, engines, strict=True):
+                u.run(t, k, u.batch(t, length), length, start + t, r, e.live, c)
             for s in sessions:
-                s.tick(t, length, start + t, router, engine.live)
+                e = engine if cluster is None else cluster.serving(s.dc)
+                s.tick(t, length, start + t, e.router, e.live)
             if progress is not None and k % 256 == 0:
                 progress(k / ticks)
         flush(span_start)

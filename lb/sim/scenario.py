@@ -47,6 +47,7 @@ from lb.config.tunnels import TUNNEL_SUFFIX
 from lb.connector.ingress import IngressRule, RuleError, validate_rules
 from lb.sim.spec import (
     CONFIG_ACTIONS,
+    MEMBER_ACTIONS,
     BoundSpec,
     EventSpec,
     ExpectSpec,
@@ -60,6 +61,8 @@ __all__ = [
     "ConfigEvent",
     "Expectation",
     "KeepAlive",
+    "Member",
+    "MemberEvent",
     "NetEvent",
     "Replica",
     "Scenario",
@@ -171,6 +174,26 @@ class ConfigEvent:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Member:
+    """One simulated cluster replica."""
+
+    name: str
+    vantage: str
+    datacenter: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MemberEvent:
+    """A cluster member dies (``kill``), loses the store (``partition``) or comes back."""
+
+    at: float
+    index: int
+    member: str
+    action: str
+    label: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Expectation:
     """One ``expect:`` entry, resolved."""
 
@@ -210,6 +233,12 @@ class Scenario:
     """Endpoint address -> how it closes idle keep-alive connections (absent: never)."""
     expectations: tuple[Expectation, ...] = ()
     warnings: tuple[Problem, ...] = ()
+    members: tuple[Member, ...] = ()
+    """Cluster replicas (empty: one process, as ``tunnel-lb run`` without a cluster)."""
+    member_events: tuple[MemberEvent, ...] = ()
+    heartbeat: float = 2.0
+    heartbeat_ttl: float = 6.0
+    vote_factor: float = 3.0
 
 
 def load_scenario(path: str | os.PathLike[str], *, seed: int | None = None) -> Scenario:
@@ -312,7 +341,13 @@ class _Resolver:
         self.endpoints = {f"{p.name}/{o.name}": o for p in config.pools for o in p.origins}
         self.pools = {p.name for p in config.pools}
         self.replicas = self._replicas()
-        self.scope_names = set(config.datacenters) | set(config.engine.vantage_points)
+        self.members = self._members()
+        self.scope_names = (
+            set(config.datacenters)
+            | set(config.engine.vantage_points)
+            | {m.vantage for m in self.members}
+        )
+        self.member_events: list[MemberEvent] = []
 
     def error(self, path: Path_, message: str) -> None:
         self.report.error(_where(self.root, path), message)
@@ -353,6 +388,13 @@ class _Resolver:
             traffic=traffic,
             events=tuple(sorted(events, key=lambda e: (e.at, e.index))),
             changes=tuple(sorted(changes, key=lambda c: (c.at, c.index))),
+            members=self.members,
+            member_events=tuple(sorted(self.member_events, key=lambda e: (e.at, e.index))),
+            heartbeat=spec.cluster.heartbeat if spec.cluster else 2.0,
+            heartbeat_ttl=(spec.cluster.heartbeat_ttl or 3 * spec.cluster.heartbeat)
+            if spec.cluster
+            else 6.0,
+            vote_factor=spec.cluster.vote_factor if spec.cluster else 3.0,
             replicas=self.replicas,
             ingress=ingress,
             keep_alive=keep_alive,
@@ -439,6 +481,12 @@ class _Resolver:
         self, i: int, e: EventSpec, events: list[NetEvent], changes: list[ConfigEvent]
     ) -> None:
         path: Path_ = ("timeline", i)
+        if e.member:
+            self._member_event(i, e)
+            return
+        if e.do == "kill":
+            self.error((*path, "do"), "kill applies to a cluster member: name member:")
+            return
         targets = [
             (k, v)
             for k, v in (
@@ -464,6 +512,61 @@ class _Resolver:
             self._config_event(i, e, kind, name, label, changes)
         else:
             self._net_event(i, e, kind, name, label, events)
+
+    def _members(self) -> tuple[Member, ...]:
+        cluster = self.spec.cluster
+        if cluster is None:
+            return ()
+        if not cluster.members:
+            self.error(("cluster", "members"), "name at least one member")
+        out: list[Member] = []
+        names: set[str] = set()
+        for j, m in enumerate(cluster.members):
+            if m.name in names:
+                self.error(("cluster", "members", j, "name"), f"member {m.name!r} is named twice")
+            names.add(m.name)
+            if m.datacenter and m.datacenter not in self.spec.traffic:
+                known = sorted(self.spec.traffic)
+                self.error(
+                    ("cluster", "members", j, "datacenter"),
+                    f"{m.datacenter!r} has no traffic{did_you_mean(m.datacenter, known)}",
+                )
+            out.append(Member(name=m.name, vantage=m.vantage or m.name, datacenter=m.datacenter))
+        return tuple(out)
+
+    def _member_event(self, i: int, e: EventSpec) -> None:
+        path: Path_ = ("timeline", i)
+        names = [m.name for m in self.members]
+        others = [k for k in ("tunnel", "replica", "origin", "endpoint", "pool") if getattr(e, k)]
+        if others:
+            self.error(path, f"a member event names only the member, not {others[0]}")
+        if e.member not in names:
+            hint = did_you_mean(e.member, names) if names else " (no cluster: members)"
+            self.error((*path, "member"), f"unknown member {e.member!r}{hint}")
+            return
+        if e.do not in MEMBER_ACTIONS:
+            self.error(
+                (*path, "do"), "a member can be killed, partitioned (from the store) or recovered"
+            )
+            return
+        if e.seen_from:
+            self.error((*path, "seen_from"), "a member event is not scoped")
+        if e.until is not None and e.until <= e.at:
+            self.error((*path, "until"), "must be after at")
+        label = f"{e.do} member {e.member}"
+        self.member_events.append(
+            MemberEvent(at=e.at, index=2 * i, member=e.member, action=e.do, label=label)
+        )
+        if e.until is not None and e.do != "recover":
+            self.member_events.append(
+                MemberEvent(
+                    at=e.until,
+                    index=2 * i + 1,
+                    member=e.member,
+                    action="recover",
+                    label=f"recover member {e.member} (until)",
+                )
+            )
 
     def _config_event(
         self, i: int, e: EventSpec, kind: str, name: str, label: str, out: list[ConfigEvent]

@@ -19,10 +19,12 @@ __all__ = [
     "CONFIG_ACTIONS",
     "FAULTS",
     "BoundSpec",
+    "ClusterSpec",
     "EventSpec",
     "ExpectSpec",
     "IngressSpec",
     "KeepAliveSpec",
+    "MemberSpec",
     "NetworkSpec",
     "RateStep",
     "ScenarioSpec",
@@ -41,7 +43,9 @@ FAULTS = ("refuse", "blackhole", "unreachable", "down")
 """Connectivity failures; each maps to a user-visible status and a probe failure (docs)."""
 NETWORK_ACTIONS = (*FAULTS, "partition", "status", "latency", "flap", "recover")
 CONFIG_ACTIONS = ("disable", "enable", "weight")
-ACTIONS = (*NETWORK_ACTIONS, *CONFIG_ACTIONS)
+MEMBER_ACTIONS = ("kill", "partition", "recover")
+"""What can happen to a cluster member: it dies, or loses the store (``partition``)."""
+ACTIONS = (*NETWORK_ACTIONS, *CONFIG_ACTIONS, "kill")
 
 _FROZEN: dict[str, Any] = {"frozen": True, "slots": True, "kw_only": True}
 
@@ -135,6 +139,7 @@ class EventSpec:
     period: float = _f(0.0, range=(0.0, 1e9), doc="seconds, for do: flap")
     down_for: float | None = _f(None, range=(0.0, 1e9), doc="failing part of a flap period")
     how: str = _f("refuse", choices=(*FAULTS, "status"), doc="the failure of a flap")
+    member: str = _f("", doc="cluster member name (kill, partition from the store)")
     seen_from: tuple[str, ...] = _f((), doc="vantage points / data centers; empty = all")
     until: float | None = _f(None, range=(0.0, 1e9), doc="recover at this time")
     weight: float | None = _f(None, range=(0.0, 1.0), doc="for do: weight")
@@ -171,6 +176,25 @@ class ExpectSpec:
 
 
 @dataclass(**_FROZEN)
+class MemberSpec:
+    """One ``tunnel-lb run`` replica of a simulated cluster (docs/cluster.md)."""
+
+    name: str = _f(doc="member name, used by timeline events")
+    vantage: str = _f("", doc="its vantage point; default: its name")
+    datacenter: str = _f("", doc="data center whose users it serves; empty = none")
+
+
+@dataclass(**_FROZEN)
+class ClusterSpec:
+    """Replicas sharing health through an in-memory store, with the cluster's own code."""
+
+    members: tuple[MemberSpec, ...] = _f(doc="the replicas; the first one is observed")
+    heartbeat: float = _f(2.0, range=(0.01, 300), doc="seconds between heartbeats")
+    heartbeat_ttl: float = _f(0, range=(0, 3600), doc="member expiry; 0 = 3 x heartbeat")
+    vote_factor: float = _f(3.0, range=(1.5, 100), doc="vote expiry: factor x interval + check")
+
+
+@dataclass(**_FROZEN)
 class ScenarioSpec:
     """The whole file."""
 
@@ -185,3 +209,4 @@ class ScenarioSpec:
     network: NetworkSpec = _f(NetworkSpec(), doc="healthy behaviour")
     timeline: tuple[EventSpec, ...] = _f((), doc="events")
     expect: tuple[ExpectSpec, ...] = _f((), doc="expectations")
+    cluster: ClusterSpec | None = _f(None, doc="simulate several replicas (docs/cluster.md)")

@@ -1,0 +1,366 @@
+"""End to end: three `tunnel-lb run` replicas with different vantage points share health
+through a real redis-server; two `tunnel-lb connector` processes are the endpoints.
+
+One story, in order: an endpoint unreachable from one replica stays healthy everywhere, from
+two it goes unhealthy everywhere; a `__cflb` cookie from one replica routes to the same
+endpoint through the others; a killed replica's vantage point drops out and a restarted one
+serves the cluster's health from its first request; Redis killed under load costs no request
+and every replica reports `cluster_degraded`; Redis back, they converge.  A second test runs
+two replicas in one vantage point and kills one: the other takes its probes over.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+import trustme
+from prometheus_support import free_port
+from redis_support import RedisServer, redis_server
+from stack_support import APP, EU, LB, US
+
+pytestmark = [pytest.mark.e2e, pytest.mark.integration]
+
+SECRET = "shared-affinity-secret"
+DEAD = "127.0.0.1:9"
+"""Port 9 (discard) on loopback: nothing listens, connections are refused."""
+
+
+def connector_config(uuid: str, dc: str, port: int, cert: Path) -> str:
+    return json.dumps(
+        {
+            "tunnel": uuid,
+            "replica": f"{dc.lower()}-1",
+            "datacenter": dc,
+            "listen": f"127.0.0.1:{port}",
+            "certificate": str(cert),
+            "key": str(cert),
+            "ingress": [
+                {"hostname": APP, "path": "^/healthz$", "service": "http_status:200"},
+                {"hostname": APP, "service": "hello_world"},
+                {"service": "http_status:404"},
+            ],
+        }
+    )
+
+
+class Replica:
+    """One `tunnel-lb run` of the cluster: its ports, files and process."""
+
+    def __init__(self, name: str, vantage: str, tmp: Path, redis: str) -> None:
+        self.name, self.vantage, self.redis = name, vantage, redis
+        self.listen, self.admin = free_port(), free_port()
+        self.path = tmp / f"{name}.json"
+        self.log = tmp / f"{name}.log"
+        self.process: trio.Process | None = None
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.listen}"
+
+    @property
+    def status_url(self) -> str:
+        return f"http://127.0.0.1:{self.admin}/status"
+
+    def write(self, ports: dict[str, int], ca: Path, *, dead: frozenset[str] = frozenset()) -> None:
+        """The shared configuration; ``dead`` endpoints are unreachable from this replica."""
+        connect_to = {
+            f"{uuid}.cfargotunnel.com:443": DEAD if uuid in dead else f"127.0.0.1:{ports[uuid]}"
+            for uuid in (EU, US)
+        }
+        self.path.write_text(
+            json.dumps(
+                {
+                    "monitors": [
+                        {
+                            "id": "app",
+                            "type": "https",
+                            "path": "/healthz",
+                            "interval": 1,
+                            "timeout": 0.5,
+                            "retries": 0,
+                            "header": {"Host": [APP]},
+                        }
+                    ],
+                    "pools": [
+                        {
+                            "name": "app",
+                            "monitor": "app",
+                            "origins": [
+                                {
+                                    "name": name,
+                                    "address": f"{uuid}.cfargotunnel.com",
+                                    "header": {"Host": [APP]},
+                                }
+                                for name, uuid in (("eu", EU), ("us", US))
+                            ],
+                        }
+                    ],
+                    "load_balancers": [
+                        {
+                            "name": LB,
+                            "default_pools": ["app"],
+                            "fallback_pool": "app",
+                            "session_affinity": "cookie",
+                        }
+                    ],
+                    "connect_to": connect_to,
+                    "engine": {
+                        "minimum_interval": 1,
+                        "listen": [{"address": "127.0.0.1", "port": self.listen}],
+                        "admin": f"127.0.0.1:{self.admin}",
+                        "upstream_ca": str(ca),
+                        "drain_timeout": 1,
+                        "affinity_secret": SECRET,
+                        "cluster": {
+                            "redis": self.redis,
+                            "vantage": self.vantage,
+                            "key_prefix": "e2e:",
+                            "heartbeat": 0.2,
+                            "timeout": 0.5,
+                        },
+                    },
+                },
+                indent=1,
+            )
+        )
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        with self.log.open("ab") as out:
+            cmd = [sys.executable, "-m", "lb", "run", str(self.path)]
+            run = partial(trio.run_process, cmd, check=False, stdout=out, stderr=out)
+            self.process = await nursery.start(run)
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+
+
+@asynccontextmanager
+async def processes() -> AsyncIterator[trio.Nursery]:
+    async with trio.open_nursery() as nursery:
+        try:
+            yield nursery
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+async def wait_until(client: httpx.AsyncClient, url: str, ok: Callable[[Any], Any]) -> Any:
+    """Poll ``url`` (JSON) until ``ok(json)`` is truthy; bounded, returns that JSON."""
+    with trio.move_on_after(30):
+        while True:
+            try:
+                response = await client.get(url)
+                if response.status_code == 200 and ok(response.json()):
+                    return response.json()
+            except (httpx.TransportError, ValueError):
+                pass
+            await trio.sleep(0.1)
+    pytest.fail(f"{url} did not reach the expected state in time")
+
+
+def endpoint(status: dict[str, Any], name: str) -> dict[str, Any]:
+    (pool,) = status["pools"]
+    found: dict[str, Any] = next(e for e in pool["endpoints"] if e["name"] == name)
+    return found
+
+
+def health(name: str, want: str, **vantages: str) -> Callable[[dict[str, Any]], bool]:
+    def ok(status: dict[str, Any]) -> bool:
+        ep = endpoint(status, name)
+        seen = {v: x["health"] for v, x in ep["vantages"].items()}
+        return ep["health"] == want and all(seen.get(v) == h for v, h in vantages.items())
+
+    return ok
+
+
+async def tunnel_of(client: httpx.AsyncClient, base: str, cookie: str = "") -> tuple[int, str]:
+    """One request through a replica (with a ``__cflb`` cookie when given): status, tunnel."""
+    headers = {"Host": LB, **({"Cookie": f"__cflb={cookie}"} if cookie else {})}
+    r = await client.get(f"{base}/", headers=headers)
+    client.cookies.clear()  # every request says itself which cookie it carries
+    return r.status_code, (r.json()["tunnel"] if r.status_code == 200 else "")
+
+
+@pytest.fixture
+async def stack(tmp_path: Path) -> AsyncIterator[tuple[RedisServer, dict[str, int], Path]]:
+    ca = trustme.CA()
+    cert = tmp_path / "tunnel.pem"
+    ca.issue_cert(APP).private_key_and_cert_chain_pem.write_to_path(str(cert))
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    ports = {EU: free_port(), US: free_port()}
+    async with redis_server(tmp_path) as redis, processes() as nursery:
+        for uuid, dc in ((EU, "FRA"), (US, "IAD")):
+            path = tmp_path / f"{dc}.json"
+            path.write_text(connector_config(uuid, dc, ports[uuid], cert))
+            log = tmp_path / f"{dc}.log"
+            with log.open("ab") as out:
+                cmd = [sys.executable, "-m", "lb", "connector", "--quiet", str(path)]
+                run = partial(trio.run_process, cmd, check=False, stdout=out, stderr=out)
+                await nursery.start(run)
+        yield redis, ports, ca_file
+
+
+async def test_three_replicas_share_health_affinity_and_survive_redis(
+    stack: tuple[RedisServer, dict[str, int], Path], tmp_path: Path
+) -> None:
+    redis, ports, ca = stack
+    a, b, c = (
+        Replica(name, vantage, tmp_path, redis.url)
+        for name, vantage in (("a", "fra"), ("b", "ams"), ("c", "sin"))
+    )
+    a.write(ports, ca, dead=frozenset({EU}))
+    for r in (b, c):
+        r.write(ports, ca)
+    async with processes() as nursery, httpx.AsyncClient(timeout=5) as client:
+        for r in (a, b, c):
+            await r.start(nursery)
+
+        # EU unreachable from a only: a's own vantage says unhealthy, the majority healthy.
+        for r in (a, b, c):
+            await wait_until(
+                client,
+                r.status_url,
+                health("eu", "healthy", fra="unhealthy", ams="healthy", sin="healthy"),
+            )
+        status = (await client.get(a.status_url)).json()["cluster"]
+        assert status["connected"] and not status["config_mismatch"]
+        assert not status["secret_mismatch"]
+        assert sorted(p["vantage"] for p in status["peers"]) == ["ams", "fra", "sin"]
+
+        # A cookie issued by a routes to the same endpoint through b and c.
+        r0 = await client.get(f"{a.base}/", headers={"Host": LB})
+        cookie = r0.cookies["__cflb"]
+        first = r0.json()["tunnel"]
+        client.cookies.clear()
+        for r in (a, b, c):
+            for _ in range(10):
+                assert await tunnel_of(client, r.base, cookie) == (200, first)
+
+        # EU unreachable from b too: unhealthy on all three.
+        b.write(ports, ca, dead=frozenset({EU}))
+        assert (await client.post(f"http://127.0.0.1:{b.admin}/reload")).status_code == 200
+        for r in (a, b, c):
+            await wait_until(client, r.status_url, health("eu", "unhealthy", ams="unhealthy"))
+            assert Counter([await tunnel_of(client, r.base) for _ in range(5)]) == Counter(
+                {(200, US): 5}
+            )
+        b.write(ports, ca)
+        assert (await client.post(f"http://127.0.0.1:{b.admin}/reload")).status_code == 200
+        for r in (a, b, c):
+            await wait_until(client, r.status_url, health("eu", "healthy", ams="healthy"))
+
+        # Kill c: its vantage point drops out of a's and b's majority (fra U, ams H: a tie,
+        # unhealthy), nothing else changes; us stays healthy everywhere.
+        c.kill()
+        for r in (a, b):
+            await wait_until(
+                client,
+                r.status_url,
+                lambda s: (
+                    "sin" not in endpoint(s, "eu")["vantages"]
+                    and endpoint(s, "us")["health"] == "healthy"
+                ),
+            )
+
+        # Restart c: healthy from its first request, before it probed anything itself.
+        await c.start(nursery)
+        with trio.move_on_after(30):
+            while True:
+                try:
+                    got = await client.get(f"{c.base}/", headers={"Host": LB})
+                    break
+                except httpx.TransportError:
+                    await trio.sleep(0.02)
+        assert got.status_code == 200
+        s = (await client.get(c.status_url)).json()
+        assert endpoint(s, "us")["health"] == "healthy"
+        assert endpoint(s, "us")["vantages"]["fra"]["health"] == "healthy"
+        for r in (a, b, c):
+            await wait_until(client, r.status_url, health("eu", "healthy", sin="healthy"))
+
+        # Redis dies under load: no request fails, every replica reports degraded.
+        failures: list[str] = []
+        done = trio.Event()
+        sent = 0
+
+        async def load() -> None:
+            nonlocal sent
+            while not done.is_set():
+                for r in (a, b, c):
+                    code, _ = await tunnel_of(client, r.base)
+                    sent += 1
+                    if code != 200:
+                        failures.append(f"{r.name}: {code}")
+                await trio.lowlevel.checkpoint()
+
+        async with trio.open_nursery() as traffic:
+            traffic.start_soon(load)
+            await redis.stop()
+            for r in (a, b, c):
+                s = await wait_until(client, r.status_url, lambda s: s["cluster"]["degraded"])
+                assert s["cluster"]["degraded"]
+            metrics = (await client.get(f"http://127.0.0.1:{a.admin}/metrics")).text
+            assert "lb_cluster_store_connected 0.0" in metrics
+            await redis.start()
+            for r in (a, b, c):
+                await wait_until(
+                    client,
+                    r.status_url,
+                    lambda s: (
+                        s["cluster"]["connected"]
+                        and len(s["cluster"]["peers"]) == 3
+                        and set(endpoint(s, "eu")["vantages"]) == {"fra", "ams", "sin"}
+                    ),
+                )
+            done.set()
+        assert failures == [] and sent > 0
+        for r in (a, b, c):
+            assert "cluster_degraded" in r.log.read_text()
+            assert "cluster_rejoined" in r.log.read_text()
+            assert SECRET not in r.log.read_text()
+
+        for r in (a, b, c):
+            assert r.process is not None
+            r.process.send_signal(signal.SIGTERM)
+            with trio.fail_after(10):
+                assert await r.process.wait() == 0, r.log.read_text()[-2000:]
+
+
+async def test_replicas_of_one_vantage_split_probes_and_take_over(
+    stack: tuple[RedisServer, dict[str, int], Path], tmp_path: Path
+) -> None:
+    redis, ports, ca = stack
+    a, b = (Replica(name, "fra", tmp_path, redis.url) for name in ("a", "b"))
+    for r in (a, b):
+        r.write(ports, ca)
+    async with processes() as nursery, httpx.AsyncClient(timeout=5) as client:
+        for r in (a, b):
+            await r.start(nursery)
+
+        def split(s: dict[str, Any]) -> bool:
+            # two probe identities between two members: each probed once (rendezvous may give
+            # both to one member; which one depends on the random member ids)
+            peers = s["cluster"]["peers"]
+            return len(peers) == 2 and sum(p["probes_owned"] for p in peers) == 2
+
+        for r in (a, b):
+            await wait_until(client, r.status_url, split)
+            for name in ("eu", "us"):
+                await wait_until(client, r.status_url, health(name, "healthy", fra="healthy"))
+        b.kill()  # no clean stop: its heartbeat must expire
+        s = await wait_until(client, a.status_url, lambda s: s["cluster"]["probes_owned"] == 2)
+        assert [p["self"] for p in s["cluster"]["peers"]] == [True]
+        for name in ("eu", "us"):
+            assert endpoint(s, name)["health"] == "healthy"
