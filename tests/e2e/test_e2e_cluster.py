@@ -87,7 +87,7 @@ class Replica:
                             "type": "https",
                             "path": "/healthz",
                             "interval": 1,
-                            "timeout": 0.5,
+                            "timeout": 1,
                             "retries": 0,
                             "header": {"Host": [APP]},
                         }
@@ -109,6 +109,7 @@ class Replica:
                     "load_balancers": [
                         {
                             "name": LB,
+                            "proxied": True,
                             "default_pools": ["app"],
                             "fallback_pool": "app",
                             "session_affinity": "cookie",
@@ -250,14 +251,18 @@ async def test_three_replicas_share_health_affinity_and_survive_redis(
 
         # EU unreachable from b too: unhealthy on all three.
         b.write(ports, ca, dead=frozenset({EU}))
-        assert (await client.post(f"http://127.0.0.1:{b.admin}/reload")).status_code == 200
+        assert (
+            await client.post(f"http://127.0.0.1:{b.admin}/reload", headers={"X-Tunnel-LB": "1"})
+        ).status_code == 200
         for r in (a, b, c):
             await wait_until(client, r.status_url, health("eu", "unhealthy", ams="unhealthy"))
             assert Counter([await tunnel_of(client, r.base) for _ in range(5)]) == Counter(
                 {(200, US): 5}
             )
         b.write(ports, ca)
-        assert (await client.post(f"http://127.0.0.1:{b.admin}/reload")).status_code == 200
+        assert (
+            await client.post(f"http://127.0.0.1:{b.admin}/reload", headers={"X-Tunnel-LB": "1"})
+        ).status_code == 200
         for r in (a, b, c):
             await wait_until(client, r.status_url, health("eu", "healthy", ams="healthy"))
 

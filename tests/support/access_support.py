@@ -132,7 +132,7 @@ def lb_config(tunnels: list[Tunnel], ca: Path) -> str:
                     "type": "https",
                     "path": "/healthz",
                     "interval": 1,
-                    "timeout": 0.5,
+                    "timeout": 1,
                     "retries": 0,
                     "header": {"Host": [APP]},
                 }
@@ -154,6 +154,7 @@ def lb_config(tunnels: list[Tunnel], ca: Path) -> str:
             "load_balancers": [
                 {
                     "name": LB,
+                    "proxied": True,
                     "default_pools": ["ssh"],
                     "fallback_pool": "ssh",
                     "session_affinity": "cookie",
