@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import math
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -57,9 +58,14 @@ def _mac(secret: bytes, body: str) -> str:
 
 
 def sign(secret: bytes, load_balancer: str, pool: str, endpoint: str, expires: float) -> str:
-    """A ``__cflb`` value pinning ``load_balancer`` to ``pool/endpoint`` until ``expires``."""
+    """A ``__cflb`` value pinning ``load_balancer`` to ``pool/endpoint`` until ``expires``.
+
+    The expiry is written in whole seconds, rounded up: rounded down, a cookie issued late in
+    one second and sent early in the next would carry a ``Max-Age`` one second short of its
+    TTL (the proxy derives Max-Age from the embedded expiry).
+    """
     ident = _b64(_SEP.join((load_balancer, pool, endpoint)).encode())
-    body = f"v1.{ident}.{int(expires)}"
+    body = f"v1.{ident}.{math.ceil(expires)}"
     return f"{body}.{_mac(secret, body)}"
 
 
