@@ -14,6 +14,7 @@ from proxy_support import (
     LB_HOST,
     Certs,
     Client,
+    eventually,
     get,
     make_config,
     raw_exchange,
@@ -207,19 +208,13 @@ async def test_bad_later_chunk_is_400_at_once(nursery: trio.Nursery, certs: Cert
             b"POST /sink HTTP/1.1\r\nHost: app.example\r\nTransfer-Encoding: chunked\r\n\r\n"
             b"5\r\nhello\r\n"
         )
-        await _wait_until(lambda: stack.backends[0].seen)
+        await eventually(lambda: stack.backends[0].seen)
         await stream.send_all(b"ffffffffffffffff\r\nabc")
         while chunk := await stream.receive_some(65536):
             out += chunk
     await trio.aclose_forcefully(stream)
     assert bytes(out).startswith(b"HTTP/1.1 400 "), out
     assert (await stack.settled())[-1].error == "bad_chunk"
-
-
-async def _wait_until(predicate: object) -> None:
-    assert callable(predicate)
-    while not predicate():  # noqa: ASYNC110
-        await trio.sleep(0.005)
 
 
 # ---------------------------------------------------------------------- methods
