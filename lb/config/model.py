@@ -497,6 +497,9 @@ class Engine:
     affinity_secret: str = _f("", doc="HMAC key for __cflb; empty = random per process")
     trusted_proxies: tuple[str, ...] = _f((), doc="CIDRs whose client headers are believed")
     client_ip_header: str = _f("CF-Connecting-IP", doc="client IP header from trusted peers")
+    client_country_header: str = _f(
+        "CF-IPCountry", doc="client country header from trusted peers (country steering)"
+    )
     datacenter_header: str = _f("CF-Ray", doc="entry data center: colo suffix of CF-Ray")
     local_preference: LocalPreference = _f(LocalPreference(), doc="local-data-center preference")
     zero_downtime_failover_codes: tuple[int, ...] = _f(

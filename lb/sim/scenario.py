@@ -98,6 +98,8 @@ class Traffic:
     headers: float
     host: str
     path: str
+    country: str = ""
+    """The users' country for country steering ("" = the data center's)."""
 
     def rate(self, t: float) -> float:
         """Requests per second at ``t``."""
@@ -371,7 +373,15 @@ class _Resolver:
             headers=t.headers,
             host=host,
             path=t.path or "/",
+            country=self._country(t.country, (*path, "country")),
         )
+
+    def _country(self, raw: str, path: Path_) -> str:
+        if raw and (len(raw) != 2 or not raw.isascii() or not raw.isalpha() or not raw.isupper()):
+            self.error(
+                path, f'must be a two-letter upper-case country code such as "DE", got {raw!r}'
+            )
+        return raw
 
     def _steps(self, raw: Any, path: Path_) -> tuple[tuple[float, float], ...]:
         if isinstance(raw, bool) or raw is None:

@@ -63,6 +63,7 @@ class TrafficSpec:
     headers: float = _f(0.0, range=(0.0, 1.0), doc="share of clients sending affinity headers")
     host: str = _f("", doc="load balancer hostname; default: the first load balancer")
     path: str = _f("/", doc="request path (matched by the tunnel's ingress rules)")
+    country: str = _f("", doc="the users' country (as CF-IPCountry); default: the data center's")
 
 
 @dataclass(**_FROZEN)
