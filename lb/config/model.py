@@ -508,6 +508,11 @@ class Engine:
         doc="attempt outcomes that trigger the single retry (R42)",
     )
     error_style: str = _f("cloudflare", choices=("cloudflare", "plain"), doc="5xx codes")
+    probe_connection_reuse: float = _f(
+        0.0,
+        range=(0, 86400),
+        doc="seconds a probe connection may carry more checks; 0 = a new one per check",
+    )
     probe_user_agent: str = _f(
         "tunnel-lb", choices=("tunnel-lb", "cloudflare"), doc="probe User-Agent (R6)"
     )
