@@ -337,3 +337,22 @@ def test_item_04_the_table_knows_more_colos() -> None:
     assert config.datacenters["CMH"].country == "US"
     assert len(config.datacenters) >= 200
     assert all(dc.latitude is not None for dc in config.datacenters.values())
+
+
+# ----------------------------------------------------------------------- docs wording
+
+
+def test_docs_monitor_method_defaults_to_get_and_tcp_to_connection_established() -> None:
+    config = load(BASE).config
+    assert (config.monitors[0].method, config.monitors[0].effective_method) == ("GET", "GET")
+    tcp = load(BASE.replace("type: https,", "type: tcp, port: 443,")).config.monitors[0]
+    assert tcp.effective_method == "connection_established"
+
+
+def test_docs_a_host_only_on_the_monitor_warns_for_tunnel_endpoints() -> None:
+    tunnel = "6ff42ae2-765d-4adf-8112-31c55c1551ef.cfargotunnel.com"
+    text = BASE.replace("address: 10.0.0.1}", f"address: {tunnel}}}")
+    (warning,) = warnings(text)
+    assert "pools[0].origins[0].address: only the monitor sets a Host" in warning
+    on_endpoint = f"address: {tunnel}, header: {{Host: [app.example.com]}}}}"
+    assert warnings(BASE.replace("address: 10.0.0.1}", on_endpoint)) == []
