@@ -143,7 +143,7 @@ async def run_monitors(
     ]
     jobs = plan(targets, connect_to={f"{host(i)}:443": f"127.0.0.1:{port}" for i in range(n)})
     scheduler = Scheduler(
-        NetworkTransport(ssl_context=ctx),
+        NetworkTransport(ssl_context=ctx, reuse=3600.0),  # keep-alive, as docs/bench.md measures
         lambda r: stats.done(r.ok, r.reason),
         rng=random.Random(1),
         on_late=stats.late,

@@ -69,6 +69,7 @@ from lb.metrics import Metrics, load_balancer_state
 from lb.proxy.headers import parse_cookies
 from lb.status_page import SAMPLE_INTERVAL, Activity, page
 from steering import Request, Router
+from steering.geo import client_country
 
 __all__ = ["ReloadResult", "parse_address", "serve_admin", "status_json"]
 
@@ -441,6 +442,7 @@ class _Admin:
             host=host,
             client_ip=_one(query, "client_ip"),
             datacenter=_one(query, "datacenter").upper(),
+            country=client_country(_one(query, "country")),
             cookie=_one(query, "cookie") or None,
             headers=headers,
             cookies=parse_cookies(headers.get("cookie", "").encode("latin-1")),

@@ -316,7 +316,7 @@ async def serve_lb(
     engine.observers.health.append(_log_transition)
     scheduler = make_scheduler(  # sharded among the replicas of a cluster (lb.cluster)
         config,
-        NetworkTransport(ssl_context=tls),
+        NetworkTransport(ssl_context=tls, reuse=config.engine.probe_connection_reuse),
         engine.apply,
         rng=random.Random(rng.random()),
         first_round_rate=500,  # ramp TLS handshakes when thousands of endpoints start

@@ -7,15 +7,30 @@ Measured in ``docs/monitors.md`` (``bench/probes.py``): one shared ``httpx.Async
 collapses under many concurrent probes (pool scanning), one client per endpoint costs several
 times the CPU of this prober and far more memory per endpoint.  A probe needs little of HTTP:
 one request, the status, at most 10 KB of body, redirects.  So each session owns at most ONE
-keep-alive connection (a socket, an ``SSLStream`` over a context shared by all sessions, an
+connection (a socket, an ``SSLStream`` over a context shared by all sessions, an
 ``h11.Connection``) and reopens it after any failure.
+
+Every check sees a new connection
+=================================
+
+A check must see what a new traffic connection would see: an endpoint whose certificate
+became invalid, or that stopped completing TLS handshakes (or accepting connections), fails
+every new connection while an old keep-alive one goes on answering.  Cloudflare's monitors
+probe from many data centers and connect for their checks; a prober that kept one keep-alive
+connection forever would report such an endpoint healthy for as long as the connection
+lives.  So by default (``reuse=0``) every attempt opens a new connection with a full TLS
+handshake (no session resumption: the certificate is verified each time).  ``reuse`` (seconds)
+lets a connection carry further checks for that long after its handshake, trading how late a
+broken handshake is noticed (at most ``reuse`` plus one interval) for fewer handshakes;
+redirect hops inside one attempt always reuse it.
 
 Rules of a session
 ==================
 
 * **Keep-alive**: after a complete response that both sides may continue, the connection stays
-  open for the next check.  A response longer than the 10 KB body window, ``Connection:
-  close``, or any error drops it; so a 50 MB body costs one window, not 50 MB.
+  open for the next check if it is younger than ``reuse`` seconds (never, by default).  A
+  response longer than the 10 KB body window, ``Connection: close``, or any error drops it;
+  so a 50 MB body costs one window, not 50 MB.
 * **Stale keep-alive**: servers close idle connections (nginx after 75 s).  When a *reused*
   connection fails before a single response byte arrived, the request is sent once more on a
   fresh connection within the same attempt; this is not a retry in the R8 sense.
@@ -83,12 +98,15 @@ class NetworkTransport:
     process sees the same network.
     """
 
-    def __init__(self, *, ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(self, *, ssl_context: ssl.SSLContext | None = None, reuse: float = 0.0) -> None:
         if ssl_context is None:
             ssl_context = ssl.create_default_context()
             ssl_context.set_alpn_protocols(["http/1.1"])
         self.verified = ssl_context
         self.insecure = _insecure_context()
+        self.reuse = reuse
+        """Seconds after its handshake a connection may carry more checks (module docstring);
+        0 = a new connection for every check."""
 
     def open_session(self, probe: Probe, vantage: str) -> NetworkSession:
         """A session for ``probe``; it connects on its first attempt."""
@@ -98,13 +116,15 @@ class NetworkTransport:
 class NetworkSession:
     """One probe identity's keep-alive connection; see the module docstring."""
 
-    __slots__ = ("_conn", "_transport", "phase", "probe")
+    __slots__ = ("_conn", "_opened", "_transport", "phase", "probe")
 
     def __init__(self, transport: NetworkTransport, probe: Probe) -> None:
         self._transport = transport
         self.probe = probe
         self.phase = "connect"
         self._conn: _Conn | None = None
+        self._opened = 0.0
+        """When the keep-alive connection's handshake was made (trio clock)."""
 
     async def aclose(self) -> None:
         """Close the keep-alive connection, if any."""
@@ -116,7 +136,11 @@ class NetworkSession:
             conn.close_now()
 
     async def attempt(self) -> Exchange:
-        """One attempt; any exit but a normal return drops the connection."""
+        """One attempt; any exit but a normal return drops the connection.  A connection older
+        than ``reuse`` is dropped first, so the attempt makes the handshake a new traffic
+        connection would make."""
+        if self._conn is not None and trio.current_time() - self._opened >= self._transport.reuse:
+            self._drop()
         done = False
         try:
             if self.probe.scheme == "tcp":
@@ -197,6 +221,7 @@ class NetworkSession:
         reused = self._conn is not None
         if self._conn is None:
             self._conn = await self._open(p.scheme, p.dial_host, p.dial_port, tls_name)
+            self._opened = trio.current_time()
         try:
             out = await self._exchange(
                 self._conn, reused=reused, host=host, path=path, method=method
@@ -204,6 +229,7 @@ class NetworkSession:
         except _StaleError:
             self._drop()
             self._conn = await self._open(p.scheme, p.dial_host, p.dial_port, tls_name)
+            self._opened = trio.current_time()
             out = await self._exchange(
                 self._conn, reused=False, host=host, path=path, method=method
             )

@@ -6,7 +6,7 @@ import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Protocol, TypeVar
 
-__all__ = ["Located", "distance_km", "nearest"]
+__all__ = ["Located", "client_country", "distance_km", "nearest"]
 
 _EARTH_RADIUS_KM = 6371.0088
 
@@ -21,6 +21,16 @@ class Located(Protocol):
 
     @property
     def longitude(self) -> float | None: ...
+
+
+def client_country(value: str) -> str:
+    """The ISO country of a ``CF-IPCountry``-style header value, or "" for anything else:
+    Cloudflare's ``XX`` (unknown) and ``T1`` (Tor) say "no country", and a value that is not
+    two letters is ignored rather than trusted."""
+    code = value.strip().upper()
+    if len(code) != 2 or not code.isascii() or not code.isalpha() or code == "XX":
+        return ""
+    return code
 
 
 def distance_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:

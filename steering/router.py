@@ -220,6 +220,7 @@ class _Plan:
 
     __slots__ = (
         "affinity",
+        "by_country",
         "by_datacenter",
         "fallback",
         "fast",
@@ -260,6 +261,8 @@ class _Plan:
         self.policy = lb.effective_policy
         self.by_datacenter = self.policy in ("geo", "proximity", "dynamic_latency")
         """Whether the candidate pools depend on the request's data center."""
+        self.by_country = self.policy == "geo" and bool(lb.country_pools)
+        """Whether the candidate pools depend on the client's country too (``country_pools``)."""
         self.fast_by_datacenter = self.by_datacenter or local
         """Whether :attr:`fast` is keyed by data center (it is with local preference too)."""
         self.fast: dict[str, _Fast | None] = {}
@@ -367,7 +370,8 @@ class Router:
         if plan is not None and not trace and not plan.per_request:
             # The fast path (module docstring): no affinity, and the pool does not depend on
             # the request, so only the endpoint pick is left, done as in the general path.
-            fast = plan.fast.get(req.datacenter if plan.fast_by_datacenter else "")
+            key = req.datacenter if plan.fast_by_datacenter else ""
+            fast = plan.fast.get(f"{key}|{req.country}" if plan.by_country else key)
             if fast is not None:
                 eps, made, wide, wide_made, spill, policy = fast
                 if spill and rng.random() < spill:
@@ -386,6 +390,8 @@ class Router:
                 return _UNKNOWN_HOST
             tr.append(f"host {req.host!r}: no load balancer answers for it")
             return _UNKNOWN_HOST._replace(trace=tr)
+        if tr is not None and req.country:
+            tr.append(f"client country {req.country} (before the data center's)")
         if plan.per_request:  # R31, R32: the plan they make takes the general path
             plan, fixed = self._effective(plan, req, tr)
             if fixed is not None:
@@ -505,7 +511,7 @@ class Router:
         dc = self._datacenters.get(req.datacenter) if req.datacenter else None
         for index, ps in plan.pool_sets:
             label = _label("pool set", index, ps.name, tr)
-            if not _pool_set_matches(ps, req.datacenter, dc):
+            if not _pool_set_matches(ps, req.datacenter, dc, req.country):
                 if tr is not None:
                     tr.append(f"{label}: no match for data center {req.datacenter or '-'}")
                 continue
@@ -746,12 +752,11 @@ class Router:
         *,
         avoid: str = "",
     ) -> Decision:
-        route = plan.routes.get(req.datacenter if plan.by_datacenter else "")
-        if route is None:
-            route = self._route(plan, req)
+        route = self._route(plan, req)
         dc_key = req.datacenter if plan.fast_by_datacenter else ""
-        if tr is None and plan.affinity == "none" and dc_key not in plan.fast:
-            self._compile_fast(plan, route, dc_key)  # for the next decide() from here
+        fast_key = f"{dc_key}|{req.country}" if plan.by_country else dc_key
+        if tr is None and plan.affinity == "none" and fast_key not in plan.fast:
+            self._compile_fast(plan, route, fast_key, dc_key)  # for the next decide()
         if tr is not None:
             self._trace_route(route, tr)
         pools = route.eligible
@@ -773,8 +778,9 @@ class Router:
             return self._fallback(plan, req, rng, live, tr)
         return plan.decision(pool, ep, "policy", tr)
 
-    def _compile_fast(self, plan: _Plan, route: _Route, dc: str) -> None:
-        """Cache the fast-path entry of ``plan`` for data center ``dc`` (see :data:`_Fast`)."""
+    def _compile_fast(self, plan: _Plan, route: _Route, key: str, dc: str) -> None:
+        """Cache under ``key`` the fast-path entry of ``plan`` for data center ``dc`` (see
+        :data:`_Fast`); the key also holds the client's country when the route depends on it."""
         fast: _Fast | None = None
         if plan.policy in _ORDERED and not route.sheds and route.eligible:
             pool = route.eligible[0]
@@ -788,7 +794,7 @@ class Router:
             wide_made = tuple(plan.decision(pool, e, "policy", None) for e in wide.items)
             fast = (eps, made, wide, wide_made, spill, pool.config.origin_steering.policy)
         if len(plan.fast) < _CACHE_LIMIT:  # dc comes from a request header
-            plan.fast[dc] = fast
+            plan.fast[key] = fast
 
     def _pick_pool(
         self,
@@ -981,23 +987,25 @@ class Router:
         return plan
 
     def _route(self, plan: _Plan, req: Request) -> _Route:
-        policy = plan.policy
-        key = req.datacenter if policy in ("geo", "proximity", "dynamic_latency") else ""
+        dc = req.datacenter if plan.by_datacenter else ""
+        key = f"{dc}|{req.country}" if plan.by_country else dc
         route = plan.routes.get(key)
         if route is None:
-            route = self._compute_route(plan, key)
-            if len(plan.routes) < _CACHE_LIMIT:  # key comes from a request header
+            route = self._compute_route(plan, dc, req.country if plan.by_country else "")
+            if len(plan.routes) < _CACHE_LIMIT:  # key comes from request headers
                 plan.routes[key] = route
         return route
 
-    def _compute_route(self, plan: _Plan, dc_code: str) -> _Route:
+    def _compute_route(self, plan: _Plan, dc_code: str, country: str = "") -> _Route:
+        """The candidate pools for a request from ``dc_code``; ``country_pools`` is looked up
+        with the client's ``country`` when known, else the data center's (docs/semantics.md)."""
         lb, pools = plan.lb, self.snapshot.pools
         label, names = "default_pools", lb.default_pools
         dc = self._datacenters.get(dc_code) if dc_code else None
-        if plan.policy == "geo" and dc_code:
+        if plan.policy == "geo" and (dc_code or country):
             for label_, mapping, k in (
                 ("pop_pools", lb.pop_pools, dc_code),
-                ("country_pools", lb.country_pools, dc.country if dc else ""),
+                ("country_pools", lb.country_pools, country or (dc.country if dc else "")),
                 ("region_pools", lb.region_pools, dc.region if dc else ""),
             ):
                 if k and k in mapping:
@@ -1077,10 +1085,11 @@ def _fixed_decision(
     )
 
 
-def _pool_set_matches(ps: PoolSet, code: str, dc: Datacenter | None) -> bool:
+def _pool_set_matches(ps: PoolSet, code: str, dc: Datacenter | None, country: str = "") -> bool:
     """R31: no match, or ``default``, matches every request; a topology matches when every
     list it sets holds the request's data center, its country or its region (AND across the
-    lists, as Cloudflare's documentation says; open question 8)."""
+    lists, as Cloudflare's documentation says; open question 8).  The country is the
+    client's when known, else the data center's (the pool-sets page)."""
     match = ps.match
     if match is None or match.default:
         return True
@@ -1089,7 +1098,7 @@ def _pool_set_matches(ps: PoolSet, code: str, dc: Datacenter | None) -> bool:
         return False
     if t.pops and code not in t.pops:
         return False
-    if t.countries and (dc is None or dc.country not in t.countries):
+    if t.countries and (country or (dc.country if dc else "")) not in t.countries:
         return False
     return not t.regions or (dc is not None and dc.region in t.regions)
 

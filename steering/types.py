@@ -27,6 +27,9 @@ class Request:
     client_ip: str = ""
     datacenter: str = ""
     """Code of the data center the request entered at ("" when unknown)."""
+    country: str = ""
+    """The client's country (ISO code from a trusted proxy's ``CF-IPCountry``; "" when
+    unknown): ``country_pools`` and pool-set ``countries`` use it before the data center's."""
     cookie: str | None = None
     """The ``__cflb`` value the client sent, if any."""
     headers: Mapping[str, str] = field(default_factory=dict)

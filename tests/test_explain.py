@@ -84,3 +84,14 @@ def test_explain_applies_custom_rules(
     out, _ = capsys.readouterr()
     assert code == 0
     assert out.startswith(expected), out
+
+
+def test_item_03_explain_takes_the_clients_country(capsys: pytest.CaptureFixture[str]):
+    base = ("--host", "geo.localhost", "--datacenter", "AMS", "--json")
+    code, out, _ = explain(capsys, *base)
+    assert code == 0 and json.loads(out)["pool"] == "eu"
+    assert "candidates from region_pools[WEU]: ['eu', 'us']" in json.loads(out)["trace"]
+    code, out, _ = explain(capsys, *base, "--country", "de")
+    trace = json.loads(out)["trace"]
+    assert trace[0] == "client country DE (before the data center's)"
+    assert "candidates from country_pools[DE]: ['eu']" in trace

@@ -20,6 +20,7 @@ from lb.config.serving import serving_problem
 from lb.engine import Engine
 from lb.proxy.headers import parse_cookies
 from steering import Request
+from steering.geo import client_country
 
 NAME = "explain"
 HELP = "Show which pool and endpoint a request would get, with the full trace."
@@ -31,6 +32,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", required=True, help="the request's Host (load balancer name)")
     parser.add_argument("--client-ip", default="", help="client IP (hash, ip_cookie, shedding)")
     parser.add_argument("--datacenter", default="", help="entry data center code, e.g. FRA")
+    parser.add_argument(
+        "--country",
+        default="",
+        help="the client's country (ISO code, as CF-IPCountry says); default: the data center's",
+    )
     parser.add_argument("--cookie", default=None, help="the __cflb value the client sends")
     parser.add_argument("--method", default="GET", help="request method (custom rules)")
     parser.add_argument("--path", default="/", help="request path and query (custom rules)")
@@ -91,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
         host=args.host,
         client_ip=args.client_ip,
         datacenter=datacenter,
+        country=client_country(args.country),
         cookie=args.cookie,
         headers=headers,
         cookies=parse_cookies(headers.get("cookie", "").encode("latin-1")),

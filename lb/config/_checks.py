@@ -370,6 +370,13 @@ def _check_origins(item: Item[Pool], monitor: Monitor | None, report: Report) ->
                 "catch-all rule; set header.Host here or on the monitor"
             )
             report.warn(at("address"), message)
+        elif origin.tunnel_id and probed_over_http and not origin.host_header:
+            message = (
+                "only the monitor sets a Host: probes reach the right ingress rule, but real "
+                "traffic carries the load balancer's hostname and may land on cloudflared's "
+                "catch-all; set header.Host on this endpoint"
+            )
+            report.warn(at("address"), message)
 
 
 def _probe_host(origin: Origin, monitor: Monitor | None) -> str | None:

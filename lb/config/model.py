@@ -83,9 +83,11 @@ class Monitor:
 
     id: str = _f(doc="identifier that pools reference in `monitor`")
     type: str = _f("http", choices=("http", "https", "tcp"), doc="probe protocol")
-    method: str = _f("", doc="HTTP method (GET) or connection_established for tcp")
+    method: str = _f("GET", doc="HTTP method; a tcp monitor uses connection_established")
     path: str = _f("/", doc="request path (http/https)")
-    port: int = _f(0, range=(0, 65535), doc="0 = 80 for http, 443 for https (R7)")
+    port: int = _f(
+        0, range=(0, 65535), doc="0 = the endpoint's port, else 80 / 443 (semantics.md, 17)"
+    )
     header: Mapping[str, tuple[str, ...]] = _f({}, doc="extra request headers, Host included")
     expected_codes: str = _f("200", doc='"200", a class like "2xx", or a list "200,302" (R2)')
     expected_body: str = _f("", doc="case-insensitive substring of the first 10 KB (R1)")
@@ -101,10 +103,11 @@ class Monitor:
 
     @property
     def effective_method(self) -> str:
-        """GET for http(s), connection_established for tcp, unless set."""
-        if self.method:
-            return self.method
-        return "connection_established" if self.type == "tcp" else "GET"
+        """The method; ``GET`` (the API default) or empty means connection_established for a
+        tcp monitor, as the API text says."""
+        if self.type == "tcp" and self.method in ("", "GET"):
+            return "connection_established"
+        return self.method or "GET"
 
     @property
     def host_header(self) -> str | None:
@@ -444,7 +447,10 @@ class Datacenter:
 
 @dataclass(**_FROZEN)
 class LocalPreference:
-    """Prefer endpoints whose tunnel holds a connection in the request's data center."""
+    """Prefer endpoints whose tunnel holds a connection in the request's data center.
+
+    A tunnel-lb extension: Cloudflare's own local connection preference only picks among the
+    replicas (connections) of one tunnel, never between the endpoints of a pool."""
 
     enabled: bool = _f(False, doc="turn local-data-center preference on")
     spill: float = _f(
@@ -539,14 +545,24 @@ class Engine:
     affinity_secret_file: str = _f("", doc="file holding the __cflb HMAC key", path=True)
     trusted_proxies: tuple[str, ...] = _f((), doc="CIDRs whose client headers are believed")
     client_ip_header: str = _f("CF-Connecting-IP", doc="client IP header from trusted peers")
+    client_country_header: str = _f(
+        "CF-IPCountry", doc="client country header from trusted peers (country steering)"
+    )
     datacenter_header: str = _f("CF-Ray", doc="entry data center: colo suffix of CF-Ray")
-    local_preference: LocalPreference = _f(LocalPreference(), doc="local-data-center preference")
+    local_preference: LocalPreference = _f(
+        LocalPreference(), doc="tunnel-lb extension: prefer endpoints connected in the request's DC"
+    )
     zero_downtime_failover_codes: tuple[int, ...] = _f(
         (521, 522, 523),
         range=(500, 599),
         doc="attempt outcomes that trigger the single retry (R42)",
     )
     error_style: str = _f("cloudflare", choices=("cloudflare", "plain"), doc="5xx codes")
+    probe_connection_reuse: float = _f(
+        0.0,
+        range=(0, 86400),
+        doc="seconds a probe connection may carry more checks; 0 = a new one per check",
+    )
     probe_user_agent: str = _f(
         "tunnel-lb", choices=("tunnel-lb", "cloudflare"), doc="probe User-Agent (R6)"
     )

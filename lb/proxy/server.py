@@ -107,6 +107,7 @@ from lb.proxy.listeners import AnyListener, bound_address, is_https, open_listen
 from lb.proxy.upstream import UpstreamConnection, UpstreamPool, target_for
 from lb.proxy.urls import BadTargetError, origin_form
 from steering.affinity import COOKIE_NAME, expires_of
+from steering.geo import client_country
 from steering.types import Decision, Request
 
 __all__ = ["ProxyServer", "serve_proxy"]
@@ -753,6 +754,7 @@ class ProxyServer:
             host=name,
             client_ip=client_ip,
             datacenter=datacenter,
+            country=_client_country(event.headers, settings) if flow.trusted else "",
             cookie=cookie_value(facts.cookie, COOKIE_NAME) if facts.cookie else None,
             headers=_LazyHeaders(event.headers),
             cookies=_LazyCookies(facts.cookie),
@@ -1467,6 +1469,15 @@ class ProxyServer:
                 self._trusted_cache.clear()
             self._trusted_cache[peer] = found
         return found
+
+
+def _client_country(headers: Sequence[tuple[bytes, bytes]], settings: EngineSettings) -> str:
+    """The client country a trusted proxy sent (``engine.client_country_header``), or ""."""
+    name = settings.client_country_header.lower().encode("latin-1")
+    for key, value in headers:
+        if key == name:
+            return client_country(value.decode("latin-1"))
+    return ""
 
 
 async def serve_proxy(

@@ -119,6 +119,8 @@ class Traffic:
     """Long-lived sessions opened per second (:mod:`lb.sim.sessions`)."""
     session_duration: float = 0.0
     """Seconds each session lasts unless its endpoint fails first."""
+    country: str = ""
+    """The users' country for country steering ("" = the data center's)."""
 
     def rate(self, t: float) -> float:
         """Requests per second at ``t``."""
@@ -441,7 +443,15 @@ class _Resolver:
             path=t.path or "/",
             sessions_rate=t.sessions.rate if t.sessions else 0.0,
             session_duration=t.sessions.duration if t.sessions else 0.0,
+            country=self._country(t.country, (*path, "country")),
         )
+
+    def _country(self, raw: str, path: Path_) -> str:
+        if raw and (len(raw) != 2 or not raw.isascii() or not raw.isalpha() or not raw.isupper()):
+            self.error(
+                path, f'must be a two-letter upper-case country code such as "DE", got {raw!r}'
+            )
+        return raw
 
     def _steps(self, raw: Any, path: Path_) -> tuple[tuple[float, float], ...]:
         if isinstance(raw, bool) or raw is None:

@@ -85,6 +85,7 @@ class TrafficSpec:
     host: str = _f("", doc="load balancer hostname; default: the first load balancer")
     path: str = _f("/", doc="request path (matched by the tunnel's ingress rules)")
     sessions: SessionsSpec | None = _f(None, doc="long-lived sessions besides the requests")
+    country: str = _f("", doc="the users' country (as CF-IPCountry); default: the data center's")
 
 
 @dataclass(**_FROZEN)

@@ -243,6 +243,7 @@ class DatacenterTraffic:
             host=self.traffic.host,
             client_ip=ip,
             datacenter=self.dc,
+            country=self.traffic.country,
             headers=headers,
             cookies=cookies,
             uri=self.traffic.path,  # custom rules (R32) see the path, as the ingress rules do

@@ -6,8 +6,13 @@ decisions and the Cloudflare sources they follow.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 from config_helpers import BASE, errors, load, warnings
+
+from lb.cli import main
 
 LB = "  - {name: app.example.com, proxied: true, default_pools: [a, b], fallback_pool: b}\n"
 
@@ -337,3 +342,72 @@ def test_item_04_the_table_knows_more_colos() -> None:
     assert config.datacenters["CMH"].country == "US"
     assert len(config.datacenters) >= 200
     assert all(dc.latitude is not None for dc in config.datacenters.values())
+
+
+# ----------------------------------------------------------------------- docs wording
+
+
+def test_docs_monitor_method_defaults_to_get_and_tcp_to_connection_established() -> None:
+    config = load(BASE).config
+    assert (config.monitors[0].method, config.monitors[0].effective_method) == ("GET", "GET")
+    tcp = load(BASE.replace("type: https,", "type: tcp, port: 443,")).config.monitors[0]
+    assert tcp.effective_method == "connection_established"
+
+
+def test_docs_a_host_only_on_the_monitor_warns_for_tunnel_endpoints() -> None:
+    tunnel = "6ff42ae2-765d-4adf-8112-31c55c1551ef.cfargotunnel.com"
+    text = BASE.replace("address: 10.0.0.1}", f"address: {tunnel}}}")
+    (warning,) = warnings(text)
+    assert "pools[0].origins[0].address: only the monitor sets a Host" in warning
+    on_endpoint = f"address: {tunnel}, header: {{Host: [app.example.com]}}}}"
+    assert warnings(BASE.replace("address: 10.0.0.1}", on_endpoint)) == []
+
+
+# ----------------------------------------------------------------------- proof: an export
+
+
+def test_proof_check_passes_on_an_export_with_rule_pools_and_unlisted_colos(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A Cloudflare API export (envelope) using rule ``overrides.pools``, pool weights, a
+    pool set and colos outside the table: ``tunnel-lb check`` passes (warnings only)."""
+    pool = {
+        "id": "17b5962d775c646f3f9725cbc7a53df4",
+        "name": "primary",
+        "origins": [{"name": "a", "address": "192.0.2.1", "weight": 1}],
+    }
+    other = {**pool, "id": "9290f38c5d07c2e2f4df57b1f61d4196", "name": "secondary"}
+    other["origins"] = [{"name": "b", "address": "192.0.2.2", "weight": 0.55}]
+    lb = {
+        "id": "699d98642c564d2e855e9661899b7252",
+        "name": "www.example.com",
+        "proxied": True,
+        "default_pools": [pool["id"]],
+        "fallback_pool": other["id"],
+        "steering_policy": "geo",
+        "pop_pools": {"BNE": [other["id"]], "QQQ": [pool["id"]]},
+        "rules": [
+            {
+                "name": "beta",
+                "condition": 'http.request.uri.path matches "^/beta"',
+                "overrides": {
+                    "pools": [other["id"]],
+                    "pool_weights": {other["id"]: 0.5},
+                    "pool_default_weight": 0.2,
+                },
+            }
+        ],
+        "pool_sets": [
+            {
+                "name": "apac",
+                "match": {"topology": {"pops": ["CMH", "ZZZ"]}},
+                "overrides": {"pools": [other["id"]], "steering_policy": "random"},
+            }
+        ],
+    }
+    path = tmp_path / "export.json"
+    body = {"result": [pool, other, lb], "success": True, "errors": [], "messages": []}
+    path.write_text(json.dumps(body))
+    assert main(["check", str(path)]) == 0
+    out = capsys.readouterr()
+    assert 'data center "QQQ" is not in the data center table' in out.out + out.err

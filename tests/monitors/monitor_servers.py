@@ -165,6 +165,9 @@ class HostRouter:
     connections: int = 0
     body_bytes_sent: int = 0
     port: int = 0
+    handshakes: bool = True
+    """False: accept new connections but never answer their TLS ClientHello (a stuck TLS
+    stack); connections already open keep working."""
 
     async def start(self, nursery: trio.Nursery) -> int:
         """Listen on 127.0.0.1, serve in ``nursery``; return the port."""
@@ -194,6 +197,8 @@ class HostRouter:
         stream: trio.abc.Stream = tcp
         try:
             if self.ssl_context is not None:
+                if not self.handshakes:
+                    await trio.sleep_forever()
                 tls = trio.SSLStream(tcp, self.ssl_context, server_side=True)
                 stream = tls
                 try:

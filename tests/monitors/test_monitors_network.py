@@ -289,8 +289,11 @@ async def test_retries_follow_timeouts_only(
 
 
 async def test_keep_alive_reuses_one_connection_and_survives_a_stale_one(
-    nursery: trio.Nursery, server_context: ServerContext, transport: NetworkTransport
+    nursery: trio.Nursery, server_context: ServerContext, ca: trustme.CA
 ) -> None:
+    ctx = ssl.create_default_context()
+    ca.configure_trust(ctx)
+    transport = NetworkTransport(ssl_context=ctx, reuse=3600.0)  # keep-alive opted in
     closing = {"on": False}
 
     async def maybe_close(reply: object) -> None:
@@ -342,3 +345,54 @@ async def test_plain_http_probe_with_extra_headers(
     assert (v.ok, v.status) == (True, 204)
     assert r.user_agents == ["tunnel-lb/0.1.0 (health-check; pool: p)"]
     assert r.sni == []
+
+
+async def test_checks_see_what_a_new_connection_sees(
+    nursery: trio.Nursery,
+    server_context: ServerContext,
+    transport: NetworkTransport,
+    rogue_ca: trustme.CA,
+) -> None:
+    """An endpoint whose certificate turns bad, then whose TLS stops completing handshakes,
+    fails the very next check each time, though an old connection would still be served:
+    every check makes a new connection and a full handshake (no keep-alive by default)."""
+    r = await router(nursery, server_context, ("app.test", respond()))
+    p = probe(r.port, timeout=0.5, retries=0)
+    session = transport.open_session(p, "local")
+    try:
+        assert (await run_check(session, p)).ok
+        assert (await run_check(session, p)).ok
+        assert r.connections == 2  # one handshake per check
+        r.ssl_context = server_context("app.test", "origin.test", issuer=rogue_ca)
+        bad_cert = await run_check(session, p)
+        assert (bad_cert.ok, bad_cert.reason) == (False, Reason.TLS_UNTRUSTED_CERTIFICATE)
+        r.ssl_context = server_context("app.test", "origin.test")
+        assert (await run_check(session, p)).ok
+        r.handshakes = False
+        stuck = await run_check(session, p)
+        assert (stuck.ok, stuck.reason) == (False, Reason.HTTP_TIMEOUT)
+    finally:
+        await session.aclose()
+
+
+async def test_reuse_bounds_how_long_a_connection_hides_a_broken_handshake(
+    nursery: trio.Nursery, server_context: ServerContext, ca: trustme.CA
+) -> None:
+    """With ``reuse`` opted in, checks ride the keep-alive connection until it is ``reuse``
+    seconds old; the first check after that makes a new handshake and sees the breakage."""
+    ctx = ssl.create_default_context()
+    ca.configure_trust(ctx)
+    transport = NetworkTransport(ssl_context=ctx, reuse=0.3)
+    r = await router(nursery, server_context, ("app.test", respond()))
+    p = probe(r.port, timeout=0.5, retries=0)
+    session = transport.open_session(p, "local")
+    try:
+        assert (await run_check(session, p)).ok
+        r.handshakes = False
+        assert (await run_check(session, p)).ok  # the young connection still answers
+        assert r.connections == 1
+        await trio.sleep(0.35)  # the connection is now older than reuse
+        stuck = await run_check(session, p)
+        assert (stuck.ok, stuck.reason) == (False, Reason.HTTP_TIMEOUT)
+    finally:
+        await session.aclose()

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from sim_builders import CONFIG, TUNNEL_A, scenario
 
+from lb.config import ConfigError
 from lb.sim import run_scenario
 
 BASE = """\
@@ -205,3 +207,35 @@ load_balancers:
     by_dc = data["by_datacenter"]
     assert by_dc["FRA"] > 0 and by_dc["IAD"] > 0
     assert data["by_pool"] == {"api": by_dc["FRA"], "main": by_dc["IAD"]}
+
+
+def test_item_03_traffic_country_steers_by_the_clients_country(tmp_path: Path) -> None:
+    """Simulated users carry a country: German users entering at AMS get country_pools[DE]."""
+    config = CONFIG.replace(
+        "load_balancers:\n"
+        "  - {name: app.example.com, proxied: true, default_pools: [main], fallback_pool: main}",
+        f"""  - name: de
+    monitor: app
+    origins:
+      - {{name: c, address: {TUNNEL_A}.cfargotunnel.com}}
+load_balancers:
+  - name: app.example.com
+    proxied: true
+    steering_policy: geo
+    default_pools: [main]
+    fallback_pool: main
+    country_pools: {{DE: [de]}}""",
+    )
+    after = "rate: [{at: 0, rate: 0}, {at: 20, rate: %d}]"
+    body = BASE.replace(
+        "  FRA: {rate: 100, clients: 200}",
+        f"  AMS: {{{after % 100}, clients: 200, country: DE}}\n"
+        f"  IAD: {{{after % 50}, clients: 100}}",
+    )
+    data = run_scenario(scenario(tmp_path, body, config=config)).data
+    by_dc = data["by_datacenter"]
+    assert by_dc["AMS"] > 0 and by_dc["IAD"] > 0
+    assert data["by_pool"] == {"de": by_dc["AMS"], "main": by_dc["IAD"]}
+    bad = BASE.replace("{rate: 100, clients: 200}", "{rate: 100, clients: 200, country: de}")
+    with pytest.raises(ConfigError, match="two-letter upper-case country code"):
+        scenario(tmp_path, bad, config=config)

@@ -14,6 +14,7 @@ from lb.config.model import (
     RandomSteering,
     Rule,
     RuleOverrides,
+    Topology,
 )
 from steering import Router
 
@@ -90,3 +91,35 @@ def test_item_07_rule_pool_weights_replace_random_steering_halves() -> None:
     assert set(shares(r, 80, uri="/b")) == {"b", "c"}
     # pool_default_weight replaces the default; the load balancer's pool_weights stay.
     assert set(shares(r, 80, uri="/listed")) == {"c"}
+
+
+def country_router() -> Router:
+    sets = (
+        PoolSet(
+            match=PoolSetMatch(topology=Topology(countries=("JP",))),
+            overrides=PoolSetOverrides(pools=("c",)),
+        ),
+    )
+    geo = load_balancer(["a"], "a", steering_policy="geo", country_pools={"DE": ("b",)})
+    by_set = load_balancer(["a"], "a", name="sets.example.com", pool_sets=sets)
+    return router(config([pool("a"), pool("b"), pool("c")], [geo, by_set]))
+
+
+def test_item_03_country_pools_use_the_clients_country_then_the_data_centers() -> None:
+    r = country_router()
+    assert set(shares(r, 30, datacenter="FRA")) == {"b"}  # FRA is in DE
+    assert set(shares(r, 30, datacenter="AMS")) == {"a"}  # NL: no mapping
+    assert set(shares(r, 30, datacenter="AMS", country="DE")) == {"b"}  # a German client
+    assert set(shares(r, 30, datacenter="FRA", country="NL")) == {"a"}  # a Dutch one in FRA
+    assert set(shares(r, 30, country="DE")) == {"b"}  # no data center known at all
+    d = r.decide(request(datacenter="AMS", country="DE"), random.Random(1), trace=True)
+    assert d.trace[0] == "client country DE (before the data center's)"
+    assert "candidates from country_pools[DE]: ['b']" in d.trace
+
+
+def test_item_03_pool_set_countries_use_the_clients_country() -> None:
+    r = country_router()
+    host = "sets.example.com"
+    assert set(shares(r, 30, host=host, datacenter="NRT")) == {"c"}  # NRT is in JP
+    assert set(shares(r, 30, host=host, datacenter="NRT", country="KR")) == {"a"}
+    assert set(shares(r, 30, host=host, datacenter="FRA", country="JP")) == {"c"}
