@@ -7,6 +7,7 @@ import argparse
 import trio
 
 from lb import logs
+from lb.commands._trust import checked_upstream_context
 from lb.config.errors import ConfigError
 from lb.config.loader import load_config
 from lb.config.serving import ALLOW_EMPTY_HINT, serving_problem
@@ -44,5 +45,6 @@ def run(args: argparse.Namespace) -> int:
         logs.event("config_warning", message=str(warning))
     # Certificates are read before anything listens: a bad path is a ConfigError (exit 2).
     listener_contexts(result.config.engine.listen, source=args.files[0])
+    checked_upstream_context(result.config)  # likewise engine.upstream_ca
     trio.run(lambda: serve_lb(args.files, config=result.config, seed=args.seed))
     return 0
