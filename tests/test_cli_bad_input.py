@@ -222,3 +222,76 @@ def test_a_lowercase_datacenter_is_accepted(capsys: pytest.CaptureFixture[str]) 
     geo = ROOT / "configs" / "geo.yaml"
     assert main(["explain", str(geo), "--host", "geo.localhost", "--datacenter", "sin"]) == 0
     assert "pool apac" in capsys.readouterr().out
+
+
+def test_check_reports_a_configuration_without_load_balancers_unless_allowed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "monitors.yaml"
+    path.write_text("monitors:\n  - {id: m, type: http}\n")
+    assert main(["check", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[0] == (
+        f"{path}: load_balancers: no load balancer is configured: every request would be "
+        "answered 404 (pass --allow-empty to accept that)"
+    )
+    assert main(["check", "--allow-empty", str(path)]) == 0
+    assert capsys.readouterr().out.startswith(f"OK: {path}")
+
+
+def test_an_unexpected_exception_is_one_line_unless_asked_for(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import lb.commands.check
+
+    def broken(args: object) -> int:
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(lb.commands.check, "run", broken)
+    monkeypatch.delenv("TUNNEL_LB_TRACEBACK", raising=False)
+    assert main(["check", "x.yaml"]) == 1
+    assert capsys.readouterr().err == (
+        "error: unexpected ZeroDivisionError: a bug (a bug; set TUNNEL_LB_TRACEBACK=1 to see "
+        "where)\n"
+    )
+    monkeypatch.setenv("TUNNEL_LB_TRACEBACK", "1")
+    with pytest.raises(ZeroDivisionError):
+        main(["check", "x.yaml"])
+
+
+def test_config_errors_inside_an_exception_group_are_printed_as_problems(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import lb.commands.check
+    from lb.config import ConfigError, Problem
+
+    def fails(args: object) -> int:
+        problem = Problem(file="lb.yaml", line=3, path="pools", message="bad")
+        raise ExceptionGroup("from a nursery", [ConfigError([problem])])
+
+    monkeypatch.setattr(lb.commands.check, "run", fails)
+    assert main(["check", "x.yaml"]) == 2
+    assert capsys.readouterr().err == "error: lb.yaml:3: pools: bad\n"
+
+
+def test_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
+    """``tunnel-lb check --json lb.yaml | head -1``: the reader leaves early."""
+    pools = "".join(
+        f"  - {{name: p{i}, origins: [{{name: o, address: 10.0.{i // 250}.{i % 250}}}]}}\n"
+        for i in range(700)
+    )
+    path = tmp_path / "lb.yaml"
+    path.write_text(
+        f"pools:\n{pools}load_balancers:\n  - {{name: a.test, default_pools: [p0], "
+        "fallback_pool: p1}\n"
+    )  # the summary is larger than a pipe's buffer: the write fails wherever it is
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lb", "check", "--json", str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 141
+    assert err == b""
