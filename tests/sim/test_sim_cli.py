@@ -124,3 +124,13 @@ def test_progress_bar_appears_only_after_a_while(monkeypatch: pytest.MonkeyPatch
     assert "[###############...............]  50%" in stream.getvalue()
     bar(1.0)
     assert stream.getvalue().endswith("\r")
+
+
+def test_an_output_that_cannot_be_written_is_one_error_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path, FAILING.replace("duration: 30", "duration: 5"))
+    target = tmp_path / "missing-directory" / "r.json"
+    assert main(["simulate", str(path), "--quiet", "--json", str(target)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: cannot write {target}: No such file or directory\n"
