@@ -295,3 +295,23 @@ def test_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 141
     assert err == b""
+
+
+def test_run_starts_without_load_balancers_only_when_allowed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import lb.commands.run
+
+    served: list[object] = []
+
+    async def serve_lb(paths: list[str], *, config: object, seed: int | None) -> None:
+        served.append(config)  # instead of listening
+
+    monkeypatch.setattr(lb.commands.run, "serve_lb", serve_lb)
+    path = tmp_path / "lb.yaml"
+    path.write_text("# moved to lb.d/\n")
+    assert main(["run", str(path)]) == 2
+    assert "no load balancer is configured" in capsys.readouterr().err
+    assert served == []
+    assert main(["run", "--allow-empty", str(path)]) == 0
+    assert len(served) == 1
