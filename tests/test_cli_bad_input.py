@@ -108,6 +108,7 @@ CASES: dict[str, tuple[Maker, str | dict[str, str]]] = {
     "wrong-kind": (_wrong_kind, WRONG_KIND),
     "deep-nesting": (_write("lb.yaml", "a: " + "[" * 300 + "]" * 300 + "\n"), "nested deeper"),
     "alias-bomb": (_bomb, "aliases repeat more than 10000 nodes"),
+    "huge": (_write("lb.yaml", "# padding\n" * 220_000), "the file is larger than 2 MiB"),
 }
 
 
