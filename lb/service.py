@@ -5,10 +5,11 @@ Each part is the same code the tests and the simulator run; here they get the re
 the real network and the real signals:
 
 * ``SIGHUP`` (and ``POST /reload``) re-read the configuration files.  An invalid
-  configuration is logged and counted and the old one keeps serving; a valid one keeps the
-  health of unchanged endpoints and the affinity secret, and in-flight requests finish.
-  Any other error while loading or applying (a ``RecursionError`` from a pathological
-  YAML, an exception from ``reconfigure``) is a failed reload too, never a crash.
+  configuration is logged and counted and the old one keeps serving, and so is one without
+  any load balancer unless forced (``POST /reload?force=1``, :mod:`lb.config.serving`); a
+  valid one keeps the health of unchanged endpoints and the affinity secret, and in-flight
+  requests finish.  Any other error while loading or applying (a bug in the loader, an
+  exception from ``reconfigure``) is a failed reload too, never a crash.
   Listener addresses are not rebound on reload, and ``engine.workers`` and
   ``engine.upstream_ca`` are fixed at start (a restart is needed for those; it is logged).
   A SIGHUP reload runs in the background: a SIGTERM during it drains at once.

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import enum
 
-__all__ = ["TIMEOUTS", "Reason", "timeout_reason"]
+__all__ = ["TIMEOUTS", "Reason", "hint", "timeout_reason"]
 
 
 class Reason(enum.StrEnum):
@@ -48,3 +48,23 @@ def timeout_reason(phase: str) -> Reason:
     dripping body) is an ``HTTP timeout occurred``, as Cloudflare reports a silent server.
     """
     return Reason.TCP_TIMEOUT if phase == "connect" else Reason.HTTP_TIMEOUT
+
+
+def hint(reason: Reason | None, *, upstream_ca: str = "") -> str:
+    """What an operator can do about a failure for ``reason``, or ``""`` if nothing specific.
+
+    ``upstream_ca`` is the configured ``engine.upstream_ca`` (empty: the system store only).
+    An untrusted certificate is nearly always an endpoint with a private CA, and the
+    reason string alone does not say that the fix is in our configuration.
+    """
+    if reason is not Reason.TLS_UNTRUSTED_CERTIFICATE:
+        return ""
+    if not upstream_ca:
+        return (
+            "the certificate is not signed by a CA in the system trust store; if the "
+            "endpoints use a private CA, set engine.upstream_ca to its PEM file"
+        )
+    return (
+        f"the certificate is signed neither by a CA in engine.upstream_ca ({upstream_ca}) "
+        "nor by the system trust store; that file must hold the CA that issued it"
+    )

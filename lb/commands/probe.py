@@ -20,12 +20,14 @@ from typing import Any
 
 import trio
 
+from lb.commands._trust import checked_upstream_context
 from lb.config.errors import ConfigError
 from lb.config.loader import load_config
 from lb.config.model import Config
 from lb.config.serving import serving_problem
 from lb.core.book import HealthBook, ProbeTarget
 from monitors import NetworkTransport, ProbeTransport, Verdict, plan, probe_once
+from monitors.reasons import hint
 
 NAME = "probe"
 HELP = "Run one health check now for each monitored endpoint and print the results."
@@ -52,6 +54,8 @@ class Row:
     verdict: Verdict
     host: str
     sni: str | None
+    hint: str = ""
+    """What to do about the failure, when there is something specific (a private CA)."""
 
     def as_json(self) -> dict[str, Any]:
         """The documented JSON shape."""
@@ -65,6 +69,7 @@ class Row:
             "rtt_ms": None if v.rtt is None else round(v.rtt * 1000, 1),
             "host": self.host,
             "sni": self.sni,
+            "hint": self.hint,
         }
 
 
@@ -95,8 +100,11 @@ async def probe_targets(
         job = jobs[i]
         async with limiter:
             verdict = await probe_once(job.probe, transport, job.vantage)
+        advice = hint(verdict.reason, upstream_ca=config.engine.upstream_ca)
         for pool, endpoint in job.fanout:
-            verdicts[pool, endpoint] = Row(pool, endpoint, verdict, job.probe.host, job.probe.sni)
+            verdicts[pool, endpoint] = Row(
+                pool, endpoint, verdict, job.probe.host, job.probe.sni, advice
+            )
 
     async with trio.open_nursery() as nursery:
         for i in range(len(jobs)):
@@ -129,6 +137,15 @@ def render_table(rows: list[Row]) -> str:
     )
 
 
+def render_hints(rows: list[Row]) -> str:
+    """One ``hint:`` line per distinct hint, naming the endpoints it concerns."""
+    by_hint: dict[str, list[str]] = {}
+    for r in rows:
+        if r.hint:
+            by_hint.setdefault(r.hint, []).append(f"{r.pool}/{r.endpoint}")
+    return "".join(f"hint: {', '.join(names)}: {text}\n" for text, names in by_hint.items())
+
+
 def run(args: argparse.Namespace, transport: ProbeTransport | None = None) -> int:
     """Load, probe, print; see the module docstring for the exit status."""
     config = load_config(args.files).config
@@ -146,11 +163,14 @@ def run(args: argparse.Namespace, transport: ProbeTransport | None = None) -> in
     if unknown:
         return 2
     chosen = select(targets, args.pool, args.endpoint)
-    rows = trio.run(probe_targets, config, chosen, transport or NetworkTransport())
+    if transport is None:  # engine.upstream_ca, as the running LB's probes
+        transport = NetworkTransport(ssl_context=checked_upstream_context(config))
+    rows = trio.run(probe_targets, config, chosen, transport)
     if args.json:
         print(json.dumps([r.as_json() for r in rows], indent=2))
     elif rows:
         print(render_table(rows))
+        print(render_hints(rows), end="")
     else:
         print("nothing to probe: no enabled endpoint of an enabled pool has a monitor")
     return 0 if rows and all(r.verdict.ok for r in rows) else 1

@@ -9,6 +9,7 @@ import trio
 
 from lb import logs
 from lb.admin import parse_address
+from lb.commands._trust import checked_upstream_context
 from lb.config.errors import ConfigError
 from lb.config.loader import load_config
 from lb.config.model import Listener
@@ -96,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
     config = overrides.apply(result.config)
     # Certificates are read before anything listens: a bad path is a ConfigError (exit 2).
     listener_contexts(config.engine.listen, source=args.files[0])
+    checked_upstream_context(config)  # likewise engine.upstream_ca
     try:
         trio.run(lambda: serve_lb(args.files, config=config, seed=args.seed, overrides=overrides))
     except (OSError, BaseExceptionGroup) as exc:

@@ -92,16 +92,19 @@ def run(args: argparse.Namespace) -> int:
             return 2
     progress = progress_bar(sys.stderr, terminal=sys.stderr.isatty())
     report = run_scenario(scenario, progress=progress)
-    if args.json:
-        report.write_json(args.json)
-    if args.csv:
-        report.write_csv(args.csv)
-    if args.plot:
-        try:
+    try:
+        if args.json:
+            report.write_json(args.json)
+        if args.csv:
+            report.write_csv(args.csv)
+        if args.plot:
             write_plot(report.data, args.plot)
-        except PlotUnavailableError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
+    except PlotUnavailableError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a directory that does not exist, a read-only file system, ...
+        print(f"error: cannot write {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     if not args.quiet:
         sys.stdout.write(report.summary())
     else:

@@ -28,16 +28,7 @@ from lb.config._limits import (
 )
 from lb.config.errors import Problem
 
-__all__ = [
-    "Node",
-    "Segment",
-    "Where",
-    "describe_os_error",
-    "read_bounded",
-    "read_file",
-    "read_text",
-    "render_path",
-]
+__all__ = ["Node", "Segment", "Where", "read_file", "read_text", "render_path"]
 
 Segment = str | int
 """One step of a path into a document: a mapping key or a list index."""
@@ -117,25 +108,25 @@ def read_file(path: str | os.PathLike[str]) -> tuple[Node | None, list[Problem]]
     """Read and parse one file; a missing or unreadable file is a problem, not an exception."""
     name = os.fspath(path)
     try:
-        text = read_bounded(path)
+        text = _read_bounded(path)
     except UnicodeDecodeError as exc:
         message = f"not UTF-8 text (byte {exc.start})"
         return None, [Problem(file=name, line=None, path="", message=message)]
     except LimitError as exc:
         return None, [Problem(file=name, line=None, path="", message=exc.message)]
     except OSError as exc:
-        return None, [Problem(file=name, line=None, path="", message=describe_os_error(exc))]
+        return None, [Problem(file=name, line=None, path="", message=_describe_os_error(exc))]
     return read_text(text, name)
 
 
-def read_bounded(path: str | os.PathLike[str]) -> str:
+def _read_bounded(path: str | os.PathLike[str]) -> str:
     """The UTF-8 text of ``path``, refusing more than :data:`MAX_FILE_BYTES`.
 
     A FIFO or a pipe (``<(command)``) is read too, but opened without blocking: a FIFO
     nobody writes to reads as empty instead of hanging the command.
 
     Raises:
-        OSError: the file cannot be opened or read (see :func:`describe_os_error`).
+        OSError: the file cannot be opened or read (see :func:`_describe_os_error`).
         UnicodeDecodeError: the content is not UTF-8.
         LimitError: the file is larger than :data:`MAX_FILE_BYTES`.
     """
@@ -150,7 +141,7 @@ def read_bounded(path: str | os.PathLike[str]) -> str:
     return data.decode("utf-8")
 
 
-def describe_os_error(exc: OSError) -> str:
+def _describe_os_error(exc: OSError) -> str:
     """``no such file``, ``is a directory``, ``cannot read: Permission denied``..."""
     if isinstance(exc, FileNotFoundError):
         return "no such file"

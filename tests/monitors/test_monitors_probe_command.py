@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trustme
 from monitor_servers import HostRouter, respond, unused_port
 
 from lb.cli import main
@@ -43,9 +44,10 @@ connect_to:
 """
 
 
-def write(tmp_path: Path, *, type: str, port: int, dial: int) -> str:
+def write(tmp_path: Path, *, type: str, port: int, dial: int, upstream_ca: str = "") -> str:
     path = tmp_path / "lb.yaml"
-    path.write_text(CONFIG.format(type=type, port=port, dial=dial))
+    engine = f"engine:\n  upstream_ca: {upstream_ca}\n" if upstream_ca else ""
+    path.write_text(CONFIG.format(type=type, port=port, dial=dial) + engine)
     return str(path)
 
 
@@ -90,6 +92,72 @@ def test_cli_json_and_exit_status(tmp_path: Path, capsys: pytest.CaptureFixture[
         "rtt_ms": None,
         "host": "app.test",
         "sni": None,
+        "hint": "",
     }
     assert main(["probe", path, "--pool", "nope"]) == 2
     assert "--pool nope" in capsys.readouterr().err
+
+
+async def test_a_private_ca_gets_a_hint_and_engine_upstream_ca_fixes_it(
+    tmp_path: Path,
+    nursery: trio.Nursery,
+    server_context: Callable[..., ssl.SSLContext],
+    rogue_ca: trustme.CA,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Endpoints with certificates of a CA the system store does not know: the table says
+    what to configure; configuring it makes the same probe pass.  ``main`` runs trio itself,
+    so it runs in a thread of its own here, against the server of this test's trio run."""
+    private = server_context("app.test", issuer=rogue_ca)
+    r = HostRouter(rules=[("app.test", respond())], ssl_context=private)
+    await r.start(nursery)
+    path = write(tmp_path, type="https", port=443, dial=r.port)
+    argv = ["probe", path, "--pool", "eu", "--endpoint", "fra"]
+
+    assert await trio.to_thread.run_sync(main, argv) == 1
+    out = capsys.readouterr().out
+    assert "TLS untrusted certificate" in out
+    assert out.splitlines()[-1] == (
+        "hint: eu/fra: the certificate is not signed by a CA in the system trust store; if "
+        "the endpoints use a private CA, set engine.upstream_ca to its PEM file"
+    )
+    assert await trio.to_thread.run_sync(main, [*argv, "--json"]) == 1
+    [row] = json.loads(capsys.readouterr().out)
+    assert "engine.upstream_ca" in row["hint"]
+
+    rogue_ca.cert_pem.write_to_path(str(tmp_path / "private-ca.pem"))
+    # relative to the configuration file:
+    write(tmp_path, type="https", port=443, dial=r.port, upstream_ca="private-ca.pem")
+    assert await trio.to_thread.run_sync(main, argv) == 0
+    out = capsys.readouterr().out
+    assert "healthy" in out and "hint:" not in out
+
+
+async def test_a_wrong_upstream_ca_gets_a_hint_naming_it(
+    tmp_path: Path,
+    nursery: trio.Nursery,
+    server_context: Callable[..., ssl.SSLContext],
+    rogue_ca: trustme.CA,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    r = HostRouter(rules=[("app.test", respond())], ssl_context=server_context("app.test"))
+    await r.start(nursery)
+    rogue_ca.cert_pem.write_to_path(str(tmp_path / "other-ca.pem"))  # not the issuer
+    path = write(tmp_path, type="https", port=443, dial=r.port, upstream_ca="other-ca.pem")
+    argv = ["probe", path, "--pool", "eu", "--endpoint", "fra"]
+    assert await trio.to_thread.run_sync(main, argv) == 1
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last.startswith("hint: eu/fra: the certificate is signed neither by a CA in ")
+    assert f"engine.upstream_ca ({tmp_path / 'other-ca.pem'})" in last
+
+
+def test_an_unreadable_upstream_ca_is_a_config_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path, type="https", port=443, dial=unused_port(), upstream_ca="missing-ca.pem")
+    assert main(["probe", path]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"error: {path}: engine.upstream_ca: cannot load {tmp_path / 'missing-ca.pem'}: "
+        "no such file\n"
+    )

@@ -153,3 +153,13 @@ def test_plot_is_a_png(tmp_path: Path) -> None:
     out = tmp_path / "r.png"
     assert main(["simulate", str(REFERENCE), "--quiet", "--plot", str(out)]) == 0
     assert out.read_bytes().startswith(b"\x89PNG")
+
+
+def test_an_output_that_cannot_be_written_is_one_error_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path, FAILING.replace("duration: 30", "duration: 5"))
+    target = tmp_path / "missing-directory" / "r.json"
+    assert main(["simulate", str(path), "--quiet", "--json", str(target)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: cannot write {target}: No such file or directory\n"
