@@ -18,7 +18,8 @@ no persistence, and reports, from one run:
 * **probes per replica**: live ClusterNodes of one vantage point over 300 probe identities,
   1, 2 and 3 replicas: the share of each and the total.  Goal: total constant within 5 %.
 * **throughput**: ``wrk -t1 -c50`` through ``tunnel-lb run`` over the bench/proxy.py backend
-  (nginx), monitored pool, cluster off vs on (interleaved rounds, median).  Goal: >= 0.97x.
+  (nginx), monitored pool, cluster off vs on (interleaved rounds, median), and the LB
+  process's CPU per request (less sensitive to other jobs on the machine).  Goal: >= 0.97x.
 """
 
 from __future__ import annotations
@@ -223,6 +224,7 @@ def throughput(url: str, seconds: float, reps: int) -> dict[str, float]:
         for p in proxy_bench.BACKEND_PORTS:
             proxy_bench.wait_port(p)
         ports = {"off": free_port(), "on": free_port()}
+        pids: dict[str, int] = {}
         for name, port in ports.items():
             path = proxy_bench.run_config(tmp, port, 1)
             conf = json.loads(path.read_text())
@@ -235,16 +237,29 @@ def throughput(url: str, seconds: float, reps: int) -> dict[str, float]:
                 conf["engine"]["cluster"] = {"redis": url, "vantage": "fra", "key_prefix": "tp:"}
             path = tmp / f"{name}.json"
             path.write_text(json.dumps(conf))
-            servers.start([sys.executable, "-m", "lb", "run", str(path)])
+            pids[name] = servers.start([sys.executable, "-m", "lb", "run", str(path)]).pid
             proxy_bench.wait_port(port)
             time.sleep(2)  # noqa: TID251 - plain sync driver: first probes, health known
             proxy_bench.warm(port)
         rps: dict[str, list[float]] = {"off": [], "on": []}
-        for _ in range(reps):
-            for name in ("off", "on"):
-                rps[name].append(proxy_bench.run_wrk(ports[name], seconds)["rps"])
+        cpu: dict[str, list[float]] = {"off": [], "on": []}
+        for i in range(reps):
+            for name in ("off", "on") if i % 2 == 0 else ("on", "off"):  # no order bias
+                before = proxy_bench.cpu_seconds(pids[name])
+                res = proxy_bench.run_wrk(ports[name], seconds)
+                used = proxy_bench.cpu_seconds(pids[name]) - before
+                rps[name].append(res["rps"])
+                cpu[name].append(1e6 * used / max(1.0, res["rps"] * seconds))
         off, on = statistics.median(rps["off"]), statistics.median(rps["on"])
-        return {"rps_off": off, "rps_on": on, "ratio": on / off}
+        cpu_off, cpu_on = statistics.median(cpu["off"]), statistics.median(cpu["on"])
+        return {
+            "rps_off": off,
+            "rps_on": on,
+            "ratio": on / off,
+            "cpu_us_per_request_off": cpu_off,
+            "cpu_us_per_request_on": cpu_on,
+            "cpu_ratio_on_off": cpu_on / cpu_off,
+        }
     finally:
         servers.stop_all()
         shutil.rmtree(tmp, ignore_errors=True)

@@ -50,7 +50,7 @@ import trio
 
 from lb import logs
 from lb.cluster.fingerprint import config_hash, secret_fingerprint
-from lb.cluster.members import live_members, owned, probe_key
+from lb.cluster.members import live_members, owner, probe_key
 from lb.cluster.shard import ShardedScheduler
 from lb.cluster.tally import Tally, verdict
 from lb.cluster.votes import (
@@ -142,7 +142,7 @@ class ClusterNode:
         self._send, self._receive = trio.open_memory_channel[Vote](_QUEUE)
         self._ttl: dict[str, float] = {}
         self._config_hash = ""
-        self._owned_keys: frozenset[str] | None = None
+        self._peers: tuple[str, ...] | None = None
         self._on_config(engine.config)
         engine.observers.probes.append(self.on_probe)
         engine.observers.config.append(self._on_config)
@@ -199,22 +199,24 @@ class ClusterNode:
         return sorted(m for m, hb in self.members.items() if hb.vantage == self.vantage)
 
     def _reshard(self, *, force: bool = False) -> None:
-        members = self.peers_here()
-        jobs = self.scheduler.all_jobs
-        keys = {probe_key(j.fanout) for j in jobs}
-        mine = frozenset(owned(keys, me=self.me, members=members))
-        if not force and mine == self._owned_keys:
+        """Own the probes whose rendezvous owner among this vantage point's live members is
+        this replica.  The rule is kept, not a list of keys, so that jobs a reload adds are
+        placed at once by :meth:`ShardedScheduler.update`."""
+        members = tuple(self.peers_here())
+        if not force and members == self._peers:
             return
-        self._owned_keys = mine
+        self._peers = members
+        me = self.me
 
         def owns(job: Job) -> bool:
-            return probe_key(job.fanout) in mine
+            return owner(probe_key(job.fanout), members) == me
 
         self.scheduler.reshard(owns)
 
     @property
     def probes_owned(self) -> int:
-        return len(self._owned_keys or ())
+        """Probe identities this replica runs now."""
+        return len(self.scheduler.jobs)
 
     # ------------------------------------------------------------------ status
 

@@ -52,6 +52,11 @@ def resolve_engine(item: Item[Engine], report: Report) -> Engine:
         )
     if engine.workers > 1:
         report.error(item.at("workers"), "workers > 1 is not supported with engine.cluster yet")
+    if cluster.heartbeat_ttl and cluster.heartbeat_ttl <= cluster.heartbeat:
+        report.error(
+            item.at(*where, "heartbeat_ttl"),
+            "must be longer than heartbeat, or members expire between two heartbeats",
+        )
     if not cluster.key_prefix:
         report.error(item.at(*where, "key_prefix"), "must not be empty")
     return dataclasses.replace(

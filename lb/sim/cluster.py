@@ -26,7 +26,7 @@ from collections.abc import Callable
 
 import trio
 
-from lb.cluster.members import live_members, owned, probe_key
+from lb.cluster.members import live_members, owner, probe_key
 from lb.cluster.memory import MemoryStore
 from lb.cluster.shard import ShardedScheduler
 from lb.cluster.tally import Tally, verdict
@@ -63,7 +63,7 @@ class SimMember:
         self.mine: dict[tuple[str, str, str], Vote] = {}
         self.members: dict[str, Heartbeat] = {}
         self.owned: frozenset[str] = frozenset()
-        self._first = True
+        self._peers: tuple[str, ...] | None = None
         sc = cluster.scenario
         config = member_config(cluster.config, spec.vantage)
         self.engine = Engine(config, now=trio.current_time(), secret=cluster.secret)
@@ -108,18 +108,20 @@ class SimMember:
         if not self.alive:
             self.scheduler.reshard(lambda job: False)
             return
-        peers = [m for m, hb in self.members.items() if hb.vantage == self.spec.vantage]
+        peers = sorted(m for m, hb in self.members.items() if hb.vantage == self.spec.vantage)
         if not self.connected:
             peers = [self.id]
-        keys = {probe_key(j.fanout) for j in self.scheduler.all_jobs}
-        mine = frozenset(owned(keys, me=self.id, members=peers))
-        if mine != self.owned or self._first:
-            self.owned, self._first = mine, False
+        members = tuple(peers)
+        if members == self._peers:
+            return
+        self._peers = members
+        me = self.id
 
-            def owns(job: Job) -> bool:
-                return probe_key(job.fanout) in mine
+        def owns(job: Job) -> bool:
+            return owner(probe_key(job.fanout), members) == me
 
-            self.scheduler.reshard(owns)
+        self.scheduler.reshard(owns)
+        self.owned = frozenset(probe_key(j.fanout) for j in self.scheduler.jobs)
 
     def apply_due(self, before: float) -> None:
         due = [item for item in self.inbox if item[0] < before]

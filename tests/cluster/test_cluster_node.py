@@ -9,12 +9,15 @@ import signal
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
+from prometheus_client import CollectorRegistry, generate_latest
 from redis_support import RedisServer, redis_server
 
 from lb.cluster.driver import ClusterNode
+from lb.cluster.service import ClusterCollector
 from lb.cluster.shard import ShardedScheduler
 from lb.config.model import Cluster, Config, Engine, LoadBalancer, Monitor, Origin, Pool
 from lb.core.health import Health, ProbeResult
@@ -36,19 +39,21 @@ H, U, K = Health.HEALTHY, Health.UNHEALTHY, Health.UNKNOWN
 ENDPOINTS = [f"e{i}" for i in range(12)]
 
 
-def config(url: str, vantage: str, *, prefix: str = "t:") -> Config:
+def config(
+    url: str, vantage: str, *, prefix: str = "t:", secret: str = "s3cret", interval: int = 60
+) -> Config:
     pool = Pool(
         name="p",
         monitor="m",
         origins=tuple(Origin(name=e, address=f"10.0.0.{i + 1}") for i, e in enumerate(ENDPOINTS)),
     )
     return Config(
-        monitors=(Monitor(id="m", type="https", interval=60, timeout=1, retries=0),),
+        monitors=(Monitor(id="m", type="https", interval=interval, timeout=1, retries=0),),
         pools=(pool,),
         load_balancers=(LoadBalancer(name="x.example", default_pools=("p",), fallback_pool="p"),),
         engine=Engine(
             vantage_points=(vantage,),
-            affinity_secret="s3cret",
+            affinity_secret=secret,
             cluster=Cluster(
                 redis=url, vantage=vantage, key_prefix=prefix, heartbeat=0.1, timeout=0.5
             ),
@@ -57,7 +62,7 @@ def config(url: str, vantage: str, *, prefix: str = "t:") -> Config:
 
 
 @asynccontextmanager
-async def node(url: str, vantage: str, **kw: str) -> AsyncIterator[ClusterNode]:
+async def node(url: str, vantage: str, **kw: Any) -> AsyncIterator[ClusterNode]:
     cfg = config(url, vantage, **kw)
     engine = LbEngine(cfg, now=trio.current_time())
     scheduler = ShardedScheduler(NetworkTransport(), engine.apply, rng=random.Random(0))
@@ -208,3 +213,26 @@ async def test_a_frozen_store_is_a_failure_too(redis: RedisServer) -> None:
         finally:
             redis.process.send_signal(signal.SIGCONT)
         await until(lambda: a.connected)
+
+
+async def test_status_and_metrics_flag_config_and_secret_drift(redis: RedisServer) -> None:
+    async with node(redis.url, "fra") as a, node(redis.url, "ams") as b:
+        await until(lambda: len(a.members) == 2 and len(b.members) == 2)
+        status = a.status()
+        assert not status["config_mismatch"] and not status["secret_mismatch"]
+        assert "s3cret" not in repr(status)
+        async with node(redis.url, "sin", secret="other", interval=30) as c:
+            await until(lambda: len(a.members) == 3)
+            status = a.status()
+            assert status["config_mismatch"] and status["secret_mismatch"]
+            (sin,) = [p for p in status["peers"] if p["vantage"] == "sin"]
+            assert not sin["config_matches"] and not sin["secret_matches"]
+            assert c.status()["config_hash"] != status["config_hash"]
+            registry = CollectorRegistry()
+            registry.register(ClusterCollector(a))
+            text = generate_latest(registry).decode()
+            assert "lb_cluster_store_connected 1.0" in text
+            assert 'lb_cluster_members{vantage="sin"} 1.0' in text
+            hashes = [line for line in text.splitlines() if line.startswith("lb_cluster_config_")]
+            assert sorted(line.rsplit(" ", 1)[1] for line in hashes) == ["1.0", "2.0"]
+            assert "lb_cluster_probes_owned 12.0" in text
