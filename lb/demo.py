@@ -237,15 +237,17 @@ async def _demo(
         upstream = ssl.create_default_context()
         ca.configure_trust(upstream)
         async with trio.open_nursery() as nursery:
-            pids: dict[str, int] = {}
-            connect_to: dict[str, str] = {}
-            for t in tunnels:
-                path = _write_connector(t, directory, cert)
-                started = await _start_stand_in(nursery, t, path)
-                if started is None:
-                    nursery.cancel_scope.cancel()
-                    return 1
-                pids[t.uuid], connect_to[t.key] = started
+            started: dict[str, tuple[int, str] | None] = {}
+            async with trio.open_nursery() as starting:  # all at once: Python starts slowly
+                for t in tunnels:
+                    path = _write_connector(t, directory, cert)
+                    starting.start_soon(_start_stand_in, nursery, t, path, started)
+            ready = {uuid: value for uuid, value in started.items() if value is not None}
+            if len(ready) < len(tunnels):
+                nursery.cancel_scope.cancel()
+                return 1
+            pids = {t.uuid: ready[t.uuid][0] for t in tunnels}
+            connect_to = {t.key: ready[t.uuid][1] for t in tunnels}
             chosen = _free_defaults(config)
             if overrides is not None:  # as given, busy or not
                 chosen = replace(
@@ -287,9 +289,15 @@ def _say(text: str, stream: TextIO | None = None) -> None:
         print(text, file=stream or sys.stdout, flush=True)
 
 
-async def _start_stand_in(nursery: trio.Nursery, t: _Tunnel, path: Path) -> tuple[int, str] | None:
-    """Start one stand-in on a free port; its pid and ``host:port`` once it listens, or
-    None (said on stderr) when it could not start."""
+async def _start_stand_in(
+    nursery: trio.Nursery, t: _Tunnel, path: Path, started: dict[str, tuple[int, str] | None]
+) -> None:
+    """Start one stand-in (in ``nursery``) on a free port; ``started[t.uuid]`` is its pid and
+    ``host:port`` once it listens, or None (said on stderr) when it could not start."""
+    started[t.uuid] = await _stand_in(nursery, t, path)
+
+
+async def _stand_in(nursery: trio.Nursery, t: _Tunnel, path: Path) -> tuple[int, str] | None:
     host = t.listen.rpartition(":")[0] or "127.0.0.1"
     command = [
         sys.executable, "-m", "lb", "connector", "--quiet",
