@@ -315,8 +315,14 @@ async def _stand_in(nursery: trio.Nursery, t: _Tunnel, path: Path) -> tuple[int,
             if url.startswith("https://"):
                 address = url.removeprefix("https://")
                 break
+        else:
+            await process.wait()  # its stdout closed: it exited
     if address is None:
-        why = "timed out" if process.returncode is None else f"exit status {process.returncode}"
+        why = (
+            f"no port reported within {STAND_IN_TIMEOUT:g} s"
+            if process.returncode is None
+            else f"exit status {process.returncode}"
+        )
         _say(f"error: tunnel stand-in {t.name} could not start ({why})", sys.stderr)
         return None
     nursery.start_soon(_drain, lines)

@@ -18,7 +18,11 @@ import time
 from pathlib import Path
 
 import pytest
+import trio
 import yaml
+
+from lb.config.loader import load_config
+from lb.demo import _stand_in, _tunnels
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"
@@ -94,3 +98,19 @@ def test_demo_serves_through_a_tunnel_stand_in_on_free_ports_and_stops(tmp_path:
             for stream in (demo.stdout, demo.stderr):
                 if stream is not None:
                     stream.close()
+
+
+@pytest.mark.integration
+async def test_a_stand_in_that_cannot_start_is_an_error_not_running(
+    tmp_path: Path, nursery: trio.Nursery, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """The demo waits for each stand-in to say where it listens; one that exits instead is
+    reported, and the demo does not go on as if it ran."""
+    config = load_config([QUICKSTART]).config
+    tunnel = _tunnels(config)[0]
+    broken = tmp_path / "connector.json"
+    broken.write_text('{"tunnel": "not-a-uuid", "ingress": []}')
+    with trio.fail_after(60):
+        assert await _stand_in(nursery, tunnel, broken) is None
+    err = capfd.readouterr().err
+    assert f"error: tunnel stand-in {tunnel.name} could not start (exit status 2)" in err
