@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -172,3 +173,38 @@ def test_text_lines_are_key_value_and_sentences_become_log_events() -> None:
     assert text.endswith(' info ready proxy=127.0.0.1:1,[::1]:2 n=3 s="a b"')
     free = TextFormatter().format(record("accept failed (%s); pausing", "EMFILE"))
     assert free.endswith(' info log logger=lb.test message="accept failed (EMFILE); pausing"')
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="needs Linux /proc")
+def test_workers_log_in_the_format_of_their_parent(tmp_path: Path) -> None:
+    """``engine.workers: 2`` with ``--log-format text``: the worker is told to log as text."""
+    config = tmp_path / "lb.json"
+    config.write_text(one_pool_config(workers=2))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "lb", "run", str(config), "--log-format", "text"],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: list[str] = []
+    try:
+        assert process.stderr is not None
+        for line in process.stderr:
+            lines.append(line)
+            if " worker_started " in line:
+                pid = int(re.search(r" pid=(\d+)", line)[1])  # type: ignore[index]
+                command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+                assert b"--log-format" in command and b"text" in command, command
+            if " ready " in line:
+                break
+        process.send_signal(signal.SIGTERM)
+        _, rest = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0
+    assert any(" worker_started " in line for line in lines), lines
+    for line in lines + rest.splitlines():
+        assert TEXT_LINE.match(line), line
