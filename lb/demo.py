@@ -34,7 +34,7 @@ import ssl
 import subprocess
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
@@ -44,7 +44,7 @@ import trio
 
 from lb import logs
 from lb.admin import parse_address
-from lb.config.model import Config
+from lb.config.model import Config, Listener
 from lb.lifecycle import STOP_SIGNALS, host_port, receive_signals
 from lb.service import Overrides, Running, serve_lb
 
@@ -118,7 +118,11 @@ def _write_connector(t: _Tunnel, directory: Path, cert: Path) -> Path:
 
 
 def _banner(
-    running: Running, tunnels: list[_Tunnel], pids: dict[str, int], connect_to: dict[str, str]
+    running: Running,
+    tunnels: list[_Tunnel],
+    pids: dict[str, int],
+    connect_to: dict[str, str],
+    taken: Sequence[str] = (),
 ) -> str:
     host, port = running.proxy[0]
     ahost, aport = running.admin
@@ -126,6 +130,7 @@ def _banner(
     lines = [
         "",
         "tunnel-lb demo is running.",
+        *([f"  ({', '.join(taken)} in use: it listens on free ports instead)"] if taken else []),
         f"  load balancer {lb} on http://{host}:{port}",
         f"    curl -s -H 'Host: {lb}' http://{host}:{port}/",
         f"  status   curl -s http://{ahost}:{aport}/status",
@@ -248,13 +253,13 @@ async def _demo(
                 return 1
             pids = {t.uuid: ready[t.uuid][0] for t in tunnels}
             connect_to = {t.key: ready[t.uuid][1] for t in tunnels}
-            chosen = _free_defaults(config)
+            chosen, taken_listen, taken_admin = _free_defaults(config)
             if overrides is not None:  # as given, busy or not
-                chosen = replace(
-                    chosen,
-                    listen=overrides.listen or chosen.listen,
-                    admin=chosen.admin if overrides.admin is None else overrides.admin,
-                )
+                if overrides.listen:
+                    chosen, taken_listen = replace(chosen, listen=overrides.listen), []
+                if overrides.admin is not None:
+                    chosen, taken_admin = replace(chosen, admin=overrides.admin), []
+            taken = [*taken_listen, *taken_admin]
             chosen = replace(chosen, connect_to=connect_to)
             # Once the load balancer has stopped (a signal drained it, or --duration ran
             # out), cancel the nursery: that terminates the stand-in processes, which would
@@ -272,7 +277,7 @@ async def _demo(
                 ),
             )
             state.running = running
-            _say(_banner(running, tunnels, pids, connect_to))
+            _say(_banner(running, tunnels, pids, connect_to, taken))
             if duration is not None:
                 with trio.move_on_after(duration):
                     await _wait_ready(running)
@@ -349,15 +354,20 @@ async def _drain(lines: AsyncIterator[str]) -> None:
             pass
 
 
-def _free_defaults(config: Config) -> Overrides:
-    """The configuration's proxy and admin ports where they are free, else port 0."""
-    listen = tuple(
-        replace(spec, port=spec.port if _is_free(spec.address, spec.port) else 0)
-        for spec in config.engine.listen
-    )
+def _free_defaults(config: Config) -> tuple[Overrides, list[str], list[str]]:
+    """The configuration's proxy and admin ports where they are free, else port 0; and the
+    proxy and admin addresses that were in use."""
+    listen: list[Listener] = []
+    taken_listen: list[str] = []
+    for spec in config.engine.listen:
+        free = _is_free(spec.address, spec.port)
+        listen.append(spec if free else replace(spec, port=0))
+        taken_listen += [] if free else [host_port(spec.address, spec.port)]
     host, port = parse_address(config.engine.admin)
-    admin = host_port(host, port if _is_free(host, port) else 0)
-    return Overrides(listen=listen, admin=admin)
+    free = _is_free(host, port)
+    admin = host_port(host, port if free else 0)
+    taken_admin = [] if free else [host_port(host, port)]
+    return Overrides(listen=tuple(listen), admin=admin), taken_listen, taken_admin
 
 
 def _is_free(host: str, port: int) -> bool:

@@ -85,6 +85,9 @@ def test_demo_serves_through_a_tunnel_stand_in_on_free_ports_and_stops(tmp_path:
             assert admin, text
             assert int(match[1]) not in taken
             assert int(admin[1]) not in taken
+            ports = sorted(taken)
+            said = f"(127.0.0.1:{ports[0]}, 127.0.0.1:{ports[1]} in use: it listens on free ports"
+            assert said in text, text
             demo.send_signal(signal.SIGTERM)
             assert demo.wait(timeout=30) == 0
             assert demo.stderr is not None
