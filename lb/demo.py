@@ -197,6 +197,7 @@ async def run_demo(
         return 2
     state = _State()
     async with trio.open_nursery() as control:
+        state.background = control
         await control.start(receive_signals, state.on_signal)
         with state.scope:
             state.code = await _demo(
@@ -213,10 +214,15 @@ class _State:
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     running: Running | None = None
     code: int = 0
+    background: trio.Nursery | None = None
+    """Where a SIGHUP reload runs, so that a SIGTERM during it is handled at once."""
 
     def on_signal(self, signum: int) -> None:
         if signum not in STOP_SIGNALS:
-            return  # SIGHUP: nothing to reload before the LB runs; POST /reload after
+            # SIGHUP: re-read the configuration (with the demo's ports) once the LB runs.
+            if self.running is not None and self.background is not None:
+                self.background.start_soon(self.running.reload)
+            return
         if self.running is not None and not self.running.shutdown.is_set():
             logs.event("draining", signal=signal.Signals(signum).name)
             self.running.shutdown.set()  # drain; the LB's end then stops the stand-ins
