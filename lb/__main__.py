@@ -1,11 +1,19 @@
-"""``python -m lb``: the same as the ``tunnel-lb`` command."""
+"""``python -m lb`` and the ``tunnel-lb`` console script (``lb.__main__:main``).
+
+Signals are deferred (:mod:`lb.lifecycle`) before anything else is imported: a SIGTERM or
+Ctrl-C while the command modules load is recorded and handled once the command runs, never
+a ``KeyboardInterrupt`` traceback out of an import.
+"""
 
 import sys
 
 from lb.lifecycle import defer_signals
 
-defer_signals()  # first: a signal during the imports below is recorded, not a traceback
+defer_signals()
 
 from lb.cli import main  # noqa: E402
 
-sys.exit(main())
+__all__ = ["main"]
+
+if __name__ == "__main__":
+    sys.exit(main())

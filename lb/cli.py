@@ -46,15 +46,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script and of ``python -m lb``."""
-    args = build_parser().parse_args(argv)
-    if args.command not in DAEMONS:
-        lifecycle.restore_default_signals()
-        return _run(args)
-    previous = lifecycle.defer_signals()
+    previous = lifecycle.defer_signals()  # before the command modules are imported
     try:
+        args = build_parser().parse_args(argv)
+        if args.command not in DAEMONS:
+            try:
+                lifecycle.restore_default_signals()  # Ctrl-C interrupts, as usual
+            except KeyboardInterrupt:
+                return 130
         return _run(args)
     finally:
         lifecycle.restore_signals(previous)
+        lifecycle.take_early()  # a signal after the command stopped was handled by stopping
 
 
 def _run(args: argparse.Namespace) -> int:

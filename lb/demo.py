@@ -34,7 +34,7 @@ import ssl
 import subprocess
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
@@ -44,7 +44,7 @@ import trio
 
 from lb import logs
 from lb.admin import parse_address
-from lb.config.model import Config
+from lb.config.model import Config, Listener
 from lb.lifecycle import STOP_SIGNALS, host_port, receive_signals
 from lb.service import Overrides, Running, serve_lb
 
@@ -118,7 +118,11 @@ def _write_connector(t: _Tunnel, directory: Path, cert: Path) -> Path:
 
 
 def _banner(
-    running: Running, tunnels: list[_Tunnel], pids: dict[str, int], connect_to: dict[str, str]
+    running: Running,
+    tunnels: list[_Tunnel],
+    pids: dict[str, int],
+    connect_to: dict[str, str],
+    taken: Sequence[str] = (),
 ) -> str:
     host, port = running.proxy[0]
     ahost, aport = running.admin
@@ -126,6 +130,7 @@ def _banner(
     lines = [
         "",
         "tunnel-lb demo is running.",
+        *([f"  ({', '.join(taken)} in use: it listens on free ports instead)"] if taken else []),
         f"  load balancer {lb} on http://{host}:{port}",
         f"    curl -s -H 'Host: {lb}' http://{host}:{port}/",
         f"  page     open http://{ahost}:{aport}/ in a browser (live status)",
@@ -193,6 +198,7 @@ async def run_demo(
         return 2
     state = _State()
     async with trio.open_nursery() as control:
+        state.background = control
         await control.start(receive_signals, state.on_signal)
         with state.scope:
             state.code = await _demo(
@@ -209,10 +215,15 @@ class _State:
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     running: Running | None = None
     code: int = 0
+    background: trio.Nursery | None = None
+    """Where a SIGHUP reload runs, so that a SIGTERM during it is handled at once."""
 
     def on_signal(self, signum: int) -> None:
         if signum not in STOP_SIGNALS:
-            return  # SIGHUP: nothing to reload before the LB runs; POST /reload after
+            # SIGHUP: re-read the configuration (with the demo's ports) once the LB runs.
+            if self.running is not None and self.background is not None:
+                self.background.start_soon(self.running.reload)
+            return
         if self.running is not None and not self.running.shutdown.is_set():
             logs.event("draining", signal=signal.Signals(signum).name)
             self.running.shutdown.set()  # drain; the LB's end then stops the stand-ins
@@ -238,22 +249,24 @@ async def _demo(
         upstream = ssl.create_default_context()
         ca.configure_trust(upstream)
         async with trio.open_nursery() as nursery:
-            pids: dict[str, int] = {}
-            connect_to: dict[str, str] = {}
-            for t in tunnels:
-                path = _write_connector(t, directory, cert)
-                started = await _start_stand_in(nursery, t, path)
-                if started is None:
-                    nursery.cancel_scope.cancel()
-                    return 1
-                pids[t.uuid], connect_to[t.key] = started
-            chosen = _free_defaults(config)
+            started: dict[str, tuple[int, str] | None] = {}
+            async with trio.open_nursery() as starting:  # all at once: Python starts slowly
+                for t in tunnels:
+                    path = _write_connector(t, directory, cert)
+                    starting.start_soon(_start_stand_in, nursery, t, path, started)
+            ready = {uuid: value for uuid, value in started.items() if value is not None}
+            if len(ready) < len(tunnels):
+                nursery.cancel_scope.cancel()
+                return 1
+            pids = {t.uuid: ready[t.uuid][0] for t in tunnels}
+            connect_to = {t.key: ready[t.uuid][1] for t in tunnels}
+            chosen, taken_listen, taken_admin = _free_defaults(config)
             if overrides is not None:  # as given, busy or not
-                chosen = replace(
-                    chosen,
-                    listen=overrides.listen or chosen.listen,
-                    admin=chosen.admin if overrides.admin is None else overrides.admin,
-                )
+                if overrides.listen:
+                    chosen, taken_listen = replace(chosen, listen=overrides.listen), []
+                if overrides.admin is not None:
+                    chosen, taken_admin = replace(chosen, admin=overrides.admin), []
+            taken = [*taken_listen, *taken_admin]
             chosen = replace(chosen, connect_to=connect_to)
             # Once the load balancer has stopped (a signal drained it, or --duration ran
             # out), cancel the nursery: that terminates the stand-in processes, which would
@@ -271,7 +284,7 @@ async def _demo(
                 ),
             )
             state.running = running
-            _say(_banner(running, tunnels, pids, connect_to))
+            _say(_banner(running, tunnels, pids, connect_to, taken))
             if duration is not None:
                 with trio.move_on_after(duration):
                     await _wait_ready(running)
@@ -288,9 +301,15 @@ def _say(text: str, stream: TextIO | None = None) -> None:
         print(text, file=stream or sys.stdout, flush=True)
 
 
-async def _start_stand_in(nursery: trio.Nursery, t: _Tunnel, path: Path) -> tuple[int, str] | None:
-    """Start one stand-in on a free port; its pid and ``host:port`` once it listens, or
-    None (said on stderr) when it could not start."""
+async def _start_stand_in(
+    nursery: trio.Nursery, t: _Tunnel, path: Path, started: dict[str, tuple[int, str] | None]
+) -> None:
+    """Start one stand-in (in ``nursery``) on a free port; ``started[t.uuid]`` is its pid and
+    ``host:port`` once it listens, or None (said on stderr) when it could not start."""
+    started[t.uuid] = await _stand_in(nursery, t, path)
+
+
+async def _stand_in(nursery: trio.Nursery, t: _Tunnel, path: Path) -> tuple[int, str] | None:
     host = t.listen.rpartition(":")[0] or "127.0.0.1"
     command = [
         sys.executable, "-m", "lb", "connector", "--quiet",
@@ -308,8 +327,14 @@ async def _start_stand_in(nursery: trio.Nursery, t: _Tunnel, path: Path) -> tupl
             if url.startswith("https://"):
                 address = url.removeprefix("https://")
                 break
+        else:
+            await process.wait()  # its stdout closed: it exited
     if address is None:
-        why = "timed out" if process.returncode is None else f"exit status {process.returncode}"
+        why = (
+            f"no port reported within {STAND_IN_TIMEOUT:g} s"
+            if process.returncode is None
+            else f"exit status {process.returncode}"
+        )
         _say(f"error: tunnel stand-in {t.name} could not start ({why})", sys.stderr)
         return None
     nursery.start_soon(_drain, lines)
@@ -336,15 +361,20 @@ async def _drain(lines: AsyncIterator[str]) -> None:
             pass
 
 
-def _free_defaults(config: Config) -> Overrides:
-    """The configuration's proxy and admin ports where they are free, else port 0."""
-    listen = tuple(
-        replace(spec, port=spec.port if _is_free(spec.address, spec.port) else 0)
-        for spec in config.engine.listen
-    )
+def _free_defaults(config: Config) -> tuple[Overrides, list[str], list[str]]:
+    """The configuration's proxy and admin ports where they are free, else port 0; and the
+    proxy and admin addresses that were in use."""
+    listen: list[Listener] = []
+    taken_listen: list[str] = []
+    for spec in config.engine.listen:
+        free = _is_free(spec.address, spec.port)
+        listen.append(spec if free else replace(spec, port=0))
+        taken_listen += [] if free else [host_port(spec.address, spec.port)]
     host, port = parse_address(config.engine.admin)
-    admin = host_port(host, port if _is_free(host, port) else 0)
-    return Overrides(listen=listen, admin=admin)
+    free = _is_free(host, port)
+    admin = host_port(host, port if free else 0)
+    taken_admin = [] if free else [host_port(host, port)]
+    return Overrides(listen=tuple(listen), admin=admin), taken_listen, taken_admin
 
 
 def _is_free(host: str, port: int) -> bool:

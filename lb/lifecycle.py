@@ -41,6 +41,7 @@ __all__ = [
     "STOP_SIGNALS",
     "ListenError",
     "defer_signals",
+    "host_port",
     "listen_error",
     "receive_signals",
     "restore_default_signals",

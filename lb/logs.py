@@ -32,6 +32,7 @@ __all__ = [
     "JsonFormatter",
     "TextFormatter",
     "add_arguments",
+    "child_arguments",
     "configure",
     "configure_from",
     "event",
@@ -130,6 +131,7 @@ def configure(level: int | str = logging.INFO, fmt: str = "json") -> None:
     """
     if isinstance(level, str):
         level = logging.getLevelNamesMapping()[level.upper()]
+    _settings[:] = [logging.getLevelName(level).lower(), fmt]
     formatter: logging.Formatter = TextFormatter() if fmt == "text" else JsonFormatter()
     root = logging.getLogger()
     handler = next((h for h in root.handlers if getattr(h, "_tunnel_lb", False)), None)
@@ -141,6 +143,17 @@ def configure(level: int | str = logging.INFO, fmt: str = "json") -> None:
     handler.setFormatter(formatter)
     root.setLevel(level)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise here
+
+
+_settings: list[str] = ["info", "json"]
+"""The level and format :func:`configure` set last."""
+
+
+def child_arguments() -> list[str]:
+    """``--log-level`` and ``--log-format`` as configured here, for a child process of ours
+    (a proxy worker) to log the same way."""
+    level, fmt = _settings
+    return ["--log-level", level if level in LEVELS else "info", "--log-format", fmt]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -328,11 +328,12 @@ async def serve_lb(
         shutdown = trio.Event()
     workers = None
     if config.engine.workers > 1:
+        command = [sys.executable, "-m", "lb", "run", "--worker", *logs.child_arguments()]
         workers = Workers(
             engine,
             metrics,
             count=config.engine.workers - 1,
-            command=[sys.executable, "-m", "lb", "run", "--worker", *paths],
+            command=[*command, *paths],
             seeds=lambda: rng.getrandbits(63),
         )
     logs.event("starting", files=list(paths))

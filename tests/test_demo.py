@@ -17,8 +17,13 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
 import pytest
+import trio
 import yaml
+
+from lb.config.loader import load_config
+from lb.demo import _stand_in, _tunnels
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"
@@ -81,6 +86,13 @@ def test_demo_serves_through_a_tunnel_stand_in_on_free_ports_and_stops(tmp_path:
             assert admin, text
             assert int(match[1]) not in taken
             assert int(admin[1]) not in taken
+            ports = sorted(taken)
+            said = f"(127.0.0.1:{ports[0]}, 127.0.0.1:{ports[1]} in use: it listens on free ports"
+            assert said in text, text
+            # SIGHUP re-reads the file and keeps the demo's ports: it still serves through
+            # the stand-in (whose port is not the one in the file).
+            demo.send_signal(signal.SIGHUP)
+            assert trio.run(reloaded_and_serving, int(admin[1]), int(match[1])) == (200, "FRA")
             demo.send_signal(signal.SIGTERM)
             assert demo.wait(timeout=30) == 0
             assert demo.stderr is not None
@@ -94,3 +106,30 @@ def test_demo_serves_through_a_tunnel_stand_in_on_free_ports_and_stops(tmp_path:
             for stream in (demo.stdout, demo.stderr):
                 if stream is not None:
                     stream.close()
+
+
+@pytest.mark.integration
+async def test_a_stand_in_that_cannot_start_is_an_error_not_running(
+    tmp_path: Path, nursery: trio.Nursery, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """The demo waits for each stand-in to say where it listens; one that exits instead is
+    reported, and the demo does not go on as if it ran."""
+    config = load_config([QUICKSTART]).config
+    tunnel = _tunnels(config)[0]
+    broken = tmp_path / "connector.json"
+    broken.write_text('{"tunnel": "not-a-uuid", "ingress": []}')
+    with trio.fail_after(60):
+        assert await _stand_in(nursery, tunnel, broken) is None
+    err = capfd.readouterr().err
+    assert f"error: tunnel stand-in {tunnel.name} could not start (exit status 2)" in err
+
+
+async def reloaded_and_serving(admin: int, proxy: int) -> tuple[int, str]:
+    """Wait (bounded) for the first reload on /status, then send one request."""
+    async with httpx.AsyncClient(timeout=5) as client:
+        status = f"http://127.0.0.1:{admin}/status"
+        with trio.fail_after(30):
+            while (await client.get(status)).json()["generation"] < 1:  # noqa: ASYNC110
+                await trio.sleep(0.1)  # another process: no event to wait on
+        answer = await client.get(f"http://127.0.0.1:{proxy}/", headers={"Host": "app.localhost"})
+        return answer.status_code, answer.json()["datacenter"]

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import pytest
 import trustme
+from session_support import session
 from stack_support import EU, one_pool_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -103,22 +104,6 @@ class Daemon:
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.process.pid, signal.SIGKILL)
         self.process.wait(timeout=10)
-
-
-def session(sid: int) -> list[int]:
-    """Every live process of session ``sid``."""
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rpartition(")")[2].split()
-        if int(fields[3]) == sid:
-            out.append(int(entry))
-    return out
 
 
 def lb_children(pid: int) -> list[int]:
@@ -193,8 +178,25 @@ def connector_ready(daemon: Daemon) -> bool:
 FREE = ["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"]
 
 
-@pytest.mark.parametrize("moment", ["first_code", "children", "banner", "ready"])
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["TERM", "INT"])
+@pytest.mark.parametrize(
+    ("moment", "signum"),
+    [
+        ("first_code", signal.SIGINT),
+        ("children", signal.SIGTERM),
+        ("children", signal.SIGINT),
+        ("banner", signal.SIGTERM),
+        ("ready", signal.SIGINT),
+        ("ready", signal.SIGTERM),
+    ],
+    ids=[
+        "first_code-INT",
+        "children-TERM",
+        "children-INT",
+        "banner-TERM",
+        "ready-INT",
+        "ready-TERM",
+    ],
+)
 def test_demo_stops_cleanly_whenever_signalled(
     tmp_path: Path, moment: str, signum: signal.Signals
 ) -> None:

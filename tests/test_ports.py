@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -15,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 import trio
+from session_support import session
 from stack_support import one_pool_config
 
 from lb.config.model import Listener
@@ -37,15 +40,26 @@ def busy() -> Iterator[int]:
         yield sock.getsockname()[1]
 
 
-def tunnel_lb(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
+def tunnel_lb(*args: str, tmp: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``tunnel-lb`` (with ``TMPDIR=tmp`` when given) in a session of its own; fail if a
+    process of that session outlives it."""
+    process = subprocess.Popen(
         [sys.executable, "-m", "lb", *args],
         cwd=ROOT,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=60,
-        check=False,
+        env={**os.environ, **({"TMPDIR": str(tmp)} if tmp else {})},
+        start_new_session=True,
     )
+    try:
+        out, err = process.communicate(timeout=60)
+        assert session(process.pid) == [], "processes left running"
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
 
 
 def errors(done: subprocess.CompletedProcess[str]) -> list[str]:
@@ -53,6 +67,7 @@ def errors(done: subprocess.CompletedProcess[str]) -> list[str]:
 
 
 @pytest.mark.integration
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
 @pytest.mark.parametrize("command", ["run", "demo"])
 @pytest.mark.parametrize("which", ["--listen", "--admin"])
 def test_a_busy_port_is_one_line_and_exit_2(
@@ -62,8 +77,11 @@ def test_a_busy_port_is_one_line_and_exit_2(
     config.write_text(one_pool_config())
     free = "--admin" if which == "--listen" else "--listen"
     args = [which, f"127.0.0.1:{busy}", free, "127.0.0.1:0", "--log-format", "text"]
-    done = tunnel_lb(command, *([str(config)] if command == "run" else []), *args)
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    done = tunnel_lb(command, *([str(config)] if command == "run" else []), *args, tmp=tmp)
     assert done.returncode == 2, done.stderr[-2000:]
+    assert list(tmp.iterdir()) == []  # the demo's key is gone with its directory
     assert errors(done) == [f"error: cannot listen on 127.0.0.1:{busy}: address already in use"]
     assert "Traceback" not in done.stdout + done.stderr
     # Every other line on stderr is a log line in the text format.
@@ -172,3 +190,38 @@ def test_text_lines_are_key_value_and_sentences_become_log_events() -> None:
     assert text.endswith(' info ready proxy=127.0.0.1:1,[::1]:2 n=3 s="a b"')
     free = TextFormatter().format(record("accept failed (%s); pausing", "EMFILE"))
     assert free.endswith(' info log logger=lb.test message="accept failed (EMFILE); pausing"')
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="needs Linux /proc")
+def test_workers_log_in_the_format_of_their_parent(tmp_path: Path) -> None:
+    """``engine.workers: 2`` with ``--log-format text``: the worker is told to log as text."""
+    config = tmp_path / "lb.json"
+    config.write_text(one_pool_config(workers=2))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "lb", "run", str(config), "--log-format", "text"],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: list[str] = []
+    try:
+        assert process.stderr is not None
+        for line in process.stderr:
+            lines.append(line)
+            if " worker_started " in line:
+                pid = int(re.search(r" pid=(\d+)", line)[1])  # type: ignore[index]
+                command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+                assert b"--log-format" in command and b"text" in command, command
+            if " ready " in line:
+                break
+        process.send_signal(signal.SIGTERM)
+        _, rest = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0
+    assert any(" worker_started " in line for line in lines), lines
+    for line in lines + rest.splitlines():
+        assert TEXT_LINE.match(line), line
