@@ -65,9 +65,18 @@ def _record(signum: int, frame: FrameType | None) -> None:
 def defer_signals() -> dict[int, _Handler]:
     """Record SIGTERM, SIGINT and SIGHUP until :func:`receive_signals` takes them over.
 
-    Returns the previous handlers, for :func:`restore_signals`.
+    Returns the previous handlers, for :func:`restore_signals`; none outside the main thread,
+    where Python lets no code set handlers (a command run from a thread keeps the process's).
     """
+    if not _main_thread():
+        return {}
     return {signum: signal.signal(signum, _record) for signum in _HANDLED}
+
+
+def _main_thread() -> bool:
+    import threading  # here, not at the top: see the import note above
+
+    return threading.current_thread() is threading.main_thread()
 
 
 def restore_signals(previous: dict[int, _Handler]) -> None:
@@ -79,8 +88,11 @@ def restore_signals(previous: dict[int, _Handler]) -> None:
 def restore_default_signals() -> None:
     """For commands that are not daemons: default dispositions again (Ctrl-C raises
     ``KeyboardInterrupt``), if :func:`defer_signals` had replaced them.  A signal recorded
-    meanwhile is raised again now, so that it is not lost."""
+    meanwhile is raised again now, so that it is not lost.  Only the main thread may set
+    handlers: a command run from another thread (a test, an embedding program) keeps them."""
     if signal.getsignal(signal.SIGINT) is not _record:
+        return
+    if not _main_thread():
         return
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGHUP, signal.SIG_DFL)

@@ -204,7 +204,7 @@ def test_the_console_entry_point_prints_no_traceback(
 
 BAD_OPTIONS = {
     "unknown-datacenter": (["--datacenter", "XXX"], "--datacenter 'XXX': unknown data center"),
-    "close-datacenter": (["--datacenter", "FRX"], 'unknown data center (did you mean "FRA"?)'),
+    "close-datacenter": (["--datacenter", "FRAX"], 'unknown data center (did you mean "FRA"?)'),
     "client-ip": (["--client-ip", "notanip"], "--client-ip 'notanip': not an IP address"),
 }
 
@@ -305,7 +305,7 @@ def test_run_starts_without_load_balancers_only_when_allowed(
 
     served: list[object] = []
 
-    async def serve_lb(paths: list[str], *, config: object, seed: int | None) -> None:
+    async def serve_lb(paths: list[str], *, config: object, seed: int | None, **_: object) -> None:
         served.append(config)  # instead of listening
 
     monkeypatch.setattr(lb.commands.run, "serve_lb", serve_lb)

@@ -18,10 +18,6 @@ import json
 import os
 import shutil
 import signal
-import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from functools import partial
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -31,7 +27,17 @@ import pytest
 import trio
 import trustme
 from prometheus_support import free_port
-from stack_support import APP, EU, LB, US, two_tunnel_config
+from stack_support import (
+    APP,
+    EU,
+    LB,
+    US,
+    connector_config,
+    processes,
+    start_process,
+    two_tunnel_config,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -48,55 +54,6 @@ def chromium() -> str:
     if path is None:
         pytest.skip("chromium is not installed: run scripts/install-chromium (Debian: chromium)")
     return path
-
-
-def connector_config(uuid: str, dc: str, port: int, cert: Path) -> str:
-    return json.dumps(
-        {
-            "tunnel": uuid,
-            "replica": f"{dc.lower()}-1",
-            "datacenter": dc,
-            "listen": f"127.0.0.1:{port}",
-            "certificate": str(cert),
-            "key": str(cert),
-            "ingress": [
-                {"hostname": APP, "path": "^/healthz$", "service": "http_status:200"},
-                {"hostname": APP, "service": "hello_world"},
-                {"service": "http_status:404"},
-            ],
-        }
-    )
-
-
-@asynccontextmanager
-async def processes() -> AsyncIterator[trio.Nursery]:
-    async with trio.open_nursery() as nursery:
-        try:
-            yield nursery
-        finally:
-            nursery.cancel_scope.cancel()
-
-
-async def start(nursery: trio.Nursery, *args: str, log: Path) -> trio.Process:
-    with log.open("ab") as out:
-        cmd = [sys.executable, "-m", "lb", *args]
-        run = partial(trio.run_process, cmd, check=False, stdout=out, stderr=out)
-        process: trio.Process = await nursery.start(run)
-        return process
-
-
-async def wait_until(client: httpx.AsyncClient, url: str, ok: Any, *, seconds: float = 20) -> Any:
-    """Poll ``url`` until ``ok(response)`` is truthy (bounded); return that value."""
-    with trio.move_on_after(seconds):
-        while True:
-            try:
-                response = await client.get(url)
-                if result := ok(response):
-                    return result
-            except httpx.TransportError:
-                pass
-            await trio.sleep(0.1)
-    pytest.fail(f"{url} did not reach the expected state within {seconds}s")
 
 
 async def browse(browser: str, url: str, profile: Path, *extra: str) -> str:
@@ -176,8 +133,8 @@ async def test_status_page_shows_a_failover_in_chromium(tmp_path: Path, chromium
         for uuid, dc in ((EU, "FRA"), (US, "IAD")):
             path = tmp_path / f"{dc}.json"
             path.write_text(connector_config(uuid, dc, ports[uuid], cert))
-            tunnels[uuid] = await start(nursery, "connector", "--quiet", str(path), log=log)
-        lb = await start(nursery, "run", str(config), log=log)
+            tunnels[uuid] = await start_process(nursery, "connector", "--quiet", str(path), log=log)
+        lb = await start_process(nursery, "run", str(config), log=log)
         await wait_until(client, f"{admin_base}/readyz", lambda r: r.status_code == 200)
         for _ in range(12):  # eu first
             assert (await client.get(f"{base}/", headers={"Host": LB})).status_code == 200

@@ -16,7 +16,6 @@ import signal
 import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -27,31 +26,13 @@ import trio
 import trustme
 from prometheus_support import free_port
 from redis_support import RedisServer, redis_server
-from stack_support import APP, EU, LB, US
+from stack_support import APP, EU, LB, US, connector_config, processes
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
 SECRET = "shared-affinity-secret"
 DEAD = "127.0.0.1:9"
 """Port 9 (discard) on loopback: nothing listens, connections are refused."""
-
-
-def connector_config(uuid: str, dc: str, port: int, cert: Path) -> str:
-    return json.dumps(
-        {
-            "tunnel": uuid,
-            "replica": f"{dc.lower()}-1",
-            "datacenter": dc,
-            "listen": f"127.0.0.1:{port}",
-            "certificate": str(cert),
-            "key": str(cert),
-            "ingress": [
-                {"hostname": APP, "path": "^/healthz$", "service": "http_status:200"},
-                {"hostname": APP, "service": "hello_world"},
-                {"service": "http_status:404"},
-            ],
-        }
-    )
 
 
 class Replica:
@@ -145,15 +126,6 @@ class Replica:
     def kill(self) -> None:
         assert self.process is not None
         self.process.kill()
-
-
-@asynccontextmanager
-async def processes() -> AsyncIterator[trio.Nursery]:
-    async with trio.open_nursery() as nursery:
-        try:
-            yield nursery
-        finally:
-            nursery.cancel_scope.cancel()
 
 
 async def wait_until(client: httpx.AsyncClient, url: str, ok: Callable[[Any], Any]) -> Any:

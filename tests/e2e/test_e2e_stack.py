@@ -9,74 +9,28 @@ keeps health, Prometheus sees the request counter, and SIGTERM drains and exits 
 
 from __future__ import annotations
 
-import json
 import signal
-import sys
 from collections import Counter
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from functools import partial
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 import trio
 import trustme
 from prometheus_support import free_port, running_prometheus, tool
-from stack_support import APP, EU, LB, US, two_tunnel_config
+from stack_support import (
+    APP,
+    EU,
+    LB,
+    US,
+    connector_config,
+    processes,
+    start_process,
+    two_tunnel_config,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
-
-
-def connector_config(uuid: str, dc: str, port: int, cert: Path) -> str:
-    return json.dumps(
-        {
-            "tunnel": uuid,
-            "replica": f"{dc.lower()}-1",
-            "datacenter": dc,
-            "listen": f"127.0.0.1:{port}",
-            "certificate": str(cert),
-            "key": str(cert),
-            "ingress": [
-                {"hostname": APP, "path": "^/healthz$", "service": "http_status:200"},
-                {"hostname": APP, "service": "hello_world"},
-                {"service": "http_status:404"},
-            ],
-        }
-    )
-
-
-@asynccontextmanager
-async def processes() -> AsyncIterator[trio.Nursery]:
-    async with trio.open_nursery() as nursery:
-        try:
-            yield nursery
-        finally:
-            nursery.cancel_scope.cancel()
-
-
-async def start(nursery: trio.Nursery, *args: str, log: Path) -> trio.Process:
-    with log.open("ab") as out:
-        cmd = [sys.executable, "-m", "lb", *args]
-        run = partial(trio.run_process, cmd, check=False, stdout=out, stderr=out)
-        process: trio.Process = await nursery.start(run)
-        return process
-
-
-async def wait_until(client: httpx.AsyncClient, url: str, ok: Any, *, seconds: float = 20) -> Any:
-    """Poll ``url`` until ``ok(response)`` is truthy (bounded); return that value."""
-    with trio.move_on_after(seconds):
-        while True:
-            try:
-                response = await client.get(url)
-                result = ok(response)
-                if result:
-                    return result
-            except httpx.TransportError:
-                pass
-            await trio.sleep(0.1)
-    pytest.fail(f"{url} did not reach the expected state within {seconds}s")
 
 
 async def served_by(client: httpx.AsyncClient, base: str, n: int) -> Counter[str]:
@@ -106,8 +60,8 @@ async def test_lb_process_story(tmp_path: Path) -> None:
         for uuid, dc in ((EU, "FRA"), (US, "IAD")):
             path = tmp_path / f"{dc}.json"
             path.write_text(connector_config(uuid, dc, ports[uuid], cert))
-            tunnels[uuid] = await start(nursery, "connector", "--quiet", str(path), log=log)
-        lb = await start(nursery, "run", str(config), log=log)
+            tunnels[uuid] = await start_process(nursery, "connector", "--quiet", str(path), log=log)
+        lb = await start_process(nursery, "run", str(config), log=log)
         await wait_until(client, f"{admin_base}/readyz", lambda r: r.status_code == 200)
 
         # Failover order: every request goes to the eu tunnel.

@@ -18,8 +18,8 @@ pools:
   - name: main
     monitor: app
     origins:
-      - {{name: a, address: {TUNNEL_A}.cfargotunnel.com}}
-      - {{name: b, address: {TUNNEL_B}.cfargotunnel.com}}
+      - {{name: a, address: {TUNNEL_A}.cfargotunnel.com, header: {{Host: [app.example.com]}}}}
+      - {{name: b, address: {TUNNEL_B}.cfargotunnel.com, header: {{Host: [app.example.com]}}}}
 load_balancers:
   - {{name: app.example.com, proxied: true, default_pools: [main], fallback_pool: main}}
 tunnels:

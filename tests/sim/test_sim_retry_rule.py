@@ -26,7 +26,9 @@ traffic:
 """
 
 # b's failures reach users only while they last: a health route keeps its monitor green.
-HEALTH_ROUTE = CONFIG.replace("Host: [app.example.com]", "Host: [health.example.com]")
+HEALTH_ROUTE = CONFIG.replace(
+    "Host: [app.example.com]", "Host: [health.example.com]", 1
+)  # the monitor
 INGRESS_522 = """\
 network:
   ingress:

@@ -31,7 +31,9 @@ __all__ = [
     "Stack",
     "connector_config",
     "one_pool_config",
+    "processes",
     "running_stack",
+    "start_process",
     "two_tunnel_config",
     "wait_until",
 ]
@@ -169,6 +171,25 @@ async def wait_until(client: httpx.AsyncClient, url: str, ok: Any, *, seconds: f
     pytest.fail(f"{url} did not reach the expected state within {seconds}s")
 
 
+@asynccontextmanager
+async def processes() -> AsyncIterator[trio.Nursery]:
+    """A nursery for processes, cancelled (so every process is stopped) on the way out."""
+    async with trio.open_nursery() as nursery:
+        try:
+            yield nursery
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+async def start_process(nursery: trio.Nursery, *args: str, log: Path) -> trio.Process:
+    """``python -m lb ARGS...`` in ``nursery``, its output appended to ``log``."""
+    with log.open("ab") as out:
+        cmd = [sys.executable, "-m", "lb", *args]
+        run = partial(trio.run_process, cmd, check=False, stdout=out, stderr=out)
+        process: trio.Process = await nursery.start(run)
+        return process
+
+
 @dataclass
 class Stack:
     """A running two-tunnel stack: where to send traffic, the admin, and the processes."""
@@ -196,24 +217,13 @@ async def running_stack(tmp_path: Path, **engine: Any) -> AsyncIterator[Stack]:
     config = tmp_path / "lb.json"
     config.write_text(two_tunnel_config(ports, listen, admin, ca_file, **engine))
     log = tmp_path / "processes.log"
-
-    async def start(nursery: trio.Nursery, *args: str) -> trio.Process:
-        with log.open("ab") as out:
-            cmd = [sys.executable, "-m", "lb", *args]
-            run = partial(trio.run_process, cmd, check=False, stdout=out, stderr=out)
-            process: trio.Process = await nursery.start(run)
-            return process
-
-    async with trio.open_nursery() as nursery, httpx.AsyncClient(timeout=5) as client:
-        try:
-            tunnels = {}
-            for uuid, dc in ((EU, "FRA"), (US, "IAD")):
-                path = tmp_path / f"{dc}.json"
-                path.write_text(connector_config(uuid, dc, ports[uuid], cert))
-                tunnels[uuid] = await start(nursery, "connector", "--quiet", str(path))
-            lb = await start(nursery, "run", str(config))
-            admin_base = f"http://127.0.0.1:{admin}"
-            await wait_until(client, f"{admin_base}/readyz", lambda r: r.status_code == 200)
-            yield Stack(f"http://127.0.0.1:{listen}", admin, admin_base, tunnels, lb, config, log)
-        finally:
-            nursery.cancel_scope.cancel()
+    async with processes() as nursery, httpx.AsyncClient(timeout=5) as client:
+        tunnels = {}
+        for uuid, dc in ((EU, "FRA"), (US, "IAD")):
+            path = tmp_path / f"{dc}.json"
+            path.write_text(connector_config(uuid, dc, ports[uuid], cert))
+            tunnels[uuid] = await start_process(nursery, "connector", "--quiet", str(path), log=log)
+        lb = await start_process(nursery, "run", str(config), log=log)
+        admin_base = f"http://127.0.0.1:{admin}"
+        await wait_until(client, f"{admin_base}/readyz", lambda r: r.status_code == 200)
+        yield Stack(f"http://127.0.0.1:{listen}", admin, admin_base, tunnels, lb, config, log)
