@@ -38,6 +38,7 @@ from lb.proxy.upstream import UpstreamConnection, UpstreamPool
 
 __all__ = [
     "RECEIVE_SIZE",
+    "RESPONDED",
     "TRANSITIONS",
     "BodyPump",
     "Client",
@@ -109,6 +110,7 @@ started there is no going back to ``BODY``, ``CONNECT`` or ``UPSTREAM`` (no new 
 second answer), and a spliced connection only ends."""
 
 RESPONDED = frozenset({Phase.SEND, Phase.RELAY, Phase.WEBSOCKET})
+"""The phases after a response started: a failure then cuts the connection."""
 
 
 class LifecycleError(RuntimeError):
