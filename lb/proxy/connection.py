@@ -62,9 +62,9 @@ async def accept_loop(shared: Shared, listener: AnyListener, clients: trio.Nurse
             _log_cap(shared)
             _close_now(stream)
             continue
-        client = Client()
+        client = Client(stream, https)
         shared.clients.add(client)  # now, so that the next accept already counts it
-        clients.start_soon(serve_client, shared, stream, https, client)
+        clients.start_soon(serve_client, shared, client)
 
 
 def _shed_idlest(shared: Shared) -> bool:
@@ -119,9 +119,7 @@ async def drain_deadline(shared: Shared, seconds: float) -> None:
         client.watchdog.cancel()
 
 
-async def serve_client(
-    shared: Shared, stream: trio.abc.Stream, https: bool, client: Client
-) -> None:
+async def serve_client(shared: Shared, client: Client) -> None:
     """The keep-alive loop of one client connection; never raises.
 
     Every timeout of the connection is one deadline on ``client.watchdog``: pushed ahead
@@ -129,9 +127,9 @@ async def serve_client(
     """
     shared.hooks.connection(1)
     linger = False
-    conn: h11.Connection | None = None
+    stream = client.stream
     try:
-        peer = _peer_ip(stream)
+        client.peer = _peer_ip(stream)
         limits = shared.engine.config.engine.limits
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_header_bytes)
         watchdog = client.watchdog
@@ -139,7 +137,7 @@ async def serve_client(
             async with trio.open_nursery() as client.tasks:
                 while not shared.draining or conn.their_state is not h11.IDLE:
                     watchdog.deadline = trio.current_time() + limits.idle_timeout
-                    event = await _read_head(shared, stream, conn, peer, client)
+                    event = await _read_head(shared, client, conn)
                     if event is None:
                         # Unread input after an answer of ours (a 400, a 431): drain it
                         # first, or the kernel's reset may destroy the answer.
@@ -148,7 +146,7 @@ async def serve_client(
                             h11.CLOSED,
                         )
                         break
-                    keep = await exchange(shared, stream, conn, event, peer, https, client)
+                    keep = await exchange(shared, client, conn, event)
                     settle(shared, client)
                     if not keep or conn.our_state is not h11.DONE:
                         linger = conn.their_state is h11.SEND_BODY
@@ -229,25 +227,24 @@ class _HeadLines:
         return self.lines > self.limit
 
 
-async def _read_head(
-    shared: Shared, stream: trio.abc.Stream, conn: h11.Connection, peer: str, client: Client
-) -> h11.Request | None:
+async def _read_head(shared: Shared, client: Client, conn: h11.Connection) -> h11.Request | None:
     """The next request head, or None when the connection should close.
 
     Header lines are counted as the bytes arrive, before h11 parses the head, so that a
     head of thousands of tiny headers is refused (431) without the cost of parsing it.
     """
+    stream = client.stream
     first = True
     counter = _HeadLines(shared.engine.config.engine.limits.max_headers)
     pipelined = conn.trailing_data[0] if conn.their_state is h11.IDLE else b""
     if pipelined and counter.feed(pipelined):
-        await reject(shared, stream, conn, _TOO_MANY_HEADERS, peer)
+        await reject(shared, client, conn, _TOO_MANY_HEADERS)
         return None
     while True:
         try:
             event = conn.next_event()
         except h11.RemoteProtocolError as exc:
-            await reject(shared, stream, conn, exc, peer)
+            await reject(shared, client, conn, exc)
             return None
         if event is h11.NEED_DATA:
             if first:
@@ -262,7 +259,7 @@ async def _read_head(
                 shared.idle.pop(client, None)
             first = False
             if counter.feed(cast(bytes, data)):
-                await reject(shared, stream, conn, _TOO_MANY_HEADERS, peer)
+                await reject(shared, client, conn, _TOO_MANY_HEADERS)
                 return None
             conn.receive_data(cast(bytes, data))
             if not data and conn.their_state is not h11.IDLE:

@@ -94,19 +94,15 @@ _PRE_VALIDATED = _pre_validated()
 
 
 async def exchange(
-    shared: Shared,
-    stream: trio.abc.Stream,
-    conn: h11.Connection,
-    event: h11.Request,
-    peer: str,
-    https: bool,
-    client: Client,
+    shared: Shared, client: Client, conn: h11.Connection, event: h11.Request
 ) -> bool:
-    """Serve one request; True when the connection may carry another one.
+    """Serve one request on ``client`` (``conn`` is its h11 state); True when the connection
+    may carry another one.
 
     The request's state goes to ``client.exchange``; the caller settles and reports it.
     """
     t0 = trio.current_time()
+    peer = client.peer
     settings = shared.engine.config.engine
     ip_name, dc_name = _header_names(shared, settings)
     facts = scan_request(event.headers, ip_name, dc_name)
@@ -135,7 +131,7 @@ async def exchange(
     )
     ex = Exchange(
         shared=shared,
-        stream=stream,
+        stream=client.stream,
         conn=conn,
         event=event,
         facts=facts,
@@ -144,7 +140,7 @@ async def exchange(
         started=t0,
         tasks=client.tasks,
         peer=peer,
-        https=https,
+        https=client.https,
         trusted=trusted,
         client_ip=client_ip,
         request_id=rid,

@@ -18,7 +18,7 @@ from lb.config.model import FixedResponse
 from lb.proxy import errors
 from lb.proxy.errors import error_body, public_status, reason_phrase
 from lb.proxy.hooks import RequestRecord
-from lb.proxy.state import ClientError, Exchange, Move, Phase, Shared, sent
+from lb.proxy.state import Client, ClientError, Exchange, Move, Phase, Shared, sent
 
 __all__ = [
     "bad_gateway",
@@ -205,11 +205,7 @@ async def timed_out(ex: Exchange) -> None:
 
 
 async def reject(
-    shared: Shared,
-    stream: trio.abc.Stream,
-    conn: h11.Connection,
-    exc: h11.RemoteProtocolError,
-    peer: str,
+    shared: Shared, client: Client, conn: h11.Connection, exc: h11.RemoteProtocolError
 ) -> None:
     """Answer a request h11 could not parse (400, 431 for a too-large head...).
 
@@ -222,7 +218,7 @@ async def reject(
     if status == 501:
         status = 400
     record = RequestRecord(
-        method="", host="", target="", client_ip=peer, datacenter="", request_id=""
+        method="", host="", target="", client_ip=client.peer, datacenter="", request_id=""
     )
     record.error = "headers_too_large" if status == 431 else "bad_request"
     if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
@@ -230,7 +226,7 @@ async def reject(
         try:
             data = simple_response(conn, status, body, close=True)
             with trio.move_on_after(shared.engine.config.engine.limits.idle_timeout):
-                await stream.send_all(data)
+                await client.stream.send_all(data)
             record.status = status
         except (h11.LocalProtocolError, trio.BrokenResourceError, trio.ClosedResourceError):
             pass

@@ -199,14 +199,18 @@ class Exchange:
 
 
 class Client:
-    """One client connection: its watchdog (the only cancel scope per connection) and the
-    request in progress, which the connection loop reports when it is over.  While it waits
-    for the first byte of a request it is in ``Shared.idle`` (shutdown and the connection cap
-    close those)."""
+    """One client connection: its stream and peer, its watchdog (the only cancel
+    scope per connection) and the request in progress, which the connection loop reports
+    when it is over.  While it waits for the first byte of a request it is in
+    ``Shared.idle`` (shutdown and the connection cap close those)."""
 
-    __slots__ = ("exchange", "tasks", "watchdog")
+    __slots__ = ("exchange", "https", "peer", "stream", "tasks", "watchdog")
 
-    def __init__(self) -> None:
+    def __init__(self, stream: trio.abc.Stream, https: bool) -> None:
+        self.stream = stream
+        self.https = https
+        self.peer = ""
+        """The TCP peer's IP address ("" when the socket has none)."""
         self.watchdog = trio.CancelScope()
         self.tasks: trio.Nursery | None = None
         """The connection's nursery (inside the watchdog), for request body pumps."""
