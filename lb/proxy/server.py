@@ -13,14 +13,14 @@ Theory of operation
 One trio task per client connection runs a keep-alive loop: read a request head, steer it
 (:meth:`steering.Router.decide`), forward it over a pooled upstream connection
 (:mod:`lb.proxy.upstream`), relay the response, repeat.  Bodies are streamed both ways in the
-chunks they arrive in; only a request body of at most ``REPLAY_BODY_BYTES`` is read whole
-before it goes upstream, so that it can be sent again on a fresh connection.  A request body
-that is still arriving when the head goes upstream is pumped by a task of its own (in the
-connection's nursery, under its watchdog) while the exchange waits for the response head, as
-Go's transport does: an upstream that answers before it has read the body (a 413, a 401) and
-then closes or stops reading is relayed, and the client connection closes afterwards with the
-rest of the body unread.  Requests whose body is complete on arrival (and bodiless ones) take
-no task.
+chunks they arrive in; only a request body of at most ``REPLAY_BODY_BYTES`` (lb/proxy/body.py)
+is read whole before it goes upstream, so that it can be sent again on a fresh connection.
+A request body that is still arriving when the head goes upstream is pumped by a task of its
+own (in the connection's nursery, under its watchdog) while the exchange waits for the
+response head, as Go's transport does: an upstream that answers before it has read the body
+(a 413, a 401) and then closes or stops reading is relayed, and the client connection closes
+afterwards with the rest of the body unread.  Requests whose body is complete on arrival (and
+bodiless ones) take no task.
 
 Per request the hot path is: one ``scan_request`` pass over the headers, one steering
 decision, one header rewrite, one write upstream (head and small body together), one write

@@ -244,6 +244,8 @@ def test_keep_alive_timeout_parsing() -> None:
 
 def test_expires_of() -> None:
     value = sign(b"k", "lb", "p", "e", 1_700_000_000.7)
-    assert expires_of(value) == 1_700_000_000.0
+    assert (
+        expires_of(value) == 1_700_000_001.0
+    )  # whole seconds, rounded up (steering.affinity.sign)
     assert expires_of("v1.abc.x.mac") is None
     assert expires_of("garbage") is None
