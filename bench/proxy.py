@@ -422,7 +422,12 @@ def run_config(tmp: Path, port: int, workers: int) -> Path:
                     }
                 ],
                 "load_balancers": [
-                    {"name": "127.0.0.1", "default_pools": ["p1"], "fallback_pool": "p1"}
+                    {
+                        "name": "127.0.0.1",
+                        "proxied": True,
+                        "default_pools": ["p1"],
+                        "fallback_pool": "p1",
+                    }
                 ],
                 "connect_to": {
                     f"{t}:443": f"127.0.0.1:{p}"

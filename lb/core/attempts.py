@@ -1,6 +1,6 @@
 """The attempt policy: after an attempt to an endpoint failed, retry where, or answer what.
 
-Why one pure function: the proxy (``lb/proxy/server.py``) and the simulator
+Why one pure function: the proxy (``lb/proxy/exchange.py``) and the simulator
 (``lb/sim/traffic.py``) must retry the same failures the same number of times, and a rule
 written twice drifts (the simulator once had no stale-connection retry at all).  Both describe
 the failed attempt with the same facts and follow :func:`next_step`; neither decides on its

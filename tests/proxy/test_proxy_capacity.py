@@ -1,4 +1,4 @@
-"""The connection cap and the file-descriptor limit (lb/proxy/capacity.py, lb/proxy/server.py;
+"""The connection cap and the file-descriptor limit (lb/proxy/capacity.py, lb/proxy/connection.py;
 docs/proxy.md, "Connection cap")."""
 
 from __future__ import annotations

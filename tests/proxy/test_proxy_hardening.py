@@ -1,5 +1,5 @@
 """Regressions from review: hostile Host, refused upstream heads, idle WebSockets, per-request
-work (lb/proxy/server.py, lb/proxy/upstream.py)."""
+work (lb/proxy/exchange.py, lb/proxy/upstream.py)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from proxy_support import (
     start_stack,
 )
 
-import lb.proxy.server as server_module
+import lb.proxy.exchange as exchange_module
 import lb.proxy.upstream as upstream_module
 from lb.config.model import Limits
 from lb.core.snapshot import Snapshot
@@ -94,13 +94,13 @@ async def test_refused_upstream_head_is_502(
     nursery: trio.Nursery, certs: Certs, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """h11 refusing to send the upstream head raised outside the handler: a bare close."""
-    real = server_module.response_headers
+    real = exchange_module.response_headers
 
     def poisoned(*args: Any, **kwargs: Any) -> list[tuple[bytes, bytes]]:
         # Not a valid value: h11 validates it when it reframes the chunked response.
         return [*real(*args, **kwargs), (b"x-bad", b"a\x00b")]
 
-    monkeypatch.setattr(server_module, "response_headers", poisoned)
+    monkeypatch.setattr(exchange_module, "response_headers", poisoned)
     stack = await start_stack(nursery, certs, 1)
     raw = await raw_exchange(
         stack.port, f"GET /stream?n=10 HTTP/1.1\r\nhost: {LB_HOST}\r\n\r\n".encode()
@@ -117,9 +117,9 @@ async def test_refused_upstream_head_is_502(
 async def test_refused_upstream_head_of_head_request_has_no_body(
     nursery: trio.Nursery, certs: Certs, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = server_module.response_headers
+    real = exchange_module.response_headers
     monkeypatch.setattr(
-        server_module,
+        exchange_module,
         "response_headers",
         lambda *a, **k: [*real(*a, **k), (b"x-bad", b"a\x00b")],
     )
@@ -140,7 +140,7 @@ async def test_unexpected_failure_is_logged_as_warning(
     def boom(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("degraded")
 
-    monkeypatch.setattr(server_module, "target_for", boom)
+    monkeypatch.setattr(exchange_module, "target_for", boom)
     stack = await start_stack(nursery, certs, 1)
     with caplog.at_level(logging.WARNING, logger="lb.proxy"):
         raw = await raw_exchange(stack.port, f"GET / HTTP/1.1\r\nhost: {LB_HOST}\r\n\r\n".encode())
@@ -207,8 +207,8 @@ async def test_no_snapshot_lookup_and_no_header_dict_per_request(
         raise AssertionError("headers built without header affinity")
 
     monkeypatch.setattr(Snapshot, "load_balancer", counting)
-    monkeypatch.setattr(server_module._LazyHeaders, "_dict", no_dict)
-    monkeypatch.setattr(server_module._LazyCookies, "_dict", no_dict)
+    monkeypatch.setattr(exchange_module._LazyHeaders, "_dict", no_dict)
+    monkeypatch.setattr(exchange_module._LazyCookies, "_dict", no_dict)
     async with await Client.connect(stack.port) as client:
         for _ in range(3):
             resp = await client.request("GET", "/", headers=[("x-user", "u"), ("cookie", "a=b")])
@@ -241,35 +241,35 @@ async def test_header_affinity_reads_headers_on_demand(nursery: trio.Nursery, ce
 def test_lazy_headers_mapping() -> None:
     raw = [(b"x-a", b"1"), (b"cookie", b"a=b"), (b"x-a", b"2"), (b"x-b", b"\xe9")]
     raw.append((b"cookie", b"c=d"))
-    headers = server_module._LazyHeaders(raw)
+    headers = exchange_module._LazyHeaders(raw)
     assert headers.get("x-a") == "2"  # the last of a repeated header; Cookie values joined
     assert dict(headers) == {"x-a": "2", "cookie": "a=b; c=d", "x-b": "\xe9"}
     assert len(headers) == 3
-    cookies = server_module._LazyCookies(b"a=b; c=d")
+    cookies = exchange_module._LazyCookies(b"a=b; c=d")
     assert dict(cookies) == {"a": "b", "c": "d"}
-    assert len(server_module._LazyCookies(None)) == 0
+    assert len(exchange_module._LazyCookies(None)) == 0
 
 
 # ---------------------------------------------------------------------- h11's private switch
 
 
 def test_an_h11_without_the_parsed_switch_is_detected(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert server_module._pre_validated() == {"_parsed": True}
+    assert exchange_module._pre_validated() == {"_parsed": True}
 
-    class Strict(server_module.h11.Request):  # type: ignore[misc]
+    class Strict(exchange_module.h11.Request):  # type: ignore[misc]
         def __init__(self, **kw: Any) -> None:
             if "_parsed" in kw:
                 raise TypeError("unexpected keyword argument '_parsed'")
             super().__init__(**kw)
 
-    monkeypatch.setattr(server_module.h11, "Request", Strict)
-    assert server_module._pre_validated() == {}
+    monkeypatch.setattr(exchange_module.h11, "Request", Strict)
+    assert exchange_module._pre_validated() == {}
 
 
 async def test_the_proxy_works_without_the_parsed_switch(
     nursery: trio.Nursery, certs: Certs, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(server_module, "_PRE_VALIDATED", {})
+    monkeypatch.setattr(exchange_module, "_PRE_VALIDATED", {})
     stack = await start_stack(nursery, certs, 1)
     resp = await get(stack.port, "/headers")
     assert resp.status == 200

@@ -1,5 +1,5 @@
 """Protocol edges on real sockets: request smuggling, malformed chunks, CONNECT and TRACE,
-absolute-form targets and URL normalization before rules, header counts (lb/proxy/server.py,
+absolute-form targets and URL normalization before rules, header counts (lb/proxy/exchange.py,
 lb/proxy/urls.py; docs/proxy.md, "Refused requests")."""
 
 from __future__ import annotations

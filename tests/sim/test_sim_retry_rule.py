@@ -1,6 +1,6 @@
 """R42 in the simulator: only a failed connection is retried, never an HTTP answer.
 
-The proxy (``lb/proxy/server.py``) calls ``router.retry`` only when connecting to the endpoint
+The proxy (``lb/proxy/exchange.py``) calls ``router.retry`` only when connecting to the endpoint
 failed (refused 521, connect timeout 522, unreachable 523); a response whose status happens to
 be 521-523 (an origin's, an edge ``status``, an ingress ``http_status:522``) is relayed as is.
 """

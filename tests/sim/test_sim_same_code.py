@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 import lb.core.attempts
-import lb.proxy.server
+import lb.proxy.exchange
 import lb.sim.traffic
 import monitors.scheduler
 import monitors.transport
@@ -63,7 +63,7 @@ def test_every_retry_is_one_the_attempt_policy_asked_for(
 ) -> None:
     # The proxy and the simulator hold the core's function itself, not a copy.
     assert lb.sim.traffic.next_step is lb.core.attempts.next_step
-    assert lb.proxy.server.next_step is lb.core.attempts.next_step
+    assert lb.proxy.exchange.next_step is lb.core.attempts.next_step
     actions: list[Action] = []
     real = lb.core.attempts.next_step
 
@@ -95,11 +95,19 @@ def _functions_calling(tree: ast.AST, attr: str) -> set[str]:
     return out
 
 
-@pytest.mark.parametrize("path", ["lb/proxy/server.py", "lb/sim/traffic.py"])
+@pytest.mark.parametrize("path", ["lb/proxy", "lb/sim/traffic.py"])
 def test_the_router_is_asked_for_a_retry_only_where_the_policy_said_so(path: str) -> None:
-    tree = ast.parse((ROOT / path).read_text())
-    retrying = _functions_calling(tree, "retry") - {"retry"}  # hooks.retry is a notification
-    consulting = _functions_calling(tree, "next_step")
+    # The proxy is a package of modules: every one of them is checked, so that no module
+    # beside the exchange can retry on its own.
+    files = sorted((ROOT / path).glob("*.py")) if (ROOT / path).is_dir() else [ROOT / path]
+    retrying: set[str] = set()
+    consulting: set[str] = set()
+    for file in files:
+        tree = ast.parse(file.read_text())
+        name = file.relative_to(ROOT).as_posix()
+        # hooks.retry is a notification
+        retrying |= {f"{name}:{fn}" for fn in _functions_calling(tree, "retry") - {"retry"}}
+        consulting |= {f"{name}:{fn}" for fn in _functions_calling(tree, "next_step")}
     assert consulting, f"{path} does not consult lb.core.attempts.next_step"
     assert retrying <= consulting, f"{path}: {sorted(retrying - consulting)} retry on their own"
 

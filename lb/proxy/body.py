@@ -1,0 +1,228 @@
+"""The request body: taken from h11, buffered for a replay, or pumped upstream by a task.
+
+Why this is apart from the exchange: a body moves on its own schedule.  A small one
+(``REPLAY_BODY_BYTES``) is read whole before the first attempt, so that the attempt policy
+(lb/core/attempts.py) may send it again on a fresh connection; a larger or still-arriving one
+is pumped upstream by a task of its own while the exchange waits for the response head, as
+Go's transport does (docs/proxy.md, "Request bodies").  Limits (``max_body_bytes``, chunk
+sizes) are enforced here as the bytes arrive.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import cast
+
+import h11
+import trio
+
+from lb.core.attempts import Body
+from lb.proxy import errors
+from lb.proxy.errors import UpstreamError
+from lb.proxy.state import RECEIVE_SIZE, BodyPump, ClientError, Exchange, Move, sent
+from lb.proxy.upstream import UpstreamConnection
+
+__all__ = [
+    "MAX_CHUNK_SIZE",
+    "REPLAY_BODY_BYTES",
+    "buffer_body",
+    "first_chunk_problem",
+    "pump_body",
+    "send_up",
+    "stop_pump",
+    "take_body",
+    "up_send",
+]
+
+log = logging.getLogger("lb.proxy")
+
+REPLAY_BODY_BYTES = 65536
+"""A request body with a Content-Length up to this is read whole before the first attempt, so
+that the request can be sent again if a reused connection breaks (``lb/core/attempts.py``);
+larger bodies, chunked ones still arriving and ``Expect: 100-continue`` ones are streamed."""
+MAX_CHUNK_SIZE = (1 << 63) - 1
+"""A larger chunk size is malformed (it overflows a signed 64-bit length): 400."""
+EOM = h11.EndOfMessage()
+_CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,20})(?:;[^\r\n]*)?[ \t]*\r\n")
+
+
+async def buffer_body(ex: Exchange) -> None:
+    """Take the request body before the first attempt when it is small, so that it can be
+    sent again (``REPLAY_BODY_BYTES``; HAProxy buffers a request for ``retry-on`` the
+    same way, and Go's transport retries only a body it can rewind).
+
+    Whatever part of any body h11 already holds is taken too (it goes out with the head).
+    An upgrade request or one that expects ``100 Continue`` is never waited for.
+    """
+    if not ex.req_done:
+        conn = ex.conn
+        facts = ex.facts
+        limits = ex.shared.engine.config.engine.limits
+        done = take_body(ex, ex.body, limits.max_body_bytes)
+        length = facts.content_length
+        if (
+            not done
+            and length is not None
+            and length <= REPLAY_BODY_BYTES
+            and not facts.websocket
+            and not conn.they_are_waiting_for_100_continue
+        ):
+            while not done:
+                ex.advance(Move.CLIENT, limits.idle_timeout)
+                try:
+                    data = await ex.stream.receive_some(RECEIVE_SIZE)
+                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                    raise ClientError(0, "client_disconnected") from exc
+                if not data:
+                    raise ClientError(0, "client_disconnected")
+                conn.receive_data(cast(bytes, data))
+                done = take_body(ex, ex.body, limits.max_body_bytes)
+    if ex.req_done:
+        ex.body_state = Body.BUFFERED
+
+
+def take_body(ex: Exchange, out: list[h11.Data], max_body: int) -> bool:
+    """Move the request body events h11 already has to ``out``; at the end of the body,
+    set ``ex.req_done`` (the caller sends the EndOfMessage).  Returns ``req_done``."""
+    record = ex.record
+    conn = ex.conn
+    while True:
+        try:
+            ev = conn.next_event()
+        except h11.RemoteProtocolError as exc:
+            raise ClientError(400, "bad_request") from exc
+        kind = type(ev)
+        if kind is h11.Data:
+            assert isinstance(ev, h11.Data)
+            if ex.body_state is Body.UNTOUCHED:
+                ex.body_state = Body.STREAMED
+            record.bytes_in += len(ev.data)
+            if record.bytes_in + _chunk_left(conn) > max_body:
+                raise _chunk_error(_chunk_left(conn), max_body)
+            out.append(ev)
+        elif kind is h11.EndOfMessage:
+            ex.req_done = True
+            return True
+        elif ev is h11.NEED_DATA:
+            if record.bytes_in + _chunk_left(conn) > max_body:
+                # A chunk announced larger than the body may be: no need to wait for it.
+                raise _chunk_error(_chunk_left(conn), max_body)
+            return False
+        else:  # pragma: no cover - h11 gives nothing else while the body is open
+            raise ClientError(400, "bad_request")
+
+
+async def pump_body(ex: Exchange, up: UpstreamConnection, pump: BodyPump) -> None:
+    """Read the rest of the request body from the client and send it upstream (a task beside
+    the response; see lb/proxy/exchange.py, ``forward``).  Never raises: a client failure is
+    kept in ``pump.error`` and, before the response started, interrupts the wait for its head
+    (the exchange answers it); an upstream failure is kept, and the wait for the head tells
+    whether the upstream answered anyway."""
+    limits = ex.shared.engine.config.engine.limits
+    conn = ex.conn
+    try:
+        with pump.scope:
+            while not ex.req_done:
+                ex.advance(Move.CLIENT, limits.idle_timeout)
+                try:
+                    data = await ex.stream.receive_some(RECEIVE_SIZE)
+                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                    raise ClientError(0, "client_disconnected") from exc
+                if not data:
+                    raise ClientError(0, "client_disconnected")
+                conn.receive_data(cast(bytes, data))
+                events: list[h11.Data] = []
+                done = take_body(ex, events, limits.max_body_bytes)
+                pending = [up_send(up.h11, ev) for ev in events]
+                if done:
+                    pending.append(up_send(up.h11, EOM))
+                if pending:
+                    await send_up(ex, up.stream, pending, limits.request_timeout)
+    except ClientError as exc:
+        pump.error = exc
+        if pump.head_wait is not None:
+            pump.head_wait.cancel()
+    except UpstreamError as exc:
+        pump.error = exc
+    except Exception as exc:  # a bug here must cost this request, not the connection
+        log.warning("request body pump failed with %r", exc, exc_info=True)
+        pump.error = exc
+    finally:
+        pump.done.set()
+
+
+async def stop_pump(ex: Exchange) -> None:
+    """End the body pump of ``ex``, if any, before the exchange is settled: the rest of the
+    body is not wanted once the response is over (the client connection closes, its body
+    unread, and the upstream connection with our request unfinished is not reused)."""
+    pump = ex.pump
+    if pump is None:
+        return
+    ex.pump = None
+    pump.scope.cancel()
+    with trio.CancelScope(shield=True):  # it ends at its next checkpoint
+        await pump.done.wait()
+    if isinstance(pump.error, ClientError) and not ex.record.error:
+        ex.record.error = pump.error.reason
+
+
+async def send_up(
+    ex: Exchange, ustream: trio.abc.Stream, pending: list[bytes], seconds: float
+) -> None:
+    """Write to the upstream under ``request_timeout`` (``seconds``)."""
+    ex.advance(Move.UPSTREAM, seconds)
+    try:
+        await ustream.send_all(pending[0] if len(pending) == 1 else b"".join(pending))
+    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        raise UpstreamError(errors.BAD_GATEWAY, "upstream_closed") from exc
+    ex.sent_any = True
+
+
+def up_send(uh: h11.Connection, event: h11.Data | h11.EndOfMessage) -> bytes:
+    """Frame a request body event for upstream; a body h11 refuses is the client's fault.
+
+    The request was framed by the client's own Content-Length or chunking, so a mismatch here
+    means a request head that says one thing and a body that does another: 400, not a crash.
+    """
+    try:
+        return sent(uh.send(event))
+    except h11.LocalProtocolError as exc:
+        raise ClientError(400, "bad_request") from exc
+
+
+def _chunk_left(conn: h11.Connection) -> int:
+    """Bytes still to come of the request body chunk h11 is reading (0 if none or unknown).
+
+    Read from h11's private chunk reader (0.14 to 0.16 at least), so that a chunk announced
+    larger than the body may be is refused at once instead of waited for; an h11 without it
+    gives 0, and the size limits then apply as the bytes arrive: slower, never broken.
+    """
+    reader = getattr(conn, "_reader", None)
+    left = getattr(reader, "_bytes_in_chunk", 0)
+    return left if type(left) is int else 0
+
+
+def _chunk_error(size: int, max_body: int) -> ClientError:
+    if size > MAX_CHUNK_SIZE:
+        return ClientError(400, "bad_chunk")
+    return ClientError(413, "body_too_large")
+
+
+def first_chunk_problem(conn: h11.Connection, max_body: int) -> ClientError | None:
+    """A malformed or oversized first chunk header already received with the head, if any.
+
+    Checked before steering, so that such a request costs no upstream connection; later
+    chunks are checked as h11 reads them (:func:`take_body`).
+    """
+    buf = conn.trailing_data[0]
+    end = buf.find(b"\r\n")
+    if end < 0:
+        return None
+    m = _CHUNK_LINE.match(buf, 0, end + 2)
+    if m is None:
+        return ClientError(400, "bad_chunk")
+    size = int(m.group(1), 16)
+    if size > max_body:
+        return _chunk_error(size, max_body)
+    return None

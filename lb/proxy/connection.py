@@ -1,0 +1,324 @@
+"""Client connections: accept them (under the cap), run each one's keep-alive loop, drain.
+
+Why apart from the exchange: a connection outlives its requests.  It owns the watchdog (the
+only cancel scope per connection), reads the next request head (counting its lines before h11
+parses it), hands the request to :func:`lb.proxy.exchange.exchange`, settles what the
+request left behind, and decides whether the connection can carry another request.  The
+connection cap (``limits.max_connections``) and the drain's deadline are about connections
+too, so they are here.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import re
+from typing import Any, cast
+
+import h11
+import trio
+
+from lb.proxy.exchange import exchange
+from lb.proxy.listeners import AnyListener, is_https
+from lb.proxy.replies import reject, timed_out
+from lb.proxy.state import RECEIVE_SIZE, Client, Shared
+
+__all__ = [
+    "SWEEP_INTERVAL",
+    "accept_loop",
+    "close_idle_clients",
+    "close_listener",
+    "drain_deadline",
+    "serve_client",
+    "sweep_loop",
+]
+
+log = logging.getLogger("lb.proxy")
+
+LINGER_SECONDS = 2.0
+"""How long a connection closed with an unread request body is drained first, so that the
+client reads our 4xx instead of a TCP reset."""
+SWEEP_INTERVAL = 5.0
+_ACCEPT_RETRY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+_HEAD_END = re.compile(rb"\n\r?\n")
+"""The blank line that ends a request head (h11 accepts bare LF line ends too)."""
+_TOO_MANY_HEADERS = h11.RemoteProtocolError("too many header lines", error_status_hint=431)
+
+
+async def accept_loop(shared: Shared, listener: AnyListener, clients: trio.Nursery) -> None:
+    """Accept on ``listener`` until cancelled; each client runs in ``clients``."""
+    https = is_https(listener)
+    while True:
+        try:
+            stream = await listener.accept()
+        except OSError as exc:
+            if exc.errno in _ACCEPT_RETRY_ERRNOS:
+                log.warning("accept failed (%s); pausing 0.1 s", exc)
+                await trio.sleep(0.1)
+                continue
+            raise
+        if len(shared.clients) >= shared.max_connections and not _shed_idlest(shared):
+            shared.refused += 1
+            _log_cap(shared)
+            _close_now(stream)
+            continue
+        client = Client(stream, https)
+        shared.clients.add(client)  # now, so that the next accept already counts it
+        clients.start_soon(serve_client, shared, client)
+
+
+def _shed_idlest(shared: Shared) -> bool:
+    """Close the client connection idle the longest to make room; False if none is."""
+    client = next(iter(shared.idle), None)
+    if client is None:
+        return False
+    del shared.idle[client]
+    shared.clients.discard(client)
+    client.watchdog.cancel()
+    shared.shed += 1
+    _log_cap(shared)
+    return True
+
+
+def _log_cap(shared: Shared) -> None:
+    now = trio.current_time()
+    if now - shared.cap_logged >= SWEEP_INTERVAL:
+        shared.cap_logged = now
+        log.warning(
+            "connection_cap_reached max_connections=%d shed=%d refused=%d",
+            shared.max_connections,
+            shared.shed,
+            shared.refused,
+        )
+
+
+async def sweep_loop(shared: Shared) -> None:
+    """Close pooled upstream connections idle too long, every ``SWEEP_INTERVAL``."""
+    while True:
+        await trio.sleep(SWEEP_INTERVAL)
+        shared.pool.sweep()
+
+
+def close_idle_clients(shared: Shared) -> None:
+    """Close the connections waiting for a next request (shutdown)."""
+    for client in list(shared.idle):
+        client.watchdog.cancel()
+
+
+async def drain_deadline(shared: Shared, seconds: float) -> None:
+    """At the drain deadline, end every request still in flight with a 503 (where no
+    response has started) and ``Connection: close``, rather than a bare close: a client
+    can tell "shutting down, try again" from a crash."""
+    if shared.clients:
+        with trio.move_on_after(seconds):
+            await shared.drained.wait()
+    if not shared.clients:
+        return
+    shared.expired = True
+    for client in list(shared.clients):
+        client.watchdog.cancel()
+
+
+async def serve_client(shared: Shared, client: Client) -> None:
+    """The keep-alive loop of one client connection; never raises.
+
+    Every timeout of the connection is one deadline on ``client.watchdog``: pushed ahead
+    before each wait (see lb/proxy/state.py), handled here when it fires.
+    """
+    shared.hooks.connection(1)
+    linger = False
+    stream = client.stream
+    try:
+        client.peer = _peer_ip(stream)
+        limits = shared.engine.config.engine.limits
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_header_bytes)
+        watchdog = client.watchdog
+        with watchdog:
+            async with trio.open_nursery() as client.tasks:
+                while not shared.draining or conn.their_state is not h11.IDLE:
+                    watchdog.deadline = trio.current_time() + limits.idle_timeout
+                    event = await _read_head(shared, client, conn)
+                    if event is None:
+                        # Unread input after an answer of ours (a 400, a 431): drain it
+                        # first, or the kernel's reset may destroy the answer.
+                        linger = conn.their_state is h11.ERROR or conn.our_state not in (
+                            h11.IDLE,
+                            h11.CLOSED,
+                        )
+                        break
+                    keep = await exchange(shared, client, conn, event)
+                    settle(shared, client)
+                    if not keep or conn.our_state is not h11.DONE:
+                        linger = conn.their_state is h11.SEND_BODY
+                        break
+                    if conn.their_state is not h11.DONE:
+                        linger = True
+                        break
+                    conn.start_next_cycle()
+        if watchdog.cancelled_caught and client.exchange is not None:
+            await timed_out(client.exchange)
+    except Exception as exc:  # hostile input must never become a traceback to the client
+        # Reaching this means a failure no handler above answered (the client saw a closed
+        # connection, not a status): a bug or a degraded mode, so it is logged loudly.
+        log.warning("client connection ended with %r", exc, exc_info=True)
+    except BaseException:
+        # A Cancelled (maybe in a group from the connection's nursery): only the
+        # clients nursery cancels from outside, so the drain deadline passed.
+        if client.exchange is not None:
+            client.exchange.record.error = "shutdown"
+        raise
+    finally:
+        settle(shared, client)
+        shared.clients.discard(client)
+        shared.idle.pop(client, None)
+        if shared.draining and not shared.clients:
+            shared.drained.set()
+        try:
+            await _close_client(stream, linger=linger)
+        finally:
+            # Under cancellation the await above raises at once (after closing the socket);
+            # the count must still go down.
+            shared.hooks.connection(-1)
+
+
+def settle(shared: Shared, client: Client) -> None:
+    """Settle the request in progress: counters, upstream connection, report.
+
+    Synchronous, so that it also runs under cancellation (shutdown past the drain
+    deadline) and nothing leaks.
+    """
+    ex = client.exchange
+    if ex is None:
+        return
+    client.exchange = None
+    if ex.endpoint is not None:
+        shared.engine.live.finished(ex.endpoint)
+        ex.endpoint = None
+    if ex.up is not None:
+        shared.pool.discard(ex.up)
+        ex.up = None
+    record = ex.record
+    record.duration = trio.current_time() - ex.started
+    shared.hooks.request_done(record)
+
+
+class _HeadLines:
+    """Counts the lines of a request head as its bytes arrive (see ``_read_head``)."""
+
+    __slots__ = ("done", "limit", "lines", "tail")
+
+    def __init__(self, max_headers: int) -> None:
+        self.limit = max_headers + 1  # the request line
+        self.lines = 0
+        self.tail = b""
+        self.done = False
+
+    def feed(self, data: bytes) -> bool:
+        """Count the head lines in ``data``; True once there are too many."""
+        if self.done or not data:
+            return False
+        buf = self.tail + data
+        m = _HEAD_END.search(buf)
+        stop = len(buf) if m is None else m.start() + 1
+        if stop > len(self.tail):
+            self.lines += buf.count(b"\n", len(self.tail), stop)
+        self.done = m is not None
+        self.tail = buf[-2:]
+        return self.lines > self.limit
+
+
+async def _read_head(shared: Shared, client: Client, conn: h11.Connection) -> h11.Request | None:
+    """The next request head, or None when the connection should close.
+
+    Header lines are counted as the bytes arrive, before h11 parses the head, so that a
+    head of thousands of tiny headers is refused (431) without the cost of parsing it.
+    """
+    stream = client.stream
+    first = True
+    counter = _HeadLines(shared.engine.config.engine.limits.max_headers)
+    pipelined = conn.trailing_data[0] if conn.their_state is h11.IDLE else b""
+    if pipelined and counter.feed(pipelined):
+        await reject(shared, client, conn, _TOO_MANY_HEADERS)
+        return None
+    while True:
+        try:
+            event = conn.next_event()
+        except h11.RemoteProtocolError as exc:
+            await reject(shared, client, conn, exc)
+            return None
+        if event is h11.NEED_DATA:
+            if first:
+                if shared.draining and conn.their_state is h11.IDLE:
+                    return None
+                shared.idle[client] = None
+            try:
+                data = await stream.receive_some(RECEIVE_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return None
+            finally:
+                shared.idle.pop(client, None)
+            first = False
+            if counter.feed(cast(bytes, data)):
+                await reject(shared, client, conn, _TOO_MANY_HEADERS)
+                return None
+            conn.receive_data(cast(bytes, data))
+            if not data and conn.their_state is not h11.IDLE:
+                return None  # EOF inside a head: nobody left to answer
+            continue
+        if type(event) is h11.Request:
+            return event
+        return None  # ConnectionClosed or PAUSED
+
+
+def _peer_ip(stream: trio.abc.Stream) -> str:
+    inner: Any = stream
+    while isinstance(inner, trio.SSLStream):
+        inner = inner.transport_stream
+    if isinstance(inner, trio.SocketStream):
+        try:
+            name = inner.socket.getpeername()
+        except OSError:
+            return ""
+        if isinstance(name, tuple):
+            return str(name[0])
+    return ""
+
+
+def _close_now(stream: trio.abc.Stream) -> None:
+    """Close a connection just accepted, without a TLS close_notify (no handshake was made)."""
+    inner: Any = stream
+    while isinstance(inner, trio.SSLStream):
+        inner = inner.transport_stream
+    if isinstance(inner, trio.SocketStream):
+        inner.socket.close()
+
+
+def close_listener(listener: AnyListener) -> None:
+    """Close a listening socket synchronously (also under cancellation)."""
+    inner = listener.transport_listener if isinstance(listener, trio.SSLListener) else listener
+    if isinstance(inner, trio.SocketListener):
+        inner.socket.close()
+
+
+async def _close_client(stream: trio.abc.Stream, *, linger: bool) -> None:
+    """Close a client connection; with ``linger``, half-close and drain unread input first.
+
+    Closing a socket with unread input makes the kernel send a reset, which can destroy the
+    4xx we just wrote before the client reads it.
+    """
+    try:
+        if linger and isinstance(stream, trio.SocketStream):
+            with trio.move_on_after(LINGER_SECONDS):
+                await stream.send_eof()
+                total = 0
+                while total < (4 << 20):
+                    data = await stream.receive_some(RECEIVE_SIZE)
+                    if not data:
+                        break
+                    total += len(data)
+        with trio.move_on_after(1.0):
+            await stream.aclose()
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        pass
+    finally:
+        await trio.aclose_forcefully(stream)

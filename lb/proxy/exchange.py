@@ -1,0 +1,670 @@
+"""One request: refuse what must be refused, steer, make the attempts, relay the response.
+
+Why this shape: the exchange is the proxy's decision-making, and everything else (the
+connection loop, the body, the splice, the proxy's own answers) is a helper it calls with one
+:class:`~lb.proxy.state.Exchange`.  Which failure is retried, and where, is not decided here:
+:func:`attempts` asks the attempt policy the simulator follows too
+(:func:`lb.core.attempts.next_step`; docs/proxy.md, "Failures") and only carries it out.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from ipaddress import ip_address, ip_network
+from typing import Any, TypedDict, cast
+
+import h11
+import trio
+
+from lb.config.hosts import normalise_host
+from lb.config.model import Engine as EngineSettings
+from lb.core.attempts import Action, Body, Retry, next_step
+from lb.proxy import errors
+from lb.proxy.body import (
+    EOM,
+    buffer_body,
+    first_chunk_problem,
+    pump_body,
+    send_up,
+    stop_pump,
+    take_body,
+    up_send,
+)
+from lb.proxy.errors import UpstreamError, error_body, failure_of, public_status, reason_phrase
+from lb.proxy.headers import (
+    affinity_cookie,
+    client_address,
+    colo_from_ray,
+    cookie_value,
+    parse_cookies,
+    replayable,
+    response_headers,
+    safe_header_name,
+    safe_header_value,
+    scan_request,
+    upstream_headers,
+)
+from lb.proxy.hooks import Attempt, RequestRecord
+from lb.proxy.replies import bad_gateway, client_abort, fixed_response, flush_down, reply
+from lb.proxy.splice import splice
+from lb.proxy.state import (
+    RECEIVE_SIZE,
+    BodyPump,
+    Client,
+    ClientError,
+    Exchange,
+    Move,
+    Shared,
+    sent,
+)
+from lb.proxy.upstream import UpstreamConnection, target_for
+from lb.proxy.urls import BadTargetError, origin_form
+from steering.affinity import COOKIE_NAME, expires_of
+from steering.geo import client_country
+from steering.types import Decision, Request
+
+__all__ = ["exchange"]
+
+_VERSIONS = {b"1.1": "HTTP/1.1", b"1.0": "HTTP/1.0"}
+_NOT_PROXIED = frozenset({b"CONNECT", b"TRACE"})
+"""Methods a reverse proxy does not forward: 501 and close (docs/proxy.md, "Refused")."""
+
+
+class _Parsed(TypedDict, total=False):
+    _parsed: bool
+
+
+def _pre_validated() -> _Parsed:
+    """``{"_parsed": True}`` if this h11 takes it, else ``{}``.
+
+    ``_parsed`` is h11's private switch (0.14 to 0.16 at least) for events built from values
+    it already validated; it saves ~9 us per request.  An h11 without it gets the public
+    constructor, which validates again: slower, never broken.
+    """
+    try:
+        h11.Request(method=b"GET", target=b"/", headers=[(b"host", b"x")], _parsed=True)
+    except TypeError:  # pragma: no cover - an h11 without the switch
+        return {}
+    return {"_parsed": True}
+
+
+_PRE_VALIDATED = _pre_validated()
+
+
+async def exchange(
+    shared: Shared, client: Client, conn: h11.Connection, event: h11.Request
+) -> bool:
+    """Serve one request on ``client`` (``conn`` is its h11 state); True when the connection
+    may carry another one.
+
+    The request's state goes to ``client.exchange``; the caller settles and reports it.
+    """
+    t0 = trio.current_time()
+    peer = client.peer
+    settings = shared.engine.config.engine
+    ip_name, dc_name = _header_names(shared, settings)
+    facts = scan_request(event.headers, ip_name, dc_name)
+    trusted = _is_trusted(shared, peer, settings)
+    if trusted:
+        client_ip = client_address(facts.client_ip, peer)
+        datacenter = colo_from_ray(facts.ray) or settings.datacenter
+    else:
+        client_ip, datacenter = peer, settings.datacenter
+    rid = facts.request_id or f"{shared.rid_prefix}{next(shared.rid_counter):x}".encode()
+    try:
+        target, authority = origin_form(event.target)
+    except BadTargetError:
+        target, authority = b"", None
+    if authority is not None:
+        # RFC 9112 §3.2.2: the URL's authority replaces the Host header, for steering,
+        # the endpoint's Host (unless it sets one) and X-Forwarded-Host alike.
+        facts.host = authority
+    record = RequestRecord(
+        method=event.method.decode("latin-1"),
+        host=facts.host.decode("latin-1"),
+        target=(target or event.target).decode("latin-1"),
+        client_ip=client_ip,
+        datacenter=datacenter,
+        request_id=rid.decode("latin-1"),
+    )
+    ex = Exchange(
+        shared=shared,
+        stream=client.stream,
+        conn=conn,
+        event=event,
+        facts=facts,
+        record=record,
+        watchdog=client.watchdog,
+        started=t0,
+        tasks=client.tasks,
+        peer=peer,
+        https=client.https,
+        trusted=trusted,
+        client_ip=client_ip,
+        request_id=rid,
+        target=target,
+    )
+    client.exchange = ex
+    if not facts.has_body:
+        # h11 reports the end of a bodiless request as a separate event: take it now, so
+        # that every later step sees the request as complete.
+        ex.req_done = type(conn.next_event()) is h11.EndOfMessage
+    try:
+        keep = await _steer_and_forward(ex)
+    except ClientError as abort:
+        keep = await client_abort(ex, abort)
+    finally:
+        if ex.pump is not None:
+            await stop_pump(ex)
+    return keep
+
+
+async def _steer_and_forward(ex: Exchange) -> bool:
+    refusal = _refusal(ex)
+    if refusal is not None:
+        status, body, close = refusal
+        return await reply(ex, status, body, close=close)
+    settings = ex.shared.engine.config.engine
+    record = ex.record
+    host = record.host
+    name = normalise_host(host) if host else ""
+    if name is None:
+        # Before steering: such a Host could still match a load balancer (the lookup is
+        # lenient), then fail as the upstream TLS server name (``a.example..``).
+        record.error = "bad_host"
+        return await reply(ex, 400, b"400 Bad Request: invalid Host header\n", close=True)
+    # Header affinity needs every request header and cookie; the router reads them only
+    # for a load balancer with ``session_affinity: header``, so they are built on demand.
+    event, facts = ex.event, ex.facts
+    req = Request(
+        host=name,
+        client_ip=ex.client_ip,
+        datacenter=record.datacenter,
+        country=_client_country(event.headers, settings) if ex.trusted else "",
+        cookie=cookie_value(facts.cookie, COOKIE_NAME) if facts.cookie else None,
+        headers=_LazyHeaders(event.headers),
+        cookies=_LazyCookies(facts.cookie),
+        now=trio.current_time(),
+        wall=time.time(),
+        method=record.method,
+        uri=record.target,  # origin-form; the router normalizes it for rules
+        version=_VERSIONS.get(event.http_version, "HTTP/1.1"),
+    )
+    shared = ex.shared
+    decision = shared.engine.router.decide(req, shared.rng, shared.engine.live)
+    shared.hooks.decision(decision)
+    record.load_balancer = decision.load_balancer.name if decision.load_balancer else None
+    record.decision = decision.reason
+    record.affinity = decision.affinity
+    if decision.fixed is not None:
+        return await fixed_response(ex, decision.fixed)
+    if decision.endpoint is None:
+        status = decision.status or errors.NO_POOL
+        if status == 404:
+            record.error = "unknown_host"
+            return await reply(ex, 404, b"404 Not Found: no load balancer answers for this host\n")
+        record.error = "no_pool"
+        style = settings.error_style
+        return await reply(ex, public_status(status, style), error_body(status, style))
+    return await attempts(ex, decision, req)
+
+
+def _refusal(ex: Exchange) -> tuple[int, bytes, bool] | None:
+    """A request refused before steering: its status, body and whether to close; also sets
+    ``record.error``.  None when the request may be steered."""
+    record = ex.record
+    event, facts = ex.event, ex.facts
+    limits = ex.shared.engine.config.engine.limits
+    if event.method in _NOT_PROXIED:
+        # CONNECT would turn the proxy into an open tunnel, TRACE would reflect headers
+        # added on the way (a 200 with an affinity cookie for CONNECT, before).
+        record.error = "method_not_supported"
+        return 501, error_body(501, "plain"), True
+    if facts.ambiguous_framing:
+        record.error = "ambiguous_framing"
+        return 400, b"400 Bad Request: both Content-Length and Transfer-Encoding\n", True
+    if not ex.target:
+        record.error = "bad_target"
+        return 400, b"400 Bad Request: request-target is not a path or an http(s) URL\n", True
+    if (
+        facts.head_bytes + len(event.target) > limits.max_header_bytes
+        or len(event.headers) > limits.max_headers
+    ):
+        # h11 enforces its limit only on a head still incomplete in its buffer.
+        record.error = "headers_too_large"
+        return 431, error_body(431, "plain"), True
+    if facts.chunked and not ex.req_done:
+        problem = first_chunk_problem(ex.conn, limits.max_body_bytes)
+        if problem is not None:
+            record.error = problem.reason
+            return problem.status, error_body(problem.status, "plain"), False
+    if facts.content_length is not None and facts.content_length > limits.max_body_bytes:
+        record.error = "body_too_large"
+        return 413, error_body(413, "plain"), False
+    return None
+
+
+async def attempts(ex: Exchange, decision: Decision, req: Request) -> bool:
+    """Send the request to ``decision``'s endpoint, and again wherever the attempt policy
+    says after a failure; relay the response, or answer the last failure."""
+    shared = ex.shared
+    engine = shared.engine
+    settings = engine.config.engine
+    record = ex.record
+    live = engine.live
+    retries: list[Retry] = []
+    fresh = False
+    connect_to = engine.config.connect_to
+    pool = shared.pool
+    pool.connect_timeout = settings.limits.connect_timeout  # follows reloads
+    pool.idle_timeout = settings.upstream_idle_timeout
+    if ex.req_done:
+        ex.body_state = Body.BUFFERED  # bodiless: nothing to wait for (the common case)
+    else:
+        await buffer_body(ex)
+    while True:
+        endpoint = decision.endpoint
+        assert endpoint is not None
+        target = target_for(endpoint, record.host, connect_to)
+        up = None if fresh else pool.checkout(target)
+        attempt = Attempt(
+            pool=endpoint.pool, endpoint=endpoint.key, status=0, reused=up is not None
+        )
+        record.attempts.append(attempt)
+        record.pool, record.endpoint = endpoint.pool, endpoint.key
+        record.tunnel_id = endpoint.tunnel_id
+        live.started(endpoint)
+        ex.endpoint = endpoint
+        try:
+            if up is None:
+                ex.advance(Move.DIAL, math.inf)
+                up = await pool.connect(target)
+            ex.up = up
+            response = await forward(ex, up, target.host)
+        except UpstreamError as err:
+            await stop_pump(ex)  # before the checks: it may have taken more body
+            attempt.status, attempt.error = err.status, err.reason
+            live.finished(endpoint)
+            ex.endpoint = None
+            if ex.up is not None:
+                pool.discard(ex.up)
+                ex.up = None
+            # What follows is the attempt policy's to say (lb/core/attempts.py; the table
+            # is in docs/proxy.md, "Retries"), the simulator's too.
+            step = next_step(
+                failure_of(err),
+                reused=attempt.reused,
+                body=ex.body_state,
+                sent=ex.sent_any,
+                replayable=replayable(ex.event.method, ex.facts),
+                retries=retries,
+                failover_codes=settings.zero_downtime_failover_codes,
+            )
+            kind = step.retry
+            retry = None
+            if step.action is Action.FAILOVER:
+                retry = engine.router.retry(decision, req, shared.rng, live, status=step.status)
+                if retry is None:
+                    kind = None  # no healthy alternate: the failure is the answer
+            if kind is not None:
+                retries.append(kind)
+                fresh = True  # every retry goes out on a fresh connection
+                record.retried = kind.value
+                record.retry_status = step.status
+                shared.hooks.retry(kind.value, attempt)
+                if retry is not None:
+                    decision = retry
+                    shared.hooks.decision(retry)
+                    record.decision = retry.reason
+                continue
+            record.error = err.reason
+            style = settings.error_style
+            return await reply(
+                ex, public_status(step.status, style), error_body(step.status, style)
+            )
+        attempt.status = response.status_code
+        record.upstream_status = response.status_code
+        up.note_response(response.headers)
+        try:
+            return await relay(ex, up, response, decision)
+        except UpstreamError as err:
+            # h11 refused the upstream head (or the 101): nothing reached the client yet
+            # unless ``responded``; answer 502 on a connection that closes afterwards.
+            attempt.error = err.reason
+            record.error = err.reason
+            if ex.responded:
+                return False
+            return await bad_gateway(ex)
+
+
+async def forward(
+    ex: Exchange, up: UpstreamConnection, host: str
+) -> h11.Response | h11.InformationalResponse:
+    """Send the request (head and streamed body) on ``up``; return the response head, which
+    may come while the body is still being sent (see below)."""
+    shared = ex.shared
+    limits = shared.engine.config.engine.limits
+    ip_name = shared.names[0]
+    event = ex.event
+    conn = ex.conn
+    # h11 would run its header regexes over every header again on send (a measurable share
+    # of the request cost); the events are built with ``_parsed=True`` instead (see
+    # _PRE_VALIDATED), which is safe because every value is either from h11's own parser
+    # (client and upstream heads), generated here (IPs, ids, cookies), or from the
+    # configuration and checked once here: the endpoint Host and the client-IP header name.
+    if not safe_header_value(host) or not safe_header_name(ip_name):
+        raise UpstreamError(errors.BAD_GATEWAY, "bad_config")
+    out_headers = upstream_headers(
+        event.headers,
+        ex.facts,
+        host=host.encode("latin-1"),
+        peer_ip=ex.peer.encode("latin-1"),
+        client_ip=ex.client_ip.encode("latin-1"),
+        client_ip_name=ip_name,
+        proto=b"https" if ex.https else b"http",
+        trusted=ex.trusted,
+        request_id=ex.request_id,
+    )
+    uh = up.h11
+    try:
+        pending = [
+            sent(
+                uh.send(
+                    h11.Request(
+                        method=event.method,
+                        target=ex.target,
+                        headers=out_headers,
+                        **_PRE_VALIDATED,  # every name and value is checked: see above
+                    )
+                )
+            )
+        ]
+    except h11.LocalProtocolError as exc:
+        raise ClientError(400, "bad_request") from exc
+    body = ex.body
+    if body:
+        pending.extend([up_send(uh, ev) for ev in body])
+        if ex.body_state is not Body.BUFFERED:
+            ex.body = []  # streamed from here on: these bytes are gone once sent
+    if not ex.req_done:
+        more: list[h11.Data] = []
+        take_body(ex, more, limits.max_body_bytes)
+        pending.extend([up_send(uh, ev) for ev in more])
+    if ex.req_done:
+        pending.append(up_send(uh, EOM))
+    await send_up(ex, up.stream, pending, limits.request_timeout)
+    if ex.req_done:
+        return await _response_head(ex, up)
+    # The rest of the body is still on its way from the client.  It is pumped upstream by
+    # a task of its own while this one waits for the response head, as Go's transport
+    # does: an upstream may answer before it has read the body (a 413, a 401, a redirect)
+    # and then stop reading or close, and that answer is relayed rather than turned into
+    # a 524 or a 502.  The client is told to continue first (Expect: 100-continue), so
+    # that the pump never writes to the client while the response may be relayed.
+    if conn.they_are_waiting_for_100_continue:
+        ex.advance(Move.CLIENT, limits.idle_timeout)
+        continue_ = h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue")
+        try:
+            await ex.stream.send_all(sent(conn.send(continue_)))
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise ClientError(0, "client_disconnected") from exc
+    assert ex.tasks is not None
+    pump = BodyPump()
+    ex.pump = pump
+    ex.tasks.start_soon(pump_body, ex, up, pump)
+    with trio.CancelScope() as pump.head_wait:
+        head = await _response_head(ex, up)
+        pump.head_wait = None
+        if not isinstance(pump.error, ClientError):
+            return head
+    pump.head_wait = None
+    assert isinstance(pump.error, ClientError)
+    raise pump.error  # the client's body failed first: answer that (400, 413...)
+
+
+async def _response_head(
+    ex: Exchange, up: UpstreamConnection
+) -> h11.Response | h11.InformationalResponse:
+    """Read the upstream response head (1xx other than a WebSocket 101 are skipped)."""
+    uh = up.h11
+    ustream = up.stream
+    got = False
+    while True:
+        try:
+            ev = uh.next_event()
+        except h11.RemoteProtocolError as exc:
+            raise UpstreamError(errors.BAD_GATEWAY, "upstream_protocol") from exc
+        if ev is h11.NEED_DATA:
+            # The deadline armed by send_up covers the wait for the whole head.
+            try:
+                data = await ustream.receive_some(RECEIVE_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise UpstreamError(
+                    errors.BAD_GATEWAY, "upstream_closed", before_response=not got
+                ) from exc
+            if not data:
+                raise UpstreamError(errors.BAD_GATEWAY, "upstream_closed", before_response=not got)
+            got = True
+            uh.receive_data(cast(bytes, data))
+            continue
+        if type(ev) is h11.Response:
+            assert isinstance(ev, h11.Response)
+            return ev
+        if type(ev) is h11.InformationalResponse:
+            assert isinstance(ev, h11.InformationalResponse)
+            if ev.status_code == 101 and ex.facts.websocket:
+                return ev
+            if ev.status_code == 101:
+                raise UpstreamError(errors.BAD_GATEWAY, "upstream_protocol")
+            continue  # 100 Continue, 103 Early Hints: not relayed
+        raise UpstreamError(errors.BAD_GATEWAY, "upstream_protocol")
+
+
+async def relay(
+    ex: Exchange,
+    up: UpstreamConnection,
+    response: h11.Response | h11.InformationalResponse,
+    decision: Decision,
+) -> bool:
+    """Send the response downstream, streaming its body; True to keep the connection."""
+    shared = ex.shared
+    limits = shared.engine.config.engine.limits
+    record = ex.record
+    conn = ex.conn
+    set_cookie = _set_cookie(decision, ex.https)
+    status = response.status_code
+    reason = response.reason or reason_phrase(status)
+    if type(response) is h11.InformationalResponse:
+        pump = ex.pump
+        if pump is not None and not pump.done.is_set():
+            # A 101 before the upgrade request's body is through: splicing would read the
+            # client and write upstream beside the pump.  Refused as a bad upstream answer.
+            raise UpstreamError(errors.BAD_GATEWAY, "upstream_protocol")
+        return await splice(ex, up, response, set_cookie)
+    headers = response_headers(response.headers, set_cookie=set_cookie, close=shared.draining)
+    try:
+        pending = [
+            sent(
+                conn.send(
+                    h11.Response(
+                        status_code=status,
+                        headers=headers,
+                        reason=reason,
+                        **_PRE_VALIDATED,  # upstream's parsed headers plus our own
+                    )
+                )
+            )
+        ]
+    except h11.LocalProtocolError as exc:
+        raise UpstreamError(errors.BAD_GATEWAY, "upstream_protocol") from exc
+    ex.advance(Move.RESPOND)
+    record.status = status
+    uh = up.h11
+    ustream = up.stream
+    while True:
+        try:
+            ev = uh.next_event()
+        except h11.RemoteProtocolError:
+            record.error = "upstream_aborted"
+            await flush_down(ex, pending, limits.idle_timeout)
+            return False
+        kind = type(ev)
+        if kind is h11.Data:
+            assert isinstance(ev, h11.Data)
+            record.bytes_out += len(ev.data)
+            pending.append(sent(conn.send(ev)))
+        elif kind is h11.EndOfMessage:
+            pending.append(sent(conn.send(EOM)))
+            break
+        elif ev is h11.NEED_DATA:
+            if pending:
+                await flush_down(ex, pending, limits.idle_timeout)
+                pending = []
+            ex.advance(Move.UPSTREAM, limits.request_timeout)
+            try:
+                data = await ustream.receive_some(RECEIVE_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                record.error = "upstream_aborted"
+                return False
+            uh.receive_data(cast(bytes, data))
+        else:
+            record.error = "upstream_aborted"
+            break
+    # The upstream exchange is over: free the connection before the last write, which
+    # runs under the deadline already armed (no extra deadline update on the hot path).
+    shared.engine.live.finished(up.endpoint)
+    ex.endpoint = None
+    ex.up = None
+    pump = ex.pump
+    if pump is not None and (not pump.done.is_set() or pump.error is not None):
+        # The upstream answered before taking the whole body (the rest is not wanted, and
+        # the connection must not go back to the pool while the pump may write on it), or
+        # the pump's last write failed after h11 had marked the request complete.
+        pump.scope.cancel()
+        shared.pool.discard(up)
+    else:
+        shared.pool.release(up)
+    await flush_down(ex, pending, 0.0)
+    return not record.error
+
+
+def _set_cookie(decision: Decision, https: bool) -> bytes | None:
+    """The affinity cookie to set with the response, if the decision asks for one."""
+    lb = decision.load_balancer
+    value = decision.set_cookie
+    if value is None or lb is None:
+        return None
+    attrs = lb.session_affinity_attributes
+    ttl = float(lb.effective_affinity_ttl)
+    expires = expires_of(value)
+    if expires is not None:
+        # A rewritten (sticky) cookie keeps its expiry: Max-Age must not extend it.
+        ttl = max(0.0, min(ttl, math.ceil(expires - time.time())))
+    return affinity_cookie(value, ttl, samesite=attrs.samesite, secure=attrs.secure, https=https)
+
+
+# ---------------------------------------------------------------------- per-config caches
+
+
+def _header_names(shared: Shared, settings: EngineSettings) -> tuple[bytes, bytes]:
+    if shared.names_key is not settings:
+        shared.names_key = settings
+        shared.names = (
+            settings.client_ip_header.lower().encode("latin-1"),
+            settings.datacenter_header.lower().encode("latin-1"),
+        )
+    return shared.names
+
+
+def _is_trusted(shared: Shared, peer: str, settings: EngineSettings) -> bool:
+    """Whether ``peer`` is in ``engine.trusted_proxies`` (cached per peer and config)."""
+    if shared.trust_key is not settings.trusted_proxies:
+        shared.trust_key = settings.trusted_proxies
+        shared.trusted_nets = tuple(ip_network(c, strict=False) for c in settings.trusted_proxies)
+        shared.trusted_cache = {}
+    if not shared.trusted_nets:
+        return False
+    found = shared.trusted_cache.get(peer)
+    if found is None:
+        try:
+            addr = ip_address(peer)
+            found = any(addr in net for net in shared.trusted_nets)
+        except ValueError:
+            found = False
+        if len(shared.trusted_cache) > 4096:
+            shared.trusted_cache.clear()
+        shared.trusted_cache[peer] = found
+    return found
+
+
+def _client_country(headers: Sequence[tuple[bytes, bytes]], settings: EngineSettings) -> str:
+    """The client country a trusted proxy sent (``engine.client_country_header``), or ""."""
+    name = settings.client_country_header.lower().encode("latin-1")
+    for key, value in headers:
+        if key == name:
+            return client_country(value.decode("latin-1"))
+    return ""
+
+
+# ---------------------------------------------------------------------- lazy request views
+
+
+class _Lazy(Mapping[str, str]):
+    """A mapping built on first use: steering reads headers and cookies only for header
+    affinity, so most requests never pay for building them."""
+
+    __slots__ = ("_built", "_raw")
+
+    def __init__(self, raw: Any) -> None:
+        self._raw = raw
+        self._built: dict[str, str] | None = None
+
+    def _build(self) -> dict[str, str]:
+        raise NotImplementedError
+
+    def _dict(self) -> dict[str, str]:
+        built = self._built
+        if built is None:
+            built = self._built = self._build()
+        return built
+
+    def __getitem__(self, key: str) -> str:
+        return self._dict()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._dict())
+
+    def __len__(self) -> int:
+        return len(self._dict())
+
+
+class _LazyHeaders(_Lazy):
+    """The request headers by name, for header affinity and custom rules, built on first use.
+
+    Only a load balancer with ``session_affinity: header`` or custom rules reads them, so the
+    dict costs nothing on every other request.  Names are h11's, already lowercase; of a
+    repeated header the last value counts, except Cookie, whose values are joined with "; "
+    as one header would carry them (``http.cookie``).
+    """
+
+    __slots__ = ()
+
+    def _build(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for n, v in self._raw:
+            name, value = n.decode("latin-1"), v.decode("latin-1")
+            if name == "cookie" and name in out:
+                value = f"{out[name]}; {value}"
+            out[name] = value
+        return out
+
+
+class _LazyCookies(_Lazy):
+    """Every cookie of the request, for header affinity, parsed on first use."""
+
+    __slots__ = ()
+
+    def _build(self) -> dict[str, str]:
+        return parse_cookies(self._raw)

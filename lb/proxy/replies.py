@@ -1,0 +1,233 @@
+"""The proxy's own answers: refusals, error pages, fixed responses, timeouts, the drain's 503.
+
+Why a module of their own: every one of them is the same few steps (frame a small response
+with h11, mark the exchange as responded, write it under the client deadline) and the
+rules about when the connection must close afterwards (an unread request body, a drain, an
+h11 in its ERROR state) belong together, away from the forwarding code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+
+import h11
+import trio
+
+from lb.config.model import FixedResponse
+from lb.proxy import errors
+from lb.proxy.errors import error_body, public_status, reason_phrase
+from lb.proxy.hooks import RequestRecord
+from lb.proxy.state import Client, ClientError, Exchange, Move, Phase, Shared, sent
+
+__all__ = [
+    "bad_gateway",
+    "client_abort",
+    "fixed_response",
+    "flush_down",
+    "reject",
+    "reply",
+    "simple_response",
+    "timed_out",
+]
+
+CONTENT_TYPE = (b"content-type", b"text/plain; charset=utf-8")
+EOM = h11.EndOfMessage()
+
+
+def simple_response(
+    conn: h11.Connection,
+    status: int,
+    body: bytes,
+    *,
+    close: bool,
+    extra: Sequence[tuple[bytes, bytes]] = (),
+    head: bool = False,
+    content_type: tuple[bytes, bytes] = CONTENT_TYPE,
+) -> bytes:
+    """A whole response of ours; ``head`` (the request was HEAD) leaves the body out, as h11
+    requires, keeping its Content-Length."""
+    headers: list[tuple[bytes, bytes]] = [
+        content_type,
+        (b"content-length", b"%d" % len(body)),
+        *extra,
+    ]
+    if close:
+        headers.append((b"connection", b"close"))
+    response = h11.Response(status_code=status, headers=headers, reason=reason_phrase(status))
+    parts = [sent(conn.send(response))]
+    if not head:
+        parts.append(sent(conn.send(h11.Data(data=body))))
+    parts.append(sent(conn.send(EOM)))
+    return b"".join(parts)
+
+
+async def flush_down(ex: Exchange, pending: list[bytes], seconds: float) -> None:
+    """Write to the client; ``seconds`` > 0 pushes the deadline, 0 keeps the current one."""
+    if seconds:
+        ex.advance(Move.CLIENT, seconds)
+    try:
+        await ex.stream.send_all(pending[0] if len(pending) == 1 else b"".join(pending))
+    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        raise ClientError(0, "client_disconnected") from exc
+
+
+async def _answer(ex: Exchange, status: int, data: bytes) -> None:
+    ex.advance(Move.RESPOND)
+    ex.record.status = status
+    await flush_down(ex, [data], ex.shared.engine.config.engine.limits.idle_timeout)
+
+
+async def reply(ex: Exchange, status: int, body: bytes, *, close: bool = False) -> bool:
+    """A proxy-generated answer; closes the connection when the request body is unread."""
+    conn = ex.conn
+    # An unread request body cannot be skipped by h11: the connection must close then.
+    close = close or ex.shared.draining or conn.their_state is not h11.DONE
+    extra: list[tuple[bytes, bytes]] = []
+    if status == errors.NO_POOL:
+        extra.append((b"retry-after", b"120"))
+    head = ex.record.method == "HEAD"
+    await _answer(
+        ex, status, simple_response(conn, status, body, close=close, extra=extra, head=head)
+    )
+    return not close
+
+
+async def fixed_response(ex: Exchange, fixed: FixedResponse) -> bool:
+    """A custom rule's direct answer (R32): its status, Content-Type, Location and body."""
+    conn = ex.conn
+    close = ex.shared.draining or conn.their_state is not h11.DONE
+    extra = [(b"location", fixed.location.encode())] if fixed.location else []
+    content_type = (b"content-type", (fixed.content_type or "text/plain").encode())
+    data = simple_response(
+        conn,
+        fixed.status_code,
+        fixed.message_body.encode(),
+        close=close,
+        extra=extra,
+        head=ex.record.method == "HEAD",
+        content_type=content_type,
+    )
+    await _answer(ex, fixed.status_code, data)
+    return not close
+
+
+async def bad_gateway(ex: Exchange) -> bool:
+    """A 502 after h11 refused to send the upstream response head; closes the connection.
+
+    h11's server connection is in its ERROR state then and cannot frame an answer, so the
+    response is written by hand.
+    """
+    status = errors.BAD_GATEWAY
+    body = error_body(status, ex.shared.engine.config.engine.error_style)
+    head = b"HTTP/1.1 %d %s\r\n%s: %s\r\ncontent-length: %d\r\nconnection: close\r\n\r\n" % (
+        status,
+        reason_phrase(status),
+        *CONTENT_TYPE,
+        len(body),
+    )
+    await _answer(ex, status, head if ex.event.method == b"HEAD" else head + body)
+    return False
+
+
+async def client_abort(ex: Exchange, abort: ClientError) -> bool:
+    """The client side failed (a bad body, a disconnect): answer its status if still possible
+    (never after a response started), and close."""
+    record = ex.record
+    record.error = abort.reason
+    if ex.up is not None:
+        ex.shared.pool.discard(ex.up)
+        ex.up = None
+    conn = ex.conn
+    if abort.status and not ex.responded and conn.our_state is h11.SEND_RESPONSE:
+        data = simple_response(
+            conn,
+            abort.status,
+            b"%d %s\n" % (abort.status, reason_phrase(abort.status)),
+            close=True,
+            head=record.method == "HEAD",
+        )
+        record.status = abort.status
+        with trio.move_on_after(ex.shared.engine.config.engine.limits.idle_timeout):
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                await ex.stream.send_all(data)
+    return False
+
+
+async def timed_out(ex: Exchange) -> None:
+    """The watchdog fired: what it means depends on the phase (lb/proxy/state.py).  524 (or
+    408) when no response was started, else cut; at the drain deadline, 503."""
+    shared = ex.shared
+    record = ex.record
+    conn = ex.conn
+    if ex.up is not None:
+        shared.pool.discard(ex.up)
+        ex.up = None
+    if shared.expired:
+        record.error = "shutdown"
+        if record.attempts and not ex.responded:
+            record.attempts[-1].error = "shutdown"
+        if not ex.responded and conn.our_state is h11.SEND_RESPONSE:
+            data = simple_response(
+                conn,
+                503,
+                b"503 Service Unavailable: shutting down\n",
+                close=True,
+                head=record.method == "HEAD",
+            )
+            record.status = 503
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                await ex.stream.send_all(data)
+        return
+    phase = ex.phase
+    if phase is Phase.WEBSOCKET:
+        record.error = "websocket_idle"
+        return
+    if phase is Phase.UPSTREAM or phase is Phase.RELAY:
+        status = errors.RESPONSE_TIMEOUT
+        record.error = "response_timeout"
+        if record.attempts and not ex.responded:
+            record.attempts[-1].status = status
+            record.attempts[-1].error = "response_timeout"
+    else:
+        status = 408
+        record.error = "client_timeout"
+    if ex.responded or conn.our_state is not h11.SEND_RESPONSE:
+        return
+    style = shared.engine.config.engine.error_style
+    shown = public_status(status, style)
+    body = error_body(status, style) if status != 408 else b"408 Request Timeout\n"
+    data = simple_response(conn, shown, body, close=True, head=record.method == "HEAD")
+    record.status = shown
+    with trio.move_on_after(shared.engine.config.engine.limits.idle_timeout):
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await ex.stream.send_all(data)
+
+
+async def reject(
+    shared: Shared, client: Client, conn: h11.Connection, exc: h11.RemoteProtocolError
+) -> None:
+    """Answer a request h11 could not parse (400, 431 for a too-large head...).
+
+    There is no exchange yet, so this reports a record of its own.  h11's only 501 for a
+    request is a Transfer-Encoding other than ``chunked``; RFC 9112 §6.3 makes a request whose
+    last coding is not chunked a 400, and the proxy answers every such request 400
+    (docs/proxy.md, "Refused").
+    """
+    status = exc.error_status_hint
+    if status == 501:
+        status = 400
+    record = RequestRecord(
+        method="", host="", target="", client_ip=client.peer, datacenter="", request_id=""
+    )
+    record.error = "headers_too_large" if status == 431 else "bad_request"
+    if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+        body = b"%d %s\n" % (status, reason_phrase(status))
+        try:
+            data = simple_response(conn, status, body, close=True)
+            with trio.move_on_after(shared.engine.config.engine.limits.idle_timeout):
+                await client.stream.send_all(data)
+            record.status = status
+        except (h11.LocalProtocolError, trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+    shared.hooks.request_done(record)
