@@ -100,6 +100,7 @@ def _pool_summary(pool: Pool) -> dict[str, Any]:
         "enabled_endpoints": sum(1 for o in pool.origins if o.enabled),
         "minimum_origins": pool.minimum_origins,
         "monitor": pool.monitor,
+        "monitor_group": pool.monitor_group,
         "steering": pool.origin_steering.policy,
     }
 
