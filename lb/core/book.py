@@ -256,18 +256,31 @@ class HealthBook:
         if member_check.state is not before:
             self._snapshot = None
 
-    def settle(self, pool: str, endpoint: str, *, ok: bool, at: float, reason: str = "") -> None:
+    def settle(
+        self,
+        pool: str,
+        endpoint: str,
+        *,
+        ok: bool,
+        at: float,
+        reason: str = "",
+        member: str | None = None,
+    ) -> None:
         """Feed results until every vantage point of the endpoint passes (or fails).
 
         For what-if tools (``tunnel-lb explain``, tests): the endpoint reaches the state
-        through the same R12 counters a real monitor drives, whatever its thresholds.
+        through the same R12 counters a real monitor drives, whatever its thresholds.  With
+        ``member``, only that monitor group member's counters are fed (R16): the endpoint
+        then has whatever health the group makes of it.
         """
         ep = self._endpoints.get((pool, endpoint))
         target = Health.HEALTHY if ok else Health.UNHEALTHY
         for vantage in list(ep.checks) if ep else ():
             assert ep is not None
             members = ep.members.get(vantage, {}) if ep.roles else {"": ep.checks[vantage]}
-            for member, check in members.items():
+            for name, check in members.items():
+                if member is not None and name != member:
+                    continue
                 while check.state is not target:
                     self.apply(
                         ProbeResult(
@@ -277,7 +290,7 @@ class HealthBook:
                             at=at,
                             ok=ok,
                             reason=reason,
-                            member=member,
+                            member=name,
                         )
                     )
 
