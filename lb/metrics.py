@@ -174,7 +174,7 @@ METRICS: tuple[MetricSpec, ...] = (
         "lb_monitor_group_probes_total",
         "counter",
         (*_EP, "vantage", "member", "result"),
-        "Health checks of monitor group members (R16), by member monitor id and result.",
+        "Health checks made by monitor group members, by member monitor id and result.",
     ),
     MetricSpec(
         "lb_probe_duration_seconds",

@@ -7,6 +7,7 @@ member's path with the status a test sets, so each member is judged on its own p
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import ssl
 from collections.abc import Callable
@@ -15,6 +16,7 @@ import pytest
 import trio
 from monitor_servers import HostRouter, Reply, respond
 
+from lb.commands.probe import probe_targets, render_table
 from lb.config import load_config_text
 from lb.core.book import HealthBook
 from lb.core.health import Health, ProbeResult
@@ -107,3 +109,27 @@ def test_plan_keeps_members_apart_unless_their_probes_are_identical() -> None:
         "/login": (("p", "e", "login"),),
     }
     assert all(j.fanout == (("p", "e"),) for j in jobs)
+
+
+async def test_probe_command_checks_each_member_once(
+    nursery: trio.Nursery,
+    server_context: Callable[..., ssl.SSLContext],
+    transport: NetworkTransport,
+) -> None:
+    """``tunnel-lb probe`` on a group pool: one row per member, each its own verdict."""
+    status = {"/api": 200, "/login": 503}
+
+    async def by_path(r: Reply) -> None:
+        await respond(status[r.request.target.decode()])(r)
+
+    server = HostRouter(rules=[("app.test", by_path)], ssl_context=server_context("app.test"))
+    port = await server.start(nursery)
+    config = load_config_text(CONFIG.format(port=port)).config
+    rows = await probe_targets(config, HealthBook(config).targets(), transport)
+    assert [(r.endpoint, r.member, r.verdict.ok, r.verdict.status) for r in rows] == [
+        ("e", "api", True, 200),
+        ("e", "login", False, 503),
+    ]
+    assert rows[1].as_json()["member"] == "login"
+    assert "member" not in dataclasses.replace(rows[1], member="").as_json()
+    assert render_table(rows).splitlines()[1].split()[:3] == ["p", "e/api", "healthy"]
