@@ -143,8 +143,8 @@ class _Endpoint:
         :func:`combine`."""
         self.member_last: dict[tuple[str, str], ProbeResult] = {}
         """R16: the latest result per (vantage point, member)."""
-        for v in self.checks:
-            self.members[v] = self._member_checks()
+        if self.roles:
+            self.members = {v: self._member_checks() for v in self.checks}
 
     def _member_checks(self) -> dict[str, Check]:
         return {

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from core_builders import result
 from hypothesis import given
@@ -243,3 +245,26 @@ def test_r16_restore_sets_the_members_of_a_restored_vantage_point() -> None:
     assert health(book) is H  # one of two is not more than half
     feed(book, "b", False)
     assert health(book) is U
+
+
+@given(
+    st.integers(0, 3),
+    st.integers(0, 3),
+    st.lists(st.tuples(st.sampled_from("xyz"), st.booleans()), max_size=30),
+)
+def test_r16_a_group_of_one_member_is_that_monitor(
+    up: int, down: int, results: list[tuple[str, bool]]
+) -> None:
+    """The group path and the single-monitor path agree, result by result and event by event."""
+    vantages = ("x", "y", "z")
+    group = HealthBook(grouped(member("a"), up=up, down=down, vantage_points=vantages))
+    single_config = grouped(member("a"), up=up, down=down, vantage_points=vantages)
+    pool = dataclasses.replace(single_config.pools[0], monitor="a", monitor_group=None)
+    single = HealthBook(dataclasses.replace(single_config, pools=(pool,), monitor_groups=()))
+    for vantage, ok in results:
+        a = group.apply(result("p", "e", ok, vantage=vantage, member="a"))
+        b = single.apply(result("p", "e", ok, vantage=vantage))
+        assert [(e.vantage, e.before, e.after) for e in a] == [
+            (e.vantage, e.before, e.after) for e in b
+        ]
+        assert health(group) is health(single)
