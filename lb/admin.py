@@ -619,6 +619,13 @@ def _pool_json(
             v: {"health": h.value, "last_probe": _probe_json(last.get(v), now)}
             for v, h in sorted(ep.vantage_health.items())
         }
+        member_last = book.member_results(pool.name, ep.name)
+        for v, states in book.member_states(pool.name, ep.name).items():
+            if v in vantages:  # R16: each group member's own state and latest result
+                vantages[v]["members"] = {
+                    m: {"health": h.value, "last_probe": _probe_json(member_last.get((v, m)), now)}
+                    for m, h in states.items()
+                }
         endpoints.append(
             {
                 "name": ep.name,
@@ -641,6 +648,7 @@ def _pool_json(
         "name": pool.name,
         "enabled": pool.config.enabled,
         "monitor": pool.config.monitor,
+        "monitor_group": pool.config.monitor_group,
         "state": pool.state,
         "eligible": pool.eligible,
         "healthy_count": pool.healthy_count,

@@ -74,7 +74,8 @@ def _tunnels(config: Config) -> list[_Tunnel]:
     """One stand-in per tunnel endpoint that ``connect_to`` maps to a local port."""
     out: dict[str, _Tunnel] = {}
     for pool in config.pools:
-        monitor = config.monitor(pool.monitor) if pool.monitor else None
+        monitors = config.pool_monitors(pool)
+        monitor = monitors[0] if monitors else None
         for origin in pool.origins:
             uuid = origin.tunnel_id
             port = origin.port or 443

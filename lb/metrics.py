@@ -171,6 +171,12 @@ METRICS: tuple[MetricSpec, ...] = (
         "Health checks completed, by result (success, failure) and Cloudflare failure reason.",
     ),
     MetricSpec(
+        "lb_monitor_group_probes_total",
+        "counter",
+        (*_EP, "vantage", "member", "result"),
+        "Health checks made by monitor group members, by member monitor id and result.",
+    ),
+    MetricSpec(
         "lb_probe_duration_seconds",
         "histogram",
         _EP,
@@ -431,6 +437,7 @@ class Metrics:
         self.decisions = _Counter("lb_steering_decisions_total")
         self.affinity = _Counter("lb_affinity_total")
         self.probes = _Counter("lb_probes_total")
+        self.member_probes = _Counter("lb_monitor_group_probes_total")
         self.probe_duration = _Histogram("lb_probe_duration_seconds", DURATION_BUCKETS)
         self.transitions = _Counter("lb_health_transitions_total")
         self.reloads = _Counter("lb_config_reloads_total")
@@ -487,6 +494,10 @@ class Metrics:
                 result.reason,
             )
         )
+        if result.member:  # R16: the member behind the result, which lb_probes_total sums
+            outcome = "success" if result.ok else "failure"
+            key = (result.pool, result.endpoint, result.vantage, result.member, outcome)
+            self.member_probes.inc(key)
         if result.rtt is not None:
             self.probe_duration.observe((result.pool, result.endpoint), result.rtt)
 
@@ -613,6 +624,7 @@ class Metrics:
         yield self.decisions.family()
         yield self.affinity.family()
         yield self.probes.family()
+        yield self.member_probes.family()
         yield self.probe_duration.family()
         yield self.transitions.family()
         yield self.reloads.family()

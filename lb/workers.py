@@ -146,6 +146,7 @@ def _probe_json(result: ProbeResult) -> dict[str, Any]:
         "reason": result.reason,
         "status": result.status,
         "rtt": result.rtt,
+        "member": result.member,
     }
 
 
@@ -159,6 +160,7 @@ def _probe_from(obj: Mapping[str, Any]) -> ProbeResult:
         reason=str(obj["reason"]),
         status=None if obj["status"] is None else int(obj["status"]),
         rtt=None if obj["rtt"] is None else float(obj["rtt"]),
+        member=str(obj.get("member", "")),
     )
 
 

@@ -94,7 +94,10 @@ class Scheduler:
     @property
     def jobs(self) -> list[Job]:
         """The jobs in force, with their current fan-out."""
-        return [Job(probe=p, vantage=v, fanout=w.fanout) for (p, v), w in self._workers.items()]
+        return [
+            Job(probe=p, vantage=v, fanout=w.fanout, routes=w.job.routes)
+            for (p, v), w in self._workers.items()
+        ]
 
     def update(self, jobs: Iterable[Job]) -> None:
         """Replace the job list; unchanged jobs keep their task, schedule and connection."""
@@ -111,6 +114,7 @@ class Scheduler:
                 if self._nursery is not None:
                     self._nursery.start_soon(self._work, worker)
             worker.fanout = job.fanout
+            worker.job = job  # same probe and vantage point; new fan-out and routes
             new[key] = worker
         for key, worker in self._workers.items():
             if key not in new:
@@ -142,7 +146,7 @@ class Scheduler:
                     verdict = await run_check(session, probe)
                     now = trio.current_time()
                     reason = verdict.reason.value if verdict.reason else ""
-                    for pool, endpoint in w.fanout:
+                    for pool, endpoint, member in w.job.deliveries:
                         self._on_result(
                             ProbeResult(
                                 pool=pool,
@@ -153,6 +157,7 @@ class Scheduler:
                                 reason=reason,
                                 status=verdict.status,
                                 rtt=verdict.rtt,
+                                member=member,
                             )
                         )
                     stretch = 1.0 + self._jitter * (2.0 * w.rng.random() - 1.0)

@@ -22,6 +22,11 @@ judged, resolved from the configuration once, so the drivers never look at the c
 the same vantage point become one :class:`Job` probed once, whose result is reported to every
 (pool, endpoint) in :attr:`Job.fanout`.  A shared probe's User-Agent names all its pools
 (``pool: a,b``), or in Cloudflare mode the first pool's id in configuration order.
+
+Monitor groups (R16): a pool with a group has one target per enabled member, and each
+member's probe is planned like any other, so members that differ on the wire are probed
+separately.  :attr:`Job.routes` keeps the member of every (pool, endpoint) a job reports to;
+identical member probes share a job whose result reaches each member.
 """
 
 from __future__ import annotations
@@ -83,6 +88,14 @@ class Job:
     probe: Probe
     vantage: str
     fanout: tuple[tuple[str, str], ...]
+    routes: tuple[tuple[str, str, str], ...] = ()
+    """``(pool, endpoint, member)`` for every result to report, ``member`` empty without a
+    monitor group; empty means one result per :attr:`fanout` entry."""
+
+    @property
+    def deliveries(self) -> tuple[tuple[str, str, str], ...]:
+        """Where each result of this job goes: ``(pool, endpoint, member)``."""
+        return self.routes or tuple((p, e, "") for p, e in self.fanout)
 
 
 def user_agent(mode: str, pools: Sequence[str], pool_ids: Sequence[str]) -> str:
@@ -158,7 +171,10 @@ def plan(
         ua = user_agent(user_agent_mode, pools, pool_ids)
         shared = dataclasses.replace(probe, user_agent=ua)
         fanout = tuple(dict.fromkeys((t.pool, t.endpoint) for t in members))
-        jobs.extend(Job(probe=shared, vantage=v, fanout=fanout) for v in vantage_points)
+        routes = tuple(dict.fromkeys((t.pool, t.endpoint, t.member) for t in members))
+        jobs.extend(
+            Job(probe=shared, vantage=v, fanout=fanout, routes=routes) for v in vantage_points
+        )
     return jobs
 
 

@@ -179,12 +179,14 @@ class ClusterNode:
         settings = cluster if cluster is not None else self.settings
         ttl: dict[str, float] = {}
         for pool in config.pools:
-            if pool.monitor is None:
-                continue
-            m = config.monitor(pool.monitor)
-            ttl[pool.name] = settings.vote_ttl or vote_ttl(
-                m.interval, m.timeout, m.retries, factor=settings.vote_factor
-            )
+            # R16: with a monitor group, the slowest member bounds how long a vote stands
+            ttl_of = [
+                settings.vote_ttl
+                or vote_ttl(m.interval, m.timeout, m.retries, factor=settings.vote_factor)
+                for m in config.pool_monitors(pool)
+            ]
+            if ttl_of:
+                ttl[pool.name] = max(ttl_of)
         self._ttl = ttl
         self._config_hash = config_hash(config)
         self.tally.reapply(now=self.wall(), at=trio.current_time())

@@ -15,7 +15,7 @@ from typing import Any
 from lb.config import markdown_reference
 from lb.config.errors import ConfigError, Problem
 from lb.config.loader import load_config
-from lb.config.model import Config, LoadBalancer, Monitor, Pool, Tunnel
+from lb.config.model import Config, LoadBalancer, Monitor, MonitorGroup, Pool, Tunnel
 from lb.config.serving import ALLOW_EMPTY_HINT, serving_problem
 
 NAME = "check"
@@ -72,6 +72,7 @@ def summarize(config: Config) -> dict[str, Any]:
         "load_balancers": [_lb_summary(lb) for lb in config.load_balancers],
         "pools": [_pool_summary(pool) for pool in config.pools],
         "monitors": [_monitor_summary(m) for m in config.monitors],
+        "monitor_groups": [_group_summary(g) for g in config.monitor_groups],
         "tunnels": [_tunnel_summary(t) for t in config.tunnels],
     }
 
@@ -100,6 +101,7 @@ def _pool_summary(pool: Pool) -> dict[str, Any]:
         "enabled_endpoints": sum(1 for o in pool.origins if o.enabled),
         "minimum_origins": pool.minimum_origins,
         "monitor": pool.monitor,
+        "monitor_group": pool.monitor_group,
         "steering": pool.origin_steering.policy,
     }
 
@@ -115,6 +117,21 @@ def _monitor_summary(monitor: Monitor) -> dict[str, Any]:
         "timeout": monitor.timeout,
         "expected_codes": monitor.expected_codes,
         "host": monitor.host_header,
+    }
+
+
+def _group_summary(group: MonitorGroup) -> dict[str, Any]:
+    return {
+        "id": group.id,
+        "members": [
+            {
+                "monitor_id": m.monitor_id,
+                "enabled": m.enabled,
+                "monitoring_only": m.monitoring_only,
+                "must_be_healthy": m.must_be_healthy,
+            }
+            for m in group.members
+        ],
     }
 
 
@@ -160,8 +177,11 @@ def _print_text(
         ("load balancers", [_lb_line(s) for s in summary["load_balancers"]]),
         ("pools", [_pool_line(s) for s in summary["pools"]]),
         ("monitors", [_monitor_line(s) for s in summary["monitors"]]),
+        ("monitor groups", [_group_line(s) for s in summary["monitor_groups"]]),
         ("tunnels", [_tunnel_line(s) for s in summary["tunnels"]]),
     ):
+        if not rows and title == "monitor groups":  # shown only when used
+            continue
         print(f"{title} ({len(rows)}):")
         for row in rows:
             print(f"  {row}")
@@ -190,8 +210,26 @@ def _pool_line(s: dict[str, Any]) -> str:
     if s["tunnel_endpoints"]:
         endpoints += f" ({s['tunnel_endpoints']} tunnel{'s' if s['tunnel_endpoints'] > 1 else ''})"
     monitor = f"monitor {s['monitor']}" if s["monitor"] else "no monitor"
+    if s["monitor_group"]:
+        monitor = f"monitor group {s['monitor_group']}"
     disabled = ", disabled" if not s["enabled"] else ""
     return f"{s['name']}: {endpoints}, {s['steering']} steering, {monitor}{disabled}"
+
+
+def _group_line(s: dict[str, Any]) -> str:
+    def role(m: dict[str, Any]) -> str:
+        flags = [
+            flag
+            for flag, on in (
+                ("disabled", not m["enabled"]),
+                ("monitoring only", m["monitoring_only"]),
+                ("must be healthy", m["must_be_healthy"]),
+            )
+            if on
+        ]
+        return str(m["monitor_id"]) + (f" ({', '.join(flags)})" if flags else "")
+
+    return f"{s['id']}: " + ", ".join(role(m) for m in s["members"])
 
 
 def _monitor_line(s: dict[str, Any]) -> str:

@@ -1,7 +1,9 @@
 """``tunnel-lb explain``: where would this request go, and why?
 
 Every monitored endpoint is taken as healthy except those named with ``--down``, so the
-answer shows the steering of a configuration, not the state of a network.  The decision comes
+answer shows the steering of a configuration, not the state of a network.  On a pool with a
+monitor group, ``--down POOL/ENDPOINT/MONITOR`` fails one member only, and the endpoint gets
+whatever health the group makes of it (R16), shown with its members.  The decision comes
 from the same :class:`~steering.Router` the proxy and the simulator use.
 """
 
@@ -12,6 +14,7 @@ import ipaddress
 import json
 import random
 import sys
+from typing import Any
 
 from lb.config import did_you_mean
 from lb.config.errors import ConfigError
@@ -47,8 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--down",
         action="append",
         default=[],
-        metavar="POOL/ENDPOINT",
-        help="mark an endpoint unhealthy (repeatable)",
+        metavar="POOL/ENDPOINT[/MONITOR]",
+        help="mark an endpoint, or one monitor group member's view of it, unhealthy (repeatable)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the random picks")
     parser.add_argument("--json", action="store_true", help="print JSON")
@@ -77,15 +80,28 @@ def run(args: argparse.Namespace) -> int:
         return 2
     engine = Engine(config, secret=b"explain")
     down = set(args.down)
-    known = {f"{t.pool}/{t.endpoint}" for t in engine.targets()}
+    targets = engine.targets()
+    known = {f"{t.pool}/{t.endpoint}" for t in targets}
+    known |= {f"{t.pool}/{t.endpoint}/{t.member}" for t in targets if t.member}
     for name in sorted(down - known):
-        print(f"error: --down {name}: no monitored endpoint of that name", file=sys.stderr)
-        return 2
-    for target in engine.targets():
-        name = f"{target.pool}/{target.endpoint}"
-        engine.book.settle(
-            target.pool, target.endpoint, ok=name not in down, at=0.0, reason="--down"
+        print(
+            f"error: --down {name}: no monitored endpoint of that name (nor a monitor "
+            "group member)",
+            file=sys.stderr,
         )
+        return 2
+    for target in targets:
+        name = f"{target.pool}/{target.endpoint}"
+        ok = name not in down and f"{name}/{target.member}" not in down
+        engine.book.settle(
+            target.pool,
+            target.endpoint,
+            ok=ok,
+            at=0.0,
+            reason="--down",
+            member=target.member or None,
+        )
+    groups = _group_health(engine, {t.pool for t in targets if t.member})
     headers: dict[str, str] = {}
     for item in args.header:
         key, sep, value = item.partition("=")
@@ -113,7 +129,10 @@ def run(args: argparse.Namespace) -> int:
         )
         return 2
     if args.json:
-        print(json.dumps(decision.as_json(), indent=2))
+        document = decision.as_json()
+        if groups:
+            document["monitor_groups"] = groups
+        print(json.dumps(document, indent=2))
         return 0
     if decision.fixed is not None:
         print(f"{args.host} -> fixed response {decision.fixed.status_code} (custom rule)")
@@ -128,4 +147,29 @@ def run(args: argparse.Namespace) -> int:
     print(f"reason: {decision.reason}; policy: {decision.policy}; affinity: {decision.affinity}")
     for step in decision.trace or ():
         print(f"  - {step}")
+    for name, group in groups.items():
+        if any(m != "healthy" for m in group["members"].values()):
+            members = ", ".join(f"{m} {h}" for m, h in group["members"].items())
+            print(f"monitor group of {name}: {group['health']} ({members})")
     return 0
+
+
+def _group_health(engine: Engine, pools: set[str]) -> dict[str, dict[str, Any]]:
+    """R16: per endpoint of a monitor group pool, its health and each member's state.
+
+    ``explain`` runs one vantage point's worth of what-if results: the first vantage point
+    stands for all of them (``--down`` marks every vantage point alike).
+    """
+    out: dict[str, dict[str, Any]] = {}
+    snapshot = engine.book.snapshot()
+    for pool in sorted(pools):
+        for ep in snapshot.pools[pool].endpoints:
+            states = engine.book.member_states(pool, ep.name)
+            if not states:
+                continue
+            first = next(iter(states.values()))
+            out[f"{pool}/{ep.name}"] = {
+                "health": ep.health.value,
+                "members": {m: h.value for m, h in first.items()},
+            }
+    return out

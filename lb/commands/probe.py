@@ -3,7 +3,8 @@
 Each enabled endpoint of each enabled, monitored pool (R10) gets one check with its pool's
 monitor, exactly as the scheduler would run it (same Host, SNI, port, ``connect_to``, timeout
 and retries), from the first configured vantage point.  Endpoints that share a probe identity
-are probed once, as in the scheduler.
+are probed once, as in the scheduler.  On a pool with a monitor group (R16) every enabled
+member checks each endpoint, one row per member (``endpoint/monitor`` in the table).
 
 Exit status: 0 when every probed endpoint passed, 1 when one failed or nothing was probed
 (a health check that checks nothing should not look green in CI), 2 for a configuration error
@@ -56,13 +57,16 @@ class Row:
     sni: str | None
     hint: str = ""
     """What to do about the failure, when there is something specific (a private CA)."""
+    member: str = ""
+    """The monitor group member that made this check, empty for a pool's single monitor."""
 
     def as_json(self) -> dict[str, Any]:
         """The documented JSON shape."""
         v = self.verdict
-        return {
-            "pool": self.pool,
-            "endpoint": self.endpoint,
+        out: dict[str, Any] = {"pool": self.pool, "endpoint": self.endpoint}
+        if self.member:
+            out["member"] = self.member
+        return out | {
             "healthy": v.ok,
             "reason": v.reason.value if v.reason else "",
             "status": v.status,
@@ -93,7 +97,7 @@ async def probe_targets(
         connect_to=config.connect_to,
         user_agent_mode=config.engine.probe_user_agent,
     )
-    verdicts: dict[tuple[str, str], Row] = {}
+    verdicts: dict[tuple[str, str, str], Row] = {}
     limiter = trio.CapacityLimiter(_CONCURRENCY)
 
     async def one(i: int) -> None:
@@ -101,15 +105,15 @@ async def probe_targets(
         async with limiter:
             verdict = await probe_once(job.probe, transport, job.vantage)
         advice = hint(verdict.reason, upstream_ca=config.engine.upstream_ca)
-        for pool, endpoint in job.fanout:
-            verdicts[pool, endpoint] = Row(
-                pool, endpoint, verdict, job.probe.host, job.probe.sni, advice
+        for pool, endpoint, member in job.deliveries:
+            verdicts[pool, endpoint, member] = Row(
+                pool, endpoint, verdict, job.probe.host, job.probe.sni, advice, member
             )
 
     async with trio.open_nursery() as nursery:
         for i in range(len(jobs)):
             nursery.start_soon(one, i)
-    return [verdicts[t.pool, t.endpoint] for t in targets]
+    return [verdicts[t.pool, t.endpoint, t.member] for t in targets]
 
 
 def render_table(rows: list[Row]) -> str:
@@ -121,7 +125,7 @@ def render_table(rows: list[Row]) -> str:
         lines.append(
             (
                 r.pool,
-                r.endpoint,
+                f"{r.endpoint}/{r.member}" if r.member else r.endpoint,
                 "healthy" if j["healthy"] else "UNHEALTHY",
                 "-" if j["status"] is None else str(j["status"]),
                 "-" if j["rtt_ms"] is None else f"{j['rtt_ms']:.1f}ms",

@@ -26,6 +26,7 @@ from lb.config.model import (
     Engine,
     LoadBalancer,
     Monitor,
+    MonitorGroup,
     Origin,
     Pool,
     PoolSet,
@@ -60,13 +61,15 @@ def build_config(parsed: Parsed, report: Report) -> Config:
     _check_tunnels(parsed, report)
     connect_to = _check_connect_to(parsed, report)
     monitors = _check_monitors(parsed, report)
-    pools = _check_pools(parsed, monitors, report)
+    groups = _check_monitor_groups(parsed, monitors, report)
+    pools = _check_pools(parsed, monitors, groups, report)
     load_balancers = [
         _check_load_balancer(item, parsed, pools, report) for item in parsed.load_balancers
     ]
     _check_unique_load_balancers(parsed.load_balancers, report)
     return Config(
         monitors=tuple(monitors.values()),
+        monitor_groups=tuple(groups.values()),
         pools=tuple(pools.pools),
         load_balancers=tuple(load_balancers),
         tunnels=tuple(item.value for item in parsed.tunnels),
@@ -259,6 +262,36 @@ def _check_interval(item: Item[Monitor], minimum: float, report: Report) -> None
         report.warn(item.at("interval"), message)
 
 
+def _check_monitor_groups(
+    parsed: Parsed, monitors: Mapping[str, Monitor], report: Report
+) -> dict[str, MonitorGroup]:
+    """Monitor groups by id (R16): members name known monitors, and some member can vote."""
+    seen = Seen(report)
+    out: dict[str, MonitorGroup] = {}
+    for item in parsed.monitor_groups:
+        group = item.value
+        ids = Seen(report)
+        for i, member in enumerate(group.members):
+            at = item.at("members", i, "monitor_id")
+            ids.add(member.monitor_id, at, "member monitor_id")
+            if member.monitor_id not in monitors and member.monitor_id not in parsed.broken:
+                hint = did_you_mean(member.monitor_id, monitors)
+                report.error(at, f'unknown monitor "{member.monitor_id}"{hint}')
+            if member.monitoring_only and member.must_be_healthy:
+                message = (
+                    "a monitoring_only member never affects health: must_be_healthy is ignored"
+                )
+                report.warn(item.at("members", i, "must_be_healthy"), message)
+        if not group.members:
+            report.error(item.at("members"), "a monitor group needs at least one member")
+        elif not any(m.enabled and not m.monitoring_only for m in group.members):
+            message = "no enabled member that is not monitoring_only: nothing would decide health"
+            report.error(item.at("members"), message)
+        if seen.add(group.id, item.at("id"), "monitor group id"):
+            out[group.id] = group
+    return out
+
+
 # --------------------------------------------------------------------------- pools
 
 
@@ -294,7 +327,12 @@ class _PoolIndex:
         return pool.name
 
 
-def _check_pools(parsed: Parsed, monitors: Mapping[str, Monitor], report: Report) -> _PoolIndex:
+def _check_pools(
+    parsed: Parsed,
+    monitors: Mapping[str, Monitor],
+    groups: Mapping[str, MonitorGroup],
+    report: Report,
+) -> _PoolIndex:
     index = _PoolIndex(report, parsed.broken)
     for item in parsed.pools:
         pool = item.value
@@ -302,6 +340,8 @@ def _check_pools(parsed: Parsed, monitors: Mapping[str, Monitor], report: Report
         index.add(pool, item)
         _check_pool_fields(item, report)
         monitor = _pool_monitor(item, monitors, parsed.broken, report)
+        if pool.monitor_group is not None and pool.monitor is None:
+            monitor = _pool_group(item, monitors, groups, parsed.broken, report)
         _check_origins(item, monitor, report)
     return index
 
@@ -327,8 +367,9 @@ def _check_pool_fields(item: Item[Pool], report: Report) -> None:
             "decision as its fallback; Cloudflare accepts nothing else)"
         )
         report.error(item.at("health_sources"), message)
-    if pool.monitor_group is not None:
-        report.error(item.at("monitor_group"), "monitor groups are not supported")
+    if pool.monitor_group is not None and pool.monitor is not None:
+        message = "a pool takes either `monitor` or `monitor_group`, not both"
+        report.error(item.at("monitor_group"), message)
 
 
 def _pool_monitor(
@@ -350,6 +391,31 @@ def _pool_monitor(
         )
         report.error(item.at("monitor"), message)
     return monitor
+
+
+def _pool_group(
+    item: Item[Pool],
+    monitors: Mapping[str, Monitor],
+    groups: Mapping[str, MonitorGroup],
+    broken: set[str],
+    report: Report,
+) -> Monitor | None:
+    """The pool's monitor group; returns its first http(s) member for the Host checks."""
+    ref = item.value.monitor_group
+    group = groups.get(ref) if ref is not None else None
+    if ref is None or group is None:
+        if ref is not None and ref not in broken:
+            hint = did_you_mean(ref, groups)
+            report.error(item.at("monitor_group"), f'unknown monitor group "{ref}"{hint}')
+        return None
+    members = [monitors[m.monitor_id] for m in group.active if m.monitor_id in monitors]
+    if any(m.type == "tcp" for m in members) and any(o.tunnel_id for o in item.value.origins):
+        message = (
+            f'monitor group "{ref}" has a tcp member, which cannot check tunnel endpoints; '
+            "use https monitors with a Host header"
+        )
+        report.error(item.at("monitor_group"), message)
+    return next((m for m in members if m.type in ("http", "https")), None)
 
 
 def _check_origins(item: Item[Pool], monitor: Monitor | None, report: Report) -> None:

@@ -7,7 +7,7 @@ from typing import Generic, TypeVar
 
 from lb.config._report import Report
 from lb.config._source import Node, Segment, Where
-from lb.config.model import Datacenter, Engine, LoadBalancer, Monitor, Pool, Tunnel
+from lb.config.model import Datacenter, Engine, LoadBalancer, Monitor, MonitorGroup, Pool, Tunnel
 
 __all__ = ["Item", "Parsed", "Seen"]
 
@@ -54,6 +54,7 @@ class Parsed:
     files: tuple[str, ...]
     engine: Item[Engine]
     monitors: list[Item[Monitor]] = field(default_factory=list)
+    monitor_groups: list[Item[MonitorGroup]] = field(default_factory=list)
     pools: list[Item[Pool]] = field(default_factory=list)
     load_balancers: list[Item[LoadBalancer]] = field(default_factory=list)
     tunnels: list[Item[Tunnel]] = field(default_factory=list)

@@ -25,6 +25,8 @@ from lb.config.model import (
     LoadShedding,
     LocalPreference,
     Monitor,
+    MonitorGroup,
+    MonitorGroupMember,
     Origin,
     OriginSteering,
     Pool,
@@ -44,6 +46,8 @@ __all__ = ["REFERENCE", "markdown_reference"]
 
 REFERENCE: tuple[tuple[str, type, str | None], ...] = (
     ("monitors[]", Monitor, None),
+    ("monitor_groups[]", MonitorGroup, None),
+    ("monitor_groups[].members[]", MonitorGroupMember, None),
     ("pools[]", Pool, None),
     ("pools[].origins[]", Origin, None),
     ("pools[].origin_steering", OriginSteering, None),

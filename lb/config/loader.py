@@ -28,7 +28,16 @@ from lb.config._report import Report, did_you_mean
 from lb.config._source import Node, Segment, Where, read_file, read_text
 from lb.config.errors import ConfigError, Problem
 from lb.config.kinds import CONFIG, wrong_kind
-from lb.config.model import Config, Datacenter, Engine, LoadBalancer, Monitor, Pool, Tunnel
+from lb.config.model import (
+    Config,
+    Datacenter,
+    Engine,
+    LoadBalancer,
+    Monitor,
+    MonitorGroup,
+    Pool,
+    Tunnel,
+)
 
 __all__ = [
     "BUILTIN_DATACENTERS",
@@ -44,13 +53,14 @@ Path = tuple[Segment, ...]
 BUILTIN_DATACENTERS = "lb/data/datacenters.yaml"
 """The name problems in the built-in data center table are reported under."""
 
-LIST_SECTIONS = ("monitors", "pools", "load_balancers")
+LIST_SECTIONS = ("monitors", "monitor_groups", "pools", "load_balancers")
 MAPPING_SECTIONS = ("tunnels", "datacenters", "connect_to", "engine")
 _ENVELOPE_KEYS = ("result", "success", "errors", "messages", "result_info")
 _KIND_MARKERS = (
     ("pools", ("origins",)),
     ("load_balancers", ("default_pools",)),
     ("monitors", ("type", "expected_codes", "interval")),
+    ("monitor_groups", ("members",)),
 )
 """How a bare Cloudflare object is recognised: the first kind with one of its keys wins."""
 
@@ -145,8 +155,9 @@ class _Sections:
         kind = _kind(node.value) if isinstance(node.value, dict) else None
         if kind is None:
             message = (
-                "cannot tell whether this is a monitor, a pool or a load balancer "
-                "(a pool has `origins`, a load balancer `default_pools`, a monitor `type`)"
+                "cannot tell whether this is a monitor, a monitor group, a pool or a load "
+                "balancer (a pool has `origins`, a load balancer `default_pools`, a monitor "
+                "`type`, a monitor group `members`)"
             )
             self.report.error(node.at(path), message)
             return
@@ -212,6 +223,7 @@ def _parse(sections: _Sections, files: tuple[str, ...], report: Report) -> Parse
         files=files,
         engine=Item(Engine() if engine is INVALID else engine, engine_node, ("engine",)),
         monitors=_parse_list(parser, Monitor, sections.items["monitors"], broken),
+        monitor_groups=_parse_list(parser, MonitorGroup, sections.items["monitor_groups"], broken),
         pools=_parse_list(parser, Pool, sections.items["pools"], broken),
         load_balancers=_parse_list(parser, LoadBalancer, sections.items["load_balancers"], broken),
         broken=broken,

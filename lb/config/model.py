@@ -39,6 +39,8 @@ __all__ = [
     "LoadShedding",
     "LocalPreference",
     "Monitor",
+    "MonitorGroup",
+    "MonitorGroupMember",
     "Origin",
     "OriginSteering",
     "Pool",
@@ -115,6 +117,34 @@ class Monitor:
         return _host(self.header)
 
 
+@dataclass(**_FROZEN)
+class MonitorGroupMember:
+    """One monitor of a monitor group and how its verdict counts (docs/monitors.md, R16)."""
+
+    READ_ONLY: ClassVar[frozenset[str]] = frozenset({"created_at", "updated_at"})
+
+    monitor_id: str = _f(doc="id of a monitor in `monitors`")
+    enabled: bool = _f(True, doc="a disabled member is not probed and has no say")
+    monitoring_only: bool = _f(False, doc="probed and shown, but never affects health")
+    must_be_healthy: bool = _f(False, doc="its failure alone makes the endpoint unhealthy")
+
+
+@dataclass(**_FROZEN)
+class MonitorGroup:
+    """A Cloudflare monitor group: several monitors whose verdicts combine (R16)."""
+
+    READ_ONLY: ClassVar[frozenset[str]] = frozenset({"created_at", "updated_at"})
+
+    id: str = _f(doc="identifier that pools reference in `monitor_group`")
+    description: str = _f("", doc="free text")
+    members: tuple[MonitorGroupMember, ...] = _f(doc="the monitors of the group")
+
+    @property
+    def active(self) -> tuple[MonitorGroupMember, ...]:
+        """The enabled members: the only ones probed (R10 applied to members)."""
+        return tuple(m for m in self.members if m.enabled)
+
+
 # --------------------------------------------------------------------------- pools
 
 
@@ -179,7 +209,9 @@ class Pool:
     enabled: bool = _f(True, doc="a disabled pool gets no traffic and no probes (R10)")
     minimum_origins: int = _f(1, range=(0, 1000), doc="healthy endpoints needed (R17)")
     monitor: str | None = _f(None, doc="monitor id; none = health not considered (R13)")
-    monitor_group: str | None = _f(None, doc="not supported: rejected when set")
+    monitor_group: str | None = _f(
+        None, doc="monitor group id, instead of `monitor` (R16, docs/monitors.md)"
+    )
     check_regions: tuple[str, ...] | None = _f(
         None, choices=(*REGIONS, "ALL_REGIONS"), doc="accepted; vantage points are local"
     )
@@ -193,6 +225,11 @@ class Pool:
     longitude: float | None = _f(None, range=(-180.0, 180.0), doc="for proximity steering")
     notification_filter: Mapping[str, Any] | None = _f(None, doc="accepted; no effect")
     networks: tuple[str, ...] | None = _f(None, doc="accepted for compatibility")
+
+    @property
+    def monitored(self) -> bool:
+        """True when a monitor or a monitor group decides the health of the endpoints."""
+        return self.monitor is not None or self.monitor_group is not None
 
 
 # --------------------------------------------------------------------------- load balancers
@@ -591,6 +628,7 @@ class Config:
     """A whole configuration, validated and with every reference resolved to a pool name."""
 
     monitors: tuple[Monitor, ...] = ()
+    monitor_groups: tuple[MonitorGroup, ...] = ()
     pools: tuple[Pool, ...] = ()
     load_balancers: tuple[LoadBalancer, ...] = ()
     tunnels: tuple[Tunnel, ...] = ()
@@ -613,6 +651,22 @@ class Config:
             if m.id == monitor_id:
                 return m
         raise KeyError(monitor_id)
+
+    def monitor_group(self, group_id: str) -> MonitorGroup:
+        """The monitor group with id ``group_id``."""
+        for g in self.monitor_groups:
+            if g.id == group_id:
+                return g
+        raise KeyError(group_id)
+
+    def pool_monitors(self, pool: Pool) -> tuple[Monitor, ...]:
+        """Every monitor that probes ``pool``: its monitor, or its group's enabled members."""
+        if pool.monitor is not None:
+            return (self.monitor(pool.monitor),)
+        if pool.monitor_group is not None:
+            group = self.monitor_group(pool.monitor_group)
+            return tuple(self.monitor(m.monitor_id) for m in group.active)
+        return ()
 
     def load_balancer(self, host: str) -> LoadBalancer | None:
         """The load balancer whose name is ``host`` (case-insensitive, port stripped)."""

@@ -23,6 +23,11 @@ monitored, enabled endpoint of every enabled pool (R10: the others are never pro
   leaves it when withdrawn (its votes went stale), so the majority counts only vantage points
   that have a say.
 
+* A pool with a monitor group (R16) is probed by each enabled member monitor; each result
+  names its member, which has its own counters per vantage point.  The vantage point's state
+  is :func:`~lb.core.health.combine` of its members, and the endpoint's health the same
+  majority over vantage points (R14) as with a single monitor.
+
 Passive signals (request outcomes, zero-downtime-failover retries) never change health here
 (R44); they feed the live counters that steering reads instead.
 """
@@ -32,8 +37,16 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from lb.config.model import Config, Monitor, Origin, Pool
-from lb.core.health import Check, Health, HealthEvent, ProbeResult, majority
+from lb.config.model import Config, Monitor, MonitorGroupMember, Origin, Pool
+from lb.core.health import (
+    Check,
+    Health,
+    HealthEvent,
+    MemberVote,
+    ProbeResult,
+    combine,
+    majority,
+)
 from lb.core.snapshot import EndpointView, PoolState, PoolView, Snapshot
 
 __all__ = ["HealthBook", "ProbeTarget", "identity"]
@@ -48,37 +61,70 @@ class ProbeTarget:
     origin: Origin
     monitor: Monitor
     pool_id: str
+    member: str = ""
+    """The member monitor's id when the pool uses a monitor group (R16), else empty."""
 
 
-def identity(pool: Pool, origin: Origin, monitor: Monitor | None) -> tuple[object, ...]:
+Members = tuple[tuple[MonitorGroupMember, Monitor], ...]
+"""The enabled members of a pool's monitor group with their monitors, or empty."""
+
+
+def _probe_identity(monitor: Monitor) -> tuple[object, ...]:
+    return (
+        monitor.type,
+        monitor.effective_method,
+        monitor.path,
+        monitor.port,
+        tuple(sorted(monitor.header.items())),
+        monitor.expected_codes,
+        monitor.expected_body,
+        monitor.follow_redirects,
+        monitor.allow_insecure,
+    )
+
+
+def identity(
+    pool: Pool, origin: Origin, monitor: Monitor | None, members: Members = ()
+) -> tuple[object, ...]:
     """What must stay the same for an endpoint to keep its health across a reload.
 
     Only what changes the probe's answer counts: where it goes and what passes.  A new
     ``interval``, ``timeout``, ``retries``, ``description`` or hysteresis threshold keeps the
-    health (an outage on every such edit would be worse than the edit).
+    health (an outage on every such edit would be worse than the edit).  With a monitor group
+    every enabled member counts, with its role.
     """
-    probe = None
-    if monitor is not None:
-        probe = (
-            monitor.type,
-            monitor.effective_method,
-            monitor.path,
-            monitor.port,
-            tuple(sorted(monitor.header.items())),
-            monitor.expected_codes,
-            monitor.expected_body,
-            monitor.follow_redirects,
-            monitor.allow_insecure,
+    probe: object = None
+    if members:
+        probe = tuple(
+            (m.monitor_id, m.must_be_healthy, m.monitoring_only, _probe_identity(mon))
+            for m, mon in members
         )
+    elif monitor is not None:
+        probe = _probe_identity(monitor)
     return (pool.name, origin.name, origin.address.lower(), origin.port, origin.host_header, probe)
 
 
 class _Endpoint:
     """Mutable health of one endpoint of one pool."""
 
-    __slots__ = ("checks", "health", "identity", "last", "remote")
+    __slots__ = (
+        "checks",
+        "health",
+        "identity",
+        "last",
+        "member_last",
+        "members",
+        "remote",
+        "roles",
+    )
 
-    def __init__(self, ident: tuple[object, ...], monitor: Monitor, vantages: Iterable[str]):
+    def __init__(
+        self,
+        ident: tuple[object, ...],
+        monitor: Monitor,
+        vantages: Iterable[str],
+        members: Members = (),
+    ):
         self.identity = ident
         self.remote: set[str] = set()
         """Vantage points fed by :meth:`HealthBook.assign` that are not configured here."""
@@ -90,8 +136,34 @@ class _Endpoint:
         }
         self.health = Health.UNKNOWN
         self.last: dict[str, ProbeResult] = {}
+        self.roles = {m.monitor_id: (m, mon) for m, mon in members}
+        """R16: the enabled group members by monitor id; empty for a single monitor."""
+        self.members: dict[str, dict[str, Check]] = {}
+        """R16: per vantage point, one counter per member; the vantage check holds their
+        :func:`combine`."""
+        self.member_last: dict[tuple[str, str], ProbeResult] = {}
+        """R16: the latest result per (vantage point, member)."""
+        if self.roles:
+            self.members = {v: self._member_checks() for v in self.checks}
 
-    def retune(self, monitor: Monitor, vantages: Iterable[str]) -> None:
+    def _member_checks(self) -> dict[str, Check]:
+        return {
+            mid: Check(consecutive_up=mon.consecutive_up, consecutive_down=mon.consecutive_down)
+            for mid, (_m, mon) in self.roles.items()
+        }
+
+    def combined(self, vantage: str) -> Health:
+        """R16: the vantage point's state from its members' states."""
+        checks = self.members.get(vantage, {})
+        return combine(
+            [
+                MemberVote(checks[mid].state, m.must_be_healthy, m.monitoring_only)
+                for mid, (m, _mon) in self.roles.items()
+                if mid in checks
+            ]
+        )
+
+    def retune(self, monitor: Monitor, vantages: Iterable[str], members: Members = ()) -> None:
         """Keep the states of surviving vantage points; new thresholds, new points unknown.
 
         Remote vantage points (fed by :meth:`HealthBook.assign`) stay: their verdicts do not
@@ -116,6 +188,16 @@ class _Endpoint:
             checks[v] = self.checks[v]
         self.checks = checks
         self.last = {v: r for v, r in self.last.items() if v in checks}
+        if self.roles:
+            self.members = {v: self.members.get(v) or self._member_checks() for v in checks}
+            self.roles = {m.monitor_id: (m, mon) for m, mon in members}
+            for member_checks in self.members.values():
+                for mid, check in member_checks.items():
+                    _m, mon = self.roles[mid]
+                    check.retune(
+                        consecutive_up=mon.consecutive_up, consecutive_down=mon.consecutive_down
+                    )
+            self.member_last = {k: r for k, r in self.member_last.items() if k[0] in checks}
 
 
 class HealthBook:
@@ -142,11 +224,17 @@ class HealthBook:
         check = ep.checks.get(result.vantage)
         if check is None:
             return []
+        if ep.roles and result.member not in ep.members.get(result.vantage, {}):
+            return []  # R16: a result for no probing member of the group (stale)
         ep.last[result.vantage] = result
         if result.ok and result.rtt is not None:
             self._observe_rtt(result.pool, result.vantage, result.rtt)
         before = check.state
-        check.observe(result.ok)
+        if ep.roles:
+            self._apply_member(ep, result)
+            check.state = ep.combined(result.vantage)
+        else:
+            check.observe(result.ok)
         if check.state is before:
             return []
         events = [self._event(result, result.vantage, before, check.state)]
@@ -159,21 +247,52 @@ class HealthBook:
             ep.health = aggregate
         return events
 
-    def settle(self, pool: str, endpoint: str, *, ok: bool, at: float, reason: str = "") -> None:
+    def _apply_member(self, ep: _Endpoint, result: ProbeResult) -> None:
+        """R16: count a group member's result with that member's counters."""
+        member_check = ep.members[result.vantage][result.member]
+        ep.member_last[(result.vantage, result.member)] = result
+        before = member_check.state
+        member_check.observe(result.ok)
+        if member_check.state is not before:
+            self._snapshot = None
+
+    def settle(
+        self,
+        pool: str,
+        endpoint: str,
+        *,
+        ok: bool,
+        at: float,
+        reason: str = "",
+        member: str | None = None,
+    ) -> None:
         """Feed results until every vantage point of the endpoint passes (or fails).
 
         For what-if tools (``tunnel-lb explain``, tests): the endpoint reaches the state
-        through the same R12 counters a real monitor drives, whatever its thresholds.
+        through the same R12 counters a real monitor drives, whatever its thresholds.  With
+        ``member``, only that monitor group member's counters are fed (R16): the endpoint
+        then has whatever health the group makes of it.
         """
         ep = self._endpoints.get((pool, endpoint))
         target = Health.HEALTHY if ok else Health.UNHEALTHY
-        for vantage, check in ep.checks.items() if ep else ():
-            while check.state is not target:
-                self.apply(
-                    ProbeResult(
-                        pool=pool, endpoint=endpoint, vantage=vantage, at=at, ok=ok, reason=reason
+        for vantage in list(ep.checks) if ep else ():
+            assert ep is not None
+            members = ep.members.get(vantage, {}) if ep.roles else {"": ep.checks[vantage]}
+            for name, check in members.items():
+                if member is not None and name != member:
+                    continue
+                while check.state is not target:
+                    self.apply(
+                        ProbeResult(
+                            pool=pool,
+                            endpoint=endpoint,
+                            vantage=vantage,
+                            at=at,
+                            ok=ok,
+                            reason=reason,
+                            member=name,
+                        )
                     )
-                )
 
     def assign(
         self, pool: str, endpoint: str, vantage: str, state: Health, *, at: float, reason: str = ""
@@ -287,6 +406,8 @@ class HealthBook:
             if ep is None or check is None:
                 continue
             check.state = health
+            for member_check in ep.members.get(vantage, {}).values():
+                member_check.state = health  # R16: members agreeing with the restored state
             ep.health = majority([c.state for c in ep.checks.values()])
         self._rtt.update(rtt or {})
         self._snapshot = None
@@ -302,8 +423,24 @@ class HealthBook:
         """Every (pool, endpoint) that must be probed, in configuration order (R10)."""
         out: list[ProbeTarget] = []
         for pool in self._config.pools:
-            if not pool.enabled or pool.monitor is None:
+            if not pool.enabled or not pool.monitored:
                 continue
+            if pool.monitor_group is not None:
+                out.extend(
+                    ProbeTarget(
+                        pool=pool.name,
+                        endpoint=o.name,
+                        origin=o,
+                        monitor=monitor,
+                        pool_id=pool.id or pool.name,
+                        member=member.monitor_id,
+                    )
+                    for o in pool.origins
+                    if o.enabled
+                    for member, monitor in _members(self._config, pool)
+                )
+                continue
+            assert pool.monitor is not None
             monitor = self._config.monitor(pool.monitor)
             out.extend(
                 ProbeTarget(
@@ -322,6 +459,18 @@ class HealthBook:
         """The latest probe result per vantage point of one endpoint."""
         ep = self._endpoints.get((pool, endpoint))
         return dict(ep.last) if ep else {}
+
+    def member_results(self, pool: str, endpoint: str) -> dict[tuple[str, str], ProbeResult]:
+        """R16: the latest result per (vantage point, member) of an endpoint of a group pool."""
+        ep = self._endpoints.get((pool, endpoint))
+        return dict(ep.member_last) if ep else {}
+
+    def member_states(self, pool: str, endpoint: str) -> dict[str, dict[str, Health]]:
+        """R16: per vantage point, the state of every group member (empty without a group)."""
+        ep = self._endpoints.get((pool, endpoint))
+        if ep is None:
+            return {}
+        return {v: {m: c.state for m, c in checks.items()} for v, checks in ep.members.items()}
 
     def state(self, pool: str, endpoint: str, vantage: str) -> Health:
         """The state of one vantage point of one endpoint (``UNKNOWN`` when not tracked)."""
@@ -349,7 +498,10 @@ class HealthBook:
     ) -> None:
         vantages = config.engine.vantage_points
         for pool in config.pools:
+            members = _members(config, pool)
             monitor = config.monitor(pool.monitor) if pool.monitor else None
+            if members:
+                monitor = members[0][1]
             for origin in pool.origins:
                 key = (pool.name, origin.name)
                 enabled = pool.enabled and origin.enabled
@@ -360,18 +512,19 @@ class HealthBook:
                 self._disabled_at.pop(key, None)
                 if monitor is None:
                     continue
-                ident = identity(pool, origin, monitor)
+                ident = identity(pool, origin, monitor, members)
                 old = previous.get(key)
                 if old is not None and old.identity == ident:
-                    old.retune(monitor, vantages)
+                    old.retune(monitor, vantages, members)
                     self._endpoints[key] = old
                 else:
-                    self._endpoints[key] = _Endpoint(ident, monitor, vantages)
+                    self._endpoints[key] = _Endpoint(ident, monitor, vantages, members)
 
     def _monitor_of(self, pool: str) -> Monitor | None:
         for p in self._config.pools:
             if p.name == pool:
-                return self._config.monitor(p.monitor) if p.monitor else None
+                monitors = self._config.pool_monitors(p)
+                return monitors[0] if monitors else None
         return None
 
     def _reaggregate(
@@ -419,7 +572,7 @@ class HealthBook:
         tunnels = {t.id: t.datacenters for t in config.tunnels}
         pools: dict[str, PoolView] = {}
         for pool in config.pools:
-            monitored = pool.monitor is not None
+            monitored = pool.monitored
             views = []
             for i, o in enumerate(pool.origins):
                 key = (pool.name, o.name)
@@ -472,6 +625,14 @@ class HealthBook:
             pools=pools,
             load_balancers={lb.name.lower(): lb for lb in config.load_balancers if lb.enabled},
         )
+
+
+def _members(config: Config, pool: Pool) -> Members:
+    """The enabled members of ``pool``'s monitor group with their monitors (R16)."""
+    if pool.monitor_group is None:
+        return ()
+    group = config.monitor_group(pool.monitor_group)
+    return tuple((m, config.monitor(m.monitor_id)) for m in group.active)
 
 
 def _pool_state(

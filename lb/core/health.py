@@ -21,6 +21,13 @@ Rule 4 (R14, majority)
     reached a state (so that one early answer does not decide at start-up), and is
     ``UNHEALTHY`` otherwise: a tie is not a majority for healthy.  With one vantage point it is
     simply that vantage point's state.
+Rule 4a (R16, monitor groups)
+    A pool with a monitor group has one counter per (endpoint, vantage point, member), each
+    with its member monitor's thresholds; a member's state stands until its next result.  The
+    vantage point's state combines them with :func:`combine`, before the majority of Rule 4:
+    unhealthy when an enabled ``must_be_healthy`` member is unhealthy, else when strictly more
+    than half of the enabled, non-``monitoring_only`` members are; ``UNKNOWN`` while members
+    that have not answered yet could still tip it either way.
 Rule 5 (R15)
     Every change of a vantage point's state and every change of the aggregate produce exactly
     one :class:`HealthEvent`; a result that changes nothing produces none.
@@ -40,7 +47,9 @@ __all__ = [
     "Check",
     "Health",
     "HealthEvent",
+    "MemberVote",
     "ProbeResult",
+    "combine",
     "majority",
 ]
 
@@ -78,6 +87,8 @@ class ProbeResult:
     status: int | None = None
     rtt: float | None = None
     """Seconds from sending the request to the response head, when one arrived."""
+    member: str = ""
+    """The member monitor's id when the pool uses a monitor group (R16), else empty."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -155,3 +166,33 @@ def majority(states: list[Health]) -> Health:
     if 2 * decided <= n:
         return Health.UNKNOWN
     return Health.UNHEALTHY
+
+
+@dataclass(frozen=True, slots=True)
+class MemberVote:
+    """The state of one enabled monitor group member at one vantage point, and its role."""
+
+    state: Health
+    must_be_healthy: bool = False
+    monitoring_only: bool = False
+
+
+def combine(votes: list[MemberVote]) -> Health:
+    """Rule 4a: one vantage point's state from its monitor group members (R16).
+
+    Only enabled members are passed.  A ``monitoring_only`` member never counts, even when
+    it is also marked ``must_be_healthy``.  Unknown members count as whatever would change
+    the answer, so the result is ``UNKNOWN`` exactly when their answers could still decide it.
+    """
+    counted = [v for v in votes if not v.monitoring_only]
+    critical = [v.state for v in counted if v.must_be_healthy]
+    if Health.UNHEALTHY in critical:
+        return Health.UNHEALTHY
+    n = len(counted)
+    down = sum(1 for v in counted if v.state is Health.UNHEALTHY)
+    unknown = sum(1 for v in counted if v.state is Health.UNKNOWN)
+    if 2 * down > n:
+        return Health.UNHEALTHY
+    if Health.UNKNOWN in critical or 2 * (down + unknown) > n:
+        return Health.UNKNOWN
+    return Health.HEALTHY

@@ -170,10 +170,13 @@ class SimCluster:
     def _set_ttl(self, config: Config) -> None:
         ttl = {}
         for pool in config.pools:
-            if pool.monitor is not None:
-                m = config.monitor(pool.monitor)
-                factor = self.scenario.vote_factor
-                ttl[pool.name] = vote_ttl(m.interval, m.timeout, m.retries, factor=factor)
+            factor = self.scenario.vote_factor
+            ttl_of = [
+                vote_ttl(m.interval, m.timeout, m.retries, factor=factor)
+                for m in config.pool_monitors(pool)
+            ]
+            if ttl_of:
+                ttl[pool.name] = max(ttl_of)
         self.ttl = ttl
 
     def _watch(self, member: SimMember, *, first: bool) -> None:

@@ -126,3 +126,27 @@ def test_never_a_traceback(text: str, tmp_path: Path, capsys: pytest.CaptureFixt
     out, err = capsys.readouterr()
     assert code in (0, 2)
     assert "Traceback" not in out + err
+
+
+def test_a_cloudflare_export_with_a_monitor_group_passes(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """R16: the API's monitors, monitor groups, pools and load balancer, as exported."""
+    files = sorted(str(p) for p in (CONFIGS / "cloudflare-monitor-groups").glob("*.json"))
+    assert len(files) == 4
+    assert main(["check", *files]) == 0
+    out, err = capsys.readouterr()
+    assert err == ""
+    assert out.startswith("OK: ") and "(0 warnings)" in out.splitlines()[0]
+    assert "  api-primary: 1 endpoint (1 tunnel), random steering, monitor group " in out
+    assert (
+        "monitor groups (1):\n"
+        "  3f4a5b6c7d8e9f0a1b2c3d4e5f6a7b8c: 0c1d2e3f4a5b6c7d8e9f0a1b2c3d4e5f, "
+        "1d2e3f4a5b6c7d8e9f0a1b2c3d4e5f6a (must be healthy), "
+        "2e3f4a5b6c7d8e9f0a1b2c3d4e5f6a7b (monitoring only)\n"
+    ) in out
+    assert main(["check", "--json", *files]) == 0
+    summary = json.loads(capsys.readouterr().out)["summary"]
+    assert [p["monitor_group"] for p in summary["pools"]] == [
+        "3f4a5b6c7d8e9f0a1b2c3d4e5f6a7b8c"
+    ] * 2

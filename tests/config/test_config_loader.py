@@ -111,8 +111,9 @@ def test_json_with_tab_indentation_and_exponents() -> None:
         ),
         pytest.param(
             '[{"name": "x"}]',
-            "api.json:1: [0]: cannot tell whether this is a monitor, a pool or a load balancer "
-            "(a pool has `origins`, a load balancer `default_pools`, a monitor `type`)",
+            "api.json:1: [0]: cannot tell whether this is a monitor, a monitor group, a pool or "
+            "a load balancer (a pool has `origins`, a load balancer `default_pools`, a monitor "
+            "`type`, a monitor group `members`)",
             id="unknown-kind",
         ),
         pytest.param(

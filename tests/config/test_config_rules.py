@@ -343,8 +343,9 @@ def test_tunnel_probe_with_endpoint_host_does_not_warn() -> None:
         ),
         pytest.param(
             pool_a("{name: o1, address: 10.0.0.1}", ", monitor_group: g"),
-            "lb.yaml:4: pools[0].monitor_group: monitor groups are not supported",
-            id="monitor-group",
+            "lb.yaml:4: pools[0].monitor_group: a pool takes either `monitor` or "
+            "`monitor_group`, not both",
+            id="monitor-and-monitor-group",
         ),
         pytest.param(
             pool_a("{name: o1, address: 10.0.0.1, header: {X-A: b}}"),

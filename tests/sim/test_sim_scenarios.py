@@ -23,6 +23,7 @@ def test_the_six_stories_are_there() -> None:
         "tunnel-per-host",
         "health-route",
         "health-route-fixed",
+        "monitor-group",
         "affinity-none",
         "affinity-temporary",
         "affinity-sticky",
@@ -49,6 +50,17 @@ def test_health_route_contrast() -> None:
     assert green["failovers"][0]["detected_at"] is None
     assert fixed["failovers"][0]["detected_at"] is not None
     assert green["statuses"].get("502", 0) > 5 * fixed["statuses"].get("502", 0)
+
+
+def test_monitor_group_contrast() -> None:
+    """Scenario 3c: the health route alone stays green; grouped with a critical application
+    member (R16) the same outage fails over."""
+    root = SCENARIOS[0].parent
+    green = run_scenario(load_scenario(root / "health-route.yaml")).data
+    grouped = run_scenario(load_scenario(root / "monitor-group.yaml")).data
+    assert green["failovers"][0]["detected_at"] is None
+    assert grouped["failovers"][0]["detected_at"] is not None
+    assert green["statuses"].get("502", 0) > 5 * grouped["statuses"].get("502", 0)
 
 
 def test_affinity_modes_contrast() -> None:
