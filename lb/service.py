@@ -241,10 +241,14 @@ def _hooks(engine: Engine, metrics: Metrics, worker: int | None = None) -> Proxy
         metrics.request_done(lb, record.pool, endpoint, record.status, record.duration)
         if record.websocket and record.status == 101:  # paired with upgraded() below
             metrics.websocket_closed(lb, record.bytes_in, record.bytes_out)
-        if record.retried == "zero_downtime_failover":
-            metrics.retry(lb, str(record.retry_status))  # the 521, 522, 523... that set it off
-        elif record.retried:
-            metrics.retry(lb, record.retried)  # stale_connection: a dead pooled connection
+        if record.retried:
+            # The pool of the attempt that failed: every retry is followed by one more attempt.
+            failed = record.attempts[-2].pool if len(record.attempts) > 1 else record.pool
+            if record.retried == "zero_downtime_failover":
+                # the 521, 522, 523... that set it off
+                metrics.retry(lb, str(record.retry_status), failed)
+            else:
+                metrics.retry(lb, record.retried, failed)  # stale_connection: dead pooled conn
         if engine.config.engine.access_log:
             access_log.info(
                 "request",
