@@ -20,7 +20,15 @@ Two kinds of series:
   connections, readiness) are read from the engine's current snapshot and live counters at
   scrape time, the custom-collector pattern of
   https://prometheus.github.io/client_python/collector/custom/.  They are never stale and
-  cost nothing between scrapes; endpoints that a reload removed simply disappear.
+  cost nothing between scrapes; endpoints that a reload removed simply disappear.  The one
+  exception is *when* a state last changed: that is stamped by the observers (a flap
+  between two scrapes would otherwise go unseen) and read at scrape time.
+
+The registry also holds prometheus_client's process and platform collectors (``process_*``,
+``python_info``) and ``lb_build_info``, so an operator sees restarts, memory and versions.
+
+With worker processes (``lb/workers.py``) each child's counters and histograms, all of
+:attr:`Metrics.events`, travel to the parent, whose registry alone is scraped.
 
 Every metric is declared once, in :data:`METRICS`, with its type, labels and help; the
 exposition, ``describe()`` and ``docs/metrics.md`` (checked by a test) all follow that table.
