@@ -157,6 +157,12 @@ METRICS: tuple[MetricSpec, ...] = (
         "Session-affinity outcomes of first decisions: new, hit, remapped, expired, invalid.",
     ),
     MetricSpec(
+        "lb_client_connections",
+        "gauge",
+        (),
+        "Client connections open right now, over every worker process.",
+    ),
+    MetricSpec(
         "lb_websocket_upgrades_total",
         "counter",
         (_LB, *_EP),
@@ -504,6 +510,10 @@ class Metrics:
         self.upgrades = _Counter("lb_websocket_upgrades_total")
         self.websocket_bytes = _Counter("lb_websocket_bytes_total")
         self.websockets_open: dict[str, int] = {}
+        self.client_connections = 0
+        """Client connections this process has open (:meth:`connection`)."""
+        self.worker_client_connections: dict[int, int] = {}
+        """The same, as each child worker last reported it (the parent's view)."""
         self.events: Mapping[str, _Counter | _Histogram] = {
             store.spec.name: store
             for store in (
@@ -701,6 +711,11 @@ class Metrics:
         self.websocket_bytes.inc((load_balancer, "in"), bytes_in)
         self.websocket_bytes.inc((load_balancer, "out"), bytes_out)
 
+    def connection(self, delta: int) -> None:
+        """A client connection was accepted (``+1``) or closed (``-1``): the proxy's
+        ``on_connection`` hook."""
+        self.client_connections += delta
+
     def reload(self, ok: bool) -> None:
         """Count one configuration reload attempt.
 
@@ -739,6 +754,11 @@ class Metrics:
         if self._config_at is not None:
             stamp.add_metric([], self._config_at)
         yield stamp
+        clients = _gauge("lb_client_connections")
+        clients.add_metric(
+            [], self.client_connections + sum(self.worker_client_connections.values())
+        )
+        yield clients
         build = _gauge("lb_build_info")
         build.add_metric(list(self._build), 1.0)
         yield build

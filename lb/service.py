@@ -273,7 +273,12 @@ def _hooks(engine: Engine, metrics: Metrics, worker: int | None = None) -> Proxy
         endpoint = record.endpoint.partition("/")[2] if record.endpoint else None
         metrics.websocket_opened(record.load_balancer or "", record.pool, endpoint)
 
-    return ProxyHooks(on_request_done=done, on_decision=metrics.decision, on_upgrade=upgraded)
+    return ProxyHooks(
+        on_request_done=done,
+        on_decision=metrics.decision,
+        on_upgrade=upgraded,
+        on_connection=metrics.connection,
+    )
 
 
 async def serve_lb(

@@ -34,12 +34,14 @@ same health.  The parent forwards over each child's stdin, as JSON lines:
     drain and exit.  End of file on stdin (the parent died) does the same.
 
 Children report on stdout: ``{"ready": ...}`` once listening, then about once a second
-``{"metrics": ..., "live": ...}``: every counter and histogram gathered since the previous
-report (by metric name: all of ``Metrics.events``, not a list kept here), which the parent
-adds to its own :class:`~lb.metrics.Metrics`, and the child's requests in
-flight and open upstream connections (:func:`lb.engine.live_report`), which the parent keeps
-in ``Engine.reported`` for its gauges and ``/status`` until the next report or the child's
-exit.  The report is also the heartbeat.  No message is sent per request.
+``{"metrics": ..., "live": ..., "clients": ...}``: every counter and histogram gathered
+since the previous report (by metric name: all of ``Metrics.events``, not a list kept
+here), which the parent adds to its own :class:`~lb.metrics.Metrics`; the child's requests
+in flight and open upstream connections (:func:`lb.engine.live_report`), which the parent
+keeps in ``Engine.reported`` for its gauges and ``/status`` until the next report or the
+child's exit; and its open client connections, kept the same way in
+``Metrics.worker_client_connections``.  The report is also the heartbeat.  No message is
+sent per request.
 
 A child that exits while the parent is not stopping is logged and started again after a
 bounded backoff; a child whose input queue overflows (it stopped reading) or that sends
@@ -439,6 +441,7 @@ class Workers:
         finally:
             slot.queue = None
             self.engine.reported.pop(slot.index, None)  # its requests ended with it
+            self.metrics.worker_client_connections.pop(slot.index, None)  # its clients too
             send.close()
             if process.returncode is None:
                 process.kill()
@@ -500,6 +503,9 @@ class Workers:
             if "metrics" in message:
                 merge_traffic(self.metrics, message["metrics"])
                 self.engine.reported[slot.index] = _live_from(message.get("live"))
+                clients = message.get("clients")
+                if isinstance(clients, int) and clients >= 0:
+                    self.metrics.worker_client_connections[slot.index] = clients
             elif "ready" in message:
                 logs.event("worker_ready", worker=slot.index, **message["ready"])
                 if slot.ready is not None:
@@ -597,7 +603,13 @@ async def run_child(
         while True:
             await trio.sleep(FLUSH_INTERVAL)
             # Something every interval, traffic or not: the parent kills a silent child.
-            await report({"metrics": drain_traffic(metrics), "live": live_report(engine.live)})
+            await report(
+                {
+                    "metrics": drain_traffic(metrics),
+                    "live": live_report(engine.live),
+                    "clients": metrics.client_connections,
+                }
+            )
 
     def on_signal(signum: int) -> None:
         # SIGHUP is ignored (the parent forwards reloads); SIGTERM/SIGINT drain, which

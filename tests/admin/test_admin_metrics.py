@@ -416,3 +416,13 @@ def test_build_info_and_process_collectors() -> None:
         pytest.skip("no /proc: prometheus_client's process collector exports nothing here")
     assert s[key("process_start_time_seconds")] > 1_600_000_000
     assert s[key("process_open_fds")] > 0
+
+
+def test_client_connections_over_every_process() -> None:
+    metrics = Metrics()
+    for delta in (1, 1, 1, -1):
+        metrics.connection(delta)
+    metrics.worker_client_connections.update({1: 4, 2: 0})
+    assert scrape(metrics)[key("lb_client_connections")] == 6
+    del metrics.worker_client_connections[1]  # that child exited: its clients went with it
+    assert scrape(metrics)[key("lb_client_connections")] == 2

@@ -7,6 +7,7 @@ per-endpoint duration histogram and its retries by pool must then add up to ever
 not to the parent's share.  Retries are made certain, not raced: the eu pool loses its
 monitor by a reload (an unmonitored endpoint is always healthy) and then its tunnel dies,
 so every request is tried on eu first and retried on us, in whichever process serves it.
+Open client connections, a gauge, add up over the processes too.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from stack_support import EU, LB, US, Stack, running_stack
 pytestmark = [pytest.mark.integration]
 
 N = 40
+K = 12
 
 
 def log_events(log: Path, name: str) -> list[dict[str, Any]]:
@@ -83,16 +85,35 @@ async def test_counters_cover_both_processes(tmp_path: Path) -> None:
                     break
                 await trio.sleep(0.1)
 
+        # Client connections kept open (keep-alive after one request each), spread over
+        # both processes: the parent's gauge counts them all, and forgets them once closed.
+        clients = [httpx.AsyncClient(timeout=5) for _ in range(K)]
+        try:
+            for c in clients:
+                assert (await c.get(f"{stack.base}/", headers={"Host": LB})).status_code == 200
+            served = Counter(e["worker"] for e in log_events(stack.log, "request"))
+            assert set(served) == {0, 1}, served
+            await until_metrics(
+                client, stack, lambda t: total(t, "lb_client_connections") == K, "K clients"
+            )
+        finally:
+            for c in clients:
+                await c.aclose()
+        await until_metrics(
+            client, stack, lambda t: total(t, "lb_client_connections") == 0, "clients closed"
+        )
+
         assert await fresh_requests(stack.base, N) == Counter({f"200 {EU}": N})
-        served = Counter(e["worker"] for e in log_events(stack.log, "request"))
+        served = Counter(e["worker"] for e in log_events(stack.log, "request")[K:])
         assert set(served) == {0, 1}, served  # both processes served some
         eu = {"load_balancer": LB, "pool": "eu", "endpoint": "tunnel-eu"}
+        # (the K requests of the clients above are counted too)
         await until_metrics(
             client,
             stack,
             lambda t: (
-                total(t, "lb_request_duration_seconds_count", **eu) == N
-                and total(t, "lb_requests_total", **eu) == N
+                total(t, "lb_request_duration_seconds_count", **eu) == N + K
+                and total(t, "lb_requests_total", **eu) == N + K
             ),
             f"{N} requests in the parent's duration histogram",
         )
