@@ -138,6 +138,13 @@ METRICS: tuple[MetricSpec, ...] = (
         "failed status, or stale_connection.",
     ),
     MetricSpec(
+        "lb_upstream_errors_total",
+        "counter",
+        (*_EP, "kind"),
+        "Attempts at an endpoint that failed, by kind (refused, connect_timeout, dns, "
+        "unreachable, tls_handshake, tls_certificate, response_timeout, upstream_closed...).",
+    ),
+    MetricSpec(
         "lb_fallback_requests_total",
         "counter",
         (_LB,),
@@ -321,6 +328,25 @@ METRICS: tuple[MetricSpec, ...] = (
 
 _SPECS = {m.name: m for m in METRICS}
 
+UPSTREAM_ERROR_KINDS = frozenset(
+    {
+        "refused",
+        "connect_timeout",
+        "dns",
+        "unreachable",
+        "tls_handshake",
+        "tls_server_name",
+        "tls_certificate",
+        "response_timeout",
+        "upstream_closed",
+        "upstream_protocol",
+        "bad_config",
+    }
+)
+"""The ``kind`` values of ``lb_upstream_errors_total``: the proxy's attempt errors
+(``lb.proxy.hooks.Attempt.error``).  Anything else is counted as ``other``, so the label
+stays a closed set whatever the proxy reports."""
+
 ENDPOINT_STATES = (Health.HEALTHY.value, Health.UNHEALTHY.value, Health.UNKNOWN.value, "disabled")
 VANTAGE_STATES = (Health.HEALTHY.value, Health.UNHEALTHY.value, Health.UNKNOWN.value)
 POOL_STATES = (
@@ -500,6 +526,7 @@ class Metrics:
         self.requests = _Counter("lb_requests_total")
         self.request_duration = _Histogram("lb_request_duration_seconds", DURATION_BUCKETS)
         self.retries = _Counter("lb_retries_total")
+        self.upstream_errors = _Counter("lb_upstream_errors_total")
         self.fallback = _Counter("lb_fallback_requests_total")
         self.decisions = _Counter("lb_steering_decisions_total")
         self.affinity = _Counter("lb_affinity_total")
@@ -520,6 +547,7 @@ class Metrics:
                 self.requests,
                 self.request_duration,
                 self.retries,
+                self.upstream_errors,
                 self.fallback,
                 self.decisions,
                 self.affinity,
@@ -666,6 +694,18 @@ class Metrics:
             pool: the pool of the failed first attempt; ``""`` in the label when not given.
         """
         self.retries.inc((load_balancer, pool or "", reason))
+
+    def upstream_error(self, pool: str, endpoint: str, kind: str) -> None:
+        """Count one failed attempt at an endpoint.
+
+        Args:
+            pool: the endpoint's pool.
+            endpoint: the endpoint's name in that pool.
+            kind: the attempt's error; one of :data:`UPSTREAM_ERROR_KINDS`, else ``other``.
+        """
+        if kind not in UPSTREAM_ERROR_KINDS:
+            kind = "other"
+        self.upstream_errors.inc((pool, endpoint, kind))
 
     def decision(self, decision: Decision) -> None:
         """Count one steering decision, its affinity outcome and fallback use.

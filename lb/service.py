@@ -241,6 +241,10 @@ def _hooks(engine: Engine, metrics: Metrics, worker: int | None = None) -> Proxy
         metrics.request_done(lb, record.pool, endpoint, record.status, record.duration)
         if record.websocket and record.status == 101:  # paired with upgraded() below
             metrics.websocket_closed(lb, record.bytes_in, record.bytes_out)
+        for attempt in record.attempts:
+            if attempt.error:
+                name = attempt.endpoint.partition("/")[2]
+                metrics.upstream_error(attempt.pool, name, attempt.error)
         if record.retried:
             # The pool of the attempt that failed: every retry is followed by one more attempt.
             failed = record.attempts[-2].pool if len(record.attempts) > 1 else record.pool

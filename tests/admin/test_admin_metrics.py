@@ -426,3 +426,16 @@ def test_client_connections_over_every_process() -> None:
     assert scrape(metrics)[key("lb_client_connections")] == 6
     del metrics.worker_client_connections[1]  # that child exited: its clients went with it
     assert scrape(metrics)[key("lb_client_connections")] == 2
+
+
+def test_upstream_errors_by_endpoint_and_a_closed_set_of_kinds() -> None:
+    metrics = Metrics()
+    metrics.upstream_error("eu", "a", "refused")
+    metrics.upstream_error("eu", "a", "refused")
+    metrics.upstream_error("eu", "b", "tls_certificate")
+    metrics.upstream_error("eu", "b", "a kind nobody listed")
+    s = scrape(metrics)
+    name = "lb_upstream_errors_total"
+    assert s[key(name, pool="eu", endpoint="a", kind="refused")] == 2
+    assert s[key(name, pool="eu", endpoint="b", kind="tls_certificate")] == 1
+    assert s[key(name, pool="eu", endpoint="b", kind="other")] == 1

@@ -154,4 +154,8 @@ async def test_counters_cover_both_processes(tmp_path: Path) -> None:
             f"{N} retries of pool eu and {N} requests answered by us",
         )
         assert total(text, "lb_retries_total", pool="us") == 0
+        # every request's fresh connection to the dead tunnel was refused, in either process
+        refused = {"pool": "eu", "endpoint": "tunnel-eu", "kind": "refused"}
+        assert total(text, "lb_upstream_errors_total", **refused) == N
+        assert total(text, "lb_upstream_errors_total", pool="us") == 0
         assert total(text, "lb_steering_decisions_total", reason="retry") == N
