@@ -242,10 +242,18 @@ def _hooks(engine: Engine, metrics: Metrics, worker: int | None = None) -> Proxy
         metrics.request_done(lb, record.pool, endpoint, record.status, record.duration)
         if record.websocket and record.status == 101:  # paired with upgraded() below
             metrics.websocket_closed(lb, record.bytes_in, record.bytes_out)
-        if record.retried == "zero_downtime_failover":
-            metrics.retry(lb, str(record.retry_status))  # the 521, 522, 523... that set it off
-        elif record.retried:
-            metrics.retry(lb, record.retried)  # stale_connection: a dead pooled connection
+        for attempt in record.attempts:
+            if attempt.error:
+                name = attempt.endpoint.partition("/")[2]
+                metrics.upstream_error(attempt.pool, name, attempt.error)
+        if record.retried:
+            # The pool of the attempt that failed: every retry is followed by one more attempt.
+            failed = record.attempts[-2].pool if len(record.attempts) > 1 else record.pool
+            if record.retried == "zero_downtime_failover":
+                # the 521, 522, 523... that set it off
+                metrics.retry(lb, str(record.retry_status), failed)
+            else:
+                metrics.retry(lb, record.retried, failed)  # stale_connection: dead pooled conn
         if engine.config.engine.access_log:
             access_log.info(
                 "request",
@@ -270,7 +278,12 @@ def _hooks(engine: Engine, metrics: Metrics, worker: int | None = None) -> Proxy
         endpoint = record.endpoint.partition("/")[2] if record.endpoint else None
         metrics.websocket_opened(record.load_balancer or "", record.pool, endpoint)
 
-    return ProxyHooks(on_request_done=done, on_decision=metrics.decision, on_upgrade=upgraded)
+    return ProxyHooks(
+        on_request_done=done,
+        on_decision=metrics.decision,
+        on_upgrade=upgraded,
+        on_connection=metrics.connection,
+    )
 
 
 async def serve_lb(
