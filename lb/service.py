@@ -248,6 +248,7 @@ def _hooks(engine: Engine, metrics: Metrics, worker: int | None = None) -> Proxy
                         "endpoint": record.endpoint,
                         "decision": record.decision,
                         "retried": record.retried,
+                        "attempts": [a.endpoint for a in record.attempts],
                         "duration": round(record.duration, 6),
                         "request_id": record.request_id,
                         **extra,
