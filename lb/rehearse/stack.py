@@ -26,7 +26,6 @@ from typing import Any
 
 import httpx
 import trio
-import trustme
 
 from lb.sim.scenario import ORIGIN_SERVICE, Scenario
 
@@ -92,16 +91,22 @@ def _names(sc: Scenario) -> list[str]:
     return sorted(n for n in names if n)
 
 
-async def _lines(stream: trio.abc.ReceiveStream) -> AsyncIterator[str]:
-    buf = b""
-    while True:
-        chunk = await stream.receive_some(4096)
-        if not chunk:
-            return
-        buf += chunk
-        while b"\n" in buf:
-            line, buf = buf.split(b"\n", 1)
-            yield line.decode("utf-8", "replace")
+class _Lines:
+    """Lines of a process's output (no async generator: nothing left to finalise)."""
+
+    def __init__(self, stream: trio.abc.ReceiveStream) -> None:
+        self._stream = stream
+        self._buf = b""
+
+    async def next(self) -> str | None:
+        """The next line, or None at the end of the stream."""
+        while b"\n" not in self._buf:
+            chunk = await self._stream.receive_some(4096)
+            if not chunk:
+                return None
+            self._buf += chunk
+        line, self._buf = self._buf.split(b"\n", 1)
+        return line.decode("utf-8", "replace")
 
 
 @asynccontextmanager
@@ -109,6 +114,10 @@ async def running(
     sc: Scenario, raw_config: dict[str, Any], directory: Path, *, seed: int
 ) -> AsyncIterator[Stack]:
     """Start the stand-ins and the LB; stop every process on exit."""
+    try:
+        import trustme  # optional: the `demo` extra, as for `tunnel-lb demo`
+    except ImportError:
+        raise StartError("rehearse needs `trustme`: pip install 'tunnel-lb[demo]'") from None
     ca = trustme.CA()
     cert = directory / "standin.pem"
     ca.issue_cert(*_names(sc)).private_key_and_cert_chain_pem.write_to_path(str(cert))
@@ -183,8 +192,9 @@ async def _start_connector(
         )
     assert proc.stdout is not None
     https = control = ""
+    lines = _Lines(proc.stdout)
     with trio.move_on_after(READY_WAIT):
-        async for line in _lines(proc.stdout):
+        while (line := await lines.next()) is not None:
             if line.startswith("tunnel ") and ": https://" in line:
                 https = line.rsplit(": ", 1)[1]
             elif line.startswith("control: "):
@@ -194,12 +204,12 @@ async def _start_connector(
     if not (https and control):
         proc.kill()
         raise StartError(f"a connector did not start; see {log}")
-    nursery.start_soon(_drain, proc.stdout)
+    nursery.start_soon(_drain, lines)
     return proc, https, control
 
 
-async def _drain(stream: trio.abc.ReceiveStream) -> None:
-    async for _ in _lines(stream):
+async def _drain(lines: _Lines) -> None:
+    while await lines.next() is not None:
         pass
 
 
