@@ -9,8 +9,8 @@ on the same (scaled) scenario and ask, point by point, whether the real value li
 5-95 % band of the simulated ones.  A point is
 
 * per report window: each pool's share of the window's requests, and the window's errors;
-* per failover: detection and drain delays (``detected_at`` / ``drained_at`` minus
-  ``failed_at``).
+* per failover: detection, last-answer and drain delays (``detected_at``, ``answered_at``,
+  ``drained_at`` minus ``failed_at``).
 
 The band is widened by the measurement's own grain, which no seed can show: one request for
 shares and error counts, one tick for delays.  The rehearsal fails when more than 5 % of the
@@ -118,7 +118,11 @@ def compare(real: dict[str, Any], sims: list[dict[str, Any]], pools: list[str]) 
     for j, f in enumerate(real["failovers"]):
         same = [s["failovers"][j] for s in sims if j < len(s["failovers"])]
         label = f"failover {f['pool']}/{f['endpoint']} at {f['failed_at']:g}s"
-        for key, word in (("detected_at", "detected"), ("drained_at", "drained")):
+        for key, word in (
+            ("detected_at", "detected"),
+            ("answered_at", "answered"),
+            ("drained_at", "drained"),
+        ):
             p = _point(f"{label} {word}", _delay(f, key), [_delay(s, key) for s in same], tick)
             if p is not None:
                 points.append(p)

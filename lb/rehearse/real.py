@@ -44,6 +44,10 @@ def log_lines(path: Path) -> Iterator[dict[str, Any]]:
                 continue
 
 
+_CONNECT_STATUSES = frozenset({521, 522, 523})
+"""What the proxy answers when the connection to the endpoint failed (docs/proxy.md)."""
+
+
 def _add(d: dict[str, int], key: str, n: int = 1) -> None:
     d[key] = d.get(key, 0) + n
 
@@ -93,8 +97,10 @@ def real_report(
         if attempts:
             first = attempts[0]
             _add(c.first, first)
-            rec.mark(first, k)
-            if logged.get("retried") == "zero_downtime_failover":
+            failover = logged.get("retried") == "zero_downtime_failover"
+            connect_failed = failover or (len(attempts) == 1 and status in _CONNECT_STATUSES)
+            rec.mark(first, k, not connect_failed)
+            if failover:
                 c.retries += 1
                 _add(c.moved_from, first)
                 _add(c.moved_to, final)

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import random
 from collections.abc import Callable
 
 import trio
@@ -41,7 +40,7 @@ from lb.sim.record import Recorder
 from lb.sim.report import Report, build_report
 from lb.sim.scenario import Scenario, config_with
 from lb.sim.traffic import Counts, DatacenterTraffic
-from monitors.scheduler import Scheduler
+from monitors.scheduler import Scheduler, probe_rng
 from monitors.spec import jobs_for_config
 from steering import Router
 
@@ -72,9 +71,7 @@ async def _simulate(sc: Scenario, progress: Progress | None) -> Report:
     def on_result(result: ProbeResult) -> None:
         inbox.append((trio.current_time(), result))
 
-    scheduler = Scheduler(
-        SimTransport(network, start), on_result, rng=random.Random(f"{sc.seed}:monitors")
-    )
+    scheduler = Scheduler(SimTransport(network, start), on_result, rng=probe_rng(sc.seed))
     scheduler.update(jobs_for_config(config, engine.targets()))
     users = [
         DatacenterTraffic(t, i, sc.seed, config, network, rec.mark)
