@@ -56,6 +56,8 @@ class Rehearsal:
     real: Report
     sims: tuple[dict[str, Any], ...]
     points: tuple[Point, ...]
+    lag: float = 0.0
+    """The latest a timeline event took effect after its time, in the real run (seconds)."""
 
     @property
     def outside(self) -> float:
@@ -77,6 +79,7 @@ class Rehearsal:
             "seeds": [s["seed"] for s in self.sims],
             "outside": round(self.outside, 4),
             "outside_limit": OUTSIDE_LIMIT,
+            "timeline_lag": round(self.lag, 6),
             "ok": self.ok,
             "points": [p.as_json() for p in self.points],
             "real": self.real.data,
@@ -92,7 +95,8 @@ class Rehearsal:
         lines = [
             f"rehearsal {self.scenario.name} at speed {self.speed:g}, rate x{self.rate:g}: "
             f"{seconds(self.scenario.duration)} real time, {d['requests']} requests, "
-            f"{d['errors']} errors, {d['retries']} retries; {len(self.sims)} simulated seeds",
+            f"{d['errors']} errors, {d['retries']} retries; {len(self.sims)} simulated seeds; "
+            f"timeline events applied up to {self.lag * 1000:.0f} ms late",
             "",
         ]
         rows = [("point", "real", "p5", "median", "p95", "rank", "")]
@@ -164,18 +168,18 @@ def rehearse(
         if problems:
             raise RehearsalError("cannot be rehearsed on one machine: " + "; ".join(problems))
         raw_config = json.loads(config_path.read_text("utf-8"))
-        real = trio.run(_real, sc, raw_config, directory)
+        real, lag = trio.run(_real, sc, raw_config, directory)
         sims = simulate_seeds(scenario_path, seeds, simulate)
     pools = [p.name for p in sc.config.pools]
-    points = compare(real.data, sims, pools)
-    return Rehearsal(sc, speed, rate, real, tuple(sims), tuple(points))
+    points = compare(real.data, sims, pools, lag=lag)
+    return Rehearsal(sc, speed, rate, real, tuple(sims), tuple(points), lag)
 
 
-async def _real(sc: Scenario, raw_config: dict[str, Any], directory: Path) -> Report:
+async def _real(sc: Scenario, raw_config: dict[str, Any], directory: Path) -> tuple[Report, float]:
     try:
         async with running(sc, raw_config, directory, seed=sc.seed) as stack:
-            mono, sent = await drive(sc, stack)
+            mono, sent, lag = await drive(sc, stack)
             log = stack.log
     except StartError as exc:
         raise RehearsalError(str(exc)) from None
-    return real_report(sc, sent, log, mono)
+    return real_report(sc, sent, log, mono), lag

@@ -164,7 +164,11 @@ def _fault_body(e: NetEvent) -> dict[str, object]:
     return body
 
 
-async def _timeline(sc: Scenario, stack: Stack, client: httpx.AsyncClient, start: float) -> None:
+async def _timeline(
+    sc: Scenario, stack: Stack, client: httpx.AsyncClient, start: float, lags: list[float]
+) -> None:
+    """Apply every event at its time; ``lags`` gets how late each took effect (the POST's
+    answer, which comes once the stand-in or the LB has applied it)."""
     items: list[tuple[float, int, NetEvent | ConfigEvent]] = [
         (e.at, e.index, e) for e in sc.events
     ] + [(c.at, c.index, c) for c in sc.changes]
@@ -172,16 +176,19 @@ async def _timeline(sc: Scenario, stack: Stack, client: httpx.AsyncClient, start
         await trio.sleep_until(start + at)
         if isinstance(item, ConfigEvent):
             await stack.reload(client, _config_changed(stack.raw_config, item))
-            continue
-        r = await client.post(stack.control[item.address], json=_fault_body(item))
-        if r.status_code != 200:
-            raise RuntimeError(f"the stand-in refused {item.label}: {r.text.strip()}")
+        else:
+            r = await client.post(stack.control[item.address], json=_fault_body(item))
+            if r.status_code != 200:
+                raise RuntimeError(f"the stand-in refused {item.label}: {r.text.strip()}")
+        lags.append(trio.current_time() - start - at)
 
 
-async def drive(sc: Scenario, stack: Stack) -> tuple[float, dict[str, Sent]]:
+async def drive(sc: Scenario, stack: Stack) -> tuple[float, dict[str, Sent], float]:
     """Run the scenario's traffic and timeline against ``stack``; return the monotonic
-    time of the start and every request sent, by request id."""
+    time of the start, every request sent (by request id) and the latest an event took
+    effect after its time (seconds)."""
     sent: dict[str, Sent] = {}
+    lags: list[float] = []
     limits = sc.config.engine.limits
     wait = limits.connect_timeout + limits.request_timeout + 5
     pool = httpx.Limits(max_connections=256, max_keepalive_connections=128)
@@ -194,8 +201,8 @@ async def drive(sc: Scenario, stack: Stack) -> tuple[float, dict[str, Sent]]:
         # Requests in flight at the end finish (each bounded by the client's timeout)
         # before the outer nursery closes.
         async with trio.open_nursery() as requests, trio.open_nursery() as nursery:
-            nursery.start_soon(_timeline, sc, stack, control, start)
+            nursery.start_soon(_timeline, sc, stack, control, start, lags)
             for i, t in enumerate(sc.traffic):
                 args = (sc, t, i, stack, client, start, sent, requests, mono)
                 nursery.start_soon(_users, *args)
-    return mono, sent
+    return mono, sent, max(lags, default=0.0)

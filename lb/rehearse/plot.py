@@ -46,7 +46,7 @@ def write_rehearsal_plot(result: Rehearsal, path: str | Path) -> None:
         ax.set_ylabel(key)
     axes[0].legend(loc="best", fontsize=8)
     axes[0].set_title(
-        f"rehearsal {result.scenario.name} (speed {result.speed:g}, "
+        f"rehearsal {result.scenario.name} (speed {result.speed:g}, rate x{result.rate:g}, "
         f"{len(result.sims)} seeds): {result.outside:.0%} of points outside the band"
     )
     axes[-1].set_xlabel("seconds (scaled)")
