@@ -62,6 +62,11 @@ def unrehearsable(sc: Scenario) -> list[str]:
             )
     if sc.keep_alive:
         out.append("network.keep_alive: the stand-ins do not close idle connections on cue")
+    out += [
+        f"expect {x.name!r}: probe attempts are counted by the simulator's network only"
+        for x in sc.expectations
+        if x.kind == "probes"
+    ]
     return out
 
 

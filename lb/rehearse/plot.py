@@ -46,8 +46,9 @@ def write_rehearsal_plot(result: Rehearsal, path: str | Path) -> None:
         ax.set_ylabel(key)
     axes[0].legend(loc="best", fontsize=8)
     axes[0].set_title(
-        f"rehearsal {result.scenario.name} (speed {result.speed:g}, rate x{result.rate:g}, "
-        f"{len(result.sims)} seeds): {result.outside:.0%} of points outside the band"
+        fontsize=10,
+        label=f"rehearsal {result.scenario.name} (speed {result.speed:g}, rate x{result.rate:g}, "
+        f"{len(result.sims)} seeds): {result.outside:.0%} of points outside the band",
     )
     axes[-1].set_xlabel("seconds (scaled)")
     fig.tight_layout()
