@@ -180,6 +180,14 @@ async def _real(sc: Scenario, raw_config: dict[str, Any], directory: Path) -> tu
         async with running(sc, raw_config, directory, seed=sc.seed) as stack:
             mono, sent, lag = await drive(sc, stack)
             log = stack.log
-    except StartError as exc:
+    except (StartError, RuntimeError) as exc:
         raise RehearsalError(str(exc)) from None
+    except BaseExceptionGroup as group:  # from the driver's nurseries
+        found, _ = group.split((StartError, RuntimeError))
+        if found is None:
+            raise
+        first = found.exceptions[0]
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        raise RehearsalError(str(first)) from None
     return real_report(sc, sent, log, mono), lag

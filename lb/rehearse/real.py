@@ -44,8 +44,9 @@ def log_lines(path: Path) -> Iterator[dict[str, Any]]:
                 continue
 
 
-_CONNECT_STATUSES = frozenset({521, 522, 523})
-"""What the proxy answers when the connection to the endpoint failed (docs/proxy.md)."""
+_NO_ANSWER = frozenset({521, 522, 523, 524})
+"""What the proxy answers when the endpoint did not: its connection failed (521-523), or
+no response came on a kept-alive connection before the timeout (524)."""
 
 
 def _add(d: dict[str, int], key: str, n: int = 1) -> None:
@@ -98,7 +99,7 @@ def real_report(
             first = attempts[0]
             _add(c.first, first)
             failover = logged.get("retried") == "zero_downtime_failover"
-            connect_failed = failover or (len(attempts) == 1 and status in _CONNECT_STATUSES)
+            connect_failed = failover or (len(attempts) == 1 and status in _NO_ANSWER)
             rec.mark(first, k, not connect_failed)
             if failover:
                 c.retries += 1
