@@ -157,6 +157,7 @@ def rehearse(
     simulate: Simulate = run_scenario,
 ) -> Rehearsal:
     """Rehearse the scenario at ``path`` (see the module docstring)."""
+    load_scenario(path)  # every problem of the file as it was written (ConfigError, exit 2)
     with tempfile.TemporaryDirectory(prefix="tunnel-lb-rehearse-") as tmp:
         directory = workdir or Path(tmp)
         try:

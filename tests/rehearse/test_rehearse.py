@@ -100,3 +100,13 @@ def test_command_errors_are_one_line(tmp_path: Path) -> None:
     done = subprocess.run([*run[:-1], "0"], capture_output=True, text=True, check=False, timeout=60)
     assert done.returncode == 2
     assert "--speed: must be above 0, got 0" in done.stderr
+
+
+def test_a_broken_scenario_is_reported_as_written(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nduration: [\n")
+    run = [sys.executable, "-m", "lb", "rehearse", str(bad)]
+    done = subprocess.run(run, capture_output=True, text=True, check=False, timeout=60)
+    assert done.returncode == 2
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith(f"error: {bad}:3: YAML syntax error")
