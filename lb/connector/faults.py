@@ -14,8 +14,9 @@ What each fault does on the wire
 ================================
 
 * ``refuse``: the listening sockets are closed, so a new connection gets ``ECONNREFUSED``
-  (the proxy's 521); connections already open are cut at their next request.  ``recover``
-  binds the same port again.
+  (the proxy's 521), and the connections they accepted are closed with them (they run in
+  the serving nursery that is cancelled), as when the process behind them stops.
+  ``recover`` binds the same port again.
 * ``blackhole``: connections are accepted, and no byte is ever answered, on new connections
   and on kept-alive ones alike (the proxy's 522 after its connect or response timeout).
 * ``down``: every request is answered ``530`` (Cloudflare's "no tunnel connector").
@@ -74,6 +75,8 @@ class Faults:
         self.latency = 0.0
         self.changed = trio.Event()
         """Set (and replaced) on every change, so waiting tasks re-check."""
+        self._serving: set[trio.CancelScope] = set()
+        """The scopes serving the listeners (and their connections), cancelled by refuse."""
 
     # ------------------------------------------------------------------ control
 
@@ -117,6 +120,11 @@ class Faults:
         return out
 
     def _wake(self) -> None:
+        if self.current()[0] == "refuse":
+            # Here, not in the serving task: by the time the control request is answered,
+            # the listeners and their connections are being closed.
+            for scope in self._serving:
+                scope.cancel()
         self.changed.set()
         self.changed = trio.Event()
 
@@ -162,10 +170,14 @@ class Faults:
                         await self.wait_change()
                     current = (await trio.open_tcp_listeners(port, host=host))[0]
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(trio.serve_listeners, handler, [current])
-                    while self.current()[0] != "refuse":
-                        await self.wait_change()
-                    nursery.cancel_scope.cancel()
+                    self._serving.add(nursery.cancel_scope)
+                    try:
+                        nursery.start_soon(trio.serve_listeners, handler, [current])
+                        while self.current()[0] != "refuse":
+                            await self.wait_change()
+                        nursery.cancel_scope.cancel()
+                    finally:
+                        self._serving.discard(nursery.cancel_scope)
                 await trio.aclose_forcefully(current)
                 current = None
         finally:
