@@ -58,7 +58,7 @@ from lb.proxy.listeners import AnyListener, is_https, open_listeners
 from lb.proxy.server import serve_proxy
 from lb.workers import ChildContext, Workers, run_child
 from monitors.network import NetworkTransport
-from monitors.scheduler import Scheduler
+from monitors.scheduler import Scheduler, probe_rng
 from monitors.spec import jobs_for_config
 
 __all__ = ["Overrides", "Running", "serve_lb", "serve_worker", "upstream_context"]
@@ -267,6 +267,7 @@ def _hooks(engine: Engine, metrics: Metrics, worker: int | None = None) -> Proxy
                         "endpoint": record.endpoint,
                         "decision": record.decision,
                         "retried": record.retried,
+                        "attempts": [a.endpoint for a in record.attempts],
                         "duration": round(record.duration, 6),
                         "request_id": record.request_id,
                         **extra,
@@ -332,7 +333,7 @@ async def serve_lb(
         config,
         NetworkTransport(ssl_context=tls, reuse=config.engine.probe_connection_reuse),
         engine.apply,
-        rng=random.Random(rng.random()),
+        rng=probe_rng(seed),  # the simulator's schedule for the same seed
         first_round_rate=500,  # ramp TLS handshakes when thousands of endpoints start
     )
     scheduler.update(jobs_for_config(config, engine.targets()))
