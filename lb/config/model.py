@@ -33,6 +33,7 @@ __all__ = [
     "Config",
     "Datacenter",
     "Engine",
+    "FlapDamping",
     "Limits",
     "Listener",
     "LoadBalancer",
@@ -500,6 +501,28 @@ class Limits:
 
 
 @dataclass(**_FROZEN)
+class FlapDamping:
+    """tunnel-lb extension: route-flap damping of endpoint health (RFC 2439's model).
+
+    Each health transition adds ``penalty``, which halves every ``half_life`` seconds; above
+    ``suppress`` the endpoint stays out of rotation until the penalty decays below ``reuse``,
+    and never longer than ``max_suppress`` seconds after its last transition."""
+
+    penalty: float = _f(1.0, range=(0.01, 1e6), doc="penalty added by each health transition")
+    half_life: float = _f(60.0, range=(1, 86400), doc="seconds for the penalty to halve")
+    suppress: float = _f(2.5, range=(0.01, 1e6), doc="suppress the endpoint above this penalty")
+    reuse: float = _f(1.0, range=(0.01, 1e6), doc="release it when the penalty decays below this")
+    max_suppress: float = _f(
+        300.0, range=(1, 86400), doc="longest suppression after the last transition, seconds"
+    )
+
+    @property
+    def ceiling(self) -> float:
+        """The highest penalty (RFC 2439): it decays to ``reuse`` in ``max_suppress``."""
+        return float(self.reuse * 2.0 ** (self.max_suppress / self.half_life))
+
+
+@dataclass(**_FROZEN)
 class Cluster:
     """Replicas sharing health through Redis (docs/cluster.md)."""
 
@@ -584,6 +607,9 @@ class Engine:
     )
     limits: Limits = _f(Limits(), doc="request limits")
     cluster: Cluster | None = _f(None, doc="share health with other replicas (docs/cluster.md)")
+    flap_damping: FlapDamping | None = _f(
+        None, doc="tunnel-lb extension: keep flapping endpoints out (docs/semantics.md); off"
+    )
 
 
 @dataclass(**_FROZEN)

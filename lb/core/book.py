@@ -23,20 +23,31 @@ monitored, enabled endpoint of every enabled pool (R10: the others are never pro
   leaves it when withdrawn (its votes went stale), so the majority counts only vantage points
   that have a say.
 
+* With ``engine.flap_damping`` (a tunnel-lb extension, off by default) every endpoint has a
+  :class:`~lb.core.damping.Damper`: each flip of the monitors' verdict (the *raw* aggregate)
+  adds a penalty, and while it is suppressed the endpoint's health is ``UNHEALTHY`` whatever
+  the monitors say.  Suppression and release are events of their own, on the pseudo vantage
+  point ``"damping"``; the aggregate ``"*"`` stays what steering uses.
+
 Passive signals (request outcomes, zero-downtime-failover retries) never change health here
 (R44); they feed the live counters that steering reads instead.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from lb.config.model import Config, Monitor, Origin, Pool
+from lb.config.model import Config, FlapDamping, Monitor, Origin, Pool
+from lb.core.damping import Damper
 from lb.core.health import Check, Health, HealthEvent, ProbeResult, majority
 from lb.core.snapshot import EndpointView, PoolState, PoolView, Snapshot
 
-__all__ = ["HealthBook", "ProbeTarget", "identity"]
+__all__ = ["DAMPING", "HealthBook", "ProbeTarget", "identity"]
+
+DAMPING = "damping"
+"""The pseudo vantage point of flap-damping events (suppressed, released)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -76,10 +87,19 @@ def identity(pool: Pool, origin: Origin, monitor: Monitor | None) -> tuple[objec
 class _Endpoint:
     """Mutable health of one endpoint of one pool."""
 
-    __slots__ = ("checks", "health", "identity", "last", "remote")
+    __slots__ = ("checks", "damper", "health", "identity", "last", "raw", "remote")
 
-    def __init__(self, ident: tuple[object, ...], monitor: Monitor, vantages: Iterable[str]):
+    def __init__(
+        self,
+        ident: tuple[object, ...],
+        monitor: Monitor,
+        vantages: Iterable[str],
+        damping: FlapDamping | None = None,
+    ):
         self.identity = ident
+        self.damper = Damper(damping) if damping is not None else None
+        self.raw = Health.UNKNOWN
+        """The monitors' verdict (R14) before flap damping; :attr:`health` is after."""
         self.remote: set[str] = set()
         """Vantage points fed by :meth:`HealthBook.assign` that are not configured here."""
         self.checks = {
@@ -90,6 +110,21 @@ class _Endpoint:
         }
         self.health = Health.UNKNOWN
         self.last: dict[str, ProbeResult] = {}
+
+    def damp(self, damping: FlapDamping | None) -> None:
+        """Follow a reload's ``flap_damping``: keep the penalty, or drop damping."""
+        if damping is None:
+            self.damper = None
+        elif self.damper is None:
+            self.damper = Damper(damping)
+        else:
+            self.damper.retune(damping)
+
+    def effective(self) -> Health:
+        """:attr:`raw`, or ``UNHEALTHY`` while flap damping suppresses the endpoint."""
+        if self.damper is not None and self.damper.suppressed and self.raw is not Health.UNKNOWN:
+            return Health.UNHEALTHY
+        return self.raw
 
     def retune(self, monitor: Monitor, vantages: Iterable[str]) -> None:
         """Keep the states of surviving vantage points; new thresholds, new points unknown.
@@ -148,16 +183,18 @@ class HealthBook:
         before = check.state
         check.observe(result.ok)
         if check.state is before:
+            if ep.damper is not None and ep.damper.suppressed:
+                # Perhaps the penalty decayed below reuse; the snapshot stays if not.
+                shown = self._snapshot
+                events = self._reaggregate(ep, result, changed=True)
+                if not events:
+                    self._snapshot = shown
+                return events
             return []
         events = [self._event(result, result.vantage, before, check.state)]
         # Any transition (not only the aggregate's) makes the snapshot stale: it also shows
         # the per-vantage states (EndpointView.vantage_health).  Transitions are rare.
-        self._snapshot = None
-        aggregate = majority([c.state for c in ep.checks.values()])
-        if aggregate is not ep.health:
-            events.append(self._event(result, "*", ep.health, aggregate))
-            ep.health = aggregate
-        return events
+        return events + self._reaggregate(ep, result, changed=True)
 
     def settle(self, pool: str, endpoint: str, *, ok: bool, at: float, reason: str = "") -> None:
         """Feed results until every vantage point of the endpoint passes (or fails).
@@ -245,13 +282,16 @@ class HealthBook:
             if p.enabled and o.enabled
         }
         before = {key: ep.health for key, ep in previous.items()}
+        damping = config.engine.flap_damping
         self._config = config
         self._build(config, previous=previous, now=now, old_enabled=old_enabled)
         self._snapshot = None
         # R15: a reload that resets or re-aggregates an endpoint reports it like a probe would.
         events = []
         for key, ep in self._endpoints.items():
-            aggregate = majority([c.state for c in ep.checks.values()])
+            ep.damp(damping)
+            ep.raw = majority([c.state for c in ep.checks.values()])
+            aggregate = ep.effective()
             old = before.get(key, Health.UNKNOWN)
             ep.health = aggregate
             if aggregate is not old:
@@ -287,7 +327,8 @@ class HealthBook:
             if ep is None or check is None:
                 continue
             check.state = health
-            ep.health = majority([c.state for c in ep.checks.values()])
+            ep.raw = majority([c.state for c in ep.checks.values()])
+            ep.health = ep.effective()
         self._rtt.update(rtt or {})
         self._snapshot = None
 
@@ -366,7 +407,9 @@ class HealthBook:
                     old.retune(monitor, vantages)
                     self._endpoints[key] = old
                 else:
-                    self._endpoints[key] = _Endpoint(ident, monitor, vantages)
+                    self._endpoints[key] = _Endpoint(
+                        ident, monitor, vantages, config.engine.flap_damping
+                    )
 
     def _monitor_of(self, pool: str) -> Monitor | None:
         for p in self._config.pools:
@@ -377,16 +420,60 @@ class HealthBook:
     def _reaggregate(
         self, ep: _Endpoint, probe: ProbeResult, *, changed: bool
     ) -> list[HealthEvent]:
-        """After a vantage point's state or membership changed: new snapshot, new aggregate."""
+        """After a vantage point's state or membership changed: new snapshot, new aggregate.
+
+        The monitors' verdict (R14) goes through flap damping when it is on: a flip between
+        healthy and unhealthy adds a penalty, and a suppression holds the endpoint out.
+        """
         if not changed:
             return []
         self._snapshot = None
-        aggregate = majority([c.state for c in ep.checks.values()])
-        if aggregate is ep.health:
-            return []
-        event = self._event(probe, "*", ep.health, aggregate)
-        ep.health = aggregate
-        return [event]
+        raw = majority([c.state for c in ep.checks.values()])
+        events: list[HealthEvent] = []
+        damper = ep.damper
+        reason = ""
+        if damper is not None:
+            flipped = raw is not ep.raw and Health.UNKNOWN not in (raw, ep.raw)
+            if flipped and damper.flap(probe.at):
+                reason = (
+                    f"flap_damping: penalty {damper.penalty:.2f}"
+                    f" above suppress {damper.limits[0]:g}"
+                )
+                events.append(self._damping_event(probe, Health.UNHEALTHY, reason))
+            elif not flipped and damper.release(probe.at):
+                reason = (
+                    f"flap_damping: penalty {damper.current(probe.at):.2f}"
+                    f" below reuse {damper.limits[1]:g}"
+                )
+                events.append(self._damping_event(probe, Health.HEALTHY, reason))
+        ep.raw = raw
+        aggregate = ep.effective()
+        if aggregate is not ep.health:
+            event = self._event(probe, "*", ep.health, aggregate)
+            if reason and not event.reason:
+                event = dataclasses.replace(event, reason=reason)
+            events.append(event)
+            ep.health = aggregate
+        return events
+
+    def _damping_event(self, probe: ProbeResult, after: Health, reason: str) -> HealthEvent:
+        before = Health.HEALTHY if after is Health.UNHEALTHY else Health.UNHEALTHY
+        return HealthEvent(
+            at=probe.at,
+            pool=probe.pool,
+            endpoint=probe.endpoint,
+            vantage=DAMPING,
+            before=before,
+            after=after,
+            reason=reason,
+        )
+
+    def damping(self, pool: str, endpoint: str, now: float) -> tuple[float, bool] | None:
+        """``(penalty at now, suppressed)`` of one endpoint; None without flap damping."""
+        ep = self._endpoints.get((pool, endpoint))
+        if ep is None or ep.damper is None:
+            return None
+        return (ep.damper.current(now), ep.damper.suppressed)
 
     def _observe_rtt(self, pool: str, vantage: str, rtt: float) -> None:
         alpha = self._config.engine.dynamic_latency_alpha
