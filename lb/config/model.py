@@ -133,6 +133,11 @@ class Origin:
     port: int = _f(0, range=(0, 65535), doc="upstream port; 0 = protocol default")
     virtual_network_id: str = _f("", doc="accepted for compatibility")
     flatten_cname: bool = _f(True, doc="accepted for compatibility (DNS-only)")
+    slow_start: float | None = _f(
+        None,
+        range=(0, 3600),
+        doc="tunnel-lb extension: seconds of weight ramp after recovery; unset = the pool's",
+    )
 
     @property
     def host_header(self) -> str | None:
@@ -194,6 +199,11 @@ class Pool:
     longitude: float | None = _f(None, range=(-180.0, 180.0), doc="for proximity steering")
     notification_filter: Mapping[str, Any] | None = _f(None, doc="accepted; no effect")
     networks: tuple[str, ...] | None = _f(None, doc="accepted for compatibility")
+    slow_start: float = _f(
+        0,
+        range=(0, 3600),
+        doc="tunnel-lb extension: seconds a recovered endpoint or pool ramps up; 0 = off",
+    )
 
 
 # --------------------------------------------------------------------------- load balancers

@@ -29,6 +29,13 @@ monitored, enabled endpoint of every enabled pool (R10: the others are never pro
   the monitors say.  Suppression and release are events of their own, on the pseudo vantage
   point ``"damping"``; the aggregate ``"*"`` stays what steering uses.
 
+* With ``slow_start`` on a pool or an endpoint (a tunnel-lb extension, off by default) the book
+  stamps the time an endpoint recovers (unhealthy to healthy, not leaving ``unknown``) and the
+  time a pool becomes eligible again after being critical; the snapshot carries them as
+  ``ramp`` while the ramp lasts, and steering scales weights by
+  :func:`steering.pick.ramp` of the request's ``now``.  The first probe after every ramp
+  ended rebuilds the snapshot without them, so steering's fast path comes back.
+
 Passive signals (request outcomes, zero-downtime-failover retries) never change health here
 (R44); they feed the live counters that steering reads instead.
 """
@@ -87,7 +94,16 @@ def identity(pool: Pool, origin: Origin, monitor: Monitor | None) -> tuple[objec
 class _Endpoint:
     """Mutable health of one endpoint of one pool."""
 
-    __slots__ = ("checks", "damper", "health", "identity", "last", "raw", "remote")
+    __slots__ = (
+        "checks",
+        "damper",
+        "health",
+        "identity",
+        "last",
+        "raw",
+        "recovered_at",
+        "remote",
+    )
 
     def __init__(
         self,
@@ -98,6 +114,8 @@ class _Endpoint:
     ):
         self.identity = ident
         self.damper = Damper(damping) if damping is not None else None
+        self.recovered_at: float | None = None
+        """When :attr:`health` last went from unhealthy to healthy (for ``slow_start``)."""
         self.raw = Health.UNKNOWN
         """The monitors' verdict (R14) before flap damping; :attr:`health` is after."""
         self.remote: set[str] = set()
@@ -165,12 +183,20 @@ class HealthBook:
         """The averages the current snapshot shows."""
         self._version = 0
         self._snapshot: Snapshot | None = None
+        self._now = now
+        """The latest time an input carried: ramps still running are shown as of then."""
+        self._ramp_until = 0.0
+        """When the last ramp of the current snapshot ends (0: none)."""
+        self._pool_state: dict[str, str] = {}
+        """Each pool's state in the last snapshot, to see it become eligible again."""
+        self._pool_recovered: dict[str, float] = {}
         self._build(config, previous={}, now=now)
 
     # ------------------------------------------------------------------ inputs
 
     def apply(self, result: ProbeResult) -> list[HealthEvent]:
         """Count one probe result; return the transitions it caused (R12, R14, R15)."""
+        self._tick(result.at)
         ep = self._endpoints.get((result.pool, result.endpoint))
         if ep is None:
             return []  # a result for an endpoint a reload removed: stale, ignored
@@ -221,6 +247,7 @@ class HealthBook:
         the sender's R12 counters already ran.  A vantage point not configured here joins the
         endpoint.  Returns the transitions (R15), the aggregate by the same :func:`majority`.
         """
+        self._tick(at)
         ep = self._endpoints.get((pool, endpoint))
         if ep is None:
             return []
@@ -449,12 +476,45 @@ class HealthBook:
         ep.raw = raw
         aggregate = ep.effective()
         if aggregate is not ep.health:
+            if ep.health is Health.UNHEALTHY and aggregate is Health.HEALTHY:
+                ep.recovered_at = probe.at
             event = self._event(probe, "*", ep.health, aggregate)
             if reason and not event.reason:
                 event = dataclasses.replace(event, reason=reason)
             events.append(event)
             ep.health = aggregate
         return events
+
+    def _pool_ramp(
+        self, pool: Pool, endpoints: tuple[EndpointView, ...], state: str, *, eligible: bool
+    ) -> tuple[float, float] | None:
+        """``(since, slow_start)`` while a pool that was critical ramps up again."""
+        before = self._pool_state.get(pool.name)
+        self._pool_state[pool.name] = state
+        if not eligible or pool.slow_start <= 0:
+            self._pool_recovered.pop(pool.name, None)
+            return None
+        if before == PoolState.CRITICAL:
+            # The latest endpoint recovery is the one that made the pool eligible.
+            times = [
+                ep.recovered_at
+                for e in endpoints
+                if (ep := self._endpoints.get((pool.name, e.name))) is not None
+                and ep.recovered_at is not None
+            ]
+            self._pool_recovered[pool.name] = max(times, default=self._now)
+        since = self._pool_recovered.get(pool.name)
+        if since is None or self._now >= since + pool.slow_start:
+            self._pool_recovered.pop(pool.name, None)
+            return None
+        return (since, pool.slow_start)
+
+    def _tick(self, now: float) -> None:
+        """Advance the book's clock; the first input after every ramp ended drops them."""
+        self._now = max(self._now, now)
+        if self._ramp_until and now >= self._ramp_until:
+            self._ramp_until = 0.0
+            self._snapshot = None
 
     def _damping_event(self, probe: ProbeResult, after: Health, reason: str) -> HealthEvent:
         before = Health.HEALTHY if after is Health.UNHEALTHY else Health.UNHEALTHY
@@ -505,6 +565,8 @@ class HealthBook:
         config = self._config
         tunnels = {t.id: t.datacenters for t in config.tunnels}
         pools: dict[str, PoolView] = {}
+        now = self._now
+        ramp_until = 0.0
         for pool in config.pools:
             monitored = pool.monitor is not None
             views = []
@@ -519,6 +581,12 @@ class HealthBook:
                 else:
                     health = ep.health if ep else Health.UNKNOWN
                 tid = o.tunnel_id
+                slow = pool.slow_start if o.slow_start is None else o.slow_start
+                ramp = None
+                since = ep.recovered_at if ep is not None else None
+                if since is not None and slow > 0 and now < since + slow:
+                    ramp = (since, slow)
+                    ramp_until = max(ramp_until, since + slow)
                 views.append(
                     EndpointView(
                         pool=pool.name,
@@ -534,6 +602,7 @@ class HealthBook:
                         vantage_health={v: c.state for v, c in ep.checks.items()} if ep else {},
                         disabled_at=self._disabled_at.get(key),
                         datacenters=tunnels.get(tid, frozenset()) if tid else frozenset(),
+                        ramp=ramp if health is Health.HEALTHY else None,
                     )
                 )
             endpoints = tuple(views)
@@ -541,18 +610,25 @@ class HealthBook:
             healthy = sum(1 for e in endpoints if e.enabled and e.health is Health.HEALTHY)
             # R13: without a monitor health is not considered, so minimum_origins is not either.
             eligible = pool.enabled and (not monitored or healthy >= pool.minimum_origins)
+            state = _pool_state(pool, endpoints, monitored=monitored, eligible=eligible)
+            pool_ramp = self._pool_ramp(pool, endpoints, state, eligible=eligible)
+            if pool_ramp is not None:
+                ramp_until = max(ramp_until, pool_ramp[0] + pool_ramp[1])
             pools[pool.name] = PoolView(
                 name=pool.name,
                 config=pool,
                 monitored=monitored,
-                state=_pool_state(pool, endpoints, monitored=monitored, eligible=eligible),
+                state=state,
                 eligible=eligible,
                 healthy_count=healthy,
                 endpoints=endpoints,
                 selectable=selectable,
                 cumulative=PoolView.tables(selectable),
                 rtt={v: rtt for (p, v), rtt in self._rtt.items() if p == pool.name},
+                ramp=pool_ramp,
+                ramping=any(e.ramp is not None for e in selectable),
             )
+        self._ramp_until = ramp_until
         return Snapshot(
             version=self._version,
             config=config,

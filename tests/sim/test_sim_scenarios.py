@@ -30,6 +30,7 @@ def test_the_six_stories_are_there() -> None:
         "flapping",
         "flapping-hysteresis",
         "flapping-damped",
+        "slow-start",
         "geo-fallback",
     } <= names
 
