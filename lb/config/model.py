@@ -617,6 +617,17 @@ class Engine:
     )
     limits: Limits = _f(Limits(), doc="request limits")
     cluster: Cluster | None = _f(None, doc="share health with other replicas (docs/cluster.md)")
+    state_file: str = _f(
+        "",
+        doc="tunnel-lb extension: file keeping health and sessions across restarts; empty = off",
+        path=True,
+    )
+    state_interval: float = _f(
+        10.0, range=(1, 86400), doc="seconds between writes of state_file (and at shutdown)"
+    )
+    state_max_age: float = _f(
+        300.0, range=(1, 86400 * 30), doc="an older state_file is ignored at start"
+    )
     flap_damping: FlapDamping | None = _f(
         None, doc="tunnel-lb extension: keep flapping endpoints out (docs/semantics.md); off"
     )

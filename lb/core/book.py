@@ -51,7 +51,7 @@ from lb.core.damping import Damper
 from lb.core.health import Check, Health, HealthEvent, ProbeResult, majority
 from lb.core.snapshot import EndpointView, PoolState, PoolView, Snapshot
 
-__all__ = ["DAMPING", "HealthBook", "ProbeTarget", "identity"]
+__all__ = ["DAMPING", "HealthBook", "ProbeTarget", "SavedEndpoint", "identity"]
 
 DAMPING = "damping"
 """The pseudo vantage point of flap-damping events (suppressed, released)."""
@@ -91,10 +91,29 @@ def identity(pool: Pool, origin: Origin, monitor: Monitor | None) -> tuple[objec
     return (pool.name, origin.name, origin.address.lower(), origin.port, origin.host_header, probe)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SavedEndpoint:
+    """What ``engine.state_file`` keeps of one endpoint's health across a restart.
+
+    Times are on the engine clock of the process that reads or writes it (the state file
+    converts them through wall-clock time).
+    """
+
+    pool: str
+    endpoint: str
+    vantages: Mapping[str, Health]
+    changed_at: float | None = None
+    """When the aggregate health last changed."""
+    recovered_at: float | None = None
+    damping: tuple[float, float, bool] | None = None
+    """``(penalty, at, suppressed)`` of flap damping."""
+
+
 class _Endpoint:
     """Mutable health of one endpoint of one pool."""
 
     __slots__ = (
+        "changed_at",
         "checks",
         "damper",
         "health",
@@ -114,6 +133,8 @@ class _Endpoint:
     ):
         self.identity = ident
         self.damper = Damper(damping) if damping is not None else None
+        self.changed_at: float | None = None
+        """When :attr:`health` last changed."""
         self.recovered_at: float | None = None
         """When :attr:`health` last went from unhealthy to healthy (for ``slow_start``)."""
         self.raw = Health.UNKNOWN
@@ -359,6 +380,54 @@ class HealthBook:
         self._rtt.update(rtt or {})
         self._snapshot = None
 
+    def saved(self) -> list[SavedEndpoint]:
+        """The health of every endpoint with a decided local vantage point, for the state file.
+
+        Remote vantage points (a cluster's other replicas) are not kept: their votes come
+        back from the store.
+        """
+        out = []
+        for (pool, endpoint), ep in self._endpoints.items():
+            local = {v: c.state for v, c in ep.checks.items() if v not in ep.remote}
+            if all(state is Health.UNKNOWN for state in local.values()):
+                continue
+            out.append(
+                SavedEndpoint(
+                    pool=pool,
+                    endpoint=endpoint,
+                    vantages=local,
+                    changed_at=ep.changed_at,
+                    recovered_at=ep.recovered_at,
+                    damping=ep.damper.state() if ep.damper is not None else None,
+                )
+            )
+        return out
+
+    def load(self, saved: Iterable[SavedEndpoint]) -> list[tuple[str, str, str]]:
+        """Take health saved by :meth:`saved` (times already on this clock), for a restart.
+
+        Only endpoints and vantage points the configuration still has are taken; an endpoint
+        whose probe changed is not there (the caller checks the configuration hash).  No
+        events: nothing was observed.  Returns the ``(pool, endpoint, vantage)`` restored.
+        """
+        restored = []
+        for s in saved:
+            ep = self._endpoints.get((s.pool, s.endpoint))
+            if ep is None:
+                continue
+            for vantage, health in s.vantages.items():
+                check = ep.checks.get(vantage)
+                if check is not None and vantage not in ep.remote:
+                    check.state = health
+                    restored.append((s.pool, s.endpoint, vantage))
+            ep.changed_at, ep.recovered_at = s.changed_at, s.recovered_at
+            if ep.damper is not None and s.damping is not None:
+                ep.damper.load(*s.damping)
+            ep.raw = majority([c.state for c in ep.checks.values()])
+            ep.health = ep.effective()
+        self._snapshot = None
+        return restored
+
     # ------------------------------------------------------------------ outputs
 
     @property
@@ -478,6 +547,7 @@ class HealthBook:
         if aggregate is not ep.health:
             if ep.health is Health.UNHEALTHY and aggregate is Health.HEALTHY:
                 ep.recovered_at = probe.at
+            ep.changed_at = probe.at
             event = self._event(probe, "*", ep.health, aggregate)
             if reason and not event.reason:
                 event = dataclasses.replace(event, reason=reason)
