@@ -922,6 +922,8 @@ class Router:
         if tr is not None and eps.note:
             tr.append(eps.note)
         policy = pool.config.origin_steering.policy
+        if tr is not None:
+            self._trace_health_extensions(pool, policy, req, tr)
         if pool.ramping and policy != "hash":
             i = self._ramped_index(eps, policy, req, rng, live)
         else:
@@ -931,6 +933,16 @@ class Router:
         if tr is not None:
             tr.append(f"endpoint {ep.key} chosen by {policy} among {len(eps.items)}")
         return ep
+
+    @staticmethod
+    def _trace_health_extensions(pool: PoolView, policy: str, req: Request, tr: list[str]) -> None:
+        """Say which endpoints flap damping holds out and which ramp up (``slow_start``)."""
+        for e in pool.endpoints:
+            if e.damped:
+                tr.append(f"endpoint {e.key}: {e.damped}")
+            elif e.ramp is not None and policy != "hash" and e.selectable:
+                share = ramp(req.now, *e.ramp)
+                tr.append(f"endpoint {e.key}: slow start, at {share:.0%} of its weight")
 
     @staticmethod
     def _ramped_index(eps: _Endpoints, policy: str, req: Request, rng: Random, live: Live) -> int:

@@ -673,6 +673,7 @@ class HealthBook:
                         disabled_at=self._disabled_at.get(key),
                         datacenters=tunnels.get(tid, frozenset()) if tid else frozenset(),
                         ramp=ramp if health is Health.HEALTHY else None,
+                        damped=_damped(ep),
                     )
                 )
             endpoints = tuple(views)
@@ -705,6 +706,14 @@ class HealthBook:
             pools=pools,
             load_balancers={lb.name.lower(): lb for lb in config.load_balancers if lb.enabled},
         )
+
+
+def _damped(ep: _Endpoint | None) -> str:
+    """The trace's reason for an endpoint flap damping holds out, or ""."""
+    if ep is None or ep.damper is None or not ep.damper.suppressed:
+        return ""
+    reuse = ep.damper.limits[1]
+    return f"flap damping holds it out until its penalty decays below {reuse:g}"
 
 
 def _pool_state(

@@ -49,6 +49,8 @@ class EndpointView:
     """When a reload disabled it (for drain, R40); None when enabled or disabled from the start."""
     datacenters: frozenset[str]
     """Data centers the endpoint's tunnel replicas hold connections in (empty if unknown)."""
+    damped: str = ""
+    """Why flap damping holds the endpoint out (``engine.flap_damping``); empty when not."""
     ramp: tuple[float, float] | None = None
     """``(recovered_at, slow_start)`` while the endpoint ramps up after a recovery
     (``slow_start``, a tunnel-lb extension); None otherwise."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import random
 
 from core_builders import make_config, make_pool, result
 from hypothesis import assume, given, settings
@@ -12,6 +13,7 @@ from lb.config.model import FlapDamping
 from lb.core.book import DAMPING, HealthBook
 from lb.core.damping import Damper, ceiling, decay_bound
 from lb.core.health import Health
+from steering import Request, Router
 
 H, U = Health.HEALTHY, Health.UNHEALTHY
 DAMPING_ON = FlapDamping(penalty=1.0, half_life=60, suppress=2.5, reuse=1.0, max_suppress=300)
@@ -109,3 +111,18 @@ def test_never_suppresses_an_endpoint_stable_longer_than_the_decay_bound(
     stable = now + decay_bound(config) * (1 + 1e-9) + 1e-6 + after
     damper.release(stable)
     assert not damper.suppressed
+
+
+def test_explain_says_flap_damping_holds_the_endpoint_out() -> None:
+    hb = damped_book()
+    hb.apply(result("a", "a-0", True, at=0.0))
+    for i, ok in enumerate([True, False, True, False, True]):
+        hb.apply(result("a", "a-1", ok, at=10.0 * i))
+    router = Router(hb.snapshot(), secret=b"s")
+    decision = router.decide(
+        Request(host="app.example.com", now=45.0), random.Random(1), trace=True
+    )
+    assert decision.endpoint is not None and decision.endpoint.name == "a-0"
+    assert "endpoint a/a-1: flap damping holds it out until its penalty decays below 1" in (
+        decision.trace or []
+    )

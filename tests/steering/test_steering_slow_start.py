@@ -104,3 +104,10 @@ def test_slow_start_never_gives_more_than_full_weight(
     factor = ramp(now, since, duration)
     assert RAMP_FLOOR <= factor <= 1.0
     assert ramp(now + later, since, duration) >= factor  # it only ever grows
+
+
+def test_explain_shows_the_ramp() -> None:
+    cfg = config([pool("a", 2, slow_start=100)], load_balancer(["a"]))
+    router = Router(recovered_book(cfg).snapshot(), secret=SECRET)
+    d = router.decide(request(now=70.0), random.Random(1), trace=True)
+    assert "endpoint a/a-1: slow start, at 55% of its weight" in (d.trace or [])
