@@ -208,9 +208,10 @@ class HealthBook:
         """The latest time an input carried: ramps still running are shown as of then."""
         self._ramp_until = 0.0
         """When the last ramp of the current snapshot ends (0: none)."""
-        self._pool_state: dict[str, str] = {}
-        """Each pool's state in the last snapshot, to see it become eligible again."""
+        self._pools_down: set[str] = set()
+        """Monitored pools that were critical (decided and not eligible) since last eligible."""
         self._pool_recovered: dict[str, float] = {}
+        """When each pool in :attr:`_pools_down` became eligible again (for ``slow_start``)."""
         self._build(config, previous={}, now=now)
 
     # ------------------------------------------------------------------ inputs
@@ -553,29 +554,37 @@ class HealthBook:
                 event = dataclasses.replace(event, reason=reason)
             events.append(event)
             ep.health = aggregate
+            self._note_pool(probe.pool, probe.at)
         return events
 
-    def _pool_ramp(
-        self, pool: Pool, endpoints: tuple[EndpointView, ...], state: str, *, eligible: bool
-    ) -> tuple[float, float] | None:
+    def _note_pool(self, name: str, at: float) -> None:
+        """After an endpoint's health changed: has its pool become critical, or eligible
+        again after being critical (R17)?  Kept at each change, not per snapshot, so that a
+        short outage between two snapshots is not missed."""
+        pool = next((p for p in self._config.pools if p.name == name), None)
+        if pool is None or not pool.enabled or pool.slow_start <= 0:
+            return
+        healths = [
+            ep.health
+            for o in pool.origins
+            if o.enabled and (ep := self._endpoints.get((name, o.name))) is not None
+        ]
+        healthy = sum(1 for h in healths if h is Health.HEALTHY)
+        if healthy >= pool.minimum_origins:
+            if name in self._pools_down:
+                self._pools_down.discard(name)
+                self._pool_recovered[name] = at
+        elif any(h is not Health.UNKNOWN for h in healths):
+            self._pools_down.add(name)
+            self._pool_recovered.pop(name, None)
+
+    def _pool_ramp(self, pool: Pool, *, eligible: bool) -> tuple[float, float] | None:
         """``(since, slow_start)`` while a pool that was critical ramps up again."""
-        before = self._pool_state.get(pool.name)
-        self._pool_state[pool.name] = state
-        if not eligible or pool.slow_start <= 0:
-            self._pool_recovered.pop(pool.name, None)
-            return None
-        if before == PoolState.CRITICAL:
-            # The latest endpoint recovery is the one that made the pool eligible.
-            times = [
-                ep.recovered_at
-                for e in endpoints
-                if (ep := self._endpoints.get((pool.name, e.name))) is not None
-                and ep.recovered_at is not None
-            ]
-            self._pool_recovered[pool.name] = max(times, default=self._now)
         since = self._pool_recovered.get(pool.name)
-        if since is None or self._now >= since + pool.slow_start:
-            self._pool_recovered.pop(pool.name, None)
+        if since is None or not eligible or pool.slow_start <= 0:
+            return None
+        if self._now >= since + pool.slow_start:
+            del self._pool_recovered[pool.name]
             return None
         return (since, pool.slow_start)
 
@@ -682,7 +691,7 @@ class HealthBook:
             # R13: without a monitor health is not considered, so minimum_origins is not either.
             eligible = pool.enabled and (not monitored or healthy >= pool.minimum_origins)
             state = _pool_state(pool, endpoints, monitored=monitored, eligible=eligible)
-            pool_ramp = self._pool_ramp(pool, endpoints, state, eligible=eligible)
+            pool_ramp = self._pool_ramp(pool, eligible=eligible)
             if pool_ramp is not None:
                 ramp_until = max(ramp_until, pool_ramp[0] + pool_ramp[1])
             pools[pool.name] = PoolView(

@@ -111,3 +111,16 @@ def test_explain_shows_the_ramp() -> None:
     router = Router(recovered_book(cfg).snapshot(), secret=SECRET)
     d = router.decide(request(now=70.0), random.Random(1), trace=True)
     assert "endpoint a/a-1: slow start, at 55% of its weight" in (d.trace or [])
+
+
+def test_a_pool_outage_between_two_snapshots_still_ramps() -> None:
+    cfg = config(
+        [pool("primary", 1, slow_start=100), pool("backup", 1)],
+        load_balancer(["primary", "backup"]),
+    )
+    hb = mark(HealthBook(cfg))
+    hb.snapshot()
+    probe(hb, "primary/primary-0", False, 10.0)
+    probe(hb, "primary/primary-0", True, 20.0)  # no snapshot was taken while it was down
+    assert hb.snapshot().pools["primary"].ramp == (20.0, 100.0)
+    assert hb.snapshot().pools["backup"].ramp is None
