@@ -640,6 +640,7 @@ def _pool_json(
                 "enabled": ep.enabled,
                 "health": ep.health.value if ep.enabled else "disabled",
                 "selectable": ep.selectable,
+                "damping": _damping_json(book.damping(pool.name, ep.name, now)),
                 "vantages": vantages,
                 "datacenters": sorted(ep.datacenters),
                 "in_flight": live.in_flight.get(ep.key, 0),
@@ -662,6 +663,13 @@ def _pool_json(
         "connections": live.pool_connections.get(pool.name, 0),
         "endpoints": endpoints,
     }
+
+
+def _damping_json(state: tuple[float, bool] | None) -> dict[str, Any] | None:
+    """Flap damping of one endpoint (``engine.flap_damping``), None when it is off."""
+    if state is None:
+        return None
+    return {"penalty": round(state[0], 3), "suppressed": state[1]}
 
 
 def _probe_json(result: ProbeResult | None, now: float) -> dict[str, Any] | None:

@@ -6,6 +6,10 @@ snapshot.  It is synchronous: the monitor driver calls :meth:`Engine.apply` for 
 result, the proxy (or the simulator's traffic generator) calls :attr:`Engine.router` for every
 request, and no ``await`` ever separates a mutation from the read that follows it.
 
+:meth:`Engine.save_state` and :meth:`Engine.load_state` turn what a restart should keep
+(endpoint health, header-affinity sessions, flap-damping penalties) into a plain document and
+back, pure; ``lb.statefile`` writes and reads the file (``engine.state_file``).
+
 Observers (metrics, logs, the simulator's recorder) subscribe to health events, probe results
 and configuration changes; they are called synchronously, in subscription order.
 """
@@ -16,13 +20,25 @@ import hashlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
+from lb.cluster.fingerprint import config_hash
 from lb.config.model import Config
-from lb.core.book import HealthBook, ProbeTarget
+from lb.core.book import HealthBook, ProbeTarget, SavedEndpoint
 from lb.core.health import Health, HealthEvent, ProbeResult
 from steering import HeaderSessions, Live, Router
 
-__all__ = ["Engine", "LiveReport", "LiveTotals", "Observers", "live_report"]
+__all__ = [
+    "STATE_FORMAT",
+    "Engine",
+    "LiveReport",
+    "LiveTotals",
+    "Observers",
+    "live_report",
+]
+
+STATE_FORMAT = "tunnel-lb state 1"
+"""The ``format`` of a state-file document; any other is foreign."""
 
 LiveReport = dict[str, dict[str, int]]
 """Live counts of one process as plain data: ``{"in_flight": {"pool/endpoint": n},
@@ -164,6 +180,70 @@ class Engine:
             for health_observer in self.observers.health:
                 health_observer(event)
 
+    def save_state(self, *, now: float, wall: float) -> dict[str, Any]:
+        """What a restart should keep, as a JSON-able document (``engine.state_file``).
+
+        Times are kept as ages (seconds before ``wall``), so a process with another engine
+        clock can put them back on its own.
+        """
+
+        def age(t: float | None) -> float | None:
+            return None if t is None else round(now - t, 3)
+
+        endpoints = []
+        for s in self.book.saved():
+            damping = None
+            if s.damping is not None:
+                damping = [s.damping[0], age(s.damping[1]), s.damping[2]]
+            endpoints.append(
+                {
+                    "pool": s.pool,
+                    "endpoint": s.endpoint,
+                    "vantages": {v: h.value for v, h in s.vantages.items()},
+                    "changed_age": age(s.changed_at),
+                    "recovered_age": age(s.recovered_at),
+                    "damping": damping,
+                }
+            )
+        sessions = [[d.hex(), ep, age(last)] for d, ep, last in self.sessions.saved()]
+        return {
+            "format": STATE_FORMAT,
+            "config_hash": config_hash(self.config),
+            "written_at": wall,
+            "endpoints": endpoints,
+            "sessions": sessions,
+        }
+
+    def load_state(self, doc: object, *, now: float, wall: float, max_age: float) -> str:
+        """Take a document of :meth:`save_state`; returns "" when taken, else why not.
+
+        A document of another format or configuration (hash), older than ``max_age`` seconds,
+        or malformed is not taken at all: nothing is half-loaded.  Restored vantage points
+        count as seen for :attr:`ready`.
+        """
+        if not isinstance(doc, dict) or doc.get("format") != STATE_FORMAT:
+            return "not a tunnel-lb state file"
+        if doc.get("config_hash") != config_hash(self.config):
+            return "written for another configuration"
+        written = doc.get("written_at")
+        if not isinstance(written, int | float) or isinstance(written, bool):
+            return "malformed: written_at"
+        elapsed = wall - written
+        if elapsed > max_age:
+            return f"stale: written {elapsed:.0f}s ago, more than state_max_age {max_age:g}s"
+        if elapsed < -60:
+            return "written in the future (clock changed?)"
+        elapsed = max(0.0, elapsed)
+        try:
+            saved, sessions = _parse_state(doc, now - elapsed)
+        except KeyError as exc:
+            return f"malformed: no {exc}"
+        except (TypeError, ValueError) as exc:
+            return f"malformed: {exc}"
+        self._seen.update(self.book.load(saved))
+        self.sessions.load(sessions)
+        return ""
+
     def reconfigure(self, config: Config, *, now: float) -> list[HealthEvent]:
         """Swap the configuration, keeping health of unchanged endpoints and the secret.
 
@@ -180,6 +260,53 @@ class Engine:
             for health_observer in self.observers.health:
                 health_observer(event)
         return events
+
+
+def _parse_state(
+    doc: dict[str, Any], base: float
+) -> tuple[list[SavedEndpoint], list[tuple[bytes, str, float]]]:
+    """The endpoints and sessions of a state document, ages turned into times on this clock
+    (``base`` is the clock's reading when the document was written).  Raises on anything
+    malformed."""
+
+    def at(age: object) -> float | None:
+        if age is None:
+            return None
+        if not isinstance(age, int | float) or isinstance(age, bool):
+            raise TypeError(f"an age of {age!r}")
+        return base - float(age)
+
+    def text(value: object) -> str:
+        if not isinstance(value, str):
+            raise TypeError(f"a name of {value!r}")
+        return value
+
+    saved = []
+    for e in doc["endpoints"]:
+        damping = None
+        if e["damping"] is not None:
+            penalty, age, suppressed = e["damping"]
+            when = at(age)
+            if when is None or not isinstance(suppressed, bool):
+                raise ValueError("damping")
+            damping = (float(penalty), when, suppressed)
+        saved.append(
+            SavedEndpoint(
+                pool=text(e["pool"]),
+                endpoint=text(e["endpoint"]),
+                vantages={text(v): Health(h) for v, h in dict(e["vantages"]).items()},
+                changed_at=at(e["changed_age"]),
+                recovered_at=at(e["recovered_age"]),
+                damping=damping,
+            )
+        )
+    sessions = []
+    for digest, endpoint, age in doc["sessions"]:
+        last = at(age)
+        if last is None:
+            raise ValueError("a session without its age")
+        sessions.append((bytes.fromhex(text(digest)), text(endpoint), last))
+    return saved, sessions
 
 
 SECRET_ENV = "TUNNEL_LB_AFFINITY_SECRET"

@@ -56,6 +56,7 @@ from lb.metrics import Metrics
 from lb.proxy.hooks import ProxyHooks, RequestRecord
 from lb.proxy.listeners import AnyListener, is_https, open_listeners
 from lb.proxy.server import serve_proxy
+from lb.statefile import keep_state, load_state
 from lb.workers import ChildContext, Workers, run_child
 from monitors.network import NetworkTransport
 from monitors.scheduler import Scheduler, probe_rng
@@ -197,9 +198,10 @@ _RESTART_ONLY = (
     "admin_token_file",
     "admin_token_env",
     "admin_names",
+    "state_file",
 )
 """``engine`` fields a reload cannot apply: the TLS context, the worker processes, the cluster
-connection and the admin listener's guard are made once at start."""
+connection, the admin listener's guard and the state file's writer are made once at start."""
 
 
 def _load(paths: Sequence[str], overrides: Overrides) -> Config:
@@ -329,6 +331,9 @@ async def serve_lb(
     metrics = Metrics()
     metrics.attach(engine)
     engine.observers.health.append(_log_transition)
+    state_file = config.engine.state_file
+    if state_file:  # before the first probe and the first request
+        load_state(engine, state_file, now=trio.current_time())
     scheduler = make_scheduler(  # sharded among the replicas of a cluster (lb.cluster)
         config,
         NetworkTransport(ssl_context=tls, reuse=config.engine.probe_connection_reuse),
@@ -357,6 +362,8 @@ async def serve_lb(
             await nursery.start(_signals, reload, shutdown)
         await nursery.start(serve_cluster, engine, scheduler, metrics)  # warm start first
         await nursery.start(scheduler.run)
+        if state_file:
+            await nursery.start(keep_state, engine, state_file)
         admin = await _start_admin(nursery, engine, metrics, reload, admin_guard, shutdown)
         listeners = await _open_proxy_listeners(config.engine.listen, workers is not None)
         workers_started = False

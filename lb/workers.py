@@ -255,7 +255,12 @@ class _Runs:
                     if not agrees:
                         # rtt=None: the averages travel in "rtt", do not count them twice
                         replay.append([_probe_json(replace(result, rtt=None)), count])
-        return {"restore": {"states": states, "rtt": rtt, "replay": replay}}
+        restore: dict[str, Any] = {"states": states, "rtt": rtt, "replay": replay}
+        if _extended(engine.config):
+            # Flap-damping penalties and recovery times (slow_start) have a history the
+            # states do not carry: they travel as the state file's document.
+            restore["saved"] = engine.save_state(now=trio.current_time(), wall=time.time())
+        return {"restore": restore}
 
 
 @dataclass(slots=True)
@@ -641,10 +646,21 @@ async def run_child(
     await control_out.aclose()
 
 
+def _extended(config: Config) -> bool:
+    """Whether health has a history beyond the states (flap damping, slow start)."""
+    return config.engine.flap_damping is not None or any(
+        p.slow_start or any(o.slow_start for o in p.origins) for p in config.pools
+    )
+
+
 def _restore(engine: Engine, message: Mapping[str, Any]) -> None:
     states = {(p, e, v): Health(h) for p, e, v, h in message["states"]}
     rtt = {(p, v): float(value) for p, v, value in message["rtt"]}
     engine.book.restore(states, rtt)
+    if "saved" in message:
+        engine.load_state(
+            message["saved"], now=trio.current_time(), wall=time.time(), max_age=float("inf")
+        )
     for obj, count in message["replay"]:
         result = _probe_from(obj)
         for _ in range(int(count)):

@@ -183,6 +183,18 @@ class HeaderSessions:
             return None
         return entry[0]
 
+    def saved(self) -> list[tuple[bytes, str, float]]:
+        """Every session as ``(digest, endpoint key, last use)``, oldest first (state file)."""
+        return [(digest, ep, last) for digest, (ep, last) in self._sessions.items()]
+
+    def load(self, saved: list[tuple[bytes, str, float]]) -> None:
+        """Add sessions from :meth:`saved` (last-use times already on this clock)."""
+        for digest, endpoint, last in saved:
+            self._sessions[digest] = (endpoint, last)
+            self._sessions.move_to_end(digest)
+        while len(self._sessions) > self._max:
+            self._sessions.popitem(last=False)
+
     def read_only(self) -> HeaderSessions:
         """A view for what-if decisions (``/explain``): reads this table, never writes it."""
         return _ReadOnlySessions(self)

@@ -14,7 +14,16 @@ from collections.abc import Sequence
 from random import Random
 from typing import TypeVar
 
-__all__ = ["KeyedDraws", "ip_bucket", "load_terms", "rendezvous", "weighted", "weighted_dynamic"]
+__all__ = [
+    "RAMP_FLOOR",
+    "KeyedDraws",
+    "ip_bucket",
+    "load_terms",
+    "ramp",
+    "rendezvous",
+    "weighted",
+    "weighted_dynamic",
+]
 
 T = TypeVar("T")
 
@@ -39,6 +48,21 @@ def weighted_dynamic(items: Sequence[T], weights: Sequence[float], rng: Random) 
         if x < 0:
             return item
     return items[-1]
+
+
+RAMP_FLOOR = 0.1
+"""The share of its full weight a recovered endpoint or pool gets at once under ``slow_start``."""
+
+
+def ramp(now: float, since: float, duration: float) -> float:
+    """``slow_start`` (a tunnel-lb extension): the factor on the weight of something that
+    recovered at ``since``, rising linearly from :data:`RAMP_FLOOR` to 1 over ``duration``
+    seconds.  Never above 1: a ramp only ever holds weight back."""
+    if duration <= 0 or now - since >= duration:
+        return 1.0
+    if now <= since:
+        return RAMP_FLOOR
+    return RAMP_FLOOR + (1.0 - RAMP_FLOOR) * (now - since) / duration
 
 
 def load_terms(

@@ -79,6 +79,7 @@ from steering.pick import (
     KeyedDraws,
     ip_bucket,
     load_terms,
+    ramp,
     rendezvous,
     weighted,
     weighted_dynamic,
@@ -782,7 +783,12 @@ class Router:
         """Cache under ``key`` the fast-path entry of ``plan`` for data center ``dc`` (see
         :data:`_Fast`); the key also holds the client's country when the route depends on it."""
         fast: _Fast | None = None
-        if plan.policy in _ORDERED and not route.sheds and route.eligible:
+        if (
+            plan.policy in _ORDERED
+            and not route.sheds
+            and route.eligible
+            and not route.eligible[0].ramping
+        ):
             pool = route.eligible[0]
             wide = self._endpoint_set(pool, "", fallback=False)
             local = self._local
@@ -824,9 +830,19 @@ class Router:
     def _unshed(
         self, pools: tuple[PoolView, ...], req: Request, rng: Random, tr: list[str] | None
     ) -> tuple[PoolView, ...]:
-        """R24: drop the pools that shed this (non-session) request."""
+        """R24: drop the pools that shed this (non-session) request.
+
+        A pool ramping up after it became eligible again (``slow_start``) keeps only its
+        ramp's share of requests; the others go on as if it were still unavailable.
+        """
         kept = []
         for p in pools:
+            if p.ramp is not None:
+                share = ramp(req.now, *p.ramp)
+                if share < 1.0 and rng.random() >= share:
+                    if tr is not None:
+                        tr.append(f"pool {p.name}: slow start, {share:.0%} of requests")
+                    continue
             shed = p.config.load_shedding
             if shed is not None and shed.default_percent > 0:
                 if shed.default_policy == "hash":
@@ -906,11 +922,50 @@ class Router:
         if tr is not None and eps.note:
             tr.append(eps.note)
         policy = pool.config.origin_steering.policy
+        if tr is not None:
+            self._trace_health_extensions(pool, policy, req, tr)
+        if pool.ramping and policy != "hash":
+            i = self._ramped_index(eps, policy, req, rng, live)
+        else:
+            i = self._index(eps, policy, req, rng, live)
         # every weight is zero (-1): only the fallback pool gets here
-        ep = eps.items[max(self._index(eps, policy, req, rng, live), 0)]
+        ep = eps.items[max(i, 0)]
         if tr is not None:
             tr.append(f"endpoint {ep.key} chosen by {policy} among {len(eps.items)}")
         return ep
+
+    @staticmethod
+    def _trace_health_extensions(pool: PoolView, policy: str, req: Request, tr: list[str]) -> None:
+        """Say which endpoints flap damping holds out and which ramp up (``slow_start``)."""
+        for e in pool.endpoints:
+            if e.damped:
+                tr.append(f"endpoint {e.key}: {e.damped}")
+            elif e.ramp is not None and policy != "hash" and e.selectable:
+                share = ramp(req.now, *e.ramp)
+                tr.append(f"endpoint {e.key}: slow start, at {share:.0%} of its weight")
+
+    @staticmethod
+    def _ramped_index(eps: _Endpoints, policy: str, req: Request, rng: Random, live: Live) -> int:
+        """:meth:`_index` with weights scaled by their ``slow_start`` ramps at ``req.now``,
+        computed per request (only while a ramp runs; ``hash`` is never ramped: it would move
+        sessions twice)."""
+        weights = [
+            w * ramp(req.now, *e.ramp) if e.ramp is not None else w
+            for w, e in zip(eps.weights, eps.items, strict=True)
+        ]
+        if policy != "random":  # R21 over the ramped weights
+            by_pool = (
+                live.connections_by_pool
+                if policy == "least_connections"
+                else live.in_flight_by_pool
+            )
+            counts = by_pool.get(eps.pool)
+            if counts is not None:
+                if counts.layout is not eps.layout:
+                    counts.align(eps.layout)
+                weights = load_terms(weights, eps.indexes, counts.counts)
+        picked = weighted_dynamic(range(len(weights)), weights, rng)
+        return -1 if picked is None else picked
 
     @staticmethod
     def _index(eps: _Endpoints, policy: str, req: Request, rng: Random, live: Live) -> int:
@@ -1023,7 +1078,8 @@ class Router:
             total += w
             cumulative.append(total)
         sheds = any(
-            p.config.load_shedding is not None and p.config.load_shedding.default_percent > 0
+            (p.config.load_shedding is not None and p.config.load_shedding.default_percent > 0)
+            or p.ramp is not None
             for p in eligible
         )
         return _Route(label, candidates, eligible, tuple(cumulative), weights, sheds)

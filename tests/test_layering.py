@@ -54,6 +54,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "lb.cluster",
             "lb.sim",
             "lb.workers",
+            "lb.statefile",
         ),
     ),
     ("service", ("lb.service", "lb.demo", "lb.rehearse")),

@@ -29,6 +29,18 @@ def resolve_engine(item: Item[Engine], report: Report) -> Engine:
         )
     elif engine.affinity_secret_file and not os.access(engine.affinity_secret_file, os.R_OK):
         report.error(item.at("affinity_secret_file"), "cannot read this file")
+    damping = engine.flap_damping
+    if damping is not None and not damping.reuse < damping.suppress:
+        report.error(item.at("flap_damping", "reuse"), "must be below flap_damping.suppress")
+    elif damping is not None and damping.max_suppress > 64 * damping.half_life:
+        report.error(
+            item.at("flap_damping", "max_suppress"), "must be at most 64 x flap_damping.half_life"
+        )
+    elif damping is not None and damping.suppress >= damping.ceiling:
+        report.error(
+            item.at("flap_damping", "suppress"),
+            "can never be reached: the penalty is capped at reuse x 2^(max_suppress/half_life)",
+        )
     cluster = engine.cluster
     if cluster is None:
         return engine

@@ -19,6 +19,7 @@ from lb.config.model import (
     Datacenter,
     Engine,
     FixedResponse,
+    FlapDamping,
     Limits,
     Listener,
     LoadBalancer,
@@ -72,6 +73,7 @@ REFERENCE: tuple[tuple[str, type, str | None], ...] = (
     ("engine.limits", Limits, None),
     ("engine.local_preference", LocalPreference, None),
     ("engine.cluster", Cluster, None),
+    ("engine.flap_damping", FlapDamping, None),
 )
 """(where in the file, dataclass, field filled from the mapping key) for every table."""
 

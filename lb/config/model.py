@@ -33,6 +33,7 @@ __all__ = [
     "Config",
     "Datacenter",
     "Engine",
+    "FlapDamping",
     "Limits",
     "Listener",
     "LoadBalancer",
@@ -162,6 +163,11 @@ class Origin:
     port: int = _f(0, range=(0, 65535), doc="upstream port; 0 = protocol default")
     virtual_network_id: str = _f("", doc="accepted for compatibility")
     flatten_cname: bool = _f(True, doc="accepted for compatibility (DNS-only)")
+    slow_start: float | None = _f(
+        None,
+        range=(0, 3600),
+        doc="tunnel-lb extension: seconds of weight ramp after recovery; unset = the pool's",
+    )
 
     @property
     def host_header(self) -> str | None:
@@ -225,6 +231,11 @@ class Pool:
     longitude: float | None = _f(None, range=(-180.0, 180.0), doc="for proximity steering")
     notification_filter: Mapping[str, Any] | None = _f(None, doc="accepted; no effect")
     networks: tuple[str, ...] | None = _f(None, doc="accepted for compatibility")
+    slow_start: float = _f(
+        0,
+        range=(0, 3600),
+        doc="tunnel-lb extension: seconds a recovered endpoint or pool ramps up; 0 = off",
+    )
 
     @property
     def monitored(self) -> bool:
@@ -537,6 +548,28 @@ class Limits:
 
 
 @dataclass(**_FROZEN)
+class FlapDamping:
+    """tunnel-lb extension: route-flap damping of endpoint health (RFC 2439's model).
+
+    Each health transition adds ``penalty``, which halves every ``half_life`` seconds; above
+    ``suppress`` the endpoint stays out of rotation until the penalty decays below ``reuse``,
+    and never longer than ``max_suppress`` seconds after its last transition."""
+
+    penalty: float = _f(1.0, range=(0.01, 1e6), doc="penalty added by each health transition")
+    half_life: float = _f(60.0, range=(1, 86400), doc="seconds for the penalty to halve")
+    suppress: float = _f(2.5, range=(0.01, 1e6), doc="suppress the endpoint above this penalty")
+    reuse: float = _f(1.0, range=(0.01, 1e6), doc="release it when the penalty decays below this")
+    max_suppress: float = _f(
+        300.0, range=(1, 86400), doc="longest suppression after the last transition, seconds"
+    )
+
+    @property
+    def ceiling(self) -> float:
+        """The highest penalty (RFC 2439): it decays to ``reuse`` in ``max_suppress``."""
+        return float(self.reuse * 2.0 ** (self.max_suppress / self.half_life))
+
+
+@dataclass(**_FROZEN)
 class Cluster:
     """Replicas sharing health through Redis (docs/cluster.md)."""
 
@@ -621,6 +654,20 @@ class Engine:
     )
     limits: Limits = _f(Limits(), doc="request limits")
     cluster: Cluster | None = _f(None, doc="share health with other replicas (docs/cluster.md)")
+    state_file: str = _f(
+        "",
+        doc="tunnel-lb extension: file keeping health and sessions across restarts; empty = off",
+        path=True,
+    )
+    state_interval: float = _f(
+        10.0, range=(1, 86400), doc="seconds between writes of state_file (and at shutdown)"
+    )
+    state_max_age: float = _f(
+        300.0, range=(1, 86400 * 30), doc="an older state_file is ignored at start"
+    )
+    flap_damping: FlapDamping | None = _f(
+        None, doc="tunnel-lb extension: keep flapping endpoints out (docs/semantics.md); off"
+    )
 
 
 @dataclass(**_FROZEN)

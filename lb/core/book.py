@@ -28,16 +28,31 @@ monitored, enabled endpoint of every enabled pool (R10: the others are never pro
   is :func:`~lb.core.health.combine` of its members, and the endpoint's health the same
   majority over vantage points (R14) as with a single monitor.
 
+* With ``engine.flap_damping`` (a tunnel-lb extension, off by default) every endpoint has a
+  :class:`~lb.core.damping.Damper`: each flip of the monitors' verdict (the *raw* aggregate)
+  adds a penalty, and while it is suppressed the endpoint's health is ``UNHEALTHY`` whatever
+  the monitors say.  Suppression and release are events of their own, on the pseudo vantage
+  point ``"damping"``; the aggregate ``"*"`` stays what steering uses.
+
+* With ``slow_start`` on a pool or an endpoint (a tunnel-lb extension, off by default) the book
+  stamps the time an endpoint recovers (unhealthy to healthy, not leaving ``unknown``) and the
+  time a pool becomes eligible again after being critical; the snapshot carries them as
+  ``ramp`` while the ramp lasts, and steering scales weights by
+  :func:`steering.pick.ramp` of the request's ``now``.  The first probe after every ramp
+  ended rebuilds the snapshot without them, so steering's fast path comes back.
+
 Passive signals (request outcomes, zero-downtime-failover retries) never change health here
 (R44); they feed the live counters that steering reads instead.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from lb.config.model import Config, Monitor, MonitorGroupMember, Origin, Pool
+from lb.config.model import Config, FlapDamping, Monitor, MonitorGroupMember, Origin, Pool
+from lb.core.damping import Damper
 from lb.core.health import (
     Check,
     Health,
@@ -49,7 +64,10 @@ from lb.core.health import (
 )
 from lb.core.snapshot import EndpointView, PoolState, PoolView, Snapshot
 
-__all__ = ["HealthBook", "ProbeTarget", "identity"]
+__all__ = ["DAMPING", "HealthBook", "ProbeTarget", "SavedEndpoint", "identity"]
+
+DAMPING = "damping"
+"""The pseudo vantage point of flap-damping events (suppressed, released)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -104,16 +122,38 @@ def identity(
     return (pool.name, origin.name, origin.address.lower(), origin.port, origin.host_header, probe)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SavedEndpoint:
+    """What ``engine.state_file`` keeps of one endpoint's health across a restart.
+
+    Times are on the engine clock of the process that reads or writes it (the state file
+    converts them through wall-clock time).
+    """
+
+    pool: str
+    endpoint: str
+    vantages: Mapping[str, Health]
+    changed_at: float | None = None
+    """When the aggregate health last changed."""
+    recovered_at: float | None = None
+    damping: tuple[float, float, bool] | None = None
+    """``(penalty, at, suppressed)`` of flap damping."""
+
+
 class _Endpoint:
     """Mutable health of one endpoint of one pool."""
 
     __slots__ = (
+        "changed_at",
         "checks",
+        "damper",
         "health",
         "identity",
         "last",
         "member_last",
         "members",
+        "raw",
+        "recovered_at",
         "remote",
         "roles",
     )
@@ -124,8 +164,16 @@ class _Endpoint:
         monitor: Monitor,
         vantages: Iterable[str],
         members: Members = (),
+        damping: FlapDamping | None = None,
     ):
         self.identity = ident
+        self.damper = Damper(damping) if damping is not None else None
+        self.changed_at: float | None = None
+        """When :attr:`health` last changed."""
+        self.recovered_at: float | None = None
+        """When :attr:`health` last went from unhealthy to healthy (for ``slow_start``)."""
+        self.raw = Health.UNKNOWN
+        """The monitors' verdict (R14) before flap damping; :attr:`health` is after."""
         self.remote: set[str] = set()
         """Vantage points fed by :meth:`HealthBook.assign` that are not configured here."""
         self.checks = {
@@ -162,6 +210,21 @@ class _Endpoint:
                 if mid in checks
             ]
         )
+
+    def damp(self, damping: FlapDamping | None) -> None:
+        """Follow a reload's ``flap_damping``: keep the penalty, or drop damping."""
+        if damping is None:
+            self.damper = None
+        elif self.damper is None:
+            self.damper = Damper(damping)
+        else:
+            self.damper.retune(damping)
+
+    def effective(self) -> Health:
+        """:attr:`raw`, or ``UNHEALTHY`` while flap damping suppresses the endpoint."""
+        if self.damper is not None and self.damper.suppressed and self.raw is not Health.UNKNOWN:
+            return Health.UNHEALTHY
+        return self.raw
 
     def retune(self, monitor: Monitor, vantages: Iterable[str], members: Members = ()) -> None:
         """Keep the states of surviving vantage points; new thresholds, new points unknown.
@@ -212,12 +275,21 @@ class HealthBook:
         """The averages the current snapshot shows."""
         self._version = 0
         self._snapshot: Snapshot | None = None
+        self._now = now
+        """The latest time an input carried: ramps still running are shown as of then."""
+        self._ramp_until = 0.0
+        """When the last ramp of the current snapshot ends (0: none)."""
+        self._pools_down: set[str] = set()
+        """Monitored pools that were critical (decided and not eligible) since last eligible."""
+        self._pool_recovered: dict[str, float] = {}
+        """When each pool in :attr:`_pools_down` became eligible again (for ``slow_start``)."""
         self._build(config, previous={}, now=now)
 
     # ------------------------------------------------------------------ inputs
 
     def apply(self, result: ProbeResult) -> list[HealthEvent]:
         """Count one probe result; return the transitions it caused (R12, R14, R15)."""
+        self._tick(result.at)
         ep = self._endpoints.get((result.pool, result.endpoint))
         if ep is None:
             return []  # a result for an endpoint a reload removed: stale, ignored
@@ -236,16 +308,18 @@ class HealthBook:
         else:
             check.observe(result.ok)
         if check.state is before:
+            if ep.damper is not None and ep.damper.suppressed:
+                # Perhaps the penalty decayed below reuse; the snapshot stays if not.
+                shown = self._snapshot
+                events = self._reaggregate(ep, result, changed=True)
+                if not events:
+                    self._snapshot = shown
+                return events
             return []
         events = [self._event(result, result.vantage, before, check.state)]
         # Any transition (not only the aggregate's) makes the snapshot stale: it also shows
         # the per-vantage states (EndpointView.vantage_health).  Transitions are rare.
-        self._snapshot = None
-        aggregate = majority([c.state for c in ep.checks.values()])
-        if aggregate is not ep.health:
-            events.append(self._event(result, "*", ep.health, aggregate))
-            ep.health = aggregate
-        return events
+        return events + self._reaggregate(ep, result, changed=True)
 
     def _apply_member(self, ep: _Endpoint, result: ProbeResult) -> None:
         """R16: count a group member's result with that member's counters."""
@@ -303,6 +377,7 @@ class HealthBook:
         the sender's R12 counters already ran.  A vantage point not configured here joins the
         endpoint.  Returns the transitions (R15), the aggregate by the same :func:`majority`.
         """
+        self._tick(at)
         ep = self._endpoints.get((pool, endpoint))
         if ep is None:
             return []
@@ -364,13 +439,16 @@ class HealthBook:
             if p.enabled and o.enabled
         }
         before = {key: ep.health for key, ep in previous.items()}
+        damping = config.engine.flap_damping
         self._config = config
         self._build(config, previous=previous, now=now, old_enabled=old_enabled)
         self._snapshot = None
         # R15: a reload that resets or re-aggregates an endpoint reports it like a probe would.
         events = []
         for key, ep in self._endpoints.items():
-            aggregate = majority([c.state for c in ep.checks.values()])
+            ep.damp(damping)
+            ep.raw = majority([c.state for c in ep.checks.values()])
+            aggregate = ep.effective()
             old = before.get(key, Health.UNKNOWN)
             ep.health = aggregate
             if aggregate is not old:
@@ -408,9 +486,58 @@ class HealthBook:
             check.state = health
             for member_check in ep.members.get(vantage, {}).values():
                 member_check.state = health  # R16: members agreeing with the restored state
-            ep.health = majority([c.state for c in ep.checks.values()])
+            ep.raw = majority([c.state for c in ep.checks.values()])
+            ep.health = ep.effective()
         self._rtt.update(rtt or {})
         self._snapshot = None
+
+    def saved(self) -> list[SavedEndpoint]:
+        """The health of every endpoint with a decided local vantage point, for the state file.
+
+        Remote vantage points (a cluster's other replicas) are not kept: their votes come
+        back from the store.
+        """
+        out = []
+        for (pool, endpoint), ep in self._endpoints.items():
+            local = {v: c.state for v, c in ep.checks.items() if v not in ep.remote}
+            if all(state is Health.UNKNOWN for state in local.values()):
+                continue
+            out.append(
+                SavedEndpoint(
+                    pool=pool,
+                    endpoint=endpoint,
+                    vantages=local,
+                    changed_at=ep.changed_at,
+                    recovered_at=ep.recovered_at,
+                    damping=ep.damper.state() if ep.damper is not None else None,
+                )
+            )
+        return out
+
+    def load(self, saved: Iterable[SavedEndpoint]) -> list[tuple[str, str, str]]:
+        """Take health saved by :meth:`saved` (times already on this clock), for a restart.
+
+        Only endpoints and vantage points the configuration still has are taken; an endpoint
+        whose probe changed is not there (the caller checks the configuration hash).  No
+        events: nothing was observed.  Returns the ``(pool, endpoint, vantage)`` restored.
+        """
+        restored = []
+        for s in saved:
+            ep = self._endpoints.get((s.pool, s.endpoint))
+            if ep is None:
+                continue
+            for vantage, health in s.vantages.items():
+                check = ep.checks.get(vantage)
+                if check is not None and vantage not in ep.remote:
+                    check.state = health
+                    restored.append((s.pool, s.endpoint, vantage))
+            ep.changed_at, ep.recovered_at = s.changed_at, s.recovered_at
+            if ep.damper is not None and s.damping is not None:
+                ep.damper.load(*s.damping)
+            ep.raw = majority([c.state for c in ep.checks.values()])
+            ep.health = ep.effective()
+        self._snapshot = None
+        return restored
 
     # ------------------------------------------------------------------ outputs
 
@@ -518,7 +645,9 @@ class HealthBook:
                     old.retune(monitor, vantages, members)
                     self._endpoints[key] = old
                 else:
-                    self._endpoints[key] = _Endpoint(ident, monitor, vantages, members)
+                    self._endpoints[key] = _Endpoint(
+                        ident, monitor, vantages, members, config.engine.flap_damping
+                    )
 
     def _monitor_of(self, pool: str) -> Monitor | None:
         for p in self._config.pools:
@@ -530,16 +659,102 @@ class HealthBook:
     def _reaggregate(
         self, ep: _Endpoint, probe: ProbeResult, *, changed: bool
     ) -> list[HealthEvent]:
-        """After a vantage point's state or membership changed: new snapshot, new aggregate."""
+        """After a vantage point's state or membership changed: new snapshot, new aggregate.
+
+        The monitors' verdict (R14) goes through flap damping when it is on: a flip between
+        healthy and unhealthy adds a penalty, and a suppression holds the endpoint out.
+        """
         if not changed:
             return []
         self._snapshot = None
-        aggregate = majority([c.state for c in ep.checks.values()])
-        if aggregate is ep.health:
-            return []
-        event = self._event(probe, "*", ep.health, aggregate)
-        ep.health = aggregate
-        return [event]
+        raw = majority([c.state for c in ep.checks.values()])
+        events: list[HealthEvent] = []
+        damper = ep.damper
+        reason = ""
+        if damper is not None:
+            flipped = raw is not ep.raw and Health.UNKNOWN not in (raw, ep.raw)
+            if flipped and damper.flap(probe.at):
+                reason = (
+                    f"flap_damping: penalty {damper.penalty:.2f}"
+                    f" above suppress {damper.limits[0]:g}"
+                )
+                events.append(self._damping_event(probe, Health.UNHEALTHY, reason))
+            elif not flipped and damper.release(probe.at):
+                reason = (
+                    f"flap_damping: penalty {damper.current(probe.at):.2f}"
+                    f" below reuse {damper.limits[1]:g}"
+                )
+                events.append(self._damping_event(probe, Health.HEALTHY, reason))
+        ep.raw = raw
+        aggregate = ep.effective()
+        if aggregate is not ep.health:
+            if ep.health is Health.UNHEALTHY and aggregate is Health.HEALTHY:
+                ep.recovered_at = probe.at
+            ep.changed_at = probe.at
+            event = self._event(probe, "*", ep.health, aggregate)
+            if reason and not event.reason:
+                event = dataclasses.replace(event, reason=reason)
+            events.append(event)
+            ep.health = aggregate
+            self._note_pool(probe.pool, probe.at)
+        return events
+
+    def _note_pool(self, name: str, at: float) -> None:
+        """After an endpoint's health changed: has its pool become critical, or eligible
+        again after being critical (R17)?  Kept at each change, not per snapshot, so that a
+        short outage between two snapshots is not missed."""
+        pool = next((p for p in self._config.pools if p.name == name), None)
+        if pool is None or not pool.enabled or pool.slow_start <= 0:
+            return
+        healths = [
+            ep.health
+            for o in pool.origins
+            if o.enabled and (ep := self._endpoints.get((name, o.name))) is not None
+        ]
+        healthy = sum(1 for h in healths if h is Health.HEALTHY)
+        if healthy >= pool.minimum_origins:
+            if name in self._pools_down:
+                self._pools_down.discard(name)
+                self._pool_recovered[name] = at
+        elif any(h is not Health.UNKNOWN for h in healths):
+            self._pools_down.add(name)
+            self._pool_recovered.pop(name, None)
+
+    def _pool_ramp(self, pool: Pool, *, eligible: bool) -> tuple[float, float] | None:
+        """``(since, slow_start)`` while a pool that was critical ramps up again."""
+        since = self._pool_recovered.get(pool.name)
+        if since is None or not eligible or pool.slow_start <= 0:
+            return None
+        if self._now >= since + pool.slow_start:
+            del self._pool_recovered[pool.name]
+            return None
+        return (since, pool.slow_start)
+
+    def _tick(self, now: float) -> None:
+        """Advance the book's clock; the first input after every ramp ended drops them."""
+        self._now = max(self._now, now)
+        if self._ramp_until and now >= self._ramp_until:
+            self._ramp_until = 0.0
+            self._snapshot = None
+
+    def _damping_event(self, probe: ProbeResult, after: Health, reason: str) -> HealthEvent:
+        before = Health.HEALTHY if after is Health.UNHEALTHY else Health.UNHEALTHY
+        return HealthEvent(
+            at=probe.at,
+            pool=probe.pool,
+            endpoint=probe.endpoint,
+            vantage=DAMPING,
+            before=before,
+            after=after,
+            reason=reason,
+        )
+
+    def damping(self, pool: str, endpoint: str, now: float) -> tuple[float, bool] | None:
+        """``(penalty at now, suppressed)`` of one endpoint; None without flap damping."""
+        ep = self._endpoints.get((pool, endpoint))
+        if ep is None or ep.damper is None:
+            return None
+        return (ep.damper.current(now), ep.damper.suppressed)
 
     def _observe_rtt(self, pool: str, vantage: str, rtt: float) -> None:
         alpha = self._config.engine.dynamic_latency_alpha
@@ -571,6 +786,8 @@ class HealthBook:
         config = self._config
         tunnels = {t.id: t.datacenters for t in config.tunnels}
         pools: dict[str, PoolView] = {}
+        now = self._now
+        ramp_until = 0.0
         for pool in config.pools:
             monitored = pool.monitored
             views = []
@@ -585,6 +802,12 @@ class HealthBook:
                 else:
                     health = ep.health if ep else Health.UNKNOWN
                 tid = o.tunnel_id
+                slow = pool.slow_start if o.slow_start is None else o.slow_start
+                ramp = None
+                since = ep.recovered_at if ep is not None else None
+                if since is not None and slow > 0 and now < since + slow:
+                    ramp = (since, slow)
+                    ramp_until = max(ramp_until, since + slow)
                 views.append(
                     EndpointView(
                         pool=pool.name,
@@ -600,6 +823,8 @@ class HealthBook:
                         vantage_health={v: c.state for v, c in ep.checks.items()} if ep else {},
                         disabled_at=self._disabled_at.get(key),
                         datacenters=tunnels.get(tid, frozenset()) if tid else frozenset(),
+                        ramp=ramp if health is Health.HEALTHY else None,
+                        damped=_damped(ep),
                     )
                 )
             endpoints = tuple(views)
@@ -607,18 +832,25 @@ class HealthBook:
             healthy = sum(1 for e in endpoints if e.enabled and e.health is Health.HEALTHY)
             # R13: without a monitor health is not considered, so minimum_origins is not either.
             eligible = pool.enabled and (not monitored or healthy >= pool.minimum_origins)
+            state = _pool_state(pool, endpoints, monitored=monitored, eligible=eligible)
+            pool_ramp = self._pool_ramp(pool, eligible=eligible)
+            if pool_ramp is not None:
+                ramp_until = max(ramp_until, pool_ramp[0] + pool_ramp[1])
             pools[pool.name] = PoolView(
                 name=pool.name,
                 config=pool,
                 monitored=monitored,
-                state=_pool_state(pool, endpoints, monitored=monitored, eligible=eligible),
+                state=state,
                 eligible=eligible,
                 healthy_count=healthy,
                 endpoints=endpoints,
                 selectable=selectable,
                 cumulative=PoolView.tables(selectable),
                 rtt={v: rtt for (p, v), rtt in self._rtt.items() if p == pool.name},
+                ramp=pool_ramp,
+                ramping=any(e.ramp is not None for e in selectable),
             )
+        self._ramp_until = ramp_until
         return Snapshot(
             version=self._version,
             config=config,
@@ -633,6 +865,14 @@ def _members(config: Config, pool: Pool) -> Members:
         return ()
     group = config.monitor_group(pool.monitor_group)
     return tuple((m, config.monitor(m.monitor_id)) for m in group.active)
+
+
+def _damped(ep: _Endpoint | None) -> str:
+    """The trace's reason for an endpoint flap damping holds out, or ""."""
+    if ep is None or ep.damper is None or not ep.damper.suppressed:
+        return ""
+    reuse = ep.damper.limits[1]
+    return f"flap damping holds it out until its penalty decays below {reuse:g}"
 
 
 def _pool_state(

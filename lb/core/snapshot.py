@@ -49,6 +49,11 @@ class EndpointView:
     """When a reload disabled it (for drain, R40); None when enabled or disabled from the start."""
     datacenters: frozenset[str]
     """Data centers the endpoint's tunnel replicas hold connections in (empty if unknown)."""
+    damped: str = ""
+    """Why flap damping holds the endpoint out (``engine.flap_damping``); empty when not."""
+    ramp: tuple[float, float] | None = None
+    """``(recovered_at, slow_start)`` while the endpoint ramps up after a recovery
+    (``slow_start``, a tunnel-lb extension); None otherwise."""
 
     @property
     def key(self) -> str:
@@ -80,6 +85,11 @@ class PoolView:
     """Running sums of the selectable endpoints' weights, for ``bisect``."""
     rtt: Mapping[str, float] = field(default_factory=dict)
     """EWMA of monitor RTT in seconds per vantage point, for dynamic_latency (R28)."""
+    ramp: tuple[float, float] | None = None
+    """``(recovered_at, slow_start)`` while the pool ramps up after it became eligible again
+    (``slow_start``); None otherwise."""
+    ramping: bool = False
+    """Whether any selectable endpoint has a :attr:`EndpointView.ramp`."""
 
     def endpoint(self, name: str) -> EndpointView | None:
         """The endpoint called ``name`` in this pool."""

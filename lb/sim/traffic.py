@@ -284,6 +284,8 @@ class DatacenterTraffic:
         c.requests += n
         heap = self._heap
         slow = self._affinity != "none" or heap is not None or bool(self._keep_alive)
+        # slow_start ramps read the request's clock: set it while any ramp runs.
+        slow = slow or any(p.ramping or p.ramp is not None for p in router.snapshot.pools.values())
         mark = self._mark
         pick = self._clients_rng.random
         rpick = self._replica_rng.random

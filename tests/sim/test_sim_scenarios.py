@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,6 +30,8 @@ def test_the_six_stories_are_there() -> None:
         "affinity-sticky",
         "flapping",
         "flapping-hysteresis",
+        "flapping-damped",
+        "slow-start",
         "geo-fallback",
     } <= names
 
@@ -73,3 +76,22 @@ def test_affinity_modes_contrast() -> None:
     assert data["none"]["pinned_errors"] > 0 and data["none"]["broken"] == 0
     assert data["temporary"]["served_elsewhere"] > 0 and data["temporary"]["broken"] == 0
     assert data["sticky"]["rewritten"] > 0 and data["sticky"]["broken"] > 0
+
+
+def test_flap_damping_contrast() -> None:
+    """Scenario 5c: the flapping endpoint of 5a with damping on: fewer transitions, fewer
+    requests meeting a refusal (retried), and the suppression is a transition with its reason."""
+    root = SCENARIOS[0].parent
+    plain = run_scenario(load_scenario(root / "flapping.yaml")).data
+    damped = run_scenario(load_scenario(root / "flapping-damped.yaml")).data
+
+    def flips(data: dict[str, Any]) -> int:
+        return sum(1 for t in data["transitions"] if t["vantage"] == "*")
+
+    assert flips(damped) < flips(plain) / 2
+    assert damped["errors"] <= plain["errors"]
+    assert damped["retries"] < plain["retries"] / 2
+    suppressed = [t for t in damped["transitions"] if t["vantage"] == "damping"]
+    assert suppressed and suppressed[0]["to"] == "unhealthy"
+    assert "above suppress 2.5" in suppressed[0]["reason"]
+    assert not any(t["vantage"] == "damping" for t in plain["transitions"])
