@@ -225,14 +225,8 @@ def _check_monitors(parsed: Parsed, report: Report) -> dict[str, Monitor]:
                 f'list of them like "200,302", got "{codes}"'
             )
             report.error(item.at("expected_codes"), message)
-        for name in ("interval", "timeout"):
-            value = getattr(monitor, name)
-            if value != int(value):
-                message = (
-                    f"must be a whole number of seconds (an integer in Cloudflare's API), "
-                    f"got {fmt_number(value)}"
-                )
-                report.error(item.at(name), message)
+        if not parsed.engine.value.fractional_monitor_times:
+            _check_whole_seconds(item, report)
         _check_interval(item, minimum, report)
         if monitor.type == "tcp" and not monitor.port:
             report.error(item.at("port"), "a tcp monitor needs a port")
@@ -243,6 +237,24 @@ def _check_monitors(parsed: Parsed, report: Report) -> dict[str, Monitor]:
         if seen.add(monitor.id, item.at("id"), "monitor id"):
             out[monitor.id] = dataclasses.replace(monitor, expected_codes=codes)
     return out
+
+
+def _check_whole_seconds(item: Item[Monitor], report: Report) -> None:
+    """Cloudflare's API takes whole seconds, and a timeout of 1 to 10 of them; a
+    configuration may opt out with ``engine.fractional_monitor_times`` (rehearsals)."""
+    monitor = item.value
+    if not 1 <= monitor.timeout <= 10:
+        message = f"must be between 1 and 10, got {fmt_number(monitor.timeout)}"
+        report.error(item.at("timeout"), message)
+        return
+    for name in ("interval", "timeout"):
+        value = getattr(monitor, name)
+        if value != int(value):
+            message = (
+                f"must be a whole number of seconds (an integer in Cloudflare's API), "
+                f"got {fmt_number(value)}; engine.fractional_monitor_times allows fractions"
+            )
+            report.error(item.at(name), message)
 
 
 def _check_interval(item: Item[Monitor], minimum: float, report: Report) -> None:

@@ -97,7 +97,7 @@ class Monitor:
     follow_redirects: bool = _f(False, doc="judge the final response after redirects (R3)")
     allow_insecure: bool = _f(False, doc="skip certificate validation (R4)")
     interval: float = _f(60, range=(1, 3600), doc="whole seconds between checks (R9)")
-    timeout: float = _f(5, range=(1, 10), doc="whole seconds one attempt may take")
+    timeout: float = _f(5, range=(0.01, 60), doc="whole seconds one attempt may take, 1-10 (R9)")
     retries: int = _f(2, range=(0, 5), doc="immediate re-attempts after a timeout (R8)")
     consecutive_up: int = _f(0, range=(0, 1000), doc="passes in a row to turn healthy (R12)")
     consecutive_down: int = _f(0, range=(0, 1000), doc="failures in a row to turn unhealthy")
@@ -637,6 +637,11 @@ class Engine:
         "tunnel-lb", choices=("tunnel-lb", "cloudflare"), doc="probe User-Agent (R6)"
     )
     minimum_interval: float = _f(10, range=(1, 3600), doc="plan minimum for monitor interval")
+    fractional_monitor_times: bool = _f(
+        False,
+        doc="accept monitor timeouts outside 1-10 s and fractions of a second (rehearsals and "
+        "fast tests; Cloudflare's API takes whole seconds)",
+    )
     dynamic_latency_alpha: float = _f(0.3, range=(0.01, 1.0), doc="EWMA weight of a new RTT")
     workers: int = _f(1, range=(1, 64), doc="proxy processes sharing the port")
     drain_timeout: float = _f(30.0, range=(0, 3600), doc="seconds SIGTERM waits for requests")

@@ -75,6 +75,7 @@ def scale_config(raw: dict[str, Any], speed: float) -> dict[str, Any]:
     for lb in out.get("load_balancers") or []:
         _scale_keys(lb, ("session_affinity_ttl",), speed)
     engine = out.setdefault("engine", {})
+    engine["fractional_monitor_times"] = True  # a scaled timeout is rarely whole seconds
     engine["minimum_interval"] = max(MIN_INTERVAL, min(low, engine.get("minimum_interval", 10)))
     _scale_keys(engine, ("upstream_idle_timeout", "drain_timeout"), speed)
     limits = engine.setdefault("limits", {})

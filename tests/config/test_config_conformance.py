@@ -411,3 +411,12 @@ def test_proof_check_passes_on_an_export_with_rule_pools_and_unlisted_colos(
     assert main(["check", str(path)]) == 0
     out = capsys.readouterr()
     assert 'data center "QQQ" is not in the data center table' in out.out + out.err
+
+
+def test_item_09_fractional_monitor_times_is_the_documented_escape() -> None:
+    """Rehearsals scale monitor times down (``tunnel-lb rehearse --speed``): the engine may
+    opt out of the whole-seconds rule, and only then."""
+    text = BASE.replace("interval: 60,", "interval: 60, timeout: 0.2,")
+    assert errors(text)
+    escaped = text + "engine:\n  fractional_monitor_times: true\n"
+    assert load(escaped).config.monitors[0].timeout == 0.2
