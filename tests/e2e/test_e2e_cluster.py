@@ -34,12 +34,30 @@ SECRET = "shared-affinity-secret"
 DEAD = "127.0.0.1:9"
 """Port 9 (discard) on loopback: nothing listens, connections are refused."""
 
+WAIT = 60.0
+"""Seconds any awaited state may take.  Every event awaited here has a documented bound of a
+few seconds (docs/cluster.md, "Timing bounds", with the settings below); the margin is for a
+shared machine with several times more runnable processes than cores."""
+
+MONITOR = {"interval": 1, "timeout": 2, "retries": 1}
+"""One slow probe (a TLS handshake stalled by the machine's load) must not flip a verdict: the
+three-replica story keeps ``eu`` healthy by a 2-of-3 majority, where one dissenting vantage
+point already decides.  A refused connection (how an endpoint is made unreachable here) fails
+both attempts at once, so detection stays quick.  Vote TTL: 3 x 1 + 2 x 2 = 7 s."""
+
+CLUSTER = {"heartbeat": 0.5, "timeout": 2}
+"""Membership expires after 3 x heartbeat = 1.5 s and a store call may take 2 s: a replica
+whose event loop is stalled for a second by the load neither drops out of its peers' view nor
+degrades.  A killed Redis is still seen at once (refused and reset connections)."""
+
 
 class Replica:
     """One `tunnel-lb run` of the cluster: its ports, files and process."""
 
     def __init__(self, name: str, vantage: str, tmp: Path, redis: str) -> None:
         self.name, self.vantage, self.redis = name, vantage, redis
+        self.key_prefix = f"e2e-{tmp.name}:"
+        """Each test's own keys, should a store ever be shared."""
         self.listen, self.admin = free_port(), free_port()
         self.path = tmp / f"{name}.json"
         self.log = tmp / f"{name}.log"
@@ -67,9 +85,7 @@ class Replica:
                             "id": "app",
                             "type": "https",
                             "path": "/healthz",
-                            "interval": 1,
-                            "timeout": 1,
-                            "retries": 0,
+                            **MONITOR,
                             "header": {"Host": [APP]},
                         }
                     ],
@@ -107,9 +123,8 @@ class Replica:
                         "cluster": {
                             "redis": self.redis,
                             "vantage": self.vantage,
-                            "key_prefix": "e2e:",
-                            "heartbeat": 0.2,
-                            "timeout": 0.5,
+                            "key_prefix": self.key_prefix,
+                            **CLUSTER,
                         },
                     },
                 },
@@ -130,7 +145,7 @@ class Replica:
 
 async def wait_until(client: httpx.AsyncClient, url: str, ok: Callable[[Any], Any]) -> Any:
     """Poll ``url`` (JSON) until ``ok(json)`` is truthy; bounded, returns that JSON."""
-    with trio.move_on_after(30):
+    with trio.move_on_after(WAIT):
         while True:
             try:
                 response = await client.get(url)
@@ -207,7 +222,15 @@ async def test_three_replicas_share_health_affinity_and_survive_redis(
                 r.status_url,
                 health("eu", "healthy", fra="unhealthy", ams="healthy", sin="healthy"),
             )
-        status = (await client.get(a.status_url)).json()["cluster"]
+            await wait_until(
+                client,
+                r.status_url,
+                health("us", "healthy", fra="healthy", ams="healthy", sin="healthy"),
+            )
+        # a lists a member once a heartbeat of a's (every 0.5 s) read that member's key.
+        status = (
+            await wait_until(client, a.status_url, lambda s: len(s["cluster"]["peers"]) == 3)
+        )["cluster"]
         assert status["connected"] and not status["config_mismatch"]
         assert not status["secret_mismatch"]
         assert sorted(p["vantage"] for p in status["peers"]) == ["ams", "fra", "sin"]
@@ -253,13 +276,15 @@ async def test_three_replicas_share_health_affinity_and_survive_redis(
 
         # Restart c: healthy from its first request, before it probed anything itself.
         await c.start(nursery)
-        with trio.move_on_after(30):
+        with trio.move_on_after(WAIT) as waited:
             while True:
                 try:
                     got = await client.get(f"{c.base}/", headers={"Host": LB})
                     break
                 except httpx.TransportError:
                     await trio.sleep(0.02)
+        if waited.cancelled_caught:
+            pytest.fail("the restarted replica did not accept a request in time")
         assert got.status_code == 200
         s = (await client.get(c.status_url)).json()
         assert endpoint(s, "us")["health"] == "healthy"
@@ -326,18 +351,39 @@ async def test_replicas_of_one_vantage_split_probes_and_take_over(
         for r in (a, b):
             await r.start(nursery)
 
-        def split(s: dict[str, Any]) -> bool:
-            # two probe identities between two members: each probed once (rendezvous may give
-            # both to one member; which one depends on the random member ids)
-            peers = s["cluster"]["peers"]
-            return len(peers) == 2 and sum(p["probes_owned"] for p in peers) == 2
+        async def own_count(r: Replica) -> int | None:
+            """The probes ``r`` runs, once it sees both members; None before."""
+            s = await wait_until(client, r.status_url, lambda s: True)
+            cluster = s["cluster"]
+            return cluster["probes_owned"] if len(cluster["peers"]) == 2 else None
 
+        # Two probe identities between two members, each probed once: both replicas see both
+        # members and their own counts add up to 2 (rendezvous may give both to one member,
+        # depending on the random member ids).  The counts each replica reports for itself
+        # are read, not the heartbeat copies in ``peers``, which lag by one heartbeat.
+        counts: list[int | None] = []
+        with trio.move_on_after(WAIT) as waited:
+            while True:
+                counts = [await own_count(r) for r in (a, b)]
+                if None not in counts and sum(c or 0 for c in counts) == 2:
+                    break
+                await trio.sleep(0.1)
+        if waited.cancelled_caught:
+            pytest.fail(f"the two replicas did not split the probes in time: {counts}")
         for r in (a, b):
-            await wait_until(client, r.status_url, split)
             for name in ("eu", "us"):
                 await wait_until(client, r.status_url, health(name, "healthy", fra="healthy"))
         b.kill()  # no clean stop: its heartbeat must expire
-        s = await wait_until(client, a.status_url, lambda s: s["cluster"]["probes_owned"] == 2)
-        assert [p["self"] for p in s["cluster"]["peers"]] == [True]
+        # The documented event: b's heartbeat expires (member_ttl), so a's peers are a alone;
+        # a then owns both probes.  (probes_owned == 2 alone is no sign: a may have owned
+        # both before b died.)
+        s = await wait_until(
+            client,
+            a.status_url,
+            lambda s: (
+                [p["self"] for p in s["cluster"]["peers"]] == [True]
+                and s["cluster"]["probes_owned"] == 2
+            ),
+        )
         for name in ("eu", "us"):
             assert endpoint(s, name)["health"] == "healthy"
