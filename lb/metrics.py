@@ -52,10 +52,12 @@ from steering import Affinity, Decision
 
 if TYPE_CHECKING:
     from lb.engine import Engine
+    from lb.proxy.hooks import RequestRecord
 
 __all__ = [
     "DURATION_BUCKETS",
     "METRICS",
+    "UPSTREAM_FAILURE_KINDS",
     "LoadBalancerState",
     "MetricSpec",
     "Metrics",
@@ -162,6 +164,53 @@ METRICS: tuple[MetricSpec, ...] = (
         "counter",
         (_LB, "direction"),
         "Bytes carried by finished WebSockets after the 101: in (client to tunnel), out.",
+    ),
+    # ---- proxy: upstream timing, bytes, upstream failures, client side (proxy hooks)
+    MetricSpec(
+        "lb_upstream_connect_duration_seconds",
+        "histogram",
+        _EP,
+        "Time to open a connection to the endpoint (TCP connect and TLS handshake), "
+        "for connects that succeeded; reused keep-alive connections are not counted.",
+    ),
+    MetricSpec(
+        "lb_upstream_first_byte_seconds",
+        "histogram",
+        _EP,
+        "Time to first byte: from sending the request on an open connection to the "
+        "response head (connect excluded), by endpoint.",
+    ),
+    MetricSpec(
+        "lb_upstream_failures_total",
+        "counter",
+        (*_EP, "kind"),
+        "Failed attempts by endpoint and kind: refused, timeout (connect), tls, dns, "
+        "unreachable, reset, response_timeout, protocol, other.",
+    ),
+    MetricSpec(
+        "lb_client_bytes_total",
+        "counter",
+        (_LB, "direction"),
+        "Body bytes received from clients and sent to clients, by load balancer "
+        "(after a 101: the bytes carried).",
+    ),
+    MetricSpec(
+        "lb_endpoint_bytes_total",
+        "counter",
+        (*_EP, "direction"),
+        "Body bytes sent to and received from the endpoint, for requests it answered.",
+    ),
+    MetricSpec(
+        "lb_client_connections_open",
+        "gauge",
+        (),
+        "Client (downstream) connections open, over every worker process.",
+    ),
+    MetricSpec(
+        "lb_requests_active",
+        "gauge",
+        (),
+        "Client requests received and not finished, over every worker process.",
     ),
     # ---- monitors (engine observers)
     MetricSpec(
@@ -404,6 +453,21 @@ def _gauge(name: str) -> GaugeMetricFamily:
     return GaugeMetricFamily(spec.name, spec.help, labels=spec.labels)
 
 
+UPSTREAM_FAILURE_KINDS: dict[str, str] = {
+    "refused": "refused",
+    "connect_timeout": "timeout",
+    "dns": "dns",
+    "unreachable": "unreachable",
+    "tls_handshake": "tls",
+    "tls_certificate": "tls",
+    "upstream_closed": "reset",
+    "response_timeout": "response_timeout",
+    "upstream_protocol": "protocol",
+}
+"""An :class:`~lb.proxy.hooks.Attempt` error to the ``kind`` label of
+``lb_upstream_failures_total``; any other error is ``other``, so the label stays a fixed enum."""
+
+
 # --------------------------------------------------------------------------- the object
 
 
@@ -444,6 +508,16 @@ class Metrics:
         self.upgrades = _Counter("lb_websocket_upgrades_total")
         self.websocket_bytes = _Counter("lb_websocket_bytes_total")
         self.websockets_open: dict[str, int] = {}
+        # ---- proxy: upstream timing, bytes, failures, client side (see exchange_done)
+        self.connect_duration = _Histogram("lb_upstream_connect_duration_seconds", DURATION_BUCKETS)
+        self.first_byte = _Histogram("lb_upstream_first_byte_seconds", DURATION_BUCKETS)
+        self.upstream_failures = _Counter("lb_upstream_failures_total")
+        self.client_bytes = _Counter("lb_client_bytes_total")
+        self.endpoint_bytes = _Counter("lb_endpoint_bytes_total")
+        self.client_connections = 0
+        """Net client connections opened (a worker reports and resets its own)."""
+        self.requests_active = 0
+        """Net requests started minus finished (a worker reports and resets its own)."""
         # Status codes as label strings, so a request does not format an int every time.
         self._status_text = {code: str(code) for code in range(100, 600)}
         self.registry.register(self)
@@ -589,6 +663,50 @@ class Metrics:
         self.websocket_bytes.inc((load_balancer, "in"), bytes_in)
         self.websocket_bytes.inc((load_balancer, "out"), bytes_out)
 
+    # ------------------------------------------------------------------ proxy hooks: upstream
+    # timing, bytes, failures and the client side, from the records the proxy reports.
+
+    def client_connection(self, delta: int) -> None:
+        """``ProxyHooks.on_connection``: +1 when a client connection opens, -1 when it closes."""
+        self.client_connections += delta
+
+    def request_started(self, record: RequestRecord) -> None:
+        """``ProxyHooks.on_request_start``: one more active request until :meth:`exchange_done`."""
+        del record
+        self.requests_active += 1
+
+    def exchange_done(self, record: RequestRecord) -> None:
+        """Count what one finished request's record says beyond :meth:`request_done`: its
+        attempts' connect time, time to first byte and failures, and its bytes.
+
+        Labels come only from the configuration (the record's load balancer, pool and
+        endpoint keys) and fixed enums, never from the request.
+
+        Args:
+            record: what ``ProxyHooks.on_request_done`` received.
+        """
+        self.requests_active -= 1
+        for attempt in record.attempts:
+            key = (attempt.pool, attempt.endpoint.partition("/")[2])
+            if attempt.connect_time is not None:
+                self.connect_duration.observe(key, attempt.connect_time)
+            if attempt.first_byte is not None:
+                self.first_byte.observe(key, attempt.first_byte)
+            if attempt.error:
+                kind = UPSTREAM_FAILURE_KINDS.get(attempt.error, "other")
+                self.upstream_failures.inc((*key, kind))
+        lb = record.load_balancer or ""
+        if record.bytes_in:
+            self.client_bytes.inc((lb, "received"), record.bytes_in)
+        if record.bytes_out:
+            self.client_bytes.inc((lb, "sent"), record.bytes_out)
+        if record.upstream_status is not None and record.pool and record.endpoint:
+            name = record.endpoint.partition("/")[2]
+            if record.bytes_in:
+                self.endpoint_bytes.inc((record.pool, name, "sent"), record.bytes_in)
+            if record.bytes_out:
+                self.endpoint_bytes.inc((record.pool, name, "received"), record.bytes_out)
+
     def reload(self, ok: bool) -> None:
         """Count one configuration reload attempt.
 
@@ -634,11 +752,25 @@ class Metrics:
         for name, count in sorted(self.websockets_open.items()):
             open_.add_metric([name], count)
         yield open_
+        yield from self._proxy_families()
         stamp = _gauge("lb_config_last_reload_success_timestamp_seconds")
         if self._config_at is not None:
             stamp.add_metric([], self._config_at)
         yield stamp
         yield from self._engine_families()
+
+    def _proxy_families(self) -> Iterator[Metric]:
+        yield self.connect_duration.family()
+        yield self.first_byte.family()
+        yield self.upstream_failures.family()
+        yield self.client_bytes.family()
+        yield self.endpoint_bytes.family()
+        connections = _gauge("lb_client_connections_open")
+        connections.add_metric([], self.client_connections)
+        yield connections
+        active = _gauge("lb_requests_active")
+        active.add_metric([], self.requests_active)
+        yield active
 
     def _engine_families(self) -> Iterator[Metric]:
         engine = self._engine

@@ -240,6 +240,7 @@ def _hooks(engine: Engine, metrics: Metrics, worker: int | None = None) -> Proxy
         endpoint = record.endpoint.partition("/")[2] if record.endpoint else None
         lb = record.load_balancer or ""
         metrics.request_done(lb, record.pool, endpoint, record.status, record.duration)
+        metrics.exchange_done(record)
         if record.websocket and record.status == 101:  # paired with upgraded() below
             metrics.websocket_closed(lb, record.bytes_in, record.bytes_out)
         if record.retried == "zero_downtime_failover":
@@ -270,7 +271,13 @@ def _hooks(engine: Engine, metrics: Metrics, worker: int | None = None) -> Proxy
         endpoint = record.endpoint.partition("/")[2] if record.endpoint else None
         metrics.websocket_opened(record.load_balancer or "", record.pool, endpoint)
 
-    return ProxyHooks(on_request_done=done, on_decision=metrics.decision, on_upgrade=upgraded)
+    return ProxyHooks(
+        on_request_done=done,
+        on_decision=metrics.decision,
+        on_upgrade=upgraded,
+        on_connection=metrics.client_connection,
+        on_request_start=metrics.request_started,
+    )
 
 
 async def serve_lb(

@@ -101,8 +101,14 @@ _COUNTERS = (
     "affinity",
     "upgrades",
     "websocket_bytes",
+    # proxy: upstream failures and bytes
+    "upstream_failures",
+    "client_bytes",
+    "endpoint_bytes",
 )
-_HISTOGRAMS = ("request_duration",)
+_HISTOGRAMS = ("request_duration", "connect_duration", "first_byte")
+_GAUGE_DELTAS = ("client_connections", "requests_active")
+"""Integer gauges of :class:`Metrics` a child reports as net changes since its last report."""
 
 
 # --------------------------------------------------------------------------- encoding
@@ -192,6 +198,11 @@ def drain_traffic(metrics: Metrics) -> dict[str, list[list[Any]]]:
         if histogram.data:
             data, histogram.data = histogram.data, {}
             out[name] = [[list(key), slots] for key, slots in data.items()]
+    for name in _GAUGE_DELTAS:  # net ups minus downs since the last report
+        delta = getattr(metrics, name)
+        if delta:
+            setattr(metrics, name, 0)
+            out[name] = [[[], delta]]
     if metrics.websockets_open:  # net opens minus closes since the last report
         opened, metrics.websockets_open = metrics.websockets_open, {}
         out["websockets_open"] = [[[lb], n] for lb, n in opened.items() if n]
@@ -204,6 +215,10 @@ def merge_traffic(metrics: Metrics, report: Mapping[str, Any]) -> None:
         name = str(key[0]) if isinstance(key, list) and key else ""
         if isinstance(delta, int):
             metrics.websockets_open[name] = metrics.websockets_open.get(name, 0) + delta
+    for name in _GAUGE_DELTAS:
+        for _key, delta in report.get(name, ()):
+            if isinstance(delta, int):
+                setattr(metrics, name, getattr(metrics, name) + delta)
     for name in _COUNTERS:
         counter = getattr(metrics, name)
         for key, value in report.get(name, ()):
