@@ -518,6 +518,9 @@ class Metrics:
         """Net client connections opened (a worker reports and resets its own)."""
         self.requests_active = 0
         """Net requests started minus finished (a worker reports and resets its own)."""
+        self._endpoint_keys: dict[
+            str, tuple[tuple[str, str], tuple[str, str, str], tuple[str, str, str]]
+        ] = {}
         # Status codes as label strings, so a request does not format an int every time.
         self._status_text = {code: str(code) for code in range(100, 600)}
         self.registry.register(self)
@@ -583,6 +586,7 @@ class Metrics:
         """Observer of ``engine.observers.config``: remember when the swap happened."""
         del config
         self._config_at = self._wall()
+        self._endpoint_keys.clear()  # renamed or removed endpoints leave no entry behind
 
     # ------------------------------------------------------------------ proxy hooks
 
@@ -686,26 +690,45 @@ class Metrics:
             record: what ``ProxyHooks.on_request_done`` received.
         """
         self.requests_active -= 1
+        keys = self._endpoint_keys
         for attempt in record.attempts:
-            key = (attempt.pool, attempt.endpoint.partition("/")[2])
+            k = keys.get(attempt.endpoint)
+            if k is None:
+                k = self._endpoint_key(attempt.pool, attempt.endpoint)
             if attempt.connect_time is not None:
-                self.connect_duration.observe(key, attempt.connect_time)
+                self.connect_duration.observe(k[0], attempt.connect_time)
             if attempt.first_byte is not None:
-                self.first_byte.observe(key, attempt.first_byte)
+                self.first_byte.observe(k[0], attempt.first_byte)
             if attempt.error:
                 kind = UPSTREAM_FAILURE_KINDS.get(attempt.error, "other")
-                self.upstream_failures.inc((*key, kind))
+                self.upstream_failures.inc((*k[0], kind))
         lb = record.load_balancer or ""
-        if record.bytes_in:
-            self.client_bytes.inc((lb, "received"), record.bytes_in)
-        if record.bytes_out:
-            self.client_bytes.inc((lb, "sent"), record.bytes_out)
+        bytes_in = record.bytes_in
+        bytes_out = record.bytes_out
+        if bytes_in:
+            self.client_bytes.inc((lb, "received"), bytes_in)
+        if bytes_out:
+            self.client_bytes.inc((lb, "sent"), bytes_out)
         if record.upstream_status is not None and record.pool and record.endpoint:
-            name = record.endpoint.partition("/")[2]
-            if record.bytes_in:
-                self.endpoint_bytes.inc((record.pool, name, "sent"), record.bytes_in)
-            if record.bytes_out:
-                self.endpoint_bytes.inc((record.pool, name, "received"), record.bytes_out)
+            k = keys.get(record.endpoint)
+            if k is None:
+                k = self._endpoint_key(record.pool, record.endpoint)
+            values = self.endpoint_bytes.values
+            if bytes_in:
+                values[k[1]] = values.get(k[1], 0.0) + bytes_in
+            if bytes_out:
+                values[k[2]] = values.get(k[2], 0.0) + bytes_out
+
+    def _endpoint_key(
+        self, pool: str, endpoint_key: str
+    ) -> tuple[tuple[str, str], tuple[str, str, str], tuple[str, str, str]]:
+        """The label tuples of one ``pool/endpoint`` key, made once: the endpoint's, and its
+        ``sent`` and ``received`` byte series.  The cache holds configured names only and is
+        emptied when a configuration is applied."""
+        name = endpoint_key.partition("/")[2]
+        k = ((pool, name), (pool, name, "sent"), (pool, name, "received"))
+        self._endpoint_keys[endpoint_key] = k
+        return k
 
     def reload(self, ok: bool) -> None:
         """Count one configuration reload attempt.
