@@ -783,6 +783,17 @@ class Metrics:
         yield from self._engine_families()
 
     def _proxy_families(self) -> Iterator[Metric]:
+        engine = self._engine
+        if engine is not None:
+            # Every configured endpoint has its timing series from the first scrape, at zero:
+            # connects are rare on keep-alive connections, and a series born with its first
+            # observation shows no increase, so rate() and the quantiles would stay empty.
+            width = len(DURATION_BUCKETS) + 2
+            for pool in engine.book.snapshot().pools.values():
+                for ep in pool.endpoints:
+                    for histogram in (self.connect_duration, self.first_byte):
+                        if (pool.name, ep.name) not in histogram.data:
+                            histogram.data[(pool.name, ep.name)] = [0.0] * width
         yield self.connect_duration.family()
         yield self.first_byte.family()
         yield self.upstream_failures.family()

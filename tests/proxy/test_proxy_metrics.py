@@ -74,6 +74,10 @@ async def closed_port() -> int:
 async def test_connect_time_and_first_byte_by_endpoint(nursery: trio.Nursery, certs: Certs) -> None:
     backend = await nursery.start(serve_backend, "b0", certs.backend)
     server, port, metrics = await start(nursery, certs, [backend.port])
+    s = scrape(metrics)  # every configured endpoint at zero, so rate() sees the first one
+    for name in ("lb_upstream_connect_duration_seconds", "lb_upstream_first_byte_seconds"):
+        for pool, endpoint in (("p1", "e0"), ("fb", "f0")):
+            assert s[key(f"{name}_count", pool=pool, endpoint=endpoint)] == 0
     async with await Client.connect(port) as client:
         for _ in range(3):  # one TCP+TLS connect, then the pooled connection
             assert (await client.request()).status == 200
@@ -119,7 +123,8 @@ async def test_refused_connect_counted_by_endpoint_and_kind(
     s = scrape(metrics)
     failures = "lb_upstream_failures_total"
     assert s[key(failures, pool="p1", endpoint="e0", kind="refused")] == 2
-    assert key("lb_upstream_connect_duration_seconds_count", pool="p1", endpoint="e0") not in s
+    # A failed connect has no connect time; the series is there at zero from the start.
+    assert s[key("lb_upstream_connect_duration_seconds_count", pool="p1", endpoint="e0")] == 0
     assert key("lb_endpoint_bytes_total", pool="p1", endpoint="e0", direction="sent") not in s
 
 
