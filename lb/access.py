@@ -189,7 +189,10 @@ class _Client:
         except AccessError as exc:
             self.stats.refused += 1
             self.stats.last_error = str(exc)
-            log.warning("access %s: %s", self.config.hostname, exc)
+            log.warning(
+                "access_session_failed",
+                extra={"fields": {"hostname": self.config.hostname, "error": str(exc)}},
+            )
             await _refuse(local)
             return
         self.stats.sessions += 1

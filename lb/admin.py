@@ -257,10 +257,10 @@ class _Admin:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return  # the client went away
         except _SendTimeoutError:
-            log.warning("admin client did not read its reply within %.0f s", SEND_TIMEOUT)
+            log.warning("admin_send_timeout", extra={"fields": {"seconds": SEND_TIMEOUT}})
             return  # closed below: a stuck reply must not hold the connection task forever
         except Exception:  # never let one connection take the listener down
-            log.exception("admin connection failed")
+            log.exception("admin_connection_failed")
         finally:
             with trio.move_on_after(1) as scope:
                 scope.shield = True
@@ -317,7 +317,10 @@ class _Admin:
         )
         if refusal is None:
             return None
-        log.info("admin_refused status=%d method=%s path=%.100s", refusal.status, method, path)
+        log.info(
+            "admin_refused",
+            extra={"fields": {"status": refusal.status, "method": method, "path": path[:100]}},
+        )
         reply = _error(refusal.status, refusal.message)
         reply.headers = refusal.headers
         return reply
@@ -377,7 +380,7 @@ class _Admin:
         try:
             return await handler(query)
         except Exception as exc:
-            log.exception("admin handler for %s failed", parts.path)
+            log.exception("admin_handler_failed", extra={"fields": {"path": parts.path}})
             return _error(500, f"internal error: {type(exc).__name__}: {exc}")
 
     async def sample_traffic(self) -> None:
@@ -475,7 +478,7 @@ class _Admin:
             try:
                 result = await (self.reload_fn(force=True) if force else self.reload_fn())
             except Exception as exc:
-                log.exception("reload failed")
+                log.exception("reload_failed")
                 return _json(500, {"ok": False, "errors": [f"{type(exc).__name__}: {exc}"]})
         return _json(200 if result.ok else 400, result.as_json())
 

@@ -19,7 +19,17 @@ from collections.abc import Sequence
 from lb import __version__, lifecycle
 from lb.config.errors import ConfigError, Problem
 
-COMMANDS = ("demo", "run", "check", "explain", "probe", "simulate", "connector", "access")
+COMMANDS = (
+    "demo",
+    "run",
+    "check",
+    "explain",
+    "probe",
+    "simulate",
+    "rehearse",
+    "connector",
+    "access",
+)
 """Modules of :mod:`lb.commands`, in the order ``--help`` lists them."""
 TRACEBACK_ENV = "TUNNEL_LB_TRACEBACK"
 """Set (non-empty) to let an unexpected exception through with its traceback."""

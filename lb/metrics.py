@@ -20,7 +20,15 @@ Two kinds of series:
   connections, readiness) are read from the engine's current snapshot and live counters at
   scrape time, the custom-collector pattern of
   https://prometheus.github.io/client_python/collector/custom/.  They are never stale and
-  cost nothing between scrapes; endpoints that a reload removed simply disappear.
+  cost nothing between scrapes; endpoints that a reload removed simply disappear.  The one
+  exception is *when* a state last changed: that is stamped by the observers (a flap
+  between two scrapes would otherwise go unseen) and read at scrape time.
+
+The registry also holds prometheus_client's process and platform collectors (``process_*``,
+``python_info``) and ``lb_build_info``, so an operator sees restarts, memory and versions.
+
+With worker processes (``lb/workers.py``) each child's counters and histograms, all of
+:attr:`Metrics.events`, travel to the parent, whose registry alone is scraped.
 
 Every metric is declared once, in :data:`METRICS`, with its type, labels and help; the
 exposition, ``describe()`` and ``docs/metrics.md`` (checked by a test) all follow that table.
@@ -32,12 +40,13 @@ Invariant: all methods run on the thread that owns the engine.  ``generate_lates
 from __future__ import annotations
 
 import bisect
+import platform
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -45,6 +54,7 @@ from prometheus_client.core import (
     Metric,
 )
 
+from lb import __version__
 from lb.config.model import Config, LoadBalancer
 from lb.core.health import Health, HealthEvent, ProbeResult
 from lb.core.snapshot import PoolState, Snapshot
@@ -57,7 +67,6 @@ if TYPE_CHECKING:
 __all__ = [
     "DURATION_BUCKETS",
     "METRICS",
-    "UPSTREAM_FAILURE_KINDS",
     "LoadBalancerState",
     "MetricSpec",
     "Metrics",
@@ -118,14 +127,23 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec(
         "lb_request_duration_seconds",
         "histogram",
-        (_LB,),
-        "Time from the request head to the end of the response, in seconds.",
+        (_LB, *_EP),
+        "Time from the request head to the end of the response, in seconds "
+        "(pool and endpoint are empty when no endpoint was chosen).",
     ),
     MetricSpec(
         "lb_retries_total",
         "counter",
-        (_LB, "reason"),
-        "Second attempts: zero-downtime failover by failed status, or stale_connection.",
+        (_LB, "pool", "reason"),
+        "Second attempts, by the pool of the failed first attempt: zero-downtime failover by "
+        "failed status, or stale_connection.",
+    ),
+    MetricSpec(
+        "lb_upstream_errors_total",
+        "counter",
+        (*_EP, "kind"),
+        "Attempts at an endpoint that failed, by kind (refused, connect_timeout, dns, "
+        "unreachable, tls_handshake, tls_certificate, response_timeout, upstream_closed...).",
     ),
     MetricSpec(
         "lb_fallback_requests_total",
@@ -147,6 +165,12 @@ METRICS: tuple[MetricSpec, ...] = (
         "Session-affinity outcomes of first decisions: new, hit, remapped, expired, invalid.",
     ),
     MetricSpec(
+        "lb_client_connections",
+        "gauge",
+        (),
+        "Client connections open right now, over every worker process.",
+    ),
+    MetricSpec(
         "lb_websocket_upgrades_total",
         "counter",
         (_LB, *_EP),
@@ -165,7 +189,7 @@ METRICS: tuple[MetricSpec, ...] = (
         (_LB, "direction"),
         "Bytes carried by finished WebSockets after the 101: in (client to tunnel), out.",
     ),
-    # ---- proxy: upstream timing, bytes, upstream failures, client side (proxy hooks)
+    # ---- proxy: upstream timing, bytes, active requests (proxy hooks)
     MetricSpec(
         "lb_upstream_connect_duration_seconds",
         "histogram",
@@ -181,13 +205,6 @@ METRICS: tuple[MetricSpec, ...] = (
         "response head (connect excluded), by endpoint.",
     ),
     MetricSpec(
-        "lb_upstream_failures_total",
-        "counter",
-        (*_EP, "kind"),
-        "Failed attempts by endpoint and kind: refused, timeout (connect), tls, dns, "
-        "unreachable, reset, response_timeout, protocol, other.",
-    ),
-    MetricSpec(
         "lb_client_bytes_total",
         "counter",
         (_LB, "direction"),
@@ -199,12 +216,6 @@ METRICS: tuple[MetricSpec, ...] = (
         "counter",
         (*_EP, "direction"),
         "Body bytes sent to and received from the endpoint, for requests it answered.",
-    ),
-    MetricSpec(
-        "lb_client_connections_open",
-        "gauge",
-        (),
-        "Client (downstream) connections open, over every worker process.",
     ),
     MetricSpec(
         "lb_requests_active",
@@ -228,7 +239,7 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec(
         "lb_probe_duration_seconds",
         "histogram",
-        _EP,
+        (*_EP, "vantage"),
         "Health-check round trip from request to response head, for checks that got one.",
     ),
     MetricSpec(
@@ -271,6 +282,19 @@ METRICS: tuple[MetricSpec, ...] = (
         'vantage="*" is the aggregate that steering uses.',
     ),
     MetricSpec(
+        "lb_endpoint_last_change_timestamp_seconds",
+        "gauge",
+        _EP,
+        "Unix time the endpoint's aggregate state (lb_endpoint_health) last changed, "
+        "or when this process started watching it.",
+    ),
+    MetricSpec(
+        "lb_endpoint_weight",
+        "gauge",
+        _EP,
+        "The endpoint's configured weight in its pool (0 takes no new traffic).",
+    ),
+    MetricSpec(
         "lb_endpoint_in_flight_requests",
         "gauge",
         _EP,
@@ -288,6 +312,13 @@ METRICS: tuple[MetricSpec, ...] = (
         ("pool", "state"),
         "1 for the pool's current state (healthy, degraded, critical, unknown, disabled), "
         "0 for the others.",
+    ),
+    MetricSpec(
+        "lb_pool_last_change_timestamp_seconds",
+        "gauge",
+        ("pool",),
+        "Unix time the pool's state (lb_pool_health) last changed, "
+        "or when this process started watching it.",
     ),
     MetricSpec(
         "lb_pool_eligible",
@@ -326,10 +357,36 @@ METRICS: tuple[MetricSpec, ...] = (
         (),
         "Header-affinity sessions held in memory.",
     ),
+    # ---- the process
+    MetricSpec(
+        "lb_build_info",
+        "gauge",
+        ("version", "python"),
+        "Always 1; the labels say which tunnel-lb and which Python run.",
+    ),
 )
 """Every metric this module exposes; ``docs/metrics.md`` lists the same table."""
 
 _SPECS = {m.name: m for m in METRICS}
+
+UPSTREAM_ERROR_KINDS = frozenset(
+    {
+        "refused",
+        "connect_timeout",
+        "dns",
+        "unreachable",
+        "tls_handshake",
+        "tls_server_name",
+        "tls_certificate",
+        "response_timeout",
+        "upstream_closed",
+        "upstream_protocol",
+        "bad_config",
+    }
+)
+"""The ``kind`` values of ``lb_upstream_errors_total``: the proxy's attempt errors
+(``lb.proxy.hooks.Attempt.error``).  Anything else is counted as ``other``, so the label
+stays a closed set whatever the proxy reports."""
 
 ENDPOINT_STATES = (Health.HEALTHY.value, Health.UNHEALTHY.value, Health.UNKNOWN.value, "disabled")
 VANTAGE_STATES = (Health.HEALTHY.value, Health.UNHEALTHY.value, Health.UNKNOWN.value)
@@ -397,6 +454,16 @@ class _Counter:
         values = self.values
         values[key] = values.get(key, 0.0) + amount
 
+    def take(self) -> list[list[Any]]:
+        """Move the values out as JSON-ready ``[labels, value]`` pairs, leaving none."""
+        values, self.values = self.values, {}
+        return [[list(key), value] for key, value in values.items()]
+
+    def merge(self, items: Iterable[Any]) -> None:
+        """Add pairs made by :meth:`take` (in another process) to these values."""
+        for key, value in items:
+            self.inc(tuple(str(k) for k in key), float(value))
+
     def family(self) -> CounterMetricFamily:
         """The series as a metric family, at scrape time."""
         # CounterMetricFamily strips "_total" from the family name and adds it to samples.
@@ -429,6 +496,21 @@ class _Histogram:
         slots[bisect.bisect_left(self.bounds, value)] += 1
         slots[-1] += value
 
+    def take(self) -> list[list[Any]]:
+        """Move the buckets out as JSON-ready ``[labels, slots]`` pairs, leaving none."""
+        data, self.data = self.data, {}
+        return [[list(key), slots] for key, slots in data.items()]
+
+    def merge(self, items: Iterable[Any]) -> None:
+        """Add pairs made by :meth:`take` (in another process) to these buckets."""
+        width = len(self.bounds) + 2
+        for key, slots in items:
+            if len(slots) != width:
+                continue  # another build's buckets: not comparable, dropped
+            mine = self.data.setdefault(tuple(str(k) for k in key), [0.0] * width)
+            for i, value in enumerate(slots):
+                mine[i] += float(value)
+
     def family(self) -> HistogramMetricFamily:
         """The buckets as a cumulative metric family, at scrape time."""
         fam = HistogramMetricFamily(self.spec.name, self.spec.help, labels=self.spec.labels)
@@ -453,21 +535,6 @@ def _gauge(name: str) -> GaugeMetricFamily:
     return GaugeMetricFamily(spec.name, spec.help, labels=spec.labels)
 
 
-UPSTREAM_FAILURE_KINDS: dict[str, str] = {
-    "refused": "refused",
-    "connect_timeout": "timeout",
-    "dns": "dns",
-    "unreachable": "unreachable",
-    "tls_handshake": "tls",
-    "tls_certificate": "tls",
-    "upstream_closed": "reset",
-    "response_timeout": "response_timeout",
-    "upstream_protocol": "protocol",
-}
-"""An :class:`~lb.proxy.hooks.Attempt` error to the ``kind`` label of
-``lb_upstream_failures_total``; any other error is ``other``, so the label stays a fixed enum."""
-
-
 # --------------------------------------------------------------------------- the object
 
 
@@ -479,9 +546,12 @@ class Metrics:
     path calls :meth:`reload`.  Scrape with
     ``prometheus_client.generate_latest(metrics.registry)``.
 
+    The registry also gets prometheus_client's process collector (``process_*``: CPU, memory,
+    open files, start time; Linux only) and platform collector (``python_info``).
+
     Args:
         registry: the registry to register in; a new private one by default.
-        wall: Unix-time clock for the reload timestamp (injected for tests).
+        wall: Unix-time clock for the reload and state-change timestamps (injected for tests).
     """
 
     def __init__(
@@ -497,6 +567,7 @@ class Metrics:
         self.requests = _Counter("lb_requests_total")
         self.request_duration = _Histogram("lb_request_duration_seconds", DURATION_BUCKETS)
         self.retries = _Counter("lb_retries_total")
+        self.upstream_errors = _Counter("lb_upstream_errors_total")
         self.fallback = _Counter("lb_fallback_requests_total")
         self.decisions = _Counter("lb_steering_decisions_total")
         self.affinity = _Counter("lb_affinity_total")
@@ -508,22 +579,57 @@ class Metrics:
         self.upgrades = _Counter("lb_websocket_upgrades_total")
         self.websocket_bytes = _Counter("lb_websocket_bytes_total")
         self.websockets_open: dict[str, int] = {}
-        # ---- proxy: upstream timing, bytes, failures, client side (see exchange_done)
+        # ---- proxy: upstream timing, bytes, active requests (see exchange_done)
         self.connect_duration = _Histogram("lb_upstream_connect_duration_seconds", DURATION_BUCKETS)
         self.first_byte = _Histogram("lb_upstream_first_byte_seconds", DURATION_BUCKETS)
-        self.upstream_failures = _Counter("lb_upstream_failures_total")
         self.client_bytes = _Counter("lb_client_bytes_total")
         self.endpoint_bytes = _Counter("lb_endpoint_bytes_total")
-        self.client_connections = 0
-        """Net client connections opened (a worker reports and resets its own)."""
         self.requests_active = 0
-        """Net requests started minus finished (a worker reports and resets its own)."""
+        """Requests this process has started and not finished (:meth:`request_started`)."""
+        self.worker_requests_active: dict[int, int] = {}
+        """The same, as each child worker last reported it (the parent's view)."""
         self._endpoint_keys: dict[
             str, tuple[tuple[str, str], tuple[str, str, str], tuple[str, str, str]]
         ] = {}
+        self.client_connections = 0
+        """Client connections this process has open (:meth:`connection`)."""
+        self.worker_client_connections: dict[int, int] = {}
+        """The same, as each child worker last reported it (the parent's view)."""
+        self.events: Mapping[str, _Counter | _Histogram] = {
+            store.spec.name: store
+            for store in (
+                self.requests,
+                self.request_duration,
+                self.retries,
+                self.upstream_errors,
+                self.fallback,
+                self.decisions,
+                self.affinity,
+                self.probes,
+                self.member_probes,
+                self.probe_duration,
+                self.transitions,
+                self.reloads,
+                self.upgrades,
+                self.websocket_bytes,
+                # proxy: upstream timing and bytes
+                self.connect_duration,
+                self.first_byte,
+                self.client_bytes,
+                self.endpoint_bytes,
+            )
+        }
+        """Every counter and histogram by metric name, in exposition order: what
+        :meth:`collect` exposes and what a worker process reports to its parent."""
+        # When each endpoint's and pool's state last changed (Unix time), and the states.
+        self._endpoint_state: dict[tuple[str, str], tuple[str, float]] = {}
+        self._pool_state: dict[str, tuple[str, float]] = {}
         # Status codes as label strings, so a request does not format an int every time.
         self._status_text = {code: str(code) for code in range(100, 600)}
+        self._build = (__version__, platform.python_version())
         self.registry.register(self)
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
 
     # ------------------------------------------------------------------ wiring
 
@@ -547,6 +653,9 @@ class Metrics:
         engine.observers.probes.append(self.probe_result)
         engine.observers.config.append(self.config_applied)
         self._config_at = self._wall()
+        self._endpoint_state.clear()
+        self._pool_state.clear()
+        self._track_states()
 
     def detach(self) -> None:
         """Unsubscribe from the attached engine; counters keep their values."""
@@ -576,17 +685,42 @@ class Metrics:
             key = (result.pool, result.endpoint, result.vantage, result.member, outcome)
             self.member_probes.inc(key)
         if result.rtt is not None:
-            self.probe_duration.observe((result.pool, result.endpoint), result.rtt)
+            self.probe_duration.observe((result.pool, result.endpoint, result.vantage), result.rtt)
 
     def health_event(self, event: HealthEvent) -> None:
         """Observer of ``engine.observers.health``: count one transition."""
         self.transitions.inc((event.pool, event.endpoint, event.vantage, event.after.value))
+        self._track_states()
 
     def config_applied(self, config: Config) -> None:
         """Observer of ``engine.observers.config``: remember when the swap happened."""
         del config
         self._config_at = self._wall()
         self._endpoint_keys.clear()  # renamed or removed endpoints leave no entry behind
+        self._track_states()
+
+    def _track_states(self) -> None:
+        """Stamp every endpoint and pool whose state differs from the one last seen.
+
+        Called on every health event and configuration swap, the only moments a state can
+        change, so a flap between two scrapes is still stamped.  Endpoints and pools a
+        reload removed are forgotten; new ones are stamped now.
+        """
+        engine = self._engine
+        if engine is None:
+            return
+        now = self._wall()
+        endpoints: dict[tuple[str, str], tuple[str, float]] = {}
+        pools: dict[str, tuple[str, float]] = {}
+        for pool in engine.book.snapshot().pools.values():
+            before = self._pool_state.get(pool.name)
+            pools[pool.name] = before if before and before[0] == pool.state else (pool.state, now)
+            for ep in pool.endpoints:
+                key = (pool.name, ep.name)
+                state = ep.health.value if ep.enabled else "disabled"
+                seen = self._endpoint_state.get(key)
+                endpoints[key] = seen if seen and seen[0] == state else (state, now)
+        self._endpoint_state, self._pool_state = endpoints, pools
 
     # ------------------------------------------------------------------ proxy hooks
 
@@ -610,18 +744,33 @@ class Metrics:
         text = self._status_text.get(status)
         if text is None:
             text = str(status)
-        self.requests.inc((load_balancer, pool or "", endpoint or "", text))
-        self.request_duration.observe((load_balancer,), duration)
+        pool = pool or ""
+        endpoint = endpoint or ""
+        self.requests.inc((load_balancer, pool, endpoint, text))
+        self.request_duration.observe((load_balancer, pool, endpoint), duration)
 
-    def retry(self, load_balancer: str, reason: str) -> None:
-        """Count one zero-downtime failover retry (R42).
+    def retry(self, load_balancer: str, reason: str, pool: str | None = None) -> None:
+        """Count one second attempt: a zero-downtime failover (R42) or a stale connection.
 
         Args:
             load_balancer: the load balancer's name.
             reason: the status that failed the first attempt (``"522"``), or
                 ``"stale_connection"``.
+            pool: the pool of the failed first attempt; ``""`` in the label when not given.
         """
-        self.retries.inc((load_balancer, reason))
+        self.retries.inc((load_balancer, pool or "", reason))
+
+    def upstream_error(self, pool: str, endpoint: str, kind: str) -> None:
+        """Count one failed attempt at an endpoint.
+
+        Args:
+            pool: the endpoint's pool.
+            endpoint: the endpoint's name in that pool.
+            kind: the attempt's error; one of :data:`UPSTREAM_ERROR_KINDS`, else ``other``.
+        """
+        if kind not in UPSTREAM_ERROR_KINDS:
+            kind = "other"
+        self.upstream_errors.inc((pool, endpoint, kind))
 
     def decision(self, decision: Decision) -> None:
         """Count one steering decision, its affinity outcome and fallback use.
@@ -667,12 +816,13 @@ class Metrics:
         self.websocket_bytes.inc((load_balancer, "in"), bytes_in)
         self.websocket_bytes.inc((load_balancer, "out"), bytes_out)
 
-    # ------------------------------------------------------------------ proxy hooks: upstream
-    # timing, bytes, failures and the client side, from the records the proxy reports.
-
-    def client_connection(self, delta: int) -> None:
-        """``ProxyHooks.on_connection``: +1 when a client connection opens, -1 when it closes."""
+    def connection(self, delta: int) -> None:
+        """A client connection was accepted (``+1``) or closed (``-1``): the proxy's
+        ``on_connection`` hook."""
         self.client_connections += delta
+
+    # ------------------------------------------------------------------ proxy hooks: upstream
+    # timing, bytes and active requests, from the records the proxy reports.
 
     def request_started(self, record: RequestRecord) -> None:
         """``ProxyHooks.on_request_start``: one more active request until :meth:`exchange_done`."""
@@ -681,7 +831,8 @@ class Metrics:
 
     def exchange_done(self, record: RequestRecord) -> None:
         """Count what one finished request's record says beyond :meth:`request_done`: its
-        attempts' connect time, time to first byte and failures, and its bytes.
+        attempts' connect time and time to first byte, and its bytes (failed attempts are
+        :meth:`upstream_error`'s).
 
         Labels come only from the configuration (the record's load balancer, pool and
         endpoint keys) and fixed enums, never from the request.
@@ -699,9 +850,6 @@ class Metrics:
                 self.connect_duration.observe(k[0], attempt.connect_time)
             if attempt.first_byte is not None:
                 self.first_byte.observe(k[0], attempt.first_byte)
-            if attempt.error:
-                kind = UPSTREAM_FAILURE_KINDS.get(attempt.error, "other")
-                self.upstream_failures.inc((*k[0], kind))
         lb = record.load_balancer or ""
         bytes_in = record.bytes_in
         bytes_out = record.bytes_out
@@ -758,53 +906,43 @@ class Metrics:
 
     def collect(self) -> Iterable[Metric]:
         """Every family with its current samples (called by the registry on a scrape)."""
-        yield self.requests.family()
-        yield self.request_duration.family()
-        yield self.retries.family()
-        yield self.fallback.family()
-        yield self.decisions.family()
-        yield self.affinity.family()
-        yield self.probes.family()
-        yield self.member_probes.family()
-        yield self.probe_duration.family()
-        yield self.transitions.family()
-        yield self.reloads.family()
-        yield self.upgrades.family()
-        yield self.websocket_bytes.family()
+        self._zero_proxy_timings()
+        for store in self.events.values():
+            yield store.family()
         open_ = _gauge("lb_websockets_open")
         for name, count in sorted(self.websockets_open.items()):
             open_.add_metric([name], count)
         yield open_
-        yield from self._proxy_families()
         stamp = _gauge("lb_config_last_reload_success_timestamp_seconds")
         if self._config_at is not None:
             stamp.add_metric([], self._config_at)
         yield stamp
+        clients = _gauge("lb_client_connections")
+        clients.add_metric(
+            [], self.client_connections + sum(self.worker_client_connections.values())
+        )
+        yield clients
+        active = _gauge("lb_requests_active")
+        active.add_metric([], self.requests_active + sum(self.worker_requests_active.values()))
+        yield active
+        build = _gauge("lb_build_info")
+        build.add_metric(list(self._build), 1.0)
+        yield build
         yield from self._engine_families()
 
-    def _proxy_families(self) -> Iterator[Metric]:
+    def _zero_proxy_timings(self) -> None:
+        """Give every configured endpoint its timing series, at zero, before a scrape:
+        connects are rare on keep-alive connections, and a series born with its first
+        observation shows no increase, so ``rate()`` and the quantiles would stay empty."""
         engine = self._engine
-        if engine is not None:
-            # Every configured endpoint has its timing series from the first scrape, at zero:
-            # connects are rare on keep-alive connections, and a series born with its first
-            # observation shows no increase, so rate() and the quantiles would stay empty.
-            width = len(DURATION_BUCKETS) + 2
-            for pool in engine.book.snapshot().pools.values():
-                for ep in pool.endpoints:
-                    for histogram in (self.connect_duration, self.first_byte):
-                        if (pool.name, ep.name) not in histogram.data:
-                            histogram.data[(pool.name, ep.name)] = [0.0] * width
-        yield self.connect_duration.family()
-        yield self.first_byte.family()
-        yield self.upstream_failures.family()
-        yield self.client_bytes.family()
-        yield self.endpoint_bytes.family()
-        connections = _gauge("lb_client_connections_open")
-        connections.add_metric([], self.client_connections)
-        yield connections
-        active = _gauge("lb_requests_active")
-        active.add_metric([], self.requests_active)
-        yield active
+        if engine is None:
+            return
+        width = len(DURATION_BUCKETS) + 2
+        for pool in engine.book.snapshot().pools.values():
+            for ep in pool.endpoints:
+                for histogram in (self.connect_duration, self.first_byte):
+                    if (pool.name, ep.name) not in histogram.data:
+                        histogram.data[(pool.name, ep.name)] = [0.0] * width
 
     def _engine_families(self) -> Iterator[Metric]:
         engine = self._engine
@@ -812,9 +950,12 @@ class Metrics:
             "lb_config_generation",
             "lb_ready",
             "lb_endpoint_health",
+            "lb_endpoint_last_change_timestamp_seconds",
+            "lb_endpoint_weight",
             "lb_endpoint_in_flight_requests",
             "lb_endpoint_connections",
             "lb_pool_health",
+            "lb_pool_last_change_timestamp_seconds",
             "lb_pool_eligible",
             "lb_pool_healthy_endpoints",
             "lb_pool_minimum_endpoints",
@@ -824,8 +965,24 @@ class Metrics:
         )
         fam = {name: _gauge(name) for name in names}
         if engine is not None:
-            _fill_engine(engine, fam)
+            self._fill_engine(engine, fam)
         yield from fam.values()
+
+    def _fill_engine(self, engine: Engine, fam: dict[str, GaugeMetricFamily]) -> None:
+        """Add the scrape-time samples of ``engine`` to the gauge families in ``fam``."""
+        _fill_engine(engine, fam)
+        since = self._config_at if self._config_at is not None else self._wall()
+        changed = fam["lb_endpoint_last_change_timestamp_seconds"]
+        weight = fam["lb_endpoint_weight"]
+        for pool in engine.book.snapshot().pools.values():
+            seen = self._pool_state.get(pool.name)
+            fam["lb_pool_last_change_timestamp_seconds"].add_metric(
+                [pool.name], seen[1] if seen else since
+            )
+            for ep in pool.endpoints:
+                state = self._endpoint_state.get((pool.name, ep.name))
+                changed.add_metric([pool.name, ep.name], state[1] if state else since)
+                weight.add_metric([pool.name, ep.name], ep.weight)
 
 
 def _fill_engine(engine: Engine, fam: dict[str, GaugeMetricFamily]) -> None:

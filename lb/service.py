@@ -58,7 +58,7 @@ from lb.proxy.listeners import AnyListener, is_https, open_listeners
 from lb.proxy.server import serve_proxy
 from lb.workers import ChildContext, Workers, run_child
 from monitors.network import NetworkTransport
-from monitors.scheduler import Scheduler
+from monitors.scheduler import Scheduler, probe_rng
 from monitors.spec import jobs_for_config
 
 __all__ = ["Overrides", "Running", "serve_lb", "serve_worker", "upstream_context"]
@@ -243,10 +243,18 @@ def _hooks(engine: Engine, metrics: Metrics, worker: int | None = None) -> Proxy
         metrics.exchange_done(record)
         if record.websocket and record.status == 101:  # paired with upgraded() below
             metrics.websocket_closed(lb, record.bytes_in, record.bytes_out)
-        if record.retried == "zero_downtime_failover":
-            metrics.retry(lb, str(record.retry_status))  # the 521, 522, 523... that set it off
-        elif record.retried:
-            metrics.retry(lb, record.retried)  # stale_connection: a dead pooled connection
+        for attempt in record.attempts:
+            if attempt.error:
+                name = attempt.endpoint.partition("/")[2]
+                metrics.upstream_error(attempt.pool, name, attempt.error)
+        if record.retried:
+            # The pool of the attempt that failed: every retry is followed by one more attempt.
+            failed = record.attempts[-2].pool if len(record.attempts) > 1 else record.pool
+            if record.retried == "zero_downtime_failover":
+                # the 521, 522, 523... that set it off
+                metrics.retry(lb, str(record.retry_status), failed)
+            else:
+                metrics.retry(lb, record.retried, failed)  # stale_connection: dead pooled conn
         if engine.config.engine.access_log:
             access_log.info(
                 "request",
@@ -260,6 +268,7 @@ def _hooks(engine: Engine, metrics: Metrics, worker: int | None = None) -> Proxy
                         "endpoint": record.endpoint,
                         "decision": record.decision,
                         "retried": record.retried,
+                        "attempts": [a.endpoint for a in record.attempts],
                         "duration": round(record.duration, 6),
                         "request_id": record.request_id,
                         **extra,
@@ -275,7 +284,7 @@ def _hooks(engine: Engine, metrics: Metrics, worker: int | None = None) -> Proxy
         on_request_done=done,
         on_decision=metrics.decision,
         on_upgrade=upgraded,
-        on_connection=metrics.client_connection,
+        on_connection=metrics.connection,
         on_request_start=metrics.request_started,
     )
 
@@ -326,7 +335,7 @@ async def serve_lb(
         config,
         NetworkTransport(ssl_context=tls, reuse=config.engine.probe_connection_reuse),
         engine.apply,
-        rng=random.Random(rng.random()),
+        rng=probe_rng(seed),  # the simulator's schedule for the same seed
         first_round_rate=500,  # ramp TLS handshakes when thousands of endpoints start
     )
     scheduler.update(jobs_for_config(config, engine.targets()))

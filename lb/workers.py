@@ -34,11 +34,14 @@ same health.  The parent forwards over each child's stdin, as JSON lines:
     drain and exit.  End of file on stdin (the parent died) does the same.
 
 Children report on stdout: ``{"ready": ...}`` once listening, then about once a second
-``{"metrics": ..., "live": ...}``: the traffic counters gathered since the previous report,
-which the parent adds to its own :class:`~lb.metrics.Metrics`, and the child's requests in
-flight and open upstream connections (:func:`lb.engine.live_report`), which the parent keeps
-in ``Engine.reported`` for its gauges and ``/status`` until the next report or the child's
-exit.  The report is also the heartbeat.  No message is sent per request.
+``{"metrics": ..., "live": ..., "clients": ..., "active": ...}``: every counter and
+histogram gathered since the previous report (by metric name: all of ``Metrics.events``,
+not a list kept here), which the parent adds to its own :class:`~lb.metrics.Metrics`; the
+child's requests in flight and open upstream connections (:func:`lb.engine.live_report`),
+which the parent keeps in ``Engine.reported`` for its gauges and ``/status`` until the next
+report or the child's exit; and its open client connections and active requests, kept the
+same way in ``Metrics.worker_client_connections`` and ``Metrics.worker_requests_active``.  The
+report is also the heartbeat.  No message is sent per request.
 
 A child that exits while the parent is not stopping is logged and started again after a
 bounded backoff; a child whose input queue overflows (it stopped reading) or that sends
@@ -92,23 +95,6 @@ STOP_GRACE = 5.0
 """Seconds past ``engine.drain_timeout`` a stopping child gets before it is killed."""
 MAX_RUN = 1000
 """Longest pending run kept per check (``consecutive_up/down`` are at most 1000)."""
-
-_COUNTERS = (
-    "requests",
-    "retries",
-    "fallback",
-    "decisions",
-    "affinity",
-    "upgrades",
-    "websocket_bytes",
-    # proxy: upstream failures and bytes
-    "upstream_failures",
-    "client_bytes",
-    "endpoint_bytes",
-)
-_HISTOGRAMS = ("request_duration", "connect_duration", "first_byte")
-_GAUGE_DELTAS = ("client_connections", "requests_active")
-"""Integer gauges of :class:`Metrics` a child reports as net changes since its last report."""
 
 
 # --------------------------------------------------------------------------- encoding
@@ -182,27 +168,18 @@ def _live_from(obj: Any) -> LiveReport:
 
 
 def drain_traffic(metrics: Metrics) -> dict[str, list[list[Any]]]:
-    """Take the traffic counters gathered so far out of ``metrics`` (child side).
+    """Take every counter and histogram gathered so far out of ``metrics`` (child side).
 
-    The child's :class:`Metrics` is never scraped, so its values are moved out (and reset)
-    rather than diffed: a report costs O(label sets), not O(requests).
+    Every one of :attr:`Metrics.events <lb.metrics.Metrics.events>`, keyed by metric name:
+    the same table the exposition reads, so a counter added there is reported without a
+    change here.  The child's :class:`Metrics` is never scraped, so its values are moved out
+    (and reset) rather than diffed: a report costs O(label sets), not O(requests).
     """
     out: dict[str, list[list[Any]]] = {}
-    for name in _COUNTERS:
-        counter = getattr(metrics, name)
-        if counter.values:
-            values, counter.values = counter.values, {}
-            out[name] = [[list(key), value] for key, value in values.items()]
-    for name in _HISTOGRAMS:
-        histogram = getattr(metrics, name)
-        if histogram.data:
-            data, histogram.data = histogram.data, {}
-            out[name] = [[list(key), slots] for key, slots in data.items()]
-    for name in _GAUGE_DELTAS:  # net ups minus downs since the last report
-        delta = getattr(metrics, name)
-        if delta:
-            setattr(metrics, name, 0)
-            out[name] = [[[], delta]]
+    for name, store in metrics.events.items():
+        taken = store.take()
+        if taken:
+            out[name] = taken
     if metrics.websockets_open:  # net opens minus closes since the last report
         opened, metrics.websockets_open = metrics.websockets_open, {}
         out["websockets_open"] = [[[lb], n] for lb, n in opened.items() if n]
@@ -215,23 +192,8 @@ def merge_traffic(metrics: Metrics, report: Mapping[str, Any]) -> None:
         name = str(key[0]) if isinstance(key, list) and key else ""
         if isinstance(delta, int):
             metrics.websockets_open[name] = metrics.websockets_open.get(name, 0) + delta
-    for name in _GAUGE_DELTAS:
-        for _key, delta in report.get(name, ()):
-            if isinstance(delta, int):
-                setattr(metrics, name, getattr(metrics, name) + delta)
-    for name in _COUNTERS:
-        counter = getattr(metrics, name)
-        for key, value in report.get(name, ()):
-            counter.inc(tuple(str(k) for k in key), float(value))
-    for name in _HISTOGRAMS:
-        histogram = getattr(metrics, name)
-        width = len(histogram.bounds) + 2
-        for key, slots in report.get(name, ()):
-            if len(slots) != width:
-                continue  # another build's buckets: not comparable, dropped
-            mine = histogram.data.setdefault(tuple(str(k) for k in key), [0.0] * width)
-            for i, value in enumerate(slots):
-                mine[i] += float(value)
+    for name, store in metrics.events.items():
+        store.merge(report.get(name, ()))
 
 
 # --------------------------------------------------------------------------- parent side
@@ -481,6 +443,8 @@ class Workers:
         finally:
             slot.queue = None
             self.engine.reported.pop(slot.index, None)  # its requests ended with it
+            self.metrics.worker_client_connections.pop(slot.index, None)  # its clients too
+            self.metrics.worker_requests_active.pop(slot.index, None)  # and their requests
             send.close()
             if process.returncode is None:
                 process.kill()
@@ -542,6 +506,12 @@ class Workers:
             if "metrics" in message:
                 merge_traffic(self.metrics, message["metrics"])
                 self.engine.reported[slot.index] = _live_from(message.get("live"))
+                clients = message.get("clients")
+                if isinstance(clients, int) and clients >= 0:
+                    self.metrics.worker_client_connections[slot.index] = clients
+                active = message.get("active")
+                if isinstance(active, int) and active >= 0:
+                    self.metrics.worker_requests_active[slot.index] = active
             elif "ready" in message:
                 logs.event("worker_ready", worker=slot.index, **message["ready"])
                 if slot.ready is not None:
@@ -639,7 +609,14 @@ async def run_child(
         while True:
             await trio.sleep(FLUSH_INTERVAL)
             # Something every interval, traffic or not: the parent kills a silent child.
-            await report({"metrics": drain_traffic(metrics), "live": live_report(engine.live)})
+            await report(
+                {
+                    "metrics": drain_traffic(metrics),
+                    "live": live_report(engine.live),
+                    "clients": metrics.client_connections,
+                    "active": metrics.requests_active,
+                }
+            )
 
     def on_signal(signum: int) -> None:
         # SIGHUP is ignored (the parent forwards reloads); SIGTERM/SIGINT drain, which

@@ -53,9 +53,19 @@ from lb.core.health import ProbeResult
 from monitors.spec import Job, Probe
 from monitors.transport import ProbeTransport, run_check
 
-__all__ = ["Scheduler", "run_monitors"]
+__all__ = ["Scheduler", "probe_rng", "run_monitors"]
 
 ResultCallback = Callable[[ProbeResult], object]
+
+
+def probe_rng(seed: int | None) -> random.Random:
+    """The random stream of the probe schedule (first-round phases, jitter) for ``seed``.
+
+    ``tunnel-lb run --seed N`` and ``tunnel-lb simulate --seed N`` both take their
+    scheduler's ``rng`` from here, so one seed is one probe schedule and a real run can be
+    replayed in the simulator (``tunnel-lb rehearse`` relies on it).  None: a fresh stream.
+    """
+    return random.Random() if seed is None else random.Random(f"{seed}:monitors")
 
 
 class _Worker:

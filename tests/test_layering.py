@@ -56,7 +56,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "lb.workers",
         ),
     ),
-    ("service", ("lb.service", "lb.demo")),
+    ("service", ("lb.service", "lb.demo", "lb.rehearse")),
     ("commands", ("lb.commands", "lb.cli", "lb.__main__")),
 )
 PURE = {"config", "core", "policies", "engine"}

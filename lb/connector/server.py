@@ -20,6 +20,7 @@ import h11
 import trio
 
 from lb.connector.config import ConnectorConfig, parse_address
+from lb.connector.faults import Faults
 from lb.connector.h11io import H11Stream, reason
 from lb.connector.ingress import Bastion, HelloWorld, HttpStatus, TcpService, match_rule
 from lb.connector.proxy import AbortConnectionError, OriginClient
@@ -94,9 +95,12 @@ def _path(target: str) -> str:
 class _Server:
     """One running connector: its TLS context, origin client, listeners and stats."""
 
-    def __init__(self, config: ConnectorConfig, stats: ConnectorStats) -> None:
+    def __init__(
+        self, config: ConnectorConfig, stats: ConnectorStats, faults: Faults | None = None
+    ) -> None:
         self.config = config
         self.stats = stats
+        self.faults = faults if faults is not None else Faults()
         self.rules = config.ingress
         self.origin = OriginClient(
             connect_timeout=config.connect_timeout,
@@ -134,7 +138,7 @@ class _Server:
             async with trio.open_nursery() as nursery:
                 for listener, tls in listeners:
                     handler = partial(self._connection, tls=tls)
-                    nursery.start_soon(trio.serve_listeners, handler, [listener])
+                    nursery.start_soon(self.faults.serve, handler, listener)
                 log.info(
                     "connector_listening",
                     extra={"fields": {"tunnel": self.config.tunnel, "urls": self.stats.listening}},
@@ -158,6 +162,8 @@ class _Server:
         peer = "?"
         try:
             peer = str(stream.socket.getpeername()[0])  # OSError if the client already left
+            if not await self.faults.gate(stream):
+                return  # a fault (lb.connector.faults): cut or never answered
             if tls:
                 # Not https_compatible: our closes send close_notify, so even strict
                 # clients reading to EOF see a clean end.
@@ -186,6 +192,8 @@ class _Server:
                 event = await client.http.next_event()
                 if not isinstance(event, h11.Request):
                     return  # ConnectionClosed: the client is done
+                if not await self.faults.gate(client.http.stream):
+                    return
                 await self._handle(client, event)
             except h11.RemoteProtocolError as exc:
                 await self._reject(client, exc)
@@ -223,7 +231,10 @@ class _Server:
         index = match_rule(self.rules, host, path)
         client.answered = partial(self._record, client, host, target, index)
         service = self.rules[index].parsed_service
-        if isinstance(service, HttpStatus):
+        forced = self.faults.answer()
+        if forced is not None:
+            await client.respond(forced, b"", None)
+        elif isinstance(service, HttpStatus):
             await client.respond(service.code, b"", None)
         elif isinstance(service, HelloWorld):
             hello = self._hello(client, request, host, path, index)
@@ -272,6 +283,7 @@ async def serve_connector(
     config: ConnectorConfig,
     *,
     stats: ConnectorStats | None = None,
+    faults: Faults | None = None,
     task_status: trio.TaskStatus[list[tuple[str, int]]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run a connector until cancelled.
@@ -279,6 +291,8 @@ async def serve_connector(
     ``task_status.started`` receives the bound ``(host, port)`` addresses: the HTTPS
     listeners first, then the plain-HTTP ones (one each for an IP address; a name like
     ``localhost`` may bind IPv4 and IPv6 separately).  Use ``nursery.start`` to learn the
-    ports chosen for port 0.  Pass ``stats`` to observe requests, statuses and SNI.
+    ports chosen for port 0.  Pass ``stats`` to observe requests, statuses and SNI, and
+    ``faults`` to make it fail on command (:mod:`lb.connector.faults`).
     """
-    await _Server(config, stats if stats is not None else ConnectorStats()).run(task_status)
+    server = _Server(config, stats if stats is not None else ConnectorStats(), faults)
+    await server.run(task_status)

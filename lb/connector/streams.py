@@ -125,7 +125,10 @@ async def serve_stream(
         destination = jump_destination(raw.decode("latin-1"))
         target = _allowed(destination, allow)
         if target is None:
-            log.info("%s: bastion destination %r refused", client.peer, destination)
+            log.info(
+                "bastion_refused",
+                extra={"fields": {"peer": client.peer, "destination": destination}},
+            )
             body = f"403: destination {destination!r} is not in bastion_allow\n".encode()
             await client.respond(403, body, _TEXT)
             return
@@ -136,7 +139,10 @@ async def serve_stream(
         with trio.fail_after(connect_timeout):
             origin = await trio.open_tcp_stream(host, port)
     except (OSError, trio.TooSlowError) as exc:
-        log.warning("TCP service %s:%d unreachable: %r", host, port, exc)
+        log.warning(
+            "tcp_service_unreachable",
+            extra={"fields": {"host": host, "port": port, "error": repr(exc)}},
+        )
         await client.respond(502, BAD_GATEWAY_BODY, _TEXT)
         return
     try:

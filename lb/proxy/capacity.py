@@ -37,9 +37,12 @@ def raise_fd_limit() -> int:
     try:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
     except (ValueError, OSError) as exc:
-        log.warning("fd_limit_unchanged soft=%d hard=%d reason=%r", soft, hard, str(exc))
+        log.warning(
+            "fd_limit_unchanged",
+            extra={"fields": {"soft": soft, "hard": hard, "reason": str(exc)}},
+        )
         return soft
-    log.info("fd_limit_raised from=%d to=%d", soft, target)
+    log.info("fd_limit_raised", extra={"fields": {"from": soft, "to": target}})
     return target
 
 

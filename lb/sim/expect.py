@@ -31,6 +31,10 @@ class Failover:
     detected_at: float | None
     drained_at: float | None
     recovered_at: float | None
+    answered_at: float | None = None
+    """The end of the last tick, before recovery, in which the endpoint answered a request
+    steered to it (its connection did not fail); with zero-downtime retries it stops
+    answering at once while steering still picks it until detection."""
 
     def as_json(self) -> dict[str, object]:
         """The JSON form (``docs/simulate.md``)."""
@@ -41,6 +45,7 @@ class Failover:
             "failed_at": _r(self.failed_at),
             "detected_at": _r(self.detected_at),
             "drained_at": _r(self.drained_at),
+            "answered_at": _r(self.answered_at),
             "recovered_at": _r(self.recovered_at),
         }
 
@@ -137,16 +142,20 @@ def _measure(
     if detected is not None and detected >= until:
         detected = None
     k_fail, k_until = int(failed / tick + 1e-9), math.ceil(until / tick - 1e-9)
-    last = k_fail
-    drained: float | None
-    for start, end in rec.active_ticks(f"{pool}/{name}"):
-        if end > k_fail and start < k_until:
-            last = max(last, end)
     end_of_run = math.ceil(scenario.duration / tick - 1e-9)
-    if last >= k_until and (back is not None or last >= end_of_run):
-        drained = None
-    else:
-        drained = max(failed, last * tick)
+
+    def last_of(runs: list[list[int]]) -> float | None:
+        last = k_fail
+        for start, end in runs:
+            if end > k_fail and start < k_until:
+                last = max(last, end)
+        if last >= k_until and (back is not None or last >= end_of_run):
+            return None
+        return max(failed, last * tick)
+
+    key = f"{pool}/{name}"
+    drained = last_of(rec.active_ticks(key))
+    answered = last_of(rec.answered_ticks(key))
     return Failover(
         pool=pool,
         endpoint=name,
@@ -155,6 +164,7 @@ def _measure(
         detected_at=detected,
         drained_at=drained,
         recovered_at=back,
+        answered_at=answered,
     )
 
 

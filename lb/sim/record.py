@@ -74,6 +74,8 @@ class Recorder:
         self.checks = 0
         self.activity: dict[str, list[list[int]]] = {}
         """Endpoint key -> [first tick, last tick + 1] runs of ticks with first attempts."""
+        self.answered: dict[str, list[list[int]]] = {}
+        """The same for ticks in which the endpoint answered (its connection did not fail)."""
         self.tallies = [_Tally() for _ in scenario.expectations]
         tallied = [x for x in scenario.expectations if x.kind in ("share", "requests", "errors")]
         self._tallied = bool(tallied)
@@ -116,15 +118,11 @@ class Recorder:
         w = int(t / self.scenario.report_interval + 1e-9)
         return w, tuple(a <= t < b for a, b in self._ranges)
 
-    def mark(self, key: str, k: int) -> None:
-        """Tick ``k`` had a first attempt to endpoint ``key``."""
-        runs = self.activity.get(key)
-        if runs is None:
-            self.activity[key] = [[k, k + 1]]
-        elif runs[-1][1] >= k:
-            runs[-1][1] = k + 1
-        else:
-            runs.append([k, k + 1])
+    def mark(self, key: str, k: int, answered: bool = True) -> None:
+        """Tick ``k`` had a first attempt to endpoint ``key`` (which ``answered`` it)."""
+        _extend(self.activity, key, k)
+        if answered:
+            _extend(self.answered, key, k)
 
     def fold(self, t: float, per_dc: Iterable[tuple[str, Counts]]) -> None:
         """Add the tallies of a span of ticks starting at ``t`` (data centers sorted)."""
@@ -195,6 +193,10 @@ class Recorder:
         """Runs of ticks in which ``key`` got first attempts."""
         return self.activity.get(key, [])
 
+    def answered_ticks(self, key: str) -> list[list[int]]:
+        """Runs of ticks in which ``key`` answered a first attempt."""
+        return self.answered.get(key, [])
+
     def aggregate(self, pool: str, endpoint: str) -> list[Transition]:
         """The aggregate (``*``) transitions of one endpoint, in time order."""
         return [
@@ -209,6 +211,16 @@ class Recorder:
             if tr.at >= after - 1e-9 and tr.after == Health.UNHEALTHY.value:
                 return tr.at
         return None
+
+
+def _extend(runs_by_key: dict[str, list[list[int]]], key: str, k: int) -> None:
+    runs = runs_by_key.get(key)
+    if runs is None:
+        runs_by_key[key] = [[k, k + 1]]
+    elif runs[-1][1] >= k:
+        runs[-1][1] = k + 1
+    else:
+        runs.append([k, k + 1])
 
 
 def _subject_count(x: Expectation, counts: dict[str, int]) -> int:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import random
 from collections.abc import Callable
 
 import trio
@@ -43,7 +42,7 @@ from lb.sim.report import Report, build_report
 from lb.sim.scenario import Scenario, config_with
 from lb.sim.sessions import DatacenterSessions
 from lb.sim.traffic import Counts, DatacenterTraffic
-from monitors.scheduler import Scheduler
+from monitors.scheduler import Scheduler, probe_rng
 from monitors.spec import jobs_for_config
 from steering import Router
 
@@ -74,9 +73,7 @@ async def _simulate(sc: Scenario, progress: Progress | None) -> Report:
     def on_result(result: ProbeResult) -> None:
         inbox.append((trio.current_time(), result))
 
-    scheduler = Scheduler(
-        SimTransport(network, start), on_result, rng=random.Random(f"{sc.seed}:monitors")
-    )
+    scheduler = Scheduler(SimTransport(network, start), on_result, rng=probe_rng(sc.seed))
     cluster = None
     if sc.members:  # several replicas: lb.sim.cluster replaces the single engine's monitors
         cluster = SimCluster(sc, network, start, secret, rec.health, rec.probe)

@@ -126,13 +126,15 @@ class _Outcome:
     end of every tick, before any cache invalidation.
     """
 
-    __slots__ = ("answers", "counts", "key", "n", "single", "tick", "width")
+    __slots__ = ("answered", "answers", "counts", "key", "n", "single", "tick", "width")
 
     def __init__(self, key: str, answers: tuple[Answer, ...]) -> None:
         self.key = key
         self.answers = answers
         self.width = len(answers)
         self.single: Answer | None = answers[0] if len(answers) == 1 else None
+        self.answered = any(not a.connect_failed for a in answers)
+        """Whether the endpoint answers at all (its connection does not fail)."""
         self.n = 0
         """First attempts this tick (single-answer outcomes)."""
         self.counts = [0] * len(answers)
@@ -177,7 +179,7 @@ class DatacenterTraffic:
         seed: int,
         config: Config,
         network: Network,
-        mark: Callable[[str, int], None],
+        mark: Callable[[str, int, bool], None],
     ) -> None:
         self.traffic = traffic
         self.dc = traffic.datacenter
@@ -310,7 +312,7 @@ class DatacenterTraffic:
             o = cache.get(id(ep)) or self._outcome(ep, t)
             if o.tick != k:
                 o.tick = k
-                mark(o.key, k)
+                mark(o.key, k, o.answered)
             a = o.single
             if a is None:
                 j = int(rpick() * o.width)

@@ -66,9 +66,9 @@ def test_docs_list_every_metric_with_its_type_and_labels() -> None:
 def test_own_registry_and_instances_are_isolated() -> None:
     a, b = Metrics(), Metrics()
     assert a.registry is not b.registry
-    a.retry(HOST, "522")
-    assert key("lb_retries_total", load_balancer=HOST, reason="522") in scrape(a)
-    assert key("lb_retries_total", load_balancer=HOST, reason="522") not in scrape(b)
+    a.retry(HOST, "522", "eu")
+    assert key("lb_retries_total", load_balancer=HOST, pool="eu", reason="522") in scrape(a)
+    assert key("lb_retries_total", load_balancer=HOST, pool="eu", reason="522") not in scrape(b)
     reg = CollectorRegistry()
     assert Metrics(reg).registry is reg
     with pytest.raises(ValueError, match="Duplicated"):
@@ -95,18 +95,21 @@ def test_probe_duration_histogram_buckets() -> None:
     probe(eng, "eu", "a", ok=True, rtt=0.01, vantages=["IAD"])  # on a bound: le is inclusive
     probe(eng, "eu", "a", ok=True, rtt=120.0, vantages=["SIN"])
     probe(eng, "eu", "b", ok=False, reason="TCP timeout")  # no rtt: not observed
+    probe(eng, "eu", "a", ok=True, rtt=0.02, vantages=["SIN"])
     s = scrape(metrics)
-    labels = {"pool": "eu", "endpoint": "a"}
     bucket = "lb_probe_duration_seconds_bucket"
-    assert s[key(bucket, le="0.005", **labels)] == 0
-    assert s[key(bucket, le="0.01", **labels)] == 1
-    assert s[key(bucket, le="0.025", **labels)] == 2
-    assert s[key(bucket, le="60.0", **labels)] == 2
-    assert s[key(bucket, le="+Inf", **labels)] == 3
-    assert s[key("lb_probe_duration_seconds_count", **labels)] == 3
-    assert s[key("lb_probe_duration_seconds_sum", **labels)] == pytest.approx(120.022)
-    assert key("lb_probe_duration_seconds_count", pool="eu", endpoint="b") not in s
-    buckets = [k for k in s if k[0] == bucket and ("endpoint", "a") in k[1]]
+
+    def at(vantage: str, le: str) -> float:
+        return s[key(bucket, le=le, pool="eu", endpoint="a", vantage=vantage)]
+
+    assert [at("FRA", "0.005"), at("FRA", "0.01"), at("FRA", "0.025")] == [0, 0, 1]
+    assert [at("IAD", "0.005"), at("IAD", "0.01")] == [0, 1]  # on a bound: le is inclusive
+    assert [at("SIN", "0.025"), at("SIN", "60.0"), at("SIN", "+Inf")] == [1, 1, 2]
+    sin = {"pool": "eu", "endpoint": "a", "vantage": "SIN"}
+    assert s[key("lb_probe_duration_seconds_count", **sin)] == 2
+    assert s[key("lb_probe_duration_seconds_sum", **sin)] == pytest.approx(120.02)
+    assert not [k for k in s if k[0].startswith("lb_probe_duration") and ("endpoint", "b") in k[1]]
+    buckets = [k for k in s if k[0] == bucket and ("vantage", "FRA") in k[1]]
     assert len(buckets) == len(DURATION_BUCKETS) + 1
 
 
@@ -234,9 +237,10 @@ def test_request_hooks() -> None:
     metrics.request_done(HOST, None, None, 530, 0.0001)
     metrics.request_done("", None, None, 404, 0.0001)
     metrics.request_done(HOST, "eu", "a", 999, 0.1)  # odd statuses still count
-    metrics.retry(HOST, "522")
-    metrics.retry(HOST, "522")
-    metrics.retry(HOST, "connect_error")
+    metrics.retry(HOST, "522", "eu")
+    metrics.retry(HOST, "522", "eu")
+    metrics.retry(HOST, "522", "us")
+    metrics.retry(HOST, "stale_connection")  # the pool is optional
     s = scrape(metrics)
     req = "lb_requests_total"
     assert s[key(req, load_balancer=HOST, pool="eu", endpoint="a", status="200")] == 2
@@ -245,13 +249,20 @@ def test_request_hooks() -> None:
     assert s[key(req, load_balancer="", pool="", endpoint="", status="404")] == 1
     assert s[key(req, load_balancer=HOST, pool="eu", endpoint="a", status="999")] == 1
     dur = "lb_request_duration_seconds"
-    assert s[key(f"{dur}_count", load_balancer=HOST)] == 5
-    assert s[key(f"{dur}_bucket", load_balancer=HOST, le="0.005")] == 2
-    assert s[key(f"{dur}_bucket", load_balancer=HOST, le="0.25")] == 4
-    assert s[key(f"{dur}_bucket", load_balancer=HOST, le="+Inf")] == 5
-    assert s[key(f"{dur}_sum", load_balancer=HOST)] == pytest.approx(1.8031)
-    assert s[key("lb_retries_total", load_balancer=HOST, reason="522")] == 2
-    assert s[key("lb_retries_total", load_balancer=HOST, reason="connect_error")] == 1
+    a = {"load_balancer": HOST, "pool": "eu", "endpoint": "a"}
+    assert s[key(f"{dur}_count", **a)] == 3
+    assert s[key(f"{dur}_bucket", le="0.005", **a)] == 1
+    assert s[key(f"{dur}_bucket", le="0.25", **a)] == 3
+    assert s[key(f"{dur}_sum", **a)] == pytest.approx(0.303)
+    b = {"load_balancer": HOST, "pool": "eu", "endpoint": "b"}
+    assert s[key(f"{dur}_bucket", le="1.0", **b)] == 0
+    assert s[key(f"{dur}_bucket", le="2.5", **b)] == 1
+    assert s[key(f"{dur}_count", load_balancer=HOST, pool="", endpoint="")] == 1
+    assert s[key(f"{dur}_count", load_balancer="", pool="", endpoint="")] == 1
+    retries = "lb_retries_total"
+    assert s[key(retries, load_balancer=HOST, pool="eu", reason="522")] == 2
+    assert s[key(retries, load_balancer=HOST, pool="us", reason="522")] == 1
+    assert s[key(retries, load_balancer=HOST, pool="", reason="stale_connection")] == 1
     assert metrics.request_counts()[(HOST, "eu", "a", "200")] == 2
     assert not any(name.endswith("_created") for name, _ in s)
 
@@ -293,14 +304,15 @@ def test_decisions_affinity_and_fallback() -> None:
 
 
 def test_reloads_and_config_observer() -> None:
-    clock = iter([100.0, 200.0])
+    wall = [100.0]
     eng = engine()
-    metrics = Metrics(wall=lambda: next(clock))
+    metrics = Metrics(wall=lambda: wall[0])
     metrics.attach(eng)
     s = scrape(metrics)
     assert s[key("lb_config_last_reload_success_timestamp_seconds")] == 100.0
     assert s[key("lb_config_generation")] == 0
     metrics.reload(False)
+    wall[0] = 200.0
     cfg = config()
     smaller = type(cfg)(
         monitors=cfg.monitors,
@@ -354,3 +366,76 @@ def test_load_balancer_state_counts_geo_pools_too() -> None:
     assert load_balancer_state(lb, snapshot) == LoadBalancerState.HEALTHY
     geo = dataclasses.replace(lb, steering_policy="geo", region_pools={"ENAM": ("us",)})
     assert load_balancer_state(geo, snapshot) == LoadBalancerState.DEGRADED
+
+
+def test_endpoint_weight_and_when_states_last_changed() -> None:
+    wall = [100.0]
+    eng = engine()
+    metrics = Metrics(wall=lambda: wall[0])
+    metrics.attach(eng)
+
+    def changed() -> tuple[float, float, float, float]:
+        s = scrape(metrics)
+        name = "lb_endpoint_last_change_timestamp_seconds"
+        return (
+            s[key(name, pool="eu", endpoint="a")],
+            s[key(name, pool="eu", endpoint="b")],
+            s[key("lb_pool_last_change_timestamp_seconds", pool="eu")],
+            s[key("lb_pool_last_change_timestamp_seconds", pool="us")],
+        )
+
+    s = scrape(metrics)
+    assert s[key("lb_endpoint_weight", pool="eu", endpoint="a")] == 1.0
+    assert s[key("lb_endpoint_weight", pool="eu", endpoint="b")] == 0.5
+    assert changed() == (100.0, 100.0, 100.0, 100.0)  # watched since the start
+    wall[0] = 150.0
+    probe(eng, "eu", "a", ok=True, status=200)  # unknown -> healthy, and the pool with it
+    assert changed() == (150.0, 100.0, 150.0, 100.0)
+    wall[0] = 200.0
+    probe(eng, "eu", "a", ok=True, status=200)  # no change: no new stamp
+    assert changed() == (150.0, 100.0, 150.0, 100.0)
+    # A flap between two scrapes is still stamped: the gauge says when, not whether.
+    wall[0] = 300.0
+    probe(eng, "eu", "a", ok=False, reason="TCP connection failed")
+    wall[0] = 310.0
+    probe(eng, "eu", "a", ok=True, status=200)
+    assert changed()[0] == 310.0
+    s = scrape(metrics)
+    assert s[key("lb_endpoint_health", pool="eu", endpoint="a", vantage="*", state="healthy")]
+
+
+def test_build_info_and_process_collectors() -> None:
+    import platform
+
+    from lb import __version__
+
+    s = scrape(Metrics())
+    assert s[key("lb_build_info", version=__version__, python=platform.python_version())] == 1
+    assert any(name == "python_info" for name, _ in s)
+    if not Path("/proc/self/stat").exists():
+        pytest.skip("no /proc: prometheus_client's process collector exports nothing here")
+    assert s[key("process_start_time_seconds")] > 1_600_000_000
+    assert s[key("process_open_fds")] > 0
+
+
+def test_client_connections_over_every_process() -> None:
+    metrics = Metrics()
+    for delta in (1, 1, 1, -1):
+        metrics.connection(delta)
+    metrics.worker_client_connections.update({1: 4, 2: 0})
+    assert scrape(metrics)[key("lb_client_connections")] == 6
+    del metrics.worker_client_connections[1]  # that child exited: its clients went with it
+    assert scrape(metrics)[key("lb_client_connections")] == 2
+
+
+def test_upstream_errors_by_endpoint_and_a_closed_set_of_kinds() -> None:
+    metrics = Metrics()
+    metrics.upstream_error("eu", "a", "refused")
+    metrics.upstream_error("eu", "a", "refused")
+    metrics.upstream_error("eu", "b", "tls_certificate")
+    metrics.upstream_error("eu", "b", "a kind nobody listed")
+    s = scrape(metrics)
+    name = "lb_upstream_errors_total"
+    assert s[key(name, pool="eu", endpoint="a", kind="refused")] == 2
+    assert s[key(name, pool="eu", endpoint="b", kind="tls_certificate")] == 1
+    assert s[key(name, pool="eu", endpoint="b", kind="other")] == 1

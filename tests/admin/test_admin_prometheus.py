@@ -48,7 +48,7 @@ def populate(engine: Engine, metrics: Metrics) -> None:
         Attempt("eu", "eu/b", 521, "refused"),
         Attempt("eu", "eu/a", 200, connect_time=0.002, first_byte=0.04),
     ]
-    metrics.client_connection(1)
+    metrics.connection(1)
     metrics.request_started(record)
     metrics.exchange_done(record)
 

@@ -240,3 +240,27 @@ async def test_first_round_rate_stretches_the_first_round(
     assert len(firsts) == 1000
     assert max(firsts.values()) > 19
     assert sum(1 for t in firsts.values() if t < 10) < 600
+
+
+async def test_run_and_simulate_take_one_probe_schedule_per_seed(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """``run --seed`` and ``simulate --seed`` both draw from ``probe_rng``: one seed, one
+    schedule (phases and jitter); another seed, another schedule."""
+    from lb import service
+    from lb.sim import run as sim_run
+    from monitors.scheduler import probe_rng
+
+    assert service.probe_rng is probe_rng and sim_run.probe_rng is probe_rng
+
+    async def schedule(seed: int) -> list[tuple[float, str]]:
+        fake = FakeTransport()
+        s = Scheduler(fake, lambda r: None, rng=probe_rng(seed))
+        s.update(jobs(20, interval=10))
+        start = trio.current_time()
+        await run_for(35, s)
+        return sorted((round(t - start, 9), p.address) for t, p, _ in fake.calls)
+
+    first = await schedule(3)
+    assert first == await schedule(3)
+    assert first != await schedule(4)

@@ -1,5 +1,5 @@
 """The proxy's own metrics over real sockets: upstream connect time and time to first byte,
-upstream failures by kind, bytes, open client connections and active requests.
+bytes, active requests and open client connections; upstream errors by kind.
 
 The hooks are the ones ``tunnel-lb run`` installs (``lb.service``), so these tests cover the
 path from the proxy's records to the exposition.
@@ -90,7 +90,7 @@ async def test_connect_time_and_first_byte_by_endpoint(nursery: trio.Nursery, ce
     assert s[key(f"{ttfb}_count", pool="p1", endpoint="e0")] == 3
     assert s[key(f"{ttfb}_bucket", pool="p1", endpoint="e0", le="+Inf")] == 3
     assert s[key(f"{ttfb}_sum", pool="p1", endpoint="e0")] > 0
-    assert not any(name == "lb_upstream_failures_total" for name, _ in s)
+    assert not any(name == "lb_upstream_errors_total" for name, _ in s)
 
 
 async def test_bytes_from_and_to_clients_and_endpoints(nursery: trio.Nursery, certs: Certs) -> None:
@@ -121,14 +121,16 @@ async def test_refused_connect_counted_by_endpoint_and_kind(
         assert (await get(port)).status == 521
     await settled(server)
     s = scrape(metrics)
-    failures = "lb_upstream_failures_total"
-    assert s[key(failures, pool="p1", endpoint="e0", kind="refused")] == 2
+    errors = "lb_upstream_errors_total"
+    assert s[key(errors, pool="p1", endpoint="e0", kind="refused")] == 2
     # A failed connect has no connect time; the series is there at zero from the start.
     assert s[key("lb_upstream_connect_duration_seconds_count", pool="p1", endpoint="e0")] == 0
     assert key("lb_endpoint_bytes_total", pool="p1", endpoint="e0", direction="sent") not in s
 
 
-async def test_tls_failure_and_reset_counted_by_kind(nursery: trio.Nursery, certs: Certs) -> None:
+async def test_tls_failure_and_closed_connection_counted_by_kind(
+    nursery: trio.Nursery, certs: Certs
+) -> None:
     async def not_tls(stream: trio.SocketStream) -> None:  # answers a ClientHello in clear
         await stream.send_all(b"HTTP/1.1 400 Bad Request\r\n\r\n")
         await trio.aclose_forcefully(stream)
@@ -138,13 +140,13 @@ async def test_tls_failure_and_reset_counted_by_kind(nursery: trio.Nursery, cert
     server, port, metrics = await start(nursery, certs, [plain.socket.getsockname()[1]])
     assert (await get(port)).status == 525
     await settled(server)
-    assert metrics.upstream_failures.values == {("p1", "e0", "tls"): 1.0}
+    assert metrics.upstream_errors.values == {("p1", "e0", "tls_handshake"): 1.0}
 
-    # The endpoint closes the connection before answering: "reset" on the new endpoint.
+    # The endpoint closes the connection before answering.
     server, port, metrics = await start(nursery, certs, [backend.port])
     assert (await get(port, "/drop")).status == 502
     await settled(server)
-    assert metrics.upstream_failures.values == {("p1", "e0", "reset"): 1.0}
+    assert metrics.upstream_errors.values == {("p1", "e0", "upstream_closed"): 1.0}
 
 
 async def test_open_client_connections_and_active_requests(
@@ -155,7 +157,7 @@ async def test_open_client_connections_and_active_requests(
 
     def gauges() -> tuple[float, float]:
         s = scrape(metrics)
-        return s[key("lb_client_connections_open")], s[key("lb_requests_active")]
+        return s[key("lb_client_connections")], s[key("lb_requests_active")]
 
     async def until(want: tuple[float, float]) -> None:
         check: Callable[[], object] = lambda: gauges() == want  # noqa: E731

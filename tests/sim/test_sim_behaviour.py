@@ -239,3 +239,23 @@ load_balancers:
     bad = BASE.replace("{rate: 100, clients: 200}", "{rate: 100, clients: 200, country: de}")
     with pytest.raises(ConfigError, match="two-letter upper-case country code"):
         scenario(tmp_path, bad, config=config)
+
+
+def test_a_refusing_endpoint_stops_answering_at_once_and_is_drained_at_detection(
+    tmp_path: Path,
+) -> None:
+    """Under zero-downtime failover a refused attempt is retried elsewhere: the endpoint's
+    last answer is at the failure, while steering keeps picking it until detection."""
+    body = BASE + "timeline:\n  - {at: 20, tunnel: tb, do: refuse, until: 50}\n"
+    data = run_scenario(scenario(tmp_path, body)).data
+    assert data["retries"] > 0
+    (f,) = data["failovers"]
+    assert f["answered_at"] == 20
+    assert f["drained_at"] is not None and f["detected_at"] is not None
+    assert f["drained_at"] > f["answered_at"]
+
+
+def test_a_503_endpoint_keeps_answering_until_drained(tmp_path: Path) -> None:
+    body = BASE + "timeline:\n  - {at: 20, tunnel: tb, do: status, status: 503, until: 50}\n"
+    (f,) = run_scenario(scenario(tmp_path, body)).data["failovers"]
+    assert f["answered_at"] == f["drained_at"] > 20

@@ -1,0 +1,312 @@
+"""Faults a running connector can be told to show, and the small HTTP API that tells it.
+
+Why a control port
+==================
+
+``tunnel-lb rehearse`` replays a scenario's timeline against real processes, so the stand-in
+must be able to fail on command, the way a real tunnel does: stop accepting (``refuse``),
+accept and never answer (``blackhole``), answer the edge's 530 (``down``), answer another
+status, answer late, or alternate between working and failing (``flap``).  Signals would
+carry no parameters and are taken by the stop handling; a loopback HTTP port carries a JSON
+body, answers with the state it set, and needs nothing but ``curl`` (``docs/connector.md``).
+
+What each fault does on the wire
+================================
+
+* ``refuse``: the listening sockets are closed, so a new connection gets ``ECONNREFUSED``
+  (the proxy's 521), and the connections they accepted are closed with them (they run in
+  the serving nursery that is cancelled), as when the process behind them stops.
+  ``recover`` binds the same port again.
+* ``blackhole``: connections are accepted, and no byte is ever answered, on new connections
+  and on kept-alive ones alike (the proxy's 522 after its connect or response timeout).
+* ``down``: every request is answered ``530`` (Cloudflare's "no tunnel connector").
+* ``status``: every request is answered with that status.
+* ``latency``: every answer waits that many seconds first (kept across other faults, as in
+  the simulator, until ``recover``).
+* ``flap``: from the moment it is set, ``down_for`` seconds of ``how`` (one of the faults
+  above) in every ``period``.
+
+Faults the connector cannot make real on one machine are refused with a message naming them
+(``unreachable``, ``partition``): whether a host is reachable depends on where the asker is,
+and every process here shares one loopback interface.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import h11
+import trio
+
+__all__ = ["FaultError", "Faults", "serve_control"]
+
+FAULT_ACTIONS = ("refuse", "blackhole", "down", "status", "latency", "flap", "recover")
+UNSUPPORTED = {
+    "unreachable": "a host unreachable from the LB cannot be made on one loopback interface",
+    "partition": "a partition seen from some places only cannot be made on one machine",
+}
+_MAX_BODY = 4096
+
+
+class FaultError(ValueError):
+    """A control request that names no fault this connector can show (one line)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Condition:
+    action: str
+    status: int = 0
+    period: float = 0.0
+    down_for: float = 0.0
+    how: str = ""
+    since: float = 0.0
+
+
+class Faults:
+    """The fault state of one connector; the server asks it before and while serving."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._condition: _Condition | None = None
+        self.latency = 0.0
+        self.changed = trio.Event()
+        """Set (and replaced) on every change, so waiting tasks re-check."""
+        self._serving: set[trio.CancelScope] = set()
+        """The scopes serving the listeners (and their connections), cancelled by refuse."""
+
+    # ------------------------------------------------------------------ control
+
+    def apply(self, body: dict[str, object]) -> dict[str, object]:
+        """Apply one control request (``{"do": ..., ...}``); return the new state."""
+        action = body.get("do")
+        if not isinstance(action, str):
+            raise FaultError('expected a JSON object with "do": one of ' + ", ".join(FAULT_ACTIONS))
+        if action in UNSUPPORTED:
+            raise FaultError(f"{action} cannot be rehearsed: {UNSUPPORTED[action]}")
+        if action not in FAULT_ACTIONS:
+            raise FaultError(f"unknown fault {action!r}; one of " + ", ".join(FAULT_ACTIONS))
+        now = self._clock()
+        if action == "recover":
+            self._condition, self.latency = None, 0.0
+        elif action == "latency":
+            self.latency = _number(body, "latency", 0.0, 3600.0)
+        elif action == "flap":
+            period = _number(body, "period", 0.001, 1e9)
+            down_for = _number(body, "down_for", 0.0, period) if "down_for" in body else period / 2
+            how = body.get("how", "refuse")
+            if how not in ("refuse", "blackhole", "down", "status"):
+                raise FaultError("how: one of refuse, blackhole, down, status")
+            status = _status(body) if how == "status" else 0
+            self._condition = _Condition("flap", status, period, down_for, str(how), now)
+        else:
+            status = _status(body) if action == "status" else 0
+            self._condition = _Condition(action, status, since=now)
+        self._wake()
+        return self.state()
+
+    def state(self) -> dict[str, object]:
+        """What the connector shows now (the control API's answer)."""
+        c = self._condition
+        out: dict[str, object] = {"fault": self.current()[0] or None, "latency": self.latency}
+        if c is not None:
+            condition: dict[str, object] = {"do": c.action, "status": c.status or None}
+            if c.action == "flap":
+                condition.update(period=c.period, down_for=c.down_for, how=c.how)
+            out["set"] = condition
+        return out
+
+    def _wake(self) -> None:
+        if self.current()[0] == "refuse":
+            # Here, not in the serving task: by the time the control request is answered,
+            # the listeners and their connections are being closed.
+            for scope in self._serving:
+                scope.cancel()
+        self.changed.set()
+        self.changed = trio.Event()
+
+    # ------------------------------------------------------------------ the server's side
+
+    def current(self) -> tuple[str, int]:
+        """``(fault, status)`` in force now; ``("", 0)`` when the connector works."""
+        c = self._condition
+        if c is None:
+            return "", 0
+        if c.action != "flap":
+            return c.action, c.status
+        if (self._clock() - c.since) % c.period < c.down_for:
+            return c.how, c.status
+        return "", 0
+
+    def next_toggle(self) -> float:
+        """Seconds until a flap switches (inf without a flap)."""
+        c = self._condition
+        if c is None or c.action != "flap":
+            return math.inf
+        phase = (self._clock() - c.since) % c.period
+        return (c.down_for - phase) if phase < c.down_for else (c.period - phase)
+
+    async def wait_change(self) -> None:
+        """Sleep until the fault state may have changed."""
+        with trio.move_on_after(self.next_toggle()):
+            await self.changed.wait()
+
+    async def serve(
+        self,
+        handler: Callable[[trio.SocketStream], Awaitable[None]],
+        listener: trio.SocketListener,
+    ) -> None:
+        """``trio.serve_listeners`` that closes the socket while ``refuse`` is in force and
+        binds the same address again afterwards."""
+        host, port = listener.socket.getsockname()[:2]
+        current: trio.SocketListener | None = listener
+        try:
+            while True:
+                if current is None:
+                    while self.current()[0] == "refuse":
+                        await self.wait_change()
+                    current = (await trio.open_tcp_listeners(port, host=host))[0]
+                async with trio.open_nursery() as nursery:
+                    self._serving.add(nursery.cancel_scope)
+                    try:
+                        nursery.start_soon(trio.serve_listeners, handler, [current])
+                        while self.current()[0] != "refuse":
+                            await self.wait_change()
+                        nursery.cancel_scope.cancel()
+                    finally:
+                        self._serving.discard(nursery.cancel_scope)
+                await trio.aclose_forcefully(current)
+                current = None
+        finally:
+            if current is not None:
+                await trio.aclose_forcefully(current)
+
+    async def gate(self, stream: trio.abc.Stream) -> bool:
+        """Before a connection's handshake or a request's answer: wait out the latency, hang
+        on ``blackhole`` (until the peer leaves), and say False when the connection must be
+        cut (``refuse``)."""
+        fault = self.current()[0]
+        if fault == "refuse":
+            return False
+        if fault == "blackhole":
+            await _swallow(stream)
+            return False
+        if self.latency:
+            await trio.sleep(self.latency)
+        return True
+
+    def answer(self) -> int | None:
+        """The status to answer instead of serving (``down``: 530, ``status``), or None."""
+        fault, status = self.current()
+        if fault == "down":
+            return 530
+        if fault == "status":
+            return status
+        return None
+
+
+async def _swallow(stream: trio.abc.Stream) -> None:
+    """Read and drop whatever the peer sends, never answering, until it closes."""
+    try:
+        while await stream.receive_some(65536):
+            pass
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        pass
+
+
+def _number(body: dict[str, object], key: str, low: float, high: float) -> float:
+    value = body.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+        raise FaultError(f"{key}: expected seconds between {low:g} and {high:g}")
+    return float(value)
+
+
+def _status(body: dict[str, object]) -> int:
+    value = body.get("status")
+    if isinstance(value, bool) or not isinstance(value, int) or not 100 <= value <= 599:
+        raise FaultError("status: expected an HTTP status 100..599")
+    return value
+
+
+# --------------------------------------------------------------------------- the control API
+
+
+async def serve_control(
+    faults: Faults,
+    address: tuple[str, int],
+    *,
+    task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``GET /faults`` (the state) and ``POST /faults`` (a JSON fault) on ``address``."""
+    listeners = await trio.open_tcp_listeners(address[1], host=address[0])
+    sock = listeners[0].socket
+    bound = (str(sock.getsockname()[0]), int(sock.getsockname()[1]))
+
+    async def handle(stream: trio.SocketStream) -> None:
+        try:
+            with trio.fail_after(5):
+                await _control_exchange(faults, stream)
+        except (trio.TooSlowError, trio.BrokenResourceError, h11.ProtocolError, OSError):
+            pass
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(trio.serve_listeners, handle, listeners)
+        task_status.started(bound)
+
+
+async def _control_exchange(faults: Faults, stream: trio.SocketStream) -> None:
+    conn = h11.Connection(h11.SERVER)
+    request: h11.Request | None = None
+    body = b""
+    while True:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            conn.receive_data(await stream.receive_some(65536))
+            continue
+        if isinstance(event, h11.Request):
+            request = event
+        elif isinstance(event, h11.Data):
+            body += event.data
+            if len(body) > _MAX_BODY:
+                break
+        elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
+            break
+    status, answer = _control(faults, request, body)
+    payload = json.dumps(answer).encode() + b"\n"
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(payload)).encode()),
+        (b"connection", b"close"),
+    ]
+    await stream.send_all(conn.send(h11.Response(status_code=status, headers=headers)) or b"")
+    await stream.send_all(conn.send(h11.Data(data=payload)) or b"")
+    await stream.send_all(conn.send(h11.EndOfMessage()) or b"")
+
+
+def _control(faults: Faults, request: h11.Request | None, body: bytes) -> tuple[int, object]:
+    if request is None:
+        return 400, {"error": "no request"}
+    path = request.target.decode("latin-1").partition("?")[0]
+    if path != "/faults":
+        return 404, {"error": "not found; use GET or POST /faults"}
+    if request.method == b"GET":
+        return 200, faults.state()
+    if request.method != b"POST":
+        return 405, {"error": "use GET or POST"}
+    if len(body) > _MAX_BODY:
+        return 413, {"error": "body too large"}
+    try:
+        parsed = json.loads(body or b"null")
+    except ValueError:
+        return 400, {"error": "the body is not JSON"}
+    if not isinstance(parsed, dict):
+        return 400, {"error": 'expected a JSON object such as {"do": "refuse"}'}
+    try:
+        return 200, faults.apply(parsed)
+    except FaultError as exc:
+        return 400, {"error": str(exc)}

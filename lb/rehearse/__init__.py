@@ -1,0 +1,194 @@
+"""``tunnel-lb rehearse``: a scenario against real processes, beside the simulator's spread.
+
+The simulator is only worth trusting if it can be checked.  A rehearsal runs one scenario
+twice over: once for real (stand-in connectors and ``tunnel-lb run`` on loopback, real
+traffic, the timeline applied to the processes: :mod:`lb.rehearse.stack`,
+:mod:`lb.rehearse.drive`), and N times in the simulator with N seeds, both on the same
+scaled scenario (:mod:`lb.rehearse.scale`).  The real run's report has the simulator's
+shape (:mod:`lb.rehearse.real`); :mod:`lb.rehearse.compare` says where each of its values
+falls in the simulated distribution.  ``docs/rehearse.md`` has the details and the limits.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from lb.rehearse.compare import OUTSIDE_LIMIT, Point, compare, outside_share
+from lb.rehearse.drive import drive, unrehearsable
+from lb.rehearse.real import real_report
+from lb.rehearse.scale import SpeedError, scaled_files
+from lb.rehearse.stack import StartError, running
+from lb.sim.report import Report
+from lb.sim.run import run_scenario
+from lb.sim.scenario import Scenario, load_scenario
+from lb.sim.spec import seconds
+
+__all__ = [
+    "Rehearsal",
+    "RehearsalError",
+    "Simulate",
+    "rehearse",
+    "simulate_seeds",
+]
+
+Simulate = Callable[[Scenario], Report]
+"""Runs one seed of a scenario (the real simulator; tests pass a wrong one on purpose)."""
+
+
+class RehearsalError(RuntimeError):
+    """The scenario cannot be rehearsed, or the real system did not start (one line)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Rehearsal:
+    """A finished rehearsal: the real report, the simulated ones and the comparison."""
+
+    scenario: Scenario
+    speed: float
+    rate: float
+    real: Report
+    sims: tuple[dict[str, Any], ...]
+    points: tuple[Point, ...]
+    lag: float = 0.0
+    """The latest a timeline event took effect after its time, in the real run (seconds)."""
+
+    @property
+    def outside(self) -> float:
+        """The share of points outside their 5-95 % band."""
+        return outside_share(self.points)
+
+    @property
+    def ok(self) -> bool:
+        """Within the band often enough, and every expectation held in the real run."""
+        return self.outside <= OUTSIDE_LIMIT + 1e-12 and self.real.ok
+
+    def as_json(self) -> dict[str, Any]:
+        """The ``--json`` document (``docs/rehearse.md``)."""
+        return {
+            "schema": "tunnel-lb/rehearse/1",
+            "scenario": self.scenario.name,
+            "speed": self.speed,
+            "rate": self.rate,
+            "seeds": [s["seed"] for s in self.sims],
+            "outside": round(self.outside, 4),
+            "outside_limit": OUTSIDE_LIMIT,
+            "timeline_lag": round(self.lag, 6),
+            "ok": self.ok,
+            "points": [p.as_json() for p in self.points],
+            "real": self.real.data,
+        }
+
+    def write_json(self, path: str | Path) -> None:
+        """Write :meth:`as_json` to ``path``."""
+        Path(path).write_text(json.dumps(self.as_json(), indent=2) + "\n", "utf-8")
+
+    def table(self) -> str:
+        """The human summary: every point, real value against the band."""
+        d = self.real.data
+        lines = [
+            f"rehearsal {self.scenario.name} at speed {self.speed:g}, rate x{self.rate:g}: "
+            f"{seconds(self.scenario.duration)} real time, {d['requests']} requests, "
+            f"{d['errors']} errors, {d['retries']} retries; {len(self.sims)} simulated seeds; "
+            f"timeline events applied up to {self.lag * 1000:.0f} ms late",
+            "",
+        ]
+        rows = [("point", "real", "p5", "median", "p95", "rank", "")]
+        rows += [
+            (
+                p.name,
+                _num(p.real),
+                _num(p.low),
+                _num(p.median),
+                _num(p.high),
+                f"{p.rank:.0%}",
+                "" if p.inside else "OUTSIDE",
+            )
+            for p in self.points
+        ]
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        for n, r in enumerate(rows):
+            cells = [
+                r[0].ljust(widths[0]),
+                *(c.rjust(w) for c, w in zip(r[1:], widths[1:], strict=True)),
+            ]
+            lines.append("  ".join(cells).rstrip())
+            if n == 0:
+                lines.append("  ".join("-" * w for w in widths))
+        outside = sum(1 for p in self.points if not p.inside)
+        lines += [
+            "",
+            f"{outside} of {len(self.points)} points outside the 5-95 % band "
+            f"({self.outside:.1%}; at most {OUTSIDE_LIMIT:.0%} allowed)",
+        ]
+        for v in d["expectations"]:
+            lines.append(f"{'ok  ' if v['ok'] else 'FAIL'} {v['name']}: {v['detail']}")
+        return "\n".join(lines) + "\n"
+
+
+def _num(x: float | None) -> str:
+    if x is None:
+        return "never"
+    if x != x:
+        return "-"
+    if x == float("inf"):
+        return "never"
+    return f"{x:.3f}" if abs(x) < 10 else f"{x:.1f}"
+
+
+def simulate_seeds(path: Path, seeds: int, simulate: Simulate) -> list[dict[str, Any]]:
+    """``simulate`` the scenario at ``path`` with seeds 1..N."""
+    return [simulate(load_scenario(path, seed=seed)).data for seed in range(1, seeds + 1)]
+
+
+def rehearse(
+    path: str | Path,
+    *,
+    seeds: int = 20,
+    speed: float = 1.0,
+    rate: float = 1.0,
+    workdir: Path | None = None,
+    simulate: Simulate = run_scenario,
+) -> Rehearsal:
+    """Rehearse the scenario at ``path`` (see the module docstring)."""
+    load_scenario(path)  # every problem of the file as it was written (ConfigError, exit 2)
+    with tempfile.TemporaryDirectory(prefix="tunnel-lb-rehearse-") as tmp:
+        directory = workdir or Path(tmp)
+        try:
+            scenario_path, config_path = scaled_files(Path(path), speed, directory / "scaled", rate)
+        except SpeedError as exc:
+            raise RehearsalError(str(exc)) from None
+        sc = load_scenario(scenario_path)
+        problems = unrehearsable(sc)
+        if problems:
+            raise RehearsalError("cannot be rehearsed on one machine: " + "; ".join(problems))
+        raw_config = json.loads(config_path.read_text("utf-8"))
+        real, lag = trio.run(_real, sc, raw_config, directory)
+        sims = simulate_seeds(scenario_path, seeds, simulate)
+    pools = [p.name for p in sc.config.pools]
+    points = compare(real.data, sims, pools, lag=lag)
+    return Rehearsal(sc, speed, rate, real, tuple(sims), tuple(points), lag)
+
+
+async def _real(sc: Scenario, raw_config: dict[str, Any], directory: Path) -> tuple[Report, float]:
+    try:
+        async with running(sc, raw_config, directory, seed=sc.seed) as stack:
+            mono, sent, lag = await drive(sc, stack)
+            log = stack.log
+    except (StartError, RuntimeError) as exc:
+        raise RehearsalError(str(exc)) from None
+    except BaseExceptionGroup as group:  # from the driver's nurseries
+        found, _ = group.split((StartError, RuntimeError))
+        if found is None:
+            raise
+        first = found.exceptions[0]
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        raise RehearsalError(str(first)) from None
+    return real_report(sc, sent, log, mono), lag

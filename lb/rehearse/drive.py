@@ -1,0 +1,213 @@
+"""Driving a real stack: the scenario's users, open-loop, and its timeline, in real time.
+
+Traffic is open-loop and paced like the simulator's: per data center and per tick, the
+requests due by the tick's end (the integral of the rate) start evenly spread over the tick,
+each in its own task, whether or not earlier ones have been answered.  A request carries the
+scenario's Host and path, its client's address (``CF-Connecting-IP``), its entry data center
+(``CF-Ray: <hex>-<DC>``, believed because the LB trusts loopback), an ``X-Request-Id``, the
+client's ``__cflb`` cookie when it is a cookie-keeping client, and its affinity headers.
+
+The timeline runs beside it: network events become a ``POST /faults`` to the endpoint's
+stand-in (:mod:`lb.connector.faults`); ``disable`` / ``enable`` / ``weight`` rewrite the LB's
+configuration file and ``POST /reload`` it, as an operator would.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import trio
+
+from lb.rehearse.stack import Stack
+from lb.sim.scenario import ORIGIN, ConfigEvent, NetEvent, Scenario, Traffic
+
+__all__ = ["Sent", "drive", "unrehearsable"]
+
+
+@dataclass(slots=True)
+class Sent:
+    """One request as the driver saw it."""
+
+    at: float
+    """Seconds after the start when it was sent."""
+    datacenter: str
+    status: int = 0
+    """The status the client got; 0 when the connection failed or timed out."""
+
+
+def unrehearsable(sc: Scenario) -> list[str]:
+    """Why parts of ``sc`` cannot be made real on one machine (empty: it can be rehearsed)."""
+    out: list[str] = []
+    for e in sc.events:
+        what = e.label or f"{e.action} at {e.at:g}s"
+        every = {r.name for r in sc.replicas.get(e.address, ())}
+        if e.scope:
+            out.append(
+                f"{what}: seen_from (a fault seen from some places only) cannot be made "
+                "real on one machine"
+            )
+        elif e.action == "unreachable":
+            out.append(f"{what}: unreachable needs a route that fails, not one loopback")
+        elif e.layer == ORIGIN:
+            out.append(f"{what}: origin faults need an application behind each stand-in")
+        elif set(e.replicas) != every:
+            out.append(
+                f"{what}: one stand-in plays every replica of a tunnel (the LB dials one "
+                "address per endpoint), so a single replica cannot fail alone"
+            )
+    if sc.keep_alive:
+        out.append("network.keep_alive: the stand-ins do not close idle connections on cue")
+    out += [
+        f"expect {x.name!r}: probe attempts are counted by the simulator's network only"
+        for x in sc.expectations
+        if x.kind == "probes"
+    ]
+    return out
+
+
+def _client_headers(t: Traffic, c: int, index: int, affinity: tuple[str, ...]) -> dict[str, str]:
+    ip = f"{10 + (c >> 16)}.{index % 256}.{(c >> 8) & 255}.{c & 255}"
+    headers = {"host": t.host, "cf-connecting-ip": ip}
+    if c < round(t.headers * t.clients):
+        value = f"{t.datacenter}-{c}"
+        for name in affinity:
+            lowered = name.lower()
+            if not lowered.startswith("cookie"):
+                headers[lowered] = value
+    return headers
+
+
+async def _users(
+    sc: Scenario,
+    t: Traffic,
+    index: int,
+    stack: Stack,
+    client: httpx.AsyncClient,
+    start: float,
+    sent: dict[str, Sent],
+    nursery: trio.Nursery,
+    mono: float,
+) -> None:
+    rng = random.Random(f"{sc.seed}:rehearse:{t.datacenter}")
+    lb = sc.config.load_balancer(t.host)
+    affinity = lb.session_affinity_attributes.headers if lb is not None else ()
+    keepers = round(t.cookies * t.clients)
+    cookies: dict[int, str] = {}
+    url = f"{stack.proxy}{t.path}"
+    done = 0
+    k = 0
+    while k * sc.tick < sc.duration - 1e-9:
+        at = k * sc.tick
+        length = min(sc.tick, sc.duration - at)
+        due = int(t.total(at + length) + 1e-6)
+        n, done = due - done, due
+        for j in range(n):
+            when = at + j * length / n
+            await trio.sleep_until(start + when)
+            c = int(rng.random() * t.clients)
+            rid = f"rh-{t.datacenter}-{len(sent)}"
+            headers = _client_headers(t, c, index, affinity)
+            headers["cf-ray"] = f"{len(sent):x}-{t.datacenter}"
+            headers["x-request-id"] = rid
+            if c in cookies:
+                headers["cookie"] = f"__cflb={cookies[c]}"
+            record = Sent(time.monotonic() - mono, t.datacenter)
+            sent[rid] = record
+            nursery.start_soon(_one, client, url, headers, record, cookies, c, c < keepers)
+        k += 1
+
+
+async def _one(
+    client: httpx.AsyncClient,
+    url: str,
+    headers: dict[str, str],
+    record: Sent,
+    cookies: dict[int, str],
+    c: int,
+    keeps: bool,
+) -> None:
+    try:
+        r = await client.get(url, headers=headers)
+    except httpx.HTTPError:
+        return
+    record.status = r.status_code
+    cookie = r.cookies.get("__cflb")
+    if keeps and cookie:
+        cookies[c] = cookie
+
+
+def _config_changed(raw: dict[str, Any], c: ConfigEvent) -> dict[str, Any]:
+    out = copy.deepcopy(raw)
+    for p in out.get("pools", []):
+        if p.get("name") != c.pool:
+            continue
+        if c.endpoint is None:
+            p["enabled"] = c.action == "enable"
+            continue
+        for o in p.get("origins", []):
+            if o.get("name") == c.endpoint:
+                if c.action == "weight":
+                    o["weight"] = c.weight
+                else:
+                    o["enabled"] = c.action == "enable"
+    return out
+
+
+def _fault_body(e: NetEvent) -> dict[str, object]:
+    body: dict[str, object] = {"do": e.action}
+    if e.action == "status" or (e.action == "flap" and e.how == "status"):
+        body["status"] = e.status
+    if e.action == "latency":
+        body["latency"] = e.latency
+    if e.action == "flap":
+        body.update(period=e.period, down_for=e.down_for, how=e.how)
+    return body
+
+
+async def _timeline(
+    sc: Scenario, stack: Stack, client: httpx.AsyncClient, start: float, lags: list[float]
+) -> None:
+    """Apply every event at its time; ``lags`` gets how late each took effect (the POST's
+    answer, which comes once the stand-in or the LB has applied it)."""
+    items: list[tuple[float, int, NetEvent | ConfigEvent]] = [
+        (e.at, e.index, e) for e in sc.events
+    ] + [(c.at, c.index, c) for c in sc.changes]
+    for at, _, item in sorted(items, key=lambda x: (x[0], x[1])):
+        await trio.sleep_until(start + at)
+        if isinstance(item, ConfigEvent):
+            await stack.reload(client, _config_changed(stack.raw_config, item))
+        else:
+            r = await client.post(stack.control[item.address], json=_fault_body(item))
+            if r.status_code != 200:
+                raise RuntimeError(f"the stand-in refused {item.label}: {r.text.strip()}")
+        lags.append(trio.current_time() - start - at)
+
+
+async def drive(sc: Scenario, stack: Stack) -> tuple[float, dict[str, Sent], float]:
+    """Run the scenario's traffic and timeline against ``stack``; return the monotonic
+    time of the start, every request sent (by request id) and the latest an event took
+    effect after its time (seconds)."""
+    sent: dict[str, Sent] = {}
+    lags: list[float] = []
+    limits = sc.config.engine.limits
+    wait = limits.connect_timeout + limits.request_timeout + 5
+    pool = httpx.Limits(max_connections=256, max_keepalive_connections=128)
+    async with (
+        httpx.AsyncClient(timeout=wait, limits=pool) as client,
+        httpx.AsyncClient(timeout=10) as control,
+    ):
+        start = trio.current_time()
+        mono = time.monotonic()  # the clock of the LB's log lines (``mono``)
+        # Requests in flight at the end finish (each bounded by the client's timeout)
+        # before the outer nursery closes.
+        async with trio.open_nursery() as requests, trio.open_nursery() as nursery:
+            nursery.start_soon(_timeline, sc, stack, control, start, lags)
+            for i, t in enumerate(sc.traffic):
+                args = (sc, t, i, stack, client, start, sent, requests, mono)
+                nursery.start_soon(_users, *args)
+    return mono, sent, max(lags, default=0.0)

@@ -1,0 +1,234 @@
+"""The real system of a rehearsal: a connector per endpoint and ``tunnel-lb run``, on loopback.
+
+Every process is started as a user would start it (``python -m lb connector`` and ``python
+-m lb run``), on free ports only: the connectors print their HTTPS and control URLs, the LB
+logs its ``ready`` line with the ports it bound.  The LB's configuration is the scaled one
+(:mod:`lb.rehearse.scale`) plus what running it on one machine needs, nothing else:
+
+* ``connect_to``: each endpoint's ``address:443`` dials its stand-in;
+* ``engine.upstream_ca``: the throw-away trustme CA that signed the stand-ins' certificates;
+* ``engine.trusted_proxies: [127.0.0.1/32]``: the traffic driver states each request's entry
+  data center the way Cloudflare's edge does, with ``CF-Ray: <id>-<DC>`` and the client's
+  address with ``CF-Connecting-IP`` (docs/proxy.md, "Request path");
+* ``engine.access_log: true``: one line per request, with its id, attempts and status.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import trio
+
+from lb.sim.scenario import ORIGIN_SERVICE, Scenario
+
+__all__ = ["Stack", "StartError", "running"]
+
+READY_WAIT = 30.0
+"""Seconds a process may take to report its ports."""
+
+
+class StartError(RuntimeError):
+    """A process of the stack did not start (one line, with where its log is)."""
+
+
+@dataclass
+class Stack:
+    """The running processes and where to reach them."""
+
+    proxy: str
+    admin: str
+    control: dict[str, str]
+    """Endpoint address -> the control URL of its stand-in."""
+    config_path: Path
+    raw_config: dict[str, Any]
+    log: Path
+    processes: list[trio.Process] = field(default_factory=list)
+
+    async def reload(self, client: httpx.AsyncClient, raw: dict[str, Any]) -> None:
+        """Write ``raw`` (the scenario's configuration changed) and reload it for real."""
+        self.raw_config = raw
+        self.config_path.write_text(json.dumps(raw, indent=1), "utf-8")
+        r = await client.post(f"{self.admin}/reload", headers={"X-Tunnel-LB": "1"})
+        if r.status_code != 200:
+            raise StartError(f"POST /reload answered {r.status_code}: {r.text.strip()}")
+
+
+def _ingress(sc: Scenario, address: str) -> list[dict[str, str]]:
+    """The stand-in's rules: the scenario's (the application answering as ``hello_world``),
+    else everything to the application."""
+    rules = sc.ingress.get(address)
+    if rules is None:
+        return [{"service": "hello_world"}]
+    out = []
+    for r in rules:
+        service = "hello_world" if r.service == f"http://{ORIGIN_SERVICE}" else r.service
+        rule = {"service": service}
+        if r.hostname:
+            rule["hostname"] = r.hostname
+        if r.path:
+            rule["path"] = r.path
+        out.append(rule)
+    return out
+
+
+def _names(sc: Scenario) -> list[str]:
+    """Every name the LB may verify a stand-in's certificate against."""
+    names = {"localhost", "127.0.0.1"}
+    for p in sc.config.pools:
+        for o in p.origins:
+            names.add(o.address.lower().rstrip("."))
+            names.add(o.host_header or "")
+    names.update(m.host_header or "" for m in sc.config.monitors)
+    names.update(lb.name for lb in sc.config.load_balancers)
+    return sorted(n for n in names if n)
+
+
+class _Lines:
+    """Lines of a process's output (no async generator: nothing left to finalise)."""
+
+    def __init__(self, stream: trio.abc.ReceiveStream) -> None:
+        self._stream = stream
+        self._buf = b""
+
+    async def next(self) -> str | None:
+        """The next line, or None at the end of the stream."""
+        while b"\n" not in self._buf:
+            chunk = await self._stream.receive_some(4096)
+            if not chunk:
+                return None
+            self._buf += chunk
+        line, self._buf = self._buf.split(b"\n", 1)
+        return line.decode("utf-8", "replace")
+
+
+@asynccontextmanager
+async def running(
+    sc: Scenario, raw_config: dict[str, Any], directory: Path, *, seed: int
+) -> AsyncIterator[Stack]:
+    """Start the stand-ins and the LB; stop every process on exit."""
+    try:
+        import trustme  # optional: the `demo` extra, as for `tunnel-lb demo`
+    except ImportError:
+        raise StartError("rehearse needs `trustme`: pip install 'tunnel-lb[demo]'") from None
+    ca = trustme.CA()
+    cert = directory / "standin.pem"
+    ca.issue_cert(*_names(sc)).private_key_and_cert_chain_pem.write_to_path(str(cert))
+    ca_file = directory / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    log = directory / "processes.log"
+    lb_log = directory / "lb.log"
+    async with trio.open_nursery() as nursery:
+        processes: list[trio.Process] = []
+        try:
+            control: dict[str, str] = {}
+            connect_to: dict[str, str] = {}
+            for i, address in enumerate(sorted(sc.replicas)):
+                replica = sc.replicas[address][0]
+                path = directory / f"connector-{i}.json"
+                tunnel = address.split(".", 1)[0] if address.endswith(".cfargotunnel.com") else ""
+                doc = {
+                    "tunnel": tunnel or "00000000-0000-4000-8000-000000000000",
+                    "replica": replica.name or "endpoint",
+                    "listen": "127.0.0.1:0",
+                    "certificate": str(cert),
+                    "key": str(cert),
+                    "ingress": _ingress(sc, address),
+                }
+                path.write_text(json.dumps(doc), "utf-8")
+                cmd = ["connector", "--quiet", "--control", "127.0.0.1:0", str(path)]
+                proc, https, ctl = await _start_connector(nursery, cmd, log)
+                processes.append(proc)
+                connect_to[f"{address}:443"] = https.removeprefix("https://")
+                control[address] = ctl
+            raw = copy.deepcopy(raw_config)
+            raw["connect_to"] = {**raw.get("connect_to", {}), **connect_to}
+            engine = raw.setdefault("engine", {})
+            engine.update(
+                upstream_ca=str(ca_file),
+                trusted_proxies=["127.0.0.1/32"],
+                access_log=True,
+            )
+            config_path = directory / "lb.json"
+            config_path.write_text(json.dumps(raw, indent=1), "utf-8")
+            args = ["run", str(config_path), "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"]
+            args += ["--seed", str(seed), "--log-format", "json"]
+            lb, ready = await _start_lb(nursery, args, lb_log)
+            processes.append(lb)
+            stack = Stack(
+                proxy=f"http://{ready['proxy'][0]}",
+                admin=f"http://{ready['admin']}",
+                control=control,
+                config_path=config_path,
+                raw_config=raw,
+                log=lb_log,
+                processes=processes,
+            )
+            yield stack
+        finally:
+            for p in processes:
+                if p.returncode is None:
+                    p.terminate()
+            with trio.move_on_after(5) as scope:
+                scope.shield = True
+                for p in processes:
+                    await p.wait()
+            nursery.cancel_scope.cancel()
+
+
+async def _start_connector(
+    nursery: trio.Nursery, args: list[str], log: Path
+) -> tuple[trio.Process, str, str]:
+    with log.open("ab") as err:
+        proc = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "lb", *args], stdout=-1, stderr=err
+        )
+    assert proc.stdout is not None
+    https = control = ""
+    lines = _Lines(proc.stdout)
+    with trio.move_on_after(READY_WAIT):
+        while (line := await lines.next()) is not None:
+            if line.startswith("tunnel ") and ": https://" in line:
+                https = line.rsplit(": ", 1)[1]
+            elif line.startswith("control: "):
+                control = line.removeprefix("control: ")
+            if https and control:
+                break
+    if not (https and control):
+        proc.kill()
+        raise StartError(f"a connector did not start; see {log}")
+    nursery.start_soon(_drain, lines)
+    return proc, https, control
+
+
+async def _drain(lines: _Lines) -> None:
+    while await lines.next() is not None:
+        pass
+
+
+async def _start_lb(
+    nursery: trio.Nursery, args: list[str], log: Path
+) -> tuple[trio.Process, dict[str, Any]]:
+    with log.open("wb") as err:
+        proc = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "lb", *args], stdout=err, stderr=err
+        )
+    with trio.move_on_after(READY_WAIT):
+        while proc.returncode is None and proc.poll() is None:
+            text = await trio.Path(log).read_text("utf-8", "replace")
+            for line in text.splitlines():
+                if '"event":"ready"' in line:
+                    ready: dict[str, Any] = json.loads(line)
+                    return proc, ready
+            await trio.sleep(0.05)
+    proc.kill()
+    text = await trio.Path(log).read_text("utf-8", "replace")
+    tail = text.strip().splitlines()[-1:] or ["(no output)"]
+    raise StartError(f"tunnel-lb run did not become ready: {tail[0]} (log: {log})")

@@ -1,0 +1,53 @@
+"""``--speed`` / ``--rate``: both sides load one scaled scenario; what moves and what not."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lb.rehearse.compare import compare, percentile
+from lb.rehearse.scale import SpeedError, scaled_files
+from lb.sim.scenario import load_scenario
+
+SCENARIOS = Path(__file__).resolve().parents[2] / "configs" / "scenarios"
+
+
+def test_speed_divides_every_time_and_rate_multiplies_rates(tmp_path: Path) -> None:
+    path, _ = scaled_files(SCENARIOS / "reference-two-datacenters.yaml", 5, tmp_path, 0.5)
+    sc = load_scenario(path)
+    assert (sc.duration, sc.report_interval, sc.tick) == (30, 2, 0.02)
+    (monitor,) = sc.config.monitors
+    assert (monitor.interval, monitor.timeout) == (2, 0.4)
+    assert sc.config.engine.minimum_interval == 2
+    assert sc.config.engine.limits.connect_timeout == 1
+    assert [(e.at, e.action) for e in sc.events] == [(8, "blackhole"), (20, "recover")]
+    assert [t.rate(0) for t in sc.traffic] == [100, 50]  # FRA 200, IAD 100, x0.5
+    by_name = {x.kind: x for x in sc.expectations}
+    assert by_name["detected"].within == pytest.approx(23.1 / 5)
+    assert by_name["errors"].at_most == pytest.approx(6930 * 0.5 / 5)
+    shares = [x.between for x in sc.expectations if x.kind == "share"]
+    assert shares == [(13, 20), (26, 30)]
+
+
+def test_a_speed_that_makes_an_interval_below_one_second_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(SpeedError, match=r"makes a monitor interval 0\.5 s, below the 1 s"):
+        scaled_files(SCENARIOS / "reference-two-datacenters.yaml", 20, tmp_path)
+
+
+def test_points_inside_and_outside_the_band() -> None:
+    assert percentile([1, 2, 3, 4, 5], 0.5) == 3
+    assert percentile([float("inf")] * 3, 0.95) == float("inf")
+    window = {"start": 0, "end": 1, "requests": 100, "errors": 0, "by_pool": {"a": 100}}
+    real = {"tick": 0.1, "windows": [window], "failovers": []}
+    sims = [{"windows": [dict(window, errors=e)], "failovers": []} for e in (0, 0, 1, 0)]
+    (errors, share) = compare(real, sims, ["a"])
+    assert errors.inside and share.inside
+    late = {"pool": "a", "endpoint": "x", "failed_at": 10.0, "detected_at": 14.0}
+    real = {"tick": 0.1, "windows": [], "failovers": [late]}
+    sims = [{"windows": [], "failovers": [dict(late, detected_at=10 + d)]} for d in (1, 2, 2)]
+    (detected,) = compare(real, sims, ["a"])
+    assert detected.name == "failover a/x at 10s detected"
+    assert not detected.inside and detected.rank == 1.0
+    (late_enough,) = compare(real, sims, ["a"], lag=2.0)
+    assert late_enough.inside  # the real events took effect up to 2 s late
