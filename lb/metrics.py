@@ -62,6 +62,7 @@ from steering import Affinity, Decision
 
 if TYPE_CHECKING:
     from lb.engine import Engine
+    from lb.proxy.hooks import RequestRecord
 
 __all__ = [
     "DURATION_BUCKETS",
@@ -187,6 +188,40 @@ METRICS: tuple[MetricSpec, ...] = (
         "counter",
         (_LB, "direction"),
         "Bytes carried by finished WebSockets after the 101: in (client to tunnel), out.",
+    ),
+    # ---- proxy: upstream timing, bytes, active requests (proxy hooks)
+    MetricSpec(
+        "lb_upstream_connect_duration_seconds",
+        "histogram",
+        _EP,
+        "Time to open a connection to the endpoint (TCP connect and TLS handshake), "
+        "for connects that succeeded; reused keep-alive connections are not counted.",
+    ),
+    MetricSpec(
+        "lb_upstream_first_byte_seconds",
+        "histogram",
+        _EP,
+        "Time to first byte: from sending the request on an open connection to the "
+        "response head (connect excluded), by endpoint.",
+    ),
+    MetricSpec(
+        "lb_client_bytes_total",
+        "counter",
+        (_LB, "direction"),
+        "Body bytes received from clients and sent to clients, by load balancer "
+        "(after a 101: the bytes carried).",
+    ),
+    MetricSpec(
+        "lb_endpoint_bytes_total",
+        "counter",
+        (*_EP, "direction"),
+        "Body bytes sent to and received from the endpoint, for requests it answered.",
+    ),
+    MetricSpec(
+        "lb_requests_active",
+        "gauge",
+        (),
+        "Client requests received and not finished, over every worker process.",
     ),
     # ---- monitors (engine observers)
     MetricSpec(
@@ -544,6 +579,18 @@ class Metrics:
         self.upgrades = _Counter("lb_websocket_upgrades_total")
         self.websocket_bytes = _Counter("lb_websocket_bytes_total")
         self.websockets_open: dict[str, int] = {}
+        # ---- proxy: upstream timing, bytes, active requests (see exchange_done)
+        self.connect_duration = _Histogram("lb_upstream_connect_duration_seconds", DURATION_BUCKETS)
+        self.first_byte = _Histogram("lb_upstream_first_byte_seconds", DURATION_BUCKETS)
+        self.client_bytes = _Counter("lb_client_bytes_total")
+        self.endpoint_bytes = _Counter("lb_endpoint_bytes_total")
+        self.requests_active = 0
+        """Requests this process has started and not finished (:meth:`request_started`)."""
+        self.worker_requests_active: dict[int, int] = {}
+        """The same, as each child worker last reported it (the parent's view)."""
+        self._endpoint_keys: dict[
+            str, tuple[tuple[str, str], tuple[str, str, str], tuple[str, str, str]]
+        ] = {}
         self.client_connections = 0
         """Client connections this process has open (:meth:`connection`)."""
         self.worker_client_connections: dict[int, int] = {}
@@ -565,6 +612,11 @@ class Metrics:
                 self.reloads,
                 self.upgrades,
                 self.websocket_bytes,
+                # proxy: upstream timing and bytes
+                self.connect_duration,
+                self.first_byte,
+                self.client_bytes,
+                self.endpoint_bytes,
             )
         }
         """Every counter and histogram by metric name, in exposition order: what
@@ -644,6 +696,7 @@ class Metrics:
         """Observer of ``engine.observers.config``: remember when the swap happened."""
         del config
         self._config_at = self._wall()
+        self._endpoint_keys.clear()  # renamed or removed endpoints leave no entry behind
         self._track_states()
 
     def _track_states(self) -> None:
@@ -768,6 +821,63 @@ class Metrics:
         ``on_connection`` hook."""
         self.client_connections += delta
 
+    # ------------------------------------------------------------------ proxy hooks: upstream
+    # timing, bytes and active requests, from the records the proxy reports.
+
+    def request_started(self, record: RequestRecord) -> None:
+        """``ProxyHooks.on_request_start``: one more active request until :meth:`exchange_done`."""
+        del record
+        self.requests_active += 1
+
+    def exchange_done(self, record: RequestRecord) -> None:
+        """Count what one finished request's record says beyond :meth:`request_done`: its
+        attempts' connect time and time to first byte, and its bytes (failed attempts are
+        :meth:`upstream_error`'s).
+
+        Labels come only from the configuration (the record's load balancer, pool and
+        endpoint keys) and fixed enums, never from the request.
+
+        Args:
+            record: what ``ProxyHooks.on_request_done`` received.
+        """
+        self.requests_active -= 1
+        keys = self._endpoint_keys
+        for attempt in record.attempts:
+            k = keys.get(attempt.endpoint)
+            if k is None:
+                k = self._endpoint_key(attempt.pool, attempt.endpoint)
+            if attempt.connect_time is not None:
+                self.connect_duration.observe(k[0], attempt.connect_time)
+            if attempt.first_byte is not None:
+                self.first_byte.observe(k[0], attempt.first_byte)
+        lb = record.load_balancer or ""
+        bytes_in = record.bytes_in
+        bytes_out = record.bytes_out
+        if bytes_in:
+            self.client_bytes.inc((lb, "received"), bytes_in)
+        if bytes_out:
+            self.client_bytes.inc((lb, "sent"), bytes_out)
+        if record.upstream_status is not None and record.pool and record.endpoint:
+            k = keys.get(record.endpoint)
+            if k is None:
+                k = self._endpoint_key(record.pool, record.endpoint)
+            values = self.endpoint_bytes.values
+            if bytes_in:
+                values[k[1]] = values.get(k[1], 0.0) + bytes_in
+            if bytes_out:
+                values[k[2]] = values.get(k[2], 0.0) + bytes_out
+
+    def _endpoint_key(
+        self, pool: str, endpoint_key: str
+    ) -> tuple[tuple[str, str], tuple[str, str, str], tuple[str, str, str]]:
+        """The label tuples of one ``pool/endpoint`` key, made once: the endpoint's, and its
+        ``sent`` and ``received`` byte series.  The cache holds configured names only and is
+        emptied when a configuration is applied."""
+        name = endpoint_key.partition("/")[2]
+        k = ((pool, name), (pool, name, "sent"), (pool, name, "received"))
+        self._endpoint_keys[endpoint_key] = k
+        return k
+
     def reload(self, ok: bool) -> None:
         """Count one configuration reload attempt.
 
@@ -796,6 +906,7 @@ class Metrics:
 
     def collect(self) -> Iterable[Metric]:
         """Every family with its current samples (called by the registry on a scrape)."""
+        self._zero_proxy_timings()
         for store in self.events.values():
             yield store.family()
         open_ = _gauge("lb_websockets_open")
@@ -811,10 +922,27 @@ class Metrics:
             [], self.client_connections + sum(self.worker_client_connections.values())
         )
         yield clients
+        active = _gauge("lb_requests_active")
+        active.add_metric([], self.requests_active + sum(self.worker_requests_active.values()))
+        yield active
         build = _gauge("lb_build_info")
         build.add_metric(list(self._build), 1.0)
         yield build
         yield from self._engine_families()
+
+    def _zero_proxy_timings(self) -> None:
+        """Give every configured endpoint its timing series, at zero, before a scrape:
+        connects are rare on keep-alive connections, and a series born with its first
+        observation shows no increase, so ``rate()`` and the quantiles would stay empty."""
+        engine = self._engine
+        if engine is None:
+            return
+        width = len(DURATION_BUCKETS) + 2
+        for pool in engine.book.snapshot().pools.values():
+            for ep in pool.endpoints:
+                for histogram in (self.connect_duration, self.first_byte):
+                    if (pool.name, ep.name) not in histogram.data:
+                        histogram.data[(pool.name, ep.name)] = [0.0] * width
 
     def _engine_families(self) -> Iterator[Metric]:
         engine = self._engine

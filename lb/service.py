@@ -242,6 +242,7 @@ def _hooks(engine: Engine, metrics: Metrics, worker: int | None = None) -> Proxy
         endpoint = record.endpoint.partition("/")[2] if record.endpoint else None
         lb = record.load_balancer or ""
         metrics.request_done(lb, record.pool, endpoint, record.status, record.duration)
+        metrics.exchange_done(record)
         if record.websocket and record.status == 101:  # paired with upgraded() below
             metrics.websocket_closed(lb, record.bytes_in, record.bytes_out)
         for attempt in record.attempts:
@@ -286,6 +287,7 @@ def _hooks(engine: Engine, metrics: Metrics, worker: int | None = None) -> Proxy
         on_decision=metrics.decision,
         on_upgrade=upgraded,
         on_connection=metrics.connection,
+        on_request_start=metrics.request_started,
     )
 
 

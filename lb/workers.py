@@ -34,14 +34,14 @@ same health.  The parent forwards over each child's stdin, as JSON lines:
     drain and exit.  End of file on stdin (the parent died) does the same.
 
 Children report on stdout: ``{"ready": ...}`` once listening, then about once a second
-``{"metrics": ..., "live": ..., "clients": ...}``: every counter and histogram gathered
-since the previous report (by metric name: all of ``Metrics.events``, not a list kept
-here), which the parent adds to its own :class:`~lb.metrics.Metrics`; the child's requests
-in flight and open upstream connections (:func:`lb.engine.live_report`), which the parent
-keeps in ``Engine.reported`` for its gauges and ``/status`` until the next report or the
-child's exit; and its open client connections, kept the same way in
-``Metrics.worker_client_connections``.  The report is also the heartbeat.  No message is
-sent per request.
+``{"metrics": ..., "live": ..., "clients": ..., "active": ...}``: every counter and
+histogram gathered since the previous report (by metric name: all of ``Metrics.events``,
+not a list kept here), which the parent adds to its own :class:`~lb.metrics.Metrics`; the
+child's requests in flight and open upstream connections (:func:`lb.engine.live_report`),
+which the parent keeps in ``Engine.reported`` for its gauges and ``/status`` until the next
+report or the child's exit; and its open client connections and active requests, kept the
+same way in ``Metrics.worker_client_connections`` and ``Metrics.worker_requests_active``.  The
+report is also the heartbeat.  No message is sent per request.
 
 A child that exits while the parent is not stopping is logged and started again after a
 bounded backoff; a child whose input queue overflows (it stopped reading) or that sends
@@ -449,6 +449,7 @@ class Workers:
             slot.queue = None
             self.engine.reported.pop(slot.index, None)  # its requests ended with it
             self.metrics.worker_client_connections.pop(slot.index, None)  # its clients too
+            self.metrics.worker_requests_active.pop(slot.index, None)  # and their requests
             send.close()
             if process.returncode is None:
                 process.kill()
@@ -513,6 +514,9 @@ class Workers:
                 clients = message.get("clients")
                 if isinstance(clients, int) and clients >= 0:
                     self.metrics.worker_client_connections[slot.index] = clients
+                active = message.get("active")
+                if isinstance(active, int) and active >= 0:
+                    self.metrics.worker_requests_active[slot.index] = active
             elif "ready" in message:
                 logs.event("worker_ready", worker=slot.index, **message["ready"])
                 if slot.ready is not None:
@@ -615,6 +619,7 @@ async def run_child(
                     "metrics": drain_traffic(metrics),
                     "live": live_report(engine.live),
                     "clients": metrics.client_connections,
+                    "active": metrics.requests_active,
                 }
             )
 

@@ -147,6 +147,7 @@ async def exchange(
         target=target,
     )
     client.exchange = ex
+    shared.hooks.request_start(record)  # settle() reports its end
     if not facts.has_body:
         # h11 reports the end of a bodiless request as a separate event: take it now, so
         # that every later step sees the request as complete.
@@ -280,9 +281,13 @@ async def attempts(ex: Exchange, decision: Decision, req: Request) -> bool:
         try:
             if up is None:
                 ex.advance(Move.DIAL, math.inf)
+                dialled = trio.current_time()
                 up = await pool.connect(target)
+                attempt.connect_time = trio.current_time() - dialled
             ex.up = up
+            sending = trio.current_time()
             response = await forward(ex, up, target.host)
+            attempt.first_byte = trio.current_time() - sending
         except UpstreamError as err:
             await stop_pump(ex)  # before the checks: it may have taken more body
             attempt.status, attempt.error = err.status, err.reason

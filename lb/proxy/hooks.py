@@ -35,6 +35,12 @@ class Attempt:
     ``upstream_protocol``."""
     reused: bool = False
     """Whether the attempt ran on a pooled keep-alive connection."""
+    connect_time: float | None = None
+    """Seconds to open the upstream connection (TCP connect and TLS handshake); None on a
+    reused connection or when the connect failed."""
+    first_byte: float | None = None
+    """Seconds from the start of sending the request on an open connection to its response
+    head (time to first byte, connect excluded); None without a response head."""
 
 
 @dataclass(slots=True)
@@ -87,6 +93,8 @@ class ProxyHooks:
     * ``on_request_done(record)``: once per request head received (also for 400/404/431...).
     * ``on_retry(reason, failed_attempt)``: before a second attempt; ``reason`` is
       ``zero_downtime_failover`` (R42) or ``stale_connection`` (pool lesson).
+    * ``on_request_start(record)``: a request head was received; its ``on_request_done``
+      always follows (an active-requests gauge pairs the two).
     * ``on_connection(delta)``: +1 when a client connection is accepted, -1 when it closes.
     * ``on_decision(decision)``: every steering decision the proxy acts on, the
       zero-downtime retry's included (metrics count them by policy and affinity outcome).
@@ -100,6 +108,7 @@ class ProxyHooks:
     on_connection: Callable[[int], None] | None = None
     on_decision: Callable[[Decision], None] | None = None
     on_upgrade: Callable[[RequestRecord], None] | None = None
+    on_request_start: Callable[[RequestRecord], None] | None = None
 
     def request_done(self, record: RequestRecord) -> None:
         """Call ``on_request_done``, logging (not raising) its errors."""
@@ -108,6 +117,14 @@ class ProxyHooks:
                 self.on_request_done(record)
             except Exception:
                 log.exception("on_request_done hook failed")
+
+    def request_start(self, record: RequestRecord) -> None:
+        """Call ``on_request_start``, logging (not raising) its errors."""
+        if self.on_request_start is not None:
+            try:
+                self.on_request_start(record)
+            except Exception:
+                log.exception("on_request_start hook failed")
 
     def retry(self, reason: str, attempt: Attempt) -> None:
         """Call ``on_retry``, logging (not raising) its errors."""

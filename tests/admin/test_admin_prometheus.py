@@ -18,6 +18,7 @@ from prometheus_support import Prometheus, running_prometheus, tool
 from lb.admin import serve_admin
 from lb.engine import Engine
 from lb.metrics import Metrics
+from lb.proxy.hooks import Attempt, RequestRecord
 
 pytestmark = pytest.mark.e2e
 
@@ -40,6 +41,16 @@ def populate(engine: Engine, metrics: Metrics) -> None:
     metrics.request_done(HOST, "eu", "b", 502, 0.3)
     metrics.retry(HOST, "522")
     metrics.reload(True)
+    # The proxy's own metrics, as a failed-over request reports them.
+    record = RequestRecord("GET", HOST, "/", "127.0.0.1", "", "r1", HOST, "eu", "eu/a")
+    record.upstream_status, record.bytes_in, record.bytes_out = 200, 12, 3400
+    record.attempts = [
+        Attempt("eu", "eu/b", 521, "refused"),
+        Attempt("eu", "eu/a", 200, connect_time=0.002, first_byte=0.04),
+    ]
+    metrics.connection(1)
+    metrics.request_started(record)
+    metrics.exchange_done(record)
 
 
 async def test_promtool_check_metrics_is_clean(

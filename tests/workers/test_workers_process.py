@@ -176,6 +176,16 @@ async def story(
 
     await wait_for(counted, "40 requests in the parent's lb_requests_total", 5)
 
+    # ...and the proxy's own metrics too: every request's time to first byte (both processes
+    # served some), and the bytes sent to clients.
+    async def proxy_counted() -> bool:
+        text = (await client.get(f"{admin_base}/metrics")).text
+        ttfb = metric(text, "lb_upstream_first_byte_seconds_count", 'pool="eu"')
+        sent = metric(text, "lb_client_bytes_total", f'load_balancer="{LB}"', 'direction="sent"')
+        return ttfb == 40 and sent > 0
+
+    await wait_for(proxy_counted, "40 first bytes and the bytes in the parent's metrics", 5)
+
     # ...and its live gauges count the child's pooled upstream connection next to its own:
     # requests one at a time leave each process one keep-alive connection to the tunnel.
     async def both_connections() -> bool:

@@ -20,6 +20,7 @@ from lb.config.model import FlapDamping
 from lb.core.snapshot import EndpointView
 from lb.engine import Engine, live_report
 from lb.metrics import METRICS, Metrics
+from lb.proxy.hooks import Attempt, RequestRecord
 from lb.workers import _live_from, _restore, _Runs, drain_traffic, merge_traffic
 
 
@@ -95,6 +96,25 @@ def test_children_websocket_counts_reach_the_parent() -> None:
     child.websocket_closed("lb", 0, 0)
     merge_traffic(parent, json.loads(json.dumps(drain_traffic(child))))
     assert parent.websockets_open == {"lb": 1}
+
+
+def test_children_proxy_metrics_reach_the_parent() -> None:
+    parent, child = Metrics(), Metrics()
+    record = RequestRecord(
+        "GET", "h", "/", "127.0.0.1", "", "r1", "lb", "p", "p/e", upstream_status=200
+    )
+    record.bytes_in, record.bytes_out = 10, 200
+    first = Attempt("p", "p/e", 521, "refused")
+    second = Attempt("p", "p/e", 200, connect_time=0.002, first_byte=0.03)
+    record.attempts = [first, second]
+    child.request_started(record)
+    child.exchange_done(record)
+    merge_traffic(parent, json.loads(json.dumps(drain_traffic(child))))
+    assert parent.client_bytes.values == {("lb", "received"): 10.0, ("lb", "sent"): 200.0}
+    assert parent.endpoint_bytes.values == {("p", "e", "sent"): 10.0, ("p", "e", "received"): 200.0}
+    assert sum(parent.connect_duration.data[("p", "e")][:-1]) == 1
+    assert sum(parent.first_byte.data[("p", "e")][:-1]) == 1
+    assert drain_traffic(child) == {}
 
 
 def test_children_live_counts_add_up_in_gauges_and_status() -> None:
