@@ -132,8 +132,8 @@ def lb_config(tunnels: list[Tunnel], ca: Path) -> str:
                     "type": "https",
                     "path": "/healthz",
                     "interval": 1,
-                    "timeout": 1,
-                    "retries": 0,
+                    "timeout": 2,  # slow is not dead on a loaded machine; refused still is
+                    "retries": 1,
                     "header": {"Host": [APP]},
                 }
             ],

@@ -65,8 +65,10 @@ def two_tunnel_config(
                     "type": "https",
                     "path": "/healthz",
                     "interval": 1,
-                    "timeout": 1,
-                    "retries": 0,
+                    # A check that is only slow (a loaded CI machine) gets a second chance;
+                    # a refused one fails at once, so detecting a dead tunnel stays as quick.
+                    "timeout": 2,
+                    "retries": 1,
                     "header": {"Host": [APP]},
                 }
             ],
