@@ -26,6 +26,7 @@ from lb.cluster.fingerprint import config_hash
 from lb.config.model import Config
 from lb.core.book import HealthBook, ProbeTarget, SavedEndpoint
 from lb.core.health import Health, HealthEvent, ProbeResult
+from lb.core.passive import Outcome
 from steering import HeaderSessions, Live, Router
 
 __all__ = [
@@ -172,6 +173,17 @@ class Engine:
     def withdraw(self, pool: str, endpoint: str, vantage: str, *, at: float) -> list[HealthEvent]:
         """Drop a remote vantage point from an endpoint (:meth:`HealthBook.withdraw`)."""
         events = self.book.withdraw(pool, endpoint, vantage, at=at)
+        self._tell(events)
+        return events
+
+    def outcome(
+        self, pool: str, endpoint: str, outcome: Outcome | None, *, now: float
+    ) -> list[HealthEvent]:
+        """Count the outcome of one attempt at an endpoint (``passive_health``; nothing when
+        it is off for the pool) and tell the health observers of an ejection."""
+        if outcome is None:
+            return []
+        events = self.book.outcome(pool, endpoint, outcome, now=now)
         self._tell(events)
         return events
 

@@ -936,10 +936,13 @@ class Router:
 
     @staticmethod
     def _trace_health_extensions(pool: PoolView, policy: str, req: Request, tr: list[str]) -> None:
-        """Say which endpoints flap damping holds out and which ramp up (``slow_start``)."""
+        """Say which endpoints flap damping or passive health hold out and which ramp up
+        (``slow_start``)."""
         for e in pool.endpoints:
             if e.damped:
                 tr.append(f"endpoint {e.key}: {e.damped}")
+            elif e.ejected:
+                tr.append(f"endpoint {e.key}: {e.ejected}")
             elif e.ramp is not None and policy != "hash" and e.selectable:
                 share = ramp(req.now, *e.ramp)
                 tr.append(f"endpoint {e.key}: slow start, at {share:.0%} of its weight")

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Mapping
 from lb.config._cluster import resolve_engine
 from lb.config._items import Item, Parsed, Seen
 from lb.config._net import cidr_problem, host_port_problem
+from lb.config._passive import check_engine_passive, check_pool_passive
 from lb.config._report import Report, did_you_mean, fmt_number
 from lb.config._source import Segment, Where
 from lb.config.expressions import ExpressionError, compile_condition
@@ -145,6 +146,7 @@ def _check_engine(parsed: Parsed, report: Report) -> None:
                 f"does, and it ends in one of {known}"
             )
             report.error(item.at("zero_downtime_failover_codes", i), message)
+    check_engine_passive(item, report)
 
 
 def _check_admin_access(item: Item[Engine], report: Report) -> None:
@@ -351,6 +353,7 @@ def _check_pools(
         pool = dataclasses.replace(pool, id=pool.id or pool.name)
         index.add(pool, item)
         _check_pool_fields(item, report)
+        check_pool_passive(item, parsed.engine.value, report)
         monitor = _pool_monitor(item, monitors, parsed.broken, report)
         if pool.monitor_group is not None and pool.monitor is None:
             monitor = _pool_group(item, monitors, groups, parsed.broken, report)

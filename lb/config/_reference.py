@@ -30,6 +30,7 @@ from lb.config.model import (
     MonitorGroupMember,
     Origin,
     OriginSteering,
+    PassiveHealth,
     Pool,
     PoolSet,
     PoolSetMatch,
@@ -53,6 +54,7 @@ REFERENCE: tuple[tuple[str, type, str | None], ...] = (
     ("pools[].origins[]", Origin, None),
     ("pools[].origin_steering", OriginSteering, None),
     ("pools[].load_shedding", LoadShedding, None),
+    ("pools[].passive_health", PassiveHealth, None),
     ("load_balancers[]", LoadBalancer, None),
     ("load_balancers[].random_steering", RandomSteering, None),
     ("load_balancers[].adaptive_routing", AdaptiveRouting, None),
@@ -74,6 +76,7 @@ REFERENCE: tuple[tuple[str, type, str | None], ...] = (
     ("engine.local_preference", LocalPreference, None),
     ("engine.cluster", Cluster, None),
     ("engine.flap_damping", FlapDamping, None),
+    ("engine.passive_health", PassiveHealth, None),
 )
 """(where in the file, dataclass, field filled from the mapping key) for every table."""
 

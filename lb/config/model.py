@@ -44,6 +44,7 @@ __all__ = [
     "MonitorGroupMember",
     "Origin",
     "OriginSteering",
+    "PassiveHealth",
     "Pool",
     "RandomSteering",
     "SessionAffinityAttributes",
@@ -202,6 +203,32 @@ class LoadShedding:
 
 
 @dataclass(**_FROZEN)
+class PassiveHealth:
+    """tunnel-lb extension: eject endpoints that fail real traffic (Envoy's outlier detection).
+
+    ``consecutive_connect_failure`` failed connections or ``consecutive_5xx`` 5xx answers in a
+    row take an endpoint out for ``base_ejection_time`` x its number of recent ejections (at
+    most ``max_ejection_time``); at most ``max_ejection_percent`` of a pool is out at once
+    (always at least one endpoint).  It comes back at its monitor's first passing check after
+    the ejection time (docs/semantics.md)."""
+
+    enabled: bool = _f(True, doc="false turns it off (for a pool, under engine.passive_health)")
+    consecutive_connect_failure: int = _f(
+        5, range=(0, 1000), doc="failed connections in a row (refused, TLS, timeout); 0 = off"
+    )
+    consecutive_5xx: int = _f(5, range=(0, 1000), doc="5xx answers in a row; 0 = off")
+    base_ejection_time: float = _f(
+        30.0, range=(0.01, 86400), doc="seconds out for a first ejection; times n for the n-th"
+    )
+    max_ejection_time: float = _f(300.0, range=(0.01, 86400), doc="the longest ejection, seconds")
+    max_ejection_percent: float = _f(
+        10.0,
+        range=(0.0, 100.0),
+        doc="share of a pool's endpoints out at once (rounded down, but at least one)",
+    )
+
+
+@dataclass(**_FROZEN)
 class Pool:
     """A Cloudflare pool (docs/config.md)."""
 
@@ -235,6 +262,9 @@ class Pool:
         0,
         range=(0, 3600),
         doc="tunnel-lb extension: seconds a recovered endpoint or pool ramps up; 0 = off",
+    )
+    passive_health: PassiveHealth | None = _f(
+        None, doc="tunnel-lb extension: this pool's passive health; unset = engine.passive_health"
     )
 
     @property
@@ -673,6 +703,10 @@ class Engine:
     flap_damping: FlapDamping | None = _f(
         None, doc="tunnel-lb extension: keep flapping endpoints out (docs/semantics.md); off"
     )
+    passive_health: PassiveHealth | None = _f(
+        None,
+        doc="tunnel-lb extension: eject endpoints that fail real traffic (docs/semantics.md); off",
+    )
 
 
 @dataclass(**_FROZEN)
@@ -719,6 +753,14 @@ class Config:
             group = self.monitor_group(pool.monitor_group)
             return tuple(self.monitor(m.monitor_id) for m in group.active)
         return ()
+
+    def passive(self, pool: Pool) -> PassiveHealth | None:
+        """``pool``'s passive health settings in force: its own, else the engine's; None when
+        off, or when the pool has no monitor to bring an ejected endpoint back."""
+        passive = pool.passive_health or self.engine.passive_health
+        if passive is None or not passive.enabled or not pool.monitored:
+            return None
+        return passive
 
     def load_balancer(self, host: str) -> LoadBalancer | None:
         """The load balancer whose name is ``host`` (case-insensitive, port stripped)."""

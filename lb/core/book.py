@@ -41,8 +41,15 @@ monitored, enabled endpoint of every enabled pool (R10: the others are never pro
   :func:`steering.pick.ramp` of the request's ``now``.  The first probe after every ramp
   ended rebuilds the snapshot without them, so steering's fast path comes back.
 
-Passive signals (request outcomes, zero-downtime-failover retries) never change health here
-(R44); they feed the live counters that steering reads instead.
+* With ``passive_health`` (a tunnel-lb extension, off by default, on ``engine`` or per pool)
+  every endpoint of a covered pool has an :class:`~lb.core.passive.Ejector`, and
+  :meth:`HealthBook.outcome` takes the outcome of each attempt the proxy or the simulator
+  made at it.  A run of failures ejects it (``UNHEALTHY`` whatever the monitors say), unless
+  the pool's ``max_ejection_percent`` is already out; the first passing probe after the
+  ejection time puts it back.  Both are events on the pseudo vantage point ``"passive"``.
+
+Otherwise passive signals (request outcomes, zero-downtime-failover retries) never change
+health here (R44); they feed the live counters that steering reads instead.
 """
 
 from __future__ import annotations
@@ -51,7 +58,15 @@ import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from lb.config.model import Config, FlapDamping, Monitor, MonitorGroupMember, Origin, Pool
+from lb.config.model import (
+    Config,
+    FlapDamping,
+    Monitor,
+    MonitorGroupMember,
+    Origin,
+    PassiveHealth,
+    Pool,
+)
 from lb.core.damping import Damper
 from lb.core.health import (
     Check,
@@ -62,6 +77,7 @@ from lb.core.health import (
     combine,
     majority,
 )
+from lb.core.passive import PASSIVE, Ejector, Outcome, cap
 from lb.core.snapshot import EndpointView, PoolState, PoolView, Snapshot
 
 __all__ = ["DAMPING", "HealthBook", "ProbeTarget", "SavedEndpoint", "identity"]
@@ -147,6 +163,7 @@ class _Endpoint:
         "changed_at",
         "checks",
         "damper",
+        "ejector",
         "health",
         "identity",
         "last",
@@ -165,9 +182,11 @@ class _Endpoint:
         vantages: Iterable[str],
         members: Members = (),
         damping: FlapDamping | None = None,
+        passive: PassiveHealth | None = None,
     ):
         self.identity = ident
         self.damper = Damper(damping) if damping is not None else None
+        self.ejector = Ejector(passive) if passive is not None else None
         self.changed_at: float | None = None
         """When :attr:`health` last changed."""
         self.recovered_at: float | None = None
@@ -220,9 +239,23 @@ class _Endpoint:
         else:
             self.damper.retune(damping)
 
+    def passive(self, passive: PassiveHealth | None) -> None:
+        """Follow a reload's ``passive_health``: keep the runs and any ejection, or drop it."""
+        if passive is None:
+            self.ejector = None
+        elif self.ejector is None:
+            self.ejector = Ejector(passive)
+        else:
+            self.ejector.retune(passive)
+
     def effective(self) -> Health:
-        """:attr:`raw`, or ``UNHEALTHY`` while flap damping suppresses the endpoint."""
-        if self.damper is not None and self.damper.suppressed and self.raw is not Health.UNKNOWN:
+        """:attr:`raw`, or ``UNHEALTHY`` while flap damping suppresses the endpoint or
+        passive health has ejected it."""
+        if self.raw is Health.UNKNOWN:
+            return self.raw
+        if self.damper is not None and self.damper.suppressed:
+            return Health.UNHEALTHY
+        if self.ejector is not None and self.ejector.ejected:
             return Health.UNHEALTHY
         return self.raw
 
@@ -307,6 +340,14 @@ class HealthBook:
             check.state = ep.combined(result.vantage)
         else:
             check.observe(result.ok)
+        returned = self._return(ep, result)
+        if returned:
+            events = returned
+            if check.state is not before:
+                events = [self._event(result, result.vantage, before, check.state), *events]
+            return events + self._aggregate_reason(
+                self._reaggregate(ep, result, changed=True), returned[0].reason
+            )
         if check.state is before:
             if ep.damper is not None and ep.damper.suppressed:
                 # Perhaps the penalty decayed below reuse; the snapshot stays if not.
@@ -320,6 +361,94 @@ class HealthBook:
         # Any transition (not only the aggregate's) makes the snapshot stale: it also shows
         # the per-vantage states (EndpointView.vantage_health).  Transitions are rare.
         return events + self._reaggregate(ep, result, changed=True)
+
+    def outcome(
+        self, pool: str, endpoint: str, outcome: Outcome, *, now: float
+    ) -> list[HealthEvent]:
+        """Count the outcome of one attempt at an endpoint (``passive_health``).
+
+        Returns the ejection's events when this outcome completed a run of failures and the
+        pool may lose one more endpoint (:func:`~lb.core.passive.cap`); an endpoint steering
+        does not use (not healthy, or already ejected) is not counted.
+        """
+        ep = self._endpoints.get((pool, endpoint))
+        if ep is None or ep.ejector is None or ep.ejector.ejected:
+            return []
+        ejector = ep.ejector
+        reason = ejector.observe(outcome)
+        if not reason or ep.health is not Health.HEALTHY:
+            return []
+        peers = [e for (p, _), e in self._endpoints.items() if p == pool]
+        out = sum(1 for e in peers if e.ejector is not None and e.ejector.ejected)
+        if out >= cap(len(peers), ejector.config.max_ejection_percent):
+            return []  # the run stands: the next failure tries again
+        self._tick(now)
+        duration = ejector.eject(now)
+        self._snapshot = None
+        status = None if outcome.connect_failed else outcome.status
+        events = [
+            HealthEvent(
+                at=now,
+                pool=pool,
+                endpoint=endpoint,
+                vantage=PASSIVE,
+                before=Health.HEALTHY,
+                after=Health.UNHEALTHY,
+                reason=f"{reason}, ejected for {duration:g}s",
+                status=status,
+            )
+        ]
+        ep.changed_at = now
+        ep.health = ep.effective()
+        events.append(
+            HealthEvent(
+                at=now,
+                pool=pool,
+                endpoint=endpoint,
+                vantage="*",
+                before=Health.HEALTHY,
+                after=ep.health,
+                reason=reason,
+                status=status,
+            )
+        )
+        self._note_pool(pool, now)
+        return events
+
+    def _return(self, ep: _Endpoint, result: ProbeResult) -> list[HealthEvent]:
+        """Passive health: a passing probe after the ejection time puts the endpoint back."""
+        ejector = ep.ejector
+        if ejector is None or not result.ok or not ejector.due(result.at):
+            return []
+        ejector.release(result.at)
+        reason = (
+            f"passive: ejection of {result.at - ejector.since:g}s over, "
+            f"{result.vantage} check passed"
+        )
+        return [
+            HealthEvent(
+                at=result.at,
+                pool=result.pool,
+                endpoint=result.endpoint,
+                vantage=PASSIVE,
+                before=Health.UNHEALTHY,
+                after=Health.HEALTHY,
+                reason=reason,
+            )
+        ]
+
+    @staticmethod
+    def _aggregate_reason(events: list[HealthEvent], reason: str) -> list[HealthEvent]:
+        """``events`` with ``reason`` on the aggregate transitions that have none."""
+        return [
+            dataclasses.replace(e, reason=reason) if e.vantage == "*" and not e.reason else e
+            for e in events
+        ]
+
+    def passive(self, pool: str, endpoint: str) -> Ejector | None:
+        """The passive-health state of one endpoint; None when ``passive_health`` is off."""
+        ep = self._endpoints.get((pool, endpoint))
+        return ep.ejector if ep is not None else None
 
     def _apply_member(self, ep: _Endpoint, result: ProbeResult) -> None:
         """R16: count a group member's result with that member's counters."""
@@ -447,6 +576,7 @@ class HealthBook:
         events = []
         for key, ep in self._endpoints.items():
             ep.damp(damping)
+            ep.passive(config.passive(config.pool(key[0])))
             ep.raw = majority([c.state for c in ep.checks.values()])
             aggregate = ep.effective()
             old = before.get(key, Health.UNKNOWN)
@@ -646,7 +776,12 @@ class HealthBook:
                     self._endpoints[key] = old
                 else:
                     self._endpoints[key] = _Endpoint(
-                        ident, monitor, vantages, members, config.engine.flap_damping
+                        ident,
+                        monitor,
+                        vantages,
+                        members,
+                        config.engine.flap_damping,
+                        config.passive(pool),
                     )
 
     def _monitor_of(self, pool: str) -> Monitor | None:
@@ -825,6 +960,7 @@ class HealthBook:
                         datacenters=tunnels.get(tid, frozenset()) if tid else frozenset(),
                         ramp=ramp if health is Health.HEALTHY else None,
                         damped=_damped(ep),
+                        ejected=_ejected(ep),
                     )
                 )
             endpoints = tuple(views)
@@ -873,6 +1009,16 @@ def _damped(ep: _Endpoint | None) -> str:
         return ""
     reuse = ep.damper.limits[1]
     return f"flap damping holds it out until its penalty decays below {reuse:g}"
+
+
+def _ejected(ep: _Endpoint | None) -> str:
+    """The trace's reason for an endpoint passive health has ejected, or ""."""
+    if ep is None or ep.ejector is None or not ep.ejector.ejected:
+        return ""
+    return (
+        f"passive health ejected it at {ep.ejector.since:g} (ejection {ep.ejector.ejections}); "
+        f"its first passing check from {ep.ejector.until:g} brings it back"
+    )
 
 
 def _pool_state(

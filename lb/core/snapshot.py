@@ -51,6 +51,8 @@ class EndpointView:
     """Data centers the endpoint's tunnel replicas hold connections in (empty if unknown)."""
     damped: str = ""
     """Why flap damping holds the endpoint out (``engine.flap_damping``); empty when not."""
+    ejected: str = ""
+    """Why passive health holds the endpoint out (``passive_health``); empty when not."""
     ramp: tuple[float, float] | None = None
     """``(recovered_at, slow_start)`` while the endpoint ramps up after a recovery
     (``slow_start``, a tunnel-lb extension); None otherwise."""
