@@ -63,6 +63,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from lb.admin_guard import Guard, guard_for
 from lb.config.hosts import is_loopback
 from lb.core.health import HealthEvent, ProbeResult
+from lb.core.passive import Ejector
 from lb.core.snapshot import PoolView
 from lb.engine import Engine, LiveTotals
 from lb.metrics import Metrics, load_balancer_state
@@ -641,6 +642,7 @@ def _pool_json(
                 "health": ep.health.value if ep.enabled else "disabled",
                 "selectable": ep.selectable,
                 "damping": _damping_json(book.damping(pool.name, ep.name, now)),
+                "passive": _passive_json(book.passive(pool.name, ep.name), now),
                 "vantages": vantages,
                 "datacenters": sorted(ep.datacenters),
                 "in_flight": live.in_flight.get(ep.key, 0),
@@ -670,6 +672,20 @@ def _damping_json(state: tuple[float, bool] | None) -> dict[str, Any] | None:
     if state is None:
         return None
     return {"penalty": round(state[0], 3), "suppressed": state[1]}
+
+
+def _passive_json(ejector: Ejector | None, now: float) -> dict[str, Any] | None:
+    """Passive health of one endpoint (``passive_health``), None when it is off."""
+    if ejector is None:
+        return None
+    return {
+        "ejected": ejector.ejected,
+        "remaining": round(max(0.0, ejector.until - now), 3) if ejector.ejected else None,
+        "ejections": ejector.ejections,
+        "reason": ejector.reason,
+        "consecutive_5xx": ejector.error_run,
+        "consecutive_connect_failures": ejector.connect_run,
+    }
 
 
 def _probe_json(result: ProbeResult | None, now: float) -> dict[str, Any] | None:

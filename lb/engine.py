@@ -24,9 +24,10 @@ from typing import Any
 
 from lb.cluster.fingerprint import config_hash
 from lb.config.model import Config
+from lb.core.attempts import Failure
 from lb.core.book import HealthBook, ProbeTarget, SavedEndpoint
 from lb.core.health import Health, HealthEvent, ProbeResult
-from lb.core.passive import Outcome
+from lb.core.passive import outcome_of
 from steering import HeaderSessions, Live, Router
 
 __all__ = [
@@ -111,6 +112,7 @@ class Engine:
         """Where this process listens, ``{"proxy": ["127.0.0.1:8080"], "admin": [...]}``
         as bound (port 0 resolved); set by :func:`lb.service.serve_lb` for ``/status``."""
         self._router: Router | None = None
+        self._passive = _passive(config)
         self._seen: set[tuple[str, str, str]] = set()
         self.status_sections: dict[str, Callable[[], object]] = {}
         """Extra top-level sections of ``/status`` by name (``cluster``: :mod:`lb.cluster`)."""
@@ -177,10 +179,22 @@ class Engine:
         return events
 
     def outcome(
-        self, pool: str, endpoint: str, outcome: Outcome | None, *, now: float
+        self,
+        pool: str,
+        endpoint: str,
+        *,
+        status: int,
+        failure: Failure | None = None,
+        reused: bool = False,
+        now: float,
     ) -> list[HealthEvent]:
-        """Count the outcome of one attempt at an endpoint (``passive_health``; nothing when
-        it is off for the pool) and tell the health observers of an ejection."""
+        """Count how one attempt at an endpoint ended, answered ``status`` or failed with
+        ``failure`` (``passive_health``: :func:`lb.core.passive.outcome_of`), and tell the
+        health observers of an ejection.  The proxy and the simulator both call this after
+        every attempt; with passive health off everywhere it returns at once."""
+        if not self._passive:
+            return []
+        outcome = outcome_of(failure, status, reused=reused)
         if outcome is None:
             return []
         events = self.book.outcome(pool, endpoint, outcome, now=now)
@@ -263,6 +277,7 @@ class Engine:
         endpoint whose probe changed starting over as unknown.
         """
         events = self.book.reconfigure(config, now=now)
+        self._passive = _passive(config)
         self.generation += 1
         reset = {(e.pool, e.endpoint) for e in events if e.after is Health.UNKNOWN}
         self._seen = {s for s in self._seen if (s[0], s[1]) not in reset}
@@ -319,6 +334,11 @@ def _parse_state(
             raise ValueError("a session without its age")
         sessions.append((bytes.fromhex(text(digest)), text(endpoint), last))
     return saved, sessions
+
+
+def _passive(config: Config) -> bool:
+    """Whether ``passive_health`` covers any pool (else outcomes are not even classified)."""
+    return any(config.passive(p) is not None for p in config.pools)
 
 
 SECRET_ENV = "TUNNEL_LB_AFFINITY_SECRET"

@@ -57,6 +57,7 @@ from prometheus_client.core import (
 from lb import __version__
 from lb.config.model import Config, LoadBalancer
 from lb.core.health import Health, HealthEvent, ProbeResult
+from lb.core.passive import PASSIVE
 from lb.core.snapshot import PoolState, Snapshot
 from steering import Affinity, Decision
 
@@ -248,6 +249,12 @@ METRICS: tuple[MetricSpec, ...] = (
         (*_EP, "vantage", "to"),
         'Endpoint health changes per vantage point; vantage="*" is the majority of them.',
     ),
+    MetricSpec(
+        "lb_passive_ejections_total",
+        "counter",
+        _EP,
+        "Endpoints ejected by passive health (passive_health) after failing real traffic.",
+    ),
     # ---- configuration
     MetricSpec(
         "lb_config_reloads_total",
@@ -331,6 +338,12 @@ METRICS: tuple[MetricSpec, ...] = (
         "gauge",
         ("pool",),
         "Enabled endpoints of the pool that are healthy.",
+    ),
+    MetricSpec(
+        "lb_pool_ejected_endpoints",
+        "gauge",
+        ("pool",),
+        "Endpoints of the pool passive health holds out right now (pools it covers only).",
     ),
     MetricSpec(
         "lb_pool_minimum_endpoints",
@@ -575,6 +588,7 @@ class Metrics:
         self.member_probes = _Counter("lb_monitor_group_probes_total")
         self.probe_duration = _Histogram("lb_probe_duration_seconds", DURATION_BUCKETS)
         self.transitions = _Counter("lb_health_transitions_total")
+        self.ejections = _Counter("lb_passive_ejections_total")
         self.reloads = _Counter("lb_config_reloads_total")
         self.upgrades = _Counter("lb_websocket_upgrades_total")
         self.websocket_bytes = _Counter("lb_websocket_bytes_total")
@@ -609,6 +623,7 @@ class Metrics:
                 self.member_probes,
                 self.probe_duration,
                 self.transitions,
+                self.ejections,
                 self.reloads,
                 self.upgrades,
                 self.websocket_bytes,
@@ -690,6 +705,8 @@ class Metrics:
     def health_event(self, event: HealthEvent) -> None:
         """Observer of ``engine.observers.health``: count one transition."""
         self.transitions.inc((event.pool, event.endpoint, event.vantage, event.after.value))
+        if event.vantage == PASSIVE and event.after is Health.UNHEALTHY:
+            self.ejections.inc((event.pool, event.endpoint))
         self._track_states()
 
     def config_applied(self, config: Config) -> None:
@@ -958,6 +975,7 @@ class Metrics:
             "lb_pool_last_change_timestamp_seconds",
             "lb_pool_eligible",
             "lb_pool_healthy_endpoints",
+            "lb_pool_ejected_endpoints",
             "lb_pool_minimum_endpoints",
             "lb_pool_probe_rtt_seconds",
             "lb_load_balancer_state",
@@ -1011,6 +1029,10 @@ def _fill_engine(engine: Engine, fam: dict[str, GaugeMetricFamily]) -> None:
             fam["lb_pool_health"].add_metric([p, s], 1.0 if s == pool.state else 0.0)
         fam["lb_pool_eligible"].add_metric([p], 1.0 if pool.eligible else 0.0)
         fam["lb_pool_healthy_endpoints"].add_metric([p], pool.healthy_count)
+        if snapshot.config.passive(pool.config) is not None:
+            ejectors = [engine.book.passive(p, ep.name) for ep in pool.endpoints]
+            out = sum(1 for e in ejectors if e is not None and e.ejected)
+            fam["lb_pool_ejected_endpoints"].add_metric([p], out)
         fam["lb_pool_minimum_endpoints"].add_metric([p], pool.config.minimum_origins)
         for vantage, rtt in sorted(pool.rtt.items()):
             fam["lb_pool_probe_rtt_seconds"].add_metric([p, vantage], rtt)

@@ -383,7 +383,7 @@ class HealthBook:
         if out >= cap(len(peers), ejector.config.max_ejection_percent):
             return []  # the run stands: the next failure tries again
         self._tick(now)
-        duration = ejector.eject(now)
+        duration = ejector.eject(now, reason)
         self._snapshot = None
         status = None if outcome.connect_failed else outcome.status
         events = [

@@ -96,6 +96,7 @@ class Ejector:
         "ejections",
         "error_run",
         "last",
+        "reason",
         "returned_at",
         "since",
         "until",
@@ -115,6 +116,8 @@ class Ejector:
         self.until = 0.0
         """When the current ejection may end (at the next passing check from then)."""
         self.returned_at: float | None = None
+        self.reason = ""
+        """Why the current (or last) ejection happened."""
 
     @property
     def config(self) -> PassiveHealth:
@@ -153,8 +156,9 @@ class Ejector:
         self.last.append(outcome)
         del self.last[: max(0, len(self.last) - max(1, threshold))]
 
-    def eject(self, now: float) -> float:
-        """Take the endpoint out at ``now``; returns the ejection time in seconds."""
+    def eject(self, now: float, reason: str = "") -> float:
+        """Take the endpoint out at ``now`` because of ``reason`` (from :meth:`observe`);
+        returns the ejection time in seconds."""
         c = self._config
         recent = self.ejections
         if self.returned_at is not None:
@@ -162,6 +166,7 @@ class Ejector:
         self.ejections = max(0, recent) + 1
         duration = min(c.base_ejection_time * self.ejections, c.max_ejection_time)
         self.ejected = True
+        self.reason = reason
         self.since = now
         self.until = now + duration
         self.connect_run = self.error_run = 0

@@ -296,10 +296,19 @@ async def attempts(ex: Exchange, decision: Decision, req: Request) -> bool:
             if ex.up is not None:
                 pool.discard(ex.up)
                 ex.up = None
+            failure = failure_of(err)
+            engine.outcome(
+                endpoint.pool,
+                endpoint.name,
+                status=err.status,
+                failure=failure,
+                reused=attempt.reused,
+                now=trio.current_time(),
+            )  # passive health (off by default), the simulator's too
             # What follows is the attempt policy's to say (lb/core/attempts.py; the table
             # is in docs/proxy.md, "Retries"), the simulator's too.
             step = next_step(
-                failure_of(err),
+                failure,
                 reused=attempt.reused,
                 body=ex.body_state,
                 sent=ex.sent_any,
@@ -331,6 +340,9 @@ async def attempts(ex: Exchange, decision: Decision, req: Request) -> bool:
             )
         attempt.status = response.status_code
         record.upstream_status = response.status_code
+        engine.outcome(
+            endpoint.pool, endpoint.name, status=response.status_code, now=trio.current_time()
+        )
         up.note_response(response.headers)
         try:
             return await relay(ex, up, response, decision)
