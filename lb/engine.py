@@ -178,6 +178,11 @@ class Engine:
         self._tell(events)
         return events
 
+    @property
+    def passive(self) -> bool:
+        """Whether ``passive_health`` covers any pool: attempt outcomes then count."""
+        return self._passive
+
     def outcome(
         self,
         pool: str,

@@ -422,7 +422,7 @@ class HealthBook:
             return []
         ejector.release(result.at)
         reason = (
-            f"passive: ejection of {result.at - ejector.since:g}s over, "
+            f"passive: ejection of {result.at - ejector.since:.1f}s over, "
             f"{result.vantage} check passed"
         )
         return [

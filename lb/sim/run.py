@@ -146,7 +146,8 @@ async def _simulate(sc: Scenario, progress: Progress | None) -> Report:
             assert router is not None
             length = min(tick, sc.duration - t)
             for u, c, r, e in zip(users, counts, routers, engines, strict=True):
-                u.run(t, k, u.batch(t, length), length, start + t, r, e.live, c)
+                passive = e if e.passive else None  # passive_health: outcomes go to e
+                u.run(t, k, u.batch(t, length), length, start + t, r, e.live, c, passive=passive)
             for s in sessions:
                 e = engine if cluster is None else cluster.serving(s.dc)
                 s.tick(t, length, start + t, e.router, e.live)

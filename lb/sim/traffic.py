@@ -24,7 +24,10 @@ What a request does (the proxy's sequence):
    a fresh connection.  An HTTP answer is never retried, whatever its status;
 4. a new ``__cflb`` is kept by cookie-keeping clients;
 5. ``engine.live`` in-flight (and connection) counts follow each attempt when some policy
-   reads them (least_outstanding_requests / least_connections), with the answer's latency.
+   reads them (least_outstanding_requests / least_connections), with the answer's latency;
+6. with ``passive_health`` on, every attempt's outcome goes to ``engine.outcome``, the call
+   the proxy makes (:mod:`lb.core.passive` counts it); an ejection changes the snapshot at
+   once, and the rest of the tick is decided by the new router.
 
 Pooled connections (``network.keep_alive``)
 ===========================================
@@ -64,6 +67,7 @@ from random import Random
 from lb.config.model import Config
 from lb.core.attempts import Action, Body, Failure, Retry, next_step
 from lb.core.snapshot import EndpointView
+from lb.engine import Engine
 from lb.sim.network import Answer, Network
 from lb.sim.scenario import KeepAlive, Traffic
 from steering import Affinity, Decision, Live, Request, Router
@@ -207,6 +211,12 @@ class DatacenterTraffic:
         self._cache: dict[int, _Outcome] = {}
         self._sent = 0
         self._heap: _Heap | None = None
+        self._passive: Engine | None = None
+        """The engine outcomes go to while ``passive_health`` covers a pool (else None)."""
+        self._ejected = False
+        """Set when an outcome changed health: the tick goes on with a new router."""
+        self._now = 0.0
+        """The engine time of the request being bookkept (for :meth:`_report`)."""
         if needs_live(config):
             self._heap = _Heap(
                 any(p.origin_steering.policy == "least_connections" for p in config.pools)
@@ -274,9 +284,12 @@ class DatacenterTraffic:
         router: Router,
         live: Live,
         c: Counts,
+        *,
+        passive: Engine | None = None,
     ) -> None:
         """Decide ``n`` requests of tick ``k``, starting at virtual time ``t`` (engine ``now``).
 
+        ``passive`` is the engine to report every attempt's outcome to (``passive_health``).
         One loop for every run.  Without affinity and in-flight counts (``slow`` false) a
         request needs no clock and a 200 answer no bookkeeping, and the loop skips both: that
         is the throughput path, so the rest stays inline here rather than in a per-request call.
@@ -286,6 +299,8 @@ class DatacenterTraffic:
         slow = self._affinity != "none" or heap is not None or bool(self._keep_alive)
         # slow_start ramps read the request's clock: set it while any ramp runs.
         slow = slow or any(p.ramping or p.ramp is not None for p in router.snapshot.pools.values())
+        self._passive = passive
+        slow = slow or passive is not None  # every outcome counts, successes included
         mark = self._mark
         pick = self._clients_rng.random
         rpick = self._replica_rng.random
@@ -324,6 +339,10 @@ class DatacenterTraffic:
                 o.n += 1
             if slow:
                 self._bookkeep(ci, req, d, ep, a, at, router, live, c, t)
+                if self._ejected and passive is not None:
+                    self._ejected = False
+                    router = passive.router
+                    decide = router.decide
             elif a.status != 200:
                 self._failed(req, d, o.key, a, router, live, c, t)
 
@@ -393,6 +412,7 @@ class DatacenterTraffic:
         final_key = key
         reused = stale
         failure = _failure(a, stale)
+        self._report(d.endpoint, a, failure, reused=reused)
         while failure is not None:
             step = next_step(
                 failure,
@@ -411,6 +431,7 @@ class DatacenterTraffic:
                 ep2 = retry.endpoint
                 o2 = self._cache.get(id(ep2)) or self._outcome(ep2, t)
                 a = o2.single or o2.answers[int(self._replica_rng.random() * o2.width)]
+                self._report(ep2, a, _failure(a, False), reused=False)
                 c.retries += 1
                 c.moved_from[final_key] = c.moved_from.get(final_key, 0) + 1
                 final_key = o2.key
@@ -419,6 +440,7 @@ class DatacenterTraffic:
                     c.replicas[a.replica] = c.replicas.get(a.replica, 0) + 1
             elif step.action is Action.FRESH:
                 c.stale_retries += 1  # the same endpoint, its answer on a fresh connection
+                self._report(d.endpoint, a, _failure(a, False), reused=False)
             else:
                 if a.status != step.status and not a.connect_failed:
                     a = Answer(a.replica, step.status, a.latency)  # the broken exchange's 502
@@ -432,6 +454,20 @@ class DatacenterTraffic:
             if a.status >= 500:
                 c.errors[final_key] = c.errors.get(final_key, 0) + 1
         return retry, a
+
+    def _report(
+        self, ep: EndpointView | None, a: Answer, failure: Failure | None, *, reused: bool
+    ) -> None:
+        """Passive health: tell the engine how an attempt at ``ep`` ended (the proxy's call),
+        at the request's time."""
+        engine = self._passive
+        if engine is None or ep is None:
+            return
+        now = self._now
+        if engine.outcome(
+            ep.pool, ep.name, status=a.status, failure=failure, reused=reused, now=now
+        ):
+            self._ejected = True
 
     def _stale(self, ep: EndpointView, now: float) -> bool:
         """Whether a request at ``now`` meets the race on ``ep``'s pooled connection (see the
@@ -474,6 +510,9 @@ class DatacenterTraffic:
         retry: Decision | None = None
         heap = self._heap
         stale = bool(self._keep_alive) and self._stale(ep, now)
+        self._now = now
+        if self._passive is not None and a.status == 200 and not stale:
+            self._report(ep, a, None, reused=False)
         if a.status != 200 or stale:
             retry, a = self._failed(req, d, ep.key, a, router, live, c, t, stale=stale)
             # A failed first attempt that was retried took no time worth counting in flight.

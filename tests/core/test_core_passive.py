@@ -91,7 +91,7 @@ def test_the_monitor_brings_it_back_only_after_the_ejection_time() -> None:
     assert health(hb) is U
     events = hb.apply(result("a", "a-0", True, at=110.0))
     assert [(e.vantage, e.after) for e in events] == [(PASSIVE, H), ("*", H)]
-    assert events[1].reason.startswith("passive: ejection of 10s over")
+    assert events[1].reason.startswith("passive: ejection of 10.0s over")
     assert health(hb) is H
 
 

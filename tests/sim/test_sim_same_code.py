@@ -1,10 +1,12 @@
 """The simulator runs the LB's own components: no copy of health, steering or retry logic.
 
-Three guards: the decisions and checks of a run are counted at the real components (every
+Four guards: the decisions and checks of a run are counted at the real components (every
 simulated request is one ``Router.decide`` call; every check is one ``run_check`` call of the
 real scheduler; every retry is one the attempt policy ``lb.core.attempts.next_step`` asked
-for), no simulator module defines or imports the core's internals, and in the proxy and the
-simulator alike every function that asks the router for a retry consults the attempt policy.
+for), no simulator module defines or imports the core's internals, in the proxy and the
+simulator alike every function that asks the router for a retry consults the attempt policy,
+and with ``passive_health`` every attempt of either is one ``Engine.outcome`` call, counted by
+``lb.core.passive`` itself.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from typing import Any
 import pytest
 
 import lb.core.attempts
+import lb.core.passive
+import lb.engine
 import lb.proxy.exchange
 import lb.sim.traffic
 import monitors.scheduler
@@ -81,6 +85,45 @@ def test_every_retry_is_one_the_attempt_policy_asked_for(
         assert data["retries"] + data["stale_retries"] > 0
 
 
+def test_every_attempt_is_one_passive_health_outcome_counted_by_the_core(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    counts = {"outcome": 0, "observe": 0, "eject": 0}
+    outcome, observe, eject = (
+        lb.engine.Engine.outcome,
+        lb.core.passive.Ejector.observe,
+        lb.core.passive.Ejector.eject,
+    )
+
+    def counting_outcome(self: Any, *a: Any, **kw: Any) -> Any:
+        counts["outcome"] += 1
+        return outcome(self, *a, **kw)
+
+    def counting_observe(self: Any, *a: Any, **kw: Any) -> Any:
+        counts["observe"] += 1
+        return observe(self, *a, **kw)
+
+    def counting_eject(self: Any, *a: Any, **kw: Any) -> Any:
+        counts["eject"] += 1
+        return eject(self, *a, **kw)
+
+    monkeypatch.setattr(lb.engine.Engine, "outcome", counting_outcome)
+    monkeypatch.setattr(lb.core.passive.Ejector, "observe", counting_observe)
+    monkeypatch.setattr(lb.core.passive.Ejector, "eject", counting_eject)
+    data = run_scenario(load_scenario(ROOT / "configs/scenarios/passive-health.yaml")).data
+    attempts = data["requests"] + data["retries"] + data["stale_retries"]
+    assert counts["outcome"] == attempts > 0
+    # an ejected endpoint gets no traffic, so nearly every outcome reaches an ejector
+    assert 0 < counts["observe"] <= counts["outcome"]
+    ejected = [
+        t for t in data["transitions"] if t["vantage"] == "passive" and t["to"] == "unhealthy"
+    ]
+    assert counts["eject"] == len(ejected) == 2
+    # the proxy makes the same call after every attempt
+    tree = ast.parse((ROOT / "lb/proxy/exchange.py").read_text())
+    assert "attempts" in _functions_calling(tree, "outcome")
+
+
 def _functions_calling(tree: ast.AST, attr: str) -> set[str]:
     """Names of the functions in ``tree`` that call something named ``attr``."""
     out: set[str] = set()
@@ -121,12 +164,18 @@ FORBIDDEN_NAMES = {
     "run_check",
     "judge",
     "next_step",
+    "Ejector",
+    "outcome_of",
+    "cap",
 }
 FORBIDDEN_IMPORTS = {
     "lb.core.health.Check",
     "lb.core.health.majority",
     "steering.pick",
     "lb.core.attempts.CONNECT_FAILURES",
+    "lb.core.passive",
+    "lb.core.passive.Ejector",
+    "lb.core.passive.outcome_of",
 }
 
 

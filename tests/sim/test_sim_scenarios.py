@@ -31,6 +31,7 @@ def test_the_six_stories_are_there() -> None:
         "flapping",
         "flapping-hysteresis",
         "flapping-damped",
+        "passive-health",
         "slow-start",
         "geo-fallback",
     } <= names
@@ -53,6 +54,21 @@ def test_health_route_contrast() -> None:
     assert green["failovers"][0]["detected_at"] is None
     assert fixed["failovers"][0]["detected_at"] is not None
     assert green["statuses"].get("502", 0) > 5 * fixed["statuses"].get("502", 0)
+
+
+def test_passive_health_contrast() -> None:
+    """Scenario 3d: the same outage as health-route.yaml; passive health ejects the endpoint
+    its green monitor keeps in, after a handful of 502s instead of the whole outage."""
+    root = SCENARIOS[0].parent
+    green = run_scenario(load_scenario(root / "health-route.yaml")).data
+    passive = run_scenario(load_scenario(root / "passive-health.yaml")).data
+    assert green["statuses"].get("502", 0) > 100 * passive["statuses"].get("502", 0) > 0
+    ejections = [t for t in passive["transitions"] if t["vantage"] == "passive"]
+    assert [(t["to"], t["reason"].split(",")[0]) for t in ejections] == [
+        ("unhealthy", "passive: 5 consecutive 502"),
+        ("healthy", "passive: ejection of 37.5s over"),
+        ("unhealthy", "passive: 5 consecutive 502"),
+    ]
 
 
 def test_monitor_group_contrast() -> None:
