@@ -95,3 +95,44 @@ def test_item_03_explain_takes_the_clients_country(capsys: pytest.CaptureFixture
     trace = json.loads(out)["trace"]
     assert trace[0] == "client country DE (before the data center's)"
     assert "candidates from country_pools[DE]: ['eu']" in trace
+
+
+def test_explain_ejected_shows_passive_health_in_the_trace(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    config = tmp_path / "lb.yaml"
+    config.write_text(
+        "monitors: [{id: m, type: https, header: {Host: [app.example.com]}}]\n"
+        "pools:\n"
+        "  - {name: p, monitor: m, origins: [{name: a, address: 10.0.0.1},"
+        " {name: b, address: 10.0.0.2}]}\n"
+        "load_balancers: [{name: app.example.com, default_pools: [p], fallback_pool: p}]\n"
+        "engine: {passive_health: {consecutive_5xx: 3, max_ejection_percent: 50}}\n"
+    )
+    code = main(["explain", str(config), "--host", "app.example.com", "--ejected", "p/a"])
+    out, err = capsys.readouterr()
+    assert (code, err) == (0, "")
+    assert out.startswith("app.example.com -> pool p, endpoint b")
+    assert "endpoint p/a: passive health ejected it at 0 (ejection 1)" in out
+    # the cap holds: the second endpoint of two at 50 % is not ejected
+    code = main(
+        [
+            "explain",
+            str(config),
+            "--host",
+            "app.example.com",
+            "--ejected",
+            "p/a",
+            "--ejected",
+            "p/b",
+        ]
+    )
+    _, err = capsys.readouterr()
+    assert code == 2
+    assert err == (
+        "error: --ejected p/b: not ejected: it is not healthy, or max_ejection_percent of its "
+        "pool is out already\n"
+    )
+    code = main(["explain", GEO, "--host", "geo.localhost", "--ejected", "apac/sin"])
+    _, err = capsys.readouterr()
+    assert code == 2 and "passive_health does not cover that endpoint" in err

@@ -3,8 +3,10 @@
 Every monitored endpoint is taken as healthy except those named with ``--down``, so the
 answer shows the steering of a configuration, not the state of a network.  On a pool with a
 monitor group, ``--down POOL/ENDPOINT/MONITOR`` fails one member only, and the endpoint gets
-whatever health the group makes of it (R16), shown with its members.  The decision comes
-from the same :class:`~steering.Router` the proxy and the simulator use.
+whatever health the group makes of it (R16), shown with its members.  ``--ejected
+POOL/ENDPOINT`` feeds 5xx answers (or failed connections) through passive health until it
+ejects the endpoint, as real traffic would (``passive_health`` must cover its pool).  The
+decision comes from the same :class:`~steering.Router` the proxy and the simulator use.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from lb.config import did_you_mean
 from lb.config.errors import ConfigError
 from lb.config.loader import load_config
 from lb.config.serving import serving_problem
+from lb.core.attempts import Failure
 from lb.engine import Engine
 from lb.proxy.headers import parse_cookies
 from steering import Request
@@ -52,6 +55,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="POOL/ENDPOINT[/MONITOR]",
         help="mark an endpoint, or one monitor group member's view of it, unhealthy (repeatable)",
+    )
+    parser.add_argument(
+        "--ejected",
+        action="append",
+        default=[],
+        metavar="POOL/ENDPOINT",
+        help="eject an endpoint as passive health would after failed traffic (repeatable)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the random picks")
     parser.add_argument("--json", action="store_true", help="print JSON")
@@ -101,6 +111,11 @@ def run(args: argparse.Namespace) -> int:
             reason="--down",
             member=target.member or None,
         )
+    for name in args.ejected:
+        problem = _eject(engine, name)
+        if problem:
+            print(f"error: --ejected {name}: {problem}", file=sys.stderr)
+            return 2
     groups = _group_health(engine, {t.pool for t in targets if t.member})
     headers: dict[str, str] = {}
     for item in args.header:
@@ -152,6 +167,28 @@ def run(args: argparse.Namespace) -> int:
             members = ", ".join(f"{m} {h}" for m, h in group["members"].items())
             print(f"monitor group of {name}: {group['health']} ({members})")
     return 0
+
+
+def _eject(engine: Engine, name: str) -> str:
+    """Feed failed attempts to ``POOL/ENDPOINT`` until passive health ejects it; "" when it
+    did, else why not."""
+    pool, _, endpoint = name.partition("/")
+    ejector = engine.book.passive(pool, endpoint)
+    if ejector is None:
+        return "passive_health does not cover that endpoint (or there is none of that name)"
+    if ejector.config.consecutive_5xx:
+        status, failure = 502, None
+    else:
+        status, failure = 521, Failure.CONNECT_REFUSED
+    for _ in range(1001):  # thresholds are at most 1000
+        if ejector.ejected:
+            return ""
+        if engine.book.snapshot().pools[pool].endpoint(endpoint) is None:
+            break
+        engine.outcome(pool, endpoint, status=status, failure=failure, now=0.0)
+    if ejector.ejected:
+        return ""
+    return "not ejected: it is not healthy, or max_ejection_percent of its pool is out already"
 
 
 def _group_health(engine: Engine, pools: set[str]) -> dict[str, dict[str, Any]]:
