@@ -7,7 +7,8 @@ result, the proxy (or the simulator's traffic generator) calls :attr:`Engine.rou
 request, and no ``await`` ever separates a mutation from the read that follows it.
 
 :meth:`Engine.save_state` and :meth:`Engine.load_state` turn what a restart should keep
-(endpoint health, header-affinity sessions, flap-damping penalties) into a plain document and
+(endpoint health, header-affinity sessions, flap-damping penalties, passive-health ejections)
+into a plain document and
 back, pure; ``lb.statefile`` writes and reads the file (``engine.state_file``).
 
 Observers (metrics, logs, the simulator's recorder) subscribe to health events, probe results
@@ -27,6 +28,7 @@ from lb.config.model import Config
 from lb.core.attempts import Failure
 from lb.core.book import HealthBook, ProbeTarget, SavedEndpoint
 from lb.core.health import Health, HealthEvent, ProbeResult
+from lb.core.passive import Saved as PassiveSaved
 from lb.core.passive import outcome_of
 from steering import HeaderSessions, Live, Router
 
@@ -226,6 +228,17 @@ class Engine:
             damping = None
             if s.damping is not None:
                 damping = [s.damping[0], age(s.damping[1]), s.damping[2]]
+            passive = None
+            if s.passive is not None:
+                p = s.passive
+                passive = {
+                    "ejected": p.ejected,
+                    "since_age": age(p.since),
+                    "until_age": age(p.until),
+                    "ejections": p.ejections,
+                    "returned_age": age(p.returned_at),
+                    "reason": p.reason,
+                }
             endpoints.append(
                 {
                     "pool": s.pool,
@@ -234,6 +247,7 @@ class Engine:
                     "changed_age": age(s.changed_at),
                     "recovered_age": age(s.recovered_at),
                     "damping": damping,
+                    "passive": passive,
                 }
             )
         sessions = [[d.hex(), ep, age(last)] for d, ep, last in self.sessions.saved()]
@@ -330,6 +344,7 @@ def _parse_state(
                 changed_at=at(e["changed_age"]),
                 recovered_at=at(e["recovered_age"]),
                 damping=damping,
+                passive=_parse_passive(e.get("passive"), at),
             )
         )
     sessions = []
@@ -344,6 +359,22 @@ def _parse_state(
 def _passive(config: Config) -> bool:
     """Whether ``passive_health`` covers any pool (else outcomes are not even classified)."""
     return any(config.passive(p) is not None for p in config.pools)
+
+
+def _parse_passive(doc: object, at: Callable[[object], float | None]) -> PassiveSaved | None:
+    """Passive health's part of one endpoint of a state document (absent in files written
+    before it existed).  Raises on anything malformed."""
+    if doc is None:
+        return None
+    if not isinstance(doc, dict):
+        raise TypeError(f"passive health of {doc!r}")
+    since, until = at(doc["since_age"]), at(doc["until_age"])
+    ejected, ejections, reason = doc["ejected"], doc["ejections"], doc["reason"]
+    if since is None or until is None or not isinstance(ejected, bool):
+        raise ValueError("passive")
+    if not isinstance(ejections, int) or isinstance(ejections, bool) or not isinstance(reason, str):
+        raise ValueError("passive")
+    return PassiveSaved(ejected, since, until, ejections, at(doc["returned_age"]), reason)
 
 
 SECRET_ENV = "TUNNEL_LB_AFFINITY_SECRET"

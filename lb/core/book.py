@@ -77,7 +77,7 @@ from lb.core.health import (
     combine,
     majority,
 )
-from lb.core.passive import PASSIVE, Ejector, Outcome, cap
+from lb.core.passive import PASSIVE, Ejector, Outcome, Saved, cap
 from lb.core.snapshot import EndpointView, PoolState, PoolView, Snapshot
 
 __all__ = ["DAMPING", "HealthBook", "ProbeTarget", "SavedEndpoint", "identity"]
@@ -154,6 +154,8 @@ class SavedEndpoint:
     recovered_at: float | None = None
     damping: tuple[float, float, bool] | None = None
     """``(penalty, at, suppressed)`` of flap damping."""
+    passive: Saved | None = None
+    """Passive health's ejection and its history."""
 
 
 class _Endpoint:
@@ -640,6 +642,7 @@ class HealthBook:
                     changed_at=ep.changed_at,
                     recovered_at=ep.recovered_at,
                     damping=ep.damper.state() if ep.damper is not None else None,
+                    passive=ep.ejector.state() if ep.ejector is not None else None,
                 )
             )
         return out
@@ -664,6 +667,8 @@ class HealthBook:
             ep.changed_at, ep.recovered_at = s.changed_at, s.recovered_at
             if ep.damper is not None and s.damping is not None:
                 ep.damper.load(*s.damping)
+            if ep.ejector is not None and s.passive is not None:
+                ep.ejector.load(s.passive)
             ep.raw = majority([c.state for c in ep.checks.values()])
             ep.health = ep.effective()
         self._snapshot = None

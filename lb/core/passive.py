@@ -40,10 +40,22 @@ from dataclasses import dataclass
 from lb.config.model import PassiveHealth
 from lb.core.attempts import CONNECT_FAILURES, Failure, status_of
 
-__all__ = ["PASSIVE", "Ejector", "Outcome", "cap", "outcome_of"]
+__all__ = ["PASSIVE", "Ejector", "Outcome", "Saved", "cap", "outcome_of"]
 
 PASSIVE = "passive"
 """The pseudo vantage point of passive-health events (ejected, returned)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Saved:
+    """What ``engine.state_file`` keeps of one :class:`Ejector` (times on the reader's clock)."""
+
+    ejected: bool
+    since: float
+    until: float
+    ejections: int
+    returned_at: float | None
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +193,20 @@ class Ejector:
         """Put the endpoint back at ``now``."""
         self.ejected = False
         self.returned_at = now
+
+    def state(self) -> Saved:
+        """The ejection and its history, for the state file (the runs are not kept)."""
+        return Saved(
+            self.ejected, self.since, self.until, self.ejections, self.returned_at, self.reason
+        )
+
+    def load(self, saved: Saved) -> None:
+        """Set the state saved by :meth:`state` (times already on this process's clock)."""
+        self.ejected = saved.ejected
+        self.since, self.until = saved.since, saved.until
+        self.ejections = max(0, saved.ejections)
+        self.returned_at = saved.returned_at
+        self.reason = saved.reason
 
     def __repr__(self) -> str:
         state = f"ejected until {self.until:.1f}" if self.ejected else "in"

@@ -10,7 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from lb.config.model import Config, FlapDamping, LoadBalancer, Monitor, Origin, Pool
+from lb.config.model import (
+    Config,
+    FlapDamping,
+    LoadBalancer,
+    Monitor,
+    Origin,
+    PassiveHealth,
+    Pool,
+)
 from lb.config.model import Engine as EngineSettings
 from lb.core.health import Health, ProbeResult
 from lb.engine import Engine
@@ -150,3 +158,33 @@ def test_a_missing_file_is_a_fresh_start(tmp_path: Path, caplog: pytest.LogCaptu
     with caplog.at_level(logging.INFO):
         assert not load_state(new, str(tmp_path / "none.json"), now=0.0)
     assert [r.getMessage() for r in caplog.records] == ["state_file_absent"]
+
+
+def test_a_passive_health_ejection_comes_back_on_another_clock() -> None:
+    cfg = make_config(passive_health=PassiveHealth(consecutive_5xx=2, base_ejection_time=30))
+    old = Engine(cfg, now=1000.0)
+    probe(old, "a-0", True, 1000.0)
+    probe(old, "a-1", True, 1000.0)
+    for _ in range(2):
+        old.outcome("a", "a-1", status=503, now=1001.0)
+    assert health(old) == {"a-0": Health.HEALTHY, "a-1": Health.UNHEALTHY}
+    doc = json.loads(json.dumps(old.save_state(now=1005.0, wall=50_000.0)))
+
+    new = Engine(cfg, now=7.0)  # 10 s later on another clock: 16 s of the 30 s remain
+    assert new.load_state(doc, now=7.0, wall=50_010.0, max_age=300) == ""
+    assert health(new) == {"a-0": Health.HEALTHY, "a-1": Health.UNHEALTHY}
+    ejector = new.book.passive("a", "a-1")
+    assert ejector is not None and ejector.reason == "passive: 2 consecutive 503"
+    assert ejector.until == pytest.approx(7.0 + 16.0)
+    probe(new, "a-1", True, 22.0)  # too early: still out
+    assert health(new)["a-1"] is Health.UNHEALTHY
+    probe(new, "a-1", True, 23.5)
+    assert health(new)["a-1"] is Health.HEALTHY
+    # a file written before passive health existed has no "passive": still taken
+    for e in doc["endpoints"]:
+        del e["passive"]
+    assert Engine(cfg, now=7.0).load_state(doc, now=7.0, wall=50_010.0, max_age=300) == ""
+    doc["endpoints"][0]["passive"] = {"ejected": "yes"}
+    assert Engine(cfg, now=7.0).load_state(doc, now=7.0, wall=50_010.0, max_age=300) == (
+        "malformed: no 'since_age'"
+    )
