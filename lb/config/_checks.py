@@ -23,7 +23,7 @@ from lb.config.model import (
     REGIONS,
     Config,
     Datacenter,
-    Engine,
+    EngineSettings,
     LoadBalancer,
     Monitor,
     MonitorGroup,
@@ -147,7 +147,7 @@ def _check_engine(parsed: Parsed, report: Report) -> None:
             report.error(item.at("zero_downtime_failover_codes", i), message)
 
 
-def _check_admin_access(item: Item[Engine], report: Report) -> None:
+def _check_admin_access(item: Item[EngineSettings], report: Report) -> None:
     """An admin API beyond loopback needs a token (``lb.admin_guard``), and is worth a warning
     even with one: it can reload the configuration."""
     engine = item.value

@@ -19,7 +19,7 @@ import h11
 import trio
 
 from lb.config.hosts import normalise_host
-from lb.config.model import Engine as EngineSettings
+from lb.config.model import EngineSettings
 from lb.core.attempts import Action, Body, Retry, next_step
 from lb.proxy import errors
 from lb.proxy.body import (

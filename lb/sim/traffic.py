@@ -68,7 +68,7 @@ from lb.sim.network import Answer, Network
 from lb.sim.scenario import KeepAlive, Traffic
 from steering import Affinity, Decision, Live, Request, Router
 
-__all__ = ["WALL_EPOCH", "Counts", "DatacenterTraffic", "needs_live"]
+__all__ = ["WALL_EPOCH", "DatacenterTraffic", "TrafficCounts", "needs_live"]
 
 WALL_EPOCH = 1_700_000_000.0
 """Unix time of virtual time 0, for ``__cflb`` expiry (fixed, so runs repeat exactly)."""
@@ -90,7 +90,7 @@ def needs_live(config: Config) -> bool:
 
 
 @dataclass(slots=True)
-class Counts:
+class TrafficCounts:
     """What one data center's requests did during one tick (folded by the recorder)."""
 
     requests: int = 0
@@ -273,7 +273,7 @@ class DatacenterTraffic:
         now: float,
         router: Router,
         live: Live,
-        c: Counts,
+        c: TrafficCounts,
     ) -> None:
         """Decide ``n`` requests of tick ``k``, starting at virtual time ``t`` (engine ``now``).
 
@@ -327,7 +327,7 @@ class DatacenterTraffic:
             elif a.status != 200:
                 self._failed(req, d, o.key, a, router, live, c, t)
 
-    def _unrouted(self, d: Decision, c: Counts) -> None:
+    def _unrouted(self, d: Decision, c: TrafficCounts) -> None:
         """A request no endpoint serves: no pool could (530), no load balancer (404), or a
         pool set's or custom rule's fixed response (R31, R32), which is an answer like any
         other and an error only when its status is one."""
@@ -338,7 +338,7 @@ class DatacenterTraffic:
         if d.fixed is None or status >= 500:
             c.errors[""] = c.errors.get("", 0) + 1
 
-    def harvest(self, c: Counts) -> None:
+    def harvest(self, c: TrafficCounts) -> None:
         """Move the per-endpoint and per-replica counts from the cache into ``c``.
 
         Called before the cache is invalidated and at report boundaries, not every tick.
@@ -375,7 +375,7 @@ class DatacenterTraffic:
         a: Answer,
         router: Router,
         live: Live,
-        c: Counts,
+        c: TrafficCounts,
         t: float,
         *,
         stale: bool = False,
@@ -466,7 +466,7 @@ class DatacenterTraffic:
         now: float,
         router: Router,
         live: Live,
-        c: Counts,
+        c: TrafficCounts,
         t: float,
     ) -> None:
         """Affinity, in-flight and pooled-connection accounting, for runs that need them."""

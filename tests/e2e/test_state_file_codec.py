@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from lb.config.model import Config, FlapDamping, LoadBalancer, Monitor, Origin, Pool
-from lb.config.model import Engine as EngineSettings
+from lb.config.model import Config, EngineSettings, FlapDamping, LoadBalancer, Monitor, Origin, Pool
 from lb.core.health import Health, ProbeResult
 from lb.engine import Engine
 from lb.statefile import load_state, write_state
