@@ -157,7 +157,7 @@ def _check_admin_access(item: Item[EngineSettings], report: Report) -> None:
     for i, name in enumerate(engine.admin_names):
         if normalise_host(name) is None:
             report.error(item.at("admin_names", i), f'"{name}" is not a host name or IP address')
-    host = split_host_port(engine.admin, 0)[0]
+    host = split_host_port(engine.admin)[0]
     if is_loopback(host):
         return
     where = "every interface" if host in ("0.0.0.0", "::") else host
@@ -200,7 +200,7 @@ def _check_connect_to(parsed: Parsed, report: Report) -> dict[str, str]:
         if problem := host_port_problem(item.value):
             report.error(item.at(), problem)
         try:
-            normal = connect_key(*split_host_port(key, 0)) or key.lower()
+            normal = connect_key(*split_host_port(key)) or key.lower()
         except ValueError:
             normal = key.lower()  # reported above
         if seen.add(normal, item.at(), "connect_to entry", shown=key):
