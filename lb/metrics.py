@@ -44,6 +44,7 @@ import platform
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
@@ -390,17 +391,12 @@ stays a closed set whatever the proxy reports."""
 
 ENDPOINT_STATES = (Health.HEALTHY.value, Health.UNHEALTHY.value, Health.UNKNOWN.value, "disabled")
 VANTAGE_STATES = (Health.HEALTHY.value, Health.UNHEALTHY.value, Health.UNKNOWN.value)
-POOL_STATES = (
-    PoolState.HEALTHY,
-    PoolState.DEGRADED,
-    PoolState.CRITICAL,
-    PoolState.UNKNOWN,
-    PoolState.DISABLED,
-)
+POOL_STATES = tuple(PoolState)
 
 
-class LoadBalancerState:
-    """What a load balancer can serve right now, as plain strings for JSON and metrics.
+class LoadBalancerState(StrEnum):
+    """What a load balancer can serve right now (a ``StrEnum``: each member is its string, for
+    JSON and metric labels).
 
     Over every pool the load balancer can steer to (``default_pools`` and the geo lists):
     ``healthy``: all are eligible; ``degraded``: some are; ``fallback``: none is, and the
@@ -413,10 +409,9 @@ class LoadBalancerState:
     FALLBACK = "fallback"
     DOWN = "down"
     DISABLED = "disabled"
-    ALL = (HEALTHY, DEGRADED, FALLBACK, DOWN, DISABLED)
 
 
-def load_balancer_state(lb: LoadBalancer, snapshot: Snapshot) -> str:
+def load_balancer_state(lb: LoadBalancer, snapshot: Snapshot) -> LoadBalancerState:
     """The :class:`LoadBalancerState` of ``lb`` in ``snapshot``."""
     if not lb.enabled:
         return LoadBalancerState.DISABLED
@@ -1016,5 +1011,5 @@ def _fill_engine(engine: Engine, fam: dict[str, GaugeMetricFamily]) -> None:
             fam["lb_pool_probe_rtt_seconds"].add_metric([p, vantage], rtt)
     for lb in snapshot.config.load_balancers:
         state = load_balancer_state(lb, snapshot)
-        for s in LoadBalancerState.ALL:
+        for s in LoadBalancerState:
             fam["lb_load_balancer_state"].add_metric([lb.name, s], 1.0 if s == state else 0.0)
