@@ -59,6 +59,7 @@ from lb import __version__
 from lb.config.model import Config, LoadBalancer
 from lb.core.health import Health, HealthEvent, ProbeResult
 from lb.core.snapshot import PoolState, Snapshot
+from lb.proxy.errors import ATTEMPT_ERRORS
 from steering import Affinity, Decision
 
 if TYPE_CHECKING:
@@ -370,24 +371,10 @@ METRICS: tuple[MetricSpec, ...] = (
 
 _SPECS = {m.name: m for m in METRICS}
 
-UPSTREAM_ERROR_KINDS = frozenset(
-    {
-        "refused",
-        "connect_timeout",
-        "dns",
-        "unreachable",
-        "tls_handshake",
-        "tls_server_name",
-        "tls_certificate",
-        "response_timeout",
-        "upstream_closed",
-        "upstream_protocol",
-        "bad_config",
-    }
-)
+UPSTREAM_ERROR_KINDS: frozenset[str] = ATTEMPT_ERRORS
 """The ``kind`` values of ``lb_upstream_errors_total``: the proxy's attempt errors
-(``lb.proxy.hooks.Attempt.error``).  Anything else is counted as ``other``, so the label
-stays a closed set whatever the proxy reports."""
+(``lb.proxy.hooks.Attempt.error``, :data:`lb.proxy.errors.ATTEMPT_ERRORS`).  Anything else
+is counted as ``other``, so the label stays a closed set whatever the proxy reports."""
 
 ENDPOINT_STATES = (Health.HEALTHY.value, Health.UNHEALTHY.value, Health.UNKNOWN.value, "disabled")
 VANTAGE_STATES = (Health.HEALTHY.value, Health.UNHEALTHY.value, Health.UNKNOWN.value)
