@@ -66,6 +66,7 @@ from lb.core.attempts import Action, Body, Failure, Retry, next_step
 from lb.core.snapshot import EndpointView
 from lb.sim.network import Answer, Network
 from lb.sim.scenario import KeepAlive, Traffic
+from lb.sim.spec import TimelineAction
 from steering import Affinity, Decision, Live, Request, Router
 
 __all__ = ["WALL_EPOCH", "DatacenterTraffic", "TrafficCounts", "needs_live"]
@@ -74,10 +75,10 @@ WALL_EPOCH = 1_700_000_000.0
 """Unix time of virtual time 0, for ``__cflb`` expiry (fixed, so runs repeat exactly)."""
 
 _LIVE_POLICIES = frozenset({"least_outstanding_requests", "least_connections"})
-_CONNECT_FAILURES = {
-    "refuse": Failure.CONNECT_REFUSED,
-    "blackhole": Failure.CONNECT_TIMEOUT,
-    "unreachable": Failure.UNREACHABLE,
+_CONNECT_FAILURES: dict[str, Failure] = {
+    TimelineAction.REFUSE: Failure.CONNECT_REFUSED,
+    TimelineAction.BLACKHOLE: Failure.CONNECT_TIMEOUT,
+    TimelineAction.UNREACHABLE: Failure.UNREACHABLE,
 }
 """The attempt policy's name for each edge fault that fails the connection itself."""
 
