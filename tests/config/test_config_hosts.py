@@ -130,6 +130,7 @@ def test_split_host_port_default_host_still_needs_a_port() -> None:
         ("app.example:http", None),
         ("[app.example]", None),
         ("[::1", None),
+        ("-app.example", None),  # read by split_host_port, as the configuration reads names
     ],
 )
 def test_normalise_host(value: str, expected: str | None) -> None:
