@@ -51,7 +51,7 @@ from lb.cluster.shard import ShardedScheduler  # noqa: E402
 from lb.config.model import (  # noqa: E402
     Cluster,
     Config,
-    Engine,
+    EngineSettings,
     LoadBalancer,
     Monitor,
     Origin,
@@ -102,7 +102,7 @@ def config(url: str, vantage: str, n: int, prefix: str) -> Config:
         monitors=(Monitor(id="m", type="https", interval=10, timeout=1, retries=0),),
         pools=(pool,),
         load_balancers=(LoadBalancer(name="x.example", default_pools=("p",), fallback_pool="p"),),
-        engine=Engine(
+        engine=EngineSettings(
             vantage_points=(vantage,),
             affinity_secret="bench",
             cluster=Cluster(redis=url, vantage=vantage, key_prefix=prefix, heartbeat=0.2),

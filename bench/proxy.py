@@ -354,7 +354,7 @@ def serve_lb(port: int, ca: str, reuse_port: bool) -> None:
     import trio
 
     sys.path.insert(0, str(ROOT))
-    from lb.config.model import Config, Engine, Listener, LoadBalancer, Origin, Pool
+    from lb.config.model import Config, EngineSettings, Listener, LoadBalancer, Origin, Pool
     from lb.engine import Engine as LbEngine
     from lb.proxy import ProxyHooks, ProxyServer, open_listeners
 
@@ -371,7 +371,7 @@ def serve_lb(port: int, ca: str, reuse_port: bool) -> None:
             LoadBalancer(proxied=True, name="127.0.0.1", default_pools=("p1",), fallback_pool="p1"),
         ),
         connect_to={f"{tunnel(i)}:443": f"127.0.0.1:{p}" for i, p in enumerate(BACKEND_PORTS)},
-        engine=Engine(
+        engine=EngineSettings(
             listen=(Listener(address="127.0.0.1", port=port),),
             workers=2 if reuse_port else 1,
         ),

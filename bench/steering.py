@@ -36,7 +36,7 @@ sys.path.insert(0, os.path.dirname(_HERE))
 from lb.config.model import (  # noqa: E402
     Config,
     Datacenter,
-    Engine,
+    EngineSettings,
     LoadBalancer,
     Monitor,
     Origin,
@@ -213,7 +213,8 @@ def case_local() -> Case:
         for i, o in enumerate(pool.origins)
     )
     engine = dataclasses.replace(
-        Engine(), local_preference=dataclasses.replace(Engine().local_preference, enabled=True)
+        EngineSettings(),
+        local_preference=dataclasses.replace(EngineSettings().local_preference, enabled=True),
     )
     cfg = _config([pool], lb, tunnels=tunnels, engine=engine)
     return _loop(_router(cfg), Request(host=HOST, datacenter="FRA"))

@@ -25,7 +25,7 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, RejectConnection, RejectData, Request
 from wsproto.utilities import ProtocolError
 
-from lb.connector.config import parse_address
+from lb.config.hosts import split_host_port
 from lb.connector.streams import JUMP_DESTINATION
 from lb.connector.wsbridge import Carried, carry
 from steering.affinity import COOKIE_NAME
@@ -50,15 +50,15 @@ def parse_via(text: str) -> tuple[bool, str, int]:
     """
     tls = True
     rest = text
+    default_port: int | None = None  # a URL implies its scheme's port; host:port needs one
     if "://" in text:
         scheme, _, rest = text.partition("://")
         if scheme not in ("http", "https"):
             raise ValueError(f"--via {text!r}: the scheme must be http or https")
         tls = scheme == "https"
         rest = rest.rstrip("/")
-        if ":" not in rest.rpartition("]")[2]:
-            rest = f"{rest}:{443 if tls else 80}"
-    host, port = parse_address(rest)
+        default_port = 443 if tls else 80
+    host, port = split_host_port(rest, default_port=default_port)
     return tls, host, port
 
 
@@ -243,7 +243,7 @@ async def serve_access(
     """Listen on ``config.listen`` until cancelled; ``nursery.start`` gets the bound address."""
     stats = stats if stats is not None else AccessStats()
     client = _Client(config, stats)
-    host, port = parse_address(config.listen)
+    host, port = split_host_port(config.listen)
     listeners = await trio.open_tcp_listeners(port, host=host)
     name = listeners[0].socket.getsockname()
     stats.listening = (str(name[0]), int(name[1]))

@@ -61,7 +61,7 @@ import trio
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from lb.admin_guard import Guard, guard_for
-from lb.config.hosts import is_loopback
+from lb.config.hosts import LOOPBACK, is_loopback, split_host_port
 from lb.core.health import HealthEvent, ProbeResult
 from lb.core.passive import Ejector
 from lb.core.snapshot import PoolView
@@ -72,7 +72,7 @@ from lb.status_page import SAMPLE_INTERVAL, Activity, page
 from steering import Request, Router
 from steering.geo import client_country
 
-__all__ = ["ReloadResult", "parse_address", "serve_admin", "status_json"]
+__all__ = ["ReloadResult", "serve_admin", "status_json"]
 
 log = logging.getLogger("lb.admin")
 
@@ -124,23 +124,6 @@ class ReloadFn(Protocol):
     def __call__(self, *, force: bool = ...) -> Awaitable[ReloadResult]: ...
 
 
-def parse_address(text: str) -> tuple[str, int]:
-    """Split an ``engine.admin`` value into host and port.
-
-    Accepts ``host:port``, ``[v6]:port`` and a bare ``:port`` (which means 127.0.0.1, not
-    every interface: the admin listener is private unless an address says otherwise).
-
-    Raises:
-        ValueError: when the port is missing or not in 0-65535.
-    """
-    host, sep, port_text = text.strip().rpartition(":")
-    if not sep or not port_text.isdigit() or int(port_text) > 65535:
-        raise ValueError(f"admin address {text!r}: expected host:port, e.g. 127.0.0.1:9100")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    return host or "127.0.0.1", int(port_text)
-
-
 # --------------------------------------------------------------------------- the server
 
 
@@ -170,7 +153,7 @@ async def serve_admin(
         task_status: ``started((host, port))`` with the bound address once listening.
     """
     if host is None or port is None:
-        cfg_host, cfg_port = parse_address(engine.config.engine.admin)
+        cfg_host, cfg_port = split_host_port(engine.config.engine.admin, default_host=LOOPBACK)
         host = cfg_host if host is None else host
         port = cfg_port if port is None else port
     if guard is None or (guard.token is None and not is_loopback(host)):

@@ -43,7 +43,7 @@ import httpx
 import trio
 
 from lb import logs
-from lb.admin import parse_address
+from lb.config.hosts import LOOPBACK, split_host_port
 from lb.config.model import Config, Listener
 from lb.lifecycle import STOP_SIGNALS, host_port, receive_signals
 from lb.service import Overrides, Running, serve_lb
@@ -371,7 +371,7 @@ def _free_defaults(config: Config) -> tuple[Overrides, list[str], list[str]]:
         free = _is_free(spec.address, spec.port)
         listen.append(spec if free else replace(spec, port=0))
         taken_listen += [] if free else [host_port(spec.address, spec.port)]
-    host, port = parse_address(config.engine.admin)
+    host, port = split_host_port(config.engine.admin, default_host=LOOPBACK)
     free = _is_free(host, port)
     admin = host_port(host, port if free else 0)
     taken_admin = [] if free else [host_port(host, port)]

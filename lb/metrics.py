@@ -44,6 +44,7 @@ import platform
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
@@ -59,6 +60,7 @@ from lb.config.model import Config, LoadBalancer
 from lb.core.health import Health, HealthEvent, ProbeResult
 from lb.core.passive import PASSIVE
 from lb.core.snapshot import PoolState, Snapshot
+from lb.proxy.errors import ATTEMPT_ERRORS
 from steering import Affinity, Decision
 
 if TYPE_CHECKING:
@@ -382,38 +384,19 @@ METRICS: tuple[MetricSpec, ...] = (
 
 _SPECS = {m.name: m for m in METRICS}
 
-UPSTREAM_ERROR_KINDS = frozenset(
-    {
-        "refused",
-        "connect_timeout",
-        "dns",
-        "unreachable",
-        "tls_handshake",
-        "tls_server_name",
-        "tls_certificate",
-        "response_timeout",
-        "upstream_closed",
-        "upstream_protocol",
-        "bad_config",
-    }
-)
+UPSTREAM_ERROR_KINDS: frozenset[str] = ATTEMPT_ERRORS
 """The ``kind`` values of ``lb_upstream_errors_total``: the proxy's attempt errors
-(``lb.proxy.hooks.Attempt.error``).  Anything else is counted as ``other``, so the label
-stays a closed set whatever the proxy reports."""
+(``lb.proxy.hooks.Attempt.error``, :data:`lb.proxy.errors.ATTEMPT_ERRORS`).  Anything else
+is counted as ``other``, so the label stays a closed set whatever the proxy reports."""
 
 ENDPOINT_STATES = (Health.HEALTHY.value, Health.UNHEALTHY.value, Health.UNKNOWN.value, "disabled")
 VANTAGE_STATES = (Health.HEALTHY.value, Health.UNHEALTHY.value, Health.UNKNOWN.value)
-POOL_STATES = (
-    PoolState.HEALTHY,
-    PoolState.DEGRADED,
-    PoolState.CRITICAL,
-    PoolState.UNKNOWN,
-    PoolState.DISABLED,
-)
+POOL_STATES = tuple(PoolState)
 
 
-class LoadBalancerState:
-    """What a load balancer can serve right now, as plain strings for JSON and metrics.
+class LoadBalancerState(StrEnum):
+    """What a load balancer can serve right now (a ``StrEnum``: each member is its string, for
+    JSON and metric labels).
 
     Over every pool the load balancer can steer to (``default_pools`` and the geo lists):
     ``healthy``: all are eligible; ``degraded``: some are; ``fallback``: none is, and the
@@ -426,10 +409,9 @@ class LoadBalancerState:
     FALLBACK = "fallback"
     DOWN = "down"
     DISABLED = "disabled"
-    ALL = (HEALTHY, DEGRADED, FALLBACK, DOWN, DISABLED)
 
 
-def load_balancer_state(lb: LoadBalancer, snapshot: Snapshot) -> str:
+def load_balancer_state(lb: LoadBalancer, snapshot: Snapshot) -> LoadBalancerState:
     """The :class:`LoadBalancerState` of ``lb`` in ``snapshot``."""
     if not lb.enabled:
         return LoadBalancerState.DISABLED
@@ -1038,5 +1020,5 @@ def _fill_engine(engine: Engine, fam: dict[str, GaugeMetricFamily]) -> None:
             fam["lb_pool_probe_rtt_seconds"].add_metric([p, vantage], rtt)
     for lb in snapshot.config.load_balancers:
         state = load_balancer_state(lb, snapshot)
-        for s in LoadBalancerState.ALL:
+        for s in LoadBalancerState:
             fam["lb_load_balancer_state"].add_metric([lb.name, s], 1.0 if s == state else 0.0)

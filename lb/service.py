@@ -42,10 +42,11 @@ from dataclasses import dataclass, field, replace
 import trio
 
 from lb import logs
-from lb.admin import ReloadResult, parse_address, serve_admin
+from lb.admin import ReloadResult, serve_admin
 from lb.admin_guard import Guard, guard_for
 from lb.cluster.service import make_scheduler, serve_cluster
 from lb.config.errors import ConfigError
+from lb.config.hosts import LOOPBACK, split_host_port
 from lb.config.loader import load_config
 from lb.config.model import Config, Listener
 from lb.config.serving import RELOAD_FORCE_HINT, serving_problem
@@ -327,7 +328,7 @@ async def serve_lb(
     tls = upstream_ssl or upstream_context(config)
     # Before anything listens: an unreadable token, or an admin beyond loopback without one,
     # is a one-line configuration error.
-    admin_guard = guard_for(config, parse_address(config.engine.admin)[0])
+    admin_guard = guard_for(config, split_host_port(config.engine.admin, default_host=LOOPBACK)[0])
     rng = random.Random(seed)
     engine = Engine(config, now=trio.current_time())
     metrics = Metrics()
@@ -426,7 +427,7 @@ async def _start_admin(
     except OSError as exc:
         address = engine.config.engine.admin
         with contextlib.suppress(ValueError):  # the loader validated it
-            address = host_port(*parse_address(address))
+            address = host_port(*split_host_port(address, default_host=LOOPBACK))
         raise ListenError(address, exc) from exc
     return bound
 

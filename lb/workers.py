@@ -13,7 +13,9 @@ the proxy over an :class:`~lb.engine.Engine` of its own.
 
 The children hold the same health as the parent without probing because the engine is
 deterministic: the same configuration swaps and probe results, in the same order, give the
-same health.  The parent forwards over each child's stdin, as JSON lines:
+same health.  The parent forwards over each child's stdin, as JSON lines ``{kind: payload}``
+(one message type per :class:`Kind`, written by :func:`encode` and read by :func:`decode`,
+which rejects anything else):
 
 ``{"hello": ...}``
     first: the configuration the parent applied (pickled: the exact object, not the files
@@ -34,7 +36,7 @@ same health.  The parent forwards over each child's stdin, as JSON lines:
     drain and exit.  End of file on stdin (the parent died) does the same.
 
 Children report on stdout: ``{"ready": ...}`` once listening, then about once a second
-``{"metrics": ..., "live": ..., "clients": ..., "active": ...}``: every counter and
+``{"report": {"metrics": ..., "live": ..., "clients": ..., "active": ...}}``: every counter and
 histogram gathered since the previous report (by metric name: all of ``Metrics.events``,
 not a list kept here), which the parent adds to its own :class:`~lb.metrics.Metrics`; the
 child's requests in flight and open upstream connections (:func:`lb.engine.live_report`),
@@ -59,9 +61,10 @@ import os
 import pickle
 import subprocess
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from enum import StrEnum
+from typing import Any, ClassVar
 
 import trio
 
@@ -74,8 +77,20 @@ from lb.metrics import Metrics
 
 __all__ = [
     "ChildContext",
+    "ConfigSwap",
+    "Hello",
+    "Kind",
+    "Message",
+    "Probe",
+    "ProtocolError",
+    "Ready",
+    "Report",
+    "Restore",
+    "Shutdown",
     "Workers",
+    "decode",
     "drain_traffic",
+    "encode",
     "merge_traffic",
     "run_child",
 ]
@@ -97,11 +112,247 @@ MAX_RUN = 1000
 """Longest pending run kept per check (``consecutive_up/down`` are at most 1000)."""
 
 
-# --------------------------------------------------------------------------- encoding
+# --------------------------------------------------------------------------- protocol
 
 
-def _line(obj: object) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
+class Kind(StrEnum):
+    """The kind of a pipe message: its JSON line is ``{kind: payload}``."""
+
+    HELLO = "hello"
+    RESTORE = "restore"
+    PROBE = "probe"
+    CONFIG = "config"
+    SHUTDOWN = "shutdown"
+    READY = "ready"
+    REPORT = "report"
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """Parent to child, first: what the child serves with (see the module docstring)."""
+
+    config: Config
+    secret: bytes
+    listen: tuple[tuple[str, int], ...]
+    """The parent's bound listen addresses (reported back in ``ready``)."""
+    listeners: tuple[Listener, ...]
+    worker: int
+    seed: int
+    kind: ClassVar[Kind] = Kind.HELLO
+
+
+@dataclass(frozen=True, slots=True)
+class Restore:
+    """Parent to child, second: states, RTT averages and the pending runs to replay."""
+
+    states: tuple[tuple[str, str, str, Health], ...]
+    rtt: tuple[tuple[str, str, float], ...]
+    replay: tuple[tuple[ProbeResult, int], ...]
+    """Each check's pending run: its last result and how many in a row (:class:`_Runs`)."""
+    saved: Mapping[str, Any] | None = None
+    """The state file's document, when health has a history beyond the states."""
+    kind: ClassVar[Kind] = Kind.RESTORE
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """Parent to child: one probe result the parent's engine applied."""
+
+    result: ProbeResult
+    kind: ClassVar[Kind] = Kind.PROBE
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigSwap:
+    """Parent to child: a configuration the parent's engine swapped in."""
+
+    config: Config
+    kind: ClassVar[Kind] = Kind.CONFIG
+
+
+@dataclass(frozen=True, slots=True)
+class Shutdown:
+    """Parent to child: drain and exit."""
+
+    kind: ClassVar[Kind] = Kind.SHUTDOWN
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """Child to parent, once listening."""
+
+    pid: int
+    listen: tuple[tuple[str, int], ...]
+    kind: ClassVar[Kind] = Kind.READY
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """Child to parent, about once a second (also the heartbeat) and once at exit.
+
+    ``live``, ``clients`` and ``active`` are None in the last report, sent after serving
+    stopped, which carries only the remaining traffic counters.
+    """
+
+    metrics: Mapping[str, Any]
+    """A :func:`drain_traffic` report, merged by :func:`merge_traffic`."""
+    live: LiveReport | None = None
+    clients: int | None = None
+    active: int | None = None
+    kind: ClassVar[Kind] = Kind.REPORT
+
+
+Message = Hello | Restore | Probe | ConfigSwap | Shutdown | Ready | Report
+
+
+class ProtocolError(ValueError):
+    """A pipe line that is not a message of this protocol (one line, fit for a log)."""
+
+
+def encode(message: Message) -> bytes:
+    """``message`` as one JSON line, ``{kind: payload}``, newline included.
+
+    Probe times travel as CLOCK_MONOTONIC, which both processes share; trio's clocks do not
+    (each has a random offset), so this and :func:`decode` run inside trio.
+    """
+    payload: object
+    match message:
+        case Hello():
+            payload = {
+                "config": _pickled(message.config),
+                "secret": message.secret.hex(),
+                "listen": [list(a) for a in message.listen],
+                "listeners": _pickled(message.listeners),
+                "worker": message.worker,
+                "seed": message.seed,
+            }
+        case Restore():
+            restore: dict[str, object] = {
+                "states": [[p, e, v, h.value] for p, e, v, h in message.states],
+                "rtt": [list(item) for item in message.rtt],
+                "replay": [[_probe_json(r), count] for r, count in message.replay],
+            }
+            if message.saved is not None:
+                restore["saved"] = message.saved
+            payload = restore
+        case Probe():
+            payload = _probe_json(message.result)
+        case ConfigSwap():
+            payload = _pickled(message.config)
+        case Shutdown():
+            payload = True
+        case Ready():
+            payload = {"pid": message.pid, "listen": [list(a) for a in message.listen]}
+        case Report():
+            report: dict[str, object] = {"metrics": message.metrics}
+            if message.live is not None:
+                report["live"] = message.live
+            if message.clients is not None:
+                report["clients"] = message.clients
+            if message.active is not None:
+                report["active"] = message.active
+            payload = report
+    return json.dumps({message.kind.value: payload}, separators=(",", ":")).encode() + b"\n"
+
+
+def decode(line: bytes | str) -> Message:
+    """The message of one :func:`encode` line.
+
+    Raises:
+        ProtocolError: for a line that is not JSON, not an object with exactly one key, of
+            an unknown kind, or whose payload is malformed; the message says which.
+    """
+    try:
+        obj = json.loads(line)
+    except ValueError:
+        raise ProtocolError("not a JSON line") from None
+    if not isinstance(obj, dict) or len(obj) != 1:
+        raise ProtocolError("not an object with exactly one key (the message kind)")
+    [(name, payload)] = obj.items()
+    try:
+        kind = Kind(name)
+    except ValueError:
+        raise ProtocolError(f"unknown message kind {name!r}") from None
+    try:
+        return _DECODERS[kind](payload)
+    except (
+        KeyError,
+        IndexError,
+        TypeError,
+        ValueError,
+        AttributeError,
+        pickle.UnpicklingError,
+    ) as exc:
+        raise ProtocolError(f"malformed {kind} message: {type(exc).__name__}: {exc}") from None
+
+
+def _decode_hello(obj: Any) -> Hello:
+    return Hello(
+        config=_unpickled(obj["config"]),
+        secret=bytes.fromhex(obj["secret"]),
+        listen=tuple(_address(a) for a in obj["listen"]),
+        listeners=tuple(_unpickled_listeners(obj["listeners"])),
+        worker=_int(obj["worker"]),
+        seed=_int(obj["seed"]),
+    )
+
+
+def _decode_restore(obj: Any) -> Restore:
+    saved = obj.get("saved")
+    if saved is not None and not isinstance(saved, dict):
+        raise TypeError("saved must be an object")
+    return Restore(
+        states=tuple((str(p), str(e), str(v), Health(h)) for p, e, v, h in obj["states"]),
+        rtt=tuple((str(p), str(v), float(value)) for p, v, value in obj["rtt"]),
+        replay=tuple((_probe_from(r), _int(count)) for r, count in obj["replay"]),
+        saved=saved,
+    )
+
+
+def _decode_shutdown(obj: Any) -> Shutdown:
+    if obj is not True:
+        raise ValueError("the payload of shutdown is true")
+    return Shutdown()
+
+
+def _decode_ready(obj: Any) -> Ready:
+    return Ready(pid=_int(obj["pid"]), listen=tuple(_address(a) for a in obj["listen"]))
+
+
+def _decode_report(obj: Any) -> Report:
+    metrics = obj["metrics"]
+    if not isinstance(metrics, dict):
+        raise TypeError("metrics must be an object")
+    clients, active = obj.get("clients"), obj.get("active")
+    return Report(
+        metrics=metrics,
+        live=_live_from(obj["live"]) if "live" in obj else None,
+        clients=clients if isinstance(clients, int) and clients >= 0 else None,
+        active=active if isinstance(active, int) and active >= 0 else None,
+    )
+
+
+_DECODERS: dict[Kind, Callable[[Any], Message]] = {
+    Kind.HELLO: _decode_hello,
+    Kind.RESTORE: _decode_restore,
+    Kind.PROBE: lambda obj: Probe(_probe_from(obj)),
+    Kind.CONFIG: lambda obj: ConfigSwap(_unpickled(obj)),
+    Kind.SHUTDOWN: _decode_shutdown,
+    Kind.READY: _decode_ready,
+    Kind.REPORT: _decode_report,
+}
+
+
+def _int(value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"expected an integer, got {value!r}")
+    return value
+
+
+def _address(value: object) -> tuple[str, int]:
+    if not isinstance(value, list) or len(value) != 2:
+        raise TypeError(f"expected [host, port], got {value!r}")
+    return str(value[0]), _int(value[1])
 
 
 def _pickled(obj: Config | Sequence[Listener]) -> str:
@@ -235,16 +486,16 @@ class _Runs:
         for key in [k for k in self.last if (k[0], k[1]) not in live]:
             del self.last[key]
 
-    def restore_message(self, engine: Engine) -> dict[str, Any]:
+    def restore_message(self, engine: Engine) -> Restore:
         snapshot = engine.book.snapshot()
-        states: list[list[str]] = []
-        replay: list[list[Any]] = []
-        rtt: list[list[Any]] = []
+        states: list[tuple[str, str, str, Health]] = []
+        replay: list[tuple[ProbeResult, int]] = []
+        rtt: list[tuple[str, str, float]] = []
         for pool in snapshot.pools.values():
-            rtt.extend([pool.name, vantage, value] for vantage, value in pool.rtt.items())
+            rtt.extend((pool.name, vantage, value) for vantage, value in pool.rtt.items())
             for ep in pool.endpoints:
                 for vantage, health in ep.vantage_health.items():
-                    states.append([pool.name, ep.name, vantage, health.value])
+                    states.append((pool.name, ep.name, vantage, health))
                     run = self.last.get((pool.name, ep.name, vantage))
                     if run is None:
                         continue
@@ -254,13 +505,13 @@ class _Runs:
                     )
                     if not agrees:
                         # rtt=None: the averages travel in "rtt", do not count them twice
-                        replay.append([_probe_json(replace(result, rtt=None)), count])
-        restore: dict[str, Any] = {"states": states, "rtt": rtt, "replay": replay}
+                        replay.append((replace(result, rtt=None), count))
+        saved = None
         if _extended(engine.config):
             # Flap-damping penalties and recovery times (slow_start) have a history the
             # states do not carry: they travel as the state file's document.
-            restore["saved"] = engine.save_state(now=trio.current_time(), wall=time.time())
-        return {"restore": restore}
+            saved = engine.save_state(now=trio.current_time(), wall=time.time())
+        return Restore(tuple(states), tuple(rtt), tuple(replay), saved)
 
 
 @dataclass(slots=True)
@@ -322,11 +573,11 @@ class Workers:
 
     def _on_probe(self, result: ProbeResult) -> None:
         self._runs.observe(result)
-        self._broadcast(_line({"probe": _probe_json(result)}))
+        self._broadcast(encode(Probe(result)))
 
     def _on_config(self, config: Config) -> None:
         self._runs.forget_unknown(self.engine)
-        self._broadcast(_line({"config": _pickled(config)}))
+        self._broadcast(encode(ConfigSwap(config)))
 
     def _broadcast(self, line: bytes) -> None:
         for slot in self.slots:
@@ -377,7 +628,7 @@ class Workers:
                 task_status.started()
                 await shutdown.wait()
                 self.stopping.set()
-                self._broadcast(_line({"shutdown": True}))
+                self._broadcast(encode(Shutdown()))
                 for slot in self.slots:
                     if slot.queue is not None:
                         slot.queue.close()
@@ -416,16 +667,16 @@ class Workers:
         send, receive = trio.open_memory_channel[bytes](QUEUE_LIMIT)
         # Queue the hello and the restore before any later probe result: no await between
         # reading the engine and registering the queue, so nothing is missed or doubled.
-        hello = {
-            "config": _pickled(self.engine.config),
-            "secret": self.engine.secret.hex(),
-            "listen": [list(a) for a in self.addresses],
-            "listeners": _pickled(self.listen),
-            "worker": slot.index,
-            "seed": self.seeds(),
-        }
-        send.send_nowait(_line({"hello": hello}))
-        send.send_nowait(_line(self._runs.restore_message(self.engine)))
+        hello = Hello(
+            config=self.engine.config,
+            secret=self.engine.secret,
+            listen=tuple(self.addresses),
+            listeners=tuple(self.listen),
+            worker=slot.index,
+            seed=self.seeds(),
+        )
+        send.send_nowait(encode(hello))
+        send.send_nowait(encode(self._runs.restore_message(self.engine)))
         slot.queue = send
         try:
             process = await trio.lowlevel.open_process(
@@ -506,25 +757,32 @@ class Workers:
     async def _read(self, slot: _Slot, process: trio.Process) -> None:
         """Handle the child's reports until its stdout closes."""
         assert process.stdout is not None
-        async for message in _lines(process.stdout):
+        async for message in _messages(process.stdout):
             slot.last_seen = trio.current_time()
-            if "metrics" in message:
-                merge_traffic(self.metrics, message["metrics"])
-                self.engine.reported[slot.index] = _live_from(message.get("live"))
-                clients = message.get("clients")
-                if isinstance(clients, int) and clients >= 0:
-                    self.metrics.worker_client_connections[slot.index] = clients
-                active = message.get("active")
-                if isinstance(active, int) and active >= 0:
-                    self.metrics.worker_requests_active[slot.index] = active
-            elif "ready" in message:
-                logs.event("worker_ready", worker=slot.index, **message["ready"])
-                if slot.ready is not None:
-                    slot.ready.set()
+            match message:
+                case Report():
+                    merge_traffic(self.metrics, message.metrics)
+                    self.engine.reported[slot.index] = message.live or {}
+                    if message.clients is not None:
+                        self.metrics.worker_client_connections[slot.index] = message.clients
+                    if message.active is not None:
+                        self.metrics.worker_requests_active[slot.index] = message.active
+                case Ready():
+                    listen = [list(a) for a in message.listen]
+                    logs.event("worker_ready", worker=slot.index, pid=message.pid, listen=listen)
+                    if slot.ready is not None:
+                        slot.ready.set()
+                case _:
+                    logs.event(
+                        "worker_bad_message",
+                        logging.ERROR,
+                        error=f"{message.kind} sent by a worker",
+                    )
 
 
-async def _lines(stream: trio.abc.ReceiveStream) -> Any:
-    """JSON objects, one per line, until end of stream; bad lines are logged and skipped."""
+async def _messages(stream: trio.abc.ReceiveStream) -> AsyncIterator[Message]:
+    """The messages of ``stream``, one per line, until its end; bad lines are logged and
+    skipped."""
     buffer = b""
     while True:
         try:
@@ -537,12 +795,12 @@ async def _lines(stream: trio.abc.ReceiveStream) -> Any:
         *lines, buffer = buffer.split(b"\n")
         for raw in lines:
             try:
-                message = json.loads(raw)
-            except ValueError:
-                logs.event("worker_bad_message", logging.ERROR, line=raw[:200].decode("latin-1"))
+                message = decode(raw)
+            except ProtocolError as exc:
+                line = raw[:200].decode("latin-1")
+                logs.event("worker_bad_message", logging.ERROR, error=str(exc), line=line)
                 continue
-            if isinstance(message, dict):
-                yield message
+            yield message
 
 
 # --------------------------------------------------------------------------- child side
@@ -575,37 +833,40 @@ async def run_child(
     control_out = trio.lowlevel.FdStream(os.dup(1))
     os.dup2(2, 1)
     shutdown = trio.Event()
-    messages = _lines(control_in)
-    hello = (await anext(messages)).get("hello")
-    if not isinstance(hello, dict):
+    messages = _messages(control_in)
+    hello = await anext(messages, None)
+    if not isinstance(hello, Hello):
         raise RuntimeError("the first message from the parent must be hello")
-    config = _unpickled(hello["config"])
-    engine = Engine(config, now=trio.current_time(), secret=bytes.fromhex(hello["secret"]))
+    engine = Engine(hello.config, now=trio.current_time(), secret=hello.secret)
     # The parent's listeners as bound at its start (port 0 resolved): not the listeners of
     # ``config``, which a reload may have changed without rebinding anything.
-    listen = _unpickled_listeners(hello["listeners"])
-    ctx = ChildContext(engine, listen, int(hello["worker"]), int(hello["seed"]))
+    ctx = ChildContext(engine, list(hello.listeners), hello.worker, hello.seed)
     send_lock = trio.Lock()
 
-    async def report(obj: object) -> None:
+    async def report(message: Ready | Report) -> None:
         # Shielded: a line cut in half by a cancellation would corrupt the next one.
         with trio.CancelScope(shield=True):
             async with send_lock:
                 try:
-                    await control_out.send_all(_line(obj))
+                    await control_out.send_all(encode(message))
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     shutdown.set()  # the parent is gone
 
     async def control() -> None:
         async for message in messages:
-            if "probe" in message:
-                engine.apply(_probe_from(message["probe"]))
-            elif "config" in message:
-                engine.reconfigure(_unpickled(message["config"]), now=trio.current_time())
-            elif "restore" in message:
-                _restore(engine, message["restore"])
-            elif "shutdown" in message:
-                break
+            match message:
+                case Probe():
+                    engine.apply(message.result)
+                case ConfigSwap():
+                    engine.reconfigure(message.config, now=trio.current_time())
+                case Restore():
+                    _restore(engine, message)
+                case Shutdown():
+                    break
+                case _:
+                    logs.event(
+                        "worker_bad_message", logging.ERROR, error=f"unexpected {message.kind}"
+                    )
         if not shutdown.is_set():
             logs.event("worker_draining", worker=ctx.worker)
         shutdown.set()  # shutdown message, or end of file: the parent is gone
@@ -615,12 +876,12 @@ async def run_child(
             await trio.sleep(FLUSH_INTERVAL)
             # Something every interval, traffic or not: the parent kills a silent child.
             await report(
-                {
-                    "metrics": drain_traffic(metrics),
-                    "live": live_report(engine.live),
-                    "clients": metrics.client_connections,
-                    "active": metrics.requests_active,
-                }
+                Report(
+                    metrics=drain_traffic(metrics),
+                    live=live_report(engine.live),
+                    clients=metrics.client_connections,
+                    active=metrics.requests_active,
+                )
             )
 
     def on_signal(signum: int) -> None:
@@ -641,13 +902,13 @@ async def run_child(
         await nursery.start(receive_signals, on_signal)  # a signal recorded earlier too
         nursery.start_soon(control)
         await nursery.start(serving)
-        await report({"ready": {"pid": os.getpid(), "listen": hello["listen"]}})
+        await report(Ready(pid=os.getpid(), listen=hello.listen))
         nursery.start_soon(flush)
         await served.wait()  # shutdown was set and the proxy has drained
         nursery.cancel_scope.cancel()
     traffic = drain_traffic(metrics)
     if traffic:
-        await report({"metrics": traffic})
+        await report(Report(metrics=traffic))
     await control_out.aclose()
 
 
@@ -658,15 +919,14 @@ def _extended(config: Config) -> bool:
     )
 
 
-def _restore(engine: Engine, message: Mapping[str, Any]) -> None:
-    states = {(p, e, v): Health(h) for p, e, v, h in message["states"]}
-    rtt = {(p, v): float(value) for p, v, value in message["rtt"]}
+def _restore(engine: Engine, message: Restore) -> None:
+    states = {(p, e, v): health for p, e, v, health in message.states}
+    rtt = {(p, v): value for p, v, value in message.rtt}
     engine.book.restore(states, rtt)
-    if "saved" in message:
+    if message.saved is not None:
         engine.load_state(
-            message["saved"], now=trio.current_time(), wall=time.time(), max_age=float("inf")
+            message.saved, now=trio.current_time(), wall=time.time(), max_age=float("inf")
         )
-    for obj, count in message["replay"]:
-        result = _probe_from(obj)
-        for _ in range(int(count)):
+    for result, count in message.replay:
+        for _ in range(count):
             engine.apply(result)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from lb.config.model import Engine
+from lb.config.model import EngineSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "contrib" / "systemd" / "tunnel-lb.service"
@@ -42,7 +42,7 @@ def test_the_unit_reloads_with_sighup_stops_with_sigterm_and_is_hardened() -> No
     assert " run " in service["ExecStart"] and service["ExecStart"].split()[0].endswith("tunnel-lb")
     assert service["ExecReload"] == "/bin/kill -HUP $MAINPID"
     assert service["KillSignal"] == "SIGTERM"
-    assert float(service["TimeoutStopSec"]) > Engine().drain_timeout  # the drain ends first
+    assert float(service["TimeoutStopSec"]) > EngineSettings().drain_timeout  # the drain ends first
     assert service["RestartPreventExitStatus"] == "2"  # a config error or a busy port
     for key, value in {
         "NoNewPrivileges": "yes",

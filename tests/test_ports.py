@@ -153,10 +153,10 @@ async def test_overrides_win_over_the_file_at_start_and_on_reload(
 
 
 def test_an_https_listener_moved_by_listen_keeps_its_certificate() -> None:
-    from lb.config.model import Config, Engine
+    from lb.config.model import Config, EngineSettings
 
     tls = Listener(address="0.0.0.0", port=443, certificate="lb.pem", key="lb.key")
-    config = Config(engine=Engine(listen=(tls,)))
+    config = Config(engine=EngineSettings(listen=(tls,)))
     moved = Overrides(
         listen=(Listener(address="127.0.0.1", port=0), Listener(address="127.0.0.1", port=0))
     ).apply(config)

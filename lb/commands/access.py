@@ -11,7 +11,7 @@ from functools import partial
 import trio
 
 from lb.access import AccessConfig, AccessStats, parse_via, serve_access
-from lb.connector.config import parse_address
+from lb.config.hosts import split_host_port
 
 NAME = "access"
 HELP = "Client side of a private TCP service (as `cloudflared access tcp`)."
@@ -56,11 +56,11 @@ def run(args: argparse.Namespace) -> int:
     """Validate the options (exit 2 with one line), then serve until interrupted."""
     try:
         listen = args.url.removeprefix("tcp://")
-        parse_address(listen)
+        split_host_port(listen)
         if args.via:
             parse_via(args.via)
         if args.destination:
-            parse_address(args.destination)
+            split_host_port(args.destination)
         context = _context(args)
     except (ValueError, OSError, ssl.SSLError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -11,8 +11,8 @@ from functools import partial
 import trio
 
 from lb import logs
+from lb.config.hosts import split_host_port
 from lb.connector import ConnectorConfig, ConnectorStats, load_connector_config, serve_connector
-from lb.connector.config import parse_address
 from lb.connector.faults import Faults, serve_control
 from lb.lifecycle import STOP_SIGNALS, receive_signals
 
@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     control = None
     if args.control is not None:
         try:
-            control = parse_address(args.control)
+            control = split_host_port(args.control)
         except ValueError as exc:
             print(f"error: --control: {exc}", file=sys.stderr)
             return 2

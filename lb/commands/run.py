@@ -8,9 +8,9 @@ import sys
 import trio
 
 from lb import logs
-from lb.admin import parse_address
 from lb.commands._trust import checked_upstream_context
 from lb.config.errors import ConfigError
+from lb.config.hosts import LOOPBACK, split_host_port
 from lb.config.loader import load_config
 from lb.config.model import Listener
 from lb.config.serving import ALLOW_EMPTY_HINT, serving_problem
@@ -25,7 +25,7 @@ HELP = "Run the load balancer: reverse proxy, health monitors and admin API."
 def address(text: str) -> tuple[str, int]:
     """An ``ADDR:PORT`` option value (``[v6]:port`` too; port 0 = any free port)."""
     try:
-        return parse_address(text)
+        return split_host_port(text, default_host=LOOPBACK)
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"{text!r}: expected ADDR:PORT, e.g. 127.0.0.1:8080 (port 0 = any free port)"

@@ -24,7 +24,7 @@ from lb.config.model import (
     REGIONS,
     Config,
     Datacenter,
-    Engine,
+    EngineSettings,
     LoadBalancer,
     Monitor,
     MonitorGroup,
@@ -149,7 +149,7 @@ def _check_engine(parsed: Parsed, report: Report) -> None:
     check_engine_passive(item, report)
 
 
-def _check_admin_access(item: Item[Engine], report: Report) -> None:
+def _check_admin_access(item: Item[EngineSettings], report: Report) -> None:
     """An admin API beyond loopback needs a token (``lb.admin_guard``), and is worth a warning
     even with one: it can reload the configuration."""
     engine = item.value
@@ -159,7 +159,7 @@ def _check_admin_access(item: Item[Engine], report: Report) -> None:
     for i, name in enumerate(engine.admin_names):
         if normalise_host(name) is None:
             report.error(item.at("admin_names", i), f'"{name}" is not a host name or IP address')
-    host = split_host_port(engine.admin, 0)[0]
+    host = split_host_port(engine.admin)[0]
     if is_loopback(host):
         return
     where = "every interface" if host in ("0.0.0.0", "::") else host
@@ -202,7 +202,7 @@ def _check_connect_to(parsed: Parsed, report: Report) -> dict[str, str]:
         if problem := host_port_problem(item.value):
             report.error(item.at(), problem)
         try:
-            normal = connect_key(*split_host_port(key, 0)) or key.lower()
+            normal = connect_key(*split_host_port(key)) or key.lower()
         except ValueError:
             normal = key.lower()  # reported above
         if seen.add(normal, item.at(), "connect_to entry", shown=key):

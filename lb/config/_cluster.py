@@ -13,14 +13,14 @@ import os
 
 from lb.config._items import Item
 from lb.config._report import Report
-from lb.config.model import Engine
+from lb.config.model import EngineSettings
 
 __all__ = ["resolve_engine"]
 
 _SCHEMES = ("redis://", "rediss://", "unix://")
 
 
-def resolve_engine(item: Item[Engine], report: Report) -> Engine:
+def resolve_engine(item: Item[EngineSettings], report: Report) -> EngineSettings:
     """``engine`` with the cluster vantage point resolved, after reporting what is wrong."""
     engine = item.value
     if engine.affinity_secret and engine.affinity_secret_file:

@@ -7,7 +7,15 @@ from typing import Generic, TypeVar
 
 from lb.config._report import Report
 from lb.config._source import Node, Segment, Where
-from lb.config.model import Datacenter, Engine, LoadBalancer, Monitor, MonitorGroup, Pool, Tunnel
+from lb.config.model import (
+    Datacenter,
+    EngineSettings,
+    LoadBalancer,
+    Monitor,
+    MonitorGroup,
+    Pool,
+    Tunnel,
+)
 
 __all__ = ["Item", "Parsed", "Seen"]
 
@@ -52,7 +60,7 @@ class Parsed:
     """Every section after the generic parser, before cross-references are checked."""
 
     files: tuple[str, ...]
-    engine: Item[Engine]
+    engine: Item[EngineSettings]
     monitors: list[Item[Monitor]] = field(default_factory=list)
     monitor_groups: list[Item[MonitorGroup]] = field(default_factory=list)
     pools: list[Item[Pool]] = field(default_factory=list)

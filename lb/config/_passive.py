@@ -8,12 +8,12 @@ from __future__ import annotations
 from lb.config._items import Item
 from lb.config._report import Report
 from lb.config._source import Segment
-from lb.config.model import Engine, Pool
+from lb.config.model import EngineSettings, Pool
 
 __all__ = ["check_engine_passive", "check_pool_passive"]
 
 
-def _check(item: Item[Engine] | Item[Pool], workers: int, report: Report) -> None:
+def _check(item: Item[EngineSettings] | Item[Pool], workers: int, report: Report) -> None:
     passive = item.value.passive_health
     if passive is None or not passive.enabled:
         return
@@ -37,12 +37,12 @@ def _check(item: Item[Engine] | Item[Pool], workers: int, report: Report) -> Non
         )
 
 
-def check_engine_passive(item: Item[Engine], report: Report) -> None:
+def check_engine_passive(item: Item[EngineSettings], report: Report) -> None:
     """``engine.passive_health``: its fields, and what it cannot run with."""
     _check(item, item.value.workers, report)
 
 
-def check_pool_passive(item: Item[Pool], engine: Engine, report: Report) -> None:
+def check_pool_passive(item: Item[Pool], engine: EngineSettings, report: Report) -> None:
     """A pool's ``passive_health``: its fields, and a monitor to bring endpoints back."""
     _check(item, engine.workers, report)
     passive = item.value.passive_health

@@ -4,8 +4,10 @@ One reading for the proxy and the monitors: before this module the proxy looked 
 up by the endpoint address as written while the monitors lowercased it, so an address such as
 ``Origin.Example.com`` was probed on its ``connect_to`` stand-in and proxied to the real host.
 
-* :func:`split_host_port`: ``host:port``, ``[v6]:port``, ``[v6]``, a bare IPv6 address or a
-  bare host, as ``(host, port)``; brackets removed.
+* :func:`split_host_port`: the one ``host:port`` parser (configuration, admin and connector
+  addresses, command-line options, Host values): ``host:port`` and ``[v6]:port``, with an
+  optional default port (then ``[v6]``, a bare IPv6 address or a bare host too) and default
+  host; brackets removed, one-line errors.
 * :func:`normalise_host`: the canonical name of a Host value for lookups (lowercase, port and
   one trailing dot removed), or None when it is not a valid host name or IP address.
 * :func:`is_loopback`: whether a bind address keeps a listener on this machine.
@@ -20,44 +22,94 @@ import ipaddress
 import re
 from collections.abc import Mapping
 
-__all__ = ["connect_key", "dial_address", "is_loopback", "normalise_host", "split_host_port"]
+__all__ = [
+    "LOOPBACK",
+    "connect_key",
+    "dial_address",
+    "is_loopback",
+    "normalise_host",
+    "split_host_port",
+]
 
 _LABEL = re.compile(r"[a-z0-9_-]{1,63}")
-"""One DNS label, as leniently as the loader reads host names (lb/config/_net.py)."""
+"""One DNS label, as leniently as :data:`_HOSTNAME` reads host names."""
+_HOSTNAME = re.compile(
+    r"^(?=.{1,253}\Z)[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})(\.[A-Za-z0-9_-]{1,63})*\.?\Z"
+)
+"""A host name as the configuration accepts it (``_`` too, and one trailing dot)."""
 _MAX_NAME = 253
+LOOPBACK = "127.0.0.1"
+"""The host of an admin or ``--listen`` address written as a bare ``:port``: never every
+interface unless an address says so."""
 _CACHE_LIMIT = 4096
 _normalised: dict[str, str | None] = {}
 
 
-def split_host_port(value: str, default_port: int) -> tuple[str, int]:
-    """``value`` as ``(host, port)``; ``default_port`` when it names no port.
+def split_host_port(
+    text: str, *, default_port: int | None = None, default_host: str | None = None
+) -> tuple[str, int]:
+    """``text`` as ``(host, port)``: the project's one reading of ``host:port``.
 
-    ``"a.example:8443"`` -> ``("a.example", 8443)``, ``"[::1]:443"`` -> ``("::1", 443)``,
-    ``"[::1]"`` and ``"::1"`` -> ``("::1", default_port)``, ``"a.example"`` and
-    ``"a.example:"`` -> ``("a.example", default_port)``.  Raises ValueError for a port that
-    is not a number in 0..65535 or an unclosed bracket.  The host is returned as written
-    (see :func:`normalise_host` for the canonical form).
+    ``"a.example:8443"`` -> ``("a.example", 8443)``, ``"[::1]:443"`` -> ``("::1", 443)``.
+    IPv6 addresses are bracketed, as in URLs and curl's ``--connect-to``, so the port is never
+    ambiguous; brackets are removed from the result.  The host is returned as written (see
+    :func:`normalise_host` for the canonical form).
+
+    Args:
+        text: the value to read.
+        default_port: the port of a value that names none (``a.example``, ``a.example:``,
+            ``[::1]``, or a bare IPv6 address such as ``::1``, which can then carry no port).
+            None (the default) makes the port required.
+        default_host: the host of a value with an empty one (``:8080``); None (the default)
+            makes the host required.
+
+    Raises:
+        ValueError: with a one-line message fit for the user: a missing host or port, a port
+            that is not a number in 0..65535, an unclosed bracket, brackets around something
+            other than an IPv6 address, an unbracketed IPv6 address with a port, or a host
+            that is not a host name or IP address.
     """
-    if value.startswith("["):
-        host, bracket, rest = value[1:].partition("]")
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
         if not bracket:
-            raise ValueError(f'unclosed "[" in "{value}"')
-        if not rest:
-            return host, default_port
-        if not rest.startswith(":"):
-            raise ValueError(f'unexpected text after "]" in "{value}"')
-        return host, _port(rest[1:], default_port, value)
-    if value.count(":") == 1:
-        host, _, port_text = value.partition(":")
-        return host, _port(port_text, default_port, value)
-    return value, default_port  # a bare host, or a bare IPv6 address
+            raise ValueError(f'unclosed "[" in "{text}"')
+        if rest and not rest.startswith(":"):
+            raise ValueError(f'unexpected text after "]" in "{text}"')
+        if not _is_ipv6(host):
+            raise ValueError(f'"{host}" in brackets is not an IPv6 address')
+        return host, _port(rest[1:], default_port, text)
+    host, colon, port_text = text.rpartition(":")
+    if not colon:
+        host, port_text = text, ""
+    elif ":" in host:
+        if default_port is None or not _is_ipv6(text):
+            raise ValueError(f'IPv6 addresses need brackets, e.g. "[{host}]:{port_text}"')
+        return text, default_port  # a bare IPv6 address: it carries no port
+    port = _port(port_text, default_port, text)
+    if not host:
+        if default_host is None:
+            raise ValueError(f'expected "host:port", got "{text}"')
+        return default_host, port
+    if not _HOSTNAME.match(host):
+        raise ValueError(f'"{host}" is not a host name or IP address')
+    return host, port
 
 
-def _port(text: str, default_port: int, value: str) -> int:
-    if not text:
-        return default_port  # "host:" (RFC 3986 allows an empty port)
-    if not text.isdigit() or len(text) > 5 or int(text) > 65535:
-        raise ValueError(f'port must be a number between 0 and 65535 in "{value}"')
+def _is_ipv6(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _port(text: str, default_port: int | None, value: str) -> int:
+    if not text:  # "host:" as well (RFC 3986 allows an empty port)
+        if default_port is None:
+            raise ValueError(f'expected "host:port", got "{value}"')
+        return default_port
+    if not (text.isascii() and text.isdigit()) or len(text) > 5 or int(text) > 65535:
+        raise ValueError(f'port must be a number between 0 and 65535, got "{text}"')
     return int(text)
 
 
@@ -82,7 +134,7 @@ def normalise_host(host: str) -> str | None:
 
 def _normalise(value: str) -> str | None:
     try:
-        host, _ = split_host_port(value, 0)
+        host, _ = split_host_port(value, default_port=0)
     except ValueError:
         return None
     if ":" in host or value.startswith("["):
@@ -124,7 +176,7 @@ def dial_address(address: str, port: int, connect_to: Mapping[str, str]) -> tupl
     mapped = connect_to.get(key) if key else None
     if not mapped:
         return address, port
-    return split_host_port(mapped, port)
+    return split_host_port(mapped, default_port=port)
 
 
 def is_loopback(host: str) -> bool:

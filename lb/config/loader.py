@@ -31,7 +31,7 @@ from lb.config.kinds import CONFIG, wrong_kind
 from lb.config.model import (
     Config,
     Datacenter,
-    Engine,
+    EngineSettings,
     LoadBalancer,
     Monitor,
     MonitorGroup,
@@ -217,11 +217,11 @@ def _parse(sections: _Sections, files: tuple[str, ...], report: Report) -> Parse
     parser = Parser(report)
     merged = {name: _merge(name, nodes, report) for name, nodes in sections.mappings.items()}
     engine_node = merged["engine"] or Node({}, files[0] if files else "<none>", 0)
-    engine = parser.dataclass(Engine, engine_node, ("engine",))
+    engine = parser.dataclass(EngineSettings, engine_node, ("engine",))
     broken: set[str] = set()
     parsed = Parsed(
         files=files,
-        engine=Item(Engine() if engine is INVALID else engine, engine_node, ("engine",)),
+        engine=Item(EngineSettings() if engine is INVALID else engine, engine_node, ("engine",)),
         monitors=_parse_list(parser, Monitor, sections.items["monitors"], broken),
         monitor_groups=_parse_list(parser, MonitorGroup, sections.items["monitor_groups"], broken),
         pools=_parse_list(parser, Pool, sections.items["pools"], broken),

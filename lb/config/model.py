@@ -32,7 +32,7 @@ __all__ = [
     "Cluster",
     "Config",
     "Datacenter",
-    "Engine",
+    "EngineSettings",
     "FlapDamping",
     "Limits",
     "Listener",
@@ -622,7 +622,7 @@ class Cluster:
 
 
 @dataclass(**_FROZEN)
-class Engine:
+class EngineSettings:
     """Settings of this engine that Cloudflare's objects do not describe."""
 
     vantage_points: tuple[str, ...] = _f(("local",), doc="where probes run (R14 majority)")
@@ -720,7 +720,7 @@ class Config:
     tunnels: tuple[Tunnel, ...] = ()
     datacenters: Mapping[str, Datacenter] = field(default_factory=dict)
     connect_to: Mapping[str, str] = field(default_factory=dict)
-    engine: Engine = Engine()
+    engine: EngineSettings = EngineSettings()
     source: tuple[str, ...] = ()
     """Files the configuration was read from."""
 

@@ -18,22 +18,13 @@ from typing import Any
 
 from lb.config import Node, read_file
 from lb.config.errors import ConfigError, Problem
+from lb.config.hosts import split_host_port
 from lb.config.kinds import CONNECTOR, wrong_kind
 from lb.connector.ingress import Bastion, IngressRule, RuleError, validate_rules
 
-__all__ = ["ConnectorConfig", "load_connector_config", "parse_address"]
+__all__ = ["ConnectorConfig", "load_connector_config"]
 
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.I)
-
-
-def parse_address(text: str) -> tuple[str, int]:
-    """``host:port`` (``[v6]:port`` for IPv6) to a tuple; port 0 asks for any free port."""
-    host, sep, port = text.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if not sep or not host or not (port.isascii() and port.isdigit()) or int(port) > 65535:
-        raise ValueError(f"{text!r} is not host:port (e.g. 127.0.0.1:18443)")
-    return host, int(port)
 
 
 def _field_problems(values: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -44,7 +35,7 @@ def _field_problems(values: Mapping[str, Any]) -> list[tuple[str, str]]:
     for name in ("listen", "listen_http"):
         if values[name] is not None:
             try:
-                parse_address(values[name])
+                split_host_port(values[name])
             except ValueError as exc:
                 problems.append((name, str(exc)))
     if values["key"] and not values["certificate"]:
@@ -60,7 +51,7 @@ def _field_problems(values: Mapping[str, Any]) -> list[tuple[str, str]]:
     )
     for index, entry in enumerate(values["bastion_allow"]):
         try:
-            parse_address(entry)
+            split_host_port(entry)
         except ValueError as exc:
             problems.append((f"bastion_allow[{index}]", str(exc)))
     if not values["bastion_allow"]:

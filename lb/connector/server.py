@@ -19,7 +19,8 @@ from urllib.parse import urlsplit
 import h11
 import trio
 
-from lb.connector.config import ConnectorConfig, parse_address
+from lb.config.hosts import split_host_port
+from lb.connector.config import ConnectorConfig
 from lb.connector.faults import Faults
 from lb.connector.h11io import H11Stream, reason
 from lb.connector.ingress import Bastion, HelloWorld, HttpStatus, TcpService, match_rule
@@ -109,7 +110,7 @@ class _Server:
             ca_pool=config.ca_pool,
         )
         names = [r.hostname for r in config.ingress if r.hostname not in (None, "", "*")]
-        listen_host = parse_address(config.listen)[0]
+        listen_host = split_host_port(config.listen)[0]
         wildcard_bind = listen_host in ("0.0.0.0", "::")
         extra = [] if wildcard_bind else [listen_host]
         self.ssl_context = config.ssl_context or server_context(
@@ -126,7 +127,7 @@ class _Server:
         listeners: list[tuple[trio.SocketListener, bool]] = []
         try:
             for address, tls in specs:
-                host, port = parse_address(address)
+                host, port = split_host_port(address)
                 listeners += [(lsn, tls) for lsn in await trio.open_tcp_listeners(port, host=host)]
             bound = [
                 (str(lsn.socket.getsockname()[0]), int(lsn.socket.getsockname()[1]))

@@ -20,7 +20,7 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, Request
 from wsproto.utilities import RemoteProtocolError as WsProtocolError
 
-from lb.connector.config import parse_address
+from lb.config.hosts import split_host_port
 from lb.connector.h11io import H11Stream
 from lb.connector.ingress import Bastion, TcpService
 from lb.connector.proxy import BAD_GATEWAY_BODY
@@ -62,11 +62,11 @@ def jump_destination(value: str) -> str:
 def _allowed(destination: str, allow: tuple[str, ...]) -> tuple[str, int] | None:
     """The parsed destination when ``allow`` lists it (hosts compare case-insensitively)."""
     try:
-        host, port = parse_address(destination)
+        host, port = split_host_port(destination)
     except ValueError:
         return None
     for entry in allow:
-        allowed_host, allowed_port = parse_address(entry)
+        allowed_host, allowed_port = split_host_port(entry)
         if allowed_port == port and allowed_host.lower() == host.lower():
             return host, port
     return None

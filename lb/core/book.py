@@ -1028,7 +1028,7 @@ def _ejected(ep: _Endpoint | None) -> str:
 
 def _pool_state(
     pool: Pool, endpoints: tuple[EndpointView, ...], *, monitored: bool, eligible: bool
-) -> str:
+) -> PoolState:
     """R13, R17 and §2.3: the displayed health of a pool."""
     if not pool.enabled:
         return PoolState.DISABLED

@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from lb.config.model import Config, LoadBalancer, Pool
 from lb.core.health import Health
@@ -17,8 +18,12 @@ from lb.core.health import Health
 __all__ = ["EndpointView", "PoolState", "PoolView", "Snapshot"]
 
 
-class PoolState:
-    """Pool health names (R17, docs/cloudflare-rules.md), plain strings for JSON and metrics."""
+class PoolState(StrEnum):
+    """Pool health names (R17, docs/cloudflare-rules.md).
+
+    A ``StrEnum``: each member is its string, so JSON, metric labels and comparisons with
+    plain strings read exactly as before.
+    """
 
     HEALTHY = "healthy"
     DEGRADED = "degraded"
@@ -75,8 +80,7 @@ class PoolView:
     name: str
     config: Pool
     monitored: bool
-    state: str
-    """A :class:`PoolState` value."""
+    state: PoolState
     eligible: bool
     """R17: enabled and at least ``minimum_origins`` healthy enabled endpoints."""
     healthy_count: int

@@ -19,7 +19,7 @@ import trio
 
 from lb.core.attempts import Body
 from lb.proxy import errors
-from lb.proxy.errors import UpstreamError
+from lb.proxy.errors import RequestError, UpstreamError
 from lb.proxy.state import RECEIVE_SIZE, BodyPump, ClientError, Exchange, Move, sent
 from lb.proxy.upstream import UpstreamConnection
 
@@ -73,9 +73,9 @@ async def buffer_body(ex: Exchange) -> None:
                 try:
                     data = await ex.stream.receive_some(RECEIVE_SIZE)
                 except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                    raise ClientError(0, "client_disconnected") from exc
+                    raise ClientError(0, RequestError.CLIENT_DISCONNECTED) from exc
                 if not data:
-                    raise ClientError(0, "client_disconnected")
+                    raise ClientError(0, RequestError.CLIENT_DISCONNECTED)
                 conn.receive_data(cast(bytes, data))
                 done = take_body(ex, ex.body, limits.max_body_bytes)
     if ex.req_done:
@@ -91,7 +91,7 @@ def take_body(ex: Exchange, out: list[h11.Data], max_body: int) -> bool:
         try:
             ev = conn.next_event()
         except h11.RemoteProtocolError as exc:
-            raise ClientError(400, "bad_request") from exc
+            raise ClientError(400, RequestError.BAD_REQUEST) from exc
         kind = type(ev)
         if kind is h11.Data:
             assert isinstance(ev, h11.Data)
@@ -110,7 +110,7 @@ def take_body(ex: Exchange, out: list[h11.Data], max_body: int) -> bool:
                 raise _chunk_error(_chunk_left(conn), max_body)
             return False
         else:  # pragma: no cover - h11 gives nothing else while the body is open
-            raise ClientError(400, "bad_request")
+            raise ClientError(400, RequestError.BAD_REQUEST)
 
 
 async def pump_body(ex: Exchange, up: UpstreamConnection, pump: BodyPump) -> None:
@@ -128,9 +128,9 @@ async def pump_body(ex: Exchange, up: UpstreamConnection, pump: BodyPump) -> Non
                 try:
                     data = await ex.stream.receive_some(RECEIVE_SIZE)
                 except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                    raise ClientError(0, "client_disconnected") from exc
+                    raise ClientError(0, RequestError.CLIENT_DISCONNECTED) from exc
                 if not data:
-                    raise ClientError(0, "client_disconnected")
+                    raise ClientError(0, RequestError.CLIENT_DISCONNECTED)
                 conn.receive_data(cast(bytes, data))
                 events: list[h11.Data] = []
                 done = take_body(ex, events, limits.max_body_bytes)
@@ -175,7 +175,7 @@ async def send_up(
     try:
         await ustream.send_all(pending[0] if len(pending) == 1 else b"".join(pending))
     except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-        raise UpstreamError(errors.BAD_GATEWAY, "upstream_closed") from exc
+        raise UpstreamError(errors.BAD_GATEWAY, RequestError.UPSTREAM_CLOSED) from exc
     ex.sent_any = True
 
 
@@ -188,7 +188,7 @@ def up_send(uh: h11.Connection, event: h11.Data | h11.EndOfMessage) -> bytes:
     try:
         return sent(uh.send(event))
     except h11.LocalProtocolError as exc:
-        raise ClientError(400, "bad_request") from exc
+        raise ClientError(400, RequestError.BAD_REQUEST) from exc
 
 
 def _chunk_left(conn: h11.Connection) -> int:
@@ -205,8 +205,8 @@ def _chunk_left(conn: h11.Connection) -> int:
 
 def _chunk_error(size: int, max_body: int) -> ClientError:
     if size > MAX_CHUNK_SIZE:
-        return ClientError(400, "bad_chunk")
-    return ClientError(413, "body_too_large")
+        return ClientError(400, RequestError.BAD_CHUNK)
+    return ClientError(413, RequestError.BODY_TOO_LARGE)
 
 
 def first_chunk_problem(conn: h11.Connection, max_body: int) -> ClientError | None:
@@ -221,7 +221,7 @@ def first_chunk_problem(conn: h11.Connection, max_body: int) -> ClientError | No
         return None
     m = _CHUNK_LINE.match(buf, 0, end + 2)
     if m is None:
-        return ClientError(400, "bad_chunk")
+        return ClientError(400, RequestError.BAD_CHUNK)
     size = int(m.group(1), 16)
     if size > max_body:
         return _chunk_error(size, max_body)

@@ -18,6 +18,7 @@ from typing import Any, cast
 import h11
 import trio
 
+from lb.proxy.errors import RequestError
 from lb.proxy.exchange import exchange
 from lb.proxy.listeners import AnyListener, is_https
 from lb.proxy.replies import reject, timed_out
@@ -165,7 +166,7 @@ async def serve_client(shared: Shared, client: Client) -> None:
         # A Cancelled (maybe in a group from the connection's nursery): only the
         # clients nursery cancels from outside, so the drain deadline passed.
         if client.exchange is not None:
-            client.exchange.record.error = "shutdown"
+            client.exchange.record.error = RequestError.SHUTDOWN
         raise
     finally:
         settle(shared, client)

@@ -16,11 +16,13 @@ changes what the client finally sees.
 
 from __future__ import annotations
 
+from enum import StrEnum
 from http import HTTPStatus
 
 from lb.core.attempts import Failure
 
 __all__ = [
+    "ATTEMPT_ERRORS",
     "CONNECT_REFUSED",
     "CONNECT_TIMEOUT",
     "NO_POOL",
@@ -28,6 +30,7 @@ __all__ = [
     "TLS_BAD_CERT",
     "TLS_HANDSHAKE",
     "UNREACHABLE",
+    "RequestError",
     "UpstreamError",
     "error_body",
     "failure_of",
@@ -44,6 +47,64 @@ TLS_BAD_CERT = 526
 NO_POOL = 530
 BAD_GATEWAY = 502
 """The upstream broke the exchange after the connection stood (reset, garbage, early EOF)."""
+
+
+class RequestError(StrEnum):
+    """What went wrong in an exchange: ``error`` of the access log and of
+    :class:`~lb.proxy.hooks.RequestRecord` / :class:`~lb.proxy.hooks.Attempt`, and the
+    ``kind`` label of ``lb_upstream_errors_total`` (:data:`ATTEMPT_ERRORS`).
+
+    A ``StrEnum``: each member is its string, so logs, metric labels and docs read the same
+    words as before the names were typed.
+    """
+
+    # One attempt to an endpoint (UpstreamError.reason, Attempt.error)
+    REFUSED = "refused"
+    CONNECT_TIMEOUT = "connect_timeout"
+    DNS = "dns"
+    UNREACHABLE = "unreachable"
+    TLS_HANDSHAKE = "tls_handshake"
+    TLS_SERVER_NAME = "tls_server_name"
+    TLS_CERTIFICATE = "tls_certificate"
+    RESPONSE_TIMEOUT = "response_timeout"
+    UPSTREAM_CLOSED = "upstream_closed"
+    UPSTREAM_PROTOCOL = "upstream_protocol"
+    BAD_CONFIG = "bad_config"
+    # The request as a whole (RequestRecord.error)
+    UPSTREAM_ABORTED = "upstream_aborted"
+    NO_POOL = "no_pool"
+    BAD_HOST = "bad_host"
+    UNKNOWN_HOST = "unknown_host"
+    BAD_REQUEST = "bad_request"
+    BAD_TARGET = "bad_target"
+    BAD_CHUNK = "bad_chunk"
+    AMBIGUOUS_FRAMING = "ambiguous_framing"
+    METHOD_NOT_SUPPORTED = "method_not_supported"
+    HEADERS_TOO_LARGE = "headers_too_large"
+    BODY_TOO_LARGE = "body_too_large"
+    CLIENT_DISCONNECTED = "client_disconnected"
+    CLIENT_TIMEOUT = "client_timeout"
+    WEBSOCKET_IDLE = "websocket_idle"
+    SHUTDOWN = "shutdown"
+
+
+ATTEMPT_ERRORS = frozenset(
+    {
+        RequestError.REFUSED,
+        RequestError.CONNECT_TIMEOUT,
+        RequestError.DNS,
+        RequestError.UNREACHABLE,
+        RequestError.TLS_HANDSHAKE,
+        RequestError.TLS_SERVER_NAME,
+        RequestError.TLS_CERTIFICATE,
+        RequestError.RESPONSE_TIMEOUT,
+        RequestError.UPSTREAM_CLOSED,
+        RequestError.UPSTREAM_PROTOCOL,
+        RequestError.BAD_CONFIG,
+    }
+)
+"""The errors of one attempt to an endpoint: the ``kind`` values of
+``lb_upstream_errors_total`` (an attempt cut short by ``shutdown`` counts as ``other``)."""
 
 _PLAIN = {
     CONNECT_REFUSED: 502,
@@ -79,7 +140,7 @@ class UpstreamError(Exception):
     stale-pooled-connection retry safe.
     """
 
-    def __init__(self, status: int, reason: str, *, before_response: bool = True) -> None:
+    def __init__(self, status: int, reason: RequestError, *, before_response: bool = True) -> None:
         super().__init__(f"{status} {reason}")
         self.status = status
         self.reason = reason
@@ -87,21 +148,21 @@ class UpstreamError(Exception):
 
 
 _FAILURES = {
-    "refused": Failure.CONNECT_REFUSED,
-    "connect_timeout": Failure.CONNECT_TIMEOUT,
-    "dns": Failure.UNREACHABLE,
-    "unreachable": Failure.UNREACHABLE,
-    "tls_handshake": Failure.TLS_HANDSHAKE,
-    "tls_server_name": Failure.TLS_HANDSHAKE,
-    "tls_certificate": Failure.TLS_CERTIFICATE,
-    "upstream_protocol": Failure.PROTOCOL,
-    "bad_config": Failure.BAD_CONFIG,
+    RequestError.REFUSED: Failure.CONNECT_REFUSED,
+    RequestError.CONNECT_TIMEOUT: Failure.CONNECT_TIMEOUT,
+    RequestError.DNS: Failure.UNREACHABLE,
+    RequestError.UNREACHABLE: Failure.UNREACHABLE,
+    RequestError.TLS_HANDSHAKE: Failure.TLS_HANDSHAKE,
+    RequestError.TLS_SERVER_NAME: Failure.TLS_HANDSHAKE,
+    RequestError.TLS_CERTIFICATE: Failure.TLS_CERTIFICATE,
+    RequestError.UPSTREAM_PROTOCOL: Failure.PROTOCOL,
+    RequestError.BAD_CONFIG: Failure.BAD_CONFIG,
 }
 
 
 def failure_of(err: UpstreamError) -> Failure:
     """The attempt policy's name (:mod:`lb.core.attempts`) for an upstream error."""
-    if err.reason == "upstream_closed":
+    if err.reason == RequestError.UPSTREAM_CLOSED:
         if err.before_response:
             return Failure.CLOSED_BEFORE_RESPONSE
         return Failure.CLOSED_IN_RESPONSE

@@ -19,7 +19,7 @@ import h11
 import trio
 
 from lb.config.hosts import normalise_host
-from lb.config.model import Engine as EngineSettings
+from lb.config.model import EngineSettings
 from lb.core.attempts import Action, Body, Retry, next_step
 from lb.proxy import errors
 from lb.proxy.body import (
@@ -32,7 +32,14 @@ from lb.proxy.body import (
     take_body,
     up_send,
 )
-from lb.proxy.errors import UpstreamError, error_body, failure_of, public_status, reason_phrase
+from lb.proxy.errors import (
+    RequestError,
+    UpstreamError,
+    error_body,
+    failure_of,
+    public_status,
+    reason_phrase,
+)
 from lb.proxy.headers import (
     affinity_cookie,
     client_address,
@@ -174,7 +181,7 @@ async def _steer_and_forward(ex: Exchange) -> bool:
     if name is None:
         # Before steering: such a Host could still match a load balancer (the lookup is
         # lenient), then fail as the upstream TLS server name (``a.example..``).
-        record.error = "bad_host"
+        record.error = RequestError.BAD_HOST
         return await reply(ex, 400, b"400 Bad Request: invalid Host header\n", close=True)
     # Header affinity needs every request header and cookie; the router reads them only
     # for a load balancer with ``session_affinity: header``, so they are built on demand.
@@ -204,9 +211,9 @@ async def _steer_and_forward(ex: Exchange) -> bool:
     if decision.endpoint is None:
         status = decision.status or errors.NO_POOL
         if status == 404:
-            record.error = "unknown_host"
+            record.error = RequestError.UNKNOWN_HOST
             return await reply(ex, 404, b"404 Not Found: no load balancer answers for this host\n")
-        record.error = "no_pool"
+        record.error = RequestError.NO_POOL
         style = settings.error_style
         return await reply(ex, public_status(status, style), error_body(status, style))
     return await attempts(ex, decision, req)
@@ -221,20 +228,20 @@ def _refusal(ex: Exchange) -> tuple[int, bytes, bool] | None:
     if event.method in _NOT_PROXIED:
         # CONNECT would turn the proxy into an open tunnel, TRACE would reflect headers
         # added on the way (a 200 with an affinity cookie for CONNECT, before).
-        record.error = "method_not_supported"
+        record.error = RequestError.METHOD_NOT_SUPPORTED
         return 501, error_body(501, "plain"), True
     if facts.ambiguous_framing:
-        record.error = "ambiguous_framing"
+        record.error = RequestError.AMBIGUOUS_FRAMING
         return 400, b"400 Bad Request: both Content-Length and Transfer-Encoding\n", True
     if not ex.target:
-        record.error = "bad_target"
+        record.error = RequestError.BAD_TARGET
         return 400, b"400 Bad Request: request-target is not a path or an http(s) URL\n", True
     if (
         facts.head_bytes + len(event.target) > limits.max_header_bytes
         or len(event.headers) > limits.max_headers
     ):
         # h11 enforces its limit only on a head still incomplete in its buffer.
-        record.error = "headers_too_large"
+        record.error = RequestError.HEADERS_TOO_LARGE
         return 431, error_body(431, "plain"), True
     if facts.chunked and not ex.req_done:
         problem = first_chunk_problem(ex.conn, limits.max_body_bytes)
@@ -242,7 +249,7 @@ def _refusal(ex: Exchange) -> tuple[int, bytes, bool] | None:
             record.error = problem.reason
             return problem.status, error_body(problem.status, "plain"), False
     if facts.content_length is not None and facts.content_length > limits.max_body_bytes:
-        record.error = "body_too_large"
+        record.error = RequestError.BODY_TOO_LARGE
         return 413, error_body(413, "plain"), False
     return None
 
@@ -372,7 +379,7 @@ async def forward(
     # (client and upstream heads), generated here (IPs, ids, cookies), or from the
     # configuration and checked once here: the endpoint Host and the client-IP header name.
     if not safe_header_value(host) or not safe_header_name(ip_name):
-        raise UpstreamError(errors.BAD_GATEWAY, "bad_config")
+        raise UpstreamError(errors.BAD_GATEWAY, RequestError.BAD_CONFIG)
     out_headers = upstream_headers(
         event.headers,
         ex.facts,
@@ -399,7 +406,7 @@ async def forward(
             )
         ]
     except h11.LocalProtocolError as exc:
-        raise ClientError(400, "bad_request") from exc
+        raise ClientError(400, RequestError.BAD_REQUEST) from exc
     body = ex.body
     if body:
         pending.extend([up_send(uh, ev) for ev in body])
@@ -426,7 +433,7 @@ async def forward(
         try:
             await ex.stream.send_all(sent(conn.send(continue_)))
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise ClientError(0, "client_disconnected") from exc
+            raise ClientError(0, RequestError.CLIENT_DISCONNECTED) from exc
     assert ex.tasks is not None
     pump = BodyPump()
     ex.pump = pump
@@ -452,17 +459,19 @@ async def _response_head(
         try:
             ev = uh.next_event()
         except h11.RemoteProtocolError as exc:
-            raise UpstreamError(errors.BAD_GATEWAY, "upstream_protocol") from exc
+            raise UpstreamError(errors.BAD_GATEWAY, RequestError.UPSTREAM_PROTOCOL) from exc
         if ev is h11.NEED_DATA:
             # The deadline armed by send_up covers the wait for the whole head.
             try:
                 data = await ustream.receive_some(RECEIVE_SIZE)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 raise UpstreamError(
-                    errors.BAD_GATEWAY, "upstream_closed", before_response=not got
+                    errors.BAD_GATEWAY, RequestError.UPSTREAM_CLOSED, before_response=not got
                 ) from exc
             if not data:
-                raise UpstreamError(errors.BAD_GATEWAY, "upstream_closed", before_response=not got)
+                raise UpstreamError(
+                    errors.BAD_GATEWAY, RequestError.UPSTREAM_CLOSED, before_response=not got
+                )
             got = True
             uh.receive_data(cast(bytes, data))
             continue
@@ -474,9 +483,9 @@ async def _response_head(
             if ev.status_code == 101 and ex.facts.websocket:
                 return ev
             if ev.status_code == 101:
-                raise UpstreamError(errors.BAD_GATEWAY, "upstream_protocol")
+                raise UpstreamError(errors.BAD_GATEWAY, RequestError.UPSTREAM_PROTOCOL)
             continue  # 100 Continue, 103 Early Hints: not relayed
-        raise UpstreamError(errors.BAD_GATEWAY, "upstream_protocol")
+        raise UpstreamError(errors.BAD_GATEWAY, RequestError.UPSTREAM_PROTOCOL)
 
 
 async def relay(
@@ -498,7 +507,7 @@ async def relay(
         if pump is not None and not pump.done.is_set():
             # A 101 before the upgrade request's body is through: splicing would read the
             # client and write upstream beside the pump.  Refused as a bad upstream answer.
-            raise UpstreamError(errors.BAD_GATEWAY, "upstream_protocol")
+            raise UpstreamError(errors.BAD_GATEWAY, RequestError.UPSTREAM_PROTOCOL)
         return await splice(ex, up, response, set_cookie)
     headers = response_headers(response.headers, set_cookie=set_cookie, close=shared.draining)
     try:
@@ -515,7 +524,7 @@ async def relay(
             )
         ]
     except h11.LocalProtocolError as exc:
-        raise UpstreamError(errors.BAD_GATEWAY, "upstream_protocol") from exc
+        raise UpstreamError(errors.BAD_GATEWAY, RequestError.UPSTREAM_PROTOCOL) from exc
     ex.advance(Move.RESPOND)
     record.status = status
     uh = up.h11
@@ -524,7 +533,7 @@ async def relay(
         try:
             ev = uh.next_event()
         except h11.RemoteProtocolError:
-            record.error = "upstream_aborted"
+            record.error = RequestError.UPSTREAM_ABORTED
             await flush_down(ex, pending, limits.idle_timeout)
             return False
         kind = type(ev)
@@ -543,11 +552,11 @@ async def relay(
             try:
                 data = await ustream.receive_some(RECEIVE_SIZE)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
-                record.error = "upstream_aborted"
+                record.error = RequestError.UPSTREAM_ABORTED
                 return False
             uh.receive_data(cast(bytes, data))
         else:
-            record.error = "upstream_aborted"
+            record.error = RequestError.UPSTREAM_ABORTED
             break
     # The upstream exchange is over: free the connection before the last write, which
     # runs under the deadline already armed (no extra deadline update on the hot path).

@@ -16,7 +16,7 @@ import trio
 
 from lb.config.model import FixedResponse
 from lb.proxy import errors
-from lb.proxy.errors import error_body, public_status, reason_phrase
+from lb.proxy.errors import RequestError, error_body, public_status, reason_phrase
 from lb.proxy.hooks import RequestRecord
 from lb.proxy.state import Client, ClientError, Exchange, Move, Phase, Shared, sent
 
@@ -69,7 +69,7 @@ async def flush_down(ex: Exchange, pending: list[bytes], seconds: float) -> None
     try:
         await ex.stream.send_all(pending[0] if len(pending) == 1 else b"".join(pending))
     except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-        raise ClientError(0, "client_disconnected") from exc
+        raise ClientError(0, RequestError.CLIENT_DISCONNECTED) from exc
 
 
 async def _answer(ex: Exchange, status: int, data: bytes) -> None:
@@ -164,9 +164,9 @@ async def timed_out(ex: Exchange) -> None:
         shared.pool.discard(ex.up)
         ex.up = None
     if shared.expired:
-        record.error = "shutdown"
+        record.error = RequestError.SHUTDOWN
         if record.attempts and not ex.responded:
-            record.attempts[-1].error = "shutdown"
+            record.attempts[-1].error = RequestError.SHUTDOWN
         if not ex.responded and conn.our_state is h11.SEND_RESPONSE:
             data = simple_response(
                 conn,
@@ -181,17 +181,17 @@ async def timed_out(ex: Exchange) -> None:
         return
     phase = ex.phase
     if phase is Phase.WEBSOCKET:
-        record.error = "websocket_idle"
+        record.error = RequestError.WEBSOCKET_IDLE
         return
     if phase is Phase.UPSTREAM or phase is Phase.RELAY:
         status = errors.RESPONSE_TIMEOUT
-        record.error = "response_timeout"
+        record.error = RequestError.RESPONSE_TIMEOUT
         if record.attempts and not ex.responded:
             record.attempts[-1].status = status
-            record.attempts[-1].error = "response_timeout"
+            record.attempts[-1].error = RequestError.RESPONSE_TIMEOUT
     else:
         status = 408
-        record.error = "client_timeout"
+        record.error = RequestError.CLIENT_TIMEOUT
     if ex.responded or conn.our_state is not h11.SEND_RESPONSE:
         return
     style = shared.engine.config.engine.error_style
@@ -220,7 +220,7 @@ async def reject(
     record = RequestRecord(
         method="", host="", target="", client_ip=client.peer, datacenter="", request_id=""
     )
-    record.error = "headers_too_large" if status == 431 else "bad_request"
+    record.error = RequestError.HEADERS_TOO_LARGE if status == 431 else RequestError.BAD_REQUEST
     if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
         body = b"%d %s\n" % (status, reason_phrase(status))
         try:

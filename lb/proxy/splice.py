@@ -11,7 +11,7 @@ import h11
 import trio
 
 from lb.proxy import errors
-from lb.proxy.errors import UpstreamError
+from lb.proxy.errors import RequestError, UpstreamError
 from lb.proxy.headers import response_headers
 from lb.proxy.hooks import RequestRecord
 from lb.proxy.state import RECEIVE_SIZE, Exchange, Move, sent
@@ -46,7 +46,7 @@ async def splice(
             )
         )
     except h11.LocalProtocolError as exc:
-        raise UpstreamError(errors.BAD_GATEWAY, "upstream_protocol") from exc
+        raise UpstreamError(errors.BAD_GATEWAY, RequestError.UPSTREAM_PROTOCOL) from exc
     record.status = 101
     idle = ex.shared.engine.config.engine.limits.idle_timeout
     ex.advance(Move.UPGRADE, idle)
@@ -60,7 +60,7 @@ async def splice(
             await up.stream.send_all(from_client)
             record.bytes_in += len(from_client)
     except (trio.BrokenResourceError, trio.ClosedResourceError):
-        record.error = "client_disconnected"
+        record.error = RequestError.CLIENT_DISCONNECTED
         return False
     async with trio.open_nursery() as nursery:
         scope, watchdog = nursery.cancel_scope, ex.watchdog

@@ -32,6 +32,7 @@ from lb.core.attempts import Body
 from lb.core.snapshot import EndpointView
 from lb.engine import Engine
 from lb.proxy.capacity import default_max_connections
+from lb.proxy.errors import RequestError
 from lb.proxy.headers import RequestFacts
 from lb.proxy.hooks import ProxyHooks, RequestRecord
 from lb.proxy.upstream import UpstreamConnection, UpstreamPool
@@ -120,7 +121,7 @@ class LifecycleError(RuntimeError):
 class ClientError(Exception):
     """The client side of an exchange failed; ``status`` 0 means no answer is possible."""
 
-    def __init__(self, status: int, reason: str) -> None:
+    def __init__(self, status: int, reason: RequestError) -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason

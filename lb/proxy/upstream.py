@@ -58,6 +58,7 @@ from lb.proxy.errors import (
     TLS_BAD_CERT,
     TLS_HANDSHAKE,
     UNREACHABLE,
+    RequestError,
     UpstreamError,
 )
 from steering.types import Live
@@ -302,18 +303,18 @@ class UpstreamPool:
                     _close_stream(stream)
                     cause = exc.__cause__
                     if isinstance(cause, ssl.SSLCertVerificationError):
-                        raise UpstreamError(TLS_BAD_CERT, "tls_certificate") from exc
+                        raise UpstreamError(TLS_BAD_CERT, RequestError.TLS_CERTIFICATE) from exc
                     if isinstance(cause, ConnectionError | ssl.SSLEOFError):
                         # Reset or closed before the handshake could start: a tunnel whose
                         # process is dying accepted in the kernel, then went away. That is
                         # "down" (521, and a zero-downtime retry), not a TLS problem (525).
-                        raise UpstreamError(CONNECT_REFUSED, "refused") from exc
-                    raise UpstreamError(TLS_HANDSHAKE, "tls_handshake") from exc
+                        raise UpstreamError(CONNECT_REFUSED, RequestError.REFUSED) from exc
+                    raise UpstreamError(TLS_HANDSHAKE, RequestError.TLS_HANDSHAKE) from exc
                 stream = tls
         if scope.cancelled_caught or stream is None:
             if stream is not None:
                 _close_stream(stream)
-            raise UpstreamError(CONNECT_TIMEOUT, "connect_timeout")
+            raise UpstreamError(CONNECT_TIMEOUT, RequestError.CONNECT_TIMEOUT)
         return stream
 
 
@@ -333,7 +334,7 @@ def _tls_stream(
         return trio.SSLStream(stream, context, server_hostname=server_name, https_compatible=True)
     except Exception as exc:
         stream.socket.close()
-        raise UpstreamError(TLS_HANDSHAKE, "tls_server_name") from exc
+        raise UpstreamError(TLS_HANDSHAKE, RequestError.TLS_SERVER_NAME) from exc
 
 
 async def _connect(host: str, port: int) -> trio.socket.SocketType:
@@ -345,7 +346,7 @@ async def _connect(host: str, port: int) -> trio.socket.SocketType:
     try:
         infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except OSError as exc:  # socket.gaierror included
-        raise UpstreamError(UNREACHABLE, "dns") from exc
+        raise UpstreamError(UNREACHABLE, RequestError.DNS) from exc
     last: OSError | None = None
     for family, type_, proto, _, addr in infos:
         sock = trio.socket.socket(family, type_, proto)
@@ -360,10 +361,10 @@ async def _connect(host: str, port: int) -> trio.socket.SocketType:
             raise
         return sock
     if last is not None and last.errno in _REFUSED:
-        raise UpstreamError(CONNECT_REFUSED, "refused") from last
+        raise UpstreamError(CONNECT_REFUSED, RequestError.REFUSED) from last
     if last is not None and last.errno in _TIMEOUT:
-        raise UpstreamError(CONNECT_TIMEOUT, "connect_timeout") from last
-    raise UpstreamError(UNREACHABLE, "unreachable") from last
+        raise UpstreamError(CONNECT_TIMEOUT, RequestError.CONNECT_TIMEOUT) from last
+    raise UpstreamError(UNREACHABLE, RequestError.UNREACHABLE) from last
 
 
 def _readable(conn: UpstreamConnection) -> bool:

@@ -25,6 +25,7 @@ import trio
 
 from lb.rehearse.stack import Stack
 from lb.sim.scenario import ORIGIN, ConfigEvent, NetEvent, Scenario, Traffic
+from lb.sim.spec import TimelineAction
 
 __all__ = ["Sent", "drive", "unrehearsable"]
 
@@ -51,7 +52,7 @@ def unrehearsable(sc: Scenario) -> list[str]:
                 f"{what}: seen_from (a fault seen from some places only) cannot be made "
                 "real on one machine"
             )
-        elif e.action == "unreachable":
+        elif e.action == TimelineAction.UNREACHABLE:
             out.append(f"{what}: unreachable needs a route that fails, not one loopback")
         elif e.layer == ORIGIN:
             out.append(f"{what}: origin faults need an application behind each stand-in")
@@ -147,24 +148,26 @@ def _config_changed(raw: dict[str, Any], c: ConfigEvent) -> dict[str, Any]:
         if p.get("name") != c.pool:
             continue
         if c.endpoint is None:
-            p["enabled"] = c.action == "enable"
+            p["enabled"] = c.action == TimelineAction.ENABLE
             continue
         for o in p.get("origins", []):
             if o.get("name") == c.endpoint:
-                if c.action == "weight":
+                if c.action == TimelineAction.WEIGHT:
                     o["weight"] = c.weight
                 else:
-                    o["enabled"] = c.action == "enable"
+                    o["enabled"] = c.action == TimelineAction.ENABLE
     return out
 
 
 def _fault_body(e: NetEvent) -> dict[str, object]:
     body: dict[str, object] = {"do": e.action}
-    if e.action == "status" or (e.action == "flap" and e.how == "status"):
+    if e.action == TimelineAction.STATUS or (
+        e.action == TimelineAction.FLAP and e.how == TimelineAction.STATUS
+    ):
         body["status"] = e.status
-    if e.action == "latency":
+    if e.action == TimelineAction.LATENCY:
         body["latency"] = e.latency
-    if e.action == "flap":
+    if e.action == TimelineAction.FLAP:
         body.update(period=e.period, down_for=e.down_for, how=e.how)
     return body
 

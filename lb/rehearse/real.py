@@ -29,7 +29,7 @@ from lb.sim.expect import evaluate, failovers
 from lb.sim.record import Recorder, Transition
 from lb.sim.report import Report, build_report
 from lb.sim.scenario import Scenario
-from lb.sim.traffic import Counts
+from lb.sim.traffic import TrafficCounts
 
 __all__ = ["log_lines", "real_report"]
 
@@ -79,7 +79,9 @@ def real_report(
     tick = sc.tick
     ticks = max(1, math.ceil(sc.duration / tick - 1e-9))
     dcs = [t.datacenter for t in sc.traffic]
-    counts: list[dict[str, Counts]] = [{dc: Counts() for dc in dcs} for _ in range(ticks)]
+    counts: list[dict[str, TrafficCounts]] = [
+        {dc: TrafficCounts() for dc in dcs} for _ in range(ticks)
+    ]
     for rid, s in sent.items():
         logged = requests.get(rid)
         at = s.at

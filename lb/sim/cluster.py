@@ -36,6 +36,7 @@ from lb.core.health import HealthEvent, ProbeResult
 from lb.engine import Engine
 from lb.sim.network import Network, SimTransport
 from lb.sim.scenario import Member, MemberEvent, Scenario
+from lb.sim.spec import TimelineAction
 from monitors.spec import Job, jobs_for_config
 
 __all__ = ["SimCluster", "SimMember"]
@@ -248,11 +249,11 @@ class SimCluster:
     def _event(self, e: MemberEvent, at: float) -> None:
         i = next(i for i, m in enumerate(self.members) if m.spec.name == e.member)
         m = self.members[i]
-        if e.action == "kill":
+        if e.action == TimelineAction.KILL:
             m.alive = False
             m.inbox.clear()
             m.reshard()
-        elif e.action == "partition":
+        elif e.action == TimelineAction.PARTITION:
             m.connected = False
             m.members = {}
             m.reshard()

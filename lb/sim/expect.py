@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from lb.sim.record import Recorder
 from lb.sim.scenario import Expectation, NetEvent, Scenario
-from lb.sim.spec import FAULTS, seconds
+from lb.sim.spec import FAULTS, TimelineAction, seconds
 
 __all__ = ["Failover", "Verdict", "evaluate", "failovers"]
 
@@ -70,9 +70,9 @@ def _r(x: float | None) -> float | None:
 
 
 def _fails(e: NetEvent) -> bool:
-    if e.action in FAULTS or e.action == "flap":
+    if e.action in FAULTS or e.action == TimelineAction.FLAP:
         return True
-    return e.action == "status" and e.status >= 500
+    return e.action == TimelineAction.STATUS and e.status >= 500
 
 
 def failovers(scenario: Scenario, rec: Recorder) -> list[Failover]:
@@ -90,14 +90,14 @@ def failovers(scenario: Scenario, rec: Recorder) -> list[Failover]:
         for pool, name in by_address.get(e.address, []):
             out.append(_measure(scenario, rec, pool, name, e.label, e.at, back, monitored=True))
     for c in scenario.changes:
-        if c.action != "disable":
+        if c.action != TimelineAction.DISABLE:
             continue
         back = next(
             (
                 x.at
                 for x in scenario.changes
                 if x.at > c.at
-                and x.action == "enable"
+                and x.action == TimelineAction.ENABLE
                 and x.pool == c.pool
                 and x.endpoint == c.endpoint
             ),
@@ -115,7 +115,7 @@ def _recovery(events: tuple[NetEvent, ...], e: NetEvent) -> float | None:
     for x in events:
         if (
             x.at > e.at
-            and x.action == "recover"
+            and x.action == TimelineAction.RECOVER
             and x.address == e.address
             and x.layer == e.layer
             and set(e.replicas) <= set(x.replicas)

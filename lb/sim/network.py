@@ -41,18 +41,30 @@ import trio
 from lb.config.model import Config, Datacenter
 from lb.connector.ingress import HelloWorld, HttpStatus, match_rule
 from lb.sim.scenario import EDGE, ORIGIN, NetEvent, Replica, Scenario
-from lb.sim.spec import FAULTS
+from lb.sim.spec import FAULTS, TimelineAction
 from monitors.spec import Probe
 from monitors.transport import Exchange
 from steering.geo import nearest
 
 __all__ = ["Answer", "Network", "SimSession", "SimTransport"]
 
-EDGE_STATUS = {"refuse": 521, "blackhole": 522, "unreachable": 523, "down": 530}
+EDGE_STATUS: dict[str, int] = {
+    TimelineAction.REFUSE: 521,
+    TimelineAction.BLACKHOLE: 522,
+    TimelineAction.UNREACHABLE: 523,
+    TimelineAction.DOWN: 530,
+}
 """What a user gets when no replica of a tunnel (or a plain endpoint) can be reached."""
-CONNECT_FAULTS = frozenset({"refuse", "blackhole", "unreachable"})
+CONNECT_FAULTS: frozenset[str] = frozenset(
+    {TimelineAction.REFUSE, TimelineAction.BLACKHOLE, TimelineAction.UNREACHABLE}
+)
 """Edge faults that fail the proxy's connection itself (the proxy's 521 / 522 / 523)."""
-ORIGIN_STATUS = {"refuse": 502, "blackhole": 524, "unreachable": 502, "down": 502}
+ORIGIN_STATUS: dict[str, int] = {
+    TimelineAction.REFUSE: 502,
+    TimelineAction.BLACKHOLE: 524,
+    TimelineAction.UNREACHABLE: 502,
+    TimelineAction.DOWN: 502,
+}
 """What a user gets when cloudflared is up but the application behind it fails."""
 
 
@@ -75,7 +87,7 @@ class Answer:
 def _fault(e: NetEvent, t: float) -> tuple[str, int]:
     """The fault a condition (the event that set it) imposes at ``t``; ``""`` when a flap is
     in its up part."""
-    if e.action != "flap":
+    if e.action != TimelineAction.FLAP:
         return e.action, e.status
     if (t - e.at) % e.period < e.down_for:
         return e.how, e.status
@@ -108,10 +120,12 @@ class _Track:
 
 def _apply(conds: list[NetEvent], e: NetEvent) -> list[NetEvent]:
     """The conditions after event ``e``: recover clears, others replace their kind's slot."""
-    if e.action == "recover":
+    if e.action == TimelineAction.RECOVER:
         return [c for c in conds if e.scope and c.scope != e.scope]
-    latency = e.action == "latency"
-    kept = [c for c in conds if c.scope != e.scope or (c.action == "latency") != latency]
+    latency = e.action == TimelineAction.LATENCY
+    kept = [
+        c for c in conds if c.scope != e.scope or (c.action == TimelineAction.LATENCY) != latency
+    ]
     kept.append(e)
     return kept
 
@@ -137,7 +151,7 @@ class Network:
             for name in e.replicas:
                 track = self._tracks.setdefault((e.address, name, e.layer), _Track())
                 track.push(e.at, _apply(track.current(), e))
-            if e.action == "flap":
+            if e.action == TimelineAction.FLAP:
                 bounds.update(_toggles(e, scenario.duration))
         self._bounds = sorted(bounds)
         self.probes_sent = 0
@@ -161,7 +175,7 @@ class Network:
         for c in track.at(t):
             if c.scope and not (c.scope & place):
                 continue
-            if c.action == "latency":
+            if c.action == TimelineAction.LATENCY:
                 latency += c.latency
             else:
                 fault, status = _fault(c, t)
@@ -185,7 +199,7 @@ class Network:
             fault, status, latency = self._state(address, r.name, EDGE, where, t)
             if fault in FAULTS:
                 if dead is None:
-                    wait = self._connect_timeout if fault == "blackhole" else 0.0
+                    wait = self._connect_timeout if fault == TimelineAction.BLACKHOLE else 0.0
                     dead = Answer(
                         r.label,
                         EDGE_STATUS[fault],
@@ -196,7 +210,7 @@ class Network:
                 continue
             usable.append((r, fault, status, latency))
         if not usable:
-            return (dead or Answer(None, 530, self.rtt, "down"),)
+            return (dead or Answer(None, 530, self.rtt, TimelineAction.DOWN),)
         chosen = self._local(usable, dc)
         return tuple(
             self._through(address, r, f, s, lat, where, host, path, t) for r, f, s, lat in chosen
@@ -228,7 +242,7 @@ class Network:
     ) -> Answer:
         """One usable replica: its own status, else its ingress rule, else the origin."""
         base = self.rtt + latency
-        if fault == "status":
+        if fault == TimelineAction.STATUS:
             return Answer(r.label, status, base)
         rules = self._ingress.get(address)
         if rules is not None:
@@ -239,9 +253,9 @@ class Network:
                 return Answer(r.label, 200, base)
         o_fault, o_status, o_latency = self._state(address, r.name, ORIGIN, where, t)
         base += o_latency
-        if o_fault == "status":
+        if o_fault == TimelineAction.STATUS:
             return Answer(r.label, o_status, base)
-        if o_fault == "blackhole":
+        if o_fault == TimelineAction.BLACKHOLE:
             return Answer(r.label, 524, base + self._request_timeout, "hang")
         if o_fault:
             return Answer(r.label, ORIGIN_STATUS[o_fault], base)
@@ -306,12 +320,12 @@ class SimSession:
         now = trio.current_time() - self._start
         answer = network.probe(self._probe, self._vantage, now, self._turn)
         self._turn += 1
-        if answer.failure == "refuse":
+        if answer.failure == TimelineAction.REFUSE:
             await trio.sleep(network.rtt)
             raise ConnectionRefusedError(errno.ECONNREFUSED, "connection refused (simulated)")
-        if answer.failure == "unreachable":
+        if answer.failure == TimelineAction.UNREACHABLE:
             raise OSError(errno.EHOSTUNREACH, "no route to host (simulated)")
-        if answer.failure == "blackhole":
+        if answer.failure == TimelineAction.BLACKHOLE:
             await trio.sleep_forever()
         self.phase = "http"
         if answer.failure == "hang":

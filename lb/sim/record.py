@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from lb.core.health import Health, HealthEvent, ProbeResult
 from lb.sim.scenario import Expectation, Scenario
 from lb.sim.sessions import SessionTotals
-from lb.sim.traffic import Counts
+from lb.sim.traffic import TrafficCounts
 
 __all__ = ["Recorder", "Transition", "Window"]
 
@@ -124,7 +124,7 @@ class Recorder:
         if answered:
             _extend(self.answered, key, k)
 
-    def fold(self, t: float, per_dc: Iterable[tuple[str, Counts]]) -> None:
+    def fold(self, t: float, per_dc: Iterable[tuple[str, TrafficCounts]]) -> None:
         """Add the tallies of a span of ticks starting at ``t`` (data centers sorted)."""
         interval = self.scenario.report_interval
         w_index = int(t / interval + 1e-9)
@@ -172,7 +172,7 @@ class Recorder:
             _add(out.by_datacenter, w.by_datacenter)
         return out
 
-    def _expect(self, t: float, dc: str, c: Counts, served: dict[str, int]) -> None:
+    def _expect(self, t: float, dc: str, c: TrafficCounts, served: dict[str, int]) -> None:
         for i, x in enumerate(self.scenario.expectations):
             if x.kind not in ("share", "requests", "errors"):
                 continue

@@ -17,7 +17,7 @@ from typing import Any
 from lb.sim.expect import Failover, Verdict
 from lb.sim.record import Recorder, Window
 from lb.sim.scenario import Scenario
-from lb.sim.spec import seconds
+from lb.sim.spec import TimelineAction, seconds
 
 __all__ = ["Report", "build_report"]
 
@@ -190,14 +190,14 @@ def fault_windows(sc: Scenario) -> list[dict[str, Any]]:
     """
     spans: list[dict[str, Any]] = []
     for e in sc.events:
-        if e.action == "recover":
+        if e.action == TimelineAction.RECOVER:
             continue
         same = (e.address, e.replicas, e.scope)
         end = min(
             (
                 r.at
                 for r in sc.events
-                if r.action == "recover"
+                if r.action == TimelineAction.RECOVER
                 and r.at > e.at
                 and (r.address, r.replicas, r.scope) == same
             ),
@@ -205,13 +205,13 @@ def fault_windows(sc: Scenario) -> list[dict[str, Any]]:
         )
         spans.append({"start": e.at, "end": end, "label": e.label})
     for c in sc.changes:
-        if c.action != "disable":
+        if c.action != TimelineAction.DISABLE:
             continue
         end = min(
             (
                 r.at
                 for r in sc.changes
-                if r.action == "enable"
+                if r.action == TimelineAction.ENABLE
                 and r.at > c.at
                 and (r.pool, r.endpoint) == (c.pool, c.endpoint)
             ),

@@ -41,7 +41,7 @@ from lb.sim.record import Recorder
 from lb.sim.report import Report, build_report
 from lb.sim.scenario import Scenario, config_with
 from lb.sim.sessions import DatacenterSessions
-from lb.sim.traffic import Counts, DatacenterTraffic
+from lb.sim.traffic import DatacenterTraffic, TrafficCounts
 from monitors.scheduler import Scheduler, probe_rng
 from monitors.spec import jobs_for_config
 from steering import Router
@@ -85,7 +85,7 @@ async def _simulate(sc: Scenario, progress: Progress | None) -> Report:
         DatacenterTraffic(t, i, sc.seed, config, network, rec.mark)
         for i, t in enumerate(sc.traffic)
     ]
-    counts = [Counts() for _ in users]
+    counts = [TrafficCounts() for _ in users]
     sessions = [
         DatacenterSessions(t, i, sc.seed, network)
         for i, t in enumerate(sc.traffic)
@@ -96,7 +96,7 @@ async def _simulate(sc: Scenario, progress: Progress | None) -> Report:
         for u, c in zip(users, counts, strict=True):
             u.harvest(c)
         rec.fold(at, [(u.dc, c) for u, c in zip(users, counts, strict=True)])
-        counts[:] = [Counts() for _ in users]
+        counts[:] = [TrafficCounts() for _ in users]
 
     changes = list(sc.changes)
     tick = sc.tick

@@ -52,6 +52,7 @@ from lb.sim.spec import (
     EventSpec,
     ExpectSpec,
     ScenarioSpec,
+    TimelineAction,
     TrafficSpec,
 )
 
@@ -152,7 +153,7 @@ class NetEvent:
     address: str
     replicas: tuple[str, ...]
     layer: str
-    action: str
+    action: TimelineAction
     status: int = 0
     latency: float = 0.0
     period: float = 0.0
@@ -168,7 +169,7 @@ class ConfigEvent:
 
     at: float
     index: int
-    action: str
+    action: TimelineAction
     pool: str
     endpoint: str | None
     weight: float | None = None
@@ -191,7 +192,7 @@ class MemberEvent:
     at: float
     index: int
     member: str
-    action: str
+    action: TimelineAction
     label: str = ""
 
 
@@ -494,7 +495,7 @@ class _Resolver:
         if e.member:
             self._member_event(i, e)
             return
-        if e.do == "kill":
+        if e.do == TimelineAction.KILL:
             self.error((*path, "do"), "kill applies to a cluster member: name member:")
             return
         targets = [
@@ -565,15 +566,17 @@ class _Resolver:
             self.error((*path, "until"), "must be after at")
         label = f"{e.do} member {e.member}"
         self.member_events.append(
-            MemberEvent(at=e.at, index=2 * i, member=e.member, action=e.do, label=label)
+            MemberEvent(
+                at=e.at, index=2 * i, member=e.member, action=TimelineAction(e.do), label=label
+            )
         )
-        if e.until is not None and e.do != "recover":
+        if e.until is not None and e.do != TimelineAction.RECOVER:
             self.member_events.append(
                 MemberEvent(
                     at=e.until,
                     index=2 * i + 1,
                     member=e.member,
-                    action="recover",
+                    action=TimelineAction.RECOVER,
                     label=f"recover member {e.member} (until)",
                 )
             )
@@ -588,7 +591,7 @@ class _Resolver:
             if name not in self.pools:
                 self.error((*path, "pool"), _unknown("pool", name, self.pools))
                 return
-            if e.do == "weight":
+            if e.do == TimelineAction.WEIGHT:
                 self.error((*path, "do"), "weight applies to an endpoint, not a pool")
                 return
             pool, endpoint = name, None
@@ -600,14 +603,14 @@ class _Resolver:
         else:
             self.error((*path, "do"), f"{e.do} applies to an endpoint or a pool, not a {kind}")
             return
-        if e.do == "weight" and e.weight is None:
+        if e.do == TimelineAction.WEIGHT and e.weight is None:
             self.error((*path, "weight"), "do: weight needs weight: 0..1")
             return
         out.append(
             ConfigEvent(
                 at=e.at,
                 index=2 * i,
-                action=e.do,
+                action=TimelineAction(e.do),
                 pool=pool,
                 endpoint=endpoint,
                 weight=e.weight,
@@ -615,7 +618,13 @@ class _Resolver:
             )
         )
         if e.until is not None:
-            undo = "enable" if e.do == "disable" else "disable" if e.do == "enable" else "weight"
+            undo = (
+                TimelineAction.ENABLE
+                if e.do == TimelineAction.DISABLE
+                else TimelineAction.DISABLE
+                if e.do == TimelineAction.ENABLE
+                else TimelineAction.WEIGHT
+            )
             old = self.endpoints[name].weight if endpoint is not None else None
             out.append(
                 ConfigEvent(
@@ -644,16 +653,20 @@ class _Resolver:
                     (*path, "seen_from"),
                     f"{s!r} is neither a data center nor a vantage point{hint}",
                 )
-        action = "unreachable" if e.do == "partition" else e.do
-        if e.do == "partition" and not e.seen_from:
+        action = (
+            TimelineAction.UNREACHABLE if e.do == TimelineAction.PARTITION else TimelineAction(e.do)
+        )
+        if e.do == TimelineAction.PARTITION and not e.seen_from:
             self.error((*path, "seen_from"), "a partition needs seen_from: the places cut off")
-        needs_status = action == "status" or (action == "flap" and e.how == "status")
+        needs_status = action == TimelineAction.STATUS or (
+            action == TimelineAction.FLAP and e.how == TimelineAction.STATUS
+        )
         if needs_status and e.status is None:
             self.error((*path, "status"), "needs status: NNN")
-        if action == "latency" and e.latency <= 0:
+        if action == TimelineAction.LATENCY and e.latency <= 0:
             self.error((*path, "latency"), "do: latency needs latency: seconds > 0")
         down_for = 0.0
-        if action == "flap":
+        if action == TimelineAction.FLAP:
             if e.period <= 0:
                 self.error((*path, "period"), "do: flap needs period: seconds > 0")
             down_for = e.down_for if e.down_for is not None else e.period / 2
@@ -679,12 +692,12 @@ class _Resolver:
                 **common,
             )
         )
-        if e.until is not None and action != "recover":
+        if e.until is not None and action != TimelineAction.RECOVER:
             out.append(
                 NetEvent(
                     at=e.until,
                     index=2 * i + 1,
-                    action="recover",
+                    action=TimelineAction.RECOVER,
                     label=f"recover {kind} {name} (until)",
                     **common,
                 )
@@ -921,16 +934,16 @@ def config_with(config: Config, change: ConfigEvent) -> Config:
             pools.append(p)
             continue
         if change.endpoint is None:
-            pools.append(dataclasses.replace(p, enabled=change.action == "enable"))
+            pools.append(dataclasses.replace(p, enabled=change.action == TimelineAction.ENABLE))
             continue
         origins = []
         for o in p.origins:
             if o.name == change.endpoint:
-                if change.action == "weight":
+                if change.action == TimelineAction.WEIGHT:
                     assert change.weight is not None
                     o = dataclasses.replace(o, weight=change.weight)
                 else:
-                    o = dataclasses.replace(o, enabled=change.action == "enable")
+                    o = dataclasses.replace(o, enabled=change.action == TimelineAction.ENABLE)
             origins.append(o)
         pools.append(dataclasses.replace(p, origins=tuple(origins)))
     return dataclasses.replace(config, pools=tuple(pools))

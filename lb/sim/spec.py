@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "RateStep",
     "ScenarioSpec",
     "SessionsSpec",
+    "TimelineAction",
     "TrafficSpec",
     "seconds",
 ]
@@ -39,13 +41,46 @@ def seconds(value: float) -> str:
     return f"{value:.1f}s"
 
 
-FAULTS = ("refuse", "blackhole", "unreachable", "down")
+class TimelineAction(StrEnum):
+    """What a timeline event does (its ``do:``), and the fault an address has.
+
+    A ``StrEnum``: each member is the word the scenario file, the reports and the docs use.
+    """
+
+    REFUSE = "refuse"
+    BLACKHOLE = "blackhole"
+    UNREACHABLE = "unreachable"
+    DOWN = "down"
+    PARTITION = "partition"
+    STATUS = "status"
+    LATENCY = "latency"
+    FLAP = "flap"
+    RECOVER = "recover"
+    DISABLE = "disable"
+    ENABLE = "enable"
+    WEIGHT = "weight"
+    KILL = "kill"
+
+
+FAULTS = (
+    TimelineAction.REFUSE,
+    TimelineAction.BLACKHOLE,
+    TimelineAction.UNREACHABLE,
+    TimelineAction.DOWN,
+)
 """Connectivity failures; each maps to a user-visible status and a probe failure (docs)."""
-NETWORK_ACTIONS = (*FAULTS, "partition", "status", "latency", "flap", "recover")
-CONFIG_ACTIONS = ("disable", "enable", "weight")
-MEMBER_ACTIONS = ("kill", "partition", "recover")
+NETWORK_ACTIONS = (
+    *FAULTS,
+    TimelineAction.PARTITION,
+    TimelineAction.STATUS,
+    TimelineAction.LATENCY,
+    TimelineAction.FLAP,
+    TimelineAction.RECOVER,
+)
+CONFIG_ACTIONS = (TimelineAction.DISABLE, TimelineAction.ENABLE, TimelineAction.WEIGHT)
+MEMBER_ACTIONS = (TimelineAction.KILL, TimelineAction.PARTITION, TimelineAction.RECOVER)
 """What can happen to a cluster member: it dies, or loses the store (``partition``)."""
-ACTIONS = (*NETWORK_ACTIONS, *CONFIG_ACTIONS, "kill")
+ACTIONS = (*NETWORK_ACTIONS, *CONFIG_ACTIONS, TimelineAction.KILL)
 
 _FROZEN: dict[str, Any] = {"frozen": True, "slots": True, "kw_only": True}
 
@@ -139,7 +174,7 @@ class EventSpec:
     latency: float = _f(0.0, range=(0.0, 3600.0), doc="seconds added, for do: latency")
     period: float = _f(0.0, range=(0.0, 1e9), doc="seconds, for do: flap")
     down_for: float | None = _f(None, range=(0.0, 1e9), doc="failing part of a flap period")
-    how: str = _f("refuse", choices=(*FAULTS, "status"), doc="the failure of a flap")
+    how: str = _f("refuse", choices=(*FAULTS, TimelineAction.STATUS), doc="the failure of a flap")
     member: str = _f("", doc="cluster member name (kill, partition from the store)")
     seen_from: tuple[str, ...] = _f((), doc="vantage points / data centers; empty = all")
     until: float | None = _f(None, range=(0.0, 1e9), doc="recover at this time")

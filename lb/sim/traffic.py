@@ -70,18 +70,19 @@ from lb.core.snapshot import EndpointView
 from lb.engine import Engine
 from lb.sim.network import Answer, Network
 from lb.sim.scenario import KeepAlive, Traffic
+from lb.sim.spec import TimelineAction
 from steering import Affinity, Decision, Live, Request, Router
 
-__all__ = ["WALL_EPOCH", "Counts", "DatacenterTraffic", "needs_live"]
+__all__ = ["WALL_EPOCH", "DatacenterTraffic", "TrafficCounts", "needs_live"]
 
 WALL_EPOCH = 1_700_000_000.0
 """Unix time of virtual time 0, for ``__cflb`` expiry (fixed, so runs repeat exactly)."""
 
 _LIVE_POLICIES = frozenset({"least_outstanding_requests", "least_connections"})
-_CONNECT_FAILURES = {
-    "refuse": Failure.CONNECT_REFUSED,
-    "blackhole": Failure.CONNECT_TIMEOUT,
-    "unreachable": Failure.UNREACHABLE,
+_CONNECT_FAILURES: dict[str, Failure] = {
+    TimelineAction.REFUSE: Failure.CONNECT_REFUSED,
+    TimelineAction.BLACKHOLE: Failure.CONNECT_TIMEOUT,
+    TimelineAction.UNREACHABLE: Failure.UNREACHABLE,
 }
 """The attempt policy's name for each edge fault that fails the connection itself."""
 
@@ -94,7 +95,7 @@ def needs_live(config: Config) -> bool:
 
 
 @dataclass(slots=True)
-class Counts:
+class TrafficCounts:
     """What one data center's requests did during one tick (folded by the recorder)."""
 
     requests: int = 0
@@ -283,7 +284,7 @@ class DatacenterTraffic:
         now: float,
         router: Router,
         live: Live,
-        c: Counts,
+        c: TrafficCounts,
         *,
         passive: Engine | None = None,
     ) -> None:
@@ -346,7 +347,7 @@ class DatacenterTraffic:
             elif a.status != 200:
                 self._failed(req, d, o.key, a, router, live, c, t)
 
-    def _unrouted(self, d: Decision, c: Counts) -> None:
+    def _unrouted(self, d: Decision, c: TrafficCounts) -> None:
         """A request no endpoint serves: no pool could (530), no load balancer (404), or a
         pool set's or custom rule's fixed response (R31, R32), which is an answer like any
         other and an error only when its status is one."""
@@ -357,7 +358,7 @@ class DatacenterTraffic:
         if d.fixed is None or status >= 500:
             c.errors[""] = c.errors.get("", 0) + 1
 
-    def harvest(self, c: Counts) -> None:
+    def harvest(self, c: TrafficCounts) -> None:
         """Move the per-endpoint and per-replica counts from the cache into ``c``.
 
         Called before the cache is invalidated and at report boundaries, not every tick.
@@ -394,7 +395,7 @@ class DatacenterTraffic:
         a: Answer,
         router: Router,
         live: Live,
-        c: Counts,
+        c: TrafficCounts,
         t: float,
         *,
         stale: bool = False,
@@ -502,7 +503,7 @@ class DatacenterTraffic:
         now: float,
         router: Router,
         live: Live,
-        c: Counts,
+        c: TrafficCounts,
         t: float,
     ) -> None:
         """Affinity, in-flight and pooled-connection accounting, for runs that need them."""

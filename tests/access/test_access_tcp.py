@@ -273,9 +273,9 @@ async def test_the_access_command_carries_a_session(stack: Stack) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--url", "nowhere"], "'nowhere' is not host:port"),
+        (["--url", "nowhere"], 'expected "host:port", got "nowhere"'),
         (["--url", "127.0.0.1:0", "--via", "ftp://x"], "the scheme must be http or https"),
-        (["--url", "127.0.0.1:0", "--destination", "db"], "'db' is not host:port"),
+        (["--url", "127.0.0.1:0", "--destination", "db"], 'expected "host:port", got "db"'),
     ],
 )
 async def test_bad_options_are_one_line_errors(args: list[str], message: str) -> None:

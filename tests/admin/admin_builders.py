@@ -12,13 +12,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from lb.config.model import (
     Config,
+    EngineSettings,
     LoadBalancer,
     Monitor,
     Origin,
     Pool,
     SessionAffinityAttributes,
 )
-from lb.config.model import Engine as EngineSettings
 from lb.core.health import ProbeResult
 from lb.engine import Engine
 

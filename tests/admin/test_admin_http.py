@@ -22,7 +22,7 @@ from admin_builders import (
 )
 from admin_builders import engine as make_engine
 
-from lb.admin import ReloadResult, parse_address, serve_admin
+from lb.admin import ReloadResult, serve_admin
 from lb.config.model import FixedResponse, Rule
 from lb.engine import Engine
 from lb.metrics import Metrics
@@ -379,25 +379,6 @@ async def test_address_defaults_from_config(nursery: trio.Nursery) -> None:
     assert port > 0
     async with httpx.AsyncClient(base_url=f"http://{host}:{port}") as client:
         assert (await client.get("/healthz")).status_code == 200
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("127.0.0.1:9100", ("127.0.0.1", 9100)),
-        ("[::1]:9100", ("::1", 9100)),
-        (":0", ("127.0.0.1", 0)),
-        ("0.0.0.0:65535", ("0.0.0.0", 65535)),
-    ],
-)
-def test_parse_address(text: str, expected: tuple[str, int]) -> None:
-    assert parse_address(text) == expected
-
-
-@pytest.mark.parametrize("text", ["127.0.0.1", "host:", "host:99999", "host:http", ""])
-def test_parse_address_rejects(text: str) -> None:
-    with pytest.raises(ValueError, match="expected host:port"):
-        parse_address(text)
 
 
 async def test_explain_passes_method_and_path_to_custom_rules(

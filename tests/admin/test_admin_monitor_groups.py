@@ -9,6 +9,7 @@ from prometheus_client import generate_latest
 from lb.admin import status_json
 from lb.config.model import (
     Config,
+    EngineSettings,
     LoadBalancer,
     Monitor,
     MonitorGroup,
@@ -16,7 +17,6 @@ from lb.config.model import (
     Origin,
     Pool,
 )
-from lb.config.model import Engine as EngineSettings
 from lb.core.health import ProbeResult
 from lb.engine import Engine
 from lb.metrics import Metrics

@@ -19,7 +19,7 @@ from redis_support import RedisServer, redis_server
 from lb.cluster.driver import ClusterNode
 from lb.cluster.service import ClusterCollector
 from lb.cluster.shard import ShardedScheduler
-from lb.config.model import Cluster, Config, Engine, LoadBalancer, Monitor, Origin, Pool
+from lb.config.model import Cluster, Config, EngineSettings, LoadBalancer, Monitor, Origin, Pool
 from lb.core.health import Health, ProbeResult
 from lb.engine import Engine as LbEngine
 from monitors.network import NetworkTransport
@@ -51,7 +51,7 @@ def config(
         monitors=(Monitor(id="m", type="https", interval=interval, timeout=1, retries=0),),
         pools=(pool,),
         load_balancers=(LoadBalancer(name="x.example", default_pools=("p",), fallback_pool="p"),),
-        engine=Engine(
+        engine=EngineSettings(
             vantage_points=(vantage,),
             affinity_secret=secret,
             cluster=Cluster(

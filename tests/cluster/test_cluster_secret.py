@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from lb.config.model import Config, Engine
+from lb.config.model import Config, EngineSettings
 from lb.engine import SECRET_ENV
 from lb.engine import Engine as LbEngine
 
 
 def engine_with(**fields: str) -> LbEngine:
-    return LbEngine(Config(engine=dataclasses.replace(Engine(), **fields)))
+    return LbEngine(Config(engine=dataclasses.replace(EngineSettings(), **fields)))
 
 
 def key(text: str) -> bytes:

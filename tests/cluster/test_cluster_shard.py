@@ -6,7 +6,7 @@ import random
 
 from lb.cluster.members import owner, probe_key
 from lb.cluster.shard import ShardedScheduler
-from lb.config.model import Config, Engine, LoadBalancer, Monitor, Origin, Pool
+from lb.config.model import Config, EngineSettings, LoadBalancer, Monitor, Origin, Pool
 from lb.core.book import HealthBook
 from monitors.network import NetworkTransport
 from monitors.spec import Job, jobs_for_config
@@ -22,7 +22,7 @@ def jobs(n: int) -> list[Job]:
         monitors=(Monitor(id="m", type="https"),),
         pools=(pool,),
         load_balancers=(LoadBalancer(name="x.example", default_pools=("p",), fallback_pool="p"),),
-        engine=Engine(vantage_points=("fra",)),
+        engine=EngineSettings(vantage_points=("fra",)),
     )
     return jobs_for_config(config, HealthBook(config).targets())
 

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from lb.cluster.tally import Tally
 from lb.cluster.votes import Vote
-from lb.config.model import Config, Engine, LoadBalancer, Monitor, Origin, Pool
+from lb.config.model import Config, EngineSettings, LoadBalancer, Monitor, Origin, Pool
 from lb.core.health import Health, ProbeResult, majority
 from lb.engine import Engine as LbEngine
 
@@ -24,7 +24,7 @@ def config(up: int = 0, down: int = 0) -> Config:
         monitors=(Monitor(id="m", consecutive_up=up, consecutive_down=down, interval=10),),
         pools=(pool,),
         load_balancers=(LoadBalancer(name="x.example", default_pools=("p",), fallback_pool="p"),),
-        engine=Engine(vantage_points=("fra",)),
+        engine=EngineSettings(vantage_points=("fra",)),
     )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lb.config.hosts import dial_address, normalise_host, split_host_port
+from lb.config.hosts import LOOPBACK, dial_address, normalise_host, split_host_port
 from lb.config.loader import load_config_text
 from lb.config.model import Monitor, Origin
 from lb.core.book import ProbeTarget
@@ -19,25 +19,85 @@ from monitors.spec import probe_for
     [
         ("127.0.0.1:8443", ("127.0.0.1", 8443)),
         ("[::1]:443", ("::1", 443)),
+        ("[2001:db8::1]:0", ("2001:db8::1", 0)),
+        ("localhost:80", ("localhost", 80)),
+        ("Origin.Example.com:80", ("Origin.Example.com", 80)),
+        ("_acme.example.com.:65535", ("_acme.example.com.", 65535)),
+        ("0.0.0.0:9100", ("0.0.0.0", 9100)),
+    ],
+)
+def test_split_host_port(value: str, expected: tuple[str, int]) -> None:
+    """Host and port both required (configuration, connector and access addresses)."""
+    assert split_host_port(value) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("", 'expected "host:port", got ""'),
+        ("localhost", 'expected "host:port", got "localhost"'),
+        ("localhost:", 'expected "host:port", got "localhost:"'),
+        (":80", 'expected "host:port", got ":80"'),
+        ("[::1]", 'expected "host:port", got "[::1]"'),
+        ("a.example:x", 'port must be a number between 0 and 65535, got "x"'),
+        ("a.example:65536", 'port must be a number between 0 and 65535, got "65536"'),
+        ("a.example:-1", 'port must be a number between 0 and 65535, got "-1"'),
+        ("a.example:000080", 'port must be a number between 0 and 65535, got "000080"'),
+        ("a.example:\u0662", 'port must be a number between 0 and 65535, got "\u0662"'),
+        ("[::1]:99999", 'port must be a number between 0 and 65535, got "99999"'),
+        ("::1:443", 'IPv6 addresses need brackets, e.g. "[::1]:443"'),
+        ("[::1", 'unclosed "[" in "[::1"'),
+        ("[::1]x", 'unexpected text after "]" in "[::1]x"'),
+        ("[a.example]:80", '"a.example" in brackets is not an IPv6 address'),
+        ("a..example:80", '"a..example" is not a host name or IP address'),
+        ("a b:80", '"a b" is not a host name or IP address'),
+        ("a.example\n:80", '"a.example\n" is not a host name or IP address'),
+    ],
+)
+def test_split_host_port_rejects(value: str, message: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        split_host_port(value)
+    assert str(caught.value) == message
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("127.0.0.1:8443", ("127.0.0.1", 8443)),
+        ("[::1]:443", ("::1", 443)),
         ("[::1]", ("::1", 443)),
         ("::1", ("::1", 443)),
         ("2001:db8::1", ("2001:db8::1", 443)),
         ("localhost", ("localhost", 443)),
-        ("Origin.Example.com:80", ("Origin.Example.com", 80)),
         ("example.com:", ("example.com", 443)),
         ("example.com:0", ("example.com", 0)),
     ],
 )
-def test_split_host_port(value: str, expected: tuple[str, int]) -> None:
-    assert split_host_port(value, 443) == expected
+def test_split_host_port_default_port(value: str, expected: tuple[str, int]) -> None:
+    """With a default port (Host values, ``connect_to`` targets, ``--via`` URLs)."""
+    assert split_host_port(value, default_port=443) == expected
 
 
 @pytest.mark.parametrize(
-    "value", ["a.example:x", "a.example:65536", "a.example:-1", "[::1", "[::1]x", "[::1]:99999"]
+    "value", ["a.example:x", "a.example:65536", "[::1", "[::1]x", "[::1]:99999", "fe::1::2"]
 )
-def test_split_host_port_rejects(value: str) -> None:
+def test_split_host_port_default_port_rejects(value: str) -> None:
     with pytest.raises(ValueError):
-        split_host_port(value, 443)
+        split_host_port(value, default_port=443)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(":0", ("127.0.0.1", 0)), (":9100", ("127.0.0.1", 9100)), ("[::]:1", ("::", 1))],
+)
+def test_split_host_port_default_host(value: str, expected: tuple[str, int]) -> None:
+    """A bare ``:port`` (admin and ``--listen`` options) is loopback, never every interface."""
+    assert split_host_port(value, default_host=LOOPBACK) == expected
+
+
+def test_split_host_port_default_host_still_needs_a_port() -> None:
+    with pytest.raises(ValueError, match='expected "host:port", got ":"'):
+        split_host_port(":", default_host=LOOPBACK)
 
 
 @pytest.mark.parametrize(
@@ -70,6 +130,7 @@ def test_split_host_port_rejects(value: str) -> None:
         ("app.example:http", None),
         ("[app.example]", None),
         ("[::1", None),
+        ("-app.example", None),  # read by split_host_port, as the configuration reads names
     ],
 )
 def test_normalise_host(value: str, expected: str | None) -> None:

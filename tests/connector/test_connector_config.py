@@ -8,7 +8,6 @@ import pytest
 
 from lb.config.errors import ConfigError
 from lb.connector import ConnectorConfig, IngressRule, load_connector_config
-from lb.connector.config import parse_address
 from lb.connector.ingress import HelloWorld, HttpStatus
 
 GOOD = """\
@@ -146,24 +145,6 @@ def test_code_construction_validates() -> None:
     )
     assert ok.ingress == (IngressRule("hello_world"),)  # lists become tuples
     assert ok.listen == "127.0.0.1:0"
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("127.0.0.1:0", ("127.0.0.1", 0)),
-        ("[::1]:443", ("::1", 443)),
-        ("localhost:80", ("localhost", 80)),
-    ],
-)
-def test_parse_address(text: str, expected: tuple[str, int]) -> None:
-    assert parse_address(text) == expected
-
-
-@pytest.mark.parametrize("text", ["127.0.0.1", ":80", "h:99999", "h:x"])
-def test_parse_address_errors(text: str) -> None:
-    with pytest.raises(ValueError, match="host:port"):
-        parse_address(text)
 
 
 def test_command_check_and_overrides(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -126,7 +126,9 @@ def test_bastion_needs_an_allow_list(tmp_path: Path) -> None:
         "ingress:\n  - {hostname: jump.example.com, service: bastion}\n"
         "  - service: http_status:404\n"
     )
-    with pytest.raises(Exception, match=r"c.yaml:2: bastion_allow\[1\]: 'nope' is not host:port"):
+    with pytest.raises(
+        Exception, match=r'c.yaml:2: bastion_allow\[1\]: expected "host:port", got "nope"'
+    ):
         load_connector_config(path)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lb.config.model import Config, Engine, LoadBalancer, Monitor, Origin, Pool
+from lb.config.model import Config, EngineSettings, LoadBalancer, Monitor, Origin, Pool
 from lb.core.health import ProbeResult
 
 __all__ = ["make_config", "make_pool", "result"]
@@ -31,7 +31,7 @@ def make_config(
                 proxied=True, name="app.example.com", default_pools=names, fallback_pool=names[-1]
             ),
         ),
-        engine=Engine(vantage_points=vantage_points),
+        engine=EngineSettings(vantage_points=vantage_points),
     )
 
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from lb.config.model import (
     Config,
-    Engine,
+    EngineSettings,
     LoadBalancer,
     Monitor,
     MonitorGroup,
@@ -46,7 +46,7 @@ def grouped(
                 proxied=True, name="app.example.com", default_pools=("p",), fallback_pool="p"
             ),
         ),
-        engine=Engine(vantage_points=vantage_points),
+        engine=EngineSettings(vantage_points=vantage_points),
     )
 
 

@@ -12,6 +12,7 @@ import pytest
 
 from lb.config.model import (
     Config,
+    EngineSettings,
     FlapDamping,
     LoadBalancer,
     Monitor,
@@ -19,7 +20,6 @@ from lb.config.model import (
     PassiveHealth,
     Pool,
 )
-from lb.config.model import Engine as EngineSettings
 from lb.core.health import Health, ProbeResult
 from lb.engine import Engine
 from lb.statefile import load_state, write_state

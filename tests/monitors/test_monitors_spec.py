@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from monitor_builders import monitor, target
 
-from lb.config.model import Config, Engine, Monitor, Origin, Pool
+from lb.config.model import Config, EngineSettings, Monitor, Origin, Pool
 from lb.core.book import HealthBook
 from monitors import jobs_for_config, plan, probe_for
 from monitors.spec import CLOUDFLARE_UA
@@ -93,7 +93,7 @@ def test_jobs_for_config_uses_book_targets() -> None:
             Pool(name="c", origins=(Origin(name="z", address="t.test"),)),
         ),
         connect_to={"t.test:443": "127.0.0.1:9"},
-        engine=Engine(vantage_points=("v1", "v2"), probe_user_agent="cloudflare"),
+        engine=EngineSettings(vantage_points=("v1", "v2"), probe_user_agent="cloudflare"),
     )
     planned = jobs_for_config(config, HealthBook(config).targets())
     assert [(j.vantage, j.fanout) for j in planned] == [

@@ -38,7 +38,7 @@ import trustme
 
 from lb.config.model import (
     Config,
-    Engine,
+    EngineSettings,
     Limits,
     LoadBalancer,
     Origin,
@@ -483,7 +483,7 @@ def make_config(
         session_affinity_attributes=SessionAffinityAttributes(zero_downtime_failover=zdf),
         rules=rules,
     )
-    engine = Engine(
+    engine = EngineSettings(
         limits=limits or Limits(),
         error_style=error_style,
         trusted_proxies=trusted,

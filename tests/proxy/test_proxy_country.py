@@ -12,7 +12,7 @@ import random
 import trio
 from proxy_support import Certs, get, make_config, serve_backend
 
-from lb.config.model import Config, Engine, Pool
+from lb.config.model import Config, EngineSettings, Pool
 from lb.engine import Engine as LbEngine
 from lb.proxy import ProxyServer
 
@@ -29,7 +29,7 @@ async def start(nursery: trio.Nursery, certs: Certs, **engine: object) -> int:
     lb = dataclasses.replace(
         base.load_balancers[0], steering_policy="geo", country_pools={"DE": ("de",)}
     )
-    settings: Engine = dataclasses.replace(base.engine, **engine)  # type: ignore[arg-type]
+    settings: EngineSettings = dataclasses.replace(base.engine, **engine)  # type: ignore[arg-type]
     cfg: Config = dataclasses.replace(base, pools=pools, load_balancers=(lb,), engine=settings)
     server = ProxyServer(
         LbEngine(cfg, now=trio.current_time()), rng=random.Random(1), upstream_ssl=certs.client

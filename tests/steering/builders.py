@@ -14,7 +14,7 @@ from typing import Any
 from lb.config.model import (
     Config,
     Datacenter,
-    Engine,
+    EngineSettings,
     LoadBalancer,
     Monitor,
     Origin,
@@ -128,7 +128,7 @@ def config(
     datacenters: Mapping[str, Datacenter] = DATACENTERS,
     **engine: Any,
 ) -> Config:
-    """A whole configuration; keyword arguments become :class:`Engine` fields."""
+    """A whole configuration; keyword arguments become :class:`EngineSettings` fields."""
     lbs = (lbs,) if isinstance(lbs, LoadBalancer) else tuple(lbs)
     return Config(
         monitors=tuple(monitors),
@@ -136,7 +136,7 @@ def config(
         load_balancers=lbs,
         tunnels=tuple(tunnels),
         datacenters=dict(datacenters),
-        engine=Engine(**engine),
+        engine=EngineSettings(**engine),
     )
 
 

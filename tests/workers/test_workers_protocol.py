@@ -21,7 +21,16 @@ from lb.core.snapshot import EndpointView
 from lb.engine import Engine, live_report
 from lb.metrics import METRICS, Metrics
 from lb.proxy.hooks import Attempt, RequestRecord
-from lb.workers import _live_from, _restore, _Runs, drain_traffic, merge_traffic
+from lb.workers import (
+    Restore,
+    _live_from,
+    _restore,
+    _Runs,
+    decode,
+    drain_traffic,
+    encode,
+    merge_traffic,
+)
 
 
 def view(engine: Engine) -> list[tuple[str, str, str, dict[str, str]]]:
@@ -58,9 +67,10 @@ async def test_a_worker_started_at_any_point_follows_the_parent_exactly() -> Non
         cut = rng.randrange(len(stream))
         for r in stream[:cut]:
             parent.apply(r)
-        message = json.loads(json.dumps(runs.restore_message(parent)))
+        message = decode(encode(runs.restore_message(parent)))
+        assert isinstance(message, Restore)
         child = Engine(config)
-        _restore(child, message["restore"])
+        _restore(child, message)
         assert view(child) == view(parent), seed
         for r in stream[cut:]:
             parent.apply(r)

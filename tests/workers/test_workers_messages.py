@@ -1,0 +1,148 @@
+"""The worker pipe messages: every kind survives encode/decode, and decode refuses anything
+that is not one of them with a one-line reason (lb/workers.py, "protocol")."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import pickle
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "core"))
+
+from core_builders import make_config, make_pool, result
+
+from lb.config.model import Listener
+from lb.core.health import Health, ProbeResult
+from lb.workers import (
+    ConfigSwap,
+    Hello,
+    Kind,
+    Message,
+    Probe,
+    ProtocolError,
+    Ready,
+    Report,
+    Restore,
+    Shutdown,
+    decode,
+    encode,
+)
+
+CONFIG = make_config(make_pool("a", 2))
+
+
+def same_probe(a: ProbeResult, b: ProbeResult) -> bool:
+    """Equal but for ``at``, which crosses CLOCK_MONOTONIC and so moves by the time between
+    encoding and decoding (well under a minute)."""
+    return dataclasses.replace(a, at=b.at) == b and abs(a.at - b.at) < 60
+
+
+def messages() -> list[Message]:
+    probe = result("a", "a-0", False, at=12.5, status=503, rtt=0.25, member="m1")
+    return [
+        Hello(
+            config=CONFIG,
+            secret=b"\x00\x01secret",
+            listen=(("127.0.0.1", 8443), ("::1", 8080)),
+            listeners=(Listener(address="127.0.0.1", port=8443),),
+            worker=3,
+            seed=42,
+        ),
+        Restore(
+            states=(("a", "a-0", "local", Health.HEALTHY), ("a", "a-1", "local", Health.UNKNOWN)),
+            rtt=(("a", "local", 0.125),),
+            replay=((dataclasses.replace(probe, rtt=None), 2),),
+        ),
+        Restore(states=(), rtt=(), replay=(), saved={"version": 1, "endpoints": []}),
+        Probe(probe),
+        Probe(result("a", "a-1", True)),
+        ConfigSwap(CONFIG),
+        Shutdown(),
+        Ready(pid=1234, listen=(("127.0.0.1", 8443),)),
+        Report(
+            metrics={"requests": [[["lb", "p", "e", "200"], 3.0]]},
+            live={"in_flight": {"a/a-0": 2}},
+            clients=5,
+            active=1,
+        ),
+        Report(metrics={}),
+    ]
+
+
+@pytest.mark.parametrize("message", messages(), ids=lambda m: m.kind.value)
+async def test_every_message_survives_encode_and_decode(message: Message) -> None:
+    line = encode(message)
+    assert line.endswith(b"\n") and line.count(b"\n") == 1
+    assert list(json.loads(line)) == [message.kind.value]
+    decoded = decode(line)
+    assert type(decoded) is type(message)
+    match message, decoded:
+        case Probe(), Probe():
+            assert same_probe(message.result, decoded.result)
+        case Restore(), Restore():
+            assert (decoded.states, decoded.rtt, decoded.saved) == (
+                message.states,
+                message.rtt,
+                message.saved,
+            )
+            assert [n for _, n in decoded.replay] == [n for _, n in message.replay]
+            assert all(
+                same_probe(a, b)
+                for (a, _), (b, _) in zip(message.replay, decoded.replay, strict=True)
+            )
+        case _:
+            assert decoded == message
+
+
+def test_every_kind_has_a_message_type() -> None:
+    assert {m.kind for m in messages()} == set(Kind)
+
+
+def _pickled(obj: object) -> str:
+    return base64.b64encode(pickle.dumps(obj)).decode()
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        (b"", "not a JSON line"),
+        (b"{not json", "not a JSON line"),
+        (b'"probe"', "not an object with exactly one key"),
+        (b"[]", "not an object with exactly one key"),
+        (b"{}", "not an object with exactly one key"),
+        (b'{"shutdown":true,"probe":{}}', "not an object with exactly one key"),
+        (b'{"reboot":true}', "unknown message kind 'reboot'"),
+        (b'{"shutdown":false}', "malformed shutdown message"),
+        (b'{"probe":{"pool":"a"}}', "malformed probe message: KeyError"),
+        (b'{"probe":[]}', "malformed probe message: TypeError"),
+        (b'{"ready":{"pid":"1","listen":[]}}', "malformed ready message: TypeError"),
+        (b'{"ready":{"pid":1,"listen":[["h"]]}}', "malformed ready message: TypeError"),
+        (b'{"report":{"live":{}}}', "malformed report message: KeyError"),
+        (b'{"report":{"metrics":[]}}', "malformed report message: TypeError"),
+        (b'{"config":"bm90IGEgcGlja2xl"}', "malformed config message"),
+        (
+            b'{"restore":{"states":[["a","a-0","local","sick"]],"rtt":[],"replay":[]}}',
+            "malformed restore message: ValueError",
+        ),
+        (
+            json.dumps({"config": _pickled(["not", "a", "config"])}).encode(),
+            "malformed config message: TypeError: expected a Config, got list",
+        ),
+    ],
+)
+def test_decode_refuses_what_is_not_a_message(line: bytes, reason: str) -> None:
+    with pytest.raises(ProtocolError) as caught:
+        decode(line)
+    text = str(caught.value)
+    assert text.startswith(reason) and "\n" not in text
+
+
+def test_a_report_with_bad_live_counts_keeps_the_good_ones() -> None:
+    """A child's counts are checked, not trusted: bad parts are dropped, never raised."""
+    line = b'{"report":{"metrics":{},"live":{"in_flight":{"a/x":"2","a/y":2}},"clients":-1}}'
+    assert decode(line) == Report(metrics={}, live={"in_flight": {"a/y": 2}})
