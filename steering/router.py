@@ -84,7 +84,7 @@ from steering.pick import (
     weighted,
     weighted_dynamic,
 )
-from steering.types import Affinity, Counts, Decision, Live, Request
+from steering.types import Affinity, Counts, Decision, DecisionReason, Live, Request
 from steering.urls import normalize_uri
 
 __all__ = ["Router"]
@@ -269,7 +269,7 @@ class _Plan:
         self.fast: dict[str, _Fast | None] = {}
         """Data center (or "") -> the fast-path entry (:data:`_Fast`), None where there is none.
         Filled by :meth:`Router._steer`, and only for load balancers without session affinity."""
-        self.made: dict[tuple[str, int, str], Decision] = {}
+        self.made: dict[tuple[str, int, DecisionReason], Decision] = {}
         """(pool, endpoint index, reason) -> the untraced decision (see :meth:`decision`)."""
         # R34: affinity is never applied on DNS-only load balancers.
         self.affinity = lb.affinity if lb.proxied else "none"
@@ -282,7 +282,7 @@ class _Plan:
         self.pool_names = frozenset(names)
 
     def decision(
-        self, pool: PoolView, ep: EndpointView, reason: str, tr: list[str] | None
+        self, pool: PoolView, ep: EndpointView, reason: DecisionReason, tr: list[str] | None
     ) -> Decision:
         """The decision to send a request to ``ep`` of ``pool`` for ``reason`` (``policy``,
         ``fallback`` or ``affinity``, a session hit), which determines every other field.
@@ -295,11 +295,11 @@ class _Plan:
             made = self.made.get(key)
             if made is not None:
                 return made
-        hit = reason == "affinity"
+        hit = reason is DecisionReason.AFFINITY
         if hit:
             policy = self.policy
         else:  # "<pool policy>/<endpoint policy>", the pool policy "fallback" for R30
-            first = self.policy if reason == "policy" else "fallback"
+            first = self.policy if reason is DecisionReason.POLICY else "fallback"
             policy = f"{first}/{pool.config.origin_steering.policy}"
         made = Decision(
             load_balancer=self.lb,
@@ -327,7 +327,7 @@ _Pin = tuple[_Plan, float, Decision]
 pools that shed no sessions, so that nothing but expiry depends on the request."""
 
 _UNKNOWN_HOST = Decision(
-    load_balancer=None, pool=None, endpoint=None, reason="unknown_host", status=404
+    load_balancer=None, pool=None, endpoint=None, reason=DecisionReason.UNKNOWN_HOST, status=404
 )
 
 
@@ -425,7 +425,7 @@ class Router:
         lb, pool, endpoint = first.load_balancer, first.pool, first.endpoint
         if lb is None or pool is None or endpoint is None or status not in self._zdf_codes:
             return None
-        if first.reason == "retry":
+        if first.reason is DecisionReason.RETRY:
             return None  # R42: exactly one retry per request
         tr = list(first.trace) if first.trace is not None else None
         zdf = lb.session_affinity_attributes.zero_downtime_failover
@@ -479,7 +479,7 @@ class Router:
             load_balancer=lb,
             pool=pool,
             endpoint=chosen,
-            reason="retry",
+            reason=DecisionReason.RETRY,
             policy=first.policy,
             affinity=first.affinity,
             set_cookie=set_cookie,
@@ -732,7 +732,7 @@ class Router:
         pool = self.snapshot.pools[ep.pool]
         if tr is not None:
             tr.append(f"affinity: session pinned to {ep.key}; weights and policy skipped")
-        return plan.decision(pool, ep, "affinity", tr)
+        return plan.decision(pool, ep, DecisionReason.AFFINITY, tr)
 
     def _cookie(
         self, lb: LoadBalancer, ep: EndpointView, req: Request, *, expires: float | None = None
@@ -777,7 +777,7 @@ class Router:
         ep = self._pick_endpoint(pool, req, rng, live, tr)
         if ep is None:  # pragma: no cover - eligible pools always have a selectable endpoint
             return self._fallback(plan, req, rng, live, tr)
-        return plan.decision(pool, ep, "policy", tr)
+        return plan.decision(pool, ep, DecisionReason.POLICY, tr)
 
     def _compile_fast(self, plan: _Plan, route: _Route, key: str, dc: str) -> None:
         """Cache under ``key`` the fast-path entry of ``plan`` for data center ``dc`` (see
@@ -796,8 +796,10 @@ class Router:
                 eps, spill = self._endpoint_set(pool, dc, fallback=False), local.spill
             else:
                 eps, spill = wide, 0.0
-            made = tuple(plan.decision(pool, e, "policy", None) for e in eps.items)
-            wide_made = tuple(plan.decision(pool, e, "policy", None) for e in wide.items)
+            made = tuple(plan.decision(pool, e, DecisionReason.POLICY, None) for e in eps.items)
+            wide_made = tuple(
+                plan.decision(pool, e, DecisionReason.POLICY, None) for e in wide.items
+            )
             fast = (eps, made, wide, wide_made, spill, pool.config.origin_steering.policy)
         if len(plan.fast) < _CACHE_LIMIT:  # dc comes from a request header
             plan.fast[key] = fast
@@ -872,7 +874,7 @@ class Router:
             if tr is not None:
                 tr.append(f"fallback pool {pool.name} has no enabled endpoint: 530 / 1016")
             return self._no_pool(plan, pool, tr)
-        return plan.decision(pool, ep, "fallback", tr)
+        return plan.decision(pool, ep, DecisionReason.FALLBACK, tr)
 
     @staticmethod
     def _no_pool(plan: _Plan, pool: PoolView | None, tr: list[str] | None) -> Decision:
@@ -881,7 +883,7 @@ class Router:
             load_balancer=plan.lb,
             pool=pool,
             endpoint=None,
-            reason="no_pool",
+            reason=DecisionReason.NO_POOL,
             policy=plan.policy,
             status=530,
             trace=tr,
@@ -1133,7 +1135,7 @@ def _fixed_decision(
         load_balancer=plan.lb,
         pool=None,
         endpoint=None,
-        reason="fixed_response",
+        reason=DecisionReason.FIXED_RESPONSE,
         policy="rules",
         status=fixed.status_code,
         trace=tr,

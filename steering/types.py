@@ -6,12 +6,13 @@ import dataclasses
 from collections import deque
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import NamedTuple
 
 from lb.config.model import FixedResponse, LoadBalancer
 from lb.core.snapshot import EndpointView, PoolView
 
-__all__ = ["Affinity", "Counts", "Decision", "Live", "Request"]
+__all__ = ["Affinity", "Counts", "Decision", "DecisionReason", "Live", "Request"]
 
 
 @dataclass(slots=True, kw_only=True)
@@ -44,8 +45,12 @@ class Request:
     version: str = "HTTP/1.1"
 
 
-class Affinity:
-    """Affinity outcomes, as plain strings for traces, JSON and metric labels."""
+class Affinity(StrEnum):
+    """What session affinity did with a request (R35-R40).
+
+    A ``StrEnum``: each member is its value, so traces, JSON and metric labels show the same
+    plain strings as before the type existed.
+    """
 
     NONE = "none"
     NEW = "new"
@@ -53,6 +58,26 @@ class Affinity:
     REMAPPED = "remapped"
     EXPIRED = "expired"
     INVALID = "invalid"
+
+
+class DecisionReason(StrEnum):
+    """Why a :class:`Decision` is what it is (``Decision.reason``); the values are the strings
+    traces, JSON, access logs and metric labels show."""
+
+    POLICY = "policy"
+    """The pool and endpoint policies chose (R25-R29, R19-R21)."""
+    AFFINITY = "affinity"
+    """An existing session was honoured (R35-R40)."""
+    FALLBACK = "fallback"
+    """No eligible pool: the fallback pool, health ignored (R30)."""
+    RETRY = "retry"
+    """The zero-downtime failover retry (R42-R45)."""
+    FIXED_RESPONSE = "fixed_response"
+    """A pool set's or custom rule's direct answer (R31, R32)."""
+    UNKNOWN_HOST = "unknown_host"
+    """No load balancer answers for the Host (404)."""
+    NO_POOL = "no_pool"
+    """Nothing can serve, not even the fallback pool (530 / error 1016, R30)."""
 
 
 MOVED_LIMIT = 64
@@ -272,12 +297,10 @@ class Decision(NamedTuple):
     load_balancer: LoadBalancer | None
     pool: PoolView | None
     endpoint: EndpointView | None
-    reason: str
-    """``policy``, ``affinity``, ``fallback``, ``retry``, ``fixed_response``, ``unknown_host`` or
-    ``no_pool``."""
+    reason: DecisionReason
     policy: str = ""
     """The pool policy that chose the pool, and the endpoint policy, e.g. ``geo/random``."""
-    affinity: str = Affinity.NONE
+    affinity: Affinity = Affinity.NONE
     set_cookie: str | None = None
     """A new ``__cflb`` value the response must set, if any."""
     status: int = 0
@@ -289,7 +312,7 @@ class Decision(NamedTuple):
     fixed: FixedResponse | None = None
     """A custom rule's direct answer (reason ``fixed_response``, R32)."""
 
-    def with_affinity(self, affinity: str, set_cookie: str | None = None) -> Decision:
+    def with_affinity(self, affinity: Affinity, set_cookie: str | None = None) -> Decision:
         """This decision for a session that is not a hit (``affinity`` says why), with the new
         ``__cflb`` it sets, if any.  ``_replace`` would do the same at three times the cost."""
         lb, pool, ep, reason, policy, _, _, status, trace, pinned, tried, fixed = self
