@@ -42,13 +42,16 @@ decisions that carry something of the request (a trace, a new ``__cflb`` value, 
 outcome other than a hit, the retry's tried list) are built per request.
 
 Live counts (R21).  ``least_outstanding_requests`` and ``least_connections`` read the pool's
-:class:`~steering.types.Counts` in :class:`~steering.types.Live` by endpoint position (aligned
-once to this router's layout of the pool: no per-endpoint key formatting or dictionary
-lookup), and each endpoint set keeps its table of ``w / (n + 1)`` running sums until the
+:class:`~steering.types.Counts` in :class:`~steering.types.Live` by slot (each endpoint set
+remembers its endpoints' slots: no per-endpoint key formatting or dictionary lookup per
+request), and each endpoint set keeps its table of ``w / (n + 1)`` running sums until the
 counts' ``version`` moves: steady counts cost one ``bisect`` as R19 does, moved ones one pass
 over the set.  Both give exactly ``P(i) = (w_i / (n_i + 1)) / sum_j (w_j / (n_j + 1))``.
 
-Nothing here awaits, reads a clock or draws randomness except from the ``rng`` passed in.
+Nothing here awaits, reads a clock or draws randomness except from the ``rng`` passed in, and
+nothing here writes state the router does not own: the live counts are only read, and a
+header-affinity session to store comes back in the decision (``Decision.remember``), which
+the engine applies (:meth:`lb.engine.Engine.decide`).
 """
 
 from __future__ import annotations
@@ -74,11 +77,17 @@ from lb.config.model import (
 from lb.core.health import Health
 from lb.core.snapshot import EndpointView, PoolView, Snapshot
 from steering import geo
-from steering.affinity import CookieValue, HeaderSessions, session_key, sign, verify
+from steering.affinity import (
+    CookieValue,
+    HeaderSession,
+    HeaderSessions,
+    session_key,
+    sign,
+    verify,
+)
 from steering.pick import (
     KeyedDraws,
     ip_bucket,
-    load_terms,
     ramp,
     rendezvous,
     weighted,
@@ -97,13 +106,22 @@ _ORDERED = frozenset({"off", "geo", "proximity", "dynamic_latency"})
 
 
 class _LoadMemo:
-    """R21's last table of one endpoint set, and the counts (and version) it is up to date with."""
+    """R21's last table of one endpoint set, and the counts (and version) it is up to date with.
 
-    __slots__ = ("counts", "cumulative", "terms", "total", "version")
+    The router only reads :class:`Counts`, which keep their slots in the order endpoints were
+    first counted, so the memo also keeps where each item's count is: ``slots`` (the slot of
+    each item, -1 for one never counted) and ``at`` (slot -> item), valid while the counts
+    have ``size`` slots (slots are only ever appended).
+    """
+
+    __slots__ = ("at", "counts", "cumulative", "size", "slots", "terms", "total", "version")
 
     def __init__(self) -> None:
         self.counts: Counts | None = None
         self.version = -1
+        self.size = -1
+        self.slots: list[int] = []
+        self.at: dict[int, int] = {}
         self.terms: list[float] = []
         """``w / (n + 1)`` per item."""
         self.cumulative: list[float] = []
@@ -123,13 +141,6 @@ class _Endpoints:
     total: float
     """Sum of the weights (``cumulative[-1]``, or 0 for an empty set)."""
     pool: str
-    layout: tuple[str, ...]
-    """Names of all the pool's endpoints in ``origins`` order (one tuple per pool and router),
-    the order :meth:`steering.types.Counts.align` puts the pool's live counts in."""
-    indexes: tuple[int, ...]
-    """``EndpointView.index`` of each item: its position in ``layout``."""
-    positions: dict[int, int] = field(compare=False, repr=False)
-    """The inverse of ``indexes``: position in ``layout`` -> position in ``items``."""
     memo: _LoadMemo = field(default_factory=_LoadMemo, compare=False, repr=False)
     """R21's table for the last counts seen (see :meth:`load_index`)."""
 
@@ -140,7 +151,7 @@ class _Endpoints:
         ``counts`` is the pool's :class:`Counts` of the policy's kind (None: nothing counted
         yet, so ``w / (0 + 1)`` is R19 exactly).  :attr:`memo` keeps the table until the counts
         move (the same Counts at the same version has the slots the memo was built from), then
-        brings it up to date (:meth:`_refresh`).
+        brings it up to date (:meth:`_refresh`).  The counts are only read.
         """
         cumulative: Sequence[float]
         if counts is None:
@@ -148,8 +159,6 @@ class _Endpoints:
         else:
             memo = self.memo
             if counts is not memo.counts or counts.version != memo.version:
-                if counts.layout is not self.layout:
-                    counts.align(self.layout)  # moves the version and starts Counts.moved over
                 self._refresh(memo, counts)
             cumulative, total = memo.cumulative, memo.total
         if total <= 0:
@@ -161,26 +170,28 @@ class _Endpoints:
     def _refresh(self, memo: _LoadMemo, counts: Counts) -> None:
         """Bring R21's table up to date with ``counts``: recompute the terms of the slots written
         since the memo's version (:attr:`Counts.moved`), or all of them when the memo is of
-        other counts or too far behind; then the running sums, in C.  Either way each term and
-        each sum is computed as a full pass would, so the pick is the same."""
+        other counts, too far behind or the counts have new slots; then the running sums, in C.
+        Either way each term and each sum is computed as a full pass would, so the pick is the
+        same."""
         n, moved = counts.counts, counts.moved
         behind = counts.version - memo.version
-        if counts is memo.counts and behind <= len(moved):
-            terms, weights, positions = memo.terms, self.weights, self.positions
+        if counts is memo.counts and len(n) == memo.size and behind <= len(moved):
+            terms, weights, at = memo.terms, self.weights, memo.at
             for j in range(-behind, 0):
-                p = positions.get(moved[j])
+                p = at.get(moved[j])
                 if p is not None:
                     terms[p] = weights[p] / (n[moved[j]] + 1)
         else:
-            memo.terms = terms = load_terms(self.weights, self.indexes, n)
+            memo.slots = slots = _slots(counts, self.items)
+            memo.at = {slot: p for p, slot in enumerate(slots) if slot >= 0}
+            memo.size = len(n)
+            memo.terms = terms = _load_terms(self.weights, slots, n)
         memo.cumulative = cumulative = list(accumulate(terms))
         memo.total = cumulative[-1] if cumulative else 0.0
         memo.counts, memo.version = counts, counts.version
 
     @classmethod
-    def of(
-        cls, pool: str, layout: tuple[str, ...], items: Sequence[EndpointView], note: str = ""
-    ) -> _Endpoints:
+    def of(cls, pool: str, items: Sequence[EndpointView], note: str = "") -> _Endpoints:
         weights = tuple(e.weight for e in items)
         total, cumulative = 0.0, []
         for w in weights:
@@ -194,10 +205,18 @@ class _Endpoints:
             note,
             total,
             pool,
-            layout,
-            tuple(e.index for e in items),
-            {e.index: p for p, e in enumerate(items)},
         )
+
+
+def _slots(counts: Counts, items: Sequence[EndpointView]) -> list[int]:
+    """The slot of each endpoint of ``items`` in ``counts`` (-1 for one never counted)."""
+    slots = counts.slots
+    return [slots.get(e.name, -1) for e in items]
+
+
+def _load_terms(weights: Sequence[float], slots: Sequence[int], n: Sequence[int]) -> list[float]:
+    """R21's ``w / (n + 1)`` per item, ``n`` read from ``slots`` (0 for a slot of -1)."""
+    return [w / (n[i] + 1) if i >= 0 else w for w, i in zip(weights, slots, strict=True)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -337,7 +356,9 @@ class Router:
     Args:
         snapshot: the health and configuration to steer by.
         secret: the HMAC key of ``__cflb`` cookies.
-        sessions: the header-affinity table, which outlives routers (it is state, not a view).
+        sessions: the header-affinity table, which outlives routers.  The router only reads
+            it: a session to store comes back as ``Decision.remember``, for the table's owner
+            (the engine) to store.
     """
 
     def __init__(
@@ -355,8 +376,6 @@ class Router:
         self._cookies: dict[str, CookieValue | None] = {}
         """Verified ``__cflb`` values: a signed value always verifies the same way."""
         self._pins: dict[str, _Pin] = {}
-        self._layouts: dict[tuple[str, ...], tuple[str, ...]] = {}
-        """Pool layouts (see :attr:`_Endpoints.layout`), one tuple object per distinct layout."""
         engine = snapshot.config.engine
         self._local = engine.local_preference
         self._zdf_codes = frozenset(engine.zero_downtime_failover_codes)
@@ -460,7 +479,7 @@ class Router:
             if tr is not None:
                 tr.append(f"retry: no healthy alternate after {status}")
             return None
-        set_cookie = first.set_cookie
+        set_cookie, remember = first.set_cookie, None
         mode = lb.affinity if lb.proxied else "none"  # R34
         if mode in ("cookie", "ip_cookie"):
             if first.affinity != Affinity.HIT:
@@ -471,7 +490,7 @@ class Router:
                 expires = value.expires if value else None
                 set_cookie = self._cookie(lb, chosen, req, expires=expires)
         elif mode == "header" and first.affinity != Affinity.HIT:
-            self._remember_header_session(lb, req, chosen)
+            remember = self._header_session(lb, req, chosen)
         if tr is not None:
             once = f"once to {chosen.key} (zero-downtime failover)"
             tr.append(f"retry: {status} from {endpoint.key}; {once}")
@@ -486,6 +505,7 @@ class Router:
             trace=tr,
             pinned=first.pinned,
             tried=tried,
+            remember=remember,
         )
 
     # ------------------------------------------------------------------ pool sets, custom rules
@@ -672,27 +692,30 @@ class Router:
             return self._steer(plan, req, rng, live, tr)
         outcome = Affinity.NEW
         avoid = ""
-        pinned_key = self._sessions.get(lb.name, key, req.now, lb.effective_affinity_ttl)
+        pinned_key = self._sessions.peek(lb.name, key, req.now, lb.effective_affinity_ttl)
         if pinned_key is not None:
             pool_name, _, name = pinned_key.partition("/")
             pinned = self._usable_pinned(plan, pool_name, name, req, tr)
             if pinned is not None:
                 if not self._session_shed(pinned, req, tr):
-                    return self._hit(plan, pinned, tr)
+                    # Honoured: storing it again restarts its idle timer (sliding TTL).
+                    touch = HeaderSession(lb.name, key, pinned_key, req.now)
+                    return self._hit(plan, pinned, tr)._replace(remember=touch)
                 avoid = pinned.pool
             outcome = Affinity.REMAPPED
         decision = self._steer(plan, req, rng, live, tr, avoid=avoid)
-        if decision.endpoint is not None:
-            self._sessions.put(lb.name, key, decision.endpoint.key, req.now)
-        return decision.with_affinity(outcome)
+        ep = decision.endpoint
+        remember = HeaderSession(lb.name, key, ep.key, req.now) if ep is not None else None
+        return decision.with_affinity(outcome, remember=remember)
 
-    def _remember_header_session(self, lb: LoadBalancer, req: Request, ep: EndpointView) -> None:
+    @staticmethod
+    def _header_session(lb: LoadBalancer, req: Request, ep: EndpointView) -> HeaderSession | None:
+        """The header session pinning ``req`` to ``ep``, if its headers make one (R39)."""
         attrs = lb.session_affinity_attributes
         key = session_key(
             attrs.headers, req.headers, req.cookies, require_all=attrs.require_all_headers
         )
-        if key is not None:
-            self._sessions.put(lb.name, key, ep.key, req.now)
+        return None if key is None else HeaderSession(lb.name, key, ep.key, req.now)
 
     def _usable_pinned(
         self, plan: _Plan, pool_name: str, name: str, req: Request, tr: list[str] | None
@@ -917,7 +940,7 @@ class Router:
                 kept = [e for e in wide.items if e.key not in exclude]
             if not kept:
                 return None
-            eps = _Endpoints.of(eps.pool, eps.layout, kept, eps.note)
+            eps = _Endpoints.of(eps.pool, kept, eps.note)
         items = eps.items
         if not items:
             return None
@@ -963,9 +986,7 @@ class Router:
             )
             counts = by_pool.get(eps.pool)
             if counts is not None:
-                if counts.layout is not eps.layout:
-                    counts.align(eps.layout)
-                weights = load_terms(weights, eps.indexes, counts.counts)
+                weights = _load_terms(weights, _slots(counts, eps.items), counts.counts)
         picked = weighted_dynamic(range(len(weights)), weights, rng)
         return -1 if picked is None else picked
 
@@ -980,7 +1001,7 @@ class Router:
             return i if i < len(eps.items) else len(eps.items) - 1
         if policy == "hash":  # R20
             return rendezvous(req.client_ip, range(len(eps.items)), eps.names, eps.weights)
-        # R21, from the pool's Counts (by position once aligned to this router's layout).
+        # R21, from the pool's Counts (read through the set's memo of their slots).
         by_pool = (
             live.connections_by_pool if policy == "least_connections" else live.in_flight_by_pool
         )
@@ -1006,8 +1027,6 @@ class Router:
         return found
 
     def _compute_endpoints(self, pool: PoolView, dc: str, *, fallback: bool) -> _Endpoints:
-        layout = tuple(e.name for e in pool.endpoints)
-        layout = self._layouts.setdefault(layout, layout)
         items: Sequence[EndpointView] = pool.selectable
         note = ""
         if fallback and not items:
@@ -1021,14 +1040,14 @@ class Router:
             local = [e for e in items if dc in e.datacenters]
             if local:
                 note = f"local preference: {len(local)} endpoint(s) in {dc}"
-                return _Endpoints.of(pool.name, layout, local, note)
+                return _Endpoints.of(pool.name, local, note)
             nearest = geo.nearest(
                 items, self._datacenters.get(dc), lambda e: e.datacenters, self._datacenters
             )
             if nearest:
                 note = f"local preference: none in {dc}; nearest used"
-                return _Endpoints.of(pool.name, layout, nearest, note)
-        return _Endpoints.of(pool.name, layout, items, note)
+                return _Endpoints.of(pool.name, nearest, note)
+        return _Endpoints.of(pool.name, items, note)
 
     # ------------------------------------------------------------------ compiled plans
 

@@ -11,6 +11,7 @@ from typing import NamedTuple
 
 from lb.config.model import FixedResponse, LoadBalancer
 from lb.core.snapshot import EndpointView, PoolView
+from steering.affinity import HeaderSession
 
 __all__ = ["Affinity", "Counts", "Decision", "DecisionReason", "Live", "Request"]
 
@@ -87,19 +88,18 @@ MOVED_LIMIT = 64
 class Counts:
     """One pool's live counts of one kind (requests in flight, or open connections), by slot.
 
-    Slot ``i`` counts the endpoint called ``names[i]``.  A writer finds its slot through
-    ``EndpointView.index`` (the endpoint's position in the pool's ``origins``): a list index and
-    a name comparison, without formatting or hashing a ``pool/endpoint`` key.  An endpoint at
-    another position (from a snapshot taken before a reload reordered the pool, or given by
-    name to :class:`Live`) is found by name.  A reader calls :meth:`align` with its snapshot's
-    layout, after which ``counts[i]`` is the count of the endpoint at position ``i``.
+    Slot ``i`` counts the endpoint called ``names[i]``; slots are added in the order endpoints
+    are first counted and never move, so a reader may remember where an endpoint's count is
+    for as long as the number of slots stays the same.  A writer finds its slot through
+    ``EndpointView.index`` (the endpoint's position in the pool's ``origins``) when the slots
+    happen to be in that order (a list index and a name comparison), else by name.
 
-    ``version`` moves whenever a count or a slot does: a reader may keep what it derived from
-    the counts (the router keeps R21's cumulative table) while the version stays the same, and
-    bring it up to date from :attr:`moved` when it is not too far behind.
+    ``version`` moves whenever a count does: a reader may keep what it derived from the counts
+    (the router keeps R21's cumulative table) while the version stays the same, and bring it up
+    to date from :attr:`moved` when it is not too far behind.  Readers never write.
     """
 
-    __slots__ = ("counts", "layout", "moved", "names", "seen", "slots", "version")
+    __slots__ = ("counts", "moved", "names", "seen", "slots", "version")
 
     def __init__(self) -> None:
         self.names: list[str] = []
@@ -108,13 +108,11 @@ class Counts:
         """Whether the slot was ever written (only those show in :class:`Live`'s mappings)."""
         self.slots: dict[str, int] = {}
         """Endpoint name -> slot."""
-        self.layout: tuple[str, ...] | None = None
-        """The layout the slots were last aligned to (the first ``len(layout)`` names)."""
         self.version = 0
         self.moved: deque[int] = deque(maxlen=MOVED_LIMIT)
         """The slots of the last count writes, oldest first: a reader at version ``v`` finds
         what changed since in the last ``version - v`` entries, if there are that many (a
-        reader further behind, or from before an :meth:`align`, starts over)."""
+        reader further behind starts over)."""
 
     def add(self, endpoint: EndpointView, delta: int) -> None:
         """Move the count of ``endpoint`` by ``delta``."""
@@ -135,24 +133,6 @@ class Counts:
             self.counts.append(0)
             self.seen.append(False)
         return i
-
-    def align(self, layout: tuple[str, ...]) -> None:
-        """Order the slots as ``layout`` (endpoint names in ``origins`` order) lists them.
-
-        Endpoints missing from ``layout`` keep their counts in slots after it.  Cheap when the
-        slots already are in that order; a reader passes the same tuple object every time, so
-        that ``counts.layout is layout`` tells it nothing needs doing.
-        """
-        if self.names[: len(layout)] != list(layout):
-            before = {n: (c, s) for n, c, s in zip(self.names, self.counts, self.seen, strict=True)}
-            inside = set(layout)
-            self.names = [*layout, *(n for n in self.names if n not in inside)]
-            self.counts = [before.get(n, (0, False))[0] for n in self.names]
-            self.seen = [before.get(n, (0, False))[1] for n in self.names]
-            self.slots = {n: i for i, n in enumerate(self.names)}
-            self.version += 1
-            self.moved.clear()  # slots changed meaning: every reader starts over
-        self.layout = layout
 
 
 class _CountsView(Mapping[str, int]):
@@ -311,11 +291,19 @@ class Decision(NamedTuple):
     """Endpoint keys of the attempts so far (for the zero-downtime retry)."""
     fixed: FixedResponse | None = None
     """A custom rule's direct answer (reason ``fixed_response``, R32)."""
+    remember: HeaderSession | None = None
+    """A header-affinity session the engine must store once it acts on this decision (R39):
+    the router only reads the session table."""
 
-    def with_affinity(self, affinity: Affinity, set_cookie: str | None = None) -> Decision:
+    def with_affinity(
+        self,
+        affinity: Affinity,
+        set_cookie: str | None = None,
+        remember: HeaderSession | None = None,
+    ) -> Decision:
         """This decision for a session that is not a hit (``affinity`` says why), with the new
         ``__cflb`` it sets, if any.  ``_replace`` would do the same at three times the cost."""
-        lb, pool, ep, reason, policy, _, _, status, trace, pinned, tried, fixed = self
+        lb, pool, ep, reason, policy, _, _, status, trace, pinned, tried, fixed, _ = self
         new = (
             lb,
             pool,
@@ -329,6 +317,7 @@ class Decision(NamedTuple):
             pinned,
             tried,
             fixed,
+            remember,
         )
         return _tuple_new(Decision, new)
 

@@ -64,6 +64,7 @@ from random import Random
 from lb.config.model import Config
 from lb.core.attempts import Action, Body, Failure, Retry, next_step
 from lb.core.snapshot import EndpointView
+from lb.engine import Engine
 from lb.sim.network import Answer, Network
 from lb.sim.scenario import KeepAlive, Traffic
 from steering import Affinity, Decision, Live, Request, Router
@@ -272,7 +273,7 @@ class DatacenterTraffic:
         tick: float,
         now: float,
         router: Router,
-        live: Live,
+        engine: Engine,
         c: Counts,
     ) -> None:
         """Decide ``n`` requests of tick ``k``, starting at virtual time ``t`` (engine ``now``).
@@ -282,6 +283,8 @@ class DatacenterTraffic:
         is the throughput path, so the rest stays inline here rather than in a per-request call.
         """
         c.requests += n
+        live = engine.live
+        remember = engine.remember
         heap = self._heap
         slow = self._affinity != "none" or heap is not None or bool(self._keep_alive)
         # slow_start ramps read the request's clock: set it while any ramp runs.
@@ -307,6 +310,8 @@ class DatacenterTraffic:
                 if heap is not None:
                     heap.settle(live, at)
             d = decide(req, srng, live)
+            if d.remember is not None:  # header affinity: the engine stores the session
+                remember(d)
             ep = d.endpoint
             if ep is None:
                 self._unrouted(d, c)
@@ -323,9 +328,9 @@ class DatacenterTraffic:
             else:
                 o.n += 1
             if slow:
-                self._bookkeep(ci, req, d, ep, a, at, router, live, c, t)
+                self._bookkeep(ci, req, d, ep, a, at, engine, c, t)
             elif a.status != 200:
-                self._failed(req, d, o.key, a, router, live, c, t)
+                self._failed(req, d, o.key, a, engine, c, t)
 
     def _unrouted(self, d: Decision, c: Counts) -> None:
         """A request no endpoint serves: no pool could (530), no load balancer (404), or a
@@ -373,8 +378,7 @@ class DatacenterTraffic:
         d: Decision,
         key: str,
         a: Answer,
-        router: Router,
-        live: Live,
+        engine: Engine,
         c: Counts,
         t: float,
         *,
@@ -405,7 +409,7 @@ class DatacenterTraffic:
             )
             kind = step.retry
             if step.action is Action.FAILOVER:
-                retry = router.retry(d, req, self.steer_rng, live, status=step.status)
+                retry = engine.retry(d, req, self.steer_rng, status=step.status)
                 if retry is None or retry.endpoint is None:
                     break
                 ep2 = retry.endpoint
@@ -464,8 +468,7 @@ class DatacenterTraffic:
         ep: EndpointView,
         a: Answer,
         now: float,
-        router: Router,
-        live: Live,
+        engine: Engine,
         c: Counts,
         t: float,
     ) -> None:
@@ -475,14 +478,14 @@ class DatacenterTraffic:
         heap = self._heap
         stale = bool(self._keep_alive) and self._stale(ep, now)
         if a.status != 200 or stale:
-            retry, a = self._failed(req, d, ep.key, a, router, live, c, t, stale=stale)
+            retry, a = self._failed(req, d, ep.key, a, engine, c, t, stale=stale)
             # A failed first attempt that was retried took no time worth counting in flight.
             if retry is not None and retry.endpoint is not None:
                 ep = retry.endpoint
         if self._keep_alive and not a.connect_failed:
             self._released[ep.key] = now + a.latency
         if heap is not None:
-            heap.start(live, ep, now, a.latency)
+            heap.start(engine.live, ep, now, a.latency)
         if self._affinity == "none":
             return
         aff = c.affinity
