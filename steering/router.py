@@ -29,7 +29,7 @@ The pipeline for one request (docs/cloudflare-rules.md, R25-R45), each step reco
 The fast path.  When the pool does not depend on the request (an ordered pool policy, ``off``,
 ``geo``, ``proximity`` or ``dynamic_latency``, with no load shedding among the eligible pools)
 and the load balancer has no session affinity, the general path (:meth:`Router._steer`)
-records per data center the pool's endpoint sets and their decisions (:data:`_Fast`), and
+records per data center the pool's endpoint sets and their decisions (:class:`_Fast`), and
 later untraced calls of :meth:`Router.decide` go straight from the plan to the endpoint pick.
 That is the only fast path, and its pick is the general path's (:meth:`Router._index`, with
 R19 and R21's call inlined), so an untraced decision equals the traced one for the same
@@ -40,6 +40,25 @@ an untraced decision is built once per plan, endpoint and reason (:meth:`_Plan.d
 the fast path and a cached ``__cflb`` hit end in returning one that already exists.  Only
 decisions that carry something of the request (a trace, a new ``__cflb`` value, an affinity
 outcome other than a hit, the retry's tried list) are built per request.
+
+What is kept, and why.  Each cache holds something that depends only on the snapshot (or
+on the snapshot and a few request fields), so it is correct for the router's life; those
+keyed by request fields are bounded (``_CACHE_LIMIT``).  bench/steering.py is the reason for
+each (docs/bench.md):
+
+* ``Router._plans``: host -> the load balancer compiled (:class:`_Plan`); every request.
+* ``_Plan.routes``: the candidate pools per data center (and country), sorted for proximity
+  and latency; every general-path request.
+* ``_Plan.fast``: the fast path (:class:`_Fast`); the random, failover, geo + LOR and local
+  preference cases are one lookup in it.
+* ``_Plan.made``: untraced decisions, built once (a named tuple of 13 fields costs about
+  1 us to build with keywords); the fast path's and the pins' decisions come from it.
+* ``_Plan.ruled`` and ``_Plan.set_plans``: the plans custom rules (R32) and pool sets (R31)
+  make, compiled once per set of matched rules or per pool set.
+* ``Router._endpoint_sets``: each pool's endpoint sets (plain, local, fallback) with their
+  cumulative tables and R21's memo (:class:`_LoadMemo`): the LOR cases.
+* ``Router._pins``: ``__cflb`` values known to hit (:class:`_Pin`): the cookie-hit case,
+  which would otherwise pay an HMAC per request.
 
 Live counts (R21).  ``least_outstanding_requests`` and ``least_connections`` read the pool's
 :class:`~steering.types.Counts` in :class:`~steering.types.Live` by slot (each endpoint set
@@ -63,7 +82,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate
 from random import Random
-from typing import Any
+from typing import Any, NamedTuple
 
 from lb.config.expressions import Fields, compile_condition
 from lb.config.model import (
@@ -78,7 +97,6 @@ from lb.core.health import Health
 from lb.core.snapshot import EndpointView, PoolView, Snapshot
 from steering import geo
 from steering.affinity import (
-    CookieValue,
     HeaderSession,
     HeaderSessions,
     session_key,
@@ -286,7 +304,7 @@ class _Plan:
         self.fast_by_datacenter = self.by_datacenter or local
         """Whether :attr:`fast` is keyed by data center (it is with local preference too)."""
         self.fast: dict[str, _Fast | None] = {}
-        """Data center (or "") -> the fast-path entry (:data:`_Fast`), None where there is none.
+        """Data center (or "") -> the fast-path entry (:class:`_Fast`), None where there is none.
         Filled by :meth:`Router._steer`, and only for load balancers without session affinity."""
         self.made: dict[tuple[str, int, DecisionReason], Decision] = {}
         """(pool, endpoint index, reason) -> the untraced decision (see :meth:`decision`)."""
@@ -335,15 +353,41 @@ class _Plan:
         return made
 
 
-_Fast = tuple["_Endpoints", tuple[Decision, ...], "_Endpoints", tuple[Decision, ...], float, str]
-"""An untraced decision known up to the endpoint pick: (endpoints, their decisions, endpoints
-when the request spills, their decisions, spill share, endpoint policy).  It exists when the
-pool does not depend on the request: an ordered pool policy (off, geo, proximity,
-dynamic_latency) with no load shedding among the eligible pools."""
+class _Fast(NamedTuple):
+    """An untraced decision known up to the endpoint pick (the fast path, module docstring).
 
-_Pin = tuple[_Plan, float, Decision]
-"""A ``__cflb`` value known to hit: (plan, expiry, decision).  Only for enabled endpoints of
-pools that shed no sessions, so that nothing but expiry depends on the request."""
+    It exists when the pool does not depend on the request: an ordered pool policy (off, geo,
+    proximity, dynamic_latency) with no load shedding among the eligible pools.  A named tuple
+    rather than a slotted dataclass because :meth:`Router.decide` unpacks it in one step on
+    every fast-path request.
+    """
+
+    endpoints: _Endpoints
+    """The set to pick from (the local one with local preference)."""
+    decisions: tuple[Decision, ...]
+    """The decision for each item of ``endpoints``, built once."""
+    wide: _Endpoints
+    """The set when the request spills (local preference), else ``endpoints``."""
+    wide_decisions: tuple[Decision, ...]
+    spill: float
+    """The share of requests that spill to ``wide`` (0 without local preference)."""
+    policy: str
+    """The pool's endpoint policy."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Pin:
+    """A ``__cflb`` value known to hit, so that a repeated cookie costs a lookup and an expiry
+    comparison instead of an HMAC.  Only for enabled endpoints of pools that shed no sessions,
+    so that nothing but expiry depends on the request."""
+
+    plan: _Plan
+    """The plan the cookie was honoured under (another plan, e.g. after a custom rule
+    matched, must check the cookie again)."""
+    expires: float
+    """The cookie's embedded expiry (Unix seconds)."""
+    decision: Decision
+
 
 _UNKNOWN_HOST = Decision(
     load_balancer=None, pool=None, endpoint=None, reason=DecisionReason.UNKNOWN_HOST, status=404
@@ -373,8 +417,6 @@ class Router:
         self._by_name: dict[tuple[str, str], EndpointView] = {
             (e.pool, e.name): e for p in snapshot.pools.values() for e in p.endpoints
         }
-        self._cookies: dict[str, CookieValue | None] = {}
-        """Verified ``__cflb`` values: a signed value always verifies the same way."""
         self._pins: dict[str, _Pin] = {}
         engine = snapshot.config.engine
         self._local = engine.local_preference
@@ -393,7 +435,7 @@ class Router:
             key = req.datacenter if plan.fast_by_datacenter else ""
             fast = plan.fast.get(f"{key}|{req.country}" if plan.by_country else key)
             if fast is not None:
-                eps, made, wide, wide_made, spill, policy = fast
+                eps, made, wide, wide_made, spill, policy = fast  # one step: see _Fast
                 if spill and rng.random() < spill:
                     eps, made = wide, wide_made
                 if policy == "random":  # _index's R19, inline: the most common case
@@ -486,7 +528,7 @@ class Router:
                 set_cookie = self._cookie(lb, chosen, req)
             elif zdf == "sticky":
                 # R45 sticky rewrites the endpoint; R35: the lifetime is never extended.
-                value = self._verify(req.cookie) if req.cookie else None
+                value = verify(self._secret, req.cookie) if req.cookie else None
                 expires = value.expires if value else None
                 set_cookie = self._cookie(lb, chosen, req, expires=expires)
         elif mode == "header" and first.affinity != Affinity.HIT:
@@ -630,9 +672,9 @@ class Router:
         cookie = req.cookie
         if cookie:
             pin = self._pins.get(cookie) if tr is None else None
-            if pin is not None and pin[0] is plan and pin[1] > req.wall:
-                return pin[2]
-            value = self._verify(cookie)
+            if pin is not None and pin.plan is plan and pin.expires > req.wall:
+                return pin.decision
+            value = verify(self._secret, cookie)
             if value is None or value.load_balancer != lb.name:
                 outcome = Affinity.INVALID
             elif value.expires <= req.wall:
@@ -664,19 +706,7 @@ class Router:
             return  # draining (R40) or session shedding (R24) depend on the request
         if len(self._pins) >= _CACHE_LIMIT:
             self._pins.clear()
-        self._pins[cookie] = (plan, expires, self._hit(plan, ep, None))
-
-    def _verify(self, cookie: str) -> CookieValue | None:
-        cache = self._cookies
-        try:
-            return cache[cookie]
-        except KeyError:
-            pass
-        value = verify(self._secret, cookie)
-        if len(cache) >= _CACHE_LIMIT:
-            cache.clear()
-        cache[cookie] = value
-        return value
+        self._pins[cookie] = _Pin(plan, expires, self._hit(plan, ep, None))
 
     def _header_affinity(
         self, plan: _Plan, req: Request, rng: Random, live: Live, tr: list[str] | None
@@ -804,7 +834,7 @@ class Router:
 
     def _compile_fast(self, plan: _Plan, route: _Route, key: str, dc: str) -> None:
         """Cache under ``key`` the fast-path entry of ``plan`` for data center ``dc`` (see
-        :data:`_Fast`); the key also holds the client's country when the route depends on it."""
+        :class:`_Fast`); the key also holds the client's country when the route depends on it."""
         fast: _Fast | None = None
         if (
             plan.policy in _ORDERED
@@ -823,7 +853,7 @@ class Router:
             wide_made = tuple(
                 plan.decision(pool, e, DecisionReason.POLICY, None) for e in wide.items
             )
-            fast = (eps, made, wide, wide_made, spill, pool.config.origin_steering.policy)
+            fast = _Fast(eps, made, wide, wide_made, spill, pool.config.origin_steering.policy)
         if len(plan.fast) < _CACHE_LIMIT:  # dc comes from a request header
             plan.fast[key] = fast
 
