@@ -111,7 +111,16 @@ from steering.pick import (
     weighted,
     weighted_dynamic,
 )
-from steering.types import Affinity, Counts, Decision, DecisionReason, Live, Request
+from steering.types import (
+    NO_TRACE,
+    Affinity,
+    Counts,
+    Decision,
+    DecisionReason,
+    Live,
+    Request,
+    Trace,
+)
 from steering.urls import normalize_uri
 
 __all__ = ["Router"]
@@ -319,7 +328,7 @@ class _Plan:
         self.pool_names = frozenset(names)
 
     def decision(
-        self, pool: PoolView, ep: EndpointView, reason: DecisionReason, tr: list[str] | None
+        self, pool: PoolView, ep: EndpointView, reason: DecisionReason, tr: Trace
     ) -> Decision:
         """The decision to send a request to ``ep`` of ``pool`` for ``reason`` (``policy``,
         ``fallback`` or ``affinity``, a session hit), which determines every other field.
@@ -328,7 +337,7 @@ class _Plan:
         time: a dictionary lookup instead of building a tuple of 11 fields.
         """
         key = (pool.name, ep.index, reason)
-        if tr is None:
+        if not tr.on:
             made = self.made.get(key)
             if made is not None:
                 return made
@@ -345,10 +354,10 @@ class _Plan:
             reason=reason,
             policy=policy,
             affinity=Affinity.HIT if hit else Affinity.NONE,
-            trace=tr,
+            trace=tr.lines,
             pinned=ep.key if hit else None,
         )
-        if tr is None:
+        if not tr.on:
             self.made[key] = made
         return made
 
@@ -446,21 +455,21 @@ class Router:
                     i = self._index(eps, policy, req, rng, live or _NO_LIVE)
                 if i >= 0:
                     return made[i] if i < len(made) else made[-1]
-        tr: list[str] | None = [] if trace else None
+        tr = Trace() if trace else NO_TRACE
         if plan is None:
-            if tr is None:
+            if not tr.on:
                 return _UNKNOWN_HOST
-            tr.append(f"host {req.host!r}: no load balancer answers for it")
-            return _UNKNOWN_HOST._replace(trace=tr)
-        if tr is not None and req.country:
-            tr.append(f"client country {req.country} (before the data center's)")
+            tr.add(f"host {req.host!r}: no load balancer answers for it")
+            return _UNKNOWN_HOST._replace(trace=tr.lines)
+        if tr.on and req.country:
+            tr.add(f"client country {req.country} (before the data center's)")
         if plan.per_request:  # R31, R32: the plan they make takes the general path
             plan, fixed = self._effective(plan, req, tr)
             if fixed is not None:
                 return fixed
         lb = plan.lb
-        if tr is not None:
-            tr.append(f"load balancer {lb.name}: steering_policy={plan.policy or 'off'}")
+        if tr.on:
+            tr.add(f"load balancer {lb.name}: steering_policy={plan.policy or 'off'}")
         live = live or _NO_LIVE
         mode = plan.affinity
         if mode == "none":
@@ -488,11 +497,11 @@ class Router:
             return None
         if first.reason is DecisionReason.RETRY:
             return None  # R42: exactly one retry per request
-        tr = list(first.trace) if first.trace is not None else None
+        tr = Trace(first.trace) if first.trace is not None else NO_TRACE
         zdf = lb.session_affinity_attributes.zero_downtime_failover
         if first.affinity == Affinity.HIT and zdf == "none":
-            if tr is not None:
-                tr.append(f"retry: pinned session and zero_downtime_failover=none: {status}")
+            if tr.on:
+                tr.add(f"retry: pinned session and zero_downtime_failover=none: {status}")
             return None
         live = live or _NO_LIVE
         tried = (*first.tried, endpoint.key)
@@ -500,7 +509,7 @@ class Router:
         if chosen is None and lb.adaptive_routing.failover_across_pools:
             plan = self._plan(req.host)
             if plan is not None and plan.per_request:
-                plan, _ = self._effective(plan, req, None)
+                plan, _ = self._effective(plan, req, NO_TRACE)
             route = self._route(plan, req) if plan else None
             pools = route.eligible if route else ()
             # R43: the next pools in steering order after the failed one (all others when
@@ -514,12 +523,12 @@ class Router:
                 chosen = self._pick_endpoint(nxt, req, rng, live, tr, exclude=tried)
                 if chosen is not None:
                     pool = nxt
-                    if tr is not None:
-                        tr.append(f"retry: failover_across_pools to pool {nxt.name}")
+                    if tr.on:
+                        tr.add(f"retry: failover_across_pools to pool {nxt.name}")
                     break
         if chosen is None:
-            if tr is not None:
-                tr.append(f"retry: no healthy alternate after {status}")
+            if tr.on:
+                tr.add(f"retry: no healthy alternate after {status}")
             return None
         set_cookie, remember = first.set_cookie, None
         mode = lb.affinity if lb.proxied else "none"  # R34
@@ -533,9 +542,9 @@ class Router:
                 set_cookie = self._cookie(lb, chosen, req, expires=expires)
         elif mode == "header" and first.affinity != Affinity.HIT:
             remember = self._header_session(lb, req, chosen)
-        if tr is not None:
+        if tr.on:
             once = f"once to {chosen.key} (zero-downtime failover)"
-            tr.append(f"retry: {status} from {endpoint.key}; {once}")
+            tr.add(f"retry: {status} from {endpoint.key}; {once}")
         return Decision(
             load_balancer=lb,
             pool=pool,
@@ -544,7 +553,7 @@ class Router:
             policy=first.policy,
             affinity=first.affinity,
             set_cookie=set_cookie,
-            trace=tr,
+            trace=tr.lines,
             pinned=first.pinned,
             tried=tried,
             remember=remember,
@@ -552,9 +561,7 @@ class Router:
 
     # ------------------------------------------------------------------ pool sets, custom rules
 
-    def _effective(
-        self, plan: _Plan, req: Request, tr: list[str] | None
-    ) -> tuple[_Plan, Decision | None]:
+    def _effective(self, plan: _Plan, req: Request, tr: Trace) -> tuple[_Plan, Decision | None]:
         """The plan ``req`` is steered by: the first matching pool set's (R31), then with the
         overrides of the custom rules that match (R32); or the fixed response that answers."""
         if plan.pool_sets:
@@ -566,7 +573,7 @@ class Router:
         return plan, None
 
     def _apply_pool_sets(
-        self, plan: _Plan, req: Request, tr: list[str] | None
+        self, plan: _Plan, req: Request, tr: Trace
     ) -> tuple[_Plan, Decision | None]:
         """R31: the first enabled pool set whose match holds for the request's data center
         supplies the pools, their steering, weights and fallback (geo mappings no longer
@@ -575,8 +582,8 @@ class Router:
         for index, ps in plan.pool_sets:
             label = _label("pool set", index, ps.name, tr)
             if not _pool_set_matches(ps, req.datacenter, dc, req.country):
-                if tr is not None:
-                    tr.append(f"{label}: no match for data center {req.datacenter or '-'}")
+                if tr.on:
+                    tr.add(f"{label}: no match for data center {req.datacenter or '-'}")
                 continue
             if ps.fixed_response is not None:
                 return plan, _fixed_decision(plan, ps.fixed_response, tr, label)
@@ -604,16 +611,13 @@ class Router:
                 found = plan.set_plans[index] = _Plan(
                     derived, self.snapshot, local=self._local.enabled
                 )
-            if tr is not None:
-                tr.append(f"{label}: matched; pools {list(ps.overrides.pools)}")
+            if tr.on:
+                tr.add(f"{label}: matched; pools {list(ps.overrides.pools)}")
             return found, None
-        if tr is not None:
-            tr.append("no pool set matched: the load balancer's own pools")
+        tr.add("no pool set matched: the load balancer's own pools")
         return plan, None
 
-    def _apply_rules(
-        self, plan: _Plan, req: Request, tr: list[str] | None
-    ) -> tuple[_Plan, Decision | None]:
+    def _apply_rules(self, plan: _Plan, req: Request, tr: Trace) -> tuple[_Plan, Decision | None]:
         """R32: run the custom rules of ``plan`` for ``req``.
 
         Returns the plan to steer with (the load balancer with the overrides of every rule
@@ -638,16 +642,16 @@ class Router:
         for index, rule, condition in plan.rules:
             label = _label("rule", index, rule.name, tr)
             if not condition.matches(fields):
-                if tr is not None:
-                    tr.append(f"{label}: condition false")
+                if tr.on:
+                    tr.add(f"{label}: condition false")
                 continue
             if rule.fixed_response is not None:
                 return plan, _fixed_decision(plan, rule.fixed_response, tr, label)
             matched.append(index)
-            if tr is not None:
+            if tr.on:
                 changed = ", ".join(rule.overrides.changes()) or "nothing"
                 stop = "; terminates" if rule.terminates else ""
-                tr.append(f"{label}: matched; overrides {changed}{stop}")
+                tr.add(f"{label}: matched; overrides {changed}{stop}")
             if rule.terminates:
                 break
         if not matched:
@@ -664,14 +668,14 @@ class Router:
     # ------------------------------------------------------------------ affinity
 
     def _cookie_affinity(
-        self, plan: _Plan, req: Request, rng: Random, live: Live, tr: list[str] | None
+        self, plan: _Plan, req: Request, rng: Random, live: Live, tr: Trace
     ) -> Decision:
         lb = plan.lb
         outcome = Affinity.NEW
         avoid = ""
         cookie = req.cookie
         if cookie:
-            pin = self._pins.get(cookie) if tr is None else None
+            pin = self._pins.get(cookie) if not tr.on else None
             if pin is not None and pin.plan is plan and pin.expires > req.wall:
                 return pin.decision
             value = verify(self._secret, cookie)
@@ -687,14 +691,13 @@ class Router:
                         return self._hit(plan, pinned, tr)
                     avoid = pinned.pool
                 outcome = Affinity.REMAPPED
-            if tr is not None:
-                tr.append(f"affinity: __cflb {outcome}")
+            if tr.on:
+                tr.add(f"affinity: __cflb {outcome}")
         if lb.affinity == "ip_cookie" and req.client_ip:
             # R38: clients of one IP without a usable cookie (none, forged, expired, or its
             # endpoint gone) get the same endpoint while the eligible set is unchanged.
             rng = KeyedDraws(req.client_ip)
-            if tr is not None:
-                tr.append("affinity: ip_cookie, first choice seeded by the client IP")
+            tr.add("affinity: ip_cookie, first choice seeded by the client IP")
         decision = self._steer(plan, req, rng, live, tr, avoid=avoid)
         ep = decision.endpoint
         set_cookie = self._cookie(lb, ep, req) if ep is not None else None
@@ -706,10 +709,10 @@ class Router:
             return  # draining (R40) or session shedding (R24) depend on the request
         if len(self._pins) >= _CACHE_LIMIT:
             self._pins.clear()
-        self._pins[cookie] = _Pin(plan, expires, self._hit(plan, ep, None))
+        self._pins[cookie] = _Pin(plan, expires, self._hit(plan, ep, NO_TRACE))
 
     def _header_affinity(
-        self, plan: _Plan, req: Request, rng: Random, live: Live, tr: list[str] | None
+        self, plan: _Plan, req: Request, rng: Random, live: Live, tr: Trace
     ) -> Decision:
         lb = plan.lb
         attrs = lb.session_affinity_attributes
@@ -717,8 +720,7 @@ class Router:
             attrs.headers, req.headers, req.cookies, require_all=attrs.require_all_headers
         )
         if key is None:
-            if tr is not None:
-                tr.append("affinity: header, configured headers absent: no session")
+            tr.add("affinity: header, configured headers absent: no session")
             return self._steer(plan, req, rng, live, tr)
         outcome = Affinity.NEW
         avoid = ""
@@ -748,7 +750,7 @@ class Router:
         return None if key is None else HeaderSession(lb.name, key, ep.key, req.now)
 
     def _usable_pinned(
-        self, plan: _Plan, pool_name: str, name: str, req: Request, tr: list[str] | None
+        self, plan: _Plan, pool_name: str, name: str, req: Request, tr: Trace
     ) -> EndpointView | None:
         """The pinned endpoint if a session may still use it (R36, R37, R40, R24)."""
         if pool_name not in plan.pool_names:
@@ -760,15 +762,15 @@ class Router:
         if not ep.enabled:
             drain = plan.lb.session_affinity_attributes.drain_duration
             if drain > 0 and ep.disabled_at is not None and req.now - ep.disabled_at < drain:
-                if tr is not None:
-                    tr.append(f"affinity: {ep.key} disabled, draining for {drain:g}s")
+                if tr.on:
+                    tr.add(f"affinity: {ep.key} disabled, draining for {drain:g}s")
                 return ep
             return None
         if ep.health is not Health.HEALTHY or not (pool.eligible or pool is plan.fallback):
             return None
         return ep
 
-    def _session_shed(self, ep: EndpointView, req: Request, tr: list[str] | None) -> bool:
+    def _session_shed(self, ep: EndpointView, req: Request, tr: Trace) -> bool:
         """R24: whether ``session_percent`` moves this session out of the endpoint's pool."""
         shed = self.snapshot.pools[ep.pool].config.load_shedding
         if (
@@ -776,15 +778,15 @@ class Router:
             and shed.session_percent > 0
             and ip_bucket(req.client_ip, ep.pool) < shed.session_percent
         ):
-            if tr is not None:
-                tr.append(f"affinity: session shed from pool {ep.pool}")
+            if tr.on:
+                tr.add(f"affinity: session shed from pool {ep.pool}")
             return True
         return False
 
-    def _hit(self, plan: _Plan, ep: EndpointView, tr: list[str] | None) -> Decision:
+    def _hit(self, plan: _Plan, ep: EndpointView, tr: Trace) -> Decision:
         pool = self.snapshot.pools[ep.pool]
-        if tr is not None:
-            tr.append(f"affinity: session pinned to {ep.key}; weights and policy skipped")
+        if tr.on:
+            tr.add(f"affinity: session pinned to {ep.key}; weights and policy skipped")
         return plan.decision(pool, ep, DecisionReason.AFFINITY, tr)
 
     def _cookie(
@@ -802,16 +804,16 @@ class Router:
         req: Request,
         rng: Random,
         live: Live,
-        tr: list[str] | None,
+        tr: Trace,
         *,
         avoid: str = "",
     ) -> Decision:
         route = self._route(plan, req)
         dc_key = req.datacenter if plan.fast_by_datacenter else ""
         fast_key = f"{dc_key}|{req.country}" if plan.by_country else dc_key
-        if tr is None and plan.affinity == "none" and fast_key not in plan.fast:
+        if not tr.on and plan.affinity == "none" and fast_key not in plan.fast:
             self._compile_fast(plan, route, fast_key, dc_key)  # for the next decide()
-        if tr is not None:
+        if tr.on:
             self._trace_route(route, tr)
         pools = route.eligible
         if route.sheds:
@@ -825,8 +827,8 @@ class Router:
         )
         if pool is None:
             return self._fallback(plan, req, rng, live, tr)
-        if tr is not None:
-            tr.append(f"pool {pool.name} chosen by {plan.policy}")
+        if tr.on:
+            tr.add(f"pool {pool.name} chosen by {plan.policy}")
         ep = self._pick_endpoint(pool, req, rng, live, tr)
         if ep is None:  # pragma: no cover - eligible pools always have a selectable endpoint
             return self._fallback(plan, req, rng, live, tr)
@@ -849,9 +851,9 @@ class Router:
                 eps, spill = self._endpoint_set(pool, dc, fallback=False), local.spill
             else:
                 eps, spill = wide, 0.0
-            made = tuple(plan.decision(pool, e, DecisionReason.POLICY, None) for e in eps.items)
+            made = tuple(plan.decision(pool, e, DecisionReason.POLICY, NO_TRACE) for e in eps.items)
             wide_made = tuple(
-                plan.decision(pool, e, DecisionReason.POLICY, None) for e in wide.items
+                plan.decision(pool, e, DecisionReason.POLICY, NO_TRACE) for e in wide.items
             )
             fast = _Fast(eps, made, wide, wide_made, spill, pool.config.origin_steering.policy)
         if len(plan.fast) < _CACHE_LIMIT:  # dc comes from a request header
@@ -883,7 +885,7 @@ class Router:
         return pools[0]
 
     def _unshed(
-        self, pools: tuple[PoolView, ...], req: Request, rng: Random, tr: list[str] | None
+        self, pools: tuple[PoolView, ...], req: Request, rng: Random, tr: Trace
     ) -> tuple[PoolView, ...]:
         """R24: drop the pools that shed this (non-session) request.
 
@@ -895,8 +897,8 @@ class Router:
             if p.ramp is not None:
                 share = ramp(req.now, *p.ramp)
                 if share < 1.0 and rng.random() >= share:
-                    if tr is not None:
-                        tr.append(f"pool {p.name}: slow start, {share:.0%} of requests")
+                    if tr.on:
+                        tr.add(f"pool {p.name}: slow start, {share:.0%} of requests")
                     continue
             shed = p.config.load_shedding
             if shed is not None and shed.default_percent > 0:
@@ -905,32 +907,29 @@ class Router:
                 else:
                     x = rng.random() * 100.0
                 if x < shed.default_percent:
-                    if tr is not None:
-                        tr.append(f"pool {p.name}: request shed ({shed.default_percent:g}%)")
+                    if tr.on:
+                        tr.add(f"pool {p.name}: request shed ({shed.default_percent:g}%)")
                     continue
             kept.append(p)
         return tuple(kept)
 
-    def _fallback(
-        self, plan: _Plan, req: Request, rng: Random, live: Live, tr: list[str] | None
-    ) -> Decision:
+    def _fallback(self, plan: _Plan, req: Request, rng: Random, live: Live, tr: Trace) -> Decision:
         """R30: the fallback pool with its health ignored, or 530 / 1016."""
         pool = plan.fallback
         if pool is None or not pool.config.enabled:
-            if tr is not None:
-                tr.append("no eligible pool and the fallback pool is disabled: 530 / 1016")
+            tr.add("no eligible pool and the fallback pool is disabled: 530 / 1016")
             return self._no_pool(plan, None, tr)
-        if tr is not None:
-            tr.append(f"no eligible pool: fallback pool {pool.name}, health ignored")
+        if tr.on:
+            tr.add(f"no eligible pool: fallback pool {pool.name}, health ignored")
         ep = self._pick_endpoint(pool, req, rng, live, tr, fallback=True)
         if ep is None:
-            if tr is not None:
-                tr.append(f"fallback pool {pool.name} has no enabled endpoint: 530 / 1016")
+            if tr.on:
+                tr.add(f"fallback pool {pool.name} has no enabled endpoint: 530 / 1016")
             return self._no_pool(plan, pool, tr)
         return plan.decision(pool, ep, DecisionReason.FALLBACK, tr)
 
     @staticmethod
-    def _no_pool(plan: _Plan, pool: PoolView | None, tr: list[str] | None) -> Decision:
+    def _no_pool(plan: _Plan, pool: PoolView | None, tr: Trace) -> Decision:
         """530 / error 1016 (R30)."""
         return Decision(
             load_balancer=plan.lb,
@@ -939,7 +938,7 @@ class Router:
             reason=DecisionReason.NO_POOL,
             policy=plan.policy,
             status=530,
-            trace=tr,
+            trace=tr.lines,
         )
 
     # ------------------------------------------------------------------ endpoints
@@ -950,7 +949,7 @@ class Router:
         req: Request,
         rng: Random,
         live: Live,
-        tr: list[str] | None,
+        tr: Trace,
         *,
         exclude: tuple[str, ...] = (),
         fallback: bool = False,
@@ -974,10 +973,10 @@ class Router:
         items = eps.items
         if not items:
             return None
-        if tr is not None and eps.note:
-            tr.append(eps.note)
+        if tr.on and eps.note:
+            tr.add(eps.note)
         policy = pool.config.origin_steering.policy
-        if tr is not None:
+        if tr.on:
             self._trace_health_extensions(pool, policy, req, tr)
         if pool.ramping and policy != "hash":
             i = self._ramped_index(eps, policy, req, rng, live)
@@ -985,19 +984,19 @@ class Router:
             i = self._index(eps, policy, req, rng, live)
         # every weight is zero (-1): only the fallback pool gets here
         ep = eps.items[max(i, 0)]
-        if tr is not None:
-            tr.append(f"endpoint {ep.key} chosen by {policy} among {len(eps.items)}")
+        if tr.on:
+            tr.add(f"endpoint {ep.key} chosen by {policy} among {len(eps.items)}")
         return ep
 
     @staticmethod
-    def _trace_health_extensions(pool: PoolView, policy: str, req: Request, tr: list[str]) -> None:
+    def _trace_health_extensions(pool: PoolView, policy: str, req: Request, tr: Trace) -> None:
         """Say which endpoints flap damping holds out and which ramp up (``slow_start``)."""
         for e in pool.endpoints:
             if e.damped:
-                tr.append(f"endpoint {e.key}: {e.damped}")
+                tr.add(f"endpoint {e.key}: {e.damped}")
             elif e.ramp is not None and policy != "hash" and e.selectable:
                 share = ramp(req.now, *e.ramp)
-                tr.append(f"endpoint {e.key}: slow start, at {share:.0%} of its weight")
+                tr.add(f"endpoint {e.key}: slow start, at {share:.0%} of its weight")
 
     @staticmethod
     def _ramped_index(eps: _Endpoints, policy: str, req: Request, rng: Random, live: Live) -> int:
@@ -1135,13 +1134,11 @@ class Router:
         )
         return _Route(label, candidates, eligible, tuple(cumulative), weights, sheds)
 
-    def _trace_route(self, route: _Route, tr: list[str]) -> None:
-        tr.append(f"candidates from {route.label}: {[p.name for p in route.candidates]}")
-        tr.extend(
-            f"pool {p.name} excluded: {_why_not(p)}"
-            for p in route.candidates
-            if p not in route.eligible
-        )
+    def _trace_route(self, route: _Route, tr: Trace) -> None:
+        tr.add(f"candidates from {route.label}: {[p.name for p in route.candidates]}")
+        for p in route.candidates:
+            if p not in route.eligible:
+                tr.add(f"pool {p.name} excluded: {_why_not(p)}")
 
 
 def _overridden(lb: LoadBalancer, overrides: Sequence[RuleOverrides]) -> LoadBalancer:
@@ -1168,18 +1165,16 @@ def _overridden(lb: LoadBalancer, overrides: Sequence[RuleOverrides]) -> LoadBal
     return dataclasses.replace(lb, rules=(), **changes)
 
 
-def _label(kind: str, index: int, name: str, tr: list[str] | None) -> str:
+def _label(kind: str, index: int, name: str, tr: Trace) -> str:
     """How the trace names a pool set or a rule ("" when not tracing)."""
-    return "" if tr is None else f"{kind} {index}" + (f" ({name})" if name else "")
+    return "" if not tr.on else f"{kind} {index}" + (f" ({name})" if name else "")
 
 
-def _fixed_decision(
-    plan: _Plan, fixed: FixedResponse, tr: list[str] | None, label: str
-) -> Decision:
+def _fixed_decision(plan: _Plan, fixed: FixedResponse, tr: Trace, label: str) -> Decision:
     """The answer of a pool set's (R31) or a custom rule's (R32) ``fixed_response``;
     ``label`` names the set or rule in the trace."""
-    if tr is not None:
-        tr.append(f"{label}: matched; fixed response {fixed.status_code}")
+    if tr.on:
+        tr.add(f"{label}: matched; fixed response {fixed.status_code}")
     return Decision(
         load_balancer=plan.lb,
         pool=None,
@@ -1187,7 +1182,7 @@ def _fixed_decision(
         reason=DecisionReason.FIXED_RESPONSE,
         policy="rules",
         status=fixed.status_code,
-        trace=tr,
+        trace=tr.lines,
         fixed=fixed,
     )
 

@@ -4,16 +4,25 @@ from __future__ import annotations
 
 import dataclasses
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 from lb.config.model import FixedResponse, LoadBalancer
 from lb.core.snapshot import EndpointView, PoolView
 from steering.affinity import HeaderSession
 
-__all__ = ["Affinity", "Counts", "Decision", "DecisionReason", "Live", "Request"]
+__all__ = [
+    "NO_TRACE",
+    "Affinity",
+    "Counts",
+    "Decision",
+    "DecisionReason",
+    "Live",
+    "Request",
+    "Trace",
+]
 
 
 @dataclass(slots=True, kw_only=True)
@@ -79,6 +88,53 @@ class DecisionReason(StrEnum):
     """No load balancer answers for the Host (404)."""
     NO_POOL = "no_pool"
     """Nothing can serve, not even the fallback pool (530 / error 1016, R30)."""
+
+
+class Trace:
+    """The steps of one traced decision, in words (``decide(trace=True)``: ``/explain`` and
+    ``tunnel-lb explain``), which become ``Decision.trace``.
+
+    Steering code always takes a Trace; an untraced call gets :data:`NO_TRACE`, which is off
+    and keeps nothing.  A line that costs something to build (an f-string) is built only
+    under ``if tr.on``, so an untraced request formats no text; a constant line is added as
+    it is.
+    """
+
+    __slots__ = ("_lines",)
+
+    on: ClassVar[bool] = True
+    """Whether lines are kept (False only for :data:`NO_TRACE`)."""
+
+    def __init__(self, lines: Iterable[str] = ()) -> None:
+        self._lines = list(lines)
+
+    def add(self, line: str) -> None:
+        """Record one step."""
+        self._lines.append(line)
+
+    @property
+    def lines(self) -> list[str] | None:
+        """The steps so far, for ``Decision.trace`` (None when off)."""
+        return self._lines
+
+
+class _NoTrace(Trace):
+    """See :data:`NO_TRACE`."""
+
+    __slots__ = ()
+
+    on: ClassVar[bool] = False
+
+    def add(self, line: str) -> None:
+        del line
+
+    @property
+    def lines(self) -> list[str] | None:
+        return None
+
+
+NO_TRACE: Trace = _NoTrace()
+"""The trace of an untraced decision: off, and keeps nothing."""
 
 
 MOVED_LIMIT = 64
