@@ -7,7 +7,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import ClassVar, NamedTuple
+from typing import NamedTuple
 
 from lb.config.model import FixedResponse, LoadBalancer
 from lb.core.snapshot import EndpointView, PoolView
@@ -100,13 +100,14 @@ class Trace:
     it is.
     """
 
-    __slots__ = ("_lines",)
-
-    on: ClassVar[bool] = True
-    """Whether lines are kept (False only for :data:`NO_TRACE`)."""
+    __slots__ = ("_lines", "on")
 
     def __init__(self, lines: Iterable[str] = ()) -> None:
         self._lines = list(lines)
+        self.on = True
+        """Whether lines are kept (False only for :data:`NO_TRACE`).  An instance slot, not a
+        class attribute: CPython 3.11 reads a slot faster, and untraced steering reads it a
+        few times per request."""
 
     def add(self, line: str) -> None:
         """Record one step."""
@@ -123,7 +124,9 @@ class _NoTrace(Trace):
 
     __slots__ = ()
 
-    on: ClassVar[bool] = False
+    def __init__(self) -> None:
+        super().__init__()
+        self.on = False
 
     def add(self, line: str) -> None:
         del line
