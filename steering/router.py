@@ -43,8 +43,8 @@ outcome other than a hit, the retry's tried list) are built per request.
 
 Enums on the hot path.  ``DecisionReason`` and ``Affinity`` are StrEnums; CPython 3.11
 reads a member through its class in ~120 ns (a plain class attribute: ~40 ns), so the fast
-path, a ``__cflb`` pin hit and a header-session hit read none: their decisions are built once
-with the members in them.
+path and a ``__cflb`` pin hit read none: their decisions are built once with the members in
+them.
 
 What is kept, and why.  Each cache holds something that depends only on the snapshot (or
 on the snapshot and a few request fields), so it is correct for the router's life; those
