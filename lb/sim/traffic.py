@@ -3,7 +3,8 @@
 Why batches
 ===========
 
-A request is a steering decision (``engine.router.decide``, the proxy's own call), one
+A request is a steering decision (``engine.router.decide``, the call the proxy makes through
+``Engine.decide``; a header session the decision names is stored by ``engine.remember``), one
 lookup of what the chosen endpoint answers, and a few counter increments.  Running each as a
 trio task would cost a context switch per request; deciding a tick's worth in a tight loop
 costs only the decision, which is how a run reaches hundreds of thousands of requests per
