@@ -438,14 +438,10 @@ class _Admin:
             method=(_one(query, "method") or "GET").upper(),
             uri=_one(query, "path") or "/",
         )
-        # A router of our own over the current snapshot, with a read-only view of the header
-        # sessions: explaining must not pin, refresh or expire anyone's session, and the live
-        # counters are only read (decide() never writes them).
-        router = Router(
-            engine.book.snapshot(),
-            secret=engine.secret,
-            sessions=engine.sessions.read_only(),
-        )
+        # A router of our own over the current snapshot (decide() only reads the header
+        # sessions and the live counters), and what the decision asks to remember is not
+        # stored: explaining must not pin or refresh anyone's session.
+        router = Router(engine.book.snapshot(), secret=engine.secret, sessions=engine.sessions)
         decision = router.decide(request, random.Random(seed), engine.live, trace=True)
         if decision.status == 404 and decision.load_balancer is None:
             known = sorted(lb.name for lb in engine.config.load_balancers if lb.enabled)

@@ -3,8 +3,12 @@
 It holds the :class:`~lb.core.book.HealthBook`, the live request counters, the header-affinity
 sessions and the affinity secret, and hands out a :class:`~steering.Router` for the current
 snapshot.  It is synchronous: the monitor driver calls :meth:`Engine.apply` for every probe
-result, the proxy (or the simulator's traffic generator) calls :attr:`Engine.router` for every
+result, the proxy (or the simulator's traffic generator) calls :meth:`Engine.decide` for every
 request, and no ``await`` ever separates a mutation from the read that follows it.
+
+The router only reads: what a decision asks to remember (a header-affinity session,
+``Decision.remember``) is stored here, by :meth:`Engine.remember`, the one place that writes
+the session table for steering.
 
 :meth:`Engine.save_state` and :meth:`Engine.load_state` turn what a restart should keep
 (endpoint health, header-affinity sessions, flap-damping penalties, passive-health ejections)
@@ -21,6 +25,7 @@ import hashlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from random import Random
 from typing import Any
 
 from lb.cluster.fingerprint import config_hash
@@ -30,7 +35,7 @@ from lb.core.book import HealthBook, ProbeTarget, SavedEndpoint
 from lb.core.health import Health, HealthEvent, ProbeResult
 from lb.core.passive import Saved as PassiveSaved
 from lb.core.passive import outcome_of
-from steering import HeaderSessions, Live, Router
+from steering import Decision, HeaderSessions, Live, Request, Router
 
 __all__ = [
     "STATE_FORMAT",
@@ -132,6 +137,27 @@ class Engine:
         if router is None or router.snapshot is not snapshot:
             router = self._router = Router(snapshot, secret=self.secret, sessions=self.sessions)
         return router
+
+    def decide(self, req: Request, rng: Random, *, trace: bool = False) -> Decision:
+        """Steer one request with the current router and this process's live counts, and
+        remember what the decision asks to (:meth:`remember`)."""
+        decision = self.router.decide(req, rng, self.live, trace=trace)
+        self.remember(decision)
+        return decision
+
+    def retry(self, first: Decision, req: Request, rng: Random, *, status: int) -> Decision | None:
+        """The zero-downtime retry of ``first`` (:meth:`steering.Router.retry`), remembered as
+        :meth:`decide` remembers a decision."""
+        decision = self.router.retry(first, req, rng, self.live, status=status)
+        if decision is not None:
+            self.remember(decision)
+        return decision
+
+    def remember(self, decision: Decision) -> None:
+        """Store what ``decision`` asks to remember.  :meth:`decide` and :meth:`retry` call it;
+        so does the simulator's request loop, which holds the router between ticks."""
+        if decision.remember is not None:
+            self.sessions.store(decision.remember)
 
     def live_totals(self) -> LiveTotals:
         """This process's live counts plus the latest each child worker reported."""

@@ -9,7 +9,17 @@ from steering.affinity import HeaderSessions as HeaderSessions
 from steering.router import Router as Router
 from steering.types import Affinity as Affinity
 from steering.types import Decision as Decision
+from steering.types import DecisionReason as DecisionReason
 from steering.types import Live as Live
 from steering.types import Request as Request
 
-__all__ = ["COOKIE_NAME", "Affinity", "Decision", "HeaderSessions", "Live", "Request", "Router"]
+__all__ = [
+    "COOKIE_NAME",
+    "Affinity",
+    "Decision",
+    "DecisionReason",
+    "HeaderSessions",
+    "Live",
+    "Request",
+    "Router",
+]

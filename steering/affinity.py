@@ -24,6 +24,7 @@ from dataclasses import dataclass
 __all__ = [
     "COOKIE_NAME",
     "CookieValue",
+    "HeaderSession",
     "HeaderSessions",
     "expires_of",
     "session_key",
@@ -43,6 +44,25 @@ class CookieValue:
     pool: str
     endpoint: str
     expires: float
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderSession:
+    """A header-affinity session to store (R39): the router says what to remember in
+    ``Decision.remember``, and the owner of the :class:`HeaderSessions` table stores it
+    (:meth:`HeaderSessions.store`), so that steering itself never writes the table.
+
+    Storing a session that was just honoured restarts its idle timer, as Cloudflare's sliding
+    TTL does.
+    """
+
+    load_balancer: str
+    key: tuple[str, ...]
+    """The session key (:func:`session_key`)."""
+    endpoint: str
+    """The ``pool/endpoint`` key the session is pinned to."""
+    now: float
+    """The engine clock of the request (the last use)."""
 
 
 def _b64(raw: bytes) -> str:
@@ -176,6 +196,10 @@ class HeaderSessions:
         while len(self._sessions) > self._max:
             self._sessions.popitem(last=False)
 
+    def store(self, session: HeaderSession) -> None:
+        """Store what a decision asked to remember (see :class:`HeaderSession`)."""
+        self.put(session.load_balancer, session.key, session.endpoint, session.now)
+
     def peek(self, lb: str, key: tuple[str, ...], now: float, ttl: float) -> str | None:
         """Like :meth:`get`, without refreshing or expiring anything."""
         entry = self._sessions.get(self._digest(lb, key))
@@ -195,26 +219,5 @@ class HeaderSessions:
         while len(self._sessions) > self._max:
             self._sessions.popitem(last=False)
 
-    def read_only(self) -> HeaderSessions:
-        """A view for what-if decisions (``/explain``): reads this table, never writes it."""
-        return _ReadOnlySessions(self)
-
     def __len__(self) -> int:
         return len(self._sessions)
-
-
-class _ReadOnlySessions(HeaderSessions):
-    """See :meth:`HeaderSessions.read_only`."""
-
-    def __init__(self, inner: HeaderSessions) -> None:
-        super().__init__()
-        self._inner = inner
-
-    def get(self, lb: str, key: tuple[str, ...], now: float, ttl: float) -> str | None:
-        return self._inner.peek(lb, key, now, ttl)
-
-    def put(self, lb: str, key: tuple[str, ...], endpoint: str, now: float) -> None:
-        del lb, key, endpoint, now
-
-    def __len__(self) -> int:
-        return len(self._inner)

@@ -29,7 +29,7 @@ The pipeline for one request (docs/cloudflare-rules.md, R25-R45), each step reco
 The fast path.  When the pool does not depend on the request (an ordered pool policy, ``off``,
 ``geo``, ``proximity`` or ``dynamic_latency``, with no load shedding among the eligible pools)
 and the load balancer has no session affinity, the general path (:meth:`Router._steer`)
-records per data center the pool's endpoint sets and their decisions (:data:`_Fast`), and
+records per data center the pool's endpoint sets and their decisions (:class:`_Fast`), and
 later untraced calls of :meth:`Router.decide` go straight from the plan to the endpoint pick.
 That is the only fast path, and its pick is the general path's (:meth:`Router._index`, with
 R19 and R21's call inlined), so an untraced decision equals the traced one for the same
@@ -41,14 +41,41 @@ the fast path and a cached ``__cflb`` hit end in returning one that already exis
 decisions that carry something of the request (a trace, a new ``__cflb`` value, an affinity
 outcome other than a hit, the retry's tried list) are built per request.
 
+Enums on the hot path.  ``DecisionReason`` and ``Affinity`` are StrEnums; CPython 3.11
+reads a member through its class in ~120 ns (a plain class attribute: ~40 ns), so the fast
+path and a ``__cflb`` pin hit read none: their decisions are built once with the members in
+them.
+
+What is kept, and why.  Each cache holds something that depends only on the snapshot (or
+on the snapshot and a few request fields), so it is correct for the router's life; those
+keyed by request fields are bounded (``_CACHE_LIMIT``).  bench/steering.py is the reason for
+each (docs/bench.md):
+
+* ``Router._plans``: host -> the load balancer compiled (:class:`_Plan`); every request.
+* ``_Plan.routes``: the candidate pools per data center (and country), sorted for proximity
+  and latency; every general-path request.
+* ``_Plan.fast``: the fast path (:class:`_Fast`); the random, failover, geo + LOR and local
+  preference cases are one lookup in it.
+* ``_Plan.made``: untraced decisions, built once (a named tuple of 13 fields costs about
+  1 us to build with keywords); the fast path's and the pins' decisions come from it.
+* ``_Plan.ruled`` and ``_Plan.set_plans``: the plans custom rules (R32) and pool sets (R31)
+  make, compiled once per set of matched rules or per pool set.
+* ``Router._endpoint_sets``: each pool's endpoint sets (plain, local, fallback) with their
+  cumulative tables and R21's memo (:class:`_LoadMemo`): the LOR cases.
+* ``Router._pins``: ``__cflb`` values known to hit (:class:`_Pin`): the cookie-hit case,
+  which would otherwise pay an HMAC per request.
+
 Live counts (R21).  ``least_outstanding_requests`` and ``least_connections`` read the pool's
-:class:`~steering.types.Counts` in :class:`~steering.types.Live` by endpoint position (aligned
-once to this router's layout of the pool: no per-endpoint key formatting or dictionary
-lookup), and each endpoint set keeps its table of ``w / (n + 1)`` running sums until the
+:class:`~steering.types.Counts` in :class:`~steering.types.Live` by slot (each endpoint set
+remembers its endpoints' slots: no per-endpoint key formatting or dictionary lookup per
+request), and each endpoint set keeps its table of ``w / (n + 1)`` running sums until the
 counts' ``version`` moves: steady counts cost one ``bisect`` as R19 does, moved ones one pass
 over the set.  Both give exactly ``P(i) = (w_i / (n_i + 1)) / sum_j (w_j / (n_j + 1))``.
 
-Nothing here awaits, reads a clock or draws randomness except from the ``rng`` passed in.
+Nothing here awaits, reads a clock or draws randomness except from the ``rng`` passed in, and
+nothing here writes state the router does not own: the live counts are only read, and a
+header-affinity session to store comes back in the decision (``Decision.remember``), which
+the engine applies (:meth:`lb.engine.Engine.decide`).
 """
 
 from __future__ import annotations
@@ -74,17 +101,31 @@ from lb.config.model import (
 from lb.core.health import Health
 from lb.core.snapshot import EndpointView, PoolView, Snapshot
 from steering import geo
-from steering.affinity import CookieValue, HeaderSessions, session_key, sign, verify
+from steering.affinity import (
+    HeaderSession,
+    HeaderSessions,
+    session_key,
+    sign,
+    verify,
+)
 from steering.pick import (
     KeyedDraws,
     ip_bucket,
-    load_terms,
     ramp,
     rendezvous,
     weighted,
     weighted_dynamic,
 )
-from steering.types import Affinity, Counts, Decision, Live, Request
+from steering.types import (
+    NO_TRACE,
+    Affinity,
+    Counts,
+    Decision,
+    DecisionReason,
+    Live,
+    Request,
+    Trace,
+)
 from steering.urls import normalize_uri
 
 __all__ = ["Router"]
@@ -97,13 +138,22 @@ _ORDERED = frozenset({"off", "geo", "proximity", "dynamic_latency"})
 
 
 class _LoadMemo:
-    """R21's last table of one endpoint set, and the counts (and version) it is up to date with."""
+    """R21's last table of one endpoint set, and the counts (and version) it is up to date with.
 
-    __slots__ = ("counts", "cumulative", "terms", "total", "version")
+    The router only reads :class:`Counts`, which keep their slots in the order endpoints were
+    first counted, so the memo also keeps where each item's count is: ``slots`` (the slot of
+    each item, -1 for one never counted) and ``at`` (slot -> item), valid while the counts
+    have ``size`` slots (slots are only ever appended).
+    """
+
+    __slots__ = ("at", "counts", "cumulative", "size", "slots", "terms", "total", "version")
 
     def __init__(self) -> None:
         self.counts: Counts | None = None
         self.version = -1
+        self.size = -1
+        self.slots: list[int] = []
+        self.at: dict[int, int] = {}
         self.terms: list[float] = []
         """``w / (n + 1)`` per item."""
         self.cumulative: list[float] = []
@@ -123,13 +173,6 @@ class _Endpoints:
     total: float
     """Sum of the weights (``cumulative[-1]``, or 0 for an empty set)."""
     pool: str
-    layout: tuple[str, ...]
-    """Names of all the pool's endpoints in ``origins`` order (one tuple per pool and router),
-    the order :meth:`steering.types.Counts.align` puts the pool's live counts in."""
-    indexes: tuple[int, ...]
-    """``EndpointView.index`` of each item: its position in ``layout``."""
-    positions: dict[int, int] = field(compare=False, repr=False)
-    """The inverse of ``indexes``: position in ``layout`` -> position in ``items``."""
     memo: _LoadMemo = field(default_factory=_LoadMemo, compare=False, repr=False)
     """R21's table for the last counts seen (see :meth:`load_index`)."""
 
@@ -140,7 +183,7 @@ class _Endpoints:
         ``counts`` is the pool's :class:`Counts` of the policy's kind (None: nothing counted
         yet, so ``w / (0 + 1)`` is R19 exactly).  :attr:`memo` keeps the table until the counts
         move (the same Counts at the same version has the slots the memo was built from), then
-        brings it up to date (:meth:`_refresh`).
+        brings it up to date (:meth:`_refresh`).  The counts are only read.
         """
         cumulative: Sequence[float]
         if counts is None:
@@ -148,8 +191,6 @@ class _Endpoints:
         else:
             memo = self.memo
             if counts is not memo.counts or counts.version != memo.version:
-                if counts.layout is not self.layout:
-                    counts.align(self.layout)  # moves the version and starts Counts.moved over
                 self._refresh(memo, counts)
             cumulative, total = memo.cumulative, memo.total
         if total <= 0:
@@ -161,26 +202,28 @@ class _Endpoints:
     def _refresh(self, memo: _LoadMemo, counts: Counts) -> None:
         """Bring R21's table up to date with ``counts``: recompute the terms of the slots written
         since the memo's version (:attr:`Counts.moved`), or all of them when the memo is of
-        other counts or too far behind; then the running sums, in C.  Either way each term and
-        each sum is computed as a full pass would, so the pick is the same."""
+        other counts, too far behind or the counts have new slots; then the running sums, in C.
+        Either way each term and each sum is computed as a full pass would, so the pick is the
+        same."""
         n, moved = counts.counts, counts.moved
         behind = counts.version - memo.version
-        if counts is memo.counts and behind <= len(moved):
-            terms, weights, positions = memo.terms, self.weights, self.positions
+        if counts is memo.counts and len(n) == memo.size and behind <= len(moved):
+            terms, weights, at = memo.terms, self.weights, memo.at
             for j in range(-behind, 0):
-                p = positions.get(moved[j])
+                p = at.get(moved[j])
                 if p is not None:
                     terms[p] = weights[p] / (n[moved[j]] + 1)
         else:
-            memo.terms = terms = load_terms(self.weights, self.indexes, n)
+            memo.slots = slots = _slots(counts, self.items)
+            memo.at = {slot: p for p, slot in enumerate(slots) if slot >= 0}
+            memo.size = len(n)
+            memo.terms = terms = _load_terms(self.weights, slots, n)
         memo.cumulative = cumulative = list(accumulate(terms))
         memo.total = cumulative[-1] if cumulative else 0.0
         memo.counts, memo.version = counts, counts.version
 
     @classmethod
-    def of(
-        cls, pool: str, layout: tuple[str, ...], items: Sequence[EndpointView], note: str = ""
-    ) -> _Endpoints:
+    def of(cls, pool: str, items: Sequence[EndpointView], note: str = "") -> _Endpoints:
         weights = tuple(e.weight for e in items)
         total, cumulative = 0.0, []
         for w in weights:
@@ -194,10 +237,18 @@ class _Endpoints:
             note,
             total,
             pool,
-            layout,
-            tuple(e.index for e in items),
-            {e.index: p for p, e in enumerate(items)},
         )
+
+
+def _slots(counts: Counts, items: Sequence[EndpointView]) -> list[int]:
+    """The slot of each endpoint of ``items`` in ``counts`` (-1 for one never counted)."""
+    slots = counts.slots
+    return [slots.get(e.name, -1) for e in items]
+
+
+def _load_terms(weights: Sequence[float], slots: Sequence[int], n: Sequence[int]) -> list[float]:
+    """R21's ``w / (n + 1)`` per item, ``n`` read from ``slots`` (0 for a slot of -1)."""
+    return [w / (n[i] + 1) if i >= 0 else w for w, i in zip(weights, slots, strict=True)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,9 +318,9 @@ class _Plan:
         self.fast_by_datacenter = self.by_datacenter or local
         """Whether :attr:`fast` is keyed by data center (it is with local preference too)."""
         self.fast: dict[str, _Fast | None] = {}
-        """Data center (or "") -> the fast-path entry (:data:`_Fast`), None where there is none.
+        """Data center (or "") -> the fast-path entry (:class:`_Fast`), None where there is none.
         Filled by :meth:`Router._steer`, and only for load balancers without session affinity."""
-        self.made: dict[tuple[str, int, str], Decision] = {}
+        self.made: dict[tuple[str, int, DecisionReason], Decision] = {}
         """(pool, endpoint index, reason) -> the untraced decision (see :meth:`decision`)."""
         # R34: affinity is never applied on DNS-only load balancers.
         self.affinity = lb.affinity if lb.proxied else "none"
@@ -282,7 +333,7 @@ class _Plan:
         self.pool_names = frozenset(names)
 
     def decision(
-        self, pool: PoolView, ep: EndpointView, reason: str, tr: list[str] | None
+        self, pool: PoolView, ep: EndpointView, reason: DecisionReason, tr: Trace
     ) -> Decision:
         """The decision to send a request to ``ep`` of ``pool`` for ``reason`` (``policy``,
         ``fallback`` or ``affinity``, a session hit), which determines every other field.
@@ -291,15 +342,15 @@ class _Plan:
         time: a dictionary lookup instead of building a tuple of 11 fields.
         """
         key = (pool.name, ep.index, reason)
-        if tr is None:
+        if not tr.on:
             made = self.made.get(key)
             if made is not None:
                 return made
-        hit = reason == "affinity"
+        hit = reason is DecisionReason.AFFINITY
         if hit:
             policy = self.policy
         else:  # "<pool policy>/<endpoint policy>", the pool policy "fallback" for R30
-            first = self.policy if reason == "policy" else "fallback"
+            first = self.policy if reason is DecisionReason.POLICY else "fallback"
             policy = f"{first}/{pool.config.origin_steering.policy}"
         made = Decision(
             load_balancer=self.lb,
@@ -308,26 +359,54 @@ class _Plan:
             reason=reason,
             policy=policy,
             affinity=Affinity.HIT if hit else Affinity.NONE,
-            trace=tr,
+            trace=tr.lines,
             pinned=ep.key if hit else None,
         )
-        if tr is None:
+        if not tr.on:
             self.made[key] = made
         return made
 
 
-_Fast = tuple["_Endpoints", tuple[Decision, ...], "_Endpoints", tuple[Decision, ...], float, str]
-"""An untraced decision known up to the endpoint pick: (endpoints, their decisions, endpoints
-when the request spills, their decisions, spill share, endpoint policy).  It exists when the
-pool does not depend on the request: an ordered pool policy (off, geo, proximity,
-dynamic_latency) with no load shedding among the eligible pools."""
+@dataclass(frozen=True, slots=True)
+class _Fast:
+    """An untraced decision known up to the endpoint pick (the fast path, module docstring).
 
-_Pin = tuple[_Plan, float, Decision]
-"""A ``__cflb`` value known to hit: (plan, expiry, decision).  Only for enabled endpoints of
-pools that shed no sessions, so that nothing but expiry depends on the request."""
+    It exists when the pool does not depend on the request: an ordered pool policy (off, geo,
+    proximity, dynamic_latency) with no load shedding among the eligible pools.  Slotted
+    rather than a named tuple: CPython 3.11 reads a slot in one specialized step, and unpacks
+    only exact tuples quickly (a named tuple cost ~50 ns more per request in
+    bench/steering.py).
+    """
+
+    endpoints: _Endpoints
+    """The set to pick from (the local one with local preference)."""
+    decisions: tuple[Decision, ...]
+    """The decision for each item of ``endpoints``, built once."""
+    wide: _Endpoints
+    """The set when the request spills (local preference), else ``endpoints``."""
+    wide_decisions: tuple[Decision, ...]
+    spill: float
+    """The share of requests that spill to ``wide`` (0 without local preference)."""
+    policy: str
+    """The pool's endpoint policy."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Pin:
+    """A ``__cflb`` value known to hit, so that a repeated cookie costs a lookup and an expiry
+    comparison instead of an HMAC.  Only for enabled endpoints of pools that shed no sessions,
+    so that nothing but expiry depends on the request."""
+
+    plan: _Plan
+    """The plan the cookie was honoured under (another plan, e.g. after a custom rule
+    matched, must check the cookie again)."""
+    expires: float
+    """The cookie's embedded expiry (Unix seconds)."""
+    decision: Decision
+
 
 _UNKNOWN_HOST = Decision(
-    load_balancer=None, pool=None, endpoint=None, reason="unknown_host", status=404
+    load_balancer=None, pool=None, endpoint=None, reason=DecisionReason.UNKNOWN_HOST, status=404
 )
 
 
@@ -337,7 +416,9 @@ class Router:
     Args:
         snapshot: the health and configuration to steer by.
         secret: the HMAC key of ``__cflb`` cookies.
-        sessions: the header-affinity table, which outlives routers (it is state, not a view).
+        sessions: the header-affinity table, which outlives routers.  The router only reads
+            it: a session to store comes back as ``Decision.remember``, for the table's owner
+            (the engine) to store.
     """
 
     def __init__(
@@ -352,11 +433,7 @@ class Router:
         self._by_name: dict[tuple[str, str], EndpointView] = {
             (e.pool, e.name): e for p in snapshot.pools.values() for e in p.endpoints
         }
-        self._cookies: dict[str, CookieValue | None] = {}
-        """Verified ``__cflb`` values: a signed value always verifies the same way."""
         self._pins: dict[str, _Pin] = {}
-        self._layouts: dict[tuple[str, ...], tuple[str, ...]] = {}
-        """Pool layouts (see :attr:`_Endpoints.layout`), one tuple object per distinct layout."""
         engine = snapshot.config.engine
         self._local = engine.local_preference
         self._zdf_codes = frozenset(engine.zero_downtime_failover_codes)
@@ -374,9 +451,14 @@ class Router:
             key = req.datacenter if plan.fast_by_datacenter else ""
             fast = plan.fast.get(f"{key}|{req.country}" if plan.by_country else key)
             if fast is not None:
-                eps, made, wide, wide_made, spill, policy = fast
+                # One statement per field: a tuple assignment of four builds and unpacks a
+                # tuple (bench/steering.py measures the difference).
+                eps = fast.endpoints
+                made = fast.decisions
+                spill = fast.spill
+                policy = fast.policy
                 if spill and rng.random() < spill:
-                    eps, made = wide, wide_made
+                    eps, made = fast.wide, fast.wide_decisions
                 if policy == "random":  # _index's R19, inline: the most common case
                     i = bisect(eps.cumulative, rng.random() * eps.total)
                 elif policy == "least_outstanding_requests":  # _index's R21, one call
@@ -385,21 +467,21 @@ class Router:
                     i = self._index(eps, policy, req, rng, live or _NO_LIVE)
                 if i >= 0:
                     return made[i] if i < len(made) else made[-1]
-        tr: list[str] | None = [] if trace else None
+        tr = Trace() if trace else NO_TRACE
         if plan is None:
-            if tr is None:
+            if not tr.on:
                 return _UNKNOWN_HOST
-            tr.append(f"host {req.host!r}: no load balancer answers for it")
-            return _UNKNOWN_HOST._replace(trace=tr)
-        if tr is not None and req.country:
-            tr.append(f"client country {req.country} (before the data center's)")
+            tr.add(f"host {req.host!r}: no load balancer answers for it")
+            return _UNKNOWN_HOST._replace(trace=tr.lines)
+        if tr.on and req.country:
+            tr.add(f"client country {req.country} (before the data center's)")
         if plan.per_request:  # R31, R32: the plan they make takes the general path
             plan, fixed = self._effective(plan, req, tr)
             if fixed is not None:
                 return fixed
         lb = plan.lb
-        if tr is not None:
-            tr.append(f"load balancer {lb.name}: steering_policy={plan.policy or 'off'}")
+        if tr.on:
+            tr.add(f"load balancer {lb.name}: steering_policy={plan.policy or 'off'}")
         live = live or _NO_LIVE
         mode = plan.affinity
         if mode == "none":
@@ -425,13 +507,13 @@ class Router:
         lb, pool, endpoint = first.load_balancer, first.pool, first.endpoint
         if lb is None or pool is None or endpoint is None or status not in self._zdf_codes:
             return None
-        if first.reason == "retry":
+        if first.reason is DecisionReason.RETRY:
             return None  # R42: exactly one retry per request
-        tr = list(first.trace) if first.trace is not None else None
+        tr = Trace(first.trace) if first.trace is not None else NO_TRACE
         zdf = lb.session_affinity_attributes.zero_downtime_failover
         if first.affinity == Affinity.HIT and zdf == "none":
-            if tr is not None:
-                tr.append(f"retry: pinned session and zero_downtime_failover=none: {status}")
+            if tr.on:
+                tr.add(f"retry: pinned session and zero_downtime_failover=none: {status}")
             return None
         live = live or _NO_LIVE
         tried = (*first.tried, endpoint.key)
@@ -439,7 +521,7 @@ class Router:
         if chosen is None and lb.adaptive_routing.failover_across_pools:
             plan = self._plan(req.host)
             if plan is not None and plan.per_request:
-                plan, _ = self._effective(plan, req, None)
+                plan, _ = self._effective(plan, req, NO_TRACE)
             route = self._route(plan, req) if plan else None
             pools = route.eligible if route else ()
             # R43: the next pools in steering order after the failed one (all others when
@@ -453,46 +535,45 @@ class Router:
                 chosen = self._pick_endpoint(nxt, req, rng, live, tr, exclude=tried)
                 if chosen is not None:
                     pool = nxt
-                    if tr is not None:
-                        tr.append(f"retry: failover_across_pools to pool {nxt.name}")
+                    if tr.on:
+                        tr.add(f"retry: failover_across_pools to pool {nxt.name}")
                     break
         if chosen is None:
-            if tr is not None:
-                tr.append(f"retry: no healthy alternate after {status}")
+            if tr.on:
+                tr.add(f"retry: no healthy alternate after {status}")
             return None
-        set_cookie = first.set_cookie
+        set_cookie, remember = first.set_cookie, None
         mode = lb.affinity if lb.proxied else "none"  # R34
         if mode in ("cookie", "ip_cookie"):
             if first.affinity != Affinity.HIT:
                 set_cookie = self._cookie(lb, chosen, req)
             elif zdf == "sticky":
                 # R45 sticky rewrites the endpoint; R35: the lifetime is never extended.
-                value = self._verify(req.cookie) if req.cookie else None
+                value = verify(self._secret, req.cookie) if req.cookie else None
                 expires = value.expires if value else None
                 set_cookie = self._cookie(lb, chosen, req, expires=expires)
         elif mode == "header" and first.affinity != Affinity.HIT:
-            self._remember_header_session(lb, req, chosen)
-        if tr is not None:
+            remember = self._header_session(lb, req, chosen)
+        if tr.on:
             once = f"once to {chosen.key} (zero-downtime failover)"
-            tr.append(f"retry: {status} from {endpoint.key}; {once}")
+            tr.add(f"retry: {status} from {endpoint.key}; {once}")
         return Decision(
             load_balancer=lb,
             pool=pool,
             endpoint=chosen,
-            reason="retry",
+            reason=DecisionReason.RETRY,
             policy=first.policy,
             affinity=first.affinity,
             set_cookie=set_cookie,
-            trace=tr,
+            trace=tr.lines,
             pinned=first.pinned,
             tried=tried,
+            remember=remember,
         )
 
     # ------------------------------------------------------------------ pool sets, custom rules
 
-    def _effective(
-        self, plan: _Plan, req: Request, tr: list[str] | None
-    ) -> tuple[_Plan, Decision | None]:
+    def _effective(self, plan: _Plan, req: Request, tr: Trace) -> tuple[_Plan, Decision | None]:
         """The plan ``req`` is steered by: the first matching pool set's (R31), then with the
         overrides of the custom rules that match (R32); or the fixed response that answers."""
         if plan.pool_sets:
@@ -504,7 +585,7 @@ class Router:
         return plan, None
 
     def _apply_pool_sets(
-        self, plan: _Plan, req: Request, tr: list[str] | None
+        self, plan: _Plan, req: Request, tr: Trace
     ) -> tuple[_Plan, Decision | None]:
         """R31: the first enabled pool set whose match holds for the request's data center
         supplies the pools, their steering, weights and fallback (geo mappings no longer
@@ -513,8 +594,8 @@ class Router:
         for index, ps in plan.pool_sets:
             label = _label("pool set", index, ps.name, tr)
             if not _pool_set_matches(ps, req.datacenter, dc, req.country):
-                if tr is not None:
-                    tr.append(f"{label}: no match for data center {req.datacenter or '-'}")
+                if tr.on:
+                    tr.add(f"{label}: no match for data center {req.datacenter or '-'}")
                 continue
             if ps.fixed_response is not None:
                 return plan, _fixed_decision(plan, ps.fixed_response, tr, label)
@@ -542,16 +623,13 @@ class Router:
                 found = plan.set_plans[index] = _Plan(
                     derived, self.snapshot, local=self._local.enabled
                 )
-            if tr is not None:
-                tr.append(f"{label}: matched; pools {list(ps.overrides.pools)}")
+            if tr.on:
+                tr.add(f"{label}: matched; pools {list(ps.overrides.pools)}")
             return found, None
-        if tr is not None:
-            tr.append("no pool set matched: the load balancer's own pools")
+        tr.add("no pool set matched: the load balancer's own pools")
         return plan, None
 
-    def _apply_rules(
-        self, plan: _Plan, req: Request, tr: list[str] | None
-    ) -> tuple[_Plan, Decision | None]:
+    def _apply_rules(self, plan: _Plan, req: Request, tr: Trace) -> tuple[_Plan, Decision | None]:
         """R32: run the custom rules of ``plan`` for ``req``.
 
         Returns the plan to steer with (the load balancer with the overrides of every rule
@@ -576,16 +654,16 @@ class Router:
         for index, rule, condition in plan.rules:
             label = _label("rule", index, rule.name, tr)
             if not condition.matches(fields):
-                if tr is not None:
-                    tr.append(f"{label}: condition false")
+                if tr.on:
+                    tr.add(f"{label}: condition false")
                 continue
             if rule.fixed_response is not None:
                 return plan, _fixed_decision(plan, rule.fixed_response, tr, label)
             matched.append(index)
-            if tr is not None:
+            if tr.on:
                 changed = ", ".join(rule.overrides.changes()) or "nothing"
                 stop = "; terminates" if rule.terminates else ""
-                tr.append(f"{label}: matched; overrides {changed}{stop}")
+                tr.add(f"{label}: matched; overrides {changed}{stop}")
             if rule.terminates:
                 break
         if not matched:
@@ -602,17 +680,18 @@ class Router:
     # ------------------------------------------------------------------ affinity
 
     def _cookie_affinity(
-        self, plan: _Plan, req: Request, rng: Random, live: Live, tr: list[str] | None
+        self, plan: _Plan, req: Request, rng: Random, live: Live, tr: Trace
     ) -> Decision:
         lb = plan.lb
+        cookie = req.cookie
+        if cookie and not tr.on:
+            pin = self._pins.get(cookie)
+            if pin is not None and pin.plan is plan and pin.expires > req.wall:
+                return pin.decision  # before reading an Affinity member (module docstring)
         outcome = Affinity.NEW
         avoid = ""
-        cookie = req.cookie
         if cookie:
-            pin = self._pins.get(cookie) if tr is None else None
-            if pin is not None and pin[0] is plan and pin[1] > req.wall:
-                return pin[2]
-            value = self._verify(cookie)
+            value = verify(self._secret, cookie)
             if value is None or value.load_balancer != lb.name:
                 outcome = Affinity.INVALID
             elif value.expires <= req.wall:
@@ -625,14 +704,13 @@ class Router:
                         return self._hit(plan, pinned, tr)
                     avoid = pinned.pool
                 outcome = Affinity.REMAPPED
-            if tr is not None:
-                tr.append(f"affinity: __cflb {outcome}")
+            if tr.on:
+                tr.add(f"affinity: __cflb {outcome}")
         if lb.affinity == "ip_cookie" and req.client_ip:
             # R38: clients of one IP without a usable cookie (none, forged, expired, or its
             # endpoint gone) get the same endpoint while the eligible set is unchanged.
             rng = KeyedDraws(req.client_ip)
-            if tr is not None:
-                tr.append("affinity: ip_cookie, first choice seeded by the client IP")
+            tr.add("affinity: ip_cookie, first choice seeded by the client IP")
         decision = self._steer(plan, req, rng, live, tr, avoid=avoid)
         ep = decision.endpoint
         set_cookie = self._cookie(lb, ep, req) if ep is not None else None
@@ -644,22 +722,10 @@ class Router:
             return  # draining (R40) or session shedding (R24) depend on the request
         if len(self._pins) >= _CACHE_LIMIT:
             self._pins.clear()
-        self._pins[cookie] = (plan, expires, self._hit(plan, ep, None))
-
-    def _verify(self, cookie: str) -> CookieValue | None:
-        cache = self._cookies
-        try:
-            return cache[cookie]
-        except KeyError:
-            pass
-        value = verify(self._secret, cookie)
-        if len(cache) >= _CACHE_LIMIT:
-            cache.clear()
-        cache[cookie] = value
-        return value
+        self._pins[cookie] = _Pin(plan, expires, self._hit(plan, ep, NO_TRACE))
 
     def _header_affinity(
-        self, plan: _Plan, req: Request, rng: Random, live: Live, tr: list[str] | None
+        self, plan: _Plan, req: Request, rng: Random, live: Live, tr: Trace
     ) -> Decision:
         lb = plan.lb
         attrs = lb.session_affinity_attributes
@@ -667,35 +733,38 @@ class Router:
             attrs.headers, req.headers, req.cookies, require_all=attrs.require_all_headers
         )
         if key is None:
-            if tr is not None:
-                tr.append("affinity: header, configured headers absent: no session")
+            tr.add("affinity: header, configured headers absent: no session")
             return self._steer(plan, req, rng, live, tr)
-        outcome = Affinity.NEW
         avoid = ""
-        pinned_key = self._sessions.get(lb.name, key, req.now, lb.effective_affinity_ttl)
-        if pinned_key is not None:
+        pinned_key = self._sessions.peek(lb.name, key, req.now, lb.effective_affinity_ttl)
+        if pinned_key is None:
+            outcome = Affinity.NEW
+        else:
             pool_name, _, name = pinned_key.partition("/")
             pinned = self._usable_pinned(plan, pool_name, name, req, tr)
             if pinned is not None:
                 if not self._session_shed(pinned, req, tr):
-                    return self._hit(plan, pinned, tr)
+                    # Honoured: storing it again restarts its idle timer (sliding TTL).
+                    touch = HeaderSession(lb.name, key, pinned_key, req.now)
+                    return self._hit(plan, pinned, tr)._replace(remember=touch)
                 avoid = pinned.pool
             outcome = Affinity.REMAPPED
         decision = self._steer(plan, req, rng, live, tr, avoid=avoid)
-        if decision.endpoint is not None:
-            self._sessions.put(lb.name, key, decision.endpoint.key, req.now)
-        return decision.with_affinity(outcome)
+        ep = decision.endpoint
+        remember = HeaderSession(lb.name, key, ep.key, req.now) if ep is not None else None
+        return decision.with_affinity(outcome, remember=remember)
 
-    def _remember_header_session(self, lb: LoadBalancer, req: Request, ep: EndpointView) -> None:
+    @staticmethod
+    def _header_session(lb: LoadBalancer, req: Request, ep: EndpointView) -> HeaderSession | None:
+        """The header session pinning ``req`` to ``ep``, if its headers make one (R39)."""
         attrs = lb.session_affinity_attributes
         key = session_key(
             attrs.headers, req.headers, req.cookies, require_all=attrs.require_all_headers
         )
-        if key is not None:
-            self._sessions.put(lb.name, key, ep.key, req.now)
+        return None if key is None else HeaderSession(lb.name, key, ep.key, req.now)
 
     def _usable_pinned(
-        self, plan: _Plan, pool_name: str, name: str, req: Request, tr: list[str] | None
+        self, plan: _Plan, pool_name: str, name: str, req: Request, tr: Trace
     ) -> EndpointView | None:
         """The pinned endpoint if a session may still use it (R36, R37, R40, R24)."""
         if pool_name not in plan.pool_names:
@@ -707,15 +776,15 @@ class Router:
         if not ep.enabled:
             drain = plan.lb.session_affinity_attributes.drain_duration
             if drain > 0 and ep.disabled_at is not None and req.now - ep.disabled_at < drain:
-                if tr is not None:
-                    tr.append(f"affinity: {ep.key} disabled, draining for {drain:g}s")
+                if tr.on:
+                    tr.add(f"affinity: {ep.key} disabled, draining for {drain:g}s")
                 return ep
             return None
         if ep.health is not Health.HEALTHY or not (pool.eligible or pool is plan.fallback):
             return None
         return ep
 
-    def _session_shed(self, ep: EndpointView, req: Request, tr: list[str] | None) -> bool:
+    def _session_shed(self, ep: EndpointView, req: Request, tr: Trace) -> bool:
         """R24: whether ``session_percent`` moves this session out of the endpoint's pool."""
         shed = self.snapshot.pools[ep.pool].config.load_shedding
         if (
@@ -723,16 +792,16 @@ class Router:
             and shed.session_percent > 0
             and ip_bucket(req.client_ip, ep.pool) < shed.session_percent
         ):
-            if tr is not None:
-                tr.append(f"affinity: session shed from pool {ep.pool}")
+            if tr.on:
+                tr.add(f"affinity: session shed from pool {ep.pool}")
             return True
         return False
 
-    def _hit(self, plan: _Plan, ep: EndpointView, tr: list[str] | None) -> Decision:
+    def _hit(self, plan: _Plan, ep: EndpointView, tr: Trace) -> Decision:
         pool = self.snapshot.pools[ep.pool]
-        if tr is not None:
-            tr.append(f"affinity: session pinned to {ep.key}; weights and policy skipped")
-        return plan.decision(pool, ep, "affinity", tr)
+        if tr.on:
+            tr.add(f"affinity: session pinned to {ep.key}; weights and policy skipped")
+        return plan.decision(pool, ep, DecisionReason.AFFINITY, tr)
 
     def _cookie(
         self, lb: LoadBalancer, ep: EndpointView, req: Request, *, expires: float | None = None
@@ -749,16 +818,16 @@ class Router:
         req: Request,
         rng: Random,
         live: Live,
-        tr: list[str] | None,
+        tr: Trace,
         *,
         avoid: str = "",
     ) -> Decision:
         route = self._route(plan, req)
         dc_key = req.datacenter if plan.fast_by_datacenter else ""
         fast_key = f"{dc_key}|{req.country}" if plan.by_country else dc_key
-        if tr is None and plan.affinity == "none" and fast_key not in plan.fast:
+        if not tr.on and plan.affinity == "none" and fast_key not in plan.fast:
             self._compile_fast(plan, route, fast_key, dc_key)  # for the next decide()
-        if tr is not None:
+        if tr.on:
             self._trace_route(route, tr)
         pools = route.eligible
         if route.sheds:
@@ -772,16 +841,16 @@ class Router:
         )
         if pool is None:
             return self._fallback(plan, req, rng, live, tr)
-        if tr is not None:
-            tr.append(f"pool {pool.name} chosen by {plan.policy}")
+        if tr.on:
+            tr.add(f"pool {pool.name} chosen by {plan.policy}")
         ep = self._pick_endpoint(pool, req, rng, live, tr)
         if ep is None:  # pragma: no cover - eligible pools always have a selectable endpoint
             return self._fallback(plan, req, rng, live, tr)
-        return plan.decision(pool, ep, "policy", tr)
+        return plan.decision(pool, ep, DecisionReason.POLICY, tr)
 
     def _compile_fast(self, plan: _Plan, route: _Route, key: str, dc: str) -> None:
         """Cache under ``key`` the fast-path entry of ``plan`` for data center ``dc`` (see
-        :data:`_Fast`); the key also holds the client's country when the route depends on it."""
+        :class:`_Fast`); the key also holds the client's country when the route depends on it."""
         fast: _Fast | None = None
         if (
             plan.policy in _ORDERED
@@ -796,9 +865,11 @@ class Router:
                 eps, spill = self._endpoint_set(pool, dc, fallback=False), local.spill
             else:
                 eps, spill = wide, 0.0
-            made = tuple(plan.decision(pool, e, "policy", None) for e in eps.items)
-            wide_made = tuple(plan.decision(pool, e, "policy", None) for e in wide.items)
-            fast = (eps, made, wide, wide_made, spill, pool.config.origin_steering.policy)
+            made = tuple(plan.decision(pool, e, DecisionReason.POLICY, NO_TRACE) for e in eps.items)
+            wide_made = tuple(
+                plan.decision(pool, e, DecisionReason.POLICY, NO_TRACE) for e in wide.items
+            )
+            fast = _Fast(eps, made, wide, wide_made, spill, pool.config.origin_steering.policy)
         if len(plan.fast) < _CACHE_LIMIT:  # dc comes from a request header
             plan.fast[key] = fast
 
@@ -828,7 +899,7 @@ class Router:
         return pools[0]
 
     def _unshed(
-        self, pools: tuple[PoolView, ...], req: Request, rng: Random, tr: list[str] | None
+        self, pools: tuple[PoolView, ...], req: Request, rng: Random, tr: Trace
     ) -> tuple[PoolView, ...]:
         """R24: drop the pools that shed this (non-session) request.
 
@@ -840,8 +911,8 @@ class Router:
             if p.ramp is not None:
                 share = ramp(req.now, *p.ramp)
                 if share < 1.0 and rng.random() >= share:
-                    if tr is not None:
-                        tr.append(f"pool {p.name}: slow start, {share:.0%} of requests")
+                    if tr.on:
+                        tr.add(f"pool {p.name}: slow start, {share:.0%} of requests")
                     continue
             shed = p.config.load_shedding
             if shed is not None and shed.default_percent > 0:
@@ -850,41 +921,38 @@ class Router:
                 else:
                     x = rng.random() * 100.0
                 if x < shed.default_percent:
-                    if tr is not None:
-                        tr.append(f"pool {p.name}: request shed ({shed.default_percent:g}%)")
+                    if tr.on:
+                        tr.add(f"pool {p.name}: request shed ({shed.default_percent:g}%)")
                     continue
             kept.append(p)
         return tuple(kept)
 
-    def _fallback(
-        self, plan: _Plan, req: Request, rng: Random, live: Live, tr: list[str] | None
-    ) -> Decision:
+    def _fallback(self, plan: _Plan, req: Request, rng: Random, live: Live, tr: Trace) -> Decision:
         """R30: the fallback pool with its health ignored, or 530 / 1016."""
         pool = plan.fallback
         if pool is None or not pool.config.enabled:
-            if tr is not None:
-                tr.append("no eligible pool and the fallback pool is disabled: 530 / 1016")
+            tr.add("no eligible pool and the fallback pool is disabled: 530 / 1016")
             return self._no_pool(plan, None, tr)
-        if tr is not None:
-            tr.append(f"no eligible pool: fallback pool {pool.name}, health ignored")
+        if tr.on:
+            tr.add(f"no eligible pool: fallback pool {pool.name}, health ignored")
         ep = self._pick_endpoint(pool, req, rng, live, tr, fallback=True)
         if ep is None:
-            if tr is not None:
-                tr.append(f"fallback pool {pool.name} has no enabled endpoint: 530 / 1016")
+            if tr.on:
+                tr.add(f"fallback pool {pool.name} has no enabled endpoint: 530 / 1016")
             return self._no_pool(plan, pool, tr)
-        return plan.decision(pool, ep, "fallback", tr)
+        return plan.decision(pool, ep, DecisionReason.FALLBACK, tr)
 
     @staticmethod
-    def _no_pool(plan: _Plan, pool: PoolView | None, tr: list[str] | None) -> Decision:
+    def _no_pool(plan: _Plan, pool: PoolView | None, tr: Trace) -> Decision:
         """530 / error 1016 (R30)."""
         return Decision(
             load_balancer=plan.lb,
             pool=pool,
             endpoint=None,
-            reason="no_pool",
+            reason=DecisionReason.NO_POOL,
             policy=plan.policy,
             status=530,
-            trace=tr,
+            trace=tr.lines,
         )
 
     # ------------------------------------------------------------------ endpoints
@@ -895,7 +963,7 @@ class Router:
         req: Request,
         rng: Random,
         live: Live,
-        tr: list[str] | None,
+        tr: Trace,
         *,
         exclude: tuple[str, ...] = (),
         fallback: bool = False,
@@ -915,14 +983,14 @@ class Router:
                 kept = [e for e in wide.items if e.key not in exclude]
             if not kept:
                 return None
-            eps = _Endpoints.of(eps.pool, eps.layout, kept, eps.note)
+            eps = _Endpoints.of(eps.pool, kept, eps.note)
         items = eps.items
         if not items:
             return None
-        if tr is not None and eps.note:
-            tr.append(eps.note)
+        if tr.on and eps.note:
+            tr.add(eps.note)
         policy = pool.config.origin_steering.policy
-        if tr is not None:
+        if tr.on:
             self._trace_health_extensions(pool, policy, req, tr)
         if pool.ramping and policy != "hash":
             i = self._ramped_index(eps, policy, req, rng, live)
@@ -930,22 +998,22 @@ class Router:
             i = self._index(eps, policy, req, rng, live)
         # every weight is zero (-1): only the fallback pool gets here
         ep = eps.items[max(i, 0)]
-        if tr is not None:
-            tr.append(f"endpoint {ep.key} chosen by {policy} among {len(eps.items)}")
+        if tr.on:
+            tr.add(f"endpoint {ep.key} chosen by {policy} among {len(eps.items)}")
         return ep
 
     @staticmethod
-    def _trace_health_extensions(pool: PoolView, policy: str, req: Request, tr: list[str]) -> None:
+    def _trace_health_extensions(pool: PoolView, policy: str, req: Request, tr: Trace) -> None:
         """Say which endpoints flap damping or passive health hold out and which ramp up
         (``slow_start``)."""
         for e in pool.endpoints:
             if e.damped:
-                tr.append(f"endpoint {e.key}: {e.damped}")
+                tr.add(f"endpoint {e.key}: {e.damped}")
             elif e.ejected:
-                tr.append(f"endpoint {e.key}: {e.ejected}")
+                tr.add(f"endpoint {e.key}: {e.ejected}")
             elif e.ramp is not None and policy != "hash" and e.selectable:
                 share = ramp(req.now, *e.ramp)
-                tr.append(f"endpoint {e.key}: slow start, at {share:.0%} of its weight")
+                tr.add(f"endpoint {e.key}: slow start, at {share:.0%} of its weight")
 
     @staticmethod
     def _ramped_index(eps: _Endpoints, policy: str, req: Request, rng: Random, live: Live) -> int:
@@ -964,9 +1032,7 @@ class Router:
             )
             counts = by_pool.get(eps.pool)
             if counts is not None:
-                if counts.layout is not eps.layout:
-                    counts.align(eps.layout)
-                weights = load_terms(weights, eps.indexes, counts.counts)
+                weights = _load_terms(weights, _slots(counts, eps.items), counts.counts)
         picked = weighted_dynamic(range(len(weights)), weights, rng)
         return -1 if picked is None else picked
 
@@ -981,7 +1047,7 @@ class Router:
             return i if i < len(eps.items) else len(eps.items) - 1
         if policy == "hash":  # R20
             return rendezvous(req.client_ip, range(len(eps.items)), eps.names, eps.weights)
-        # R21, from the pool's Counts (by position once aligned to this router's layout).
+        # R21, from the pool's Counts (read through the set's memo of their slots).
         by_pool = (
             live.connections_by_pool if policy == "least_connections" else live.in_flight_by_pool
         )
@@ -1007,8 +1073,6 @@ class Router:
         return found
 
     def _compute_endpoints(self, pool: PoolView, dc: str, *, fallback: bool) -> _Endpoints:
-        layout = tuple(e.name for e in pool.endpoints)
-        layout = self._layouts.setdefault(layout, layout)
         items: Sequence[EndpointView] = pool.selectable
         note = ""
         if fallback and not items:
@@ -1022,14 +1086,14 @@ class Router:
             local = [e for e in items if dc in e.datacenters]
             if local:
                 note = f"local preference: {len(local)} endpoint(s) in {dc}"
-                return _Endpoints.of(pool.name, layout, local, note)
+                return _Endpoints.of(pool.name, local, note)
             nearest = geo.nearest(
                 items, self._datacenters.get(dc), lambda e: e.datacenters, self._datacenters
             )
             if nearest:
                 note = f"local preference: none in {dc}; nearest used"
-                return _Endpoints.of(pool.name, layout, nearest, note)
-        return _Endpoints.of(pool.name, layout, items, note)
+                return _Endpoints.of(pool.name, nearest, note)
+        return _Endpoints.of(pool.name, items, note)
 
     # ------------------------------------------------------------------ compiled plans
 
@@ -1087,13 +1151,11 @@ class Router:
         )
         return _Route(label, candidates, eligible, tuple(cumulative), weights, sheds)
 
-    def _trace_route(self, route: _Route, tr: list[str]) -> None:
-        tr.append(f"candidates from {route.label}: {[p.name for p in route.candidates]}")
-        tr.extend(
-            f"pool {p.name} excluded: {_why_not(p)}"
-            for p in route.candidates
-            if p not in route.eligible
-        )
+    def _trace_route(self, route: _Route, tr: Trace) -> None:
+        tr.add(f"candidates from {route.label}: {[p.name for p in route.candidates]}")
+        for p in route.candidates:
+            if p not in route.eligible:
+                tr.add(f"pool {p.name} excluded: {_why_not(p)}")
 
 
 def _overridden(lb: LoadBalancer, overrides: Sequence[RuleOverrides]) -> LoadBalancer:
@@ -1120,26 +1182,24 @@ def _overridden(lb: LoadBalancer, overrides: Sequence[RuleOverrides]) -> LoadBal
     return dataclasses.replace(lb, rules=(), **changes)
 
 
-def _label(kind: str, index: int, name: str, tr: list[str] | None) -> str:
+def _label(kind: str, index: int, name: str, tr: Trace) -> str:
     """How the trace names a pool set or a rule ("" when not tracing)."""
-    return "" if tr is None else f"{kind} {index}" + (f" ({name})" if name else "")
+    return "" if not tr.on else f"{kind} {index}" + (f" ({name})" if name else "")
 
 
-def _fixed_decision(
-    plan: _Plan, fixed: FixedResponse, tr: list[str] | None, label: str
-) -> Decision:
+def _fixed_decision(plan: _Plan, fixed: FixedResponse, tr: Trace, label: str) -> Decision:
     """The answer of a pool set's (R31) or a custom rule's (R32) ``fixed_response``;
     ``label`` names the set or rule in the trace."""
-    if tr is not None:
-        tr.append(f"{label}: matched; fixed response {fixed.status_code}")
+    if tr.on:
+        tr.add(f"{label}: matched; fixed response {fixed.status_code}")
     return Decision(
         load_balancer=plan.lb,
         pool=None,
         endpoint=None,
-        reason="fixed_response",
+        reason=DecisionReason.FIXED_RESPONSE,
         policy="rules",
         status=fixed.status_code,
-        trace=tr,
+        trace=tr.lines,
         fixed=fixed,
     )
 

@@ -201,7 +201,7 @@ async def _steer_and_forward(ex: Exchange) -> bool:
         version=_VERSIONS.get(event.http_version, "HTTP/1.1"),
     )
     shared = ex.shared
-    decision = shared.engine.router.decide(req, shared.rng, shared.engine.live)
+    decision = shared.engine.decide(req, shared.rng)
     shared.hooks.decision(decision)
     record.load_balancer = decision.load_balancer.name if decision.load_balancer else None
     record.decision = decision.reason
@@ -326,7 +326,7 @@ async def attempts(ex: Exchange, decision: Decision, req: Request) -> bool:
             kind = step.retry
             retry = None
             if step.action is Action.FAILOVER:
-                retry = engine.router.retry(decision, req, shared.rng, live, status=step.status)
+                retry = engine.retry(decision, req, shared.rng, status=step.status)
                 if retry is None:
                     kind = None  # no healthy alternate: the failure is the answer
             if kind is not None:

@@ -146,11 +146,10 @@ async def _simulate(sc: Scenario, progress: Progress | None) -> Report:
             assert router is not None
             length = min(tick, sc.duration - t)
             for u, c, r, e in zip(users, counts, routers, engines, strict=True):
-                passive = e if e.passive else None  # passive_health: outcomes go to e
-                u.run(t, k, u.batch(t, length), length, start + t, r, e.live, c, passive=passive)
+                u.run(t, k, u.batch(t, length), length, start + t, r, e, c)
             for s in sessions:
                 e = engine if cluster is None else cluster.serving(s.dc)
-                s.tick(t, length, start + t, e.router, e.live)
+                s.tick(t, length, start + t, e)
             if progress is not None and k % 256 == 0:
                 progress(k / ticks)
         flush(span_start)

@@ -20,10 +20,11 @@ import math
 from dataclasses import dataclass, field
 from random import Random
 
+from lb.engine import Engine
 from lb.sim.network import Network
 from lb.sim.scenario import Traffic
 from lb.sim.traffic import WALL_EPOCH
-from steering import Live, Request, Router
+from steering import Request
 
 __all__ = ["DatacenterSessions", "SessionTotals"]
 
@@ -88,7 +89,7 @@ class DatacenterSessions:
         self._open: list[tuple[float, int, _Session]] = []
         self._recheck_at = -math.inf
 
-    def tick(self, t: float, length: float, now: float, router: Router, live: Live) -> None:
+    def tick(self, t: float, length: float, now: float, engine: Engine) -> None:
         """End, drop and open the sessions of the tick ``[t, t + length)``."""
         self._end(t)
         if t >= self._recheck_at:
@@ -96,7 +97,7 @@ class DatacenterSessions:
             self._recheck_at = self._network.next_change(t)
         due = math.floor(self.traffic.sessions_rate * (t + length) + 1e-6)
         for _ in range(due - self._due):
-            self._start(t, now, router, live)
+            self._start(t, now, engine)
         self._due = due
 
     def finish(self) -> SessionTotals:
@@ -128,7 +129,7 @@ class DatacenterSessions:
             heapq.heapify(kept)
             self._open = kept
 
-    def _start(self, t: float, now: float, router: Router, live: Live) -> None:
+    def _start(self, t: float, now: float, engine: Engine) -> None:
         self._seq += 1
         c = self._seq
         req = Request(
@@ -139,7 +140,7 @@ class DatacenterSessions:
             now=now,
             wall=WALL_EPOCH + t,
         )
-        d = router.decide(req, self._rng, live)
+        d = engine.decide(req, self._rng)
         if d.endpoint is None:
             self.totals.refused += 1
             return
@@ -149,7 +150,7 @@ class DatacenterSessions:
         answers = self._network.answers(address, (self.dc,), self.dc, host, self.traffic.path, t)
         a = answers[int(self._rng.random() * len(answers))]
         if a.connect_failed:
-            retry = router.retry(d, req, self._rng, live, status=a.status)
+            retry = engine.retry(d, req, self._rng, status=a.status)
             if retry is not None and retry.endpoint is not None:
                 ep = retry.endpoint
                 host = ep.host or self.traffic.host

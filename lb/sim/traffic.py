@@ -3,7 +3,8 @@
 Why batches
 ===========
 
-A request is a steering decision (``engine.router.decide``, the proxy's own call), one
+A request is a steering decision (``engine.router.decide``, the call the proxy makes through
+``Engine.decide``; a header session the decision names is stored by ``engine.remember``), one
 lookup of what the chosen endpoint answers, and a few counter increments.  Running each as a
 trio task would cost a context switch per request; deciding a tick's worth in a tight loop
 costs only the decision, which is how a run reaches hundreds of thousands of requests per
@@ -283,23 +284,24 @@ class DatacenterTraffic:
         tick: float,
         now: float,
         router: Router,
-        live: Live,
+        engine: Engine,
         c: TrafficCounts,
-        *,
-        passive: Engine | None = None,
     ) -> None:
         """Decide ``n`` requests of tick ``k``, starting at virtual time ``t`` (engine ``now``).
 
-        ``passive`` is the engine to report every attempt's outcome to (``passive_health``).
+        With ``passive_health`` on, every attempt's outcome goes to ``engine`` too.
         One loop for every run.  Without affinity and in-flight counts (``slow`` false) a
         request needs no clock and a 200 answer no bookkeeping, and the loop skips both: that
         is the throughput path, so the rest stays inline here rather than in a per-request call.
         """
         c.requests += n
+        live = engine.live
+        remember = engine.remember
         heap = self._heap
         slow = self._affinity != "none" or heap is not None or bool(self._keep_alive)
         # slow_start ramps read the request's clock: set it while any ramp runs.
         slow = slow or any(p.ramping or p.ramp is not None for p in router.snapshot.pools.values())
+        passive = engine if engine.passive else None
         self._passive = passive
         slow = slow or passive is not None  # every outcome counts, successes included
         mark = self._mark
@@ -323,6 +325,8 @@ class DatacenterTraffic:
                 if heap is not None:
                     heap.settle(live, at)
             d = decide(req, srng, live)
+            if d.remember is not None:  # header affinity: the engine stores the session
+                remember(d)
             ep = d.endpoint
             if ep is None:
                 self._unrouted(d, c)
@@ -339,13 +343,13 @@ class DatacenterTraffic:
             else:
                 o.n += 1
             if slow:
-                self._bookkeep(ci, req, d, ep, a, at, router, live, c, t)
+                self._bookkeep(ci, req, d, ep, a, at, engine, c, t)
                 if self._ejected and passive is not None:
                     self._ejected = False
-                    router = passive.router
+                    router = engine.router
                     decide = router.decide
             elif a.status != 200:
-                self._failed(req, d, o.key, a, router, live, c, t)
+                self._failed(req, d, o.key, a, engine, c, t)
 
     def _unrouted(self, d: Decision, c: TrafficCounts) -> None:
         """A request no endpoint serves: no pool could (530), no load balancer (404), or a
@@ -393,8 +397,7 @@ class DatacenterTraffic:
         d: Decision,
         key: str,
         a: Answer,
-        router: Router,
-        live: Live,
+        engine: Engine,
         c: TrafficCounts,
         t: float,
         *,
@@ -426,7 +429,7 @@ class DatacenterTraffic:
             )
             kind = step.retry
             if step.action is Action.FAILOVER:
-                retry = router.retry(d, req, self.steer_rng, live, status=step.status)
+                retry = engine.retry(d, req, self.steer_rng, status=step.status)
                 if retry is None or retry.endpoint is None:
                     break
                 ep2 = retry.endpoint
@@ -501,8 +504,7 @@ class DatacenterTraffic:
         ep: EndpointView,
         a: Answer,
         now: float,
-        router: Router,
-        live: Live,
+        engine: Engine,
         c: TrafficCounts,
         t: float,
     ) -> None:
@@ -515,14 +517,14 @@ class DatacenterTraffic:
         if self._passive is not None and a.status == 200 and not stale:
             self._report(ep, a, None, reused=False)
         if a.status != 200 or stale:
-            retry, a = self._failed(req, d, ep.key, a, router, live, c, t, stale=stale)
+            retry, a = self._failed(req, d, ep.key, a, engine, c, t, stale=stale)
             # A failed first attempt that was retried took no time worth counting in flight.
             if retry is not None and retry.endpoint is not None:
                 ep = retry.endpoint
         if self._keep_alive and not a.connect_failed:
             self._released[ep.key] = now + a.latency
         if heap is not None:
-            heap.start(live, ep, now, a.latency)
+            heap.start(engine.live, ep, now, a.latency)
         if self._affinity == "none":
             return
         aff = c.affinity

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
+from random import Random
 from typing import Any
 
 from lb.config.model import (
@@ -25,7 +26,7 @@ from lb.config.model import (
 )
 from lb.core.book import HealthBook
 from lb.core.health import ProbeResult
-from steering import HeaderSessions, Request, Router
+from steering import Decision, HeaderSessions, Request, Router
 
 __all__ = [
     "DATACENTERS",
@@ -38,6 +39,7 @@ __all__ = [
     "load_balancer",
     "mark",
     "pool",
+    "remembering",
     "replace",
     "request",
     "router",
@@ -187,6 +189,36 @@ def router(
     """A router over ``cfg`` (a config: every monitored endpoint healthy unless ``down``)."""
     hb = cfg if isinstance(cfg, HealthBook) else book(cfg, **kw)
     return Router(hb.snapshot(), secret=SECRET, sessions=sessions)
+
+
+class Remembering:
+    """A router and its header-session table, storing what each decision asks to remember as
+    the engine does (``lb.engine.Engine.decide`` / ``retry``): the router only reads it."""
+
+    def __init__(self, r: Router, sessions: HeaderSessions) -> None:
+        self.router, self.sessions = r, sessions
+
+    def _store(self, d: Decision | None) -> None:
+        if d is not None and d.remember is not None:
+            self.sessions.store(d.remember)
+
+    def decide(self, req: Request, rng: Random, **kw: Any) -> Decision:
+        d = self.router.decide(req, rng, **kw)
+        self._store(d)
+        return d
+
+    def retry(self, first: Decision, req: Request, rng: Random, **kw: Any) -> Decision | None:
+        d = self.router.retry(first, req, rng, **kw)
+        self._store(d)
+        return d
+
+
+def remembering(cfg: Config | HealthBook, **kw: Any) -> Remembering:
+    """:func:`router` with a session table of its own, remembered as the engine does."""
+    sessions = kw.pop("sessions", None)
+    if sessions is None:
+        sessions = HeaderSessions()
+    return Remembering(router(cfg, sessions=sessions, **kw), sessions)
 
 
 def request(**kw: Any) -> Request:

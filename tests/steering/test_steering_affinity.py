@@ -13,6 +13,7 @@ from builders import (
     endpoint,
     load_balancer,
     pool,
+    remembering,
     replace,
     request,
     router,
@@ -22,7 +23,7 @@ from hypothesis import strategies as st
 
 from lb.config.model import SessionAffinityAttributes
 from steering import Affinity, HeaderSessions, Router
-from steering.affinity import session_key, sign, verify
+from steering.affinity import HeaderSession, session_key, sign, verify
 from steering.pick import KeyedDraws
 
 WALL = 1_700_000_000.0
@@ -187,7 +188,24 @@ def header_router(sessions: HeaderSessions, headers=("x-session",), require_all=
     lb = cookie_lb(
         "header", pools=("a",), session_affinity_attributes=attrs, session_affinity_ttl=ttl
     )
-    return router(config([pool("a", 10)], lb), sessions=sessions)
+    return remembering(config([pool("a", 10)], lb), sessions=sessions)
+
+
+def test_r39_decide_only_reads_the_session_table() -> None:
+    sessions = HeaderSessions()
+    r = header_router(sessions, ttl=30).router
+    h = {"x-session": "s1"}
+    first = r.decide(request(headers=h, now=0), random.Random(1))
+    assert len(sessions) == 0 and first.endpoint is not None
+    assert first.remember == HeaderSession(HOST, ("s1",), first.endpoint.key, 0)
+    sessions.store(first.remember)
+    hit = r.decide(request(headers=h, now=20), random.Random(2))
+    assert hit.affinity == Affinity.HIT and hit.endpoint == first.endpoint
+    # the hit asks to restart the idle timer; until it is stored, the session expires at 30
+    assert hit.remember == HeaderSession(HOST, ("s1",), first.endpoint.key, 20)
+    assert sessions.saved()[0][1:] == (first.endpoint.key, 0)
+    late = r.decide(request(headers=h, now=31), random.Random(3))
+    assert late.affinity == Affinity.NEW and sessions.saved()[0][1:] == (first.endpoint.key, 0)
 
 
 def test_r39_no_session_without_the_configured_header() -> None:

@@ -13,6 +13,7 @@ from builders import (
     endpoint,
     load_balancer,
     pool,
+    remembering,
     request,
     router,
     tunnel,
@@ -208,7 +209,9 @@ def test_r45_new_session_cookie_follows_the_retry_endpoint() -> None:
 
 
 def test_r45_header_temporary_keeps_the_session() -> None:
-    r = zdf_router("header", "temporary")
+    attrs = SessionAffinityAttributes(zero_downtime_failover="temporary", headers=("x-s",))
+    lb = load_balancer(["a"], session_affinity="header", session_affinity_attributes=attrs)
+    r = remembering(config([pool("a", 3)], lb))
     q = request(headers={"x-s": "1"})
     first = r.decide(q, random.Random(1))
     pinned_to = first.endpoint.name
