@@ -449,6 +449,7 @@ class Connection:
             reader = self._reader
             if reader.until_eof and not self._broken:
                 reader.until_eof = False
+                self._keep = False  # the close was the body's end
                 reader.queue.append(EOM)
             return
         if self._switched or self._broken:
@@ -523,6 +524,8 @@ class Connection:
         length = 0
         for name, value in request.headers:
             if name == b"transfer-encoding":
+                while queue and queue.pop() is not request:
+                    pass  # the request is refused instead
                 queue.append(RemoteProtocolError("an upgrade request with a chunked body"))
                 return
             if name == b"content-length" and value.isdigit():
@@ -533,9 +536,7 @@ class Connection:
             self._switched = False
             self._rest = b""
             if rest:
-                rest = self._upgrade_body(rest)
-            self._rest = rest
-            self._switched = True
+                self._upgrade_body(rest)
 
     def _upgrade_body(self, data: bytes) -> bytes:
         """Take the Content-Length body of an upgrade request from ``data``; the rest."""
