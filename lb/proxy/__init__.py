@@ -1,4 +1,4 @@
-"""The proxy data path: HTTP/1.1 downstream with h11, pooled keep-alive upstream.
+"""The proxy data path: HTTP/1.1 downstream, pooled keep-alive upstream (lb/proxy/http1.py).
 
 Public API (docs/proxy.md):
 

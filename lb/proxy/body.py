@@ -1,4 +1,4 @@
-"""The request body: taken from h11, buffered for a replay, or pumped upstream by a task.
+"""The request body: taken from the parser, buffered for a replay, or pumped upstream by a task.
 
 Why this is apart from the exchange: a body moves on its own schedule.  A small one
 (``REPLAY_BODY_BYTES``) is read whole before the first attempt, so that the attempt policy
@@ -11,14 +11,11 @@ sizes) are enforced here as the bytes arrive.
 from __future__ import annotations
 
 import logging
-import re
-from typing import cast
 
-import h11
 import trio
 
 from lb.core.attempts import Body
-from lb.proxy import errors
+from lb.proxy import errors, http1
 from lb.proxy.errors import RequestError, UpstreamError
 from lb.proxy.state import RECEIVE_SIZE, BodyPump, ClientError, Exchange, Move, sent
 from lb.proxy.upstream import UpstreamConnection
@@ -43,8 +40,7 @@ that the request can be sent again if a reused connection breaks (``lb/core/atte
 larger bodies, chunked ones still arriving and ``Expect: 100-continue`` ones are streamed."""
 MAX_CHUNK_SIZE = (1 << 63) - 1
 """A larger chunk size is malformed (it overflows a signed 64-bit length): 400."""
-EOM = h11.EndOfMessage()
-_CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,20})(?:;[^\r\n]*)?[ \t]*\r\n")
+EOM = http1.EOM
 
 
 async def buffer_body(ex: Exchange) -> None:
@@ -52,7 +48,7 @@ async def buffer_body(ex: Exchange) -> None:
     sent again (``REPLAY_BODY_BYTES``; HAProxy buffers a request for ``retry-on`` the
     same way, and Go's transport retries only a body it can rewind).
 
-    Whatever part of any body h11 already holds is taken too (it goes out with the head).
+    Whatever part of any body the parser already holds is taken too (it goes out with the head).
     An upgrade request or one that expects ``100 Continue`` is never waited for.
     """
     if not ex.req_done:
@@ -76,40 +72,43 @@ async def buffer_body(ex: Exchange) -> None:
                     raise ClientError(0, RequestError.CLIENT_DISCONNECTED) from exc
                 if not data:
                     raise ClientError(0, RequestError.CLIENT_DISCONNECTED)
-                conn.receive_data(cast(bytes, data))
+                conn.receive_data(data)
                 done = take_body(ex, ex.body, limits.max_body_bytes)
     if ex.req_done:
         ex.body_state = Body.BUFFERED
 
 
-def take_body(ex: Exchange, out: list[h11.Data], max_body: int) -> bool:
-    """Move the request body events h11 already has to ``out``; at the end of the body,
+def take_body(ex: Exchange, out: list[http1.Data], max_body: int) -> bool:
+    """Move the request body events the parser already has to ``out``; at the end of the body,
     set ``ex.req_done`` (the caller sends the EndOfMessage).  Returns ``req_done``."""
     record = ex.record
     conn = ex.conn
     while True:
         try:
             ev = conn.next_event()
-        except h11.RemoteProtocolError as exc:
-            raise ClientError(400, RequestError.BAD_REQUEST) from exc
+        except http1.RemoteProtocolError as exc:
+            # In a chunked body, what llhttp refuses is a chunk's framing.
+            raise ClientError(
+                400, RequestError.BAD_CHUNK if ex.facts.chunked else RequestError.BAD_REQUEST
+            ) from exc
         kind = type(ev)
-        if kind is h11.Data:
-            assert isinstance(ev, h11.Data)
+        if kind is http1.Data:
+            assert isinstance(ev, http1.Data)
             if ex.body_state is Body.UNTOUCHED:
                 ex.body_state = Body.STREAMED
             record.bytes_in += len(ev.data)
-            if record.bytes_in + _chunk_left(conn) > max_body:
-                raise _chunk_error(_chunk_left(conn), max_body)
+            if record.bytes_in + conn.chunk_left() > max_body:
+                raise _chunk_error(conn.chunk_left(), max_body)
             out.append(ev)
-        elif kind is h11.EndOfMessage:
+        elif kind is http1.EndOfMessage:
             ex.req_done = True
             return True
-        elif ev is h11.NEED_DATA:
-            if record.bytes_in + _chunk_left(conn) > max_body:
+        elif ev is http1.NEED_DATA:
+            if record.bytes_in + conn.chunk_left() > max_body:
                 # A chunk announced larger than the body may be: no need to wait for it.
-                raise _chunk_error(_chunk_left(conn), max_body)
+                raise _chunk_error(conn.chunk_left(), max_body)
             return False
-        else:  # pragma: no cover - h11 gives nothing else while the body is open
+        else:  # pragma: no cover - nothing else comes while the body is open
             raise ClientError(400, RequestError.BAD_REQUEST)
 
 
@@ -131,12 +130,12 @@ async def pump_body(ex: Exchange, up: UpstreamConnection, pump: BodyPump) -> Non
                     raise ClientError(0, RequestError.CLIENT_DISCONNECTED) from exc
                 if not data:
                     raise ClientError(0, RequestError.CLIENT_DISCONNECTED)
-                conn.receive_data(cast(bytes, data))
-                events: list[h11.Data] = []
+                conn.receive_data(data)
+                events: list[http1.Data] = []
                 done = take_body(ex, events, limits.max_body_bytes)
-                pending = [up_send(up.h11, ev) for ev in events]
+                pending = [up_send(up.http, ev) for ev in events]
                 if done:
-                    pending.append(up_send(up.h11, EOM))
+                    pending.append(up_send(up.http, EOM))
                 if pending:
                     await send_up(ex, up.stream, pending, limits.request_timeout)
     except ClientError as exc:
@@ -179,28 +178,16 @@ async def send_up(
     ex.sent_any = True
 
 
-def up_send(uh: h11.Connection, event: h11.Data | h11.EndOfMessage) -> bytes:
-    """Frame a request body event for upstream; a body h11 refuses is the client's fault.
+def up_send(uh: http1.Connection, event: http1.Data | http1.EndOfMessage) -> bytes:
+    """Frame a request body event for upstream; a body the writer refuses is the client's fault.
 
     The request was framed by the client's own Content-Length or chunking, so a mismatch here
     means a request head that says one thing and a body that does another: 400, not a crash.
     """
     try:
         return sent(uh.send(event))
-    except h11.LocalProtocolError as exc:
+    except http1.LocalProtocolError as exc:
         raise ClientError(400, RequestError.BAD_REQUEST) from exc
-
-
-def _chunk_left(conn: h11.Connection) -> int:
-    """Bytes still to come of the request body chunk h11 is reading (0 if none or unknown).
-
-    Read from h11's private chunk reader (0.14 to 0.16 at least), so that a chunk announced
-    larger than the body may be is refused at once instead of waited for; an h11 without it
-    gives 0, and the size limits then apply as the bytes arrive: slower, never broken.
-    """
-    reader = getattr(conn, "_reader", None)
-    left = getattr(reader, "_bytes_in_chunk", 0)
-    return left if type(left) is int else 0
 
 
 def _chunk_error(size: int, max_body: int) -> ClientError:
@@ -209,20 +196,15 @@ def _chunk_error(size: int, max_body: int) -> ClientError:
     return ClientError(413, RequestError.BODY_TOO_LARGE)
 
 
-def first_chunk_problem(conn: h11.Connection, max_body: int) -> ClientError | None:
-    """A malformed or oversized first chunk header already received with the head, if any.
+def first_chunk_problem(conn: http1.Connection, max_body: int) -> ClientError | None:
+    """A malformed or oversized first chunk already received with the head, if any.
 
     Checked before steering, so that such a request costs no upstream connection; later
-    chunks are checked as h11 reads them (:func:`take_body`).
+    chunks are checked as they are read (:func:`take_body`).
     """
-    buf = conn.trailing_data[0]
-    end = buf.find(b"\r\n")
-    if end < 0:
-        return None
-    m = _CHUNK_LINE.match(buf, 0, end + 2)
-    if m is None:
+    if conn.pending_error() is not None:
         return ClientError(400, RequestError.BAD_CHUNK)
-    size = int(m.group(1), 16)
+    size = conn.chunk_left()
     if size > max_body:
         return _chunk_error(size, max_body)
     return None

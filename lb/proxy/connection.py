@@ -1,11 +1,12 @@
 """Client connections: accept them (under the cap), run each one's keep-alive loop, drain.
 
 Why apart from the exchange: a connection outlives its requests.  It owns the watchdog (the
-only cancel scope per connection), reads the next request head (counting its lines before h11
-parses it), hands the request to :func:`lb.proxy.exchange.exchange`, settles what the
-request left behind, and decides whether the connection can carry another request.  The
-connection cap (``limits.max_connections``) and the drain's deadline are about connections
-too, so they are here.
+only cancel scope per connection), reads the next request head (counting its lines before
+llhttp parses it, lb/proxy/http1.py), hands the request to
+:func:`lb.proxy.exchange.exchange`, settles what the request left behind, and decides
+whether the connection can carry another request.  The connection cap
+(``limits.max_connections``) and the drain's deadline are about connections too, so they are
+here.
 """
 
 from __future__ import annotations
@@ -13,11 +14,11 @@ from __future__ import annotations
 import errno
 import logging
 import re
-from typing import Any, cast
+from typing import Any
 
-import h11
 import trio
 
+from lb.proxy import http1
 from lb.proxy.errors import RequestError
 from lb.proxy.exchange import exchange
 from lb.proxy.listeners import AnyListener, is_https
@@ -42,8 +43,9 @@ client reads our 4xx instead of a TCP reset."""
 SWEEP_INTERVAL = 5.0
 _ACCEPT_RETRY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 _HEAD_END = re.compile(rb"\n\r?\n")
-"""The blank line that ends a request head (h11 accepts bare LF line ends too)."""
-_TOO_MANY_HEADERS = h11.RemoteProtocolError("too many header lines", error_status_hint=431)
+"""The blank line that ends a request head (also with bare LF line ends, which the parser
+refuses: they still end the count)."""
+_TOO_MANY_HEADERS = http1.RemoteProtocolError("too many header lines", error_status_hint=431)
 
 
 async def accept_loop(shared: Shared, listener: AnyListener, clients: trio.Nursery) -> None:
@@ -132,27 +134,31 @@ async def serve_client(shared: Shared, client: Client) -> None:
     try:
         client.peer = _peer_ip(stream)
         limits = shared.engine.config.engine.limits
-        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_header_bytes)
+        conn = http1.Connection(
+            http1.SERVER,
+            max_incomplete_event_size=limits.max_header_bytes,
+            max_headers=limits.max_headers,
+        )
         watchdog = client.watchdog
         with watchdog:
             async with trio.open_nursery() as client.tasks:
-                while not shared.draining or conn.their_state is not h11.IDLE:
+                while not shared.draining or conn.their_state is not http1.IDLE:
                     watchdog.deadline = trio.current_time() + limits.idle_timeout
                     event = await _read_head(shared, client, conn)
                     if event is None:
                         # Unread input after an answer of ours (a 400, a 431): drain it
                         # first, or the kernel's reset may destroy the answer.
-                        linger = conn.their_state is h11.ERROR or conn.our_state not in (
-                            h11.IDLE,
-                            h11.CLOSED,
+                        linger = conn.their_state is http1.ERROR or conn.our_state not in (
+                            http1.IDLE,
+                            http1.CLOSED,
                         )
                         break
                     keep = await exchange(shared, client, conn, event)
                     settle(shared, client)
-                    if not keep or conn.our_state is not h11.DONE:
-                        linger = conn.their_state is h11.SEND_BODY
+                    if not keep or conn.our_state is not http1.DONE:
+                        linger = conn.their_state is http1.SEND_BODY
                         break
-                    if conn.their_state is not h11.DONE:
+                    if conn.their_state is not http1.DONE:
                         linger = True
                         break
                     conn.start_next_cycle()
@@ -214,7 +220,7 @@ class _HeadLines:
         self.tail = b""
         self.done = False
 
-    def feed(self, data: bytes) -> bool:
+    def feed(self, data: bytes | bytearray) -> bool:
         """Count the head lines in ``data``; True once there are too many."""
         if self.done or not data:
             return False
@@ -228,28 +234,28 @@ class _HeadLines:
         return self.lines > self.limit
 
 
-async def _read_head(shared: Shared, client: Client, conn: h11.Connection) -> h11.Request | None:
+async def _read_head(
+    shared: Shared, client: Client, conn: http1.Connection
+) -> http1.Request | None:
     """The next request head, or None when the connection should close.
 
-    Header lines are counted as the bytes arrive, before h11 parses the head, so that a
-    head of thousands of tiny headers is refused (431) without the cost of parsing it.
+    Header lines are counted as the bytes arrive, before llhttp parses the head, so that a
+    head of thousands of tiny headers is refused (431) without the cost of parsing it (the
+    parser counts them too, for a pipelined head already received with the previous
+    request).
     """
     stream = client.stream
     first = True
     counter = _HeadLines(shared.engine.config.engine.limits.max_headers)
-    pipelined = conn.trailing_data[0] if conn.their_state is h11.IDLE else b""
-    if pipelined and counter.feed(pipelined):
-        await reject(shared, client, conn, _TOO_MANY_HEADERS)
-        return None
     while True:
         try:
             event = conn.next_event()
-        except h11.RemoteProtocolError as exc:
+        except http1.RemoteProtocolError as exc:
             await reject(shared, client, conn, exc)
             return None
-        if event is h11.NEED_DATA:
+        if event is http1.NEED_DATA:
             if first:
-                if shared.draining and conn.their_state is h11.IDLE:
+                if shared.draining and conn.their_state is http1.IDLE:
                     return None
                 shared.idle[client] = None
             try:
@@ -259,14 +265,14 @@ async def _read_head(shared: Shared, client: Client, conn: h11.Connection) -> h1
             finally:
                 shared.idle.pop(client, None)
             first = False
-            if counter.feed(cast(bytes, data)):
+            if counter.feed(data):
                 await reject(shared, client, conn, _TOO_MANY_HEADERS)
                 return None
-            conn.receive_data(cast(bytes, data))
-            if not data and conn.their_state is not h11.IDLE:
+            conn.receive_data(data)
+            if not data and conn.their_state is not http1.IDLE:
                 return None  # EOF inside a head: nobody left to answer
             continue
-        if type(event) is h11.Request:
+        if type(event) is http1.Request:
             return event
         return None  # ConnectionClosed or PAUSED
 

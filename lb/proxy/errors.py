@@ -170,7 +170,7 @@ def failure_of(err: UpstreamError) -> Failure:
 
 
 def reason_phrase(status: int) -> bytes:
-    """The reason phrase for ``status``; h11 would otherwise send an empty one."""
+    """The reason phrase for ``status``; the writer would otherwise send an empty one."""
     return _REASONS.get(status, b"")
 
 

@@ -13,15 +13,14 @@ import math
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from ipaddress import ip_address, ip_network
-from typing import Any, TypedDict, cast
+from typing import Any
 
-import h11
 import trio
 
 from lb.config.hosts import normalise_host
 from lb.config.model import EngineSettings
 from lb.core.attempts import Action, Body, Retry, next_step
-from lb.proxy import errors
+from lb.proxy import errors, http1
 from lb.proxy.body import (
     EOM,
     buffer_body,
@@ -79,31 +78,10 @@ _NOT_PROXIED = frozenset({b"CONNECT", b"TRACE"})
 """Methods a reverse proxy does not forward: 501 and close (docs/proxy.md, "Refused")."""
 
 
-class _Parsed(TypedDict, total=False):
-    _parsed: bool
-
-
-def _pre_validated() -> _Parsed:
-    """``{"_parsed": True}`` if this h11 takes it, else ``{}``.
-
-    ``_parsed`` is h11's private switch (0.14 to 0.16 at least) for events built from values
-    it already validated; it saves ~9 us per request.  An h11 without it gets the public
-    constructor, which validates again: slower, never broken.
-    """
-    try:
-        h11.Request(method=b"GET", target=b"/", headers=[(b"host", b"x")], _parsed=True)
-    except TypeError:  # pragma: no cover - an h11 without the switch
-        return {}
-    return {"_parsed": True}
-
-
-_PRE_VALIDATED = _pre_validated()
-
-
 async def exchange(
-    shared: Shared, client: Client, conn: h11.Connection, event: h11.Request
+    shared: Shared, client: Client, conn: http1.Connection, event: http1.Request
 ) -> bool:
-    """Serve one request on ``client`` (``conn`` is its h11 state); True when the connection
+    """Serve one request on ``client`` (``conn`` is its HTTP/1.1 state); True when the connection
     may carry another one.
 
     The request's state goes to ``client.exchange``; the caller settles and reports it.
@@ -156,9 +134,9 @@ async def exchange(
     client.exchange = ex
     shared.hooks.request_start(record)  # settle() reports its end
     if not facts.has_body:
-        # h11 reports the end of a bodiless request as a separate event: take it now, so
+        # The end of a bodiless request is a separate event: take it now, so
         # that every later step sees the request as complete.
-        ex.req_done = type(conn.next_event()) is h11.EndOfMessage
+        ex.req_done = type(conn.next_event()) is http1.EndOfMessage
     try:
         keep = await _steer_and_forward(ex)
     except ClientError as abort:
@@ -240,7 +218,7 @@ def _refusal(ex: Exchange) -> tuple[int, bytes, bool] | None:
         facts.head_bytes + len(event.target) > limits.max_header_bytes
         or len(event.headers) > limits.max_headers
     ):
-        # h11 enforces its limit only on a head still incomplete in its buffer.
+        # The parser's limit is on a head still incomplete (lb/proxy/http1.py).
         record.error = RequestError.HEADERS_TOO_LARGE
         return 431, error_body(431, "plain"), True
     if facts.chunked and not ex.req_done:
@@ -354,7 +332,7 @@ async def attempts(ex: Exchange, decision: Decision, req: Request) -> bool:
         try:
             return await relay(ex, up, response, decision)
         except UpstreamError as err:
-            # h11 refused the upstream head (or the 101): nothing reached the client yet
+            # The upstream head (or the 101) was refused: nothing reached the client yet
             # unless ``responded``; answer 502 on a connection that closes afterwards.
             attempt.error = err.reason
             record.error = err.reason
@@ -365,7 +343,7 @@ async def attempts(ex: Exchange, decision: Decision, req: Request) -> bool:
 
 async def forward(
     ex: Exchange, up: UpstreamConnection, host: str
-) -> h11.Response | h11.InformationalResponse:
+) -> http1.Response | http1.InformationalResponse:
     """Send the request (head and streamed body) on ``up``; return the response head, which
     may come while the body is still being sent (see below)."""
     shared = ex.shared
@@ -373,11 +351,9 @@ async def forward(
     ip_name = shared.names[0]
     event = ex.event
     conn = ex.conn
-    # h11 would run its header regexes over every header again on send (a measurable share
-    # of the request cost); the events are built with ``_parsed=True`` instead (see
-    # _PRE_VALIDATED), which is safe because every value is either from h11's own parser
-    # (client and upstream heads), generated here (IPs, ids, cookies), or from the
-    # configuration and checked once here: the endpoint Host and the client-IP header name.
+    # Every value sent is from the parser (client and upstream heads), generated here (IPs,
+    # ids, cookies), or from the configuration and checked once here: the endpoint Host and
+    # the client-IP header name (the writer refuses control characters anyway).
     if not safe_header_value(host) or not safe_header_name(ip_name):
         raise UpstreamError(errors.BAD_GATEWAY, RequestError.BAD_CONFIG)
     out_headers = upstream_headers(
@@ -391,21 +367,12 @@ async def forward(
         trusted=ex.trusted,
         request_id=ex.request_id,
     )
-    uh = up.h11
+    uh = up.http
     try:
         pending = [
-            sent(
-                uh.send(
-                    h11.Request(
-                        method=event.method,
-                        target=ex.target,
-                        headers=out_headers,
-                        **_PRE_VALIDATED,  # every name and value is checked: see above
-                    )
-                )
-            )
+            sent(uh.send(http1.Request(method=event.method, target=ex.target, headers=out_headers)))
         ]
-    except h11.LocalProtocolError as exc:
+    except http1.LocalProtocolError as exc:
         raise ClientError(400, RequestError.BAD_REQUEST) from exc
     body = ex.body
     if body:
@@ -413,7 +380,7 @@ async def forward(
         if ex.body_state is not Body.BUFFERED:
             ex.body = []  # streamed from here on: these bytes are gone once sent
     if not ex.req_done:
-        more: list[h11.Data] = []
+        more: list[http1.Data] = []
         take_body(ex, more, limits.max_body_bytes)
         pending.extend([up_send(uh, ev) for ev in more])
     if ex.req_done:
@@ -429,7 +396,7 @@ async def forward(
     # that the pump never writes to the client while the response may be relayed.
     if conn.they_are_waiting_for_100_continue:
         ex.advance(Move.CLIENT, limits.idle_timeout)
-        continue_ = h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue")
+        continue_ = http1.InformationalResponse(status_code=100, headers=[], reason=b"Continue")
         try:
             await ex.stream.send_all(sent(conn.send(continue_)))
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
@@ -450,17 +417,17 @@ async def forward(
 
 async def _response_head(
     ex: Exchange, up: UpstreamConnection
-) -> h11.Response | h11.InformationalResponse:
+) -> http1.Response | http1.InformationalResponse:
     """Read the upstream response head (1xx other than a WebSocket 101 are skipped)."""
-    uh = up.h11
+    uh = up.http
     ustream = up.stream
     got = False
     while True:
         try:
             ev = uh.next_event()
-        except h11.RemoteProtocolError as exc:
+        except http1.RemoteProtocolError as exc:
             raise UpstreamError(errors.BAD_GATEWAY, RequestError.UPSTREAM_PROTOCOL) from exc
-        if ev is h11.NEED_DATA:
+        if ev is http1.NEED_DATA:
             # The deadline armed by send_up covers the wait for the whole head.
             try:
                 data = await ustream.receive_some(RECEIVE_SIZE)
@@ -473,13 +440,13 @@ async def _response_head(
                     errors.BAD_GATEWAY, RequestError.UPSTREAM_CLOSED, before_response=not got
                 )
             got = True
-            uh.receive_data(cast(bytes, data))
+            uh.receive_data(data)
             continue
-        if type(ev) is h11.Response:
-            assert isinstance(ev, h11.Response)
+        if type(ev) is http1.Response:
+            assert isinstance(ev, http1.Response)
             return ev
-        if type(ev) is h11.InformationalResponse:
-            assert isinstance(ev, h11.InformationalResponse)
+        if type(ev) is http1.InformationalResponse:
+            assert isinstance(ev, http1.InformationalResponse)
             if ev.status_code == 101 and ex.facts.websocket:
                 return ev
             if ev.status_code == 101:
@@ -491,7 +458,7 @@ async def _response_head(
 async def relay(
     ex: Exchange,
     up: UpstreamConnection,
-    response: h11.Response | h11.InformationalResponse,
+    response: http1.Response | http1.InformationalResponse,
     decision: Decision,
 ) -> bool:
     """Send the response downstream, streaming its body; True to keep the connection."""
@@ -502,7 +469,7 @@ async def relay(
     set_cookie = _set_cookie(decision, ex.https)
     status = response.status_code
     reason = response.reason or reason_phrase(status)
-    if type(response) is h11.InformationalResponse:
+    if type(response) is http1.InformationalResponse:
         pump = ex.pump
         if pump is not None and not pump.done.is_set():
             # A 101 before the upgrade request's body is through: splicing would read the
@@ -512,39 +479,30 @@ async def relay(
     headers = response_headers(response.headers, set_cookie=set_cookie, close=shared.draining)
     try:
         pending = [
-            sent(
-                conn.send(
-                    h11.Response(
-                        status_code=status,
-                        headers=headers,
-                        reason=reason,
-                        **_PRE_VALIDATED,  # upstream's parsed headers plus our own
-                    )
-                )
-            )
+            sent(conn.send(http1.Response(status_code=status, headers=headers, reason=reason)))
         ]
-    except h11.LocalProtocolError as exc:
+    except http1.LocalProtocolError as exc:
         raise UpstreamError(errors.BAD_GATEWAY, RequestError.UPSTREAM_PROTOCOL) from exc
     ex.advance(Move.RESPOND)
     record.status = status
-    uh = up.h11
+    uh = up.http
     ustream = up.stream
     while True:
         try:
             ev = uh.next_event()
-        except h11.RemoteProtocolError:
+        except http1.RemoteProtocolError:
             record.error = RequestError.UPSTREAM_ABORTED
             await flush_down(ex, pending, limits.idle_timeout)
             return False
         kind = type(ev)
-        if kind is h11.Data:
-            assert isinstance(ev, h11.Data)
+        if kind is http1.Data:
+            assert isinstance(ev, http1.Data)
             record.bytes_out += len(ev.data)
             pending.append(sent(conn.send(ev)))
-        elif kind is h11.EndOfMessage:
+        elif kind is http1.EndOfMessage:
             pending.append(sent(conn.send(EOM)))
             break
-        elif ev is h11.NEED_DATA:
+        elif ev is http1.NEED_DATA:
             if pending:
                 await flush_down(ex, pending, limits.idle_timeout)
                 pending = []
@@ -554,7 +512,7 @@ async def relay(
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 record.error = RequestError.UPSTREAM_ABORTED
                 return False
-            uh.receive_data(cast(bytes, data))
+            uh.receive_data(data)
         else:
             record.error = RequestError.UPSTREAM_ABORTED
             break
@@ -567,7 +525,7 @@ async def relay(
     if pump is not None and (not pump.done.is_set() or pump.error is not None):
         # The upstream answered before taking the whole body (the rest is not wanted, and
         # the connection must not go back to the pool while the pump may write on it), or
-        # the pump's last write failed after h11 had marked the request complete.
+        # the pump's last write failed after the parser had marked the request complete.
         pump.scope.cancel()
         shared.pool.discard(up)
     else:
@@ -670,7 +628,7 @@ class _LazyHeaders(_Lazy):
     """The request headers by name, for header affinity and custom rules, built on first use.
 
     Only a load balancer with ``session_affinity: header`` or custom rules reads them, so the
-    dict costs nothing on every other request.  Names are h11's, already lowercase; of a
+    dict costs nothing on every other request.  Names are the parser's, already lowercase; of a
     repeated header the last value counts, except Cookie, whose values are joined with "; "
     as one header would carry them (``http.cookie``).
     """

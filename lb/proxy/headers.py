@@ -1,7 +1,7 @@
 """Pure header logic of the proxy: what the upstream and the client get to see.
 
-No I/O and no h11 state here, so every rule has a table test (tests/proxy/test_proxy_headers.py).
-Header names are the lowercase ``bytes`` h11 hands out; values are ``bytes``.
+No I/O and no parser state here, so every rule has a table test (tests/proxy/test_proxy_headers.py).
+Header names are the lowercase ``bytes`` the parser hands out; values are ``bytes``.
 
 Rules (docs/proxy.md, "Headers"):
 
@@ -10,9 +10,9 @@ Rules (docs/proxy.md, "Headers"):
 * Hop-by-hop headers are removed both ways: Connection, Keep-Alive, Proxy-Connection,
   Proxy-* (Authorization, Authenticate...), TE, Trailer, Transfer-Encoding, Upgrade, and every
   name listed in Connection except the framing header Content-Length (``Connection:
-  content-length`` must not unframe a body h11 has already framed by it).  A WebSocket upgrade
-  keeps ``Upgrade: websocket`` and ``Connection: upgrade``.  Framing is redone by h11 on each
-  side.
+  content-length`` must not unframe a body the parser has already framed by it).  A WebSocket
+  upgrade keeps ``Upgrade: websocket`` and ``Connection: upgrade``.  Framing is redone on each
+  side (lb/proxy/http1.py).
 * ``Expect`` is not forwarded: the proxy answers ``100 Continue`` itself once the upstream
   connection stands, so the client does not upload into a failing attempt.
 * Host is the endpoint's ``header.Host`` when set, else the client's (R47);
@@ -59,8 +59,8 @@ HOP_BY_HOP = frozenset(
     }
 )
 _FRAMING = frozenset({b"content-length", b"transfer-encoding"})
-"""Never dropped because Connection lists them: h11 frames the body by them (Transfer-Encoding
-is re-added from :class:`RequestFacts` on the request side and re-framed by h11)."""
+"""Never dropped because Connection lists them: the body is framed by them (Transfer-Encoding
+is re-added from :class:`RequestFacts` on the request side and re-framed by the writer)."""
 _TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
 _HOST = re.compile(r"[-A-Za-z0-9._~:\[\]%]+")
 _checked: dict[object, bool] = {}
@@ -121,8 +121,8 @@ class RequestFacts:
 
         RFC 9112 §6.1 lets a server frame by Transfer-Encoding, but a proxy that forwards
         both lets an origin framing by Content-Length read the rest as a second request; the
-        proxy answers 400 and closes instead (h11 already refuses a Transfer-Encoding other
-        than ``chunked`` and conflicting Content-Length values).
+        proxy answers 400 and closes instead (the parser already refuses a Transfer-Encoding
+        other than ``chunked`` and conflicting Content-Length values).
         """
         return self.chunked and self.content_length is not None
 
@@ -229,7 +229,7 @@ def response_headers(
 ) -> list[Header]:
     """The response headers to send downstream.
 
-    Hop-by-hop headers go; Content-Length stays (h11 re-frames everything else); ``upgrade``
+    Hop-by-hop headers go; Content-Length stays (the writer re-frames everything else); ``upgrade``
     keeps Upgrade and Connection for a 101.
     """
     drop: tuple[bytes, ...] = ()

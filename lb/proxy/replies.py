@@ -1,9 +1,9 @@
 """The proxy's own answers: refusals, error pages, fixed responses, timeouts, the drain's 503.
 
 Why a module of their own: every one of them is the same few steps (frame a small response
-with h11, mark the exchange as responded, write it under the client deadline) and the
-rules about when the connection must close afterwards (an unread request body, a drain, an
-h11 in its ERROR state) belong together, away from the forwarding code.
+with lb/proxy/http1.py, mark the exchange as responded, write it under the client deadline) and the
+rules about when the connection must close afterwards (an unread request body, a drain, a
+client connection in its ERROR state) belong together, away from the forwarding code.
 """
 
 from __future__ import annotations
@@ -11,11 +11,10 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Sequence
 
-import h11
 import trio
 
 from lb.config.model import FixedResponse
-from lb.proxy import errors
+from lb.proxy import errors, http1
 from lb.proxy.errors import RequestError, error_body, public_status, reason_phrase
 from lb.proxy.hooks import RequestRecord
 from lb.proxy.state import Client, ClientError, Exchange, Move, Phase, Shared, sent
@@ -32,11 +31,11 @@ __all__ = [
 ]
 
 CONTENT_TYPE = (b"content-type", b"text/plain; charset=utf-8")
-EOM = h11.EndOfMessage()
+EOM = http1.EOM
 
 
 def simple_response(
-    conn: h11.Connection,
+    conn: http1.Connection,
     status: int,
     body: bytes,
     *,
@@ -45,7 +44,7 @@ def simple_response(
     head: bool = False,
     content_type: tuple[bytes, bytes] = CONTENT_TYPE,
 ) -> bytes:
-    """A whole response of ours; ``head`` (the request was HEAD) leaves the body out, as h11
+    """A whole response of ours; ``head`` (the request was HEAD) leaves the body out, as HTTP
     requires, keeping its Content-Length."""
     headers: list[tuple[bytes, bytes]] = [
         content_type,
@@ -54,10 +53,10 @@ def simple_response(
     ]
     if close:
         headers.append((b"connection", b"close"))
-    response = h11.Response(status_code=status, headers=headers, reason=reason_phrase(status))
+    response = http1.Response(status_code=status, headers=headers, reason=reason_phrase(status))
     parts = [sent(conn.send(response))]
     if not head:
-        parts.append(sent(conn.send(h11.Data(data=body))))
+        parts.append(sent(conn.send(http1.Data(data=body))))
     parts.append(sent(conn.send(EOM)))
     return b"".join(parts)
 
@@ -81,8 +80,8 @@ async def _answer(ex: Exchange, status: int, data: bytes) -> None:
 async def reply(ex: Exchange, status: int, body: bytes, *, close: bool = False) -> bool:
     """A proxy-generated answer; closes the connection when the request body is unread."""
     conn = ex.conn
-    # An unread request body cannot be skipped by h11: the connection must close then.
-    close = close or ex.shared.draining or conn.their_state is not h11.DONE
+    # An unread request body cannot be skipped: the connection must close then.
+    close = close or ex.shared.draining or conn.their_state is not http1.DONE
     extra: list[tuple[bytes, bytes]] = []
     if status == errors.NO_POOL:
         extra.append((b"retry-after", b"120"))
@@ -96,7 +95,7 @@ async def reply(ex: Exchange, status: int, body: bytes, *, close: bool = False) 
 async def fixed_response(ex: Exchange, fixed: FixedResponse) -> bool:
     """A custom rule's direct answer (R32): its status, Content-Type, Location and body."""
     conn = ex.conn
-    close = ex.shared.draining or conn.their_state is not h11.DONE
+    close = ex.shared.draining or conn.their_state is not http1.DONE
     extra = [(b"location", fixed.location.encode())] if fixed.location else []
     content_type = (b"content-type", (fixed.content_type or "text/plain").encode())
     data = simple_response(
@@ -113,10 +112,10 @@ async def fixed_response(ex: Exchange, fixed: FixedResponse) -> bool:
 
 
 async def bad_gateway(ex: Exchange) -> bool:
-    """A 502 after h11 refused to send the upstream response head; closes the connection.
+    """A 502 after the upstream response head was refused; closes the connection.
 
-    h11's server connection is in its ERROR state then and cannot frame an answer, so the
-    response is written by hand.
+    The client connection has its response started then and cannot frame another one, so
+    the response is written by hand.
     """
     status = errors.BAD_GATEWAY
     body = error_body(status, ex.shared.engine.config.engine.error_style)
@@ -139,7 +138,7 @@ async def client_abort(ex: Exchange, abort: ClientError) -> bool:
         ex.shared.pool.discard(ex.up)
         ex.up = None
     conn = ex.conn
-    if abort.status and not ex.responded and conn.our_state is h11.SEND_RESPONSE:
+    if abort.status and not ex.responded and conn.our_state is http1.SEND_RESPONSE:
         data = simple_response(
             conn,
             abort.status,
@@ -167,7 +166,7 @@ async def timed_out(ex: Exchange) -> None:
         record.error = RequestError.SHUTDOWN
         if record.attempts and not ex.responded:
             record.attempts[-1].error = RequestError.SHUTDOWN
-        if not ex.responded and conn.our_state is h11.SEND_RESPONSE:
+        if not ex.responded and conn.our_state is http1.SEND_RESPONSE:
             data = simple_response(
                 conn,
                 503,
@@ -192,7 +191,7 @@ async def timed_out(ex: Exchange) -> None:
     else:
         status = 408
         record.error = RequestError.CLIENT_TIMEOUT
-    if ex.responded or conn.our_state is not h11.SEND_RESPONSE:
+    if ex.responded or conn.our_state is not http1.SEND_RESPONSE:
         return
     style = shared.engine.config.engine.error_style
     shown = public_status(status, style)
@@ -205,14 +204,14 @@ async def timed_out(ex: Exchange) -> None:
 
 
 async def reject(
-    shared: Shared, client: Client, conn: h11.Connection, exc: h11.RemoteProtocolError
+    shared: Shared, client: Client, conn: http1.Connection, exc: http1.RemoteProtocolError
 ) -> None:
-    """Answer a request h11 could not parse (400, 431 for a too-large head...).
+    """Answer a request the parser refused (400, 431 for a too-large head...).
 
-    There is no exchange yet, so this reports a record of its own.  h11's only 501 for a
-    request is a Transfer-Encoding other than ``chunked``; RFC 9112 §6.3 makes a request whose
-    last coding is not chunked a 400, and the proxy answers every such request 400
-    (docs/proxy.md, "Refused").
+    There is no exchange yet, so this reports a record of its own.  A 501 hint would be a
+    Transfer-Encoding other than ``chunked``; RFC 9112 §6.3 makes a request whose last coding
+    is not chunked a 400, and the proxy answers every such request 400 (docs/proxy.md,
+    "Refused").
     """
     status = exc.error_status_hint
     if status == 501:
@@ -221,13 +220,13 @@ async def reject(
         method="", host="", target="", client_ip=client.peer, datacenter="", request_id=""
     )
     record.error = RequestError.HEADERS_TOO_LARGE if status == 431 else RequestError.BAD_REQUEST
-    if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+    if conn.our_state in (http1.IDLE, http1.SEND_RESPONSE):
         body = b"%d %s\n" % (status, reason_phrase(status))
         try:
             data = simple_response(conn, status, body, close=True)
             with trio.move_on_after(shared.engine.config.engine.limits.idle_timeout):
                 await client.stream.send_all(data)
             record.status = status
-        except (h11.LocalProtocolError, trio.BrokenResourceError, trio.ClosedResourceError):
+        except (http1.LocalProtocolError, trio.BrokenResourceError, trio.ClosedResourceError):
             pass
     shared.hooks.request_done(record)

@@ -58,7 +58,7 @@ simulator follows too (:func:`lb.core.attempts.next_step`):
   zero-downtime failover is always the last retry, on a fresh connection;
   ``record.retry_status`` is the status that triggered the last retry;
 * anything else is answered as it is, with the status mapped by ``error_style``.
-* an upstream response head h11 refuses to relay gets 502 (the connection closes); a failure
+* an upstream response head the writer refuses to relay gets 502 (the connection closes); a failure
   no handler answers is logged at warning level, as it leaves the client without a status.
 
 Shutdown: :meth:`ProxyServer.shutdown` stops accepting, closes connections that wait for a

@@ -7,10 +7,9 @@ in both directions; phase ``websocket`` in lb/proxy/state.py).
 
 from __future__ import annotations
 
-import h11
 import trio
 
-from lb.proxy import errors
+from lb.proxy import errors, http1
 from lb.proxy.errors import RequestError, UpstreamError
 from lb.proxy.headers import response_headers
 from lb.proxy.hooks import RequestRecord
@@ -23,7 +22,7 @@ __all__ = ["splice"]
 async def splice(
     ex: Exchange,
     up: UpstreamConnection,
-    response: h11.InformationalResponse,
+    response: http1.InformationalResponse,
     set_cookie: bytes | None,
 ) -> bool:
     """After a 101 from upstream: relay it, then copy bytes both ways until one side ends.
@@ -40,19 +39,19 @@ async def splice(
     try:
         head = sent(
             conn.send(
-                h11.InformationalResponse(
+                http1.InformationalResponse(
                     status_code=101, headers=headers, reason=b"Switching Protocols"
                 )
             )
         )
-    except h11.LocalProtocolError as exc:
+    except http1.LocalProtocolError as exc:
         raise UpstreamError(errors.BAD_GATEWAY, RequestError.UPSTREAM_PROTOCOL) from exc
     record.status = 101
     idle = ex.shared.engine.config.engine.limits.idle_timeout
     ex.advance(Move.UPGRADE, idle)
     ex.shared.hooks.upgrade(record)
     from_client, _ = conn.trailing_data
-    from_upstream, _ = up.h11.trailing_data
+    from_upstream, _ = up.http.trailing_data
     try:
         await stream.send_all(head + from_upstream)
         record.bytes_out += len(from_upstream)

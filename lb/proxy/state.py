@@ -25,12 +25,12 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from ipaddress import IPv4Network, IPv6Network
 
-import h11
 import trio
 
 from lb.core.attempts import Body
 from lb.core.snapshot import EndpointView
 from lb.engine import Engine
+from lb.proxy import http1
 from lb.proxy.capacity import default_max_connections
 from lb.proxy.errors import RequestError
 from lb.proxy.headers import RequestFacts
@@ -151,9 +151,9 @@ class Exchange:
     shared: Shared
     stream: trio.abc.Stream
     """The client connection."""
-    conn: h11.Connection
-    """h11's state of the client connection."""
-    event: h11.Request
+    conn: http1.Connection
+    """The client connection's parser and state (lb/proxy/http1.py)."""
+    event: http1.Request
     facts: RequestFacts
     record: RequestRecord
     watchdog: trio.CancelScope
@@ -173,13 +173,13 @@ class Exchange:
     up: UpstreamConnection | None = None
     endpoint: EndpointView | None = None
     """Set while ``live.started`` is unmatched by ``live.finished``."""
-    body: list[h11.Data] = field(default_factory=list)
+    body: list[http1.Data] = field(default_factory=list)
     """Body events taken from the client and not sent yet, or, when ``body_state`` is
     ``BUFFERED``, the whole body, kept to send it again."""
     body_state: Body = Body.UNTOUCHED
     """Where the request body stands, for the attempt policy (lb/core/attempts.py)."""
     req_done: bool = False
-    """The client's request is complete (h11 gave its EndOfMessage)."""
+    """The client's request is complete (the parser gave its EndOfMessage)."""
     sent_any: bool = False
     """Some of the request reached the current upstream connection."""
 
@@ -286,7 +286,6 @@ class Shared:
         return self.engine.config.engine.limits.max_connections or self.default_cap
 
 
-def sent(data: bytes | None) -> bytes:
-    """h11's ``send`` returns None only for ConnectionClosed, which we never send."""
-    assert data is not None
+def sent(data: bytes) -> bytes:
+    """The bytes an event was framed into (kept from h11, whose ``send`` could say None)."""
     return data

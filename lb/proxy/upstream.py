@@ -2,7 +2,8 @@
 
 Why not httpx: with 50 requests in flight its connection pool costs about 7x the whole
 request path of a bare h11 forwarder (docs/bench.md).  This pool is a LIFO stack of idle
-h11 connections per key, nothing more: a checkout is a ``dict`` lookup and a ``list.pop``.
+HTTP/1.1 connections (lb/proxy/http1.py) per key, nothing more: a checkout is a ``dict``
+lookup and a ``list.pop``.
 
 Where to dial (docs/proxy.md, "Upstream"):
 
@@ -47,11 +48,11 @@ from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-import h11
 import trio
 
 from lb.config.hosts import dial_address, normalise_host
 from lb.core.snapshot import EndpointView
+from lb.proxy import http1
 from lb.proxy.errors import (
     CONNECT_REFUSED,
     CONNECT_TIMEOUT,
@@ -101,12 +102,12 @@ def target_for(endpoint: EndpointView, client_host: str, connect_to: Mapping[str
 
 
 class UpstreamConnection:
-    """One upstream HTTP/1.1 connection with its h11 state machine."""
+    """One upstream HTTP/1.1 connection with its parser and state (lb/proxy/http1.py)."""
 
     __slots__ = (
         "closed",
         "endpoint",
-        "h11",
+        "http",
         "idle_since",
         "keep_alive",
         "key",
@@ -116,7 +117,7 @@ class UpstreamConnection:
 
     def __init__(self, stream: trio.abc.Stream, target: Target) -> None:
         self.stream = stream
-        self.h11 = h11.Connection(h11.CLIENT)
+        self.http = http1.Connection(http1.CLIENT)
         self.key = target.key
         self.endpoint = target.endpoint
         self.idle_since = 0.0
@@ -208,16 +209,16 @@ class UpstreamPool:
 
     def release(self, conn: UpstreamConnection) -> None:
         """Return ``conn`` after a complete exchange: back to the pool, or closed."""
-        h = conn.h11
-        if conn.closed or h.our_state is not h11.DONE or h.their_state is not h11.DONE:
+        h = conn.http
+        if conn.closed or h.our_state is not http1.DONE or h.their_state is not http1.DONE:
             self._close_now(conn)
             return
         try:
             h.start_next_cycle()
-        except h11.LocalProtocolError:  # pragma: no cover - states were checked above
+        except http1.LocalProtocolError:  # pragma: no cover - states were checked above
             self._close_now(conn)
             return
-        if h.trailing_data[0] or self._limit(conn) <= 0:
+        if h.has_unread() or self._limit(conn) <= 0:
             self._close_now(conn)  # unsolicited bytes after the response, or no idle time left
             return
         stack = self._idle.setdefault(conn.key, [])
@@ -372,7 +373,7 @@ def _readable(conn: UpstreamConnection) -> bool:
 
     An idle HTTP/1.1 connection has nothing to say, so any of these means it is unusable.  One
     zero-timeout ``poll`` on the raw socket (under TLS too: a close_notify or the FIN shows
-    there; an SSLStream keeps no decrypted bytes between exchanges once h11 saw the response
+    there; an SSLStream keeps no decrypted bytes between exchanges once the parser saw the response
     end).  A socket that cannot be polled counts as readable, i.e. unusable.
     """
     inner: object = conn.stream

@@ -6,8 +6,8 @@ authority, which then stands for the Host header (the RFC says to ignore the Hos
 such a request).  Origin-form and ``*`` pass through unchanged.  The endpoint gets the path
 as sent; the path custom rules see is normalized by the router (:mod:`steering.urls`).
 
-A pure function over the request-target bytes h11 hands out (already free of spaces and
-control characters); table tests in tests/proxy/test_proxy_urls.py.
+A pure function over the request-target bytes the parser hands out (already free of spaces
+and control characters); table tests in tests/proxy/test_proxy_urls.py.
 """
 
 from __future__ import annotations

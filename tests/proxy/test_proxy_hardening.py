@@ -250,32 +250,6 @@ def test_lazy_headers_mapping() -> None:
     assert len(exchange_module._LazyCookies(None)) == 0
 
 
-# ---------------------------------------------------------------------- h11's private switch
-
-
-def test_an_h11_without_the_parsed_switch_is_detected(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert exchange_module._pre_validated() == {"_parsed": True}
-
-    class Strict(exchange_module.h11.Request):  # type: ignore[misc]
-        def __init__(self, **kw: Any) -> None:
-            if "_parsed" in kw:
-                raise TypeError("unexpected keyword argument '_parsed'")
-            super().__init__(**kw)
-
-    monkeypatch.setattr(exchange_module.h11, "Request", Strict)
-    assert exchange_module._pre_validated() == {}
-
-
-async def test_the_proxy_works_without_the_parsed_switch(
-    nursery: trio.Nursery, certs: Certs, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(exchange_module, "_PRE_VALIDATED", {})
-    stack = await start_stack(nursery, certs, 1)
-    resp = await get(stack.port, "/headers")
-    assert resp.status == 200
-    assert json.loads(resp.body)["headers"]["host"] == "backend.local"
-
-
 async def test_a_switch_before_the_upgrade_body_is_through_is_502(
     nursery: trio.Nursery, certs: Certs
 ) -> None:

@@ -1,0 +1,160 @@
+"""Where llhttp (lb/proxy/http1.py) parses differently from h11, the proxy still answers 4xx
+and closes, never a crash; and the parts of HTTP/1.1 the module adds to llhttp: a response to
+HEAD, a close-delimited body, an upgrade request's body, pipelining, the writer's checks."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+from proxy_support import LB_HOST, Certs, raw_exchange, start_stack
+
+from lb.proxy import http1
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        # obs-fold (h11 unfolded it; RFC 9112 §5.2 lets a server refuse it)
+        b"GET / HTTP/1.1\r\nHost: app.example\r\nX-A: a\r\n b\r\n\r\n",
+        # bare LF line ends (h11 accepted them)
+        b"GET / HTTP/1.1\nHost: app.example\n\n",
+        # the same Content-Length twice (h11 accepted it)
+        b"POST /sink HTTP/1.1\r\nHost: app.example\r\nContent-Length: 1\r\n"
+        b"Content-Length: 1\r\n\r\nx",
+        # control characters in a value, a space in a name
+        b"GET / HTTP/1.1\r\nHost: app.example\r\nX-A: a\x00b\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: app.example\r\nX-A: a\x7fb\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: app.example\r\nX A: b\r\n\r\n",
+        # a method llhttp does not know (h11 took any token)
+        b"BREW / HTTP/1.1\r\nHost: app.example\r\n\r\n",
+        # two Host headers, none in HTTP/1.1
+        b"GET / HTTP/1.1\r\nHost: app.example\r\nHost: other.example\r\n\r\n",
+        b"GET / HTTP/1.1\r\nX-A: b\r\n\r\n",
+        # an upgrade request with a chunked body
+        b"GET /ws HTTP/1.1\r\nHost: app.example\r\nConnection: upgrade\r\nUpgrade: websocket\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    ],
+)
+async def test_heads_llhttp_refuses_are_400_and_close(
+    nursery: trio.Nursery, certs: Certs, head: bytes
+) -> None:
+    stack = await start_stack(nursery, certs, 1)
+    answer = await raw_exchange(stack.port, head)
+    assert answer.startswith(b"HTTP/1.1 400 "), answer
+    assert b"connection: close" in answer.lower()
+    assert answer.count(b"HTTP/1.1 ") == 1
+    assert stack.backends[0].seen == []
+
+
+async def test_pipelined_requests_are_answered_in_order(
+    nursery: trio.Nursery, certs: Certs
+) -> None:
+    stack = await start_stack(nursery, certs, 1)
+    requests = b"".join(f"GET /p{i} HTTP/1.1\r\nHost: {LB_HOST}\r\n\r\n".encode() for i in range(3))
+    close = f"GET /last HTTP/1.1\r\nHost: {LB_HOST}\r\nConnection: close\r\n\r\n".encode()
+    answer = await raw_exchange(stack.port, requests + close)
+    assert answer.count(b"HTTP/1.1 200 ") == 4, answer
+    assert [s.target for s in stack.backends[0].seen] == ["/p0", "/p1", "/p2", "/last"]
+
+
+async def test_a_malformed_request_after_a_good_one_is_answered_after_it(
+    nursery: trio.Nursery, certs: Certs
+) -> None:
+    stack = await start_stack(nursery, certs, 1)
+    good = f"GET /first HTTP/1.1\r\nHost: {LB_HOST}\r\n\r\n".encode()
+    answer = await raw_exchange(stack.port, good + b"GET / HTTP/1.1\r\nX A: b\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 200 "), answer
+    assert b"HTTP/1.1 400 " in answer
+    assert [s.target for s in stack.backends[0].seen] == ["/first"]
+
+
+# ---------------------------------------------------------------------- the module alone
+
+
+def _events(conn: http1.Connection) -> list[object]:
+    out: list[object] = []
+    for _ in range(20):
+        ev = conn.next_event()
+        if ev is http1.NEED_DATA or ev is http1.PAUSED:
+            break
+        out.append(ev)
+    return out
+
+
+def test_a_response_to_head_has_no_body_and_the_connection_is_reusable() -> None:
+    conn = http1.Connection(http1.CLIENT)
+    conn.send(http1.Request(method=b"HEAD", target=b"/", headers=[(b"host", b"a")]))
+    conn.send(http1.EOM)
+    conn.receive_data(b"HTTP/1.1 200 OK\r\ncontent-length: 1234\r\n\r\n")
+    events = _events(conn)
+    assert [type(e) for e in events] == [http1.Response, http1.EndOfMessage]
+    assert (conn.our_state, conn.their_state) == (http1.DONE, http1.DONE)
+    conn.start_next_cycle()
+    assert not conn.has_unread()
+    conn.send(http1.Request(method=b"GET", target=b"/", headers=[(b"host", b"a")]))
+    conn.send(http1.EOM)
+    conn.receive_data(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nhi")
+    assert [type(e) for e in _events(conn)] == [http1.Response, http1.Data, http1.EndOfMessage]
+
+
+def test_a_close_delimited_response_ends_at_eof_and_is_not_reused() -> None:
+    conn = http1.Connection(http1.CLIENT)
+    conn.send(http1.Request(method=b"GET", target=b"/", headers=[(b"host", b"a")]))
+    conn.send(http1.EOM)
+    conn.receive_data(b"HTTP/1.1 200 OK\r\n\r\nsome")
+    assert [type(e) for e in _events(conn)] == [http1.Response, http1.Data]
+    conn.receive_data(b" more")
+    conn.receive_data(b"")
+    events = _events(conn)
+    assert [type(e) for e in events] == [http1.Data, http1.EndOfMessage]
+    assert conn.their_state is not http1.DONE  # never back to the pool
+
+
+def test_an_upgrade_requests_body_comes_before_the_switch() -> None:
+    conn = http1.Connection(http1.SERVER)
+    conn.receive_data(
+        b"GET /ws HTTP/1.1\r\nhost: a\r\nconnection: upgrade\r\nupgrade: websocket\r\n"
+        b"content-length: 5\r\n\r\nhel"
+    )
+    conn.receive_data(b"lo+ws-bytes")
+    events = _events(conn)
+    assert [type(e) for e in events] == [
+        http1.Request,
+        http1.Data,
+        http1.Data,
+        http1.EndOfMessage,
+    ]
+    assert b"".join(e.data for e in events if isinstance(e, http1.Data)) == b"hello"
+    assert conn.trailing_data == (b"+ws-bytes", False)
+
+
+def test_the_announced_chunk_size_is_known_before_its_bytes() -> None:
+    conn = http1.Connection(http1.SERVER)
+    conn.receive_data(
+        b"POST / HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n100\r\nxy"
+    )
+    assert conn.chunk_left() == 0x100 - 2
+    conn.receive_data(b"z" * (0x100 - 2) + b"\r\n0\r\n\r\n")
+    assert conn.chunk_left() == 0
+    events = _events(conn)
+    assert type(events[-1]) is http1.EndOfMessage
+
+
+@pytest.mark.parametrize("value", [b"a\x00b", b"a\r\nb: c", b"a\nb"])
+def test_the_writer_refuses_control_characters(value: bytes) -> None:
+    conn = http1.Connection(http1.SERVER)
+    conn.receive_data(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+    _events(conn)
+    with pytest.raises(http1.LocalProtocolError):
+        conn.send(http1.Response(status_code=200, headers=[(b"x-a", value)], reason=b"OK"))
+
+
+def test_the_writer_frames_by_what_the_client_can_take() -> None:
+    conn = http1.Connection(http1.SERVER)
+    conn.receive_data(b"GET / HTTP/1.0\r\nhost: a\r\n\r\n")
+    _events(conn)
+    head = conn.send(http1.Response(status_code=200, headers=[], reason=b"OK"))
+    assert b"connection: close" in head and b"chunked" not in head
+    assert conn.send(http1.Data(b"x")) == b"x"
+    conn.send(http1.EOM)
+    assert conn.our_state is http1.MUST_CLOSE
