@@ -226,7 +226,9 @@ class RetryOn:
         doc="reset: closed or reset before any response byte; "
         "empty_response: closed before the response head was complete",
     )
-    statuses: tuple[int, ...] = _f((), choices=RETRY_STATUSES, doc="answers that are retried")
+    statuses: tuple[int, ...] = _f(
+        (), range=(RETRY_STATUSES[0], RETRY_STATUSES[-1]), doc="answers that are retried"
+    )
     num_retries: int = _f(1, range=(1, 3), doc="retries per request at most")
     budget_percent: float = _f(
         20.0, range=(0.0, 100.0), doc="retries in flight, as a share of the requests in flight"
