@@ -21,7 +21,10 @@ What a request does (the proxy's sequence):
    blackholed or unreachable: 521/522/523, the engine's zero-downtime-failover codes by
    default) gets the one retry ``router.retry`` gives (R42-R45); a pooled connection the
    endpoint closed just as the request went out (``network.keep_alive``, below) is retried on
-   a fresh connection.  An HTTP answer is never retried, whatever its status;
+   a fresh connection.  An HTTP answer is never retried, whatever its status, unless
+   ``retry_on`` names it: then the policy may retry it to another endpoint, within the
+   load balancer's retry budget (``lb/core/budget.py``), which counts the requests in
+   flight per data center (each for its answer's latency);
 4. a new ``__cflb`` is kept by cookie-keeping clients;
 5. ``engine.live`` in-flight (and connection) counts follow each attempt when some policy
    reads them (least_outstanding_requests / least_connections), with the answer's latency.
