@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from lb.sim.record import Recorder
 from lb.sim.scenario import Expectation, NetEvent, Scenario
-from lb.sim.spec import FAULTS, seconds
+from lb.sim.spec import FAULTS, RESET, seconds
 
 __all__ = ["Failover", "Verdict", "evaluate", "failovers"]
 
@@ -70,7 +70,7 @@ def _r(x: float | None) -> float | None:
 
 
 def _fails(e: NetEvent) -> bool:
-    if e.action in FAULTS or e.action == "flap":
+    if e.action in FAULTS or e.action in ("flap", RESET):
         return True
     return e.action == "status" and e.status >= 500
 

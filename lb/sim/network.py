@@ -41,7 +41,7 @@ import trio
 from lb.config.model import Config, Datacenter
 from lb.connector.ingress import HelloWorld, HttpStatus, match_rule
 from lb.sim.scenario import EDGE, ORIGIN, NetEvent, Replica, Scenario
-from lb.sim.spec import FAULTS
+from lb.sim.spec import FAULTS, RESET
 from monitors.spec import Probe
 from monitors.transport import Exchange
 from steering.geo import nearest
@@ -52,7 +52,7 @@ EDGE_STATUS = {"refuse": 521, "blackhole": 522, "unreachable": 523, "down": 530}
 """What a user gets when no replica of a tunnel (or a plain endpoint) can be reached."""
 CONNECT_FAULTS = frozenset({"refuse", "blackhole", "unreachable"})
 """Edge faults that fail the proxy's connection itself (the proxy's 521 / 522 / 523)."""
-ORIGIN_STATUS = {"refuse": 502, "blackhole": 524, "unreachable": 502, "down": 502}
+ORIGIN_STATUS = {"refuse": 502, "blackhole": 524, "unreachable": 502, "down": 502, "reset": 502}
 """What a user gets when cloudflared is up but the application behind it fails."""
 
 
@@ -65,7 +65,8 @@ class Answer:
     status: int
     latency: float
     failure: str = ""
-    """For probes: ``refuse``, ``blackhole``, ``unreachable`` or ``hang``; empty otherwise."""
+    """For probes: ``refuse``, ``blackhole``, ``unreachable`` or ``hang``; ``reset`` for an
+    endpoint that resets the connection before answering (users and probes); else empty."""
     connect_failed: bool = False
     """The connection to the endpoint failed (edge ``refuse``, ``blackhole``, ``unreachable``):
     the only answers the proxy retries (R42).  Every other answer is an HTTP response, final
@@ -230,6 +231,8 @@ class Network:
         base = self.rtt + latency
         if fault == "status":
             return Answer(r.label, status, base)
+        if fault == RESET:
+            return Answer(r.label, 502, base, RESET)  # no response byte: the proxy's 502
         rules = self._ingress.get(address)
         if rules is not None:
             service = rules[match_rule(rules, host, path)].parsed_service
@@ -316,6 +319,9 @@ class SimSession:
         self.phase = "http"
         if answer.failure == "hang":
             await trio.sleep_forever()
+        if answer.failure == RESET:
+            await trio.sleep(answer.latency)
+            raise trio.BrokenResourceError("connection reset before the answer (simulated)")
         await trio.sleep(answer.latency)
         body = network.body if self._probe.scheme != "tcp" else b""
         status = None if self._probe.scheme == "tcp" else answer.status

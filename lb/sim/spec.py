@@ -41,7 +41,10 @@ def seconds(value: float) -> str:
 
 FAULTS = ("refuse", "blackhole", "unreachable", "down")
 """Connectivity failures; each maps to a user-visible status and a probe failure (docs)."""
-NETWORK_ACTIONS = (*FAULTS, "partition", "status", "latency", "flap", "recover")
+RESET = "reset"
+"""The endpoint takes the connection and the request, then resets it before answering: the
+proxy gets no response byte (502, or a ``retry_on`` retry), a probe a reset connection."""
+NETWORK_ACTIONS = (*FAULTS, RESET, "partition", "status", "latency", "flap", "recover")
 CONFIG_ACTIONS = ("disable", "enable", "weight")
 MEMBER_ACTIONS = ("kill", "partition", "recover")
 """What can happen to a cluster member: it dies, or loses the store (``partition``)."""

@@ -70,6 +70,7 @@ from lb.core.budget import RetryBudget
 from lb.core.snapshot import EndpointView
 from lb.sim.network import Answer, Network
 from lb.sim.scenario import KeepAlive, Traffic
+from lb.sim.spec import RESET
 from steering import Affinity, Decision, Live, Request, Router
 
 __all__ = ["WALL_EPOCH", "Counts", "DatacenterTraffic", "needs_live"]
@@ -122,7 +123,7 @@ class Counts:
 def _failure(a: Answer, stale: bool, statuses: tuple[int, ...] = ()) -> Failure | None:
     """The attempt policy's name for what went wrong with an attempt answered ``a``;
     ``statuses``: the answers ``retry_on`` names (an HTTP answer is otherwise no failure)."""
-    if stale:
+    if stale or a.failure == RESET:
         return Failure.CLOSED_BEFORE_RESPONSE
     if a.connect_failed:
         return _CONNECT_FAILURES.get(a.failure)
