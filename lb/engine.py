@@ -145,10 +145,12 @@ class Engine:
         self.remember(decision)
         return decision
 
-    def retry(self, first: Decision, req: Request, rng: Random, *, status: int) -> Decision | None:
-        """The zero-downtime retry of ``first`` (:meth:`steering.Router.retry`), remembered as
-        :meth:`decide` remembers a decision."""
-        decision = self.router.retry(first, req, rng, self.live, status=status)
+    def retry(
+        self, first: Decision, req: Request, rng: Random, *, status: int, retry_on: bool = False
+    ) -> Decision | None:
+        """The retry of ``first`` (:meth:`steering.Router.retry`: zero-downtime failover, or a
+        ``retry_on`` retry), remembered as :meth:`decide` remembers a decision."""
+        decision = self.router.retry(first, req, rng, self.live, status=status, retry_on=retry_on)
         if decision is not None:
             self.remember(decision)
         return decision

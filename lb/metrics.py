@@ -139,7 +139,13 @@ METRICS: tuple[MetricSpec, ...] = (
         "counter",
         (_LB, "pool", "reason"),
         "Second attempts, by the pool of the failed first attempt: zero-downtime failover by "
-        "failed status, or stale_connection.",
+        "failed status, stale_connection, or retry_on_<condition> (one per retry_on retry).",
+    ),
+    MetricSpec(
+        "lb_retry_budget_refusals_total",
+        "counter",
+        (_LB,),
+        "retry_on retries the retry budget refused: the request got its first answer.",
     ),
     MetricSpec(
         "lb_upstream_errors_total",
@@ -562,6 +568,7 @@ class Metrics:
         self.requests = _Counter("lb_requests_total")
         self.request_duration = _Histogram("lb_request_duration_seconds", DURATION_BUCKETS)
         self.retries = _Counter("lb_retries_total")
+        self.budget_refusals = _Counter("lb_retry_budget_refusals_total")
         self.upstream_errors = _Counter("lb_upstream_errors_total")
         self.fallback = _Counter("lb_fallback_requests_total")
         self.decisions = _Counter("lb_steering_decisions_total")
@@ -597,6 +604,7 @@ class Metrics:
                 self.requests,
                 self.request_duration,
                 self.retries,
+                self.budget_refusals,
                 self.upstream_errors,
                 self.fallback,
                 self.decisions,
@@ -758,6 +766,10 @@ class Metrics:
             pool: the pool of the failed first attempt; ``""`` in the label when not given.
         """
         self.retries.inc((load_balancer, pool or "", reason))
+
+    def retry_budget_refused(self, load_balancer: str) -> None:
+        """Count one ``retry_on`` retry the load balancer's retry budget refused."""
+        self.budget_refusals.inc((load_balancer,))
 
     def upstream_error(self, pool: str, endpoint: str, kind: str) -> None:
         """Count one failed attempt at an endpoint.

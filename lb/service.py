@@ -250,7 +250,14 @@ def _hooks(engine: Engine, metrics: Metrics, worker: int | None = None) -> Proxy
             if attempt.error:
                 name = attempt.endpoint.partition("/")[2]
                 metrics.upstream_error(attempt.pool, name, attempt.error)
-        if record.retried:
+        if record.budget_refused:
+            metrics.retry_budget_refused(lb)
+        if record.retried == "retry_on":
+            # retry_on (docs/semantics.md): one count per retry, by the condition that matched
+            for attempt in record.attempts:
+                if attempt.retry_on:
+                    metrics.retry(lb, f"retry_on_{attempt.retry_on}", attempt.pool)
+        elif record.retried:
             # The pool of the attempt that failed: every retry is followed by one more attempt.
             failed = record.attempts[-2].pool if len(record.attempts) > 1 else record.pool
             if record.retried == "zero_downtime_failover":
@@ -271,6 +278,7 @@ def _hooks(engine: Engine, metrics: Metrics, worker: int | None = None) -> Proxy
                         "endpoint": record.endpoint,
                         "decision": record.decision,
                         "retried": record.retried,
+                        "retry_on": [a.retry_on for a in record.attempts if a.retry_on] or None,
                         "attempts": [a.endpoint for a in record.attempts],
                         "duration": round(record.duration, 6),
                         "request_id": record.request_id,

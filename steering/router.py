@@ -498,16 +498,23 @@ class Router:
         live: Live | None = None,
         *,
         status: int,
+        retry_on: bool = False,
     ) -> Decision | None:
         """R42-R45: the single zero-downtime retry after ``first`` failed with ``status``.
 
         Returns None when no retry is due: ``status`` is not a failover code, a pinned session
         with ``zero_downtime_failover: none``, or no healthy alternate exists.
+
+        ``retry_on``: a retry the attempt policy asked for under the ``retry_on`` extension
+        (``lb/core/attempts.py``), for any status and possibly after another retry; the
+        endpoints already tried are avoided all the same.
         """
         lb, pool, endpoint = first.load_balancer, first.pool, first.endpoint
-        if lb is None or pool is None or endpoint is None or status not in self._zdf_codes:
+        if lb is None or pool is None or endpoint is None:
             return None
-        if first.reason is DecisionReason.RETRY:
+        if not retry_on and status not in self._zdf_codes:
+            return None
+        if first.reason is DecisionReason.RETRY and not retry_on:
             return None  # R42: exactly one retry per request
         tr = Trace(first.trace) if first.trace is not None else NO_TRACE
         zdf = lb.session_affinity_attributes.zero_downtime_failover
@@ -555,7 +562,10 @@ class Router:
         elif mode == "header" and first.affinity != Affinity.HIT:
             remember = self._header_session(lb, req, chosen)
         if tr.on:
-            once = f"once to {chosen.key} (zero-downtime failover)"
+            if retry_on:
+                once = f"to {chosen.key} (retry_on)"
+            else:
+                once = f"once to {chosen.key} (zero-downtime failover)"
             tr.add(f"retry: {status} from {endpoint.key}; {once}")
         return Decision(
             load_balancer=lb,

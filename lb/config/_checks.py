@@ -385,6 +385,22 @@ def _check_pool_fields(item: Item[Pool], report: Report) -> None:
     if pool.monitor_group is not None and pool.monitor is not None:
         message = "a pool takes either `monitor` or `monitor_group`, not both"
         report.error(item.at("monitor_group"), message)
+    _check_retry_on(item, report)
+
+
+def _check_retry_on(item: Item[Pool] | Item[LoadBalancer], report: Report) -> None:
+    """``retry_on`` must retry something, and name each condition once."""
+    retry_on = item.value.retry_on
+    if retry_on is None:
+        return
+    if not retry_on.conditions and not retry_on.statuses:
+        message = "retries nothing: set conditions or statuses, or remove retry_on"
+        report.error(item.at("retry_on"), message)
+    for name in ("conditions", "statuses"):
+        values: tuple[object, ...] = getattr(retry_on, name)
+        for i, value in enumerate(values):
+            if value in values[:i]:
+                report.error(item.at("retry_on", name, i), f"{value} is listed twice")
 
 
 def _pool_monitor(
@@ -511,6 +527,7 @@ def _check_load_balancer(
     _check_affinity(item, report)
     _check_rules(item, report)
     _check_pool_sets(item, parsed, report)
+    _check_retry_on(item, report)
     _check_policy(item, [pools.get(name) for name in used], report)
     if not item.value.proxied:
         _check_dns_only(item, [pools.get(name) for name in used], report)

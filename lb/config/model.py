@@ -27,6 +27,8 @@ from lb.config.tunnels import tunnel_uuid
 __all__ = [
     "POOL_SET_POLICIES",
     "REGIONS",
+    "RETRY_CONDITIONS",
+    "RETRY_STATUSES",
     "AdaptiveRouting",
     "CertificatePair",
     "Cluster",
@@ -47,6 +49,7 @@ __all__ = [
     "PassiveHealth",
     "Pool",
     "RandomSteering",
+    "RetryOn",
     "SessionAffinityAttributes",
     "Tunnel",
     "TunnelReplica",
@@ -202,6 +205,40 @@ class LoadShedding:
     session_policy: str = _f("hash", choices=("hash",), doc="sessions are shed by IP hash")
 
 
+RETRY_CONDITIONS = ("reset", "empty_response")
+"""The failures ``retry_on.conditions`` names (``lb.core.attempts``)."""
+RETRY_STATUSES = (502, 503, 504)
+"""The answers ``retry_on.statuses`` may name: the gateway errors an endpoint answers when
+what stands behind it failed, which another endpoint may not."""
+
+
+@dataclass(**_FROZEN)
+class RetryOn:
+    """tunnel-lb extension: retries beyond Cloudflare's single failover, within a budget.
+
+    Off unless set (on a load balancer, or on a pool to override it for that pool's
+    endpoints).  Only idempotent requests that can be sent again are retried, and the
+    budget caps retries at a share of the requests in flight, so that retries never
+    multiply the load on an outage (docs/semantics.md, "Retries beyond Cloudflare")."""
+
+    conditions: tuple[str, ...] = _f(
+        ("reset",),
+        choices=RETRY_CONDITIONS,
+        doc="reset: closed or reset before any response byte; "
+        "empty_response: closed before the response head was complete",
+    )
+    statuses: tuple[int, ...] = _f(
+        (), range=(RETRY_STATUSES[0], RETRY_STATUSES[-1]), doc="answers that are retried"
+    )
+    num_retries: int = _f(1, range=(1, 3), doc="retries per request at most")
+    budget_percent: float = _f(
+        20.0, range=(0.0, 100.0), doc="retries in flight, as a share of the requests in flight"
+    )
+    min_retry_concurrency: int = _f(
+        3, range=(0, 1000), doc="retries in flight allowed whatever the share"
+    )
+
+
 @dataclass(**_FROZEN)
 class PassiveHealth:
     """tunnel-lb extension: eject endpoints that fail real traffic (Envoy's outlier detection).
@@ -265,6 +302,9 @@ class Pool:
     )
     passive_health: PassiveHealth | None = _f(
         None, doc="tunnel-lb extension: this pool's passive health; unset = engine.passive_health"
+    )
+    retry_on: RetryOn | None = _f(
+        None, doc="tunnel-lb extension: the load balancer's retry_on, for this pool; unset = its"
     )
 
     @property
@@ -464,6 +504,9 @@ class LoadBalancer:
     )
     rules: tuple[Rule, ...] = _f((), doc="custom rules (R32)")
     pool_sets: tuple[PoolSet, ...] | None = _f(None, doc="location-matched pool sets (R31)")
+    retry_on: RetryOn | None = _f(
+        None, doc="tunnel-lb extension: retry resets and chosen 5xx (docs/semantics.md); off"
+    )
 
     @property
     def effective_policy(self) -> str:

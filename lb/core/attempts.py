@@ -26,6 +26,28 @@ Two retries exist, each at most once per request, and both go out on a *fresh* c
 
 No retry follows a retry's failure except one: a stale retry whose fresh dial fails to
 connect may still fail over (the endpoint died under its pooled connection).
+
+Beyond Cloudflare: ``retry_on``
+-------------------------------
+
+Off unless a load balancer (or the pool of the failed endpoint) sets ``retry_on``
+(``docs/semantics.md``, "Retries beyond Cloudflare").  Then a third kind of retry exists,
+:attr:`Action.RETRY`, for what the two above leave as the answer:
+
+* ``reset``: the connection closed or was reset before any response byte
+  (:attr:`Failure.CLOSED_BEFORE_RESPONSE` not already retried as a stale connection);
+* ``empty_response``: it closed after part of the response head
+  (:attr:`Failure.CLOSED_IN_RESPONSE`);
+* a status of ``retry_on.statuses`` (:attr:`Failure.STATUS`, with the status ``answered``).
+
+Only an idempotent method whose body can be sent again (buffered, or not one byte taken from
+the client) is retried, at most ``num_retries`` times, each to another endpoint when the
+router finds one (else the same one, on a fresh connection).  A request's first such retry
+also needs room in the load balancer's retry budget (:mod:`lb.core.budget`); when the budget
+is spent the request gets its own answer and the step says so (:attr:`Step.refused`).
+HAProxy's ``retry-on`` (conditions named one by one) and Envoy's retry policy and retry
+budgets are the models.  Zero-downtime failover and the stale-connection retry come first,
+unchanged and outside the budget: ``retry_on`` only ever adds retries to Cloudflare's.
 """
 
 from __future__ import annotations
@@ -34,7 +56,19 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-__all__ = ["Action", "Body", "Failure", "Retry", "Step", "next_step", "status_of"]
+from lb.config.model import LoadBalancer, Pool, RetryOn
+from lb.core.budget import RetryBudget
+
+__all__ = [
+    "Action",
+    "Body",
+    "Failure",
+    "Retry",
+    "Step",
+    "next_step",
+    "retry_on_for",
+    "status_of",
+]
 
 
 class Failure(StrEnum):
@@ -61,6 +95,9 @@ class Failure(StrEnum):
     """The request could not be built from the configuration (an unsafe Host): 502."""
     RESPONSE_TIMEOUT = "response_timeout"
     """No response within ``request_timeout``: 524."""
+    STATUS = "status"
+    """A whole response head whose status ``retry_on.statuses`` names (the ``answered``
+    argument of :func:`next_step`); its answer is that response itself."""
 
 
 _STATUS = {
@@ -88,6 +125,14 @@ CONNECT_FAILURES = frozenset(
 """Failures before the connection stood: the request never left."""
 
 
+def retry_on_for(load_balancer: LoadBalancer | None, pool: Pool | None) -> RetryOn | None:
+    """The ``retry_on`` that applies to an attempt at an endpoint of ``pool``: the pool's
+    own, else its load balancer's; None (Cloudflare's retries only) when neither sets one."""
+    if pool is not None and pool.retry_on is not None:
+        return pool.retry_on
+    return load_balancer.retry_on if load_balancer is not None else None
+
+
 def status_of(failure: Failure) -> int:
     """The Cloudflare status of ``failure`` (``engine.error_style`` may show another)."""
     return _STATUS[failure]
@@ -109,6 +154,7 @@ class Retry(StrEnum):
 
     FAILOVER = "zero_downtime_failover"
     STALE = "stale_connection"
+    RETRY_ON = "retry_on"
 
 
 class Action(StrEnum):
@@ -118,6 +164,9 @@ class Action(StrEnum):
     """Ask the router for another endpoint (R42); none found: answer :attr:`Step.status`."""
     FRESH = "fresh"
     """Send the request again on a fresh connection to the same endpoint."""
+    RETRY = "retry"
+    """``retry_on``: ask the router for another endpoint; none found: the same endpoint on
+    a fresh connection."""
     ANSWER = "answer"
     """Answer :attr:`Step.status`; nothing more is tried."""
 
@@ -128,6 +177,14 @@ class Step:
 
     action: Action
     status: int
+    reason: str = ""
+    """The ``retry_on`` condition that matched (``reset``, ``empty_response``, ``502``...);
+    empty for Cloudflare's own retries and for answers no condition matched."""
+    budget: bool = False
+    """This retry is the request's first ``retry_on`` retry: it takes a place in the budget
+    (the caller calls :meth:`RetryBudget.retrying_now`)."""
+    refused: bool = False
+    """A ``retry_on`` retry was due but the budget was spent: the answer stands."""
 
     @property
     def retry(self) -> Retry | None:
@@ -135,7 +192,13 @@ class Step:
         return _RETRY.get(self.action)
 
 
-_RETRY = {Action.FAILOVER: Retry.FAILOVER, Action.FRESH: Retry.STALE}
+_RETRY = {Action.FAILOVER: Retry.FAILOVER, Action.FRESH: Retry.STALE, Action.RETRY: Retry.RETRY_ON}
+
+_CONDITION = {
+    Failure.CLOSED_BEFORE_RESPONSE: "reset",
+    Failure.CLOSED_IN_RESPONSE: "empty_response",
+}
+"""The ``retry_on`` condition each failure is (statuses are their own)."""
 
 
 def next_step(
@@ -147,6 +210,10 @@ def next_step(
     replayable: bool,
     retries: Sequence[Retry],
     failover_codes: Collection[int],
+    idempotent: bool = False,
+    retry_on: RetryOn | None = None,
+    budget: RetryBudget | None = None,
+    answered: int = 0,
 ) -> Step:
     """What follows an attempt that failed with ``failure``.
 
@@ -158,8 +225,13 @@ def next_step(
         replayable: the method is idempotent or the request has an Idempotency-Key.
         retries: the retries this request already had, in order.
         failover_codes: the engine's ``zero_downtime_failover_codes``.
+        idempotent: the method is idempotent (RFC 9110 §9.2.2); ``retry_on`` asks for it.
+        retry_on: the ``retry_on`` of the failed endpoint's pool, else of the load balancer;
+            None: Cloudflare's retries only.
+        budget: the load balancer's retry budget; None: no budget applies.
+        answered: for :attr:`Failure.STATUS`, the status of the response.
     """
-    status = _STATUS[failure]
+    status = answered if failure is Failure.STATUS else _STATUS[failure]
     if failure in CONNECT_FAILURES:
         if Retry.FAILOVER not in retries and status in failover_codes:
             return Step(Action.FAILOVER, status)
@@ -171,4 +243,37 @@ def next_step(
         and (body is Body.BUFFERED or (body is Body.UNTOUCHED and (replayable or not sent)))
     ):
         return Step(Action.FRESH, status)
-    return Step(Action.ANSWER, status)
+    if retry_on is None:
+        return Step(Action.ANSWER, status)
+    return _retry_on(failure, status, retry_on, budget, body, idempotent, retries)
+
+
+def _retry_on(
+    failure: Failure,
+    status: int,
+    retry_on: RetryOn,
+    budget: RetryBudget | None,
+    body: Body,
+    idempotent: bool,
+    retries: Sequence[Retry],
+) -> Step:
+    """The ``retry_on`` part of :func:`next_step` (see the module docstring)."""
+    if failure is Failure.STATUS:
+        reason = str(status) if status in retry_on.statuses else ""
+    else:
+        reason = _CONDITION.get(failure, "")
+        if reason not in retry_on.conditions:
+            reason = ""
+    if not reason or not idempotent or body is Body.STREAMED:
+        return Step(Action.ANSWER, status)
+    done = retries.count(Retry.RETRY_ON)
+    if done >= retry_on.num_retries:
+        return Step(Action.ANSWER, status, reason)
+    first = done == 0
+    if (
+        first
+        and budget is not None
+        and not budget.allows(retry_on.budget_percent, retry_on.min_retry_concurrency)
+    ):
+        return Step(Action.ANSWER, status, reason, refused=True)
+    return Step(Action.RETRY, status, reason, budget=first and budget is not None)

@@ -82,7 +82,7 @@ def outcome_of(failure: Failure | None, status: int, *, reused: bool = False) ->
     response byte (the idle-close race, retried on a fresh connection) or a request the
     configuration could not build.
     """
-    if failure is None:
+    if failure is None or failure is Failure.STATUS:  # an answer, whether retry_on retries it
         return Outcome(status)
     if failure in CONNECT_FAILURES:
         return Outcome(status_of(failure), connect_failed=True, detail=failure.value)

@@ -9,17 +9,22 @@ connection loop, the body, the splice, the proxy's own answers) is a helper it c
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from ipaddress import ip_address, ip_network
 from typing import Any
 
 import trio
 
+from lb import logs
 from lb.config.hosts import normalise_host
-from lb.config.model import EngineSettings
-from lb.core.attempts import Action, Body, Retry, next_step
+from lb.config.model import EngineSettings, RetryOn
+from lb.core.attempts import Action, Body, Failure, Retry, Step, next_step, retry_on_for
+from lb.core.budget import RetryBudget
+from lb.core.snapshot import EndpointView
 from lb.proxy import errors, http1
 from lb.proxy.body import (
     EOM,
@@ -44,6 +49,7 @@ from lb.proxy.headers import (
     client_address,
     colo_from_ray,
     cookie_value,
+    idempotent,
     parse_cookies,
     replayable,
     response_headers,
@@ -234,14 +240,58 @@ def _refusal(ex: Exchange) -> tuple[int, bytes, bool] | None:
 
 async def attempts(ex: Exchange, decision: Decision, req: Request) -> bool:
     """Send the request to ``decision``'s endpoint, and again wherever the attempt policy
-    says after a failure; relay the response, or answer the last failure."""
+    says after a failure; relay the response, or answer the last failure.
+
+    With ``retry_on`` (``docs/semantics.md``, "Retries beyond Cloudflare") the request counts
+    in its load balancer's retry budget until it is answered."""
+    tries = _Tries(decision, req, _budget(ex.shared, decision))
+    budget = tries.budget
+    if budget is None:
+        return await _attempts(ex, tries)
+    budget.started()
+    try:
+        return await _attempts(ex, tries)
+    finally:
+        budget.finished(Retry.RETRY_ON in tries.retries)
+
+
+@dataclass(slots=True)
+class _Tries:
+    """The attempts of one request so far: where it goes next and the retries it had."""
+
+    decision: Decision
+    req: Request
+    budget: RetryBudget | None
+    retries: list[Retry] = field(default_factory=list)
+    fresh: bool = False
+    """The next attempt dials a fresh connection (every retry does)."""
+
+
+def _budget(shared: Shared, decision: Decision) -> RetryBudget | None:
+    """The retry budget of ``decision``'s load balancer; None when no ``retry_on`` applies to
+    it (neither the load balancer nor any pool sets one: the common, Cloudflare-exact case)."""
+    config = shared.engine.config
+    if shared.retry_key is not config:
+        shared.retry_key = config
+        pools = any(p.retry_on is not None for p in config.pools)
+        shared.retry_lbs = frozenset(
+            lb.name for lb in config.load_balancers if pools or lb.retry_on is not None
+        )
+    lb = decision.load_balancer
+    if lb is None or lb.name not in shared.retry_lbs:
+        return None
+    budget = shared.budgets.get(lb.name)
+    if budget is None:
+        budget = shared.budgets[lb.name] = RetryBudget()
+    return budget
+
+
+async def _attempts(ex: Exchange, tries: _Tries) -> bool:
     shared = ex.shared
     engine = shared.engine
     settings = engine.config.engine
     record = ex.record
     live = engine.live
-    retries: list[Retry] = []
-    fresh = False
     connect_to = engine.config.connect_to
     pool = shared.pool
     pool.connect_timeout = settings.limits.connect_timeout  # follows reloads
@@ -251,10 +301,10 @@ async def attempts(ex: Exchange, decision: Decision, req: Request) -> bool:
     else:
         await buffer_body(ex)
     while True:
-        endpoint = decision.endpoint
+        endpoint = tries.decision.endpoint
         assert endpoint is not None
         target = target_for(endpoint, record.host, connect_to)
-        up = None if fresh else pool.checkout(target)
+        up = None if tries.fresh else pool.checkout(target)
         attempt = Attempt(
             pool=endpoint.pool, endpoint=endpoint.key, status=0, reused=up is not None
         )
@@ -276,11 +326,7 @@ async def attempts(ex: Exchange, decision: Decision, req: Request) -> bool:
         except UpstreamError as err:
             await stop_pump(ex)  # before the checks: it may have taken more body
             attempt.status, attempt.error = err.status, err.reason
-            live.finished(endpoint)
-            ex.endpoint = None
-            if ex.up is not None:
-                pool.discard(ex.up)
-                ex.up = None
+            _drop(ex, endpoint)
             failure = failure_of(err)
             engine.outcome(
                 endpoint.pool,
@@ -290,33 +336,8 @@ async def attempts(ex: Exchange, decision: Decision, req: Request) -> bool:
                 reused=attempt.reused,
                 now=trio.current_time(),
             )  # passive health (off by default), the simulator's too
-            # What follows is the attempt policy's to say (lb/core/attempts.py; the table
-            # is in docs/proxy.md, "Retries"), the simulator's too.
-            step = next_step(
-                failure,
-                reused=attempt.reused,
-                body=ex.body_state,
-                sent=ex.sent_any,
-                replayable=replayable(ex.event.method, ex.facts),
-                retries=retries,
-                failover_codes=settings.zero_downtime_failover_codes,
-            )
-            kind = step.retry
-            retry = None
-            if step.action is Action.FAILOVER:
-                retry = engine.retry(decision, req, shared.rng, status=step.status)
-                if retry is None:
-                    kind = None  # no healthy alternate: the failure is the answer
-            if kind is not None:
-                retries.append(kind)
-                fresh = True  # every retry goes out on a fresh connection
-                record.retried = kind.value
-                record.retry_status = step.status
-                shared.hooks.retry(kind.value, attempt)
-                if retry is not None:
-                    decision = retry
-                    shared.hooks.decision(retry)
-                    record.decision = retry.reason
+            step = _after_failure(ex, tries, attempt, failure)
+            if step.retry is not None:
                 continue
             record.error = err.reason
             style = settings.error_style
@@ -324,13 +345,25 @@ async def attempts(ex: Exchange, decision: Decision, req: Request) -> bool:
                 ex, public_status(step.status, style), error_body(step.status, style)
             )
         attempt.status = response.status_code
-        record.upstream_status = response.status_code
         engine.outcome(
             endpoint.pool, endpoint.name, status=response.status_code, now=trio.current_time()
         )
+        if tries.budget is not None and type(response) is http1.Response:
+            # retry_on may name this status (a 502, 503, 504 from the endpoint): the policy
+            # says whether it is retried or relayed as it is.
+            rules = _rules(tries.decision)
+            if rules is not None and response.status_code in rules.statuses:
+                body = ex.body_state if ex.pump is None else Body.STREAMED
+                step = _after_failure(
+                    ex, tries, attempt, Failure.STATUS, response.status_code, body
+                )
+                if step.retry is not None:
+                    _drop(ex, endpoint)  # its body is not wanted: the connection goes
+                    continue
+        record.upstream_status = response.status_code
         up.note_response(response.headers)
         try:
-            return await relay(ex, up, response, decision)
+            return await relay(ex, up, response, tries.decision)
         except UpstreamError as err:
             # The upstream head (or the 101) was refused: nothing reached the client yet
             # unless ``responded``; answer 502 on a connection that closes afterwards.
@@ -339,6 +372,101 @@ async def attempts(ex: Exchange, decision: Decision, req: Request) -> bool:
             if ex.responded:
                 return False
             return await bad_gateway(ex)
+
+
+def _drop(ex: Exchange, endpoint: EndpointView) -> None:
+    """An attempt is over without a response to relay: its connection is not reused."""
+    ex.shared.engine.live.finished(endpoint)
+    ex.endpoint = None
+    if ex.up is not None:
+        ex.shared.pool.discard(ex.up)
+        ex.up = None
+
+
+def _rules(decision: Decision) -> RetryOn | None:
+    """The ``retry_on`` of the decision's pool, else of its load balancer."""
+    pool = decision.pool
+    return retry_on_for(decision.load_balancer, pool.config if pool is not None else None)
+
+
+def _after_failure(
+    ex: Exchange,
+    tries: _Tries,
+    attempt: Attempt,
+    failure: Failure,
+    answered: int = 0,
+    body: Body | None = None,
+) -> Step:
+    """Ask the attempt policy what follows ``attempt``'s ``failure`` and prepare the retry it
+    asks for; a step without :attr:`Step.retry` leaves the answer to the caller.
+
+    What follows is the attempt policy's to say (lb/core/attempts.py; the table is in
+    docs/proxy.md, "Retries"), the simulator's too.
+    """
+    shared = ex.shared
+    engine = shared.engine
+    record = ex.record
+    decision = tries.decision
+    rules = _rules(decision)
+    step = next_step(
+        failure,
+        reused=attempt.reused,
+        body=ex.body_state if body is None else body,
+        sent=ex.sent_any,
+        replayable=replayable(ex.event.method, ex.facts),
+        retries=tries.retries,
+        failover_codes=engine.config.engine.zero_downtime_failover_codes,
+        idempotent=idempotent(ex.event.method),
+        retry_on=rules,
+        budget=tries.budget,
+        answered=answered,
+    )
+    if step.refused:
+        record.budget_refused = True
+        logs.event(
+            "retry_budget_refused",
+            logging.DEBUG,
+            load_balancer=record.load_balancer,
+            endpoint=attempt.endpoint,
+            reason=step.reason,
+        )
+    kind = step.retry
+    if kind is None:
+        return step
+    retry = None
+    if step.action is not Action.FRESH:
+        retry = engine.retry(
+            decision,
+            tries.req,
+            shared.rng,
+            status=step.status,
+            retry_on=step.action is Action.RETRY,
+        )
+        if retry is None and step.action is Action.FAILOVER:
+            return Step(Action.ANSWER, step.status)  # no healthy alternate: the answer
+    if step.budget:
+        assert tries.budget is not None
+        tries.budget.retrying_now()
+    tries.retries.append(kind)
+    tries.fresh = True  # every retry goes out on a fresh connection
+    record.retried = kind.value
+    record.retry_status = step.status
+    if step.reason:
+        attempt.retry_on = step.reason
+        logs.event(
+            "retry_on",
+            logging.DEBUG,
+            load_balancer=record.load_balancer,
+            endpoint=attempt.endpoint,
+            reason=step.reason,
+            to=retry.endpoint.key if retry is not None and retry.endpoint else attempt.endpoint,
+        )
+    shared.hooks.retry(kind.value, attempt)
+    if retry is not None:
+        tries.decision = retry
+        shared.hooks.decision(retry)
+        record.decision = retry.reason
+    return step
 
 
 async def forward(

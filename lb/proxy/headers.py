@@ -166,6 +166,11 @@ def scan_request(
     return f
 
 
+def idempotent(method: bytes) -> bool:
+    """Whether ``method`` is idempotent (RFC 9110 §9.2.2): what ``retry_on`` retries."""
+    return method in _IDEMPOTENT
+
+
 def replayable(method: bytes, facts: RequestFacts) -> bool:
     """Whether a request may be sent again after a stale connection failed (Go's rule).
 

@@ -41,6 +41,9 @@ class Attempt:
     first_byte: float | None = None
     """Seconds from the start of sending the request on an open connection to its response
     head (time to first byte, connect excluded); None without a response head."""
+    retry_on: str = ""
+    """The ``retry_on`` condition (``reset``, ``502``...) this attempt's failure was retried
+    for; empty when it was not retried, or retried by Cloudflare's own rules."""
 
 
 @dataclass(slots=True)
@@ -70,12 +73,14 @@ class RequestRecord:
     ``client_disconnected``, ``upstream_aborted``, ``body_too_large``, ``bad_request``...,
     ``shutdown`` when the drain deadline cut the request)."""
     retried: str | None = None
-    """``zero_downtime_failover`` or ``stale_connection`` when a second attempt was made (at
-    most one extra attempt is ever made)."""
+    """``zero_downtime_failover``, ``stale_connection`` or ``retry_on``: the last retry made
+    (without ``retry_on``, at most one extra attempt is ever made)."""
     retry_status: int | None = None
     """The status of the failure that triggered the retry (the 52x of a failover, 502 of a
     stale connection); None without a retry.  Label retry metrics with this, not with
     ``attempts[0].status``."""
+    budget_refused: bool = False
+    """A ``retry_on`` retry was due and the retry budget refused it."""
     bytes_in: int = 0
     """Request body bytes received from the client (after a 101: bytes carried upstream)."""
     bytes_out: int = 0

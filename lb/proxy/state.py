@@ -28,6 +28,7 @@ from ipaddress import IPv4Network, IPv6Network
 import trio
 
 from lb.core.attempts import Body
+from lb.core.budget import RetryBudget
 from lb.core.snapshot import EndpointView
 from lb.engine import Engine
 from lb.proxy import http1
@@ -223,6 +224,7 @@ class Shared:
     shares: the engine, the pool, the hooks, the drain flags and the per-config caches."""
 
     __slots__ = (
+        "budgets",
         "cap_logged",
         "clients",
         "default_cap",
@@ -236,6 +238,8 @@ class Shared:
         "names_key",
         "pool",
         "refused",
+        "retry_key",
+        "retry_lbs",
         "rid_counter",
         "rid_prefix",
         "rng",
@@ -278,6 +282,11 @@ class Shared:
         self.trusted_cache: dict[str, bool] = {}
         self.names_key: object = None
         self.names: tuple[bytes, bytes] = (b"", b"")
+        self.budgets: dict[str, RetryBudget] = {}
+        """Per load balancer name: its ``retry_on`` budget (``lb/core/budget.py``)."""
+        self.retry_key: object = None
+        self.retry_lbs: frozenset[str] = frozenset()
+        """The load balancers whose requests ``retry_on`` may retry (for ``retry_key``)."""
 
     @property
     def max_connections(self) -> int:

@@ -107,6 +107,11 @@ def real_report(
                 c.retries += 1
                 _add(c.moved_from, first)
                 _add(c.moved_to, final)
+            elif logged.get("retried") == "retry_on":
+                c.retry_on += len(logged.get("retry_on") or [None])
+                if final != first:  # moved to another endpoint (docs/semantics.md)
+                    _add(c.moved_from, first)
+                    _add(c.moved_to, final)
             elif logged.get("retried"):
                 c.stale_retries += 1
         elif status == 530:

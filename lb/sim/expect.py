@@ -70,7 +70,7 @@ def _r(x: float | None) -> float | None:
 
 
 def _fails(e: NetEvent) -> bool:
-    if e.action in FAULTS or e.action == TimelineAction.FLAP:
+    if e.action in FAULTS or e.action in (TimelineAction.FLAP, TimelineAction.RESET):
         return True
     return e.action == TimelineAction.STATUS and e.status >= 500
 

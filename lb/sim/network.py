@@ -64,6 +64,7 @@ ORIGIN_STATUS: dict[str, int] = {
     TimelineAction.BLACKHOLE: 524,
     TimelineAction.UNREACHABLE: 502,
     TimelineAction.DOWN: 502,
+    TimelineAction.RESET: 502,
 }
 """What a user gets when cloudflared is up but the application behind it fails."""
 
@@ -77,7 +78,8 @@ class Answer:
     status: int
     latency: float
     failure: str = ""
-    """For probes: ``refuse``, ``blackhole``, ``unreachable`` or ``hang``; empty otherwise."""
+    """For probes: ``refuse``, ``blackhole``, ``unreachable`` or ``hang``; ``reset`` for an
+    endpoint that resets the connection before answering (users and probes); else empty."""
     connect_failed: bool = False
     """The connection to the endpoint failed (edge ``refuse``, ``blackhole``, ``unreachable``):
     the only answers the proxy retries (R42).  Every other answer is an HTTP response, final
@@ -244,6 +246,10 @@ class Network:
         base = self.rtt + latency
         if fault == TimelineAction.STATUS:
             return Answer(r.label, status, base)
+        if fault == TimelineAction.RESET:
+            return Answer(
+                r.label, 502, base, TimelineAction.RESET
+            )  # no response byte: the proxy's 502
         rules = self._ingress.get(address)
         if rules is not None:
             service = rules[match_rule(rules, host, path)].parsed_service
@@ -330,6 +336,9 @@ class SimSession:
         self.phase = "http"
         if answer.failure == "hang":
             await trio.sleep_forever()
+        if answer.failure == TimelineAction.RESET:
+            await trio.sleep(answer.latency)
+            raise trio.BrokenResourceError("connection reset before the answer (simulated)")
         await trio.sleep(answer.latency)
         body = network.body if self._probe.scheme != "tcp" else b""
         status = None if self._probe.scheme == "tcp" else answer.status

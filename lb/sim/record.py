@@ -70,6 +70,8 @@ class Recorder:
         self.unrouted = 0
         self.retries = 0
         self.stale_retries = 0
+        self.retry_on = 0
+        self.budget_refused = 0
         self.transitions: list[Transition] = []
         self.checks = 0
         self.activity: dict[str, list[list[int]]] = {}
@@ -136,12 +138,14 @@ class Recorder:
         w = self.windows[w_index]
         for dc, c in per_dc:
             served = c.first
-            if c.retries:
+            if c.moved_from:
                 served = dict(c.first)
                 _add(served, c.moved_from, -1)
                 _add(served, c.moved_to)
-                self.retries += c.retries
+            self.retries += c.retries
             self.stale_retries += c.stale_retries
+            self.retry_on += c.retry_on
+            self.budget_refused += c.budget_refused
             w.requests += c.requests
             w.by_datacenter[dc] = w.by_datacenter.get(dc, 0) + c.requests
             _add(w.by_endpoint, served)

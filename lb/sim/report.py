@@ -112,7 +112,13 @@ class Report:
             f"scenario {d['scenario']}: {seconds(d['duration'])} virtual, seed {d['seed']}, "
             f"{d['requests']} requests, {d['errors']} errors, "
             f"{d['retries']} zero-downtime retries, {d['probes']} probes"
-            + (f", {d['stale_retries']} stale-connection retries" if d["stale_retries"] else ""),
+            + (f", {d['stale_retries']} stale-connection retries" if d["stale_retries"] else "")
+            + (f", {d['retry_on_retries']} retry_on retries" if d["retry_on_retries"] else "")
+            + (
+                f", {d['retry_budget_refusals']} refused by the retry budget"
+                if d["retry_budget_refusals"]
+                else ""
+            ),
             "",
         ]
         rows: list[tuple[str, ...]] = [("pool / endpoint", "requests", "share", "errors")]
@@ -280,6 +286,8 @@ def build_report(
         "unrouted": rec.unrouted,
         "retries": rec.retries,
         "stale_retries": rec.stale_retries,
+        "retry_on_retries": rec.retry_on,
+        "retry_budget_refusals": rec.budget_refused,
         "statuses": {str(k): rec.statuses[k] for k in sorted(rec.statuses)},
         "by_pool": _by_pool(totals.by_endpoint),
         "by_endpoint": _sorted(totals.by_endpoint),

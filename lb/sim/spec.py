@@ -60,6 +60,9 @@ class TimelineAction(StrEnum):
     ENABLE = "enable"
     WEIGHT = "weight"
     KILL = "kill"
+    RESET = "reset"
+    """The endpoint takes the connection and the request, then resets it before answering: the
+    proxy gets no response byte (502, or a ``retry_on`` retry), a probe a reset connection."""
 
 
 FAULTS = (
@@ -71,6 +74,7 @@ FAULTS = (
 """Connectivity failures; each maps to a user-visible status and a probe failure (docs)."""
 NETWORK_ACTIONS = (
     *FAULTS,
+    TimelineAction.RESET,
     TimelineAction.PARTITION,
     TimelineAction.STATUS,
     TimelineAction.LATENCY,

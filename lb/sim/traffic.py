@@ -22,7 +22,10 @@ What a request does (the proxy's sequence):
    blackholed or unreachable: 521/522/523, the engine's zero-downtime-failover codes by
    default) gets the one retry ``router.retry`` gives (R42-R45); a pooled connection the
    endpoint closed just as the request went out (``network.keep_alive``, below) is retried on
-   a fresh connection.  An HTTP answer is never retried, whatever its status;
+   a fresh connection.  An HTTP answer is never retried, whatever its status, unless
+   ``retry_on`` names it: then the policy may retry it to another endpoint, within the
+   load balancer's retry budget (``lb/core/budget.py``), which counts the requests in
+   flight per data center (each for its answer's latency);
 4. a new ``__cflb`` is kept by cookie-keeping clients;
 5. ``engine.live`` in-flight (and connection) counts follow each attempt when some policy
    reads them (least_outstanding_requests / least_connections), with the answer's latency;
@@ -65,8 +68,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from random import Random
 
-from lb.config.model import Config
-from lb.core.attempts import Action, Body, Failure, Retry, next_step
+from lb.config.model import Config, RetryOn
+from lb.core.attempts import Action, Body, Failure, Retry, next_step, retry_on_for
+from lb.core.budget import RetryBudget
 from lb.core.snapshot import EndpointView
 from lb.engine import Engine
 from lb.sim.network import Answer, Network
@@ -114,14 +118,21 @@ class TrafficCounts:
     retries: int = 0
     stale_retries: int = 0
     """Retries on a fresh connection after a pooled one the endpoint had closed."""
+    retry_on: int = 0
+    """``retry_on`` retries (moves to another endpoint are in ``moved_from``/``moved_to``)."""
+    budget_refused: int = 0
+    """``retry_on`` retries the retry budget refused."""
     affinity: dict[str, int] = field(default_factory=dict)
 
 
-def _failure(a: Answer, stale: bool) -> Failure | None:
-    """The attempt policy's name for what went wrong with an attempt answered ``a``."""
-    if stale:
+def _failure(a: Answer, stale: bool, statuses: tuple[int, ...] = ()) -> Failure | None:
+    """The attempt policy's name for what went wrong with an attempt answered ``a``;
+    ``statuses``: the answers ``retry_on`` names (an HTTP answer is otherwise no failure)."""
+    if stale or a.failure == TimelineAction.RESET:
         return Failure.CLOSED_BEFORE_RESPONSE
-    return _CONNECT_FAILURES.get(a.failure) if a.connect_failed else None
+    if a.connect_failed:
+        return _CONNECT_FAILURES.get(a.failure)
+    return Failure.STATUS if a.status in statuses else None
 
 
 class _Outcome:
@@ -212,6 +223,15 @@ class DatacenterTraffic:
         """Endpoint address -> when its last pooled connection was released (keep_alive)."""
         self._cache: dict[int, _Outcome] = {}
         self._sent = 0
+        self._budget: RetryBudget | None = None
+        """The load balancer's retry budget, when ``retry_on`` may apply to its requests."""
+        self._flight: list[tuple[float, int, bool]] = []
+        """With a budget: (answer time, sequence, retried) of the requests in flight."""
+        self._flight_seq = 0
+        if lb is not None and (
+            lb.retry_on is not None or any(p.retry_on is not None for p in config.pools)
+        ):
+            self._budget = RetryBudget()
         self._heap: _Heap | None = None
         self._passive: Engine | None = None
         """The engine outcomes go to while ``passive_health`` covers a pool (else None)."""
@@ -299,6 +319,7 @@ class DatacenterTraffic:
         remember = engine.remember
         heap = self._heap
         slow = self._affinity != "none" or heap is not None or bool(self._keep_alive)
+        slow = slow or self._budget is not None  # the budget counts requests in flight
         # slow_start ramps read the request's clock: set it while any ramp runs.
         slow = slow or any(p.ramping or p.ramp is not None for p in router.snapshot.pools.values())
         passive = engine if engine.passive else None
@@ -402,20 +423,25 @@ class DatacenterTraffic:
         t: float,
         *,
         stale: bool = False,
-    ) -> tuple[Decision | None, Answer]:
+    ) -> tuple[Decision | None, Answer, bool]:
         """A failed attempt or a non-200 answer: what the attempt policy says follows, then
-        the final tally.
+        the final tally; returns the last retry decision, the final answer and whether the
+        request took a place in the retry budget.
 
         As in the proxy, only failures are retried: a failed connection to the endpoint (R42)
         and a pooled connection the endpoint closed (``stale``); an HTTP answer is final
-        whatever its status, 521-523 included (``http_status:522``, an origin's 522).  A
-        simulated request is a bodiless GET: buffered and replayable.
+        whatever its status, 521-523 included (``http_status:522``, an origin's 522), unless
+        ``retry_on`` names it.  A simulated request is a bodiless GET: buffered, idempotent
+        and replayable.
         """
         retries: list[Retry] = []
         retry: Decision | None = None
+        cur = d
         final_key = key
         reused = stale
-        failure = _failure(a, stale)
+        budget = self._budget
+        rules = self._rules(cur)
+        failure = _failure(a, stale, rules.statuses if rules else ())
         self._report(d.endpoint, a, failure, reused=reused)
         while failure is not None:
             step = next_step(
@@ -426,20 +452,37 @@ class DatacenterTraffic:
                 replayable=True,
                 retries=retries,
                 failover_codes=self._codes,
+                idempotent=True,
+                retry_on=rules,
+                budget=budget,
+                answered=a.status,
             )
+            if step.refused:
+                c.budget_refused += 1
             kind = step.retry
-            if step.action is Action.FAILOVER:
-                retry = engine.retry(d, req, self.steer_rng, status=step.status)
-                if retry is None or retry.endpoint is None:
-                    break
-                ep2 = retry.endpoint
-                o2 = self._cache.get(id(ep2)) or self._outcome(ep2, t)
+            if step.action is Action.FAILOVER or step.action is Action.RETRY:
+                again = step.action is Action.RETRY
+                moved = engine.retry(cur, req, self.steer_rng, status=step.status, retry_on=again)
+                if moved is None or moved.endpoint is None:
+                    if not again:
+                        break
+                    # retry_on with no other endpoint: the same one, on a fresh connection
+                    ep2 = cur.endpoint
+                    assert ep2 is not None
+                    o2 = self._cache.get(id(ep2)) or self._outcome(ep2, t)
+                else:
+                    ep2 = moved.endpoint
+                    o2 = self._cache.get(id(ep2)) or self._outcome(ep2, t)
+                    c.moved_from[final_key] = c.moved_from.get(final_key, 0) + 1
+                    final_key = o2.key
+                    c.moved_to[final_key] = c.moved_to.get(final_key, 0) + 1
+                    retry = cur = moved
                 a = o2.single or o2.answers[int(self._replica_rng.random() * o2.width)]
                 self._report(ep2, a, _failure(a, False), reused=False)
-                c.retries += 1
-                c.moved_from[final_key] = c.moved_from.get(final_key, 0) + 1
-                final_key = o2.key
-                c.moved_to[final_key] = c.moved_to.get(final_key, 0) + 1
+                if again:
+                    c.retry_on += 1
+                else:
+                    c.retries += 1
                 if a.replica is not None:
                     c.replicas[a.replica] = c.replicas.get(a.replica, 0) + 1
             elif step.action is Action.FRESH:
@@ -450,14 +493,23 @@ class DatacenterTraffic:
                     a = Answer(a.replica, step.status, a.latency)  # the broken exchange's 502
                 break
             assert kind is not None
+            if step.budget:
+                assert budget is not None
+                budget.retrying_now()
             retries.append(kind)
             reused = False
-            failure = _failure(a, False)
+            rules = self._rules(cur)
+            failure = _failure(a, False, rules.statuses if rules else ())
         if a.status != 200:
             c.statuses[a.status] = c.statuses.get(a.status, 0) + 1
             if a.status >= 500:
                 c.errors[final_key] = c.errors.get(final_key, 0) + 1
-        return retry, a
+        return retry, a, budget is not None and Retry.RETRY_ON in retries
+
+    @staticmethod
+    def _rules(d: Decision) -> RetryOn | None:
+        """The ``retry_on`` for an attempt at ``d``'s endpoint (its pool's, else its LB's)."""
+        return retry_on_for(d.load_balancer, d.pool.config if d.pool is not None else None)
 
     def _report(
         self, ep: EndpointView | None, a: Answer, failure: Failure | None, *, reused: bool
@@ -490,6 +542,12 @@ class DatacenterTraffic:
             return self._closes_rng.random() < -math.expm1(-keep.random * 2 * half)
         return False
 
+    def _settle_budget(self, budget: RetryBudget, now: float) -> None:
+        """Take the requests answered by ``now`` out of the budget's counts."""
+        flight = self._flight
+        while flight and flight[0][0] <= now:
+            budget.finished(heapq.heappop(flight)[2])
+
     def _bound(self, keep: KeepAlive) -> float:
         """How long the proxy reuses an idle connection to this endpoint (its pool's rule)."""
         if keep.announce:
@@ -516,11 +574,19 @@ class DatacenterTraffic:
         self._now = now
         if self._passive is not None and a.status == 200 and not stale:
             self._report(ep, a, None, reused=False)
+        budget = self._budget
+        if budget is not None:
+            self._settle_budget(budget, now)
+            budget.started()
+        retried = False
         if a.status != 200 or stale:
-            retry, a = self._failed(req, d, ep.key, a, engine, c, t, stale=stale)
+            retry, a, retried = self._failed(req, d, ep.key, a, engine, c, t, stale=stale)
             # A failed first attempt that was retried took no time worth counting in flight.
             if retry is not None and retry.endpoint is not None:
                 ep = retry.endpoint
+        if budget is not None:
+            self._flight_seq += 1
+            heapq.heappush(self._flight, (now + a.latency, self._flight_seq, retried))
         if self._keep_alive and not a.connect_failed:
             self._released[ep.key] = now + a.latency
         if heap is not None:

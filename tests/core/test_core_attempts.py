@@ -88,4 +88,6 @@ def test_everything_else_is_answered(failure: Failure) -> None:
 
 
 def test_every_failure_has_a_status() -> None:
-    assert {status_of(f) for f in Failure} <= {502, 521, 522, 523, 524, 525, 526}
+    # a STATUS is an endpoint's own answer: its status is the response's (``answered``)
+    fixed = set(Failure) - {Failure.STATUS}
+    assert {status_of(f) for f in fixed} <= {502, 521, 522, 523, 524, 525, 526}

@@ -77,12 +77,14 @@ def test_every_retry_is_one_the_attempt_policy_asked_for(
         return step
 
     monkeypatch.setattr(lb.sim.traffic, "next_step", counting)
-    for name in ("flapping.yaml", "keep-alive-closes.yaml"):
+    for name in ("flapping.yaml", "keep-alive-closes.yaml", "retry-on.yaml"):
         actions.clear()
         data = run_scenario(load_scenario(ROOT / "configs/scenarios" / name)).data
         assert actions.count(Action.FRESH) == data["stale_retries"]
         assert actions.count(Action.FAILOVER) >= data["retries"]
-        assert data["retries"] + data["stale_retries"] > 0
+        # retry_on: every retry is one the policy asked for, and every RETRY was carried out
+        assert actions.count(Action.RETRY) == data["retry_on_retries"]
+        assert data["retries"] + data["stale_retries"] + data["retry_on_retries"] > 0
 
 
 def test_every_attempt_is_one_passive_health_outcome_counted_by_the_core(

@@ -1,0 +1,65 @@
+"""``retry_on`` in the simulator (configs/scenarios/retry-on.yaml and variants of it).
+
+The simulator follows the proxy's attempt policy and retry budget (``lb/core/attempts.py``,
+``lb/core/budget.py``): three tunnels, the application behind one refuses for 60 s while the
+health-route monitors stay green, then another resets its connections until its monitor
+takes it out.  Without ``retry_on`` a third of the requests of that minute fail, and those
+the resetting tunnel takes before it is noticed (Cloudflare-exact); with it none do; with a
+budget of nothing, every retry is refused and the errors come back, counted as refusals.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from lb.sim import load_scenario, run_scenario
+
+SCENARIO = Path(__file__).resolve().parents[2] / "configs" / "scenarios" / "retry-on.yaml"
+RULE = "      retry_on: {conditions: [reset], statuses: [502]}\n"
+
+
+def variant(tmp_path: Path, rule: str) -> dict[str, Any]:
+    text = SCENARIO.read_text()
+    assert RULE in text
+    path = tmp_path / "variant.yaml"
+    path.write_text(
+        text.replace(RULE, rule).replace(
+            "    errors: {at_most: 0}\n", "    errors: {at_most: 100000}\n"
+        )
+    )
+    return run_scenario(load_scenario(path)).data
+
+
+def test_retry_on_mends_what_cloudflare_exact_loses(tmp_path: Path) -> None:
+    shipped = run_scenario(load_scenario(SCENARIO)).data
+    exact = variant(tmp_path, "")
+    # Cloudflare-exact: about a third of the 6,000 requests of the outage minute fail
+    assert 1500 <= exact["errors"] <= 2500
+    assert exact["retry_on_retries"] == exact["retry_budget_refusals"] == 0
+    assert exact["statuses"] == {"502": exact["errors"]}
+    # retry_on: each of them is retried once, to another tunnel, and none fails
+    assert shipped["errors"] == 0
+    assert 1500 <= shipped["retry_on_retries"] <= 2500
+    assert shipped["retry_budget_refusals"] == 0
+
+
+def test_a_spent_budget_answers_the_failure_and_counts_it(tmp_path: Path) -> None:
+    nothing = "      retry_on: {statuses: [502], budget_percent: 0, min_retry_concurrency: 0}\n"
+    data = variant(tmp_path, nothing)
+    assert data["retry_on_retries"] == 0
+    assert data["errors"] == data["retry_budget_refusals"] > 1500
+
+
+def test_a_pool_retry_on_overrides_the_load_balancer(tmp_path: Path) -> None:
+    """The pool's own retry_on (no statuses) replaces the load balancer's: 502s stay."""
+    text = SCENARIO.read_text().replace(
+        "      monitor: health-route\n",
+        "      monitor: health-route\n      retry_on: {conditions: [reset]}\n",
+    )
+    path = tmp_path / "pool.yaml"
+    path.write_text(text.replace("    errors: {at_most: 0}\n", "    errors: {at_most: 100000}\n"))
+    data = run_scenario(load_scenario(path)).data
+    # c's 502s are answered as they are; b's resets are still retried (the pool's rule)
+    assert data["statuses"] == {"502": data["errors"]} and data["errors"] > 1500
+    assert 0 < data["retry_on_retries"] < 500
