@@ -123,7 +123,7 @@ def test_every_attempt_is_one_passive_health_outcome_counted_by_the_core(
     assert counts["eject"] == len(ejected) == 2
     # the proxy makes the same call after every attempt
     tree = ast.parse((ROOT / "lb/proxy/exchange.py").read_text())
-    assert "attempts" in _functions_calling(tree, "outcome")
+    assert "_attempts" in _functions_calling(tree, "outcome")
 
 
 def _functions_calling(tree: ast.AST, attr: str) -> set[str]:
