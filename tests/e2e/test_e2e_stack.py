@@ -27,7 +27,7 @@ from stack_support import (
     processes,
     start_process,
     two_tunnel_config,
-    wait_until,
+    until_url,
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
@@ -62,7 +62,7 @@ async def test_lb_process_story(tmp_path: Path) -> None:
             path.write_text(connector_config(uuid, dc, ports[uuid], cert))
             tunnels[uuid] = await start_process(nursery, "connector", "--quiet", str(path), log=log)
         lb = await start_process(nursery, "run", str(config), log=log)
-        await wait_until(client, f"{admin_base}/readyz", lambda r: r.status_code == 200)
+        await until_url(client, f"{admin_base}/readyz", lambda r: r.status_code == 200)
 
         # Failover order: every request goes to the eu tunnel.
         assert await served_by(client, base, 20) == Counter({f"200 {EU}": 20})
@@ -76,7 +76,7 @@ async def test_lb_process_story(tmp_path: Path) -> None:
             pools = {p["name"]: p for p in r.json()["pools"]}
             return bool(pools["eu"]["state"] == "critical")
 
-        await wait_until(client, f"{admin_base}/status", eu_down)
+        await until_url(client, f"{admin_base}/status", eu_down)
         text = (await client.get(f"{admin_base}/metrics")).text
         retried = [line for line in text.splitlines() if line.startswith("lb_retries_total{")]
         assert any(f'load_balancer="{LB}"' in r and 'reason="521"' in r for r in retried), text
@@ -97,7 +97,7 @@ async def test_lb_process_story(tmp_path: Path) -> None:
         def reloaded(r: httpx.Response) -> bool:
             return b'lb_config_reloads_total{result="success"} 1.0' in r.content
 
-        await wait_until(client, f"{admin_base}/metrics", reloaded)
+        await until_url(client, f"{admin_base}/metrics", reloaded)
         status = (await client.get(f"{admin_base}/status")).json()
         states = {p["name"]: p["state"] for p in status["pools"]}
         assert states == {"eu": "critical", "us": "healthy"}

@@ -96,7 +96,7 @@ def reset_mid_response() -> Action:
     async def action(r: Reply) -> None:
         await r.send(h11.Response(status_code=200, headers=[("Content-Length", "1000")]))
         await r.send(h11.Data(data=b"x" * 10))
-        await trio.sleep(0.05)
+        await trio.sleep(0.05)  # on purpose: the part arrives before the reset
         r.tcp.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         r.tcp.socket.close()
 
@@ -163,6 +163,8 @@ class HostRouter:
     paths: list[str] = field(default_factory=list)
     hits: int = 0
     connections: int = 0
+    closed: int = 0
+    """Connections whose handler has finished and closed the socket."""
     body_bytes_sent: int = 0
     port: int = 0
     handshakes: bool = True
@@ -213,6 +215,7 @@ class HostRouter:
             pass
         finally:
             tcp.socket.close()
+            self.closed += 1
 
     async def _serve(self, tcp: trio.SocketStream, stream: trio.abc.Stream) -> None:
         conn = h11.Connection(h11.SERVER)

@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 import trio
 import trustme
 from prometheus_support import free_port
+from waiting import wait_until
 
 __all__ = [
     "APP",
@@ -35,7 +35,7 @@ __all__ = [
     "running_stack",
     "start_process",
     "two_tunnel_config",
-    "wait_until",
+    "until_url",
 ]
 
 EU = "6ff42ae2-765d-4adf-8112-31c55c1551ef"
@@ -158,19 +158,17 @@ def connector_config(uuid: str, dc: str, port: int, cert: Path) -> str:
     )
 
 
-async def wait_until(client: httpx.AsyncClient, url: str, ok: Any, *, seconds: float = 20) -> Any:
-    """Poll ``url`` until ``ok(response)`` is truthy (bounded); return that value."""
-    with trio.move_on_after(seconds):
-        while True:
-            try:
-                response = await client.get(url)
-                result = ok(response)
-                if result:
-                    return result
-            except httpx.TransportError:
-                pass
-            await trio.sleep(0.1)
-    pytest.fail(f"{url} did not reach the expected state within {seconds}s")
+async def until_url(client: httpx.AsyncClient, url: str, ok: Any, *, seconds: float = 20) -> Any:
+    """Poll ``url`` until ``ok(response)`` is truthy (bounded); return that value.
+
+    Another process's state: there is no event to wait on, so it goes through
+    :func:`waiting.wait_until`."""
+
+    async def check() -> Any:
+        return ok(await client.get(url))
+
+    what = f"{url} to reach the expected state"
+    return await wait_until(check, seconds, what=what, step=0.1, ignore=(httpx.TransportError,))
 
 
 @asynccontextmanager
@@ -227,5 +225,5 @@ async def running_stack(tmp_path: Path, **engine: Any) -> AsyncIterator[Stack]:
             tunnels[uuid] = await start_process(nursery, "connector", "--quiet", str(path), log=log)
         lb = await start_process(nursery, "run", str(config), log=log)
         admin_base = f"http://127.0.0.1:{admin}"
-        await wait_until(client, f"{admin_base}/readyz", lambda r: r.status_code == 200)
+        await until_url(client, f"{admin_base}/readyz", lambda r: r.status_code == 200)
         yield Stack(f"http://127.0.0.1:{listen}", admin, admin_base, tunnels, lb, config, log)
