@@ -192,7 +192,8 @@ async def start_process(nursery: trio.Nursery, *args: str, log: Path) -> trio.Pr
 
 @dataclass
 class Stack:
-    """A running two-tunnel stack: where to send traffic, the admin, and the processes."""
+    """A running two-tunnel stack: where to send traffic, the admin, and the processes; with
+    the ports and the CA file a test needs to write another :func:`two_tunnel_config`."""
 
     base: str
     admin: int
@@ -201,6 +202,18 @@ class Stack:
     lb: trio.Process
     config: Path
     log: Path
+    ports: dict[str, int]
+    """The tunnels' ports, by tunnel UUID."""
+    listen: int
+    ca_file: Path
+    engine: dict[str, Any]
+    """The engine fields :func:`running_stack` was given."""
+
+    def reconfigured(self, **changes: Any) -> str:
+        """This stack's :func:`two_tunnel_config` with ``changes`` (``order``, ``names`` or
+        engine fields), for a reload."""
+        options = {**self.engine, **changes}
+        return two_tunnel_config(self.ports, self.listen, self.admin, self.ca_file, **options)
 
 
 @asynccontextmanager
@@ -226,4 +239,16 @@ async def running_stack(tmp_path: Path, **engine: Any) -> AsyncIterator[Stack]:
         lb = await start_process(nursery, "run", str(config), log=log)
         admin_base = f"http://127.0.0.1:{admin}"
         await until_url(client, f"{admin_base}/readyz", lambda r: r.status_code == 200)
-        yield Stack(f"http://127.0.0.1:{listen}", admin, admin_base, tunnels, lb, config, log)
+        yield Stack(
+            base=f"http://127.0.0.1:{listen}",
+            admin=admin,
+            admin_base=admin_base,
+            tunnels=tunnels,
+            lb=lb,
+            config=config,
+            log=log,
+            ports=ports,
+            listen=listen,
+            ca_file=ca_file,
+            engine=engine,
+        )
