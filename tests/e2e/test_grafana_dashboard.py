@@ -92,7 +92,7 @@ async def test_every_panel_returns_data_after_traffic_and_a_failover(tmp_path: P
                 if stop.is_set():
                     return
                 await client.get(f"{stack.base}/", headers={"Host": LB})
-                await trio.sleep(0.02)
+                await trio.sleep(0.02)  # on purpose: paced traffic
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(traffic)

@@ -136,7 +136,7 @@ def drip(every: float, body: bytes = b"ok") -> Action:
         data = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
         for i in range(len(data)):
             await r.stream.send_all(data[i : i + 1])
-            await trio.sleep(every)
+            await trio.sleep(every)  # the drip itself
 
     return action
 

@@ -286,7 +286,7 @@ async def _backend_request(
         await _send(conn, stream, *events)
         return True
     if path == "/slow":
-        await trio.sleep(float(query["s"][0]))
+        await trio.sleep(float(query["s"][0]))  # slow on purpose
     if path == "/headers":
         body = json.dumps({"method": seen.method, "headers": headers}).encode()
     else:

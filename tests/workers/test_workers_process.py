@@ -207,7 +207,9 @@ async def story(
         return bool(pools["eu"]["state"] == "critical")
 
     await wait_for(eu_critical, "eu critical")
-    await trio.sleep(1.5)  # a report interval: retries before detection are in
+    # A report interval (children report about every second; nothing to wait on from here):
+    # the retries made before detection are counted by then.
+    await trio.sleep(1.5)
     retries = metric((await client.get(f"{admin_base}/metrics")).text, "lb_retries_total")
     mark = len(log_events(log, "request"))
     assert await fresh_requests(base, LB, 30) == Counter({f"200 {US}": 30})
