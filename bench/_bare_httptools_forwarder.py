@@ -4,7 +4,8 @@ The same job as ``_bare_forwarder.py`` (keep-alive downstream, round robin, a LI
 pool per upstream with one retry on a fresh connection when a reused one fails before the
 response, hop-by-hop headers dropped, Host rewritten), with the HTTP/1.1 parsing done by
 httptools, the C parser Node.js and uvicorn use, instead of h11.  The difference between the
-two rows is what the parser costs; tunnel-lb's own row is judged against both.
+two rows is what the parser costs; tunnel-lb's own row is judged against both.  All but the
+parsing is shared with it (bench/_bare_common.py).
 
 Bodies are read whole before forwarding (the benchmark's requests and answers are small),
 responses are framed by Content-Length, as the bench backend sends them, and pipelined
@@ -16,25 +17,15 @@ requests are not supported (wrk does not pipeline).
 
 from __future__ import annotations
 
-import argparse
-import itertools
-import ssl
+from collections.abc import Iterator
 from typing import Any
 
 import httptools
 import trio
+from _bare_common import HOP, Upstream, close, run
 
-HOP = {
-    b"connection",
-    b"keep-alive",
-    b"proxy-connection",
-    b"te",
-    b"trailer",
-    b"transfer-encoding",
-    b"upgrade",
-    b"host",
-    b"content-length",
-}
+DROPPED = HOP | {b"content-length"}
+"""Content-Length is written again for the whole body (see :func:`head`)."""
 
 
 class Message:
@@ -74,27 +65,6 @@ def head(first_line: bytes, headers: list[tuple[bytes, bytes]], body: bytes) -> 
     return b"\r\n".join(lines) + b"\r\n\r\n" + body
 
 
-class Upstream:
-    def __init__(self, host: str, port: int, sni: str, ctx: ssl.SSLContext) -> None:
-        self.host, self.port, self.sni, self.ctx = host, port, sni, ctx
-        self.idle: list[tuple[float, trio.SSLStream[Any]]] = []
-
-    async def fresh(self) -> trio.SSLStream[Any]:
-        tcp = await trio.open_tcp_stream(self.host, self.port)
-        tls = trio.SSLStream(tcp, self.ctx, server_hostname=self.sni, https_compatible=True)
-        await tls.do_handshake()
-        return tls
-
-    def get(self) -> trio.SSLStream[Any] | None:
-        limit = trio.current_time() - 30.0
-        while self.idle:
-            at, s = self.idle.pop()
-            if at >= limit:
-                return s
-            s.transport_stream.socket.close()  # type: ignore[attr-defined]
-        return None
-
-
 async def exchange(s: trio.SSLStream[Any], request: bytes) -> tuple[int, Message, bool]:
     await s.send_all(request)
     msg = Message()
@@ -107,7 +77,9 @@ async def exchange(s: trio.SSLStream[Any], request: bytes) -> tuple[int, Message
     return parser.get_status_code(), msg, keep_alive(parser, msg)
 
 
-async def handle(stream: trio.SocketStream, ups: list[Upstream], rr: Any, host: bytes) -> None:
+async def handle(
+    stream: trio.SocketStream, ups: list[Upstream[None]], rr: Iterator[int], host: bytes
+) -> None:
     try:
         while True:
             msg = Message()
@@ -122,7 +94,7 @@ async def handle(stream: trio.SocketStream, ups: list[Upstream], rr: Any, host: 
                 return
             keep = keep_alive(parser, msg)
             method = parser.get_method()
-            headers = [(n, v) for n, v in msg.headers if n not in HOP]
+            headers = [(n, v) for n, v in msg.headers if n not in DROPPED]
             headers.append((b"host", host))
             body = b"".join(msg.body)
             request = head(method + b" " + msg.url + b" HTTP/1.1", headers, body)
@@ -130,19 +102,19 @@ async def handle(stream: trio.SocketStream, ups: list[Upstream], rr: Any, host: 
             for attempt in (0, 1):
                 got = up.get() if attempt == 0 else None
                 reused = got is not None
-                s = got if got is not None else await up.fresh()
+                s = got[0] if got is not None else await up.dial()
                 try:
                     status, resp, up_keep = await exchange(s, request)
                     break
                 except (ConnectionError, trio.BrokenResourceError, httptools.HttpParserError):
-                    s.transport_stream.socket.close()  # type: ignore[attr-defined]
+                    close(s)
                     if not reused:
                         raise
             if up_keep:
-                up.idle.append((trio.current_time(), s))
+                up.put(s, None)
             else:
-                s.transport_stream.socket.close()  # type: ignore[attr-defined]
-            rheaders = [(n, v) for n, v in resp.headers if n not in HOP]
+                close(s)
+            rheaders = [(n, v) for n, v in resp.headers if n not in DROPPED]
             await stream.send_all(head(b"HTTP/1.1 %d OK" % status, rheaders, b"".join(resp.body)))
             if not keep:
                 return
@@ -152,26 +124,5 @@ async def handle(stream: trio.SocketStream, ups: list[Upstream], rr: Any, host: 
         await trio.aclose_forcefully(stream)
 
 
-async def main(args: argparse.Namespace) -> None:
-    ctx = ssl.create_default_context(cafile=args.ca)
-    ctx.set_alpn_protocols(["http/1.1"])
-    ups = []
-    for spec in args.upstream:
-        h, _, p = spec.rpartition(":")
-        ups.append(Upstream(h, int(p), args.host, ctx))
-    rr = itertools.cycle(range(len(ups)))
-    listeners = await trio.open_tcp_listeners(args.port, host="127.0.0.1", backlog=1024)
-
-    async def handler(stream: trio.SocketStream) -> None:
-        await handle(stream, ups, rr, args.host.encode())
-
-    await trio.serve_listeners(handler, listeners)
-
-
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--upstream", action="append", required=True)
-    parser.add_argument("--host", default="backend.local")
-    parser.add_argument("--ca", required=True)
-    trio.run(main, parser.parse_args())
+    run(handle, __doc__)

@@ -21,6 +21,7 @@ import httpx
 import pytest
 import trio
 import yaml
+from stack_support import until_url
 
 from lb.config.loader import load_config
 from lb.demo import _stand_in, _tunnels
@@ -128,8 +129,6 @@ async def reloaded_and_serving(admin: int, proxy: int) -> tuple[int, str]:
     """Wait (bounded) for the first reload on /status, then send one request."""
     async with httpx.AsyncClient(timeout=5) as client:
         status = f"http://127.0.0.1:{admin}/status"
-        with trio.fail_after(30):
-            while (await client.get(status)).json()["generation"] < 1:  # noqa: ASYNC110
-                await trio.sleep(0.1)  # another process: no event to wait on
+        await until_url(client, status, lambda r: r.json()["generation"] >= 1, seconds=30)
         answer = await client.get(f"http://127.0.0.1:{proxy}/", headers={"Host": "app.localhost"})
         return answer.status_code, answer.json()["datacenter"]

@@ -26,7 +26,6 @@ from access_support import (
     Echo,
     Tunnel,
     certificates,
-    eventually,
     lb_config,
     roundtrip,
     serve_echo,
@@ -35,6 +34,7 @@ from access_support import (
     start_tunnel,
 )
 from prometheus_support import free_port
+from waiting import wait_until
 
 from lb.connector import IngressRule
 from lb.service import Running
@@ -74,11 +74,11 @@ async def test_bytes_round_trip_through_the_lb(stack: Stack, nursery: trio.Nurse
     assert await roundtrip(port, b"hello over a tunnel\n") == b"hello over a tunnel\n"
     assert stats.sessions == 1 and stats.refused == 0
     # The client half-closed first; the echo's answer still came back in full.
-    await eventually(lambda: stats.ended)
+    await wait_until(lambda: stats.ended)
     assert stats.ended[0].ending == "tcp_closed"
     assert sum(t.stats.sessions for t in stack.tunnels) == 1
     metrics = stack.lb.metrics
-    await eventually(lambda: metrics.websockets_open.get(LB) == 0)
+    await wait_until(lambda: metrics.websockets_open.get(LB) == 0)
     assert sum(metrics.upgrades.values.values()) == 1
     assert metrics.websocket_bytes.values[(LB, "out")] >= 20
 
@@ -90,7 +90,7 @@ async def test_ten_megabytes_arrive_intact(stack: Stack, nursery: trio.Nursery) 
     assert len(back) == len(payload)
     assert hashlib.sha256(back).digest() == hashlib.sha256(payload).digest()
     metrics = stack.lb.metrics
-    await eventually(lambda: metrics.websockets_open.get(LB) == 0)
+    await wait_until(lambda: metrics.websockets_open.get(LB) == 0)
     # Payload plus framing (2-14 bytes per message) went through the LB both ways.
     assert metrics.websocket_bytes.values[(LB, "in")] >= len(payload)
     assert metrics.websocket_bytes.values[(LB, "out")] >= len(payload)
@@ -127,14 +127,14 @@ async def test_killing_the_carrying_tunnel_ends_the_session_and_the_next_goes_el
     with trio.fail_after(10):
         assert await session.receive_some(100) == b""
     await session.aclose()
-    await eventually(lambda: stats.open == 0)
+    await wait_until(lambda: stats.open == 0)
     assert stats.ended[-1].ending == "broken"
     # A new session (same cookie, pointing at the dead tunnel) goes through the other one:
     # the connect fails and the zero-downtime retry picks the healthy tunnel.
     assert await roundtrip(port, b"after failover") == b"after failover"
     assert other.stats.sessions == 1
-    await eventually(lambda: stack.echo.open == 0)
-    await eventually(lambda: metrics.websockets_open == {LB: 0})
+    await wait_until(lambda: stack.echo.open == 0)
+    await wait_until(lambda: metrics.websockets_open == {LB: 0})
 
 
 async def test_bastion_connects_only_to_allowed_destinations(
@@ -203,13 +203,12 @@ async def _sshd(tmp: Path, keygen: str, sshd: str, nursery: trio.Nursery) -> tup
     cmd = [sshd, "-D", "-f", str(tmp / "sshd_config"), "-E", str(tmp / "sshd.log")]
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
     await nursery.start(partial(trio.run_process, cmd, check=False, **quiet))
-    with trio.fail_after(10):
-        while True:
-            try:
-                await (await trio.open_tcp_stream("127.0.0.1", port)).aclose()
-                break
-            except OSError:
-                await trio.sleep(0.05)
+
+    async def listening() -> bool:
+        await (await trio.open_tcp_stream("127.0.0.1", port)).aclose()
+        return True
+
+    await wait_until(listening, what=f"sshd to listen on port {port}", ignore=(OSError,))
     return port, tmp / "client"
 
 

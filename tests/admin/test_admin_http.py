@@ -260,7 +260,7 @@ async def test_reloads_are_serialised(start_admin: StartAdmin) -> None:
         nonlocal running, peak
         running += 1
         peak = max(peak, running)
-        await trio.sleep(0.05)
+        await trio.sleep(0.05)  # on purpose: a reload that takes a while, for others to overlap
         running -= 1
         return ReloadResult(ok=True)
 

@@ -8,6 +8,7 @@ from functools import partial
 
 import pytest
 import trio
+from waiting import wait_until
 
 import lb.admin
 from lb.admin import serve_admin
@@ -31,16 +32,20 @@ async def test_a_client_that_never_reads_is_dropped(
     await sock.connect((host, port))
     stream = trio.SocketStream(sock)
     requests = b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" * 200
-    closed = False
-    with caplog.at_level(logging.WARNING, logger="lb.admin"), trio.fail_after(30):
-        while not any(r.getMessage() == "admin_send_timeout" for r in caplog.records):
-            # Keep asking, never read: the replies pile up until the server's send blocks.
-            with trio.move_on_after(0.1):
-                try:
-                    await stream.send_all(requests)
-                except trio.BrokenResourceError:
-                    closed = True  # the server already closed it: the log line follows
-            await trio.sleep(0 if not closed else 0.05)
+
+    def logged() -> bool:
+        return any(r.getMessage() == "admin_send_timeout" for r in caplog.records)
+
+    with caplog.at_level(logging.WARNING, logger="lb.admin"):
+        with trio.fail_after(30):
+            while not logged():
+                # Keep asking, never read: the replies pile up until the server's send blocks.
+                with trio.move_on_after(0.1):
+                    try:
+                        await stream.send_all(requests)
+                    except trio.BrokenResourceError:
+                        break  # the server already closed it: the log line follows
+        await wait_until(logged, what="the admin_send_timeout log line")
     await stream.aclose()
     # The listener is unaffected.
     probe = await trio.open_tcp_stream(host, port)

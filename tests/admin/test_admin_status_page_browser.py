@@ -36,7 +36,7 @@ from stack_support import (
     processes,
     start_process,
     two_tunnel_config,
-    wait_until,
+    until_url,
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
@@ -135,7 +135,7 @@ async def test_status_page_shows_a_failover_in_chromium(tmp_path: Path, chromium
             path.write_text(connector_config(uuid, dc, ports[uuid], cert))
             tunnels[uuid] = await start_process(nursery, "connector", "--quiet", str(path), log=log)
         lb = await start_process(nursery, "run", str(config), log=log)
-        await wait_until(client, f"{admin_base}/readyz", lambda r: r.status_code == 200)
+        await until_url(client, f"{admin_base}/readyz", lambda r: r.status_code == 200)
         for _ in range(12):  # eu first
             assert (await client.get(f"{base}/", headers={"Host": LB})).status_code == 200
         tunnels[EU].kill()
@@ -147,7 +147,7 @@ async def test_status_page_shows_a_failover_in_chromium(tmp_path: Path, chromium
             last = endpoints.get(eu_key, {}).get("last_transition")
             return last if last and last["after"] == "unhealthy" else None
 
-        transition = await wait_until(client, f"{admin_base}/status", eu_down)
+        transition = await until_url(client, f"{admin_base}/status", eu_down)
 
         page = await browse(browser, f"{admin_base}/", tmp_path / "profile", "--dump-dom")
         parsed = Rows()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import random
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -15,6 +15,7 @@ import pytest
 import trio
 from prometheus_client import CollectorRegistry, generate_latest
 from redis_support import RedisServer, redis_server
+from waiting import wait_until
 
 from lb.cluster.driver import ClusterNode
 from lb.cluster.service import ClusterCollector
@@ -86,16 +87,6 @@ def health(n: ClusterNode, endpoint: str = "e0") -> Health:
     return n.engine.book.snapshot().pools["p"].endpoints[ENDPOINTS.index(endpoint)].health
 
 
-async def until(condition: Callable[[], bool], seconds: float = 10) -> None:
-    """Poll ``condition`` (state of in-process nodes, no event to wait on), bounded."""
-    with trio.move_on_after(seconds):
-        while True:
-            if condition():
-                return
-            await trio.sleep(0.01)
-    pytest.fail("condition not reached in time")
-
-
 @pytest.fixture
 async def redis(tmp_path: Path) -> AsyncIterator[RedisServer]:
     async with redis_server(tmp_path) as server:
@@ -111,14 +102,14 @@ async def test_votes_cross_replicas_and_the_majority_decides(redis: RedisServer)
         probe(a, "e0", False)
         for n in (b, c):
             probe(n, "e0", True)
-        await until(lambda: all(health(n) is H for n in (a, b, c)))
+        await wait_until(lambda: all(health(n) is H for n in (a, b, c)))
         assert a.engine.book.snapshot().pools["p"].endpoints[0].vantage_health == {
             "fra": U,
             "ams": H,
             "sin": H,
         }
         probe(b, "e0", False)
-        await until(lambda: all(health(n) is U for n in (a, b, c)))
+        await wait_until(lambda: all(health(n) is U for n in (a, b, c)))
         assert a.stats.store_ops > 0 and b.stats.received > 0
 
 
@@ -126,8 +117,8 @@ async def test_warm_start_reads_the_current_votes(redis: RedisServer) -> None:
     async with node(redis.url, "fra") as a, node(redis.url, "ams") as b:
         for n in (a, b):
             probe(n, "e1", True)
-        await until(lambda: health(a, "e1") is H and len(a.tally.votes) == 1)
-        await until(lambda: a.stats.published >= 1 and b.stats.published >= 1)
+        await wait_until(lambda: health(a, "e1") is H and len(a.tally.votes) == 1)
+        await wait_until(lambda: a.stats.published >= 1 and b.stats.published >= 1)
         # A new replica of a third vantage: correct health the moment it has started,
         # before it probed anything itself.
         async with node(redis.url, "sin") as c:
@@ -141,9 +132,9 @@ async def test_warm_start_reads_the_current_votes(redis: RedisServer) -> None:
 
 async def test_replicas_of_one_vantage_share_the_probes(redis: RedisServer) -> None:
     async with node(redis.url, "fra") as a:
-        await until(lambda: a.probes_owned == len(ENDPOINTS))
+        await wait_until(lambda: a.probes_owned == len(ENDPOINTS))
         async with node(redis.url, "fra") as b:
-            await until(lambda: a.probes_owned + b.probes_owned == len(ENDPOINTS))
+            await wait_until(lambda: a.probes_owned + b.probes_owned == len(ENDPOINTS))
             assert 0 < a.probes_owned < len(ENDPOINTS)
             owned_a = {j.fanout for j in a.scheduler.jobs}
             owned_b = {j.fanout for j in b.scheduler.jobs}
@@ -152,9 +143,9 @@ async def test_replicas_of_one_vantage_share_the_probes(redis: RedisServer) -> N
             # b probes what it owns; a learns those states from b's votes
             for ((_, endpoint),) in owned_b:
                 probe(b, endpoint, False)
-            await until(lambda: all(health(a, e) is U for ((_, e),) in owned_b))
+            await wait_until(lambda: all(health(a, e) is U for ((_, e),) in owned_b))
         # b left (its heartbeat key deleted on a clean stop): a owns everything again
-        await until(lambda: a.probes_owned == len(ENDPOINTS))
+        await wait_until(lambda: a.probes_owned == len(ENDPOINTS))
 
 
 async def test_bad_records_are_counted_and_ignored(redis: RedisServer) -> None:
@@ -165,10 +156,10 @@ async def test_bad_records_are_counted_and_ignored(redis: RedisServer) -> None:
         # the two votes at warm start, the member key at the first heartbeat
         assert a.stats.bad == {"garbage": 2, "format": 1}
         await redis.command("PUBLISH", "t:votes", "[1,2]")
-        await until(lambda: a.stats.bad.get("invalid") == 2)
+        await wait_until(lambda: a.stats.bad.get("invalid") == 2)
         await redis.command("HSET", "t:votes", "big", "[" + " " * (1 << 20) + "]")
         await redis.command("PUBLISH", "t:votes", "[" + " " * (1 << 20) + "]")
-        await until(lambda: a.stats.bad.get("too_large") == 1)
+        await wait_until(lambda: a.stats.bad.get("too_large") == 1)
         probe(a, "e0", True)
         assert health(a) is H and a.connected
 
@@ -180,9 +171,9 @@ async def test_store_outage_degrades_and_rejoins(
     async with node(redis.url, "fra") as a, node(redis.url, "ams") as b:
         probe(a, "e0", True)
         probe(b, "e0", False)
-        await until(lambda: health(a) is U and health(b) is U)  # 1 of 2 is no majority
+        await wait_until(lambda: health(a) is U and health(b) is U)  # 1 of 2 is no majority
         await redis.stop()
-        await until(lambda: not a.connected and not b.connected)
+        await wait_until(lambda: not a.connected and not b.connected)
         status = a.status()
         assert status["degraded"] and status["peers"][0]["self"]
         assert [r.getMessage() for r in caplog.records].count("cluster_degraded") == 2
@@ -193,9 +184,11 @@ async def test_store_outage_degrades_and_rejoins(
             n.tally.expire(now=n.wall(), at=trio.current_time())
         assert health(a) is H and health(b) is U
         await redis.start()
-        await until(lambda: a.connected and b.connected)
-        await until(lambda: health(a) is U and health(b) is U)
-        await until(lambda: [r.getMessage() for r in caplog.records].count("cluster_rejoined") == 2)
+        await wait_until(lambda: a.connected and b.connected)
+        await wait_until(lambda: health(a) is U and health(b) is U)
+        await wait_until(
+            lambda: [r.getMessage() for r in caplog.records].count("cluster_rejoined") == 2
+        )
 
 
 def _fields(vote: object) -> dict[str, object]:
@@ -207,22 +200,22 @@ async def test_a_frozen_store_is_a_failure_too(redis: RedisServer) -> None:
         assert redis.process is not None
         redis.process.send_signal(signal.SIGSTOP)
         try:
-            await until(lambda: not a.connected)  # heartbeat over timeout
+            await wait_until(lambda: not a.connected)  # heartbeat over timeout
             probe(a, "e0", True)  # no store call on the way: the book still moves at once
             assert health(a) is H and a.probes_owned == len(ENDPOINTS)
         finally:
             redis.process.send_signal(signal.SIGCONT)
-        await until(lambda: a.connected)
+        await wait_until(lambda: a.connected)
 
 
 async def test_status_and_metrics_flag_config_and_secret_drift(redis: RedisServer) -> None:
     async with node(redis.url, "fra") as a, node(redis.url, "ams") as b:
-        await until(lambda: len(a.members) == 2 and len(b.members) == 2)
+        await wait_until(lambda: len(a.members) == 2 and len(b.members) == 2)
         status = a.status()
         assert not status["config_mismatch"] and not status["secret_mismatch"]
         assert "s3cret" not in repr(status)
         async with node(redis.url, "sin", secret="other", interval=30) as c:
-            await until(lambda: len(a.members) == 3)
+            await wait_until(lambda: len(a.members) == 3)
             status = a.status()
             assert status["config_mismatch"] and status["secret_mismatch"]
             (sin,) = [p for p in status["peers"] if p["vantage"] == "sin"]

@@ -79,7 +79,7 @@ async def test_flap_alternates_and_latency_is_reported(
         with trio.move_on_after(10):
             while seen != {200, 502}:
                 seen.add((await client.get(url)).status_code)
-                await trio.sleep(0.05)
+                await trio.sleep(0.05)  # on purpose: requests spread over the flap's phases
         assert seen == {200, 502}
         state = (await admin.post(control, json={"do": "latency", "latency": 0.01})).json()
         assert state["latency"] == 0.01

@@ -16,6 +16,7 @@ import pytest
 import trio
 from conftest import Start
 from connector_origin import Origin, _serve
+from waiting import wait_until
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import (
     AcceptConnection,
@@ -180,9 +181,8 @@ async def test_an_unreachable_service_gets_502_before_the_upgrade(
         assert isinstance(event, RejectData)
         body += event.data
     assert body.startswith(b"Unable to reach the origin service")
-    with trio.fail_after(2):  # counted as the last byte goes, which may be after we read it
-        while not stats.by_status[502]:  # noqa: ASYNC110
-            await trio.sleep(0.01)
+    # Counted as the last byte goes, which may be after we read it.
+    await wait_until(lambda: stats.by_status[502])
     assert stats.sessions == 0
 
 

@@ -26,7 +26,8 @@ import trio
 import trustme
 from prometheus_support import free_port
 from redis_support import RedisServer, redis_server
-from stack_support import APP, EU, LB, US, connector_config, processes
+from stack_support import APP, EU, LB, US, connector_config, processes, until_url
+from waiting import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -143,18 +144,17 @@ class Replica:
         self.process.kill()
 
 
-async def wait_until(client: httpx.AsyncClient, url: str, ok: Callable[[Any], Any]) -> Any:
+async def until_json(client: httpx.AsyncClient, url: str, ok: Callable[[Any], Any]) -> Any:
     """Poll ``url`` (JSON) until ``ok(json)`` is truthy; bounded, returns that JSON."""
-    with trio.move_on_after(WAIT):
-        while True:
-            try:
-                response = await client.get(url)
-                if response.status_code == 200 and ok(response.json()):
-                    return response.json()
-            except (httpx.TransportError, ValueError):
-                pass
-            await trio.sleep(0.1)
-    pytest.fail(f"{url} did not reach the expected state in time")
+
+    def check(response: httpx.Response) -> Any:
+        try:
+            body = response.json()
+        except ValueError:
+            return None
+        return body if response.status_code == 200 and ok(body) else None
+
+    return await until_url(client, url, check, seconds=WAIT)
 
 
 def endpoint(status: dict[str, Any], name: str) -> dict[str, Any]:
@@ -217,19 +217,19 @@ async def test_three_replicas_share_health_affinity_and_survive_redis(
 
         # EU unreachable from a only: a's own vantage says unhealthy, the majority healthy.
         for r in (a, b, c):
-            await wait_until(
+            await until_json(
                 client,
                 r.status_url,
                 health("eu", "healthy", fra="unhealthy", ams="healthy", sin="healthy"),
             )
-            await wait_until(
+            await until_json(
                 client,
                 r.status_url,
                 health("us", "healthy", fra="healthy", ams="healthy", sin="healthy"),
             )
         # a lists a member once a heartbeat of a's (every 0.5 s) read that member's key.
         status = (
-            await wait_until(client, a.status_url, lambda s: len(s["cluster"]["peers"]) == 3)
+            await until_json(client, a.status_url, lambda s: len(s["cluster"]["peers"]) == 3)
         )["cluster"]
         assert status["connected"] and not status["config_mismatch"]
         assert not status["secret_mismatch"]
@@ -250,7 +250,7 @@ async def test_three_replicas_share_health_affinity_and_survive_redis(
             await client.post(f"http://127.0.0.1:{b.admin}/reload", headers={"X-Tunnel-LB": "1"})
         ).status_code == 200
         for r in (a, b, c):
-            await wait_until(client, r.status_url, health("eu", "unhealthy", ams="unhealthy"))
+            await until_json(client, r.status_url, health("eu", "unhealthy", ams="unhealthy"))
             assert Counter([await tunnel_of(client, r.base) for _ in range(5)]) == Counter(
                 {(200, US): 5}
             )
@@ -259,13 +259,13 @@ async def test_three_replicas_share_health_affinity_and_survive_redis(
             await client.post(f"http://127.0.0.1:{b.admin}/reload", headers={"X-Tunnel-LB": "1"})
         ).status_code == 200
         for r in (a, b, c):
-            await wait_until(client, r.status_url, health("eu", "healthy", ams="healthy"))
+            await until_json(client, r.status_url, health("eu", "healthy", ams="healthy"))
 
         # Kill c: its vantage point drops out of a's and b's majority (fra U, ams H: a tie,
         # unhealthy), nothing else changes; us stays healthy everywhere.
         c.kill()
         for r in (a, b):
-            await wait_until(
+            await until_json(
                 client,
                 r.status_url,
                 lambda s: (
@@ -276,21 +276,18 @@ async def test_three_replicas_share_health_affinity_and_survive_redis(
 
         # Restart c: healthy from its first request, before it probed anything itself.
         await c.start(nursery)
-        with trio.move_on_after(WAIT) as waited:
-            while True:
-                try:
-                    got = await client.get(f"{c.base}/", headers={"Host": LB})
-                    break
-                except httpx.TransportError:
-                    await trio.sleep(0.02)
-        if waited.cancelled_caught:
-            pytest.fail("the restarted replica did not accept a request in time")
+        got = await wait_until(
+            partial(client.get, f"{c.base}/", headers={"Host": LB}),
+            WAIT,
+            what="the restarted replica to accept a request",
+            ignore=(httpx.TransportError,),
+        )
         assert got.status_code == 200
         s = (await client.get(c.status_url)).json()
         assert endpoint(s, "us")["health"] == "healthy"
         assert endpoint(s, "us")["vantages"]["fra"]["health"] == "healthy"
         for r in (a, b, c):
-            await wait_until(client, r.status_url, health("eu", "healthy", sin="healthy"))
+            await until_json(client, r.status_url, health("eu", "healthy", sin="healthy"))
 
         # Redis dies under load: no request fails, every replica reports degraded.
         failures: list[str] = []
@@ -311,13 +308,13 @@ async def test_three_replicas_share_health_affinity_and_survive_redis(
             traffic.start_soon(load)
             await redis.stop()
             for r in (a, b, c):
-                s = await wait_until(client, r.status_url, lambda s: s["cluster"]["degraded"])
+                s = await until_json(client, r.status_url, lambda s: s["cluster"]["degraded"])
                 assert s["cluster"]["degraded"]
             metrics = (await client.get(f"http://127.0.0.1:{a.admin}/metrics")).text
             assert "lb_cluster_store_connected 0.0" in metrics
             await redis.start()
             for r in (a, b, c):
-                await wait_until(
+                await until_json(
                     client,
                     r.status_url,
                     lambda s: (
@@ -353,7 +350,7 @@ async def test_replicas_of_one_vantage_split_probes_and_take_over(
 
         async def own_count(r: Replica) -> int | None:
             """The probes ``r`` runs, once it sees both members; None before."""
-            s = await wait_until(client, r.status_url, lambda s: True)
+            s = await until_json(client, r.status_url, lambda s: True)
             cluster = s["cluster"]
             return cluster["probes_owned"] if len(cluster["peers"]) == 2 else None
 
@@ -361,23 +358,19 @@ async def test_replicas_of_one_vantage_split_probes_and_take_over(
         # members and their own counts add up to 2 (rendezvous may give both to one member,
         # depending on the random member ids).  The counts each replica reports for itself
         # are read, not the heartbeat copies in ``peers``, which lag by one heartbeat.
-        counts: list[int | None] = []
-        with trio.move_on_after(WAIT) as waited:
-            while True:
-                counts = [await own_count(r) for r in (a, b)]
-                if None not in counts and sum(c or 0 for c in counts) == 2:
-                    break
-                await trio.sleep(0.1)
-        if waited.cancelled_caught:
-            pytest.fail(f"the two replicas did not split the probes in time: {counts}")
+        async def split() -> list[int | None] | None:
+            counts = [await own_count(r) for r in (a, b)]
+            return counts if None not in counts and sum(c or 0 for c in counts) == 2 else None
+
+        await wait_until(split, WAIT, what="the two replicas to split the probes", step=0.1)
         for r in (a, b):
             for name in ("eu", "us"):
-                await wait_until(client, r.status_url, health(name, "healthy", fra="healthy"))
+                await until_json(client, r.status_url, health(name, "healthy", fra="healthy"))
         b.kill()  # no clean stop: its heartbeat must expire
         # The documented event: b's heartbeat expires (member_ttl), so a's peers are a alone;
         # a then owns both probes.  (probes_owned == 2 alone is no sign: a may have owned
         # both before b died.)
-        s = await wait_until(
+        s = await until_json(
             client,
             a.status_url,
             lambda s: (

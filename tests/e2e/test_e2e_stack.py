@@ -16,19 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 import trio
-import trustme
-from prometheus_support import free_port, running_prometheus, tool
-from stack_support import (
-    APP,
-    EU,
-    LB,
-    US,
-    connector_config,
-    processes,
-    start_process,
-    two_tunnel_config,
-    wait_until,
-)
+from prometheus_support import running_prometheus, tool
+from stack_support import EU, LB, US, running_stack, until_url
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -43,26 +32,8 @@ async def served_by(client: httpx.AsyncClient, base: str, n: int) -> Counter[str
 
 async def test_lb_process_story(tmp_path: Path) -> None:
     prometheus = tool("prometheus")
-    ca = trustme.CA()
-    cert = tmp_path / "tunnel.pem"
-    ca.issue_cert(APP).private_key_and_cert_chain_pem.write_to_path(str(cert))
-    ca_file = tmp_path / "ca.pem"
-    ca.cert_pem.write_to_path(str(ca_file))
-    ports = {EU: free_port(), US: free_port()}
-    listen, admin = free_port(), free_port()
-    config = tmp_path / "lb.json"
-    config.write_text(two_tunnel_config(ports, listen, admin, ca_file))
-    log = tmp_path / "processes.log"
-    base, admin_base = f"http://127.0.0.1:{listen}", f"http://127.0.0.1:{admin}"
-
-    async with processes() as nursery, httpx.AsyncClient(timeout=5) as client:
-        tunnels = {}
-        for uuid, dc in ((EU, "FRA"), (US, "IAD")):
-            path = tmp_path / f"{dc}.json"
-            path.write_text(connector_config(uuid, dc, ports[uuid], cert))
-            tunnels[uuid] = await start_process(nursery, "connector", "--quiet", str(path), log=log)
-        lb = await start_process(nursery, "run", str(config), log=log)
-        await wait_until(client, f"{admin_base}/readyz", lambda r: r.status_code == 200)
+    async with running_stack(tmp_path) as stack, httpx.AsyncClient(timeout=5) as client:
+        base, admin_base, lb, tunnels = stack.base, stack.admin_base, stack.lb, stack.tunnels
 
         # Failover order: every request goes to the eu tunnel.
         assert await served_by(client, base, 20) == Counter({f"200 {EU}": 20})
@@ -76,14 +47,14 @@ async def test_lb_process_story(tmp_path: Path) -> None:
             pools = {p["name"]: p for p in r.json()["pools"]}
             return bool(pools["eu"]["state"] == "critical")
 
-        await wait_until(client, f"{admin_base}/status", eu_down)
+        await until_url(client, f"{admin_base}/status", eu_down)
         text = (await client.get(f"{admin_base}/metrics")).text
         retried = [line for line in text.splitlines() if line.startswith("lb_retries_total{")]
         assert any(f'load_balancer="{LB}"' in r and 'reason="521"' in r for r in retried), text
 
         # A broken reload is refused and the old configuration keeps serving.
-        good = config.read_text()
-        config.write_text(good.replace('"interval": 1', '"interval": "soon"'))
+        good = stack.config.read_text()
+        stack.config.write_text(good.replace('"interval": 1', '"interval": "soon"'))
         r = await client.post(f"{admin_base}/reload", headers={"X-Tunnel-LB": "1"})
         assert r.status_code == 400
         assert any("monitors[0].interval" in e for e in r.json()["errors"])
@@ -91,19 +62,19 @@ async def test_lb_process_story(tmp_path: Path) -> None:
 
         # SIGHUP with a good one: us first now. Health is kept (eu stays critical, us stays
         # healthy, no return to unknown).
-        config.write_text(two_tunnel_config(ports, listen, admin, ca_file, order=("us", "eu")))
+        stack.config.write_text(stack.reconfigured(order=("us", "eu")))
         lb.send_signal(signal.SIGHUP)
 
         def reloaded(r: httpx.Response) -> bool:
             return b'lb_config_reloads_total{result="success"} 1.0' in r.content
 
-        await wait_until(client, f"{admin_base}/metrics", reloaded)
+        await until_url(client, f"{admin_base}/metrics", reloaded)
         status = (await client.get(f"{admin_base}/status")).json()
         states = {p["name"]: p["state"] for p in status["pools"]}
         assert states == {"eu": "critical", "us": "healthy"}
 
         # A real Prometheus scrapes the admin port and sees the request counter.
-        async with running_prometheus(prometheus, f"127.0.0.1:{admin}", tmp_path) as prom:
+        async with running_prometheus(prometheus, f"127.0.0.1:{stack.admin}", tmp_path) as prom:
             series = await prom.query_until(
                 f'sum by (pool) (lb_requests_total{{load_balancer="{LB}",status="200"}})'
             )
@@ -114,5 +85,5 @@ async def test_lb_process_story(tmp_path: Path) -> None:
         lb.send_signal(signal.SIGTERM)
         with trio.fail_after(10):
             code = await lb.wait()
-        assert code == 0, log.read_text()[-3000:]
+        assert code == 0, stack.log.read_text()[-3000:]
         tunnels[US].send_signal(signal.SIGTERM)

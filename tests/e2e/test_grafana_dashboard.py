@@ -19,7 +19,7 @@ import httpx
 import pytest
 import trio
 from prometheus_support import running_prometheus, tool
-from stack_support import EU, LB, running_stack, wait_until
+from stack_support import EU, LB, running_stack, until_url
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -92,7 +92,7 @@ async def test_every_panel_returns_data_after_traffic_and_a_failover(tmp_path: P
                 if stop.is_set():
                     return
                 await client.get(f"{stack.base}/", headers={"Host": LB})
-                await trio.sleep(0.02)
+                await trio.sleep(0.02)  # on purpose: paced traffic
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(traffic)
@@ -104,7 +104,7 @@ async def test_every_panel_returns_data_after_traffic_and_a_failover(tmp_path: P
                     p["name"] == "eu" and p["state"] == "critical" for p in r.json()["pools"]
                 )
 
-            await wait_until(client, f"{stack.admin_base}/status", eu_critical)
+            await until_url(client, f"{stack.admin_base}/status", eu_critical)
             await prom.query_until('sum(lb_requests_total{endpoint="tunnel-us"}) > 20')
             await prom.query_until('lb_pool_health{pool="eu",state="critical"} == 1')
             # Counters born by the failover need two samples before rate() has a value.

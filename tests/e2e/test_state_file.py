@@ -23,7 +23,8 @@ import pytest
 import trio
 import trustme
 from prometheus_support import free_port
-from stack_support import wait_until
+from stack_support import until_url
+from waiting import wait_until
 
 PRIMARY = "6ff42ae2-765d-4adf-8112-31c55c1551ef"
 BACKUP = "0f3e2d1c-4b5a-4c6d-8e7f-9a0b1c2d3e4f"
@@ -129,12 +130,13 @@ def config(ports: dict[str, int], listen: int, admin: int, ca: Path, state: Path
 
 async def first_answer(client: httpx.AsyncClient, base: str) -> httpx.Response:
     """The first response the proxy gives, waiting (bounded) only for it to listen."""
-    with trio.fail_after(20):
-        while True:
-            try:
-                return await client.get(f"{base}/", headers={"Host": HOST})
-            except httpx.ConnectError:
-                await trio.sleep(0.02)
+    response: httpx.Response = await wait_until(
+        partial(client.get, f"{base}/", headers={"Host": HOST}),
+        20,
+        what=f"{base} to listen",
+        ignore=(httpx.ConnectError,),
+    )
+    return response
 
 
 @pytest.mark.integration
@@ -170,7 +172,7 @@ async def test_a_restarted_process_serves_its_first_request_with_the_saved_healt
             return all(p["endpoints"][0]["health"] == "healthy" for p in pools)
 
         first = await start()
-        await wait_until(client, f"http://127.0.0.1:{admin}/status", all_healthy)
+        await until_url(client, f"http://127.0.0.1:{admin}/status", all_healthy)
         first.send_signal(signal.SIGTERM)
         with trio.fail_after(20):
             assert await first.wait() == 0

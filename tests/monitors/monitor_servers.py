@@ -96,7 +96,7 @@ def reset_mid_response() -> Action:
     async def action(r: Reply) -> None:
         await r.send(h11.Response(status_code=200, headers=[("Content-Length", "1000")]))
         await r.send(h11.Data(data=b"x" * 10))
-        await trio.sleep(0.05)
+        await trio.sleep(0.05)  # on purpose: the part arrives before the reset
         r.tcp.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         r.tcp.socket.close()
 
@@ -136,7 +136,7 @@ def drip(every: float, body: bytes = b"ok") -> Action:
         data = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
         for i in range(len(data)):
             await r.stream.send_all(data[i : i + 1])
-            await trio.sleep(every)
+            await trio.sleep(every)  # the drip itself
 
     return action
 
@@ -163,6 +163,8 @@ class HostRouter:
     paths: list[str] = field(default_factory=list)
     hits: int = 0
     connections: int = 0
+    closed: int = 0
+    """Connections whose handler has finished and closed the socket."""
     body_bytes_sent: int = 0
     port: int = 0
     handshakes: bool = True
@@ -213,6 +215,7 @@ class HostRouter:
             pass
         finally:
             tcp.socket.close()
+            self.closed += 1
 
     async def _serve(self, tcp: trio.SocketStream, stream: trio.abc.Stream) -> None:
         conn = h11.Connection(h11.SERVER)

@@ -27,6 +27,7 @@ from monitor_servers import (
     silent,
     unused_port,
 )
+from waiting import wait_until
 
 from monitors import NetworkTransport, Reason, probe_once, run_check
 
@@ -256,7 +257,7 @@ async def test_50_mb_body_is_not_read(
         tracemalloc.stop()
     assert v.ok, v
     assert elapsed < 0.5
-    await trio.sleep(0.05)  # let the server notice the closed connection
+    await wait_until(lambda: r.closed == r.connections, what="the server to see the close")
     assert r.body_bytes_sent < 10 << 20
     assert peak < 4 << 20
 
@@ -311,7 +312,7 @@ async def test_keep_alive_reuses_one_connection_and_survives_a_stale_one(
         assert (r.hits, r.connections) == (3, 1)
         closing["on"] = True
         assert (await run_check(session, p)).ok
-        await trio.sleep(0.05)
+        await wait_until(lambda: r.closed == 1, what="the server to close the connection")
         v = await run_check(session, p)
         assert (v.ok, v.attempts) == (True, 1)  # the dead connection was replaced silently
         assert (r.hits, r.connections) == (5, 2)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import random
 import ssl
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -35,6 +35,7 @@ from urllib.parse import parse_qs, urlsplit
 import h11
 import trio
 import trustme
+from waiting import wait_until
 
 from lb.config.model import (
     Config,
@@ -98,12 +99,18 @@ class Backend:
     port: int
     seen: list[Seen] = field(default_factory=list)
     connections: int = 0
+    closed: int = 0
+    """Connections this backend has closed (their FIN is on the wire)."""
+    stray: int = 0
+    """Unsolicited bytes sent after a response (``/garbage``)."""
     scope: trio.CancelScope | None = None
+    stopped: trio.Event = field(default_factory=trio.Event)
 
-    def stop(self) -> None:
-        """Stop listening and drop every connection (new connects are refused)."""
+    async def stop(self) -> None:
+        """Stop listening and drop every connection; return once new connects are refused."""
         assert self.scope is not None
         self.scope.cancel()
+        await self.stopped.wait()
 
 
 async def serve_backend(
@@ -131,7 +138,10 @@ async def serve_backend(
                     backend.connections += 1
                     nursery.start_soon(_backend_conn, backend, stream)
         finally:
-            await trio.aclose_forcefully(listener)
+            try:
+                await trio.aclose_forcefully(listener)  # closed, then raises Cancelled
+            finally:
+                backend.stopped.set()
 
 
 async def _backend_conn(backend: Backend, stream: trio.abc.Stream) -> None:
@@ -150,7 +160,10 @@ async def _backend_conn(backend: Backend, stream: trio.abc.Stream) -> None:
     except (trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError):
         return
     finally:
-        await trio.aclose_forcefully(stream)
+        try:
+            await trio.aclose_forcefully(stream)  # may raise Cancelled once closed
+        finally:
+            backend.closed += 1
 
 
 async def _next(conn: h11.Connection, stream: trio.abc.Stream) -> Any:
@@ -273,7 +286,7 @@ async def _backend_request(
         await _send(conn, stream, *events)
         return True
     if path == "/slow":
-        await trio.sleep(float(query["s"][0]))
+        await trio.sleep(float(query["s"][0]))  # slow on purpose
     if path == "/headers":
         body = json.dumps({"method": seen.method, "headers": headers}).encode()
     else:
@@ -292,20 +305,14 @@ async def _backend_request(
         h11.EndOfMessage(),
     )
     if path == "/garbage":
-        await trio.sleep(0.05)
+        await trio.sleep(0.05)  # on purpose: the stray bytes come once the connection is idle
         await stream.send_all(b"HTTP/1.1 200 OK\r\n")
+        backend.stray += 1
     if path == "/stale-race":
         conn.start_next_cycle()
         await _next(conn, stream)  # the next request head arrives: close without answering
         return False
     return path != "/stale"
-
-
-async def eventually(predicate: Callable[[], object], seconds: float = 5.0) -> None:
-    """Wait until ``predicate()`` is true (state owned by another task; no event to wait on)."""
-    with trio.fail_after(seconds):
-        while not predicate():  # noqa: ASYNC110
-            await trio.sleep(0.005)
 
 
 # ---------------------------------------------------------------------- client
@@ -513,7 +520,7 @@ class Stack:
         A record is reported just after the response's last write, so a client can see the
         response a moment before the record exists.
         """
-        await eventually(lambda: not self.server.active_requests)
+        await wait_until(lambda: not self.server.active_requests)
         return self.records
 
 

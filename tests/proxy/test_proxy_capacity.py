@@ -9,7 +9,8 @@ import resource
 import h11
 import pytest
 import trio
-from proxy_support import LB_HOST, Certs, Client, eventually, start_stack
+from proxy_support import LB_HOST, Certs, Client, start_stack
+from waiting import wait_until
 
 from lb.config.model import Limits
 from lb.proxy.capacity import RESERVED_FDS, default_max_connections, raise_fd_limit
@@ -48,10 +49,10 @@ async def test_at_the_cap_the_idlest_connection_is_shed(
     silent = []
     for n in range(3):  # one at a time, so that the order of their idleness is known
         silent.append(await Client.connect(stack.port))
-        await eventually(lambda n=n: server.idle_connections == n + 1)
+        await wait_until(lambda n=n: server.idle_connections == n + 1)
     # A keep-alive connection that served a request is idle again, and younger.
     assert await _request(silent[2]) == 200
-    await eventually(lambda: server.idle_connections == 3)
+    await wait_until(lambda: server.idle_connections == 3)
     async with await Client.connect(stack.port) as newcomer:
         assert await _request(newcomer) == 200
     # The connection silent the longest was closed to make room; the others still serve.
@@ -72,7 +73,7 @@ async def test_at_the_cap_with_nothing_idle_a_new_connection_is_refused(
     busy = [await Client.connect(stack.port) for _ in range(2)]
     for client in busy:  # half a request head: not idle, so never shed
         await client.stream.send_all(b"GET / HTTP/1.1\r\n")
-    await eventually(lambda: server.connections == 2 and server.idle_connections == 0)
+    await wait_until(lambda: server.connections == 2 and server.idle_connections == 0)
     refused = await trio.open_tcp_stream("127.0.0.1", stack.port)
     with trio.fail_after(5):
         with contextlib.suppress(trio.BrokenResourceError):  # a reset is a refusal too

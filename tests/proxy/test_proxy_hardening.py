@@ -174,7 +174,7 @@ async def test_idle_websocket_is_closed(nursery: trio.Nursery, certs: Certs) -> 
         with trio.fail_after(3):
             # Traffic keeps it open well past one idle_timeout...
             for _ in range(6):
-                await trio.sleep(idle / 3)
+                await trio.sleep(idle / 3)  # on purpose: traffic spaced within the limit
                 await _echo(stream, b"ping")
             assert trio.current_time() - start > 2 * idle
             # ...silence closes it.

@@ -13,13 +13,13 @@ from proxy_support import (
     LB_HOST,
     Certs,
     Client,
-    eventually,
     get,
     make_config,
     open_websocket,
     raw_exchange,
     start_stack,
 )
+from waiting import wait_until
 
 from lb.config.model import Limits
 
@@ -274,8 +274,7 @@ async def test_pooled_connection_closed_while_idle_is_not_reused(
     stack = await start_stack(nursery, certs, 1)
     async with await Client.connect(stack.port) as client:
         assert (await client.request("GET", "/stale")).status == 200
-        await eventually(lambda: stack.backends[0].connections == 1)
-        await trio.sleep(0.1)  # the FIN (and TLS close) reaches our idle socket
+        await wait_until(lambda: stack.backends[0].closed == 1)  # its FIN is on the wire
         resp = await client.request("POST", "/sink", body=b"hello")
         assert (resp.status, resp.body) == (200, b"5")
     record = (await stack.settled())[-1]
@@ -288,10 +287,10 @@ async def test_pool_drops_connection_with_unsolicited_bytes(
     nursery: trio.Nursery, certs: Certs
 ) -> None:
     stack = await start_stack(nursery, certs, 1)
-    for _ in range(2):
+    for n in range(2):
         resp = await get(stack.port, "/garbage")
         assert resp.status == 200
-        await trio.sleep(0.2)  # the stray bytes reach our idle socket
+        await wait_until(lambda n=n: stack.backends[0].stray == n + 1)  # sent to our idle socket
     assert stack.server.pool.opened == 2
     assert all(not r.attempts[-1].reused for r in await stack.settled())
 
@@ -333,7 +332,7 @@ async def test_websocket_passthrough(nursery: trio.Nursery, certs: Certs) -> Non
                 while len(got) < len(want):
                     got += await stream.receive_some(65536)
                 assert got.replace(b"echo:", b"") == msg
-    await eventually(lambda: stack.records, 2)
+    await wait_until(lambda: stack.records, 2)
     assert (await stack.settled())[-1].websocket
     assert (await stack.settled())[-1].status == 101
     assert stack.backends[0].seen[-1].headers["upgrade"] == "websocket"
@@ -348,7 +347,7 @@ async def test_client_disconnect_mid_download_releases_upstream(
     await client.end_body()
     await client.stream.receive_some(65536)
     await client.aclose()
-    await eventually(lambda: stack.records, 5)
+    await wait_until(lambda: stack.records, 5)
     record = (await stack.settled())[-1]
     assert record.error == "client_disconnected"
     assert record.status == 200
@@ -363,9 +362,9 @@ async def test_client_disconnect_mid_upload(nursery: trio.Nursery, certs: Certs)
     client = await Client.connect(stack.port)
     await client.send_head("POST", "/sink", [("host", LB_HOST), ("content-length", "100000")])
     await client.send_body(b"z" * 1000)
-    await trio.sleep(0.1)
+    await wait_until(lambda: stack.backends[0].connections == 1)  # the upload is under way
     await client.aclose()
-    await eventually(lambda: stack.records, 5)
+    await wait_until(lambda: stack.records, 5)
     assert (await stack.settled())[-1].error == "client_disconnected"
     assert stack.engine.live.connections["p1/e0"] == 0
 
@@ -381,7 +380,7 @@ async def test_a_body_limit_crossed_while_the_upstream_waits_is_413(
             "POST", "/sink", [("host", LB_HOST), ("transfer-encoding", "chunked")]
         )
         await client.send_body(b"y" * 600)
-        await eventually(lambda: stack.backends[0].seen)  # the head went upstream alone
+        await wait_until(lambda: stack.backends[0].seen)  # the head went upstream alone
         await client.send_body(b"y" * 600)
         with trio.fail_after(5):
             resp = await client.read_response()
@@ -474,19 +473,21 @@ async def test_graceful_shutdown_drains_in_flight(nursery: trio.Nursery, certs: 
 
     async with trio.open_nursery() as inner:
         inner.start_soon(slow)
-        await trio.sleep(0.2)
+        await wait_until(lambda: any(s.path == "/slow" for s in stack.backends[0].seen))
         stack.server.shutdown()
-        await trio.sleep(0.05)
         # The idle keep-alive connection is closed; new connections are refused.
         with trio.fail_after(2):
             assert await idle.stream.receive_some(100) == b""
         await idle.aclose()
-        try:
-            await trio.open_tcp_stream("127.0.0.1", stack.port)
-        except OSError:
-            pass
-        else:  # pragma: no cover
-            raise AssertionError("listener still accepting")
+
+        async def refused() -> bool:
+            try:
+                await (await trio.open_tcp_stream("127.0.0.1", stack.port)).aclose()
+            except OSError:
+                return True
+            return False
+
+        await wait_until(refused, what="the listener to close")
     assert results == [200]
 
 
@@ -499,7 +500,7 @@ async def test_drain_deadline_reports_shutdown_and_closes_count(
     client = await Client.connect(stack.port)
     await client.send_head("GET", "/slow?s=5", [("host", LB_HOST)])
     await client.end_body()
-    await eventually(lambda: stack.server.active_requests == 1)
+    await wait_until(lambda: stack.server.active_requests == 1)
     assert conns[0] == 1
     stack.server.shutdown()
     with trio.fail_after(5):
@@ -508,8 +509,8 @@ async def test_drain_deadline_reports_shutdown_and_closes_count(
     assert (resp.status, resp.header("connection")) == (503, "close")
     with trio.fail_after(5):
         assert await client.stream.receive_some(100) == b""
-    await eventually(lambda: stack.records, 3)
-    await eventually(lambda: conns[0] == 0, 2)
+    await wait_until(lambda: stack.records, 3)
+    await wait_until(lambda: conns[0] == 0, 2)
     record = stack.records[-1]
     assert (record.status, record.error) == (503, "shutdown")
     assert stack.engine.live.in_flight.get("p1/e0", 0) == 0
@@ -528,7 +529,7 @@ async def test_drain_deadline_cuts_a_started_response(nursery: trio.Nursery, cer
     with trio.fail_after(5), pytest.raises((h11.RemoteProtocolError, trio.BrokenResourceError)):
         while True:  # the echoed chunk, then a close in the middle of the chunked body
             await client.next_event()
-    await eventually(lambda: stack.records, 3)
+    await wait_until(lambda: stack.records, 3)
     record = stack.records[-1]
     assert (record.status, record.error) == (200, "shutdown")
     await client.aclose()

@@ -18,11 +18,11 @@ from proxy_support import (
     LB_HOST,
     Certs,
     Client,
-    eventually,
     get,
     make_config,
     serve_backend,
 )
+from waiting import wait_until
 
 from lb.engine import Engine as LbEngine
 from lb.metrics import Metrics
@@ -60,7 +60,7 @@ async def start(
 
 
 async def settled(server: ProxyServer) -> None:
-    await eventually(lambda: not server.active_requests)
+    await wait_until(lambda: not server.active_requests)
 
 
 async def closed_port() -> int:
@@ -161,7 +161,7 @@ async def test_open_client_connections_and_active_requests(
 
     async def until(want: tuple[float, float]) -> None:
         check: Callable[[], object] = lambda: gauges() == want  # noqa: E731
-        await eventually(check)
+        await wait_until(check)
 
     assert gauges() == (0, 0)
     async with await Client.connect(port) as idle, await Client.connect(port) as busy:

@@ -14,12 +14,12 @@ from proxy_support import (
     LB_HOST,
     Certs,
     Client,
-    eventually,
     get,
     make_config,
     raw_exchange,
     start_stack,
 )
+from waiting import wait_until
 
 from lb.config.model import FixedResponse, Limits, Rule
 from lb.engine import Engine as LbEngine
@@ -208,7 +208,7 @@ async def test_bad_later_chunk_is_400_at_once(nursery: trio.Nursery, certs: Cert
             b"POST /sink HTTP/1.1\r\nHost: app.example\r\nTransfer-Encoding: chunked\r\n\r\n"
             b"5\r\nhello\r\n"
         )
-        await eventually(lambda: stack.backends[0].seen)
+        await wait_until(lambda: stack.backends[0].seen)
         await stream.send_all(b"ffffffffffffffff\r\nabc")
         while chunk := await stream.receive_some(65536):
             out += chunk

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import ssl
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 import trio
 import trustme
 from stack_support import APP, EU, LB, US
+from waiting import wait_until
 
 from lb.access import AccessConfig, AccessStats, serve_access
 from lb.connector import ConnectorConfig, ConnectorStats, IngressRule, serve_connector
@@ -32,7 +32,6 @@ __all__ = [
     "US",
     "Echo",
     "Tunnel",
-    "eventually",
     "lb_config",
     "roundtrip",
     "serve_echo",
@@ -42,13 +41,6 @@ __all__ = [
 ]
 
 BASTION = "bastion.example.com"
-
-
-async def eventually(predicate: Callable[[], object], seconds: float = 10.0) -> None:
-    """Wait until ``predicate()`` is true (state owned by another task; no event to wait on)."""
-    with trio.fail_after(seconds):
-        while not predicate():  # noqa: ASYNC110
-            await trio.sleep(0.01)
 
 
 @dataclass
@@ -182,7 +174,7 @@ async def start_lb(nursery: trio.Nursery, path: Path) -> Running:
             [str(path)], seed=7, handle_signals=False, task_status=task_status
         )
     )
-    await eventually(lambda: running.engine.ready)
+    await wait_until(lambda: running.engine.ready)
     return running
 
 

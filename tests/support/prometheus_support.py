@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 import trio
+from waiting import wait_until
 
 Series = list[dict[str, Any]]
 """``data.result`` of a Prometheus instant query: ``[{"metric": {...}, "value": [t, "v"]}]``."""
@@ -68,20 +69,25 @@ class Prometheus:
 
     async def query_until(self, expr: str, *, value: float | None = None) -> Series:
         """Poll until ``expr`` has results (with ``value``, if given), or fail the test."""
-        last: Series | None = None
         base = f"http://127.0.0.1:{self.web}"
+        last: Series | None = None
         async with httpx.AsyncClient(base_url=base, timeout=5) as client:
-            with trio.move_on_after(SCRAPE_DEADLINE):
-                while True:
-                    last = await self.query(client, expr)
-                    if last and (value is None or float(last[0]["value"][1]) == value):
-                        return last
-                    await trio.sleep(0.2)
-        log = await trio.Path(self.log_path).read_text()
-        pytest.fail(
-            f"Prometheus did not return {expr!r} (value {value}) within {SCRAPE_DEADLINE}s; "
-            f"last result {last!r}\n--- prometheus log ---\n{log[-4000:]}"
-        )
+
+            async def answered() -> Series | None:
+                nonlocal last
+                last = await self.query(client, expr)
+                if last and (value is None or float(last[0]["value"][1]) == value):
+                    return last
+                return None
+
+            def what() -> str:
+                log = self.log_path.read_text(errors="replace")
+                return (
+                    f"Prometheus to return {expr!r} (value {value}); last result {last!r}"
+                    f"\n--- prometheus log ---\n{log[-4000:]}"
+                )
+
+            return await wait_until(answered, SCRAPE_DEADLINE, what=what, step=0.2)
 
 
 @asynccontextmanager

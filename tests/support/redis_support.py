@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import trio
+from waiting import wait_until
 
 __all__ = ["RedisServer", "redis_server", "redis_server_path"]
 
@@ -93,19 +94,18 @@ class RedisServer:
 
 
 async def _answers(port: int, process: trio.Process) -> bool:
-    with trio.move_on_after(10):
-        while process.poll() is None:
-            try:
-                stream = await trio.open_tcp_stream("127.0.0.1", port)
-            except OSError:
-                await trio.sleep(0.02)
-                continue
-            async with stream:
-                await stream.send_all(b"PING\r\n")
-                if (await stream.receive_some(64)).startswith(b"+PONG"):
-                    return True
-            await trio.sleep(0.02)
-    return False
+    """Whether the server answers PING; False if it exited first (its port was taken)."""
+
+    async def pong_or_exit() -> str | None:
+        if process.poll() is not None:
+            return "exited"
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            await stream.send_all(b"PING\r\n")
+            return "pong" if (await stream.receive_some(64)).startswith(b"+PONG") else None
+
+    what = f"redis-server to answer PING on port {port}"
+    return await wait_until(pong_or_exit, what=what, step=0.02, ignore=(OSError,)) == "pong"
 
 
 @asynccontextmanager

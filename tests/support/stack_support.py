@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 import trio
 import trustme
 from prometheus_support import free_port
+from waiting import wait_until
 
 __all__ = [
     "APP",
@@ -35,7 +35,7 @@ __all__ = [
     "running_stack",
     "start_process",
     "two_tunnel_config",
-    "wait_until",
+    "until_url",
 ]
 
 EU = "6ff42ae2-765d-4adf-8112-31c55c1551ef"
@@ -158,19 +158,17 @@ def connector_config(uuid: str, dc: str, port: int, cert: Path) -> str:
     )
 
 
-async def wait_until(client: httpx.AsyncClient, url: str, ok: Any, *, seconds: float = 20) -> Any:
-    """Poll ``url`` until ``ok(response)`` is truthy (bounded); return that value."""
-    with trio.move_on_after(seconds):
-        while True:
-            try:
-                response = await client.get(url)
-                result = ok(response)
-                if result:
-                    return result
-            except httpx.TransportError:
-                pass
-            await trio.sleep(0.1)
-    pytest.fail(f"{url} did not reach the expected state within {seconds}s")
+async def until_url(client: httpx.AsyncClient, url: str, ok: Any, *, seconds: float = 20) -> Any:
+    """Poll ``url`` until ``ok(response)`` is truthy (bounded); return that value.
+
+    Another process's state: there is no event to wait on, so it goes through
+    :func:`waiting.wait_until`."""
+
+    async def check() -> Any:
+        return ok(await client.get(url))
+
+    what = f"{url} to reach the expected state"
+    return await wait_until(check, seconds, what=what, step=0.1, ignore=(httpx.TransportError,))
 
 
 @asynccontextmanager
@@ -194,7 +192,8 @@ async def start_process(nursery: trio.Nursery, *args: str, log: Path) -> trio.Pr
 
 @dataclass
 class Stack:
-    """A running two-tunnel stack: where to send traffic, the admin, and the processes."""
+    """A running two-tunnel stack: where to send traffic, the admin, and the processes; with
+    the ports and the CA file a test needs to write another :func:`two_tunnel_config`."""
 
     base: str
     admin: int
@@ -203,6 +202,18 @@ class Stack:
     lb: trio.Process
     config: Path
     log: Path
+    ports: dict[str, int]
+    """The tunnels' ports, by tunnel UUID."""
+    listen: int
+    ca_file: Path
+    engine: dict[str, Any]
+    """The engine fields :func:`running_stack` was given."""
+
+    def reconfigured(self, **changes: Any) -> str:
+        """This stack's :func:`two_tunnel_config` with ``changes`` (``order``, ``names`` or
+        engine fields), for a reload."""
+        options = {**self.engine, **changes}
+        return two_tunnel_config(self.ports, self.listen, self.admin, self.ca_file, **options)
 
 
 @asynccontextmanager
@@ -227,5 +238,17 @@ async def running_stack(tmp_path: Path, **engine: Any) -> AsyncIterator[Stack]:
             tunnels[uuid] = await start_process(nursery, "connector", "--quiet", str(path), log=log)
         lb = await start_process(nursery, "run", str(config), log=log)
         admin_base = f"http://127.0.0.1:{admin}"
-        await wait_until(client, f"{admin_base}/readyz", lambda r: r.status_code == 200)
-        yield Stack(f"http://127.0.0.1:{listen}", admin, admin_base, tunnels, lb, config, log)
+        await until_url(client, f"{admin_base}/readyz", lambda r: r.status_code == 200)
+        yield Stack(
+            base=f"http://127.0.0.1:{listen}",
+            admin=admin,
+            admin_base=admin_base,
+            tunnels=tunnels,
+            lb=lb,
+            config=config,
+            log=log,
+            ports=ports,
+            listen=listen,
+            ca_file=ca_file,
+            engine=engine,
+        )

@@ -20,9 +20,9 @@ from typing import Any
 
 import httpx
 import pytest
-import trio
 from prometheus_client.parser import text_string_to_metric_families
 from stack_support import EU, LB, US, Stack, running_stack
+from waiting import wait_until
 
 pytestmark = [pytest.mark.integration]
 
@@ -65,13 +65,16 @@ async def fresh_requests(base: str, n: int) -> Counter[str]:
 async def until_metrics(client: httpx.AsyncClient, stack: Stack, check: Any, what: str) -> str:
     """Poll the parent's /metrics until ``check(text)`` (children report about every second)."""
     text = ""
-    with trio.move_on_after(10):
-        while True:
-            text = (await client.get(f"{stack.admin_base}/metrics")).text
-            if check(text):
-                return text
-            await trio.sleep(0.2)
-    pytest.fail(f"{what}: not within 10 s; /metrics has\n{text[:4000]}")
+
+    async def scraped() -> str | None:
+        nonlocal text
+        text = (await client.get(f"{stack.admin_base}/metrics")).text
+        return text if check(text) else None
+
+    found: str = await wait_until(
+        scraped, what=lambda: f"{what}; /metrics has\n{text[:4000]}", step=0.2
+    )
+    return found
 
 
 async def test_counters_cover_both_processes(tmp_path: Path) -> None:
@@ -79,11 +82,8 @@ async def test_counters_cover_both_processes(tmp_path: Path) -> None:
         running_stack(tmp_path, workers=2, access_log=True) as stack,
         httpx.AsyncClient(timeout=5) as client,
     ):
-        with trio.fail_after(15):
-            while True:  # the child listens too (the parent's /readyz does not wait for it)
-                if log_events(stack.log, "worker_ready"):
-                    break
-                await trio.sleep(0.1)
+        # The child listens too (the parent's /readyz does not wait for it).
+        await wait_until(lambda: log_events(stack.log, "worker_ready"), 15, what="worker_ready")
 
         # Client connections kept open (keep-alive after one request each), spread over
         # both processes: the parent's gauge counts them all, and forgets them once closed.

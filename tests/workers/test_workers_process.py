@@ -22,6 +22,7 @@ import trio
 import trustme
 from prometheus_support import free_port
 from stack_support import APP, EU, LB, US, two_tunnel_config
+from waiting import wait_until
 
 from lb.connector.config import ConnectorConfig
 from lb.connector.ingress import IngressRule
@@ -60,16 +61,8 @@ def log_events(log: Path, name: str) -> list[dict[str, Any]]:
 
 
 async def wait_for(check: Any, what: str, seconds: float = 20) -> Any:
-    with trio.move_on_after(seconds):
-        while True:
-            try:
-                value = await check()
-                if value:
-                    return value
-            except httpx.TransportError:
-                pass
-            await trio.sleep(0.1)
-    pytest.fail(f"{what}: not within {seconds}s")
+    """Poll the processes' admin API or log (no event crosses the process boundary)."""
+    return await wait_until(check, seconds, what=what, step=0.1, ignore=(httpx.TransportError,))
 
 
 async def fresh_requests(base: str, host: str, n: int) -> Counter[str]:
@@ -201,7 +194,7 @@ async def story(
         return sum(1 for r in stats[uuid].recent if r.target == "/healthz")
 
     before = healthz(EU)
-    await trio.sleep(4)
+    await trio.sleep(4)  # on purpose: the probes of four intervals are counted
     probes = healthz(EU) - before
     assert 3 <= probes <= 5, probes
 
@@ -214,14 +207,16 @@ async def story(
         return bool(pools["eu"]["state"] == "critical")
 
     await wait_for(eu_critical, "eu critical")
-    await trio.sleep(1.5)  # a report interval: retries before detection are in
+    # A report interval (children report about every second; nothing to wait on from here):
+    # the retries made before detection are counted by then.
+    await trio.sleep(1.5)
     retries = metric((await client.get(f"{admin_base}/metrics")).text, "lb_retries_total")
     mark = len(log_events(log, "request"))
     assert await fresh_requests(base, LB, 30) == Counter({f"200 {US}": 30})
     after = log_events(log, "request")[mark:]
     assert {e["worker"] for e in after} == {0, 1}
     assert all(e["retried"] is None or e["retried"] == "" for e in after), after
-    await trio.sleep(1.5)
+    await trio.sleep(1.5)  # a report interval: a retry, had there been one, would be in
     assert metric((await client.get(f"{admin_base}/metrics")).text, "lb_retries_total") == retries
 
     # A reload reaches the worker: a new load balancer host is served by both processes.
@@ -244,7 +239,15 @@ async def story(
         )
 
     await wait_for(reloaded, "reload applied")
-    await trio.sleep(0.3)  # the config message travels down the pipe
+
+    async def both_have_it() -> bool:
+        # The child logs nothing when the configuration arrives down the pipe: ask both.
+        mark = len(log_events(log, "request"))
+        await fresh_requests(base, OTHER, 10)
+        after = log_events(log, "request")[mark:]
+        return {e["worker"] for e in after if e["status"] == 200} == {0, 1}
+
+    await wait_for(both_have_it, "both processes serving the reloaded host", 10)
     mark = len(log_events(log, "request"))
     assert await fresh_requests(base, OTHER, 30) == Counter({f"200 {US}": 30})
     assert {e["worker"] for e in log_events(log, "request")[mark:]} == {0, 1}

@@ -20,6 +20,7 @@ import pytest
 import trio
 from prometheus_support import free_port
 from stack_support import LB, one_pool_config
+from waiting import wait_until
 
 import lb.workers
 from lb.config.loader import load_config
@@ -43,12 +44,15 @@ async def answers(port: int) -> bool:
 async def next_child(workers: Workers, old_pid: int | None, seconds: float) -> int:
     """Wait until a child other than ``old_pid`` has reported; its pid."""
     slot = workers.slots[0]
-    with trio.fail_after(seconds):
-        while True:
-            process = slot.process
-            if process is not None and process.pid != old_pid and slot.last_seen is not None:
-                return process.pid
-            await trio.sleep(0.05)
+
+    def reported() -> int | None:
+        process = slot.process
+        if process is not None and process.pid != old_pid and slot.last_seen is not None:
+            return process.pid
+        return None
+
+    pid: int = await wait_until(reported, seconds, what=f"a child other than {old_pid}")
+    return pid
 
 
 def gone(pid: int) -> bool:
@@ -81,7 +85,7 @@ async def test_restart_after_listen_reload_and_stalled_child(
         assert await answers(port)
 
         # An idle child heartbeats: it outlives SILENT_TIMEOUT without traffic.
-        await trio.sleep(4)
+        await trio.sleep(4)  # on purpose: longer than SILENT_TIMEOUT
         assert workers.slots[0].process is not None
         assert workers.slots[0].process.pid == first
 
@@ -93,7 +97,7 @@ async def test_restart_after_listen_reload_and_stalled_child(
         second = await next_child(workers, first, 20)
         assert await answers(port)  # the restarted child serves the bound address...
         assert not await answers(other)  # ...and not the reloaded one
-        await trio.sleep(1.5)
+        await trio.sleep(1.5)  # on purpose: long enough for a crash at start to show
         assert workers.slots[0].process is not None
         assert workers.slots[0].process.pid == second  # it did not crash at start
 
