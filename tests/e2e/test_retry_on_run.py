@@ -26,7 +26,7 @@ import trio
 import trustme
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_support import free_port
-from stack_support import wait_until
+from stack_support import until_url
 
 HOST = "app.localhost"
 TUNNELS = (
@@ -162,7 +162,7 @@ async def run_load(tmp_path: Path, retry_on: dict[str, Any] | None) -> tuple[lis
             endpoints = r.json()["pools"][0]["endpoints"]
             return len(endpoints) == 3 and all(e["health"] == "healthy" for e in endpoints)
 
-        await wait_until(client, f"http://127.0.0.1:{admin}/status", all_healthy)
+        await until_url(client, f"http://127.0.0.1:{admin}/status", all_healthy)
 
         async def user() -> None:
             async with httpx.AsyncClient(timeout=10) as own:

@@ -20,7 +20,7 @@ import pytest
 import trio
 import trustme
 from prometheus_client.parser import text_string_to_metric_families
-from proxy_support import eventually
+from waiting import wait_until
 
 from lb.core.health import Health, HealthEvent
 from lb.service import Running, serve_lb
@@ -116,7 +116,7 @@ async def start(
     )
     events: list[HealthEvent] = []
     running.engine.observers.health.append(events.append)
-    await eventually(lambda: running.engine.ready, seconds=20)
+    await wait_until(lambda: running.engine.ready, seconds=20)
     return running, events
 
 
@@ -166,7 +166,7 @@ async def test_an_endpoint_answering_502_is_ejected_and_its_monitor_brings_it_ba
         assert found[("lb_passive_ejections_total", (("endpoint", "bad"), ("pool", "p")))] == 1
         assert ("lb_pool_ejected_endpoints", (("pool", "p"),)) in found
         # the monitor's first passing check after the ejection time brings it back
-        await eventually(lambda: len(passive_events(events)) >= 2, seconds=20)
+        await wait_until(lambda: len(passive_events(events)) >= 2, seconds=20)
         back = passive_events(events)[1]
         assert back.after is Health.HEALTHY and "local check passed" in back.reason
         assert back.at - ejected.at >= 3
