@@ -1,5 +1,9 @@
 """The real system of a rehearsal: a connector per endpoint and ``tunnel-lb run``, on loopback.
 
+A stand-in plays its endpoint with the scenario's ingress rules, and closes connections as
+the scenario's ``network.keep_alive`` says (``keep_alive_idle``, ``keep_alive_announce``,
+``random_closes`` of docs/connector.md).
+
 Every process is started as a user would start it (``python -m lb connector`` and ``python
 -m lb run``), on free ports only: the connectors print their HTTPS and control URLs, the LB
 logs its ``ready`` line with the ports it bound.  The LB's configuration is the scaled one
@@ -46,7 +50,10 @@ class Stack:
     proxy: str
     admin: str
     control: dict[str, str]
-    """Endpoint address -> the control URL of its stand-in."""
+    """Endpoint address -> the control URL of its stand-in (``.../faults``)."""
+    anchor: float
+    """``time.monotonic()`` when the LB's probe schedule started (its ``monitors_started``
+    line): the time 0 of the real run, as the simulator's scheduler starts at its time 0."""
     config_path: Path
     raw_config: dict[str, Any]
     log: Path
@@ -60,22 +67,62 @@ class Stack:
         if r.status_code != 200:
             raise StartError(f"POST /reload answered {r.status_code}: {r.text.strip()}")
 
+    async def probe_duration(self, client: httpx.AsyncClient) -> float:
+        """The LB's mean probe duration so far (``lb_probe_duration_seconds``), 0 without
+        probes: the real round trip, which the scaled simulation does not have."""
+        r = await client.get(f"{self.admin}/metrics")
+        total = count = 0.0
+        for line in r.text.splitlines():
+            name, _, value = line.rpartition(" ")
+            if name.startswith("lb_probe_duration_seconds_sum"):
+                total += float(value)
+            elif name.startswith("lb_probe_duration_seconds_count"):
+                count += float(value)
+        return total / count if count else 0.0
+
+    async def probes(self, client: httpx.AsyncClient) -> int:
+        """Probe requests the stand-ins have received so far (their ``GET /stats``)."""
+        total = 0
+        for url in self.control.values():
+            r = await client.get(url.removesuffix("/faults") + "/stats")
+            total += int(r.json()["probes"])
+        return total
+
 
 def _ingress(sc: Scenario, address: str) -> list[dict[str, str]]:
-    """The stand-in's rules: the scenario's (the application answering as ``hello_world``),
-    else everything to the application."""
+    """The stand-in's rules: the scenario's, else everything to the application.
+
+    ``hello_world`` plays the application (``origin:`` faults hit it,
+    :mod:`lb.connector.faults`); a scenario's own ``hello_world`` rule, which the simulator
+    answers 200 without asking the application, becomes ``http_status:200``.
+    """
     rules = sc.ingress.get(address)
     if rules is None:
         return [{"service": "hello_world"}]
     out = []
     for r in rules:
-        service = "hello_world" if r.service == f"http://{ORIGIN_SERVICE}" else r.service
+        service = r.service
+        if service == "hello_world":
+            service = "http_status:200"
+        elif service == f"http://{ORIGIN_SERVICE}":
+            service = "hello_world"
         rule = {"service": service}
         if r.hostname:
             rule["hostname"] = r.hostname
         if r.path:
             rule["path"] = r.path
         out.append(rule)
+    return out
+
+
+def _keep_alive(sc: Scenario, address: str) -> dict[str, object]:
+    """The stand-in's connection closes, from the scenario's ``network.keep_alive``."""
+    spec = sc.keep_alive.get(address)
+    if spec is None:
+        return {}
+    out: dict[str, object] = {"random_closes": spec.random}
+    if spec.idle != float("inf"):
+        out.update(keep_alive_idle=spec.idle, keep_alive_announce=spec.announce)
     return out
 
 
@@ -141,6 +188,7 @@ async def running(
                     "certificate": str(cert),
                     "key": str(cert),
                     "ingress": _ingress(sc, address),
+                    **_keep_alive(sc, address),
                 }
                 path.write_text(json.dumps(doc), "utf-8")
                 cmd = ["connector", "--quiet", "--control", "127.0.0.1:0", str(path)]
@@ -160,12 +208,13 @@ async def running(
             config_path.write_text(json.dumps(raw, indent=1), "utf-8")
             args = ["run", str(config_path), "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"]
             args += ["--seed", str(seed), "--log-format", "json"]
-            lb, ready = await _start_lb(nursery, args, lb_log)
+            lb, ready, anchor = await _start_lb(nursery, args, lb_log)
             processes.append(lb)
             stack = Stack(
                 proxy=f"http://{ready['proxy'][0]}",
                 admin=f"http://{ready['admin']}",
                 control=control,
+                anchor=anchor,
                 config_path=config_path,
                 raw_config=raw,
                 log=lb_log,
@@ -215,7 +264,9 @@ async def _drain(lines: _Lines) -> None:
 
 async def _start_lb(
     nursery: trio.Nursery, args: list[str], log: Path
-) -> tuple[trio.Process, dict[str, Any]]:
+) -> tuple[trio.Process, dict[str, Any], float]:
+    """Start ``tunnel-lb run``; its ``ready`` line, and the ``mono`` of its
+    ``monitors_started`` line (which comes first)."""
     with log.open("wb") as err:
         proc = await trio.lowlevel.open_process(
             [sys.executable, "-m", "lb", *args], stdout=err, stderr=err
@@ -223,11 +274,14 @@ async def _start_lb(
     with trio.move_on_after(READY_WAIT):
         while proc.returncode is None and proc.poll() is None:
             text = await trio.Path(log).read_text("utf-8", "replace")
+            anchor = None
             for line in text.splitlines():
-                if '"event":"ready"' in line:
+                if '"event":"monitors_started"' in line:
+                    anchor = float(json.loads(line)["mono"])
+                if '"event":"ready"' in line and anchor is not None:
                     ready: dict[str, Any] = json.loads(line)
-                    return proc, ready
-            await trio.sleep(0.05)
+                    return proc, ready, anchor
+            await trio.sleep(0.02)
     proc.kill()
     text = await trio.Path(log).read_text("utf-8", "replace")
     tail = text.strip().splitlines()[-1:] or ["(no output)"]
