@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import copy
 import json
+import ssl
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -196,6 +197,7 @@ async def running(
                 processes.append(proc)
                 connect_to[f"{address}:443"] = https.removeprefix("https://")
                 control[address] = ctl
+            await _warm(connect_to.values(), ca_file)
             raw = copy.deepcopy(raw_config)
             raw["connect_to"] = {**raw.get("connect_to", {}), **connect_to}
             engine = raw.setdefault("engine", {})
@@ -255,6 +257,19 @@ async def _start_connector(
         raise StartError(f"a connector did not start; see {log}")
     nursery.start_soon(_drain, lines)
     return proc, https, control
+
+
+async def _warm(addresses: Iterable[str], ca_file: Path) -> None:
+    """One TLS exchange with each stand-in before the LB starts: a real tunnel has served
+    before, and a stand-in's first exchange (lazy imports, first handshake) must not make
+    the LB's first probe, whose timeout is scaled, time out on a busy machine."""
+    context = ssl.create_default_context(cafile=str(ca_file))
+    async with httpx.AsyncClient(verify=context, timeout=READY_WAIT) as client:
+        for address in addresses:
+            try:
+                await client.get(f"https://{address}/", headers={"host": "localhost"})
+            except httpx.HTTPError as exc:
+                raise StartError(f"the stand-in at {address} did not answer: {exc}") from None
 
 
 async def _drain(lines: _Lines) -> None:

@@ -51,3 +51,21 @@ def test_points_inside_and_outside_the_band() -> None:
     assert not detected.inside and detected.rank == 1.0
     (late_enough,) = compare(real, sims, ["a"], lag=2.0)
     assert late_enough.inside  # the real events took effect up to 2 s late
+
+
+def test_the_replay_holds_a_real_value_the_band_does_not() -> None:
+    """The real run is one seed; when its seed sits in a tail, the replay (the simulation
+    with that seed) predicted it, and the point is inside."""
+    late = {"pool": "a", "endpoint": "x", "failed_at": 10.0, "detected_at": 14.0}
+    real = {"tick": 0.1, "windows": [], "failovers": [late]}
+    sims = [{"windows": [], "failovers": [dict(late, detected_at=10 + d)]} for d in (1, 2, 2)]
+    (alone,) = compare(real, sims, ["a"])
+    assert not alone.inside
+    replay = {"windows": [], "failovers": [dict(late, detected_at=13.95)]}
+    (replayed,) = compare(real, sims, ["a"], replay=replay)
+    assert replayed.inside and replayed.replay == pytest.approx(3.95)
+    wrong = {"windows": [], "failovers": [dict(late, detected_at=12.0)]}
+    (still_out,) = compare(real, sims, ["a"], replay=wrong)
+    assert not still_out.inside
+    (costly,) = compare(real, sims, ["a"], replay=wrong, cost=2.0)
+    assert costly.inside  # a real probe that takes 2 s explains 2 s
