@@ -90,6 +90,9 @@ class Faults:
         self.changed = trio.Event()
         """Set (and replaced) on every change, so waiting tasks re-check."""
         self._serving: set[trio.CancelScope] = set()
+        self._closing: set[trio.CancelScope] = set()
+        """Serving scopes cancelled by refuse whose connections are still being closed."""
+        self._closed = trio.Event()
         """The scopes serving the listeners (and their connections), cancelled by refuse."""
 
     # ------------------------------------------------------------------ control
@@ -160,8 +163,18 @@ class Faults:
             # the listeners and their connections are being closed.
             for scope in self._serving:
                 scope.cancel()
+            self._closing |= self._serving
+            if self._closing:
+                self._closed = trio.Event()
         self.changed.set()
         self.changed = trio.Event()
+
+    async def settled(self) -> None:
+        """Until a ``refuse`` has closed the listeners and every connection they accepted
+        (at most 5 s), so a client told "refused" cannot still send on one of them."""
+        if self._closing:
+            with trio.move_on_after(5):
+                await self._closed.wait()
 
     # ------------------------------------------------------------------ the server's side
 
@@ -204,17 +217,22 @@ class Faults:
                     while self.current()[0] == "refuse":
                         await self.wait_change()
                     current = (await trio.open_tcp_listeners(port, host=host))[0]
-                async with trio.open_nursery() as nursery:
-                    self._serving.add(nursery.cancel_scope)
-                    try:
-                        nursery.start_soon(trio.serve_listeners, handler, [current])
-                        while self.current()[0] != "refuse":
-                            await self.wait_change()
-                        nursery.cancel_scope.cancel()
-                    finally:
-                        self._serving.discard(nursery.cancel_scope)
-                await trio.aclose_forcefully(current)
-                current = None
+                scope = trio.CancelScope()
+                try:
+                    with scope:
+                        self._serving.add(scope)
+                        async with trio.open_nursery() as nursery:
+                            nursery.start_soon(trio.serve_listeners, handler, [current])
+                            while self.current()[0] != "refuse":
+                                await self.wait_change()
+                            scope.cancel()
+                    await trio.aclose_forcefully(current)
+                    current = None
+                finally:  # the connections are closed by now (the nursery waited for them)
+                    self._serving.discard(scope)
+                    self._closing.discard(scope)
+                    if not self._closing:
+                        self._closed.set()
         finally:
             if current is not None:
                 await trio.aclose_forcefully(current)
@@ -333,6 +351,7 @@ async def _control_exchange(
         elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
             break
     status, answer = _control(faults, stats, request, body)
+    await faults.settled()
     payload = json.dumps(answer).encode() + b"\n"
     headers = [
         (b"content-type", b"application/json"),
