@@ -59,7 +59,8 @@ class Rehearsal:
     lag: float = 0.0
     """The latest a timeline event took effect after its time, in the real run (seconds)."""
     probe_duration: float = 0.0
-    """The real run's mean probe duration (seconds), a cost the scaled simulation lacks."""
+    """The real run's slowest probe, to its histogram bucket (seconds): a cost the scaled
+    simulation lacks."""
 
     @property
     def outside(self) -> float:
@@ -100,8 +101,8 @@ class Rehearsal:
             f"rehearsal {self.scenario.name} at speed {self.speed:g}, rate x{self.rate:g}: "
             f"{seconds(self.scenario.duration)} real time, {d['requests']} requests, "
             f"{d['errors']} errors, {d['retries']} retries; {len(self.sims)} simulated seeds; "
-            f"timeline events applied up to {self.lag * 1000:.0f} ms late, probes took "
-            f"{self.probe_duration * 1000:.0f} ms",
+            f"timeline events applied up to {self.lag * 1000:.0f} ms late, probes took up "
+            f"to {self.probe_duration * 1000:.0f} ms",
             "",
         ]
         rows = [("point", "real", "p5", "median", "p95", "rank", f"seed {self.scenario.seed}", "")]

@@ -16,9 +16,10 @@ The band is widened by what no seed can show: the measurement's grain (one reque
 and error counts, one tick for delays) and ``lag``, how late the real run's timeline events
 took effect (a fault is applied by an HTTP call, which can take a good part of a second on a
 busy machine, while the simulator applies it at its exact instant): delays get ``lag`` more,
-a window's counts the requests of ``lag`` seconds more.  Delays also get the real probe's
-mean duration (``cost``: a TLS exchange on a loaded machine, where the scaled simulation has
-a scaled round trip of a few milliseconds).
+a window's counts the requests of ``lag`` seconds more.  Both also get ``cost``, how long
+the slowest real probe took (a TLS exchange, the first with a handshake, on a loaded machine,
+where the scaled simulation has a scaled round trip of a few milliseconds): a health
+transition that late moves the requests of that many seconds.
 
 The real run is also one seed: ``tunnel-lb run --seed S`` probes on the schedule of
 ``simulate --seed S`` (``monitors.scheduler.probe_rng``, both counted from the schedule's
@@ -140,8 +141,8 @@ def compare(
     replay: dict[str, Any] | None = None,
 ) -> list[Point]:
     """Every point of ``real`` against the same point of each simulated report, and of
-    ``replay`` (the simulation with the real run's seed) when given; ``cost`` is the real
-    probe's duration, which delays get besides ``lag``."""
+    ``replay`` (the simulation with the real run's seed) when given; ``cost`` is the slowest
+    real probe's duration, which widens like ``lag``."""
     points: list[Point] = []
     tick = float(real["tick"]) + lag + cost
     for i, w in enumerate(real["windows"]):
@@ -152,8 +153,8 @@ def compare(
             again = _window_values(replay["windows"][i], pools)
         label = f"window {w['start']:g}-{w['end']:g}s"
         total = w["requests"] or 1
-        # A late event moves the outcome of the requests of `lag` seconds, besides one.
-        moved = 1.0 + w["requests"] * lag / max(w["end"] - w["start"], 1e-9)
+        # A late event or probe moves the outcome of the requests of that long, besides one.
+        moved = 1.0 + w["requests"] * (lag + cost) / max(w["end"] - w["start"], 1e-9)
         for key, value in mine.items():
             slack = moved if key == "errors" else moved / total
             replayed: tuple[float | None, ...] = () if again is None else (again.get(key),)

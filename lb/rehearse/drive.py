@@ -236,7 +236,7 @@ class Driven:
     probes: int = 0
     """Probe requests the stand-ins received in ``[0, duration]``."""
     probe_duration: float = 0.0
-    """The LB's mean probe duration (seconds)."""
+    """How long the LB's slowest probe took, to its histogram bucket (seconds)."""
 
 
 async def _at_the_end(

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import ssl
 import sys
 from collections.abc import AsyncIterator, Iterable
@@ -69,17 +70,11 @@ class Stack:
             raise StartError(f"POST /reload answered {r.status_code}: {r.text.strip()}")
 
     async def probe_duration(self, client: httpx.AsyncClient) -> float:
-        """The LB's mean probe duration so far (``lb_probe_duration_seconds``), 0 without
-        probes: the real round trip, which the scaled simulation does not have."""
+        """How long the LB's slowest probe so far took, to its ``lb_probe_duration_seconds``
+        bucket (0 without probes): the real round trip, first TLS handshakes included,
+        which the scaled simulation does not have."""
         r = await client.get(f"{self.admin}/metrics")
-        total = count = 0.0
-        for line in r.text.splitlines():
-            name, _, value = line.rpartition(" ")
-            if name.startswith("lb_probe_duration_seconds_sum"):
-                total += float(value)
-            elif name.startswith("lb_probe_duration_seconds_count"):
-                count += float(value)
-        return total / count if count else 0.0
+        return slowest_bucket(r.text, "lb_probe_duration_seconds")
 
     async def probes(self, client: httpx.AsyncClient) -> int:
         """Probe requests the stand-ins have received so far (their ``GET /stats``)."""
@@ -88,6 +83,34 @@ class Stack:
             r = await client.get(url.removesuffix("/faults") + "/stats")
             total += int(r.json()["probes"])
         return total
+
+
+_LE = re.compile(r'le="([^"]*)",?')
+
+
+def slowest_bucket(text: str, family: str) -> float:
+    """The upper bound of the highest non-empty bucket of a histogram ``family`` in a
+    Prometheus text exposition, over all its series (0 when it has no observation; the
+    largest finite bound when one fell above every bound)."""
+    series: dict[str, list[tuple[float, float]]] = {}
+    for line in text.splitlines():
+        head, _, value = line.rpartition(" ")
+        if not head.startswith(family + "_bucket{"):
+            continue
+        found = _LE.search(head)
+        if found is None:
+            continue
+        labels = head[: found.start()] + head[found.end() :]
+        series.setdefault(labels, []).append((float(found.group(1)), float(value)))
+    out = 0.0
+    for buckets in series.values():
+        buckets.sort()
+        total = buckets[-1][1]
+        finite = [b for b, _ in buckets if b != float("inf")]
+        if total:
+            bound = next(b for b, n in buckets if n >= total)
+            out = max(out, bound if bound != float("inf") else max(finite, default=0.0))
+    return out
 
 
 def _ingress(sc: Scenario, address: str) -> list[dict[str, str]]:

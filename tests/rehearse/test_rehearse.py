@@ -1,10 +1,10 @@
 """Rehearsals of shipped scenarios against real processes, and a wrong simulator caught.
 
-Each rehearsal runs at speed 10 (the reference scenario at 5: its 0.4 s probe timeout then
-survives a first TLS handshake on a machine with a load average of 7) with a fraction of the
-scenario's rates (so that the driver, the LB and two stand-ins fit on a busy two-core
-machine) and 10 simulated seeds, or fewer; each takes
-well under a minute.  The real run is shared by the tests that only re-compare it.
+Each rehearsal runs at speed 10 (the reference and health-route-fixed at 5: their 0.4 s
+probe timeout then survives a TLS exchange on a machine with a load average of 7) with a
+fraction of the scenario's rates (so that the driver, the LB and two stand-ins fit on a busy
+two-core machine) and 10 simulated seeds, or fewer; each takes well under a minute.  The
+real run is shared by the tests that only re-compare it.
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ def test_origin_faults_are_made_real(tmp_path: Path) -> None:
     """health-route-fixed: the application behind the primary stand-in refuses (the stand-in
     answers 502 as cloudflared does) until the monitor sees it and users move."""
     result = rehearse(
-        SCENARIOS / "health-route-fixed.yaml", seeds=10, speed=10, rate=0.5, workdir=tmp_path
+        SCENARIOS / "health-route-fixed.yaml", seeds=10, speed=5, rate=0.5, workdir=tmp_path
     )
     data = result.real.data
     assert data["statuses"].get("502", 0) > 0, data["statuses"]

@@ -8,6 +8,7 @@ import pytest
 
 from lb.rehearse.compare import compare, percentile
 from lb.rehearse.scale import SpeedError, scaled_files
+from lb.rehearse.stack import slowest_bucket
 from lb.sim.scenario import load_scenario
 
 SCENARIOS = Path(__file__).resolve().parents[2] / "configs" / "scenarios"
@@ -69,3 +70,22 @@ def test_the_replay_holds_a_real_value_the_band_does_not() -> None:
     assert not still_out.inside
     (costly,) = compare(real, sims, ["a"], replay=wrong, cost=2.0)
     assert costly.inside  # a real probe that takes 2 s explains 2 s
+
+
+def test_the_slowest_probe_is_read_from_its_histogram_bucket() -> None:
+    text = "\n".join(
+        [
+            "# TYPE lb_probe_duration_seconds histogram",
+            'lb_probe_duration_seconds_bucket{pool="a",le="0.01"} 8.0',
+            'lb_probe_duration_seconds_bucket{pool="a",le="0.05"} 9.0',
+            'lb_probe_duration_seconds_bucket{pool="a",le="+Inf"} 9.0',
+            'lb_probe_duration_seconds_bucket{le="0.01",pool="b"} 3.0',
+            'lb_probe_duration_seconds_bucket{le="0.05",pool="b"} 3.0',
+            'lb_probe_duration_seconds_bucket{le="+Inf",pool="b"} 3.0',
+            'lb_probe_duration_seconds_count{pool="a"} 9.0',
+        ]
+    )
+    assert slowest_bucket(text, "lb_probe_duration_seconds") == 0.05
+    assert slowest_bucket("", "lb_probe_duration_seconds") == 0.0
+    late = text.replace('le="+Inf"} 9.0', 'le="+Inf"} 10.0')
+    assert slowest_bucket(late, "lb_probe_duration_seconds") == 0.05  # the largest bound
