@@ -373,6 +373,9 @@ async def serve_lb(
             await nursery.start(_signals, reload, shutdown)
         await nursery.start(serve_cluster, engine, scheduler, metrics)  # warm start first
         await nursery.start(scheduler.run)
+        # The probe schedule's time 0 (first-round phases count from here): rehearse aligns
+        # the traffic and timeline with it through this line's ``mono``.
+        logs.event("monitors_started", jobs=len(scheduler.jobs))
         if state_file:
             await nursery.start(keep_state, engine, state_file)
         admin = await _start_admin(nursery, engine, metrics, reload, admin_guard, shutdown)

@@ -86,7 +86,9 @@ async def _main(config: ConnectorConfig, control: tuple[str, int] | None = None)
         await nursery.start(receive_signals, on_signal)
         try:
             await nursery.start(partial(serve_connector, config, stats=stats, faults=faults))
-            bound = None if control is None else await nursery.start(serve_control, faults, control)
+            bound = None
+            if control is not None:
+                bound = await nursery.start(partial(serve_control, faults, control, stats=stats))
         except (OSError, RuntimeError) as exc:  # port in use, unreadable certificate, ...
             nursery.cancel_scope.cancel()
             return str(exc)

@@ -45,6 +45,12 @@ def _field_problems(values: Mapping[str, Any]) -> list[tuple[str, str]]:
         for name in ("connect_timeout", "idle_timeout")
         if values[name] <= 0
     )
+    if values["keep_alive_idle"] is not None and values["keep_alive_idle"] <= 0:
+        problems.append(("keep_alive_idle", "must be a positive number of seconds"))
+    if values["keep_alive_announce"] and values["keep_alive_idle"] is None:
+        problems.append(("keep_alive_announce", "needs keep_alive_idle: the timeout it announces"))
+    if values["random_closes"] < 0:
+        problems.append(("random_closes", "must be 0 or more closes per connection-second"))
     problems.extend(
         ("ingress" if index is None else f"ingress[{index}]", message)
         for index, message in validate_rules(values["ingress"])
@@ -95,6 +101,14 @@ class ConnectorConfig:
     connect_timeout: float = 10.0
     """Seconds to connect (and TLS-handshake) to an origin before answering 502."""
     idle_timeout: float = 60.0
+    keep_alive_idle: float | None = None
+    """Seconds a kept-alive connection may wait for its next request before the connector
+    closes it, silently, as Node.js does after 5 s; None: ``idle_timeout`` bounds it."""
+    keep_alive_announce: bool = False
+    """Say ``keep_alive_idle`` in a ``Keep-Alive: timeout=N`` header of every local answer."""
+    random_closes: float = 0.0
+    """Besides, close connections at random moments between requests: this many closes per
+    connection-second on average (a load shedder, a restarting worker)."""
     bastion_allow: tuple[str, ...] = ()
     """``host:port`` destinations a ``bastion`` rule may connect to; any other is refused (403).
     cloudflared leaves this to Access policies, which the stand-in does not have."""
@@ -124,6 +138,9 @@ _SCALARS: dict[str, tuple[str, str]] = {
     "certificate": ("string", "certificate"),
     "key": ("string", "key"),
     "idle_timeout": ("number", "idle_timeout"),
+    "keep_alive_idle": ("number", "keep_alive_idle"),
+    "keep_alive_announce": ("boolean", "keep_alive_announce"),
+    "random_closes": ("number", "random_closes"),
     "bastion_allow": ("list of host:port strings", "bastion_allow"),
 }
 _ORIGIN_REQUEST: dict[str, tuple[str, str]] = {

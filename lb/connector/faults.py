@@ -26,6 +26,14 @@ What each fault does on the wire
 * ``flap``: from the moment it is set, ``down_for`` seconds of ``how`` (one of the faults
   above) in every ``period``.
 
+With ``"layer": "origin"`` the same faults hit the application behind the connector instead
+of the connector itself (the scenario's ``origin:`` target): the connector keeps accepting and
+routing, and a request for an application service (an origin URL, or ``hello_world``, which
+plays the application) gets what cloudflared answers when its origin fails: ``502`` for a
+refused or failed origin, no answer at all for a hung one (the proxy's 524 after its request
+timeout), the status of ``status``, the wait of ``latency``.  ``http_status`` rules answer
+without the application, so they stay unaffected, as in the simulator.
+
 Faults the connector cannot make real on one machine are refused with a message naming them
 (``unreachable``, ``partition``): whether a host is reachable depends on where the asker is,
 and every process here shares one loopback interface.
@@ -42,14 +50,20 @@ from dataclasses import dataclass
 import h11
 import trio
 
+from lb.connector.stats import ConnectorStats
+
 __all__ = ["FaultError", "Faults", "serve_control"]
 
 FAULT_ACTIONS = ("refuse", "blackhole", "down", "status", "latency", "flap", "recover")
+EDGE, ORIGIN = "edge", "origin"
+"""The two layers a fault can hit: the connector itself, or the application behind it."""
 UNSUPPORTED = {
     "unreachable": "a host unreachable from the LB cannot be made on one loopback interface",
     "partition": "a partition seen from some places only cannot be made on one machine",
 }
 _MAX_BODY = 4096
+ORIGIN_FAILED = 502
+"""cloudflared's answer when its origin refuses, fails or is down."""
 
 
 class FaultError(ValueError):
@@ -71,11 +85,14 @@ class Faults:
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
-        self._condition: _Condition | None = None
-        self.latency = 0.0
+        self._conditions: dict[str, _Condition | None] = {EDGE: None, ORIGIN: None}
+        self._latency = {EDGE: 0.0, ORIGIN: 0.0}
         self.changed = trio.Event()
         """Set (and replaced) on every change, so waiting tasks re-check."""
         self._serving: set[trio.CancelScope] = set()
+        self._closing: set[trio.CancelScope] = set()
+        """Serving scopes cancelled by refuse whose connections are still being closed."""
+        self._closed = trio.Event()
         """The scopes serving the listeners (and their connections), cancelled by refuse."""
 
     # ------------------------------------------------------------------ control
@@ -85,15 +102,21 @@ class Faults:
         action = body.get("do")
         if not isinstance(action, str):
             raise FaultError('expected a JSON object with "do": one of ' + ", ".join(FAULT_ACTIONS))
+        layer = body.get("layer", EDGE)
+        if layer not in (EDGE, ORIGIN):
+            raise FaultError(f'layer: "{EDGE}" (the connector) or "{ORIGIN}" (its application)')
+        assert isinstance(layer, str)
+        if action == "unreachable" and layer == ORIGIN:
+            action = "down"  # cloudflared cannot reach its application: 502, as for down
         if action in UNSUPPORTED:
             raise FaultError(f"{action} cannot be rehearsed: {UNSUPPORTED[action]}")
         if action not in FAULT_ACTIONS:
             raise FaultError(f"unknown fault {action!r}; one of " + ", ".join(FAULT_ACTIONS))
         now = self._clock()
         if action == "recover":
-            self._condition, self.latency = None, 0.0
+            self._conditions[layer], self._latency[layer] = None, 0.0
         elif action == "latency":
-            self.latency = _number(body, "latency", 0.0, 3600.0)
+            self._latency[layer] = _number(body, "latency", 0.0, 3600.0)
         elif action == "flap":
             period = _number(body, "period", 0.001, 1e9)
             down_for = _number(body, "down_for", 0.0, period) if "down_for" in body else period / 2
@@ -101,17 +124,32 @@ class Faults:
             if how not in ("refuse", "blackhole", "down", "status"):
                 raise FaultError("how: one of refuse, blackhole, down, status")
             status = _status(body) if how == "status" else 0
-            self._condition = _Condition("flap", status, period, down_for, str(how), now)
+            self._conditions[layer] = _Condition("flap", status, period, down_for, str(how), now)
         else:
             status = _status(body) if action == "status" else 0
-            self._condition = _Condition(action, status, since=now)
+            self._conditions[layer] = _Condition(action, status, since=now)
         self._wake()
         return self.state()
 
+    @property
+    def latency(self) -> float:
+        """Seconds the connector waits before every answer (``latency`` at the edge)."""
+        return self._latency[EDGE]
+
     def state(self) -> dict[str, object]:
-        """What the connector shows now (the control API's answer)."""
-        c = self._condition
-        out: dict[str, object] = {"fault": self.current()[0] or None, "latency": self.latency}
+        """What the connector shows now (the control API's answer); the application's
+        faults under ``origin`` once one was set."""
+        out = self._layer_state(EDGE)
+        if self._conditions[ORIGIN] is not None or self._latency[ORIGIN]:
+            out["origin"] = self._layer_state(ORIGIN)
+        return out
+
+    def _layer_state(self, layer: str) -> dict[str, object]:
+        c = self._conditions[layer]
+        out: dict[str, object] = {
+            "fault": self.current(layer)[0] or None,
+            "latency": self._latency[layer],
+        }
         if c is not None:
             condition: dict[str, object] = {"do": c.action, "status": c.status or None}
             if c.action == "flap":
@@ -125,14 +163,24 @@ class Faults:
             # the listeners and their connections are being closed.
             for scope in self._serving:
                 scope.cancel()
+            self._closing |= self._serving
+            if self._closing:
+                self._closed = trio.Event()
         self.changed.set()
         self.changed = trio.Event()
 
+    async def settled(self) -> None:
+        """Until a ``refuse`` has closed the listeners and every connection they accepted
+        (at most 5 s), so a client told "refused" cannot still send on one of them."""
+        if self._closing:
+            with trio.move_on_after(5):
+                await self._closed.wait()
+
     # ------------------------------------------------------------------ the server's side
 
-    def current(self) -> tuple[str, int]:
-        """``(fault, status)`` in force now; ``("", 0)`` when the connector works."""
-        c = self._condition
+    def current(self, layer: str = EDGE) -> tuple[str, int]:
+        """``(fault, status)`` in force now at ``layer``; ``("", 0)`` when it works."""
+        c = self._conditions[layer]
         if c is None:
             return "", 0
         if c.action != "flap":
@@ -142,8 +190,8 @@ class Faults:
         return "", 0
 
     def next_toggle(self) -> float:
-        """Seconds until a flap switches (inf without a flap)."""
-        c = self._condition
+        """Seconds until a flap of the connector switches (inf without a flap)."""
+        c = self._conditions[EDGE]
         if c is None or c.action != "flap":
             return math.inf
         phase = (self._clock() - c.since) % c.period
@@ -169,17 +217,22 @@ class Faults:
                     while self.current()[0] == "refuse":
                         await self.wait_change()
                     current = (await trio.open_tcp_listeners(port, host=host))[0]
-                async with trio.open_nursery() as nursery:
-                    self._serving.add(nursery.cancel_scope)
-                    try:
-                        nursery.start_soon(trio.serve_listeners, handler, [current])
-                        while self.current()[0] != "refuse":
-                            await self.wait_change()
-                        nursery.cancel_scope.cancel()
-                    finally:
-                        self._serving.discard(nursery.cancel_scope)
-                await trio.aclose_forcefully(current)
-                current = None
+                scope = trio.CancelScope()
+                try:
+                    with scope:
+                        self._serving.add(scope)
+                        async with trio.open_nursery() as nursery:
+                            nursery.start_soon(trio.serve_listeners, handler, [current])
+                            while self.current()[0] != "refuse":
+                                await self.wait_change()
+                            scope.cancel()
+                    await trio.aclose_forcefully(current)
+                    current = None
+                finally:  # the connections are closed by now (the nursery waited for them)
+                    self._serving.discard(scope)
+                    self._closing.discard(scope)
+                    if not self._closing:
+                        self._closed.set()
         finally:
             if current is not None:
                 await trio.aclose_forcefully(current)
@@ -206,6 +259,23 @@ class Faults:
         if fault == "status":
             return status
         return None
+
+    async def origin_answer(self, stream: trio.abc.Stream) -> int | None:
+        """Before a request reaches the application: wait out its latency, then the status
+        cloudflared answers for a failing origin (502, or the fault's status), None when it
+        works.  A hung origin (``blackhole``) never answers: this returns only when the
+        peer has gone, with 0 (the connection is to be dropped)."""
+        if self._latency[ORIGIN]:
+            await trio.sleep(self._latency[ORIGIN])
+        fault, status = self.current(ORIGIN)
+        if not fault:
+            return None
+        if fault == "status":
+            return status
+        if fault == "blackhole":
+            await _swallow(stream)
+            return 0
+        return ORIGIN_FAILED
 
 
 async def _swallow(stream: trio.abc.Stream) -> None:
@@ -238,9 +308,11 @@ async def serve_control(
     faults: Faults,
     address: tuple[str, int],
     *,
+    stats: ConnectorStats | None = None,
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve ``GET /faults`` (the state) and ``POST /faults`` (a JSON fault) on ``address``."""
+    """Serve ``GET /faults`` (the state) and ``POST /faults`` (a JSON fault) on ``address``,
+    and ``GET /stats`` (what ``stats`` counted) when given."""
     listeners = await trio.open_tcp_listeners(address[1], host=address[0])
     sock = listeners[0].socket
     bound = (str(sock.getsockname()[0]), int(sock.getsockname()[1]))
@@ -248,7 +320,7 @@ async def serve_control(
     async def handle(stream: trio.SocketStream) -> None:
         try:
             with trio.fail_after(5):
-                await _control_exchange(faults, stream)
+                await _control_exchange(faults, stats, stream)
         except (trio.TooSlowError, trio.BrokenResourceError, h11.ProtocolError, OSError):
             pass
         finally:
@@ -259,7 +331,9 @@ async def serve_control(
         task_status.started(bound)
 
 
-async def _control_exchange(faults: Faults, stream: trio.SocketStream) -> None:
+async def _control_exchange(
+    faults: Faults, stats: ConnectorStats | None, stream: trio.SocketStream
+) -> None:
     conn = h11.Connection(h11.SERVER)
     request: h11.Request | None = None
     body = b""
@@ -276,7 +350,8 @@ async def _control_exchange(faults: Faults, stream: trio.SocketStream) -> None:
                 break
         elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
             break
-    status, answer = _control(faults, request, body)
+    status, answer = _control(faults, stats, request, body)
+    await faults.settled()
     payload = json.dumps(answer).encode() + b"\n"
     headers = [
         (b"content-type", b"application/json"),
@@ -288,12 +363,20 @@ async def _control_exchange(faults: Faults, stream: trio.SocketStream) -> None:
     await stream.send_all(conn.send(h11.EndOfMessage()) or b"")
 
 
-def _control(faults: Faults, request: h11.Request | None, body: bytes) -> tuple[int, object]:
+def _control(
+    faults: Faults, stats: ConnectorStats | None, request: h11.Request | None, body: bytes
+) -> tuple[int, object]:
     if request is None:
         return 400, {"error": "no request"}
     path = request.target.decode("latin-1").partition("?")[0]
+    if path == "/stats" and stats is not None and request.method == b"GET":
+        return 200, {
+            "connections": stats.connections,
+            "requests": stats.requests,
+            "probes": stats.probes,
+        }
     if path != "/faults":
-        return 404, {"error": "not found; use GET or POST /faults"}
+        return 404, {"error": "not found; use GET or POST /faults, GET /stats"}
     if request.method == b"GET":
         return 200, faults.state()
     if request.method != b"POST":

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -33,6 +35,8 @@ __all__ = ["serve_connector"]
 
 log = logging.getLogger("lb.connector")
 
+_CLOSES = random.Random()
+"""When connections close at random (``random_closes``): nothing to replay, so unseeded."""
 MAX_DRAIN = 1 << 20
 """Request-body bytes a local answer reads and discards to keep the connection alive."""
 CLOSE_TIMEOUT = 1.0
@@ -51,10 +55,12 @@ class _Client:
     answered: Callable[[int], None]
     """Records the current request; called right before its response's last byte."""
     method: bytes = b""
+    extra: tuple[tuple[bytes, bytes], ...] = ()
+    """Headers of every local answer (``Keep-Alive: timeout=N`` when announced)."""
 
     async def respond(self, status: int, body: bytes, content_type: bytes | None) -> None:
         """Answer locally; a request body is drained first so keep-alive survives."""
-        headers = [(b"content-length", str(len(body)).encode("ascii"))]
+        headers = [(b"content-length", str(len(body)).encode("ascii")), *self.extra]
         if content_type:
             headers.append((b"content-type", content_type))
         if not await self._drain():
@@ -174,7 +180,11 @@ class _Server:
                 self.stats.record_sni(slot[0] if slot else None)
             http = H11Stream(client_stream, h11.SERVER, read_timeout=self.config.idle_timeout)
             sni = slot[0] if slot else None
-            await self._serve(_Client(http, peer, tls, sni, answered=lambda status: None))
+            client = _Client(http, peer, tls, sni, answered=lambda status: None)
+            idle = self.config.keep_alive_idle
+            if self.config.keep_alive_announce and idle is not None:
+                client.extra = ((b"keep-alive", f"timeout={idle:g}".encode()),)
+            await self._serve(client)
             clean = True
         except _GONE:
             pass
@@ -188,11 +198,24 @@ class _Server:
 
     async def _serve(self, client: _Client) -> None:
         """Answer requests on one connection until either side wants it closed."""
+        close_at = trio.current_time() + self._random_close()
+        first = True
         while True:
             try:
-                event = await client.http.next_event()
+                if first:
+                    event = await client.http.next_event()
+                else:
+                    idle = self.config.keep_alive_idle
+                    wait = close_at - trio.current_time()
+                    if idle is not None:
+                        wait = min(wait, idle)
+                    event = h11.ConnectionClosed()
+                    with trio.move_on_after(max(0.0, wait)):
+                        event = await client.http.next_event()
+                first = False
                 if not isinstance(event, h11.Request):
-                    return  # ConnectionClosed: the client is done
+                    return  # ConnectionClosed: the client is done, or we close an idle one
+                self.stats.note_request(_header(event, b"user-agent"))
                 if not await self.faults.gate(client.http.stream):
                     return
                 await self._handle(client, event)
@@ -204,6 +227,11 @@ class _Server:
             if not client.http.reusable:
                 return
             client.http.conn.start_next_cycle()
+
+    def _random_close(self) -> float:
+        """Seconds until this connection's random close (inf without ``random_closes``)."""
+        rate = self.config.random_closes
+        return _CLOSES.expovariate(rate) if rate > 0 else math.inf
 
     async def _reject(self, client: _Client, exc: h11.RemoteProtocolError) -> None:
         """Answer a malformed request with h11's status hint (400, 431...) and close."""
@@ -237,6 +265,13 @@ class _Server:
             await client.respond(forced, b"", None)
         elif isinstance(service, HttpStatus):
             await client.respond(service.code, b"", None)
+        elif (
+            not isinstance(service, TcpService | Bastion)
+            and (failed := await self.faults.origin_answer(client.http.stream)) is not None
+        ):
+            if not failed:
+                raise AbortConnectionError  # a hung application: the client gave up
+            await client.respond(failed, b"", None)
         elif isinstance(service, HelloWorld):
             hello = self._hello(client, request, host, path, index)
             await client.respond(200, hello, b"application/json")

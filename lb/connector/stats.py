@@ -11,7 +11,15 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-__all__ = ["ConnectorStats", "RequestRecord"]
+__all__ = ["ConnectorStats", "RequestRecord", "is_probe"]
+
+PROBE_AGENTS = ("(health-check;", "Cloudflare-Traffic-Manager/")
+"""What a monitor's User-Agent contains: tunnel-lb's own, or Cloudflare's (monitors/spec.py)."""
+
+
+def is_probe(user_agent: str) -> bool:
+    """Whether a request with this User-Agent is a health monitor's probe."""
+    return any(mark in user_agent for mark in PROBE_AGENTS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +46,9 @@ class ConnectorStats:
     """URLs of the bound listeners, e.g. ``https://127.0.0.1:18443`` (filled at start)."""
     connections: int = 0
     requests: int = 0
+    probes: int = 0
+    """Requests that came with a monitor's User-Agent (counted on arrival, answered or not:
+    ``tunnel-lb rehearse`` compares them with the simulator's probe attempts)."""
     by_rule: Counter[int] = field(default_factory=Counter)
     by_status: Counter[int] = field(default_factory=Counter)
     sni: list[str | None] = field(default_factory=list)
@@ -56,6 +67,11 @@ class ConnectorStats:
         self.recent.append(entry)
         if len(self.recent) > self.keep:
             del self.recent[: len(self.recent) - self.keep]
+
+    def note_request(self, user_agent: str) -> None:
+        """Note one request head as it arrives (before any fault decides its fate)."""
+        if is_probe(user_agent):
+            self.probes += 1
 
     def record_sni(self, server_name: str | None) -> None:
         """Note the server name of one completed TLS handshake."""

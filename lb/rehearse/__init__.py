@@ -21,7 +21,7 @@ from typing import Any
 import trio
 
 from lb.rehearse.compare import OUTSIDE_LIMIT, Point, compare, outside_share
-from lb.rehearse.drive import drive, unrehearsable
+from lb.rehearse.drive import Driven, drive, unrehearsable
 from lb.rehearse.real import real_report
 from lb.rehearse.scale import SpeedError, scaled_files
 from lb.rehearse.stack import StartError, running
@@ -58,6 +58,9 @@ class Rehearsal:
     points: tuple[Point, ...]
     lag: float = 0.0
     """The latest a timeline event took effect after its time, in the real run (seconds)."""
+    probe_duration: float = 0.0
+    """The real run's slowest probe, to its histogram bucket (seconds): a cost the scaled
+    simulation lacks."""
 
     @property
     def outside(self) -> float:
@@ -77,9 +80,11 @@ class Rehearsal:
             "speed": self.speed,
             "rate": self.rate,
             "seeds": [s["seed"] for s in self.sims],
+            "replay_seed": self.scenario.seed,
             "outside": round(self.outside, 4),
             "outside_limit": OUTSIDE_LIMIT,
             "timeline_lag": round(self.lag, 6),
+            "probe_duration": round(self.probe_duration, 6),
             "ok": self.ok,
             "points": [p.as_json() for p in self.points],
             "real": self.real.data,
@@ -96,10 +101,11 @@ class Rehearsal:
             f"rehearsal {self.scenario.name} at speed {self.speed:g}, rate x{self.rate:g}: "
             f"{seconds(self.scenario.duration)} real time, {d['requests']} requests, "
             f"{d['errors']} errors, {d['retries']} retries; {len(self.sims)} simulated seeds; "
-            f"timeline events applied up to {self.lag * 1000:.0f} ms late",
+            f"timeline events applied up to {self.lag * 1000:.0f} ms late, probes took up "
+            f"to {self.probe_duration * 1000:.0f} ms",
             "",
         ]
-        rows = [("point", "real", "p5", "median", "p95", "rank", "")]
+        rows = [("point", "real", "p5", "median", "p95", "rank", f"seed {self.scenario.seed}", "")]
         rows += [
             (
                 p.name,
@@ -108,6 +114,7 @@ class Rehearsal:
                 _num(p.median),
                 _num(p.high),
                 f"{p.rank:.0%}",
+                _num(p.replay),
                 "" if p.inside else "OUTSIDE",
             )
             for p in self.points
@@ -169,17 +176,21 @@ def rehearse(
         if problems:
             raise RehearsalError("cannot be rehearsed on one machine: " + "; ".join(problems))
         raw_config = json.loads(config_path.read_text("utf-8"))
-        real, lag = trio.run(_real, sc, raw_config, directory)
+        real, driven = trio.run(_real, sc, raw_config, directory)
+        lag, cost = driven.lag, driven.probe_duration
         sims = simulate_seeds(scenario_path, seeds, simulate)
+        replay = next((s for s in sims if s["seed"] == sc.seed), None)
+        if replay is None:  # the real run's seed is not among 1..N
+            replay = simulate(sc).data
     pools = [p.name for p in sc.config.pools]
-    points = compare(real.data, sims, pools, lag=lag)
-    return Rehearsal(sc, speed, rate, real, tuple(sims), tuple(points), lag)
+    points = compare(real.data, sims, pools, lag=lag, cost=cost, replay=replay)
+    return Rehearsal(sc, speed, rate, real, tuple(sims), tuple(points), lag, cost)
 
 
-async def _real(sc: Scenario, raw_config: dict[str, Any], directory: Path) -> tuple[Report, float]:
+async def _real(sc: Scenario, raw_config: dict[str, Any], directory: Path) -> tuple[Report, Driven]:
     try:
         async with running(sc, raw_config, directory, seed=sc.seed) as stack:
-            mono, sent, lag = await drive(sc, stack)
+            driven = await drive(sc, stack)
             log = stack.log
     except (StartError, RuntimeError) as exc:
         raise RehearsalError(str(exc)) from None
@@ -191,4 +202,4 @@ async def _real(sc: Scenario, raw_config: dict[str, Any], directory: Path) -> tu
         while isinstance(first, BaseExceptionGroup):
             first = first.exceptions[0]
         raise RehearsalError(str(first)) from None
-    return real_report(sc, sent, log, mono), lag
+    return real_report(sc, driven.sent, log, driven.mono, driven.probes), driven

@@ -16,7 +16,18 @@ The band is widened by what no seed can show: the measurement's grain (one reque
 and error counts, one tick for delays) and ``lag``, how late the real run's timeline events
 took effect (a fault is applied by an HTTP call, which can take a good part of a second on a
 busy machine, while the simulator applies it at its exact instant): delays get ``lag`` more,
-a window's counts the requests of ``lag`` seconds more.
+a window's counts the requests of ``lag`` seconds more.  Both also get ``cost``, how long
+the slowest real probe took (a TLS exchange, the first with a handshake, on a loaded machine,
+where the scaled simulation has a scaled round trip of a few milliseconds): a health
+transition that late moves the requests of that many seconds.
+
+The real run is also one seed: ``tunnel-lb run --seed S`` probes on the schedule of
+``simulate --seed S`` (``monitors.scheduler.probe_rng``, both counted from the schedule's
+start), so the simulation with the real run's own seed, the *replay*, is the simulator's
+prediction of this very run.  A point that lies outside the band but on its replay (within
+the same widening) is inside: the real run drew an extreme seed, and the simulator predicted
+it.  Without that, a scenario whose seed happens to sit in a tail would fail every time, and
+the three delays of one failover, which move together, would count three times.
 
 The rehearsal fails when more than 5 % of the points fall outside their band.  Most windows
 are steady (every seed agrees, the band is one value), so a correct simulator leaves very few
@@ -66,6 +77,8 @@ class Point:
     rank: float
     """Share of simulated values at or below the real one (0..1)."""
     inside: bool
+    replay: float | None = math.nan
+    """The value of the simulation with the real run's seed (nan: no replay)."""
 
     def as_json(self) -> dict[str, object]:
         """The JSON form (``docs/rehearse.md``)."""
@@ -75,13 +88,21 @@ class Point:
             "p5": _finite(self.low),
             "median": _finite(self.median),
             "p95": _finite(self.high),
+            "replay": _finite(self.replay),
             "rank": round(self.rank, 3),
             "inside": self.inside,
         }
 
 
-def _point(name: str, real: float | None, sims: list[float | None], slack: float) -> Point | None:
-    """None (never: a failover never detected or drained) counts as later than any time."""
+def _point(
+    name: str,
+    real: float | None,
+    sims: list[float | None],
+    slack: float,
+    replay: tuple[float | None, ...] = (),
+) -> Point | None:
+    """None (never: a failover never detected or drained) counts as later than any time;
+    ``replay`` holds the replay's value, if there is one."""
     if real is None and all(v is None for v in sims):
         return None  # neither side had it
     values = [math.inf if v is None else v for v in sims]
@@ -89,7 +110,11 @@ def _point(name: str, real: float | None, sims: list[float | None], slack: float
     low, high = percentile(values, 0.05), percentile(values, 0.95)
     rank = sum(1 for v in values if v <= mine + 1e-12) / len(values)
     inside = low - slack - 1e-9 <= mine <= high + slack + 1e-9
-    return Point(name, real, low, percentile(values, 0.5), high, rank, inside)
+    shown: float | None = math.nan
+    for shown in replay:
+        again = math.inf if shown is None else shown
+        inside = inside or again == mine or abs(again - mine) <= slack + 1e-9
+    return Point(name, real, low, percentile(values, 0.5), high, rank, inside, shown)
 
 
 def _window_values(w: dict[str, Any], pools: list[str]) -> dict[str, float]:
@@ -107,32 +132,49 @@ def _delay(f: dict[str, Any], key: str) -> float | None:
 
 
 def compare(
-    real: dict[str, Any], sims: list[dict[str, Any]], pools: list[str], *, lag: float = 0.0
+    real: dict[str, Any],
+    sims: list[dict[str, Any]],
+    pools: list[str],
+    *,
+    lag: float = 0.0,
+    cost: float = 0.0,
+    replay: dict[str, Any] | None = None,
 ) -> list[Point]:
-    """Every point of ``real`` against the same point of each simulated report."""
+    """Every point of ``real`` against the same point of each simulated report, and of
+    ``replay`` (the simulation with the real run's seed) when given; ``cost`` is the slowest
+    real probe's duration, which widens like ``lag``."""
     points: list[Point] = []
-    tick = float(real["tick"]) + lag
+    tick = float(real["tick"]) + lag + cost
     for i, w in enumerate(real["windows"]):
         mine = _window_values(w, pools)
         theirs = [_window_values(s["windows"][i], pools) for s in sims if i < len(s["windows"])]
+        again: dict[str, float] | None = None
+        if replay is not None and i < len(replay["windows"]):
+            again = _window_values(replay["windows"][i], pools)
         label = f"window {w['start']:g}-{w['end']:g}s"
         total = w["requests"] or 1
-        # A late event moves the outcome of the requests of `lag` seconds, besides one.
-        moved = 1.0 + w["requests"] * lag / max(w["end"] - w["start"], 1e-9)
+        # A late event or probe moves the outcome of the requests of that long, besides one.
+        moved = 1.0 + w["requests"] * (lag + cost) / max(w["end"] - w["start"], 1e-9)
         for key, value in mine.items():
             slack = moved if key == "errors" else moved / total
-            p = _point(f"{label} {key}", value, [t.get(key) for t in theirs], slack)
+            replayed: tuple[float | None, ...] = () if again is None else (again.get(key),)
+            p = _point(f"{label} {key}", value, [t.get(key) for t in theirs], slack, replayed)
             if p is not None:
                 points.append(p)
     for j, f in enumerate(real["failovers"]):
         same = [s["failovers"][j] for s in sims if j < len(s["failovers"])]
+        mirror = None
+        if replay is not None and j < len(replay["failovers"]):
+            mirror = replay["failovers"][j]
         label = f"failover {f['pool']}/{f['endpoint']} at {f['failed_at']:g}s"
         for key, word in (
             ("detected_at", "detected"),
             ("answered_at", "answered"),
             ("drained_at", "drained"),
         ):
-            p = _point(f"{label} {word}", _delay(f, key), [_delay(s, key) for s in same], tick)
+            replayed = () if mirror is None else (_delay(mirror, key),)
+            delay = _delay(f, key)
+            p = _point(f"{label} {word}", delay, [_delay(s, key) for s in same], tick, replayed)
             if p is not None:
                 points.append(p)
     return points

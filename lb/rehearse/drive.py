@@ -27,7 +27,7 @@ from lb.rehearse.stack import Stack
 from lb.sim.scenario import ORIGIN, ConfigEvent, NetEvent, Scenario, Traffic
 from lb.sim.spec import TimelineAction
 
-__all__ = ["Sent", "drive", "unrehearsable"]
+__all__ = ["Driven", "Sent", "drive", "unrehearsable"]
 
 
 @dataclass(slots=True)
@@ -44,31 +44,64 @@ class Sent:
 def unrehearsable(sc: Scenario) -> list[str]:
     """Why parts of ``sc`` cannot be made real on one machine (empty: it can be rehearsed)."""
     out: list[str] = []
+    unseen: list[str] = []
     for e in sc.events:
         what = e.label or f"{e.action} at {e.at:g}s"
         every = {r.name for r in sc.replicas.get(e.address, ())}
         if e.scope:
             out.append(
                 f"{what}: seen_from (a fault seen from some places only) cannot be made "
-                "real on one machine"
+                "real on one machine: every process here shares one loopback interface"
             )
-        elif e.action == TimelineAction.UNREACHABLE:
+        elif e.action == TimelineAction.UNREACHABLE and e.layer != ORIGIN:
             out.append(f"{what}: unreachable needs a route that fails, not one loopback")
-        elif e.layer == ORIGIN:
-            out.append(f"{what}: origin faults need an application behind each stand-in")
         elif set(e.replicas) != every:
             out.append(
                 f"{what}: one stand-in plays every replica of a tunnel (the LB dials one "
                 "address per endpoint), so a single replica cannot fail alone"
             )
-    if sc.keep_alive:
-        out.append("network.keep_alive: the stand-ins do not close idle connections on cue")
+        elif e.layer != ORIGIN and _unseen(e):
+            unseen.append(what)
     out += [
-        f"expect {x.name!r}: probe attempts are counted by the simulator's network only"
+        f"expect {x.name!r}: one stand-in plays every replica of a tunnel, so the traffic "
+        f"of replica {x.replica} is not measured"
         for x in sc.expectations
-        if x.kind == "probes"
+        if x.replica
     ]
+    if sc.members:
+        names = ", ".join(m.name for m in sc.members)
+        out.append(
+            f"cluster ({names}): a rehearsal runs one `tunnel-lb run`, not a cluster of "
+            "replicas sharing a store"
+        )
+    out += [
+        f"{m.label or f'{m.action} at {m.at:g}s'}: member {m.member!r} cannot be "
+        f"{'partitioned from the store' if m.action == 'partition' else m.action + 'ed'} "
+        "without a cluster"
+        for m in sc.member_events
+    ]
+    if unseen:
+        out += [
+            f"expect {x.name!r}: probes are counted as the stand-ins receive them, and "
+            f"{', '.join(unseen)} keeps probe attempts from reaching a stand-in"
+            for x in sc.expectations
+            if x.kind == "probes"
+        ]
+    if any(m.type == "tcp" for m in sc.config.monitors):
+        out += [
+            f"expect {x.name!r}: probes are counted as HTTP requests at the stand-ins, and "
+            "a tcp monitor sends none"
+            for x in sc.expectations
+            if x.kind == "probes"
+        ]
     return out
+
+
+def _unseen(e: NetEvent) -> bool:
+    """Whether a fault keeps probe requests from reaching the stand-in (no connection, or
+    a connection that never carries a request)."""
+    how = e.how if e.action == TimelineAction.FLAP else e.action
+    return how in (TimelineAction.REFUSE, TimelineAction.BLACKHOLE)
 
 
 def _client_headers(t: Traffic, c: int, index: int, affinity: tuple[str, ...]) -> dict[str, str]:
@@ -161,6 +194,8 @@ def _config_changed(raw: dict[str, Any], c: ConfigEvent) -> dict[str, Any]:
 
 def _fault_body(e: NetEvent) -> dict[str, object]:
     body: dict[str, object] = {"do": e.action}
+    if e.layer == ORIGIN:
+        body["layer"] = "origin"  # the application behind the stand-in fails, not it
     if e.action == TimelineAction.STATUS or (
         e.action == TimelineAction.FLAP and e.how == TimelineAction.STATUS
     ):
@@ -191,10 +226,39 @@ async def _timeline(
         lags.append(trio.current_time() - start - at)
 
 
-async def drive(sc: Scenario, stack: Stack) -> tuple[float, dict[str, Sent], float]:
-    """Run the scenario's traffic and timeline against ``stack``; return the monotonic
-    time of the start, every request sent (by request id) and the latest an event took
-    effect after its time (seconds)."""
+@dataclass(slots=True)
+class Driven:
+    """What :func:`drive` measured."""
+
+    mono: float
+    """``time.monotonic()`` of time 0."""
+    sent: dict[str, Sent]
+    """Every request sent, by request id."""
+    lag: float = 0.0
+    """The latest a timeline event took effect after its time (seconds)."""
+    probes: int = 0
+    """Probe requests the stand-ins received in ``[0, duration]``."""
+    probe_duration: float = 0.0
+    """How long the LB's slowest probe took, to its histogram bucket (seconds)."""
+
+
+async def _at_the_end(
+    sc: Scenario, stack: Stack, client: httpx.AsyncClient, start: float, out: Driven
+) -> None:
+    """At the scenario's end, the probe requests the stand-ins received since time 0 (the
+    simulator counts the attempts of ``[0, duration]``) and the LB's probe duration."""
+    await trio.sleep_until(start + sc.duration)
+    out.probes = await stack.probes(client)
+    out.probe_duration = await stack.probe_duration(client)
+
+
+async def drive(sc: Scenario, stack: Stack) -> Driven:
+    """Run the scenario's traffic and timeline against ``stack``; return what it measured.
+
+    Time 0 is when the LB's probe schedule started (``stack.anchor``), as in the
+    simulator, so one seed is one probe schedule on both sides.  That moment has just
+    passed: the requests due since are sent at once (and counted at the LB's receive time).
+    """
     sent: dict[str, Sent] = {}
     lags: list[float] = []
     limits = sc.config.engine.limits
@@ -204,13 +268,16 @@ async def drive(sc: Scenario, stack: Stack) -> tuple[float, dict[str, Sent], flo
         httpx.AsyncClient(timeout=wait, limits=pool) as client,
         httpx.AsyncClient(timeout=10) as control,
     ):
-        start = trio.current_time()
-        mono = time.monotonic()  # the clock of the LB's log lines (``mono``)
+        mono = stack.anchor  # time 0 on the clock of the LB's log lines (``mono``)
+        start = trio.current_time() - (time.monotonic() - mono)
+        driven = Driven(mono, sent)
         # Requests in flight at the end finish (each bounded by the client's timeout)
         # before the outer nursery closes.
         async with trio.open_nursery() as requests, trio.open_nursery() as nursery:
             nursery.start_soon(_timeline, sc, stack, control, start, lags)
+            nursery.start_soon(_at_the_end, sc, stack, control, start, driven)
             for i, t in enumerate(sc.traffic):
                 args = (sc, t, i, stack, client, start, sent, requests, mono)
                 nursery.start_soon(_users, *args)
-    return mono, sent, max(lags, default=0.0)
+    driven.lag = max(lags, default=0.0)
+    return driven

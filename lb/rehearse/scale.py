@@ -12,7 +12,8 @@ What is scaled: every time of the scenario (duration, report interval, tick, rou
 timeline ``at`` / ``until`` / ``latency`` / ``period`` / ``down_for``, traffic steps, keep-alive
 idle, expectation ``between`` / ``within``) and of the configuration (monitor ``interval`` and
 ``timeout``, ``engine.minimum_interval``, the engine's limits and idle timeouts, the affinity
-TTL).  Rates (requests per second) are not: a window holds X times fewer requests.
+TTL); keep-alive random closes, a rate per second, are multiplied by X.  Traffic rates
+(requests per second) are not: a window holds X times fewer requests.
 
 ``--rate F`` multiplies every traffic rate by F, for a machine that cannot drive the
 scenario's rates for real (the driver and the LB share its cores).  Count bounds of
@@ -105,6 +106,8 @@ def scale_scenario(raw: dict[str, Any], speed: float, rate: float = 1.0) -> dict
     _scale_keys(network, ("rtt",), speed)
     for spec in (network.get("keep_alive") or {}).values():
         _scale_keys(spec, ("idle",), speed)
+        if isinstance(spec, dict) and "random" in spec:  # closes per second: X times more
+            spec["random"] = _rate(spec["random"], speed)
     for t in (out.get("traffic") or {}).values():
         if isinstance(t, dict) and isinstance(t.get("rate"), list):
             for step in t["rate"]:

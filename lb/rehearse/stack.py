@@ -1,5 +1,9 @@
 """The real system of a rehearsal: a connector per endpoint and ``tunnel-lb run``, on loopback.
 
+A stand-in plays its endpoint with the scenario's ingress rules, and closes connections as
+the scenario's ``network.keep_alive`` says (``keep_alive_idle``, ``keep_alive_announce``,
+``random_closes`` of docs/connector.md).
+
 Every process is started as a user would start it (``python -m lb connector`` and ``python
 -m lb run``), on free ports only: the connectors print their HTTPS and control URLs, the LB
 logs its ``ready`` line with the ports it bound.  The LB's configuration is the scaled one
@@ -17,8 +21,10 @@ from __future__ import annotations
 
 import copy
 import json
+import re
+import ssl
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +52,10 @@ class Stack:
     proxy: str
     admin: str
     control: dict[str, str]
-    """Endpoint address -> the control URL of its stand-in."""
+    """Endpoint address -> the control URL of its stand-in (``.../faults``)."""
+    anchor: float
+    """``time.monotonic()`` when the LB's probe schedule started (its ``monitors_started``
+    line): the time 0 of the real run, as the simulator's scheduler starts at its time 0."""
     config_path: Path
     raw_config: dict[str, Any]
     log: Path
@@ -60,22 +69,84 @@ class Stack:
         if r.status_code != 200:
             raise StartError(f"POST /reload answered {r.status_code}: {r.text.strip()}")
 
+    async def probe_duration(self, client: httpx.AsyncClient) -> float:
+        """How long the LB's slowest probe so far took, to its ``lb_probe_duration_seconds``
+        bucket (0 without probes): the real round trip, first TLS handshakes included,
+        which the scaled simulation does not have."""
+        r = await client.get(f"{self.admin}/metrics")
+        return slowest_bucket(r.text, "lb_probe_duration_seconds")
+
+    async def probes(self, client: httpx.AsyncClient) -> int:
+        """Probe requests the stand-ins have received so far (their ``GET /stats``)."""
+        total = 0
+        for url in self.control.values():
+            r = await client.get(url.removesuffix("/faults") + "/stats")
+            total += int(r.json()["probes"])
+        return total
+
+
+_LE = re.compile(r'le="([^"]*)",?')
+
+
+def slowest_bucket(text: str, family: str) -> float:
+    """The upper bound of the highest non-empty bucket of a histogram ``family`` in a
+    Prometheus text exposition, over all its series (0 when it has no observation; the
+    largest finite bound when one fell above every bound)."""
+    series: dict[str, list[tuple[float, float]]] = {}
+    for line in text.splitlines():
+        head, _, value = line.rpartition(" ")
+        if not head.startswith(family + "_bucket{"):
+            continue
+        found = _LE.search(head)
+        if found is None:
+            continue
+        labels = head[: found.start()] + head[found.end() :]
+        series.setdefault(labels, []).append((float(found.group(1)), float(value)))
+    out = 0.0
+    for buckets in series.values():
+        buckets.sort()
+        total = buckets[-1][1]
+        finite = [b for b, _ in buckets if b != float("inf")]
+        if total:
+            bound = next(b for b, n in buckets if n >= total)
+            out = max(out, bound if bound != float("inf") else max(finite, default=0.0))
+    return out
+
 
 def _ingress(sc: Scenario, address: str) -> list[dict[str, str]]:
-    """The stand-in's rules: the scenario's (the application answering as ``hello_world``),
-    else everything to the application."""
+    """The stand-in's rules: the scenario's, else everything to the application.
+
+    ``hello_world`` plays the application (``origin:`` faults hit it,
+    :mod:`lb.connector.faults`); a scenario's own ``hello_world`` rule, which the simulator
+    answers 200 without asking the application, becomes ``http_status:200``.
+    """
     rules = sc.ingress.get(address)
     if rules is None:
         return [{"service": "hello_world"}]
     out = []
     for r in rules:
-        service = "hello_world" if r.service == f"http://{ORIGIN_SERVICE}" else r.service
+        service = r.service
+        if service == "hello_world":
+            service = "http_status:200"
+        elif service == f"http://{ORIGIN_SERVICE}":
+            service = "hello_world"
         rule = {"service": service}
         if r.hostname:
             rule["hostname"] = r.hostname
         if r.path:
             rule["path"] = r.path
         out.append(rule)
+    return out
+
+
+def _keep_alive(sc: Scenario, address: str) -> dict[str, object]:
+    """The stand-in's connection closes, from the scenario's ``network.keep_alive``."""
+    spec = sc.keep_alive.get(address)
+    if spec is None:
+        return {}
+    out: dict[str, object] = {"random_closes": spec.random}
+    if spec.idle != float("inf"):
+        out.update(keep_alive_idle=spec.idle, keep_alive_announce=spec.announce)
     return out
 
 
@@ -141,6 +212,7 @@ async def running(
                     "certificate": str(cert),
                     "key": str(cert),
                     "ingress": _ingress(sc, address),
+                    **_keep_alive(sc, address),
                 }
                 path.write_text(json.dumps(doc), "utf-8")
                 cmd = ["connector", "--quiet", "--control", "127.0.0.1:0", str(path)]
@@ -148,6 +220,7 @@ async def running(
                 processes.append(proc)
                 connect_to[f"{address}:443"] = https.removeprefix("https://")
                 control[address] = ctl
+            await _warm(connect_to.values(), ca_file)
             raw = copy.deepcopy(raw_config)
             raw["connect_to"] = {**raw.get("connect_to", {}), **connect_to}
             engine = raw.setdefault("engine", {})
@@ -160,12 +233,13 @@ async def running(
             config_path.write_text(json.dumps(raw, indent=1), "utf-8")
             args = ["run", str(config_path), "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"]
             args += ["--seed", str(seed), "--log-format", "json"]
-            lb, ready = await _start_lb(nursery, args, lb_log)
+            lb, ready, anchor = await _start_lb(nursery, args, lb_log)
             processes.append(lb)
             stack = Stack(
                 proxy=f"http://{ready['proxy'][0]}",
                 admin=f"http://{ready['admin']}",
                 control=control,
+                anchor=anchor,
                 config_path=config_path,
                 raw_config=raw,
                 log=lb_log,
@@ -208,6 +282,19 @@ async def _start_connector(
     return proc, https, control
 
 
+async def _warm(addresses: Iterable[str], ca_file: Path) -> None:
+    """One TLS exchange with each stand-in before the LB starts: a real tunnel has served
+    before, and a stand-in's first exchange (lazy imports, first handshake) must not make
+    the LB's first probe, whose timeout is scaled, time out on a busy machine."""
+    context = ssl.create_default_context(cafile=str(ca_file))
+    async with httpx.AsyncClient(verify=context, timeout=READY_WAIT) as client:
+        for address in addresses:
+            try:
+                await client.get(f"https://{address}/", headers={"host": "localhost"})
+            except httpx.HTTPError as exc:
+                raise StartError(f"the stand-in at {address} did not answer: {exc}") from None
+
+
 async def _drain(lines: _Lines) -> None:
     while await lines.next() is not None:
         pass
@@ -215,7 +302,9 @@ async def _drain(lines: _Lines) -> None:
 
 async def _start_lb(
     nursery: trio.Nursery, args: list[str], log: Path
-) -> tuple[trio.Process, dict[str, Any]]:
+) -> tuple[trio.Process, dict[str, Any], float]:
+    """Start ``tunnel-lb run``; its ``ready`` line, and the ``mono`` of its
+    ``monitors_started`` line (which comes first)."""
     with log.open("wb") as err:
         proc = await trio.lowlevel.open_process(
             [sys.executable, "-m", "lb", *args], stdout=err, stderr=err
@@ -223,11 +312,14 @@ async def _start_lb(
     with trio.move_on_after(READY_WAIT):
         while proc.returncode is None and proc.poll() is None:
             text = await trio.Path(log).read_text("utf-8", "replace")
+            anchor = None
             for line in text.splitlines():
-                if '"event":"ready"' in line:
+                if '"event":"monitors_started"' in line:
+                    anchor = float(json.loads(line)["mono"])
+                if '"event":"ready"' in line and anchor is not None:
                     ready: dict[str, Any] = json.loads(line)
-                    return proc, ready
-            await trio.sleep(0.05)
+                    return proc, ready, anchor
+            await trio.sleep(0.02)
     proc.kill()
     text = await trio.Path(log).read_text("utf-8", "replace")
     tail = text.strip().splitlines()[-1:] or ["(no output)"]

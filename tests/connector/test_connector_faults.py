@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ssl
 from functools import partial
+from typing import Any
 
 import httpx
 import pytest
@@ -16,15 +17,17 @@ from lb.connector.faults import Faults, serve_control
 pytestmark = pytest.mark.integration
 
 
-async def _start(nursery: trio.Nursery, server_ctx: ssl.SSLContext) -> tuple[str, str]:
-    config = ConnectorConfig(
-        tunnel=TUNNEL, ingress=(IngressRule("hello_world"),), ssl_context=server_ctx
-    )
+async def _start(
+    nursery: trio.Nursery,
+    server_ctx: ssl.SSLContext,
+    rules: tuple[IngressRule, ...] = (IngressRule("hello_world"),),
+    **fields: Any,
+) -> tuple[str, str]:
+    config = ConnectorConfig(tunnel=TUNNEL, ingress=rules, ssl_context=server_ctx, **fields)
     faults = Faults()
-    bound = await nursery.start(
-        partial(serve_connector, config, stats=ConnectorStats(), faults=faults)
-    )
-    control = await nursery.start(serve_control, faults, ("127.0.0.1", 0))
+    stats = ConnectorStats()
+    bound = await nursery.start(partial(serve_connector, config, stats=stats, faults=faults))
+    control = await nursery.start(partial(serve_control, faults, ("127.0.0.1", 0), stats=stats))
     host, port = bound[0]
     return f"https://{host}:{port}/", f"http://{control[0]}:{control[1]}/faults"
 
@@ -99,3 +102,110 @@ async def test_unrehearsable_and_bad_requests_are_refused_with_a_message(
         assert r.json() == {"error": "status: expected an HTTP status 100..599"}
         assert (await admin.post(control, content=b"{not json")).status_code == 400
         assert (await admin.get(control.replace("/faults", "/x"))).status_code == 404
+
+
+async def test_origin_faults_fail_the_application_not_the_connector(
+    nursery: trio.Nursery, server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext
+) -> None:
+    rules = (IngressRule("http_status:204", path="^/health"), IngressRule("hello_world"))
+    url, control = await _start(nursery, server_ctx, rules)
+    async with (
+        httpx.AsyncClient(verify=client_ctx, timeout=5) as client,
+        httpx.AsyncClient(timeout=5) as admin,
+    ):
+
+        async def do(**body: object) -> dict[str, Any]:
+            response = await admin.post(control, json={**body, "layer": "origin"})
+            assert response.status_code == 200, response.text
+            state: dict[str, Any] = response.json()
+            return state
+
+        state = await do(do="status", status=503)
+        assert state["fault"] is None  # the connector itself works
+        assert state["origin"]["fault"] == "status"
+        assert (await client.get(url)).status_code == 503
+        assert (await client.get(f"{url}health")).status_code == 204  # no application asked
+        await do(do="refuse")
+        assert (await client.get(url)).status_code == 502  # cloudflared's bad gateway
+        await do(do="unreachable")
+        assert (await client.get(url)).status_code == 502
+        await do(do="blackhole")
+        async with httpx.AsyncClient(verify=client_ctx, timeout=0.5) as fresh:
+            with pytest.raises(httpx.ReadTimeout):  # connected, and no answer ever comes
+                await fresh.get(url)
+        assert (await client.get(f"{url}health")).status_code == 204
+        await do(do="recover")
+        assert (await client.get(url)).status_code == 200
+        r = await admin.post(control, json={"do": "down", "layer": "tunnel"})
+        assert r.json() == {"error": 'layer: "edge" (the connector) or "origin" (its application)'}
+
+
+async def test_probe_requests_are_counted_by_their_user_agent(
+    nursery: trio.Nursery, server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext
+) -> None:
+    url, control = await _start(nursery, server_ctx)
+    stats = control.replace("/faults", "/stats")
+    agents = [
+        "tunnel-lb/1.0 (health-check; pool: eu)",
+        "Mozilla/5.0 (compatible; Cloudflare-Traffic-Manager/1.0; pool-id: 1)",
+        "curl/8.0",
+    ]
+    async with (
+        httpx.AsyncClient(verify=client_ctx, timeout=5) as client,
+        httpx.AsyncClient(timeout=5) as admin,
+    ):
+        for agent in agents:
+            assert (await client.get(url, headers={"user-agent": agent})).status_code == 200
+        assert (await admin.post(control, json={"do": "down"})).status_code == 200
+        # A probe answered with a fault still reached the stand-in: it counts.
+        assert (await client.get(url, headers={"user-agent": agents[0]})).status_code == 530
+        counted = (await admin.get(stats)).json()
+    assert counted["probes"] == 3
+    assert counted["requests"] == 4
+
+
+async def _one_exchange(url: str, client_ctx: ssl.SSLContext) -> tuple[bytes, trio.SSLStream[Any]]:
+    """Open a TLS connection, send one keep-alive GET, return the response head and stream."""
+    host, port = url.removeprefix("https://").rstrip("/").split(":")
+    stream = await trio.open_ssl_over_tcp_stream(
+        host, int(port), ssl_context=client_ctx, https_compatible=True
+    )
+    await stream.send_all(b"GET / HTTP/1.1\r\nHost: app.example.com\r\n\r\n")
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += await stream.receive_some(65536)
+    return head, stream
+
+
+async def _closed_by_server(stream: trio.SSLStream[Any]) -> bool:
+    """Read until the server closes the connection (True), within a bound (False)."""
+    with trio.move_on_after(10):
+        try:
+            while await stream.receive_some(65536):
+                pass
+        except trio.BrokenResourceError:
+            pass
+        return True
+    return False
+
+
+async def test_keep_alive_idle_closes_and_is_announced(
+    nursery: trio.Nursery, server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext
+) -> None:
+    url, _ = await _start(nursery, server_ctx, keep_alive_idle=0.3, keep_alive_announce=True)
+    head, stream = await _one_exchange(url, client_ctx)
+    assert b"200 OK" in head.split(b"\r\n")[0]
+    assert b"keep-alive: timeout=0.3" in head.lower()
+    assert b"connection: close" not in head.lower()  # closed without saying so
+    assert await _closed_by_server(stream)
+    await trio.aclose_forcefully(stream)
+
+
+async def test_random_closes_end_idle_connections(
+    nursery: trio.Nursery, server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext
+) -> None:
+    url, _ = await _start(nursery, server_ctx, random_closes=20.0)
+    head, stream = await _one_exchange(url, client_ctx)
+    assert b"keep-alive" not in head.lower()
+    assert await _closed_by_server(stream)
+    await trio.aclose_forcefully(stream)

@@ -1,16 +1,20 @@
 """Rehearsals of shipped scenarios against real processes, and a wrong simulator caught.
 
-Each rehearsal runs at speed 10 with a fraction of the scenario's rates (so that the driver,
-the LB and two stand-ins fit on a busy two-core machine) and 10 simulated seeds; each takes
-well under a minute.  The real run is shared by the tests that only re-compare it.
+Each rehearsal runs at speed 10 (the reference and health-route-fixed at 5: their 0.4 s
+probe timeout then survives a TLS exchange on a machine with a load average of 7) with a
+fraction of the scenario's rates (so that the driver, the LB and two stand-ins fit on a busy
+two-core machine) and 10 simulated seeds, or fewer; each takes well under a minute.  The
+real run is shared by the tests that only re-compare it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,17 +30,18 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS = ROOT / "configs" / "scenarios"
 REFERENCE = SCENARIOS / "reference-two-datacenters.yaml"
+REFERENCE_SPEED = 5
 
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory) -> Rehearsal:
     work = tmp_path_factory.mktemp("reference")
-    return rehearse(REFERENCE, seeds=10, speed=10, rate=0.2, workdir=work)
+    return rehearse(REFERENCE, seeds=10, speed=REFERENCE_SPEED, rate=0.2, workdir=work)
 
 
 def test_reference_scenario_falls_inside_the_simulated_spread(reference: Rehearsal) -> None:
     data = reference.real.data
-    assert data["requests"] == 900  # 300 rps x 0.2 over 150 s / 10
+    assert data["requests"] == 1800  # 300 rps x 0.2 over 150 s / 5
     assert [v["ok"] for v in data["expectations"]] == [True] * 5, reference.table()
     (failover,) = data["failovers"]
     assert failover["endpoint"] == "tunnel-dc1"
@@ -63,7 +68,7 @@ def _slow_monitors(sc: Scenario) -> Report:
 def test_a_simulator_that_detects_twice_as_late_is_caught(
     reference: Rehearsal, tmp_path: Path
 ) -> None:
-    scenario, _ = scaled_files(REFERENCE, 10, tmp_path, 0.2)
+    scenario, _ = scaled_files(REFERENCE, REFERENCE_SPEED, tmp_path, 0.2)
     wrong = [_slow_monitors(load_scenario(scenario, seed=s)).data for s in range(1, 11)]
     pools = [p.name for p in reference.scenario.config.pools]
     points = compare(reference.real.data, wrong, pools)
@@ -72,6 +77,70 @@ def test_a_simulator_that_detects_twice_as_late_is_caught(
     assert outside_share(points) > 0.05
     caught = dataclasses.replace(reference, sims=tuple(wrong), points=tuple(points))
     assert not caught.ok
+
+
+def test_one_seed_is_one_probe_schedule(reference: Rehearsal, tmp_path: Path) -> None:
+    """The real LB (``run --seed S``) probes when ``simulate --seed S`` does: its health
+    transitions at the failure's detection land where the replay puts them, not merely
+    somewhere in the spread of seeds (first probes fall anywhere in the 2 s interval)."""
+    scenario, _ = scaled_files(REFERENCE, REFERENCE_SPEED, tmp_path, 0.2)
+    replay = run_scenario(load_scenario(scenario)).data  # the scenario's own seed
+    real = reference.real.data
+    assert reference.scenario.seed == replay["seed"]
+
+    def detection(report: dict[str, Any]) -> list[tuple[float, str, str]]:
+        # The probes that see the failure. Not the first checks of a just-started process
+        # (slow on a loaded machine, which no seed shows), nor the recovery (a late-applied
+        # recover can let one probe still fail).
+        transitions = report["transitions"]
+        return [(t["at"], t["vantage"], t["to"]) for t in transitions if t["to"] == "unhealthy"]
+
+    pairs = list(zip(detection(real), detection(replay), strict=True))
+    assert [(v, to) for _, v, to in detection(real)] == [
+        ("local", "unhealthy"),  # the LB's vantage point, and the combined view
+        ("*", "unhealthy"),
+    ]
+    for (mine, _, _), (theirs, _, _) in pairs:
+        # The real probe's round trip and the loaded machine, not a phase shift: a schedule
+        # counted from another moment than the traffic's time 0 moves them all alike.
+        assert abs(mine - theirs) < 0.1, pairs
+
+
+def test_origin_faults_are_made_real(tmp_path: Path) -> None:
+    """health-route-fixed: the application behind the primary stand-in refuses (the stand-in
+    answers 502 as cloudflared does) until the monitor sees it and users move."""
+    result = rehearse(
+        SCENARIOS / "health-route-fixed.yaml", seeds=10, speed=5, rate=0.5, workdir=tmp_path
+    )
+    data = result.real.data
+    assert data["statuses"].get("502", 0) > 0, data["statuses"]
+    (failover,) = data["failovers"]
+    assert failover["cause"] == "refuse origin primary"
+    assert failover["detected_at"] is not None
+    assert result.ok, result.table()
+
+
+def test_keep_alive_closes_and_probe_counts_are_real(tmp_path: Path) -> None:
+    """keep-alive-closes with a ``probes`` expectation: the node stand-in closes idle
+    connections for real (0.5 s at speed 10, and at random), no user sees it, and the
+    stand-ins count the probes the simulator counts (2 endpoints, 30 rounds)."""
+    source = SCENARIOS / "keep-alive-closes.yaml"
+    scenario = tmp_path / source.name
+    scenario.write_text(
+        source.read_text()
+        + "  - name: two endpoints probed every interval\n"
+        + "    probes: {at_least: 56, at_most: 62}\n"
+    )
+    result = rehearse(scenario, seeds=4, speed=10, rate=0.5, workdir=tmp_path / "work")
+    data = result.real.data
+    assert data["errors"] == 0
+    assert [v["ok"] for v in data["expectations"]] == [True] * 3, result.table()
+    replay = run_scenario(result.scenario).data
+    assert abs(data["probes"] - replay["probes"]) <= 2  # one per job at the very end
+    files = [json.loads(f.read_text()) for f in sorted((tmp_path / "work").glob("connector-*"))]
+    closes = {f["replica"]: (f.get("keep_alive_idle"), f.get("random_closes")) for f in files}
+    assert closes == {"s1": (None, None), "n1": (0.5, 5.0)}
+    assert result.ok, result.table()
 
 
 def test_faults_that_need_more_than_one_machine_are_refused_by_name(tmp_path: Path) -> None:
@@ -110,3 +179,53 @@ def test_a_broken_scenario_is_reported_as_written(tmp_path: Path) -> None:
     assert done.returncode == 2
     (line,) = done.stderr.strip().splitlines()
     assert line.startswith(f"error: {bad}:3: YAML syntax error")
+
+
+def _refusal(path: Path, tmp_path: Path) -> str:
+    with pytest.raises(RehearsalError) as caught:
+        rehearse(path, seeds=1, speed=10, workdir=tmp_path / "work")
+    return str(caught.value)
+
+
+def test_a_cluster_scenario_is_refused_naming_each_part(tmp_path: Path) -> None:
+    message = _refusal(SCENARIOS / "cluster-partition.yaml", tmp_path)
+    assert message.startswith("cannot be rehearsed on one machine: ")
+    assert "blackhole tunnel dc1: seen_from (a fault seen from some places only)" in message
+    assert "cluster (fra, ams, sin): a rehearsal runs one `tunnel-lb run`" in message
+    assert "partition member sin: member 'sin' cannot be partitioned from the store" in message
+    assert "\n" not in message
+
+
+def test_single_replica_faults_and_replica_expectations_are_refused(tmp_path: Path) -> None:
+    scenario = tmp_path / "replica.yaml"
+    scenario.write_text(
+        REFERENCE.read_text().replace(
+            "- {at: 40, tunnel: dc1, do: blackhole, until: 100}",
+            "- {at: 40, replica: dc1/app1, do: refuse}",
+        )
+    )
+    (tmp_path / "reference-two-datacenters.lb.yaml").write_text(
+        (SCENARIOS / "reference-two-datacenters.lb.yaml").read_text()
+    )
+    message = _refusal(scenario, tmp_path)
+    assert "refuse replica dc1/app1: one stand-in plays every replica of a tunnel" in message
+    message = _refusal(SCENARIOS / "replicas-one-tunnel.yaml", tmp_path)
+    assert "the traffic of replica shared/host-fra is not measured" in message
+
+
+def test_probe_expectations_are_refused_where_probes_never_reach_a_stand_in(
+    tmp_path: Path,
+) -> None:
+    scenario = tmp_path / "probes.yaml"
+    scenario.write_text(
+        REFERENCE.read_text() + "  - name: some probes\n    probes: {at_least: 1}\n"
+    )
+    (tmp_path / "reference-two-datacenters.lb.yaml").write_text(
+        (SCENARIOS / "reference-two-datacenters.lb.yaml").read_text()
+    )
+    message = _refusal(scenario, tmp_path)
+    assert message == (
+        "cannot be rehearsed on one machine: expect 'some probes': probes are counted as the "
+        "stand-ins receive them, and blackhole tunnel dc1 keeps probe attempts from reaching "
+        "a stand-in"
+    )

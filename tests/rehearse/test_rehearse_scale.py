@@ -8,6 +8,7 @@ import pytest
 
 from lb.rehearse.compare import compare, percentile
 from lb.rehearse.scale import SpeedError, scaled_files
+from lb.rehearse.stack import slowest_bucket
 from lb.sim.scenario import load_scenario
 
 SCENARIOS = Path(__file__).resolve().parents[2] / "configs" / "scenarios"
@@ -51,3 +52,40 @@ def test_points_inside_and_outside_the_band() -> None:
     assert not detected.inside and detected.rank == 1.0
     (late_enough,) = compare(real, sims, ["a"], lag=2.0)
     assert late_enough.inside  # the real events took effect up to 2 s late
+
+
+def test_the_replay_holds_a_real_value_the_band_does_not() -> None:
+    """The real run is one seed; when its seed sits in a tail, the replay (the simulation
+    with that seed) predicted it, and the point is inside."""
+    late = {"pool": "a", "endpoint": "x", "failed_at": 10.0, "detected_at": 14.0}
+    real = {"tick": 0.1, "windows": [], "failovers": [late]}
+    sims = [{"windows": [], "failovers": [dict(late, detected_at=10 + d)]} for d in (1, 2, 2)]
+    (alone,) = compare(real, sims, ["a"])
+    assert not alone.inside
+    replay = {"windows": [], "failovers": [dict(late, detected_at=13.95)]}
+    (replayed,) = compare(real, sims, ["a"], replay=replay)
+    assert replayed.inside and replayed.replay == pytest.approx(3.95)
+    wrong = {"windows": [], "failovers": [dict(late, detected_at=12.0)]}
+    (still_out,) = compare(real, sims, ["a"], replay=wrong)
+    assert not still_out.inside
+    (costly,) = compare(real, sims, ["a"], replay=wrong, cost=2.0)
+    assert costly.inside  # a real probe that takes 2 s explains 2 s
+
+
+def test_the_slowest_probe_is_read_from_its_histogram_bucket() -> None:
+    text = "\n".join(
+        [
+            "# TYPE lb_probe_duration_seconds histogram",
+            'lb_probe_duration_seconds_bucket{pool="a",le="0.01"} 8.0',
+            'lb_probe_duration_seconds_bucket{pool="a",le="0.05"} 9.0',
+            'lb_probe_duration_seconds_bucket{pool="a",le="+Inf"} 9.0',
+            'lb_probe_duration_seconds_bucket{le="0.01",pool="b"} 3.0',
+            'lb_probe_duration_seconds_bucket{le="0.05",pool="b"} 3.0',
+            'lb_probe_duration_seconds_bucket{le="+Inf",pool="b"} 3.0',
+            'lb_probe_duration_seconds_count{pool="a"} 9.0',
+        ]
+    )
+    assert slowest_bucket(text, "lb_probe_duration_seconds") == 0.05
+    assert slowest_bucket("", "lb_probe_duration_seconds") == 0.0
+    late = text.replace('le="+Inf"} 9.0', 'le="+Inf"} 10.0')
+    assert slowest_bucket(late, "lb_probe_duration_seconds") == 0.05  # the largest bound
