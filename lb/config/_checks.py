@@ -522,6 +522,10 @@ def _check_load_balancer(
 ) -> LoadBalancer:
     resolved = _resolve_references(item, pools, report)
     used = _used_pools(resolved)
+    if normalise_host(item.value.name) is None:
+        # The proxy answers a Host that is not a host name with 400 before any lookup.
+        message = f'"{item.value.name}" is not a host name: no request could reach it'
+        report.error(item.at("name"), message)
     _check_geo_keys(item, parsed, report)
     _check_weight_steps(item, report)
     _check_affinity(item, report)

@@ -488,6 +488,15 @@ def test_load_balancer_names_are_case_insensitive() -> None:
     ]
 
 
+@pytest.mark.parametrize("name", ["-app.example.com", "app..example.com", "app example.com"])
+def test_a_load_balancer_name_must_be_a_host_name(name: str) -> None:
+    line = f"  - {{name: '{name}', proxied: true, default_pools: [a], fallback_pool: a}}"
+    assert errors(edit((7, line))) == [
+        f'lb.yaml:7: load_balancers[0].name: "{name}" is not a host name: '
+        "no request could reach it"
+    ]
+
+
 @pytest.mark.parametrize("value", ["[]", "null"])
 def test_empty_rules_and_pool_sets_are_fine(value: str) -> None:
     load(edit(lb(f"rules: {value}, pool_sets: {value}")))
