@@ -492,8 +492,7 @@ def test_load_balancer_names_are_case_insensitive() -> None:
 def test_a_load_balancer_name_must_be_a_host_name(name: str) -> None:
     line = f"  - {{name: '{name}', proxied: true, default_pools: [a], fallback_pool: a}}"
     assert errors(edit((7, line))) == [
-        f'lb.yaml:7: load_balancers[0].name: "{name}" is not a host name: '
-        "no request could reach it"
+        f'lb.yaml:7: load_balancers[0].name: "{name}" is not a host name: no request could reach it'
     ]
 
 
