@@ -79,6 +79,11 @@ async def _faulty_conn(stream: trio.SSLStream[Any], faulty: Faulty, mode: str) -
                 b"".join(conn.send(e) or b"" for e in (head, h11.Data(data=b"busy")))
             )
             return
+        if mode == "truncate-chunked":
+            head = h11.Response(status_code=200, headers=[(b"transfer-encoding", b"chunked")])
+            half = h11.Data(data=BODY[: len(BODY) // 2])
+            await stream.send_all(b"".join(conn.send(e) or b"" for e in (head, half)))
+            return  # closed before the last chunk
         if mode == "truncate":
             head = h11.Response(status_code=200, headers=[(b"content-length", b"%d" % len(BODY))])
             half = h11.Data(data=BODY[: len(BODY) // 2])
@@ -279,6 +284,8 @@ async def _raw_gets(stack: Stack, n: int) -> tuple[list[int], int]:
             name, _, value = line.partition(b":")
             if name == b"content-length" and len(body) < int(value):
                 cut += 1
+            if name == b"transfer-encoding" and not body.endswith(b"0\r\n\r\n"):
+                cut += 1  # no last chunk
     return statuses, cut
 
 
@@ -335,3 +342,20 @@ async def test_without_buffer_response_the_stream_path_never_reads_whole(
     stack, _ = await start(nursery, certs, "truncate", retry_on)
     statuses, cut = await _raw_gets(stack, 6)
     assert statuses == [200] * 6 and cut > 0
+
+
+async def test_a_chunked_body_cut_within_the_bound_is_retried_and_past_it_streamed(
+    nursery: trio.Nursery, certs: Certs
+) -> None:
+    """A chunked response has no length to check first: it is read until it ends or passes
+    the bound.  Cut within the bound: retried, nothing lost.  Past the bound it was already
+    being streamed: the client gets the cut."""
+    stack, faulty = await start(nursery, certs, "truncate-chunked", BUFFERED)
+    statuses, cut = await _raw_gets(stack, 12)
+    assert statuses == [200] * 12 and cut == 0 and faulty.requests > 0
+    assert all(r.attempts[0].retry_on == "truncated" for r in stack.records if r.retried)
+    small = replace(BUFFERED, buffer_response=len(BODY) // 4)
+    other, faulty2 = await start(nursery, certs, "truncate-chunked", small)
+    _, cut = await _raw_gets(other, 12)
+    assert cut == faulty2.requests > 0
+    assert not any(r.retried for r in other.records)
