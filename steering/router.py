@@ -512,6 +512,10 @@ class Router:
         lb, pool, endpoint = first.load_balancer, first.pool, first.endpoint
         if lb is None or pool is None or endpoint is None:
             return None
+        # The first decision may be from an older snapshot (passive health ejected its
+        # endpoint in between): pick from this router's view of the pool, or a stale endpoint
+        # set would be cached here and steer to the ejected endpoint until the next change.
+        pool = self.snapshot.pools.get(pool.name, pool)
         if not retry_on and status not in self._zdf_codes:
             return None
         if first.reason is DecisionReason.RETRY and not retry_on:

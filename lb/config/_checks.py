@@ -389,7 +389,8 @@ def _check_pool_fields(item: Item[Pool], report: Report) -> None:
 
 
 def _check_retry_on(item: Item[Pool] | Item[LoadBalancer], report: Report) -> None:
-    """``retry_on`` must retry something, and name each condition once."""
+    """``retry_on`` must retry something, and name each condition once; ``truncated`` and
+    ``buffer_response`` go together (one is useless without the other)."""
     retry_on = item.value.retry_on
     if retry_on is None:
         return
@@ -401,6 +402,13 @@ def _check_retry_on(item: Item[Pool] | Item[LoadBalancer], report: Report) -> No
         for i, value in enumerate(values):
             if value in values[:i]:
                 report.error(item.at("retry_on", name, i), f"{value} is listed twice")
+    truncated = "truncated" in retry_on.conditions
+    if truncated and not retry_on.buffer_response:
+        message = "truncated needs buffer_response (bytes): a streamed response cannot be retried"
+        report.error(item.at("retry_on", "conditions"), message)
+    elif retry_on.buffer_response and not truncated:
+        message = "buffer_response retries nothing without truncated in conditions"
+        report.error(item.at("retry_on", "buffer_response"), message)
 
 
 def _pool_monitor(

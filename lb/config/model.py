@@ -205,9 +205,11 @@ class LoadShedding:
     session_policy: str = _f("hash", choices=("hash",), doc="sessions are shed by IP hash")
 
 
-RETRY_CONDITIONS = ("reset", "empty_response")
+RETRY_CONDITIONS = ("reset", "empty_response", "truncated")
 """The failures ``retry_on.conditions`` names (``lb.core.attempts``)."""
 RETRY_STATUSES = (502, 503, 504)
+MAX_BUFFER_RESPONSE = 4 << 20
+"""The largest ``retry_on.buffer_response``: memory per request in flight stays bounded."""
 """The answers ``retry_on.statuses`` may name: the gateway errors an endpoint answers when
 what stands behind it failed, which another endpoint may not."""
 
@@ -225,7 +227,8 @@ class RetryOn:
         ("reset",),
         choices=RETRY_CONDITIONS,
         doc="reset: closed or reset before any response byte; "
-        "empty_response: closed before the response head was complete",
+        "empty_response: closed before the response head was complete; "
+        "truncated: closed in a response body read whole (needs buffer_response)",
     )
     statuses: tuple[int, ...] = _f(
         (), range=(RETRY_STATUSES[0], RETRY_STATUSES[-1]), doc="answers that are retried"
@@ -236,6 +239,12 @@ class RetryOn:
     )
     min_retry_concurrency: int = _f(
         3, range=(0, 1000), doc="retries in flight allowed whatever the share"
+    )
+    buffer_response: int = _f(
+        0,
+        range=(0, MAX_BUFFER_RESPONSE),
+        doc="bytes: a response body of known length up to this is read whole before it is "
+        "relayed, so that a reset in it can be retried (truncated); 0 = stream",
     )
 
 

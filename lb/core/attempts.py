@@ -38,6 +38,10 @@ Off unless a load balancer (or the pool of the failed endpoint) sets ``retry_on`
   (:attr:`Failure.CLOSED_BEFORE_RESPONSE` not already retried as a stale connection);
 * ``empty_response``: it closed after part of the response head
   (:attr:`Failure.CLOSED_IN_RESPONSE`);
+* ``truncated``: it closed in the middle of a response body the proxy was reading whole
+  before relaying any of it (:attr:`Failure.TRUNCATED`; ``retry_on.buffer_response``,
+  :func:`buffer_bound`): nothing reached the client, so it is a failure like a reset before
+  the answer.  A response streamed to the client is past retrying and never comes here;
 * a status of ``retry_on.statuses`` (:attr:`Failure.STATUS`, with the status ``answered``).
 
 Only an idempotent method whose body can be sent again (buffered, or not one byte taken from
@@ -65,6 +69,7 @@ __all__ = [
     "Failure",
     "Retry",
     "Step",
+    "buffer_bound",
     "next_step",
     "retry_on_for",
     "status_of",
@@ -95,6 +100,9 @@ class Failure(StrEnum):
     """The request could not be built from the configuration (an unsafe Host): 502."""
     RESPONSE_TIMEOUT = "response_timeout"
     """No response within ``request_timeout``: 524."""
+    TRUNCATED = "truncated"
+    """EOF or reset in a response body read whole before any of it was relayed
+    (:func:`buffer_bound`): the client has nothing yet: 502."""
     STATUS = "status"
     """A whole response head whose status ``retry_on.statuses`` names (the ``answered``
     argument of :func:`next_step`); its answer is that response itself."""
@@ -108,6 +116,7 @@ _STATUS = {
     Failure.TLS_CERTIFICATE: 526,
     Failure.CLOSED_BEFORE_RESPONSE: 502,
     Failure.CLOSED_IN_RESPONSE: 502,
+    Failure.TRUNCATED: 502,
     Failure.PROTOCOL: 502,
     Failure.BAD_CONFIG: 502,
     Failure.RESPONSE_TIMEOUT: 524,
@@ -197,6 +206,7 @@ _RETRY = {Action.FAILOVER: Retry.FAILOVER, Action.FRESH: Retry.STALE, Action.RET
 _CONDITION = {
     Failure.CLOSED_BEFORE_RESPONSE: "reset",
     Failure.CLOSED_IN_RESPONSE: "empty_response",
+    Failure.TRUNCATED: "truncated",
 }
 """The ``retry_on`` condition each failure is (statuses are their own)."""
 
@@ -246,6 +256,61 @@ def next_step(
     if retry_on is None:
         return Step(Action.ANSWER, status)
     return _retry_on(failure, status, retry_on, budget, body, idempotent, retries)
+
+
+_NEVER_BUFFERED = frozenset({204, 304})
+"""Statuses without a body (RFC 9110 §15.3.5, §15.4.5): nothing to read whole."""
+
+
+def buffer_bound(
+    retry_on: RetryOn | None,
+    *,
+    idempotent: bool,
+    body: Body,
+    bodiless: bool,
+    status: int,
+    length: int | None,
+    chunked: bool,
+) -> int:
+    """How many response body bytes to read whole before relaying any (``retry_on.
+    buffer_response``), so that a close in the body is :attr:`Failure.TRUNCATED` and may be
+    retried; 0: stream the response as it comes (the default, and Cloudflare's way).
+
+    Only a response that :func:`next_step` could retry is worth the wait: to a request
+    ``retry_on`` may send again (idempotent, its body not streamed away), with ``truncated``
+    among the conditions.  Its length must be known and within the bound: a
+    ``Content-Length`` up to ``buffer_response``, or a chunked body (which the caller reads
+    until it ends or passes the bound, then streams the rest: a larger one cannot be retried).
+    A response delimited by the close (no length, not chunked) is streamed: its end is a
+    close, so a cut could not be told from the end.  Never buffered: the answer to a HEAD
+    (``bodiless``), a 1xx (an upgrade's 101 included), 204 and 304 (no body), and a status
+    ``retry_on.statuses`` names (it is retried or relayed on its head alone).
+
+    Args:
+        retry_on: the ``retry_on`` of the endpoint's pool, else of its load balancer.
+        idempotent: the request method is idempotent (RFC 9110 §9.2.2).
+        body: where the request body stands.
+        bodiless: the request was a HEAD: the response has no body whatever its head says.
+        status: the response status.
+        length: the response's Content-Length, None when it has none.
+        chunked: the response body is chunked.
+    """
+    if retry_on is None or not retry_on.buffer_response:
+        return 0
+    bound = retry_on.buffer_response
+    if (
+        "truncated" not in retry_on.conditions
+        or not idempotent
+        or body is Body.STREAMED
+        or bodiless
+        or status < 200
+        or status in _NEVER_BUFFERED
+        or status in retry_on.statuses
+    ):
+        return 0
+    if length is not None:
+        return bound if length <= bound else 0
+    return bound if chunked else 0
 
 
 def _retry_on(

@@ -23,9 +23,11 @@ from lb.proxy.upstream import UpstreamConnection
 __all__ = [
     "MAX_CHUNK_SIZE",
     "REPLAY_BODY_BYTES",
+    "Replay",
     "buffer_body",
     "first_chunk_problem",
     "pump_body",
+    "read_whole",
     "send_up",
     "stop_pump",
     "take_body",
@@ -208,3 +210,79 @@ def first_chunk_problem(conn: http1.Connection, max_body: int) -> ClientError | 
     if size > max_body:
         return _chunk_error(size, max_body)
     return None
+
+
+# ------------------------------------------------------------ responses read whole (retry_on)
+
+
+async def read_whole(
+    ex: Exchange, up: UpstreamConnection, bound: int
+) -> list[http1.Data | http1.EndOfMessage]:
+    """Read the response body on ``up`` before any of it is relayed: its events, ending with
+    the EndOfMessage, or without it when the body passed ``bound`` bytes (a chunked body
+    longer than announced by nothing: the rest is streamed, past retrying).
+
+    Why: ``retry_on.buffer_response`` (``lb/core/attempts.py``, :func:`~lb.core.attempts.
+    buffer_bound`).  A close in a body being streamed leaves the client a short response; a
+    close here leaves it nothing, so the attempt failed like a reset before the answer, and
+    the attempt policy may retry it (:attr:`~lb.core.attempts.Failure.TRUNCATED`, raised as
+    ``upstream_truncated``).  A malformed body is ``upstream_protocol``.
+    """
+    limits = ex.shared.engine.config.engine.limits
+    uh = up.http
+    ustream = up.stream
+    events: list[http1.Data | http1.EndOfMessage] = []
+    size = 0
+    eof = False
+    while True:
+        try:
+            ev = uh.next_event()
+        except http1.RemoteProtocolError as exc:
+            reason = RequestError.UPSTREAM_TRUNCATED if eof else RequestError.UPSTREAM_PROTOCOL
+            raise UpstreamError(errors.BAD_GATEWAY, reason, before_response=False) from exc
+        kind = type(ev)
+        if kind is http1.Data:
+            assert isinstance(ev, http1.Data)
+            events.append(ev)
+            size += len(ev.data)
+            if size > bound:
+                return events
+        elif kind is http1.EndOfMessage:
+            assert isinstance(ev, http1.EndOfMessage)
+            events.append(ev)
+            return events
+        elif ev is http1.NEED_DATA:
+            ex.advance(Move.UPSTREAM, limits.request_timeout)
+            try:
+                data = await ustream.receive_some(RECEIVE_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise UpstreamError(
+                    errors.BAD_GATEWAY, RequestError.UPSTREAM_TRUNCATED, before_response=False
+                ) from exc
+            eof = not data
+            uh.receive_data(data)
+        else:
+            raise UpstreamError(
+                errors.BAD_GATEWAY, RequestError.UPSTREAM_PROTOCOL, before_response=False
+            )
+
+
+class Replay:
+    """The response parser of an upstream connection, giving first the events
+    :func:`read_whole` already took (what :func:`lb.proxy.exchange.relay` reads)."""
+
+    __slots__ = ("_events", "_http")
+
+    def __init__(self, events: list[http1.Data | http1.EndOfMessage], http: http1.Connection):
+        self._events = events
+        self._http = http
+
+    def next_event(self) -> object:
+        """The next event taken already, else the parser's."""
+        if self._events:
+            return self._events.pop(0)
+        return self._http.next_event()
+
+    def receive_data(self, data: bytes | bytearray) -> None:
+        """Feed the parser (only once the events taken are all given)."""
+        self._http.receive_data(data)

@@ -68,6 +68,8 @@ class RequestError(StrEnum):
     TLS_CERTIFICATE = "tls_certificate"
     RESPONSE_TIMEOUT = "response_timeout"
     UPSTREAM_CLOSED = "upstream_closed"
+    UPSTREAM_TRUNCATED = "upstream_truncated"
+    """Closed in a response body read whole before relaying (``retry_on.buffer_response``)."""
     UPSTREAM_PROTOCOL = "upstream_protocol"
     BAD_CONFIG = "bad_config"
     # The request as a whole (RequestRecord.error)
@@ -99,6 +101,7 @@ ATTEMPT_ERRORS = frozenset(
         RequestError.TLS_CERTIFICATE,
         RequestError.RESPONSE_TIMEOUT,
         RequestError.UPSTREAM_CLOSED,
+        RequestError.UPSTREAM_TRUNCATED,
         RequestError.UPSTREAM_PROTOCOL,
         RequestError.BAD_CONFIG,
     }
@@ -155,6 +158,7 @@ _FAILURES = {
     RequestError.TLS_HANDSHAKE: Failure.TLS_HANDSHAKE,
     RequestError.TLS_SERVER_NAME: Failure.TLS_HANDSHAKE,
     RequestError.TLS_CERTIFICATE: Failure.TLS_CERTIFICATE,
+    RequestError.UPSTREAM_TRUNCATED: Failure.TRUNCATED,
     RequestError.UPSTREAM_PROTOCOL: Failure.PROTOCOL,
     RequestError.BAD_CONFIG: Failure.BAD_CONFIG,
 }

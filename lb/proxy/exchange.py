@@ -22,15 +22,26 @@ import trio
 from lb import logs
 from lb.config.hosts import normalise_host
 from lb.config.model import EngineSettings, RetryOn
-from lb.core.attempts import Action, Body, Failure, Retry, Step, next_step, retry_on_for
+from lb.core.attempts import (
+    Action,
+    Body,
+    Failure,
+    Retry,
+    Step,
+    buffer_bound,
+    next_step,
+    retry_on_for,
+)
 from lb.core.budget import RetryBudget
 from lb.core.snapshot import EndpointView
 from lb.proxy import errors, http1
 from lb.proxy.body import (
     EOM,
+    Replay,
     buffer_body,
     first_chunk_problem,
     pump_body,
+    read_whole,
     send_up,
     stop_pump,
     take_body,
@@ -323,6 +334,9 @@ async def _attempts(ex: Exchange, tries: _Tries) -> bool:
             sending = trio.current_time()
             response = await forward(ex, up, target.host)
             attempt.first_byte = trio.current_time() - sending
+            early = None
+            if tries.budget is not None and type(response) is http1.Response:
+                early = await _read_whole(ex, tries, up, response)
         except UpstreamError as err:
             await stop_pump(ex)  # before the checks: it may have taken more body
             attempt.status, attempt.error = err.status, err.reason
@@ -363,7 +377,7 @@ async def _attempts(ex: Exchange, tries: _Tries) -> bool:
         record.upstream_status = response.status_code
         up.note_response(response.headers)
         try:
-            return await relay(ex, up, response, tries.decision)
+            return await relay(ex, up, response, tries.decision, early)
         except UpstreamError as err:
             # The upstream head (or the 101) was refused: nothing reached the client yet
             # unless ``responded``; answer 502 on a connection that closes afterwards.
@@ -372,6 +386,33 @@ async def _attempts(ex: Exchange, tries: _Tries) -> bool:
             if ex.responded:
                 return False
             return await bad_gateway(ex)
+
+
+async def _read_whole(
+    ex: Exchange, tries: _Tries, up: UpstreamConnection, response: http1.Response
+) -> list[http1.Data | http1.EndOfMessage] | None:
+    """The response body read whole before relaying (``retry_on.buffer_response``: the
+    policy's :func:`~lb.core.attempts.buffer_bound` says when), so that a close in it is a
+    failure the policy may retry; None when the response is streamed."""
+    length: int | None = None
+    chunked = False
+    for name, value in response.headers:
+        if name == b"content-length":
+            length = int(value) if value.isdigit() else None
+        elif name == b"transfer-encoding":
+            chunked = value.lower().endswith(b"chunked")
+    bound = buffer_bound(
+        _rules(tries.decision),
+        idempotent=idempotent(ex.event.method),
+        body=ex.body_state if ex.pump is None else Body.STREAMED,
+        bodiless=ex.event.method == b"HEAD",
+        status=response.status_code,
+        length=length,
+        chunked=chunked,
+    )
+    if not bound:
+        return None
+    return await read_whole(ex, up, bound)
 
 
 def _drop(ex: Exchange, endpoint: EndpointView) -> None:
@@ -588,8 +629,11 @@ async def relay(
     up: UpstreamConnection,
     response: http1.Response | http1.InformationalResponse,
     decision: Decision,
+    early: list[http1.Data | http1.EndOfMessage] | None = None,
 ) -> bool:
-    """Send the response downstream, streaming its body; True to keep the connection."""
+    """Send the response downstream, streaming its body; True to keep the connection.
+
+    ``early``: the body events already read (``retry_on.buffer_response``), sent first."""
     shared = ex.shared
     limits = shared.engine.config.engine.limits
     record = ex.record
@@ -613,7 +657,7 @@ async def relay(
         raise UpstreamError(errors.BAD_GATEWAY, RequestError.UPSTREAM_PROTOCOL) from exc
     ex.advance(Move.RESPOND)
     record.status = status
-    uh = up.http
+    uh: http1.Connection | Replay = up.http if early is None else Replay(early, up.http)
     ustream = up.stream
     while True:
         try:

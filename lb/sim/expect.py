@@ -69,8 +69,11 @@ def _r(x: float | None) -> float | None:
     return None if x is None else round(x, 6)
 
 
+_BROKEN = (TimelineAction.FLAP, TimelineAction.RESET, TimelineAction.TRUNCATE)
+
+
 def _fails(e: NetEvent) -> bool:
-    if e.action in FAULTS or e.action in (TimelineAction.FLAP, TimelineAction.RESET):
+    if e.action in FAULTS or e.action in _BROKEN:
         return True
     return e.action == TimelineAction.STATUS and e.status >= 500
 

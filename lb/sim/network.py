@@ -79,7 +79,8 @@ class Answer:
     latency: float
     failure: str = ""
     """For probes: ``refuse``, ``blackhole``, ``unreachable`` or ``hang``; ``reset`` for an
-    endpoint that resets the connection before answering (users and probes); else empty."""
+    endpoint that resets the connection before answering, ``truncate`` for one that resets it
+    in the middle of the body (users and probes); else empty."""
     connect_failed: bool = False
     """The connection to the endpoint failed (edge ``refuse``, ``blackhole``, ``unreachable``):
     the only answers the proxy retries (R42).  Every other answer is an HTTP response, final
@@ -246,10 +247,8 @@ class Network:
         base = self.rtt + latency
         if fault == TimelineAction.STATUS:
             return Answer(r.label, status, base)
-        if fault == TimelineAction.RESET:
-            return Answer(
-                r.label, 502, base, TimelineAction.RESET
-            )  # no response byte: the proxy's 502
+        if fault == TimelineAction.RESET or fault == TimelineAction.TRUNCATE:
+            return Answer(r.label, 502, base, fault)  # no (whole) response: the proxy's 502
         rules = self._ingress.get(address)
         if rules is not None:
             service = rules[match_rule(rules, host, path)].parsed_service
@@ -263,6 +262,9 @@ class Network:
             return Answer(r.label, o_status, base)
         if o_fault == TimelineAction.BLACKHOLE:
             return Answer(r.label, 524, base + self._request_timeout, "hang")
+        if o_fault == TimelineAction.TRUNCATE:
+            # cloudflared streams the origin's body: the cut reaches the proxy as it is
+            return Answer(r.label, 502, base, o_fault)
         if o_fault:
             return Answer(r.label, ORIGIN_STATUS[o_fault], base)
         return Answer(r.label, 200, base)
@@ -336,7 +338,8 @@ class SimSession:
         self.phase = "http"
         if answer.failure == "hang":
             await trio.sleep_forever()
-        if answer.failure == TimelineAction.RESET:
+        if answer.failure == TimelineAction.RESET or answer.failure == TimelineAction.TRUNCATE:
+            # a cut body fails the check too: the monitor reads the body
             await trio.sleep(answer.latency)
             raise trio.BrokenResourceError("connection reset before the answer (simulated)")
         await trio.sleep(answer.latency)

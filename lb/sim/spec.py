@@ -63,6 +63,11 @@ class TimelineAction(StrEnum):
     RESET = "reset"
     """The endpoint takes the connection and the request, then resets it before answering: the
     proxy gets no response byte (502, or a ``retry_on`` retry), a probe a reset connection."""
+    TRUNCATE = "truncate"
+    """The endpoint answers 200 and resets the connection in the middle of the body: a user
+    gets a cut response (an error, 502 in the report), unless ``retry_on.buffer_response``
+    read it whole first (simulated responses are small, of known length) and the attempt
+    policy retries it (``truncated``); a probe, which reads the body, a reset connection."""
 
 
 FAULTS = (
@@ -75,6 +80,7 @@ FAULTS = (
 NETWORK_ACTIONS = (
     *FAULTS,
     TimelineAction.RESET,
+    TimelineAction.TRUNCATE,
     TimelineAction.PARTITION,
     TimelineAction.STATUS,
     TimelineAction.LATENCY,

@@ -69,7 +69,7 @@ from dataclasses import dataclass, field
 from random import Random
 
 from lb.config.model import Config, RetryOn
-from lb.core.attempts import Action, Body, Failure, Retry, next_step, retry_on_for
+from lb.core.attempts import Action, Body, Failure, Retry, buffer_bound, next_step, retry_on_for
 from lb.core.budget import RetryBudget
 from lb.core.snapshot import EndpointView
 from lb.engine import Engine
@@ -125,14 +125,37 @@ class TrafficCounts:
     affinity: dict[str, int] = field(default_factory=dict)
 
 
-def _failure(a: Answer, stale: bool, statuses: tuple[int, ...] = ()) -> Failure | None:
+def _failure(a: Answer, stale: bool, rules: RetryOn | None = None) -> Failure | None:
     """The attempt policy's name for what went wrong with an attempt answered ``a``;
-    ``statuses``: the answers ``retry_on`` names (an HTTP answer is otherwise no failure)."""
+    ``rules``: the ``retry_on`` of its endpoint (an HTTP answer is otherwise no failure).
+
+    A body cut mid-response (``truncate``) is a failure only when the proxy read it whole
+    before relaying it (the policy's :func:`~lb.core.attempts.buffer_bound`, for a GET whose
+    small response has a known length); streamed, the user has the head already, and the
+    cut response is what it gets."""
     if stale or a.failure == TimelineAction.RESET:
         return Failure.CLOSED_BEFORE_RESPONSE
     if a.connect_failed:
         return _CONNECT_FAILURES.get(a.failure)
-    return Failure.STATUS if a.status in statuses else None
+    if a.failure == TimelineAction.TRUNCATE:
+        return Failure.TRUNCATED if _buffered(rules) else None
+    return Failure.STATUS if rules is not None and a.status in rules.statuses else None
+
+
+def _buffered(rules: RetryOn | None) -> bool:
+    """Whether the proxy reads a simulated response whole (a bodiless GET answered 200 with a
+    small body of known length)."""
+    return bool(
+        buffer_bound(
+            rules,
+            idempotent=True,
+            body=Body.BUFFERED,
+            bodiless=False,
+            status=200,
+            length=0,
+            chunked=False,
+        )
+    )
 
 
 class _Outcome:
@@ -441,7 +464,7 @@ class DatacenterTraffic:
         reused = stale
         budget = self._budget
         rules = self._rules(cur)
-        failure = _failure(a, stale, rules.statuses if rules else ())
+        failure = _failure(a, stale, rules)
         self._report(d.endpoint, a, failure, reused=reused)
         while failure is not None:
             step = next_step(
@@ -478,7 +501,7 @@ class DatacenterTraffic:
                     c.moved_to[final_key] = c.moved_to.get(final_key, 0) + 1
                     retry = cur = moved
                 a = o2.single or o2.answers[int(self._replica_rng.random() * o2.width)]
-                self._report(ep2, a, _failure(a, False), reused=False)
+                self._report(ep2, a, _failure(a, False, self._rules(cur)), reused=False)
                 if again:
                     c.retry_on += 1
                 else:
@@ -487,7 +510,7 @@ class DatacenterTraffic:
                     c.replicas[a.replica] = c.replicas.get(a.replica, 0) + 1
             elif step.action is Action.FRESH:
                 c.stale_retries += 1  # the same endpoint, its answer on a fresh connection
-                self._report(d.endpoint, a, _failure(a, False), reused=False)
+                self._report(d.endpoint, a, _failure(a, False, rules), reused=False)
             else:
                 if a.status != step.status and not a.connect_failed:
                     a = Answer(a.replica, step.status, a.latency)  # the broken exchange's 502
@@ -499,7 +522,7 @@ class DatacenterTraffic:
             retries.append(kind)
             reused = False
             rules = self._rules(cur)
-            failure = _failure(a, False, rules.statuses if rules else ())
+            failure = _failure(a, False, rules)
         if a.status != 200:
             c.statuses[a.status] = c.statuses.get(a.status, 0) + 1
             if a.status >= 500:
@@ -520,9 +543,10 @@ class DatacenterTraffic:
         if engine is None or ep is None:
             return
         now = self._now
-        if engine.outcome(
-            ep.pool, ep.name, status=a.status, failure=failure, reused=reused, now=now
-        ):
+        status = a.status
+        if failure is None and a.failure == TimelineAction.TRUNCATE:
+            status = 200  # streamed: the proxy saw a 200 head (the cut is the user's alone)
+        if engine.outcome(ep.pool, ep.name, status=status, failure=failure, reused=reused, now=now):
             self._ejected = True
 
     def _stale(self, ep: EndpointView, now: float) -> bool:

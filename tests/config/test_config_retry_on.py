@@ -55,3 +55,21 @@ def test_a_retry_on_that_retries_nothing_or_twice_is_an_error() -> None:
     assert errors(with_lb("retry_on: {statuses: [502, 502]}")) == [
         "lb.yaml:7: load_balancers[0].retry_on.statuses[1]: 502 is listed twice"
     ]
+
+
+def test_buffer_response_is_off_by_default_and_goes_with_truncated() -> None:
+    rules = load(with_lb("retry_on: {}")).config.load_balancers[0].retry_on
+    assert rules is not None and rules.buffer_response == 0
+    text = with_lb("retry_on: {conditions: [reset, truncated], buffer_response: 262144}")
+    rules = load(text).config.load_balancers[0].retry_on
+    assert rules is not None and rules.buffer_response == 262144
+    assert errors(with_lb("retry_on: {conditions: [truncated]}")) == [
+        "lb.yaml:7: load_balancers[0].retry_on.conditions: truncated needs buffer_response "
+        "(bytes): a streamed response cannot be retried"
+    ]
+    assert errors(with_lb("retry_on: {buffer_response: 1000}")) == [
+        "lb.yaml:7: load_balancers[0].retry_on.buffer_response: buffer_response retries "
+        "nothing without truncated in conditions"
+    ]
+    first = errors(with_lb("retry_on: {conditions: [truncated], buffer_response: 99999999}"))[0]
+    assert "load_balancers[0].retry_on.buffer_response: must be between 0 and" in first

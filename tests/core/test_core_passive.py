@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from random import Random
 
 from core_builders import make_config, make_pool, result
 from hypothesis import given, settings
@@ -13,6 +14,8 @@ from lb.core.attempts import Failure
 from lb.core.book import HealthBook
 from lb.core.health import Health, HealthEvent
 from lb.core.passive import PASSIVE, Ejector, Outcome, cap, outcome_of
+from steering.router import Router
+from steering.types import Request
 
 H, U = Health.HEALTHY, Health.UNHEALTHY
 ON = PassiveHealth(consecutive_5xx=3, consecutive_connect_failure=2, base_ejection_time=10)
@@ -197,3 +200,24 @@ def test_an_ejector_without_failures_never_trips(seq: list[Outcome]) -> None:
     ejector = Ejector(ON)
     reasons = [ejector.observe(o) for o in seq if not o.failed]
     assert not any(reasons)
+
+
+def test_a_retry_after_an_ejection_never_brings_the_ejected_endpoint_back() -> None:
+    """The proxy's order: decide, the attempt fails, its outcome ejects the endpoint (a new
+    snapshot), then the retry of the first decision, made on the old snapshot.  The retry
+    must pick from the new view of the pool, and leave none of the old one behind in the
+    new router for later requests (it once did: the ejected endpoint kept its traffic)."""
+    hb = healthy_book(passive_config(3))
+    rng = Random(1)
+    req = Request(host="app.example.com", client_ip="192.0.2.1")
+    old = Router(hb.snapshot(), secret=b"s")
+    first = old.decide(req, rng)
+    while first.endpoint is None or first.endpoint.name != "a-0":
+        first = old.decide(req, rng)
+    feed(hb, [E502] * 3)
+    assert health(hb) is U
+    new = Router(hb.snapshot(), secret=b"s")
+    retry = new.retry(first, req, rng, status=502, retry_on=True)
+    assert retry is not None and retry.endpoint is not None and retry.endpoint.name != "a-0"
+    picked = {d.endpoint.name for d in (new.decide(req, rng) for _ in range(200)) if d.endpoint}
+    assert picked == {"a-1", "a-2"}

@@ -79,6 +79,11 @@ async def _faulty_conn(stream: trio.SSLStream[Any], faulty: Faulty, mode: str) -
                 b"".join(conn.send(e) or b"" for e in (head, h11.Data(data=b"busy")))
             )
             return
+        if mode == "truncate-chunked":
+            head = h11.Response(status_code=200, headers=[(b"transfer-encoding", b"chunked")])
+            half = h11.Data(data=BODY[: len(BODY) // 2])
+            await stream.send_all(b"".join(conn.send(e) or b"" for e in (head, half)))
+            return  # closed before the last chunk
         if mode == "truncate":
             head = h11.Response(status_code=200, headers=[(b"content-length", b"%d" % len(BODY))])
             half = h11.Data(data=BODY[: len(BODY) // 2])
@@ -264,3 +269,93 @@ async def test_a_body_cut_after_bytes_reached_the_client_is_not_retried(
     assert cut == faulty.requests > 0
     assert not any(r.retried for r in stack.records)
     assert all(r.error == "upstream_aborted" for r in stack.records if r.endpoint == "p1/e1")
+
+
+async def _raw_gets(stack: Stack, n: int) -> tuple[list[int], int]:
+    """``n`` GETs on connections of their own: the statuses, and how many bodies were cut
+    short of their Content-Length."""
+    statuses, cut = [], 0
+    for _ in range(n):
+        request = b"GET / HTTP/1.1\r\nhost: app.example\r\nconnection: close\r\n\r\n"
+        raw = await raw_exchange(stack.port, request)
+        head, _, body = raw.partition(b"\r\n\r\n")
+        statuses.append(int(head.split(b" ", 2)[1]))
+        for line in head.lower().split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name == b"content-length" and len(body) < int(value):
+                cut += 1
+            if name == b"transfer-encoding" and not body.endswith(b"0\r\n\r\n"):
+                cut += 1  # no last chunk
+    return statuses, cut
+
+
+BUFFERED = RetryOn(
+    conditions=("reset", "truncated"), buffer_response=65536, min_retry_concurrency=CLIENTS
+)
+
+
+async def test_with_buffer_response_a_body_cut_mid_response_is_retried_whole(
+    nursery: trio.Nursery, certs: Certs
+) -> None:
+    """retry_on.buffer_response: the response is read whole before any byte is relayed, so
+    the cut is a failure before the answer and goes to another endpoint: nothing is lost."""
+    stack, faulty = await start(nursery, certs, "truncate", BUFFERED)
+    statuses, cut = await _raw_gets(stack, 12)
+    assert statuses == [200] * 12 and cut == 0
+    assert (await load(stack)) == [200] * (CLIENTS * REQUESTS)  # keep-alive clients too
+    assert faulty.requests > 0
+    retried = [r for r in stack.records if r.retried == "retry_on"]
+    assert len(retried) == faulty.requests
+    for r in retried:
+        first, second = r.attempts
+        assert (first.retry_on, first.error) == ("truncated", "upstream_truncated")
+        assert second.endpoint != first.endpoint and second.status == 200
+    labels = frozenset(
+        {("load_balancer", "app.example"), ("pool", "p1"), ("reason", "retry_on_truncated")}
+    )
+    assert counters(stack.metrics, "lb_retries_total") == {labels: faulty.requests}
+
+
+async def test_a_response_larger_than_buffer_response_is_streamed_and_cut(
+    nursery: trio.Nursery, certs: Certs
+) -> None:
+    """A Content-Length past the bound is streamed at once: a cut in it stays a short body."""
+    small = replace(BUFFERED, buffer_response=len(BODY) - 1)
+    stack, faulty = await start(nursery, certs, "truncate", small)
+    _, cut = await _raw_gets(stack, 12)
+    assert cut == faulty.requests > 0
+    assert not any(r.retried for r in stack.records)
+
+
+@pytest.mark.parametrize("retry_on", [None, RESETS], ids=["cloudflare", "retry_on"])
+async def test_without_buffer_response_the_stream_path_never_reads_whole(
+    nursery: trio.Nursery, certs: Certs, retry_on: RetryOn | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Off (the default, or retry_on without buffer_response), responses stream as before:
+    the buffered read is never entered."""
+    import lb.proxy.exchange
+
+    async def never(*a: Any, **kw: Any) -> Any:
+        raise AssertionError("read_whole called with buffer_response off")
+
+    monkeypatch.setattr(lb.proxy.exchange, "read_whole", never)
+    stack, _ = await start(nursery, certs, "truncate", retry_on)
+    statuses, cut = await _raw_gets(stack, 6)
+    assert statuses == [200] * 6 and cut > 0
+
+
+async def test_a_chunked_body_cut_within_the_bound_is_retried_and_past_it_streamed(
+    nursery: trio.Nursery, certs: Certs
+) -> None:
+    """A chunked response has no length to check first: it is read until it ends or passes
+    the bound.  Cut within the bound: retried, nothing lost.  Past the bound it was already
+    being streamed: the client gets the cut."""
+    stack, faulty = await start(nursery, certs, "truncate-chunked", BUFFERED)
+    statuses, cut = await _raw_gets(stack, 12)
+    assert statuses == [200] * 12 and cut == 0 and faulty.requests > 0
+    assert all(r.attempts[0].retry_on == "truncated" for r in stack.records if r.retried)
+    small = replace(BUFFERED, buffer_response=len(BODY) // 4)
+    other, faulty2 = await start(nursery, certs, "truncate-chunked", small)
+    _, cut = await _raw_gets(other, 12)
+    assert cut == faulty2.requests > 0
+    assert not any(r.retried for r in other.records)

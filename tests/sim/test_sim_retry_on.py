@@ -63,3 +63,37 @@ def test_a_pool_retry_on_overrides_the_load_balancer(tmp_path: Path) -> None:
     # c's 502s are answered as they are; b's resets are still retried (the pool's rule)
     assert data["statuses"] == {"502": data["errors"]} and data["errors"] > 1500
     assert 0 < data["retry_on_retries"] < 500
+
+
+TRUNCATED = SCENARIO.with_name("retry-on-truncated.yaml")
+BUFFER = "      retry_on: {conditions: [reset, truncated], buffer_response: 1048576}\n"
+
+
+def test_buffer_response_mends_cut_responses_and_passive_health_ejects_the_cutter(
+    tmp_path: Path,
+) -> None:
+    """configs/scenarios/retry-on-truncated.yaml: tunnel c cuts its responses mid-body for a
+    minute.  Read whole, each cut is retried (0 errors) and counts as a 502 for passive
+    health, which ejects c after 5: it gets the few requests of its returns, not a third of
+    the minute.  Streamed (no buffer_response), the cuts reach the users, and passive health
+    never sees them: the proxy had relayed a 200 head."""
+    shipped = run_scenario(load_scenario(TRUNCATED)).data
+    assert shipped["errors"] == 0
+    assert 0 < shipped["retry_on_retries"] < 50  # a retry a cut, a cut an ejection's worth
+    ejections = [
+        t
+        for t in shipped["transitions"]
+        if t["vantage"] == "passive" and t["to"] == "unhealthy" and t["endpoint"] == "c"
+    ]
+    assert ejections and all("502" in t["reason"] for t in ejections)
+    text = TRUNCATED.read_text()
+    assert BUFFER in text
+    path = tmp_path / "streamed.yaml"
+    path.write_text(
+        text.replace(BUFFER, "      retry_on: {conditions: [reset]}\n").replace(
+            "    errors: {at_most: 0}\n", "    errors: {at_most: 100000}\n"
+        )
+    )
+    streamed = run_scenario(load_scenario(path)).data
+    assert 1500 <= streamed["errors"] <= 2500 and streamed["retry_on_retries"] == 0
+    assert not any(t["vantage"] == "passive" for t in streamed["transitions"])

@@ -77,7 +77,12 @@ def test_every_retry_is_one_the_attempt_policy_asked_for(
         return step
 
     monkeypatch.setattr(lb.sim.traffic, "next_step", counting)
-    for name in ("flapping.yaml", "keep-alive-closes.yaml", "retry-on.yaml"):
+    for name in (
+        "flapping.yaml",
+        "keep-alive-closes.yaml",
+        "retry-on.yaml",
+        "retry-on-truncated.yaml",
+    ):
         actions.clear()
         data = run_scenario(load_scenario(ROOT / "configs/scenarios" / name)).data
         assert actions.count(Action.FRESH) == data["stale_retries"]
