@@ -58,9 +58,9 @@ def unrehearsable(sc: Scenario) -> list[str]:
             out.append(f"{what}: unreachable needs a route that fails, not one loopback")
         elif set(e.replicas) != every and e.layer != ORIGIN and _hangs(e):
             out.append(
-                f"{what}: a {e.how or e.action} of one replica would not be avoided: the edge "
-                "stand-in learns that a replica is gone only from a refused connection "
-                "(Cloudflare's edge, from the tunnel connection's heartbeats)"
+                f"{what}: {_how(e)} on one replica would not be avoided: the edge stand-in "
+                "learns that a replica is gone only from a refused connection (Cloudflare's "
+                "edge, from the tunnel connection's heartbeats)"
             )
         elif set(e.replicas) == every and e.layer != ORIGIN and _unseen(e):
             unseen.append(what)
@@ -106,17 +106,20 @@ def unrehearsable(sc: Scenario) -> list[str]:
     return out
 
 
+def _how(e: NetEvent) -> str:
+    """The fault an event shows (a flap's ``how``)."""
+    return e.how if e.action == TimelineAction.FLAP else e.action
+
+
 def _hangs(e: NetEvent) -> bool:
     """Whether an edge fault leaves a replica's connection open but useless."""
-    how = e.how if e.action == TimelineAction.FLAP else e.action
-    return how in (TimelineAction.BLACKHOLE, TimelineAction.DOWN)
+    return _how(e) in (TimelineAction.BLACKHOLE, TimelineAction.DOWN)
 
 
 def _unseen(e: NetEvent) -> bool:
     """Whether a fault keeps probe requests from reaching the stand-in (no connection, or
     a connection that never carries a request)."""
-    how = e.how if e.action == TimelineAction.FLAP else e.action
-    return how in (TimelineAction.REFUSE, TimelineAction.BLACKHOLE)
+    return _how(e) in (TimelineAction.REFUSE, TimelineAction.BLACKHOLE)
 
 
 def _client_headers(t: Traffic, c: int, index: int, affinity: tuple[str, ...]) -> dict[str, str]:
