@@ -24,7 +24,7 @@ What it does, per request
   the rest: the simulator's edge does not use a failed replica at all.  With none left the
   answer is ``530`` (Cloudflare's "no tunnel connector");
 * upstream connections are kept alive (one ``httpx`` pool), and bodies are buffered: a
-  rehearsal's requests are small.
+  rehearsal's requests are small (above :data:`MAX_BODY`: 413; a malformed request: 400).
 
 Faults of the whole tunnel's edge layer are the edge's own: it holds a
 :class:`lb.connector.faults.Faults` with its control port, so ``refuse``, ``blackhole``,
@@ -34,6 +34,7 @@ exactly as on a lone stand-in.  ``docs/rehearse.md`` lists what this does not mo
 
 from __future__ import annotations
 
+import contextlib
 import random
 import ssl
 from collections import Counter
@@ -52,10 +53,12 @@ from lb.proxy.headers import HOP_BY_HOP, colo_from_ray
 from lb.sim.network import prefer_local
 from lb.sim.scenario import Replica
 
-__all__ = ["NO_CONNECTOR", "Edge", "Upstream"]
+__all__ = ["MAX_BODY", "NO_CONNECTOR", "Edge", "Upstream"]
 
 NO_CONNECTOR = 530
 """The answer when no replica takes the request (Cloudflare's error 1033)."""
+MAX_BODY = 1 << 20
+"""The largest request body the edge buffers (a rehearsal's are empty); above it, 413."""
 IDLE = 300.0
 """Seconds an LB connection may stay silent (the LB closes its idle ones much sooner)."""
 _GONE = (
@@ -136,33 +139,43 @@ class Edge:
     async def _connection(self, client: httpx.AsyncClient, stream: trio.SocketStream) -> None:
         """One connection from the LB: TLS, then requests until either side closes."""
         tls: trio.abc.Stream = stream
+        clean = False
         try:
             if not await self.faults.gate(stream):
                 return
             tls = trio.SSLStream(stream, self._server_context, server_side=True)
             with trio.fail_after(30):
                 await tls.do_handshake()
-            http = H11Stream(tls, h11.SERVER, read_timeout=IDLE)
-            while True:
-                event = await http.next_event()
-                if not isinstance(event, h11.Request):
-                    return
-                body = b""
-                while not isinstance(part := await http.next_event(), h11.EndOfMessage):
-                    if not isinstance(part, h11.Data):
-                        return
-                    body += part.data
-                if not await self.faults.gate(tls):
-                    return
-                if not await self._answer(client, http, event, body):
-                    return
-                if not http.reusable:
-                    return
-                http.conn.start_next_cycle()
+            clean = await self._serve(client, H11Stream(tls, h11.SERVER, read_timeout=IDLE))
         except _GONE:
             pass
         finally:
+            if clean:  # with TLS close_notify, so a client reading to the end sees one
+                with trio.move_on_after(1), contextlib.suppress(*_GONE):
+                    await tls.aclose()
             await trio.aclose_forcefully(tls)
+
+    async def _serve(self, client: httpx.AsyncClient, http: H11Stream) -> bool:
+        """Requests on one connection; False when it must be cut rather than closed."""
+        while True:
+            try:
+                event = await http.next_event()
+                if not isinstance(event, h11.Request):
+                    return True
+                body = await _body(http)
+            except h11.RemoteProtocolError as exc:
+                await _refuse(http, exc.error_status_hint, str(exc))
+                return True
+            if body is None:
+                await _refuse(http, 413, f"a body above {MAX_BODY} bytes")
+                return True
+            if not await self.faults.gate(http.stream):
+                return False
+            if not await self._answer(client, http, event, body):
+                return False
+            if not http.reusable:
+                return True
+            http.conn.start_next_cycle()
 
     async def _answer(
         self, client: httpx.AsyncClient, http: H11Stream, request: h11.Request, body: bytes
@@ -207,6 +220,33 @@ class Edge:
             return True
         await _respond(http, request, NO_CONNECTOR, [], b"no tunnel connector\n")
         return True
+
+
+async def _body(http: H11Stream) -> bytes | None:
+    """The request's body, buffered; None when it exceeds :data:`MAX_BODY`."""
+    body = b""
+    while not isinstance(part := await http.next_event(), h11.EndOfMessage):
+        if not isinstance(part, h11.Data):
+            raise h11.RemoteProtocolError("the request ended before its body", 400)
+        body += part.data
+        if len(body) > MAX_BODY:
+            return None
+    return body
+
+
+async def _refuse(http: H11Stream, status: int, why: str) -> None:
+    """Answer a request the edge will not forward with a one-line error, and close."""
+    if http.conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+        return
+    body = f"{status} {reason(status).decode()}: {why}\n".encode()
+    headers = [
+        (b"content-type", b"text/plain; charset=utf-8"),
+        (b"content-length", str(len(body)).encode("ascii")),
+        (b"connection", b"close"),
+    ]
+    await http.send(h11.Response(status_code=status, headers=headers, reason=reason(status)))
+    await http.send(h11.Data(data=body))
+    await http.send(h11.EndOfMessage())
 
 
 async def _respond(
