@@ -57,7 +57,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "lb.statefile",
         ),
     ),
-    ("service", ("lb.service", "lb.demo", "lb.rehearse")),
+    ("service", ("lb.service", "lb.demo", "lb.rehearse", "lb.rehearse.edge")),
     ("commands", ("lb.commands", "lb.cli", "lb.__main__")),
 )
 PURE = {"config", "core", "policies", "engine"}

@@ -192,6 +192,7 @@ async def _real(sc: Scenario, raw_config: dict[str, Any], directory: Path) -> tu
         async with running(sc, raw_config, directory, seed=sc.seed) as stack:
             driven = await drive(sc, stack)
             log = stack.log
+            replicas = {r: lbl for e in stack.edges.values() for r, lbl in e.answered.items()}
     except (StartError, RuntimeError) as exc:
         raise RehearsalError(str(exc)) from None
     except BaseExceptionGroup as group:  # from the driver's nurseries
@@ -202,4 +203,5 @@ async def _real(sc: Scenario, raw_config: dict[str, Any], directory: Path) -> tu
         while isinstance(first, BaseExceptionGroup):
             first = first.exceptions[0]
         raise RehearsalError(str(first)) from None
-    return real_report(sc, driven.sent, log, driven.mono, driven.probes), driven
+    report = real_report(sc, driven.sent, log, driven.mono, driven.probes, replicas)
+    return report, driven

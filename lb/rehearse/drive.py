@@ -8,8 +8,9 @@ scenario's Host and path, its client's address (``CF-Connecting-IP``), its entry
 client's ``__cflb`` cookie when it is a cookie-keeping client, and its affinity headers.
 
 The timeline runs beside it: network events become a ``POST /faults`` to the endpoint's
-stand-in (:mod:`lb.connector.faults`); ``disable`` / ``enable`` / ``weight`` rewrite the LB's
-configuration file and ``POST /reload`` it, as an operator would.
+stand-in (:mod:`lb.connector.faults`), or to the one replica's they name (:func:`_controls`);
+``disable`` / ``enable`` / ``weight`` rewrite the LB's configuration file and ``POST /reload``
+it, as an operator would.
 """
 
 from __future__ import annotations
@@ -55,18 +56,26 @@ def unrehearsable(sc: Scenario) -> list[str]:
             )
         elif e.action == TimelineAction.UNREACHABLE and e.layer != ORIGIN:
             out.append(f"{what}: unreachable needs a route that fails, not one loopback")
-        elif set(e.replicas) != every:
+        elif set(e.replicas) != every and e.layer != ORIGIN and _hangs(e):
             out.append(
-                f"{what}: one stand-in plays every replica of a tunnel (the LB dials one "
-                "address per endpoint), so a single replica cannot fail alone"
+                f"{what}: {_how(e)} on one replica would not be avoided: the edge stand-in "
+                "learns that a replica is gone only from a refused connection (Cloudflare's "
+                "edge, from the tunnel connection's heartbeats)"
             )
-        elif e.layer != ORIGIN and _unseen(e):
+        elif set(e.replicas) == every and e.layer != ORIGIN and _unseen(e):
             unseen.append(what)
     out += [
-        f"expect {x.name!r}: one stand-in plays every replica of a tunnel, so the traffic "
-        f"of replica {x.replica} is not measured"
+        f"network.keep_alive of {address}: the edge stand-in in front of its replicas keeps "
+        "its own connections to them, so their closes do not reach the LB"
+        for address in sorted(sc.keep_alive)
+        if len(sc.replicas.get(address, ())) > 1
+    ]
+    edged = {r.label for rs in sc.replicas.values() if len(rs) > 1 for r in rs}
+    out += [
+        f"expect {x.name!r}: replica {x.replica} is its tunnel's only one, so no edge "
+        "stand-in counts its traffic"
         for x in sc.expectations
-        if x.replica
+        if x.replica and x.replica not in edged
     ]
     if sc.members:
         names = ", ".join(m.name for m in sc.members)
@@ -97,11 +106,20 @@ def unrehearsable(sc: Scenario) -> list[str]:
     return out
 
 
+def _how(e: NetEvent) -> str:
+    """The fault an event shows (a flap's ``how``)."""
+    return e.how if e.action == TimelineAction.FLAP else e.action
+
+
+def _hangs(e: NetEvent) -> bool:
+    """Whether an edge fault leaves a replica's connection open but useless."""
+    return _how(e) in (TimelineAction.BLACKHOLE, TimelineAction.DOWN)
+
+
 def _unseen(e: NetEvent) -> bool:
     """Whether a fault keeps probe requests from reaching the stand-in (no connection, or
     a connection that never carries a request)."""
-    how = e.how if e.action == TimelineAction.FLAP else e.action
-    return how in (TimelineAction.REFUSE, TimelineAction.BLACKHOLE)
+    return _how(e) in (TimelineAction.REFUSE, TimelineAction.BLACKHOLE)
 
 
 def _client_headers(t: Traffic, c: int, index: int, affinity: tuple[str, ...]) -> dict[str, str]:
@@ -207,6 +225,22 @@ def _fault_body(e: NetEvent) -> dict[str, object]:
     return body
 
 
+def _controls(stack: Stack, e: NetEvent) -> list[str]:
+    """The control ports an event goes to.  A tunnel with an edge stand-in: an edge fault of
+    every replica is the edge's own (its recover clears the replicas' too, as a tunnel-wide
+    recover does in the simulator); a fault of some replicas, or of the application behind
+    them, goes to those replicas' connectors only."""
+    replicas = {name: url for (a, name), url in stack.replica_control.items() if a == e.address}
+    if not replicas:
+        return [stack.control[e.address]]
+    if set(e.replicas) == set(replicas) and e.layer != ORIGIN:
+        out = [stack.control[e.address]]
+        if e.action == TimelineAction.RECOVER:
+            out += [replicas[n] for n in sorted(replicas)]
+        return out
+    return [replicas[n] for n in e.replicas]
+
+
 async def _timeline(
     sc: Scenario, stack: Stack, client: httpx.AsyncClient, start: float, lags: list[float]
 ) -> None:
@@ -220,9 +254,10 @@ async def _timeline(
         if isinstance(item, ConfigEvent):
             await stack.reload(client, _config_changed(stack.raw_config, item))
         else:
-            r = await client.post(stack.control[item.address], json=_fault_body(item))
-            if r.status_code != 200:
-                raise RuntimeError(f"the stand-in refused {item.label}: {r.text.strip()}")
+            for url in _controls(stack, item):
+                r = await client.post(url, json=_fault_body(item))
+                if r.status_code != 200:
+                    raise RuntimeError(f"the stand-in refused {item.label}: {r.text.strip()}")
         lags.append(trio.current_time() - start - at)
 
 

@@ -13,7 +13,9 @@ failovers and expectations are measured by :mod:`lb.sim.expect`, so one report s
 Health transitions come from the LB's ``health_transition`` lines; their ``mono`` field is
 ``time.monotonic()``, the clock the driver noted at the start, so both time bases align
 without trusting the wall clock.  A request with no access-log line (the client gave up, or
-its connection failed) counts as an error on no endpoint.
+its connection failed) counts as an error on no endpoint.  ``by_replica`` counts the
+requests an edge stand-in (:mod:`lb.rehearse.edge`) answered through each replica, joined by
+the same request id; tunnels with one replica have no edge and are not counted.
 """
 
 from __future__ import annotations
@@ -54,9 +56,16 @@ def _add(d: dict[str, int], key: str, n: int = 1) -> None:
 
 
 def real_report(
-    sc: Scenario, sent: dict[str, Sent], log: Path, mono: float, probes: int = 0
+    sc: Scenario,
+    sent: dict[str, Sent],
+    log: Path,
+    mono: float,
+    probes: int = 0,
+    replicas: dict[str, str] | None = None,
 ) -> Report:
-    """Build the report of a real run (see the module docstring)."""
+    """Build the report of a real run (see the module docstring); ``replicas`` maps a
+    request id to the replica label an edge stand-in sent it to (``by_replica``)."""
+    replicas = replicas or {}
     requests: dict[str, dict[str, Any]] = {}
     rec = Recorder(sc, 0.0)
     for line in log_lines(log):
@@ -90,6 +99,8 @@ def real_report(
         k = min(ticks - 1, max(0, int(at / tick)))
         c = counts[k][s.datacenter]
         c.requests += 1
+        if rid in replicas:
+            _add(c.replicas, replicas[rid])
         if logged is None:
             _add(c.errors, "")
             c.statuses[s.status] = c.statuses.get(s.status, 0) + 1

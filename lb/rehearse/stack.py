@@ -1,15 +1,17 @@
-"""The real system of a rehearsal: a connector per endpoint and ``tunnel-lb run``, on loopback.
+"""The real system of a rehearsal: a connector per replica and ``tunnel-lb run``, on loopback.
 
-A stand-in plays its endpoint with the scenario's ingress rules, and closes connections as
-the scenario's ``network.keep_alive`` says (``keep_alive_idle``, ``keep_alive_announce``,
-``random_closes`` of docs/connector.md).
+A stand-in plays one replica of its endpoint with the scenario's ingress rules, and closes
+connections as the scenario's ``network.keep_alive`` says (``keep_alive_idle``,
+``keep_alive_announce``, ``random_closes`` of docs/connector.md).  A tunnel with several
+replicas gets one stand-in per replica and an edge stand-in in front of them
+(:mod:`lb.rehearse.edge`), which picks the replica for each request as the simulator does.
 
 Every process is started as a user would start it (``python -m lb connector`` and ``python
 -m lb run``), on free ports only: the connectors print their HTTPS and control URLs, the LB
 logs its ``ready`` line with the ports it bound.  The LB's configuration is the scaled one
 (:mod:`lb.rehearse.scale`) plus what running it on one machine needs, nothing else:
 
-* ``connect_to``: each endpoint's ``address:443`` dials its stand-in;
+* ``connect_to``: each endpoint's ``address:443`` dials its stand-in (or its edge);
 * ``engine.upstream_ca``: the throw-away trustme CA that signed the stand-ins' certificates;
 * ``engine.trusted_proxies: [127.0.0.1/32]``: the traffic driver states each request's entry
   data center the way Cloudflare's edge does, with ``CF-Ray: <id>-<DC>`` and the client's
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import json
+import random
 import re
 import ssl
 import sys
@@ -33,7 +36,8 @@ from typing import Any
 import httpx
 import trio
 
-from lb.sim.scenario import ORIGIN_SERVICE, Scenario
+from lb.rehearse.edge import Edge, Upstream
+from lb.sim.scenario import ORIGIN_SERVICE, Replica, Scenario
 
 __all__ = ["Stack", "StartError", "running"]
 
@@ -52,7 +56,8 @@ class Stack:
     proxy: str
     admin: str
     control: dict[str, str]
-    """Endpoint address -> the control URL of its stand-in (``.../faults``)."""
+    """Endpoint address -> the control URL of its stand-in (``.../faults``); for a tunnel
+    with several replicas, of its edge stand-in (:mod:`lb.rehearse.edge`)."""
     anchor: float
     """``time.monotonic()`` when the LB's probe schedule started (its ``monitors_started``
     line): the time 0 of the real run, as the simulator's scheduler starts at its time 0."""
@@ -60,6 +65,13 @@ class Stack:
     raw_config: dict[str, Any]
     log: Path
     processes: list[trio.Process] = field(default_factory=list)
+    replica_control: dict[tuple[str, str], str] = field(default_factory=dict)
+    """(address, replica name) -> the control URL of that replica's connector, for tunnels
+    with several replicas (an edge stand-in in front)."""
+    stats: list[str] = field(default_factory=list)
+    """The control URLs of every connector (each counts the probes it receives)."""
+    edges: dict[str, Edge] = field(default_factory=dict)
+    """Address -> the edge stand-in of a tunnel with several replicas."""
 
     async def reload(self, client: httpx.AsyncClient, raw: dict[str, Any]) -> None:
         """Write ``raw`` (the scenario's configuration changed) and reload it for real."""
@@ -79,7 +91,7 @@ class Stack:
     async def probes(self, client: httpx.AsyncClient) -> int:
         """Probe requests the stand-ins have received so far (their ``GET /stats``)."""
         total = 0
-        for url in self.control.values():
+        for url in self.stats:
             r = await client.get(url.removesuffix("/faults") + "/stats")
             total += int(r.json()["probes"])
         return total
@@ -150,6 +162,35 @@ def _keep_alive(sc: Scenario, address: str) -> dict[str, object]:
     return out
 
 
+def _connector(sc: Scenario, address: str, replica: Replica, cert: Path) -> dict[str, Any]:
+    """The configuration of one replica's connector (every replica has the tunnel's rules)."""
+    tunnel = address.split(".", 1)[0] if address.endswith(".cfargotunnel.com") else ""
+    return {
+        "tunnel": tunnel or "00000000-0000-4000-8000-000000000000",
+        "replica": replica.name or "endpoint",
+        "listen": "127.0.0.1:0",
+        "certificate": str(cert),
+        "key": str(cert),
+        "ingress": _ingress(sc, address),
+        **_keep_alive(sc, address),
+    }
+
+
+def _edge(sc: Scenario, upstreams: list[Upstream], cert: Path, ca_file: Path, seed: str) -> Edge:
+    """The edge stand-in of a tunnel with several replicas: TLS with the stand-ins'
+    certificate towards the LB, the throw-away CA towards the connectors."""
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(str(cert))
+    client = ssl.create_default_context(cafile=str(ca_file))
+    return Edge(
+        upstreams,
+        sc.config.datacenters,
+        server_context=server,
+        client_context=client,
+        rng=random.Random(seed),
+    )
+
+
 def _names(sc: Scenario) -> list[str]:
     """Every name the LB may verify a stand-in's certificate against."""
     names = {"localhost", "127.0.0.1"}
@@ -200,27 +241,34 @@ async def running(
         processes: list[trio.Process] = []
         try:
             control: dict[str, str] = {}
+            replica_control: dict[tuple[str, str], str] = {}
             connect_to: dict[str, str] = {}
-            for i, address in enumerate(sorted(sc.replicas)):
-                replica = sc.replicas[address][0]
-                path = directory / f"connector-{i}.json"
-                tunnel = address.split(".", 1)[0] if address.endswith(".cfargotunnel.com") else ""
-                doc = {
-                    "tunnel": tunnel or "00000000-0000-4000-8000-000000000000",
-                    "replica": replica.name or "endpoint",
-                    "listen": "127.0.0.1:0",
-                    "certificate": str(cert),
-                    "key": str(cert),
-                    "ingress": _ingress(sc, address),
-                    **_keep_alive(sc, address),
-                }
-                path.write_text(json.dumps(doc), "utf-8")
-                cmd = ["connector", "--quiet", "--control", "127.0.0.1:0", str(path)]
-                proc, https, ctl = await _start_connector(nursery, cmd, log)
-                processes.append(proc)
-                connect_to[f"{address}:443"] = https.removeprefix("https://")
-                control[address] = ctl
-            await _warm(connect_to.values(), ca_file)
+            warm: list[str] = []
+            edges: dict[str, Edge] = {}
+            n = 0
+            for address in sorted(sc.replicas):
+                replicas = sc.replicas[address]
+                upstreams: list[Upstream] = []
+                for replica in replicas:
+                    path = directory / f"connector-{n}.json"
+                    n += 1
+                    path.write_text(json.dumps(_connector(sc, address, replica, cert)), "utf-8")
+                    cmd = ["connector", "--quiet", "--control", "127.0.0.1:0", str(path)]
+                    proc, https, ctl = await _start_connector(nursery, cmd, log)
+                    processes.append(proc)
+                    upstreams.append(Upstream(replica, https.removeprefix("https://")))
+                    replica_control[(address, replica.name)] = ctl
+                    warm.append(upstreams[-1].address)
+                if len(upstreams) == 1:
+                    connect_to[f"{address}:443"] = upstreams[0].address
+                    control[address] = replica_control.pop((address, replicas[0].name))
+                    continue
+                edge = _edge(sc, upstreams, cert, ca_file, f"{seed}:edge:{address}")
+                at, control[address] = await nursery.start(edge.serve)
+                connect_to[f"{address}:443"] = at
+                edges[address] = edge
+                warm.append(at)
+            await _warm(warm, ca_file)
             raw = copy.deepcopy(raw_config)
             raw["connect_to"] = {**raw.get("connect_to", {}), **connect_to}
             engine = raw.setdefault("engine", {})
@@ -244,6 +292,12 @@ async def running(
                 raw_config=raw,
                 log=lb_log,
                 processes=processes,
+                replica_control=replica_control,
+                stats=[
+                    *(url for a, url in control.items() if a not in edges),
+                    *replica_control.values(),
+                ],
+                edges=edges,
             )
             yield stack
         finally:

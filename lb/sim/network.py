@@ -33,8 +33,9 @@ from __future__ import annotations
 import errno
 import math
 from bisect import bisect_right
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import trio
 
@@ -46,7 +47,9 @@ from monitors.spec import Probe
 from monitors.transport import Exchange
 from steering.geo import nearest
 
-__all__ = ["Answer", "Network", "SimSession", "SimTransport"]
+__all__ = ["Answer", "Network", "SimSession", "SimTransport", "prefer_local"]
+
+T = TypeVar("T")
 
 EDGE_STATUS: dict[str, int] = {
     TimelineAction.REFUSE: 521,
@@ -222,14 +225,7 @@ class Network:
     def _local(
         self, usable: list[tuple[Replica, str, int, float]], dc: str
     ) -> list[tuple[Replica, str, int, float]]:
-        """Replicas connected in ``dc``, else the nearest ones, else all (cloudflared §6)."""
-        if not dc or len(usable) == 1:
-            return usable
-        local = [u for u in usable if dc in u[0].datacenters]
-        if local:
-            return local
-        near = nearest(usable, self._dcs.get(dc), _replica_datacenters, self._dcs)
-        return near or usable
+        return prefer_local(usable, dc, self._dcs, _replica_datacenters)
 
     def _through(
         self,
@@ -290,6 +286,20 @@ class Network:
         address = probe.address.lower().rstrip(".")
         options = self.answers(address, (vantage,), dc, probe.host, probe.path, t)
         return options[turn % len(options)]
+
+
+def prefer_local(
+    usable: Sequence[T], dc: str, dcs: Mapping[str, Datacenter], where: Callable[[T], Iterable[str]]
+) -> list[T]:
+    """The edge's pick among usable replicas: those connected in ``dc`` (``where`` gives a
+    replica's data centers), else the nearest ones, else all (cloudflared §6).  Pure, so the
+    rehearsal's edge stand-in (:mod:`lb.rehearse.edge`) asks the same rule."""
+    if not dc or len(usable) == 1:
+        return list(usable)
+    local = [u for u in usable if dc in where(u)]
+    if local:
+        return local
+    return nearest(usable, dcs.get(dc), where, dcs) or list(usable)
 
 
 def _replica_datacenters(u: tuple[Replica, str, int, float]) -> tuple[str, ...]:

@@ -196,21 +196,50 @@ def test_a_cluster_scenario_is_refused_naming_each_part(tmp_path: Path) -> None:
     assert "\n" not in message
 
 
-def test_single_replica_faults_and_replica_expectations_are_refused(tmp_path: Path) -> None:
-    scenario = tmp_path / "replica.yaml"
-    scenario.write_text(
-        REFERENCE.read_text().replace(
-            "- {at: 40, tunnel: dc1, do: blackhole, until: 100}",
-            "- {at: 40, replica: dc1/app1, do: refuse}",
-        )
+REPLICAS = SCENARIOS / "replicas-one-tunnel.yaml"
+
+
+def _with_timeline(tmp_path: Path, timeline: str, expect: str | None = None) -> Path:
+    """replicas-one-tunnel with another timeline (and other expectations, when given)."""
+    head, _, tail = REPLICAS.read_text().partition("\nexpect:\n")
+    text = head.replace("timeline: []", f"timeline:\n{timeline}")
+    scenario = tmp_path / "replicas.yaml"
+    scenario.write_text(f"{text}\nexpect:\n{tail if expect is None else expect}")
+    return scenario
+
+
+def test_a_killed_replica_falls_inside_the_simulated_spread(tmp_path: Path) -> None:
+    """Two replicas of one tunnel, each its own connector behind the edge stand-in; the FRA
+    replica refuses from 20 s (its connector only), and FRA's users move to the IAD one
+    without an error, as the simulator's edge does."""
+    scenario = _with_timeline(
+        tmp_path,
+        "  - {at: 20, replica: shared/host-fra, do: refuse}\n",
+        "  - name: local connection preference before the kill\n"
+        "    share: {replica: shared/host-fra, between: [0, 20], at_least: 0.7, at_most: 0.8}\n"
+        "  - name: the killed host serves nobody once it is gone\n"
+        "    share: {replica: shared/host-fra, between: [21, 60], at_most: 0}\n"
+        "  - name: the other host serves FRA's users too\n"
+        "    share: {replica: shared/host-iad, between: [21, 60], at_least: 1}\n",
     )
-    (tmp_path / "reference-two-datacenters.lb.yaml").write_text(
-        (SCENARIOS / "reference-two-datacenters.lb.yaml").read_text()
-    )
+    result = rehearse(scenario, seeds=5, speed=10, rate=0.25, workdir=tmp_path / "work")
+    data = result.real.data
+    assert data["errors"] == 0, result.table()
+    assert [v["ok"] for v in data["expectations"]] == [True] * 3, result.table()
+    files = [json.loads(f.read_text()) for f in sorted((tmp_path / "work").glob("connector-*"))]
+    assert sorted(f["replica"] for f in files) == ["host-fra", "host-iad"]
+    assert result.ok, result.table()
+
+
+def test_replica_faults_the_edge_stand_in_cannot_see_are_refused(tmp_path: Path) -> None:
+    scenario = _with_timeline(tmp_path, "  - {at: 20, replica: shared/host-fra, do: blackhole}\n")
     message = _refusal(scenario, tmp_path)
-    assert "refuse replica dc1/app1: one stand-in plays every replica of a tunnel" in message
-    message = _refusal(SCENARIOS / "replicas-one-tunnel.yaml", tmp_path)
-    assert "the traffic of replica shared/host-fra is not measured" in message
+    assert message == (
+        "cannot be rehearsed on one machine: blackhole replica shared/host-fra: blackhole on "
+        "one replica would not be avoided: the edge stand-in learns that a replica is gone "
+        "only from a refused connection (Cloudflare's edge, from the tunnel connection's "
+        "heartbeats)"
+    )
 
 
 def test_probe_expectations_are_refused_where_probes_never_reach_a_stand_in(

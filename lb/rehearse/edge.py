@@ -1,0 +1,267 @@
+"""The edge stand-in of a rehearsal: Cloudflare's choice of a tunnel's replica, on loopback.
+
+Why a forwarder
+===============
+
+The LB dials one address per tunnel endpoint (``connect_to``); which cloudflared replica
+serves a request is decided behind that address, by Cloudflare's edge.  The simulator
+models that choice in :func:`lb.sim.network.prefer_local`: a replica connected in the
+request's entry data center, else the nearest, else any, and never a replica whose tunnel
+connection is gone.  To fail ONE replica for real, a rehearsal runs one ``tunnel-lb
+connector`` per replica and this forwarder at the tunnel's address; it asks that same
+function, with the same inputs, for every request.
+
+What it does, per request
+=========================
+
+* the entry data center is the colo of the request's ``CF-Ray`` (the LB passes the client's
+  header upstream; the traffic driver sets it per data center); a request without one (the
+  LB's probes) goes round-robin over the candidates, as the simulator spreads a probe
+  session's attempts;
+* among the candidates one is picked uniformly at random (the simulator's draw);
+* a replica whose connection is refused or breaks before its answer (the ``refuse`` of
+  :mod:`lb.connector.faults`) is dropped for this request and the choice is made again over
+  the rest: the simulator's edge does not use a failed replica at all.  With none left the
+  answer is ``530`` (Cloudflare's "no tunnel connector");
+* upstream connections are kept alive (one ``httpx`` pool), and bodies are buffered: a
+  rehearsal's requests are small (above :data:`MAX_BODY`: 413; a malformed request: 400).
+
+Faults of the whole tunnel's edge layer are the edge's own: it holds a
+:class:`lb.connector.faults.Faults` with its control port, so ``refuse``, ``blackhole``,
+``down``, ``status``, ``latency`` and ``flap`` of a tunnel act on the LB's connections
+exactly as on a lone stand-in.  ``docs/rehearse.md`` lists what this does not model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import ssl
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
+
+import h11
+import httpx
+import trio
+
+from lb.config.model import Datacenter
+from lb.connector.faults import Faults, serve_control
+from lb.connector.h11io import H11Stream, reason
+from lb.proxy.headers import HOP_BY_HOP, colo_from_ray
+from lb.sim.network import prefer_local
+from lb.sim.scenario import Replica
+
+__all__ = ["MAX_BODY", "NO_CONNECTOR", "Edge", "Upstream"]
+
+NO_CONNECTOR = 530
+"""The answer when no replica takes the request (Cloudflare's error 1033)."""
+MAX_BODY = 1 << 20
+"""The largest request body the edge buffers (a rehearsal's are empty); above it, 413."""
+IDLE = 300.0
+"""Seconds an LB connection may stay silent (the LB closes its idle ones much sooner)."""
+_GONE = (
+    trio.BrokenResourceError,
+    trio.ClosedResourceError,
+    trio.TooSlowError,
+    h11.ProtocolError,
+    ssl.SSLError,
+    OSError,
+)
+_NO_BODY = frozenset({204, 304})
+_FRAMING = frozenset({b"content-length", b"transfer-encoding"})
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """One replica's connector: the replica and its HTTPS ``host:port``."""
+
+    replica: Replica
+    address: str
+
+
+def _where(u: Upstream) -> tuple[str, ...]:
+    return u.replica.datacenters
+
+
+class Edge:
+    """One tunnel's edge; :meth:`serve` runs it, :meth:`choose` is its pure choice."""
+
+    def __init__(
+        self,
+        upstreams: Sequence[Upstream],
+        datacenters: Mapping[str, Datacenter],
+        *,
+        server_context: ssl.SSLContext,
+        client_context: ssl.SSLContext,
+        rng: random.Random,
+    ) -> None:
+        self.upstreams = tuple(upstreams)
+        self.faults = Faults()
+        self.served: Counter[str] = Counter()
+        """Requests answered through each replica (by replica name)."""
+        self.answered: dict[str, str] = {}
+        """``X-Request-Id`` -> the label of the replica that answered it (the real run's
+        ``by_replica``, :mod:`lb.rehearse.real`)."""
+        self._dcs = datacenters
+        self._server_context = server_context
+        self._client_context = client_context
+        self._rng = rng
+        self._turn = 0
+
+    def choose(self, dc: str, failed: set[str]) -> Upstream | None:
+        """The replica for a request entering at ``dc`` ("" if unknown), none of ``failed``
+        (replica names); None when every replica failed."""
+        usable = [u for u in self.upstreams if u.replica.name not in failed]
+        if not usable:
+            return None
+        chosen = prefer_local(usable, dc, self._dcs, _where)
+        if not dc:
+            self._turn += 1
+            return chosen[self._turn % len(chosen)]
+        return chosen[int(self._rng.random() * len(chosen))]
+
+    async def serve(self, task_status: trio.TaskStatus[tuple[str, str]]) -> None:
+        """Listen on a free loopback port; report ``(host:port, control URL)``."""
+        listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+        port = int(listener.socket.getsockname()[1])
+        timeout = httpx.Timeout(IDLE, connect=5.0)
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
+        async with (
+            httpx.AsyncClient(verify=self._client_context, timeout=timeout, limits=limits) as c,
+            trio.open_nursery() as nursery,
+        ):
+            control = await nursery.start(partial(serve_control, self.faults, ("127.0.0.1", 0)))
+            nursery.start_soon(self.faults.serve, partial(self._connection, c), listener)
+            task_status.started((f"127.0.0.1:{port}", f"http://127.0.0.1:{control[1]}/faults"))
+
+    async def _connection(self, client: httpx.AsyncClient, stream: trio.SocketStream) -> None:
+        """One connection from the LB: TLS, then requests until either side closes."""
+        tls: trio.abc.Stream = stream
+        clean = False
+        try:
+            if not await self.faults.gate(stream):
+                return
+            tls = trio.SSLStream(stream, self._server_context, server_side=True)
+            with trio.fail_after(30):
+                await tls.do_handshake()
+            clean = await self._serve(client, H11Stream(tls, h11.SERVER, read_timeout=IDLE))
+        except _GONE:
+            pass
+        finally:
+            if clean:  # with TLS close_notify, so a client reading to the end sees one
+                with trio.move_on_after(1), contextlib.suppress(*_GONE):
+                    await tls.aclose()
+            await trio.aclose_forcefully(tls)
+
+    async def _serve(self, client: httpx.AsyncClient, http: H11Stream) -> bool:
+        """Requests on one connection; False when it must be cut rather than closed."""
+        while True:
+            try:
+                event = await http.next_event()
+                if not isinstance(event, h11.Request):
+                    return True
+                body = await _body(http)
+            except h11.RemoteProtocolError as exc:
+                await _refuse(http, exc.error_status_hint, str(exc))
+                return True
+            if body is None:
+                await _refuse(http, 413, f"a body above {MAX_BODY} bytes")
+                return True
+            if not await self.faults.gate(http.stream):
+                return False
+            if not await self._answer(client, http, event, body):
+                return False
+            if not http.reusable:
+                return True
+            http.conn.start_next_cycle()
+
+    async def _answer(
+        self, client: httpx.AsyncClient, http: H11Stream, request: h11.Request, body: bytes
+    ) -> bool:
+        """Forward one request; False when the LB's connection must be cut."""
+        status = self.faults.answer()
+        if status is not None:
+            await _respond(http, request, status, [], b"")
+            return True
+        headers = [(n, v) for n, v in request.headers if n not in HOP_BY_HOP and n not in _FRAMING]
+        dc = colo_from_ray(next((v for n, v in headers if n == b"cf-ray"), None))
+        target = request.target.decode("latin-1")
+        failed: set[str] = set()
+        while (up := self.choose(dc, failed)) is not None:
+            try:
+                req = client.build_request(
+                    request.method.decode("ascii"),
+                    f"https://{up.address}{target}",
+                    headers=headers,
+                    content=body,
+                )
+                response = await client.send(req, stream=True)
+            except httpx.HTTPError:  # refused, or broken before the answer: the next one
+                failed.add(up.replica.name)
+                continue
+            try:
+                raw = b"".join([chunk async for chunk in response.aiter_raw()])
+            except httpx.HTTPError:
+                return False  # broken mid-answer: the LB sees its connection go
+            finally:
+                await response.aclose()
+            self.served[up.replica.name] += 1
+            rid = next((v for n, v in headers if n == b"x-request-id"), None)
+            if rid is not None:
+                self.answered[rid.decode("latin-1")] = up.replica.label or up.replica.name
+            kept = [
+                (n, v)
+                for n, v in response.headers.raw
+                if n.lower() not in HOP_BY_HOP and n.lower() not in _FRAMING
+            ]
+            await _respond(http, request, response.status_code, kept, raw)
+            return True
+        await _respond(http, request, NO_CONNECTOR, [], b"no tunnel connector\n")
+        return True
+
+
+async def _body(http: H11Stream) -> bytes | None:
+    """The request's body, buffered; None when it exceeds :data:`MAX_BODY`."""
+    body = b""
+    while not isinstance(part := await http.next_event(), h11.EndOfMessage):
+        if not isinstance(part, h11.Data):
+            raise h11.RemoteProtocolError("the request ended before its body", 400)
+        body += part.data
+        if len(body) > MAX_BODY:
+            return None
+    return body
+
+
+async def _refuse(http: H11Stream, status: int, why: str) -> None:
+    """Answer a request the edge will not forward with a one-line error, and close."""
+    if http.conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+        return
+    body = f"{status} {reason(status).decode()}: {why}\n".encode()
+    headers = [
+        (b"content-type", b"text/plain; charset=utf-8"),
+        (b"content-length", str(len(body)).encode("ascii")),
+        (b"connection", b"close"),
+    ]
+    await http.send(h11.Response(status_code=status, headers=headers, reason=reason(status)))
+    await http.send(h11.Data(data=body))
+    await http.send(h11.EndOfMessage())
+
+
+async def _respond(
+    http: H11Stream,
+    request: h11.Request,
+    status: int,
+    headers: list[tuple[bytes, bytes]],
+    body: bytes,
+) -> None:
+    """Send one framed response (Content-Length, except where a status or HEAD has none)."""
+    if status not in _NO_BODY and request.method != b"HEAD":
+        headers = [*headers, (b"content-length", str(len(body)).encode("ascii"))]
+    else:
+        body = b""
+    await http.send(h11.Response(status_code=status, headers=headers, reason=reason(status)))
+    if body:
+        await http.send(h11.Data(data=body))
+    await http.send(h11.EndOfMessage())

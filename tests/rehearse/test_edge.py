@@ -1,0 +1,161 @@
+"""The edge stand-in: its replica choice is the simulator's (lb.sim.network), asked the same
+way, and on real sockets it passes a refused replica over and refuses malformed requests."""
+
+from __future__ import annotations
+
+import random
+import ssl
+from functools import partial
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+import trustme
+
+from lb.connector import ConnectorConfig, IngressRule, serve_connector
+from lb.connector.faults import Faults
+from lb.rehearse.edge import NO_CONNECTOR, Edge, Upstream
+from lb.sim.network import Network
+from lb.sim.scenario import Scenario, load_scenario
+
+SCENARIO = (
+    Path(__file__).resolve().parents[2] / "configs" / "scenarios" / "replicas-one-tunnel.yaml"
+)
+ADDRESS = "33333333-3333-4333-8333-333333333333.cfargotunnel.com"
+
+
+@pytest.fixture(scope="module")
+def scenario() -> Scenario:
+    return load_scenario(SCENARIO)
+
+
+def _edge(sc: Scenario) -> Edge:
+    upstreams = [Upstream(r, f"127.0.0.1:{4000 + i}") for i, r in enumerate(sc.replicas[ADDRESS])]
+    context = ssl.create_default_context()
+    return Edge(
+        upstreams,
+        sc.config.datacenters,
+        server_context=context,
+        client_context=context,
+        rng=random.Random(1),
+    )
+
+
+def _picks(edge: Edge, dc: str, failed: set[str]) -> set[str]:
+    out = set()
+    for _ in range(50):
+        up = edge.choose(dc, failed)
+        out.add("" if up is None else str(up.replica.label))
+    return out
+
+
+@pytest.mark.parametrize("dc", ["FRA", "IAD", "CDG", "SJC", "SYD", ""])
+def test_the_edge_picks_the_replicas_the_simulator_picks(scenario: Scenario, dc: str) -> None:
+    """Local first, else the nearest (CDG is near FRA, SJC near IAD), else any."""
+    expected = {a.replica for a in Network(scenario).answers(ADDRESS, (dc,), dc, "h", "/", 0.0)}
+    assert _picks(_edge(scenario), dc, set()) == expected
+
+
+def test_a_failed_replica_is_passed_over_then_none_is_left(scenario: Scenario) -> None:
+    edge = _edge(scenario)
+    assert _picks(edge, "FRA", {"host-fra"}) == {"shared/host-iad"}
+    assert _picks(edge, "FRA", {"host-fra", "host-iad"}) == {""}
+
+
+def test_requests_without_a_data_center_go_round_robin(scenario: Scenario) -> None:
+    edge = _edge(scenario)
+    names = [edge.choose("", set()) for _ in range(4)]
+    assert [u.replica.name for u in names if u is not None] == [
+        "host-iad",
+        "host-fra",
+        "host-iad",
+        "host-fra",
+    ]
+
+
+# --------------------------------------------------------------------------- on real sockets
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+def _contexts(ca: trustme.CA) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1", "localhost", "app.example.com").configure_cert(server)
+    client = ssl.create_default_context()
+    ca.configure_trust(client)
+    return server, client
+
+
+async def _running(
+    nursery: trio.Nursery, sc: Scenario, ca: trustme.CA
+) -> tuple[Edge, str, dict[str, Faults]]:
+    """Two real connectors (one per replica) and the edge in front: (edge, its URL, faults)."""
+    server, client = _contexts(ca)
+    faults: dict[str, Faults] = {}
+    upstreams = []
+    for replica in sc.replicas[ADDRESS]:
+        config = ConnectorConfig(
+            tunnel="33333333-3333-4333-8333-333333333333",
+            ingress=(IngressRule(service="hello_world"),),
+            replica=replica.name,
+            ssl_context=server,
+        )
+        faults[replica.name] = Faults()
+        bound = await nursery.start(partial(serve_connector, config, faults=faults[replica.name]))
+        upstreams.append(Upstream(replica, f"127.0.0.1:{bound[0][1]}"))
+    edge = Edge(
+        upstreams,
+        sc.config.datacenters,
+        server_context=server,
+        client_context=client,
+        rng=random.Random(1),
+    )
+    at, _ = await nursery.start(edge.serve)
+    return edge, f"https://{at}", faults
+
+
+async def test_a_refused_replica_is_passed_over_for_real(
+    nursery: trio.Nursery, scenario: Scenario, ca: trustme.CA
+) -> None:
+    edge, url, faults = await _running(nursery, scenario, ca)
+    _, client_ctx = _contexts(ca)
+    async with httpx.AsyncClient(verify=client_ctx, timeout=5) as client:
+
+        async def get(n: int) -> int:
+            headers = {"host": "app.example.com", "cf-ray": "1-FRA", "x-request-id": f"r{n}"}
+            r = await client.get(f"{url}/", headers=headers)
+            return r.status_code
+
+        assert await get(1) == 200
+        assert await get(2) == 200  # kept alive, on both legs
+        faults["host-fra"].apply({"do": "refuse"})
+        await faults["host-fra"].settled()
+        assert await get(3) == 200
+        faults["host-iad"].apply({"do": "refuse"})
+        await faults["host-iad"].settled()
+        assert await get(4) == NO_CONNECTOR
+    assert edge.answered == {
+        "r1": "shared/host-fra",
+        "r2": "shared/host-fra",
+        "r3": "shared/host-iad",
+    }
+
+
+async def test_a_malformed_request_gets_a_400(
+    nursery: trio.Nursery, scenario: Scenario, ca: trustme.CA
+) -> None:
+    _, url, _ = await _running(nursery, scenario, ca)
+    _, client_ctx = _contexts(ca)
+    host, port = url.removeprefix("https://").split(":")
+    stream = await trio.open_ssl_over_tcp_stream(host, int(port), ssl_context=client_ctx)
+    await stream.send_all(b"GET / HTTP/1.1\r\nHost: a\r\nbroken header\r\n\r\n")
+    answer = b""
+    with trio.fail_after(5):
+        while chunk := await stream.receive_some(4096):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 400 "), answer
+    await stream.aclose()
