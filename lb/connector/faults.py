@@ -23,6 +23,10 @@ What each fault does on the wire
 * ``status``: every request is answered with that status.
 * ``latency``: every answer waits that many seconds first (kept across other faults, as in
   the simulator, until ``recover``).
+* ``reset``: the request is read, then the connection is dropped before any byte of an
+  answer (the proxy's 502, or a ``retry_on`` retry; a failed probe).
+* ``truncate``: the answer's head promises a body, half of it is sent, then the connection
+  is dropped (a cut response: what ``retry_on.buffer_response`` can retry).
 * ``flap``: from the moment it is set, ``down_for`` seconds of ``how`` (one of the faults
   above) in every ``period``.
 
@@ -31,8 +35,9 @@ of the connector itself (the scenario's ``origin:`` target): the connector keeps
 routing, and a request for an application service (an origin URL, or ``hello_world``, which
 plays the application) gets what cloudflared answers when its origin fails: ``502`` for a
 refused or failed origin, no answer at all for a hung one (the proxy's 524 after its request
-timeout), the status of ``status``, the wait of ``latency``.  ``http_status`` rules answer
-without the application, so they stay unaffected, as in the simulator.
+timeout), the status of ``status``, the wait of ``latency``, a cut body for ``truncate``
+(cloudflared streams the application's body) and 502 for ``reset``.  ``http_status`` rules
+answer without the application, so they stay unaffected, as in the simulator.
 
 Faults the connector cannot make real on one machine are refused with a message naming them
 (``unreachable``, ``partition``): whether a host is reachable depends on where the asker is,
@@ -52,9 +57,19 @@ import trio
 
 from lb.connector.stats import ConnectorStats
 
-__all__ = ["FaultError", "Faults", "serve_control"]
+__all__ = ["FaultError", "Faults", "cut_answer", "serve_control"]
 
-FAULT_ACTIONS = ("refuse", "blackhole", "down", "status", "latency", "flap", "recover")
+FAULT_ACTIONS = (
+    "refuse",
+    "blackhole",
+    "down",
+    "status",
+    "latency",
+    "reset",
+    "truncate",
+    "flap",
+    "recover",
+)
 EDGE, ORIGIN = "edge", "origin"
 """The two layers a fault can hit: the connector itself, or the application behind it."""
 UNSUPPORTED = {
@@ -62,6 +77,8 @@ UNSUPPORTED = {
     "partition": "a partition seen from some places only cannot be made on one machine",
 }
 _MAX_BODY = 4096
+_CUT_BODY = 2048
+"""Bytes a ``truncate`` sends of the twice as long body its head promises."""
 ORIGIN_FAILED = 502
 """cloudflared's answer when its origin refuses, fails or is down."""
 
@@ -260,6 +277,12 @@ class Faults:
             return status
         return None
 
+    def cut(self, layer: str = EDGE) -> str | None:
+        """``reset`` or ``truncate`` when that fault is in force at ``layer``: the request is
+        answered by :func:`cut_answer` and its connection dropped."""
+        fault = self.current(layer)[0]
+        return fault if fault in ("reset", "truncate") else None
+
     async def origin_answer(self, stream: trio.abc.Stream) -> int | None:
         """Before a request reaches the application: wait out its latency, then the status
         cloudflared answers for a failing origin (502, or the fault's status), None when it
@@ -276,6 +299,15 @@ class Faults:
             await _swallow(stream)
             return 0
         return ORIGIN_FAILED
+
+
+async def cut_answer(send: Callable[[h11.Response | h11.Data], Awaitable[None]], how: str) -> None:
+    """What a ``reset`` or ``truncate`` fault sends before its caller drops the connection:
+    nothing, or a 200 head and half of the body it promises."""
+    if how == "truncate":
+        length = str(2 * _CUT_BODY).encode("ascii")
+        await send(h11.Response(status_code=200, headers=[(b"content-length", length)]))
+        await send(h11.Data(data=b"x" * _CUT_BODY))
 
 
 async def _swallow(stream: trio.abc.Stream) -> None:

@@ -23,7 +23,7 @@ import trio
 
 from lb.config.hosts import split_host_port
 from lb.connector.config import ConnectorConfig
-from lb.connector.faults import Faults
+from lb.connector.faults import ORIGIN, Faults, cut_answer
 from lb.connector.h11io import H11Stream, reason
 from lb.connector.ingress import Bastion, HelloWorld, HttpStatus, TcpService, match_rule
 from lb.connector.proxy import AbortConnectionError, OriginClient
@@ -260,6 +260,13 @@ class _Server:
         index = match_rule(self.rules, host, path)
         client.answered = partial(self._record, client, host, target, index)
         service = self.rules[index].parsed_service
+        application = not isinstance(service, HttpStatus | TcpService | Bastion)
+        cut = self.faults.cut()
+        if cut is None and application and self.faults.cut(ORIGIN) == "truncate":
+            cut = "truncate"  # cloudflared streams the body (a reset application: its 502)
+        if cut is not None:
+            await cut_answer(client.http.send, cut)
+            raise AbortConnectionError  # dropped before (reset) or inside (truncate) the body
         forced = self.faults.answer()
         if forced is not None:
             await client.respond(forced, b"", None)

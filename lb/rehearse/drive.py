@@ -77,6 +77,12 @@ def unrehearsable(sc: Scenario) -> list[str]:
         for x in sc.expectations
         if x.replica and x.replica not in edged
     ]
+    out += [
+        f"traffic {t.datacenter}: long-lived sessions (sessions:) are not driven by a "
+        "rehearsal, which sends requests only"
+        for t in sc.traffic
+        if t.sessions_rate
+    ]
     if sc.members:
         names = ", ".join(m.name for m in sc.members)
         out.append(

@@ -47,7 +47,7 @@ import httpx
 import trio
 
 from lb.config.model import Datacenter
-from lb.connector.faults import Faults, serve_control
+from lb.connector.faults import Faults, cut_answer, serve_control
 from lb.connector.h11io import H11Stream, reason
 from lb.proxy.headers import HOP_BY_HOP, colo_from_ray
 from lb.sim.network import prefer_local
@@ -181,6 +181,10 @@ class Edge:
         self, client: httpx.AsyncClient, http: H11Stream, request: h11.Request, body: bytes
     ) -> bool:
         """Forward one request; False when the LB's connection must be cut."""
+        cut = self.faults.cut()
+        if cut is not None:
+            await cut_answer(http.send, cut)
+            return False
         status = self.faults.answer()
         if status is not None:
             await _respond(http, request, status, [], b"")

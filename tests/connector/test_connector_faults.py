@@ -209,3 +209,35 @@ async def test_random_closes_end_idle_connections(
     assert b"keep-alive" not in head.lower()
     assert await _closed_by_server(stream)
     await trio.aclose_forcefully(stream)
+
+
+async def test_reset_and_truncate_drop_the_connection_before_or_inside_the_body(
+    nursery: trio.Nursery, server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext
+) -> None:
+    rules = (IngressRule("http_status:204", path="^/health"), IngressRule("hello_world"))
+    url, control = await _start(nursery, server_ctx, rules)
+    async with (
+        httpx.AsyncClient(verify=client_ctx, timeout=5) as client,
+        httpx.AsyncClient(timeout=5) as admin,
+    ):
+
+        async def do(**body: object) -> None:
+            response = await admin.post(control, json=body)
+            assert response.status_code == 200, response.text
+
+        await do(do="reset")
+        with pytest.raises(httpx.RemoteProtocolError, match="without sending"):
+            await client.get(url)  # the request was taken; no byte of an answer came back
+        await do(do="truncate")
+        with pytest.raises(httpx.RemoteProtocolError, match="received 2048 bytes, expected 4096"):
+            await client.get(url)  # a 200 head, then half of the promised body
+        await do(do="recover")
+        assert (await client.get(url)).status_code == 200
+        # At the application: a cut body for a request that reaches it, 502 for a reset
+        # one, and the rules that answer without it are unaffected.
+        await do(do="truncate", layer="origin")
+        with pytest.raises(httpx.RemoteProtocolError, match="received 2048 bytes, expected 4096"):
+            await client.get(url)
+        assert (await client.get(f"{url}health")).status_code == 204
+        await do(do="reset", layer="origin")
+        assert (await client.get(url)).status_code == 502

@@ -120,6 +120,19 @@ def test_origin_faults_are_made_real(tmp_path: Path) -> None:
     assert result.ok, result.table()
 
 
+def test_cut_responses_are_made_real_and_retried(tmp_path: Path) -> None:
+    """retry-on-truncated: the application behind stand-in c cuts every body in half; with
+    ``retry_on.buffer_response`` and passive health no user gets a cut response, as the
+    simulator predicts."""
+    result = rehearse(
+        SCENARIOS / "retry-on-truncated.yaml", seeds=5, speed=5, rate=0.5, workdir=tmp_path
+    )
+    data = result.real.data
+    assert data["errors"] == 0, result.table()
+    assert data["retry_on_retries"] > 0, data
+    assert result.ok, result.table()
+
+
 def test_keep_alive_closes_and_probe_counts_are_real(tmp_path: Path) -> None:
     """keep-alive-closes with a ``probes`` expectation: the node stand-in closes idle
     connections for real (0.5 s at speed 10, and at random), no user sees it, and the
@@ -193,6 +206,12 @@ def test_a_cluster_scenario_is_refused_naming_each_part(tmp_path: Path) -> None:
     assert "blackhole tunnel dc1: seen_from (a fault seen from some places only)" in message
     assert "cluster (fra, ams, sin): a rehearsal runs one `tunnel-lb run`" in message
     assert "partition member sin: member 'sin' cannot be partitioned from the store" in message
+    assert "\n" not in message
+
+
+def test_long_lived_sessions_are_refused_not_silently_left_out(tmp_path: Path) -> None:
+    message = _refusal(SCENARIOS / "ssh-sessions-failover.yaml", tmp_path)
+    assert "long-lived sessions (sessions:) are not driven by a rehearsal" in message
     assert "\n" not in message
 
 
