@@ -83,8 +83,8 @@ def _freeze_startup_objects() -> None:
     objects) out of the cyclic garbage collector's way.
 
     Every full collection walked all of them: up to ~100 ms with every request stalled,
-    several times a minute under load, which was the proxy's p99 (docs/bench.md, "Where
-    the time goes").  Startup garbage is collected first, then the rest is frozen
+    several times a minute under load, right in the latency tail (docs/bench.md, "The
+    proxy's hot path").  Startup garbage is collected first, then the rest is frozen
     (``gc.freeze``); what is allocated later is collected as before, but the youngest
     generation every 10,000 net allocations instead of 700: each young collection walks
     every request in flight, and a request frees its objects by reference counting anyway.
