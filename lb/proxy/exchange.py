@@ -82,7 +82,7 @@ from lb.proxy.state import (
     Shared,
     sent,
 )
-from lb.proxy.upstream import UpstreamConnection, target_for
+from lb.proxy.upstream import Target, UpstreamConnection, target_for
 from lb.proxy.urls import BadTargetError, origin_form
 from steering.affinity import COOKIE_NAME, expires_of
 from steering.geo import client_country
@@ -314,7 +314,7 @@ async def _attempts(ex: Exchange, tries: _Tries) -> bool:
     while True:
         endpoint = tries.decision.endpoint
         assert endpoint is not None
-        target = target_for(endpoint, record.host, connect_to)
+        target = _target(shared, endpoint, record.host, connect_to)
         up = None if tries.fresh else pool.checkout(target)
         attempt = Attempt(
             pool=endpoint.pool, endpoint=endpoint.key, status=0, reused=up is not None
@@ -732,6 +732,24 @@ def _header_names(shared: Shared, settings: EngineSettings) -> tuple[bytes, byte
             settings.datacenter_header.lower().encode("latin-1"),
         )
     return shared.names
+
+
+def _target(
+    shared: Shared, endpoint: EndpointView, host: str, connect_to: Mapping[str, str]
+) -> Target:
+    """:func:`target_for`, remembered per endpoint and client Host (the client's Host only
+    matters to an endpoint without a Host of its own) until ``connect_to`` or the endpoint's
+    view changes: it normalises names and parses addresses, the same every time."""
+    if shared.targets_key is not connect_to:
+        shared.targets_key = connect_to
+        shared.targets = {}
+    key = (endpoint.pool, endpoint.name, "" if endpoint.host else host)
+    found = shared.targets.get(key)
+    if found is None or found.endpoint is not endpoint:
+        if len(shared.targets) > 4096:
+            shared.targets.clear()
+        found = shared.targets[key] = target_for(endpoint, host, connect_to)
+    return found
 
 
 def _is_trusted(shared: Shared, peer: str, settings: EngineSettings) -> bool:

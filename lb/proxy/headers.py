@@ -239,7 +239,8 @@ def response_headers(
     """
     drop: tuple[bytes, ...] = ()
     for name, value in headers:
-        if name == b"connection":
+        if name == b"connection" and value.lower() != b"keep-alive":
+            # (``keep-alive``, what most servers send, names a header dropped anyway.)
             drop += tuple(
                 t for t in (t.strip().lower() for t in value.split(b",")) if t not in _FRAMING
             )

@@ -36,7 +36,7 @@ from lb.proxy.capacity import default_max_connections
 from lb.proxy.errors import RequestError
 from lb.proxy.headers import RequestFacts
 from lb.proxy.hooks import ProxyHooks, RequestRecord
-from lb.proxy.upstream import UpstreamConnection, UpstreamPool
+from lb.proxy.upstream import Target, UpstreamConnection, UpstreamPool
 
 __all__ = [
     "RECEIVE_SIZE",
@@ -244,6 +244,8 @@ class Shared:
         "rid_prefix",
         "rng",
         "shed",
+        "targets",
+        "targets_key",
         "trust_key",
         "trusted_cache",
         "trusted_nets",
@@ -287,6 +289,10 @@ class Shared:
         self.retry_key: object = None
         self.retry_lbs: frozenset[str] = frozenset()
         """The load balancers whose requests ``retry_on`` may retry (for ``retry_key``)."""
+        self.targets_key: object = None
+        self.targets: dict[tuple[str, str, str], Target] = {}
+        """Per endpoint key and client Host: where its attempts go, for ``targets_key``
+        (the ``connect_to`` mapping in force)."""
 
     @property
     def max_connections(self) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
 import trio
@@ -235,6 +236,28 @@ async def test_target_rules() -> None:
     other = _endpoint(address="10.0.0.1", port=8443)
     assert target_for(other, "c", {}).tls is True
     assert target_for(_endpoint(address="10.0.0.1", port=0), "c", {}).dial_port == 443
+
+
+def test_targets_are_remembered_until_the_endpoint_or_connect_to_changes() -> None:
+    from types import SimpleNamespace
+
+    from lb.proxy.exchange import _target
+
+    shared: Any = SimpleNamespace(targets={}, targets_key=None)
+    ep = _endpoint(address="10.0.0.1", port=8443)
+    mapping = {"10.0.0.1:8443": "127.0.0.1:9000"}
+    first = _target(shared, ep, "a.example", mapping)
+    assert (first.dial_host, first.dial_port, first.host) == ("127.0.0.1", 9000, "a.example")
+    assert _target(shared, ep, "a.example", mapping) is first
+    assert _target(shared, ep, "b.example", mapping).host == "b.example"  # no Host of its own
+    fixed = _endpoint(address="10.0.0.1", port=8443, host="h.example")
+    assert _target(shared, fixed, "c.example", mapping).host == "h.example"
+    # A new view of the endpoint (a reload, a health change) is looked up again...
+    moved = _endpoint(address="10.0.0.2", port=8443)
+    assert _target(shared, moved, "a.example", mapping).dial_host == "10.0.0.2"
+    # ...and so is every endpoint when connect_to changes.
+    remapped = {"10.0.0.2:8443": "127.0.0.1:9001"}
+    assert _target(shared, moved, "a.example", remapped).dial_port == 9001
 
 
 def _endpoint(*, address: str, port: int, host: str | None = None):  # type: ignore[no-untyped-def]
