@@ -146,7 +146,7 @@ class _LoadMemo:
     have ``size`` slots (slots are only ever appended).
     """
 
-    __slots__ = ("at", "counts", "cumulative", "size", "slots", "terms", "total", "version")
+    __slots__ = ("at", "counts", "cumulative", "size", "slots", "terms", "top", "total", "version")
 
     def __init__(self) -> None:
         self.counts: Counts | None = None
@@ -158,6 +158,8 @@ class _LoadMemo:
         """``w / (n + 1)`` per item."""
         self.cumulative: list[float] = []
         self.total = 0.0
+        self.top = -1
+        """The last position of :attr:`cumulative` (kept, not asked of ``len`` per pick)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,16 +190,17 @@ class _Endpoints:
         cumulative: Sequence[float]
         if counts is None:
             cumulative, total = self.cumulative, self.total
+            top = len(cumulative) - 1
         else:
             memo = self.memo
             if counts is not memo.counts or counts.version != memo.version:
                 self._refresh(memo, counts)
-            cumulative, total = memo.cumulative, memo.total
+            cumulative, total, top = memo.cumulative, memo.total, memo.top
         if total <= 0:
             return -1
         i = bisect(cumulative, rng.random() * total)
-        # random() < 1 so i < len, except through float rounding at the very top of the range.
-        return i if i < len(cumulative) else len(cumulative) - 1
+        # random() < 1 so i <= top, except through float rounding at the very top of the range.
+        return i if i <= top else top
 
     def _refresh(self, memo: _LoadMemo, counts: Counts) -> None:
         """Bring R21's table up to date with ``counts``: recompute the terms of the slots written
@@ -220,6 +223,7 @@ class _Endpoints:
             memo.terms = terms = _load_terms(self.weights, slots, n)
         memo.cumulative = cumulative = list(accumulate(terms))
         memo.total = cumulative[-1] if cumulative else 0.0
+        memo.top = len(cumulative) - 1
         memo.counts, memo.version = counts, counts.version
 
     @classmethod
@@ -463,6 +467,8 @@ class Router:
                     i = bisect(eps.cumulative, rng.random() * eps.total)
                 elif policy == "least_outstanding_requests":  # _index's R21, one call
                     i = eps.load_index((live or _NO_LIVE).in_flight_by_pool.get(eps.pool), rng)
+                    if i >= 0:  # already within the set (load_index clamps it)
+                        return made[i]
                 else:
                     i = self._index(eps, policy, req, rng, live or _NO_LIVE)
                 if i >= 0:
