@@ -453,7 +453,9 @@ class Router:
             # The fast path (module docstring): no affinity, and the pool does not depend on
             # the request, so only the endpoint pick is left, done as in the general path.
             key = req.datacenter if plan.fast_by_datacenter else ""
-            fast = plan.fast.get(f"{key}|{req.country}" if plan.by_country else key)
+            if plan.by_country and req.country:  # no country: the data center's (one key)
+                key = f"{key}|{req.country}"
+            fast = plan.fast.get(key)
             if fast is not None:
                 # One statement per field: a tuple assignment of four builds and unpacks a
                 # tuple (bench/steering.py measures the difference).
@@ -844,7 +846,7 @@ class Router:
     ) -> Decision:
         route = self._route(plan, req)
         dc_key = req.datacenter if plan.fast_by_datacenter else ""
-        fast_key = f"{dc_key}|{req.country}" if plan.by_country else dc_key
+        fast_key = f"{dc_key}|{req.country}" if plan.by_country and req.country else dc_key
         if not tr.on and plan.affinity == "none" and fast_key not in plan.fast:
             self._compile_fast(plan, route, fast_key, dc_key)  # for the next decide()
         if tr.on:
@@ -870,7 +872,8 @@ class Router:
 
     def _compile_fast(self, plan: _Plan, route: _Route, key: str, dc: str) -> None:
         """Cache under ``key`` the fast-path entry of ``plan`` for data center ``dc`` (see
-        :class:`_Fast`); the key also holds the client's country when the route depends on it."""
+        :class:`_Fast`); the key also holds the client's country when the route depends on it
+        and the request carries one (without one the data center's decides: the plain key)."""
         fast: _Fast | None = None
         if (
             plan.policy in _ORDERED
