@@ -35,6 +35,7 @@ exactly as on a lone stand-in.  ``docs/rehearse.md`` lists what this does not mo
 from __future__ import annotations
 
 import contextlib
+import logging
 import random
 import ssl
 from collections import Counter
@@ -54,6 +55,8 @@ from lb.sim.network import prefer_local
 from lb.sim.scenario import Replica
 
 __all__ = ["MAX_BODY", "NO_CONNECTOR", "Edge", "Upstream"]
+
+log = logging.getLogger(__name__)
 
 NO_CONNECTOR = 530
 """The answer when no replica takes the request (Cloudflare's error 1033)."""
@@ -149,6 +152,8 @@ class Edge:
             clean = await self._serve(client, H11Stream(tls, h11.SERVER, read_timeout=IDLE))
         except _GONE:
             pass
+        except Exception:  # a bug must cost one connection, not the rehearsal
+            log.exception("edge_connection_failed")
         finally:
             if clean:  # with TLS close_notify, so a client reading to the end sees one
                 with trio.move_on_after(1), contextlib.suppress(*_GONE):
@@ -192,6 +197,9 @@ class Edge:
         headers = [(n, v) for n, v in request.headers if n not in HOP_BY_HOP and n not in _FRAMING]
         dc = colo_from_ray(next((v for n, v in headers if n == b"cf-ray"), None))
         target = request.target.decode("latin-1")
+        if not target.startswith("/"):  # OPTIONS *, or a form the LB never sends upstream
+            await _respond(http, request, 400, [], b"the edge forwards origin-form targets\n")
+            return True
         failed: set[str] = set()
         while (up := self.choose(dc, failed)) is not None:
             try:
@@ -202,15 +210,22 @@ class Edge:
                     content=body,
                 )
                 response = await client.send(req, stream=True)
-            except httpx.HTTPError:  # refused, or broken before the answer: the next one
+            except httpx.ConnectError:  # refused: Cloudflare's edge tries the next replica
                 failed.add(up.replica.name)
                 continue
-            try:
-                raw = b"".join([chunk async for chunk in response.aiter_raw()])
             except httpx.HTTPError:
-                return False  # broken mid-answer: the LB sees its connection go
+                return False  # taken, then reset before an answer: so is the LB's connection
+            chunks: list[bytes] = []
+            try:
+                async for chunk in response.aiter_raw():
+                    chunks.append(chunk)  # noqa: PERF401 (kept when the body breaks off)
+            except httpx.HTTPError:
+                # Cut mid-body: the LB gets the head and the bytes that came, then the cut.
+                await _cut(http, response, b"".join(chunks))
+                return False
             finally:
                 await response.aclose()
+            raw = b"".join(chunks)
             self.served[up.replica.name] += 1
             rid = next((v for n, v in headers if n == b"x-request-id"), None)
             if rid is not None:
@@ -251,6 +266,15 @@ async def _refuse(http: H11Stream, status: int, why: str) -> None:
     await http.send(h11.Response(status_code=status, headers=headers, reason=reason(status)))
     await http.send(h11.Data(data=body))
     await http.send(h11.EndOfMessage())
+
+
+async def _cut(http: H11Stream, response: httpx.Response, partial: bytes) -> None:
+    """Relay the head of a response whose body broke off, and the part that came."""
+    headers = [(n, v) for n, v in response.headers.raw if n.lower() not in HOP_BY_HOP]
+    status = response.status_code
+    await http.send(h11.Response(status_code=status, headers=headers, reason=reason(status)))
+    if partial:
+        await http.send(h11.Data(data=partial))
 
 
 async def _respond(

@@ -159,3 +159,40 @@ async def test_a_malformed_request_gets_a_400(
             answer += chunk
     assert answer.startswith(b"HTTP/1.1 400 "), answer
     await stream.aclose()
+
+
+async def test_a_reset_or_cut_replica_reaches_the_lb_as_it_is(
+    nursery: trio.Nursery, scenario: Scenario, ca: trustme.CA
+) -> None:
+    """A replica that takes the request and resets is not passed over (the request was
+    sent): the LB's connection goes too, as in the simulator; a body cut short reaches the
+    LB cut short."""
+    edge, url, faults = await _running(nursery, scenario, ca)
+    _, client_ctx = _contexts(ca)
+    headers = {"host": "app.example.com", "cf-ray": "1-FRA"}
+    async with httpx.AsyncClient(verify=client_ctx, timeout=5) as client:
+        faults["host-fra"].apply({"do": "reset"})
+        with pytest.raises(httpx.RemoteProtocolError, match="without sending"):
+            await client.get(f"{url}/", headers=headers)
+        faults["host-fra"].apply({"do": "truncate"})
+        with pytest.raises(httpx.RemoteProtocolError, match="received 2048 bytes"):
+            await client.get(f"{url}/", headers=headers)
+        faults["host-fra"].apply({"do": "recover"})
+        assert (await client.get(f"{url}/", headers=headers)).status_code == 200
+    assert edge.served["host-iad"] == 0
+
+
+async def test_a_target_that_is_not_a_path_gets_a_400_and_the_edge_keeps_serving(
+    nursery: trio.Nursery, scenario: Scenario, ca: trustme.CA
+) -> None:
+    _, url, _ = await _running(nursery, scenario, ca)
+    _, client_ctx = _contexts(ca)
+    host, port = url.removeprefix("https://").split(":")
+    stream = await trio.open_ssl_over_tcp_stream(host, int(port), ssl_context=client_ctx)
+    await stream.send_all(b"OPTIONS * HTTP/1.1\r\nHost: app.example.com\r\nCF-Ray: 1-FRA\r\n\r\n")
+    with trio.fail_after(5):
+        answer = await stream.receive_some(4096)
+    assert answer.startswith(b"HTTP/1.1 400 "), answer
+    await stream.aclose()
+    async with httpx.AsyncClient(verify=client_ctx, timeout=5) as client:
+        assert (await client.get(f"{url}/", headers={"host": "app.example.com"})).status_code == 200
