@@ -316,6 +316,11 @@ class _Reader:
         self.target += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if not self.head_open:
+            # A chunked body's trailer section: llhttp reports its fields here too.  They are
+            # never headers (RFC 9110 §6.5.1: merging them would let a trailer Host steer the
+            # request, or a trailer Set-Cookie reach the client); the proxy drops them.
+            return
         headers = self.headers
         if len(headers) >= self.max_headers:
             raise _TooManyHeadersError
@@ -497,7 +502,7 @@ class Connection:
             reader.head_bytes += len(data)
             if reader.head_bytes > self._max_head:
                 self._broken = True
-                reader.queue.append(RemoteProtocolError("request head too large", 431))
+                reader.queue.append(RemoteProtocolError("head too large", 431))
         if reader.chunked:
             # The body of the request just parsed is chunked: follow its size lines from
             # the end of its head, when that head is the only one begun, at the start of

@@ -110,6 +110,36 @@ def test_a_close_delimited_response_ends_at_eof_and_is_not_reused() -> None:
     assert conn.their_state is not http1.DONE  # never back to the pool
 
 
+def test_a_requests_trailer_fields_never_become_its_headers() -> None:
+    """A trailer Host must not steer the request, nor any trailer field reach the endpoint
+    as a header (RFC 9110 §6.5.1); the body arrives in the same read as the head."""
+    conn = http1.Connection(http1.SERVER)
+    conn.receive_data(
+        b"POST / HTTP/1.1\r\nHost: a.example\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"2\r\nhi\r\n0\r\nHost: evil.example\r\nX-Injected: 1\r\n\r\n"
+    )
+    events = _events(conn)
+    request = events[0]
+    assert isinstance(request, http1.Request)
+    assert request.headers == [(b"host", b"a.example"), (b"transfer-encoding", b"chunked")]
+    assert [type(e) for e in events[1:]] == [http1.Data, http1.EndOfMessage]
+
+
+def test_a_responses_trailer_fields_never_become_its_headers() -> None:
+    conn = http1.Connection(http1.CLIENT)
+    conn.send(http1.Request(method=b"GET", target=b"/", headers=[(b"host", b"a")]))
+    conn.send(http1.EOM)
+    conn.receive_data(
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+        b"2\r\nhi\r\n0\r\nSet-Cookie: s=1\r\n\r\n"
+    )
+    events = _events(conn)
+    response = events[0]
+    assert isinstance(response, http1.Response)
+    assert response.headers == [(b"transfer-encoding", b"chunked")]
+    assert [type(e) for e in events[1:]] == [http1.Data, http1.EndOfMessage]
+
+
 def test_an_upgrade_requests_body_comes_before_the_switch() -> None:
     conn = http1.Connection(http1.SERVER)
     conn.receive_data(
