@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import trio
 
 from lb.config.model import FixedResponse
+from lb.core.attempts import Failure
 from lb.proxy import errors, http1
 from lb.proxy.errors import RequestError, error_body, public_status, reason_phrase
 from lb.proxy.hooks import RequestRecord
@@ -188,6 +189,17 @@ async def timed_out(ex: Exchange) -> None:
         if record.attempts and not ex.responded:
             record.attempts[-1].status = status
             record.attempts[-1].error = RequestError.RESPONSE_TIMEOUT
+        endpoint = ex.endpoint
+        if phase is Phase.UPSTREAM and endpoint is not None:
+            # No head came: passive health counts the attempt as its 524, as the simulator
+            # does (a head that came was counted when it came).
+            shared.engine.outcome(
+                endpoint.pool,
+                endpoint.name,
+                status=status,
+                failure=Failure.RESPONSE_TIMEOUT,
+                now=trio.current_time(),
+            )
     else:
         status = 408
         record.error = RequestError.CLIENT_TIMEOUT

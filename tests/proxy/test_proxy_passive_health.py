@@ -32,9 +32,14 @@ ORIGINS = ("good.example", "bad.example")
 
 
 async def serve_origin(
-    ca: trustme.CA, broken: bool, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
+    ca: trustme.CA,
+    broken: bool,
+    hang: bool = False,
+    *,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """A TLS origin: ``/health`` answers 200; anything else 200, or 502 when ``broken``."""
+    """A TLS origin: ``/health`` answers 200; anything else 200, or when ``broken`` 502
+    (never an answer with ``hang``)."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert(*ORIGINS, LB).configure_cert(context)
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
@@ -49,6 +54,8 @@ async def serve_origin(
                     return
                 head += data
             path = head.split(b" ", 2)[1]
+            if broken and hang and path != b"/health":
+                await trio.sleep_forever()  # the hang under test: the proxy's 524 ends it
             code, body = (502, b"bad gateway") if broken and path != b"/health" else (200, b"ok")
             reply = b"HTTP/1.1 %d X\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s" % (
                 code,
@@ -62,11 +69,12 @@ async def serve_origin(
     await trio.serve_listeners(handle, [trio.SSLListener(lst, context) for lst in listeners])
 
 
-def config(ports: dict[str, int], passive: dict[str, Any] | None) -> str:
+def config(ports: dict[str, int], passive: dict[str, Any] | None, **limits: float) -> str:
     engine: dict[str, Any] = {
         "listen": [{"address": "127.0.0.1", "port": 0}],
         "admin": "127.0.0.1:0",
         "minimum_interval": 1,
+        "limits": limits,
     }
     if passive is not None:
         engine["passive_health"] = passive
@@ -97,14 +105,21 @@ def config(ports: dict[str, int], passive: dict[str, Any] | None) -> str:
 
 
 async def start(
-    tmp_path: Path, nursery: trio.Nursery, passive: dict[str, Any] | None
+    tmp_path: Path,
+    nursery: trio.Nursery,
+    passive: dict[str, Any] | None,
+    *,
+    hang: bool = False,
+    **limits: float,
 ) -> tuple[Running, list[HealthEvent]]:
     ca = trustme.CA()
     upstream = ssl.create_default_context()
     ca.configure_trust(upstream)
-    ports = {name: await nursery.start(serve_origin, ca, name == "bad.example") for name in ORIGINS}
+    ports = {
+        name: await nursery.start(serve_origin, ca, name == "bad.example", hang) for name in ORIGINS
+    }
     path = tmp_path / "lb.json"
-    path.write_text(config(ports, passive))
+    path.write_text(config(ports, passive, **limits))
     running: Running = await nursery.start(
         lambda task_status: serve_lb(
             [str(path)],
@@ -190,4 +205,25 @@ async def test_without_passive_health_502s_never_change_health(
     assert answers.count(502) >= 6  # random steering sends about half there
     assert [e for e in events if e.endpoint == "bad" and e.after is not Health.HEALTHY] == []
     assert running.engine.book.passive("p", "bad") is None
+    nursery.cancel_scope.cancel()
+
+
+async def test_an_endpoint_that_never_answers_is_ejected_by_its_524s(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """A response timeout counts as the 524 it is answered with, in the proxy as in the
+    simulator: three in a row eject an endpoint whose monitor still passes."""
+    passive = {"consecutive_5xx": 3, "base_ejection_time": 30}
+    running, events = await start(tmp_path, nursery, passive, hang=True, request_timeout=0.5)
+    host, port = running.proxy[0]
+    async with httpx.AsyncClient(timeout=10, headers={"Host": LB}) as client:
+        answers = []
+        for _ in range(100):
+            answers.append((await client.get(f"http://{host}:{port}/")).status_code)
+            if passive_events(events):
+                break
+    assert answers.count(524) == 3 and answers[-1] == 524, answers
+    ejected = passive_events(events)[0]
+    assert (ejected.endpoint, ejected.after) == ("bad", Health.UNHEALTHY)
+    assert ejected.reason.startswith("passive: 3 consecutive 524")
     nursery.cancel_scope.cancel()
