@@ -76,6 +76,8 @@ from lb.lifecycle import STOP_SIGNALS, receive_signals
 from lb.metrics import Metrics
 
 __all__ = [
+    "FROM_CHILD",
+    "FROM_PARENT",
     "ChildContext",
     "ConfigSwap",
     "Hello",
@@ -255,12 +257,19 @@ def encode(message: Message) -> bytes:
     return json.dumps({message.kind.value: payload}, separators=(",", ":")).encode() + b"\n"
 
 
-def decode(line: bytes | str) -> Message:
-    """The message of one :func:`encode` line.
+FROM_PARENT = frozenset({Kind.HELLO, Kind.RESTORE, Kind.PROBE, Kind.CONFIG, Kind.SHUTDOWN})
+"""What a child accepts (the parent's messages carry the pickled configuration)."""
+FROM_CHILD = frozenset({Kind.READY, Kind.REPORT})
+"""What the parent accepts: nothing a child sends is ever unpickled."""
+
+
+def decode(line: bytes | str, accept: frozenset[Kind] = FROM_PARENT | FROM_CHILD) -> Message:
+    """The message of one :func:`encode` line, of one of the kinds ``accept``.
 
     Raises:
         ProtocolError: for a line that is not JSON, not an object with exactly one key, of
-            an unknown kind, or whose payload is malformed; the message says which.
+            an unknown kind or one not accepted, or whose payload is malformed; the message
+            says which.
     """
     try:
         obj = json.loads(line)
@@ -273,16 +282,11 @@ def decode(line: bytes | str) -> Message:
         kind = Kind(name)
     except ValueError:
         raise ProtocolError(f"unknown message kind {name!r}") from None
+    if kind not in accept:
+        raise ProtocolError(f"a {kind} message is not expected here")
     try:
         return _DECODERS[kind](payload)
-    except (
-        KeyError,
-        IndexError,
-        TypeError,
-        ValueError,
-        AttributeError,
-        pickle.UnpicklingError,
-    ) as exc:
+    except Exception as exc:  # whatever a malformed payload (or pickle) raises
         raise ProtocolError(f"malformed {kind} message: {type(exc).__name__}: {exc}") from None
 
 
@@ -757,7 +761,7 @@ class Workers:
     async def _read(self, slot: _Slot, process: trio.Process) -> None:
         """Handle the child's reports until its stdout closes."""
         assert process.stdout is not None
-        async for message in _messages(process.stdout):
+        async for message in _messages(process.stdout, FROM_CHILD):
             slot.last_seen = trio.current_time()
             match message:
                 case Report():
@@ -772,15 +776,11 @@ class Workers:
                     logs.event("worker_ready", worker=slot.index, pid=message.pid, listen=listen)
                     if slot.ready is not None:
                         slot.ready.set()
-                case _:
-                    logs.event(
-                        "worker_bad_message",
-                        logging.ERROR,
-                        error=f"{message.kind} sent by a worker",
-                    )
 
 
-async def _messages(stream: trio.abc.ReceiveStream) -> AsyncIterator[Message]:
+async def _messages(
+    stream: trio.abc.ReceiveStream, accept: frozenset[Kind]
+) -> AsyncIterator[Message]:
     """The messages of ``stream``, one per line, until its end; bad lines are logged and
     skipped."""
     buffer = b""
@@ -795,7 +795,7 @@ async def _messages(stream: trio.abc.ReceiveStream) -> AsyncIterator[Message]:
         *lines, buffer = buffer.split(b"\n")
         for raw in lines:
             try:
-                message = decode(raw)
+                message = decode(raw, accept)
             except ProtocolError as exc:
                 line = raw[:200].decode("latin-1")
                 logs.event("worker_bad_message", logging.ERROR, error=str(exc), line=line)
@@ -833,7 +833,7 @@ async def run_child(
     control_out = trio.lowlevel.FdStream(os.dup(1))
     os.dup2(2, 1)
     shutdown = trio.Event()
-    messages = _messages(control_in)
+    messages = _messages(control_in, FROM_PARENT)
     hello = await anext(messages, None)
     if not isinstance(hello, Hello):
         raise RuntimeError("the first message from the parent must be hello")

@@ -19,6 +19,7 @@ from core_builders import make_config, make_pool, result
 from lb.config.model import Listener
 from lb.core.health import Health, ProbeResult
 from lb.workers import (
+    FROM_CHILD,
     ConfigSwap,
     Hello,
     Kind,
@@ -133,6 +134,7 @@ def _pickled(obj: object) -> str:
             json.dumps({"config": _pickled(["not", "a", "config"])}).encode(),
             "malformed config message: TypeError: expected a Config, got list",
         ),
+        (b'{"config":"gAU="}', "malformed config message: EOFError"),  # a cut pickle
     ],
 )
 def test_decode_refuses_what_is_not_a_message(line: bytes, reason: str) -> None:
@@ -140,6 +142,13 @@ def test_decode_refuses_what_is_not_a_message(line: bytes, reason: str) -> None:
         decode(line)
     text = str(caught.value)
     assert text.startswith(reason) and "\n" not in text
+
+
+@pytest.mark.parametrize("kind", ["hello", "config", "restore", "probe", "shutdown"])
+def test_the_parent_takes_only_ready_and_report_from_a_child(kind: str) -> None:
+    """A child's line is never unpickled: the kinds that carry pickles are refused first."""
+    with pytest.raises(ProtocolError, match=f"a {kind} message is not expected here"):
+        decode(json.dumps({kind: _pickled(object())}).encode(), FROM_CHILD)
 
 
 def test_a_report_with_bad_live_counts_keeps_the_good_ones() -> None:
