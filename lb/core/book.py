@@ -374,11 +374,13 @@ class HealthBook:
         does not use (not healthy, or already ejected) is not counted.
         """
         ep = self._endpoints.get((pool, endpoint))
-        if ep is None or ep.ejector is None or ep.ejector.ejected:
-            return []
+        if ep is None or ep.health is not Health.HEALTHY:
+            return []  # not counted: a run built while unhealthy would eject on recovery
         ejector = ep.ejector
+        if ejector is None or ejector.ejected:
+            return []
         reason = ejector.observe(outcome)
-        if not reason or ep.health is not Health.HEALTHY:
+        if not reason:
             return []
         peers = [e for (p, _), e in self._endpoints.items() if p == pool]
         out = sum(1 for e in peers if e.ejector is not None and e.ejector.ejected)

@@ -116,6 +116,25 @@ def test_repeated_ejections_last_longer_up_to_the_maximum_and_decay() -> None:
     assert events[0].reason.endswith("ejected for 10s")
 
 
+def test_failures_while_the_monitor_has_it_down_are_not_counted() -> None:
+    """Traffic that still reaches an unhealthy endpoint (a fallback pool, every pool down)
+    builds no run: its first failure after recovery does not eject it."""
+    hb = healthy_book(passive_config())
+    for k in range(10):
+        hb.apply(result("a", "a-0", False, at=1.0 + k))
+        if health(hb) is U:
+            break
+    assert health(hb) is U
+    assert feed(hb, [E502] * 5, at=20.0) == []
+    for k in range(10):
+        hb.apply(result("a", "a-0", True, at=30.0 + k))
+        if health(hb) is H:
+            break
+    assert health(hb) is H
+    assert feed(hb, [E502, E502], at=50.0) == []  # a fresh run: two of three
+    assert feed(hb, [E502], at=51.0)
+
+
 def test_the_cap_keeps_the_rest_of_the_pool_in() -> None:
     # 4 endpoints, 50 %: two may be out at once; a third waits until one is back
     hb = healthy_book(passive_config(4, dataclasses.replace(ON, max_ejection_percent=50)))
