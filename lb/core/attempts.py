@@ -24,8 +24,10 @@ Two retries exist, each at most once per request, and both go out on a *fresh* c
   conn-failure empty-response`` with its request buffer; Go's transport retries only requests
   it can rewind (``GetBody``), which is the same idea.
 
-No retry follows a retry's failure except one: a stale retry whose fresh dial fails to
-connect may still fail over (the endpoint died under its pooled connection).
+Without ``retry_on``, no retry follows a retry's failure except one: a stale retry whose
+fresh dial fails to connect may still fail over (the endpoint died under its pooled
+connection).  With it, the retries below may follow those two, and those two them, within
+``num_retries`` and the budget.
 
 Beyond Cloudflare: ``retry_on``
 -------------------------------

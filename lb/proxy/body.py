@@ -17,7 +17,7 @@ import trio
 from lb.core.attempts import Body
 from lb.proxy import errors, http1
 from lb.proxy.errors import RequestError, UpstreamError
-from lb.proxy.state import RECEIVE_SIZE, BodyPump, ClientError, Exchange, Move, sent
+from lb.proxy.state import RECEIVE_SIZE, BodyPump, ClientError, Exchange, Move
 from lb.proxy.upstream import UpstreamConnection
 
 __all__ = [
@@ -187,7 +187,7 @@ def up_send(uh: http1.Connection, event: http1.Data | http1.EndOfMessage) -> byt
     means a request head that says one thing and a body that does another: 400, not a crash.
     """
     try:
-        return sent(uh.send(event))
+        return uh.send(event)
     except http1.LocalProtocolError as exc:
         raise ClientError(400, RequestError.BAD_REQUEST) from exc
 

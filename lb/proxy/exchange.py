@@ -80,7 +80,6 @@ from lb.proxy.state import (
     Exchange,
     Move,
     Shared,
-    sent,
 )
 from lb.proxy.upstream import Target, UpstreamConnection, target_for
 from lb.proxy.urls import BadTargetError, origin_form
@@ -539,7 +538,7 @@ async def forward(
     uh = up.http
     try:
         pending = [
-            sent(uh.send(http1.Request(method=event.method, target=ex.target, headers=out_headers)))
+            uh.send(http1.Request(method=event.method, target=ex.target, headers=out_headers))
         ]
     except http1.LocalProtocolError as exc:
         raise ClientError(400, RequestError.BAD_REQUEST) from exc
@@ -567,7 +566,7 @@ async def forward(
         ex.advance(Move.CLIENT, limits.idle_timeout)
         continue_ = http1.InformationalResponse(status_code=100, headers=[], reason=b"Continue")
         try:
-            await ex.stream.send_all(sent(conn.send(continue_)))
+            await ex.stream.send_all(conn.send(continue_))
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise ClientError(0, RequestError.CLIENT_DISCONNECTED) from exc
     assert ex.tasks is not None
@@ -650,9 +649,7 @@ async def relay(
         return await splice(ex, up, response, set_cookie)
     headers = response_headers(response.headers, set_cookie=set_cookie, close=shared.draining)
     try:
-        pending = [
-            sent(conn.send(http1.Response(status_code=status, headers=headers, reason=reason)))
-        ]
+        pending = [conn.send(http1.Response(status_code=status, headers=headers, reason=reason))]
     except http1.LocalProtocolError as exc:
         raise UpstreamError(errors.BAD_GATEWAY, RequestError.UPSTREAM_PROTOCOL) from exc
     ex.advance(Move.RESPOND)
@@ -670,9 +667,9 @@ async def relay(
         if kind is http1.Data:
             assert isinstance(ev, http1.Data)
             record.bytes_out += len(ev.data)
-            pending.append(sent(conn.send(ev)))
+            pending.append(conn.send(ev))
         elif kind is http1.EndOfMessage:
-            pending.append(sent(conn.send(EOM)))
+            pending.append(conn.send(EOM))
             break
         elif ev is http1.NEED_DATA:
             if pending:

@@ -268,7 +268,6 @@ class _Reader:
         "parser",
         "queue",
         "reason",
-        "status",
         "target",
         "until_eof",
         "version",
@@ -290,7 +289,6 @@ class _Reader:
         self.chunked = False
         """The request just parsed has a chunked body (its size lines are followed next)."""
         self.chunks: _Chunks | None = None
-        self.status = 0
         self.reason = b""
         self.version = b"1.1"
         self.parser: httptools.HttpRequestParser | httptools.HttpResponseParser
@@ -357,7 +355,7 @@ class _Reader:
                 )
             )
             return
-        status = self.status = parser.get_status_code()
+        status = parser.get_status_code()
         self.informational = status < 200
         if self.informational:
             self.queue.append(
@@ -397,9 +395,6 @@ class _Reader:
             self.queue.append(EOM)
         self.informational = False
         self.until_eof = False
-
-    def on_chunk_header(self) -> None:
-        pass
 
 
 class Connection:

@@ -18,7 +18,7 @@ from lb.core.attempts import Failure
 from lb.proxy import errors, http1
 from lb.proxy.errors import RequestError, error_body, public_status, reason_phrase
 from lb.proxy.hooks import RequestRecord
-from lb.proxy.state import Client, ClientError, Exchange, Move, Phase, Shared, sent
+from lb.proxy.state import Client, ClientError, Exchange, Move, Phase, Shared
 
 __all__ = [
     "bad_gateway",
@@ -55,10 +55,10 @@ def simple_response(
     if close:
         headers.append((b"connection", b"close"))
     response = http1.Response(status_code=status, headers=headers, reason=reason_phrase(status))
-    parts = [sent(conn.send(response))]
+    parts = [conn.send(response)]
     if not head:
-        parts.append(sent(conn.send(http1.Data(data=body))))
-    parts.append(sent(conn.send(EOM)))
+        parts.append(conn.send(http1.Data(data=body)))
+    parts.append(conn.send(EOM))
     return b"".join(parts)
 
 

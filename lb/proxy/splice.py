@@ -13,7 +13,7 @@ from lb.proxy import errors, http1
 from lb.proxy.errors import RequestError, UpstreamError
 from lb.proxy.headers import response_headers
 from lb.proxy.hooks import RequestRecord
-from lb.proxy.state import RECEIVE_SIZE, Exchange, Move, sent
+from lb.proxy.state import RECEIVE_SIZE, Exchange, Move
 from lb.proxy.upstream import UpstreamConnection
 
 __all__ = ["splice"]
@@ -37,11 +37,9 @@ async def splice(
     stream = ex.stream
     headers = response_headers(response.headers, set_cookie=set_cookie, upgrade=True)
     try:
-        head = sent(
-            conn.send(
-                http1.InformationalResponse(
-                    status_code=101, headers=headers, reason=b"Switching Protocols"
-                )
+        head = conn.send(
+            http1.InformationalResponse(
+                status_code=101, headers=headers, reason=b"Switching Protocols"
             )
         )
     except http1.LocalProtocolError as exc:

@@ -50,7 +50,6 @@ __all__ = [
     "Move",
     "Phase",
     "Shared",
-    "sent",
 ]
 
 RECEIVE_SIZE = 65536
@@ -299,8 +298,3 @@ class Shared:
         """The connection cap in force: ``limits.max_connections``, else derived from the
         file-descriptor limit (:func:`lb.proxy.capacity.default_max_connections`)."""
         return self.engine.config.engine.limits.max_connections or self.default_cap
-
-
-def sent(data: bytes) -> bytes:
-    """The bytes an event was framed into (kept from h11, whose ``send`` could say None)."""
-    return data
