@@ -107,10 +107,11 @@ class Faults:
         self.changed = trio.Event()
         """Set (and replaced) on every change, so waiting tasks re-check."""
         self._serving: set[trio.CancelScope] = set()
+        """The scopes serving the listeners (and their connections), cancelled by refuse."""
         self._closing: set[trio.CancelScope] = set()
         """Serving scopes cancelled by refuse whose connections are still being closed."""
         self._closed = trio.Event()
-        """The scopes serving the listeners (and their connections), cancelled by refuse."""
+        """Set when every scope of :attr:`_closing` has finished (see :meth:`settled`)."""
 
     # ------------------------------------------------------------------ control
 
@@ -181,8 +182,8 @@ class Faults:
             for scope in self._serving:
                 scope.cancel()
             self._closing |= self._serving
-            if self._closing:
-                self._closed = trio.Event()
+            if self._closing and self._closed.is_set():
+                self._closed = trio.Event()  # a second change keeps the event waited on
         self.changed.set()
         self.changed = trio.Event()
 
