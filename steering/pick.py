@@ -68,14 +68,15 @@ def ramp(now: float, since: float, duration: float) -> float:
 def load_terms(
     weights: Sequence[float], indexes: Sequence[int], counts: Sequence[int]
 ) -> list[float]:
-    """R21's weights ``w_i / (counts[indexes[i]] + 1)``.
+    """R21's weights ``w_i / (counts[indexes[i]] + 1)``; an index of -1 (an item never
+    counted) reads as a count of 0.
 
     A ``bisect`` over their running sums (``itertools.accumulate``, which adds them in the
     same order as :func:`weighted_dynamic`) picks ``i`` with probability proportional to
     ``w_i / (n_i + 1)``: the same draw and the same outcome as :func:`weighted_dynamic` over
     them, without its second scan.
     """
-    return [w / (counts[i] + 1) for w, i in zip(weights, indexes, strict=True)]
+    return [w / (counts[i] + 1) if i >= 0 else w for w, i in zip(weights, indexes, strict=True)]
 
 
 def _unit(key: bytes) -> float:

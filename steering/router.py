@@ -111,6 +111,7 @@ from steering.affinity import (
 from steering.pick import (
     KeyedDraws,
     ip_bucket,
+    load_terms,
     ramp,
     rendezvous,
     weighted,
@@ -220,7 +221,7 @@ class _Endpoints:
             memo.slots = slots = _slots(counts, self.items)
             memo.at = {slot: p for p, slot in enumerate(slots) if slot >= 0}
             memo.size = len(n)
-            memo.terms = terms = _load_terms(self.weights, slots, n)
+            memo.terms = terms = load_terms(self.weights, slots, n)
         memo.cumulative = cumulative = list(accumulate(terms))
         memo.total = cumulative[-1] if cumulative else 0.0
         memo.top = len(cumulative) - 1
@@ -248,11 +249,6 @@ def _slots(counts: Counts, items: Sequence[EndpointView]) -> list[int]:
     """The slot of each endpoint of ``items`` in ``counts`` (-1 for one never counted)."""
     slots = counts.slots
     return [slots.get(e.name, -1) for e in items]
-
-
-def _load_terms(weights: Sequence[float], slots: Sequence[int], n: Sequence[int]) -> list[float]:
-    """R21's ``w / (n + 1)`` per item, ``n`` read from ``slots`` (0 for a slot of -1)."""
-    return [w / (n[i] + 1) if i >= 0 else w for w, i in zip(weights, slots, strict=True)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -1055,7 +1051,7 @@ class Router:
             )
             counts = by_pool.get(eps.pool)
             if counts is not None:
-                weights = _load_terms(weights, _slots(counts, eps.items), counts.counts)
+                weights = load_terms(weights, _slots(counts, eps.items), counts.counts)
         picked = weighted_dynamic(range(len(weights)), weights, rng)
         return -1 if picked is None else picked
 
