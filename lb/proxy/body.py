@@ -45,6 +45,19 @@ MAX_CHUNK_SIZE = (1 << 63) - 1
 EOM = http1.EOM
 
 
+async def _receive(ex: Exchange, idle_timeout: float) -> None:
+    """Feed the parser the client's next bytes of the request body; a client gone is a
+    ``client_disconnected`` :class:`ClientError`."""
+    ex.advance(Move.CLIENT, idle_timeout)
+    try:
+        data = await ex.stream.receive_some(RECEIVE_SIZE)
+    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        raise ClientError(0, RequestError.CLIENT_DISCONNECTED) from exc
+    if not data:
+        raise ClientError(0, RequestError.CLIENT_DISCONNECTED)
+    ex.conn.receive_data(data)
+
+
 async def buffer_body(ex: Exchange) -> None:
     """Take the request body before the first attempt when it is small, so that it can be
     sent again (``REPLAY_BODY_BYTES``; HAProxy buffers a request for ``retry-on`` the
@@ -67,14 +80,7 @@ async def buffer_body(ex: Exchange) -> None:
             and not conn.they_are_waiting_for_100_continue
         ):
             while not done:
-                ex.advance(Move.CLIENT, limits.idle_timeout)
-                try:
-                    data = await ex.stream.receive_some(RECEIVE_SIZE)
-                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                    raise ClientError(0, RequestError.CLIENT_DISCONNECTED) from exc
-                if not data:
-                    raise ClientError(0, RequestError.CLIENT_DISCONNECTED)
-                conn.receive_data(data)
+                await _receive(ex, limits.idle_timeout)
                 done = take_body(ex, ex.body, limits.max_body_bytes)
     if ex.req_done:
         ex.body_state = Body.BUFFERED
@@ -121,18 +127,10 @@ async def pump_body(ex: Exchange, up: UpstreamConnection, pump: BodyPump) -> Non
     (the exchange answers it); an upstream failure is kept, and the wait for the head tells
     whether the upstream answered anyway."""
     limits = ex.shared.engine.config.engine.limits
-    conn = ex.conn
     try:
         with pump.scope:
             while not ex.req_done:
-                ex.advance(Move.CLIENT, limits.idle_timeout)
-                try:
-                    data = await ex.stream.receive_some(RECEIVE_SIZE)
-                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                    raise ClientError(0, RequestError.CLIENT_DISCONNECTED) from exc
-                if not data:
-                    raise ClientError(0, RequestError.CLIENT_DISCONNECTED)
-                conn.receive_data(data)
+                await _receive(ex, limits.idle_timeout)
                 events: list[http1.Data] = []
                 done = take_body(ex, events, limits.max_body_bytes)
                 pending = [up_send(up.http, ev) for ev in events]
