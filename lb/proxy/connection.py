@@ -24,6 +24,7 @@ from lb.proxy.exchange import exchange
 from lb.proxy.listeners import AnyListener, is_https
 from lb.proxy.replies import reject, timed_out
 from lb.proxy.state import RECEIVE_SIZE, Client, Shared
+from lb.proxy.watchdog import expire, tick
 
 __all__ = [
     "SWEEP_INTERVAL",
@@ -33,6 +34,7 @@ __all__ = [
     "drain_deadline",
     "serve_client",
     "sweep_loop",
+    "watch_loop",
 ]
 
 log = logging.getLogger("lb.proxy")
@@ -102,6 +104,17 @@ async def sweep_loop(shared: Shared) -> None:
         shared.pool.sweep()
 
 
+async def watch_loop(shared: Shared) -> None:
+    """Cancel the connections whose deadline passed (lb/proxy/watchdog.py), every tick,
+    until the proxy has drained."""
+    drained = shared.drained
+    while not drained.is_set():
+        limits = shared.engine.config.engine.limits
+        with trio.move_on_after(tick(limits.idle_timeout, limits.request_timeout)):
+            await drained.wait()
+        expire((client.watchdog for client in shared.clients), trio.current_time())
+
+
 def close_idle_clients(shared: Shared) -> None:
     """Close the connections waiting for a next request (shutdown)."""
     for client in list(shared.idle):
@@ -126,7 +139,8 @@ async def serve_client(shared: Shared, client: Client) -> None:
     """The keep-alive loop of one client connection; never raises.
 
     Every timeout of the connection is one deadline on ``client.watchdog``: pushed ahead
-    before each wait (see lb/proxy/state.py), handled here when it fires.
+    before each wait (see lb/proxy/state.py), enforced by :func:`watch_loop`, handled here
+    when it fires.
     """
     shared.hooks.connection(1)
     linger = False
@@ -140,10 +154,10 @@ async def serve_client(shared: Shared, client: Client) -> None:
             max_headers=limits.max_headers,
         )
         watchdog = client.watchdog
-        with watchdog:
+        with watchdog.scope:
             async with trio.open_nursery() as client.tasks:
                 while not shared.draining or conn.their_state is not http1.IDLE:
-                    watchdog.deadline = trio.current_time() + limits.idle_timeout
+                    watchdog.push(limits.idle_timeout)
                     event = await _read_head(shared, client, conn)
                     if event is None:
                         # Unread input after an answer of ours (a 400, a 431): drain it
@@ -162,7 +176,7 @@ async def serve_client(shared: Shared, client: Client) -> None:
                         linger = True
                         break
                     conn.start_next_cycle()
-        if watchdog.cancelled_caught and client.exchange is not None:
+        if watchdog.fired and client.exchange is not None:
             await timed_out(client.exchange)
     except Exception as exc:  # hostile input must never become a traceback to the client
         # Reaching this means a failure no handler above answered (the client saw a closed

@@ -24,12 +24,14 @@ bodiless ones) take no task.
 
 Per request the hot path is: one ``scan_request`` pass over the headers, one steering
 decision, one header rewrite, one write upstream (head and small body together), one write
-downstream (head and small body together), and three deadline updates.  Metrics and logs
+downstream (head and small body together), and two deadline moves (float stores:
+lb/proxy/watchdog.py).  Metrics and logs
 happen in the caller's :class:`~lb.proxy.hooks.ProxyHooks`, fed one record per request.
 
 Timeouts (``engine.limits``), all as inactivity deadlines on one watchdog cancel scope per
-request, so they cost a deadline update rather than a new scope per I/O call; the request's
-phase (:class:`~lb.proxy.state.Phase`) says which one fired:
+connection (lb/proxy/watchdog.py), so they cost a float store rather than a new scope per
+I/O call, and fire at most one watchdog tick late; the request's phase
+(:class:`~lb.proxy.state.Phase`) says which one fired:
 
 * waiting for a request head, reading a request body and writing to the client:
   ``idle_timeout`` (idle connections close, a stalled body gets 408);
@@ -85,6 +87,7 @@ from lb.proxy.connection import (
     close_listener,
     drain_deadline,
     sweep_loop,
+    watch_loop,
 )
 from lb.proxy.hooks import ProxyHooks
 from lb.proxy.listeners import AnyListener, bound_address, open_listeners
@@ -213,6 +216,7 @@ class ProxyServer:
         self.addresses = [bound_address(listener) for listener in listeners]
         try:
             async with trio.open_nursery() as clients:
+                clients.start_soon(watch_loop, shared)
                 async with trio.open_nursery() as acceptors:
                     for listener in listeners:
                         acceptors.start_soon(accept_loop, shared, listener, clients)
@@ -223,6 +227,8 @@ class ProxyServer:
                 for listener in listeners:
                     close_listener(listener)
                 close_idle_clients(shared)
+                if not shared.clients:
+                    shared.drained.set()  # nothing to drain: watch_loop ends too
                 drain = shared.engine.config.engine.drain_timeout
                 clients.start_soon(drain_deadline, shared, drain)
                 # The last resort, should a 503 not get out within the grace period.

@@ -15,6 +15,7 @@ from lb.proxy.headers import response_headers
 from lb.proxy.hooks import RequestRecord
 from lb.proxy.state import RECEIVE_SIZE, Exchange, Move
 from lb.proxy.upstream import UpstreamConnection
+from lb.proxy.watchdog import Watchdog
 
 __all__ = ["splice"]
 
@@ -70,7 +71,7 @@ async def _pipe(
     src: trio.abc.Stream,
     dst: trio.abc.Stream,
     scope: trio.CancelScope,
-    watchdog: trio.CancelScope,
+    watchdog: Watchdog,
     idle: float,
     record: RequestRecord,
     inbound: bool,
@@ -86,9 +87,9 @@ async def _pipe(
             data = await src.receive_some(RECEIVE_SIZE)
             if not data:
                 break
-            watchdog.deadline = trio.current_time() + idle
+            watchdog.push(idle)
             await dst.send_all(data)
-            watchdog.deadline = trio.current_time() + idle
+            watchdog.push(idle)
             if inbound:
                 record.bytes_in += len(data)
             else:

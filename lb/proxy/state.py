@@ -37,6 +37,7 @@ from lb.proxy.errors import RequestError
 from lb.proxy.headers import RequestFacts
 from lb.proxy.hooks import ProxyHooks, RequestRecord
 from lb.proxy.upstream import Target, UpstreamConnection, UpstreamPool
+from lb.proxy.watchdog import Watchdog
 
 __all__ = [
     "RECEIVE_SIZE",
@@ -156,8 +157,8 @@ class Exchange:
     event: http1.Request
     facts: RequestFacts
     record: RequestRecord
-    watchdog: trio.CancelScope
-    """The connection's only cancel scope; its deadline is the request's timeouts."""
+    watchdog: Watchdog
+    """The connection's only cancel scope and its deadline: the request's timeouts."""
     started: float
     tasks: trio.Nursery | None
     """Where a body pump runs: the connection's nursery, inside its watchdog."""
@@ -191,7 +192,7 @@ class Exchange:
             raise LifecycleError(f"{move} is not a move from {self.phase}")
         self.phase = to
         if seconds is not None:
-            self.watchdog.deadline = trio.current_time() + seconds
+            self.watchdog.push(seconds)
 
     @property
     def responded(self) -> bool:
@@ -212,7 +213,7 @@ class Client:
         self.https = https
         self.peer = ""
         """The TCP peer's IP address ("" when the socket has none)."""
-        self.watchdog = trio.CancelScope()
+        self.watchdog = Watchdog()
         self.tasks: trio.Nursery | None = None
         """The connection's nursery (inside the watchdog), for request body pumps."""
         self.exchange: Exchange | None = None

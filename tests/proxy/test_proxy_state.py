@@ -13,9 +13,10 @@ import pytest
 import trio
 
 from lb.proxy.state import RESPONDED, TRANSITIONS, Exchange, LifecycleError, Move, Phase
+from lb.proxy.watchdog import Watchdog
 
 
-def _exchange(watchdog: trio.CancelScope) -> Exchange:
+def _exchange(watchdog: Watchdog) -> Exchange:
     none = cast(Any, None)
     return Exchange(
         shared=none,
@@ -56,7 +57,7 @@ def test_an_upgrade_comes_only_from_the_wait_for_the_response_head() -> None:
 
 
 async def test_a_request_walks_the_table_and_moves_its_deadline() -> None:
-    watchdog = trio.CancelScope()  # never entered: only its deadline is read
+    watchdog = Watchdog()  # never entered: only its deadline is read
     ex = _exchange(watchdog)
     assert ex.phase is Phase.NEW and not ex.responded
     seen: list[tuple[Phase, float, bool]] = []
@@ -69,7 +70,7 @@ async def test_a_request_walks_the_table_and_moves_its_deadline() -> None:
         (Move.UPSTREAM, 2.0),
     ]:
         ex.advance(move, seconds)
-        left = watchdog.deadline - trio.current_time()
+        left = watchdog.due - trio.current_time()
         seen.append((ex.phase, math.inf if left == math.inf else round(left), ex.responded))
     assert seen == [
         (Phase.BODY, 5, False),
@@ -91,7 +92,7 @@ async def test_a_request_walks_the_table_and_moves_its_deadline() -> None:
     ],
 )
 def test_illegal_moves_raise(path: tuple[Move, ...], illegal: Move) -> None:
-    ex = _exchange(trio.CancelScope())
+    ex = _exchange(Watchdog())
     for move in path:
         ex.advance(move)
     before = ex.phase

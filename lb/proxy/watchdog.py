@@ -1,0 +1,60 @@
+"""Inactivity deadlines of client connections, checked by one task per proxy.
+
+Why not trio's own deadlines: a request moves its connection's deadline at least twice
+(``idle_timeout`` while the client is awaited, ``request_timeout`` while the upstream is),
+and each ``CancelScope.deadline`` assignment costs about 5 µs in trio (a context manager and
+a push on the runner's deadline heap): some 3 % of the proxy's CPU per request
+(docs/bench.md).  Here moving a deadline is one float store, and one task per proxy
+(``watch_loop`` in lb/proxy/connection.py) wakes every :func:`tick` seconds and cancels the
+connections whose deadline passed (:func:`expire`).  A timeout therefore fires at most one tick late, never early; the tick is a
+twentieth of the shortest timeout it serves, between 5 ms and a quarter of a second.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import trio
+
+__all__ = ["MAX_TICK", "MIN_TICK", "Watchdog", "expire", "tick"]
+
+MIN_TICK = 0.005
+MAX_TICK = 0.25
+
+
+class Watchdog:
+    """One connection's cancel scope and the time past which it is cancelled."""
+
+    __slots__ = ("due", "scope")
+
+    def __init__(self) -> None:
+        self.scope = trio.CancelScope()
+        self.due = math.inf
+        """The trio time past which :func:`expire` cancels ``scope`` (inf: never)."""
+
+    def push(self, seconds: float) -> None:
+        """Move the deadline ``seconds`` from now (``math.inf`` turns it off)."""
+        self.due = trio.current_time() + seconds
+
+    def cancel(self) -> None:
+        """Cancel now (shutdown, the connection cap, the drain deadline)."""
+        self.due = math.inf
+        self.scope.cancel()
+
+    @property
+    def fired(self) -> bool:
+        """Whether the scope was cancelled and caught the cancellation."""
+        return self.scope.cancelled_caught
+
+
+def tick(*timeouts: float) -> float:
+    """How often deadlines are checked, for connections guarded by ``timeouts`` (seconds)."""
+    return min(MAX_TICK, max(MIN_TICK, min(timeouts) / 20))
+
+
+def expire(watchdogs: Iterable[Watchdog], now: float) -> None:
+    """Cancel each of ``watchdogs`` whose deadline is ``now`` or earlier."""
+    for watchdog in watchdogs:
+        if watchdog.due <= now:
+            watchdog.cancel()

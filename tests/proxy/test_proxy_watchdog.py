@@ -1,0 +1,47 @@
+"""The connection watchdog: deadlines are float stores, one loop per proxy enforces them."""
+
+from __future__ import annotations
+
+import math
+
+import trio
+import trio.testing
+
+from lb.proxy.watchdog import MAX_TICK, MIN_TICK, Watchdog, expire, tick
+
+
+def test_the_tick_is_a_twentieth_of_the_shortest_timeout_within_bounds() -> None:
+    assert tick(60.0, 100.0) == MAX_TICK
+    assert tick(2.0, 100.0) == 0.1
+    assert tick(0.01, 100.0) == MIN_TICK
+
+
+async def test_expire_cancels_only_the_watchdogs_whose_deadline_passed() -> None:
+    late, early, off = Watchdog(), Watchdog(), Watchdog()
+    late.push(0.0)
+    early.push(10.0)
+    off.push(math.inf)
+    expire([late, early, off], trio.current_time())
+    assert late.scope.cancel_called and late.due == math.inf  # not cancelled twice
+    assert not early.scope.cancel_called and not off.scope.cancel_called
+
+
+async def test_a_cancelled_watchdog_reports_that_it_fired() -> None:
+    watchdog = Watchdog()
+    with watchdog.scope:
+        watchdog.push(0.0)
+        expire([watchdog], trio.current_time())
+        await trio.sleep_forever()
+    assert watchdog.fired
+
+
+async def test_a_pushed_deadline_moves_the_firing_time(autojump_clock: trio.testing.MockClock) -> None:
+    watchdog = Watchdog()
+    start = trio.current_time()
+    watchdog.push(5.0)
+    watchdog.push(8.0)  # the last push counts, later or earlier
+    while not watchdog.scope.cancel_called:
+        await trio.sleep(tick(8.0))  # virtual time: the loop proxy.watch_loop runs
+        expire([watchdog], trio.current_time())
+    fired = trio.current_time() - start
+    assert 8.0 <= fired <= 8.0 + tick(8.0)
