@@ -272,6 +272,7 @@ async def test_pooled_connection_closed_while_idle_is_not_reused(
     # The upstream closes idle keep-alive connections sooner than our idle limit (Node's
     # 5 s): checkout must see the EOF and dial fresh, so even a POST succeeds.
     stack = await start_stack(nursery, certs, 1)
+    stack.server.pool.recheck_after = 0.0  # polled however soon it is reused
     async with await Client.connect(stack.port) as client:
         assert (await client.request("GET", "/stale")).status == 200
         await wait_until(lambda: stack.backends[0].closed == 1)  # its FIN is on the wire
@@ -287,6 +288,7 @@ async def test_pool_drops_connection_with_unsolicited_bytes(
     nursery: trio.Nursery, certs: Certs
 ) -> None:
     stack = await start_stack(nursery, certs, 1)
+    stack.server.pool.recheck_after = 0.0  # polled however soon it is reused
     for n in range(2):
         resp = await get(stack.port, "/garbage")
         assert resp.status == 200
@@ -633,3 +635,34 @@ async def test_handshake_cancelled_from_outside_closes_socket(certs: Certs) -> N
             while data:
                 data = await accepted[0].receive_some(65536)  # EOF: our side closed
         inner.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(("idle", "reused"), [(0.001, True), (1.0, False)])
+async def test_only_a_connection_idle_past_the_recheck_bound_is_polled(
+    certs: Certs, idle: float, reused: bool
+) -> None:
+    """A connection released a moment ago is reused without a poll (a close that recent
+    races the request anyway, and the stale-connection retry covers it); one idle longer is
+    polled, and its peer's close seen."""
+    from lb.engine import Engine as LbEngine
+    from lb.proxy import http1
+    from lb.proxy.upstream import UpstreamConnection, UpstreamPool, target_for
+
+    ours, theirs = trio.socket.socketpair()
+    config = make_config([1])
+    engine = LbEngine(config, now=trio.current_time())
+    pool = UpstreamPool(engine.live, certs.client, connect_timeout=10)
+    target = target_for(
+        engine.book.snapshot().pools["p1"].endpoints[0], LB_HOST, config.connect_to
+    )
+    conn = UpstreamConnection(trio.SocketStream(ours), target)
+    conn.http.send(http1.Request(method=b"GET", target=b"/", headers=[(b"host", b"a")]))
+    conn.http.send(http1.EndOfMessage())
+    conn.http.receive_data(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+    while conn.http.next_event() is not http1.PAUSED:
+        pass
+    pool.release(conn)
+    theirs.close()  # the endpoint closed it while idle: its FIN is already here
+    conn.idle_since = trio.current_time() - idle
+    assert (pool.checkout(target) is conn) is reused
+    pool.discard(conn)
