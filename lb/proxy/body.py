@@ -69,7 +69,7 @@ async def buffer_body(ex: Exchange) -> None:
     if not ex.req_done:
         conn = ex.conn
         facts = ex.facts
-        limits = ex.shared.engine.config.engine.limits
+        limits = ex.config.engine.limits
         done = take_body(ex, ex.body, limits.max_body_bytes)
         length = facts.content_length
         if (
@@ -126,7 +126,7 @@ async def pump_body(ex: Exchange, up: UpstreamConnection, pump: BodyPump) -> Non
     kept in ``pump.error`` and, before the response started, interrupts the wait for its head
     (the exchange answers it); an upstream failure is kept, and the wait for the head tells
     whether the upstream answered anyway."""
-    limits = ex.shared.engine.config.engine.limits
+    limits = ex.config.engine.limits
     try:
         with pump.scope:
             while not ex.req_done:
@@ -226,7 +226,7 @@ async def read_whole(
     the attempt policy may retry it (:attr:`~lb.core.attempts.Failure.TRUNCATED`, raised as
     ``upstream_truncated``).  A malformed body is ``upstream_protocol``.
     """
-    limits = ex.shared.engine.config.engine.limits
+    limits = ex.config.engine.limits
     uh = up.http
     ustream = up.stream
     events: list[http1.Data | http1.EndOfMessage] = []

@@ -21,7 +21,7 @@ import trio
 
 from lb import logs
 from lb.config.hosts import normalise_host
-from lb.config.model import EngineSettings, RetryOn
+from lb.config.model import Config, EngineSettings, RetryOn
 from lb.core.attempts import (
     Action,
     Body,
@@ -104,7 +104,8 @@ async def exchange(
     """
     t0 = trio.current_time()
     peer = client.peer
-    settings = shared.engine.config.engine
+    config = shared.engine.config
+    settings = config.engine
     ip_name, dc_name = _header_names(shared, settings)
     facts = scan_request(event.headers, ip_name, dc_name)
     trusted = _is_trusted(shared, peer, settings)
@@ -132,6 +133,7 @@ async def exchange(
     )
     ex = Exchange(
         shared=shared,
+        config=config,
         stream=client.stream,
         conn=conn,
         event=event,
@@ -168,7 +170,7 @@ async def _steer_and_forward(ex: Exchange) -> bool:
     if refusal is not None:
         status, body, close = refusal
         return await reply(ex, status, body, close=close)
-    settings = ex.shared.engine.config.engine
+    settings = ex.config.engine
     record = ex.record
     host = record.host
     name = normalise_host(host) if host else ""
@@ -188,7 +190,7 @@ async def _steer_and_forward(ex: Exchange) -> bool:
         cookie=cookie_value(facts.cookie, COOKIE_NAME) if facts.cookie else None,
         headers=_LazyHeaders(event.headers),
         cookies=_LazyCookies(facts.cookie),
-        now=trio.current_time(),
+        now=ex.started,
         wall=time.time(),
         method=record.method,
         uri=record.target,  # origin-form; the router normalizes it for rules
@@ -218,7 +220,7 @@ def _refusal(ex: Exchange) -> tuple[int, bytes, bool] | None:
     ``record.error``.  None when the request may be steered."""
     record = ex.record
     event, facts = ex.event, ex.facts
-    limits = ex.shared.engine.config.engine.limits
+    limits = ex.config.engine.limits
     if event.method in _NOT_PROXIED:
         # CONNECT would turn the proxy into an open tunnel, TRACE would reflect headers
         # added on the way (a 200 with an affinity cookie for CONNECT, before).
@@ -254,7 +256,7 @@ async def attempts(ex: Exchange, decision: Decision, req: Request) -> bool:
 
     With ``retry_on`` (``docs/semantics.md``, "Retries beyond Cloudflare") the request counts
     in its load balancer's retry budget until it is answered."""
-    tries = _Tries(decision, req, _budget(ex.shared, decision))
+    tries = _Tries(decision, req, _budget(ex.shared, ex.config, decision))
     budget = tries.budget
     if budget is None:
         return await _attempts(ex, tries)
@@ -277,10 +279,9 @@ class _Tries:
     """The next attempt dials a fresh connection (every retry does)."""
 
 
-def _budget(shared: Shared, decision: Decision) -> RetryBudget | None:
+def _budget(shared: Shared, config: Config, decision: Decision) -> RetryBudget | None:
     """The retry budget of ``decision``'s load balancer; None when no ``retry_on`` applies to
     it (neither the load balancer nor any pool sets one: the common, Cloudflare-exact case)."""
-    config = shared.engine.config
     if shared.retry_key is not config:
         shared.retry_key = config
         pools = any(p.retry_on is not None for p in config.pools)
@@ -299,10 +300,10 @@ def _budget(shared: Shared, decision: Decision) -> RetryBudget | None:
 async def _attempts(ex: Exchange, tries: _Tries) -> bool:
     shared = ex.shared
     engine = shared.engine
-    settings = engine.config.engine
+    settings = ex.config.engine
     record = ex.record
     live = engine.live
-    connect_to = engine.config.connect_to
+    connect_to = ex.config.connect_to
     pool = shared.pool
     pool.connect_timeout = settings.limits.connect_timeout  # follows reloads
     pool.idle_timeout = settings.upstream_idle_timeout
@@ -332,7 +333,8 @@ async def _attempts(ex: Exchange, tries: _Tries) -> bool:
             ex.up = up
             sending = trio.current_time()
             response = await forward(ex, up, target.host)
-            attempt.first_byte = trio.current_time() - sending
+            answered = trio.current_time()
+            attempt.first_byte = answered - sending
             early = None
             if tries.budget is not None and type(response) is http1.Response:
                 early = await _read_whole(ex, tries, up, response)
@@ -358,9 +360,7 @@ async def _attempts(ex: Exchange, tries: _Tries) -> bool:
                 ex, public_status(step.status, style), error_body(step.status, style)
             )
         attempt.status = response.status_code
-        engine.outcome(
-            endpoint.pool, endpoint.name, status=response.status_code, now=trio.current_time()
-        )
+        engine.outcome(endpoint.pool, endpoint.name, status=response.status_code, now=answered)
         if tries.budget is not None and type(response) is http1.Response:
             # retry_on may name this status (a 502, 503, 504 from the endpoint): the policy
             # says whether it is retried or relayed as it is.
@@ -455,7 +455,7 @@ def _after_failure(
         sent=ex.sent_any,
         replayable=replayable(ex.event.method, ex.facts),
         retries=tries.retries,
-        failover_codes=engine.config.engine.zero_downtime_failover_codes,
+        failover_codes=ex.config.engine.zero_downtime_failover_codes,
         idempotent=idempotent(ex.event.method),
         retry_on=rules,
         budget=tries.budget,
@@ -515,7 +515,7 @@ async def forward(
     """Send the request (head and streamed body) on ``up``; return the response head, which
     may come while the body is still being sent (see below)."""
     shared = ex.shared
-    limits = shared.engine.config.engine.limits
+    limits = ex.config.engine.limits
     ip_name = shared.names[0]
     event = ex.event
     conn = ex.conn
@@ -634,7 +634,7 @@ async def relay(
 
     ``early``: the body events already read (``retry_on.buffer_response``), sent first."""
     shared = ex.shared
-    limits = shared.engine.config.engine.limits
+    limits = ex.config.engine.limits
     record = ex.record
     conn = ex.conn
     set_cookie = _set_cookie(decision, ex.https)

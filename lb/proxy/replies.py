@@ -75,7 +75,7 @@ async def flush_down(ex: Exchange, pending: list[bytes], seconds: float) -> None
 async def _answer(ex: Exchange, status: int, data: bytes) -> None:
     ex.advance(Move.RESPOND)
     ex.record.status = status
-    await flush_down(ex, [data], ex.shared.engine.config.engine.limits.idle_timeout)
+    await flush_down(ex, [data], ex.config.engine.limits.idle_timeout)
 
 
 async def reply(ex: Exchange, status: int, body: bytes, *, close: bool = False) -> bool:
@@ -119,7 +119,7 @@ async def bad_gateway(ex: Exchange) -> bool:
     the response is written by hand.
     """
     status = errors.BAD_GATEWAY
-    body = error_body(status, ex.shared.engine.config.engine.error_style)
+    body = error_body(status, ex.config.engine.error_style)
     head = b"HTTP/1.1 %d %s\r\n%s: %s\r\ncontent-length: %d\r\nconnection: close\r\n\r\n" % (
         status,
         reason_phrase(status),
@@ -148,7 +148,7 @@ async def client_abort(ex: Exchange, abort: ClientError) -> bool:
             head=record.method == "HEAD",
         )
         record.status = abort.status
-        with trio.move_on_after(ex.shared.engine.config.engine.limits.idle_timeout):
+        with trio.move_on_after(ex.config.engine.limits.idle_timeout):
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                 await ex.stream.send_all(data)
     return False

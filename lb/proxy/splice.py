@@ -46,7 +46,7 @@ async def splice(
     except http1.LocalProtocolError as exc:
         raise UpstreamError(errors.BAD_GATEWAY, RequestError.UPSTREAM_PROTOCOL) from exc
     record.status = 101
-    idle = ex.shared.engine.config.engine.limits.idle_timeout
+    idle = ex.config.engine.limits.idle_timeout
     ex.advance(Move.UPGRADE, idle)
     ex.shared.hooks.upgrade(record)
     from_client, _ = conn.trailing_data

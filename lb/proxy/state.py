@@ -27,6 +27,7 @@ from ipaddress import IPv4Network, IPv6Network
 
 import trio
 
+from lb.config.model import Config
 from lb.core.attempts import Body
 from lb.core.budget import RetryBudget
 from lb.core.snapshot import EndpointView
@@ -150,6 +151,8 @@ class Exchange:
     """
 
     shared: Shared
+    config: Config
+    """The configuration in force when the request arrived (a reload applies to the next)."""
     stream: trio.abc.Stream
     """The client connection."""
     conn: http1.Connection

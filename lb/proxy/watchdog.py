@@ -6,8 +6,9 @@ and each ``CancelScope.deadline`` assignment costs about 5 µs in trio (a contex
 a push on the runner's deadline heap): some 3 % of the proxy's CPU per request
 (docs/bench.md).  Here moving a deadline is one float store, and one task per proxy
 (``watch_loop`` in lb/proxy/connection.py) wakes every :func:`tick` seconds and cancels the
-connections whose deadline passed (:func:`expire`).  A timeout therefore fires at most one tick late, never early; the tick is a
-twentieth of the shortest timeout it serves, between 5 ms and a quarter of a second.
+connections whose deadline passed (:func:`expire`).  A timeout therefore fires at most one
+tick late, never early; the tick is a twentieth of the shortest timeout it serves, between
+5 ms and a quarter of a second.
 """
 
 from __future__ import annotations

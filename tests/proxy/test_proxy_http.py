@@ -652,9 +652,7 @@ async def test_only_a_connection_idle_past_the_recheck_bound_is_polled(
     config = make_config([1])
     engine = LbEngine(config, now=trio.current_time())
     pool = UpstreamPool(engine.live, certs.client, connect_timeout=10)
-    target = target_for(
-        engine.book.snapshot().pools["p1"].endpoints[0], LB_HOST, config.connect_to
-    )
+    target = target_for(engine.book.snapshot().pools["p1"].endpoints[0], LB_HOST, config.connect_to)
     conn = UpstreamConnection(trio.SocketStream(ours), target)
     conn.http.send(http1.Request(method=b"GET", target=b"/", headers=[(b"host", b"a")]))
     conn.http.send(http1.EndOfMessage())

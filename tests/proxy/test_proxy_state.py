@@ -20,6 +20,7 @@ def _exchange(watchdog: Watchdog) -> Exchange:
     none = cast(Any, None)
     return Exchange(
         shared=none,
+        config=none,
         stream=none,
         conn=none,
         event=none,

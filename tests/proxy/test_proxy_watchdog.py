@@ -35,7 +35,9 @@ async def test_a_cancelled_watchdog_reports_that_it_fired() -> None:
     assert watchdog.fired
 
 
-async def test_a_pushed_deadline_moves_the_firing_time(autojump_clock: trio.testing.MockClock) -> None:
+async def test_a_pushed_deadline_moves_the_firing_time(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     watchdog = Watchdog()
     start = trio.current_time()
     watchdog.push(5.0)
