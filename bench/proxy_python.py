@@ -1,0 +1,235 @@
+"""The proxy's own Python cost per request, without sockets, TLS or a load generator.
+
+``bench/proxy.py`` measures the whole system, where a run moves by ±20 µs per request on
+this machine: too coarse to tell a 2 µs change.  This one drives the same code over
+trio's in-memory streams (a client, the proxy's ``serve_client``, a stand-in upstream that
+answers every request with nginx's 100-byte answer), next to the bare httptools forwarder
+(bench/_bare_httptools_forwarder.py) over the same streams, so that what differs is only
+the Python each runs per request.  Two measures:
+
+* CPU µs per request (``time.process_time``), the best of ``--rounds``;
+* with ``--callgrind``, instructions per request counted by valgrind, the same to 0.2 % run
+  to run whatever else the machine does: the one to judge a small change by.
+
+    .venv/bin/python bench/proxy_python.py                 # CPU, best of 5 rounds
+    .venv/bin/python bench/proxy_python.py --callgrind     # instructions (about a minute)
+
+The upstream side is patched in: ``UpstreamPool._dial`` returns one end of a memory stream
+pair.  Everything above it (the pool's checkout and release, steering, records, the
+parser, the watchdog) is the production code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import itertools
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import trio
+import trio.testing
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path[:0] = [str(ROOT), str(HERE)]
+
+ANSWER = (
+    b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Fri, 04 Dec 2026 20:00:00 GMT\r\n"
+    b"Content-Type: text/plain\r\nContent-Length: 100\r\nConnection: keep-alive\r\n\r\n"
+    + b"x" * 99
+    + b"\n"
+)
+"""What the bench backend (nginx) answers, byte for byte but the date."""
+REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n"
+"""What wrk sends."""
+
+Serve = Callable[[trio.abc.Stream], Awaitable[None]]
+
+
+async def _upstream(stream: trio.abc.Stream) -> None:
+    while data := await stream.receive_some(65536):
+        await stream.send_all(ANSWER * data.count(b"\r\n\r\n"))
+
+
+async def _dial(nursery: trio.Nursery) -> trio.abc.Stream:
+    ours, theirs = trio.testing.memory_stream_pair()
+    nursery.start_soon(_upstream, theirs)
+    return ours
+
+
+def _tunnel_lb(nursery: trio.Nursery) -> Serve:
+    """``serve_client`` of a proxy configured as bench/proxy.py's ``tunnel-lb`` row."""
+    from lb.config.model import Config, EngineSettings, LoadBalancer, Origin, Pool
+    from lb.engine import Engine
+    from lb.proxy import ProxyServer
+    from lb.proxy.connection import serve_client
+    from lb.proxy.state import Client
+    from lb.proxy.upstream import Target, UpstreamPool
+
+    def tunnel(i: int) -> str:
+        return f"00000000-0000-4000-8000-{i:012d}.cfargotunnel.com"
+
+    origins = tuple(
+        Origin(name=f"e{i}", address=tunnel(i), header={"Host": ("backend.local",)})
+        for i in range(2)
+    )
+    config = Config(
+        pools=(Pool(name="p1", origins=origins),),
+        load_balancers=(
+            LoadBalancer(proxied=True, name="127.0.0.1", default_pools=("p1",), fallback_pool="p1"),
+        ),
+        connect_to={f"{tunnel(i)}:443": f"127.0.0.1:{1000 + i}" for i in range(2)},
+        engine=EngineSettings(),
+    )
+    server = ProxyServer(Engine(config, now=trio.current_time()), rng=random.Random(1))
+    shared = server._shared  # the connection loop's state, as accept_loop passes it
+
+    async def dial(self: UpstreamPool, target: Target) -> trio.abc.Stream:
+        return await _dial(nursery)
+
+    UpstreamPool._dial = dial  # type: ignore[method-assign]
+
+    async def serve(stream: trio.abc.Stream) -> None:
+        client = Client(stream, False)
+        shared.clients.add(client)
+        await serve_client(shared, client)
+
+    return serve
+
+
+def _bare(nursery: trio.Nursery) -> Serve:
+    """The bare httptools forwarder's connection handler, dialling memory streams."""
+    import _bare_common
+    import _bare_httptools_forwarder
+
+    async def dial(self: Any) -> trio.abc.Stream:
+        return await _dial(nursery)
+
+    _bare_common.Upstream.dial = dial  # type: ignore[assignment]
+    ups = [_bare_common.Upstream("upstream", 1, "backend.local", None) for _ in range(2)]  # type: ignore[arg-type]
+    rr = itertools.cycle(range(2))
+
+    async def serve(stream: trio.abc.Stream) -> None:
+        await _bare_httptools_forwarder.handle(stream, ups, rr, b"backend.local")  # type: ignore[arg-type]
+
+    return serve
+
+
+async def _run(row: str, requests: int, clients: int, callgrind: bool) -> float:
+    """CPU seconds per request of the measured round (one warm round first)."""
+    async with trio.open_nursery() as nursery:
+        serve = (_tunnel_lb if row == "tunnel-lb" else _bare)(nursery)
+
+        async def client(per: int, done: list[int], finished: trio.Event) -> None:
+            ours, theirs = trio.testing.memory_stream_pair()
+            nursery.start_soon(serve, theirs)
+            for _ in range(per):
+                await ours.send_all(REQUEST)
+                got = b""
+                while not got.endswith(b"x\n"):
+                    got += await ours.receive_some(65536)
+            await ours.aclose()
+            done[0] += 1
+            if done[0] == clients:
+                finished.set()
+
+        async def round_() -> None:
+            finished, done = trio.Event(), [0]
+            for _ in range(clients):
+                nursery.start_soon(client, requests // clients, done, finished)
+            await finished.wait()
+
+        await round_()  # warm: pools, caches, the first decision
+        if callgrind:
+            _callgrind("on")
+        start = time.process_time()
+        await round_()
+        used = time.process_time() - start
+        if callgrind:
+            _callgrind("off")
+        nursery.cancel_scope.cancel()
+    return used / (requests // clients * clients)
+
+
+def _callgrind(state: str) -> None:
+    subprocess.run(["callgrind_control", "-i", state, str(os.getpid())], capture_output=True)
+
+
+def _child(row: str, requests: int, clients: int, callgrind: bool) -> None:
+    gc.freeze()  # as `tunnel-lb run` does (lb/commands/run.py)
+    gc.set_threshold(10_000)
+    print(trio.run(_run, row, requests, clients, callgrind))
+
+
+def _instructions(row: str, requests: int, clients: int) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "callgrind.out"
+        subprocess.run(
+            [
+                "valgrind",
+                "--tool=callgrind",
+                "--instr-atstart=no",
+                f"--callgrind-out-file={out}",
+                sys.executable,
+                __file__,
+                "--child",
+                row,
+                "--requests",
+                str(requests),
+                "--clients",
+                str(clients),
+                "--callgrind",
+            ],
+            capture_output=True,
+            check=True,
+        )
+        for line in out.read_text().splitlines():
+            if line.startswith("totals:"):
+                return int(line.split()[1]) / requests
+    raise RuntimeError("no totals line in the callgrind output")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--requests", type=int, default=20_000)
+    parser.add_argument("--clients", type=int, default=10, help="concurrent client connections")
+    parser.add_argument("--rounds", type=int, default=5, help="CPU: best of this many")
+    parser.add_argument("--callgrind", action="store_true", help="count instructions instead")
+    parser.add_argument("--child", default="", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        _child(args.child, args.requests, args.clients, args.callgrind)
+        return 0
+    rows = ("bare httptools", "tunnel-lb")
+    if args.callgrind:
+        requests = min(args.requests, 1000)  # about 15 s per row under valgrind
+        counts = {row: _instructions(row, requests, args.clients) for row in rows}
+        for row in rows:
+            print(f"{row:15} {counts[row]:10,.0f} instructions per request")
+        print(f"ratio {counts['tunnel-lb'] / counts['bare httptools']:.2f}")
+        return 0
+    best = {row: float("inf") for row in rows}
+    for _ in range(args.rounds):
+        for row in rows:  # interleaved, so that drift hits both rows alike
+            argv = [sys.executable, __file__, "--child", row]
+            argv += ["--requests", str(args.requests), "--clients", str(args.clients)]
+            out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+            best[row] = min(best[row], float(out))
+    for row in rows:
+        print(f"{row:15} {best[row] * 1e6:7.1f} µs CPU per request (best of {args.rounds})")
+    print(f"ratio {best['tunnel-lb'] / best['bare httptools']:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
