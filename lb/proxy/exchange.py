@@ -212,7 +212,10 @@ async def _steer_and_forward(ex: Exchange) -> bool:
         record.error = RequestError.NO_POOL
         style = settings.error_style
         return await reply(ex, public_status(status, style), error_body(status, style))
-    return await attempts(ex, decision, req)
+    tries = _Tries(decision, req, _budget(ex.shared, ex.config, decision))
+    if tries.budget is None:
+        return await _attempts(ex, tries)  # one coroutine level less on the common path
+    return await _budgeted(ex, tries)
 
 
 def _refusal(ex: Exchange) -> tuple[int, bytes, bool] | None:
@@ -250,16 +253,11 @@ def _refusal(ex: Exchange) -> tuple[int, bytes, bool] | None:
     return None
 
 
-async def attempts(ex: Exchange, decision: Decision, req: Request) -> bool:
-    """Send the request to ``decision``'s endpoint, and again wherever the attempt policy
-    says after a failure; relay the response, or answer the last failure.
-
-    With ``retry_on`` (``docs/semantics.md``, "Retries beyond Cloudflare") the request counts
-    in its load balancer's retry budget until it is answered."""
-    tries = _Tries(decision, req, _budget(ex.shared, ex.config, decision))
+async def _budgeted(ex: Exchange, tries: _Tries) -> bool:
+    """:func:`_attempts` for a request counted in its load balancer's ``retry_on`` budget
+    (``docs/semantics.md``, "Retries beyond Cloudflare") until it is answered."""
     budget = tries.budget
-    if budget is None:
-        return await _attempts(ex, tries)
+    assert budget is not None
     budget.started()
     try:
         return await _attempts(ex, tries)
@@ -298,6 +296,8 @@ def _budget(shared: Shared, config: Config, decision: Decision) -> RetryBudget |
 
 
 async def _attempts(ex: Exchange, tries: _Tries) -> bool:
+    """Send the request to the decision's endpoint, and again wherever the attempt policy
+    says after a failure; relay the response, or answer the last failure."""
     shared = ex.shared
     engine = shared.engine
     settings = ex.config.engine
