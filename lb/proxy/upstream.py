@@ -28,10 +28,9 @@ slow); instead:
   readable while idle: an idle HTTP/1.1 connection has nothing to say, so readable means EOF,
   a reset, a TLS close_notify or unsolicited bytes (servers with a keep-alive shorter than
   ours, such as Node's 5 s, close idle connections silently).  A connection idle for less
-  than ``recheck_after`` (``RECHECK_AFTER``, 50 ms) is not polled: under load most are
-  reused that soon, the poll is a system call (about 6 µs here), and a server that closes
-  within 50 ms of its response without saying so races the request on the wire anyway,
-  which the next point covers;
+  than ``recheck_after`` (``RECHECK_AFTER``) is not polled: under load most are reused
+  within milliseconds, the poll is a system call (about 6 µs here), and a close that recent
+  races the request on the wire anyway, which the next point covers;
 * what no check can see is a close that crosses our request on the wire: when a reused
   connection fails before any response byte, the attempt policy (``lb/core/attempts.py``)
   has the caller send the request again once on a *fresh* connection, a buffered POST too.
@@ -70,7 +69,7 @@ from steering.types import Live
 
 __all__ = ["Target", "UpstreamConnection", "UpstreamPool", "target_for"]
 
-RECHECK_AFTER = 0.05
+RECHECK_AFTER = 0.005
 """Seconds idle after which a pooled connection is polled before reuse (see above)."""
 _REFUSED = {errno.ECONNREFUSED}
 _TIMEOUT = {errno.ETIMEDOUT}
