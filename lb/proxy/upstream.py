@@ -27,10 +27,7 @@ slow); instead:
 * on checkout, one zero-timeout ``poll`` on the raw socket drops a connection that became
   readable while idle: an idle HTTP/1.1 connection has nothing to say, so readable means EOF,
   a reset, a TLS close_notify or unsolicited bytes (servers with a keep-alive shorter than
-  ours, such as Node's 5 s, close idle connections silently).  A connection idle for less
-  than ``recheck_after`` (``RECHECK_AFTER``) is not polled: under load most are reused
-  within milliseconds, the poll is a system call (about 6 µs here), and a close that recent
-  races the request on the wire anyway, which the next point covers;
+  ours, such as Node's 5 s, close idle connections silently);
 * what no check can see is a close that crosses our request on the wire: when a reused
   connection fails before any response byte, the attempt policy (``lb/core/attempts.py``)
   has the caller send the request again once on a *fresh* connection, a buffered POST too.
@@ -69,8 +66,6 @@ from steering.types import Live
 
 __all__ = ["Target", "UpstreamConnection", "UpstreamPool", "target_for"]
 
-RECHECK_AFTER = 0.005
-"""Seconds idle after which a pooled connection is polled before reuse (see above)."""
 _REFUSED = {errno.ECONNREFUSED}
 _TIMEOUT = {errno.ETIMEDOUT}
 
@@ -186,8 +181,6 @@ class UpstreamPool:
         self._idle: dict[tuple[str, str, int, bool, str], list[UpstreamConnection]] = {}
         self._order: OrderedDict[UpstreamConnection, None] = OrderedDict()
         """Every idle connection, oldest release first (for the global cap)."""
-        self.recheck_after = RECHECK_AFTER
-        """Seconds idle after which a connection is polled on checkout (module docstring)."""
         self.opened = 0
         """Connections opened so far (tests and the benchmark check reuse with it)."""
 
@@ -200,8 +193,7 @@ class UpstreamPool:
         while stack:
             conn = stack.pop()
             del self._order[conn]
-            idle = now - conn.idle_since
-            if idle <= self._limit(conn) and (idle < self.recheck_after or not _readable(conn)):
+            if conn.idle_since >= now - self._limit(conn) and not _readable(conn):
                 conn.reused = True
                 return conn
             self._close_now(conn)
