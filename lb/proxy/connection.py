@@ -110,7 +110,8 @@ async def watch_loop(shared: Shared) -> None:
     drained = shared.drained
     while not drained.is_set():
         limits = shared.engine.config.engine.limits
-        with trio.move_on_after(tick(limits.idle_timeout, limits.request_timeout)):
+        every = tick(len(shared.clients), limits.idle_timeout, limits.request_timeout)
+        with trio.move_on_after(every):
             await drained.wait()
         expire((client.watchdog for client in shared.clients), trio.current_time())
 

@@ -3,7 +3,7 @@
 Why this shape: the exchange is the proxy's decision-making, and everything else (the
 connection loop, the body, the splice, the proxy's own answers) is a helper it calls with one
 :class:`~lb.proxy.state.Exchange`.  Which failure is retried, and where, is not decided here:
-:func:`attempts` asks the attempt policy the simulator follows too
+:func:`_attempts` asks the attempt policy the simulator follows too
 (:func:`lb.core.attempts.next_step`; docs/proxy.md, "Failures") and only carries it out.
 """
 
@@ -21,7 +21,7 @@ import trio
 
 from lb import logs
 from lb.config.hosts import normalise_host
-from lb.config.model import Config, EngineSettings, RetryOn
+from lb.config.model import EngineSettings, RetryOn
 from lb.core.attempts import (
     Action,
     Body,
@@ -212,7 +212,7 @@ async def _steer_and_forward(ex: Exchange) -> bool:
         record.error = RequestError.NO_POOL
         style = settings.error_style
         return await reply(ex, public_status(status, style), error_body(status, style))
-    tries = _Tries(decision, req, _budget(ex.shared, ex.config, decision))
+    tries = _Tries(decision, req, _budget(ex.shared, decision))
     if tries.budget is None:
         return await _attempts(ex, tries)  # one coroutine level less on the common path
     return await _budgeted(ex, tries)
@@ -277,9 +277,10 @@ class _Tries:
     """The next attempt dials a fresh connection (every retry does)."""
 
 
-def _budget(shared: Shared, config: Config, decision: Decision) -> RetryBudget | None:
+def _budget(shared: Shared, decision: Decision) -> RetryBudget | None:
     """The retry budget of ``decision``'s load balancer; None when no ``retry_on`` applies to
     it (neither the load balancer nor any pool sets one: the common, Cloudflare-exact case)."""
+    config = shared.engine.config  # the newest: the cache below is shared by every request
     if shared.retry_key is not config:
         shared.retry_key = config
         pools = any(p.retry_on is not None for p in config.pools)
@@ -305,8 +306,9 @@ async def _attempts(ex: Exchange, tries: _Tries) -> bool:
     live = engine.live
     connect_to = ex.config.connect_to
     pool = shared.pool
-    pool.connect_timeout = settings.limits.connect_timeout  # follows reloads
-    pool.idle_timeout = settings.upstream_idle_timeout
+    live_settings = engine.config.engine  # the pool is shared: the newest config, not ex's
+    pool.connect_timeout = live_settings.limits.connect_timeout  # follows reloads
+    pool.idle_timeout = live_settings.upstream_idle_timeout
     if ex.req_done:
         ex.body_state = Body.BUFFERED  # bodiless: nothing to wait for (the common case)
     else:

@@ -205,12 +205,12 @@ async def timed_out(ex: Exchange) -> None:
         record.error = RequestError.CLIENT_TIMEOUT
     if ex.responded or conn.our_state is not http1.SEND_RESPONSE:
         return
-    style = shared.engine.config.engine.error_style
+    style = ex.config.engine.error_style
     shown = public_status(status, style)
     body = error_body(status, style) if status != 408 else b"408 Request Timeout\n"
     data = simple_response(conn, shown, body, close=True, head=record.method == "HEAD")
     record.status = shown
-    with trio.move_on_after(shared.engine.config.engine.limits.idle_timeout):
+    with trio.move_on_after(ex.config.engine.limits.idle_timeout):
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
             await ex.stream.send_all(data)
 

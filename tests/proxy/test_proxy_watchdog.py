@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import trio
 import trio.testing
 
-from lb.proxy.watchdog import MAX_TICK, MIN_TICK, Watchdog, expire, tick
+from lb.proxy.watchdog import MAX_TICK, MIN_TICK, PER_CONNECTION, Watchdog, expire, tick
 
 
 def test_the_tick_is_a_twentieth_of_the_shortest_timeout_within_bounds() -> None:
-    assert tick(60.0, 100.0) == MAX_TICK
-    assert tick(2.0, 100.0) == 0.1
-    assert tick(0.01, 100.0) == MIN_TICK
+    assert tick(10, 60.0, 100.0) == MAX_TICK
+    assert tick(10, 2.0, 100.0) == 0.1
+    assert tick(10, 0.01, 100.0) == MIN_TICK
+
+
+def test_the_tick_grows_with_the_connections_to_check() -> None:
+    # Checking one costs ~60 ns: the loop stays a small share of a core however many there are.
+    assert tick(100_000, 0.1, 100.0) == 100_000 * PER_CONNECTION == pytest.approx(0.2)
+    assert tick(500_000, 60.0, 100.0) == pytest.approx(1.0)
 
 
 async def test_expire_cancels_only_the_watchdogs_whose_deadline_passed() -> None:
@@ -43,7 +50,7 @@ async def test_a_pushed_deadline_moves_the_firing_time(
     watchdog.push(5.0)
     watchdog.push(8.0)  # the last push counts, later or earlier
     while not watchdog.scope.cancel_called:
-        await trio.sleep(tick(8.0))  # virtual time: the loop proxy.watch_loop runs
+        await trio.sleep(tick(1, 8.0))  # virtual time: the loop proxy.watch_loop runs
         expire([watchdog], trio.current_time())
     fired = trio.current_time() - start
-    assert 8.0 <= fired <= 8.0 + tick(8.0)
+    assert 8.0 <= fired <= 8.0 + tick(1, 8.0)
