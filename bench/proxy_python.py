@@ -16,7 +16,10 @@ the Python each runs per request.  Two measures:
 
 The upstream side is patched in: ``UpstreamPool._dial`` returns one end of a memory stream
 pair.  Everything above it (the pool's checkout and release, steering, records, the
-parser, the watchdog) is the production code.
+parser, the watchdog's deadline moves) is the production code.  Left out: the watch loop
+(one task per proxy, not per request), and the pool's staleness ``poll`` (a memory stream
+has no socket to poll; ``bench/proxy.py`` pays it).  valgrind is installed with apt-get when
+``--callgrind`` needs it.
 """
 
 from __future__ import annotations
@@ -212,6 +215,11 @@ def main() -> int:
         return 0
     rows = ("bare httptools", "tunnel-lb")
     if args.callgrind:
+        from proxy import ensure  # bench/proxy.py's apt-get helper
+
+        if not ensure("valgrind", "valgrind"):
+            print("valgrind is required for --callgrind; giving up")
+            return 1
         requests = min(args.requests, 1000)  # about 15 s per row under valgrind
         counts = {row: _instructions(row, requests, args.clients) for row in rows}
         for row in rows:
