@@ -252,19 +252,16 @@ def _hooks(engine: Engine, metrics: Metrics, worker: int | None = None) -> Proxy
                 metrics.upstream_error(attempt.pool, name, attempt.error)
         if record.budget_refused:
             metrics.retry_budget_refused(lb)
-        if record.retried == "retry_on":
-            # retry_on (docs/semantics.md): one count per retry, by the condition that matched
+        if record.retried:
+            # One count per retry, each of its kind, in the pool of the attempt that failed.
             for attempt in record.attempts:
-                if attempt.retry_on:
+                kind = attempt.retried
+                if kind == "retry_on":  # by the condition that matched (docs/semantics.md)
                     metrics.retry(lb, f"retry_on_{attempt.retry_on}", attempt.pool)
-        elif record.retried:
-            # The pool of the attempt that failed: every retry is followed by one more attempt.
-            failed = record.attempts[-2].pool if len(record.attempts) > 1 else record.pool
-            if record.retried == "zero_downtime_failover":
-                # the 521, 522, 523... that set it off
-                metrics.retry(lb, str(record.retry_status), failed)
-            else:
-                metrics.retry(lb, record.retried, failed)  # stale_connection: dead pooled conn
+                elif kind == "zero_downtime_failover":  # the 521, 522... that set it off
+                    metrics.retry(lb, str(attempt.status), attempt.pool)
+                elif kind:  # stale_connection: a dead pooled connection
+                    metrics.retry(lb, kind, attempt.pool)
         if engine.config.engine.access_log:
             access_log.info(
                 "request",

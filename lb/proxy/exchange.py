@@ -491,7 +491,7 @@ def _after_failure(
         tries.budget.retrying_now()
     tries.retries.append(kind)
     tries.fresh = True  # every retry goes out on a fresh connection
-    record.retried = kind.value
+    record.retried = attempt.retried = kind.value
     record.retry_status = step.status
     if step.reason:
         attempt.retry_on = step.reason

@@ -44,6 +44,10 @@ class Attempt:
     retry_on: str = ""
     """The ``retry_on`` condition (``reset``, ``502``...) this attempt's failure was retried
     for; empty when it was not retried, or retried by Cloudflare's own rules."""
+    retried: str = ""
+    """The retry that followed this attempt (``zero_downtime_failover``,
+    ``stale_connection``, ``retry_on``); empty for the last attempt.  A request may have
+    retries of several kinds: each attempt says which one followed it."""
 
 
 @dataclass(slots=True)

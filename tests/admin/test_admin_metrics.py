@@ -439,3 +439,31 @@ def test_upstream_errors_by_endpoint_and_a_closed_set_of_kinds() -> None:
     assert s[key(name, pool="eu", endpoint="a", kind="refused")] == 2
     assert s[key(name, pool="eu", endpoint="b", kind="tls_certificate")] == 1
     assert s[key(name, pool="eu", endpoint="b", kind="other")] == 1
+
+
+def test_every_retry_of_a_request_counts_by_its_own_kind() -> None:
+    """A request retried on a fresh connection, then failed over, then retried by
+    ``retry_on`` counts three retries, each with its kind and the failed attempt's pool
+    (only the last one counted before)."""
+    from lb.proxy.hooks import Attempt, RequestRecord
+    from lb.service import _hooks
+
+    eng, metrics = attached()
+    record = RequestRecord(
+        method="GET", host=HOST, target="/", client_ip="", datacenter="", request_id="r"
+    )
+    record.load_balancer, record.pool, record.endpoint = HOST, "us", "us/c"
+    record.retried = "retry_on"
+    record.attempts = [
+        Attempt(pool="eu", endpoint="eu/a", status=502, reused=True, retried="stale_connection"),
+        Attempt(pool="eu", endpoint="eu/a", status=522, retried="zero_downtime_failover"),
+        Attempt(pool="us", endpoint="us/b", status=503, retry_on="503", retried="retry_on"),
+        Attempt(pool="us", endpoint="us/c", status=200),
+    ]
+    _hooks(eng, metrics).request_done(record)
+    s = scrape(metrics)
+    retries = "lb_retries_total"
+    assert s[key(retries, load_balancer=HOST, pool="eu", reason="stale_connection")] == 1
+    assert s[key(retries, load_balancer=HOST, pool="eu", reason="522")] == 1
+    assert s[key(retries, load_balancer=HOST, pool="us", reason="retry_on_503")] == 1
+    assert sum(v for (name, _), v in s.items() if name == retries) == 3
