@@ -174,20 +174,6 @@ class HeaderSessions:
         raw = "\x1f".join((lb, *key)).encode("utf-8", "surrogateescape")
         return hashlib.blake2b(raw, digest_size=16).digest()
 
-    def get(self, lb: str, key: tuple[str, ...], now: float, ttl: float) -> str | None:
-        """The endpoint key of a live session, refreshing its idle timer; None if none."""
-        digest = self._digest(lb, key)
-        entry = self._sessions.get(digest)
-        if entry is None:
-            return None
-        endpoint, last = entry
-        if now - last > ttl:
-            del self._sessions[digest]
-            return None
-        self._sessions[digest] = (endpoint, now)
-        self._sessions.move_to_end(digest)
-        return endpoint
-
     def put(self, lb: str, key: tuple[str, ...], endpoint: str, now: float) -> None:
         """Pin a session to ``endpoint`` (a ``pool/endpoint`` key)."""
         digest = self._digest(lb, key)
@@ -201,7 +187,8 @@ class HeaderSessions:
         self.put(session.load_balancer, session.key, session.endpoint, session.now)
 
     def peek(self, lb: str, key: tuple[str, ...], now: float, ttl: float) -> str | None:
-        """Like :meth:`get`, without refreshing or expiring anything."""
+        """The endpoint key of a live session, or None; reading refreshes nothing (a hit is
+        stored again through ``Decision.remember``, which restarts its idle timer)."""
         entry = self._sessions.get(self._digest(lb, key))
         if entry is None or now - entry[1] > ttl:
             return None

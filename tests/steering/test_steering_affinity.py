@@ -379,7 +379,8 @@ def test_r39_header_sessions_are_bounded_least_recently_used_first() -> None:
     sessions = HeaderSessions(max_sessions=3)
     for i in range(3):
         sessions.put("lb", (f"k{i}",), f"a/a-{i}", now=float(i))
-    assert sessions.get("lb", ("k0",), now=3.0, ttl=60) == "a/a-0"  # k0 is now the newest
+    assert sessions.peek("lb", ("k0",), now=3.0, ttl=60) == "a/a-0"
+    sessions.put("lb", ("k0",), "a/a-0", now=3.0)  # a hit is stored again: k0 is the newest
     sessions.put("lb", ("k3",), "a/a-3", now=4.0)  # evicts k1, the least recently used
     assert len(sessions) == 3
     assert sessions.peek("lb", ("k1",), now=4.0, ttl=60) is None
