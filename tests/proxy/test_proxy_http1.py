@@ -188,3 +188,36 @@ def test_the_writer_frames_by_what_the_client_can_take() -> None:
     assert conn.send(http1.Data(b"x")) == b"x"
     conn.send(http1.EOM)
     assert conn.our_state is http1.MUST_CLOSE
+
+
+def test_a_pipelined_head_behind_a_large_body_is_not_counted_with_it() -> None:
+    """The body of one request and the start of the next head arrive in one read: only the
+    head may count against the head-size limit (the body alone is past it here)."""
+    conn = http1.Connection(http1.SERVER, max_incomplete_event_size=4096)
+    body = b"b" * 20_000
+    conn.receive_data(
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n%b" % (len(body), body)
+        + b"GET /next HTTP/1.1\r\nHo"
+    )
+    events = _events(conn)
+    assert [type(e) for e in events] == [http1.Request, http1.Data, http1.EndOfMessage]
+    conn.send(http1.Response(status_code=200, headers=[(b"content-length", b"0")]))
+    conn.send(http1.EOM)
+    conn.start_next_cycle()
+    conn.receive_data(b"st: a\r\n\r\n")
+    [request, end] = _events(conn)
+    assert isinstance(request, http1.Request) and request.target == b"/next"
+    assert type(end) is http1.EndOfMessage
+
+
+def test_a_head_too_large_is_still_refused_in_the_pieces_after() -> None:
+    conn = http1.Connection(http1.SERVER, max_incomplete_event_size=4096)
+    conn.receive_data(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nX: ")
+    assert [type(e) for e in _events(conn)] == [http1.Request, http1.EndOfMessage]
+    conn.send(http1.Response(status_code=200, headers=[(b"content-length", b"0")]))
+    conn.send(http1.EOM)
+    conn.start_next_cycle()
+    conn.receive_data(b"x" * 5000)
+    with pytest.raises(http1.RemoteProtocolError) as refused:
+        _events(conn)
+    assert refused.value.error_status_hint == 431
