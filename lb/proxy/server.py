@@ -25,12 +25,12 @@ bodiless ones) take no task.
 Per request the hot path is: one ``scan_request`` pass over the headers, one steering
 decision, one header rewrite, one write upstream (head and small body together), one write
 downstream (head and small body together), and two deadline moves (float stores:
-lb/proxy/watchdog.py).  Metrics and logs
-happen in the caller's :class:`~lb.proxy.hooks.ProxyHooks`, fed one record per request.
+lb/proxy/watchdog.py).  Metrics and logs happen in the caller's
+:class:`~lb.proxy.hooks.ProxyHooks`, fed one record per request.
 
 Timeouts (``engine.limits``), all as inactivity deadlines on one watchdog cancel scope per
 connection (lb/proxy/watchdog.py), so they cost a float store rather than a new scope per
-I/O call, and fire at most one watchdog tick late; the request's phase
+I/O call, and fire about one watchdog tick late; the request's phase
 (:class:`~lb.proxy.state.Phase`) says which one fired:
 
 * waiting for a request head, reading a request body and writing to the client:
