@@ -36,7 +36,8 @@ routing, and a request for an application service (an origin URL, or ``hello_wor
 plays the application) gets what cloudflared answers when its origin fails: ``502`` for a
 refused or failed origin, no answer at all for a hung one (the proxy's 524 after its request
 timeout), the status of ``status``, the wait of ``latency``, a cut body for ``truncate``
-(cloudflared streams the application's body) and 502 for ``reset``.  ``http_status`` rules
+(cloudflared streams the application's body; the wait of ``latency`` comes first, as in the
+simulator) and 502 for ``reset``.  ``http_status`` rules
 answer without the application, so they stay unaffected, as in the simulator.
 
 Faults the connector cannot make real on one machine are refused with a message naming them
@@ -284,13 +285,18 @@ class Faults:
         fault = self.current(layer)[0]
         return fault if fault in ("reset", "truncate") else None
 
+    async def origin_delay(self) -> None:
+        """Wait out the application's ``latency`` (before any answer that reaches it, a cut
+        one included)."""
+        if self._latency[ORIGIN]:
+            await trio.sleep(self._latency[ORIGIN])
+
     async def origin_answer(self, stream: trio.abc.Stream) -> int | None:
         """Before a request reaches the application: wait out its latency, then the status
         cloudflared answers for a failing origin (502, or the fault's status), None when it
         works.  A hung origin (``blackhole``) never answers: this returns only when the
         peer has gone, with 0 (the connection is to be dropped)."""
-        if self._latency[ORIGIN]:
-            await trio.sleep(self._latency[ORIGIN])
+        await self.origin_delay()
         fault, status = self.current(ORIGIN)
         if not fault:
             return None

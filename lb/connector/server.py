@@ -263,7 +263,10 @@ class _Server:
         application = not isinstance(service, HttpStatus | TcpService | Bastion)
         cut = self.faults.cut()
         if cut is None and application and self.faults.cut(ORIGIN) == "truncate":
-            cut = "truncate"  # cloudflared streams the body (a reset application: its 502)
+            # cloudflared streams the body (a reset application: its 502); the application's
+            # latency comes first, as the simulator adds it to the cut answer
+            await self.faults.origin_delay()
+            cut = "truncate"
         if cut is not None:
             await cut_answer(client.http.send, cut)
             raise AbortConnectionError  # dropped before (reset) or inside (truncate) the body

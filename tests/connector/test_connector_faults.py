@@ -241,3 +241,25 @@ async def test_reset_and_truncate_drop_the_connection_before_or_inside_the_body(
         assert (await client.get(f"{url}health")).status_code == 204
         await do(do="reset", layer="origin")
         assert (await client.get(url)).status_code == 502
+
+
+async def test_origin_latency_delays_a_truncated_answer(
+    nursery: trio.Nursery, server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext
+) -> None:
+    """The simulator adds the application's latency to a cut answer; so does the connector:
+    with an hour of it, no byte of the truncated answer comes back at all."""
+    url, control = await _start(nursery, server_ctx)
+    async with httpx.AsyncClient(timeout=5) as admin:
+        for body in ({"do": "truncate"}, {"do": "latency", "latency": 3600}):
+            response = await admin.post(control, json={**body, "layer": "origin"})
+            assert response.status_code == 200, response.text
+        async with httpx.AsyncClient(verify=client_ctx, timeout=0.5) as client:
+            with pytest.raises(httpx.ReadTimeout):  # still waiting: not cut at once
+                await client.get(url)
+        response = await admin.post(
+            control, json={"do": "latency", "latency": 0.01, "layer": "origin"}
+        )
+        assert response.status_code == 200, response.text
+        async with httpx.AsyncClient(verify=client_ctx, timeout=5) as client:
+            with pytest.raises(httpx.RemoteProtocolError, match="received 2048 bytes"):
+                await client.get(url)  # after the wait, the cut body
