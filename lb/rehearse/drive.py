@@ -9,6 +9,9 @@ client's ``__cflb`` cookie when it is a cookie-keeping client, and its affinity 
 
 The timeline runs beside it: network events become a ``POST /faults`` to the endpoint's
 stand-in (:mod:`lb.connector.faults`), or to the one replica's they name (:func:`_controls`);
+a fault of a whole tunnel held by its edge stand-in is handed to the replicas' connectors
+once an event changes only some of them (:func:`handovers`), as the simulator keeps one
+condition list per replica;
 ``disable`` / ``enable`` / ``weight`` rewrite the LB's configuration file and ``POST /reload``
 it, as an operator would.
 """
@@ -28,7 +31,7 @@ from lb.rehearse.stack import Stack
 from lb.sim.scenario import ORIGIN, ConfigEvent, NetEvent, Scenario, Traffic
 from lb.sim.spec import TimelineAction
 
-__all__ = ["Driven", "Sent", "drive", "unrehearsable"]
+__all__ = ["Driven", "Sent", "drive", "handovers", "unrehearsable"]
 
 
 @dataclass(slots=True)
@@ -64,6 +67,7 @@ def unrehearsable(sc: Scenario) -> list[str]:
             )
         elif set(e.replicas) == every and e.layer != ORIGIN and _unseen(e):
             unseen.append(what)
+    out += _unhandable(sc)
     out += [
         f"network.keep_alive of {address}: the edge stand-in in front of its replicas keeps "
         "its own connections to them, so their closes do not reach the LB"
@@ -109,6 +113,65 @@ def unrehearsable(sc: Scenario) -> list[str]:
             for x in sc.expectations
             if x.kind == "probes"
         ]
+    return out
+
+
+def _edged(sc: Scenario, e: NetEvent) -> bool:
+    """Whether ``e`` is an edge event of a tunnel that has an edge stand-in."""
+    return len(sc.replicas.get(e.address, ())) > 1 and e.layer != ORIGIN and not e.scope
+
+
+def _held_after(held: list[NetEvent], e: NetEvent) -> list[NetEvent]:
+    """The conditions after ``e``, by the simulator's rule (``lb.sim.network``, unscoped):
+    ``recover`` clears them all, ``latency`` replaces the latency, any other the fault."""
+    if e.action == TimelineAction.RECOVER:
+        return []
+    latency = e.action == TimelineAction.LATENCY
+    return [c for c in held if (c.action == TimelineAction.LATENCY) != latency] + [e]
+
+
+def handovers(sc: Scenario) -> dict[int, tuple[NetEvent, ...]]:
+    """Edge events of some replicas of a tunnel (by ``index``) -> the tunnel-wide edge
+    conditions its edge stand-in holds until then.
+
+    The simulator keeps the conditions of each replica: a fault of the whole tunnel is one
+    condition per replica, and a later event of one replica (a ``recover`` included) changes
+    that replica's only.  The edge stand-in holds a tunnel-wide fault once, in front of
+    every replica, so before such an event :func:`drive` hands what it holds to the
+    replicas' connectors (the replicas the event clears excepted) and clears the edge's.
+    """
+    held: dict[str, list[NetEvent]] = {}
+    out: dict[int, tuple[NetEvent, ...]] = {}
+    for e in sorted(sc.events, key=lambda e: (e.at, e.index)):
+        if not _edged(sc, e):
+            continue
+        if set(e.replicas) == {r.name for r in sc.replicas[e.address]}:
+            held[e.address] = _held_after(held.get(e.address, []), e)
+        elif held.get(e.address):
+            out[e.index] = tuple(held.pop(e.address))
+    return out
+
+
+def _unhandable(sc: Scenario) -> list[str]:
+    """Why a hand-over of :func:`handovers` cannot be made identical to the simulator."""
+    out: list[str] = []
+    named = {e.index: e for e in sc.events}
+    for index, held in sorted(handovers(sc).items()):
+        e = named[index]
+        what = e.label or f"{e.action} at {e.at:g}s"
+        for c in held:
+            by = c.label or f"{c.action} at {c.at:g}s"
+            if _hangs(c):
+                out.append(
+                    f"{what}: {_how(c)} of every replica ({by}) would then hold only the "
+                    "others, and the edge stand-in would not avoid them: it learns that a "
+                    "replica is gone only from a refused connection"
+                )
+            elif c.action == TimelineAction.FLAP:
+                out.append(
+                    f"{what}: the flap of every replica ({by}) would restart its period on "
+                    "the replicas' connectors (a connector's flap starts when it is set)"
+                )
     return out
 
 
@@ -255,16 +318,36 @@ async def _timeline(
     items: list[tuple[float, int, NetEvent | ConfigEvent]] = [
         (e.at, e.index, e) for e in sc.events
     ] + [(c.at, c.index, c) for c in sc.changes]
+    handed = handovers(sc)
     for at, _, item in sorted(items, key=lambda x: (x[0], x[1])):
         await trio.sleep_until(start + at)
         if isinstance(item, ConfigEvent):
             await stack.reload(client, _config_changed(stack.raw_config, item))
         else:
-            for url in _controls(stack, item):
-                r = await client.post(url, json=_fault_body(item))
+            posts = _handover(stack, item, handed.get(item.index, ()))
+            posts += [(url, _fault_body(item)) for url in _controls(stack, item)]
+            for url, body in posts:
+                r = await client.post(url, json=body)
                 if r.status_code != 200:
                     raise RuntimeError(f"the stand-in refused {item.label}: {r.text.strip()}")
         lags.append(trio.current_time() - start - at)
+
+
+def _handover(
+    stack: Stack, e: NetEvent, held: tuple[NetEvent, ...]
+) -> list[tuple[str, dict[str, object]]]:
+    """The POSTs that move the tunnel-wide conditions ``held`` by the edge stand-in to the
+    replicas ``e`` does not clear, then clear the edge's: the replicas keep failing
+    throughout, as in the simulator."""
+    if not held:
+        return []
+    cleared = set(e.replicas) if e.action == TimelineAction.RECOVER else set()
+    keep = sorted(
+        name for (a, name) in stack.replica_control if a == e.address and name not in cleared
+    )
+    posts = [(stack.replica_control[(e.address, n)], _fault_body(c)) for n in keep for c in held]
+    posts.append((stack.control[e.address], {"do": TimelineAction.RECOVER}))
+    return posts
 
 
 @dataclass(slots=True)

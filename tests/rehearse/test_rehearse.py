@@ -250,6 +250,44 @@ def test_a_killed_replica_falls_inside_the_simulated_spread(tmp_path: Path) -> N
     assert result.ok, result.table()
 
 
+def test_recovering_one_replica_of_a_refused_tunnel_recovers_it_alone(tmp_path: Path) -> None:
+    """The whole tunnel refuses from 20 s (the edge stand-in's fault), then the FRA replica
+    recovers at 30 s: in the simulator that replica serves every user from then on while the
+    IAD one still refuses; the rehearsal hands the refusal to the IAD connector."""
+    scenario = _with_timeline(
+        tmp_path,
+        "  - {at: 20, tunnel: shared, do: refuse}\n"
+        "  - {at: 30, replica: shared/host-fra, do: recover}\n",
+        "  - name: the recovered host serves everyone\n"
+        "    share: {replica: shared/host-fra, between: [32, 60], at_least: 1}\n"
+        "  - name: the host still refusing serves nobody\n"
+        "    share: {replica: shared/host-iad, between: [32, 60], at_most: 0}\n",
+    )
+    result = rehearse(scenario, seeds=3, speed=10, rate=0.25, workdir=tmp_path / "work")
+    data = result.real.data
+    assert [v["ok"] for v in data["expectations"]] == [True] * 2, result.table()
+    assert result.ok, result.table()
+
+
+def test_a_hanging_tunnel_fault_left_on_some_replicas_is_refused(tmp_path: Path) -> None:
+    scenario = _with_timeline(
+        tmp_path,
+        "  - {at: 20, tunnel: shared, do: blackhole}\n"
+        "  - {at: 30, replica: shared/host-fra, do: recover}\n"
+        "  - {at: 40, tunnel: shared, do: flap, period: 10, how: refuse}\n"
+        "  - {at: 50, replica: shared/host-iad, do: status, status: 503}\n",
+    )
+    message = _refusal(scenario, tmp_path)
+    assert message == (
+        "cannot be rehearsed on one machine: recover replica shared/host-fra: blackhole of "
+        "every replica (blackhole tunnel shared) would then hold only the others, and the edge "
+        "stand-in would not avoid them: it learns that a replica is gone only from a refused "
+        "connection; status replica shared/host-iad: the flap of every replica (flap tunnel "
+        "shared) would restart its period on the replicas' connectors (a connector's flap "
+        "starts when it is set)"
+    )
+
+
 def test_replica_faults_the_edge_stand_in_cannot_see_are_refused(tmp_path: Path) -> None:
     scenario = _with_timeline(tmp_path, "  - {at: 20, replica: shared/host-fra, do: blackhole}\n")
     message = _refusal(scenario, tmp_path)
