@@ -298,7 +298,7 @@ def _controls(stack: Stack, e: NetEvent) -> list[str]:
     """The control ports an event goes to.  A tunnel with an edge stand-in: an edge fault of
     every replica is the edge's own (its recover clears the replicas' too, as a tunnel-wide
     recover does in the simulator); a fault of some replicas, or of the application behind
-    them, goes to those replicas' connectors only."""
+    them, goes to those replicas' connectors only (after :func:`_handover`)."""
     replicas = {name: url for (a, name), url in stack.replica_control.items() if a == e.address}
     if not replicas:
         return [stack.control[e.address]]

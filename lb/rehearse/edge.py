@@ -29,7 +29,9 @@ What it does, per request
 Faults of the whole tunnel's edge layer are the edge's own: it holds a
 :class:`lb.connector.faults.Faults` with its control port, so ``refuse``, ``blackhole``,
 ``down``, ``status``, ``latency`` and ``flap`` of a tunnel act on the LB's connections
-exactly as on a lone stand-in.  ``docs/rehearse.md`` lists what this does not model.
+exactly as on a lone stand-in, until an event of some replicas hands them over to the
+replicas' connectors (:func:`lb.rehearse.drive.handovers`).  ``docs/rehearse.md`` lists
+what this does not model.
 """
 
 from __future__ import annotations
