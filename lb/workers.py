@@ -69,6 +69,7 @@ from typing import Any, ClassVar
 import trio
 
 from lb import logs
+from lb.children import reap
 from lb.config.model import Config, Listener
 from lb.core.health import Health, ProbeResult
 from lb.engine import Engine, LiveReport, live_report
@@ -110,8 +111,6 @@ BACKOFF_FIRST, BACKOFF_MAX = 0.5, 30.0
 STABLE = 60.0
 STOP_GRACE = 5.0
 """Seconds past ``engine.drain_timeout`` a stopping child gets before it is killed."""
-REAP_TIMEOUT = 5.0
-"""Seconds the parent waits for a killed child to be gone (SIGKILL: normally at once)."""
 MAX_RUN = 1000
 """Longest pending run kept per check (``consecutive_up/down`` are at most 1000)."""
 
@@ -645,7 +644,7 @@ class Workers:
             for slot in self.slots:
                 if slot.process is not None and slot.process.returncode is None:
                     logs.event("worker_killed", logging.WARNING, worker=slot.index)
-                    await _reap(slot.process)
+                    await reap(slot.process)
             self._done.set()
 
     async def stopped(self) -> None:
@@ -709,7 +708,7 @@ class Workers:
             self.metrics.worker_requests_active.pop(slot.index, None)  # and their requests
             send.close()
             if process.returncode is None:
-                await _reap(process)
+                await reap(process)
         return code
 
     async def _write(
@@ -778,14 +777,6 @@ class Workers:
                     logs.event("worker_ready", worker=slot.index, pid=message.pid, listen=listen)
                     if slot.ready is not None:
                         slot.ready.set()
-
-
-async def _reap(process: trio.Process) -> None:
-    """Kill ``process`` and wait for it, even while cancelled (bounded): a child is never left
-    behind, not even as a zombie for init to collect after the parent has exited."""
-    process.kill()
-    with trio.CancelScope(shield=True), trio.move_on_after(REAP_TIMEOUT):
-        await process.wait()
 
 
 async def _messages(

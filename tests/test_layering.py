@@ -43,6 +43,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         (
             "monitors",
             "lb.lifecycle",
+            "lb.children",
             "lb.logs",
             "lb.metrics",
             "lb.proxy",

@@ -36,6 +36,7 @@ from typing import Any
 import httpx
 import trio
 
+from lb.children import reap, stop
 from lb.rehearse.edge import Edge, Upstream
 from lb.sim.scenario import ORIGIN_SERVICE, Replica, Scenario
 
@@ -43,6 +44,8 @@ __all__ = ["Stack", "StartError", "running"]
 
 READY_WAIT = 30.0
 """Seconds a process may take to report its ports."""
+STOP_GRACE = 5.0
+"""Seconds the processes get to exit on SIGTERM when the stack stops, before SIGKILL."""
 
 
 class StartError(RuntimeError):
@@ -254,8 +257,7 @@ async def running(
                     n += 1
                     path.write_text(json.dumps(_connector(sc, address, replica, cert)), "utf-8")
                     cmd = ["connector", "--quiet", "--control", "127.0.0.1:0", str(path)]
-                    proc, https, ctl = await _start_connector(nursery, cmd, log)
-                    processes.append(proc)
+                    https, ctl = await _start_connector(nursery, cmd, log, processes)
                     upstreams.append(Upstream(replica, https.removeprefix("https://")))
                     replica_control[(address, replica.name)] = ctl
                     warm.append(upstreams[-1].address)
@@ -281,8 +283,7 @@ async def running(
             config_path.write_text(json.dumps(raw, indent=1), "utf-8")
             args = ["run", str(config_path), "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"]
             args += ["--seed", str(seed), "--log-format", "json"]
-            lb, ready, anchor = await _start_lb(nursery, args, lb_log)
-            processes.append(lb)
+            ready, anchor = await _start_lb(args, lb_log, processes)
             stack = Stack(
                 proxy=f"http://{ready['proxy'][0]}",
                 admin=f"http://{ready['admin']}",
@@ -301,23 +302,22 @@ async def running(
             )
             yield stack
         finally:
-            for p in processes:
-                if p.returncode is None:
-                    p.terminate()
-            with trio.move_on_after(5) as scope:
-                scope.shield = True
-                for p in processes:
-                    await p.wait()
+            # Every path, a failed or cancelled start included: each process the stack
+            # started is in `processes` from the moment it exists, and ends here for good.
+            await stop(*processes, grace=STOP_GRACE)
             nursery.cancel_scope.cancel()
 
 
 async def _start_connector(
-    nursery: trio.Nursery, args: list[str], log: Path
-) -> tuple[trio.Process, str, str]:
+    nursery: trio.Nursery, args: list[str], log: Path, processes: list[trio.Process]
+) -> tuple[str, str]:
+    """Start a connector (added to ``processes`` at once, for the caller to stop); its
+    HTTPS and control URLs once it prints them."""
     with log.open("ab") as err:
         proc = await trio.lowlevel.open_process(
             [sys.executable, "-m", "lb", *args], stdout=-1, stderr=err
         )
+    processes.append(proc)
     assert proc.stdout is not None
     https = control = ""
     lines = _Lines(proc.stdout)
@@ -330,10 +330,10 @@ async def _start_connector(
             if https and control:
                 break
     if not (https and control):
-        proc.kill()
+        await reap(proc)
         raise StartError(f"a connector did not start; see {log}")
     nursery.start_soon(_drain, lines)
-    return proc, https, control
+    return https, control
 
 
 async def _warm(addresses: Iterable[str], ca_file: Path) -> None:
@@ -355,14 +355,15 @@ async def _drain(lines: _Lines) -> None:
 
 
 async def _start_lb(
-    nursery: trio.Nursery, args: list[str], log: Path
-) -> tuple[trio.Process, dict[str, Any], float]:
-    """Start ``tunnel-lb run``; its ``ready`` line, and the ``mono`` of its
-    ``monitors_started`` line (which comes first)."""
+    args: list[str], log: Path, processes: list[trio.Process]
+) -> tuple[dict[str, Any], float]:
+    """Start ``tunnel-lb run`` (added to ``processes`` at once, for the caller to stop); its
+    ``ready`` line, and the ``mono`` of its ``monitors_started`` line (which comes first)."""
     with log.open("wb") as err:
         proc = await trio.lowlevel.open_process(
             [sys.executable, "-m", "lb", *args], stdout=err, stderr=err
         )
+    processes.append(proc)
     with trio.move_on_after(READY_WAIT):
         while proc.returncode is None and proc.poll() is None:
             text = await trio.Path(log).read_text("utf-8", "replace")
@@ -372,9 +373,9 @@ async def _start_lb(
                     anchor = float(json.loads(line)["mono"])
                 if '"event":"ready"' in line and anchor is not None:
                     ready: dict[str, Any] = json.loads(line)
-                    return proc, ready, anchor
+                    return ready, anchor
             await trio.sleep(0.02)
-    proc.kill()
+    await reap(proc)
     text = await trio.Path(log).read_text("utf-8", "replace")
     tail = text.strip().splitlines()[-1:] or ["(no output)"]
     raise StartError(f"tunnel-lb run did not become ready: {tail[0]} (log: {log})")
