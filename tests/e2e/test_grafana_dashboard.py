@@ -10,6 +10,7 @@ series, fails the test.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from pathlib import Path
@@ -91,7 +92,10 @@ async def test_every_panel_returns_data_after_traffic_and_a_failover(tmp_path: P
             for _ in range(3000):
                 if stop.is_set():
                     return
-                await client.get(f"{stack.base}/", headers={"Host": LB})
+                # A response the killed tunnel was sending is cut (the proxy cannot answer
+                # twice): only the dashboard's data is checked here.
+                with contextlib.suppress(httpx.TransportError):
+                    await client.get(f"{stack.base}/", headers={"Host": LB})
                 await trio.sleep(0.02)  # on purpose: paced traffic
 
         async with trio.open_nursery() as nursery:
