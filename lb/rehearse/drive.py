@@ -156,12 +156,19 @@ def _unhandable(sc: Scenario) -> list[str]:
     """Why a hand-over of :func:`handovers` cannot be made identical to the simulator."""
     out: list[str] = []
     named = {e.index: e for e in sc.events}
-    for index, held in sorted(handovers(sc).items()):
+    handed = handovers(sc)
+    for index, held in sorted(handed.items()):
         e = named[index]
         what = e.label or f"{e.action} at {e.at:g}s"
         for c in held:
             by = c.label or f"{c.action} at {c.at:g}s"
-            if _hangs(c):
+            if c.action == TimelineAction.REFUSE and e.action != TimelineAction.RECOVER:
+                out.append(
+                    f"{what}: the refusal of every replica ({by}) would then be every "
+                    "replica's connector's own, and the edge stand-in answers 530 when no "
+                    "replica takes a connection, where the simulator shows a refused one"
+                )
+            elif _hangs(c):
                 out.append(
                     f"{what}: {_how(c)} of every replica ({by}) would then hold only the "
                     "others, and the edge stand-in would not avoid them: it learns that a "
@@ -171,6 +178,27 @@ def _unhandable(sc: Scenario) -> list[str]:
                 out.append(
                     f"{what}: the flap of every replica ({by}) would restart its period on "
                     "the replicas' connectors (a connector's flap starts when it is set)"
+                )
+    # After a hand-over the replicas' connectors hold conditions of their own; a later event
+    # of the whole tunnel goes to the edge stand-in and would add to them, where the
+    # simulator replaces each replica's (a tunnel-wide recover clears both: _controls).
+    since: dict[str, NetEvent] = {}
+    for e in sorted(sc.events, key=lambda e: (e.at, e.index)):
+        if not _edged(sc, e):
+            continue
+        if e.index in handed:
+            since[e.address] = e
+        elif set(e.replicas) == {r.name for r in sc.replicas[e.address]}:
+            first = since.get(e.address)
+            if e.action == TimelineAction.RECOVER:
+                since.pop(e.address, None)
+            elif first is not None:
+                what = e.label or f"{e.action} at {e.at:g}s"
+                by = first.label or f"{first.action} at {first.at:g}s"
+                out.append(
+                    f"{what}: the replicas' connectors still hold what {by} handed them "
+                    "from the edge stand-in, which a fault of the whole tunnel would add "
+                    "to rather than replace"
                 )
     return out
 

@@ -284,7 +284,9 @@ def test_a_hanging_tunnel_fault_left_on_some_replicas_is_refused(tmp_path: Path)
         "stand-in would not avoid them: it learns that a replica is gone only from a refused "
         "connection; status replica shared/host-iad: the flap of every replica (flap tunnel "
         "shared) would restart its period on the replicas' connectors (a connector's flap "
-        "starts when it is set)"
+        "starts when it is set); flap tunnel shared: the replicas' connectors still hold what "
+        "recover replica shared/host-fra handed them from the edge stand-in, which a fault of "
+        "the whole tunnel would add to rather than replace"
     )
 
 
@@ -315,3 +317,38 @@ def test_probe_expectations_are_refused_where_probes_never_reach_a_stand_in(
         "stand-ins receive them, and blackhole tunnel dc1 keeps probe attempts from reaching "
         "a stand-in"
     )
+
+
+def test_hand_overs_the_stand_ins_cannot_match_are_refused(tmp_path: Path) -> None:
+    """A refusal of the whole tunnel handed to every replica's connector would make the edge
+    stand-in answer 530 (no replica takes a connection) where the simulator shows a refused
+    connection; a tunnel-wide fault after a hand-over would add to the replicas' conditions
+    where the simulator replaces them."""
+    scenario = _with_timeline(
+        tmp_path,
+        "  - {at: 20, tunnel: shared, do: refuse}\n"
+        "  - {at: 30, replica: shared/host-fra, do: latency, latency: 0.2}\n"
+        "  - {at: 40, tunnel: shared, do: latency, latency: 0.5}\n",
+    )
+    message = _refusal(scenario, tmp_path)
+    assert message == (
+        "cannot be rehearsed on one machine: latency replica shared/host-fra: the refusal of "
+        "every replica (refuse tunnel shared) would then be every replica's connector's own, "
+        "and the edge stand-in answers 530 when no replica takes a connection, where the "
+        "simulator shows a refused one; latency tunnel shared: the replicas' connectors still "
+        "hold what latency replica shared/host-fra handed them from the edge stand-in, which "
+        "a fault of the whole tunnel would add to rather than replace"
+    )
+
+
+def test_a_tunnel_wide_recover_after_a_hand_over_is_rehearsable(tmp_path: Path) -> None:
+    scenario = _with_timeline(
+        tmp_path,
+        "  - {at: 20, tunnel: shared, do: refuse}\n"
+        "  - {at: 30, replica: shared/host-fra, do: recover}\n"
+        "  - {at: 40, tunnel: shared, do: recover}\n"
+        "  - {at: 45, tunnel: shared, do: latency, latency: 0.1}\n",
+    )
+    from lb.rehearse.drive import unrehearsable
+
+    assert unrehearsable(load_scenario(scenario)) == []
