@@ -30,11 +30,17 @@ async def stop(*processes: trio.Process, grace: float) -> None:
     flushes its log on SIGTERM gets to), then :func:`reap` whatever is left.  Shielded, so
     that a cancelled caller still ends them."""
     with trio.CancelScope(shield=True):
-        for p in processes:
-            if p.returncode is None:
-                p.terminate()
-        with trio.move_on_after(grace):
+        try:
             for p in processes:
-                await p.wait()
-        for p in processes:
-            await reap(p)
+                if p.returncode is None:
+                    p.terminate()
+            with trio.move_on_after(grace):
+                for p in processes:
+                    await p.wait()
+        finally:
+            # Also on a KeyboardInterrupt, which a shield does not stop: no child outlives
+            # this, even if the waits below are cut short too.
+            for p in processes:
+                p.kill()
+            for p in processes:
+                await reap(p)
