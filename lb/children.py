@@ -27,8 +27,9 @@ async def reap(process: trio.Process) -> None:
 
 async def stop(*processes: trio.Process, grace: float) -> None:
     """End ``processes`` together: SIGTERM, up to ``grace`` seconds to exit (a child that
-    flushes its log on SIGTERM gets to), then :func:`reap` whatever is left.  Shielded, so
-    that a cancelled caller still ends them."""
+    flushes its log on SIGTERM gets to), then kill whatever is left and wait for it (as
+    :func:`reap`, within one ``REAP_TIMEOUT`` for all).  Shielded, so that a cancelled caller
+    still ends them."""
     with trio.CancelScope(shield=True):
         try:
             for p in processes:
@@ -42,5 +43,6 @@ async def stop(*processes: trio.Process, grace: float) -> None:
             # this, even if the waits below are cut short too.
             for p in processes:
                 p.kill()
-            for p in processes:
-                await reap(p)
+            with trio.move_on_after(REAP_TIMEOUT):  # one bound for all, not one each
+                for p in processes:
+                    await p.wait()
