@@ -4,10 +4,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from lb.config.model import Config, EngineSettings, LoadBalancer, Monitor, Origin, Pool
+from lb.config.model import (
+    Config,
+    EngineSettings,
+    LoadBalancer,
+    Monitor,
+    Origin,
+    Pool,
+    RetryOn,
+)
+from lb.core.attempts import Body, Failure, Retry, Step, next_step
+from lb.core.budget import RetryBudget
 from lb.core.health import ProbeResult
 
-__all__ = ["make_config", "make_pool", "result"]
+__all__ = ["FAILOVER_CODES", "make_config", "make_pool", "result", "step"]
+
+FAILOVER_CODES = frozenset({521, 522, 523})
 
 
 def make_pool(name: str, n: int = 2, *, monitor: str | None = "m", **kw: Any) -> Pool:
@@ -44,3 +56,31 @@ def result(
     else:
         kw.setdefault("status", 200)
     return ProbeResult(pool=pool, endpoint=endpoint, vantage=vantage, at=at, ok=ok, **kw)
+
+
+def step(
+    failure: Failure,
+    *,
+    rules: RetryOn | None,
+    reused: bool = False,
+    body: Body = Body.BUFFERED,
+    idempotent: bool = True,
+    retries: tuple[Retry, ...] = (),
+    budget: RetryBudget | None = None,
+    answered: int = 0,
+) -> Step:
+    """The attempt policy's step after ``failure`` of a request that reached the endpoint
+    (``retry_on`` tests): replayable exactly when idempotent."""
+    return next_step(
+        failure,
+        reused=reused,
+        body=body,
+        sent=True,
+        replayable=idempotent,
+        retries=retries,
+        failover_codes=FAILOVER_CODES,
+        idempotent=idempotent,
+        retry_on=rules,
+        budget=budget,
+        answered=answered,
+    )

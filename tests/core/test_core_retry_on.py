@@ -3,7 +3,11 @@ lb/core/budget.py): a table, then properties over random requests and failures."
 
 from __future__ import annotations
 
+from typing import Any
+
+import core_builders
 import pytest
+from core_builders import FAILOVER_CODES as CODES
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -11,35 +15,12 @@ from lb.config.model import LoadBalancer, Pool, RetryOn
 from lb.core.attempts import Action, Body, Failure, Retry, Step, next_step, retry_on_for
 from lb.core.budget import RetryBudget, budget_cap
 
-CODES = frozenset({521, 522, 523})
 F = Failure
 ALL = RetryOn(conditions=("reset", "empty_response"), statuses=(502, 503), num_retries=2)
 
 
-def step(
-    failure: Failure,
-    *,
-    rules: RetryOn | None = ALL,
-    reused: bool = False,
-    body: Body = Body.BUFFERED,
-    idempotent: bool = True,
-    retries: tuple[Retry, ...] = (),
-    budget: RetryBudget | None = None,
-    answered: int = 0,
-) -> Step:
-    return next_step(
-        failure,
-        reused=reused,
-        body=body,
-        sent=True,
-        replayable=idempotent,
-        retries=retries,
-        failover_codes=CODES,
-        idempotent=idempotent,
-        retry_on=rules,
-        budget=budget,
-        answered=answered,
-    )
+def step(failure: Failure, *, rules: RetryOn | None = ALL, **kw: Any) -> Step:
+    return core_builders.step(failure, rules=rules, **kw)
 
 
 def test_without_retry_on_nothing_changes() -> None:

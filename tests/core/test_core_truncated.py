@@ -5,13 +5,13 @@ are read whole before relaying (:func:`buffer_bound`), and the retry of one cut 
 from __future__ import annotations
 
 import pytest
+from core_builders import step
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lb.config.model import RetryOn
-from lb.core.attempts import Action, Body, Failure, Retry, Step, buffer_bound, next_step
+from lb.core.attempts import Action, Body, Failure, Retry, Step, buffer_bound
 
-CODES = frozenset({521, 522, 523})
 ON = RetryOn(conditions=("reset", "truncated"), statuses=(503,), buffer_response=65536)
 
 
@@ -39,17 +39,7 @@ def bound(
 def truncated(
     rules: RetryOn | None = ON, *, idempotent: bool = True, retries: tuple[Retry, ...] = ()
 ) -> Step:
-    return next_step(
-        Failure.TRUNCATED,
-        reused=False,
-        body=Body.BUFFERED,
-        sent=True,
-        replayable=idempotent,
-        retries=retries,
-        failover_codes=CODES,
-        idempotent=idempotent,
-        retry_on=rules,
-    )
+    return step(Failure.TRUNCATED, rules=rules, idempotent=idempotent, retries=retries)
 
 
 def test_a_known_length_within_the_bound_is_read_whole() -> None:

@@ -190,6 +190,13 @@ def test_the_writer_frames_by_what_the_client_can_take() -> None:
     assert conn.our_state is http1.MUST_CLOSE
 
 
+def _answer_empty(conn: http1.Connection) -> None:
+    """Answer the request read on ``conn`` with an empty 200 and get ready for the next."""
+    conn.send(http1.Response(status_code=200, headers=[(b"content-length", b"0")]))
+    conn.send(http1.EOM)
+    conn.start_next_cycle()
+
+
 def test_a_pipelined_head_behind_a_large_body_is_not_counted_with_it() -> None:
     """The body of one request and the start of the next head arrive in one read: only the
     head may count against the head-size limit (the body alone is past it here)."""
@@ -201,9 +208,7 @@ def test_a_pipelined_head_behind_a_large_body_is_not_counted_with_it() -> None:
     )
     events = _events(conn)
     assert [type(e) for e in events] == [http1.Request, http1.Data, http1.EndOfMessage]
-    conn.send(http1.Response(status_code=200, headers=[(b"content-length", b"0")]))
-    conn.send(http1.EOM)
-    conn.start_next_cycle()
+    _answer_empty(conn)
     conn.receive_data(b"st: a\r\n\r\n")
     [request, end] = _events(conn)
     assert isinstance(request, http1.Request) and request.target == b"/next"
@@ -214,9 +219,7 @@ def test_a_head_too_large_is_still_refused_in_the_pieces_after() -> None:
     conn = http1.Connection(http1.SERVER, max_incomplete_event_size=4096)
     conn.receive_data(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nX: ")
     assert [type(e) for e in _events(conn)] == [http1.Request, http1.EndOfMessage]
-    conn.send(http1.Response(status_code=200, headers=[(b"content-length", b"0")]))
-    conn.send(http1.EOM)
-    conn.start_next_cycle()
+    _answer_empty(conn)
     conn.receive_data(b"x" * 5000)
     with pytest.raises(http1.RemoteProtocolError) as refused:
         _events(conn)

@@ -145,13 +145,18 @@ async def test_a_refused_replica_is_passed_over_for_real(
     }
 
 
+async def _raw(url: str, ca: trustme.CA) -> trio.SSLStream[trio.SocketStream]:
+    """A TLS connection to the edge stand-in at ``url``, for bytes no HTTP client sends."""
+    _, client_ctx = _contexts(ca)
+    host, port = url.removeprefix("https://").split(":")
+    return await trio.open_ssl_over_tcp_stream(host, int(port), ssl_context=client_ctx)
+
+
 async def test_a_malformed_request_gets_a_400(
     nursery: trio.Nursery, scenario: Scenario, ca: trustme.CA
 ) -> None:
     _, url, _ = await _running(nursery, scenario, ca)
-    _, client_ctx = _contexts(ca)
-    host, port = url.removeprefix("https://").split(":")
-    stream = await trio.open_ssl_over_tcp_stream(host, int(port), ssl_context=client_ctx)
+    stream = await _raw(url, ca)
     await stream.send_all(b"GET / HTTP/1.1\r\nHost: a\r\nbroken header\r\n\r\n")
     answer = b""
     with trio.fail_after(5):
@@ -186,13 +191,12 @@ async def test_a_target_that_is_not_a_path_gets_a_400_and_the_edge_keeps_serving
     nursery: trio.Nursery, scenario: Scenario, ca: trustme.CA
 ) -> None:
     _, url, _ = await _running(nursery, scenario, ca)
-    _, client_ctx = _contexts(ca)
-    host, port = url.removeprefix("https://").split(":")
-    stream = await trio.open_ssl_over_tcp_stream(host, int(port), ssl_context=client_ctx)
+    stream = await _raw(url, ca)
     await stream.send_all(b"OPTIONS * HTTP/1.1\r\nHost: app.example.com\r\nCF-Ray: 1-FRA\r\n\r\n")
     with trio.fail_after(5):
         answer = await stream.receive_some(4096)
     assert answer.startswith(b"HTTP/1.1 400 "), answer
     await stream.aclose()
+    _, client_ctx = _contexts(ca)
     async with httpx.AsyncClient(verify=client_ctx, timeout=5) as client:
         assert (await client.get(f"{url}/", headers={"host": "app.example.com"})).status_code == 200
