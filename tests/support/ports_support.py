@@ -1,13 +1,16 @@
 """Ports for the tests where a program cannot simply bind port 0 and say what it got.
 
 Our own programs bind port 0 and report the port (tests/support/stack_support.py reads it);
-Prometheus too, and redis-server listens on a unix socket.  Two cases remain:
+Prometheus too, and redis-server listens on a unix socket.  Three cases remain:
 
 * :func:`reserved_port`: a port the test hands to SO_REUSEPORT listeners it does not bind
   itself (worker children started without their parent).  A bound socket that never listens
   holds it: no other process can bind it (the kernel's port-0 choice skips it, and an
   explicit bind without SO_REUSEPORT by the same user fails), the children can (SO_REUSEPORT,
   same user), and it receives no connection (only listening sockets do).
+* :func:`dead_port`: a port where nothing listens, so that connections are refused.  It is
+  held (bound, never listening, no SO_REUSEADDR or SO_REUSEPORT) until the test process
+  exits: nobody can start listening there meanwhile and answer instead.
 * :func:`start_on_a_free_port`: a third-party server that can only be told a port (sshd).
   The port was free a moment ago; if the server then fails to bind it (another process
   took it meanwhile), the start is tried again with a new port, a bounded number of times,
@@ -23,12 +26,15 @@ from typing import TypeVar
 
 import pytest
 
-__all__ = ["reserved_port", "start_on_a_free_port"]
+__all__ = ["dead_port", "reserved_port", "start_on_a_free_port"]
 
 T = TypeVar("T")
 
 TRIES = 5
 """Starts :func:`start_on_a_free_port` makes before failing the test."""
+
+_HELD: list[socket.socket] = []
+"""The sockets that hold the :func:`dead_port` ports, closed when the process exits."""
 
 
 @contextmanager
@@ -40,6 +46,15 @@ def reserved_port() -> Iterator[int]:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         yield port
+
+
+def dead_port() -> int:
+    """A TCP port on 127.0.0.1 that refuses connections for the rest of the test session."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    _HELD.append(sock)
+    port: int = sock.getsockname()[1]
+    return port
 
 
 def _unused_port() -> int:
