@@ -9,6 +9,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,8 +18,18 @@ from pathlib import Path
 import httpx
 import pytest
 import trio
+import trustme
 from session_support import session
-from stack_support import one_pool_config
+from stack_support import (
+    APP,
+    EU,
+    connector_config,
+    logged,
+    one_pool_config,
+    processes,
+    start_connector_process,
+    start_lb_process,
+)
 
 from lb.config.model import Listener
 from lb.lifecycle import ListenError, listen_error
@@ -222,3 +233,36 @@ def test_workers_log_in_the_format_of_their_parent(tmp_path: Path) -> None:
     assert any(" worker_draining " in line for line in rest.splitlines()), rest
     for line in lines + rest.splitlines():
         assert TEXT_LINE.match(line), line
+
+
+@pytest.mark.integration
+async def test_on_port_0_our_processes_say_the_ports_they_serve(tmp_path: Path) -> None:
+    """What the end-to-end tests rely on, so that they never pick a port themselves
+    (tests/support/stack_support.py): a connector given port 0 prints the port it got, even
+    with ``--quiet``, and serves there; ``tunnel-lb run`` with port 0 and ``workers: 2``
+    logs one proxy port in ``ready``, the parent's, and its worker listens on that one."""
+    ca = trustme.CA()
+    cert = tmp_path / "tunnel.pem"
+    ca.issue_cert(APP, "127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(cert))
+    connector = tmp_path / "connector.json"
+    connector.write_text(connector_config(EU, "FRA", 0, cert))
+    config = tmp_path / "lb.json"
+    config.write_text(one_pool_config(workers=2))
+    log = tmp_path / "processes.log"
+    async with processes() as nursery:
+        _, port = await start_connector_process(nursery, connector, EU, log=log)
+        context = ssl.create_default_context()
+        ca.configure_trust(context)
+        async with httpx.AsyncClient(verify=context, timeout=10) as client:
+            answer = await client.get(f"https://127.0.0.1:{port}/", headers={"Host": APP})
+        assert answer.json()["tunnel"] == EU
+
+        lb, ready = await start_lb_process(nursery, config, log=log)
+        [listen] = ready.listen
+        assert 0 not in (listen, ready.admin)
+
+        def worker_ready(line: str) -> object:
+            return json.loads(line) if '"event":"worker_ready"' in line else None
+
+        child = await logged(log, 0, worker_ready, lb, "the worker's worker_ready line")
+        assert child["listen"] == [["127.0.0.1", listen]]

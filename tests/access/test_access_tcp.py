@@ -33,7 +33,7 @@ from access_support import (
     start_lb,
     start_tunnel,
 )
-from prometheus_support import free_port
+from ports_support import start_on_a_free_port
 from waiting import wait_until
 
 from lb.connector import IngressRule
@@ -195,20 +195,35 @@ def _sshd_files(tmp: Path, port: int) -> None:
 
 
 async def _sshd(tmp: Path, keygen: str, sshd: str, nursery: trio.Nursery) -> tuple[int, Path]:
-    """A throwaway sshd on loopback: its own host key, one authorized client key."""
+    """A throwaway sshd on loopback: its own host key, one authorized client key.  sshd
+    cannot listen on port 0 and say which port it got: it is given a free port, and a new
+    one if that was taken before it could bind it (:func:`start_on_a_free_port`)."""
     for name in ("host", "client"):
         await trio.run_process([keygen, "-q", "-t", "ed25519", "-N", "", "-f", str(tmp / name)])
-    port = free_port()
-    _sshd_files(tmp, port)
-    cmd = [sshd, "-D", "-f", str(tmp / "sshd_config"), "-E", str(tmp / "sshd.log")]
+    log = tmp / "sshd.log"
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
-    await nursery.start(partial(trio.run_process, cmd, check=False, **quiet))
 
-    async def listening() -> bool:
-        await (await trio.open_tcp_stream("127.0.0.1", port)).aclose()
-        return True
+    async def start(port: int) -> int | None:
+        _sshd_files(tmp, port)
+        log.unlink(missing_ok=True)
+        cmd = [sshd, "-D", "-f", str(tmp / "sshd_config"), "-E", str(log)]
+        process = await nursery.start(partial(trio.run_process, cmd, check=False, **quiet))
 
-    await wait_until(listening, what=f"sshd to listen on port {port}", ignore=(OSError,))
+        def outcome() -> str | None:
+            # sshd logs this line once it listens; it exits if it cannot bind.
+            text = log.read_text(errors="replace") if log.exists() else ""
+            if f"Server listening on 127.0.0.1 port {port}." in text:
+                return "listening"
+            if process.poll() is None:
+                return None
+            if "Address already in use" in text:
+                return "taken"
+            pytest.fail(f"sshd exited ({process.returncode})\n{text[-2000:]}", pytrace=False)
+
+        said = await wait_until(outcome, what=f"sshd to listen on port {port}")
+        return port if said == "listening" else None
+
+    port = await start_on_a_free_port(start, "sshd")
     return port, tmp / "client"
 
 

@@ -26,7 +26,6 @@ import httpx
 import pytest
 import trio
 import trustme
-from prometheus_support import free_port
 from stack_support import (
     APP,
     EU,
@@ -34,7 +33,8 @@ from stack_support import (
     US,
     connector_config,
     processes,
-    start_process,
+    start_connector_process,
+    start_lb_process,
     two_tunnel_config,
     until_url,
 )
@@ -118,23 +118,21 @@ async def test_status_page_shows_a_failover_in_chromium(tmp_path: Path, chromium
     ca.issue_cert(APP).private_key_and_cert_chain_pem.write_to_path(str(cert))
     ca_file = tmp_path / "ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
-    ports = {EU: free_port(), US: free_port()}
-    listen, admin = free_port(), free_port()
-    document = json.loads(two_tunnel_config(ports, listen, admin, ca_file))
-    document["pools"][0]["origins"][0]["name"] = HOSTILE
     config = tmp_path / "lb.json"
-    config.write_text(json.dumps(document))
     log = tmp_path / "processes.log"
-    base, admin_base = f"http://127.0.0.1:{listen}", f"http://127.0.0.1:{admin}"
     eu_key = f"eu/{HOSTILE}"
 
     async with processes() as nursery, httpx.AsyncClient(timeout=5) as client:
-        tunnels = {}
+        tunnels, ports = {}, {}
         for uuid, dc in ((EU, "FRA"), (US, "IAD")):
             path = tmp_path / f"{dc}.json"
-            path.write_text(connector_config(uuid, dc, ports[uuid], cert))
-            tunnels[uuid] = await start_process(nursery, "connector", "--quiet", str(path), log=log)
-        lb = await start_process(nursery, "run", str(config), log=log)
+            path.write_text(connector_config(uuid, dc, 0, cert))
+            tunnels[uuid], ports[uuid] = await start_connector_process(nursery, path, uuid, log=log)
+        document = json.loads(two_tunnel_config(ports, 0, 0, ca_file))
+        document["pools"][0]["origins"][0]["name"] = HOSTILE
+        config.write_text(json.dumps(document))
+        lb, ready = await start_lb_process(nursery, config, log=log)
+        base, admin_base = f"http://127.0.0.1:{ready.listen[0]}", f"http://127.0.0.1:{ready.admin}"
         await until_url(client, f"{admin_base}/readyz", lambda r: r.status_code == 200)
         for _ in range(12):  # eu first
             assert (await client.get(f"{base}/", headers={"Host": LB})).status_code == 200

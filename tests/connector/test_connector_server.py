@@ -13,6 +13,7 @@ import trio
 import trio.lowlevel
 from conftest import TUNNEL, Start
 from connector_origin import Origin, serve_unix_origin
+from ports_support import dead_port
 
 from lb.connector import IngressRule
 from lb.connector.proxy import BAD_GATEWAY_BODY
@@ -203,10 +204,7 @@ async def test_streams_a_chunked_post_and_a_large_response(
 async def test_origin_down_answers_502_like_cloudflared(
     start_connector: Start, client: httpx.AsyncClient
 ) -> None:
-    listener = trio.socket.socket()  # reserve a port nobody listens on
-    await listener.bind(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
-    listener.close()
+    port = dead_port()  # a port nobody listens on (held: nobody can start to)
     url, stats = await start_connector(origin_rules(port))
     response = await client.get(f"{url}/api/x", headers={"Host": "app.example.com"})
     assert (response.status_code, response.reason_phrase) == (502, "Bad Gateway")

@@ -16,6 +16,7 @@ import pytest
 import trio
 from conftest import Start
 from connector_origin import Origin, _serve
+from ports_support import dead_port
 from waiting import wait_until
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import (
@@ -167,9 +168,7 @@ async def test_an_upgrade_with_a_body_is_refused(
 async def test_an_unreachable_service_gets_502_before_the_upgrade(
     start_connector: Start, connect: Connect
 ) -> None:
-    [listener] = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    port = listener.socket.getsockname()[1]
-    await listener.aclose()  # nothing listens there now
+    port = dead_port()  # nothing listens there (held: nothing can start to)
     rules = tcp_rules(port)
     url, stats = await start_connector(rules)
     peer = await connect(url, "app.example.com")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import signal
-import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from functools import partial
@@ -24,9 +23,18 @@ import httpx
 import pytest
 import trio
 import trustme
-from prometheus_support import free_port
 from redis_support import RedisServer, redis_server
-from stack_support import APP, EU, LB, US, connector_config, processes, until_url
+from stack_support import (
+    APP,
+    EU,
+    LB,
+    US,
+    connector_config,
+    processes,
+    start_connector_process,
+    start_lb_process,
+    until_url,
+)
 from waiting import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
@@ -53,13 +61,16 @@ degrades.  A killed Redis is still seen at once (refused and reset connections).
 
 
 class Replica:
-    """One `tunnel-lb run` of the cluster: its ports, files and process."""
+    """One `tunnel-lb run` of the cluster: its ports, files and process.  Its file says port
+    0; :meth:`start` reads the ports it got (a restart gets new ones: nobody reaches a
+    replica by a port it had before)."""
 
     def __init__(self, name: str, vantage: str, tmp: Path, redis: str) -> None:
         self.name, self.vantage, self.redis = name, vantage, redis
         self.key_prefix = f"e2e-{tmp.name}:"
         """Each test's own keys, should a store ever be shared."""
-        self.listen, self.admin = free_port(), free_port()
+        self.listen = self.admin = 0
+        """The ports of the running process (0 before the first start)."""
         self.path = tmp / f"{name}.json"
         self.log = tmp / f"{name}.log"
         self.process: trio.Process | None = None
@@ -116,8 +127,8 @@ class Replica:
                     "connect_to": connect_to,
                     "engine": {
                         "minimum_interval": 1,
-                        "listen": [{"address": "127.0.0.1", "port": self.listen}],
-                        "admin": f"127.0.0.1:{self.admin}",
+                        "listen": [{"address": "127.0.0.1", "port": 0}],
+                        "admin": "127.0.0.1:0",
                         "upstream_ca": str(ca),
                         "drain_timeout": 1,
                         "affinity_secret": SECRET,
@@ -134,10 +145,8 @@ class Replica:
         )
 
     async def start(self, nursery: trio.Nursery) -> None:
-        with self.log.open("ab") as out:
-            cmd = [sys.executable, "-m", "lb", "run", str(self.path)]
-            run = partial(trio.run_process, cmd, check=False, stdout=out, stderr=out)
-            self.process = await nursery.start(run)
+        self.process, ready = await start_lb_process(nursery, self.path, log=self.log)
+        [self.listen], self.admin = ready.listen, ready.admin
 
     def kill(self) -> None:
         assert self.process is not None
@@ -187,16 +196,13 @@ async def stack(tmp_path: Path) -> AsyncIterator[tuple[RedisServer, dict[str, in
     ca.issue_cert(APP).private_key_and_cert_chain_pem.write_to_path(str(cert))
     ca_file = tmp_path / "ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
-    ports = {EU: free_port(), US: free_port()}
+    ports = {}
     async with redis_server(tmp_path) as redis, processes() as nursery:
         for uuid, dc in ((EU, "FRA"), (US, "IAD")):
             path = tmp_path / f"{dc}.json"
-            path.write_text(connector_config(uuid, dc, ports[uuid], cert))
+            path.write_text(connector_config(uuid, dc, 0, cert))
             log = tmp_path / f"{dc}.log"
-            with log.open("ab") as out:
-                cmd = [sys.executable, "-m", "lb", "connector", "--quiet", str(path)]
-                run = partial(trio.run_process, cmd, check=False, stdout=out, stderr=out)
-                await nursery.start(run)
+            _, ports[uuid] = await start_connector_process(nursery, path, uuid, log=log)
         yield redis, ports, ca_file
 
 

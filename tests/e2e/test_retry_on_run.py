@@ -17,8 +17,6 @@ import signal
 import socket
 import ssl
 import struct
-import sys
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +26,7 @@ import pytest
 import trio
 import trustme
 from prometheus_client.parser import text_string_to_metric_families
-from prometheus_support import free_port
-from stack_support import until_url
+from stack_support import start_lb_process, until_url
 
 HOST = "app.localhost"
 TUNNELS = (
@@ -182,7 +179,6 @@ async def run_load(
     ca.issue_cert(HOST, "*.cfargotunnel.com").configure_cert(server)
     ca_file = tmp_path / "ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
-    listen, admin = free_port(), free_port()
     log = tmp_path / "lb.log"
     statuses: list[int] = []
     async with trio.open_nursery() as nursery, httpx.AsyncClient(timeout=10) as client:
@@ -191,11 +187,9 @@ async def run_load(
             for n in ("a", "faulty", "b")
         ]
         path = tmp_path / "lb.json"
-        path.write_text(config(ports, listen, admin, ca_file, retry_on, passive))
-        with log.open("ab") as out:
-            cmd = [sys.executable, "-m", "lb", "run", str(path)]
-            run = partial(trio.run_process, cmd, check=False, stdout=out, stderr=out)
-            process: trio.Process = await nursery.start(run)
+        path.write_text(config(ports, 0, 0, ca_file, retry_on, passive))  # port 0: see ready
+        process, ready = await start_lb_process(nursery, path, log=log)
+        [listen], admin = ready.listen, ready.admin
 
         def all_healthy(r: httpx.Response) -> bool:
             endpoints = r.json()["pools"][0]["endpoints"]

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import signal
 import ssl
-import sys
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -22,8 +21,7 @@ import httpx
 import pytest
 import trio
 import trustme
-from prometheus_support import free_port
-from stack_support import until_url
+from stack_support import start_lb_process, until_url
 from waiting import wait_until
 
 PRIMARY = "6ff42ae2-765d-4adf-8112-31c55c1551ef"
@@ -150,7 +148,6 @@ async def test_a_restarted_process_serves_its_first_request_with_the_saved_healt
     ca.cert_pem.write_to_path(str(ca_file))
     hanging = False
     state = tmp_path / "state.json"
-    listen, admin = free_port(), free_port()
     log = tmp_path / "lb.log"
     async with trio.open_nursery() as nursery, httpx.AsyncClient(timeout=10) as client:
         ports = {
@@ -158,21 +155,15 @@ async def test_a_restarted_process_serves_its_first_request_with_the_saved_healt
             BACKUP: await nursery.start(serve_endpoint, "backup", server, lambda: False),
         }
         path = tmp_path / "lb.json"
-        path.write_text(config(ports, listen, admin, ca_file, state))
-
-        async def start() -> trio.Process:
-            with log.open("ab") as out:
-                cmd = [sys.executable, "-m", "lb", "run", str(path)]
-                run = partial(trio.run_process, cmd, check=False, stdout=out, stderr=out)
-                process: trio.Process = await nursery.start(run)
-                return process
+        # Port 0: each start binds ports of its own and says which in its ready line.
+        path.write_text(config(ports, 0, 0, ca_file, state))
 
         def all_healthy(r: httpx.Response) -> bool:
             pools = r.json()["pools"]
             return all(p["endpoints"][0]["health"] == "healthy" for p in pools)
 
-        first = await start()
-        await until_url(client, f"http://127.0.0.1:{admin}/status", all_healthy)
+        first, ready = await start_lb_process(nursery, path, log=log)
+        await until_url(client, f"http://127.0.0.1:{ready.admin}/status", all_healthy)
         first.send_signal(signal.SIGTERM)
         with trio.fail_after(20):
             assert await first.wait() == 0
@@ -183,8 +174,8 @@ async def test_a_restarted_process_serves_its_first_request_with_the_saved_healt
         }
 
         hanging = True  # from now on the primary's monitor learns nothing for 5 s
-        second = await start()
-        response = await first_answer(client, f"http://127.0.0.1:{listen}")
+        second, ready = await start_lb_process(nursery, path, log=log)
+        response = await first_answer(client, f"http://127.0.0.1:{ready.listen[0]}")
         assert response.status_code == 200, response.text
         assert response.text == "primary"
         second.send_signal(signal.SIGTERM)

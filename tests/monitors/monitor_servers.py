@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import h11
 import trio
+from ports_support import dead_port
 
 __all__ = [
     "Action",
@@ -263,8 +264,6 @@ async def listen_silently(nursery: trio.Nursery) -> int:
 
 
 def unused_port() -> int:
-    """A loopback port with nothing listening (connections are refused)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
+    """A loopback port with nothing listening (connections are refused), held so that no
+    other process can start listening there (:func:`ports_support.dead_port`)."""
+    return dead_port()

@@ -2,12 +2,16 @@
 
 Needs the Debian package ``prometheus`` (``prometheus`` and ``promtool`` on PATH);
 ``scripts/install-prometheus`` installs it and ``scripts/test`` runs that first.
+
+Prometheus listens on port 0 and logs the address it got (``msg="Listening on"
+address=127.0.0.1:PORT``, at level info): the port is read from there, never picked first
+(another process could take a picked port before Prometheus binds it).
 """
 
 from __future__ import annotations
 
+import re
 import shutil
-import socket
 import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -39,12 +43,9 @@ def tool(name: str) -> str:
     return path
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+LISTENING = re.compile(r'msg="Listening on" address=127\.0\.0\.1:(\d+)\n')
+"""Prometheus's log line once its web listener is bound (the port it got; up to the line's
+end, so that a line still being written is not read as a shorter port)."""
 
 
 class Prometheus:
@@ -94,8 +95,7 @@ class Prometheus:
 async def running_prometheus(
     binary: str, target: str, tmp_path: Path, *, job: str = "tunnel-lb"
 ) -> AsyncIterator[Prometheus]:
-    """Prometheus on 127.0.0.1 scraping ``target`` every second; stopped on exit."""
-    web = free_port()
+    """Prometheus on 127.0.0.1 (port 0) scraping ``target`` every second; stopped on exit."""
     (tmp_path / "prometheus.yml").write_text(
         "global:\n"
         "  scrape_interval: 1s\n"
@@ -112,16 +112,36 @@ async def running_prometheus(
         binary,
         f"--config.file={tmp_path / 'prometheus.yml'}",
         f"--storage.tsdb.path={tmp_path / 'data'}",
-        f"--web.listen-address=127.0.0.1:{web}",
-        "--log.level=warn",
+        "--web.listen-address=127.0.0.1:0",
+        "--log.level=info",  # the "Listening on" line with the port is at level info
     ]
     # A nursery of its own: leaving it (even on a failed assertion) terminates Prometheus and
     # waits for it to exit, so nothing outlives the test.
     with log_path.open("wb") as log:
         async with trio.open_nursery() as procs:
             run = partial(trio.run_process, command, stdout=subprocess.DEVNULL, stderr=log)
-            await procs.start(partial(run, check=False))
+            process: trio.Process = await procs.start(partial(run, check=False))
             try:
+                web = await _listening(process, log_path)
                 yield Prometheus(web, log_path)
             finally:
                 procs.cancel_scope.cancel()
+
+
+async def _listening(process: trio.Process, log_path: Path) -> int:
+    """The port Prometheus logged once listening; fails the test if it exits first."""
+
+    def port() -> int | None:
+        match = LISTENING.search(log_path.read_text(errors="replace"))
+        if match:
+            return int(match[1])
+        if process.poll() is not None:
+            log = log_path.read_text(errors="replace")[-4000:]
+            pytest.fail(
+                f"prometheus exited ({process.returncode}) before listening\n{log}",
+                pytrace=False,
+            )
+        return None
+
+    found: int = await wait_until(port, SCRAPE_DEADLINE, what="prometheus to listen", step=0.05)
+    return found

@@ -1,16 +1,18 @@
-"""A real ``redis-server`` for the cluster tests, on a free loopback port, no persistence.
+"""A real ``redis-server`` for the cluster tests, on a unix socket, no persistence.
 
-Redis cannot listen on port 0 and report it, so a free port is found by binding a socket to
-port 0 first; if redis-server then fails to bind it (another process took it meanwhile), a
-new port is tried, a bounded number of times.  Without ``redis-server`` on PATH the tests are
-skipped with the reason (``scripts/install-redis`` installs it; ``scripts/test`` runs that).
+Redis cannot listen on TCP port 0 and report the port it got, and a TCP port picked first
+could be taken by another process before redis-server binds it.  A unix socket in the
+test's own directory cannot be taken: redis-server listens there only (``--port 0`` turns
+TCP off), and the replicas reach it as ``unix://PATH`` (a URL ``cluster.redis`` accepts).
+Without ``redis-server`` on PATH the tests are skipped with the reason
+(``scripts/install-redis`` installs it; ``scripts/test`` runs that).
 """
 
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -20,6 +22,10 @@ import trio
 from waiting import wait_until
 
 __all__ = ["RedisServer", "redis_server", "redis_server_path"]
+
+SUN_PATH = 100
+"""A unix socket's path must fit ``sun_path`` (108 bytes on Linux, with its NUL); a little
+less, to be safe."""
 
 
 def redis_server_path() -> str:
@@ -33,46 +39,36 @@ def redis_server_path() -> str:
     return path
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 class RedisServer:
-    """One redis-server process; :meth:`stop` and :meth:`start` keep the same port."""
+    """One redis-server process on the unix socket ``socket``; :meth:`stop` and
+    :meth:`start` keep it (a restarted server is at the same address, as a real one is)."""
 
-    def __init__(self, path: str, log: Path) -> None:
+    def __init__(self, path: str, log: Path, socket: Path) -> None:
         self.path = path
         self.log = log
-        self.port = 0
+        self.socket = socket
         self.process: trio.Process | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"unix://{self.socket}?db=0"
 
     async def start(self) -> None:
-        """Start on :attr:`port` (or a new free port the first time), ready for commands."""
-        for _ in range(5):
-            port = self.port or _free_port()
-            argv = [self.path, "--port", str(port), "--bind", "127.0.0.1"]
-            argv += ["--save", "", "--appendonly", "no"]
-            with self.log.open("ab") as out:
-                process = await trio.lowlevel.open_process(
-                    argv,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                )
-            if await _answers(port, process):
-                self.port, self.process = port, process
-                return
+        """Start, ready for commands (it answers PING)."""
+        argv = [self.path, "--port", "0", "--unixsocket", str(self.socket)]
+        argv += ["--unixsocketperm", "700", "--save", "", "--appendonly", "no"]
+        with self.log.open("ab") as out:
+            process = await trio.lowlevel.open_process(
+                argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        if not await _answers(self.socket, process):
             process.kill()
             await process.wait()
-            if self.port:
-                break  # a restart must keep its port
-        raise RuntimeError(f"redis-server did not start; see {self.log}")
+            log = self.log.read_text(errors="replace")[-2000:]
+            pytest.fail(f"redis-server exited before answering PING\n{log}", pytrace=False)
+        self.process = process
 
     async def stop(self) -> None:
         """Kill the server (as a crash or a partition would look to the replicas)."""
@@ -87,34 +83,45 @@ class RedisServer:
         for arg in args:
             data = arg.encode()
             parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
-        stream = await trio.open_tcp_stream("127.0.0.1", self.port)
+        stream = await trio.open_unix_socket(str(self.socket))
         async with stream:
             await stream.send_all(b"".join(parts))
             return (await stream.receive_some(65536)).split(b"\r\n")[0]
 
 
-async def _answers(port: int, process: trio.Process) -> bool:
-    """Whether the server answers PING; False if it exited first (its port was taken)."""
+async def _answers(socket: Path, process: trio.Process) -> bool:
+    """Whether the server answers PING; False if it exited first."""
 
     async def pong_or_exit() -> str | None:
         if process.poll() is not None:
             return "exited"
-        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        stream = await trio.open_unix_socket(str(socket))
         async with stream:
             await stream.send_all(b"PING\r\n")
             return "pong" if (await stream.receive_some(64)).startswith(b"+PONG") else None
 
-    what = f"redis-server to answer PING on port {port}"
+    what = f"redis-server to answer PING on {socket}"
     return await wait_until(pong_or_exit, what=what, step=0.02, ignore=(OSError,)) == "pong"
 
 
 @asynccontextmanager
 async def redis_server(tmp_path: Path) -> AsyncIterator[RedisServer]:
-    """A started redis-server, killed afterwards."""
-    server = RedisServer(redis_server_path(), tmp_path / "redis.log")
-    await server.start()
+    """A started redis-server, killed afterwards.  Its socket is in ``tmp_path``, or in a
+    directory of its own under the system's temporary directory when that path is too long
+    for a unix socket."""
+    socket = tmp_path / "redis.sock"
+    short = None
+    if len(str(socket).encode()) > SUN_PATH:
+        short = Path(tempfile.mkdtemp(prefix="redis-"))
+        socket = short / "redis.sock"
+    server = RedisServer(redis_server_path(), tmp_path / "redis.log", socket)
     try:
-        yield server
+        await server.start()
+        try:
+            yield server
+        finally:
+            with trio.CancelScope(shield=True):
+                await server.stop()
     finally:
-        with trio.CancelScope(shield=True):
-            await server.stop()
+        if short is not None:
+            shutil.rmtree(short, ignore_errors=True)

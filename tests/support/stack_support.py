@@ -4,13 +4,19 @@ Two shapes: two tunnels in two pools (eu, us) reached through ``connect_to``, an
 one tunnel that is never probed successfully (for reload and supervision tests).
 :func:`running_stack` starts the first shape as real processes: a ``tunnel-lb connector`` per
 tunnel and ``tunnel-lb run`` in front.
+
+Every process started here binds port 0 and the test reads the port it got from what the
+process says once it listens (:func:`start_connector_process`, :func:`start_lb_process`):
+a port picked by the test and handed over could be taken by another process (a second copy
+of the suite) before the child binds it.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -18,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import trio
 import trustme
-from prometheus_support import free_port
 from waiting import wait_until
 
 __all__ = [
@@ -28,11 +34,16 @@ __all__ = [
     "EU",
     "LB",
     "US",
+    "Ready",
     "Stack",
     "connector_config",
+    "log_size",
+    "logged",
     "one_pool_config",
     "processes",
     "running_stack",
+    "start_connector_process",
+    "start_lb_process",
     "start_process",
     "two_tunnel_config",
     "until_url",
@@ -190,6 +201,102 @@ async def start_process(nursery: trio.Nursery, *args: str, log: Path) -> trio.Pr
         return process
 
 
+def log_size(log: Path) -> int:
+    """Where ``log`` ends now: what a process started after this writes comes later."""
+    try:
+        return log.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _whole_lines(log: Path, since: int) -> list[str]:
+    """The complete lines of ``log`` after byte ``since`` (a line still being written, with
+    no newline yet, is left out: ``...:4`` may be the start of ``...:43512``)."""
+    with log.open("rb") as f:
+        f.seek(since)
+        data = f.read()
+    return data.decode(errors="replace").split("\n")[:-1]
+
+
+async def logged(
+    log: Path,
+    since: int,
+    found: Callable[[str], Any],
+    process: trio.Process,
+    what: str,
+    seconds: float = 30,
+) -> Any:
+    """The first value ``found(line)`` that is not None, over the lines ``process`` wrote to
+    ``log`` after byte ``since``; waited for (bounded).  A process that exits first fails the
+    test at once, with the end of the log."""
+
+    def check() -> Any:
+        for line in _whole_lines(log, since):
+            value = found(line)
+            if value is not None:
+                return value
+        if process.poll() is not None:
+            tail = log.read_text(errors="replace")[since:][-3000:]
+            pytest.fail(
+                f"{what}: the process exited ({process.returncode}) first\n--- log ---\n{tail}",
+                pytrace=False,
+            )
+        return None
+
+    return await wait_until(check, seconds, what=what, step=0.02)
+
+
+def _event(line: str, name: str) -> dict[str, Any] | None:
+    try:
+        obj = json.loads(line)
+    except ValueError:
+        return None
+    return obj if isinstance(obj, dict) and obj.get("event") == name else None
+
+
+def _port(address: str) -> int:
+    """The port of ``host:port`` (``[v6]:port`` too)."""
+    return int(address.rsplit(":", 1)[1])
+
+
+@dataclass(frozen=True)
+class Ready:
+    """The ports ``tunnel-lb run`` says it bound, from its ``ready`` log line."""
+
+    listen: list[int]
+    admin: int
+
+
+async def start_lb_process(
+    nursery: trio.Nursery, config: Path, *args: str, log: Path
+) -> tuple[trio.Process, Ready]:
+    """``tunnel-lb run CONFIG ARGS...`` (JSON logs, the default) once it has logged ``ready``,
+    and the ports it bound: its file asks for port 0 (``listen`` and ``admin``)."""
+    since = log_size(log)
+    process = await start_process(nursery, "run", str(config), *args, log=log)
+    ready = await logged(
+        log, since, lambda line: _event(line, "ready"), process, "tunnel-lb run's ready line"
+    )
+    return process, Ready([_port(a) for a in ready["proxy"]], _port(ready["admin"]))
+
+
+async def start_connector_process(
+    nursery: trio.Nursery, config: Path, tunnel: str, *, log: Path
+) -> tuple[trio.Process, int]:
+    """``tunnel-lb connector --quiet CONFIG`` (of ``tunnel``, listening on port 0) once it
+    has printed its HTTPS URL, and the port in it (docs/connector.md, "Running it")."""
+    since = log_size(log)
+    process = await start_process(nursery, "connector", "--quiet", str(config), log=log)
+    said = re.compile(rf"tunnel {re.escape(tunnel)} replica \S+: https://127\.0\.0\.1:(\d+)")
+
+    def port(line: str) -> int | None:
+        match = said.fullmatch(line)
+        return int(match[1]) if match else None
+
+    bound: int = await logged(log, since, port, process, f"connector {tunnel}'s URL")
+    return process, bound
+
+
 @dataclass
 class Stack:
     """A running two-tunnel stack: where to send traffic, the admin, and the processes; with
@@ -197,6 +304,7 @@ class Stack:
 
     base: str
     admin: int
+    """The admin port ``tunnel-lb run`` bound (its file says port 0)."""
     admin_base: str
     tunnels: dict[str, trio.Process]
     lb: trio.Process
@@ -205,43 +313,45 @@ class Stack:
     ports: dict[str, int]
     """The tunnels' ports, by tunnel UUID."""
     listen: int
+    """The proxy port ``tunnel-lb run`` bound (its file says port 0)."""
     ca_file: Path
     engine: dict[str, Any]
     """The engine fields :func:`running_stack` was given."""
 
     def reconfigured(self, **changes: Any) -> str:
         """This stack's :func:`two_tunnel_config` with ``changes`` (``order``, ``names`` or
-        engine fields), for a reload."""
+        engine fields), for a reload.  Its listeners stay at port 0, as at the start: a
+        reload does not rebind them, and an unchanged ``listen`` is no warning."""
         options = {**self.engine, **changes}
-        return two_tunnel_config(self.ports, self.listen, self.admin, self.ca_file, **options)
+        return two_tunnel_config(self.ports, 0, 0, self.ca_file, **options)
 
 
 @asynccontextmanager
 async def running_stack(tmp_path: Path, **engine: Any) -> AsyncIterator[Stack]:
     """Two connector processes (eu in FRA, us in IAD) and ``tunnel-lb run`` over them, ready
-    (``/readyz`` answered 200); every process is stopped on exit."""
+    (``/readyz`` answered 200); every process is stopped on exit.  Each binds port 0 and says
+    which port it got; the LB's file is written once the connectors have said theirs."""
     ca = trustme.CA()
     cert = tmp_path / "tunnel.pem"
     ca.issue_cert(APP).private_key_and_cert_chain_pem.write_to_path(str(cert))
     ca_file = tmp_path / "ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
-    ports = {EU: free_port(), US: free_port()}
-    listen, admin = free_port(), free_port()
     config = tmp_path / "lb.json"
-    config.write_text(two_tunnel_config(ports, listen, admin, ca_file, **engine))
     log = tmp_path / "processes.log"
     async with processes() as nursery, httpx.AsyncClient(timeout=5) as client:
-        tunnels = {}
+        tunnels, ports = {}, {}
         for uuid, dc in ((EU, "FRA"), (US, "IAD")):
             path = tmp_path / f"{dc}.json"
-            path.write_text(connector_config(uuid, dc, ports[uuid], cert))
-            tunnels[uuid] = await start_process(nursery, "connector", "--quiet", str(path), log=log)
-        lb = await start_process(nursery, "run", str(config), log=log)
-        admin_base = f"http://127.0.0.1:{admin}"
+            path.write_text(connector_config(uuid, dc, 0, cert))
+            tunnels[uuid], ports[uuid] = await start_connector_process(nursery, path, uuid, log=log)
+        config.write_text(two_tunnel_config(ports, 0, 0, ca_file, **engine))
+        lb, ready = await start_lb_process(nursery, config, log=log)
+        [listen] = ready.listen
+        admin_base = f"http://127.0.0.1:{ready.admin}"
         await until_url(client, f"{admin_base}/readyz", lambda r: r.status_code == 200)
         yield Stack(
             base=f"http://127.0.0.1:{listen}",
-            admin=admin,
+            admin=ready.admin,
             admin_base=admin_base,
             tunnels=tunnels,
             lb=lb,

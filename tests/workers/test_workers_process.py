@@ -10,9 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sys
 from collections import Counter
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +18,7 @@ import httpx
 import pytest
 import trio
 import trustme
-from prometheus_support import free_port
-from stack_support import APP, EU, LB, US, two_tunnel_config
+from stack_support import APP, EU, LB, US, start_lb_process, two_tunnel_config
 from waiting import wait_until
 
 from lb.connector.config import ConnectorConfig
@@ -34,10 +31,10 @@ pytestmark = [pytest.mark.integration]
 OTHER = "other.localhost"
 
 
-def lb_config(
-    ports: dict[str, int], listen: int, admin: int, ca: Path, names: tuple[str, ...]
-) -> str:
-    return two_tunnel_config(ports, listen, admin, ca, names=names, workers=2, access_log=True)
+def lb_config(ports: dict[str, int], ca: Path, names: tuple[str, ...]) -> str:
+    """Listen and admin on port 0: the parent binds the proxy port (SO_REUSEPORT) and hands
+    the port it got to its worker, so both serve one port that nobody picked beforehand."""
+    return two_tunnel_config(ports, 0, 0, ca, names=names, workers=2, access_log=True)
 
 
 def write(path: Path, text: str) -> None:
@@ -96,8 +93,6 @@ async def test_two_workers_share_one_prober(tmp_path: Path) -> None:
         IngressRule("http_status:404"),
     )
     stats = {EU: ConnectorStats(), US: ConnectorStats()}
-    listen, admin = free_port(), free_port()
-    base, admin_base = f"http://127.0.0.1:{listen}", f"http://127.0.0.1:{admin}"
     config = tmp_path / "lb.json"
     log = tmp_path / "lb.log"
 
@@ -121,11 +116,10 @@ async def test_two_workers_share_one_prober(tmp_path: Path) -> None:
 
             addresses = await nursery.start(one, cc, stats[uuid], scope)
             ports[uuid] = addresses[0][1]
-        config.write_text(lb_config(ports, listen, admin, ca_file, (LB,)))
-        with log.open("ab") as out:
-            cmd = [sys.executable, "-m", "lb", "run", str(config)]
-            run = partial(trio.run_process, cmd, check=False, stdout=out, stderr=out)
-            lb: trio.Process = await nursery.start(run)
+        config.write_text(lb_config(ports, ca_file, (LB,)))
+        lb, ready = await start_lb_process(nursery, config, log=log)
+        [listen] = ready.listen
+        base, admin_base = f"http://127.0.0.1:{listen}", f"http://127.0.0.1:{ready.admin}"
         try:
             async with httpx.AsyncClient(timeout=5) as client:
                 await story(
@@ -220,16 +214,7 @@ async def story(
     assert metric((await client.get(f"{admin_base}/metrics")).text, "lb_retries_total") == retries
 
     # A reload reaches the worker: a new load balancer host is served by both processes.
-    write(
-        config,
-        lb_config(
-            ports,
-            int(base.rsplit(":", 1)[1]),
-            int(admin_base.rsplit(":", 1)[1]),
-            ca_file,
-            (LB, OTHER),
-        ),
-    )
+    write(config, lb_config(ports, ca_file, (LB, OTHER)))
     lb.send_signal(signal.SIGHUP)
 
     async def reloaded() -> bool:

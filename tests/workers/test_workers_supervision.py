@@ -6,6 +6,8 @@
   while an idle child that heartbeats is left alone.
 
 Everything on 127.0.0.1; the tunnels are never reachable (probes are irrelevant here).
+There is no parent process to bind the listen port (port 0) and hand it to the children, so
+the test holds the ports it names while they run (:func:`ports_support.reserved_port`).
 """
 
 from __future__ import annotations
@@ -13,12 +15,13 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 import trio
-from prometheus_support import free_port
+from ports_support import reserved_port
 from stack_support import LB, one_pool_config
 from waiting import wait_until
 
@@ -29,6 +32,13 @@ from lb.metrics import Metrics
 from lb.workers import Workers
 
 pytestmark = [pytest.mark.integration]
+
+
+@pytest.fixture
+def ports() -> Iterator[tuple[int, int, int]]:
+    """Three ports held for the test: the children's, and two a reload moves them to."""
+    with reserved_port() as a, reserved_port() as b, reserved_port() as c:
+        yield a, b, c
 
 
 async def answers(port: int) -> bool:
@@ -64,10 +74,10 @@ def gone(pid: int) -> bool:
 
 
 async def test_restart_after_listen_reload_and_stalled_child(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ports: tuple[int, int, int]
 ) -> None:
     monkeypatch.setattr(lb.workers, "SILENT_TIMEOUT", 2.5)
-    port = free_port()
+    port, moved, other = ports
     path = tmp_path / "lb.json"
     path.write_text(one_pool_config(interval=30, listen=[port], workers=2))
     engine = Engine(load_config([str(path)]).config, now=trio.current_time())
@@ -90,8 +100,7 @@ async def test_restart_after_listen_reload_and_stalled_child(
         assert workers.slots[0].process.pid == first
 
         # A reload moves and adds listeners (not rebound until a restart); the child dies.
-        other = free_port()
-        path.write_text(one_pool_config(interval=30, listen=[free_port(), other], workers=2))
+        path.write_text(one_pool_config(interval=30, listen=[moved, other], workers=2))
         engine.reconfigure(load_config([str(path)]).config, now=trio.current_time())
         os.kill(first, signal.SIGKILL)
         second = await next_child(workers, first, 20)
