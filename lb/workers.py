@@ -1034,21 +1034,8 @@ async def run_child(
 
     async def control() -> None:
         async for message in messages:
-            match message:
-                case Probe():
-                    engine.apply(message.result)
-                case ConfigSwap():
-                    engine.reconfigure(message.config, now=trio.current_time())
-                case Ejection():
-                    engine.follow(message.pool, message.endpoint, message.state)
-                case Restore():
-                    _restore(engine, message)
-                case Shutdown():
-                    break
-                case _:
-                    logs.event(
-                        "worker_bad_message", logging.ERROR, error=f"unexpected {message.kind}"
-                    )
+            if not _take(engine, message):
+                break
         if not shutdown.is_set():
             logs.event("worker_draining", worker=ctx.worker)
         shutdown.set()  # shutdown message, or end of file: the parent is gone
@@ -1096,6 +1083,24 @@ async def run_child(
     if traffic:
         await report(Report(metrics=traffic))
     await control_out.aclose()
+
+
+def _take(engine: Engine, message: Message) -> bool:
+    """Apply one of the parent's messages to the child's ``engine``; False for shutdown."""
+    match message:
+        case Probe():
+            engine.apply(message.result)
+        case ConfigSwap():
+            engine.reconfigure(message.config, now=trio.current_time())
+        case Ejection():
+            engine.follow(message.pool, message.endpoint, message.state)
+        case Restore():
+            _restore(engine, message)
+        case Shutdown():
+            return False
+        case _:
+            logs.event("worker_bad_message", logging.ERROR, error=f"unexpected {message.kind}")
+    return True
 
 
 def _extended(config: Config) -> bool:
