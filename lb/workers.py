@@ -24,14 +24,20 @@ which rejects anything else):
     those of a reloaded configuration, which are not rebound) and a seed.
 ``{"restore": ...}``
     second: the parent's current vantage states and RTT averages for
-    :meth:`~lb.core.book.HealthBook.restore`, and the *pending run* of each check to
-    replay (see :class:`_Runs`).  A child started at any time converges at once.
+    :meth:`~lb.core.book.HealthBook.restore`, the *pending run* of each check to
+    replay (see :class:`_Runs`) and the endpoints passive health holds out.  A child
+    started at any time converges at once.
 ``{"probe": ...}``
     every :class:`~lb.core.health.ProbeResult` the parent's engine applies (an observer of
     ``engine.observers.probes``), encoded once for all children.
 ``{"config": ...}``
     every configuration the parent's engine swaps in (``engine.observers.config``): reloads
     reach the workers in order with the probe results around them.
+``{"ejection": ...}``
+    every ejection and return of passive health (the health events of the ``passive``
+    pseudo vantage point, ``engine.observers.health``): the endpoint's
+    :class:`~lb.core.passive.Saved` state right after, for
+    :meth:`~lb.engine.Engine.follow`.
 ``{"shutdown": true}``
     drain and exit.  End of file on stdin (the parent died) does the same.
 
@@ -44,6 +50,20 @@ which the parent keeps in ``Engine.reported`` for its gauges and ``/status`` unt
 report or the child's exit; and its open client connections and active requests, kept the
 same way in ``Metrics.worker_client_connections`` and ``Metrics.worker_requests_active``.  The
 report is also the heartbeat.  No message is sent per request.
+
+Passive health (``passive_health``) is the one input the children have and the parent
+needs: outcomes of real traffic.  One place decides, the parent, because a run of
+consecutive failures spread over N processes would otherwise reach no process's threshold.
+A child's engine is made with an outcome sink (``Engine(..., outcomes=...)``): it counts
+nothing and its book never ejects nor returns an endpoint on its own.  The classified
+outcomes of its attempts go to the parent as ``{"outcomes": [[pool, endpoint, status,
+connect_failed, detail, n], ...]}`` (run-length encoded, in order), sent
+:data:`BATCH_WINDOW` after the first of a batch or at once at :data:`BATCH_SIZE` (see
+:class:`_OutcomeBatch`); the parent counts them with :meth:`~lb.engine.Engine.count` on
+arrival, as if its own proxy had seen them, and its ejections and returns come back to
+every child as ``ejection`` messages.  The price: an ejection reaches a child a batch
+window plus a pipe hop after the failures that caused it, and "consecutive" means in the
+order the parent receives them.
 
 A child that exits while the parent is not stopping is logged and started again after a
 bounded backoff; a child whose input queue overflows (it stopped reading) or that sends
