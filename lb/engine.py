@@ -33,8 +33,8 @@ from lb.config.model import Config
 from lb.core.attempts import Failure
 from lb.core.book import HealthBook, ProbeTarget, SavedEndpoint
 from lb.core.health import Health, HealthEvent, ProbeResult
+from lb.core.passive import Outcome, outcome_of
 from lb.core.passive import Saved as PassiveSaved
-from lb.core.passive import outcome_of
 from steering import Decision, HeaderSessions, Live, Request, Router
 
 __all__ = [
@@ -43,11 +43,16 @@ __all__ = [
     "LiveReport",
     "LiveTotals",
     "Observers",
+    "OutcomeSink",
     "live_report",
 ]
 
 STATE_FORMAT = "tunnel-lb state 1"
 """The ``format`` of a state-file document; any other is foreign."""
+
+OutcomeSink = Callable[[str, str, Outcome], None]
+"""Where a child worker's engine sends each classified attempt outcome ``(pool, endpoint,
+outcome)`` instead of counting it: to the parent, which decides ejections (:mod:`lb.workers`)."""
 
 LiveReport = dict[str, dict[str, int]]
 """Live counts of one process as plain data: ``{"in_flight": {"pool/endpoint": n},
@@ -101,10 +106,22 @@ class Engine:
         now: the engine clock at start (trio's clock, real or virtual).
         secret: the ``__cflb`` HMAC key; defaults to ``engine.affinity_secret`` from the
             configuration, else to random bytes (then cookies survive only in this process).
+        outcomes: given in a child worker process only: passive health is then decided
+            elsewhere (the parent).  :meth:`outcome` hands every classified outcome to it
+            instead of counting it, and the book never ejects nor returns an endpoint on its
+            own: it takes the parent's decisions through :meth:`follow`.
     """
 
-    def __init__(self, config: Config, *, now: float = 0.0, secret: bytes | None = None) -> None:
-        self.book = HealthBook(config, now=now)
+    def __init__(
+        self,
+        config: Config,
+        *,
+        now: float = 0.0,
+        secret: bytes | None = None,
+        outcomes: OutcomeSink | None = None,
+    ) -> None:
+        self.book = HealthBook(config, now=now, decides_passive=outcomes is None)
+        self._outcomes = outcomes
         self.live = Live()
         self.sessions = HeaderSessions()
         self.observers = Observers()
@@ -226,13 +243,30 @@ class Engine:
         """Count how one attempt at an endpoint ended, answered ``status`` or failed with
         ``failure`` (``passive_health``: :func:`lb.core.passive.outcome_of`), and tell the
         health observers of an ejection.  The proxy and the simulator both call this after
-        every attempt; with passive health off everywhere it returns at once."""
+        every attempt; with passive health off everywhere it returns at once.  In a child
+        worker (``outcomes`` given) the outcome goes to the parent and nothing is counted
+        here."""
         if not self._passive:
             return []
         outcome = outcome_of(failure, status, reused=reused)
         if outcome is None:
             return []
+        if self._outcomes is not None:
+            self._outcomes(pool, endpoint, outcome)
+            return []
+        return self.count(pool, endpoint, outcome, now=now)
+
+    def count(self, pool: str, endpoint: str, outcome: Outcome, *, now: float) -> list[HealthEvent]:
+        """Count one classified outcome (:meth:`outcome`'s second half), and tell the health
+        observers of an ejection; the parent counts its children's outcomes here."""
         events = self.book.outcome(pool, endpoint, outcome, now=now)
+        self._tell(events)
+        return events
+
+    def follow(self, pool: str, endpoint: str, state: PassiveSaved) -> list[HealthEvent]:
+        """Take an ejection or a return decided by the parent (:meth:`HealthBook.follow`),
+        and tell the health observers."""
+        events = self.book.follow(pool, endpoint, state)
         self._tell(events)
         return events
 

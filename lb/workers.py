@@ -24,14 +24,20 @@ which rejects anything else):
     those of a reloaded configuration, which are not rebound) and a seed.
 ``{"restore": ...}``
     second: the parent's current vantage states and RTT averages for
-    :meth:`~lb.core.book.HealthBook.restore`, and the *pending run* of each check to
-    replay (see :class:`_Runs`).  A child started at any time converges at once.
+    :meth:`~lb.core.book.HealthBook.restore`, the *pending run* of each check to
+    replay (see :class:`_Runs`) and the endpoints passive health holds out.  A child
+    started at any time converges at once.
 ``{"probe": ...}``
     every :class:`~lb.core.health.ProbeResult` the parent's engine applies (an observer of
     ``engine.observers.probes``), encoded once for all children.
 ``{"config": ...}``
     every configuration the parent's engine swaps in (``engine.observers.config``): reloads
     reach the workers in order with the probe results around them.
+``{"ejection": ...}``
+    every ejection and return of passive health (the health events of the ``passive``
+    pseudo vantage point, ``engine.observers.health``): the endpoint's
+    :class:`~lb.core.passive.Saved` state right after, for
+    :meth:`~lb.engine.Engine.follow`.
 ``{"shutdown": true}``
     drain and exit.  End of file on stdin (the parent died) does the same.
 
@@ -44,6 +50,20 @@ which the parent keeps in ``Engine.reported`` for its gauges and ``/status`` unt
 report or the child's exit; and its open client connections and active requests, kept the
 same way in ``Metrics.worker_client_connections`` and ``Metrics.worker_requests_active``.  The
 report is also the heartbeat.  No message is sent per request.
+
+Passive health (``passive_health``) is the one input the children have and the parent
+needs: outcomes of real traffic.  One place decides, the parent, because a run of
+consecutive failures spread over N processes would otherwise reach no process's threshold.
+A child's engine is made with an outcome sink (``Engine(..., outcomes=...)``): it counts
+nothing and its book never ejects nor returns an endpoint on its own.  The classified
+outcomes of its attempts go to the parent as ``{"outcomes": [[pool, endpoint, status,
+connect_failed, detail, n], ...]}`` (run-length encoded, in order), sent
+:data:`BATCH_WINDOW` after the first of a batch or at once at :data:`BATCH_SIZE` (see
+:class:`_OutcomeBatch`); the parent counts them with :meth:`~lb.engine.Engine.count` on
+arrival, as if its own proxy had seen them, and its ejections and returns come back to
+every child as ``ejection`` messages.  The price: an ejection reaches a child a batch
+window plus a pipe hop after the failures that caused it, and "consecutive" means in the
+order the parent receives them.
 
 A child that exits while the parent is not stopping is logged and started again after a
 bounded backoff; a child whose input queue overflows (it stopped reading) or that sends
@@ -71,7 +91,8 @@ import trio
 from lb import logs
 from lb.children import reap
 from lb.config.model import Config, Listener
-from lb.core.health import Health, ProbeResult
+from lb.core.health import Health, HealthEvent, ProbeResult
+from lb.core.passive import PASSIVE, Outcome, Saved
 from lb.engine import Engine, LiveReport, live_report
 from lb.lifecycle import STOP_SIGNALS, receive_signals
 from lb.metrics import Metrics
@@ -81,9 +102,11 @@ __all__ = [
     "FROM_PARENT",
     "ChildContext",
     "ConfigSwap",
+    "Ejection",
     "Hello",
     "Kind",
     "Message",
+    "Outcomes",
     "Probe",
     "ProtocolError",
     "Ready",
@@ -113,6 +136,12 @@ STOP_GRACE = 5.0
 """Seconds past ``engine.drain_timeout`` a stopping child gets before it is killed."""
 MAX_RUN = 1000
 """Longest pending run kept per check (``consecutive_up/down`` are at most 1000)."""
+BATCH_WINDOW = 0.015
+"""Seconds a child holds its first unsent attempt outcome before sending the batch."""
+BATCH_SIZE = 256
+"""Unsent outcomes that make a child send its batch at once."""
+MAX_COUNT = 1 << 20
+"""The largest run of equal outcomes one ``outcomes`` row may carry."""
 
 
 # --------------------------------------------------------------------------- protocol
@@ -125,9 +154,11 @@ class Kind(StrEnum):
     RESTORE = "restore"
     PROBE = "probe"
     CONFIG = "config"
+    EJECTION = "ejection"
     SHUTDOWN = "shutdown"
     READY = "ready"
     REPORT = "report"
+    OUTCOMES = "outcomes"
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +185,8 @@ class Restore:
     """Each check's pending run: its last result and how many in a row (:class:`_Runs`)."""
     saved: Mapping[str, Any] | None = None
     """The state file's document, when health has a history beyond the states."""
+    ejected: tuple[Ejection, ...] = ()
+    """The endpoints passive health holds out now, as the parent decided."""
     kind: ClassVar[Kind] = Kind.RESTORE
 
 
@@ -171,6 +204,17 @@ class ConfigSwap:
 
     config: Config
     kind: ClassVar[Kind] = Kind.CONFIG
+
+
+@dataclass(frozen=True, slots=True)
+class Ejection:
+    """Parent to child: passive health ejected an endpoint, or returned it (``state``)."""
+
+    pool: str
+    endpoint: str
+    state: Saved
+    """The parent's :meth:`~lb.core.passive.Ejector.state` right after the change."""
+    kind: ClassVar[Kind] = Kind.EJECTION
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,7 +249,19 @@ class Report:
     kind: ClassVar[Kind] = Kind.REPORT
 
 
-Message = Hello | Restore | Probe | ConfigSwap | Shutdown | Ready | Report
+@dataclass(frozen=True, slots=True)
+class Outcomes:
+    """Child to parent: how its attempts ended (``passive_health``), in order, batched.
+
+    Each row is ``(pool, endpoint, outcome, count)``: ``count`` equal outcomes in a row at
+    one endpoint (run-length encoded).
+    """
+
+    runs: tuple[tuple[str, str, Outcome, int], ...]
+    kind: ClassVar[Kind] = Kind.OUTCOMES
+
+
+Message = Hello | Restore | Probe | ConfigSwap | Ejection | Shutdown | Ready | Report | Outcomes
 
 
 class ProtocolError(ValueError):
@@ -237,11 +293,15 @@ def encode(message: Message) -> bytes:
             }
             if message.saved is not None:
                 restore["saved"] = message.saved
+            if message.ejected:
+                restore["ejected"] = [_ejection_json(e) for e in message.ejected]
             payload = restore
         case Probe():
             payload = _probe_json(message.result)
         case ConfigSwap():
             payload = _pickled(message.config)
+        case Ejection():
+            payload = _ejection_json(message)
         case Shutdown():
             payload = True
         case Ready():
@@ -255,12 +315,19 @@ def encode(message: Message) -> bytes:
             if message.active is not None:
                 report["active"] = message.active
             payload = report
+        case Outcomes():
+            payload = [
+                [pool, endpoint, o.status, o.connect_failed, o.detail, count]
+                for pool, endpoint, o, count in message.runs
+            ]
     return json.dumps({message.kind.value: payload}, separators=(",", ":")).encode() + b"\n"
 
 
-FROM_PARENT = frozenset({Kind.HELLO, Kind.RESTORE, Kind.PROBE, Kind.CONFIG, Kind.SHUTDOWN})
+FROM_PARENT = frozenset(
+    {Kind.HELLO, Kind.RESTORE, Kind.PROBE, Kind.CONFIG, Kind.EJECTION, Kind.SHUTDOWN}
+)
 """What a child accepts (the parent's messages carry the pickled configuration)."""
-FROM_CHILD = frozenset({Kind.READY, Kind.REPORT})
+FROM_CHILD = frozenset({Kind.READY, Kind.REPORT, Kind.OUTCOMES})
 """What the parent accepts: nothing a child sends is ever unpickled."""
 
 
@@ -311,6 +378,7 @@ def _decode_restore(obj: Any) -> Restore:
         rtt=tuple((str(p), str(v), float(value)) for p, v, value in obj["rtt"]),
         replay=tuple((_probe_from(r), _int(count)) for r, count in obj["replay"]),
         saved=saved,
+        ejected=tuple(_ejection_from(e) for e in obj.get("ejected", ())),
     )
 
 
@@ -337,14 +405,36 @@ def _decode_report(obj: Any) -> Report:
     )
 
 
+def _decode_outcomes(obj: Any) -> Outcomes:
+    if not isinstance(obj, list):
+        raise TypeError("expected a list of [pool, endpoint, status, connect_failed, detail, n]")
+    runs = []
+    for row in obj:
+        if not isinstance(row, list) or len(row) != 6:
+            raise TypeError(
+                f"expected [pool, endpoint, status, connect_failed, detail, n], got {row!r}"
+            )
+        pool, endpoint, status, connect_failed, detail, count = row
+        if not all(isinstance(x, str) for x in (pool, endpoint, detail)):
+            raise TypeError(f"pool, endpoint and detail are strings: {row!r}")
+        if not isinstance(connect_failed, bool):
+            raise TypeError(f"connect_failed is true or false: {row!r}")
+        if not 0 <= _int(status) <= 999 or not 1 <= _int(count) <= MAX_COUNT:
+            raise ValueError(f"status or count out of range: {row!r}")
+        runs.append((pool, endpoint, Outcome(status, connect_failed, detail), count))
+    return Outcomes(tuple(runs))
+
+
 _DECODERS: dict[Kind, Callable[[Any], Message]] = {
     Kind.HELLO: _decode_hello,
     Kind.RESTORE: _decode_restore,
     Kind.PROBE: lambda obj: Probe(_probe_from(obj)),
     Kind.CONFIG: lambda obj: ConfigSwap(_unpickled(obj)),
+    Kind.EJECTION: lambda obj: _ejection_from(obj),
     Kind.SHUTDOWN: _decode_shutdown,
     Kind.READY: _decode_ready,
     Kind.REPORT: _decode_report,
+    Kind.OUTCOMES: _decode_outcomes,
 }
 
 
@@ -410,6 +500,40 @@ def _probe_from(obj: Mapping[str, Any]) -> ProbeResult:
         rtt=None if obj["rtt"] is None else float(obj["rtt"]),
         member=str(obj.get("member", "")),
     )
+
+
+def _ejection_json(message: Ejection) -> dict[str, Any]:
+    # Times travel as CLOCK_MONOTONIC (see encode), shifted by one offset read once, so that
+    # the ejection's length arrives as it left.
+    shift = time.monotonic() - trio.current_time()
+    state = message.state
+    returned = None if state.returned_at is None else state.returned_at + shift
+    return {
+        "pool": message.pool,
+        "endpoint": message.endpoint,
+        "ejected": state.ejected,
+        "since": state.since + shift,
+        "until": state.until + shift,
+        "ejections": state.ejections,
+        "returned_at": returned,
+        "reason": state.reason,
+    }
+
+
+def _ejection_from(obj: Mapping[str, Any]) -> Ejection:
+    ejected, returned = obj["ejected"], obj["returned_at"]
+    if not isinstance(ejected, bool):
+        raise TypeError(f"ejected is true or false, got {ejected!r}")
+    shift = trio.current_time() - time.monotonic()
+    state = Saved(
+        ejected=ejected,
+        since=float(obj["since"]) + shift,
+        until=float(obj["until"]) + shift,
+        ejections=_int(obj["ejections"]),
+        returned_at=None if returned is None else float(returned) + shift,
+        reason=str(obj["reason"]),
+    )
+    return Ejection(str(obj["pool"]), str(obj["endpoint"]), state)
 
 
 def _live_from(obj: Any) -> LiveReport:
@@ -516,7 +640,13 @@ class _Runs:
             # Flap-damping penalties and recovery times (slow_start) have a history the
             # states do not carry: they travel as the state file's document.
             saved = engine.save_state(now=trio.current_time(), wall=time.time())
-        return Restore(tuple(states), tuple(rtt), tuple(replay), saved)
+        ejected = tuple(
+            Ejection(pool.name, ep.name, ejector.state())
+            for pool in snapshot.pools.values()
+            for ep in pool.endpoints
+            if (ejector := engine.book.passive(pool.name, ep.name)) is not None and ejector.ejected
+        )
+        return Restore(tuple(states), tuple(rtt), tuple(replay), saved, ejected)
 
 
 @dataclass(slots=True)
@@ -573,6 +703,7 @@ class Workers:
         self._done = trio.Event()
         engine.observers.probes.append(self._on_probe)
         engine.observers.config.append(self._on_config)
+        engine.observers.health.append(self._on_health)
 
     # ------------------------------------------------------------------ engine observers
 
@@ -583,6 +714,22 @@ class Workers:
     def _on_config(self, config: Config) -> None:
         self._runs.forget_unknown(self.engine)
         self._broadcast(encode(ConfigSwap(config)))
+
+    def _on_health(self, event: HealthEvent) -> None:
+        """Passive health's ejections and returns, decided here only, reach every child
+        (after the probe result that caused a return: probe observers are called first)."""
+        if event.vantage != PASSIVE:
+            return
+        ejector = self.engine.book.passive(event.pool, event.endpoint)
+        if ejector is not None:
+            self._broadcast(encode(Ejection(event.pool, event.endpoint, ejector.state())))
+
+    def count(self, message: Outcomes) -> None:
+        """Count a child's attempt outcomes as if this process's proxy had seen them now."""
+        now = trio.current_time()
+        for pool, endpoint, outcome, n in message.runs:
+            for _ in range(n):
+                self.engine.count(pool, endpoint, outcome, now=now)
 
     def _broadcast(self, line: bytes) -> None:
         for slot in self.slots:
@@ -772,6 +919,8 @@ class Workers:
                         self.metrics.worker_client_connections[slot.index] = message.clients
                     if message.active is not None:
                         self.metrics.worker_requests_active[slot.index] = message.active
+                case Outcomes():
+                    self.count(message)
                 case Ready():
                     listen = [list(a) for a in message.listen]
                     logs.event("worker_ready", worker=slot.index, pid=message.pid, listen=listen)
@@ -807,6 +956,51 @@ async def _messages(
 # --------------------------------------------------------------------------- child side
 
 
+class _OutcomeBatch:
+    """A child's attempt outcomes not yet sent to the parent, run-length encoded in order.
+
+    :meth:`add` is the child engine's outcome sink (synchronous, called by the proxy after
+    every attempt); :meth:`run` sends a batch :data:`BATCH_WINDOW` after its first outcome,
+    or at once when :data:`BATCH_SIZE` are waiting: a burst of failures costs one pipe
+    message, and an ejection is decided at most a window plus a pipe hop late.
+    """
+
+    def __init__(self) -> None:
+        self.runs: list[tuple[str, str, Outcome, int]] = []
+        self.size = 0
+        self.queued = trio.Event()
+        self.full = trio.Event()
+
+    def add(self, pool: str, endpoint: str, outcome: Outcome) -> None:
+        last = self.runs[-1] if self.runs else None
+        if last is not None and last[:3] == (pool, endpoint, outcome) and last[3] < MAX_COUNT:
+            self.runs[-1] = (pool, endpoint, outcome, last[3] + 1)
+        else:
+            self.runs.append((pool, endpoint, outcome, 1))
+        self.size += 1
+        self.queued.set()
+        if self.size >= BATCH_SIZE:
+            self.full.set()
+
+    def take(self) -> Outcomes | None:
+        """The waiting outcomes as one message (None when there are none); starts afresh."""
+        if not self.runs:
+            return None
+        message = Outcomes(tuple(self.runs))
+        self.runs, self.size = [], 0
+        self.queued, self.full = trio.Event(), trio.Event()
+        return message
+
+    async def run(self, send: Callable[[Outcomes], Awaitable[None]]) -> None:
+        while True:
+            await self.queued.wait()
+            with trio.move_on_after(BATCH_WINDOW):
+                await self.full.wait()
+            message = self.take()
+            if message is not None:
+                await send(message)
+
+
 @dataclass(slots=True)
 class ChildContext:
     """What a child needs to start serving, from the parent's ``hello``."""
@@ -838,13 +1032,18 @@ async def run_child(
     hello = await anext(messages, None)
     if not isinstance(hello, Hello):
         raise RuntimeError("the first message from the parent must be hello")
-    engine = Engine(hello.config, now=trio.current_time(), secret=hello.secret)
+    # Passive health is decided by the parent alone (it sees every worker's outcomes): this
+    # engine sends its outcomes there and follows the parent's ejections.
+    outcomes = _OutcomeBatch()
+    engine = Engine(
+        hello.config, now=trio.current_time(), secret=hello.secret, outcomes=outcomes.add
+    )
     # The parent's listeners as bound at its start (port 0 resolved): not the listeners of
     # ``config``, which a reload may have changed without rebinding anything.
     ctx = ChildContext(engine, list(hello.listeners), hello.worker, hello.seed)
     send_lock = trio.Lock()
 
-    async def report(message: Ready | Report) -> None:
+    async def report(message: Ready | Report | Outcomes) -> None:
         # Shielded: a line cut in half by a cancellation would corrupt the next one.
         with trio.CancelScope(shield=True):
             async with send_lock:
@@ -855,19 +1054,8 @@ async def run_child(
 
     async def control() -> None:
         async for message in messages:
-            match message:
-                case Probe():
-                    engine.apply(message.result)
-                case ConfigSwap():
-                    engine.reconfigure(message.config, now=trio.current_time())
-                case Restore():
-                    _restore(engine, message)
-                case Shutdown():
-                    break
-                case _:
-                    logs.event(
-                        "worker_bad_message", logging.ERROR, error=f"unexpected {message.kind}"
-                    )
+            if not _take(engine, message):
+                break
         if not shutdown.is_set():
             logs.event("worker_draining", worker=ctx.worker)
         shutdown.set()  # shutdown message, or end of file: the parent is gone
@@ -905,12 +1093,34 @@ async def run_child(
         await nursery.start(serving)
         await report(Ready(pid=os.getpid(), listen=hello.listen))
         nursery.start_soon(flush)
+        nursery.start_soon(outcomes.run, report)
         await served.wait()  # shutdown was set and the proxy has drained
         nursery.cancel_scope.cancel()
+    last = outcomes.take()
+    if last is not None:
+        await report(last)
     traffic = drain_traffic(metrics)
     if traffic:
         await report(Report(metrics=traffic))
     await control_out.aclose()
+
+
+def _take(engine: Engine, message: Message) -> bool:
+    """Apply one of the parent's messages to the child's ``engine``; False for shutdown."""
+    match message:
+        case Probe():
+            engine.apply(message.result)
+        case ConfigSwap():
+            engine.reconfigure(message.config, now=trio.current_time())
+        case Ejection():
+            engine.follow(message.pool, message.endpoint, message.state)
+        case Restore():
+            _restore(engine, message)
+        case Shutdown():
+            return False
+        case _:
+            logs.event("worker_bad_message", logging.ERROR, error=f"unexpected {message.kind}")
+    return True
 
 
 def _extended(config: Config) -> bool:
@@ -928,6 +1138,8 @@ def _restore(engine: Engine, message: Restore) -> None:
         engine.load_state(
             message.saved, now=trio.current_time(), wall=time.time(), max_age=float("inf")
         )
+    for ejection in message.ejected:
+        engine.follow(ejection.pool, ejection.endpoint, ejection.state)
     for result, count in message.replay:
         for _ in range(count):
             engine.apply(result)

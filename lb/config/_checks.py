@@ -353,7 +353,7 @@ def _check_pools(
         pool = dataclasses.replace(pool, id=pool.id or pool.name)
         index.add(pool, item)
         _check_pool_fields(item, report)
-        check_pool_passive(item, parsed.engine.value, report)
+        check_pool_passive(item, report)
         monitor = _pool_monitor(item, monitors, parsed.broken, report)
         if pool.monitor_group is not None and pool.monitor is None:
             monitor = _pool_group(item, monitors, groups, parsed.broken, report)

@@ -13,7 +13,7 @@ from lb.config.model import EngineSettings, Pool
 __all__ = ["check_engine_passive", "check_pool_passive"]
 
 
-def _check(item: Item[EngineSettings] | Item[Pool], workers: int, report: Report) -> None:
+def _check(item: Item[EngineSettings] | Item[Pool], report: Report) -> None:
     passive = item.value.passive_health
     if passive is None or not passive.enabled:
         return
@@ -29,22 +29,17 @@ def _check(item: Item[EngineSettings] | Item[Pool], workers: int, report: Report
         )
     if passive.max_ejection_time < passive.base_ejection_time:
         report.error(item.at(*at("max_ejection_time")), "must be at least base_ejection_time")
-    if workers > 1:
-        report.error(
-            item.at(*at()),
-            "workers > 1 is not supported with passive_health yet: each worker would see "
-            "only its own share of the traffic",
-        )
 
 
 def check_engine_passive(item: Item[EngineSettings], report: Report) -> None:
-    """``engine.passive_health``: its fields, and what it cannot run with."""
-    _check(item, item.value.workers, report)
+    """``engine.passive_health``: its fields.  (With ``workers > 1`` the parent decides for
+    every worker: see :mod:`lb.workers`.)"""
+    _check(item, report)
 
 
-def check_pool_passive(item: Item[Pool], engine: EngineSettings, report: Report) -> None:
+def check_pool_passive(item: Item[Pool], report: Report) -> None:
     """A pool's ``passive_health``: its fields, and a monitor to bring endpoints back."""
-    _check(item, engine.workers, report)
+    _check(item, report)
     passive = item.value.passive_health
     if passive is not None and passive.enabled and not item.value.monitored:
         report.error(

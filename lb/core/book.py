@@ -47,6 +47,9 @@ monitored, enabled endpoint of every enabled pool (R10: the others are never pro
   made at it.  A run of failures ejects it (``UNHEALTHY`` whatever the monitors say), unless
   the pool's ``max_ejection_percent`` is already out; the first passing probe after the
   ejection time puts it back.  Both are events on the pseudo vantage point ``"passive"``.
+  A book made with ``decides_passive=False`` (a child worker process, :mod:`lb.workers`)
+  never ejects nor returns on its own: it takes the deciding book's ejections through
+  :meth:`HealthBook.follow`.
 
 Otherwise passive signals (request outcomes, zero-downtime-failover retries) never change
 health here (R44); they feed the live counters that steering reads instead.
@@ -301,8 +304,12 @@ class _Endpoint:
 class HealthBook:
     """Owns endpoint health for one configuration at a time; see the module docstring."""
 
-    def __init__(self, config: Config, *, now: float = 0.0) -> None:
+    def __init__(self, config: Config, *, now: float = 0.0, decides_passive: bool = True) -> None:
         self._config = config
+        self.decides_passive = decides_passive
+        """False in a child worker: passive health is decided by the parent's book, and this
+        one only follows it (:meth:`follow`); :meth:`outcome` counts nothing and a passing
+        probe returns no endpoint."""
         self._endpoints: dict[tuple[str, str], _Endpoint] = {}
         self._disabled_at: dict[tuple[str, str], float] = {}
         self._rtt: dict[tuple[str, str], float] = {}
@@ -374,7 +381,7 @@ class HealthBook:
         does not use (not healthy, or already ejected) is not counted.
         """
         ep = self._endpoints.get((pool, endpoint))
-        if ep is None or ep.health is not Health.HEALTHY:
+        if not self.decides_passive or ep is None or ep.health is not Health.HEALTHY:
             return []  # not counted: a run built while unhealthy would eject on recovery
         ejector = ep.ejector
         if ejector is None or ejector.ejected:
@@ -387,9 +394,45 @@ class HealthBook:
         if out >= cap(len(peers), ejector.config.max_ejection_percent):
             return []  # the run stands: the next failure tries again
         self._tick(now)
-        duration = ejector.eject(now, reason)
+        ejector.eject(now, reason)
+        return self._ejected(ep, pool, endpoint, None if outcome.connect_failed else outcome.status)
+
+    def follow(self, pool: str, endpoint: str, state: Saved) -> list[HealthEvent]:
+        """Take the deciding book's passive-health state of one endpoint (``state``, times
+        already on this clock); returns the ejection's or the return's events when it changes.
+
+        For a book with ``decides_passive=False``: a child worker steers around exactly the
+        endpoints its parent ejected.  The events are those the deciding book reported; a
+        return re-aggregates as of ``state.returned_at``.  Nothing happens for an endpoint
+        this book does not know or does not cover with passive health.
+        """
+        ep = self._endpoints.get((pool, endpoint))
+        if ep is None or ep.ejector is None:
+            return []
+        ejector = ep.ejector
+        was = ejector.ejected
+        ejector.load(state)
+        if state.ejected and not was:
+            self._tick(state.since)
+            return self._ejected(ep, pool, endpoint, None)
+        if was and not state.ejected and state.returned_at is not None:
+            at = state.returned_at
+            self._tick(at)
+            probe = ProbeResult(pool=pool, endpoint=endpoint, vantage=PASSIVE, at=at, ok=True)
+            returned = self._returned(probe, ejector, "followed")
+            return returned + self._aggregate_reason(
+                self._reaggregate(ep, probe, changed=True), returned[0].reason
+            )
+        return []
+
+    def _ejected(
+        self, ep: _Endpoint, pool: str, endpoint: str, status: int | None
+    ) -> list[HealthEvent]:
+        """The events of an ejection just made (or followed), with the health it gives."""
+        ejector = ep.ejector
+        assert ejector is not None
+        now = ejector.since
         self._snapshot = None
-        status = None if outcome.connect_failed else outcome.status
         events = [
             HealthEvent(
                 at=now,
@@ -398,7 +441,7 @@ class HealthBook:
                 vantage=PASSIVE,
                 before=Health.HEALTHY,
                 after=Health.UNHEALTHY,
-                reason=f"{reason}, ejected for {duration:g}s",
+                reason=f"{ejector.reason}, ejected for {ejector.until - ejector.since:g}s",
                 status=status,
             )
         ]
@@ -412,7 +455,7 @@ class HealthBook:
                 vantage="*",
                 before=Health.HEALTHY,
                 after=ep.health,
-                reason=reason,
+                reason=ejector.reason,
                 status=status,
             )
         )
@@ -420,15 +463,22 @@ class HealthBook:
         return events
 
     def _return(self, ep: _Endpoint, result: ProbeResult) -> list[HealthEvent]:
-        """Passive health: a passing probe after the ejection time puts the endpoint back."""
+        """Passive health: a passing probe after the ejection time puts the endpoint back
+        (only in the deciding book: a follower is put back by :meth:`follow`)."""
         ejector = ep.ejector
-        if ejector is None or not result.ok or not ejector.due(result.at):
+        if not self.decides_passive or ejector is None or not result.ok:
+            return []
+        if not ejector.due(result.at):
             return []
         ejector.release(result.at)
-        reason = (
-            f"passive: ejection of {result.at - ejector.since:.1f}s over, "
-            f"{result.vantage} check passed"
-        )
+        return self._returned(result, ejector)
+
+    @staticmethod
+    def _returned(result: ProbeResult, ejector: Ejector, why: str = "") -> list[HealthEvent]:
+        """The event of a return at ``result.at``: a passing check of ``result.vantage``, or
+        ``why`` (a followed return)."""
+        why = why or f"{result.vantage} check passed"
+        reason = f"passive: ejection of {result.at - ejector.since:.1f}s over, {why}"
         return [
             HealthEvent(
                 at=result.at,

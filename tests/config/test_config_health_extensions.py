@@ -58,8 +58,8 @@ def test_passive_health_settings_that_cannot_work_are_errors() -> None:
     ]
     (only,) = errors(BASE + "engine: {passive_health: {max_ejection_percent: 101}}\n")
     assert "engine.passive_health.max_ejection_percent" in only
-    (only,) = errors(BASE + "engine: {workers: 2, passive_health: {}}\n")
-    assert "workers > 1 is not supported with passive_health" in only
+    # Worker processes are no obstacle: the parent decides for all (lb/workers.py).
+    assert errors(BASE + "engine: {workers: 2, passive_health: {}}\n") == []
 
 
 def test_passive_health_on_a_pool_without_a_monitor_is_an_error() -> None:

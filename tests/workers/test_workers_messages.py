@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import math
 import pickle
 import sys
 from pathlib import Path
@@ -18,12 +19,16 @@ from core_builders import make_config, make_pool, result
 
 from lb.config.model import Listener
 from lb.core.health import Health, ProbeResult
+from lb.core.passive import Outcome, Saved
 from lb.workers import (
     FROM_CHILD,
+    FROM_PARENT,
     ConfigSwap,
+    Ejection,
     Hello,
     Kind,
     Message,
+    Outcomes,
     Probe,
     ProtocolError,
     Ready,
@@ -43,6 +48,29 @@ def same_probe(a: ProbeResult, b: ProbeResult) -> bool:
     return dataclasses.replace(a, at=b.at) == b and abs(a.at - b.at) < 60
 
 
+def same_ejection(a: Ejection, b: Ejection) -> bool:
+    """Equal but for the times, which cross CLOCK_MONOTONIC together: each moves by the
+    same small amount, so the ejection's length stays what it was."""
+    x, y = a.state, b.state
+    moved = y.since - x.since
+    return (
+        (a.pool, a.endpoint, x.ejected, x.ejections, x.reason)
+        == (b.pool, b.endpoint, y.ejected, y.ejections, y.reason)
+        and abs(moved) < 60
+        and math.isclose(y.until - y.since, x.until - x.since, abs_tol=1e-6)
+        and (x.returned_at is None) == (y.returned_at is None)
+        and (
+            x.returned_at is None
+            or y.returned_at is None
+            or abs(y.returned_at - x.returned_at - moved) < 1e-3
+        )
+    )
+
+
+EJECTED = Ejection("a", "a-0", Saved(True, 10.0, 40.0, 1, None, "passive: 5 consecutive 502"))
+RETURNED = Ejection("a", "a-0", Saved(False, 10.0, 40.0, 1, 41.5, "passive: 5 consecutive 502"))
+
+
 def messages() -> list[Message]:
     probe = result("a", "a-0", False, at=12.5, status=503, rtt=0.25, member="m1")
     return [
@@ -60,6 +88,9 @@ def messages() -> list[Message]:
             replay=((dataclasses.replace(probe, rtt=None), 2),),
         ),
         Restore(states=(), rtt=(), replay=(), saved={"version": 1, "endpoints": []}),
+        Restore(states=(), rtt=(), replay=(), ejected=(EJECTED,)),
+        EJECTED,
+        RETURNED,
         Probe(probe),
         Probe(result("a", "a-1", True)),
         ConfigSwap(CONFIG),
@@ -72,6 +103,13 @@ def messages() -> list[Message]:
             active=1,
         ),
         Report(metrics={}),
+        Outcomes(
+            (
+                ("a", "a-0", Outcome(502), 3),
+                ("a", "a-1", Outcome(200), 1),
+                ("a", "a-0", Outcome(522, connect_failed=True, detail="connect_timeout"), 2),
+            )
+        ),
     ]
 
 
@@ -85,11 +123,17 @@ async def test_every_message_survives_encode_and_decode(message: Message) -> Non
     match message, decoded:
         case Probe(), Probe():
             assert same_probe(message.result, decoded.result)
+        case Ejection(), Ejection():
+            assert same_ejection(message, decoded)
         case Restore(), Restore():
             assert (decoded.states, decoded.rtt, decoded.saved) == (
                 message.states,
                 message.rtt,
                 message.saved,
+            )
+            assert len(decoded.ejected) == len(message.ejected)
+            assert all(
+                same_ejection(a, b) for a, b in zip(message.ejected, decoded.ejected, strict=True)
             )
             assert [n for _, n in decoded.replay] == [n for _, n in message.replay]
             assert all(
@@ -135,6 +179,19 @@ def _pickled(obj: object) -> str:
             "malformed config message: TypeError: expected a Config, got list",
         ),
         (b'{"config":"gAU="}', "malformed config message: EOFError"),  # a cut pickle
+        (b'{"outcomes":{}}', "malformed outcomes message: TypeError"),
+        (b'{"outcomes":[["a","a-0",502,false,""]]}', "malformed outcomes message: TypeError"),
+        (b'{"outcomes":[["a","a-0","502",false,"",1]]}', "malformed outcomes message: TypeError"),
+        (b'{"outcomes":[["a","a-0",502,0,"",1]]}', "malformed outcomes message: TypeError"),
+        (b'{"outcomes":[["a",7,502,false,"",1]]}', "malformed outcomes message: TypeError"),
+        (b'{"outcomes":[["a","a-0",502,false,"",0]]}', "malformed outcomes message: ValueError"),
+        (b'{"outcomes":[["a","a-0",-1,false,"",1]]}', "malformed outcomes message: ValueError"),
+        (b'{"ejection":{"pool":"a"}}', "malformed ejection message: KeyError"),
+        (
+            b'{"ejection":{"pool":"a","endpoint":"e","ejected":1,"since":0,"until":1,'
+            b'"ejections":1,"returned_at":null,"reason":""}}',
+            "malformed ejection message: TypeError",
+        ),
     ],
 )
 def test_decode_refuses_what_is_not_a_message(line: bytes, reason: str) -> None:
@@ -144,11 +201,17 @@ def test_decode_refuses_what_is_not_a_message(line: bytes, reason: str) -> None:
     assert text.startswith(reason) and "\n" not in text
 
 
-@pytest.mark.parametrize("kind", ["hello", "config", "restore", "probe", "shutdown"])
-def test_the_parent_takes_only_ready_and_report_from_a_child(kind: str) -> None:
+@pytest.mark.parametrize("kind", ["hello", "config", "restore", "probe", "ejection", "shutdown"])
+def test_the_parent_takes_only_ready_report_and_outcomes_from_a_child(kind: str) -> None:
     """A child's line is never unpickled: the kinds that carry pickles are refused first."""
     with pytest.raises(ProtocolError, match=f"a {kind} message is not expected here"):
         decode(json.dumps({kind: _pickled(object())}).encode(), FROM_CHILD)
+
+
+@pytest.mark.parametrize("kind", ["ready", "report", "outcomes"])
+def test_a_child_takes_none_of_its_own_kinds(kind: str) -> None:
+    with pytest.raises(ProtocolError, match=f"a {kind} message is not expected here"):
+        decode(json.dumps({kind: []}).encode(), FROM_PARENT)
 
 
 def test_a_report_with_bad_live_counts_keeps_the_good_ones() -> None:
