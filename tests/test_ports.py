@@ -24,6 +24,7 @@ from stack_support import (
     APP,
     EU,
     connector_config,
+    event_of,
     logged,
     one_pool_config,
     processes,
@@ -261,8 +262,11 @@ async def test_on_port_0_our_processes_say_the_ports_they_serve(tmp_path: Path) 
         [listen] = ready.listen
         assert 0 not in (listen, ready.admin)
 
-        def worker_ready(line: str) -> object:
-            return json.loads(line) if '"event":"worker_ready"' in line else None
-
-        child = await logged(log, 0, worker_ready, lb, "the worker's worker_ready line")
+        child = await logged(
+            log,
+            0,
+            lambda line: event_of(line, "worker_ready"),
+            lb,
+            "the worker's worker_ready line",
+        )
         assert child["listen"] == [["127.0.0.1", listen]]

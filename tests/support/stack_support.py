@@ -246,12 +246,19 @@ async def logged(
     return await wait_until(check, seconds, what=what, step=0.02)
 
 
-def _event(line: str, name: str) -> dict[str, Any] | None:
+def event_of(line: str, name: str) -> dict[str, Any] | None:
+    """The JSON log event ``name`` on ``line``, or None (another event, or not JSON)."""
     try:
         obj = json.loads(line)
     except ValueError:
         return None
     return obj if isinstance(obj, dict) and obj.get("event") == name else None
+
+
+def log_events(log: Path, name: str) -> list[dict[str, Any]]:
+    """Every JSON log event ``name`` in ``log`` so far."""
+    lines = log.read_text(errors="replace").splitlines()
+    return [e for e in (event_of(line, name) for line in lines) if e is not None]
 
 
 def _port(address: str) -> int:
@@ -275,7 +282,7 @@ async def start_lb_process(
     since = log_size(log)
     process = await start_process(nursery, "run", str(config), *args, log=log)
     ready = await logged(
-        log, since, lambda line: _event(line, "ready"), process, "tunnel-lb run's ready line"
+        log, since, lambda line: event_of(line, "ready"), process, "tunnel-lb run's ready line"
     )
     return process, Ready([_port(a) for a in ready["proxy"]], _port(ready["admin"]))
 

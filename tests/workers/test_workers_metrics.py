@@ -21,25 +21,13 @@ from typing import Any
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from stack_support import EU, LB, US, Stack, running_stack
+from stack_support import EU, LB, US, Stack, log_events, running_stack
 from waiting import wait_until
 
 pytestmark = [pytest.mark.integration]
 
 N = 40
 K = 12
-
-
-def log_events(log: Path, name: str) -> list[dict[str, Any]]:
-    out = []
-    for line in log.read_text(errors="replace").splitlines():
-        try:
-            obj = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(obj, dict) and obj.get("event") == name:
-            out.append(obj)
-    return out
 
 
 def total(text: str, sample: str, **labels: str) -> float:

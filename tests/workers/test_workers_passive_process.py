@@ -12,7 +12,6 @@ only; every wait is bounded.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ import httpx
 import pytest
 import trio
 import trustme
-from stack_support import APP, EU, LB, US, processes, start_process, two_tunnel_config
+from stack_support import APP, EU, LB, US, log_events, processes, start_process, two_tunnel_config
 from waiting import wait_until
 
 from lb.connector.config import ConnectorConfig
@@ -32,18 +31,6 @@ pytestmark = [pytest.mark.integration]
 
 FAIL_RULE, APP_RULE = 1, 2
 """The eu tunnel's ingress rules that real traffic reaches (0 is the monitor's health route)."""
-
-
-def log_events(log: Path, name: str) -> list[dict[str, Any]]:
-    out = []
-    for line in log.read_text(errors="replace").splitlines():
-        try:
-            obj = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(obj, dict) and obj.get("event") == name:
-            out.append(obj)
-    return out
 
 
 def traffic(stats: ConnectorStats) -> int:

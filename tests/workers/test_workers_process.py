@@ -7,7 +7,6 @@ kill one.  127.0.0.1 only; every wait is bounded.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 from collections import Counter
@@ -18,7 +17,7 @@ import httpx
 import pytest
 import trio
 import trustme
-from stack_support import APP, EU, LB, US, start_lb_process, two_tunnel_config
+from stack_support import APP, EU, LB, US, log_events, start_lb_process, two_tunnel_config
 from waiting import wait_until
 
 from lb.connector.config import ConnectorConfig
@@ -43,18 +42,6 @@ def write(path: Path, text: str) -> None:
 
 def tail(path: Path) -> str:
     return path.read_text(errors="replace")[-3000:]
-
-
-def log_events(log: Path, name: str) -> list[dict[str, Any]]:
-    out = []
-    for line in log.read_text(errors="replace").splitlines():
-        try:
-            obj = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(obj, dict) and obj.get("event") == name:
-            out.append(obj)
-    return out
 
 
 async def wait_for(check: Any, what: str, seconds: float = 20) -> Any:
