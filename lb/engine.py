@@ -246,8 +246,8 @@ class Engine:
         every attempt; with passive health off everywhere it returns at once.  In a child
         worker (``outcomes`` given) the outcome goes to the parent and nothing is counted
         here."""
-        if not self._passive:
-            return []
+        if not self._passive or self.book.passive(pool, endpoint) is None:
+            return []  # off here (a pool without it): nothing to count, nothing to send
         outcome = outcome_of(failure, status, reused=reused)
         if outcome is None:
             return []

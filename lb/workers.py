@@ -57,13 +57,13 @@ consecutive failures spread over N processes would otherwise reach no process's 
 A child's engine is made with an outcome sink (``Engine(..., outcomes=...)``): it counts
 nothing and its book never ejects nor returns an endpoint on its own.  The classified
 outcomes of its attempts go to the parent as ``{"outcomes": [[pool, endpoint, status,
-connect_failed, detail, n], ...]}`` (run-length encoded, in order), sent
-:data:`BATCH_WINDOW` after the first of a batch or at once at :data:`BATCH_SIZE` (see
-:class:`_OutcomeBatch`); the parent counts them with :meth:`~lb.engine.Engine.count` on
-arrival, as if its own proxy had seen them, and its ejections and returns come back to
-every child as ``ejection`` messages.  The price: an ejection reaches a child a batch
-window plus a pipe hop after the failures that caused it, and "consecutive" means in the
-order the parent receives them.
+connect_failed, detail, n], ...]}`` (run-length encoded, in order, at most
+:data:`BATCH_SIZE` per message), sent :data:`BATCH_WINDOW` after the first of a batch or at
+once at :data:`BATCH_SIZE`, as soon as the pipe takes them (see :class:`_OutcomeBatch`); the
+parent counts them with :meth:`~lb.engine.Engine.count` on arrival, as if its own proxy
+had seen them, and its ejections and returns come back to every child as ``ejection``
+messages.  The price: an ejection reaches a child a batch window plus a pipe hop after the
+failures that caused it, and "consecutive" means in the order the parent receives them.
 
 A child that exits while the parent is not stopping is logged and started again after a
 bounded backoff; a child whose input queue overflows (it stopped reading) or that sends
@@ -81,6 +81,7 @@ import os
 import pickle
 import subprocess
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
@@ -91,6 +92,7 @@ import trio
 from lb import logs
 from lb.children import reap
 from lb.config.model import Config, Listener
+from lb.core.attempts import Failure
 from lb.core.health import Health, HealthEvent, ProbeResult
 from lb.core.passive import PASSIVE, Outcome, Saved
 from lb.engine import Engine, LiveReport, live_report
@@ -139,9 +141,12 @@ MAX_RUN = 1000
 BATCH_WINDOW = 0.015
 """Seconds a child holds its first unsent attempt outcome before sending the batch."""
 BATCH_SIZE = 256
-"""Unsent outcomes that make a child send its batch at once."""
-MAX_COUNT = 1 << 20
-"""The largest run of equal outcomes one ``outcomes`` row may carry."""
+"""Unsent outcomes that make a child send its batch at once; also the most outcomes one
+``outcomes`` message carries (the parent refuses more: counting is synchronous, and a
+larger message would hold up its loop)."""
+MAX_PENDING = 64 * BATCH_SIZE
+"""Unsent outcomes a child keeps while its pipe is blocked; later ones are dropped (and
+logged): counting them late would say little, and memory stays bounded."""
 
 
 # --------------------------------------------------------------------------- protocol
@@ -177,7 +182,8 @@ class Hello:
 
 @dataclass(frozen=True, slots=True)
 class Restore:
-    """Parent to child, second: states, RTT averages and the pending runs to replay."""
+    """Parent to child, second: states, RTT averages, the pending runs to replay, the
+    history beyond the states (when there is one) and the ejections in force."""
 
     states: tuple[tuple[str, str, str, Health], ...]
     rtt: tuple[tuple[str, str, float], ...]
@@ -409,20 +415,30 @@ def _decode_outcomes(obj: Any) -> Outcomes:
     if not isinstance(obj, list):
         raise TypeError("expected a list of [pool, endpoint, status, connect_failed, detail, n]")
     runs = []
+    total = 0
     for row in obj:
         if not isinstance(row, list) or len(row) != 6:
             raise TypeError(
                 f"expected [pool, endpoint, status, connect_failed, detail, n], got {row!r}"
             )
         pool, endpoint, status, connect_failed, detail, count = row
-        if not all(isinstance(x, str) for x in (pool, endpoint, detail)):
-            raise TypeError(f"pool, endpoint and detail are strings: {row!r}")
+        if not isinstance(pool, str) or not isinstance(endpoint, str):
+            raise TypeError(f"pool and endpoint are strings: {row!r}")
+        if detail not in _DETAILS:
+            raise ValueError(f"detail is empty or a failure's name: {row!r}")
         if not isinstance(connect_failed, bool):
             raise TypeError(f"connect_failed is true or false: {row!r}")
-        if not 0 <= _int(status) <= 999 or not 1 <= _int(count) <= MAX_COUNT:
+        if not 0 <= _int(status) <= 999 or not 1 <= _int(count) <= BATCH_SIZE:
             raise ValueError(f"status or count out of range: {row!r}")
+        total += count
+        if total > BATCH_SIZE:
+            raise ValueError(f"more than {BATCH_SIZE} outcomes in one message")
         runs.append((pool, endpoint, Outcome(status, connect_failed, detail), count))
     return Outcomes(tuple(runs))
+
+
+_DETAILS = frozenset({"", *(f.value for f in Failure)})
+"""What :func:`~lb.core.passive.outcome_of` puts in ``Outcome.detail``."""
 
 
 _DECODERS: dict[Kind, Callable[[Any], Message]] = {
@@ -724,7 +740,7 @@ class Workers:
         if ejector is not None:
             self._broadcast(encode(Ejection(event.pool, event.endpoint, ejector.state())))
 
-    def count(self, message: Outcomes) -> None:
+    def count_outcomes(self, message: Outcomes) -> None:
         """Count a child's attempt outcomes as if this process's proxy had seen them now."""
         now = trio.current_time()
         for pool, endpoint, outcome, n in message.runs:
@@ -920,7 +936,7 @@ class Workers:
                     if message.active is not None:
                         self.metrics.worker_requests_active[slot.index] = message.active
                 case Outcomes():
-                    self.count(message)
+                    self.count_outcomes(message)
                 case Ready():
                     listen = [list(a) for a in message.listen]
                     logs.event("worker_ready", worker=slot.index, pid=message.pid, listen=listen)
@@ -961,19 +977,25 @@ class _OutcomeBatch:
 
     :meth:`add` is the child engine's outcome sink (synchronous, called by the proxy after
     every attempt); :meth:`run` sends a batch :data:`BATCH_WINDOW` after its first outcome,
-    or at once when :data:`BATCH_SIZE` are waiting: a burst of failures costs one pipe
-    message, and an ejection is decided at most a window plus a pipe hop late.
+    or at once when :data:`BATCH_SIZE` are waiting, as soon as the pipe takes it: a burst of
+    failures costs one pipe message, and an ejection is decided a window plus a pipe hop
+    late.  A message carries at most :data:`BATCH_SIZE` outcomes; while the pipe is blocked
+    at most :data:`MAX_PENDING` wait, later ones are dropped and counted in ``dropped``.
     """
 
     def __init__(self) -> None:
-        self.runs: list[tuple[str, str, Outcome, int]] = []
+        self.runs: deque[tuple[str, str, Outcome, int]] = deque()
         self.size = 0
+        self.dropped = 0
         self.queued = trio.Event()
         self.full = trio.Event()
 
     def add(self, pool: str, endpoint: str, outcome: Outcome) -> None:
+        if self.size >= MAX_PENDING:
+            self.dropped += 1
+            return
         last = self.runs[-1] if self.runs else None
-        if last is not None and last[:3] == (pool, endpoint, outcome) and last[3] < MAX_COUNT:
+        if last is not None and last[:3] == (pool, endpoint, outcome) and last[3] < BATCH_SIZE:
             self.runs[-1] = (pool, endpoint, outcome, last[3] + 1)
         else:
             self.runs.append((pool, endpoint, outcome, 1))
@@ -983,13 +1005,25 @@ class _OutcomeBatch:
             self.full.set()
 
     def take(self) -> Outcomes | None:
-        """The waiting outcomes as one message (None when there are none); starts afresh."""
+        """The oldest waiting outcomes, at most :data:`BATCH_SIZE`, as one message (None when
+        there are none); what is left stays queued."""
         if not self.runs:
             return None
-        message = Outcomes(tuple(self.runs))
-        self.runs, self.size = [], 0
-        self.queued, self.full = trio.Event(), trio.Event()
-        return message
+        taken: list[tuple[str, str, Outcome, int]] = []
+        room = BATCH_SIZE
+        while self.runs and room:
+            pool, endpoint, outcome, n = self.runs.popleft()
+            if n > room:
+                self.runs.appendleft((pool, endpoint, outcome, n - room))
+                n = room
+            taken.append((pool, endpoint, outcome, n))
+            room -= n
+        self.size -= BATCH_SIZE - room
+        if not self.runs:
+            self.queued = trio.Event()
+        if self.size < BATCH_SIZE:
+            self.full = trio.Event()
+        return Outcomes(tuple(taken))
 
     async def run(self, send: Callable[[Outcomes], Awaitable[None]]) -> None:
         while True:
@@ -999,6 +1033,9 @@ class _OutcomeBatch:
             message = self.take()
             if message is not None:
                 await send(message)
+            if self.dropped:
+                logs.event("worker_outcomes_dropped", logging.WARNING, outcomes=self.dropped)
+                self.dropped = 0
 
 
 @dataclass(slots=True)
@@ -1054,7 +1091,7 @@ async def run_child(
 
     async def control() -> None:
         async for message in messages:
-            if not _take(engine, message):
+            if not _apply(engine, message):
                 break
         if not shutdown.is_set():
             logs.event("worker_draining", worker=ctx.worker)
@@ -1096,8 +1133,7 @@ async def run_child(
         nursery.start_soon(outcomes.run, report)
         await served.wait()  # shutdown was set and the proxy has drained
         nursery.cancel_scope.cancel()
-    last = outcomes.take()
-    if last is not None:
+    while (last := outcomes.take()) is not None:
         await report(last)
     traffic = drain_traffic(metrics)
     if traffic:
@@ -1105,7 +1141,7 @@ async def run_child(
     await control_out.aclose()
 
 
-def _take(engine: Engine, message: Message) -> bool:
+def _apply(engine: Engine, message: Message) -> bool:
     """Apply one of the parent's messages to the child's ``engine``; False for shutdown."""
     match message:
         case Probe():

@@ -402,9 +402,11 @@ class HealthBook:
         already on this clock); returns the ejection's or the return's events when it changes.
 
         For a book with ``decides_passive=False``: a child worker steers around exactly the
-        endpoints its parent ejected.  The events are those the deciding book reported; a
-        return re-aggregates as of ``state.returned_at``.  Nothing happens for an endpoint
-        this book does not know or does not cover with passive health.
+        endpoints its parent ejected.  A return re-aggregates as of ``state.returned_at``.
+        Nothing happens for an endpoint this book does not know or does not cover with
+        passive health.  The events are the ones the deciding book reported, with this
+        book's health before (an endpoint its monitors already marked unhealthy makes no
+        aggregate event), and a return's reason says ``followed``.
         """
         ep = self._endpoints.get((pool, endpoint))
         if ep is None or ep.ejector is None:
@@ -445,15 +447,18 @@ class HealthBook:
                 status=status,
             )
         ]
-        ep.changed_at = now
+        before = ep.health
         ep.health = ep.effective()
+        if ep.health is before:
+            return events  # followed while its monitors hold it out already
+        ep.changed_at = now
         events.append(
             HealthEvent(
                 at=now,
                 pool=pool,
                 endpoint=endpoint,
                 vantage="*",
-                before=Health.HEALTHY,
+                before=before,
                 after=ep.health,
                 reason=ejector.reason,
                 status=status,

@@ -72,3 +72,18 @@ def test_following_an_endpoint_without_passive_health_changes_nothing() -> None:
     assert off.follow("a", "a-0", decided.state()) == []
     assert off.follow("a", "gone", decided.state()) == []
     assert selectable(off) == ["a-0", "a-1"]
+
+
+def test_following_an_ejection_of_an_endpoint_already_unhealthy_makes_no_aggregate_event() -> None:
+    cfg = passive_config()
+    leader, follower = healthy(HealthBook(cfg)), healthy(HealthBook(cfg, decides_passive=False))
+    for _ in range(3):
+        leader.outcome("a", "a-0", E502, now=1.0)
+    decided = leader.passive("a", "a-0")
+    assert decided is not None and decided.ejected
+    # The follower's monitors have marked it unhealthy since (a child restored later).
+    follower.apply(result("a", "a-0", False, at=2.0))
+    assert selectable(follower) == ["a-1"]
+    events = follower.follow("a", "a-0", decided.state())
+    assert [(e.vantage, e.before, e.after) for e in events] == [(PASSIVE, H, U)]
+    assert selectable(follower) == ["a-1"]

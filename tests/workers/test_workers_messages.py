@@ -185,6 +185,16 @@ def _pickled(obj: object) -> str:
         (b'{"outcomes":[["a","a-0",502,0,"",1]]}', "malformed outcomes message: TypeError"),
         (b'{"outcomes":[["a",7,502,false,"",1]]}', "malformed outcomes message: TypeError"),
         (b'{"outcomes":[["a","a-0",502,false,"",0]]}', "malformed outcomes message: ValueError"),
+        (b'{"outcomes":[["a","a-0",502,false,"",257]]}', "malformed outcomes message: ValueError"),
+        (  # one small line must not hold up the parent's loop (it counts synchronously)
+            b'{"outcomes":[["a","a-0",502,false,"",200],["a","a-1",502,false,"",57]]}',
+            "malformed outcomes message: ValueError: more than 256 outcomes in one message",
+        ),
+        (
+            b'{"outcomes":[["a","a-0",502,false,"' + b"x" * 100 + b'",1]]}',
+            "malformed outcomes message: ValueError: detail is empty or a failure's name",
+        ),
+        (b'{"outcomes":[["a","a-0",502,false,7,1]]}', "malformed outcomes message: ValueError"),
         (b'{"outcomes":[["a","a-0",-1,false,"",1]]}', "malformed outcomes message: ValueError"),
         (b'{"ejection":{"pool":"a"}}', "malformed ejection message: KeyError"),
         (

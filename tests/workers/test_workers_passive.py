@@ -24,14 +24,15 @@ from lb.workers import (
     BATCH_WINDOW,
     FROM_CHILD,
     FROM_PARENT,
+    MAX_PENDING,
     Ejection,
     Message,
     Outcomes,
     Probe,
     Restore,
     Workers,
+    _apply,
     _OutcomeBatch,
-    _take,
     decode,
     encode,
 )
@@ -96,7 +97,7 @@ def deliver(parent: Parent, child: Engine) -> list[Message]:
     """The parent's queued messages, applied by the child as its control loop does."""
     messages = parent.sent()
     for message in messages:
-        assert _take(child, message)
+        assert _apply(child, message)
     return messages
 
 
@@ -125,7 +126,7 @@ async def test_the_parent_ejects_on_its_own_and_a_childs_outcomes_together() -> 
     message = decode(encode(batch), FROM_CHILD)
     assert message == batch
     assert isinstance(message, Outcomes)
-    parent.workers.count(message)
+    parent.workers.count_outcomes(message)
     decided = parent.engine.book.passive("a", "a-0")
     assert decided is not None and decided.ejected
     assert decided.reason == "passive: 5 consecutive 502"
@@ -147,9 +148,9 @@ async def test_the_parent_ejects_on_its_own_and_a_childs_outcomes_together() -> 
     parent.probe("a-0", True, decided.until + 1)
     probe, returned = parent.sent()
     assert isinstance(probe, Probe) and isinstance(returned, Ejection)
-    assert _take(child, probe)
+    assert _apply(child, probe)
     assert selectable(child) == ["a-1"] and ejector.ejected
-    assert _take(child, returned)
+    assert _apply(child, returned)
     assert not ejector.ejected
     assert view(child) == view(parent.engine) and selectable(child) == ["a-0", "a-1"]
 
@@ -166,7 +167,7 @@ async def test_a_child_started_during_an_ejection_gets_it_in_restore() -> None:
     restore = decode(encode(parent.workers._runs.restore_message(parent.engine)), FROM_PARENT)
     assert isinstance(restore, Restore) and [e.endpoint for e in restore.ejected] == ["a-1"]
     child, _ = child_of(config)
-    assert _take(child, restore)
+    assert _apply(child, restore)
     assert view(child) == view(parent.engine) and selectable(child) == ["a-0"]
     ejector = child.book.passive("a", "a-1")
     assert ejector is not None and ejector.ejected
@@ -179,7 +180,7 @@ async def test_the_parent_ignores_outcomes_for_endpoints_it_does_not_know() -> N
     for endpoint in ("a-0", "a-1", "b-0"):
         parent.probe(endpoint, True, t)
     parent.sent()
-    parent.workers.count(Outcomes((("a", "gone", E502, 50), ("nope", "a-0", E502, 50))))
+    parent.workers.count_outcomes(Outcomes((("a", "gone", E502, 50), ("nope", "a-0", E502, 50))))
     assert selectable(parent.engine) == ["a-0", "a-1"] and parent.sent() == []
 
 
@@ -217,3 +218,53 @@ async def test_a_child_sends_its_outcomes_in_order_in_batches(
         assert sent[1][1].runs == (("a", "a-1", E502, BATCH_SIZE),)
         assert batch.take() is None
         nursery.cancel_scope.cancel()
+
+
+async def test_a_blocked_pipe_keeps_a_bounded_batch_and_sends_it_in_messages_of_batch_size(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    batch = _OutcomeBatch()
+    sent: list[Outcomes] = []
+    unblock = trio.Event()
+
+    async def send(message: Outcomes) -> None:
+        await unblock.wait()  # the parent is not reading
+        sent.append(message)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(batch.run, send)
+        batch.add("a", "a-0", E502)
+        await trio.sleep(1)  # the first message is taken and stuck in send
+        for i in range(MAX_PENDING + 5):  # round robin: one run per outcome
+            batch.add("a", f"a-{i % 2}", E502)
+        assert batch.size == MAX_PENDING and batch.dropped == 5
+        unblock.set()
+        await trio.sleep(1)
+        nursery.cancel_scope.cancel()
+    assert sent[0].runs == (("a", "a-0", E502, 1),)
+    assert all(sum(n for *_, n in m.runs) <= BATCH_SIZE for m in sent)
+    rows = [row for m in sent[1:] for row in m.runs]
+    assert [e for _, e, _, _ in rows] == [f"a-{i % 2}" for i in range(MAX_PENDING)]
+    assert batch.size == 0 and batch.dropped == 0
+
+
+async def test_a_long_run_is_split_over_messages_in_order() -> None:
+    batch = _OutcomeBatch()
+    for _ in range(BATCH_SIZE + 10):
+        batch.add("a", "a-0", E502)
+    batch.add("a", "a-1", Outcome(200))
+    first, second = batch.take(), batch.take()
+    assert first is not None and second is not None and batch.take() is None
+    assert first.runs == (("a", "a-0", E502, BATCH_SIZE),)
+    assert second.runs == (("a", "a-0", E502, 10), ("a", "a-1", Outcome(200), 1))
+    assert not batch.queued.is_set() and not batch.full.is_set()
+
+
+async def test_a_child_sends_no_outcomes_for_a_pool_without_passive_health() -> None:
+    cfg = passive_config()
+    off = dataclasses.replace(cfg.pools[1], passive_health=PassiveHealth(enabled=False))
+    child, handed = child_of(dataclasses.replace(cfg, pools=(cfg.pools[0], off)))
+    now = trio.current_time()
+    child.outcome("b", "b-0", status=502, now=now)
+    child.outcome("a", "a-0", status=502, now=now)
+    assert handed == [("a", "a-0", E502)]
