@@ -241,7 +241,8 @@ async def test_on_port_0_our_processes_say_the_ports_they_serve(tmp_path: Path) 
     """What the end-to-end tests rely on, so that they never pick a port themselves
     (tests/support/stack_support.py): a connector given port 0 prints the port it got, even
     with ``--quiet``, and serves there; ``tunnel-lb run`` with port 0 and ``workers: 2``
-    logs one proxy port in ``ready``, the parent's, and its worker listens on that one."""
+    logs one proxy port in ``ready``, the parent's, and its worker is told that one (that
+    both processes serve it: tests/workers/test_workers_process.py)."""
     ca = trustme.CA()
     cert = tmp_path / "tunnel.pem"
     ca.issue_cert(APP, "127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(cert))

@@ -128,7 +128,7 @@ async def test_status_page_shows_a_failover_in_chromium(tmp_path: Path, chromium
             path = tmp_path / f"{dc}.json"
             path.write_text(connector_config(uuid, dc, 0, cert))
             tunnels[uuid], ports[uuid] = await start_connector_process(nursery, path, uuid, log=log)
-        document = json.loads(two_tunnel_config(ports, 0, 0, ca_file))
+        document = json.loads(two_tunnel_config(ports, ca_file))
         document["pools"][0]["origins"][0]["name"] = HOSTILE
         config.write_text(json.dumps(document))
         lb, ready = await start_lb_process(nursery, config, log=log)

@@ -138,7 +138,10 @@ async def test_plain_requests_to_a_tcp_service_get_400(
     start_connector: Start, client: httpx.AsyncClient
 ) -> None:
     url, stats = await start_connector(
-        [IngressRule("tcp://127.0.0.1:9", "app.example.com"), IngressRule("http_status:404")]
+        [
+            IngressRule(f"tcp://127.0.0.1:{dead_port()}", "app.example.com"),
+            IngressRule("http_status:404"),
+        ]
     )
     response = await client.get(f"{url}/", headers={"Host": "app.example.com"})
     assert response.status_code == 400

@@ -15,7 +15,6 @@ import json
 import signal
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ import httpx
 import pytest
 import trio
 import trustme
+from ports_support import dead_port
 from redis_support import RedisServer, redis_server
 from stack_support import (
     APP,
@@ -40,8 +40,8 @@ from waiting import wait_until
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
 SECRET = "shared-affinity-secret"
-DEAD = "127.0.0.1:9"
-"""Port 9 (discard) on loopback: nothing listens, connections are refused."""
+DEAD = f"127.0.0.1:{dead_port()}"
+"""A loopback port held for the session, never listening: connections are refused."""
 
 WAIT = 60.0
 """Seconds any awaited state may take.  Every event awaited here has a documented bound of a
@@ -282,12 +282,7 @@ async def test_three_replicas_share_health_affinity_and_survive_redis(
 
         # Restart c: healthy from its first request, before it probed anything itself.
         await c.start(nursery)
-        got = await wait_until(
-            partial(client.get, f"{c.base}/", headers={"Host": LB}),
-            WAIT,
-            what="the restarted replica to accept a request",
-            ignore=(httpx.TransportError,),
-        )
+        got = await client.get(f"{c.base}/", headers={"Host": LB})  # it said ready: listening
         assert got.status_code == 200
         s = (await client.get(c.status_url)).json()
         assert endpoint(s, "us")["health"] == "healthy"

@@ -103,16 +103,14 @@ async def serve_endpoint(
 
 def config(
     ports: list[int],
-    listen: int,
-    admin: int,
     ca: Path,
     retry_on: dict[str, Any] | None,
     passive: dict[str, Any] | None = None,
 ) -> str:
     engine: dict[str, Any] = {
         "minimum_interval": 1,
-        "listen": [{"address": "127.0.0.1", "port": listen}],
-        "admin": f"127.0.0.1:{admin}",
+        "listen": [{"address": "127.0.0.1", "port": 0}],
+        "admin": "127.0.0.1:0",
         "upstream_ca": str(ca),
         "drain_timeout": 1,
     }
@@ -187,7 +185,7 @@ async def run_load(
             for n in ("a", "faulty", "b")
         ]
         path = tmp_path / "lb.json"
-        path.write_text(config(ports, 0, 0, ca_file, retry_on, passive))  # port 0: see ready
+        path.write_text(config(ports, ca_file, retry_on, passive))  # port 0: see ready
         process, ready = await start_lb_process(nursery, path, log=log)
         [listen], admin = ready.listen, ready.admin
 

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 
 import h11
 import trio
-from ports_support import dead_port
 
 __all__ = [
     "Action",
@@ -35,7 +34,6 @@ __all__ = [
     "reset_mid_response",
     "respond",
     "silent",
-    "unused_port",
 ]
 
 
@@ -261,9 +259,3 @@ async def listen_silently(nursery: trio.Nursery) -> int:
     nursery.start_soon(hold)
     port: int = sock.getsockname()[1]
     return port
-
-
-def unused_port() -> int:
-    """A loopback port with nothing listening (connections are refused), held so that no
-    other process can start listening there (:func:`ports_support.dead_port`)."""
-    return dead_port()

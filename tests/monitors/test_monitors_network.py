@@ -25,8 +25,8 @@ from monitor_servers import (
     reset_mid_response,
     respond,
     silent,
-    unused_port,
 )
+from ports_support import dead_port
 from waiting import wait_until
 
 from monitors import NetworkTransport, Reason, probe_once, run_check
@@ -100,7 +100,7 @@ async def test_ingress_without_host_lands_on_catch_all_404(
 
 
 async def test_refused_is_tcp_connection_failed(transport: NetworkTransport) -> None:
-    v = await probe_once(probe(unused_port()), transport)
+    v = await probe_once(probe(dead_port()), transport)
     assert (v.ok, v.reason) == (False, Reason.TCP_CONNECTION_FAILED)
 
 
@@ -327,7 +327,7 @@ async def test_tcp_check(
     up = await probe_once(probe(r.port, type="tcp", host=None), transport)
     assert up.ok, up
     assert up.status is None
-    down = await probe_once(probe(unused_port(), type="tcp", host=None), transport)
+    down = await probe_once(probe(dead_port(), type="tcp", host=None), transport)
     assert (down.ok, down.reason) == (False, Reason.TCP_CONNECTION_FAILED)
 
 

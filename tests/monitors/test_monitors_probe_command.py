@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import trio
 import trustme
-from monitor_servers import HostRouter, respond, unused_port
+from monitor_servers import HostRouter, respond
+from ports_support import dead_port
 
 from lb.cli import main
 from lb.commands.probe import probe_targets, render_table, select
@@ -79,7 +80,7 @@ async def test_probe_targets_table(
 
 
 def test_cli_json_and_exit_status(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    dead = unused_port()
+    dead = dead_port()
     path = write(tmp_path, type="tcp", port=dead, dial=dead)
     assert main(["probe", path, "--pool", "us", "--json"]) == 1
     [row] = json.loads(capsys.readouterr().out)
@@ -154,7 +155,7 @@ async def test_a_wrong_upstream_ca_gets_a_hint_naming_it(
 def test_an_unreadable_upstream_ca_is_a_config_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    path = write(tmp_path, type="https", port=443, dial=unused_port(), upstream_ca="missing-ca.pem")
+    path = write(tmp_path, type="https", port=443, dial=dead_port(), upstream_ca="missing-ca.pem")
     assert main(["probe", path]) == 2
     err = capsys.readouterr().err
     assert err == (

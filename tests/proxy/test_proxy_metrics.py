@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 
 import trio
+from ports_support import dead_port
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from proxy_support import (
@@ -63,14 +64,6 @@ async def settled(server: ProxyServer) -> None:
     await wait_until(lambda: not server.active_requests)
 
 
-async def closed_port() -> int:
-    """A loopback port nothing listens on (connects are refused)."""
-    listener = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    port: int = listener[0].socket.getsockname()[1]
-    await listener[0].aclose()
-    return port
-
-
 async def test_connect_time_and_first_byte_by_endpoint(nursery: trio.Nursery, certs: Certs) -> None:
     backend = await nursery.start(serve_backend, "b0", certs.backend)
     server, port, metrics = await start(nursery, certs, [backend.port])
@@ -116,7 +109,7 @@ async def test_bytes_from_and_to_clients_and_endpoints(nursery: trio.Nursery, ce
 async def test_refused_connect_counted_by_endpoint_and_kind(
     nursery: trio.Nursery, certs: Certs
 ) -> None:
-    server, port, metrics = await start(nursery, certs, [await closed_port()])
+    server, port, metrics = await start(nursery, certs, [dead_port()])
     for _ in range(2):
         assert (await get(port)).status == 521
     await settled(server)

@@ -27,6 +27,7 @@ import httpx
 import pytest
 import trio
 import trustme
+from ports_support import dead_port
 from waiting import wait_until
 
 __all__ = [
@@ -58,8 +59,6 @@ LB = "app.localhost"
 
 def two_tunnel_config(
     ports: dict[str, int],
-    listen: int,
-    admin: int,
     ca: Path,
     *,
     order: Sequence[str] = ("eu", "us"),
@@ -67,7 +66,8 @@ def two_tunnel_config(
     **engine: Any,
 ) -> str:
     """Pools eu and us, one tunnel each, monitored every second; ``order`` is the failover
-    order of every load balancer in ``names``.  ``engine`` adds or overrides engine fields."""
+    order of every load balancer in ``names``.  ``engine`` adds or overrides engine fields.
+    The proxy and the admin listen on port 0: :func:`start_lb_process` reads what they got."""
     return json.dumps(
         {
             "monitors": [
@@ -113,8 +113,8 @@ def two_tunnel_config(
             },
             "engine": {
                 "minimum_interval": 1,
-                "listen": [{"address": "127.0.0.1", "port": listen}],
-                "admin": f"127.0.0.1:{admin}",
+                "listen": [{"address": "127.0.0.1", "port": 0}],
+                "admin": "127.0.0.1:0",
                 "upstream_ca": str(ca),
                 "drain_timeout": 2,
                 **engine,
@@ -125,7 +125,7 @@ def two_tunnel_config(
 
 
 def one_pool_config(*, interval: int = 10, listen: Sequence[int] = (0,), **engine: Any) -> str:
-    """One pool of one tunnel whose ``connect_to`` goes nowhere (port 9): probes fail."""
+    """One pool of one tunnel whose ``connect_to`` is a dead port: probes fail."""
     return json.dumps(
         {
             "monitors": [{"id": "m", "type": "https", "path": "/h", "interval": interval}],
@@ -139,7 +139,7 @@ def one_pool_config(*, interval: int = 10, listen: Sequence[int] = (0,), **engin
             "load_balancers": [
                 {"name": LB, "proxied": True, "default_pools": ["eu"], "fallback_pool": "eu"}
             ],
-            "connect_to": {f"{EU}.cfargotunnel.com:443": "127.0.0.1:9"},
+            "connect_to": {f"{EU}.cfargotunnel.com:443": f"127.0.0.1:{dead_port()}"},
             "engine": {
                 "listen": [{"address": "127.0.0.1", "port": port} for port in listen],
                 "admin": "127.0.0.1:0",
@@ -226,17 +226,20 @@ async def logged(
     what: str,
     seconds: float = 30,
 ) -> Any:
-    """The first value ``found(line)`` that is not None, over the lines ``process`` wrote to
-    ``log`` after byte ``since``; waited for (bounded).  A process that exits first fails the
-    test at once, with the end of the log."""
+    """The first truthy value ``found(line)`` gives, over the lines ``process`` wrote to
+    ``log`` after byte ``since``; waited for (bounded).  A process that exits without writing
+    such a line fails the test at once, with the end of the log."""
 
     def check() -> Any:
+        exited = process.poll() is not None  # before the read: its last lines are in it
         for line in _whole_lines(log, since):
             value = found(line)
-            if value is not None:
+            if value:
                 return value
-        if process.poll() is not None:
-            tail = log.read_text(errors="replace")[since:][-3000:]
+        if exited:
+            with log.open("rb") as f:
+                f.seek(since)
+                tail = f.read().decode(errors="replace")[-3000:]
             pytest.fail(
                 f"{what}: the process exited ({process.returncode}) first\n--- log ---\n{tail}",
                 pytrace=False,
@@ -330,7 +333,7 @@ class Stack:
         engine fields), for a reload.  Its listeners stay at port 0, as at the start: a
         reload does not rebind them, and an unchanged ``listen`` is no warning."""
         options = {**self.engine, **changes}
-        return two_tunnel_config(self.ports, 0, 0, self.ca_file, **options)
+        return two_tunnel_config(self.ports, self.ca_file, **options)
 
 
 @asynccontextmanager
@@ -351,7 +354,7 @@ async def running_stack(tmp_path: Path, **engine: Any) -> AsyncIterator[Stack]:
             path = tmp_path / f"{dc}.json"
             path.write_text(connector_config(uuid, dc, 0, cert))
             tunnels[uuid], ports[uuid] = await start_connector_process(nursery, path, uuid, log=log)
-        config.write_text(two_tunnel_config(ports, 0, 0, ca_file, **engine))
+        config.write_text(two_tunnel_config(ports, ca_file, **engine))
         lb, ready = await start_lb_process(nursery, config, log=log)
         [listen] = ready.listen
         admin_base = f"http://127.0.0.1:{ready.admin}"

@@ -68,8 +68,6 @@ async def test_two_workers_eject_together_and_both_steer_around(tmp_path: Path) 
         config.write_text(
             two_tunnel_config(
                 {EU: eu_port, US: us_port},
-                0,
-                0,
                 ca_file,
                 workers=2,
                 access_log=True,

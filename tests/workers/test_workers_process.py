@@ -33,7 +33,7 @@ OTHER = "other.localhost"
 def lb_config(ports: dict[str, int], ca: Path, names: tuple[str, ...]) -> str:
     """Listen and admin on port 0: the parent binds the proxy port (SO_REUSEPORT) and hands
     the port it got to its worker, so both serve one port that nobody picked beforehand."""
-    return two_tunnel_config(ports, 0, 0, ca, names=names, workers=2, access_log=True)
+    return two_tunnel_config(ports, ca, names=names, workers=2, access_log=True)
 
 
 def write(path: Path, text: str) -> None:
