@@ -385,3 +385,20 @@ def test_a_tunnel_latency_replaces_a_replicas_own(tmp_path: Path) -> None:
     data = result.real.data
     assert data["errors"] == 0, data["statuses"]
     assert result.ok, result.table()
+
+
+def test_a_tunnel_latency_after_a_hand_over_replaces_the_connectors(tmp_path: Path) -> None:
+    """The whole tunnel is slow from 5 s (the edge stand-in's latency), the FRA replica from
+    12 s (the tunnel's 3.5 s is handed to both connectors, then FRA's own set), the whole
+    tunnel again from 20 s: the simulator replaces every replica's latency (8 s, within the
+    10 s request timeout); the rehearsal sets the edge stand-in's and clears both
+    connectors' (it used to refuse this, as a fault that would add to theirs)."""
+    result = _slow(
+        tmp_path,
+        "  - {at: 5, tunnel: shared, do: latency, latency: 3.5}\n"
+        "  - {at: 12, replica: shared/host-fra, do: latency, latency: 3.5}\n"
+        "  - {at: 20, tunnel: shared, do: latency, latency: 8}\n",
+    )
+    data = result.real.data
+    assert data["errors"] == 0, data["statuses"]
+    assert result.ok, result.table()
