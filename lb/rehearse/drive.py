@@ -10,8 +10,9 @@ client's ``__cflb`` cookie when it is a cookie-keeping client, and its affinity 
 The timeline runs beside it: network events become a ``POST /faults`` to the endpoint's
 stand-in (:mod:`lb.connector.faults`), or to the one replica's they name (:func:`_controls`);
 a fault of a whole tunnel held by its edge stand-in is handed to the replicas' connectors
-once an event changes only some of them (:func:`handovers`), as the simulator keeps one
-condition list per replica;
+once an event changes only some of them, and a latency of the whole tunnel replaces the
+latency the connectors hold (:func:`handovers`), as the simulator keeps one condition list
+per replica;
 ``disable`` / ``enable`` / ``weight`` rewrite the LB's configuration file and ``POST /reload``
 it, as an operator would.
 """

@@ -342,6 +342,23 @@ def test_hand_overs_the_stand_ins_cannot_match_are_refused(tmp_path: Path) -> No
     )
 
 
+def test_a_tunnel_answer_that_would_skip_a_replicas_latency_is_refused(tmp_path: Path) -> None:
+    """The edge stand-in answers a status of the whole tunnel without reaching a replica,
+    so the FRA connector's latency would not be paid, where the simulator adds it."""
+    scenario = _with_timeline(
+        tmp_path,
+        "  - {at: 20, replica: shared/host-fra, do: latency, latency: 0.2}\n"
+        "  - {at: 30, tunnel: shared, do: status, status: 503}\n",
+    )
+    message = _refusal(scenario, tmp_path)
+    assert message == (
+        "cannot be rehearsed on one machine: status tunnel shared: the edge stand-in answers "
+        "it itself, without reaching a replica, so the latency held by the connector of "
+        "shared/host-fra (latency replica shared/host-fra) would not be paid, where the "
+        "simulator adds it to that replica's answer"
+    )
+
+
 def test_a_tunnel_wide_recover_after_a_hand_over_is_rehearsable(tmp_path: Path) -> None:
     scenario = _with_timeline(
         tmp_path,
