@@ -256,17 +256,18 @@ class Faults:
             if current is not None:
                 await trio.aclose_forcefully(current)
 
-    async def gate(self, stream: trio.abc.Stream) -> bool:
-        """Before a connection's handshake or a request's answer: wait out the latency, hang
-        on ``blackhole`` (until the peer leaves), and say False when the connection must be
-        cut (``refuse``)."""
+    async def gate(self, stream: trio.abc.Stream, *, wait: bool = True) -> bool:
+        """Before a connection's handshake or a request's answer: wait out the latency (not
+        with ``wait=False``: the rehearsal's edge stand-in waits after its replica answers),
+        hang on ``blackhole`` (until the peer leaves), and say False when the connection
+        must be cut (``refuse``)."""
         fault = self.current()[0]
         if fault == "refuse":
             return False
         if fault == "blackhole":
             await _swallow(stream)
             return False
-        if self.latency:
+        if wait and self.latency:
             await trio.sleep(self.latency)
         return True
 

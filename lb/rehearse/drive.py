@@ -10,8 +10,9 @@ client's ``__cflb`` cookie when it is a cookie-keeping client, and its affinity 
 The timeline runs beside it: network events become a ``POST /faults`` to the endpoint's
 stand-in (:mod:`lb.connector.faults`), or to the one replica's they name (:func:`_controls`);
 a fault of a whole tunnel held by its edge stand-in is handed to the replicas' connectors
-once an event changes only some of them (:func:`handovers`), as the simulator keeps one
-condition list per replica;
+once an event changes only some of them, and a latency of the whole tunnel replaces the
+latency the connectors hold (:func:`handovers`), as the simulator keeps one condition list
+per replica;
 ``disable`` / ``enable`` / ``weight`` rewrite the LB's configuration file and ``POST /reload``
 it, as an operator would.
 """
@@ -31,7 +32,7 @@ from lb.rehearse.stack import Stack
 from lb.sim.scenario import ORIGIN, ConfigEvent, NetEvent, Scenario, Traffic
 from lb.sim.spec import TimelineAction
 
-__all__ = ["Driven", "Sent", "drive", "handovers", "unrehearsable"]
+__all__ = ["Driven", "Handover", "Sent", "drive", "handovers", "unrehearsable"]
 
 
 @dataclass(slots=True)
@@ -130,25 +131,65 @@ def _held_after(held: list[NetEvent], e: NetEvent) -> list[NetEvent]:
     return [c for c in held if (c.action == TimelineAction.LATENCY) != latency] + [e]
 
 
-def handovers(sc: Scenario) -> dict[int, tuple[NetEvent, ...]]:
-    """Edge events of some replicas of a tunnel (by ``index``) -> the tunnel-wide edge
-    conditions its edge stand-in holds until then.
+@dataclass(frozen=True, slots=True)
+class Handover:
+    """What :func:`drive` does around one edge event of a tunnel with an edge stand-in,
+    besides sending the event where :func:`_controls` says."""
+
+    held: tuple[NetEvent, ...] = ()
+    """An event of some replicas: the tunnel-wide conditions the edge stand-in holds until
+    then, set first on the connectors of the replicas the event does not recover, then
+    cleared at the edge."""
+    slow: tuple[tuple[str, NetEvent], ...] = ()
+    """A tunnel-wide event: the replicas whose connectors hold a latency (by name, with the
+    event that set it: one of that replica, or a hand-over's).  A tunnel-wide ``latency``
+    replaces it in the simulator, so once the edge stand-in holds the new one these
+    connectors' is set to 0; a tunnel-wide fault the edge answers alone would leave it
+    unpaid, and is refused (:func:`_unhandable`)."""
+
+
+def handovers(sc: Scenario) -> dict[int, Handover]:
+    """Edge events of tunnels with an edge stand-in (by ``index``) -> what moves between the
+    edge stand-in and the replicas' connectors around them (events with nothing to move are
+    left out).
 
     The simulator keeps the conditions of each replica: a fault of the whole tunnel is one
     condition per replica, and a later event of one replica (a ``recover`` included) changes
-    that replica's only.  The edge stand-in holds a tunnel-wide fault once, in front of
-    every replica, so before such an event :func:`drive` hands what it holds to the
-    replicas' connectors (the replicas the event clears excepted) and clears the edge's.
+    that replica's only; a later ``latency`` of the whole tunnel replaces each replica's.
+    The edge stand-in holds a tunnel-wide condition once, in front of every replica, and
+    the connectors their own, and latencies held by both add up.  So before an event of
+    some replicas :func:`drive` hands what the edge holds to the replicas' connectors (the
+    replicas the event clears excepted) and clears the edge's; after a tunnel-wide
+    ``latency`` it clears the latency the connectors hold.  Either way no replica's latency
+    is ever held by both.
     """
     held: dict[str, list[NetEvent]] = {}
-    out: dict[int, tuple[NetEvent, ...]] = {}
+    slow: dict[str, dict[str, NetEvent]] = {}
+    out: dict[int, Handover] = {}
     for e in sorted(sc.events, key=lambda e: (e.at, e.index)):
         if not _edged(sc, e):
             continue
-        if set(e.replicas) == {r.name for r in sc.replicas[e.address]}:
+        every = {r.name for r in sc.replicas[e.address]}
+        latent = slow.setdefault(e.address, {})
+        if set(e.replicas) == every:
+            if latent and e.action != TimelineAction.RECOVER:
+                out[e.index] = Handover(slow=tuple(sorted(latent.items())))
+            if e.action in (TimelineAction.RECOVER, TimelineAction.LATENCY):
+                latent.clear()
             held[e.address] = _held_after(held.get(e.address, []), e)
-        elif held.get(e.address):
-            out[e.index] = tuple(held.pop(e.address))
+            continue
+        handed = tuple(held.pop(e.address, ()))
+        if handed:
+            out[e.index] = Handover(held=handed)
+            cleared = set(e.replicas) if e.action == TimelineAction.RECOVER else set()
+            for c in handed:
+                if c.action == TimelineAction.LATENCY:
+                    latent.update(dict.fromkeys(sorted(every - cleared), c))
+        for name in e.replicas:
+            if e.action == TimelineAction.RECOVER:
+                latent.pop(name, None)
+            elif e.action == TimelineAction.LATENCY:
+                latent[name] = e
     return out
 
 
@@ -157,11 +198,11 @@ def _unhandable(sc: Scenario) -> list[str]:
     out: list[str] = []
     named = {e.index: e for e in sc.events}
     handed = handovers(sc)
-    for index, held in sorted(handed.items()):
+    for index, plan in sorted(handed.items()):
         e = named[index]
-        what = e.label or f"{e.action} at {e.at:g}s"
-        for c in held:
-            by = c.label or f"{c.action} at {c.at:g}s"
+        what = _named(e)
+        for c in plan.held:
+            by = _named(c)
             if c.action == TimelineAction.REFUSE and e.action != TimelineAction.RECOVER:
                 out.append(
                     f"{what}: the refusal of every replica ({by}) would then be every "
@@ -179,28 +220,49 @@ def _unhandable(sc: Scenario) -> list[str]:
                     f"{what}: the flap of every replica ({by}) would restart its period on "
                     "the replicas' connectors (a connector's flap starts when it is set)"
                 )
-    # After a hand-over the replicas' connectors hold conditions of their own; a later event
+    # After a hand-over the replicas' connectors hold conditions of their own; a later fault
     # of the whole tunnel goes to the edge stand-in and would add to them, where the
-    # simulator replaces each replica's (a tunnel-wide recover clears both: _controls).
+    # simulator replaces each replica's.  A tunnel-wide recover clears both (_controls), a
+    # tunnel-wide latency replaces the connectors' (Handover.slow).
     since: dict[str, NetEvent] = {}
     for e in sorted(sc.events, key=lambda e: (e.at, e.index)):
         if not _edged(sc, e):
             continue
-        if e.index in handed:
+        plan = handed.get(e.index, Handover())
+        if plan.held:
             since[e.address] = e
         elif set(e.replicas) == {r.name for r in sc.replicas[e.address]}:
             first = since.get(e.address)
             if e.action == TimelineAction.RECOVER:
                 since.pop(e.address, None)
+            elif e.action == TimelineAction.LATENCY:
+                pass
             elif first is not None:
-                what = e.label or f"{e.action} at {e.at:g}s"
-                by = first.label or f"{first.action} at {first.at:g}s"
                 out.append(
-                    f"{what}: the replicas' connectors still hold what {by} handed them "
-                    "from the edge stand-in, which a fault of the whole tunnel would add "
-                    "to rather than replace"
+                    f"{_named(e)}: the replicas' connectors still hold what {_named(first)} "
+                    "handed them from the edge stand-in, which a fault of the whole tunnel "
+                    "would add to rather than replace"
+                )
+            elif plan.slow and _how(e) in _ANSWERED:
+                labels = {r.name: r.label or r.name for r in sc.replicas[e.address]}
+                slow = ", ".join(f"{labels[n]} ({_named(c)})" for n, c in plan.slow)
+                out.append(
+                    f"{_named(e)}: the edge stand-in answers it itself, without reaching "
+                    f"a replica, so the latency held by the connector of {slow} would not be "
+                    "paid, where the simulator adds it to that replica's answer"
                 )
     return out
+
+
+_ANSWERED = frozenset(
+    {TimelineAction.STATUS, TimelineAction.DOWN, TimelineAction.RESET, TimelineAction.TRUNCATE}
+)
+"""Edge faults the edge stand-in answers itself, without forwarding to a replica."""
+
+
+def _named(e: NetEvent) -> str:
+    """How a refusal names a timeline entry."""
+    return e.label or f"{e.action} at {e.at:g}s"
 
 
 def _how(e: NetEvent) -> str:
@@ -326,7 +388,7 @@ def _controls(stack: Stack, e: NetEvent) -> list[str]:
     """The control ports an event goes to.  A tunnel with an edge stand-in: an edge fault of
     every replica is the edge's own (its recover clears the replicas' too, as a tunnel-wide
     recover does in the simulator); a fault of some replicas, or of the application behind
-    them, goes to those replicas' connectors only (after :func:`_handover`)."""
+    them, goes to those replicas' connectors only (:func:`_posts`)."""
     replicas = {name: url for (a, name), url in stack.replica_control.items() if a == e.address}
     if not replicas:
         return [stack.control[e.address]]
@@ -352,29 +414,33 @@ async def _timeline(
         if isinstance(item, ConfigEvent):
             await stack.reload(client, _config_changed(stack.raw_config, item))
         else:
-            posts = _handover(stack, item, handed.get(item.index, ()))
-            posts += [(url, _fault_body(item)) for url in _controls(stack, item)]
-            for url, body in posts:
+            for url, body in _posts(stack, item, handed.get(item.index, Handover())):
                 r = await client.post(url, json=body)
                 if r.status_code != 200:
                     raise RuntimeError(f"the stand-in refused {item.label}: {r.text.strip()}")
         lags.append(trio.current_time() - start - at)
 
 
-def _handover(
-    stack: Stack, e: NetEvent, held: tuple[NetEvent, ...]
-) -> list[tuple[str, dict[str, object]]]:
-    """The POSTs that move the tunnel-wide conditions ``held`` by the edge stand-in to the
-    replicas ``e`` does not clear, then clear the edge's: the replicas keep failing
-    throughout, as in the simulator."""
-    if not held:
-        return []
+def _posts(stack: Stack, e: NetEvent, plan: Handover) -> list[tuple[str, dict[str, object]]]:
+    """The POSTs that apply ``e``, in order: those of ``plan.held`` (the tunnel-wide
+    conditions the edge stand-in holds, to the replicas ``e`` does not clear, then the edge's
+    cleared), then ``e``'s own (:func:`_controls`), then for a tunnel-wide ``latency`` the
+    latency of ``plan.slow``'s connectors set to 0.  Each step adds before it takes away,
+    so no replica is ever without its fault; its latency is paid twice, by a request that
+    passes the edge stand-in and a connector between two of these POSTs (milliseconds)."""
     cleared = set(e.replicas) if e.action == TimelineAction.RECOVER else set()
     keep = sorted(
         name for (a, name) in stack.replica_control if a == e.address and name not in cleared
     )
-    posts = [(stack.replica_control[(e.address, n)], _fault_body(c)) for n in keep for c in held]
-    posts.append((stack.control[e.address], {"do": TimelineAction.RECOVER}))
+    posts = [
+        (stack.replica_control[(e.address, n)], _fault_body(c)) for n in keep for c in plan.held
+    ]
+    if plan.held:
+        posts.append((stack.control[e.address], {"do": TimelineAction.RECOVER}))
+    posts += [(url, _fault_body(e)) for url in _controls(stack, e)]
+    if e.action == TimelineAction.LATENCY:
+        unslow = {"do": TimelineAction.LATENCY, "latency": 0.0}
+        posts += [(stack.replica_control[(e.address, n)], unslow) for n, _ in plan.slow]
     return posts
 
 

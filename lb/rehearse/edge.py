@@ -32,6 +32,18 @@ Faults of the whole tunnel's edge layer are the edge's own: it holds a
 exactly as on a lone stand-in, until an event of some replicas hands them over to the
 replicas' connectors (:func:`lb.rehearse.drive.handovers`).  ``docs/rehearse.md`` lists
 what this does not model.
+
+Why the latency comes after the replica's answer
+================================================
+
+The simulator asks every layer of a replica at one instant, the attempt's.  A lone stand-in
+waits out its latency before it answers; the edge stand-in takes the latency in force when
+the request arrives, forwards the request at once and waits that long after the replica's
+answer.  The total is the same, and the edge and the replica's connector then look at their
+conditions within a millisecond of each other.  Waiting first, the edge would reach the
+connector one latency later: a request waiting at the edge while its latency is handed over
+to the connectors (or while a tunnel-wide latency replaces a connector's) would pay both,
+where the simulator charges one.
 """
 
 from __future__ import annotations
@@ -176,24 +188,33 @@ class Edge:
             if body is None:
                 await _refuse(http, 413, f"a body above {MAX_BODY} bytes")
                 return True
-            if not await self.faults.gate(http.stream):
+            delay = self.faults.latency  # the one in force when the request came
+            if not await self.faults.gate(http.stream, wait=False):
                 return False
-            if not await self._answer(client, http, event, body):
+            if not await self._answer(client, http, event, body, delay):
                 return False
             if not http.reusable:
                 return True
             http.conn.start_next_cycle()
 
     async def _answer(
-        self, client: httpx.AsyncClient, http: H11Stream, request: h11.Request, body: bytes
+        self,
+        client: httpx.AsyncClient,
+        http: H11Stream,
+        request: h11.Request,
+        body: bytes,
+        delay: float,
     ) -> bool:
-        """Forward one request; False when the LB's connection must be cut."""
+        """Forward one request at once, and answer ``delay`` seconds after the replica did
+        (the module docstring says why); False when the LB's connection must be cut."""
         cut = self.faults.cut()
         if cut is not None:
+            await _hold(delay)
             await cut_answer(http.send, cut)
             return False
         status = self.faults.answer()
         if status is not None:
+            await _hold(delay)
             await _respond(http, request, status, [], b"")
             return True
         headers = [(n, v) for n, v in request.headers if n not in HOP_BY_HOP and n not in _FRAMING]
@@ -216,6 +237,7 @@ class Edge:
                 failed.add(up.replica.name)
                 continue
             except httpx.HTTPError:
+                await _hold(delay)
                 return False  # taken, then reset before an answer: so is the LB's connection
             chunks: list[bytes] = []
             try:
@@ -223,6 +245,7 @@ class Edge:
                     chunks.append(chunk)  # noqa: PERF401 (kept when the body breaks off)
             except httpx.HTTPError:
                 # Cut mid-body: the LB gets the head and the bytes that came, then the cut.
+                await _hold(delay)
                 await _cut(http, response, b"".join(chunks))
                 return False
             finally:
@@ -237,10 +260,18 @@ class Edge:
                 for n, v in response.headers.raw
                 if n.lower() not in HOP_BY_HOP and n.lower() not in _FRAMING
             ]
+            await _hold(delay)
             await _respond(http, request, response.status_code, kept, raw)
             return True
+        await _hold(delay)
         await _respond(http, request, NO_CONNECTOR, [], b"no tunnel connector\n")
         return True
+
+
+async def _hold(delay: float) -> None:
+    """Wait out the edge's latency before an answer."""
+    if delay > 0:
+        await trio.sleep(delay)
 
 
 async def _body(http: H11Stream) -> bytes | None:

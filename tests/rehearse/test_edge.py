@@ -12,6 +12,7 @@ import httpx
 import pytest
 import trio
 import trustme
+from waiting import wait_until
 
 from lb.connector import ConnectorConfig, IngressRule, serve_connector
 from lb.connector.faults import Faults
@@ -143,6 +144,40 @@ async def test_a_refused_replica_is_passed_over_for_real(
         "r2": "shared/host-fra",
         "r3": "shared/host-iad",
     }
+
+
+async def test_the_edge_forwards_at_once_and_waits_out_its_latency_after(
+    nursery: trio.Nursery, scenario: Scenario, ca: trustme.CA
+) -> None:
+    """The edge takes the latency in force when a request comes, forwards it at once and
+    waits after the replica's answer: the replica's connector looks at its conditions when
+    the edge does, as the simulator asks every layer at the attempt's instant, so a latency
+    handed over to the connectors while a request waits at the edge is not paid twice."""
+    edge, url, faults = await _running(nursery, scenario, ca)
+    _, client_ctx = _contexts(ca)
+    headers = {"host": "app.example.com", "cf-ray": "1-FRA"}
+    answers: list[int] = []
+    async with httpx.AsyncClient(verify=client_ctx, timeout=30) as client:
+
+        async def get() -> None:
+            answers.append((await client.get(f"{url}/", headers=headers)).status_code)
+
+        await get()  # the connection, opened before the latency (which delays a handshake)
+        edge.faults.apply({"do": "latency", "latency": 3600})
+        async with trio.open_nursery() as waiting:
+            waiting.start_soon(get)
+            await wait_until(lambda: edge.served["host-fra"] == 2, what="the replica's answer")
+            assert answers == [200]  # the edge still holds the second
+            # A hand-over now (the connector's latency set, the edge's cleared) comes after
+            # the connector has answered: the request pays the edge's latency alone.
+            faults["host-fra"].apply({"do": "latency", "latency": 3600})
+            edge.faults.apply({"do": "recover"})
+            waiting.cancel_scope.cancel()
+        faults["host-fra"].apply({"do": "recover"})
+        edge.faults.apply({"do": "latency", "latency": 0.05})
+        await get()
+    assert answers == [200, 200]
+    assert edge.served["host-fra"] == 3
 
 
 async def _raw(url: str, ca: trustme.CA) -> trio.SSLStream[trio.SocketStream]:
