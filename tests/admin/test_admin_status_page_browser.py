@@ -25,9 +25,7 @@ from typing import Any
 import httpx
 import pytest
 import trio
-import trustme
 from stack_support import (
-    APP,
     EU,
     LB,
     US,
@@ -35,6 +33,7 @@ from stack_support import (
     processes,
     start_connector_process,
     start_lb_process,
+    tunnel_certs,
     two_tunnel_config,
     until_url,
 )
@@ -113,11 +112,7 @@ class Rows(HTMLParser):
 
 async def test_status_page_shows_a_failover_in_chromium(tmp_path: Path, chromium: str) -> None:
     browser = chromium
-    ca = trustme.CA()
-    cert = tmp_path / "tunnel.pem"
-    ca.issue_cert(APP).private_key_and_cert_chain_pem.write_to_path(str(cert))
-    ca_file = tmp_path / "ca.pem"
-    ca.cert_pem.write_to_path(str(ca_file))
+    cert, ca_file = tunnel_certs(tmp_path)
     config = tmp_path / "lb.json"
     log = tmp_path / "processes.log"
     eu_key = f"eu/{HOSTILE}"

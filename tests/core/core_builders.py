@@ -14,10 +14,11 @@ from lb.config.model import (
     RetryOn,
 )
 from lb.core.attempts import Body, Failure, Retry, Step, next_step
+from lb.core.book import HealthBook
 from lb.core.budget import RetryBudget
 from lb.core.health import ProbeResult
 
-__all__ = ["FAILOVER_CODES", "make_config", "make_pool", "result", "step"]
+__all__ = ["FAILOVER_CODES", "health_view", "make_config", "make_pool", "result", "step"]
 
 FAILOVER_CODES = frozenset({521, 522, 523})
 
@@ -84,3 +85,14 @@ def step(
         budget=budget,
         answered=answered,
     )
+
+
+def health_view(book: HealthBook) -> list[tuple[str, str, str, dict[str, str]]]:
+    """Every endpoint's health and per-vantage health, to compare two books (a parent's and
+    a worker's) in one assertion."""
+    snap = book.snapshot()
+    return [
+        (p.name, e.name, e.health.value, {v: h.value for v, h in e.vantage_health.items()})
+        for p in snap.pools.values()
+        for e in p.endpoints
+    ]

@@ -21,7 +21,6 @@ from typing import Any
 import httpx
 import pytest
 import trio
-import trustme
 from ports_support import dead_port
 from redis_support import RedisServer, redis_server
 from stack_support import (
@@ -33,6 +32,7 @@ from stack_support import (
     processes,
     start_connector_process,
     start_lb_process,
+    tunnel_certs,
     until_url,
 )
 from waiting import wait_until
@@ -191,11 +191,7 @@ async def tunnel_of(client: httpx.AsyncClient, base: str, cookie: str = "") -> t
 
 @pytest.fixture
 async def stack(tmp_path: Path) -> AsyncIterator[tuple[RedisServer, dict[str, int], Path]]:
-    ca = trustme.CA()
-    cert = tmp_path / "tunnel.pem"
-    ca.issue_cert(APP).private_key_and_cert_chain_pem.write_to_path(str(cert))
-    ca_file = tmp_path / "ca.pem"
-    ca.cert_pem.write_to_path(str(ca_file))
+    cert, ca_file = tunnel_certs(tmp_path)
     ports = {}
     async with redis_server(tmp_path) as redis, processes() as nursery:
         for uuid, dc in ((EU, "FRA"), (US, "IAD")):

@@ -201,6 +201,17 @@ async def start_process(nursery: trio.Nursery, *args: str, log: Path) -> trio.Pr
         return process
 
 
+def tunnel_certs(tmp_path: Path) -> tuple[Path, Path]:
+    """A certificate for :data:`APP` with its key (``tunnel.pem``, what the tunnels serve)
+    and the CA that signed it (``ca.pem``, what ``upstream_ca`` trusts), in ``tmp_path``."""
+    ca = trustme.CA()
+    cert = tmp_path / "tunnel.pem"
+    ca.issue_cert(APP).private_key_and_cert_chain_pem.write_to_path(str(cert))
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    return cert, ca_file
+
+
 def log_size(log: Path) -> int:
     """Where ``log`` ends now: what a process started after this writes comes later."""
     try:
@@ -341,11 +352,7 @@ async def running_stack(tmp_path: Path, **engine: Any) -> AsyncIterator[Stack]:
     """Two connector processes (eu in FRA, us in IAD) and ``tunnel-lb run`` over them, ready
     (``/readyz`` answered 200); every process is stopped on exit.  Each binds port 0 and says
     which port it got; the LB's file is written once the connectors have said theirs."""
-    ca = trustme.CA()
-    cert = tmp_path / "tunnel.pem"
-    ca.issue_cert(APP).private_key_and_cert_chain_pem.write_to_path(str(cert))
-    ca_file = tmp_path / "ca.pem"
-    ca.cert_pem.write_to_path(str(ca_file))
+    cert, ca_file = tunnel_certs(tmp_path)
     config = tmp_path / "lb.json"
     log = tmp_path / "processes.log"
     async with processes() as nursery, httpx.AsyncClient(timeout=5) as client:

@@ -13,7 +13,7 @@ import trio.testing
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "core"))
 
-from core_builders import make_config, make_pool, result
+from core_builders import health_view, make_config, make_pool, result
 
 from lb.config.model import Config, PassiveHealth
 from lb.core.passive import Outcome
@@ -44,15 +44,6 @@ E502 = Outcome(502)
 def passive_config() -> Config:
     cfg = make_config(make_pool("a", 2), make_pool("b", 1))
     return dataclasses.replace(cfg, engine=dataclasses.replace(cfg.engine, passive_health=ON))
-
-
-def view(engine: Engine) -> list[tuple[str, str, str, dict[str, str]]]:
-    snap = engine.book.snapshot()
-    return [
-        (p.name, e.name, e.health.value, {v: h.value for v, h in e.vantage_health.items()})
-        for p in snap.pools.values()
-        for e in p.endpoints
-    ]
 
 
 def selectable(engine: Engine, pool: str = "a") -> list[str]:
@@ -109,7 +100,10 @@ async def test_the_parent_ejects_on_its_own_and_a_childs_outcomes_together() -> 
     for endpoint in ("a-0", "a-1", "b-0"):
         parent.probe(endpoint, True, t)
     deliver(parent, child)
-    assert view(child) == view(parent.engine) and selectable(child) == ["a-0", "a-1"]
+    assert health_view(child.book) == health_view(parent.engine.book) and selectable(child) == [
+        "a-0",
+        "a-1",
+    ]
 
     # The child's own traffic: counted by nobody in the child, however many failures.
     for _ in range(7):
@@ -135,7 +129,9 @@ async def test_the_parent_ejects_on_its_own_and_a_childs_outcomes_together() -> 
     # The ejection reaches the child, which steers around it exactly as the parent does.
     (ejection,) = deliver(parent, child)
     assert isinstance(ejection, Ejection) and ejection.state.ejected
-    assert view(child) == view(parent.engine) and selectable(child) == ["a-1"]
+    assert health_view(child.book) == health_view(parent.engine.book) and selectable(child) == [
+        "a-1"
+    ]
     assert ejector.ejected and abs(ejector.until - decided.until) < 1e-3
 
     # A passing check before the ejection time returns nothing, in either process.
@@ -152,7 +148,10 @@ async def test_the_parent_ejects_on_its_own_and_a_childs_outcomes_together() -> 
     assert selectable(child) == ["a-1"] and ejector.ejected
     assert _apply(child, returned)
     assert not ejector.ejected
-    assert view(child) == view(parent.engine) and selectable(child) == ["a-0", "a-1"]
+    assert health_view(child.book) == health_view(parent.engine.book) and selectable(child) == [
+        "a-0",
+        "a-1",
+    ]
 
 
 async def test_a_child_started_during_an_ejection_gets_it_in_restore() -> None:
@@ -168,7 +167,9 @@ async def test_a_child_started_during_an_ejection_gets_it_in_restore() -> None:
     assert isinstance(restore, Restore) and [e.endpoint for e in restore.ejected] == ["a-1"]
     child, _ = child_of(config)
     assert _apply(child, restore)
-    assert view(child) == view(parent.engine) and selectable(child) == ["a-0"]
+    assert health_view(child.book) == health_view(parent.engine.book) and selectable(child) == [
+        "a-0"
+    ]
     ejector = child.book.passive("a", "a-1")
     assert ejector is not None and ejector.ejected
     assert ejector.reason == "passive: 5 consecutive 503"

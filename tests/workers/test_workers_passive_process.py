@@ -18,8 +18,17 @@ from typing import Any
 import httpx
 import pytest
 import trio
-import trustme
-from stack_support import APP, EU, LB, US, log_events, processes, start_process, two_tunnel_config
+from stack_support import (
+    APP,
+    EU,
+    LB,
+    US,
+    log_events,
+    processes,
+    start_process,
+    tunnel_certs,
+    two_tunnel_config,
+)
 from waiting import wait_until
 
 from lb.connector.config import ConnectorConfig
@@ -50,11 +59,7 @@ async def start_tunnel(
 
 
 async def test_two_workers_eject_together_and_both_steer_around(tmp_path: Path) -> None:
-    ca = trustme.CA()
-    cert = tmp_path / "tunnel.pem"
-    ca.issue_cert(APP).private_key_and_cert_chain_pem.write_to_path(str(cert))
-    ca_file = tmp_path / "ca.pem"
-    ca.cert_pem.write_to_path(str(ca_file))
+    cert, ca_file = tunnel_certs(tmp_path)
     health = IngressRule("http_status:200", APP, "^/healthz$")
     eu_rules = (health, IngressRule("http_status:502", APP, "^/fail$"), IngressRule("hello_world"))
     us_rules = (health, IngressRule("hello_world"))

@@ -16,8 +16,16 @@ from typing import Any
 import httpx
 import pytest
 import trio
-import trustme
-from stack_support import APP, EU, LB, US, log_events, start_lb_process, two_tunnel_config
+from stack_support import (
+    APP,
+    EU,
+    LB,
+    US,
+    log_events,
+    start_lb_process,
+    tunnel_certs,
+    two_tunnel_config,
+)
 from waiting import wait_until
 
 from lb.connector.config import ConnectorConfig
@@ -69,11 +77,7 @@ def metric(text: str, name: str, *labels: str) -> float:
 
 
 async def test_two_workers_share_one_prober(tmp_path: Path) -> None:
-    ca = trustme.CA()
-    cert = tmp_path / "tunnel.pem"
-    ca.issue_cert(APP).private_key_and_cert_chain_pem.write_to_path(str(cert))
-    ca_file = tmp_path / "ca.pem"
-    ca.cert_pem.write_to_path(str(ca_file))
+    cert, ca_file = tunnel_certs(tmp_path)
     rules = (
         IngressRule("http_status:200", APP, "^/healthz$"),
         IngressRule("hello_world", APP),

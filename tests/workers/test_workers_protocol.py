@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "core"))
 
-from core_builders import make_config, make_pool, result
+from core_builders import health_view, make_config, make_pool, result
 from prometheus_client import generate_latest
 
 from lb.admin import status_json
@@ -31,15 +31,6 @@ from lb.workers import (
     encode,
     merge_traffic,
 )
-
-
-def view(engine: Engine) -> list[tuple[str, str, str, dict[str, str]]]:
-    snap = engine.book.snapshot()
-    return [
-        (p.name, e.name, e.health.value, {v: h.value for v, h in e.vantage_health.items()})
-        for p in snap.pools.values()
-        for e in p.endpoints
-    ]
 
 
 async def test_a_worker_started_at_any_point_follows_the_parent_exactly() -> None:
@@ -71,11 +62,11 @@ async def test_a_worker_started_at_any_point_follows_the_parent_exactly() -> Non
         assert isinstance(message, Restore)
         child = Engine(config)
         _restore(child, message)
-        assert view(child) == view(parent), seed
+        assert health_view(child.book) == health_view(parent.book), seed
         for r in stream[cut:]:
             parent.apply(r)
             child.apply(r)
-            assert view(child) == view(parent), seed
+            assert health_view(child.book) == health_view(parent.book), seed
 
 
 def test_traffic_counters_move_from_child_to_parent() -> None:
