@@ -30,7 +30,7 @@ import trio
 
 from lb.rehearse.stack import Stack
 from lb.sim.network import conditions_after
-from lb.sim.scenario import ORIGIN, ConfigEvent, NetEvent, Scenario, Traffic
+from lb.sim.scenario import ORIGIN, ConfigEvent, MemberEvent, NetEvent, Scenario, Traffic
 from lb.sim.spec import TimelineAction
 
 __all__ = ["Driven", "Handover", "Sent", "drive", "handovers", "unrehearsable"]
@@ -52,7 +52,7 @@ def unrehearsable(sc: Scenario) -> list[str]:
     out: list[str] = []
     unseen: list[str] = []
     for e in sc.events:
-        what = e.label or f"{e.action} at {e.at:g}s"
+        what = _named(e)
         every = {r.name for r in sc.replicas.get(e.address, ())}
         if e.scope:
             out.append(
@@ -96,7 +96,7 @@ def unrehearsable(sc: Scenario) -> list[str]:
             "replicas sharing a store"
         )
     out += [
-        f"{m.label or f'{m.action} at {m.at:g}s'}: member {m.member!r} cannot be "
+        f"{_named(m)}: member {m.member!r} cannot be "
         f"{'partitioned from the store' if m.action == 'partition' else m.action + 'ed'} "
         "without a cluster"
         for m in sc.member_events
@@ -133,13 +133,12 @@ class Handover:
     then, set on the connectors of the replicas the event does not recover and cleared at
     the edge (:func:`_posts` says in which order)."""
     slow: tuple[tuple[str, NetEvent], ...] = ()
-    """A tunnel-wide event other than a ``recover``: the replicas whose connectors hold a
-    latency (by name, with the event that set it: one of that replica, or a hand-over's).
-    A tunnel-wide ``latency`` replaces it in the simulator, so :func:`_posts` sets these
-    connectors' to 0 before the edge stand-in takes the new one; a tunnel-wide fault the
-    edge answers alone would leave it unpaid, and is refused (:func:`_unhandable`); any
-    other (``refuse``, ``blackhole``, a ``flap`` whose failure reaches no replica) moves
-    nothing."""
+    """A tunnel-wide ``latency``: the replicas whose connectors hold a latency (by name,
+    with the event that set it: one of that replica, or a hand-over's).  The new one
+    replaces it in the simulator, so :func:`_posts` sets these connectors' to 0 before the
+    edge stand-in takes the new one.  A tunnel-wide fault moves nothing (one the edge
+    answers alone, which would leave such a latency unpaid, is refused by
+    :func:`_unhandable`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,11 +176,10 @@ def _steps(sc: Scenario) -> list[_Step]:
         if set(e.replicas) == set(every):
             if e.action == TimelineAction.RECOVER:  # _controls sends it to every stand-in
                 conns = {n: [] for n in every}
-            else:
+            elif e.action == TimelineAction.LATENCY:
                 slow = tuple((n, c) for n in every for c in conns[n] if _latency(c))
                 plan = Handover(slow=slow)
-                if e.action == TimelineAction.LATENCY:
-                    conns = {n: [c for c in cs if not _latency(c)] for n, cs in conns.items()}
+                conns = {n: [c for c in cs if not _latency(c)] for n, cs in conns.items()}
             edge = conditions_after(edge, e)
         else:
             if edge:
@@ -265,8 +263,10 @@ def _unhandable(sc: Scenario) -> list[str]:
                 "simulator's flap of every replica replaces it (the replica answers in the "
                 "flap's up part, when the edge stand-in forwards to that connector)"
             )
-        elif plan.slow and _how(e) in _ANSWERED:
-            slow = ", ".join(f"{labels[n]} ({_named(c)})" for n, c in plan.slow)
+        elif _how(e) in _ANSWERED and (
+            latent := [(n, c) for n, cs in step.connectors.items() for c in cs if _latency(c)]
+        ):
+            slow = ", ".join(f"{labels[n]} ({_named(c)})" for n, c in latent)
             out.append(
                 f"{what}: the edge stand-in answers it itself, without reaching "
                 f"a replica, so the latency held by the connector of {slow} would not be "
@@ -294,7 +294,7 @@ _ANSWERED = frozenset(
 """Edge faults the edge stand-in answers itself, without forwarding to a replica."""
 
 
-def _named(e: NetEvent) -> str:
+def _named(e: NetEvent | MemberEvent) -> str:
     """How a refusal names a timeline entry."""
     return e.label or f"{e.action} at {e.at:g}s"
 

@@ -169,6 +169,7 @@ def test_a_tunnel_answer_that_would_skip_a_replicas_latency_is_refused(tmp_path:
         "{at: 35, tunnel: shared, do: refuse}",
         "{at: 40, tunnel: shared, do: flap, period: 10, how: down}",
     )
+    assert _plan(sc) == []  # a tunnel-wide fault moves nothing
     assert unrehearsable(sc) == [
         "status tunnel shared: the edge stand-in answers it itself, without reaching a "
         "replica, so the latency held by the connector of shared/host-fra (latency replica "
