@@ -29,7 +29,8 @@ import httpx
 import trio
 
 from lb.rehearse.stack import Stack
-from lb.sim.scenario import ORIGIN, ConfigEvent, NetEvent, Scenario, Traffic
+from lb.sim.network import conditions_after
+from lb.sim.scenario import ORIGIN, ConfigEvent, MemberEvent, NetEvent, Scenario, Traffic
 from lb.sim.spec import TimelineAction
 
 __all__ = ["Driven", "Handover", "Sent", "drive", "handovers", "unrehearsable"]
@@ -51,7 +52,7 @@ def unrehearsable(sc: Scenario) -> list[str]:
     out: list[str] = []
     unseen: list[str] = []
     for e in sc.events:
-        what = e.label or f"{e.action} at {e.at:g}s"
+        what = _named(e)
         every = {r.name for r in sc.replicas.get(e.address, ())}
         if e.scope:
             out.append(
@@ -95,7 +96,7 @@ def unrehearsable(sc: Scenario) -> list[str]:
             "replicas sharing a store"
         )
     out += [
-        f"{m.label or f'{m.action} at {m.at:g}s'}: member {m.member!r} cannot be "
+        f"{_named(m)}: member {m.member!r} cannot be "
         f"{'partitioned from the store' if m.action == 'partition' else m.action + 'ed'} "
         "without a cluster"
         for m in sc.member_events
@@ -122,15 +123,6 @@ def _edged(sc: Scenario, e: NetEvent) -> bool:
     return len(sc.replicas.get(e.address, ())) > 1 and e.layer != ORIGIN and not e.scope
 
 
-def _held_after(held: list[NetEvent], e: NetEvent) -> list[NetEvent]:
-    """The conditions after ``e``, by the simulator's rule (``lb.sim.network``, unscoped):
-    ``recover`` clears them all, ``latency`` replaces the latency, any other the fault."""
-    if e.action == TimelineAction.RECOVER:
-        return []
-    latency = e.action == TimelineAction.LATENCY
-    return [c for c in held if (c.action == TimelineAction.LATENCY) != latency] + [e]
-
-
 @dataclass(frozen=True, slots=True)
 class Handover:
     """What :func:`drive` does around one edge event of a tunnel with an edge stand-in,
@@ -138,14 +130,71 @@ class Handover:
 
     held: tuple[NetEvent, ...] = ()
     """An event of some replicas: the tunnel-wide conditions the edge stand-in holds until
-    then, set first on the connectors of the replicas the event does not recover, then
-    cleared at the edge."""
+    then, set on the connectors of the replicas the event does not recover and cleared at
+    the edge (:func:`_posts` says in which order)."""
     slow: tuple[tuple[str, NetEvent], ...] = ()
-    """A tunnel-wide event: the replicas whose connectors hold a latency (by name, with the
-    event that set it: one of that replica, or a hand-over's).  A tunnel-wide ``latency``
-    replaces it in the simulator, so once the edge stand-in holds the new one these
-    connectors' is set to 0; a tunnel-wide fault the edge answers alone would leave it
-    unpaid, and is refused (:func:`_unhandable`)."""
+    """A tunnel-wide ``latency``: the replicas whose connectors hold a latency (by name,
+    with the event that set it: one of that replica, or a hand-over's).  The new one
+    replaces it in the simulator, so :func:`_posts` sets these connectors' to 0 before the
+    edge stand-in takes the new one.  A tunnel-wide fault moves nothing (one the edge
+    answers alone, which would leave such a latency unpaid, is refused by
+    :func:`_unhandable`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Step:
+    """One edge event of a tunnel with an edge stand-in, and what the stand-ins hold once
+    :func:`drive` has applied it."""
+
+    event: NetEvent
+    plan: Handover
+    edge: tuple[NetEvent, ...]
+    """The conditions the edge stand-in holds (those of the whole tunnel)."""
+    connectors: dict[str, tuple[NetEvent, ...]]
+    """Replica name -> the conditions its connector holds."""
+
+
+def _steps(sc: Scenario) -> list[_Step]:
+    """Every edge event of a tunnel with an edge stand-in, in timeline order, with its
+    hand-over and the conditions each stand-in holds after it.
+
+    Each stand-in's conditions follow the simulator's own rule for one replica
+    (:func:`lb.sim.network.conditions_after`), applied to exactly what :func:`_posts` sends
+    it, so the rehearsal's state is derived the way the simulator derives its own; what the
+    two cannot make identical is refused by :func:`_unhandable`.
+    """
+    edges: dict[str, list[NetEvent]] = {}
+    held_by: dict[str, dict[str, list[NetEvent]]] = {}
+    out: list[_Step] = []
+    for e in sorted(sc.events, key=lambda e: (e.at, e.index)):
+        if not _edged(sc, e):
+            continue
+        every = sorted(r.name for r in sc.replicas[e.address])
+        edge = edges.get(e.address, [])
+        conns = held_by.setdefault(e.address, {n: [] for n in every})
+        plan = Handover()
+        if set(e.replicas) == set(every):
+            if e.action == TimelineAction.RECOVER:  # _controls sends it to every stand-in
+                conns = {n: [] for n in every}
+            elif e.action == TimelineAction.LATENCY:
+                slow = tuple((n, c) for n in every for c in conns[n] if _latency(c))
+                plan = Handover(slow=slow)
+                conns = {n: [c for c in cs if not _latency(c)] for n, cs in conns.items()}
+            edge = conditions_after(edge, e)
+        else:
+            if edge:
+                plan = Handover(held=tuple(edge))
+                cleared = set(e.replicas) if e.action == TimelineAction.RECOVER else set()
+                for n in every:
+                    for c in edge if n not in cleared else ():
+                        conns[n] = conditions_after(conns[n], c)
+                edge = []
+            for n in e.replicas:
+                conns[n] = conditions_after(conns[n], e)
+        edges[e.address], held_by[e.address] = edge, conns
+        frozen = {n: tuple(cs) for n, cs in conns.items()}
+        out.append(_Step(e, plan, tuple(edge), frozen))
+    return out
 
 
 def handovers(sc: Scenario) -> dict[int, Handover]:
@@ -159,57 +208,29 @@ def handovers(sc: Scenario) -> dict[int, Handover]:
     The edge stand-in holds a tunnel-wide condition once, in front of every replica, and
     the connectors their own, and latencies held by both add up.  So before an event of
     some replicas :func:`drive` hands what the edge holds to the replicas' connectors (the
-    replicas the event clears excepted) and clears the edge's; after a tunnel-wide
-    ``latency`` it clears the latency the connectors hold.  Either way no replica's latency
-    is ever held by both.
+    replicas the event clears excepted) and clears the edge's (:attr:`Handover.held`); a
+    tunnel-wide ``latency`` clears the latency the connectors hold
+    (:attr:`Handover.slow`).  Either way no replica's latency is held by both for longer
+    than the POSTs of one step.
     """
-    held: dict[str, list[NetEvent]] = {}
-    slow: dict[str, dict[str, NetEvent]] = {}
-    out: dict[int, Handover] = {}
-    for e in sorted(sc.events, key=lambda e: (e.at, e.index)):
-        if not _edged(sc, e):
-            continue
-        every = {r.name for r in sc.replicas[e.address]}
-        latent = slow.setdefault(e.address, {})
-        if set(e.replicas) == every:
-            if latent and e.action != TimelineAction.RECOVER:
-                out[e.index] = Handover(slow=tuple(sorted(latent.items())))
-            if e.action in (TimelineAction.RECOVER, TimelineAction.LATENCY):
-                latent.clear()
-            held[e.address] = _held_after(held.get(e.address, []), e)
-            continue
-        handed = tuple(held.pop(e.address, ()))
-        if handed:
-            out[e.index] = Handover(held=handed)
-            cleared = set(e.replicas) if e.action == TimelineAction.RECOVER else set()
-            for c in handed:
-                if c.action == TimelineAction.LATENCY:
-                    latent.update(dict.fromkeys(sorted(every - cleared), c))
-        for name in e.replicas:
-            if e.action == TimelineAction.RECOVER:
-                latent.pop(name, None)
-            elif e.action == TimelineAction.LATENCY:
-                latent[name] = e
-    return out
+    return {s.event.index: s.plan for s in _steps(sc) if s.plan != Handover()}
 
 
 def _unhandable(sc: Scenario) -> list[str]:
-    """Why a hand-over of :func:`handovers` cannot be made identical to the simulator."""
+    """Why a step of :func:`_steps` cannot be made identical to the simulator."""
     out: list[str] = []
-    named = {e.index: e for e in sc.events}
-    handed = handovers(sc)
-    for index, plan in sorted(handed.items()):
-        e = named[index]
+    labels = {r.name: r.label or r.name for rs in sc.replicas.values() for r in rs}
+    # After a hand-over of a fault the replicas' connectors hold faults of their own; a
+    # later fault of the whole tunnel goes to the edge stand-in and would add to them,
+    # where the simulator replaces each replica's.  A tunnel-wide recover clears both
+    # (_controls), a tunnel-wide latency replaces the connectors' (Handover.slow).
+    since: dict[str, NetEvent] = {}
+    for step in _steps(sc):
+        e, plan = step.event, step.plan
         what = _named(e)
         for c in plan.held:
             by = _named(c)
-            if c.action == TimelineAction.REFUSE and e.action != TimelineAction.RECOVER:
-                out.append(
-                    f"{what}: the refusal of every replica ({by}) would then be every "
-                    "replica's connector's own, and the edge stand-in answers 530 when no "
-                    "replica takes a connection, where the simulator shows a refused one"
-                )
-            elif _hangs(c):
+            if _hangs(c):
                 out.append(
                     f"{what}: {_how(c)} of every replica ({by}) would then hold only the "
                     "others, and the edge stand-in would not avoid them: it learns that a "
@@ -220,37 +241,50 @@ def _unhandable(sc: Scenario) -> list[str]:
                     f"{what}: the flap of every replica ({by}) would restart its period on "
                     "the replicas' connectors (a connector's flap starts when it is set)"
                 )
-    # After a hand-over the replicas' connectors hold conditions of their own; a later fault
-    # of the whole tunnel goes to the edge stand-in and would add to them, where the
-    # simulator replaces each replica's.  A tunnel-wide recover clears both (_controls), a
-    # tunnel-wide latency replaces the connectors' (Handover.slow).
-    since: dict[str, NetEvent] = {}
-    for e in sorted(sc.events, key=lambda e: (e.at, e.index)):
-        if not _edged(sc, e):
-            continue
-        plan = handed.get(e.index, Handover())
-        if plan.held:
-            since[e.address] = e
-        elif set(e.replicas) == {r.name for r in sc.replicas[e.address]}:
-            first = since.get(e.address)
-            if e.action == TimelineAction.RECOVER:
-                since.pop(e.address, None)
-            elif e.action == TimelineAction.LATENCY:
-                pass
-            elif first is not None:
-                out.append(
-                    f"{_named(e)}: the replicas' connectors still hold what {_named(first)} "
-                    "handed them from the edge stand-in, which a fault of the whole tunnel "
-                    "would add to rather than replace"
-                )
-            elif plan.slow and _how(e) in _ANSWERED:
-                labels = {r.name: r.label or r.name for r in sc.replicas[e.address]}
-                slow = ", ".join(f"{labels[n]} ({_named(c)})" for n, c in plan.slow)
-                out.append(
-                    f"{_named(e)}: the edge stand-in answers it itself, without reaching "
-                    f"a replica, so the latency held by the connector of {slow} would not be "
-                    "paid, where the simulator adds it to that replica's answer"
-                )
+        faulted = [(n, c) for n, cs in step.connectors.items() for c in cs if not _latency(c)]
+        first = since.get(e.address)
+        if set(e.replicas) != set(step.connectors):
+            if any(not _latency(c) for c in plan.held):
+                since[e.address] = e
+        elif e.action == TimelineAction.RECOVER:
+            since.pop(e.address, None)
+        elif e.action == TimelineAction.LATENCY:
+            pass
+        elif first is not None:
+            out.append(
+                f"{what}: the replicas' connectors still hold what {_named(first)} "
+                "handed them from the edge stand-in, which a fault of the whole tunnel "
+                "would add to rather than replace"
+            )
+        elif e.action == TimelineAction.FLAP and faulted:
+            own = ", ".join(f"{labels[n]} ({_named(c)})" for n, c in faulted)
+            out.append(
+                f"{what}: the connector of {own} would keep that fault, where the "
+                "simulator's flap of every replica replaces it (the replica answers in the "
+                "flap's up part, when the edge stand-in forwards to that connector)"
+            )
+        elif _how(e) in _ANSWERED and (
+            latent := [(n, c) for n, cs in step.connectors.items() for c in cs if _latency(c)]
+        ):
+            slow = ", ".join(f"{labels[n]} ({_named(c)})" for n, c in latent)
+            out.append(
+                f"{what}: the edge stand-in answers it itself, without reaching "
+                f"a replica, so the latency held by the connector of {slow} would not be "
+                "paid, where the simulator adds it to that replica's answer"
+            )
+        refusing = [
+            (n, c)
+            for n, cs in step.connectors.items()
+            for c in cs
+            if _how(c) == TimelineAction.REFUSE
+        ]
+        if len(refusing) == len(step.connectors) and all(_latency(c) for c in step.edge):
+            by = ", ".join(f"{labels[n]} ({_named(c)})" for n, c in refusing)
+            out.append(
+                f"{what}: every replica's connector would then refuse ({by}), and the edge "
+                "stand-in answers 530 when no replica takes a connection, where the "
+                "simulator shows a refused one"
+            )
     return out
 
 
@@ -260,9 +294,14 @@ _ANSWERED = frozenset(
 """Edge faults the edge stand-in answers itself, without forwarding to a replica."""
 
 
-def _named(e: NetEvent) -> str:
+def _named(e: NetEvent | MemberEvent) -> str:
     """How a refusal names a timeline entry."""
     return e.label or f"{e.action} at {e.at:g}s"
+
+
+def _latency(e: NetEvent) -> bool:
+    """Whether a condition is a latency (which adds to a fault rather than replacing it)."""
+    return e.action == TimelineAction.LATENCY
 
 
 def _how(e: NetEvent) -> str:
@@ -423,25 +462,30 @@ async def _timeline(
 
 def _posts(stack: Stack, e: NetEvent, plan: Handover) -> list[tuple[str, dict[str, object]]]:
     """The POSTs that apply ``e``, in order: those of ``plan.held`` (the tunnel-wide
-    conditions the edge stand-in holds, to the replicas ``e`` does not clear, then the edge's
-    cleared), then ``e``'s own (:func:`_controls`), then for a tunnel-wide ``latency`` the
-    latency of ``plan.slow``'s connectors set to 0.  Each step adds before it takes away,
-    so no replica is ever without its fault; its latency is paid twice, by a request that
-    passes the edge stand-in and a connector between two of these POSTs (milliseconds)."""
+    conditions the edge stand-in holds, to the replicas ``e`` does not clear, and the edge's
+    cleared), then ``e``'s own (:func:`_controls`); for a tunnel-wide ``latency``, the
+    latency of ``plan.slow``'s connectors set to 0 first.
+
+    A step that hands over a fault adds before it takes away, so no replica is ever without
+    its fault (a latency handed with it is paid twice, by a request that passes the edge
+    stand-in and a connector between two of these POSTs: milliseconds).  A step that moves
+    only latencies takes away first: a request between two POSTs pays less than either
+    side's latency, never the sum, which could exceed a request timeout that both sides
+    are well within."""
     cleared = set(e.replicas) if e.action == TimelineAction.RECOVER else set()
     keep = sorted(
         name for (a, name) in stack.replica_control if a == e.address and name not in cleared
     )
-    posts = [
+    handed = [
         (stack.replica_control[(e.address, n)], _fault_body(c)) for n in keep for c in plan.held
     ]
-    if plan.held:
-        posts.append((stack.control[e.address], {"do": TimelineAction.RECOVER}))
-    posts += [(url, _fault_body(e)) for url in _controls(stack, e)]
+    recover: dict[str, object] = {"do": TimelineAction.RECOVER}
+    unheld = [(stack.control[e.address], recover)] if plan.held else []
+    posts = unheld + handed if all(map(_latency, plan.held)) else handed + unheld
     if e.action == TimelineAction.LATENCY:
-        unslow = {"do": TimelineAction.LATENCY, "latency": 0.0}
+        unslow: dict[str, object] = {"do": TimelineAction.LATENCY, "latency": 0.0}
         posts += [(stack.replica_control[(e.address, n)], unslow) for n, _ in plan.slow]
-    return posts
+    return posts + [(url, _fault_body(e)) for url in _controls(stack, e)]
 
 
 @dataclass(slots=True)

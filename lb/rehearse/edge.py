@@ -221,6 +221,7 @@ class Edge:
         dc = colo_from_ray(next((v for n, v in headers if n == b"cf-ray"), None))
         target = request.target.decode("latin-1")
         if not target.startswith("/"):  # OPTIONS *, or a form the LB never sends upstream
+            await _hold(delay)  # an answer of the edge's own, as a status fault's
             await _respond(http, request, 400, [], b"the edge forwards origin-form targets\n")
             return True
         failed: set[str] = set()

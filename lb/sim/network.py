@@ -47,7 +47,7 @@ from monitors.spec import Probe
 from monitors.transport import Exchange
 from steering.geo import nearest
 
-__all__ = ["Answer", "Network", "SimSession", "SimTransport", "prefer_local"]
+__all__ = ["Answer", "Network", "SimSession", "SimTransport", "conditions_after", "prefer_local"]
 
 T = TypeVar("T")
 
@@ -124,8 +124,10 @@ class _Track:
         return self.states[i] if i >= 0 else ()
 
 
-def _apply(conds: list[NetEvent], e: NetEvent) -> list[NetEvent]:
-    """The conditions after event ``e``: recover clears, others replace their kind's slot."""
+def conditions_after(conds: list[NetEvent], e: NetEvent) -> list[NetEvent]:
+    """The conditions after event ``e``: recover clears, others replace their kind's slot.
+    Public so the rehearsal (:mod:`lb.rehearse.drive`) keeps the state of its stand-ins by
+    the same rule."""
     if e.action == TimelineAction.RECOVER:
         return [c for c in conds if e.scope and c.scope != e.scope]
     latency = e.action == TimelineAction.LATENCY
@@ -156,7 +158,7 @@ class Network:
             bounds.add(e.at)
             for name in e.replicas:
                 track = self._tracks.setdefault((e.address, name, e.layer), _Track())
-                track.push(e.at, _apply(track.current(), e))
+                track.push(e.at, conditions_after(track.current(), e))
             if e.action == TimelineAction.FLAP:
                 bounds.update(_toggles(e, scenario.duration))
         self._bounds = sorted(bounds)

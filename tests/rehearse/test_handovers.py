@@ -58,7 +58,8 @@ def _sent(sc: Scenario) -> list[list[tuple[str, dict[str, object]]]]:
     return [_posts(_stack(), e, plans.get(e.index, Handover())) for e in sc.events]
 
 
-def test_a_tunnel_latency_clears_a_replicas_own_after_setting_the_edges(tmp_path: Path) -> None:
+def test_a_tunnel_latency_clears_a_replicas_own_before_setting_the_edges(tmp_path: Path) -> None:
+    """A request between the two POSTs pays less than either latency, never their sum."""
     sc = _scenario(
         tmp_path,
         "{at: 20, replica: shared/host-fra, do: latency, latency: 0.3}",
@@ -68,8 +69,8 @@ def test_a_tunnel_latency_clears_a_replicas_own_after_setting_the_edges(tmp_path
     first, tunnel = sc.events
     assert _plan(sc) == [(tunnel.label, Handover(slow=((FRA, first),)))]
     assert _sent(sc)[1] == [
-        ("edge", {"do": "latency", "latency": 0.5}),  # the new one first: never none
-        (FRA, {"do": "latency", "latency": 0.0}),
+        (FRA, {"do": "latency", "latency": 0.0}),  # the old one cleared first: never both
+        ("edge", {"do": "latency", "latency": 0.5}),
     ]
     assert unrehearsable(sc) == []
 
@@ -84,9 +85,9 @@ def test_a_replica_latency_after_the_tunnels_takes_the_tunnels_over(tmp_path: Pa
     tunnel, replica = sc.events
     assert _plan(sc) == [(replica.label, Handover(held=(tunnel,)))]
     assert _sent(sc)[1] == [
+        ("edge", {"do": "recover"}),  # only latencies move: taken away first, never both
         (FRA, {"do": "latency", "latency": 0.5}),
         (IAD, {"do": "latency", "latency": 0.5}),
-        ("edge", {"do": "recover"}),
         (FRA, {"do": "latency", "latency": 0.3}),
     ]
     assert unrehearsable(sc) == []
@@ -108,8 +109,8 @@ def test_recovering_one_replica_under_both_latencies_keeps_the_tunnels_on_the_ot
         (recover.label, Handover(held=(tunnel,))),
     ]
     assert _sent(sc)[2] == [
-        (IAD, {"do": "latency", "latency": 0.5}),
         ("edge", {"do": "recover"}),
+        (IAD, {"do": "latency", "latency": 0.5}),
         (FRA, {"do": "recover"}),
     ]
     assert unrehearsable(sc) == []
@@ -150,9 +151,9 @@ def test_a_tunnel_latency_after_a_hand_over_replaces_every_connectors(tmp_path: 
     tunnel, replica, last = sc.events
     assert _plan(sc)[1] == (last.label, Handover(slow=((FRA, replica), (IAD, tunnel))))
     assert _sent(sc)[2] == [
-        ("edge", {"do": "latency", "latency": 0.1}),
         (FRA, {"do": "latency", "latency": 0.0}),
         (IAD, {"do": "latency", "latency": 0.0}),
+        ("edge", {"do": "latency", "latency": 0.1}),
     ]
     assert unrehearsable(sc) == []
 
@@ -168,6 +169,7 @@ def test_a_tunnel_answer_that_would_skip_a_replicas_latency_is_refused(tmp_path:
         "{at: 35, tunnel: shared, do: refuse}",
         "{at: 40, tunnel: shared, do: flap, period: 10, how: down}",
     )
+    assert _plan(sc) == []  # a tunnel-wide fault moves nothing
     assert unrehearsable(sc) == [
         "status tunnel shared: the edge stand-in answers it itself, without reaching a "
         "replica, so the latency held by the connector of shared/host-fra (latency replica "
@@ -178,3 +180,105 @@ def test_a_tunnel_answer_that_would_skip_a_replicas_latency_is_refused(tmp_path:
         "shared/host-fra) would not be paid, where the simulator adds it to that replica's "
         "answer",
     ]
+
+
+def test_a_hand_over_of_a_fault_sets_it_on_the_connectors_before_clearing_the_edge(
+    tmp_path: Path,
+) -> None:
+    """No replica is ever without its fault: the connectors take it before the edge lets go."""
+    sc = _scenario(
+        tmp_path,
+        "{at: 20, tunnel: shared, do: status, status: 503}",
+        "{at: 30, replica: shared/host-fra, do: recover}",
+    )
+    assert _sent(sc)[1] == [
+        (IAD, {"do": "status", "status": 503}),
+        ("edge", {"do": "recover"}),
+        (FRA, {"do": "recover"}),
+    ]
+    assert unrehearsable(sc) == []
+
+
+def _answer(sc: Scenario, replica: str, t: float) -> int:
+    """The status the simulator gives a request through ``replica`` at ``t``."""
+    answer = Network(sc).replica_answer(
+        ADDRESS, f"shared/{replica}", "FRA", "app.example.com", "/", t
+    )
+    assert answer is not None
+    return answer.status
+
+
+def test_a_tunnel_flap_over_a_replicas_own_fault_is_refused(tmp_path: Path) -> None:
+    """The simulator's flap of the whole tunnel replaces the FRA replica's 503 (it answers
+    200 in the flap's up part); the FRA connector would keep its 503 behind the edge."""
+    sc = _scenario(
+        tmp_path,
+        "{at: 10, replica: shared/host-fra, do: status, status: 503}",
+        "{at: 20, tunnel: shared, do: flap, period: 10, down_for: 2, how: status, status: 500}",
+    )
+    assert (_answer(sc, FRA, 15), _answer(sc, FRA, 21), _answer(sc, FRA, 25)) == (503, 500, 200)
+    assert unrehearsable(sc) == [
+        "flap tunnel shared: the connector of shared/host-fra (status replica shared/host-fra) "
+        "would keep that fault, where the simulator's flap of every replica replaces it (the "
+        "replica answers in the flap's up part, when the edge stand-in forwards to that "
+        "connector)"
+    ]
+
+
+def test_a_replicas_fault_gone_before_a_tunnel_flap_is_rehearsed(tmp_path: Path) -> None:
+    """A recover of that replica, or of the whole tunnel, leaves its connector without a
+    fault of its own."""
+    for gone in (
+        "{at: 15, replica: shared/host-fra, do: recover}",
+        "{at: 15, tunnel: shared, do: recover}",
+    ):
+        sc = _scenario(
+            tmp_path,
+            "{at: 10, replica: shared/host-fra, do: reset}",
+            gone,
+            "{at: 20, tunnel: shared, do: flap, period: 10, down_for: 2, how: refuse}",
+        )
+        assert unrehearsable(sc) == [], gone
+
+
+def test_every_replica_refusing_one_at_a_time_is_refused(tmp_path: Path) -> None:
+    """The simulator gives a refused connection (521) once no replica takes one; the edge
+    stand-in, refused by every connector, would answer 530."""
+    sc = _scenario(
+        tmp_path,
+        "{at: 10, tunnel: shared, do: refuse}",
+        "{at: 20, replica: shared/host-fra, do: recover}",
+        "{at: 30, replica: shared/host-fra, do: refuse}",
+    )
+    assert Network(sc).answers(ADDRESS, ("FRA",), "FRA", "app.example.com", "/", 35)[0].status == (
+        521
+    )
+    assert unrehearsable(sc) == [
+        "refuse replica shared/host-fra: every replica's connector would then refuse "
+        "(shared/host-fra (refuse replica shared/host-fra), shared/host-iad (refuse tunnel "
+        "shared)), and the edge stand-in answers 530 when no replica takes a connection, "
+        "where the simulator shows a refused one"
+    ]
+    sc = _scenario(
+        tmp_path,
+        "{at: 10, replica: shared/host-fra, do: refuse}",
+        "{at: 20, replica: shared/host-iad, do: refuse}",
+        "{at: 30, tunnel: shared, do: status, status: 503}",
+    )
+    assert unrehearsable(sc) == [
+        "refuse replica shared/host-iad: every replica's connector would then refuse "
+        "(shared/host-fra (refuse replica shared/host-fra), shared/host-iad (refuse replica "
+        "shared/host-iad)), and the edge stand-in answers 530 when no replica takes a "
+        "connection, where the simulator shows a refused one"
+    ]  # from 30 s the edge stand-in answers 503 itself, as the simulator's replicas do
+
+
+def test_a_hand_over_of_latencies_only_does_not_hold_back_a_tunnel_fault(tmp_path: Path) -> None:
+    sc = _scenario(
+        tmp_path,
+        "{at: 10, tunnel: shared, do: latency, latency: 0.5}",
+        "{at: 20, replica: shared/host-fra, do: latency, latency: 0.3}",
+        "{at: 30, tunnel: shared, do: latency, latency: 0.2}",
+        "{at: 40, tunnel: shared, do: status, status: 503}",
+    )
+    assert unrehearsable(sc) == []
