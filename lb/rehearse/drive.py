@@ -220,11 +220,11 @@ def _unhandable(sc: Scenario) -> list[str]:
     """Why a step of :func:`_steps` cannot be made identical to the simulator."""
     out: list[str] = []
     labels = {r.name: r.label or r.name for rs in sc.replicas.values() for r in rs}
-    # After a hand-over of a fault the replicas' connectors hold faults of their own; a
-    # later fault of the whole tunnel goes to the edge stand-in and would add to them,
-    # where the simulator replaces each replica's.  A tunnel-wide recover clears both
-    # (_controls), a tunnel-wide latency replaces the connectors' (Handover.slow).
-    since: dict[str, NetEvent] = {}
+    # A fault of the whole tunnel other than a flap is the edge stand-in's own answer, so
+    # the faults the connectors hold (their own or handed over) are not reached while it
+    # lasts, as the simulator's replaces each replica's; what it cannot hide is refused
+    # below (a flap's up part, a connector's latency the edge's answer would skip).
+    all_refusing: dict[str, bool] = {}
     for step in _steps(sc):
         e, plan = step.event, step.plan
         what = _named(e)
@@ -242,20 +242,11 @@ def _unhandable(sc: Scenario) -> list[str]:
                     "the replicas' connectors (a connector's flap starts when it is set)"
                 )
         faulted = [(n, c) for n, cs in step.connectors.items() for c in cs if not _latency(c)]
-        first = since.get(e.address)
-        if set(e.replicas) != set(step.connectors):
-            if any(not _latency(c) for c in plan.held):
-                since[e.address] = e
-        elif e.action == TimelineAction.RECOVER:
-            since.pop(e.address, None)
-        elif e.action == TimelineAction.LATENCY:
+        if set(e.replicas) != set(step.connectors) or e.action in (
+            TimelineAction.RECOVER,
+            TimelineAction.LATENCY,
+        ):
             pass
-        elif first is not None:
-            out.append(
-                f"{what}: the replicas' connectors still hold what {_named(first)} "
-                "handed them from the edge stand-in, which a fault of the whole tunnel "
-                "would add to rather than replace"
-            )
         elif e.action == TimelineAction.FLAP and faulted:
             own = ", ".join(f"{labels[n]} ({_named(c)})" for n, c in faulted)
             out.append(
@@ -278,13 +269,21 @@ def _unhandable(sc: Scenario) -> list[str]:
             for c in cs
             if _how(c) == TimelineAction.REFUSE
         ]
-        if len(refusing) == len(step.connectors) and all(_latency(c) for c in step.edge):
+        every = len(refusing) == len(step.connectors) and all(_latency(c) for c in step.edge)
+        if every and not all_refusing.get(e.address, False):  # once, where it starts
             by = ", ".join(f"{labels[n]} ({_named(c)})" for n, c in refusing)
+            # A flap refuses in its down parts only: they may or may not meet.
+            when = (
+                "can then refuse at once"
+                if any(c.action == TimelineAction.FLAP for _, c in refusing)
+                else "would then refuse"
+            )
             out.append(
-                f"{what}: every replica's connector would then refuse ({by}), and the edge "
+                f"{what}: every replica's connector {when} ({by}), and the edge "
                 "stand-in answers 530 when no replica takes a connection, where the "
                 "simulator shows a refused one"
             )
+        all_refusing[e.address] = every
     return out
 
 
@@ -426,16 +425,17 @@ def _fault_body(e: NetEvent) -> dict[str, object]:
 def _controls(stack: Stack, e: NetEvent) -> list[str]:
     """The control ports an event goes to.  A tunnel with an edge stand-in: an edge fault of
     every replica is the edge's own (its recover clears the replicas' too, as a tunnel-wide
-    recover does in the simulator); a fault of some replicas, or of the application behind
-    them, goes to those replicas' connectors only (:func:`_posts`)."""
+    recover does in the simulator: theirs first, as the edge's fault hides them until it
+    goes); a fault of some replicas, or of the application behind them, goes to those
+    replicas' connectors only (:func:`_posts`)."""
     replicas = {name: url for (a, name), url in stack.replica_control.items() if a == e.address}
     if not replicas:
         return [stack.control[e.address]]
     if set(e.replicas) == set(replicas) and e.layer != ORIGIN:
-        out = [stack.control[e.address]]
-        if e.action == TimelineAction.RECOVER:
-            out += [replicas[n] for n in sorted(replicas)]
-        return out
+        edge = [stack.control[e.address]]
+        if e.action == TimelineAction.RECOVER:  # connectors first: none exposed meanwhile
+            return [replicas[n] for n in sorted(replicas)] + edge
+        return edge
     return [replicas[n] for n in e.replicas]
 
 
@@ -467,8 +467,8 @@ def _posts(stack: Stack, e: NetEvent, plan: Handover) -> list[tuple[str, dict[st
     latency of ``plan.slow``'s connectors set to 0 first.
 
     A step that hands over a fault adds before it takes away, so no replica is ever without
-    its fault (a latency handed with it is paid twice, by a request that passes the edge
-    stand-in and a connector between two of these POSTs: milliseconds).  A step that moves
+    its fault (nor pays a latency handed with it twice: the edge stand-in answers that fault
+    itself until it lets go).  A step that moves
     only latencies takes away first: a request between two POSTs pays less than either
     side's latency, never the sum, which could exceed a request timeout that both sides
     are well within."""

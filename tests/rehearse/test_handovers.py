@@ -7,12 +7,23 @@ simulator's per-replica conditions (``lb.sim.network``) are the reference each c
 
 from __future__ import annotations
 
+import random
+from collections.abc import Sequence
 from pathlib import Path
 
-from lb.rehearse.drive import Handover, _posts, handovers, unrehearsable
+from lb.rehearse.drive import (
+    _ANSWERED,
+    Handover,
+    _how,
+    _posts,
+    _steps,
+    handovers,
+    unrehearsable,
+)
 from lb.rehearse.stack import Stack
-from lb.sim.network import Network
-from lb.sim.scenario import Scenario, load_scenario
+from lb.sim.network import Network, conditions_after
+from lb.sim.scenario import NetEvent, Scenario, load_scenario
+from lb.sim.spec import TimelineAction
 
 REPLICAS = Path(__file__).resolve().parents[2] / "configs/scenarios/replicas-one-tunnel.yaml"
 ADDRESS = "33333333-3333-4333-8333-333333333333.cfargotunnel.com"
@@ -133,9 +144,27 @@ def test_a_tunnel_recover_clears_every_latency_wherever_held(tmp_path: Path) -> 
         (last.label, Handover(slow=((IAD, iad),))),  # what came before the recover is gone
     ]
     assert _sent(sc)[2] == [
-        ("edge", {"do": "recover"}),
         (FRA, {"do": "recover"}),
         (IAD, {"do": "recover"}),
+        ("edge", {"do": "recover"}),
+    ]
+    assert unrehearsable(sc) == []
+
+
+def test_a_tunnel_recover_clears_the_connectors_before_the_edge(tmp_path: Path) -> None:
+    """The edge's 500 hides the FRA connector's 503 until it goes; cleared first, it would
+    leave that 503 showing for a few milliseconds where the simulator has no fault."""
+    sc = _scenario(
+        tmp_path,
+        "{at: 10, replica: shared/host-fra, do: status, status: 503}",
+        "{at: 20, tunnel: shared, do: status, status: 500}",
+        "{at: 30, tunnel: shared, do: recover}",
+    )
+    assert (_answer(sc, FRA, 25), _answer(sc, FRA, 35)) == (500, 200)
+    assert _sent(sc)[2] == [
+        (FRA, {"do": "recover"}),
+        (IAD, {"do": "recover"}),
+        ("edge", {"do": "recover"}),
     ]
     assert unrehearsable(sc) == []
 
@@ -282,3 +311,121 @@ def test_a_hand_over_of_latencies_only_does_not_hold_back_a_tunnel_fault(tmp_pat
         "{at: 40, tunnel: shared, do: status, status: 503}",
     )
     assert unrehearsable(sc) == []
+
+
+def test_a_tunnel_fault_after_a_hand_over_of_a_fault_is_rehearsed(tmp_path: Path) -> None:
+    """From 20 s the IAD connector holds the 503 handed over; the edge stand-in answers the
+    500 of 30 s itself, so that 503 is not reached, as the simulator's 500 replaces it."""
+    sc = _scenario(
+        tmp_path,
+        "{at: 10, tunnel: shared, do: status, status: 503}",
+        "{at: 20, replica: shared/host-fra, do: recover}",
+        "{at: 30, tunnel: shared, do: status, status: 500}",
+    )
+    assert (_answer(sc, FRA, 25), _answer(sc, IAD, 25)) == (200, 503)
+    assert (_answer(sc, FRA, 35), _answer(sc, IAD, 35)) == (500, 500)
+    assert unrehearsable(sc) == []
+
+
+def test_every_replica_refusing_is_refused_once_where_it_starts(tmp_path: Path) -> None:
+    """The later latency of the FRA replica changes nothing about the refusals."""
+    sc = _scenario(
+        tmp_path,
+        "{at: 10, replica: shared/host-fra, do: refuse}",
+        "{at: 20, replica: shared/host-iad, do: refuse}",
+        "{at: 30, replica: shared/host-fra, do: latency, latency: 0.1}",
+    )
+    assert unrehearsable(sc) == [
+        "refuse replica shared/host-iad: every replica's connector would then refuse "
+        "(shared/host-fra (refuse replica shared/host-fra), shared/host-iad (refuse replica "
+        "shared/host-iad)), and the edge stand-in answers 530 when no replica takes a "
+        "connection, where the simulator shows a refused one"
+    ]
+
+
+def test_flaps_refusing_on_every_replica_are_said_to_refuse_at_once_only_maybe(
+    tmp_path: Path,
+) -> None:
+    """A flap refuses in its down parts only: these two never are down together, so the
+    refusal says they can refuse at once, not that they do."""
+    sc = _scenario(
+        tmp_path,
+        "{at: 10, replica: shared/host-fra, do: flap, period: 10, down_for: 2, how: refuse}",
+        "{at: 15, replica: shared/host-iad, do: flap, period: 10, down_for: 2, how: refuse}",
+    )
+    assert unrehearsable(sc) == [
+        "flap replica shared/host-iad: every replica's connector can then refuse at once "
+        "(shared/host-fra (flap replica shared/host-fra), shared/host-iad (flap replica "
+        "shared/host-iad)), and the edge stand-in answers 530 when no replica takes a "
+        "connection, where the simulator shows a refused one"
+    ]
+
+
+_EVENTS = (
+    "do: status, status: 503",
+    "do: status, status: 500",
+    "do: refuse",
+    "do: reset",
+    "do: latency, latency: 0.3",
+    "do: latency, latency: 0.5",
+    "do: recover",
+    "do: flap, period: 10, down_for: 2, how: status, status: 502",
+    "do: flap, period: 10, down_for: 2, how: refuse",
+)
+_WHO = ("tunnel: shared", "replica: shared/host-fra", "replica: shared/host-iad")
+
+
+def _shown(sc: Scenario) -> tuple[list[dict[str, Shown]], list[dict[str, Shown]]]:
+    """After each edge event, per replica, the fault a request meets and the latency it
+    pays: on the rehearsal's stand-ins (the edge's fault, a flap's aside, hides a
+    connector's; an answer of the edge's own skips the connector's latency) and in the
+    simulator (one condition list per replica, by its own rule)."""
+    real: list[dict[str, Shown]] = []
+    simulated: list[dict[str, Shown]] = []
+    sim: dict[str, list[NetEvent]] = {FRA: [], IAD: []}
+    for step in _steps(sc):
+        for n in step.event.replicas:
+            sim[n] = conditions_after(sim[n], step.event)
+        simulated.append({n: _meets(*_split(cs)) for n, cs in sim.items()})
+        edge, edge_slow = _split(step.edge)
+        now: dict[str, Shown] = {}
+        for n, cs in step.connectors.items():
+            fault, slow = _split(cs)
+            if edge is not None and edge.action != TimelineAction.FLAP:
+                fault, slow = edge, 0.0 if _how(edge) in _ANSWERED else slow
+            now[n] = _meets(fault or edge, edge_slow + slow)
+        real.append(now)
+    return real, simulated
+
+
+Shown = tuple[NetEvent | None, float]
+
+
+def _split(cs: Sequence[NetEvent]) -> Shown:
+    fault = next((c for c in cs if c.action != TimelineAction.LATENCY), None)
+    return fault, round(sum(c.latency for c in cs if c.action == TimelineAction.LATENCY), 6)
+
+
+def _meets(fault: NetEvent | None, slow: float) -> Shown:
+    """A refused or hung connection pays no latency that could be seen."""
+    hidden = fault is not None and fault.action in (TimelineAction.REFUSE, TimelineAction.BLACKHOLE)
+    return fault, 0.0 if hidden else slow
+
+
+def test_what_is_rehearsed_matches_the_simulators_replicas(tmp_path: Path) -> None:
+    """Many timelines of tunnel and replica faults: whatever :func:`unrehearsable` accepts
+    shows every replica the simulator's fault and latency after every event."""
+    rng = random.Random(7)
+    accepted = 0
+    for _ in range(300):
+        events = [
+            f"{{at: {10 * (i + 1)}, {rng.choice(_WHO)}, {rng.choice(_EVENTS)}}}"
+            for i in range(rng.randint(2, 4))
+        ]
+        sc = _scenario(tmp_path, *events)
+        if unrehearsable(sc):
+            continue
+        accepted += 1
+        real, simulated = _shown(sc)
+        assert real == simulated, events
+    assert accepted > 50

@@ -282,9 +282,10 @@ def test_a_hanging_tunnel_fault_left_on_some_replicas_is_refused(tmp_path: Path)
         "cannot be rehearsed on one machine: recover replica shared/host-fra: blackhole of "
         "every replica (blackhole tunnel shared) would then hold only the others, and the edge "
         "stand-in would not avoid them: it learns that a replica is gone only from a refused "
-        "connection; flap tunnel shared: the replicas' connectors still hold what recover "
-        "replica shared/host-fra handed them from the edge stand-in, which a fault of the "
-        "whole tunnel would add to rather than replace; status replica shared/host-iad: the "
+        "connection; flap tunnel shared: the connector of shared/host-iad (blackhole tunnel "
+        "shared) would keep that fault, where the simulator's flap of every replica replaces "
+        "it (the replica answers in the flap's up part, when the edge stand-in forwards to "
+        "that connector); status replica shared/host-iad: the "
         "flap of every replica (flap tunnel shared) would restart its period on the replicas' "
         "connectors (a connector's flap starts when it is set)"
     )
@@ -322,8 +323,8 @@ def test_probe_expectations_are_refused_where_probes_never_reach_a_stand_in(
 def test_hand_overs_the_stand_ins_cannot_match_are_refused(tmp_path: Path) -> None:
     """A refusal of the whole tunnel handed to every replica's connector would make the edge
     stand-in answer 530 (no replica takes a connection) where the simulator shows a refused
-    connection; a tunnel-wide fault after a hand-over of a fault would add to the replicas'
-    conditions where the simulator replaces them (a tunnel-wide latency replaces theirs)."""
+    connection; a tunnel-wide status after that hand-over is the edge stand-in's own
+    answer, which would skip the latency the FRA connector holds."""
     scenario = _with_timeline(
         tmp_path,
         "  - {at: 20, tunnel: shared, do: refuse}\n"
@@ -336,9 +337,9 @@ def test_hand_overs_the_stand_ins_cannot_match_are_refused(tmp_path: Path) -> No
         "replica's connector would then refuse (shared/host-fra (refuse tunnel shared), "
         "shared/host-iad (refuse tunnel shared)), and the edge stand-in answers 530 when no "
         "replica takes a connection, where the simulator shows a refused one; status tunnel "
-        "shared: the replicas' connectors still hold what latency replica shared/host-fra "
-        "handed them from the edge stand-in, which a fault of the whole tunnel would add to "
-        "rather than replace"
+        "shared: the edge stand-in answers it itself, without reaching a replica, so the "
+        "latency held by the connector of shared/host-fra (latency replica shared/host-fra) "
+        "would not be paid, where the simulator adds it to that replica's answer"
     )
 
 
