@@ -20,6 +20,7 @@ it, as an operator would.
 from __future__ import annotations
 
 import copy
+import math
 import random
 import time
 from dataclasses import dataclass
@@ -225,7 +226,8 @@ def _unhandable(sc: Scenario) -> list[str]:
     # lasts, as the simulator's replaces each replica's; what it cannot hide is refused
     # below (a flap's up part, a connector's latency the edge's answer would skip).
     all_refusing: dict[str, bool] = {}
-    for step in _steps(sc):
+    steps = _steps(sc)
+    for step, end in zip(steps, _ends(steps, sc.duration), strict=True):
         e, plan = step.event, step.plan
         what = _named(e)
         for c in plan.held:
@@ -269,21 +271,76 @@ def _unhandable(sc: Scenario) -> list[str]:
             for c in cs
             if _how(c) == TimelineAction.REFUSE
         ]
-        every = len(refusing) == len(step.connectors) and all(_latency(c) for c in step.edge)
+        every = (
+            len(refusing) == len(step.connectors)
+            and all(_latency(c) for c in step.edge)
+            and _together([c for _, c in refusing], e.at, end)
+        )
         if every and not all_refusing.get(e.address, False):  # once, where it starts
             by = ", ".join(f"{labels[n]} ({_named(c)})" for n, c in refusing)
-            # A flap refuses in its down parts only: they may or may not meet.
-            when = (
-                "can then refuse at once"
-                if any(c.action == TimelineAction.FLAP for _, c in refusing)
-                else "would then refuse"
-            )
+            flaps = any(c.action == TimelineAction.FLAP for _, c in refusing)
+            when = "can then refuse at once" if flaps else "would then refuse"
             out.append(
                 f"{what}: every replica's connector {when} ({by}), and the edge "
                 "stand-in answers 530 when no replica takes a connection, where the "
                 "simulator shows a refused one"
             )
         all_refusing[e.address] = every
+    return out
+
+
+def _ends(steps: list[_Step], duration: float) -> list[float]:
+    """When each step's state gives way: its tunnel's next step, or the scenario's end."""
+    out = [duration] * len(steps)
+    last: dict[str, int] = {}
+    for i, step in enumerate(steps):
+        if (j := last.get(step.event.address)) is not None:
+            out[j] = step.event.at
+        last[step.event.address] = i
+    return out
+
+
+def _together(conds: list[NetEvent], start: float, end: float) -> bool:
+    """Whether every refusal of ``conds`` is in force at once somewhere in ``[start, end)``.
+
+    A ``flap`` refuses in its down parts only (from its own time, on a connector as in the
+    simulator): two flaps never down together leave the edge stand-in a replica to pass to.
+    """
+    spans = [(start, end)]
+    for c in conds:
+        spans = _meet(spans, _down_parts(c, start, end))
+    return bool(spans)
+
+
+def _meet(
+    xs: list[tuple[float, float]], ys: list[tuple[float, float]]
+) -> list[tuple[float, float]]:
+    """The overlaps of two sorted lists of disjoint spans (one pass over both)."""
+    out: list[tuple[float, float]] = []
+    i = j = 0
+    while i < len(xs) and j < len(ys):
+        lo, hi = max(xs[i][0], ys[j][0]), min(xs[i][1], ys[j][1])
+        if lo < hi:
+            out.append((lo, hi))
+        if xs[i][1] < ys[j][1]:
+            i += 1
+        else:
+            j += 1
+    return out
+
+
+def _down_parts(c: NetEvent, start: float, end: float) -> list[tuple[float, float]]:
+    """The spans of ``[start, end)`` in which ``c`` is in force (all of it but a flap's
+    up parts)."""
+    if c.action != TimelineAction.FLAP:
+        return [(start, end)]
+    out: list[tuple[float, float]] = []
+    k = max(0, math.floor((start - c.at) / c.period))
+    while (at := c.at + k * c.period) < end:
+        lo, hi = max(at, start), min(at + c.down_for, end)
+        if lo < hi:
+            out.append((lo, hi))
+        k += 1
     return out
 
 

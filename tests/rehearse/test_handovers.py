@@ -343,17 +343,31 @@ def test_every_replica_refusing_is_refused_once_where_it_starts(tmp_path: Path) 
     ]
 
 
-def test_flaps_refusing_on_every_replica_are_said_to_refuse_at_once_only_maybe(
+def test_flaps_refusing_on_every_replica_are_refused_only_if_down_together(
     tmp_path: Path,
 ) -> None:
-    """A flap refuses in its down parts only: these two never are down together, so the
-    refusal says they can refuse at once, not that they do."""
-    sc = _scenario(
+    """A flap refuses in its down parts only: flaps never down together leave the edge
+    stand-in a replica to pass to, as the simulator's edge has."""
+    apart = _scenario(
         tmp_path,
         "{at: 10, replica: shared/host-fra, do: flap, period: 10, down_for: 2, how: refuse}",
         "{at: 15, replica: shared/host-iad, do: flap, period: 10, down_for: 2, how: refuse}",
     )
-    assert unrehearsable(sc) == [
+    assert [
+        a.status
+        for a in Network(apart).answers(ADDRESS, ("FRA",), "FRA", "app.example.com", "/", 16)
+    ] == [200]
+    assert unrehearsable(apart) == []
+    together = _scenario(
+        tmp_path,
+        "{at: 10, replica: shared/host-fra, do: flap, period: 10, down_for: 2, how: refuse}",
+        "{at: 31, replica: shared/host-iad, do: flap, period: 10, down_for: 2, how: refuse}",
+    )
+    assert (
+        Network(together).answers(ADDRESS, ("FRA",), "FRA", "app.example.com", "/", 31.5)[0].status
+        == 521
+    )
+    assert unrehearsable(together) == [
         "flap replica shared/host-iad: every replica's connector can then refuse at once "
         "(shared/host-fra (flap replica shared/host-fra), shared/host-iad (flap replica "
         "shared/host-iad)), and the edge stand-in answers 530 when no replica takes a "
