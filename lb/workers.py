@@ -488,14 +488,19 @@ def _unpickled_listeners(text: str) -> list[Listener]:
     return list(listeners)
 
 
+def _wire_offset() -> float:
+    """What to add to a trio time to send it as CLOCK_MONOTONIC, which both processes share
+    (trio's clocks do not: each has a random offset); subtract it from a received one.  One
+    offset per message, so that the times in it keep their differences exactly."""
+    return time.monotonic() - trio.current_time()
+
+
 def _probe_json(result: ProbeResult) -> dict[str, Any]:
-    # ``at`` travels as CLOCK_MONOTONIC, which both processes share; trio's clocks do not
-    # (each has a random offset).
     return {
         "pool": result.pool,
         "endpoint": result.endpoint,
         "vantage": result.vantage,
-        "at": result.at - trio.current_time() + time.monotonic(),
+        "at": result.at + _wire_offset(),
         "ok": result.ok,
         "reason": result.reason,
         "status": result.status,
@@ -509,7 +514,7 @@ def _probe_from(obj: Mapping[str, Any]) -> ProbeResult:
         pool=str(obj["pool"]),
         endpoint=str(obj["endpoint"]),
         vantage=str(obj["vantage"]),
-        at=float(obj["at"]) - time.monotonic() + trio.current_time(),
+        at=float(obj["at"]) - _wire_offset(),
         ok=bool(obj["ok"]),
         reason=str(obj["reason"]),
         status=None if obj["status"] is None else int(obj["status"]),
@@ -521,15 +526,14 @@ def _probe_from(obj: Mapping[str, Any]) -> ProbeResult:
 def _ejection_json(message: Ejection) -> dict[str, Any]:
     # Times travel as CLOCK_MONOTONIC (see encode), shifted by one offset read once, so that
     # the ejection's length arrives as it left.
-    shift = time.monotonic() - trio.current_time()
-    state = message.state
-    returned = None if state.returned_at is None else state.returned_at + shift
+    state, offset = message.state, _wire_offset()
+    returned = None if state.returned_at is None else state.returned_at + offset
     return {
         "pool": message.pool,
         "endpoint": message.endpoint,
         "ejected": state.ejected,
-        "since": state.since + shift,
-        "until": state.until + shift,
+        "since": state.since + offset,
+        "until": state.until + offset,
         "ejections": state.ejections,
         "returned_at": returned,
         "reason": state.reason,
@@ -540,13 +544,13 @@ def _ejection_from(obj: Mapping[str, Any]) -> Ejection:
     ejected, returned = obj["ejected"], obj["returned_at"]
     if not isinstance(ejected, bool):
         raise TypeError(f"ejected is true or false, got {ejected!r}")
-    shift = trio.current_time() - time.monotonic()
+    offset = _wire_offset()
     state = Saved(
         ejected=ejected,
-        since=float(obj["since"]) + shift,
-        until=float(obj["until"]) + shift,
+        since=float(obj["since"]) - offset,
+        until=float(obj["until"]) - offset,
         ejections=_int(obj["ejections"]),
-        returned_at=None if returned is None else float(returned) + shift,
+        returned_at=None if returned is None else float(returned) - offset,
         reason=str(obj["reason"]),
     )
     return Ejection(str(obj["pool"]), str(obj["endpoint"]), state)
