@@ -244,20 +244,21 @@ def _unhandable(sc: Scenario) -> list[str]:
                     "the replicas' connectors (a connector's flap starts when it is set)"
                 )
         faulted = [(n, c) for n, cs in step.connectors.items() for c in cs if not _latency(c)]
-        if set(e.replicas) != set(step.connectors) or e.action in (
+        tunnel_fault = set(e.replicas) == set(step.connectors) and e.action not in (
             TimelineAction.RECOVER,
             TimelineAction.LATENCY,
-        ):
-            pass
-        elif e.action == TimelineAction.FLAP and faulted:
+        )
+        if tunnel_fault and e.action == TimelineAction.FLAP and faulted:
             own = ", ".join(f"{labels[n]} ({_named(c)})" for n, c in faulted)
             out.append(
                 f"{what}: the connector of {own} would keep that fault, where the "
                 "simulator's flap of every replica replaces it (the replica answers in the "
                 "flap's up part, when the edge stand-in forwards to that connector)"
             )
-        elif _how(e) in _ANSWERED and (
-            latent := [(n, c) for n, cs in step.connectors.items() for c in cs if _latency(c)]
+        elif (
+            tunnel_fault
+            and _how(e) in _ANSWERED
+            and (latent := [(n, c) for n, cs in step.connectors.items() for c in cs if _latency(c)])
         ):
             slow = ", ".join(f"{labels[n]} ({_named(c)})" for n, c in latent)
             out.append(
