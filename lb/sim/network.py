@@ -47,7 +47,15 @@ from monitors.spec import Probe
 from monitors.transport import Exchange
 from steering.geo import nearest
 
-__all__ = ["Answer", "Network", "SimSession", "SimTransport", "conditions_after", "prefer_local"]
+__all__ = [
+    "HANG",
+    "Answer",
+    "Network",
+    "SimSession",
+    "SimTransport",
+    "conditions_after",
+    "prefer_local",
+]
 
 T = TypeVar("T")
 
@@ -70,6 +78,10 @@ ORIGIN_STATUS: dict[str, int] = {
     TimelineAction.RESET: 502,
 }
 """What a user gets when cloudflared is up but the application behind it fails."""
+HANG = "hang"
+"""The failure of an answer that never came in time: the origin holds the request
+(``blackhole``), or, for a user, its head comes later than the proxy waits
+(:meth:`Network.answers`, ``user``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,9 +93,10 @@ class Answer:
     status: int
     latency: float
     failure: str = ""
-    """For probes: ``refuse``, ``blackhole``, ``unreachable`` or ``hang``; ``reset`` for an
-    endpoint that resets the connection before answering, ``truncate`` for one that resets it
-    in the middle of the body (users and probes); else empty."""
+    """For probes: ``refuse``, ``blackhole``, ``unreachable`` or ``hang``; ``hang`` for a
+    user's 524 too (:data:`HANG`); ``reset`` for an endpoint that resets the connection before
+    answering, ``truncate`` for one that resets it in the middle of the body (users and
+    probes); else empty."""
     connect_failed: bool = False
     """The connection to the endpoint failed (edge ``refuse``, ``blackhole``, ``unreachable``):
     the only answers the proxy retries (R42).  Every other answer is an HTTP response, final
@@ -192,14 +205,55 @@ class Network:
     # ------------------------------------------------------------------ answers
 
     def answers(
-        self, address: str, place: Iterable[str], dc: str, host: str, path: str, t: float
+        self,
+        address: str,
+        place: Iterable[str],
+        dc: str,
+        host: str,
+        path: str,
+        t: float,
+        *,
+        user: bool = False,
     ) -> tuple[Answer, ...]:
         """The possible answers of one attempt: one per replica the edge may pick.
 
         ``place`` holds the names ``seen_from`` scopes are matched against (the data center,
         or the vantage point); ``dc`` is the entry data center for locality ("" if none).
+        ``user``: the attempt is a user's request through the proxy, which gives up on an
+        answer too slow to come (:meth:`_in_time`); a probe waits for its monitor's own
+        ``timeout`` instead (:class:`SimSession`), so its answers stay as they are.
         """
-        where = frozenset(place)
+        out = self._answers(address, frozenset(place), dc, host, path, t)
+        return self._in_time(out) if user else out
+
+    def _in_time(self, answers: tuple[Answer, ...]) -> tuple[Answer, ...]:
+        """``answers`` as the proxy ends them: an HTTP answer whose head would come more
+        than ``engine.limits.request_timeout`` after the request was sent is its 524.
+
+        The proxy's clock (lb/proxy/state.py, ``Phase.UPSTREAM``): the deadline starts when
+        the request is written, once the connection stands, and runs to the response head.
+        A simulated attempt spends the path's round trip (``rtt``) before that point and its
+        added latency (edge and origin ``latency`` events) waiting for the head, so an answer
+        whose added latency exceeds ``request_timeout`` times out, and the proxy gives up
+        ``rtt + request_timeout`` after the attempt began (:meth:`_hang`, as for an origin
+        that holds the request).  At the limit exactly the answer wins: the proxy's watchdog
+        never fires early.  A failed connection is ``connect_timeout``'s affair, not this."""
+        limit = self.rtt + self._request_timeout + 1e-9  # slack for the float sums
+        if all(a.connect_failed or a.latency <= limit for a in answers):
+            return answers
+        return tuple(
+            a if a.connect_failed or a.latency <= limit else self._hang(a.replica) for a in answers
+        )
+
+    def _hang(self, replica: str | None) -> Answer:
+        """The proxy's 524: no response head ``request_timeout`` after the request was
+        sent, one round trip (the connection) after the attempt began."""
+        return Answer(replica, 524, self.rtt + self._request_timeout, HANG)
+
+    def _answers(
+        self, address: str, where: frozenset[str], dc: str, host: str, path: str, t: float
+    ) -> tuple[Answer, ...]:
+        """:meth:`answers` as the network gives them (no request timeout applied)."""
         replicas = self._replicas.get(address, ())
         usable: list[tuple[Replica, str, int, float]] = []
         dead: Answer | None = None
@@ -259,7 +313,7 @@ class Network:
         if o_fault == TimelineAction.STATUS:
             return Answer(r.label, o_status, base)
         if o_fault == TimelineAction.BLACKHOLE:
-            return Answer(r.label, 524, base + self._request_timeout, "hang")
+            return self._hang(r.label)
         if o_fault == TimelineAction.TRUNCATE:
             # cloudflared streams the origin's body: the cut reaches the proxy as it is
             return Answer(r.label, 502, base, o_fault)
@@ -348,7 +402,7 @@ class SimSession:
         if answer.failure == TimelineAction.BLACKHOLE:
             await trio.sleep_forever()
         self.phase = "http"
-        if answer.failure == "hang":
+        if answer.failure == HANG:
             await trio.sleep_forever()
         if answer.failure == TimelineAction.RESET or answer.failure == TimelineAction.TRUNCATE:
             # a cut body fails the check too: the monitor reads the body

@@ -147,7 +147,8 @@ class DatacenterSessions:
         ep = d.endpoint
         host = ep.host or self.traffic.host
         address = ep.address.lower().rstrip(".")
-        answers = self._network.answers(address, (self.dc,), self.dc, host, self.traffic.path, t)
+        path = self.traffic.path
+        answers = self._network.answers(address, (self.dc,), self.dc, host, path, t, user=True)
         a = answers[int(self._rng.random() * len(answers))]
         if a.connect_failed:
             retry = engine.retry(d, req, self._rng, status=a.status)
@@ -156,7 +157,7 @@ class DatacenterSessions:
                 host = ep.host or self.traffic.host
                 address = ep.address.lower().rstrip(".")
                 answers = self._network.answers(
-                    address, (self.dc,), self.dc, host, self.traffic.path, t
+                    address, (self.dc,), self.dc, host, path, t, user=True
                 )
                 a = answers[int(self._rng.random() * len(answers))]
                 self.totals.retried += 1

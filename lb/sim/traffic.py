@@ -25,7 +25,10 @@ What a request does (the proxy's sequence):
    a fresh connection.  An HTTP answer is never retried, whatever its status, unless
    ``retry_on`` names it: then the policy may retry it to another endpoint, within the
    load balancer's retry budget (``lb/core/budget.py``), which counts the requests in
-   flight per data center (each for its answer's latency);
+   flight per data center (each for its answer's latency).  An answer slower than the
+   proxy waits (``request_timeout``, :meth:`lb.sim.network.Network.answers` with
+   ``user``), or one an origin holds, is the proxy's 524, ``RESPONSE_TIMEOUT`` to the
+   policy and to passive health, never retried; it is in flight until the proxy gives up;
 4. a new ``__cflb`` is kept by cookie-keeping clients;
 5. ``engine.live`` in-flight (and connection) counts follow each attempt when some policy
    reads them (least_outstanding_requests / least_connections), with the answer's latency;
@@ -73,7 +76,7 @@ from lb.core.attempts import Action, Body, Failure, Retry, buffer_bound, next_st
 from lb.core.budget import RetryBudget
 from lb.core.snapshot import EndpointView
 from lb.engine import Engine
-from lb.sim.network import Answer, Network
+from lb.sim.network import HANG, Answer, Network
 from lb.sim.scenario import KeepAlive, Traffic
 from lb.sim.spec import TimelineAction
 from steering import Affinity, Decision, Live, Request, Router
@@ -135,6 +138,8 @@ def _failure(a: Answer, stale: bool, rules: RetryOn | None = None) -> Failure | 
     cut response is what it gets."""
     if stale or a.failure == TimelineAction.RESET:
         return Failure.CLOSED_BEFORE_RESPONSE
+    if a.failure == HANG:
+        return Failure.RESPONSE_TIMEOUT  # the proxy's 524: never a status, never retried
     if a.connect_failed:
         return _CONNECT_FAILURES.get(a.failure)
     if a.failure == TimelineAction.TRUNCATE:
@@ -312,9 +317,8 @@ class DatacenterTraffic:
 
     def _outcome(self, ep: EndpointView, t: float) -> _Outcome:
         host = ep.host or self.traffic.host
-        answers = self._network.answers(
-            ep.address.lower().rstrip("."), (self.dc,), self.dc, host, self.traffic.path, t
-        )
+        address, dc = ep.address.lower().rstrip("."), self.dc
+        answers = self._network.answers(address, (dc,), dc, host, self.traffic.path, t, user=True)
         out = _Outcome(ep.key, answers)
         self._cache[id(ep)] = out
         return out
@@ -611,7 +615,8 @@ class DatacenterTraffic:
         if budget is not None:
             self._flight_seq += 1
             heapq.heappush(self._flight, (now + a.latency, self._flight_seq, retried))
-        if self._keep_alive and not a.connect_failed:
+        if self._keep_alive and not a.connect_failed and a.failure != HANG:
+            # a timed-out connection is discarded, not pooled (lb/proxy/replies.py)
             self._released[ep.key] = now + a.latency
         if heap is not None:
             heap.start(engine.live, ep, now, a.latency)

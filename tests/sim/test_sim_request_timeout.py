@@ -1,0 +1,174 @@
+"""The proxy's request timeout in the simulator: a user's answer too slow to come is a 524.
+
+The real proxy (lb/proxy/replies.py, ``timed_out``) answers 524 when no response head came
+``engine.limits.request_timeout`` after the request was sent, reports the attempt to passive
+health as ``RESPONSE_TIMEOUT`` and never retries it.  The simulator does the same for a
+``latency`` above the request timeout and for an origin that holds the request
+(``blackhole``); probes keep their monitor's own ``timeout``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sim_builders import CONFIG, TUNNEL_B, scenario
+
+import lb.sim.traffic
+from lb.config.model import RetryOn
+from lb.sim import Scenario, run_scenario
+from lb.sim.network import HANG, Network
+
+BASE = """\
+config: lb.yaml
+duration: 60
+seed: 11
+report_interval: 10
+traffic:
+  FRA: {rate: 100, clients: 200}
+network:
+  ingress:
+    tb:
+      - {hostname: health.example.com, service: "http_status:200"}
+      - {hostname: app.example.com, service: origin}
+      - {service: "http_status:404"}
+"""
+# The monitors probe a health route that cloudflared answers itself, so they stay green
+# while the application behind tb is slow: b keeps its share, and users meet every timeout.
+HEALTH_ROUTE = (
+    CONFIG.replace("Host: [app.example.com]", "Host: [health.example.com]", 1)
+    + "engine: {limits: {request_timeout: 5}}\n"
+)
+SLOW = "timeline:\n  - {at: 20, origin: tb, do: latency, latency: 8, until: 40}\n"
+HOLD = "timeline:\n  - {at: 20, origin: tb, do: blackhole, until: 40}\n"
+
+
+def test_the_network_times_out_user_answers_only(tmp_path: Path) -> None:
+    body = BASE + (
+        "timeline:\n"
+        "  - {at: 10, origin: tb, do: latency, latency: 5}\n"
+        "  - {at: 20, origin: tb, do: latency, latency: 8}\n"
+        "  - {at: 30, tunnel: tb, do: latency, latency: 3}\n"
+        "  - {at: 30, origin: tb, do: latency, latency: 3}\n"
+        "  - {at: 40, origin: tb, do: recover}\n"
+        "  - {at: 40, tunnel: tb, do: blackhole}\n"
+    )
+    sc = scenario(tmp_path, body, config=HEALTH_ROUTE)
+    network = Network(sc)
+    address = f"{TUNNEL_B}.cfargotunnel.com"
+
+    def at(t: float, *, user: bool) -> tuple[int, float, str]:
+        (a,) = network.answers(address, ("FRA",), "FRA", "app.example.com", "/", t, user=user)
+        return a.status, round(a.latency, 6), a.failure
+
+    rtt = sc.rtt
+    # at the limit exactly the answer comes: the proxy's watchdog never fires early
+    assert at(15, user=True) == (200, round(rtt + 5, 6), "")
+    # above it, the proxy gives up request_timeout after sending (one rtt in): its 524
+    assert at(25, user=True) == (524, round(rtt + 5, 6), HANG)
+    assert at(25, user=False) == (200, round(rtt + 8, 6), "")  # a probe's own timeout rules
+    # edge and origin latency add up
+    assert at(35, user=True) == (524, round(rtt + 5, 6), HANG)
+    # a failed connection stays connect_timeout's 522, however slow the path
+    status, latency, failure = at(45, user=True)
+    assert (status, failure) == (522, "blackhole")
+    assert latency > rtt + 5
+
+
+def test_a_latency_above_the_request_timeout_gives_524_while_it_lasts(tmp_path: Path) -> None:
+    data = run_scenario(scenario(tmp_path, BASE + SLOW, config=HEALTH_ROUTE)).data
+    assert data["failovers"] == []  # the health route keeps b's monitor green
+    assert data["retries"] == data["retry_on_retries"] == 0
+    assert data["statuses"] == {"524": data["errors"]}
+    for w in data["windows"]:
+        if 20 <= w["start"] < 40:  # every request b takes times out, and only those
+            assert w["errors"] == w["errors_by_endpoint"]["main/b"] == w["by_endpoint"]["main/b"]
+            assert w["errors"] > 100
+        else:  # before and after: b answers 200 again
+            assert w["errors"] == 0 and w["by_endpoint"]["main/b"] > 100
+
+
+def test_a_latency_within_the_request_timeout_is_answered(tmp_path: Path) -> None:
+    body = BASE + "timeline:\n  - {at: 20, origin: tb, do: latency, latency: 5, until: 40}\n"
+    data = run_scenario(scenario(tmp_path, body, config=HEALTH_ROUTE)).data
+    assert data["errors"] == 0 and data["statuses"] == {}
+
+
+@pytest.mark.parametrize("timeline", [SLOW, HOLD], ids=["latency", "blackhole"])
+def test_passive_health_ejects_on_timeouts(tmp_path: Path, timeline: str) -> None:
+    config = HEALTH_ROUTE.replace(
+        "engine: {limits: {request_timeout: 5}}",
+        "engine: {limits: {request_timeout: 5}, passive_health: {consecutive_5xx: 5}}",
+    )
+    data = run_scenario(scenario(tmp_path, BASE + timeline, config=config)).data
+    ejections = [
+        t for t in data["transitions"] if t["vantage"] == "passive" and t["to"] == "unhealthy"
+    ]
+    assert ejections, data["transitions"]
+    assert all(t["endpoint"] == "b" for t in ejections)
+    assert ejections[0]["at"] == pytest.approx(20, abs=0.2)
+    assert ejections[0]["reason"].startswith("passive: 5 consecutive 524,")
+    # ejected, b takes (almost) nothing while it is slow: a few 524 per return from ejection
+    assert 5 <= data["statuses"]["524"] == data["errors"] < 50
+
+
+def _retrying_524(sc: Scenario) -> Scenario:
+    """``sc`` with ``retry_on.statuses`` naming 524 on its load balancer.
+
+    The configuration check allows only 502-504 there, so this is built in code: it shows
+    that the attempt policy itself keeps a timeout from being retried (a timeout is
+    ``RESPONSE_TIMEOUT``, never the *status* of a whole response), not that check alone."""
+    (balancer,) = sc.config.load_balancers
+    rule = RetryOn(statuses=(502, 524))
+    config = dataclasses.replace(
+        sc.config, load_balancers=(dataclasses.replace(balancer, retry_on=rule),)
+    )
+    return dataclasses.replace(sc, config=config)
+
+
+@pytest.mark.parametrize("timeline", [SLOW, HOLD], ids=["latency", "blackhole"])
+def test_retry_on_never_retries_a_timeout_even_when_it_names_524(
+    tmp_path: Path, timeline: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    failures: list[str] = []
+    real = lb.sim.traffic.next_step
+
+    def recording(failure: Any, **kw: Any) -> Any:
+        failures.append(str(failure))
+        return real(failure, **kw)
+
+    monkeypatch.setattr(lb.sim.traffic, "next_step", recording)
+    sc = _retrying_524(scenario(tmp_path, BASE + timeline, config=HEALTH_ROUTE))
+    data = run_scenario(sc).data
+    assert data["retry_on_retries"] == data["retry_budget_refusals"] == 0
+    assert data["statuses"] == {"524": data["errors"]} and data["errors"] > 300
+    # each timed-out attempt went to the policy as the proxy's failure, and was answered
+    assert failures and set(failures) == {"response_timeout"}
+    assert len(failures) == data["errors"]
+
+
+def test_a_timed_out_attempt_is_in_flight_until_the_proxy_gives_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """least_outstanding_requests reads the in-flight counts: an attempt at slow b counts
+    ``rtt + request_timeout`` (the dial, then the deadline), not the 8 s it would have
+    waited."""
+    config = HEALTH_ROUTE.replace(
+        "    monitor: app\n",
+        "    monitor: app\n    origin_steering: {policy: least_outstanding_requests}\n",
+    )
+    held: list[float] = []
+    start = lb.sim.traffic._Heap.start
+
+    def recording(self: Any, live: Any, ep: Any, now: float, latency: float) -> None:
+        if ep.name == "b":
+            held.append(latency)
+        start(self, live, ep, now, latency)
+
+    monkeypatch.setattr(lb.sim.traffic._Heap, "start", recording)
+    sc = scenario(tmp_path, BASE + SLOW, config=config)
+    data = run_scenario(sc).data
+    assert data["statuses"]["524"] > 0
+    assert max(held) == pytest.approx(sc.rtt + 5)
