@@ -267,6 +267,10 @@ class DatacenterTraffic:
         """Set when an outcome changed health: the tick goes on with a new router."""
         self._now = 0.0
         """The engine time of the request being bookkept (for :meth:`_report`)."""
+        self._timeouts: list[tuple[float, int, EndpointView, int]] = []
+        """Passive health: (when the proxy gives up, sequence, endpoint, status) of the
+        timed-out attempts not reported yet (:meth:`_report`)."""
+        self._timeouts_seq = 0
         if needs_live(config):
             self._heap = _Heap(
                 any(p.origin_steering.policy == "least_connections" for p in config.pools)
@@ -352,6 +356,7 @@ class DatacenterTraffic:
         passive = engine if engine.passive else None
         self._passive = passive
         slow = slow or passive is not None  # every outcome counts, successes included
+        timeouts = self._timeouts
         mark = self._mark
         pick = self._clients_rng.random
         rpick = self._replica_rng.random
@@ -372,6 +377,9 @@ class DatacenterTraffic:
                 at = now + i * step
                 if heap is not None:
                     heap.settle(live, at)
+                if timeouts and timeouts[0][0] <= at and self._timed_out(at):
+                    router = engine.router
+                    decide = router.decide
             d = decide(req, srng, live)
             if d.remember is not None:  # header affinity: the engine stores the session
                 remember(d)
@@ -547,11 +555,31 @@ class DatacenterTraffic:
         if engine is None or ep is None:
             return
         now = self._now
+        if failure is Failure.RESPONSE_TIMEOUT:
+            # The proxy learns of it when its deadline fires, not when the request starts.
+            self._timeouts_seq += 1
+            heapq.heappush(self._timeouts, (now + a.latency, self._timeouts_seq, ep, a.status))
+            return
         status = a.status
         if failure is None and a.failure == TimelineAction.TRUNCATE:
             status = 200  # streamed: the proxy saw a 200 head (the cut is the user's alone)
         if engine.outcome(ep.pool, ep.name, status=status, failure=failure, reused=reused, now=now):
             self._ejected = True
+
+    def _timed_out(self, now: float) -> bool:
+        """Report the timeouts due by ``now`` to passive health, each at the time the proxy
+        gave up (its 524, ``RESPONSE_TIMEOUT``: lb/proxy/replies.py); True when one ejected
+        an endpoint (the caller takes the engine's new router)."""
+        engine = self._passive
+        timeouts = self._timeouts
+        ejected = False
+        while timeouts and timeouts[0][0] <= now:
+            at, _, ep, status = heapq.heappop(timeouts)
+            if engine is not None and engine.outcome(
+                ep.pool, ep.name, status=status, failure=Failure.RESPONSE_TIMEOUT, now=at
+            ):
+                ejected = True
+        return ejected
 
     def _stale(self, ep: EndpointView, now: float) -> bool:
         """Whether a request at ``now`` meets the race on ``ep``'s pooled connection (see the

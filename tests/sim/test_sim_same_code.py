@@ -6,7 +6,7 @@ real scheduler; every retry is one the attempt policy ``lb.core.attempts.next_st
 for), no simulator module defines or imports the core's internals, in the proxy and the
 simulator alike every function that asks the router for a retry consults the attempt policy,
 and with ``passive_health`` every attempt of either is one ``Engine.outcome`` call, counted by
-``lb.core.passive`` itself.
+``lb.core.passive`` itself (a request timeout reported as the same failure by both).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import lb.sim.traffic
 import monitors.scheduler
 import monitors.transport
 import steering.router
-from lb.core.attempts import Action
+from lb.core.attempts import Action, Failure
 from lb.sim import load_scenario, run_scenario
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -129,6 +129,43 @@ def test_every_attempt_is_one_passive_health_outcome_counted_by_the_core(
     # the proxy makes the same call after every attempt
     tree = ast.parse((ROOT / "lb/proxy/exchange.py").read_text())
     assert "_attempts" in _functions_calling(tree, "outcome")
+
+
+def test_a_timeout_reaches_passive_health_as_the_proxy_reports_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """configs/scenarios/request-timeout.yaml: every 524 of a stalled application is one
+    ``Engine.outcome`` call with ``Failure.RESPONSE_TIMEOUT``, the call the proxy's watchdog
+    makes when it gives up on a response head (lb/proxy/replies.py, ``timed_out``)."""
+    calls: list[dict[str, Any]] = []
+    outcome = lb.engine.Engine.outcome
+
+    def recording(self: Any, pool: str, endpoint: str, **kw: Any) -> Any:
+        calls.append(kw)
+        return outcome(self, pool, endpoint, **kw)
+
+    monkeypatch.setattr(lb.engine.Engine, "outcome", recording)
+    data = run_scenario(load_scenario(ROOT / "configs/scenarios/request-timeout.yaml")).data
+    timeouts = [c for c in calls if c["status"] == 524]
+    assert len(timeouts) == data["statuses"]["524"] == data["errors"] > 0
+    assert all(c["failure"] is Failure.RESPONSE_TIMEOUT for c in timeouts)
+    assert all(c["failure"] is None for c in calls if c["status"] != 524)
+    # the proxy: the watchdog's handler reports the same failure with the same status
+    tree = ast.parse((ROOT / "lb/proxy/replies.py").read_text())
+    assert ("timed_out", "RESPONSE_TIMEOUT") in _outcome_failures(tree)
+
+
+def _outcome_failures(tree: ast.AST) -> set[tuple[str, str]]:
+    """(function, failure) for each ``outcome(..., failure=Failure.X)`` call in ``tree``."""
+    out: set[tuple[str, str]] = set()
+    for fn in ast.walk(tree):
+        if isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
+            for n in ast.walk(fn):
+                if isinstance(n, ast.Call) and getattr(n.func, "attr", "") == "outcome":
+                    for kw in n.keywords:
+                        if kw.arg == "failure" and isinstance(kw.value, ast.Attribute):
+                            out.add((fn.name, kw.value.attr))
+    return out
 
 
 def _functions_calling(tree: ast.AST, attr: str) -> set[str]:
