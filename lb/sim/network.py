@@ -21,7 +21,8 @@ The layers of a tunnel endpoint (``docs/simulate.md`` has the table of statuses)
 * cloudflared routes by Host and path with the tunnel's ingress rules (R48, the matcher of
   :mod:`lb.connector.ingress`): ``http_status:NNN`` answers without the application, so a
   health route stays green while the application is down;
-* the **origin** layer is the application: when it fails users get 502 (524 when it hangs).
+* the **origin** layer is the application: when it fails users get 502 (524 when it hangs,
+  or when a user's answer comes later than the proxy waits: :meth:`Network.answers`).
 
 :class:`SimTransport` plugs this into the monitor scheduler's transport seam
 (:class:`monitors.transport.ProbeTransport`); the scheduler, timeouts, retries and judging are
