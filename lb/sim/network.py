@@ -94,10 +94,11 @@ class Answer:
     status: int
     latency: float
     failure: str = ""
-    """For probes: ``refuse``, ``blackhole``, ``unreachable`` or ``hang``; ``hang`` for a
-    user's 524 too (:data:`HANG`); ``reset`` for an endpoint that resets the connection before
-    answering, ``truncate`` for one that resets it in the middle of the body (users and
-    probes); else empty."""
+    """``refuse``, ``blackhole`` or ``unreachable`` for a failed connection; ``hang``
+    (:data:`HANG`) for an answer that does not come in time (a probe waits for it until its
+    own timeout, a user gets the proxy's 524); ``reset`` for an endpoint that resets the
+    connection before answering, ``truncate`` for one that resets it in the middle of the
+    body (users and probes); else empty."""
     connect_failed: bool = False
     """The connection to the endpoint failed (edge ``refuse``, ``blackhole``, ``unreachable``):
     the only answers the proxy retries (R42).  Every other answer is an HTTP response, final
