@@ -182,3 +182,22 @@ def test_a_timed_out_attempt_is_in_flight_until_the_proxy_gives_up(
     data = run_scenario(sc).data
     assert data["statuses"]["524"] > 0
     assert max(held) == pytest.approx(sc.rtt + 5)
+
+
+def test_a_timed_out_connection_is_not_pooled_again(tmp_path: Path) -> None:
+    """The proxy discards the connection of a timed-out attempt (lb/proxy/replies.py), so
+    it is never reused and never meets an idle close.  Sparse traffic (a request every
+    2.5 s, a random endpoint) to b, whose application holds every request: were each
+    timed-out connection released when the proxy gave up (2.52 s in), the next request 7.5 s
+    after one would find it idle 4.98 s, just as b closes it (``idle: 4.98``)."""
+    body = (
+        BASE.replace("duration: 60", "duration: 120")
+        .replace("{rate: 100, clients: 200}", "{rate: 0.4, clients: 50}")
+        .replace("seed: 11\n", "seed: 4\ntick: 0.01\n")
+        .replace("network:\n", "network:\n  keep_alive:\n    tb: {idle: 4.98}\n")
+        + "timeline:\n  - {at: 0, origin: tb, do: blackhole}\n"
+    )
+    config = HEALTH_ROUTE.replace("request_timeout: 5", "request_timeout: 2.5")
+    data = run_scenario(scenario(tmp_path, body, config=config)).data
+    assert data["statuses"] == {"524": data["errors"]} and data["errors"] > 5
+    assert data["stale_retries"] == 0
