@@ -201,3 +201,16 @@ def test_a_timed_out_connection_is_not_pooled_again(tmp_path: Path) -> None:
     data = run_scenario(scenario(tmp_path, body, config=config)).data
     assert data["statuses"] == {"524": data["errors"]} and data["errors"] > 5
     assert data["stale_retries"] == 0
+
+
+def test_a_session_upgrade_slower_than_the_request_timeout_is_refused(tmp_path: Path) -> None:
+    """A long-lived session opens with a request (its upgrade), which times out like any
+    other; a session already open is spliced and no request timeout applies to it."""
+    body = BASE.replace(
+        "{rate: 100, clients: 200}", "{rate: 0, sessions: {rate: 1, duration: 1000}}"
+    )
+    data = run_scenario(scenario(tmp_path, body + SLOW, config=HEALTH_ROUTE)).data
+    s = data["long_sessions"]
+    assert s["opened"] + s["refused"] == 60
+    assert 5 <= s["refused"] <= 15  # about half of the 20 opened on b while it is slow
+    assert s["dropped"] == 0 and s["open_at_end"] == s["opened"]
