@@ -60,6 +60,7 @@ def scenario_text(
     lines += [
         "  load_balancers:",
         "    - name: app.example.com",
+        "      proxied: true",
         "      steering_policy: random",
         f"      session_affinity: {affinity}",
         f"      default_pools: [{names}]",
