@@ -263,7 +263,7 @@ def _unhandable(sc: Scenario) -> list[str]:
         elif (
             tunnel_fault
             and _how(e) in _ANSWERED
-            and (latent := [(n, c) for n, cs in step.connectors.items() for c in cs if _latency(c)])
+            and (latent := [(n, c) for n, c in _paid(sc, e, step) if _latency(c)])
         ):
             slow = ", ".join(f"{labels[n]} ({_named(c)})" for n, c in latent)
             out.append(
@@ -293,6 +293,17 @@ def _unhandable(sc: Scenario) -> list[str]:
             )
         all_refusing[e.address] = every
     return out
+
+
+def _paid(sc: Scenario, e: NetEvent, step: _Step) -> list[tuple[str, NetEvent]]:
+    """The conditions of the connectors whose latency the simulator adds to an answer of a
+    fault ``e`` of the whole tunnel: every replica's (each answers it), but for a ``down``
+    only its first replica's (the simulator's 530, with every replica down, is the first
+    one's answer)."""
+    if _how(e) == TimelineAction.DOWN:
+        first = sc.replicas[e.address][0].name
+        return [(first, c) for c in step.connectors[first]]
+    return [(n, c) for n, cs in step.connectors.items() for c in cs]
 
 
 def _ends(steps: list[_Step], duration: float) -> list[float]:
