@@ -275,8 +275,8 @@ def test_a_hanging_tunnel_fault_left_on_some_replicas_is_refused(tmp_path: Path)
         "  - {at: 20, tunnel: shared, do: blackhole}\n"
         "  - {at: 30, replica: shared/host-fra, do: recover}\n"
         "  - {at: 40, tunnel: shared, do: flap, period: 10, how: refuse}\n"
-        "  - {at: 50, replica: shared/host-iad, do: status, status: 503}\n",
-    )
+        "  - {at: 55, replica: shared/host-iad, do: status, status: 503}\n",
+    )  # 55 s: half a period into the flap, which a connector would restart out of phase
     message = _refusal(scenario, tmp_path)
     assert message == (
         "cannot be rehearsed on one machine: recover replica shared/host-fra: blackhole of "
