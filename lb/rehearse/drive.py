@@ -226,6 +226,7 @@ def _unhandable(sc: Scenario) -> list[str]:
     # lasts, as the simulator's replaces each replica's; what it cannot hide is refused
     # below (a flap's up part, a connector's latency the edge's answer would skip).
     all_refusing: dict[str, bool] = {}
+    kept: set[int] = set()  # edge flaps refused already for a connector's fault they show
     steps = _steps(sc)
     for step, end in zip(steps, _ends(steps, sc.duration), strict=True):
         e, plan = step.event, step.plan
@@ -243,20 +244,26 @@ def _unhandable(sc: Scenario) -> list[str]:
                     f"{what}: the flap of every replica ({by}) would restart its period on "
                     "the replicas' connectors (a connector's flap starts when it is set)"
                 )
-        faulted = [
-            (n, c)
-            for n, cs in step.connectors.items()
-            for c in cs
-            if not _latency(c) and _meet(_down_parts(c, e.at, end), _up_parts(e, e.at, end))
-        ]
         tunnel_fault = set(e.replicas) == set(step.connectors) and e.action not in (
             TimelineAction.RECOVER,
             TimelineAction.LATENCY,
         )
-        if tunnel_fault and e.action == TimelineAction.FLAP and faulted:
+        # The edge's flap lasts until a fault or a hand-over takes it away, a tunnel-wide
+        # latency aside: each step it outlives checks its own span, once per flap.
+        flap = next((c for c in step.edge if c.action == TimelineAction.FLAP), None)
+        faulted = [
+            (n, c)
+            for n, cs in step.connectors.items()
+            for c in cs
+            if flap is not None
+            and not _latency(c)
+            and _meet(_down_parts(c, e.at, end), _up_parts(flap, e.at, end))
+        ]
+        if flap is not None and faulted and flap.index not in kept:
+            kept.add(flap.index)
             own = ", ".join(f"{labels[n]} ({_named(c)})" for n, c in faulted)
             out.append(
-                f"{what}: the connector of {own} would keep that fault, where the "
+                f"{_named(flap)}: the connector of {own} would keep that fault, where the "
                 "simulator's flap of every replica replaces it (the replica answers in the "
                 "flap's up part, when the edge stand-in forwards to that connector)"
             )
