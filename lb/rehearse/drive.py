@@ -60,7 +60,7 @@ def unrehearsable(sc: Scenario) -> list[str]:
                 f"{what}: seen_from (a fault seen from some places only) cannot be made "
                 "real on one machine: every process here shares one loopback interface"
             )
-        elif e.action == TimelineAction.UNREACHABLE and e.layer != ORIGIN:
+        elif _how(e) == TimelineAction.UNREACHABLE and e.layer != ORIGIN:
             out.append(f"{what}: unreachable needs a route that fails, not one loopback")
         elif set(e.replicas) != every and e.layer != ORIGIN and _hangs(e):
             out.append(
@@ -226,6 +226,7 @@ def _unhandable(sc: Scenario) -> list[str]:
     # lasts, as the simulator's replaces each replica's; what it cannot hide is refused
     # below (a flap's up part, a connector's latency the edge's answer would skip).
     all_refusing: dict[str, bool] = {}
+    kept: set[int] = set()  # edge flaps refused already for a connector's fault they show
     steps = _steps(sc)
     for step, end in zip(steps, _ends(steps, sc.duration), strict=True):
         e, plan = step.event, step.plan
@@ -238,27 +239,38 @@ def _unhandable(sc: Scenario) -> list[str]:
                     "others, and the edge stand-in would not avoid them: it learns that a "
                     "replica is gone only from a refused connection"
                 )
-            elif c.action == TimelineAction.FLAP:
+            elif c.action == TimelineAction.FLAP and not _in_phase(c, e.at):
                 out.append(
                     f"{what}: the flap of every replica ({by}) would restart its period on "
                     "the replicas' connectors (a connector's flap starts when it is set)"
                 )
-        faulted = [(n, c) for n, cs in step.connectors.items() for c in cs if not _latency(c)]
         tunnel_fault = set(e.replicas) == set(step.connectors) and e.action not in (
             TimelineAction.RECOVER,
             TimelineAction.LATENCY,
         )
-        if tunnel_fault and e.action == TimelineAction.FLAP and faulted:
+        # The edge's flap lasts until a fault or a hand-over takes it away, a tunnel-wide
+        # latency aside: each step it outlives checks its own span, once per flap.
+        flap = next((c for c in step.edge if c.action == TimelineAction.FLAP), None)
+        faulted = [
+            (n, c)
+            for n, cs in step.connectors.items()
+            for c in cs
+            if flap is not None
+            and not _latency(c)
+            and _meet(_down_parts(c, e.at, end), _up_parts(flap, e.at, end))
+        ]
+        if flap is not None and faulted and flap.index not in kept:
+            kept.add(flap.index)
             own = ", ".join(f"{labels[n]} ({_named(c)})" for n, c in faulted)
             out.append(
-                f"{what}: the connector of {own} would keep that fault, where the "
+                f"{_named(flap)}: the connector of {own} would keep that fault, where the "
                 "simulator's flap of every replica replaces it (the replica answers in the "
                 "flap's up part, when the edge stand-in forwards to that connector)"
             )
         elif (
             tunnel_fault
             and _how(e) in _ANSWERED
-            and (latent := [(n, c) for n, cs in step.connectors.items() for c in cs if _latency(c)])
+            and (latent := [(n, c) for n, c in _paid(sc, e, step) if _latency(c)])
         ):
             slow = ", ".join(f"{labels[n]} ({_named(c)})" for n, c in latent)
             out.append(
@@ -288,6 +300,17 @@ def _unhandable(sc: Scenario) -> list[str]:
             )
         all_refusing[e.address] = every
     return out
+
+
+def _paid(sc: Scenario, e: NetEvent, step: _Step) -> list[tuple[str, NetEvent]]:
+    """The conditions of the connectors whose latency the simulator adds to an answer of a
+    fault ``e`` of the whole tunnel: every replica's (each answers it), but for a ``down``
+    only its first replica's (the simulator's 530, with every replica down, is the first
+    one's answer)."""
+    if _how(e) == TimelineAction.DOWN:
+        first = sc.replicas[e.address][0].name
+        return [(first, c) for c in step.connectors[first]]
+    return [(n, c) for n, cs in step.connectors.items() for c in cs]
 
 
 def _ends(steps: list[_Step], duration: float) -> list[float]:
@@ -328,6 +351,24 @@ def _meet(
         else:
             j += 1
     return out
+
+
+def _in_phase(c: NetEvent, at: float) -> bool:
+    """Whether a flap set again at ``at`` (as a hand-over sets it on a connector, whose flap
+    starts when it is set) keeps the phase it has from its own time: a whole number of
+    periods later."""
+    return abs(math.remainder(at - c.at, c.period)) < 1e-9
+
+
+def _up_parts(c: NetEvent, start: float, end: float) -> list[tuple[float, float]]:
+    """The spans of ``[start, end)`` in which ``c`` is not in force (a flap's up parts)."""
+    out: list[tuple[float, float]] = []
+    at = start
+    for lo, hi in _down_parts(c, start, end):
+        if at < lo:
+            out.append((at, lo))
+        at = hi
+    return [*out, (at, end)] if at < end else out
 
 
 def _down_parts(c: NetEvent, start: float, end: float) -> list[tuple[float, float]]:
@@ -466,7 +507,10 @@ def _config_changed(raw: dict[str, Any], c: ConfigEvent) -> dict[str, Any]:
 
 
 def _fault_body(e: NetEvent) -> dict[str, object]:
-    body: dict[str, object] = {"do": e.action}
+    """The ``POST /faults`` body of ``e`` (:mod:`lb.connector.faults`).  An application
+    that cannot be reached is cloudflared's 502, as one that is down: so an ``unreachable``
+    of the origin, also a flap's (which the connector does not take), is sent as ``down``."""
+    body: dict[str, object] = {"do": _origin_reached(e, e.action)}
     if e.layer == ORIGIN:
         body["layer"] = "origin"  # the application behind the stand-in fails, not it
     if e.action == TimelineAction.STATUS or (
@@ -476,8 +520,15 @@ def _fault_body(e: NetEvent) -> dict[str, object]:
     if e.action == TimelineAction.LATENCY:
         body["latency"] = e.latency
     if e.action == TimelineAction.FLAP:
-        body.update(period=e.period, down_for=e.down_for, how=e.how)
+        body.update(period=e.period, down_for=e.down_for, how=_origin_reached(e, e.how))
     return body
+
+
+def _origin_reached(e: NetEvent, action: str) -> str:
+    """``action`` as the connector shows it: ``down`` for an unreachable application."""
+    if e.layer == ORIGIN and action == TimelineAction.UNREACHABLE:
+        return TimelineAction.DOWN
+    return action
 
 
 def _controls(stack: Stack, e: NetEvent) -> list[str]:

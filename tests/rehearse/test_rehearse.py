@@ -269,14 +269,33 @@ def test_recovering_one_replica_of_a_refused_tunnel_recovers_it_alone(tmp_path: 
     assert result.ok, result.table()
 
 
+def test_a_tunnel_flap_handed_over_in_phase_falls_inside_the_simulated_spread(
+    tmp_path: Path,
+) -> None:
+    """The whole tunnel flaps 503 from 20 s; the FRA replica recovers at 50 s, two periods
+    later, so the IAD connector takes the flap over in phase: its 503s fall in the report
+    windows where the simulator's IAD replica gives them."""
+    scenario = _with_timeline(
+        tmp_path,
+        "  - {at: 20, tunnel: shared, do: flap, period: 15, down_for: 5, how: status, "
+        "status: 503}\n"
+        "  - {at: 50, replica: shared/host-fra, do: recover}\n",
+        "  - name: the recovered host serves its users\n"
+        "    share: {replica: shared/host-fra, between: [51, 60], at_least: 0.7, at_most: 0.8}\n",
+    )
+    result = rehearse(scenario, seeds=5, speed=10, rate=0.25, workdir=tmp_path / "work")
+    assert [v["ok"] for v in result.real.data["expectations"]] == [True], result.table()
+    assert result.ok, result.table()
+
+
 def test_a_hanging_tunnel_fault_left_on_some_replicas_is_refused(tmp_path: Path) -> None:
     scenario = _with_timeline(
         tmp_path,
         "  - {at: 20, tunnel: shared, do: blackhole}\n"
         "  - {at: 30, replica: shared/host-fra, do: recover}\n"
         "  - {at: 40, tunnel: shared, do: flap, period: 10, how: refuse}\n"
-        "  - {at: 50, replica: shared/host-iad, do: status, status: 503}\n",
-    )
+        "  - {at: 55, replica: shared/host-iad, do: status, status: 503}\n",
+    )  # 55 s: half a period into the flap, which a connector would restart out of phase
     message = _refusal(scenario, tmp_path)
     assert message == (
         "cannot be rehearsed on one machine: recover replica shared/host-fra: blackhole of "
