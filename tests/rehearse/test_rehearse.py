@@ -379,10 +379,9 @@ def _slow(tmp_path: Path, timeline: str) -> Rehearsal:
     """Rehearse replicas-one-tunnel for 30 s with ``timeline``, a 10 s request timeout and a
     20 s connect timeout (2 and 4 s at speed 5), expecting no error from 21 s on.  Each
     timeline makes the FRA replica alone 12 s slow before 20 s (the real LB answers FRA's
-    users 524 after its request timeout; the simulator, which never times out a user
-    request slowed by a latency, answers them 12 s late), and the whole tunnel 4 s slow
-    from 20 s: replaced, the latency leaves a
-    2.5x margin under the request timeout; added (16 s), every FRA request would time out.
+    users 524 after its request timeout, and so does the simulator), and the whole tunnel
+    4 s slow from 20 s: replaced, the latency leaves a 2.5x margin under the request
+    timeout; added (16 s), every FRA request would time out.
     A stand-in's latency also delays the TLS handshake of a new connection to it: the LB's
     to the edge stand-in is a connect (the request timeout does not count it).  Probes time
     out on both sides (timeout 2 s): the tunnel is its pool's only endpoint and the
