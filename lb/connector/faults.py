@@ -140,6 +140,8 @@ class Faults:
             period = _number(body, "period", 0.001, 1e9)
             down_for = _number(body, "down_for", 0.0, period) if "down_for" in body else period / 2
             how = body.get("how", "refuse")
+            if how == "unreachable" and layer == ORIGIN:
+                how = "down"  # as for a lone unreachable above
             if how not in ("refuse", "blackhole", "down", "status"):
                 raise FaultError("how: one of refuse, blackhole, down, status")
             status = _status(body) if how == "status" else 0

@@ -261,12 +261,10 @@ class _Server:
         client.answered = partial(self._record, client, host, target, index)
         service = self.rules[index].parsed_service
         application = not isinstance(service, HttpStatus | TcpService | Bastion)
+        # The simulator's order (lb/sim/network.py, ``Network._through``): the connector's
+        # own fault (a cut, then a status or ``down``'s 530), then the rule, then the
+        # application; a fault of the connector hides one of the application behind it.
         cut = self.faults.cut()
-        if cut is None and application and self.faults.cut(ORIGIN) == "truncate":
-            # cloudflared streams the body (a reset application: its 502); the application's
-            # latency comes first, as the simulator adds it to the cut answer
-            await self.faults.origin_delay()
-            cut = "truncate"
         if cut is not None:
             await cut_answer(client.http.send, cut)
             raise AbortConnectionError  # dropped before (reset) or inside (truncate) the body
@@ -275,6 +273,12 @@ class _Server:
             await client.respond(forced, b"", None)
         elif isinstance(service, HttpStatus):
             await client.respond(service.code, b"", None)
+        elif application and self.faults.cut(ORIGIN) == "truncate":
+            # cloudflared streams the body (a reset application: its 502); the application's
+            # latency comes first, as the simulator adds it to the cut answer
+            await self.faults.origin_delay()
+            await cut_answer(client.http.send, "truncate")
+            raise AbortConnectionError
         elif (
             not isinstance(service, TcpService | Bastion)
             and (failed := await self.faults.origin_answer(client.http.stream)) is not None

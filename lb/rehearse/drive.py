@@ -220,7 +220,7 @@ def handovers(sc: Scenario) -> dict[int, Handover]:
 def _unhandable(sc: Scenario) -> list[str]:
     """Why a step of :func:`_steps` cannot be made identical to the simulator."""
     out: list[str] = []
-    labels = {r.name: r.label or r.name for rs in sc.replicas.values() for r in rs}
+    labels = {(a, r.name): r.label or r.name for a, rs in sc.replicas.items() for r in rs}
     # A fault of the whole tunnel other than a flap is the edge stand-in's own answer, so
     # the faults the connectors hold (their own or handed over) are not reached while it
     # lasts, as the simulator's replaces each replica's; what it cannot hide is refused
@@ -261,7 +261,7 @@ def _unhandable(sc: Scenario) -> list[str]:
         ]
         if flap is not None and faulted and flap.index not in kept:
             kept.add(flap.index)
-            own = ", ".join(f"{labels[n]} ({_named(c)})" for n, c in faulted)
+            own = ", ".join(f"{labels[e.address, n]} ({_named(c)})" for n, c in faulted)
             out.append(
                 f"{_named(flap)}: the connector of {own} would keep that fault, where the "
                 "simulator's flap of every replica replaces it (the replica answers in the "
@@ -272,7 +272,7 @@ def _unhandable(sc: Scenario) -> list[str]:
             and _how(e) in _ANSWERED
             and (latent := [(n, c) for n, c in _paid(sc, e, step) if _latency(c)])
         ):
-            slow = ", ".join(f"{labels[n]} ({_named(c)})" for n, c in latent)
+            slow = ", ".join(f"{labels[e.address, n]} ({_named(c)})" for n, c in latent)
             out.append(
                 f"{what}: the edge stand-in answers it itself, without reaching "
                 f"a replica, so the latency held by the connector of {slow} would not be "
@@ -290,7 +290,7 @@ def _unhandable(sc: Scenario) -> list[str]:
             and _together([c for _, c in refusing], e.at, end)
         )
         if every and not all_refusing.get(e.address, False):  # once, where it starts
-            by = ", ".join(f"{labels[n]} ({_named(c)})" for n, c in refusing)
+            by = ", ".join(f"{labels[e.address, n]} ({_named(c)})" for n, c in refusing)
             flaps = any(c.action == TimelineAction.FLAP for _, c in refusing)
             when = "can then refuse at once" if flaps else "would then refuse"
             out.append(
@@ -507,10 +507,9 @@ def _config_changed(raw: dict[str, Any], c: ConfigEvent) -> dict[str, Any]:
 
 
 def _fault_body(e: NetEvent) -> dict[str, object]:
-    """The ``POST /faults`` body of ``e`` (:mod:`lb.connector.faults`).  An application
-    that cannot be reached is cloudflared's 502, as one that is down: so an ``unreachable``
-    of the origin, also a flap's (which the connector does not take), is sent as ``down``."""
-    body: dict[str, object] = {"do": _origin_reached(e, e.action)}
+    """The ``POST /faults`` body of ``e`` (:mod:`lb.connector.faults`; the connector shows
+    an ``unreachable`` application, also a flap's, as ``down``: cloudflared's 502)."""
+    body: dict[str, object] = {"do": e.action}
     if e.layer == ORIGIN:
         body["layer"] = "origin"  # the application behind the stand-in fails, not it
     if e.action == TimelineAction.STATUS or (
@@ -520,15 +519,8 @@ def _fault_body(e: NetEvent) -> dict[str, object]:
     if e.action == TimelineAction.LATENCY:
         body["latency"] = e.latency
     if e.action == TimelineAction.FLAP:
-        body.update(period=e.period, down_for=e.down_for, how=_origin_reached(e, e.how))
+        body.update(period=e.period, down_for=e.down_for, how=e.how)
     return body
-
-
-def _origin_reached(e: NetEvent, action: str) -> str:
-    """``action`` as the connector shows it: ``down`` for an unreachable application."""
-    if e.layer == ORIGIN and action == TimelineAction.UNREACHABLE:
-        return TimelineAction.DOWN
-    return action
 
 
 def _controls(stack: Stack, e: NetEvent) -> list[str]:

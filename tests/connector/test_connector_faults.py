@@ -243,6 +243,32 @@ async def test_reset_and_truncate_drop_the_connection_before_or_inside_the_body(
         assert (await client.get(url)).status_code == 502
 
 
+async def test_a_connector_fault_hides_a_truncating_application(
+    nursery: trio.Nursery, server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext
+) -> None:
+    """As in the simulator, the connector's own status (or ``down``'s 530) answers before
+    the application behind it is reached: its ``truncate`` shows only once the connector
+    recovers."""
+    url, control = await _start(nursery, server_ctx)
+    async with (
+        httpx.AsyncClient(verify=client_ctx, timeout=5) as client,
+        httpx.AsyncClient(timeout=5) as admin,
+    ):
+
+        async def do(**body: object) -> None:
+            response = await admin.post(control, json=body)
+            assert response.status_code == 200, response.text
+
+        await do(do="truncate", layer="origin")
+        await do(do="status", status=503)
+        assert (await client.get(url)).status_code == 503
+        await do(do="down")
+        assert (await client.get(url)).status_code == 530
+        await do(do="recover")
+        with pytest.raises(httpx.RemoteProtocolError, match="received 2048 bytes"):
+            await client.get(url)
+
+
 async def test_origin_latency_delays_a_truncated_answer(
     nursery: trio.Nursery, server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext
 ) -> None:
