@@ -541,7 +541,7 @@ def _check_load_balancer(
     _check_pool_sets(item, parsed, report)
     _check_retry_on(item, report)
     _check_policy(item, [pools.get(name) for name in used], report)
-    if not item.value.proxied:
+    if not item.value.proxied and not report.failed(item.at("proxied")):
         _check_dns_only(item, [pools.get(name) for name in used], report)
     return resolved
 
