@@ -372,10 +372,26 @@ def test_docs_monitor_method_defaults_to_get_and_tcp_to_connection_established()
 def test_docs_a_host_only_on_the_monitor_warns_for_tunnel_endpoints() -> None:
     tunnel = "6ff42ae2-765d-4adf-8112-31c55c1551ef.cfargotunnel.com"
     text = BASE.replace("address: 10.0.0.1}", f"address: {tunnel}}}")
+    text = text.replace("name: app.example.com,", "name: www.example.com,")
     (warning,) = warnings(text)
     assert "pools[0].origins[0].address: only the monitor sets a Host" in warning
+    assert 'traffic through load balancer "www.example.com"' in warning
     on_endpoint = f"address: {tunnel}, header: {{Host: [app.example.com]}}}}"
-    assert warnings(BASE.replace("address: 10.0.0.1}", on_endpoint)) == []
+    assert warnings(text.replace(f"address: {tunnel}}}", on_endpoint)) == []
+
+
+def test_docs_a_host_only_on_the_monitor_is_fine_when_the_load_balancer_has_that_name() -> None:
+    """Traffic carries the load balancer's hostname (R47): when it is the monitor's Host
+    (case and port aside, R48), probes and traffic reach the same ingress rule."""
+    tunnel = "6ff42ae2-765d-4adf-8112-31c55c1551ef.cfargotunnel.com"
+    text = BASE.replace("address: 10.0.0.1}", f"address: {tunnel}}}")
+    assert warnings(text) == []
+    assert warnings(text.replace("Host: [app.example.com]", "Host: [App.Example.com:443]")) == []
+    other = "  - {name: www.example.com, proxied: true, default_pools: [b, a], fallback_pool: b}\n"
+    (warning,) = warnings(text + other)
+    assert (
+        'pools[0].origins[0].address: only the monitor sets a Host ("app.example.com")' in warning
+    )
 
 
 # ----------------------------------------------------------------------- proof: an export
