@@ -26,8 +26,17 @@ EXIT_INVALID = 2
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Register the command's options."""
-    parser.add_argument("files", nargs="*", metavar="FILE", help="configuration files (merged)")
+    """Register the command's options.  FILE is optional to argparse only because
+    ``--explain-fields`` needs none; the usage line says so instead of ``[FILE ...]``."""
+    parser.usage = (
+        "%(prog)s [-h] [--json] [--allow-empty] FILE [FILE ...]\n       %(prog)s --explain-fields"
+    )
+    parser.add_argument(
+        "files",
+        nargs="*",
+        metavar="FILE",
+        help="configuration files (merged); at least one, unless --explain-fields",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead")
     parser.add_argument(
         "--explain-fields",

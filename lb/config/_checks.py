@@ -67,6 +67,7 @@ def build_config(parsed: Parsed, report: Report) -> Config:
     load_balancers = [
         _check_load_balancer(item, parsed, pools, report) for item in parsed.load_balancers
     ]
+    _check_monitor_only_hosts(pools, load_balancers, report)
     _check_unique_load_balancers(parsed.load_balancers, report)
     return Config(
         monitors=tuple(monitors.values()),
@@ -318,6 +319,8 @@ class _PoolIndex:
         self._broken = broken
         self._seen = Seen(report)
         self._by_ref: dict[str, Pool] = {}
+        self.monitor_hosts: dict[str, tuple[Item[Pool], list[tuple[int, str]]]] = {}
+        """Pool name -> its tunnel endpoints whose Host only the monitor sets: (index, Host)."""
 
     def add(self, pool: Pool, item: Item[Pool]) -> None:
         self.pools.append(pool)
@@ -357,7 +360,9 @@ def _check_pools(
         monitor = _pool_monitor(item, monitors, parsed.broken, report)
         if pool.monitor_group is not None and pool.monitor is None:
             monitor = _pool_group(item, monitors, groups, parsed.broken, report)
-        _check_origins(item, monitor, report)
+        monitor_only = _check_origins(item, monitor, report)
+        if monitor_only:
+            index.monitor_hosts[pool.name] = (item, monitor_only)
     return index
 
 
@@ -457,8 +462,14 @@ def _pool_group(
     return next((m for m in members if m.type in ("http", "https")), None)
 
 
-def _check_origins(item: Item[Pool], monitor: Monitor | None, report: Report) -> None:
+def _check_origins(
+    item: Item[Pool], monitor: Monitor | None, report: Report
+) -> list[tuple[int, str]]:
+    """The endpoint checks; returns the tunnel endpoints whose Host only the monitor sets
+    (index, that Host), which :func:`_check_monitor_only_hosts` weighs against the load
+    balancers that send traffic to the pool."""
     names, addresses = Seen(report), Seen(report)
+    monitor_only: list[tuple[int, str]] = []
     for i, origin in enumerate(item.value.origins):
 
         def at(*sub: Segment, i: int = i) -> Where:
@@ -476,12 +487,40 @@ def _check_origins(item: Item[Pool], monitor: Monitor | None, report: Report) ->
             )
             report.warn(at("address"), message)
         elif origin.tunnel_id and probed_over_http and not origin.host_header:
+            host = _probe_host(origin, monitor)
+            assert host is not None  # the branch above took the endpoints without one
+            monitor_only.append((i, host))
+    return monitor_only
+
+
+def _check_monitor_only_hosts(
+    pools: _PoolIndex, load_balancers: list[LoadBalancer], report: Report
+) -> None:
+    """R47: traffic to a tunnel endpoint without its own ``header.Host`` carries the load
+    balancer's hostname, probes carry the monitor's Host.  Only when a load balancer that
+    sends traffic to the pool has another name may the two land on different ingress rules;
+    a load balancer named like the monitor's Host sends what the probes send."""
+    users: dict[str, list[str]] = {}
+    for lb in load_balancers:
+        for name in _used_pools(lb):
+            users.setdefault(name, []).append(lb.name)
+    for pool_name, (item, endpoints) in pools.monitor_hosts.items():
+        for i, host in endpoints:
+            probed = _same_host(host)
+            other = next((n for n in users.get(pool_name, ()) if _same_host(n) != probed), None)
+            if other is None:
+                continue
             message = (
-                "only the monitor sets a Host: probes reach the right ingress rule, but real "
-                "traffic carries the load balancer's hostname and may land on cloudflared's "
-                "catch-all; set header.Host on this endpoint"
+                f'only the monitor sets a Host ("{host}"): probes reach its ingress rule, but '
+                f'traffic through load balancer "{other}" carries that hostname and may land '
+                "on cloudflared's catch-all; set header.Host on this endpoint"
             )
-            report.warn(at("address"), message)
+            report.warn(item.at("origins", i, "address"), message)
+
+
+def _same_host(name: str) -> str:
+    """The form two Host values are compared in (cloudflared ignores case and port, R48)."""
+    return normalise_host(name) or name
 
 
 def _probe_host(origin: Origin, monitor: Monitor | None) -> str | None:
@@ -541,7 +580,7 @@ def _check_load_balancer(
     _check_pool_sets(item, parsed, report)
     _check_retry_on(item, report)
     _check_policy(item, [pools.get(name) for name in used], report)
-    if not item.value.proxied:
+    if not item.value.proxied and not report.failed(item.at("proxied")):
         _check_dns_only(item, [pools.get(name) for name in used], report)
     return resolved
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 
-from lb.config._source import Where
+from lb.config._source import Where, render_path
 from lb.config.errors import Problem
 
 __all__ = ["Report", "did_you_mean", "fmt_number", "quote"]
@@ -25,6 +25,12 @@ class Report:
     def warn(self, where: Where, message: str) -> None:
         """Record a problem that is legal but probably not what the user meant."""
         self.warnings.append(where.problem(message))
+
+    def failed(self, where: Where) -> bool:
+        """Whether an error was already recorded at ``where``: its value is then the default
+        put in its place, and a check that reads it would only report a knock-on error."""
+        path = render_path(where.path)
+        return any(p.file == where.file and p.path == path for p in self.errors)
 
 
 def did_you_mean(word: str, candidates: Iterable[str]) -> str:

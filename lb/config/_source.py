@@ -200,7 +200,9 @@ class _YamlConverter:
     """Turns PyYAML's composed node graph into :class:`Node` trees.
 
     Scalars are constructed by PyYAML's own safe constructor, so typing follows YAML 1.1 as
-    users expect from PyYAML.  Mapping keys are always taken as their source text.
+    users expect from PyYAML.  Mapping keys are always taken as their source text.  Each node
+    is converted with its dotted path, so that the problems found here (a duplicate key) name
+    it like every later problem does.
     """
 
     def __init__(self, loader: yaml.SafeLoader, filename: str, problems: list[Problem]) -> None:
@@ -209,17 +211,18 @@ class _YamlConverter:
         self._problems = problems
         self._active: set[int] = set()
 
-    def convert(self, node: yaml.Node) -> Node:
+    def convert(self, node: yaml.Node, path: tuple[Segment, ...] = ()) -> Node:
         line = node.start_mark.line + 1
         if id(node) in self._active:
-            self._error(line, "an alias refers to itself")
+            self._error(line, path, "an alias refers to itself")
             return Node(None, self._file, line)
         self._active.add(id(node))
         try:
             if isinstance(node, yaml.MappingNode):
-                return self._mapping(node, line)
+                return self._mapping(node, line, path)
             if isinstance(node, yaml.SequenceNode):
-                return Node([self.convert(item) for item in node.value], self._file, line)
+                items = [self.convert(item, (*path, i)) for i, item in enumerate(node.value)]
+                return Node(items, self._file, line)
             return self._scalar(node, line)
         finally:
             self._active.discard(id(node))
@@ -229,39 +232,41 @@ class _YamlConverter:
         plain = isinstance(node, yaml.ScalarNode) and node.style is None and value is not None
         return Node(value, self._file, line, text=str(node.value) if plain else None)
 
-    def _mapping(self, node: yaml.MappingNode, line: int) -> Node:
+    def _mapping(self, node: yaml.MappingNode, line: int, path: tuple[Segment, ...]) -> Node:
         explicit = [(k, v) for k, v in node.value if k.tag != _MERGE_TAG]
         self._loader.flatten_mapping(node)
         merged = node.value[: len(node.value) - len(explicit)]
         items: dict[str, Node] = {}
         key_lines: dict[str, int] = {}
         for key_node, value_node in merged:
-            key = self._key(key_node)
+            key = self._key(key_node, path)
             if key is not None:
-                items[key] = self.convert(value_node)
+                items[key] = self.convert(value_node, (*path, key))
                 key_lines[key] = key_node.start_mark.line + 1
         seen: set[str] = set()
         for key_node, value_node in explicit:
-            key = self._key(key_node)
+            key = self._key(key_node, path)
             if key is None:
                 continue
             key_line = key_node.start_mark.line + 1
             if key in seen:
-                self._error(key_line, f'duplicate key "{key}" (first at line {key_lines[key]})')
+                message = f"duplicate key (first at line {key_lines[key]})"
+                self._error(key_line, (*path, key), message)
                 continue
             seen.add(key)
-            items[key] = self.convert(value_node)
+            items[key] = self.convert(value_node, (*path, key))
             key_lines[key] = key_line
         return Node(items, self._file, line, key_lines=key_lines)
 
-    def _key(self, node: yaml.Node) -> str | None:
+    def _key(self, node: yaml.Node, path: tuple[Segment, ...]) -> str | None:
         if isinstance(node, yaml.ScalarNode):
             return str(node.value)
-        self._error(node.start_mark.line + 1, "mapping keys must be plain strings")
+        self._error(node.start_mark.line + 1, path, "mapping keys must be plain strings")
         return None
 
-    def _error(self, line: int, message: str) -> None:
-        self._problems.append(Problem(file=self._file, line=line, path="", message=message))
+    def _error(self, line: int, path: tuple[Segment, ...], message: str) -> None:
+        where = Where(self._file, line, path)
+        self._problems.append(where.problem(message))
 
 
 # --------------------------------------------------------------------------- JSON

@@ -73,6 +73,12 @@ __all__ = [
     "parse_scenario",
 ]
 
+MAX_SIMULATED = 1e9
+"""Requests and sessions one run may simulate (every data center's rate integrated over the
+duration).  At the 250,000-480,000 requests/s of wall time bench/simulate.py measures, that is
+half an hour to an hour: a typo in a rate or a duration (both allow large values for short
+runs) is refused at once instead of running practically forever."""
+
 EDGE = "edge"
 """Layer of cloudflared (or a plain endpoint) and the path to it."""
 ORIGIN = "origin"
@@ -367,6 +373,7 @@ class _Resolver:
         traffic = tuple(self._traffic(dc, t) for dc, t in sorted(spec.traffic.items()))
         if not traffic:
             self.error(("traffic",), "no traffic: name at least one data center")
+        self._check_volume(traffic, spec.duration)
         if not self.config.load_balancers:
             self.error(("config",), "the configuration has no load balancer")
         events: list[NetEvent] = []
@@ -424,6 +431,21 @@ class _Resolver:
         return out
 
     # ------------------------------------------------------------------ traffic
+
+    def _check_volume(self, traffic: tuple[Traffic, ...], duration: float) -> None:
+        """:data:`MAX_SIMULATED`: reported at the rate of the largest data center."""
+        volumes = [(t.total(duration) + t.sessions_rate * duration, t) for t in traffic]
+        total = sum(v for v, _ in volumes)
+        if total <= MAX_SIMULATED:
+            return
+        largest = max(volumes, key=lambda vt: vt[0])[1]
+        seconds = f"{duration:,.3f}".rstrip("0").rstrip(".")
+        message = (
+            f"{total:,.0f} requests over {seconds} s (rate x duration, summed over data "
+            f"centers) is more than a run may simulate ({MAX_SIMULATED:,.0f}, about an hour); "
+            "lower the rate or the duration"
+        )
+        self.error(("traffic", largest.datacenter, "rate"), message)
 
     def _traffic(self, dc: str, t: TrafficSpec) -> Traffic:
         path: Path_ = ("traffic", dc)

@@ -13,6 +13,8 @@ import pytest
 from config_helpers import BASE, errors, load, warnings
 
 from lb.cli import main
+from lb.config.errors import ConfigError
+from lb.config.loader import load_config_text
 
 LB = "  - {name: app.example.com, proxied: true, default_pools: [a, b], fallback_pool: b}\n"
 
@@ -219,6 +221,19 @@ def test_item_08_proxied_defaults_to_false_as_in_cloudflares_api() -> None:
     assert "set proxied: true (Cloudflare's default is false, DNS-only)" in problem
 
 
+def test_item_08_a_proxied_that_is_not_a_boolean_is_one_error_not_its_knock_ons() -> None:
+    tunnels = ["6ff42ae2-765d-4adf-8112-31c55c1551ef", "0f3e2d1c-4b5a-4c6d-8e7f-9a0b1c2d3e4f"]
+    text = BASE.replace("address: 10.0.0.1", f"address: {tunnels[0]}.cfargotunnel.com")
+    text = text.replace("address: 10.0.0.2", f"address: {tunnels[1]}.cfargotunnel.com")
+    text = text.replace("proxied: true, ", "proxied: yes please, session_affinity: cookie, ")
+    text = text.replace("}]}\n", ", header: {Host: [app.example.com]}}]}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config_text(text)
+    problems = [str(p) for p in info.value.problems + info.value.warnings]
+    expected = 'load_balancers[0].proxied: expected true or false, got a string ("yes please")'
+    assert problems == [f"config.yaml:7: {expected}"]
+
+
 # ----------------------------------------------------------------------- item 9: whole seconds
 
 
@@ -357,10 +372,26 @@ def test_docs_monitor_method_defaults_to_get_and_tcp_to_connection_established()
 def test_docs_a_host_only_on_the_monitor_warns_for_tunnel_endpoints() -> None:
     tunnel = "6ff42ae2-765d-4adf-8112-31c55c1551ef.cfargotunnel.com"
     text = BASE.replace("address: 10.0.0.1}", f"address: {tunnel}}}")
+    text = text.replace("name: app.example.com,", "name: www.example.com,")
     (warning,) = warnings(text)
     assert "pools[0].origins[0].address: only the monitor sets a Host" in warning
+    assert 'traffic through load balancer "www.example.com"' in warning
     on_endpoint = f"address: {tunnel}, header: {{Host: [app.example.com]}}}}"
-    assert warnings(BASE.replace("address: 10.0.0.1}", on_endpoint)) == []
+    assert warnings(text.replace(f"address: {tunnel}}}", on_endpoint)) == []
+
+
+def test_docs_a_host_only_on_the_monitor_is_fine_when_the_load_balancer_has_that_name() -> None:
+    """Traffic carries the load balancer's hostname (R47): when it is the monitor's Host
+    (case and port aside, R48), probes and traffic reach the same ingress rule."""
+    tunnel = "6ff42ae2-765d-4adf-8112-31c55c1551ef.cfargotunnel.com"
+    text = BASE.replace("address: 10.0.0.1}", f"address: {tunnel}}}")
+    assert warnings(text) == []
+    assert warnings(text.replace("Host: [app.example.com]", "Host: [App.Example.com:443]")) == []
+    other = "  - {name: www.example.com, proxied: true, default_pools: [b, a], fallback_pool: b}\n"
+    (warning,) = warnings(text + other)
+    assert (
+        'pools[0].origins[0].address: only the monitor sets a Host ("app.example.com")' in warning
+    )
 
 
 # ----------------------------------------------------------------------- proof: an export

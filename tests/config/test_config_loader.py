@@ -166,12 +166,22 @@ def test_cloudflare_json_problems(text: str, expected: str) -> None:
         ),
         pytest.param(
             "engine: {}\nengine: {}\n",
-            'lb.yaml:2: duplicate key "engine" (first at line 1)',
+            "lb.yaml:2: engine: duplicate key (first at line 1)",
             id="duplicate-yaml-key",
         ),
         pytest.param(
+            "pools:\n  - name: a\n    origins:\n      - name: o1\n        name: o2\n",
+            "lb.yaml:5: pools[0].origins[0].name: duplicate key (first at line 4)",
+            id="duplicate-nested-yaml-key",
+        ),
+        pytest.param(
+            "connect_to: {a.example:443: x:1, a.example:443: y:1}\n",
+            'lb.yaml:1: connect_to["a.example:443"]: duplicate key (first at line 1)',
+            id="duplicate-yaml-key-quoted-in-path",
+        ),
+        pytest.param(
             "a: &x [*x]\n",
-            "lb.yaml:1: an alias refers to itself",
+            "lb.yaml:1: a[0]: an alias refers to itself",
             id="recursive-alias",
         ),
     ],

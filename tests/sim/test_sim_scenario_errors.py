@@ -156,3 +156,23 @@ def test_missing_file_and_yaml_syntax(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("duration: [1,\n")
     assert "YAML syntax error" in only(bad).message
+
+
+def test_a_run_too_large_to_finish_is_refused_at_the_largest_rate(tmp_path: Path) -> None:
+    """rate x duration summed over data centers: 6e8 + 5e8 requests > MAX_SIMULATED (1e9)."""
+    body = "config: lb.yaml\nduration: 10000\ntraffic:\n  FRA: {rate: 60000}\n"
+    body += "  IAD:\n    rate: [{at: 0, rate: 0}, {at: 5000, rate: 100000}]\n"
+    p = only(write(tmp_path, body))
+    assert (p.line, p.path) == (4, "traffic.FRA.rate")
+    assert p.message == (
+        "1,100,000,000 requests over 10,000 s (rate x duration, summed over data centers) is "
+        "more than a run may simulate (1,000,000,000, about an hour); lower the rate or the "
+        "duration"
+    )
+
+
+def test_sessions_count_and_a_run_at_the_bound_loads(tmp_path: Path) -> None:
+    at_bound = "config: lb.yaml\nduration: 10000\ntraffic:\n  FRA: {rate: 100000}\n"
+    assert load_scenario(write(tmp_path, at_bound)).duration == 10000
+    over = at_bound.replace("rate: 100000}", "rate: 100000, sessions: {rate: 1, duration: 5}}")
+    assert only(write(tmp_path, over)).path == "traffic.FRA.rate"
