@@ -77,7 +77,11 @@ __all__ = ["ReloadResult", "serve_admin", "status_json"]
 log = logging.getLogger("lb.admin")
 
 MAX_HEADER_BYTES = 16 * 1024
-"""Largest request head accepted (h11 ``max_incomplete_event_size``)."""
+"""Largest request head accepted, request line and blank line included; past it, 431.
+
+h11's ``max_incomplete_event_size`` only bounds a head still incomplete, so a head that
+arrives whole in fewer reads than it takes to pass the bound got through; :func:`_read_head`
+also measures every head it parses."""
 MAX_BODY_BYTES = 64 * 1024
 """Largest request body read and discarded; past it the answer is 413 and the socket closes."""
 IDLE_TIMEOUT = 30.0
@@ -256,13 +260,14 @@ class _Admin:
         body_ok = False
         try:
             with trio.move_on_after(IDLE_TIMEOUT) as idle:
-                event = await _next_event(conn, stream)
+                event = await _read_head(conn, stream)
                 if isinstance(event, h11.Request):
                     body_ok = await self._drain_body(conn, stream)
         except h11.RemoteProtocolError as exc:
             if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
                 status = exc.error_status_hint
-                await self._send(conn, stream, "GET", _error(status, f"bad request: {exc}"))
+                reply = _error(status, f"bad request: {exc}")
+                await self._send(conn, stream, "GET", reply, close=True)
             return False
         if not isinstance(event, h11.Request):
             return False  # idle timeout, ConnectionClosed, or EOF before a request
@@ -324,7 +329,13 @@ class _Admin:
                 raise trio.BrokenResourceError("client closed during the request body")
 
     async def _send(
-        self, conn: h11.Connection, stream: trio.SocketStream, method: str, reply: _Reply
+        self,
+        conn: h11.Connection,
+        stream: trio.SocketStream,
+        method: str,
+        reply: _Reply,
+        *,
+        close: bool = False,
     ) -> None:
         headers = [
             ("Content-Type", reply.content_type),
@@ -332,7 +343,7 @@ class _Admin:
             ("Cache-Control", "no-store"),
             *reply.headers,
         ]
-        if conn.their_state is not h11.DONE:
+        if close or conn.their_state is not h11.DONE:
             headers.append(("Connection", "close"))
         out = conn.send(h11.Response(status_code=reply.status, headers=headers))
         if method != "HEAD" and reply.body:
@@ -470,6 +481,31 @@ _PROTECTED = frozenset({"/explain"})
 
 class _SendTimeoutError(Exception):
     """A reply was not taken by the client within :data:`SEND_TIMEOUT`."""
+
+
+async def _read_head(conn: h11.Connection, stream: trio.SocketStream) -> Any:
+    """The next request head (or whatever h11 says instead), refusing what the proxy refuses.
+
+    A head over :data:`MAX_HEADER_BYTES` is 431 whatever the read sizes: its size is what h11
+    took from its buffer to parse it.  Content-Length with Transfer-Encoding is 400 (RFC 9112
+    §6.1 lets a server refuse it; h11 would frame by Transfer-Encoding), as in the proxy
+    (docs/proxy.md, "Refused requests"): one framing for every listener of the process.
+    """
+    buffered = len(conn.trailing_data[0])  # a pipelined head already received
+    while True:
+        event = conn.next_event()
+        if event is not h11.NEED_DATA:
+            break
+        data = await stream.receive_some(_READ_SIZE)
+        buffered += len(data)
+        conn.receive_data(data)  # b"" marks EOF
+    if isinstance(event, h11.Request):
+        if buffered - len(conn.trailing_data[0]) > MAX_HEADER_BYTES:
+            raise h11.RemoteProtocolError("request head too large", error_status_hint=431)
+        names = {name for name, _ in event.headers}
+        if b"content-length" in names and b"transfer-encoding" in names:
+            raise h11.RemoteProtocolError("Content-Length with Transfer-Encoding")
+    return event
 
 
 async def _next_event(conn: h11.Connection, stream: trio.SocketStream) -> Any:
