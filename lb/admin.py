@@ -71,6 +71,7 @@ from lb.proxy.headers import parse_cookies
 from lb.status_page import SAMPLE_INTERVAL, Activity, page
 from steering import Request, Router
 from steering.geo import client_country
+from steering.whatif import client_ip_problem, datacenter_code, datacenter_problem
 
 __all__ = ["ReloadResult", "serve_admin", "status_json"]
 
@@ -436,10 +437,17 @@ class _Admin:
         if seed is None:
             return _error(400, f"seed={seed_text[:40]!r}: expected an integer")
         engine = self.engine
+        client_ip = _one(query, "client_ip")
+        if problem := client_ip_problem(client_ip):
+            return _error(400, f"client_ip={client_ip[:100]!r}: {problem}")
+        datacenter_text = _one(query, "datacenter")
+        datacenter = datacenter_code(datacenter_text)
+        if problem := datacenter_problem(datacenter, engine.config.datacenters):
+            return _error(400, f"datacenter={datacenter_text[:100]!r}: {problem}")
         request = Request(
             host=host,
-            client_ip=_one(query, "client_ip"),
-            datacenter=_one(query, "datacenter").upper(),
+            client_ip=client_ip,
+            datacenter=datacenter,
             country=client_country(_one(query, "country")),
             cookie=_one(query, "cookie") or None,
             headers=headers,

@@ -23,7 +23,7 @@ from admin_builders import (
 from admin_builders import engine as make_engine
 
 from lb.admin import MAX_HEADER_BYTES, ReloadResult, serve_admin
-from lb.config.model import FixedResponse, Rule
+from lb.config.model import Datacenter, FixedResponse, Rule
 from lb.engine import Engine
 from lb.metrics import Metrics
 from steering import Request
@@ -451,3 +451,31 @@ async def test_explain_passes_method_and_path_to_custom_rules(
     )
     r = await client.get("/explain", params={"host": HOST, "path": "/x"})
     assert r.json()["reason"] != "fixed_response"
+
+
+async def test_explain_refuses_what_the_cli_refuses(
+    start_admin: StartAdmin, engine: Engine
+) -> None:
+    """An unknown data center or a client IP that is none: 400 with the reason
+    ``tunnel-lb explain`` gives, not a decision steered as if they were not given."""
+    fra = Datacenter(code="FRA", region="WEU", country="DE")
+    engine.reconfigure(dataclasses.replace(engine.config, datacenters={"FRA": fra}), now=0.0)
+    all_healthy(engine)
+    client = await start_admin()
+    r = await client.get("/explain", params={"host": HOST, "datacenter": "XXX"})
+    assert r.status_code == 400
+    assert r.json() == {
+        "error": "datacenter='XXX': unknown data center; a configuration adds codes "
+        "under `datacenters`"
+    }
+    r = await client.get("/explain", params={"host": HOST, "datacenter": "fr"})
+    assert r.status_code == 400
+    assert 'did you mean "FRA"' in r.json()["error"]
+    for bad_ip in ("zzz", "999.1.1.1"):
+        r = await client.get("/explain", params={"host": HOST, "client_ip": bad_ip})
+        assert r.status_code == 400
+        assert r.json() == {"error": f"client_ip={bad_ip!r}: not an IP address"}
+    params = {"host": HOST, "datacenter": " fra", "client_ip": "2001:db8::1"}
+    r = await client.get("/explain", params=params)
+    assert r.status_code == 200, r.json()
+    assert r.json()["reason"] != "fallback"
