@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import ssl
 import sys
 from functools import partial
 
 import trio
 
+from lb import logs
 from lb.access import AccessConfig, AccessStats, parse_via, serve_access
 from lb.config.hosts import split_host_port
 
@@ -42,6 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     tcp.add_argument("--ca", metavar="FILE", help="PEM CAs to trust for an HTTPS --via")
     tcp.add_argument("--insecure", action="store_true", help="do not verify the --via certificate")
     tcp.add_argument("-q", "--quiet", action="store_true", help="no per-session log lines")
+    logs.add_arguments(tcp)
 
 
 def _context(args: argparse.Namespace) -> ssl.SSLContext:
@@ -72,10 +73,7 @@ def run(args: argparse.Namespace) -> int:
         destination=args.destination,
         ssl_context=context,
     )
-    logging.basicConfig(
-        level=logging.WARNING if args.quiet else logging.INFO,
-        format="%(asctime)s %(levelname)s %(message)s",
-    )
+    logs.configure_from(args, level="warning" if args.quiet else None)
     error = trio.run(_main, config)
     if error:
         print(f"error: {error}", file=sys.stderr)

@@ -18,6 +18,7 @@ from typing import Any
 
 import trio
 
+from lb import logs
 from lb.proxy import http1
 from lb.proxy.errors import RequestError
 from lb.proxy.exchange import exchange
@@ -89,11 +90,12 @@ def _log_cap(shared: Shared) -> None:
     now = trio.current_time()
     if now - shared.cap_logged >= SWEEP_INTERVAL:
         shared.cap_logged = now
-        log.warning(
-            "connection_cap_reached max_connections=%d shed=%d refused=%d",
-            shared.max_connections,
-            shared.shed,
-            shared.refused,
+        logs.event(
+            "connection_cap_reached",
+            logging.WARNING,
+            max_connections=shared.max_connections,
+            shed=shared.shed,
+            refused=shared.refused,
         )
 
 
