@@ -59,7 +59,7 @@ async def accept_loop(shared: Shared, listener: AnyListener, clients: trio.Nurse
             stream = await listener.accept()
         except OSError as exc:
             if exc.errno in _ACCEPT_RETRY_ERRNOS:
-                log.warning("accept failed (%s); pausing 0.1 s", exc)
+                logs.event("accept_failed", logging.WARNING, error=str(exc), pause=0.1)
                 await trio.sleep(0.1)
                 continue
             raise
@@ -181,10 +181,11 @@ async def serve_client(shared: Shared, client: Client) -> None:
                     conn.start_next_cycle()
         if watchdog.fired and client.exchange is not None:
             await timed_out(client.exchange)
-    except Exception as exc:  # hostile input must never become a traceback to the client
+    except Exception:  # hostile input must never become a traceback to the client
         # Reaching this means a failure no handler above answered (the client saw a closed
-        # connection, not a status): a bug or a degraded mode, so it is logged loudly.
-        log.warning("client connection ended with %r", exc, exc_info=True)
+        # connection, not a status): a bug or a degraded mode, so it is logged loudly (the
+        # exception is the event's ``error`` field, lb/logs.py).
+        log.warning("client_connection_failed", exc_info=True)
     except BaseException:
         # A Cancelled (maybe in a group from the connection's nursery): only the
         # clients nursery cancels from outside, so the drain deadline passed.
