@@ -12,6 +12,7 @@ import trio
 from lb import logs
 from lb.access import AccessConfig, AccessStats, parse_via, serve_access
 from lb.config.hosts import split_host_port
+from lb.connector.tls import CertificateError, trust_context
 
 NAME = "access"
 HELP = "Client side of a private TCP service (as `cloudflared access tcp`)."
@@ -46,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _context(args: argparse.Namespace) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=args.ca)
+    context = trust_context(args.ca, what="--ca") if args.ca else ssl.create_default_context()
     if args.insecure:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
@@ -63,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         if args.destination:
             split_host_port(args.destination)
         context = _context(args)
-    except (ValueError, OSError, ssl.SSLError) as exc:
+    except (ValueError, OSError, CertificateError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     config = AccessConfig(

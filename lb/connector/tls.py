@@ -24,6 +24,7 @@ __all__ = [
     "install_sni_capture",
     "self_signed_context",
     "server_context",
+    "trust_context",
 ]
 
 current_sni: contextvars.ContextVar[list[str | None]] = contextvars.ContextVar("current_sni")
@@ -95,14 +96,20 @@ def check_files(certificate: str | None, key: str | None, ca_pool: str | None) -
     if certificate:
         server_context(certificate, key, ())
     if ca_pool:
-        try:
-            ssl.create_default_context(cafile=ca_pool)
-        except ssl.SSLError as exc:
-            raise CertificateError(
-                f"caPool {ca_pool}: no PEM certificate in it ({exc.reason or exc})"
-            ) from None
-        except OSError as exc:
-            raise CertificateError(_unreadable(exc, ("caPool", ca_pool))) from None
+        trust_context(ca_pool)
+
+
+def trust_context(cafile: str, *, what: str = "caPool") -> ssl.SSLContext:
+    """``ssl.create_default_context(cafile=...)``, whose errors name the file (as ``what``,
+    the option or field that gave it).  Raises :class:`CertificateError`."""
+    try:
+        return ssl.create_default_context(cafile=cafile)
+    except ssl.SSLError as exc:
+        raise CertificateError(
+            f"{what} {cafile}: no PEM certificate in it ({exc.reason or exc})"
+        ) from None
+    except OSError as exc:
+        raise CertificateError(_unreadable(exc, (what, cafile))) from None
 
 
 def _unreadable(exc: OSError, *files: tuple[str, str | None]) -> str:

@@ -319,6 +319,10 @@ async def test_the_access_command_carries_a_session(stack: Stack) -> None:
         (["--url", "nowhere"], 'expected "host:port", got "nowhere"'),
         (["--url", "127.0.0.1:0", "--via", "ftp://x"], "the scheme must be http or https"),
         (["--url", "127.0.0.1:0", "--destination", "db"], 'expected "host:port", got "db"'),
+        (
+            ["--url", "127.0.0.1:0", "--ca", "/nonexistent/ca.pem"],
+            "error: --ca /nonexistent/ca.pem: no such file or directory",
+        ),
     ],
 )
 async def test_bad_options_are_one_line_errors(args: list[str], message: str) -> None:
