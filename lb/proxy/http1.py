@@ -279,6 +279,7 @@ class _Reader:
         "head_start",
         "headers",
         "informational",
+        "line_whole",
         "max_head",
         "max_headers",
         "parser",
@@ -297,6 +298,9 @@ class _Reader:
         self.head_bytes = 0
         self.head_start = bytearray()
         """The pieces of a head still open, up to its first line end (see _version_refusal)."""
+        self.line_whole = role is not SERVER
+        """``head_start`` holds a line end: the request line is whole, no more is kept (a
+        response's version is not checked: nothing is kept)."""
         self.max_head = max_head
         self.max_headers = max_headers
         self.head_only = False
@@ -357,6 +361,7 @@ class _Reader:
                 raise _VersionError
             if self.head_start:
                 self.head_start = bytearray()
+                self.line_whole = False
             hosts = 0
             for name, value in self.headers:
                 if name == b"host":
@@ -531,9 +536,9 @@ class Connection:
             # read returns, and a request head's real size is checked once it is parsed
             # (431, lb/proxy/exchange.py).
             reader.head_bytes += len(data)
-            start = reader.head_start
-            if b"\n" not in start:
-                start += data  # the request line is not whole yet: its version is kept
+            if not reader.line_whole:  # the request line's pieces, for its version
+                reader.head_start += data
+                reader.line_whole = b"\n" in data
             if reader.head_bytes > self._max_head:
                 self._broken = True
                 reader.queue.append(RemoteProtocolError("head too large", 431))
