@@ -25,9 +25,11 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, RejectConnection, RejectData, Request
 from wsproto.utilities import ProtocolError
 
+from lb import logs
 from lb.config.hosts import split_host_port
 from lb.connector.streams import JUMP_DESTINATION
 from lb.connector.wsbridge import Carried, carry
+from lb.lifecycle import ListenError, host_port
 from steering.affinity import COOKIE_NAME
 
 __all__ = ["AccessConfig", "AccessError", "AccessStats", "parse_via", "serve_access"]
@@ -210,12 +212,12 @@ class _Client:
             await trio.aclose_forcefully(wire)
             self.stats.ended = [*self.stats.ended[-99:], carried]
             self.stats.open -= 1
-        log.info(
-            "access %s: session ended (%s), %d bytes sent, %d received",
-            self.config.hostname,
-            carried.ending,
-            carried.to_ws,
-            carried.to_tcp,
+        logs.event(
+            "access_session_ended",
+            hostname=self.config.hostname,
+            ending=carried.ending,
+            bytes_sent=carried.to_ws,
+            bytes_received=carried.to_tcp,
         )
 
 
@@ -244,7 +246,10 @@ async def serve_access(
     stats = stats if stats is not None else AccessStats()
     client = _Client(config, stats)
     host, port = split_host_port(config.listen)
-    listeners = await trio.open_tcp_listeners(port, host=host)
+    try:
+        listeners = await trio.open_tcp_listeners(port, host=host)
+    except OSError as exc:  # in use, not an address of this host: say which
+        raise ListenError(host_port(host, port), exc) from exc
     name = listeners[0].socket.getsockname()
     stats.listening = (str(name[0]), int(name[1]))
     async with trio.open_nursery() as nursery:

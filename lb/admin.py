@@ -71,13 +71,18 @@ from lb.proxy.headers import parse_cookies
 from lb.status_page import SAMPLE_INTERVAL, Activity, page
 from steering import Request, Router
 from steering.geo import client_country
+from steering.whatif import client_ip_problem, datacenter_code, datacenter_problem
 
 __all__ = ["ReloadResult", "serve_admin", "status_json"]
 
 log = logging.getLogger("lb.admin")
 
 MAX_HEADER_BYTES = 16 * 1024
-"""Largest request head accepted (h11 ``max_incomplete_event_size``)."""
+"""Largest request head accepted, request line and blank line included; past it, 431.
+
+h11's ``max_incomplete_event_size`` only bounds a head still incomplete, so a head that
+arrives whole in fewer reads than it takes to pass the bound got through; :func:`_read_head`
+also measures every head it parses."""
 MAX_BODY_BYTES = 64 * 1024
 """Largest request body read and discarded; past it the answer is 413 and the socket closes."""
 IDLE_TIMEOUT = 30.0
@@ -256,13 +261,14 @@ class _Admin:
         body_ok = False
         try:
             with trio.move_on_after(IDLE_TIMEOUT) as idle:
-                event = await _next_event(conn, stream)
+                event = await _read_head(conn, stream)
                 if isinstance(event, h11.Request):
                     body_ok = await self._drain_body(conn, stream)
         except h11.RemoteProtocolError as exc:
             if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
                 status = exc.error_status_hint
-                await self._send(conn, stream, "GET", _error(status, f"bad request: {exc}"))
+                reply = _error(status, f"bad request: {exc}")
+                await self._send(conn, stream, "GET", reply, close=True)
             return False
         if not isinstance(event, h11.Request):
             return False  # idle timeout, ConnectionClosed, or EOF before a request
@@ -324,7 +330,13 @@ class _Admin:
                 raise trio.BrokenResourceError("client closed during the request body")
 
     async def _send(
-        self, conn: h11.Connection, stream: trio.SocketStream, method: str, reply: _Reply
+        self,
+        conn: h11.Connection,
+        stream: trio.SocketStream,
+        method: str,
+        reply: _Reply,
+        *,
+        close: bool = False,
     ) -> None:
         headers = [
             ("Content-Type", reply.content_type),
@@ -332,7 +344,7 @@ class _Admin:
             ("Cache-Control", "no-store"),
             *reply.headers,
         ]
-        if conn.their_state is not h11.DONE:
+        if close or conn.their_state is not h11.DONE:
             headers.append(("Connection", "close"))
         out = conn.send(h11.Response(status_code=reply.status, headers=headers))
         if method != "HEAD" and reply.body:
@@ -425,10 +437,17 @@ class _Admin:
         if seed is None:
             return _error(400, f"seed={seed_text[:40]!r}: expected an integer")
         engine = self.engine
+        client_ip = _one(query, "client_ip")
+        if problem := client_ip_problem(client_ip):
+            return _error(400, f"client_ip={client_ip[:100]!r}: {problem}")
+        datacenter_text = _one(query, "datacenter")
+        datacenter = datacenter_code(datacenter_text)
+        if problem := datacenter_problem(datacenter, engine.config.datacenters):
+            return _error(400, f"datacenter={datacenter_text[:100]!r}: {problem}")
         request = Request(
             host=host,
-            client_ip=_one(query, "client_ip"),
-            datacenter=_one(query, "datacenter").upper(),
+            client_ip=client_ip,
+            datacenter=datacenter,
             country=client_country(_one(query, "country")),
             cookie=_one(query, "cookie") or None,
             headers=headers,
@@ -470,6 +489,31 @@ _PROTECTED = frozenset({"/explain"})
 
 class _SendTimeoutError(Exception):
     """A reply was not taken by the client within :data:`SEND_TIMEOUT`."""
+
+
+async def _read_head(conn: h11.Connection, stream: trio.SocketStream) -> Any:
+    """The next request head (or whatever h11 says instead), refusing what the proxy refuses.
+
+    A head over :data:`MAX_HEADER_BYTES` is 431 whatever the read sizes: its size is what h11
+    took from its buffer to parse it.  Content-Length with Transfer-Encoding is 400 (RFC 9112
+    §6.1 lets a server refuse it; h11 would frame by Transfer-Encoding), as in the proxy
+    (docs/proxy.md, "Refused requests"): one framing for every listener of the process.
+    """
+    buffered = len(conn.trailing_data[0])  # a pipelined head already received
+    while True:
+        event = conn.next_event()
+        if event is not h11.NEED_DATA:
+            break
+        data = await stream.receive_some(_READ_SIZE)
+        buffered += len(data)
+        conn.receive_data(data)  # b"" marks EOF
+    if isinstance(event, h11.Request):
+        if buffered - len(conn.trailing_data[0]) > MAX_HEADER_BYTES:
+            raise h11.RemoteProtocolError("request head too large", error_status_hint=431)
+        names = {name for name, _ in event.headers}
+        if b"content-length" in names and b"transfer-encoding" in names:
+            raise h11.RemoteProtocolError("Content-Length with Transfer-Encoding")
+    return event
 
 
 async def _next_event(conn: h11.Connection, stream: trio.SocketStream) -> Any:

@@ -65,8 +65,11 @@ def _fields(record: logging.LogRecord) -> dict[str, Any]:
     if isinstance(fields, dict):
         out.update(fields)
     if record.exc_info and record.exc_info[1] is not None:
-        # One line, never a traceback: the exception's type and message.
+        # One line, never a traceback: the exception's type and message (of the one
+        # exception a trio nursery wrapped in a group, which says nothing of its own).
         exc = record.exc_info[1]
+        while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+            exc = exc.exceptions[0]
         out["error"] = f"{type(exc).__name__}: {exc}"
     return out
 

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import ssl
 import sys
 from functools import partial
 
 import trio
 
+from lb import logs
 from lb.access import AccessConfig, AccessStats, parse_via, serve_access
 from lb.config.hosts import split_host_port
+from lb.connector.tls import CertificateError, trust_context
 
 NAME = "access"
 HELP = "Client side of a private TCP service (as `cloudflared access tcp`)."
@@ -42,10 +43,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     tcp.add_argument("--ca", metavar="FILE", help="PEM CAs to trust for an HTTPS --via")
     tcp.add_argument("--insecure", action="store_true", help="do not verify the --via certificate")
     tcp.add_argument("-q", "--quiet", action="store_true", help="no per-session log lines")
+    logs.add_arguments(tcp)
 
 
 def _context(args: argparse.Namespace) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=args.ca)
+    context = trust_context(args.ca, what="--ca") if args.ca else ssl.create_default_context()
     if args.insecure:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
@@ -62,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         if args.destination:
             split_host_port(args.destination)
         context = _context(args)
-    except (ValueError, OSError, ssl.SSLError) as exc:
+    except (ValueError, OSError, CertificateError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     config = AccessConfig(
@@ -72,10 +74,7 @@ def run(args: argparse.Namespace) -> int:
         destination=args.destination,
         ssl_context=context,
     )
-    logging.basicConfig(
-        level=logging.WARNING if args.quiet else logging.INFO,
-        format="%(asctime)s %(levelname)s %(message)s",
-    )
+    logs.configure_from(args, level="warning" if args.quiet else None)
     error = trio.run(_main, config)
     if error:
         print(f"error: {error}", file=sys.stderr)

@@ -14,6 +14,7 @@ from lb import logs
 from lb.config.hosts import split_host_port
 from lb.connector import ConnectorConfig, ConnectorStats, load_connector_config, serve_connector
 from lb.connector.faults import Faults, serve_control
+from lb.connector.tls import CertificateError, check_files
 from lb.lifecycle import STOP_SIGNALS, receive_signals
 
 NAME = "connector"
@@ -61,6 +62,12 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(f"error: --control: {exc}", file=sys.stderr)
             return 2
+    try:
+        # What serving loads first, so that --check says what a start would.
+        check_files(config.certificate, config.key, config.ca_pool)
+    except CertificateError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     if args.check:
         print(f"{args.file}: ok ({len(config.ingress)} ingress rules)")
         return 0

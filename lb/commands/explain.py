@@ -12,13 +12,11 @@ decision comes from the same :class:`~steering.Router` the proxy and the simulat
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import json
 import random
 import sys
 from typing import Any
 
-from lb.config import did_you_mean
 from lb.config.errors import ConfigError
 from lb.config.loader import load_config
 from lb.config.serving import serving_problem
@@ -27,6 +25,7 @@ from lb.engine import Engine
 from lb.proxy.headers import parse_cookies
 from steering import Request
 from steering.geo import client_country
+from steering.whatif import client_ip_problem, datacenter_code, datacenter_problem
 
 NAME = "explain"
 HELP = "Show which pool and endpoint a request would get, with the full trace."
@@ -69,24 +68,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Load, mark health, decide once and print the decision with its trace."""
-    if args.client_ip:
-        try:
-            ipaddress.ip_address(args.client_ip)
-        except ValueError:
-            print(f"error: --client-ip {args.client_ip!r}: not an IP address", file=sys.stderr)
-            return 2
+    if problem := client_ip_problem(args.client_ip):
+        print(f"error: --client-ip {args.client_ip!r}: {problem}", file=sys.stderr)
+        return 2
     config = load_config(args.files).config
     empty = serving_problem(config)
     if empty is not None:
         raise ConfigError([empty])
-    datacenter = args.datacenter.strip().upper()
-    if datacenter and datacenter not in config.datacenters:
-        hint = did_you_mean(datacenter, sorted(config.datacenters))
-        print(
-            f"error: --datacenter {args.datacenter!r}: unknown data center{hint}; "
-            "a configuration adds codes under `datacenters`",
-            file=sys.stderr,
-        )
+    datacenter = datacenter_code(args.datacenter)
+    if problem := datacenter_problem(datacenter, config.datacenters):
+        print(f"error: --datacenter {args.datacenter!r}: {problem}", file=sys.stderr)
         return 2
     engine = Engine(config, secret=b"explain")
     down = set(args.down)

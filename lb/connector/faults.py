@@ -57,6 +57,7 @@ import h11
 import trio
 
 from lb.connector.stats import ConnectorStats
+from lb.lifecycle import ListenError, host_port
 
 __all__ = ["FaultError", "Faults", "cut_answer", "serve_control"]
 
@@ -355,7 +356,10 @@ async def serve_control(
 ) -> None:
     """Serve ``GET /faults`` (the state) and ``POST /faults`` (a JSON fault) on ``address``,
     and ``GET /stats`` (what ``stats`` counted) when given."""
-    listeners = await trio.open_tcp_listeners(address[1], host=address[0])
+    try:
+        listeners = await trio.open_tcp_listeners(address[1], host=address[0])
+    except OSError as exc:
+        raise ListenError(host_port(*address), exc) from exc
     sock = listeners[0].socket
     bound = (str(sock.getsockname()[0]), int(sock.getsockname()[1]))
 

@@ -30,6 +30,7 @@ from lb.connector.proxy import AbortConnectionError, OriginClient
 from lb.connector.stats import ConnectorStats, RequestRecord
 from lb.connector.streams import serve_stream
 from lb.connector.tls import current_sni, install_sni_capture, server_context
+from lb.lifecycle import ListenError, host_port
 
 __all__ = ["serve_connector"]
 
@@ -134,7 +135,11 @@ class _Server:
         try:
             for address, tls in specs:
                 host, port = split_host_port(address)
-                listeners += [(lsn, tls) for lsn in await trio.open_tcp_listeners(port, host=host)]
+                try:
+                    bound_now = await trio.open_tcp_listeners(port, host=host)
+                except OSError as exc:  # in use, not an address of this host: say which
+                    raise ListenError(host_port(host, port), exc) from exc
+                listeners += [(lsn, tls) for lsn in bound_now]
             bound = [
                 (str(lsn.socket.getsockname()[0]), int(lsn.socket.getsockname()[1]))
                 for lsn, _ in listeners

@@ -20,6 +20,7 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, Request
 from wsproto.utilities import RemoteProtocolError as WsProtocolError
 
+from lb import logs
 from lb.config.hosts import split_host_port
 from lb.connector.h11io import H11Stream
 from lb.connector.ingress import Bastion, TcpService
@@ -157,14 +158,14 @@ async def serve_stream(
     stats.sessions_open += 1
     try:
         carried = await carry(ws, http.stream, origin, ping_interval=PING_INTERVAL)
-        log.info(
-            "%s: stream to %s:%d ended (%s), %d bytes in, %d out",
-            client.peer,
-            host,
-            port,
-            carried.ending,
-            carried.to_tcp,
-            carried.to_ws,
+        logs.event(
+            "tcp_stream_ended",
+            peer=client.peer,
+            host=host,
+            port=port,
+            ending=carried.ending,
+            bytes_in=carried.to_tcp,
+            bytes_out=carried.to_ws,
         )
     finally:
         stats.sessions_open -= 1

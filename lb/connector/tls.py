@@ -17,7 +17,15 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["current_sni", "install_sni_capture", "self_signed_context", "server_context"]
+__all__ = [
+    "CertificateError",
+    "check_files",
+    "current_sni",
+    "install_sni_capture",
+    "self_signed_context",
+    "server_context",
+    "trust_context",
+]
 
 current_sni: contextvars.ContextVar[list[str | None]] = contextvars.ContextVar("current_sni")
 """Set by the connection task before its handshake; the SNI callback stores the name in it.
@@ -51,15 +59,73 @@ def install_sni_capture(ctx: ssl.SSLContext) -> None:
     ctx.sni_callback = callback
 
 
+class CertificateError(RuntimeError):
+    """A certificate, key or CA file that cannot be loaded; the message names the file
+    (``ssl`` names none: ``[Errno 2] No such file or directory``, ``[SSL] PEM lib``)."""
+
+
 def server_context(
     certificate: str | None, key: str | None, names: Iterable[str]
 ) -> ssl.SSLContext:
-    """The listener's context: from files when given, else self-signed for ``names``."""
+    """The listener's context: from files when given, else self-signed for ``names``.
+
+    Raises :class:`CertificateError` when the files cannot be loaded.
+    """
     if certificate:
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ctx.load_cert_chain(certificate, key)
+        try:
+            ctx.load_cert_chain(certificate, key)
+        except ssl.SSLError as exc:
+            files = f"certificate {certificate}" + (f" with key {key}" if key else "")
+            detail = f" ({exc.reason})" if exc.reason else ""  # "PEM lib" says nothing more
+            raise CertificateError(
+                f"{files}: not a PEM certificate chain with its private key{detail}"
+            ) from None
+        except OSError as exc:
+            raise CertificateError(
+                _unreadable(exc, ("certificate", certificate), ("key", key))
+            ) from None
         return ctx
     return self_signed_context(names)
+
+
+def check_files(certificate: str | None, key: str | None, ca_pool: str | None) -> None:
+    """Load the files a connector file names, as serving would (``connector --check``):
+    the certificate and key, and the ``caPool`` of https origins.  Raises
+    :class:`CertificateError`."""
+    if certificate:
+        server_context(certificate, key, ())
+    if ca_pool:
+        trust_context(ca_pool)
+
+
+def trust_context(cafile: str, *, what: str = "caPool") -> ssl.SSLContext:
+    """``ssl.create_default_context(cafile=...)``, whose errors name the file (as ``what``,
+    the option or field that gave it).  Raises :class:`CertificateError`."""
+    try:
+        return ssl.create_default_context(cafile=cafile)
+    except ssl.SSLError as exc:
+        raise CertificateError(
+            f"{what} {cafile}: no PEM certificate in it ({exc.reason or exc})"
+        ) from None
+    except OSError as exc:
+        raise CertificateError(_unreadable(exc, (what, cafile))) from None
+
+
+def _unreadable(exc: OSError, *files: tuple[str, str | None]) -> str:
+    """``certificate /x/cert.pem: no such file or directory``: the first of ``files`` that
+    cannot be opened (``ssl`` reports no file name), else the first one."""
+    reason = exc.strerror or str(exc)
+    reason = reason[:1].lower() + reason[1:]
+    named = [(what, path) for what, path in files if path]
+    for what, path in named:
+        try:
+            Path(path).open("rb").close()
+        except OSError as opened:
+            reason = opened.strerror or reason
+            return f"{what} {path}: {reason[:1].lower() + reason[1:]}"
+    what, path = named[0]
+    return f"{what} {path}: {reason}"
 
 
 def self_signed_context(names: Iterable[str]) -> ssl.SSLContext:

@@ -145,7 +145,7 @@ async def pump_body(ex: Exchange, up: UpstreamConnection, pump: BodyPump) -> Non
     except UpstreamError as exc:
         pump.error = exc
     except Exception as exc:  # a bug here must cost this request, not the connection
-        log.warning("request body pump failed with %r", exc, exc_info=True)
+        log.warning("request_body_pump_failed", exc_info=True)  # ``error``: lb/logs.py
         pump.error = exc
     finally:
         pump.done.set()

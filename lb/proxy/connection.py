@@ -18,6 +18,7 @@ from typing import Any
 
 import trio
 
+from lb import logs
 from lb.proxy import http1
 from lb.proxy.errors import RequestError
 from lb.proxy.exchange import exchange
@@ -58,7 +59,7 @@ async def accept_loop(shared: Shared, listener: AnyListener, clients: trio.Nurse
             stream = await listener.accept()
         except OSError as exc:
             if exc.errno in _ACCEPT_RETRY_ERRNOS:
-                log.warning("accept failed (%s); pausing 0.1 s", exc)
+                logs.event("accept_failed", logging.WARNING, error=str(exc), pause=0.1)
                 await trio.sleep(0.1)
                 continue
             raise
@@ -89,11 +90,12 @@ def _log_cap(shared: Shared) -> None:
     now = trio.current_time()
     if now - shared.cap_logged >= SWEEP_INTERVAL:
         shared.cap_logged = now
-        log.warning(
-            "connection_cap_reached max_connections=%d shed=%d refused=%d",
-            shared.max_connections,
-            shared.shed,
-            shared.refused,
+        logs.event(
+            "connection_cap_reached",
+            logging.WARNING,
+            max_connections=shared.max_connections,
+            shed=shared.shed,
+            refused=shared.refused,
         )
 
 
@@ -179,10 +181,11 @@ async def serve_client(shared: Shared, client: Client) -> None:
                     conn.start_next_cycle()
         if watchdog.fired and client.exchange is not None:
             await timed_out(client.exchange)
-    except Exception as exc:  # hostile input must never become a traceback to the client
+    except Exception:  # hostile input must never become a traceback to the client
         # Reaching this means a failure no handler above answered (the client saw a closed
-        # connection, not a status): a bug or a degraded mode, so it is logged loudly.
-        log.warning("client connection ended with %r", exc, exc_info=True)
+        # connection, not a status): a bug or a degraded mode, so it is logged loudly (the
+        # exception is the event's ``error`` field, lb/logs.py).
+        log.warning("client_connection_failed", exc_info=True)
     except BaseException:
         # A Cancelled (maybe in a group from the connection's nursery): only the
         # clients nursery cancels from outside, so the drain deadline passed.

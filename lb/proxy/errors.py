@@ -82,6 +82,8 @@ class RequestError(StrEnum):
     BAD_CHUNK = "bad_chunk"
     AMBIGUOUS_FRAMING = "ambiguous_framing"
     METHOD_NOT_SUPPORTED = "method_not_supported"
+    VERSION_NOT_SUPPORTED = "version_not_supported"
+    """A request line whose major version is not 1 (505)."""
     HEADERS_TOO_LARGE = "headers_too_large"
     BODY_TOO_LARGE = "body_too_large"
     CLIENT_DISCONNECTED = "client_disconnected"

@@ -16,6 +16,10 @@ What it adds to llhttp, and why:
   that queue, so that a request is answered before a malformed one that follows it.
 * limits llhttp does not have: the head size (431, like h11's ``max_incomplete_event_size``)
   and the header count (431), checked as the head is parsed.
+* the HTTP version: llhttp parses ``HTTP/0.9`` and ``HTTP/2.0`` request lines (and a request
+  line without a version, HTTP/0.9's form) and refuses other versions as any malformed
+  message.  A request whose major version is not 1 is answered 505 (RFC 9110 §15.6.6), a
+  request line without a version 400 (:func:`_version_refusal`).
 * the announced size of the chunk being read (:meth:`Connection.chunk_left`), so that a chunk
   larger than the body may be is refused before its bytes arrive (:class:`_Chunks`, which only
   follows the size lines llhttp validates).
@@ -211,6 +215,14 @@ class _HeadersOnlyError(Exception):
     """Raised inside the headers callback of a response to HEAD: its body is not read."""
 
 
+class _VersionError(Exception):
+    """Raised inside the headers callback of a request that is neither HTTP/1.1 nor 1.0."""
+
+
+_VERSION = re.compile(rb"[ \t]HTTP/([0-9]+)\.[0-9]+\r?\n")
+"""The version at the end of a request line (searched only for a refused version)."""
+
+
 class _Chunks:
     """Follows the size lines of a chunked body that llhttp is parsing, only to know how many
     bytes of the current chunk are still to come (llhttp validates; on bytes it refuses, this
@@ -264,8 +276,10 @@ class _Reader:
         "head_bytes",
         "head_only",
         "head_open",
+        "head_start",
         "headers",
         "informational",
+        "line_whole",
         "max_head",
         "max_headers",
         "parser",
@@ -282,6 +296,11 @@ class _Reader:
         self.target = b""
         self.head_open = False
         self.head_bytes = 0
+        self.head_start = bytearray()
+        """The pieces of a head still open, up to its first line end (see _version_refusal)."""
+        self.line_whole = role is not SERVER
+        """``head_start`` holds a line end: the request line is whole, no more is kept (a
+        response's version is not checked: nothing is kept)."""
         self.max_head = max_head
         self.max_headers = max_headers
         self.head_only = False
@@ -338,6 +357,11 @@ class _Reader:
         version = parser.get_http_version()
         self.version = b"1.1" if version == "1.1" else version.encode("ascii")
         if isinstance(parser, httptools.HttpRequestParser):
+            if self.version != b"1.1" and self.version != b"1.0":
+                raise _VersionError
+            if self.head_start:
+                self.head_start = bytearray()
+                self.line_whole = False
             hosts = 0
             for name, value in self.headers:
                 if name == b"host":
@@ -490,6 +514,9 @@ class Connection:
             if isinstance(cause, _TooManyHeadersError):
                 reader.queue.append(RemoteProtocolError("too many header lines", 431))
                 return
+            if isinstance(cause, _VersionError):
+                reader.queue.append(_version_refusal(reader.head_start + data))
+                return
             if isinstance(cause, ProtocolError):
                 reader.queue.append(cause)
                 return
@@ -497,6 +524,9 @@ class Connection:
             return
         except httptools.HttpParserError as exc:
             self._broken = True
+            if str(exc) == "Invalid HTTP version":
+                reader.queue.append(_version_refusal(reader.head_start + data))
+                return
             reader.queue.append(RemoteProtocolError(str(exc) or "malformed message"))
             return
         if reader.head_open and not reader.ended:
@@ -506,6 +536,9 @@ class Connection:
             # read returns, and a request head's real size is checked once it is parsed
             # (431, lb/proxy/exchange.py).
             reader.head_bytes += len(data)
+            if not reader.line_whole:  # the request line's pieces, for its version
+                reader.head_start += data
+                reader.line_whole = b"\n" in data
             if reader.head_bytes > self._max_head:
                 self._broken = True
                 reader.queue.append(RemoteProtocolError("head too large", 431))
@@ -759,6 +792,22 @@ class Connection:
         sends bytes nobody asked for is not reused)."""
         reader = self._reader
         return bool(self._rest or reader.queue or reader.head_open)
+
+
+def _version_refusal(seen: bytes | bytearray) -> RemoteProtocolError:
+    """The refusal of a request line llhttp read with another version than 1.1 or 1.0.
+
+    ``seen`` holds the request line (the piece being parsed, after the pieces of a head
+    that arrived in several): a version whose major is not 1 (``HTTP/2.0``, ``HTTP/0.9``
+    written out, ``HTTP/3.0``) is 505; no version at all (HTTP/0.9's ``GET /``, which
+    llhttp takes for 0.9) or a malformed one (``HTTP/1.2``, which llhttp refuses) is 400.
+    A request line longer than the pieces kept gets 400 too: it is refused either way.
+    """
+    versions = [m[0].strip().decode("ascii") for m in _VERSION.finditer(seen)]
+    for version in versions:
+        if not version.startswith("HTTP/1."):
+            return RemoteProtocolError(f"{version} is not supported", 505)
+    return RemoteProtocolError("invalid HTTP version" if versions else "no HTTP version")
 
 
 def _says_close(headers: list[Header]) -> bool:

@@ -218,7 +218,8 @@ async def timed_out(ex: Exchange) -> None:
 async def reject(
     shared: Shared, client: Client, conn: http1.Connection, exc: http1.RemoteProtocolError
 ) -> None:
-    """Answer a request the parser refused (400, 431 for a too-large head...).
+    """Answer a request the parser refused (400, 431 for a too-large head, 505 for an HTTP
+    version other than 1.x...).
 
     There is no exchange yet, so this reports a record of its own.  A 501 hint would be a
     Transfer-Encoding other than ``chunked``; RFC 9112 §6.3 makes a request whose last coding
@@ -231,7 +232,12 @@ async def reject(
     record = RequestRecord(
         method="", host="", target="", client_ip=client.peer, datacenter="", request_id=""
     )
-    record.error = RequestError.HEADERS_TOO_LARGE if status == 431 else RequestError.BAD_REQUEST
+    if status == 431:
+        record.error = RequestError.HEADERS_TOO_LARGE
+    elif status == 505:
+        record.error = RequestError.VERSION_NOT_SUPPORTED
+    else:
+        record.error = RequestError.BAD_REQUEST
     if conn.our_state in (http1.IDLE, http1.SEND_RESPONSE):
         body = b"%d %s\n" % (status, reason_phrase(status))
         try:

@@ -7,6 +7,8 @@ certificates, the LB as ``tunnel-lb run`` builds it (``serve_lb``).
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 import os
 import random
 import shutil
@@ -37,6 +39,7 @@ from ports_support import start_on_a_free_port
 from waiting import wait_until
 
 from lb.connector import IngressRule
+from lb.logs import JsonFormatter
 from lb.service import Running
 
 pytestmark = pytest.mark.integration
@@ -81,6 +84,32 @@ async def test_bytes_round_trip_through_the_lb(stack: Stack, nursery: trio.Nurse
     await wait_until(lambda: metrics.websockets_open.get(LB) == 0)
     assert sum(metrics.upgrades.values.values()) == 1
     assert metrics.websocket_bytes.values[(LB, "out")] >= 20
+
+
+async def test_a_finished_session_is_an_event_at_both_ends(
+    stack: Stack, nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Events with fields, as every log line of the project (lb/logs.py), not a sentence in
+    the ``log`` event's message."""
+    caplog.set_level(logging.INFO)
+    port, _ = await start_access(nursery, LB, stack.via)
+    assert await roundtrip(port, b"twelve bytes") == b"twelve bytes"
+
+    def events(name: str) -> list[dict[str, object]]:
+        lines = (json.loads(JsonFormatter().format(r)) for r in caplog.records)
+        return [line for line in lines if line["event"] == name]
+
+    await wait_until(lambda: events("access_session_ended") and events("tcp_stream_ended"))
+    [ended] = events("access_session_ended")
+    assert {k: ended[k] for k in ("hostname", "ending", "bytes_sent", "bytes_received")} == {
+        "hostname": LB,
+        "ending": "tcp_closed",
+        "bytes_sent": 12,
+        "bytes_received": 12,
+    }
+    [stream] = events("tcp_stream_ended")
+    assert (stream["host"], stream["port"]) == ("127.0.0.1", stack.echo.port)
+    assert (stream["bytes_in"], stream["bytes_out"]) == (12, 12)
 
 
 async def test_ten_megabytes_arrive_intact(stack: Stack, nursery: trio.Nursery) -> None:
@@ -290,6 +319,10 @@ async def test_the_access_command_carries_a_session(stack: Stack) -> None:
         (["--url", "nowhere"], 'expected "host:port", got "nowhere"'),
         (["--url", "127.0.0.1:0", "--via", "ftp://x"], "the scheme must be http or https"),
         (["--url", "127.0.0.1:0", "--destination", "db"], 'expected "host:port", got "db"'),
+        (
+            ["--url", "127.0.0.1:0", "--ca", "/nonexistent/ca.pem"],
+            "error: --ca /nonexistent/ca.pem: no such file or directory",
+        ),
     ],
 )
 async def test_bad_options_are_one_line_errors(args: list[str], message: str) -> None:

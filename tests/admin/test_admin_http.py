@@ -22,8 +22,8 @@ from admin_builders import (
 )
 from admin_builders import engine as make_engine
 
-from lb.admin import ReloadResult, serve_admin
-from lb.config.model import FixedResponse, Rule
+from lb.admin import MAX_HEADER_BYTES, ReloadResult, serve_admin
+from lb.config.model import Datacenter, FixedResponse, Rule
 from lb.engine import Engine
 from lb.metrics import Metrics
 from steering import Request
@@ -345,6 +345,50 @@ async def test_oversized_head_and_body(address: tuple[str, int]) -> None:
     assert reply.startswith(b"HTTP/1.1 413 ")
 
 
+@pytest.mark.parametrize(
+    ("size", "status"), [(MAX_HEADER_BYTES, 200), (MAX_HEADER_BYTES + 1, 431), (17_000, 431)]
+)
+async def test_head_limit_is_exact_whatever_the_reads(
+    address: tuple[str, int], size: int, status: int
+) -> None:
+    """docs/metrics.md: a head over 16 KiB is 431; h11's own bound let a 17,000-byte head
+    through when it came whole within two 16 KiB reads."""
+    start = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nX-Big: "
+    head = start + b"a" * (size - len(start) - 4) + b"\r\n\r\n"
+    assert len(head) == size
+    reply = await raw(address, head)
+    assert reply.startswith(b"HTTP/1.1 %d " % status), reply[:80]
+    if status == 431:
+        assert b"connection: close" in reply.lower()
+
+
+async def test_content_length_with_transfer_encoding_is_400_and_not_served(
+    start_admin: StartAdmin,
+) -> None:
+    """The proxy refuses this framing (docs/proxy.md, "Refused requests"); so does the admin
+    listener, before any handler runs."""
+    calls: list[str] = []
+
+    async def reload() -> ReloadResult:
+        calls.append("x")
+        return ReloadResult(ok=True)
+
+    client = await start_admin(reload)
+    host, port = client.base_url.host, client.base_url.port
+    assert port is not None
+    request = (
+        b"POST /reload HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Tunnel-LB: 1\r\n"
+        b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+    )
+    reply = await raw((host, port), request)
+    assert reply.startswith(b"HTTP/1.1 400 "), reply[:80]
+    assert b"Content-Length with Transfer-Encoding" in reply
+    assert b"connection: close" in reply.lower()
+    assert calls == []
+    assert (await client.post("/reload", headers=ADMIN)).status_code == 200
+    assert calls == ["x"]
+
+
 async def test_client_closing_early_is_harmless(address: tuple[str, int]) -> None:
     for data in (b"", b"GET /status HTTP/1.1\r\nHo", b"POST /reload HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                  b"Content-Length: 10\r\n\r\nabc"):  # fmt: skip
@@ -407,3 +451,31 @@ async def test_explain_passes_method_and_path_to_custom_rules(
     )
     r = await client.get("/explain", params={"host": HOST, "path": "/x"})
     assert r.json()["reason"] != "fixed_response"
+
+
+async def test_explain_refuses_what_the_cli_refuses(
+    start_admin: StartAdmin, engine: Engine
+) -> None:
+    """An unknown data center or a client IP that is none: 400 with the reason
+    ``tunnel-lb explain`` gives, not a decision steered as if they were not given."""
+    fra = Datacenter(code="FRA", region="WEU", country="DE")
+    engine.reconfigure(dataclasses.replace(engine.config, datacenters={"FRA": fra}), now=0.0)
+    all_healthy(engine)
+    client = await start_admin()
+    r = await client.get("/explain", params={"host": HOST, "datacenter": "XXX"})
+    assert r.status_code == 400
+    assert r.json() == {
+        "error": "datacenter='XXX': unknown data center; a configuration adds codes "
+        "under `datacenters`"
+    }
+    r = await client.get("/explain", params={"host": HOST, "datacenter": "fr"})
+    assert r.status_code == 400
+    assert 'did you mean "FRA"' in r.json()["error"]
+    for bad_ip in ("zzz", "999.1.1.1"):
+        r = await client.get("/explain", params={"host": HOST, "client_ip": bad_ip})
+        assert r.status_code == 400
+        assert r.json() == {"error": f"client_ip={bad_ip!r}: not an IP address"}
+    params = {"host": HOST, "datacenter": " fra", "client_ip": "2001:db8::1"}
+    r = await client.get("/explain", params=params)
+    assert r.status_code == 200, r.json()
+    assert r.json()["reason"] != "fallback"

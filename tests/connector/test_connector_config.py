@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import trustme
 
 from lb.config.errors import ConfigError
 from lb.connector import ConnectorConfig, IngressRule, load_connector_config
@@ -155,6 +156,11 @@ def test_command_check_and_overrides(tmp_path: Path, capsys: pytest.CaptureFixtu
     parser = argparse.ArgumentParser()
     connector.add_arguments(parser)
     path = str(write(tmp_path, GOOD))
+    # --check loads the certificate and key (tests/test_command_errors.py: when it cannot)
+    (tmp_path / "certs").mkdir()
+    issued = trustme.CA().issue_cert("app.example.com")
+    issued.cert_chain_pems[0].write_to_path(str(tmp_path / "certs" / "cert.pem"))
+    issued.private_key_pem.write_to_path(str(tmp_path / "certs" / "key.pem"))
     assert connector.run(parser.parse_args([path, "--check", "--replica", "host-b"])) == 0
     assert "ok (3 ingress rules)" in capsys.readouterr().out
     assert connector.run(parser.parse_args([path, "--check", "--listen", "nope"])) == 2

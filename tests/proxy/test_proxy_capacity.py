@@ -4,6 +4,7 @@ docs/proxy.md, "Connection cap")."""
 from __future__ import annotations
 
 import contextlib
+import json
 import resource
 
 import h11
@@ -13,6 +14,7 @@ from proxy_support import LB_HOST, Certs, Client, start_stack
 from waiting import wait_until
 
 from lb.config.model import Limits
+from lb.logs import JsonFormatter
 from lb.proxy.capacity import RESERVED_FDS, default_max_connections, raise_fd_limit
 
 
@@ -66,7 +68,7 @@ async def test_at_the_cap_the_idlest_connection_is_shed(
 
 
 async def test_at_the_cap_with_nothing_idle_a_new_connection_is_refused(
-    nursery: trio.Nursery, certs: Certs
+    nursery: trio.Nursery, certs: Certs, caplog: pytest.LogCaptureFixture
 ) -> None:
     stack = await start_stack(nursery, certs, 1, limits=Limits(max_connections=2))
     server = stack.server
@@ -80,6 +82,15 @@ async def test_at_the_cap_with_nothing_idle_a_new_connection_is_refused(
             assert await refused.receive_some(100) == b""
     await trio.aclose_forcefully(refused)
     assert (server.shed, server.refused) == (0, 1)
+    # An event with fields (lb/logs.py), not a sentence in the message of a ``log`` event.
+    lines = [json.loads(JsonFormatter().format(r)) for r in caplog.records]
+    [cap] = [line for line in lines if line["event"] == "connection_cap_reached"]
+    assert cap["level"] == "warning"
+    assert {k: cap[k] for k in ("max_connections", "shed", "refused")} == {
+        "max_connections": 2,
+        "shed": 0,
+        "refused": 1,
+    }
     # The busy connections were left alone: both complete their requests.
     for client in busy:
         await client.stream.send_all(f"Host: {LB_HOST}\r\n\r\n".encode())

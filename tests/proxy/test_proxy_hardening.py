@@ -25,6 +25,7 @@ import lb.proxy.exchange as exchange_module
 import lb.proxy.upstream as upstream_module
 from lb.config.model import Limits
 from lb.core.snapshot import Snapshot
+from lb.logs import JsonFormatter
 from lb.proxy.errors import UpstreamError
 
 # ---------------------------------------------------------------------- Host
@@ -149,7 +150,8 @@ async def test_unexpected_failure_is_logged_as_warning(
     [entry] = [r for r in caplog.records if r.name == "lb.proxy"]
     assert entry.levelno == logging.WARNING
     assert entry.exc_info is not None
-    assert "degraded" in entry.getMessage()
+    line = json.loads(JsonFormatter().format(entry))  # an event, the failure in its fields
+    assert (line["event"], line["error"]) == ("client_connection_failed", "RuntimeError: degraded")
 
 
 # ---------------------------------------------------------------------- WebSocket idle

@@ -46,6 +46,31 @@ async def test_heads_llhttp_refuses_are_400_and_close(
     assert stack.backends[0].seen == []
 
 
+@pytest.mark.parametrize(
+    ("request_line", "status", "error"),
+    [
+        (b"GET / HTTP/2.0", 505, "version_not_supported"),
+        (b"GET / HTTP/0.9", 505, "version_not_supported"),
+        (b"GET / HTTP/3.0", 505, "version_not_supported"),
+        (b"GET / HTTP/1.2", 400, "bad_request"),
+        (b"GET /", 400, "bad_request"),  # HTTP/0.9's own form: no version
+    ],
+)
+async def test_a_version_other_than_1x_is_refused(
+    nursery: trio.Nursery, certs: Certs, request_line: bytes, status: int, error: str
+) -> None:
+    """RFC 9110 §15.6.6: a major version other than 1 is 505; no version at all is 400."""
+    stack = await start_stack(nursery, certs, 1)
+    head = request_line + b"\r\nHost: " + LB_HOST.encode() + b"\r\n\r\n"
+    for request in (head, request_line + b"\r\n\r\n"):
+        answer = await raw_exchange(stack.port, request)
+        assert answer.startswith(b"HTTP/1.1 %d " % status), answer
+        assert b"connection: close" in answer.lower()
+    records = await stack.settled()
+    assert [(r.status, r.error) for r in records] == [(status, error)] * 2
+    assert stack.backends[0].seen == []
+
+
 async def test_pipelined_requests_are_answered_in_order(
     nursery: trio.Nursery, certs: Certs
 ) -> None:
@@ -224,3 +249,26 @@ def test_a_head_too_large_is_still_refused_in_the_pieces_after() -> None:
     with pytest.raises(http1.RemoteProtocolError) as refused:
         _events(conn)
     assert refused.value.error_status_hint == 431
+
+
+@pytest.mark.parametrize("size", [1, 7, 4096])
+def test_the_version_is_refused_in_a_head_read_in_pieces(size: int) -> None:
+    """The request line's version is found when the head arrives in several reads."""
+    for line, status in ((b"GET /a/b HTTP/2.0", 505), (b"GET /a/b", 400)):
+        conn = http1.Connection(http1.SERVER)
+        head = line + b"\r\nHost: a\r\nX: " + b"y" * 100 + b"\r\n\r\n"
+        for i in range(0, len(head), size):
+            conn.receive_data(head[i : i + size])
+        with pytest.raises(http1.RemoteProtocolError) as refused:
+            _events(conn)
+        assert refused.value.error_status_hint == status
+
+
+def test_a_pipelined_request_with_another_version_is_refused_after_the_good_one() -> None:
+    conn = http1.Connection(http1.SERVER)
+    conn.receive_data(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/2.0\r\nHost: a\r\n\r\n")
+    assert [type(e) for e in _events(conn)] == [http1.Request, http1.EndOfMessage]
+    _answer_empty(conn)
+    with pytest.raises(http1.RemoteProtocolError) as refused:
+        _events(conn)
+    assert refused.value.error_status_hint == 505
