@@ -281,3 +281,17 @@ def test_timeouts_due_before_the_end_are_reported(
     data = run_scenario(sc).data
     assert len(calls) == data["statuses"]["524"] == data["errors"] > 50
     assert calls == sorted(calls)  # each at the time the proxy gave up, in that order
+
+
+def test_a_latency_above_the_request_timeout_is_a_failover(tmp_path: Path) -> None:
+    """Every answer is a 524 while it lasts, so the report measures it like a blackhole:
+    failed at 20 s, detected by passive health, drained, recovered at 40 s; a latency the
+    proxy waits for (at the limit exactly) fails nothing."""
+    sc = scenario(tmp_path, BASE + SLOW, config=PASSIVE)
+    (f,) = run_scenario(sc).data["failovers"]
+    assert (f["pool"], f["endpoint"], f["failed_at"], f["recovered_at"]) == ("main", "b", 20, 40)
+    assert f["cause"].startswith("latency")
+    assert 20 + 5 + sc.rtt <= f["detected_at"] < 25.5
+    assert f["detected_at"] <= f["drained_at"] < 26
+    within = BASE + "timeline:\n  - {at: 20, origin: tb, do: latency, latency: 5, until: 40}\n"
+    assert run_scenario(scenario(tmp_path, within, config=PASSIVE)).data["failovers"] == []
