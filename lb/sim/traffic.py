@@ -33,8 +33,9 @@ What a request does (the proxy's sequence):
 5. ``engine.live`` in-flight (and connection) counts follow each attempt when some policy
    reads them (least_outstanding_requests / least_connections), with the answer's latency;
 6. with ``passive_health`` on, every attempt's outcome goes to ``engine.outcome``, the call
-   the proxy makes (:mod:`lb.core.passive` counts it); an ejection changes the snapshot at
-   once, and the rest of the tick is decided by the new router.
+   the proxy makes (:mod:`lb.core.passive` counts it), a timed-out one's when the proxy gives
+   up (:class:`PendingTimeouts`); an ejection changes the snapshot at once, and the rest of
+   the tick, and of the data centers decided after this one, is decided by the new router.
 
 Pooled connections (``network.keep_alive``)
 ===========================================

@@ -295,3 +295,28 @@ def test_a_latency_above_the_request_timeout_is_a_failover(tmp_path: Path) -> No
     assert f["detected_at"] <= f["drained_at"] < 26
     within = BASE + "timeline:\n  - {at: 20, origin: tb, do: latency, latency: 5, until: 40}\n"
     assert run_scenario(scenario(tmp_path, within, config=PASSIVE)).data["failovers"] == []
+
+
+def test_an_ejection_reaches_the_next_request_of_every_data_center(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FRA's requests are decided before IAD's in each tick: when a timeout that fires
+    during FRA's share of a tick ejects b, IAD's requests of that tick are decided by the
+    new router too, so no request that starts after the ejection goes to b."""
+    calls: list[tuple[float, bool]] = []
+    outcome = lb.engine.Engine.outcome
+
+    def recording(self: Any, pool: str, endpoint: str, **kw: Any) -> Any:
+        events = outcome(self, pool, endpoint, **kw)
+        if kw.get("failure") is Failure.RESPONSE_TIMEOUT:
+            calls.append((kw["now"], bool(events)))
+        return events
+
+    monkeypatch.setattr(lb.engine.Engine, "outcome", recording)
+    body = BASE.replace("clients: 200}\n", "clients: 200}\n  IAD: {rate: 100, clients: 200}\n")
+    sc = scenario(tmp_path, body + SLOW, config=PASSIVE)
+    data = run_scenario(sc).data
+    assert len(_ejections(data)) == 1 and len(calls) == data["errors"] > 400
+    ejected = next(now for now, ejects in calls if ejects)
+    started = [now - sc.rtt - 5 for now, _ in calls]  # when each timed-out request began
+    assert max(started) <= ejected, (max(started), ejected)
