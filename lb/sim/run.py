@@ -18,10 +18,9 @@ at the start of each tick ``t``, applies the results that arrived *before* ``t``
 (arrival, pool, endpoint, vantage), then the configuration changes due at ``t`` in file order,
 then the request timeouts the proxy gave up on by ``t`` (passive health, in time order:
 :class:`lb.sim.traffic.PendingTimeouts`), then the tick's requests, data centers in sorted
-order.  The network answers from time alone
-(:mod:`lb.sim.network`).  A health change therefore reaches steering at the first tick after
-the probe that caused it, at most one tick (100 ms by default) late; health events keep the
-probe's own time.
+order.  The network answers from time alone (:mod:`lb.sim.network`).  A health change
+therefore reaches steering at the first tick after the probe that caused it, at most one
+tick (100 ms by default) late; health events keep the probe's own time.
 """
 
 from __future__ import annotations
