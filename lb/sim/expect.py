@@ -72,9 +72,14 @@ def _r(x: float | None) -> float | None:
 _BROKEN = (TimelineAction.FLAP, TimelineAction.RESET, TimelineAction.TRUNCATE)
 
 
-def _fails(e: NetEvent) -> bool:
+def _fails(e: NetEvent, request_timeout: float) -> bool:
+    """Whether ``e`` makes its endpoint fail for users: a fault, a broken answer, a 5xx
+    status, or a ``latency`` above the proxy's request timeout (every answer a 524,
+    :meth:`lb.sim.network.Network.answers`)."""
     if e.action in FAULTS or e.action in _BROKEN:
         return True
+    if e.action == TimelineAction.LATENCY:
+        return e.latency > request_timeout + 1e-9  # at the limit exactly the answer comes
     return e.action == TimelineAction.STATUS and e.status >= 500
 
 
@@ -85,9 +90,10 @@ def failovers(scenario: Scenario, rec: Recorder) -> list[Failover]:
         for o in p.origins:
             by_address.setdefault(o.address.lower().rstrip("."), []).append((p.name, o.name))
     out: list[Failover] = []
+    limit = scenario.config.engine.limits.request_timeout
     for e in scenario.events:
         every = {r.name for r in scenario.replicas.get(e.address, ())}
-        if not _fails(e) or set(e.replicas) != every:
+        if not _fails(e, limit) or set(e.replicas) != every:
             continue
         back = _recovery(scenario.events, e)
         for pool, name in by_address.get(e.address, []):

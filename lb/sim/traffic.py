@@ -33,8 +33,9 @@ What a request does (the proxy's sequence):
 5. ``engine.live`` in-flight (and connection) counts follow each attempt when some policy
    reads them (least_outstanding_requests / least_connections), with the answer's latency;
 6. with ``passive_health`` on, every attempt's outcome goes to ``engine.outcome``, the call
-   the proxy makes (:mod:`lb.core.passive` counts it); an ejection changes the snapshot at
-   once, and the rest of the tick is decided by the new router.
+   the proxy makes (:mod:`lb.core.passive` counts it), a timed-out one's when the proxy gives
+   up (:class:`PendingTimeouts`); an ejection changes the snapshot at once, and the rest of
+   the tick, and of the data centers decided after this one, is decided by the new router.
 
 Pooled connections (``network.keep_alive``)
 ===========================================
@@ -81,7 +82,7 @@ from lb.sim.scenario import KeepAlive, Traffic
 from lb.sim.spec import TimelineAction
 from steering import Affinity, Decision, Live, Request, Router
 
-__all__ = ["WALL_EPOCH", "DatacenterTraffic", "TrafficCounts", "needs_live"]
+__all__ = ["WALL_EPOCH", "DatacenterTraffic", "PendingTimeouts", "TrafficCounts", "needs_live"]
 
 WALL_EPOCH = 1_700_000_000.0
 """Unix time of virtual time 0, for ``__cflb`` expiry (fixed, so runs repeat exactly)."""
@@ -214,6 +215,44 @@ class _Heap:
                 live.connection_closed(ep)
 
 
+class PendingTimeouts:
+    """Passive health: the timed-out attempts whose report waits for the proxy to give up.
+
+    The proxy tells passive health of a timeout when its deadline fires
+    (``RESPONSE_TIMEOUT``: lb/proxy/replies.py), whatever else happens then.  So one heap
+    serves every data center of a run, each attempt with the engine it went through, and it
+    is emptied in time order wherever time passes: before each request of any data center,
+    at the start of every tick (:mod:`lb.sim.run`), and at the end of the run.  A heap per
+    data center, emptied only by that data center's next request, would lose the timeouts of
+    one whose traffic stops and date late those of one whose traffic is sparse.
+    """
+
+    __slots__ = ("items", "seq")
+
+    def __init__(self) -> None:
+        self.items: list[tuple[float, int, Engine, EndpointView, int]] = []
+        """(when the proxy gives up, sequence, engine, endpoint, status), a heap."""
+        self.seq = 0
+
+    def add(self, at: float, engine: Engine, ep: EndpointView, status: int) -> None:
+        """An attempt at ``ep`` through ``engine`` that the proxy gives up at ``at``."""
+        self.seq += 1
+        heapq.heappush(self.items, (at, self.seq, engine, ep, status))
+
+    def settle(self, now: float) -> bool:
+        """Report the timeouts due by ``now``, each at the time the proxy gave up; True when
+        one changed health (the caller takes the engine's new router)."""
+        items = self.items
+        changed = False
+        while items and items[0][0] <= now:
+            at, _, engine, ep, status = heapq.heappop(items)
+            if engine.outcome(
+                ep.pool, ep.name, status=status, failure=Failure.RESPONSE_TIMEOUT, now=at
+            ):
+                changed = True
+        return changed
+
+
 class DatacenterTraffic:
     """The clients of one data center and their random streams (one per purpose)."""
 
@@ -225,6 +264,7 @@ class DatacenterTraffic:
         config: Config,
         network: Network,
         mark: Callable[[str, int, bool], None],
+        timeouts: PendingTimeouts | None = None,
     ) -> None:
         self.traffic = traffic
         self.dc = traffic.datacenter
@@ -267,10 +307,9 @@ class DatacenterTraffic:
         """Set when an outcome changed health: the tick goes on with a new router."""
         self._now = 0.0
         """The engine time of the request being bookkept (for :meth:`_report`)."""
-        self._timeouts: list[tuple[float, int, EndpointView, int]] = []
-        """Passive health: (when the proxy gives up, sequence, endpoint, status) of the
-        timed-out attempts not reported yet (:meth:`_report`)."""
-        self._timeouts_seq = 0
+        self._timeouts = PendingTimeouts() if timeouts is None else timeouts
+        """Passive health: the timed-out attempts not reported yet, shared by every data
+        center of the run (:meth:`_report`)."""
         if needs_live(config):
             self._heap = _Heap(
                 any(p.origin_steering.policy == "least_connections" for p in config.pools)
@@ -356,7 +395,11 @@ class DatacenterTraffic:
         passive = engine if engine.passive else None
         self._passive = passive
         slow = slow or passive is not None  # every outcome counts, successes included
-        timeouts = self._timeouts
+        pending = self._timeouts
+        timeouts = pending.items
+        if passive is not None:
+            # the data centers decided before this one in the tick may have ejected one
+            router = engine.router
         mark = self._mark
         pick = self._clients_rng.random
         rpick = self._replica_rng.random
@@ -377,7 +420,7 @@ class DatacenterTraffic:
                 at = now + i * step
                 if heap is not None:
                     heap.settle(live, at)
-                if timeouts and timeouts[0][0] <= at and self._timed_out(at):
+                if timeouts and timeouts[0][0] <= at and pending.settle(at):
                     router = engine.router
                     decide = router.decide
             d = decide(req, srng, live)
@@ -558,29 +601,13 @@ class DatacenterTraffic:
         # ``is not None`` first: every 200 comes here, and skips the enum member lookup.
         if failure is not None and failure is Failure.RESPONSE_TIMEOUT:
             # The proxy learns of a timeout when its deadline fires, not at the request.
-            self._timeouts_seq += 1
-            heapq.heappush(self._timeouts, (now + a.latency, self._timeouts_seq, ep, a.status))
+            self._timeouts.add(now + a.latency, engine, ep, a.status)
             return
         status = a.status
         if failure is None and a.failure == TimelineAction.TRUNCATE:
             status = 200  # streamed: the proxy saw a 200 head (the cut is the user's alone)
         if engine.outcome(ep.pool, ep.name, status=status, failure=failure, reused=reused, now=now):
             self._ejected = True
-
-    def _timed_out(self, now: float) -> bool:
-        """Report the timeouts due by ``now`` to passive health, each at the time the proxy
-        gave up (its 524, ``RESPONSE_TIMEOUT``: lb/proxy/replies.py); True when one ejected
-        an endpoint (the caller takes the engine's new router)."""
-        engine = self._passive
-        timeouts = self._timeouts
-        ejected = False
-        while timeouts and timeouts[0][0] <= now:
-            at, _, ep, status = heapq.heappop(timeouts)
-            if engine is not None and engine.outcome(
-                ep.pool, ep.name, status=status, failure=Failure.RESPONSE_TIMEOUT, now=at
-            ):
-                ejected = True
-        return ejected
 
     def _stale(self, ep: EndpointView, now: float) -> bool:
         """Whether a request at ``now`` meets the race on ``ep``'s pooled connection (see the

@@ -16,8 +16,10 @@ from typing import Any
 import pytest
 from sim_builders import CONFIG, TUNNEL_B, scenario
 
+import lb.engine
 import lb.sim.traffic
 from lb.config.model import RetryOn
+from lb.core.attempts import Failure
 from lb.sim import Scenario, run_scenario
 from lb.sim.network import HANG, Network
 
@@ -45,6 +47,10 @@ HEALTH_ROUTE = (
     + "engine: {limits: {request_timeout: 5}}\n"
 )
 SLOW = "timeline:\n  - {at: 20, origin: tb, do: latency, latency: 8, until: 40}\n"
+PASSIVE = HEALTH_ROUTE.replace(
+    "engine: {limits: {request_timeout: 5}}",
+    "engine: {limits: {request_timeout: 5}, passive_health: {consecutive_5xx: 5}}",
+)
 HOLD = "timeline:\n  - {at: 20, origin: tb, do: blackhole, until: 40}\n"
 
 
@@ -102,15 +108,9 @@ def test_a_latency_within_the_request_timeout_is_answered(tmp_path: Path) -> Non
 
 @pytest.mark.parametrize("timeline", [SLOW, HOLD], ids=["latency", "blackhole"])
 def test_passive_health_ejects_on_timeouts(tmp_path: Path, timeline: str) -> None:
-    config = HEALTH_ROUTE.replace(
-        "engine: {limits: {request_timeout: 5}}",
-        "engine: {limits: {request_timeout: 5}, passive_health: {consecutive_5xx: 5}}",
-    )
-    sc = scenario(tmp_path, BASE + timeline, config=config)
+    sc = scenario(tmp_path, BASE + timeline, config=PASSIVE)
     data = run_scenario(sc).data
-    ejections = [
-        t for t in data["transitions"] if t["vantage"] == "passive" and t["to"] == "unhealthy"
-    ]
+    ejections = _ejections(data)
     assert ejections, data["transitions"]
     assert all(t["endpoint"] == "b" for t in ejections)
     # The proxy learns of a timeout when it gives up (rtt + request_timeout after the
@@ -214,3 +214,109 @@ def test_a_session_upgrade_slower_than_the_request_timeout_is_refused(tmp_path: 
     assert s["opened"] + s["refused"] == 60
     assert 5 <= s["refused"] <= 15  # about half of the 20 opened on b while it is slow
     assert s["dropped"] == 0 and s["open_at_end"] == s["opened"]
+
+
+def _ejections(data: dict[str, Any]) -> list[dict[str, Any]]:
+    return [t for t in data["transitions"] if t["vantage"] == "passive" and t["to"] == "unhealthy"]
+
+
+# FRA sends until 22 s: b, slow from 20 s, takes about 100 requests, which time out from
+# 25.02 s on, when FRA sends nothing any more.
+STOPS = BASE.replace(
+    "FRA: {rate: 100, clients: 200}",
+    "FRA: {rate: [{at: 0, rate: 100}, {at: 22, rate: 0}], clients: 200}",
+)
+
+
+def test_timeouts_fire_when_the_traffic_has_stopped(tmp_path: Path) -> None:
+    """The proxy gives up on a request whether or not more requests come: the timeouts of
+    the requests b took before the rate stepped to 0 still eject it, at the fifth."""
+    sc = scenario(tmp_path, STOPS + SLOW, config=PASSIVE)
+    data = run_scenario(sc).data
+    ejections = _ejections(data)
+    assert [t["endpoint"] for t in ejections] == ["b"], data["transitions"]
+    assert 20 + 5 + sc.rtt <= ejections[0]["at"] < 25.5, ejections
+    assert data["errors"] == data["statuses"]["524"] > 50
+
+
+def test_timeouts_fire_while_another_data_center_sends(tmp_path: Path) -> None:
+    """FRA's timeouts are due from 25.02 s while IAD alone sends (from 24 s): they eject b
+    before IAD's own requests time out (29 s), and IAD's next request sees it ejected."""
+    body = STOPS.replace(
+        "clients: 200}\n",
+        "clients: 200}\n  IAD: {rate: [{at: 0, rate: 0}, {at: 24, rate: 100}], clients: 200}\n",
+    )
+    sc = scenario(tmp_path, body + SLOW, config=PASSIVE)
+    data = run_scenario(sc).data
+    ejections = _ejections(data)
+    assert [t["endpoint"] for t in ejections] == ["b"], data["transitions"]
+    assert 20 + 5 + sc.rtt <= ejections[0]["at"] < 25.5, ejections
+    # FRA's 524s (about 100), then IAD's of [24, 25.2) only, about 60 (b takes half);
+    # b ejected by IAD's own timeouts would have taken some 250 of IAD's requests
+    assert 100 < data["errors"] == data["statuses"]["524"] < 200, data["errors"]
+
+
+def test_timeouts_due_before_the_end_are_reported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every 524 is one ``Engine.outcome`` call by the end of the run, those due in its last
+    tick included: FRA stops at 22.08 s, the run ends at 27.1 s, and the requests b took in
+    the last 0.1 s before the stop time out in (27, 27.1], after the last tick began."""
+    calls: list[float] = []
+    outcome = lb.engine.Engine.outcome
+
+    def recording(self: Any, pool: str, endpoint: str, **kw: Any) -> Any:
+        if kw.get("failure") is Failure.RESPONSE_TIMEOUT:
+            calls.append(kw["now"])
+        return outcome(self, pool, endpoint, **kw)
+
+    monkeypatch.setattr(lb.engine.Engine, "outcome", recording)
+    body = (
+        STOPS.replace("{at: 22, rate: 0}", "{at: 22.08, rate: 0}").replace(
+            "duration: 60", "duration: 27.1"
+        )
+        + "timeline:\n  - {at: 20, origin: tb, do: latency, latency: 8}\n"
+    )
+    sc = scenario(tmp_path, body, config=PASSIVE)
+    data = run_scenario(sc).data
+    assert len(calls) == data["statuses"]["524"] == data["errors"] > 50
+    assert calls == sorted(calls)  # each at the time the proxy gave up, in that order
+
+
+def test_a_latency_above_the_request_timeout_is_a_failover(tmp_path: Path) -> None:
+    """Every answer is a 524 while it lasts, so the report measures it like a blackhole:
+    failed at 20 s, detected by passive health, drained, recovered at 40 s; a latency the
+    proxy waits for (at the limit exactly) fails nothing."""
+    sc = scenario(tmp_path, BASE + SLOW, config=PASSIVE)
+    (f,) = run_scenario(sc).data["failovers"]
+    assert (f["pool"], f["endpoint"], f["failed_at"], f["recovered_at"]) == ("main", "b", 20, 40)
+    assert f["cause"].startswith("latency")
+    assert 20 + 5 + sc.rtt <= f["detected_at"] < 25.5
+    assert f["detected_at"] <= f["drained_at"] < 26
+    within = BASE + "timeline:\n  - {at: 20, origin: tb, do: latency, latency: 5, until: 40}\n"
+    assert run_scenario(scenario(tmp_path, within, config=PASSIVE)).data["failovers"] == []
+
+
+def test_an_ejection_reaches_the_next_request_of_every_data_center(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FRA's requests are decided before IAD's in each tick: when a timeout that fires
+    during FRA's share of a tick ejects b, IAD's requests of that tick are decided by the
+    new router too, so no request that starts after the ejection goes to b."""
+    calls: list[tuple[float, bool]] = []
+    outcome = lb.engine.Engine.outcome
+
+    def recording(self: Any, pool: str, endpoint: str, **kw: Any) -> Any:
+        events = outcome(self, pool, endpoint, **kw)
+        if kw.get("failure") is Failure.RESPONSE_TIMEOUT:
+            calls.append((kw["now"], bool(events)))
+        return events
+
+    monkeypatch.setattr(lb.engine.Engine, "outcome", recording)
+    body = BASE.replace("clients: 200}\n", "clients: 200}\n  IAD: {rate: 100, clients: 200}\n")
+    sc = scenario(tmp_path, body + SLOW, config=PASSIVE)
+    data = run_scenario(sc).data
+    assert len(_ejections(data)) == 1 and len(calls) == data["errors"] > 400
+    ejected = next(now for now, ejects in calls if ejects)
+    started = [now - sc.rtt - 5 for now, _ in calls]  # when each timed-out request began
+    assert max(started) <= ejected, (max(started), ejected)

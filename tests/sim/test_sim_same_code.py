@@ -131,12 +131,26 @@ def test_every_attempt_is_one_passive_health_outcome_counted_by_the_core(
     assert "_attempts" in _functions_calling(tree, "outcome")
 
 
+def _cut_in_the_stall(text: str) -> str:
+    """request-timeout.yaml ending 10.25 s into the stall, its users gone 0.2 s into it: the
+    last of their requests (30.19 s) times out at 40.21 s, in the run's last tick (from
+    40.2 s), which has no request."""
+    return (
+        text[: text.index("expect:")]
+        .replace("duration: 120", "duration: 40.25")
+        .replace(", until: 90", "")
+        .replace("{rate: 100,", "{rate: [{at: 0, rate: 100}, {at: 30.2, rate: 0}],")
+    )
+
+
+@pytest.mark.parametrize("cut", [False, True], ids=["shipped", "cut-in-the-stall"])
 def test_a_timeout_reaches_passive_health_as_the_proxy_reports_it(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, cut: bool
 ) -> None:
     """configs/scenarios/request-timeout.yaml: every 524 of a stalled application is one
     ``Engine.outcome`` call with ``Failure.RESPONSE_TIMEOUT``, the call the proxy's watchdog
-    makes when it gives up on a response head (lb/proxy/replies.py, ``timed_out``)."""
+    makes when it gives up on a response head (lb/proxy/replies.py, ``timed_out``), by the
+    end of the run; and every attempt is one call, as in the proxy."""
     calls: list[dict[str, Any]] = []
     outcome = lb.engine.Engine.outcome
 
@@ -145,7 +159,13 @@ def test_a_timeout_reaches_passive_health_as_the_proxy_reports_it(
         return outcome(self, pool, endpoint, **kw)
 
     monkeypatch.setattr(lb.engine.Engine, "outcome", recording)
-    data = run_scenario(load_scenario(ROOT / "configs/scenarios/request-timeout.yaml")).data
+    path = ROOT / "configs/scenarios/request-timeout.yaml"
+    if cut:
+        path = tmp_path / path.name
+        path.write_text(_cut_in_the_stall((ROOT / "configs/scenarios" / path.name).read_text()))
+    data = run_scenario(load_scenario(path)).data
+    attempts = data["requests"] + data["retries"] + data["stale_retries"]
+    assert len(calls) == attempts > 0
     timeouts = [c for c in calls if c["status"] == 524]
     assert len(timeouts) == data["statuses"]["524"] == data["errors"] > 0
     assert all(c["failure"] is Failure.RESPONSE_TIMEOUT for c in timeouts)
