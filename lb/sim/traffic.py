@@ -172,10 +172,14 @@ class _Outcome:
     end of every tick, before any cache invalidation.
     """
 
-    __slots__ = ("answered", "answers", "counts", "key", "n", "single", "tick", "width")
+    __slots__ = ("answered", "answers", "counts", "endpoint", "key", "n", "single", "tick", "width")
 
-    def __init__(self, key: str, answers: tuple[Answer, ...]) -> None:
-        self.key = key
+    def __init__(self, endpoint: EndpointView, answers: tuple[Answer, ...]) -> None:
+        self.endpoint = endpoint
+        """Held so that its ``id()``, the cache key, is not reused while the entry lives: an
+        ejection mid-tick swaps the router, and a router dropped before the tick ends would
+        free its endpoints' ids for the next one's."""
+        self.key = endpoint.key
         self.answers = answers
         self.width = len(answers)
         self.single: Answer | None = answers[0] if len(answers) == 1 else None
@@ -362,7 +366,7 @@ class DatacenterTraffic:
         host = ep.host or self.traffic.host
         address, dc = ep.address.lower().rstrip("."), self.dc
         answers = self._network.answers(address, (dc,), dc, host, self.traffic.path, t, user=True)
-        out = _Outcome(ep.key, answers)
+        out = _Outcome(ep, answers)
         self._cache[id(ep)] = out
         return out
 
