@@ -219,8 +219,10 @@ class _VersionError(Exception):
     """Raised inside the headers callback of a request that is neither HTTP/1.1 nor 1.0."""
 
 
-_VERSION = re.compile(rb"[ \t]HTTP/([0-9]+)\.[0-9]+\r?\n")
-"""The version at the end of a request line (searched only for a refused version)."""
+_VERSION = re.compile(rb"(?:\A|\n)[!#$%&'*+.^_`|~0-9A-Za-z-]+ [^ \r\n]+ HTTP/([0-9]+)")
+"""The version's major in a request line, however far it arrived (searched only for a refused
+version).  Anchored to a line of the request line's shape: a header line cannot match (its
+name ends in ``:``), so ``X: a HTTP/2.0`` does not pass for a version."""
 
 
 class _Chunks:
@@ -297,7 +299,8 @@ class _Reader:
         self.head_open = False
         self.head_bytes = 0
         self.head_start = bytearray()
-        """The pieces of a head still open, up to its first line end (see _version_refusal)."""
+        """The pieces of a head still open, up to its first line end (see _version_refusal);
+        for a pipelined head, from the piece it began in."""
         self.line_whole = role is not SERVER
         """``head_start`` holds a line end: the request line is whole, no more is kept (a
         response's version is not checked: nothing is kept)."""
@@ -524,7 +527,7 @@ class Connection:
             return
         except httptools.HttpParserError as exc:
             self._broken = True
-            if str(exc) == "Invalid HTTP version":
+            if self.role is SERVER and str(exc) in _VERSION_ERRORS:
                 reader.queue.append(_version_refusal(reader.head_start + data))
                 return
             reader.queue.append(RemoteProtocolError(str(exc) or "malformed message"))
@@ -542,6 +545,12 @@ class Connection:
             if reader.head_bytes > self._max_head:
                 self._broken = True
                 reader.queue.append(RemoteProtocolError("head too large", 431))
+        elif reader.head_open and self.role is SERVER:
+            # A pipelined head begun in this piece: its request line is somewhere in it,
+            # after the end of the message before (no offsets), and may go on in the next
+            # pieces (kept until one brings a line end: one read plus at most max_head).
+            reader.head_start = bytearray(data)
+            reader.line_whole = False
         if reader.chunked:
             # The body of the request just parsed is chunked: follow its size lines from
             # the end of its head, when that head is the only one begun, at the start of
@@ -794,6 +803,13 @@ class Connection:
         return bool(self._rest or reader.queue or reader.head_open)
 
 
+_VERSION_ERRORS = frozenset(
+    {"Invalid HTTP version", "Pause on PRI/Upgrade", "Expected HTTP/2 Connection Preface"}
+)
+"""llhttp's errors for a version it does not parse (the others: HTTP/2's connection preface,
+``PRI * HTTP/2.0``, whole or not)."""
+
+
 def _version_refusal(seen: bytes | bytearray) -> RemoteProtocolError:
     """The refusal of a request line llhttp read with another version than 1.1 or 1.0.
 
@@ -803,11 +819,11 @@ def _version_refusal(seen: bytes | bytearray) -> RemoteProtocolError:
     llhttp takes for 0.9) or a malformed one (``HTTP/1.2``, which llhttp refuses) is 400.
     A request line longer than the pieces kept gets 400 too: it is refused either way.
     """
-    versions = [m[0].strip().decode("ascii") for m in _VERSION.finditer(seen)]
-    for version in versions:
-        if not version.startswith("HTTP/1."):
-            return RemoteProtocolError(f"{version} is not supported", 505)
-    return RemoteProtocolError("invalid HTTP version" if versions else "no HTTP version")
+    majors = [int(m[1]) for m in _VERSION.finditer(seen)]
+    for major in majors:
+        if major != 1:
+            return RemoteProtocolError(f"HTTP/{major} is not supported", 505)
+    return RemoteProtocolError("invalid HTTP version" if majors else "no HTTP version")
 
 
 def _says_close(headers: list[Header]) -> bool:

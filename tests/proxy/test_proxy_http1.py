@@ -254,7 +254,13 @@ def test_a_head_too_large_is_still_refused_in_the_pieces_after() -> None:
 @pytest.mark.parametrize("size", [1, 7, 4096])
 def test_the_version_is_refused_in_a_head_read_in_pieces(size: int) -> None:
     """The request line's version is found when the head arrives in several reads."""
-    for line, status in ((b"GET /a/b HTTP/2.0", 505), (b"GET /a/b", 400)):
+    for line, status in (
+        (b"GET /a/b HTTP/2.0", 505),  # parsed by llhttp, refused once the head is whole
+        (b"GET /a/b HTTP/3.0", 505),  # refused by llhttp at its major, before the line end
+        (b"PRI * HTTP/2.0", 505),  # HTTP/2's connection preface
+        (b"GET /a/b", 400),
+        (b"GET /a/b HTTP/1.2", 400),
+    ):
         conn = http1.Connection(http1.SERVER)
         head = line + b"\r\nHost: a\r\nX: " + b"y" * 100 + b"\r\n\r\n"
         for i in range(0, len(head), size):
@@ -264,11 +270,44 @@ def test_the_version_is_refused_in_a_head_read_in_pieces(size: int) -> None:
         assert refused.value.error_status_hint == status
 
 
-def test_a_pipelined_request_with_another_version_is_refused_after_the_good_one() -> None:
+@pytest.mark.parametrize("size", [1, 3, 7, 4096])
+@pytest.mark.parametrize("version", [b"HTTP/2.0", b"HTTP/3.0"])
+def test_a_pipelined_request_with_another_version_is_refused_after_the_good_one(
+    size: int, version: bytes
+) -> None:
+    """Split anywhere, also inside the second request line, which begins in a piece after
+    the first request's end."""
+    data = b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET / " + version + b"\r\nHost: a\r\n\r\n"
     conn = http1.Connection(http1.SERVER)
-    conn.receive_data(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/2.0\r\nHost: a\r\n\r\n")
-    assert [type(e) for e in _events(conn)] == [http1.Request, http1.EndOfMessage]
-    _answer_empty(conn)
+    answered = 0
     with pytest.raises(http1.RemoteProtocolError) as refused:
-        _events(conn)
-    assert refused.value.error_status_hint == 505
+        for i in range(0, len(data), size):
+            conn.receive_data(data[i : i + size])
+            while (events := _events(conn)) and type(events[-1]) is http1.EndOfMessage:
+                _answer_empty(conn)
+                answered += 1
+    assert (answered, refused.value.error_status_hint) == (1, 505)
+
+
+def test_a_version_in_a_header_value_is_not_the_request_lines() -> None:
+    for head in (
+        b"GET /\r\nX: a HTTP/2.0\r\n\r\n",  # no version (HTTP/0.9's form): 400
+        b"GET / HTTP/1.1\r\nHost: a\r\nUser-Agent: x HTTP/2.0\r\n\r\nGET / HTTP/1.2\r\n\r\n",
+    ):
+        conn = http1.Connection(http1.SERVER)
+        conn.receive_data(head)
+        with pytest.raises(http1.RemoteProtocolError) as refused:
+            while (events := _events(conn)) and type(events[-1]) is http1.EndOfMessage:
+                _answer_empty(conn)
+        assert refused.value.error_status_hint == 400, head
+
+
+def test_an_upstream_version_error_is_no_version_refusal() -> None:
+    """A response's version is not the client's: no 505 hint for it."""
+    conn = http1.Connection(http1.CLIENT)
+    conn.send(http1.Request(method=b"GET", target=b"/", headers=[(b"host", b"a")]))
+    conn.send(http1.EndOfMessage())
+    conn.receive_data(b"HTTP/3.0 200 OK\r\nServer: x HTTP/2.0\r\n\r\n")
+    with pytest.raises(http1.RemoteProtocolError) as refused:
+        conn.next_event()
+    assert refused.value.error_status_hint != 505
