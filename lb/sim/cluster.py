@@ -163,6 +163,8 @@ class SimCluster:
         self.events = list(scenario.member_events)
         self.next_beat = 0.0
         self._nursery: trio.Nursery | None = None
+        self.on_kill: list[Callable[[Engine], None]] = []
+        """Told the engine of a member as it is killed (its pending work dies with it)."""
 
     def now(self) -> float:
         """Seconds of virtual time since the start: the members' shared "wall clock"."""
@@ -253,6 +255,8 @@ class SimCluster:
             m.alive = False
             m.inbox.clear()
             m.reshard()
+            for forget in self.on_kill:
+                forget(m.engine)
         elif e.action == TimelineAction.PARTITION:
             m.connected = False
             m.members = {}

@@ -83,6 +83,8 @@ async def _simulate(sc: Scenario, progress: Progress | None) -> Report:
     else:
         scheduler.update(jobs_for_config(config, engine.targets()))
     timeouts = PendingTimeouts()  # one for the run: a timeout fires whoever else sends
+    if cluster is not None:
+        cluster.on_kill.append(timeouts.drop)
     users = [
         DatacenterTraffic(t, i, sc.seed, config, network, rec.mark, timeouts)
         for i, t in enumerate(sc.traffic)

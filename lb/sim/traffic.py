@@ -243,6 +243,12 @@ class PendingTimeouts:
         self.seq += 1
         heapq.heappush(self.items, (at, self.seq, engine, ep, status))
 
+    def drop(self, engine: Engine) -> None:
+        """Forget the timeouts of attempts through ``engine``: its process was killed, and
+        its deadlines died with it."""
+        self.items = [item for item in self.items if item[2] is not engine]
+        heapq.heapify(self.items)
+
     def settle(self, now: float) -> bool:
         """Report the timeouts due by ``now``, each at the time the proxy gave up; True when
         one changed health (the caller takes the engine's new router)."""
@@ -268,7 +274,7 @@ class DatacenterTraffic:
         config: Config,
         network: Network,
         mark: Callable[[str, int, bool], None],
-        timeouts: PendingTimeouts | None = None,
+        timeouts: PendingTimeouts,
     ) -> None:
         self.traffic = traffic
         self.dc = traffic.datacenter
@@ -311,7 +317,7 @@ class DatacenterTraffic:
         """Set when an outcome changed health: the tick goes on with a new router."""
         self._now = 0.0
         """The engine time of the request being bookkept (for :meth:`_report`)."""
-        self._timeouts = PendingTimeouts() if timeouts is None else timeouts
+        self._timeouts = timeouts
         """Passive health: the timed-out attempts not reported yet, shared by every data
         center of the run (:meth:`_report`)."""
         if needs_live(config):

@@ -320,3 +320,20 @@ def test_an_ejection_reaches_the_next_request_of_every_data_center(
     ejected = next(now for now, ejects in calls if ejects)
     started = [now - sc.rtt - 5 for now, _ in calls]  # when each timed-out request began
     assert max(started) <= ejected, (max(started), ejected)
+
+
+def test_a_killed_members_timeouts_die_with_it(tmp_path: Path) -> None:
+    """FRA's member takes b's slow requests until 22 s, then is killed at 23 s, before
+    they time out: a dead process ejects nothing (the other member serves from then on,
+    and its own timeouts are all that count)."""
+    body = STOPS + (
+        "cluster:\n"
+        "  heartbeat: 1\n"
+        "  members:\n"
+        "    - {name: fra, datacenter: FRA}\n"
+        "    - {name: ams}\n"
+    )
+    timeline = SLOW + "  - {at: 23, member: fra, do: kill}\n"
+    data = run_scenario(scenario(tmp_path, body + timeline, config=PASSIVE)).data
+    assert _ejections(data) == [], data["transitions"]
+    assert data["errors"] == data["statuses"]["524"] > 50

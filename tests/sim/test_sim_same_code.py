@@ -135,12 +135,15 @@ def _cut_in_the_stall(text: str) -> str:
     """request-timeout.yaml ending 10.25 s into the stall, its users gone 0.2 s into it: the
     last of their requests (30.19 s) times out at 40.21 s, in the run's last tick (from
     40.2 s), which has no request."""
-    return (
-        text[: text.index("expect:")]
-        .replace("duration: 120", "duration: 40.25")
-        .replace(", until: 90", "")
-        .replace("{rate: 100,", "{rate: [{at: 0, rate: 100}, {at: 30.2, rate: 0}],")
-    )
+    text = text[: text.index("expect:")]
+    for old, new in (
+        ("duration: 120", "duration: 40.25"),
+        (", until: 90", ""),
+        ("{rate: 100,", "{rate: [{at: 0, rate: 100}, {at: 30.2, rate: 0}],"),
+    ):
+        assert text.count(old) == 1, old  # the shipped scenario changed: cut it anew
+        text = text.replace(old, new)
+    return text
 
 
 @pytest.mark.parametrize("cut", [False, True], ids=["shipped", "cut-in-the-stall"])
