@@ -216,8 +216,8 @@ class _Client:
             "access_session_ended",
             hostname=self.config.hostname,
             ending=carried.ending,
-            bytes_sent=carried.to_ws,
-            bytes_received=carried.to_tcp,
+            to_ws=carried.to_ws,
+            to_tcp=carried.to_tcp,
         )
 
 

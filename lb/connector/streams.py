@@ -164,8 +164,8 @@ async def serve_stream(
             host=host,
             port=port,
             ending=carried.ending,
-            bytes_in=carried.to_tcp,
-            bytes_out=carried.to_ws,
+            to_tcp=carried.to_tcp,
+            to_ws=carried.to_ws,
         )
     finally:
         stats.sessions_open -= 1

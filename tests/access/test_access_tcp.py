@@ -101,15 +101,16 @@ async def test_a_finished_session_is_an_event_at_both_ends(
 
     await wait_until(lambda: events("access_session_ended") and events("tcp_stream_ended"))
     [ended] = events("access_session_ended")
-    assert {k: ended[k] for k in ("hostname", "ending", "bytes_sent", "bytes_received")} == {
+    # to_ws / to_tcp: the bridge's own names at both ends (lb/connector/wsbridge.py)
+    assert {k: ended[k] for k in ("hostname", "ending", "to_ws", "to_tcp")} == {
         "hostname": LB,
         "ending": "tcp_closed",
-        "bytes_sent": 12,
-        "bytes_received": 12,
+        "to_ws": 12,
+        "to_tcp": 12,
     }
     [stream] = events("tcp_stream_ended")
     assert (stream["host"], stream["port"]) == ("127.0.0.1", stack.echo.port)
-    assert (stream["bytes_in"], stream["bytes_out"]) == (12, 12)
+    assert (stream["to_tcp"], stream["to_ws"]) == (12, 12)
 
 
 async def test_ten_megabytes_arrive_intact(stack: Stack, nursery: trio.Nursery) -> None:
