@@ -320,3 +320,36 @@ def test_check_passes_what_run_starts_with(
     write_config(config)
     assert main(["check", str(config)]) == 0
     assert capsys.readouterr().out.startswith("OK: ")
+
+
+# ----------------------------------------------------------------- configs/https.yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+async def test_the_https_example_runs_with_the_certificates_its_comment_makes(
+    tmp_path: Path, nursery: trio.Nursery, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "https.yaml"
+    config.write_text((ROOT / "configs" / "https.yaml").read_text())
+    assert main(["check", str(config)]) == 2  # before: the files are not there
+    line = line_of(config, "certificate: certs/default.pem")
+    assert (
+        f"{config}:{line}: engine.listen[1].certificate: "
+        f'cannot read "{tmp_path}/certs/default.pem": No such file or directory'
+    ) in capsys.readouterr().err.splitlines()
+
+    script = [str(ROOT / "scripts" / "example-certs"), str(tmp_path / "certs")]
+    await trio.run_process(script, capture_stdout=True)
+    assert main(["check", str(config)]) == 0
+    capsys.readouterr()
+    ports = ("--listen", "127.0.0.1:0", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0")
+    process, ready = await start_lb_process(nursery, config, *ports, log=tmp_path / "lb.log")
+    ctx = ssl.create_default_context(cafile=str(tmp_path / "certs" / "ca.pem"))
+    for name in ("www.example.com", "x.api.example.com", "localhost"):
+        raw = await trio.open_tcp_stream("127.0.0.1", ready.listen[1])
+        stream = trio.SSLStream(raw, ctx, server_hostname=name)  # verified against the CA
+        with trio.fail_after(10):
+            await stream.do_handshake()
+        await trio.aclose_forcefully(stream)
+    process.send_signal(signal.SIGTERM)
