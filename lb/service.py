@@ -132,6 +132,7 @@ class Swappable:
 
     def apply(self, old: Config, config: Config, files: Files) -> list[str]:
         """Swap in the contexts of ``files``; return what needs a restart instead."""
+        self.swap(files)
         restart: list[str] = []
         listening = [(spec.address, spec.port) for spec in old.engine.listen]
         https = [is_https(listener) for listener in self.listeners]
@@ -141,14 +142,6 @@ class Swappable:
             restart.append("engine.listen")
         if old.engine.admin != config.engine.admin:
             restart.append("engine.admin")
-        for listener, context in zip(self.listeners, files.listeners, strict=False):
-            if isinstance(listener, TlsListener) and context is not None:
-                listener.context = context
-        for user in self.upstream:
-            if isinstance(user, NetworkTransport):
-                user.verified = files.upstream
-            else:
-                user.pool.ssl_context = files.upstream
         restart += [
             f"engine.{name}"
             for name in _RESTART_ONLY
@@ -158,6 +151,19 @@ class Swappable:
             field = "admin_token_file" if config.engine.admin_token_file else "admin_token_env"
             restart.append(f"engine.{field}")
         return restart
+
+    def swap(self, files: Files) -> None:
+        """New connections from now on use the TLS contexts of ``files``: each HTTPS listener
+        its own (by position; a listener that became plain HTTP, or the reverse, waits for a
+        restart), and probes and traffic the ``engine.upstream_ca`` one."""
+        for listener, context in zip(self.listeners, files.listeners, strict=False):
+            if isinstance(listener, TlsListener) and context is not None:
+                listener.context = context
+        for user in self.upstream:
+            if isinstance(user, NetworkTransport):
+                user.verified = files.upstream
+            else:
+                user.pool.ssl_context = files.upstream
 
 
 class ReloadFn:
@@ -566,13 +572,28 @@ async def _reload_logged(reload: Callable[[], Awaitable[object]]) -> None:
         logs.event("config_reload_failed", logging.ERROR, error=f"{type(exc).__name__}: {exc}")
 
 
+def _reread_files(swappable: Swappable, config: Config) -> None:
+    """In a child worker, on each configuration the parent swapped in: read its files again,
+    as the parent did just before (a renewed certificate is then served by every process).
+    A file that broke in between keeps the previous contexts, logged."""
+    try:
+        files = read_files(LoadResult(config=config, warnings=[]), environment=False)
+    except ConfigError as exc:
+        errors = [str(p) for p in exc.problems]
+        logs.event("worker_files_unchanged", logging.ERROR, errors=errors)
+        return
+    swappable.swap(files)
+
+
 def serve_worker() -> None:
     """Run one child proxy worker (``tunnel-lb run --worker FILE...``) until told to stop.
 
     Its configuration, affinity secret, listen addresses and health all come from the
     parent over stdin (:func:`lb.workers.run_child`); the files on its command line only
-    say, in ``ps``, which configuration it serves.  It has no scheduler, no admin listener
-    and no reload of its own: one process probes, every process serves.
+    say, in ``ps``, which configuration it serves.  The certificate and CA files the
+    configuration names are read here too, at start and on every configuration swap.  It
+    has no scheduler, no admin listener and no reload of its own: one process probes, every
+    process serves.
     """
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # reloads come from the parent
     metrics = Metrics()  # traffic counters only, reported to the parent
@@ -585,17 +606,17 @@ def serve_worker() -> None:
     ) -> None:
         engine = ctx.engine
         listeners = await open_listeners(ctx.listen, reuse_port=True)
+        server = ProxyServer(
+            engine,
+            hooks=_hooks(engine, metrics, ctx.worker),
+            rng=random.Random(ctx.seed),
+            upstream_ssl=upstream_context(engine.config),
+        )
+        swappable = Swappable(token=None, listeners=listeners, upstream=[server])
+        engine.observers.config.append(functools.partial(_reread_files, swappable))
         async with trio.open_nursery() as nursery:
             await nursery.start(
-                functools.partial(
-                    serve_proxy,
-                    engine,
-                    listeners,
-                    hooks=_hooks(engine, metrics, ctx.worker),
-                    rng=random.Random(ctx.seed),
-                    upstream_ssl=upstream_context(engine.config),
-                    shutdown=shutdown,
-                )
+                functools.partial(serve_proxy, engine, listeners, server=server, shutdown=shutdown)
             )
             task_status.started()
 
