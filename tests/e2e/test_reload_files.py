@@ -27,7 +27,9 @@ from stack_support import (
     log_size,
     logged,
     one_pool_config,
+    running_stack,
     start_lb_process,
+    until_url,
 )
 from waiting import wait_until
 
@@ -378,3 +380,24 @@ async def test_with_workers_every_process_serves_the_renewed_certificate(
 
     await wait_until(twenty_renewed, 30, what="every process serving the renewed certificate")
     process.send_signal(signal.SIGTERM)
+
+
+async def test_a_reload_swaps_the_upstream_ca_for_new_probe_connections(tmp_path: Path) -> None:
+    async with running_stack(tmp_path) as stack, httpx.AsyncClient(timeout=5) as client:
+        status = f"{stack.admin_base}/status"
+
+        def states(r: httpx.Response) -> dict[str, str]:
+            return {p["name"]: p["state"] for p in r.json()["pools"]}
+
+        await until_url(client, status, lambda r: set(states(r).values()) == {"healthy"})
+        right = stack.ca_file.read_bytes()
+        trustme.CA().cert_pem.write_to_path(str(stack.ca_file))  # a CA that signed nothing
+        code, body = await reload(stack.admin)
+        assert (code, body["ok"]) == (200, True)
+        assert "restart_required" not in body
+        # Each check opens a new connection: verified against the new CA, they all fail.
+        await until_url(client, status, lambda r: set(states(r).values()) == {"critical"})
+
+        stack.ca_file.write_bytes(right)
+        assert (await reload(stack.admin))[0] == 200
+        await until_url(client, status, lambda r: set(states(r).values()) == {"healthy"})
