@@ -126,13 +126,16 @@ class Swappable:
     """The admin token in force (the admin listener's guard is made once, at start)."""
     listeners: list[AnyListener] = field(default_factory=list)
     """The proxy's listeners once bound; a reload gives each HTTPS one its new context."""
+    opened_as: list[tuple[str, int]] = field(default_factory=list)
+    """The configured (address, port) of each listener: the i-th entry of a new
+    ``engine.listen`` is that listener only while it names the same address."""
     upstream: list[NetworkTransport | ProxyServer] = field(default_factory=list)
     """Who connects to endpoints (probes, traffic); empty when the caller fixed the context
     (``serve_lb(upstream_ssl=...)``)."""
 
     def apply(self, old: Config, config: Config, files: Files) -> list[str]:
         """Swap in the contexts of ``files``; return what needs a restart instead."""
-        self.swap(files)
+        self.swap(config, files)
         restart: list[str] = []
         listening = [(spec.address, spec.port) for spec in old.engine.listen]
         https = [is_https(listener) for listener in self.listeners]
@@ -152,12 +155,16 @@ class Swappable:
             restart.append(f"engine.{field}")
         return restart
 
-    def swap(self, files: Files) -> None:
-        """New connections from now on use the TLS contexts of ``files``: each HTTPS listener
-        its own (by position; a listener that became plain HTTP, or the reverse, waits for a
-        restart), and probes and traffic the ``engine.upstream_ca`` one."""
-        for listener, context in zip(self.listeners, files.listeners, strict=False):
-            if isinstance(listener, TlsListener) and context is not None:
+    def swap(self, config: Config, files: Files) -> None:
+        """New connections from now on use the TLS contexts of ``files`` (read for ``config``):
+        each HTTPS listener its own (a listener that moved, or became plain HTTP, or the
+        reverse, waits for a restart), and probes and traffic the ``engine.upstream_ca``
+        one."""
+        for listener, spec, opened_as, context in zip(
+            self.listeners, config.engine.listen, self.opened_as, files.listeners, strict=False
+        ):
+            moved = (spec.address, spec.port) != opened_as  # a restart applies it
+            if isinstance(listener, TlsListener) and context is not None and not moved:
                 listener.context = context
         for user in self.upstream:
             if isinstance(user, NetworkTransport):
@@ -448,6 +455,7 @@ async def serve_lb(
             config.engine.listen, files.listeners, workers is not None
         )
         swappable.listeners = listeners
+        swappable.opened_as = [(spec.address, spec.port) for spec in config.engine.listen]
         workers_started = False
 
         async def workers_stopped() -> None:
@@ -582,7 +590,7 @@ def _reread_files(swappable: Swappable, config: Config) -> None:
         errors = [str(p) for p in exc.problems]
         logs.event("worker_files_unchanged", logging.ERROR, errors=errors)
         return
-    swappable.swap(files)
+    swappable.swap(config, files)
 
 
 def serve_worker() -> None:
@@ -612,7 +620,8 @@ def serve_worker() -> None:
             rng=random.Random(ctx.seed),
             upstream_ssl=upstream_context(engine.config),
         )
-        swappable = Swappable(token=None, listeners=listeners, upstream=[server])
+        opened_as = [(spec.address, spec.port) for spec in engine.config.engine.listen]
+        swappable = Swappable(None, listeners, opened_as, [server])
         engine.observers.config.append(functools.partial(_reread_files, swappable))
         async with trio.open_nursery() as nursery:
             await nursery.start(
