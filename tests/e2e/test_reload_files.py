@@ -401,3 +401,23 @@ async def test_a_reload_swaps_the_upstream_ca_for_new_probe_connections(tmp_path
         stack.ca_file.write_bytes(right)
         assert (await reload(stack.admin))[0] == 200
         await until_url(client, status, lambda r: set(states(r).values()) == {"healthy"})
+
+
+async def test_a_listener_that_moved_keeps_its_certificate_until_the_restart(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    ca = trustme.CA()
+    first = issue(ca, tmp_path / "lb.pem")
+    issue(ca, tmp_path / "other.pem")
+    config = tmp_path / "lb.json"
+    write_config(config)
+    process, ready = await start_lb_process(nursery, config, log=tmp_path / "lb.log")
+
+    document = json.loads(config.read_text())
+    document["engine"]["listen"][0].update(address="127.0.0.2", certificate="other.pem")
+    config.write_text(json.dumps(document, indent=2) + "\n")
+    code, body = await reload(ready.admin)
+    assert (code, body["restart_required"]) == (200, ["engine.listen"])
+    # The bound listener is not the one the file now describes: it keeps what it serves.
+    assert await served_serial(ready.listen[0], ca) == first
+    process.send_signal(signal.SIGTERM)
