@@ -414,7 +414,9 @@ async def test_a_listener_that_moved_keeps_its_certificate_until_the_restart(
     process, ready = await start_lb_process(nursery, config, log=tmp_path / "lb.log")
 
     document = json.loads(config.read_text())
-    document["engine"]["listen"][0].update(address="127.0.0.2", certificate="other.pem")
+    document["engine"]["listen"][0].update(
+        address="127.0.0.2", certificate="other.pem", key="other.pem"
+    )
     config.write_text(json.dumps(document, indent=2) + "\n")
     code, body = await reload(ready.admin)
     assert (code, body["restart_required"]) == (200, ["engine.listen"])
