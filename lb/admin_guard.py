@@ -52,6 +52,7 @@ __all__ = [
     "Guard",
     "Refusal",
     "guard_for",
+    "guard_with",
     "is_loopback",
     "load_token",
 ]
@@ -251,7 +252,13 @@ def guard_for(config: Config, bind_host: str, extra_names: Iterable[str] = ()) -
         ConfigError: the token cannot be read, or ``bind_host`` is not loopback and no token
             is configured (the listener refuses to start rather than serve everyone).
     """
-    token = load_token(config)
+    return guard_with(config, bind_host, load_token(config), extra_names)
+
+
+def guard_with(
+    config: Config, bind_host: str, token: str | None, extra_names: Iterable[str] = ()
+) -> Guard:
+    """:func:`guard_for` with the token already read (by :func:`lb.files.read_files`)."""
     if token is None and not is_loopback(bind_host):
         shown = bind_host or "every interface"
         raise _error(

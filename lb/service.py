@@ -4,14 +4,20 @@ This is the composition root of ``tunnel-lb run``: the only place that knows eve
 Each part is the same code the tests and the simulator run; here they get the real clock,
 the real network and the real signals:
 
-* ``SIGHUP`` (and ``POST /reload``) re-read the configuration files.  An invalid
-  configuration is logged and counted and the old one keeps serving, and so is one without
-  any load balancer unless forced (``POST /reload?force=1``, :mod:`lb.config.serving`); a
-  valid one keeps the health of unchanged endpoints and the affinity secret, and in-flight
-  requests finish.  Any other error while loading or applying (a bug in the loader, an
-  exception from ``reconfigure``) is a failed reload too, never a crash.
-  Listener addresses are not rebound on reload, and ``engine.workers`` and
-  ``engine.upstream_ca`` are fixed at start (a restart is needed for those; it is logged).
+* ``SIGHUP`` (and ``POST /reload``) re-read the configuration files and every file they
+  name (:func:`lb.files.read_files`, as ``check`` and ``run`` do).  An invalid
+  configuration, or a missing or broken certificate, key, CA bundle or token file, is
+  logged and counted and the old one keeps serving (old certificates included), and so is
+  one without any load balancer unless forced (``POST /reload?force=1``,
+  :mod:`lb.config.serving`); a valid one keeps the health of unchanged endpoints and the
+  affinity secret, and in-flight requests finish.  Any other error while loading or
+  applying (a bug in the loader, an exception from ``reconfigure``) is a failed reload too,
+  never a crash.  Certificates are read again even when their paths did not change (a
+  renewed certificate is served after ``systemctl reload``) and so is ``engine.upstream_ca``:
+  new connections use them, open ones keep theirs.  Listener addresses are not rebound on
+  reload, and ``engine.workers``, the admin token and the other :data:`_RESTART_ONLY` fields
+  are fixed at start: a reload that changes them says so (``restart_required`` in its reply,
+  and the ``config_restart_required`` log event).
   A SIGHUP reload runs in the background: a SIGTERM during it drains at once.
 * ``SIGTERM`` / ``SIGINT`` stop accepting and drain in-flight requests for up to
   ``engine.drain_timeout`` seconds.  The signal receiver exists before anything listens
@@ -43,20 +49,21 @@ import trio
 
 from lb import logs
 from lb.admin import ReloadResult, serve_admin
-from lb.admin_guard import Guard, guard_for
+from lb.admin_guard import Guard, guard_with
 from lb.cluster.service import make_scheduler, serve_cluster
 from lb.config.errors import ConfigError
 from lb.config.hosts import LOOPBACK, split_host_port
-from lb.config.loader import load_config
+from lb.config.loader import LoadResult, load_config
 from lb.config.model import Config, Listener
 from lb.config.serving import RELOAD_FORCE_HINT, serving_problem
 from lb.core.health import HealthEvent
 from lb.engine import Engine
+from lb.files import Files, read_files, upstream_context
 from lb.lifecycle import STOP_SIGNALS, ListenError, host_port, receive_signals
 from lb.metrics import Metrics
 from lb.proxy.hooks import ProxyHooks, RequestRecord
-from lb.proxy.listeners import AnyListener, is_https, open_listeners
-from lb.proxy.server import serve_proxy
+from lb.proxy.listeners import AnyListener, TlsListener, is_https, open_listeners
+from lb.proxy.server import ProxyServer, serve_proxy
 from lb.statefile import keep_state, load_state
 from lb.workers import ChildContext, Workers, run_child
 from monitors.network import NetworkTransport
@@ -111,6 +118,61 @@ class Running:
     """The child proxy workers when ``engine.workers > 1``."""
 
 
+@dataclass(slots=True)
+class Swappable:
+    """What a reload replaces in place: the TLS contexts of new connections."""
+
+    token: str | None
+    """The admin token in force (the admin listener's guard is made once, at start)."""
+    listeners: list[AnyListener] = field(default_factory=list)
+    """The proxy's listeners once bound; a reload gives each HTTPS one its new context."""
+    opened_as: list[tuple[str, int]] = field(default_factory=list)
+    """The configured (address, port) of each listener: the i-th entry of a new
+    ``engine.listen`` is that listener only while it names the same address."""
+    upstream: list[NetworkTransport | ProxyServer] = field(default_factory=list)
+    """Who connects to endpoints (probes, traffic); empty when the caller fixed the context
+    (``serve_lb(upstream_ssl=...)``)."""
+
+    def apply(self, old: Config, config: Config, files: Files) -> list[str]:
+        """Swap in the contexts of ``files``; return what needs a restart instead."""
+        self.swap(config, files)
+        restart: list[str] = []
+        listening = [(spec.address, spec.port) for spec in old.engine.listen]
+        https = [is_https(listener) for listener in self.listeners]
+        if [(spec.address, spec.port) for spec in config.engine.listen] != listening or (
+            self.listeners and [c is not None for c in files.listeners] != https
+        ):
+            restart.append("engine.listen")
+        if old.engine.admin != config.engine.admin:
+            restart.append("engine.admin")
+        restart += [
+            f"engine.{name}"
+            for name in _RESTART_ONLY
+            if getattr(old.engine, name) != getattr(config.engine, name)
+        ]
+        if files.token != self.token and not any("admin_token" in name for name in restart):
+            field = "admin_token_file" if config.engine.admin_token_file else "admin_token_env"
+            restart.append(f"engine.{field}")
+        return restart
+
+    def swap(self, config: Config, files: Files) -> None:
+        """New connections from now on use the TLS contexts of ``files`` (read for ``config``):
+        each HTTPS listener its own (a listener that moved, or became plain HTTP, or the
+        reverse, waits for a restart), and probes and traffic the ``engine.upstream_ca``
+        one."""
+        for listener, spec, opened_as, context in zip(
+            self.listeners, config.engine.listen, self.opened_as, files.listeners, strict=False
+        ):
+            moved = (spec.address, spec.port) != opened_as  # a restart applies it
+            if isinstance(listener, TlsListener) and context is not None and not moved:
+                listener.context = context
+        for user in self.upstream:
+            if isinstance(user, NetworkTransport):
+                user.verified = files.upstream
+            else:
+                user.pool.ssl_context = files.upstream
+
+
 class ReloadFn:
     """Re-read the configuration files; serialised so two reloads never interleave."""
 
@@ -121,6 +183,7 @@ class ReloadFn:
         scheduler: Scheduler,
         metrics: Metrics,
         overrides: Overrides | None = None,
+        swappable: Swappable | None = None,
     ):
         self._paths = list(paths)
         self._overrides = overrides or Overrides()
@@ -128,12 +191,13 @@ class ReloadFn:
         self._scheduler = scheduler
         self._metrics = metrics
         self._lock = trio.Lock()
+        self.swappable = swappable or Swappable(token=None)
 
     async def __call__(self, *, force: bool = False) -> ReloadResult:
         """Reload; without ``force``, a configuration without load balancers is refused."""
         async with self._lock:
             try:
-                config = await trio.to_thread.run_sync(_load, self._paths, self._overrides)
+                config, files = await trio.to_thread.run_sync(_load, self._paths, self._overrides)
             except ConfigError as exc:
                 errors = tuple(str(p) for p in exc.problems)
                 return self._failed(errors)
@@ -158,17 +222,14 @@ class ReloadFn:
                     )
                 return self._failed((f"{type(exc).__name__}: {exc}",), exc)
             self._metrics.reload(True)
-            if old.engine.listen != config.engine.listen or old.engine.admin != config.engine.admin:
+            restart = self.swappable.apply(old, config, files)
+            if "engine.listen" in restart or "engine.admin" in restart:
                 logs.event(
                     "config_listeners_unchanged",
                     logging.WARNING,
                     detail="listen/admin changes take effect after a restart",
                 )
-            fixed = [
-                f"engine.{name}"
-                for name in _RESTART_ONLY
-                if getattr(old.engine, name) != getattr(config.engine, name)
-            ]
+            fixed = [name for name in restart if name not in ("engine.listen", "engine.admin")]
             if fixed:
                 logs.event(
                     "config_restart_required",
@@ -177,7 +238,8 @@ class ReloadFn:
                     detail="these changes take effect after a restart",
                 )
             logs.event("config_reloaded", generation=self._engine.generation, files=self._paths)
-            return ReloadResult(ok=True, generation=self._engine.generation)
+            detail = {"restart_required": restart} if restart else {}
+            return ReloadResult(ok=True, generation=self._engine.generation, detail=detail)
 
     def _failed(self, errors: tuple[str, ...], exc: BaseException | None = None) -> ReloadResult:
         """Count and log a failed reload (the old configuration keeps serving, unless
@@ -193,7 +255,6 @@ class ReloadFn:
 
 
 _RESTART_ONLY = (
-    "upstream_ca",
     "workers",
     "cluster",
     "admin_token_file",
@@ -201,22 +262,15 @@ _RESTART_ONLY = (
     "admin_names",
     "state_file",
 )
-"""``engine`` fields a reload cannot apply: the TLS context, the worker processes, the cluster
-connection, the admin listener's guard and the state file's writer are made once at start."""
+"""``engine`` fields a reload cannot apply: the worker processes, the cluster connection, the
+admin listener's guard and the state file's writer are made once at start."""
 
 
-def _load(paths: Sequence[str], overrides: Overrides) -> Config:
-    return overrides.apply(load_config(paths).config)
-
-
-def upstream_context(config: Config) -> ssl.SSLContext:
-    """The TLS context that verifies endpoints: ``engine.upstream_ca`` (which the loader made
-    relative to its configuration file) or the system store."""
-    ctx = ssl.create_default_context()
-    if config.engine.upstream_ca:
-        ctx.load_verify_locations(cafile=config.engine.upstream_ca)
-    ctx.set_alpn_protocols(["http/1.1"])
-    return ctx
+def _load(paths: Sequence[str], overrides: Overrides) -> tuple[Config, Files]:
+    """The configuration of ``paths`` with ``overrides``, and its files read."""
+    result = load_config(paths)
+    config = overrides.apply(result.config)
+    return config, read_files(result, config)
 
 
 def _log_transition(event: HealthEvent) -> None:
@@ -301,6 +355,7 @@ async def serve_lb(
     paths: Sequence[str],
     *,
     config: Config | None = None,
+    files: Files | None = None,
     upstream_ssl: ssl.SSLContext | None = None,
     seed: int | None = None,
     handle_signals: bool = True,
@@ -314,7 +369,9 @@ async def serve_lb(
         paths: configuration files (re-read on reload).
         config: the already-loaded configuration of ``paths``, overrides applied (loaded
             here when None).
-        upstream_ssl: TLS context for probes and traffic; from ``engine.upstream_ca`` if None.
+        files: what :func:`lb.files.read_files` read for ``config`` (read here when None).
+        upstream_ssl: TLS context for probes and traffic, kept on reload; from
+            ``engine.upstream_ca`` (and re-read on every reload) if None.
         seed: seed of probe spreading and steering picks (random when None).
         handle_signals: install SIGHUP / SIGTERM / SIGINT handling (off in tests), before
             anything listens.
@@ -325,15 +382,24 @@ async def serve_lb(
         task_status: ``started(Running)`` once the proxy and admin listen.
 
     Raises:
+        ConfigError: a file the configuration names is missing or unusable (when ``files``
+            is None), or the admin API would listen beyond loopback without a token.
         ListenError: (inside trio's exception groups) when a listener cannot be bound.
     """
     overrides = overrides or Overrides()
     if config is None:
-        config = overrides.apply(load_config(paths).config)
-    tls = upstream_ssl or upstream_context(config)
-    # Before anything listens: an unreadable token, or an admin beyond loopback without one,
-    # is a one-line configuration error.
-    admin_guard = guard_for(config, split_host_port(config.engine.admin, default_host=LOOPBACK)[0])
+        result = load_config(paths)
+        config = overrides.apply(result.config)
+    else:
+        result = LoadResult(config=config, warnings=[])
+    if files is None:
+        files = read_files(result, config)
+    tls = upstream_ssl or files.upstream
+    # Before anything listens: an admin beyond loopback without a token is a one-line
+    # configuration error.
+    admin_host = split_host_port(config.engine.admin, default_host=LOOPBACK)[0]
+    admin_guard = guard_with(config, admin_host, files.token)
+    swappable = Swappable(token=files.token)
     rng = random.Random(seed)
     engine = Engine(config, now=trio.current_time())
     metrics = Metrics()
@@ -342,15 +408,24 @@ async def serve_lb(
     state_file = config.engine.state_file
     if state_file:  # before the first probe and the first request
         load_state(engine, state_file, now=trio.current_time())
+    transport = NetworkTransport(ssl_context=tls, reuse=config.engine.probe_connection_reuse)
+    proxy_server = ProxyServer(
+        engine,
+        hooks=_hooks(engine, metrics, None if config.engine.workers == 1 else 0),
+        rng=random.Random(rng.random()),
+        upstream_ssl=tls,
+    )
+    if upstream_ssl is None:  # else the caller's context stays
+        swappable.upstream += [transport, proxy_server]
     scheduler = make_scheduler(  # sharded among the replicas of a cluster (lb.cluster)
         config,
-        NetworkTransport(ssl_context=tls, reuse=config.engine.probe_connection_reuse),
+        transport,
         engine.apply,
         rng=probe_rng(seed),  # the simulator's schedule for the same seed
         first_round_rate=500,  # ramp TLS handshakes when thousands of endpoints start
     )
     scheduler.update(jobs_for_config(config, engine.targets()))
-    reload = ReloadFn(paths, engine, scheduler, metrics, overrides)
+    reload = ReloadFn(paths, engine, scheduler, metrics, overrides, swappable)
     if shutdown is None:
         shutdown = trio.Event()
     workers = None
@@ -376,7 +451,11 @@ async def serve_lb(
         if state_file:
             await nursery.start(keep_state, engine, state_file)
         admin = await _start_admin(nursery, engine, metrics, reload, admin_guard, shutdown)
-        listeners = await _open_proxy_listeners(config.engine.listen, workers is not None)
+        listeners = await _open_proxy_listeners(
+            config.engine.listen, files.listeners, workers is not None
+        )
+        swappable.listeners = listeners
+        swappable.opened_as = [(spec.address, spec.port) for spec in config.engine.listen]
         workers_started = False
 
         async def workers_stopped() -> None:
@@ -387,13 +466,7 @@ async def serve_lb(
             _proxy_then_stop,
             nursery.cancel_scope,
             functools.partial(
-                serve_proxy,
-                engine,
-                listeners,
-                hooks=_hooks(engine, metrics, None if workers is None else 0),
-                rng=random.Random(rng.random()),
-                upstream_ssl=tls,
-                shutdown=shutdown,
+                serve_proxy, engine, listeners, server=proxy_server, shutdown=shutdown
             ),
             workers_stopped,
         )
@@ -440,13 +513,16 @@ async def _start_admin(
     return bound
 
 
-async def _open_proxy_listeners(specs: Sequence[Listener], reuse_port: bool) -> list[AnyListener]:
-    """Bind every proxy listener, one at a time so that a failure names its address."""
+async def _open_proxy_listeners(
+    specs: Sequence[Listener], contexts: Sequence[ssl.SSLContext | None], reuse_port: bool
+) -> list[AnyListener]:
+    """Bind every proxy listener with its TLS context, one at a time so that a failure names
+    its address."""
     out: list[AnyListener] = []
     try:
-        for spec in specs:
+        for spec, context in zip(specs, contexts, strict=True):
             try:
-                out += await open_listeners([spec], reuse_port=reuse_port)
+                out += await open_listeners([spec], contexts=[context], reuse_port=reuse_port)
             except OSError as exc:
                 raise ListenError(host_port(spec.address, spec.port), exc) from exc
     except BaseException:
@@ -504,13 +580,28 @@ async def _reload_logged(reload: Callable[[], Awaitable[object]]) -> None:
         logs.event("config_reload_failed", logging.ERROR, error=f"{type(exc).__name__}: {exc}")
 
 
+def _reread_files(swappable: Swappable, config: Config) -> None:
+    """In a child worker, on each configuration the parent swapped in: read its files again,
+    as the parent did just before (a renewed certificate is then served by every process).
+    A file that broke in between keeps the previous contexts, logged."""
+    try:
+        files = read_files(LoadResult(config=config, warnings=[]), environment=False)
+    except ConfigError as exc:
+        errors = [str(p) for p in exc.problems]
+        logs.event("worker_files_unchanged", logging.ERROR, errors=errors)
+        return
+    swappable.swap(config, files)
+
+
 def serve_worker() -> None:
     """Run one child proxy worker (``tunnel-lb run --worker FILE...``) until told to stop.
 
     Its configuration, affinity secret, listen addresses and health all come from the
     parent over stdin (:func:`lb.workers.run_child`); the files on its command line only
-    say, in ``ps``, which configuration it serves.  It has no scheduler, no admin listener
-    and no reload of its own: one process probes, every process serves.
+    say, in ``ps``, which configuration it serves.  The certificate and CA files the
+    configuration names are read here too, at start and on every configuration swap.  It
+    has no scheduler, no admin listener and no reload of its own: one process probes, every
+    process serves.
     """
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # reloads come from the parent
     metrics = Metrics()  # traffic counters only, reported to the parent
@@ -523,17 +614,18 @@ def serve_worker() -> None:
     ) -> None:
         engine = ctx.engine
         listeners = await open_listeners(ctx.listen, reuse_port=True)
+        server = ProxyServer(
+            engine,
+            hooks=_hooks(engine, metrics, ctx.worker),
+            rng=random.Random(ctx.seed),
+            upstream_ssl=upstream_context(engine.config),
+        )
+        opened_as = [(spec.address, spec.port) for spec in engine.config.engine.listen]
+        swappable = Swappable(None, listeners, opened_as, [server])
+        engine.observers.config.append(functools.partial(_reread_files, swappable))
         async with trio.open_nursery() as nursery:
             await nursery.start(
-                functools.partial(
-                    serve_proxy,
-                    engine,
-                    listeners,
-                    hooks=_hooks(engine, metrics, ctx.worker),
-                    rng=random.Random(ctx.seed),
-                    upstream_ssl=upstream_context(engine.config),
-                    shutdown=shutdown,
-                )
+                functools.partial(serve_proxy, engine, listeners, server=server, shutdown=shutdown)
             )
             task_status.started()
 

@@ -49,6 +49,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "lb.proxy",
             "lb.admin",
             "lb.admin_guard",
+            "lb.files",
             "lb.status_page",
             "lb.connector",
             "lb.access",

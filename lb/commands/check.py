@@ -1,8 +1,11 @@
 """``tunnel-lb check``: validate configuration files and say what they describe.
 
 Exit status 0 when the configuration is usable (warnings are printed but do not fail it), 2
-when it is not.  The summary is meant to be read before deploying: which load balancer uses
-which pools in which order, how many endpoints each pool has and what monitors them.
+when it is not.  Usable includes the files it names: certificates, keys, CA bundle and token
+files are read by the same function as ``tunnel-lb run`` and a reload (:mod:`lb.files`), so
+``check`` passes exactly what ``run`` starts with.  The summary is meant to be read before
+deploying: which load balancer uses which pools in which order, how many endpoints each pool
+has and what monitors them.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from lb.config.errors import ConfigError, Problem
 from lb.config.loader import load_config
 from lb.config.model import Config, LoadBalancer, Monitor, MonitorGroup, Pool, Tunnel
 from lb.config.serving import ALLOW_EMPTY_HINT, serving_problem
+from lb.files import read_files
 
 NAME = "check"
 HELP = "Validate configuration files and summarise them (exit 2 on errors)."
@@ -63,10 +67,17 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         errors, warnings, summary = exc.problems, exc.warnings, None
     else:
-        errors, warnings, summary = [], result.warnings, summarize(result.config)
+        errors, warnings, summary = [], result.warnings, None
+        try:
+            # Certificates, CA bundle, token file: read as `run` and a reload read them.
+            read_files(result, environment=False)
+        except ConfigError as exc:
+            errors = exc.problems
         empty = None if args.allow_empty else serving_problem(result.config, ALLOW_EMPTY_HINT)
         if empty is not None:
-            errors, summary = [empty], None
+            errors = [*errors, empty]
+        if not errors:
+            summary = summarize(result.config)
     if args.json:
         _print_json(errors, warnings, summary)
     else:

@@ -21,12 +21,12 @@ from typing import Any
 
 import trio
 
-from lb.commands._trust import checked_upstream_context
 from lb.config.errors import ConfigError
 from lb.config.loader import load_config
 from lb.config.model import Config
 from lb.config.serving import serving_problem
 from lb.core.book import HealthBook, ProbeTarget
+from lb.files import read_upstream_ca
 from monitors import NetworkTransport, ProbeTransport, Verdict, plan, probe_once
 from monitors.reasons import hint
 
@@ -152,7 +152,8 @@ def render_hints(rows: list[Row]) -> str:
 
 def run(args: argparse.Namespace, transport: ProbeTransport | None = None) -> int:
     """Load, probe, print; see the module docstring for the exit status."""
-    config = load_config(args.files).config
+    result = load_config(args.files)
+    config = result.config
     empty = serving_problem(config)
     if empty is not None:
         raise ConfigError([empty])
@@ -168,7 +169,7 @@ def run(args: argparse.Namespace, transport: ProbeTransport | None = None) -> in
         return 2
     chosen = select(targets, args.pool, args.endpoint)
     if transport is None:  # engine.upstream_ca, as the running LB's probes
-        transport = NetworkTransport(ssl_context=checked_upstream_context(config))
+        transport = NetworkTransport(ssl_context=read_upstream_ca(result))
     rows = trio.run(probe_targets, config, chosen, transport)
     if args.json:
         print(json.dumps([r.as_json() for r in rows], indent=2))

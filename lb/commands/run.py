@@ -9,14 +9,13 @@ import sys
 import trio
 
 from lb import logs
-from lb.commands._trust import checked_upstream_context
 from lb.config.errors import ConfigError
 from lb.config.hosts import LOOPBACK, split_host_port
 from lb.config.loader import load_config
 from lb.config.model import Listener
 from lb.config.serving import ALLOW_EMPTY_HINT, serving_problem
+from lb.files import read_files
 from lb.lifecycle import listen_error
-from lb.proxy.listeners import listener_contexts
 from lb.service import Overrides, serve_lb, serve_worker
 
 NAME = "run"
@@ -113,12 +112,16 @@ def run(args: argparse.Namespace) -> int:
     for warning in result.warnings:
         logs.event("config_warning", message=str(warning))
     config = overrides.apply(result.config)
-    # Certificates are read before anything listens: a bad path is a ConfigError (exit 2).
-    listener_contexts(config.engine.listen, source=args.files[0])
-    checked_upstream_context(config)  # likewise engine.upstream_ca
+    # Every file the configuration names is read before anything listens, as `check` and a
+    # reload read them: a bad one is a ConfigError (exit 2) with its file and line.
+    files = read_files(result, config)
     _freeze_startup_objects()
     try:
-        trio.run(lambda: serve_lb(args.files, config=config, seed=args.seed, overrides=overrides))
+        trio.run(
+            lambda: serve_lb(
+                args.files, config=config, files=files, seed=args.seed, overrides=overrides
+            )
+        )
     except (OSError, BaseExceptionGroup) as exc:
         error = listen_error(exc)
         if error is None:

@@ -31,7 +31,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from lb.config._report import Report, did_you_mean, fmt_number, quote
-from lb.config._source import Node, Segment
+from lb.config._source import Node, Segment, render_path
 
 __all__ = ["INVALID", "Parser", "describe_node"]
 
@@ -177,6 +177,7 @@ class Parser:
             self.report.error(node.at(path), message)
             return INVALID
         if meta.get("path") and value:
+            self.report.files[render_path(path)] = node.at(path)
             return os.path.join(os.path.dirname(node.file), value)  # value if it is absolute
         return value
 

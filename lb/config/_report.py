@@ -17,6 +17,9 @@ class Report:
     def __init__(self) -> None:
         self.errors: list[Problem] = []
         self.warnings: list[Problem] = []
+        self.files: dict[str, Where] = {}
+        """Where each file name (a ``path`` field) was written, by dotted path: the files
+        themselves are read after loading (:mod:`lb.files`), and their problems point here."""
 
     def error(self, where: Where, message: str) -> None:
         """Record a problem that makes the configuration unusable."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import TypeVar
@@ -71,6 +71,21 @@ class LoadResult:
 
     config: Config
     warnings: list[Problem]
+    files: Mapping[str, Where] = dataclasses.field(default_factory=dict)
+    """Where each file name of the configuration was written, by dotted path
+    (``engine.listen[0].certificate``)."""
+
+    def problem(self, path: str, message: str) -> Problem:
+        """A problem with the file named at ``path`` (or, for an object such as
+        ``engine.listen[0]``, with the first file named inside it), at the line it was written
+        on."""
+        where = self.files.get(path) or next(
+            (w for p, w in self.files.items() if p.startswith((f"{path}.", f"{path}["))), None
+        )
+        if where is None:
+            file = self.config.source[0] if self.config.source else "<config>"
+            return Problem(file=file, line=None, path=path, message=message)
+        return Problem(file=where.file, line=where.line, path=path, message=message)
 
 
 def load_config(paths: Sequence[str | os.PathLike[str]]) -> LoadResult:
@@ -114,7 +129,7 @@ def _load(documents: list[tuple[str, Node | None]], report: Report) -> LoadResul
 
     if report.errors:
         raise ConfigError(sort(report.errors), sort(report.warnings))
-    return LoadResult(config=config, warnings=sort(report.warnings))
+    return LoadResult(config=config, warnings=sort(report.warnings), files=dict(report.files))
 
 
 # --------------------------------------------------------------------------- file shapes

@@ -22,7 +22,7 @@ from lb import logs
 from lb.proxy import http1
 from lb.proxy.errors import RequestError
 from lb.proxy.exchange import exchange
-from lb.proxy.listeners import AnyListener, is_https
+from lb.proxy.listeners import AnyListener, TlsListener, is_https
 from lb.proxy.replies import reject, timed_out
 from lb.proxy.state import RECEIVE_SIZE, Client, Shared
 from lb.proxy.watchdog import expire, tick
@@ -320,7 +320,7 @@ def _close_now(stream: trio.abc.Stream) -> None:
 
 def close_listener(listener: AnyListener) -> None:
     """Close a listening socket synchronously (also under cancellation)."""
-    inner = listener.transport_listener if isinstance(listener, trio.SSLListener) else listener
+    inner = listener.transport_listener if isinstance(listener, TlsListener) else listener
     if isinstance(inner, trio.SocketListener):
         inner.socket.close()
 

@@ -5,9 +5,11 @@ One socket per configured listener (no dual-stack fan-out: the address says whic
 accept on the same port, the kernel spreading new connections between them.
 
 HTTPS when ``certificate`` and ``key`` are set or ``certificates`` is not empty.  Each
-certificate/key pair gets its own :class:`ssl.SSLContext`, built once when the listener opens;
-the listener's context (``certificate``/``key``, else the first of ``certificates``) carries an
-``sni_callback`` that switches the handshake to the pair whose names match the client's SNI:
+certificate/key pair gets its own :class:`ssl.SSLContext`, built when the listener opens and
+again on every reload (:class:`TlsListener`: a reload swaps the context new connections are
+wrapped with, so a renewed certificate is served without a restart); the listener's context
+(``certificate``/``key``, else the first of ``certificates``) carries an ``sni_callback``
+that switches the handshake to the pair whose names match the client's SNI:
 
 * a pair's names are its ``hostnames`` when listed, else the DNS names of its certificate's
   subjectAltName, read with the ``cryptography`` package (without it, ``hostnames`` must be
@@ -17,7 +19,8 @@ the listener's context (``certificate``/``key``, else the first of ``certificate
 * no SNI, or a name no pair matches: the listener's default certificate.
 
 Unreadable or unusable files are reported as a :class:`~lb.config.errors.ConfigError` naming
-the listener entry and the file, before any socket is bound (:func:`listener_contexts`).
+the listener entry and the file, before any socket is bound (:func:`listener_contexts`, which
+``tunnel-lb check``, ``run`` and a reload all reach through :func:`lb.files.read_files`).
 Paths come from the configuration loader, which makes relative ones relative to the file
 that names them.
 """
@@ -37,6 +40,7 @@ from lb.config.model import CertificatePair, Listener
 __all__ = [
     "AnyListener",
     "SniTable",
+    "TlsListener",
     "bound_address",
     "certificate_names",
     "is_https",
@@ -45,7 +49,32 @@ __all__ = [
     "server_ssl_context",
 ]
 
-AnyListener = trio.SocketListener | trio.SSLListener[trio.SocketStream]
+
+class TlsListener(trio.abc.Listener[trio.SSLStream[trio.SocketStream]]):
+    """An HTTPS listener whose TLS context can be replaced while it listens.
+
+    :class:`trio.SSLListener` keeps the context it was made with (and cannot be subclassed);
+    this one reads :attr:`context` at each accept, so a reload that assigns a new context
+    serves the renewed certificate to every connection accepted afterwards, while
+    connections already accepted keep the context they were wrapped with.
+    """
+
+    def __init__(self, transport_listener: trio.SocketListener, context: ssl.SSLContext) -> None:
+        self.transport_listener = transport_listener
+        self.context = context
+        """The context of the next accepted connection (a reload assigns it)."""
+
+    async def accept(self) -> trio.SSLStream[trio.SocketStream]:
+        """The next connection, wrapped in TLS with the current :attr:`context`."""
+        stream = await self.transport_listener.accept()
+        return trio.SSLStream(stream, self.context, server_side=True, https_compatible=True)
+
+    async def aclose(self) -> None:
+        """Close the listening socket."""
+        await self.transport_listener.aclose()
+
+
+AnyListener = trio.SocketListener | TlsListener
 
 
 def server_ssl_context(certificate: str, key: str) -> ssl.SSLContext:
@@ -238,21 +267,29 @@ def listener_contexts(
 
 
 async def open_listeners(
-    listen: Sequence[Listener], *, reuse_port: bool = False, backlog: int = 1024
+    listen: Sequence[Listener],
+    *,
+    contexts: Sequence[ssl.SSLContext | None] | None = None,
+    reuse_port: bool = False,
+    backlog: int = 1024,
 ) -> list[AnyListener]:
     """Bind every configured listener; port 0 picks a free port.
+
+    ``contexts`` are the listeners' TLS contexts as :func:`listener_contexts` made them
+    (loaded here when None).
 
     Raises ConfigError (see :func:`listener_contexts`) before binding when a certificate or
     key cannot be used.
     """
-    contexts = listener_contexts(listen)  # every certificate loads before anything binds
+    if contexts is None:
+        contexts = listener_contexts(listen)  # every certificate loads before anything binds
     out: list[AnyListener] = []
     try:
         for spec, ctx in zip(listen, contexts, strict=True):
             sock = await _bind(spec.address, spec.port, reuse_port=reuse_port, backlog=backlog)
             plain = trio.SocketListener(sock)
             if ctx is not None:
-                out.append(trio.SSLListener(plain, ctx, https_compatible=True))
+                out.append(TlsListener(plain, ctx))
             else:
                 out.append(plain)
     except BaseException:
@@ -284,12 +321,11 @@ async def _bind(host: str, port: int, *, reuse_port: bool, backlog: int) -> trio
 
 def is_https(listener: AnyListener) -> bool:
     """Whether connections from ``listener`` speak TLS."""
-    return isinstance(listener, trio.SSLListener)
+    return isinstance(listener, TlsListener)
 
 
 def bound_address(listener: AnyListener) -> tuple[str, int]:
     """The (host, port) ``listener`` is bound to."""
-    inner = listener.transport_listener if isinstance(listener, trio.SSLListener) else listener
-    assert isinstance(inner, trio.SocketListener)
+    inner = listener.transport_listener if isinstance(listener, TlsListener) else listener
     name = inner.socket.getsockname()
     return str(name[0]), int(name[1])

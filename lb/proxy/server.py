@@ -249,6 +249,7 @@ async def serve_proxy(
     rng: random.Random | None = None,
     upstream_ssl: ssl.SSLContext | None = None,
     shutdown: trio.Event | None = None,
+    server: ProxyServer | None = None,
     task_status: trio.TaskStatus[list[tuple[str, int]]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the proxy until ``shutdown`` is set (or the task is cancelled).
@@ -257,9 +258,12 @@ async def serve_proxy(
     0 allowed).  ``task_status.started`` receives the bound ``(host, port)`` pairs.  Setting
     ``shutdown`` stops accepting and drains in-flight requests for up to
     ``engine.drain_timeout`` seconds; then this returns.  For more control (shutdown from a
-    signal handler, pool statistics), use :class:`ProxyServer` directly.
+    signal handler, pool statistics), use :class:`ProxyServer` directly, or pass ``server``
+    (made by the caller for ``engine``; ``hooks``, ``rng`` and ``upstream_ssl`` are then its
+    own): a reload swaps its ``pool.ssl_context``.
     """
-    server = ProxyServer(engine, hooks=hooks, rng=rng, upstream_ssl=upstream_ssl)
+    if server is None:
+        server = ProxyServer(engine, hooks=hooks, rng=rng, upstream_ssl=upstream_ssl)
     async with trio.open_nursery() as nursery:
         if shutdown is not None:
 

@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 import trio
+import trustme
 from stack_support import LB, one_pool_config
 from waiting import wait_until
 
@@ -156,14 +157,16 @@ async def test_reload_warns_about_fields_that_need_a_restart(
     path.write_text(one_pool_config())
     running = await start(nursery, path)
     ca = tmp_path / "ca.pem"
-    ca.write_text("unused: a reload never loads it\n")
+    trustme.CA().cert_pem.write_to_path(str(ca))
     path.write_text(one_pool_config(workers=2, upstream_ca=str(ca)))
     with caplog.at_level(logging.WARNING):
-        assert (await running.reload()).ok
+        result = await running.reload()
+    assert result.ok
+    assert result.as_json()["restart_required"] == ["engine.workers"]  # the CA is swapped in
     warnings = [r for r in caplog.records if r.getMessage() == "config_restart_required"]
     assert len(warnings) == 1
     fields = warnings[0].__dict__["fields"]["needs_restart"]
-    assert fields == ["engine.upstream_ca", "engine.workers"]
+    assert fields == ["engine.workers"]
     assert running.workers is None  # unchanged until a restart
     caplog.clear()
     path.write_text(one_pool_config(workers=2, upstream_ca=str(ca), interval=20))

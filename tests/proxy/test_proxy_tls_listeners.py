@@ -19,6 +19,7 @@ from lb.config.model import CertificatePair, Listener
 from lb.proxy.listeners import (
     AnyListener,
     SniTable,
+    TlsListener,
     certificate_names,
     listener_contexts,
     open_listeners,
@@ -82,7 +83,7 @@ async def _handshake_then_wait(stream: trio.SSLStream[trio.SocketStream]) -> Non
 async def _accept_tls(
     listener: AnyListener, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
 ) -> None:
-    assert isinstance(listener, trio.SSLListener)
+    assert isinstance(listener, TlsListener)
     async with listener, trio.open_nursery() as nursery:
         task_status.started()
         while True:

@@ -1,0 +1,425 @@
+"""The files a configuration names are read the same way by ``check``, ``run`` and a reload.
+
+The reload tests run ``tunnel-lb run`` as a real process with an HTTPS listener on
+127.0.0.1 port 0 and look at the certificate a real TLS client is served; the tunnel behind
+is never reachable, which is irrelevant to which certificate the listener presents.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import ssl
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+import trustme
+from cryptography import x509
+from stack_support import (
+    LB,
+    event_of,
+    log_size,
+    logged,
+    one_pool_config,
+    running_stack,
+    start_lb_process,
+    until_url,
+)
+from waiting import wait_until
+
+from lb.admin_guard import MIN_TOKEN_LENGTH
+from lb.cli import main
+
+pytestmark = pytest.mark.integration
+
+TOKEN = "s3cret-token-of-enough-length-0123456789"
+
+
+def write_config(path: Path, **engine: Any) -> None:
+    """:func:`one_pool_config` with an HTTPS listener on ``lb.pem`` (relative to ``path``)
+    and ``engine`` fields, one key per line so that every field has its own line."""
+    document = json.loads(one_pool_config())
+    document["engine"]["listen"] = [
+        {"address": "127.0.0.1", "port": 0, "certificate": "lb.pem", "key": "lb.pem"}
+    ]
+    document["engine"].update(engine)
+    path.write_text(json.dumps(document, indent=2) + "\n")
+
+
+def line_of(path: Path, text: str) -> int:
+    """The line of ``path`` that contains ``text`` (exactly one)."""
+    found = [i for i, line in enumerate(path.read_text().splitlines(), 1) if text in line]
+    assert len(found) == 1, (text, found)
+    return found[0]
+
+
+def issue(ca: trustme.CA, path: Path) -> str:
+    """A new certificate for :data:`LB` written to ``path`` (key included); its serial."""
+    leaf = ca.issue_cert(LB)
+    leaf.private_key_and_cert_chain_pem.write_to_path(str(path))
+    cert = x509.load_pem_x509_certificate(leaf.cert_chain_pems[0].bytes())
+    return f"{cert.serial_number:X}"
+
+
+async def open_tls(port: int, ca: trustme.CA) -> trio.SSLStream[trio.SocketStream]:
+    """A verified TLS connection to the listener, handshake done."""
+    ctx = ssl.create_default_context()
+    ca.configure_trust(ctx)
+    stream = trio.SSLStream(await trio.open_tcp_stream("127.0.0.1", port), ctx, server_hostname=LB)
+    with trio.fail_after(10):
+        await stream.do_handshake()
+    return stream
+
+
+async def served_serial(port: int, ca: trustme.CA) -> str:
+    """The serial number of the certificate a new connection is served."""
+    stream = await open_tls(port, ca)
+    try:
+        cert = stream.getpeercert()
+        assert cert
+        return str(cert["serialNumber"]).lstrip("0") or "0"
+    finally:
+        await trio.aclose_forcefully(stream)
+
+
+async def status_line(stream: trio.SSLStream[trio.SocketStream]) -> bytes:
+    """Send a request on ``stream``; the status line of its answer."""
+    await stream.send_all(f"GET / HTTP/1.1\r\nHost: {LB}\r\n\r\n".encode())
+    data = b""
+    with trio.fail_after(30):
+        while b"\r\n" not in data:
+            chunk = await stream.receive_some(4096)
+            assert chunk, "closed before a status line"
+            data += chunk
+    return data.split(b"\r\n", 1)[0]
+
+
+async def reload(admin: int) -> tuple[int, dict[str, Any]]:
+    async with httpx.AsyncClient() as client:
+        resp = await client.post(
+            f"http://127.0.0.1:{admin}/reload", headers={"X-Tunnel-LB": "1"}, timeout=30
+        )
+    body: dict[str, Any] = resp.json()
+    return resp.status_code, body
+
+
+async def test_a_reload_serves_the_renewed_certificate_and_keeps_open_connections(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    ca = trustme.CA()
+    first = issue(ca, tmp_path / "lb.pem")
+    config = tmp_path / "lb.json"
+    write_config(config)
+    process, ready = await start_lb_process(nursery, config, log=tmp_path / "lb.log")
+    port = ready.listen[0]
+    assert await served_serial(port, ca) == first
+    opened = await open_tls(port, ca)  # before the renewal
+
+    renewed = issue(ca, tmp_path / "lb.pem")  # same path, as certbot renews
+    assert renewed != first
+    code, body = await reload(ready.admin)
+    assert (code, body["ok"], body["errors"]) == (200, True, [])
+    assert "restart_required" not in body
+    assert await served_serial(port, ca) == renewed
+    # The connection accepted before the reload keeps its session and still serves.
+    assert (await status_line(opened)).startswith(b"HTTP/1.1 ")
+    assert opened.getpeercert()["serialNumber"].lstrip("0") == first  # type: ignore[index]
+    await trio.aclose_forcefully(opened)
+    process.send_signal(signal.SIGTERM)
+
+
+async def test_a_reload_with_a_missing_certificate_or_ca_is_refused_and_the_old_one_serves(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    ca = trustme.CA()
+    serial = issue(ca, tmp_path / "lb.pem")
+    config = tmp_path / "lb.json"
+    write_config(config)
+    log = tmp_path / "lb.log"
+    process, ready = await start_lb_process(nursery, config, log=log)
+    port = ready.listen[0]
+
+    document = json.loads(config.read_text())
+    document["engine"]["listen"][0]["certificate"] = "missing.pem"
+    config.write_text(json.dumps(document, indent=2) + "\n")
+    line = line_of(config, "missing.pem")
+    code, body = await reload(ready.admin)
+    assert (code, body["ok"]) == (400, False)
+    assert body["errors"] == [
+        f'{config}:{line}: engine.listen[0].certificate: cannot read "{tmp_path}/missing.pem": '
+        "No such file or directory"
+    ]
+    assert await served_serial(port, ca) == serial
+
+    write_config(config, upstream_ca="missing-ca.pem")
+    line = line_of(config, "missing-ca.pem")
+    code, body = await reload(ready.admin)
+    assert (code, body["ok"]) == (400, False)
+    assert body["errors"] == [
+        f'{config}:{line}: engine.upstream_ca: cannot read "{tmp_path}/missing-ca.pem": '
+        "No such file or directory"
+    ]
+
+    (tmp_path / "not-a-ca.pem").write_text("not a certificate\n")
+    write_config(config, upstream_ca="not-a-ca.pem")
+    code, body = await reload(ready.admin)
+    assert code == 400
+    assert "engine.upstream_ca: cannot use" in body["errors"][0]
+
+    # SIGHUP: the same refusal, logged; the old certificate keeps serving.
+    (tmp_path / "lb.pem").write_text("broken\n")
+    write_config(config)
+    since = log_size(log)
+    process.send_signal(signal.SIGHUP)
+    failed = await logged(
+        log,
+        since,
+        lambda text: event_of(text, "config_reload_failed"),
+        process,
+        "the failed reload's log line",
+    )
+    assert re.search(
+        r"lb\.json:\d+: engine\.listen\[0\]: cannot use certificate", failed["errors"][0]
+    )
+    assert await served_serial(port, ca) == serial
+    process.send_signal(signal.SIGTERM)
+
+
+async def test_a_reload_says_in_its_reply_what_needs_a_restart(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    ca = trustme.CA()
+    issue(ca, tmp_path / "lb.pem")
+    token = tmp_path / "token"
+    token.write_text(TOKEN)
+    config = tmp_path / "lb.json"
+    write_config(config, admin_token_file="token")
+    process, ready = await start_lb_process(nursery, config, log=tmp_path / "lb.log")
+
+    token.write_text("short")
+    async with httpx.AsyncClient() as client:
+        resp = await client.post(
+            f"http://127.0.0.1:{ready.admin}/reload",
+            headers={"X-Tunnel-LB": "1", "Authorization": f"Bearer {TOKEN}"},
+            timeout=30,
+        )
+    assert resp.status_code == 400
+    line = line_of(config, '"admin_token_file"')
+    assert resp.json()["errors"] == [
+        f"{config}:{line}: engine.admin_token_file: the token in {tmp_path}/token is shorter "
+        f"than {MIN_TOKEN_LENGTH} characters"
+    ]
+
+    token.write_text(TOKEN + "-rotated")
+    async with httpx.AsyncClient() as client:
+        resp = await client.post(
+            f"http://127.0.0.1:{ready.admin}/reload",
+            headers={"X-Tunnel-LB": "1", "Authorization": f"Bearer {TOKEN}"},
+            timeout=30,
+        )
+    assert resp.status_code == 200
+    assert resp.json()["restart_required"] == ["engine.admin_token_file"]
+    process.send_signal(signal.SIGTERM)
+
+
+# ----------------------------------------------------------------- check agrees with run
+
+BROKEN: dict[str, tuple[dict[str, Any], str, str]] = {
+    # name: (engine fields, text on the line, the problem after "file:line: ")
+    "certificate": (
+        {"listen": [{"port": 0, "certificate": "nope.pem", "key": "key.pem"}]},
+        "nope.pem",
+        'engine.listen[0].certificate: cannot read "{d}/nope.pem": No such file or directory',
+    ),
+    "key": (
+        {"listen": [{"port": 0, "certificate": "cert.pem", "key": "nokey.pem"}]},
+        "nokey.pem",
+        'engine.listen[0].key: cannot read "{d}/nokey.pem": No such file or directory',
+    ),
+    "sni-certificate": (
+        {
+            "listen": [
+                {
+                    "port": 0,
+                    "certificate": "cert.pem",
+                    "key": "key.pem",
+                    "certificates": [{"certificate": "sni.pem", "key": "key.pem"}],
+                }
+            ]
+        },
+        "sni.pem",
+        'engine.listen[0].certificates[0].certificate: cannot read "{d}/sni.pem": '
+        "No such file or directory",
+    ),
+    "upstream_ca": (
+        {"upstream_ca": "no-ca.pem"},
+        "no-ca.pem",
+        'engine.upstream_ca: cannot read "{d}/no-ca.pem": No such file or directory',
+    ),
+    "admin_token_file": (
+        {"admin_token_file": "no-token"},
+        "no-token",
+        "engine.admin_token_file: cannot read {d}/no-token: No such file or directory",
+    ),
+    "short-token": (
+        {"admin_token_file": "short-token"},
+        '"short-token"',
+        "engine.admin_token_file: the token in {d}/short-token is shorter than "
+        f"{MIN_TOKEN_LENGTH} characters",
+    ),
+    "affinity_secret_file": (
+        {"affinity_secret_file": "no-secret"},
+        "no-secret",
+        "engine.affinity_secret_file: cannot read this file",  # the loader's own check
+    ),
+    "state_file": (
+        {"state_file": "no-dir/state.json"},
+        "no-dir/state.json",
+        'engine.state_file: cannot write "{d}/no-dir/state.json": '
+        'the directory "{d}/no-dir" does not exist',
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BROKEN.values(), ids=BROKEN)
+def test_check_and_run_report_each_bad_file_with_its_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], case: tuple[dict[str, Any], str, str]
+) -> None:
+    engine, text, message = case
+    leaf = trustme.CA().issue_cert(LB)
+    leaf.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
+    leaf.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+    (tmp_path / "short-token").write_text("short\n")
+    config = tmp_path / "lb.json"
+    document = json.loads(one_pool_config())
+    document["engine"].update(engine)
+    config.write_text(json.dumps(document, indent=2) + "\n")
+    expected = f"{config}:{line_of(config, text)}: {message.format(d=tmp_path)}"
+
+    assert main(["check", str(config)]) == 2
+    assert expected in capsys.readouterr().err.splitlines()
+    assert main(["check", "--json", str(config)]) == 2
+    (error,) = json.loads(capsys.readouterr().out)["errors"]
+    assert (error["file"], error["line"]) == (str(config), line_of(config, text))
+    run = [sys.executable, "-m", "lb", "run", str(config)]
+    done = subprocess.run(run, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 2  # before anything listens
+    assert f"error: {expected}" in done.stderr.splitlines()
+    assert "Traceback" not in done.stderr
+
+
+def test_check_passes_what_run_starts_with(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    leaf = trustme.CA().issue_cert(LB)
+    leaf.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "lb.pem"))
+    config = tmp_path / "lb.json"
+    write_config(config)
+    assert main(["check", str(config)]) == 0
+    assert capsys.readouterr().out.startswith("OK: ")
+
+
+# ----------------------------------------------------------------- configs/https.yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+async def test_the_https_example_runs_with_the_certificates_its_comment_makes(
+    tmp_path: Path, nursery: trio.Nursery, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "https.yaml"
+    config.write_text((ROOT / "configs" / "https.yaml").read_text())
+    assert main(["check", str(config)]) == 2  # before: the files are not there
+    line = line_of(config, "certificate: certs/default.pem")
+    assert (
+        f"{config}:{line}: engine.listen[1].certificate: "
+        f'cannot read "{tmp_path}/certs/default.pem": No such file or directory'
+    ) in capsys.readouterr().err.splitlines()
+
+    script = [str(ROOT / "scripts" / "example-certs"), str(tmp_path / "certs")]
+    await trio.run_process(script, capture_stdout=True)
+    assert main(["check", str(config)]) == 0
+    capsys.readouterr()
+    ports = ("--listen", "127.0.0.1:0", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0")
+    process, ready = await start_lb_process(nursery, config, *ports, log=tmp_path / "lb.log")
+    ctx = ssl.create_default_context(cafile=str(tmp_path / "certs" / "ca.pem"))
+    for name in ("www.example.com", "x.api.example.com", "localhost"):
+        raw = await trio.open_tcp_stream("127.0.0.1", ready.listen[1])
+        stream = trio.SSLStream(raw, ctx, server_hostname=name)  # verified against the CA
+        with trio.fail_after(10):
+            await stream.do_handshake()
+        await trio.aclose_forcefully(stream)
+    process.send_signal(signal.SIGTERM)
+
+
+async def test_with_workers_every_process_serves_the_renewed_certificate(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    ca = trustme.CA()
+    first = issue(ca, tmp_path / "lb.pem")
+    config = tmp_path / "lb.json"
+    write_config(config, workers=2)
+    process, ready = await start_lb_process(nursery, config, log=tmp_path / "lb.log")
+    port = ready.listen[0]
+    assert await served_serial(port, ca) == first
+
+    renewed = issue(ca, tmp_path / "lb.pem")
+    code, body = await reload(ready.admin)
+    assert (code, body["ok"]) == (200, True)
+
+    async def twenty_renewed() -> bool:
+        # The kernel spreads new connections over both processes (SO_REUSEPORT): twenty in
+        # a row all reach the parent with a chance of one in a million.
+        return all([await served_serial(port, ca) == renewed for _ in range(20)])
+
+    await wait_until(twenty_renewed, 30, what="every process serving the renewed certificate")
+    process.send_signal(signal.SIGTERM)
+
+
+async def test_a_reload_swaps_the_upstream_ca_for_new_probe_connections(tmp_path: Path) -> None:
+    async with running_stack(tmp_path) as stack, httpx.AsyncClient(timeout=5) as client:
+        status = f"{stack.admin_base}/status"
+
+        def states(r: httpx.Response) -> dict[str, str]:
+            return {p["name"]: p["state"] for p in r.json()["pools"]}
+
+        await until_url(client, status, lambda r: set(states(r).values()) == {"healthy"})
+        right = stack.ca_file.read_bytes()
+        trustme.CA().cert_pem.write_to_path(str(stack.ca_file))  # a CA that signed nothing
+        code, body = await reload(stack.admin)
+        assert (code, body["ok"]) == (200, True)
+        assert "restart_required" not in body
+        # Each check opens a new connection: verified against the new CA, they all fail.
+        await until_url(client, status, lambda r: set(states(r).values()) == {"critical"})
+
+        stack.ca_file.write_bytes(right)
+        assert (await reload(stack.admin))[0] == 200
+        await until_url(client, status, lambda r: set(states(r).values()) == {"healthy"})
+
+
+async def test_a_listener_that_moved_keeps_its_certificate_until_the_restart(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    ca = trustme.CA()
+    first = issue(ca, tmp_path / "lb.pem")
+    issue(ca, tmp_path / "other.pem")
+    config = tmp_path / "lb.json"
+    write_config(config)
+    process, ready = await start_lb_process(nursery, config, log=tmp_path / "lb.log")
+
+    document = json.loads(config.read_text())
+    document["engine"]["listen"][0].update(
+        address="127.0.0.2", certificate="other.pem", key="other.pem"
+    )
+    config.write_text(json.dumps(document, indent=2) + "\n")
+    code, body = await reload(ready.admin)
+    assert (code, body["restart_required"]) == (200, ["engine.listen"])
+    # The bound listener is not the one the file now describes: it keeps what it serves.
+    assert await served_serial(ready.listen[0], ca) == first
+    process.send_signal(signal.SIGTERM)
