@@ -70,7 +70,7 @@ from monitors.network import NetworkTransport
 from monitors.scheduler import Scheduler, probe_rng
 from monitors.spec import jobs_for_config
 
-__all__ = ["Overrides", "Running", "serve_lb", "serve_worker", "upstream_context"]
+__all__ = ["Overrides", "Running", "serve_lb", "serve_worker"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +124,9 @@ class Swappable:
 
     token: str | None
     """The admin token in force (the admin listener's guard is made once, at start)."""
+    started: Config | None = None
+    """The configuration the process started with: what a restart-only field is compared
+    with, reload after reload (None: the previous reload's)."""
     listeners: list[AnyListener] = field(default_factory=list)
     """The proxy's listeners once bound; a reload gives each HTTPS one its new context."""
     opened_as: list[tuple[str, int]] = field(default_factory=list)
@@ -136,6 +139,8 @@ class Swappable:
     def apply(self, old: Config, config: Config, files: Files) -> list[str]:
         """Swap in the contexts of ``files``; return what needs a restart instead."""
         self.swap(config, files)
+        if self.started is not None:
+            old = self.started  # what runs, however many reloads came in between
         restart: list[str] = []
         listening = [(spec.address, spec.port) for spec in old.engine.listen]
         https = [is_https(listener) for listener in self.listeners]
@@ -151,8 +156,8 @@ class Swappable:
             if getattr(old.engine, name) != getattr(config.engine, name)
         ]
         if files.token != self.token and not any("admin_token" in name for name in restart):
-            field = "admin_token_file" if config.engine.admin_token_file else "admin_token_env"
-            restart.append(f"engine.{field}")
+            token = "admin_token_file" if config.engine.admin_token_file else "admin_token_env"
+            restart.append(f"engine.{token}")
         return restart
 
     def swap(self, config: Config, files: Files) -> None:
@@ -213,7 +218,9 @@ class ReloadFn:
             except Exception as exc:
                 if self._engine.config is not old:
                     # Swapped in before the failure (an observer or the monitors): traffic
-                    # uses the new configuration, so say so rather than claim the old one.
+                    # uses the new configuration, so say so rather than claim the old one,
+                    # and serve it with its own files.
+                    self.swappable.apply(old, config, files)
                     logs.event(
                         "config_reload_partial",
                         logging.ERROR,
@@ -399,7 +406,7 @@ async def serve_lb(
     # configuration error.
     admin_host = split_host_port(config.engine.admin, default_host=LOOPBACK)[0]
     admin_guard = guard_with(config, admin_host, files.token)
-    swappable = Swappable(token=files.token)
+    swappable = Swappable(token=files.token, started=config)
     rng = random.Random(seed)
     engine = Engine(config, now=trio.current_time())
     metrics = Metrics()
@@ -580,17 +587,44 @@ async def _reload_logged(reload: Callable[[], Awaitable[object]]) -> None:
         logs.event("config_reload_failed", logging.ERROR, error=f"{type(exc).__name__}: {exc}")
 
 
-def _reread_files(swappable: Swappable, config: Config) -> None:
-    """In a child worker, on each configuration the parent swapped in: read its files again,
-    as the parent did just before (a renewed certificate is then served by every process).
-    A file that broke in between keeps the previous contexts, logged."""
-    try:
-        files = read_files(LoadResult(config=config, warnings=[]), environment=False)
-    except ConfigError as exc:
-        errors = [str(p) for p in exc.problems]
-        logs.event("worker_files_unchanged", logging.ERROR, errors=errors)
-        return
-    swappable.swap(config, files)
+class _Rereader:
+    """In a child worker, on each configuration the parent swaps in (and the one it starts
+    with): read its files again, as the parent did just before, so a renewed certificate is
+    served by every process.  Read in a thread, never on the event loop; a newer
+    configuration arriving meanwhile wins.  A file that broke in between keeps the previous
+    contexts, logged."""
+
+    def __init__(self, swappable: Swappable) -> None:
+        self.swappable = swappable
+        self.latest: Config | None = None
+        self.wake = trio.Event()
+
+    def __call__(self, config: Config) -> None:
+        """The engine's configuration observer."""
+        self.latest = config
+        self.wake.set()
+
+    async def run(self) -> None:
+        while True:
+            await self.wake.wait()
+            self.wake = trio.Event()
+            config = self.latest
+            assert config is not None
+            read = functools.partial(
+                read_files, LoadResult(config=config, warnings=[]), environment=False
+            )
+            try:
+                files = await trio.to_thread.run_sync(read)
+            except ConfigError as exc:
+                errors = [str(p) for p in exc.problems]
+                logs.event("worker_files_unchanged", logging.ERROR, errors=errors)
+                continue
+            except Exception as exc:  # a bug or a library's own error: keep serving
+                error = f"{type(exc).__name__}: {exc}"
+                logs.event("worker_files_unchanged", logging.ERROR, errors=[error])
+                continue
+            if self.latest is config:  # else the newer one is read next
+                self.swappable.swap(config, files)
 
 
 def serve_worker() -> None:
@@ -621,12 +655,19 @@ def serve_worker() -> None:
             upstream_ssl=upstream_context(engine.config),
         )
         opened_as = [(spec.address, spec.port) for spec in engine.config.engine.listen]
-        swappable = Swappable(None, listeners, opened_as, [server])
-        engine.observers.config.append(functools.partial(_reread_files, swappable))
-        async with trio.open_nursery() as nursery:
-            await nursery.start(
-                functools.partial(serve_proxy, engine, listeners, server=server, shutdown=shutdown)
-            )
-            task_status.started()
+        swappable = Swappable(None, None, listeners, opened_as, [server])
+        reread = _Rereader(swappable)
+        engine.observers.config.append(reread)
+        reread(engine.config)  # the listeners were bound with the start-up files
+        async with trio.open_nursery() as rereading:
+            rereading.start_soon(reread.run)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(
+                    functools.partial(
+                        serve_proxy, engine, listeners, server=server, shutdown=shutdown
+                    )
+                )
+                task_status.started()
+            rereading.cancel_scope.cancel()  # served and drained: nothing more to read
 
     trio.run(run_child, serve, metrics)

@@ -168,10 +168,15 @@ async def test_reload_warns_about_fields_that_need_a_restart(
     fields = warnings[0].__dict__["fields"]["needs_restart"]
     assert fields == ["engine.workers"]
     assert running.workers is None  # unchanged until a restart
-    caplog.clear()
+    # Compared with what runs, not with the previous reload: still not in force, still said.
     path.write_text(one_pool_config(workers=2, upstream_ca=str(ca), interval=20))
+    result = await running.reload()
+    assert result.as_json()["restart_required"] == ["engine.workers"]
+    caplog.clear()
+    path.write_text(one_pool_config(upstream_ca=str(ca), interval=20))  # back to what runs
     with caplog.at_level(logging.WARNING):
-        assert (await running.reload()).ok  # compared with the config in force: no change
+        result = await running.reload()
+    assert result.ok and "restart_required" not in result.as_json()
     assert not [r for r in caplog.records if r.getMessage() == "config_restart_required"]
     running.shutdown.set()
 
