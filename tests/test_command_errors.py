@@ -5,7 +5,6 @@ its reason in the project's log format."""
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 import trio
 import trustme
-from ports_support import dead_port
+from ports_support import busy_port, dead_port
 
 pytestmark = pytest.mark.integration
 
@@ -24,10 +23,8 @@ TUNNEL = "6ff42ae2-765d-4adf-8112-31c55c1551ef"
 @pytest.fixture
 def busy() -> Iterator[int]:
     """A port the kernel picked, with a listener on it for the whole test."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen()
-        yield sock.getsockname()[1]
+    with busy_port() as port:
+        yield port
 
 
 def tunnel_lb(*args: str) -> subprocess.CompletedProcess[str]:

@@ -8,7 +8,6 @@ import logging
 import os
 import re
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -19,6 +18,7 @@ import httpx
 import pytest
 import trio
 import trustme
+from ports_support import busy_port
 from session_support import session
 from stack_support import (
     APP,
@@ -46,10 +46,8 @@ TEXT_LINE = re.compile(
 @pytest.fixture
 def busy() -> Iterator[int]:
     """A port the kernel picked, with a listener on it for the whole test."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen()
-        yield sock.getsockname()[1]
+    with busy_port() as port:
+        yield port
 
 
 def tunnel_lb(*args: str, tmp: Path | None = None) -> subprocess.CompletedProcess[str]:

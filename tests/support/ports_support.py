@@ -48,6 +48,17 @@ def reserved_port() -> Iterator[int]:
         yield port
 
 
+@contextmanager
+def busy_port() -> Iterator[int]:
+    """A TCP port on 127.0.0.1 with a listener on it until the end of the ``with``: what a
+    program told to listen there finds taken."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port: int = sock.getsockname()[1]
+        yield port
+
+
 def dead_port() -> int:
     """A TCP port on 127.0.0.1 that refuses connections for the rest of the test session."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
