@@ -42,7 +42,7 @@ from lb.sim.record import Recorder
 from lb.sim.report import Report, build_report
 from lb.sim.scenario import Scenario, config_with
 from lb.sim.sessions import DatacenterSessions
-from lb.sim.traffic import DatacenterTraffic, PendingTimeouts, TrafficCounts
+from lb.sim.traffic import DatacenterTraffic, InFlight, PendingTimeouts, TrafficCounts, needs_live
 from monitors.scheduler import Scheduler, probe_rng
 from monitors.spec import jobs_for_config
 from steering import Router
@@ -83,10 +83,11 @@ async def _simulate(sc: Scenario, progress: Progress | None) -> Report:
     else:
         scheduler.update(jobs_for_config(config, engine.targets()))
     timeouts = PendingTimeouts()  # one for the run: a timeout fires whoever else sends
+    in_flight = InFlight(config) if needs_live(config) else None  # likewise, attempts end
     if cluster is not None:
         cluster.on_kill.append(timeouts.drop)
     users = [
-        DatacenterTraffic(t, i, sc.seed, config, network, rec.mark, timeouts)
+        DatacenterTraffic(t, i, sc.seed, config, network, rec.mark, timeouts, in_flight)
         for i, t in enumerate(sc.traffic)
     ]
     counts = [TrafficCounts() for _ in users]
@@ -127,6 +128,8 @@ async def _simulate(sc: Scenario, progress: Progress | None) -> Report:
                 engine.reconfigure(config, now=start + t)
                 scheduler.update(jobs_for_config(config, engine.targets()))
             timeouts.settle(start + t)  # the proxy gives up on its own: traffic or none
+            if in_flight is not None:
+                in_flight.settle(start + t)
             engines = [engine] * len(users)
             if cluster is not None:
                 engines = [cluster.serving(u.dc) for u in users]

@@ -82,7 +82,14 @@ from lb.sim.scenario import KeepAlive, Traffic
 from lb.sim.spec import TimelineAction
 from steering import Affinity, Decision, Live, Request, Router
 
-__all__ = ["WALL_EPOCH", "DatacenterTraffic", "PendingTimeouts", "TrafficCounts", "needs_live"]
+__all__ = [
+    "WALL_EPOCH",
+    "DatacenterTraffic",
+    "InFlight",
+    "PendingTimeouts",
+    "TrafficCounts",
+    "needs_live",
+]
 
 WALL_EPOCH = 1_700_000_000.0
 """Unix time of virtual time 0, for ``__cflb`` expiry (fixed, so runs repeat exactly)."""
@@ -193,27 +200,37 @@ class _Outcome:
         """The last tick with a first attempt, to report activity once per tick."""
 
 
-class _Heap:
-    """Attempts in flight, finishing at their answer's latency (for ``engine.live``)."""
+class InFlight:
+    """Attempts in flight, finishing at their answer's latency, for the ``engine.live`` counts
+    least_outstanding_requests and least_connections read.
+
+    Like :class:`PendingTimeouts`, one for the run, each attempt with the counts of the
+    engine it went through, settled in time order wherever time passes (before each request
+    of any data center, at the start of every tick): an attempt ends whether or not its data
+    center sends again, and one per data center kept counting, for good, the attempts of a
+    data center whose traffic stopped."""
 
     __slots__ = ("connections", "items", "seq")
 
-    def __init__(self, connections: bool) -> None:
-        self.items: list[tuple[float, int, EndpointView]] = []
+    def __init__(self, config: Config) -> None:
+        self.items: list[tuple[float, int, Live, EndpointView]] = []
         self.seq = 0
-        self.connections = connections
+        self.connections = any(
+            p.origin_steering.policy == "least_connections" for p in config.pools
+        ) or any(b.effective_policy == "least_connections" for b in config.load_balancers)
+        """Connections are counted too (one per attempt)."""
 
     def start(self, live: Live, ep: EndpointView, now: float, latency: float) -> None:
         live.started(ep)
         if self.connections:
             live.connection_opened(ep)
         self.seq += 1
-        heapq.heappush(self.items, (now + latency, self.seq, ep))
+        heapq.heappush(self.items, (now + latency, self.seq, live, ep))
 
-    def settle(self, live: Live, now: float) -> None:
+    def settle(self, now: float) -> None:
         items = self.items
         while items and items[0][0] <= now:
-            ep = heapq.heappop(items)[2]
+            _, _, live, ep = heapq.heappop(items)
             live.finished(ep)
             if self.connections:
                 live.connection_closed(ep)
@@ -275,6 +292,7 @@ class DatacenterTraffic:
         network: Network,
         mark: Callable[[str, int, bool], None],
         timeouts: PendingTimeouts,
+        in_flight: InFlight | None = None,
     ) -> None:
         self.traffic = traffic
         self.dc = traffic.datacenter
@@ -310,7 +328,8 @@ class DatacenterTraffic:
             lb.retry_on is not None or any(p.retry_on is not None for p in config.pools)
         ):
             self._budget = RetryBudget()
-        self._heap: _Heap | None = None
+        self._heap = in_flight
+        """The run's attempts in flight, when some policy reads ``engine.live``."""
         self._passive: Engine | None = None
         """The engine outcomes go to while ``passive_health`` covers a pool (else None)."""
         self._ejected = False
@@ -320,11 +339,6 @@ class DatacenterTraffic:
         self._timeouts = timeouts
         """Passive health: the timed-out attempts not reported yet, shared by every data
         center of the run (:meth:`_report`)."""
-        if needs_live(config):
-            self._heap = _Heap(
-                any(p.origin_steering.policy == "least_connections" for p in config.pools)
-                or any(b.effective_policy == "least_connections" for b in config.load_balancers)
-            )
 
     def invalidate(self) -> None:
         """Forget cached answers (the network or the snapshot changed)."""
@@ -429,7 +443,7 @@ class DatacenterTraffic:
                 req.wall = wall
                 at = now + i * step
                 if heap is not None:
-                    heap.settle(live, at)
+                    heap.settle(at)
                 if timeouts and timeouts[0][0] <= at and pending.settle(at):
                     router = engine.router
                     decide = router.decide

@@ -259,3 +259,29 @@ def test_a_503_endpoint_keeps_answering_until_drained(tmp_path: Path) -> None:
     body = BASE + "timeline:\n  - {at: 20, tunnel: tb, do: status, status: 503, until: 50}\n"
     (f,) = run_scenario(scenario(tmp_path, body)).data["failovers"]
     assert f["answered_at"] == f["drained_at"] > 20
+
+
+def test_attempts_in_flight_end_when_their_data_center_stops_sending(tmp_path: Path) -> None:
+    """least_outstanding_requests reads in-flight counts the data centers share.  FRA's
+    attempts at b (3 s slow from 20 s) still in flight when FRA stops sending at 22 s end
+    3 s later all the same, so from 30 s IAD steers by the real counts: half to each, not
+    away from b for good."""
+    config = CONFIG.replace(
+        "    monitor: app\n",
+        "    monitor: app\n    origin_steering: {policy: least_outstanding_requests}\n",
+    )
+    body = """\
+        config: lb.yaml
+        duration: 60
+        seed: 11
+        report_interval: 10
+        traffic:
+          FRA: {rate: [{at: 0, rate: 100}, {at: 22, rate: 0}], clients: 200}
+          IAD: {rate: 100, clients: 200}
+        timeline:
+          - {at: 20, origin: tb, do: latency, latency: 3, until: 23}
+        """
+    data = run_scenario(scenario(tmp_path, body, config=config)).data
+    for w in data["windows"]:
+        if w["start"] >= 30:
+            assert 0.4 < w["by_endpoint"]["main/b"] / w["requests"] < 0.6, w

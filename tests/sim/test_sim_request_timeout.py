@@ -170,14 +170,14 @@ def test_a_timed_out_attempt_is_in_flight_until_the_proxy_gives_up(
         "    monitor: app\n    origin_steering: {policy: least_outstanding_requests}\n",
     )
     held: list[float] = []
-    start = lb.sim.traffic._Heap.start
+    start = lb.sim.traffic.InFlight.start
 
     def recording(self: Any, live: Any, ep: Any, now: float, latency: float) -> None:
         if ep.name == "b":
             held.append(latency)
         start(self, live, ep, now, latency)
 
-    monkeypatch.setattr(lb.sim.traffic._Heap, "start", recording)
+    monkeypatch.setattr(lb.sim.traffic.InFlight, "start", recording)
     sc = scenario(tmp_path, BASE + SLOW, config=config)
     data = run_scenario(sc).data
     assert data["statuses"]["524"] > 0
