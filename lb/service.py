@@ -126,7 +126,7 @@ class Swappable:
     """The admin token in force (the admin listener's guard is made once, at start)."""
     started: Config | None = None
     """The configuration the process started with: what a restart-only field is compared
-    with, reload after reload (None: the previous reload's)."""
+    with, reload after reload (None in a child worker, which never reloads itself)."""
     listeners: list[AnyListener] = field(default_factory=list)
     """The proxy's listeners once bound; a reload gives each HTTPS one its new context."""
     opened_as: list[tuple[str, int]] = field(default_factory=list)
@@ -136,11 +136,12 @@ class Swappable:
     """Who connects to endpoints (probes, traffic); empty when the caller fixed the context
     (``serve_lb(upstream_ssl=...)``)."""
 
-    def apply(self, old: Config, config: Config, files: Files) -> list[str]:
-        """Swap in the contexts of ``files``; return what needs a restart instead."""
+    def apply(self, config: Config, files: Files) -> list[str]:
+        """Swap in the contexts of ``files``; return what needs a restart instead (compared
+        with what runs, however many reloads came in between)."""
         self.swap(config, files)
-        if self.started is not None:
-            old = self.started  # what runs, however many reloads came in between
+        old = self.started
+        assert old is not None, "only the parent reloads"
         restart: list[str] = []
         listening = [(spec.address, spec.port) for spec in old.engine.listen]
         https = [is_https(listener) for listener in self.listeners]
@@ -187,8 +188,8 @@ class ReloadFn:
         engine: Engine,
         scheduler: Scheduler,
         metrics: Metrics,
+        swappable: Swappable,
         overrides: Overrides | None = None,
-        swappable: Swappable | None = None,
     ):
         self._paths = list(paths)
         self._overrides = overrides or Overrides()
@@ -196,7 +197,7 @@ class ReloadFn:
         self._scheduler = scheduler
         self._metrics = metrics
         self._lock = trio.Lock()
-        self.swappable = swappable or Swappable(token=None)
+        self.swappable = swappable
 
     async def __call__(self, *, force: bool = False) -> ReloadResult:
         """Reload; without ``force``, a configuration without load balancers is refused."""
@@ -220,7 +221,7 @@ class ReloadFn:
                     # Swapped in before the failure (an observer or the monitors): traffic
                     # uses the new configuration, so say so rather than claim the old one,
                     # and serve it with its own files.
-                    self.swappable.apply(old, config, files)
+                    self.swappable.apply(config, files)
                     logs.event(
                         "config_reload_partial",
                         logging.ERROR,
@@ -229,7 +230,7 @@ class ReloadFn:
                     )
                 return self._failed((f"{type(exc).__name__}: {exc}",), exc)
             self._metrics.reload(True)
-            restart = self.swappable.apply(old, config, files)
+            restart = self.swappable.apply(config, files)
             if "engine.listen" in restart or "engine.admin" in restart:
                 logs.event(
                     "config_listeners_unchanged",
@@ -432,7 +433,7 @@ async def serve_lb(
         first_round_rate=500,  # ramp TLS handshakes when thousands of endpoints start
     )
     scheduler.update(jobs_for_config(config, engine.targets()))
-    reload = ReloadFn(paths, engine, scheduler, metrics, overrides, swappable)
+    reload = ReloadFn(paths, engine, scheduler, metrics, swappable, overrides)
     if shutdown is None:
         shutdown = trio.Event()
     workers = None
