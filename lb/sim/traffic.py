@@ -263,8 +263,8 @@ class PendingTimeouts:
     def drop(self, engine: Engine) -> None:
         """Forget the timeouts of attempts through ``engine``: its process was killed, and
         its deadlines died with it."""
-        self.items = [item for item in self.items if item[2] is not engine]
-        heapq.heapify(self.items)
+        self.items[:] = [item for item in self.items if item[2] is not engine]  # in place:
+        heapq.heapify(self.items)  # a data center's loop may hold the list
 
     def settle(self, now: float) -> bool:
         """Report the timeouts due by ``now``, each at the time the proxy gave up; True when
