@@ -655,8 +655,10 @@ def serve_worker() -> None:
             rng=random.Random(ctx.seed),
             upstream_ssl=upstream_context(engine.config),
         )
-        opened_as = [(spec.address, spec.port) for spec in engine.config.engine.listen]
-        swappable = Swappable(None, None, listeners, opened_as, [server])
+        # Compared with what the parent bound at its start, not with ``engine.config``: a
+        # child started after a reload that moved a listener still binds the old address,
+        # and serves its certificate as the parent does.
+        swappable = Swappable(None, None, listeners, ctx.opened_as, [server])
         reread = _Rereader(swappable)
         engine.observers.config.append(reread)
         reread(engine.config)  # the listeners were bound with the start-up files

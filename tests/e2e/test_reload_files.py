@@ -8,6 +8,7 @@ is never reachable, which is irrelevant to which certificate the listener presen
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import ssl
@@ -24,6 +25,7 @@ from cryptography import x509
 from stack_support import (
     LB,
     event_of,
+    log_events,
     log_size,
     logged,
     one_pool_config,
@@ -422,4 +424,46 @@ async def test_a_listener_that_moved_keeps_its_certificate_until_the_restart(
     assert (code, body["restart_required"]) == (200, ["engine.listen"])
     # The bound listener is not the one the file now describes: it keeps what it serves.
     assert await served_serial(ready.listen[0], ca) == first
+    process.send_signal(signal.SIGTERM)
+
+
+async def test_a_restarted_worker_keeps_the_certificate_of_a_listener_that_moved(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """A child started after such a reload binds the parent's socket, not the moved address:
+    it must also serve that socket's certificate, as the parent does, not the new entry's."""
+    ca = trustme.CA()
+    first = issue(ca, tmp_path / "lb.pem")
+    other = issue(ca, tmp_path / "other.pem")
+    config = tmp_path / "lb.json"
+    log = tmp_path / "lb.log"
+    write_config(config, workers=2, access_log=True)
+    process, ready = await start_lb_process(nursery, config, log=log)
+    port = ready.listen[0]
+    await wait_until(lambda: log_events(log, "worker_ready"), 20, what="worker 1 ready")
+
+    document = json.loads(config.read_text())
+    document["engine"]["listen"][0].update(
+        address="127.0.0.2", certificate="other.pem", key="other.pem"
+    )
+    config.write_text(json.dumps(document, indent=2) + "\n")
+    code, body = await reload(ready.admin)
+    assert (code, body["restart_required"]) == (200, ["engine.listen"])
+
+    (started,) = log_events(log, "worker_started")
+    os.kill(int(started["pid"]), signal.SIGKILL)
+    await wait_until(
+        lambda: len(log_events(log, "worker_ready")) >= 2, 20, what="worker 1 restarted"
+    )
+    mark = len(log_events(log, "request"))
+    served = []
+    for _ in range(30):  # new connections, spread over both processes by the kernel
+        stream = await open_tls(port, ca)
+        served.append(str(stream.getpeercert()["serialNumber"]).lstrip("0"))  # type: ignore[index]
+        await status_line(stream)
+        await trio.aclose_forcefully(stream)
+    assert other not in served
+    assert set(served) == {first}
+    workers = {e["worker"] for e in log_events(log, "request")[mark:]}
+    assert workers == {0, 1}, workers  # the restarted child served some of them
     process.send_signal(signal.SIGTERM)

@@ -79,6 +79,7 @@ def messages() -> list[Message]:
             secret=b"\x00\x01secret",
             listen=(("127.0.0.1", 8443), ("::1", 8080)),
             listeners=(Listener(address="127.0.0.1", port=8443),),
+            opened_as=(("127.0.0.1", 0),),
             worker=3,
             seed=42,
         ),
