@@ -467,3 +467,105 @@ async def test_a_restarted_worker_keeps_the_certificate_of_a_listener_that_moved
     workers = {e["worker"] for e in log_events(log, "request")[mark:]}
     assert workers == {0, 1}, workers  # the restarted child served some of them
     process.send_signal(signal.SIGTERM)
+
+
+class Origin:
+    """An HTTPS endpoint on 127.0.0.1 port 0 with a certificate for :data:`LB`: answers
+    every request ``200 ok`` on a keep-alive connection (``/close``: then closes it) and
+    records, per request, the number of the connection it came on."""
+
+    def __init__(self, ca: trustme.CA) -> None:
+        self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ca.issue_cert(LB).configure_cert(self.context)
+        self.connections = 0
+        self.requests: list[tuple[int, str]] = []
+        self.handshakes_failed = 0
+
+    async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        task_status.started(listeners[0].socket.getsockname()[1])
+        await trio.serve_listeners(self.handle, listeners)
+
+    async def handle(self, tcp: trio.SocketStream) -> None:
+        stream = trio.SSLStream(tcp, self.context, server_side=True)
+        try:
+            await stream.do_handshake()
+        except trio.BrokenResourceError:  # the proxy refused our certificate
+            self.handshakes_failed += 1
+            return
+        self.connections += 1
+        number, data = self.connections, b""
+        try:
+            while True:
+                while b"\r\n\r\n" not in data:
+                    chunk = await stream.receive_some(4096)
+                    if not chunk:
+                        return
+                    data += chunk
+                head, data = data.split(b"\r\n\r\n", 1)
+                path = head.split(b" ", 2)[1].decode()
+                self.requests.append((number, path))
+                close = path == "/close"
+                extra = b"Connection: close\r\n" if close else b""
+                await stream.send_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n" + extra + b"\r\nok"
+                )
+                if close:
+                    return
+        except trio.BrokenResourceError:
+            return
+        finally:
+            await trio.aclose_forcefully(stream)
+
+
+async def test_a_reload_swaps_the_upstream_ca_for_new_proxy_connections(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """The proxy's side of ``engine.upstream_ca`` on reload (the file rewritten in place):
+    new connections to endpoints verify with the new bundle; a pooled connection made before
+    stays in the pool and keeps serving until it closes."""
+    signer, stranger = trustme.CA(), trustme.CA()
+    origin = Origin(signer)
+    port = await nursery.start(origin.serve)
+    ca_file = tmp_path / "ca.pem"
+    stranger.cert_pem.write_to_path(str(ca_file))  # a CA that did not sign the origin's
+    document = json.loads(one_pool_config())
+    del document["monitors"], document["pools"][0]["monitor"]  # traffic only, no probes
+    (address,) = document["connect_to"]
+    document["connect_to"][address] = f"127.0.0.1:{port}"
+    document["engine"].update(upstream_ca="ca.pem")
+    config = tmp_path / "lb.json"
+    config.write_text(json.dumps(document, indent=2) + "\n")
+    process, ready = await start_lb_process(nursery, config, log=tmp_path / "lb.log")
+    base = f"http://127.0.0.1:{ready.listen[0]}"
+
+    async with httpx.AsyncClient(timeout=10, headers={"Host": LB}) as client:
+        assert (await client.get(f"{base}/a")).status_code == 526  # untrusted: invalid cert
+        assert origin.requests == []
+        await wait_until(
+            lambda: origin.handshakes_failed, 10, what="the origin's refused handshake"
+        )
+
+        signer.cert_pem.write_to_path(str(ca_file))  # same name, the right CA now
+        code, body = await reload(ready.admin)
+        assert (code, body["ok"]) == (200, True)
+        assert "restart_required" not in body
+        r = await client.get(f"{base}/b")
+        assert (r.status_code, r.text) == (200, "ok")
+        assert origin.requests == [(1, "/b")]
+
+        # Back to the CA that signed nothing: the pooled connection, verified when it was
+        # made, is reused (it is not dropped by the reload)...
+        stranger.cert_pem.write_to_path(str(ca_file))
+        assert (await reload(ready.admin))[0] == 200
+        assert (await client.get(f"{base}/c")).status_code == 200
+        assert (await client.get(f"{base}/close")).status_code == 200
+        assert origin.requests == [(1, "/b"), (1, "/c"), (1, "/close")]
+        # ...and once it is closed, a new one is verified with the new bundle, and refused.
+        failed = origin.handshakes_failed
+        assert (await client.get(f"{base}/d")).status_code == 526
+        await wait_until(
+            lambda: origin.handshakes_failed > failed, 10, what="the new connection refused"
+        )
+        assert origin.connections == 1
+    process.send_signal(signal.SIGTERM)
