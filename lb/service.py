@@ -14,10 +14,12 @@ the real network and the real signals:
   applying (a bug in the loader, an exception from ``reconfigure``) is a failed reload too,
   never a crash.  Certificates are read again even when their paths did not change (a
   renewed certificate is served after ``systemctl reload``) and so is ``engine.upstream_ca``:
-  new connections use them, open ones keep theirs.  Listener addresses are not rebound on
-  reload, and ``engine.workers``, the admin token and the other :data:`_RESTART_ONLY` fields
-  are fixed at start: a reload that changes them says so (``restart_required`` in its reply,
-  and the ``config_restart_required`` log event).
+  new connections use them, open ones keep theirs.  The admin token (``admin_token_file``
+  or ``admin_token_env``) is read again too and rotated: the old token is refused from the
+  reload's reply on (a reload that would leave an admin listener beyond loopback without a
+  token is refused).  Listener addresses are not rebound on reload, and ``engine.workers``
+  and the other :data:`_RESTART_ONLY` fields are fixed at start: a reload that changes them
+  says so (``restart_required`` in its reply, and the ``config_restart_required`` log event).
   A SIGHUP reload runs in the background: a SIGTERM during it drains at once.
 * ``SIGTERM`` / ``SIGINT`` stop accepting and drain in-flight requests for up to
   ``engine.drain_timeout`` seconds.  The signal receiver exists before anything listens
@@ -120,10 +122,15 @@ class Running:
 
 @dataclass(slots=True)
 class Swappable:
-    """What a reload replaces in place: the TLS contexts of new connections."""
+    """What a reload replaces in place: the TLS contexts of new connections and the admin
+    token."""
 
-    token: str | None
-    """The admin token in force (the admin listener's guard is made once, at start)."""
+    guard: Guard | None = None
+    """The admin listener's guard in force, asked at every admin request; a reload gives it
+    the token it read (None in a child worker, which has no admin listener)."""
+    admin_host: str = LOOPBACK
+    """The host the admin listener was bound to at start (a reloaded ``engine.admin`` is
+    not rebound): whether a reload may leave it without a token."""
     started: Config | None = None
     """The configuration the process started with: what a restart-only field is compared
     with, reload after reload (None in a child worker, which never reloads itself)."""
@@ -136,10 +143,31 @@ class Swappable:
     """Who connects to endpoints (probes, traffic); empty when the caller fixed the context
     (``serve_lb(upstream_ssl=...)``)."""
 
+    def refusal(self, config: Config, files: Files) -> str | None:
+        """Why ``config`` cannot be applied to the admin listener, or None: the token it
+        leaves (``files.token``) must be set while the listener is bound beyond loopback, as
+        at start."""
+        if self.guard is None:
+            return None
+        try:
+            guard_with(config, self.admin_host, files.token)
+        except ConfigError as exc:
+            return "; ".join(str(p) for p in exc.problems)
+        return None
+
+    def admin_guard(self) -> Guard:
+        """The admin listener's guard in force (what ``serve_admin`` asks per request)."""
+        assert self.guard is not None, "only the parent has an admin listener"
+        return self.guard
+
     def apply(self, config: Config, files: Files) -> list[str]:
-        """Swap in the contexts of ``files``; return what needs a restart instead (compared
-        with what runs, however many reloads came in between)."""
+        """Swap in the contexts and the admin token of ``files``; return what needs a
+        restart instead (compared with what runs, however many reloads came in between)."""
         self.swap(config, files)
+        if self.guard is not None and self.guard.token != files.token:
+            # Only the token: the names the guard accepts (``admin_names``) need a restart.
+            self.guard = replace(self.guard, token=files.token)
+            logs.event("admin_token_rotated", required=files.token is not None)
         old = self.started
         assert old is not None, "only the parent reloads"
         restart: list[str] = []
@@ -156,9 +184,6 @@ class Swappable:
             for name in _RESTART_ONLY
             if getattr(old.engine, name) != getattr(config.engine, name)
         ]
-        if files.token != self.token and not any("admin_token" in name for name in restart):
-            token = "admin_token_file" if config.engine.admin_token_file else "admin_token_env"
-            restart.append(f"engine.{token}")
         return restart
 
     def swap(self, config: Config, files: Files) -> None:
@@ -212,6 +237,9 @@ class ReloadFn:
             empty = None if force else serving_problem(config, RELOAD_FORCE_HINT)
             if empty is not None:
                 return self._failed((str(empty),))
+            tokenless = self.swappable.refusal(config, files)
+            if tokenless is not None:
+                return self._failed((tokenless,))
             old = self._engine.config
             try:
                 self._engine.reconfigure(config, now=trio.current_time())
@@ -265,13 +293,13 @@ class ReloadFn:
 _RESTART_ONLY = (
     "workers",
     "cluster",
-    "admin_token_file",
-    "admin_token_env",
     "admin_names",
     "state_file",
 )
 """``engine`` fields a reload cannot apply: the worker processes, the cluster connection, the
-admin listener's guard and the state file's writer are made once at start."""
+names the admin listener's guard accepts and the state file's writer are made once at start
+(its token is not: ``admin_token_file`` and ``admin_token_env`` are read again and applied,
+:meth:`Swappable.apply`)."""
 
 
 def _load(paths: Sequence[str], overrides: Overrides) -> tuple[Config, Files]:
@@ -407,7 +435,7 @@ async def serve_lb(
     # configuration error.
     admin_host = split_host_port(config.engine.admin, default_host=LOOPBACK)[0]
     admin_guard = guard_with(config, admin_host, files.token)
-    swappable = Swappable(token=files.token, started=config)
+    swappable = Swappable(guard=admin_guard, admin_host=admin_host, started=config)
     rng = random.Random(seed)
     engine = Engine(config, now=trio.current_time())
     metrics = Metrics()
@@ -458,7 +486,9 @@ async def serve_lb(
         logs.event("monitors_started", jobs=len(scheduler.jobs))
         if state_file:
             await nursery.start(keep_state, engine, state_file)
-        admin = await _start_admin(nursery, engine, metrics, reload, admin_guard, shutdown)
+        admin = await _start_admin(
+            nursery, engine, metrics, reload, swappable.admin_guard, shutdown
+        )
         listeners = await _open_proxy_listeners(
             config.engine.listen, files.listeners, workers is not None
         )
@@ -502,7 +532,7 @@ async def _start_admin(
     engine: Engine,
     metrics: Metrics,
     reload: ReloadFn,
-    guard: Guard,
+    guard: Callable[[], Guard],
     draining: trio.Event,
 ) -> tuple[str, int]:
     """Start the admin listener; a bind failure is a :class:`ListenError` naming the address
@@ -658,7 +688,7 @@ def serve_worker() -> None:
         # Compared with what the parent bound at its start, not with ``engine.config``: a
         # child started after a reload that moved a listener still binds the old address,
         # and serves its certificate as the parent does.
-        swappable = Swappable(None, None, listeners, ctx.opened_as, [server])
+        swappable = Swappable(listeners=listeners, opened_as=ctx.opened_as, upstream=[server])
         reread = _Rereader(swappable)
         engine.observers.config.append(reread)
         reread(engine.config)  # the listeners were bound with the start-up files

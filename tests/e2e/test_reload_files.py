@@ -193,40 +193,55 @@ async def test_a_reload_with_a_missing_certificate_or_ca_is_refused_and_the_old_
     process.send_signal(signal.SIGTERM)
 
 
-async def test_a_reload_says_in_its_reply_what_needs_a_restart(
-    tmp_path: Path, nursery: trio.Nursery
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_a_reload_rotates_the_admin_token(
+    tmp_path: Path, nursery: trio.Nursery, workers: int
 ) -> None:
+    """``systemctl reload`` after writing a new token file: the old token is refused from the
+    reload's reply on, the new one is accepted, no restart needed (with ``workers: 2`` too:
+    the admin listener lives in the parent only)."""
     ca = trustme.CA()
     issue(ca, tmp_path / "lb.pem")
     token = tmp_path / "token"
     token.write_text(TOKEN)
     config = tmp_path / "lb.json"
-    write_config(config, admin_token_file="token")
+    write_config(config, admin_token_file="token", workers=workers)
     process, ready = await start_lb_process(nursery, config, log=tmp_path / "lb.log")
+    admin = f"http://127.0.0.1:{ready.admin}"
 
-    token.write_text("short")
-    async with httpx.AsyncClient() as client:
-        resp = await client.post(
-            f"http://127.0.0.1:{ready.admin}/reload",
-            headers={"X-Tunnel-LB": "1", "Authorization": f"Bearer {TOKEN}"},
-            timeout=30,
-        )
-    assert resp.status_code == 400
-    line = line_of(config, '"admin_token_file"')
-    assert resp.json()["errors"] == [
-        f"{config}:{line}: engine.admin_token_file: the token in {tmp_path}/token is shorter "
-        f"than {MIN_TOKEN_LENGTH} characters"
-    ]
+    def bearer(value: str) -> dict[str, str]:
+        return {"X-Tunnel-LB": "1", "Authorization": f"Bearer {value}"}
 
-    token.write_text(TOKEN + "-rotated")
-    async with httpx.AsyncClient() as client:
-        resp = await client.post(
-            f"http://127.0.0.1:{ready.admin}/reload",
-            headers={"X-Tunnel-LB": "1", "Authorization": f"Bearer {TOKEN}"},
-            timeout=30,
-        )
-    assert resp.status_code == 200
-    assert resp.json()["restart_required"] == ["engine.admin_token_file"]
+    async with httpx.AsyncClient(timeout=30) as client:
+        token.write_text("short")  # a broken token file is refused, the old token serves on
+        resp = await client.post(f"{admin}/reload", headers=bearer(TOKEN))
+        assert resp.status_code == 400
+        line = line_of(config, '"admin_token_file"')
+        assert resp.json()["errors"] == [
+            f"{config}:{line}: engine.admin_token_file: the token in {tmp_path}/token is "
+            f"shorter than {MIN_TOKEN_LENGTH} characters"
+        ]
+        assert (
+            await client.get(f"{admin}/explain?host={LB}", headers=bearer(TOKEN))
+        ).status_code == 200
+
+        rotated = TOKEN + "-rotated"
+        token.write_text(rotated)
+        resp = await client.post(f"{admin}/reload", headers=bearer(TOKEN))
+        assert (resp.status_code, resp.json()["ok"]) == (200, True)
+        assert "restart_required" not in resp.json()
+        # The old token is refused at once, on calls that need it...
+        assert (await client.post(f"{admin}/reload", headers=bearer(TOKEN))).status_code == 401
+        assert (
+            await client.get(f"{admin}/explain?host={LB}", headers=bearer(TOKEN))
+        ).status_code == 401
+        # ...the new one is accepted, and calls that need none still work.
+        assert (
+            await client.get(f"{admin}/explain?host={LB}", headers=bearer(rotated))
+        ).status_code == 200
+        resp = await client.post(f"{admin}/reload", headers=bearer(rotated))
+        assert (resp.status_code, resp.json()["ok"]) == (200, True)
+        assert (await client.get(f"{admin}/status")).status_code == 200
     process.send_signal(signal.SIGTERM)
 
 
