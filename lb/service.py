@@ -64,7 +64,13 @@ from lb.files import Files, read_files, upstream_context
 from lb.lifecycle import STOP_SIGNALS, ListenError, host_port, receive_signals
 from lb.metrics import Metrics
 from lb.proxy.hooks import ProxyHooks, RequestRecord
-from lb.proxy.listeners import AnyListener, TlsListener, is_https, open_listeners
+from lb.proxy.listeners import (
+    AnyListener,
+    TlsListener,
+    is_https,
+    listener_contexts,
+    open_listeners,
+)
 from lb.proxy.server import ProxyServer, serve_proxy
 from lb.statefile import keep_state, load_state
 from lb.workers import ChildContext, Workers, run_child
@@ -658,6 +664,36 @@ class _Rereader:
                 self.swappable.swap(config, files)
 
 
+def _child_listeners(
+    bound: Sequence[Listener], opened_as: Sequence[tuple[str, int]], now: Sequence[Listener]
+) -> list[Listener]:
+    """What a child opens: each socket the parent bound at its start, with the certificate
+    files its ``engine.listen`` entry names *now*, as the parent serves them since the last
+    reload (a child restarted after a reload that renamed them must not need the start's
+    files, which may be gone).  Not when that entry moved or turned HTTPS or plain HTTP: the
+    parent keeps the start's certificate (or none) there until a restart, and so does the
+    child (:meth:`Swappable.swap`)."""
+    out: list[Listener] = []
+    for i, (spec, configured) in enumerate(zip(bound, opened_as, strict=True)):
+        new = now[i] if i < len(now) else None
+        if (
+            new is not None
+            and (new.address, new.port) == configured
+            and _https(new)
+            and _https(spec)
+        ):
+            spec = replace(
+                spec, certificate=new.certificate, key=new.key, certificates=new.certificates
+            )
+        out.append(spec)
+    return out
+
+
+def _https(spec: Listener) -> bool:
+    """Whether ``spec`` describes an HTTPS listener (:func:`listener_contexts`)."""
+    return bool(spec.certificate or spec.key or spec.certificates)
+
+
 def serve_worker() -> None:
     """Run one child proxy worker (``tunnel-lb run --worker FILE...``) until told to stop.
 
@@ -678,7 +714,10 @@ def serve_worker() -> None:
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         engine = ctx.engine
-        listeners = await open_listeners(ctx.listen, reuse_port=True)
+        specs = _child_listeners(ctx.listen, ctx.opened_as, engine.config.engine.listen)
+        listeners = await open_listeners(
+            ctx.listen, contexts=listener_contexts(specs), reuse_port=True
+        )
         server = ProxyServer(
             engine,
             hooks=_hooks(engine, metrics, ctx.worker),

@@ -584,3 +584,44 @@ async def test_a_reload_swaps_the_upstream_ca_for_new_proxy_connections(
         )
         assert origin.connections == 1
     process.send_signal(signal.SIGTERM)
+
+
+async def test_a_restarted_worker_starts_with_the_certificate_files_in_force(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """A reload that names a new certificate file (same address), the old file deleted: a
+    child started afterwards loads the file in force, not the deleted one of the start."""
+    ca = trustme.CA()
+    issue(ca, tmp_path / "lb.pem")
+    config = tmp_path / "lb.json"
+    log = tmp_path / "lb.log"
+    write_config(config, workers=2, access_log=True)
+    process, ready = await start_lb_process(nursery, config, log=log)
+    port = ready.listen[0]
+    await wait_until(lambda: log_events(log, "worker_ready"), 20, what="worker 1 ready")
+
+    renewed = issue(ca, tmp_path / "lb-2027.pem")
+    document = json.loads(config.read_text())
+    document["engine"]["listen"][0].update(certificate="lb-2027.pem", key="lb-2027.pem")
+    config.write_text(json.dumps(document, indent=2) + "\n")
+    code, body = await reload(ready.admin)
+    assert (code, body["ok"]) == (200, True)
+    assert "restart_required" not in body
+    (tmp_path / "lb.pem").unlink()
+
+    (started,) = log_events(log, "worker_started")
+    os.kill(int(started["pid"]), signal.SIGKILL)
+    await wait_until(
+        lambda: len(log_events(log, "worker_ready")) >= 2,
+        20,
+        what=lambda: f"worker 1 restarted: {log.read_text()[-2000:]}",
+    )
+    mark = len(log_events(log, "request"))
+    for _ in range(30):  # new connections, spread over both processes by the kernel
+        stream = await open_tls(port, ca)
+        assert str(stream.getpeercert()["serialNumber"]).lstrip("0") == renewed  # type: ignore[index]
+        await status_line(stream)
+        await trio.aclose_forcefully(stream)
+    workers = {e["worker"] for e in log_events(log, "request")[mark:]}
+    assert workers == {0, 1}, workers
+    process.send_signal(signal.SIGTERM)
