@@ -625,3 +625,49 @@ async def test_a_restarted_worker_starts_with_the_certificate_files_in_force(
     workers = {e["worker"] for e in log_events(log, "request")[mark:]}
     assert workers == {0, 1}, workers
     process.send_signal(signal.SIGTERM)
+
+
+async def test_with_workers_every_process_swaps_the_upstream_ca(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """The child reads ``engine.upstream_ca`` again when the reloaded configuration reaches
+    it (a moment after the parent's reply): then no process answers 526 any more."""
+    signer, stranger = trustme.CA(), trustme.CA()
+    origin = Origin(signer)
+    port = await nursery.start(origin.serve)
+    ca_file = tmp_path / "ca.pem"
+    stranger.cert_pem.write_to_path(str(ca_file))
+    document = json.loads(one_pool_config())
+    del document["monitors"], document["pools"][0]["monitor"]
+    (address,) = document["connect_to"]
+    document["connect_to"][address] = f"127.0.0.1:{port}"
+    document["engine"].update(upstream_ca="ca.pem", workers=2, access_log=True)
+    config = tmp_path / "lb.json"
+    log = tmp_path / "lb.log"
+    config.write_text(json.dumps(document, indent=2) + "\n")
+    process, ready = await start_lb_process(nursery, config, log=log)
+    base = f"http://127.0.0.1:{ready.listen[0]}"
+    await wait_until(lambda: log_events(log, "worker_ready"), 20, what="worker 1 ready")
+
+    async def statuses(n: int) -> set[int]:
+        seen = set()
+        for _ in range(n):  # each on a new connection: the kernel spreads them
+            async with httpx.AsyncClient(timeout=10, headers={"Host": LB}) as client:
+                seen.add((await client.get(f"{base}/")).status_code)
+        return seen
+
+    mark = len(log_events(log, "request"))
+    assert await statuses(20) == {526}
+    assert {e["worker"] for e in log_events(log, "request")[mark:]} == {0, 1}
+
+    signer.cert_pem.write_to_path(str(ca_file))
+    assert (await reload(ready.admin))[0] == 200
+
+    async def all_trusted() -> bool:
+        return await statuses(20) == {200}
+
+    await wait_until(all_trusted, 20, what="every process trusting the new CA")
+    mark = len(log_events(log, "request"))
+    assert await statuses(20) == {200}
+    assert {e["worker"] for e in log_events(log, "request")[mark:]} == {0, 1}
+    process.send_signal(signal.SIGTERM)
