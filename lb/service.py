@@ -648,7 +648,7 @@ class _Rereader:
             config = self.latest
             assert config is not None
             read = functools.partial(
-                read_files, LoadResult(config=config, warnings=[]), environment=False
+                read_files, LoadResult(config=config, warnings=[]), token=False
             )
             try:
                 files = await trio.to_thread.run_sync(read)

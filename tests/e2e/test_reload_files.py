@@ -37,6 +37,11 @@ from waiting import wait_until
 
 from lb.admin_guard import MIN_TOKEN_LENGTH
 from lb.cli import main
+from lb.config.errors import ConfigError
+from lb.config.loader import load_config
+from lb.files import read_files
+from lb.proxy.listeners import TlsListener
+from lb.service import Swappable, _Rereader
 
 pytestmark = pytest.mark.integration
 
@@ -397,6 +402,38 @@ async def test_with_workers_every_process_serves_the_renewed_certificate(
 
     await wait_until(twenty_renewed, 30, what="every process serving the renewed certificate")
     process.send_signal(signal.SIGTERM)
+
+
+async def test_a_child_rereads_its_certificates_while_the_token_file_is_bad(
+    tmp_path: Path,
+) -> None:
+    """A child worker has no admin listener: the token file, being rewritten (here: empty)
+    when a configuration reaches the child, must not keep it on its old certificate."""
+    ca = trustme.CA()
+    issue(ca, tmp_path / "lb.pem")
+    (tmp_path / "token").write_text("")
+    config = tmp_path / "lb.json"
+    write_config(config, admin_token_file="token")
+    loaded = load_config([config])
+    with pytest.raises(ConfigError, match="admin_token_file"):
+        read_files(loaded)  # the parent's reload is refused
+
+    files = read_files(loaded, token=False)
+    assert files.token is None and files.listeners[0] is not None
+
+    [socket_listener] = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    before = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    listener = TlsListener(socket_listener, before)
+    swappable = Swappable(listeners=[listener], opened_as=[("127.0.0.1", 0)])
+    reread = _Rereader(swappable)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reread.run)
+            reread(loaded.config)
+            await wait_until(lambda: listener.context is not before, 10, what="a new context")
+            nursery.cancel_scope.cancel()
+    finally:
+        await listener.aclose()
 
 
 async def test_a_reload_swaps_the_upstream_ca_for_new_probe_connections(tmp_path: Path) -> None:
