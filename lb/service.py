@@ -17,7 +17,8 @@ the real network and the real signals:
   new connections use them, open ones keep theirs.  The admin token (``admin_token_file``
   or ``admin_token_env``) is read again too and rotated: the old token is refused from the
   reload's reply on (a reload that would leave an admin listener beyond loopback without a
-  token is refused).  Listener addresses are not rebound on reload, and ``engine.workers``
+  token is refused).  ``admin_token_env`` reads the environment the process started with,
+  so a new value there takes a restart.  Listener addresses are not rebound on reload, and ``engine.workers``
   and the other :data:`_RESTART_ONLY` fields are fixed at start: a reload that changes them
   says so (``restart_required`` in its reply, and the ``config_restart_required`` log event).
   A SIGHUP reload runs in the background: a SIGTERM during it drains at once.
