@@ -18,9 +18,10 @@ the real network and the real signals:
   or ``admin_token_env``) is read again too and rotated: the old token is refused from the
   reload's reply on (a reload that would leave an admin listener beyond loopback without a
   token is refused).  ``admin_token_env`` reads the environment the process started with,
-  so a new value there takes a restart.  Listener addresses are not rebound on reload, and ``engine.workers``
-  and the other :data:`_RESTART_ONLY` fields are fixed at start: a reload that changes them
-  says so (``restart_required`` in its reply, and the ``config_restart_required`` log event).
+  so a new value there takes a restart.  Listener addresses are not rebound on reload, and
+  ``engine.workers`` and the other :data:`_RESTART_ONLY` fields are fixed at start: a reload
+  that changes them says so (``restart_required`` in its reply, and the
+  ``config_restart_required`` log event).
   A SIGHUP reload runs in the background: a SIGTERM during it drains at once.
 * ``SIGTERM`` / ``SIGINT`` stop accepting and drain in-flight requests for up to
   ``engine.drain_timeout`` seconds.  The signal receiver exists before anything listens
@@ -68,7 +69,9 @@ from lb.proxy.hooks import ProxyHooks, RequestRecord
 from lb.proxy.listeners import (
     AnyListener,
     TlsListener,
+    configured_addresses,
     is_https,
+    is_https_spec,
     listener_contexts,
     open_listeners,
 )
@@ -178,9 +181,9 @@ class Swappable:
         old = self.started
         assert old is not None, "only the parent reloads"
         restart: list[str] = []
-        listening = [(spec.address, spec.port) for spec in old.engine.listen]
+        listening = configured_addresses(old.engine.listen)
         https = [is_https(listener) for listener in self.listeners]
-        if [(spec.address, spec.port) for spec in config.engine.listen] != listening or (
+        if configured_addresses(config.engine.listen) != listening or (
             self.listeners and [c is not None for c in files.listeners] != https
         ):
             restart.append("engine.listen")
@@ -500,7 +503,7 @@ async def serve_lb(
             config.engine.listen, files.listeners, workers is not None
         )
         swappable.listeners = listeners
-        swappable.opened_as = [(spec.address, spec.port) for spec in config.engine.listen]
+        swappable.opened_as = configured_addresses(config.engine.listen)
         workers_started = False
 
         async def workers_stopped() -> None:
@@ -680,19 +683,14 @@ def _child_listeners(
         if (
             new is not None
             and (new.address, new.port) == configured
-            and _https(new)
-            and _https(spec)
+            and is_https_spec(new)
+            and is_https_spec(spec)
         ):
             spec = replace(
                 spec, certificate=new.certificate, key=new.key, certificates=new.certificates
             )
         out.append(spec)
     return out
-
-
-def _https(spec: Listener) -> bool:
-    """Whether ``spec`` describes an HTTPS listener (:func:`listener_contexts`)."""
-    return bool(spec.certificate or spec.key or spec.certificates)
 
 
 def serve_worker() -> None:

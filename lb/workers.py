@@ -100,6 +100,7 @@ from lb.core.passive import PASSIVE, Outcome, Saved
 from lb.engine import Engine, LiveReport, live_report
 from lb.lifecycle import STOP_SIGNALS, receive_signals
 from lb.metrics import Metrics
+from lb.proxy.listeners import configured_addresses
 
 __all__ = [
     "FROM_CHILD",
@@ -721,7 +722,7 @@ class Workers:
             engine.config.engine.listen if listen is None else listen
         )
         """The listener specs as bound at start; with :attr:`addresses` after ``run``."""
-        self.opened_as = [(spec.address, spec.port) for spec in self.listen]
+        self.opened_as = configured_addresses(self.listen)
         """The configured (address, port) of each listener, port 0 unresolved."""
         self.metrics = metrics
         self.command = list(command)
