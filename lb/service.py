@@ -675,8 +675,8 @@ def _child_listeners(
     files its ``engine.listen`` entry names *now*, as the parent serves them since the last
     reload (a child restarted after a reload that renamed them must not need the start's
     files, which may be gone).  Not when that entry moved or turned HTTPS or plain HTTP: the
-    parent keeps the start's certificate (or none) there until a restart, and so does the
-    child (:meth:`Swappable.swap`)."""
+    parent keeps the start's certificate (or none) there until a restart, and the child
+    reads the start's files (:meth:`Swappable.swap`)."""
     out: list[Listener] = []
     for i, (spec, configured) in enumerate(zip(bound, opened_as, strict=True)):
         new = now[i] if i < len(now) else None
@@ -691,6 +691,26 @@ def _child_listeners(
             )
         out.append(spec)
     return out
+
+
+def _child_contexts(ctx: ChildContext, config: Config) -> list[ssl.SSLContext | None]:
+    """The TLS contexts a starting child opens its listeners with (:func:`_child_listeners`).
+    If the files ``config`` names broke after the reload that named them, the start's files
+    (as the parent was bound with them), logged ``worker_start_files``: else every restart
+    of this child would fail the same way.
+
+    Raises:
+        ConfigError: the start's files are broken too.
+    """
+    specs = _child_listeners(ctx.listen, ctx.opened_as, config.engine.listen)
+    try:
+        return listener_contexts(specs)
+    except ConfigError as exc:
+        if specs == ctx.listen:
+            raise
+        errors = [str(p) for p in exc.problems]
+        logs.event("worker_start_files", logging.WARNING, worker=ctx.worker, errors=errors)
+        return listener_contexts(ctx.listen)
 
 
 def serve_worker() -> None:
@@ -713,9 +733,9 @@ def serve_worker() -> None:
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         engine = ctx.engine
-        specs = _child_listeners(ctx.listen, ctx.opened_as, engine.config.engine.listen)
+        config = engine.config  # the contexts below are read for this one
         listeners = await open_listeners(
-            ctx.listen, contexts=listener_contexts(specs), reuse_port=True
+            ctx.listen, contexts=_child_contexts(ctx, config), reuse_port=True
         )
         server = ProxyServer(
             engine,
@@ -729,7 +749,8 @@ def serve_worker() -> None:
         swappable = Swappable(listeners=listeners, opened_as=ctx.opened_as, upstream=[server])
         reread = _Rereader(swappable)
         engine.observers.config.append(reread)
-        reread(engine.config)  # the listeners were bound with the start-up files
+        if engine.config is not config:  # a newer one arrived while the sockets opened
+            reread(engine.config)
         async with trio.open_nursery() as rereading:
             rereading.start_soon(reread.run)
             async with trio.open_nursery() as nursery:

@@ -664,6 +664,45 @@ async def test_a_restarted_worker_starts_with_the_certificate_files_in_force(
     process.send_signal(signal.SIGTERM)
 
 
+async def test_a_restarted_worker_falls_back_to_the_start_files_when_the_new_ones_broke(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """A reload names a new certificate file, which then breaks: a child started afterwards
+    cannot load it, opens the listener with the start's file instead (logged, naming the
+    broken file) and serves, rather than failing every restart."""
+    ca = trustme.CA()
+    first = issue(ca, tmp_path / "lb.pem")
+    config = tmp_path / "lb.json"
+    log = tmp_path / "lb.log"
+    write_config(config, workers=2)
+    process, ready = await start_lb_process(nursery, config, log=log)
+    port = ready.listen[0]
+    await wait_until(lambda: log_events(log, "worker_ready"), 20, what="worker 1 ready")
+
+    renewed = issue(ca, tmp_path / "lb-2027.pem")
+    document = json.loads(config.read_text())
+    document["engine"]["listen"][0].update(certificate="lb-2027.pem", key="lb-2027.pem")
+    config.write_text(json.dumps(document, indent=2) + "\n")
+    code, body = await reload(ready.admin)
+    assert (code, body["ok"]) == (200, True)
+    (tmp_path / "lb-2027.pem").write_text("not a certificate\n")
+
+    (started,) = log_events(log, "worker_started")
+    os.kill(int(started["pid"]), signal.SIGKILL)
+    await wait_until(
+        lambda: len(log_events(log, "worker_ready")) >= 2,
+        20,
+        what=lambda: f"worker 1 restarted: {log.read_text()[-2000:]}",
+    )
+    (fallback,) = log_events(log, "worker_start_files")
+    assert "lb-2027.pem" in " ".join(fallback["errors"]), fallback
+    # The parent serves the renewed certificate it holds, the child the start's: thirty new
+    # connections, spread by the kernel, reach both with a chance of one in 2**29.
+    serials = {await served_serial(port, ca) for _ in range(30)}
+    assert serials == {first, renewed}, serials
+    process.send_signal(signal.SIGTERM)
+
+
 async def test_with_workers_every_process_swaps_the_upstream_ca(
     tmp_path: Path, nursery: trio.Nursery
 ) -> None:
