@@ -374,12 +374,16 @@ def decode(line: bytes | str, accept: frozenset[Kind] = FROM_PARENT | FROM_CHILD
 
 
 def _decode_hello(obj: Any) -> Hello:
+    listeners = tuple(_unpickled_listeners(obj["listeners"]))
+    opened_as = tuple(_address(a) for a in obj["opened_as"])
+    if len(opened_as) != len(listeners):  # the child pairs them up one by one
+        raise ValueError(f"{len(opened_as)} opened_as for {len(listeners)} listeners")
     return Hello(
         config=_unpickled(obj["config"]),
         secret=bytes.fromhex(obj["secret"]),
         listen=tuple(_address(a) for a in obj["listen"]),
-        listeners=tuple(_unpickled_listeners(obj["listeners"])),
-        opened_as=tuple(_address(a) for a in obj["opened_as"]),
+        listeners=listeners,
+        opened_as=opened_as,
         worker=_int(obj["worker"]),
         seed=_int(obj["seed"]),
     )

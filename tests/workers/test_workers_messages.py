@@ -212,6 +212,15 @@ def test_decode_refuses_what_is_not_a_message(line: bytes, reason: str) -> None:
     assert text.startswith(reason) and "\n" not in text
 
 
+def test_a_hello_needs_one_opened_as_per_listener() -> None:
+    """The child pairs each listener with the address it was configured with: a hello whose
+    lists differ in length is refused, not zipped short."""
+    [hello] = [m for m in messages() if isinstance(m, Hello)]
+    line = encode(dataclasses.replace(hello, opened_as=()))
+    with pytest.raises(ProtocolError, match="malformed hello message: ValueError: 0 opened_as"):
+        decode(line, FROM_PARENT)
+
+
 @pytest.mark.parametrize("kind", ["hello", "config", "restore", "probe", "ejection", "shutdown"])
 def test_the_parent_takes_only_ready_report_and_outcomes_from_a_child(kind: str) -> None:
     """A child's line is never unpickled: the kinds that carry pickles are refused first."""
