@@ -205,6 +205,11 @@ def _error(status: int, message: str, **extra: object) -> _Reply:
     return _json(status, {"error": message, **extra})
 
 
+def _fixed(guard: Guard) -> Callable[[], Guard]:
+    """Always ``guard`` (a caller that never swaps it)."""
+    return lambda: guard
+
+
 def _jsonable(obj: object) -> object:
     if isinstance(obj, frozenset | set | tuple):
         return sorted(obj, key=str)
@@ -225,11 +230,7 @@ class _Admin:
         self.engine = engine
         self.metrics = metrics
         self.reload_fn = reload
-        if callable(guard):
-            self.guard: Callable[[], Guard] = guard
-        else:
-            fixed = guard
-            self.guard = lambda: fixed
+        self.guard: Callable[[], Guard] = guard if callable(guard) else _fixed(guard)
         """The guard in force, asked at each request (a reload may swap the token)."""
         self.draining = draining
         self.activity = Activity()
