@@ -267,22 +267,26 @@ async def test_unix_socket_origin(
     assert response.json()["body"] == "hi"
 
 
-async def test_https_origin_and_self_signed_listener(
-    client_ctx: ssl.SSLContext, server_ctx: ssl.SSLContext, nursery: trio.Nursery
-) -> None:
+async def https_origin(nursery: trio.Nursery, server_ctx: ssl.SSLContext, origin: Origin) -> int:
+    """The echo origin over TLS (a certificate of the session's trustme CA); its port."""
     from connector_origin import _serve
 
-    from lb.connector import ConnectorConfig, serve_connector
-
-    origin = Origin()
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    tls_listeners = [trio.SSLListener(lsn, server_ctx, https_compatible=True) for lsn in listeners]
+    tls = [trio.SSLListener(lsn, server_ctx, https_compatible=True) for lsn in listeners]
 
     async def handler(stream: trio.SSLStream[trio.SocketStream]) -> None:
         await _serve(stream, origin)
 
-    nursery.start_soon(trio.serve_listeners, handler, tls_listeners)
-    port = listeners[0].socket.getsockname()[1]
+    nursery.start_soon(trio.serve_listeners, handler, tls)
+    return int(listeners[0].socket.getsockname()[1])
+
+
+async def test_https_origin_and_self_signed_listener(
+    client_ctx: ssl.SSLContext, server_ctx: ssl.SSLContext, nursery: trio.Nursery
+) -> None:
+    from lb.connector import ConnectorConfig, serve_connector
+
+    port = await https_origin(nursery, server_ctx, Origin())
     config = ConnectorConfig(
         tunnel=TUNNEL,
         ingress=[IngressRule(f"https://localhost:{port}")],
@@ -386,20 +390,6 @@ async def test_command_reports_a_port_in_use(server_ctx: ssl.SSLContext) -> None
         sock.close()
     assert error is not None
     assert "in use" in error.lower()
-
-
-async def https_origin(nursery: trio.Nursery, server_ctx: ssl.SSLContext, origin: Origin) -> int:
-    """The echo origin over TLS (a certificate of the session's trustme CA); its port."""
-    from connector_origin import _serve
-
-    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    tls = [trio.SSLListener(lsn, server_ctx, https_compatible=True) for lsn in listeners]
-
-    async def handler(stream: trio.SSLStream[trio.SocketStream]) -> None:
-        await _serve(stream, origin)
-
-    nursery.start_soon(trio.serve_listeners, handler, tls)
-    return int(listeners[0].socket.getsockname()[1])
 
 
 async def test_the_ca_pool_is_read_once_at_start(

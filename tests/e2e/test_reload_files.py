@@ -541,13 +541,13 @@ class Origin:
     async def handle(self, tcp: trio.SocketStream) -> None:
         stream = trio.SSLStream(tcp, self.context, server_side=True)
         try:
-            await stream.do_handshake()
-        except trio.BrokenResourceError:  # the proxy refused our certificate
-            self.handshakes_failed += 1
-            return
-        self.connections += 1
-        number, data = self.connections, b""
-        try:
+            try:
+                await stream.do_handshake()
+            except trio.BrokenResourceError:  # the proxy refused our certificate
+                self.handshakes_failed += 1
+                return
+            self.connections += 1
+            number, data = self.connections, b""
             while True:
                 while b"\r\n\r\n" not in data:
                     chunk = await stream.receive_some(4096)
