@@ -250,6 +250,47 @@ async def test_a_reload_rotates_the_admin_token(
     process.send_signal(signal.SIGTERM)
 
 
+async def test_a_reload_reads_admin_token_env_from_the_start_environment(
+    tmp_path: Path, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The environment is fixed at start: a reload naming another variable that was set
+    then rotates to its value; one naming a variable that was not is refused as not set."""
+    other = TOKEN + "-other"
+    monkeypatch.setenv("LB_TEST_TOKEN_A", TOKEN)
+    monkeypatch.setenv("LB_TEST_TOKEN_B", other)
+    monkeypatch.delenv("LB_TEST_TOKEN_UNSET", raising=False)
+    ca = trustme.CA()
+    issue(ca, tmp_path / "lb.pem")
+    config = tmp_path / "lb.json"
+    write_config(config, admin_token_env="LB_TEST_TOKEN_A")
+    process, ready = await start_lb_process(nursery, config, log=tmp_path / "lb.log")
+    admin = f"http://127.0.0.1:{ready.admin}"
+
+    def bearer(value: str) -> dict[str, str]:
+        return {"X-Tunnel-LB": "1", "Authorization": f"Bearer {value}"}
+
+    def naming(variable: str) -> None:
+        document = json.loads(config.read_text())
+        document["engine"]["admin_token_env"] = variable
+        config.write_text(json.dumps(document, indent=2) + "\n")
+
+    async with httpx.AsyncClient(timeout=30) as client:
+        naming("LB_TEST_TOKEN_UNSET")
+        resp = await client.post(f"{admin}/reload", headers=bearer(TOKEN))
+        assert resp.status_code == 400
+        assert resp.json()["errors"] == [
+            f"{config}: engine.admin_token_env: environment variable LB_TEST_TOKEN_UNSET is not set"
+        ]
+        naming("LB_TEST_TOKEN_B")
+        resp = await client.post(f"{admin}/reload", headers=bearer(TOKEN))
+        assert (resp.status_code, resp.json()["ok"]) == (200, True)
+        assert "restart_required" not in resp.json()
+        assert (await client.post(f"{admin}/reload", headers=bearer(TOKEN))).status_code == 401
+        resp = await client.post(f"{admin}/reload", headers=bearer(other))
+        assert (resp.status_code, resp.json()["ok"]) == (200, True)
+    process.send_signal(signal.SIGTERM)
+
+
 # ----------------------------------------------------------------- check agrees with run
 
 BROKEN: dict[str, tuple[dict[str, Any], str, str]] = {
