@@ -139,7 +139,7 @@ async def serve_admin(
     host: str | None = None,
     port: int | None = None,
     reload: ReloadFn | None = None,
-    guard: Guard | None = None,
+    guard: Guard | Callable[[], Guard] | None = None,
     draining: trio.Event | None = None,
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -153,7 +153,8 @@ async def serve_admin(
         reload: called by ``POST /reload``; None answers 501 there.  Calls are serialised.
         guard: who may call what; by default :func:`lb.admin_guard.guard_for` the
             configuration and ``host`` (which raises ConfigError for a non-loopback ``host``
-            without a token, before anything listens).
+            without a token, before anything listens).  A callable is asked at every
+            request, so that a reload can rotate the token (:class:`lb.service.Swappable`).
         draining: set when the process starts draining: ``/readyz`` answers 503 from then.
         task_status: ``started((host, port))`` with the bound address once listening.
     """
@@ -161,14 +162,18 @@ async def serve_admin(
         cfg_host, cfg_port = split_host_port(engine.config.engine.admin, default_host=LOOPBACK)
         host = cfg_host if host is None else host
         port = cfg_port if port is None else port
-    if guard is None or (guard.token is None and not is_loopback(host)):
+    given = guard() if callable(guard) else guard
+    source: Guard | Callable[[], Guard]
+    if guard is None or given is None or (given.token is None and not is_loopback(host)):
         # Also over a given guard: whoever chose ``host`` (a command-line override, say), a
         # listener beyond loopback never starts without a token (guard_for raises).
-        guard = guard_for(engine.config, host)
+        source = guard_for(engine.config, host)
+    else:
+        source = guard
     listeners = await trio.open_tcp_listeners(port, host=host)
     sockname = listeners[0].socket.getsockname()
     bound = (str(sockname[0]), int(sockname[1]))
-    app = _Admin(engine, metrics, reload, guard, draining)
+    app = _Admin(engine, metrics, reload, source, draining)
     log.info("admin_listening", extra={"fields": {"addr": f"{bound[0]}:{bound[1]}"}})
 
     def on_health(event: HealthEvent) -> None:
@@ -200,6 +205,11 @@ def _error(status: int, message: str, **extra: object) -> _Reply:
     return _json(status, {"error": message, **extra})
 
 
+def _fixed(guard: Guard) -> Callable[[], Guard]:
+    """Always ``guard`` (a caller that never swaps it)."""
+    return lambda: guard
+
+
 def _jsonable(obj: object) -> object:
     if isinstance(obj, frozenset | set | tuple):
         return sorted(obj, key=str)
@@ -214,13 +224,14 @@ class _Admin:
         engine: Engine,
         metrics: Metrics,
         reload: ReloadFn | None,
-        guard: Guard,
+        guard: Guard | Callable[[], Guard],
         draining: trio.Event | None,
     ) -> None:
         self.engine = engine
         self.metrics = metrics
         self.reload_fn = reload
-        self.guard = guard
+        self.guard: Callable[[], Guard] = guard if callable(guard) else _fixed(guard)
+        """The guard in force, asked at each request (a reload may swap the token)."""
         self.draining = draining
         self.activity = Activity()
         self.reload_lock = trio.Lock()
@@ -298,7 +309,7 @@ class _Admin:
             local = str(stream.socket.getsockname()[0])
         except OSError:
             local = ""
-        refusal = self.guard.refusal(
+        refusal = self.guard().refusal(
             headers=headers,
             local_address=local,
             http10=event.http_version == b"1.0",

@@ -54,7 +54,11 @@ class Files:
 
 
 def read_files(
-    result: LoadResult, config: Config | None = None, *, environment: bool = True
+    result: LoadResult,
+    config: Config | None = None,
+    *,
+    environment: bool = True,
+    token: bool = True,
 ) -> Files:
     """Read and check every file ``config`` names (``result.config`` when None: pass the
     configuration with command-line overrides applied; ``result`` says where each name was
@@ -62,7 +66,9 @@ def read_files(
 
     Without ``environment`` (``tunnel-lb check``), a token named by ``admin_token_env`` is
     not read: the variable belongs to the environment the service will run in, not to the
-    one the configuration is checked in.
+    one the configuration is checked in.  Without ``token`` (a child worker, which has no
+    admin listener), the admin token is not read at all and :attr:`Files.token` is None: a
+    token file rewritten around a reload must not keep a child on its old certificates.
 
     Raises:
         ConfigError: one problem per missing, unreadable or unusable file, each with its
@@ -80,16 +86,16 @@ def read_files(
     except ConfigError as exc:
         relocated(exc)
     upstream = _upstream(config, result.problem, problems)  # as read_upstream_ca
-    token = None
+    secret = None
     try:
-        if environment or config.engine.admin_token_file:
-            token = load_token(config)
+        if token and (environment or config.engine.admin_token_file):
+            secret = load_token(config)
     except ConfigError as exc:
         relocated(exc)
     _state_file(config, result.problem, problems)
     if problems or upstream is None:
         raise ConfigError(problems)
-    return Files(listeners=listeners, upstream=upstream, token=token)
+    return Files(listeners=listeners, upstream=upstream, token=secret)
 
 
 def read_upstream_ca(result: LoadResult) -> ssl.SSLContext:

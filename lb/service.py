@@ -14,10 +14,14 @@ the real network and the real signals:
   applying (a bug in the loader, an exception from ``reconfigure``) is a failed reload too,
   never a crash.  Certificates are read again even when their paths did not change (a
   renewed certificate is served after ``systemctl reload``) and so is ``engine.upstream_ca``:
-  new connections use them, open ones keep theirs.  Listener addresses are not rebound on
-  reload, and ``engine.workers``, the admin token and the other :data:`_RESTART_ONLY` fields
-  are fixed at start: a reload that changes them says so (``restart_required`` in its reply,
-  and the ``config_restart_required`` log event).
+  new connections use them, open ones keep theirs.  The admin token (``admin_token_file``
+  or ``admin_token_env``) is read again too and rotated: the old token is refused from the
+  reload's reply on (a reload that would leave an admin listener beyond loopback without a
+  token is refused).  ``admin_token_env`` reads the environment the process started with,
+  so a new value there takes a restart.  Listener addresses are not rebound on reload, and
+  ``engine.workers`` and the other :data:`_RESTART_ONLY` fields are fixed at start: a reload
+  that changes them says so (``restart_required`` in its reply, and the
+  ``config_restart_required`` log event).
   A SIGHUP reload runs in the background: a SIGTERM during it drains at once.
 * ``SIGTERM`` / ``SIGINT`` stop accepting and drain in-flight requests for up to
   ``engine.drain_timeout`` seconds.  The signal receiver exists before anything listens
@@ -62,7 +66,15 @@ from lb.files import Files, read_files, upstream_context
 from lb.lifecycle import STOP_SIGNALS, ListenError, host_port, receive_signals
 from lb.metrics import Metrics
 from lb.proxy.hooks import ProxyHooks, RequestRecord
-from lb.proxy.listeners import AnyListener, TlsListener, is_https, open_listeners
+from lb.proxy.listeners import (
+    AnyListener,
+    TlsListener,
+    configured_addresses,
+    is_https,
+    is_https_spec,
+    listener_contexts,
+    open_listeners,
+)
 from lb.proxy.server import ProxyServer, serve_proxy
 from lb.statefile import keep_state, load_state
 from lb.workers import ChildContext, Workers, run_child
@@ -120,10 +132,15 @@ class Running:
 
 @dataclass(slots=True)
 class Swappable:
-    """What a reload replaces in place: the TLS contexts of new connections."""
+    """What a reload replaces in place: the TLS contexts of new connections and the admin
+    token."""
 
-    token: str | None
-    """The admin token in force (the admin listener's guard is made once, at start)."""
+    guard: Guard | None = None
+    """The admin listener's guard in force, asked at every admin request; a reload gives it
+    the token it read (None in a child worker, which has no admin listener)."""
+    admin_host: str = LOOPBACK
+    """The host the admin listener was bound to at start (a reloaded ``engine.admin`` is
+    not rebound): whether a reload may leave it without a token."""
     started: Config | None = None
     """The configuration the process started with: what a restart-only field is compared
     with, reload after reload (None in a child worker, which never reloads itself)."""
@@ -136,16 +153,37 @@ class Swappable:
     """Who connects to endpoints (probes, traffic); empty when the caller fixed the context
     (``serve_lb(upstream_ssl=...)``)."""
 
+    def refusal(self, config: Config, files: Files) -> str | None:
+        """Why ``config`` cannot be applied to the admin listener, or None: the token it
+        leaves (``files.token``) must be set while the listener is bound beyond loopback, as
+        at start."""
+        if self.guard is None:
+            return None
+        try:
+            guard_with(config, self.admin_host, files.token)
+        except ConfigError as exc:
+            return "; ".join(str(p) for p in exc.problems)
+        return None
+
+    def admin_guard(self) -> Guard:
+        """The admin listener's guard in force (what ``serve_admin`` asks per request)."""
+        assert self.guard is not None, "only the parent has an admin listener"
+        return self.guard
+
     def apply(self, config: Config, files: Files) -> list[str]:
-        """Swap in the contexts of ``files``; return what needs a restart instead (compared
-        with what runs, however many reloads came in between)."""
+        """Swap in the contexts and the admin token of ``files``; return what needs a
+        restart instead (compared with what runs, however many reloads came in between)."""
         self.swap(config, files)
+        if self.guard is not None and self.guard.token != files.token:
+            # Only the token: the names the guard accepts (``admin_names``) need a restart.
+            self.guard = replace(self.guard, token=files.token)
+            logs.event("admin_token_rotated", required=files.token is not None)
         old = self.started
         assert old is not None, "only the parent reloads"
         restart: list[str] = []
-        listening = [(spec.address, spec.port) for spec in old.engine.listen]
+        listening = configured_addresses(old.engine.listen)
         https = [is_https(listener) for listener in self.listeners]
-        if [(spec.address, spec.port) for spec in config.engine.listen] != listening or (
+        if configured_addresses(config.engine.listen) != listening or (
             self.listeners and [c is not None for c in files.listeners] != https
         ):
             restart.append("engine.listen")
@@ -156,9 +194,6 @@ class Swappable:
             for name in _RESTART_ONLY
             if getattr(old.engine, name) != getattr(config.engine, name)
         ]
-        if files.token != self.token and not any("admin_token" in name for name in restart):
-            token = "admin_token_file" if config.engine.admin_token_file else "admin_token_env"
-            restart.append(f"engine.{token}")
         return restart
 
     def swap(self, config: Config, files: Files) -> None:
@@ -212,6 +247,9 @@ class ReloadFn:
             empty = None if force else serving_problem(config, RELOAD_FORCE_HINT)
             if empty is not None:
                 return self._failed((str(empty),))
+            tokenless = self.swappable.refusal(config, files)
+            if tokenless is not None:
+                return self._failed((tokenless,))
             old = self._engine.config
             try:
                 self._engine.reconfigure(config, now=trio.current_time())
@@ -265,13 +303,13 @@ class ReloadFn:
 _RESTART_ONLY = (
     "workers",
     "cluster",
-    "admin_token_file",
-    "admin_token_env",
     "admin_names",
     "state_file",
 )
 """``engine`` fields a reload cannot apply: the worker processes, the cluster connection, the
-admin listener's guard and the state file's writer are made once at start."""
+names the admin listener's guard accepts and the state file's writer are made once at start
+(its token is not: ``admin_token_file`` and ``admin_token_env`` are read again and applied,
+:meth:`Swappable.apply`)."""
 
 
 def _load(paths: Sequence[str], overrides: Overrides) -> tuple[Config, Files]:
@@ -407,7 +445,7 @@ async def serve_lb(
     # configuration error.
     admin_host = split_host_port(config.engine.admin, default_host=LOOPBACK)[0]
     admin_guard = guard_with(config, admin_host, files.token)
-    swappable = Swappable(token=files.token, started=config)
+    swappable = Swappable(guard=admin_guard, admin_host=admin_host, started=config)
     rng = random.Random(seed)
     engine = Engine(config, now=trio.current_time())
     metrics = Metrics()
@@ -458,12 +496,14 @@ async def serve_lb(
         logs.event("monitors_started", jobs=len(scheduler.jobs))
         if state_file:
             await nursery.start(keep_state, engine, state_file)
-        admin = await _start_admin(nursery, engine, metrics, reload, admin_guard, shutdown)
+        admin = await _start_admin(
+            nursery, engine, metrics, reload, swappable.admin_guard, shutdown
+        )
         listeners = await _open_proxy_listeners(
             config.engine.listen, files.listeners, workers is not None
         )
         swappable.listeners = listeners
-        swappable.opened_as = [(spec.address, spec.port) for spec in config.engine.listen]
+        swappable.opened_as = configured_addresses(config.engine.listen)
         workers_started = False
 
         async def workers_stopped() -> None:
@@ -502,7 +542,7 @@ async def _start_admin(
     engine: Engine,
     metrics: Metrics,
     reload: ReloadFn,
-    guard: Guard,
+    guard: Callable[[], Guard],
     draining: trio.Event,
 ) -> tuple[str, int]:
     """Start the admin listener; a bind failure is a :class:`ListenError` naming the address
@@ -612,7 +652,7 @@ class _Rereader:
             config = self.latest
             assert config is not None
             read = functools.partial(
-                read_files, LoadResult(config=config, warnings=[]), environment=False
+                read_files, LoadResult(config=config, warnings=[]), token=False
             )
             try:
                 files = await trio.to_thread.run_sync(read)
@@ -626,6 +666,51 @@ class _Rereader:
                 continue
             if self.latest is config:  # else the newer one is read next
                 self.swappable.swap(config, files)
+
+
+def _child_listeners(
+    bound: Sequence[Listener], opened_as: Sequence[tuple[str, int]], now: Sequence[Listener]
+) -> list[Listener]:
+    """What a child opens: each socket the parent bound at its start, with the certificate
+    files its ``engine.listen`` entry names *now*, as the parent serves them since the last
+    reload (a child restarted after a reload that renamed them must not need the start's
+    files, which may be gone).  Not when that entry moved or turned HTTPS or plain HTTP: the
+    parent keeps the start's certificate (or none) there until a restart, and the child
+    reads the start's files (:meth:`Swappable.swap`)."""
+    out: list[Listener] = []
+    for i, (spec, configured) in enumerate(zip(bound, opened_as, strict=True)):
+        new = now[i] if i < len(now) else None
+        if (
+            new is not None
+            and (new.address, new.port) == configured
+            and is_https_spec(new)
+            and is_https_spec(spec)
+        ):
+            spec = replace(
+                spec, certificate=new.certificate, key=new.key, certificates=new.certificates
+            )
+        out.append(spec)
+    return out
+
+
+def _child_contexts(ctx: ChildContext, config: Config) -> list[ssl.SSLContext | None]:
+    """The TLS contexts a starting child opens its listeners with (:func:`_child_listeners`).
+    If the files ``config`` names broke after the reload that named them, the start's files
+    (as the parent was bound with them), logged ``worker_start_files``: else every restart
+    of this child would fail the same way.
+
+    Raises:
+        ConfigError: the start's files are broken too.
+    """
+    specs = _child_listeners(ctx.listen, ctx.opened_as, config.engine.listen)
+    try:
+        return listener_contexts(specs)
+    except ConfigError as exc:
+        if specs == ctx.listen:
+            raise
+        errors = [str(p) for p in exc.problems]
+        logs.event("worker_start_files", logging.WARNING, worker=ctx.worker, errors=errors)
+        return listener_contexts(ctx.listen)
 
 
 def serve_worker() -> None:
@@ -648,18 +733,24 @@ def serve_worker() -> None:
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         engine = ctx.engine
-        listeners = await open_listeners(ctx.listen, reuse_port=True)
+        config = engine.config  # the contexts below are read for this one
+        listeners = await open_listeners(
+            ctx.listen, contexts=_child_contexts(ctx, config), reuse_port=True
+        )
         server = ProxyServer(
             engine,
             hooks=_hooks(engine, metrics, ctx.worker),
             rng=random.Random(ctx.seed),
             upstream_ssl=upstream_context(engine.config),
         )
-        opened_as = [(spec.address, spec.port) for spec in engine.config.engine.listen]
-        swappable = Swappable(None, None, listeners, opened_as, [server])
+        # Compared with what the parent bound at its start, not with ``engine.config``: a
+        # child started after a reload that moved a listener still binds the old address,
+        # and serves its certificate as the parent does.
+        swappable = Swappable(listeners=listeners, opened_as=ctx.opened_as, upstream=[server])
         reread = _Rereader(swappable)
         engine.observers.config.append(reread)
-        reread(engine.config)  # the listeners were bound with the start-up files
+        if engine.config is not config:  # a newer one arrived while the sockets opened
+            reread(engine.config)
         async with trio.open_nursery() as rereading:
             rereading.start_soon(reread.run)
             async with trio.open_nursery() as nursery:

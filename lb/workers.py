@@ -21,7 +21,9 @@ which rejects anything else):
     first: the configuration the parent applied (pickled: the exact object, not the files
     as they are on disk now), the affinity secret (cookies issued by one worker are valid
     at all), the listeners the parent bound at its start (pickled, port 0 resolved: never
-    those of a reloaded configuration, which are not rebound) and a seed.
+    those of a reloaded configuration, which are not rebound) with the (address, port) each
+    was configured with (what a later ``engine.listen`` is compared with, as in the parent)
+    and a seed.
 ``{"restore": ...}``
     second: the parent's current vantage states and RTT averages for
     :meth:`~lb.core.book.HealthBook.restore`, the *pending run* of each check to
@@ -98,6 +100,7 @@ from lb.core.passive import PASSIVE, Outcome, Saved
 from lb.engine import Engine, LiveReport, live_report
 from lb.lifecycle import STOP_SIGNALS, receive_signals
 from lb.metrics import Metrics
+from lb.proxy.listeners import configured_addresses
 
 __all__ = [
     "FROM_CHILD",
@@ -175,6 +178,11 @@ class Hello:
     listen: tuple[tuple[str, int], ...]
     """The parent's bound listen addresses (reported back in ``ready``)."""
     listeners: tuple[Listener, ...]
+    """The listeners the parent bound at its start (port 0 resolved), which the child binds."""
+    opened_as: tuple[tuple[str, int], ...]
+    """The configured (address, port) of each of those listeners (port 0 as written): a
+    swapped-in ``engine.listen`` entry applies to a listener only while it names these, as
+    in the parent (:class:`lb.service.Swappable`), however many reloads came before."""
     worker: int
     seed: int
     kind: ClassVar[Kind] = Kind.HELLO
@@ -288,6 +296,7 @@ def encode(message: Message) -> bytes:
                 "secret": message.secret.hex(),
                 "listen": [list(a) for a in message.listen],
                 "listeners": _pickled(message.listeners),
+                "opened_as": [list(a) for a in message.opened_as],
                 "worker": message.worker,
                 "seed": message.seed,
             }
@@ -365,11 +374,16 @@ def decode(line: bytes | str, accept: frozenset[Kind] = FROM_PARENT | FROM_CHILD
 
 
 def _decode_hello(obj: Any) -> Hello:
+    listeners = tuple(_unpickled_listeners(obj["listeners"]))
+    opened_as = tuple(_address(a) for a in obj["opened_as"])
+    if len(opened_as) != len(listeners):  # the child pairs them up one by one
+        raise ValueError(f"{len(opened_as)} opened_as for {len(listeners)} listeners")
     return Hello(
         config=_unpickled(obj["config"]),
         secret=bytes.fromhex(obj["secret"]),
         listen=tuple(_address(a) for a in obj["listen"]),
-        listeners=tuple(_unpickled_listeners(obj["listeners"])),
+        listeners=listeners,
+        opened_as=opened_as,
         worker=_int(obj["worker"]),
         seed=_int(obj["seed"]),
     )
@@ -712,6 +726,8 @@ class Workers:
             engine.config.engine.listen if listen is None else listen
         )
         """The listener specs as bound at start; with :attr:`addresses` after ``run``."""
+        self.opened_as = configured_addresses(self.listen)
+        """The configured (address, port) of each listener, port 0 unresolved."""
         self.metrics = metrics
         self.command = list(command)
         self.seeds = seeds
@@ -844,6 +860,7 @@ class Workers:
             secret=self.engine.secret,
             listen=tuple(self.addresses),
             listeners=tuple(self.listen),
+            opened_as=tuple(self.opened_as),
             worker=slot.index,
             seed=self.seeds(),
         )
@@ -1048,6 +1065,8 @@ class ChildContext:
 
     engine: Engine
     listen: list[Listener]
+    opened_as: list[tuple[str, int]]
+    """The configured (address, port) of each of :attr:`listen` (:attr:`Hello.opened_as`)."""
     worker: int
     seed: int
 
@@ -1081,7 +1100,9 @@ async def run_child(
     )
     # The parent's listeners as bound at its start (port 0 resolved): not the listeners of
     # ``config``, which a reload may have changed without rebinding anything.
-    ctx = ChildContext(engine, list(hello.listeners), hello.worker, hello.seed)
+    ctx = ChildContext(
+        engine, list(hello.listeners), list(hello.opened_as), hello.worker, hello.seed
+    )
     send_lock = trio.Lock()
 
     async def report(message: Ready | Report | Outcomes) -> None:

@@ -24,6 +24,7 @@ import trio
 
 from lb.connector.h11io import H11Stream, reason
 from lb.connector.ingress import OriginService, UnixService, request_host
+from lb.connector.tls import trust_context
 
 __all__ = ["BAD_GATEWAY_BODY", "AbortConnectionError", "Downstream", "OriginClient"]
 
@@ -127,20 +128,31 @@ class OriginClient:
         no_tls_verify: bool = False,
         ca_pool: str | None = None,
     ) -> None:
+        """Raises :class:`~lb.connector.tls.CertificateError` naming ``ca_pool`` when that
+        file cannot be loaded."""
         self.connect_timeout = connect_timeout
-        self._ssl_context = ssl_context
         self._no_tls_verify = no_tls_verify
-        self._ca_pool = ca_pool
+        if ssl_context is None and ca_pool:
+            # Read here, once, as cloudflared reads it at start: a caPool that cannot be
+            # loaded stops the start with one line naming it, and one that is removed or
+            # rewritten later changes nothing (on first use, its request got a 502 whose
+            # log line named no file).
+            ssl_context = self._verifying(trust_context(ca_pool))
+        self._ssl_context = ssl_context
         self._idle: dict[OriginService | UnixService, list[H11Stream]] = {}
 
+    def _verifying(self, ctx: ssl.SSLContext) -> ssl.SSLContext:
+        """``ctx`` as https origins use it: verification off with ``noTLSVerify``."""
+        if self._no_tls_verify:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        return ctx
+
     def _client_context(self) -> ssl.SSLContext:
-        """The context for https origins, created on first use (cloudflared's defaults)."""
+        """The context for https origins: the caPool's (read at start), else the system
+        store's, made on first use (cloudflared's defaults)."""
         if self._ssl_context is None:
-            ctx = ssl.create_default_context(cafile=self._ca_pool)
-            if self._no_tls_verify:
-                ctx.check_hostname = False
-                ctx.verify_mode = ssl.CERT_NONE
-            self._ssl_context = ctx
+            self._ssl_context = self._verifying(ssl.create_default_context())
         return self._ssl_context
 
     async def _connect(

@@ -43,7 +43,9 @@ __all__ = [
     "TlsListener",
     "bound_address",
     "certificate_names",
+    "configured_addresses",
     "is_https",
+    "is_https_spec",
     "listener_contexts",
     "open_listeners",
     "server_ssl_context",
@@ -225,7 +227,21 @@ def _pair_names(pair: CertificatePair, where: str, problems: _Problems) -> tuple
     return names
 
 
+def is_https_spec(spec: Listener) -> bool:
+    """Whether ``spec`` describes an HTTPS listener: ``certificate``/``key`` or any of
+    ``certificates`` set (else plain HTTP)."""
+    return bool(spec.certificate or spec.key or spec.certificates)
+
+
+def configured_addresses(listen: Sequence[Listener]) -> list[tuple[str, int]]:
+    """The configured (address, port) of each listener, port 0 unresolved: what a reloaded
+    ``engine.listen`` entry is compared with to tell whether it moved."""
+    return [(spec.address, spec.port) for spec in listen]
+
+
 def _listener_context(spec: Listener, where: str, problems: _Problems) -> ssl.SSLContext | None:
+    if not is_https_spec(spec):
+        return None
     default: ssl.SSLContext | None = None
     if spec.certificate or spec.key:
         default = _load_pair(spec.certificate, spec.key, where, problems)

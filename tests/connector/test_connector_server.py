@@ -11,12 +11,14 @@ import httpx
 import pytest
 import trio
 import trio.lowlevel
+import trustme
 from conftest import TUNNEL, Start
 from connector_origin import Origin, serve_unix_origin
 from ports_support import dead_port
 
 from lb.connector import IngressRule
 from lb.connector.proxy import BAD_GATEWAY_BODY
+from lb.connector.tls import CertificateError
 
 pytestmark = pytest.mark.integration
 
@@ -265,22 +267,26 @@ async def test_unix_socket_origin(
     assert response.json()["body"] == "hi"
 
 
-async def test_https_origin_and_self_signed_listener(
-    client_ctx: ssl.SSLContext, server_ctx: ssl.SSLContext, nursery: trio.Nursery
-) -> None:
+async def https_origin(nursery: trio.Nursery, server_ctx: ssl.SSLContext, origin: Origin) -> int:
+    """The echo origin over TLS (a certificate of the session's trustme CA); its port."""
     from connector_origin import _serve
 
-    from lb.connector import ConnectorConfig, serve_connector
-
-    origin = Origin()
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    tls_listeners = [trio.SSLListener(lsn, server_ctx, https_compatible=True) for lsn in listeners]
+    tls = [trio.SSLListener(lsn, server_ctx, https_compatible=True) for lsn in listeners]
 
     async def handler(stream: trio.SSLStream[trio.SocketStream]) -> None:
         await _serve(stream, origin)
 
-    nursery.start_soon(trio.serve_listeners, handler, tls_listeners)
-    port = listeners[0].socket.getsockname()[1]
+    nursery.start_soon(trio.serve_listeners, handler, tls)
+    return int(listeners[0].socket.getsockname()[1])
+
+
+async def test_https_origin_and_self_signed_listener(
+    client_ctx: ssl.SSLContext, server_ctx: ssl.SSLContext, nursery: trio.Nursery
+) -> None:
+    from lb.connector import ConnectorConfig, serve_connector
+
+    port = await https_origin(nursery, server_ctx, Origin())
     config = ConnectorConfig(
         tunnel=TUNNEL,
         ingress=[IngressRule(f"https://localhost:{port}")],
@@ -384,3 +390,48 @@ async def test_command_reports_a_port_in_use(server_ctx: ssl.SSLContext) -> None
         sock.close()
     assert error is not None
     assert "in use" in error.lower()
+
+
+async def test_the_ca_pool_is_read_once_at_start(
+    start_connector: Start,
+    client: httpx.AsyncClient,
+    server_ctx: ssl.SSLContext,
+    ca: trustme.CA,
+    nursery: trio.Nursery,
+    tmp_path: Path,
+) -> None:
+    """Removed (or broken) after the start, the caPool file changes nothing: the https
+    origin is still verified with what it held, as cloudflared does."""
+    origin = Origin()
+    port = await https_origin(nursery, server_ctx, origin)
+    pool = tmp_path / "origin-ca.pem"
+    ca.cert_pem.write_to_path(str(pool))
+    url, _ = await start_connector([IngressRule(f"https://localhost:{port}")], ca_pool=str(pool))
+    pool.unlink()
+    response = await client.get(f"{url}/first", headers={"Host": "x.org"})
+    assert response.status_code == 201, response.text
+    pool.write_text("not a certificate\n")
+    response = await client.get(f"{url}/second", headers={"Host": "x.org"})
+    assert response.status_code == 201, response.text
+    assert [r["target"] for r in origin.requests] == ["/first", "/second"]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (None, "caPool {path}: no such file or directory"),
+        ("not a certificate\n", "caPool {path}: no PEM certificate in it"),
+    ],
+    ids=["missing", "not-pem"],
+)
+async def test_a_ca_pool_that_cannot_be_loaded_stops_the_start_naming_the_file(
+    start_connector: Start, tmp_path: Path, text: str | None, expected: str
+) -> None:
+    pool = tmp_path / "origin-ca.pem"
+    if text is not None:
+        pool.write_text(text)
+    with pytest.raises(CertificateError) as raised:
+        await start_connector([IngressRule("https://localhost:1")], ca_pool=str(pool))
+    message = str(raised.value)
+    assert message.startswith(expected.format(path=pool)), message
+    assert "\n" not in message

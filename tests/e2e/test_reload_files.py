@@ -8,6 +8,7 @@ is never reachable, which is irrelevant to which certificate the listener presen
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import ssl
@@ -24,6 +25,7 @@ from cryptography import x509
 from stack_support import (
     LB,
     event_of,
+    log_events,
     log_size,
     logged,
     one_pool_config,
@@ -35,6 +37,11 @@ from waiting import wait_until
 
 from lb.admin_guard import MIN_TOKEN_LENGTH
 from lb.cli import main
+from lb.config.errors import ConfigError
+from lb.config.loader import load_config
+from lb.files import read_files
+from lb.proxy.listeners import TlsListener
+from lb.service import Swappable, _Rereader
 
 pytestmark = pytest.mark.integration
 
@@ -191,40 +198,96 @@ async def test_a_reload_with_a_missing_certificate_or_ca_is_refused_and_the_old_
     process.send_signal(signal.SIGTERM)
 
 
-async def test_a_reload_says_in_its_reply_what_needs_a_restart(
-    tmp_path: Path, nursery: trio.Nursery
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_a_reload_rotates_the_admin_token(
+    tmp_path: Path, nursery: trio.Nursery, workers: int
 ) -> None:
+    """``systemctl reload`` after writing a new token file: the old token is refused from the
+    reload's reply on, the new one is accepted, no restart needed (with ``workers: 2`` too:
+    the admin listener lives in the parent only)."""
     ca = trustme.CA()
     issue(ca, tmp_path / "lb.pem")
     token = tmp_path / "token"
     token.write_text(TOKEN)
     config = tmp_path / "lb.json"
-    write_config(config, admin_token_file="token")
+    write_config(config, admin_token_file="token", workers=workers)
     process, ready = await start_lb_process(nursery, config, log=tmp_path / "lb.log")
+    admin = f"http://127.0.0.1:{ready.admin}"
 
-    token.write_text("short")
-    async with httpx.AsyncClient() as client:
-        resp = await client.post(
-            f"http://127.0.0.1:{ready.admin}/reload",
-            headers={"X-Tunnel-LB": "1", "Authorization": f"Bearer {TOKEN}"},
-            timeout=30,
-        )
-    assert resp.status_code == 400
-    line = line_of(config, '"admin_token_file"')
-    assert resp.json()["errors"] == [
-        f"{config}:{line}: engine.admin_token_file: the token in {tmp_path}/token is shorter "
-        f"than {MIN_TOKEN_LENGTH} characters"
-    ]
+    def bearer(value: str) -> dict[str, str]:
+        return {"X-Tunnel-LB": "1", "Authorization": f"Bearer {value}"}
 
-    token.write_text(TOKEN + "-rotated")
-    async with httpx.AsyncClient() as client:
-        resp = await client.post(
-            f"http://127.0.0.1:{ready.admin}/reload",
-            headers={"X-Tunnel-LB": "1", "Authorization": f"Bearer {TOKEN}"},
-            timeout=30,
-        )
-    assert resp.status_code == 200
-    assert resp.json()["restart_required"] == ["engine.admin_token_file"]
+    async with httpx.AsyncClient(timeout=30) as client:
+        token.write_text("short")  # a broken token file is refused, the old token serves on
+        resp = await client.post(f"{admin}/reload", headers=bearer(TOKEN))
+        assert resp.status_code == 400
+        line = line_of(config, '"admin_token_file"')
+        assert resp.json()["errors"] == [
+            f"{config}:{line}: engine.admin_token_file: the token in {tmp_path}/token is "
+            f"shorter than {MIN_TOKEN_LENGTH} characters"
+        ]
+        assert (
+            await client.get(f"{admin}/explain?host={LB}", headers=bearer(TOKEN))
+        ).status_code == 200
+
+        rotated = TOKEN + "-rotated"
+        token.write_text(rotated)
+        resp = await client.post(f"{admin}/reload", headers=bearer(TOKEN))
+        assert (resp.status_code, resp.json()["ok"]) == (200, True)
+        assert "restart_required" not in resp.json()
+        # The old token is refused at once, on calls that need it...
+        assert (await client.post(f"{admin}/reload", headers=bearer(TOKEN))).status_code == 401
+        assert (
+            await client.get(f"{admin}/explain?host={LB}", headers=bearer(TOKEN))
+        ).status_code == 401
+        # ...the new one is accepted, and calls that need none still work.
+        assert (
+            await client.get(f"{admin}/explain?host={LB}", headers=bearer(rotated))
+        ).status_code == 200
+        resp = await client.post(f"{admin}/reload", headers=bearer(rotated))
+        assert (resp.status_code, resp.json()["ok"]) == (200, True)
+        assert (await client.get(f"{admin}/status")).status_code == 200
+    process.send_signal(signal.SIGTERM)
+
+
+async def test_a_reload_reads_admin_token_env_from_the_start_environment(
+    tmp_path: Path, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The environment is fixed at start: a reload naming another variable that was set
+    then rotates to its value; one naming a variable that was not is refused as not set."""
+    other = TOKEN + "-other"
+    monkeypatch.setenv("LB_TEST_TOKEN_A", TOKEN)
+    monkeypatch.setenv("LB_TEST_TOKEN_B", other)
+    monkeypatch.delenv("LB_TEST_TOKEN_UNSET", raising=False)
+    ca = trustme.CA()
+    issue(ca, tmp_path / "lb.pem")
+    config = tmp_path / "lb.json"
+    write_config(config, admin_token_env="LB_TEST_TOKEN_A")
+    process, ready = await start_lb_process(nursery, config, log=tmp_path / "lb.log")
+    admin = f"http://127.0.0.1:{ready.admin}"
+
+    def bearer(value: str) -> dict[str, str]:
+        return {"X-Tunnel-LB": "1", "Authorization": f"Bearer {value}"}
+
+    def naming(variable: str) -> None:
+        document = json.loads(config.read_text())
+        document["engine"]["admin_token_env"] = variable
+        config.write_text(json.dumps(document, indent=2) + "\n")
+
+    async with httpx.AsyncClient(timeout=30) as client:
+        naming("LB_TEST_TOKEN_UNSET")
+        resp = await client.post(f"{admin}/reload", headers=bearer(TOKEN))
+        assert resp.status_code == 400
+        assert resp.json()["errors"] == [
+            f"{config}: engine.admin_token_env: environment variable LB_TEST_TOKEN_UNSET is not set"
+        ]
+        naming("LB_TEST_TOKEN_B")
+        resp = await client.post(f"{admin}/reload", headers=bearer(TOKEN))
+        assert (resp.status_code, resp.json()["ok"]) == (200, True)
+        assert "restart_required" not in resp.json()
+        assert (await client.post(f"{admin}/reload", headers=bearer(TOKEN))).status_code == 401
+        resp = await client.post(f"{admin}/reload", headers=bearer(other))
+        assert (resp.status_code, resp.json()["ok"]) == (200, True)
     process.send_signal(signal.SIGTERM)
 
 
@@ -382,6 +445,38 @@ async def test_with_workers_every_process_serves_the_renewed_certificate(
     process.send_signal(signal.SIGTERM)
 
 
+async def test_a_child_rereads_its_certificates_while_the_token_file_is_bad(
+    tmp_path: Path,
+) -> None:
+    """A child worker has no admin listener: the token file, being rewritten (here: empty)
+    when a configuration reaches the child, must not keep it on its old certificate."""
+    ca = trustme.CA()
+    issue(ca, tmp_path / "lb.pem")
+    (tmp_path / "token").write_text("")
+    config = tmp_path / "lb.json"
+    write_config(config, admin_token_file="token")
+    loaded = load_config([config])
+    with pytest.raises(ConfigError, match="admin_token_file"):
+        read_files(loaded)  # the parent's reload is refused
+
+    files = read_files(loaded, token=False)
+    assert files.token is None and files.listeners[0] is not None
+
+    [socket_listener] = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    before = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    listener = TlsListener(socket_listener, before)
+    swappable = Swappable(listeners=[listener], opened_as=[("127.0.0.1", 0)])
+    reread = _Rereader(swappable)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reread.run)
+            reread(loaded.config)
+            await wait_until(lambda: listener.context is not before, 10, what="a new context")
+            nursery.cancel_scope.cancel()
+    finally:
+        await listener.aclose()
+
+
 async def test_a_reload_swaps_the_upstream_ca_for_new_probe_connections(tmp_path: Path) -> None:
     async with running_stack(tmp_path) as stack, httpx.AsyncClient(timeout=5) as client:
         status = f"{stack.admin_base}/status"
@@ -422,4 +517,274 @@ async def test_a_listener_that_moved_keeps_its_certificate_until_the_restart(
     assert (code, body["restart_required"]) == (200, ["engine.listen"])
     # The bound listener is not the one the file now describes: it keeps what it serves.
     assert await served_serial(ready.listen[0], ca) == first
+    process.send_signal(signal.SIGTERM)
+
+
+async def test_a_restarted_worker_keeps_the_certificate_of_a_listener_that_moved(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """A child started after such a reload binds the parent's socket, not the moved address:
+    it must also serve that socket's certificate, as the parent does, not the new entry's."""
+    ca = trustme.CA()
+    first = issue(ca, tmp_path / "lb.pem")
+    other = issue(ca, tmp_path / "other.pem")
+    config = tmp_path / "lb.json"
+    log = tmp_path / "lb.log"
+    write_config(config, workers=2, access_log=True)
+    process, ready = await start_lb_process(nursery, config, log=log)
+    port = ready.listen[0]
+    await wait_until(lambda: log_events(log, "worker_ready"), 20, what="worker 1 ready")
+
+    document = json.loads(config.read_text())
+    document["engine"]["listen"][0].update(
+        address="127.0.0.2", certificate="other.pem", key="other.pem"
+    )
+    config.write_text(json.dumps(document, indent=2) + "\n")
+    code, body = await reload(ready.admin)
+    assert (code, body["restart_required"]) == (200, ["engine.listen"])
+
+    (started,) = log_events(log, "worker_started")
+    os.kill(int(started["pid"]), signal.SIGKILL)
+    await wait_until(
+        lambda: len(log_events(log, "worker_ready")) >= 2, 20, what="worker 1 restarted"
+    )
+    mark = len(log_events(log, "request"))
+    served = []
+    for _ in range(30):  # new connections, spread over both processes by the kernel
+        stream = await open_tls(port, ca)
+        served.append(str(stream.getpeercert()["serialNumber"]).lstrip("0"))  # type: ignore[index]
+        await status_line(stream)
+        await trio.aclose_forcefully(stream)
+    assert other not in served
+    assert set(served) == {first}
+    workers = {e["worker"] for e in log_events(log, "request")[mark:]}
+    assert workers == {0, 1}, workers  # the restarted child served some of them
+    process.send_signal(signal.SIGTERM)
+
+
+class Origin:
+    """An HTTPS endpoint on 127.0.0.1 port 0 with a certificate for :data:`LB`: answers
+    every request ``200 ok`` on a keep-alive connection (``/close``: then closes it) and
+    records, per request, the number of the connection it came on."""
+
+    def __init__(self, ca: trustme.CA) -> None:
+        self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ca.issue_cert(LB).configure_cert(self.context)
+        self.connections = 0
+        self.requests: list[tuple[int, str]] = []
+        self.handshakes_failed = 0
+
+    async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        task_status.started(listeners[0].socket.getsockname()[1])
+        await trio.serve_listeners(self.handle, listeners)
+
+    async def handle(self, tcp: trio.SocketStream) -> None:
+        stream = trio.SSLStream(tcp, self.context, server_side=True)
+        try:
+            try:
+                await stream.do_handshake()
+            except trio.BrokenResourceError:  # the proxy refused our certificate
+                self.handshakes_failed += 1
+                return
+            self.connections += 1
+            number, data = self.connections, b""
+            while True:
+                while b"\r\n\r\n" not in data:
+                    chunk = await stream.receive_some(4096)
+                    if not chunk:
+                        return
+                    data += chunk
+                head, data = data.split(b"\r\n\r\n", 1)
+                path = head.split(b" ", 2)[1].decode()
+                self.requests.append((number, path))
+                close = path == "/close"
+                extra = b"Connection: close\r\n" if close else b""
+                await stream.send_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n" + extra + b"\r\nok"
+                )
+                if close:
+                    return
+        except trio.BrokenResourceError:
+            return
+        finally:
+            await trio.aclose_forcefully(stream)
+
+
+async def test_a_reload_swaps_the_upstream_ca_for_new_proxy_connections(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """The proxy's side of ``engine.upstream_ca`` on reload (the file rewritten in place):
+    new connections to endpoints verify with the new bundle; a pooled connection made before
+    stays in the pool and keeps serving until it closes."""
+    signer, stranger = trustme.CA(), trustme.CA()
+    origin = Origin(signer)
+    port = await nursery.start(origin.serve)
+    ca_file = tmp_path / "ca.pem"
+    stranger.cert_pem.write_to_path(str(ca_file))  # a CA that did not sign the origin's
+    document = json.loads(one_pool_config())
+    del document["monitors"], document["pools"][0]["monitor"]  # traffic only, no probes
+    (address,) = document["connect_to"]
+    document["connect_to"][address] = f"127.0.0.1:{port}"
+    document["engine"].update(upstream_ca="ca.pem")
+    config = tmp_path / "lb.json"
+    config.write_text(json.dumps(document, indent=2) + "\n")
+    process, ready = await start_lb_process(nursery, config, log=tmp_path / "lb.log")
+    base = f"http://127.0.0.1:{ready.listen[0]}"
+
+    async with httpx.AsyncClient(timeout=10, headers={"Host": LB}) as client:
+        assert (await client.get(f"{base}/a")).status_code == 526  # untrusted: invalid cert
+        assert origin.requests == []
+        await wait_until(
+            lambda: origin.handshakes_failed, 10, what="the origin's refused handshake"
+        )
+
+        signer.cert_pem.write_to_path(str(ca_file))  # same name, the right CA now
+        code, body = await reload(ready.admin)
+        assert (code, body["ok"]) == (200, True)
+        assert "restart_required" not in body
+        r = await client.get(f"{base}/b")
+        assert (r.status_code, r.text) == (200, "ok")
+        assert origin.requests == [(1, "/b")]
+
+        # Back to the CA that signed nothing: the pooled connection, verified when it was
+        # made, is reused (it is not dropped by the reload)...
+        stranger.cert_pem.write_to_path(str(ca_file))
+        assert (await reload(ready.admin))[0] == 200
+        assert (await client.get(f"{base}/c")).status_code == 200
+        assert (await client.get(f"{base}/close")).status_code == 200
+        assert origin.requests == [(1, "/b"), (1, "/c"), (1, "/close")]
+        # ...and once it is closed, a new one is verified with the new bundle, and refused.
+        failed = origin.handshakes_failed
+        assert (await client.get(f"{base}/d")).status_code == 526
+        await wait_until(
+            lambda: origin.handshakes_failed > failed, 10, what="the new connection refused"
+        )
+        assert origin.connections == 1
+    process.send_signal(signal.SIGTERM)
+
+
+async def test_a_restarted_worker_starts_with_the_certificate_files_in_force(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """A reload that names a new certificate file (same address), the old file deleted: a
+    child started afterwards loads the file in force, not the deleted one of the start."""
+    ca = trustme.CA()
+    issue(ca, tmp_path / "lb.pem")
+    config = tmp_path / "lb.json"
+    log = tmp_path / "lb.log"
+    write_config(config, workers=2, access_log=True)
+    process, ready = await start_lb_process(nursery, config, log=log)
+    port = ready.listen[0]
+    await wait_until(lambda: log_events(log, "worker_ready"), 20, what="worker 1 ready")
+
+    renewed = issue(ca, tmp_path / "lb-2027.pem")
+    document = json.loads(config.read_text())
+    document["engine"]["listen"][0].update(certificate="lb-2027.pem", key="lb-2027.pem")
+    config.write_text(json.dumps(document, indent=2) + "\n")
+    code, body = await reload(ready.admin)
+    assert (code, body["ok"]) == (200, True)
+    assert "restart_required" not in body
+    (tmp_path / "lb.pem").unlink()
+
+    (started,) = log_events(log, "worker_started")
+    os.kill(int(started["pid"]), signal.SIGKILL)
+    await wait_until(
+        lambda: len(log_events(log, "worker_ready")) >= 2,
+        20,
+        what=lambda: f"worker 1 restarted: {log.read_text()[-2000:]}",
+    )
+    mark = len(log_events(log, "request"))
+    for _ in range(30):  # new connections, spread over both processes by the kernel
+        stream = await open_tls(port, ca)
+        assert str(stream.getpeercert()["serialNumber"]).lstrip("0") == renewed  # type: ignore[index]
+        await status_line(stream)
+        await trio.aclose_forcefully(stream)
+    workers = {e["worker"] for e in log_events(log, "request")[mark:]}
+    assert workers == {0, 1}, workers
+    process.send_signal(signal.SIGTERM)
+
+
+async def test_a_restarted_worker_falls_back_to_the_start_files_when_the_new_ones_broke(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """A reload names a new certificate file, which then breaks: a child started afterwards
+    cannot load it, opens the listener with the start's file instead (logged, naming the
+    broken file) and serves, rather than failing every restart."""
+    ca = trustme.CA()
+    first = issue(ca, tmp_path / "lb.pem")
+    config = tmp_path / "lb.json"
+    log = tmp_path / "lb.log"
+    write_config(config, workers=2)
+    process, ready = await start_lb_process(nursery, config, log=log)
+    port = ready.listen[0]
+    await wait_until(lambda: log_events(log, "worker_ready"), 20, what="worker 1 ready")
+
+    renewed = issue(ca, tmp_path / "lb-2027.pem")
+    document = json.loads(config.read_text())
+    document["engine"]["listen"][0].update(certificate="lb-2027.pem", key="lb-2027.pem")
+    config.write_text(json.dumps(document, indent=2) + "\n")
+    code, body = await reload(ready.admin)
+    assert (code, body["ok"]) == (200, True)
+    (tmp_path / "lb-2027.pem").write_text("not a certificate\n")
+
+    (started,) = log_events(log, "worker_started")
+    os.kill(int(started["pid"]), signal.SIGKILL)
+    await wait_until(
+        lambda: len(log_events(log, "worker_ready")) >= 2,
+        20,
+        what=lambda: f"worker 1 restarted: {log.read_text()[-2000:]}",
+    )
+    (fallback,) = log_events(log, "worker_start_files")
+    assert "lb-2027.pem" in " ".join(fallback["errors"]), fallback
+    # The parent serves the renewed certificate it holds, the child the start's: thirty new
+    # connections, spread by the kernel, reach both with a chance of one in 2**29.
+    serials = {await served_serial(port, ca) for _ in range(30)}
+    assert serials == {first, renewed}, serials
+    process.send_signal(signal.SIGTERM)
+
+
+async def test_with_workers_every_process_swaps_the_upstream_ca(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """The child reads ``engine.upstream_ca`` again when the reloaded configuration reaches
+    it (a moment after the parent's reply): then no process answers 526 any more."""
+    signer, stranger = trustme.CA(), trustme.CA()
+    origin = Origin(signer)
+    port = await nursery.start(origin.serve)
+    ca_file = tmp_path / "ca.pem"
+    stranger.cert_pem.write_to_path(str(ca_file))
+    document = json.loads(one_pool_config())
+    del document["monitors"], document["pools"][0]["monitor"]
+    (address,) = document["connect_to"]
+    document["connect_to"][address] = f"127.0.0.1:{port}"
+    document["engine"].update(upstream_ca="ca.pem", workers=2, access_log=True)
+    config = tmp_path / "lb.json"
+    log = tmp_path / "lb.log"
+    config.write_text(json.dumps(document, indent=2) + "\n")
+    process, ready = await start_lb_process(nursery, config, log=log)
+    base = f"http://127.0.0.1:{ready.listen[0]}"
+    await wait_until(lambda: log_events(log, "worker_ready"), 20, what="worker 1 ready")
+
+    async def statuses(n: int) -> set[int]:
+        seen = set()
+        for _ in range(n):  # each on a new connection: the kernel spreads them
+            async with httpx.AsyncClient(timeout=10, headers={"Host": LB}) as client:
+                seen.add((await client.get(f"{base}/")).status_code)
+        return seen
+
+    mark = len(log_events(log, "request"))
+    assert await statuses(20) == {526}
+    assert {e["worker"] for e in log_events(log, "request")[mark:]} == {0, 1}
+
+    signer.cert_pem.write_to_path(str(ca_file))
+    assert (await reload(ready.admin))[0] == 200
+
+    async def all_trusted() -> bool:
+        return await statuses(20) == {200}
+
+    await wait_until(all_trusted, 20, what="every process trusting the new CA")
+    mark = len(log_events(log, "request"))
+    assert await statuses(20) == {200}
+    assert {e["worker"] for e in log_events(log, "request")[mark:]} == {0, 1}
     process.send_signal(signal.SIGTERM)

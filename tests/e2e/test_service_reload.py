@@ -220,3 +220,33 @@ async def test_sighup_reload_that_raises_does_not_kill_the_service(
             os.kill(os.getpid(), signal.SIGTERM)
             await shutdown.wait()
             nursery.cancel_scope.cancel()
+
+
+@pytest.mark.integration
+async def test_a_reload_cannot_leave_an_admin_beyond_loopback_without_a_token(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """The token is rotated on reload, not removed where the start would have refused to
+    listen: the admin API bound to every interface keeps asking for its token."""
+    token = "t0ken-of-enough-length-0123456789"
+    (tmp_path / "token").write_text(token)
+    path = tmp_path / "lb.json"
+    path.write_text(one_pool_config(admin="0.0.0.0:0", admin_token_file="token"))
+    running = await start(nursery, path)
+    # Moved back to loopback in the file (the loader's own rule is then met) and without a
+    # token: but the listener bound at start stays where it is until a restart.
+    path.write_text(one_pool_config(admin="127.0.0.1:0"))
+    result = await running.reload()
+    assert not result.ok
+    assert result.errors == (
+        f"{path}: engine.admin: the admin API would listen on 0.0.0.0, beyond this machine, "
+        "without a token: set engine.admin_token_file or engine.admin_token_env, or bind "
+        "127.0.0.1",
+    )
+    admin = f"http://127.0.0.1:{running.admin[1]}"
+    async with httpx.AsyncClient(timeout=10) as client:
+        explain = f"{admin}/explain?host={LB}"
+        assert (await client.get(explain)).status_code == 401
+        auth = {"Authorization": f"Bearer {token}"}
+        assert (await client.get(explain, headers=auth)).status_code == 200
+    running.shutdown.set()

@@ -79,6 +79,7 @@ def messages() -> list[Message]:
             secret=b"\x00\x01secret",
             listen=(("127.0.0.1", 8443), ("::1", 8080)),
             listeners=(Listener(address="127.0.0.1", port=8443),),
+            opened_as=(("127.0.0.1", 0),),
             worker=3,
             seed=42,
         ),
@@ -209,6 +210,15 @@ def test_decode_refuses_what_is_not_a_message(line: bytes, reason: str) -> None:
         decode(line)
     text = str(caught.value)
     assert text.startswith(reason) and "\n" not in text
+
+
+def test_a_hello_needs_one_opened_as_per_listener() -> None:
+    """The child pairs each listener with the address it was configured with: a hello whose
+    lists differ in length is refused, not zipped short."""
+    [hello] = [m for m in messages() if isinstance(m, Hello)]
+    line = encode(dataclasses.replace(hello, opened_as=()))
+    with pytest.raises(ProtocolError, match="malformed hello message: ValueError: 0 opened_as"):
+        decode(line, FROM_PARENT)
 
 
 @pytest.mark.parametrize("kind", ["hello", "config", "restore", "probe", "ejection", "shutdown"])
