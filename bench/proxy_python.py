@@ -218,7 +218,7 @@ class _Steps(trio.abc.Instrument):
             "tasks spawned": self.spawned,
             "tasks rescheduled": self.scheduled,
         }
-        calls = {name: 0 for name in CALLS.values()}
+        calls = dict.fromkeys(CALLS.values(), 0)
         total = 0
         stats: dict[tuple[str, int, str], tuple[int, int, float, float, Any]]
         stats = pstats.Stats(profile).stats  # type: ignore[attr-defined]
