@@ -8,9 +8,9 @@ answers every request with nginx's 100-byte answer), next to the bare httptools 
 the Python each runs per request.  Two measures:
 
 * CPU µs per request (``time.process_time``), the best of ``--rounds``;
-* with ``--callgrind``, instructions per request counted by valgrind, the same to about
-  0.05 % run to run whatever else the machine does: the one to judge a small change by
-  (take the median of three runs for a change under 0.3 %);
+* with ``--callgrind``, instructions per request counted by valgrind, the same to 0.2 % run
+  to run whatever else the machine does: the one to judge a small change by (for a change
+  under 0.3 %, the median of three runs each);
 * with ``--steps``, what each request asks of trio's scheduler, counted (the same every
   run): task steps, tasks spawned and rescheduled (a trio ``Instrument``), and the calls to
   checkpoints, cancel scopes and stream conflict detectors, with every Python call
@@ -290,8 +290,9 @@ def _instructions(row: str, requests: int, clients: int) -> float:
             ],
             capture_output=True,
             check=True,
-            # String hashes seeded alike in every run: dict and set layouts then vary less,
-            # and so does the count (±0.05 % run to run instead of ±0.2 %).
+            # String hashes seeded alike in every run, one source of spread less (dict and
+            # set layouts); object addresses still vary, and so does the count, by up to
+            # ~1,700 instructions per request between runs of one commit.
             env={**os.environ, "PYTHONHASHSEED": "0"},
         )
         for line in out.read_text().splitlines():
