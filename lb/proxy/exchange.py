@@ -170,8 +170,8 @@ def _steer(ex: Exchange) -> Coroutine[Any, Any, bool]:
     a refusal, a fixed response...), for :func:`exchange` to await.
 
     Why not a coroutine awaiting it: every coroutine level between the connection loop and
-    a stream is passed through twice at each of the request's scheduler steps, some 4,600
-    instructions per request (docs/bench.md, "Fifth look").
+    a stream is passed through twice at each of the request's scheduler steps (a few
+    thousand instructions per request: docs/bench.md, "Fifth look").
     """
     refusal = _refusal(ex)
     if refusal is not None:
