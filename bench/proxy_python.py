@@ -9,10 +9,16 @@ the Python each runs per request.  Two measures:
 
 * CPU µs per request (``time.process_time``), the best of ``--rounds``;
 * with ``--callgrind``, instructions per request counted by valgrind, the same to 0.2 % run
-  to run whatever else the machine does: the one to judge a small change by.
+  to run whatever else the machine does: the one to judge a small change by (for a change
+  under 0.3 %, the median of three runs each);
+* with ``--steps``, what each request asks of trio's scheduler, counted (the same every
+  run): task steps, tasks spawned and rescheduled (a trio ``Instrument``), and the calls to
+  checkpoints, cancel scopes and stream conflict detectors, with every Python call
+  (cProfile, coroutine resumptions included).
 
     .venv/bin/python bench/proxy_python.py                 # CPU, best of 5 rounds
     .venv/bin/python bench/proxy_python.py --callgrind     # instructions (about a minute)
+    .venv/bin/python bench/proxy_python.py --steps         # scheduler steps and calls
 
 The upstream side is patched in: ``UpstreamPool._dial`` returns one end of a memory stream
 pair.  Everything above it (the pool's checkout and release, steering, records, the
@@ -25,9 +31,12 @@ has no socket to poll; ``bench/proxy.py`` pays it).  valgrind is installed with 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import gc
 import itertools
+import json
 import os
+import pstats
 import random
 import subprocess
 import sys
@@ -62,8 +71,21 @@ async def _upstream(stream: trio.abc.Stream) -> None:
         await stream.send_all(ANSWER * data.count(b"\r\n\r\n"))
 
 
+def _pair() -> tuple[trio.abc.Stream, trio.abc.Stream]:
+    """Two connected streams: trio's in-memory ones, or with ``--sockets`` a socket pair."""
+    if not SOCKETS:
+        return trio.testing.memory_stream_pair()
+    a, b = trio.socket.socketpair()
+    return trio.SocketStream(a), trio.SocketStream(b)
+
+
+SOCKETS = "--sockets" in sys.argv
+"""Connect client, proxy and upstream with socket pairs instead of memory streams (their
+receives then wait in epoll, as in production, and their sends are system calls)."""
+
+
 async def _dial(nursery: trio.Nursery) -> trio.abc.Stream:
-    ours, theirs = trio.testing.memory_stream_pair()
+    ours, theirs = _pair()
     nursery.start_soon(_upstream, theirs)
     return ours
 
@@ -126,13 +148,15 @@ def _bare(nursery: trio.Nursery) -> Serve:
     return serve
 
 
-async def _run(row: str, requests: int, clients: int, callgrind: bool) -> float:
-    """CPU seconds per request of the measured round (one warm round first)."""
+async def _run(row: str, requests: int, clients: int, mode: str) -> dict[str, float]:
+    """Per request of the measured round (one warm round first): CPU seconds (``cpu``), or
+    the scheduler counts of ``--steps``; ``callgrind`` switches valgrind's counting on around
+    the round."""
     async with trio.open_nursery() as nursery:
         serve = (_tunnel_lb if row == "tunnel-lb" else _bare)(nursery)
 
         async def client(per: int, done: list[int], finished: trio.Event) -> None:
-            ours, theirs = trio.testing.memory_stream_pair()
+            ours, theirs = _pair()
             nursery.start_soon(serve, theirs)
             for _ in range(per):
                 await ours.send_all(REQUEST)
@@ -151,25 +175,96 @@ async def _run(row: str, requests: int, clients: int, callgrind: bool) -> float:
             await finished.wait()
 
         await round_()  # warm: pools, caches, the first decision
-        if callgrind:
+        steps = _Steps()
+        profile = cProfile.Profile()
+        if mode == "callgrind":
             _callgrind("on")
+        elif mode == "steps":
+            trio.lowlevel.add_instrument(steps)
+            profile.enable()
         start = time.process_time()
         await round_()
         used = time.process_time() - start
-        if callgrind:
+        if mode == "callgrind":
             _callgrind("off")
+        elif mode == "steps":
+            profile.disable()
+            trio.lowlevel.remove_instrument(steps)
         nursery.cancel_scope.cancel()
-    return used / (requests // clients * clients)
+    done = requests // clients * clients
+    if mode == "steps":
+        return {name: n / done for name, n in steps.counts(profile).items()}
+    return {"cpu": used / done}
+
+
+class _Steps(trio.abc.Instrument):
+    """Counts what the scheduler does: task steps, spawns, reschedules."""
+
+    def __init__(self) -> None:
+        self.steps = self.spawned = self.scheduled = 0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        self.steps += 1
+
+    def task_spawned(self, task: trio.lowlevel.Task) -> None:
+        self.spawned += 1
+
+    def task_scheduled(self, task: trio.lowlevel.Task) -> None:
+        self.scheduled += 1
+
+    def counts(self, profile: cProfile.Profile) -> dict[str, int]:
+        """These counts, with the calls of :data:`CALLS` and all calls from ``profile``."""
+        out = {
+            "task steps": self.steps,
+            "tasks spawned": self.spawned,
+            "tasks rescheduled": self.scheduled,
+        }
+        calls = dict.fromkeys(CALLS.values(), 0)
+        total = 0
+        stats: dict[tuple[str, int, str], tuple[int, int, float, float, Any]]
+        stats = pstats.Stats(profile).stats  # type: ignore[attr-defined]
+        for (path, _, func), (_, ncalls, _, _, _) in stats.items():
+            total += ncalls
+            name = CALLS.get((Path(path).name, func))
+            if name is not None and f"{os.sep}trio{os.sep}" in path:
+                calls[name] += ncalls
+        out.update(calls)
+        out["Python calls (cProfile)"] = total
+        return out
+
+
+CALLS = {
+    ("_run.py", "checkpoint"): "checkpoint()",
+    ("_run.py", "checkpoint_if_cancelled"): "checkpoint_if_cancelled()",
+    ("_traps.py", "cancel_shielded_checkpoint"): "cancel_shielded_checkpoint()",
+    ("_traps.py", "wait_task_rescheduled"): "wait_task_rescheduled()",
+    ("_run.py", "__enter__"): "cancel scopes entered",
+    ("_run.py", "open_nursery"): "nurseries opened",
+    ("_util.py", "__enter__"): "conflict detectors entered",
+}
+"""trio functions counted by ``--steps``: (file, function) to the row's name.  In trio
+0.35 the only ``__enter__`` of _run.py that can run is ``CancelScope``'s (the other refuses
+to be entered), and the only one of _util.py is ``ConflictDetector``'s."""
 
 
 def _callgrind(state: str) -> None:
     subprocess.run(["callgrind_control", "-i", state, str(os.getpid())], capture_output=True)
 
 
-def _child(row: str, requests: int, clients: int, callgrind: bool) -> None:
+def _child(row: str, requests: int, clients: int, mode: str) -> None:
     gc.freeze()  # as `tunnel-lb run` does (lb/commands/run.py)
     gc.set_threshold(10_000)
-    print(trio.run(_run, row, requests, clients, callgrind))
+    print(json.dumps(trio.run(_run, row, requests, clients, mode)))
+
+
+def _measure(row: str, requests: int, clients: int, mode: str) -> dict[str, float]:
+    """One child process's measure of ``row`` (see :func:`_run`)."""
+    argv = [sys.executable, __file__, "--child", row, "--mode", mode]
+    argv += ["--requests", str(requests), "--clients", str(clients)]
+    argv += ["--sockets"] if SOCKETS else []
+    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    got: dict[str, float] = json.loads(out)
+    return got
 
 
 def _instructions(row: str, requests: int, clients: int) -> float:
@@ -189,10 +284,16 @@ def _instructions(row: str, requests: int, clients: int) -> float:
                 str(requests),
                 "--clients",
                 str(clients),
-                "--callgrind",
+                "--mode",
+                "callgrind",
+                *(["--sockets"] if SOCKETS else []),
             ],
             capture_output=True,
             check=True,
+            # String hashes seeded alike in every run, one source of spread less (dict and
+            # set layouts); object addresses still vary, and so does the count, by up to
+            # ~1,700 instructions per request between runs of one commit.
+            env={**os.environ, "PYTHONHASHSEED": "0"},
         )
         for line in out.read_text().splitlines():
             if line.startswith("totals:"):
@@ -208,12 +309,22 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=10, help="concurrent client connections")
     parser.add_argument("--rounds", type=int, default=5, help="CPU: best of this many")
     parser.add_argument("--callgrind", action="store_true", help="count instructions instead")
+    parser.add_argument("--steps", action="store_true", help="count scheduler steps instead")
+    parser.add_argument("--sockets", action="store_true", help="over socket pairs (see SOCKETS)")
     parser.add_argument("--child", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--mode", default="cpu", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        _child(args.child, args.requests, args.clients, args.callgrind)
+        _child(args.child, args.requests, args.clients, args.mode)
         return 0
     rows = ("bare httptools", "tunnel-lb")
+    if args.steps:
+        requests = min(args.requests, 2000)  # cProfile slows each call down
+        got = {row: _measure(row, requests, args.clients, "steps") for row in rows}
+        print(f"{'per request':30} {rows[0]:>15} {rows[1]:>15}")
+        for name in got[rows[0]]:
+            print(f"{name:30} {got[rows[0]][name]:15.2f} {got[rows[1]][name]:15.2f}")
+        return 0
     if args.callgrind:
         from proxy import ensure  # bench/proxy.py's apt-get helper
 
@@ -229,10 +340,8 @@ def main() -> int:
     best = {row: float("inf") for row in rows}
     for _ in range(args.rounds):
         for row in rows:  # interleaved, so that drift hits both rows alike
-            argv = [sys.executable, __file__, "--child", row]
-            argv += ["--requests", str(args.requests), "--clients", str(args.clients)]
-            out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
-            best[row] = min(best[row], float(out))
+            cpu = _measure(row, args.requests, args.clients, "cpu")["cpu"]
+            best[row] = min(best[row], cpu)
     for row in rows:
         print(f"{row:15} {best[row] * 1e6:7.1f} µs CPU per request (best of {args.rounds})")
     print(f"ratio {best['tunnel-lb'] / best['bare httptools']:.2f}")

@@ -157,10 +157,11 @@ async def serve_client(shared: Shared, client: Client) -> None:
             max_headers=limits.max_headers,
         )
         watchdog = client.watchdog
+        ended: float | None = None  # when the previous request was settled
         with watchdog.scope:
             async with trio.open_nursery() as client.tasks:
                 while not shared.draining or conn.their_state is not http1.IDLE:
-                    watchdog.push(limits.idle_timeout)
+                    watchdog.push(limits.idle_timeout, ended)
                     event = await _read_head(shared, client, conn)
                     if event is None:
                         # Unread input after an answer of ours (a 400, a 431): drain it
@@ -171,7 +172,7 @@ async def serve_client(shared: Shared, client: Client) -> None:
                         )
                         break
                     keep = await exchange(shared, client, conn, event)
-                    settle(shared, client)
+                    ended = settle(shared, client)
                     if not keep or conn.our_state is not http1.DONE:
                         linger = conn.their_state is http1.SEND_BODY
                         break
@@ -206,15 +207,16 @@ async def serve_client(shared: Shared, client: Client) -> None:
             shared.hooks.connection(-1)
 
 
-def settle(shared: Shared, client: Client) -> None:
-    """Settle the request in progress: counters, upstream connection, report.
+def settle(shared: Shared, client: Client) -> float | None:
+    """Settle the request in progress: counters, upstream connection, report.  Returns the
+    trio time it ended at (None without a request), from which the connection is idle.
 
     Synchronous, so that it also runs under cancellation (shutdown past the drain
     deadline) and nothing leaks.
     """
     ex = client.exchange
     if ex is None:
-        return
+        return None
     client.exchange = None
     if ex.endpoint is not None:
         shared.engine.live.finished(ex.endpoint)
@@ -223,8 +225,10 @@ def settle(shared: Shared, client: Client) -> None:
         shared.pool.discard(ex.up)
         ex.up = None
     record = ex.record
-    record.duration = trio.current_time() - ex.started
+    now = trio.current_time()
+    record.duration = now - ex.started
     shared.hooks.request_done(record)
+    return now
 
 
 class _HeadLines:

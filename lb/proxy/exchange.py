@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from ipaddress import ip_address, ip_network
 from typing import Any
@@ -156,7 +156,7 @@ async def exchange(
         # that every later step sees the request as complete.
         ex.req_done = type(conn.next_event()) is http1.EndOfMessage
     try:
-        keep = await _steer_and_forward(ex)
+        keep = await _steer(ex)
     except ClientError as abort:
         keep = await client_abort(ex, abort)
     finally:
@@ -165,11 +165,18 @@ async def exchange(
     return keep
 
 
-async def _steer_and_forward(ex: Exchange) -> bool:
+def _steer(ex: Exchange) -> Coroutine[Any, Any, bool]:
+    """Refuse or steer the request; returns the coroutine that answers it (the attempts, or
+    a refusal, a fixed response...), for :func:`exchange` to await.
+
+    Why not a coroutine awaiting it: every coroutine level between the connection loop and
+    a stream is passed through twice at each of the request's scheduler steps (a few
+    thousand instructions per request: docs/bench.md, "Fifth look").
+    """
     refusal = _refusal(ex)
     if refusal is not None:
         status, body, close = refusal
-        return await reply(ex, status, body, close=close)
+        return reply(ex, status, body, close=close)
     settings = ex.config.engine
     record = ex.record
     host = record.host
@@ -178,7 +185,7 @@ async def _steer_and_forward(ex: Exchange) -> bool:
         # Before steering: such a Host could still match a load balancer (the lookup is
         # lenient), then fail as the upstream TLS server name (``a.example..``).
         record.error = RequestError.BAD_HOST
-        return await reply(ex, 400, b"400 Bad Request: invalid Host header\n", close=True)
+        return reply(ex, 400, b"400 Bad Request: invalid Host header\n", close=True)
     # Header affinity needs every request header and cookie; the router reads them only
     # for a load balancer with ``session_affinity: header``, so they are built on demand.
     event, facts = ex.event, ex.facts
@@ -203,19 +210,19 @@ async def _steer_and_forward(ex: Exchange) -> bool:
     record.decision = decision.reason
     record.affinity = decision.affinity
     if decision.fixed is not None:
-        return await fixed_response(ex, decision.fixed)
+        return fixed_response(ex, decision.fixed)
     if decision.endpoint is None:
         status = decision.status or errors.NO_POOL
         if status == 404:
             record.error = RequestError.UNKNOWN_HOST
-            return await reply(ex, 404, b"404 Not Found: no load balancer answers for this host\n")
+            return reply(ex, 404, b"404 Not Found: no load balancer answers for this host\n")
         record.error = RequestError.NO_POOL
         style = settings.error_style
-        return await reply(ex, public_status(status, style), error_body(status, style))
+        return reply(ex, public_status(status, style), error_body(status, style))
     tries = _Tries(decision, req, _budget(ex.shared, decision))
     if tries.budget is None:
-        return await _attempts(ex, tries)  # one coroutine level less on the common path
-    return await _budgeted(ex, tries)
+        return _attempts(ex, tries)  # one coroutine level less on the common path
+    return _budgeted(ex, tries)
 
 
 def _refusal(ex: Exchange) -> tuple[int, bytes, bool] | None:
@@ -317,7 +324,10 @@ async def _attempts(ex: Exchange, tries: _Tries) -> bool:
         endpoint = tries.decision.endpoint
         assert endpoint is not None
         target = _target(shared, endpoint, record.host, connect_to)
-        up = None if tries.fresh else pool.checkout(target)
+        # One clock read for the checkout and the attempt's start: each costs a few
+        # thousand instructions (docs/bench.md, "Fifth look").
+        now = trio.current_time()
+        up = None if tries.fresh else pool.checkout(target, now)
         attempt = Attempt(
             pool=endpoint.pool, endpoint=endpoint.key, status=0, reused=up is not None
         )
@@ -327,13 +337,13 @@ async def _attempts(ex: Exchange, tries: _Tries) -> bool:
         live.started(endpoint)
         ex.endpoint = endpoint
         try:
+            sending = now
             if up is None:
                 ex.advance(Move.DIAL, math.inf)
-                dialled = trio.current_time()
                 up = await pool.connect(target)
-                attempt.connect_time = trio.current_time() - dialled
+                sending = trio.current_time()
+                attempt.connect_time = sending - now
             ex.up = up
-            sending = trio.current_time()
             response = await forward(ex, up, target.host)
             answered = trio.current_time()
             attempt.first_byte = answered - sending
