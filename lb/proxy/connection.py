@@ -13,6 +13,7 @@ than a closed connection it cannot explain (:func:`_tls_start`).
 
 from __future__ import annotations
 
+import enum
 import errno
 import logging
 import re
@@ -169,7 +170,14 @@ async def serve_client(shared: Shared, client: Client) -> None:
         with watchdog.scope:
             if client.https:
                 watchdog.push(limits.idle_timeout)
-                if not await _tls_start(shared, client):
+                started = await _tls_start(shared, client)
+                if started is not _Start.TLS:
+                    if started is _Start.PLAIN:
+                        # Answered 400: the plain-HTTP input is drained below, once the
+                        # connection no longer counts against the cap.
+                        assert isinstance(stream, trio.SSLStream)
+                        stream = stream.transport_stream
+                        linger = True
                     return
             async with trio.open_nursery() as client.tasks:
                 while not shared.draining or conn.their_state is not http1.IDLE:
@@ -302,6 +310,10 @@ async def _read_head(
                     return None
                 finally:
                     shared.idle.pop(client, None)
+                if client not in shared.clients:
+                    # Closed for a newcomer at the cap in the round these bytes came: a
+                    # head completed now must not start a request (nor count past the cap).
+                    return None
                 first = False
                 if counter.feed(data):
                     await reject(shared, client, conn, _TOO_MANY_HEADERS)
@@ -318,18 +330,32 @@ async def _read_head(
             shared.heads.pop(client, None)
 
 
-async def _tls_start(shared: Shared, client: Client) -> bool:
-    """Start a connection accepted on an HTTPS listener; False when it must close.
+class _Start(enum.Enum):
+    """How :func:`_tls_start` left a connection."""
+
+    TLS = enum.auto()
+    """Handshake done: serve requests over TLS."""
+    PLAIN = enum.auto()
+    """Plain HTTP, answered 400 over TCP: drain its input and close."""
+    CLOSE = enum.auto()
+    """Gone, refused or shutting down: close."""
+
+
+async def _tls_start(shared: Shared, client: Client) -> _Start:
+    """Start a connection accepted on an HTTPS listener.
 
     The first byte, peeked, tells a TLS ClientHello (0x16, a handshake record) from plain
     HTTP (a method's capital letter), as nginx tells them apart: plain HTTP is answered 400
-    in plain HTTP, saying why, and the connection closes (its unread input drained as for
-    any refusal, at most 4 MiB and 2 s).  Anything else goes to the handshake, which
-    refuses it.  The wait for the first byte and the handshake are bounded by
-    ``idle_timeout`` (the caller's watchdog), and count as waiting for a request: shutdown
-    and the connection cap may close the connection.  A failed handshake is counted and
-    logged (:func:`_tls_failed`).
+    in plain HTTP, saying why, and the caller drains and closes the connection as it does
+    after any refusal (at most 4 MiB and 2 s, once the connection no longer counts against
+    the cap).  Anything else goes to the handshake, which refuses it.  The wait for the
+    first byte and the handshake are bounded by ``idle_timeout`` (the caller's watchdog),
+    and count as waiting for a request: shutdown and the connection cap may close the
+    connection.  A handshake that fails (refused, reset, or cut by ``idle_timeout``) is
+    counted and logged (:func:`_tls_failed`); one closed by shutdown or the cap is not.
     """
+    if shared.draining:
+        return _Start.CLOSE  # accepted as the drain began: close_idle_clients missed it
     stream = client.stream
     assert isinstance(stream, trio.SSLStream)
     raw = stream.transport_stream
@@ -338,9 +364,9 @@ async def _tls_start(shared: Shared, client: Client) -> bool:
         try:
             first = await raw.socket.recv(1, socket.MSG_PEEK)
         except OSError:
-            return False
+            return _Start.CLOSE
         if not first:
-            return False  # connected and left (a TCP health check)
+            return _Start.CLOSE  # connected and left (a TCP health check)
         if first[0] in _METHOD_START:
             shared.idle.pop(client, None)
             shared.tls_plain += 1
@@ -348,19 +374,25 @@ async def _tls_start(shared: Shared, client: Client) -> bool:
             try:
                 await raw.send_all(PLAIN_HTTP_ON_TLS)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
-                return False
-            await _close_client(raw, linger=True)
-            return False
+                return _Start.CLOSE
+            return _Start.PLAIN
         try:
             await stream.do_handshake()
+        except trio.Cancelled:
+            if client in shared.clients and not shared.draining:
+                _tls_failed(shared, client, "timed out")  # idle_timeout, not shutdown or cap
+            raise
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             cause = exc.__cause__
             if isinstance(cause, ssl.SSLError):
-                _tls_failed(shared, client, cause.reason or type(cause).__name__)
-            return False
+                reason = cause.reason or type(cause).__name__
+            else:
+                reason = "connection lost"
+            _tls_failed(shared, client, reason)
+            return _Start.CLOSE
     finally:
         shared.idle.pop(client, None)
-    return True
+    return _Start.TLS
 
 
 def _tls_failed(shared: Shared, client: Client, reason: str) -> None:

@@ -4,21 +4,26 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import ssl
+import struct
 import sys
 import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 import trustme
 from proxy_support import LB_HOST, Certs, Client, Stack, raw_exchange, start_stack
+from waiting import wait_until
 
 from lb.config import ConfigError, load_config_text
-from lb.config.model import CertificatePair, Listener
+from lb.config.model import CertificatePair, Limits, Listener
 from lb.logs import JsonFormatter
+from lb.proxy import connection
 from lb.proxy.listeners import (
     AnyListener,
     SniTable,
@@ -217,11 +222,11 @@ async def test_requests_go_through_the_proxy_with_the_sni_certificate(
 # ---------------------------------------------------------------------- not TLS at all
 
 
-async def _https_stack(nursery: trio.Nursery, certs: Certs, tmp_path: Path) -> Stack:
+async def _https_stack(nursery: trio.Nursery, certs: Certs, tmp_path: Path, **config: Any) -> Stack:
     pem = str(tmp_path / "lb.pem")
     certs.ca.issue_cert(LB_HOST).private_key_and_cert_chain_pem.write_to_path(pem)
     spec = Listener(address="127.0.0.1", port=0, certificate=pem, key=pem)
-    return await start_stack(nursery, certs, 1, listeners=await open_listeners([spec]))
+    return await start_stack(nursery, certs, 1, listeners=await open_listeners([spec]), **config)
 
 
 async def _https_get(stack: Stack, certs: Certs) -> int:
@@ -264,6 +269,63 @@ async def test_plain_http_to_an_https_listener_is_told_so_in_plain_http(
     assert (stack.server.tls_failed, stack.server.plain_http_on_tls) == (1, 1)
     # The listener still speaks TLS to everyone else.
     assert await _https_get(stack, certs) == 200
+
+
+async def test_plain_http_being_drained_holds_no_place_at_the_cap(
+    nursery: trio.Nursery, certs: Certs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After its 400, a plain-HTTP client still sending is drained like any refused one:
+    outside the connection count, so a trickle of body bytes cannot hold the cap."""
+    monkeypatch.setattr(connection, "LINGER_SECONDS", 3600.0)  # drained until it leaves
+    stack = await _https_stack(nursery, certs, tmp_path, limits=Limits(max_connections=1))
+    plain = await trio.open_tcp_stream("127.0.0.1", stack.port)
+    head = f"POST / HTTP/1.1\r\nHost: {LB_HOST}\r\nContent-Length: 1000000\r\n\r\n"
+    await plain.send_all(head.encode() + b"x")
+    answer = b""
+    with trio.fail_after(5):
+        while not answer.endswith(b"HTTPS port\n"):
+            chunk = await plain.receive_some(4096)
+            assert chunk, answer
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 400 "), answer
+    await plain.send_all(b"x")  # still trickling, still being drained
+    await wait_until(lambda: stack.server.connections == 0)
+    assert await _https_get(stack, certs) == 200
+    assert (stack.server.shed, stack.server.refused) == (0, 0)
+    await trio.aclose_forcefully(plain)
+
+
+async def test_a_handshake_reset_midway_is_a_failed_handshake(
+    nursery: trio.Nursery, certs: Certs, tmp_path: Path
+) -> None:
+    """Not only the handshakes OpenSSL refuses: one whose client vanishes is counted too."""
+    stack = await _https_stack(nursery, certs, tmp_path)
+    raw = await trio.open_tcp_stream("127.0.0.1", stack.port)
+    ctx = ssl.create_default_context()
+    tls = ssl.MemoryBIO(), ssl.MemoryBIO()
+    hello = ctx.wrap_bio(*tls, server_hostname=LB_HOST)
+    with pytest.raises(ssl.SSLWantReadError):
+        hello.do_handshake()
+    await raw.send_all(tls[1].read())  # the ClientHello, then gone before the handshake ends
+    with trio.fail_after(5):
+        assert await raw.receive_some(1)  # the server's answer: it is mid-handshake
+    raw.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    await trio.aclose_forcefully(raw)  # a reset
+    await wait_until(lambda: stack.server.tls_failed == 1)
+    assert stack.server.plain_http_on_tls == 0
+    assert await _https_get(stack, certs) == 200
+
+
+async def test_a_handshake_cut_by_idle_timeout_is_a_failed_handshake(
+    nursery: trio.Nursery, certs: Certs, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    limits = Limits(idle_timeout=0.2)
+    stack = await _https_stack(nursery, certs, tmp_path, limits=limits)
+    with caplog.at_level(logging.INFO, logger="tunnel_lb"):
+        # The first byte of a TLS record, then nothing: the handshake waits for the rest.
+        assert await raw_exchange(stack.port, b"\x16") == b""
+    [event] = _tls_events(caplog)
+    assert (event["reason"], event["failed"], event["plain_http"]) == ("timed out", 1, 0)
 
 
 async def test_bytes_that_are_neither_tls_nor_http_are_a_failed_handshake(
