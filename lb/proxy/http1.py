@@ -533,7 +533,7 @@ class Connection:
             return
         except httptools.HttpParserError as exc:
             self._broken = True
-            if self.role is SERVER and str(exc) in _VERSION_ERRORS:
+            if self.role is SERVER and str(exc) in _PREFACE_ERRORS:
                 reader.queue.append(_version_refusal(reader.head_start + data))
                 return
             reader.queue.append(RemoteProtocolError(str(exc) or "malformed message"))
@@ -809,11 +809,10 @@ class Connection:
         return bool(self._rest or reader.queue or reader.head_open)
 
 
-_VERSION_ERRORS = frozenset(
-    {"Invalid HTTP version", "Pause on PRI/Upgrade", "Expected HTTP/2 Connection Preface"}
-)
-"""llhttp's errors for a version it does not parse (the others: HTTP/2's connection preface,
-``PRI * HTTP/2.0``, whole or not)."""
+_PREFACE_ERRORS = frozenset({"Pause on PRI/Upgrade", "Expected HTTP/2 Connection Preface"})
+"""llhttp's errors for HTTP/2's connection preface, ``PRI * HTTP/2.0``, whole or not: the one
+version it refuses itself on the request parser (``lenient_version`` lets any other one-digit
+version through to ``on_headers_complete``), so refused like the others, 505."""
 
 
 def _version_refusal(seen: bytes | bytearray) -> RemoteProtocolError:

@@ -284,9 +284,11 @@ class Shared:
         oldest first (the connection cap may close those stuck past a grace)."""
         self.default_cap = default_max_connections(0)
         self.shed = 0
-        """Idle connections closed to make room for a new one (connection cap)."""
+        """Connections closed to make room for a new one at the connection cap: idle ones,
+        or half heads past the grace (lb/proxy/capacity.py)."""
         self.refused = 0
-        """New connections closed at once: the cap was reached and no connection was idle."""
+        """New connections closed at once: the cap was reached and no connection could make
+        room (none idle, no half head past the grace)."""
         self.cap_logged = -math.inf
         self.tls_failed = 0
         """Client TLS handshakes that failed (plain HTTP to an HTTPS listener included)."""
