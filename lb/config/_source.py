@@ -252,8 +252,9 @@ class _YamlConverter:
                 continue
             key_line = key_node.start_mark.line + 1
             if key in seen:
-                message = f"duplicate key (first at line {key_lines[key]})"
-                self._error(key_line, (*path, key), message)
+                self._problems.append(
+                    _duplicate_key(Where(self._file, key_line, (*path, key)), key_lines[key])
+                )
                 continue
             seen.add(key)
             items[key] = self.convert(value_node, (*path, key))
@@ -269,6 +270,14 @@ class _YamlConverter:
     def _error(self, line: int, path: tuple[Segment, ...], message: str) -> None:
         where = Where(self._file, line, path)
         self._problems.append(where.problem(message))
+
+
+def _duplicate_key(where: Where, first: int | None) -> Problem:
+    """A repeated mapping key, at the repetition, naming the line of the first occurrence
+    (when known): one wording for YAML and JSON."""
+    return where.problem(
+        "duplicate key" if first is None else f"duplicate key (first at line {first})"
+    )
 
 
 # --------------------------------------------------------------------------- JSON
@@ -381,7 +390,5 @@ class _JsonConverter:
         for key in repeated:
             at = lines.get(key, [])
             n = seen[key] = seen.get(key, 0) + 1
-            first = at[0] if at else None
             where = Where(self.file, at[n] if n < len(at) else line, (*path, key))
-            message = "duplicate key" if first is None else f"duplicate key (first at line {first})"
-            self.problems.append(where.problem(message))
+            self.problems.append(_duplicate_key(where, at[0] if at else None))
