@@ -6,16 +6,20 @@ from __future__ import annotations
 import contextlib
 import json
 import resource
+import ssl
+from types import SimpleNamespace
+from typing import Any
 
 import h11
 import pytest
 import trio
+import trio.testing
 from proxy_support import LB_HOST, Certs, Client, start_stack
 from waiting import wait_until
 
 from lb.config.model import Limits
 from lb.logs import JsonFormatter
-from lb.proxy import capacity
+from lb.proxy import capacity, connection, http1, state
 from lb.proxy.capacity import RESERVED_FDS, default_max_connections, raise_fd_limit
 
 
@@ -150,3 +154,45 @@ def test_the_room_rule_prefers_idle_then_the_oldest_overdue_head() -> None:
     assert capacity.make_room({}, heads, now=12.0, grace=2.0) == "old"
     assert capacity.make_room({}, heads, now=11.9, grace=2.0) is None
     assert capacity.make_room({}, {}, now=99.0, grace=2.0) is None
+
+
+def _shared_stub(**fields: object) -> Any:
+    """The fields of lb.proxy.state.Shared that starting a connection reads."""
+    limits = Limits()
+    engine = SimpleNamespace(config=SimpleNamespace(engine=SimpleNamespace(limits=limits)))
+    return SimpleNamespace(engine=engine, draining=False, idle={}, heads={}, **fields)
+
+
+async def test_a_head_completed_as_its_connection_is_shed_starts_no_request() -> None:
+    """The cap can close a half head in the very round its last bytes arrive: the head is
+    then dropped, not served (no 408 or 524 recorded for a shed connection, no request
+    past the cap)."""
+    ours, theirs = trio.testing.memory_stream_pair()
+    client = state.Client(ours, https=False)
+    shared = _shared_stub(clients=set())  # shed: no longer among the clients
+    await theirs.send_all(f"GET / HTTP/1.1\r\nHost: {LB_HOST}\r\n\r\n".encode())
+    conn = http1.Connection(http1.SERVER)
+    with trio.fail_after(5):
+        assert await connection._read_head(shared, client, conn) is None
+    shared.clients.add(client)  # the same bytes on a connection still counted: a request
+    conn = http1.Connection(http1.SERVER)
+    await theirs.send_all(f"GET / HTTP/1.1\r\nHost: {LB_HOST}\r\n\r\n".encode())
+    with trio.fail_after(5):
+        assert isinstance(await connection._read_head(shared, client, conn), http1.Request)
+
+
+async def test_a_tls_connection_started_once_the_drain_began_closes_at_once() -> None:
+    """Accepted just before shutdown, it was not idle when the idle connections were
+    closed: it must not wait for ``idle_timeout`` (its client sends nothing here)."""
+    a, b = trio.socket.socketpair()
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    client = state.Client(trio.SSLStream(trio.SocketStream(a), ctx, server_side=True), True)
+    shared = _shared_stub(clients={client})
+    shared.draining = True
+    try:
+        with trio.fail_after(5):
+            assert await connection._tls_start(shared, client) is connection._Start.CLOSE
+        assert shared.idle == {}
+    finally:
+        a.close()
+        b.close()
