@@ -4,7 +4,9 @@ Every problem the loader reports names a file, a line and a dotted path, so pars
 throw the positions away the way ``yaml.safe_load`` or ``json.loads`` do.  YAML is composed
 into PyYAML's node graph (which has marks) and converted here.  JSON is decoded by
 :mod:`json` for its values (PyYAML reads YAML 1.1, where ``1e5`` is a string) and composed by
-PyYAML only for the line numbers, walking both trees side by side.
+PyYAML only for the line numbers, walking both trees side by side.  A key repeated in a JSON
+object is refused as in YAML (:mod:`json` would keep the last value without a word): the
+decoder marks the objects that repeat a key, and the composed tree gives the lines.
 """
 
 from __future__ import annotations
@@ -250,8 +252,9 @@ class _YamlConverter:
                 continue
             key_line = key_node.start_mark.line + 1
             if key in seen:
-                message = f"duplicate key (first at line {key_lines[key]})"
-                self._error(key_line, (*path, key), message)
+                self._problems.append(
+                    _duplicate_key(Where(self._file, key_line, (*path, key)), key_lines[key])
+                )
                 continue
             seen.add(key)
             items[key] = self.convert(value_node, (*path, key))
@@ -269,6 +272,14 @@ class _YamlConverter:
         self._problems.append(where.problem(message))
 
 
+def _duplicate_key(where: Where, first: int | None) -> Problem:
+    """A repeated mapping key, at the repetition, naming the line of the first occurrence
+    (when known): one wording for YAML and JSON."""
+    return where.problem(
+        "duplicate key" if first is None else f"duplicate key (first at line {first})"
+    )
+
+
 # --------------------------------------------------------------------------- JSON
 
 
@@ -278,13 +289,37 @@ def _read_json(text: str, filename: str) -> tuple[Node | None, list[Problem]]:
     except LimitError as exc:
         return None, [Problem(file=filename, line=exc.line, path="", message=exc.message)]
     try:
-        data = json.loads(text) if text.strip() else None
+        data = json.loads(text, object_pairs_hook=_JsonObject.from_pairs) if text.strip() else None
     except json.JSONDecodeError as exc:
         problem = Problem(file=filename, line=exc.lineno, path="", message=f"JSON error: {exc.msg}")
         return None, [problem]
     if data is None:
         return None, []
-    return _JsonConverter(filename).convert(data, _compose_for_lines(text), 1), []
+    problems: list[Problem] = []
+    node = _JsonConverter(filename, problems).convert(data, _compose_for_lines(text), 1, ())
+    return (None if problems else node), problems
+
+
+class _JsonObject(dict[str, object]):
+    """A decoded JSON object that remembers the keys it repeats (``json.loads`` itself keeps
+    the last value of a repeated key and says nothing)."""
+
+    __slots__ = ("repeated",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.repeated: list[str] = []
+        """Each repeated key, once per repetition, in the order of the text."""
+
+    @classmethod
+    def from_pairs(cls, pairs: list[tuple[str, object]]) -> _JsonObject:
+        """The ``object_pairs_hook`` of :func:`json.loads`."""
+        out = cls()
+        for key, value in pairs:
+            if key in out:
+                out.repeated.append(key)
+            out[key] = value
+        return out
 
 
 def _compose_for_lines(text: str) -> yaml.Node | None:
@@ -302,31 +337,58 @@ def _compose_for_lines(text: str) -> yaml.Node | None:
 
 @dataclass(frozen=True, slots=True)
 class _JsonConverter:
-    """Pairs decoded JSON values with PyYAML nodes of the same shape to find their lines."""
+    """Pairs decoded JSON values with PyYAML nodes of the same shape to find their lines, and
+    reports the keys a JSON object repeats (with the line of each occurrence when PyYAML
+    could read the text)."""
 
     file: str
+    problems: list[Problem]
 
-    def convert(self, value: object, node: yaml.Node | None, line: int) -> Node:
+    def convert(
+        self, value: object, node: yaml.Node | None, line: int, path: tuple[Segment, ...]
+    ) -> Node:
         """``value`` as a :class:`Node`; ``line`` is used when ``node`` is unknown."""
         if node is not None:
             line = node.start_mark.line + 1
         if isinstance(value, dict):
-            return self._mapping(value, node, line)
+            return self._mapping(value, node, line, path)
         if isinstance(value, list):
             children = list(node.value) if isinstance(node, yaml.SequenceNode) else []
             children += [None] * (len(value) - len(children))
-            items = [self.convert(v, n, line) for v, n in zip(value, children, strict=False)]
+            items = [
+                self.convert(v, n, line, (*path, i))
+                for i, (v, n) in enumerate(zip(value, children, strict=False))
+            ]
             return Node(items, self.file, line)
         return Node(value, self.file, line)
 
-    def _mapping(self, value: dict[str, object], node: yaml.Node | None, line: int) -> Node:
+    def _mapping(
+        self, value: dict[str, object], node: yaml.Node | None, line: int, path: tuple[Segment, ...]
+    ) -> Node:
         keyed: dict[str, tuple[yaml.Node, yaml.Node]] = {}
         if isinstance(node, yaml.MappingNode):
             keyed = {str(k.value): (k, v) for k, v in node.value}
+        if isinstance(value, _JsonObject) and value.repeated:
+            self._repeated(value.repeated, node, line, path)
         items: dict[str, Node] = {}
         key_lines: dict[str, int] = {}
         for key, child in value.items():
             key_node, value_node = keyed.get(key, (None, None))
             key_lines[key] = key_node.start_mark.line + 1 if key_node is not None else line
-            items[key] = self.convert(child, value_node, key_lines[key])
+            items[key] = self.convert(child, value_node, key_lines[key], (*path, key))
         return Node(items, self.file, line, key_lines=key_lines)
+
+    def _repeated(
+        self, repeated: list[str], node: yaml.Node | None, line: int, path: tuple[Segment, ...]
+    ) -> None:
+        """One problem per repetition, at its line, naming the line of the first one."""
+        lines: dict[str, list[int]] = {}
+        if isinstance(node, yaml.MappingNode):
+            for key_node, _ in node.value:
+                lines.setdefault(str(key_node.value), []).append(key_node.start_mark.line + 1)
+        seen: dict[str, int] = {}
+        for key in repeated:
+            at = lines.get(key, [])
+            n = seen[key] = seen.get(key, 0) + 1
+            where = Where(self.file, at[n] if n < len(at) else line, (*path, key))
+            self.problems.append(_duplicate_key(where, at[0] if at else None))

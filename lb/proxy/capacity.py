@@ -6,13 +6,21 @@ kernel allows a process (the hard limit), and a proxy that runs out of descripto
 every new request at once, for every client.  So the proxy raises its soft limit to the hard
 one at start, and caps client connections below what the limit can carry
 (``engine.limits.max_connections``, docs/proxy.md, "Connection cap").
+
+At the cap a new connection takes the place of one that has not earned it
+(:func:`make_room`): the connection waiting longest for the first byte of a request, else the
+one stuck longest in the middle of a head past :data:`HEAD_GRACE`.  Without the second rule
+a slowloris (connections that each send a few bytes of a head and then trickle or stall)
+would hold the whole cap until ``idle_timeout``, and every new client would be refused.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from typing import TypeVar
 
-__all__ = ["RESERVED_FDS", "default_max_connections", "raise_fd_limit"]
+__all__ = ["HEAD_GRACE", "RESERVED_FDS", "default_max_connections", "make_room", "raise_fd_limit"]
 
 log = logging.getLogger("lb.proxy")
 
@@ -53,3 +61,32 @@ def default_max_connections(fd_limit: int) -> int:
     if fd_limit <= 0:
         return 10_000
     return max(16, (fd_limit - RESERVED_FDS) // 2)
+
+
+HEAD_GRACE = 2.0
+"""Seconds a request head may take, from its first bytes, before a connection that still
+holds only part of it may be closed for a new one at the cap.  A client on a working
+connection sends a head within a round trip or two; at the cap, this is the head timeout
+under pressure (as Envoy's overload manager shortens its timeouts near a resource limit).
+Below the cap a head has ``idle_timeout`` between reads, as always."""
+
+_C = TypeVar("_C")
+
+
+def make_room(
+    idle: Mapping[_C, object], heads: Mapping[_C, float], now: float, grace: float
+) -> _C | None:
+    """The connection to close so that a new one fits under the cap, or None.
+
+    ``idle`` holds the connections waiting for the first byte of a request (a new one, or
+    a keep-alive one between requests; a TLS handshake counts as waiting), ``heads`` those
+    holding part of a request head with the time its first bytes came; both oldest first.
+    The idlest connection goes first: closing it costs its client at most a reconnect.
+    Else the oldest partial head, if it began ``grace`` seconds ago or more.  A connection
+    whose request head is complete (a request in progress) is never chosen.
+    """
+    for client in idle:
+        return client
+    for client, since in heads.items():
+        return client if now - since >= grace else None
+    return None

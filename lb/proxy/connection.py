@@ -5,25 +5,30 @@ only cancel scope per connection), reads the next request head (counting its lin
 llhttp parses it, lb/proxy/http1.py), hands the request to
 :func:`lb.proxy.exchange.exchange`, settles what the request left behind, and decides
 whether the connection can carry another request.  The connection cap
-(``limits.max_connections``) and the drain's deadline are about connections too, so they are
-here.
+(``limits.max_connections``, whose rule is lb/proxy/capacity.py's) and the drain's deadline
+are about connections too, so they are here, and so is the start of a TLS connection: a
+client that speaks plain HTTP to an HTTPS listener gets a plain-HTTP 400 saying so, rather
+than a closed connection it cannot explain (:func:`_tls_start`).
 """
 
 from __future__ import annotations
 
+import enum
 import errno
 import logging
 import re
+import socket
+import ssl
 from typing import Any
 
 import trio
 
 from lb import logs
-from lb.proxy import http1
+from lb.proxy import capacity, http1
 from lb.proxy.errors import RequestError
 from lb.proxy.exchange import exchange
 from lb.proxy.listeners import AnyListener, TlsListener, is_https
-from lb.proxy.replies import reject, timed_out
+from lb.proxy.replies import PLAIN_HTTP_ON_TLS, reject, timed_out
 from lb.proxy.state import RECEIVE_SIZE, Client, Shared
 from lb.proxy.watchdog import expire, tick
 
@@ -49,6 +54,8 @@ _HEAD_END = re.compile(rb"\n\r?\n")
 """The blank line that ends a request head (also with bare LF line ends, which the parser
 refuses: they still end the count)."""
 _TOO_MANY_HEADERS = http1.RemoteProtocolError("too many header lines", error_status_hint=431)
+_METHOD_START = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+"""A first byte that starts an HTTP method (``GET``, ``POST``, HTTP/2's ``PRI``)."""
 
 
 async def accept_loop(shared: Shared, listener: AnyListener, clients: trio.Nursery) -> None:
@@ -63,7 +70,7 @@ async def accept_loop(shared: Shared, listener: AnyListener, clients: trio.Nurse
                 await trio.sleep(0.1)
                 continue
             raise
-        if len(shared.clients) >= shared.max_connections and not _shed_idlest(shared):
+        if len(shared.clients) >= shared.max_connections and not _make_room(shared):
             shared.refused += 1
             _log_cap(shared)
             _close_now(stream)
@@ -73,12 +80,15 @@ async def accept_loop(shared: Shared, listener: AnyListener, clients: trio.Nurse
         clients.start_soon(serve_client, shared, client)
 
 
-def _shed_idlest(shared: Shared) -> bool:
-    """Close the client connection idle the longest to make room; False if none is."""
-    client = next(iter(shared.idle), None)
+def _make_room(shared: Shared) -> bool:
+    """Close a client connection to make room for a new one (the rule is
+    :func:`lb.proxy.capacity.make_room`); False if none may be closed."""
+    now = trio.current_time()
+    client = capacity.make_room(shared.idle, shared.heads, now, capacity.HEAD_GRACE)
     if client is None:
         return False
-    del shared.idle[client]
+    shared.idle.pop(client, None)
+    shared.heads.pop(client, None)
     shared.clients.discard(client)
     client.watchdog.cancel()
     shared.shed += 1
@@ -159,6 +169,17 @@ async def serve_client(shared: Shared, client: Client) -> None:
         watchdog = client.watchdog
         ended: float | None = None  # when the previous request was settled
         with watchdog.scope:
+            if client.https:
+                watchdog.push(limits.idle_timeout)
+                started = await _tls_start(shared, client)
+                if started is not _Start.TLS:
+                    if started is _Start.PLAIN:
+                        # Answered 400: the plain-HTTP input is drained below, once the
+                        # connection no longer counts against the cap.
+                        assert isinstance(stream, trio.SSLStream)
+                        stream = stream.transport_stream
+                        linger = True
+                    return
             async with trio.open_nursery() as client.tasks:
                 while not shared.draining or conn.their_state is not http1.IDLE:
                     watchdog.push(limits.idle_timeout, ended)
@@ -268,35 +289,131 @@ async def _read_head(
     """
     stream = client.stream
     first = True
+    partial = False
     counter = _HeadLines(shared.engine.config.engine.limits.max_headers)
-    while True:
-        try:
-            event = conn.next_event()
-        except http1.RemoteProtocolError as exc:
-            await reject(shared, client, conn, exc)
-            return None
-        if event is http1.NEED_DATA:
-            if first:
-                if shared.draining and conn.their_state is http1.IDLE:
-                    return None
-                shared.idle[client] = None
+    try:
+        while True:
             try:
-                data = await stream.receive_some(RECEIVE_SIZE)
+                event = conn.next_event()
+            except http1.RemoteProtocolError as exc:
+                await reject(shared, client, conn, exc)
+                return None
+            if event is http1.NEED_DATA:
+                if first:
+                    if shared.draining and conn.their_state is http1.IDLE:
+                        return None
+                    shared.idle[client] = None
+                elif not partial:
+                    # Part of a head came, not all of it: from now on the connection cap
+                    # may close this connection for a new one once the head is overdue.
+                    partial = True
+                    shared.heads[client] = trio.current_time()
+                try:
+                    data = await stream.receive_some(RECEIVE_SIZE)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    return None
+                finally:
+                    shared.idle.pop(client, None)
+                if client not in shared.clients:
+                    # Closed for a newcomer at the cap in the round these bytes came: a
+                    # head completed now must not start a request (nor count past the cap).
+                    return None
+                first = False
+                if counter.feed(data):
+                    await reject(shared, client, conn, _TOO_MANY_HEADERS)
+                    return None
+                conn.receive_data(data)
+                if not data and conn.their_state is not http1.IDLE:
+                    return None  # EOF inside a head: nobody left to answer
+                continue
+            if type(event) is http1.Request:
+                return event
+            return None  # ConnectionClosed or PAUSED
+    finally:
+        if partial:
+            shared.heads.pop(client, None)
+
+
+class _Start(enum.Enum):
+    """How :func:`_tls_start` left a connection."""
+
+    TLS = enum.auto()
+    """Handshake done: serve requests over TLS."""
+    PLAIN = enum.auto()
+    """Plain HTTP, answered 400 over TCP: drain its input and close."""
+    CLOSE = enum.auto()
+    """Gone, refused or shutting down: close."""
+
+
+async def _tls_start(shared: Shared, client: Client) -> _Start:
+    """Start a connection accepted on an HTTPS listener.
+
+    The first byte, peeked, tells a TLS ClientHello (0x16, a handshake record) from plain
+    HTTP (a method's capital letter), as nginx tells them apart: plain HTTP is answered 400
+    in plain HTTP, saying why, and the caller drains and closes the connection as it does
+    after any refusal (at most 4 MiB and 2 s, once the connection no longer counts against
+    the cap).  Anything else goes to the handshake, which refuses it.  The wait for the
+    first byte and the handshake are bounded by ``idle_timeout`` (the caller's watchdog),
+    and count as waiting for a request: shutdown and the connection cap may close the
+    connection.  A handshake that fails (refused, reset, or cut by ``idle_timeout``) is
+    counted and logged (:func:`_tls_failed`); one closed by shutdown or the cap is not.
+    """
+    if shared.draining:
+        return _Start.CLOSE  # accepted as the drain began: close_idle_clients missed it
+    stream = client.stream
+    assert isinstance(stream, trio.SSLStream)
+    raw = stream.transport_stream
+    shared.idle[client] = None
+    try:
+        try:
+            first = await raw.socket.recv(1, socket.MSG_PEEK)
+        except OSError:
+            return _Start.CLOSE
+        if not first:
+            return _Start.CLOSE  # connected and left (a TCP health check)
+        if first[0] in _METHOD_START:
+            shared.idle.pop(client, None)
+            shared.tls_plain += 1
+            _tls_failed(shared, client, "plain HTTP request")
+            try:
+                await raw.send_all(PLAIN_HTTP_ON_TLS)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
-                return None
-            finally:
-                shared.idle.pop(client, None)
-            first = False
-            if counter.feed(data):
-                await reject(shared, client, conn, _TOO_MANY_HEADERS)
-                return None
-            conn.receive_data(data)
-            if not data and conn.their_state is not http1.IDLE:
-                return None  # EOF inside a head: nobody left to answer
-            continue
-        if type(event) is http1.Request:
-            return event
-        return None  # ConnectionClosed or PAUSED
+                return _Start.CLOSE
+            return _Start.PLAIN
+        try:
+            await stream.do_handshake()
+        except trio.Cancelled:
+            if client in shared.clients and not shared.draining:
+                _tls_failed(shared, client, "timed out")  # idle_timeout, not shutdown or cap
+            raise
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            cause = exc.__cause__
+            if isinstance(cause, ssl.SSLError):
+                reason = cause.reason or type(cause).__name__
+            else:
+                reason = "connection lost"
+            _tls_failed(shared, client, reason)
+            return _Start.CLOSE
+    finally:
+        shared.idle.pop(client, None)
+    return _Start.TLS
+
+
+def _tls_failed(shared: Shared, client: Client, reason: str) -> None:
+    """Count a failed client TLS handshake; log it at most every ``SWEEP_INTERVAL``, with
+    the totals, so that a flood of them cannot flood the log."""
+    shared.tls_failed += 1
+    now = trio.current_time()
+    if now - shared.tls_logged >= SWEEP_INTERVAL:
+        shared.tls_logged = now
+        logs.event(
+            "client_tls_failed",
+            logging.INFO,
+            peer=client.peer,
+            reason=reason,
+            failed=shared.tls_failed,
+            plain_http=shared.tls_plain,
+        )
 
 
 def _peer_ip(stream: trio.abc.Stream) -> str:

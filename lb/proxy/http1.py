@@ -16,10 +16,12 @@ What it adds to llhttp, and why:
   that queue, so that a request is answered before a malformed one that follows it.
 * limits llhttp does not have: the head size (431, like h11's ``max_incomplete_event_size``)
   and the header count (431), checked as the head is parsed.
-* the HTTP version: llhttp parses ``HTTP/0.9`` and ``HTTP/2.0`` request lines (and a request
-  line without a version, HTTP/0.9's form) and refuses other versions as any malformed
-  message.  A request whose major version is not 1 is answered 505 (RFC 9110 §15.6.6), a
-  request line without a version 400 (:func:`_version_refusal`).
+* the HTTP version: llhttp reads any one-digit ``major.minor`` (its ``lenient_version``: it
+  refuses all but 0.9, 1.0, 1.1 and 2.0 without it, each as a malformed message, and the
+  version is all that changes).  A higher minor of HTTP/1 (``HTTP/1.2``) is read as HTTP/1.1,
+  as RFC 9112 §2.6 asks of a recipient, and forwarded as HTTP/1.1; a request whose major
+  version is not 1 is answered 505 (RFC 9110 §15.6.6), a request line without a version
+  400 (:func:`_version_refusal`).
 * the announced size of the chunk being read (:meth:`Connection.chunk_left`), so that a chunk
   larger than the body may be is refused before its bytes arrive (:class:`_Chunks`, which only
   follows the size lines llhttp validates).
@@ -322,8 +324,10 @@ class _Reader:
         if role is SERVER:
             self.parser = httptools.HttpRequestParser(self)
             # Content-Length with Transfer-Encoding is parsed, so that the exchange refuses
-            # it itself (400, closed, recorded as ``ambiguous_framing``; docs/proxy.md).
-            self.parser.set_dangerous_leniencies(lenient_chunked_length=True)
+            # it itself (400, closed, recorded as ``ambiguous_framing``; docs/proxy.md).  Any
+            # one-digit version is parsed, so that on_headers_complete decides (framing in
+            # llhttp is the same for every version past 1.0).
+            self.parser.set_dangerous_leniencies(lenient_chunked_length=True, lenient_version=True)
         else:
             self.parser = httptools.HttpResponseParser(self)
 
@@ -361,7 +365,9 @@ class _Reader:
         self.version = b"1.1" if version == "1.1" else version.encode("ascii")
         if isinstance(parser, httptools.HttpRequestParser):
             if self.version != b"1.1" and self.version != b"1.0":
-                raise _VersionError
+                if version[:2] != "1.":
+                    raise _VersionError
+                self.version = b"1.1"  # RFC 9112 §2.6: a higher minor is read as ours
             if self.head_start:
                 self.head_start = bytearray()
                 self.line_whole = False
@@ -527,7 +533,7 @@ class Connection:
             return
         except httptools.HttpParserError as exc:
             self._broken = True
-            if self.role is SERVER and str(exc) in _VERSION_ERRORS:
+            if self.role is SERVER and str(exc) in _PREFACE_ERRORS:
                 reader.queue.append(_version_refusal(reader.head_start + data))
                 return
             reader.queue.append(RemoteProtocolError(str(exc) or "malformed message"))
@@ -803,21 +809,21 @@ class Connection:
         return bool(self._rest or reader.queue or reader.head_open)
 
 
-_VERSION_ERRORS = frozenset(
-    {"Invalid HTTP version", "Pause on PRI/Upgrade", "Expected HTTP/2 Connection Preface"}
-)
-"""llhttp's errors for a version it does not parse (the others: HTTP/2's connection preface,
-``PRI * HTTP/2.0``, whole or not)."""
+_PREFACE_ERRORS = frozenset({"Pause on PRI/Upgrade", "Expected HTTP/2 Connection Preface"})
+"""llhttp's errors for HTTP/2's connection preface, ``PRI * HTTP/2.0``, whole or not: the one
+version it refuses itself on the request parser (``lenient_version`` lets any other one-digit
+version through to ``on_headers_complete``), so refused like the others, 505."""
 
 
 def _version_refusal(seen: bytes | bytearray) -> RemoteProtocolError:
-    """The refusal of a request line llhttp read with another version than 1.1 or 1.0.
+    """The refusal of a request line llhttp read with a version the proxy does not serve.
 
     ``seen`` holds the request line (the piece being parsed, after the pieces of a head
     that arrived in several): a version whose major is not 1 (``HTTP/2.0``, ``HTTP/0.9``
     written out, ``HTTP/3.0``) is 505; no version at all (HTTP/0.9's ``GET /``, which
-    llhttp takes for 0.9) or a malformed one (``HTTP/1.2``, which llhttp refuses) is 400.
-    A request line longer than the pieces kept gets 400 too: it is refused either way.
+    llhttp takes for 0.9) is 400.  A request line longer than the pieces kept gets 400 too:
+    it is refused either way.  (A malformed version, ``HTTP/10.0`` or ``HTTP/1.x``, is
+    llhttp's own error, 400, and never reaches here.)
     """
     majors = [int(m[1]) for m in _VERSION.finditer(seen)]
     for major in majors:

@@ -21,6 +21,7 @@ from lb.proxy.hooks import RequestRecord
 from lb.proxy.state import Client, ClientError, Exchange, Move, Phase, Shared
 
 __all__ = [
+    "PLAIN_HTTP_ON_TLS",
     "bad_gateway",
     "client_abort",
     "fixed_response",
@@ -33,6 +34,13 @@ __all__ = [
 
 CONTENT_TYPE = (b"content-type", b"text/plain; charset=utf-8")
 EOM = http1.EOM
+
+_PLAIN_BODY = b"400 Bad Request: the plain HTTP request was sent to an HTTPS port\n"
+PLAIN_HTTP_ON_TLS = (
+    b"HTTP/1.1 400 Bad Request\r\n%s: %s\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%s"
+    % (*CONTENT_TYPE, len(_PLAIN_BODY), _PLAIN_BODY)
+)
+"""The answer, in plain HTTP, to plain HTTP sent to an HTTPS listener (nginx's words)."""
 
 
 def simple_response(

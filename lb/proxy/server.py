@@ -166,13 +166,29 @@ class ProxyServer:
 
     @property
     def shed(self) -> int:
-        """Idle connections closed to make room for a new one (connection cap)."""
+        """Idle connections, or connections stuck in a head past the grace, closed to make
+        room for a new one (connection cap)."""
         return self._shared.shed
 
     @property
     def refused(self) -> int:
-        """New connections closed at once: the cap was reached and no connection was idle."""
+        """New connections closed at once: the cap was reached and none could be shed."""
         return self._shared.refused
+
+    @property
+    def partial_heads(self) -> int:
+        """Client connections holding part of a request head."""
+        return len(self._shared.heads)
+
+    @property
+    def tls_failed(self) -> int:
+        """Client TLS handshakes that failed, plain HTTP sent to an HTTPS listener included."""
+        return self._shared.tls_failed
+
+    @property
+    def plain_http_on_tls(self) -> int:
+        """Plain HTTP requests sent to an HTTPS listener (answered 400)."""
+        return self._shared.tls_plain
 
     @property
     def connections(self) -> int:

@@ -207,7 +207,8 @@ class Client:
     """One client connection: its stream and peer, its watchdog (the only cancel
     scope per connection) and the request in progress, which the connection loop reports
     when it is over.  While it waits for the first byte of a request it is in
-    ``Shared.idle`` (shutdown and the connection cap close those)."""
+    ``Shared.idle`` (shutdown and the connection cap close those), and while it holds part
+    of a head in ``Shared.heads``."""
 
     __slots__ = ("exchange", "https", "peer", "stream", "tasks", "watchdog")
 
@@ -235,6 +236,7 @@ class Shared:
         "draining",
         "engine",
         "expired",
+        "heads",
         "hooks",
         "idle",
         "names",
@@ -249,6 +251,9 @@ class Shared:
         "shed",
         "targets",
         "targets_key",
+        "tls_failed",
+        "tls_logged",
+        "tls_plain",
         "trust_key",
         "trusted_cache",
         "trusted_nets",
@@ -274,12 +279,22 @@ class Shared:
         self.clients: set[Client] = set()
         self.idle: dict[Client, None] = {}
         """Clients waiting for the first byte of a request, longest-waiting first."""
+        self.heads: dict[Client, float] = {}
+        """Clients holding part of a request head, with the time its first bytes came,
+        oldest first (the connection cap may close those stuck past a grace)."""
         self.default_cap = default_max_connections(0)
         self.shed = 0
-        """Idle connections closed to make room for a new one (connection cap)."""
+        """Connections closed to make room for a new one at the connection cap: idle ones,
+        or half heads past the grace (lb/proxy/capacity.py)."""
         self.refused = 0
-        """New connections closed at once: the cap was reached and no connection was idle."""
+        """New connections closed at once: the cap was reached and no connection could make
+        room (none idle, no half head past the grace)."""
         self.cap_logged = -math.inf
+        self.tls_failed = 0
+        """Client TLS handshakes that failed (plain HTTP to an HTTPS listener included)."""
+        self.tls_plain = 0
+        """Of those, plain HTTP requests sent to an HTTPS listener (answered 400)."""
+        self.tls_logged = -math.inf
         self.rid_prefix = rid_prefix
         self.rid_counter = itertools.count(1)
         self.trust_key: object = None

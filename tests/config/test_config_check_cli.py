@@ -69,6 +69,35 @@ def test_errors_are_printed_one_per_line_and_exit_2(
     ]
 
 
+def test_json_duplicate_keys_are_refused_with_lines_and_paths(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # json.loads keeps the last of two equal keys without a word; YAML refuses them, and so
+    # must JSON: a repeated "address" would silently send traffic elsewhere.
+    text = """\
+{
+  "pools": [
+    {"name": "a", "origins": [{"name": "o1", "address": "10.0.0.1",
+                               "address": "10.0.0.9"}]},
+    {"name": "b", "origins": [{"name": "o1", "address": "10.0.0.2"}]}
+  ],
+  "load_balancers": [{"name": "app.example.com", "default_pools": ["a"],
+                      "fallback_pool": "b"}],
+  "engine": {"datacenter": "AMS"},
+  "engine": {"datacenter": "FRA"}
+}
+"""
+    path = write(tmp_path, text, "lb.json")
+    assert main(["check", path]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.splitlines() == [
+        f"{path}:4: pools[0].origins[0].address: duplicate key (first at line 3)",
+        f"{path}:10: engine: duplicate key (first at line 9)",
+        "2 errors, 0 warnings",
+    ]
+
+
 def test_json_output_when_valid(capsys: pytest.CaptureFixture[str]) -> None:
     files = ["cloudflare-monitors.json", "cloudflare-api.json", "cloudflare-lb.json"]
     assert main(["check", "--json", *(str(CONFIGS / f) for f in files)]) == 0

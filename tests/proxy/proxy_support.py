@@ -89,6 +89,8 @@ class Seen:
     body_bytes: int = 0
     target: str = ""
     """The request-target exactly as received."""
+    version: str = ""
+    """The request line's HTTP version (``1.1``)."""
 
 
 @dataclass
@@ -186,7 +188,13 @@ async def _backend_request(
     url = urlsplit(req.target.decode())
     query = parse_qs(url.query)
     headers = {n.decode(): v.decode() for n, v in req.headers}
-    seen = Seen(req.method.decode(), url.path, headers, target=req.target.decode())
+    seen = Seen(
+        req.method.decode(),
+        url.path,
+        headers,
+        target=req.target.decode(),
+        version=req.http_version.decode(),
+    )
     backend.seen.append(seen)
     base = [(b"x-backend", backend.name.encode())]
     path = url.path

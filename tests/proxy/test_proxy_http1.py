@@ -52,7 +52,7 @@ async def test_heads_llhttp_refuses_are_400_and_close(
         (b"GET / HTTP/2.0", 505, "version_not_supported"),
         (b"GET / HTTP/0.9", 505, "version_not_supported"),
         (b"GET / HTTP/3.0", 505, "version_not_supported"),
-        (b"GET / HTTP/1.2", 400, "bad_request"),
+        (b"GET / HTTP/10.0", 400, "bad_request"),  # llhttp reads one digit per number
         (b"GET /", 400, "bad_request"),  # HTTP/0.9's own form: no version
     ],
 )
@@ -69,6 +69,26 @@ async def test_a_version_other_than_1x_is_refused(
     records = await stack.settled()
     assert [(r.status, r.error) for r in records] == [(status, error)] * 2
     assert stack.backends[0].seen == []
+
+
+@pytest.mark.parametrize("version", [b"1.2", b"1.9"])
+async def test_a_higher_http1_minor_is_served_as_http11(
+    nursery: trio.Nursery, certs: Certs, version: bytes
+) -> None:
+    """RFC 9112 §2.6: HTTP/1.2 is read as the highest minor the proxy implements, 1.1: kept
+    alive, forwarded as HTTP/1.1 (it was refused 400 when llhttp refused the version)."""
+    stack = await start_stack(nursery, certs, 1)
+    first = b"GET /v HTTP/" + version + b"\r\nHost: " + LB_HOST.encode() + b"\r\n\r\n"
+    last = b"GET /w HTTP/" + version + b"\r\nHost: " + LB_HOST.encode()
+    answer = await raw_exchange(stack.port, first + last + b"\r\nConnection: close\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 200 "), answer
+    assert answer.count(b"HTTP/1.1 200 ") == 2, answer
+    seen = stack.backends[0].seen
+    assert [(s.target, s.version) for s in seen] == [("/v", "1.1"), ("/w", "1.1")]
+    # HTTP/1.1's rules with it: exactly one Host.
+    answer = await raw_exchange(stack.port, b"GET / HTTP/" + version + b"\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 400 "), answer
+    assert len(seen) == 2
 
 
 async def test_pipelined_requests_are_answered_in_order(
@@ -256,10 +276,10 @@ def test_the_version_is_refused_in_a_head_read_in_pieces(size: int) -> None:
     """The request line's version is found when the head arrives in several reads."""
     for line, status in (
         (b"GET /a/b HTTP/2.0", 505),  # parsed by llhttp, refused once the head is whole
-        (b"GET /a/b HTTP/3.0", 505),  # refused by llhttp at its major, before the line end
+        (b"GET /a/b HTTP/3.0", 505),
         (b"PRI * HTTP/2.0", 505),  # HTTP/2's connection preface
         (b"GET /a/b", 400),
-        (b"GET /a/b HTTP/1.2", 400),
+        (b"GET /a/b HTTP/10.0", 400),  # refused by llhttp at the second digit
     ):
         conn = http1.Connection(http1.SERVER)
         head = line + b"\r\nHost: a\r\nX: " + b"y" * 100 + b"\r\n\r\n"
@@ -292,7 +312,7 @@ def test_a_pipelined_request_with_another_version_is_refused_after_the_good_one(
 def test_a_version_in_a_header_value_is_not_the_request_lines() -> None:
     for head in (
         b"GET /\r\nX: a HTTP/2.0\r\n\r\n",  # no version (HTTP/0.9's form): 400
-        b"GET / HTTP/1.1\r\nHost: a\r\nUser-Agent: x HTTP/2.0\r\n\r\nGET / HTTP/1.2\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nUser-Agent: x HTTP/2.0\r\n\r\nGET /\r\n\r\n",
     ):
         conn = http1.Connection(http1.SERVER)
         conn.receive_data(head)

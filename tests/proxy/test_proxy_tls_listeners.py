@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
+import json
+import logging
+import socket
 import ssl
+import struct
 import sys
 import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 import trustme
-from proxy_support import LB_HOST, Certs, Client, start_stack
+from proxy_support import LB_HOST, Certs, Client, Stack, raw_exchange, start_stack
+from waiting import wait_until
 
 from lb.config import ConfigError, load_config_text
-from lb.config.model import CertificatePair, Listener
+from lb.config.model import CertificatePair, Limits, Listener
+from lb.logs import JsonFormatter
+from lb.proxy import connection
 from lb.proxy.listeners import (
     AnyListener,
     SniTable,
@@ -209,6 +217,130 @@ async def test_requests_go_through_the_proxy_with_the_sni_certificate(
         resp = await client.request()
     assert (resp.status, resp.body) == (200, b"b0")
     assert "Secure" in (resp.header("set-cookie") or "Secure")
+
+
+# ---------------------------------------------------------------------- not TLS at all
+
+
+async def _https_stack(nursery: trio.Nursery, certs: Certs, tmp_path: Path, **config: Any) -> Stack:
+    pem = str(tmp_path / "lb.pem")
+    certs.ca.issue_cert(LB_HOST).private_key_and_cert_chain_pem.write_to_path(pem)
+    spec = Listener(address="127.0.0.1", port=0, certificate=pem, key=pem)
+    return await start_stack(nursery, certs, 1, listeners=await open_listeners([spec]), **config)
+
+
+async def _https_get(stack: Stack, certs: Certs) -> int:
+    ctx = ssl.create_default_context()
+    certs.ca.configure_trust(ctx)
+    raw = await trio.open_tcp_stream("127.0.0.1", stack.port)
+    async with Client(trio.SSLStream(raw, ctx, server_hostname=LB_HOST)) as client:
+        return (await client.request()).status
+
+
+def _tls_events(caplog: pytest.LogCaptureFixture) -> list[dict[str, object]]:
+    lines = [json.loads(JsonFormatter().format(r)) for r in caplog.records]
+    return [line for line in lines if line["event"] == "client_tls_failed"]
+
+
+async def test_plain_http_to_an_https_listener_is_told_so_in_plain_http(
+    nursery: trio.Nursery, certs: Certs, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """nginx's answer (``400 The plain HTTP request was sent to HTTPS port``) rather than a
+    closed connection the user cannot explain; the body sent after the head is drained, so
+    the answer is not lost to a reset."""
+    stack = await _https_stack(nursery, certs, tmp_path)
+    head = f"POST /upload HTTP/1.1\r\nHost: {LB_HOST}\r\nContent-Length: 262144\r\n\r\n"
+    with caplog.at_level(logging.INFO, logger="tunnel_lb"):
+        answer = await raw_exchange(stack.port, head.encode() + b"x" * 262144)
+    status, _, rest = answer.partition(b"\r\n")
+    assert status == b"HTTP/1.1 400 Bad Request", answer
+    headers, _, body = rest.partition(b"\r\n\r\n")
+    assert b"connection: close" in headers.lower()
+    assert body == b"400 Bad Request: the plain HTTP request was sent to an HTTPS port\n"
+    assert stack.backends[0].seen == []
+    assert stack.records == []  # no request was read: a failed handshake, not a 400 record
+    [event] = _tls_events(caplog)
+    assert {k: event[k] for k in ("reason", "failed", "plain_http")} == {
+        "reason": "plain HTTP request",
+        "failed": 1,
+        "plain_http": 1,
+    }
+    assert event["peer"] == "127.0.0.1"
+    assert (stack.server.tls_failed, stack.server.plain_http_on_tls) == (1, 1)
+    # The listener still speaks TLS to everyone else.
+    assert await _https_get(stack, certs) == 200
+
+
+async def test_plain_http_being_drained_holds_no_place_at_the_cap(
+    nursery: trio.Nursery, certs: Certs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After its 400, a plain-HTTP client still sending is drained like any refused one:
+    outside the connection count, so a trickle of body bytes cannot hold the cap."""
+    monkeypatch.setattr(connection, "LINGER_SECONDS", 3600.0)  # drained until it leaves
+    stack = await _https_stack(nursery, certs, tmp_path, limits=Limits(max_connections=1))
+    plain = await trio.open_tcp_stream("127.0.0.1", stack.port)
+    head = f"POST / HTTP/1.1\r\nHost: {LB_HOST}\r\nContent-Length: 1000000\r\n\r\n"
+    await plain.send_all(head.encode() + b"x")
+    answer = b""
+    with trio.fail_after(5):
+        while not answer.endswith(b"HTTPS port\n"):
+            chunk = await plain.receive_some(4096)
+            assert chunk, answer
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 400 "), answer
+    await plain.send_all(b"x")  # still trickling, still being drained
+    await wait_until(lambda: stack.server.connections == 0)
+    assert await _https_get(stack, certs) == 200
+    assert (stack.server.shed, stack.server.refused) == (0, 0)
+    await trio.aclose_forcefully(plain)
+
+
+async def test_a_handshake_reset_midway_is_a_failed_handshake(
+    nursery: trio.Nursery, certs: Certs, tmp_path: Path
+) -> None:
+    """Not only the handshakes OpenSSL refuses: one whose client vanishes is counted too."""
+    stack = await _https_stack(nursery, certs, tmp_path)
+    raw = await trio.open_tcp_stream("127.0.0.1", stack.port)
+    ctx = ssl.create_default_context()
+    tls = ssl.MemoryBIO(), ssl.MemoryBIO()
+    hello = ctx.wrap_bio(*tls, server_hostname=LB_HOST)
+    with pytest.raises(ssl.SSLWantReadError):
+        hello.do_handshake()
+    await raw.send_all(tls[1].read())  # the ClientHello, then gone before the handshake ends
+    with trio.fail_after(5):
+        assert await raw.receive_some(1)  # the server's answer: it is mid-handshake
+    raw.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    await trio.aclose_forcefully(raw)  # a reset
+    await wait_until(lambda: stack.server.tls_failed == 1)
+    assert stack.server.plain_http_on_tls == 0
+    assert await _https_get(stack, certs) == 200
+
+
+async def test_a_handshake_cut_by_idle_timeout_is_a_failed_handshake(
+    nursery: trio.Nursery, certs: Certs, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    limits = Limits(idle_timeout=0.2)
+    stack = await _https_stack(nursery, certs, tmp_path, limits=limits)
+    with caplog.at_level(logging.INFO, logger="tunnel_lb"):
+        # The first byte of a TLS record, then nothing: the handshake waits for the rest.
+        assert await raw_exchange(stack.port, b"\x16") == b""
+    [event] = _tls_events(caplog)
+    assert (event["reason"], event["failed"], event["plain_http"]) == ("timed out", 1, 0)
+
+
+async def test_bytes_that_are_neither_tls_nor_http_are_a_failed_handshake(
+    nursery: trio.Nursery, certs: Certs, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    stack = await _https_stack(nursery, certs, tmp_path)
+    with caplog.at_level(logging.INFO, logger="tunnel_lb"):
+        assert await raw_exchange(stack.port, b"\x00\x01\x02\x03" * 64) == b""
+        assert await raw_exchange(stack.port, b"get / HTTP/1.1\r\n\r\n") == b""
+    [event] = _tls_events(caplog)  # the second one is counted, not logged (at most every 5 s)
+    assert (event["failed"], event["plain_http"]) == (1, 0)
+    assert event["reason"]
+    assert (stack.server.tls_failed, stack.server.plain_http_on_tls) == (2, 0)
+    assert stack.backends[0].seen == []
+    assert await _https_get(stack, certs) == 200
 
 
 # ---------------------------------------------------------------------- the SNI table
