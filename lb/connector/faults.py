@@ -27,8 +27,20 @@ What each fault does on the wire
   answer (the proxy's 502, or a ``retry_on`` retry; a failed probe).
 * ``truncate``: the answer's head promises a body, half of it is sent, then the connection
   is dropped (a cut response: what ``retry_on.buffer_response`` can retry).
-* ``flap``: from the moment it is set, ``down_for`` seconds of ``how`` (one of the faults
-  above) in every ``period``.
+* ``flap``: ``down_for`` seconds of ``how`` (one of the faults above) in every ``period``,
+  from the moment it is set, or from ``since`` when the request gives one.
+
+Why a flap can be dated
+=======================
+
+A flap's phase is part of what it does: which requests fall in its down parts.  Dated by the
+control request's arrival, it would shift by however late that request came (on a loaded
+machine, a good part of a second, against a period of one or two seconds at a rehearsal's
+speeds), and a flap handed from the edge stand-in to the replicas' connectors in the middle
+of its run would restart its period.  So a request may carry ``since``, the flap's start on
+``time.monotonic()``, which on Linux is one clock for every process of the machine (the same
+the LB's log lines carry as ``mono``): the phase is then counted from that instant, however
+late the request came.  Before ``since`` the flap is up (it has not started).
 
 With ``"layer": "origin"`` the same faults hit the application behind the connector instead
 of the connector itself (the scenario's ``origin:`` target): the connector keeps accepting and
@@ -81,6 +93,10 @@ UNSUPPORTED = {
 _MAX_BODY = 4096
 _CUT_BODY = 2048
 """Bytes a ``truncate`` sends of the twice as long body its head promises."""
+_INSTANT_RANGE = 86400.0
+"""How far ``at`` may lie from now, and a flap's ``since`` from its ``at``: a day, beyond
+any rehearsal's timeline, and far too little for a time on another clock (the wall
+clock's seconds since 1970)."""
 ORIGIN_FAILED = 502
 """cloudflared's answer when its origin refuses, fails or is down."""
 
@@ -99,6 +115,53 @@ class _Condition:
     since: float = 0.0
 
 
+@dataclass(frozen=True, slots=True)
+class _Change:
+    """One checked control request: what it sets, and from when."""
+
+    at: float
+    layer: str
+    action: str
+    condition: _Condition | None = None
+    latency: float = 0.0
+
+
+def _parse(body: dict[str, object], at: float) -> _Change:
+    """Check one control request (:class:`FaultError` naming what is wrong); a flap without
+    ``since`` starts at ``at``."""
+    action = body.get("do")
+    if not isinstance(action, str):
+        raise FaultError('expected a JSON object with "do": one of ' + ", ".join(FAULT_ACTIONS))
+    layer = body.get("layer", EDGE)
+    if layer not in (EDGE, ORIGIN):
+        raise FaultError(f'layer: "{EDGE}" (the connector) or "{ORIGIN}" (its application)')
+    assert isinstance(layer, str)
+    if action == "unreachable" and layer == ORIGIN:
+        action = "down"  # cloudflared cannot reach its application: 502, as for down
+    if action in UNSUPPORTED:
+        raise FaultError(f"{action} cannot be rehearsed: {UNSUPPORTED[action]}")
+    if action not in FAULT_ACTIONS:
+        raise FaultError(f"unknown fault {action!r}; one of " + ", ".join(FAULT_ACTIONS))
+    if action == "recover":
+        return _Change(at, layer, action)
+    if action == "latency":
+        return _Change(at, layer, action, latency=_number(body, "latency", 0.0, 3600.0))
+    if action == "flap":
+        period = _number(body, "period", 0.001, 1e9)
+        down_for = _number(body, "down_for", 0.0, period) if "down_for" in body else period / 2
+        how = body.get("how", "refuse")
+        if how == "unreachable" and layer == ORIGIN:
+            how = "down"  # as for a lone unreachable above
+        if how not in ("refuse", "blackhole", "down", "status"):
+            raise FaultError("how: one of refuse, blackhole, down, status")
+        status = _status(body) if how == "status" else 0
+        since = _instant(body, "since", at) if "since" in body else at
+        flap = _Condition("flap", status, period, down_for, str(how), since)
+        return _Change(at, layer, action, flap)
+    status = _status(body) if action == "status" else 0
+    return _Change(at, layer, action, _Condition(action, status, since=at))
+
+
 class Faults:
     """The fault state of one connector; the server asks it before and while serving."""
 
@@ -106,6 +169,8 @@ class Faults:
         self._clock = clock
         self._conditions: dict[str, _Condition | None] = {EDGE: None, ORIGIN: None}
         self._latency = {EDGE: 0.0, ORIGIN: 0.0}
+        self._pending: list[_Change] = []
+        """Changes held until their ``at`` (in that order)."""
         self.changed = trio.Event()
         """Set (and replaced) on every change, so waiting tasks re-check."""
         self._serving: set[trio.CancelScope] = set()
@@ -118,52 +183,58 @@ class Faults:
     # ------------------------------------------------------------------ control
 
     def apply(self, body: dict[str, object]) -> dict[str, object]:
-        """Apply one control request (``{"do": ..., ...}``); return the new state."""
-        action = body.get("do")
-        if not isinstance(action, str):
-            raise FaultError('expected a JSON object with "do": one of ' + ", ".join(FAULT_ACTIONS))
-        layer = body.get("layer", EDGE)
-        if layer not in (EDGE, ORIGIN):
-            raise FaultError(f'layer: "{EDGE}" (the connector) or "{ORIGIN}" (its application)')
-        assert isinstance(layer, str)
-        if action == "unreachable" and layer == ORIGIN:
-            action = "down"  # cloudflared cannot reach its application: 502, as for down
-        if action in UNSUPPORTED:
-            raise FaultError(f"{action} cannot be rehearsed: {UNSUPPORTED[action]}")
-        if action not in FAULT_ACTIONS:
-            raise FaultError(f"unknown fault {action!r}; one of " + ", ".join(FAULT_ACTIONS))
+        """Apply one control request (``{"do": ..., ...}``); return the new state.
+
+        With ``at`` (an instant on ``time.monotonic()``, the module docstring says why) a
+        change comes into force then, not now: it is checked at once and held until then
+        (changes due at one instant in the order they came); ``at`` in the past applies it
+        at once."""
+        self._due()
         now = self._clock()
-        if action == "recover":
-            self._conditions[layer], self._latency[layer] = None, 0.0
-        elif action == "latency":
-            self._latency[layer] = _number(body, "latency", 0.0, 3600.0)
-        elif action == "flap":
-            period = _number(body, "period", 0.001, 1e9)
-            down_for = _number(body, "down_for", 0.0, period) if "down_for" in body else period / 2
-            how = body.get("how", "refuse")
-            if how == "unreachable" and layer == ORIGIN:
-                how = "down"  # as for a lone unreachable above
-            if how not in ("refuse", "blackhole", "down", "status"):
-                raise FaultError("how: one of refuse, blackhole, down, status")
-            status = _status(body) if how == "status" else 0
-            self._conditions[layer] = _Condition("flap", status, period, down_for, str(how), now)
+        at = _instant(body, "at", now) if "at" in body else now
+        change = _parse(body, at)
+        if at > now:
+            self._pending.append(change)
+            self._pending.sort(key=lambda c: c.at)  # stable: one instant keeps its order
+            self._wake()  # waiting tasks count down to it
         else:
-            status = _status(body) if action == "status" else 0
-            self._conditions[layer] = _Condition(action, status, since=now)
-        self._wake()
+            self._enact(change)
         return self.state()
+
+    def _enact(self, change: _Change) -> None:
+        if change.action == "recover":
+            self._conditions[change.layer], self._latency[change.layer] = None, 0.0
+        elif change.action == "latency":
+            self._latency[change.layer] = change.latency
+        else:
+            self._conditions[change.layer] = change.condition
+        self._wake()
+
+    def _due(self) -> None:
+        """Enact the held changes whose instant has come (every reader calls this first,
+        so a request is answered by the state of its own instant)."""
+        if not self._pending:
+            return
+        now = self._clock()
+        while self._pending and self._pending[0].at <= now:
+            self._enact(self._pending.pop(0))
 
     @property
     def latency(self) -> float:
         """Seconds the connector waits before every answer (``latency`` at the edge)."""
+        self._due()
         return self._latency[EDGE]
 
     def state(self) -> dict[str, object]:
         """What the connector shows now (the control API's answer); the application's
-        faults under ``origin`` once one was set."""
+        faults under ``origin`` once one was set; ``pending``: the changes held until
+        their ``at``."""
+        self._due()
         out = self._layer_state(EDGE)
         if self._conditions[ORIGIN] is not None or self._latency[ORIGIN]:
             out["origin"] = self._layer_state(ORIGIN)
+        if self._pending:
+            out["pending"] = [{"at": c.at, "do": c.action, "layer": c.layer} for c in self._pending]
         return out
 
     def _layer_state(self, layer: str) -> dict[str, object]:
@@ -175,7 +246,7 @@ class Faults:
         if c is not None:
             condition: dict[str, object] = {"do": c.action, "status": c.status or None}
             if c.action == "flap":
-                condition.update(period=c.period, down_for=c.down_for, how=c.how)
+                condition.update(period=c.period, down_for=c.down_for, how=c.how, since=c.since)
             out["set"] = condition
         return out
 
@@ -207,22 +278,32 @@ class Faults:
             return "", 0
         if c.action != "flap":
             return c.action, c.status
-        if (self._clock() - c.since) % c.period < c.down_for:
+        elapsed = self._clock() - c.since
+        if elapsed >= 0 and elapsed % c.period < c.down_for:
             return c.how, c.status
         return "", 0
 
     def next_toggle(self) -> float:
-        """Seconds until a flap of the connector switches (inf without a flap)."""
+        """Seconds until the connector's state changes by itself: a flap switches, or a
+        held change comes into force (inf: never)."""
+        self._due()
+        now = self._clock()
+        held = max(0.0, self._pending[0].at - now) if self._pending else math.inf
         c = self._conditions[EDGE]
         if c is None or c.action != "flap":
-            return math.inf
-        phase = (self._clock() - c.since) % c.period
-        return (c.down_for - phase) if phase < c.down_for else (c.period - phase)
+            return held
+        elapsed = now - c.since
+        if elapsed < 0:  # not started yet: up until it does
+            return min(held, -elapsed)
+        phase = elapsed % c.period
+        return min(held, (c.down_for - phase) if phase < c.down_for else (c.period - phase))
 
     async def wait_change(self) -> None:
         """Sleep until the fault state may have changed."""
-        with trio.move_on_after(self.next_toggle()):
-            await self.changed.wait()
+        changed = self.changed
+        timeout = self.next_toggle()  # enacts the held changes that are due: sets `changed`
+        with trio.move_on_after(timeout):
+            await changed.wait()
 
     async def serve(
         self,
@@ -292,6 +373,7 @@ class Faults:
     async def origin_delay(self) -> None:
         """Wait out the application's ``latency`` (before any answer that reaches it, a cut
         one included)."""
+        self._due()
         if self._latency[ORIGIN]:
             await trio.sleep(self._latency[ORIGIN])
 
@@ -334,6 +416,21 @@ def _number(body: dict[str, object], key: str, low: float, high: float) -> float
     value = body.get(key)
     if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
         raise FaultError(f"{key}: expected seconds between {low:g} and {high:g}")
+    return float(value)
+
+
+def _instant(body: dict[str, object], key: str, near: float) -> float:
+    """An instant on ``time.monotonic()`` (``at``, ``since``), within a day of ``near``."""
+    value = body.get(key)
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not abs(value - near) <= _INSTANT_RANGE
+    ):
+        raise FaultError(
+            f"{key}: expected an instant on this machine's time.monotonic(), "
+            f"within {_INSTANT_RANGE:g} s of {near:.3f}"
+        )
     return float(value)
 
 

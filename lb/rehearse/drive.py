@@ -231,19 +231,13 @@ def _unhandable(sc: Scenario) -> list[str]:
     for step, end in zip(steps, _ends(steps, sc.duration), strict=True):
         e, plan = step.event, step.plan
         what = _named(e)
-        for c in plan.held:
-            by = _named(c)
-            if _hangs(c):
-                out.append(
-                    f"{what}: {_how(c)} of every replica ({by}) would then hold only the "
-                    "others, and the edge stand-in would not avoid them: it learns that a "
-                    "replica is gone only from a refused connection"
-                )
-            elif c.action == TimelineAction.FLAP and not _in_phase(c, e.at):
-                out.append(
-                    f"{what}: the flap of every replica ({by}) would restart its period on "
-                    "the replicas' connectors (a connector's flap starts when it is set)"
-                )
+        out += [
+            f"{what}: {_how(c)} of every replica ({_named(c)}) would then hold only the "
+            "others, and the edge stand-in would not avoid them: it learns that a replica is "
+            "gone only from a refused connection"
+            for c in plan.held
+            if _hangs(c)
+        ]
         tunnel_fault = set(e.replicas) == set(step.connectors) and e.action not in (
             TimelineAction.RECOVER,
             TimelineAction.LATENCY,
@@ -351,13 +345,6 @@ def _meet(
         else:
             j += 1
     return out
-
-
-def _in_phase(c: NetEvent, at: float) -> bool:
-    """Whether a flap set again at ``at`` (as a hand-over sets it on a connector, whose flap
-    starts when it is set) keeps the phase it has from its own time: a whole number of
-    periods later."""
-    return abs(math.remainder(at - c.at, c.period)) < 1e-9
 
 
 def _up_parts(c: NetEvent, start: float, end: float) -> list[tuple[float, float]]:
@@ -506,9 +493,13 @@ def _config_changed(raw: dict[str, Any], c: ConfigEvent) -> dict[str, Any]:
     return out
 
 
-def _fault_body(e: NetEvent) -> dict[str, object]:
+def _fault_body(e: NetEvent, anchor: float) -> dict[str, object]:
     """The ``POST /faults`` body of ``e`` (:mod:`lb.connector.faults`; the connector shows
-    an ``unreachable`` application, also a flap's, as ``down``: cloudflared's 502)."""
+    an ``unreachable`` application, also a flap's, as ``down``: cloudflared's 502).
+
+    A flap carries its start on the shared monotonic clock, ``anchor`` (time 0) plus its
+    time in the timeline, ``since``: its phase is then the simulator's however late the
+    POST arrives, and however long after its start it is handed over to a connector."""
     body: dict[str, object] = {"do": e.action}
     if e.layer == ORIGIN:
         body["layer"] = "origin"  # the application behind the stand-in fails, not it
@@ -519,7 +510,7 @@ def _fault_body(e: NetEvent) -> dict[str, object]:
     if e.action == TimelineAction.LATENCY:
         body["latency"] = e.latency
     if e.action == TimelineAction.FLAP:
-        body.update(period=e.period, down_for=e.down_for, how=e.how)
+        body.update(period=e.period, down_for=e.down_for, how=e.how, since=anchor + e.at)
     return body
 
 
@@ -543,22 +534,34 @@ def _controls(stack: Stack, e: NetEvent) -> list[str]:
 async def _timeline(
     sc: Scenario, stack: Stack, client: httpx.AsyncClient, start: float, lags: list[float]
 ) -> None:
-    """Apply every event at its time; ``lags`` gets how late each took effect (the POST's
-    answer, which comes once the stand-in or the LB has applied it)."""
-    items: list[tuple[float, int, NetEvent | ConfigEvent]] = [
-        (e.at, e.index, e) for e in sc.events
-    ] + [(c.at, c.index, c) for c in sc.changes]
+    """Apply every event at its time; ``lags`` gets how late each took effect.
+
+    A network event's POSTs are sent ahead, from the start, each dated with its instant on
+    the clock every process shares (``at``: time 0's ``mono`` plus its time), and each
+    stand-in enacts it at that instant (:mod:`lb.connector.faults`), so a busy machine
+    delays a fault only if its POST arrives after its time; its lag is how late the POSTs
+    were answered after it (0 when before).  A configuration change is a reload at its
+    time (the LB takes no date): its lag is how late the reload was answered."""
     handed = handovers(sc)
-    for at, _, item in sorted(items, key=lambda x: (x[0], x[1])):
-        await trio.sleep_until(start + at)
-        if isinstance(item, ConfigEvent):
-            await stack.reload(client, _config_changed(stack.raw_config, item))
-        else:
-            for url, body in _posts(stack, item, handed.get(item.index, Handover())):
-                r = await client.post(url, json=body)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_changes, sc, stack, client, start, lags)
+        for e in sorted(sc.events, key=lambda e: (e.at, e.index)):
+            for url, body in _posts(stack, e, handed.get(e.index, Handover())):
+                r = await client.post(url, json={**body, "at": stack.anchor + e.at})
                 if r.status_code != 200:
-                    raise RuntimeError(f"the stand-in refused {item.label}: {r.text.strip()}")
-        lags.append(trio.current_time() - start - at)
+                    raise RuntimeError(f"the stand-in refused {e.label}: {r.text.strip()}")
+            lags.append(max(0.0, trio.current_time() - start - e.at))
+
+
+async def _changes(
+    sc: Scenario, stack: Stack, client: httpx.AsyncClient, start: float, lags: list[float]
+) -> None:
+    """Each ``disable`` / ``enable`` / ``weight``: the LB's configuration rewritten and
+    reloaded at its time."""
+    for c in sorted(sc.changes, key=lambda c: (c.at, c.index)):
+        await trio.sleep_until(start + c.at)
+        await stack.reload(client, _config_changed(stack.raw_config, c))
+        lags.append(trio.current_time() - start - c.at)
 
 
 def _posts(stack: Stack, e: NetEvent, plan: Handover) -> list[tuple[str, dict[str, object]]]:
@@ -578,7 +581,9 @@ def _posts(stack: Stack, e: NetEvent, plan: Handover) -> list[tuple[str, dict[st
         name for (a, name) in stack.replica_control if a == e.address and name not in cleared
     )
     handed = [
-        (stack.replica_control[(e.address, n)], _fault_body(c)) for n in keep for c in plan.held
+        (stack.replica_control[(e.address, n)], _fault_body(c, stack.anchor))
+        for n in keep
+        for c in plan.held
     ]
     recover: dict[str, object] = {"do": TimelineAction.RECOVER}
     unheld = [(stack.control[e.address], recover)] if plan.held else []
@@ -586,7 +591,7 @@ def _posts(stack: Stack, e: NetEvent, plan: Handover) -> list[tuple[str, dict[st
     if e.action == TimelineAction.LATENCY:
         unslow: dict[str, object] = {"do": TimelineAction.LATENCY, "latency": 0.0}
         posts += [(stack.replica_control[(e.address, n)], unslow) for n, _ in plan.slow]
-    return posts + [(url, _fault_body(e)) for url in _controls(stack, e)]
+    return posts + [(url, _fault_body(e, stack.anchor)) for url in _controls(stack, e)]
 
 
 @dataclass(slots=True)
