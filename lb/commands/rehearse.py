@@ -3,7 +3,8 @@ the real run falls in the simulator's spread (``docs/rehearse.md``).
 
 Exit status: 0 when at most 5 % of the compared points fall outside the simulated 5-95 %
 band and every expectation held in the real run; 1 otherwise; 2 for a scenario that is
-invalid or cannot be rehearsed on one machine.
+invalid or cannot be rehearsed on one machine; 3 when the machine was too loaded for the
+comparison to say anything (``Rehearsal.inconclusive``, named on stderr).
 """
 
 from __future__ import annotations
@@ -75,4 +76,7 @@ def run(args: argparse.Namespace) -> int:
     if args.plot:
         write_rehearsal_plot(result, args.plot)
     sys.stdout.write(result.table())
+    if result.inconclusive is not None:
+        print(f"inconclusive: {result.inconclusive}", file=sys.stderr)
+        return 3
     return 0 if result.ok else 1

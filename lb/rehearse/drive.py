@@ -424,10 +424,13 @@ async def _users(
     stack: Stack,
     client: httpx.AsyncClient,
     start: float,
-    sent: dict[str, Sent],
+    driven: Driven,
     nursery: trio.Nursery,
-    mono: float,
+    begun: float,
 ) -> None:
+    """One data center's users, open-loop; ``driven.behind`` gets how late the requests
+    due once the driver had ``begun`` (trio time) were sent."""
+    sent, mono = driven.sent, driven.mono
     rng = random.Random(f"{sc.seed}:rehearse:{t.datacenter}")
     lb = sc.config.load_balancer(t.host)
     affinity = lb.session_affinity_attributes.headers if lb is not None else ()
@@ -444,6 +447,8 @@ async def _users(
         for j in range(n):
             when = at + j * length / n
             await trio.sleep_until(start + when)
+            if start + when >= begun:  # not one of those due before the driver ran
+                driven.behind = max(driven.behind, trio.current_time() - start - when)
             c = int(rng.random() * t.clients)
             rid = f"rh-{t.datacenter}-{len(sent)}"
             headers = _client_headers(t, c, index, affinity)
@@ -608,6 +613,9 @@ class Driven:
     """Probe requests the stand-ins received in ``[0, duration]``."""
     probe_duration: float = 0.0
     """How long the LB's slowest probe took, to its histogram bucket (seconds)."""
+    behind: float = 0.0
+    """How far behind its schedule the driver sent a request (seconds): how long this
+    process, which also runs the edge stand-ins, was kept from running."""
 
 
 async def _at_the_end(
@@ -644,8 +652,9 @@ async def drive(sc: Scenario, stack: Stack) -> Driven:
         async with trio.open_nursery() as requests, trio.open_nursery() as nursery:
             nursery.start_soon(_timeline, sc, stack, control, start, lags)
             nursery.start_soon(_at_the_end, sc, stack, control, start, driven)
+            begun = trio.current_time()
             for i, t in enumerate(sc.traffic):
-                args = (sc, t, i, stack, client, start, sent, requests, mono)
+                args = (sc, t, i, stack, client, start, driven, requests, begun)
                 nursery.start_soon(_users, *args)
     driven.lag = max(lags, default=0.0)
     return driven
