@@ -14,12 +14,13 @@ on the same (scaled) scenario and ask, point by point, whether the real value li
 
 The band is widened by what no seed can show: the measurement's grain (one request for shares
 and error counts, one tick for delays) and ``lag``, how late the real run's timeline events
-took effect (a fault is applied by an HTTP call, which can take a good part of a second on a
-busy machine, while the simulator applies it at its exact instant): delays get ``lag`` more,
-a window's counts the requests of ``lag`` seconds more.  Both also get ``cost``, how long
-the slowest real probe took (a TLS exchange, the first with a handshake, on a loaded machine,
-where the scaled simulation has a scaled round trip of a few milliseconds): a health
-transition that late moves the requests of that many seconds.
+took effect (a fault is dated and enacted by its stand-in at its instant unless its POST
+arrives after it; a configuration change is a reload, answered a good part of a second
+late on a busy machine, while the simulator applies both at their exact instant): delays
+get ``lag`` more, a window's counts the requests of ``lag`` seconds more.  Both also get
+``cost``, how long the slowest real probe took (a TLS exchange, the first with a handshake,
+on a loaded machine, where the scaled simulation has a scaled round trip of a few
+milliseconds): a health transition that late moves the requests of that many seconds.
 
 The real run is also one seed: ``tunnel-lb run --seed S`` probes on the schedule of
 ``simulate --seed S`` (``monitors.scheduler.probe_rng``, both counted from the schedule's

@@ -15,6 +15,17 @@ latency the connectors hold (:func:`handovers`), as the simulator keeps one cond
 per replica;
 ``disable`` / ``enable`` / ``weight`` rewrite the LB's configuration file and ``POST /reload``
 it, as an operator would.
+
+Why the faults are dated
+========================
+
+A fault sent at its time takes effect when its POST arrives, which on a busy machine is
+seconds later; a flap would then run out of the simulator's phase for good.  So each fault
+POST carries its instant on the clock every process shares (``at``, and a flap its own
+start, ``since``) and is sent ahead: the stand-ins enact it at that instant
+(:mod:`lb.connector.faults`).  What is still late (a POST that arrives after its time, a
+reload) is measured, with how far behind its schedule the driver itself ran, and a run too
+late to compare says so (:attr:`lb.rehearse.Rehearsal.inconclusive`).
 """
 
 from __future__ import annotations
