@@ -30,17 +30,21 @@ What each fault does on the wire
 * ``flap``: ``down_for`` seconds of ``how`` (one of the faults above) in every ``period``,
   from the moment it is set, or from ``since`` when the request gives one.
 
-Why a flap can be dated
-=======================
+Why a change can be dated
+=========================
 
-A flap's phase is part of what it does: which requests fall in its down parts.  Dated by the
-control request's arrival, it would shift by however late that request came (on a loaded
-machine, a good part of a second, against a period of one or two seconds at a rehearsal's
-speeds), and a flap handed from the edge stand-in to the replicas' connectors in the middle
-of its run would restart its period.  So a request may carry ``since``, the flap's start on
-``time.monotonic()``, which on Linux is one clock for every process of the machine (the same
-the LB's log lines carry as ``mono``): the phase is then counted from that instant, however
-late the request came.  Before ``since`` the flap is up (it has not started).
+Any control request may carry ``at``, an instant on ``time.monotonic()`` (which on Linux is
+one clock for every process of the machine, the one the LB's log lines carry as ``mono``):
+the change is checked at once and comes into force at that instant, so a fault sent ahead
+takes effect on time however busy the machine is when it comes due.
+
+A flap's phase is part of what it does: which requests fall in its down parts.  Dated by
+the control request's arrival, it would shift by however late that request came (on a
+loaded machine, seconds, against a period of one or two seconds at a rehearsal's speeds),
+and a flap handed from the edge stand-in to the replicas' connectors in the middle
+of its run would restart its period.  So a flap may also carry ``since``, its start on the
+same clock: the phase is then counted from that instant, however late the request came.
+Before ``since`` the flap is up (it has not started).
 
 With ``"layer": "origin"`` the same faults hit the application behind the connector instead
 of the connector itself (the scenario's ``origin:`` target): the connector keeps accepting and
