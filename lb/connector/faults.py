@@ -63,6 +63,7 @@ and every process here shares one loopback interface.
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 import time
@@ -101,12 +102,20 @@ _INSTANT_RANGE = 86400.0
 """How far ``at`` may lie from now, and a flap's ``since`` from its ``at``: a day, beyond
 any rehearsal's timeline, and far too little for a time on another clock (the wall
 clock's seconds since 1970)."""
+_MAX_HELD = 256
+"""Changes held for a later ``at`` at most: far more than a rehearsal sends ahead (one per
+timeline event and target), and a bound on what a runaway client can make the process keep."""
 ORIGIN_FAILED = 502
 """cloudflared's answer when its origin refuses, fails or is down."""
 
 
 class FaultError(ValueError):
-    """A control request that names no fault this connector can show (one line)."""
+    """A control request that names no fault this connector can show (one line), answered
+    with :attr:`status`."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +155,8 @@ def _parse(body: dict[str, object], at: float) -> _Change:
         raise FaultError(f"{action} cannot be rehearsed: {UNSUPPORTED[action]}")
     if action not in FAULT_ACTIONS:
         raise FaultError(f"unknown fault {action!r}; one of " + ", ".join(FAULT_ACTIONS))
+    if "since" in body and action != "flap":
+        raise FaultError("since: only a flap has a start (any change can carry at)")
     if action == "recover":
         return _Change(at, layer, action)
     if action == "latency":
@@ -192,16 +203,27 @@ class Faults:
         With ``at`` (an instant on ``time.monotonic()``, the module docstring says why) a
         change comes into force then, not now: it is checked at once and held until then
         (changes due at one instant in the order they came); ``at`` in the past applies it
-        at once."""
+        at once.  At most ``_MAX_HELD`` changes are held (then :class:`FaultError`, 429).
+        An undated ``recover`` also drops the changes held for its layer: "working, and
+        stay so" (``docs/connector.md``)."""
         self._due()
         now = self._clock()
-        at = _instant(body, "at", now) if "at" in body else now
+        dated = "at" in body
+        at = _instant(body, "at", now) if dated else now
         change = _parse(body, at)
         if at > now:
-            self._pending.append(change)
-            self._pending.sort(key=lambda c: c.at)  # stable: one instant keeps its order
+            if len(self._pending) >= _MAX_HELD:
+                raise FaultError(
+                    f"{_MAX_HELD} changes are already held for a later at; "
+                    "send this one when some have come due",
+                    429,
+                )
+            # insort_right: changes of one instant stay in the order they came.
+            bisect.insort(self._pending, change, key=lambda c: c.at)
             self._wake()  # waiting tasks count down to it
         else:
+            if change.action == "recover" and not dated:
+                self._pending = [c for c in self._pending if c.layer != change.layer]
             self._enact(change)
         return self.state()
 
@@ -215,8 +237,9 @@ class Faults:
         self._wake()
 
     def _due(self) -> None:
-        """Enact the held changes whose instant has come (every reader calls this first,
-        so a request is answered by the state of its own instant)."""
+        """Enact the held changes whose instant has come (:meth:`current`, which every
+        reader goes through, calls this first, so a request is answered by the state of its
+        own instant)."""
         if not self._pending:
             return
         now = self._clock()
@@ -255,7 +278,7 @@ class Faults:
         return out
 
     def _wake(self) -> None:
-        if self.current()[0] == "refuse":
+        if self._in_force(EDGE)[0] == "refuse":
             # Here, not in the serving task: by the time the control request is answered,
             # the listeners and their connections are being closed.
             for scope in self._serving:
@@ -276,7 +299,13 @@ class Faults:
     # ------------------------------------------------------------------ the server's side
 
     def current(self, layer: str = EDGE) -> tuple[str, int]:
-        """``(fault, status)`` in force now at ``layer``; ``("", 0)`` when it works."""
+        """``(fault, status)`` in force now at ``layer``; ``("", 0)`` when it works (the held
+        changes that came due enacted first)."""
+        self._due()
+        return self._in_force(layer)
+
+    def _in_force(self, layer: str) -> tuple[str, int]:
+        """:meth:`current` without enacting held changes (which calls this via :meth:`_wake`)."""
         c = self._conditions[layer]
         if c is None:
             return "", 0
@@ -426,16 +455,19 @@ def _number(body: dict[str, object], key: str, low: float, high: float) -> float
 def _instant(body: dict[str, object], key: str, near: float) -> float:
     """An instant on ``time.monotonic()`` (``at``, ``since``), within a day of ``near``."""
     value = body.get(key)
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not abs(value - near) <= _INSTANT_RANGE
-    ):
-        raise FaultError(
-            f"{key}: expected an instant on this machine's time.monotonic(), "
-            f"within {_INSTANT_RANGE:g} s of {near:.3f}"
-        )
-    return float(value)
+    error = FaultError(
+        f"{key}: expected an instant on this machine's time.monotonic(), "
+        f"within {_INSTANT_RANGE:g} s of {near:.3f}"
+    )
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise error
+    try:
+        instant = float(value)  # a JSON integer of 400 digits overflows here: a 400, no crash
+    except OverflowError:
+        raise error from None
+    if not abs(instant - near) <= _INSTANT_RANGE:  # NaN included
+        raise error
+    return instant
 
 
 def _status(body: dict[str, object]) -> int:
@@ -539,4 +571,4 @@ def _control(
     try:
         return 200, faults.apply(parsed)
     except FaultError as exc:
-        return 400, {"error": str(exc)}
+        return exc.status, {"error": str(exc)}
