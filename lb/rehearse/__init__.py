@@ -213,7 +213,7 @@ def rehearse(
         if replay is None:  # the real run's seed is not among 1..N
             replay = simulate(sc).data
     pools = [p.name for p in sc.config.pools]
-    points = compare(real.data, sims, pools, lag=lag, cost=cost, replay=replay)
+    points = compare(real.data, sims, pools, lag=lag, cost=cost, behind=behind, replay=replay)
     return Rehearsal(sc, speed, rate, real, tuple(sims), tuple(points), lag, cost, behind)
 
 

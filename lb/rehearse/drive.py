@@ -440,7 +440,8 @@ async def _users(
     begun: float,
 ) -> None:
     """One data center's users, open-loop; ``driven.behind`` gets how late the requests
-    due once the driver had ``begun`` (trio time) were sent."""
+    due once the driver had ``begun`` (trio time) were sent (measured in :func:`_one`, as
+    each goes to the client: a task started on time can still wait for this process)."""
     sent, mono = driven.sent, driven.mono
     rng = random.Random(f"{sc.seed}:rehearse:{t.datacenter}")
     lb = sc.config.load_balancer(t.host)
@@ -458,8 +459,8 @@ async def _users(
         for j in range(n):
             when = at + j * length / n
             await trio.sleep_until(start + when)
-            if start + when >= begun:  # not one of those due before the driver ran
-                driven.behind = max(driven.behind, trio.current_time() - start - when)
+            # The requests due before the driver ran are not "behind" it.
+            scheduled = start + when if start + when >= begun else None
             c = int(rng.random() * t.clients)
             rid = f"rh-{t.datacenter}-{len(sent)}"
             headers = _client_headers(t, c, index, affinity)
@@ -469,7 +470,9 @@ async def _users(
                 headers["cookie"] = f"__cflb={cookies[c]}"
             record = Sent(time.monotonic() - mono, t.datacenter)
             sent[rid] = record
-            nursery.start_soon(_one, client, url, headers, record, cookies, c, c < keepers)
+            nursery.start_soon(
+                _one, client, url, headers, record, cookies, c, c < keepers, driven, scheduled
+            )
         k += 1
 
 
@@ -481,7 +484,13 @@ async def _one(
     cookies: dict[int, str],
     c: int,
     keeps: bool,
+    driven: Driven,
+    due: float | None,
 ) -> None:
+    """Send one request; ``driven.behind`` gets how late after ``due`` (trio time, None:
+    not counted) it was handed to the client."""
+    if due is not None:
+        driven.behind = max(driven.behind, trio.current_time() - due)
     try:
         r = await client.get(url, headers=headers)
     except httpx.HTTPError:
@@ -586,12 +595,15 @@ def _posts(stack: Stack, e: NetEvent, plan: Handover) -> list[tuple[str, dict[st
     cleared), then ``e``'s own (:func:`_controls`); for a tunnel-wide ``latency``, the
     latency of ``plan.slow``'s connectors set to 0 first.
 
-    A step that hands over a fault adds before it takes away, so no replica is ever without
-    its fault (nor pays a latency handed with it twice: the edge stand-in answers that fault
-    itself until it lets go).  A step that moves
-    only latencies takes away first: a request between two POSTs pays less than either
-    side's latency, never the sum, which could exceed a request timeout that both sides
-    are well within."""
+    Consistency comes from the shared clock: every POST of a step is dated with the step's
+    one instant (:func:`_timeline`), sent ahead, and each stand-in enacts the changes of one
+    instant together, in the order they came, so every stand-in switches at that instant and
+    no request sees half a hand-over.  The order below still matters within one stand-in
+    (a ``recover`` before the fault set after it), and across stand-ins only when the POSTs
+    arrive after their instant (the run's ``lag``): then a step that hands over a fault
+    adds before it takes away, so no replica is without its fault, and a step that moves
+    only latencies takes away first, so a request between two POSTs pays less than either
+    side's latency, never the sum."""
     cleared = set(e.replicas) if e.action == TimelineAction.RECOVER else set()
     keep = sorted(
         name for (a, name) in stack.replica_control if a == e.address and name not in cleared
