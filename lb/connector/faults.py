@@ -104,7 +104,8 @@ any rehearsal's timeline, and far too little for a time on another clock (the wa
 clock's seconds since 1970)."""
 _MAX_HELD = 256
 """Changes held for a later ``at`` at most: far more than a rehearsal sends ahead (one per
-timeline event and target), and a bound on what a runaway client can make the process keep."""
+timeline event and target; one with more for a single stand-in stops with this refusal), and a
+bound on what a runaway client can make the process keep."""
 ORIGIN_FAILED = 502
 """cloudflared's answer when its origin refuses, fails or is down."""
 

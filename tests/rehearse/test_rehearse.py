@@ -74,8 +74,10 @@ def test_reference_scenario_falls_inside_the_simulated_spread(reference: Rehears
     ]
     (failover,) = data["failovers"]
     assert failover["endpoint"] == "tunnel-dc1"
-    assert failover["detected_at"] is not None and failover["drained_at"] is not None
+    assert failover["detected_at"] is not None  # the LB's probes, whenever users came
     _conclusive(reference)
+    # A driver stalled for seconds can send dc1's last requests after the recovery.
+    assert failover["drained_at"] is not None, reference.table()
     assert [v["ok"] for v in data["expectations"]] == [True] * 5, reference.table()
     assert reference.ok, reference.table()
 
@@ -151,6 +153,8 @@ def test_one_seed_is_one_probe_schedule(reference: Rehearsal, tmp_path: Path) ->
     """The real LB (``run --seed S``) probes when ``simulate --seed S`` does: its health
     transitions at the failure's detection land where the replay puts them, not merely
     somewhere in the spread of seeds (first probes fall anywhere in the 2 s interval)."""
+    # Every check here is of when things happened: a stalled machine adds transitions.
+    _conclusive(reference)
     scenario, _ = scaled_files(REFERENCE, REFERENCE_SPEED, tmp_path, 0.2)
     replay = run_scenario(load_scenario(scenario)).data  # the scenario's own seed
     real = reference.real.data
@@ -168,7 +172,6 @@ def test_one_seed_is_one_probe_schedule(reference: Rehearsal, tmp_path: Path) ->
         ("local", "unhealthy"),  # the LB's vantage point, and the combined view
         ("*", "unhealthy"),
     ]
-    _conclusive(reference)  # when they came is the machine's as much as the seed's
     for (mine, _, _), (theirs, _, _) in pairs:
         # The real probe's round trip and the loaded machine, not a phase shift: a schedule
         # counted from another moment than the traffic's time 0 moves them all alike.
