@@ -2,8 +2,11 @@
 the real run falls in the simulator's spread (``docs/rehearse.md``).
 
 Exit status: 0 when at most 5 % of the compared points fall outside the simulated 5-95 %
-band and every expectation held in the real run; 1 otherwise; 2 for a scenario that is
-invalid or cannot be rehearsed on one machine.
+band and every expectation held in the real run; 1 otherwise, and whenever an expectation
+failed in the real run, however loaded the machine (the real system did not do what the
+scenario expects: a failure, not a comparison); 2 for a scenario that is invalid or cannot be
+rehearsed on one machine; 3 when every expectation held but the machine was too loaded for
+the comparison to say anything (``Rehearsal.inconclusive``, named on stderr).
 """
 
 from __future__ import annotations
@@ -75,4 +78,7 @@ def run(args: argparse.Namespace) -> int:
     if args.plot:
         write_rehearsal_plot(result, args.plot)
     sys.stdout.write(result.table())
+    if result.inconclusive is not None:
+        print(f"inconclusive: {result.inconclusive}", file=sys.stderr)
+        return 3 if result.real.ok else 1
     return 0 if result.ok else 1

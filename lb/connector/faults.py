@@ -27,8 +27,24 @@ What each fault does on the wire
   answer (the proxy's 502, or a ``retry_on`` retry; a failed probe).
 * ``truncate``: the answer's head promises a body, half of it is sent, then the connection
   is dropped (a cut response: what ``retry_on.buffer_response`` can retry).
-* ``flap``: from the moment it is set, ``down_for`` seconds of ``how`` (one of the faults
-  above) in every ``period``.
+* ``flap``: ``down_for`` seconds of ``how`` (one of the faults above) in every ``period``,
+  from the moment it is set, or from ``since`` when the request gives one.
+
+Why a change can be dated
+=========================
+
+Any control request may carry ``at``, an instant on ``time.monotonic()`` (which on Linux is
+one clock for every process of the machine, the one the LB's log lines carry as ``mono``):
+the change is checked at once and comes into force at that instant, so a fault sent ahead
+takes effect on time however busy the machine is when it comes due.
+
+A flap's phase is part of what it does: which requests fall in its down parts.  Dated by
+the control request's arrival, it would shift by however late that request came (on a
+loaded machine, seconds, against a period of one or two seconds at a rehearsal's speeds),
+and a flap handed from the edge stand-in to the replicas' connectors in the middle
+of its run would restart its period.  So a flap may also carry ``since``, its start on the
+same clock: the phase is then counted from that instant, however late the request came.
+Before ``since`` the flap is up (it has not started).
 
 With ``"layer": "origin"`` the same faults hit the application behind the connector instead
 of the connector itself (the scenario's ``origin:`` target): the connector keeps accepting and
@@ -47,6 +63,7 @@ and every process here shares one loopback interface.
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 import time
@@ -81,12 +98,25 @@ UNSUPPORTED = {
 _MAX_BODY = 4096
 _CUT_BODY = 2048
 """Bytes a ``truncate`` sends of the twice as long body its head promises."""
+_INSTANT_RANGE = 86400.0
+"""How far ``at`` may lie from now, and a flap's ``since`` from its ``at``: a day, beyond
+any rehearsal's timeline, and far too little for a time on another clock (the wall
+clock's seconds since 1970)."""
+_MAX_HELD = 256
+"""Changes held for a later ``at`` at most: far more than a rehearsal sends ahead (one per
+timeline event and target; one with more for a single stand-in stops with this refusal), and a
+bound on what a runaway client can make the process keep."""
 ORIGIN_FAILED = 502
 """cloudflared's answer when its origin refuses, fails or is down."""
 
 
 class FaultError(ValueError):
-    """A control request that names no fault this connector can show (one line)."""
+    """A control request that names no fault this connector can show (one line), answered
+    with :attr:`status`."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +129,55 @@ class _Condition:
     since: float = 0.0
 
 
+@dataclass(frozen=True, slots=True)
+class _Change:
+    """One checked control request: what it sets, and from when."""
+
+    at: float
+    layer: str
+    action: str
+    condition: _Condition | None = None
+    latency: float = 0.0
+
+
+def _parse(body: dict[str, object], at: float) -> _Change:
+    """Check one control request (:class:`FaultError` naming what is wrong); a flap without
+    ``since`` starts at ``at``."""
+    action = body.get("do")
+    if not isinstance(action, str):
+        raise FaultError('expected a JSON object with "do": one of ' + ", ".join(FAULT_ACTIONS))
+    layer = body.get("layer", EDGE)
+    if layer not in (EDGE, ORIGIN):
+        raise FaultError(f'layer: "{EDGE}" (the connector) or "{ORIGIN}" (its application)')
+    assert isinstance(layer, str)
+    if action == "unreachable" and layer == ORIGIN:
+        action = "down"  # cloudflared cannot reach its application: 502, as for down
+    if action in UNSUPPORTED:
+        raise FaultError(f"{action} cannot be rehearsed: {UNSUPPORTED[action]}")
+    if action not in FAULT_ACTIONS:
+        raise FaultError(f"unknown fault {action!r}; one of " + ", ".join(FAULT_ACTIONS))
+    if "since" in body and action != "flap":
+        raise FaultError("since: only a flap has a start (any change can carry at)")
+    if action == "recover":
+        return _Change(at, layer, action)
+    if action == "latency":
+        return _Change(at, layer, action, latency=_number(body, "latency", 0.0, 3600.0))
+    if action == "flap":
+        period = _number(body, "period", 0.001, 1e9)
+        down_for = _number(body, "down_for", 0.0, period) if "down_for" in body else period / 2
+        how = body.get("how", "refuse")
+        if how == "unreachable" and layer == ORIGIN:
+            how = "down"  # as for a lone unreachable above
+        if how not in ("refuse", "blackhole", "down", "status"):
+            raise FaultError("how: one of refuse, blackhole, down, status")
+        status = _status(body) if how == "status" else 0
+        since = _instant(body, "since", at) if "since" in body else at
+        flap = _Condition("flap", status, period, down_for, str(how), since)
+        return _Change(at, layer, action, flap)
+    status = _status(body) if action == "status" else 0
+    return _Change(at, layer, action, _Condition(action, status, since=at))
+
+
 class Faults:
     """The fault state of one connector; the server asks it before and while serving."""
 
@@ -106,6 +185,8 @@ class Faults:
         self._clock = clock
         self._conditions: dict[str, _Condition | None] = {EDGE: None, ORIGIN: None}
         self._latency = {EDGE: 0.0, ORIGIN: 0.0}
+        self._pending: list[_Change] = []
+        """Changes held until their ``at`` (in that order)."""
         self.changed = trio.Event()
         """Set (and replaced) on every change, so waiting tasks re-check."""
         self._serving: set[trio.CancelScope] = set()
@@ -118,52 +199,70 @@ class Faults:
     # ------------------------------------------------------------------ control
 
     def apply(self, body: dict[str, object]) -> dict[str, object]:
-        """Apply one control request (``{"do": ..., ...}``); return the new state."""
-        action = body.get("do")
-        if not isinstance(action, str):
-            raise FaultError('expected a JSON object with "do": one of ' + ", ".join(FAULT_ACTIONS))
-        layer = body.get("layer", EDGE)
-        if layer not in (EDGE, ORIGIN):
-            raise FaultError(f'layer: "{EDGE}" (the connector) or "{ORIGIN}" (its application)')
-        assert isinstance(layer, str)
-        if action == "unreachable" and layer == ORIGIN:
-            action = "down"  # cloudflared cannot reach its application: 502, as for down
-        if action in UNSUPPORTED:
-            raise FaultError(f"{action} cannot be rehearsed: {UNSUPPORTED[action]}")
-        if action not in FAULT_ACTIONS:
-            raise FaultError(f"unknown fault {action!r}; one of " + ", ".join(FAULT_ACTIONS))
+        """Apply one control request (``{"do": ..., ...}``); return the new state.
+
+        With ``at`` (an instant on ``time.monotonic()``, the module docstring says why) a
+        change comes into force then, not now: it is checked at once and held until then
+        (changes due at one instant in the order they came); ``at`` in the past applies it
+        at once.  At most ``_MAX_HELD`` changes are held (then :class:`FaultError`, 429).
+        An undated ``recover`` also drops the changes held for its layer: "working, and
+        stay so" (``docs/connector.md``)."""
+        self._due()
         now = self._clock()
-        if action == "recover":
-            self._conditions[layer], self._latency[layer] = None, 0.0
-        elif action == "latency":
-            self._latency[layer] = _number(body, "latency", 0.0, 3600.0)
-        elif action == "flap":
-            period = _number(body, "period", 0.001, 1e9)
-            down_for = _number(body, "down_for", 0.0, period) if "down_for" in body else period / 2
-            how = body.get("how", "refuse")
-            if how == "unreachable" and layer == ORIGIN:
-                how = "down"  # as for a lone unreachable above
-            if how not in ("refuse", "blackhole", "down", "status"):
-                raise FaultError("how: one of refuse, blackhole, down, status")
-            status = _status(body) if how == "status" else 0
-            self._conditions[layer] = _Condition("flap", status, period, down_for, str(how), now)
+        dated = "at" in body
+        at = _instant(body, "at", now) if dated else now
+        change = _parse(body, at)
+        if at > now:
+            if len(self._pending) >= _MAX_HELD:
+                raise FaultError(
+                    f"{_MAX_HELD} changes are already held for a later at; "
+                    "send this one when some have come due",
+                    429,
+                )
+            # insort_right: changes of one instant stay in the order they came.
+            bisect.insort(self._pending, change, key=lambda c: c.at)
+            self._wake()  # waiting tasks count down to it
         else:
-            status = _status(body) if action == "status" else 0
-            self._conditions[layer] = _Condition(action, status, since=now)
-        self._wake()
+            if change.action == "recover" and not dated:
+                self._pending = [c for c in self._pending if c.layer != change.layer]
+            self._enact(change)
         return self.state()
+
+    def _enact(self, change: _Change) -> None:
+        if change.action == "recover":
+            self._conditions[change.layer], self._latency[change.layer] = None, 0.0
+        elif change.action == "latency":
+            self._latency[change.layer] = change.latency
+        else:
+            self._conditions[change.layer] = change.condition
+        self._wake()
+
+    def _due(self) -> None:
+        """Enact the held changes whose instant has come (:meth:`current`, which every
+        reader goes through, calls this first, so a request is answered by the state of its
+        own instant)."""
+        if not self._pending:
+            return
+        now = self._clock()
+        while self._pending and self._pending[0].at <= now:
+            self._enact(self._pending.pop(0))
 
     @property
     def latency(self) -> float:
         """Seconds the connector waits before every answer (``latency`` at the edge)."""
+        self._due()
         return self._latency[EDGE]
 
     def state(self) -> dict[str, object]:
         """What the connector shows now (the control API's answer); the application's
-        faults under ``origin`` once one was set."""
+        faults under ``origin`` once one was set; ``pending``: the changes held until
+        their ``at``."""
+        self._due()
         out = self._layer_state(EDGE)
         if self._conditions[ORIGIN] is not None or self._latency[ORIGIN]:
             out["origin"] = self._layer_state(ORIGIN)
+        if self._pending:
+            out["pending"] = [{"at": c.at, "do": c.action, "layer": c.layer} for c in self._pending]
         return out
 
     def _layer_state(self, layer: str) -> dict[str, object]:
@@ -175,12 +274,12 @@ class Faults:
         if c is not None:
             condition: dict[str, object] = {"do": c.action, "status": c.status or None}
             if c.action == "flap":
-                condition.update(period=c.period, down_for=c.down_for, how=c.how)
+                condition.update(period=c.period, down_for=c.down_for, how=c.how, since=c.since)
             out["set"] = condition
         return out
 
     def _wake(self) -> None:
-        if self.current()[0] == "refuse":
+        if self._in_force(EDGE)[0] == "refuse":
             # Here, not in the serving task: by the time the control request is answered,
             # the listeners and their connections are being closed.
             for scope in self._serving:
@@ -201,28 +300,44 @@ class Faults:
     # ------------------------------------------------------------------ the server's side
 
     def current(self, layer: str = EDGE) -> tuple[str, int]:
-        """``(fault, status)`` in force now at ``layer``; ``("", 0)`` when it works."""
+        """``(fault, status)`` in force now at ``layer``; ``("", 0)`` when it works (the held
+        changes that came due enacted first)."""
+        self._due()
+        return self._in_force(layer)
+
+    def _in_force(self, layer: str) -> tuple[str, int]:
+        """:meth:`current` without enacting held changes (which calls this via :meth:`_wake`)."""
         c = self._conditions[layer]
         if c is None:
             return "", 0
         if c.action != "flap":
             return c.action, c.status
-        if (self._clock() - c.since) % c.period < c.down_for:
+        elapsed = self._clock() - c.since
+        if elapsed >= 0 and elapsed % c.period < c.down_for:
             return c.how, c.status
         return "", 0
 
     def next_toggle(self) -> float:
-        """Seconds until a flap of the connector switches (inf without a flap)."""
+        """Seconds until the connector's state changes by itself: a flap switches, or a
+        held change comes into force (inf: never)."""
+        self._due()
+        now = self._clock()
+        held = max(0.0, self._pending[0].at - now) if self._pending else math.inf
         c = self._conditions[EDGE]
         if c is None or c.action != "flap":
-            return math.inf
-        phase = (self._clock() - c.since) % c.period
-        return (c.down_for - phase) if phase < c.down_for else (c.period - phase)
+            return held
+        elapsed = now - c.since
+        if elapsed < 0:  # not started yet: up until it does
+            return min(held, -elapsed)
+        phase = elapsed % c.period
+        return min(held, (c.down_for - phase) if phase < c.down_for else (c.period - phase))
 
     async def wait_change(self) -> None:
         """Sleep until the fault state may have changed."""
-        with trio.move_on_after(self.next_toggle()):
-            await self.changed.wait()
+        changed = self.changed
+        timeout = self.next_toggle()  # enacts the held changes that are due: sets `changed`
+        with trio.move_on_after(timeout):
+            await changed.wait()
 
     async def serve(
         self,
@@ -292,6 +407,7 @@ class Faults:
     async def origin_delay(self) -> None:
         """Wait out the application's ``latency`` (before any answer that reaches it, a cut
         one included)."""
+        self._due()
         if self._latency[ORIGIN]:
             await trio.sleep(self._latency[ORIGIN])
 
@@ -335,6 +451,24 @@ def _number(body: dict[str, object], key: str, low: float, high: float) -> float
     if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
         raise FaultError(f"{key}: expected seconds between {low:g} and {high:g}")
     return float(value)
+
+
+def _instant(body: dict[str, object], key: str, near: float) -> float:
+    """An instant on ``time.monotonic()`` (``at``, ``since``), within a day of ``near``."""
+    value = body.get(key)
+    error = FaultError(
+        f"{key}: expected an instant on this machine's time.monotonic(), "
+        f"within {_INSTANT_RANGE:g} s of {near:.3f}"
+    )
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise error
+    try:
+        instant = float(value)  # a JSON integer of 400 digits overflows here: a 400, no crash
+    except OverflowError:
+        raise error from None
+    if not abs(instant - near) <= _INSTANT_RANGE:  # NaN included
+        raise error
+    return instant
 
 
 def _status(body: dict[str, object]) -> int:
@@ -438,4 +572,4 @@ def _control(
     try:
         return 200, faults.apply(parsed)
     except FaultError as exc:
-        return 400, {"error": str(exc)}
+        return exc.status, {"error": str(exc)}

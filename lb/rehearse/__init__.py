@@ -61,6 +61,30 @@ class Rehearsal:
     probe_duration: float = 0.0
     """The real run's slowest probe, to its histogram bucket (seconds): a cost the scaled
     simulation lacks."""
+    behind: float = 0.0
+    """How far behind its schedule the driver sent a request (seconds): how long the
+    rehearsal's own process (the traffic, the edge stand-ins) was kept from running."""
+
+    @property
+    def inconclusive(self) -> str | None:
+        """Why the comparison says nothing of the simulator (None: it does).
+
+        A busy machine delays what the simulator does at its instant: a configuration
+        change's reload (:attr:`lag`), the traffic and the edge stand-ins' answers
+        (:attr:`behind`).  The bands are widened by the lag, and a run that fell behind by
+        half a report window or more is as far from its scenario as the differences the
+        comparison is there to find: its points falling inside would prove nothing, and
+        outside, they would blame the simulator for the machine."""
+        late = max(self.lag, self.behind)
+        window = self.scenario.report_interval
+        if late < window / 2:
+            return None
+        return (
+            f"machine too loaded: events applied up to {self.lag:.3f} s late and requests "
+            f"sent up to {self.behind:.3f} s behind schedule, at least half a "
+            f"{window:g} s report window; rerun on a quieter machine, or at a lower "
+            "--speed or --rate"
+        )
 
     @property
     def outside(self) -> float:
@@ -69,8 +93,9 @@ class Rehearsal:
 
     @property
     def ok(self) -> bool:
-        """Within the band often enough, and every expectation held in the real run."""
-        return self.outside <= OUTSIDE_LIMIT + 1e-12 and self.real.ok
+        """Conclusive, within the band often enough, and every expectation held in the real
+        run."""
+        return self.inconclusive is None and self.outside <= OUTSIDE_LIMIT + 1e-12 and self.real.ok
 
     def as_json(self) -> dict[str, Any]:
         """The ``--json`` document (``docs/rehearse.md``)."""
@@ -85,6 +110,8 @@ class Rehearsal:
             "outside_limit": OUTSIDE_LIMIT,
             "timeline_lag": round(self.lag, 6),
             "probe_duration": round(self.probe_duration, 6),
+            "behind": round(self.behind, 6),
+            "inconclusive": self.inconclusive,
             "ok": self.ok,
             "points": [p.as_json() for p in self.points],
             "real": self.real.data,
@@ -102,7 +129,8 @@ class Rehearsal:
             f"{seconds(self.scenario.duration)} real time, {d['requests']} requests, "
             f"{d['errors']} errors, {d['retries']} retries; {len(self.sims)} simulated seeds; "
             f"timeline events applied up to {self.lag * 1000:.0f} ms late, probes took up "
-            f"to {self.probe_duration * 1000:.0f} ms",
+            f"to {self.probe_duration * 1000:.0f} ms, requests sent up to "
+            f"{self.behind * 1000:.0f} ms behind schedule",
             "",
         ]
         rows = [("point", "real", "p5", "median", "p95", "rank", f"seed {self.scenario.seed}", "")]
@@ -136,6 +164,8 @@ class Rehearsal:
         ]
         for v in d["expectations"]:
             lines.append(f"{'ok  ' if v['ok'] else 'FAIL'} {v['name']}: {v['detail']}")
+        if self.inconclusive is not None:
+            lines += ["", f"INCONCLUSIVE: {self.inconclusive}"]
         return "\n".join(lines) + "\n"
 
 
@@ -177,14 +207,14 @@ def rehearse(
             raise RehearsalError("cannot be rehearsed on one machine: " + "; ".join(problems))
         raw_config = json.loads(config_path.read_text("utf-8"))
         real, driven = trio.run(_real, sc, raw_config, directory)
-        lag, cost = driven.lag, driven.probe_duration
+        lag, cost, behind = driven.lag, driven.probe_duration, driven.behind
         sims = simulate_seeds(scenario_path, seeds, simulate)
         replay = next((s for s in sims if s["seed"] == sc.seed), None)
         if replay is None:  # the real run's seed is not among 1..N
             replay = simulate(sc).data
     pools = [p.name for p in sc.config.pools]
-    points = compare(real.data, sims, pools, lag=lag, cost=cost, replay=replay)
-    return Rehearsal(sc, speed, rate, real, tuple(sims), tuple(points), lag, cost)
+    points = compare(real.data, sims, pools, lag=lag, cost=cost, behind=behind, replay=replay)
+    return Rehearsal(sc, speed, rate, real, tuple(sims), tuple(points), lag, cost, behind)
 
 
 async def _real(sc: Scenario, raw_config: dict[str, Any], directory: Path) -> tuple[Report, Driven]:

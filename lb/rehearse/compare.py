@@ -14,12 +14,16 @@ on the same (scaled) scenario and ask, point by point, whether the real value li
 
 The band is widened by what no seed can show: the measurement's grain (one request for shares
 and error counts, one tick for delays) and ``lag``, how late the real run's timeline events
-took effect (a fault is applied by an HTTP call, which can take a good part of a second on a
-busy machine, while the simulator applies it at its exact instant): delays get ``lag`` more,
-a window's counts the requests of ``lag`` seconds more.  Both also get ``cost``, how long
-the slowest real probe took (a TLS exchange, the first with a handshake, on a loaded machine,
-where the scaled simulation has a scaled round trip of a few milliseconds): a health
-transition that late moves the requests of that many seconds.
+took effect (a fault is dated and enacted by its stand-in at its instant unless its POST
+arrives after it; a configuration change is a reload, answered a good part of a second
+late on a busy machine, while the simulator applies both at their exact instant): delays
+get ``lag`` more, a window's counts the requests of ``lag`` seconds more.  Both also get
+``cost``, how long the slowest real probe took (a TLS exchange, the first with a handshake,
+on a loaded machine, where the scaled simulation has a scaled round trip of a few
+milliseconds): a health transition that late moves the requests of that many seconds.  A
+window's counts also get the requests of ``behind`` seconds more, how late the driver sent a
+request after its scheduled instant: a request sent that late can meet the state of that
+much later (the delays are the LB's probes', which the driver's lateness does not move).
 
 The real run is also one seed: ``tunnel-lb run --seed S`` probes on the schedule of
 ``simulate --seed S`` (``monitors.scheduler.probe_rng``, both counted from the schedule's
@@ -138,11 +142,13 @@ def compare(
     *,
     lag: float = 0.0,
     cost: float = 0.0,
+    behind: float = 0.0,
     replay: dict[str, Any] | None = None,
 ) -> list[Point]:
     """Every point of ``real`` against the same point of each simulated report, and of
     ``replay`` (the simulation with the real run's seed) when given; ``cost`` is the slowest
-    real probe's duration, which widens like ``lag``."""
+    real probe's duration, which widens like ``lag``; ``behind`` (how late the driver sent a
+    request) widens the windows' counts alone."""
     points: list[Point] = []
     tick = float(real["tick"]) + lag + cost
     for i, w in enumerate(real["windows"]):
@@ -154,7 +160,8 @@ def compare(
         label = f"window {w['start']:g}-{w['end']:g}s"
         total = w["requests"] or 1
         # A late event or probe moves the outcome of the requests of that long, besides one.
-        moved = 1.0 + w["requests"] * (lag + cost) / max(w["end"] - w["start"], 1e-9)
+        late = lag + cost + behind
+        moved = 1.0 + w["requests"] * late / max(w["end"] - w["start"], 1e-9)
         for key, value in mine.items():
             slack = moved if key == "errors" else moved / total
             replayed: tuple[float | None, ...] = () if again is None else (again.get(key),)

@@ -15,6 +15,17 @@ latency the connectors hold (:func:`handovers`), as the simulator keeps one cond
 per replica;
 ``disable`` / ``enable`` / ``weight`` rewrite the LB's configuration file and ``POST /reload``
 it, as an operator would.
+
+Why the faults are dated
+========================
+
+A fault sent at its time takes effect when its POST arrives, which on a busy machine is
+seconds later; a flap would then run out of the simulator's phase for good.  So each fault
+POST carries its instant on the clock every process shares (``at``, and a flap its own
+start, ``since``) and is sent ahead: the stand-ins enact it at that instant
+(:mod:`lb.connector.faults`).  What is still late (a POST that arrives after its time, a
+reload) is measured, with how far behind its schedule the driver itself ran, and a run too
+late to compare says so (:attr:`lb.rehearse.Rehearsal.inconclusive`).
 """
 
 from __future__ import annotations
@@ -231,19 +242,13 @@ def _unhandable(sc: Scenario) -> list[str]:
     for step, end in zip(steps, _ends(steps, sc.duration), strict=True):
         e, plan = step.event, step.plan
         what = _named(e)
-        for c in plan.held:
-            by = _named(c)
-            if _hangs(c):
-                out.append(
-                    f"{what}: {_how(c)} of every replica ({by}) would then hold only the "
-                    "others, and the edge stand-in would not avoid them: it learns that a "
-                    "replica is gone only from a refused connection"
-                )
-            elif c.action == TimelineAction.FLAP and not _in_phase(c, e.at):
-                out.append(
-                    f"{what}: the flap of every replica ({by}) would restart its period on "
-                    "the replicas' connectors (a connector's flap starts when it is set)"
-                )
+        out += [
+            f"{what}: {_how(c)} of every replica ({_named(c)}) would then hold only the "
+            "others, and the edge stand-in would not avoid them: it learns that a replica is "
+            "gone only from a refused connection"
+            for c in plan.held
+            if _hangs(c)
+        ]
         tunnel_fault = set(e.replicas) == set(step.connectors) and e.action not in (
             TimelineAction.RECOVER,
             TimelineAction.LATENCY,
@@ -353,13 +358,6 @@ def _meet(
     return out
 
 
-def _in_phase(c: NetEvent, at: float) -> bool:
-    """Whether a flap set again at ``at`` (as a hand-over sets it on a connector, whose flap
-    starts when it is set) keeps the phase it has from its own time: a whole number of
-    periods later."""
-    return abs(math.remainder(at - c.at, c.period)) < 1e-9
-
-
 def _up_parts(c: NetEvent, start: float, end: float) -> list[tuple[float, float]]:
     """The spans of ``[start, end)`` in which ``c`` is not in force (a flap's up parts)."""
     out: list[tuple[float, float]] = []
@@ -437,10 +435,14 @@ async def _users(
     stack: Stack,
     client: httpx.AsyncClient,
     start: float,
-    sent: dict[str, Sent],
+    driven: Driven,
     nursery: trio.Nursery,
-    mono: float,
+    begun: float,
 ) -> None:
+    """One data center's users, open-loop; ``driven.behind`` gets how late the requests
+    due once the driver had ``begun`` (trio time) were sent (measured in :func:`_one`, as
+    each goes to the client: a task started on time can still wait for this process)."""
+    sent, mono = driven.sent, driven.mono
     rng = random.Random(f"{sc.seed}:rehearse:{t.datacenter}")
     lb = sc.config.load_balancer(t.host)
     affinity = lb.session_affinity_attributes.headers if lb is not None else ()
@@ -457,6 +459,8 @@ async def _users(
         for j in range(n):
             when = at + j * length / n
             await trio.sleep_until(start + when)
+            # The requests due before the driver ran are not "behind" it.
+            scheduled = start + when if start + when >= begun else None
             c = int(rng.random() * t.clients)
             rid = f"rh-{t.datacenter}-{len(sent)}"
             headers = _client_headers(t, c, index, affinity)
@@ -466,7 +470,9 @@ async def _users(
                 headers["cookie"] = f"__cflb={cookies[c]}"
             record = Sent(time.monotonic() - mono, t.datacenter)
             sent[rid] = record
-            nursery.start_soon(_one, client, url, headers, record, cookies, c, c < keepers)
+            nursery.start_soon(
+                _one, client, url, headers, record, cookies, c, c < keepers, driven, scheduled
+            )
         k += 1
 
 
@@ -478,7 +484,13 @@ async def _one(
     cookies: dict[int, str],
     c: int,
     keeps: bool,
+    driven: Driven,
+    due: float | None,
 ) -> None:
+    """Send one request; ``driven.behind`` gets how late after ``due`` (trio time, None:
+    not counted) it was handed to the client."""
+    if due is not None:
+        driven.behind = max(driven.behind, trio.current_time() - due)
     try:
         r = await client.get(url, headers=headers)
     except httpx.HTTPError:
@@ -506,9 +518,13 @@ def _config_changed(raw: dict[str, Any], c: ConfigEvent) -> dict[str, Any]:
     return out
 
 
-def _fault_body(e: NetEvent) -> dict[str, object]:
+def _fault_body(e: NetEvent, anchor: float) -> dict[str, object]:
     """The ``POST /faults`` body of ``e`` (:mod:`lb.connector.faults`; the connector shows
-    an ``unreachable`` application, also a flap's, as ``down``: cloudflared's 502)."""
+    an ``unreachable`` application, also a flap's, as ``down``: cloudflared's 502).
+
+    A flap carries its start on the shared monotonic clock, ``anchor`` (time 0) plus its
+    time in the timeline, ``since``: its phase is then the simulator's however late the
+    POST arrives, and however long after its start it is handed over to a connector."""
     body: dict[str, object] = {"do": e.action}
     if e.layer == ORIGIN:
         body["layer"] = "origin"  # the application behind the stand-in fails, not it
@@ -519,7 +535,7 @@ def _fault_body(e: NetEvent) -> dict[str, object]:
     if e.action == TimelineAction.LATENCY:
         body["latency"] = e.latency
     if e.action == TimelineAction.FLAP:
-        body.update(period=e.period, down_for=e.down_for, how=e.how)
+        body.update(period=e.period, down_for=e.down_for, how=e.how, since=anchor + e.at)
     return body
 
 
@@ -543,22 +559,34 @@ def _controls(stack: Stack, e: NetEvent) -> list[str]:
 async def _timeline(
     sc: Scenario, stack: Stack, client: httpx.AsyncClient, start: float, lags: list[float]
 ) -> None:
-    """Apply every event at its time; ``lags`` gets how late each took effect (the POST's
-    answer, which comes once the stand-in or the LB has applied it)."""
-    items: list[tuple[float, int, NetEvent | ConfigEvent]] = [
-        (e.at, e.index, e) for e in sc.events
-    ] + [(c.at, c.index, c) for c in sc.changes]
+    """Apply every event at its time; ``lags`` gets how late each took effect.
+
+    A network event's POSTs are sent ahead, from the start, each dated with its instant on
+    the clock every process shares (``at``: time 0's ``mono`` plus its time), and each
+    stand-in enacts it at that instant (:mod:`lb.connector.faults`), so a busy machine
+    delays a fault only if its POST arrives after its time; its lag is how late the POSTs
+    were answered after it (0 when before).  A configuration change is a reload at its
+    time (the LB takes no date): its lag is how late the reload was answered."""
     handed = handovers(sc)
-    for at, _, item in sorted(items, key=lambda x: (x[0], x[1])):
-        await trio.sleep_until(start + at)
-        if isinstance(item, ConfigEvent):
-            await stack.reload(client, _config_changed(stack.raw_config, item))
-        else:
-            for url, body in _posts(stack, item, handed.get(item.index, Handover())):
-                r = await client.post(url, json=body)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_changes, sc, stack, client, start, lags)
+        for e in sorted(sc.events, key=lambda e: (e.at, e.index)):
+            for url, body in _posts(stack, e, handed.get(e.index, Handover())):
+                r = await client.post(url, json={**body, "at": stack.anchor + e.at})
                 if r.status_code != 200:
-                    raise RuntimeError(f"the stand-in refused {item.label}: {r.text.strip()}")
-        lags.append(trio.current_time() - start - at)
+                    raise RuntimeError(f"the stand-in refused {e.label}: {r.text.strip()}")
+            lags.append(max(0.0, trio.current_time() - start - e.at))
+
+
+async def _changes(
+    sc: Scenario, stack: Stack, client: httpx.AsyncClient, start: float, lags: list[float]
+) -> None:
+    """Each ``disable`` / ``enable`` / ``weight``: the LB's configuration rewritten and
+    reloaded at its time."""
+    for c in sorted(sc.changes, key=lambda c: (c.at, c.index)):
+        await trio.sleep_until(start + c.at)
+        await stack.reload(client, _config_changed(stack.raw_config, c))
+        lags.append(trio.current_time() - start - c.at)
 
 
 def _posts(stack: Stack, e: NetEvent, plan: Handover) -> list[tuple[str, dict[str, object]]]:
@@ -567,18 +595,23 @@ def _posts(stack: Stack, e: NetEvent, plan: Handover) -> list[tuple[str, dict[st
     cleared), then ``e``'s own (:func:`_controls`); for a tunnel-wide ``latency``, the
     latency of ``plan.slow``'s connectors set to 0 first.
 
-    A step that hands over a fault adds before it takes away, so no replica is ever without
-    its fault (nor pays a latency handed with it twice: the edge stand-in answers that fault
-    itself until it lets go).  A step that moves
-    only latencies takes away first: a request between two POSTs pays less than either
-    side's latency, never the sum, which could exceed a request timeout that both sides
-    are well within."""
+    Consistency comes from the shared clock: every POST of a step is dated with the step's
+    one instant (:func:`_timeline`), sent ahead, and each stand-in enacts the changes of one
+    instant together, in the order they came, so every stand-in switches at that instant and
+    no request sees half a hand-over.  The order below still matters within one stand-in
+    (a ``recover`` before the fault set after it), and across stand-ins only when the POSTs
+    arrive after their instant (the run's ``lag``): then a step that hands over a fault
+    adds before it takes away, so no replica is without its fault, and a step that moves
+    only latencies takes away first, so a request between two POSTs pays less than either
+    side's latency, never the sum."""
     cleared = set(e.replicas) if e.action == TimelineAction.RECOVER else set()
     keep = sorted(
         name for (a, name) in stack.replica_control if a == e.address and name not in cleared
     )
     handed = [
-        (stack.replica_control[(e.address, n)], _fault_body(c)) for n in keep for c in plan.held
+        (stack.replica_control[(e.address, n)], _fault_body(c, stack.anchor))
+        for n in keep
+        for c in plan.held
     ]
     recover: dict[str, object] = {"do": TimelineAction.RECOVER}
     unheld = [(stack.control[e.address], recover)] if plan.held else []
@@ -586,7 +619,7 @@ def _posts(stack: Stack, e: NetEvent, plan: Handover) -> list[tuple[str, dict[st
     if e.action == TimelineAction.LATENCY:
         unslow: dict[str, object] = {"do": TimelineAction.LATENCY, "latency": 0.0}
         posts += [(stack.replica_control[(e.address, n)], unslow) for n, _ in plan.slow]
-    return posts + [(url, _fault_body(e)) for url in _controls(stack, e)]
+    return posts + [(url, _fault_body(e, stack.anchor)) for url in _controls(stack, e)]
 
 
 @dataclass(slots=True)
@@ -603,6 +636,9 @@ class Driven:
     """Probe requests the stand-ins received in ``[0, duration]``."""
     probe_duration: float = 0.0
     """How long the LB's slowest probe took, to its histogram bucket (seconds)."""
+    behind: float = 0.0
+    """How far behind its schedule the driver sent a request (seconds): how long this
+    process, which also runs the edge stand-ins, was kept from running."""
 
 
 async def _at_the_end(
@@ -639,8 +675,9 @@ async def drive(sc: Scenario, stack: Stack) -> Driven:
         async with trio.open_nursery() as requests, trio.open_nursery() as nursery:
             nursery.start_soon(_timeline, sc, stack, control, start, lags)
             nursery.start_soon(_at_the_end, sc, stack, control, start, driven)
+            begun = trio.current_time()
             for i, t in enumerate(sc.traffic):
-                args = (sc, t, i, stack, client, start, sent, requests, mono)
+                args = (sc, t, i, stack, client, start, driven, requests, begun)
                 nursery.start_soon(_users, *args)
     driven.lag = max(lags, default=0.0)
     return driven

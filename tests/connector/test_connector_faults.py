@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ssl
+import time
 from functools import partial
 from typing import Any
 
@@ -12,7 +13,7 @@ import trio
 from conftest import TUNNEL
 
 from lb.connector import ConnectorConfig, ConnectorStats, IngressRule, serve_connector
-from lb.connector.faults import Faults, serve_control
+from lb.connector.faults import FaultError, Faults, serve_control
 
 pytestmark = pytest.mark.integration
 
@@ -88,6 +89,116 @@ async def test_flap_alternates_and_latency_is_reported(
         assert state["latency"] == 0.01
 
 
+def test_a_flap_dated_with_since_keeps_its_phase_however_late_it_is_set() -> None:
+    """Set 3.5 s after its start (a late POST, or a hand-over), a flap of 2 s down in 5 s
+    is in the phase of its ``since``, not of its arrival; before ``since`` it is up."""
+    now = [103.5]
+    faults = Faults(lambda: now[0])
+    flap = {"do": "flap", "period": 5, "down_for": 2, "how": "status", "status": 503}
+    faults.apply({**flap, "since": 100.0})
+    seen = []
+    for t in (103.5, 104.9, 105.1, 106.9, 107.1):
+        now[0] = t
+        seen.append(faults.current())
+    assert seen == [("", 0), ("", 0), ("status", 503), ("status", 503), ("", 0)]
+    assert faults.next_toggle() == pytest.approx(2.9)  # up until 110
+    undated = Faults(lambda: now[0])
+    undated.apply(flap)  # from its arrival, 107.1: down at once
+    assert undated.current() == ("status", 503)
+    early = Faults(lambda: now[0])
+    early.apply({**flap, "since": 108.0})
+    assert (early.current(), early.next_toggle()) == (("", 0), pytest.approx(0.9))
+
+
+def test_a_change_dated_with_at_is_held_until_then() -> None:
+    """``at`` in the future: checked now, enacted at that instant (several at one instant in
+    the order they came) by the first reader of that instant, whichever it is; ``at`` in
+    the past: at once."""
+    now = [50.0]
+    faults = Faults(lambda: now[0])
+    faults.apply({"do": "status", "status": 500, "at": 52.0})
+    faults.apply({"do": "latency", "latency": 0.5, "at": 51.0})
+    faults.apply({"do": "recover", "at": 52.0})  # after the status of the same instant
+    faults.apply({"do": "down", "at": 53.0})
+    assert faults.state()["pending"] == [
+        {"at": 51.0, "do": "latency", "layer": "edge"},
+        {"at": 52.0, "do": "status", "layer": "edge"},
+        {"at": 52.0, "do": "recover", "layer": "edge"},
+        {"at": 53.0, "do": "down", "layer": "edge"},
+    ]
+    assert (faults.current(), faults.latency, faults.next_toggle()) == (("", 0), 0.0, 1.0)
+    now[0] = 51.0
+    assert (faults.current(), faults.latency) == (("", 0), 0.5)
+    now[0] = 52.0
+    assert faults.answer() is None  # recover after status: in reverse order, a 500
+    assert faults.latency == 0.0
+    now[0] = 53.0
+    assert faults.answer() == 530  # the first reader of 53 s enacts the down
+    faults.apply({"do": "recover"})
+    faults.apply({"do": "status", "status": 503, "at": 40.0})  # late: in force at once
+    assert faults.answer() == 503
+    with pytest.raises(FaultError, match=r"^at: expected an instant on this machine's"):
+        faults.apply({"do": "down", "at": 1.7e9})  # the wall clock, not time.monotonic()
+    with pytest.raises(FaultError, match=r"^status: expected an HTTP status"):
+        faults.apply({"do": "status", "at": 60.0})  # checked when it comes, not when due
+    with pytest.raises(FaultError, match=r"^since: only a flap has a start"):
+        faults.apply({"do": "down", "since": 60.0})
+    assert "pending" not in faults.state()
+
+
+def test_held_changes_are_bounded_and_an_undated_recover_drops_them() -> None:
+    """A client sending ever more dated changes gets a 429 once 256 are held; an undated
+    ``recover`` of a layer drops that layer's held changes (and no other's)."""
+    now = [10.0]
+    faults = Faults(lambda: now[0])
+    for i in range(256):
+        faults.apply({"do": "down", "at": 100.0 + i})
+    with pytest.raises(FaultError, match=r"^256 changes are already held") as caught:
+        faults.apply({"do": "down", "at": 20.0})
+    assert caught.value.status == 429
+    faults.apply({"do": "recover", "layer": "origin"})
+    assert len(faults.state()["pending"]) == 256  # type: ignore[arg-type]
+    faults.apply({"do": "recover"})
+    assert "pending" not in faults.state()
+    faults.apply({"do": "down", "layer": "origin", "at": 12.0})
+    faults.apply({"do": "down", "at": 12.0})
+    faults.apply({"do": "recover"})
+    assert faults.state()["pending"] == [{"at": 12.0, "do": "down", "layer": "origin"}]
+    now[0] = 12.0
+    assert (faults.current(), faults.current("origin")) == (("", 0), ("down", 0))
+
+
+async def test_a_dated_refuse_closes_the_port_at_its_instant_and_a_dated_recover_reopens_it(
+    nursery: trio.Nursery, server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext
+) -> None:
+    """Both POSTs come first; the connector refuses from the first instant (never before)
+    and binds its port again at the second, with no request to its control port between."""
+    url, control = await _start(nursery, server_ctx)
+    async with httpx.AsyncClient(timeout=5) as admin:
+        start = time.monotonic()
+        for do, at in (("refuse", start + 0.5), ("recover", start + 1.0)):
+            assert (await admin.post(control, json={"do": do, "at": at})).status_code == 200
+
+    async def outcome() -> str:
+        async with httpx.AsyncClient(verify=client_ctx, timeout=5) as fresh:
+            try:
+                await fresh.get(url)
+            except (httpx.ConnectError, httpx.RemoteProtocolError):
+                # Refused, or accepted in the instant before the listener closed and cut
+                # unanswered (gate()): either way the refusal is in force.
+                return "refused"
+        return "served"
+
+    seen: list[tuple[str, float]] = []
+    with trio.fail_after(10):
+        while [o for o, _ in seen[-1:]] != ["served"] or all(o != "refused" for o, _ in seen):
+            seen.append((await outcome(), time.monotonic() - start))
+            await trio.sleep(0.05)  # on purpose: connections spread over both instants
+    assert all(after >= 0.5 for o, after in seen if o == "refused"), seen
+    served_after = [after for o, after in seen if o == "served" and after > 0.5]
+    assert served_after and served_after[0] >= 1.0, seen
+
+
 async def test_unrehearsable_and_bad_requests_are_refused_with_a_message(
     nursery: trio.Nursery, server_ctx: ssl.SSLContext
 ) -> None:
@@ -101,6 +212,17 @@ async def test_unrehearsable_and_bad_requests_are_refused_with_a_message(
         r = await admin.post(control, json={"do": "status"})
         assert r.json() == {"error": "status: expected an HTTP status 100..599"}
         assert (await admin.post(control, content=b"{not json")).status_code == 400
+        # Integers too big for a float: a 400 naming the field, and the API still serves.
+        huge = "9" * 400
+        for body in (
+            f'{{"do": "down", "at": {huge}}}',
+            f'{{"do": "flap", "period": 1, "since": -{huge}}}',
+        ):
+            r = await admin.post(control, content=body.encode())
+            assert r.status_code == 400, r.text
+            assert r.json()["error"].startswith(("at: expected", "since: expected"))
+        assert (await admin.post(control, json={"do": "down"})).status_code == 200
+        assert (await admin.get(control)).json()["fault"] == "down"
         assert (await admin.get(control.replace("/faults", "/x"))).status_code == 404
 
 

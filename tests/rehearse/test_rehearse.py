@@ -9,6 +9,7 @@ real run is shared by the tests that only re-compare it.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import subprocess
@@ -18,8 +19,9 @@ from typing import Any
 
 import pytest
 
+from lb.commands import rehearse as rehearse_command
 from lb.rehearse import Rehearsal, RehearsalError, rehearse
-from lb.rehearse.compare import compare, outside_share
+from lb.rehearse.compare import OUTSIDE_LIMIT, compare, outside_share
 from lb.rehearse.scale import scaled_files
 from lb.sim.report import Report
 from lb.sim.run import run_scenario
@@ -33,6 +35,31 @@ REFERENCE = SCENARIOS / "reference-two-datacenters.yaml"
 REFERENCE_SPEED = 5
 
 
+TIMED_KINDS = ("detected", "drained", "transitions", "probes")
+"""Expectations that depend on when probes and faults land, besides any with a window
+(``between``) or a deadline (``within``): a loaded machine shifts them."""
+
+
+def _timing_free(result: Rehearsal) -> list[tuple[str, bool]]:
+    """``(name, ok)`` of the real run's expectations that no machine load can move: counts
+    and shares over the whole run.  A test asserts them before :func:`_conclusive`."""
+    free = {
+        e.name
+        for e in result.scenario.expectations
+        if e.kind not in TIMED_KINDS and e.between is None and e.within is None
+    }
+    return [(v["name"], v["ok"]) for v in result.real.data["expectations"] if v["name"] in free]
+
+
+def _conclusive(result: Rehearsal) -> Rehearsal:
+    """``result``, or a skip naming why: a run the machine's load made inconclusive
+    (``Rehearsal.inconclusive``) neither passes nor fails the comparisons that depend on
+    timing.  Called after the test's timing-free assertions, which hold however late."""
+    if result.inconclusive is not None:
+        pytest.skip(f"{result.inconclusive}\n{result.table()}")
+    return result
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory) -> Rehearsal:
     work = tmp_path_factory.mktemp("reference")
@@ -42,18 +69,27 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Rehearsal:
 def test_reference_scenario_falls_inside_the_simulated_spread(reference: Rehearsal) -> None:
     data = reference.real.data
     assert data["requests"] == 1800  # 300 rps x 0.2 over 150 s / 5
-    assert [v["ok"] for v in data["expectations"]] == [True] * 5, reference.table()
+    assert _timing_free(reference) == [
+        ("errors bounded by the detection time (300 rps x 23.1 s)", True)
+    ]
     (failover,) = data["failovers"]
     assert failover["endpoint"] == "tunnel-dc1"
-    assert failover["detected_at"] is not None and failover["drained_at"] is not None
+    assert failover["detected_at"] is not None  # the LB's probes, whenever users came
+    _conclusive(reference)
+    # A driver stalled for seconds can send dc1's last requests after the recovery.
+    assert failover["drained_at"] is not None, reference.table()
+    assert [v["ok"] for v in data["expectations"]] == [True] * 5, reference.table()
     assert reference.ok, reference.table()
 
 
 def test_flapping_scenario_falls_inside_the_simulated_spread(tmp_path: Path) -> None:
-    result = rehearse(SCENARIOS / "flapping.yaml", seeds=10, speed=10, rate=0.3, workdir=tmp_path)
+    flapping = SCENARIOS / "flapping.yaml"
+    result = rehearse(flapping, seeds=10, speed=10, rate=0.3, workdir=tmp_path)
     data = result.real.data
     assert data["retries"] > 0  # refusals for real, hidden by zero-downtime failover
     assert data["errors"] == 0
+    assert _timing_free(result) == [("zero-downtime failover hides the refusals", True)]
+    _conclusive(result)
     assert result.ok, result.table()
 
 
@@ -76,13 +112,49 @@ def test_a_simulator_that_detects_twice_as_late_is_caught(
     assert any(name.endswith("detected") for name in outside), outside
     assert outside_share(points) > 0.05
     caught = dataclasses.replace(reference, sims=tuple(wrong), points=tuple(points))
-    assert not caught.ok
+    assert caught.outside > OUTSIDE_LIMIT, caught.table()
+
+
+def test_a_run_the_machine_held_back_is_inconclusive_not_a_mismatch(
+    reference: Rehearsal,
+) -> None:
+    """Requests sent half a report window behind schedule (or events applied that late):
+    the rehearsal says the machine was too loaded, and neither passes nor fails."""
+    window = reference.scenario.report_interval
+    held = dataclasses.replace(reference, behind=window / 2)
+    assert (held.inconclusive or "").startswith("machine too loaded: "), held.inconclusive
+    assert not held.ok
+    assert held.table().rstrip().splitlines()[-1] == f"INCONCLUSIVE: {held.inconclusive}"
+    assert held.as_json()["inconclusive"] == held.inconclusive
+    late = dataclasses.replace(reference, lag=window / 2, behind=0.0)
+    assert late.inconclusive is not None
+    assert dataclasses.replace(late, lag=window / 2 - 0.01).inconclusive is None
+
+
+def test_a_failed_expectation_fails_the_command_even_when_inconclusive(
+    reference: Rehearsal, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Exit 3 (inconclusive) only when the real run did what the scenario expects; a failed
+    expectation is a real failure, exit 1, however loaded the machine."""
+    held = dataclasses.replace(reference, behind=reference.scenario.report_interval / 2)
+    verdicts = tuple(dataclasses.replace(v, ok=False) for v in held.real.verdicts[:1])
+    failed = dataclasses.replace(
+        held, real=dataclasses.replace(held.real, verdicts=verdicts + held.real.verdicts[1:])
+    )
+    parser = argparse.ArgumentParser()
+    rehearse_command.add_arguments(parser)
+    for result, status in ((held, 3 if reference.real.ok else 1), (failed, 1)):
+        monkeypatch.setattr(rehearse_command, "rehearse", lambda *a, r=result, **k: r)
+        assert rehearse_command.run(parser.parse_args([str(REFERENCE)])) == status
+        assert "inconclusive: machine too loaded" in capsys.readouterr().err
 
 
 def test_one_seed_is_one_probe_schedule(reference: Rehearsal, tmp_path: Path) -> None:
     """The real LB (``run --seed S``) probes when ``simulate --seed S`` does: its health
     transitions at the failure's detection land where the replay puts them, not merely
     somewhere in the spread of seeds (first probes fall anywhere in the 2 s interval)."""
+    # Every check here is of when things happened: a stalled machine adds transitions.
+    _conclusive(reference)
     scenario, _ = scaled_files(REFERENCE, REFERENCE_SPEED, tmp_path, 0.2)
     replay = run_scenario(load_scenario(scenario)).data  # the scenario's own seed
     real = reference.real.data
@@ -117,6 +189,10 @@ def test_origin_faults_are_made_real(tmp_path: Path) -> None:
     (failover,) = data["failovers"]
     assert failover["cause"] == "refuse origin primary"
     assert failover["detected_at"] is not None
+    assert _timing_free(result) == [
+        ("errors limited to the detection window (100 rps x 10.6 s)", True)
+    ]
+    _conclusive(result)
     assert result.ok, result.table()
 
 
@@ -130,6 +206,8 @@ def test_cut_responses_are_made_real_and_retried(tmp_path: Path) -> None:
     data = result.real.data
     assert data["errors"] == 0, result.table()
     assert data["retry_on_retries"] > 0, data
+    assert _timing_free(result) == [("no user gets a cut response", True)]
+    _conclusive(result)
     assert result.ok, result.table()
 
 
@@ -147,12 +225,14 @@ def test_keep_alive_closes_and_probe_counts_are_real(tmp_path: Path) -> None:
     result = rehearse(scenario, seeds=4, speed=10, rate=0.5, workdir=tmp_path / "work")
     data = result.real.data
     assert data["errors"] == 0
-    assert [v["ok"] for v in data["expectations"]] == [True] * 3, result.table()
-    replay = run_scenario(result.scenario).data
-    assert abs(data["probes"] - replay["probes"]) <= 2  # one per job at the very end
+    assert [ok for _, ok in _timing_free(result)] == [True] * 2, result.table()
     files = [json.loads(f.read_text()) for f in sorted((tmp_path / "work").glob("connector-*"))]
     closes = {f["replica"]: (f.get("keep_alive_idle"), f.get("random_closes")) for f in files}
     assert closes == {"s1": (None, None), "n1": (0.5, 5.0)}
+    _conclusive(result)  # probes land as the machine lets them
+    assert [v["ok"] for v in data["expectations"]] == [True] * 3, result.table()
+    replay = run_scenario(result.scenario).data
+    assert abs(data["probes"] - replay["probes"]) <= 2  # one per job at the very end
     assert result.ok, result.table()
 
 
@@ -244,9 +324,10 @@ def test_a_killed_replica_falls_inside_the_simulated_spread(tmp_path: Path) -> N
     result = rehearse(scenario, seeds=5, speed=10, rate=0.25, workdir=tmp_path / "work")
     data = result.real.data
     assert data["errors"] == 0, result.table()
-    assert [v["ok"] for v in data["expectations"]] == [True] * 3, result.table()
     files = [json.loads(f.read_text()) for f in sorted((tmp_path / "work").glob("connector-*"))]
     assert sorted(f["replica"] for f in files) == ["host-fra", "host-iad"]
+    _conclusive(result)  # every expectation has a window
+    assert [v["ok"] for v in data["expectations"]] == [True] * 3, result.table()
     assert result.ok, result.table()
 
 
@@ -263,7 +344,9 @@ def test_recovering_one_replica_of_a_refused_tunnel_recovers_it_alone(tmp_path: 
         "  - name: the host still refusing serves nobody\n"
         "    share: {replica: shared/host-iad, between: [32, 60], at_most: 0}\n",
     )
-    result = rehearse(scenario, seeds=3, speed=10, rate=0.25, workdir=tmp_path / "work")
+    result = _conclusive(
+        rehearse(scenario, seeds=3, speed=10, rate=0.25, workdir=tmp_path / "work")
+    )
     data = result.real.data
     assert [v["ok"] for v in data["expectations"]] == [True] * 2, result.table()
     assert result.ok, result.table()
@@ -284,6 +367,8 @@ def test_a_tunnel_flap_handed_over_in_phase_falls_inside_the_simulated_spread(
         "    share: {replica: shared/host-fra, between: [51, 60], at_least: 0.7, at_most: 0.8}\n",
     )
     result = rehearse(scenario, seeds=5, speed=10, rate=0.25, workdir=tmp_path / "work")
+    assert result.real.data["statuses"].get("503", 0) > 0, result.real.data["statuses"]
+    _conclusive(result)  # the expectation has a window
     assert [v["ok"] for v in result.real.data["expectations"]] == [True], result.table()
     assert result.ok, result.table()
 
@@ -295,7 +380,7 @@ def test_a_hanging_tunnel_fault_left_on_some_replicas_is_refused(tmp_path: Path)
         "  - {at: 30, replica: shared/host-fra, do: recover}\n"
         "  - {at: 40, tunnel: shared, do: flap, period: 10, how: refuse}\n"
         "  - {at: 55, replica: shared/host-iad, do: status, status: 503}\n",
-    )  # 55 s: half a period into the flap, which a connector would restart out of phase
+    )  # 55 s: half a period into the flap, handed over in its phase (since): accepted
     message = _refusal(scenario, tmp_path)
     assert message == (
         "cannot be rehearsed on one machine: recover replica shared/host-fra: blackhole of "
@@ -304,9 +389,7 @@ def test_a_hanging_tunnel_fault_left_on_some_replicas_is_refused(tmp_path: Path)
         "connection; flap tunnel shared: the connector of shared/host-iad (blackhole tunnel "
         "shared) would keep that fault, where the simulator's flap of every replica replaces "
         "it (the replica answers in the flap's up part, when the edge stand-in forwards to "
-        "that connector); status replica shared/host-iad: the "
-        "flap of every replica (flap tunnel shared) would restart its period on the replicas' "
-        "connectors (a connector's flap starts when it is set)"
+        "that connector)"
     )
 
 
@@ -395,7 +478,7 @@ def _slow(tmp_path: Path, timeline: str) -> Rehearsal:
     engine = "  engine: {limits: {request_timeout: 10, connect_timeout: 20}}\n"
     text = scenario.read_text().replace("config:\n", "config:\n" + engine, 1)
     scenario.write_text(text.replace("duration: 60\n", "duration: 30\n", 1))
-    return rehearse(scenario, seeds=3, speed=5, rate=0.05, workdir=tmp_path / "work")
+    return _conclusive(rehearse(scenario, seeds=3, speed=5, rate=0.05, workdir=tmp_path / "work"))
 
 
 def _after_the_step(result: Rehearsal) -> None:

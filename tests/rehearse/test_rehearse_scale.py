@@ -89,3 +89,18 @@ def test_the_slowest_probe_is_read_from_its_histogram_bucket() -> None:
     assert slowest_bucket("", "lb_probe_duration_seconds") == 0.0
     late = text.replace('le="+Inf"} 9.0', 'le="+Inf"} 10.0')
     assert slowest_bucket(late, "lb_probe_duration_seconds") == 0.05  # the largest bound
+
+
+def test_requests_sent_behind_schedule_widen_the_windows_counts_only() -> None:
+    """A driver 0.1 s behind in a 1 s window of 100 requests: 10 requests may meet a later
+    state, so 8 errors where every seed has none is inside; a failover's delay is not
+    widened (the LB's probes, not the driver, time it)."""
+    window = {"start": 0, "end": 1, "requests": 100, "errors": 8, "by_pool": {"a": 100}}
+    late = {"pool": "a", "endpoint": "x", "failed_at": 10.0, "detected_at": 14.0}
+    real = {"tick": 0.1, "windows": [window], "failovers": [late]}
+    quiet = dict(window, errors=0)
+    sims = [{"windows": [quiet], "failovers": [dict(late, detected_at=10 + d)]} for d in (1, 2, 2)]
+    (errors, _, detected) = compare(real, sims, ["a"])
+    assert not errors.inside and not detected.inside
+    (errors, _, detected) = compare(real, sims, ["a"], behind=0.1)
+    assert errors.inside and not detected.inside
