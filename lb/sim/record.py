@@ -75,7 +75,8 @@ class Recorder:
         self.transitions: list[Transition] = []
         self.checks = 0
         self.activity: dict[str, list[list[int]]] = {}
-        """Endpoint key -> [first tick, last tick + 1] runs of ticks with first attempts."""
+        """Endpoint key -> [first tick, last tick + 1] runs of ticks with first attempts (an
+        empty list for an endpoint the traffic looked up but never sent to: :meth:`runs`)."""
         self.answered: dict[str, list[list[int]]] = {}
         """The same for ticks in which the endpoint answered (its connection did not fail)."""
         self.tallies = [_Tally() for _ in scenario.expectations]
@@ -125,6 +126,13 @@ class Recorder:
         _extend(self.activity, key, k)
         if answered:
             _extend(self.answered, key, k)
+
+    def runs(self, key: str, answered: bool) -> tuple[list[list[int]], ...]:
+        """The run lists :meth:`mark` extends for endpoint ``key``: its activity, and its
+        answered ticks too when it ``answered``.  The simulator's traffic extends them itself
+        (:mod:`lb.sim.traffic`), once per endpoint and tick, without a call per mark."""
+        active = self.activity.setdefault(key, [])
+        return (active, self.answered.setdefault(key, [])) if answered else (active,)
 
     def fold(self, t: float, per_dc: Iterable[tuple[str, TrafficCounts]]) -> None:
         """Add the tallies of a span of ticks starting at ``t`` (data centers sorted)."""

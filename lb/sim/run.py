@@ -87,7 +87,7 @@ async def _simulate(sc: Scenario, progress: Progress | None) -> Report:
     if cluster is not None:
         cluster.on_kill.append(timeouts.drop)
     users = [
-        DatacenterTraffic(t, i, sc.seed, config, network, rec.mark, timeouts, in_flight)
+        DatacenterTraffic(t, i, sc.seed, config, network, rec.runs, timeouts, in_flight)
         for i, t in enumerate(sc.traffic)
     ]
     counts = [TrafficCounts() for _ in users]
