@@ -337,6 +337,10 @@ class DatacenterTraffic:
         self._closes_rng = Random(f"{name}:keep_alive")
         """Endpoint address -> when its last pooled connection was released (keep_alive)."""
         self._cache: dict[int, _Outcome] = {}
+        self._answers: dict[tuple[str, str], tuple[Answer, ...]] = {}
+        """(address, host) -> what the network answers this data center's users there, kept
+        until the network's next change: a new snapshot (new endpoint views, so new cache
+        entries) does not change what an address answers."""
         self._sent = 0
         self._budget: RetryBudget | None = None
         """The load balancer's retry budget, when ``retry_on`` may apply to its requests."""
@@ -370,9 +374,12 @@ class DatacenterTraffic:
         """Whether a slow_start ramp runs in the snapshot of :attr:`_ramps_of`, the router
         :meth:`run` last had."""
 
-    def invalidate(self) -> None:
-        """Forget cached answers (the network or the snapshot changed)."""
+    def invalidate(self, *, network: bool = True) -> None:
+        """Forget the cached outcomes (the snapshot changed), and what the network answers too
+        when ``network`` (its next change came)."""
         self._cache.clear()
+        if network:
+            self._answers.clear()
 
     def batch(self, t: float, tick: float) -> int:
         """How many requests start in the tick ``[t, t + tick)``: the whole requests due by
@@ -415,7 +422,11 @@ class DatacenterTraffic:
     def _outcome(self, ep: EndpointView, t: float) -> _Outcome:
         host = ep.host or self.traffic.host
         address, dc = ep.address.lower().rstrip("."), self.dc
-        answers = self._network.answers(address, (dc,), dc, host, self.traffic.path, t, user=True)
+        answers = self._answers.get((address, host))
+        if answers is None:
+            path = self.traffic.path
+            answers = self._network.answers(address, (dc,), dc, host, path, t, user=True)
+            self._answers[address, host] = answers
         out = _Outcome(ep, answers, self._runs)
         self._cache[id(ep)] = out
         return out
