@@ -122,10 +122,15 @@ class Recorder:
         return w, tuple(a <= t < b for a, b in self._ranges)
 
     def mark(self, key: str, k: int, answered: bool = True) -> None:
-        """Tick ``k`` had a first attempt to endpoint ``key`` (which ``answered`` it)."""
-        _extend(self.activity, key, k)
-        if answered:
-            _extend(self.answered, key, k)
+        """Tick ``k`` had a first attempt to endpoint ``key`` (which ``answered`` it).
+
+        The one statement of how a tick extends a run list; the simulator's traffic loop
+        (:mod:`lb.sim.traffic`) applies the same rule inline to the lists of :meth:`runs`."""
+        for runs in self.runs(key, answered):
+            if runs and runs[-1][1] >= k:
+                runs[-1][1] = k + 1
+            else:
+                runs.append([k, k + 1])
 
     def runs(self, key: str, answered: bool) -> tuple[list[list[int]], ...]:
         """The run lists :meth:`mark` extends for endpoint ``key``: its activity, and its
@@ -223,16 +228,6 @@ class Recorder:
             if tr.at >= after - 1e-9 and tr.after == Health.UNHEALTHY.value:
                 return tr.at
         return None
-
-
-def _extend(runs_by_key: dict[str, list[list[int]]], key: str, k: int) -> None:
-    runs = runs_by_key.get(key)
-    if runs is None:
-        runs_by_key[key] = [[k, k + 1]]
-    elif runs[-1][1] >= k:
-        runs[-1][1] = k + 1
-    else:
-        runs.append([k, k + 1])
 
 
 def _subject_count(x: Expectation, counts: dict[str, int]) -> int:

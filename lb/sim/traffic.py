@@ -498,7 +498,7 @@ class DatacenterTraffic:
                 self._unrouted(d, c)
                 continue
             o = cache.get(id(ep)) or self._outcome(ep, t)
-            if o.tick != k:  # the recorder's activity (Recorder.mark), without a call
+            if o.tick != k:  # Recorder.mark's rule (lb/sim/record.py), inlined: no call
                 o.tick = k
                 for runs in o.runs:
                     if runs and runs[-1][1] >= k:
