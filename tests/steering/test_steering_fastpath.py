@@ -87,6 +87,10 @@ def test_fast_path_decides_like_the_traced_pipeline(name: str, cfg) -> None:
             ), (name, dc, seed)
             # the same draws too: the simulator's runs repeat exactly whichever path decided
             assert fast_rng.random() == slow_rng.random(), (name, dc, seed)
+    if name.startswith("random-pools"):
+        # the random pool policy's fast path was taken, not the general path for both
+        plan = r._plans[HOST]
+        assert plan is not None and plan.fast_pools, name
 
 
 def test_cached_cookie_hit_equals_the_first_hit_and_still_expires() -> None:
