@@ -322,11 +322,13 @@ class _Plan:
         self.fast_by_datacenter = self.by_datacenter or local
         """Whether :attr:`fast` is keyed by data center (it is with local preference too)."""
         self.fast: dict[str, _Fast | None] = {}
-        """Data center (or "") -> the fast-path entry (:class:`_Fast`), None where there is none.
+        """Data center (or "") -> the fast-path entry (:class:`_Fast`), None where there is none
+        and also where :attr:`fast_pools` holds the key's entry (the random pool policy).
         Filled by :meth:`Router._steer`, and only for load balancers without session affinity."""
         self.fast_pools: dict[str, _FastPools] = {}
-        """The same keys -> the fast path of the ``random`` pool policy (:class:`_FastPools`),
-        where :attr:`fast` holds None."""
+        """The same keys -> the fast path of the ``random`` pool policy (:class:`_FastPools`).
+        :attr:`fast` holds None for these keys too (None there means: no single entry; look
+        here, then take the general path)."""
         self.made: dict[tuple[str, int, DecisionReason], Decision] = {}
         """(pool, endpoint index, reason) -> the untraced decision (see :meth:`decision`)."""
         # R34: affinity is never applied on DNS-only load balancers.
@@ -472,8 +474,9 @@ class Router:
         """Steer one request; see the module docstring for the steps."""
         plan = self._plans.get(req.host) or self._plan(req.host)
         if plan is not None and not trace and not plan.per_request:
-            # The fast path (module docstring): no affinity, and the pool does not depend on
-            # the request, so only the endpoint pick is left, done as in the general path.
+            # The fast path (module docstring): no affinity, and the pools do not depend on
+            # the request, so what is left is the pool pick of the random policy (from
+            # _FastPools) and the endpoint pick, each drawn as in the general path.
             key = req.datacenter if plan.fast_by_datacenter else ""
             if plan.by_country and req.country:  # no country: the data center's (one key)
                 key = f"{key}|{req.country}"
@@ -919,7 +922,8 @@ class Router:
             if all(
                 f.endpoints.items and f.endpoints.total > 0 and f.wide.items and f.wide.total > 0
                 for f in entries
-            ):  # so that no endpoint pick gives -1 (the general path's items[0])
+            ):  # defensive: an eligible pool always has an endpoint of weight > 0, so this
+                # holds; kept so that no endpoint pick could give -1 (the general path's items[0])
                 plan.fast_pools[key] = _FastPools(route.cumulative, route.cumulative[-1], entries)
         plan.fast[key] = fast
 
