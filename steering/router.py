@@ -922,8 +922,8 @@ class Router:
             if all(
                 f.endpoints.items and f.endpoints.total > 0 and f.wide.items and f.wide.total > 0
                 for f in entries
-            ):  # defensive: an eligible pool always has an endpoint of weight > 0, so this
-                # holds; kept so that no endpoint pick could give -1 (the general path's items[0])
+            ):  # defensive: a route's eligible pools have selectable endpoints (weight > 0, see
+                # _route), so this holds; kept so that no pick could give -1 (general: items[0])
                 plan.fast_pools[key] = _FastPools(route.cumulative, route.cumulative[-1], entries)
         plan.fast[key] = fast
 
