@@ -135,6 +135,20 @@ def case_random() -> Case:
     return _loop(_router(_config([_pool("a", 10)], lb)), Request(host=HOST))
 
 
+def case_random_pools() -> Case:
+    """(extra) the ``random`` pool policy: one of 3 pools drawn by weight, then (a) in it
+    (the router's ``_FastPools`` path)."""
+    lb = LoadBalancer(
+        proxied=True,
+        name=HOST,
+        default_pools=("a", "b", "c"),
+        fallback_pool="c",
+        steering_policy="random",
+    )
+    pools = [_pool("a", 10), _pool("b", 10), _pool("c", 10)]
+    return _loop(_router(_config(pools, lb)), Request(host=HOST))
+
+
 def case_failover() -> Case:
     """(b) failover across 3 pools, the first two critical."""
     lb = LoadBalancer(proxied=True, name=HOST, default_pools=("a", "b", "c"), fallback_pool="c")
@@ -229,6 +243,7 @@ REFERENCES: dict[str, Callable[[], Case]] = {
 
 CASES: dict[str, Callable[[], Case]] = {
     "random endpoint, pool of 10": case_random,
+    "random pool of 3, then endpoint": case_random_pools,
     "failover, 3 pools, 2 critical": case_failover,
     "cookie affinity hit": case_cookie_hit,
     "geo + LOR, full pipeline": case_geo_lor,

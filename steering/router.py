@@ -31,9 +31,11 @@ The fast path.  When the pool does not depend on the request (an ordered pool po
 and the load balancer has no session affinity, the general path (:meth:`Router._steer`)
 records per data center the pool's endpoint sets and their decisions (:class:`_Fast`), and
 later untraced calls of :meth:`Router.decide` go straight from the plan to the endpoint pick.
-That is the only fast path, and its pick is the general path's (:meth:`Router._index`, with
-R19 and R21's call inlined), so an untraced decision equals the traced one for the same
-``rng`` state (tests/steering/test_steering_fastpath.py).
+The ``random`` pool policy has its variant (:class:`_FastPools`): the pool drawn from the
+route's table as :meth:`Router._pick_pool` draws it, then that pool's entry.  Those are the
+only fast paths, and their picks are the general path's (:meth:`Router._index`, with R19 and
+R21's call inlined), so an untraced decision equals the traced one, with the same draws, for
+the same ``rng`` state (tests/steering/test_steering_fastpath.py).
 
 Decisions are values.  :class:`~steering.types.Decision` is immutable (a named tuple), and
 an untraced decision is built once per plan, endpoint and reason (:meth:`_Plan.decision`):
@@ -55,7 +57,8 @@ each (docs/bench.md):
 * ``_Plan.routes``: the candidate pools per data center (and country), sorted for proximity
   and latency; every general-path request.
 * ``_Plan.fast``: the fast path (:class:`_Fast`); the random, failover, geo + LOR and local
-  preference cases are one lookup in it.
+  preference cases are one lookup in it.  ``_Plan.fast_pools``: the ``random`` pool policy's
+  (:class:`_FastPools`); the simulator's hour run (bench/simulate.py) is mostly that case.
 * ``_Plan.made``: untraced decisions, built once (a named tuple of 13 fields costs about
   1 us to build with keywords); the fast path's and the pins' decisions come from it.
 * ``_Plan.ruled`` and ``_Plan.set_plans``: the plans custom rules (R32) and pool sets (R31)
@@ -277,6 +280,7 @@ class _Plan:
         "fallback",
         "fast",
         "fast_by_datacenter",
+        "fast_pools",
         "lb",
         "made",
         "per_request",
@@ -318,8 +322,13 @@ class _Plan:
         self.fast_by_datacenter = self.by_datacenter or local
         """Whether :attr:`fast` is keyed by data center (it is with local preference too)."""
         self.fast: dict[str, _Fast | None] = {}
-        """Data center (or "") -> the fast-path entry (:class:`_Fast`), None where there is none.
+        """Data center (or "") -> the fast-path entry (:class:`_Fast`), None where there is none
+        and also where :attr:`fast_pools` holds the key's entry (the random pool policy).
         Filled by :meth:`Router._steer`, and only for load balancers without session affinity."""
+        self.fast_pools: dict[str, _FastPools] = {}
+        """The same keys -> the fast path of the ``random`` pool policy (:class:`_FastPools`).
+        :attr:`fast` holds None for these keys too (None there means: no single entry; look
+        here, then take the general path)."""
         self.made: dict[tuple[str, int, DecisionReason], Decision] = {}
         """(pool, endpoint index, reason) -> the untraced decision (see :meth:`decision`)."""
         # R34: affinity is never applied on DNS-only load balancers.
@@ -392,6 +401,25 @@ class _Fast:
 
 
 @dataclass(frozen=True, slots=True)
+class _FastPools:
+    """The fast path of the ``random`` pool policy (R26): the route's pool table, then the
+    chosen pool's :class:`_Fast` entry.
+
+    It exists when no eligible pool sheds load or ramps up and every endpoint set of every
+    eligible pool has weight, so that the general path draws the pool with one
+    :func:`~steering.pick.weighted` over this very table and the endpoint as the entry does:
+    the same draws, in the same order, to the same decision.
+    """
+
+    cumulative: tuple[float, ...]
+    """The route's running sums of the eligible pools' weights."""
+    total: float
+    """``cumulative[-1]`` (> 0)."""
+    entries: tuple[_Fast, ...]
+    """The :class:`_Fast` entry of each eligible pool, in the route's order."""
+
+
+@dataclass(frozen=True, slots=True)
 class _Pin:
     """A ``__cflb`` value known to hit, so that a repeated cookie costs a lookup and an expiry
     comparison instead of an HMAC.  Only for enabled endpoints of pools that shed no sessions,
@@ -446,12 +474,18 @@ class Router:
         """Steer one request; see the module docstring for the steps."""
         plan = self._plans.get(req.host) or self._plan(req.host)
         if plan is not None and not trace and not plan.per_request:
-            # The fast path (module docstring): no affinity, and the pool does not depend on
-            # the request, so only the endpoint pick is left, done as in the general path.
+            # The fast path (module docstring): no affinity, and the pools do not depend on
+            # the request, so what is left is the pool pick of the random policy (from
+            # _FastPools) and the endpoint pick, each drawn as in the general path.
             key = req.datacenter if plan.fast_by_datacenter else ""
             if plan.by_country and req.country:  # no country: the data center's (one key)
                 key = f"{key}|{req.country}"
             fast = plan.fast.get(key)
+            if fast is None and plan.fast_pools:
+                pools = plan.fast_pools.get(key)
+                if pools is not None:  # random (R26): the pool as _pick_pool draws it, then on
+                    j = bisect(pools.cumulative, rng.random() * pools.total)
+                    fast = pools.entries[j if j < len(pools.entries) else -1]
             if fast is not None:
                 # One statement per field: a tuple assignment of four builds and unpacks a
                 # tuple (bench/steering.py measures the difference).
@@ -868,29 +902,45 @@ class Router:
 
     def _compile_fast(self, plan: _Plan, route: _Route, key: str, dc: str) -> None:
         """Cache under ``key`` the fast-path entry of ``plan`` for data center ``dc`` (see
-        :class:`_Fast`); the key also holds the client's country when the route depends on it
-        and the request carries one (without one the data center's decides: the plain key)."""
+        :class:`_Fast` and :class:`_FastPools`); the key also holds the client's country when
+        the route depends on it and the request carries one (without one the data center's
+        decides: the plain key)."""
         fast: _Fast | None = None
-        if (
-            plan.policy in _ORDERED
+        eligible = route.eligible
+        if len(plan.fast) >= _CACHE_LIMIT:  # dc comes from a request header
+            return
+        if plan.policy in _ORDERED and not route.sheds and eligible and not eligible[0].ramping:
+            fast = self._fast_entry(plan, eligible[0], dc)
+        elif (
+            plan.policy == "random"
             and not route.sheds
-            and route.eligible
-            and not route.eligible[0].ramping
+            and eligible
+            and route.cumulative[-1] > 0
+            and not any(p.ramping for p in eligible)
         ):
-            pool = route.eligible[0]
-            wide = self._endpoint_set(pool, "", fallback=False)
-            local = self._local
-            if local.enabled and dc:
-                eps, spill = self._endpoint_set(pool, dc, fallback=False), local.spill
-            else:
-                eps, spill = wide, 0.0
-            made = tuple(plan.decision(pool, e, DecisionReason.POLICY, NO_TRACE) for e in eps.items)
-            wide_made = tuple(
-                plan.decision(pool, e, DecisionReason.POLICY, NO_TRACE) for e in wide.items
-            )
-            fast = _Fast(eps, made, wide, wide_made, spill, pool.config.origin_steering.policy)
-        if len(plan.fast) < _CACHE_LIMIT:  # dc comes from a request header
-            plan.fast[key] = fast
+            entries = tuple(self._fast_entry(plan, p, dc) for p in eligible)
+            if all(
+                f.endpoints.items and f.endpoints.total > 0 and f.wide.items and f.wide.total > 0
+                for f in entries
+            ):  # defensive: a route's eligible pools have selectable endpoints (weight > 0, see
+                # _route), so this holds; kept so that no pick could give -1 (general: items[0])
+                plan.fast_pools[key] = _FastPools(route.cumulative, route.cumulative[-1], entries)
+        plan.fast[key] = fast
+
+    def _fast_entry(self, plan: _Plan, pool: PoolView, dc: str) -> _Fast:
+        """The :class:`_Fast` entry of ``pool`` for data center ``dc``: its endpoint sets (the
+        local one with local preference) and their decisions."""
+        wide = self._endpoint_set(pool, "", fallback=False)
+        local = self._local
+        if local.enabled and dc:
+            eps, spill = self._endpoint_set(pool, dc, fallback=False), local.spill
+        else:
+            eps, spill = wide, 0.0
+        made = tuple(plan.decision(pool, e, DecisionReason.POLICY, NO_TRACE) for e in eps.items)
+        wide_made = tuple(
+            plan.decision(pool, e, DecisionReason.POLICY, NO_TRACE) for e in wide.items
+        )
+        return _Fast(eps, made, wide, wide_made, spill, pool.config.origin_steering.policy)
 
     def _pick_pool(
         self,

@@ -110,9 +110,30 @@ def _fault(e: NetEvent, t: float) -> tuple[str, int]:
     in its up part."""
     if e.action != TimelineAction.FLAP:
         return e.action, e.status
-    if (t - e.at) % e.period < e.down_for:
+    if _flap_down(e, t):
         return e.how, e.status
     return "", 0
+
+
+def _flap_start(e: NetEvent, n: int) -> float:
+    """The instant the ``n``-th down part of a flap begins; it ends at this plus ``down_for``.
+
+    The one expression both :func:`_flap_down` and :func:`_toggles` use, so that the network's
+    change points (where cached answers are dropped) fall exactly where the answers change:
+    a running sum or a ``%`` rounds differently and can put a toggle a tick late.
+    """
+    return e.at + n * e.period
+
+
+def _flap_down(e: NetEvent, t: float) -> bool:
+    """Whether a flap is in its failing part at ``t`` (``n`` from a division, then checked
+    against :func:`_flap_start`, which may differ from the division by rounding)."""
+    n = math.floor((t - e.at) / e.period)
+    if _flap_start(e, n) > t:
+        n -= 1
+    elif _flap_start(e, n + 1) <= t:
+        n += 1
+    return t < _flap_start(e, n) + e.down_for
 
 
 class _Track:
@@ -367,10 +388,10 @@ def _replica_datacenters(u: tuple[Replica, str, int, float]) -> tuple[str, ...]:
 def _toggles(e: NetEvent, duration: float) -> list[float]:
     """The instants a flap switches between failing and working, up to ``duration``."""
     out: list[float] = []
-    start = e.at
-    while start <= duration and e.period > 0:
+    n = 0
+    while e.period > 0 and (start := _flap_start(e, n)) <= duration:
         out.extend((start, start + e.down_for))
-        start += e.period
+        n += 1
     return out
 
 

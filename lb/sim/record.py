@@ -75,7 +75,8 @@ class Recorder:
         self.transitions: list[Transition] = []
         self.checks = 0
         self.activity: dict[str, list[list[int]]] = {}
-        """Endpoint key -> [first tick, last tick + 1] runs of ticks with first attempts."""
+        """Endpoint key -> [first tick, last tick + 1] runs of ticks with first attempts (an
+        empty list for an endpoint the traffic looked up but never sent to: :meth:`runs`)."""
         self.answered: dict[str, list[list[int]]] = {}
         """The same for ticks in which the endpoint answered (its connection did not fail)."""
         self.tallies = [_Tally() for _ in scenario.expectations]
@@ -121,10 +122,22 @@ class Recorder:
         return w, tuple(a <= t < b for a, b in self._ranges)
 
     def mark(self, key: str, k: int, answered: bool = True) -> None:
-        """Tick ``k`` had a first attempt to endpoint ``key`` (which ``answered`` it)."""
-        _extend(self.activity, key, k)
-        if answered:
-            _extend(self.answered, key, k)
+        """Tick ``k`` had a first attempt to endpoint ``key`` (which ``answered`` it).
+
+        The one statement of how a tick extends a run list; the simulator's traffic loop
+        (:mod:`lb.sim.traffic`) applies the same rule inline to the lists of :meth:`runs`."""
+        for runs in self.runs(key, answered):
+            if runs and runs[-1][1] >= k:
+                runs[-1][1] = k + 1
+            else:
+                runs.append([k, k + 1])
+
+    def runs(self, key: str, answered: bool) -> tuple[list[list[int]], ...]:
+        """The run lists :meth:`mark` extends for endpoint ``key``: its activity, and its
+        answered ticks too when it ``answered``.  The simulator's traffic extends them itself
+        (:mod:`lb.sim.traffic`), once per endpoint and tick, without a call per mark."""
+        active = self.activity.setdefault(key, [])
+        return (active, self.answered.setdefault(key, [])) if answered else (active,)
 
     def fold(self, t: float, per_dc: Iterable[tuple[str, TrafficCounts]]) -> None:
         """Add the tallies of a span of ticks starting at ``t`` (data centers sorted)."""
@@ -215,16 +228,6 @@ class Recorder:
             if tr.at >= after - 1e-9 and tr.after == Health.UNHEALTHY.value:
                 return tr.at
         return None
-
-
-def _extend(runs_by_key: dict[str, list[list[int]]], key: str, k: int) -> None:
-    runs = runs_by_key.get(key)
-    if runs is None:
-        runs_by_key[key] = [[k, k + 1]]
-    elif runs[-1][1] >= k:
-        runs[-1][1] = k + 1
-    else:
-        runs.append([k, k + 1])
 
 
 def _subject_count(x: Expectation, counts: dict[str, int]) -> int:

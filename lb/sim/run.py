@@ -87,7 +87,7 @@ async def _simulate(sc: Scenario, progress: Progress | None) -> Report:
     if cluster is not None:
         cluster.on_kill.append(timeouts.drop)
     users = [
-        DatacenterTraffic(t, i, sc.seed, config, network, rec.mark, timeouts, in_flight)
+        DatacenterTraffic(t, i, sc.seed, config, network, rec.runs, timeouts, in_flight)
         for i, t in enumerate(sc.traffic)
     ]
     counts = [TrafficCounts() for _ in users]
@@ -134,7 +134,7 @@ async def _simulate(sc: Scenario, progress: Progress | None) -> Report:
             if cluster is not None:
                 engines = [cluster.serving(u.dc) for u in users]
             current = engine.router if cluster is None else engines[0].router
-            now_routers = [e.router for e in engines]
+            now_routers = [current] * len(users) if cluster is None else [e.router for e in engines]
             stale = (
                 current is not router
                 or t >= fresh_until
@@ -147,10 +147,11 @@ async def _simulate(sc: Scenario, progress: Progress | None) -> Report:
                     flush(span_start)
                 span, span_start = here, t
             if stale:
+                moved = t >= fresh_until  # else only the snapshot changed, not the network
                 router, fresh_until = current, network.next_change(t)
                 routers = now_routers
                 for u in users:
-                    u.invalidate()
+                    u.invalidate(network=moved)
             assert router is not None
             length = min(tick, sc.duration - t)
             for u, c, r, e in zip(users, counts, routers, engines, strict=True):

@@ -179,9 +179,25 @@ class _Outcome:
     end of every tick, before any cache invalidation.
     """
 
-    __slots__ = ("answered", "answers", "counts", "endpoint", "key", "n", "single", "tick", "width")
+    __slots__ = (
+        "answered",
+        "answers",
+        "counts",
+        "endpoint",
+        "key",
+        "n",
+        "runs",
+        "single",
+        "tick",
+        "width",
+    )
 
-    def __init__(self, endpoint: EndpointView, answers: tuple[Answer, ...]) -> None:
+    def __init__(
+        self,
+        endpoint: EndpointView,
+        answers: tuple[Answer, ...],
+        runs: Callable[[str, bool], tuple[list[list[int]], ...]],
+    ) -> None:
         self.endpoint = endpoint
         """Held so that its ``id()``, the cache key, is not reused while the entry lives: an
         ejection mid-tick swaps the router, and a router dropped before the tick ends would
@@ -192,6 +208,9 @@ class _Outcome:
         self.single: Answer | None = answers[0] if len(answers) == 1 else None
         self.answered = any(not a.connect_failed for a in answers)
         """Whether the endpoint answers at all (its connection does not fail)."""
+        self.runs = runs(self.key, self.answered)
+        """The recorder's runs of ticks this endpoint's first attempts extend
+        (:meth:`lb.sim.record.Recorder.runs`): active, and answered when it answers."""
         self.n = 0
         """First attempts this tick (single-answer outcomes)."""
         self.counts = [0] * len(answers)
@@ -290,14 +309,14 @@ class DatacenterTraffic:
         seed: int,
         config: Config,
         network: Network,
-        mark: Callable[[str, int, bool], None],
+        runs: Callable[[str, bool], tuple[list[list[int]], ...]],
         timeouts: PendingTimeouts,
         in_flight: InFlight | None = None,
     ) -> None:
         self.traffic = traffic
         self.dc = traffic.datacenter
         self._network = network
-        self._mark = mark
+        self._runs = runs
         name = f"{seed}:traffic:{traffic.datacenter}"
         self._clients_rng = Random(f"{name}:clients")
         self.steer_rng = Random(f"{name}:steering")
@@ -318,6 +337,10 @@ class DatacenterTraffic:
         self._closes_rng = Random(f"{name}:keep_alive")
         """Endpoint address -> when its last pooled connection was released (keep_alive)."""
         self._cache: dict[int, _Outcome] = {}
+        self._answers: dict[tuple[str, str], tuple[Answer, ...]] = {}
+        """(address, host) -> what the network answers this data center's users there, kept
+        until the network's next change: a new snapshot (new endpoint views, so new cache
+        entries) does not change what an address answers."""
         self._sent = 0
         self._budget: RetryBudget | None = None
         """The load balancer's retry budget, when ``retry_on`` may apply to its requests."""
@@ -339,10 +362,24 @@ class DatacenterTraffic:
         self._timeouts = timeouts
         """Passive health: the timed-out attempts not reported yet, shared by every data
         center of the run (:meth:`_report`)."""
+        self._slow = (
+            self._affinity != "none"
+            or in_flight is not None
+            or bool(self._keep_alive)
+            or self._budget is not None  # the budget counts requests in flight
+        )
+        """Whether every request takes :meth:`_bookkeep` whatever the router (see :meth:`run`)."""
+        self._ramps_of: Router | None = None
+        self._ramps = False
+        """Whether a slow_start ramp runs in the snapshot of :attr:`_ramps_of`, the router
+        :meth:`run` last had."""
 
-    def invalidate(self) -> None:
-        """Forget cached answers (the network or the snapshot changed)."""
+    def invalidate(self, *, network: bool = True) -> None:
+        """Forget the cached outcomes (the snapshot changed), and what the network answers too
+        when ``network`` (its next change came)."""
         self._cache.clear()
+        if network:
+            self._answers.clear()
 
     def batch(self, t: float, tick: float) -> int:
         """How many requests start in the tick ``[t, t + tick)``: the whole requests due by
@@ -385,8 +422,12 @@ class DatacenterTraffic:
     def _outcome(self, ep: EndpointView, t: float) -> _Outcome:
         host = ep.host or self.traffic.host
         address, dc = ep.address.lower().rstrip("."), self.dc
-        answers = self._network.answers(address, (dc,), dc, host, self.traffic.path, t, user=True)
-        out = _Outcome(ep, answers)
+        answers = self._answers.get((address, host))
+        if answers is None:
+            path = self.traffic.path
+            answers = self._network.answers(address, (dc,), dc, host, path, t, user=True)
+            self._answers[address, host] = answers
+        out = _Outcome(ep, answers, self._runs)
         self._cache[id(ep)] = out
         return out
 
@@ -412,10 +453,13 @@ class DatacenterTraffic:
         live = engine.live
         remember = engine.remember
         heap = self._heap
-        slow = self._affinity != "none" or heap is not None or bool(self._keep_alive)
-        slow = slow or self._budget is not None  # the budget counts requests in flight
-        # slow_start ramps read the request's clock: set it while any ramp runs.
-        slow = slow or any(p.ramping or p.ramp is not None for p in router.snapshot.pools.values())
+        slow = self._slow
+        if router is not self._ramps_of:  # slow_start ramps read the request's clock: set it
+            self._ramps_of = router  # while any ramp runs (once per router, not per tick)
+            self._ramps = any(
+                p.ramping or p.ramp is not None for p in router.snapshot.pools.values()
+            )
+        slow = slow or self._ramps
         passive = engine if engine.passive else None
         self._passive = passive
         slow = slow or passive is not None  # every outcome counts, successes included
@@ -424,7 +468,6 @@ class DatacenterTraffic:
         if passive is not None:
             # the data centers decided before this one in the tick may have ejected one
             router = engine.router
-        mark = self._mark
         pick = self._clients_rng.random
         rpick = self._replica_rng.random
         srng = self.steer_rng
@@ -455,9 +498,13 @@ class DatacenterTraffic:
                 self._unrouted(d, c)
                 continue
             o = cache.get(id(ep)) or self._outcome(ep, t)
-            if o.tick != k:
+            if o.tick != k:  # Recorder.mark's rule (lb/sim/record.py), inlined: no call
                 o.tick = k
-                mark(o.key, k, o.answered)
+                for runs in o.runs:
+                    if runs and runs[-1][1] >= k:
+                        runs[-1][1] = k + 1
+                    else:
+                        runs.append([k, k + 1])
             a = o.single
             if a is None:
                 j = int(rpick() * o.width)

@@ -7,7 +7,7 @@ import random
 import pytest
 from builders import HOST, SECRET, config, endpoint, load_balancer, pool, request, router, tunnel
 
-from lb.config.model import LoadShedding, LocalPreference
+from lb.config.model import LoadShedding, LocalPreference, RandomSteering
 from steering import Affinity, Decision, Live
 from steering.affinity import sign
 
@@ -40,6 +40,24 @@ def configs():
         "random-pools",
         config([pool("a", 2), pool("b", 3)], load_balancer(["a", "b"], steering_policy="random")),
     )
+    weights = RandomSteering(pool_weights={"a": 0.3, "b": 0.7, "c": 0.0})
+    for policy in ("random", "hash", "least_outstanding_requests", "least_connections"):
+        yield (
+            f"random-pools/{policy}",
+            config(
+                [pool("a", eps, policy=policy), pool("b", 2), pool("c", 2)],
+                load_balancer(["c", "a", "b"], steering_policy="random", random_steering=weights),
+            ),
+        )
+        yield (
+            f"random-pools-local/{policy}",
+            config(
+                [pool("a", eps, policy=policy), pool("b", [endpoint("iad")], policy=policy)],
+                load_balancer(["a", "b"], steering_policy="random"),
+                tunnels=tunnels,
+                local_preference=LocalPreference(enabled=True, spill=0.3),
+            ),
+        )
     yield (
         "shed",
         config(
@@ -58,14 +76,21 @@ def test_fast_path_decides_like_the_traced_pipeline(name: str, cfg) -> None:
     for dc in ("", "FRA", "IAD", "LHR", "SIN"):
         for seed in range(60):
             q = request(datacenter=dc, client_ip=f"198.51.100.{seed}")
-            fast = r.decide(q, random.Random(seed), live)
-            slow = r.decide(q, random.Random(seed), live, trace=True)
+            fast_rng, slow_rng = random.Random(seed), random.Random(seed)
+            fast = r.decide(q, fast_rng, live)
+            slow = r.decide(q, slow_rng, live, trace=True)
             assert (fast.pool, fast.endpoint, fast.reason, fast.policy) == (
                 slow.pool,
                 slow.endpoint,
                 slow.reason,
                 slow.policy,
             ), (name, dc, seed)
+            # the same draws too: the simulator's runs repeat exactly whichever path decided
+            assert fast_rng.random() == slow_rng.random(), (name, dc, seed)
+    if name.startswith("random-pools"):
+        # the random pool policy's fast path was taken, not the general path for both
+        plan = r._plans[HOST]
+        assert plan is not None and plan.fast_pools, name
 
 
 def test_cached_cookie_hit_equals_the_first_hit_and_still_expires() -> None:
