@@ -97,9 +97,7 @@ def _make_room(shared: Shared) -> bool:
 
 
 def _log_cap(shared: Shared) -> None:
-    now = trio.current_time()
-    if now - shared.cap_logged >= SWEEP_INTERVAL:
-        shared.cap_logged = now
+    if shared.cap_log.due(trio.current_time(), SWEEP_INTERVAL):
         logs.event(
             "connection_cap_reached",
             logging.WARNING,
@@ -403,9 +401,7 @@ def _tls_failed(shared: Shared, client: Client, reason: str) -> None:
     """Count a failed client TLS handshake; log it at most every ``SWEEP_INTERVAL``, with
     the totals, so that a flood of them cannot flood the log."""
     shared.tls_failed += 1
-    now = trio.current_time()
-    if now - shared.tls_logged >= SWEEP_INTERVAL:
-        shared.tls_logged = now
+    if shared.tls_log.due(trio.current_time(), SWEEP_INTERVAL):
         logs.event(
             "client_tls_failed",
             logging.INFO,

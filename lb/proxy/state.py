@@ -223,13 +223,30 @@ class Client:
         self.exchange: Exchange | None = None
 
 
+class Throttle:
+    """When a log event that can come in floods (one per refused connection, one per failed
+    handshake) was last written: it is written again only ``every`` seconds later."""
+
+    __slots__ = ("last",)
+
+    def __init__(self) -> None:
+        self.last = -math.inf
+
+    def due(self, now: float, every: float) -> bool:
+        """Whether to write the event at ``now``; if so, ``now`` becomes its last time."""
+        if now - self.last < every:
+            return False
+        self.last = now
+        return True
+
+
 class Shared:
     """What every connection and exchange of one :class:`~lb.proxy.server.ProxyServer`
     shares: the engine, the pool, the hooks, the drain flags and the per-config caches."""
 
     __slots__ = (
         "budgets",
-        "cap_logged",
+        "cap_log",
         "clients",
         "default_cap",
         "drained",
@@ -252,7 +269,7 @@ class Shared:
         "targets",
         "targets_key",
         "tls_failed",
-        "tls_logged",
+        "tls_log",
         "tls_plain",
         "trust_key",
         "trusted_cache",
@@ -289,12 +306,14 @@ class Shared:
         self.refused = 0
         """New connections closed at once: the cap was reached and no connection could make
         room (none idle, no half head past the grace)."""
-        self.cap_logged = -math.inf
+        self.cap_log = Throttle()
+        """When ``connection_cap_reached`` was last logged."""
         self.tls_failed = 0
         """Client TLS handshakes that failed (plain HTTP to an HTTPS listener included)."""
         self.tls_plain = 0
         """Of those, plain HTTP requests sent to an HTTPS listener (answered 400)."""
-        self.tls_logged = -math.inf
+        self.tls_log = Throttle()
+        """When ``client_tls_failed`` was last logged."""
         self.rid_prefix = rid_prefix
         self.rid_counter = itertools.count(1)
         self.trust_key: object = None
