@@ -664,6 +664,35 @@ async def test_a_reload_swaps_the_upstream_ca_for_new_proxy_connections(
     process.send_signal(signal.SIGTERM)
 
 
+def _rename_certificate(ca: trustme.CA, config: Path) -> str:
+    """Issue ``lb-2027.pem`` beside ``config`` and name it in the listener: its serial."""
+    renewed = issue(ca, config.parent / "lb-2027.pem")
+    document = json.loads(config.read_text())
+    document["engine"]["listen"][0].update(certificate="lb-2027.pem", key="lb-2027.pem")
+    config.write_text(json.dumps(document, indent=2) + "\n")
+    return renewed
+
+
+async def _reload_renamed_certificate(ca: trustme.CA, config: Path, admin: int) -> str:
+    """:func:`_rename_certificate`, then a reload that needs no restart: the new serial."""
+    renewed = _rename_certificate(ca, config)
+    code, body = await reload(admin)
+    assert (code, body["ok"]) == (200, True)
+    assert "restart_required" not in body
+    return renewed
+
+
+async def _restart_child(log: Path) -> None:
+    """Kill the first child worker and wait until the parent has started another."""
+    (started,) = log_events(log, "worker_started")
+    os.kill(int(started["pid"]), signal.SIGKILL)
+    await wait_until(
+        lambda: len(log_events(log, "worker_ready")) >= 2,
+        20,
+        what=lambda: f"worker 1 restarted: {log.read_text()[-2000:]}",
+    )
+
+
 async def test_a_restarted_worker_starts_with_the_certificate_files_in_force(
     tmp_path: Path, nursery: trio.Nursery
 ) -> None:
@@ -678,22 +707,9 @@ async def test_a_restarted_worker_starts_with_the_certificate_files_in_force(
     port = ready.listen[0]
     await wait_until(lambda: log_events(log, "worker_ready"), 20, what="worker 1 ready")
 
-    renewed = issue(ca, tmp_path / "lb-2027.pem")
-    document = json.loads(config.read_text())
-    document["engine"]["listen"][0].update(certificate="lb-2027.pem", key="lb-2027.pem")
-    config.write_text(json.dumps(document, indent=2) + "\n")
-    code, body = await reload(ready.admin)
-    assert (code, body["ok"]) == (200, True)
-    assert "restart_required" not in body
+    renewed = await _reload_renamed_certificate(ca, config, ready.admin)
     (tmp_path / "lb.pem").unlink()
-
-    (started,) = log_events(log, "worker_started")
-    os.kill(int(started["pid"]), signal.SIGKILL)
-    await wait_until(
-        lambda: len(log_events(log, "worker_ready")) >= 2,
-        20,
-        what=lambda: f"worker 1 restarted: {log.read_text()[-2000:]}",
-    )
+    await _restart_child(log)
     mark = len(log_events(log, "request"))
     for _ in range(30):  # new connections, spread over both processes by the kernel
         stream = await open_tls(port, ca)
@@ -720,21 +736,9 @@ async def test_a_restarted_worker_falls_back_to_the_start_files_when_the_new_one
     port = ready.listen[0]
     await wait_until(lambda: log_events(log, "worker_ready"), 20, what="worker 1 ready")
 
-    renewed = issue(ca, tmp_path / "lb-2027.pem")
-    document = json.loads(config.read_text())
-    document["engine"]["listen"][0].update(certificate="lb-2027.pem", key="lb-2027.pem")
-    config.write_text(json.dumps(document, indent=2) + "\n")
-    code, body = await reload(ready.admin)
-    assert (code, body["ok"]) == (200, True)
+    renewed = await _reload_renamed_certificate(ca, config, ready.admin)
     (tmp_path / "lb-2027.pem").write_text("not a certificate\n")
-
-    (started,) = log_events(log, "worker_started")
-    os.kill(int(started["pid"]), signal.SIGKILL)
-    await wait_until(
-        lambda: len(log_events(log, "worker_ready")) >= 2,
-        20,
-        what=lambda: f"worker 1 restarted: {log.read_text()[-2000:]}",
-    )
+    await _restart_child(log)
     (fallback,) = log_events(log, "worker_start_files")
     assert "lb-2027.pem" in " ".join(fallback["errors"]), fallback
     # The parent serves the renewed certificate it holds, the child the start's: thirty new
