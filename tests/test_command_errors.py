@@ -54,13 +54,17 @@ def one_error(done: subprocess.CompletedProcess[str]) -> str:
 
 def test_check_loads_the_certificate_a_start_would_load(tmp_path: Path) -> None:
     """docs/connector.md's example names ``certs/cert.pem``: without the file, ``--check``
-    said ok and the start failed with ``[Errno 2] No such file or directory``."""
+    said ok and the start failed with ``[Errno 2] No such file or directory``.  Like every
+    problem of the file, it names the file, the line and the field (it named only the PEM
+    file, exit 1)."""
     path = connector_file(tmp_path, certificate="certs/cert.pem")
     cert = tmp_path / "certs" / "cert.pem"
     for args in ([str(path), "--check"], [str(path)]):
         done = tunnel_lb("connector", *args)
-        assert done.returncode == 1
-        assert one_error(done) == f"error: certificate {cert}: no such file or directory"
+        assert done.returncode == 2
+        assert one_error(done) == (
+            f"error: {path}:3: certificate: {cert}: no such file or directory"
+        )
 
 
 def test_unusable_pem_files_are_named(tmp_path: Path) -> None:
@@ -70,22 +74,22 @@ def test_unusable_pem_files_are_named(tmp_path: Path) -> None:
     cert.write_text("not a certificate\n")
     path = connector_file(tmp_path, certificate="certs/cert.pem")
     assert one_error(tunnel_lb("connector", str(path), "--check")) == (
-        f"error: certificate {cert}: not a PEM certificate chain with its private key"
+        f"error: {path}:3: certificate: {cert}: not a PEM certificate chain with its private key"
     )
     ca.issue_cert("localhost").cert_chain_pems[0].write_to_path(str(cert))
     ca.issue_cert("other.example").private_key_pem.write_to_path(str(key))
     path = connector_file(tmp_path, certificate="certs/cert.pem", key="certs/key.pem")
-    assert f"certificate {cert} with key {key}: " in one_error(
+    assert f"{path}:3: certificate: {cert} with key {key}: " in one_error(
         tunnel_lb("connector", str(path), "--check")
     )
     key.unlink()
     assert one_error(tunnel_lb("connector", str(path), "--check")) == (
-        f"error: key {key}: no such file or directory"
+        f"error: {path}:4: key: {key}: no such file or directory"
     )
     pool.write_text("junk\n")
     path = connector_file(tmp_path, caPool="certs/ca.pem")
     assert one_error(tunnel_lb("connector", str(path), "--check")).startswith(
-        f"error: caPool {pool}: no PEM certificate in it"
+        f"error: {path}:4: originRequest.caPool: {pool}: no PEM certificate in it"
     )
     ca.cert_pem.write_to_path(str(pool))
     done = tunnel_lb("connector", str(path), "--check")

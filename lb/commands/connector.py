@@ -14,7 +14,6 @@ from lb import logs
 from lb.config.hosts import split_host_port
 from lb.connector import ConnectorConfig, ConnectorStats, load_connector_config, serve_connector
 from lb.connector.faults import Faults, serve_control
-from lb.connector.tls import CertificateError, check_files
 from lb.lifecycle import STOP_SIGNALS, receive_signals
 
 NAME = "connector"
@@ -39,7 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Load, validate and serve until interrupted; ConfigError reaches the CLI (exit 2)."""
-    config = load_connector_config(args.file)
+    # The certificate, key and caPool are loaded here, as serving loads them, so that
+    # --check says what a start would; a bad one is a problem at its line (exit 2).
+    config = load_connector_config(args.file, files=True)
     overrides = {
         name: value
         for name, value in (
@@ -62,12 +63,6 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(f"error: --control: {exc}", file=sys.stderr)
             return 2
-    try:
-        # What serving loads first, so that --check says what a start would.
-        check_files(config.certificate, config.key, config.ca_pool)
-    except CertificateError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
     if args.check:
         print(f"{args.file}: ok ({len(config.ingress)} ingress rules)")
         return 0

@@ -10,6 +10,9 @@ type-checked and range-checked without touching this module:
 * metadata ``path`` marks a file name: a relative one is taken relative to the directory of
   the file it was written in (as nginx's ``include`` and our connector's configuration do), so
   a configuration means the same thing from any working directory;
+* metadata ``path`` and ``env`` (an environment variable's name) record where the name was
+  written (``Report.files``): what it names is read after loading, and its problems point
+  there;
 * keys that are not fields are errors with a did-you-mean, except the class's ``READ_ONLY``
   API fields, which are accepted and dropped.
 
@@ -176,8 +179,9 @@ class Parser:
         if message:
             self.report.error(node.at(path), message)
             return INVALID
-        if meta.get("path") and value:
+        if (meta.get("path") or meta.get("env")) and value:
             self.report.files[render_path(path)] = node.at(path)
+        if meta.get("path") and value:
             return os.path.join(os.path.dirname(node.file), value)  # value if it is absolute
         return value
 

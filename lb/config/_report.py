@@ -18,8 +18,9 @@ class Report:
         self.errors: list[Problem] = []
         self.warnings: list[Problem] = []
         self.files: dict[str, Where] = {}
-        """Where each file name (a ``path`` field) was written, by dotted path: the files
-        themselves are read after loading (:mod:`lb.files`), and their problems point here."""
+        """Where each file name (a ``path`` field) or environment variable name (an ``env``
+        field) was written, by dotted path: what they name is read after loading
+        (:mod:`lb.files`), and its problems point here."""
 
     def error(self, where: Where, message: str) -> None:
         """Record a problem that makes the configuration unusable."""

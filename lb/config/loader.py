@@ -72,11 +72,11 @@ class LoadResult:
     config: Config
     warnings: list[Problem]
     files: Mapping[str, Where] = dataclasses.field(default_factory=dict)
-    """Where each file name of the configuration was written, by dotted path
-    (``engine.listen[0].certificate``)."""
+    """Where each file name (or environment variable name) of the configuration was written,
+    by dotted path (``engine.listen[0].certificate``, ``engine.admin_token_env``)."""
 
     def problem(self, path: str, message: str) -> Problem:
-        """A problem with the file named at ``path`` (or, for an object such as
+        """A problem with the file (or variable) named at ``path`` (or, for an object such as
         ``engine.listen[0]``, with the first file named inside it), at the line it was written
         on."""
         where = self.files.get(path) or next(

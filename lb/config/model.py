@@ -10,7 +10,10 @@ Field metadata drives the generic loader in :mod:`lb.config.loader`:
 
 * ``range``: inclusive ``(low, high)`` bounds for numbers;
 * ``choices``: the allowed values of a string;
-* ``doc``: one line shown by ``tunnel-lb check --explain-fields`` and in ``docs/config.md``.
+* ``doc``: one line shown by ``tunnel-lb check --explain-fields`` and in ``docs/config.md``;
+* ``path``: a file name, read after loading (:mod:`lb.files`); ``env``: the name of an
+  environment variable, read after loading too.  The loader records where either was
+  written, so a file or variable that turns out unusable is reported at that line.
 
 Each class lists the read-only API fields it accepts and ignores in ``READ_ONLY``.
 """
@@ -686,7 +689,7 @@ class EngineSettings:
         doc="file holding the admin API's bearer token; needed to bind beyond loopback",
         path=True,
     )
-    admin_token_env: str = _f("", doc="environment variable holding that token instead")
+    admin_token_env: str = _f("", doc="environment variable holding that token instead", env=True)
     admin_names: tuple[str, ...] = _f(
         (), doc="more Host names the admin API answers to (besides its addresses)"
     )

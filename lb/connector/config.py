@@ -21,6 +21,7 @@ from lb.config.errors import ConfigError, Problem
 from lb.config.hosts import split_host_port
 from lb.config.kinds import CONNECTOR, wrong_kind
 from lb.connector.ingress import Bastion, IngressRule, RuleError, validate_rules
+from lb.connector.tls import CertificateError, check_files
 
 __all__ = ["ConnectorConfig", "load_connector_config"]
 
@@ -231,8 +232,13 @@ def _rules(items: object, problems: list[tuple[str, str]]) -> tuple[IngressRule,
     return tuple(rules) if len(rules) == len(items) else ()
 
 
-def load_connector_config(path: str | Path) -> ConnectorConfig:
-    """Read and validate a connector file; raises :class:`ConfigError` with every problem."""
+def load_connector_config(path: str | Path, *, files: bool = False) -> ConnectorConfig:
+    """Read and validate a connector file; raises :class:`ConfigError` with every problem.
+
+    With ``files``, also load the certificate, key and ``caPool`` it names, as serving will
+    (``tunnel-lb connector`` and its ``--check``): one that cannot be loaded is a problem at
+    the line of the field that names it, like every other problem of the file.
+    """
     file = str(path)
     node, read_problems = read_file(path)
     if read_problems:
@@ -272,12 +278,21 @@ def load_connector_config(path: str | Path) -> ConnectorConfig:
     problems = [(_FILE_NAMES.get(p, p), m) for p, m in _field_problems(values)]
     if problems:
         raise fail(problems)
-    return ConnectorConfig(**values)
+    config = ConnectorConfig(**values)
+    if files:
+        try:
+            check_files(config.certificate, config.key, config.ca_pool)
+        except CertificateError as exc:
+            field = _FILE_NAMES.get(_FIELDS.get(exc.what, exc.what), exc.what)
+            raise fail([(field, str(exc).removeprefix(f"{exc.what} "))]) from None
+    return config
 
 
 _DEFAULTS = {f.name: f.default for f in fields(ConnectorConfig) if f.default is not MISSING}
 _FILE_NAMES = {name: f"originRequest.{key}" for key, (_, name) in _ORIGIN_REQUEST.items()}
 """Where a field set through ``originRequest`` lives in the file, for error paths."""
+_FIELDS = {key: name for key, (_, name) in {**_SCALARS, **_ORIGIN_REQUEST}.items()}
+"""The model field of each key of the file (``caPool`` -> ``ca_pool``)."""
 
 
 def _line_of(lines: Mapping[str, int], path: str) -> int | None:

@@ -61,7 +61,15 @@ def install_sni_capture(ctx: ssl.SSLContext) -> None:
 
 class CertificateError(RuntimeError):
     """A certificate, key or CA file that cannot be loaded; the message names the file
-    (``ssl`` names none: ``[Errno 2] No such file or directory``, ``[SSL] PEM lib``)."""
+    (``ssl`` names none: ``[Errno 2] No such file or directory``, ``[SSL] PEM lib``).
+
+    ``what`` is the field or option that named it (``certificate``, ``key``, ``caPool``,
+    ``--ca``), the message's first word: a configuration file's loader reports the problem at
+    the line of that field (:func:`lb.connector.config.load_connector_config`)."""
+
+    def __init__(self, what: str, message: str) -> None:
+        super().__init__(f"{what} {message}")
+        self.what = what
 
 
 def server_context(
@@ -76,15 +84,13 @@ def server_context(
         try:
             ctx.load_cert_chain(certificate, key)
         except ssl.SSLError as exc:
-            files = f"certificate {certificate}" + (f" with key {key}" if key else "")
+            files = certificate + (f" with key {key}" if key else "")
             detail = f" ({exc.reason})" if exc.reason else ""  # "PEM lib" says nothing more
             raise CertificateError(
-                f"{files}: not a PEM certificate chain with its private key{detail}"
+                "certificate", f"{files}: not a PEM certificate chain with its private key{detail}"
             ) from None
         except OSError as exc:
-            raise CertificateError(
-                _unreadable(exc, ("certificate", certificate), ("key", key))
-            ) from None
+            raise _unreadable(exc, ("certificate", certificate), ("key", key)) from None
         return ctx
     return self_signed_context(names)
 
@@ -106,13 +112,13 @@ def trust_context(cafile: str, *, what: str = "caPool") -> ssl.SSLContext:
         return ssl.create_default_context(cafile=cafile)
     except ssl.SSLError as exc:
         raise CertificateError(
-            f"{what} {cafile}: no PEM certificate in it ({exc.reason or exc})"
+            what, f"{cafile}: no PEM certificate in it ({exc.reason or exc})"
         ) from None
     except OSError as exc:
-        raise CertificateError(_unreadable(exc, (what, cafile))) from None
+        raise _unreadable(exc, (what, cafile)) from None
 
 
-def _unreadable(exc: OSError, *files: tuple[str, str | None]) -> str:
+def _unreadable(exc: OSError, *files: tuple[str, str | None]) -> CertificateError:
     """``certificate /x/cert.pem: no such file or directory``: the first of ``files`` that
     cannot be opened (``ssl`` reports no file name), else the first one."""
     reason = exc.strerror or str(exc)
@@ -123,9 +129,9 @@ def _unreadable(exc: OSError, *files: tuple[str, str | None]) -> str:
             Path(path).open("rb").close()
         except OSError as opened:
             reason = opened.strerror or reason
-            return f"{what} {path}: {reason[:1].lower() + reason[1:]}"
+            return CertificateError(what, f"{path}: {reason[:1].lower() + reason[1:]}")
     what, path = named[0]
-    return f"{what} {path}: {reason}"
+    return CertificateError(what, f"{path}: {reason}")
 
 
 def self_signed_context(names: Iterable[str]) -> ssl.SSLContext:

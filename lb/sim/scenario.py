@@ -315,8 +315,14 @@ def _config(
             report.error(where, "expected a path to a configuration or an inline mapping")
             return None, []
     except ConfigError as exc:
-        inline = not isinstance(raw, str)
-        report.errors.extend(_prefixed(p) if inline else p for p in exc.problems)
+        for p in exc.problems:
+            if not isinstance(raw, str):
+                report.errors.append(_prefixed(p))
+            elif p.file == os.fspath(target) and p.line is None and not p.path:
+                # The named file itself cannot be read: at the line of the scenario naming it.
+                report.error(where, f"{p.file}: {p.message}")
+            else:
+                report.errors.append(p)
         return None, list(exc.warnings)
     return result.config, result.warnings
 

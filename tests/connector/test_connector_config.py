@@ -98,6 +98,29 @@ ingress:
     assert found["ingress[3].weight"][0] == 15
 
 
+def test_files_that_cannot_be_loaded_are_problems_at_their_line(tmp_path: Path) -> None:
+    """Loaded only when asked (the command does, as serving will): the problem names the
+    connector file, the line and the field, not only the PEM file."""
+    path = write(tmp_path, GOOD.replace("originRequest:\n", "originRequest:\n  caPool: ca.pem\n"))
+    assert load_connector_config(path).ca_pool == str(tmp_path / "ca.pem")  # not read
+    with pytest.raises(ConfigError) as info:
+        load_connector_config(path, files=True)
+    [problem] = info.value.problems
+    cert = tmp_path / "certs" / "cert.pem"
+    assert (problem.file, problem.line, problem.path) == (str(path), 6, "certificate")
+    assert problem.message == f"{cert}: no such file or directory"
+    (tmp_path / "certs").mkdir()
+    issued = trustme.CA().issue_cert("app.example.com")
+    issued.cert_chain_pems[0].write_to_path(str(cert))
+    issued.private_key_pem.write_to_path(str(tmp_path / "certs" / "key.pem"))
+    (tmp_path / "ca.pem").write_text("junk\n")
+    with pytest.raises(ConfigError) as info:
+        load_connector_config(path, files=True)
+    [problem] = info.value.problems
+    assert (problem.line, problem.path) == (9, "originRequest.caPool")
+    assert problem.message.startswith(f"{tmp_path / 'ca.pem'}: no PEM certificate in it")
+
+
 def test_field_checks_after_rules(tmp_path: Path) -> None:
     text = "tunnel: nope\nlisten: localhost\nkey: k.pem\ningress:\n  - service: hello_world\n"
     found = {path: line for line, path, _ in problems(tmp_path, text)}

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import ssl
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 import pytest
@@ -33,21 +35,44 @@ async def _start(
     return f"https://{host}:{port}/", f"http://{control[0]}:{control[1]}/faults"
 
 
-async def test_faults_refuse_blackhole_down_status_recover(
-    nursery: trio.Nursery, server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext
-) -> None:
-    url, control = await _start(nursery, server_ctx)
+class Connected(NamedTuple):
+    """A started connector, a client that trusts it and one for its control API."""
+
+    url: str
+    control: str
+    client: httpx.AsyncClient
+    admin: httpx.AsyncClient
+    do: Callable[..., Awaitable[dict[str, Any]]]
+    """POST one change to the control API; it must be accepted; the state it answers."""
+
+
+@asynccontextmanager
+async def _connected(
+    nursery: trio.Nursery,
+    server_ctx: ssl.SSLContext,
+    client_ctx: ssl.SSLContext,
+    rules: tuple[IngressRule, ...] = (IngressRule("hello_world"),),
+) -> AsyncIterator[Connected]:
+    """:func:`_start`, with the two clients that most fault tests drive it through."""
+    url, control = await _start(nursery, server_ctx, rules)
     async with (
         httpx.AsyncClient(verify=client_ctx, timeout=5) as client,
         httpx.AsyncClient(timeout=5) as admin,
     ):
 
-        async def do(**body: object) -> dict[str, object]:
+        async def do(**body: object) -> dict[str, Any]:
             response = await admin.post(control, json=body)
             assert response.status_code == 200, response.text
-            state: dict[str, object] = response.json()
+            state: dict[str, Any] = response.json()
             return state
 
+        yield Connected(url, control, client, admin, do)
+
+
+async def test_faults_refuse_blackhole_down_status_recover(
+    nursery: trio.Nursery, server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext
+) -> None:
+    async with _connected(nursery, server_ctx, client_ctx) as (url, control, client, admin, do):
         assert (await client.get(url)).status_code == 200
         assert (await do(do="down"))["fault"] == "down"
         assert (await client.get(url)).status_code == 530
@@ -72,11 +97,7 @@ async def test_faults_refuse_blackhole_down_status_recover(
 async def test_flap_alternates_and_latency_is_reported(
     nursery: trio.Nursery, server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext
 ) -> None:
-    url, control = await _start(nursery, server_ctx)
-    async with (
-        httpx.AsyncClient(verify=client_ctx, timeout=5) as client,
-        httpx.AsyncClient(timeout=5) as admin,
-    ):
+    async with _connected(nursery, server_ctx, client_ctx) as (url, control, client, admin, _):
         body = {"do": "flap", "period": 0.4, "down_for": 0.2, "how": "status", "status": 502}
         assert (await admin.post(control, json=body)).status_code == 200
         seen: set[int] = set()
@@ -230,18 +251,9 @@ async def test_origin_faults_fail_the_application_not_the_connector(
     nursery: trio.Nursery, server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext
 ) -> None:
     rules = (IngressRule("http_status:204", path="^/health"), IngressRule("hello_world"))
-    url, control = await _start(nursery, server_ctx, rules)
-    async with (
-        httpx.AsyncClient(verify=client_ctx, timeout=5) as client,
-        httpx.AsyncClient(timeout=5) as admin,
-    ):
-
-        async def do(**body: object) -> dict[str, Any]:
-            response = await admin.post(control, json={**body, "layer": "origin"})
-            assert response.status_code == 200, response.text
-            state: dict[str, Any] = response.json()
-            return state
-
+    async with _connected(nursery, server_ctx, client_ctx, rules) as connected:
+        url, control, client, admin, edge = connected
+        do = partial(edge, layer="origin")
         state = await do(do="status", status=503)
         assert state["fault"] is None  # the connector itself works
         assert state["origin"]["fault"] == "status"
@@ -265,17 +277,13 @@ async def test_origin_faults_fail_the_application_not_the_connector(
 async def test_probe_requests_are_counted_by_their_user_agent(
     nursery: trio.Nursery, server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext
 ) -> None:
-    url, control = await _start(nursery, server_ctx)
-    stats = control.replace("/faults", "/stats")
     agents = [
         "tunnel-lb/1.0 (health-check; pool: eu)",
         "Mozilla/5.0 (compatible; Cloudflare-Traffic-Manager/1.0; pool-id: 1)",
         "curl/8.0",
     ]
-    async with (
-        httpx.AsyncClient(verify=client_ctx, timeout=5) as client,
-        httpx.AsyncClient(timeout=5) as admin,
-    ):
+    async with _connected(nursery, server_ctx, client_ctx) as (url, control, client, admin, _):
+        stats = control.replace("/faults", "/stats")
         for agent in agents:
             assert (await client.get(url, headers={"user-agent": agent})).status_code == 200
         assert (await admin.post(control, json={"do": "down"})).status_code == 200
@@ -337,16 +345,7 @@ async def test_reset_and_truncate_drop_the_connection_before_or_inside_the_body(
     nursery: trio.Nursery, server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext
 ) -> None:
     rules = (IngressRule("http_status:204", path="^/health"), IngressRule("hello_world"))
-    url, control = await _start(nursery, server_ctx, rules)
-    async with (
-        httpx.AsyncClient(verify=client_ctx, timeout=5) as client,
-        httpx.AsyncClient(timeout=5) as admin,
-    ):
-
-        async def do(**body: object) -> None:
-            response = await admin.post(control, json=body)
-            assert response.status_code == 200, response.text
-
+    async with _connected(nursery, server_ctx, client_ctx, rules) as (url, _, client, _, do):
         await do(do="reset")
         with pytest.raises(httpx.RemoteProtocolError, match="without sending"):
             await client.get(url)  # the request was taken; no byte of an answer came back
@@ -371,16 +370,7 @@ async def test_a_connector_fault_hides_a_truncating_application(
     """As in the simulator, the connector's own status (or ``down``'s 530) answers before
     the application behind it is reached: its ``truncate`` shows only once the connector
     recovers."""
-    url, control = await _start(nursery, server_ctx)
-    async with (
-        httpx.AsyncClient(verify=client_ctx, timeout=5) as client,
-        httpx.AsyncClient(timeout=5) as admin,
-    ):
-
-        async def do(**body: object) -> None:
-            response = await admin.post(control, json=body)
-            assert response.status_code == 200, response.text
-
+    async with _connected(nursery, server_ctx, client_ctx) as (url, _, client, _, do):
         await do(do="truncate", layer="origin")
         await do(do="status", status=503)
         assert (await client.get(url)).status_code == 503

@@ -278,8 +278,10 @@ async def test_a_reload_reads_admin_token_env_from_the_start_environment(
         naming("LB_TEST_TOKEN_UNSET")
         resp = await client.post(f"{admin}/reload", headers=bearer(TOKEN))
         assert resp.status_code == 400
+        line = line_of(config, "LB_TEST_TOKEN_UNSET")
         assert resp.json()["errors"] == [
-            f"{config}: engine.admin_token_env: environment variable LB_TEST_TOKEN_UNSET is not set"
+            f"{config}:{line}: engine.admin_token_env: "
+            "environment variable LB_TEST_TOKEN_UNSET is not set"
         ]
         naming("LB_TEST_TOKEN_B")
         resp = await client.post(f"{admin}/reload", headers=bearer(TOKEN))
@@ -375,6 +377,25 @@ def test_check_and_run_report_each_bad_file_with_its_line(
     assert done.returncode == 2  # before anything listens
     assert f"error: {expected}" in done.stderr.splitlines()
     assert "Traceback" not in done.stderr
+
+
+def test_run_reports_an_unset_admin_token_env_with_its_line(tmp_path: Path) -> None:
+    """``check`` does not read the variable (it belongs to the service's environment), so
+    ``run`` is the one to report it: it said file and path but no line."""
+    config = tmp_path / "lb.json"
+    document = json.loads(one_pool_config())
+    document["engine"]["admin_token_env"] = "LB_TEST_TOKEN_NEVER_SET"
+    config.write_text(json.dumps(document, indent=2) + "\n")
+    line = line_of(config, "LB_TEST_TOKEN_NEVER_SET")
+    env = {k: v for k, v in os.environ.items() if k != "LB_TEST_TOKEN_NEVER_SET"}
+    run = [sys.executable, "-m", "lb", "run", str(config)]
+    done = subprocess.run(run, capture_output=True, text=True, timeout=120, env=env, check=False)
+    assert done.returncode == 2  # before anything listens
+    assert "Traceback" not in done.stderr
+    assert (
+        f"error: {config}:{line}: engine.admin_token_env: "
+        "environment variable LB_TEST_TOKEN_NEVER_SET is not set"
+    ) in done.stderr.splitlines(), done.stderr
 
 
 def test_check_passes_what_run_starts_with(

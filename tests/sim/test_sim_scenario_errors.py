@@ -133,6 +133,14 @@ def test_problem_in_the_referenced_config_points_into_it(tmp_path: Path) -> None
     assert found and all(p.file == str(tmp_path / "lb.yaml") for p in found)
 
 
+def test_a_referenced_config_that_cannot_be_read_is_named_at_its_line(tmp_path: Path) -> None:
+    """It was reported as the missing file alone, without the scenario line that named it."""
+    path = write(tmp_path, "# one line first\n" + HEAD.replace("lb.yaml", "gone.yaml"))
+    p = only(path)
+    assert (p.file, p.line, p.path) == (str(path), 2, "config")
+    assert p.message == f"{tmp_path / 'gone.yaml'}: no such file"
+
+
 def test_problem_in_an_inline_config_is_under_config(tmp_path: Path) -> None:
     body = """\
     duration: 60
