@@ -164,7 +164,8 @@ async def client_abort(ex: Exchange, abort: ClientError) -> bool:
 
 async def timed_out(ex: Exchange) -> None:
     """The watchdog fired: what it means depends on the phase (lb/proxy/state.py).  524 (or
-    408) when no response was started, else cut; at the drain deadline, 503."""
+    408) when no response was started, else cut; at the drain deadline, 503; for a request
+    body too slow (the connection's body clock says so), 408."""
     shared = ex.shared
     record = ex.record
     conn = ex.conn
@@ -188,10 +189,16 @@ async def timed_out(ex: Exchange) -> None:
                 await ex.stream.send_all(data)
         return
     phase = ex.phase
-    if phase is Phase.WEBSOCKET:
+    clock = ex.clock
+    if clock is not None and clock.closed_by:
+        # Closed for a request body too slow (lb/proxy/connection.py, ``judge_bodies``), in
+        # whatever phase the other task of the exchange was: the client's doing, 408.
+        status = 408
+        record.error = RequestError.BODY_TOO_SLOW
+    elif phase is Phase.WEBSOCKET:
         record.error = RequestError.WEBSOCKET_IDLE
         return
-    if phase is Phase.UPSTREAM or phase is Phase.RELAY:
+    elif phase is Phase.UPSTREAM or phase is Phase.RELAY:
         status = errors.RESPONSE_TIMEOUT
         record.error = RequestError.RESPONSE_TIMEOUT
         if record.attempts and not ex.responded:

@@ -12,6 +12,13 @@ deadline passed (:func:`expire`).  A timeout never fires early, and late by abou
 a twentieth of the shortest timeout it serves, between 5 ms and a quarter of a second, and
 grows with the connections to check (2 µs per connection: a check costs ~60 ns each, so
 the loop stays under 3 % of a core; 100,000 connections are checked every 0.2 s).
+
+The same tick keeps each request body's rate clock (:class:`BodyClock`): a body that
+trickles (a byte every ``idle_timeout - 1`` seconds: the "slow POST") never trips the
+inactivity deadline, so what it is judged by is its average rate over the time the proxy
+waited for it, as Kestrel's ``MinRequestBodyDataRate`` judges it.  The clock runs only
+while the proxy is waiting for the client's body bytes (a flag the body reader sets around
+its read), and is advanced here, a tick at a time: no clock read or arithmetic per read.
 """
 
 from __future__ import annotations
@@ -21,12 +28,24 @@ from collections.abc import Iterable
 
 import trio
 
-__all__ = ["MAX_TICK", "MIN_TICK", "PER_CONNECTION", "Watchdog", "expire", "tick"]
+__all__ = [
+    "BODY_RATE",
+    "MAX_TICK",
+    "MIN_TICK",
+    "PER_CONNECTION",
+    "BodyClock",
+    "Watchdog",
+    "expire",
+    "tick",
+]
 
 MIN_TICK = 0.005
 MAX_TICK = 0.25
 PER_CONNECTION = 2e-6
 """Seconds of tick per connection checked (see the module docstring)."""
+BODY_RATE = 240
+"""Bytes per second a request body must average, after its grace, not to count as slow at
+the connection cap when ``limits.min_body_rate`` is 0 (Kestrel's default minimum)."""
 
 
 class Watchdog:
@@ -67,3 +86,35 @@ def expire(watchdogs: Iterable[Watchdog], now: float) -> None:
     for watchdog in watchdogs:
         if watchdog.due <= now:
             watchdog.cancel()
+
+
+class BodyClock:
+    """How long the proxy has waited for one request body, and whether it is too slow.
+
+    ``elapsed`` runs only while ``reading`` is set (the body reader sets it around its wait
+    for the client's bytes), so the time the proxy spends elsewhere (steering, dialing,
+    blocked writing to a slow upstream) is never blamed on the client.  The watch loop
+    advances it by a tick at a time (:meth:`advance`).
+    """
+
+    __slots__ = ("closed_by", "elapsed", "reading")
+
+    def __init__(self) -> None:
+        self.reading = False
+        self.elapsed = 0.0
+        """Seconds spent waiting for the body's bytes (the rate clock)."""
+        self.closed_by = ""
+        """Why the connection was closed for being slow (``min_body_rate``,
+        ``connection_cap``); empty while it was not."""
+
+    def advance(self, seconds: float) -> None:
+        """One tick of ``seconds`` passed: count it if the body was being waited for."""
+        if self.reading:
+            self.elapsed += seconds
+
+    def slow(self, received: int, rate: float, grace: float) -> bool:
+        """Whether ``received`` body bytes are fewer than ``rate`` per second of the clock,
+        once the clock passed ``grace`` seconds (Kestrel's test: the average since the body
+        began, the grace included)."""
+        elapsed = self.elapsed
+        return elapsed > grace and received < rate * elapsed
