@@ -187,6 +187,13 @@ class ProxyServer:
         return len(self._shared.bodies)
 
     @property
+    def slow_candidates(self) -> int:
+        """Requests whose body the last watchdog tick found slower than the minimum rate
+        and that are still open: the connection cap closes them after idle connections and
+        overdue heads (only with ``limits.min_body_rate`` 0; else they are closed at once)."""
+        return len(self._shared.slow)
+
+    @property
     def slow_bodies(self) -> int:
         """Connections closed because their request body came too slowly, by
         ``limits.min_body_rate`` or at the connection cap."""

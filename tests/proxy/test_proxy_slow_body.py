@@ -1,0 +1,230 @@
+"""Slow request bodies (the "slow POST"): the body's rate clock, ``limits.min_body_rate`` and
+the connection cap (lb/proxy/watchdog.py, lb/proxy/connection.py; docs/proxy.md, "Slow
+request bodies").
+
+A client that sends a whole head and then its body a byte now and then never trips
+``idle_timeout``; what closes it is its average rate over the time the proxy waited for it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable
+
+import pytest
+import trio
+from proxy_support import LB_HOST, Certs, Client, start_stack
+from waiting import wait_until
+
+from lb.config.model import Limits
+from lb.logs import JsonFormatter
+from lb.proxy import capacity
+from lb.proxy.errors import RequestError
+from lb.proxy.watchdog import BodyClock
+
+GRACE = 0.5
+"""The grace of these tests (``min_body_rate_grace``), so that a slow body is judged soon."""
+
+
+def test_the_body_clock_runs_only_while_the_body_is_waited_for() -> None:
+    clock = BodyClock()
+    clock.advance(10.0)  # steering, dialing, writing upstream: not the client's time
+    assert clock.elapsed == 0.0
+    clock.reading = True
+    clock.advance(0.25)
+    clock.advance(0.25)
+    assert clock.elapsed == 0.5
+
+
+def test_a_body_is_slow_past_the_grace_below_the_average_rate() -> None:
+    """Kestrel's test: the average since the clock started, judged once past the grace."""
+    clock = BodyClock()
+    clock.reading = True
+    clock.advance(4.0)
+    assert not clock.slow(0, rate=240, grace=5.0)  # within the grace, whatever came
+    clock.advance(2.0)
+    assert clock.slow(1439, rate=240, grace=5.0)  # 6 s at 240 B/s is 1440 bytes
+    assert not clock.slow(1440, rate=240, grace=5.0)
+
+
+def test_at_the_cap_a_slow_body_goes_after_idle_connections_and_overdue_heads() -> None:
+    idle = {"ka": None}
+    heads = {"old": 10.0}
+    slow = {"trickle": None, "trickle2": None}
+    assert capacity.make_room(idle, heads, now=12.0, grace=2.0, slow=slow) == "ka"
+    assert capacity.make_room({}, heads, now=12.0, grace=2.0, slow=slow) == "old"
+    # A head within its grace is not closed, and does not shield a slow body.
+    assert capacity.make_room({}, heads, now=11.0, grace=2.0, slow=slow) == "trickle"
+    assert capacity.make_room({}, heads, now=11.0, grace=2.0, slow={}) is None
+
+
+async def _trickle(client: Client, every: float) -> None:
+    """The slow POST: one body byte every ``every`` seconds, until cancelled."""
+    while True:
+        try:
+            await client.send_body(b"x")
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return
+        await trio.sleep(every)  # the attack under test: bytes paced far below any rate
+
+
+def _events(caplog: pytest.LogCaptureFixture, name: str) -> list[dict[str, object]]:
+    lines = [json.loads(JsonFormatter().format(r)) for r in caplog.records]
+    return [line for line in lines if line["event"] == name]
+
+
+BODIES = {
+    "content-length, streamed": [("content-length", "1000000")],
+    "content-length, buffered": [("content-length", "60000")],
+    "chunked": [("transfer-encoding", "chunked")],
+}
+
+
+@pytest.mark.parametrize("framing", list(BODIES), ids=list(BODIES))
+async def test_a_trickling_body_is_answered_408(
+    nursery: trio.Nursery, certs: Certs, caplog: pytest.LogCaptureFixture, framing: str
+) -> None:
+    """``min_body_rate`` set: a body far below it is answered 408 once past the grace, long
+    before ``idle_timeout`` (which the trickle would never trip)."""
+    limits = Limits(min_body_rate=1000, min_body_rate_grace=GRACE, idle_timeout=600)
+    stack = await start_stack(nursery, certs, 1, limits=limits)
+    headers: Iterable[tuple[str, str]] = [("host", LB_HOST), *BODIES[framing]]
+    with caplog.at_level(logging.WARNING, logger="tunnel_lb"):
+        async with await Client.connect(stack.port) as client:
+            await client.send_head("POST", "/sink", headers)
+            async with trio.open_nursery() as sending:
+                sending.start_soon(_trickle, client, 0.05)
+                with trio.fail_after(10):
+                    response = await client.read_response()
+                sending.cancel_scope.cancel()
+            assert response.status == 408
+            assert response.header("connection") == "close"
+    [record] = await stack.settled()
+    assert (record.status, record.error) == (408, RequestError.BODY_TOO_SLOW)
+    assert stack.server.slow_bodies == 1
+    [event] = _events(caplog, "request_body_too_slow")
+    assert event["level"] == "warning"
+    assert (event["closed_by"], event["peer"], event["slow_bodies"]) == (
+        "min_body_rate",
+        "127.0.0.1",
+        1,
+    )
+    assert isinstance(event["received"], int) and event["received"] < 1000
+    # The proxy serves the next client as before.
+    async with await Client.connect(stack.port) as client:
+        assert (await client.request()).status == 200
+
+
+async def test_a_body_too_slow_after_the_response_started_cuts_the_connection(
+    nursery: trio.Nursery, certs: Certs
+) -> None:
+    """No second answer once a response started (its head and the echoed bytes are out):
+    the connection is cut, and the record says why."""
+    limits = Limits(min_body_rate=1000, min_body_rate_grace=GRACE, idle_timeout=600)
+    stack = await start_stack(nursery, certs, 1, limits=limits)
+    async with await Client.connect(stack.port) as client:
+        await client.send_head("POST", "/echo", [("host", LB_HOST), ("content-length", "1000000")])
+        await client.send_body(b"hello")
+        with trio.fail_after(10):
+            head = await client.next_event()
+            assert head.status_code == 200
+            received = b""
+            while True:
+                try:
+                    data = await client.stream.receive_some(65536)
+                except trio.BrokenResourceError:  # a reset is a cut too
+                    break
+                if not data:
+                    break
+                received += data
+    assert b"hello" in received
+    [record] = await stack.settled()
+    assert (record.status, record.error) == (200, RequestError.BODY_TOO_SLOW)
+    assert stack.server.slow_bodies == 1
+
+
+async def test_a_body_slow_because_the_endpoint_reads_slowly_is_not_closed(
+    nursery: trio.Nursery, certs: Certs
+) -> None:
+    """The rate clock stops while the proxy is blocked writing upstream: an endpoint that
+    reads nothing for 3 s holds the client's 32 MiB back (about 10 MiB fit in the socket
+    buffers), which over the wall clock would be under 4 MiB/s, and is not the client's
+    doing."""
+    size = 32 << 20
+    limits = Limits(min_body_rate=4 << 20, min_body_rate_grace=GRACE)
+    stack = await start_stack(nursery, certs, 1, limits=limits)
+    async with await Client.connect(stack.port) as client:
+        with trio.fail_after(60):
+            await client.send_head(
+                "POST", "/sink-late?s=3", [("host", LB_HOST), ("content-length", str(size))]
+            )
+            await client.send_body(b"x" * size)
+            response = await client.read_response()
+    assert (response.status, response.body) == (200, str(size).encode())
+    [record] = await stack.settled()
+    assert record.error == ""
+    assert stack.server.slow_bodies == 0
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+async def test_an_upload_at_full_speed_is_untouched(
+    nursery: trio.Nursery, certs: Certs, chunked: bool
+) -> None:
+    size = 8 << 20
+    limits = Limits(min_body_rate=1 << 20, min_body_rate_grace=GRACE)
+    stack = await start_stack(nursery, certs, 1, limits=limits)
+    framing = ("transfer-encoding", "chunked") if chunked else ("content-length", str(size))
+    async with await Client.connect(stack.port) as client:
+        with trio.fail_after(60):
+            await client.send_head("POST", "/sink", [("host", LB_HOST), framing])
+            for _ in range(8):
+                await client.send_body(b"x" * (size // 8))
+            await client.end_body()
+            response = await client.read_response()
+        assert (response.status, response.body) == (200, str(size).encode())
+        assert (await client.request()).status == 200  # the connection is kept
+    records = await stack.settled()
+    assert [r.error for r in records] == ["", ""]
+    assert stack.server.slow_bodies == 0
+    assert stack.server.request_bodies == 0  # settled requests leave no clock behind
+
+
+async def test_at_the_cap_a_slow_body_makes_room(
+    nursery: trio.Nursery, certs: Certs, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``min_body_rate`` off (the default): slow bodies are left alone below the cap, but at
+    the cap the oldest one below 240 B/s is answered 408 to make room for a new client."""
+    limits = Limits(max_connections=2, min_body_rate_grace=GRACE, idle_timeout=600)
+    stack = await start_stack(nursery, certs, 1, limits=limits)
+    server = stack.server
+    size = 100_000
+    slow = []
+    for n in range(2):  # one at a time, so that the order of their bodies is known
+        client = await Client.connect(stack.port)
+        await client.send_head("POST", "/sink", [("host", LB_HOST), ("content-length", str(size))])
+        await client.send_body(b"x" * 10)
+        slow.append(client)
+        await wait_until(lambda n=n: server.request_bodies == n + 1)
+    await wait_until(lambda: server.slow_candidates == 2)
+    assert server.slow_bodies == 0  # found slow, but nothing enforces the rate below the cap
+    with caplog.at_level(logging.WARNING, logger="tunnel_lb"):
+        async with await Client.connect(stack.port) as newcomer:
+            assert (await newcomer.request()).status == 200
+    # The oldest slow body made room: 408, counted, logged.
+    with trio.fail_after(10):
+        response = await slow[0].read_response()
+    assert response.status == 408
+    assert (server.shed, server.refused, server.slow_bodies) == (1, 0, 1)
+    [event] = _events(caplog, "request_body_too_slow")
+    assert event["closed_by"] == "connection_cap"
+    # The younger one is still served when its body comes.
+    await slow[1].send_body(b"x" * (size - 10))
+    await slow[1].end_body()
+    with trio.fail_after(10):
+        response = await slow[1].read_response()
+    assert (response.status, response.body) == (200, str(size).encode())
+    records = await stack.settled()
+    assert sorted(r.error for r in records) == ["", "", RequestError.BODY_TOO_SLOW]
+    for client in slow:
+        await client.aclose()
