@@ -150,10 +150,14 @@ def judge_bodies(shared: Shared, seconds: float) -> None:
     grace = limits.min_body_rate_grace
     slow = shared.slow
     for client, clock in list(shared.bodies.items()):
-        clock.advance(seconds)
         ex = client.exchange
         if ex is None or clock.closed_by:
             continue
+        if ex.req_done:  # the body is whole: nothing of it is awaited any more
+            if slow:
+                slow.pop(client, None)
+            continue
+        clock.advance(seconds)
         if clock.slow(ex.record.bytes_in, rate, grace):
             if enforced:
                 slow.pop(client, None)
