@@ -10,17 +10,22 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Iterable
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
 import trio
+import trio.testing
 from proxy_support import LB_HOST, Certs, Client, start_stack
 from waiting import wait_until
 
 from lb.config.model import Limits
 from lb.logs import JsonFormatter
-from lb.proxy import capacity
+from lb.proxy import capacity, connection, state
 from lb.proxy.errors import RequestError
+from lb.proxy.hooks import ProxyHooks
 from lb.proxy.watchdog import BodyClock
 
 GRACE = 0.5
@@ -228,3 +233,38 @@ async def test_at_the_cap_a_slow_body_makes_room(
     assert sorted(r.error for r in records) == ["", "", RequestError.BODY_TOO_SLOW]
     for client in slow:
         await client.aclose()
+
+
+async def test_a_body_already_whole_is_not_judged() -> None:
+    """Once the body is whole nothing of it is awaited: a request waiting for its endpoint
+    is not closed for the rate its body had (the watch loop's judgement, on a stub)."""
+    limits = Limits(min_body_rate=1000, min_body_rate_grace=GRACE)
+    engine = SimpleNamespace(config=SimpleNamespace(engine=SimpleNamespace(limits=limits)))
+
+    def shared_with(req_done: bool) -> Any:
+        ours, _ = trio.testing.memory_stream_pair()
+        client = state.Client(ours, https=False)
+        client.exchange = cast(
+            Any, SimpleNamespace(req_done=req_done, record=SimpleNamespace(bytes_in=10))
+        )
+        clock = BodyClock()
+        clock.elapsed = 10 * GRACE  # 10 bytes in that long: far below 1000 B/s
+        return SimpleNamespace(
+            engine=engine,
+            bodies={client: clock},
+            slow={},
+            slow_bodies=0,
+            slow_log=state.Throttle(),
+            hooks=ProxyHooks(),
+        )
+
+    whole = shared_with(req_done=True)
+    connection.judge_bodies(whole, 0.25)
+    assert whole.slow_bodies == 0
+    [client] = whole.bodies
+    assert client.watchdog.due == math.inf and not client.watchdog.scope.cancel_called
+    arriving = shared_with(req_done=False)
+    connection.judge_bodies(arriving, 0.25)
+    assert arriving.slow_bodies == 1
+    [client] = arriving.bodies
+    assert client.watchdog.scope.cancel_called
