@@ -459,7 +459,9 @@ async def _tls_start(shared: Shared, client: Client) -> _Start:
             raise
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             cause = exc.__cause__
-            if isinstance(cause, ssl.SSLError):
+            # A clean close (FIN) mid-handshake is an SSLEOFError, a kind of SSLError: the
+            # client left, it was not refused.
+            if isinstance(cause, ssl.SSLError) and not isinstance(cause, ssl.SSLEOFError):
                 kind = TlsFailure.HANDSHAKE_FAILED
                 reason = cause.reason or type(cause).__name__
             else:

@@ -241,10 +241,23 @@ async def test_failed_client_tls_handshakes_by_reason(
     raw.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     await trio.aclose_forcefully(raw)
     await wait_until(lambda: server.tls_failed == 4)
+    # A ClientHello, then a clean close (FIN) before the handshake ends: the client left,
+    # nothing was refused (the ssl module reports it as an SSLEOFError).
+    raw = await trio.open_tcp_stream("127.0.0.1", port)
+    bios = ssl.MemoryBIO(), ssl.MemoryBIO()
+    hello = ssl.create_default_context().wrap_bio(*bios, server_hostname=LB_HOST)
+    with pytest.raises(ssl.SSLWantReadError):
+        hello.do_handshake()
+    await raw.send_all(bios[1].read())
+    with trio.fail_after(5):
+        assert await raw.receive_some(1)  # the server is mid-handshake
+    await raw.send_eof()
+    await wait_until(lambda: server.tls_failed == 5)
+    await raw.aclose()
 
     s = scrape(metrics)
     got = {dict(labels)["reason"]: v for (name, labels), v in s.items() if name == failures}
-    assert got == {"plain_http": 1, "handshake_failed": 1, "timed_out": 1, "connection_lost": 1}
+    assert got == {"plain_http": 1, "handshake_failed": 1, "timed_out": 1, "connection_lost": 2}
     # A handshake that succeeds counts nowhere here.
     ctx = ssl.create_default_context()
     certs.ca.configure_trust(ctx)
@@ -253,7 +266,7 @@ async def test_failed_client_tls_handshakes_by_reason(
     )
     async with Client(tls) as client:
         assert (await client.request()).status == 200
-    assert sum(v for (name, _), v in scrape(metrics).items() if name == failures) == 4
+    assert sum(v for (name, _), v in scrape(metrics).items() if name == failures) == 5
 
 
 async def test_connections_closed_for_a_slow_body(nursery: trio.Nursery, certs: Certs) -> None:
