@@ -159,6 +159,13 @@ async def pump_body(ex: Exchange, up: UpstreamConnection, pump: BodyPump) -> Non
         log.warning("request_body_pump_failed", exc_info=True)  # ``error``: lb/logs.py
         pump.error = exc
     finally:
+        # Nothing more of the body is read: its clock leaves the watch loop's list now, not
+        # at ``settle`` (an upgrade whose pump failed before the 101 may splice for hours,
+        # with a clock frozen below the rate).
+        if ex.clock is not None:
+            shared = ex.shared
+            shared.bodies.pop(ex.client, None)
+            shared.slow.pop(ex.client, None)
         pump.done.set()
 
 

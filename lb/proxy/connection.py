@@ -86,7 +86,13 @@ def _make_room(shared: Shared) -> bool:
     """Close a client connection to make room for a new one (the rule is
     :func:`lb.proxy.capacity.make_room`); False if none may be closed."""
     now = trio.current_time()
-    client = capacity.make_room(shared.idle, shared.heads, now, capacity.HEAD_GRACE, shared.slow)
+    slow = shared.slow
+    if slow:
+        # ``slow`` is refreshed once a tick: a body that became whole since (its request now
+        # waits on the endpoint) is no longer the client's delay, and must not be chosen.
+        for done in [c for c in slow if c.exchange is None or c.exchange.req_done]:
+            del slow[done]
+    client = capacity.make_room(shared.idle, shared.heads, now, capacity.HEAD_GRACE, slow)
     if client is None:
         return False
     shared.idle.pop(client, None)

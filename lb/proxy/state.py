@@ -190,7 +190,8 @@ class Exchange:
     """Some of the request reached the current upstream connection."""
     clock: BodyClock | None = None
     """The request body's rate clock, from the first wait for its bytes (lb/proxy/body.py);
-    while it is set the request is in ``Shared.bodies``."""
+    the request is in ``Shared.bodies`` from then until its body pump ends or it is
+    settled."""
 
     def advance(self, move: Move, seconds: float | None = None) -> None:
         """Take ``move`` (see :data:`TRANSITIONS`); with ``seconds``, push the inactivity

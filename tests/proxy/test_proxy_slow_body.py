@@ -22,9 +22,10 @@ from proxy_support import LB_HOST, Certs, Client, start_stack
 from waiting import wait_until
 
 from lb.config.model import Limits
+from lb.core.attempts import Body
 from lb.logs import JsonFormatter
-from lb.proxy import capacity, connection, state
-from lb.proxy.errors import RequestError
+from lb.proxy import body, capacity, connection, http1, state
+from lb.proxy.errors import RequestError, UpstreamError
 from lb.proxy.hooks import ProxyHooks
 from lb.proxy.watchdog import BodyClock
 
@@ -268,3 +269,92 @@ async def test_a_body_already_whole_is_not_judged() -> None:
     assert arriving.slow_bodies == 1
     [client] = arriving.bodies
     assert client.watchdog.scope.cancel_called
+
+
+def _cap_shared(slow: dict[Any, None]) -> Any:
+    """A stub of ``Shared`` at the cap, for ``_make_room``: no idle client, no half head."""
+    limits = Limits(min_body_rate_grace=GRACE)
+    engine = SimpleNamespace(config=SimpleNamespace(engine=SimpleNamespace(limits=limits)))
+    return SimpleNamespace(
+        engine=engine,
+        idle={},
+        heads={},
+        slow=slow,
+        bodies={client: BodyClock() for client in slow},
+        clients=set(slow),
+        max_connections=len(slow),
+        shed=0,
+        refused=0,
+        cap_log=state.Throttle(),
+        slow_bodies=0,
+        slow_log=state.Throttle(),
+        hooks=ProxyHooks(),
+    )
+
+
+def _client_with(exchange: object) -> state.Client:
+    ours, _ = trio.testing.memory_stream_pair()
+    client = state.Client(ours, https=False)
+    client.exchange = cast(Any, exchange)
+    return client
+
+
+async def test_the_cap_never_closes_a_request_whose_body_became_whole_since_the_tick() -> None:
+    """``Shared.slow`` is refreshed once a tick: a body that became whole in between (its
+    request now waits on a slow endpoint), or a request already settled, is not chosen."""
+    whole = _client_with(SimpleNamespace(req_done=True, record=SimpleNamespace(bytes_in=10)))
+    settled = _client_with(None)
+    shared = _cap_shared({whole: None, settled: None})
+    assert not connection._make_room(shared)
+    assert shared.slow == {} and shared.slow_bodies == 0 and shared.shed == 0
+    assert not whole.watchdog.scope.cancel_called
+    # A body still arriving, listed after them, is the one closed.
+    arriving = _client_with(SimpleNamespace(req_done=False, record=SimpleNamespace(bytes_in=10)))
+    whole = _client_with(SimpleNamespace(req_done=True, record=SimpleNamespace(bytes_in=10)))
+    shared = _cap_shared({whole: None, arriving: None})
+    assert connection._make_room(shared)
+    assert (shared.slow_bodies, shared.shed) == (1, 1)
+    assert arriving.watchdog.scope.cancel_called and not whole.watchdog.scope.cancel_called
+    assert shared.bodies[arriving].closed_by == "connection_cap"
+
+
+async def test_a_pump_that_ended_leaves_no_clock_behind() -> None:
+    """A body pump that fails writing upstream (here before any response, as for an upgrade
+    whose endpoint then answers 101) reads no more of the body: its clock leaves the watch
+    loop's lists at once, rather than staying there, frozen, until the request is settled."""
+    conn = http1.Connection(http1.SERVER)
+    conn.receive_data(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n")
+    assert type(conn.next_event()) is http1.Request
+    ours, theirs = trio.testing.memory_stream_pair()
+    up_ours, up_theirs = trio.testing.memory_stream_pair()
+    await up_theirs.aclose()  # the endpoint is gone: the first write upstream fails
+    uh = http1.Connection(http1.CLIENT)
+    uh.send(http1.Request(method=b"POST", target=b"/", headers=[(b"content-length", b"100")]))
+    client = state.Client(ours, https=False)
+    shared = SimpleNamespace(bodies={}, slow={})
+    ex = SimpleNamespace(
+        shared=shared,
+        client=client,
+        config=SimpleNamespace(engine=SimpleNamespace(limits=Limits())),
+        stream=ours,
+        conn=conn,
+        record=SimpleNamespace(bytes_in=0),
+        facts=SimpleNamespace(chunked=False),
+        body_state=Body.UNTOUCHED,
+        req_done=False,
+        clock=None,
+        sent_any=False,
+        advance=lambda move, seconds=None: None,
+    )
+    pump = state.BodyPump()
+    up = cast(Any, SimpleNamespace(http=uh, stream=up_ours))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(body.pump_body, cast(Any, ex), up, pump)
+        await wait_until(lambda: client in shared.bodies)  # waiting for the client's bytes
+        shared.slow[client] = None  # as if the last tick had found it slow
+        await theirs.send_all(b"x" * 10)  # read, then written upstream: that fails
+        with trio.fail_after(5):
+            await pump.done.wait()
+    assert isinstance(pump.error, UpstreamError)
+    assert ex.clock is not None  # kept for the request's own record
+    assert (shared.bodies, shared.slow) == ({}, {})
