@@ -127,12 +127,18 @@ async def sweep_loop(shared: Shared) -> None:
 
 async def watch_loop(shared: Shared) -> None:
     """Cancel the connections whose deadline passed (lb/proxy/watchdog.py), every tick,
-    until the proxy has drained; judge the request bodies being read (:func:`judge_bodies`)."""
+    until the proxy has drained; judge the request bodies being read (:func:`judge_bodies`).
+    The tick grows with both, so that the loop stays a small share of a core."""
     drained = shared.drained
     last = trio.current_time()
     while not drained.is_set():
         limits = shared.engine.config.engine.limits
-        every = tick(len(shared.clients), limits.idle_timeout, limits.request_timeout)
+        every = tick(
+            len(shared.clients),
+            limits.idle_timeout,
+            limits.request_timeout,
+            bodies=len(shared.bodies),
+        )
         with trio.move_on_after(every):
             await drained.wait()
         now = trio.current_time()
@@ -155,7 +161,9 @@ def judge_bodies(shared: Shared, seconds: float) -> None:
     rate = enforced or BODY_RATE
     grace = limits.min_body_rate_grace
     slow = shared.slow
-    for client, clock in list(shared.bodies.items()):
+    # No copy of ``bodies`` per tick: nothing below adds to it or takes from it (a cancel
+    # takes effect once this returns; only ``slow`` changes).
+    for client, clock in shared.bodies.items():
         ex = client.exchange
         if ex is None or clock.closed_by:
             continue
