@@ -281,10 +281,11 @@ async def serve_client(shared: Shared, client: Client) -> None:
                     conn.start_next_cycle()
         if watchdog.fired and client.exchange is not None:
             ex = client.exchange
-            await timed_out(ex)
+            answered = await timed_out(ex)
             # A body too slow may still be arriving: drain it a moment first, or the reset
-            # that closing with unread input makes may destroy the 408.
-            linger = ex.clock is not None and bool(ex.clock.closed_by)
+            # that closing with unread input makes may destroy the 408.  A response that
+            # had started is cut, not drained: there is no answer to protect.
+            linger = answered and ex.clock is not None and bool(ex.clock.closed_by)
     except Exception:  # hostile input must never become a traceback to the client
         # Reaching this means a failure no handler above answered (the client saw a closed
         # connection, not a status): a bug or a degraded mode, so it is logged loudly (the

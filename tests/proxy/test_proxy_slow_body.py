@@ -150,6 +150,34 @@ async def test_a_body_too_slow_after_the_response_started_cuts_the_connection(
     assert stack.server.slow_bodies == 1
 
 
+async def test_a_cut_connection_is_closed_at_once_not_drained(
+    nursery: trio.Nursery, certs: Certs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Draining the rest of a body (the linger) protects a 408 from the reset; when the
+    response had started there is no 408 to protect, and the connection is closed outright.
+    With the linger made endless, a drained connection would take the client's bytes for
+    ever: a closed one resets them."""
+    monkeypatch.setattr(connection, "LINGER_SECONDS", 3600.0)
+    limits = Limits(min_body_rate=1000, min_body_rate_grace=GRACE, idle_timeout=600)
+    stack = await start_stack(nursery, certs, 1, limits=limits)
+    async with await Client.connect(stack.port) as client:
+        await client.send_head("POST", "/echo", [("host", LB_HOST), ("content-length", "1000000")])
+        await client.send_body(b"hello")
+        with trio.fail_after(10):
+            assert (await client.next_event()).status_code == 200
+        [record] = await stack.settled()
+        assert (record.status, record.error) == (200, RequestError.BODY_TOO_SLOW)
+
+        async def reset() -> bool:
+            try:
+                await client.stream.send_all(b"x" * 1024)
+            except trio.BrokenResourceError:
+                return True
+            return False
+
+        await wait_until(reset, what="the cut connection to reset the client's bytes")
+
+
 async def test_a_body_slow_because_the_endpoint_reads_slowly_is_not_closed(
     nursery: trio.Nursery, certs: Certs
 ) -> None:
