@@ -183,7 +183,9 @@ class ProxyServer:
 
     @property
     def request_bodies(self) -> int:
-        """Client connections whose request body is being read (its rate is judged)."""
+        """Requests with a request body rate clock: from the first wait for the body's
+        bytes until the body pump ends or the request is settled (the watch loop judges
+        those whose body is not whole yet)."""
         return len(self._shared.bodies)
 
     @property

@@ -319,8 +319,9 @@ class Shared:
         self.cap_log = Throttle()
         """When ``connection_cap_reached`` was last logged."""
         self.bodies: dict[Client, BodyClock] = {}
-        """Clients whose request body is being read, with its rate clock, oldest first
-        (the watch loop advances the clocks and judges them)."""
+        """Clients whose request has a body rate clock, oldest first: from the first wait
+        for the body's bytes until the body pump ends or the request is settled (the
+        watch loop advances the clocks and judges those whose body is not whole yet)."""
         self.slow: dict[Client, None] = {}
         """Of those, the ones the last tick found slower than the minimum rate: the
         connection cap may close them for a new connection (lb/proxy/capacity.py)."""
