@@ -22,7 +22,14 @@ import logging
 from collections.abc import Mapping
 from typing import TypeVar
 
-__all__ = ["HEAD_GRACE", "RESERVED_FDS", "default_max_connections", "make_room", "raise_fd_limit"]
+__all__ = [
+    "BODY_RATE",
+    "HEAD_GRACE",
+    "RESERVED_FDS",
+    "default_max_connections",
+    "make_room",
+    "raise_fd_limit",
+]
 
 log = logging.getLogger("lb.proxy")
 
@@ -71,6 +78,10 @@ holds only part of it may be closed for a new one at the cap.  A client on a wor
 connection sends a head within a round trip or two; at the cap, this is the head timeout
 under pressure (as Envoy's overload manager shortens its timeouts near a resource limit).
 Below the cap a head has ``idle_timeout`` between reads, as always."""
+BODY_RATE = 240
+"""Bytes per second a request body must average, after its grace, not to count as slow at
+the connection cap when ``limits.min_body_rate`` is 0 (Kestrel's default minimum).  Below
+the cap a body that slow is left alone: only the cap needs its place."""
 
 _C = TypeVar("_C")
 

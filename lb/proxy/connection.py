@@ -31,7 +31,7 @@ from lb.proxy.hooks import SlowBody, TlsFailure
 from lb.proxy.listeners import AnyListener, TlsListener, is_https
 from lb.proxy.replies import PLAIN_HTTP_ON_TLS, reject, timed_out
 from lb.proxy.state import RECEIVE_SIZE, Client, Shared
-from lb.proxy.watchdog import BODY_RATE, expire, tick
+from lb.proxy.watchdog import expire, tick
 
 __all__ = [
     "SWEEP_INTERVAL",
@@ -154,11 +154,11 @@ def judge_bodies(shared: Shared, seconds: float) -> None:
     """Advance the rate clock of every request body being read by ``seconds``, and judge
     it: with ``limits.min_body_rate`` set, a body slower than that is closed (408 when no
     response started, else cut); without, it is only listed in ``Shared.slow``, judged at
-    ``BODY_RATE``, for the connection cap to close first (docs/proxy.md, "Slow request
+    ``capacity.BODY_RATE``, for the connection cap to close first (docs/proxy.md, "Slow request
     bodies")."""
     limits = shared.engine.config.engine.limits
     enforced = limits.min_body_rate
-    rate = enforced or BODY_RATE
+    rate = enforced or capacity.BODY_RATE
     grace = limits.min_body_rate_grace
     slow = shared.slow
     # No copy of ``bodies`` per tick: nothing below adds to it or takes from it (a cancel

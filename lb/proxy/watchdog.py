@@ -32,7 +32,6 @@ from collections.abc import Iterable
 import trio
 
 __all__ = [
-    "BODY_RATE",
     "MAX_TICK",
     "MIN_TICK",
     "PER_BODY",
@@ -50,9 +49,6 @@ PER_CONNECTION = 2e-6
 PER_BODY = 15e-6
 """Seconds of tick per request body whose rate clock is judged, on top of its connection's
 (see the module docstring)."""
-BODY_RATE = 240
-"""Bytes per second a request body must average, after its grace, not to count as slow at
-the connection cap when ``limits.min_body_rate`` is 0 (Kestrel's default minimum)."""
 
 
 class Watchdog:
