@@ -201,6 +201,71 @@ async def test_a_body_slow_because_the_endpoint_reads_slowly_is_not_closed(
     assert stack.server.slow_bodies == 0
 
 
+async def test_a_client_waiting_for_our_100_continue_is_not_slow(
+    nursery: trio.Nursery, certs: Certs
+) -> None:
+    """With ``Expect: 100-continue`` the client sends nothing of its body until our 100:
+    that wait is ours, not the client's.  A body small enough to be read whole first is not
+    waited for before the 100 (else the rate clock would run while the client, rightly,
+    sends nothing, and it would be answered 408 past the grace)."""
+    limits = Limits(min_body_rate=1000, min_body_rate_grace=GRACE, idle_timeout=600)
+    stack = await start_stack(nursery, certs, 1, limits=limits)
+    size = 5000
+    headers = [("host", LB_HOST), ("content-length", str(size)), ("expect", "100-continue")]
+    async with await Client.connect(stack.port) as client:
+        with trio.fail_after(10):
+            await client.send_head("POST", "/sink", headers)
+            event = await client.next_event()
+            assert event.status_code == 100  # the proxy asked for the body: now it comes
+            await client.send_body(b"x" * size)
+            await client.end_body()
+            response = await client.read_response()
+    assert (response.status, response.body) == (200, str(size).encode())
+    [record] = await stack.settled()
+    assert record.error == ""
+    assert stack.server.slow_bodies == 0
+
+
+def _receiving(stream: trio.abc.Stream) -> tuple[Any, Any]:
+    """A stub exchange whose request body ``body._receive`` reads from ``stream``."""
+    conn = http1.Connection(http1.SERVER)
+    conn.receive_data(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n")
+    assert type(conn.next_event()) is http1.Request
+    shared = SimpleNamespace(bodies={})
+    ex = SimpleNamespace(
+        shared=shared,
+        client=object(),
+        stream=stream,
+        conn=conn,
+        clock=None,
+        advance=lambda move, seconds=None: None,
+    )
+    return ex, shared
+
+
+async def test_the_rate_clock_stops_when_the_read_is_cancelled_or_fails() -> None:
+    """The flag that runs the clock is set only around the wait for the client's bytes:
+    a read cancelled (a timeout, the pump stopped) or failed (the client gone) clears it,
+    or the clock would run on while nothing is read."""
+    ours, theirs = trio.testing.memory_stream_pair()
+    ex, shared = _receiving(ours)
+    with trio.CancelScope() as scope:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(body._receive, ex, 60.0)
+            await wait_until(lambda: ex.clock is not None and ex.clock.reading)
+            assert shared.bodies == {ex.client: ex.clock}
+            scope.cancel()
+    assert not ex.clock.reading
+    await theirs.aclose()  # the client is gone: the next read fails
+    with pytest.raises(state.ClientError):
+        await body._receive(ex, 60.0)
+    assert not ex.clock.reading
+    await ours.aclose()  # a read on a closed stream raises from the stream itself
+    with pytest.raises(state.ClientError):
+        await body._receive(ex, 60.0)
+    assert not ex.clock.reading
+
+
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
 async def test_an_upload_at_full_speed_is_untouched(
     nursery: trio.Nursery, certs: Certs, chunked: bool
