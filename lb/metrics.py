@@ -180,6 +180,20 @@ METRICS: tuple[MetricSpec, ...] = (
         "Client connections open right now, over every worker process.",
     ),
     MetricSpec(
+        "lb_client_tls_failures_total",
+        "counter",
+        ("reason",),
+        "Client TLS handshakes that failed, by reason: plain_http, handshake_failed, "
+        "connection_lost, timed_out.",
+    ),
+    MetricSpec(
+        "lb_slow_request_bodies_total",
+        "counter",
+        ("closed_by",),
+        "Client connections closed because their request body came too slowly: "
+        "min_body_rate, or connection_cap (to make room for a new connection).",
+    ),
+    MetricSpec(
         "lb_websocket_upgrades_total",
         "counter",
         (_LB, *_EP),
@@ -582,6 +596,8 @@ class Metrics:
         self.upgrades = _Counter("lb_websocket_upgrades_total")
         self.websocket_bytes = _Counter("lb_websocket_bytes_total")
         self.websockets_open: dict[str, int] = {}
+        self.tls_failures = _Counter("lb_client_tls_failures_total")
+        self.slow_bodies = _Counter("lb_slow_request_bodies_total")
         # ---- proxy: upstream timing, bytes, active requests (see exchange_done)
         self.connect_duration = _Histogram("lb_upstream_connect_duration_seconds", DURATION_BUCKETS)
         self.first_byte = _Histogram("lb_upstream_first_byte_seconds", DURATION_BUCKETS)
@@ -617,6 +633,8 @@ class Metrics:
                 self.reloads,
                 self.upgrades,
                 self.websocket_bytes,
+                self.tls_failures,
+                self.slow_bodies,
                 # proxy: upstream timing and bytes
                 self.connect_duration,
                 self.first_byte,
@@ -831,6 +849,24 @@ class Metrics:
         """A client connection was accepted (``+1``) or closed (``-1``): the proxy's
         ``on_connection`` hook."""
         self.client_connections += delta
+
+    def tls_failed(self, reason: str) -> None:
+        """A client TLS handshake failed: the proxy's ``on_tls_failed`` hook.
+
+        Args:
+            reason: a :class:`lb.proxy.hooks.TlsFailure` (a closed set of words).
+        """
+        self.tls_failures.inc((reason,))
+
+    def slow_body(self, closed_by: str) -> None:
+        """A connection was closed for a request body too slow: the proxy's
+        ``on_slow_body`` hook.
+
+        Args:
+            closed_by: a :class:`lb.proxy.hooks.SlowBody` (``min_body_rate`` or
+                ``connection_cap``).
+        """
+        self.slow_bodies.inc((closed_by,))
 
     # ------------------------------------------------------------------ proxy hooks: upstream
     # timing, bytes and active requests, from the records the proxy reports.

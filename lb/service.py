@@ -394,6 +394,8 @@ def _hooks(engine: Engine, metrics: Metrics, worker: int | None = None) -> Proxy
         on_upgrade=upgraded,
         on_connection=metrics.connection,
         on_request_start=metrics.request_started,
+        on_tls_failed=metrics.tls_failed,
+        on_slow_body=metrics.slow_body,
     )
 
 

@@ -630,6 +630,15 @@ class Limits:
         range=(0, 1 << 24),
         doc="client connections at once; 0 = derived from the file-descriptor limit",
     )
+    min_body_rate: int = _f(
+        0,
+        range=(0, 1 << 30),
+        doc="bytes/s a request body must average once past min_body_rate_grace, else 408; "
+        "0 = judged only at the connection cap, at 240",
+    )
+    min_body_rate_grace: float = _f(
+        5.0, range=(0.1, 3600), doc="seconds of waiting for a body before its rate is judged"
+    )
 
 
 @dataclass(**_FROZEN)

@@ -19,6 +19,7 @@ from lb.proxy import errors, http1
 from lb.proxy.errors import RequestError, UpstreamError
 from lb.proxy.state import RECEIVE_SIZE, BodyPump, ClientError, Exchange, Move
 from lb.proxy.upstream import UpstreamConnection
+from lb.proxy.watchdog import BodyClock
 
 __all__ = [
     "MAX_CHUNK_SIZE",
@@ -47,12 +48,22 @@ EOM = http1.EOM
 
 async def _receive(ex: Exchange, idle_timeout: float) -> None:
     """Feed the parser the client's next bytes of the request body; a client gone is a
-    ``client_disconnected`` :class:`ClientError`."""
+    ``client_disconnected`` :class:`ClientError`.
+
+    The body's rate clock (lb/proxy/watchdog.py, :class:`~lb.proxy.watchdog.BodyClock`)
+    runs only during the wait below: the time spent writing upstream is not the client's.
+    """
     ex.advance(Move.CLIENT, idle_timeout)
+    clock = ex.clock
+    if clock is None:
+        clock = ex.clock = ex.shared.bodies[ex.client] = BodyClock()
+    clock.reading = True
     try:
         data = await ex.stream.receive_some(RECEIVE_SIZE)
     except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
         raise ClientError(0, RequestError.CLIENT_DISCONNECTED) from exc
+    finally:
+        clock.reading = False
     if not data:
         raise ClientError(0, RequestError.CLIENT_DISCONNECTED)
     ex.conn.receive_data(data)
@@ -148,6 +159,13 @@ async def pump_body(ex: Exchange, up: UpstreamConnection, pump: BodyPump) -> Non
         log.warning("request_body_pump_failed", exc_info=True)  # ``error``: lb/logs.py
         pump.error = exc
     finally:
+        # Nothing more of the body is read: its clock leaves the watch loop's list now, not
+        # at ``settle`` (an upgrade whose pump failed before the 101 may splice for hours,
+        # with a clock frozen below the rate).
+        if ex.clock is not None:
+            shared = ex.shared
+            shared.bodies.pop(ex.client, None)
+            shared.slow.pop(ex.client, None)
         pump.done.set()
 
 

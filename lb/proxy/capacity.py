@@ -9,9 +9,11 @@ one at start, and caps client connections below what the limit can carry
 
 At the cap a new connection takes the place of one that has not earned it
 (:func:`make_room`): the connection waiting longest for the first byte of a request, else the
-one stuck longest in the middle of a head past :data:`HEAD_GRACE`.  Without the second rule
-a slowloris (connections that each send a few bytes of a head and then trickle or stall)
-would hold the whole cap until ``idle_timeout``, and every new client would be refused.
+one stuck longest in the middle of a head past :data:`HEAD_GRACE`, else the oldest whose
+request body comes slower than the minimum rate.  Without the second rule a slowloris
+(connections that each send a few bytes of a head and then trickle or stall) would hold the
+whole cap until ``idle_timeout``, and every new client would be refused; without the third,
+a "slow POST" (a whole head, then its body a byte at a time) would do the same.
 """
 
 from __future__ import annotations
@@ -20,7 +22,14 @@ import logging
 from collections.abc import Mapping
 from typing import TypeVar
 
-__all__ = ["HEAD_GRACE", "RESERVED_FDS", "default_max_connections", "make_room", "raise_fd_limit"]
+__all__ = [
+    "BODY_RATE",
+    "HEAD_GRACE",
+    "RESERVED_FDS",
+    "default_max_connections",
+    "make_room",
+    "raise_fd_limit",
+]
 
 log = logging.getLogger("lb.proxy")
 
@@ -69,24 +78,39 @@ holds only part of it may be closed for a new one at the cap.  A client on a wor
 connection sends a head within a round trip or two; at the cap, this is the head timeout
 under pressure (as Envoy's overload manager shortens its timeouts near a resource limit).
 Below the cap a head has ``idle_timeout`` between reads, as always."""
+BODY_RATE = 240
+"""Bytes per second a request body must average, after its grace, not to count as slow at
+the connection cap when ``limits.min_body_rate`` is 0 (Kestrel's default minimum).  Below
+the cap a body that slow is left alone: only the cap needs its place."""
 
 _C = TypeVar("_C")
 
 
 def make_room(
-    idle: Mapping[_C, object], heads: Mapping[_C, float], now: float, grace: float
+    idle: Mapping[_C, object],
+    heads: Mapping[_C, float],
+    now: float,
+    grace: float,
+    slow: Mapping[_C, object] | None = None,
 ) -> _C | None:
     """The connection to close so that a new one fits under the cap, or None.
 
     ``idle`` holds the connections waiting for the first byte of a request (a new one, or
     a keep-alive one between requests; a TLS handshake counts as waiting), ``heads`` those
-    holding part of a request head with the time its first bytes came; both oldest first.
-    The idlest connection goes first: closing it costs its client at most a reconnect.
-    Else the oldest partial head, if it began ``grace`` seconds ago or more.  A connection
-    whose request head is complete (a request in progress) is never chosen.
+    holding part of a request head with the time its first bytes came, ``slow`` those
+    whose request body comes slower than the minimum rate (lb/proxy/watchdog.py,
+    :class:`~lb.proxy.watchdog.BodyClock`); all oldest first.  The idlest connection goes
+    first: closing it costs its client at most a reconnect.  Else the oldest partial head,
+    if it began ``grace`` seconds ago or more; else the oldest slow body (its client gets
+    a 408).  A request in progress at a fair rate is never chosen.
     """
     for client in idle:
         return client
     for client, since in heads.items():
-        return client if now - since >= grace else None
+        if now - since >= grace:
+            return client
+        break
+    if slow:
+        for client in slow:
+            return client
     return None

@@ -27,6 +27,7 @@ from lb import logs
 from lb.proxy import capacity, http1
 from lb.proxy.errors import RequestError
 from lb.proxy.exchange import exchange
+from lb.proxy.hooks import SlowBody, TlsFailure
 from lb.proxy.listeners import AnyListener, TlsListener, is_https
 from lb.proxy.replies import PLAIN_HTTP_ON_TLS, reject, timed_out
 from lb.proxy.state import RECEIVE_SIZE, Client, Shared
@@ -38,6 +39,7 @@ __all__ = [
     "close_idle_clients",
     "close_listener",
     "drain_deadline",
+    "judge_bodies",
     "serve_client",
     "sweep_loop",
     "watch_loop",
@@ -84,11 +86,20 @@ def _make_room(shared: Shared) -> bool:
     """Close a client connection to make room for a new one (the rule is
     :func:`lb.proxy.capacity.make_room`); False if none may be closed."""
     now = trio.current_time()
-    client = capacity.make_room(shared.idle, shared.heads, now, capacity.HEAD_GRACE)
+    slow = shared.slow
+    if slow:
+        # ``slow`` is refreshed once a tick: a body that became whole since (its request now
+        # waits on the endpoint) is no longer the client's delay, and must not be chosen.
+        for done in [c for c in slow if c.exchange is None or c.exchange.req_done]:
+            del slow[done]
+    client = capacity.make_room(shared.idle, shared.heads, now, capacity.HEAD_GRACE, slow)
     if client is None:
         return False
     shared.idle.pop(client, None)
     shared.heads.pop(client, None)
+    if client in shared.slow:  # a request body too slow: answered 408, counted, logged
+        del shared.slow[client]
+        _close_slow(shared, client, SlowBody.CONNECTION_CAP)
     shared.clients.discard(client)
     client.watchdog.cancel()
     shared.shed += 1
@@ -116,14 +127,83 @@ async def sweep_loop(shared: Shared) -> None:
 
 async def watch_loop(shared: Shared) -> None:
     """Cancel the connections whose deadline passed (lb/proxy/watchdog.py), every tick,
-    until the proxy has drained."""
+    until the proxy has drained; judge the request bodies being read (:func:`judge_bodies`).
+    The tick grows with both, so that the loop stays a small share of a core."""
     drained = shared.drained
+    last = trio.current_time()
     while not drained.is_set():
         limits = shared.engine.config.engine.limits
-        every = tick(len(shared.clients), limits.idle_timeout, limits.request_timeout)
+        every = tick(
+            len(shared.clients),
+            limits.idle_timeout,
+            limits.request_timeout,
+            bodies=len(shared.bodies),
+        )
         with trio.move_on_after(every):
             await drained.wait()
-        expire((client.watchdog for client in shared.clients), trio.current_time())
+        now = trio.current_time()
+        expire((client.watchdog for client in shared.clients), now)
+        if shared.bodies:
+            # A tick late because the process was busy counts as at most two: bytes that
+            # waited in the kernel for us are not the client's delay.
+            judge_bodies(shared, min(now - last, 2 * every))
+        last = now
+
+
+def judge_bodies(shared: Shared, seconds: float) -> None:
+    """Advance the rate clock of every request body being read by ``seconds``, and judge
+    it: with ``limits.min_body_rate`` set, a body slower than that is closed (408 when no
+    response started, else cut); without, it is only listed in ``Shared.slow``, judged at
+    ``capacity.BODY_RATE``, for the connection cap to close first (docs/proxy.md, "Slow request
+    bodies")."""
+    limits = shared.engine.config.engine.limits
+    enforced = limits.min_body_rate
+    rate = enforced or capacity.BODY_RATE
+    grace = limits.min_body_rate_grace
+    slow = shared.slow
+    # No copy of ``bodies`` per tick: nothing below adds to it or takes from it (a cancel
+    # takes effect once this returns; only ``slow`` changes).
+    for client, clock in shared.bodies.items():
+        ex = client.exchange
+        if ex is None or clock.closed_by:
+            continue
+        if ex.req_done:  # the body is whole: nothing of it is awaited any more
+            if slow:
+                slow.pop(client, None)
+            continue
+        clock.advance(seconds)
+        if clock.slow(ex.record.bytes_in, rate, grace):
+            if enforced:
+                slow.pop(client, None)
+                _close_slow(shared, client, SlowBody.MIN_BODY_RATE)
+                client.watchdog.cancel()
+            elif client not in slow:
+                slow[client] = None
+        elif slow:
+            slow.pop(client, None)
+
+
+def _close_slow(shared: Shared, client: Client, closed_by: SlowBody) -> None:
+    """Mark ``client``'s request as closed for a slow body (the caller cancels it; the
+    timeout handler answers 408 when it can), count it and log it at most every
+    ``SWEEP_INTERVAL``."""
+    ex = client.exchange
+    clock = shared.bodies.get(client)
+    if ex is None or clock is None:
+        return
+    clock.closed_by = closed_by
+    shared.slow_bodies += 1
+    shared.hooks.slow_body(closed_by)
+    if shared.slow_log.due(trio.current_time(), SWEEP_INTERVAL):
+        logs.event(
+            "request_body_too_slow",
+            logging.WARNING,
+            peer=client.peer,
+            closed_by=closed_by,
+            received=ex.record.bytes_in,
+            seconds=round(clock.elapsed, 3),
+            slow_bodies=shared.slow_bodies,
+        )
 
 
 def close_idle_clients(shared: Shared) -> None:
@@ -200,7 +280,12 @@ async def serve_client(shared: Shared, client: Client) -> None:
                         break
                     conn.start_next_cycle()
         if watchdog.fired and client.exchange is not None:
-            await timed_out(client.exchange)
+            ex = client.exchange
+            answered = await timed_out(ex)
+            # A body too slow may still be arriving: drain it a moment first, or the reset
+            # that closing with unread input makes may destroy the 408.  A response that
+            # had started is cut, not drained: there is no answer to protect.
+            linger = answered and ex.clock is not None and bool(ex.clock.closed_by)
     except Exception:  # hostile input must never become a traceback to the client
         # Reaching this means a failure no handler above answered (the client saw a closed
         # connection, not a status): a bug or a degraded mode, so it is logged loudly (the
@@ -237,6 +322,9 @@ def settle(shared: Shared, client: Client) -> float | None:
     if ex is None:
         return None
     client.exchange = None
+    if ex.clock is not None:
+        shared.bodies.pop(client, None)
+        shared.slow.pop(client, None)
     if ex.endpoint is not None:
         shared.engine.live.finished(ex.endpoint)
         ex.endpoint = None
@@ -372,7 +460,7 @@ async def _tls_start(shared: Shared, client: Client) -> _Start:
         if first[0] in _METHOD_START:
             shared.idle.pop(client, None)
             shared.tls_plain += 1
-            _tls_failed(shared, client, "plain HTTP request")
+            _tls_failed(shared, client, TlsFailure.PLAIN_HTTP, "plain HTTP request")
             try:
                 await raw.send_all(PLAIN_HTTP_ON_TLS)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -381,26 +469,31 @@ async def _tls_start(shared: Shared, client: Client) -> _Start:
         try:
             await stream.do_handshake()
         except trio.Cancelled:
-            if client in shared.clients and not shared.draining:
-                _tls_failed(shared, client, "timed out")  # idle_timeout, not shutdown or cap
+            if client in shared.clients and not shared.draining:  # not shutdown or the cap
+                _tls_failed(shared, client, TlsFailure.TIMED_OUT, "timed out")
             raise
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             cause = exc.__cause__
-            if isinstance(cause, ssl.SSLError):
+            # A clean close (FIN) mid-handshake is an SSLEOFError, a kind of SSLError: the
+            # client left, it was not refused.
+            if isinstance(cause, ssl.SSLError) and not isinstance(cause, ssl.SSLEOFError):
+                kind = TlsFailure.HANDSHAKE_FAILED
                 reason = cause.reason or type(cause).__name__
             else:
-                reason = "connection lost"
-            _tls_failed(shared, client, reason)
+                kind, reason = TlsFailure.CONNECTION_LOST, "connection lost"
+            _tls_failed(shared, client, kind, reason)
             return _Start.CLOSE
     finally:
         shared.idle.pop(client, None)
     return _Start.TLS
 
 
-def _tls_failed(shared: Shared, client: Client, reason: str) -> None:
-    """Count a failed client TLS handshake; log it at most every ``SWEEP_INTERVAL``, with
-    the totals, so that a flood of them cannot flood the log."""
+def _tls_failed(shared: Shared, client: Client, kind: TlsFailure, reason: str) -> None:
+    """Count a failed client TLS handshake (``kind`` for the metrics hook, ``reason`` for
+    the log); log it at most every ``SWEEP_INTERVAL``, with the totals, so that a flood of
+    them cannot flood the log."""
     shared.tls_failed += 1
+    shared.hooks.tls_failed(kind)
     if shared.tls_log.due(trio.current_time(), SWEEP_INTERVAL):
         logs.event(
             "client_tls_failed",

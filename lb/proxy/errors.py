@@ -88,6 +88,9 @@ class RequestError(StrEnum):
     BODY_TOO_LARGE = "body_too_large"
     CLIENT_DISCONNECTED = "client_disconnected"
     CLIENT_TIMEOUT = "client_timeout"
+    BODY_TOO_SLOW = "body_too_slow"
+    """The request body came slower than ``limits.min_body_rate`` (or, at the connection
+    cap, than the cap's minimum): 408, or the connection cut once a response started."""
     WEBSOCKET_IDLE = "websocket_idle"
     SHUTDOWN = "shutdown"
 

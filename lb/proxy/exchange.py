@@ -133,6 +133,7 @@ async def exchange(
     )
     ex = Exchange(
         shared=shared,
+        client=client,
         config=config,
         stream=client.stream,
         conn=conn,

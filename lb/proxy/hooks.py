@@ -12,10 +12,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from steering import Decision
 
-__all__ = ["Attempt", "ProxyHooks", "RequestRecord"]
+__all__ = ["Attempt", "ProxyHooks", "RequestRecord", "SlowBody", "TlsFailure"]
 
 log = logging.getLogger("lb.proxy")
 
@@ -95,6 +96,28 @@ class RequestRecord:
     websocket: bool = False
 
 
+class TlsFailure(StrEnum):
+    """How a client's TLS handshake failed (``on_tls_failed``): a closed set, for a label."""
+
+    PLAIN_HTTP = "plain_http"
+    """Plain HTTP sent to an HTTPS listener (answered 400)."""
+    HANDSHAKE_FAILED = "handshake_failed"
+    """OpenSSL refused the handshake (no shared cipher or version, not TLS at all...)."""
+    CONNECTION_LOST = "connection_lost"
+    """The client reset or closed the connection midway."""
+    TIMED_OUT = "timed_out"
+    """The handshake did not finish within ``idle_timeout``."""
+
+
+class SlowBody(StrEnum):
+    """What closed a connection whose request body came too slowly (``on_slow_body``)."""
+
+    MIN_BODY_RATE = "min_body_rate"
+    """``limits.min_body_rate``, enforced on every request body."""
+    CONNECTION_CAP = "connection_cap"
+    """The connection cap, making room for a new connection."""
+
+
 @dataclass(slots=True)
 class ProxyHooks:
     """Synchronous callbacks; every one is optional.
@@ -110,6 +133,10 @@ class ProxyHooks:
     * ``on_upgrade(record)``: a 101 is being relayed and the WebSocket (or other upgraded
       stream) starts; its ``on_request_done`` comes when it ends, with ``websocket`` set and
       ``status`` 101, so the two pair up for an open-tunnels gauge.
+    * ``on_tls_failed(kind)``: a client's TLS handshake failed (a :class:`TlsFailure`); no
+      request record follows, since no request was read.
+    * ``on_slow_body(closed_by)``: a connection is being closed because its request body
+      came too slowly (a :class:`SlowBody`); its record follows with ``body_too_slow``.
     """
 
     on_request_done: Callable[[RequestRecord], None] | None = None
@@ -118,6 +145,8 @@ class ProxyHooks:
     on_decision: Callable[[Decision], None] | None = None
     on_upgrade: Callable[[RequestRecord], None] | None = None
     on_request_start: Callable[[RequestRecord], None] | None = None
+    on_tls_failed: Callable[[TlsFailure], None] | None = None
+    on_slow_body: Callable[[SlowBody], None] | None = None
 
     def request_done(self, record: RequestRecord) -> None:
         """Call ``on_request_done``, logging (not raising) its errors."""
@@ -166,3 +195,19 @@ class ProxyHooks:
                 self.on_connection(delta)
             except Exception:
                 log.exception("on_connection hook failed")
+
+    def tls_failed(self, kind: TlsFailure) -> None:
+        """Call ``on_tls_failed``, logging (not raising) its errors."""
+        if self.on_tls_failed is not None:
+            try:
+                self.on_tls_failed(kind)
+            except Exception:
+                log.exception("on_tls_failed hook failed")
+
+    def slow_body(self, closed_by: SlowBody) -> None:
+        """Call ``on_slow_body``, logging (not raising) its errors."""
+        if self.on_slow_body is not None:
+            try:
+                self.on_slow_body(closed_by)
+            except Exception:
+                log.exception("on_slow_body hook failed")

@@ -162,9 +162,11 @@ async def client_abort(ex: Exchange, abort: ClientError) -> bool:
     return False
 
 
-async def timed_out(ex: Exchange) -> None:
+async def timed_out(ex: Exchange) -> bool:
     """The watchdog fired: what it means depends on the phase (lb/proxy/state.py).  524 (or
-    408) when no response was started, else cut; at the drain deadline, 503."""
+    408) when no response was started, else cut; at the drain deadline, 503; for a request
+    body too slow (the connection's body clock says so), 408.  True when an answer was
+    written (False: the connection is cut)."""
     shared = ex.shared
     record = ex.record
     conn = ex.conn
@@ -186,12 +188,19 @@ async def timed_out(ex: Exchange) -> None:
             record.status = 503
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                 await ex.stream.send_all(data)
-        return
+            return True
+        return False
     phase = ex.phase
-    if phase is Phase.WEBSOCKET:
+    clock = ex.clock
+    if clock is not None and clock.closed_by:
+        # Closed for a request body too slow (lb/proxy/connection.py, ``judge_bodies``), in
+        # whatever phase the other task of the exchange was: the client's doing, 408.
+        status = 408
+        record.error = RequestError.BODY_TOO_SLOW
+    elif phase is Phase.WEBSOCKET:
         record.error = RequestError.WEBSOCKET_IDLE
-        return
-    if phase is Phase.UPSTREAM or phase is Phase.RELAY:
+        return False
+    elif phase is Phase.UPSTREAM or phase is Phase.RELAY:
         status = errors.RESPONSE_TIMEOUT
         record.error = RequestError.RESPONSE_TIMEOUT
         if record.attempts and not ex.responded:
@@ -212,7 +221,7 @@ async def timed_out(ex: Exchange) -> None:
         status = 408
         record.error = RequestError.CLIENT_TIMEOUT
     if ex.responded or conn.our_state is not http1.SEND_RESPONSE:
-        return
+        return False
     style = ex.config.engine.error_style
     shown = public_status(status, style)
     body = error_body(status, style) if status != 408 else b"408 Request Timeout\n"
@@ -221,6 +230,7 @@ async def timed_out(ex: Exchange) -> None:
     with trio.move_on_after(ex.config.engine.limits.idle_timeout):
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
             await ex.stream.send_all(data)
+    return True
 
 
 async def reject(

@@ -34,7 +34,8 @@ I/O call, and fire about one watchdog tick late; the request's phase
 (:class:`~lb.proxy.state.Phase`) says which one fired:
 
 * waiting for a request head, reading a request body and writing to the client:
-  ``idle_timeout`` (idle connections close, a stalled body gets 408);
+  ``idle_timeout`` (idle connections close, a stalled body gets 408); a body that trickles
+  in below ``min_body_rate`` (judged only at the connection cap when 0) gets 408 too;
 * TCP connect plus TLS handshake: ``connect_timeout`` (522);
 * waiting for the response head, reading the response body and writing upstream:
   ``request_timeout`` (524 before the response head; the connection is cut after it).
@@ -166,8 +167,8 @@ class ProxyServer:
 
     @property
     def shed(self) -> int:
-        """Idle connections, or connections stuck in a head past the grace, closed to make
-        room for a new one (connection cap)."""
+        """Idle connections, connections stuck in a head past the grace, or with a request
+        body too slow, closed to make room for a new one (connection cap)."""
         return self._shared.shed
 
     @property
@@ -179,6 +180,26 @@ class ProxyServer:
     def partial_heads(self) -> int:
         """Client connections holding part of a request head."""
         return len(self._shared.heads)
+
+    @property
+    def request_bodies(self) -> int:
+        """Requests with a request body rate clock: from the first wait for the body's
+        bytes until the body pump ends or the request is settled (the watch loop judges
+        those whose body is not whole yet)."""
+        return len(self._shared.bodies)
+
+    @property
+    def slow_candidates(self) -> int:
+        """Requests whose body the last watchdog tick found slower than the minimum rate
+        and that are still open: the connection cap closes them after idle connections and
+        overdue heads (only with ``limits.min_body_rate`` 0; else they are closed at once)."""
+        return len(self._shared.slow)
+
+    @property
+    def slow_bodies(self) -> int:
+        """Connections closed because their request body came too slowly, by
+        ``limits.min_body_rate`` or at the connection cap."""
+        return self._shared.slow_bodies
 
     @property
     def tls_failed(self) -> int:

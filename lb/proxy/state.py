@@ -38,7 +38,7 @@ from lb.proxy.errors import RequestError
 from lb.proxy.headers import RequestFacts
 from lb.proxy.hooks import ProxyHooks, RequestRecord
 from lb.proxy.upstream import Target, UpstreamConnection, UpstreamPool
-from lb.proxy.watchdog import Watchdog
+from lb.proxy.watchdog import BodyClock, Watchdog
 
 __all__ = [
     "RECEIVE_SIZE",
@@ -151,6 +151,8 @@ class Exchange:
     """
 
     shared: Shared
+    client: Client
+    """The client connection it came on (the connection cap may close it for being slow)."""
     config: Config
     """The configuration in force when the request arrived (a reload applies to the next)."""
     stream: trio.abc.Stream
@@ -186,6 +188,10 @@ class Exchange:
     """The client's request is complete (the parser gave its EndOfMessage)."""
     sent_any: bool = False
     """Some of the request reached the current upstream connection."""
+    clock: BodyClock | None = None
+    """The request body's rate clock, from the first wait for its bytes (lb/proxy/body.py);
+    the request is in ``Shared.bodies`` from then until its body pump ends or it is
+    settled."""
 
     def advance(self, move: Move, seconds: float | None = None) -> None:
         """Take ``move`` (see :data:`TRANSITIONS`); with ``seconds``, push the inactivity
@@ -245,6 +251,7 @@ class Shared:
     shares: the engine, the pool, the hooks, the drain flags and the per-config caches."""
 
     __slots__ = (
+        "bodies",
         "budgets",
         "cap_log",
         "clients",
@@ -266,6 +273,9 @@ class Shared:
         "rid_prefix",
         "rng",
         "shed",
+        "slow",
+        "slow_bodies",
+        "slow_log",
         "targets",
         "targets_key",
         "tls_failed",
@@ -308,6 +318,17 @@ class Shared:
         room (none idle, no half head past the grace)."""
         self.cap_log = Throttle()
         """When ``connection_cap_reached`` was last logged."""
+        self.bodies: dict[Client, BodyClock] = {}
+        """Clients whose request has a body rate clock, oldest first: from the first wait
+        for the body's bytes until the body pump ends or the request is settled (the
+        watch loop advances the clocks and judges those whose body is not whole yet)."""
+        self.slow: dict[Client, None] = {}
+        """Of those, the ones the last tick found slower than the minimum rate: the
+        connection cap may close them for a new connection (lb/proxy/capacity.py)."""
+        self.slow_bodies = 0
+        """Connections closed for a request body too slow (``min_body_rate`` or the cap)."""
+        self.slow_log = Throttle()
+        """When ``request_body_too_slow`` was last logged."""
         self.tls_failed = 0
         """Client TLS handshakes that failed (plain HTTP to an HTTPS listener included)."""
         self.tls_plain = 0

@@ -7,6 +7,7 @@ chosen by the request path, so one fixture serves every test:
 * ``/headers``: the request head it received as JSON;
 * ``/echo``: streams the request body back (chunked);
 * ``/sink``: reads and counts the body, answers the count;
+* ``/sink-late?s=S``: the same, but reads nothing of the body for S seconds first;
 * ``/stream?n=N``: N bytes in 64 KiB chunks (chunked encoding);
 * ``/status/NNN``: that status, empty body (HEAD, 204, 304 checks);
 * ``/slow?s=S``: answers after S seconds;
@@ -259,10 +260,13 @@ async def _backend_request(
         if path == "/early-hold":
             await trio.sleep_forever()
         return False
+    if path == "/sink-late":
+        # A slow endpoint on purpose: it reads nothing of the body for this long.
+        await trio.sleep(float(query["s"][0]))
     total = 0
     async for chunk in body_chunks():
         total += len(chunk)
-    if path == "/sink":
+    if path in ("/sink", "/sink-late"):
         body = str(total).encode()
         await _send(
             conn,

@@ -1,5 +1,6 @@
 """The proxy's own metrics over real sockets: upstream connect time and time to first byte,
-bytes, active requests and open client connections; upstream errors by kind.
+bytes, active requests and open client connections; upstream errors by kind; failed client
+TLS handshakes by reason, and connections closed for a request body too slow.
 
 The hooks are the ones ``tunnel-lb run`` installs (``lb.service``), so these tests cover the
 path from the proxy's records to the exposition.
@@ -8,9 +9,15 @@ path from the proxy's records to the exposition.
 from __future__ import annotations
 
 import random
+import socket
+import ssl
+import struct
 from collections.abc import Awaitable, Callable
 from functools import partial
+from pathlib import Path
+from typing import Any
 
+import pytest
 import trio
 from ports_support import dead_port
 from prometheus_client import generate_latest
@@ -21,13 +28,16 @@ from proxy_support import (
     Client,
     get,
     make_config,
+    raw_exchange,
     serve_backend,
 )
 from waiting import wait_until
 
+from lb.config.model import Limits, Listener
 from lb.engine import Engine as LbEngine
 from lb.metrics import Metrics
 from lb.proxy import ProxyServer
+from lb.proxy.listeners import open_listeners
 from lb.service import _hooks
 
 Sample = tuple[str, frozenset[tuple[str, str]]]
@@ -46,7 +56,11 @@ def key(name: str, **labels: str) -> Sample:
 
 
 async def start(
-    nursery: trio.Nursery, certs: Certs, ports: list[int], **config: object
+    nursery: trio.Nursery,
+    certs: Certs,
+    ports: list[int],
+    listeners: list[Any] | None = None,
+    **config: object,
 ) -> tuple[ProxyServer, int, Metrics]:
     """A proxy in front of ``ports`` whose hooks feed a :class:`Metrics` as in production."""
     engine = LbEngine(make_config(ports, **config), now=trio.current_time())  # type: ignore[arg-type]
@@ -55,7 +69,8 @@ async def start(
     server = ProxyServer(
         engine, hooks=_hooks(engine, metrics), rng=random.Random(1), upstream_ssl=certs.client
     )
-    listeners = list(await trio.open_tcp_listeners(0, host="127.0.0.1"))
+    if listeners is None:
+        listeners = list(await trio.open_tcp_listeners(0, host="127.0.0.1"))
     addresses = await nursery.start(server.serve, listeners)
     return server, addresses[0][1], metrics
 
@@ -195,3 +210,78 @@ async def test_a_flood_of_hosts_and_paths_adds_no_series(
         "lb_requests_active",
     )
     assert {k for k in after - before if k[0].startswith(proxy_names)} == set()
+
+
+async def test_failed_client_tls_handshakes_by_reason(
+    nursery: trio.Nursery, certs: Certs, tmp_path: Path
+) -> None:
+    """Each way a client's handshake fails on an HTTPS listener is one ``reason``."""
+    backend = await nursery.start(serve_backend, "b0", certs.backend)
+    pem = str(tmp_path / "lb.pem")
+    certs.ca.issue_cert(LB_HOST).private_key_and_cert_chain_pem.write_to_path(pem)
+    https = await open_listeners([Listener(address="127.0.0.1", port=0, certificate=pem, key=pem)])
+    limits = Limits(idle_timeout=0.5)
+    server, port, metrics = await start(nursery, certs, [backend.port], https, limits=limits)
+    failures = "lb_client_tls_failures_total"
+    assert not [name for name, _ in scrape(metrics) if name == failures]  # none yet
+
+    plain = await raw_exchange(port, f"GET / HTTP/1.1\r\nHost: {LB_HOST}\r\n\r\n".encode())
+    assert plain.startswith(b"HTTP/1.1 400 ")
+    assert await raw_exchange(port, b"\x00\x01\x02\x03" * 64) == b""  # not TLS at all
+    assert await raw_exchange(port, b"\x16") == b""  # a record begun, then nothing
+    # A ClientHello, then a reset before the handshake ends.
+    raw = await trio.open_tcp_stream("127.0.0.1", port)
+    bios = ssl.MemoryBIO(), ssl.MemoryBIO()
+    hello = ssl.create_default_context().wrap_bio(*bios, server_hostname=LB_HOST)
+    with pytest.raises(ssl.SSLWantReadError):
+        hello.do_handshake()
+    await raw.send_all(bios[1].read())
+    with trio.fail_after(5):
+        assert await raw.receive_some(1)  # the server is mid-handshake
+    raw.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    await trio.aclose_forcefully(raw)
+    await wait_until(lambda: server.tls_failed == 4)
+    # A ClientHello, then a clean close (FIN) before the handshake ends: the client left,
+    # nothing was refused (the ssl module reports it as an SSLEOFError).
+    raw = await trio.open_tcp_stream("127.0.0.1", port)
+    bios = ssl.MemoryBIO(), ssl.MemoryBIO()
+    hello = ssl.create_default_context().wrap_bio(*bios, server_hostname=LB_HOST)
+    with pytest.raises(ssl.SSLWantReadError):
+        hello.do_handshake()
+    await raw.send_all(bios[1].read())
+    with trio.fail_after(5):
+        assert await raw.receive_some(1)  # the server is mid-handshake
+    await raw.send_eof()
+    await wait_until(lambda: server.tls_failed == 5)
+    await raw.aclose()
+
+    s = scrape(metrics)
+    got = {dict(labels)["reason"]: v for (name, labels), v in s.items() if name == failures}
+    assert got == {"plain_http": 1, "handshake_failed": 1, "timed_out": 1, "connection_lost": 2}
+    # A handshake that succeeds counts nowhere here.
+    ctx = ssl.create_default_context()
+    certs.ca.configure_trust(ctx)
+    tls = trio.SSLStream(
+        await trio.open_tcp_stream("127.0.0.1", port), ctx, server_hostname=LB_HOST
+    )
+    async with Client(tls) as client:
+        assert (await client.request()).status == 200
+    assert sum(v for (name, _), v in scrape(metrics).items() if name == failures) == 5
+
+
+async def test_connections_closed_for_a_slow_body(nursery: trio.Nursery, certs: Certs) -> None:
+    backend = await nursery.start(serve_backend, "b0", certs.backend)
+    limits = Limits(min_body_rate=1000, min_body_rate_grace=0.5, idle_timeout=600)
+    server, port, metrics = await start(nursery, certs, [backend.port], limits=limits)
+    async with await Client.connect(port) as client:
+        await client.send_head("POST", "/sink", [("host", LB_HOST), ("content-length", "5000")])
+        await client.send_body(b"x" * 10)  # then nothing: far below 1000 B/s
+        with trio.fail_after(10):
+            assert (await client.read_response()).status == 408
+    await settled(server)
+    s = scrape(metrics)
+    assert s[key("lb_slow_request_bodies_total", closed_by="min_body_rate")] == 1
+    assert key("lb_slow_request_bodies_total", closed_by="connection_cap") not in s
+    # A body this small is read whole before any attempt: no endpoint was chosen yet.
+    requests = key("lb_requests_total", load_balancer=LB_HOST, pool="", endpoint="", status="408")
+    assert s[requests] == 1

@@ -20,6 +20,7 @@ def _exchange(watchdog: Watchdog) -> Exchange:
     none = cast(Any, None)
     return Exchange(
         shared=none,
+        client=none,
         config=none,
         stream=none,
         conn=none,

@@ -8,7 +8,15 @@ import pytest
 import trio
 import trio.testing
 
-from lb.proxy.watchdog import MAX_TICK, MIN_TICK, PER_CONNECTION, Watchdog, expire, tick
+from lb.proxy.watchdog import (
+    MAX_TICK,
+    MIN_TICK,
+    PER_BODY,
+    PER_CONNECTION,
+    Watchdog,
+    expire,
+    tick,
+)
 
 
 def test_the_tick_is_a_twentieth_of_the_shortest_timeout_within_bounds() -> None:
@@ -21,6 +29,15 @@ def test_the_tick_grows_with_the_connections_to_check() -> None:
     # Checking one costs ~60 ns: the loop stays a small share of a core however many there are.
     assert tick(100_000, 0.1, 100.0) == 100_000 * PER_CONNECTION == pytest.approx(0.2)
     assert tick(500_000, 60.0, 100.0) == pytest.approx(1.0)
+
+
+def test_the_tick_grows_with_the_request_bodies_to_judge() -> None:
+    # Judging a body's rate clock costs several times a deadline check: counted apart.
+    assert PER_BODY > 5 * PER_CONNECTION
+    assert tick(100_000, 0.1, 100.0, bodies=100_000) == pytest.approx(
+        100_000 * (PER_CONNECTION + PER_BODY)
+    )
+    assert tick(10, 60.0, 100.0, bodies=10) == MAX_TICK  # few of them: the timeouts rule
 
 
 async def test_expire_cancels_only_the_watchdogs_whose_deadline_passed() -> None:
