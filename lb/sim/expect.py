@@ -6,6 +6,12 @@ engine noticed (the first aggregate transition to unhealthy); the traffic tallie
 steering stopped sending it requests (drained: the end of the last tick with a first attempt
 to it before it recovered).  A failure that never stops traffic (a partition seen from one
 data center while others still use the endpoint) has ``drained_at`` null.
+
+A ``latency`` fails an endpoint when the proxy gives up on every answer: the latency added on
+the path of every replica, edge and origin events together (the proxy measures the whole
+attempt), is above ``engine.limits.request_timeout``.  So such a failover starts at the event
+that takes the sum over the limit, whichever it is, and ends at the one that brings it back
+within (a ``recover`` of either layer, or a smaller ``latency``): :func:`_slow_spans`.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from lb.sim.network import Network
 from lb.sim.record import Recorder
 from lb.sim.scenario import Expectation, NetEvent, Scenario
 from lb.sim.spec import FAULTS, TimelineAction, seconds
@@ -72,15 +79,50 @@ def _r(x: float | None) -> float | None:
 _BROKEN = (TimelineAction.FLAP, TimelineAction.RESET, TimelineAction.TRUNCATE)
 
 
-def _fails(e: NetEvent, request_timeout: float) -> bool:
-    """Whether ``e`` makes its endpoint fail for users: a fault, a broken answer, a 5xx
-    status, or a ``latency`` above the proxy's request timeout (every answer a 524,
-    :meth:`lb.sim.network.Network.answers`)."""
+def _fails(e: NetEvent) -> bool:
+    """Whether ``e`` makes its endpoint fail for users: a fault, a broken answer or a 5xx
+    status (a ``latency`` fails it by the sum it makes: :func:`_slow_spans`)."""
     if e.action in FAULTS or e.action in _BROKEN:
         return True
-    if e.action == TimelineAction.LATENCY:
-        return e.latency > request_timeout + 1e-9  # at the limit exactly the answer comes
     return e.action == TimelineAction.STATUS and e.status >= 500
+
+
+def _slow_spans(scenario: Scenario) -> list[tuple[str, float, float | None, str]]:
+    """``(address, start, end, cause)`` for every span in which the proxy gives up on every
+    answer of an address: each replica's added latency (edge + origin, as seen from some one
+    place) above the request timeout (every answer a 524,
+    :meth:`lb.sim.network.Network.answers`); ``end`` None when it lasts to the end of the run.
+
+    The sum changes only at the address's events, so it is read just after each."""
+    limit = scenario.config.engine.limits.request_timeout + 1e-9  # at the limit the answer comes
+    network = Network(scenario)
+    times: dict[str, set[float]] = {}
+    places: dict[str, set[frozenset[str]]] = {}
+    for e in scenario.events:
+        times.setdefault(e.address, set()).add(e.at)
+        places.setdefault(e.address, {frozenset()}).update(frozenset((p,)) for p in e.scope)
+    out: list[tuple[str, float, float | None, str]] = []
+    for address in sorted(times):
+        if not any(
+            e.action == TimelineAction.LATENCY and e.address == address for e in scenario.events
+        ):
+            continue
+        start: float | None = None
+        cause = ""
+        for t in sorted(times[address]):
+            slow = any(
+                min(network.added_latency(address, place, t), default=0.0) > limit
+                for place in places[address]
+            )
+            if slow and start is None:
+                start = t
+                cause = " + ".join(e.label for e in network.latency_events(address, t))
+            elif not slow and start is not None:
+                out.append((address, start, t, cause))
+                start = None
+        if start is not None:
+            out.append((address, start, None, cause))
+    return out
 
 
 def failovers(scenario: Scenario, rec: Recorder) -> list[Failover]:
@@ -90,14 +132,16 @@ def failovers(scenario: Scenario, rec: Recorder) -> list[Failover]:
         for o in p.origins:
             by_address.setdefault(o.address.lower().rstrip("."), []).append((p.name, o.name))
     out: list[Failover] = []
-    limit = scenario.config.engine.limits.request_timeout
     for e in scenario.events:
         every = {r.name for r in scenario.replicas.get(e.address, ())}
-        if not _fails(e, limit) or set(e.replicas) != every:
+        if not _fails(e) or set(e.replicas) != every:
             continue
         back = _recovery(scenario.events, e)
         for pool, name in by_address.get(e.address, []):
             out.append(_measure(scenario, rec, pool, name, e.label, e.at, back, monitored=True))
+    for address, start, end, cause in _slow_spans(scenario):
+        for pool, name in by_address.get(address, []):
+            out.append(_measure(scenario, rec, pool, name, cause, start, end, monitored=True))
     for c in scenario.changes:
         if c.action != TimelineAction.DISABLE:
             continue

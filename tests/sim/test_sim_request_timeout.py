@@ -297,6 +297,50 @@ def test_a_latency_above_the_request_timeout_is_a_failover(tmp_path: Path) -> No
     assert run_scenario(scenario(tmp_path, within, config=PASSIVE)).data["failovers"] == []
 
 
+def test_an_edge_and_an_origin_latency_that_add_up_above_the_timeout_are_a_failover(
+    tmp_path: Path,
+) -> None:
+    """The proxy measures the whole attempt: 1 s on the path to cloudflared (from 20 s) plus
+    4.5 s in the application (from 25 s) is 5.5 s, above the 5 s request timeout, though
+    neither is alone.  From 25 s every answer of b is a 524, passive health ejects it, and
+    the report has the failover, from the event that made the sum too long to the one that
+    ended it (the origin's recover at 35 s, the tunnel's latency lasting until 40 s)."""
+    timeline = (
+        "timeline:\n"
+        "  - {at: 20, tunnel: tb, do: latency, latency: 1, until: 40}\n"
+        "  - {at: 25, origin: tb, do: latency, latency: 4.5, until: 35}\n"
+    )
+    sc = scenario(tmp_path, BASE + timeline, config=PASSIVE)
+    data = run_scenario(sc).data
+    (f,) = data["failovers"]
+    assert (f["endpoint"], f["failed_at"], f["recovered_at"]) == ("b", 25, 35)
+    assert f["cause"] == "latency tunnel tb + latency origin tb"
+    assert 25 + 5 + sc.rtt <= f["detected_at"] <= f["drained_at"] < 35
+    assert data["statuses"] == {"524": data["errors"]} and data["errors"] > 5
+    for w in data["windows"]:
+        if not 20 <= w["start"] < 40:
+            assert w["errors"] == 0
+    # within the limit at every instant (1 s + 4 s): answered, and no failover
+    within = BASE + timeline.replace("latency: 4.5", "latency: 4")
+    data = run_scenario(scenario(tmp_path, within, config=PASSIVE)).data
+    assert data["failovers"] == [] and data["errors"] == 0
+
+
+def test_a_latency_failover_ends_when_a_smaller_latency_replaces_it(tmp_path: Path) -> None:
+    """No ``recover`` ends it: a latency of 1 s replacing the 8 s one at 30 s brings the
+    answers back within the timeout, and the failover ends there."""
+    timeline = (
+        "timeline:\n"
+        "  - {at: 20, origin: tb, do: latency, latency: 8}\n"
+        "  - {at: 30, origin: tb, do: latency, latency: 1}\n"
+    )
+    data = run_scenario(scenario(tmp_path, BASE + timeline, config=PASSIVE)).data
+    (f,) = data["failovers"]
+    assert (f["endpoint"], f["failed_at"], f["recovered_at"]) == ("b", 20, 30)
+    assert f["cause"] == "latency origin tb"
+    assert sum(w["errors"] for w in data["windows"] if w["start"] >= 30) == 0
+
+
 def test_an_ejection_reaches_the_next_request_of_every_data_center(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
