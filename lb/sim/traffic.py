@@ -553,7 +553,7 @@ class DatacenterTraffic:
                 if n:
                     first[o.key] = first.get(o.key, 0) + n
                     label = o.single.replica
-                    if label is not None:
+                    if label is not None and o.single.through:
                         replicas[label] = replicas.get(label, 0) + n
                     o.n = 0
                 continue
@@ -562,7 +562,7 @@ class DatacenterTraffic:
                 if n:
                     total += n
                     label = o.answers[j].replica
-                    if label is not None:
+                    if label is not None and o.answers[j].through:
                         replicas[label] = replicas.get(label, 0) + n
                     o.counts[j] = 0
             if total:
@@ -649,7 +649,7 @@ class DatacenterTraffic:
                     c.retry_on += 1
                 else:
                     c.retries += 1
-                if a.replica is not None:
+                if a.replica is not None and a.through:
                     c.replicas[a.replica] = c.replicas.get(a.replica, 0) + 1
             elif step.action is Action.FRESH:
                 c.stale_retries += 1  # the same endpoint, its answer on a fresh connection
