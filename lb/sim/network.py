@@ -50,6 +50,7 @@ from steering.geo import nearest
 
 __all__ = [
     "HANG",
+    "TIE",
     "Answer",
     "Network",
     "SimSession",
@@ -82,6 +83,14 @@ ORIGIN_STATUS: dict[str, int] = {
 _EDGE_OWN = "edge-own"
 """An edge ``status`` of every replica (a ``tunnel:`` or ``endpoint:`` target): the edge
 answers it without a replica, as the rehearsal's edge stand-in does (``lb/rehearse/edge.py``)."""
+TIE = 1e-9
+"""How far apart two virtual times may be and still be the same instant.  Times are float
+sums (a request's tick plus its place in the batch, an attempt's start plus its latency), so
+two that are equal on paper can differ in the last bit, one way or the other by where they
+fall.  Every comparison of a due time with "now" allows this much, so that such a tie is
+decided by one rule, not by rounding: an answer due exactly at the request timeout comes
+(:meth:`Network._in_time`), an outcome due at the instant of a request is heard before it
+(:class:`lb.sim.traffic.PendingOutcomes`)."""
 HANG = "hang"
 """The failure of an answer that never came in time: the origin holds the request
 (``blackhole``), or, for a user, its head comes later than the proxy waits
@@ -295,7 +304,7 @@ class Network:
         ``rtt + request_timeout`` after the attempt began (:meth:`_hang`, as for an origin
         that holds the request).  At the limit exactly the answer wins: the proxy's watchdog
         never fires early.  A failed connection is ``connect_timeout``'s affair, not this."""
-        limit = self.rtt + self._request_timeout + 1e-9  # slack for the float sums
+        limit = self.rtt + self._request_timeout + TIE
         if all(a.connect_failed or a.latency <= limit for a in answers):
             return answers
         return tuple(

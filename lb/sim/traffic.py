@@ -79,7 +79,7 @@ from lb.core.attempts import Action, Body, Failure, Retry, buffer_bound, next_st
 from lb.core.budget import RetryBudget
 from lb.core.snapshot import EndpointView
 from lb.engine import Engine
-from lb.sim.network import HANG, Answer, Network
+from lb.sim.network import HANG, TIE, Answer, Network
 from lb.sim.scenario import KeepAlive, Traffic
 from lb.sim.spec import TimelineAction
 from steering import Affinity, Decision, Live, Request, Router
@@ -249,8 +249,10 @@ class InFlight:
         heapq.heappush(self.items, (now + latency, self.seq, live, ep))
 
     def settle(self, now: float) -> None:
+        """End the attempts due by ``now`` (an end at the same instant included: :data:`TIE`)."""
         items = self.items
-        while items and items[0][0] <= now:
+        due = now + TIE
+        while items and items[0][0] <= due:
             _, _, live, ep = heapq.heappop(items)
             live.finished(ep)
             if self.connections:
@@ -302,10 +304,15 @@ class PendingOutcomes:
 
     def settle(self, now: float) -> bool:
         """Report the outcomes due by ``now``, each at the time the proxy learned it; True
-        when one changed health (the caller takes the engine's new router)."""
+        when one changed health (the caller takes the engine's new router).
+
+        An outcome due at the same instant as ``now`` (within :data:`TIE`: the two are float
+        sums of different terms) is reported: an answer that arrives as a request goes is
+        heard first, whichever way the sums round."""
         items = self.items
         changed = False
-        while items and items[0][0] <= now:
+        due = now + TIE
+        while items and items[0][0] <= due:
             at, _, engine, ep, status, failure, reused = heapq.heappop(items)
             if engine.outcome(
                 ep.pool, ep.name, status=status, failure=failure, reused=reused, now=at
@@ -500,7 +507,7 @@ class DatacenterTraffic:
                 at = now + i * step
                 if heap is not None:
                     heap.settle(at)
-                if due and due[0][0] <= at and pending.settle(at):
+                if due and due[0][0] <= at + TIE and pending.settle(at):
                     router = engine.router
                     decide = router.decide
             d = decide(req, srng, live)

@@ -9,7 +9,8 @@ starts when the failed attempt ended.  The simulator dates every outcome the sam
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
 from sim_builders import CONFIG, scenario
@@ -18,6 +19,7 @@ import lb.engine
 import lb.sim.traffic
 from lb.core.attempts import Failure
 from lb.sim import run_scenario
+from lb.sim.scenario import load_scenario
 
 # The monitors probe a health route cloudflared answers itself, so they stay green: only
 # passive health reacts to what users get.
@@ -136,3 +138,48 @@ def test_outcomes_still_in_flight_at_the_end_are_not_told(
     assert all(item[0] > 40 for item in left.items)
     assert len(calls) + len(left.items) == data["requests"]
     assert all(c["now"] <= 40 for c in calls)
+
+
+def _passive_health_errors(tmp_path: Path, rtt: str) -> float:
+    """Errors of configs/scenarios/passive-health.yaml with 3 consecutive 502 ejecting, the
+    outage from 32 s and round trip ``rtt``: the third 502 of each run goes at the third
+    request of a tick, so its answer is due exactly when the fifth request goes, a sum that
+    rounds one way or the other by the tick."""
+    root = Path(__file__).resolve().parents[2]
+    text = (root / "configs/scenarios/passive-health.yaml").read_text()
+    text = text.replace("network:\n", f"network:\n  rtt: {rtt}\n", 1)
+    text = text.replace("consecutive_5xx: 5", "consecutive_5xx: 3").replace("{at: 30,", "{at: 32,")
+    path = tmp_path / rtt / "passive-health.yaml"
+    path.parent.mkdir()
+    path.write_text(text)
+    measured = run_scenario(load_scenario(path)).data["expectations"][1]["measured"]
+    assert isinstance(measured, float)
+    return measured
+
+
+def test_an_outcome_due_as_a_request_goes_is_heard_first(tmp_path: Path) -> None:
+    """100 requests a second, 0.01 s apart, 0.02 s round trip: the answer to a request comes
+    exactly when the next but one goes.  It is heard first (``lb.sim.network.TIE``), as when
+    it comes a hair earlier; a hair later, that request goes first and meets the ejected
+    endpoint's 502 once more per ejection (two ejections in the run)."""
+    early = _passive_health_errors(tmp_path, "0.0199999")
+    assert _passive_health_errors(tmp_path, "0.02") == early
+    assert _passive_health_errors(tmp_path, "0.0200001") == early + 2
+
+
+def test_the_tie_rule_holds_whichever_way_the_sums_round() -> None:
+    """0.1 + 0.2 is a hair above 0.3 in floats: an outcome and an attempt's end due then are
+    settled at 0.3 all the same."""
+    told: list[float] = []
+    finished: list[object] = []
+    engine = SimpleNamespace(outcome=lambda *a, now, **kw: told.append(now) or False)
+    ep = SimpleNamespace(pool="p", name="e")
+    pending = lb.sim.traffic.PendingOutcomes()
+    pending.add(0.1 + 0.2, cast(Any, engine), cast(Any, ep), 502)
+    pending.settle(0.3)
+    assert told == [0.1 + 0.2]
+    flight = lb.sim.traffic.InFlight(cast(Any, SimpleNamespace(pools=[], load_balancers=[])))
+    live = SimpleNamespace(started=lambda ep: None, finished=finished.append)
+    flight.start(cast(Any, live), cast(Any, ep), 0.1, 0.2)
+    flight.settle(0.3)
+    assert finished == [ep]
