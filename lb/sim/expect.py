@@ -7,11 +7,12 @@ steering stopped sending it requests (drained: the end of the last tick with a f
 to it before it recovered).  A failure that never stops traffic (a partition seen from one
 data center while others still use the endpoint) has ``drained_at`` null.
 
-A ``latency`` fails an endpoint when the proxy gives up on every answer: the latency added on
-the path of every replica, edge and origin events together (the proxy measures the whole
-attempt), is above ``engine.limits.request_timeout``.  So such a failover starts at the event
-that takes the sum over the limit, whichever it is, and ends at the one that brings it back
-within (a ``recover`` of either layer, or a smaller ``latency``): :func:`_slow_spans`.
+A ``latency`` fails an endpoint when the proxy gives up on every answer users get from it (the
+network's own answers, :meth:`lb.sim.network.Network.answers` with ``user``: the latency an
+answer waits for, edge and origin together for the application's, above
+``engine.limits.request_timeout``).  So such a failover starts at the event that makes every
+answer too slow, whichever it is, and ends at the one that brings one back within (a
+``recover`` of either layer, or a smaller ``latency``): :func:`_slow_spans`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from lb.sim.network import Network
+from lb.sim.network import HANG, Network
 from lb.sim.record import Recorder
 from lb.sim.scenario import Expectation, NetEvent, Scenario
 from lb.sim.spec import FAULTS, TimelineAction, seconds
@@ -88,19 +89,23 @@ def _fails(e: NetEvent) -> bool:
 
 
 def _slow_spans(scenario: Scenario) -> list[tuple[str, float, float | None, str]]:
-    """``(address, start, end, cause)`` for every span in which the proxy gives up on every
-    answer of an address: each replica's added latency (edge + origin, as seen from some one
-    place) above the request timeout (every answer a 524,
-    :meth:`lb.sim.network.Network.answers`); ``end`` None when it lasts to the end of the run.
+    """``(address, start, end, cause)`` for every span in which a ``latency`` makes the proxy
+    give up on every answer of an address; ``end`` None when it lasts to the end of the run.
 
-    The sum changes only at the address's events, so it is read just after each."""
-    limit = scenario.config.engine.limits.request_timeout + 1e-9  # at the limit the answer comes
+    "Slow" is the network's own answer to a user (:meth:`lb.sim.network.Network.answers`
+    with ``user``, the one rule of the request timeout), asked where users ask: from each
+    data center with traffic, for its host (or the endpoint's Host) and path.  Every answer
+    the edge may give there is the proxy's 524, and a latency played a part (an answer the
+    network gives in time is one the proxy gave up on).  So an answer that never reaches the
+    application (an ``http_status`` ingress rule, an edge ``status``) is not slowed by the
+    application's latency, and a replica the edge skips (refused, down) is not one users can
+    be answered by.  The answers change only at the address's events, so they are read just
+    after each."""
     network = Network(scenario)
     times: dict[str, set[float]] = {}
-    places: dict[str, set[frozenset[str]]] = {}
     for e in scenario.events:
         times.setdefault(e.address, set()).add(e.at)
-        places.setdefault(e.address, {frozenset()}).update(frozenset((p,)) for p in e.scope)
+    askers = _askers(scenario)
     out: list[tuple[str, float, float | None, str]] = []
     for address in sorted(times):
         if not any(
@@ -110,10 +115,7 @@ def _slow_spans(scenario: Scenario) -> list[tuple[str, float, float | None, str]
         start: float | None = None
         cause = ""
         for t in sorted(times[address]):
-            slow = any(
-                min(network.added_latency(address, place, t), default=0.0) > limit
-                for place in places[address]
-            )
+            slow = any(_slow(network, address, *who, t) for who in askers.get(address, ()))
             if slow and start is None:
                 start = t
                 cause = " + ".join(e.label for e in network.latency_events(address, t))
@@ -123,6 +125,31 @@ def _slow_spans(scenario: Scenario) -> list[tuple[str, float, float | None, str]
         if start is not None:
             out.append((address, start, None, cause))
     return out
+
+
+def _askers(scenario: Scenario) -> dict[str, list[tuple[str, str, str]]]:
+    """Per endpoint address, the ``(data center, host, path)`` users' requests to it may
+    carry: each data center with traffic, with the endpoint's Host header if it has one
+    (as :class:`lb.sim.traffic.DatacenterTraffic` sends them)."""
+    out: dict[str, list[tuple[str, str, str]]] = {}
+    for tr in scenario.traffic:
+        for pool in scenario.config.pools:
+            for o in pool.origins:
+                address = o.address.lower().rstrip(".")
+                who = (tr.datacenter, o.host_header or tr.host, tr.path)
+                if who not in out.setdefault(address, []):
+                    out[address].append(who)
+    return out
+
+
+def _slow(network: Network, address: str, dc: str, host: str, path: str, t: float) -> bool:
+    """Whether the proxy gives up, for a latency, on every answer users entering at ``dc``
+    get from ``address`` at ``t``."""
+    answers = network.answers(address, (dc,), dc, host, path, t, user=True)
+    if not all(a.failure == HANG for a in answers):
+        return False
+    given = network.answers(address, (dc,), dc, host, path, t)
+    return any(a.failure != HANG for a in given)
 
 
 def failovers(scenario: Scenario, rec: Recorder) -> list[Failover]:

@@ -246,16 +246,6 @@ class Network:
                 wide = len(c.replicas) == len(self._replicas.get(address, ()))
         return fault, status, latency, wide
 
-    def added_latency(self, address: str, place: frozenset[str], t: float) -> list[float]:
-        """Per replica of ``address``, the latency its edge and origin ``latency`` events add
-        together at ``t`` as seen from ``place`` (empty: only unscoped events): what a user's
-        attempt waits for its response head beyond the round trip (:meth:`_in_time`)."""
-        return [
-            self._state(address, r.name, EDGE, place, t)[2]
-            + self._state(address, r.name, ORIGIN, place, t)[2]
-            for r in self._replicas.get(address, ())
-        ]
-
     def latency_events(self, address: str, t: float) -> list[NetEvent]:
         """The ``latency`` events in force at ``address`` at ``t`` (any replica, layer or
         scope), in file order."""

@@ -381,3 +381,47 @@ def test_a_killed_members_timeouts_die_with_it(tmp_path: Path) -> None:
     data = run_scenario(scenario(tmp_path, body + timeline, config=PASSIVE)).data
     assert _ejections(data) == [], data["transitions"]
     assert data["errors"] == data["statuses"]["524"] > 50
+
+
+def test_an_application_latency_slows_no_answer_cloudflared_gives_itself(
+    tmp_path: Path,
+) -> None:
+    """The application behind tb is slow, but users never reach it: cloudflared answers
+    their host from an ``http_status:200`` ingress rule, and from 30 s the edge answers
+    for the whole tunnel (a ``status`` of the tunnel).  Every answer comes in time: no
+    errors, and no failover in the report."""
+    body = BASE.replace(
+        "      - {hostname: app.example.com, service: origin}\n",
+        '      - {hostname: app.example.com, service: "http_status:200"}\n',
+    )
+    timeline = "timeline:\n  - {at: 20, origin: tb, do: latency, latency: 8, until: 40}\n"
+    data = run_scenario(scenario(tmp_path, body + timeline, config=PASSIVE)).data
+    assert data["errors"] == 0 and data["failovers"] == []
+    timeline += "  - {at: 30, tunnel: tb, do: status, status: 200, until: 40}\n"
+    data = run_scenario(scenario(tmp_path, BASE + timeline, config=PASSIVE)).data
+    (f,) = data["failovers"]  # the application's answers until the edge answers itself
+    assert (f["endpoint"], f["failed_at"], f["recovered_at"]) == ("b", 20, 30)
+
+
+def test_a_slow_replica_is_a_failover_when_the_edge_skips_the_other(tmp_path: Path) -> None:
+    """ta's r1 refuses from 20 s and the application behind r2 is slow: the edge sends
+    every request to r2 and every user gets a 524, so the report has the failover (the
+    refused replica's quick answer is not one users can get)."""
+    body = BASE.replace(
+        "network:\n  ingress:\n",
+        "network:\n  ingress:\n    ta:\n"
+        '      - {hostname: health.example.com, service: "http_status:200"}\n'
+        "      - {hostname: app.example.com, service: origin}\n"
+        '      - {service: "http_status:404"}\n',
+        1,
+    )
+    timeline = (
+        "timeline:\n"
+        "  - {at: 20, replica: ta/r1, do: refuse, until: 40}\n"
+        "  - {at: 20, origin: ta/r2, do: latency, latency: 8, until: 40}\n"
+    )
+    data = run_scenario(scenario(tmp_path, body + timeline, config=PASSIVE)).data
+    (f,) = data["failovers"]
+    assert (f["endpoint"], f["failed_at"], f["recovered_at"]) == ("a", 20, 40)
+    assert f["cause"] == "latency origin ta/r2"
+    assert f["detected_at"] is not None
