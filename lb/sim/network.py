@@ -230,8 +230,9 @@ class Network:
         self, address: str, replica: str, layer: str, place: frozenset[str], t: float
     ) -> tuple[str, int, float, bool]:
         """``(fault, status, added latency, wide)`` of one replica's layer as seen from
-        ``place``; ``wide``: the fault's event is one of every replica of the address (at the
-        edge layer, the edge's own: the edge answers without a replica)."""
+        ``place``; ``wide``: the fault's event targets the whole address, a ``tunnel:`` or
+        ``endpoint:`` (:attr:`NetEvent.wide`; at the edge layer, the edge's own: the edge
+        answers without a replica)."""
         track = self._tracks.get((address, replica, layer))
         if track is None:
             return "", 0, 0.0, False
@@ -243,7 +244,7 @@ class Network:
                 latency += c.latency
             else:
                 fault, status = _fault(c, t)
-                wide = len(c.replicas) == len(self._replicas.get(address, ()))
+                wide = c.wide
         return fault, status, latency, wide
 
     def latency_events(self, address: str, t: float) -> list[NetEvent]:

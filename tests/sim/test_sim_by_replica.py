@@ -11,9 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sim_builders import scenario
+from sim_builders import TUNNEL_B, scenario
 
 from lb.sim import run_scenario
+from lb.sim.network import Answer, Network
 
 BASE = """\
 config: lb.yaml
@@ -69,3 +70,32 @@ def test_a_reset_before_the_answer_counts_for_no_replica(tmp_path: Path) -> None
     for w in reset:
         assert w["errors_by_endpoint"]["main/a"] == w["by_endpoint"]["main/a"]
         assert "ta/r1" not in w["by_replica"], w
+
+
+def test_a_replicas_status_on_a_one_replica_tunnel_is_still_the_replicas(
+    tmp_path: Path,
+) -> None:
+    """tb has one replica: ``replica: tb/r1`` names every replica of it, and is still that
+    replica's answer (through it, counted for it), while ``tunnel: tb`` is the edge's own,
+    counted for no replica.  The target says which, not the number of replicas."""
+    timeline = (
+        "timeline:\n"
+        "  - {at: 20, tunnel: tb, do: status, status: 503, until: 30}\n"
+        "  - {at: 40, replica: tb/r1, do: status, status: 503, until: 50}\n"
+    )
+    sc = scenario(tmp_path, BASE + timeline)
+    network = Network(sc)
+    address = f"{TUNNEL_B}.cfargotunnel.com"
+
+    def at(t: float) -> tuple[Answer, ...]:
+        return network.answers(address, ("FRA",), "FRA", "app.example.com", "/", t, user=True)
+
+    assert [(a.replica, a.status, a.through) for a in at(25)] == [("tb/r1", 503, False)]
+    assert [(a.replica, a.status, a.through) for a in at(45)] == [("tb/r1", 503, True)]
+    data = run_scenario(sc).data
+    own = [w for w in _windows(data, 40, 50) if w["by_endpoint"].get("main/b")]
+    assert own, "b keeps some traffic before its monitor sees the 503"
+    for w in own:
+        assert w["by_replica"]["tb/r1"] == w["by_endpoint"]["main/b"], w
+    for w in _windows(data, 20, 30):
+        assert "tb/r1" not in w["by_replica"], w
