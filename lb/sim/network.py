@@ -320,11 +320,16 @@ class Network:
             fault, status, latency, wide = self._state(address, r.name, EDGE, where, t)
             if fault in FAULTS:
                 if dead is None:
-                    wait = self._connect_timeout if fault == TimelineAction.BLACKHOLE else 0.0
+                    # a refusal (or no route) comes back over the path; a blackholed dial
+                    # gets nothing, and the proxy's connect timeout, started at the dial,
+                    # ends it (lb/proxy/exchange.py)
+                    took = self.rtt + latency
+                    if fault == TimelineAction.BLACKHOLE:
+                        took = self._connect_timeout
                     dead = Answer(
                         r.label,
                         EDGE_STATUS[fault],
-                        self.rtt + latency + wait,
+                        took,
                         fault,
                         connect_failed=fault in CONNECT_FAULTS,
                     )
