@@ -85,7 +85,7 @@ async def _simulate(sc: Scenario, progress: Progress | None) -> Report:
     outcomes = PendingOutcomes()  # one for the run: an answer comes whoever else sends
     in_flight = InFlight(config) if needs_live(config) else None  # likewise, attempts end
     if cluster is not None:
-        cluster.on_kill.append(outcomes.drop)
+        cluster.on_kill.append(outcomes.kill)
     users = [
         DatacenterTraffic(t, i, sc.seed, config, network, rec.runs, outcomes, in_flight)
         for i, t in enumerate(sc.traffic)

@@ -296,9 +296,11 @@ class PendingOutcomes:
         self.seq += 1
         heapq.heappush(self.items, (at, self.seq, engine, ep, status, failure, reused))
 
-    def drop(self, engine: Engine) -> None:
-        """Forget the outcomes of attempts through ``engine``: its process was killed, and
-        its attempts and deadlines died with it."""
+    def kill(self, engine: Engine, at: float) -> None:
+        """``engine``'s process is killed at ``at``: report the outcomes due by then (of
+        every engine, in time order: the run's ticks may not have reached ``at`` yet), then
+        forget the rest of ``engine``'s, whose attempts and deadlines die with it."""
+        self.settle(at)
         self.items[:] = [item for item in self.items if item[2] is not engine]  # in place:
         heapq.heapify(self.items)  # a data center's loop may hold the list
 

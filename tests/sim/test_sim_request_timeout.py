@@ -382,6 +382,25 @@ def test_a_killed_members_timeouts_die_with_it(tmp_path: Path) -> None:
     assert data["errors"] == data["statuses"]["524"] > 50
 
 
+def test_a_killed_member_hears_what_came_before_its_kill(tmp_path: Path) -> None:
+    """One-second ticks: FRA's member takes b's slow requests until 22 s; they time out
+    from 25.02 s on, and the member is killed at 25.9 s, a tick before 26 s applies the
+    kill.  The timeouts due before 25.9 s reached it while it lived (more than five): it
+    ejects b before it dies, as the proxy would have."""
+    body = STOPS.replace("report_interval: 10\n", "report_interval: 10\ntick: 1\n") + (
+        "cluster:\n"
+        "  heartbeat: 1\n"
+        "  members:\n"
+        "    - {name: fra, datacenter: FRA}\n"
+        "    - {name: ams}\n"
+    )
+    timeline = SLOW + "  - {at: 25.9, member: fra, do: kill}\n"
+    data = run_scenario(scenario(tmp_path, body + timeline, config=PASSIVE)).data
+    ejections = _ejections(data)
+    assert ejections, data["transitions"]
+    assert 25.02 <= ejections[0]["at"] <= 25.9, ejections
+
+
 def test_an_application_latency_slows_no_answer_cloudflared_gives_itself(
     tmp_path: Path,
 ) -> None:
