@@ -25,19 +25,30 @@ What a request does (the proxy's sequence):
    a fresh connection.  An HTTP answer is never retried, whatever its status, unless
    ``retry_on`` names it: then the policy may retry it to another endpoint, within the
    load balancer's retry budget (``lb/core/budget.py``), which counts the requests in
-   flight per data center (each for its answer's latency).  An answer slower than the
+   flight per data center (each for its final answer's latency: docs/simulate.md,
+   section 9).  An answer slower than the
    proxy waits (``request_timeout``, :meth:`lb.sim.network.Network.answers` with
    ``user``), or one an origin holds, is the proxy's 524, ``RESPONSE_TIMEOUT`` to the
    policy and to passive health, never retried; it is in flight until the proxy gives up;
 4. a new ``__cflb`` is kept by cookie-keeping clients;
-5. ``engine.live`` in-flight (and connection) counts follow each attempt when some policy
-   reads them (least_outstanding_requests / least_connections), with the answer's latency;
+5. ``engine.live`` in-flight (and connection) counts follow each request when some policy
+   reads them (least_outstanding_requests / least_connections), from its start to its final
+   answer (the failed attempts and retries before it included), at the endpoint that gave
+   that answer;
 6. with ``passive_health`` on, every attempt's outcome goes to ``engine.outcome``, the call
    the proxy makes (:mod:`lb.core.passive` counts it), when the proxy would learn it: at the
    attempt's end, its start plus the latency the network gives it (a timed-out one's when
    the proxy gives up), a retry starting when the failed attempt ended
    (:class:`PendingOutcomes`); an ejection changes the snapshot at once, and the rest of
    the tick, and of the data centers decided after this one, is decided by the new router.
+
+A retry is dated when the failed attempt ended (its outcome, its own end), but decided at
+the request's start: ``router.retry`` picks its endpoint from the router of the request's
+moment, and the network's answer is the one cached for the request's tick, not asked again
+at the retry's start (an ejection, a health change or a timeline event between the two is
+not seen by the retry).  The whole request is decided in one go, which keeps a request one
+pass of the loop; a retry's start is at most the failed attempt's latency later (an edge
+refusal: one round trip; a blackhole: ``connect_timeout``).
 
 Pooled connections (``network.keep_alive``)
 ===========================================
@@ -222,7 +233,8 @@ class _Outcome:
 
 
 class InFlight:
-    """Attempts in flight, finishing at their answer's latency, for the ``engine.live`` counts
+    """Requests in flight, each at the endpoint that gave its final answer, from its start
+    to that answer (the failed attempts before it included), for the ``engine.live`` counts
     least_outstanding_requests and least_connections read.
 
     Like :class:`PendingOutcomes`, one for the run, each attempt with the counts of the
