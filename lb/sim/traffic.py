@@ -738,9 +738,10 @@ class DatacenterTraffic:
         return False
 
     def _settle_budget(self, budget: RetryBudget, now: float) -> None:
-        """Take the requests answered by ``now`` out of the budget's counts."""
+        """Take the requests answered by ``now`` out of the budget's counts (an answer at
+        the same instant included: :data:`TIE`)."""
         flight = self._flight
-        while flight and flight[0][0] <= now:
+        while flight and flight[0][0] <= now + TIE:
             budget.finished(heapq.heappop(flight)[2])
 
     def _bound(self, keep: KeepAlive) -> float:
