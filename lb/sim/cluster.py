@@ -163,8 +163,11 @@ class SimCluster:
         self.events = list(scenario.member_events)
         self.next_beat = 0.0
         self._nursery: trio.Nursery | None = None
-        self.on_kill: list[Callable[[Engine], None]] = []
-        """Told the engine of a member as it is killed (its pending work dies with it)."""
+        self.on_kill: list[Callable[[Engine, float], None]] = []
+        """Told the engine of a member and the kill's time (engine clock) as it is killed,
+        while it is still alive: what it learned by then counts, the rest of its pending
+        work dies with it.  The kill's time, not the tick's that applies it: a kill
+        between two ticks is applied at the later one."""
 
     def now(self) -> float:
         """Seconds of virtual time since the start: the members' shared "wall clock"."""
@@ -252,11 +255,11 @@ class SimCluster:
         i = next(i for i, m in enumerate(self.members) if m.spec.name == e.member)
         m = self.members[i]
         if e.action == TimelineAction.KILL:
+            for forget in self.on_kill:
+                forget(m.engine, self.start + e.at)
             m.alive = False
             m.inbox.clear()
             m.reshard()
-            for forget in self.on_kill:
-                forget(m.engine)
         elif e.action == TimelineAction.PARTITION:
             m.connected = False
             m.members = {}

@@ -6,6 +6,13 @@ engine noticed (the first aggregate transition to unhealthy); the traffic tallie
 steering stopped sending it requests (drained: the end of the last tick with a first attempt
 to it before it recovered).  A failure that never stops traffic (a partition seen from one
 data center while others still use the endpoint) has ``drained_at`` null.
+
+A ``latency`` fails an endpoint when the proxy gives up on every answer users get from it (the
+network's own answers, :meth:`lb.sim.network.Network.answers` with ``user``: the latency an
+answer waits for, edge and origin together for the application's, above
+``engine.limits.request_timeout``).  So such a failover starts at the event that makes every
+answer too slow, whichever it is, and ends at the one that brings one back within (a
+``recover`` of either layer, or a smaller ``latency``): :func:`_slow_spans`.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from lb.sim.network import HANG, Network
 from lb.sim.record import Recorder
 from lb.sim.scenario import Expectation, NetEvent, Scenario
 from lb.sim.spec import FAULTS, TimelineAction, seconds
@@ -72,15 +80,76 @@ def _r(x: float | None) -> float | None:
 _BROKEN = (TimelineAction.FLAP, TimelineAction.RESET, TimelineAction.TRUNCATE)
 
 
-def _fails(e: NetEvent, request_timeout: float) -> bool:
-    """Whether ``e`` makes its endpoint fail for users: a fault, a broken answer, a 5xx
-    status, or a ``latency`` above the proxy's request timeout (every answer a 524,
-    :meth:`lb.sim.network.Network.answers`)."""
+def _fails(e: NetEvent) -> bool:
+    """Whether ``e`` makes its endpoint fail for users: a fault, a broken answer or a 5xx
+    status (a ``latency`` fails it by the sum it makes: :func:`_slow_spans`)."""
     if e.action in FAULTS or e.action in _BROKEN:
         return True
-    if e.action == TimelineAction.LATENCY:
-        return e.latency > request_timeout + 1e-9  # at the limit exactly the answer comes
     return e.action == TimelineAction.STATUS and e.status >= 500
+
+
+def _slow_spans(scenario: Scenario) -> list[tuple[str, float, float | None, str]]:
+    """``(address, start, end, cause)`` for every span in which a ``latency`` makes the proxy
+    give up on every answer of an address; ``end`` None when it lasts to the end of the run.
+
+    "Slow" is the network's own answer to a user (:meth:`lb.sim.network.Network.answers`
+    with ``user``, the one rule of the request timeout), asked where users ask: from each
+    data center with traffic, for its host (or the endpoint's Host) and path.  Every answer
+    the edge may give there is the proxy's 524, and a latency played a part (an answer the
+    network gives in time is one the proxy gave up on).  So an answer that never reaches the
+    application (an ``http_status`` ingress rule, an edge ``status``) is not slowed by the
+    application's latency, and a replica the edge skips (refused, down) is not one users can
+    be answered by.  The answers change only at the address's events, so they are read just
+    after each."""
+    network = Network(scenario)
+    times: dict[str, set[float]] = {}
+    for e in scenario.events:
+        times.setdefault(e.address, set()).add(e.at)
+    askers = _askers(scenario)
+    out: list[tuple[str, float, float | None, str]] = []
+    for address in sorted(times):
+        if not any(
+            e.action == TimelineAction.LATENCY and e.address == address for e in scenario.events
+        ):
+            continue
+        start: float | None = None
+        cause = ""
+        for t in sorted(times[address]):
+            slow = any(_slow(network, address, *who, t) for who in askers.get(address, ()))
+            if slow and start is None:
+                start = t
+                cause = " + ".join(e.label for e in network.latency_events(address, t))
+            elif not slow and start is not None:
+                out.append((address, start, t, cause))
+                start = None
+        if start is not None:
+            out.append((address, start, None, cause))
+    return out
+
+
+def _askers(scenario: Scenario) -> dict[str, list[tuple[str, str, str]]]:
+    """Per endpoint address, the ``(data center, host, path)`` users' requests to it may
+    carry: each data center with traffic, with the endpoint's Host header if it has one
+    (as :class:`lb.sim.traffic.DatacenterTraffic` sends them)."""
+    out: dict[str, list[tuple[str, str, str]]] = {}
+    for tr in scenario.traffic:
+        for pool in scenario.config.pools:
+            for o in pool.origins:
+                address = o.address.lower().rstrip(".")
+                who = (tr.datacenter, o.host_header or tr.host, tr.path)
+                if who not in out.setdefault(address, []):
+                    out[address].append(who)
+    return out
+
+
+def _slow(network: Network, address: str, dc: str, host: str, path: str, t: float) -> bool:
+    """Whether the proxy gives up, for a latency, on every answer users entering at ``dc``
+    get from ``address`` at ``t``."""
+    answers = network.answers(address, (dc,), dc, host, path, t, user=True)
+    if not all(a.failure == HANG for a in answers):
+        return False
+    given = network.answers(address, (dc,), dc, host, path, t)
+    return any(a.failure != HANG for a in given)
 
 
 def failovers(scenario: Scenario, rec: Recorder) -> list[Failover]:
@@ -90,14 +159,16 @@ def failovers(scenario: Scenario, rec: Recorder) -> list[Failover]:
         for o in p.origins:
             by_address.setdefault(o.address.lower().rstrip("."), []).append((p.name, o.name))
     out: list[Failover] = []
-    limit = scenario.config.engine.limits.request_timeout
     for e in scenario.events:
         every = {r.name for r in scenario.replicas.get(e.address, ())}
-        if not _fails(e, limit) or set(e.replicas) != every:
+        if not _fails(e) or set(e.replicas) != every:
             continue
         back = _recovery(scenario.events, e)
         for pool, name in by_address.get(e.address, []):
             out.append(_measure(scenario, rec, pool, name, e.label, e.at, back, monitored=True))
+    for address, start, end, cause in _slow_spans(scenario):
+        for pool, name in by_address.get(address, []):
+            out.append(_measure(scenario, rec, pool, name, cause, start, end, monitored=True))
     for c in scenario.changes:
         if c.action != TimelineAction.DISABLE:
             continue

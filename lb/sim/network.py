@@ -50,6 +50,7 @@ from steering.geo import nearest
 
 __all__ = [
     "HANG",
+    "TIE",
     "Answer",
     "Network",
     "SimSession",
@@ -79,6 +80,17 @@ ORIGIN_STATUS: dict[str, int] = {
     TimelineAction.RESET: 502,
 }
 """What a user gets when cloudflared is up but the application behind it fails."""
+_EDGE_OWN = "edge-own"
+"""An edge ``status`` of every replica (a ``tunnel:`` or ``endpoint:`` target): the edge
+answers it without a replica, as the rehearsal's edge stand-in does (``lb/rehearse/edge.py``)."""
+TIE = 1e-9
+"""How far apart two virtual times may be and still be the same instant.  Times are float
+sums (a request's tick plus its place in the batch, an attempt's start plus its latency), so
+two that are equal on paper can differ in the last bit, one way or the other by where they
+fall.  Every comparison of a due time with "now" allows this much, so that such a tie is
+decided by one rule, not by rounding: an answer due exactly at the request timeout comes
+(:meth:`Network._in_time`), an outcome due at the instant of a request is heard before it
+(:class:`lb.sim.traffic.PendingOutcomes`)."""
 HANG = "hang"
 """The failure of an answer that never came in time: the origin holds the request
 (``blackhole``), or, for a user, its head comes later than the proxy waits
@@ -103,6 +115,12 @@ class Answer:
     """The connection to the endpoint failed (edge ``refuse``, ``blackhole``, ``unreachable``):
     the only answers the proxy retries (R42).  Every other answer is an HTTP response, final
     whatever its status; ``down`` is one too (the edge's 530, error 1033)."""
+    through: bool = False
+    """A whole response came through ``replica``: its own status, its ingress rule's, or
+    the application's (cloudflared's 502 included), even one the proxy no longer waited for
+    (a latency above the request timeout).  What ``by_replica`` counts.  Not so: the edge's
+    own answers (no usable replica: 521-523, 530; a ``status`` of the whole tunnel at the
+    edge layer), a reset or cut response, an application that holds the request."""
 
 
 def _fault(e: NetEvent, t: float) -> tuple[str, int]:
@@ -210,12 +228,15 @@ class Network:
 
     def _state(
         self, address: str, replica: str, layer: str, place: frozenset[str], t: float
-    ) -> tuple[str, int, float]:
-        """``(fault, status, added latency)`` of one replica's layer as seen from ``place``."""
+    ) -> tuple[str, int, float, bool]:
+        """``(fault, status, added latency, wide)`` of one replica's layer as seen from
+        ``place``; ``wide``: the fault's event targets the whole address, a ``tunnel:`` or
+        ``endpoint:`` (:attr:`NetEvent.wide`; at the edge layer, the edge's own: the edge
+        answers without a replica)."""
         track = self._tracks.get((address, replica, layer))
         if track is None:
-            return "", 0, 0.0
-        fault, status, latency = "", 0, 0.0
+            return "", 0, 0.0, False
+        fault, status, latency, wide = "", 0, 0.0, False
         for c in track.at(t):
             if c.scope and not (c.scope & place):
                 continue
@@ -223,7 +244,20 @@ class Network:
                 latency += c.latency
             else:
                 fault, status = _fault(c, t)
-        return fault, status, latency
+                wide = c.wide
+        return fault, status, latency, wide
+
+    def latency_events(self, address: str, t: float) -> list[NetEvent]:
+        """The ``latency`` events in force at ``address`` at ``t`` (any replica, layer or
+        scope), in file order."""
+        found = {
+            c.index: c
+            for (a, _, _), track in self._tracks.items()
+            if a == address
+            for c in track.at(t)
+            if c.action == TimelineAction.LATENCY
+        }
+        return [found[i] for i in sorted(found)]
 
     # ------------------------------------------------------------------ answers
 
@@ -261,17 +295,19 @@ class Network:
         ``rtt + request_timeout`` after the attempt began (:meth:`_hang`, as for an origin
         that holds the request).  At the limit exactly the answer wins: the proxy's watchdog
         never fires early.  A failed connection is ``connect_timeout``'s affair, not this."""
-        limit = self.rtt + self._request_timeout + 1e-9  # slack for the float sums
+        limit = self.rtt + self._request_timeout + TIE
         if all(a.connect_failed or a.latency <= limit for a in answers):
             return answers
         return tuple(
-            a if a.connect_failed or a.latency <= limit else self._hang(a.replica) for a in answers
+            a if a.connect_failed or a.latency <= limit else self._hang(a.replica, a.through)
+            for a in answers
         )
 
-    def _hang(self, replica: str | None) -> Answer:
+    def _hang(self, replica: str | None, through: bool = False) -> Answer:
         """The proxy's 524: no response head ``request_timeout`` after the request was
-        sent, one round trip (the connection) after the attempt began."""
-        return Answer(replica, 524, self.rtt + self._request_timeout, HANG)
+        sent, one round trip (the connection) after the attempt began; ``through``: the
+        replica's answer still comes, later (:attr:`Answer.through`)."""
+        return Answer(replica, 524, self.rtt + self._request_timeout, HANG, through=through)
 
     def _answers(
         self, address: str, where: frozenset[str], dc: str, host: str, path: str, t: float
@@ -281,18 +317,25 @@ class Network:
         usable: list[tuple[Replica, str, int, float]] = []
         dead: Answer | None = None
         for r in replicas:
-            fault, status, latency = self._state(address, r.name, EDGE, where, t)
+            fault, status, latency, wide = self._state(address, r.name, EDGE, where, t)
             if fault in FAULTS:
                 if dead is None:
-                    wait = self._connect_timeout if fault == TimelineAction.BLACKHOLE else 0.0
+                    # a refusal (or no route) comes back over the path; a blackholed dial
+                    # gets nothing, and the proxy's connect timeout, started at the dial,
+                    # ends it (lb/proxy/exchange.py)
+                    took = self.rtt + latency
+                    if fault == TimelineAction.BLACKHOLE:
+                        took = self._connect_timeout
                     dead = Answer(
                         r.label,
                         EDGE_STATUS[fault],
-                        self.rtt + latency + wait,
+                        took,
                         fault,
                         connect_failed=fault in CONNECT_FAULTS,
                     )
                 continue
+            if wide and fault == TimelineAction.STATUS:
+                fault = _EDGE_OWN  # the edge answers the status itself
             usable.append((r, fault, status, latency))
         if not usable:
             return (dead or Answer(None, 530, self.rtt, TimelineAction.DOWN),)
@@ -318,31 +361,32 @@ class Network:
         path: str,
         t: float,
     ) -> Answer:
-        """One usable replica: its own status, else its ingress rule, else the origin."""
+        """One usable replica: its own status (or the edge's, :data:`_EDGE_OWN`), else its
+        ingress rule, else the origin."""
         base = self.rtt + latency
-        if fault == TimelineAction.STATUS:
-            return Answer(r.label, status, base)
+        if fault == TimelineAction.STATUS or fault == _EDGE_OWN:
+            return Answer(r.label, status, base, through=fault == TimelineAction.STATUS)
         if fault == TimelineAction.RESET or fault == TimelineAction.TRUNCATE:
             return Answer(r.label, 502, base, fault)  # no (whole) response: the proxy's 502
         rules = self._ingress.get(address)
         if rules is not None:
             service = rules[match_rule(rules, host, path)].parsed_service
             if isinstance(service, HttpStatus):
-                return Answer(r.label, service.code, base)
+                return Answer(r.label, service.code, base, through=True)
             if isinstance(service, HelloWorld):
-                return Answer(r.label, 200, base)
-        o_fault, o_status, o_latency = self._state(address, r.name, ORIGIN, where, t)
+                return Answer(r.label, 200, base, through=True)
+        o_fault, o_status, o_latency, _ = self._state(address, r.name, ORIGIN, where, t)
         base += o_latency
         if o_fault == TimelineAction.STATUS:
-            return Answer(r.label, o_status, base)
+            return Answer(r.label, o_status, base, through=True)
         if o_fault == TimelineAction.BLACKHOLE:
             return self._hang(r.label)
         if o_fault == TimelineAction.TRUNCATE:
             # cloudflared streams the origin's body: the cut reaches the proxy as it is
             return Answer(r.label, 502, base, o_fault)
         if o_fault:
-            return Answer(r.label, ORIGIN_STATUS[o_fault], base)
-        return Answer(r.label, 200, base)
+            return Answer(r.label, ORIGIN_STATUS[o_fault], base, through=True)
+        return Answer(r.label, 200, base, through=True)
 
     def replica_answer(
         self, address: str, replica: str | None, dc: str, host: str, path: str, t: float
@@ -353,7 +397,7 @@ class Network:
         where = frozenset((dc,))
         for r in self._replicas.get(address, ()):
             if r.label == replica:
-                fault, status, latency = self._state(address, r.name, EDGE, where, t)
+                fault, status, latency, _ = self._state(address, r.name, EDGE, where, t)
                 if fault in FAULTS:
                     return None
                 return self._through(address, r, fault, status, latency, where, host, path, t)

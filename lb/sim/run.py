@@ -16,8 +16,8 @@ trio wakes same-instant tasks in a random order, so nothing recorded may depend 
 probe scheduler's ``on_result`` only queues results with their arrival time; the traffic task,
 at the start of each tick ``t``, applies the results that arrived *before* ``t`` sorted by
 (arrival, pool, endpoint, vantage), then the configuration changes due at ``t`` in file order,
-then the request timeouts the proxy gave up on by ``t`` (passive health, in time order:
-:class:`lb.sim.traffic.PendingTimeouts`), then the tick's requests, data centers in sorted
+then the attempts' outcomes the proxy learned by ``t`` (passive health, in time order:
+:class:`lb.sim.traffic.PendingOutcomes`), then the tick's requests, data centers in sorted
 order.  The network answers from time alone (:mod:`lb.sim.network`).  A health change
 therefore reaches steering at the first tick after the probe that caused it, at most one
 tick (100 ms by default) late; health events keep the probe's own time.
@@ -42,7 +42,7 @@ from lb.sim.record import Recorder
 from lb.sim.report import Report, build_report
 from lb.sim.scenario import Scenario, config_with
 from lb.sim.sessions import DatacenterSessions
-from lb.sim.traffic import DatacenterTraffic, InFlight, PendingTimeouts, TrafficCounts, needs_live
+from lb.sim.traffic import DatacenterTraffic, InFlight, PendingOutcomes, TrafficCounts, needs_live
 from monitors.scheduler import Scheduler, probe_rng
 from monitors.spec import jobs_for_config
 from steering import Router
@@ -82,12 +82,12 @@ async def _simulate(sc: Scenario, progress: Progress | None) -> Report:
         engine.observers.probes.remove(rec.probe)
     else:
         scheduler.update(jobs_for_config(config, engine.targets()))
-    timeouts = PendingTimeouts()  # one for the run: a timeout fires whoever else sends
+    outcomes = PendingOutcomes()  # one for the run: an answer comes whoever else sends
     in_flight = InFlight(config) if needs_live(config) else None  # likewise, attempts end
     if cluster is not None:
-        cluster.on_kill.append(timeouts.drop)
+        cluster.on_kill.append(outcomes.kill)
     users = [
-        DatacenterTraffic(t, i, sc.seed, config, network, rec.runs, timeouts, in_flight)
+        DatacenterTraffic(t, i, sc.seed, config, network, rec.runs, outcomes, in_flight)
         for i, t in enumerate(sc.traffic)
     ]
     counts = [TrafficCounts() for _ in users]
@@ -127,7 +127,7 @@ async def _simulate(sc: Scenario, progress: Progress | None) -> Report:
                     continue
                 engine.reconfigure(config, now=start + t)
                 scheduler.update(jobs_for_config(config, engine.targets()))
-            timeouts.settle(start + t)  # the proxy gives up on its own: traffic or none
+            outcomes.settle(start + t)  # answers come and deadlines fire: traffic or none
             if in_flight is not None:
                 in_flight.settle(start + t)
             engines = [engine] * len(users)
@@ -161,7 +161,7 @@ async def _simulate(sc: Scenario, progress: Progress | None) -> Report:
                 s.tick(t, length, start + t, e)
             if progress is not None and k % 256 == 0:
                 progress(k / ticks)
-        timeouts.settle(start + sc.duration)  # those due after the last request
+        outcomes.settle(start + sc.duration)  # those due after the last request
         flush(span_start)
         for s in sessions:
             rec.sessions(s.finish())

@@ -167,6 +167,11 @@ class NetEvent:
     how: str = ""
     scope: frozenset[str] = frozenset()
     label: str = ""
+    wide: bool = False
+    """The target is the whole address (``tunnel:`` or ``endpoint:``), not named replicas
+    (``replica:``): at the edge layer a ``status`` of it is the edge's own answer.  Said by
+    the target, not guessed from ``replicas``: a one-replica tunnel's ``replica:`` names
+    every replica and is still that replica's."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -705,6 +710,7 @@ class _Resolver:
             "replicas": replicas,
             "layer": layer,
             "scope": frozenset(e.seen_from),
+            "wide": kind in ("tunnel", "endpoint"),
         }
         out.append(
             NetEvent(

@@ -25,17 +25,30 @@ What a request does (the proxy's sequence):
    a fresh connection.  An HTTP answer is never retried, whatever its status, unless
    ``retry_on`` names it: then the policy may retry it to another endpoint, within the
    load balancer's retry budget (``lb/core/budget.py``), which counts the requests in
-   flight per data center (each for its answer's latency).  An answer slower than the
+   flight per data center (each for its final answer's latency: docs/simulate.md,
+   section 9).  An answer slower than the
    proxy waits (``request_timeout``, :meth:`lb.sim.network.Network.answers` with
    ``user``), or one an origin holds, is the proxy's 524, ``RESPONSE_TIMEOUT`` to the
    policy and to passive health, never retried; it is in flight until the proxy gives up;
 4. a new ``__cflb`` is kept by cookie-keeping clients;
-5. ``engine.live`` in-flight (and connection) counts follow each attempt when some policy
-   reads them (least_outstanding_requests / least_connections), with the answer's latency;
+5. ``engine.live`` in-flight (and connection) counts follow each request when some policy
+   reads them (least_outstanding_requests / least_connections), from its start to its final
+   answer (the failed attempts and retries before it included), at the endpoint that gave
+   that answer;
 6. with ``passive_health`` on, every attempt's outcome goes to ``engine.outcome``, the call
-   the proxy makes (:mod:`lb.core.passive` counts it), a timed-out one's when the proxy gives
-   up (:class:`PendingTimeouts`); an ejection changes the snapshot at once, and the rest of
+   the proxy makes (:mod:`lb.core.passive` counts it), when the proxy would learn it: at the
+   attempt's end, its start plus the latency the network gives it (a timed-out one's when
+   the proxy gives up), a retry starting when the failed attempt ended
+   (:class:`PendingOutcomes`); an ejection changes the snapshot at once, and the rest of
    the tick, and of the data centers decided after this one, is decided by the new router.
+
+A retry is dated when the failed attempt ended (its outcome, its own end), but decided at
+the request's start: ``router.retry`` picks its endpoint from the router of the request's
+moment, and the network's answer is the one cached for the request's tick, not asked again
+at the retry's start (an ejection, a health change or a timeline event between the two is
+not seen by the retry).  The whole request is decided in one go, which keeps a request one
+pass of the loop; a retry's start is at most the failed attempt's latency later (an edge
+refusal: one round trip; a blackhole: ``connect_timeout``).
 
 Pooled connections (``network.keep_alive``)
 ===========================================
@@ -77,7 +90,7 @@ from lb.core.attempts import Action, Body, Failure, Retry, buffer_bound, next_st
 from lb.core.budget import RetryBudget
 from lb.core.snapshot import EndpointView
 from lb.engine import Engine
-from lb.sim.network import HANG, Answer, Network
+from lb.sim.network import HANG, TIE, Answer, Network
 from lb.sim.scenario import KeepAlive, Traffic
 from lb.sim.spec import TimelineAction
 from steering import Affinity, Decision, Live, Request, Router
@@ -86,7 +99,7 @@ __all__ = [
     "WALL_EPOCH",
     "DatacenterTraffic",
     "InFlight",
-    "PendingTimeouts",
+    "PendingOutcomes",
     "TrafficCounts",
     "needs_live",
 ]
@@ -220,10 +233,11 @@ class _Outcome:
 
 
 class InFlight:
-    """Attempts in flight, finishing at their answer's latency, for the ``engine.live`` counts
+    """Requests in flight, each at the endpoint that gave its final answer, from its start
+    to that answer (the failed attempts before it included), for the ``engine.live`` counts
     least_outstanding_requests and least_connections read.
 
-    Like :class:`PendingTimeouts`, one for the run, each attempt with the counts of the
+    Like :class:`PendingOutcomes`, one for the run, each attempt with the counts of the
     engine it went through, settled in time order wherever time passes (before each request
     of any data center, at the start of every tick): an attempt ends whether or not its data
     center sends again, and one per data center kept counting, for good, the attempts of a
@@ -247,53 +261,75 @@ class InFlight:
         heapq.heappush(self.items, (now + latency, self.seq, live, ep))
 
     def settle(self, now: float) -> None:
+        """End the attempts due by ``now`` (an end at the same instant included: :data:`TIE`)."""
         items = self.items
-        while items and items[0][0] <= now:
+        due = now + TIE
+        while items and items[0][0] <= due:
             _, _, live, ep = heapq.heappop(items)
             live.finished(ep)
             if self.connections:
                 live.connection_closed(ep)
 
 
-class PendingTimeouts:
-    """Passive health: the timed-out attempts whose report waits for the proxy to give up.
+class PendingOutcomes:
+    """Passive health: the attempts whose outcome the proxy has not learned yet.
 
-    The proxy tells passive health of a timeout when its deadline fires
-    (``RESPONSE_TIMEOUT``: lb/proxy/replies.py), whatever else happens then.  So one heap
-    serves every data center of a run, each attempt with the engine it went through, and it
-    is emptied in time order wherever time passes: before each request of any data center,
-    at the start of every tick (:mod:`lb.sim.run`), and at the end of the run.  A heap per
-    data center, emptied only by that data center's next request, would lose the timeouts of
-    one whose traffic stops and date late those of one whose traffic is sparse.
+    The proxy tells passive health how an attempt ended when it ends: when the answer's head
+    arrives, the connection fails or is reset, or the deadline fires (``RESPONSE_TIMEOUT``,
+    lb/proxy/replies.py).  That is the attempt's start plus the latency the network gives it,
+    never the request's start.  So every attempt's outcome waits here until that time, one
+    heap for every data center of a run, each with the engine it went through, emptied in
+    time order wherever time passes: before each request of any data center, at the start of
+    every tick (:mod:`lb.sim.run`), and at the end of the run.  A heap per data center,
+    emptied only by that data center's next request, would lose the outcomes of one whose
+    traffic stops and date late those of one whose traffic is sparse.  Answers that would
+    arrive after the run's end are not told.
     """
 
     __slots__ = ("items", "seq")
 
     def __init__(self) -> None:
-        self.items: list[tuple[float, int, Engine, EndpointView, int]] = []
-        """(when the proxy gives up, sequence, engine, endpoint, status), a heap."""
+        self.items: list[tuple[float, int, Engine, EndpointView, int, Failure | None, bool]] = []
+        """(when the proxy learns it, sequence, engine, endpoint, status, failure, reused),
+        a heap."""
         self.seq = 0
 
-    def add(self, at: float, engine: Engine, ep: EndpointView, status: int) -> None:
-        """An attempt at ``ep`` through ``engine`` that the proxy gives up at ``at``."""
+    def add(
+        self,
+        at: float,
+        engine: Engine,
+        ep: EndpointView,
+        status: int,
+        failure: Failure | None = None,
+        *,
+        reused: bool = False,
+    ) -> None:
+        """An attempt at ``ep`` through ``engine`` whose outcome the proxy learns at ``at``."""
         self.seq += 1
-        heapq.heappush(self.items, (at, self.seq, engine, ep, status))
+        heapq.heappush(self.items, (at, self.seq, engine, ep, status, failure, reused))
 
-    def drop(self, engine: Engine) -> None:
-        """Forget the timeouts of attempts through ``engine``: its process was killed, and
-        its deadlines died with it."""
+    def kill(self, engine: Engine, at: float) -> None:
+        """``engine``'s process is killed at ``at``: report the outcomes due by then (of
+        every engine, in time order: the run's ticks may not have reached ``at`` yet), then
+        forget the rest of ``engine``'s, whose attempts and deadlines die with it."""
+        self.settle(at)
         self.items[:] = [item for item in self.items if item[2] is not engine]  # in place:
         heapq.heapify(self.items)  # a data center's loop may hold the list
 
     def settle(self, now: float) -> bool:
-        """Report the timeouts due by ``now``, each at the time the proxy gave up; True when
-        one changed health (the caller takes the engine's new router)."""
+        """Report the outcomes due by ``now``, each at the time the proxy learned it; True
+        when one changed health (the caller takes the engine's new router).
+
+        An outcome due at the same instant as ``now`` (within :data:`TIE`: the two are float
+        sums of different terms) is reported: an answer that arrives as a request goes is
+        heard first, whichever way the sums round."""
         items = self.items
         changed = False
-        while items and items[0][0] <= now:
-            at, _, engine, ep, status = heapq.heappop(items)
+        due = now + TIE
+        while items and items[0][0] <= due:
+            at, _, engine, ep, status, failure, reused = heapq.heappop(items)
             if engine.outcome(
-                ep.pool, ep.name, status=status, failure=Failure.RESPONSE_TIMEOUT, now=at
+                ep.pool, ep.name, status=status, failure=failure, reused=reused, now=at
             ):
                 changed = True
         return changed
@@ -310,7 +346,7 @@ class DatacenterTraffic:
         config: Config,
         network: Network,
         runs: Callable[[str, bool], tuple[list[list[int]], ...]],
-        timeouts: PendingTimeouts,
+        outcomes: PendingOutcomes,
         in_flight: InFlight | None = None,
     ) -> None:
         self.traffic = traffic
@@ -355,13 +391,11 @@ class DatacenterTraffic:
         """The run's attempts in flight, when some policy reads ``engine.live``."""
         self._passive: Engine | None = None
         """The engine outcomes go to while ``passive_health`` covers a pool (else None)."""
-        self._ejected = False
-        """Set when an outcome changed health: the tick goes on with a new router."""
         self._now = 0.0
-        """The engine time of the request being bookkept (for :meth:`_report`)."""
-        self._timeouts = timeouts
-        """Passive health: the timed-out attempts not reported yet, shared by every data
-        center of the run (:meth:`_report`)."""
+        """The engine time of the request being bookkept (for :meth:`_failed`)."""
+        self._outcomes = outcomes
+        """Passive health: the attempts whose outcome the proxy has not learned yet, shared
+        by every data center of the run (:meth:`_report`)."""
         self._slow = (
             self._affinity != "none"
             or in_flight is not None
@@ -463,8 +497,8 @@ class DatacenterTraffic:
         passive = engine if engine.passive else None
         self._passive = passive
         slow = slow or passive is not None  # every outcome counts, successes included
-        pending = self._timeouts
-        timeouts = pending.items
+        pending = self._outcomes
+        due = pending.items
         if passive is not None:
             # the data centers decided before this one in the tick may have ejected one
             router = engine.router
@@ -487,7 +521,7 @@ class DatacenterTraffic:
                 at = now + i * step
                 if heap is not None:
                     heap.settle(at)
-                if timeouts and timeouts[0][0] <= at and pending.settle(at):
+                if due and due[0][0] <= at + TIE and pending.settle(at):
                     router = engine.router
                     decide = router.decide
             d = decide(req, srng, live)
@@ -514,10 +548,6 @@ class DatacenterTraffic:
                 o.n += 1
             if slow:
                 self._bookkeep(ci, req, d, ep, a, at, engine, c, t)
-                if self._ejected and passive is not None:
-                    self._ejected = False
-                    router = engine.router
-                    decide = router.decide
             elif a.status != 200:
                 self._failed(req, d, o.key, a, engine, c, t)
 
@@ -544,7 +574,7 @@ class DatacenterTraffic:
                 if n:
                     first[o.key] = first.get(o.key, 0) + n
                     label = o.single.replica
-                    if label is not None:
+                    if label is not None and o.single.through:
                         replicas[label] = replicas.get(label, 0) + n
                     o.n = 0
                 continue
@@ -553,7 +583,7 @@ class DatacenterTraffic:
                 if n:
                     total += n
                     label = o.answers[j].replica
-                    if label is not None:
+                    if label is not None and o.answers[j].through:
                         replicas[label] = replicas.get(label, 0) + n
                     o.counts[j] = 0
             if total:
@@ -572,16 +602,20 @@ class DatacenterTraffic:
         t: float,
         *,
         stale: bool = False,
-    ) -> tuple[Decision | None, Answer, bool]:
+    ) -> tuple[Decision | None, Answer, bool, float]:
         """A failed attempt or a non-200 answer: what the attempt policy says follows, then
-        the final tally; returns the last retry decision, the final answer and whether the
-        request took a place in the retry budget.
+        the final tally; returns the last retry decision, the final answer, whether the
+        request took a place in the retry budget and when the final answer came.
 
         As in the proxy, only failures are retried: a failed connection to the endpoint (R42)
         and a pooled connection the endpoint closed (``stale``); an HTTP answer is final
         whatever its status, 521-523 included (``http_status:522``, an origin's 522), unless
         ``retry_on`` names it.  A simulated request is a bodiless GET: buffered, idempotent
         and replayable.
+
+        Attempts follow one another in time, as in the proxy: a retry starts when the failed
+        attempt ended (its answer's latency; a pooled connection's close, met within one
+        round trip), and each attempt's outcome reaches passive health when it ends.
         """
         retries: list[Retry] = []
         retry: Decision | None = None
@@ -591,7 +625,9 @@ class DatacenterTraffic:
         budget = self._budget
         rules = self._rules(cur)
         failure = _failure(a, stale, rules)
-        self._report(d.endpoint, a, failure, reused=reused)
+        began = self._now
+        ended = began + (2 * self._half_rtt if stale else a.latency)
+        self._report(d.endpoint, a, failure, reused=reused, at=ended)
         while failure is not None:
             step = next_step(
                 failure,
@@ -627,16 +663,20 @@ class DatacenterTraffic:
                     c.moved_to[final_key] = c.moved_to.get(final_key, 0) + 1
                     retry = cur = moved
                 a = o2.single or o2.answers[int(self._replica_rng.random() * o2.width)]
-                self._report(ep2, a, _failure(a, False, self._rules(cur)), reused=False)
+                began = ended
+                ended = began + a.latency
+                self._report(ep2, a, _failure(a, False, self._rules(cur)), reused=False, at=ended)
                 if again:
                     c.retry_on += 1
                 else:
                     c.retries += 1
-                if a.replica is not None:
+                if a.replica is not None and a.through:
                     c.replicas[a.replica] = c.replicas.get(a.replica, 0) + 1
             elif step.action is Action.FRESH:
                 c.stale_retries += 1  # the same endpoint, its answer on a fresh connection
-                self._report(d.endpoint, a, _failure(a, False, rules), reused=False)
+                began = ended
+                ended = began + a.latency
+                self._report(d.endpoint, a, _failure(a, False, rules), reused=False, at=ended)
             else:
                 if a.status != step.status and not a.connect_failed:
                     a = Answer(a.replica, step.status, a.latency)  # the broken exchange's 502
@@ -653,7 +693,7 @@ class DatacenterTraffic:
             c.statuses[a.status] = c.statuses.get(a.status, 0) + 1
             if a.status >= 500:
                 c.errors[final_key] = c.errors.get(final_key, 0) + 1
-        return retry, a, budget is not None and Retry.RETRY_ON in retries
+        return retry, a, budget is not None and Retry.RETRY_ON in retries, ended
 
     @staticmethod
     def _rules(d: Decision) -> RetryOn | None:
@@ -661,24 +701,24 @@ class DatacenterTraffic:
         return retry_on_for(d.load_balancer, d.pool.config if d.pool is not None else None)
 
     def _report(
-        self, ep: EndpointView | None, a: Answer, failure: Failure | None, *, reused: bool
+        self,
+        ep: EndpointView | None,
+        a: Answer,
+        failure: Failure | None,
+        *,
+        reused: bool,
+        at: float,
     ) -> None:
-        """Passive health: tell the engine how an attempt at ``ep`` ended (the proxy's call),
-        at the request's time."""
+        """Passive health: tell the engine how an attempt at ``ep`` ended (the proxy's call)
+        at ``at``, when the attempt ended: its answer, its failure or the proxy's deadline
+        (:class:`PendingOutcomes`)."""
         engine = self._passive
         if engine is None or ep is None:
-            return
-        now = self._now
-        # ``is not None`` first: every 200 comes here, and skips the enum member lookup.
-        if failure is not None and failure is Failure.RESPONSE_TIMEOUT:
-            # The proxy learns of a timeout when its deadline fires, not at the request.
-            self._timeouts.add(now + a.latency, engine, ep, a.status)
             return
         status = a.status
         if failure is None and a.failure == TimelineAction.TRUNCATE:
             status = 200  # streamed: the proxy saw a 200 head (the cut is the user's alone)
-        if engine.outcome(ep.pool, ep.name, status=status, failure=failure, reused=reused, now=now):
-            self._ejected = True
+        self._outcomes.add(at, engine, ep, status, failure, reused=reused)
 
     def _stale(self, ep: EndpointView, now: float) -> bool:
         """Whether a request at ``now`` meets the race on ``ep``'s pooled connection (see the
@@ -698,9 +738,10 @@ class DatacenterTraffic:
         return False
 
     def _settle_budget(self, budget: RetryBudget, now: float) -> None:
-        """Take the requests answered by ``now`` out of the budget's counts."""
+        """Take the requests answered by ``now`` out of the budget's counts (an answer at
+        the same instant included: :data:`TIE`)."""
         flight = self._flight
-        while flight and flight[0][0] <= now:
+        while flight and flight[0][0] <= now + TIE:
             budget.finished(heapq.heappop(flight)[2])
 
     def _bound(self, keep: KeepAlive) -> float:
@@ -728,25 +769,27 @@ class DatacenterTraffic:
         stale = bool(self._keep_alive) and self._stale(ep, now)
         self._now = now
         if self._passive is not None and a.status == 200 and not stale:
-            self._report(ep, a, None, reused=False)
+            self._report(ep, a, None, reused=False, at=now + a.latency)
         budget = self._budget
         if budget is not None:
             self._settle_budget(budget, now)
             budget.started()
         retried = False
+        end = now + a.latency
         if a.status != 200 or stale:
-            retry, a, retried = self._failed(req, d, ep.key, a, engine, c, t, stale=stale)
-            # A failed first attempt that was retried took no time worth counting in flight.
+            retry, a, retried, end = self._failed(req, d, ep.key, a, engine, c, t, stale=stale)
+            # A failed first attempt that was retried is counted in flight at the endpoint
+            # that answered, from the request's start to the final answer.
             if retry is not None and retry.endpoint is not None:
                 ep = retry.endpoint
-        if budget is not None:
+        if budget is not None:  # for the final answer's latency (docs/simulate.md, section 9)
             self._flight_seq += 1
             heapq.heappush(self._flight, (now + a.latency, self._flight_seq, retried))
         if self._keep_alive and not a.connect_failed and a.failure != HANG:
             # a timed-out connection is discarded, not pooled (lb/proxy/replies.py)
-            self._released[ep.key] = now + a.latency
+            self._released[ep.key] = end
         if heap is not None:
-            heap.start(engine.live, ep, now, a.latency)
+            heap.start(engine.live, ep, now, end - now)
         if self._affinity == "none":
             return
         aff = c.affinity

@@ -80,10 +80,9 @@ def test_the_network_times_out_user_answers_only(tmp_path: Path) -> None:
     assert at(25, user=False) == (200, round(rtt + 8, 6), "")  # a probe's own timeout rules
     # edge and origin latency add up
     assert at(35, user=True) == (524, round(rtt + 5, 6), HANG)
-    # a failed connection stays connect_timeout's 522, however slow the path
-    status, latency, failure = at(45, user=True)
-    assert (status, failure) == (522, "blackhole")
-    assert latency > rtt + 5
+    # a blackholed connection is connect_timeout's 522, whatever the path's latency: the
+    # proxy's connect timeout (5 s by default) runs from the dial
+    assert at(45, user=True) == (522, 5.0, "blackhole")
 
 
 def test_a_latency_above_the_request_timeout_gives_524_while_it_lasts(tmp_path: Path) -> None:
@@ -297,6 +296,50 @@ def test_a_latency_above_the_request_timeout_is_a_failover(tmp_path: Path) -> No
     assert run_scenario(scenario(tmp_path, within, config=PASSIVE)).data["failovers"] == []
 
 
+def test_an_edge_and_an_origin_latency_that_add_up_above_the_timeout_are_a_failover(
+    tmp_path: Path,
+) -> None:
+    """The proxy measures the whole attempt: 1 s on the path to cloudflared (from 20 s) plus
+    4.5 s in the application (from 25 s) is 5.5 s, above the 5 s request timeout, though
+    neither is alone.  From 25 s every answer of b is a 524, passive health ejects it, and
+    the report has the failover, from the event that made the sum too long to the one that
+    ended it (the origin's recover at 35 s, the tunnel's latency lasting until 40 s)."""
+    timeline = (
+        "timeline:\n"
+        "  - {at: 20, tunnel: tb, do: latency, latency: 1, until: 40}\n"
+        "  - {at: 25, origin: tb, do: latency, latency: 4.5, until: 35}\n"
+    )
+    sc = scenario(tmp_path, BASE + timeline, config=PASSIVE)
+    data = run_scenario(sc).data
+    (f,) = data["failovers"]
+    assert (f["endpoint"], f["failed_at"], f["recovered_at"]) == ("b", 25, 35)
+    assert f["cause"] == "latency tunnel tb + latency origin tb"
+    assert 25 + 5 + sc.rtt <= f["detected_at"] <= f["drained_at"] < 35
+    assert data["statuses"] == {"524": data["errors"]} and data["errors"] > 5
+    for w in data["windows"]:
+        if not 20 <= w["start"] < 40:
+            assert w["errors"] == 0
+    # within the limit at every instant (1 s + 4 s): answered, and no failover
+    within = BASE + timeline.replace("latency: 4.5", "latency: 4")
+    data = run_scenario(scenario(tmp_path, within, config=PASSIVE)).data
+    assert data["failovers"] == [] and data["errors"] == 0
+
+
+def test_a_latency_failover_ends_when_a_smaller_latency_replaces_it(tmp_path: Path) -> None:
+    """No ``recover`` ends it: a latency of 1 s replacing the 8 s one at 30 s brings the
+    answers back within the timeout, and the failover ends there."""
+    timeline = (
+        "timeline:\n"
+        "  - {at: 20, origin: tb, do: latency, latency: 8}\n"
+        "  - {at: 30, origin: tb, do: latency, latency: 1}\n"
+    )
+    data = run_scenario(scenario(tmp_path, BASE + timeline, config=PASSIVE)).data
+    (f,) = data["failovers"]
+    assert (f["endpoint"], f["failed_at"], f["recovered_at"]) == ("b", 20, 30)
+    assert f["cause"] == "latency origin tb"
+    assert sum(w["errors"] for w in data["windows"] if w["start"] >= 30) == 0
+
+
 def test_an_ejection_reaches_the_next_request_of_every_data_center(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -337,3 +380,66 @@ def test_a_killed_members_timeouts_die_with_it(tmp_path: Path) -> None:
     data = run_scenario(scenario(tmp_path, body + timeline, config=PASSIVE)).data
     assert _ejections(data) == [], data["transitions"]
     assert data["errors"] == data["statuses"]["524"] > 50
+
+
+def test_a_killed_member_hears_what_came_before_its_kill(tmp_path: Path) -> None:
+    """One-second ticks: FRA's member takes b's slow requests until 22 s; they time out
+    from 25.02 s on, and the member is killed at 25.9 s, a tick before 26 s applies the
+    kill.  The timeouts due before 25.9 s reached it while it lived (more than five): it
+    ejects b before it dies, as the proxy would have."""
+    body = STOPS.replace("report_interval: 10\n", "report_interval: 10\ntick: 1\n") + (
+        "cluster:\n"
+        "  heartbeat: 1\n"
+        "  members:\n"
+        "    - {name: fra, datacenter: FRA}\n"
+        "    - {name: ams}\n"
+    )
+    timeline = SLOW + "  - {at: 25.9, member: fra, do: kill}\n"
+    data = run_scenario(scenario(tmp_path, body + timeline, config=PASSIVE)).data
+    ejections = _ejections(data)
+    assert ejections, data["transitions"]
+    assert 25.02 <= ejections[0]["at"] <= 25.9, ejections
+
+
+def test_an_application_latency_slows_no_answer_cloudflared_gives_itself(
+    tmp_path: Path,
+) -> None:
+    """The application behind tb is slow, but users never reach it: cloudflared answers
+    their host from an ``http_status:200`` ingress rule, and from 30 s the edge answers
+    for the whole tunnel (a ``status`` of the tunnel).  Every answer comes in time: no
+    errors, and no failover in the report."""
+    body = BASE.replace(
+        "      - {hostname: app.example.com, service: origin}\n",
+        '      - {hostname: app.example.com, service: "http_status:200"}\n',
+    )
+    timeline = "timeline:\n  - {at: 20, origin: tb, do: latency, latency: 8, until: 40}\n"
+    data = run_scenario(scenario(tmp_path, body + timeline, config=PASSIVE)).data
+    assert data["errors"] == 0 and data["failovers"] == []
+    timeline += "  - {at: 30, tunnel: tb, do: status, status: 200, until: 40}\n"
+    data = run_scenario(scenario(tmp_path, BASE + timeline, config=PASSIVE)).data
+    (f,) = data["failovers"]  # the application's answers until the edge answers itself
+    assert (f["endpoint"], f["failed_at"], f["recovered_at"]) == ("b", 20, 30)
+
+
+def test_a_slow_replica_is_a_failover_when_the_edge_skips_the_other(tmp_path: Path) -> None:
+    """ta's r1 refuses from 20 s and the application behind r2 is slow: the edge sends
+    every request to r2 and every user gets a 524, so the report has the failover (the
+    refused replica's quick answer is not one users can get)."""
+    body = BASE.replace(
+        "network:\n  ingress:\n",
+        "network:\n  ingress:\n    ta:\n"
+        '      - {hostname: health.example.com, service: "http_status:200"}\n'
+        "      - {hostname: app.example.com, service: origin}\n"
+        '      - {service: "http_status:404"}\n',
+        1,
+    )
+    timeline = (
+        "timeline:\n"
+        "  - {at: 20, replica: ta/r1, do: refuse, until: 40}\n"
+        "  - {at: 20, origin: ta/r2, do: latency, latency: 8, until: 40}\n"
+    )
+    data = run_scenario(scenario(tmp_path, body + timeline, config=PASSIVE)).data
+    (f,) = data["failovers"]
+    assert (f["endpoint"], f["failed_at"], f["recovered_at"]) == ("a", 20, 40)
+    assert f["cause"] == "latency origin ta/r2"
+    assert f["detected_at"] is not None
