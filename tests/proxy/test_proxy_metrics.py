@@ -230,27 +230,13 @@ async def test_failed_client_tls_handshakes_by_reason(
     assert await raw_exchange(port, b"\x00\x01\x02\x03" * 64) == b""  # not TLS at all
     assert await raw_exchange(port, b"\x16") == b""  # a record begun, then nothing
     # A ClientHello, then a reset before the handshake ends.
-    raw = await trio.open_tcp_stream("127.0.0.1", port)
-    bios = ssl.MemoryBIO(), ssl.MemoryBIO()
-    hello = ssl.create_default_context().wrap_bio(*bios, server_hostname=LB_HOST)
-    with pytest.raises(ssl.SSLWantReadError):
-        hello.do_handshake()
-    await raw.send_all(bios[1].read())
-    with trio.fail_after(5):
-        assert await raw.receive_some(1)  # the server is mid-handshake
+    raw = await _mid_handshake(port)
     raw.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     await trio.aclose_forcefully(raw)
     await wait_until(lambda: server.tls_failed == 4)
     # A ClientHello, then a clean close (FIN) before the handshake ends: the client left,
     # nothing was refused (the ssl module reports it as an SSLEOFError).
-    raw = await trio.open_tcp_stream("127.0.0.1", port)
-    bios = ssl.MemoryBIO(), ssl.MemoryBIO()
-    hello = ssl.create_default_context().wrap_bio(*bios, server_hostname=LB_HOST)
-    with pytest.raises(ssl.SSLWantReadError):
-        hello.do_handshake()
-    await raw.send_all(bios[1].read())
-    with trio.fail_after(5):
-        assert await raw.receive_some(1)  # the server is mid-handshake
+    raw = await _mid_handshake(port)
     await raw.send_eof()
     await wait_until(lambda: server.tls_failed == 5)
     await raw.aclose()
@@ -267,6 +253,20 @@ async def test_failed_client_tls_handshakes_by_reason(
     async with Client(tls) as client:
         assert (await client.request()).status == 200
     assert sum(v for (name, _), v in scrape(metrics).items() if name == failures) == 5
+
+
+async def _mid_handshake(port: int) -> trio.SocketStream:
+    """A connection that sent its ClientHello and got the server's first answer: the
+    server is mid-handshake, waiting for the client's next flight."""
+    raw = await trio.open_tcp_stream("127.0.0.1", port)
+    bios = ssl.MemoryBIO(), ssl.MemoryBIO()
+    hello = ssl.create_default_context().wrap_bio(*bios, server_hostname=LB_HOST)
+    with pytest.raises(ssl.SSLWantReadError):
+        hello.do_handshake()
+    await raw.send_all(bios[1].read())
+    with trio.fail_after(5):
+        assert await raw.receive_some(1)
+    return raw
 
 
 async def test_connections_closed_for_a_slow_body(nursery: trio.Nursery, certs: Certs) -> None:
