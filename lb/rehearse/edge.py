@@ -23,8 +23,10 @@ What it does, per request
   :mod:`lb.connector.faults`) is dropped for this request and the choice is made again over
   the rest: the simulator's edge does not use a failed replica at all.  With none left the
   answer is ``530`` (Cloudflare's "no tunnel connector");
-* upstream connections are kept alive (one ``httpx`` pool), and bodies are buffered: a
-  rehearsal's requests are small (above :data:`MAX_BODY`: 413; a malformed request: 400).
+* upstream connections are kept alive (a :class:`lb.rehearse.client.Pool` per replica, the
+  traffic driver's light client: this process also sends the traffic), and bodies are
+  buffered: a rehearsal's requests are small (above :data:`MAX_BODY`: 413; a malformed
+  request: 400).
 
 Faults of the whole tunnel's edge layer are the edge's own: it holds a
 :class:`lb.connector.faults.Faults` with its control port, so ``refuse``, ``blackhole``,
@@ -58,13 +60,13 @@ from dataclasses import dataclass
 from functools import partial
 
 import h11
-import httpx
 import trio
 
 from lb.config.model import Datacenter
 from lb.connector.faults import Faults, cut_answer, serve_control
 from lb.connector.h11io import H11Stream, reason
 from lb.proxy.headers import HOP_BY_HOP, colo_from_ray
+from lb.rehearse.client import Answer, BrokenError, CutError, Pool, RefusedError
 from lb.sim.network import prefer_local
 from lb.sim.scenario import Replica
 
@@ -143,17 +145,23 @@ class Edge:
         """Listen on a free loopback port; report ``(host:port, control URL)``."""
         listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
         port = int(listener.socket.getsockname()[1])
-        timeout = httpx.Timeout(IDLE, connect=5.0)
-        limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
-        async with (
-            httpx.AsyncClient(verify=self._client_context, timeout=timeout, limits=limits) as c,
-            trio.open_nursery() as nursery,
-        ):
-            control = await nursery.start(partial(serve_control, self.faults, ("127.0.0.1", 0)))
-            nursery.start_soon(self.faults.serve, partial(self._connection, c), listener)
-            task_status.started((f"127.0.0.1:{port}", f"http://127.0.0.1:{control[1]}/faults"))
+        pools = {
+            u.address: Pool(u.address, tls=self._client_context, read_timeout=IDLE)
+            for u in self.upstreams
+        }
+        try:
+            async with trio.open_nursery() as nursery:
+                serving = partial(serve_control, self.faults, ("127.0.0.1", 0))
+                control = await nursery.start(serving)
+                nursery.start_soon(self.faults.serve, partial(self._connection, pools), listener)
+                at = (f"127.0.0.1:{port}", f"http://127.0.0.1:{control[1]}/faults")
+                task_status.started(at)
+        finally:
+            with trio.CancelScope(shield=True):
+                for pool in pools.values():
+                    await pool.aclose()
 
-    async def _connection(self, client: httpx.AsyncClient, stream: trio.SocketStream) -> None:
+    async def _connection(self, pools: Mapping[str, Pool], stream: trio.SocketStream) -> None:
         """One connection from the LB: TLS, then requests until either side closes."""
         tls: trio.abc.Stream = stream
         clean = False
@@ -163,7 +171,7 @@ class Edge:
             tls = trio.SSLStream(stream, self._server_context, server_side=True)
             with trio.fail_after(30):
                 await tls.do_handshake()
-            clean = await self._serve(client, H11Stream(tls, h11.SERVER, read_timeout=IDLE))
+            clean = await self._serve(pools, H11Stream(tls, h11.SERVER, read_timeout=IDLE))
         except _GONE:
             pass
         except Exception:  # a bug must cost one connection, not the rehearsal
@@ -174,7 +182,7 @@ class Edge:
                     await tls.aclose()
             await trio.aclose_forcefully(tls)
 
-    async def _serve(self, client: httpx.AsyncClient, http: H11Stream) -> bool:
+    async def _serve(self, pools: Mapping[str, Pool], http: H11Stream) -> bool:
         """Requests on one connection; False when it must be cut rather than closed."""
         while True:
             try:
@@ -191,7 +199,7 @@ class Edge:
             delay = self.faults.latency  # the one in force when the request came
             if not await self.faults.gate(http.stream, wait=False):
                 return False
-            if not await self._answer(client, http, event, body, delay):
+            if not await self._answer(pools, http, event, body, delay):
                 return False
             if not http.reusable:
                 return True
@@ -199,7 +207,7 @@ class Edge:
 
     async def _answer(
         self,
-        client: httpx.AsyncClient,
+        pools: Mapping[str, Pool],
         http: H11Stream,
         request: h11.Request,
         body: bytes,
@@ -219,50 +227,33 @@ class Edge:
             return True
         headers = [(n, v) for n, v in request.headers if n not in HOP_BY_HOP and n not in _FRAMING]
         dc = colo_from_ray(next((v for n, v in headers if n == b"cf-ray"), None))
-        target = request.target.decode("latin-1")
-        if not target.startswith("/"):  # OPTIONS *, or a form the LB never sends upstream
+        if not request.target.startswith(b"/"):  # OPTIONS *, or a form the LB never sends upstream
             await _hold(delay)  # an answer of the edge's own, as a status fault's
             await _respond(http, request, 400, [], b"the edge forwards origin-form targets\n")
             return True
         failed: set[str] = set()
         while (up := self.choose(dc, failed)) is not None:
+            pool = pools[up.address]
             try:
-                req = client.build_request(
-                    request.method.decode("ascii"),
-                    f"https://{up.address}{target}",
-                    headers=headers,
-                    content=body,
-                )
-                response = await client.send(req, stream=True)
-            except httpx.ConnectError:  # refused: Cloudflare's edge tries the next replica
+                answer = await pool.request(request.method, request.target, headers, body)
+            except RefusedError:  # refused: Cloudflare's edge tries the next replica
                 failed.add(up.replica.name)
                 continue
-            except httpx.HTTPError:
+            except BrokenError:
                 await _hold(delay)
                 return False  # taken, then reset before an answer: so is the LB's connection
-            chunks: list[bytes] = []
-            try:
-                async for chunk in response.aiter_raw():
-                    chunks.append(chunk)  # noqa: PERF401 (kept when the body breaks off)
-            except httpx.HTTPError:
+            except CutError as broke:
                 # Cut mid-body: the LB gets the head and the bytes that came, then the cut.
                 await _hold(delay)
-                await _cut(http, response, b"".join(chunks))
+                await _cut(http, broke.answer)
                 return False
-            finally:
-                await response.aclose()
-            raw = b"".join(chunks)
             self.served[up.replica.name] += 1
             rid = next((v for n, v in headers if n == b"x-request-id"), None)
             if rid is not None:
                 self.answered[rid.decode("latin-1")] = up.replica.label or up.replica.name
-            kept = [
-                (n, v)
-                for n, v in response.headers.raw
-                if n.lower() not in HOP_BY_HOP and n.lower() not in _FRAMING
-            ]
+            kept = [(n, v) for n, v in answer.headers if n not in HOP_BY_HOP and n not in _FRAMING]
             await _hold(delay)
-            await _respond(http, request, response.status_code, kept, raw)
+            await _respond(http, request, answer.status, kept, answer.body)
             return True
         await _hold(delay)
         await _respond(http, request, NO_CONNECTOR, [], b"no tunnel connector\n")
@@ -302,13 +293,13 @@ async def _refuse(http: H11Stream, status: int, why: str) -> None:
     await http.send(h11.EndOfMessage())
 
 
-async def _cut(http: H11Stream, response: httpx.Response, partial: bytes) -> None:
+async def _cut(http: H11Stream, answer: Answer) -> None:
     """Relay the head of a response whose body broke off, and the part that came."""
-    headers = [(n, v) for n, v in response.headers.raw if n.lower() not in HOP_BY_HOP]
-    status = response.status_code
+    headers = [(n, v) for n, v in answer.headers if n not in HOP_BY_HOP]
+    status = answer.status
     await http.send(h11.Response(status_code=status, headers=headers, reason=reason(status)))
-    if partial:
-        await http.send(h11.Data(data=partial))
+    if answer.body:
+        await http.send(h11.Data(data=answer.body))
 
 
 async def _respond(
