@@ -51,13 +51,17 @@ where the simulator charges one.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import os
 import random
 import ssl
+import sys
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 
 import h11
 import trio
@@ -68,9 +72,9 @@ from lb.connector.h11io import H11Stream, reason
 from lb.proxy.headers import HOP_BY_HOP, colo_from_ray
 from lb.rehearse.client import Answer, BrokenError, CutError, Pool, RefusedError
 from lb.sim.network import prefer_local
-from lb.sim.scenario import Replica
+from lb.sim.scenario import Replica, load_scenario
 
-__all__ = ["MAX_BODY", "NO_CONNECTOR", "Edge", "Upstream"]
+__all__ = ["ANSWERED", "MAX_BODY", "NO_CONNECTOR", "Edge", "Upstream", "contexts", "main"]
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +92,9 @@ _GONE = (
     ssl.SSLError,
     OSError,
 )
+ANSWERED = b"answered\n"
+"""What the rehearsal writes to an edge process's stdin to get :attr:`Edge.answered` back
+(one JSON line on its stdout)."""
 _NO_BODY = frozenset({204, 304})
 _FRAMING = frozenset({b"content-length", b"transfer-encoding"})
 
@@ -318,3 +325,52 @@ async def _respond(
     if body:
         await http.send(h11.Data(data=body))
     await http.send(h11.EndOfMessage())
+
+
+def contexts(cert: Path, ca_file: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """The edge's TLS: the stand-ins' certificate towards the LB, the throw-away CA towards
+    the connectors."""
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(str(cert))
+    return server, ssl.create_default_context(cafile=str(ca_file))
+
+
+def main(argv: list[str]) -> int:
+    """One edge stand-in as a process of its own (the module docstring says why), from a
+    JSON spec: ``scenario`` (the scaled scenario file), ``address`` (the tunnel's),
+    ``upstreams`` ([replica name, host:port] pairs), ``cert``, ``ca``, ``seed``.
+
+    Prints ``edge: HOST:PORT`` and ``control: URL`` once serving; answers each
+    :data:`ANSWERED` line on stdin with :attr:`Edge.answered` as one JSON line; exits at
+    the end of stdin (or on SIGTERM)."""
+    spec = json.loads(Path(argv[0]).read_text("utf-8"))
+    sc = load_scenario(spec["scenario"])
+    replicas = {r.name: r for r in sc.replicas[spec["address"]]}
+    server, client = contexts(Path(spec["cert"]), Path(spec["ca"]))
+    edge = Edge(
+        [Upstream(replicas[name], at) for name, at in spec["upstreams"]],
+        sc.config.datacenters,
+        server_context=server,
+        client_context=client,
+        rng=random.Random(spec["seed"]),
+    )
+    trio.run(_child, edge)
+    return 0
+
+
+async def _child(edge: Edge) -> None:
+    async with trio.open_nursery() as nursery:
+        at, control = await nursery.start(edge.serve)
+        _say(f"edge: {at}\ncontrol: {control}\n")
+        stdin = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
+        buffered = b""
+        while chunk := await stdin.receive_some(4096):
+            *lines, buffered = (buffered + chunk).split(b"\n")
+            for _ in range(lines.count(ANSWERED.strip())):
+                _say(json.dumps(edge.answered) + "\n")
+        nursery.cancel_scope.cancel()
+
+
+def _say(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()

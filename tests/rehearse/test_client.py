@@ -45,19 +45,20 @@ class _Server:
         http = H11Stream(s, h11.SERVER)
         try:
             while isinstance(request := await http.next_event(), h11.Request):
+                behaviour = self.behaviour  # as set before this request was sent
                 while not isinstance(await http.next_event(), h11.EndOfMessage):
                     pass
-                if self.behaviour == "reset":
+                if behaviour == "reset":
                     return
                 body = b"hello " + request.target
-                length = str(len(body) * (2 if self.behaviour == "cut" else 1)).encode()
+                length = str(len(body) * (2 if behaviour == "cut" else 1)).encode()
                 headers = [(b"content-length", length), (b"set-cookie", b"__cflb=abc; Path=/")]
                 await http.send(h11.Response(status_code=200, headers=headers))
                 await http.send(h11.Data(data=body))
-                if self.behaviour == "cut":
+                if behaviour == "cut":
                     return
                 await http.send(h11.EndOfMessage())
-                if self.behaviour == "close-after":
+                if behaviour == "close-after":
                     return
                 http.conn.start_next_cycle()
         except (trio.BrokenResourceError, h11.ProtocolError, ssl.SSLError):
