@@ -63,7 +63,7 @@ class Rehearsal:
     simulation lacks."""
     behind: float = 0.0
     """How far behind its schedule the driver sent a request (seconds): how long the
-    rehearsal's own process (the traffic, the edge stand-ins) was kept from running."""
+    rehearsal's own process (the traffic) was kept from running."""
 
     @property
     def inconclusive(self) -> str | None:

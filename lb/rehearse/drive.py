@@ -656,7 +656,7 @@ class Driven:
     """How long the LB's slowest probe took, to its histogram bucket (seconds)."""
     behind: float = 0.0
     """How far behind its schedule the driver sent a request (seconds): how long this
-    process, which also runs the edge stand-ins, was kept from running."""
+    process was kept from running (the edge stand-ins run in their own)."""
 
 
 async def _at_the_end(

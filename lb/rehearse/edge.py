@@ -35,6 +35,17 @@ exactly as on a lone stand-in, until an event of some replicas hands them over t
 replicas' connectors (:func:`lb.rehearse.drive.handovers`).  ``docs/rehearse.md`` lists
 what this does not model.
 
+Why a process of its own
+========================
+
+:func:`main` runs one edge stand-in as its own process, started by
+:mod:`lb.rehearse.stack` like a connector.  Inside the rehearsal's process it shared one
+event loop with the traffic driver: on a loaded two-core machine that loop fell behind, and
+the LB's probes through the edge, which wait on it, timed out (their timeout is scaled, 0.4 s
+in the reference rehearsal), so tunnels that worked went unhealthy at start.  Apart, each
+process gets its own share of the cores, and a probe waits only for the edge.  The rehearsal
+asks for :attr:`Edge.answered` over the process's stdin at the end of the run.
+
 Why the latency comes after the replica's answer
 ================================================
 
