@@ -198,11 +198,16 @@ class EdgeProcess:
     async def answered(self) -> dict[str, str]:
         """Request id -> the label of the replica this edge sent it to, so far."""
         assert self.process.stdin is not None
-        await self.process.stdin.send_all(ANSWERED)
-        with trio.fail_after(READY_WAIT):
-            line = await self.lines.next()
+        line = None
+        with trio.move_on_after(READY_WAIT):
+            try:
+                await self.process.stdin.send_all(ANSWERED)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass  # it has exited: no line comes
+            else:
+                line = await self.lines.next()
         if line is None:
-            raise StartError("an edge stand-in exited before the end of the rehearsal")
+            raise StartError("an edge stand-in exited or hung before the end of the rehearsal")
         answered: dict[str, str] = json.loads(line)
         return answered
 
