@@ -63,7 +63,7 @@ class Rehearsal:
     simulation lacks."""
     behind: float = 0.0
     """How far behind its schedule the driver sent a request (seconds): how long the
-    rehearsal's own process (the traffic, the edge stand-ins) was kept from running."""
+    rehearsal's own process (the traffic) was kept from running."""
 
     @property
     def inconclusive(self) -> str | None:
@@ -222,7 +222,7 @@ async def _real(sc: Scenario, raw_config: dict[str, Any], directory: Path) -> tu
         async with running(sc, raw_config, directory, seed=sc.seed) as stack:
             driven = await drive(sc, stack)
             log = stack.log
-            replicas = {r: lbl for e in stack.edges.values() for r, lbl in e.answered.items()}
+            replicas = await stack.answered()
     except (StartError, RuntimeError) as exc:
         raise RehearsalError(str(exc)) from None
     except BaseExceptionGroup as group:  # from the driver's nurseries

@@ -40,12 +40,16 @@ from typing import Any
 import httpx
 import trio
 
+from lb.rehearse.client import ClientError, Pool
 from lb.rehearse.stack import Stack
 from lb.sim.network import conditions_after
 from lb.sim.scenario import ORIGIN, ConfigEvent, MemberEvent, NetEvent, Scenario, Traffic
 from lb.sim.spec import TimelineAction
 
-__all__ = ["Driven", "Handover", "Sent", "drive", "handovers", "unrehearsable"]
+__all__ = ["CONNECTIONS", "Driven", "Handover", "Sent", "drive", "handovers", "unrehearsable"]
+
+CONNECTIONS = 256
+"""The most connections the traffic keeps open to the LB at once (more requests wait)."""
 
 
 @dataclass(slots=True)
@@ -416,15 +420,17 @@ def _unseen(e: NetEvent) -> bool:
     return _how(e) in (TimelineAction.REFUSE, TimelineAction.BLACKHOLE)
 
 
-def _client_headers(t: Traffic, c: int, index: int, affinity: tuple[str, ...]) -> dict[str, str]:
+def _client_headers(
+    t: Traffic, c: int, index: int, affinity: tuple[str, ...]
+) -> list[tuple[bytes, bytes]]:
     ip = f"{10 + (c >> 16)}.{index % 256}.{(c >> 8) & 255}.{c & 255}"
-    headers = {"host": t.host, "cf-connecting-ip": ip}
+    headers = [(b"host", t.host.encode("ascii")), (b"cf-connecting-ip", ip.encode("ascii"))]
     if c < round(t.headers * t.clients):
-        value = f"{t.datacenter}-{c}"
+        value = f"{t.datacenter}-{c}".encode("ascii")
         for name in affinity:
             lowered = name.lower()
             if not lowered.startswith("cookie"):
-                headers[lowered] = value
+                headers.append((lowered.encode("ascii"), value))
     return headers
 
 
@@ -432,8 +438,8 @@ async def _users(
     sc: Scenario,
     t: Traffic,
     index: int,
-    stack: Stack,
-    client: httpx.AsyncClient,
+    pool: Pool,
+    wait: float,
     start: float,
     driven: Driven,
     nursery: trio.Nursery,
@@ -448,7 +454,32 @@ async def _users(
     affinity = lb.session_affinity_attributes.headers if lb is not None else ()
     keepers = round(t.cookies * t.clients)
     cookies: dict[int, str] = {}
-    url = f"{stack.proxy}{t.path}"
+    target = t.path.encode("ascii")
+    ray = f"-{t.datacenter}".encode("ascii")
+    for when in _schedule(sc, t):
+        await trio.sleep_until(start + when)
+        # The requests due before the driver ran are not "behind" it.
+        scheduled = start + when if start + when >= begun else None
+        c = int(rng.random() * t.clients)
+        n = len(sent)
+        rid = f"rh-{t.datacenter}-{n}"
+        headers = _client_headers(t, c, index, affinity)
+        headers.append((b"cf-ray", b"%x" % n + ray))
+        headers.append((b"x-request-id", rid.encode("ascii")))
+        if c in cookies:
+            headers.append((b"cookie", f"__cflb={cookies[c]}".encode("latin-1")))
+        record = Sent(time.monotonic() - mono, t.datacenter)
+        sent[rid] = record
+        nursery.start_soon(
+            _one, pool, target, headers, wait, record, cookies, c, c < keepers, driven, scheduled
+        )
+
+
+def _schedule(sc: Scenario, t: Traffic) -> list[float]:
+    """When each of ``t``'s requests is due (seconds after time 0), as the simulator paces
+    them: per tick, the requests due by its end (the integral of the rate), evenly spread
+    over it."""
+    out: list[float] = []
     done = 0
     k = 0
     while k * sc.tick < sc.duration - 1e-9:
@@ -456,30 +487,16 @@ async def _users(
         length = min(sc.tick, sc.duration - at)
         due = int(t.total(at + length) + 1e-6)
         n, done = due - done, due
-        for j in range(n):
-            when = at + j * length / n
-            await trio.sleep_until(start + when)
-            # The requests due before the driver ran are not "behind" it.
-            scheduled = start + when if start + when >= begun else None
-            c = int(rng.random() * t.clients)
-            rid = f"rh-{t.datacenter}-{len(sent)}"
-            headers = _client_headers(t, c, index, affinity)
-            headers["cf-ray"] = f"{len(sent):x}-{t.datacenter}"
-            headers["x-request-id"] = rid
-            if c in cookies:
-                headers["cookie"] = f"__cflb={cookies[c]}"
-            record = Sent(time.monotonic() - mono, t.datacenter)
-            sent[rid] = record
-            nursery.start_soon(
-                _one, client, url, headers, record, cookies, c, c < keepers, driven, scheduled
-            )
+        out += [at + j * length / n for j in range(n)]
         k += 1
+    return out
 
 
 async def _one(
-    client: httpx.AsyncClient,
-    url: str,
-    headers: dict[str, str],
+    pool: Pool,
+    target: bytes,
+    headers: list[tuple[bytes, bytes]],
+    wait: float,
     record: Sent,
     cookies: dict[int, str],
     c: int,
@@ -487,18 +504,19 @@ async def _one(
     driven: Driven,
     due: float | None,
 ) -> None:
-    """Send one request; ``driven.behind`` gets how late after ``due`` (trio time, None:
-    not counted) it was handed to the client."""
+    """Send one request (given up after ``wait`` seconds: status 0); ``driven.behind`` gets
+    how late after ``due`` (trio time, None: not counted) it was handed to the client."""
     if due is not None:
         driven.behind = max(driven.behind, trio.current_time() - due)
-    try:
-        r = await client.get(url, headers=headers)
-    except httpx.HTTPError:
-        return
-    record.status = r.status_code
-    cookie = r.cookies.get("__cflb")
-    if keeps and cookie:
-        cookies[c] = cookie
+    with trio.move_on_after(wait):
+        try:
+            answer = await pool.request(b"GET", target, headers)
+        except ClientError:
+            return
+        record.status = answer.status
+        cookie = answer.cookie("__cflb")
+        if keeps and cookie:
+            cookies[c] = cookie
 
 
 def _config_changed(raw: dict[str, Any], c: ConfigEvent) -> dict[str, Any]:
@@ -638,7 +656,7 @@ class Driven:
     """How long the LB's slowest probe took, to its histogram bucket (seconds)."""
     behind: float = 0.0
     """How far behind its schedule the driver sent a request (seconds): how long this
-    process, which also runs the edge stand-ins, was kept from running."""
+    process was kept from running (the edge stand-ins run in their own)."""
 
 
 async def _at_the_end(
@@ -662,11 +680,8 @@ async def drive(sc: Scenario, stack: Stack) -> Driven:
     lags: list[float] = []
     limits = sc.config.engine.limits
     wait = limits.connect_timeout + limits.request_timeout + 5
-    pool = httpx.Limits(max_connections=256, max_keepalive_connections=128)
-    async with (
-        httpx.AsyncClient(timeout=wait, limits=pool) as client,
-        httpx.AsyncClient(timeout=10) as control,
-    ):
+    pool = Pool(stack.proxy.removeprefix("http://"), limit=CONNECTIONS)
+    async with httpx.AsyncClient(timeout=10) as control:
         mono = stack.anchor  # time 0 on the clock of the LB's log lines (``mono``)
         start = trio.current_time() - (time.monotonic() - mono)
         driven = Driven(mono, sent)
@@ -677,7 +692,8 @@ async def drive(sc: Scenario, stack: Stack) -> Driven:
             nursery.start_soon(_at_the_end, sc, stack, control, start, driven)
             begun = trio.current_time()
             for i, t in enumerate(sc.traffic):
-                args = (sc, t, i, stack, client, start, driven, requests, begun)
+                args = (sc, t, i, pool, wait, start, driven, requests, begun)
                 nursery.start_soon(_users, *args)
+        await pool.aclose()
     driven.lag = max(lags, default=0.0)
     return driven

@@ -23,8 +23,10 @@ What it does, per request
   :mod:`lb.connector.faults`) is dropped for this request and the choice is made again over
   the rest: the simulator's edge does not use a failed replica at all.  With none left the
   answer is ``530`` (Cloudflare's "no tunnel connector");
-* upstream connections are kept alive (one ``httpx`` pool), and bodies are buffered: a
-  rehearsal's requests are small (above :data:`MAX_BODY`: 413; a malformed request: 400).
+* upstream connections are kept alive (a :class:`lb.rehearse.client.Pool` per replica, the
+  traffic driver's light client: this process also sends the traffic), and bodies are
+  buffered: a rehearsal's requests are small (above :data:`MAX_BODY`: 413; a malformed
+  request: 400).
 
 Faults of the whole tunnel's edge layer are the edge's own: it holds a
 :class:`lb.connector.faults.Faults` with its control port, so ``refuse``, ``blackhole``,
@@ -32,6 +34,17 @@ Faults of the whole tunnel's edge layer are the edge's own: it holds a
 exactly as on a lone stand-in, until an event of some replicas hands them over to the
 replicas' connectors (:func:`lb.rehearse.drive.handovers`).  ``docs/rehearse.md`` lists
 what this does not model.
+
+Why a process of its own
+========================
+
+:func:`main` runs one edge stand-in as its own process, started by
+:mod:`lb.rehearse.stack` like a connector.  Inside the rehearsal's process it shared one
+event loop with the traffic driver: on a loaded two-core machine that loop fell behind, and
+the LB's probes through the edge, which wait on it, timed out (their timeout is scaled, 0.4 s
+in the reference rehearsal), so tunnels that worked went unhealthy at start.  Apart, each
+process gets its own share of the cores, and a probe waits only for the edge.  The rehearsal
+asks for :attr:`Edge.answered` over the process's stdin at the end of the run.
 
 Why the latency comes after the replica's answer
 ================================================
@@ -49,26 +62,30 @@ where the simulator charges one.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import os
 import random
 import ssl
+import sys
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 
 import h11
-import httpx
 import trio
 
 from lb.config.model import Datacenter
 from lb.connector.faults import Faults, cut_answer, serve_control
 from lb.connector.h11io import H11Stream, reason
 from lb.proxy.headers import HOP_BY_HOP, colo_from_ray
+from lb.rehearse.client import Answer, BrokenError, CutError, Pool, RefusedError
 from lb.sim.network import prefer_local
-from lb.sim.scenario import Replica
+from lb.sim.scenario import Replica, load_scenario
 
-__all__ = ["MAX_BODY", "NO_CONNECTOR", "Edge", "Upstream"]
+__all__ = ["ANSWERED", "MAX_BODY", "NO_CONNECTOR", "Edge", "Upstream", "contexts", "main"]
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +103,9 @@ _GONE = (
     ssl.SSLError,
     OSError,
 )
+ANSWERED = b"answered\n"
+"""What the rehearsal writes to an edge process's stdin to get :attr:`Edge.answered` back
+(one JSON line on its stdout)."""
 _NO_BODY = frozenset({204, 304})
 _FRAMING = frozenset({b"content-length", b"transfer-encoding"})
 
@@ -143,17 +163,23 @@ class Edge:
         """Listen on a free loopback port; report ``(host:port, control URL)``."""
         listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
         port = int(listener.socket.getsockname()[1])
-        timeout = httpx.Timeout(IDLE, connect=5.0)
-        limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
-        async with (
-            httpx.AsyncClient(verify=self._client_context, timeout=timeout, limits=limits) as c,
-            trio.open_nursery() as nursery,
-        ):
-            control = await nursery.start(partial(serve_control, self.faults, ("127.0.0.1", 0)))
-            nursery.start_soon(self.faults.serve, partial(self._connection, c), listener)
-            task_status.started((f"127.0.0.1:{port}", f"http://127.0.0.1:{control[1]}/faults"))
+        pools = {
+            u.address: Pool(u.address, tls=self._client_context, read_timeout=IDLE)
+            for u in self.upstreams
+        }
+        try:
+            async with trio.open_nursery() as nursery:
+                serving = partial(serve_control, self.faults, ("127.0.0.1", 0))
+                control = await nursery.start(serving)
+                nursery.start_soon(self.faults.serve, partial(self._connection, pools), listener)
+                at = (f"127.0.0.1:{port}", f"http://127.0.0.1:{control[1]}/faults")
+                task_status.started(at)
+        finally:
+            with trio.CancelScope(shield=True):
+                for pool in pools.values():
+                    await pool.aclose()
 
-    async def _connection(self, client: httpx.AsyncClient, stream: trio.SocketStream) -> None:
+    async def _connection(self, pools: Mapping[str, Pool], stream: trio.SocketStream) -> None:
         """One connection from the LB: TLS, then requests until either side closes."""
         tls: trio.abc.Stream = stream
         clean = False
@@ -163,7 +189,7 @@ class Edge:
             tls = trio.SSLStream(stream, self._server_context, server_side=True)
             with trio.fail_after(30):
                 await tls.do_handshake()
-            clean = await self._serve(client, H11Stream(tls, h11.SERVER, read_timeout=IDLE))
+            clean = await self._serve(pools, H11Stream(tls, h11.SERVER, read_timeout=IDLE))
         except _GONE:
             pass
         except Exception:  # a bug must cost one connection, not the rehearsal
@@ -174,7 +200,7 @@ class Edge:
                     await tls.aclose()
             await trio.aclose_forcefully(tls)
 
-    async def _serve(self, client: httpx.AsyncClient, http: H11Stream) -> bool:
+    async def _serve(self, pools: Mapping[str, Pool], http: H11Stream) -> bool:
         """Requests on one connection; False when it must be cut rather than closed."""
         while True:
             try:
@@ -191,7 +217,7 @@ class Edge:
             delay = self.faults.latency  # the one in force when the request came
             if not await self.faults.gate(http.stream, wait=False):
                 return False
-            if not await self._answer(client, http, event, body, delay):
+            if not await self._answer(pools, http, event, body, delay):
                 return False
             if not http.reusable:
                 return True
@@ -199,7 +225,7 @@ class Edge:
 
     async def _answer(
         self,
-        client: httpx.AsyncClient,
+        pools: Mapping[str, Pool],
         http: H11Stream,
         request: h11.Request,
         body: bytes,
@@ -219,50 +245,33 @@ class Edge:
             return True
         headers = [(n, v) for n, v in request.headers if n not in HOP_BY_HOP and n not in _FRAMING]
         dc = colo_from_ray(next((v for n, v in headers if n == b"cf-ray"), None))
-        target = request.target.decode("latin-1")
-        if not target.startswith("/"):  # OPTIONS *, or a form the LB never sends upstream
+        if not request.target.startswith(b"/"):  # OPTIONS *, or a form the LB never sends upstream
             await _hold(delay)  # an answer of the edge's own, as a status fault's
             await _respond(http, request, 400, [], b"the edge forwards origin-form targets\n")
             return True
         failed: set[str] = set()
         while (up := self.choose(dc, failed)) is not None:
+            pool = pools[up.address]
             try:
-                req = client.build_request(
-                    request.method.decode("ascii"),
-                    f"https://{up.address}{target}",
-                    headers=headers,
-                    content=body,
-                )
-                response = await client.send(req, stream=True)
-            except httpx.ConnectError:  # refused: Cloudflare's edge tries the next replica
+                answer = await pool.request(request.method, request.target, headers, body)
+            except RefusedError:  # refused: Cloudflare's edge tries the next replica
                 failed.add(up.replica.name)
                 continue
-            except httpx.HTTPError:
+            except BrokenError:
                 await _hold(delay)
                 return False  # taken, then reset before an answer: so is the LB's connection
-            chunks: list[bytes] = []
-            try:
-                async for chunk in response.aiter_raw():
-                    chunks.append(chunk)  # noqa: PERF401 (kept when the body breaks off)
-            except httpx.HTTPError:
+            except CutError as broke:
                 # Cut mid-body: the LB gets the head and the bytes that came, then the cut.
                 await _hold(delay)
-                await _cut(http, response, b"".join(chunks))
+                await _cut(http, broke.answer)
                 return False
-            finally:
-                await response.aclose()
-            raw = b"".join(chunks)
             self.served[up.replica.name] += 1
             rid = next((v for n, v in headers if n == b"x-request-id"), None)
             if rid is not None:
                 self.answered[rid.decode("latin-1")] = up.replica.label or up.replica.name
-            kept = [
-                (n, v)
-                for n, v in response.headers.raw
-                if n.lower() not in HOP_BY_HOP and n.lower() not in _FRAMING
-            ]
+            kept = [(n, v) for n, v in answer.headers if n not in HOP_BY_HOP and n not in _FRAMING]
             await _hold(delay)
-            await _respond(http, request, response.status_code, kept, raw)
+            await _respond(http, request, answer.status, kept, answer.body)
             return True
         await _hold(delay)
         await _respond(http, request, NO_CONNECTOR, [], b"no tunnel connector\n")
@@ -302,13 +311,13 @@ async def _refuse(http: H11Stream, status: int, why: str) -> None:
     await http.send(h11.EndOfMessage())
 
 
-async def _cut(http: H11Stream, response: httpx.Response, partial: bytes) -> None:
+async def _cut(http: H11Stream, answer: Answer) -> None:
     """Relay the head of a response whose body broke off, and the part that came."""
-    headers = [(n, v) for n, v in response.headers.raw if n.lower() not in HOP_BY_HOP]
-    status = response.status_code
+    headers = [(n, v) for n, v in answer.headers if n not in HOP_BY_HOP]
+    status = answer.status
     await http.send(h11.Response(status_code=status, headers=headers, reason=reason(status)))
-    if partial:
-        await http.send(h11.Data(data=partial))
+    if answer.body:
+        await http.send(h11.Data(data=answer.body))
 
 
 async def _respond(
@@ -327,3 +336,52 @@ async def _respond(
     if body:
         await http.send(h11.Data(data=body))
     await http.send(h11.EndOfMessage())
+
+
+def contexts(cert: Path, ca_file: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """The edge's TLS: the stand-ins' certificate towards the LB, the throw-away CA towards
+    the connectors."""
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(str(cert))
+    return server, ssl.create_default_context(cafile=str(ca_file))
+
+
+def main(argv: list[str]) -> int:
+    """One edge stand-in as a process of its own (the module docstring says why), from a
+    JSON spec: ``scenario`` (the scaled scenario file), ``address`` (the tunnel's),
+    ``upstreams`` ([replica name, host:port] pairs), ``cert``, ``ca``, ``seed``.
+
+    Prints ``edge: HOST:PORT`` and ``control: URL`` once serving; answers each
+    :data:`ANSWERED` line on stdin with :attr:`Edge.answered` as one JSON line; exits at
+    the end of stdin (or on SIGTERM)."""
+    spec = json.loads(Path(argv[0]).read_text("utf-8"))
+    sc = load_scenario(spec["scenario"])
+    replicas = {r.name: r for r in sc.replicas[spec["address"]]}
+    server, client = contexts(Path(spec["cert"]), Path(spec["ca"]))
+    edge = Edge(
+        [Upstream(replicas[name], at) for name, at in spec["upstreams"]],
+        sc.config.datacenters,
+        server_context=server,
+        client_context=client,
+        rng=random.Random(spec["seed"]),
+    )
+    trio.run(_child, edge)
+    return 0
+
+
+async def _child(edge: Edge) -> None:
+    async with trio.open_nursery() as nursery:
+        at, control = await nursery.start(edge.serve)
+        _say(f"edge: {at}\ncontrol: {control}\n")
+        stdin = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
+        buffered = b""
+        while chunk := await stdin.receive_some(4096):
+            *lines, buffered = (buffered + chunk).split(b"\n")
+            for _ in range(lines.count(ANSWERED.strip())):
+                _say(json.dumps(edge.answered) + "\n")
+        nursery.cancel_scope.cancel()
+
+
+def _say(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()

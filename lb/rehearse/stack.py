@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import copy
 import json
-import random
 import re
 import ssl
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
@@ -37,7 +37,7 @@ import httpx
 import trio
 
 from lb.children import reap, stop
-from lb.rehearse.edge import Edge, Upstream
+from lb.rehearse.edge import ANSWERED
 from lb.sim.scenario import ORIGIN_SERVICE, Replica, Scenario
 
 __all__ = ["Stack", "StartError", "running"]
@@ -73,8 +73,15 @@ class Stack:
     with several replicas (an edge stand-in in front)."""
     stats: list[str] = field(default_factory=list)
     """The control URLs of every connector (each counts the probes it receives)."""
-    edges: dict[str, Edge] = field(default_factory=dict)
+    edges: dict[str, EdgeProcess] = field(default_factory=dict)
     """Address -> the edge stand-in of a tunnel with several replicas."""
+
+    async def answered(self) -> dict[str, str]:
+        """Request id -> the label of the replica an edge stand-in sent it to (every edge)."""
+        out: dict[str, str] = {}
+        for edge in self.edges.values():
+            out.update(await edge.answered())
+        return out
 
     async def reload(self, client: httpx.AsyncClient, raw: dict[str, Any]) -> None:
         """Write ``raw`` (the scenario's configuration changed) and reload it for real."""
@@ -179,19 +186,30 @@ def _connector(sc: Scenario, address: str, replica: Replica, cert: Path) -> dict
     }
 
 
-def _edge(sc: Scenario, upstreams: list[Upstream], cert: Path, ca_file: Path, seed: str) -> Edge:
-    """The edge stand-in of a tunnel with several replicas: TLS with the stand-ins'
-    certificate towards the LB, the throw-away CA towards the connectors."""
-    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server.load_cert_chain(str(cert))
-    client = ssl.create_default_context(cafile=str(ca_file))
-    return Edge(
-        upstreams,
-        sc.config.datacenters,
-        server_context=server,
-        client_context=client,
-        rng=random.Random(seed),
-    )
+@dataclass
+class EdgeProcess:
+    """An edge stand-in (:mod:`lb.rehearse.edge`) running as a process of its own: the
+    traffic driver's process then keeps its schedule on a loaded machine, and the LB's
+    probes through the edge are not held up by the traffic (``docs/rehearse.md``)."""
+
+    process: trio.Process
+    lines: _Lines
+
+    async def answered(self) -> dict[str, str]:
+        """Request id -> the label of the replica this edge sent it to, so far."""
+        assert self.process.stdin is not None
+        line = None
+        with trio.move_on_after(READY_WAIT):
+            try:
+                await self.process.stdin.send_all(ANSWERED)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass  # it has exited: no line comes
+            else:
+                line = await self.lines.next()
+        if line is None:
+            raise StartError("an edge stand-in exited or hung before the end of the rehearsal")
+        answered: dict[str, str] = json.loads(line)
+        return answered
 
 
 def _names(sc: Scenario) -> list[str]:
@@ -247,29 +265,38 @@ async def running(
             replica_control: dict[tuple[str, str], str] = {}
             connect_to: dict[str, str] = {}
             warm: list[str] = []
-            edges: dict[str, Edge] = {}
+            edges: dict[str, EdgeProcess] = {}
             n = 0
             for address in sorted(sc.replicas):
                 replicas = sc.replicas[address]
-                upstreams: list[Upstream] = []
+                upstreams: list[tuple[str, str]] = []
                 for replica in replicas:
                     path = directory / f"connector-{n}.json"
                     n += 1
                     path.write_text(json.dumps(_connector(sc, address, replica, cert)), "utf-8")
                     cmd = ["connector", "--quiet", "--control", "127.0.0.1:0", str(path)]
                     https, ctl = await _start_connector(nursery, cmd, log, processes)
-                    upstreams.append(Upstream(replica, https.removeprefix("https://")))
+                    upstreams.append((replica.name, https.removeprefix("https://")))
                     replica_control[(address, replica.name)] = ctl
-                    warm.append(upstreams[-1].address)
+                    warm.append(upstreams[-1][1])
                 if len(upstreams) == 1:
-                    connect_to[f"{address}:443"] = upstreams[0].address
+                    connect_to[f"{address}:443"] = upstreams[0][1]
                     control[address] = replica_control.pop((address, replicas[0].name))
                     continue
-                edge = _edge(sc, upstreams, cert, ca_file, f"{seed}:edge:{address}")
-                at, control[address] = await nursery.start(edge.serve)
+                path = directory / f"edge-{len(edges)}.json"
+                spec = {
+                    "scenario": sc.file,
+                    "address": address,
+                    "upstreams": upstreams,
+                    "cert": str(cert),
+                    "ca": str(ca_file),
+                    "seed": f"{seed}:edge:{address}",
+                }
+                path.write_text(json.dumps(spec), "utf-8")
+                edge, at, control[address] = await _start_edge(path, log, processes)
                 connect_to[f"{address}:443"] = at
                 edges[address] = edge
-                warm.append(at)
+                warm += [at] * len(upstreams)  # one exchange per replica behind it
             await _warm(warm, ca_file)
             raw = copy.deepcopy(raw_config)
             raw["connect_to"] = {**raw.get("connect_to", {}), **connect_to}
@@ -334,6 +361,39 @@ async def _start_connector(
         raise StartError(f"a connector did not start; see {log}")
     nursery.start_soon(_drain, lines)
     return https, control
+
+
+_EDGE = "import sys; from lb.rehearse.edge import main; sys.exit(main(sys.argv[1:]))"
+
+
+async def _start_edge(
+    spec: Path, log: Path, processes: list[trio.Process]
+) -> tuple[EdgeProcess, str, str]:
+    """Start an edge stand-in's process (added to ``processes`` at once, for the caller to
+    stop); it, its address and its control URL once it prints them."""
+    with log.open("ab") as err:
+        proc = await trio.lowlevel.open_process(
+            [sys.executable, "-c", _EDGE, str(spec)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=err,
+        )
+    processes.append(proc)
+    assert proc.stdout is not None
+    at = control = ""
+    lines = _Lines(proc.stdout)
+    with trio.move_on_after(READY_WAIT):
+        while (line := await lines.next()) is not None:
+            if line.startswith("edge: "):
+                at = line.removeprefix("edge: ")
+            elif line.startswith("control: "):
+                control = line.removeprefix("control: ")
+            if at and control:
+                break
+    if not (at and control):
+        await reap(proc)
+        raise StartError(f"an edge stand-in did not start; see {log}")
+    return EdgeProcess(proc, lines), at, control
 
 
 async def _warm(addresses: Iterable[str], ca_file: Path) -> None:

@@ -8,6 +8,8 @@ has exited *and* its parent has waited for it (a zombie keeps its entry, state `
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -111,3 +113,16 @@ async def test_an_lb_that_never_becomes_ready_is_reaped_with_the_connectors(
     assert _left_behind(processes) == {}  # first: reading `returncode` would reap a zombie
     assert all(p.returncode is not None for p in processes)
     assert json.loads((tmp_path / "lb.json").read_text())["load_balancers"] == "not a list"
+
+
+async def test_an_edge_stand_in_gone_before_the_end_is_a_one_line_error() -> None:
+    """The real report asks each edge stand-in's process for the replicas it used; one that
+    has exited makes a one-line error, not a hang or a traceback."""
+    proc = await trio.lowlevel.open_process(
+        [sys.executable, "-c", "pass"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    await proc.wait()
+    assert proc.stdout is not None
+    edge = stack.EdgeProcess(proc, stack._Lines(proc.stdout))
+    with pytest.raises(StartError, match=r"^an edge stand-in exited or hung before the end"):
+        await edge.answered()
