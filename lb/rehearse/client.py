@@ -171,7 +171,9 @@ class Pool:
         return None
 
     async def _give_back(self, http: H11Stream) -> None:
-        if http.reusable:
+        # Bytes after the answer, read into h11's buffer with it, are invisible to the poll
+        # of :meth:`_take`: reused, the connection would give them as the next answer.
+        if http.reusable and http.conn.trailing_data == (b"", False):
             http.conn.start_next_cycle()
             self._idle.append(http)
         else:

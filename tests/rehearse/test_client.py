@@ -18,7 +18,9 @@ from lb.rehearse.client import BrokenError, CutError, Pool, RefusedError
 
 Behaviour = str
 """What the test server does with a request: ``ok``, ``close-after`` (answer, then close),
-``reset`` (close before answering), ``cut`` (half the announced body, then close)."""
+``reset`` (close before answering), ``cut`` (half the announced body, then close), ``junk``
+(the answer followed by :data:`JUNK` in the same write, the connection kept open)."""
+JUNK = b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\njunk"
 
 
 class _Server:
@@ -53,6 +55,12 @@ class _Server:
                 body = b"hello " + request.target
                 length = str(len(body) * (2 if behaviour == "cut" else 1)).encode()
                 headers = [(b"content-length", length), (b"set-cookie", b"__cflb=abc; Path=/")]
+                if behaviour == "junk":  # the answer and a stray one in one write
+                    data = http.conn.send(h11.Response(status_code=200, headers=headers))
+                    data += http.conn.send(h11.Data(data=body)) + http.conn.send(h11.EndOfMessage())
+                    await s.send_all(data + JUNK)
+                    http.conn.start_next_cycle()
+                    continue
                 await http.send(h11.Response(status_code=200, headers=headers))
                 await http.send(h11.Data(data=body))
                 if behaviour == "cut":
@@ -88,6 +96,20 @@ async def test_one_connection_is_kept_alive_and_a_closed_one_replaced(
     server.behaviour = "ok"
     await server.closed.wait()  # closed while idle in the pool: taken out, not reused
     assert (await pool.request(b"GET", b"/again", HEADERS)).body == b"hello /again"
+    assert server.connections == 2
+    await pool.aclose()
+
+
+async def test_a_connection_with_unread_bytes_is_not_reused(nursery: trio.Nursery) -> None:
+    """Bytes that came after the answer in the same read sit in h11's buffer, where no poll
+    of the socket sees them: reused, the connection would give them as the next answer."""
+    server = _Server()
+    port = await nursery.start(server.serve, None)
+    pool = Pool(f"127.0.0.1:{port}")
+    server.behaviour = "junk"
+    assert (await pool.request(b"GET", b"/first", HEADERS)).body == b"hello /first"
+    server.behaviour = "ok"
+    assert (await pool.request(b"GET", b"/next", HEADERS)).body == b"hello /next"
     assert server.connections == 2
     await pool.aclose()
 
