@@ -32,6 +32,7 @@ import h11
 import trio
 
 from lb.connector.h11io import H11Stream
+from lb.streams import readable as _readable
 
 __all__ = ["Answer", "BrokenError", "ClientError", "CutError", "Pool", "RefusedError"]
 
@@ -202,12 +203,3 @@ class Pool:
                 raise BrokenError(why) from None
             stream = tls
         return H11Stream(stream, h11.CLIENT, read_timeout=self._read_timeout)
-
-
-def _readable(stream: trio.abc.Stream) -> bool:
-    """Whether an idle connection's socket has something to read (EOF included)."""
-    while isinstance(stream, trio.SSLStream):
-        stream = stream.transport_stream
-    if isinstance(stream, trio.SocketStream):
-        return stream.socket.is_readable()
-    return False
