@@ -3,13 +3,14 @@
 Why not httpx
 =============
 
-A rehearsal sends a few hundred requests a second from one Python process that also runs
-the edge stand-ins, on a machine whose cores it shares with the LB and the connectors; when
-that process falls behind its schedule, the run cannot be judged
-(:attr:`lb.rehearse.Rehearsal.inconclusive`).  Profiled on a two-core machine under load,
-the process spent about half its time in httpcore's connection pool, which matches every
-waiting request against every connection on each change (quadratic in the requests in
-flight), and most of the rest in httpx's per-request models, cookies and URL handling.
+A rehearsal sends a few hundred requests a second from one Python process, on a machine
+whose cores it shares with the LB, the connectors and the edge stand-ins (each a process of
+its own, forwarding with this client too); when the sending process falls behind its
+schedule, the run cannot be judged (:attr:`lb.rehearse.Rehearsal.inconclusive`).  Profiled
+on a two-core machine under load with httpx (the edge stand-ins then ran in that process
+too), the process spent about half its time in httpcore's connection pool, which matches
+every waiting request against every connection on each change (quadratic in the requests
+in flight), and most of the rest in httpx's per-request models, cookies and URL handling.
 
 This client does what a rehearsal needs and nothing else: one origin per :class:`Pool`,
 its idle connections on a stack (the most recently used first, O(1) to take or give back),
