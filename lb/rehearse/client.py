@@ -202,5 +202,8 @@ class Pool:
                 await trio.aclose_forcefully(tls)
                 why = f"no TLS handshake with {self._host}:{self._port} in time"
                 raise BrokenError(why) from None
+            except BaseException:  # cancelled mid-handshake: close it now, not in the GC
+                await trio.aclose_forcefully(tls)
+                raise
             stream = tls
         return H11Stream(stream, h11.CLIENT, read_timeout=self._read_timeout)

@@ -154,3 +154,38 @@ async def test_tls_with_a_failed_handshake_is_refused(nursery: trio.Nursery) -> 
         await Pool(f"127.0.0.1:{port}", tls=ssl.create_default_context()).request(
             b"GET", b"/", HEADERS
         )
+
+
+async def test_a_connection_cancelled_mid_handshake_is_closed_at_once(
+    nursery: trio.Nursery,
+) -> None:
+    """Cancelled during its TLS handshake, the client closes the socket itself: the server,
+    which never answers the ClientHello, then reads the end of the stream."""
+    hello = trio.Event()
+    ended = trio.Event()
+
+    async def silent(stream: trio.SocketStream) -> None:
+        while await stream.receive_some(4096):
+            hello.set()
+        ended.set()
+
+    listeners = await nursery.start(partial(trio.serve_tcp, silent, 0, host="127.0.0.1"))
+    port = listeners[0].socket.getsockname()[1]
+    pool = Pool(f"127.0.0.1:{port}", tls=ssl.create_default_context())
+    kept: list[BaseException] = []
+    with trio.CancelScope() as scope:
+        async with trio.open_nursery() as inner:
+
+            async def request() -> None:
+                try:
+                    await pool.request(b"GET", b"/", HEADERS)
+                except trio.Cancelled as exc:
+                    kept.append(exc)  # held, as a caller's traceback would hold it
+                    raise
+
+            inner.start_soon(request)
+            await hello.wait()
+            scope.cancel()
+    with trio.fail_after(5):
+        await ended.wait()
+    assert kept
