@@ -57,6 +57,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "lb.sim",
             "lb.workers",
             "lb.statefile",
+            "lb.streams",
         ),
     ),
     ("service", ("lb.service", "lb.demo", "lb.rehearse", "lb.rehearse.edge")),

@@ -41,7 +41,6 @@ past it the connection idle the longest is closed.
 from __future__ import annotations
 
 import errno
-import select
 import socket
 import ssl
 from collections import OrderedDict
@@ -62,6 +61,7 @@ from lb.proxy.errors import (
     RequestError,
     UpstreamError,
 )
+from lb.streams import readable as _readable
 from steering.types import Live
 
 __all__ = ["Target", "UpstreamConnection", "UpstreamPool", "target_for"]
@@ -197,7 +197,7 @@ class UpstreamPool:
         while stack:
             conn = stack.pop()
             del self._order[conn]
-            if conn.idle_since >= now - self._limit(conn) and not _readable(conn):
+            if conn.idle_since >= now - self._limit(conn) and not _readable(conn.stream):
                 conn.reused = True
                 return conn
             self._close_now(conn)
@@ -370,36 +370,6 @@ async def _connect(host: str, port: int) -> trio.socket.SocketType:
     if last is not None and last.errno in _TIMEOUT:
         raise UpstreamError(CONNECT_TIMEOUT, RequestError.CONNECT_TIMEOUT) from last
     raise UpstreamError(UNREACHABLE, RequestError.UNREACHABLE) from last
-
-
-def _readable(conn: UpstreamConnection) -> bool:
-    """Whether the idle ``conn``'s socket has something to read: EOF, reset or stray bytes.
-
-    An idle HTTP/1.1 connection has nothing to say, so any of these means it is unusable.  One
-    zero-timeout ``poll`` on the raw socket (under TLS too: a close_notify or the FIN shows
-    there; an SSLStream keeps no decrypted bytes between exchanges once the parser saw the response
-    end).  A socket that cannot be polled counts as readable, i.e. unusable.
-    """
-    inner: object = conn.stream
-    while isinstance(inner, trio.SSLStream):
-        inner = inner.transport_stream
-    if not isinstance(inner, trio.SocketStream):
-        return False  # test doubles (memory streams): nothing to poll
-    try:
-        fd = inner.socket.fileno()
-        if fd < 0:
-            return True
-        if _HAS_POLL:  # poll, unlike select, has no FD_SETSIZE (1024) limit
-            poller = select.poll()
-            poller.register(fd, select.POLLIN)
-            return bool(poller.poll(0))
-        readable, _, _ = select.select([fd], [], [], 0)
-    except (OSError, ValueError):
-        return True
-    return bool(readable)
-
-
-_HAS_POLL = hasattr(select, "poll")
 
 
 def _close_stream(stream: trio.abc.Stream) -> None:

@@ -3,13 +3,14 @@
 Why not httpx
 =============
 
-A rehearsal sends a few hundred requests a second from one Python process that also runs
-the edge stand-ins, on a machine whose cores it shares with the LB and the connectors; when
-that process falls behind its schedule, the run cannot be judged
-(:attr:`lb.rehearse.Rehearsal.inconclusive`).  Profiled on a two-core machine under load,
-the process spent about half its time in httpcore's connection pool, which matches every
-waiting request against every connection on each change (quadratic in the requests in
-flight), and most of the rest in httpx's per-request models, cookies and URL handling.
+A rehearsal sends a few hundred requests a second from one Python process, on a machine
+whose cores it shares with the LB, the connectors and the edge stand-ins (each a process of
+its own, forwarding with this client too); when the sending process falls behind its
+schedule, the run cannot be judged (:attr:`lb.rehearse.Rehearsal.inconclusive`).  Profiled
+on a two-core machine under load with httpx (the edge stand-ins then ran in that process
+too), the process spent about half its time in httpcore's connection pool, which matches
+every waiting request against every connection on each change (quadratic in the requests
+in flight), and most of the rest in httpx's per-request models, cookies and URL handling.
 
 This client does what a rehearsal needs and nothing else: one origin per :class:`Pool`,
 its idle connections on a stack (the most recently used first, O(1) to take or give back),
@@ -32,6 +33,7 @@ import h11
 import trio
 
 from lb.connector.h11io import H11Stream
+from lb.streams import readable as _readable
 
 __all__ = ["Answer", "BrokenError", "ClientError", "CutError", "Pool", "RefusedError"]
 
@@ -171,7 +173,9 @@ class Pool:
         return None
 
     async def _give_back(self, http: H11Stream) -> None:
-        if http.reusable:
+        # Bytes after the answer, read into h11's buffer with it, are invisible to the poll
+        # of :meth:`_take`: reused, the connection would give them as the next answer.
+        if http.reusable and http.conn.trailing_data == (b"", False):
             http.conn.start_next_cycle()
             self._idle.append(http)
         else:
@@ -198,14 +202,8 @@ class Pool:
                 await trio.aclose_forcefully(tls)
                 why = f"no TLS handshake with {self._host}:{self._port} in time"
                 raise BrokenError(why) from None
+            except BaseException:  # cancelled mid-handshake: close it now, not in the GC
+                await trio.aclose_forcefully(tls)
+                raise
             stream = tls
         return H11Stream(stream, h11.CLIENT, read_timeout=self._read_timeout)
-
-
-def _readable(stream: trio.abc.Stream) -> bool:
-    """Whether an idle connection's socket has something to read (EOF included)."""
-    while isinstance(stream, trio.SSLStream):
-        stream = stream.transport_stream
-    if isinstance(stream, trio.SocketStream):
-        return stream.socket.is_readable()
-    return False

@@ -681,19 +681,21 @@ async def drive(sc: Scenario, stack: Stack) -> Driven:
     limits = sc.config.engine.limits
     wait = limits.connect_timeout + limits.request_timeout + 5
     pool = Pool(stack.proxy.removeprefix("http://"), limit=CONNECTIONS)
-    async with httpx.AsyncClient(timeout=10) as control:
-        mono = stack.anchor  # time 0 on the clock of the LB's log lines (``mono``)
-        start = trio.current_time() - (time.monotonic() - mono)
-        driven = Driven(mono, sent)
-        # Requests in flight at the end finish (each bounded by the client's timeout)
-        # before the outer nursery closes.
-        async with trio.open_nursery() as requests, trio.open_nursery() as nursery:
-            nursery.start_soon(_timeline, sc, stack, control, start, lags)
-            nursery.start_soon(_at_the_end, sc, stack, control, start, driven)
-            begun = trio.current_time()
-            for i, t in enumerate(sc.traffic):
-                args = (sc, t, i, pool, wait, start, driven, requests, begun)
-                nursery.start_soon(_users, *args)
-        await pool.aclose()
+    try:
+        async with httpx.AsyncClient(timeout=10) as control:
+            mono = stack.anchor  # time 0 on the clock of the LB's log lines (``mono``)
+            start = trio.current_time() - (time.monotonic() - mono)
+            driven = Driven(mono, sent)
+            # Requests in flight at the end finish (each bounded by the client's timeout)
+            # before the outer nursery closes.
+            async with trio.open_nursery() as requests, trio.open_nursery() as nursery:
+                nursery.start_soon(_timeline, sc, stack, control, start, lags)
+                nursery.start_soon(_at_the_end, sc, stack, control, start, driven)
+                begun = trio.current_time()
+                for i, t in enumerate(sc.traffic):
+                    args = (sc, t, i, pool, wait, start, driven, requests, begun)
+                    nursery.start_soon(_users, *args)
+    finally:
+        await pool.aclose()  # also when the run failed or was cancelled
     driven.lag = max(lags, default=0.0)
     return driven

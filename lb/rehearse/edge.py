@@ -24,7 +24,7 @@ What it does, per request
   the rest: the simulator's edge does not use a failed replica at all.  With none left the
   answer is ``530`` (Cloudflare's "no tunnel connector");
 * upstream connections are kept alive (a :class:`lb.rehearse.client.Pool` per replica, the
-  traffic driver's light client: this process also sends the traffic), and bodies are
+  traffic driver's light client: the process is busy when the traffic is), and bodies are
   buffered: a rehearsal's requests are small (above :data:`MAX_BODY`: 413; a malformed
   request: 400).
 

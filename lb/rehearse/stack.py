@@ -258,8 +258,8 @@ async def running(
     ca.cert_pem.write_to_path(str(ca_file))
     log = directory / "processes.log"
     lb_log = directory / "lb.log"
-    async with trio.open_nursery() as nursery:
-        processes: list[trio.Process] = []
+    processes: list[trio.Process] = []
+    async with _pipes_closed(processes), trio.open_nursery() as nursery:
         try:
             control: dict[str, str] = {}
             replica_control: dict[tuple[str, str], str] = {}
@@ -333,6 +333,19 @@ async def running(
             # started is in `processes` from the moment it exists, and ends here for good.
             await stop(*processes, grace=STOP_GRACE)
             nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def _pipes_closed(processes: list[trio.Process]) -> AsyncIterator[None]:
+    """On exit, close our ends of the pipes of every process in ``processes`` (stopped by
+    then, and the tasks reading them done): nothing is left for the garbage collector."""
+    try:
+        yield
+    finally:
+        for p in processes:
+            for pipe in (p.stdin, p.stdout, p.stderr):
+                if pipe is not None:
+                    await trio.aclose_forcefully(pipe)
 
 
 async def _start_connector(

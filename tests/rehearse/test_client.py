@@ -18,7 +18,9 @@ from lb.rehearse.client import BrokenError, CutError, Pool, RefusedError
 
 Behaviour = str
 """What the test server does with a request: ``ok``, ``close-after`` (answer, then close),
-``reset`` (close before answering), ``cut`` (half the announced body, then close)."""
+``reset`` (close before answering), ``cut`` (half the announced body, then close), ``junk``
+(the answer followed by :data:`JUNK` in the same write, the connection kept open)."""
+JUNK = b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\njunk"
 
 
 class _Server:
@@ -53,6 +55,12 @@ class _Server:
                 body = b"hello " + request.target
                 length = str(len(body) * (2 if behaviour == "cut" else 1)).encode()
                 headers = [(b"content-length", length), (b"set-cookie", b"__cflb=abc; Path=/")]
+                if behaviour == "junk":  # the answer and a stray one in one write
+                    data = http.conn.send(h11.Response(status_code=200, headers=headers))
+                    data += http.conn.send(h11.Data(data=body)) + http.conn.send(h11.EndOfMessage())
+                    await s.send_all(data + JUNK)
+                    http.conn.start_next_cycle()
+                    continue
                 await http.send(h11.Response(status_code=200, headers=headers))
                 await http.send(h11.Data(data=body))
                 if behaviour == "cut":
@@ -88,6 +96,20 @@ async def test_one_connection_is_kept_alive_and_a_closed_one_replaced(
     server.behaviour = "ok"
     await server.closed.wait()  # closed while idle in the pool: taken out, not reused
     assert (await pool.request(b"GET", b"/again", HEADERS)).body == b"hello /again"
+    assert server.connections == 2
+    await pool.aclose()
+
+
+async def test_a_connection_with_unread_bytes_is_not_reused(nursery: trio.Nursery) -> None:
+    """Bytes that came after the answer in the same read sit in h11's buffer, where no poll
+    of the socket sees them: reused, the connection would give them as the next answer."""
+    server = _Server()
+    port = await nursery.start(server.serve, None)
+    pool = Pool(f"127.0.0.1:{port}")
+    server.behaviour = "junk"
+    assert (await pool.request(b"GET", b"/first", HEADERS)).body == b"hello /first"
+    server.behaviour = "ok"
+    assert (await pool.request(b"GET", b"/next", HEADERS)).body == b"hello /next"
     assert server.connections == 2
     await pool.aclose()
 
@@ -132,3 +154,38 @@ async def test_tls_with_a_failed_handshake_is_refused(nursery: trio.Nursery) -> 
         await Pool(f"127.0.0.1:{port}", tls=ssl.create_default_context()).request(
             b"GET", b"/", HEADERS
         )
+
+
+async def test_a_connection_cancelled_mid_handshake_is_closed_at_once(
+    nursery: trio.Nursery,
+) -> None:
+    """Cancelled during its TLS handshake, the client closes the socket itself: the server,
+    which never answers the ClientHello, then reads the end of the stream."""
+    hello = trio.Event()
+    ended = trio.Event()
+
+    async def silent(stream: trio.SocketStream) -> None:
+        while await stream.receive_some(4096):
+            hello.set()
+        ended.set()
+
+    listeners = await nursery.start(partial(trio.serve_tcp, silent, 0, host="127.0.0.1"))
+    port = listeners[0].socket.getsockname()[1]
+    pool = Pool(f"127.0.0.1:{port}", tls=ssl.create_default_context())
+    kept: list[BaseException] = []
+    with trio.CancelScope() as scope:
+        async with trio.open_nursery() as inner:
+
+            async def request() -> None:
+                try:
+                    await pool.request(b"GET", b"/", HEADERS)
+                except trio.Cancelled as exc:
+                    kept.append(exc)  # held, as a caller's traceback would hold it
+                    raise
+
+            inner.start_soon(request)
+            await hello.wait()
+            scope.cancel()
+    with trio.fail_after(5):
+        await ended.wait()
+    assert kept

@@ -36,6 +36,16 @@ def _state(pid: int) -> str | None:
     return text.rsplit(")", 1)[1].split()[0]
 
 
+def _pipes_open(spawned: list[trio.Process]) -> list[str]:
+    """The pipes to a recorded process that are still open on our side."""
+    return [
+        f"{p.pid} {name}"
+        for p in spawned
+        for name, pipe in (("stdin", p.stdin), ("stdout", p.stdout), ("stderr", p.stderr))
+        if isinstance(pipe, trio.lowlevel.FdStream) and pipe.fileno() != -1
+    ]
+
+
 def _left_behind(spawned: list[trio.Process]) -> dict[int, str]:
     """PID -> state of every recorded process still in the process table."""
     states = {p.pid: _state(p.pid) for p in spawned}
@@ -79,6 +89,7 @@ async def test_a_connector_that_does_not_become_ready_is_reaped(
     assert len(processes) == 1  # the first connector: it was still starting
     assert _left_behind(processes) == {}  # first: reading `returncode` would reap a zombie
     assert all(p.returncode is not None for p in processes)
+    assert _pipes_open(processes) == []
 
 
 async def test_a_start_cancelled_while_a_connector_starts_leaves_nothing_running(
@@ -97,6 +108,7 @@ async def test_a_start_cancelled_while_a_connector_starts_leaves_nothing_running
     assert processes
     assert _left_behind(processes) == {}  # first: reading `returncode` would reap a zombie
     assert all(p.returncode is not None for p in processes)
+    assert _pipes_open(processes) == []
 
 
 async def test_an_lb_that_never_becomes_ready_is_reaped_with_the_connectors(
@@ -112,6 +124,7 @@ async def test_an_lb_that_never_becomes_ready_is_reaped_with_the_connectors(
     assert len(lb) == 1 and len(processes) > 1, [p.args for p in processes]
     assert _left_behind(processes) == {}  # first: reading `returncode` would reap a zombie
     assert all(p.returncode is not None for p in processes)
+    assert _pipes_open(processes) == []
     assert json.loads((tmp_path / "lb.json").read_text())["load_balancers"] == "not a list"
 
 
