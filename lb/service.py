@@ -55,7 +55,7 @@ from lb import logs
 from lb.admin import ReloadResult, serve_admin
 from lb.admin_guard import Guard, guard_with
 from lb.cluster.service import make_scheduler, serve_cluster
-from lb.config.errors import ConfigError
+from lb.config.errors import ConfigError, Problem
 from lb.config.hosts import LOOPBACK, split_host_port
 from lb.config.loader import LoadResult, load_config
 from lb.config.model import Config, Listener
@@ -659,7 +659,8 @@ class _Rereader:
             try:
                 files = await trio.to_thread.run_sync(read)
             except ConfigError as exc:
-                errors = [str(p) for p in exc.problems]
+                problems = await trio.to_thread.run_sync(worker_file_problems, config, exc)
+                errors = [str(p) for p in problems]
                 logs.event("worker_files_unchanged", logging.ERROR, errors=errors)
                 continue
             except Exception as exc:  # a bug or a library's own error: keep serving
@@ -668,6 +669,29 @@ class _Rereader:
                 continue
             if self.latest is config:  # else the newer one is read next
                 self.swappable.swap(config, files)
+
+
+def worker_file_problems(config: Config, exc: ConfigError) -> list[Problem]:
+    """The problems a child worker found in the files ``config`` names, at the lines they
+    are named on, as the parent reports them.
+
+    The child receives the configuration object, not the loader's record of where each file
+    name was written (:attr:`LoadResult.files`): rather than carry that over the pipe with
+    every swap, it is re-derived here by loading the configuration's own files again, only
+    when there is a problem to report.  The lines are those of the files as they are now
+    (one edited since the parent read it may have moved them); files that no longer load
+    leave the problems as they are, without lines.  Blocking: run it in a thread.
+    """
+    try:
+        where = load_config(config.source).files if config.source else {}
+    except (ConfigError, OSError):
+        where = {}
+    if not where:
+        return list(exc.problems)
+    located = LoadResult(config=config, warnings=[], files=where)
+    return [
+        located.problem(p.path, p.message) if p.path and p.line is None else p for p in exc.problems
+    ]
 
 
 def _child_listeners(

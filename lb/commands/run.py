@@ -9,10 +9,11 @@ import sys
 import trio
 
 from lb import logs
+from lb.admin_guard import guard_with
 from lb.config.errors import ConfigError
 from lb.config.hosts import LOOPBACK, split_host_port
 from lb.config.loader import load_config
-from lb.config.model import Listener
+from lb.config.model import Config, Listener
 from lb.config.serving import ALLOW_EMPTY_HINT, serving_problem
 from lb.files import read_files
 from lb.lifecycle import listen_error
@@ -56,6 +57,21 @@ def overrides_from(args: argparse.Namespace) -> Overrides:
     listen = tuple(Listener(address=host, port=port) for host, port in args.listen)
     admin = None if args.admin is None else _join(*args.admin)
     return Overrides(listen=listen, admin=admin)
+
+
+def _admin_option_problem(
+    args: argparse.Namespace, config: Config, token: str | None
+) -> str | None:
+    """Why the admin listener of ``--admin`` must not start, as the option's problem: the
+    address came from the command line, not from the line of ``engine.admin`` it replaces
+    (a wide ``engine.admin`` in the file is the checks' error, at its line)."""
+    if args.admin is None:
+        return None
+    try:
+        guard_with(config, args.admin[0], token)
+    except ConfigError as exc:
+        return f"--admin {_join(*args.admin)}: {exc.problems[0].message}"
+    return None
 
 
 def _join(host: str, port: int) -> str:
@@ -115,6 +131,9 @@ def run(args: argparse.Namespace) -> int:
     # Every file the configuration names is read before anything listens, as `check` and a
     # reload read them: a bad one is a ConfigError (exit 2) with its file and line.
     files = read_files(result, config)
+    if (refused := _admin_option_problem(args, config, files.token)) is not None:
+        print(f"error: {refused}", file=sys.stderr)
+        return 2
     _freeze_startup_objects()
     try:
         trio.run(

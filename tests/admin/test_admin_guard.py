@@ -356,3 +356,21 @@ async def test_run_refuses_to_start_with_one_line(
     assert "Traceback" not in err
     lines = [line for line in err.splitlines() if "error" in line.lower()]
     assert len(lines) == 1 and expected in lines[0], err
+
+
+async def test_run_reports_a_wide_admin_option_as_the_option(tmp_path: Path) -> None:
+    """``--admin 0.0.0.0:0`` without a token is the option's problem: it was reported under
+    ``engine.admin`` of the file, which says nothing of the kind."""
+    path = lb_file(tmp_path)
+    with trio.fail_after(30):
+        done = await trio.run_process(
+            [sys.executable, "-m", "lb", "run", path, "--admin", "0.0.0.0:0"],
+            capture_stderr=True,
+            check=False,
+        )
+    err = done.stderr.decode()
+    assert done.returncode == 2, err
+    assert "Traceback" not in err
+    (line,) = [line for line in err.splitlines() if "error" in line.lower()]
+    assert line.startswith("error: --admin 0.0.0.0:0: the admin API would listen on 0.0.0.0"), err
+    assert "engine.admin:" not in line and path not in line

@@ -38,10 +38,10 @@ from waiting import wait_until
 from lb.admin_guard import MIN_TOKEN_LENGTH
 from lb.cli import main
 from lb.config.errors import ConfigError
-from lb.config.loader import load_config
+from lb.config.loader import LoadResult, load_config
 from lb.files import read_files
 from lb.proxy.listeners import TlsListener
-from lb.service import Swappable, _Rereader
+from lb.service import Swappable, _Rereader, worker_file_problems
 
 pytestmark = pytest.mark.integration
 
@@ -813,3 +813,40 @@ async def test_with_workers_every_process_swaps_the_upstream_ca(
     assert await statuses(20) == {200}
     assert {e["worker"] for e in log_events(log, "request")[mark:]} == {0, 1}
     process.send_signal(signal.SIGTERM)
+
+
+async def test_a_child_logs_file_problems_at_their_lines_as_the_parent(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A child re-reading its files after a reload logged ``lb.json: engine.listen[0]...``
+    without the line the parent's own report of the same file has."""
+    config = tmp_path / "lb.json"
+    write_config(config)  # lb.pem does not exist
+    loaded = load_config([config])
+    with pytest.raises(ConfigError) as parent:
+        read_files(loaded)
+    with pytest.raises(ConfigError) as child:
+        read_files(LoadResult(config=loaded.config, warnings=[]), token=False)
+    assert child.value.problems and all(p.line is None for p in child.value.problems)
+
+    problems = worker_file_problems(loaded.config, child.value)
+    assert problems == parent.value.problems
+    assert all(p.file == str(config) and p.line for p in problems)
+    assert problems[0].line == line_of(config, '"certificate"')
+
+    # What the child logs when a configuration reaches it (its reader runs in a thread).
+    swappable = Swappable(listeners=[], opened_as=[])
+    reread = _Rereader(swappable)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(reread.run)
+        reread(loaded.config)
+        await wait_until(
+            lambda: "worker_files_unchanged" in caplog.text, 10, what="the child's log"
+        )
+        nursery.cancel_scope.cancel()
+    (record,) = [r for r in caplog.records if r.getMessage() == "worker_files_unchanged"]
+    assert record.fields["errors"] == [str(p) for p in problems]  # type: ignore[attr-defined]
+
+    # Files that no longer load leave the problems as they were, without lines.
+    config.write_text("engine: [\n")
+    assert worker_file_problems(loaded.config, child.value) == child.value.problems
