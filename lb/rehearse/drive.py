@@ -69,7 +69,6 @@ def unrehearsable(sc: Scenario) -> list[str]:
     unseen: list[str] = []
     for e in sc.events:
         what = _named(e)
-        every = {r.name for r in sc.replicas.get(e.address, ())}
         if e.scope:
             out.append(
                 f"{what}: seen_from (a fault seen from some places only) cannot be made "
@@ -77,14 +76,24 @@ def unrehearsable(sc: Scenario) -> list[str]:
             )
         elif _how(e) == TimelineAction.UNREACHABLE and e.layer != ORIGIN:
             out.append(f"{what}: unreachable needs a route that fails, not one loopback")
-        elif set(e.replicas) != every and e.layer != ORIGIN and _hangs(e):
+        elif _edged(sc, e) and not _whole(sc, e) and _hangs(e):
             out.append(
                 f"{what}: {_how(e)} on one replica would not be avoided: the edge stand-in "
                 "learns that a replica is gone only from a refused connection (Cloudflare's "
                 "edge, from the tunnel connection's heartbeats)"
             )
-        elif set(e.replicas) == every and e.layer != ORIGIN and _unseen(e):
-            unseen.append(what)
+        elif e.layer != ORIGIN and not (_edged(sc, e) and not _whole(sc, e)) and _unseen(e):
+            unseen.append(what)  # no edge stand-in to pass over the stand-in it fails
+        if _edged(sc, e) and e.wide and not _whole(sc, e) and _how(e) == TimelineAction.STATUS:
+            labels = {r.label for r in sc.replicas[e.address]}
+            out += [
+                f"expect {x.name!r}: the status of {what} is the edge's own answer in the "
+                "simulator (a tunnel: target), counted for no replica, but its replica's "
+                "connector answers it in the rehearsal (the edge stand-in answers for every "
+                "replica or none), where it is counted for that replica"
+                for x in sc.expectations
+                if x.replica in labels
+            ]
     out += _unhandable(sc)
     out += [
         f"network.keep_alive of {address}: the edge stand-in in front of its replicas keeps "
@@ -139,6 +148,19 @@ def _edged(sc: Scenario, e: NetEvent) -> bool:
     return len(sc.replicas.get(e.address, ())) > 1 and e.layer != ORIGIN and not e.scope
 
 
+def _whole(sc: Scenario, e: NetEvent) -> bool:
+    """Whether ``e`` is an edge event of its whole address: the edge stand-in's own.
+
+    Said by the target's kind (:attr:`lb.sim.scenario.NetEvent.wide`: ``tunnel:`` or
+    ``endpoint:``), as the simulator says it, never by how many replicas the event names: a
+    ``replica:`` of a tunnel with one replica names every replica and is still that
+    replica's.  A ``tunnel: TUNNEL/REPLICA`` names one replica of several: it is that
+    replica's connector's (its ``status``, which the simulator answers at the edge, is
+    refused by :func:`unrehearsable`)."""
+    every = {r.name for r in sc.replicas.get(e.address, ())}
+    return e.wide and e.layer != ORIGIN and set(e.replicas) == every
+
+
 @dataclass(frozen=True, slots=True)
 class Handover:
     """What :func:`drive` does around one edge event of a tunnel with an edge stand-in,
@@ -189,7 +211,7 @@ def _steps(sc: Scenario) -> list[_Step]:
         edge = edges.get(e.address, [])
         conns = held_by.setdefault(e.address, {n: [] for n in every})
         plan = Handover()
-        if set(e.replicas) == set(every):
+        if _whole(sc, e):
             if e.action == TimelineAction.RECOVER:  # _controls sends it to every stand-in
                 conns = {n: [] for n in every}
             elif e.action == TimelineAction.LATENCY:
@@ -253,7 +275,7 @@ def _unhandable(sc: Scenario) -> list[str]:
             for c in plan.held
             if _hangs(c)
         ]
-        tunnel_fault = set(e.replicas) == set(step.connectors) and e.action not in (
+        tunnel_fault = _whole(sc, e) and e.action not in (
             TimelineAction.RECOVER,
             TimelineAction.LATENCY,
         )
@@ -559,14 +581,15 @@ def _fault_body(e: NetEvent, anchor: float) -> dict[str, object]:
 
 def _controls(stack: Stack, e: NetEvent) -> list[str]:
     """The control ports an event goes to.  A tunnel with an edge stand-in: an edge fault of
-    every replica is the edge's own (its recover clears the replicas' too, as a tunnel-wide
+    the whole tunnel (:func:`_whole`, by its target's kind) is the edge's own (its recover
+    clears the replicas' too, as a tunnel-wide
     recover does in the simulator: theirs first, as the edge's fault hides them until it
     goes); a fault of some replicas, or of the application behind them, goes to those
     replicas' connectors only (:func:`_posts`)."""
     replicas = {name: url for (a, name), url in stack.replica_control.items() if a == e.address}
     if not replicas:
         return [stack.control[e.address]]
-    if set(e.replicas) == set(replicas) and e.layer != ORIGIN:
+    if e.wide and set(e.replicas) == set(replicas) and e.layer != ORIGIN:  # _whole's rule
         edge = [stack.control[e.address]]
         if e.action == TimelineAction.RECOVER:  # connectors first: none exposed meanwhile
             return [replicas[n] for n in sorted(replicas)] + edge

@@ -19,10 +19,12 @@ What it does, per request
   LB's probes) goes round-robin over the candidates, as the simulator spreads a probe
   session's attempts;
 * among the candidates one is picked uniformly at random (the simulator's draw);
-* a replica whose connection is refused or breaks before its answer (the ``refuse`` of
-  :mod:`lb.connector.faults`) is dropped for this request and the choice is made again over
-  the rest: the simulator's edge does not use a failed replica at all.  With none left the
-  answer is ``530`` (Cloudflare's "no tunnel connector");
+* a replica whose connection is refused (the ``refuse`` of :mod:`lb.connector.faults`) is
+  dropped for this request and the choice is made again over the rest: the simulator's edge
+  does not use a replica whose tunnel connection is gone.  With none left the answer is
+  ``530`` (Cloudflare's "no tunnel connector").  A replica that takes the request and then
+  resets before its answer, or cuts its body, is not passed over (the request was sent): the
+  LB's connection is cut too, as the simulator's edge uses it and the attempt fails;
 * upstream connections are kept alive (a :class:`lb.rehearse.client.Pool` per replica, the
   traffic driver's light client: the process is busy when the traffic is), and bodies are
   buffered: a rehearsal's requests are small (above :data:`MAX_BODY`: 413; a malformed
