@@ -529,13 +529,7 @@ async def test_a_listener_that_moved_keeps_its_certificate_until_the_restart(
     write_config(config)
     process, ready = await start_lb_process(nursery, config, log=tmp_path / "lb.log")
 
-    document = json.loads(config.read_text())
-    document["engine"]["listen"][0].update(
-        address="127.0.0.2", certificate="other.pem", key="other.pem"
-    )
-    config.write_text(json.dumps(document, indent=2) + "\n")
-    code, body = await reload(ready.admin)
-    assert (code, body["restart_required"]) == (200, ["engine.listen"])
+    await _reload_moved_listener(config, ready.admin)
     # The bound listener is not the one the file now describes: it keeps what it serves.
     assert await served_serial(ready.listen[0], ca) == first
     process.send_signal(signal.SIGTERM)
@@ -556,13 +550,7 @@ async def test_a_restarted_worker_keeps_the_certificate_of_a_listener_that_moved
     port = ready.listen[0]
     await wait_until(lambda: log_events(log, "worker_ready"), 20, what="worker 1 ready")
 
-    document = json.loads(config.read_text())
-    document["engine"]["listen"][0].update(
-        address="127.0.0.2", certificate="other.pem", key="other.pem"
-    )
-    config.write_text(json.dumps(document, indent=2) + "\n")
-    code, body = await reload(ready.admin)
-    assert (code, body["restart_required"]) == (200, ["engine.listen"])
+    await _reload_moved_listener(config, ready.admin)
 
     (started,) = log_events(log, "worker_started")
     os.kill(int(started["pid"]), signal.SIGKILL)
@@ -692,6 +680,23 @@ def _rename_certificate(ca: trustme.CA, config: Path) -> str:
     document["engine"]["listen"][0].update(certificate="lb-2027.pem", key="lb-2027.pem")
     config.write_text(json.dumps(document, indent=2) + "\n")
     return renewed
+
+
+def _move_listener(config: Path) -> None:
+    """Point the first listener of ``config`` at 127.0.0.2 with other.pem."""
+    document = json.loads(config.read_text())
+    document["engine"]["listen"][0].update(
+        address="127.0.0.2", certificate="other.pem", key="other.pem"
+    )
+    config.write_text(json.dumps(document, indent=2) + "\n")
+
+
+async def _reload_moved_listener(config: Path, admin: int) -> None:
+    """Move the first listener (:func:`_move_listener`) and reload: accepted, with a
+    restart required for ``engine.listen`` (the bound socket stays where it is)."""
+    _move_listener(config)
+    code, body = await reload(admin)
+    assert (code, body["restart_required"]) == (200, ["engine.listen"])
 
 
 async def _reload_renamed_certificate(ca: trustme.CA, config: Path, admin: int) -> str:
