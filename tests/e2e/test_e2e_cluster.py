@@ -3,14 +3,17 @@ through a real redis-server; two `tunnel-lb connector` processes are the endpoin
 
 One story, in order: an endpoint unreachable from one replica stays healthy everywhere, from
 two it goes unhealthy everywhere; a `__cflb` cookie from one replica routes to the same
-endpoint through the others; a killed replica's vantage point drops out and a restarted one
-serves the cluster's health from its first request; Redis killed under load costs no request
-and every replica reports `cluster_degraded`; Redis back, they converge.  A second test runs
+endpoint through the others, and one pinned to the endpoint a replica cannot reach gets that
+replica's 521 (R45, `zero_downtime_failover: none`); a killed replica's vantage point drops
+out and a restarted one serves the cluster's health from its first request; Redis killed
+under load costs no request and every replica reports `cluster_degraded`; Redis back, they
+converge.  A second test runs
 two replicas in one vantage point and kills one: the other takes its probes over.
 """
 
 from __future__ import annotations
 
+import http.cookiejar
 import json
 import signal
 from collections import Counter
@@ -181,12 +184,35 @@ def health(name: str, want: str, **vantages: str) -> Callable[[dict[str, Any]], 
     return ok
 
 
+def cookieless_client() -> httpx.AsyncClient:
+    """A client that keeps no cookie: every request carries only the ``__cflb`` it is given.
+
+    With a jar, a cookie a response set rides on the next request: once, the one a restarted
+    replica set on its first answer (pinned to ``eu`` when that replica's own probe of ``eu``
+    had finished by then) went with the first request of the Redis outage's load, to ``a``,
+    which cannot reach ``eu`` and answers a pinned session's refused connection with 521
+    (``zero_downtime_failover: none``, as Cloudflare does; asserted below).  The outage was
+    not the cause; the jar was.  A policy that accepts no domain keeps nothing, and
+    ``response.cookies`` still reads what a response set."""
+    refuse = http.cookiejar.DefaultCookiePolicy(allowed_domains=[])
+    return httpx.AsyncClient(timeout=5, cookies=http.cookiejar.CookieJar(policy=refuse))
+
+
 async def tunnel_of(client: httpx.AsyncClient, base: str, cookie: str = "") -> tuple[int, str]:
     """One request through a replica (with a ``__cflb`` cookie when given): status, tunnel."""
     headers = {"Host": LB, **({"Cookie": f"__cflb={cookie}"} if cookie else {})}
     r = await client.get(f"{base}/", headers=headers)
-    client.cookies.clear()  # every request says itself which cookie it carries
     return r.status_code, (r.json()["tunnel"] if r.status_code == 200 else "")
+
+
+async def pinned_to(client: httpx.AsyncClient, base: str, tunnel: str) -> str:
+    """A ``__cflb`` value that the replica at ``base`` pinned to ``tunnel``: new sessions
+    until its random steering picks that tunnel (bounded; each pick is 1 in 2 here)."""
+    for _ in range(64):
+        r = await client.get(f"{base}/", headers={"Host": LB})
+        if r.status_code == 200 and r.json()["tunnel"] == tunnel:
+            return r.cookies["__cflb"]
+    raise AssertionError(f"{base} never steered a new session to {tunnel}")
 
 
 @pytest.fixture
@@ -213,7 +239,7 @@ async def test_three_replicas_share_health_affinity_and_survive_redis(
     a.write(ports, ca, dead=frozenset({EU}))
     for r in (b, c):
         r.write(ports, ca)
-    async with processes() as nursery, httpx.AsyncClient(timeout=5) as client:
+    async with processes() as nursery, cookieless_client() as client:
         for r in (a, b, c):
             await r.start(nursery)
 
@@ -241,10 +267,19 @@ async def test_three_replicas_share_health_affinity_and_survive_redis(
         r0 = await client.get(f"{a.base}/", headers={"Host": LB})
         cookie = r0.cookies["__cflb"]
         first = r0.json()["tunnel"]
-        client.cookies.clear()
         for r in (a, b, c):
             for _ in range(10):
                 assert await tunnel_of(client, r.base, cookie) == (200, first)
+
+        # A session b pinned to EU: b and c serve it from EU; a honours it too (EU is healthy
+        # by the majority) but cannot reach EU, and a pinned session does not fail over under
+        # zero_downtime_failover "none" (the default, R45): it gets the refusal's 521, as on
+        # Cloudflare.  Deployments whose replicas do not all reach every endpoint set
+        # "temporary" or "sticky" (docs/cluster.md, "Failure modes").
+        eu_session = await pinned_to(client, b.base, EU)
+        for r in (b, c):
+            assert await tunnel_of(client, r.base, eu_session) == (200, EU)
+        assert await tunnel_of(client, a.base, eu_session) == (521, "")
 
         # EU unreachable from b too: unhealthy on all three.
         b.write(ports, ca, dead=frozenset({EU}))
@@ -286,7 +321,8 @@ async def test_three_replicas_share_health_affinity_and_survive_redis(
         for r in (a, b, c):
             await until_json(client, r.status_url, health("eu", "healthy", sin="healthy"))
 
-        # Redis dies under load: no request fails, every replica reports degraded.
+        # Redis dies under load (new sessions: no request carries a cookie): no request
+        # fails, every replica reports degraded.
         failures: list[str] = []
         done = trio.Event()
         sent = 0
