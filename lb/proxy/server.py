@@ -202,6 +202,19 @@ class ProxyServer:
         return self._shared.slow_bodies
 
     @property
+    def slow_readers(self) -> int:
+        """Responses the last watchdog tick found blocked on a client taking them slower
+        than the minimum rate: the connection cap closes them after slow bodies (only with
+        ``limits.min_response_rate`` 0; else they are cut at once)."""
+        return len(self._shared.readers)
+
+    @property
+    def slow_reads(self) -> int:
+        """Connections cut because their client took the response too slowly, by
+        ``limits.min_response_rate`` or at the connection cap."""
+        return self._shared.slow_reads
+
+    @property
     def tls_failed(self) -> int:
         """Client TLS handshakes that failed, plain HTTP sent to an HTTPS listener included."""
         return self._shared.tls_failed

@@ -7,27 +7,35 @@ push on the runner's deadline heap; the first figure by ``timeit``, the second i
 request path): some 3 % of the proxy's CPU per request (docs/bench.md).  Here moving a
 deadline is one float store, and one task per proxy (``watch_loop`` in
 lb/proxy/connection.py) wakes every :func:`tick` seconds and cancels the connections whose
-deadline passed (:func:`expire`).  A timeout never fires early, and late by about one tick
-(plus the wait for the scheduler to run that task, as for any trio deadline).  The tick is
-a twentieth of the shortest timeout it serves, between 5 ms and a quarter of a second, and
-grows with the work each tick does, so that the loop stays under 3 % of a core: 2 µs per
-connection (a deadline check costs ~60 ns; 100,000 connections are checked every 0.2 s),
-and 15 µs more per request body being read (judging its rate clock costs ~300-450 ns;
-with 100,000 connections all uploading, a tick every 1.7 s).  The figures are ``timeit``
-on the watch loop's own code.
+deadline passed (``watch_clients`` there).  A timeout never fires early, and late by about
+one tick (plus the wait for the scheduler to run that task, as for any trio deadline).  The
+tick is a twentieth of the shortest timeout it serves, between 5 ms and a quarter of a
+second, and grows with the work each tick does, so that the loop stays under 3 % of a core:
+2 µs per connection (a deadline check costs ~60 ns; 100,000 connections are checked every
+0.2 s), and 15 µs more per rate clock judged, of a request body being read or a response
+blocked on its client (judging costs ~300-450 ns; with 100,000 connections all uploading, a
+tick every 1.7 s).  The figures are ``timeit`` on the watch loop's own code.
 
-The same tick keeps each request body's rate clock (:class:`BodyClock`): a body that
-trickles (a byte every ``idle_timeout - 1`` seconds: the "slow POST") never trips the
-inactivity deadline, so what it is judged by is its average rate over the time the proxy
-waited for it, as Kestrel's ``MinRequestBodyDataRate`` judges it.  The clock runs only
-while the proxy is waiting for the client's body bytes (a flag the body reader sets around
-its read), and is advanced here, a tick at a time: no clock read or arithmetic per read.
+The same tick keeps the rate clocks (:class:`RateClock`) of the two waits a slow client can
+stretch without ever tripping the inactivity deadline.  A request body that trickles (a byte
+every ``idle_timeout - 1`` seconds: the "slow POST") is judged by its average rate over the
+time the proxy waited for it, as Kestrel's ``MinRequestBodyDataRate`` judges it; a response
+read as slowly (the "slow read": a large download taken a few bytes at a time) a write at a
+time, by the bytes of the write over the time the proxy was blocked writing them, as
+Kestrel's ``MinResponseDataRate`` judges each write.  Why a write at a time: what the client
+took of a write is known only once the write is over, and averaged over the whole response
+the bytes the kernel took at once (its buffers: several megabytes on loopback) would be
+credit for hours at a rate of 240 bytes a second.  A clock runs only while the proxy waits
+on the client (a flag the body reader sets around its read, and the response writer around
+its write), and is advanced here, a tick at a time: no clock read or arithmetic per read or
+write.  The response clocks are found on the pass over the connections that checks their
+deadlines (:func:`lb.proxy.connection.watch_clients`), so a response costs no registration;
+the check adds ~25 ns per connection to that pass (by ``timeit``).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 
 import trio
 
@@ -36,9 +44,8 @@ __all__ = [
     "MIN_TICK",
     "PER_BODY",
     "PER_CONNECTION",
-    "BodyClock",
+    "RateClock",
     "Watchdog",
-    "expire",
     "tick",
 ]
 
@@ -47,8 +54,8 @@ MAX_TICK = 0.25
 PER_CONNECTION = 2e-6
 """Seconds of tick per connection checked (see the module docstring)."""
 PER_BODY = 15e-6
-"""Seconds of tick per request body whose rate clock is judged, on top of its connection's
-(see the module docstring)."""
+"""Seconds of tick per rate clock judged (a request body, or a response blocked on its
+client), on top of its connection's (see the module docstring)."""
 
 
 class Watchdog:
@@ -80,45 +87,44 @@ class Watchdog:
 
 def tick(connections: int, *timeouts: float, bodies: int = 0) -> float:
     """How often the deadlines of ``connections`` guarded by ``timeouts`` (seconds), and the
-    rate clocks of ``bodies`` request bodies, are checked."""
+    rate clocks of ``bodies`` request bodies and responses, are checked."""
     work = connections * PER_CONNECTION + bodies * PER_BODY
     return max(MIN_TICK, min(MAX_TICK, min(timeouts) / 20), work)
 
 
-def expire(watchdogs: Iterable[Watchdog], now: float) -> None:
-    """Cancel each of ``watchdogs`` whose deadline is ``now`` or earlier."""
-    for watchdog in watchdogs:
-        if watchdog.due <= now:
-            watchdog.cancel()
+class RateClock:
+    """How long the proxy has waited on one client for a request body or a response, and
+    whether the client is too slow.
 
-
-class BodyClock:
-    """How long the proxy has waited for one request body, and whether it is too slow.
-
-    ``elapsed`` runs only while ``reading`` is set (the body reader sets it around its wait
-    for the client's bytes), so the time the proxy spends elsewhere (steering, dialing,
-    blocked writing to a slow upstream) is never blamed on the client.  The watch loop
-    advances it by a tick at a time (:meth:`advance`).
+    ``elapsed`` runs only while ``waiting`` is set: the body reader sets it around its wait
+    for the client's bytes, the response writer around its wait for the client to take them
+    (lb/proxy/replies.py, ``flush_down``).  So the time the proxy spends elsewhere
+    (steering, dialing, blocked writing to a slow upstream, waiting for a slow upstream's
+    response) is never blamed on the client.  The watch loop advances it by a tick at a
+    time (:meth:`advance`).
     """
 
-    __slots__ = ("closed_by", "elapsed", "reading")
+    __slots__ = ("closed_by", "elapsed", "size", "waiting")
 
     def __init__(self) -> None:
-        self.reading = False
+        self.waiting = False
         self.elapsed = 0.0
-        """Seconds spent waiting for the body's bytes (the rate clock)."""
+        """Seconds spent waiting on the client (the rate clock)."""
+        self.size = 0
+        """For a response: the bytes of the write being waited on (a body is judged by the
+        bytes received, kept in its request's record)."""
         self.closed_by = ""
         """Why the connection was closed for being slow (``min_body_rate``,
-        ``connection_cap``); empty while it was not."""
+        ``min_response_rate``, ``connection_cap``); empty while it was not."""
 
     def advance(self, seconds: float) -> None:
-        """One tick of ``seconds`` passed: count it if the body was being waited for."""
-        if self.reading:
+        """One tick of ``seconds`` passed: count it if the client was being waited on."""
+        if self.waiting:
             self.elapsed += seconds
 
-    def slow(self, received: int, rate: float, grace: float) -> bool:
-        """Whether ``received`` body bytes are fewer than ``rate`` per second of the clock,
-        once the clock passed ``grace`` seconds (Kestrel's test: the average since the body
-        began, the grace included)."""
+    def slow(self, moved: int, rate: float, grace: float) -> bool:
+        """Whether ``moved`` bytes are fewer than ``rate`` per second of the clock, once the
+        clock passed ``grace`` seconds (Kestrel's test: the average since the clock
+        started, the grace included)."""
         elapsed = self.elapsed
-        return elapsed > grace and received < rate * elapsed
+        return elapsed > grace and moved < rate * elapsed

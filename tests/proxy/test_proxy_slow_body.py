@@ -27,17 +27,17 @@ from lb.logs import JsonFormatter
 from lb.proxy import body, capacity, connection, http1, state
 from lb.proxy.errors import RequestError, UpstreamError
 from lb.proxy.hooks import ProxyHooks
-from lb.proxy.watchdog import BodyClock
+from lb.proxy.watchdog import RateClock
 
 GRACE = 0.5
 """The grace of these tests (``min_body_rate_grace``), so that a slow body is judged soon."""
 
 
 def test_the_body_clock_runs_only_while_the_body_is_waited_for() -> None:
-    clock = BodyClock()
+    clock = RateClock()
     clock.advance(10.0)  # steering, dialing, writing upstream: not the client's time
     assert clock.elapsed == 0.0
-    clock.reading = True
+    clock.waiting = True
     clock.advance(0.25)
     clock.advance(0.25)
     assert clock.elapsed == 0.5
@@ -45,8 +45,8 @@ def test_the_body_clock_runs_only_while_the_body_is_waited_for() -> None:
 
 def test_a_body_is_slow_past_the_grace_below_the_average_rate() -> None:
     """Kestrel's test: the average since the clock started, judged once past the grace."""
-    clock = BodyClock()
-    clock.reading = True
+    clock = RateClock()
+    clock.waiting = True
     clock.advance(4.0)
     assert not clock.slow(0, rate=240, grace=5.0)  # within the grace, whatever came
     clock.advance(2.0)
@@ -252,18 +252,18 @@ async def test_the_rate_clock_stops_when_the_read_is_cancelled_or_fails() -> Non
     with trio.CancelScope() as scope:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(body._receive, ex, 60.0)
-            await wait_until(lambda: ex.clock is not None and ex.clock.reading)
+            await wait_until(lambda: ex.clock is not None and ex.clock.waiting)
             assert shared.bodies == {ex.client: ex.clock}
             scope.cancel()
-    assert not ex.clock.reading
+    assert not ex.clock.waiting
     await theirs.aclose()  # the client is gone: the next read fails
     with pytest.raises(state.ClientError):
         await body._receive(ex, 60.0)
-    assert not ex.clock.reading
+    assert not ex.clock.waiting
     await ours.aclose()  # a read on a closed stream raises from the stream itself
     with pytest.raises(state.ClientError):
         await body._receive(ex, 60.0)
-    assert not ex.clock.reading
+    assert not ex.clock.waiting
 
 
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
@@ -341,7 +341,7 @@ async def test_a_body_already_whole_is_not_judged() -> None:
         client.exchange = cast(
             Any, SimpleNamespace(req_done=req_done, record=SimpleNamespace(bytes_in=10))
         )
-        clock = BodyClock()
+        clock = RateClock()
         clock.elapsed = 10 * GRACE  # 10 bytes in that long: far below 1000 B/s
         return SimpleNamespace(
             engine=engine,
@@ -373,7 +373,8 @@ def _cap_shared(slow: dict[Any, None]) -> Any:
         idle={},
         heads={},
         slow=slow,
-        bodies={client: BodyClock() for client in slow},
+        readers={},
+        bodies={client: RateClock() for client in slow},
         clients=set(slow),
         max_connections=len(slow),
         shed=0,

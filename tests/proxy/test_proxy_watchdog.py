@@ -3,20 +3,38 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
 import trio
 import trio.testing
 
+from lb.config.model import Limits
+from lb.proxy import connection, state
 from lb.proxy.watchdog import (
     MAX_TICK,
     MIN_TICK,
     PER_BODY,
     PER_CONNECTION,
     Watchdog,
-    expire,
     tick,
 )
+
+
+def expire(watchdogs: Iterable[Watchdog], now: float) -> None:
+    """The watch loop's deadline check (``connection.watch_clients``) over ``watchdogs``."""
+    clients = []
+    for watchdog in watchdogs:
+        client = state.Client(cast(Any, None), https=False)
+        client.watchdog = watchdog
+        clients.append(client)
+    limits = SimpleNamespace(engine=SimpleNamespace(limits=Limits()))
+    shared = SimpleNamespace(
+        engine=SimpleNamespace(config=limits), clients=clients, readers={}, judged=0
+    )
+    connection.watch_clients(cast(Any, shared), now, 0.0)
 
 
 def test_the_tick_is_a_twentieth_of_the_shortest_timeout_within_bounds() -> None:
