@@ -179,8 +179,7 @@ async def timed_out(ex: Exchange) -> bool:
     """The watchdog fired: what it means depends on the phase (lb/proxy/state.py).  524 (or
     408) when no response was started, else cut; at the drain deadline, 503; for a request
     body too slow (the connection's body clock says so), 408; for a response taken too
-    slowly, cut.  True when an answer was
-    written (False: the connection is cut)."""
+    slowly, cut.  True when an answer was written (False: the connection is cut)."""
     shared = ex.shared
     record = ex.record
     conn = ex.conn
