@@ -156,7 +156,7 @@ async def watch_loop(shared: Shared) -> None:
             len(shared.clients),
             limits.idle_timeout,
             limits.request_timeout,
-            bodies=len(shared.bodies) + shared.judged,
+            clocks=len(shared.bodies) + shared.blocked_writes,
         )
         with trio.move_on_after(every):
             await drained.wait()
@@ -185,7 +185,7 @@ def watch_clients(shared: Shared, now: float, seconds: float) -> None:
     rate = enforced or capacity.RESPONSE_RATE
     grace = limits.min_response_rate_grace
     found: list[tuple[float, Client]] = []
-    judged = 0
+    blocked = 0
     for client in shared.clients:
         watchdog = client.watchdog
         if watchdog.due <= now:
@@ -194,18 +194,26 @@ def watch_clients(shared: Shared, now: float, seconds: float) -> None:
         clock = client.send_clock
         if not clock.waiting:
             continue
-        judged += 1
+        blocked += 1
         ex = client.exchange
         if ex is None or clock.closed_by:
             continue
-        clock.advance(seconds)
+        body = ex.clock
+        if body is not None and body.closed_by:
+            continue  # already closed for its request body: one cause, counted once
+        if clock.seen:
+            clock.advance(seconds)
+        else:
+            # The write may have begun just before this tick: its first tick is not
+            # charged, so a fast client is never cut for a tick it did not hold the write.
+            clock.seen = True
         if clock.slow(clock.size, rate, grace):
             if enforced:
                 _close_slow_read(shared, client, SlowRead.MIN_RESPONSE_RATE)
                 watchdog.cancel()
             else:
                 found.append((clock.size / clock.elapsed, client))
-    shared.judged = judged
+    shared.blocked_writes = blocked
     if found:
         found.sort(key=operator.itemgetter(0))
         shared.readers = {client: None for _, client in found}
@@ -240,7 +248,10 @@ def judge_bodies(shared: Shared, seconds: float) -> None:
     # takes effect once this returns; only ``slow`` changes).
     for client, clock in shared.bodies.items():
         ex = client.exchange
-        if ex is None or clock.closed_by:
+        if ex is None or clock.closed_by or client.send_clock.closed_by:
+            # Closed already, for this body or for a response taken too slowly (the
+            # endpoint answered while the body was still read, and both clocks ran): one
+            # cause, counted once, and the record says the one whose hook fired.
             continue
         if ex.req_done:  # the body is whole: nothing of it is awaited any more
             if slow:
@@ -264,7 +275,7 @@ def _close_slow(shared: Shared, client: Client, closed_by: SlowBody) -> None:
     ``SWEEP_INTERVAL``."""
     ex = client.exchange
     clock = shared.bodies.get(client)
-    if ex is None or clock is None:
+    if ex is None or clock is None or client.send_clock.closed_by:
         return
     clock.closed_by = closed_by
     shared.slow_bodies += 1
@@ -286,7 +297,7 @@ def _close_slow_read(shared: Shared, client: Client, closed_by: SlowRead) -> Non
     it; the timeout handler records ``read_too_slow``), count it and log it at most every
     ``SWEEP_INTERVAL``."""
     ex = client.exchange
-    if ex is None:
+    if ex is None or (ex.clock is not None and ex.clock.closed_by):
         return
     clock = client.send_clock
     clock.closed_by = closed_by

@@ -89,7 +89,7 @@ async def flush_down(ex: Exchange, pending: list[bytes], seconds: float) -> None
     except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
         raise ClientError(0, RequestError.CLIENT_DISCONNECTED) from exc
     finally:
-        clock.waiting = False
+        clock.waiting = clock.seen = False
         clock.elapsed = 0.0
 
 

@@ -256,6 +256,7 @@ class Shared:
     shares: the engine, the pool, the hooks, the drain flags and the per-config caches."""
 
     __slots__ = (
+        "blocked_writes",
         "bodies",
         "budgets",
         "cap_log",
@@ -268,7 +269,6 @@ class Shared:
         "heads",
         "hooks",
         "idle",
-        "judged",
         "names",
         "names_key",
         "pool",
@@ -342,8 +342,9 @@ class Shared:
         """Clients the last tick found blocked on a response they take slower than the
         minimum rate, slowest first: the connection cap may close them
         (lb/proxy/capacity.py)."""
-        self.judged = 0
-        """Response clocks the last tick judged (the tick grows with them)."""
+        self.blocked_writes = 0
+        """Response writes the last tick found blocked on their client, whose rate clocks it
+        judged (the tick grows with them)."""
         self.slow_reads = 0
         """Connections cut for a response taken too slowly (``min_response_rate`` or the
         cap)."""

@@ -44,7 +44,7 @@ import trio
 __all__ = [
     "MAX_TICK",
     "MIN_TICK",
-    "PER_BODY",
+    "PER_CLOCK",
     "PER_CONNECTION",
     "RateClock",
     "Watchdog",
@@ -55,7 +55,7 @@ MIN_TICK = 0.005
 MAX_TICK = 0.25
 PER_CONNECTION = 2e-6
 """Seconds of tick per connection checked (see the module docstring)."""
-PER_BODY = 15e-6
+PER_CLOCK = 15e-6
 """Seconds of tick per rate clock judged (a request body, or a response blocked on its
 client), on top of its connection's (see the module docstring)."""
 
@@ -68,7 +68,8 @@ class Watchdog:
     def __init__(self) -> None:
         self.scope = trio.CancelScope()
         self.due = math.inf
-        """The trio time past which :func:`expire` cancels ``scope`` (inf: never)."""
+        """The trio time past which the watch loop cancels ``scope`` (inf: never;
+        :func:`lb.proxy.connection.watch_clients`)."""
 
     def push(self, seconds: float, now: float | None = None) -> None:
         """Move the deadline ``seconds`` from now (``math.inf`` turns it off); ``now`` is the
@@ -87,10 +88,11 @@ class Watchdog:
         return self.scope.cancelled_caught
 
 
-def tick(connections: int, *timeouts: float, bodies: int = 0) -> float:
+def tick(connections: int, *timeouts: float, clocks: int = 0) -> float:
     """How often the deadlines of ``connections`` guarded by ``timeouts`` (seconds), and the
-    rate clocks of ``bodies`` request bodies and responses, are checked."""
-    work = connections * PER_CONNECTION + bodies * PER_BODY
+    ``clocks`` rate clocks (request bodies being read, response writes blocked on their
+    client), are checked."""
+    work = connections * PER_CONNECTION + clocks * PER_CLOCK
     return max(MIN_TICK, min(MAX_TICK, min(timeouts) / 20), work)
 
 
@@ -106,10 +108,16 @@ class RateClock:
     time (:meth:`advance`).
     """
 
-    __slots__ = ("closed_by", "elapsed", "size", "waiting")
+    __slots__ = ("closed_by", "elapsed", "seen", "size", "waiting")
 
     def __init__(self) -> None:
         self.waiting = False
+        self.seen = False
+        """For a response: the watch loop has already seen the write in progress.  The tick
+        a write is first seen is not charged (the write may have begun just before it), so
+        that the clock never runs ahead of the time the client really held the write:
+        a fast client caught once mid-write is never charged a whole tick, however short
+        the grace."""
         self.elapsed = 0.0
         """Seconds spent waiting on the client (the rate clock)."""
         self.size = 0

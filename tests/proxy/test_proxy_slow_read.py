@@ -27,7 +27,7 @@ from waiting import wait_until
 
 from lb.config.model import Limits, Listener
 from lb.logs import JsonFormatter
-from lb.proxy import capacity, connection, replies, state
+from lb.proxy import capacity, connection, replies, state, watchdog
 from lb.proxy.errors import RequestError
 from lb.proxy.hooks import ProxyHooks
 from lb.proxy.listeners import open_listeners
@@ -127,18 +127,23 @@ def _watched(*sizes_and_elapsed: tuple[int, float], min_rate: int = 0) -> Any:
     for size, elapsed in sizes_and_elapsed:
         ours, _ = trio.testing.memory_stream_pair()
         client = state.Client(ours, https=False)
-        client.exchange = cast(Any, SimpleNamespace(record=SimpleNamespace(bytes_out=size)))
+        record = SimpleNamespace(bytes_out=size, bytes_in=0)
+        client.exchange = cast(Any, SimpleNamespace(record=record, clock=None, req_done=True))
         clock = client.send_clock
-        clock.waiting, clock.size, clock.elapsed = True, size, elapsed
+        clock.waiting, clock.size, clock.elapsed, clock.seen = True, size, elapsed, True
         clients.append(client)
     return SimpleNamespace(
         engine=SimpleNamespace(config=SimpleNamespace(engine=SimpleNamespace(limits=limits))),
         clients=clients,
         readers={},
-        judged=0,
+        blocked_writes=0,
         slow_reads=0,
         read_log=state.Throttle(),
         hooks=ProxyHooks(),
+        bodies={},
+        slow={},
+        slow_bodies=0,
+        slow_log=state.Throttle(),
     )
 
 
@@ -149,13 +154,13 @@ async def test_below_the_cap_slow_readers_are_only_listed_slowest_first() -> Non
     slow, slowest, *_ = shared.clients
     connection.watch_clients(shared, trio.current_time(), 0.0)
     assert list(shared.readers) == [slowest, slow]
-    assert shared.judged == 4 and shared.slow_reads == 0
+    assert shared.blocked_writes == 4 and shared.slow_reads == 0
     assert not any(c.watchdog.scope.cancel_called for c in shared.clients)
     # A write that ends clears its clock: it is no longer listed at the next tick.
     slowest.send_clock.waiting = False
     connection.watch_clients(shared, trio.current_time(), 0.0)
     assert list(shared.readers) == [slow]
-    assert shared.judged == 3
+    assert shared.blocked_writes == 3
 
 
 async def test_with_min_response_rate_a_slow_reader_is_cut_at_once() -> None:
@@ -165,6 +170,93 @@ async def test_with_min_response_rate_a_slow_reader_is_cut_at_once() -> None:
     assert slow.watchdog.scope.cancel_called and not fair.watchdog.scope.cancel_called
     assert slow.send_clock.closed_by == "min_response_rate"
     assert (shared.slow_reads, shared.readers) == (1, {})
+
+
+async def test_the_first_tick_a_write_is_seen_is_not_charged() -> None:
+    """A fast client caught once mid-write (a write smaller than the rate times a tick,
+    begun just before the tick) is not cut, however short the grace: the clock never runs
+    ahead of the time the client held the write.  Caught at the next tick as well, it did
+    hold that write a whole tick, and is cut."""
+    tick = 0.25
+    shared = _watched((1000, 0.0), min_rate=RATE)
+    shared.engine.config.engine.limits = Limits(min_response_rate=RATE, min_response_rate_grace=0.1)
+    [client] = shared.clients
+    client.send_clock.seen = False  # a write the loop has not seen yet
+    connection.watch_clients(shared, trio.current_time(), tick)
+    assert not client.watchdog.scope.cancel_called and shared.slow_reads == 0
+    assert (client.send_clock.seen, client.send_clock.elapsed) == (True, 0.0)
+    connection.watch_clients(shared, trio.current_time(), tick)
+    assert client.watchdog.scope.cancel_called and shared.slow_reads == 1
+
+
+@pytest.mark.parametrize("first", ["read", "body"])
+async def test_a_connection_slow_both_ways_is_counted_once(
+    first: str,
+) -> None:
+    """The endpoint answered while the request body was still read, so both clocks run,
+    and the client neither sends nor reads: the response clock cuts it first, and the body
+    clock does not count it again (one hook, one count, and the record says
+    ``read_too_slow``).  The other way round too: a body closed first is not counted as a
+    slow read."""
+    shared = _watched((1000, 10.0), min_rate=5000)
+    shared.engine.config.engine.limits = Limits(
+        min_response_rate=5000, min_body_rate=5000, min_body_rate_grace=GRACE
+    )
+    fired: list[str] = []
+    shared.hooks = ProxyHooks(
+        on_slow_read=lambda closed_by: fired.append(f"read:{closed_by}"),
+        on_slow_body=lambda closed_by: fired.append(f"body:{closed_by}"),
+    )
+    [client] = shared.clients
+    body = watchdog.RateClock()
+    body.waiting, body.elapsed = True, 10.0
+    client.exchange.clock = body
+    client.exchange.req_done = False
+    shared.bodies[client] = body
+    if first == "read":
+        connection.watch_clients(shared, trio.current_time(), 0.0)
+        connection.judge_bodies(shared, 0.0)
+        connection.watch_clients(shared, trio.current_time(), 0.0)
+        connection.judge_bodies(shared, 0.0)
+        assert fired == ["read:min_response_rate"]
+        assert (shared.slow_reads, shared.slow_bodies, shared.slow) == (1, 0, {})
+        assert (client.send_clock.closed_by, body.closed_by) == ("min_response_rate", "")
+    else:
+        connection.judge_bodies(shared, 0.0)
+        connection.watch_clients(shared, trio.current_time(), 0.0)
+        assert fired == ["body:min_body_rate"]
+        assert (shared.slow_reads, shared.slow_bodies) == (0, 1)
+        assert (client.send_clock.closed_by, body.closed_by) == ("", "min_body_rate")
+
+
+async def test_the_record_says_the_cause_whose_hook_fired() -> None:
+    """The timeout handler's record follows the clock that closed the connection."""
+    for closed, error in (
+        (("", "min_response_rate"), RequestError.READ_TOO_SLOW),
+        (
+            ("min_body_rate", ""),
+            RequestError.BODY_TOO_SLOW,
+        ),
+    ):
+        client = state.Client(cast(Any, None), https=False)
+        body = watchdog.RateClock()
+        body.closed_by, client.send_clock.closed_by = closed
+        record = SimpleNamespace(error="", status=0, attempts=[])
+        ex = cast(
+            Any,
+            SimpleNamespace(
+                shared=SimpleNamespace(expired=False),
+                record=record,
+                conn=SimpleNamespace(our_state=None),
+                up=None,
+                clock=body,
+                client=client,
+                phase=state.Phase.RELAY,
+                responded=True,
+            ),
+        )
+        await replies.timed_out(ex)
+        assert record.error == error
 
 
 def test_at_the_cap_a_slow_reader_goes_after_slow_bodies() -> None:
