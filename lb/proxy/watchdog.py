@@ -17,12 +17,14 @@ blocked on its client (judging costs ~300-450 ns; with 100,000 connections all u
 tick every 1.7 s).  The figures are ``timeit`` on the watch loop's own code.
 
 The same tick keeps the rate clocks (:class:`RateClock`) of the two waits a slow client can
-stretch without ever tripping the inactivity deadline.  A request body that trickles (a byte
-every ``idle_timeout - 1`` seconds: the "slow POST") is judged by its average rate over the
+stretch.  A request body that trickles (a byte every ``idle_timeout - 1`` seconds: the "slow
+POST", which never trips the inactivity deadline) is judged by its average rate over the
 time the proxy waited for it, as Kestrel's ``MinRequestBodyDataRate`` judges it; a response
-read as slowly (the "slow read": a large download taken a few bytes at a time) a write at a
-time, by the bytes of the write over the time the proxy was blocked writing them, as
-Kestrel's ``MinResponseDataRate`` judges each write.  Why a write at a time: what the client
+read slowly (the "slow read") a write at a time, by the bytes of the write over the time
+the proxy was blocked writing them, as Kestrel's ``MinResponseDataRate`` judges each write.
+The inactivity deadline, pushed once per write, already bounds a write to ``idle_timeout``;
+the response clock is what judges writes smaller than the rate times ``idle_timeout``
+(streamed responses) or a raised ``idle_timeout``.  Why a write at a time: what the client
 took of a write is known only once the write is over, and averaged over the whole response
 the bytes the kernel took at once (its buffers: several megabytes on loopback) would be
 credit for hours at a rate of 240 bytes a second.  A clock runs only while the proxy waits

@@ -2,10 +2,11 @@
 ``limits.min_response_rate`` and the connection cap (lb/proxy/watchdog.py,
 lb/proxy/replies.py, lb/proxy/connection.py; docs/proxy.md, "Slow response reads").
 
-A client that asks for a large response and takes a few bytes of it now and then never
-trips ``idle_timeout``; what cuts it is the rate at which it takes each write the proxy is
-blocked on.  The clients here shrink their receive buffer, so that the proxy blocks on them
-after a few kilobytes rather than after the megabytes loopback buffers take.
+``idle_timeout`` is pushed once per write, so it cuts (as ``client_timeout``) a client that
+takes a write slower than its size over ``idle_timeout``; the tests of the rate rules raise
+``idle_timeout`` so that what cuts a slow reader is the rate at which it takes each write
+the proxy is blocked on.  The clients here shrink their receive buffer, so that the proxy
+blocks on them after a few kilobytes rather than after the megabytes loopback buffers take.
 """
 
 from __future__ import annotations
@@ -281,8 +282,8 @@ async def test_a_slow_reader_is_cut(
 ) -> None:
     """``min_response_rate`` set: a client taking a large response at ~20 KB/s (1 KiB every
     50 ms) is cut once a write has been blocked on it past the grace, long before
-    ``idle_timeout`` (which its reads would never trip).  The upstream connection, its
-    response half read, is closed, not pooled."""
+    ``idle_timeout`` (600 s here; a 64 KiB write at that pace takes seconds).  The upstream
+    connection, its response half read, is closed, not pooled."""
     limits = Limits(min_response_rate=RATE, min_response_rate_grace=GRACE, idle_timeout=600)
     tls = None
     if https:
@@ -315,6 +316,27 @@ async def test_a_slow_reader_is_cut(
     async with Client(await _connect(stack.port, tls)) as client:
         assert (await client.request()).status == 200
     assert stack.server.pool.opened == opened + 1
+
+
+async def test_by_default_idle_timeout_bounds_each_blocked_write(
+    nursery: trio.Nursery, certs: Certs
+) -> None:
+    """The rate rule off (the default): ``idle_timeout`` is pushed once per write, not per
+    byte the client takes, so a client slower than ``write size / idle_timeout`` (here 1 KiB
+    every 0.25 s, ~4 KB/s, against 64 KiB writes and a 1 s ``idle_timeout``: 64 KB/s) is
+    cut as ``client_timeout`` once a write has been blocked on it that long.  It is not a
+    slow read: nothing counts it in ``slow_reads``."""
+    limits = Limits(idle_timeout=1.0)
+    stack = await start_stack(nursery, certs, 1, limits=limits)
+    stream = await _connect(stack.port)
+    await _ask(stream, f"/stream?n={BIG}")
+    with trio.fail_after(30):
+        got = await _read(stream, every=0.25, size=1024)
+    await trio.aclose_forcefully(stream)
+    assert got < BIG // 4
+    [record] = await stack.settled()
+    assert (record.status, record.error) == (200, RequestError.CLIENT_TIMEOUT)
+    assert stack.server.slow_reads == 0
 
 
 async def test_a_fast_reader_of_a_slow_endpoint_is_not_cut(
