@@ -194,6 +194,13 @@ METRICS: tuple[MetricSpec, ...] = (
         "min_body_rate, or connection_cap (to make room for a new connection).",
     ),
     MetricSpec(
+        "lb_slow_response_reads_total",
+        "counter",
+        ("closed_by",),
+        "Client connections cut because their client took the response too slowly: "
+        "min_response_rate, or connection_cap (to make room for a new connection).",
+    ),
+    MetricSpec(
         "lb_websocket_upgrades_total",
         "counter",
         (_LB, *_EP),
@@ -598,6 +605,7 @@ class Metrics:
         self.websockets_open: dict[str, int] = {}
         self.tls_failures = _Counter("lb_client_tls_failures_total")
         self.slow_bodies = _Counter("lb_slow_request_bodies_total")
+        self.slow_reads = _Counter("lb_slow_response_reads_total")
         # ---- proxy: upstream timing, bytes, active requests (see exchange_done)
         self.connect_duration = _Histogram("lb_upstream_connect_duration_seconds", DURATION_BUCKETS)
         self.first_byte = _Histogram("lb_upstream_first_byte_seconds", DURATION_BUCKETS)
@@ -635,6 +643,7 @@ class Metrics:
                 self.websocket_bytes,
                 self.tls_failures,
                 self.slow_bodies,
+                self.slow_reads,
                 # proxy: upstream timing and bytes
                 self.connect_duration,
                 self.first_byte,
@@ -867,6 +876,16 @@ class Metrics:
                 ``connection_cap``).
         """
         self.slow_bodies.inc((closed_by,))
+
+    def slow_read(self, closed_by: str) -> None:
+        """A connection was cut for a response its client took too slowly: the proxy's
+        ``on_slow_read`` hook.
+
+        Args:
+            closed_by: a :class:`lb.proxy.hooks.SlowRead` (``min_response_rate`` or
+                ``connection_cap``).
+        """
+        self.slow_reads.inc((closed_by,))
 
     # ------------------------------------------------------------------ proxy hooks: upstream
     # timing, bytes and active requests, from the records the proxy reports.

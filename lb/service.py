@@ -396,6 +396,7 @@ def _hooks(engine: Engine, metrics: Metrics, worker: int | None = None) -> Proxy
         on_request_start=metrics.request_started,
         on_tls_failed=metrics.tls_failed,
         on_slow_body=metrics.slow_body,
+        on_slow_read=metrics.slow_read,
     )
 
 

@@ -639,6 +639,18 @@ class Limits:
     min_body_rate_grace: float = _f(
         5.0, range=(0.1, 3600), doc="seconds of waiting for a body before its rate is judged"
     )
+    min_response_rate: int = _f(
+        0,
+        range=(0, 1 << 30),
+        doc="bytes/s a client must take each response write at, once the write is blocked "
+        "on it past min_response_rate_grace, else the connection is cut; "
+        "0 = judged only at the connection cap, at 240",
+    )
+    min_response_rate_grace: float = _f(
+        5.0,
+        range=(0.1, 3600),
+        doc="seconds a response write may be blocked on the client before its rate is judged",
+    )
 
 
 @dataclass(**_FROZEN)

@@ -19,7 +19,7 @@ from lb.proxy import errors, http1
 from lb.proxy.errors import RequestError, UpstreamError
 from lb.proxy.state import RECEIVE_SIZE, BodyPump, ClientError, Exchange, Move
 from lb.proxy.upstream import UpstreamConnection
-from lb.proxy.watchdog import BodyClock
+from lb.proxy.watchdog import RateClock
 
 __all__ = [
     "MAX_CHUNK_SIZE",
@@ -50,20 +50,20 @@ async def _receive(ex: Exchange, idle_timeout: float) -> None:
     """Feed the parser the client's next bytes of the request body; a client gone is a
     ``client_disconnected`` :class:`ClientError`.
 
-    The body's rate clock (lb/proxy/watchdog.py, :class:`~lb.proxy.watchdog.BodyClock`)
+    The body's rate clock (lb/proxy/watchdog.py, :class:`~lb.proxy.watchdog.RateClock`)
     runs only during the wait below: the time spent writing upstream is not the client's.
     """
     ex.advance(Move.CLIENT, idle_timeout)
     clock = ex.clock
     if clock is None:
-        clock = ex.clock = ex.shared.bodies[ex.client] = BodyClock()
-    clock.reading = True
+        clock = ex.clock = ex.shared.bodies[ex.client] = RateClock()
+    clock.waiting = True
     try:
         data = await ex.stream.receive_some(RECEIVE_SIZE)
     except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
         raise ClientError(0, RequestError.CLIENT_DISCONNECTED) from exc
     finally:
-        clock.reading = False
+        clock.waiting = False
     if not data:
         raise ClientError(0, RequestError.CLIENT_DISCONNECTED)
     ex.conn.receive_data(data)

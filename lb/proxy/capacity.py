@@ -10,10 +10,12 @@ one at start, and caps client connections below what the limit can carry
 At the cap a new connection takes the place of one that has not earned it
 (:func:`make_room`): the connection waiting longest for the first byte of a request, else the
 one stuck longest in the middle of a head past :data:`HEAD_GRACE`, else the oldest whose
-request body comes slower than the minimum rate.  Without the second rule a slowloris
+request body comes slower than the minimum rate, else the one whose client takes its
+response the slowest below the minimum rate.  Without the second rule a slowloris
 (connections that each send a few bytes of a head and then trickle or stall) would hold the
 whole cap until ``idle_timeout``, and every new client would be refused; without the third,
-a "slow POST" (a whole head, then its body a byte at a time) would do the same.
+a "slow POST" (a whole head, then its body a byte at a time) would do the same, and without
+the fourth a "slow read" (a large download taken a few bytes at a time).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ __all__ = [
     "BODY_RATE",
     "HEAD_GRACE",
     "RESERVED_FDS",
+    "RESPONSE_RATE",
     "default_max_connections",
     "make_room",
     "raise_fd_limit",
@@ -82,6 +85,10 @@ BODY_RATE = 240
 """Bytes per second a request body must average, after its grace, not to count as slow at
 the connection cap when ``limits.min_body_rate`` is 0 (Kestrel's default minimum).  Below
 the cap a body that slow is left alone: only the cap needs its place."""
+RESPONSE_RATE = 240
+"""Bytes per second a client must take its response at, over the time the proxy is blocked
+writing to it and past its grace, not to count as slow at the connection cap when
+``limits.min_response_rate`` is 0 (Kestrel's default ``MinResponseDataRate``)."""
 
 _C = TypeVar("_C")
 
@@ -92,6 +99,7 @@ def make_room(
     now: float,
     grace: float,
     slow: Mapping[_C, object] | None = None,
+    readers: Mapping[_C, object] | None = None,
 ) -> _C | None:
     """The connection to close so that a new one fits under the cap, or None.
 
@@ -99,10 +107,12 @@ def make_room(
     a keep-alive one between requests; a TLS handshake counts as waiting), ``heads`` those
     holding part of a request head with the time its first bytes came, ``slow`` those
     whose request body comes slower than the minimum rate (lb/proxy/watchdog.py,
-    :class:`~lb.proxy.watchdog.BodyClock`); all oldest first.  The idlest connection goes
-    first: closing it costs its client at most a reconnect.  Else the oldest partial head,
-    if it began ``grace`` seconds ago or more; else the oldest slow body (its client gets
-    a 408).  A request in progress at a fair rate is never chosen.
+    :class:`~lb.proxy.watchdog.RateClock`); all oldest first; ``readers`` those blocked
+    on a client that takes its response slower than the minimum rate, slowest first.  The
+    idlest connection goes first: closing it costs its client at most a reconnect.  Else
+    the oldest partial head, if it began ``grace`` seconds ago or more; else the oldest
+    slow body (its client gets a 408); else the slowest reader (its response is cut).  A
+    request in progress at a fair rate is never chosen.
     """
     for client in idle:
         return client
@@ -112,5 +122,8 @@ def make_room(
         break
     if slow:
         for client in slow:
+            return client
+    if readers:
+        for client in readers:
             return client
     return None

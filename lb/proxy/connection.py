@@ -16,6 +16,7 @@ from __future__ import annotations
 import enum
 import errno
 import logging
+import operator
 import re
 import socket
 import ssl
@@ -27,11 +28,11 @@ from lb import logs
 from lb.proxy import capacity, http1
 from lb.proxy.errors import RequestError
 from lb.proxy.exchange import exchange
-from lb.proxy.hooks import SlowBody, TlsFailure
+from lb.proxy.hooks import SlowBody, SlowRead, TlsFailure
 from lb.proxy.listeners import AnyListener, TlsListener, is_https
 from lb.proxy.replies import PLAIN_HTTP_ON_TLS, reject, timed_out
 from lb.proxy.state import RECEIVE_SIZE, Client, Shared
-from lb.proxy.watchdog import expire, tick
+from lb.proxy.watchdog import tick
 
 __all__ = [
     "SWEEP_INTERVAL",
@@ -42,6 +43,7 @@ __all__ = [
     "judge_bodies",
     "serve_client",
     "sweep_loop",
+    "watch_clients",
     "watch_loop",
 ]
 
@@ -92,7 +94,20 @@ def _make_room(shared: Shared) -> bool:
         # waits on the endpoint) is no longer the client's delay, and must not be chosen.
         for done in [c for c in slow if c.exchange is None or c.exchange.req_done]:
             del slow[done]
-    client = capacity.make_room(shared.idle, shared.heads, now, capacity.HEAD_GRACE, slow)
+    readers = shared.readers
+    if readers:
+        # Listed once a tick, slowest first: a response that ended since, or whose client
+        # took enough of it to be above the rate, or that now waits on its endpoint, must
+        # not be chosen.  Dropped from the front only, until one is still slow.
+        limits = shared.engine.config.engine.limits
+        rate = limits.min_response_rate or capacity.RESPONSE_RATE
+        grace = limits.min_response_rate_grace
+        while readers:
+            first = next(iter(readers))
+            if _reading_slowly(first, rate, grace):
+                break
+            del readers[first]
+    client = capacity.make_room(shared.idle, shared.heads, now, capacity.HEAD_GRACE, slow, readers)
     if client is None:
         return False
     shared.idle.pop(client, None)
@@ -100,6 +115,9 @@ def _make_room(shared: Shared) -> bool:
     if client in shared.slow:  # a request body too slow: answered 408, counted, logged
         del shared.slow[client]
         _close_slow(shared, client, SlowBody.CONNECTION_CAP)
+    elif client in readers:  # a response taken too slowly: cut, counted, logged
+        del readers[client]
+        _close_slow_read(shared, client, SlowRead.CONNECTION_CAP)
     shared.clients.discard(client)
     client.watchdog.cancel()
     shared.shed += 1
@@ -127,8 +145,9 @@ async def sweep_loop(shared: Shared) -> None:
 
 async def watch_loop(shared: Shared) -> None:
     """Cancel the connections whose deadline passed (lb/proxy/watchdog.py), every tick,
-    until the proxy has drained; judge the request bodies being read (:func:`judge_bodies`).
-    The tick grows with both, so that the loop stays a small share of a core."""
+    until the proxy has drained, and judge the responses blocked on their client
+    (:func:`watch_clients`); judge the request bodies being read (:func:`judge_bodies`).
+    The tick grows with all three, so that the loop stays a small share of a core."""
     drained = shared.drained
     last = trio.current_time()
     while not drained.is_set():
@@ -137,17 +156,81 @@ async def watch_loop(shared: Shared) -> None:
             len(shared.clients),
             limits.idle_timeout,
             limits.request_timeout,
-            bodies=len(shared.bodies),
+            clocks=len(shared.bodies) + shared.blocked_writes,
         )
         with trio.move_on_after(every):
             await drained.wait()
         now = trio.current_time()
-        expire((client.watchdog for client in shared.clients), now)
+        # A tick late because the process was busy counts as at most two: bytes that
+        # waited in the kernel for us are not the client's delay.
+        seconds = min(now - last, 2 * every)
+        watch_clients(shared, now, seconds)
         if shared.bodies:
-            # A tick late because the process was busy counts as at most two: bytes that
-            # waited in the kernel for us are not the client's delay.
-            judge_bodies(shared, min(now - last, 2 * every))
+            judge_bodies(shared, seconds)
         last = now
+
+
+def watch_clients(shared: Shared, now: float, seconds: float) -> None:
+    """Cancel every connection whose deadline is ``now`` or earlier; advance by ``seconds``
+    the rate clock of every response write blocked on its client, and judge the write: with
+    ``limits.min_response_rate`` set, a client taking its response slower than that is cut;
+    without, it is listed in ``Shared.readers``, judged at ``capacity.RESPONSE_RATE``,
+    slowest first, for the connection cap to close (docs/proxy.md, "Slow response reads").
+
+    One pass over the connections does both: the flag a response write sets is all a
+    response pays, no registration per response (lb/proxy/watchdog.py).
+    """
+    limits = shared.engine.config.engine.limits
+    enforced = limits.min_response_rate
+    rate = enforced or capacity.RESPONSE_RATE
+    grace = limits.min_response_rate_grace
+    found: list[tuple[float, Client]] = []
+    blocked = 0
+    for client in shared.clients:
+        watchdog = client.watchdog
+        if watchdog.due <= now:
+            watchdog.cancel()
+            continue
+        clock = client.send_clock
+        if not clock.waiting:
+            continue
+        blocked += 1
+        ex = client.exchange
+        if ex is None or clock.closed_by:
+            continue
+        body = ex.clock
+        if body is not None and body.closed_by:
+            continue  # already closed for its request body: one cause, counted once
+        if clock.seen:
+            clock.advance(seconds)
+        else:
+            # The write may have begun just before this tick: its first tick is not
+            # charged, so a fast client is never cut for a tick it did not hold the write.
+            clock.seen = True
+        if clock.slow(clock.size, rate, grace):
+            if enforced:
+                _close_slow_read(shared, client, SlowRead.MIN_RESPONSE_RATE)
+                watchdog.cancel()
+            else:
+                found.append((clock.size / clock.elapsed, client))
+    shared.blocked_writes = blocked
+    if found:
+        found.sort(key=operator.itemgetter(0))
+        shared.readers = {client: None for _, client in found}
+    elif shared.readers:
+        shared.readers = {}
+
+
+def _reading_slowly(client: Client, rate: float, grace: float) -> bool:
+    """Whether ``client``'s response is still blocked on it, below ``rate``."""
+    ex = client.exchange
+    clock = client.send_clock
+    return (
+        ex is not None
+        and clock.waiting
+        and not clock.closed_by
+        and clock.slow(clock.size, rate, grace)
+    )
 
 
 def judge_bodies(shared: Shared, seconds: float) -> None:
@@ -165,7 +248,10 @@ def judge_bodies(shared: Shared, seconds: float) -> None:
     # takes effect once this returns; only ``slow`` changes).
     for client, clock in shared.bodies.items():
         ex = client.exchange
-        if ex is None or clock.closed_by:
+        if ex is None or clock.closed_by or client.send_clock.closed_by:
+            # Closed already, for this body or for a response taken too slowly (the
+            # endpoint answered while the body was still read, and both clocks ran): one
+            # cause, counted once, and the record says the one whose hook fired.
             continue
         if ex.req_done:  # the body is whole: nothing of it is awaited any more
             if slow:
@@ -189,7 +275,7 @@ def _close_slow(shared: Shared, client: Client, closed_by: SlowBody) -> None:
     ``SWEEP_INTERVAL``."""
     ex = client.exchange
     clock = shared.bodies.get(client)
-    if ex is None or clock is None:
+    if ex is None or clock is None or client.send_clock.closed_by:
         return
     clock.closed_by = closed_by
     shared.slow_bodies += 1
@@ -203,6 +289,30 @@ def _close_slow(shared: Shared, client: Client, closed_by: SlowBody) -> None:
             received=ex.record.bytes_in,
             seconds=round(clock.elapsed, 3),
             slow_bodies=shared.slow_bodies,
+        )
+
+
+def _close_slow_read(shared: Shared, client: Client, closed_by: SlowRead) -> None:
+    """Mark ``client``'s response as cut for being taken too slowly (the caller cancels
+    it; the timeout handler records ``read_too_slow``), count it and log it at most every
+    ``SWEEP_INTERVAL``."""
+    ex = client.exchange
+    if ex is None or (ex.clock is not None and ex.clock.closed_by):
+        return
+    clock = client.send_clock
+    clock.closed_by = closed_by
+    shared.slow_reads += 1
+    shared.hooks.slow_read(closed_by)
+    if shared.read_log.due(trio.current_time(), SWEEP_INTERVAL):
+        logs.event(
+            "response_read_too_slow",
+            logging.WARNING,
+            peer=client.peer,
+            closed_by=closed_by,
+            sent=ex.record.bytes_out,
+            write=clock.size,
+            seconds=round(clock.elapsed, 3),
+            slow_reads=shared.slow_reads,
         )
 
 
@@ -325,6 +435,8 @@ def settle(shared: Shared, client: Client) -> float | None:
     if ex.clock is not None:
         shared.bodies.pop(client, None)
         shared.slow.pop(client, None)
+    if shared.readers:
+        shared.readers.pop(client, None)
     if ex.endpoint is not None:
         shared.engine.live.finished(ex.endpoint)
         ex.endpoint = None
@@ -539,12 +651,15 @@ async def _close_client(stream: trio.abc.Stream, *, linger: bool) -> None:
     """Close a client connection; with ``linger``, half-close and drain unread input first.
 
     Closing a socket with unread input makes the kernel send a reset, which can destroy the
-    4xx we just wrote before the client reads it.
+    4xx we just wrote before the client reads it.  Over TLS there is no half-close (a
+    close_notify ends the connection both ways): the input is drained, decrypted and
+    dropped, without it, until the client closes, the limit or the linger's end.
     """
     try:
-        if linger and isinstance(stream, trio.SocketStream):
+        if linger and isinstance(stream, (trio.SocketStream, trio.SSLStream)):
             with trio.move_on_after(LINGER_SECONDS):
-                await stream.send_eof()
+                if isinstance(stream, trio.SocketStream):
+                    await stream.send_eof()
                 total = 0
                 while total < (4 << 20):
                     data = await stream.receive_some(RECEIVE_SIZE)

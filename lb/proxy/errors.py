@@ -91,6 +91,9 @@ class RequestError(StrEnum):
     BODY_TOO_SLOW = "body_too_slow"
     """The request body came slower than ``limits.min_body_rate`` (or, at the connection
     cap, than the cap's minimum): 408, or the connection cut once a response started."""
+    READ_TOO_SLOW = "read_too_slow"
+    """The client took the response slower than ``limits.min_response_rate`` (or, at the
+    connection cap, than the cap's minimum): the connection is cut."""
     WEBSOCKET_IDLE = "websocket_idle"
     SHUTDOWN = "shutdown"
 

@@ -16,7 +16,7 @@ from enum import StrEnum
 
 from steering import Decision
 
-__all__ = ["Attempt", "ProxyHooks", "RequestRecord", "SlowBody", "TlsFailure"]
+__all__ = ["Attempt", "ProxyHooks", "RequestRecord", "SlowBody", "SlowRead", "TlsFailure"]
 
 log = logging.getLogger("lb.proxy")
 
@@ -118,6 +118,16 @@ class SlowBody(StrEnum):
     """The connection cap, making room for a new connection."""
 
 
+class SlowRead(StrEnum):
+    """What closed a connection whose client took its response too slowly
+    (``on_slow_read``)."""
+
+    MIN_RESPONSE_RATE = "min_response_rate"
+    """``limits.min_response_rate``, enforced on every response."""
+    CONNECTION_CAP = "connection_cap"
+    """The connection cap, making room for a new connection."""
+
+
 @dataclass(slots=True)
 class ProxyHooks:
     """Synchronous callbacks; every one is optional.
@@ -137,6 +147,8 @@ class ProxyHooks:
       request record follows, since no request was read.
     * ``on_slow_body(closed_by)``: a connection is being closed because its request body
       came too slowly (a :class:`SlowBody`); its record follows with ``body_too_slow``.
+    * ``on_slow_read(closed_by)``: a connection is being cut because its client took the
+      response too slowly (a :class:`SlowRead`); its record follows with ``read_too_slow``.
     """
 
     on_request_done: Callable[[RequestRecord], None] | None = None
@@ -147,6 +159,7 @@ class ProxyHooks:
     on_request_start: Callable[[RequestRecord], None] | None = None
     on_tls_failed: Callable[[TlsFailure], None] | None = None
     on_slow_body: Callable[[SlowBody], None] | None = None
+    on_slow_read: Callable[[SlowRead], None] | None = None
 
     def request_done(self, record: RequestRecord) -> None:
         """Call ``on_request_done``, logging (not raising) its errors."""
@@ -211,3 +224,11 @@ class ProxyHooks:
                 self.on_slow_body(closed_by)
             except Exception:
                 log.exception("on_slow_body hook failed")
+
+    def slow_read(self, closed_by: SlowRead) -> None:
+        """Call ``on_slow_read``, logging (not raising) its errors."""
+        if self.on_slow_read is not None:
+            try:
+                self.on_slow_read(closed_by)
+            except Exception:
+                log.exception("on_slow_read hook failed")

@@ -71,13 +71,26 @@ def simple_response(
 
 
 async def flush_down(ex: Exchange, pending: list[bytes], seconds: float) -> None:
-    """Write to the client; ``seconds`` > 0 pushes the deadline, 0 keeps the current one."""
+    """Write to the client; ``seconds`` > 0 pushes the deadline, 0 keeps the current one.
+
+    The connection's response rate clock (lb/proxy/watchdog.py,
+    :class:`~lb.proxy.watchdog.RateClock`) runs only during the write below and judges it
+    alone, so only the time the client takes to take these bytes is charged to it: the
+    waits for a slow upstream between writes are not.
+    """
     if seconds:
         ex.advance(Move.CLIENT, seconds)
+    data = pending[0] if len(pending) == 1 else b"".join(pending)
+    clock = ex.client.send_clock
+    clock.size = len(data)
+    clock.waiting = True
     try:
-        await ex.stream.send_all(pending[0] if len(pending) == 1 else b"".join(pending))
+        await ex.stream.send_all(data)
     except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
         raise ClientError(0, RequestError.CLIENT_DISCONNECTED) from exc
+    finally:
+        clock.waiting = clock.seen = False
+        clock.elapsed = 0.0
 
 
 async def _answer(ex: Exchange, status: int, data: bytes) -> None:
@@ -165,8 +178,8 @@ async def client_abort(ex: Exchange, abort: ClientError) -> bool:
 async def timed_out(ex: Exchange) -> bool:
     """The watchdog fired: what it means depends on the phase (lb/proxy/state.py).  524 (or
     408) when no response was started, else cut; at the drain deadline, 503; for a request
-    body too slow (the connection's body clock says so), 408.  True when an answer was
-    written (False: the connection is cut)."""
+    body too slow (the connection's body clock says so), 408; for a response taken too
+    slowly, cut.  True when an answer was written (False: the connection is cut)."""
     shared = ex.shared
     record = ex.record
     conn = ex.conn
@@ -197,6 +210,10 @@ async def timed_out(ex: Exchange) -> bool:
         # whatever phase the other task of the exchange was: the client's doing, 408.
         status = 408
         record.error = RequestError.BODY_TOO_SLOW
+    elif ex.client.send_clock.closed_by:
+        # Cut for a response taken too slowly (``watch_clients``): it had started.
+        record.error = RequestError.READ_TOO_SLOW
+        return False
     elif phase is Phase.WEBSOCKET:
         record.error = RequestError.WEBSOCKET_IDLE
         return False

@@ -35,7 +35,8 @@ I/O call, and fire about one watchdog tick late; the request's phase
 
 * waiting for a request head, reading a request body and writing to the client:
   ``idle_timeout`` (idle connections close, a stalled body gets 408); a body that trickles
-  in below ``min_body_rate`` (judged only at the connection cap when 0) gets 408 too;
+  in below ``min_body_rate`` (judged only at the connection cap when 0) gets 408 too, and
+  a client taking a response write below ``min_response_rate`` (the same) is cut;
 * TCP connect plus TLS handshake: ``connect_timeout`` (522);
 * waiting for the response head, reading the response body and writing upstream:
   ``request_timeout`` (524 before the response head; the connection is cut after it).
@@ -167,8 +168,9 @@ class ProxyServer:
 
     @property
     def shed(self) -> int:
-        """Idle connections, connections stuck in a head past the grace, or with a request
-        body too slow, closed to make room for a new one (connection cap)."""
+        """Idle connections, connections stuck in a head past the grace, with a request
+        body too slow, or blocked on a client taking its response too slowly, closed to
+        make room for a new one (connection cap)."""
         return self._shared.shed
 
     @property
@@ -200,6 +202,19 @@ class ProxyServer:
         """Connections closed because their request body came too slowly, by
         ``limits.min_body_rate`` or at the connection cap."""
         return self._shared.slow_bodies
+
+    @property
+    def slow_readers(self) -> int:
+        """Responses the last watchdog tick found blocked on a client taking them slower
+        than the minimum rate: the connection cap closes them after slow bodies (only with
+        ``limits.min_response_rate`` 0; else they are cut at once)."""
+        return len(self._shared.readers)
+
+    @property
+    def slow_reads(self) -> int:
+        """Connections cut because their client took the response too slowly, by
+        ``limits.min_response_rate`` or at the connection cap."""
+        return self._shared.slow_reads
 
     @property
     def tls_failed(self) -> int:

@@ -38,7 +38,7 @@ from lb.proxy.errors import RequestError
 from lb.proxy.headers import RequestFacts
 from lb.proxy.hooks import ProxyHooks, RequestRecord
 from lb.proxy.upstream import Target, UpstreamConnection, UpstreamPool
-from lb.proxy.watchdog import BodyClock, Watchdog
+from lb.proxy.watchdog import RateClock, Watchdog
 
 __all__ = [
     "RECEIVE_SIZE",
@@ -188,7 +188,7 @@ class Exchange:
     """The client's request is complete (the parser gave its EndOfMessage)."""
     sent_any: bool = False
     """Some of the request reached the current upstream connection."""
-    clock: BodyClock | None = None
+    clock: RateClock | None = None
     """The request body's rate clock, from the first wait for its bytes (lb/proxy/body.py);
     the request is in ``Shared.bodies`` from then until its body pump ends or it is
     settled."""
@@ -216,7 +216,7 @@ class Client:
     ``Shared.idle`` (shutdown and the connection cap close those), and while it holds part
     of a head in ``Shared.heads``."""
 
-    __slots__ = ("exchange", "https", "peer", "stream", "tasks", "watchdog")
+    __slots__ = ("exchange", "https", "peer", "send_clock", "stream", "tasks", "watchdog")
 
     def __init__(self, stream: trio.abc.Stream, https: bool) -> None:
         self.stream = stream
@@ -227,6 +227,11 @@ class Client:
         self.tasks: trio.Nursery | None = None
         """The connection's nursery (inside the watchdog), for request body pumps."""
         self.exchange: Exchange | None = None
+        self.send_clock = RateClock()
+        """The rate clock of the response write in progress (lb/proxy/replies.py,
+        ``flush_down``): one per connection, reset by each write, and found by the watch
+        loop on its pass over the connections, so a response costs no allocation and no
+        registration."""
 
 
 class Throttle:
@@ -251,6 +256,7 @@ class Shared:
     shares: the engine, the pool, the hooks, the drain flags and the per-config caches."""
 
     __slots__ = (
+        "blocked_writes",
         "bodies",
         "budgets",
         "cap_log",
@@ -266,6 +272,8 @@ class Shared:
         "names",
         "names_key",
         "pool",
+        "read_log",
+        "readers",
         "refused",
         "retry_key",
         "retry_lbs",
@@ -276,6 +284,7 @@ class Shared:
         "slow",
         "slow_bodies",
         "slow_log",
+        "slow_reads",
         "targets",
         "targets_key",
         "tls_failed",
@@ -318,7 +327,7 @@ class Shared:
         room (none idle, no half head past the grace)."""
         self.cap_log = Throttle()
         """When ``connection_cap_reached`` was last logged."""
-        self.bodies: dict[Client, BodyClock] = {}
+        self.bodies: dict[Client, RateClock] = {}
         """Clients whose request has a body rate clock, oldest first: from the first wait
         for the body's bytes until the body pump ends or the request is settled (the
         watch loop advances the clocks and judges those whose body is not whole yet)."""
@@ -329,6 +338,18 @@ class Shared:
         """Connections closed for a request body too slow (``min_body_rate`` or the cap)."""
         self.slow_log = Throttle()
         """When ``request_body_too_slow`` was last logged."""
+        self.readers: dict[Client, None] = {}
+        """Clients the last tick found blocked on a response they take slower than the
+        minimum rate, slowest first: the connection cap may close them
+        (lb/proxy/capacity.py)."""
+        self.blocked_writes = 0
+        """Response writes the last tick found blocked on their client, whose rate clocks it
+        judged (the tick grows with them)."""
+        self.slow_reads = 0
+        """Connections cut for a response taken too slowly (``min_response_rate`` or the
+        cap)."""
+        self.read_log = Throttle()
+        """When ``response_read_too_slow`` was last logged."""
         self.tls_failed = 0
         """Client TLS handshakes that failed (plain HTTP to an HTTPS listener included)."""
         self.tls_plain = 0

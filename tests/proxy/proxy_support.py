@@ -9,6 +9,7 @@ chosen by the request path, so one fixture serves every test:
 * ``/sink``: reads and counts the body, answers the count;
 * ``/sink-late?s=S``: the same, but reads nothing of the body for S seconds first;
 * ``/stream?n=N``: N bytes in 64 KiB chunks (chunked encoding);
+* ``/drip?n=N&s=S``: N chunks of 1 KiB, one every S seconds (chunked encoding);
 * ``/status/NNN``: that status, empty body (HEAD, 204, 304 checks);
 * ``/slow?s=S``: answers after S seconds;
 * ``/ws``: a WebSocket-style upgrade, then echoes raw bytes;
@@ -284,6 +285,13 @@ async def _backend_request(
             piece = chunk[: min(n, 65536)]
             await _send(conn, stream, h11.Data(data=piece))
             n -= len(piece)
+        await _send(conn, stream, h11.EndOfMessage())
+        return True
+    if path == "/drip":
+        await _send(conn, stream, h11.Response(status_code=200, headers=base))
+        for _ in range(int(query["n"][0])):
+            await trio.sleep(float(query["s"][0]))  # a slow endpoint, on purpose
+            await _send(conn, stream, h11.Data(data=b"x" * 1024))
         await _send(conn, stream, h11.EndOfMessage())
         return True
     if path.startswith("/status/"):

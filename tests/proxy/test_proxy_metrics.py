@@ -285,3 +285,23 @@ async def test_connections_closed_for_a_slow_body(nursery: trio.Nursery, certs: 
     # A body this small is read whole before any attempt: no endpoint was chosen yet.
     requests = key("lb_requests_total", load_balancer=LB_HOST, pool="", endpoint="", status="408")
     assert s[requests] == 1
+
+
+async def test_connections_cut_for_a_slow_read(nursery: trio.Nursery, certs: Certs) -> None:
+    backend = await nursery.start(serve_backend, "b0", certs.backend)
+    limits = Limits(min_response_rate=1 << 20, min_response_rate_grace=0.5, idle_timeout=600)
+    server, port, metrics = await start(nursery, certs, [backend.port], limits=limits)
+    sock = trio.socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # the proxy blocks soon
+    await sock.connect(("127.0.0.1", port))
+    async with Client(trio.SocketStream(sock)) as client:
+        await client.send_head("GET", f"/stream?n={16 << 20}", [("host", LB_HOST)])
+        await client.end_body()
+        # Nothing is read: the proxy's write stays blocked past the grace, and is cut.
+        await wait_until(lambda: server.slow_reads == 1)
+    await settled(server)
+    s = scrape(metrics)
+    assert s[key("lb_slow_response_reads_total", closed_by="min_response_rate")] == 1
+    assert key("lb_slow_response_reads_total", closed_by="connection_cap") not in s
+    labels = {"load_balancer": LB_HOST, "pool": "p1", "endpoint": "e0", "status": "200"}
+    assert s[key("lb_requests_total", **labels)] == 1  # the response that was cut

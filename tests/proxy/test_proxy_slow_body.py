@@ -11,7 +11,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import ssl
 from collections.abc import Iterable
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
 
@@ -21,23 +23,24 @@ import trio.testing
 from proxy_support import LB_HOST, Certs, Client, start_stack
 from waiting import wait_until
 
-from lb.config.model import Limits
+from lb.config.model import Limits, Listener
 from lb.core.attempts import Body
 from lb.logs import JsonFormatter
 from lb.proxy import body, capacity, connection, http1, state
 from lb.proxy.errors import RequestError, UpstreamError
 from lb.proxy.hooks import ProxyHooks
-from lb.proxy.watchdog import BodyClock
+from lb.proxy.listeners import open_listeners
+from lb.proxy.watchdog import RateClock
 
 GRACE = 0.5
 """The grace of these tests (``min_body_rate_grace``), so that a slow body is judged soon."""
 
 
 def test_the_body_clock_runs_only_while_the_body_is_waited_for() -> None:
-    clock = BodyClock()
+    clock = RateClock()
     clock.advance(10.0)  # steering, dialing, writing upstream: not the client's time
     assert clock.elapsed == 0.0
-    clock.reading = True
+    clock.waiting = True
     clock.advance(0.25)
     clock.advance(0.25)
     assert clock.elapsed == 0.5
@@ -45,8 +48,8 @@ def test_the_body_clock_runs_only_while_the_body_is_waited_for() -> None:
 
 def test_a_body_is_slow_past_the_grace_below_the_average_rate() -> None:
     """Kestrel's test: the average since the clock started, judged once past the grace."""
-    clock = BodyClock()
-    clock.reading = True
+    clock = RateClock()
+    clock.waiting = True
     clock.advance(4.0)
     assert not clock.slow(0, rate=240, grace=5.0)  # within the grace, whatever came
     clock.advance(2.0)
@@ -252,18 +255,18 @@ async def test_the_rate_clock_stops_when_the_read_is_cancelled_or_fails() -> Non
     with trio.CancelScope() as scope:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(body._receive, ex, 60.0)
-            await wait_until(lambda: ex.clock is not None and ex.clock.reading)
+            await wait_until(lambda: ex.clock is not None and ex.clock.waiting)
             assert shared.bodies == {ex.client: ex.clock}
             scope.cancel()
-    assert not ex.clock.reading
+    assert not ex.clock.waiting
     await theirs.aclose()  # the client is gone: the next read fails
     with pytest.raises(state.ClientError):
         await body._receive(ex, 60.0)
-    assert not ex.clock.reading
+    assert not ex.clock.waiting
     await ours.aclose()  # a read on a closed stream raises from the stream itself
     with pytest.raises(state.ClientError):
         await body._receive(ex, 60.0)
-    assert not ex.clock.reading
+    assert not ex.clock.waiting
 
 
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
@@ -341,7 +344,7 @@ async def test_a_body_already_whole_is_not_judged() -> None:
         client.exchange = cast(
             Any, SimpleNamespace(req_done=req_done, record=SimpleNamespace(bytes_in=10))
         )
-        clock = BodyClock()
+        clock = RateClock()
         clock.elapsed = 10 * GRACE  # 10 bytes in that long: far below 1000 B/s
         return SimpleNamespace(
             engine=engine,
@@ -373,7 +376,8 @@ def _cap_shared(slow: dict[Any, None]) -> Any:
         idle={},
         heads={},
         slow=slow,
-        bodies={client: BodyClock() for client in slow},
+        readers={},
+        bodies={client: RateClock() for client in slow},
         clients=set(slow),
         max_connections=len(slow),
         shed=0,
@@ -451,3 +455,34 @@ async def test_a_pump_that_ended_leaves_no_clock_behind() -> None:
     assert isinstance(pump.error, UpstreamError)
     assert ex.clock is not None  # kept for the request's own record
     assert (shared.bodies, shared.slow) == ({}, {})
+
+
+async def test_a_408_over_tls_is_drained_as_over_plain_http(
+    nursery: trio.Nursery, certs: Certs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The body still arriving after a 408 is drained over TLS too (decrypted and dropped:
+    TLS has no half-close), not left unread, which would make the close a reset that may
+    destroy the 408.  With the linger made endless, a drained connection takes the
+    client's bytes for as long as it sends them: a closed one resets them."""
+    monkeypatch.setattr(connection, "LINGER_SECONDS", 3600.0)
+    limits = Limits(min_body_rate=1000, min_body_rate_grace=GRACE, idle_timeout=600)
+    pem = str(tmp_path / "lb.pem")
+    certs.ca.issue_cert(LB_HOST).private_key_and_cert_chain_pem.write_to_path(pem)
+    spec = Listener(address="127.0.0.1", port=0, certificate=pem, key=pem)
+    listeners = await open_listeners([spec])
+    stack = await start_stack(nursery, certs, 1, listeners=listeners, limits=limits)
+    ctx = ssl.create_default_context()
+    certs.ca.configure_trust(ctx)
+    raw = await trio.open_tcp_stream("127.0.0.1", stack.port)
+    async with Client(trio.SSLStream(raw, ctx, server_hostname=LB_HOST)) as client:
+        await client.send_head("POST", "/sink", [("host", LB_HOST), ("content-length", "10000000")])
+        await client.send_body(b"x" * 10)  # then nothing until the 408
+        with trio.fail_after(10):
+            response = await client.read_response()
+        assert (response.status, response.header("connection")) == (408, "close")
+        with trio.fail_after(30):
+            for _ in range(32):  # 2 MiB more of the body, all taken
+                await client.stream.send_all(b"x" * 65536)
+                await trio.sleep(0.01)  # room for a reset to come back, were there one
+    [record] = await stack.settled()
+    assert (record.status, record.error) == (408, RequestError.BODY_TOO_SLOW)

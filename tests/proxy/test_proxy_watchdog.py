@@ -3,20 +3,38 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
 import trio
 import trio.testing
 
+from lb.config.model import Limits
+from lb.proxy import connection, state
 from lb.proxy.watchdog import (
     MAX_TICK,
     MIN_TICK,
-    PER_BODY,
+    PER_CLOCK,
     PER_CONNECTION,
     Watchdog,
-    expire,
     tick,
 )
+
+
+def expire(watchdogs: Iterable[Watchdog], now: float) -> None:
+    """The watch loop's deadline check (``connection.watch_clients``) over ``watchdogs``."""
+    clients = []
+    for watchdog in watchdogs:
+        client = state.Client(cast(Any, None), https=False)
+        client.watchdog = watchdog
+        clients.append(client)
+    limits = SimpleNamespace(engine=SimpleNamespace(limits=Limits()))
+    shared = SimpleNamespace(
+        engine=SimpleNamespace(config=limits), clients=clients, readers={}, blocked_writes=0
+    )
+    connection.watch_clients(cast(Any, shared), now, 0.0)
 
 
 def test_the_tick_is_a_twentieth_of_the_shortest_timeout_within_bounds() -> None:
@@ -33,11 +51,11 @@ def test_the_tick_grows_with_the_connections_to_check() -> None:
 
 def test_the_tick_grows_with_the_request_bodies_to_judge() -> None:
     # Judging a body's rate clock costs several times a deadline check: counted apart.
-    assert PER_BODY > 5 * PER_CONNECTION
-    assert tick(100_000, 0.1, 100.0, bodies=100_000) == pytest.approx(
-        100_000 * (PER_CONNECTION + PER_BODY)
+    assert PER_CLOCK > 5 * PER_CONNECTION
+    assert tick(100_000, 0.1, 100.0, clocks=100_000) == pytest.approx(
+        100_000 * (PER_CONNECTION + PER_CLOCK)
     )
-    assert tick(10, 60.0, 100.0, bodies=10) == MAX_TICK  # few of them: the timeouts rule
+    assert tick(10, 60.0, 100.0, clocks=10) == MAX_TICK  # few of them: the timeouts rule
 
 
 async def test_expire_cancels_only_the_watchdogs_whose_deadline_passed() -> None:
