@@ -19,6 +19,7 @@ the Python each runs per request.  Two measures:
     .venv/bin/python bench/proxy_python.py                 # CPU, best of 5 rounds
     .venv/bin/python bench/proxy_python.py --callgrind     # instructions (about a minute)
     .venv/bin/python bench/proxy_python.py --steps         # scheduler steps and calls
+    .venv/bin/python bench/proxy_python.py --loaded        # a third row, see LOADED
 
 The upstream side is patched in: ``UpstreamPool._dial`` returns one end of a memory stream
 pair.  Everything above it (the pool's checkout and release, steering, records, the
@@ -148,12 +149,32 @@ def _bare(nursery: trio.Nursery) -> Serve:
     return serve
 
 
+LOADED = "bare httptools, tunnel-lb loaded"
+"""The row ``--loaded`` adds: the bare forwarder serving every request, in a process that
+has also imported ``tunnel-lb run``'s modules and built the tunnel-lb row's proxy beside it
+(configuration, engine, built-in data centers), so that only the memory the process holds,
+not the work per request, differs from the bare row."""
+
+
+_KEPT: list[Serve] = []
+
+
+def _serve(row: str, nursery: trio.Nursery) -> Serve:
+    if row == "tunnel-lb":
+        return _tunnel_lb(nursery)
+    if row == LOADED:
+        import lb.commands.run  # noqa: F401  (what `tunnel-lb run` imports besides the proxy)
+
+        _KEPT.append(_tunnel_lb(nursery))  # alive as long as the process, as in `run`
+    return _bare(nursery)
+
+
 async def _run(row: str, requests: int, clients: int, mode: str) -> dict[str, float]:
     """Per request of the measured round (one warm round first): CPU seconds (``cpu``), or
     the scheduler counts of ``--steps``; ``callgrind`` switches valgrind's counting on around
     the round."""
     async with trio.open_nursery() as nursery:
-        serve = (_tunnel_lb if row == "tunnel-lb" else _bare)(nursery)
+        serve = _serve(row, nursery)
 
         async def client(per: int, done: list[int], finished: trio.Event) -> None:
             ours, theirs = _pair()
@@ -311,13 +332,14 @@ def main() -> int:
     parser.add_argument("--callgrind", action="store_true", help="count instructions instead")
     parser.add_argument("--steps", action="store_true", help="count scheduler steps instead")
     parser.add_argument("--sockets", action="store_true", help="over socket pairs (see SOCKETS)")
+    parser.add_argument("--loaded", action="store_true", help="CPU: add the row LOADED")
     parser.add_argument("--child", default="", help=argparse.SUPPRESS)
     parser.add_argument("--mode", default="cpu", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         _child(args.child, args.requests, args.clients, args.mode)
         return 0
-    rows = ("bare httptools", "tunnel-lb")
+    rows: tuple[str, ...] = ("bare httptools", "tunnel-lb")
     if args.steps:
         requests = min(args.requests, 2000)  # cProfile slows each call down
         got = {row: _measure(row, requests, args.clients, "steps") for row in rows}
@@ -337,6 +359,7 @@ def main() -> int:
             print(f"{row:15} {counts[row]:10,.0f} instructions per request")
         print(f"ratio {counts['tunnel-lb'] / counts['bare httptools']:.2f}")
         return 0
+    rows += (LOADED,) if args.loaded else ()
     best = {row: float("inf") for row in rows}
     for _ in range(args.rounds):
         for row in rows:  # interleaved, so that drift hits both rows alike
@@ -344,6 +367,8 @@ def main() -> int:
             best[row] = min(best[row], cpu)
     for row in rows:
         print(f"{row:15} {best[row] * 1e6:7.1f} µs CPU per request (best of {args.rounds})")
+    if args.loaded:
+        print(f"{LOADED} / bare httptools: {best[LOADED] / best['bare httptools']:.2f}")
     print(f"ratio {best['tunnel-lb'] / best['bare httptools']:.2f}")
     return 0
 
