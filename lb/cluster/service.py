@@ -14,17 +14,19 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from lb.cluster.driver import ClusterNode
 from lb.cluster.shard import ShardedScheduler
 from lb.config.model import Config
 from lb.engine import Engine
 from lb.metrics import Metrics
 from monitors.scheduler import Scheduler
+
+if TYPE_CHECKING:
+    from lb.cluster.driver import ClusterNode
 
 __all__ = ["ClusterCollector", "make_scheduler", "serve_cluster"]
 
@@ -47,6 +49,9 @@ async def serve_cluster(
     if engine.config.engine.cluster is None or not isinstance(scheduler, ShardedScheduler):
         task_status.started(None)
         return
+    # Imported here, only in a cluster: the Redis client costs every start ~0.1 s otherwise.
+    from lb.cluster.driver import ClusterNode
+
     node = ClusterNode(engine, scheduler)
     metrics.registry.register(ClusterCollector(node))
     async with trio.open_nursery() as nursery:
