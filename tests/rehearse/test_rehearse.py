@@ -27,7 +27,7 @@ from lb.sim.report import Report
 from lb.sim.run import run_scenario
 from lb.sim.scenario import Scenario, load_scenario
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.realtime]
 
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS = ROOT / "configs" / "scenarios"
