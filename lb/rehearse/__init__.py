@@ -22,9 +22,10 @@ import trio
 
 from lb.rehearse.compare import OUTSIDE_LIMIT, Point, compare, outside_share
 from lb.rehearse.drive import Driven, drive, unrehearsable
-from lb.rehearse.real import real_report
+from lb.rehearse.real import log_lines, real_report
 from lb.rehearse.scale import SpeedError, scaled_files
 from lb.rehearse.stack import StartError, running
+from lb.rehearse.stalls import unexplained, user_timeouts
 from lb.sim.report import Report
 from lb.sim.run import run_scenario
 from lb.sim.scenario import Scenario, load_scenario
@@ -64,6 +65,9 @@ class Rehearsal:
     behind: float = 0.0
     """How far behind its schedule the driver sent a request (seconds): how long the
     rehearsal's own process (the traffic) was kept from running."""
+    timeouts: str = ""
+    """The real run's probes and requests that timed out at endpoints the scenario never
+    makes hang, in words (:func:`lb.rehearse.stalls.unexplained`; "" when none)."""
 
     @property
     def inconclusive(self) -> str | None:
@@ -74,16 +78,28 @@ class Rehearsal:
         (:attr:`behind`).  The bands are widened by the lag, and a run that fell behind by
         half a report window or more is as far from its scenario as the differences the
         comparison is there to find: its points falling inside would prove nothing, and
-        outside, they would blame the simulator for the machine."""
+        outside, they would blame the simulator for the machine.  The LB and the
+        stand-ins, held back, show it by timing out where the scenario always answers
+        (:attr:`timeouts`, :mod:`lb.rehearse.stalls`), which the simulator never does."""
         late = max(self.lag, self.behind)
         window = self.scenario.report_interval
-        if late < window / 2:
+        why = []
+        if late >= window / 2:
+            why.append(
+                f"events applied up to {self.lag:.3f} s late and requests sent up to "
+                f"{self.behind:.3f} s behind schedule, at least half a {window:g} s "
+                "report window"
+            )
+        if self.timeouts:
+            why.append(
+                f"the real LB timed out where the scenario never makes an endpoint hang "
+                f"({self.timeouts})"
+            )
+        if not why:
             return None
         return (
-            f"machine too loaded: events applied up to {self.lag:.3f} s late and requests "
-            f"sent up to {self.behind:.3f} s behind schedule, at least half a "
-            f"{window:g} s report window; rerun on a quieter machine, or at a lower "
-            "--speed or --rate"
+            f"machine too loaded: {'; '.join(why)}; rerun on a quieter machine, or at a "
+            "lower --speed or --rate"
         )
 
     @property
@@ -111,6 +127,7 @@ class Rehearsal:
             "timeline_lag": round(self.lag, 6),
             "probe_duration": round(self.probe_duration, 6),
             "behind": round(self.behind, 6),
+            "timeouts": self.timeouts or None,
             "inconclusive": self.inconclusive,
             "ok": self.ok,
             "points": [p.as_json() for p in self.points],
@@ -206,7 +223,7 @@ def rehearse(
         if problems:
             raise RehearsalError("cannot be rehearsed on one machine: " + "; ".join(problems))
         raw_config = json.loads(config_path.read_text("utf-8"))
-        real, driven = trio.run(_real, sc, raw_config, directory)
+        real, driven, timeouts = trio.run(_real, sc, raw_config, directory)
         lag, cost, behind = driven.lag, driven.probe_duration, driven.behind
         sims = simulate_seeds(scenario_path, seeds, simulate)
         replay = next((s for s in sims if s["seed"] == sc.seed), None)
@@ -214,10 +231,14 @@ def rehearse(
             replay = simulate(sc).data
     pools = [p.name for p in sc.config.pools]
     points = compare(real.data, sims, pools, lag=lag, cost=cost, behind=behind, replay=replay)
-    return Rehearsal(sc, speed, rate, real, tuple(sims), tuple(points), lag, cost, behind)
+    return Rehearsal(sc, speed, rate, real, tuple(sims), tuple(points), lag, cost, behind, timeouts)
 
 
-async def _real(sc: Scenario, raw_config: dict[str, Any], directory: Path) -> tuple[Report, Driven]:
+async def _real(
+    sc: Scenario, raw_config: dict[str, Any], directory: Path
+) -> tuple[Report, Driven, str]:
+    """The real run: its report, what the driver measured, and the timeouts the scenario
+    does not explain (:mod:`lb.rehearse.stalls`)."""
     try:
         async with running(sc, raw_config, directory, seed=sc.seed) as stack:
             driven = await drive(sc, stack)
@@ -234,4 +255,6 @@ async def _real(sc: Scenario, raw_config: dict[str, Any], directory: Path) -> tu
             first = first.exceptions[0]
         raise RehearsalError(str(first)) from None
     report = real_report(sc, driven.sent, log, driven.mono, driven.probes, replicas)
-    return report, driven
+    users = user_timeouts(log_lines(log), driven.mono, sc.duration)
+    transitions = report.data["transitions"]
+    return report, driven, unexplained(sc, driven.probe_timeouts, users, transitions)

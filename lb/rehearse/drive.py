@@ -34,7 +34,7 @@ import copy
 import math
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -677,6 +677,8 @@ class Driven:
     """Probe requests the stand-ins received in ``[0, duration]``."""
     probe_duration: float = 0.0
     """How long the LB's slowest probe took, to its histogram bucket (seconds)."""
+    probe_timeouts: dict[str, int] = field(default_factory=dict)
+    """``pool/endpoint`` -> the LB's checks in ``[0, duration]`` that timed out."""
     behind: float = 0.0
     """How far behind its schedule the driver sent a request (seconds): how long this
     process was kept from running (the edge stand-ins run in their own)."""
@@ -686,10 +688,12 @@ async def _at_the_end(
     sc: Scenario, stack: Stack, client: httpx.AsyncClient, start: float, out: Driven
 ) -> None:
     """At the scenario's end, the probe requests the stand-ins received since time 0 (the
-    simulator counts the attempts of ``[0, duration]``) and the LB's probe duration."""
+    simulator counts the attempts of ``[0, duration]``), the LB's probe duration and its
+    checks that timed out."""
     await trio.sleep_until(start + sc.duration)
     out.probes = await stack.probes(client)
     out.probe_duration = await stack.probe_duration(client)
+    out.probe_timeouts = await stack.probe_timeouts(client)
 
 
 async def drive(sc: Scenario, stack: Stack) -> Driven:

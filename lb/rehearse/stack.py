@@ -38,6 +38,7 @@ import trio
 
 from lb.children import reap, stop
 from lb.rehearse.edge import ANSWERED
+from lb.rehearse.stalls import probe_timeouts
 from lb.sim.scenario import ORIGIN_SERVICE, Replica, Scenario
 
 __all__ = ["Stack", "StartError", "running"]
@@ -97,6 +98,12 @@ class Stack:
         which the scaled simulation does not have."""
         r = await client.get(f"{self.admin}/metrics")
         return slowest_bucket(r.text, "lb_probe_duration_seconds")
+
+    async def probe_timeouts(self, client: httpx.AsyncClient) -> dict[str, int]:
+        """``pool/endpoint`` -> the LB's checks so far that timed out (its
+        ``lb_probes_total``; :mod:`lb.rehearse.stalls` says what they tell)."""
+        r = await client.get(f"{self.admin}/metrics")
+        return probe_timeouts(r.text)
 
     async def probes(self, client: httpx.AsyncClient) -> int:
         """Probe requests the stand-ins have received so far (their ``GET /stats``)."""

@@ -1,0 +1,82 @@
+"""Timeouts the scenario does not explain (lb/rehearse/stalls.py): a stack the machine held
+back is told from a simulator that is wrong about a fault."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lb.rehearse.stalls import hang_spans, probe_timeouts, unexplained, user_timeouts
+from lb.sim.scenario import load_scenario
+
+SCENARIOS = Path(__file__).resolve().parents[2] / "configs" / "scenarios"
+REFERENCE = load_scenario(SCENARIOS / "reference-two-datacenters.yaml")
+TRUNCATED = load_scenario(SCENARIOS / "retry-on-truncated.yaml")
+
+
+def _series(endpoint: str, vantage: str, result: str, reason: str, n: int) -> str:
+    labels = f'pool="app",endpoint="{endpoint}",vantage="{vantage}",result="{result}"'
+    return f'lb_probes_total{{{labels},reason="{reason}"}} {n}'
+
+
+METRICS = "\n".join(
+    [
+        "# HELP lb_probes_total Health checks completed, by result and reason.",
+        "# TYPE lb_probes_total counter",
+        _series("a", "local", "success", "", 9),
+        _series("a", "local", "failure", "HTTP timeout occurred", 2),
+        _series("a", "fra", "failure", "TCP timeout", 1),
+        _series("b", "local", "failure", "TCP connection failed", 4),
+        _series("c", "local", "failure", "HTTP timeout occurred", 0),
+        'lb_probe_duration_seconds_bucket{pool="app",endpoint="a",vantage="local",le="0.5"} 9',
+    ]
+)
+
+
+def test_only_faults_that_make_an_answer_wait_explain_a_timeout() -> None:
+    """The reference blackholes dc1's tunnel from 40 s to 100 s: its timeouts then are the
+    fault's; retry-on-truncated cuts c's bodies, which never makes anything wait."""
+    assert hang_spans(REFERENCE) == {"dc1/tunnel-dc1": [(40.0, 100.0)]}
+    assert hang_spans(TRUNCATED) == {}
+
+
+def test_probe_timeouts_are_read_from_the_lbs_counter_by_endpoint() -> None:
+    """Both timeout reasons, every vantage point summed; a refused check is an answer, and a
+    series at zero is none."""
+    assert probe_timeouts(METRICS) == {"app/a": 3}
+    assert probe_timeouts("") == {}
+
+
+def test_user_timeouts_are_the_522s_and_524s_received_during_the_scenario() -> None:
+    lines = [
+        {"event": "request", "status": 522, "endpoint": "app/c", "mono": 101.0, "duration": 1.0},
+        {"event": "request", "status": 524, "endpoint": "app/c", "mono": 105.0, "duration": 2.0},
+        {"event": "request", "status": 502, "endpoint": "app/c", "mono": 105.0, "duration": 0.1},
+        {"event": "request", "status": 522, "endpoint": "app/a", "mono": 99.5, "duration": 0.0},
+        {"event": "request", "status": 522, "endpoint": "app/a", "mono": 131.0, "duration": 0.5},
+        {"event": "health_transition", "status": 522, "endpoint": "app/a", "mono": 110.0},
+    ]
+    # Received at 0 and 3 s (in), -0.5 s (before time 0) and 30.5 s (after the end): out.
+    assert user_timeouts(lines, 100.0, 30.0) == [("app/c", 0.0, 1.0), ("app/c", 3.0, 5.0)]
+
+
+def _timed_out(endpoint: str, at: float, vantage: str = "local") -> dict[str, object]:
+    pool, name = endpoint.split("/")
+    reason = "HTTP timeout occurred"
+    return {"at": at, "pool": pool, "endpoint": name, "vantage": vantage, "to": "unhealthy",
+            "reason": reason}  # fmt: skip
+
+
+def test_timeouts_while_the_scenario_makes_an_endpoint_hang_are_not_excused() -> None:
+    """The fault's own timeouts stay compared (a simulator wrong about them is caught);
+    timeouts at an endpoint that then answers make the run the machine's."""
+    dc1, dc2 = "dc1/tunnel-dc1", "dc2/tunnel-dc2"
+    during = [_timed_out(dc1, 41.0), _timed_out(dc1, 41.0, "*"), _timed_out(dc1, 101.0)]
+    assert unexplained(REFERENCE, {dc1: 9}, [(dc1, 50.0, 52.0)], during) == ""
+    # dc1 before its blackhole, and long after its recovery (the interval is 10 s).
+    before = [_timed_out(dc1, 1.5), _timed_out(dc1, 1.5, "*"), _timed_out(dc1, 111.0)]
+    assert unexplained(REFERENCE, {dc1: 9}, [], before) == "2 probes of dc1/tunnel-dc1"
+    said = unexplained(REFERENCE, {dc1: 4, dc2: 2}, [(dc2, 3.0, 4.0), (dc1, 30.0, 38.0)])
+    assert said == "2 probes of dc2/tunnel-dc2, 1 request to dc1/tunnel-dc1, " + (
+        "1 request to dc2/tunnel-dc2"
+    )
+    assert unexplained(TRUNCATED, {}, []) == ""
