@@ -142,17 +142,22 @@ def unexplained(
     """The timeouts the scenario does not explain, in words ("" when none): ``2 probes of
     app/a, 12 requests to app/c``.
 
-    ``probes``: the LB's checks that timed out, per endpoint, over the run (no instant: they
-    count only at an endpoint the timeline never makes hang); ``users``: from
-    :func:`user_timeouts`, each counted unless it met a span of :func:`hang_spans`;
-    ``transitions``: the real report's health transitions (``at``, ``pool``, ``endpoint``,
-    ``to``, ``reason``): a check that timed out and turned an endpoint unhealthy counts
-    unless a span had begun by then (it waited at most the monitor's timeout before, a span
-    ends at its recovery, and the monitor of a recovered endpoint may time out once more:
-    a span is taken to last one probe interval longer)."""
+    A timed-out check counts when it changed what the LB did: from ``transitions`` (the
+    real report's, with ``at``, ``pool``, ``endpoint``, ``vantage``, ``to``, ``reason``), one
+    that turned an endpoint unhealthy, unless a span of :func:`hang_spans` had begun by
+    then (a span is taken to last one probe interval past its recovery: a check sent just
+    before may still time out); from ``probes`` (the LB's count per endpoint, no instant),
+    every one at an endpoint that passive health covers and the timeline never makes hang
+    (a failed check keeps an ejected endpoint out, with no transition to show it).  A check
+    that timed out and changed nothing (one of ``consecutive_down``) is left alone.  Each of
+    ``users`` (:func:`user_timeouts`) counts unless it met a span."""
     spans = hang_spans(sc)
     grace = max((m.interval for m in sc.config.monitors), default=0.0)
-    held: dict[str, int] = {e: n for e, n in probes.items() if n and e not in spans}
+    passive = {
+        f"{p.name}/{o.name}" for p in sc.config.pools if sc.config.passive(p) for o in p.origins
+    }
+    held = {e: n for e, n in probes.items() if n and e in passive and e not in spans}
+    counted = set(held)
     for t in transitions:
         if t.get("to") != "unhealthy" or t.get("reason") not in PROBE_TIMEOUTS:
             continue
@@ -161,7 +166,7 @@ def unexplained(
         endpoint = f"{t.get('pool')}/{t.get('endpoint')}"
         at = float(t.get("at") or 0.0)
         mine = [(start, end + grace) for start, end in spans.get(endpoint, [])]
-        if endpoint in spans and not _explained(mine, at, at):
+        if endpoint not in counted and not _explained(mine, at, at):
             held[endpoint] = held.get(endpoint, 0) + 1
     requests: dict[str, int] = {}
     for endpoint, received, answered in users:
