@@ -66,8 +66,19 @@ class Rehearsal:
     """How far behind its schedule the driver sent a request (seconds): how long the
     rehearsal's own process (the traffic) was kept from running."""
     timeouts: str = ""
-    """The real run's probes and requests that timed out at endpoints the scenario never
-    makes hang, in words (:func:`lb.rehearse.stalls.unexplained`; "" when none)."""
+    """The real run's probes and requests that timed out where the scenario does not make
+    an endpoint hang, in words (:func:`lb.rehearse.stalls.unexplained`; "" when none)."""
+    starved: float | None = None
+    """Seconds the LB and the stand-ins waited for a CPU per second they ran, over the real
+    run (None where the kernel does not say)."""
+
+    @property
+    def held_back(self) -> bool:
+        """Whether :attr:`timeouts` are the machine's: the stack timed out where the scenario
+        does not make it hang, and waited for a CPU at least as long as it ran (half the CPU
+        it asked for, or less).  Timeouts of a stack that barely waited are its own: judged,
+        so a stand-in or an LB that hangs by itself fails the rehearsal."""
+        return bool(self.timeouts) and self.starved is not None and self.starved >= 1.0
 
     @property
     def inconclusive(self) -> str | None:
@@ -80,7 +91,7 @@ class Rehearsal:
         comparison is there to find: its points falling inside would prove nothing, and
         outside, they would blame the simulator for the machine.  The LB and the
         stand-ins, held back, show it by timing out where the scenario always answers
-        (:attr:`timeouts`, :mod:`lb.rehearse.stalls`), which the simulator never does."""
+        (:attr:`held_back`, :mod:`lb.rehearse.stalls`), which the simulator never does."""
         late = max(self.lag, self.behind)
         window = self.scenario.report_interval
         why = []
@@ -90,10 +101,11 @@ class Rehearsal:
                 f"{self.behind:.3f} s behind schedule, at least half a {window:g} s "
                 "report window"
             )
-        if self.timeouts:
+        if self.held_back:
             why.append(
                 f"the real LB timed out where the scenario never makes an endpoint hang "
-                f"({self.timeouts})"
+                f"({self.timeouts}), its processes waiting {self.starved:.1f} s for a CPU "
+                "per second they ran"
             )
         if not why:
             return None
@@ -128,6 +140,7 @@ class Rehearsal:
             "probe_duration": round(self.probe_duration, 6),
             "behind": round(self.behind, 6),
             "timeouts": self.timeouts or None,
+            "starved": None if self.starved is None else round(self.starved, 3),
             "inconclusive": self.inconclusive,
             "ok": self.ok,
             "points": [p.as_json() for p in self.points],
@@ -231,7 +244,19 @@ def rehearse(
             replay = simulate(sc).data
     pools = [p.name for p in sc.config.pools]
     points = compare(real.data, sims, pools, lag=lag, cost=cost, behind=behind, replay=replay)
-    return Rehearsal(sc, speed, rate, real, tuple(sims), tuple(points), lag, cost, behind, timeouts)
+    return Rehearsal(
+        sc,
+        speed,
+        rate,
+        real,
+        tuple(sims),
+        tuple(points),
+        lag,
+        cost,
+        behind,
+        timeouts,
+        driven.starved,
+    )
 
 
 async def _real(

@@ -679,6 +679,9 @@ class Driven:
     """How long the LB's slowest probe took, to its histogram bucket (seconds)."""
     probe_timeouts: dict[str, int] = field(default_factory=dict)
     """``pool/endpoint`` -> the LB's checks in ``[0, duration]`` that timed out."""
+    starved: float | None = None
+    """Seconds the stack's processes waited for a CPU per second they ran, over ``[0,
+    duration]`` (None where the kernel does not say: :func:`lb.rehearse.stalls.cpu_times`)."""
     behind: float = 0.0
     """How far behind its schedule the driver sent a request (seconds): how long this
     process was kept from running (the edge stand-ins run in their own)."""
@@ -689,8 +692,12 @@ async def _at_the_end(
 ) -> None:
     """At the scenario's end, the probe requests the stand-ins received since time 0 (the
     simulator counts the attempts of ``[0, duration]``), the LB's probe duration and its
-    checks that timed out."""
+    checks that timed out, and how long the stack waited for a CPU meanwhile."""
+    first = stack.cpu()
     await trio.sleep_until(start + sc.duration)
+    last = stack.cpu()
+    if first is not None and last is not None and last[0] > first[0]:
+        out.starved = (last[1] - first[1]) / (last[0] - first[0])
     out.probes = await stack.probes(client)
     out.probe_duration = await stack.probe_duration(client)
     out.probe_timeouts = await stack.probe_timeouts(client)

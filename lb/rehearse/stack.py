@@ -38,7 +38,7 @@ import trio
 
 from lb.children import reap, stop
 from lb.rehearse.edge import ANSWERED
-from lb.rehearse.stalls import probe_timeouts
+from lb.rehearse.stalls import cpu_times, probe_timeouts
 from lb.sim.scenario import ORIGIN_SERVICE, Replica, Scenario
 
 __all__ = ["Stack", "StartError", "running"]
@@ -104,6 +104,11 @@ class Stack:
         ``lb_probes_total``; :mod:`lb.rehearse.stalls` says what they tell)."""
         r = await client.get(f"{self.admin}/metrics")
         return probe_timeouts(r.text)
+
+    def cpu(self) -> tuple[float, float] | None:
+        """Seconds the stack's processes have run and waited for a CPU so far
+        (:func:`lb.rehearse.stalls.cpu_times`; None where the kernel does not say)."""
+        return cpu_times(p.pid for p in self.processes)
 
     async def probes(self, client: httpx.AsyncClient) -> int:
         """Probe requests the stand-ins have received so far (their ``GET /stats``)."""

@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 from lb.sim.scenario import Scenario
@@ -38,6 +39,7 @@ from lb.sim.spec import TimelineAction
 __all__ = [
     "PROBE_TIMEOUTS",
     "TIMEOUT_STATUSES",
+    "cpu_times",
     "hang_spans",
     "probe_timeouts",
     "unexplained",
@@ -178,3 +180,23 @@ def unexplained(
         for endpoint, n in sorted(counts.items())
     ]
     return ", ".join(parts)
+
+
+def cpu_times(pids: Iterable[int], proc: Path = Path("/proc")) -> tuple[float, float] | None:
+    """Seconds the processes ``pids`` (every thread) have run on a CPU and waited, runnable,
+    for one (Linux's ``/proc/PID/task/TID/schedstat``), summed; None where the kernel does
+    not say (another system, or a process gone).
+
+    The wait is the machine's doing and nothing else's: a process waiting for a socket or a
+    timer is not runnable.  So a stack that waited as long as it ran had half the CPU it
+    asked for, and one that timed out while barely waiting did so by itself."""
+    ran = waited = 0.0
+    try:
+        for pid in pids:
+            for task in (proc / str(pid) / "task").iterdir():
+                fields = (task / "schedstat").read_text("ascii").split()
+                ran += int(fields[0]) / 1e9
+                waited += int(fields[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return None
+    return ran, waited

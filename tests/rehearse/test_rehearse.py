@@ -53,11 +53,11 @@ def _timing_free(result: Rehearsal) -> list[tuple[str, bool]]:
 
 def _kept_up(result: Rehearsal) -> Rehearsal:
     """``result``, or a skip naming why: when the LB or a stand-in timed out where the
-    scenario always answers (``Rehearsal.timeouts``, lb/rehearse/stalls.py), the health the
-    LB saw was the machine's, and so are the errors and retries that follow from it.  Only
-    the driver's own lateness (``behind``, ``lag``) leaves them the scenario's: called
-    before a test's timing-free assertions."""
-    if result.timeouts:
+    scenario always answers, held back by the machine (``Rehearsal.held_back``,
+    lb/rehearse/stalls.py), the health the LB saw was the machine's, and so are the errors
+    and retries that follow from it.  Only the driver's own lateness (``behind``, ``lag``)
+    leaves them the scenario's: called before a test's timing-free assertions."""
+    if result.held_back:
         pytest.skip(f"{result.inconclusive}\n{result.table()}")
     return result
 
@@ -143,13 +143,19 @@ def test_a_run_the_machine_held_back_is_inconclusive_not_a_mismatch(
     assert late.inconclusive is not None
     on_time = dataclasses.replace(late, lag=window / 2 - 0.01, timeouts="")
     assert on_time.inconclusive is None
-    # The LB's probes of dc2, which the scenario never makes hang, timed out: the LB or a
-    # stand-in was held back, however punctual the driver was (lb/rehearse/stalls.py).
-    stalled = dataclasses.replace(on_time, timeouts="2 probes of dc2/tunnel-dc2")
+    # The LB's probes of dc2, which the scenario never makes hang, timed out while the
+    # stack waited for a CPU longer than it ran: the LB or a stand-in was held back,
+    # however punctual the driver was (lb/rehearse/stalls.py).
+    stalled = dataclasses.replace(on_time, timeouts="2 probes of dc2/tunnel-dc2", starved=1.5)
     assert (stalled.inconclusive or "").startswith("machine too loaded: the real LB timed out ")
-    assert "(2 probes of dc2/tunnel-dc2)" in (stalled.inconclusive or "")
+    assert "(2 probes of dc2/tunnel-dc2), its processes waiting 1.5 s" in (
+        stalled.inconclusive or ""
+    )
     assert stalled.as_json()["timeouts"] == "2 probes of dc2/tunnel-dc2"
     assert not stalled.ok
+    # The same timeouts from a stack that barely waited are its own: judged.
+    for starved in (0.2, None):
+        assert dataclasses.replace(stalled, starved=starved).inconclusive is None
 
 
 def test_a_failed_expectation_fails_the_command_even_when_inconclusive(

@@ -3,9 +3,10 @@ back is told from a simulator that is wrong about a fault."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-from lb.rehearse.stalls import hang_spans, probe_timeouts, unexplained, user_timeouts
+from lb.rehearse.stalls import cpu_times, hang_spans, probe_timeouts, unexplained, user_timeouts
 from lb.sim.scenario import load_scenario
 
 SCENARIOS = Path(__file__).resolve().parents[2] / "configs" / "scenarios"
@@ -92,3 +93,18 @@ def test_a_check_that_timed_out_and_changed_nothing_is_left_alone() -> None:
     transition = [_timed_out("app/c", 17.0)]
     assert unexplained(TRUNCATED, {"app/c": 2}, [], transition) == "2 probes of app/c"
     assert unexplained(TRUNCATED, {}, []) == ""
+
+
+def test_cpu_times_sum_every_thread_of_every_process(tmp_path: Path) -> None:
+    """``/proc/PID/task/TID/schedstat``: run and runqueue wait in nanoseconds, summed;
+    None when a process is gone or the kernel does not say."""
+    for pid, tid, line in ((7, 7, "1000000000 500000000 3"), (7, 8, "500000000 0 1"),
+                           (9, 9, "250000000 2000000000 9")):  # fmt: skip
+        task = tmp_path / str(pid) / "task" / str(tid)
+        task.mkdir(parents=True)
+        (task / "schedstat").write_text(line + "\n")
+    assert cpu_times([7, 9], tmp_path) == (1.75, 2.5)
+    assert cpu_times([7, 10], tmp_path) is None
+    if Path("/proc/self/task").is_dir():  # this process has run, on this kernel
+        ran, waited = cpu_times([os.getpid()]) or (0.0, -1.0)
+        assert ran > 0 and waited >= 0
