@@ -18,11 +18,14 @@ seconds early (``docs/rehearse.md``, "A busy machine").
 The simulator has no CPU: its probes and requests time out only where the timeline makes an
 answer hang or wait (``blackhole``, ``latency``, an ``unreachable`` or ``partition``, a flap
 of those).  So a probe or a request that timed out at an endpoint, or at an instant, the
-scenario does not make hang is the machine's doing, not the simulator's, and the
-comparison of that run says nothing of the simulator: it is inconclusive, like a run that
-fell behind.  Timeouts while the scenario makes the endpoint hang are compared as they are,
-even when the machine may have added some: the rule never excuses the fault's own
-timeouts, so a simulator wrong about them is still caught.
+scenario does not make hang is the machine's doing or the stack's own: which one, the
+kernel says (:func:`cpu_times`).  When the LB and the stand-ins waited for a CPU at least
+as long as they ran, the machine held them back, and the comparison of that run says
+nothing of the simulator: it is inconclusive, like a run that fell behind
+(:attr:`lb.rehearse.Rehearsal.held_back`).  A stack that timed out while barely waiting
+did so by itself, and is judged.  Timeouts while the scenario makes the endpoint hang are
+compared as they are, even when the machine may have added some: the rule never excuses
+the fault's own timeouts, so a simulator wrong about them is still caught.
 """
 
 from __future__ import annotations
