@@ -25,7 +25,7 @@ from lb.rehearse.drive import Driven, drive, unrehearsable
 from lb.rehearse.real import log_lines, real_report
 from lb.rehearse.scale import SpeedError, scaled_files
 from lb.rehearse.stack import StartError, running
-from lb.rehearse.stalls import unexplained, user_timeouts
+from lb.rehearse.stalls import Timeout, held, in_words, unexplained, user_timeouts
 from lb.sim.report import Report
 from lb.sim.run import run_scenario
 from lb.sim.scenario import Scenario, load_scenario
@@ -70,15 +70,18 @@ class Rehearsal:
     an endpoint hang, in words (:func:`lb.rehearse.stalls.unexplained`; "" when none)."""
     starved: float | None = None
     """Seconds the LB and the stand-ins waited for a CPU per second they ran, over the real
-    run (None where the kernel does not say)."""
+    run (None where the kernel does not say): reported, it decides nothing."""
+    unexcused: str = ""
+    """Those of :attr:`timeouts` the machine does not explain: no process on their path
+    waited for a CPU half their own window (:func:`lb.rehearse.stalls.held`), in words."""
 
     @property
     def held_back(self) -> bool:
         """Whether :attr:`timeouts` are the machine's: the stack timed out where the scenario
-        does not make it hang, and waited for a CPU at least as long as it ran (half the CPU
-        it asked for, or less).  Timeouts of a stack that barely waited are its own: judged,
-        so a stand-in or an LB that hangs by itself fails the rehearsal."""
-        return bool(self.timeouts) and self.starved is not None and self.starved >= 1.0
+        does not make it hang, and each time, within that timeout's own window, the LB or
+        the endpoint's stand-in waited for a CPU at least half of it.  One timeout the
+        machine does not explain is judged, and so is the run."""
+        return bool(self.timeouts) and not self.unexcused
 
     @property
     def inconclusive(self) -> str | None:
@@ -104,8 +107,8 @@ class Rehearsal:
         if self.held_back:
             why.append(
                 f"the real LB timed out where the scenario never makes an endpoint hang "
-                f"({self.timeouts}), its processes waiting {self.starved:.1f} s for a CPU "
-                "per second they ran"
+                f"({self.timeouts}), each time while the LB or the stand-in waited for a "
+                "CPU at least half the timeout"
             )
         if not why:
             return None
@@ -141,6 +144,7 @@ class Rehearsal:
             "behind": round(self.behind, 6),
             "timeouts": self.timeouts or None,
             "starved": None if self.starved is None else round(self.starved, 3),
+            "unexcused": self.unexcused or None,
             "inconclusive": self.inconclusive,
             "ok": self.ok,
             "points": [p.as_json() for p in self.points],
@@ -236,7 +240,7 @@ def rehearse(
         if problems:
             raise RehearsalError("cannot be rehearsed on one machine: " + "; ".join(problems))
         raw_config = json.loads(config_path.read_text("utf-8"))
-        real, driven, timeouts = trio.run(_real, sc, raw_config, directory)
+        real, driven, timeouts, unexcused = trio.run(_real, sc, raw_config, directory)
         lag, cost, behind = driven.lag, driven.probe_duration, driven.behind
         sims = simulate_seeds(scenario_path, seeds, simulate)
         replay = next((s for s in sims if s["seed"] == sc.seed), None)
@@ -254,21 +258,28 @@ def rehearse(
         lag,
         cost,
         behind,
-        timeouts,
+        in_words(timeouts),
         driven.starved,
+        in_words(unexcused),
     )
 
 
 async def _real(
     sc: Scenario, raw_config: dict[str, Any], directory: Path
-) -> tuple[Report, Driven, str]:
-    """The real run: its report, what the driver measured, and the timeouts the scenario
-    does not explain (:mod:`lb.rehearse.stalls`)."""
+) -> tuple[Report, Driven, list[Timeout], list[Timeout]]:
+    """The real run: its report, what the driver measured, the timeouts the scenario does
+    not explain, and those of them the machine does not explain either
+    (:mod:`lb.rehearse.stalls`)."""
     try:
         async with running(sc, raw_config, directory, seed=sc.seed) as stack:
             driven = await drive(sc, stack)
             log = stack.log
             replicas = await stack.answered()
+            paths = {
+                f"{p.name}/{o.name}": stack.path(sc, f"{p.name}/{o.name}")
+                for p in sc.config.pools
+                for o in p.origins
+            }
     except (StartError, RuntimeError) as exc:
         raise RehearsalError(str(exc)) from None
     except BaseExceptionGroup as group:  # from the driver's nurseries
@@ -282,4 +293,6 @@ async def _real(
     report = real_report(sc, driven.sent, log, driven.mono, driven.probes, replicas)
     users = user_timeouts(log_lines(log), driven.mono, sc.duration)
     transitions = report.data["transitions"]
-    return report, driven, unexplained(sc, driven.probe_timeouts, users, transitions)
+    timeouts = unexplained(sc, driven.timed_out, users, transitions)
+    unexcused = [t for t in timeouts if not held(t, driven.samples, paths.get(t.endpoint, []))]
+    return report, driven, timeouts, unexcused
