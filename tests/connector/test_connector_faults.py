@@ -230,6 +230,8 @@ async def test_a_dated_refuse_closes_the_port_at_its_instant_and_a_dated_recover
             seen.append((await outcome(), began, time.monotonic() - start))
             await trio.sleep(0.05)  # on purpose: connections spread over both instants
     assert all(ended >= 0.5 for o, _, ended in seen if o == "refused"), seen
+    # Refusals stop at the second instant: a connection begun after it is served.
+    assert all(began < 1.0 for o, began, _ in seen if o == "refused"), seen
     # Served: the connector answered before the first instant or from the second on.
     assert all(began < 0.5 or ended >= 1.0 for o, began, ended in seen if o == "served"), seen
 
