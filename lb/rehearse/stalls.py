@@ -18,14 +18,18 @@ seconds early (``docs/rehearse.md``, "A busy machine").
 The simulator has no CPU: its probes and requests time out only where the timeline makes an
 answer hang or wait (``blackhole``, ``latency``, an ``unreachable`` or ``partition``, a flap
 of those).  So a probe or a request that timed out at an endpoint, or at an instant, the
-scenario does not make hang is the machine's doing or the stack's own: which one, the
-kernel says (:func:`cpu_times`).  When the LB and the stand-ins waited for a CPU at least
-as long as they ran, the machine held them back, and the comparison of that run says
-nothing of the simulator: it is inconclusive, like a run that fell behind
-(:attr:`lb.rehearse.Rehearsal.held_back`).  A stack that timed out while barely waiting
-did so by itself, and is judged.  Timeouts while the scenario makes the endpoint hang are
-compared as they are, even when the machine may have added some: the rule never excuses
-the fault's own timeouts, so a simulator wrong about them is still caught.
+scenario does not make hang (:func:`unexplained`) is the machine's doing or the stack's
+own, and the kernel tells which only within that timeout's own window: a timeout is the
+machine's when the LB or the endpoint's stand-in waited, runnable, for a CPU at least half
+of it (:func:`held`, from readings of :func:`cpu_times` every fraction of a second).  A run
+averaged whole would not do: on a two-core machine the stack waits longer than it runs in
+runs that pass, and such a rule would excuse any timeout, a real bug's too.  When every
+timeout of a run is the machine's, its comparison says nothing of the simulator:
+inconclusive, like a run that fell behind (:attr:`lb.rehearse.Rehearsal.held_back`); one
+that is not is judged.  An LB that blocks its event loop is *running*, not waiting, so it
+is judged, unless the machine held it back in the same windows too.  Timeouts while the
+scenario makes the endpoint hang are compared as they are: the rule never excuses the
+fault's own timeouts, so a simulator wrong about them is still caught.
 """
 
 from __future__ import annotations
