@@ -22,9 +22,10 @@ import trio
 
 from lb.rehearse.compare import OUTSIDE_LIMIT, Point, compare, outside_share
 from lb.rehearse.drive import Driven, drive, unrehearsable
-from lb.rehearse.real import real_report
+from lb.rehearse.real import log_lines, real_report
 from lb.rehearse.scale import SpeedError, scaled_files
 from lb.rehearse.stack import StartError, running
+from lb.rehearse.stalls import Timeout, held, in_words, unexplained, user_timeouts
 from lb.sim.report import Report
 from lb.sim.run import run_scenario
 from lb.sim.scenario import Scenario, load_scenario
@@ -64,6 +65,23 @@ class Rehearsal:
     behind: float = 0.0
     """How far behind its schedule the driver sent a request (seconds): how long the
     rehearsal's own process (the traffic) was kept from running."""
+    timeouts: str = ""
+    """The real run's probes and requests that timed out where the scenario does not make
+    an endpoint hang, in words (:func:`lb.rehearse.stalls.unexplained`; "" when none)."""
+    starved: float | None = None
+    """Seconds the LB and the stand-ins waited for a CPU per second they ran, over the real
+    run (None where the kernel does not say): reported, it decides nothing."""
+    unexcused: str = ""
+    """Those of :attr:`timeouts` the machine does not explain: no process on their path
+    waited for a CPU half their own window (:func:`lb.rehearse.stalls.held`), in words."""
+
+    @property
+    def held_back(self) -> bool:
+        """Whether :attr:`timeouts` are the machine's: the stack timed out where the scenario
+        does not make it hang, and each time, within that timeout's own window, the LB or
+        the endpoint's stand-in waited for a CPU at least half of it.  One timeout the
+        machine does not explain is judged, and so is the run."""
+        return bool(self.timeouts) and not self.unexcused
 
     @property
     def inconclusive(self) -> str | None:
@@ -74,16 +92,29 @@ class Rehearsal:
         (:attr:`behind`).  The bands are widened by the lag, and a run that fell behind by
         half a report window or more is as far from its scenario as the differences the
         comparison is there to find: its points falling inside would prove nothing, and
-        outside, they would blame the simulator for the machine."""
+        outside, they would blame the simulator for the machine.  The LB and the
+        stand-ins, held back, show it by timing out where the scenario always answers
+        (:attr:`held_back`, :mod:`lb.rehearse.stalls`), which the simulator never does."""
         late = max(self.lag, self.behind)
         window = self.scenario.report_interval
-        if late < window / 2:
+        why = []
+        if late >= window / 2:
+            why.append(
+                f"events applied up to {self.lag:.3f} s late and requests sent up to "
+                f"{self.behind:.3f} s behind schedule, at least half a {window:g} s "
+                "report window"
+            )
+        if self.held_back:
+            why.append(
+                f"the real LB timed out where the scenario never makes an endpoint hang "
+                f"({self.timeouts}), each time while the LB or the stand-in waited for a "
+                "CPU at least half the timeout"
+            )
+        if not why:
             return None
         return (
-            f"machine too loaded: events applied up to {self.lag:.3f} s late and requests "
-            f"sent up to {self.behind:.3f} s behind schedule, at least half a "
-            f"{window:g} s report window; rerun on a quieter machine, or at a lower "
-            "--speed or --rate"
+            f"machine too loaded: {'; '.join(why)}; rerun on a quieter machine, or at a "
+            "lower --speed or --rate"
         )
 
     @property
@@ -111,6 +142,9 @@ class Rehearsal:
             "timeline_lag": round(self.lag, 6),
             "probe_duration": round(self.probe_duration, 6),
             "behind": round(self.behind, 6),
+            "timeouts": self.timeouts or None,
+            "starved": None if self.starved is None else round(self.starved, 3),
+            "unexcused": self.unexcused or None,
             "inconclusive": self.inconclusive,
             "ok": self.ok,
             "points": [p.as_json() for p in self.points],
@@ -206,7 +240,7 @@ def rehearse(
         if problems:
             raise RehearsalError("cannot be rehearsed on one machine: " + "; ".join(problems))
         raw_config = json.loads(config_path.read_text("utf-8"))
-        real, driven = trio.run(_real, sc, raw_config, directory)
+        real, driven, timeouts, unexcused = trio.run(_real, sc, raw_config, directory)
         lag, cost, behind = driven.lag, driven.probe_duration, driven.behind
         sims = simulate_seeds(scenario_path, seeds, simulate)
         replay = next((s for s in sims if s["seed"] == sc.seed), None)
@@ -214,15 +248,38 @@ def rehearse(
             replay = simulate(sc).data
     pools = [p.name for p in sc.config.pools]
     points = compare(real.data, sims, pools, lag=lag, cost=cost, behind=behind, replay=replay)
-    return Rehearsal(sc, speed, rate, real, tuple(sims), tuple(points), lag, cost, behind)
+    return Rehearsal(
+        sc,
+        speed,
+        rate,
+        real,
+        tuple(sims),
+        tuple(points),
+        lag,
+        cost,
+        behind,
+        in_words(timeouts),
+        driven.starved,
+        in_words(unexcused),
+    )
 
 
-async def _real(sc: Scenario, raw_config: dict[str, Any], directory: Path) -> tuple[Report, Driven]:
+async def _real(
+    sc: Scenario, raw_config: dict[str, Any], directory: Path
+) -> tuple[Report, Driven, list[Timeout], list[Timeout]]:
+    """The real run: its report, what the driver measured, the timeouts the scenario does
+    not explain, and those of them the machine does not explain either
+    (:mod:`lb.rehearse.stalls`)."""
     try:
         async with running(sc, raw_config, directory, seed=sc.seed) as stack:
             driven = await drive(sc, stack)
             log = stack.log
             replicas = await stack.answered()
+            paths = {
+                f"{p.name}/{o.name}": stack.path(sc, f"{p.name}/{o.name}")
+                for p in sc.config.pools
+                for o in p.origins
+            }
     except (StartError, RuntimeError) as exc:
         raise RehearsalError(str(exc)) from None
     except BaseExceptionGroup as group:  # from the driver's nurseries
@@ -234,4 +291,8 @@ async def _real(sc: Scenario, raw_config: dict[str, Any], directory: Path) -> tu
             first = first.exceptions[0]
         raise RehearsalError(str(first)) from None
     report = real_report(sc, driven.sent, log, driven.mono, driven.probes, replicas)
-    return report, driven
+    users = user_timeouts(log_lines(log), driven.mono, sc.duration)
+    transitions = report.data["transitions"]
+    timeouts = unexplained(sc, driven.timed_out, users, transitions)
+    unexcused = [t for t in timeouts if not held(t, driven.samples, paths.get(t.endpoint, []))]
+    return report, driven, timeouts, unexcused

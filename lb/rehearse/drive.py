@@ -31,10 +31,11 @@ late to compare says so (:attr:`lb.rehearse.Rehearsal.inconclusive`).
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -42,6 +43,7 @@ import trio
 
 from lb.rehearse.client import ClientError, Pool
 from lb.rehearse.stack import Stack
+from lb.rehearse.stalls import Samples, spent
 from lb.sim.network import conditions_after
 from lb.sim.scenario import ORIGIN, ConfigEvent, MemberEvent, NetEvent, Scenario, Traffic
 from lb.sim.spec import TimelineAction
@@ -677,17 +679,57 @@ class Driven:
     """Probe requests the stand-ins received in ``[0, duration]``."""
     probe_duration: float = 0.0
     """How long the LB's slowest probe took, to its histogram bucket (seconds)."""
+    probe_timeouts: dict[str, int] = field(default_factory=dict)
+    """``pool/endpoint`` -> the LB's checks that timed out from the first reading of its
+    counter (at time 0, or just after) to the scenario's end."""
+    timed_out: list[tuple[str, float, float, int]] = field(default_factory=list)
+    """``(pool/endpoint, after, by, n)``: ``n`` of the LB's checks timed out between two
+    readings of its counter (scenario seconds), :data:`SAMPLE` * 2 apart."""
+    samples: Samples = field(default_factory=list)
+    """How long each of the stack's processes had run and waited for a CPU, read every
+    :data:`SAMPLE` seconds over ``[0, duration]`` (scenario seconds)."""
+    starved: float | None = None
+    """Seconds the stack's processes waited for a CPU per second they ran, over ``[0,
+    duration]`` (None where the kernel does not say): reported, it decides nothing."""
     behind: float = 0.0
     """How far behind its schedule the driver sent a request (seconds): how long this
     process was kept from running (the edge stand-ins run in their own)."""
 
 
+SAMPLE = 0.25
+"""Seconds between two readings of the stack's CPU times (``/proc``, a cheap synchronous
+read); the LB's probe counter is read every other one (an HTTP GET of its metrics)."""
+
+
 async def _at_the_end(
     sc: Scenario, stack: Stack, client: httpx.AsyncClient, start: float, out: Driven
 ) -> None:
-    """At the scenario's end, the probe requests the stand-ins received since time 0 (the
-    simulator counts the attempts of ``[0, duration]``) and the LB's probe duration."""
-    await trio.sleep_until(start + sc.duration)
+    """Until the scenario's end, how long the stack's processes waited for a CPU and the
+    LB's checks that timed out, read every :data:`SAMPLE` seconds (when a timeout was the
+    machine's, :mod:`lb.rehearse.stalls` tells from them); at the end, the probe requests
+    the stand-ins received since time 0 (the simulator counts the attempts of ``[0,
+    duration]``) and the LB's probe duration."""
+    readings: list[tuple[float, dict[str, int]]] = []
+    k = 0
+    while True:
+        now = min(trio.current_time() - start, sc.duration)
+        out.samples.append((now, stack.cpu()))
+        if k % 2 == 0 or now >= sc.duration:
+            readings.append((now, await stack.probe_timeouts(client)))
+        if now >= sc.duration:
+            break
+        k += 1
+        await trio.sleep_until(start + min(sc.duration, k * SAMPLE))
+    (_, first), (_, last) = readings[0], readings[-1]
+    out.probe_timeouts = {e: n - first.get(e, 0) for e, n in last.items() if n > first.get(e, 0)}
+    for (after, a), (by, b) in itertools.pairwise(readings):
+        out.timed_out += [(e, after, by, n - a.get(e, 0)) for e, n in b.items() if n > a.get(e, 0)]
+    ran = waited = 0.0
+    for pid, snapshot in out.samples[-1][1].items():
+        r, w = spent(out.samples[0][1].get(pid, {}), snapshot)
+        ran, waited = ran + r, waited + w
+    if ran > 0 and out.samples[0][1] and all(s for s in out.samples[-1][1].values()):
+        out.starved = waited / ran
     out.probes = await stack.probes(client)
     out.probe_duration = await stack.probe_duration(client)
 

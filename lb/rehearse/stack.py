@@ -38,6 +38,7 @@ import trio
 
 from lb.children import reap, stop
 from lb.rehearse.edge import ANSWERED
+from lb.rehearse.stalls import Snapshot, cpu_times, probe_timeouts
 from lb.sim.scenario import ORIGIN_SERVICE, Replica, Scenario
 
 __all__ = ["Stack", "StartError", "running"]
@@ -75,6 +76,10 @@ class Stack:
     """The control URLs of every connector (each counts the probes it receives)."""
     edges: dict[str, EdgeProcess] = field(default_factory=dict)
     """Address -> the edge stand-in of a tunnel with several replicas."""
+    standins: dict[str, list[int]] = field(default_factory=dict)
+    """Address -> the pids of its stand-ins (connectors, and the edge in front of them)."""
+    lb_pid: int = 0
+    """The LB's pid."""
 
     async def answered(self) -> dict[str, str]:
         """Request id -> the label of the replica an edge stand-in sent it to (every edge)."""
@@ -97,6 +102,31 @@ class Stack:
         which the scaled simulation does not have."""
         r = await client.get(f"{self.admin}/metrics")
         return slowest_bucket(r.text, "lb_probe_duration_seconds")
+
+    async def probe_timeouts(self, client: httpx.AsyncClient) -> dict[str, int]:
+        """``pool/endpoint`` -> the LB's checks so far that timed out (its
+        ``lb_probes_total``; :mod:`lb.rehearse.stalls` says what they tell)."""
+        r = await client.get(f"{self.admin}/metrics")
+        return probe_timeouts(r.text)
+
+    def cpu(self) -> dict[int, Snapshot]:
+        """Each of the stack's processes (by pid) -> how long its threads have run and
+        waited for a CPU so far (:func:`lb.rehearse.stalls.cpu_times`, a cheap read of
+        ``/proc``; empty snapshots where the kernel does not say)."""
+        return {p.pid: cpu_times([p.pid]) for p in self.processes}
+
+    def path(self, sc: Scenario, endpoint: str) -> list[int]:
+        """The pids on the path of a probe or a request to ``pool/endpoint``: the LB and
+        the stand-ins of that endpoint's address."""
+        pool, _, name = endpoint.partition("/")
+        addresses = {
+            o.address.lower().rstrip(".")
+            for p in sc.config.pools
+            if p.name == pool
+            for o in p.origins
+            if o.name == name
+        }
+        return [self.lb_pid, *(pid for a in sorted(addresses) for pid in self.standins.get(a, []))]
 
     async def probes(self, client: httpx.AsyncClient) -> int:
         """Probe requests the stand-ins have received so far (their ``GET /stats``)."""
@@ -267,8 +297,10 @@ async def running(
             warm: list[str] = []
             edges: dict[str, EdgeProcess] = {}
             n = 0
+            standins: dict[str, list[int]] = {}
             for address in sorted(sc.replicas):
                 replicas = sc.replicas[address]
+                first = len(processes)
                 upstreams: list[tuple[str, str]] = []
                 for replica in replicas:
                     path = directory / f"connector-{n}.json"
@@ -279,6 +311,7 @@ async def running(
                     upstreams.append((replica.name, https.removeprefix("https://")))
                     replica_control[(address, replica.name)] = ctl
                     warm.append(upstreams[-1][1])
+                standins[address] = [p.pid for p in processes[first:]]
                 if len(upstreams) == 1:
                     connect_to[f"{address}:443"] = upstreams[0][1]
                     control[address] = replica_control.pop((address, replicas[0].name))
@@ -296,6 +329,7 @@ async def running(
                 edge, at, control[address] = await _start_edge(path, log, processes)
                 connect_to[f"{address}:443"] = at
                 edges[address] = edge
+                standins[address] = [p.pid for p in processes[first:]]
                 warm += [at] * len(upstreams)  # one exchange per replica behind it
             await _warm(warm, ca_file)
             raw = copy.deepcopy(raw_config)
@@ -326,6 +360,8 @@ async def running(
                     *replica_control.values(),
                 ],
                 edges=edges,
+                standins=standins,
+                lb_pid=processes[-1].pid,
             )
             yield stack
         finally:
