@@ -84,16 +84,6 @@ def unrehearsable(sc: Scenario) -> list[str]:
             )
         elif e.layer != ORIGIN and not (_edged(sc, e) and not _whole(sc, e)) and _unseen(e):
             unseen.append(what)  # no edge stand-in to pass over the stand-in it fails
-        if _edged(sc, e) and e.wide and not _whole(sc, e) and _how(e) == TimelineAction.STATUS:
-            labels = {r.label for r in sc.replicas[e.address]}
-            out += [
-                f"expect {x.name!r}: the status of {what} is the edge's own answer in the "
-                "simulator (a tunnel: target), counted for no replica, but its replica's "
-                "connector answers it in the rehearsal (the edge stand-in answers for every "
-                "replica or none), where it is counted for that replica"
-                for x in sc.expectations
-                if x.replica in labels
-            ]
     out += _unhandable(sc)
     out += [
         f"network.keep_alive of {address}: the edge stand-in in front of its replicas keeps "
@@ -152,13 +142,10 @@ def _whole(sc: Scenario, e: NetEvent) -> bool:
     """Whether ``e`` is an edge event of its whole address: the edge stand-in's own.
 
     Said by the target's kind (:attr:`lb.sim.scenario.NetEvent.wide`: ``tunnel:`` or
-    ``endpoint:``), as the simulator says it, never by how many replicas the event names: a
-    ``replica:`` of a tunnel with one replica names every replica and is still that
-    replica's.  A ``tunnel: TUNNEL/REPLICA`` names one replica of several: it is that
-    replica's connector's (its ``status``, which the simulator answers at the edge, is
-    refused by :func:`unrehearsable`)."""
-    every = {r.name for r in sc.replicas.get(e.address, ())}
-    return e.wide and e.layer != ORIGIN and set(e.replicas) == every
+    ``endpoint:``, every replica; the scenario loader refuses a ``tunnel:`` naming one), as
+    the simulator says it, never by how many replicas the event names: a ``replica:`` of a
+    tunnel with one replica names every replica and is still that replica's."""
+    return e.wide and e.layer != ORIGIN
 
 
 @dataclass(frozen=True, slots=True)
@@ -589,7 +576,7 @@ def _controls(stack: Stack, e: NetEvent) -> list[str]:
     replicas = {name: url for (a, name), url in stack.replica_control.items() if a == e.address}
     if not replicas:
         return [stack.control[e.address]]
-    if e.wide and set(e.replicas) == set(replicas) and e.layer != ORIGIN:  # _whole's rule
+    if e.wide and e.layer != ORIGIN:  # _whole's rule
         edge = [stack.control[e.address]]
         if e.action == TimelineAction.RECOVER:  # connectors first: none exposed meanwhile
             return [replicas[n] for n in sorted(replicas)] + edge

@@ -275,6 +275,29 @@ def test_a_broken_scenario_is_reported_as_written(tmp_path: Path) -> None:
     assert line.startswith(f"error: {bad}:3: YAML syntax error")
 
 
+def test_a_tunnel_target_naming_a_replica_is_one_error_in_both_commands(tmp_path: Path) -> None:
+    """``tunnel: TUNNEL/REPLICA`` has no one meaning: the simulator and the rehearsal parse
+    the same scenario and refuse it alike, at its line, naming the two keys to use."""
+    scenario = tmp_path / "replicas.yaml"
+    scenario.write_text(
+        REPLICAS.read_text().replace(
+            "timeline: []", "timeline:\n  - {at: 20, tunnel: shared/host-fra, do: refuse}"
+        )
+    )
+    line = 1 + scenario.read_text().splitlines().index(
+        "  - {at: 20, tunnel: shared/host-fra, do: refuse}"
+    )
+    for command in ("simulate", "rehearse"):
+        run = [sys.executable, "-m", "lb", command, str(scenario)]
+        done = subprocess.run(run, capture_output=True, text=True, check=False, timeout=60)
+        assert done.returncode == 2, (command, done.stderr)
+        assert done.stderr.strip().splitlines() == [
+            f"error: {scenario}:{line}: timeline[0].tunnel: tunnel: names a whole tunnel, not a "
+            "replica: use replica: shared/host-fra for one replica, tunnel: shared for the "
+            "whole tunnel"
+        ], command
+
+
 def _refusal(path: Path, tmp_path: Path) -> str:
     with pytest.raises(RehearsalError) as caught:
         rehearse(path, seeds=1, speed=10, workdir=tmp_path / "work")
