@@ -46,7 +46,16 @@ from lb.sim.network import conditions_after
 from lb.sim.scenario import ORIGIN, ConfigEvent, MemberEvent, NetEvent, Scenario, Traffic
 from lb.sim.spec import TimelineAction
 
-__all__ = ["CONNECTIONS", "Driven", "Handover", "Sent", "drive", "handovers", "unrehearsable"]
+__all__ = [
+    "CONNECTIONS",
+    "Driven",
+    "Handover",
+    "Sent",
+    "drive",
+    "edge_statuses",
+    "handovers",
+    "unrehearsable",
+]
 
 CONNECTIONS = 256
 """The most connections the traffic keeps open to the LB at once (more requests wait)."""
@@ -239,6 +248,29 @@ def handovers(sc: Scenario) -> dict[int, Handover]:
     than the POSTs of one step.
     """
     return {s.event.index: s.plan for s in _steps(sc) if s.plan != Handover()}
+
+
+def edge_statuses(sc: Scenario) -> dict[str, list[tuple[float, float]]]:
+    """Replica label -> the spans ``[from, to)`` of scenario time, sorted, in which that
+    replica's connector answers a ``status`` of the whole tunnel that the edge stand-in
+    handed over to it (:func:`handovers`; a ``flap``'s in its down parts only).
+
+    In the simulator such a status stays the edge's own answer, counted for no replica,
+    whichever replica the edge picked and whatever later events of some replicas changed
+    (:attr:`lb.sim.network.Answer.through`).  The rehearsal's connector answers it, and the
+    edge stand-in, which cannot tell it from the replica's own answer, records it under
+    that replica; the report credits the requests of these spans to no replica instead
+    (:func:`lb.rehearse.real.real_report`), so both count by one rule."""
+    labels = {(a, r.name): r.label or r.name for a, rs in sc.replicas.items() for r in rs}
+    out: dict[str, list[tuple[float, float]]] = {}
+    steps = _steps(sc)
+    for step, end in zip(steps, _ends(steps, sc.duration), strict=True):
+        for name, held in step.connectors.items():
+            for c in held:
+                if c.wide and _how(c) == TimelineAction.STATUS:
+                    label = labels[step.event.address, name]
+                    out.setdefault(label, []).extend(_down_parts(c, step.event.at, end))
+    return {label: sorted(spans) for label, spans in out.items()}
 
 
 def _unhandable(sc: Scenario) -> list[str]:

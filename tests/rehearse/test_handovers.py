@@ -5,7 +5,8 @@ latency, the tunnel's latency and a recover of one replica or of the whole tunne
 simulator's per-replica conditions (``lb.sim.network``) are the reference each case names.
 Random timelines of every event the rehearsal takes then follow requests through the
 stand-ins' own fault state (:class:`_Rehearsed`) and compare them with the simulator's
-answers, both ways: what is accepted matches, what is refused differs.
+answers, and the replica each is counted for (``by_replica``), both ways: what is accepted
+matches, what is refused differs.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from lb.connector.faults import ORIGIN, ORIGIN_FAILED, FaultError, Faults
-from lb.rehearse.drive import Handover, _posts, handovers, unrehearsable
+from lb.rehearse.drive import Handover, _posts, edge_statuses, handovers, unrehearsable
 from lb.rehearse.edge import NO_CONNECTOR
 from lb.rehearse.stack import Stack
 from lb.sim.network import Network, prefer_local
@@ -558,7 +559,9 @@ def test_a_tunnel_flap_showing_a_replica_fault_after_a_tunnel_latency_is_refused
         "replica answers in the flap's up part, when the edge stand-in forwards to that "
         "connector)"
     ]
-    assert _differences(sc)[0].startswith("31.0s 33333333 IAD: [('shared/host-iad', 504, '', 0.5)]")
+    assert _differences(sc)[0].startswith(
+        "31.0s 33333333 IAD: [('shared/host-iad', 504, '', 0.5, 'shared/host-iad')]"
+    )
 
 
 def test_a_tunnel_down_skips_only_the_latency_the_simulators_530_pays(tmp_path: Path) -> None:
@@ -641,10 +644,11 @@ _REFUSED = {
 }
 """The (target, event) pairs every timeline is refused with (:func:`unrehearsable`)."""
 
-Shown = tuple[str | None, int, str, float]
+Shown = tuple[str | None, int, str, float, str | None]
 """What one attempt gets: the replica that gave it (None when no replica could: a refused or
 hung tunnel, no replica left), its status (0: none), how it failed ("" for an answer; a
-refused connection, a hang, a cut) and the latency it paid (0 where none could be seen)."""
+refused connection, a hang, a cut), the latency it paid (0 where none could be seen), and
+the replica ``by_replica`` counts it for (None: none, as for the edge's own answers)."""
 _UNSEEN = frozenset({"refuse", "blackhole", "unreachable", "hang"})
 """Failures that pay no latency that could be seen (no connection, or no answer)."""
 _DEAD = frozenset({"refuse", "blackhole", "unreachable", "down"})
@@ -678,6 +682,7 @@ class _Rehearsed:
         self._faults = {url: Faults(lambda: self.now) for url in urls}
         self._dcs = sc.config.datacenters
         self._plans = handovers(sc)
+        self._edge_own = edge_statuses(sc)
 
     def apply(self, e: NetEvent) -> None:
         self.now = e.at
@@ -695,24 +700,34 @@ class _Rehearsed:
         }
         fault = edge.current()[0]
         if fault == TimelineAction.REFUSE:  # the listener is closed
-            return frozenset({(None, 521, fault, 0.0)})
+            return frozenset({(None, 521, fault, 0.0, None)})
         if fault == TimelineAction.BLACKHOLE:  # gate(): accepted, never answered
-            return frozenset({(None, 522, fault, 0.0)})
+            return frozenset({(None, 522, fault, 0.0, None)})
         delay = edge.latency  # held after the replica's answer, or the edge's own
         if fault == TimelineAction.DOWN:
-            return frozenset({(None, NO_CONNECTOR, "", delay)})
+            return frozenset({(None, NO_CONNECTOR, "", delay, None)})
         every = prefer_local(replicas, dc, self._dcs, _where)
         if (cut := edge.cut()) is not None:
-            return frozenset((r.label, 502, cut, delay) for r in every)
+            return frozenset((r.label, 502, cut, delay, None) for r in every)
         if (status := edge.answer()) is not None:
-            return frozenset((r.label, status, "", delay) for r in every)
+            return frozenset((r.label, status, "", delay, None) for r in every)
         # A refused connection is passed over and the choice made again over the rest
         # (Edge.choose): what is left is the simulator's choice among those that take one.
         usable = [r for r in replicas if connectors[r.name].current()[0] != "refuse"]
         if not usable:
-            return frozenset({(None, NO_CONNECTOR, "", delay)})
+            return frozenset({(None, NO_CONNECTOR, "", delay, None)})
         chosen = prefer_local(usable, dc, self._dcs, _where)
-        return frozenset((r.label, *_connector(connectors[r.name], delay)) for r in chosen)
+        return frozenset(self._forwarded(r, connectors[r.name], delay) for r in chosen)
+
+    def _forwarded(self, r: Replica, c: Faults, delay: float) -> Shown:
+        """A request the edge stand-in forwards to ``r``'s connector: recorded under ``r``
+        (``Edge.answered``) when a whole answer came, and counted for it by the report
+        unless the connector held the tunnel's status then (``lb/rehearse/real.py``)."""
+        status, failure, slow = _connector(c, delay)
+        label = r.label or r.name
+        spans = self._edge_own.get(label, [])
+        own = any(lo <= self.now < hi for lo, hi in spans)
+        return (r.label, status, failure, slow, None if failure or own else label)
 
 
 def _where(r: Replica) -> tuple[str, ...]:
@@ -753,7 +768,8 @@ def _simulated(network: Network, address: str, dc: str, t: float) -> frozenset[S
         dead = a.failure in _DEAD
         failure = a.failure if a.failure != TimelineAction.DOWN else ""
         slow = 0.0 if failure in _UNSEEN else round(a.latency - network.rtt, 6)
-        out.add((None if dead else a.replica, a.status, failure, slow))
+        counted = a.replica if a.through else None
+        out.add((None if dead else a.replica, a.status, failure, slow, counted))
     return frozenset(out)
 
 
