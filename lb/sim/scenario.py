@@ -11,9 +11,9 @@ Names in the timeline are resolved here, once, to what the simulator keys its st
 
 * ``tunnel: NAME`` (name or UUID; the whole tunnel, never one replica), ``replica:
   TUNNEL/REPLICA``, ``origin: TUNNEL[/REPLICA]`` and ``endpoint: POOL/ENDPOINT`` become a
-  :class:`NetEvent` on an *address* (the endpoint
-  address, lowercased) and optionally one replica, at the ``edge`` layer (cloudflared and
-  the path to it) or the ``origin`` layer (the application behind cloudflared);
+  :class:`NetEvent` on an *address* (the endpoint address, lowercased) and optionally one
+  replica, at the ``edge`` layer (cloudflared and the path to it) or the ``origin`` layer
+  (the application behind cloudflared);
 * ``disable`` / ``enable`` / ``weight`` become :class:`ConfigEvent` s that the run turns into
   a new :class:`~lb.config.model.Config` (``dataclasses.replace``) and
   :meth:`lb.engine.Engine.reconfigure`.
