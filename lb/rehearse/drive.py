@@ -52,7 +52,6 @@ __all__ = [
     "Handover",
     "Sent",
     "drive",
-    "edge_statuses",
     "handovers",
     "unrehearsable",
 ]
@@ -85,13 +84,13 @@ def unrehearsable(sc: Scenario) -> list[str]:
             )
         elif _how(e) == TimelineAction.UNREACHABLE and e.layer != ORIGIN:
             out.append(f"{what}: unreachable needs a route that fails, not one loopback")
-        elif _edged(sc, e) and not _whole(sc, e) and _hangs(e):
+        elif _edged(sc, e) and not _whole(e) and _hangs(e):
             out.append(
                 f"{what}: {_how(e)} on one replica would not be avoided: the edge stand-in "
                 "learns that a replica is gone only from a refused connection (Cloudflare's "
                 "edge, from the tunnel connection's heartbeats)"
             )
-        elif e.layer != ORIGIN and not (_edged(sc, e) and not _whole(sc, e)) and _unseen(e):
+        elif e.layer != ORIGIN and not (_edged(sc, e) and not _whole(e)) and _unseen(e):
             unseen.append(what)  # no edge stand-in to pass over the stand-in it fails
     out += _unhandable(sc)
     out += [
@@ -147,7 +146,7 @@ def _edged(sc: Scenario, e: NetEvent) -> bool:
     return len(sc.replicas.get(e.address, ())) > 1 and e.layer != ORIGIN and not e.scope
 
 
-def _whole(sc: Scenario, e: NetEvent) -> bool:
+def _whole(e: NetEvent) -> bool:
     """Whether ``e`` is an edge event of its whole address: the edge stand-in's own.
 
     Said by the target's kind (:attr:`lb.sim.scenario.NetEvent.wide`: ``tunnel:`` or
@@ -207,7 +206,7 @@ def _steps(sc: Scenario) -> list[_Step]:
         edge = edges.get(e.address, [])
         conns = held_by.setdefault(e.address, {n: [] for n in every})
         plan = Handover()
-        if _whole(sc, e):
+        if _whole(e):
             if e.action == TimelineAction.RECOVER:  # _controls sends it to every stand-in
                 conns = {n: [] for n in every}
             elif e.action == TimelineAction.LATENCY:
@@ -250,29 +249,6 @@ def handovers(sc: Scenario) -> dict[int, Handover]:
     return {s.event.index: s.plan for s in _steps(sc) if s.plan != Handover()}
 
 
-def edge_statuses(sc: Scenario) -> dict[str, list[tuple[float, float]]]:
-    """Replica label -> the spans ``[from, to)`` of scenario time, sorted, in which that
-    replica's connector answers a ``status`` of the whole tunnel that the edge stand-in
-    handed over to it (:func:`handovers`; a ``flap``'s in its down parts only).
-
-    In the simulator such a status stays the edge's own answer, counted for no replica,
-    whichever replica the edge picked and whatever later events of some replicas changed
-    (:attr:`lb.sim.network.Answer.through`).  The rehearsal's connector answers it, and the
-    edge stand-in, which cannot tell it from the replica's own answer, records it under
-    that replica; the report credits the requests of these spans to no replica instead
-    (:func:`lb.rehearse.real.real_report`), so both count by one rule."""
-    labels = {(a, r.name): r.label or r.name for a, rs in sc.replicas.items() for r in rs}
-    out: dict[str, list[tuple[float, float]]] = {}
-    steps = _steps(sc)
-    for step, end in zip(steps, _ends(steps, sc.duration), strict=True):
-        for name, held in step.connectors.items():
-            for c in held:
-                if c.wide and _how(c) == TimelineAction.STATUS:
-                    label = labels[step.event.address, name]
-                    out.setdefault(label, []).extend(_down_parts(c, step.event.at, end))
-    return {label: sorted(spans) for label, spans in out.items()}
-
-
 def _unhandable(sc: Scenario) -> list[str]:
     """Why a step of :func:`_steps` cannot be made identical to the simulator."""
     out: list[str] = []
@@ -294,7 +270,7 @@ def _unhandable(sc: Scenario) -> list[str]:
             for c in plan.held
             if _hangs(c)
         ]
-        tunnel_fault = _whole(sc, e) and e.action not in (
+        tunnel_fault = _whole(e) and e.action not in (
             TimelineAction.RECOVER,
             TimelineAction.LATENCY,
         )
@@ -577,20 +553,23 @@ def _config_changed(raw: dict[str, Any], c: ConfigEvent) -> dict[str, Any]:
     return out
 
 
-def _fault_body(e: NetEvent, anchor: float) -> dict[str, object]:
+def _fault_body(e: NetEvent, anchor: float, *, handed: bool = False) -> dict[str, object]:
     """The ``POST /faults`` body of ``e`` (:mod:`lb.connector.faults`; the connector shows
     an ``unreachable`` application, also a flap's, as ``down``: cloudflared's 502).
 
     A flap carries its start on the shared monotonic clock, ``anchor`` (time 0) plus its
     time in the timeline, ``since``: its phase is then the simulator's however late the
-    POST arrives, and however long after its start it is handed over to a connector."""
+    POST arrives, and however long after its start it is handed over to a connector.
+    ``handed``: the edge stand-in hands ``e`` over to a connector; a status is then marked
+    ``handed``, so the connector tags its answer and the edge stand-in counts it for no
+    replica, as the simulator counts the edge's own."""
     body: dict[str, object] = {"do": e.action}
     if e.layer == ORIGIN:
         body["layer"] = "origin"  # the application behind the stand-in fails, not it
-    if e.action == TimelineAction.STATUS or (
-        e.action == TimelineAction.FLAP and e.how == TimelineAction.STATUS
-    ):
+    if _how(e) == TimelineAction.STATUS:
         body["status"] = e.status
+        if handed:
+            body["handed"] = True
     if e.action == TimelineAction.LATENCY:
         body["latency"] = e.latency
     if e.action == TimelineAction.FLAP:
@@ -608,7 +587,7 @@ def _controls(stack: Stack, e: NetEvent) -> list[str]:
     replicas = {name: url for (a, name), url in stack.replica_control.items() if a == e.address}
     if not replicas:
         return [stack.control[e.address]]
-    if e.wide and e.layer != ORIGIN:  # _whole's rule
+    if _whole(e):
         edge = [stack.control[e.address]]
         if e.action == TimelineAction.RECOVER:  # connectors first: none exposed meanwhile
             return [replicas[n] for n in sorted(replicas)] + edge
@@ -669,7 +648,7 @@ def _posts(stack: Stack, e: NetEvent, plan: Handover) -> list[tuple[str, dict[st
         name for (a, name) in stack.replica_control if a == e.address and name not in cleared
     )
     handed = [
-        (stack.replica_control[(e.address, n)], _fault_body(c, stack.anchor))
+        (stack.replica_control[(e.address, n)], _fault_body(c, stack.anchor, handed=True))
         for n in keep
         for c in plan.held
     ]

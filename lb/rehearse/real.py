@@ -15,22 +15,21 @@ Health transitions come from the LB's ``health_transition`` lines; their ``mono`
 without trusting the wall clock.  A request with no access-log line (the client gave up, or
 its connection failed) counts as an error on no endpoint.  ``by_replica`` counts the
 requests an edge stand-in (:mod:`lb.rehearse.edge`) answered through each replica, joined by
-the same request id; tunnels with one replica have no edge and are not counted.  A request
-the LB received while its replica's connector held a ``status`` of the whole tunnel handed
-over by the edge stand-in (:func:`lb.rehearse.drive.edge_statuses`) is the edge's own
-answer, as in the simulator, and is counted for no replica.
+the same request id; tunnels with one replica have no edge and are not counted.  A ``status``
+of the whole tunnel that the edge stand-in handed over to a replica's connector is still
+the edge's own answer, as in the simulator: the edge stand-in records no replica for it
+(:mod:`lb.rehearse.edge`), so it is counted for none.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from bisect import bisect_right
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from lb.rehearse.drive import Sent, edge_statuses
+from lb.rehearse.drive import Sent
 from lb.sim.expect import evaluate, failovers
 from lb.sim.record import Recorder, Transition
 from lb.sim.report import Report, build_report
@@ -57,12 +56,6 @@ no response came on a kept-alive connection before the timeout (524)."""
 
 def _add(d: dict[str, int], key: str, n: int = 1) -> None:
     d[key] = d.get(key, 0) + n
-
-
-def _within(spans: Sequence[tuple[float, float]], t: float) -> bool:
-    """Whether ``t`` falls in one of ``spans`` (sorted, disjoint ``[from, to)``)."""
-    i = bisect_right(spans, (t, math.inf)) - 1
-    return i >= 0 and t < spans[i][1]
 
 
 def real_report(
@@ -95,7 +88,6 @@ def real_report(
                 )
             )
     rec.transitions.sort(key=lambda tr: tr.at)
-    edge_own = edge_statuses(sc)
     tick = sc.tick
     ticks = max(1, math.ceil(sc.duration / tick - 1e-9))
     dcs = [t.datacenter for t in sc.traffic]
@@ -110,9 +102,8 @@ def real_report(
         k = min(ticks - 1, max(0, int(at / tick)))
         c = counts[k][s.datacenter]
         c.requests += 1
-        label = replicas.get(rid)
-        if label is not None and not _within(edge_own.get(label, ()), at):
-            _add(c.replicas, label)
+        if rid in replicas:
+            _add(c.replicas, replicas[rid])
         if logged is None:
             _add(c.errors, "")
             c.statuses[s.status] = c.statuses.get(s.status, 0) + 1

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from lb.connector.faults import ORIGIN, ORIGIN_FAILED, FaultError, Faults
-from lb.rehearse.drive import Handover, _posts, edge_statuses, handovers, unrehearsable
+from lb.rehearse.drive import Handover, _posts, handovers, unrehearsable
 from lb.rehearse.edge import NO_CONNECTOR
 from lb.rehearse.stack import Stack
 from lb.sim.network import Network, prefer_local
@@ -255,7 +255,7 @@ def test_a_hand_over_of_a_fault_sets_it_on_the_connectors_before_clearing_the_ed
         "{at: 30, replica: shared/host-fra, do: recover}",
     )
     assert _sent(sc)[1] == [
-        (IAD, {"do": "status", "status": 503}),
+        (IAD, {"do": "status", "status": 503, "handed": True}),
         ("edge", {"do": "recover"}),
         (FRA, {"do": "recover"}),
     ]
@@ -269,7 +269,7 @@ def _through(sc: Scenario, replica: str, t: float) -> bool:
     return answer.through
 
 
-def test_whose_status_it_is_comes_from_the_target_kind_not_the_replicas_it_names(
+def test_a_status_is_the_edges_own_by_its_target_kind_tunnel_or_replica(
     tmp_path: Path,
 ) -> None:
     """``tunnel:`` is the whole tunnel: its status is the edge stand-in's own, as the
@@ -500,6 +500,7 @@ def test_a_tunnel_flap_handed_over_at_any_time_keeps_its_phase(tmp_path: Path) -
         "how": "status",
         "status": 502,
         "since": 10.0,
+        "handed": True,
     }
     for at in (30, 35):
         sc = _scenario(
@@ -682,7 +683,6 @@ class _Rehearsed:
         self._faults = {url: Faults(lambda: self.now) for url in urls}
         self._dcs = sc.config.datacenters
         self._plans = handovers(sc)
-        self._edge_own = edge_statuses(sc)
 
     def apply(self, e: NetEvent) -> None:
         self.now = e.at
@@ -721,13 +721,12 @@ class _Rehearsed:
 
     def _forwarded(self, r: Replica, c: Faults, delay: float) -> Shown:
         """A request the edge stand-in forwards to ``r``'s connector: recorded under ``r``
-        (``Edge.answered``) when a whole answer came, and counted for it by the report
-        unless the connector held the tunnel's status then (``lb/rehearse/real.py``)."""
+        (``Edge.answered``) when a whole answer came, unless the connector tagged it as a
+        status of the whole tunnel handed over to it (``Faults.forced``)."""
         status, failure, slow = _connector(c, delay)
-        label = r.label or r.name
-        spans = self._edge_own.get(label, [])
-        own = any(lo <= self.now < hi for lo, hi in spans)
-        return (r.label, status, failure, slow, None if failure or own else label)
+        forced = c.forced()
+        own = forced is not None and forced[1]
+        return (r.label, status, failure, slow, None if failure or own else r.label or r.name)
 
 
 def _where(r: Replica) -> tuple[str, ...]:
