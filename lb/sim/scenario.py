@@ -751,15 +751,6 @@ class _Resolver:
             address = o.address.lower().rstrip(".")
             return address, tuple(r.name for r in self.replicas[address]), EDGE
         tunnel_name, slash, replica = name.partition("/")
-        if kind == "tunnel" and slash:
-            # One meaning per key: ``tunnel:`` is every replica (the edge's own status),
-            # ``replica:`` one; naming a replica under ``tunnel:`` would mean either.
-            self.error(
-                path,
-                f"tunnel: names a whole tunnel, not a replica: use replica: {name} for one "
-                f"replica, tunnel: {tunnel_name} for the whole tunnel",
-            )
-            return None
         tunnel_address = self._tunnel_address(tunnel_name)
         if tunnel_address is None:
             known = {t.name or t.id for t in self.config.tunnels}
@@ -767,6 +758,14 @@ class _Resolver:
             return None
         address = tunnel_address
         names = tuple(r.name for r in self.replicas[address])
+        if kind == "tunnel" and slash:
+            # One meaning per key: ``tunnel:`` is every replica (the edge's own status),
+            # ``replica:`` one; naming a replica under ``tunnel:`` would mean either.  The
+            # ``replica:`` hint only for a replica the tunnel has.
+            whole = f"tunnel: {tunnel_name} for the whole tunnel"
+            use = f"replica: {name} for one replica, {whole}" if replica in names else whole
+            self.error(path, f"tunnel: names a whole tunnel, not a replica: use {use}")
+            return None
         if kind == "replica" and not replica:
             self.error(path, "expected TUNNEL/REPLICA")
             return None

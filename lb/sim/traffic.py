@@ -384,7 +384,7 @@ class DatacenterTraffic:
         self._flight: list[tuple[float, int, bool]] = []
         """With a budget: (answer time, sequence, retrying) of the requests in flight, each
         from its start to its final answer, as the proxy counts it."""
-        self._retrying: list[tuple[float, int]] = []
+        self._retry_from: list[tuple[float, int]] = []
         """With a budget: (instant, sequence) of the ``retry_on`` retries decided after the
         budget's counts were last settled: a request counts as retrying from the end of the
         attempt that failed, as in the proxy, not from its start."""
@@ -636,7 +636,7 @@ class DatacenterTraffic:
         began = self._now
         ended = began + (2 * self._half_rtt if stale else a.latency)
         self._report(d.endpoint, a, failure, reused=reused, at=ended)
-        retrying: float | None = None
+        retry_from: float | None = None
         while failure is not None:
             decided = ended  # the proxy decides when the failed attempt ends
             step = next_step(
@@ -694,7 +694,7 @@ class DatacenterTraffic:
             assert kind is not None
             if step.budget:
                 assert budget is not None
-                retrying = decided
+                retry_from = decided
             retries.append(kind)
             reused = False
             rules = self._rules(cur)
@@ -703,7 +703,7 @@ class DatacenterTraffic:
             c.statuses[a.status] = c.statuses.get(a.status, 0) + 1
             if a.status >= 500:
                 c.errors[final_key] = c.errors.get(final_key, 0) + 1
-        return retry, a, retrying, ended
+        return retry, a, retry_from, ended
 
     @staticmethod
     def _rules(d: Decision) -> RetryOn | None:
@@ -751,9 +751,9 @@ class DatacenterTraffic:
         """Bring the budget's counts to ``now``: the retries decided by then in, the
         requests answered by then out (the same instant included: :data:`TIE`).  A retry is
         decided before its request's answer, so it is counted first."""
-        retrying = self._retrying
-        while retrying and retrying[0][0] <= now + TIE:
-            heapq.heappop(retrying)
+        retry_from = self._retry_from
+        while retry_from and retry_from[0][0] <= now + TIE:
+            heapq.heappop(retry_from)
             budget.retrying_now()
         flight = self._flight
         while flight and flight[0][0] <= now + TIE:
@@ -789,19 +789,19 @@ class DatacenterTraffic:
         if budget is not None:
             self._settle_budget(budget, now)
             budget.started()
-        retrying: float | None = None
+        retry_from: float | None = None
         end = now + a.latency
         if a.status != 200 or stale:
-            retry, a, retrying, end = self._failed(req, d, ep.key, a, engine, c, t, stale=stale)
+            retry, a, retry_from, end = self._failed(req, d, ep.key, a, engine, c, t, stale=stale)
             # A failed first attempt that was retried is counted in flight at the endpoint
             # that answered, from the request's start to the final answer.
             if retry is not None and retry.endpoint is not None:
                 ep = retry.endpoint
         if budget is not None:  # to its final answer, retrying from its retry's decision
             self._flight_seq += 1
-            heapq.heappush(self._flight, (end, self._flight_seq, retrying is not None))
-            if retrying is not None:
-                heapq.heappush(self._retrying, (retrying, self._flight_seq))
+            heapq.heappush(self._flight, (end, self._flight_seq, retry_from is not None))
+            if retry_from is not None:
+                heapq.heappush(self._retry_from, (retry_from, self._flight_seq))
         if self._keep_alive and not a.connect_failed and a.failure != HANG:
             # a timed-out connection is discarded, not pooled (lb/proxy/replies.py)
             self._released[ep.key] = end
