@@ -294,6 +294,8 @@ class Faults:
             condition: dict[str, object] = {"do": c.action, "status": c.status or None}
             if c.action == "flap":
                 condition.update(period=c.period, down_for=c.down_for, how=c.how, since=c.since)
+            if c.handed:
+                condition["handed"] = True
             out["set"] = condition
         return out
 

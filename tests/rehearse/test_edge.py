@@ -253,7 +253,8 @@ def test_only_a_status_at_the_edge_can_be_marked_handed() -> None:
     """``handed`` marks a status of the whole tunnel the edge stand-in handed over (its
     answer is tagged, and counted for no replica); anything else is a one-line 400."""
     faults = Faults(lambda: 10.0)
-    faults.apply({"do": "status", "status": 503, "handed": True})
+    state = faults.apply({"do": "status", "status": 503, "handed": True})
+    assert state["set"] == {"do": "status", "status": 503, "handed": True}
     assert faults.forced() == (503, True)
     faults.apply({"do": "status", "status": 503})
     assert faults.forced() == (503, False)
