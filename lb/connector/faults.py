@@ -56,6 +56,15 @@ timeout), the status of ``status``, the wait of ``latency``, a cut body for ``tr
 simulator) and 502 for ``reset``.  ``http_status`` rules
 answer without the application, so they stay unaffected, as in the simulator.
 
+A ``status`` (or a flap showing one) may carry ``"handed": true``: the rehearsal's edge
+stand-in held it for the whole tunnel and handed it over to the replicas' connectors
+(``lb/rehearse/drive.py``).  Such a status is still the edge's own answer, as the simulator
+counts it, for no replica; so its answer carries ``x-rehearse-edge-status: 1``, by which the
+edge stand-in tells it from the replica's own answer (and strips it before answering the LB).
+The tag goes with the answer itself, so the crediting needs no clock: a request retried a
+whole failed attempt later, or a hand-over whose POST came late, is counted by what
+actually answered it.
+
 Faults the connector cannot make real on one machine are refused with a message naming them
 (``unreachable``, ``partition``): whether a host is reachable depends on where the asker is,
 and every process here shares one loopback interface.
@@ -76,7 +85,7 @@ import trio
 from lb.connector.stats import ConnectorStats
 from lb.lifecycle import ListenError, host_port
 
-__all__ = ["FaultError", "Faults", "cut_answer", "serve_control"]
+__all__ = ["HANDED_HEADER", "FaultError", "Faults", "cut_answer", "serve_control"]
 
 FAULT_ACTIONS = (
     "refuse",
@@ -108,6 +117,8 @@ timeline event and target; one with more for a single stand-in stops with this r
 bound on what a runaway client can make the process keep."""
 ORIGIN_FAILED = 502
 """cloudflared's answer when its origin refuses, fails or is down."""
+HANDED_HEADER = b"x-rehearse-edge-status"
+"""Tags (value ``1``) the answer of a ``status`` set with ``"handed": true``."""
 
 
 class FaultError(ValueError):
@@ -127,6 +138,9 @@ class _Condition:
     down_for: float = 0.0
     how: str = ""
     since: float = 0.0
+    handed: bool = False
+    """A ``status`` handed over by the rehearsal's edge stand-in: its answer is tagged
+    :data:`HANDED_HEADER` (the module docstring says why)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +172,11 @@ def _parse(body: dict[str, object], at: float) -> _Change:
         raise FaultError(f"unknown fault {action!r}; one of " + ", ".join(FAULT_ACTIONS))
     if "since" in body and action != "flap":
         raise FaultError("since: only a flap has a start (any change can carry at)")
+    handed = body.get("handed", False)
+    if not isinstance(handed, bool) or (
+        handed and (layer != EDGE or "status" not in (action, body.get("how")))
+    ):
+        raise FaultError("handed: true or false, and only for a status (or a flap's) at the edge")
     if action == "recover":
         return _Change(at, layer, action)
     if action == "latency":
@@ -172,10 +191,10 @@ def _parse(body: dict[str, object], at: float) -> _Change:
             raise FaultError("how: one of refuse, blackhole, down, status")
         status = _status(body) if how == "status" else 0
         since = _instant(body, "since", at) if "since" in body else at
-        flap = _Condition("flap", status, period, down_for, str(how), since)
+        flap = _Condition("flap", status, period, down_for, str(how), since, handed)
         return _Change(at, layer, action, flap)
     status = _status(body) if action == "status" else 0
-    return _Change(at, layer, action, _Condition(action, status, since=at))
+    return _Change(at, layer, action, _Condition(action, status, since=at, handed=handed))
 
 
 class Faults:
@@ -275,6 +294,8 @@ class Faults:
             condition: dict[str, object] = {"do": c.action, "status": c.status or None}
             if c.action == "flap":
                 condition.update(period=c.period, down_for=c.down_for, how=c.how, since=c.since)
+            if c.handed:
+                condition["handed"] = True
             out["set"] = condition
         return out
 
@@ -391,11 +412,18 @@ class Faults:
 
     def answer(self) -> int | None:
         """The status to answer instead of serving (``down``: 530, ``status``), or None."""
+        forced = self.forced()
+        return None if forced is None else forced[0]
+
+    def forced(self) -> tuple[int, bool] | None:
+        """:meth:`answer`, and whether that status was handed over (``handed``: its answer
+        carries :data:`HANDED_HEADER`), read at one instant."""
         fault, status = self.current()
         if fault == "down":
-            return 530
+            return 530, False
         if fault == "status":
-            return status
+            c = self._conditions[EDGE]
+            return status, c is not None and c.handed
         return None
 
     def cut(self, layer: str = EDGE) -> str | None:

@@ -23,7 +23,7 @@ import trio
 
 from lb.config.hosts import split_host_port
 from lb.connector.config import ConnectorConfig
-from lb.connector.faults import ORIGIN, Faults, cut_answer
+from lb.connector.faults import HANDED_HEADER, ORIGIN, Faults, cut_answer
 from lb.connector.h11io import H11Stream, reason
 from lb.connector.ingress import Bastion, HelloWorld, HttpStatus, TcpService, match_rule
 from lb.connector.proxy import AbortConnectionError, OriginClient
@@ -59,9 +59,16 @@ class _Client:
     extra: tuple[tuple[bytes, bytes], ...] = ()
     """Headers of every local answer (``Keep-Alive: timeout=N`` when announced)."""
 
-    async def respond(self, status: int, body: bytes, content_type: bytes | None) -> None:
-        """Answer locally; a request body is drained first so keep-alive survives."""
-        headers = [(b"content-length", str(len(body)).encode("ascii")), *self.extra]
+    async def respond(
+        self,
+        status: int,
+        body: bytes,
+        content_type: bytes | None,
+        tags: tuple[tuple[bytes, bytes], ...] = (),
+    ) -> None:
+        """Answer locally (with ``tags``, more headers); a request body is drained first so
+        keep-alive survives."""
+        headers = [(b"content-length", str(len(body)).encode("ascii")), *self.extra, *tags]
         if content_type:
             headers.append((b"content-type", content_type))
         if not await self._drain():
@@ -273,9 +280,10 @@ class _Server:
         if cut is not None:
             await cut_answer(client.http.send, cut)
             raise AbortConnectionError  # dropped before (reset) or inside (truncate) the body
-        forced = self.faults.answer()
+        forced = self.faults.forced()
         if forced is not None:
-            await client.respond(forced, b"", None)
+            status, handed = forced
+            await client.respond(status, b"", None, ((HANDED_HEADER, b"1"),) if handed else ())
         elif isinstance(service, HttpStatus):
             await client.respond(service.code, b"", None)
         elif application and self.faults.cut(ORIGIN) == "truncate":

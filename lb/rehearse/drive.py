@@ -48,7 +48,15 @@ from lb.sim.network import conditions_after
 from lb.sim.scenario import ORIGIN, ConfigEvent, MemberEvent, NetEvent, Scenario, Traffic
 from lb.sim.spec import TimelineAction
 
-__all__ = ["CONNECTIONS", "Driven", "Handover", "Sent", "drive", "handovers", "unrehearsable"]
+__all__ = [
+    "CONNECTIONS",
+    "Driven",
+    "Handover",
+    "Sent",
+    "drive",
+    "handovers",
+    "unrehearsable",
+]
 
 CONNECTIONS = 256
 """The most connections the traffic keeps open to the LB at once (more requests wait)."""
@@ -78,24 +86,14 @@ def unrehearsable(sc: Scenario) -> list[str]:
             )
         elif _how(e) == TimelineAction.UNREACHABLE and e.layer != ORIGIN:
             out.append(f"{what}: unreachable needs a route that fails, not one loopback")
-        elif _edged(sc, e) and not _whole(sc, e) and _hangs(e):
+        elif _edged(sc, e) and not _whole(e) and _hangs(e):
             out.append(
                 f"{what}: {_how(e)} on one replica would not be avoided: the edge stand-in "
                 "learns that a replica is gone only from a refused connection (Cloudflare's "
                 "edge, from the tunnel connection's heartbeats)"
             )
-        elif e.layer != ORIGIN and not (_edged(sc, e) and not _whole(sc, e)) and _unseen(e):
+        elif e.layer != ORIGIN and not (_edged(sc, e) and not _whole(e)) and _unseen(e):
             unseen.append(what)  # no edge stand-in to pass over the stand-in it fails
-        if _edged(sc, e) and e.wide and not _whole(sc, e) and _how(e) == TimelineAction.STATUS:
-            labels = {r.label for r in sc.replicas[e.address]}
-            out += [
-                f"expect {x.name!r}: the status of {what} is the edge's own answer in the "
-                "simulator (a tunnel: target), counted for no replica, but its replica's "
-                "connector answers it in the rehearsal (the edge stand-in answers for every "
-                "replica or none), where it is counted for that replica"
-                for x in sc.expectations
-                if x.replica in labels
-            ]
     out += _unhandable(sc)
     out += [
         f"network.keep_alive of {address}: the edge stand-in in front of its replicas keeps "
@@ -150,17 +148,14 @@ def _edged(sc: Scenario, e: NetEvent) -> bool:
     return len(sc.replicas.get(e.address, ())) > 1 and e.layer != ORIGIN and not e.scope
 
 
-def _whole(sc: Scenario, e: NetEvent) -> bool:
+def _whole(e: NetEvent) -> bool:
     """Whether ``e`` is an edge event of its whole address: the edge stand-in's own.
 
     Said by the target's kind (:attr:`lb.sim.scenario.NetEvent.wide`: ``tunnel:`` or
-    ``endpoint:``), as the simulator says it, never by how many replicas the event names: a
-    ``replica:`` of a tunnel with one replica names every replica and is still that
-    replica's.  A ``tunnel: TUNNEL/REPLICA`` names one replica of several: it is that
-    replica's connector's (its ``status``, which the simulator answers at the edge, is
-    refused by :func:`unrehearsable`)."""
-    every = {r.name for r in sc.replicas.get(e.address, ())}
-    return e.wide and e.layer != ORIGIN and set(e.replicas) == every
+    ``endpoint:``, every replica; the scenario loader refuses a ``tunnel:`` naming one), as
+    the simulator says it, never by how many replicas the event names: a ``replica:`` of a
+    tunnel with one replica names every replica and is still that replica's."""
+    return e.wide and e.layer != ORIGIN
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,7 +208,7 @@ def _steps(sc: Scenario) -> list[_Step]:
         edge = edges.get(e.address, [])
         conns = held_by.setdefault(e.address, {n: [] for n in every})
         plan = Handover()
-        if _whole(sc, e):
+        if _whole(e):
             if e.action == TimelineAction.RECOVER:  # _controls sends it to every stand-in
                 conns = {n: [] for n in every}
             elif e.action == TimelineAction.LATENCY:
@@ -277,7 +272,7 @@ def _unhandable(sc: Scenario) -> list[str]:
             for c in plan.held
             if _hangs(c)
         ]
-        tunnel_fault = _whole(sc, e) and e.action not in (
+        tunnel_fault = _whole(e) and e.action not in (
             TimelineAction.RECOVER,
             TimelineAction.LATENCY,
         )
@@ -560,20 +555,23 @@ def _config_changed(raw: dict[str, Any], c: ConfigEvent) -> dict[str, Any]:
     return out
 
 
-def _fault_body(e: NetEvent, anchor: float) -> dict[str, object]:
+def _fault_body(e: NetEvent, anchor: float, *, handed: bool = False) -> dict[str, object]:
     """The ``POST /faults`` body of ``e`` (:mod:`lb.connector.faults`; the connector shows
     an ``unreachable`` application, also a flap's, as ``down``: cloudflared's 502).
 
     A flap carries its start on the shared monotonic clock, ``anchor`` (time 0) plus its
     time in the timeline, ``since``: its phase is then the simulator's however late the
-    POST arrives, and however long after its start it is handed over to a connector."""
+    POST arrives, and however long after its start it is handed over to a connector.
+    ``handed``: the edge stand-in hands ``e`` over to a connector; a status is then marked
+    ``handed``, so the connector tags its answer and the edge stand-in counts it for no
+    replica, as the simulator counts the edge's own."""
     body: dict[str, object] = {"do": e.action}
     if e.layer == ORIGIN:
         body["layer"] = "origin"  # the application behind the stand-in fails, not it
-    if e.action == TimelineAction.STATUS or (
-        e.action == TimelineAction.FLAP and e.how == TimelineAction.STATUS
-    ):
+    if _how(e) == TimelineAction.STATUS:
         body["status"] = e.status
+        if handed:
+            body["handed"] = True
     if e.action == TimelineAction.LATENCY:
         body["latency"] = e.latency
     if e.action == TimelineAction.FLAP:
@@ -591,7 +589,7 @@ def _controls(stack: Stack, e: NetEvent) -> list[str]:
     replicas = {name: url for (a, name), url in stack.replica_control.items() if a == e.address}
     if not replicas:
         return [stack.control[e.address]]
-    if e.wide and set(e.replicas) == set(replicas) and e.layer != ORIGIN:  # _whole's rule
+    if _whole(e):
         edge = [stack.control[e.address]]
         if e.action == TimelineAction.RECOVER:  # connectors first: none exposed meanwhile
             return [replicas[n] for n in sorted(replicas)] + edge
@@ -652,7 +650,7 @@ def _posts(stack: Stack, e: NetEvent, plan: Handover) -> list[tuple[str, dict[st
         name for (a, name) in stack.replica_control if a == e.address and name not in cleared
     )
     handed = [
-        (stack.replica_control[(e.address, n)], _fault_body(c, stack.anchor))
+        (stack.replica_control[(e.address, n)], _fault_body(c, stack.anchor, handed=True))
         for n in keep
         for c in plan.held
     ]

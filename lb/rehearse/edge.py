@@ -34,7 +34,10 @@ Faults of the whole tunnel's edge layer are the edge's own: it holds a
 :class:`lb.connector.faults.Faults` with its control port, so ``refuse``, ``blackhole``,
 ``down``, ``status``, ``latency`` and ``flap`` of a tunnel act on the LB's connections
 exactly as on a lone stand-in, until an event of some replicas hands them over to the
-replicas' connectors (:func:`lb.rehearse.drive.handovers`).  ``docs/rehearse.md`` lists
+replicas' connectors (:func:`lb.rehearse.drive.handovers`).  A handed-over ``status`` is
+still the edge's own: the connector tags its answer
+(:data:`lb.connector.faults.HANDED_HEADER`), and the edge records no replica for it in
+:attr:`Edge.answered` and strips the tag before it answers the LB.  ``docs/rehearse.md`` lists
 what this does not model.
 
 Why a process of its own
@@ -80,7 +83,7 @@ import h11
 import trio
 
 from lb.config.model import Datacenter
-from lb.connector.faults import Faults, cut_answer, serve_control
+from lb.connector.faults import HANDED_HEADER, Faults, cut_answer, serve_control
 from lb.connector.h11io import H11Stream, reason
 from lb.proxy.headers import HOP_BY_HOP, colo_from_ray
 from lb.rehearse.client import Answer, BrokenError, CutError, Pool, RefusedError
@@ -269,9 +272,16 @@ class Edge:
                 return False
             self.served[up.replica.name] += 1
             rid = next((v for n, v in headers if n == b"x-request-id"), None)
-            if rid is not None:
+            # A status of the whole tunnel the connector answers for this edge (handed over
+            # to it) stays the edge's own, counted for no replica, as in the simulator.
+            handed = any(n == HANDED_HEADER for n, _ in answer.headers)
+            if rid is not None and not handed:
                 self.answered[rid.decode("latin-1")] = up.replica.label or up.replica.name
-            kept = [(n, v) for n, v in answer.headers if n not in HOP_BY_HOP and n not in _FRAMING]
+            kept = [
+                (n, v)
+                for n, v in answer.headers
+                if n not in HOP_BY_HOP and n not in _FRAMING and n != HANDED_HEADER
+            ]
             await _hold(delay)
             await _respond(http, request, answer.status, kept, answer.body)
             return True

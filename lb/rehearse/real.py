@@ -15,7 +15,10 @@ Health transitions come from the LB's ``health_transition`` lines; their ``mono`
 without trusting the wall clock.  A request with no access-log line (the client gave up, or
 its connection failed) counts as an error on no endpoint.  ``by_replica`` counts the
 requests an edge stand-in (:mod:`lb.rehearse.edge`) answered through each replica, joined by
-the same request id; tunnels with one replica have no edge and are not counted.
+the same request id; tunnels with one replica have no edge and are not counted.  A ``status``
+of the whole tunnel that the edge stand-in handed over to a replica's connector is still
+the edge's own answer, as in the simulator: the edge stand-in records no replica for it
+(:mod:`lb.rehearse.edge`), so it is counted for none.
 """
 
 from __future__ import annotations

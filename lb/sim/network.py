@@ -247,6 +247,18 @@ class Network:
                 wide = c.wide
         return fault, status, latency, wide
 
+    def _edge(
+        self, address: str, replica: str, place: frozenset[str], t: float
+    ) -> tuple[str, int, float]:
+        """``(fault, status, added latency)`` of one replica's edge layer, by the one rule
+        every answer follows (:meth:`answers` and :meth:`replica_answer` alike): a ``status``
+        of the whole address (:attr:`NetEvent.wide`) is the edge's own, :data:`_EDGE_OWN`,
+        answered without that replica whichever of them the edge picked."""
+        fault, status, latency, wide = self._state(address, replica, EDGE, place, t)
+        if wide and fault == TimelineAction.STATUS:
+            fault = _EDGE_OWN
+        return fault, status, latency
+
     def latency_events(self, address: str, t: float) -> list[NetEvent]:
         """The ``latency`` events in force at ``address`` at ``t`` (any replica, layer or
         scope), in file order."""
@@ -317,7 +329,7 @@ class Network:
         usable: list[tuple[Replica, str, int, float]] = []
         dead: Answer | None = None
         for r in replicas:
-            fault, status, latency, wide = self._state(address, r.name, EDGE, where, t)
+            fault, status, latency = self._edge(address, r.name, where, t)
             if fault in FAULTS:
                 if dead is None:
                     # a refusal (or no route) comes back over the path; a blackholed dial
@@ -334,8 +346,6 @@ class Network:
                         connect_failed=fault in CONNECT_FAULTS,
                     )
                 continue
-            if wide and fault == TimelineAction.STATUS:
-                fault = _EDGE_OWN  # the edge answers the status itself
             usable.append((r, fault, status, latency))
         if not usable:
             return (dead or Answer(None, 530, self.rtt, TimelineAction.DOWN),)
@@ -393,11 +403,13 @@ class Network:
     ) -> Answer | None:
         """What a connection already open through ``replica`` (its label) gets at ``t``; None
         when that replica's edge connection is gone.  Locality does not apply: the
-        connection exists already (a long-lived session, :mod:`lb.sim.sessions`)."""
+        connection exists already (a long-lived session, :mod:`lb.sim.sessions`).  Otherwise
+        the answer is the one :meth:`answers` gives through that replica: the same edge rule
+        (:meth:`_edge`), then :meth:`_through`."""
         where = frozenset((dc,))
         for r in self._replicas.get(address, ()):
             if r.label == replica:
-                fault, status, latency, _ = self._state(address, r.name, EDGE, where, t)
+                fault, status, latency = self._edge(address, r.name, where, t)
                 if fault in FAULTS:
                     return None
                 return self._through(address, r, fault, status, latency, where, host, path, t)

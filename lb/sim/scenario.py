@@ -9,10 +9,11 @@ every problem at once.
 
 Names in the timeline are resolved here, once, to what the simulator keys its state by:
 
-* ``tunnel: NAME`` (name or UUID), ``replica: TUNNEL/REPLICA``, ``origin: TUNNEL[/REPLICA]``
-  and ``endpoint: POOL/ENDPOINT`` become a :class:`NetEvent` on an *address* (the endpoint
-  address, lowercased) and optionally one replica, at the ``edge`` layer (cloudflared and
-  the path to it) or the ``origin`` layer (the application behind cloudflared);
+* ``tunnel: NAME`` (name or UUID; the whole tunnel, never one replica), ``replica:
+  TUNNEL/REPLICA``, ``origin: TUNNEL[/REPLICA]`` and ``endpoint: POOL/ENDPOINT`` become a
+  :class:`NetEvent` on an *address* (the endpoint address, lowercased) and optionally one
+  replica, at the ``edge`` layer (cloudflared and the path to it) or the ``origin`` layer
+  (the application behind cloudflared);
 * ``disable`` / ``enable`` / ``weight`` become :class:`ConfigEvent` s that the run turns into
   a new :class:`~lb.config.model.Config` (``dataclasses.replace``) and
   :meth:`lb.engine.Engine.reconfigure`.
@@ -749,7 +750,7 @@ class _Resolver:
                 return None
             address = o.address.lower().rstrip(".")
             return address, tuple(r.name for r in self.replicas[address]), EDGE
-        tunnel_name, _, replica = name.partition("/")
+        tunnel_name, slash, replica = name.partition("/")
         tunnel_address = self._tunnel_address(tunnel_name)
         if tunnel_address is None:
             known = {t.name or t.id for t in self.config.tunnels}
@@ -757,6 +758,14 @@ class _Resolver:
             return None
         address = tunnel_address
         names = tuple(r.name for r in self.replicas[address])
+        if kind == "tunnel" and slash:
+            # One meaning per key: ``tunnel:`` is every replica (the edge's own status),
+            # ``replica:`` one; naming a replica under ``tunnel:`` would mean either.  The
+            # ``replica:`` hint only for a replica the tunnel has.
+            whole = f"tunnel: {tunnel_name} for the whole tunnel"
+            use = f"replica: {name} for one replica, {whole}" if replica in names else whole
+            self.error(path, f"tunnel: names a whole tunnel, not a replica: use {use}")
+            return None
         if kind == "replica" and not replica:
             self.error(path, "expected TUNNEL/REPLICA")
             return None

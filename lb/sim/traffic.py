@@ -25,8 +25,9 @@ What a request does (the proxy's sequence):
    a fresh connection.  An HTTP answer is never retried, whatever its status, unless
    ``retry_on`` names it: then the policy may retry it to another endpoint, within the
    load balancer's retry budget (``lb/core/budget.py``), which counts the requests in
-   flight per data center (each for its final answer's latency: docs/simulate.md,
-   section 9).  An answer slower than the
+   flight per data center as the proxy does (each from its start to its final answer,
+   retrying from the end of the attempt that failed), asked at the request's start
+   (docs/simulate.md, section 9).  An answer slower than the
    proxy waits (``request_timeout``, :meth:`lb.sim.network.Network.answers` with
    ``user``), or one an origin holds, is the proxy's 524, ``RESPONSE_TIMEOUT`` to the
    policy and to passive health, never retried; it is in flight until the proxy gives up;
@@ -381,7 +382,12 @@ class DatacenterTraffic:
         self._budget: RetryBudget | None = None
         """The load balancer's retry budget, when ``retry_on`` may apply to its requests."""
         self._flight: list[tuple[float, int, bool]] = []
-        """With a budget: (answer time, sequence, retried) of the requests in flight."""
+        """With a budget: (answer time, sequence, retrying) of the requests in flight, each
+        from its start to its final answer, as the proxy counts it."""
+        self._retry_from: list[tuple[float, int]] = []
+        """With a budget: (instant, sequence) of the ``retry_on`` retries decided after the
+        budget's counts were last settled: a request counts as retrying from the end of the
+        attempt that failed, as in the proxy, not from its start."""
         self._flight_seq = 0
         if lb is not None and (
             lb.retry_on is not None or any(p.retry_on is not None for p in config.pools)
@@ -602,10 +608,12 @@ class DatacenterTraffic:
         t: float,
         *,
         stale: bool = False,
-    ) -> tuple[Decision | None, Answer, bool, float]:
+    ) -> tuple[Decision | None, Answer, float | None, float]:
         """A failed attempt or a non-200 answer: what the attempt policy says follows, then
-        the final tally; returns the last retry decision, the final answer, whether the
-        request took a place in the retry budget and when the final answer came.
+        the final tally; returns the last retry decision, the final answer, from when the
+        request took a place in the retry budget (the end of the attempt whose failure
+        started its first ``retry_on`` retry; None: it took none) and when the final answer
+        came.
 
         As in the proxy, only failures are retried: a failed connection to the endpoint (R42)
         and a pooled connection the endpoint closed (``stale``); an HTTP answer is final
@@ -628,7 +636,9 @@ class DatacenterTraffic:
         began = self._now
         ended = began + (2 * self._half_rtt if stale else a.latency)
         self._report(d.endpoint, a, failure, reused=reused, at=ended)
+        retry_from: float | None = None
         while failure is not None:
+            decided = ended  # the proxy decides when the failed attempt ends
             step = next_step(
                 failure,
                 reused=reused,
@@ -684,7 +694,7 @@ class DatacenterTraffic:
             assert kind is not None
             if step.budget:
                 assert budget is not None
-                budget.retrying_now()
+                retry_from = decided
             retries.append(kind)
             reused = False
             rules = self._rules(cur)
@@ -693,7 +703,7 @@ class DatacenterTraffic:
             c.statuses[a.status] = c.statuses.get(a.status, 0) + 1
             if a.status >= 500:
                 c.errors[final_key] = c.errors.get(final_key, 0) + 1
-        return retry, a, budget is not None and Retry.RETRY_ON in retries, ended
+        return retry, a, retry_from, ended
 
     @staticmethod
     def _rules(d: Decision) -> RetryOn | None:
@@ -738,8 +748,13 @@ class DatacenterTraffic:
         return False
 
     def _settle_budget(self, budget: RetryBudget, now: float) -> None:
-        """Take the requests answered by ``now`` out of the budget's counts (an answer at
-        the same instant included: :data:`TIE`)."""
+        """Bring the budget's counts to ``now``: the retries decided by then in, the
+        requests answered by then out (the same instant included: :data:`TIE`).  A retry is
+        decided before its request's answer, so it is counted first."""
+        retry_from = self._retry_from
+        while retry_from and retry_from[0][0] <= now + TIE:
+            heapq.heappop(retry_from)
+            budget.retrying_now()
         flight = self._flight
         while flight and flight[0][0] <= now + TIE:
             budget.finished(heapq.heappop(flight)[2])
@@ -774,17 +789,19 @@ class DatacenterTraffic:
         if budget is not None:
             self._settle_budget(budget, now)
             budget.started()
-        retried = False
+        retry_from: float | None = None
         end = now + a.latency
         if a.status != 200 or stale:
-            retry, a, retried, end = self._failed(req, d, ep.key, a, engine, c, t, stale=stale)
+            retry, a, retry_from, end = self._failed(req, d, ep.key, a, engine, c, t, stale=stale)
             # A failed first attempt that was retried is counted in flight at the endpoint
             # that answered, from the request's start to the final answer.
             if retry is not None and retry.endpoint is not None:
                 ep = retry.endpoint
-        if budget is not None:  # for the final answer's latency (docs/simulate.md, section 9)
+        if budget is not None:  # to its final answer, retrying from its retry's decision
             self._flight_seq += 1
-            heapq.heappush(self._flight, (now + a.latency, self._flight_seq, retried))
+            heapq.heappush(self._flight, (end, self._flight_seq, retry_from is not None))
+            if retry_from is not None:
+                heapq.heappush(self._retry_from, (retry_from, self._flight_seq))
         if self._keep_alive and not a.connect_failed and a.failure != HANG:
             # a timed-out connection is discarded, not pooled (lb/proxy/replies.py)
             self._released[ep.key] = end

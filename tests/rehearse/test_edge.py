@@ -15,7 +15,7 @@ import trustme
 from waiting import wait_until
 
 from lb.connector import ConnectorConfig, IngressRule, serve_connector
-from lb.connector.faults import Faults
+from lb.connector.faults import FaultError, Faults
 from lb.rehearse.edge import NO_CONNECTOR, Edge, Upstream
 from lb.sim.network import Network
 from lb.sim.scenario import Scenario, load_scenario
@@ -247,3 +247,25 @@ async def test_a_target_that_is_not_a_path_gets_a_400_and_the_edge_keeps_serving
     _, client_ctx = _contexts(ca)
     async with httpx.AsyncClient(verify=client_ctx, timeout=5) as client:
         assert (await client.get(f"{url}/", headers={"host": "app.example.com"})).status_code == 200
+
+
+def test_only_a_status_at_the_edge_can_be_marked_handed() -> None:
+    """``handed`` marks a status of the whole tunnel the edge stand-in handed over (its
+    answer is tagged, and counted for no replica); anything else is a one-line 400."""
+    faults = Faults(lambda: 10.0)
+    state = faults.apply({"do": "status", "status": 503, "handed": True})
+    assert state["set"] == {"do": "status", "status": 503, "handed": True}
+    assert faults.forced() == (503, True)
+    faults.apply({"do": "status", "status": 503})
+    assert faults.forced() == (503, False)
+    flap = {"do": "flap", "period": 4, "down_for": 1, "how": "status", "status": 502}
+    faults.apply({**flap, "since": 9.5, "handed": True})
+    assert faults.forced() == (502, True)
+    for bad in (
+        {"do": "down", "handed": True},
+        {"do": "status", "status": 503, "handed": 1},
+        {"do": "status", "status": 503, "layer": "origin", "handed": True},
+        {**flap, "how": "down", "handed": True},
+    ):
+        with pytest.raises(FaultError, match=r"^handed: "):
+            faults.apply(bad)

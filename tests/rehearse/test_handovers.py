@@ -5,7 +5,8 @@ latency, the tunnel's latency and a recover of one replica or of the whole tunne
 simulator's per-replica conditions (``lb.sim.network``) are the reference each case names.
 Random timelines of every event the rehearsal takes then follow requests through the
 stand-ins' own fault state (:class:`_Rehearsed`) and compare them with the simulator's
-answers, both ways: what is accepted matches, what is refused differs.
+answers, and the replica each is counted for (``by_replica``), both ways: what is accepted
+matches, what is refused differs.
 """
 
 from __future__ import annotations
@@ -254,7 +255,7 @@ def test_a_hand_over_of_a_fault_sets_it_on_the_connectors_before_clearing_the_ed
         "{at: 30, replica: shared/host-fra, do: recover}",
     )
     assert _sent(sc)[1] == [
-        (IAD, {"do": "status", "status": 503}),
+        (IAD, {"do": "status", "status": 503, "handed": True}),
         ("edge", {"do": "recover"}),
         (FRA, {"do": "recover"}),
     ]
@@ -268,33 +269,20 @@ def _through(sc: Scenario, replica: str, t: float) -> bool:
     return answer.through
 
 
-def test_whose_status_it_is_comes_from_the_target_kind_not_the_replicas_it_names(
+def test_a_status_is_the_edges_own_by_its_target_kind_tunnel_or_replica(
     tmp_path: Path,
 ) -> None:
-    """``tunnel: TUNNEL/REPLICA`` names one replica of two, yet its status is the edge's own
-    in the simulator (no replica counts it); the edge stand-in answers for every replica or
-    none, so the rehearsal's connector would answer it and count it for that replica: with
-    expectations of replicas (replicas-one-tunnel has two) it is refused.  The same status
-    of ``replica:`` is that replica's on both sides, and a refusal of ``tunnel: T/R`` is
-    that replica's connector's, as in the simulator."""
-    wide = "{at: 20, tunnel: shared/host-fra, do: status, status: 503}"
-    own = "{at: 20, replica: shared/host-fra, do: status, status: 503}"
-    sc = _scenario(tmp_path, wide)
+    """``tunnel:`` is the whole tunnel: its status is the edge stand-in's own, as the
+    simulator's is the edge's (counted for no replica); the same status of ``replica:`` is
+    that replica's on both sides.  (``tunnel: TUNNEL/REPLICA``, which would mean either, is
+    refused by the scenario loader: ``tests/sim/test_sim_scenario_errors.py``.)"""
+    sc = _scenario(tmp_path, "{at: 20, tunnel: shared, do: status, status: 503}")
     assert not _through(sc, FRA, 25)
-    assert _sent(sc) == [[(FRA, {"do": "status", "status": 503})]]
-    assert unrehearsable(sc) == [
-        f"expect {x.name!r}: the status of status tunnel shared/host-fra is the edge's own "
-        "answer in the simulator (a tunnel: target), counted for no replica, but its "
-        "replica's connector answers it in the rehearsal (the edge stand-in answers for "
-        "every replica or none), where it is counted for that replica"
-        for x in sc.expectations
-    ]
-    sc = _scenario(tmp_path, own)
+    assert _sent(sc) == [[("edge", {"do": "status", "status": 503})]]
+    assert unrehearsable(sc) == []
+    sc = _scenario(tmp_path, "{at: 20, replica: shared/host-fra, do: status, status: 503}")
     assert _through(sc, FRA, 25)
     assert _sent(sc) == [[(FRA, {"do": "status", "status": 503})]]
-    assert unrehearsable(sc) == []
-    sc = _scenario(tmp_path, "{at: 20, tunnel: shared/host-fra, do: refuse}")
-    assert _sent(sc) == [[(FRA, {"do": "refuse"})]]
     assert unrehearsable(sc) == []
 
 
@@ -512,6 +500,7 @@ def test_a_tunnel_flap_handed_over_at_any_time_keeps_its_phase(tmp_path: Path) -
         "how": "status",
         "status": 502,
         "since": 10.0,
+        "handed": True,
     }
     for at in (30, 35):
         sc = _scenario(
@@ -571,7 +560,9 @@ def test_a_tunnel_flap_showing_a_replica_fault_after_a_tunnel_latency_is_refused
         "replica answers in the flap's up part, when the edge stand-in forwards to that "
         "connector)"
     ]
-    assert _differences(sc)[0].startswith("31.0s 33333333 IAD: [('shared/host-iad', 504, '', 0.5)]")
+    assert _differences(sc)[0].startswith(
+        "31.0s 33333333 IAD: [('shared/host-iad', 504, '', 0.5, 'shared/host-iad')]"
+    )
 
 
 def test_a_tunnel_down_skips_only_the_latency_the_simulators_530_pays(tmp_path: Path) -> None:
@@ -654,10 +645,11 @@ _REFUSED = {
 }
 """The (target, event) pairs every timeline is refused with (:func:`unrehearsable`)."""
 
-Shown = tuple[str | None, int, str, float]
+Shown = tuple[str | None, int, str, float, str | None]
 """What one attempt gets: the replica that gave it (None when no replica could: a refused or
 hung tunnel, no replica left), its status (0: none), how it failed ("" for an answer; a
-refused connection, a hang, a cut) and the latency it paid (0 where none could be seen)."""
+refused connection, a hang, a cut), the latency it paid (0 where none could be seen), and
+the replica ``by_replica`` counts it for (None: none, as for the edge's own answers)."""
 _UNSEEN = frozenset({"refuse", "blackhole", "unreachable", "hang"})
 """Failures that pay no latency that could be seen (no connection, or no answer)."""
 _DEAD = frozenset({"refuse", "blackhole", "unreachable", "down"})
@@ -708,24 +700,33 @@ class _Rehearsed:
         }
         fault = edge.current()[0]
         if fault == TimelineAction.REFUSE:  # the listener is closed
-            return frozenset({(None, 521, fault, 0.0)})
+            return frozenset({(None, 521, fault, 0.0, None)})
         if fault == TimelineAction.BLACKHOLE:  # gate(): accepted, never answered
-            return frozenset({(None, 522, fault, 0.0)})
+            return frozenset({(None, 522, fault, 0.0, None)})
         delay = edge.latency  # held after the replica's answer, or the edge's own
         if fault == TimelineAction.DOWN:
-            return frozenset({(None, NO_CONNECTOR, "", delay)})
+            return frozenset({(None, NO_CONNECTOR, "", delay, None)})
         every = prefer_local(replicas, dc, self._dcs, _where)
         if (cut := edge.cut()) is not None:
-            return frozenset((r.label, 502, cut, delay) for r in every)
+            return frozenset((r.label, 502, cut, delay, None) for r in every)
         if (status := edge.answer()) is not None:
-            return frozenset((r.label, status, "", delay) for r in every)
+            return frozenset((r.label, status, "", delay, None) for r in every)
         # A refused connection is passed over and the choice made again over the rest
         # (Edge.choose): what is left is the simulator's choice among those that take one.
         usable = [r for r in replicas if connectors[r.name].current()[0] != "refuse"]
         if not usable:
-            return frozenset({(None, NO_CONNECTOR, "", delay)})
+            return frozenset({(None, NO_CONNECTOR, "", delay, None)})
         chosen = prefer_local(usable, dc, self._dcs, _where)
-        return frozenset((r.label, *_connector(connectors[r.name], delay)) for r in chosen)
+        return frozenset(self._forwarded(r, connectors[r.name], delay) for r in chosen)
+
+    def _forwarded(self, r: Replica, c: Faults, delay: float) -> Shown:
+        """A request the edge stand-in forwards to ``r``'s connector: recorded under ``r``
+        (``Edge.answered``) when a whole answer came, unless the connector tagged it as a
+        status of the whole tunnel handed over to it (``Faults.forced``)."""
+        status, failure, slow = _connector(c, delay)
+        forced = c.forced()
+        own = forced is not None and forced[1]
+        return (r.label, status, failure, slow, None if failure or own else r.label or r.name)
 
 
 def _where(r: Replica) -> tuple[str, ...]:
@@ -766,7 +767,8 @@ def _simulated(network: Network, address: str, dc: str, t: float) -> frozenset[S
         dead = a.failure in _DEAD
         failure = a.failure if a.failure != TimelineAction.DOWN else ""
         slow = 0.0 if failure in _UNSEEN else round(a.latency - network.rtt, 6)
-        out.add((None if dead else a.replica, a.status, failure, slow))
+        counted = a.replica if a.through else None
+        out.add((None if dead else a.replica, a.status, failure, slow, counted))
     return frozenset(out)
 
 

@@ -307,6 +307,29 @@ def test_a_broken_scenario_is_reported_as_written(tmp_path: Path) -> None:
     assert line.startswith(f"error: {bad}:3: YAML syntax error")
 
 
+def test_a_tunnel_target_naming_a_replica_is_one_error_in_both_commands(tmp_path: Path) -> None:
+    """``tunnel: TUNNEL/REPLICA`` has no one meaning: the simulator and the rehearsal parse
+    the same scenario and refuse it alike, at its line, naming the two keys to use."""
+    scenario = tmp_path / "replicas.yaml"
+    scenario.write_text(
+        REPLICAS.read_text().replace(
+            "timeline: []", "timeline:\n  - {at: 20, tunnel: shared/host-fra, do: refuse}"
+        )
+    )
+    line = 1 + scenario.read_text().splitlines().index(
+        "  - {at: 20, tunnel: shared/host-fra, do: refuse}"
+    )
+    for command in ("simulate", "rehearse"):
+        run = [sys.executable, "-m", "lb", command, str(scenario)]
+        done = subprocess.run(run, capture_output=True, text=True, check=False, timeout=60)
+        assert done.returncode == 2, (command, done.stderr)
+        assert done.stderr.strip().splitlines() == [
+            f"error: {scenario}:{line}: timeline[0].tunnel: tunnel: names a whole tunnel, not a "
+            "replica: use replica: shared/host-fra for one replica, tunnel: shared for the "
+            "whole tunnel"
+        ], command
+
+
 def _refusal(path: Path, tmp_path: Path) -> str:
     with pytest.raises(RehearsalError) as caught:
         rehearse(path, seeds=1, speed=10, workdir=tmp_path / "work")
@@ -405,6 +428,31 @@ def test_a_tunnel_flap_handed_over_in_phase_falls_inside_the_simulated_spread(
     _conclusive(result)  # the expectation has a window
     assert [v["ok"] for v in result.real.data["expectations"]] == [True], result.table()
     assert result.ok, result.table()
+
+
+def test_a_tunnel_status_handed_over_counts_for_no_replica_as_in_the_simulator(
+    tmp_path: Path,
+) -> None:
+    """The whole tunnel answers 503 from 20 s (the edge's own, counted for no replica); the
+    IAD replica recovers at 30 s, so the rehearsal hands the 503 to the FRA connector, which
+    answers FRA's users with it.  The simulator still counts those 503s for no replica, and
+    so does the real report: the FRA host's share stays 0 until the tunnel recovers.  (The
+    window stops short of 40 s: at speed 10 a millisecond is 0.01 s of scenario time, so a
+    request the LB received just before the recover can reach the connector after it.)"""
+    scenario = _with_timeline(
+        tmp_path,
+        "  - {at: 20, tunnel: shared, do: status, status: 503, until: 40}\n"
+        "  - {at: 30, replica: shared/host-iad, do: recover}\n",
+        "  - name: the tunnel's 503 is the edge's, handed over or not\n"
+        "    share: {replica: shared/host-fra, between: [32, 38], at_most: 0}\n"
+        "  - name: the recovered host answers its own users\n"
+        "    share: {replica: shared/host-iad, between: [32, 38], at_least: 0.2}\n",
+    )
+    result = rehearse(scenario, seeds=3, speed=10, rate=0.25, workdir=tmp_path / "work")
+    data = result.real.data
+    assert data["statuses"].get("503", 0) > 0, data["statuses"]
+    _conclusive(result)  # every expectation has a window
+    assert [v["ok"] for v in data["expectations"]] == [True] * 2, result.table()
 
 
 def test_a_hanging_tunnel_fault_left_on_some_replicas_is_refused(tmp_path: Path) -> None:

@@ -99,3 +99,34 @@ def test_a_replicas_status_on_a_one_replica_tunnel_is_still_the_replicas(
         assert w["by_replica"]["tb/r1"] == w["by_endpoint"]["main/b"], w
     for w in _windows(data, 20, 30):
         assert "tb/r1" not in w["by_replica"], w
+
+
+def test_a_connection_already_open_gets_what_a_new_request_gets(tmp_path: Path) -> None:
+    """``Network.replica_answer`` (a long-lived session's replica, :mod:`lb.sim.sessions`)
+    and ``Network.answers`` (a new request) follow one rule for every event: a 503 of the
+    whole tunnel is the edge's own whichever of the two asks, and a replica's own fault is
+    that replica's.  Compared answer for answer, replica by replica, at every instant."""
+    timeline = (
+        "timeline:\n"
+        "  - {at: 10, tunnel: ta, do: status, status: 503, until: 20}\n"
+        "  - {at: 15, replica: ta/r1, do: latency, latency: 0.2, until: 25}\n"
+        "  - {at: 30, replica: ta/r2, do: status, status: 500, until: 40}\n"
+        "  - {at: 35, tunnel: ta, do: flap, period: 2, down_for: 1, how: status, status: 502,"
+        " until: 45}\n"
+        "  - {at: 50, tunnel: tb, do: status, status: 504, until: 55}\n"
+        "  - {at: 52, origin: ta/r1, do: status, status: 429, until: 58}\n"
+    )
+    sc = scenario(tmp_path, BASE + timeline)
+    network = Network(sc)
+    seen: set[tuple[int, bool]] = set()
+    for address, replicas in sc.replicas.items():
+        for tenth in range(600):
+            t = tenth / 10
+            # no entry data center: every usable replica is a candidate, as for a probe
+            answers = network.answers(address, ("FRA",), "", "app.example.com", "/", t)
+            for r in replicas:
+                new = [a for a in answers if a.replica == r.label]
+                old = network.replica_answer(address, r.label, "FRA", "app.example.com", "/", t)
+                assert old is not None and [old] == new, (t, r.label)
+                seen.add((old.status, old.through))
+    assert {(503, False), (502, False), (504, False), (500, True), (429, True)} <= seen

@@ -51,6 +51,33 @@ def test_a_spent_budget_answers_the_failure_and_counts_it(tmp_path: Path) -> Non
     assert data["errors"] == data["retry_budget_refusals"] > 1500
 
 
+def test_the_budget_counts_a_retried_request_from_its_start_to_its_final_answer(
+    tmp_path: Path,
+) -> None:
+    """The application behind c also answers 1 s late, so each request to it waits 1 s for
+    its 502 and is then retried to a or b (20 ms): as in the proxy, it is in flight for the
+    whole 1.02 s and retrying only for the last 20 ms (``lb/proxy/exchange.py``).  About 36
+    requests are then in flight at any moment (a third of 100 a second for 1.02 s, the rest
+    for 20 ms), so 20 % of them leaves room for 7 retrying, and the one or two that are
+    never fill it: no retry is refused.  Counted for its final answer's 20 ms only, as the
+    simulator did, the requests in flight were about two, the cap the minimum of one, and
+    most retries were refused."""
+    text = SCENARIO.read_text().replace(
+        "  - {at: 30, origin: c, do: refuse, until: 90}\n",
+        "  - {at: 30, origin: c, do: refuse, until: 90}\n"
+        "  - {at: 30, origin: c, do: latency, latency: 1, until: 90}\n",
+    )
+    # b's fast resets, whose 20 ms retries this small a budget does refuse, are not the point
+    text = text.replace("  - {at: 100, tunnel: b, do: reset, until: 115}\n", "")
+    rule = "      retry_on: {statuses: [502], budget_percent: 20, min_retry_concurrency: 1}\n"
+    path = tmp_path / "slow.yaml"
+    path.write_text(text.replace(RULE, rule))
+    data = run_scenario(load_scenario(path)).data
+    assert 1500 <= data["retry_on_retries"] <= 2500
+    assert data["retry_budget_refusals"] == 0
+    assert data["errors"] == 0
+
+
 def test_a_pool_retry_on_overrides_the_load_balancer(tmp_path: Path) -> None:
     """The pool's own retry_on (no statuses) replaces the load balancer's: 502s stay."""
     text = SCENARIO.read_text().replace(

@@ -54,6 +54,47 @@ def test_unknown_replica_and_endpoint(tmp_path: Path) -> None:
     assert "unknown endpoint 'main/zz'" in found[1].message
 
 
+def test_a_tunnel_target_naming_a_replica_is_refused_at_its_line(tmp_path: Path) -> None:
+    """``tunnel: T/R`` would mean the whole tunnel and one replica at once: refused, with the
+    two keys that say each; ``replica: T/R`` and ``origin: T/R`` keep their meaning."""
+    path = write(
+        tmp_path,
+        HEAD
+        + "timeline:\n"
+        + "  - {at: 10, replica: ta/r1, do: status, status: 503}\n"
+        + "  - {at: 10, tunnel: ta/r1, do: status, status: 503}\n"
+        + "  - {at: 10, origin: ta/r1, do: status, status: 503}\n",
+    )
+    p = only(path)
+    assert (p.file, p.line, p.path) == (str(path), 7, "timeline[1].tunnel")
+    assert p.message == (
+        "tunnel: names a whole tunnel, not a replica: use replica: ta/r1 for one replica, "
+        "tunnel: ta for the whole tunnel"
+    )
+    assert "\n" not in str(p)
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ("typo/r1", "unknown tunnel 'typo' (known: ta, tb)"),
+        ("ta/", "tunnel: names a whole tunnel, not a replica: use tunnel: ta for the whole tunnel"),
+        (
+            "ta/r9",
+            "tunnel: names a whole tunnel, not a replica: use tunnel: ta for the whole tunnel",
+        ),
+    ],
+)
+def test_a_tunnel_target_hints_replica_only_for_a_replica_the_tunnel_has(
+    tmp_path: Path, target: str, message: str
+) -> None:
+    """The tunnel is resolved first (an unknown one is said as such), and ``replica: T/R``
+    is advised only for a replica ``T`` has."""
+    path = write(tmp_path, HEAD + f"timeline:\n  - {{at: 10, tunnel: {target}, do: refuse}}\n")
+    p = only(path)
+    assert (p.line, p.path, p.message) == (6, "timeline[0].tunnel", message)
+
+
 def test_time_after_the_end(tmp_path: Path) -> None:
     path = write(tmp_path, HEAD + "timeline:\n  - {at: 61, tunnel: ta, do: refuse}\n")
     p = only(path)
