@@ -44,10 +44,10 @@ from typing import Any
 
 from lb.sim.scenario import NetEvent, Scenario
 from lb.sim.spec import TimelineAction
+from monitors.reasons import TIMEOUTS
 
 __all__ = [
     "HELD_SHARE",
-    "PROBE_TIMEOUTS",
     "TIMEOUT_STATUSES",
     "Samples",
     "Snapshot",
@@ -73,9 +73,6 @@ _HANGS = frozenset(
     }
 )
 """Faults after which an answer may not come in time, in the simulator too."""
-
-PROBE_TIMEOUTS = ("TCP timeout", "HTTP timeout occurred")
-"""The failure reasons of a check that got nothing back in time (``monitors.reasons``)."""
 
 TIMEOUT_STATUSES = frozenset({522, 524})
 """The proxy's answers when an endpoint did not answer in time (connect, response)."""
@@ -137,7 +134,7 @@ def probe_timeouts(metrics: str) -> dict[str, int]:
         if found is None:
             continue
         labels = dict(_LABEL.findall(found["labels"]))
-        if labels.get("reason") not in PROBE_TIMEOUTS:
+        if labels.get("reason") not in TIMEOUTS:
             continue
         count = int(float(found["value"]))
         if count:
@@ -214,7 +211,7 @@ def unexplained(
         if endpoint in kept:
             out += [Timeout(endpoint, "probe", after - timeout, by)] * n
     for t in transitions:
-        if t.get("to") != "unhealthy" or t.get("reason") not in PROBE_TIMEOUTS:
+        if t.get("to") != "unhealthy" or t.get("reason") not in TIMEOUTS:
             continue
         if t.get("vantage") in ("*", "passive"):
             continue  # the combined view repeats a vantage point's transition
