@@ -174,7 +174,11 @@ def _parse(body: dict[str, object], at: float) -> _Change:
         raise FaultError("since: only a flap has a start (any change can carry at)")
     handed = body.get("handed", False)
     if not isinstance(handed, bool) or (
-        handed and (layer != EDGE or "status" not in (action, body.get("how")))
+        handed
+        and (
+            layer != EDGE
+            or not (action == "status" or (action == "flap" and body.get("how") == "status"))
+        )
     ):
         raise FaultError("handed: true or false, and only for a status (or a flap's) at the edge")
     if action == "recover":

@@ -31,7 +31,6 @@ late to compare says so (:attr:`lb.rehearse.Rehearsal.inconclusive`).
 from __future__ import annotations
 
 import copy
-import itertools
 import math
 import random
 import time
@@ -677,12 +676,15 @@ class Driven:
     """Probe requests the stand-ins received in ``[0, duration]``."""
     probe_duration: float = 0.0
     """How long the LB's slowest probe took, to its histogram bucket (seconds)."""
-    probe_timeouts: dict[str, int] = field(default_factory=dict)
-    """``pool/endpoint`` -> the LB's checks that timed out from the first reading of its
-    counter (at time 0, or just after) to the scenario's end."""
     timed_out: list[tuple[str, float, float, int]] = field(default_factory=list)
-    """``(pool/endpoint, after, by, n)``: ``n`` of the LB's checks timed out between two
-    readings of its counter (scenario seconds), :data:`SAMPLE` * 2 apart."""
+    """``(pool/endpoint, after, by, n)``: ``n`` of the LB's checks first counted in a reading
+    of its counter, so timed out after ``after`` (when the previous reading's GET was sent:
+    a check counted then may have been sent up to a probe timeout before, which
+    :func:`lb.rehearse.stalls.unexplained` adds) and by ``by`` (when this reading's GET
+    returned), in scenario seconds.  ``after`` is ``-inf`` when a reading in between failed
+    (a gap): such a window is never the machine's."""
+    gaps: int = 0
+    """Readings of the LB's counter that failed (an HTTP error or a timeout)."""
     samples: Samples = field(default_factory=list)
     """How long each of the stack's processes had run and waited for a CPU, read every
     :data:`SAMPLE` seconds over ``[0, duration]`` (scenario seconds)."""
@@ -707,21 +709,45 @@ async def _at_the_end(
     machine's, :mod:`lb.rehearse.stalls` tells from them); at the end, the probe requests
     the stand-ins received since time 0 (the simulator counts the attempts of ``[0,
     duration]``) and the LB's probe duration."""
-    readings: list[tuple[float, dict[str, int]]] = []
+    # (sent, returned, counts): when each GET of the counter was sent and returned (scenario
+    # seconds, taken as they are: the last may come after the end); counts None: it failed.
+    readings: list[tuple[float, float, dict[str, int] | None]] = []
+
+    async def read() -> None:
+        sent = trio.current_time() - start
+        try:
+            counts: dict[str, int] | None = await stack.probe_timeouts(client)
+        except httpx.HTTPError:
+            counts = None
+            out.gaps += 1
+        readings.append((sent, trio.current_time() - start, counts))
+
     k = 0
     while True:
-        now = min(trio.current_time() - start, sc.duration)
+        now = trio.current_time() - start
         out.samples.append((now, stack.cpu()))
         if k % 2 == 0 or now >= sc.duration:
-            readings.append((now, await stack.probe_timeouts(client)))
+            await read()
         if now >= sc.duration:
             break
-        k += 1
+        # After a slow GET, skip the ticks missed rather than catch up back to back.
+        k = max(k + 1, math.floor((trio.current_time() - start) / SAMPLE) + 1)
         await trio.sleep_until(start + min(sc.duration, k * SAMPLE))
-    (_, first), (_, last) = readings[0], readings[-1]
-    out.probe_timeouts = {e: n - first.get(e, 0) for e, n in last.items() if n > first.get(e, 0)}
-    for (after, a), (by, b) in itertools.pairwise(readings):
-        out.timed_out += [(e, after, by, n - a.get(e, 0)) for e, n in b.items() if n > a.get(e, 0)]
+    if readings[-1][2] is None:
+        await read()  # one more try: a check counted after the last good reading is lost
+    previous: tuple[float, dict[str, int]] | None = None
+    gap = False
+    for sent, returned, counts in readings:
+        if counts is None:
+            gap = True
+            continue
+        if previous is not None:
+            after, a = previous
+            after = -math.inf if gap else after
+            out.timed_out += [
+                (e, after, returned, n - a.get(e, 0)) for e, n in counts.items() if n > a.get(e, 0)
+            ]
+        previous, gap = (sent, counts), False
     ran = waited = 0.0
     for pid, snapshot in out.samples[-1][1].items():
         r, w = spent(out.samples[0][1].get(pid, {}), snapshot)

@@ -35,7 +35,6 @@ fault's own timeouts, so a simulator wrong about them is still caught.
 from __future__ import annotations
 
 import bisect
-import itertools
 import math
 import re
 from collections.abc import Iterable, Mapping
@@ -45,10 +44,10 @@ from typing import Any
 
 from lb.sim.scenario import NetEvent, Scenario
 from lb.sim.spec import TimelineAction
+from monitors.reasons import TIMEOUTS
 
 __all__ = [
     "HELD_SHARE",
-    "PROBE_TIMEOUTS",
     "TIMEOUT_STATUSES",
     "Samples",
     "Snapshot",
@@ -74,9 +73,6 @@ _HANGS = frozenset(
     }
 )
 """Faults after which an answer may not come in time, in the simulator too."""
-
-PROBE_TIMEOUTS = ("TCP timeout", "HTTP timeout occurred")
-"""The failure reasons of a check that got nothing back in time (``monitors.reasons``)."""
 
 TIMEOUT_STATUSES = frozenset({522, 524})
 """The proxy's answers when an endpoint did not answer in time (connect, response)."""
@@ -138,7 +134,7 @@ def probe_timeouts(metrics: str) -> dict[str, int]:
         if found is None:
             continue
         labels = dict(_LABEL.findall(found["labels"]))
-        if labels.get("reason") not in PROBE_TIMEOUTS:
+        if labels.get("reason") not in TIMEOUTS:
             continue
         count = int(float(found["value"]))
         if count:
@@ -215,7 +211,7 @@ def unexplained(
         if endpoint in kept:
             out += [Timeout(endpoint, "probe", after - timeout, by)] * n
     for t in transitions:
-        if t.get("to") != "unhealthy" or t.get("reason") not in PROBE_TIMEOUTS:
+        if t.get("to") != "unhealthy" or t.get("reason") not in TIMEOUTS:
             continue
         if t.get("vantage") in ("*", "passive"):
             continue  # the combined view repeats a vantage point's transition
@@ -303,29 +299,29 @@ Samples = list[tuple[float, dict[int, Snapshot]]]
 
 
 def wait_between(samples: Samples, pid: int, begun: float, ended: float) -> float | None:
-    """Seconds process ``pid`` waited for a CPU from ``begun`` to ``ended`` (scenario
-    seconds), its wait taken to grow evenly between two readings; None when the readings do
-    not cover the span."""
+    """The most one thread of process ``pid`` (or of one of its children) waited for a CPU
+    from ``begun`` to ``ended`` (scenario seconds); None when the readings do not cover the
+    span.
+
+    A lower bound, so that a timeout errs towards being judged: only the intervals between
+    two readings wholly inside the span count (spreading an interval's wait evenly would
+    count wait outside the window inside it), and a thread is taken alone (a sum over
+    threads and processes would let many that each waited a little reach the share)."""
     times = [t for t, _ in samples]
     if not samples or begun < times[0] or ended > times[-1] or pid not in samples[0][1]:
         return None
-    total = [0.0]
-    for (_, a), (_, b) in itertools.pairwise(samples):
-        total.append(total[-1] + waited(a.get(pid, {}), b.get(pid, {})))
-
-    def at(t: float) -> float:
-        i = max(0, bisect.bisect_right(times, t) - 1)
-        if i + 1 >= len(times) or times[i + 1] == times[i]:
-            return total[i]
-        share = (t - times[i]) / (times[i + 1] - times[i])
-        return total[i] + share * (total[i + 1] - total[i])
-
-    return at(ended) - at(begun)
+    first = bisect.bisect_left(times, begun)
+    last = bisect.bisect_right(times, ended) - 1
+    if last <= first:
+        return 0.0
+    a, b = samples[first][1].get(pid, {}), samples[last][1].get(pid, {})
+    return max((max(0.0, w - a.get(key, (0.0, 0.0))[1]) for key, (_, w) in b.items()), default=0.0)
 
 
 def held(timeout: Timeout, samples: Samples, path: Iterable[int]) -> bool:
-    """Whether a process on ``timeout``'s path (the LB, the endpoint's stand-ins) waited
-    for a CPU at least :data:`HELD_SHARE` of the timeout's own window: the machine's."""
+    """Whether a thread on ``timeout``'s path (of the LB, of the endpoint's stand-ins)
+    waited for a CPU at least :data:`HELD_SHARE` of the timeout's own window
+    (:func:`wait_between`): the machine's."""
     need = HELD_SHARE * (timeout.ended - timeout.begun)
     for pid in path:
         w = wait_between(samples, pid, timeout.begun, timeout.ended)

@@ -263,6 +263,8 @@ def test_only_a_status_at_the_edge_can_be_marked_handed() -> None:
     assert faults.forced() == (502, True)
     for bad in (
         {"do": "down", "handed": True},
+        {"do": "down", "how": "status", "handed": True},
+        {"do": "latency", "latency": 1, "how": "status", "handed": True},
         {"do": "status", "status": 503, "handed": 1},
         {"do": "status", "status": 503, "layer": "origin", "handed": True},
         {**flap, "how": "down", "handed": True},

@@ -10,6 +10,7 @@ import pytest
 
 from lb.rehearse.stalls import (
     Samples,
+    Snapshot,
     Timeout,
     cpu_times,
     hang_spans,
@@ -189,14 +190,15 @@ def _samples(waits: list[tuple[float, float]]) -> Samples:
 
 def test_a_timeout_is_the_machines_only_when_its_path_waited_inside_its_window() -> None:
     """The LB waited 0.4 s for a CPU between 10 and 10.5 s (scenario seconds), and nothing
-    else.  A check that timed out (0.4 s) from 10.1 to 10.5 s met that wait: excused.  One
+    else.  A check that timed out from 10 to 10.5 s met that wait: excused.  One
     from 12 to 12.4 s did not: the wait was outside its window, and it is judged, however
     much the LB waited over the run.  A stand-in that never waited excuses nothing."""
     times = [k / 4 for k in range(53)]  # every 0.25 s, 0 to 13 s
     samples = _samples([(t, min(0.4, max(0.0, (t - 10.0) * 0.8))) for t in times])
-    assert wait_between(samples, 1, 10.1, 10.5) == pytest.approx(0.32)
+    assert wait_between(samples, 1, 10.0, 10.5) == pytest.approx(0.4)
+    assert wait_between(samples, 1, 10.1, 10.5) == pytest.approx(0.2)  # 10.25 to 10.5
     assert wait_between(samples, 1, 12.0, 12.4) == pytest.approx(0.0)
-    inside = Timeout("app/a", "probe", 10.1, 10.5)
+    inside = Timeout("app/a", "probe", 10.0, 10.5)
     outside = Timeout("app/a", "probe", 12.0, 12.4)
     assert held(inside, samples, [1, 2])
     assert not held(outside, samples, [1, 2])
@@ -205,3 +207,29 @@ def test_a_timeout_is_the_machines_only_when_its_path_waited_inside_its_window()
     assert wait_between(samples, 1, 12.0, 14.0) is None
     assert not held(Timeout("app/a", "probe", 13.5, 14.0), samples, [1])
     assert not held(inside, [], [1])
+
+
+def test_only_whole_intervals_inside_the_window_count() -> None:
+    """The LB waited 0.2 s from 9.75 to 10 s and 0.2 s from 10 to 10.25 s.  A check that
+    timed out from 9.9 to 10.4 s (need 0.25 s) has one whole interval inside its window
+    (10 to 10.25 s): 0.2 s, judged.  Spreading each interval's wait evenly would have
+    counted 0.08 s of the wait before 9.9 s and excused it."""
+    times = [k / 4 for k in range(53)]
+    samples = _samples([(t, min(0.4, max(0.0, (t - 9.75) * 0.8))) for t in times])
+    assert wait_between(samples, 1, 9.9, 10.4) == pytest.approx(0.2)
+    assert not held(Timeout("app/a", "probe", 9.9, 10.4), samples, [1])
+    assert wait_between(samples, 1, 10.1, 10.2) == 0.0  # no whole interval inside
+
+
+def test_the_most_one_thread_waited_counts_not_the_sum() -> None:
+    """Three threads of the LB (one in a child process) each waited 0.15 s from 10 to
+    10.5 s: 0.45 s together, but no one of them was held back half of the window."""
+    times = [k / 4 for k in range(53)]
+
+    def at(t: float) -> Snapshot:
+        w = min(0.15, max(0.0, (t - 10.0) * 0.3))
+        return {(1, 1): (t, w), (1, 2): (t, w), (3, 3): (t, w)}
+
+    samples: Samples = [(t, {1: at(t)}) for t in times]
+    assert wait_between(samples, 1, 10.0, 10.5) == pytest.approx(0.15)
+    assert not held(Timeout("app/a", "probe", 10.0, 10.5), samples, [1])
