@@ -12,6 +12,7 @@ import httpx
 import pytest
 import trio
 import trustme
+from tls_support import contexts
 from waiting import wait_until
 
 from lb.connector import ConnectorConfig, IngressRule, serve_connector
@@ -83,19 +84,11 @@ def ca() -> trustme.CA:
     return trustme.CA()
 
 
-def _contexts(ca: trustme.CA) -> tuple[ssl.SSLContext, ssl.SSLContext]:
-    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1", "localhost", "app.example.com").configure_cert(server)
-    client = ssl.create_default_context()
-    ca.configure_trust(client)
-    return server, client
-
-
 async def _running(
     nursery: trio.Nursery, sc: Scenario, ca: trustme.CA
 ) -> tuple[Edge, str, dict[str, Faults]]:
     """Two real connectors (one per replica) and the edge in front: (edge, its URL, faults)."""
-    server, client = _contexts(ca)
+    server, client = contexts(ca)
     faults: dict[str, Faults] = {}
     upstreams = []
     for replica in sc.replicas[ADDRESS]:
@@ -123,7 +116,7 @@ async def test_a_refused_replica_is_passed_over_for_real(
     nursery: trio.Nursery, scenario: Scenario, ca: trustme.CA
 ) -> None:
     edge, url, faults = await _running(nursery, scenario, ca)
-    _, client_ctx = _contexts(ca)
+    _, client_ctx = contexts(ca)
     async with httpx.AsyncClient(verify=client_ctx, timeout=5) as client:
 
         async def get(n: int) -> int:
@@ -158,7 +151,7 @@ async def test_the_edge_forwards_at_once_and_waits_out_its_latency_after(
     the edge does, as the simulator asks every layer at the attempt's instant, so a latency
     handed over to the connectors while a request waits at the edge is not paid twice."""
     edge, url, faults = await _running(nursery, scenario, ca)
-    _, client_ctx = _contexts(ca)
+    _, client_ctx = contexts(ca)
     headers = {"host": "app.example.com", "cf-ray": "1-FRA"}
     answers: list[int] = []
     took: list[float] = []
@@ -188,7 +181,7 @@ async def test_the_edge_forwards_at_once_and_waits_out_its_latency_after(
 
 async def _raw(url: str, ca: trustme.CA) -> trio.SSLStream[trio.SocketStream]:
     """A TLS connection to the edge stand-in at ``url``, for bytes no HTTP client sends."""
-    _, client_ctx = _contexts(ca)
+    _, client_ctx = contexts(ca)
     host, port = url.removeprefix("https://").split(":")
     return await trio.open_ssl_over_tcp_stream(host, int(port), ssl_context=client_ctx)
 
@@ -214,7 +207,7 @@ async def test_a_reset_or_cut_replica_reaches_the_lb_as_it_is(
     sent): the LB's connection goes too, as in the simulator; a body cut short reaches the
     LB cut short."""
     edge, url, faults = await _running(nursery, scenario, ca)
-    _, client_ctx = _contexts(ca)
+    _, client_ctx = contexts(ca)
     headers = {"host": "app.example.com", "cf-ray": "1-FRA"}
     async with httpx.AsyncClient(verify=client_ctx, timeout=5) as client:
         faults["host-fra"].apply({"do": "reset"})
@@ -244,7 +237,7 @@ async def test_a_target_that_is_not_a_path_gets_a_400_and_the_edge_keeps_serving
     assert trio.current_time() - began >= 0.5
     edge.faults.apply({"do": "recover"})
     await stream.aclose()
-    _, client_ctx = _contexts(ca)
+    _, client_ctx = contexts(ca)
     async with httpx.AsyncClient(verify=client_ctx, timeout=5) as client:
         assert (await client.get(f"{url}/", headers={"host": "app.example.com"})).status_code == 200
 

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import json
 import random
-import ssl
 from functools import partial
 from pathlib import Path
 
 import httpx
 import trio
 import trustme
+from tls_support import contexts
 
 from lb.connector import ConnectorConfig, IngressRule, serve_connector
 from lb.connector.faults import HANDED_HEADER, Faults
@@ -47,14 +47,6 @@ def _scenario(tmp_path: Path) -> Scenario:
     return load_scenario(path)
 
 
-def _contexts(ca: trustme.CA) -> tuple[ssl.SSLContext, ssl.SSLContext]:
-    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1", "localhost", "app.example.com").configure_cert(server)
-    client = ssl.create_default_context()
-    ca.configure_trust(client)
-    return server, client
-
-
 async def test_a_handed_over_tunnel_status_is_the_edges_own_in_both_reports(
     nursery: trio.Nursery, tmp_path: Path
 ) -> None:
@@ -63,7 +55,7 @@ async def test_a_handed_over_tunnel_status_is_the_edges_own_in_both_reports(
     assert set(handovers(sc)) == {latency.index, flap_handover.index}
     now = [0.0]
     faults = {"edge": Faults(lambda: now[0])}
-    server, client_ctx = _contexts(trustme.CA())
+    server, client_ctx = contexts(trustme.CA())
     upstreams = []
     for replica in sc.replicas[ADDRESS]:
         faults[replica.name] = Faults(lambda: now[0])
