@@ -22,6 +22,14 @@ What the edge stand-in must tell apart (a replica that refused, one that broke b
 answer, one whose body broke off) are three exceptions, :class:`RefusedError`,
 :class:`BrokenError` and :class:`CutError`; every other failure of the exchange is a
 :class:`BrokenError`.
+
+A reused connection the peer closed just as the request went out (after the idle check of
+:meth:`Pool._take`, before the request arrived) breaks before any byte of an answer: the
+request is then sent once more, on a new connection, as Go's HTTP transport does for a
+request it can send again (here every request: bodies are buffered) and as the LB does for
+its own pooled connections (docs/proxy.md).  Without it, the edge stand-in would reset the
+LB's connection for a race no real edge passes on.  A timeout is not retried: the peer may
+be working on the request.
 """
 
 from __future__ import annotations
@@ -78,6 +86,11 @@ class BrokenError(ClientError):
     """The connection failed or timed out before the response's head."""
 
 
+class _StaleError(BrokenError):
+    """A reused connection broke before any byte of its answer (:meth:`Pool._exchange`
+    sends the request again, on a new connection)."""
+
+
 class CutError(ClientError):
     """The response's body broke off: its head and the bytes that came."""
 
@@ -130,9 +143,29 @@ class Pool:
     async def _exchange(
         self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]], body: bytes
     ) -> Answer:
-        http = await self._take() or await self._connect()
         if body or method not in _EMPTY:
             headers = [*headers, (b"content-length", str(len(body)).encode("ascii"))]
+        http = await self._take()
+        if http is not None:
+            try:
+                return await self._over(http, method, target, headers, body, reused=True)
+            except _StaleError:
+                pass  # once more, on a new connection (the module docstring says why)
+        http = await self._connect()
+        return await self._over(http, method, target, headers, body, reused=False)
+
+    async def _over(
+        self,
+        http: H11Stream,
+        method: bytes,
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        *,
+        reused: bool,
+    ) -> Answer:
+        """One exchange over ``http``; a :class:`_StaleError` when ``reused`` and it broke
+        before any byte of an answer (not a timeout: then the peer may be working on it)."""
         head: h11.Response | None = None
         chunks: list[bytes] = []
         try:
@@ -153,7 +186,10 @@ class Pool:
         except (*_FAILED, trio.TooSlowError) as exc:
             await trio.aclose_forcefully(http.stream)
             if head is None:
-                raise BrokenError(str(exc) or type(exc).__name__) from None
+                why = str(exc) or type(exc).__name__
+                if reused and not isinstance(exc, trio.TooSlowError):
+                    raise _StaleError(why) from None
+                raise BrokenError(why) from None
             raise CutError(Answer(head.status_code, list(head.headers), b"".join(chunks))) from None
         except BaseException:  # cancelled mid-exchange: the connection is in no known state
             await trio.aclose_forcefully(http.stream)

@@ -18,8 +18,9 @@ from lb.rehearse.client import BrokenError, CutError, Pool, RefusedError
 
 Behaviour = str
 """What the test server does with a request: ``ok``, ``close-after`` (answer, then close),
-``reset`` (close before answering), ``cut`` (half the announced body, then close), ``junk``
-(the answer followed by :data:`JUNK` in the same write, the connection kept open)."""
+``reset`` (close before answering), ``reset-once`` (close before answering, then ``ok``),
+``cut`` (half the announced body, then close), ``junk`` (the answer followed by
+:data:`JUNK` in the same write, the connection kept open)."""
 JUNK = b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\njunk"
 
 
@@ -50,6 +51,9 @@ class _Server:
                 behaviour = self.behaviour  # as set before this request was sent
                 while not isinstance(await http.next_event(), h11.EndOfMessage):
                     pass
+                if behaviour == "reset-once":
+                    self.behaviour = "ok"
+                    return
                 if behaviour == "reset":
                     return
                 body = b"hello " + request.target
@@ -189,3 +193,23 @@ async def test_a_connection_cancelled_mid_handshake_is_closed_at_once(
     with trio.fail_after(5):
         await ended.wait()
     assert kept
+
+
+async def test_a_reused_connection_broken_before_its_answer_is_tried_once_more_anew(
+    nursery: trio.Nursery,
+) -> None:
+    """The peer closed a kept-alive connection as the request went out: the request goes
+    again on a new connection; a new connection that breaks is not tried again."""
+    server = _Server()
+    port = await nursery.start(server.serve, None)
+    pool = Pool(f"127.0.0.1:{port}")
+    assert (await pool.request(b"GET", b"/first", HEADERS)).body == b"hello /first"
+    server.behaviour = "reset-once"  # the kept connection closes on the next request
+    answer = await pool.request(b"POST", b"/again", HEADERS, b"body")
+    assert (answer.status, answer.body) == (200, b"hello /again")
+    assert server.connections == 2
+    await pool.aclose()
+    server.behaviour = "reset"  # a new connection (none idle now) that breaks: no retry
+    with pytest.raises(BrokenError):
+        await pool.request(b"GET", b"/", HEADERS)
+    assert server.connections == 3
