@@ -5,17 +5,16 @@ from __future__ import annotations
 
 import random
 import ssl
-from functools import partial
 from pathlib import Path
 
 import httpx
 import pytest
 import trio
 import trustme
+from edge_support import edge_with_connectors
 from tls_support import contexts
 from waiting import wait_until
 
-from lb.connector import ConnectorConfig, IngressRule, serve_connector
 from lb.connector.faults import FaultError, Faults
 from lb.rehearse.edge import NO_CONNECTOR, Edge, Upstream
 from lb.sim.network import Network
@@ -88,27 +87,9 @@ async def _running(
     nursery: trio.Nursery, sc: Scenario, ca: trustme.CA
 ) -> tuple[Edge, str, dict[str, Faults]]:
     """Two real connectors (one per replica) and the edge in front: (edge, its URL, faults)."""
-    server, client = contexts(ca)
-    faults: dict[str, Faults] = {}
-    upstreams = []
-    for replica in sc.replicas[ADDRESS]:
-        config = ConnectorConfig(
-            tunnel="33333333-3333-4333-8333-333333333333",
-            ingress=(IngressRule(service="hello_world"),),
-            replica=replica.name,
-            ssl_context=server,
-        )
-        faults[replica.name] = Faults()
-        bound = await nursery.start(partial(serve_connector, config, faults=faults[replica.name]))
-        upstreams.append(Upstream(replica, f"127.0.0.1:{bound[0][1]}"))
-    edge = Edge(
-        upstreams,
-        sc.config.datacenters,
-        server_context=server,
-        client_context=client,
-        rng=random.Random(1),
+    edge, at, faults = await edge_with_connectors(
+        nursery, sc, ADDRESS, ca, tunnel="33333333-3333-4333-8333-333333333333"
     )
-    at, _ = await nursery.start(edge.serve)
     return edge, f"https://{at}", faults
 
 

@@ -11,19 +11,16 @@ access log written for the answers the client got.
 from __future__ import annotations
 
 import json
-import random
-from functools import partial
 from pathlib import Path
 
 import httpx
 import trio
 import trustme
+from edge_support import edge_with_connectors
 from tls_support import contexts
 
-from lb.connector import ConnectorConfig, IngressRule, serve_connector
-from lb.connector.faults import HANDED_HEADER, Faults
+from lb.connector.faults import HANDED_HEADER
 from lb.rehearse.drive import Handover, Sent, _posts, handovers
-from lb.rehearse.edge import Edge, Upstream
 from lb.rehearse.real import real_report
 from lb.rehearse.stack import Stack
 from lb.sim.run import run_scenario
@@ -54,28 +51,11 @@ async def test_a_handed_over_tunnel_status_is_the_edges_own_in_both_reports(
     _, latency, _, _, flap_handover = sc.events
     assert set(handovers(sc)) == {latency.index, flap_handover.index}
     now = [0.0]
-    faults = {"edge": Faults(lambda: now[0])}
-    server, client_ctx = contexts(trustme.CA())
-    upstreams = []
-    for replica in sc.replicas[ADDRESS]:
-        faults[replica.name] = Faults(lambda: now[0])
-        config = ConnectorConfig(
-            tunnel=ADDRESS.split(".")[0],
-            ingress=(IngressRule(service="hello_world"),),
-            replica=replica.name,
-            ssl_context=server,
-        )
-        bound = await nursery.start(partial(serve_connector, config, faults=faults[replica.name]))
-        upstreams.append(Upstream(replica, f"127.0.0.1:{bound[0][1]}"))
-    edge = Edge(
-        upstreams,
-        sc.config.datacenters,
-        server_context=server,
-        client_context=client_ctx,
-        rng=random.Random(1),
+    ca = trustme.CA()
+    edge, at, faults = await edge_with_connectors(
+        nursery, sc, ADDRESS, ca, tunnel=ADDRESS.split(".")[0], clock=lambda: now[0]
     )
-    edge.faults = faults["edge"]
-    at, _ = await nursery.start(edge.serve)
+    _, client_ctx = contexts(ca)
     stack = Stack(
         proxy="",
         admin="",
