@@ -18,6 +18,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from edge_support import control_stack
 
 from lb.connector.faults import ORIGIN, ORIGIN_FAILED, FaultError, Faults
 from lb.rehearse.drive import Handover, _posts, handovers, unrehearsable
@@ -79,19 +80,6 @@ def _latency(sc: Scenario, replica: str, t: float) -> float:
     return round(answer.latency - network.rtt, 6)
 
 
-def _stack() -> Stack:
-    return Stack(
-        proxy="",
-        admin="",
-        control={ADDRESS: "edge"},
-        anchor=0.0,
-        config_path=Path(),
-        raw_config={},
-        log=Path(),
-        replica_control={(ADDRESS, FRA): FRA, (ADDRESS, IAD): IAD},
-    )
-
-
 def _plan(sc: Scenario) -> list[tuple[str, Handover]]:
     named = {e.index: e.label for e in sc.events}
     return [(named[i], plan) for i, plan in sorted(handovers(sc).items())]
@@ -99,8 +87,8 @@ def _plan(sc: Scenario) -> list[tuple[str, Handover]]:
 
 def _sent(sc: Scenario) -> list[list[tuple[str, dict[str, object]]]]:
     """The POSTs of every event, in order."""
-    plans = handovers(sc)
-    return [_posts(_stack(), e, plans.get(e.index, Handover())) for e in sc.events]
+    plans, stack = handovers(sc), control_stack(ADDRESS, [FRA, IAD])
+    return [_posts(stack, e, plans.get(e.index, Handover())) for e in sc.events]
 
 
 def test_a_tunnel_latency_clears_a_replicas_own_before_setting_the_edges(tmp_path: Path) -> None:

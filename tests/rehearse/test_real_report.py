@@ -16,13 +16,12 @@ from pathlib import Path
 import httpx
 import trio
 import trustme
-from edge_support import edge_with_connectors
+from edge_support import control_stack, edge_with_connectors
 from tls_support import contexts
 
 from lb.connector.faults import HANDED_HEADER
 from lb.rehearse.drive import Handover, Sent, _posts, handovers
 from lb.rehearse.real import real_report
-from lb.rehearse.stack import Stack
 from lb.sim.run import run_scenario
 from lb.sim.scenario import NetEvent, Scenario, load_scenario
 
@@ -56,16 +55,7 @@ async def test_a_handed_over_tunnel_status_is_the_edges_own_in_both_reports(
         nursery, sc, ADDRESS, ca, tunnel=ADDRESS.split(".")[0], clock=lambda: now[0]
     )
     _, client_ctx = contexts(ca)
-    stack = Stack(
-        proxy="",
-        admin="",
-        control={ADDRESS: "edge"},
-        anchor=0.0,
-        config_path=Path(),
-        raw_config={},
-        log=Path(),
-        replica_control={(ADDRESS, r.name): r.name for r in sc.replicas[ADDRESS]},
-    )
+    stack = control_stack(ADDRESS, [r.name for r in sc.replicas[ADDRESS]])
     plans = handovers(sc)
     events = [e for e in sorted(sc.events, key=lambda e: e.at) if isinstance(e, NetEvent)]
 

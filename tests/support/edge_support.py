@@ -6,6 +6,7 @@ import random
 import time
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 
 import trio
 import trustme
@@ -14,7 +15,23 @@ from tls_support import contexts
 from lb.connector import ConnectorConfig, IngressRule, serve_connector
 from lb.connector.faults import Faults
 from lb.rehearse.edge import Edge, Upstream
+from lb.rehearse.stack import Stack
 from lb.sim.scenario import Scenario
+
+
+def control_stack(address: str, replicas: list[str]) -> Stack:
+    """A stack with no processes, only the control names a driver posts faults to: the
+    edge stand-in ``"edge"`` for ``address``, and each replica's connector by its name."""
+    return Stack(
+        proxy="",
+        admin="",
+        control={address: "edge"},
+        anchor=0.0,
+        config_path=Path(),
+        raw_config={},
+        log=Path(),
+        replica_control={(address, name): name for name in replicas},
+    )
 
 
 async def edge_with_connectors(
